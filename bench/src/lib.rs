@@ -1,0 +1,1 @@
+#![deny(rust_2018_idioms)]

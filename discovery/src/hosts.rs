@@ -1,0 +1,155 @@
+//! `/etc/hosts`-format static name table, consulted before DNS (glibc's
+//! `hosts: files dns` order). Read once on the control core; lookups do no I/O.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Names (canonical and aliases) mapped to their addresses, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostsFile {
+    /// Keys are ASCII-lowercased and carry no trailing dot.
+    by_name: HashMap<String, Vec<IpAddr>>,
+}
+
+impl HostsFile {
+    /// Parses hosts-file text. Lines that do not start with an IP address
+    /// (including scoped IPv6 such as `fe80::1%eth0`, which a bare `IpAddr`
+    /// cannot carry) are skipped, as glibc skips lines it cannot parse.
+    pub fn parse(text: &str) -> Self {
+        let mut by_name: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for line in text.lines() {
+            let line = line.split_once('#').map_or(line, |(before, _)| before);
+            let mut fields = line.split_whitespace();
+            let Some(Ok(ip)) = fields.next().map(str::parse::<IpAddr>) else {
+                continue;
+            };
+            for name in fields {
+                let key = normalize(name);
+                if key.is_empty() {
+                    continue;
+                }
+                let addrs = by_name.entry(key).or_default();
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+        Self { by_name }
+    }
+
+    pub fn load(path: impl AsRef<Path>) -> io::Result<Self> {
+        std::fs::read_to_string(path).map(|text| Self::parse(&text))
+    }
+
+    /// Every address listed for `name` (canonical name or alias), in file
+    /// order; empty when the name is not listed.
+    pub fn lookup(&self, name: &str) -> Vec<IpAddr> {
+        self.by_name
+            .get(&normalize(name))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const SAMPLE: &str = "\
+# The following lines are desirable for IPv4 capable hosts
+127.0.0.1       localhost
+127.0.1.1\tbox.example.org box  # trailing comment
+10.0.0.5 Web.Internal web-alias
+10.0.0.6 web.internal
+::1     localhost ip6-localhost ip6-loopback
+fe80::1%eth0 scoped
+not-an-ip ignored
+   # indented comment
+10.0.0.5 web.internal
+";
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn canonical_names_and_aliases() {
+        let hosts = HostsFile::parse(SAMPLE);
+        assert_eq!(hosts.lookup("box"), vec![v4(127, 0, 1, 1)]);
+        assert_eq!(hosts.lookup("box.example.org"), vec![v4(127, 0, 1, 1)]);
+        assert_eq!(hosts.lookup("web-alias"), vec![v4(10, 0, 0, 5)]);
+        assert_eq!(hosts.lookup("ip6-loopback"), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+    }
+
+    #[test]
+    fn merges_lines_in_file_order_without_duplicates() {
+        let hosts = HostsFile::parse(SAMPLE);
+        assert_eq!(hosts.lookup("web.internal"), vec![v4(10, 0, 0, 5), v4(10, 0, 0, 6)]);
+        assert_eq!(
+            hosts.lookup("localhost"),
+            vec![v4(127, 0, 0, 1), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+        );
+    }
+
+    #[test]
+    fn case_insensitive_and_trailing_dot() {
+        let hosts = HostsFile::parse(SAMPLE);
+        assert_eq!(hosts.lookup("WEB.internal."), hosts.lookup("web.internal"));
+        assert_eq!(hosts.lookup("LocalHost."), hosts.lookup("localhost"));
+    }
+
+    #[test]
+    fn comments_and_bad_lines_are_ignored() {
+        let hosts = HostsFile::parse(SAMPLE);
+        assert!(hosts.lookup("comment").is_empty());
+        assert!(hosts.lookup("#").is_empty());
+        assert!(hosts.lookup("ignored").is_empty());
+        assert!(hosts.lookup("scoped").is_empty());
+        assert!(hosts.lookup("").is_empty());
+        assert!(hosts.lookup("missing").is_empty());
+    }
+
+    #[test]
+    fn empty_input() {
+        assert!(HostsFile::parse("").is_empty());
+        assert!(HostsFile::parse("# nothing\n\n").is_empty());
+        assert_eq!(HostsFile::parse(""), HostsFile::default());
+    }
+
+    #[test]
+    fn load_reads_a_file_and_reports_missing_ones() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hosts");
+        std::fs::write(&path, "192.0.2.7 db\n").unwrap();
+        let hosts = HostsFile::load(&path).unwrap();
+        assert_eq!(hosts.lookup("db"), vec![v4(192, 0, 2, 7)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(HostsFile::load(&path).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_and_finds_what_it_was_given(
+            junk in "\\PC*",
+            name in "[a-zA-Z][a-zA-Z0-9-]{0,20}",
+            ip in proptest::prelude::any::<std::net::Ipv4Addr>(),
+        ) {
+            let _ = HostsFile::parse(&junk);
+            let text = format!("{junk}\n{ip} {name}\n");
+            let hosts = HostsFile::parse(&text);
+            proptest::prop_assert!(hosts.lookup(&name.to_uppercase()).contains(&IpAddr::V4(ip)));
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! ringmesh-discovery: where traffic may go.
+//!
+//! Owns the resolvers (the static endpoints file, DNS A/AAAA with TTLs; the
+//! Destination gRPC API comes later), the immutable [`Snapshot`] they produce,
+//! and the lock-free publish/subscribe [`channel`] that carries snapshots from
+//! the control core to the workers.
+//!
+//! It must not do I/O on a worker: everything here that touches the network or
+//! the file system runs on the control core. Workers only read snapshots.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod dns;
+pub mod hosts;
+mod resolver;
+pub mod snapshot;
+pub mod static_file;
+
+pub use channel::{channel, SnapshotCache, SnapshotPublisher, SnapshotSubscriber};
+pub use resolver::{Discovery, DiscoveryConfig, DiscoveryError};
+pub use snapshot::{Authority, AuthorityError, Endpoint, Protocol, Service, Snapshot};

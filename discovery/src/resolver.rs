@@ -1,0 +1,315 @@
+//! The control core's discovery loop: watches the static file, resolves DNS
+//! names with TTL-based refresh, and publishes a new snapshot whenever the
+//! result changes. Runs on the control core only; it blocks on file and
+//! network I/O (each wait bounded), which no worker ever does.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::dns::{DnsConfig, DnsError, DnsResolver};
+use crate::hosts::HostsFile;
+use crate::static_file::{self, StaticFileError};
+use crate::{channel, Authority, Endpoint, Service, Snapshot, SnapshotPublisher, SnapshotSubscriber};
+
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    pub static_file: Option<PathBuf>,
+    /// How often the static file's metadata is checked for changes.
+    pub static_poll_interval: Duration,
+    pub dns: DnsConfig,
+    pub hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("cannot read static discovery file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("static discovery file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: StaticFileError,
+    },
+}
+
+/// The file identity we compare to notice edits (editors often replace the
+/// file, so the inode counts as well as size and mtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+struct Name {
+    /// Addresses from the last successful resolution.
+    endpoints: Vec<Endpoint>,
+    refresh_at: Instant,
+    failures: u32,
+}
+
+pub struct Discovery {
+    cfg: DiscoveryConfig,
+    publisher: SnapshotPublisher,
+    stamp: Option<FileStamp>,
+    static_services: HashMap<Authority, Arc<Service>>,
+    static_check_at: Instant,
+    names: HashMap<Authority, Name>,
+    dns: DnsResolver,
+    hosts: HostsFile,
+}
+
+impl Discovery {
+    /// Loads the static file and resolves `names` once, so the first snapshot
+    /// is complete before any worker starts. A bad static file at start-up is
+    /// an error (it is configuration); later bad edits are logged and skipped.
+    pub fn start(
+        cfg: DiscoveryConfig,
+        names: impl IntoIterator<Item = Authority>,
+    ) -> Result<(Self, SnapshotSubscriber), DiscoveryError> {
+        let (publisher, subscriber) = channel(Snapshot::default());
+        let hosts = cfg
+            .hosts_file
+            .as_ref()
+            .and_then(|p| HostsFile::load(p).ok())
+            .unwrap_or_default();
+        let mut this = Self {
+            dns: DnsResolver::new(cfg.dns.clone()),
+            cfg,
+            publisher,
+            stamp: None,
+            static_services: HashMap::new(),
+            static_check_at: Instant::now(),
+            names: HashMap::new(),
+            hosts,
+        };
+        if let Some(path) = this.cfg.static_file.clone() {
+            let stamp = stamp_of(&path).map_err(|source| DiscoveryError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let services = load(&path)?;
+            this.stamp = Some(stamp);
+            this.static_services = services;
+        }
+        let now = Instant::now();
+        for name in names {
+            this.watch_at(name, now);
+        }
+        this.publish();
+        Ok((this, subscriber))
+    }
+
+    /// Starts tracking a DNS name (no-op when already tracked or literal).
+    pub fn watch(&mut self, name: Authority) {
+        if self.watch_at(name, Instant::now()) {
+            self.publish();
+        }
+    }
+
+    fn watch_at(&mut self, name: Authority, now: Instant) -> bool {
+        if name.socket_addr().is_some() || self.names.contains_key(&name) {
+            return false;
+        }
+        let mut entry = Name {
+            endpoints: Vec::new(),
+            refresh_at: now,
+            failures: 0,
+        };
+        self.resolve(&name, &mut entry, now);
+        self.names.insert(name, entry);
+        true
+    }
+
+    /// Does whatever is due at `now`; publishes if anything changed.
+    /// Returns true when a new snapshot was published.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        if now >= self.static_check_at {
+            self.static_check_at = now + self.cfg.static_poll_interval;
+            changed |= self.check_static_file();
+        }
+        let due: Vec<Authority> = self
+            .names
+            .iter()
+            .filter(|(_, n)| n.refresh_at <= now)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for name in due {
+            if let Some(mut entry) = self.names.remove(&name) {
+                let before = entry.endpoints.clone();
+                self.resolve(&name, &mut entry, now);
+                changed |= before != entry.endpoints;
+                self.names.insert(name, entry);
+            }
+        }
+        if changed {
+            self.publish();
+        }
+        changed
+    }
+
+    /// When `poll` next has work to do.
+    pub fn next_deadline(&self) -> Instant {
+        let mut at = if self.cfg.static_file.is_some() {
+            self.static_check_at
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        for n in self.names.values() {
+            at = at.min(n.refresh_at);
+        }
+        at
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.publisher.current()
+    }
+
+    fn check_static_file(&mut self) -> bool {
+        let Some(path) = self.cfg.static_file.clone() else {
+            return false;
+        };
+        let stamp = match stamp_of(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                if self.stamp.is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "static discovery file unreadable; keeping the last good snapshot");
+                    self.stamp = None;
+                }
+                return false;
+            }
+        };
+        if self.stamp == Some(stamp) {
+            return false;
+        }
+        self.stamp = Some(stamp);
+        match load(&path) {
+            Ok(mut services) => {
+                // Keep the same Arc for unchanged services so workers can
+                // skip rebuilding their balancer replicas for them.
+                for (name, svc) in services.iter_mut() {
+                    if let Some(old) = self.static_services.get(name) {
+                        if old == svc {
+                            *svc = old.clone();
+                        }
+                    }
+                }
+                let changed = services.len() != self.static_services.len()
+                    || services
+                        .iter()
+                        .any(|(n, s)| self.static_services.get(n).map_or(true, |o| !Arc::ptr_eq(o, s)));
+                self.static_services = services;
+                tracing::info!(path = %path.display(), services = self.static_services.len(), changed, "static discovery file reloaded");
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bad static discovery file; keeping the last good snapshot");
+                false
+            }
+        }
+    }
+
+    fn resolve(&mut self, name: &Authority, entry: &mut Name, now: Instant) {
+        let host = name.host();
+        let port = name.port();
+        let from_hosts = self.hosts.lookup(host);
+        if !from_hosts.is_empty() {
+            entry.endpoints = endpoints(from_hosts.into_iter(), port);
+            entry.failures = 0;
+            entry.refresh_at = now + self.cfg.dns.max_ttl;
+            return;
+        }
+        match self.dns.resolve(host) {
+            Ok(res) => {
+                entry.endpoints = endpoints(res.addrs.into_iter(), port);
+                entry.failures = 0;
+                entry.refresh_at = now + res.ttl;
+                tracing::debug!(%name, endpoints = entry.endpoints.len(), ttl = ?res.ttl, "resolved");
+            }
+            Err(DnsError::NotFound { negative_ttl, .. }) => {
+                // The name is gone: it has no endpoints until it returns.
+                if !entry.endpoints.is_empty() || entry.failures == 0 {
+                    tracing::warn!(%name, "DNS name does not exist");
+                }
+                entry.endpoints.clear();
+                entry.failures += 1;
+                entry.refresh_at = now + negative_ttl;
+            }
+            Err(e) => {
+                // A transient failure: keep the last good addresses and retry
+                // with backoff (min TTL, doubling, at most max TTL).
+                entry.failures += 1;
+                let backoff = self
+                    .cfg
+                    .dns
+                    .min_ttl
+                    .saturating_mul(1 << entry.failures.min(6))
+                    .min(self.cfg.dns.max_ttl);
+                tracing::warn!(%name, error = %e, retry_in = ?backoff, "DNS resolution failed; keeping the last addresses");
+                entry.refresh_at = now + backoff;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut services: Vec<Arc<Service>> = self.static_services.values().cloned().collect();
+        for (name, entry) in &self.names {
+            if self.static_services.contains_key(name) {
+                continue; // the static file wins over DNS
+            }
+            services.push(Arc::new(Service {
+                name: name.clone(),
+                endpoints: entry.endpoints.clone(),
+                protocol: None,
+            }));
+        }
+        let version = self.publisher.publish(Snapshot::new(services));
+        tracing::debug!(version, "snapshot published");
+    }
+}
+
+fn endpoints(addrs: impl Iterator<Item = std::net::IpAddr>, port: u16) -> Vec<Endpoint> {
+    let mut eps: Vec<Endpoint> = addrs
+        .map(|ip| Endpoint {
+            addr: std::net::SocketAddr::new(ip, port),
+            weight: 1,
+        })
+        .collect();
+    // DNS answers rotate; sort so an unchanged set compares equal.
+    eps.sort_by_key(|e| e.addr);
+    eps.dedup();
+    eps
+}
+
+fn stamp_of(path: &PathBuf) -> std::io::Result<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(path)?;
+    Ok(FileStamp {
+        modified: md.modified().ok(),
+        len: md.len(),
+        inode: md.ino(),
+    })
+}
+
+fn load(path: &PathBuf) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryError> {
+    let text = fs::read_to_string(path).map_err(|source| DiscoveryError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let services = static_file::parse(&text).map_err(|source| DiscoveryError::Invalid {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(services
+        .into_iter()
+        .map(|s| (s.name.clone(), Arc::new(s)))
+        .collect())
+}

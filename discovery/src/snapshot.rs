@@ -1,0 +1,220 @@
+//! The immutable view of discovery that workers route with.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// How a destination speaks, when discovery knows better than detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http1" => Ok(Protocol::Http1),
+            "http2" => Ok(Protocol::Http2),
+            "opaque" => Ok(Protocol::Opaque),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected http1, http2 or opaque)"
+            )),
+        }
+    }
+}
+
+/// One address a service may be reached at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Relative share of traffic; never zero.
+    pub weight: u32,
+}
+
+/// A logical destination and its current endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// The authority clients use, normalised (`host:port`, host lowercase).
+    pub name: Authority,
+    pub endpoints: Vec<Endpoint>,
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthorityError {
+    #[error("{0:?} has no port (expected host:port)")]
+    NoPort(String),
+    #[error("{0:?} has an invalid port")]
+    BadPort(String),
+    #[error("{0:?} has an empty host")]
+    EmptyHost(String),
+}
+
+/// A normalised `host:port` name: lowercase host, no trailing dot, IPv6
+/// literals in brackets. Literal socket addresses keep their parsed form so a
+/// worker can look a service up by original destination without formatting.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Authority(Arc<str>);
+
+impl Authority {
+    pub fn parse(s: &str) -> Result<Self, AuthorityError> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::from_addr(addr));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| AuthorityError::NoPort(s.to_string()))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| AuthorityError::BadPort(s.to_string()))?;
+        let host = host.trim_end_matches('.');
+        if host.is_empty() || host.contains(':') {
+            return Err(AuthorityError::EmptyHost(s.to_string()));
+        }
+        Ok(Self(
+            format!("{}:{port}", host.to_ascii_lowercase()).into(),
+        ))
+    }
+
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        Self(addr.to_string().into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host part, without brackets for IPv6 literals.
+    pub fn host(&self) -> &str {
+        let (host, _) = self.0.rsplit_once(':').unwrap_or((&self.0, ""));
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The socket address, if the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything a worker needs to route, frozen at one moment. Published by the
+/// control core; never mutated after that.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    version: u64,
+    by_name: HashMap<Authority, Arc<Service>>,
+    /// Services whose name is an `ip:port` literal, for routing by original
+    /// destination without formatting a string per connection.
+    by_addr: HashMap<SocketAddr, Arc<Service>>,
+}
+
+impl Snapshot {
+    pub fn new(services: impl IntoIterator<Item = Arc<Service>>) -> Self {
+        let mut by_name = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for svc in services {
+            if let Some(addr) = svc.name.socket_addr() {
+                by_addr.insert(addr, svc.clone());
+            }
+            by_name.insert(svc.name.clone(), svc);
+        }
+        Self {
+            version: 0,
+            by_name,
+            by_addr,
+        }
+    }
+
+    /// Set by the channel when published; 0 for a snapshot never published.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub(crate) fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
+    pub fn service(&self, name: &Authority) -> Option<&Arc<Service>> {
+        self.by_name.get(name)
+    }
+
+    pub fn service_by_addr(&self, addr: SocketAddr) -> Option<&Arc<Service>> {
+        self.by_addr.get(&addr)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_normalises() {
+        assert_eq!(
+            Authority::parse("Web.Test.:8080").unwrap().as_str(),
+            "web.test:8080"
+        );
+        let v6 = Authority::parse("[::1]:80").unwrap();
+        assert_eq!(v6.as_str(), "[::1]:80");
+        assert_eq!(v6.host(), "::1");
+        assert_eq!(v6.port(), 80);
+        assert_eq!(v6.socket_addr(), Some("[::1]:80".parse().unwrap()));
+        assert!(matches!(
+            Authority::parse("web.test"),
+            Err(AuthorityError::NoPort(_))
+        ));
+        assert!(matches!(
+            Authority::parse("web.test:99999"),
+            Err(AuthorityError::BadPort(_))
+        ));
+        assert!(matches!(
+            Authority::parse(":80"),
+            Err(AuthorityError::EmptyHost(_))
+        ));
+    }
+
+    #[test]
+    fn lookup_by_addr_and_name() {
+        let svc = Arc::new(Service {
+            name: Authority::parse("10.0.0.1:80").unwrap(),
+            endpoints: vec![],
+            protocol: None,
+        });
+        let snap = Snapshot::new([svc]);
+        assert!(snap
+            .service_by_addr("10.0.0.1:80".parse().unwrap())
+            .is_some());
+        assert!(snap
+            .service(&Authority::parse("10.0.0.1:80").unwrap())
+            .is_some());
+        assert!(snap.service_by_addr("10.0.0.1:81".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,455 @@
+//! Configuration: raw strings from a [`ConfigSource`] (the environment, or a
+//! map in tests) validated into a typed [`Config`] before anything starts.
+//! Every bad variable is reported, not just the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringmesh_discovery::dns::DnsConfig;
+use ringmesh_discovery::Authority;
+
+/// Where raw configuration comes from.
+pub trait ConfigSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl ConfigSource for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl ConfigSource for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl ConfigSource for BTreeMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).map(|s| s.to_string())
+    }
+}
+
+pub const LOG: &str = "LINKERD2_PROXY_LOG";
+pub const CORES: &str = "LINKERD2_PROXY_CORES";
+pub const IO_DRIVER: &str = "RINGMESH_IO_DRIVER";
+pub const OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
+pub const INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+pub const OUTBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT";
+pub const INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT";
+pub const DISCOVERY_STATIC: &str = "RINGMESH_DISCOVERY_STATIC";
+pub const DISCOVERY_STATIC_POLL_INTERVAL: &str = "RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL";
+pub const TCP_FORWARD: &str = "RINGMESH_TCP_FORWARD";
+pub const INBOUND_TARGET: &str = "RINGMESH_INBOUND_TARGET";
+pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
+pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
+pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
+pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
+pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
+pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
+
+pub const DEFAULT_LOG: &str = "warn,ringmesh=info";
+
+/// Which io driver workers run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring, or epoll when the kernel refuses io_uring.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// An explicit TCP forward: every worker listens on `listen` and relays to
+/// `target` (a discovered service, or a literal address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpForward {
+    pub listen: SocketAddr,
+    pub target: Authority,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub log: String,
+    /// Number of workers; `None` = one per CPU the process may run on.
+    pub cores: Option<usize>,
+    pub io_driver: IoDriver,
+    /// `None` when disabled (the variable set to the empty string).
+    pub outbound_listen: Option<SocketAddr>,
+    pub inbound_listen: Option<SocketAddr>,
+    pub outbound_connect_timeout: Duration,
+    pub inbound_connect_timeout: Duration,
+    pub discovery_static: Option<PathBuf>,
+    pub discovery_static_poll_interval: Duration,
+    pub forwards: Vec<TcpForward>,
+    pub inbound_target: Option<SocketAddr>,
+    pub tcp_idle_timeout: Duration,
+    pub tcp_buffer_size: usize,
+    pub shutdown_grace_period: Duration,
+    pub dns: DnsConfig,
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.problems {
+            writeln!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Defaults, as linkerd2-proxy's where the meaning is the same.
+    pub fn defaults() -> Self {
+        Self {
+            log: DEFAULT_LOG.to_string(),
+            cores: None,
+            io_driver: IoDriver::Auto,
+            outbound_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
+            inbound_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
+            outbound_connect_timeout: Duration::from_secs(1),
+            inbound_connect_timeout: Duration::from_millis(100),
+            discovery_static: None,
+            discovery_static_poll_interval: Duration::from_secs(1),
+            forwards: Vec::new(),
+            inbound_target: None,
+            tcp_idle_timeout: Duration::from_secs(3600),
+            tcp_buffer_size: 16 * 1024,
+            shutdown_grace_period: Duration::from_secs(120),
+            dns: DnsConfig::default(),
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env)
+    }
+
+    pub fn from_source(src: &dyn ConfigSource) -> Result<Self, ConfigError> {
+        let mut p = Parser {
+            src,
+            problems: Vec::new(),
+        };
+        let mut c = Self::defaults();
+        if let Some(v) = p.raw(LOG) {
+            match tracing_subscriber::EnvFilter::try_new(&v) {
+                Ok(_) => c.log = v,
+                Err(e) => p.bad(LOG, &v, &e.to_string()),
+            }
+        }
+        c.cores = p.parse_with(CORES, |s| match s.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(n) => Ok(n),
+            Err(_) => Err("expected a positive integer".into()),
+        });
+        if let Some(d) = p.parse_with(IO_DRIVER, |s| match s {
+            "auto" => Ok(IoDriver::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(IoDriver::Uring),
+            "epoll" | "legacy" => Ok(IoDriver::Epoll),
+            _ => Err("expected auto, uring or epoll".into()),
+        }) {
+            c.io_driver = d;
+        }
+        if let Some(a) = p.optional_addr(OUTBOUND_LISTEN_ADDR) {
+            c.outbound_listen = a;
+        }
+        if let Some(a) = p.optional_addr(INBOUND_LISTEN_ADDR) {
+            c.inbound_listen = a;
+        }
+        p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound_connect_timeout);
+        p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound_connect_timeout);
+        c.discovery_static = p.raw(DISCOVERY_STATIC).filter(|s| !s.is_empty()).map(PathBuf::from);
+        if let Some(path) = &c.discovery_static {
+            // The file must at least exist at start-up; its content is checked
+            // by discovery, which reports every problem in it.
+            if !path.is_file() {
+                p.bad(DISCOVERY_STATIC, &path.display().to_string(), "no such file");
+            }
+        }
+        p.duration(DISCOVERY_STATIC_POLL_INTERVAL, &mut c.discovery_static_poll_interval);
+        if let Some(v) = p.raw(TCP_FORWARD) {
+            c.forwards = p.forwards(&v);
+        }
+        c.inbound_target = p.optional_addr(INBOUND_TARGET).flatten();
+        p.duration(TCP_IDLE_TIMEOUT, &mut c.tcp_idle_timeout);
+        if let Some(n) = p.parse_with(TCP_BUFFER_SIZE, |s| match s.parse::<usize>() {
+            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+            _ => Err("expected a byte count between 1024 and 16777216".into()),
+        }) {
+            c.tcp_buffer_size = n;
+        }
+        p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
+        p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
+        p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);
+        if c.dns.min_ttl > c.dns.max_ttl {
+            p.problems.push(format!(
+                "{DNS_MIN_TTL} ({:?}) is greater than {DNS_MAX_TTL} ({:?})",
+                c.dns.min_ttl, c.dns.max_ttl
+            ));
+        }
+        if let Some(servers) = p.parse_with(DNS_SERVERS, |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .map_err(|_| format!("{s:?} is not an ip or ip:port"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }) {
+            c.dns.servers = servers;
+        }
+
+        // Listeners must not collide with each other.
+        let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+        let named = [
+            (c.outbound_listen, OUTBOUND_LISTEN_ADDR.to_string()),
+            (c.inbound_listen, INBOUND_LISTEN_ADDR.to_string()),
+        ];
+        let forwards = c
+            .forwards
+            .iter()
+            .map(|f| (Some(f.listen), format!("{TCP_FORWARD} entry {}", f.listen)));
+        for (addr, who) in named.into_iter().chain(forwards) {
+            let Some(addr) = addr else { continue };
+            if addr.port() != 0 {
+                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+                    p.problems.push(format!("{who} and {other} both listen on {addr}"));
+                }
+            }
+            seen.push((addr, who));
+        }
+
+        if p.problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(ConfigError {
+                problems: p.problems,
+            })
+        }
+    }
+
+    /// Names that discovery must resolve before workers start.
+    pub fn watched_names(&self) -> Vec<Authority> {
+        self.forwards
+            .iter()
+            .filter(|f| f.target.socket_addr().is_none())
+            .map(|f| f.target.clone())
+            .collect()
+    }
+}
+
+struct Parser<'a> {
+    src: &'a dyn ConfigSource,
+    problems: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.src.get(key).map(|v| v.trim().to_string())
+    }
+
+    fn bad(&mut self, key: &str, value: &str, why: &str) {
+        self.problems.push(format!("{key}={value:?}: {why}"));
+    }
+
+    fn parse_with<T>(&mut self, key: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let v = self.raw(key)?;
+        match f(&v) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                self.bad(key, &v, &why);
+                None
+            }
+        }
+    }
+
+    /// `Some(None)` when set to the empty string (disabled).
+    fn optional_addr(&mut self, key: &str) -> Option<Option<SocketAddr>> {
+        self.parse_with(key, |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| "expected ip:port (IPv6 in brackets)".to_string())
+            }
+        })
+    }
+
+    fn duration(&mut self, key: &str, into: &mut Duration) {
+        if let Some(d) = self.parse_with(key, parse_duration) {
+            *into = d;
+        }
+    }
+
+    fn forwards(&mut self, v: &str) -> Vec<TcpForward> {
+        let mut out = Vec::new();
+        for entry in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((listen, target)) = entry.split_once('=') else {
+                self.bad(TCP_FORWARD, entry, "expected listen_ip:port=target_host:port");
+                continue;
+            };
+            let listen = match listen.trim().parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.bad(TCP_FORWARD, entry, "listen address is not ip:port");
+                    None
+                }
+            };
+            let target = match Authority::parse(target.trim()) {
+                Ok(t) if t.port() == 0 => {
+                    self.bad(TCP_FORWARD, entry, "target port must not be 0");
+                    None
+                }
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.bad(TCP_FORWARD, entry, &format!("target: {e}"));
+                    None
+                }
+            };
+            if let (Some(listen), Some(target)) = (listen, target) {
+                out.push(TcpForward { listen, target });
+            }
+        }
+        out
+    }
+}
+
+/// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "a unit is required (ms, s, m or h)".to_string())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a number followed by ms, s, m or h".to_string())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("unknown unit {unit:?} (expected ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<&str, &str> = pairs.iter().copied().collect();
+        Config::from_source(&map)
+    }
+
+    #[test]
+    fn defaults_match_linkerd() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.outbound_listen, Some("127.0.0.1:4140".parse().unwrap()));
+        assert_eq!(c.inbound_listen, Some("0.0.0.0:4143".parse().unwrap()));
+        assert_eq!(c.outbound_connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
+        assert_eq!(c.log, "warn,ringmesh=info");
+        assert_eq!(c.io_driver, IoDriver::Auto);
+        assert_eq!(c.cores, None);
+    }
+
+    #[test]
+    fn parses_every_variable() {
+        let c = parse(&[
+            (CORES, "2"),
+            (IO_DRIVER, "epoll"),
+            (OUTBOUND_LISTEN_ADDR, "[::1]:0"),
+            (INBOUND_LISTEN_ADDR, ""),
+            (OUTBOUND_CONNECT_TIMEOUT, "250ms"),
+            (TCP_FORWARD, "127.0.0.1:15432=db.test:5432, 127.0.0.1:16379=127.0.0.1:6379"),
+            (INBOUND_TARGET, "127.0.0.1:8080"),
+            (TCP_IDLE_TIMEOUT, "2m"),
+            (SHUTDOWN_GRACE_PERIOD, "1h"),
+            (DNS_SERVERS, "127.0.0.1:5353,10.0.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(c.cores, Some(2));
+        assert_eq!(c.io_driver, IoDriver::Epoll);
+        assert_eq!(c.outbound_listen, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(c.inbound_listen, None);
+        assert_eq!(c.outbound_connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.forwards.len(), 2);
+        assert_eq!(c.forwards[0].target.as_str(), "db.test:5432");
+        assert_eq!(c.watched_names().len(), 1);
+        assert_eq!(c.inbound_target, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.tcp_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(3600));
+        assert_eq!(
+            c.dns.servers,
+            vec!["127.0.0.1:5353".parse().unwrap(), "10.0.0.1:53".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let err = parse(&[
+            (CORES, "0"),
+            (IO_DRIVER, "kqueue"),
+            (OUTBOUND_LISTEN_ADDR, "localhost:4140"),
+            (OUTBOUND_CONNECT_TIMEOUT, "5"),
+            (SHUTDOWN_GRACE_PERIOD, "3 days"),
+            (TCP_FORWARD, "127.0.0.1:1=db.test,nonsense,x:1=a.test:1"),
+            (DISCOVERY_STATIC, "/nonexistent/ringmesh.toml"),
+            (LOG, "[[["),
+            (TCP_BUFFER_SIZE, "1"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            CORES,
+            IO_DRIVER,
+            OUTBOUND_LISTEN_ADDR,
+            OUTBOUND_CONNECT_TIMEOUT,
+            SHUTDOWN_GRACE_PERIOD,
+            DISCOVERY_STATIC,
+            LOG,
+            TCP_BUFFER_SIZE,
+        ] {
+            assert!(text.contains(key), "{key} not reported:\n{text}");
+        }
+        assert_eq!(
+            err.problems.iter().filter(|p| p.starts_with(TCP_FORWARD)).count(),
+            3,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn colliding_listeners_are_rejected() {
+        let err = parse(&[
+            (OUTBOUND_LISTEN_ADDR, "127.0.0.1:7000"),
+            (TCP_FORWARD, "127.0.0.1:7000=127.0.0.1:1"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("both listen on 127.0.0.1:7000"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! The opaque TCP paths: where an accepted connection goes, connecting there
+//! (balanced, with failover), and relaying bytes.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::net::TcpStream;
+use ringmesh_balancer::{L4Balancer, OpenGuard};
+use ringmesh_discovery::Authority;
+use ringmesh_protocols::tcp::{relay, RelayEnd};
+
+use crate::orig_dst::orig_dst_addr;
+use crate::worker::Worker;
+
+/// What a listener is for.
+#[derive(Clone, Debug)]
+pub(crate) enum ListenerKind {
+    /// Redirected application traffic leaving the pod.
+    Outbound,
+    /// Redirected traffic arriving for the local application.
+    Inbound,
+    /// An explicit forward to a fixed destination.
+    Forward(Authority),
+}
+
+impl ListenerKind {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+            Self::Forward(_) => "forward",
+        }
+    }
+}
+
+/// Where one connection goes.
+enum Target {
+    /// A discovered service: balance over its endpoints.
+    Service(Authority, Rc<RefCell<L4Balancer>>),
+    /// A plain address.
+    Addr(SocketAddr),
+}
+
+/// Counts the connection as open on its worker for as long as it lives.
+struct OpenConn(Rc<Worker>);
+
+impl OpenConn {
+    fn new(w: &Rc<Worker>) -> Self {
+        w.open.set(w.open.get() + 1);
+        Self(w.clone())
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+pub(crate) async fn serve(w: Rc<Worker>, kind: Rc<ListenerKind>, client: TcpStream, peer: SocketAddr) {
+    let _open = OpenConn::new(&w);
+    let _ = client.set_nodelay(true);
+    let local = match client.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection gone before it was routed");
+            return;
+        }
+    };
+    let Some(target) = route(&w, &kind, &client, local, peer) else {
+        return;
+    };
+    let timeout = match *kind {
+        ListenerKind::Inbound => w.cfg.inbound_connect_timeout,
+        _ => w.cfg.outbound_connect_timeout,
+    };
+    let (server, _guard) = match &target {
+        Target::Addr(addr) => match connect(*addr, timeout).await {
+            Ok(s) => (s, None),
+            Err(e) => {
+                tracing::warn!(listener = kind.name(), %peer, dst = %addr, error = %e, "cannot connect; closing the client connection");
+                return;
+            }
+        },
+        Target::Service(name, balancer) => match connect_balanced(balancer, timeout).await {
+            Ok((s, g)) => (s, Some(g)),
+            Err(failure) => {
+                tracing::warn!(listener = kind.name(), %peer, service = %name, "{failure}; closing the client connection");
+                return;
+            }
+        },
+    };
+    let _ = server.set_nodelay(true);
+    let bufs = (w.bufs.get(), w.bufs.get());
+    let (stats, bufs) = relay(client, server, bufs, w.cfg.tcp_idle_timeout).await;
+    w.bufs.put(bufs.0);
+    w.bufs.put(bufs.1);
+    match stats.end {
+        RelayEnd::Closed => {}
+        RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),
+        end => tracing::debug!(%peer, ?end, "relay ended with an error"),
+    }
+    tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
+}
+
+/// Decides where a connection goes, or logs why it goes nowhere.
+fn route(w: &Worker, kind: &ListenerKind, client: &TcpStream, local: SocketAddr, peer: SocketAddr) -> Option<Target> {
+    let snap = w.snapshot();
+    let target = match kind {
+        ListenerKind::Outbound => {
+            let orig = orig_dst_addr(client, local).0;
+            if orig == local {
+                tracing::info!(%peer, %local, "outbound connection was not redirected (no original destination); closing");
+                return None;
+            }
+            match snap.service_by_addr(orig) {
+                Some(svc) => Target::Service(svc.name.clone(), w.balancer(svc)),
+                None => Target::Addr(orig),
+            }
+        }
+        ListenerKind::Inbound => {
+            let orig = orig_dst_addr(client, local).0;
+            if orig != local {
+                Target::Addr(orig)
+            } else if let Some(t) = w.cfg.inbound_target {
+                Target::Addr(t)
+            } else {
+                tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
+                return None;
+            }
+        }
+        ListenerKind::Forward(name) => match snap.service(name) {
+            Some(svc) => Target::Service(name.clone(), w.balancer(svc)),
+            None => match name.socket_addr() {
+                Some(addr) => match snap.service_by_addr(addr) {
+                    Some(svc) => Target::Service(svc.name.clone(), w.balancer(svc)),
+                    None => Target::Addr(addr),
+                },
+                None => {
+                    tracing::warn!(%peer, service = %name, "forward target is not resolved (yet); closing");
+                    return None;
+                }
+            },
+        },
+    };
+    if let Target::Addr(addr) = target {
+        if w.own_listeners.iter().any(|l| same_endpoint(*l, addr)) || addr == local {
+            tracing::warn!(listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
+            return None;
+        }
+    }
+    Some(target)
+}
+
+/// True when `dst` would reach listener `l` (which may be a wildcard).
+fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
+    l.port() == dst.port() && (l.ip() == dst.ip() || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
+}
+
+fn is_local(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))),
+    }
+}
+
+#[derive(Debug)]
+struct ConnectFailure {
+    tried: usize,
+    last: Option<io::Error>,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.last {
+            None => f.write_str("service has no endpoints"),
+            Some(e) => write!(f, "all {} endpoints failed (last error: {e})", self.tried),
+        }
+    }
+}
+
+/// Picks endpoints (P2C) until one accepts the connection; each endpoint is
+/// tried at most once per client connection.
+async fn connect_balanced(balancer: &RefCell<L4Balancer>, timeout: Duration) -> Result<(TcpStream, OpenGuard), ConnectFailure> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last = None;
+    loop {
+        let ep = {
+            let b = balancer.borrow();
+            let eps = b.endpoints();
+            match b.pick(|i| tried.contains(&eps[i].addr())) {
+                Some(i) => eps[i].clone(),
+                None => break,
+            }
+        };
+        let addr = ep.addr();
+        // Counted as open while connecting, so concurrent picks see the load.
+        let guard = OpenGuard::new(ep);
+        match connect(addr, timeout).await {
+            Ok(s) => return Ok((s, guard)),
+            Err(e) => {
+                tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");
+                tried.push(addr);
+                last = Some(e);
+            }
+        }
+    }
+    Err(ConnectFailure {
+        tried: tried.len(),
+        last,
+    })
+}

@@ -1,0 +1,23 @@
+//! ringmesh-engine: the process skeleton and the L4 data path.
+//!
+//! Owns start-up (configuration, binding, driver choice), the worker threads
+//! (one monoio event loop pinned per core, each with its own listeners,
+//! balancer replicas and buffers), the control thread that runs discovery and
+//! publishes snapshots, graceful shutdown, and the opaque TCP proxy paths
+//! (outbound, inbound, explicit forwards).
+//!
+//! Workers share nothing but the snapshot channel: every other piece of state
+//! a worker touches is `Rc`/`Cell` owned by that worker's thread.
+#![deny(rust_2018_idioms)]
+
+pub mod config;
+mod control;
+mod l4;
+pub mod listen;
+pub mod orig_dst;
+mod proxy;
+mod stop;
+mod worker;
+
+pub use config::{Config, ConfigError, IoDriver};
+pub use proxy::{ActiveDriver, Proxy, StartError, WorkerStats};

@@ -1,0 +1,257 @@
+//! Start-up and the handle the binary (and in-process tests) hold.
+//!
+//! Order matters: configuration is already valid; discovery produces its
+//! first snapshot; every listener is bound (so a busy port fails start-up
+//! before any thread exists); then the workers start and report ready.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use futures_channel::mpsc::{unbounded, UnboundedSender};
+use ringmesh_discovery::dns::DnsConfig;
+use ringmesh_discovery::{Discovery, DiscoveryConfig, DiscoveryError};
+
+use crate::config::{Config, IoDriver};
+use crate::control::{self, ControlMsg};
+use crate::l4::ListenerKind;
+use crate::listen::{self, BindError};
+use crate::worker::{self, WorkerMsg, WorkerSetup};
+
+/// The io driver the workers actually run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveDriver {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for ActiveDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Uring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+/// One worker's counters, read on demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub worker: usize,
+    /// Connections accepted on any listener since start.
+    pub accepted: u64,
+    /// Connections currently being proxied.
+    pub open: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("io_uring was requested (RINGMESH_IO_DRIVER=uring) but the kernel refused it: {0}")]
+    UringUnavailable(std::io::Error),
+    #[error("cannot start worker {worker}: {reason}")]
+    Worker { worker: usize, reason: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+struct WorkerHandle {
+    tx: UnboundedSender<WorkerMsg>,
+    thread: JoinHandle<()>,
+}
+
+pub struct Proxy {
+    workers: Vec<WorkerHandle>,
+    control_tx: mpsc::Sender<ControlMsg>,
+    control: JoinHandle<()>,
+    driver: ActiveDriver,
+    outbound: Option<SocketAddr>,
+    inbound: Option<SocketAddr>,
+    forwards: Vec<SocketAddr>,
+}
+
+impl Proxy {
+    pub fn start(mut cfg: Config) -> Result<Self, StartError> {
+        let driver = choose_driver(cfg.io_driver)?;
+        let n = cfg.cores.unwrap_or_else(available_cores).max(1);
+        tracing::info!(workers = n, driver = %driver, "starting");
+
+        if cfg.dns.servers.is_empty() {
+            let sys = DnsConfig::system();
+            cfg.dns.servers = sys.servers;
+            cfg.dns.search = sys.search;
+            cfg.dns.ndots = sys.ndots;
+        }
+        let (discovery, subscriber) = Discovery::start(
+            DiscoveryConfig {
+                static_file: cfg.discovery_static.clone(),
+                static_poll_interval: cfg.discovery_static_poll_interval,
+                dns: cfg.dns.clone(),
+                hosts_file: Some("/etc/hosts".into()),
+            },
+            cfg.watched_names(),
+        )?;
+
+        // Bind everything before any thread starts.
+        let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
+        let mut outbound = None;
+        let mut inbound = None;
+        let mut forwards = Vec::new();
+        if let Some(addr) = cfg.outbound_listen {
+            let g = listen::bind_group(addr, n, "outbound listener")?;
+            outbound = Some(local_addr(&g));
+            groups.push((ListenerKind::Outbound, g));
+        }
+        if let Some(addr) = cfg.inbound_listen {
+            let g = listen::bind_group(addr, n, "inbound listener")?;
+            inbound = Some(local_addr(&g));
+            groups.push((ListenerKind::Inbound, g));
+        }
+        for f in &cfg.forwards {
+            let g = listen::bind_group(f.listen, n, "TCP forward")?;
+            forwards.push(local_addr(&g));
+            groups.push((ListenerKind::Forward(f.target.clone()), g));
+        }
+        let own_listeners: Vec<SocketAddr> = outbound.into_iter().chain(inbound).chain(forwards.iter().copied()).collect();
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+        let mut workers = Vec::with_capacity(n);
+        for id in 0..n {
+            let listeners: Vec<(ListenerKind, TcpListener)> = groups
+                .iter_mut()
+                .map(|(kind, g)| (kind.clone(), g.pop().expect("one listener per worker")))
+                .collect();
+            let (tx, rx) = unbounded();
+            let setup = WorkerSetup {
+                id,
+                core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+                driver,
+                listeners,
+                own_listeners: own_listeners.clone(),
+                snapshots: subscriber.cache(),
+                cfg: cfg.clone(),
+                rx,
+                ready: ready_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("ringmesh-worker-{id}"))
+                .spawn(move || worker::run(setup))
+                .map_err(StartError::Thread)?;
+            workers.push(WorkerHandle { tx, thread });
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok((_, Ok(()))) => {}
+                Ok((worker, Err(reason))) => return Err(StartError::Worker { worker, reason }),
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        worker: 0,
+                        reason: "did not report ready within 10s".into(),
+                    })
+                }
+            }
+        }
+
+        let (control_tx, control) = control::spawn(discovery).map_err(StartError::Thread)?;
+        tracing::info!(?outbound, ?inbound, ?forwards, "ready");
+        Ok(Self {
+            workers,
+            control_tx,
+            control,
+            driver,
+            outbound,
+            inbound,
+            forwards,
+        })
+    }
+
+    pub fn driver(&self) -> ActiveDriver {
+        self.driver
+    }
+
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.outbound
+    }
+
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound
+    }
+
+    /// Bound forward listeners, in `RINGMESH_TCP_FORWARD` order.
+    pub fn forward_addrs(&self) -> &[SocketAddr] {
+        &self.forwards
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Asks every worker for its counters (waits at most 1s per worker).
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        let (tx, rx) = mpsc::channel();
+        for w in &self.workers {
+            let _ = w.tx.unbounded_send(WorkerMsg::Stats(tx.clone()));
+        }
+        drop(tx);
+        let mut out: Vec<WorkerStats> = (0..self.workers.len())
+            .map_while(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect();
+        out.sort_by_key(|s| s.worker);
+        out
+    }
+
+    /// Starts the graceful drain: workers stop accepting at once and exit
+    /// when their open connections finish or the grace period ends.
+    pub fn shutdown(&self) {
+        for w in &self.workers {
+            let _ = w.tx.unbounded_send(WorkerMsg::Shutdown);
+        }
+    }
+
+    /// Waits for every worker to finish, then stops the control thread.
+    pub fn wait(self) {
+        for w in self.workers {
+            let _ = w.thread.join();
+        }
+        let _ = self.control_tx.send(ControlMsg::Stop);
+        let _ = self.control.join();
+    }
+}
+
+fn local_addr(group: &[TcpListener]) -> SocketAddr {
+    group[0].local_addr().expect("bound listener has an address")
+}
+
+fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
+    let probe = || {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(256)
+            .build()
+            .map(drop)
+    };
+    match want {
+        IoDriver::Epoll => Ok(ActiveDriver::Epoll),
+        IoDriver::Uring => probe().map(|()| ActiveDriver::Uring).map_err(StartError::UringUnavailable),
+        IoDriver::Auto => match probe() {
+            Ok(()) => Ok(ActiveDriver::Uring),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; falling back to epoll");
+                Ok(ActiveDriver::Epoll)
+            }
+        },
+    }
+}

@@ -1,0 +1,257 @@
+//! A worker: one thread, pinned to one core, running one monoio event loop.
+//!
+//! It owns its listeners (one `SO_REUSEPORT` socket per data-plane address),
+//! its balancer replicas, its buffer pool and its counters. Other threads
+//! reach it only through its message channel; it reads discovery only
+//! through its [`SnapshotCache`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_core::stream::FusedStream;
+use futures_core::Stream;
+use monoio::net::TcpListener;
+use ringmesh_balancer::L4Balancer;
+use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
+use ringmesh_protocols::buffer::BufferPool;
+
+use crate::config::Config;
+use crate::l4::{self, ListenerKind};
+use crate::proxy::{ActiveDriver, WorkerStats};
+use crate::stop::Stop;
+
+pub(crate) enum WorkerMsg {
+    /// Stop accepting and drain.
+    Shutdown,
+    Stats(mpsc::Sender<WorkerStats>),
+}
+
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub driver: ActiveDriver,
+    pub listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+    /// Every address this process listens on, for loop detection.
+    pub own_listeners: Vec<SocketAddr>,
+    pub snapshots: SnapshotCache,
+    pub cfg: Config,
+    pub rx: UnboundedReceiver<WorkerMsg>,
+    pub ready: mpsc::Sender<(usize, Result<(), String>)>,
+}
+
+/// Idle buffers kept per worker; beyond this, returned buffers are freed.
+const MAX_IDLE_BUFFERS: usize = 1024;
+
+/// A worker's replica of one service's balancer, rebuilt only when the
+/// service's entry in the snapshot changes.
+pub(crate) struct Replica {
+    service: Arc<Service>,
+    pub balancer: Rc<RefCell<L4Balancer>>,
+}
+
+pub(crate) struct Worker {
+    pub id: usize,
+    pub cfg: Config,
+    pub own_listeners: Vec<SocketAddr>,
+    pub bufs: BufferPool,
+    pub accepted: Cell<u64>,
+    pub open: Cell<u64>,
+    snapshots: RefCell<SnapshotCache>,
+    replicas: RefCell<HashMap<Authority, Replica>>,
+}
+
+impl Worker {
+    /// The current snapshot, picking up a newer one if the control core
+    /// published it (one atomic load when nothing changed).
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        let mut cache = self.snapshots.borrow_mut();
+        if cache.refresh() {
+            self.sync_replicas(cache.get());
+        }
+        cache.get().clone()
+    }
+
+    /// The balancer replica for a service in the current snapshot.
+    pub(crate) fn balancer(&self, service: &Arc<Service>) -> Rc<RefCell<L4Balancer>> {
+        let mut replicas = self.replicas.borrow_mut();
+        let replica = replicas.entry(service.name.clone()).or_insert_with(|| Replica {
+            service: service.clone(),
+            balancer: Rc::new(RefCell::new(L4Balancer::new(endpoints(service)))),
+        });
+        if !Arc::ptr_eq(&replica.service, service) {
+            replica.balancer.borrow_mut().update(endpoints(service));
+            replica.service = service.clone();
+        }
+        replica.balancer.clone()
+    }
+
+    /// Updates replicas to a new snapshot: endpoints that stay keep their
+    /// state; services that are gone are dropped (their open connections
+    /// keep their own references until they close).
+    fn sync_replicas(&self, snap: &Snapshot) {
+        let mut replicas = self.replicas.borrow_mut();
+        replicas.retain(|name, replica| match snap.service(name) {
+            None => false,
+            Some(svc) => {
+                if !Arc::ptr_eq(&replica.service, svc) {
+                    replica.balancer.borrow_mut().update(endpoints(svc));
+                    replica.service = svc.clone();
+                }
+                true
+            }
+        });
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            worker: self.id,
+            accepted: self.accepted.get(),
+            open: self.open.get(),
+        }
+    }
+}
+
+fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
+    svc.endpoints.iter().map(|e| (e.addr, e.weight))
+}
+
+/// Thread body: pin, build the runtime, serve until drained.
+pub(crate) fn run(setup: WorkerSetup) {
+    let id = setup.id;
+    if let Some(core) = setup.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = id, core = core.id, "cannot pin worker to its core");
+        }
+    }
+    let ready = setup.ready.clone();
+    let failed = |e: std::io::Error| {
+        let _ = ready.send((id, Err(format!("cannot build the {} runtime: {e}", setup.driver))));
+    };
+    match setup.driver {
+        ActiveDriver::Uring => {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(serve(setup)),
+                Err(e) => failed(e),
+            }
+        }
+        ActiveDriver::Epoll => {
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(serve(setup)),
+                Err(e) => failed(e),
+            }
+        }
+    }
+}
+
+async fn serve(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        listeners,
+        own_listeners,
+        snapshots,
+        cfg,
+        mut rx,
+        ready,
+        ..
+    } = setup;
+    let worker = Rc::new(Worker {
+        id,
+        bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
+        cfg,
+        own_listeners,
+        accepted: Cell::new(0),
+        open: Cell::new(0),
+        snapshots: RefCell::new(snapshots),
+        replicas: RefCell::new(HashMap::new()),
+    });
+    let stop = Stop::default();
+    for (kind, std_listener) in listeners {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send((id, Err(format!("cannot register listener: {e}"))));
+                return;
+            }
+        };
+        monoio::spawn(accept_loop(worker.clone(), Rc::new(kind), listener, stop.clone()));
+    }
+    let _ = ready.send((id, Ok(())));
+    drop(ready);
+
+    // Serve until told to stop (or the handle is gone).
+    loop {
+        match next(&mut rx).await {
+            Some(WorkerMsg::Stats(reply)) => {
+                let _ = reply.send(worker.stats());
+            }
+            Some(WorkerMsg::Shutdown) | None => break,
+        }
+    }
+
+    // Drain: no new connections; open ones get the grace period.
+    stop.trigger();
+    let deadline = Instant::now() + worker.cfg.shutdown_grace_period;
+    tracing::debug!(worker = id, open = worker.open.get(), "draining");
+    while worker.open.get() > 0 && Instant::now() < deadline {
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_millis(20)) => {}
+            msg = next(&mut rx) => {
+                if let Some(WorkerMsg::Stats(reply)) = msg {
+                    let _ = reply.send(worker.stats());
+                }
+            }
+        }
+    }
+    let left = worker.open.get();
+    if left > 0 {
+        tracing::warn!(worker = id, open = left, "grace period over; closing remaining connections");
+    }
+    tracing::info!(worker = id, accepted = worker.accepted.get(), "worker stopped");
+}
+
+/// The next control message; after the channel closed, never resolves
+/// again (the drain loop keeps polling it).
+async fn next(rx: &mut UnboundedReceiver<WorkerMsg>) -> Option<WorkerMsg> {
+    if FusedStream::is_terminated(rx) {
+        std::future::pending::<()>().await;
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut *rx).poll_next(cx)).await
+}
+
+async fn accept_loop(worker: Rc<Worker>, kind: Rc<ListenerKind>, listener: TcpListener, stop: Stop) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                worker.accepted.set(worker.accepted.get() + 1);
+                monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of fds and the like: back off instead of spinning.
+                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if stop.is_stopped() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The `ringmesh` binary as users run it: configuration errors, busy ports,
+//! logging of failures, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmesh");
+
+/// The binary with a clean environment: no outbound/inbound listeners unless
+/// the test sets them, and info logs without colour.
+fn ringmesh(driver: &str, vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("LINKERD2_PROXY_LOG", "info")
+        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_CORES", "2")
+        .env("RINGMESH_IO_DRIVER", driver)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A running binary whose stderr lines are collected in the background.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  ringmesh| {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        let end = Instant::now() + limit;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.seen.push(l);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    closed_port()
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_and_exits_64() {
+    let out = ringmesh(
+        "auto",
+        &[
+            ("LINKERD2_PROXY_CORES", "zero"),
+            ("RINGMESH_IO_DRIVER", "kqueue"),
+            ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "10 parsecs"),
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:15432"),
+            ("RINGMESH_DISCOVERY_STATIC", "/nonexistent/ringmesh.toml"),
+            ("LINKERD2_PROXY_LOG", "ringmesh=loud["),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(64));
+    for var in [
+        "LINKERD2_PROXY_CORES",
+        "RINGMESH_IO_DRIVER",
+        "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT",
+        "RINGMESH_TCP_FORWARD",
+        "RINGMESH_DISCOVERY_STATIC",
+        "LINKERD2_PROXY_LOG",
+    ] {
+        assert!(stderr.contains(var), "{var} not reported:\n{stderr}");
+    }
+}
+
+#[test]
+fn bad_static_file_content_exits_64_with_every_problem() {
+    let path = std::env::temp_dir().join(format!("ringmesh-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[service]]\nname = \"a.test:80\"\nendpoints = [\"nope\"]\n[[service]]\nname = \"b.test\"\nendpoints = []\n",
+    )
+    .unwrap();
+    let out = ringmesh("auto", &[("RINGMESH_DISCOVERY_STATIC", path.to_str().unwrap())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(stderr.contains("b.test"), "{stderr}");
+}
+
+fn port_in_use(driver: &str) {
+    // Held by another process-like owner, once plainly and once with
+    // SO_REUSEPORT (which must not let ringmesh silently share it).
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let shared = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.listen(16).unwrap();
+        s
+    };
+    for held in [plain.local_addr().unwrap(), shared.local_addr().unwrap().as_socket().unwrap()] {
+        let out = ringmesh(driver, &[("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &held.to_string())])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(stderr.contains("already in use"), "{stderr}");
+        assert!(stderr.contains(&held.to_string()), "{stderr}");
+    }
+}
+
+#[test]
+fn port_in_use_fails_start_uring() {
+    port_in_use("uring");
+}
+
+#[test]
+fn port_in_use_fails_start_epoll() {
+    port_in_use("epoll");
+}
+
+fn sigterm_drains(driver: &str) {
+    let backend = Backend::echo();
+    let listen = free_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let mut p = Running::spawn(ringmesh(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "10s"),
+        ],
+    ));
+    assert!(p.wait_for("ready", Duration::from_secs(10)), "proxy never became ready");
+    assert!(p.seen.iter().any(|l| l.contains(if driver == "uring" { "io_uring" } else { "epoll" })));
+
+    let mut open = connect(listen);
+    open.write_all(b"before\n").unwrap();
+    let mut back = [0u8; 7];
+    open.read_exact(&mut back).unwrap();
+
+    p.signal(Signal::SIGTERM);
+    assert!(p.wait_for("shutting down", Duration::from_secs(5)));
+    // New connections are refused once the listeners are gone.
+    assert!(eventually(Duration::from_secs(5), || std::net::TcpStream::connect(listen).is_err()));
+    // The open connection still works during the drain.
+    open.write_all(b"during\n").unwrap();
+    let mut back = [0u8; 7];
+    open.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"during\n");
+    assert_eq!(p.child.try_wait().unwrap(), None, "exited before the connection closed");
+    drop(open);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn sigterm_drains_then_exits_0_uring() {
+    sigterm_drains("uring");
+}
+
+#[test]
+fn sigterm_drains_then_exits_0_epoll() {
+    sigterm_drains("epoll");
+}
+
+#[test]
+fn grace_period_bounds_the_drain() {
+    let backend = Backend::echo();
+    let listen = free_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let mut p = Running::spawn(ringmesh(
+        "auto",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "500ms"),
+        ],
+    ));
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let _open = connect(listen);
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    p.signal(Signal::SIGINT);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(p.wait_for("grace period over", Duration::from_secs(1)));
+}
+
+#[test]
+fn all_endpoints_down_is_logged() {
+    let (a, b) = (closed_port(), closed_port());
+    let path = std::env::temp_dir().join(format!("ringmesh-down-{}.toml", std::process::id()));
+    std::fs::write(&path, format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n")).unwrap();
+    let listen = free_port();
+    let fwd = format!("{listen}=db.test:5432");
+    let mut p = Running::spawn(ringmesh(
+        "auto",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("RINGMESH_DISCOVERY_STATIC", path.to_str().unwrap()),
+        ],
+    ));
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let mut c = connect(listen);
+    let mut buf = [0u8; 1];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    assert!(p.wait_for("all 2 endpoints failed", Duration::from_secs(5)));
+    assert!(p.seen.iter().any(|l| l.contains("db.test:5432")));
+}

@@ -1,0 +1,303 @@
+//! The L4 data path through an explicit forward, on both io drivers: bulk
+//! integrity, concurrency across workers, half-close, failover, snapshot
+//! updates under open connections.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmesh_engine::IoDriver;
+
+const BULK: usize = 64 << 20;
+const CHUNK: usize = 64 << 10;
+
+/// Writes `total` bytes of pattern `seed`.
+fn send_pattern(s: &mut TcpStream, seed: u64, total: usize) {
+    let mut p = Pattern::new(seed);
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        p.fill(&mut buf[..n]);
+        s.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+}
+
+/// Reads exactly `total` bytes and checks them against pattern `seed`;
+/// returns the FNV checksum of what arrived and of what was expected.
+fn check_pattern(s: &mut TcpStream, seed: u64, total: usize) -> (u64, u64) {
+    let mut p = Pattern::new(seed);
+    let mut got = vec![0u8; CHUNK];
+    let mut want = vec![0u8; CHUNK];
+    let (mut h_got, mut h_want) = (Fnv::default(), Fnv::default());
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        s.read_exact(&mut got[..n]).unwrap();
+        p.fill(&mut want[..n]);
+        h_got.update(&got[..n]);
+        h_want.update(&want[..n]);
+        left -= n;
+    }
+    (h_got.0, h_want.0)
+}
+
+fn bulk_both_ways(driver: IoDriver) {
+    // The backend checks the client's stream, sends its own, then reports
+    // the checksums of what it received and what it expected.
+    let backend = Backend::start(|mut s| {
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || send_pattern(&mut w, 2, BULK));
+        let (got, want) = check_pattern(&mut s, 1, BULK);
+        let mut rest = [0u8; 1];
+        assert_eq!(s.read(&mut rest).unwrap(), 0, "client sent more than expected");
+        writer.join().unwrap();
+        s.write_all(&got.to_le_bytes()).unwrap();
+        s.write_all(&want.to_le_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let addr = proxy.forward_addrs()[0];
+
+    let started = Instant::now();
+    let mut c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        send_pattern(&mut w, 1, BULK);
+        // Half-close: the reply must still arrive after our FIN.
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let (got, want) = check_pattern(&mut c, 2, BULK);
+    writer.join().unwrap();
+    let mut report = [0u8; 16];
+    c.read_exact(&mut report).unwrap();
+    let mut end = [0u8; 1];
+    assert_eq!(c.read(&mut end).unwrap(), 0, "expected EOF after the report");
+    let backend_got = u64::from_le_bytes(report[..8].try_into().unwrap());
+    let backend_want = u64::from_le_bytes(report[8..].try_into().unwrap());
+    assert_eq!(got, want, "server→client checksum");
+    assert_eq!(backend_got, backend_want, "client→server checksum");
+    eprintln!(
+        "{}: 64 MiB each way in {:?}, checksums {got:016x} / {backend_got:016x}",
+        driver_name(driver),
+        started.elapsed()
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(bulk_64mib_each_way, super::bulk_both_ways);
+
+fn concurrent_connections(driver: IoDriver) {
+    const N: usize = 500;
+    let backend = Backend::echo();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    assert_eq!(proxy.workers(), 2);
+    let addr = proxy.forward_addrs()[0];
+
+    // All N are connected and have echoed once before any closes.
+    let barrier = Arc::new(Barrier::new(N + 1));
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            let barrier = barrier.clone();
+            thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let mut c = connect(addr);
+                    let msg = format!("hello from client {i}\n");
+                    c.write_all(msg.as_bytes()).unwrap();
+                    let mut back = vec![0u8; msg.len()];
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(back, msg.as_bytes());
+                    barrier.wait();
+                    barrier.wait();
+                    c.shutdown(Shutdown::Write).unwrap();
+                    let mut rest = Vec::new();
+                    c.read_to_end(&mut rest).unwrap();
+                    assert!(rest.is_empty());
+                })
+                .unwrap()
+        })
+        .collect();
+    barrier.wait();
+    let during = proxy.worker_stats();
+    barrier.wait();
+    for c in clients {
+        c.join().unwrap();
+    }
+    eprintln!("{}: per-worker while {N} were open: {during:?}", driver_name(driver));
+    assert_eq!(during.len(), 2);
+    assert_eq!(during.iter().map(|s| s.open).sum::<u64>(), N as u64);
+    assert_eq!(during.iter().map(|s| s.accepted).sum::<u64>(), N as u64);
+    for s in &during {
+        // The kernel hashes connections over the SO_REUSEPORT group; with
+        // 500 connections each worker gets a substantial share.
+        assert!(s.accepted >= N as u64 / 10, "worker {} got only {} of {N}", s.worker, s.accepted);
+    }
+    assert!(eventually(Duration::from_secs(5), || proxy
+        .worker_stats()
+        .iter()
+        .all(|s| s.open == 0)));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(concurrent_500_over_both_workers, super::concurrent_connections);
+
+fn half_close(driver: IoDriver) {
+    // The server reads the whole request (until FIN), waits, then answers.
+    let backend = Backend::start(|mut s| {
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(format!("got {} bytes\n", req.len()).as_bytes()).unwrap();
+        s.write_all(&vec![b'x'; 100_000]).unwrap();
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let mut c = connect(proxy.forward_addrs()[0]);
+    c.write_all(&[b'q'; 5000]).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    let head = b"got 5000 bytes\n";
+    assert_eq!(&resp[..head.len()], head);
+    assert_eq!(resp.len(), head.len() + 100_000);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(half_close_keeps_the_other_direction, super::half_close);
+
+fn failover(driver: IoDriver) {
+    let dir = tempdir();
+    let live = Backend::named("live");
+    let dead = closed_port();
+    let file = dir.join("discovery.toml");
+    std::fs::write(
+        &file,
+        format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{dead}\", \"{}\"]\n", live.addr),
+    )
+    .unwrap();
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    for _ in 0..20 {
+        let mut c = connect(addr);
+        assert_eq!(read_name(&mut c), "live");
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(failover_to_a_live_endpoint, super::failover);
+
+fn all_down(driver: IoDriver) {
+    let dir = tempdir();
+    let file = dir.join("discovery.toml");
+    let (a, b) = (closed_port(), closed_port());
+    std::fs::write(
+        &file,
+        format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n"),
+    )
+    .unwrap();
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    let started = Instant::now();
+    let mut c = connect(proxy.forward_addrs()[0]);
+    let mut buf = [0u8; 16];
+    // Closed (EOF or reset), promptly: well under timeout × endpoints.
+    let r = c.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "expected the connection closed, got {r:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(all_endpoints_down_closes_promptly, super::all_down);
+
+fn snapshot_update(driver: IoDriver) {
+    let dir = tempdir();
+    let file = dir.join("discovery.toml");
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let write = |addr| {
+        // Write a new file and rename it into place, as editors and config
+        // management do.
+        let tmp = dir.join("discovery.toml.tmp");
+        std::fs::write(&tmp, format!("[[service]]\nname = \"web.test:80\"\nendpoints = [\"{addr}\"]\n")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(a.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut open: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut c = connect(addr);
+            assert_eq!(read_name(&mut c), "a");
+            c
+        })
+        .collect();
+    write(b.addr);
+    assert!(
+        eventually(Duration::from_secs(5), || read_name(&mut connect(addr)) == "b"),
+        "new connections never moved to the new endpoint"
+    );
+    // Every new connection now goes to b, on both workers.
+    for _ in 0..20 {
+        assert_eq!(read_name(&mut connect(addr)), "b");
+    }
+    // The connections opened before the change still work.
+    for (i, c) in open.iter_mut().enumerate() {
+        let msg = format!("still here {i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // A bad edit is ignored: the last good snapshot stays.
+    std::fs::write(&file, "[[service]]\nname = \"web.test:80\"\nendpoints = [\"not an address\"]\n").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(read_name(&mut connect(addr)), "b");
+    drop(open);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(snapshot_update_reroutes_new_and_keeps_open, super::snapshot_update);
+
+/// A fresh directory under the target dir's tmp (cleaned by cargo clean).
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ringmesh-test-{}-{}",
+        std::process::id(),
+        fastrand_name()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fastrand_name() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,270 @@
+//! Transparent mode: iptables REDIRECT in a network namespace the test
+//! creates, as a sidecar's init container sets it up. Needs root (CI runs as
+//! root); without it the test fails, it does not skip.
+//!
+//! Topology, one pair per test:
+//!
+//! ```text
+//!   netns APP (proxy as uid 2102, client, app server)  ==veth==  netns PEER (remote server, remote client)
+//!   10.77.N.1/24, fd77:N::1/64                                   10.77.N.2/24, fd77:N::2/64
+//! ```
+//! APP's nat table: OUTPUT tcp from uids other than 2102 → 4140 (outbound);
+//! PREROUTING tcp arriving on the veth → 4143 (inbound).
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sched::{setns, CloneFlags};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmesh");
+const PROXY_UID: &str = "2102";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the transparent-mode tests need root (network namespaces, iptables); CI runs them as root"
+    );
+    for tool in ["ip", "iptables", "ip6tables", "setpriv"] {
+        assert!(
+            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(),
+            "{tool} is not installed (.ci/run installs iproute2, iptables, util-linux)"
+        );
+    }
+}
+
+/// Two namespaces joined by a veth pair, with the REDIRECT rules in APP.
+struct Netns {
+    app: String,
+    peer: String,
+    n: u32,
+}
+
+impl Netns {
+    fn new() -> Self {
+        require_root();
+        let n = std::process::id() % 200 + NEXT.fetch_add(1, Ordering::Relaxed);
+        let n = n % 250 + 1;
+        let app = format!("rm-app-{}-{n}", std::process::id());
+        let peer = format!("rm-peer-{}-{n}", std::process::id());
+        let this = Self { app, peer, n };
+        let (app, peer) = (this.app.as_str(), this.peer.as_str());
+        let (va, vp) = (format!("rma{n}"), format!("rmp{n}"));
+        sh(&["ip", "netns", "add", app]);
+        sh(&["ip", "netns", "add", peer]);
+        sh(&["ip", "link", "add", &va, "netns", app, "type", "veth", "peer", "name", &vp, "netns", peer]);
+        for (ns, dev, last) in [(app, &va, 1), (peer, &vp, 2)] {
+            let x = |args: &[&str]| {
+                let mut v = vec!["ip", "netns", "exec", ns];
+                v.extend_from_slice(args);
+                sh(&v);
+            };
+            x(&["ip", "link", "set", "lo", "up"]);
+            x(&["ip", "addr", "add", &format!("10.77.{n}.{last}/24"), "dev", dev]);
+            x(&["ip", "addr", "add", &format!("fd77:{n}::{last}/64"), "dev", dev, "nodad"]);
+            x(&["ip", "link", "set", dev, "up"]);
+        }
+        for ipt in ["iptables", "ip6tables"] {
+            let lo = if ipt == "iptables" { "127.0.0.0/8" } else { "::1/128" };
+            let x = |args: &[&str]| {
+                let mut v = vec!["ip", "netns", "exec", app, ipt, "-w", "-t", "nat"];
+                v.extend_from_slice(args);
+                sh(&v);
+            };
+            x(&["-A", "OUTPUT", "-p", "tcp", "!", "-d", lo, "-m", "owner", "!", "--uid-owner", PROXY_UID, "-j", "REDIRECT", "--to-ports", "4140"]);
+            x(&["-A", "PREROUTING", "-i", &va, "-p", "tcp", "-j", "REDIRECT", "--to-ports", "4143"]);
+        }
+        this
+    }
+
+    fn ip(&self, host: u8, v6: bool) -> IpAddr {
+        if v6 {
+            format!("fd77:{}::{host}", self.n).parse().unwrap()
+        } else {
+            format!("10.77.{}.{host}", self.n).parse().unwrap()
+        }
+    }
+
+    /// Runs `f` on a thread that has entered namespace `ns`; sockets it
+    /// creates stay in that namespace.
+    fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = File::open(format!("/run/netns/{ns}")).unwrap();
+        thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.app]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.peer]).status();
+    }
+}
+
+/// A server that tells who connected to it, then echoes.
+fn whoami_server(listener: TcpListener, name: &'static str) -> Backend {
+    Backend::on(listener, move |mut s| {
+        let peer = s.peer_addr().unwrap();
+        let local = s.local_addr().unwrap();
+        if s.write_all(format!("{name} at {local} from {}\n", peer.ip()).as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+fn hello(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let line = read_name(s);
+    s.write_all(b"ping\n").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping\n");
+    line
+}
+
+struct ProxyProcess(Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyProcess {
+    let (out, inb) = if v6 { ("[::1]:4140", "[::]:4143") } else { ("127.0.0.1:4140", "0.0.0.0:4143") };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups", BIN])
+        .env_clear()
+        .env("LINKERD2_PROXY_LOG", "info")
+        .env("LINKERD2_PROXY_CORES", "2")
+        .env("RINGMESH_IO_DRIVER", driver)
+        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", out)
+        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", inb)
+        .env("RINGMESH_DISCOVERY_STATIC", discovery)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  ringmesh| {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = end.checked_duration_since(Instant::now()).expect("proxy never became ready");
+        let line = rx.recv_timeout(left).expect("proxy exited before it was ready");
+        if line.contains("ready") {
+            break;
+        }
+    }
+    ProxyProcess(child)
+}
+
+fn transparent(driver: &str, v6: bool) {
+    let net = Netns::new();
+    let (app_ip, peer_ip) = (net.ip(1, v6), net.ip(2, v6));
+
+    // The remote service lives in PEER on port 8080; the local app in APP on 9090.
+    let remote = {
+        let a = SocketAddr::new(peer_ip, 8080);
+        Netns::within(&net.peer, move || TcpListener::bind(a).unwrap())
+    };
+    let _remote = whoami_server(remote, "remote");
+    let app = {
+        let a = SocketAddr::new(app_ip, 9090);
+        Netns::within(&net.app, move || TcpListener::bind(a).unwrap())
+    };
+    let _app = whoami_server(app, "app");
+
+    // A discovered service addressed by ip:port that nothing listens on:
+    // reaching it proves the proxy routed the connection.
+    let dir = std::env::temp_dir().join(format!("ringmesh-netns-{}-{}", std::process::id(), net.n));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("discovery.toml");
+    let virt = SocketAddr::new(peer_ip, 8081);
+    std::fs::write(
+        &file,
+        format!("[[service]]\nname = \"{virt}\"\nendpoints = [\"{}\"]\n", SocketAddr::new(peer_ip, 8080)),
+    )
+    .unwrap();
+    // setpriv'd proxy must read it.
+    sh(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
+
+    let proxy = start_proxy_in(&net.app, driver, v6, file.to_str().unwrap());
+
+    // Outbound: an app in APP dials the remote; iptables sends it to 4140;
+    // the proxy reads SO_ORIGINAL_DST and connects there.
+    let direct = SocketAddr::new(peer_ip, 8080);
+    let line = Netns::within(&net.app, move || hello(&mut TcpStream::connect(direct).unwrap()));
+    assert!(line.starts_with(&format!("remote at {direct}")), "{line}");
+    let line = Netns::within(&net.app, move || hello(&mut TcpStream::connect(virt).unwrap()));
+    assert!(line.starts_with(&format!("remote at {direct}")), "discovered service not balanced: {line}");
+
+    // Inbound: a client in PEER dials the app; PREROUTING sends it to 4143;
+    // the proxy connects to the original destination from inside APP, so the
+    // app sees the connection coming from its own address, not PEER's.
+    let app_addr = SocketAddr::new(app_ip, 9090);
+    let line = Netns::within(&net.peer, move || hello(&mut TcpStream::connect(app_addr).unwrap()));
+    assert_eq!(line, format!("app at {app_addr} from {app_ip}"));
+
+    // Without the proxy the redirected connections are refused: traffic
+    // really went through it.
+    drop(proxy);
+    let refused = Netns::within(&net.app, move || TcpStream::connect_timeout(&direct, Duration::from_secs(2)).is_err());
+    assert!(refused, "outbound connection succeeded without the proxy: not redirected");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn transparent_ipv4_uring() {
+    transparent("uring", false);
+}
+
+#[test]
+fn transparent_ipv4_epoll() {
+    transparent("epoll", false);
+}
+
+#[test]
+fn transparent_ipv6_uring() {
+    transparent("uring", true);
+}
+
+#[test]
+fn transparent_ipv6_epoll() {
+    transparent("epoll", true);
+}

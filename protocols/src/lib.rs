@@ -1,0 +1,11 @@
+//! ringmesh-protocols: wire formats and per-connection data paths.
+//!
+//! Owns what happens to bytes on one connection: the TCP relay (this issue),
+//! and later protocol detection, the HTTP/1 codec, HTTP/2, upgrades and gRPC
+//! framing. It must not know about discovery, balancing or policy: callers
+//! hand it connected sockets and limits.
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod buffer;
+pub mod tcp;
