@@ -8,8 +8,9 @@
 //!
 //! It must not run on a worker: every call blocks on sockets. Each wait is
 //! bounded by [`DnsConfig::timeout`], so one [`DnsResolver::resolve`] takes at
-//! most about `candidates × attempts × servers × 2 × timeout` (the 2 covers a
-//! TCP retry after a truncated UDP answer). Nothing received from the network
+//! most about `candidates × attempts × servers × 3 × timeout`: per server one
+//! UDP wait for A and AAAA together, then a TCP retry for each of the two if
+//! its UDP answer was truncated. Nothing received from the network
 //! can make it panic: malformed or unexpected datagrams are ignored or turned
 //! into a [`DnsError`].
 //!
@@ -95,19 +96,32 @@ impl DnsConfig {
                     let Some(word) = words.next() else { continue };
                     match parse_nameserver(word) {
                         Some(addr) if cfg.servers.len() < MAX_NAMESERVERS => cfg.servers.push(addr),
-                        Some(_) => tracing::debug!(nameserver = word, "more than 3 nameservers; ignored as glibc does"),
-                        None => tracing::warn!(nameserver = word, "unusable nameserver in resolv.conf; ignored"),
+                        Some(_) => tracing::debug!(
+                            nameserver = word,
+                            "more than 3 nameservers; ignored as glibc does"
+                        ),
+                        None => tracing::warn!(
+                            nameserver = word,
+                            "unusable nameserver in resolv.conf; ignored"
+                        ),
                     }
                 }
                 // `search` and `domain` replace each other: the last one wins.
                 Some("search") => cfg.search = words.filter_map(normalize_domain).collect(),
-                Some("domain") => cfg.search = words.next().and_then(normalize_domain).into_iter().collect(),
+                Some("domain") => {
+                    cfg.search = words
+                        .next()
+                        .and_then(normalize_domain)
+                        .into_iter()
+                        .collect()
+                }
                 Some("options") => words.for_each(|opt| cfg.apply_option(opt)),
                 _ => {}
             }
         }
         if cfg.servers.is_empty() {
-            cfg.servers.push(SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT)));
+            cfg.servers
+                .push(SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT)));
         }
         cfg
     }
@@ -126,12 +140,18 @@ impl DnsConfig {
     }
 
     fn apply_option(&mut self, opt: &str) {
-        let Some((key, value)) = opt.split_once(':') else { return };
+        let Some((key, value)) = opt.split_once(':') else {
+            return;
+        };
         let Ok(n) = value.parse::<u64>() else { return };
         match key {
             "ndots" => self.ndots = usize::try_from(n).unwrap_or(MAX_NDOTS).min(MAX_NDOTS),
             "timeout" => self.timeout = Duration::from_secs(n.clamp(1, MAX_TIMEOUT_SECS)),
-            "attempts" => self.attempts = u32::try_from(n).unwrap_or(MAX_ATTEMPTS).clamp(1, MAX_ATTEMPTS),
+            "attempts" => {
+                self.attempts = u32::try_from(n)
+                    .unwrap_or(MAX_ATTEMPTS)
+                    .clamp(1, MAX_ATTEMPTS)
+            }
             _ => {}
         }
     }
@@ -176,16 +196,25 @@ pub enum DnsError {
     /// Every candidate name is NXDOMAIN or has neither A nor AAAA records.
     /// Ask again after `negative_ttl`.
     #[error("dns name {name} does not exist")]
-    NotFound { name: String, negative_ttl: Duration },
+    NotFound {
+        name: String,
+        negative_ttl: Duration,
+    },
     #[error("invalid dns name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("no dns nameservers configured")]
     NoServers,
     #[error("dns nameserver {server} did not answer within {timeout:?}")]
-    Timeout { server: SocketAddr, timeout: Duration },
+    Timeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
     /// SERVFAIL, REFUSED and every other error code.
     #[error("dns nameserver {server} answered {}", .code.to_str().to_ascii_lowercase())]
-    Server { server: SocketAddr, code: ResponseCode },
+    Server {
+        server: SocketAddr,
+        code: ResponseCode,
+    },
     #[error("malformed response from dns nameserver {server}")]
     Malformed {
         server: SocketAddr,
@@ -256,7 +285,10 @@ impl DnsResolver {
     /// the next candidate could resolve a different service while the
     /// intended one is merely unreachable.
     pub fn resolve(&mut self, host: &str) -> Result<Resolution, DnsError> {
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(Resolution {
                 addrs: vec![ip],
@@ -316,7 +348,10 @@ impl DnsResolver {
         }
 
         let found: Vec<&Answer> = [&a, &aaaa].into_iter().flatten().collect();
-        let addrs: Vec<IpAddr> = found.iter().flat_map(|ans| ans.addrs.iter().copied()).collect();
+        let addrs: Vec<IpAddr> = found
+            .iter()
+            .flat_map(|ans| ans.addrs.iter().copied())
+            .collect();
         if !addrs.is_empty() {
             if a.is_none() || aaaa.is_none() {
                 // Some servers drop AAAA queries. The addresses of the family
@@ -349,7 +384,12 @@ impl DnsResolver {
     /// Sends every query in `qtypes` to `server` over one UDP socket and
     /// collects the answers within one timeout; truncated answers are asked
     /// again over TCP.
-    fn exchange(&mut self, server: SocketAddr, name: &Name, qtypes: &[RecordType]) -> Vec<(RecordType, Result<Answer, DnsError>)> {
+    fn exchange(
+        &mut self,
+        server: SocketAddr,
+        name: &Name,
+        qtypes: &[RecordType],
+    ) -> Vec<(RecordType, Result<Answer, DnsError>)> {
         let timeout = self.timeout();
         let mut ids: Vec<u16> = Vec::with_capacity(qtypes.len());
         while ids.len() < qtypes.len() {
@@ -385,7 +425,14 @@ impl DnsResolver {
 
     /// Fills `slots` from the replies that arrive before the deadline. An
     /// `Err` means the socket itself failed; slots still `Waiting` then.
-    fn udp_exchange(&mut self, server: SocketAddr, name: &Name, qtypes: &[RecordType], ids: &[u16], slots: &mut [Slot]) -> io::Result<()> {
+    fn udp_exchange(
+        &mut self,
+        server: SocketAddr,
+        name: &Name,
+        qtypes: &[RecordType],
+        ids: &[u16],
+        slots: &mut [Slot],
+    ) -> io::Result<()> {
         let deadline = Instant::now() + self.timeout();
         let local: SocketAddr = match server {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -401,7 +448,10 @@ impl DnsResolver {
             socket.send(&query)?;
         }
         while slots.iter().any(|s| matches!(s, Slot::Waiting)) {
-            let Some(remaining) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            let Some(remaining) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
                 return Ok(());
             };
             socket.set_read_timeout(Some(remaining))?;
@@ -444,11 +494,17 @@ impl DnsResolver {
 
     /// One query over TCP (RFC 1035 4.2.2: a 2-byte length prefix), within one
     /// timeout from connect to the last byte.
-    fn tcp_exchange(&mut self, server: SocketAddr, name: &Name, qtype: RecordType) -> Result<Answer, DnsError> {
+    fn tcp_exchange(
+        &mut self,
+        server: SocketAddr,
+        name: &Name,
+        qtype: RecordType,
+    ) -> Result<Answer, DnsError> {
         let timeout = self.timeout();
         let deadline = Instant::now() + timeout;
         let id = fastrand::u16(..);
-        let query = encode_query(id, name, qtype).map_err(|source| DnsError::Malformed { server, source })?;
+        let query = encode_query(id, name, qtype)
+            .map_err(|source| DnsError::Malformed { server, source })?;
         let io = |e: io::Error| io_error(server, timeout, &e);
 
         let mut stream = TcpStream::connect_timeout(&server, timeout).map_err(io)?;
@@ -464,7 +520,8 @@ impl DnsResolver {
         let len = usize::from(u16::from_be_bytes(prefix));
         let body = &mut self.buf[..len];
         read_exact_by(&mut stream, body, deadline).map_err(io)?;
-        let msg = Message::from_vec(body).map_err(|source| DnsError::Malformed { server, source })?;
+        let msg =
+            Message::from_vec(body).map_err(|source| DnsError::Malformed { server, source })?;
         if !answers_query(&msg, id, name, qtype) {
             return Err(DnsError::Mismatched { server });
         }
@@ -483,12 +540,16 @@ impl DnsResolver {
 /// fewer dots is tried with each search domain first, then as it is.
 fn candidates(host: &str, search: &[String], ndots: usize) -> Result<Vec<Name>, DnsError> {
     if let Some(absolute) = host.strip_suffix('.') {
-        return Ok(vec![to_name(absolute).map_err(|reason| invalid(host, reason))?]);
+        return Ok(vec![
+            to_name(absolute).map_err(|reason| invalid(host, reason))?
+        ]);
     }
     let as_is = to_name(host).map_err(|reason| invalid(host, reason))?;
     // A domain that makes the name too long (or a bad one in resolv.conf) is
     // skipped, as glibc skips it.
-    let searched = search.iter().filter_map(|domain| to_name(&format!("{host}.{domain}")).ok());
+    let searched = search
+        .iter()
+        .filter_map(|domain| to_name(&format!("{host}.{domain}")).ok());
     let mut out: Vec<Name> = Vec::with_capacity(search.len() + 1);
     if host.matches('.').count() >= ndots {
         out.push(as_is);
@@ -529,7 +590,10 @@ fn to_name(text: &str) -> Result<Name, &'static str> {
         if label.len() > MAX_LABEL_LEN {
             return Err("label longer than 63 bytes");
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err("only letters, digits, '-' and '_' are allowed");
         }
     }
@@ -560,7 +624,12 @@ fn answers_query(msg: &Message, id: u16, name: &Name, qtype: RecordType) -> bool
 
 /// Turns a matching response into an answer, or the error that sends us to
 /// the next server.
-fn interpret(msg: &Message, server: SocketAddr, name: &Name, qtype: RecordType) -> Result<Answer, DnsError> {
+fn interpret(
+    msg: &Message,
+    server: SocketAddr,
+    name: &Name,
+    qtype: RecordType,
+) -> Result<Answer, DnsError> {
     match msg.response_code() {
         ResponseCode::NoError => Ok(extract(msg, name, qtype)),
         ResponseCode::NXDomain => {
@@ -582,9 +651,13 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
     let mut chain: Vec<&Name> = vec![qname];
     let mut cname_ttl: Option<u32> = None;
     for _ in 0..MAX_CNAME_HOPS {
-        let Some(current) = chain.last().copied() else { break };
+        let Some(current) = chain.last().copied() else {
+            break;
+        };
         let next = records.iter().find_map(|r| match r.data() {
-            Some(RData::CNAME(target)) if r.dns_class() == DNSClass::IN && r.name() == current => Some((r.ttl(), &target.0)),
+            Some(RData::CNAME(target)) if r.dns_class() == DNSClass::IN && r.name() == current => {
+                Some((r.ttl(), &target.0))
+            }
             _ => None,
         });
         let Some((ttl, target)) = next else { break };
@@ -618,10 +691,16 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
     // RFC 2308 §5: a negative answer lives for min(SOA TTL, SOA MINIMUM). The
     // SOA must be for a zone that holds a name we asked about.
     let negative_ttl = msg.name_servers().iter().find_map(|r| match r.data() {
-        Some(RData::SOA(soa)) if chain.iter().any(|n| r.name().zone_of(n)) => Some(r.ttl().min(soa.minimum())),
+        Some(RData::SOA(soa)) if chain.iter().any(|n| r.name().zone_of(n)) => {
+            Some(r.ttl().min(soa.minimum()))
+        }
         _ => None,
     });
-    Answer { addrs, ttl, negative_ttl }
+    Answer {
+        addrs,
+        ttl,
+        negative_ttl,
+    }
 }
 
 /// `read_exact` whose total wait is bounded by `deadline`, not by one read
@@ -644,7 +723,10 @@ fn read_exact_by(stream: &mut TcpStream, mut buf: &mut [u8], deadline: Instant) 
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn io_error(server: SocketAddr, timeout: Duration, e: &io::Error) -> DnsError {
@@ -688,7 +770,15 @@ mod tests {
     }
 
     fn soa(zone: &str, ttl: u32, minimum: u32) -> Record {
-        let data = SOA::new(name("ns.test."), name("admin.test."), 1, 3600, 600, 86400, minimum);
+        let data = SOA::new(
+            name("ns.test."),
+            name("admin.test."),
+            1,
+            3600,
+            600,
+            86400,
+            minimum,
+        );
         Record::from_rdata(name(zone), ttl, RData::SOA(data))
     }
 
@@ -719,7 +809,14 @@ mod tests {
             ],
             "at most three servers, like glibc"
         );
-        assert_eq!(cfg.search, ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(
+            cfg.search,
+            [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
         assert_eq!(cfg.ndots, 5);
         assert_eq!(cfg.timeout, Duration::from_secs(3));
         assert_eq!(cfg.attempts, 4);
@@ -750,23 +847,42 @@ mod tests {
     #[test]
     fn resolv_conf_options_are_capped_and_bad_ones_ignored() {
         let cfg = DnsConfig::from_resolv_conf("options ndots:99 timeout:0 attempts:100\n");
-        assert_eq!((cfg.ndots, cfg.timeout, cfg.attempts), (15, Duration::from_secs(1), 5));
+        assert_eq!(
+            (cfg.ndots, cfg.timeout, cfg.attempts),
+            (15, Duration::from_secs(1), 5)
+        );
         let cfg = DnsConfig::from_resolv_conf("options ndots:-1 timeout:x attempts ndots\n");
-        assert_eq!((cfg.ndots, cfg.timeout, cfg.attempts), (1, Duration::from_secs(2), 2));
+        assert_eq!(
+            (cfg.ndots, cfg.timeout, cfg.attempts),
+            (1, Duration::from_secs(2), 2)
+        );
     }
 
     #[test]
     fn ttl_is_clamped() {
         let cfg = DnsConfig::default();
-        assert_eq!(cfg.clamp_ttl(Duration::from_secs(0)), Duration::from_secs(5));
-        assert_eq!(cfg.clamp_ttl(Duration::from_secs(60)), Duration::from_secs(60));
-        assert_eq!(cfg.clamp_ttl(Duration::from_secs(86400)), Duration::from_secs(300));
+        assert_eq!(
+            cfg.clamp_ttl(Duration::from_secs(0)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            cfg.clamp_ttl(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            cfg.clamp_ttl(Duration::from_secs(86400)),
+            Duration::from_secs(300)
+        );
         let inverted = DnsConfig {
             min_ttl: Duration::from_secs(10),
             max_ttl: Duration::from_secs(1),
             ..DnsConfig::default()
         };
-        assert_eq!(inverted.clamp_ttl(Duration::from_secs(5)), Duration::from_secs(1), "no panic; max wins");
+        assert_eq!(
+            inverted.clamp_ttl(Duration::from_secs(5)),
+            Duration::from_secs(1),
+            "no panic; max wins"
+        );
     }
 
     #[test]
@@ -780,18 +896,22 @@ mod tests {
             .add_answer(a("evil.test.", 1, [198, 51, 100, 66]))
             .add_answer(cname("other.test.", 1, "pop1.cdn.test."));
         let ans = extract(&wire(&msg), &name("www.test."), RecordType::A);
-        assert_eq!(ans.addrs, vec![IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2])]);
+        assert_eq!(
+            ans.addrs,
+            vec![IpAddr::from([192, 0, 2, 1]), IpAddr::from([192, 0, 2, 2])]
+        );
         assert_eq!(ans.ttl, Some(90), "the smallest TTL along the chain");
     }
 
     #[test]
     fn records_of_another_type_or_owner_are_ignored() {
         let mut msg = response("web.test.", RecordType::AAAA, ResponseCode::NoError);
-        msg.add_answer(a("web.test.", 60, [192, 0, 2, 1])).add_answer(Record::from_rdata(
-            name("web.test."),
-            30,
-            RData::AAAA(AAAA::from("2001:db8::1".parse::<Ipv6Addr>().unwrap())),
-        ));
+        msg.add_answer(a("web.test.", 60, [192, 0, 2, 1]))
+            .add_answer(Record::from_rdata(
+                name("web.test."),
+                30,
+                RData::AAAA(AAAA::from("2001:db8::1".parse::<Ipv6Addr>().unwrap())),
+            ));
         let ans = extract(&wire(&msg), &name("web.test."), RecordType::AAAA);
         assert_eq!(ans.addrs, vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
         assert_eq!(ans.ttl, Some(30));
@@ -812,19 +932,37 @@ mod tests {
         let server: SocketAddr = "127.0.0.1:53".parse().unwrap();
         let mut msg = response("gone.example.test.", RecordType::A, ResponseCode::NXDomain);
         msg.add_name_server(soa("example.test.", 3600, 45));
-        let ans = interpret(&wire(&msg), server, &name("gone.example.test."), RecordType::A).unwrap();
+        let ans = interpret(
+            &wire(&msg),
+            server,
+            &name("gone.example.test."),
+            RecordType::A,
+        )
+        .unwrap();
         assert!(ans.addrs.is_empty());
         assert_eq!(ans.negative_ttl, Some(45), "min(SOA ttl, SOA minimum)");
 
         let mut msg = response("gone.example.test.", RecordType::A, ResponseCode::NoError);
         msg.add_name_server(soa("example.test.", 20, 600));
-        let ans = interpret(&wire(&msg), server, &name("gone.example.test."), RecordType::A).unwrap();
+        let ans = interpret(
+            &wire(&msg),
+            server,
+            &name("gone.example.test."),
+            RecordType::A,
+        )
+        .unwrap();
         assert_eq!(ans.negative_ttl, Some(20));
 
         // An SOA for an unrelated zone says nothing about our name.
         let mut msg = response("gone.example.test.", RecordType::A, ResponseCode::NXDomain);
         msg.add_name_server(soa("elsewhere.test.", 10, 10));
-        let ans = interpret(&wire(&msg), server, &name("gone.example.test."), RecordType::A).unwrap();
+        let ans = interpret(
+            &wire(&msg),
+            server,
+            &name("gone.example.test."),
+            RecordType::A,
+        )
+        .unwrap();
         assert_eq!(ans.negative_ttl, None);
     }
 
@@ -838,7 +976,10 @@ mod tests {
 
         let msg = response("x.test.", RecordType::A, ResponseCode::ServFail);
         let err = interpret(&wire(&msg), server, &name("x.test."), RecordType::A).unwrap_err();
-        assert_eq!(err.to_string(), "dns nameserver 127.0.0.1:53 answered server failure");
+        assert_eq!(
+            err.to_string(),
+            "dns nameserver 127.0.0.1:53 answered server failure"
+        );
     }
 
     #[test]
@@ -846,7 +987,10 @@ mod tests {
         let q = name("web.test.");
         let msg = wire(&response("web.test.", RecordType::A, ResponseCode::NoError));
         assert!(answers_query(&msg, 7, &q, RecordType::A));
-        assert!(answers_query(&msg, 7, &name("WEB.Test."), RecordType::A), "names compare case-insensitively");
+        assert!(
+            answers_query(&msg, 7, &name("WEB.Test."), RecordType::A),
+            "names compare case-insensitively"
+        );
         assert!(!answers_query(&msg, 8, &q, RecordType::A));
         assert!(!answers_query(&msg, 7, &q, RecordType::AAAA));
         assert!(!answers_query(&msg, 7, &name("other.test."), RecordType::A));
@@ -865,18 +1009,37 @@ mod tests {
                 .map(|n| n.to_string())
                 .collect()
         };
-        assert_eq!(names("api", 1), ["api.ns.svc.test.", "api.svc.test.", "api."]);
-        assert_eq!(names("api.ns", 1), ["api.ns.", "api.ns.ns.svc.test.", "api.ns.svc.test."]);
-        assert_eq!(names("api.ns", 5), ["api.ns.ns.svc.test.", "api.ns.svc.test.", "api.ns."]);
+        assert_eq!(
+            names("api", 1),
+            ["api.ns.svc.test.", "api.svc.test.", "api."]
+        );
+        assert_eq!(
+            names("api.ns", 1),
+            ["api.ns.", "api.ns.ns.svc.test.", "api.ns.svc.test."]
+        );
+        assert_eq!(
+            names("api.ns", 5),
+            ["api.ns.ns.svc.test.", "api.ns.svc.test.", "api.ns."]
+        );
         assert_eq!(names("api.", 5), ["api."]);
-        assert_eq!(names("api.svc.test", 5), ["api.svc.test.ns.svc.test.", "api.svc.test.svc.test.", "api.svc.test."]);
+        assert_eq!(
+            names("api.svc.test", 5),
+            [
+                "api.svc.test.ns.svc.test.",
+                "api.svc.test.svc.test.",
+                "api.svc.test."
+            ]
+        );
     }
 
     #[test]
     fn bad_names_are_rejected() {
         for bad in ["", ".", "a..b", "spa ce", "sl/ash", "ünï", "a\\065"] {
             let err = candidates(bad, &[], 1).unwrap_err();
-            assert!(matches!(err, DnsError::InvalidName { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, DnsError::InvalidName { .. }),
+                "{bad:?}: {err}"
+            );
         }
         let long_label = "a".repeat(64);
         assert!(candidates(&long_label, &[], 1).is_err());

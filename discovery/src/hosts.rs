@@ -89,13 +89,19 @@ not-an-ip ignored
         assert_eq!(hosts.lookup("box"), vec![v4(127, 0, 1, 1)]);
         assert_eq!(hosts.lookup("box.example.org"), vec![v4(127, 0, 1, 1)]);
         assert_eq!(hosts.lookup("web-alias"), vec![v4(10, 0, 0, 5)]);
-        assert_eq!(hosts.lookup("ip6-loopback"), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        assert_eq!(
+            hosts.lookup("ip6-loopback"),
+            vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
+        );
     }
 
     #[test]
     fn merges_lines_in_file_order_without_duplicates() {
         let hosts = HostsFile::parse(SAMPLE);
-        assert_eq!(hosts.lookup("web.internal"), vec![v4(10, 0, 0, 5), v4(10, 0, 0, 6)]);
+        assert_eq!(
+            hosts.lookup("web.internal"),
+            vec![v4(10, 0, 0, 5), v4(10, 0, 0, 6)]
+        );
         assert_eq!(
             hosts.lookup("localhost"),
             vec![v4(127, 0, 0, 1), IpAddr::V6(Ipv6Addr::LOCALHOST)]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::dns::{DnsConfig, DnsError, DnsResolver};
 use crate::hosts::HostsFile;
 use crate::static_file::{self, StaticFileError};
-use crate::{channel, Authority, Endpoint, Service, Snapshot, SnapshotPublisher, SnapshotSubscriber};
+use crate::{
+    channel, Authority, Endpoint, Service, Snapshot, SnapshotPublisher, SnapshotSubscriber,
+};
 
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
@@ -203,9 +205,11 @@ impl Discovery {
                     }
                 }
                 let changed = services.len() != self.static_services.len()
-                    || services
-                        .iter()
-                        .any(|(n, s)| self.static_services.get(n).map_or(true, |o| !Arc::ptr_eq(o, s)));
+                    || services.iter().any(|(n, s)| {
+                        self.static_services
+                            .get(n)
+                            .is_none_or(|o| !Arc::ptr_eq(o, s))
+                    });
                 self.static_services = services;
                 tracing::info!(path = %path.display(), services = self.static_services.len(), changed, "static discovery file reloaded");
                 changed

@@ -76,9 +76,7 @@ impl Authority {
         if host.is_empty() || host.contains(':') {
             return Err(AuthorityError::EmptyHost(s.to_string()));
         }
-        Ok(Self(
-            format!("{}:{port}", host.to_ascii_lowercase()).into(),
-        ))
+        Ok(Self(format!("{}:{port}", host.to_ascii_lowercase()).into()))
     }
 
     pub fn from_addr(addr: SocketAddr) -> Self {
@@ -215,6 +213,8 @@ mod tests {
         assert!(snap
             .service(&Authority::parse("10.0.0.1:80").unwrap())
             .is_some());
-        assert!(snap.service_by_addr("10.0.0.1:81".parse().unwrap()).is_none());
+        assert!(snap
+            .service_by_addr("10.0.0.1:81".parse().unwrap())
+            .is_none());
     }
 }

@@ -80,9 +80,7 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
                     }
                     endpoints.push(Endpoint { addr, weight: 1 });
                 }
-                Err(_) => problems.push(format!(
-                    "{at}: endpoint {ep:?} is not an ip:port address"
-                )),
+                Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),
             }
         }
         if let Some(weights) = &svc.weights {

@@ -169,15 +169,25 @@ impl Config {
         }
         p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound_connect_timeout);
         p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound_connect_timeout);
-        c.discovery_static = p.raw(DISCOVERY_STATIC).filter(|s| !s.is_empty()).map(PathBuf::from);
+        c.discovery_static = p
+            .raw(DISCOVERY_STATIC)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
         if let Some(path) = &c.discovery_static {
             // The file must at least exist at start-up; its content is checked
             // by discovery, which reports every problem in it.
             if !path.is_file() {
-                p.bad(DISCOVERY_STATIC, &path.display().to_string(), "no such file");
+                p.bad(
+                    DISCOVERY_STATIC,
+                    &path.display().to_string(),
+                    "no such file",
+                );
             }
         }
-        p.duration(DISCOVERY_STATIC_POLL_INTERVAL, &mut c.discovery_static_poll_interval);
+        p.duration(
+            DISCOVERY_STATIC_POLL_INTERVAL,
+            &mut c.discovery_static_poll_interval,
+        );
         if let Some(v) = p.raw(TCP_FORWARD) {
             c.forwards = p.forwards(&v);
         }
@@ -204,7 +214,10 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(|s| {
                     s.parse::<SocketAddr>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .or_else(|_| {
+                            s.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
                         .map_err(|_| format!("{s:?} is not an ip or ip:port"))
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -226,7 +239,8 @@ impl Config {
             let Some(addr) = addr else { continue };
             if addr.port() != 0 {
                 if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
-                    p.problems.push(format!("{who} and {other} both listen on {addr}"));
+                    p.problems
+                        .push(format!("{who} and {other} both listen on {addr}"));
                 }
             }
             seen.push((addr, who));
@@ -299,7 +313,11 @@ impl Parser<'_> {
         let mut out = Vec::new();
         for entry in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let Some((listen, target)) = entry.split_once('=') else {
-                self.bad(TCP_FORWARD, entry, "expected listen_ip:port=target_host:port");
+                self.bad(
+                    TCP_FORWARD,
+                    entry,
+                    "expected listen_ip:port=target_host:port",
+                );
                 continue;
             };
             let listen = match listen.trim().parse::<SocketAddr>() {
@@ -376,7 +394,10 @@ mod tests {
             (OUTBOUND_LISTEN_ADDR, "[::1]:0"),
             (INBOUND_LISTEN_ADDR, ""),
             (OUTBOUND_CONNECT_TIMEOUT, "250ms"),
-            (TCP_FORWARD, "127.0.0.1:15432=db.test:5432, 127.0.0.1:16379=127.0.0.1:6379"),
+            (
+                TCP_FORWARD,
+                "127.0.0.1:15432=db.test:5432, 127.0.0.1:16379=127.0.0.1:6379",
+            ),
             (INBOUND_TARGET, "127.0.0.1:8080"),
             (TCP_IDLE_TIMEOUT, "2m"),
             (SHUTDOWN_GRACE_PERIOD, "1h"),
@@ -396,7 +417,10 @@ mod tests {
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(3600));
         assert_eq!(
             c.dns.servers,
-            vec!["127.0.0.1:5353".parse().unwrap(), "10.0.0.1:53".parse().unwrap()]
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "10.0.0.1:53".parse().unwrap()
+            ]
         );
     }
 
@@ -428,7 +452,10 @@ mod tests {
             assert!(text.contains(key), "{key} not reported:\n{text}");
         }
         assert_eq!(
-            err.problems.iter().filter(|p| p.starts_with(TCP_FORWARD)).count(),
+            err.problems
+                .iter()
+                .filter(|p| p.starts_with(TCP_FORWARD))
+                .count(),
             3,
             "{text}"
         );

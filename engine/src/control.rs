@@ -13,12 +13,16 @@ pub(crate) enum ControlMsg {
     Stop,
 }
 
-pub(crate) fn spawn(mut discovery: Discovery) -> io::Result<(mpsc::Sender<ControlMsg>, JoinHandle<()>)> {
+pub(crate) fn spawn(
+    mut discovery: Discovery,
+) -> io::Result<(mpsc::Sender<ControlMsg>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("ringmesh-control".into())
         .spawn(move || loop {
-            let wait = discovery.next_deadline().saturating_duration_since(Instant::now());
+            let wait = discovery
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {

@@ -60,7 +60,12 @@ impl Drop for OpenConn {
     }
 }
 
-pub(crate) async fn serve(w: Rc<Worker>, kind: Rc<ListenerKind>, client: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    kind: Rc<ListenerKind>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let _open = OpenConn::new(&w);
     let _ = client.set_nodelay(true);
     let local = match client.local_addr() {
@@ -107,7 +112,13 @@ pub(crate) async fn serve(w: Rc<Worker>, kind: Rc<ListenerKind>, client: TcpStre
 }
 
 /// Decides where a connection goes, or logs why it goes nowhere.
-fn route(w: &Worker, kind: &ListenerKind, client: &TcpStream, local: SocketAddr, peer: SocketAddr) -> Option<Target> {
+fn route(
+    w: &Worker,
+    kind: &ListenerKind,
+    client: &TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Option<Target> {
     let snap = w.snapshot();
     let target = match kind {
         ListenerKind::Outbound => {
@@ -157,7 +168,9 @@ fn route(w: &Worker, kind: &ListenerKind, client: &TcpStream, local: SocketAddr,
 
 /// True when `dst` would reach listener `l` (which may be a wildcard).
 fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
-    l.port() == dst.port() && (l.ip() == dst.ip() || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
+    l.port() == dst.port()
+        && (l.ip() == dst.ip()
+            || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
 }
 
 fn is_local(addr: SocketAddr) -> bool {
@@ -167,7 +180,10 @@ fn is_local(addr: SocketAddr) -> bool {
 async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect timed out after {timeout:?}"),
+        )),
     }
 }
 
@@ -188,7 +204,10 @@ impl std::fmt::Display for ConnectFailure {
 
 /// Picks endpoints (P2C) until one accepts the connection; each endpoint is
 /// tried at most once per client connection.
-async fn connect_balanced(balancer: &RefCell<L4Balancer>, timeout: Duration) -> Result<(TcpStream, OpenGuard), ConnectFailure> {
+async fn connect_balanced(
+    balancer: &RefCell<L4Balancer>,
+    timeout: Duration,
+) -> Result<(TcpStream, OpenGuard), ConnectFailure> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
     loop {

@@ -28,7 +28,11 @@ pub enum BindError {
 const BACKLOG: i32 = 4096;
 
 /// Binds `workers` listeners sharing `addr` with `SO_REUSEPORT`.
-pub fn bind_group(addr: SocketAddr, workers: usize, what: &str) -> Result<Vec<TcpListener>, BindError> {
+pub fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    what: &str,
+) -> Result<Vec<TcpListener>, BindError> {
     let err = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse {
             BindError::InUse {

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
     let cfg = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringmesh: invalid configuration ({} problems):", e.problems.len());
+            eprintln!(
+                "ringmesh: invalid configuration ({} problems):",
+                e.problems.len()
+            );
             for p in &e.problems {
                 eprintln!("  - {p}");
             }

@@ -116,7 +116,11 @@ impl Proxy {
             forwards.push(local_addr(&g));
             groups.push((ListenerKind::Forward(f.target.clone()), g));
         }
-        let own_listeners: Vec<SocketAddr> = outbound.into_iter().chain(inbound).chain(forwards.iter().copied()).collect();
+        let own_listeners: Vec<SocketAddr> = outbound
+            .into_iter()
+            .chain(inbound)
+            .chain(forwards.iter().copied())
+            .collect();
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
@@ -225,7 +229,9 @@ impl Proxy {
 }
 
 fn local_addr(group: &[TcpListener]) -> SocketAddr {
-    group[0].local_addr().expect("bound listener has an address")
+    group[0]
+        .local_addr()
+        .expect("bound listener has an address")
 }
 
 fn available_cores() -> usize {
@@ -245,7 +251,9 @@ fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
     };
     match want {
         IoDriver::Epoll => Ok(ActiveDriver::Epoll),
-        IoDriver::Uring => probe().map(|()| ActiveDriver::Uring).map_err(StartError::UringUnavailable),
+        IoDriver::Uring => probe()
+            .map(|()| ActiveDriver::Uring)
+            .map_err(StartError::UringUnavailable),
         IoDriver::Auto => match probe() {
             Ok(()) => Ok(ActiveDriver::Uring),
             Err(e) => {

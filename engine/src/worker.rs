@@ -81,10 +81,12 @@ impl Worker {
     /// The balancer replica for a service in the current snapshot.
     pub(crate) fn balancer(&self, service: &Arc<Service>) -> Rc<RefCell<L4Balancer>> {
         let mut replicas = self.replicas.borrow_mut();
-        let replica = replicas.entry(service.name.clone()).or_insert_with(|| Replica {
-            service: service.clone(),
-            balancer: Rc::new(RefCell::new(L4Balancer::new(endpoints(service)))),
-        });
+        let replica = replicas
+            .entry(service.name.clone())
+            .or_insert_with(|| Replica {
+                service: service.clone(),
+                balancer: Rc::new(RefCell::new(L4Balancer::new(endpoints(service)))),
+            });
         if !Arc::ptr_eq(&replica.service, service) {
             replica.balancer.borrow_mut().update(endpoints(service));
             replica.service = service.clone();
@@ -132,7 +134,10 @@ pub(crate) fn run(setup: WorkerSetup) {
     }
     let ready = setup.ready.clone();
     let failed = |e: std::io::Error| {
-        let _ = ready.send((id, Err(format!("cannot build the {} runtime: {e}", setup.driver))));
+        let _ = ready.send((
+            id,
+            Err(format!("cannot build the {} runtime: {e}", setup.driver)),
+        ));
     };
     match setup.driver {
         ActiveDriver::Uring => {
@@ -188,19 +193,19 @@ async fn serve(setup: WorkerSetup) {
                 return;
             }
         };
-        monoio::spawn(accept_loop(worker.clone(), Rc::new(kind), listener, stop.clone()));
+        monoio::spawn(accept_loop(
+            worker.clone(),
+            Rc::new(kind),
+            listener,
+            stop.clone(),
+        ));
     }
     let _ = ready.send((id, Ok(())));
     drop(ready);
 
     // Serve until told to stop (or the handle is gone).
-    loop {
-        match next(&mut rx).await {
-            Some(WorkerMsg::Stats(reply)) => {
-                let _ = reply.send(worker.stats());
-            }
-            Some(WorkerMsg::Shutdown) | None => break,
-        }
+    while let Some(WorkerMsg::Stats(reply)) = next(&mut rx).await {
+        let _ = reply.send(worker.stats());
     }
 
     // Drain: no new connections; open ones get the grace period.
@@ -219,9 +224,17 @@ async fn serve(setup: WorkerSetup) {
     }
     let left = worker.open.get();
     if left > 0 {
-        tracing::warn!(worker = id, open = left, "grace period over; closing remaining connections");
+        tracing::warn!(
+            worker = id,
+            open = left,
+            "grace period over; closing remaining connections"
+        );
     }
-    tracing::info!(worker = id, accepted = worker.accepted.get(), "worker stopped");
+    tracing::info!(
+        worker = id,
+        accepted = worker.accepted.get(),
+        "worker stopped"
+    );
 }
 
 /// The next control message; after the channel closed, never resolves
@@ -233,7 +246,12 @@ async fn next(rx: &mut UnboundedReceiver<WorkerMsg>) -> Option<WorkerMsg> {
     std::future::poll_fn(|cx| Pin::new(&mut *rx).poll_next(cx)).await
 }
 
-async fn accept_loop(worker: Rc<Worker>, kind: Rc<ListenerKind>, listener: TcpListener, stop: Stop) {
+async fn accept_loop(
+    worker: Rc<Worker>,
+    kind: Rc<ListenerKind>,
+    listener: TcpListener,
+    stop: Stop,
+) {
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,

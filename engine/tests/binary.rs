@@ -148,9 +148,12 @@ fn bad_static_file_content_exits_64_with_every_problem() {
         "[[service]]\nname = \"a.test:80\"\nendpoints = [\"nope\"]\n[[service]]\nname = \"b.test\"\nendpoints = []\n",
     )
     .unwrap();
-    let out = ringmesh("auto", &[("RINGMESH_DISCOVERY_STATIC", path.to_str().unwrap())])
-        .output()
-        .unwrap();
+    let out = ringmesh(
+        "auto",
+        &[("RINGMESH_DISCOVERY_STATIC", path.to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(out.status.code(), Some(64));
@@ -165,14 +168,21 @@ fn port_in_use(driver: &str) {
     let shared = {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_reuse_port(true).unwrap();
-        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
         s.listen(16).unwrap();
         s
     };
-    for held in [plain.local_addr().unwrap(), shared.local_addr().unwrap().as_socket().unwrap()] {
-        let out = ringmesh(driver, &[("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &held.to_string())])
-            .output()
-            .unwrap();
+    for held in [
+        plain.local_addr().unwrap(),
+        shared.local_addr().unwrap().as_socket().unwrap(),
+    ] {
+        let out = ringmesh(
+            driver,
+            &[("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &held.to_string())],
+        )
+        .output()
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(69), "{stderr}");
         assert!(stderr.contains("already in use"), "{stderr}");
@@ -201,8 +211,15 @@ fn sigterm_drains(driver: &str) {
             ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "10s"),
         ],
     ));
-    assert!(p.wait_for("ready", Duration::from_secs(10)), "proxy never became ready");
-    assert!(p.seen.iter().any(|l| l.contains(if driver == "uring" { "io_uring" } else { "epoll" })));
+    assert!(
+        p.wait_for("ready", Duration::from_secs(10)),
+        "proxy never became ready"
+    );
+    assert!(p.seen.iter().any(|l| l.contains(if driver == "uring" {
+        "io_uring"
+    } else {
+        "epoll"
+    })));
 
     let mut open = connect(listen);
     open.write_all(b"before\n").unwrap();
@@ -212,13 +229,19 @@ fn sigterm_drains(driver: &str) {
     p.signal(Signal::SIGTERM);
     assert!(p.wait_for("shutting down", Duration::from_secs(5)));
     // New connections are refused once the listeners are gone.
-    assert!(eventually(Duration::from_secs(5), || std::net::TcpStream::connect(listen).is_err()));
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(listen).is_err()
+    }));
     // The open connection still works during the drain.
     open.write_all(b"during\n").unwrap();
     let mut back = [0u8; 7];
     open.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"during\n");
-    assert_eq!(p.child.try_wait().unwrap(), None, "exited before the connection closed");
+    assert_eq!(
+        p.child.try_wait().unwrap(),
+        None,
+        "exited before the connection closed"
+    );
     drop(open);
     assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
 }
@@ -259,7 +282,11 @@ fn grace_period_bounds_the_drain() {
 fn all_endpoints_down_is_logged() {
     let (a, b) = (closed_port(), closed_port());
     let path = std::env::temp_dir().join(format!("ringmesh-down-{}.toml", std::process::id()));
-    std::fs::write(&path, format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n"),
+    )
+    .unwrap();
     let listen = free_port();
     let fwd = format!("{listen}=db.test:5432");
     let mut p = Running::spawn(ringmesh(

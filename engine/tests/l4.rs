@@ -56,7 +56,11 @@ fn bulk_both_ways(driver: IoDriver) {
         let writer = thread::spawn(move || send_pattern(&mut w, 2, BULK));
         let (got, want) = check_pattern(&mut s, 1, BULK);
         let mut rest = [0u8; 1];
-        assert_eq!(s.read(&mut rest).unwrap(), 0, "client sent more than expected");
+        assert_eq!(
+            s.read(&mut rest).unwrap(),
+            0,
+            "client sent more than expected"
+        );
         writer.join().unwrap();
         s.write_all(&got.to_le_bytes()).unwrap();
         s.write_all(&want.to_le_bytes()).unwrap();
@@ -79,7 +83,11 @@ fn bulk_both_ways(driver: IoDriver) {
     let mut report = [0u8; 16];
     c.read_exact(&mut report).unwrap();
     let mut end = [0u8; 1];
-    assert_eq!(c.read(&mut end).unwrap(), 0, "expected EOF after the report");
+    assert_eq!(
+        c.read(&mut end).unwrap(),
+        0,
+        "expected EOF after the report"
+    );
     let backend_got = u64::from_le_bytes(report[..8].try_into().unwrap());
     let backend_want = u64::from_le_bytes(report[8..].try_into().unwrap());
     assert_eq!(got, want, "server→client checksum");
@@ -104,24 +112,34 @@ fn concurrent_connections(driver: IoDriver) {
 
     // All N are connected and have echoed once before any closes.
     let barrier = Arc::new(Barrier::new(N + 1));
+    // A client that fails still takes part in both barrier rounds, so a
+    // failure is reported instead of hanging the test.
     let clients: Vec<_> = (0..N)
         .map(|i| {
             let barrier = barrier.clone();
             thread::Builder::new()
                 .stack_size(64 << 10)
-                .spawn(move || {
+                .spawn(move || -> Result<(), String> {
                     let mut c = connect(addr);
                     let msg = format!("hello from client {i}\n");
-                    c.write_all(msg.as_bytes()).unwrap();
                     let mut back = vec![0u8; msg.len()];
-                    c.read_exact(&mut back).unwrap();
-                    assert_eq!(back, msg.as_bytes());
+                    let first = c
+                        .write_all(msg.as_bytes())
+                        .and_then(|()| c.read_exact(&mut back))
+                        .map_err(|e| format!("client {i}: {e}"));
                     barrier.wait();
                     barrier.wait();
-                    c.shutdown(Shutdown::Write).unwrap();
+                    first?;
+                    if back != msg.as_bytes() {
+                        return Err(format!("client {i}: echo mismatch"));
+                    }
+                    c.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
                     let mut rest = Vec::new();
-                    c.read_to_end(&mut rest).unwrap();
-                    assert!(rest.is_empty());
+                    c.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+                    if !rest.is_empty() {
+                        return Err(format!("client {i}: unexpected bytes"));
+                    }
+                    Ok(())
                 })
                 .unwrap()
         })
@@ -129,17 +147,32 @@ fn concurrent_connections(driver: IoDriver) {
     barrier.wait();
     let during = proxy.worker_stats();
     barrier.wait();
-    for c in clients {
-        c.join().unwrap();
-    }
-    eprintln!("{}: per-worker while {N} were open: {during:?}", driver_name(driver));
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {N} clients failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!(
+        "{}: per-worker while {N} were open: {during:?}",
+        driver_name(driver)
+    );
     assert_eq!(during.len(), 2);
     assert_eq!(during.iter().map(|s| s.open).sum::<u64>(), N as u64);
     assert_eq!(during.iter().map(|s| s.accepted).sum::<u64>(), N as u64);
     for s in &during {
         // The kernel hashes connections over the SO_REUSEPORT group; with
         // 500 connections each worker gets a substantial share.
-        assert!(s.accepted >= N as u64 / 10, "worker {} got only {} of {N}", s.worker, s.accepted);
+        assert!(
+            s.accepted >= N as u64 / 10,
+            "worker {} got only {} of {N}",
+            s.worker,
+            s.accepted
+        );
     }
     assert!(eventually(Duration::from_secs(5), || proxy
         .worker_stats()
@@ -148,7 +181,10 @@ fn concurrent_connections(driver: IoDriver) {
     proxy.shutdown();
     proxy.wait();
 }
-both_drivers!(concurrent_500_over_both_workers, super::concurrent_connections);
+both_drivers!(
+    concurrent_500_over_both_workers,
+    super::concurrent_connections
+);
 
 fn half_close(driver: IoDriver) {
     // The server reads the whole request (until FIN), waits, then answers.
@@ -156,7 +192,8 @@ fn half_close(driver: IoDriver) {
         let mut req = Vec::new();
         s.read_to_end(&mut req).unwrap();
         thread::sleep(Duration::from_millis(200));
-        s.write_all(format!("got {} bytes\n", req.len()).as_bytes()).unwrap();
+        s.write_all(format!("got {} bytes\n", req.len()).as_bytes())
+            .unwrap();
         s.write_all(&vec![b'x'; 100_000]).unwrap();
     });
     let fwd = format!("127.0.0.1:0={}", backend.addr);
@@ -181,7 +218,10 @@ fn failover(driver: IoDriver) {
     let file = dir.join("discovery.toml");
     std::fs::write(
         &file,
-        format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{dead}\", \"{}\"]\n", live.addr),
+        format!(
+            "[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{dead}\", \"{}\"]\n",
+            live.addr
+        ),
     )
     .unwrap();
     let proxy = start_proxy(
@@ -223,8 +263,15 @@ fn all_down(driver: IoDriver) {
     let mut buf = [0u8; 16];
     // Closed (EOF or reset), promptly: well under timeout × endpoints.
     let r = c.read(&mut buf);
-    assert!(matches!(r, Ok(0) | Err(_)), "expected the connection closed, got {r:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "expected the connection closed, got {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     proxy.shutdown();
     proxy.wait();
 }
@@ -238,7 +285,11 @@ fn snapshot_update(driver: IoDriver) {
         // Write a new file and rename it into place, as editors and config
         // management do.
         let tmp = dir.join("discovery.toml.tmp");
-        std::fs::write(&tmp, format!("[[service]]\nname = \"web.test:80\"\nendpoints = [\"{addr}\"]\n")).unwrap();
+        std::fs::write(
+            &tmp,
+            format!("[[service]]\nname = \"web.test:80\"\nendpoints = [\"{addr}\"]\n"),
+        )
+        .unwrap();
         std::fs::rename(&tmp, &file).unwrap();
     };
     write(a.addr);
@@ -260,7 +311,8 @@ fn snapshot_update(driver: IoDriver) {
         .collect();
     write(b.addr);
     assert!(
-        eventually(Duration::from_secs(5), || read_name(&mut connect(addr)) == "b"),
+        eventually(Duration::from_secs(5), || read_name(&mut connect(addr))
+            == "b"),
         "new connections never moved to the new endpoint"
     );
     // Every new connection now goes to b, on both workers.
@@ -276,14 +328,21 @@ fn snapshot_update(driver: IoDriver) {
         assert_eq!(back, msg.as_bytes());
     }
     // A bad edit is ignored: the last good snapshot stays.
-    std::fs::write(&file, "[[service]]\nname = \"web.test:80\"\nendpoints = [\"not an address\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "[[service]]\nname = \"web.test:80\"\nendpoints = [\"not an address\"]\n",
+    )
+    .unwrap();
     thread::sleep(Duration::from_millis(300));
     assert_eq!(read_name(&mut connect(addr)), "b");
     drop(open);
     proxy.shutdown();
     proxy.wait();
 }
-both_drivers!(snapshot_update_reroutes_new_and_keeps_open, super::snapshot_update);
+both_drivers!(
+    snapshot_update_reroutes_new_and_keeps_open,
+    super::snapshot_update
+);
 
 /// A fresh directory under the target dir's tmp (cleaned by cargo clean).
 fn tempdir() -> std::path::PathBuf {
@@ -301,3 +360,68 @@ fn fastrand_name() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+fn not_redirected(driver: IoDriver) {
+    let app = Backend::named("app");
+    let target = app.addr.to_string();
+    // Outbound and inbound listeners on ephemeral ports; no iptables here, so
+    // connections arrive with no original destination.
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+        ],
+    );
+    // Outbound: never looped back into the proxy; closed.
+    let mut c = connect(proxy.outbound_addr().unwrap());
+    let mut buf = [0u8; 8];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    // Inbound: sent to RINGMESH_INBOUND_TARGET.
+    let mut c = connect(proxy.inbound_addr().unwrap());
+    assert_eq!(read_name(&mut c), "app");
+    drop(c);
+    proxy.shutdown();
+    proxy.wait();
+
+    // Inbound without a target: closed.
+    let proxy = start_proxy(
+        driver,
+        &[("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")],
+    );
+    let mut c = connect(proxy.inbound_addr().unwrap());
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(not_redirected_connections, super::not_redirected);
+
+fn forward_loop_refused(driver: IoDriver) {
+    // A forward whose target is the proxy's own outbound listener.
+    let out = closed_port();
+    let fwd = format!("127.0.0.1:0={out}");
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &out.to_string()),
+            ("RINGMESH_TCP_FORWARD", &fwd),
+        ],
+    );
+    let mut c = connect(proxy.forward_addrs()[0]);
+    let mut buf = [0u8; 8];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    let stats = proxy.worker_stats();
+    // Only the forward's connection was accepted: nothing looped.
+    assert_eq!(
+        stats.iter().map(|s| s.accepted).sum::<u64>(),
+        1,
+        "{stats:?}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    forward_to_own_listener_is_refused,
+    super::forward_loop_refused
+);

@@ -30,7 +30,10 @@ const PROXY_UID: &str = "2102";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -45,7 +48,12 @@ fn require_root() {
     );
     for tool in ["ip", "iptables", "ip6tables", "setpriv"] {
         assert!(
-            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(),
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
             "{tool} is not installed (.ci/run installs iproute2, iptables, util-linux)"
         );
     }
@@ -70,7 +78,10 @@ impl Netns {
         let (va, vp) = (format!("rma{n}"), format!("rmp{n}"));
         sh(&["ip", "netns", "add", app]);
         sh(&["ip", "netns", "add", peer]);
-        sh(&["ip", "link", "add", &va, "netns", app, "type", "veth", "peer", "name", &vp, "netns", peer]);
+        sh(&[
+            "ip", "link", "add", &va, "netns", app, "type", "veth", "peer", "name", &vp, "netns",
+            peer,
+        ]);
         for (ns, dev, last) in [(app, &va, 1), (peer, &vp, 2)] {
             let x = |args: &[&str]| {
                 let mut v = vec!["ip", "netns", "exec", ns];
@@ -78,19 +89,79 @@ impl Netns {
                 sh(&v);
             };
             x(&["ip", "link", "set", "lo", "up"]);
-            x(&["ip", "addr", "add", &format!("10.77.{n}.{last}/24"), "dev", dev]);
-            x(&["ip", "addr", "add", &format!("fd77:{n}::{last}/64"), "dev", dev, "nodad"]);
+            x(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.77.{n}.{last}/24"),
+                "dev",
+                dev,
+            ]);
+            x(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("fd77:{n}::{last}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             x(&["ip", "link", "set", dev, "up"]);
         }
+        // Wait until both ends are up and the IPv6 addresses are usable,
+        // or the first SYN is dropped and costs a 1s retransmit.
+        for (ns, dev) in [(app, &va), (peer, &vp)] {
+            let ready = eventually(Duration::from_secs(10), || {
+                let out = Command::new("ip")
+                    .args(["-n", ns, "addr", "show", "dev", dev])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                text.contains("state UP") && !text.contains("tentative")
+            });
+            assert!(ready, "veth {dev} in {ns} never came up");
+        }
         for ipt in ["iptables", "ip6tables"] {
-            let lo = if ipt == "iptables" { "127.0.0.0/8" } else { "::1/128" };
+            let lo = if ipt == "iptables" {
+                "127.0.0.0/8"
+            } else {
+                "::1/128"
+            };
             let x = |args: &[&str]| {
                 let mut v = vec!["ip", "netns", "exec", app, ipt, "-w", "-t", "nat"];
                 v.extend_from_slice(args);
                 sh(&v);
             };
-            x(&["-A", "OUTPUT", "-p", "tcp", "!", "-d", lo, "-m", "owner", "!", "--uid-owner", PROXY_UID, "-j", "REDIRECT", "--to-ports", "4140"]);
-            x(&["-A", "PREROUTING", "-i", &va, "-p", "tcp", "-j", "REDIRECT", "--to-ports", "4143"]);
+            x(&[
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "!",
+                "-d",
+                lo,
+                "-m",
+                "owner",
+                "!",
+                "--uid-owner",
+                PROXY_UID,
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "4140",
+            ]);
+            x(&[
+                "-A",
+                "PREROUTING",
+                "-i",
+                &va,
+                "-p",
+                "tcp",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "4143",
+            ]);
         }
         this
     }
@@ -118,8 +189,12 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.app]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.peer]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.app])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.peer])
+            .status();
     }
 }
 
@@ -128,7 +203,9 @@ fn whoami_server(listener: TcpListener, name: &'static str) -> Backend {
     Backend::on(listener, move |mut s| {
         let peer = s.peer_addr().unwrap();
         let local = s.local_addr().unwrap();
-        if s.write_all(format!("{name} at {local} from {}\n", peer.ip()).as_bytes()).is_err() {
+        if s.write_all(format!("{name} at {local} from {}\n", peer.ip()).as_bytes())
+            .is_err()
+        {
             return;
         }
         let mut buf = [0u8; 1024];
@@ -160,9 +237,24 @@ impl Drop for ProxyProcess {
 }
 
 fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyProcess {
-    let (out, inb) = if v6 { ("[::1]:4140", "[::]:4143") } else { ("127.0.0.1:4140", "0.0.0.0:4143") };
+    let (out, inb) = if v6 {
+        ("[::1]:4140", "[::]:4143")
+    } else {
+        ("127.0.0.1:4140", "0.0.0.0:4143")
+    };
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "setpriv", "--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups", BIN])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "setpriv",
+            "--reuid",
+            PROXY_UID,
+            "--regid",
+            PROXY_UID,
+            "--clear-groups",
+            BIN,
+        ])
         .env_clear()
         .env("LINKERD2_PROXY_LOG", "info")
         .env("LINKERD2_PROXY_CORES", "2")
@@ -185,8 +277,12 @@ fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyPro
     });
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = end.checked_duration_since(Instant::now()).expect("proxy never became ready");
-        let line = rx.recv_timeout(left).expect("proxy exited before it was ready");
+        let left = end
+            .checked_duration_since(Instant::now())
+            .expect("proxy never became ready");
+        let line = rx
+            .recv_timeout(left)
+            .expect("proxy exited before it was ready");
         if line.contains("ready") {
             break;
         }
@@ -218,7 +314,10 @@ fn transparent(driver: &str, v6: bool) {
     let virt = SocketAddr::new(peer_ip, 8081);
     std::fs::write(
         &file,
-        format!("[[service]]\nname = \"{virt}\"\nendpoints = [\"{}\"]\n", SocketAddr::new(peer_ip, 8080)),
+        format!(
+            "[[service]]\nname = \"{virt}\"\nendpoints = [\"{}\"]\n",
+            SocketAddr::new(peer_ip, 8080)
+        ),
     )
     .unwrap();
     // setpriv'd proxy must read it.
@@ -229,23 +328,41 @@ fn transparent(driver: &str, v6: bool) {
     // Outbound: an app in APP dials the remote; iptables sends it to 4140;
     // the proxy reads SO_ORIGINAL_DST and connects there.
     let direct = SocketAddr::new(peer_ip, 8080);
-    let line = Netns::within(&net.app, move || hello(&mut TcpStream::connect(direct).unwrap()));
+    let line = Netns::within(&net.app, move || {
+        hello(&mut TcpStream::connect(direct).unwrap())
+    });
     assert!(line.starts_with(&format!("remote at {direct}")), "{line}");
-    let line = Netns::within(&net.app, move || hello(&mut TcpStream::connect(virt).unwrap()));
-    assert!(line.starts_with(&format!("remote at {direct}")), "discovered service not balanced: {line}");
+    let line = Netns::within(&net.app, move || {
+        hello(&mut TcpStream::connect(virt).unwrap())
+    });
+    assert!(
+        line.starts_with(&format!("remote at {direct}")),
+        "discovered service not balanced: {line}"
+    );
 
     // Inbound: a client in PEER dials the app; PREROUTING sends it to 4143;
     // the proxy connects to the original destination from inside APP, so the
     // app sees the connection coming from its own address, not PEER's.
     let app_addr = SocketAddr::new(app_ip, 9090);
-    let line = Netns::within(&net.peer, move || hello(&mut TcpStream::connect(app_addr).unwrap()));
+    let line = Netns::within(&net.peer, move || {
+        hello(&mut TcpStream::connect(app_addr).unwrap())
+    });
     assert_eq!(line, format!("app at {app_addr} from {app_ip}"));
 
     // Without the proxy the redirected connections are refused: traffic
     // really went through it.
+    // (The killed process's sockets may outlive it briefly while the kernel
+    // tears down its io_uring instance, hence the retries.)
     drop(proxy);
-    let refused = Netns::within(&net.app, move || TcpStream::connect_timeout(&direct, Duration::from_secs(2)).is_err());
-    assert!(refused, "outbound connection succeeded without the proxy: not redirected");
+    let refused = eventually(Duration::from_secs(5), || {
+        Netns::within(&net.app, move || {
+            TcpStream::connect_timeout(&direct, Duration::from_secs(1)).is_err()
+        })
+    });
+    assert!(
+        refused,
+        "outbound connection succeeded without the proxy: not redirected"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -65,7 +65,7 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        Self::on(TcpListener::bind("127.0.0.1:0").unwrap(), handler)
+        Self::on(listen("127.0.0.1:0".parse().unwrap()), handler)
     }
 
     /// Serves on a listener the test bound itself (e.g. inside a netns).
@@ -73,21 +73,18 @@ impl Backend {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
         let flag = stop.clone();
         thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        let h = handler.clone();
-                        thread::spawn(move || h(s));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(2)),
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(s) = conn {
+                    let h = handler.clone();
+                    thread::spawn(move || h(s));
                 }
             }
         });
@@ -136,7 +133,24 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
+}
+
+/// A listening socket with a deep backlog, so bursts of connects from the
+/// proxy are never dropped by the test's own backend.
+pub fn listen(addr: SocketAddr) -> TcpListener {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(4096).unwrap();
+    s.into()
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
@@ -155,6 +169,7 @@ pub fn read_name(s: &mut TcpStream) -> String {
             Ok(1) if b[0] == b'\n' => break,
             Ok(1) => out.push(b[0]),
             Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("reading backend name: {e}"),
         }
     }
