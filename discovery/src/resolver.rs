@@ -125,7 +125,11 @@ impl Discovery {
             refresh_at: now,
             failures: 0,
         };
-        self.resolve(&name, &mut entry, now);
+        // A name the static file defines is not looked up while it does;
+        // it becomes due at once if the file drops it.
+        if !self.static_services.contains_key(&name) {
+            self.resolve(&name, &mut entry, now);
+        }
         self.names.insert(name, entry);
         true
     }
@@ -141,7 +145,7 @@ impl Discovery {
         let due: Vec<Authority> = self
             .names
             .iter()
-            .filter(|(_, n)| n.refresh_at <= now)
+            .filter(|(a, n)| n.refresh_at <= now && !self.static_services.contains_key(*a))
             .map(|(a, _)| a.clone())
             .collect();
         for name in due {
@@ -165,8 +169,10 @@ impl Discovery {
         } else {
             Instant::now() + Duration::from_secs(3600)
         };
-        for n in self.names.values() {
-            at = at.min(n.refresh_at);
+        for (a, n) in &self.names {
+            if !self.static_services.contains_key(a) {
+                at = at.min(n.refresh_at);
+            }
         }
         at
     }
@@ -316,4 +322,157 @@ fn load(path: &PathBuf) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryErr
         .into_iter()
         .map(|s| (s.name.clone(), Arc::new(s)))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            let d = std::env::temp_dir()
+                .join(format!("ringmesh-resolver-{tag}-{}", std::process::id()));
+            fs::create_dir_all(&d).unwrap();
+            Self(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn cfg(dir: &Dir, static_file: bool) -> DiscoveryConfig {
+        DiscoveryConfig {
+            static_file: static_file.then(|| dir.0.join("static.toml")),
+            static_poll_interval: Duration::from_millis(0),
+            dns: DnsConfig {
+                // Nothing answers here: only the hosts file resolves.
+                servers: vec!["127.0.0.1:9".parse().unwrap()],
+                timeout: Duration::from_millis(50),
+                attempts: 1,
+                ..DnsConfig::default()
+            },
+            hosts_file: Some(dir.0.join("hosts")),
+        }
+    }
+
+    fn write(path: &std::path::Path, text: &str) {
+        // Rename into place so the stamp (inode) changes even within one
+        // mtime tick.
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    fn addrs(snap: &Snapshot, name: &str) -> Vec<String> {
+        snap.service(&Authority::parse(name).unwrap())
+            .map(|s| s.endpoints.iter().map(|e| e.addr.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn static_file_wins_over_dns_and_dns_takes_over_when_dropped() {
+        let dir = Dir::new("wins");
+        fs::write(dir.0.join("hosts"), "127.0.0.7 db.test\n").unwrap();
+        let file = dir.0.join("static.toml");
+        write(
+            &file,
+            "[[service]]\nname = \"db.test:5432\"\nendpoints = [\"127.0.0.1:1111\"]\n",
+        );
+        let name = Authority::parse("db.test:5432").unwrap();
+        let (mut d, sub) = Discovery::start(cfg(&dir, true), [name]).unwrap();
+        let cache = sub.cache();
+        assert_eq!(addrs(cache.get(), "db.test:5432"), ["127.0.0.1:1111"]);
+
+        write(
+            &file,
+            "[[service]]\nname = \"other.test:80\"\nendpoints = [\"127.0.0.1:2222\"]\n",
+        );
+        assert!(d.poll(Instant::now()));
+        let snap = d.snapshot();
+        assert_eq!(
+            addrs(&snap, "db.test:5432"),
+            ["127.0.0.7:5432"],
+            "DNS (hosts) took over"
+        );
+        assert_eq!(addrs(&snap, "other.test:80"), ["127.0.0.1:2222"]);
+    }
+
+    #[test]
+    fn bad_edit_keeps_last_good_and_unchanged_services_keep_their_arc() {
+        let dir = Dir::new("bad");
+        let file = dir.0.join("static.toml");
+        write(
+            &file,
+            "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:2\"]\n",
+        );
+        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        let before = d.snapshot();
+        let v = before.version();
+
+        write(
+            &file,
+            "[[service]]\nname = \"a.test:80\"\nendpoints = [\"nope\"]\n",
+        );
+        assert!(!d.poll(Instant::now()), "a bad edit must not publish");
+        assert_eq!(d.snapshot().version(), v);
+
+        write(
+            &file,
+            "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:3\"]\n",
+        );
+        assert!(d.poll(Instant::now()));
+        let after = d.snapshot();
+        assert!(after.version() > v);
+        let a = Authority::parse("a.test:80").unwrap();
+        let b = Authority::parse("b.test:80").unwrap();
+        assert!(Arc::ptr_eq(
+            before.service(&a).unwrap(),
+            after.service(&a).unwrap()
+        ));
+        assert_eq!(addrs(&after, "b.test:80"), ["127.0.0.1:3"]);
+        assert!(!Arc::ptr_eq(
+            before.service(&b).unwrap(),
+            after.service(&b).unwrap()
+        ));
+
+        // Unchanged content (rewritten) publishes nothing.
+        write(
+            &file,
+            "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:3\"]\n",
+        );
+        assert!(!d.poll(Instant::now()));
+    }
+
+    #[test]
+    fn bad_file_at_start_is_an_error() {
+        let dir = Dir::new("start");
+        write(&dir.0.join("static.toml"), "[[service]]\nname = 3\n");
+        assert!(matches!(
+            Discovery::start(cfg(&dir, true), []),
+            Err(DiscoveryError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn names_refresh_after_their_ttl() {
+        let dir = Dir::new("ttl");
+        fs::write(dir.0.join("hosts"), "127.0.0.8 web.test\n").unwrap();
+        let mut c = cfg(&dir, false);
+        c.dns.max_ttl = Duration::from_secs(30);
+        let (mut d, _sub) =
+            Discovery::start(c, [Authority::parse("web.test:80").unwrap()]).unwrap();
+        assert_eq!(addrs(&d.snapshot(), "web.test:80"), ["127.0.0.8:80"]);
+        let now = Instant::now();
+        assert!(d.next_deadline() > now + Duration::from_secs(20));
+        assert!(d.next_deadline() <= now + Duration::from_secs(30));
+        // A name nothing resolves has no endpoints and is retried sooner.
+        d.watch(Authority::parse("nowhere.test:80").unwrap());
+        assert!(addrs(&d.snapshot(), "nowhere.test:80").is_empty());
+        assert!(d.next_deadline() < now + Duration::from_secs(20));
+    }
 }
