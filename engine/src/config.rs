@@ -50,6 +50,7 @@ pub const TCP_FORWARD: &str = "RINGMESH_TCP_FORWARD";
 pub const INBOUND_TARGET: &str = "RINGMESH_INBOUND_TARGET";
 pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
 pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
+pub const TCP_SPLICE: &str = "RINGMESH_TCP_SPLICE";
 pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
 pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
 pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
@@ -91,6 +92,8 @@ pub struct Config {
     pub inbound_target: Option<SocketAddr>,
     pub tcp_idle_timeout: Duration,
     pub tcp_buffer_size: usize,
+    /// Relay with splice(2) instead of user-space copies.
+    pub tcp_splice: bool,
     pub shutdown_grace_period: Duration,
     pub dns: DnsConfig,
 }
@@ -127,6 +130,7 @@ impl Config {
             inbound_target: None,
             tcp_idle_timeout: Duration::from_secs(3600),
             tcp_buffer_size: 16 * 1024,
+            tcp_splice: false,
             shutdown_grace_period: Duration::from_secs(120),
             dns: DnsConfig::default(),
         }
@@ -198,6 +202,13 @@ impl Config {
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
             c.tcp_buffer_size = n;
+        }
+        if let Some(b) = p.parse_with(TCP_SPLICE, |s| match s {
+            "true" | "1" | "on" => Ok(true),
+            "false" | "0" | "off" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }) {
+            c.tcp_splice = b;
         }
         p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
         p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use ringmesh_balancer::{L4Balancer, OpenGuard};
 use ringmesh_discovery::Authority;
-use ringmesh_protocols::tcp::{relay, RelayEnd};
+use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use crate::orig_dst::orig_dst_addr;
 use crate::worker::Worker;
@@ -99,10 +99,23 @@ pub(crate) async fn serve(
         },
     };
     let _ = server.set_nodelay(true);
-    let bufs = (w.bufs.get(), w.bufs.get());
-    let (stats, bufs) = relay(client, server, bufs, w.cfg.tcp_idle_timeout).await;
-    w.bufs.put(bufs.0);
-    w.bufs.put(bufs.1);
+    let pipes = if w.cfg.tcp_splice {
+        SplicePipes::new()
+            .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
+            .ok()
+    } else {
+        None
+    };
+    let stats = match pipes {
+        Some(pipes) => relay_splice(client, server, pipes, w.cfg.tcp_idle_timeout).await,
+        None => {
+            let bufs = (w.bufs.get(), w.bufs.get());
+            let (stats, bufs) = relay(client, server, bufs, w.cfg.tcp_idle_timeout).await;
+            w.bufs.put(bufs.0);
+            w.bufs.put(bufs.1);
+            stats
+        }
+    };
     match stats.end {
         RelayEnd::Closed => {}
         RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),

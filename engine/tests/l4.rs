@@ -49,6 +49,16 @@ fn check_pattern(s: &mut TcpStream, seed: u64, total: usize) -> (u64, u64) {
 }
 
 fn bulk_both_ways(driver: IoDriver) {
+    bulk_with(driver, "false");
+}
+both_drivers!(bulk_64mib_each_way, super::bulk_both_ways);
+
+fn bulk_both_ways_spliced(driver: IoDriver) {
+    bulk_with(driver, "true");
+}
+both_drivers!(bulk_64mib_each_way_spliced, super::bulk_both_ways_spliced);
+
+fn bulk_with(driver: IoDriver, splice: &str) {
     // The backend checks the client's stream, sends its own, then reports
     // the checksums of what it received and what it expected.
     let backend = Backend::start(|mut s| {
@@ -67,7 +77,13 @@ fn bulk_both_ways(driver: IoDriver) {
         s.shutdown(Shutdown::Write).unwrap();
     });
     let fwd = format!("127.0.0.1:0={}", backend.addr);
-    let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("RINGMESH_TCP_SPLICE", splice),
+        ],
+    );
     let addr = proxy.forward_addrs()[0];
 
     let started = Instant::now();
@@ -93,14 +109,13 @@ fn bulk_both_ways(driver: IoDriver) {
     assert_eq!(got, want, "server→client checksum");
     assert_eq!(backend_got, backend_want, "client→server checksum");
     eprintln!(
-        "{}: 64 MiB each way in {:?}, checksums {got:016x} / {backend_got:016x}",
+        "{} (splice {splice}): 64 MiB each way in {:?}, checksums {got:016x} / {backend_got:016x}",
         driver_name(driver),
         started.elapsed()
     );
     proxy.shutdown();
     proxy.wait();
 }
-both_drivers!(bulk_64mib_each_way, super::bulk_both_ways);
 
 fn concurrent_connections(driver: IoDriver) {
     const N: usize = 500;
@@ -187,6 +202,18 @@ both_drivers!(
 );
 
 fn half_close(driver: IoDriver) {
+    half_close_with(driver, "false");
+}
+
+fn half_close_spliced(driver: IoDriver) {
+    half_close_with(driver, "true");
+}
+both_drivers!(
+    half_close_spliced_keeps_the_other_direction,
+    super::half_close_spliced
+);
+
+fn half_close_with(driver: IoDriver, splice: &str) {
     // The server reads the whole request (until FIN), waits, then answers.
     let backend = Backend::start(|mut s| {
         let mut req = Vec::new();
@@ -197,7 +224,13 @@ fn half_close(driver: IoDriver) {
         s.write_all(&vec![b'x'; 100_000]).unwrap();
     });
     let fwd = format!("127.0.0.1:0={}", backend.addr);
-    let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("RINGMESH_TCP_SPLICE", splice),
+        ],
+    );
     let mut c = connect(proxy.forward_addrs()[0]);
     c.write_all(&[b'q'; 5000]).unwrap();
     c.shutdown(Shutdown::Write).unwrap();

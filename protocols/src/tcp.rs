@@ -8,15 +8,19 @@
 //! - An error in either direction, or no bytes either way for the idle
 //!   timeout, shuts both sockets down so the whole relay ends promptly.
 //!
-//! Plain recv/send copies: on small messages splice was measured at ~2.5x the
-//! CPU per request of copying (see bench/ and the README's Performance notes).
+//! Two variants: [`relay`] copies through two reused user-space buffers (the
+//! default), [`relay_splice`] moves bytes with `splice(2)` through pipes.
+//! Which one wins is measured in `bench/scripts/tcp-forward.sh` (README,
+//! Performance); the engine picks with `RINGMESH_TCP_SPLICE`.
 
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::unix::{new_pipe, Pipe};
 use monoio::net::TcpStream;
 use nix::sys::socket::{shutdown, Shutdown};
 
@@ -71,20 +75,120 @@ pub async fn relay(
         r = both => r,
         never = idle => match never {},
     };
-    let end = match (up_res, down_res) {
-        _ if activity.idle_fired.get() => RelayEnd::Idle,
-        (Err(Side::Read(k)), _) | (_, Err(Side::Write(k))) => RelayEnd::ClientError(k),
-        (Err(Side::Write(k)), _) | (_, Err(Side::Read(k))) => RelayEnd::ServerError(k),
-        (Ok(()), Ok(())) => RelayEnd::Closed,
-    };
     (
         RelayStats {
             client_to_server: up_n,
             server_to_client: down_n,
-            end,
+            end: relay_end(&activity, up_res, down_res),
         },
         (buf0, buf1),
     )
+}
+
+/// The two pipes a spliced relay moves bytes through (four fds).
+pub struct SplicePipes {
+    up: (Pipe, Pipe),
+    down: (Pipe, Pipe),
+}
+
+impl SplicePipes {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            up: new_pipe()?,
+            down: new_pipe()?,
+        })
+    }
+}
+
+/// Like [`relay`], but moves bytes socket → pipe → socket with `splice(2)`,
+/// never through user space.
+pub async fn relay_splice(
+    client: TcpStream,
+    server: TcpStream,
+    pipes: SplicePipes,
+    idle_timeout: Duration,
+) -> RelayStats {
+    let SplicePipes {
+        up: up_pipe,
+        down: down_pipe,
+    } = pipes;
+    let fds = [client.as_raw_fd(), server.as_raw_fd()];
+    let activity = Activity {
+        last: Cell::new(Instant::now()),
+        idle_fired: Cell::new(false),
+    };
+    let (client_rd, client_wr) = client.into_split();
+    let (server_rd, server_wr) = server.into_split();
+    let up = splice_one_way(client_rd, server_wr, up_pipe, &activity, fds);
+    let down = splice_one_way(server_rd, client_wr, down_pipe, &activity, fds);
+    let idle = idle_watch(&activity, idle_timeout, fds);
+    let both = async { monoio::join!(up, down) };
+    let ((up_n, up_res), (down_n, down_res)) = monoio::select! {
+        r = both => r,
+        never = idle => match never {},
+    };
+    RelayStats {
+        client_to_server: up_n,
+        server_to_client: down_n,
+        end: relay_end(&activity, up_res, down_res),
+    }
+}
+
+fn relay_end(activity: &Activity, up: Result<(), Side>, down: Result<(), Side>) -> RelayEnd {
+    match (up, down) {
+        _ if activity.idle_fired.get() => RelayEnd::Idle,
+        (Err(Side::Read(k)), _) | (_, Err(Side::Write(k))) => RelayEnd::ClientError(k),
+        (Err(Side::Write(k)), _) | (_, Err(Side::Read(k))) => RelayEnd::ServerError(k),
+        (Ok(()), Ok(())) => RelayEnd::Closed,
+    }
+}
+
+/// A pipe's default capacity: one splice in moves at most this much.
+const PIPE_CHUNK: u32 = 64 * 1024;
+
+async fn splice_one_way<R, W>(
+    mut rd: R,
+    mut wr: W,
+    (mut pipe_rd, mut pipe_wr): (Pipe, Pipe),
+    activity: &Activity,
+    fds: [RawFd; 2],
+) -> (u64, Result<(), Side>)
+where
+    R: SpliceSource,
+    W: SpliceDestination + AsyncWriteRent,
+{
+    let mut total = 0u64;
+    loop {
+        let n = match rd.splice_to_pipe(&mut pipe_wr, PIPE_CHUNK).await {
+            Ok(0) => {
+                let _ = wr.shutdown().await;
+                return (total, Ok(()));
+            }
+            Ok(n) => n,
+            Err(e) => {
+                abort(fds);
+                return (total, Err(Side::Read(e.kind())));
+            }
+        };
+        activity.last.set(Instant::now());
+        // Drain the pipe completely before reading more: the pipe is the
+        // only buffer, so a slow writer holds the reader back.
+        let mut left = n;
+        while left > 0 {
+            match wr.splice_from_pipe(&mut pipe_rd, left).await {
+                Ok(0) => {
+                    abort(fds);
+                    return (total, Err(Side::Write(io::ErrorKind::WriteZero)));
+                }
+                Ok(m) => left -= m,
+                Err(e) => {
+                    abort(fds);
+                    return (total, Err(Side::Write(e.kind())));
+                }
+            }
+        }
+        total += u64::from(n);
+    }
 }
 
 struct Activity {

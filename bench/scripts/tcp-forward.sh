@@ -1,0 +1,514 @@
+#!/usr/bin/env bash
+# tcp-forward.sh - ringmesh's explicit TCP forward (RINGMESH_TCP_FORWARD) against
+# HAProxy `mode tcp`, same pinning, same run, on 127.0.0.1.
+#
+# What it measures
+#   1. Small requests: wrk (HTTP/1.1 keep-alive, CONNS connections, -t1) fetches a
+#      BODY_BYTES static response from an nginx backend, either directly ("direct",
+#      the baseline) or through a TCP forward: ringmesh (1 worker) or HAProxy
+#      (`mode tcp`, nbthread 1). Both proxies are pinned to PROXY_CPUS; wrk to
+#      LOAD_CPUS, nginx (1 worker) to BACKEND_CPUS. Neither proxy parses HTTP: this
+#      is the per-read/per-write cost of a userspace L4 relay (both copy through
+#      16 KiB buffers by default; HAProxy's splice is off by default and stays off).
+#   2. Bulk: iperf3 (BULK_SECS, BULK_STREAMS streams) to an iperf3 server, direct
+#      and through each proxy. iperf3 opens a control connection and then its data
+#      connection(s) to the same port; a forward relays each like any connection.
+#
+# How
+#   One ringmesh process holds both forwards (HTTP and iperf3), one HAProxy holds
+#   both listeners; both stay up for the whole run. Cases are interleaved within
+#   each of ROUNDS rounds (direct, ringmesh, haproxy, then again), so slow drift of
+#   the VM hits all candidates alike. Each case gets WARMUP seconds of unmeasured
+#   load, then DURATION measured seconds. Proxy CPU is the utime+stime delta of the
+#   proxy process (all its threads, from /proc/PID/stat, 10 ms ticks) over the
+#   measured window. Every load run is bounded by `timeout`; every process this
+#   script starts is stopped on exit (trap), by pid. At the end ringmesh is sent
+#   SIGTERM and must drain and exit 0.
+#
+# Reading the output
+#   HTTP table (medians over rounds):
+#     req/s        median requests/s; min-max and spread = (max-min)/median show noise
+#     p50/p99 us   wrk --latency percentiles (closed loop: latency and req/s move together)
+#     errs         wrk socket errors + non-2xx responses, summed over rounds (want 0)
+#     proxy cpu%   proxy CPU as % of one core during the window
+#     cpu us/req   proxy CPU microseconds per request: the efficiency number
+#     vs haproxy   ringmesh cpu us/req / haproxy cpu us/req (< 1.00 = ringmesh cheaper)
+#   With the default pinning (wrk and nginx share cpu0, the proxy alone on cpu1)
+#   cpu0 is the bottleneck, so req/s mostly reflects the client+backend core and the
+#   proxies differ mainly in cpu us/req and latency. To make the proxy core the
+#   bottleneck instead (peers.sh layout: backend shares the proxy's core) run with
+#   BACKEND_CPUS=1; then req/s ~ 1/(proxy us + backend us).
+#   Bulk table: median Gbit/s, min-max, proxy cpu% during the transfer, % of direct.
+#   Direct bulk has client and server on LOAD_CPUS/BACKEND_CPUS (one core by
+#   default) while a proxied run adds the proxy's core, so a proxy can come out
+#   above 100% of direct; compare ringmesh with HAProxy first.
+#   A WARNING line is printed when a core was busy before the run, when ringmesh
+#   logged warnings/errors, or when errors were seen; check those before the numbers.
+#   The CSV (CSV=, default target/bench/tcp-forward.csv) has one row per case and
+#   round plus one row per candidate with round=median.
+#
+# Usage: bench/scripts/tcp-forward.sh [-h] [KEY=value ...]   (or the same as env vars)
+#   DURATION=10      measured seconds per HTTP case
+#   ROUNDS=3         interleaved rounds (HTTP and bulk)
+#   CONNS=50         wrk connections (wrk -t$WRK_THREADS)
+#   WARMUP=1         unmeasured seconds of load before each HTTP case (0 = none)
+#   BULK_SECS=5      iperf3 seconds per bulk case (0 = skip the bulk test)
+#   BULK_STREAMS=1   iperf3 -P
+#   PROXY_CPUS=1     taskset list for ringmesh and HAProxy
+#   LOAD_CPUS=0      taskset list for wrk and the iperf3 client
+#   BACKEND_CPUS=    taskset list for nginx and the iperf3 server (default LOAD_CPUS)
+#   IO_DRIVER=auto   ringmesh RINGMESH_IO_DRIVER: auto | uring | epoll
+#   WORKERS=1        ringmesh LINKERD2_PROXY_CORES
+#   DIRECT=1         0 = skip the direct (no proxy) baseline
+#   BODY_BYTES=64    backend response body size
+#   WRK_THREADS=1
+#   QUICK=1          smoke test: DURATION=2 ROUNDS=1 WARMUP=0 BULK_SECS=2 (unless set)
+#   CSV=target/bench/tcp-forward.csv   (relative to the workspace root)
+#   RINGMESH_BIN=    binary to test; default target/release/ringmesh, built with
+#                    `cargo build --release -p ringmesh-engine` if missing
+#   KEEP=0           1 = keep the scratch dir (configs, logs, raw wrk/iperf3 output)
+#   Ports on 127.0.0.1 (must be free): BACKEND_PORT=18080 RINGMESH_PORT=15000
+#   HAPROXY_PORT=15001 IPERF_PORT=5201 RINGMESH_IPERF_PORT=15201 HAPROXY_IPERF_PORT=15202
+#   Other RINGMESH_*/LINKERD2_PROXY_* variables in the environment (for example
+#   RINGMESH_TCP_BUFFER_SIZE) reach ringmesh unchanged and are printed in the header.
+#
+# Needs wrk, haproxy, nginx, iperf3 and taskset. Missing Debian packages are
+# installed with apt-get, which needs root; everything else runs as any user.
+set -euo pipefail
+
+ME=tcp-forward.sh
+SETTINGS='DURATION|ROUNDS|CONNS|WARMUP|BULK_SECS|BULK_STREAMS|PROXY_CPUS|LOAD_CPUS|BACKEND_CPUS|IO_DRIVER|WORKERS|DIRECT|BODY_BYTES|WRK_THREADS|QUICK|CSV|RINGMESH_BIN|KEEP|BACKEND_PORT|RINGMESH_PORT|HAPROXY_PORT|IPERF_PORT|RINGMESH_IPERF_PORT|HAPROXY_IPERF_PORT'
+for arg in "$@"; do
+  case $arg in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    [A-Z]*=*) k=${arg%%=*}
+              [[ $k =~ ^($SETTINGS)$ ]] || { echo "$ME: unknown setting $k (see -h)" >&2; exit 2; }
+              export "${arg?}" ;;
+    *) echo "$ME: unknown argument '$arg' (settings are KEY=value; see -h)" >&2; exit 2 ;;
+  esac
+done
+
+if [[ ${QUICK:-0} == 1 ]]; then
+  DURATION=${DURATION:-2}; ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0}; BULK_SECS=${BULK_SECS:-2}
+fi
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-50}
+WARMUP=${WARMUP:-1}
+BULK_SECS=${BULK_SECS:-5}
+BULK_STREAMS=${BULK_STREAMS:-1}
+PROXY_CPUS=${PROXY_CPUS:-1}
+LOAD_CPUS=${LOAD_CPUS:-0}
+BACKEND_CPUS=${BACKEND_CPUS:-$LOAD_CPUS}
+IO_DRIVER=${IO_DRIVER:-auto}
+WORKERS=${WORKERS:-1}
+DIRECT=${DIRECT:-1}
+BODY_BYTES=${BODY_BYTES:-64}
+WRK_THREADS=${WRK_THREADS:-1}
+KEEP=${KEEP:-0}
+BACKEND_PORT=${BACKEND_PORT:-18080}
+RINGMESH_PORT=${RINGMESH_PORT:-15000}
+HAPROXY_PORT=${HAPROXY_PORT:-15001}
+IPERF_PORT=${IPERF_PORT:-5201}
+RINGMESH_IPERF_PORT=${RINGMESH_IPERF_PORT:-15201}
+HAPROXY_IPERF_PORT=${HAPROXY_IPERF_PORT:-15202}
+
+for v in DURATION ROUNDS CONNS WARMUP BULK_SECS BULK_STREAMS WORKERS BODY_BYTES WRK_THREADS \
+         BACKEND_PORT RINGMESH_PORT HAPROXY_PORT IPERF_PORT RINGMESH_IPERF_PORT HAPROXY_IPERF_PORT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$ME: $v=${!v} is not a non-negative integer" >&2; exit 2; }
+done
+((DURATION > 0 && ROUNDS > 0 && CONNS > 0 && BODY_BYTES > 0)) || { echo "$ME: DURATION, ROUNDS, CONNS and BODY_BYTES must be > 0" >&2; exit 2; }
+[[ $IO_DRIVER =~ ^(auto|uring|epoll)$ ]] || { echo "$ME: IO_DRIVER must be auto, uring or epoll" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CSV=${CSV:-target/bench/tcp-forward.csv}
+[[ $CSV == /* ]] || CSV=$ROOT/$CSV
+
+# ---------------------------------------------------------------- tools
+PATH=$PATH:/usr/sbin:/sbin   # nginx and haproxy live in sbin on Debian
+missing=()
+for t in wrk haproxy nginx iperf3; do command -v "$t" >/dev/null || missing+=("$t"); done
+if ((${#missing[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "$ME: missing ${missing[*]}; run as root to install them, or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+  fi
+  echo "# installing ${missing[*]} from Debian" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${missing[@]}" >&2 || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; }
+fi
+for t in wrk haproxy nginx iperf3 taskset timeout awk; do
+  command -v "$t" >/dev/null || { echo "$ME: '$t' not found on PATH" >&2; exit 2; }
+done
+
+if [[ -n ${RINGMESH_BIN:-} ]]; then
+  BIN=$RINGMESH_BIN
+else
+  BIN=$ROOT/target/release/ringmesh
+  if [[ ! -x $BIN ]]; then
+    echo "# building $BIN" >&2
+    (cd "$ROOT" && cargo build --release -p ringmesh-engine) >&2
+  fi
+fi
+[[ -x $BIN ]] || { echo "$ME: ringmesh binary $BIN is not executable" >&2; exit 2; }
+
+# ---------------------------------------------------------------- processes
+S=$(mktemp -d /tmp/tcp-forward.XXXXXX)
+chmod 755 "$S"   # nginx workers run as nobody when started by root
+PIDS=()          # long-running servers, stopped on exit
+CUR=""           # the running load generator, if any
+
+stop_pid() {  # pid: TERM (and its children), wait up to 3 s, then KILL
+  local p=$1 kids="" k i
+  [[ -r /proc/$p/task/$p/children ]] && kids=$(<"/proc/$p/task/$p/children")
+  kill -TERM "$p" 2>/dev/null || return 0
+  for i in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [[ -n $CUR ]] && kill -TERM "$CUR" 2>/dev/null && wait "$CUR" 2>/dev/null
+  local p
+  for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  if [[ $KEEP == 1 || $rc != 0 ]]; then echo "# scratch dir kept: $S" >&2; else rm -rf "$S"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+die() { echo "$ME: $*" >&2; exit 1; }
+
+listening() {  # port -> true if something listens on 127.0.0.1:port or *:port (/proc/net/tcp, no connect)
+  local hex
+  hex=$(printf '%04X' "$1")
+  awk -v h="$hex" '$4=="0A" && ($2=="0100007F:" h || $2=="00000000:" h) {f=1} END{exit !f}' /proc/net/tcp
+}
+for p in "$BACKEND_PORT" "$RINGMESH_PORT" "$HAPROXY_PORT" "$IPERF_PORT" "$RINGMESH_IPERF_PORT" "$HAPROXY_IPERF_PORT"; do
+  listening "$p" && die "127.0.0.1:$p is already in use (see the *_PORT settings)"
+done
+
+LASTPID=""
+start_bg() {  # cpus name cmd...   (output -> $S/name.log)
+  local cpus=$1 name=$2; shift 2
+  taskset -c "$cpus" "$@" >"$S/$name.log" 2>&1 &
+  LASTPID=$!
+  PIDS+=("$LASTPID")
+}
+wait_listen() {  # pid name port...
+  local pid=$1 name=$2 p i; shift 2
+  for p in "$@"; do
+    for i in $(seq 1 100); do
+      listening "$p" && continue 2
+      kill -0 "$pid" 2>/dev/null || { tail -n 20 "$S/$name.log" >&2; die "$name exited during start-up"; }
+      sleep 0.05
+    done
+    tail -n 20 "$S/$name.log" >&2; die "$name is not listening on 127.0.0.1:$p after 5 s"
+  done
+}
+
+# ---------------------------------------------------------------- configs
+BODY=$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')
+mkdir -p "$S/nginx-tmp"
+cat >"$S/nginx.conf" <<EOF
+worker_processes 1;
+pid $S/nginx.pid;
+error_log $S/nginx.err warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+  access_log off;
+  # nginx closes a keep-alive connection after 1000 requests by default; a
+  # reconnect would put connection set-up cost into a per-request number.
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  client_body_temp_path $S/nginx-tmp/body;
+  proxy_temp_path $S/nginx-tmp/proxy;
+  fastcgi_temp_path $S/nginx-tmp/fastcgi;
+  uwsgi_temp_path $S/nginx-tmp/uwsgi;
+  scgi_temp_path $S/nginx-tmp/scgi;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+    location / { default_type text/plain; return 200 "$BODY"; }
+  }
+}
+EOF
+
+cat >"$S/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+listen http_forward
+  bind 127.0.0.1:$HAPROXY_PORT
+  server backend 127.0.0.1:$BACKEND_PORT
+listen iperf_forward
+  bind 127.0.0.1:$HAPROXY_IPERF_PORT
+  server iperf 127.0.0.1:$IPERF_PORT
+EOF
+
+nginx -t -q -p "$S" -e "$S/nginx-t.err" -c "$S/nginx.conf" -g 'daemon off;'
+haproxy -c -q -f "$S/haproxy.cfg"
+
+# ---------------------------------------------------------------- start
+start_bg "$BACKEND_CPUS" nginx nginx -p "$S" -e "$S/nginx.err" -c "$S/nginx.conf" -g 'daemon off;'
+NGINX_PID=$LASTPID
+start_bg "$PROXY_CPUS" haproxy haproxy -db -f "$S/haproxy.cfg"
+HAPROXY_PID=$LASTPID
+
+# Only ringmesh's own start-up and shutdown lines at info ("starting" names the
+# driver, "ready" means every worker listens); warnings and errors from anywhere.
+# The data path logs below info, so this costs nothing per connection.
+start_bg "$PROXY_CPUS" ringmesh env \
+  RINGMESH_TCP_FORWARD="127.0.0.1:$RINGMESH_PORT=127.0.0.1:$BACKEND_PORT,127.0.0.1:$RINGMESH_IPERF_PORT=127.0.0.1:$IPERF_PORT" \
+  LINKERD2_PROXY_CORES="$WORKERS" \
+  RINGMESH_IO_DRIVER="$IO_DRIVER" \
+  LINKERD2_PROXY_LOG="warn,ringmesh=info" \
+  LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR="" \
+  LINKERD2_PROXY_INBOUND_LISTEN_ADDR="" \
+  LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD="5s" \
+  "$BIN"
+RINGMESH_PID=$LASTPID   # env execs, so this is ringmesh itself
+
+iperf_pid=""
+if ((BULK_SECS > 0)); then
+  start_bg "$BACKEND_CPUS" iperf3-server iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT" --rcv-timeout 10000
+  iperf_pid=$LASTPID
+fi
+
+for i in $(seq 1 200); do
+  grep -qw 'ready' "$S/ringmesh.log" && break
+  kill -0 "$RINGMESH_PID" 2>/dev/null || { cat "$S/ringmesh.log" >&2; die "ringmesh exited during start-up"; }
+  sleep 0.05
+done
+grep -qw 'ready' "$S/ringmesh.log" || { cat "$S/ringmesh.log" >&2; die "ringmesh did not log 'ready' within 10 s"; }
+wait_listen "$NGINX_PID" nginx "$BACKEND_PORT"
+wait_listen "$HAPROXY_PID" haproxy "$HAPROXY_PORT" "$HAPROXY_IPERF_PORT"
+wait_listen "$RINGMESH_PID" ringmesh "$RINGMESH_PORT" "$RINGMESH_IPERF_PORT"
+[[ -n $iperf_pid ]] && wait_listen "$iperf_pid" iperf3-server "$IPERF_PORT"
+
+RM_DRIVER=$(sed -n 's/.*driver=\([a-z_]*\).*/\1/p' "$S/ringmesh.log" | head -n1)
+RM_DRIVER=${RM_DRIVER:-unknown}
+
+# One request on a fresh connection through every HTTP path: status and body.
+check_http() {  # port name
+  local r
+  r=$(timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n" >&3; cat <&3' _ "$1" 2>&1) || true
+  [[ $r == "HTTP/1.1 200"* && $r == *$'\r\n\r\n'"$BODY" ]] \
+    || die "bad response via $2 (127.0.0.1:$1): ${r:0:300}"
+}
+check_http "$BACKEND_PORT" direct
+check_http "$RINGMESH_PORT" ringmesh
+check_http "$HAPROXY_PORT" haproxy
+
+# ---------------------------------------------------------------- measuring
+CLK=$(getconf CLK_TCK)
+ticks() {  # pid -> utime+stime of the process (all threads), in clock ticks
+  local line f
+  read -r line <"/proc/$1/stat" || { echo 0; return; }
+  line=${line##*) }
+  read -r -a f <<<"$line"
+  echo $((f[11] + f[12]))
+}
+now_ns() { date +%s%N; }
+warnings() {  # log file -> number of warning/error lines so far
+  local n
+  n=$(grep -c -E ' (WARN|ERROR) |\[(WARNING|ALERT)\]' "$1" 2>/dev/null) || true
+  echo "${n:-0}"
+}
+alive_or_die() {  # pid name
+  kill -0 "$1" 2>/dev/null && return 0
+  local rc=0
+  wait "$1" 2>/dev/null || rc=$?
+  echo "--- last lines of $2's log:" >&2; tail -n 30 "$S/$2.log" >&2
+  die "$2 (pid $1) died during the run (exit status $rc)"
+}
+busy_probe() {  # -> % of all CPU time busy over 1 s with nothing of ours running
+  local a b
+  a=$(awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+  sleep 1
+  b=$(awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); t=y[2]-x[2]; printf "%.0f", t>0 ? 100*(y[1]-x[1])/t : 0}'
+}
+
+run_bounded() {  # seconds out cmd...   run in the background so INT/TERM stay responsive
+  local secs=$1 out=$2 rc=0; shift 2
+  timeout -k 5 "$secs" "$@" >"$out" 2>&1 &
+  CUR=$!
+  wait "$CUR" || rc=$?
+  CUR=""
+  return "$rc"
+}
+
+CSV_HEADER='test,round,candidate,ringmesh_driver,secs,conns,requests,rps,rps_min,rps_max,p50_us,p99_us,errors,proxy_cpu_pct,proxy_us_per_req,us_per_req_vs_haproxy,gbit_s,gbit_s_min,gbit_s_max,pct_of_direct,proxy_log_warnings'
+RAW=$S/rows.csv
+: >"$RAW"
+
+http_case() {  # round candidate port [proxy_pid]
+  local round=$1 cand=$2 port=$3 pid=${4:-} url="http://127.0.0.1:$3/" out="$S/wrk.$2.r$1.out"
+  local wrk=(taskset -c "$LOAD_CPUS" wrk -t"$WRK_THREADS" -c"$CONNS" --latency)
+  if ((WARMUP > 0)); then
+    run_bounded $((WARMUP + 15)) "$S/wrk.warmup.out" "${wrk[@]}" -d"${WARMUP}s" "$url" \
+      || die "wrk warm-up against $cand failed: $(tail -n 5 "$S/wrk.warmup.out")"
+  fi
+  local t0=0 t1=0 w0=0 w1=0 s0 s1
+  if [[ -n $pid ]]; then t0=$(ticks "$pid"); w0=$(warnings "$S/$cand.log"); fi
+  s0=$(now_ns)
+  run_bounded $((DURATION + 15)) "$out" "${wrk[@]}" -d"${DURATION}s" "$url" \
+    || die "wrk against $cand failed or overran: $(tail -n 5 "$out")"
+  s1=$(now_ns)
+  if [[ -n $pid ]]; then t1=$(ticks "$pid"); alive_or_die "$pid" "$cand"; w1=$(warnings "$S/$cand.log"); fi
+  awk -v round="$round" -v cand="$cand" -v drv="$RM_DRIVER" -v conns="$CONNS" -v s0="$s0" -v s1="$s1" \
+      -v has_pid="${pid:+1}" -v dt=$((t1 - t0)) -v clk="$CLK" -v warn=$((w1 - w0)) '
+    function us(v) { if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
+                     if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
+                     if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60e6 }
+                     if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1e6 }
+                     return v + 0 }
+    /Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = us($2) }
+    $1 == "99%" { p99 = us($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { errs += $NF }
+    /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { x = $i; sub(/,/, "", x); errs += x } }
+    END {
+      secs = (s1 - s0) / 1e9
+      cpu = ""; per = ""; w = ""
+      if (has_pid) {
+        cpu = sprintf("%.1f", 100 * dt / clk / secs)
+        per = reqs > 0 ? sprintf("%.2f", 1e6 * dt / clk / reqs) : ""
+        w = warn
+      }
+      printf "http,%s,%s,%s,%.3f,%s,%d,%.0f,,,%.0f,%.0f,%d,%s,%s,,,,,,%s\n",
+        round, cand, drv, secs, conns, reqs, rps, p50, p99, errs + 0, cpu, per, w
+    }' "$out" | tee -a "$RAW" | awk -F, '{printf "#   round %s %-9s %9.0f req/s  p50 %6s us  p99 %6s us  errs %s  proxy %5s%% cpu  %6s us/req\n", $2, $3, $8, $11, $12, $13, ($14==""?"-":$14), ($15==""?"-":$15)}' >&2
+}
+
+bulk_case() {  # round candidate port [proxy_pid]
+  local round=$1 cand=$2 port=$3 pid=${4:-} out="$S/iperf3.$2.r$1.out"
+  local t0=0 t1=0 w0=0 w1=0 s0 s1 rc=0
+  if [[ -n $pid ]]; then t0=$(ticks "$pid"); w0=$(warnings "$S/$cand.log"); fi
+  s0=$(now_ns)
+  run_bounded $((BULK_SECS + 20)) "$out" taskset -c "$LOAD_CPUS" \
+    iperf3 -c 127.0.0.1 -p "$port" -t "$BULK_SECS" -P "$BULK_STREAMS" -f g --connect-timeout 3000 || rc=$?
+  s1=$(now_ns)
+  if [[ -n $pid ]]; then t1=$(ticks "$pid"); alive_or_die "$pid" "$cand"; w1=$(warnings "$S/$cand.log"); fi
+  alive_or_die "$iperf_pid" iperf3-server
+  if ((rc != 0)); then
+    echo "$ME: warning: iperf3 through $cand failed (exit $rc): $(tail -n 3 "$out" | tr '\n' ' ')" >&2
+  fi
+  awk -v round="$round" -v cand="$cand" -v drv="$RM_DRIVER" -v streams="$BULK_STREAMS" -v s0="$s0" -v s1="$s1" \
+      -v has_pid="${pid:+1}" -v dt=$((t1 - t0)) -v clk="$CLK" -v warn=$((w1 - w0)) -v rc="$rc" '
+    /receiver/ { for (i = 2; i <= NF; i++) if ($i == "Gbits/sec") v = $(i - 1)
+                 if ($1 == "[SUM]") sum = v; last = v }
+    END {
+      g = (sum != "") ? sum : last
+      secs = (s1 - s0) / 1e9
+      cpu = has_pid ? sprintf("%.1f", 100 * dt / clk / secs) : ""
+      printf "bulk,%s,%s,%s,%.3f,%s,,,,,,,%d,%s,,,%s,,,,%s\n",
+        round, cand, drv, secs, streams, (g == "" || rc != 0) ? 1 : 0, cpu, (g == "" ? 0 : g), (has_pid ? warn : "")
+    }' "$out" | tee -a "$RAW" | awk -F, '{printf "#   round %s %-9s %7.2f Gbit/s  proxy %5s%% cpu\n", $2, $3, $17, ($14==""?"-":$14)}' >&2
+}
+
+# ---------------------------------------------------------------- run
+BG=$(busy_probe)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
+dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "+dirty" || true)
+extra_env=$(env | grep -E '^(RINGMESH|LINKERD2_PROXY)_' | grep -vE '^(RINGMESH_BIN)=' | tr '\n' ' ' || true)
+echo "# tcp-forward.sh: $(nproc) CPUs, $(uname -r); ringmesh $rev$dirty ($BIN, built $(date -r "$BIN" '+%F %T'))"
+echo "# ringmesh: $WORKERS worker(s), driver $RM_DRIVER (IO_DRIVER=$IO_DRIVER)${extra_env:+; env: $extra_env}"
+echo "# peers: haproxy $(haproxy -v | awk 'NR==1{print $3}') mode tcp nbthread 1, nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') 1 worker, $(wrk -v 2>&1 | awk 'NR==1{print $1, $2}'), $(iperf3 --version | awk 'NR==1{print $1, $2}')"
+echo "# pinning: proxies cpu $PROXY_CPUS; wrk/iperf3 client cpu $LOAD_CPUS; nginx/iperf3 server cpu $BACKEND_CPUS"
+echo "# load: wrk -t$WRK_THREADS -c$CONNS, ${DURATION}s measured (+${WARMUP}s warm-up) x $ROUNDS rounds, ${BODY_BYTES}-byte body; iperf3 -P$BULK_STREAMS ${BULK_SECS}s x $ROUNDS rounds"
+echo "# machine busy before start: ${BG}% of all CPUs"
+((BG > 10)) && echo "# WARNING: something else is using the CPUs; numbers are contaminated"
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "# HTTP round $r/$ROUNDS" >&2
+  [[ $DIRECT == 1 ]] && http_case "$r" direct "$BACKEND_PORT"
+  http_case "$r" ringmesh "$RINGMESH_PORT" "$RINGMESH_PID"
+  http_case "$r" haproxy "$HAPROXY_PORT" "$HAPROXY_PID"
+done
+if ((BULK_SECS > 0)); then
+  for r in $(seq 1 "$ROUNDS"); do
+    echo "# bulk round $r/$ROUNDS" >&2
+    bulk_case "$r" direct "$IPERF_PORT"
+    bulk_case "$r" ringmesh "$RINGMESH_IPERF_PORT" "$RINGMESH_PID"
+    bulk_case "$r" haproxy "$HAPROXY_IPERF_PORT" "$HAPROXY_PID"
+  done
+fi
+
+# ringmesh must drain and exit 0 on SIGTERM (connections are all closed by now).
+t_stop=$(now_ns)
+kill -TERM "$RINGMESH_PID"
+rm_rc=""
+for i in $(seq 1 100); do kill -0 "$RINGMESH_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$RINGMESH_PID" 2>/dev/null; then
+  rm_stop="still running 10 s after SIGTERM (killed)"
+else
+  wait "$RINGMESH_PID" && rm_rc=0 || rm_rc=$?
+  rm_stop="exit $rm_rc after $(awk -v a="$t_stop" -v b="$(now_ns)" 'BEGIN{printf "%.1f", (b-a)/1e9}') s"
+fi
+RM_WARN=$(warnings "$S/ringmesh.log")
+accepted=$(sed -n 's/.*accepted=\([0-9]*\).*/\1/p' "$S/ringmesh.log" | awk '{s+=$1} END{print s+0}')
+
+# ---------------------------------------------------------------- report
+summary=$(awk -F, -v OFS=, '
+  function sortv(s, a,   k, i, j, t) { k = split(s, a, " ")
+    for (i = 2; i <= k; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return k }
+  function med(s,   a, k) { if (s == "") return ""; k = sortv(s, a); return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2 }
+  function lo(s,   a) { if (s == "") return ""; sortv(s, a); return a[1] }
+  function hi(s,   a, k) { if (s == "") return ""; k = sortv(s, a); return a[k] }
+  { key = $1 SUBSEP $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key; test[key] = $1; cand[key] = $3; drv[key] = $4 }
+    secs[key] += $5; conns[key] = $6; reqs[key] += $7; errs[key] += $13; warn[key] += $21
+    if ($1 == "http") { rps[key] = rps[key] " " $8; p50[key] = p50[key] " " $11; p99[key] = p99[key] " " $12 }
+    else gb[key] = gb[key] " " $17
+    if ($14 != "") cpu[key] = cpu[key] " " $14
+    if ($15 != "") per[key] = per[key] " " $15 }
+  END {
+    hper = med(per["http" SUBSEP "haproxy"]); dgb = med(gb["bulk" SUBSEP "direct"])
+    for (i = 1; i <= n; i++) { k = order[i]
+      vs = ""; pct = ""
+      if (test[k] == "http" && per[k] != "" && hper > 0) vs = sprintf("%.2f", med(per[k]) / hper)
+      if (test[k] == "bulk" && dgb > 0) pct = sprintf("%.1f", 100 * med(gb[k]) / dgb)
+      print test[k], "median", cand[k], drv[k], sprintf("%.3f", secs[k]), conns[k], reqs[k],
+            med(rps[k]), lo(rps[k]), hi(rps[k]), med(p50[k]), med(p99[k]), errs[k],
+            med(cpu[k]), med(per[k]), vs, med(gb[k]), lo(gb[k]), hi(gb[k]), pct, (cand[k] == "direct" ? "" : warn[k])
+    } }' "$RAW")
+
+mkdir -p "$(dirname "$CSV")"
+{ echo "$CSV_HEADER"; cat "$RAW"; echo "$summary"; } >"$CSV"
+
+echo
+echo "HTTP/1.1 keep-alive, ${BODY_BYTES}-byte responses, wrk -c$CONNS, ${DURATION}s x $ROUNDS rounds (medians)"
+echo "$summary" | awk -F, '
+  BEGIN { printf "%-9s %9s %15s %7s %8s %8s %5s %10s %10s %10s\n", "candidate", "req/s", "min-max", "spread", "p50 us", "p99 us", "errs", "proxy cpu%", "cpu us/req", "vs haproxy" }
+  $1 == "http" { sp = ($8 > 0) ? sprintf("%.1f%%", 100 * ($10 - $9) / $8) : "-"
+    printf "%-9s %9.0f %15s %7s %8.0f %8.0f %5d %10s %10s %10s\n", $3, $8, sprintf("%.1fk-%.1fk", $9 / 1000, $10 / 1000), sp,
+      $11, $12, $13, ($14 == "" ? "-" : $14), ($15 == "" ? "-" : $15), ($16 == "" ? ($3 == "haproxy" ? "1.00" : "-") : $16) }'
+if ((BULK_SECS > 0)); then
+  echo
+  echo "Bulk: iperf3 -P$BULK_STREAMS, ${BULK_SECS}s x $ROUNDS rounds (medians)"
+  echo "$summary" | awk -F, '
+    BEGIN { printf "%-9s %8s %13s %10s %10s %5s\n", "candidate", "Gbit/s", "min-max", "proxy cpu%", "of direct", "errs" }
+    $1 == "bulk" { printf "%-9s %8.2f %13s %10s %10s %5d\n", $3, $17, sprintf("%.2f-%.2f", $18, $19), ($14 == "" ? "-" : $14),
+      ($20 == "" ? "-" : $20 "%"), $13 }'
+fi
+echo
+echo "# ringmesh: SIGTERM -> $rm_stop; connections accepted: $accepted; warning/error log lines: $RM_WARN"
+echo "# CSV: $CSV"
+total_errs=$(echo "$summary" | awk -F, '{s += $13} END{print s + 0}')
+if ((RM_WARN > 0)); then
+  echo "# WARNING: ringmesh logged $RM_WARN warning/error lines:"
+  grep -E ' (WARN|ERROR) ' "$S/ringmesh.log" | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/#   /'
+fi
+((total_errs > 0)) && echo "# WARNING: $total_errs request/transfer errors in total (see errs columns)"
+[[ $rm_rc == 0 ]] || { echo "# WARNING: ringmesh did not exit cleanly on SIGTERM"; exit 1; }
+exit 0
