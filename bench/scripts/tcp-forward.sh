@@ -334,7 +334,7 @@ busy_probe() {  # -> % of all CPU time busy over 1 s with nothing of ours runnin
   a=$(awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
   sleep 1
   b=$(awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); t=y[2]-x[2]; printf "%.0f", t>0 ? 100*(y[1]-x[1])/t : 0}'
+  awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); t=y[2]-x[2]; printf "%.0f", (t > 0 ? 100*(y[1]-x[1])/t : 0)}'
 }
 
 run_bounded() {  # seconds out cmd...   run in the background so INT/TERM stay responsive

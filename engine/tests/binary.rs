@@ -303,3 +303,89 @@ fn all_endpoints_down_is_logged() {
     assert!(p.wait_for("all 2 endpoints failed", Duration::from_secs(5)));
     assert!(p.seen.iter().any(|l| l.contains("db.test:5432")));
 }
+
+/// Makes io_uring_setup fail with EPERM in the child, as Docker's default
+/// seccomp profile does.
+fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // two prctl calls on data that lives on the stack of this closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
+    let backend = Backend::echo();
+    let listen = free_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let mut cmd = ringmesh("auto", &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    deny_io_uring(&mut cmd);
+    let mut p = Running::spawn(cmd);
+    assert!(
+        p.wait_for("ready", Duration::from_secs(10)),
+        "proxy never became ready"
+    );
+    assert!(p.seen.iter().any(|l| l.contains("falling back to epoll")));
+    assert!(p.seen.iter().any(|l| l.contains("driver=epoll")));
+    // And it proxies.
+    let mut c = connect(listen);
+    c.write_all(b"hi\n").unwrap();
+    let mut back = [0u8; 3];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hi\n");
+}
+
+#[test]
+fn uring_demanded_but_refused_fails_start_clearly() {
+    let mut cmd = ringmesh("uring", &[]);
+    deny_io_uring(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("io_uring was requested"), "{stderr}");
+}
