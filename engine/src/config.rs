@@ -55,6 +55,14 @@ pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
 pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
 pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
 pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
+pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
+pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
+pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
+
+/// Server-speaks-first ports (SMTP, submission, MySQL, Galera, Postgres,
+/// Redis, Elasticsearch transport, memcached): detection would only stall them.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 pub const DEFAULT_LOG: &str = "warn,ringmesh=info";
 
@@ -73,6 +81,37 @@ pub enum IoDriver {
 pub struct TcpForward {
     pub listen: SocketAddr,
     pub target: Authority,
+}
+
+/// A set of TCP ports, from a list like `25,587,8000-8100`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+impl PortSet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let port = |p: &str| match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "{item:?} is not a port (1-65535) or a range like 8000-8100"
+                )),
+                Ok(n) => Ok(n),
+            };
+            let (lo, hi) = match item.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => (port(item)?, port(item)?),
+            };
+            if lo > hi {
+                return Err(format!("range {item:?} is reversed"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(Self(ranges))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +135,13 @@ pub struct Config {
     pub tcp_splice: bool,
     pub shutdown_grace_period: Duration,
     pub dns: DnsConfig,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP.
+    pub inbound_detect_timeout: Duration,
+    pub outbound_detect_timeout: Duration,
+    /// Ports whose connections skip detection (opaque TCP at once).
+    pub inbound_opaque_ports: PortSet,
+    pub outbound_opaque_ports: PortSet,
 }
 
 /// Every problem found, one per line.
@@ -133,6 +179,10 @@ impl Config {
             tcp_splice: false,
             shutdown_grace_period: Duration::from_secs(120),
             dns: DnsConfig::default(),
+            inbound_detect_timeout: Duration::from_secs(10),
+            outbound_detect_timeout: Duration::from_secs(10),
+            inbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+            outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
         }
     }
 
@@ -211,6 +261,14 @@ impl Config {
             c.tcp_splice = b;
         }
         p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
+        p.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound_detect_timeout);
+        p.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound_detect_timeout);
+        if let Some(ports) = p.parse_with(INBOUND_OPAQUE_PORTS, PortSet::parse) {
+            c.inbound_opaque_ports = ports;
+        }
+        if let Some(ports) = p.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
+            c.outbound_opaque_ports = ports;
+        }
         p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
         p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);
         if c.dns.min_ttl > c.dns.max_ttl {
@@ -379,6 +437,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_sets() {
+        let p = PortSet::parse("25, 587,8000-8100").unwrap();
+        assert!(p.contains(25) && p.contains(587) && p.contains(8000) && p.contains(8100));
+        assert!(!p.contains(26) && !p.contains(8101));
+        assert!(PortSet::parse("").unwrap() == PortSet::default());
+        assert!(PortSet::parse("0").is_err());
+        assert!(PortSet::parse("70000").is_err());
+        assert!(PortSet::parse("9-8").is_err());
+        assert!(PortSet::parse("http").is_err());
+        let defaults = PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap();
+        for port in [25, 587, 3306, 4444, 5432, 6379, 9300, 11211] {
+            assert!(defaults.contains(port));
+        }
+    }
 
     fn parse(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
         let map: BTreeMap<&str, &str> = pairs.iter().copied().collect();

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use monoio::net::TcpStream;
 use ringmesh_balancer::{L4Balancer, OpenGuard};
-use ringmesh_discovery::Authority;
+use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol};
+use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
+use crate::detect::read_and_detect;
 use crate::orig_dst::orig_dst_addr;
 use crate::worker::Worker;
 
@@ -63,7 +65,7 @@ impl Drop for OpenConn {
 pub(crate) async fn serve(
     w: Rc<Worker>,
     kind: Rc<ListenerKind>,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
 ) {
     let _open = OpenConn::new(&w);
@@ -75,28 +77,73 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some(target) = route(&w, &kind, &client, local, peer) else {
+    let Some(Route { target, port, hint }) = route(&w, &kind, &client, local, peer) else {
         return;
     };
-    let timeout = match *kind {
-        ListenerKind::Inbound => w.cfg.inbound_connect_timeout,
-        _ => w.cfg.outbound_connect_timeout,
+    let inbound = matches!(*kind, ListenerKind::Inbound);
+    let (opaque_ports, detect_timeout, connect_timeout) = if inbound {
+        (
+            &w.cfg.inbound_opaque_ports,
+            w.cfg.inbound_detect_timeout,
+            w.cfg.inbound_connect_timeout,
+        )
+    } else {
+        (
+            &w.cfg.outbound_opaque_ports,
+            w.cfg.outbound_detect_timeout,
+            w.cfg.outbound_connect_timeout,
+        )
     };
+
+    // Detection comes before connecting: an opaque port (or discovery saying
+    // so) skips it, so server-speaks-first protocols never wait.
+    let mut prefix = w.bufs.get();
+    let protocol = match hint {
+        Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
+        Some(DiscoveredProtocol::Http1) => Protocol::Http1,
+        Some(DiscoveredProtocol::Http2) => Protocol::Http2,
+        None if opaque_ports.contains(port) => Protocol::Opaque,
+        None => {
+            let (res, buf) = read_and_detect(&mut client, prefix, detect_timeout).await;
+            prefix = buf;
+            match res {
+                Ok((p, undecided)) => {
+                    if let Some(why) = undecided {
+                        tracing::debug!(listener = kind.name(), %peer, ?why, "no protocol detected; opaque TCP");
+                    }
+                    p
+                }
+                Err(e) => {
+                    tracing::debug!(listener = kind.name(), %peer, error = %e, "client failed during detection");
+                    w.bufs.put(prefix);
+                    return;
+                }
+            }
+        }
+    };
+    // Until the HTTP proxies land every protocol is relayed as opaque TCP;
+    // the detected bytes go out first.
+    tracing::debug!(listener = kind.name(), %peer, ?protocol, "protocol");
+
     let (server, _guard) = match &target {
-        Target::Addr(addr) => match connect(*addr, timeout).await {
+        Target::Addr(addr) => match connect(*addr, connect_timeout).await {
             Ok(s) => (s, None),
             Err(e) => {
                 tracing::warn!(listener = kind.name(), %peer, dst = %addr, error = %e, "cannot connect; closing the client connection");
+                w.bufs.put(prefix);
                 return;
             }
         },
-        Target::Service(name, balancer) => match connect_balanced(balancer, timeout).await {
-            Ok((s, g)) => (s, Some(g)),
-            Err(failure) => {
-                tracing::warn!(listener = kind.name(), %peer, service = %name, "{failure}; closing the client connection");
-                return;
+        Target::Service(name, balancer) => {
+            match connect_balanced(balancer, connect_timeout).await {
+                Ok((s, g)) => (s, Some(g)),
+                Err(failure) => {
+                    tracing::warn!(listener = kind.name(), %peer, service = %name, "{failure}; closing the client connection");
+                    w.bufs.put(prefix);
+                    return;
+                }
             }
-        },
+        }
     };
     let _ = server.set_nodelay(true);
     let pipes = if w.cfg.tcp_splice {
@@ -107,9 +154,14 @@ pub(crate) async fn serve(
         None
     };
     let stats = match pipes {
-        Some(pipes) => relay_splice(client, server, pipes, w.cfg.tcp_idle_timeout).await,
+        Some(pipes) => {
+            let (stats, prefix) =
+                relay_splice(client, server, pipes, prefix, w.cfg.tcp_idle_timeout).await;
+            w.bufs.put(prefix);
+            stats
+        }
         None => {
-            let bufs = (w.bufs.get(), w.bufs.get());
+            let bufs = (prefix, w.bufs.get());
             let (stats, bufs) = relay(client, server, bufs, w.cfg.tcp_idle_timeout).await;
             w.bufs.put(bufs.0);
             w.bufs.put(bufs.1);
@@ -124,6 +176,14 @@ pub(crate) async fn serve(
     tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
 }
 
+/// Where a connection goes, the port that decides whether it is opaque,
+/// and what discovery says it speaks.
+struct Route {
+    target: Target,
+    port: u16,
+    hint: Option<DiscoveredProtocol>,
+}
+
 /// Decides where a connection goes, or logs why it goes nowhere.
 fn route(
     w: &Worker,
@@ -131,8 +191,9 @@ fn route(
     client: &TcpStream,
     local: SocketAddr,
     peer: SocketAddr,
-) -> Option<Target> {
+) -> Option<Route> {
     let snap = w.snapshot();
+    let mut hint = None;
     let target = match kind {
         ListenerKind::Outbound => {
             let orig = orig_dst_addr(client, local).0;
@@ -141,7 +202,10 @@ fn route(
                 return None;
             }
             match snap.service_by_addr(orig) {
-                Some(svc) => Target::Service(svc.name.clone(), w.balancer(svc)),
+                Some(svc) => {
+                    hint = svc.protocol;
+                    Target::Service(svc.name.clone(), w.balancer(svc))
+                }
                 None => Target::Addr(orig),
             }
         }
@@ -157,10 +221,16 @@ fn route(
             }
         }
         ListenerKind::Forward(name) => match snap.service(name) {
-            Some(svc) => Target::Service(name.clone(), w.balancer(svc)),
+            Some(svc) => {
+                hint = svc.protocol;
+                Target::Service(name.clone(), w.balancer(svc))
+            }
             None => match name.socket_addr() {
                 Some(addr) => match snap.service_by_addr(addr) {
-                    Some(svc) => Target::Service(svc.name.clone(), w.balancer(svc)),
+                    Some(svc) => {
+                        hint = svc.protocol;
+                        Target::Service(svc.name.clone(), w.balancer(svc))
+                    }
                     None => Target::Addr(addr),
                 },
                 None => {
@@ -176,7 +246,14 @@ fn route(
             return None;
         }
     }
-    Some(target)
+    // The logical destination's port decides opacity (the original
+    // destination, or the forward's target), as linkerd2-proxy does.
+    let port = match (&target, kind) {
+        (_, ListenerKind::Forward(name)) => name.port(),
+        (Target::Addr(a), _) => a.port(),
+        (Target::Service(name, _), _) => name.port(),
+    };
+    Some(Route { target, port, hint })
 }
 
 /// True when `dst` would reach listener `l` (which may be a wildcard).

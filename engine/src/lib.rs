@@ -12,6 +12,7 @@
 
 pub mod config;
 mod control;
+mod detect;
 mod l4;
 pub mod listen;
 pub mod orig_dst;

@@ -26,6 +26,8 @@ fn ringmesh(driver: &str, vars: &[(&str, &str)]) -> Command {
         .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
         .env("LINKERD2_PROXY_CORES", "2")
         .env("RINGMESH_IO_DRIVER", driver)
+        .env("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "100ms")
+        .env("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "100ms")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

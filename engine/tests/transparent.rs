@@ -259,6 +259,8 @@ fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyPro
         .env("LINKERD2_PROXY_LOG", "info")
         .env("LINKERD2_PROXY_CORES", "2")
         .env("RINGMESH_IO_DRIVER", driver)
+        .env("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "100ms")
+        .env("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "100ms")
         .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", out)
         .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", inb)
         .env("RINGMESH_DISCOVERY_STATIC", discovery)

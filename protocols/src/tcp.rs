@@ -48,8 +48,9 @@ pub enum RelayEnd {
     ServerError(io::ErrorKind),
 }
 
-/// Relays until both directions are done. Returns the buffers so the caller
-/// can pool them.
+/// Relays until both directions are done. `bufs.0` may already hold bytes
+/// read from the client (during protocol detection): they are sent to the
+/// server first. Returns the buffers so the caller can pool them.
 pub async fn relay(
     client: TcpStream,
     server: TcpStream,
@@ -101,13 +102,15 @@ impl SplicePipes {
 }
 
 /// Like [`relay`], but moves bytes socket → pipe → socket with `splice(2)`,
-/// never through user space.
+/// never through user space. `prefix` (bytes already read from the client)
+/// is written to the server first and handed back for pooling.
 pub async fn relay_splice(
     client: TcpStream,
     server: TcpStream,
     pipes: SplicePipes,
+    prefix: Vec<u8>,
     idle_timeout: Duration,
-) -> RelayStats {
+) -> (RelayStats, Vec<u8>) {
     let SplicePipes {
         up: up_pipe,
         down: down_pipe,
@@ -119,19 +122,38 @@ pub async fn relay_splice(
     };
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
-    let up = splice_one_way(client_rd, server_wr, up_pipe, &activity, fds);
+    let up = async {
+        let mut server_wr = server_wr;
+        let mut sent = 0;
+        let mut prefix = prefix;
+        if !prefix.is_empty() {
+            let n = prefix.len() as u64;
+            let (res, p) = server_wr.write_all(prefix).await;
+            prefix = p;
+            if let Err(e) = res {
+                abort(fds);
+                return (0, Err(Side::Write(e.kind())), prefix);
+            }
+            sent = n;
+        }
+        let (n, res) = splice_one_way(client_rd, server_wr, up_pipe, &activity, fds).await;
+        (sent + n, res, prefix)
+    };
     let down = splice_one_way(server_rd, client_wr, down_pipe, &activity, fds);
     let idle = idle_watch(&activity, idle_timeout, fds);
     let both = async { monoio::join!(up, down) };
-    let ((up_n, up_res), (down_n, down_res)) = monoio::select! {
+    let ((up_n, up_res, prefix), (down_n, down_res)) = monoio::select! {
         r = both => r,
         never = idle => match never {},
     };
-    RelayStats {
-        client_to_server: up_n,
-        server_to_client: down_n,
-        end: relay_end(&activity, up_res, down_res),
-    }
+    (
+        RelayStats {
+            client_to_server: up_n,
+            server_to_client: down_n,
+            end: relay_end(&activity, up_res, down_res),
+        },
+        prefix,
+    )
 }
 
 fn relay_end(activity: &Activity, up: Result<(), Side>, down: Result<(), Side>) -> RelayEnd {
@@ -211,6 +233,17 @@ async fn copy_one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     fds: [RawFd; 2],
 ) -> (u64, Result<(), Side>, Vec<u8>) {
     let mut total = 0u64;
+    // Bytes already read (during protocol detection) go out first.
+    if !buf.is_empty() {
+        let n = buf.len() as u64;
+        let (res, b) = wr.write_all(buf).await;
+        buf = b;
+        if let Err(e) = res {
+            abort(fds);
+            return (0, Err(Side::Write(e.kind())), buf);
+        }
+        total = n;
+    }
     loop {
         buf.clear();
         let (res, b) = rd.read(buf).await;

@@ -46,6 +46,10 @@ pub fn start_proxy(driver: IoDriver, vars: &[(&str, &str)]) -> Proxy {
     src.insert("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "");
     src.insert("LINKERD2_PROXY_CORES", "2");
     src.insert("RINGMESH_IO_DRIVER", driver_name(driver));
+    // Several backends here speak first; don't make every test wait out
+    // the 10s detect timeout (detection has its own tests).
+    src.insert("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "100ms");
+    src.insert("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "100ms");
     for (k, v) in vars {
         src.insert(k, v);
     }
