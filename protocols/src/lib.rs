@@ -8,4 +8,5 @@
 #![forbid(unsafe_code)]
 
 pub mod buffer;
+pub mod detect;
 pub mod tcp;
