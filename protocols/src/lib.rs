@@ -9,4 +9,5 @@
 
 pub mod buffer;
 pub mod detect;
+pub mod http1;
 pub mod tcp;
