@@ -14,6 +14,7 @@ use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use crate::detect::read_and_detect;
+use crate::http1::{self, HttpDst};
 use crate::orig_dst::orig_dst_addr;
 use crate::worker::Worker;
 
@@ -44,6 +45,8 @@ enum Target {
     Service(Authority, Rc<RefCell<L4Balancer>>),
     /// A plain address.
     Addr(SocketAddr),
+    /// Not redirected: only HTTP can say where it goes (its authority).
+    ByAuthority,
 }
 
 /// Counts the connection as open on its worker for as long as it lives.
@@ -77,7 +80,13 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some(Route { target, port, hint }) = route(&w, &kind, &client, local, peer) else {
+    let Some(Route {
+        target,
+        port,
+        hint,
+        http,
+    }) = route(&w, &kind, &client, local, peer)
+    else {
         return;
     };
     let inbound = matches!(*kind, ListenerKind::Inbound);
@@ -121,9 +130,20 @@ pub(crate) async fn serve(
             }
         }
     };
-    // Until the HTTP proxies land every protocol is relayed as opaque TCP;
-    // the detected bytes go out first.
     tracing::debug!(listener = kind.name(), %peer, ?protocol, "protocol");
+    match protocol {
+        Protocol::Http1 => {
+            http1::serve(w.clone(), client, prefix, peer, http, connect_timeout).await;
+            return;
+        }
+        // HTTP/2 is relayed as opaque TCP until the HTTP/2 proxy lands.
+        Protocol::Http2 | Protocol::Tls | Protocol::Opaque => {}
+    }
+    if matches!(target, Target::ByAuthority) {
+        tracing::info!(%peer, %local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
+        w.bufs.put(prefix);
+        return;
+    }
 
     let (server, _guard) = match &target {
         Target::Addr(addr) => match connect(*addr, connect_timeout).await {
@@ -134,6 +154,7 @@ pub(crate) async fn serve(
                 return;
             }
         },
+        Target::ByAuthority => return,
         Target::Service(name, balancer) => {
             match connect_balanced(balancer, connect_timeout).await {
                 Ok((s, g)) => (s, Some(g)),
@@ -182,6 +203,8 @@ struct Route {
     target: Target,
     port: u16,
     hint: Option<DiscoveredProtocol>,
+    /// How HTTP requests on this connection are routed.
+    http: HttpDst,
 }
 
 /// Decides where a connection goes, or logs why it goes nowhere.
@@ -194,13 +217,20 @@ fn route(
 ) -> Option<Route> {
     let snap = w.snapshot();
     let mut hint = None;
+    let http;
     let target = match kind {
         ListenerKind::Outbound => {
             let orig = orig_dst_addr(client, local).0;
             if orig == local {
-                tracing::info!(%peer, %local, "outbound connection was not redirected (no original destination); closing");
-                return None;
+                // An explicit-proxy client: HTTP routes by authority.
+                return Some(Route {
+                    target: Target::ByAuthority,
+                    port: local.port(),
+                    hint: None,
+                    http: HttpDst::ByAuthority,
+                });
             }
+            http = HttpDst::OrigDst(orig);
             match snap.service_by_addr(orig) {
                 Some(svc) => {
                     hint = svc.protocol;
@@ -212,33 +242,38 @@ fn route(
         ListenerKind::Inbound => {
             let orig = orig_dst_addr(client, local).0;
             if orig != local {
+                http = HttpDst::Local(orig);
                 Target::Addr(orig)
             } else if let Some(t) = w.cfg.inbound_target {
+                http = HttpDst::Local(t);
                 Target::Addr(t)
             } else {
                 tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
                 return None;
             }
         }
-        ListenerKind::Forward(name) => match snap.service(name) {
-            Some(svc) => {
-                hint = svc.protocol;
-                Target::Service(name.clone(), w.balancer(svc))
-            }
-            None => match name.socket_addr() {
-                Some(addr) => match snap.service_by_addr(addr) {
-                    Some(svc) => {
-                        hint = svc.protocol;
-                        Target::Service(svc.name.clone(), w.balancer(svc))
-                    }
-                    None => Target::Addr(addr),
-                },
-                None => {
-                    tracing::warn!(%peer, service = %name, "forward target is not resolved (yet); closing");
-                    return None;
+        ListenerKind::Forward(name) => {
+            http = HttpDst::Forward(name.clone());
+            match snap.service(name) {
+                Some(svc) => {
+                    hint = svc.protocol;
+                    Target::Service(name.clone(), w.balancer(svc))
                 }
-            },
-        },
+                None => match name.socket_addr() {
+                    Some(addr) => match snap.service_by_addr(addr) {
+                        Some(svc) => {
+                            hint = svc.protocol;
+                            Target::Service(svc.name.clone(), w.balancer(svc))
+                        }
+                        None => Target::Addr(addr),
+                    },
+                    None => {
+                        tracing::warn!(%peer, service = %name, "forward target is not resolved (yet); closing");
+                        return None;
+                    }
+                },
+            }
+        }
     };
     if let Target::Addr(addr) = target {
         if w.own_listeners.iter().any(|l| same_endpoint(*l, addr)) || addr == local {
@@ -252,12 +287,18 @@ fn route(
         (_, ListenerKind::Forward(name)) => name.port(),
         (Target::Addr(a), _) => a.port(),
         (Target::Service(name, _), _) => name.port(),
+        (Target::ByAuthority, _) => local.port(),
     };
-    Some(Route { target, port, hint })
+    Some(Route {
+        target,
+        port,
+        hint,
+        http,
+    })
 }
 
 /// True when `dst` would reach listener `l` (which may be a wildcard).
-fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
+pub(crate) fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
     l.port() == dst.port()
         && (l.ip() == dst.ip()
             || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))

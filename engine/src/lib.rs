@@ -13,6 +13,7 @@
 pub mod config;
 mod control;
 mod detect;
+mod http1;
 mod l4;
 pub mod listen;
 pub mod orig_dst;

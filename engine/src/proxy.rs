@@ -122,6 +122,7 @@ impl Proxy {
             .chain(forwards.iter().copied())
             .collect();
 
+        let (control_tx, control_rx) = control::channel();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut workers = Vec::with_capacity(n);
@@ -138,6 +139,7 @@ impl Proxy {
                 listeners,
                 own_listeners: own_listeners.clone(),
                 snapshots: subscriber.cache(),
+                control: control_tx.clone(),
                 cfg: cfg.clone(),
                 rx,
                 ready: ready_tx.clone(),
@@ -162,7 +164,7 @@ impl Proxy {
             }
         }
 
-        let (control_tx, control) = control::spawn(discovery).map_err(StartError::Thread)?;
+        let control = control::spawn(discovery, control_rx).map_err(StartError::Thread)?;
         tracing::info!(?outbound, ?inbound, ?forwards, "ready");
         Ok(Self {
             workers,

@@ -23,6 +23,8 @@ use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 
 use crate::config::Config;
+use crate::control::ControlMsg;
+use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
@@ -41,6 +43,7 @@ pub(crate) struct WorkerSetup {
     /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<SocketAddr>,
     pub snapshots: SnapshotCache,
+    pub control: mpsc::Sender<ControlMsg>,
     pub cfg: Config,
     pub rx: UnboundedReceiver<WorkerMsg>,
     pub ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -63,6 +66,11 @@ pub(crate) struct Worker {
     pub bufs: BufferPool,
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
+    pub control: mpsc::Sender<ControlMsg>,
+    /// Idle upstream HTTP/1 connections.
+    pub pool: Pool,
+    /// Set when the worker starts draining.
+    pub stop: Stop,
     snapshots: RefCell<SnapshotCache>,
     replicas: RefCell<HashMap<Authority, Replica>>,
 }
@@ -109,6 +117,19 @@ impl Worker {
                 true
             }
         });
+    }
+
+    /// True once the worker is draining: finish what is in flight, take
+    /// nothing new (HTTP connections close after their current response).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_stopped()
+    }
+
+    /// Whether connecting to `addr` would loop back into this process.
+    pub(crate) fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.own_listeners
+            .iter()
+            .any(|l| crate::l4::same_endpoint(*l, addr))
     }
 
     fn stats(&self) -> WorkerStats {
@@ -169,6 +190,7 @@ async fn serve(setup: WorkerSetup) {
         listeners,
         own_listeners,
         snapshots,
+        control,
         cfg,
         mut rx,
         ready,
@@ -181,10 +203,13 @@ async fn serve(setup: WorkerSetup) {
         own_listeners,
         accepted: Cell::new(0),
         open: Cell::new(0),
+        control,
+        pool: Pool::default(),
+        stop: Stop::default(),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
     });
-    let stop = Stop::default();
+    let stop = worker.stop.clone();
     for (kind, std_listener) in listeners {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,

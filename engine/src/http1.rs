@@ -1,0 +1,714 @@
+//! The HTTP/1.1 proxy: one client connection, requests in order, each
+//! routed and balanced on its own, bodies streamed both ways, upstream
+//! connections pooled per endpoint on this worker.
+//!
+//! Per request: read the head (the codec in `ringmesh_protocols::http1`
+//! validates it), pick the destination (fixed by the listener, or by the
+//! request's authority for a client using ringmesh as an explicit proxy),
+//! check out an upstream connection (pooled, or connected with failover),
+//! then stream the request body and read the response at the same time (so
+//! `Expect: 100-continue` and early responses work), and stream the
+//! response body back. Upgrades (101) and CONNECT tunnels end HTTP: both
+//! sides are handed to the opaque relay with whatever bytes were buffered.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use ringmesh_balancer::{L4Balancer, OpenGuard};
+use ringmesh_discovery::Authority;
+use ringmesh_protocols::http1::{
+    write_error_response, write_request_head, write_response_head, BodyFraming, BodyScanner,
+    ConnectionHeader, Limits, Method, RequestHead, ResponseHead, Version, WriteOptions,
+};
+use ringmesh_protocols::tcp::relay;
+
+use crate::worker::Worker;
+
+type Rd = OwnedReadHalf<TcpStream>;
+type Wr = OwnedWriteHalf<TcpStream>;
+
+/// How requests on one connection find their destination.
+pub(crate) enum HttpDst {
+    /// Fixed by the listener: a redirected connection's original
+    /// destination (a discovered service if one has that address).
+    OrigDst(SocketAddr),
+    /// An explicit forward's target.
+    Forward(Authority),
+    /// The local application (inbound).
+    Local(SocketAddr),
+    /// The request's authority (absolute-form target or Host): a client
+    /// using ringmesh as an explicit HTTP proxy.
+    ByAuthority,
+}
+
+/// Where one request goes.
+enum Dst {
+    Service(Authority, Rc<RefCell<L4Balancer>>),
+    Addr(SocketAddr),
+}
+
+/// Why a request got no upstream connection; each maps to one status.
+#[derive(Debug)]
+enum UpstreamError {
+    NoEndpoints(String),
+    Unknown(String),
+    Loop(SocketAddr),
+    Connect(io::Error),
+    Timeout,
+}
+
+impl UpstreamError {
+    fn status(&self) -> u16 {
+        match self {
+            Self::NoEndpoints(_) | Self::Unknown(_) => 503,
+            Self::Timeout => 504,
+            Self::Loop(_) | Self::Connect(_) => 502,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Self::NoEndpoints(s) => format!("no endpoints available for {s}"),
+            Self::Unknown(s) => format!("cannot resolve {s}"),
+            Self::Loop(a) => format!("destination {a} is this proxy (loop)"),
+            Self::Connect(e) => format!("upstream connection failed: {e}"),
+            Self::Timeout => "upstream connect timed out".into(),
+        }
+    }
+}
+
+/// An idle upstream connection, kept split so reuse costs nothing.
+pub(crate) struct Upstream {
+    rd: Rd,
+    wr: Wr,
+    idle_since: Instant,
+}
+
+/// Idle upstream connections per endpoint, owned by one worker.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+/// At most this many idle connections per endpoint per worker.
+const POOL_MAX_IDLE: usize = 64;
+/// Idle connections older than this are closed rather than reused (servers
+/// commonly close idle keep-alive connections after 60s or more).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for discovery to resolve a new authority.
+const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+
+impl Pool {
+    fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(u) = list.pop() {
+            if u.idle_since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, rd: Rd, wr: Wr) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < POOL_MAX_IDLE {
+            list.push(Upstream {
+                rd,
+                wr,
+                idle_since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// One connection's state: the client halves and the reused buffers.
+struct Client {
+    rd: Rd,
+    wr: Wr,
+    /// Bytes read from the client and not yet handled.
+    buf: Vec<u8>,
+    peer: SocketAddr,
+}
+
+/// Serves HTTP/1 on `client`; `buf` holds the bytes detection read.
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    client: TcpStream,
+    buf: Vec<u8>,
+    peer: SocketAddr,
+    dst: HttpDst,
+    connect_timeout: Duration,
+) {
+    let (rd, wr) = client.into_split();
+    let mut c = Client { rd, wr, buf, peer };
+    let limits = Limits::default();
+    let mut req = RequestHead::new();
+    let mut resp = ResponseHead::new();
+    let mut out = Vec::with_capacity(1024);
+    let mut ubuf = w.bufs.get();
+    loop {
+        // 1. The next request head.
+        let head_len = match read_request_head(&w, &mut c, &mut req, &limits).await {
+            Ok(Some(n)) => n,
+            Ok(None) => break,
+            Err(status) => {
+                send_error(&mut c, &mut out, status.0, &status.1).await;
+                break;
+            }
+        };
+        c.buf.drain(..head_len);
+
+        // 2. Where it goes, and a connection there.
+        let target = match resolve(&w, &dst, &req).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
+                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
+                break;
+            }
+        };
+        let (up, addr, _guard) = match checkout(&w, &target, connect_timeout).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
+                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
+                break;
+            }
+        };
+
+        // A CONNECT from an explicit-proxy client is ours to answer: the
+        // tunnel goes to the resolved endpoint.
+        if req.is_connect() && matches!(dst, HttpDst::ByAuthority) {
+            out.clear();
+            out.extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+            let (res, _) = c.wr.write_all(std::mem::take(&mut out)).await;
+            if res.is_err() {
+                break;
+            }
+            tunnel(&w, c, up, Vec::new()).await;
+            w.bufs.put(ubuf);
+            return;
+        }
+
+        // 3. Forward the request and read the response together.
+        let outcome = exchange(&w, &mut c, up, &req, &mut resp, &mut out, ubuf, &limits).await;
+        ubuf = outcome.ubuf;
+        match outcome.end {
+            Exchange::Done {
+                upstream,
+                client_ok,
+            } => {
+                if let Some((rd, wr)) = upstream {
+                    w.pool.put(addr, rd, wr);
+                }
+                if !client_ok || w.stopping() {
+                    break;
+                }
+            }
+            Exchange::Upgraded(up) => {
+                tunnel(&w, c, up, std::mem::take(&mut ubuf)).await;
+                return;
+            }
+            Exchange::Failed { status, reason } => {
+                if let Some(status) = status {
+                    tracing::warn!(peer = %c.peer, upstream = %addr, reason, "request failed");
+                    send_error(&mut c, &mut out, status, &reason).await;
+                } else {
+                    tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
+                }
+                break;
+            }
+        }
+    }
+    w.bufs.put(c.buf);
+    w.bufs.put(ubuf);
+}
+
+/// Reads until a whole request head is buffered. `Ok(None)`: the client
+/// closed (or the worker is stopping) between requests.
+async fn read_request_head(
+    w: &Worker,
+    c: &mut Client,
+    req: &mut RequestHead,
+    limits: &Limits,
+) -> Result<Option<usize>, (u16, String)> {
+    loop {
+        if !c.buf.is_empty() {
+            match req.parse(&c.buf, limits) {
+                Ok(Some(n)) => return Ok(Some(n)),
+                Ok(None) => {}
+                Err(e) => return Err((e.status(), e.to_string())),
+            }
+        }
+        if c.buf.is_empty() && w.stopping() {
+            return Ok(None);
+        }
+        let idle = c.buf.is_empty();
+        let res = if idle {
+            // Between requests: a drain must not wait on idle clients.
+            let stop = w.stop.clone();
+            monoio::select! {
+                r = read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes()) => r,
+                _ = stop.wait() => return Ok(None),
+            }
+        } else {
+            read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes()).await
+        };
+        match res {
+            Ok(0) if c.buf.is_empty() => return Ok(None),
+            Ok(0) => return Ok(None), // closed mid-head: nothing to answer
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Appends what `rd` has to `buf`, growing it up to `max` when full.
+async fn read_more(rd: &mut Rd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        let grow = buf
+            .capacity()
+            .max(4096)
+            .min(max.saturating_sub(buf.len()).max(1));
+        buf.reserve(grow);
+    }
+    let len = buf.len();
+    let (res, slice) = rd.read(std::mem::take(buf).slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// Writes `buf[..n]` and removes those bytes from the front.
+async fn write_front(wr: &mut Wr, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let (res, slice) = wr.write_all(std::mem::take(buf).slice(0..n)).await;
+    *buf = slice.into_inner();
+    res?;
+    buf.drain(..n);
+    Ok(())
+}
+
+async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.clear();
+    write_error_response(status, &format!("ringmesh: {reason}\n"), out);
+    let (_, o) = c.wr.write_all(std::mem::take(out)).await;
+    *out = o;
+}
+
+/// Picks the destination for one request.
+async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, UpstreamError> {
+    let snap = w.snapshot();
+    let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
+        Some(svc) => Dst::Service(svc.name.clone(), w.balancer(svc)),
+        None => Dst::Addr(addr),
+    };
+    match dst {
+        HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
+        HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
+        HttpDst::Forward(name) => match snap.service(name) {
+            Some(svc) => Ok(Dst::Service(name.clone(), w.balancer(svc))),
+            None => match name.socket_addr() {
+                Some(addr) => Ok(by_addr(addr)),
+                None => Err(UpstreamError::Unknown(name.to_string())),
+            },
+        },
+        HttpDst::ByAuthority => {
+            let Some(auth) = req.authority() else {
+                return Err(UpstreamError::Unknown(
+                    "a request without an authority".into(),
+                ));
+            };
+            let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
+                .map_err(|_| UpstreamError::Unknown(auth.raw.to_string()))?;
+            if let Some(svc) = snap.service(&name) {
+                return Ok(Dst::Service(name.clone(), w.balancer(svc)));
+            }
+            if let Some(addr) = name.socket_addr() {
+                return Ok(by_addr(addr));
+            }
+            drop(snap);
+            // A name discovery has not seen: ask the control core, wait
+            // (bounded) for the snapshot to carry it.
+            let _ = w
+                .control
+                .send(crate::control::ControlMsg::Watch(name.clone()));
+            let deadline = Instant::now() + RESOLVE_WAIT;
+            while Instant::now() < deadline {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                let snap = w.snapshot();
+                if let Some(svc) = snap.service(&name) {
+                    return Ok(Dst::Service(name.clone(), w.balancer(svc)));
+                }
+            }
+            Err(UpstreamError::Unknown(name.to_string()))
+        }
+    }
+}
+
+/// An upstream connection for one request: pooled if one is idle for the
+/// chosen endpoint, else connected (trying each endpoint at most once).
+async fn checkout(
+    w: &Worker,
+    dst: &Dst,
+    timeout: Duration,
+) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), UpstreamError> {
+    match dst {
+        Dst::Addr(addr) => {
+            if w.is_own_listener(*addr) {
+                return Err(UpstreamError::Loop(*addr));
+            }
+            if let Some(u) = w.pool.take(*addr) {
+                return Ok((u, *addr, None));
+            }
+            let s = connect(*addr, timeout).await?;
+            Ok((split(s), *addr, None))
+        }
+        Dst::Service(name, balancer) => {
+            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut last = None;
+            loop {
+                let ep = {
+                    let b = balancer.borrow();
+                    let eps = b.endpoints();
+                    match b.pick(|i| tried.contains(&eps[i].addr())) {
+                        Some(i) => eps[i].clone(),
+                        None => break,
+                    }
+                };
+                let addr = ep.addr();
+                // In flight from the pick to the end of the response.
+                let guard = OpenGuard::new(ep);
+                if w.is_own_listener(addr) {
+                    last = Some(UpstreamError::Loop(addr));
+                    tried.push(addr);
+                    continue;
+                }
+                if let Some(u) = w.pool.take(addr) {
+                    return Ok((u, addr, Some(guard)));
+                }
+                match connect(addr, timeout).await {
+                    Ok(s) => return Ok((split(s), addr, Some(guard))),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
+                        tried.push(addr);
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(name.to_string())))
+        }
+    }
+}
+
+fn split(s: TcpStream) -> Upstream {
+    let _ = s.set_nodelay(true);
+    let (rd, wr) = s.into_split();
+    Upstream {
+        rd,
+        wr,
+        idle_since: Instant::now(),
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+        Err(_) => Err(UpstreamError::Timeout),
+    }
+}
+
+struct Outcome {
+    ubuf: Vec<u8>,
+    end: Exchange,
+}
+
+enum Exchange {
+    /// The response is complete. `upstream` is returned when it may be
+    /// reused; `client_ok` when the client connection may carry another
+    /// request.
+    Done {
+        upstream: Option<(Rd, Wr)>,
+        client_ok: bool,
+    },
+    /// 101 or a CONNECT 2xx: both sides now belong to a tunnel.
+    Upgraded(Upstream),
+    /// `status` is set when nothing of the response reached the client, so
+    /// an error response can still be sent.
+    Failed { status: Option<u16>, reason: String },
+}
+
+/// Sends one request upstream and its response back.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    w: &Worker,
+    c: &mut Client,
+    up: Upstream,
+    req: &RequestHead,
+    resp: &mut ResponseHead,
+    out: &mut Vec<u8>,
+    mut ubuf: Vec<u8>,
+    limits: &Limits,
+) -> Outcome {
+    let Upstream {
+        rd: mut urd,
+        wr: mut uwr,
+        ..
+    } = up;
+    let client_version = req.version();
+    let upgrade = req.upgrade().is_some();
+    out.clear();
+    let opts = WriteOptions {
+        version: client_version,
+        connection: if client_version == Version::Http10 {
+            ConnectionHeader::KeepAlive
+        } else {
+            ConnectionHeader::Omit
+        },
+        upgrade,
+        ..WriteOptions::default()
+    };
+    if let Err(e) = write_request_head(req, out, &opts) {
+        return Outcome {
+            ubuf,
+            end: Exchange::Failed {
+                status: Some(400),
+                reason: e.to_string(),
+            },
+        };
+    }
+    let (res, o) = uwr.write_all(std::mem::take(out)).await;
+    *out = o;
+    if let Err(e) = res {
+        return Outcome {
+            ubuf,
+            end: Exchange::Failed {
+                status: Some(502),
+                reason: format!("sending the request upstream failed: {e}"),
+            },
+        };
+    }
+
+    // The request body (client → upstream) and the response (upstream →
+    // client) move at the same time.
+    let framing = req.framing();
+    let body_up = stream_body(
+        BodyScanner::new(framing, limits),
+        &mut c.rd,
+        &mut c.buf,
+        &mut uwr,
+        limits,
+    );
+    let ctx = req.context();
+    let is_head = req.method() == Method::Head;
+    let down = async {
+        // Response head(s): interim 1xx are forwarded as they come.
+        loop {
+            loop {
+                if !ubuf.is_empty() {
+                    match resp.parse(&ubuf, ctx, limits) {
+                        Ok(Some(n)) => {
+                            ubuf.drain(..n);
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Err((Some(502), e.to_string(), false)),
+                    }
+                }
+                match read_more(&mut urd, &mut ubuf, limits.max_head_bytes()).await {
+                    Ok(0) => {
+                        return Err((
+                            Some(502),
+                            "upstream closed the connection before responding".into(),
+                            false,
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err((
+                            Some(502),
+                            format!("reading the response failed: {e}"),
+                            false,
+                        ))
+                    }
+                }
+            }
+            let keep = req.keep_alive() && resp.keep_alive();
+            let tunnel = resp.framing() == BodyFraming::Tunnel;
+            let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
+            out.clear();
+            let connection = if resp.is_interim() || tunnel {
+                ConnectionHeader::Omit
+            } else if !keep || close_delimited {
+                ConnectionHeader::Close
+            } else if client_version == Version::Http10 {
+                ConnectionHeader::KeepAlive
+            } else {
+                ConnectionHeader::Omit
+            };
+            let ropts = WriteOptions {
+                connection,
+                upgrade: tunnel && upgrade,
+                ..WriteOptions::default()
+            };
+            if let Err(e) = write_response_head(resp, out, &ropts) {
+                return Err((Some(502), e.to_string(), false));
+            }
+            let (res, o) = c.wr.write_all(std::mem::take(out)).await;
+            *out = o;
+            if let Err(e) = res {
+                return Err((None, format!("writing to the client failed: {e}"), false));
+            }
+            if resp.is_interim() {
+                continue;
+            }
+            if tunnel {
+                return Ok((true, false, false));
+            }
+            let framing = if is_head {
+                BodyFraming::Empty
+            } else {
+                resp.framing()
+            };
+            let r = stream_body(
+                BodyScanner::new(framing, limits),
+                &mut urd,
+                &mut ubuf,
+                &mut c.wr,
+                limits,
+            )
+            .await;
+            return match r {
+                Ok(()) => Ok((
+                    false,
+                    keep && !close_delimited,
+                    resp.keep_alive() && !close_delimited,
+                )),
+                Err(e) => Err((None, String::from(e), true)),
+            };
+        }
+    };
+    let (up_res, down_res) = monoio::join!(body_up, down);
+    match down_res {
+        Ok((true, _, _)) => {
+            // Upgraded: the request had no body to wait for.
+            let _ = up_res;
+            Outcome {
+                ubuf,
+                end: Exchange::Upgraded(Upstream {
+                    rd: urd,
+                    wr: uwr,
+                    idle_since: Instant::now(),
+                }),
+            }
+        }
+        Ok((false, client_keep, upstream_keep)) => {
+            let body_ok = up_res.is_ok();
+            let reusable = upstream_keep && body_ok && ubuf.is_empty();
+            Outcome {
+                ubuf,
+                end: Exchange::Done {
+                    upstream: reusable.then_some((urd, uwr)),
+                    client_ok: client_keep && body_ok,
+                },
+            }
+        }
+        Err((status, reason, _)) => {
+            // If the request body failed on the client side, that is why.
+            let reason = match up_res {
+                Err(BodyError::Source(e)) => format!("client request body failed: {e}"),
+                _ => reason,
+            };
+            let _ = w;
+            Outcome {
+                ubuf,
+                end: Exchange::Failed { status, reason },
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum BodyError {
+    Source(String),
+    Sink(String),
+}
+
+impl From<BodyError> for String {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Source(s) | BodyError::Sink(s) => s,
+        }
+    }
+}
+
+/// Forwards one body from `src` (starting with what `buf` holds) to `dst`,
+/// verbatim, stopping exactly at its end; bytes after it stay in `buf`.
+async fn stream_body(
+    mut scanner: BodyScanner,
+    src: &mut Rd,
+    buf: &mut Vec<u8>,
+    dst: &mut Wr,
+    limits: &Limits,
+) -> Result<(), BodyError> {
+    let _ = limits;
+    loop {
+        let p = scanner
+            .scan(buf)
+            .map_err(|e| BodyError::Source(e.to_string()))?;
+        write_front(dst, buf, p.consumed)
+            .await
+            .map_err(|e| BodyError::Sink(e.to_string()))?;
+        if p.done {
+            return Ok(());
+        }
+        let cap = buf.capacity().max(16 * 1024);
+        match read_more(src, buf, cap).await {
+            Ok(0) => {
+                return scanner
+                    .finish_at_eof()
+                    .map_err(|e| BodyError::Source(e.to_string()));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(BodyError::Source(e.to_string())),
+        }
+    }
+}
+
+/// Hands both connections to the opaque relay after an upgrade or CONNECT;
+/// `to_client` holds upstream bytes read past the response head.
+async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
+    let Client {
+        rd,
+        mut wr,
+        buf,
+        peer,
+    } = c;
+    let mut to_client = to_client;
+    if !to_client.is_empty() {
+        let n = to_client.len();
+        if write_front(&mut wr, &mut to_client, n).await.is_err() {
+            return;
+        }
+    }
+    let (Ok(client), Ok(server)) = (rd.reunite(wr), up.rd.reunite(up.wr)) else {
+        tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
+        return;
+    };
+    // What the client sent after its request head goes to the server first.
+    let (stats, bufs) = relay(client, server, (buf, w.bufs.get()), w.cfg.tcp_idle_timeout).await;
+    w.bufs.put(bufs.0);
+    w.bufs.put(bufs.1);
+    tracing::debug!(%peer, up = stats.client_to_server, down = stats.server_to_client, "tunnel closed");
+}
