@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use ringmesh_engine::{Config, IoDriver, Proxy};
 
+pub mod http;
+
 /// Runs a test body once per io driver. CI has io_uring: a missing
 /// io_uring fails the uring variant loudly instead of skipping it.
 #[macro_export]

@@ -1,0 +1,473 @@
+//! The HTTP/1.1 proxy with real clients (curl, raw sockets) and a real
+//! origin server, on both io drivers.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::http::origin;
+use common::*;
+use ringmesh_engine::{IoDriver, Proxy};
+
+/// A proxy with one forward to `target` (a service name or address).
+fn forward_proxy(driver: IoDriver, target: &str, extra: &[(&str, &str)]) -> (Proxy, SocketAddr) {
+    let fwd = format!("127.0.0.1:0={target}");
+    let mut vars = vec![("RINGMESH_TCP_FORWARD", fwd.as_str())];
+    vars.extend_from_slice(extra);
+    let proxy = start_proxy(driver, &vars);
+    let addr = proxy.forward_addrs()[0];
+    (proxy, addr)
+}
+
+fn discovery_file(tag: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmesh-http-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    std::fs::write(&file, body).unwrap();
+    file
+}
+
+/// Reads one response: (head, body). Handles Content-Length, chunked (raw
+/// bytes kept) and close-delimited bodies.
+fn read_response(r: &mut BufReader<TcpStream>, head_request: bool) -> (String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a full response head: {head:?}"
+        );
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if head_request || head.starts_with("HTTP/1.1 1") || head.starts_with("HTTP/1.1 204") {
+        return (head, body);
+    }
+    if let Some(cl) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().unwrap())
+    {
+        body.resize(cl, 0);
+        r.read_exact(&mut body).unwrap();
+    } else if lower.contains("transfer-encoding: chunked") {
+        // Keep the raw chunked bytes: the test checks them verbatim.
+        loop {
+            let mut line = Vec::new();
+            r.read_until(b'\n', &mut line).unwrap();
+            body.extend_from_slice(&line);
+            if line.starts_with(b"0") {
+                loop {
+                    let mut t = Vec::new();
+                    r.read_until(b'\n', &mut t).unwrap();
+                    body.extend_from_slice(&t);
+                    if t == b"\r\n" {
+                        return (head, body);
+                    }
+                }
+            }
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&line)
+                    .unwrap()
+                    .trim()
+                    .split(';')
+                    .next()
+                    .unwrap(),
+                16,
+            )
+            .unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk);
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    (head, body)
+}
+
+fn request(addr: SocketAddr, raw: &[u8]) -> (String, Vec<u8>) {
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    w.write_all(raw).unwrap();
+    read_response(&mut BufReader::new(c), raw.starts_with(b"HEAD"))
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn per_request_balancing(driver: IoDriver) {
+    let (a, b) = (origin("a"), origin("b"));
+    let file = discovery_file(
+        &format!("bal-{}", driver_name(driver)),
+        &format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    let (proxy, addr) = forward_proxy(
+        driver,
+        "web.test:80",
+        &[("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap())],
+    );
+    // One client connection, many requests: each is balanced on its own.
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        w.write_all(b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .unwrap();
+        let (head, body) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        seen.insert(String::from_utf8(body).unwrap());
+    }
+    assert_eq!(seen.len(), 2, "one keep-alive connection reached {seen:?}");
+    // curl with several URLs on one connection works too.
+    let url = format!("http://{addr}/hello");
+    let out = curl(&[&url, &url, &url]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    per_request_balancing_on_one_connection,
+    super::per_request_balancing
+);
+
+fn header_case_and_hop_by_hop(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    let (head, body) = request(
+        addr,
+        b"GET /echo-head HTTP/1.1\r\nHost: o.test\r\nX-MiXeD-Case: Value\r\nConnection: keep-alive, X-Hop\r\n\
+          X-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("X-Server-MiXeD: yes"),
+        "response header case lost: {head}"
+    );
+    let seen = String::from_utf8(body).unwrap();
+    assert!(
+        seen.contains("X-MiXeD-Case: Value\r\n"),
+        "request header case lost: {seen}"
+    );
+    assert!(seen.contains("Host: o.test\r\n"), "{seen}");
+    for hop in [
+        "X-Hop",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE:",
+        "Connection",
+    ] {
+        assert!(!seen.contains(hop), "{hop} forwarded: {seen}");
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    header_case_kept_and_hop_by_hop_removed,
+    super::header_case_and_hop_by_hop
+);
+
+fn chunked_trailers_pipelining_head(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    // Chunk extensions and trailers pass through verbatim.
+    let (head, body) = request(addr, b"GET /chunked HTTP/1.1\r\nHost: o\r\n\r\n");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(
+        body,
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    );
+
+    // Three pipelined requests in one write, answered in order; the HEAD
+    // response has no body although it announces a length.
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: o\r\n\r\nHEAD /x HTTP/1.1\r\nHost: o\r\n\r\nGET /hello HTTP/1.1\r\nHost: o\r\n\r\n",
+    )
+    .unwrap();
+    assert!(read_response(&mut r, false).0.starts_with("HTTP/1.1 201"));
+    let (h, b) = read_response(&mut r, true);
+    assert!(
+        h.starts_with("HTTP/1.1 200") && h.contains("Content-Length: 1234") && b.is_empty(),
+        "{h}"
+    );
+    assert_eq!(read_response(&mut r, false).1, b"hello from o\n");
+
+    // HTTP/1.0 without keep-alive: answered, then closed.
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /hello HTTP/1.0\r\n\r\n").unwrap();
+    let (h, b) = read_response(&mut r, false);
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert_eq!(b, b"hello from o\n");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+
+    // A close-delimited response reaches the client whole, then EOF.
+    let (h, b) = request(addr, b"GET /close-delimited HTTP/1.1\r\nHost: o\r\n\r\n");
+    assert!(h.to_ascii_lowercase().contains("connection: close"), "{h}");
+    assert_eq!(b, b"until the end");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    chunked_trailers_pipelining_head_http10,
+    super::chunked_trailers_pipelining_head
+);
+
+fn bad_requests(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: o\r\nBad Header\r\n\r\n", "400"),
+        (b"GET / HTTP/1.1\r\n\r\n", "400"),
+        (
+            b"POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "400",
+        ),
+    ];
+    for (raw, status) in cases {
+        let (h, _) = request(addr, raw);
+        assert!(
+            h.starts_with(&format!("HTTP/1.1 {status}")),
+            "{:?} → {h}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    // A head larger than 64 KiB → 431.
+    let mut big = b"GET / HTTP/1.1\r\nHost: o\r\n".to_vec();
+    for i in 0..2000 {
+        big.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(40)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    let (h, _) = request(addr, &big);
+    assert!(h.starts_with("HTTP/1.1 431"), "{h}");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(bad_requests_get_400_and_431, super::bad_requests);
+
+fn upstream_failures(driver: IoDriver) {
+    // Endpoint refuses → 502; empty endpoint set → 503.
+    let dead = closed_port();
+    let file = discovery_file(
+        &format!("fail-{}", driver_name(driver)),
+        &format!(
+            "[[service]]\nname = \"dead.test:80\"\nendpoints = [\"{dead}\"]\n\
+             [[service]]\nname = \"empty.test:80\"\nendpoints = []\n"
+        ),
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=dead.test:80,127.0.0.1:0=empty.test:80",
+            ),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ],
+    );
+    let (h, b) = request(
+        proxy.forward_addrs()[0],
+        b"GET / HTTP/1.1\r\nHost: dead.test\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.1 502"), "{h}");
+    assert!(
+        String::from_utf8_lossy(&b).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let (h, b) = request(
+        proxy.forward_addrs()[1],
+        b"GET / HTTP/1.1\r\nHost: empty.test\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    assert!(String::from_utf8_lossy(&b).contains("no endpoints"));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(upstream_failures_get_502_and_503, super::upstream_failures);
+
+fn explicit_proxy(driver: IoDriver) {
+    let (a, b) = (origin("a"), origin("b"));
+    let file = discovery_file(
+        &format!("explicit-{}", driver_name(driver)),
+        &format!(
+            "[[service]]\nname = \"web.test:8080\"\nendpoints = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    let px = format!("http://{out}");
+    // By the service name in the absolute-form URI (curl -x).
+    assert_eq!(
+        curl(&["-x", &px, "http://web.test:8080/hello"]),
+        "hello from a\n"
+    );
+    // By a literal address not in discovery.
+    assert_eq!(
+        curl(&["-x", &px, &format!("http://{}/hello", b.addr)]),
+        "hello from b\n"
+    );
+    // A name nothing resolves: 503; the proxy itself: 502 (loop).
+    let code = |url: &str| curl(&["-x", &px, "-o", "/dev/null", "-w", "%{http_code}", url]);
+    assert_eq!(code("http://nothing.invalid:80/"), "503");
+    assert_eq!(code(&format!("http://{out}/")), "502");
+    // CONNECT: the proxy opens the tunnel itself.
+    let c = connect(out);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    write!(w, "CONNECT {} HTTP/1.1\r\nHost: {}\r\n\r\n", b.addr, b.addr).unwrap();
+    let (h, _) = read_response(&mut r, true);
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    w.write_all(b"GET /hello HTTP/1.1\r\nHost: b\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).1, b"hello from b\n");
+    // (An open tunnel would hold the drain for the grace period.)
+    drop((w, r));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(explicit_proxy_routes_by_authority, super::explicit_proxy);
+
+fn upgrade(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: o\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let (h, _) = read_response(&mut r, true);
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    assert!(h.to_ascii_lowercase().contains("upgrade: websocket"), "{h}");
+    // After the 101 the connection is a raw tunnel both ways.
+    for msg in [&b"\x81\x05hello"[..], &[0u8; 3000][..]] {
+        w.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        r.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    proxy.shutdown();
+    drop(w);
+    drop(r);
+    proxy.wait();
+}
+both_drivers!(websocket_upgrade_becomes_a_tunnel, super::upgrade);
+
+fn large_bodies(driver: IoDriver) {
+    const N: usize = 64 << 20;
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    let dir = std::env::temp_dir().join(format!(
+        "ringmesh-bodies-{}-{}",
+        std::process::id(),
+        driver_name(driver)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("up.bin");
+    let mut data = vec![0u8; N];
+    Pattern::new(3).fill(&mut data);
+    std::fs::write(&file, &data).unwrap();
+    let mut h = Fnv::default();
+    h.update(&data);
+    let want = format!("{N} {:016x}\n", h.0);
+    let url = format!("http://{addr}/upload");
+    let f = format!("@{}", file.display());
+    // Content-Length upload (curl sends Expect: 100-continue for it).
+    assert_eq!(curl(&["--data-binary", &f, &url]), want);
+    // Chunked upload.
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &f,
+            &url
+        ]),
+        want
+    );
+    // Download.
+    let out = dir.join("down.bin");
+    curl(&[
+        "-o",
+        out.to_str().unwrap(),
+        &format!("http://{addr}/download/{N}"),
+    ]);
+    let got = std::fs::read(&out).unwrap();
+    let mut expect = vec![0u8; N];
+    Pattern::new(7).fill(&mut expect);
+    assert!(got == expect, "download differs ({} bytes)", got.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(large_bodies_stream_both_ways, super::large_bodies);
+
+#[test]
+fn shutdown_closes_idle_keepalive_connections() {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(IoDriver::Uring, &origin.addr.to_string(), &[]);
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /hello HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).1, b"hello from o\n");
+    // The client keeps its connection open; the drain must not wait for it.
+    let started = std::time::Instant::now();
+    proxy.shutdown();
+    proxy.wait();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain waited {:?}",
+        started.elapsed()
+    );
+}
