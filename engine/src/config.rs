@@ -59,6 +59,8 @@ pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT"
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
+pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
+pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 
 /// Server-speaks-first ports (SMTP, submission, MySQL, Galera, Postgres,
 /// Redis, Elasticsearch transport, memcached): detection would only stall them.
@@ -142,6 +144,11 @@ pub struct Config {
     /// Ports whose connections skip detection (opaque TCP at once).
     pub inbound_opaque_ports: PortSet,
     pub outbound_opaque_ports: PortSet,
+    /// A client must send a whole request head within this time of its
+    /// first byte (slow-loris defence).
+    pub http_header_read_timeout: Duration,
+    /// How long to wait for an upstream's response head; `None`: no limit.
+    pub http_response_timeout: Option<Duration>,
 }
 
 /// Every problem found, one per line.
@@ -183,6 +190,8 @@ impl Config {
             outbound_detect_timeout: Duration::from_secs(10),
             inbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
             outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+            http_header_read_timeout: Duration::from_secs(10),
+            http_response_timeout: None,
         }
     }
 
@@ -268,6 +277,13 @@ impl Config {
         }
         if let Some(ports) = p.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
             c.outbound_opaque_ports = ports;
+        }
+        p.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
+        if let Some(t) = p.parse_with(HTTP_RESPONSE_TIMEOUT, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http_response_timeout = t;
         }
         p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
         p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);

@@ -5,7 +5,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBufMut, SliceMut};
+use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use ringmesh_protocols::detect::{detect, Detection, Protocol};
@@ -34,7 +34,7 @@ pub(crate) async fn read_and_detect(
             return (Ok((Protocol::Opaque, Some(Undecided::Full))), buf);
         }
         let len = buf.len();
-        let (res, slice) = read_until(client, buf.slice_mut(len..), deadline).await;
+        let (res, slice) = read_until(client, buf.slice_mut(len..), Some(deadline)).await;
         buf = slice.into_inner();
         match res {
             Ok(0) => return (Ok((Protocol::Opaque, Some(Undecided::Eof))), buf),
@@ -51,16 +51,20 @@ pub(crate) async fn read_and_detect(
     }
 }
 
-/// One read that is cancelled at `deadline`. Cancelling (rather than
-/// dropping the read) matters on io_uring: a dropped read could still
-/// complete in the kernel and its bytes would be lost.
-async fn read_until(
-    client: &mut TcpStream,
-    buf: SliceMut<Vec<u8>>,
-    deadline: Instant,
-) -> (io::Result<usize>, SliceMut<Vec<u8>>) {
+/// One read that is cancelled at `deadline` (never, when `None`).
+/// Cancelling (rather than dropping the read) matters on io_uring: a
+/// dropped read could still complete in the kernel and its bytes would be
+/// lost. A cancelled read returns an error for which [`is_cancelled`] holds.
+pub(crate) async fn read_until<R: CancelableAsyncReadRent, T: IoBufMut>(
+    rd: &mut R,
+    buf: T,
+    deadline: Option<Instant>,
+) -> (io::Result<usize>, T) {
     let canceller = Canceller::new();
-    let mut read = std::pin::pin!(client.cancelable_read(buf, canceller.handle()));
+    let mut read = std::pin::pin!(rd.cancelable_read(buf, canceller.handle()));
+    let Some(deadline) = deadline else {
+        return read.await;
+    };
     let wait = deadline.saturating_duration_since(Instant::now());
     monoio::select! {
         r = read.as_mut() => r,
@@ -72,6 +76,6 @@ async fn read_until(
     }
 }
 
-fn is_cancelled(e: &io::Error) -> bool {
+pub(crate) fn is_cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(nix::errno::Errno::ECANCELED as i32)
 }

@@ -15,20 +15,23 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_balancer::{L4Balancer, OpenGuard};
 use ringmesh_discovery::Authority;
 use ringmesh_protocols::http1::{
-    write_error_response, write_request_head, write_response_head, BodyFraming, BodyScanner,
+    canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
     ConnectionHeader, Limits, Method, RequestHead, ResponseHead, Version, WriteOptions,
 };
 use ringmesh_protocols::tcp::relay;
 
+use crate::detect::{is_cancelled, read_until};
 use crate::worker::Worker;
 
 type Rd = OwnedReadHalf<TcpStream>;
@@ -88,7 +91,11 @@ impl UpstreamError {
 pub(crate) struct Upstream {
     rd: Rd,
     wr: Wr,
+    /// For the liveness peek; owned by `rd`/`wr`.
+    fd: RawFd,
     idle_since: Instant,
+    /// Taken from the pool (may have been closed by the upstream).
+    reused: bool,
 }
 
 /// Idle upstream connections per endpoint, owned by one worker.
@@ -106,25 +113,31 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
 impl Pool {
+    /// An idle connection to `addr` that is still open. Each candidate is
+    /// checked with a non-blocking peek: EOF or stray bytes mean the
+    /// upstream closed it (or broke the protocol) while it sat idle.
     fn take(&self, addr: SocketAddr) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
-        while let Some(u) = list.pop() {
-            if u.idle_since.elapsed() < POOL_IDLE_TIMEOUT {
+        while let Some(mut u) = list.pop() {
+            if u.idle_since.elapsed() < POOL_IDLE_TIMEOUT && still_open(u.fd) {
+                u.reused = true;
                 return Some(u);
             }
         }
         None
     }
 
-    fn put(&self, addr: SocketAddr, rd: Rd, wr: Wr) {
+    fn put(&self, addr: SocketAddr, rd: Rd, wr: Wr, fd: RawFd) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < POOL_MAX_IDLE {
             list.push(Upstream {
                 rd,
                 wr,
+                fd,
                 idle_since: Instant::now(),
+                reused: false,
             });
         }
     }
@@ -176,14 +189,15 @@ pub(crate) async fn serve(
                 break;
             }
         };
-        let (up, addr, _guard) = match checkout(&w, &target, connect_timeout).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
-                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
-                break;
-            }
-        };
+        let (mut up, mut addr, mut _guard) =
+            match checkout(&w, &target, connect_timeout, true).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
+                    send_error(&mut c, &mut out, e.status(), &e.reason()).await;
+                    break;
+                }
+            };
 
         // A CONNECT from an explicit-proxy client is ours to answer: the
         // tunnel goes to the resolved endpoint.
@@ -199,16 +213,45 @@ pub(crate) async fn serve(
             return;
         }
 
-        // 3. Forward the request and read the response together.
-        let outcome = exchange(&w, &mut c, up, &req, &mut resp, &mut out, ubuf, &limits).await;
-        ubuf = outcome.ubuf;
-        match outcome.end {
+        // 3. Forward the request and read the response together. A pooled
+        // connection the upstream closed meanwhile fails before any byte
+        // of the response: retry once on a fresh connection when nothing
+        // of the request body had to be sent.
+        let mut retried = false;
+        let outcome = loop {
+            let reused = up.reused;
+            let outcome = exchange(&w, &mut c, up, &req, &mut resp, &mut out, ubuf, &limits).await;
+            ubuf = outcome.ubuf;
+            match outcome.end {
+                Exchange::Failed {
+                    retryable: true, ..
+                } if reused && !retried => {
+                    retried = true;
+                    tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
+                    match checkout(&w, &target, connect_timeout, false).await {
+                        Ok((u, a, g)) => {
+                            (up, addr, _guard) = (u, a, g);
+                            continue;
+                        }
+                        Err(e) => {
+                            break Exchange::Failed {
+                                status: Some(e.status()),
+                                reason: e.reason(),
+                                retryable: false,
+                            }
+                        }
+                    }
+                }
+                end => break end,
+            }
+        };
+        match outcome {
             Exchange::Done {
                 upstream,
                 client_ok,
             } => {
-                if let Some((rd, wr)) = upstream {
-                    w.pool.put(addr, rd, wr);
+                if let Some((rd, wr, fd)) = upstream {
+                    w.pool.put(addr, rd, wr, fd);
                 }
                 if !client_ok || w.stopping() {
                     break;
@@ -218,7 +261,7 @@ pub(crate) async fn serve(
                 tunnel(&w, c, up, std::mem::take(&mut ubuf)).await;
                 return;
             }
-            Exchange::Failed { status, reason } => {
+            Exchange::Failed { status, reason, .. } => {
                 if let Some(status) = status {
                     tracing::warn!(peer = %c.peer, upstream = %addr, reason, "request failed");
                     send_error(&mut c, &mut out, status, &reason).await;
@@ -234,46 +277,64 @@ pub(crate) async fn serve(
 }
 
 /// Reads until a whole request head is buffered. `Ok(None)`: the client
-/// closed (or the worker is stopping) between requests.
+/// closed, went idle for the idle timeout, or the worker is stopping,
+/// between requests. A head must arrive within the header-read timeout of
+/// its first byte.
 async fn read_request_head(
     w: &Worker,
     c: &mut Client,
     req: &mut RequestHead,
     limits: &Limits,
 ) -> Result<Option<usize>, (u16, String)> {
+    let mut head_deadline = None;
     loop {
         if !c.buf.is_empty() {
             match req.parse(&c.buf, limits) {
                 Ok(Some(n)) => return Ok(Some(n)),
                 Ok(None) => {}
+                // A request line that alone exceeds the limit is 414.
+                Err(e) if e.status() == 431 && !c.buf.contains(&b'\n') => {
+                    return Err((414, "request line too long".into()))
+                }
                 Err(e) => return Err((e.status(), e.to_string())),
             }
+            head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
         }
         if c.buf.is_empty() && w.stopping() {
             return Ok(None);
         }
-        let idle = c.buf.is_empty();
-        let res = if idle {
-            // Between requests: a drain must not wait on idle clients.
-            let stop = w.stop.clone();
-            monoio::select! {
-                r = read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes()) => r,
-                _ = stop.wait() => return Ok(None),
+        let res = match head_deadline {
+            None => {
+                // Between requests: a drain must not wait on idle clients.
+                let stop = w.stop.clone();
+                let idle_deadline = Some(Instant::now() + w.cfg.tcp_idle_timeout);
+                monoio::select! {
+                    r = read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes(), idle_deadline) => r,
+                    _ = stop.wait() => return Ok(None),
+                }
             }
-        } else {
-            read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes()).await
+            Some(d) => read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes(), Some(d)).await,
         };
         match res {
-            Ok(0) if c.buf.is_empty() => return Ok(None),
-            Ok(0) => return Ok(None), // closed mid-head: nothing to answer
+            Ok(0) => return Ok(None), // closed (mid-head: nothing to answer)
             Ok(_) => {}
+            Err(e) if is_cancelled(&e) && head_deadline.is_some() => {
+                tracing::info!(peer = %c.peer, "request head not received within the header-read timeout; closing");
+                return Err((408, "request head not received in time".into()));
+            }
             Err(_) => return Ok(None),
         }
     }
 }
 
-/// Appends what `rd` has to `buf`, growing it up to `max` when full.
-async fn read_more(rd: &mut Rd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+/// Appends what `rd` has to `buf`, growing it up to `max` when full; the
+/// read is cancelled at `deadline`.
+async fn read_more(
+    rd: &mut Rd,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: Option<Instant>,
+) -> io::Result<usize> {
     if buf.len() == buf.capacity() {
         let grow = buf
             .capacity()
@@ -282,7 +343,7 @@ async fn read_more(rd: &mut Rd, buf: &mut Vec<u8>, max: usize) -> io::Result<usi
         buf.reserve(grow);
     }
     let len = buf.len();
-    let (res, slice) = rd.read(std::mem::take(buf).slice_mut(len..)).await;
+    let (res, slice) = read_until(rd, std::mem::take(buf).slice_mut(len..), deadline).await;
     *buf = slice.into_inner();
     res
 }
@@ -299,9 +360,27 @@ async fn write_front(wr: &mut Wr, buf: &mut Vec<u8>, n: usize) -> io::Result<()>
     Ok(())
 }
 
+/// Answers with an error the proxy itself produced, saying why in an
+/// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body; the
+/// connection is closed afterwards.
 async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str) {
     out.clear();
-    write_error_response(status, &format!("ringmesh: {reason}\n"), out);
+    let body = format!("ringmesh: {reason}\n");
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
+    out.extend_from_slice(b"l5d-proxy-error: ");
+    // Header-safe: no control characters.
+    out.extend(
+        reason
+            .bytes()
+            .map(|b| if b.is_ascii_control() { b' ' } else { b }),
+    );
+    out.extend_from_slice(
+        format!(
+            "\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
     let (_, o) = c.wr.write_all(std::mem::take(out)).await;
     *out = o;
 }
@@ -362,13 +441,14 @@ async fn checkout(
     w: &Worker,
     dst: &Dst,
     timeout: Duration,
+    use_pool: bool,
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), UpstreamError> {
     match dst {
         Dst::Addr(addr) => {
             if w.is_own_listener(*addr) {
                 return Err(UpstreamError::Loop(*addr));
             }
-            if let Some(u) = w.pool.take(*addr) {
+            if let Some(u) = use_pool.then(|| w.pool.take(*addr)).flatten() {
                 return Ok((u, *addr, None));
             }
             let s = connect(*addr, timeout).await?;
@@ -394,7 +474,7 @@ async fn checkout(
                     tried.push(addr);
                     continue;
                 }
-                if let Some(u) = w.pool.take(addr) {
+                if let Some(u) = use_pool.then(|| w.pool.take(addr)).flatten() {
                     return Ok((u, addr, Some(guard)));
                 }
                 match connect(addr, timeout).await {
@@ -413,12 +493,24 @@ async fn checkout(
 
 fn split(s: TcpStream) -> Upstream {
     let _ = s.set_nodelay(true);
+    let fd = s.as_raw_fd();
     let (rd, wr) = s.into_split();
     Upstream {
         rd,
         wr,
+        fd,
         idle_since: Instant::now(),
+        reused: false,
     }
+}
+
+/// True when an idle socket has neither data nor EOF pending.
+fn still_open(fd: RawFd) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(
+        recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
@@ -439,14 +531,20 @@ enum Exchange {
     /// reused; `client_ok` when the client connection may carry another
     /// request.
     Done {
-        upstream: Option<(Rd, Wr)>,
+        upstream: Option<(Rd, Wr, RawFd)>,
         client_ok: bool,
     },
     /// 101 or a CONNECT 2xx: both sides now belong to a tunnel.
     Upgraded(Upstream),
     /// `status` is set when nothing of the response reached the client, so
     /// an error response can still be sent.
-    Failed { status: Option<u16>, reason: String },
+    Failed {
+        status: Option<u16>,
+        reason: String,
+        /// Nothing of the response arrived and no request body had to be
+        /// sent: the request may go again on another connection.
+        retryable: bool,
+    },
 }
 
 /// Sends one request upstream and its response back.
@@ -464,6 +562,7 @@ async fn exchange(
     let Upstream {
         rd: mut urd,
         wr: mut uwr,
+        fd,
         ..
     } = up;
     let client_version = req.version();
@@ -485,6 +584,7 @@ async fn exchange(
             end: Exchange::Failed {
                 status: Some(400),
                 reason: e.to_string(),
+                retryable: false,
             },
         };
     }
@@ -496,6 +596,7 @@ async fn exchange(
             end: Exchange::Failed {
                 status: Some(502),
                 reason: format!("sending the request upstream failed: {e}"),
+                retryable: req.framing().is_empty(),
             },
         };
     }
@@ -512,6 +613,7 @@ async fn exchange(
     );
     let ctx = req.context();
     let is_head = req.method() == Method::Head;
+    let response_deadline = w.cfg.http_response_timeout.map(|t| Instant::now() + t);
     let down = async {
         // Response head(s): interim 1xx are forwarded as they come.
         loop {
@@ -526,12 +628,24 @@ async fn exchange(
                         Err(e) => return Err((Some(502), e.to_string(), false)),
                     }
                 }
-                match read_more(&mut urd, &mut ubuf, limits.max_head_bytes()).await {
+                match read_more(
+                    &mut urd,
+                    &mut ubuf,
+                    limits.max_head_bytes(),
+                    response_deadline,
+                )
+                .await
+                {
+                    Err(e) if is_cancelled(&e) => {
+                        return Err((Some(504), "upstream response timed out".into(), false))
+                    }
+                    // Before any response byte: a stale pooled connection
+                    // looks like this, so these may be retried.
                     Ok(0) => {
                         return Err((
                             Some(502),
                             "upstream closed the connection before responding".into(),
-                            false,
+                            ubuf.is_empty(),
                         ))
                     }
                     Ok(_) => {}
@@ -539,7 +653,7 @@ async fn exchange(
                         return Err((
                             Some(502),
                             format!("reading the response failed: {e}"),
-                            false,
+                            ubuf.is_empty(),
                         ))
                     }
                 }
@@ -595,7 +709,7 @@ async fn exchange(
                     keep && !close_delimited,
                     resp.keep_alive() && !close_delimited,
                 )),
-                Err(e) => Err((None, String::from(e), true)),
+                Err(e) => Err((None, String::from(e), false)),
             };
         }
     };
@@ -609,7 +723,9 @@ async fn exchange(
                 end: Exchange::Upgraded(Upstream {
                     rd: urd,
                     wr: uwr,
+                    fd,
                     idle_since: Instant::now(),
+                    reused: false,
                 }),
             }
         }
@@ -619,21 +735,24 @@ async fn exchange(
             Outcome {
                 ubuf,
                 end: Exchange::Done {
-                    upstream: reusable.then_some((urd, uwr)),
+                    upstream: reusable.then_some((urd, uwr, fd)),
                     client_ok: client_keep && body_ok,
                 },
             }
         }
-        Err((status, reason, _)) => {
+        Err((status, reason, before_response)) => {
             // If the request body failed on the client side, that is why.
             let reason = match up_res {
                 Err(BodyError::Source(e)) => format!("client request body failed: {e}"),
                 _ => reason,
             };
-            let _ = w;
             Outcome {
                 ubuf,
-                end: Exchange::Failed { status, reason },
+                end: Exchange::Failed {
+                    status,
+                    reason,
+                    retryable: before_response && req.framing().is_empty(),
+                },
             }
         }
     }
@@ -674,7 +793,7 @@ async fn stream_body(
             return Ok(());
         }
         let cap = buf.capacity().max(16 * 1024);
-        match read_more(src, buf, cap).await {
+        match read_more(src, buf, cap, None).await {
             Ok(0) => {
                 return scanner
                     .finish_at_eof()

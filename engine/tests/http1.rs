@@ -317,6 +317,10 @@ fn upstream_failures(driver: IoDriver) {
         b"GET / HTTP/1.1\r\nHost: empty.test\r\n\r\n",
     );
     assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    assert!(
+        h.contains("l5d-proxy-error: no endpoints available for empty.test:80"),
+        "{h}"
+    );
     assert!(String::from_utf8_lossy(&b).contains("no endpoints"));
     proxy.shutdown();
     proxy.wait();
@@ -471,3 +475,88 @@ fn shutdown_closes_idle_keepalive_connections() {
         started.elapsed()
     );
 }
+
+fn timeouts_and_limits(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &origin.addr.to_string(),
+        &[
+            ("RINGMESH_HTTP_HEADER_READ_TIMEOUT", "300ms"),
+            ("RINGMESH_HTTP_RESPONSE_TIMEOUT", "300ms"),
+        ],
+    );
+    // A slow client that never finishes its head: 408, then closed.
+    let started = std::time::Instant::now();
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET / HTTP/1.1\r\nHost: o\r\nX-Slow: ")
+        .unwrap();
+    let (h, _) = read_response(&mut r, false);
+    assert!(h.starts_with("HTTP/1.1 408"), "{h}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+
+    // An upstream that never answers: 504 after the response timeout.
+    let (h, _) = request(addr, b"GET /never HTTP/1.1\r\nHost: o\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 504"), "{h}");
+    assert!(
+        h.contains("l5d-proxy-error: upstream response timed out"),
+        "{h}"
+    );
+
+    // A request line over the 64 KiB head limit: 414.
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    long.extend_from_slice(b" HTTP/1.1\r\nHost: o\r\n\r\n");
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let _ = w.write_all(&long);
+    let (h, _) = read_response(&mut BufReader::new(c), false);
+    assert!(h.starts_with("HTTP/1.1 414"), "{h}");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    header_timeout_response_timeout_414,
+    super::timeouts_and_limits
+);
+
+fn stale_pooled_connection(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &origin.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    // The origin closes each connection right after answering, although it
+    // said keep-alive: the next request must not fail on the dead pooled
+    // connection.
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    for _ in 0..5 {
+        w.write_all(b"GET /bye HTTP/1.1\r\nHost: o\r\n\r\n")
+            .unwrap();
+        let (h, b) = read_response(&mut r, false);
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, b"bye");
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // Immediately after the close (the race the peek cannot see): retried.
+    for _ in 0..5 {
+        w.write_all(b"GET /bye HTTP/1.1\r\nHost: o\r\n\r\n")
+            .unwrap();
+        let (h, _) = read_response(&mut r, false);
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    }
+    proxy.shutdown();
+    drop((w, r));
+    proxy.wait();
+}
+both_drivers!(
+    stale_pooled_connection_is_not_used,
+    super::stale_pooled_connection
+);

@@ -171,6 +171,17 @@ fn serve(name: &str, s: TcpStream) -> io::Result<()> {
             )?;
         } else if let Some(code) = path.strip_prefix("/status/") {
             write!(w, "HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\n\r\n")?;
+        } else if path == "/bye" {
+            // Announces keep-alive, then closes the connection anyway (as
+            // servers do when their idle timeout fires).
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return Ok(());
+        } else if path == "/never" {
+            // Never answers; holds the connection until the peer leaves.
+            let mut sink = [0u8; 64];
+            while r.read(&mut sink)? > 0 {}
+            return Ok(());
         } else if path == "/close-delimited" {
             w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")?;
             return Ok(());
