@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the tools the tests and bench scripts
 # drive: iptables/iproute2/setpriv (transparent-mode tests in network
-# namespaces), wrk, h2load, haproxy, nginx, iperf3, promtool.
+# namespaces), wrk, h2load, haproxy, nginx, iperf3, promtool, curl, and
+# python3-websockets.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for pkg_bin in iptables:iptables iproute2:ip util-linux:setpriv wrk:wrk nghttp2-client:h2load \
-    haproxy:haproxy nginx:nginx iperf3:iperf3 prometheus:promtool; do
+    haproxy:haproxy nginx:nginx iperf3:iperf3 prometheus:promtool curl:curl; do
     pkg=${pkg_bin%%:*} bin=${pkg_bin##*:}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
+# Debian's python3 (not a pyenv one) runs the WebSocket client/server.
+/usr/bin/python3 -c "import websockets" 2>/dev/null || need+=(python3-websockets)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "installing: ${need[*]}" >&2

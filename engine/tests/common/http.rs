@@ -128,6 +128,23 @@ fn serve(name: &str, s: TcpStream) -> io::Result<()> {
         {
             w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
+        if req.path == "/sink" {
+            // Counts a (large) body without checksumming it.
+            let mut left: u64 = req
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let mut buf = vec![0u8; 256 * 1024];
+            while left > 0 {
+                let n = r.read(&mut buf[..(left as usize).min(256 * 1024)])?;
+                if n == 0 {
+                    return Ok(());
+                }
+                left -= n as u64;
+            }
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")?;
+            continue;
+        }
         let (len, sum) = read_body(&mut r, &req)?;
         let conn = if keep { "keep-alive" } else { "close" };
         let path = req.path.clone();
@@ -161,6 +178,16 @@ fn serve(name: &str, s: TcpStream) -> io::Result<()> {
             while left > 0 {
                 let k = left.min(buf.len());
                 p.fill(&mut buf[..k]);
+                w.write_all(&buf[..k])?;
+                left -= k;
+            }
+        } else if let Some(n) = path.strip_prefix("/zeros/") {
+            let n: usize = n.parse().unwrap_or(0);
+            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")?;
+            let buf = vec![0u8; 256 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(buf.len());
                 w.write_all(&buf[..k])?;
                 left -= k;
             }

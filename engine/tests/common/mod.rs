@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ringmesh_engine::{Config, IoDriver, Proxy};
 
 pub mod http;
+pub mod proc;
 
 /// Runs a test body once per io driver. CI has io_uring: a missing
 /// io_uring fails the uring variant loudly instead of skipping it.
@@ -89,6 +90,9 @@ impl Backend {
                     break;
                 }
                 if let Ok(s) = conn {
+                    // Test servers write in pieces; without this, Nagle plus
+                    // delayed ACKs add 40ms to exchanges.
+                    let _ = s.set_nodelay(true);
                     let h = handler.clone();
                     thread::spawn(move || h(s));
                 }

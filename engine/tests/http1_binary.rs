@@ -1,0 +1,214 @@
+//! The HTTP/1 proxy in the real binary, driven by wrk, Python `websockets`
+//! and curl with 1 GiB bodies (memory bounded).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::http::origin;
+use common::proc::*;
+use common::*;
+
+fn start(driver: &str, target: &str) -> (Running, std::net::SocketAddr) {
+    let listen = closed_port();
+    let fwd = format!("{listen}={target}");
+    let mut p = Running::spawn(ringmesh(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]));
+    assert!(
+        p.wait_for("ready", Duration::from_secs(10)),
+        "proxy never became ready"
+    );
+    (p, listen)
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn wrk_zero_errors(driver: &str) {
+    let origin = origin("o");
+    let (p, listen) = start(driver, &origin.addr.to_string());
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c16",
+            "-d2s",
+            "--timeout",
+            "5s",
+            &format!("http://{listen}/hello"),
+        ])
+        .output()
+        .expect("wrk is installed (scripts/install-test-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success());
+    let requests: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.trim().parse().unwrap())
+        })
+        .expect("wrk summary line");
+    assert!(requests > 100, "only {requests} requests");
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    drop(p);
+}
+
+#[test]
+fn wrk_bounded_run_has_zero_errors_uring() {
+    wrk_zero_errors("uring");
+}
+
+#[test]
+fn wrk_bounded_run_has_zero_errors_epoll() {
+    wrk_zero_errors("epoll");
+}
+
+const WS_SCRIPT: &str = r#"
+import asyncio, sys
+import websockets
+
+async def echo(ws):
+    async for msg in ws:
+        await ws.send(msg)
+
+async def main():
+    mode, port = sys.argv[1], int(sys.argv[2])
+    if mode == "server":
+        async with websockets.serve(echo, "127.0.0.1", port):
+            print("listening", flush=True)
+            await asyncio.sleep(60)
+    else:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/chat") as ws:
+            await ws.send("hello text")
+            assert await ws.recv() == "hello text"
+            blob = bytes(range(256)) * 1000
+            await ws.send(blob)
+            assert await ws.recv() == blob
+            for i in range(50):
+                await ws.send(f"msg {i}")
+                assert await ws.recv() == f"msg {i}"
+        print("ok", flush=True)
+
+asyncio.run(main())
+"#;
+
+fn websockets_echo(driver: &str) {
+    let port = closed_port().port();
+    let mut server = Command::new("/usr/bin/python3")
+        .args(["-c", WS_SCRIPT, "server", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian's python3 with python3-websockets");
+    // Wait for "listening".
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "listening");
+    let (p, listen) = start(driver, &format!("127.0.0.1:{port}"));
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "/usr/bin/python3",
+            "-c",
+            WS_SCRIPT,
+            "client",
+            &listen.port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(p);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn websockets_text_and_binary_frames_uring() {
+    websockets_echo("uring");
+}
+
+#[test]
+fn websockets_text_and_binary_frames_epoll() {
+    websockets_echo("epoll");
+}
+
+/// 1 GiB up and 1 GiB down through the proxy: the proxy's peak RSS stays
+/// within 64 MiB (buffers are per connection, bodies are never held).
+fn gib_bodies_bounded_memory(driver: &str) {
+    const GIB: u64 = 1 << 30;
+    const LIMIT_KIB: u64 = 64 * 1024;
+    let origin = origin("o");
+    let (p, listen) = start(driver, &origin.addr.to_string());
+    let pid = p.child.id();
+    let before = peak_rss_kib(pid);
+    // Upload from a sparse 1 GiB file (no disk used); curl streams it.
+    let file = std::env::temp_dir().join(format!("ringmesh-gib-{}-{driver}", std::process::id()));
+    std::fs::File::create(&file).unwrap().set_len(GIB).unwrap();
+    let up = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-H",
+            "Expect:",
+            "-T",
+            file.to_str().unwrap(),
+            &format!("http://{listen}/sink"),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        String::from_utf8_lossy(&up.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let down = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{listen}/zeros/{GIB}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&down.stdout), GIB.to_string());
+    let peak = peak_rss_kib(pid);
+    eprintln!(
+        "{driver}: proxy peak RSS {before} KiB at start, {peak} KiB after 1 GiB up + 1 GiB down"
+    );
+    assert!(peak < LIMIT_KIB, "peak RSS {peak} KiB");
+    drop(p);
+}
+
+#[test]
+fn gib_bodies_bounded_memory_uring() {
+    gib_bodies_bounded_memory("uring");
+}
+
+#[test]
+fn gib_bodies_bounded_memory_epoll() {
+    gib_bodies_bounded_memory("epoll");
+}
