@@ -53,6 +53,8 @@ pub enum AuthorityError {
     BadPort(String),
     #[error("{0:?} has an empty host")]
     EmptyHost(String),
+    #[error("{0:?}: the host is neither an IP address nor a DNS name")]
+    BadHost(String),
 }
 
 /// A normalised `host:port` name: lowercase host, no trailing dot, IPv6
@@ -75,6 +77,14 @@ impl Authority {
         let host = host.trim_end_matches('.');
         if host.is_empty() || host.contains(':') {
             return Err(AuthorityError::EmptyHost(s.to_string()));
+        }
+        // A DNS name: letters, digits, '-', '_' and dots. (IP literals,
+        // bracketed IPv6 included, were handled above.)
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(AuthorityError::BadHost(s.to_string()));
         }
         Ok(Self(format!("{}:{port}", host.to_ascii_lowercase()).into()))
     }
@@ -173,6 +183,17 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_must_be_names_or_ip_literals() {
+        for bad in ["[a]:1", "[:1", "]:1", "a b:80", "a\u{0}:80", "\u{3000}:80"] {
+            assert!(Authority::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let v6 = Authority::parse("[::1]:8080").unwrap();
+        assert_eq!((v6.host(), v6.port()), ("::1", 8080));
+        let name = Authority::parse("Web_1.Test.:80").unwrap();
+        assert_eq!(name.as_str(), "web_1.test:80");
+    }
 
     #[test]
     fn authority_normalises() {

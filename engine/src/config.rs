@@ -206,9 +206,15 @@ impl Config {
         };
         let mut c = Self::defaults();
         if let Some(v) = p.raw(LOG) {
-            match tracing_subscriber::EnvFilter::try_new(&v) {
-                Ok(_) => c.log = v,
-                Err(e) => p.bad(LOG, &v, &e.to_string()),
+            // tracing-subscriber's parser can panic on some non-ASCII input
+            // (found by fuzzing); filters are ASCII, so refuse the rest.
+            if !v.is_ascii() {
+                p.bad(LOG, &v, "a log filter must be ASCII");
+            } else {
+                match tracing_subscriber::EnvFilter::try_new(&v) {
+                    Ok(_) => c.log = v,
+                    Err(e) => p.bad(LOG, &v, &e.to_string()),
+                }
             }
         }
         c.cores = p.parse_with(CORES, |s| match s.parse::<usize>() {
@@ -453,6 +459,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_log_filter_is_refused_not_a_panic() {
+        let src: BTreeMap<&str, &str> = [(LOG, ",\u{3000}a=")].into_iter().collect();
+        let err = Config::from_source(&src).unwrap_err();
+        assert!(err.problems[0].contains(LOG), "{err}");
+    }
 
     #[test]
     fn port_sets() {

@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let cfg = DnsConfig::from_resolv_conf(text);
     assert!(!cfg.servers.is_empty(), "no nameserver");
     assert!(cfg.servers.len() <= 3, "more than MAXNS servers");
-    assert!(cfg.servers.iter().all(|s| s.port() == 53), "{:?}", cfg.servers);
+    assert!(
+        cfg.servers.iter().all(|s| s.port() == 53),
+        "{:?}",
+        cfg.servers
+    );
     assert!(cfg.ndots <= 15, "ndots {}", cfg.ndots);
     assert!((1..=5).contains(&cfg.attempts), "attempts {}", cfg.attempts);
     assert!(
@@ -29,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
     );
     for domain in &cfg.search {
         assert!(!domain.is_empty(), "empty search domain");
-        assert!(!domain.ends_with('.'), "search domain {domain:?} ends in a dot");
+        assert!(
+            !domain.ends_with('.'),
+            "search domain {domain:?} ends in a dot"
+        );
         assert!(
             !domain.chars().any(char::is_whitespace),
             "search domain {domain:?} has whitespace"

@@ -1,0 +1,68 @@
+//! HTTP/1 response parsing for each kind of request (GET, HEAD, CONNECT,
+//! upgrade), then body scanning fed in fuzzer-sized pieces.
+//!
+//! Checks: never panics; feeding the body in pieces gives the same end as
+//! feeding it whole; consumed never exceeds what was fed.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringmesh_protocols::http1::{BodyScanner, Limits, Method, RequestContext, ResponseHead};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let (method, upgrade) = match sel % 4 {
+        0 => (Method::Get, false),
+        1 => (Method::Head, false),
+        2 => (Method::Connect, false),
+        _ => (Method::Get, true),
+    };
+    let ctx = RequestContext { method, upgrade };
+    let limits = Limits::default().with_max_head_bytes(4096);
+    let mut head = ResponseHead::new();
+    let n = match head.parse(rest, ctx, &limits) {
+        Ok(Some(n)) => n,
+        _ => return,
+    };
+    let body = &rest[n..];
+    let framing = if method == Method::Head {
+        ringmesh_protocols::http1::BodyFraming::Empty
+    } else {
+        head.framing()
+    };
+    let mut whole = BodyScanner::new(framing, &limits);
+    let whole_end = whole.scan(body).ok().map(|p| (p.consumed, p.done));
+    // The same bytes in pieces of `sel`-derived size.
+    let step = usize::from(sel / 4).max(1);
+    let mut pieces = BodyScanner::new(framing, &limits);
+    let mut consumed = 0;
+    let mut done = false;
+    for chunk in body.chunks(step) {
+        match pieces.scan(chunk) {
+            Ok(p) => {
+                assert!(p.consumed <= chunk.len());
+                consumed += p.consumed;
+                if p.done {
+                    done = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                assert!(
+                    whole_end.is_none() || whole_end.is_some_and(|(_, d)| !d),
+                    "pieces failed where whole did not"
+                );
+                return;
+            }
+        }
+    }
+    if let Some((c, d)) = whole_end {
+        if d {
+            assert!(
+                done && consumed == c,
+                "pieces ended at {consumed} ({done}), whole at {c}"
+            );
+        }
+    }
+});
