@@ -51,6 +51,7 @@ pub const INBOUND_TARGET: &str = "RINGMESH_INBOUND_TARGET";
 pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
 pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
 pub const TCP_SPLICE: &str = "RINGMESH_TCP_SPLICE";
+pub const TCP_BULK_BUFFER_SIZE: &str = "RINGMESH_TCP_BULK_BUFFER_SIZE";
 pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
 pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
 pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
@@ -133,6 +134,9 @@ pub struct Config {
     pub inbound_target: Option<SocketAddr>,
     pub tcp_idle_timeout: Duration,
     pub tcp_buffer_size: usize,
+    /// A relay direction whose reads fill `tcp_buffer_size` switches to a
+    /// buffer this big (bulk transfers).
+    pub tcp_bulk_buffer_size: usize,
     /// Relay with splice(2) instead of user-space copies.
     pub tcp_splice: bool,
     pub shutdown_grace_period: Duration,
@@ -183,6 +187,7 @@ impl Config {
             inbound_target: None,
             tcp_idle_timeout: Duration::from_secs(3600),
             tcp_buffer_size: 16 * 1024,
+            tcp_bulk_buffer_size: 256 * 1024,
             tcp_splice: false,
             shutdown_grace_period: Duration::from_secs(120),
             dns: DnsConfig::default(),
@@ -267,6 +272,12 @@ impl Config {
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
             c.tcp_buffer_size = n;
+        }
+        if let Some(n) = p.parse_with(TCP_BULK_BUFFER_SIZE, |s| match s.parse::<usize>() {
+            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+            _ => Err("expected a byte count between 1024 and 16777216".into()),
+        }) {
+            c.tcp_bulk_buffer_size = n;
         }
         if let Some(b) = p.parse_with(TCP_SPLICE, |s| match s {
             "true" | "1" | "on" => Ok(true),

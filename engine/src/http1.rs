@@ -826,7 +826,14 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         return;
     };
     // What the client sent after its request head goes to the server first.
-    let (stats, bufs) = relay(client, server, (buf, w.bufs.get()), w.cfg.tcp_idle_timeout).await;
+    let (stats, bufs) = relay(
+        client,
+        server,
+        (buf, w.bufs.get()),
+        w.cfg.tcp_idle_timeout,
+        w.cfg.tcp_bulk_buffer_size,
+    )
+    .await;
     w.bufs.put(bufs.0);
     w.bufs.put(bufs.1);
     tracing::debug!(%peer, up = stats.client_to_server, down = stats.server_to_client, "tunnel closed");

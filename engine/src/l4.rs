@@ -183,7 +183,14 @@ pub(crate) async fn serve(
         }
         None => {
             let bufs = (prefix, w.bufs.get());
-            let (stats, bufs) = relay(client, server, bufs, w.cfg.tcp_idle_timeout).await;
+            let (stats, bufs) = relay(
+                client,
+                server,
+                bufs,
+                w.cfg.tcp_idle_timeout,
+                w.cfg.tcp_bulk_buffer_size,
+            )
+            .await;
             w.bufs.put(bufs.0);
             w.bufs.put(bufs.1);
             stats
