@@ -290,6 +290,12 @@ async fn read_request_head(
     loop {
         if !c.buf.is_empty() {
             match req.parse(&c.buf, limits) {
+                // RFC 9112 §2.2 lets a server accept a bare LF; a proxy that
+                // does so can disagree with the next hop about where a
+                // header ends, so it is refused (smuggling defence).
+                Ok(Some(n)) if has_bare_lf(&c.buf[..n]) => {
+                    return Err((400, "bare LF in the request head".into()))
+                }
                 Ok(Some(n)) => return Ok(Some(n)),
                 Ok(None) => {}
                 // A request line that alone exceeds the limit is 414.
@@ -325,6 +331,12 @@ async fn read_request_head(
             Err(_) => return Ok(None),
         }
     }
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Appends what `rd` has to `buf`, growing it up to `max` when full; the
@@ -604,13 +616,22 @@ async fn exchange(
     // The request body (client → upstream) and the response (upstream →
     // client) move at the same time.
     let framing = req.framing();
-    let body_up = stream_body(
-        BodyScanner::new(framing, limits),
-        &mut c.rd,
-        &mut c.buf,
-        &mut uwr,
-        limits,
-    );
+    let body_up = async {
+        let r = stream_body(
+            BodyScanner::new(framing, limits),
+            &mut c.rd,
+            &mut c.buf,
+            &mut uwr,
+            limits,
+        )
+        .await;
+        if matches!(r, Err(BodyError::Malformed(_))) {
+            // The upstream got a truncated body and may wait for the rest:
+            // end the exchange so the client gets its 400 now.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        r
+    };
     let ctx = req.context();
     let is_head = req.method() == Method::Head;
     let response_deadline = w.cfg.http_response_timeout.map(|t| Instant::now() + t);
@@ -742,9 +763,12 @@ async fn exchange(
         }
         Err((status, reason, before_response)) => {
             // If the request body failed on the client side, that is why.
-            let reason = match up_res {
-                Err(BodyError::Source(e)) => format!("client request body failed: {e}"),
-                _ => reason,
+            let (status, reason) = match up_res {
+                Err(BodyError::Source(e)) => (status, format!("client request body failed: {e}")),
+                Err(BodyError::Malformed(e)) => {
+                    (status.map(|_| 400), format!("bad request body: {e}"))
+                }
+                _ => (status, reason),
             };
             Outcome {
                 ubuf,
@@ -760,14 +784,18 @@ async fn exchange(
 
 #[derive(Debug)]
 enum BodyError {
+    /// Reading the source failed.
     Source(String),
+    /// The source's framing is invalid (e.g. a bad chunk size).
+    Malformed(String),
+    /// Writing to the sink failed.
     Sink(String),
 }
 
 impl From<BodyError> for String {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::Source(s) | BodyError::Sink(s) => s,
+            BodyError::Source(s) | BodyError::Malformed(s) | BodyError::Sink(s) => s,
         }
     }
 }
@@ -785,7 +813,7 @@ async fn stream_body(
     loop {
         let p = scanner
             .scan(buf)
-            .map_err(|e| BodyError::Source(e.to_string()))?;
+            .map_err(|e| BodyError::Malformed(e.to_string()))?;
         write_front(dst, buf, p.consumed)
             .await
             .map_err(|e| BodyError::Sink(e.to_string()))?;

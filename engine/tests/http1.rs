@@ -249,7 +249,13 @@ both_drivers!(
 fn bad_requests(driver: IoDriver) {
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
-    let cases: [(&[u8], &str); 4] = [
+    let cases: [(&[u8], &str); 7] = [
+        (b"GET /hello HTTP/1.1\nHost: o\n\n", "400"),
+        (b"GET /hello HTTP/1.1\r\nHost: o\nX-A: b\r\n\r\n", "400"),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "400",
+        ),
         (
             b"GET / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "400",
