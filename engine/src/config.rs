@@ -60,6 +60,8 @@ pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT"
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
+pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
+pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
 pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 
@@ -125,6 +127,9 @@ pub struct Config {
     pub io_driver: IoDriver,
     /// `None` when disabled (the variable set to the empty string).
     pub outbound_listen: Option<SocketAddr>,
+    /// The admin server (`None`: disabled).
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_endpoint_enabled: bool,
     pub inbound_listen: Option<SocketAddr>,
     pub outbound_connect_timeout: Duration,
     pub inbound_connect_timeout: Duration,
@@ -178,6 +183,8 @@ impl Config {
             cores: None,
             io_driver: IoDriver::Auto,
             outbound_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4191))),
+            shutdown_endpoint_enabled: false,
             inbound_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
             outbound_connect_timeout: Duration::from_secs(1),
             inbound_connect_timeout: Duration::from_millis(100),
@@ -240,6 +247,16 @@ impl Config {
         }
         if let Some(a) = p.optional_addr(INBOUND_LISTEN_ADDR) {
             c.inbound_listen = a;
+        }
+        if let Some(a) = p.optional_addr(ADMIN_LISTEN_ADDR) {
+            c.admin_listen = a;
+        }
+        if let Some(b) = p.parse_with(SHUTDOWN_ENDPOINT_ENABLED, |s| match s {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }) {
+            c.shutdown_endpoint_enabled = b;
         }
         p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound_connect_timeout);
         p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound_connect_timeout);
@@ -332,6 +349,7 @@ impl Config {
         let named = [
             (c.outbound_listen, OUTBOUND_LISTEN_ADDR.to_string()),
             (c.inbound_listen, INBOUND_LISTEN_ADDR.to_string()),
+            (c.admin_listen, ADMIN_LISTEN_ADDR.to_string()),
         ];
         let forwards = c
             .forwards

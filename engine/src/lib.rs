@@ -10,6 +10,7 @@
 //! a worker touches is `Rc`/`Cell` owned by that worker's thread.
 #![deny(rust_2018_idioms)]
 
+mod admin;
 pub mod config;
 mod control;
 mod detect;
@@ -21,5 +22,6 @@ mod proxy;
 mod stop;
 mod worker;
 
+pub use admin::{Hooks, LogLevel};
 pub use config::{Config, ConfigError, IoDriver};
 pub use proxy::{ActiveDriver, Proxy, StartError, WorkerStats};

@@ -3,9 +3,16 @@
 
 use std::process::ExitCode;
 
-use ringmesh_engine::{Config, Proxy};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use ringmesh_engine::{Config, Hooks, LogLevel, Proxy};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,12 +36,29 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
-        .with_writer(std::io::stderr)
-        .with_thread_names(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // The filter sits behind a reload layer so `PUT /proxy-log-level` can
+    // change it on every thread at run time.
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&cfg.log));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_thread_names(true)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
+    let hooks = Hooks {
+        log_level: Some(Arc::new(LogFilter {
+            reload,
+            current: ArcSwap::from_pointee(cfg.log.clone()),
+        })),
+        // The same drain as SIGTERM: the signal loop below handles it.
+        shutdown: Some(Arc::new(|| {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGTERM);
+        })),
+    };
 
     // Register before starting so an early signal is not lost.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
@@ -44,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    let proxy = match Proxy::start(cfg) {
+    let proxy = match Proxy::start_with(cfg, hooks) {
         Ok(p) => p,
         Err(e @ ringmesh_engine::StartError::Discovery(_)) => {
             eprintln!("ringmesh: invalid configuration: {e}");
@@ -62,4 +86,27 @@ fn main() -> ExitCode {
     proxy.wait();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `/proxy-log-level`: the current filter string and the reload handle.
+struct LogFilter {
+    reload: reload::Handle<EnvFilter, Registry>,
+    current: ArcSwap<String>,
+}
+
+impl LogLevel for LogFilter {
+    fn current(&self) -> String {
+        self.current.load().as_ref().clone()
+    }
+
+    fn set(&self, filter: &str) -> Result<(), String> {
+        if !filter.is_ascii() {
+            return Err("a log filter must be ASCII".into());
+        }
+        let new = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter: {e}"))?;
+        self.reload.reload(new).map_err(|e| e.to_string())?;
+        self.current.store(Arc::new(filter.to_string()));
+        tracing::info!(filter, "log level changed");
+        Ok(())
+    }
 }

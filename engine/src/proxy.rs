@@ -5,14 +5,18 @@
 //! before any thread exists); then the workers start and report ready.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use futures_channel::mpsc::{unbounded, UnboundedSender};
 use ringmesh_discovery::dns::DnsConfig;
 use ringmesh_discovery::{Discovery, DiscoveryConfig, DiscoveryError};
 
+use crate::admin::{EngineAdmin, Hooks};
 use crate::config::{Config, IoDriver};
 use crate::control::{self, ControlMsg};
 use crate::l4::ListenerKind;
@@ -72,10 +76,19 @@ pub struct Proxy {
     outbound: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
     forwards: Vec<SocketAddr>,
+    admin: Option<SocketAddr>,
+    admin_stop: Arc<AtomicBool>,
+    admin_thread: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
-    pub fn start(mut cfg: Config) -> Result<Self, StartError> {
+    pub fn start(cfg: Config) -> Result<Self, StartError> {
+        Self::start_with(cfg, Hooks::default())
+    }
+
+    /// Like [`Proxy::start`], with the embedding program's hooks (log level
+    /// control and how `POST /shutdown` drains).
+    pub fn start_with(mut cfg: Config, hooks: Hooks) -> Result<Self, StartError> {
         let driver = choose_driver(cfg.io_driver)?;
         let n = cfg.cores.unwrap_or_else(available_cores).max(1);
         tracing::info!(workers = n, driver = %driver, "starting");
@@ -96,7 +109,13 @@ impl Proxy {
             cfg.watched_names(),
         )?;
 
-        // Bind everything before any thread starts.
+        // Bind everything before any thread starts. The admin port is
+        // single-owner: no SO_REUSEPORT.
+        let admin_listener = match cfg.admin_listen {
+            Some(addr) => Some(listen::bind_exclusive(addr, "admin listener")?),
+            None => None,
+        };
+        let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
         let mut outbound = None;
         let mut inbound = None;
@@ -120,6 +139,7 @@ impl Proxy {
             .into_iter()
             .chain(inbound)
             .chain(forwards.iter().copied())
+            .chain(admin)
             .collect();
 
         let (control_tx, control_rx) = control::channel();
@@ -165,7 +185,30 @@ impl Proxy {
         }
 
         let control = control::spawn(discovery, control_rx).map_err(StartError::Thread)?;
-        tracing::info!(?outbound, ?inbound, ?forwards, "ready");
+        let admin_stop = Arc::new(AtomicBool::new(false));
+        let admin_thread = match admin_listener {
+            Some(listener) => {
+                let backend = Arc::new(EngineAdmin {
+                    workers: workers.iter().map(|w| w.tx.clone()).collect(),
+                    // Workers reported ready and the first snapshot was
+                    // published before they started.
+                    ready: Arc::new(AtomicBool::new(true)),
+                    started: SystemTime::now(),
+                    configured_log: cfg.log.clone(),
+                    shutdown_enabled: cfg.shutdown_endpoint_enabled,
+                    hooks,
+                });
+                let stop = admin_stop.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("ringmesh-admin".into())
+                        .spawn(move || ringmesh_admin::serve(listener, backend, stop))
+                        .map_err(StartError::Thread)?,
+                )
+            }
+            None => None,
+        };
+        tracing::info!(?outbound, ?inbound, ?forwards, ?admin, "ready");
         Ok(Self {
             workers,
             control_tx,
@@ -174,6 +217,9 @@ impl Proxy {
             outbound,
             inbound,
             forwards,
+            admin,
+            admin_stop,
+            admin_thread,
         })
     }
 
@@ -187,6 +233,10 @@ impl Proxy {
 
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Bound forward listeners, in `RINGMESH_TCP_FORWARD` order.
@@ -227,6 +277,10 @@ impl Proxy {
         }
         let _ = self.control_tx.send(ControlMsg::Stop);
         let _ = self.control.join();
+        self.admin_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.admin_thread {
+            let _ = t.join();
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub fn start_proxy(driver: IoDriver, vars: &[(&str, &str)]) -> Proxy {
     let mut src: BTreeMap<&str, &str> = BTreeMap::new();
     src.insert("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "");
     src.insert("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "");
+    src.insert("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "");
     src.insert("LINKERD2_PROXY_CORES", "2");
     src.insert("RINGMESH_IO_DRIVER", driver_name(driver));
     // Several backends here speak first; don't make every test wait out

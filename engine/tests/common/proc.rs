@@ -19,6 +19,7 @@ pub fn ringmesh(driver: &str, vars: &[(&str, &str)]) -> Command {
         .env("LINKERD2_PROXY_LOG", "info")
         .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "")
         .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "")
         .env("LINKERD2_PROXY_CORES", "2")
         .env("RINGMESH_IO_DRIVER", driver)
         .env("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "100ms")

@@ -1,0 +1,215 @@
+//! The engine's side of the admin server: readiness, metrics gathered from
+//! the workers by message (never by sharing their state), shutdown and the
+//! log level, behind `ringmesh_admin::AdminBackend`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_channel::mpsc::UnboundedSender;
+use ringmesh_admin::AdminBackend;
+
+use crate::proxy::WorkerStats;
+use crate::worker::WorkerMsg;
+
+/// Reading and changing the process's log filter at run time (the binary
+/// wires it to its tracing subscriber).
+pub trait LogLevel: Send + Sync {
+    fn current(&self) -> String;
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// What the embedding program adds to the proxy.
+#[derive(Default)]
+pub struct Hooks {
+    /// `None`: `/proxy-log-level` reports the configured filter and refuses
+    /// changes.
+    pub log_level: Option<Arc<dyn LogLevel>>,
+    /// How `POST /shutdown` starts the drain; `None`: the workers are told
+    /// directly (in-process use).
+    pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+pub(crate) struct EngineAdmin {
+    pub workers: Vec<UnboundedSender<WorkerMsg>>,
+    pub ready: Arc<AtomicBool>,
+    pub started: SystemTime,
+    pub configured_log: String,
+    pub shutdown_enabled: bool,
+    pub hooks: Hooks,
+}
+
+impl EngineAdmin {
+    fn worker_stats(&self) -> Vec<WorkerStats> {
+        let (tx, rx) = mpsc::channel();
+        for w in &self.workers {
+            let _ = w.unbounded_send(WorkerMsg::Stats(tx.clone()));
+        }
+        drop(tx);
+        let mut out: Vec<WorkerStats> = (0..self.workers.len())
+            .map_while(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect();
+        out.sort_by_key(|s| s.worker);
+        out
+    }
+}
+
+impl AdminBackend for EngineAdmin {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn metrics(&self, out: &mut String) {
+        let stats = self.worker_stats();
+        family(
+            out,
+            "ringmesh_worker_accepted_connections_total",
+            "counter",
+            "Connections accepted by each worker.",
+        );
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "ringmesh_worker_accepted_connections_total{{worker=\"{}\"}} {}",
+                s.worker, s.accepted
+            );
+        }
+        family(
+            out,
+            "ringmesh_worker_open_connections",
+            "gauge",
+            "Connections each worker is proxying now.",
+        );
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "ringmesh_worker_open_connections{{worker=\"{}\"}} {}",
+                s.worker, s.open
+            );
+        }
+        process_metrics(out, self.started);
+    }
+
+    fn shutdown(&self) {
+        match &self.hooks.shutdown {
+            Some(f) => f(),
+            None => {
+                for w in &self.workers {
+                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn shutdown_enabled(&self) -> bool {
+        self.shutdown_enabled
+    }
+
+    fn log_level(&self) -> String {
+        match &self.hooks.log_level {
+            Some(l) => l.current(),
+            None => self.configured_log.clone(),
+        }
+    }
+
+    fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        match &self.hooks.log_level {
+            Some(l) => l.set(filter),
+            None => Err("the log level cannot be changed in this process".into()),
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The standard process families (as Prometheus client libraries name them).
+fn process_metrics(out: &mut String, started: SystemTime) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5): 11, 12 here.
+            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                let cpu =
+                    (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / ticks;
+                family(
+                    out,
+                    "process_cpu_seconds_total",
+                    "counter",
+                    "Total user and system CPU time spent in seconds.",
+                );
+                let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+            }
+        }
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            family(
+                out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+            );
+            let _ = writeln!(out, "process_resident_memory_bytes {}", rss * page);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            family(
+                out,
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+            );
+            let _ = writeln!(out, "process_max_fds {max}");
+        }
+    }
+    let start = started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    family(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {start}");
+    family(out, "proxy_build_info", "gauge", "Proxy build information.");
+    let _ = writeln!(
+        out,
+        "proxy_build_info{{version=\"{}\",vendor=\"ringmesh\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+}

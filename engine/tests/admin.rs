@@ -1,0 +1,173 @@
+//! The admin server through the real binary: probes, metrics (checked with
+//! promtool), log level at run time, the shutdown endpoint, errors.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::proc::*;
+use common::*;
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+fn start(vars: &[(&str, &str)]) -> (Running, String) {
+    let admin = closed_port();
+    let addr = admin.to_string();
+    let mut all = vec![("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", addr.as_str())];
+    all.extend_from_slice(vars);
+    let mut p = Running::spawn(ringmesh("auto", &all));
+    assert!(
+        p.wait_for("ready", Duration::from_secs(10)),
+        "proxy never became ready"
+    );
+    (p, format!("http://{admin}"))
+}
+
+#[test]
+fn probes_errors_and_log_level() {
+    let (p, base) = start(&[]);
+    assert_eq!(
+        curl(&[&format!("{base}/live")]),
+        ("200".into(), "live\n".into())
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/ready")]),
+        ("200".into(), "ready\n".into())
+    );
+    assert_eq!(curl(&[&format!("{base}/nope")]).0, "404");
+    assert_eq!(curl(&["-X", "DELETE", &format!("{base}/live")]).0, "405");
+    // Shutdown is off unless enabled: 404, and the proxy keeps running.
+    assert_eq!(curl(&["-X", "POST", &format!("{base}/shutdown")]).0, "404");
+    // Log level: read, change, refuse an invalid one and keep the old.
+    assert_eq!(
+        curl(&[&format!("{base}/proxy-log-level")]),
+        ("200".into(), "info\n".into())
+    );
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "--data",
+            "debug",
+            &format!("{base}/proxy-log-level")
+        ])
+        .0,
+        "204"
+    );
+    assert_eq!(curl(&[&format!("{base}/proxy-log-level")]).1, "debug\n");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "PUT",
+            "--data",
+            "ringmesh=[",
+            &format!("{base}/proxy-log-level")
+        ])
+        .0,
+        "400"
+    );
+    assert_eq!(curl(&[&format!("{base}/proxy-log-level")]).1, "debug\n");
+    assert_eq!(
+        curl(&["-X", "POST", &format!("{base}/proxy-log-level")]).0,
+        "405"
+    );
+    drop(p);
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_connections() {
+    let backend = Backend::echo();
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let (p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        (
+            "RINGMESH_OUTBOUND_OPAQUE_PORTS",
+            &backend.addr.port().to_string(),
+        ),
+    ]);
+    // 20 connections, closed before the scrape.
+    for _ in 0..20 {
+        use std::io::{Read, Write};
+        let mut c = connect(listen);
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+    }
+    let (code, body) = curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, "200");
+    let accepted: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("ringmesh_worker_accepted_connections_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(accepted, 20, "{body}");
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "proxy_build_info",
+    ] {
+        assert!(
+            body.contains(&format!("\n{family}")),
+            "{family} missing:\n{body}"
+        );
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/install-test-deps.sh)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(p);
+}
+
+#[test]
+fn shutdown_endpoint_drains_and_exits_0() {
+    let (mut p, base) = start(&[("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true")]);
+    assert_eq!(curl(&["-X", "GET", &format!("{base}/shutdown")]).0, "405");
+    assert_eq!(curl(&["-X", "POST", &format!("{base}/shutdown")]).0, "200");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn admin_port_in_use_fails_start() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = ringmesh("auto", &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &addr)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("admin listener") && stderr.contains("already in use"),
+        "{stderr}"
+    );
+}
