@@ -225,3 +225,63 @@ fn write_reply(s: &mut TcpStream, r: &Reply, keep: bool, with_body: bool) -> io:
     }
     s.write_all(out.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Fake {
+        ready: AtomicBool,
+        shutdowns: AtomicUsize,
+    }
+
+    impl AdminBackend for Fake {
+        fn ready(&self) -> bool {
+            self.ready.load(Ordering::Relaxed)
+        }
+        fn metrics(&self, out: &mut String) {
+            out.push_str("# TYPE x counter\nx 1\n");
+        }
+        fn shutdown(&self) {
+            self.shutdowns.fetch_add(1, Ordering::Relaxed);
+        }
+        fn shutdown_enabled(&self) -> bool {
+            true
+        }
+        fn log_level(&self) -> String {
+            "info".into()
+        }
+        fn set_log_level(&self, filter: &str) -> Result<(), String> {
+            if filter == "bad[" {
+                Err("invalid".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let b = Fake::default();
+        let r =
+            |m: &str, p: &str, body: &[u8], lo: bool| route_for_tests(m, p, body, lo, &b).status;
+        assert_eq!(r("GET", "/ready", b"", true), 503);
+        b.ready.store(true, Ordering::Relaxed);
+        assert_eq!(r("GET", "/ready", b"", true), 200);
+        assert_eq!(r("GET", "/live", b"", true), 200);
+        assert_eq!(r("POST", "/live", b"", true), 405);
+        assert_eq!(r("GET", "/metrics?x=1", b"", true), 200);
+        assert_eq!(r("GET", "/other", b"", true), 404);
+        // Shutdown only from loopback, only by POST.
+        assert_eq!(r("POST", "/shutdown", b"", false), 404);
+        assert_eq!(r("GET", "/shutdown", b"", true), 405);
+        assert_eq!(b.shutdowns.load(Ordering::Relaxed), 0);
+        assert_eq!(r("POST", "/shutdown", b"", true), 200);
+        assert_eq!(b.shutdowns.load(Ordering::Relaxed), 1);
+        assert_eq!(r("PUT", "/proxy-log-level", b"debug", true), 204);
+        assert_eq!(r("PUT", "/proxy-log-level", b"bad[", true), 400);
+        assert_eq!(r("DELETE", "/proxy-log-level", b"", true), 405);
+    }
+}
