@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_channel::mpsc::UnboundedSender;
 use ringmesh_admin::AdminBackend;
 
-use crate::proxy::WorkerStats;
+use crate::metrics::TcpShard;
 use crate::worker::WorkerMsg;
 
 /// Reading and changing the process's log filter at run time (the binary
@@ -40,28 +40,29 @@ pub(crate) struct EngineAdmin {
     pub hooks: Hooks,
 }
 
-impl EngineAdmin {
-    fn worker_stats(&self) -> Vec<WorkerStats> {
-        let (tx, rx) = mpsc::channel();
-        for w in &self.workers {
-            let _ = w.unbounded_send(WorkerMsg::Stats(tx.clone()));
-        }
-        drop(tx);
-        let mut out: Vec<WorkerStats> = (0..self.workers.len())
-            .map_while(|_| rx.recv_timeout(Duration::from_secs(1)).ok())
-            .collect();
-        out.sort_by_key(|s| s.worker);
-        out
-    }
-}
-
 impl AdminBackend for EngineAdmin {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     fn metrics(&self, out: &mut String) {
-        let stats = self.worker_stats();
+        // One message per worker; each answers with a copy of its shard.
+        let (tx, rx) = mpsc::channel();
+        for w in &self.workers {
+            let _ = w.unbounded_send(WorkerMsg::Metrics(tx.clone()));
+        }
+        drop(tx);
+        let mut stats = Vec::with_capacity(self.workers.len());
+        let mut tcp = TcpShard::default();
+        for _ in 0..self.workers.len() {
+            let Ok((s, shard)) = rx.recv_timeout(Duration::from_secs(1)) else {
+                break;
+            };
+            stats.push(s);
+            tcp.merge(&shard);
+        }
+        stats.sort_by_key(|s| s.worker);
+        tcp.encode(out);
         family(
             out,
             "ringmesh_worker_accepted_connections_total",

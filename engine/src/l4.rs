@@ -15,6 +15,7 @@ use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use crate::detect::read_and_detect;
 use crate::http1::{self, HttpDst};
+use crate::metrics::{Direction, TcpKey};
 use crate::orig_dst::orig_dst_addr;
 use crate::worker::Worker;
 
@@ -167,6 +168,21 @@ pub(crate) async fn serve(
         }
     };
     let _ = server.set_nodelay(true);
+    let key = server.peer_addr().ok().map(|target_addr| TcpKey {
+        direction: if inbound {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        },
+        target: target_addr,
+        authority: match &target {
+            Target::Service(name, _) => Some(name.clone()),
+            _ => None,
+        },
+    });
+    if let Some(k) = &key {
+        w.tcp_metrics.borrow_mut().opened(k);
+    }
     let pipes = if w.cfg.tcp_splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
@@ -196,6 +212,14 @@ pub(crate) async fn serve(
             stats
         }
     };
+    if let Some(k) = &key {
+        w.tcp_metrics.borrow_mut().closed(
+            k,
+            stats.client_to_server,
+            stats.server_to_client,
+            stats.end,
+        );
+    }
     match stats.end {
         RelayEnd::Closed => {}
         RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),

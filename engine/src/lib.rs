@@ -17,6 +17,7 @@ mod detect;
 mod http1;
 mod l4;
 pub mod listen;
+mod metrics;
 pub mod orig_dst;
 mod proxy;
 mod stop;

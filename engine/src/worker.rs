@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
+use crate::metrics::TcpShard;
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
 
@@ -33,6 +34,8 @@ pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
     Shutdown,
     Stats(mpsc::Sender<WorkerStats>),
+    /// A copy of this worker's metrics shard, for a scrape.
+    Metrics(mpsc::Sender<(WorkerStats, TcpShard)>),
 }
 
 pub(crate) struct WorkerSetup {
@@ -71,6 +74,8 @@ pub(crate) struct Worker {
     pub pool: Pool,
     /// Set when the worker starts draining.
     pub stop: Stop,
+    /// This worker's TCP metrics (it is the only writer).
+    pub tcp_metrics: RefCell<TcpShard>,
     snapshots: RefCell<SnapshotCache>,
     replicas: RefCell<HashMap<Authority, Replica>>,
 }
@@ -224,6 +229,7 @@ async fn serve(setup: WorkerSetup) {
         control,
         pool: Pool::default(),
         stop: Stop::default(),
+        tcp_metrics: RefCell::new(TcpShard::default()),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
     });
@@ -247,8 +253,11 @@ async fn serve(setup: WorkerSetup) {
     drop(ready);
 
     // Serve until told to stop (or the handle is gone).
-    while let Some(WorkerMsg::Stats(reply)) = next(&mut rx).await {
-        let _ = reply.send(worker.stats());
+    loop {
+        match next(&mut rx).await {
+            Some(WorkerMsg::Shutdown) | None => break,
+            Some(msg) => answer(&worker, msg),
+        }
     }
 
     // Drain: no new connections; open ones get the grace period.
@@ -259,8 +268,8 @@ async fn serve(setup: WorkerSetup) {
         monoio::select! {
             _ = monoio::time::sleep(Duration::from_millis(20)) => {}
             msg = next(&mut rx) => {
-                if let Some(WorkerMsg::Stats(reply)) = msg {
-                    let _ = reply.send(worker.stats());
+                if let Some(msg) = msg {
+                    answer(&worker, msg);
                 }
             }
         }
@@ -278,6 +287,19 @@ async fn serve(setup: WorkerSetup) {
         accepted = worker.accepted.get(),
         "worker stopped"
     );
+}
+
+/// Answers a query from another thread (stats, metrics scrape).
+fn answer(worker: &Worker, msg: WorkerMsg) {
+    match msg {
+        WorkerMsg::Stats(reply) => {
+            let _ = reply.send(worker.stats());
+        }
+        WorkerMsg::Metrics(reply) => {
+            let _ = reply.send((worker.stats(), worker.tcp_metrics.borrow().clone()));
+        }
+        WorkerMsg::Shutdown => {}
+    }
 }
 
 /// The next control message; after the channel closed, never resolves

@@ -104,14 +104,47 @@ fn metrics_pass_promtool_and_count_connections() {
         let mut b = [0u8; 1];
         c.read_exact(&mut b).unwrap();
     }
-    let (code, body) = curl(&[&format!("{base}/metrics")]);
-    assert_eq!(code, "200");
+    // Closes are counted when each relay ends, just after the client's
+    // close: scrape until they are all in (bounded).
+    let mut body = String::new();
+    let all_closed = eventually(Duration::from_secs(5), || {
+        let (code, b) = curl(&[&format!("{base}/metrics")]);
+        assert_eq!(code, "200");
+        body = b;
+        body.lines()
+            .filter(|l| l.starts_with("tcp_open_connections{"))
+            .all(|l| l.ends_with(" 0"))
+            && body.contains("tcp_open_connections{")
+    });
+    assert!(all_closed, "{body}");
     let accepted: u64 = body
         .lines()
         .filter(|l| l.starts_with("ringmesh_worker_accepted_connections_total{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(accepted, 20, "{body}");
+    // linkerd's TCP families, merged over both workers, exact.
+    let value = |prefix: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let target = format!("target_addr=\"{}\"", backend.addr);
+    assert!(body.contains(&target), "{body}");
+    assert_eq!(value("tcp_open_total{direction=\"outbound\""), 20, "{body}");
+    assert_eq!(
+        value("tcp_close_total{direction=\"outbound\""),
+        20,
+        "{body}"
+    );
+    assert_eq!(value("tcp_open_connections{"), 0, "{body}");
+    let read_src: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("tcp_read_bytes_total{") && l.contains("peer=\"src\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(read_src, 20, "one byte from each client: {body}");
     for family in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

@@ -1,0 +1,214 @@
+//! Per-worker TCP metric shards. Each worker is the only writer of its
+//! shard (plain integers in a `RefCell`, no atomics); a scrape asks every
+//! worker for a copy and the admin thread merges and encodes them with
+//! linkerd2-proxy's family and label names.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use ringmesh_discovery::Authority;
+use ringmesh_protocols::tcp::RelayEnd;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// One label set: where proxied connections went.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TcpKey {
+    pub direction: Direction,
+    /// The endpoint connected to.
+    pub target: SocketAddr,
+    /// The discovered service, when there was one.
+    pub authority: Option<Authority>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TcpCounters {
+    pub open_total: u64,
+    pub open: u64,
+    /// Closes by reason: "" for a clean close, else the error kind.
+    pub close_total: HashMap<&'static str, u64>,
+    /// Bytes read from the client (`peer="src"`) and from the server (`"dst"`).
+    pub read_src: u64,
+    pub read_dst: u64,
+    pub write_src: u64,
+    pub write_dst: u64,
+}
+
+/// A worker's TCP metrics.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TcpShard(pub HashMap<TcpKey, TcpCounters>);
+
+impl TcpShard {
+    pub(crate) fn opened(&mut self, key: &TcpKey) {
+        let c = self.0.entry(key.clone()).or_default();
+        c.open_total += 1;
+        c.open += 1;
+    }
+
+    pub(crate) fn closed(&mut self, key: &TcpKey, up: u64, down: u64, end: RelayEnd) {
+        let c = self.0.entry(key.clone()).or_default();
+        c.open = c.open.saturating_sub(1);
+        *c.close_total.entry(errno_label(end)).or_default() += 1;
+        c.read_src += up;
+        c.write_dst += up;
+        c.read_dst += down;
+        c.write_src += down;
+    }
+
+    /// Adds another worker's shard into this one.
+    pub(crate) fn merge(&mut self, other: &TcpShard) {
+        for (k, o) in &other.0 {
+            let c = self.0.entry(k.clone()).or_default();
+            c.open_total += o.open_total;
+            c.open += o.open;
+            for (e, n) in &o.close_total {
+                *c.close_total.entry(e).or_default() += n;
+            }
+            c.read_src += o.read_src;
+            c.read_dst += o.read_dst;
+            c.write_src += o.write_src;
+            c.write_dst += o.write_dst;
+        }
+    }
+
+    /// Appends the Prometheus text for the merged shard.
+    pub(crate) fn encode(&self, out: &mut String) {
+        let mut keys: Vec<&TcpKey> = self.0.keys().collect();
+        keys.sort_by_key(|k| (k.direction.as_str(), k.target, k.authority.clone()));
+        let fam = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        fam(
+            out,
+            "tcp_open_total",
+            "counter",
+            "Total count of opened connections.",
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "tcp_open_total{{{},peer=\"dst\"}} {}",
+                labels(k),
+                self.0[*k].open_total
+            );
+        }
+        fam(
+            out,
+            "tcp_open_connections",
+            "gauge",
+            "Number of currently-open connections.",
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "tcp_open_connections{{{},peer=\"dst\"}} {}",
+                labels(k),
+                self.0[*k].open
+            );
+        }
+        fam(
+            out,
+            "tcp_close_total",
+            "counter",
+            "Total count of closed connections.",
+        );
+        for k in &keys {
+            let mut closes: Vec<_> = self.0[*k].close_total.iter().collect();
+            closes.sort();
+            for (errno, n) in closes {
+                let _ = writeln!(
+                    out,
+                    "tcp_close_total{{{},peer=\"dst\",errno=\"{errno}\"}} {n}",
+                    labels(k)
+                );
+            }
+        }
+        fam(
+            out,
+            "tcp_read_bytes_total",
+            "counter",
+            "Total count of bytes read from peers.",
+        );
+        for k in &keys {
+            let c = &self.0[*k];
+            let _ = writeln!(
+                out,
+                "tcp_read_bytes_total{{{},peer=\"src\"}} {}",
+                labels(k),
+                c.read_src
+            );
+            let _ = writeln!(
+                out,
+                "tcp_read_bytes_total{{{},peer=\"dst\"}} {}",
+                labels(k),
+                c.read_dst
+            );
+        }
+        fam(
+            out,
+            "tcp_write_bytes_total",
+            "counter",
+            "Total count of bytes written to peers.",
+        );
+        for k in &keys {
+            let c = &self.0[*k];
+            let _ = writeln!(
+                out,
+                "tcp_write_bytes_total{{{},peer=\"src\"}} {}",
+                labels(k),
+                c.write_src
+            );
+            let _ = writeln!(
+                out,
+                "tcp_write_bytes_total{{{},peer=\"dst\"}} {}",
+                labels(k),
+                c.write_dst
+            );
+        }
+    }
+}
+
+fn labels(k: &TcpKey) -> String {
+    let mut s = format!(
+        "direction=\"{}\",target_addr=\"{}\",target_ip=\"{}\",target_port=\"{}\",tls=\"no_identity\"",
+        k.direction.as_str(),
+        k.target,
+        k.target.ip(),
+        k.target.port()
+    );
+    if let Some(a) = &k.authority {
+        let _ = write!(s, ",authority=\"{a}\"");
+    }
+    s
+}
+
+fn errno_label(end: RelayEnd) -> &'static str {
+    use std::io::ErrorKind::*;
+    let kind = match end {
+        RelayEnd::Closed => return "",
+        RelayEnd::Idle => return "ETIMEDOUT",
+        RelayEnd::ClientError(k) | RelayEnd::ServerError(k) => k,
+    };
+    match kind {
+        ConnectionReset => "ECONNRESET",
+        BrokenPipe => "EPIPE",
+        ConnectionAborted => "ECONNABORTED",
+        TimedOut => "ETIMEDOUT",
+        NotConnected => "ENOTCONN",
+        _ => "EIO",
+    }
+}
