@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_channel::mpsc::UnboundedSender;
 use ringmesh_admin::AdminBackend;
 
-use crate::metrics::TcpShard;
+use crate::metrics::{HttpShard, TcpShard};
 use crate::worker::WorkerMsg;
 
 /// Reading and changing the process's log filter at run time (the binary
@@ -54,14 +54,17 @@ impl AdminBackend for EngineAdmin {
         drop(tx);
         let mut stats = Vec::with_capacity(self.workers.len());
         let mut tcp = TcpShard::default();
+        let mut http = HttpShard::default();
         for _ in 0..self.workers.len() {
-            let Ok((s, shard)) = rx.recv_timeout(Duration::from_secs(1)) else {
+            let Ok((s, t, h)) = rx.recv_timeout(Duration::from_secs(1)) else {
                 break;
             };
             stats.push(s);
-            tcp.merge(&shard);
+            tcp.merge(&t);
+            http.merge(&h);
         }
         stats.sort_by_key(|s| s.worker);
+        http.encode(out);
         tcp.encode(out);
         family(
             out,

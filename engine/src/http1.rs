@@ -32,6 +32,7 @@ use ringmesh_protocols::http1::{
 use ringmesh_protocols::tcp::relay;
 
 use crate::detect::{is_cancelled, read_until};
+use crate::metrics::{Direction, HttpKey};
 use crate::worker::Worker;
 
 type Rd = OwnedReadHalf<TcpStream>;
@@ -179,25 +180,42 @@ pub(crate) async fn serve(
             }
         };
         c.buf.drain(..head_len);
+        let started = Instant::now();
+        let direction = if matches!(dst, HttpDst::Local(_)) {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let mut key = HttpKey {
+            direction,
+            authority: None,
+            target: None,
+        };
 
         // 2. Where it goes, and a connection there.
         let target = match resolve(&w, &dst, &req).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
+                record(&w, &key, e.status(), started);
                 send_error(&mut c, &mut out, e.status(), &e.reason()).await;
                 break;
             }
         };
+        if let Dst::Service(name, _) = &target {
+            key.authority = Some(name.clone());
+        }
         let (mut up, mut addr, mut _guard) =
             match checkout(&w, &target, connect_timeout, true).await {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
+                    record(&w, &key, e.status(), started);
                     send_error(&mut c, &mut out, e.status(), &e.reason()).await;
                     break;
                 }
             };
+        key.target = Some(addr);
 
         // A CONNECT from an explicit-proxy client is ours to answer: the
         // tunnel goes to the resolved endpoint.
@@ -245,6 +263,18 @@ pub(crate) async fn serve(
                 end => break end,
             }
         };
+        key.target = Some(addr);
+        match &outcome {
+            Exchange::Done { .. } | Exchange::Upgraded(_) => {
+                record(&w, &key, resp.status(), started)
+            }
+            Exchange::Failed {
+                status: Some(status),
+                ..
+            } => record(&w, &key, *status, started),
+            // The response had started: it is counted as what was sent.
+            Exchange::Failed { status: None, .. } => record(&w, &key, resp.status(), started),
+        }
         match outcome {
             Exchange::Done {
                 upstream,
@@ -274,6 +304,14 @@ pub(crate) async fn serve(
     }
     w.bufs.put(c.buf);
     w.bufs.put(ubuf);
+}
+
+/// Counts one request and its response in this worker's shard.
+fn record(w: &Worker, key: &HttpKey, status: u16, started: Instant) {
+    let ms = started.elapsed().as_millis() as u64;
+    let mut m = w.http_metrics.borrow_mut();
+    m.request(key);
+    m.response(key, status, ms);
 }
 
 /// Reads until a whole request head is buffered. `Ok(None)`: the client

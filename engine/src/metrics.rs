@@ -212,3 +212,143 @@ fn errno_label(end: RelayEnd) -> &'static str {
         _ => "EIO",
     }
 }
+
+/// linkerd2-proxy's `response_latency_ms` bucket bounds.
+pub(crate) const LATENCY_BUCKETS_MS: [u64; 25] = [
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000,
+    10000, 20000, 30000, 40000, 50000,
+];
+
+/// One HTTP label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct HttpKey {
+    pub direction: Direction,
+    pub authority: Option<Authority>,
+    pub target: Option<SocketAddr>,
+}
+
+/// Responses with one status code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StatusCounters {
+    pub total: u64,
+    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], plus +Inf last.
+    pub buckets: [u64; 26],
+    pub sum_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HttpCounters {
+    pub requests: u64,
+    pub by_status: HashMap<u16, StatusCounters>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
+
+impl HttpShard {
+    pub(crate) fn request(&mut self, key: &HttpKey) {
+        self.0.entry(key.clone()).or_default().requests += 1;
+    }
+
+    pub(crate) fn response(&mut self, key: &HttpKey, status: u16, latency_ms: u64) {
+        let s = self
+            .0
+            .entry(key.clone())
+            .or_default()
+            .by_status
+            .entry(status)
+            .or_default();
+        s.total += 1;
+        s.sum_ms += latency_ms;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&b| latency_ms <= b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        s.buckets[i] += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &HttpShard) {
+        for (k, o) in &other.0 {
+            let c = self.0.entry(k.clone()).or_default();
+            c.requests += o.requests;
+            for (st, os) in &o.by_status {
+                let s = c.by_status.entry(*st).or_default();
+                s.total += os.total;
+                s.sum_ms += os.sum_ms;
+                for (a, b) in s.buckets.iter_mut().zip(os.buckets.iter()) {
+                    *a += b;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn encode(&self, out: &mut String) {
+        let mut keys: Vec<&HttpKey> = self.0.keys().collect();
+        keys.sort_by_key(|k| (k.direction.as_str(), k.authority.clone(), k.target));
+        let _ = writeln!(
+            out,
+            "# HELP request_total Total count of HTTP requests.\n# TYPE request_total counter"
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "request_total{{{}}} {}",
+                http_labels(k),
+                self.0[*k].requests
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP response_total Total count of HTTP responses.\n# TYPE response_total counter"
+        );
+        for k in &keys {
+            let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
+            st.sort_by_key(|(s, _)| **s);
+            for (status, c) in st {
+                let class = if *status >= 500 { "failure" } else { "success" };
+                let _ = writeln!(
+                    out,
+                    "response_total{{{},status_code=\"{status}\",classification=\"{class}\"}} {}",
+                    http_labels(k),
+                    c.total
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP response_latency_ms Elapsed times between a request's headers being received and its response stream completing.\n# TYPE response_latency_ms histogram"
+        );
+        for k in &keys {
+            let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
+            st.sort_by_key(|(s, _)| **s);
+            for (status, c) in st {
+                let l = format!("{},status_code=\"{status}\"", http_labels(k));
+                let mut cum = 0;
+                for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                    cum += c.buckets[i];
+                    let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"{b}\"}} {cum}");
+                }
+                cum += c.buckets[LATENCY_BUCKETS_MS.len()];
+                let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"+Inf\"}} {cum}");
+                let _ = writeln!(out, "response_latency_ms_sum{{{l}}} {}", c.sum_ms);
+                let _ = writeln!(out, "response_latency_ms_count{{{l}}} {}", c.total);
+            }
+        }
+    }
+}
+
+fn http_labels(k: &HttpKey) -> String {
+    let mut s = format!("direction=\"{}\",tls=\"no_identity\"", k.direction.as_str());
+    if let Some(a) = &k.authority {
+        let _ = write!(s, ",authority=\"{a}\"");
+    }
+    if let Some(t) = k.target {
+        let _ = write!(
+            s,
+            ",target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\"",
+            t.ip(),
+            t.port()
+        );
+    }
+    s
+}

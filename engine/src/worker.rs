@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
-use crate::metrics::TcpShard;
+use crate::metrics::{HttpShard, TcpShard};
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
 
@@ -35,7 +35,7 @@ pub(crate) enum WorkerMsg {
     Shutdown,
     Stats(mpsc::Sender<WorkerStats>),
     /// A copy of this worker's metrics shard, for a scrape.
-    Metrics(mpsc::Sender<(WorkerStats, TcpShard)>),
+    Metrics(mpsc::Sender<(WorkerStats, TcpShard, HttpShard)>),
 }
 
 pub(crate) struct WorkerSetup {
@@ -76,6 +76,7 @@ pub(crate) struct Worker {
     pub stop: Stop,
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
+    pub http_metrics: RefCell<HttpShard>,
     snapshots: RefCell<SnapshotCache>,
     replicas: RefCell<HashMap<Authority, Replica>>,
 }
@@ -230,6 +231,7 @@ async fn serve(setup: WorkerSetup) {
         pool: Pool::default(),
         stop: Stop::default(),
         tcp_metrics: RefCell::new(TcpShard::default()),
+        http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
     });
@@ -296,7 +298,11 @@ fn answer(worker: &Worker, msg: WorkerMsg) {
             let _ = reply.send(worker.stats());
         }
         WorkerMsg::Metrics(reply) => {
-            let _ = reply.send((worker.stats(), worker.tcp_metrics.borrow().clone()));
+            let _ = reply.send((
+                worker.stats(),
+                worker.tcp_metrics.borrow().clone(),
+                worker.http_metrics.borrow().clone(),
+            ));
         }
         WorkerMsg::Shutdown => {}
     }

@@ -158,27 +158,7 @@ fn metrics_pass_promtool_and_count_connections() {
             "{family} missing:\n{body}"
         );
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (scripts/install-test-deps.sh)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&body);
     drop(p);
 }
 
@@ -203,4 +183,112 @@ fn admin_port_in_use_fails_start() {
         stderr.contains("admin listener") && stderr.contains("already in use"),
         "{stderr}"
     );
+}
+
+#[test]
+fn http_metrics_count_exactly_what_was_sent() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let origin = common::http::origin("o");
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", origin.addr);
+    let (p, base) = start(&[("RINGMESH_TCP_FORWARD", &fwd)]);
+    // 1000 requests over 10 keep-alive connections (spread over both
+    // workers by the kernel): 900 × 200 and 100 × 503 from the origin.
+    for conn in 0..10 {
+        let c = connect(listen);
+        c.set_nodelay(true).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        for i in 0..100 {
+            let path = if i % 10 == 0 { "/status/503" } else { "/hello" };
+            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: o\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).unwrap();
+            let _ = conn;
+        }
+    }
+    let (code, body) = curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, "200");
+    let sum = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        body.lines()
+            .filter(|l| pred(l))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum(&|l| l.starts_with("request_total{")), 1000, "{body}");
+    assert_eq!(
+        sum(&|l| l.starts_with("response_total{")
+            && l.contains("status_code=\"200\"")
+            && l.contains("classification=\"success\"")),
+        900,
+        "{body}"
+    );
+    assert_eq!(
+        sum(&|l| l.starts_with("response_total{")
+            && l.contains("status_code=\"503\"")
+            && l.contains("classification=\"failure\"")),
+        100,
+        "{body}"
+    );
+    assert_eq!(
+        sum(&|l| l.starts_with("response_latency_ms_count{")),
+        1000,
+        "{body}"
+    );
+    assert_eq!(
+        sum(&|l| l.starts_with("response_latency_ms_bucket{") && l.contains("le=\"+Inf\"")),
+        1000,
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("target_addr=\"{}\"", origin.addr)),
+        "{body}"
+    );
+    // Per-worker connection series add up to the total.
+    assert_eq!(
+        sum(&|l| l.starts_with("ringmesh_worker_accepted_connections_total{")),
+        10,
+        "{body}"
+    );
+    drop(p);
+}
+
+fn promtool_check(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/install-test-deps.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("promtool check metrics: {report}");
+    assert!(out.status.success(), "promtool: {report}");
 }
