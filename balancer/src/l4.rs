@@ -128,6 +128,13 @@ impl L4Balancer {
         Some(if cost_b < cost_a { b } else { a })
     }
 
+    /// Picks an endpoint whose address is not in `tried` (the endpoints a
+    /// connection or request already failed on).
+    pub fn pick_untried(&self, tried: &[SocketAddr]) -> Option<Rc<EndpointState>> {
+        let i = self.pick(|i| tried.contains(&self.endpoints[i].addr))?;
+        Some(self.endpoints[i].clone())
+    }
+
     /// A weighted random draw among endpoints not excluded.
     fn draw(&self, excluded: &impl Fn(usize) -> bool) -> Option<usize> {
         let total = *self.cumulative.last()?;
@@ -165,6 +172,19 @@ impl L4Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pick_untried_skips_failed_endpoints() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let bal = L4Balancer::new([(a, 1), (b, 1), (c, 5)]);
+        for _ in 0..100 {
+            assert_eq!(bal.pick_untried(&[a, c]).unwrap().addr(), b);
+        }
+        assert!(bal.pick_untried(&[a, b, c]).is_none());
+        assert!(L4Balancer::default().pick_untried(&[]).is_none());
+    }
     use proptest::prelude::*;
 
     fn addr(port: u16) -> SocketAddr {

@@ -508,13 +508,8 @@ async fn checkout(
             let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
             loop {
-                let ep = {
-                    let b = balancer.borrow();
-                    let eps = b.endpoints();
-                    match b.pick(|i| tried.contains(&eps[i].addr())) {
-                        Some(i) => eps[i].clone(),
-                        None => break,
-                    }
+                let Some(ep) = balancer.borrow().pick_untried(&tried) else {
+                    break;
                 };
                 let addr = ep.addr();
                 // In flight from the pick to the end of the response.

@@ -373,13 +373,8 @@ async fn connect_balanced(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
     loop {
-        let ep = {
-            let b = balancer.borrow();
-            let eps = b.endpoints();
-            match b.pick(|i| tried.contains(&eps[i].addr())) {
-                Some(i) => eps[i].clone(),
-                None => break,
-            }
+        let Some(ep) = balancer.borrow().pick_untried(&tried) else {
+            break;
         };
         let addr = ep.addr();
         // Counted as open while connecting, so concurrent picks see the load.
