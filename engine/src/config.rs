@@ -62,6 +62,7 @@ pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PRO
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
 pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
+pub const METRICS_RETAIN_IDLE: &str = "LINKERD2_PROXY_METRICS_RETAIN_IDLE";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
 pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 
@@ -130,6 +131,8 @@ pub struct Config {
     /// The admin server (`None`: disabled).
     pub admin_listen: Option<SocketAddr>,
     pub shutdown_endpoint_enabled: bool,
+    /// Metric label sets idle this long are dropped.
+    pub metrics_retain_idle: Duration,
     pub inbound_listen: Option<SocketAddr>,
     pub outbound_connect_timeout: Duration,
     pub inbound_connect_timeout: Duration,
@@ -185,6 +188,7 @@ impl Config {
             outbound_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4191))),
             shutdown_endpoint_enabled: false,
+            metrics_retain_idle: Duration::from_secs(600),
             inbound_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
             outbound_connect_timeout: Duration::from_secs(1),
             inbound_connect_timeout: Duration::from_millis(100),
@@ -313,6 +317,7 @@ impl Config {
             c.outbound_opaque_ports = ports;
         }
         p.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
+        p.duration(METRICS_RETAIN_IDLE, &mut c.metrics_retain_idle);
         if let Some(t) = p.parse_with(HTTP_RESPONSE_TIMEOUT, |s| match s {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),

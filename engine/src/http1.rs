@@ -309,9 +309,7 @@ pub(crate) async fn serve(
 /// Counts one request and its response in this worker's shard.
 fn record(w: &Worker, key: &HttpKey, status: u16, started: Instant) {
     let ms = started.elapsed().as_millis() as u64;
-    let mut m = w.http_metrics.borrow_mut();
-    m.request(key);
-    m.response(key, status, ms);
+    w.http_metrics.borrow_mut().record(key, status, ms);
 }
 
 /// Reads until a whole request head is buffered. `Ok(None)`: the client

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use ringmesh_discovery::Authority;
 use ringmesh_protocols::tcp::RelayEnd;
@@ -35,8 +36,10 @@ pub(crate) struct TcpKey {
     pub authority: Option<Authority>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TcpCounters {
+    /// Last time this label set changed (for idle eviction).
+    pub last_used: Instant,
     pub open_total: u64,
     pub open: u64,
     /// Closes by reason: "" for a clean close, else the error kind.
@@ -48,25 +51,60 @@ pub(crate) struct TcpCounters {
     pub write_dst: u64,
 }
 
+impl Default for TcpCounters {
+    fn default() -> Self {
+        Self {
+            last_used: Instant::now(),
+            open_total: 0,
+            open: 0,
+            close_total: HashMap::new(),
+            read_src: 0,
+            read_dst: 0,
+            write_src: 0,
+            write_dst: 0,
+        }
+    }
+}
+
+/// At most this many label sets per family per worker; beyond it new label
+/// sets are not recorded, and that is logged (once per worker).
+pub(crate) const MAX_SERIES: usize = 10_000;
+
 /// A worker's TCP metrics.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TcpShard(pub HashMap<TcpKey, TcpCounters>);
 
 impl TcpShard {
     pub(crate) fn opened(&mut self, key: &TcpKey) {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
+            cap_hit("tcp");
+            return;
+        }
         let c = self.0.entry(key.clone()).or_default();
+        c.last_used = Instant::now();
         c.open_total += 1;
         c.open += 1;
     }
 
     pub(crate) fn closed(&mut self, key: &TcpKey, up: u64, down: u64, end: RelayEnd) {
-        let c = self.0.entry(key.clone()).or_default();
+        // Not recorded when opening hit the cap.
+        let Some(c) = self.0.get_mut(key) else {
+            return;
+        };
+        c.last_used = Instant::now();
         c.open = c.open.saturating_sub(1);
         *c.close_total.entry(errno_label(end)).or_default() += 1;
         c.read_src += up;
         c.write_dst += up;
         c.read_dst += down;
         c.write_src += down;
+    }
+
+    /// Drops label sets with no open connection that have not changed for
+    /// `retain` (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
+    pub(crate) fn evict_idle(&mut self, retain: Duration) {
+        self.0
+            .retain(|_, c| c.open > 0 || c.last_used.elapsed() < retain);
     }
 
     /// Adds another worker's shard into this one.
@@ -236,28 +274,37 @@ pub(crate) struct StatusCounters {
     pub sum_ms: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HttpCounters {
+    pub last_used: Instant,
     pub requests: u64,
     pub by_status: HashMap<u16, StatusCounters>,
+}
+
+impl Default for HttpCounters {
+    fn default() -> Self {
+        Self {
+            last_used: Instant::now(),
+            requests: 0,
+            by_status: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
 
 impl HttpShard {
-    pub(crate) fn request(&mut self, key: &HttpKey) {
-        self.0.entry(key.clone()).or_default().requests += 1;
-    }
-
-    pub(crate) fn response(&mut self, key: &HttpKey, status: u16, latency_ms: u64) {
-        let s = self
-            .0
-            .entry(key.clone())
-            .or_default()
-            .by_status
-            .entry(status)
-            .or_default();
+    /// Counts one request and its response.
+    pub(crate) fn record(&mut self, key: &HttpKey, status: u16, latency_ms: u64) {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
+            cap_hit("http");
+            return;
+        }
+        let c = self.0.entry(key.clone()).or_default();
+        c.last_used = Instant::now();
+        c.requests += 1;
+        let s = c.by_status.entry(status).or_default();
         s.total += 1;
         s.sum_ms += latency_ms;
         let i = LATENCY_BUCKETS_MS
@@ -265,6 +312,10 @@ impl HttpShard {
             .position(|&b| latency_ms <= b)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         s.buckets[i] += 1;
+    }
+
+    pub(crate) fn evict_idle(&mut self, retain: Duration) {
+        self.0.retain(|_, c| c.last_used.elapsed() < retain);
     }
 
     pub(crate) fn merge(&mut self, other: &HttpShard) {
@@ -337,6 +388,19 @@ impl HttpShard {
     }
 }
 
+fn cap_hit(family: &'static str) {
+    thread_local! {
+        static LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !LOGGED.with(|l| l.replace(true)) {
+        tracing::warn!(
+            family,
+            max = MAX_SERIES,
+            "metrics series cap reached on this worker; new label sets are not recorded"
+        );
+    }
+}
+
 fn http_labels(k: &HttpKey) -> String {
     let mut s = format!("direction=\"{}\",tls=\"no_identity\"", k.direction.as_str());
     if let Some(a) = &k.authority {
@@ -351,4 +415,68 @@ fn http_labels(k: &HttpKey) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> HttpKey {
+        HttpKey {
+            direction: Direction::Outbound,
+            authority: None,
+            target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        }
+    }
+
+    #[test]
+    fn series_cap_is_never_exceeded() {
+        let mut h = HttpShard::default();
+        for i in 0..(MAX_SERIES + 50) {
+            h.record(&key((i % 65535) as u16 + 1), 200, 1);
+        }
+        assert_eq!(h.0.len(), MAX_SERIES);
+        // Known label sets still count.
+        h.record(&key(1), 200, 1);
+        assert_eq!(h.0[&key(1)].requests, 2);
+    }
+
+    #[test]
+    fn latency_buckets_and_merge() {
+        let mut a = HttpShard::default();
+        a.record(&key(1), 200, 0);
+        a.record(&key(1), 200, 7);
+        a.record(&key(1), 503, 60_000);
+        let mut b = HttpShard::default();
+        b.record(&key(1), 200, 1000);
+        a.merge(&b);
+        let c = &a.0[&key(1)];
+        assert_eq!(c.requests, 4);
+        let ok = &c.by_status[&200];
+        assert_eq!((ok.total, ok.sum_ms), (3, 1007));
+        assert_eq!(ok.buckets[0], 1); // ≤ 1 ms
+        assert_eq!(ok.buckets[5], 1); // ≤ 10 ms
+        assert_eq!(ok.buckets[15], 1); // ≤ 1000 ms
+        assert_eq!(c.by_status[&503].buckets[25], 1); // +Inf
+        let mut out = String::new();
+        a.encode(&mut out);
+        assert!(out.contains("response_latency_ms_bucket{direction=\"outbound\",tls=\"no_identity\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",status_code=\"200\",le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("classification=\"failure\"} 1"), "{out}");
+    }
+
+    #[test]
+    fn idle_tcp_sets_go_open_ones_stay() {
+        let k = |port| TcpKey {
+            direction: Direction::Inbound,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            authority: None,
+        };
+        let mut t = TcpShard::default();
+        t.opened(&k(1));
+        t.opened(&k(2));
+        t.closed(&k(2), 10, 20, RelayEnd::Closed);
+        t.evict_idle(Duration::ZERO);
+        assert!(t.0.contains_key(&k(1)), "an open connection's series stays");
+        assert!(!t.0.contains_key(&k(2)));
+    }
 }

@@ -298,6 +298,9 @@ fn answer(worker: &Worker, msg: WorkerMsg) {
             let _ = reply.send(worker.stats());
         }
         WorkerMsg::Metrics(reply) => {
+            let retain = worker.cfg.metrics_retain_idle;
+            worker.tcp_metrics.borrow_mut().evict_idle(retain);
+            worker.http_metrics.borrow_mut().evict_idle(retain);
             let _ = reply.send((
                 worker.stats(),
                 worker.tcp_metrics.borrow().clone(),

@@ -292,3 +292,41 @@ fn promtool_check(body: &str) {
     eprintln!("promtool check metrics: {report}");
     assert!(out.status.success(), "promtool: {report}");
 }
+
+#[test]
+fn idle_label_sets_are_evicted() {
+    use std::io::{Read, Write};
+    let origin = common::http::origin("o");
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", origin.addr);
+    let (p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        ("LINKERD2_PROXY_METRICS_RETAIN_IDLE", "1s"),
+    ]);
+    let mut c = connect(listen);
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"GET /status/204 HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 204"));
+    let (_, body) = curl(&[&format!("{base}/metrics")]);
+    assert!(
+        body.lines().any(|l| l.starts_with("request_total{")),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, body) = curl(&[&format!("{base}/metrics")]);
+    assert!(
+        !body.lines().any(|l| l.starts_with("request_total{")),
+        "not evicted: {body}"
+    );
+    assert!(
+        !body
+            .lines()
+            .any(|l| l.starts_with("response_latency_ms_bucket{")),
+        "{body}"
+    );
+    promtool_check(&body);
+    drop(p);
+}
