@@ -92,6 +92,7 @@ fn connection(mut s: TcpStream, from_loopback: bool, backend: &dyn AdminBackend)
                         &Reply::text(e.status(), format!("{e}\n")),
                         false,
                         true,
+                        false,
                     )?;
                     return Ok(());
                 }
@@ -113,6 +114,7 @@ fn connection(mut s: TcpStream, from_loopback: bool, backend: &dyn AdminBackend)
                     &Reply::text(413, "body too large or chunked\n"),
                     false,
                     true,
+                    false,
                 )?;
                 return Ok(());
             }
@@ -128,7 +130,13 @@ fn connection(mut s: TcpStream, from_loopback: bool, backend: &dyn AdminBackend)
         let reply = route(&head, &body, from_loopback, backend);
         let keep = head.keep_alive();
         let with_body = head.method() != Method::Head;
-        write_reply(&mut s, &reply, keep, with_body)?;
+        let gzip = reply.status == 200
+            && head.headers().get_all("accept-encoding").any(|v| {
+                String::from_utf8_lossy(v)
+                    .split(',')
+                    .any(|c| c.trim().split(';').next() == Some("gzip"))
+            });
+        write_reply(&mut s, &reply, keep, with_body, gzip)?;
         if !keep {
             return Ok(());
         }
@@ -206,24 +214,43 @@ fn route(
     }
 }
 
-fn write_reply(s: &mut TcpStream, r: &Reply, keep: bool, with_body: bool) -> io::Result<()> {
+fn write_reply(
+    s: &mut TcpStream,
+    r: &Reply,
+    keep: bool,
+    with_body: bool,
+    gzip: bool,
+) -> io::Result<()> {
     let reason = ringmesh_protocols::http1::canonical_reason(r.status);
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", r.status);
+    let body: Vec<u8> = if gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(r.body.as_bytes())?;
+        enc.finish()?
+    } else {
+        r.body.as_bytes().to_vec()
+    };
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", r.status).into_bytes();
     if r.status != 204 {
-        out.push_str(&format!(
-            "content-type: {}\r\ncontent-length: {}\r\n",
-            r.content_type,
-            r.body.len()
-        ));
+        out.extend_from_slice(
+            format!(
+                "content-type: {}\r\ncontent-length: {}\r\n",
+                r.content_type,
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    if gzip {
+        out.extend_from_slice(b"content-encoding: gzip\r\n");
     }
     if !keep {
-        out.push_str("connection: close\r\n");
+        out.extend_from_slice(b"connection: close\r\n");
     }
-    out.push_str("\r\n");
+    out.extend_from_slice(b"\r\n");
     if with_body {
-        out.push_str(&r.body);
+        out.extend_from_slice(&body);
     }
-    s.write_all(out.as_bytes())
+    s.write_all(&out)
 }
 
 #[cfg(test)]

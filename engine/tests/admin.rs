@@ -159,6 +159,27 @@ fn metrics_pass_promtool_and_count_connections() {
         );
     }
     promtool_check(&body);
+    // gzip when asked: the decoded body is the same exposition.
+    let gz = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "curl -sS -H 'Accept-Encoding: gzip' -D /dev/stderr {base}/metrics | gzip -dc"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        gz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gz.stderr)
+    );
+    assert!(String::from_utf8_lossy(&gz.stderr)
+        .to_ascii_lowercase()
+        .contains("content-encoding: gzip"));
+    assert!(
+        String::from_utf8_lossy(&gz.stdout).contains("ringmesh_worker_accepted_connections_total")
+    );
     drop(p);
 }
 
