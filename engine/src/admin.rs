@@ -81,6 +81,19 @@ impl AdminBackend for EngineAdmin {
         }
         family(
             out,
+            "ringmesh_worker_requests_total",
+            "counter",
+            "HTTP requests handled by each worker.",
+        );
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "ringmesh_worker_requests_total{{worker=\"{}\"}} {}",
+                s.worker, s.requests
+            );
+        }
+        family(
+            out,
             "ringmesh_worker_open_connections",
             "gauge",
             "Connections each worker is proxying now.",

@@ -309,6 +309,7 @@ pub(crate) async fn serve(
 /// Counts one request and its response in this worker's shard.
 fn record(w: &Worker, key: &HttpKey, status: u16, started: Instant) {
     let ms = started.elapsed().as_millis() as u64;
+    w.requests.set(w.requests.get() + 1);
     w.http_metrics.borrow_mut().record(key, status, ms);
 }
 

@@ -47,6 +47,8 @@ pub struct WorkerStats {
     pub accepted: u64,
     /// Connections currently being proxied.
     pub open: u64,
+    /// HTTP requests handled since start.
+    pub requests: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -69,6 +69,8 @@ pub(crate) struct Worker {
     pub bufs: BufferPool,
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
+    /// HTTP requests handled (never reset, unlike evictable label sets).
+    pub requests: Cell<u64>,
     pub control: mpsc::Sender<ControlMsg>,
     /// Idle upstream HTTP/1 connections.
     pub pool: Pool,
@@ -143,6 +145,7 @@ impl Worker {
             worker: self.id,
             accepted: self.accepted.get(),
             open: self.open.get(),
+            requests: self.requests.get(),
         }
     }
 }
@@ -227,6 +230,7 @@ async fn serve(setup: WorkerSetup) {
         own_listeners,
         accepted: Cell::new(0),
         open: Cell::new(0),
+        requests: Cell::new(0),
         control,
         pool: Pool::default(),
         stop: Stop::default(),

@@ -286,6 +286,12 @@ fn http_metrics_count_exactly_what_was_sent() {
         10,
         "{body}"
     );
+    assert_eq!(
+        sum(&|l| l.starts_with("ringmesh_worker_requests_total{")),
+        1000,
+        "{body}"
+    );
+    promtool_check(&body);
     drop(p);
 }
 
