@@ -11,6 +11,7 @@ use futures_channel::mpsc::UnboundedSender;
 use ringmesh_admin::AdminBackend;
 
 use crate::metrics::{HttpShard, TcpShard};
+use crate::proxy::WorkerStats;
 use crate::worker::WorkerMsg;
 
 /// Reading and changing the process's log filter at run time (the binary
@@ -66,45 +67,37 @@ impl AdminBackend for EngineAdmin {
         stats.sort_by_key(|s| s.worker);
         http.encode(out);
         tcp.encode(out);
-        family(
+        let per_worker = |out: &mut String,
+                          name: &str,
+                          kind: &str,
+                          help: &str,
+                          value: fn(&WorkerStats) -> u64| {
+            family(out, name, kind, help);
+            for s in &stats {
+                let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", s.worker, value(s));
+            }
+        };
+        per_worker(
             out,
             "ringmesh_worker_accepted_connections_total",
             "counter",
             "Connections accepted by each worker.",
+            |s| s.accepted,
         );
-        for s in &stats {
-            let _ = writeln!(
-                out,
-                "ringmesh_worker_accepted_connections_total{{worker=\"{}\"}} {}",
-                s.worker, s.accepted
-            );
-        }
-        family(
+        per_worker(
             out,
             "ringmesh_worker_requests_total",
             "counter",
             "HTTP requests handled by each worker.",
+            |s| s.requests,
         );
-        for s in &stats {
-            let _ = writeln!(
-                out,
-                "ringmesh_worker_requests_total{{worker=\"{}\"}} {}",
-                s.worker, s.requests
-            );
-        }
-        family(
+        per_worker(
             out,
             "ringmesh_worker_open_connections",
             "gauge",
             "Connections each worker is proxying now.",
+            |s| s.open,
         );
-        for s in &stats {
-            let _ = writeln!(
-                out,
-                "ringmesh_worker_open_connections{{worker=\"{}\"}} {}",
-                s.worker, s.open
-            );
-        }
         process_metrics(out, self.started);
     }
 

@@ -558,11 +558,12 @@ fn still_open(fd: RawFd) -> bool {
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
-        Err(_) => Err(UpstreamError::Timeout),
-    }
+    crate::l4::connect(addr, timeout)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => UpstreamError::Timeout,
+            _ => UpstreamError::Connect(e),
+        })
 }
 
 struct Outcome {

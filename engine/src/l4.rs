@@ -339,7 +339,8 @@ fn is_local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// Connects with a timeout (reported as `ErrorKind::TimedOut`).
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
