@@ -104,6 +104,7 @@ mod tests {
             name: Authority::parse(name).unwrap(),
             endpoints: vec![],
             protocol: None,
+            labels: Arc::new([]),
         })])
     }
 

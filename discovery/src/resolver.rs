@@ -279,6 +279,7 @@ impl Discovery {
                 name: name.clone(),
                 endpoints: entry.endpoints.clone(),
                 protocol: None,
+                labels: Arc::new([]),
             }));
         }
         let version = self.publisher.publish(Snapshot::new(services));

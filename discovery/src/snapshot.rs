@@ -43,6 +43,10 @@ pub struct Service {
     pub name: Authority,
     pub endpoints: Vec<Endpoint>,
     pub protocol: Option<Protocol>,
+    /// Metric labels for traffic to this service, sorted by name; rendered
+    /// as `dst_<name>` (the Destination API's metric labels, or the static
+    /// file's `labels` table). Empty when discovery has none.
+    pub labels: Arc<[(String, String)]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -226,6 +230,7 @@ mod tests {
             name: Authority::parse("10.0.0.1:80").unwrap(),
             endpoints: vec![],
             protocol: None,
+            labels: Arc::new([]),
         });
         let snap = Snapshot::new([svc]);
         assert!(snap

@@ -6,11 +6,12 @@
 //! endpoints = ["127.0.0.1:18081", "127.0.0.1:18082"]
 //! weights = [3, 1]        # optional, one per endpoint, each > 0
 //! protocol = "http1"      # optional: http1 | http2 | opaque
+//! labels = { namespace = "web" }  # optional: metric labels, as dst_namespace
 //! ```
 //!
 //! Parsing reports every problem in the file, not just the first.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -33,6 +34,8 @@ struct RawService {
     endpoints: Vec<String>,
     weights: Option<Vec<i64>>,
     protocol: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// Every problem found in one file.
@@ -110,10 +113,18 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
                 None
             }
         };
+        for label in svc.labels.keys() {
+            if !is_label_name(label) {
+                problems.push(format!(
+                    "{at}: label {label:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                ));
+            }
+        }
         services.push(Service {
             name,
             endpoints,
             protocol,
+            labels: svc.labels.into_iter().collect(),
         });
     }
     if problems.is_empty() {
@@ -121,6 +132,12 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
     } else {
         Err(StaticFileError { problems })
     }
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -136,6 +153,7 @@ mod tests {
             endpoints = ["127.0.0.1:18081", "[::1]:18082"]
             weights = [3, 1]
             protocol = "http2"
+            labels = { service = "web", namespace = "prod" }
 
             [[service]]
             name = "10.1.2.3:5432"
@@ -150,6 +168,13 @@ mod tests {
         assert_eq!(svcs[0].protocol, Some(Protocol::Http2));
         assert_eq!(svcs[1].endpoints[0].weight, 1);
         assert_eq!(svcs[1].protocol, None);
+        let labels: Vec<(&str, &str)> = svcs[0]
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, [("namespace", "prod"), ("service", "web")]);
+        assert!(svcs[1].labels.is_empty());
     }
 
     #[test]
@@ -175,6 +200,7 @@ mod tests {
             name = "A.test:1"
             endpoints = ["127.0.0.1:2"]
             weights = [1, 2]
+            labels = { "bad-name" = "x" }
             "#,
         )
         .unwrap_err();
@@ -187,6 +213,7 @@ mod tests {
             "unknown protocol \"smtp\"",
             "duplicate service name",
             "2 weights for 1 endpoints",
+            "label \"bad-name\" is not a Prometheus label name",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

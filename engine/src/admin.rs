@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_channel::mpsc::UnboundedSender;
 use ringmesh_admin::AdminBackend;
 
-use crate::metrics::{HttpShard, TcpShard};
+use crate::metrics::{HttpShard, TcpSnapshot};
 use crate::proxy::WorkerStats;
 use crate::worker::WorkerMsg;
 
@@ -54,7 +54,7 @@ impl AdminBackend for EngineAdmin {
         }
         drop(tx);
         let mut stats = Vec::with_capacity(self.workers.len());
-        let mut tcp = TcpShard::default();
+        let mut tcp = TcpSnapshot::default();
         let mut http = HttpShard::default();
         for _ in 0..self.workers.len() {
             let Ok((s, t, h)) = rx.recv_timeout(Duration::from_secs(1)) else {
@@ -98,6 +98,20 @@ impl AdminBackend for EngineAdmin {
             "Connections each worker is proxying now.",
             |s| s.open,
         );
+        family(
+            out,
+            "ringmesh_worker_busy_seconds_total",
+            "counter",
+            "CPU time each worker's event loop has used (user + system).",
+        );
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "ringmesh_worker_busy_seconds_total{{worker=\"{}\"}} {:.6}",
+                s.worker,
+                s.busy_ns as f64 / 1e9
+            );
+        }
         process_metrics(out, self.started);
     }
 

@@ -17,6 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -24,7 +25,7 @@ use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_balancer::{L4Balancer, OpenGuard};
-use ringmesh_discovery::Authority;
+use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
     ConnectionHeader, Limits, Method, RequestHead, ResponseHead, Version, WriteOptions,
@@ -32,7 +33,8 @@ use ringmesh_protocols::http1::{
 use ringmesh_protocols::tcp::relay;
 
 use crate::detect::{is_cancelled, read_until};
-use crate::metrics::{Direction, HttpKey};
+use crate::l4::dst_labels;
+use crate::metrics::{relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, TcpKey};
 use crate::worker::Worker;
 
 type Rd = OwnedReadHalf<TcpStream>;
@@ -54,7 +56,7 @@ pub(crate) enum HttpDst {
 
 /// Where one request goes.
 enum Dst {
-    Service(Authority, Rc<RefCell<L4Balancer>>),
+    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
     Addr(SocketAddr),
 }
 
@@ -86,6 +88,17 @@ impl UpstreamError {
             Self::Timeout => "upstream connect timed out".into(),
         }
     }
+
+    /// The `error` label of the response this error becomes.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::NoEndpoints(_) => "no_endpoints",
+            Self::Unknown(_) => "unresolved",
+            Self::Loop(_) => "loop",
+            Self::Connect(_) => "connect_failed",
+            Self::Timeout => "connect_timeout",
+        }
+    }
 }
 
 /// An idle upstream connection, kept split so reuse costs nothing.
@@ -97,6 +110,8 @@ pub(crate) struct Upstream {
     idle_since: Instant,
     /// Taken from the pool (may have been closed by the upstream).
     reused: bool,
+    /// Counts this connection in the `peer="dst"` TCP series.
+    meter: ConnMeter,
 }
 
 /// Idle upstream connections per endpoint, owned by one worker.
@@ -129,17 +144,13 @@ impl Pool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, rd: Rd, wr: Wr, fd: RawFd) {
+    fn put(&self, addr: SocketAddr, mut up: Upstream) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < POOL_MAX_IDLE {
-            list.push(Upstream {
-                rd,
-                wr,
-                fd,
-                idle_since: Instant::now(),
-                reused: false,
-            });
+            up.idle_since = Instant::now();
+            up.reused = false;
+            list.push(up);
         }
     }
 }
@@ -151,9 +162,12 @@ struct Client {
     /// Bytes read from the client and not yet handled.
     buf: Vec<u8>,
     peer: SocketAddr,
+    /// Counts this connection in the `peer="src"` TCP series.
+    meter: ConnMeter,
 }
 
-/// Serves HTTP/1 on `client`; `buf` holds the bytes detection read.
+/// Serves HTTP/1 on `client`; `buf` holds the bytes detection read (already
+/// counted by `meter`'s owner).
 pub(crate) async fn serve(
     w: Rc<Worker>,
     client: TcpStream,
@@ -161,9 +175,17 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     dst: HttpDst,
     connect_timeout: Duration,
+    meter: ConnMeter,
 ) {
+    meter.read(buf.len());
     let (rd, wr) = client.into_split();
-    let mut c = Client { rd, wr, buf, peer };
+    let mut c = Client {
+        rd,
+        wr,
+        buf,
+        peer,
+        meter,
+    };
     let limits = Limits::default();
     let mut req = RequestHead::new();
     let mut resp = ResponseHead::new();
@@ -190,6 +212,7 @@ pub(crate) async fn serve(
             direction,
             authority: None,
             target: None,
+            dst_labels: None,
         };
 
         // 2. Where it goes, and a connection there.
@@ -197,20 +220,21 @@ pub(crate) async fn serve(
             Ok(d) => d,
             Err(e) => {
                 tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
-                record(&w, &key, e.status(), started);
+                record(&w, &key, e.status(), Some(e.label()), started);
                 send_error(&mut c, &mut out, e.status(), &e.reason()).await;
                 break;
             }
         };
-        if let Dst::Service(name, _) = &target {
-            key.authority = Some(name.clone());
+        if let Dst::Service(svc, _) = &target {
+            key.authority = Some(svc.name.clone());
+            key.dst_labels = dst_labels(svc);
         }
         let (mut up, mut addr, mut _guard) =
-            match checkout(&w, &target, connect_timeout, true).await {
+            match checkout(&w, &key, &target, connect_timeout, true).await {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
-                    record(&w, &key, e.status(), started);
+                    record(&w, &key, e.status(), Some(e.label()), started);
                     send_error(&mut c, &mut out, e.status(), &e.reason()).await;
                     break;
                 }
@@ -223,8 +247,9 @@ pub(crate) async fn serve(
             out.clear();
             out.extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
             let (res, _) = c.wr.write_all(std::mem::take(&mut out)).await;
-            if res.is_err() {
-                break;
+            match res {
+                Ok(n) => c.meter.wrote(n),
+                Err(_) => break,
             }
             tunnel(&w, c, up, Vec::new()).await;
             w.bufs.put(ubuf);
@@ -246,7 +271,7 @@ pub(crate) async fn serve(
                 } if reused && !retried => {
                     retried = true;
                     tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                    match checkout(&w, &target, connect_timeout, false).await {
+                    match checkout(&w, &key, &target, connect_timeout, false).await {
                         Ok((u, a, g)) => {
                             (up, addr, _guard) = (u, a, g);
                             continue;
@@ -266,22 +291,22 @@ pub(crate) async fn serve(
         key.target = Some(addr);
         match &outcome {
             Exchange::Done { .. } | Exchange::Upgraded(_) => {
-                record(&w, &key, resp.status(), started)
+                record(&w, &key, resp.status(), None, started)
             }
             Exchange::Failed {
                 status: Some(status),
                 ..
-            } => record(&w, &key, *status, started),
+            } => record(&w, &key, *status, Some(failure_label(*status)), started),
             // The response had started: it is counted as what was sent.
-            Exchange::Failed { status: None, .. } => record(&w, &key, resp.status(), started),
+            Exchange::Failed { status: None, .. } => record(&w, &key, resp.status(), None, started),
         }
         match outcome {
             Exchange::Done {
                 upstream,
                 client_ok,
             } => {
-                if let Some((rd, wr, fd)) = upstream {
-                    w.pool.put(addr, rd, wr, fd);
+                if let Some(up) = upstream {
+                    w.pool.put(addr, up);
                 }
                 if !client_ok || w.stopping() {
                     break;
@@ -307,10 +332,20 @@ pub(crate) async fn serve(
 }
 
 /// Counts one request and its response in this worker's shard.
-fn record(w: &Worker, key: &HttpKey, status: u16, started: Instant) {
+fn record(w: &Worker, key: &HttpKey, status: u16, error: ProxyError, started: Instant) {
     let ms = started.elapsed().as_millis() as u64;
     w.requests.set(w.requests.get() + 1);
-    w.http_metrics.borrow_mut().record(key, status, ms);
+    w.http_metrics.borrow_mut().record(key, status, error, ms);
+}
+
+/// The `error` label of a response the proxy produced after the exchange
+/// with the upstream failed.
+fn failure_label(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        504 => "response_timeout",
+        _ => "upstream_failed",
+    }
 }
 
 /// Reads until a whole request head is buffered. `Ok(None)`: the client
@@ -352,11 +387,20 @@ async fn read_request_head(
                 let stop = w.stop.clone();
                 let idle_deadline = Some(Instant::now() + w.cfg.tcp_idle_timeout);
                 monoio::select! {
-                    r = read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes(), idle_deadline) => r,
+                    r = read_more(&mut c.rd, &c.meter, &mut c.buf, limits.max_head_bytes(), idle_deadline) => r,
                     _ = stop.wait() => return Ok(None),
                 }
             }
-            Some(d) => read_more(&mut c.rd, &mut c.buf, limits.max_head_bytes(), Some(d)).await,
+            Some(d) => {
+                read_more(
+                    &mut c.rd,
+                    &c.meter,
+                    &mut c.buf,
+                    limits.max_head_bytes(),
+                    Some(d),
+                )
+                .await
+            }
         };
         match res {
             Ok(0) => return Ok(None), // closed (mid-head: nothing to answer)
@@ -365,7 +409,12 @@ async fn read_request_head(
                 tracing::info!(peer = %c.peer, "request head not received within the header-read timeout; closing");
                 return Err((408, "request head not received in time".into()));
             }
-            Err(_) => return Ok(None),
+            Err(e) => {
+                if !is_cancelled(&e) {
+                    c.meter.failed(&e);
+                }
+                return Ok(None);
+            }
         }
     }
 }
@@ -380,6 +429,7 @@ fn has_bare_lf(head: &[u8]) -> bool {
 /// read is cancelled at `deadline`.
 async fn read_more(
     rd: &mut Rd,
+    meter: &ConnMeter,
     buf: &mut Vec<u8>,
     max: usize,
     deadline: Option<Instant>,
@@ -394,17 +444,25 @@ async fn read_more(
     let len = buf.len();
     let (res, slice) = read_until(rd, std::mem::take(buf).slice_mut(len..), deadline).await;
     *buf = slice.into_inner();
+    if let Ok(n) = res {
+        meter.read(n);
+    }
     res
 }
 
 /// Writes `buf[..n]` and removes those bytes from the front.
-async fn write_front(wr: &mut Wr, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+async fn write_front(
+    wr: &mut Wr,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<()> {
     if n == 0 {
         return Ok(());
     }
     let (res, slice) = wr.write_all(std::mem::take(buf).slice(0..n)).await;
     *buf = slice.into_inner();
-    res?;
+    meter.wrote(res?);
     buf.drain(..n);
     Ok(())
 }
@@ -430,22 +488,25 @@ async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str
         )
         .as_bytes(),
     );
-    let (_, o) = c.wr.write_all(std::mem::take(out)).await;
+    let (res, o) = c.wr.write_all(std::mem::take(out)).await;
     *out = o;
+    if let Ok(n) = res {
+        c.meter.wrote(n);
+    }
 }
 
 /// Picks the destination for one request.
 async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, UpstreamError> {
     let snap = w.snapshot();
     let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
-        Some(svc) => Dst::Service(svc.name.clone(), w.balancer(svc)),
+        Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),
         None => Dst::Addr(addr),
     };
     match dst {
         HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
         HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
         HttpDst::Forward(name) => match snap.service(name) {
-            Some(svc) => Ok(Dst::Service(name.clone(), w.balancer(svc))),
+            Some(svc) => Ok(Dst::Service(svc.clone(), w.balancer(svc))),
             None => match name.socket_addr() {
                 Some(addr) => Ok(by_addr(addr)),
                 None => Err(UpstreamError::Unknown(name.to_string())),
@@ -460,7 +521,7 @@ async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, Up
             let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
                 .map_err(|_| UpstreamError::Unknown(auth.raw.to_string()))?;
             if let Some(svc) = snap.service(&name) {
-                return Ok(Dst::Service(name.clone(), w.balancer(svc)));
+                return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
             }
             if let Some(addr) = name.socket_addr() {
                 return Ok(by_addr(addr));
@@ -476,7 +537,7 @@ async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, Up
                 monoio::time::sleep(Duration::from_millis(10)).await;
                 let snap = w.snapshot();
                 if let Some(svc) = snap.service(&name) {
-                    return Ok(Dst::Service(name.clone(), w.balancer(svc)));
+                    return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
                 }
             }
             Err(UpstreamError::Unknown(name.to_string()))
@@ -488,6 +549,7 @@ async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, Up
 /// chosen endpoint, else connected (trying each endpoint at most once).
 async fn checkout(
     w: &Worker,
+    key: &HttpKey,
     dst: &Dst,
     timeout: Duration,
     use_pool: bool,
@@ -501,9 +563,9 @@ async fn checkout(
                 return Ok((u, *addr, None));
             }
             let s = connect(*addr, timeout).await?;
-            Ok((split(s), *addr, None))
+            Ok((split(w, key, s, *addr), *addr, None))
         }
-        Dst::Service(name, balancer) => {
+        Dst::Service(svc, balancer) => {
             let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
             loop {
@@ -522,7 +584,7 @@ async fn checkout(
                     return Ok((u, addr, Some(guard)));
                 }
                 match connect(addr, timeout).await {
-                    Ok(s) => return Ok((split(s), addr, Some(guard))),
+                    Ok(s) => return Ok((split(w, key, s, addr), addr, Some(guard))),
                     Err(e) => {
                         tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                         tried.push(addr);
@@ -530,21 +592,30 @@ async fn checkout(
                     }
                 }
             }
-            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(name.to_string())))
+            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
         }
     }
 }
 
-fn split(s: TcpStream) -> Upstream {
+/// A new upstream connection to `addr`, counted for `key`'s destination.
+fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream {
     let _ = s.set_nodelay(true);
     let fd = s.as_raw_fd();
     let (rd, wr) = s.into_split();
+    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+        direction: key.direction,
+        peer: Peer::Dst,
+        target: addr,
+        authority: key.authority.clone(),
+        dst_labels: key.dst_labels.clone(),
+    });
     Upstream {
         rd,
         wr,
         fd,
         idle_since: Instant::now(),
         reused: false,
+        meter,
     }
 }
 
@@ -576,7 +647,7 @@ enum Exchange {
     /// reused; `client_ok` when the client connection may carry another
     /// request.
     Done {
-        upstream: Option<(Rd, Wr, RawFd)>,
+        upstream: Option<Upstream>,
         client_ok: bool,
     },
     /// 101 or a CONNECT 2xx: both sides now belong to a tunnel.
@@ -608,6 +679,7 @@ async fn exchange(
         rd: mut urd,
         wr: mut uwr,
         fd,
+        meter: umeter,
         ..
     } = up;
     let client_version = req.version();
@@ -635,6 +707,9 @@ async fn exchange(
     }
     let (res, o) = uwr.write_all(std::mem::take(out)).await;
     *out = o;
+    if let Ok(n) = res {
+        umeter.wrote(n);
+    }
     if let Err(e) = res {
         return Outcome {
             ubuf,
@@ -652,10 +727,9 @@ async fn exchange(
     let body_up = async {
         let r = stream_body(
             BodyScanner::new(framing, limits),
-            &mut c.rd,
+            (&mut c.rd, &c.meter),
             &mut c.buf,
-            &mut uwr,
-            limits,
+            (&mut uwr, &umeter),
         )
         .await;
         if matches!(r, Err(BodyError::Malformed(_))) {
@@ -684,6 +758,7 @@ async fn exchange(
                 }
                 match read_more(
                     &mut urd,
+                    &umeter,
                     &mut ubuf,
                     limits.max_head_bytes(),
                     response_deadline,
@@ -704,11 +779,12 @@ async fn exchange(
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        umeter.failed(&e);
                         return Err((
                             Some(502),
                             format!("reading the response failed: {e}"),
                             ubuf.is_empty(),
-                        ))
+                        ));
                     }
                 }
             }
@@ -735,8 +811,9 @@ async fn exchange(
             }
             let (res, o) = c.wr.write_all(std::mem::take(out)).await;
             *out = o;
-            if let Err(e) = res {
-                return Err((None, format!("writing to the client failed: {e}"), false));
+            match res {
+                Ok(n) => c.meter.wrote(n),
+                Err(e) => return Err((None, format!("writing to the client failed: {e}"), false)),
             }
             if resp.is_interim() {
                 continue;
@@ -751,10 +828,9 @@ async fn exchange(
             };
             let r = stream_body(
                 BodyScanner::new(framing, limits),
-                &mut urd,
+                (&mut urd, &umeter),
                 &mut ubuf,
-                &mut c.wr,
-                limits,
+                (&mut c.wr, &c.meter),
             )
             .await;
             return match r {
@@ -780,16 +856,25 @@ async fn exchange(
                     fd,
                     idle_since: Instant::now(),
                     reused: false,
+                    meter: umeter,
                 }),
             }
         }
         Ok((false, client_keep, upstream_keep)) => {
             let body_ok = up_res.is_ok();
             let reusable = upstream_keep && body_ok && ubuf.is_empty();
+            let upstream = reusable.then(|| Upstream {
+                rd: urd,
+                wr: uwr,
+                fd,
+                idle_since: Instant::now(),
+                reused: false,
+                meter: umeter,
+            });
             Outcome {
                 ubuf,
                 end: Exchange::Done {
-                    upstream: reusable.then_some((urd, uwr, fd)),
+                    upstream,
                     client_ok: client_keep && body_ok,
                 },
             }
@@ -837,24 +922,22 @@ impl From<BodyError> for String {
 /// verbatim, stopping exactly at its end; bytes after it stay in `buf`.
 async fn stream_body(
     mut scanner: BodyScanner,
-    src: &mut Rd,
+    (src, src_meter): (&mut Rd, &ConnMeter),
     buf: &mut Vec<u8>,
-    dst: &mut Wr,
-    limits: &Limits,
+    (dst, dst_meter): (&mut Wr, &ConnMeter),
 ) -> Result<(), BodyError> {
-    let _ = limits;
     loop {
         let p = scanner
             .scan(buf)
             .map_err(|e| BodyError::Malformed(e.to_string()))?;
-        write_front(dst, buf, p.consumed)
+        write_front(dst, dst_meter, buf, p.consumed)
             .await
             .map_err(|e| BodyError::Sink(e.to_string()))?;
         if p.done {
             return Ok(());
         }
         let cap = buf.capacity().max(16 * 1024);
-        match read_more(src, buf, cap, None).await {
+        match read_more(src, src_meter, buf, cap, None).await {
             Ok(0) => {
                 return scanner
                     .finish_at_eof()
@@ -874,15 +957,25 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         mut wr,
         buf,
         peer,
+        meter: src_meter,
     } = c;
+    let Upstream {
+        rd: urd,
+        wr: uwr,
+        meter: dst_meter,
+        ..
+    } = up;
     let mut to_client = to_client;
     if !to_client.is_empty() {
         let n = to_client.len();
-        if write_front(&mut wr, &mut to_client, n).await.is_err() {
+        if write_front(&mut wr, &src_meter, &mut to_client, n)
+            .await
+            .is_err()
+        {
             return;
         }
     }
-    let (Ok(client), Ok(server)) = (rd.reunite(wr), up.rd.reunite(up.wr)) else {
+    let (Ok(client), Ok(server)) = (rd.reunite(wr), urd.reunite(uwr)) else {
         tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
         return;
     };
@@ -897,5 +990,6 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
     .await;
     w.bufs.put(bufs.0);
     w.bufs.put(bufs.1);
+    relayed(&src_meter, &dst_meter, &stats);
     tracing::debug!(%peer, up = stats.client_to_server, down = stats.server_to_client, "tunnel closed");
 }

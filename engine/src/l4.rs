@@ -5,17 +5,18 @@ use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
 use ringmesh_balancer::{L4Balancer, OpenGuard};
-use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol};
+use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use crate::detect::read_and_detect;
 use crate::http1::{self, HttpDst};
-use crate::metrics::{Direction, TcpKey};
+use crate::metrics::{relayed, ConnMeter, Direction, DstLabels, Peer, TcpKey};
 use crate::orig_dst::orig_dst_addr;
 use crate::worker::Worker;
 
@@ -43,7 +44,7 @@ impl ListenerKind {
 /// Where one connection goes.
 enum Target {
     /// A discovered service: balance over its endpoints.
-    Service(Authority, Rc<RefCell<L4Balancer>>),
+    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
     /// A plain address.
     Addr(SocketAddr),
     /// Not redirected: only HTTP can say where it goes (its authority).
@@ -83,6 +84,7 @@ pub(crate) async fn serve(
     };
     let Some(Route {
         target,
+        addr,
         port,
         hint,
         http,
@@ -91,6 +93,22 @@ pub(crate) async fn serve(
         return;
     };
     let inbound = matches!(*kind, ListenerKind::Inbound);
+    let direction = if inbound {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    let (authority, dst_labels) = match &target {
+        Target::Service(svc, _) => (Some(svc.name.clone()), dst_labels(svc)),
+        _ => (None, None),
+    };
+    let src_meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+        direction,
+        peer: Peer::Src,
+        target: addr,
+        authority: authority.clone(),
+        dst_labels: dst_labels.clone(),
+    });
     let (opaque_ports, detect_timeout, connect_timeout) = if inbound {
         (
             &w.cfg.inbound_opaque_ports,
@@ -134,7 +152,16 @@ pub(crate) async fn serve(
     tracing::debug!(listener = kind.name(), %peer, ?protocol, "protocol");
     match protocol {
         Protocol::Http1 => {
-            http1::serve(w.clone(), client, prefix, peer, http, connect_timeout).await;
+            http1::serve(
+                w.clone(),
+                client,
+                prefix,
+                peer,
+                http,
+                connect_timeout,
+                src_meter,
+            )
+            .await;
             return;
         }
         // HTTP/2 is relayed as opaque TCP until the HTTP/2 proxy lands.
@@ -156,33 +183,26 @@ pub(crate) async fn serve(
             }
         },
         Target::ByAuthority => return,
-        Target::Service(name, balancer) => {
-            match connect_balanced(balancer, connect_timeout).await {
-                Ok((s, g)) => (s, Some(g)),
-                Err(failure) => {
-                    tracing::warn!(listener = kind.name(), %peer, service = %name, "{failure}; closing the client connection");
-                    w.bufs.put(prefix);
-                    return;
-                }
+        Target::Service(svc, balancer) => match connect_balanced(balancer, connect_timeout).await {
+            Ok((s, g)) => (s, Some(g)),
+            Err(failure) => {
+                tracing::warn!(listener = kind.name(), %peer, service = %svc.name, "{failure}; closing the client connection");
+                w.bufs.put(prefix);
+                return;
             }
-        }
+        },
     };
     let _ = server.set_nodelay(true);
-    let key = server.peer_addr().ok().map(|target_addr| TcpKey {
-        direction: if inbound {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        },
-        target: target_addr,
-        authority: match &target {
-            Target::Service(name, _) => Some(name.clone()),
-            _ => None,
-        },
-    });
-    if let Some(k) = &key {
-        w.tcp_metrics.borrow_mut().opened(k);
-    }
+    let dst_meter = match server.peer_addr() {
+        Ok(endpoint) => w.tcp_metrics.borrow_mut().open(TcpKey {
+            direction,
+            peer: Peer::Dst,
+            target: endpoint,
+            authority,
+            dst_labels,
+        }),
+        Err(_) => ConnMeter::none(),
+    };
     let pipes = if w.cfg.tcp_splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
@@ -212,14 +232,7 @@ pub(crate) async fn serve(
             stats
         }
     };
-    if let Some(k) = &key {
-        w.tcp_metrics.borrow_mut().closed(
-            k,
-            stats.client_to_server,
-            stats.server_to_client,
-            stats.end,
-        );
-    }
+    relayed(&src_meter, &dst_meter, &stats);
     match stats.end {
         RelayEnd::Closed => {}
         RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),
@@ -232,6 +245,9 @@ pub(crate) async fn serve(
 /// and what discovery says it speaks.
 struct Route {
     target: Target,
+    /// Where the client was going: its original destination, or the
+    /// listener's address when it was not redirected.
+    addr: SocketAddr,
     port: u16,
     hint: Option<DiscoveredProtocol>,
     /// How HTTP requests on this connection are routed.
@@ -249,13 +265,14 @@ fn route(
     let snap = w.snapshot();
     let mut hint = None;
     let http;
+    let orig = orig_dst_addr(client, local).0;
     let target = match kind {
         ListenerKind::Outbound => {
-            let orig = orig_dst_addr(client, local).0;
             if orig == local {
                 // An explicit-proxy client: HTTP routes by authority.
                 return Some(Route {
                     target: Target::ByAuthority,
+                    addr: local,
                     port: local.port(),
                     hint: None,
                     http: HttpDst::ByAuthority,
@@ -265,13 +282,12 @@ fn route(
             match snap.service_by_addr(orig) {
                 Some(svc) => {
                     hint = svc.protocol;
-                    Target::Service(svc.name.clone(), w.balancer(svc))
+                    Target::Service(svc.clone(), w.balancer(svc))
                 }
                 None => Target::Addr(orig),
             }
         }
         ListenerKind::Inbound => {
-            let orig = orig_dst_addr(client, local).0;
             if orig != local {
                 http = HttpDst::Local(orig);
                 Target::Addr(orig)
@@ -288,13 +304,13 @@ fn route(
             match snap.service(name) {
                 Some(svc) => {
                     hint = svc.protocol;
-                    Target::Service(name.clone(), w.balancer(svc))
+                    Target::Service(svc.clone(), w.balancer(svc))
                 }
                 None => match name.socket_addr() {
                     Some(addr) => match snap.service_by_addr(addr) {
                         Some(svc) => {
                             hint = svc.protocol;
-                            Target::Service(svc.name.clone(), w.balancer(svc))
+                            Target::Service(svc.clone(), w.balancer(svc))
                         }
                         None => Target::Addr(addr),
                     },
@@ -317,15 +333,21 @@ fn route(
     let port = match (&target, kind) {
         (_, ListenerKind::Forward(name)) => name.port(),
         (Target::Addr(a), _) => a.port(),
-        (Target::Service(name, _), _) => name.port(),
+        (Target::Service(svc, _), _) => svc.name.port(),
         (Target::ByAuthority, _) => local.port(),
     };
     Some(Route {
         target,
+        addr: orig,
         port,
         hint,
         http,
     })
+}
+
+/// Discovery's metric labels for `svc`, if it has any.
+pub(crate) fn dst_labels(svc: &Service) -> Option<DstLabels> {
+    (!svc.labels.is_empty()).then(|| svc.labels.clone())
 }
 
 /// True when `dst` would reach listener `l` (which may be a wildcard).

@@ -1,17 +1,26 @@
-//! Per-worker TCP metric shards. Each worker is the only writer of its
-//! shard (plain integers in a `RefCell`, no atomics); a scrape asks every
-//! worker for a copy and the admin thread merges and encodes them with
+//! Per-worker metric shards. Each worker is the only writer of its shard
+//! (plain integers in `Cell`s and `RefCell`s, no atomics); a scrape asks
+//! every worker for a copy and the admin thread merges and encodes them with
 //! linkerd2-proxy's family and label names.
+//!
+//! TCP series follow linkerd2-proxy's two sides of a proxied connection: the
+//! accepted one (`peer="src"`, `target_addr` = where the client was going)
+//! and each connection the proxy opened (`peer="dst"`, `target_addr` = the
+//! endpoint). A connection holds a [`ConnMeter`] that points straight at its
+//! label set's counters, so counting bytes costs no lookup.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringmesh_discovery::Authority;
-use ringmesh_protocols::tcp::RelayEnd;
+use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Direction {
     Inbound,
     Outbound,
@@ -26,43 +35,144 @@ impl Direction {
     }
 }
 
-/// One label set: where proxied connections went.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Which side of the proxy a connection is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Peer {
+    /// Accepted from a client.
+    Src,
+    /// Opened by the proxy to an endpoint.
+    Dst,
+}
+
+impl Peer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Src => "src",
+            Self::Dst => "dst",
+        }
+    }
+}
+
+/// Discovery's metric labels for a service (rendered as `dst_<name>`).
+pub(crate) type DstLabels = Arc<[(String, String)]>;
+
+/// One TCP label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TcpKey {
     pub direction: Direction,
-    /// The endpoint connected to.
+    pub peer: Peer,
     pub target: SocketAddr,
     /// The discovered service, when there was one.
     pub authority: Option<Authority>,
+    pub dst_labels: Option<DstLabels>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TcpCounters {
-    /// Last time this label set changed (for idle eviction).
-    pub last_used: Instant,
-    pub open_total: u64,
-    pub open: u64,
-    /// Closes by reason: "" for a clean close, else the error kind.
-    pub close_total: HashMap<&'static str, u64>,
-    /// Bytes read from the client (`peer="src"`) and from the server (`"dst"`).
-    pub read_src: u64,
-    pub read_dst: u64,
-    pub write_src: u64,
-    pub write_dst: u64,
+/// The live counters of one label set, shared by the connections feeding it.
+#[derive(Debug)]
+pub(crate) struct TcpCell {
+    /// Last time a connection opened or closed (for idle eviction).
+    last_used: Cell<Instant>,
+    open_total: Cell<u64>,
+    open: Cell<u64>,
+    /// Closes by errno label, "" for a clean close.
+    close_total: RefCell<Vec<(&'static str, u64)>>,
+    read: Cell<u64>,
+    write: Cell<u64>,
 }
 
-impl Default for TcpCounters {
-    fn default() -> Self {
+impl TcpCell {
+    fn new() -> Self {
         Self {
-            last_used: Instant::now(),
-            open_total: 0,
-            open: 0,
-            close_total: HashMap::new(),
-            read_src: 0,
-            read_dst: 0,
-            write_src: 0,
-            write_dst: 0,
+            last_used: Cell::new(Instant::now()),
+            open_total: Cell::new(0),
+            open: Cell::new(0),
+            close_total: RefCell::new(Vec::new()),
+            read: Cell::new(0),
+            write: Cell::new(0),
         }
+    }
+}
+
+fn add(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
+}
+
+/// Counts one connection: opened when made, bytes as they move, closed
+/// when dropped (with the errno label set by [`ConnMeter::ended`], if any).
+#[derive(Debug)]
+pub(crate) struct ConnMeter {
+    /// `None` when the series cap kept this label set out.
+    cell: Option<Rc<TcpCell>>,
+    errno: Cell<&'static str>,
+}
+
+impl ConnMeter {
+    /// A meter that counts nothing.
+    pub(crate) fn none() -> Self {
+        Self {
+            cell: None,
+            errno: Cell::new(""),
+        }
+    }
+
+    pub(crate) fn read(&self, n: usize) {
+        if let Some(c) = &self.cell {
+            add(&c.read, n as u64);
+        }
+    }
+
+    pub(crate) fn wrote(&self, n: usize) {
+        if let Some(c) = &self.cell {
+            add(&c.write, n as u64);
+        }
+    }
+
+    /// Records how the connection ended when it was not a clean close.
+    pub(crate) fn ended(&self, end: RelayEnd) {
+        self.errno.set(errno_label(end));
+    }
+
+    /// Records an I/O error as the reason the connection ends.
+    pub(crate) fn failed(&self, e: &std::io::Error) {
+        self.errno.set(errno_label(RelayEnd::ServerError(e.kind())));
+    }
+}
+
+impl Drop for ConnMeter {
+    fn drop(&mut self) {
+        let Some(c) = &self.cell else {
+            return;
+        };
+        c.open.set(c.open.get().saturating_sub(1));
+        c.last_used.set(Instant::now());
+        let mut closes = c.close_total.borrow_mut();
+        let errno = self.errno.get();
+        match closes.iter_mut().find(|(e, _)| *e == errno) {
+            Some((_, n)) => *n += 1,
+            None => closes.push((errno, 1)),
+        }
+    }
+}
+
+/// Counts a finished relay on both sides: bytes each way, and the errno
+/// on the side that failed.
+pub(crate) fn relayed(src: &ConnMeter, dst: &ConnMeter, stats: &RelayStats) {
+    let (up, down) = (
+        stats.client_to_server as usize,
+        stats.server_to_client as usize,
+    );
+    src.read(up);
+    src.wrote(down);
+    dst.read(down);
+    dst.wrote(up);
+    match stats.end {
+        RelayEnd::Closed => {}
+        RelayEnd::Idle => {
+            src.ended(stats.end);
+            dst.ended(stats.end);
+        }
+        RelayEnd::ClientError(_) => src.ended(stats.end),
+        RelayEnd::ServerError(_) => dst.ended(stats.end),
     }
 }
 
@@ -70,45 +180,78 @@ impl Default for TcpCounters {
 /// sets are not recorded, and that is logged (once per worker).
 pub(crate) const MAX_SERIES: usize = 10_000;
 
-/// A worker's TCP metrics.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct TcpShard(pub HashMap<TcpKey, TcpCounters>);
+/// A worker's live TCP metrics.
+#[derive(Debug, Default)]
+pub(crate) struct TcpShard(HashMap<TcpKey, Rc<TcpCell>>);
 
 impl TcpShard {
-    pub(crate) fn opened(&mut self, key: &TcpKey) {
-        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
-            cap_hit("tcp");
-            return;
-        }
-        let c = self.0.entry(key.clone()).or_default();
-        c.last_used = Instant::now();
-        c.open_total += 1;
-        c.open += 1;
-    }
-
-    pub(crate) fn closed(&mut self, key: &TcpKey, up: u64, down: u64, end: RelayEnd) {
-        // Not recorded when opening hit the cap.
-        let Some(c) = self.0.get_mut(key) else {
-            return;
+    /// Counts a new connection under `key`; the meter closes it on drop.
+    pub(crate) fn open(&mut self, key: TcpKey) -> ConnMeter {
+        let cell = match self.0.get(&key) {
+            Some(c) => c.clone(),
+            None if self.0.len() >= MAX_SERIES => {
+                cap_hit("tcp");
+                return ConnMeter::none();
+            }
+            None => self
+                .0
+                .entry(key)
+                .or_insert_with(|| Rc::new(TcpCell::new()))
+                .clone(),
         };
-        c.last_used = Instant::now();
-        c.open = c.open.saturating_sub(1);
-        *c.close_total.entry(errno_label(end)).or_default() += 1;
-        c.read_src += up;
-        c.write_dst += up;
-        c.read_dst += down;
-        c.write_src += down;
+        add(&cell.open_total, 1);
+        add(&cell.open, 1);
+        cell.last_used.set(Instant::now());
+        ConnMeter {
+            cell: Some(cell),
+            errno: Cell::new(""),
+        }
     }
 
     /// Drops label sets with no open connection that have not changed for
     /// `retain` (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
     pub(crate) fn evict_idle(&mut self, retain: Duration) {
         self.0
-            .retain(|_, c| c.open > 0 || c.last_used.elapsed() < retain);
+            .retain(|_, c| c.open.get() > 0 || c.last_used.get().elapsed() < retain);
     }
 
-    /// Adds another worker's shard into this one.
-    pub(crate) fn merge(&mut self, other: &TcpShard) {
+    /// A copy that can leave the worker.
+    pub(crate) fn snapshot(&self) -> TcpSnapshot {
+        TcpSnapshot(
+            self.0
+                .iter()
+                .map(|(k, c)| {
+                    let stats = TcpStats {
+                        open_total: c.open_total.get(),
+                        open: c.open.get(),
+                        close_total: c.close_total.borrow().iter().copied().collect(),
+                        read: c.read.get(),
+                        write: c.write.get(),
+                    };
+                    (k.clone(), stats)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// One label set's counters at scrape time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TcpStats {
+    pub open_total: u64,
+    pub open: u64,
+    pub close_total: HashMap<&'static str, u64>,
+    pub read: u64,
+    pub write: u64,
+}
+
+/// TCP metrics copied out of workers, merged and encoded off the data path.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TcpSnapshot(pub HashMap<TcpKey, TcpStats>);
+
+impl TcpSnapshot {
+    /// Adds another worker's copy into this one.
+    pub(crate) fn merge(&mut self, other: &TcpSnapshot) {
         for (k, o) in &other.0 {
             let c = self.0.entry(k.clone()).or_default();
             c.open_total += o.open_total;
@@ -116,19 +259,23 @@ impl TcpShard {
             for (e, n) in &o.close_total {
                 *c.close_total.entry(e).or_default() += n;
             }
-            c.read_src += o.read_src;
-            c.read_dst += o.read_dst;
-            c.write_src += o.write_src;
-            c.write_dst += o.write_dst;
+            c.read += o.read;
+            c.write += o.write;
         }
     }
 
-    /// Appends the Prometheus text for the merged shard.
+    /// Appends the Prometheus text for the merged snapshot.
     pub(crate) fn encode(&self, out: &mut String) {
-        let mut keys: Vec<&TcpKey> = self.0.keys().collect();
-        keys.sort_by_key(|k| (k.direction.as_str(), k.target, k.authority.clone()));
+        let mut rows: Vec<(&TcpKey, &TcpStats, String)> =
+            self.0.iter().map(|(k, c)| (k, c, tcp_labels(k))).collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
         let fam = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let simple = |out: &mut String, name: &str, get: fn(&TcpStats) -> u64| {
+            for (_, c, l) in &rows {
+                let _ = writeln!(out, "{name}{{{l}}} {}", get(c));
+            }
         };
         fam(
             out,
@@ -136,43 +283,25 @@ impl TcpShard {
             "counter",
             "Total count of opened connections.",
         );
-        for k in &keys {
-            let _ = writeln!(
-                out,
-                "tcp_open_total{{{},peer=\"dst\"}} {}",
-                labels(k),
-                self.0[*k].open_total
-            );
-        }
+        simple(out, "tcp_open_total", |c| c.open_total);
         fam(
             out,
             "tcp_open_connections",
             "gauge",
             "Number of currently-open connections.",
         );
-        for k in &keys {
-            let _ = writeln!(
-                out,
-                "tcp_open_connections{{{},peer=\"dst\"}} {}",
-                labels(k),
-                self.0[*k].open
-            );
-        }
+        simple(out, "tcp_open_connections", |c| c.open);
         fam(
             out,
             "tcp_close_total",
             "counter",
             "Total count of closed connections.",
         );
-        for k in &keys {
-            let mut closes: Vec<_> = self.0[*k].close_total.iter().collect();
+        for (_, c, l) in &rows {
+            let mut closes: Vec<_> = c.close_total.iter().collect();
             closes.sort();
             for (errno, n) in closes {
-                let _ = writeln!(
-                    out,
-                    "tcp_close_total{{{},peer=\"dst\",errno=\"{errno}\"}} {n}",
-                    labels(k)
-                );
+                let _ = writeln!(out, "tcp_close_total{{{l},errno=\"{errno}\"}} {n}");
             }
         }
         fam(
@@ -181,49 +310,22 @@ impl TcpShard {
             "counter",
             "Total count of bytes read from peers.",
         );
-        for k in &keys {
-            let c = &self.0[*k];
-            let _ = writeln!(
-                out,
-                "tcp_read_bytes_total{{{},peer=\"src\"}} {}",
-                labels(k),
-                c.read_src
-            );
-            let _ = writeln!(
-                out,
-                "tcp_read_bytes_total{{{},peer=\"dst\"}} {}",
-                labels(k),
-                c.read_dst
-            );
-        }
+        simple(out, "tcp_read_bytes_total", |c| c.read);
         fam(
             out,
             "tcp_write_bytes_total",
             "counter",
             "Total count of bytes written to peers.",
         );
-        for k in &keys {
-            let c = &self.0[*k];
-            let _ = writeln!(
-                out,
-                "tcp_write_bytes_total{{{},peer=\"src\"}} {}",
-                labels(k),
-                c.write_src
-            );
-            let _ = writeln!(
-                out,
-                "tcp_write_bytes_total{{{},peer=\"dst\"}} {}",
-                labels(k),
-                c.write_dst
-            );
-        }
+        simple(out, "tcp_write_bytes_total", |c| c.write);
     }
 }
 
-fn labels(k: &TcpKey) -> String {
+fn tcp_labels(k: &TcpKey) -> String {
     let mut s = format!(
-        "direction=\"{}\",target_addr=\"{}\",target_ip=\"{}\",target_port=\"{}\",tls=\"no_identity\"",
+        "direction=\"{}\",peer=\"{}\",target_addr=\"{}\",target_ip=\"{}\",target_port=\"{}\",tls=\"no_identity\"",
         k.direction.as_str(),
+        k.peer.as_str(),
         k.target,
         k.target.ip(),
         k.target.port()
@@ -231,7 +333,24 @@ fn labels(k: &TcpKey) -> String {
     if let Some(a) = &k.authority {
         let _ = write!(s, ",authority=\"{a}\"");
     }
+    push_dst_labels(&mut s, k.dst_labels.as_ref());
     s
+}
+
+/// Appends `dst_<name>="<value>"` for each discovery label, escaped.
+fn push_dst_labels(s: &mut String, labels: Option<&DstLabels>) {
+    for (name, value) in labels.iter().flat_map(|l| l.iter()) {
+        let _ = write!(s, ",dst_{name}=\"");
+        for ch in value.chars() {
+            match ch {
+                '\\' => s.push_str("\\\\"),
+                '"' => s.push_str("\\\""),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+    }
 }
 
 fn errno_label(end: RelayEnd) -> &'static str {
@@ -258,14 +377,19 @@ pub(crate) const LATENCY_BUCKETS_MS: [u64; 25] = [
 ];
 
 /// One HTTP label set.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct HttpKey {
     pub direction: Direction,
     pub authority: Option<Authority>,
     pub target: Option<SocketAddr>,
+    pub dst_labels: Option<DstLabels>,
 }
 
-/// Responses with one status code.
+/// Why the proxy answered a request itself (the `error` label of
+/// `response_total`); `None` for responses that came from upstream.
+pub(crate) type ProxyError = Option<&'static str>;
+
+/// Responses with one status code (and proxy error).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StatusCounters {
     pub total: u64,
@@ -278,7 +402,7 @@ pub(crate) struct StatusCounters {
 pub(crate) struct HttpCounters {
     pub last_used: Instant,
     pub requests: u64,
-    pub by_status: HashMap<u16, StatusCounters>,
+    pub by_status: HashMap<(u16, ProxyError), StatusCounters>,
 }
 
 impl Default for HttpCounters {
@@ -296,7 +420,13 @@ pub(crate) struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
 
 impl HttpShard {
     /// Counts one request and its response.
-    pub(crate) fn record(&mut self, key: &HttpKey, status: u16, latency_ms: u64) {
+    pub(crate) fn record(
+        &mut self,
+        key: &HttpKey,
+        status: u16,
+        error: ProxyError,
+        latency_ms: u64,
+    ) {
         if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
             cap_hit("http");
             return;
@@ -304,7 +434,7 @@ impl HttpShard {
         let c = self.0.entry(key.clone()).or_default();
         c.last_used = Instant::now();
         c.requests += 1;
-        let s = c.by_status.entry(status).or_default();
+        let s = c.by_status.entry((status, error)).or_default();
         s.total += 1;
         s.sum_ms += latency_ms;
         let i = LATENCY_BUCKETS_MS
@@ -335,7 +465,7 @@ impl HttpShard {
 
     pub(crate) fn encode(&self, out: &mut String) {
         let mut keys: Vec<&HttpKey> = self.0.keys().collect();
-        keys.sort_by_key(|k| (k.direction.as_str(), k.authority.clone(), k.target));
+        keys.sort();
         let _ = writeln!(
             out,
             "# HELP request_total Total count of HTTP requests.\n# TYPE request_total counter"
@@ -355,11 +485,12 @@ impl HttpShard {
         for k in &keys {
             let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
             st.sort_by_key(|(s, _)| **s);
-            for (status, c) in st {
+            for ((status, error), c) in st {
                 let class = if *status >= 500 { "failure" } else { "success" };
+                let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "response_total{{{},status_code=\"{status}\",classification=\"{class}\"}} {}",
+                    "response_total{{{},status_code=\"{status}\",classification=\"{class}\"{error}}} {}",
                     http_labels(k),
                     c.total
                 );
@@ -372,8 +503,9 @@ impl HttpShard {
         for k in &keys {
             let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
             st.sort_by_key(|(s, _)| **s);
-            for (status, c) in st {
-                let l = format!("{},status_code=\"{status}\"", http_labels(k));
+            for ((status, error), c) in st {
+                let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
+                let l = format!("{},status_code=\"{status}\"{error}", http_labels(k));
                 let mut cum = 0;
                 for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
                     cum += c.buckets[i];
@@ -414,6 +546,7 @@ fn http_labels(k: &HttpKey) -> String {
             t.port()
         );
     }
+    push_dst_labels(&mut s, k.dst_labels.as_ref());
     s
 }
 
@@ -426,6 +559,17 @@ mod tests {
             direction: Direction::Outbound,
             authority: None,
             target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            dst_labels: None,
+        }
+    }
+
+    fn tcp_key(peer: Peer, port: u16) -> TcpKey {
+        TcpKey {
+            direction: Direction::Inbound,
+            peer,
+            target: SocketAddr::from(([127, 0, 0, 1], port)),
+            authority: None,
+            dst_labels: None,
         }
     }
 
@@ -433,50 +577,105 @@ mod tests {
     fn series_cap_is_never_exceeded() {
         let mut h = HttpShard::default();
         for i in 0..(MAX_SERIES + 50) {
-            h.record(&key((i % 65535) as u16 + 1), 200, 1);
+            h.record(&key((i % 65535) as u16 + 1), 200, None, 1);
         }
         assert_eq!(h.0.len(), MAX_SERIES);
         // Known label sets still count.
-        h.record(&key(1), 200, 1);
+        h.record(&key(1), 200, None, 1);
         assert_eq!(h.0[&key(1)].requests, 2);
+
+        let mut t = TcpShard::default();
+        let meters: Vec<ConnMeter> = (0..MAX_SERIES + 5)
+            .map(|i| t.open(tcp_key(Peer::Src, (i % 65535) as u16 + 1)))
+            .collect();
+        assert_eq!(t.0.len(), MAX_SERIES);
+        assert!(meters.last().is_some_and(|m| m.cell.is_none()));
     }
 
     #[test]
     fn latency_buckets_and_merge() {
         let mut a = HttpShard::default();
-        a.record(&key(1), 200, 0);
-        a.record(&key(1), 200, 7);
-        a.record(&key(1), 503, 60_000);
+        a.record(&key(1), 200, None, 0);
+        a.record(&key(1), 200, None, 7);
+        a.record(&key(1), 503, Some("no_endpoints"), 60_000);
         let mut b = HttpShard::default();
-        b.record(&key(1), 200, 1000);
+        b.record(&key(1), 200, None, 1000);
         a.merge(&b);
         let c = &a.0[&key(1)];
         assert_eq!(c.requests, 4);
-        let ok = &c.by_status[&200];
+        let ok = &c.by_status[&(200, None)];
         assert_eq!((ok.total, ok.sum_ms), (3, 1007));
         assert_eq!(ok.buckets[0], 1); // ≤ 1 ms
         assert_eq!(ok.buckets[5], 1); // ≤ 10 ms
         assert_eq!(ok.buckets[15], 1); // ≤ 1000 ms
-        assert_eq!(c.by_status[&503].buckets[25], 1); // +Inf
+        assert_eq!(c.by_status[&(503, Some("no_endpoints"))].buckets[25], 1); // +Inf
         let mut out = String::new();
         a.encode(&mut out);
         assert!(out.contains("response_latency_ms_bucket{direction=\"outbound\",tls=\"no_identity\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",status_code=\"200\",le=\"+Inf\"} 3"), "{out}");
-        assert!(out.contains("classification=\"failure\"} 1"), "{out}");
+        assert!(
+            out.contains("classification=\"failure\",error=\"no_endpoints\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn meters_count_bytes_and_closes_by_reason() {
+        let mut t = TcpShard::default();
+        let a = t.open(tcp_key(Peer::Src, 1));
+        let b = t.open(tcp_key(Peer::Src, 1));
+        let d = t.open(tcp_key(Peer::Dst, 2));
+        a.read(10);
+        b.wrote(5);
+        d.read(7);
+        b.ended(RelayEnd::ClientError(std::io::ErrorKind::ConnectionReset));
+        drop(b);
+        let snap = t.snapshot();
+        let src = &snap.0[&tcp_key(Peer::Src, 1)];
+        assert_eq!(
+            (src.open_total, src.open, src.read, src.write),
+            (2, 1, 10, 5)
+        );
+        assert_eq!(src.close_total[&"ECONNRESET"], 1);
+        drop(a);
+        let mut merged = t.snapshot();
+        merged.merge(&snap);
+        let src = &merged.0[&tcp_key(Peer::Src, 1)];
+        assert_eq!((src.open_total, src.open, src.read), (4, 1, 20));
+        assert_eq!(src.close_total[&""], 1);
+        let mut out = String::new();
+        merged.encode(&mut out);
+        assert!(out.contains("tcp_read_bytes_total{direction=\"inbound\",peer=\"dst\",target_addr=\"127.0.0.1:2\",target_ip=\"127.0.0.1\",target_port=\"2\",tls=\"no_identity\"} 14"), "{out}");
+        assert!(out.contains("errno=\"ECONNRESET\"} 2"), "{out}");
+        drop(d);
+    }
+
+    #[test]
+    fn dst_labels_are_prefixed_and_escaped() {
+        let mut k = key(1);
+        k.dst_labels = Some(Arc::from(vec![
+            ("namespace".to_string(), "prod".to_string()),
+            ("service".to_string(), "we\"b".to_string()),
+        ]));
+        let mut h = HttpShard::default();
+        h.record(&k, 200, None, 1);
+        let mut out = String::new();
+        h.encode(&mut out);
+        assert!(
+            out.contains(",dst_namespace=\"prod\",dst_service=\"we\\\"b\"}"),
+            "{out}"
+        );
     }
 
     #[test]
     fn idle_tcp_sets_go_open_ones_stay() {
-        let k = |port| TcpKey {
-            direction: Direction::Inbound,
-            target: SocketAddr::from(([127, 0, 0, 1], port)),
-            authority: None,
-        };
         let mut t = TcpShard::default();
-        t.opened(&k(1));
-        t.opened(&k(2));
-        t.closed(&k(2), 10, 20, RelayEnd::Closed);
+        let _open = t.open(tcp_key(Peer::Dst, 1));
+        drop(t.open(tcp_key(Peer::Dst, 2)));
         t.evict_idle(Duration::ZERO);
-        assert!(t.0.contains_key(&k(1)), "an open connection's series stays");
-        assert!(!t.0.contains_key(&k(2)));
+        assert!(
+            t.0.contains_key(&tcp_key(Peer::Dst, 1)),
+            "an open connection's series stays"
+        );
+        assert!(!t.0.contains_key(&tcp_key(Peer::Dst, 2)));
     }
 }

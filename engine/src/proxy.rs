@@ -49,6 +49,10 @@ pub struct WorkerStats {
     pub open: u64,
     /// HTTP requests handled since start.
     pub requests: u64,
+    /// CPU time the worker's thread has used (user + system), in
+    /// nanoseconds: its event loop's busy time, since it sleeps in the
+    /// kernel when idle.
+    pub busy_ns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
-use crate::metrics::{HttpShard, TcpShard};
+use crate::metrics::{HttpShard, TcpShard, TcpSnapshot};
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
 
@@ -35,7 +35,7 @@ pub(crate) enum WorkerMsg {
     Shutdown,
     Stats(mpsc::Sender<WorkerStats>),
     /// A copy of this worker's metrics shard, for a scrape.
-    Metrics(mpsc::Sender<(WorkerStats, TcpShard, HttpShard)>),
+    Metrics(mpsc::Sender<(WorkerStats, TcpSnapshot, HttpShard)>),
 }
 
 pub(crate) struct WorkerSetup {
@@ -146,8 +146,17 @@ impl Worker {
             accepted: self.accepted.get(),
             open: self.open.get(),
             requests: self.requests.get(),
+            busy_ns: thread_cpu_ns(),
         }
     }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_ns() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
@@ -307,7 +316,7 @@ fn answer(worker: &Worker, msg: WorkerMsg) {
             worker.http_metrics.borrow_mut().evict_idle(retain);
             let _ = reply.send((
                 worker.stats(),
-                worker.tcp_metrics.borrow().clone(),
+                worker.tcp_metrics.borrow().snapshot(),
                 worker.http_metrics.borrow().clone(),
             ));
         }

@@ -130,21 +130,29 @@ fn metrics_pass_promtool_and_count_connections() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
-    let target = format!("target_addr=\"{}\"", backend.addr);
-    assert!(body.contains(&target), "{body}");
-    assert_eq!(value("tcp_open_total{direction=\"outbound\""), 20, "{body}");
-    assert_eq!(
-        value("tcp_close_total{direction=\"outbound\""),
-        20,
-        "{body}"
+    // Both sides of each proxied connection: the accepted one (`src`,
+    // target = the forward's listener) and the one to the backend (`dst`).
+    let src = format!("direction=\"outbound\",peer=\"src\",target_addr=\"{listen}\"");
+    let dst = format!(
+        "direction=\"outbound\",peer=\"dst\",target_addr=\"{}\"",
+        backend.addr
     );
+    for side in [&src, &dst] {
+        assert_eq!(value(&format!("tcp_open_total{{{side}")), 20, "{body}");
+        assert_eq!(value(&format!("tcp_close_total{{{side}")), 20, "{body}");
+        // One byte each way per connection.
+        assert_eq!(
+            value(&format!("tcp_read_bytes_total{{{side}")),
+            20,
+            "{body}"
+        );
+        assert_eq!(
+            value(&format!("tcp_write_bytes_total{{{side}")),
+            20,
+            "{body}"
+        );
+    }
     assert_eq!(value("tcp_open_connections{"), 0, "{body}");
-    let read_src: u64 = body
-        .lines()
-        .filter(|l| l.starts_with("tcp_read_bytes_total{") && l.contains("peer=\"src\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(read_src, 20, "one byte from each client: {body}");
     for family in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
@@ -215,6 +223,7 @@ fn http_metrics_count_exactly_what_was_sent() {
     let (p, base) = start(&[("RINGMESH_TCP_FORWARD", &fwd)]);
     // 1000 requests over 10 keep-alive connections (spread over both
     // workers by the kernel): 900 × 200 and 100 × 503 from the origin.
+    let mut received = 0;
     for conn in 0..10 {
         let c = connect(listen);
         c.set_nodelay(true).unwrap();
@@ -240,17 +249,70 @@ fn http_metrics_count_exactly_what_was_sent() {
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
             r.read_exact(&mut body).unwrap();
+            received += head.len() + len;
             let _ = conn;
         }
     }
-    let (code, body) = curl(&[&format!("{base}/metrics")]);
-    assert_eq!(code, "200");
+    // The clients closed: scrape until the proxy has seen all 10 closes.
+    let src = format!("direction=\"outbound\",peer=\"src\",target_addr=\"{listen}\"");
+    let mut body = String::new();
+    let closed = eventually(Duration::from_secs(5), || {
+        let (code, b) = curl(&[&format!("{base}/metrics")]);
+        assert_eq!(code, "200");
+        body = b;
+        body.lines()
+            .any(|l| l.starts_with(&format!("tcp_open_connections{{{src}")) && l.ends_with(" 0"))
+    });
+    assert!(closed, "{body}");
     let sum = |pred: &dyn Fn(&str) -> bool| -> u64 {
         body.lines()
             .filter(|l| pred(l))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
+    // TCP series for HTTP traffic: the 10 client connections (every request
+    // byte read from them counted) and the pooled connections to the origin.
+    let request_bytes = 900 * "GET /hello HTTP/1.1\r\nHost: o\r\n\r\n".len()
+        + 100 * "GET /status/503 HTTP/1.1\r\nHost: o\r\n\r\n".len();
+    assert_eq!(
+        sum(&|l| l.starts_with(&format!("tcp_open_total{{{src}"))),
+        10,
+        "{body}"
+    );
+    assert_eq!(
+        sum(&|l| l.starts_with(&format!("tcp_close_total{{{src}"))),
+        10,
+        "{body}"
+    );
+    assert_eq!(
+        sum(&|l| l.starts_with(&format!("tcp_read_bytes_total{{{src}"))),
+        request_bytes as u64,
+        "{body}"
+    );
+    let dst = format!(
+        "direction=\"outbound\",peer=\"dst\",target_addr=\"{}\"",
+        origin.addr
+    );
+    assert!(
+        sum(&|l| l.starts_with(&format!("tcp_open_total{{{dst}"))) >= 1,
+        "{body}"
+    );
+    // Every response byte the clients read was written to them; the
+    // upstream side moved at least the requests (heads are re-serialised,
+    // so not byte-equal) and some response bytes.
+    assert_eq!(
+        sum(&|l| l.starts_with(&format!("tcp_write_bytes_total{{{src}"))),
+        received as u64,
+        "{body}"
+    );
+    assert!(
+        sum(&|l| l.starts_with(&format!("tcp_write_bytes_total{{{dst}"))) >= request_bytes as u64,
+        "{body}"
+    );
+    assert!(
+        sum(&|l| l.starts_with(&format!("tcp_read_bytes_total{{{dst}"))) > 0,
+        "{body}"
+    );
     assert_eq!(sum(&|l| l.starts_with("request_total{")), 1000, "{body}");
     assert_eq!(
         sum(&|l| l.starts_with("response_total{")
@@ -293,6 +355,60 @@ fn http_metrics_count_exactly_what_was_sent() {
     );
     promtool_check(&body);
     drop(p);
+}
+
+#[test]
+fn proxy_errors_and_discovery_labels_are_labelled() {
+    // A service discovery knows, with metric labels, and no endpoints: the
+    // proxy answers 503 itself, and says why in the `error` label.
+    let dir = std::env::temp_dir().join(format!("ringmesh-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("static.toml");
+    std::fs::write(
+        &file,
+        "[[service]]\nname = \"web.test:80\"\nendpoints = []\nlabels = { service = \"web\", namespace = \"prod\" }\n",
+    )
+    .unwrap();
+    let listen = closed_port();
+    let fwd = format!("{listen}=web.test:80");
+    let (p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+    ]);
+    let (code, _) = curl(&[&format!("http://{listen}/")]);
+    assert_eq!(code, "503");
+    let (_, body) = curl(&[&format!("{base}/metrics")]);
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("response_total{"))
+        .unwrap_or_else(|| panic!("no response_total:\n{body}"));
+    for label in [
+        "authority=\"web.test:80\"",
+        "dst_namespace=\"prod\"",
+        "dst_service=\"web\"",
+        "status_code=\"503\"",
+        "classification=\"failure\"",
+        "error=\"no_endpoints\"",
+    ] {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+    assert!(line.ends_with(" 1"), "{line}");
+    // The client connection's TCP series carries the service's labels too.
+    assert!(
+        body.lines().any(|l| l.starts_with("tcp_open_total{")
+            && l.contains("peer=\"src\"")
+            && l.contains("dst_service=\"web\"")),
+        "{body}"
+    );
+    // Each worker's event-loop busy time is reported.
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("ringmesh_worker_busy_seconds_total{worker=\"0\"}")),
+        "{body}"
+    );
+    promtool_check(&body);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn promtool_check(body: &str) {
