@@ -225,9 +225,13 @@ pub(crate) async fn serve(
                 break;
             }
         };
-        if let Dst::Service(svc, _) = &target {
-            key.authority = Some(svc.name.clone());
-            key.dst_labels = dst_labels(svc);
+        match &target {
+            Dst::Service(svc, _) => {
+                key.authority = Some(svc.name.clone());
+                key.dst_labels = dst_labels(svc);
+            }
+            // Known before connecting, so a failed connect is labelled too.
+            Dst::Addr(addr) => key.target = Some(*addr),
         }
         let (mut up, mut addr, mut _guard) =
             match checkout(&w, &key, &target, connect_timeout, true).await {

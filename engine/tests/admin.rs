@@ -370,18 +370,30 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     )
     .unwrap();
     let listen = closed_port();
-    let fwd = format!("{listen}=web.test:80");
+    // And a forward to an address nothing listens on: 502, connect_failed.
+    let (listen_refused, refused) = (closed_port(), closed_port());
+    let fwd = format!("{listen}=web.test:80,{listen_refused}={refused}");
     let (p, base) = start(&[
         ("RINGMESH_TCP_FORWARD", &fwd),
         ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
     ]);
     let (code, _) = curl(&[&format!("http://{listen}/")]);
     assert_eq!(code, "503");
+    let (code, _) = curl(&[&format!("http://{listen_refused}/")]);
+    assert_eq!(code, "502");
     let (_, body) = curl(&[&format!("{base}/metrics")]);
+    let refused_line = format!(
+        "response_total{{direction=\"outbound\",tls=\"no_identity\",target_addr=\"{refused}\",target_ip=\"127.0.0.1\",target_port=\"{}\",status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1",
+        refused.port()
+    );
+    assert!(
+        body.contains(&refused_line),
+        "{refused_line} missing:\n{body}"
+    );
     let line = body
         .lines()
-        .find(|l| l.starts_with("response_total{"))
-        .unwrap_or_else(|| panic!("no response_total:\n{body}"));
+        .find(|l| l.starts_with("response_total{") && l.contains("web.test"))
+        .unwrap_or_else(|| panic!("no response_total for web.test:\n{body}"));
     for label in [
         "authority=\"web.test:80\"",
         "dst_namespace=\"prod\"",
