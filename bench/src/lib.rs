@@ -1,7 +1,56 @@
-//! ringmesh-bench: `cargo bench` latency reports and the load-test harness
+//! ringmesh-bench: the `cargo bench` latency reports and the load-test harness
 //! scripts (`bench/scripts/`) that compare ringmesh with peers.
 //!
-//! The `cargo bench` scenarios come with their own issue; today this crate
-//! holds only the harness scripts (see README, "Performance").
+//! # What this crate owns
+//!
+//! - Loopback backends on plain threads and blocking sockets ([`backend`]):
+//!   a TCP echo server ([`tcp_echo`]), an HTTP/1.1 keep-alive server with a
+//!   small and a 1 MiB response ([`http1`]) and a WebSocket echo server
+//!   ([`websocket`]), each module holding both sides of its protocol.
+//! - The real `ringmesh` binary as a child process under test ([`proxy`]):
+//!   free ports, environment, readiness, CPU pinning, CPU-time sampling from
+//!   `/proc`, killed when dropped.
+//! - Load generators ([`load`]): open loop at a fixed rate (latency measured
+//!   from each request's *scheduled* send time, so a slow response cannot
+//!   hide the requests queued behind it — no coordinated omission) and closed
+//!   loop at maximum throughput, both recording into `hdrhistogram`s and
+//!   bounded in time.
+//! - The scenario table ([`scenario`]) and the reports ([`report`]: table on
+//!   stdout, JSON, CSV; [`plot`]: latency-distribution SVG).
+//!
+//! The bench targets are in `benches/`: `e2e` (the end-to-end scenarios) and
+//! `micro` (criterion micro-benchmarks of the hot-path building blocks).
+//!
+//! # What it must not do
+//!
+//! No async runtime (the load must not share a design with the thing it
+//! measures, nor drag a second runtime into the workspace), no fixed ports,
+//! no traffic off loopback, and no load loop without a deadline.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod http1;
+pub mod load;
+pub mod pin;
+pub mod plot;
+pub mod proxy;
+pub mod report;
+pub mod scenario;
+pub mod tcp_echo;
+pub mod websocket;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Reads and writes on benchmark sockets give up after this long, so a stuck
+/// peer ends a connection with an error instead of hanging the run.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Latency-sensitive socket settings shared by every client and backend.
+pub fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(())
+}

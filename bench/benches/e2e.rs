@@ -1,0 +1,284 @@
+//! End-to-end latency scenarios: the real `ringmesh` binary on loopback
+//! against in-process backends, each scenario measured through the proxy and
+//! direct to the backend, at a fixed request rate (open loop) and at maximum
+//! throughput (closed loop).
+//!
+//! ```sh
+//! cargo bench -p ringmesh-bench --bench e2e                # ~2 minutes
+//! cargo bench -p ringmesh-bench --bench e2e -- --quick     # or RINGMESH_BENCH_QUICK=1; < 40 s
+//! cargo bench -p ringmesh-bench --bench e2e -- http1       # only scenarios whose name contains "http1"
+//! ```
+//!
+//! Environment: `RINGMESH_BIN` (use this binary instead of building one),
+//! `RINGMESH_BENCH_CORES` (the proxy's `LINKERD2_PROXY_CORES`, default 1),
+//! `RINGMESH_BENCH_QUICK=1`, `RINGMESH_IO_DRIVER` (passed through).
+//!
+//! Placement: with more CPUs allowed than proxy cores, the proxy is started
+//! with an affinity mask of the last `RINGMESH_BENCH_CORES` CPUs (ringmesh
+//! pins its workers inside its mask) and the load generator and backends
+//! run on the others; on this project's 2-core machine: proxy on cpu 1,
+//! everything else on cpu 0. Otherwise nothing is pinned and the report
+//! says so.
+//!
+//! Outputs: the table on stdout, and `<target>/bench/e2e.json`,
+//! `<target>/bench/e2e.csv`, `<target>/bench/e2e-latency.svg`.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ringmesh_bench::backend::Backend;
+use ringmesh_bench::load::{self, LoadSpec, Mode};
+use ringmesh_bench::pin::{self, Placement};
+use ringmesh_bench::proxy::{self, Proxy, ProxyConfig};
+use ringmesh_bench::report::{Latency, Measurement, NotRun, Report, RunInfo, Via};
+use ringmesh_bench::scenario::{self, BackendKind};
+
+struct Options {
+    quick: bool,
+    filters: Vec<String>,
+    proxy_cores: usize,
+}
+
+impl Options {
+    fn parse() -> Result<Self, String> {
+        let mut quick = std::env::var("RINGMESH_BENCH_QUICK")
+            .map(|v| !v.is_empty() && v != "0" && v != "false")
+            .unwrap_or(false);
+        let mut filters = Vec::new();
+        for arg in std::env::args().skip(1) {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                // cargo passes `--bench`; other harness flags mean nothing here.
+                a if a.starts_with('-') => {}
+                a => filters.push(a.to_string()),
+            }
+        }
+        let proxy_cores = match std::env::var("RINGMESH_BENCH_CORES") {
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(format!(
+                        "RINGMESH_BENCH_CORES={v:?}: expected a number >= 1"
+                    ))
+                }
+            },
+            Err(_) => 1,
+        };
+        Ok(Self {
+            quick,
+            filters,
+            proxy_cores,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    proxy::kill_child_on_panic();
+    let opts = match Options::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("e2e bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("e2e bench: some runs failed (see the errors column and notes above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("e2e bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(false)` when a run failed or saw errors (the reports are still
+/// written).
+fn run(opts: &Options) -> io::Result<bool> {
+    let began = Instant::now();
+    let (warmup, window) = if opts.quick {
+        (Duration::from_millis(200), Duration::from_millis(500))
+    } else {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    };
+    let bin = proxy::locate_binary()?;
+    let placement = Placement::decide(opts.proxy_cores)?;
+    // Backends and load threads inherit this thread's mask.
+    pin::pin_current_thread(&placement.load_cpus)?;
+
+    let echo = Backend::spawn("tcp-echo", ringmesh_bench::tcp_echo::serve)?;
+    let http = Backend::spawn("http1", ringmesh_bench::http1::serve)?;
+    let ws = Backend::spawn("websocket", ringmesh_bench::websocket::serve)?;
+    // One proxy, one forward per backend (forward i -> backends[i]).
+    let backends = [
+        (BackendKind::TcpEcho, &echo),
+        (BackendKind::Http1, &http),
+        (BackendKind::WebSocket, &ws),
+    ];
+    let proxy = Proxy::start(&ProxyConfig {
+        bin: bin.clone(),
+        forward_targets: backends.iter().map(|(_, b)| b.addr()).collect(),
+        // The echo client's bytes are not HTTP, but relaying them without
+        // detection is what an opaque port does; say so rather than rely on
+        // detection's verdict.
+        opaque_ports: vec![echo.addr().port()],
+        cores: opts.proxy_cores,
+        cpus: placement.proxy_cpus.clone(),
+        extra_env: std::env::var("RINGMESH_IO_DRIVER")
+            .map(|d| vec![("RINGMESH_IO_DRIVER".to_string(), d)])
+            .unwrap_or_default(),
+    })?;
+    eprintln!(
+        "bench: ringmesh pid {} ready (admin {}); {}",
+        proxy.pid(),
+        proxy.admin_addr(),
+        placement.description
+    );
+
+    let mut report = Report {
+        run: RunInfo {
+            quick: opts.quick,
+            warmup_s: warmup.as_secs_f64(),
+            window_s: window.as_secs_f64(),
+            proxy_cores: opts.proxy_cores,
+            placement: placement.description.clone(),
+            ringmesh_bin: bin.display().to_string(),
+            started_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            clock_ticks_per_s: proxy::clock_ticks()?,
+        },
+        measurements: Vec::new(),
+        not_run: Vec::new(),
+    };
+    let mut all_ok = true;
+    let cpu_probe = || proxy.cpu_time();
+    for sc in scenario::all() {
+        if !opts.filters.is_empty() && !opts.filters.iter().any(|f| sc.name.contains(f.as_str())) {
+            continue;
+        }
+        if let Some(reason) = sc.workload.not_run_reason() {
+            report.not_run.push(NotRun {
+                scenario: sc.name.to_string(),
+                reason: reason.to_string(),
+            });
+            continue;
+        }
+        let Some(forward) = backends
+            .iter()
+            .position(|(k, _)| *k == sc.workload.backend())
+        else {
+            report.not_run.push(NotRun {
+                scenario: sc.name.to_string(),
+                reason: format!("not run: no backend for {:?}", sc.workload.backend()),
+            });
+            continue;
+        };
+        let connect = sc.workload.connector();
+        let modes = [
+            (
+                Mode::FixedRate {
+                    per_second: sc.fixed_rate,
+                },
+                sc.fixed_connections,
+            ),
+            (Mode::MaxThroughput, sc.max_connections),
+        ];
+        for (mode, connections) in modes {
+            for via in [Via::Direct, Via::Proxy] {
+                let addr = match via {
+                    Via::Direct => backends[forward].1.addr(),
+                    Via::Proxy => proxy.forward_addr(forward),
+                };
+                let spec = LoadSpec {
+                    connections,
+                    mode,
+                    warmup,
+                    window,
+                };
+                eprintln!(
+                    "bench: {} / {} / {} ({connections} connections)",
+                    sc.name,
+                    mode.label(),
+                    via.as_str()
+                );
+                let probe: Option<&dyn Fn() -> io::Result<std::time::Duration>> = match via {
+                    Via::Proxy => Some(&cpu_probe),
+                    Via::Direct => None,
+                };
+                let m = match load::run(addr, &connect, &spec, probe) {
+                    Ok(r) => {
+                        let rps = r.requests_per_second();
+                        Measurement {
+                            scenario: sc.name.to_string(),
+                            mode: mode.key(),
+                            mode_label: mode.label(),
+                            target_rps: match mode {
+                                Mode::FixedRate { per_second } => Some(per_second),
+                                Mode::MaxThroughput => None,
+                            },
+                            via,
+                            connections,
+                            window_s: r.window.as_secs_f64(),
+                            requests: r.requests,
+                            errors: r.errors,
+                            first_error: r.first_error,
+                            rps,
+                            latency_us: Latency::from_histogram(&r.histogram),
+                            added_latency_us: None,
+                            proxy_cpu_us_per_req: r
+                                .cpu
+                                .filter(|_| r.requests > 0)
+                                .map(|c| c.as_secs_f64() * 1e6 / r.requests as f64),
+                            histogram: r.histogram,
+                        }
+                    }
+                    Err(e) => Measurement {
+                        scenario: sc.name.to_string(),
+                        mode: mode.key(),
+                        mode_label: mode.label(),
+                        target_rps: None,
+                        via,
+                        connections,
+                        window_s: window.as_secs_f64(),
+                        requests: 0,
+                        errors: 1,
+                        first_error: Some(e.to_string()),
+                        rps: 0.0,
+                        latency_us: Latency::from_histogram(&load::new_histogram()),
+                        added_latency_us: None,
+                        proxy_cpu_us_per_req: None,
+                        histogram: load::new_histogram(),
+                    },
+                };
+                all_ok &= m.errors == 0 && m.requests > 0;
+                report.measurements.push(m);
+            }
+        }
+    }
+    drop(proxy);
+    report.pair_up();
+
+    print!("{}", report.table());
+    let out_dir = proxy::target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", out_dir.display())))?;
+    let json = out_dir.join("e2e.json");
+    let csv = out_dir.join("e2e.csv");
+    let svg = out_dir.join("e2e-latency.svg");
+    report.write_json(&json)?;
+    report.write_csv(&csv)?;
+    ringmesh_bench::plot::write_svg(&svg, &report.measurements)?;
+    println!(
+        "wrote {}, {}, {} ({:.1} s total)",
+        json.display(),
+        csv.display(),
+        svg.display(),
+        began.elapsed().as_secs_f64()
+    );
+    Ok(all_ok)
+}
