@@ -118,6 +118,9 @@ fn run(opts: &Options) -> io::Result<bool> {
         (BackendKind::Http1, &http),
         (BackendKind::WebSocket, &ws),
     ];
+    let io_driver = std::env::var("RINGMESH_IO_DRIVER")
+        .ok()
+        .filter(|d| !d.is_empty());
     let proxy = Proxy::start(&ProxyConfig {
         bin: bin.clone(),
         forward_targets: backends.iter().map(|(_, b)| b.addr()).collect(),
@@ -127,9 +130,10 @@ fn run(opts: &Options) -> io::Result<bool> {
         opaque_ports: vec![echo.addr().port()],
         cores: opts.proxy_cores,
         cpus: placement.proxy_cpus.clone(),
-        extra_env: std::env::var("RINGMESH_IO_DRIVER")
-            .map(|d| vec![("RINGMESH_IO_DRIVER".to_string(), d)])
-            .unwrap_or_default(),
+        extra_env: io_driver
+            .iter()
+            .map(|d| ("RINGMESH_IO_DRIVER".to_string(), d.clone()))
+            .collect(),
     })?;
     eprintln!(
         "bench: ringmesh pid {} ready (admin {}); {}",
@@ -146,6 +150,7 @@ fn run(opts: &Options) -> io::Result<bool> {
             proxy_cores: opts.proxy_cores,
             placement: placement.description.clone(),
             ringmesh_bin: bin.display().to_string(),
+            io_driver: io_driver.unwrap_or_else(|| "auto".to_string()),
             started_unix_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -105,7 +105,8 @@ pub struct ProxyConfig {
     /// CPUs the child is started on (its affinity mask; ringmesh pins its
     /// workers inside it). `None`: inherit.
     pub cpus: Option<Vec<usize>>,
-    /// Extra environment, e.g. `RINGMESH_IO_DRIVER`.
+    /// Extra environment, e.g. `RINGMESH_IO_DRIVER`. Other `RINGMESH_*` and
+    /// `LINKERD2_PROXY_*` variables of the caller are not passed on.
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -164,6 +165,15 @@ impl Proxy {
         let clock_ticks = clock_ticks()?;
 
         let mut cmd = Command::new(&cfg.bin);
+        // Only the configuration below: a stray variable in the caller's
+        // environment (a discovery file, a forward) would change what is
+        // measured.
+        for (key, _) in std::env::vars_os() {
+            let key_str = key.to_string_lossy();
+            if key_str.starts_with("RINGMESH_") || key_str.starts_with("LINKERD2_PROXY_") {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.env("RINGMESH_TCP_FORWARD", &forward_env)
             .env("LINKERD2_PROXY_CORES", cfg.cores.to_string())
             .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string())

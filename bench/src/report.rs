@@ -117,6 +117,8 @@ pub struct RunInfo {
     pub proxy_cores: usize,
     pub placement: String,
     pub ringmesh_bin: String,
+    /// `RINGMESH_IO_DRIVER` as passed to the proxy (`auto` when unset).
+    pub io_driver: String,
     /// Unix seconds when the run started.
     pub started_unix_s: u64,
     pub clock_ticks_per_s: u64,
@@ -166,7 +168,11 @@ impl Report {
             r.proxy_cores,
             r.placement
         );
-        let _ = writeln!(out, "binary: {}", r.ringmesh_bin);
+        let _ = writeln!(
+            out,
+            "binary: {} (io driver: {})",
+            r.ringmesh_bin, r.io_driver
+        );
         let _ = writeln!(
             out,
             "latency in µs (fixed-rate: from the scheduled send time); added = proxy - direct; CPU = proxy utime+stime / requests"
@@ -372,6 +378,7 @@ mod tests {
                 proxy_cores: 1,
                 placement: "p".into(),
                 ringmesh_bin: "b".into(),
+                io_driver: "auto".into(),
                 started_unix_s: 0,
                 clock_ticks_per_s: 100,
             },
