@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ringmesh_bench::backend::Backend;
 use ringmesh_bench::load::{self, LoadSpec, Mode};
 use ringmesh_bench::pin::{self, Placement};
-use ringmesh_bench::proxy::{self, Proxy, ProxyConfig};
+use ringmesh_bench::proxy::{self, CpuSample, Proxy, ProxyConfig};
 use ringmesh_bench::report::{Latency, Measurement, NotRun, Report, RunInfo, Via};
 use ringmesh_bench::scenario::{self, BackendKind};
 
@@ -161,7 +161,7 @@ fn run(opts: &Options) -> io::Result<bool> {
         not_run: Vec::new(),
     };
     let mut all_ok = true;
-    let cpu_probe = || proxy.cpu_time();
+    let cpu_probe = || proxy.cpu_sample();
     for sc in scenario::all() {
         if !opts.filters.is_empty() && !opts.filters.iter().any(|f| sc.name.contains(f.as_str())) {
             continue;
@@ -211,13 +211,14 @@ fn run(opts: &Options) -> io::Result<bool> {
                     mode.label(),
                     via.as_str()
                 );
-                let probe: Option<&dyn Fn() -> io::Result<std::time::Duration>> = match via {
+                let probe: Option<&dyn Fn() -> io::Result<CpuSample>> = match via {
                     Via::Proxy => Some(&cpu_probe),
                     Via::Direct => None,
                 };
                 let m = match load::run(addr, &connect, &spec, probe) {
                     Ok(r) => {
                         let rps = r.requests_per_second();
+                        let usage = r.probes.as_ref().map(|(a, b)| b.usage_since(a));
                         Measurement {
                             scenario: sc.name.to_string(),
                             mode: mode.key(),
@@ -235,10 +236,12 @@ fn run(opts: &Options) -> io::Result<bool> {
                             rps,
                             latency_us: Latency::from_histogram(&r.histogram),
                             added_latency_us: None,
-                            proxy_cpu_us_per_req: r
-                                .cpu
+                            proxy_cpu_us_per_req: usage
                                 .filter(|_| r.requests > 0)
-                                .map(|c| c.as_secs_f64() * 1e6 / r.requests as f64),
+                                .map(|u| u.proxy.as_secs_f64() * 1e6 / r.requests as f64),
+                            proxy_cpus_other_busy_pct: usage
+                                .and_then(|u| u.others_on_proxy_cpus)
+                                .map(|o| 100.0 * o.as_secs_f64() / r.window.as_secs_f64()),
                             histogram: r.histogram,
                         }
                     }
@@ -257,6 +260,7 @@ fn run(opts: &Options) -> io::Result<bool> {
                         latency_us: Latency::from_histogram(&load::new_histogram()),
                         added_latency_us: None,
                         proxy_cpu_us_per_req: None,
+                        proxy_cpus_other_busy_pct: None,
                         histogram: load::new_histogram(),
                     },
                 };

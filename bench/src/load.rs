@@ -64,8 +64,8 @@ pub struct LoadSpec {
     pub window: Duration,
 }
 
-/// What one load run measured.
-pub struct LoadResult {
+/// What one load run measured; `S` is what the probe samples.
+pub struct LoadResult<S = ()> {
     /// Latencies in nanoseconds, requests in the measured window only.
     pub histogram: Histogram<u64>,
     /// Requests completed in the measured window.
@@ -73,11 +73,12 @@ pub struct LoadResult {
     pub errors: u64,
     pub first_error: Option<String>,
     pub window: Duration,
-    /// What [`run`]'s CPU probe moved by over the measured window.
-    pub cpu: Option<Duration>,
+    /// [`run`]'s probe read at the start and at the end of the measured
+    /// window.
+    pub probes: Option<(S, S)>,
 }
 
-impl LoadResult {
+impl<S> LoadResult<S> {
     pub fn requests_per_second(&self) -> f64 {
         self.requests as f64 / self.window.as_secs_f64()
     }
@@ -96,16 +97,16 @@ struct ThreadResult {
 }
 
 /// Runs one load: connects every connection first (a failure there is an
-/// error for the whole run), then warms up, then measures. `cpu_probe` is
-/// read at the start and the end of the measured window (the proxy's CPU
-/// time; `None` for a direct run). Blocks for warm-up + window + the time the
+/// error for the whole run), then warms up, then measures. `probe` is read
+/// at the start and the end of the measured window (the proxy's CPU time;
+/// `None` for a direct run). Blocks for warm-up + window + the time the
 /// last responses take (each bounded by [`crate::IO_TIMEOUT`]).
-pub fn run(
+pub fn run<S>(
     addr: SocketAddr,
     connect: &Connect,
     spec: &LoadSpec,
-    cpu_probe: Option<&dyn Fn() -> io::Result<Duration>>,
-) -> io::Result<LoadResult> {
+    probe: Option<&dyn Fn() -> io::Result<S>>,
+) -> io::Result<LoadResult<S>> {
     let n = spec.connections.max(1);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
     let mut start_txs = Vec::with_capacity(n);
@@ -168,9 +169,9 @@ pub fn run(
     let measure_start = start + spec.warmup;
     let measure_end = measure_start + spec.window;
     sleep_until(measure_start);
-    let cpu_before = cpu_probe.map(|p| p()).transpose()?;
+    let before = probe.map(|p| p()).transpose()?;
     sleep_until(measure_end);
-    let cpu_after = cpu_probe.map(|p| p()).transpose()?;
+    let after = probe.map(|p| p()).transpose()?;
 
     let mut histogram = new_histogram();
     let mut errors = 0;
@@ -195,7 +196,7 @@ pub fn run(
         errors,
         first_error,
         window: spec.window,
-        cpu: cpu_before.zip(cpu_after).map(|(a, b)| b.saturating_sub(a)),
+        probes: before.zip(after),
     })
 }
 

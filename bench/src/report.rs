@@ -8,6 +8,10 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Above this share of the window spent on other work on the proxy's CPUs,
+/// a run is flagged as noisy.
+pub const NOISY_PCT: f64 = 5.0;
+
 /// Percentiles every report shows, with their column names.
 pub const PERCENTILES: [(&str, f64); 4] =
     [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)];
@@ -97,6 +101,10 @@ pub struct Measurement {
     pub added_latency_us: Option<Latency>,
     /// Proxy rows: the proxy's utime + stime over the window, per request.
     pub proxy_cpu_us_per_req: Option<f64>,
+    /// Proxy rows: how much of the window the proxy's CPUs spent on anything
+    /// but the proxy (other processes, interrupts), in percent. High values
+    /// mean the machine was not quiet and the proxy's tail is suspect.
+    pub proxy_cpus_other_busy_pct: Option<f64>,
     /// Latencies in nanoseconds, for the plot.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -257,6 +265,12 @@ impl Report {
             if let Some(e) = &m.first_error {
                 let _ = writeln!(out, "    first error ({}): {e}", m.via.as_str());
             }
+            if let Some(pct) = m.proxy_cpus_other_busy_pct.filter(|&p| p > NOISY_PCT) {
+                let _ = writeln!(
+                    out,
+                    "    note: other work kept the proxy's CPU {pct:.0}% busy during this run; its tail latency is suspect"
+                );
+            }
             if let Some(target) = m.target_rps {
                 // An open-loop run that could not keep its schedule measured
                 // a queue, not the path: say so next to the numbers.
@@ -292,7 +306,7 @@ impl Report {
             "scenario,mode,target_rps,via,connections,window_s,requests,errors,rps,\
              p50_us,p90_us,p99_us,p999_us,max_us,\
              added_p50_us,added_p90_us,added_p99_us,added_p999_us,added_max_us,\
-             proxy_cpu_us_per_req,note\n",
+             proxy_cpu_us_per_req,proxy_cpus_other_busy_pct,note\n",
         );
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
         for m in &self.measurements {
@@ -303,7 +317,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{}",
+                "{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{},{}",
                 csv_field(&m.scenario),
                 m.mode,
                 opt(m.target_rps),
@@ -314,13 +328,14 @@ impl Report {
                 m.errors,
                 m.rps,
                 opt(m.proxy_cpu_us_per_req),
+                opt(m.proxy_cpus_other_busy_pct),
                 csv_field(m.first_error.as_deref().unwrap_or_default()),
             );
         }
         for n in &self.not_run {
             let _ = writeln!(
                 out,
-                "{},,,,,,,,,,,,,,,,,,,,{}",
+                "{},,,,,,,,,,,,,,,,,,,,,{}",
                 csv_field(&n.scenario),
                 csv_field(&n.reason)
             );
@@ -368,6 +383,7 @@ mod tests {
             latency_us: Latency::from_histogram(&h),
             added_latency_us: None,
             proxy_cpu_us_per_req: None,
+            proxy_cpus_other_busy_pct: None,
             histogram: h.clone(),
         };
         let mut r = Report {

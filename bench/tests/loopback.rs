@@ -47,10 +47,10 @@ fn every_runnable_scenario_works_direct_in_both_modes() {
                 warmup: Duration::from_millis(50),
                 window,
             };
-            let r = load::run(backend.addr(), &connect, &spec, None).expect("load runs");
+            let r = load::run::<()>(backend.addr(), &connect, &spec, None).expect("load runs");
             assert_eq!(r.errors, 0, "{} {mode:?}: {:?}", sc.name, r.first_error);
             assert!(r.requests > 0, "{} {mode:?}: no requests", sc.name);
-            assert!(r.cpu.is_none());
+            assert!(r.probes.is_none());
             if let Mode::FixedRate { per_second } = mode {
                 let scheduled = per_second * window.as_secs_f64() + connections as f64;
                 assert!(
@@ -79,7 +79,7 @@ fn a_refused_connection_fails_the_run_with_the_address() {
         warmup: Duration::ZERO,
         window: Duration::from_millis(50),
     };
-    let err = match load::run(addr, &sc.workload.connector(), &spec, None) {
+    let err = match load::run::<()>(addr, &sc.workload.connector(), &spec, None) {
         Ok(_) => panic!("connecting to a closed port succeeded"),
         Err(e) => e,
     };
