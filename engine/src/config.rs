@@ -58,6 +58,12 @@ pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
 pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
 pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: &str =
+    "LINKERD2_PROXY_HTTP2_INITIAL_STREAM_WINDOW_SIZE";
+pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: &str =
+    "LINKERD2_PROXY_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE";
+pub const INBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
+    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
@@ -161,6 +167,12 @@ pub struct Config {
     pub http_header_read_timeout: Duration,
     /// How long to wait for an upstream's response head; `None`: no limit.
     pub http_response_timeout: Option<Duration>,
+    /// HTTP/2 flow-control windows ringmesh advertises (both sides).
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients on the inbound
+    /// listener; outbound clients get the same cap.
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// Every problem found, one per line.
@@ -208,6 +220,9 @@ impl Config {
             outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
             http_header_read_timeout: Duration::from_secs(10),
             http_response_timeout: None,
+            http2_stream_window: 65_535,
+            http2_connection_window: 1 << 20,
+            http2_max_concurrent_streams: 1_000,
         }
     }
 
@@ -323,6 +338,25 @@ impl Config {
             s => parse_duration(s).map(Some),
         }) {
             c.http_response_timeout = t;
+        }
+        // RFC 9113 §6.9.1: windows are at most 2^31-1.
+        let window = |s: &str| match s.parse::<u32>() {
+            Ok(n) if (65_535..=(1 << 31) - 1).contains(&n) => Ok(n),
+            _ => Err("expected a window size between 65535 and 2147483647".to_string()),
+        };
+        if let Some(n) = p.parse_with(HTTP2_INITIAL_STREAM_WINDOW_SIZE, window) {
+            c.http2_stream_window = n;
+        }
+        if let Some(n) = p.parse_with(HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, window) {
+            c.http2_connection_window = n;
+        }
+        if let Some(n) = p.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, |s| {
+            match s.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err("expected a positive integer".to_string()),
+            }
+        }) {
+            c.http2_max_concurrent_streams = n;
         }
         p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
         p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);
@@ -584,10 +618,16 @@ mod tests {
             (DISCOVERY_STATIC, "/nonexistent/ringmesh.toml"),
             (LOG, "[[["),
             (TCP_BUFFER_SIZE, "1"),
+            (HTTP2_INITIAL_STREAM_WINDOW_SIZE, "100"),
+            (HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, "4294967295"),
+            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
         ])
         .unwrap_err();
         let text = err.to_string();
         for key in [
+            HTTP2_INITIAL_STREAM_WINDOW_SIZE,
+            HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
+            INBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
             CORES,
             IO_DRIVER,
             OUTBOUND_LISTEN_ADDR,

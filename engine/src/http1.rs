@@ -17,15 +17,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
-use ringmesh_balancer::{L4Balancer, OpenGuard};
-use ringmesh_discovery::{Authority, Service};
+use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
     ConnectionHeader, Limits, Method, RequestHead, ResponseHead, Version, WriteOptions,
@@ -34,72 +32,14 @@ use ringmesh_protocols::tcp::relay;
 
 use crate::detect::{is_cancelled, read_until};
 use crate::l4::dst_labels;
-use crate::metrics::{relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, TcpKey};
+use crate::metrics::{
+    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
+};
+use crate::route::{resolve, Dst, HttpDst, UpstreamError};
 use crate::worker::Worker;
 
 type Rd = OwnedReadHalf<TcpStream>;
 type Wr = OwnedWriteHalf<TcpStream>;
-
-/// How requests on one connection find their destination.
-pub(crate) enum HttpDst {
-    /// Fixed by the listener: a redirected connection's original
-    /// destination (a discovered service if one has that address).
-    OrigDst(SocketAddr),
-    /// An explicit forward's target.
-    Forward(Authority),
-    /// The local application (inbound).
-    Local(SocketAddr),
-    /// The request's authority (absolute-form target or Host): a client
-    /// using ringmesh as an explicit HTTP proxy.
-    ByAuthority,
-}
-
-/// Where one request goes.
-enum Dst {
-    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
-    Addr(SocketAddr),
-}
-
-/// Why a request got no upstream connection; each maps to one status.
-#[derive(Debug)]
-enum UpstreamError {
-    NoEndpoints(String),
-    Unknown(String),
-    Loop(SocketAddr),
-    Connect(io::Error),
-    Timeout,
-}
-
-impl UpstreamError {
-    fn status(&self) -> u16 {
-        match self {
-            Self::NoEndpoints(_) | Self::Unknown(_) => 503,
-            Self::Timeout => 504,
-            Self::Loop(_) | Self::Connect(_) => 502,
-        }
-    }
-
-    fn reason(&self) -> String {
-        match self {
-            Self::NoEndpoints(s) => format!("no endpoints available for {s}"),
-            Self::Unknown(s) => format!("cannot resolve {s}"),
-            Self::Loop(a) => format!("destination {a} is this proxy (loop)"),
-            Self::Connect(e) => format!("upstream connection failed: {e}"),
-            Self::Timeout => "upstream connect timed out".into(),
-        }
-    }
-
-    /// The `error` label of the response this error becomes.
-    fn label(&self) -> &'static str {
-        match self {
-            Self::NoEndpoints(_) => "no_endpoints",
-            Self::Unknown(_) => "unresolved",
-            Self::Loop(_) => "loop",
-            Self::Connect(_) => "connect_failed",
-            Self::Timeout => "connect_timeout",
-        }
-    }
-}
 
 /// An idle upstream connection, kept split so reuse costs nothing.
 pub(crate) struct Upstream {
@@ -125,8 +65,6 @@ const POOL_MAX_IDLE: usize = 64;
 /// Idle connections older than this are closed rather than reused (servers
 /// commonly close idle keep-alive connections after 60s or more).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request waits for discovery to resolve a new authority.
-const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 
 impl Pool {
     /// An idle connection to `addr` that is still open. Each candidate is
@@ -216,7 +154,7 @@ pub(crate) async fn serve(
         };
 
         // 2. Where it goes, and a connection there.
-        let target = match resolve(&w, &dst, &req).await {
+        let target = match resolve(&w, &dst, req.authority()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
@@ -337,9 +275,7 @@ pub(crate) async fn serve(
 
 /// Counts one request and its response in this worker's shard.
 fn record(w: &Worker, key: &HttpKey, status: u16, error: ProxyError, started: Instant) {
-    let ms = started.elapsed().as_millis() as u64;
-    w.requests.set(w.requests.get() + 1);
-    w.http_metrics.borrow_mut().record(key, status, error, ms);
+    w.record_response(key, ResponseClass::http(status, error), started);
 }
 
 /// The `error` label of a response the proxy produced after the exchange
@@ -496,56 +432,6 @@ async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str
     *out = o;
     if let Ok(n) = res {
         c.meter.wrote(n);
-    }
-}
-
-/// Picks the destination for one request.
-async fn resolve(w: &Worker, dst: &HttpDst, req: &RequestHead) -> Result<Dst, UpstreamError> {
-    let snap = w.snapshot();
-    let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
-        Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),
-        None => Dst::Addr(addr),
-    };
-    match dst {
-        HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
-        HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
-        HttpDst::Forward(name) => match snap.service(name) {
-            Some(svc) => Ok(Dst::Service(svc.clone(), w.balancer(svc))),
-            None => match name.socket_addr() {
-                Some(addr) => Ok(by_addr(addr)),
-                None => Err(UpstreamError::Unknown(name.to_string())),
-            },
-        },
-        HttpDst::ByAuthority => {
-            let Some(auth) = req.authority() else {
-                return Err(UpstreamError::Unknown(
-                    "a request without an authority".into(),
-                ));
-            };
-            let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
-                .map_err(|_| UpstreamError::Unknown(auth.raw.to_string()))?;
-            if let Some(svc) = snap.service(&name) {
-                return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
-            }
-            if let Some(addr) = name.socket_addr() {
-                return Ok(by_addr(addr));
-            }
-            drop(snap);
-            // A name discovery has not seen: ask the control core, wait
-            // (bounded) for the snapshot to carry it.
-            let _ = w
-                .control
-                .send(crate::control::ControlMsg::Watch(name.clone()));
-            let deadline = Instant::now() + RESOLVE_WAIT;
-            while Instant::now() < deadline {
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                let snap = w.snapshot();
-                if let Some(svc) = snap.service(&name) {
-                    return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
-                }
-            }
-            Err(UpstreamError::Unknown(name.to_string()))
-        }
     }
 }
 

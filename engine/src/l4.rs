@@ -15,10 +15,11 @@ use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use crate::detect::read_and_detect;
-use crate::http1::{self, HttpDst};
 use crate::metrics::{relayed, ConnMeter, Direction, DstLabels, Peer, TcpKey};
 use crate::orig_dst::orig_dst_addr;
+use crate::route::HttpDst;
 use crate::worker::Worker;
+use crate::{http1, http2};
 
 /// What a listener is for.
 #[derive(Clone, Debug)]
@@ -164,8 +165,20 @@ pub(crate) async fn serve(
             .await;
             return;
         }
-        // HTTP/2 is relayed as opaque TCP until the HTTP/2 proxy lands.
-        Protocol::Http2 | Protocol::Tls | Protocol::Opaque => {}
+        Protocol::Http2 => {
+            http2::serve(
+                w.clone(),
+                client,
+                prefix,
+                peer,
+                http,
+                connect_timeout,
+                src_meter,
+            )
+            .await;
+            return;
+        }
+        Protocol::Tls | Protocol::Opaque => {}
     }
     if matches!(target, Target::ByAuthority) {
         tracing::info!(%peer, %local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");

@@ -15,11 +15,13 @@ pub mod config;
 mod control;
 mod detect;
 mod http1;
+mod http2;
 mod l4;
 pub mod listen;
 mod metrics;
 pub mod orig_dst;
 mod proxy;
+mod route;
 mod stop;
 mod worker;
 

@@ -389,6 +389,63 @@ pub(crate) struct HttpKey {
 /// `response_total`); `None` for responses that came from upstream.
 pub(crate) type ProxyError = Option<&'static str>;
 
+/// What a response is counted as: its status, the gRPC status its trailers
+/// (or trailers-only headers) carried, and the proxy's own error if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ResponseClass {
+    pub status: u16,
+    pub grpc_status: Option<u32>,
+    pub error: ProxyError,
+}
+
+impl ResponseClass {
+    pub(crate) fn http(status: u16, error: ProxyError) -> Self {
+        Self {
+            status,
+            grpc_status: None,
+            error,
+        }
+    }
+
+    /// 5xx, or a non-zero gRPC status, is a failure.
+    fn is_failure(&self) -> bool {
+        self.status >= 500 || self.grpc_status.is_some_and(|g| g != 0)
+    }
+
+    /// `status_code`, `classification`, then `grpc_status` and `error`
+    /// when present (as `response_total` has them).
+    fn labels(&self) -> String {
+        let outcome = if self.is_failure() {
+            "failure"
+        } else {
+            "success"
+        };
+        let mut s = format!(
+            "status_code=\"{}\",classification=\"{outcome}\"",
+            self.status
+        );
+        self.push_details(&mut s);
+        s
+    }
+
+    /// As [`Self::labels`] without `classification` (as linkerd's
+    /// `response_latency_ms` has them).
+    fn labels_without_classification(&self) -> String {
+        let mut s = format!("status_code=\"{}\"", self.status);
+        self.push_details(&mut s);
+        s
+    }
+
+    fn push_details(&self, s: &mut String) {
+        if let Some(g) = self.grpc_status {
+            let _ = write!(s, ",grpc_status=\"{g}\"");
+        }
+        if let Some(e) = self.error {
+            let _ = write!(s, ",error=\"{e}\"");
+        }
+    }
+}
+
 /// Responses with one status code (and proxy error).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct StatusCounters {
@@ -402,7 +459,7 @@ pub(crate) struct StatusCounters {
 pub(crate) struct HttpCounters {
     pub last_used: Instant,
     pub requests: u64,
-    pub by_status: HashMap<(u16, ProxyError), StatusCounters>,
+    pub by_status: HashMap<ResponseClass, StatusCounters>,
 }
 
 impl Default for HttpCounters {
@@ -420,13 +477,7 @@ pub(crate) struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
 
 impl HttpShard {
     /// Counts one request and its response.
-    pub(crate) fn record(
-        &mut self,
-        key: &HttpKey,
-        status: u16,
-        error: ProxyError,
-        latency_ms: u64,
-    ) {
+    pub(crate) fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
         if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
             cap_hit("http");
             return;
@@ -434,7 +485,7 @@ impl HttpShard {
         let c = self.0.entry(key.clone()).or_default();
         c.last_used = Instant::now();
         c.requests += 1;
-        let s = c.by_status.entry((status, error)).or_default();
+        let s = c.by_status.entry(class).or_default();
         s.total += 1;
         s.sum_ms += latency_ms;
         let i = LATENCY_BUCKETS_MS
@@ -485,13 +536,12 @@ impl HttpShard {
         for k in &keys {
             let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
             st.sort_by_key(|(s, _)| **s);
-            for ((status, error), c) in st {
-                let class = if *status >= 500 { "failure" } else { "success" };
-                let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
+            for (class, c) in st {
                 let _ = writeln!(
                     out,
-                    "response_total{{{},status_code=\"{status}\",classification=\"{class}\"{error}}} {}",
+                    "response_total{{{},{}}} {}",
                     http_labels(k),
+                    class.labels(),
                     c.total
                 );
             }
@@ -503,9 +553,12 @@ impl HttpShard {
         for k in &keys {
             let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
             st.sort_by_key(|(s, _)| **s);
-            for ((status, error), c) in st {
-                let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
-                let l = format!("{},status_code=\"{status}\"{error}", http_labels(k));
+            for (class, c) in st {
+                let l = format!(
+                    "{},{}",
+                    http_labels(k),
+                    class.labels_without_classification()
+                );
                 let mut cum = 0;
                 for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
                     cum += c.buckets[i];
@@ -577,11 +630,15 @@ mod tests {
     fn series_cap_is_never_exceeded() {
         let mut h = HttpShard::default();
         for i in 0..(MAX_SERIES + 50) {
-            h.record(&key((i % 65535) as u16 + 1), 200, None, 1);
+            h.record(
+                &key((i % 65535) as u16 + 1),
+                ResponseClass::http(200, None),
+                1,
+            );
         }
         assert_eq!(h.0.len(), MAX_SERIES);
         // Known label sets still count.
-        h.record(&key(1), 200, None, 1);
+        h.record(&key(1), ResponseClass::http(200, None), 1);
         assert_eq!(h.0[&key(1)].requests, 2);
 
         let mut t = TcpShard::default();
@@ -595,20 +652,27 @@ mod tests {
     #[test]
     fn latency_buckets_and_merge() {
         let mut a = HttpShard::default();
-        a.record(&key(1), 200, None, 0);
-        a.record(&key(1), 200, None, 7);
-        a.record(&key(1), 503, Some("no_endpoints"), 60_000);
+        a.record(&key(1), ResponseClass::http(200, None), 0);
+        a.record(&key(1), ResponseClass::http(200, None), 7);
+        a.record(
+            &key(1),
+            ResponseClass::http(503, Some("no_endpoints")),
+            60_000,
+        );
         let mut b = HttpShard::default();
-        b.record(&key(1), 200, None, 1000);
+        b.record(&key(1), ResponseClass::http(200, None), 1000);
         a.merge(&b);
         let c = &a.0[&key(1)];
         assert_eq!(c.requests, 4);
-        let ok = &c.by_status[&(200, None)];
+        let ok = &c.by_status[&ResponseClass::http(200, None)];
         assert_eq!((ok.total, ok.sum_ms), (3, 1007));
         assert_eq!(ok.buckets[0], 1); // ≤ 1 ms
         assert_eq!(ok.buckets[5], 1); // ≤ 10 ms
         assert_eq!(ok.buckets[15], 1); // ≤ 1000 ms
-        assert_eq!(c.by_status[&(503, Some("no_endpoints"))].buckets[25], 1); // +Inf
+        assert_eq!(
+            c.by_status[&ResponseClass::http(503, Some("no_endpoints"))].buckets[25],
+            1
+        ); // +Inf
         let mut out = String::new();
         a.encode(&mut out);
         assert!(out.contains("response_latency_ms_bucket{direction=\"outbound\",tls=\"no_identity\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",status_code=\"200\",le=\"+Inf\"} 3"), "{out}");
@@ -650,6 +714,28 @@ mod tests {
     }
 
     #[test]
+    fn grpc_status_labels_and_classifies() {
+        let mut h = HttpShard::default();
+        let grpc = |g| ResponseClass {
+            status: 200,
+            grpc_status: Some(g),
+            error: None,
+        };
+        h.record(&key(1), grpc(0), 1);
+        h.record(&key(1), grpc(5), 1);
+        let mut out = String::new();
+        h.encode(&mut out);
+        assert!(
+            out.contains("status_code=\"200\",classification=\"success\",grpc_status=\"0\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("status_code=\"200\",classification=\"failure\",grpc_status=\"5\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn dst_labels_are_prefixed_and_escaped() {
         let mut k = key(1);
         k.dst_labels = Some(Arc::from(vec![
@@ -657,7 +743,7 @@ mod tests {
             ("service".to_string(), "we\"b".to_string()),
         ]));
         let mut h = HttpShard::default();
-        h.record(&k, 200, None, 1);
+        h.record(&k, ResponseClass::http(200, None), 1);
         let mut out = String::new();
         h.encode(&mut out);
         assert!(

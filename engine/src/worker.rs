@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
-use crate::metrics::{HttpShard, TcpShard, TcpSnapshot};
+use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
 
@@ -74,6 +74,8 @@ pub(crate) struct Worker {
     pub control: mpsc::Sender<ControlMsg>,
     /// Idle upstream HTTP/1 connections.
     pub pool: Pool,
+    /// Upstream HTTP/2 connections (multiplexed).
+    pub h2_pool: crate::http2::Pool,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// This worker's TCP metrics (it is the only writer).
@@ -125,6 +127,13 @@ impl Worker {
                 true
             }
         });
+    }
+
+    /// Counts one HTTP request and its response in this worker's shard.
+    pub(crate) fn record_response(&self, key: &HttpKey, class: ResponseClass, started: Instant) {
+        let ms = started.elapsed().as_millis() as u64;
+        self.requests.set(self.requests.get() + 1);
+        self.http_metrics.borrow_mut().record(key, class, ms);
     }
 
     /// True once the worker is draining: finish what is in flight, take
@@ -243,6 +252,7 @@ async fn serve(setup: WorkerSetup) {
         control,
         pool: Pool::default(),
         stop: Stop::default(),
+        h2_pool: crate::http2::Pool::default(),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),

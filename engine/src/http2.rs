@@ -1,0 +1,720 @@
+//! The HTTP/2 proxy (h2c with prior knowledge, gRPC included): each client
+//! stream is routed and balanced on its own and multiplexed onto this
+//! worker's pooled HTTP/2 connections to the chosen endpoint.
+//!
+//! Bodies and trailers are streamed both ways with flow control end to end:
+//! a DATA frame's bytes are released to the sender (its window reopened)
+//! only once the other side has accepted them, so a slow consumer slows the
+//! producer and nothing is buffered beyond the two windows. A client's
+//! RST_STREAM cancels the upstream stream and an upstream reset is passed
+//! back; an upstream GOAWAY retires that connection for new streams while
+//! its in-flight streams finish. When the worker drains, clients get a
+//! GOAWAY and their open streams run to completion.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Request, Response};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
+use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::http1::Authority as RequestAuthority;
+
+use crate::l4::dst_labels;
+use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
+use crate::route::{resolve, Dst, HttpDst, UpstreamError};
+use crate::worker::Worker;
+
+/// Streams one pooled upstream connection carries before another is opened
+/// (the peer's own SETTINGS_MAX_CONCURRENT_STREAMS still applies: a stream
+/// waits for room rather than failing).
+const STREAMS_PER_CONNECTION: usize = 100;
+/// Largest header list accepted from either side (RFC 9113 §6.5.2).
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// A socket whose reads and writes are counted by a [`ConnMeter`].
+struct MeteredIo<I> {
+    io: I,
+    meter: ConnMeter,
+}
+
+impl<I: AsyncReadRent> AsyncReadRent for MeteredIo<I> {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.read(buf).await;
+        match &res {
+            Ok(n) => self.meter.read(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.readv(buf).await;
+        match &res {
+            Ok(n) => self.meter.read(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+}
+
+impl<I: AsyncWriteRent> AsyncWriteRent for MeteredIo<I> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.write(buf).await;
+        match &res {
+            Ok(n) => self.meter.wrote(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.writev(buf).await;
+        match &res {
+            Ok(n) => self.meter.wrote(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.flush()
+    }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.shutdown()
+    }
+}
+
+/// One pooled upstream HTTP/2 connection.
+struct Upstream {
+    /// Tells connections to one endpoint apart (for retiring one).
+    id: u64,
+    send: client::SendRequest<Bytes>,
+    /// Set when its connection task ended (closed, failed, or GOAWAY).
+    closed: Rc<Cell<bool>>,
+}
+
+/// This worker's HTTP/2 connections per endpoint.
+#[derive(Default)]
+pub(crate) struct Pool {
+    conns: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    next_id: Cell<u64>,
+}
+
+impl Pool {
+    /// A connection to `addr` with room for another stream.
+    fn take(&self, addr: SocketAddr) -> Option<(client::SendRequest<Bytes>, u64)> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&addr)?;
+        list.retain(|u| !u.closed.get() && !u.send.has_conn_error());
+        list.iter()
+            .find(|u| u.send.num_active_streams() < STREAMS_PER_CONNECTION)
+            .map(|u| (u.send.clone(), u.id))
+    }
+
+    fn put(
+        &self,
+        addr: SocketAddr,
+        send: client::SendRequest<Bytes>,
+        closed: Rc<Cell<bool>>,
+    ) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let up = Upstream { id, send, closed };
+        self.conns.borrow_mut().entry(addr).or_default().push(up);
+        id
+    }
+
+    /// Takes a connection out of use (its open streams go on).
+    fn retire(&self, addr: SocketAddr, id: u64) {
+        if let Some(list) = self.conns.borrow_mut().get_mut(&addr) {
+            list.retain(|u| u.id != id);
+        }
+    }
+}
+
+/// Serves HTTP/2 on `client`; `prefix` holds what detection read (the
+/// connection preface at least), already counted by `meter`'s owner.
+pub(crate) async fn serve(
+    w: Rc<Worker>,
+    client: TcpStream,
+    prefix: Vec<u8>,
+    peer: SocketAddr,
+    dst: HttpDst,
+    connect_timeout: Duration,
+    meter: ConnMeter,
+) {
+    let dst = Rc::new(dst);
+    let direction = if matches!(*dst, HttpDst::Local(_)) {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    meter.read(prefix.len());
+    let io = MeteredIo {
+        io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
+        meter,
+    };
+    let mut builder = server::Builder::new();
+    builder
+        .initial_window_size(w.cfg.http2_stream_window)
+        .initial_connection_window_size(w.cfg.http2_connection_window)
+        .max_concurrent_streams(w.cfg.http2_max_concurrent_streams)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    let mut conn = match builder.handshake::<_, Bytes>(io).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let stop = w.stop.clone();
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            conn.accept().await
+        } else {
+            monoio::select! {
+                n = conn.accept() => n,
+                _ = stop.wait() => {
+                    // GOAWAY: no new streams; open ones finish.
+                    conn.graceful_shutdown();
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        match next {
+            None => break,
+            Some(Ok((req, respond))) => {
+                let (w, dst) = (w.clone(), dst.clone());
+                monoio::spawn(async move {
+                    proxy_stream(&w, &dst, direction, req, respond, connect_timeout).await;
+                });
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+                break;
+            }
+        }
+    }
+}
+
+/// What ended a stream before a response could be relayed.
+enum Failure {
+    /// The proxy answers with this status itself.
+    Respond(u16, &'static str, String),
+    /// Nothing more to send: the client reset or the stream was reset.
+    Reset(Reason),
+}
+
+/// Proxies one client stream: route, pick an endpoint, forward.
+async fn proxy_stream(
+    w: &Rc<Worker>,
+    dst: &HttpDst,
+    direction: Direction,
+    req: Request<RecvStream>,
+    mut respond: server::SendResponse<Bytes>,
+    connect_timeout: Duration,
+) {
+    let started = Instant::now();
+    let mut key = HttpKey {
+        direction,
+        authority: None,
+        target: None,
+        dst_labels: None,
+    };
+    let is_grpc = is_grpc(req.headers());
+    let class = match forward(w, dst, &mut key, req, &mut respond, connect_timeout).await {
+        Ok(class) => class,
+        Err(Failure::Respond(status, label, reason)) => {
+            tracing::warn!(error = %reason, "HTTP/2 request failed");
+            send_error(&mut respond, status, &reason, is_grpc);
+            ResponseClass {
+                status,
+                grpc_status: is_grpc.then_some(UNAVAILABLE),
+                error: Some(label),
+            }
+        }
+        Err(Failure::Reset(reason)) => {
+            respond.send_reset(reason);
+            tracing::debug!(?reason, "HTTP/2 stream reset");
+            return;
+        }
+    };
+    w.record_response(&key, class, started);
+}
+
+/// gRPC's UNAVAILABLE: what a gRPC client gets when no upstream answered.
+const UNAVAILABLE: u32 = 14;
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status in trailers (or trailers-only response headers).
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The proxy's own answer, with the reason in `l5d-proxy-error` (and, for
+/// gRPC clients, as a trailers-only UNAVAILABLE so their status says why).
+fn send_error(respond: &mut server::SendResponse<Bytes>, status: u16, reason: &str, grpc: bool) {
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .collect();
+    let mut resp = Response::builder()
+        .status(status)
+        .header("l5d-proxy-error", reason.as_str());
+    if grpc {
+        resp = resp
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", UNAVAILABLE.to_string())
+            .header("grpc-message", reason.as_str());
+    } else {
+        resp = resp.header(http::header::CONTENT_TYPE, "text/plain");
+    }
+    let Ok(resp) = resp.body(()) else {
+        return;
+    };
+    match respond.send_response(resp, grpc) {
+        Ok(mut body) if !grpc => {
+            let _ = body.send_data(Bytes::from(format!("ringmesh: {reason}\n")), true);
+        }
+        _ => {}
+    }
+}
+
+async fn forward(
+    w: &Rc<Worker>,
+    dst: &HttpDst,
+    key: &mut HttpKey,
+    req: Request<RecvStream>,
+    respond: &mut server::SendResponse<Bytes>,
+    connect_timeout: Duration,
+) -> Result<ResponseClass, Failure> {
+    let upstream_failed = |e: UpstreamError| Failure::Respond(e.status(), e.label(), e.reason());
+    // :authority, or Host for a request converted from HTTP/1.
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let default_port = if req.uri().scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let parsed = authority
+        .as_deref()
+        .and_then(|a| split_authority(a, default_port));
+    let target = resolve(
+        w,
+        dst,
+        parsed.map(|(host, port)| RequestAuthority {
+            host,
+            port,
+            raw: authority.as_deref().unwrap_or(""),
+        }),
+    )
+    .await
+    .map_err(upstream_failed)?;
+    match &target {
+        Dst::Service(svc, _) => {
+            key.authority = Some(svc.name.clone());
+            key.dst_labels = dst_labels(svc);
+        }
+        Dst::Addr(addr) => key.target = Some(*addr),
+    }
+    // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
+    let (mut parts, body) = req.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    parts.version = http::Version::HTTP_2;
+    let end = body.is_end_stream();
+    let mut body = Some(body);
+    let mut tries = 0;
+    // In flight on its endpoint (for the balancer) until the response ends.
+    let mut _guard;
+    let resp = loop {
+        tries += 1;
+        let (send, addr, guard, id) = checkout(w, key, &target, connect_timeout)
+            .await
+            .map_err(upstream_failed)?;
+        _guard = guard;
+        key.target = Some(addr);
+        let sent = match send.ready().await {
+            Ok(mut s) => s.send_request(request_head(&parts), end),
+            Err(e) => Err(e),
+        };
+        let (response, up_body) = match sent {
+            Ok(r) => r,
+            // A connection the upstream is closing (GOAWAY) takes no new
+            // stream: another connection does.
+            Err(e) if tries < MAX_TRIES && unprocessed(&e) => {
+                w.h2_pool.retire(addr, id);
+                continue;
+            }
+            Err(e) => {
+                return Err(Failure::Respond(
+                    502,
+                    "upstream_failed",
+                    format!("upstream: {e}"),
+                ))
+            }
+        };
+        // The request body goes up on its own task, while the response
+        // (head and body) comes down: bidirectional streams need both.
+        if let Some(b) = body.take().filter(|_| !end) {
+            monoio::spawn(request_body(b, up_body));
+        }
+        let head = monoio::select! {
+            r = response => r,
+            reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                // The client gave up: dropping the response future (and the
+                // body task seeing the reset) cancels the upstream stream.
+                return Err(Failure::Reset(reset.unwrap_or(Reason::CANCEL)));
+            }
+        };
+        match head {
+            Ok(resp) => break resp,
+            // Streams above a GOAWAY's last stream id were not processed;
+            // without a body (nothing consumed) the request can go again.
+            Err(e) if end && tries < MAX_TRIES && unprocessed(&e) => {
+                w.h2_pool.retire(addr, id);
+                continue;
+            }
+            Err(e) => {
+                return Err(match e.reason() {
+                    Some(reason) if e.is_reset() => Failure::Reset(reason),
+                    _ => Failure::Respond(
+                        502,
+                        "upstream_failed",
+                        format!("upstream stream failed: {e}"),
+                    ),
+                })
+            }
+        }
+    };
+
+    let (mut parts, mut down) = resp.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    let status = parts.status.as_u16();
+    let mut grpc = grpc_status(&parts.headers);
+    let end = down.is_end_stream();
+    let mut client_body = respond
+        .send_response(Response::from_parts(parts, ()), end)
+        .map_err(|_| Failure::Reset(Reason::CANCEL))?;
+    if !end {
+        match pump_response(&mut down, &mut client_body).await {
+            Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
+            Err(reason) => {
+                tracing::debug!(?reason, "response body ended early");
+            }
+        }
+    }
+    Ok(ResponseClass {
+        status,
+        grpc_status: grpc,
+        error: None,
+    })
+}
+
+/// Attempts per stream when upstream connections refuse it unprocessed.
+const MAX_TRIES: u32 = 3;
+
+/// A new head for each attempt (the body is never replayed).
+fn request_head(parts: &http::request::Parts) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// The upstream did not process the stream: GOAWAY'd past its last stream
+/// id, or refused (RFC 9113 §8.7).
+fn unprocessed(e: &monoio_http::h2::Error) -> bool {
+    e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
+}
+
+/// Streams a client's request body to the upstream stream.
+async fn request_body(mut from: RecvStream, mut to: SendStream<Bytes>) {
+    if let Err(reason) = pump(&mut from, &mut to).await {
+        tracing::debug!(?reason, "request body ended early");
+    }
+}
+
+/// `host[:port]` → host (brackets kept for IPv6) and port.
+fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
+    if let Some(rest) = a.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &a[..end + 2];
+        return match &rest[end + 1..] {
+            "" => Some((host, default_port)),
+            p => p.strip_prefix(':')?.parse().ok().map(|p| (host, p)),
+        };
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => p.parse().ok().map(|p| (h, p)),
+        None => Some((a, default_port)),
+    }
+}
+
+/// Connection-specific fields HTTP/2 forbids; `te` survives only as
+/// `trailers` (RFC 9113 §8.2.2).
+fn strip_connection_headers(h: &mut HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+    ] {
+        h.remove(name);
+    }
+    if h.get(http::header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(http::header::TE);
+    }
+}
+
+/// Moves one body (DATA frames, then trailers) from `from` to `to`,
+/// releasing each chunk's flow-control capacity only after `to` accepted
+/// it. A failure on either side resets the other.
+async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
+    pump_with(from, to, |_| {}).await
+}
+
+/// As [`pump`], returning the gRPC status the trailers carried.
+async fn pump_response(
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
+) -> Result<Option<u32>, Reason> {
+    let mut grpc = None;
+    pump_with(from, to, |t| grpc = grpc_status(t)).await?;
+    Ok(grpc)
+}
+
+async fn pump_with(
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
+    mut on_trailers: impl FnMut(&HeaderMap),
+) -> Result<(), Reason> {
+    // The source failed: the sink learns it by a reset with the same reason.
+    let fail = |to: &mut SendStream<Bytes>, reason: Reason| {
+        to.send_reset(reason);
+        Err(reason)
+    };
+    loop {
+        let chunk = match from.data().await {
+            None => break,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                let reason = e.reason().unwrap_or(Reason::CANCEL);
+                return fail(to, reason);
+            }
+        };
+        let len = chunk.len();
+        let last = from.is_end_stream();
+        // The sink is gone (reset, or its connection failed): the caller
+        // resets the source's stream.
+        send_all(to, chunk, last).await?;
+        let _ = from.flow_control().release_capacity(len);
+        if last {
+            return Ok(());
+        }
+    }
+    match from.trailers().await {
+        Ok(Some(t)) => {
+            on_trailers(&t);
+            to.send_trailers(t)
+                .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))
+        }
+        Ok(None) => to
+            .send_data(Bytes::new(), true)
+            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL)),
+        Err(e) => {
+            let reason = e.reason().unwrap_or(Reason::CANCEL);
+            fail(to, reason)
+        }
+    }
+}
+
+/// Sends `chunk` as the window allows.
+async fn send_all(to: &mut SendStream<Bytes>, mut chunk: Bytes, last: bool) -> Result<(), Reason> {
+    if chunk.is_empty() {
+        return to
+            .send_data(chunk, last)
+            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL));
+    }
+    while !chunk.is_empty() {
+        to.reserve_capacity(chunk.len());
+        let cap = match poll_fn(|cx| to.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e.reason().unwrap_or(Reason::CANCEL)),
+            None => return Err(Reason::CANCEL),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let part = chunk.split_to(cap.min(chunk.len()));
+        to.send_data(part, last && chunk.is_empty())
+            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+    }
+    Ok(())
+}
+
+/// A stream's upstream: a pooled HTTP/2 connection to the chosen endpoint,
+/// or a new one (trying each endpoint at most once).
+async fn checkout(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    dst: &Dst,
+    timeout: Duration,
+) -> Result<
+    (
+        client::SendRequest<Bytes>,
+        SocketAddr,
+        Option<OpenGuard>,
+        u64,
+    ),
+    UpstreamError,
+> {
+    match dst {
+        Dst::Addr(addr) => {
+            if w.is_own_listener(*addr) {
+                return Err(UpstreamError::Loop(*addr));
+            }
+            let (send, id) = connection(w, key, *addr, timeout).await?;
+            Ok((send, *addr, None, id))
+        }
+        Dst::Service(svc, balancer) => {
+            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut last = None;
+            loop {
+                let Some(ep) = balancer.borrow().pick_untried(&tried) else {
+                    break;
+                };
+                let addr = ep.addr();
+                let guard = OpenGuard::new(ep);
+                if w.is_own_listener(addr) {
+                    last = Some(UpstreamError::Loop(addr));
+                    tried.push(addr);
+                    continue;
+                }
+                match connection(w, key, addr, timeout).await {
+                    Ok((send, id)) => return Ok((send, addr, Some(guard), id)),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
+                        tried.push(addr);
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
+        }
+    }
+}
+
+/// A pooled connection to `addr`, or a new one (connect + HTTP/2
+/// handshake, its connection task spawned on this worker).
+async fn connection(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
+    if let Some(taken) = w.h2_pool.take(addr) {
+        return Ok(taken);
+    }
+    let stream = crate::l4::connect(addr, timeout)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => UpstreamError::Timeout,
+            _ => UpstreamError::Connect(e),
+        })?;
+    let _ = stream.set_nodelay(true);
+    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+        direction: key.direction,
+        peer: Peer::Dst,
+        target: addr,
+        authority: key.authority.clone(),
+        dst_labels: key.dst_labels.clone(),
+    });
+    let io = MeteredIo { io: stream, meter };
+    let mut builder = client::Builder::new();
+    builder
+        .initial_window_size(w.cfg.http2_stream_window)
+        .initial_connection_window_size(w.cfg.http2_connection_window)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false);
+    let (send, conn) = builder
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| UpstreamError::Connect(std::io::Error::other(e.to_string())))?;
+    let closed = Rc::new(Cell::new(false));
+    let done = closed.clone();
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+        done.set(true);
+    });
+    let id = w.h2_pool.put(addr, send.clone(), closed);
+    Ok((send, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split() {
+        assert_eq!(
+            split_authority("web.test:8080", 80),
+            Some(("web.test", 8080))
+        );
+        assert_eq!(split_authority("web.test", 80), Some(("web.test", 80)));
+        assert_eq!(split_authority("[::1]:9", 80), Some(("[::1]", 9)));
+        assert_eq!(split_authority("[::1]", 443), Some(("[::1]", 443)));
+        assert_eq!(split_authority("web.test:x", 80), None);
+        assert_eq!(split_authority("[::1", 80), None);
+    }
+
+    #[test]
+    fn connection_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("te", "gzip".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_connection_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        strip_connection_headers(&mut h);
+        assert_eq!(h.len(), 1, "te: trailers is allowed");
+    }
+}

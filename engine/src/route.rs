@@ -1,0 +1,136 @@
+//! Where an HTTP request goes: the listener's fixed destination, or the
+//! request's authority looked up in the discovery snapshot (asking the
+//! control core to watch a name it has not seen), and the errors that end a
+//! request before any upstream answered. Shared by the HTTP/1 and HTTP/2
+//! proxies.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringmesh_balancer::L4Balancer;
+use ringmesh_discovery::{Authority, Service};
+use ringmesh_protocols::http1::Authority as RequestAuthority;
+
+use crate::worker::Worker;
+
+/// How long a request waits for discovery to resolve a new authority.
+const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+
+/// How requests on one connection find their destination.
+pub(crate) enum HttpDst {
+    /// Fixed by the listener: a redirected connection's original
+    /// destination (a discovered service if one has that address).
+    OrigDst(SocketAddr),
+    /// An explicit forward's target.
+    Forward(Authority),
+    /// The local application (inbound).
+    Local(SocketAddr),
+    /// The request's authority (absolute-form target or Host): a client
+    /// using ringmesh as an explicit HTTP proxy.
+    ByAuthority,
+}
+
+/// Where one request goes.
+pub(crate) enum Dst {
+    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
+    Addr(SocketAddr),
+}
+
+/// Why a request got no upstream connection; each maps to one status.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    NoEndpoints(String),
+    Unknown(String),
+    Loop(SocketAddr),
+    Connect(io::Error),
+    Timeout,
+}
+
+impl UpstreamError {
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Self::NoEndpoints(_) | Self::Unknown(_) => 503,
+            Self::Timeout => 504,
+            Self::Loop(_) | Self::Connect(_) => 502,
+        }
+    }
+
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Self::NoEndpoints(s) => format!("no endpoints available for {s}"),
+            Self::Unknown(s) => format!("cannot resolve {s}"),
+            Self::Loop(a) => format!("destination {a} is this proxy (loop)"),
+            Self::Connect(e) => format!("upstream connection failed: {e}"),
+            Self::Timeout => "upstream connect timed out".into(),
+        }
+    }
+
+    /// The `error` label of the response this error becomes.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::NoEndpoints(_) => "no_endpoints",
+            Self::Unknown(_) => "unresolved",
+            Self::Loop(_) => "loop",
+            Self::Connect(_) => "connect_failed",
+            Self::Timeout => "connect_timeout",
+        }
+    }
+}
+
+/// Picks the destination for one request.
+pub(crate) async fn resolve(
+    w: &Worker,
+    dst: &HttpDst,
+    authority: Option<RequestAuthority<'_>>,
+) -> Result<Dst, UpstreamError> {
+    let snap = w.snapshot();
+    let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
+        Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),
+        None => Dst::Addr(addr),
+    };
+    match dst {
+        HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
+        HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
+        HttpDst::Forward(name) => match snap.service(name) {
+            Some(svc) => Ok(Dst::Service(svc.clone(), w.balancer(svc))),
+            None => match name.socket_addr() {
+                Some(addr) => Ok(by_addr(addr)),
+                None => Err(UpstreamError::Unknown(name.to_string())),
+            },
+        },
+        HttpDst::ByAuthority => {
+            let Some(auth) = authority else {
+                return Err(UpstreamError::Unknown(
+                    "a request without an authority".into(),
+                ));
+            };
+            let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
+                .map_err(|_| UpstreamError::Unknown(auth.raw.to_string()))?;
+            if let Some(svc) = snap.service(&name) {
+                return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
+            }
+            if let Some(addr) = name.socket_addr() {
+                return Ok(by_addr(addr));
+            }
+            drop(snap);
+            // A name discovery has not seen: ask the control core, wait
+            // (bounded) for the snapshot to carry it.
+            let _ = w
+                .control
+                .send(crate::control::ControlMsg::Watch(name.clone()));
+            let deadline = Instant::now() + RESOLVE_WAIT;
+            while Instant::now() < deadline {
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                let snap = w.snapshot();
+                if let Some(svc) = snap.service(&name) {
+                    return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
+                }
+            }
+            Err(UpstreamError::Unknown(name.to_string()))
+        }
+    }
+}
