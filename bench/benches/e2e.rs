@@ -28,9 +28,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringmesh_bench::backend::Backend;
+use ringmesh_bench::cpu::CpuProbe;
 use ringmesh_bench::load::{self, LoadSpec, Mode};
 use ringmesh_bench::pin::{self, Placement};
-use ringmesh_bench::proxy::{self, CpuSample, Proxy, ProxyConfig};
+use ringmesh_bench::proxy::{self, Proxy, ProxyConfig};
 use ringmesh_bench::report::{Latency, Measurement, NotRun, Report, RunInfo, Via};
 use ringmesh_bench::scenario::{self, BackendKind};
 
@@ -142,6 +143,12 @@ fn run(opts: &Options) -> io::Result<bool> {
         placement.description
     );
 
+    let cpu = CpuProbe {
+        clock_ticks: ringmesh_bench::cpu::clock_ticks()?,
+        proxy_pid: Some(proxy.pid()),
+        proxy_cpus: placement.proxy_cpus.clone(),
+        load_cpus: placement.load_cpus.clone(),
+    };
     let mut report = Report {
         run: RunInfo {
             quick: opts.quick,
@@ -155,13 +162,13 @@ fn run(opts: &Options) -> io::Result<bool> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            clock_ticks_per_s: proxy::clock_ticks()?,
+            clock_ticks_per_s: cpu.clock_ticks,
         },
         measurements: Vec::new(),
         not_run: Vec::new(),
     };
     let mut all_ok = true;
-    let cpu_probe = || proxy.cpu_sample();
+    let cpu_probe = || cpu.sample();
     for sc in scenario::all() {
         if !opts.filters.is_empty() && !opts.filters.iter().any(|f| sc.name.contains(f.as_str())) {
             continue;
@@ -211,11 +218,9 @@ fn run(opts: &Options) -> io::Result<bool> {
                     mode.label(),
                     via.as_str()
                 );
-                let probe: Option<&dyn Fn() -> io::Result<CpuSample>> = match via {
-                    Via::Proxy => Some(&cpu_probe),
-                    Via::Direct => None,
-                };
-                let m = match load::run(addr, &connect, &spec, probe) {
+                // Sampled on direct runs too: the noise on the load's CPUs
+                // matters there as much.
+                let m = match load::run(addr, &connect, &spec, Some(&cpu_probe)) {
                     Ok(r) => {
                         let rps = r.requests_per_second();
                         let usage = r.probes.as_ref().map(|(a, b)| b.usage_since(a));
@@ -237,11 +242,15 @@ fn run(opts: &Options) -> io::Result<bool> {
                             latency_us: Latency::from_histogram(&r.histogram),
                             added_latency_us: None,
                             proxy_cpu_us_per_req: usage
-                                .filter(|_| r.requests > 0)
-                                .map(|u| u.proxy.as_secs_f64() * 1e6 / r.requests as f64),
+                                .and_then(|u| u.proxy)
+                                .filter(|_| r.requests > 0 && via == Via::Proxy)
+                                .map(|p| p.as_secs_f64() * 1e6 / r.requests as f64),
                             proxy_cpus_other_busy_pct: usage
                                 .and_then(|u| u.others_on_proxy_cpus)
-                                .map(|o| 100.0 * o.as_secs_f64() / r.window.as_secs_f64()),
+                                .filter(|_| via == Via::Proxy)
+                                .map(|o| pct(o, r.window)),
+                            load_cpus_other_busy_pct: usage
+                                .map(|u| pct(u.others_on_load_cpus, r.window)),
                             histogram: r.histogram,
                         }
                     }
@@ -261,6 +270,7 @@ fn run(opts: &Options) -> io::Result<bool> {
                         added_latency_us: None,
                         proxy_cpu_us_per_req: None,
                         proxy_cpus_other_busy_pct: None,
+                        load_cpus_other_busy_pct: None,
                         histogram: load::new_histogram(),
                     },
                 };
@@ -290,4 +300,8 @@ fn run(opts: &Options) -> io::Result<bool> {
         began.elapsed().as_secs_f64()
     );
     Ok(all_ok)
+}
+
+fn pct(part: Duration, whole: Duration) -> f64 {
+    100.0 * part.as_secs_f64() / whole.as_secs_f64()
 }

@@ -8,8 +8,11 @@
 //!   small and a 1 MiB response ([`http1`]) and a WebSocket echo server
 //!   ([`websocket`]), each module holding both sides of its protocol.
 //! - The real `ringmesh` binary as a child process under test ([`proxy`]):
-//!   free ports, environment, readiness, CPU pinning, CPU-time sampling from
-//!   `/proc`, killed when dropped.
+//!   free ports, environment, readiness, CPU pinning ([`pin`]), killed when
+//!   dropped.
+//! - CPU accounting from `/proc` ([`cpu`]): the proxy's CPU per request, and
+//!   how much other work shared the proxy's and the load's CPUs (so a noisy
+//!   run on a shared machine is flagged, not believed).
 //! - Load generators ([`load`]): open loop at a fixed rate (latency measured
 //!   from each request's *scheduled* send time, so a slow response cannot
 //!   hide the requests queued behind it — no coordinated omission) and closed
@@ -30,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod cpu;
 pub mod http1;
 pub mod load;
 pub mod pin;

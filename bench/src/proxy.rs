@@ -136,41 +136,6 @@ pub struct Proxy {
     child: Child,
     admin: SocketAddr,
     forwards: Vec<SocketAddr>,
-    clock_ticks: u64,
-    cpus: Option<Vec<usize>>,
-}
-
-/// CPU accounting at one moment, for differences over a measured window.
-#[derive(Clone, Debug)]
-pub struct CpuSample {
-    /// The proxy's utime + stime.
-    pub proxy: Duration,
-    /// Non-idle time of the CPUs the proxy is pinned to, whoever ran there
-    /// (`None` when it is not pinned).
-    pub proxy_cpus_busy: Option<Duration>,
-}
-
-/// What happened between two [`CpuSample`]s.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuUsage {
-    /// The proxy's own CPU time.
-    pub proxy: Duration,
-    /// Time the proxy's CPUs spent on anything else (other processes,
-    /// interrupts): noise in the proxy's latency on a shared machine.
-    pub others_on_proxy_cpus: Option<Duration>,
-}
-
-impl CpuSample {
-    pub fn usage_since(&self, earlier: &CpuSample) -> CpuUsage {
-        let proxy = self.proxy.saturating_sub(earlier.proxy);
-        CpuUsage {
-            proxy,
-            others_on_proxy_cpus: self
-                .proxy_cpus_busy
-                .zip(earlier.proxy_cpus_busy)
-                .map(|(b, a)| b.saturating_sub(a).saturating_sub(proxy)),
-        }
-    }
 }
 
 impl Proxy {
@@ -196,7 +161,6 @@ impl Proxy {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let clock_ticks = clock_ticks()?;
 
         let mut cmd = Command::new(&cfg.bin);
         // Only the configuration below: a stray variable in the caller's
@@ -241,8 +205,6 @@ impl Proxy {
             child,
             admin,
             forwards,
-            clock_ticks,
-            cpus: cfg.cpus.clone(),
         };
         proxy.wait_ready()?;
         Ok(proxy)
@@ -285,48 +247,6 @@ impl Proxy {
     pub fn forward_addr(&self, i: usize) -> SocketAddr {
         self.forwards[i]
     }
-
-    /// The child's user + system CPU time so far (all threads), from
-    /// `/proc/<pid>/stat` (clock-tick resolution, usually 10 ms).
-    pub fn cpu_time(&self) -> io::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "unexpected /proc/<pid>/stat format",
-            )
-        })?;
-        Ok(self.ticks_to_duration(ticks))
-    }
-}
-
-impl Proxy {
-    /// The proxy's CPU time, and its CPUs' busy time from `/proc/stat`.
-    pub fn cpu_sample(&self) -> io::Result<CpuSample> {
-        let proxy = self.cpu_time()?;
-        let proxy_cpus_busy = match &self.cpus {
-            Some(cpus) => {
-                let stat = std::fs::read_to_string("/proc/stat")?;
-                let ticks = cpus
-                    .iter()
-                    .map(|&c| parse_cpu_busy_ticks(&stat, c))
-                    .sum::<Option<u64>>()
-                    .ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/stat format")
-                    })?;
-                Some(self.ticks_to_duration(ticks))
-            }
-            None => None,
-        };
-        Ok(CpuSample {
-            proxy,
-            proxy_cpus_busy,
-        })
-    }
-
-    fn ticks_to_duration(&self, ticks: u64) -> Duration {
-        Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / self.clock_ticks)
-    }
 }
 
 impl Drop for Proxy {
@@ -335,44 +255,6 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/<pid>/stat`'s CPU times.
-pub fn clock_ticks() -> io::Result<u64> {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(t)) if t > 0 => Ok(t as u64),
-        Ok(_) => Err(io::Error::other("sysconf(_SC_CLK_TCK) has no value")),
-        Err(e) => Err(io::Error::from(e)),
-    }
-}
-
-/// utime + stime (fields 14 and 15) in clock ticks. The command name (field
-/// 2) may contain spaces and parentheses, so fields are counted after the
-/// last `)`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // After the name: state is field 3, so utime (14) is the 12th here.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Non-idle ticks of one CPU in `/proc/stat`: user, nice, system, irq,
-/// softirq and steal (guest time is already inside user).
-pub fn parse_cpu_busy_ticks(stat: &str, cpu: usize) -> Option<u64> {
-    let name = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal ...
-    let get = |i: usize| f.get(i).copied();
-    Some(get(0)? + get(1)? + get(2)? + get(5)? + get(6)? + get(7).unwrap_or(0))
 }
 
 /// A one-shot `GET` with `Connection: close`; the status code.
@@ -391,33 +273,4 @@ pub fn http_get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status line"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_fields_after_the_last_parenthesis() {
-        let stat = "1234 (ring mesh) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
-        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn proc_stat_busy_ticks_skip_idle_and_iowait() {
-        let stat = "cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 1 2 3 1000 50 4 5 6 0 0\ncpu1 7 0 0 9 0 0 0 0 0 0\nintr 1\n";
-        assert_eq!(parse_cpu_busy_ticks(stat, 0), Some(1 + 2 + 3 + 4 + 5 + 6));
-        assert_eq!(parse_cpu_busy_ticks(stat, 1), Some(7));
-        assert_eq!(parse_cpu_busy_ticks(stat, 2), None);
-        let real = std::fs::read_to_string("/proc/stat").unwrap();
-        assert!(parse_cpu_busy_ticks(&real, 0).is_some());
-    }
-
-    #[test]
-    fn own_process_cpu_time_parses() {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        assert!(parse_stat_cpu_ticks(&stat).is_some());
-        assert!(clock_ticks().unwrap() > 0);
-    }
 }

@@ -105,6 +105,9 @@ pub struct Measurement {
     /// but the proxy (other processes, interrupts), in percent. High values
     /// mean the machine was not quiet and the proxy's tail is suspect.
     pub proxy_cpus_other_busy_pct: Option<f64>,
+    /// The same for the load generator's CPUs (anything but this process,
+    /// and the proxy when it shares them).
+    pub load_cpus_other_busy_pct: Option<f64>,
     /// Latencies in nanoseconds, for the plot.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -217,11 +220,16 @@ impl Report {
             "errors"
         );
         let mut last: Option<(&str, &str)> = None;
+        // Errors and notes go under their group (scenario and mode), so the
+        // direct, proxy and added rows stay together.
+        let mut notes = String::new();
         for m in &self.measurements {
             let key = (m.scenario.as_str(), m.mode);
             let (scenario, mode) = if last == Some(key) {
                 ("", "")
             } else {
+                out.push_str(&notes);
+                notes.clear();
                 (m.scenario.as_str(), m.mode_label.as_str())
             };
             last = Some(key);
@@ -263,27 +271,35 @@ impl Report {
                 let _ = writeln!(out);
             }
             if let Some(e) = &m.first_error {
-                let _ = writeln!(out, "    first error ({}): {e}", m.via.as_str());
+                let _ = writeln!(notes, "    first error ({}): {e}", m.via.as_str());
             }
-            if let Some(pct) = m.proxy_cpus_other_busy_pct.filter(|&p| p > NOISY_PCT) {
-                let _ = writeln!(
-                    out,
-                    "    note: other work kept the proxy's CPU {pct:.0}% busy during this run; its tail latency is suspect"
-                );
+            let noise = [
+                ("the proxy's", m.proxy_cpus_other_busy_pct),
+                ("the load generator's", m.load_cpus_other_busy_pct),
+            ];
+            for (whose, pct) in noise {
+                if let Some(pct) = pct.filter(|&p| p > NOISY_PCT) {
+                    let _ = writeln!(
+                        notes,
+                        "    note ({}): other work kept {whose} CPU {pct:.0}% busy during this run; its tail latency is suspect",
+                        m.via.as_str()
+                    );
+                }
             }
             if let Some(target) = m.target_rps {
                 // An open-loop run that could not keep its schedule measured
                 // a queue, not the path: say so next to the numbers.
                 if m.requests > 0 && m.rps < 0.95 * target {
                     let _ = writeln!(
-                        out,
-                        "    note: {} achieved {:.0} of {target:.0} req/s; latencies include queueing",
+                        notes,
+                        "    note ({}): achieved {:.0} of {target:.0} req/s; latencies include queueing",
                         m.via.as_str(),
                         m.rps
                     );
                 }
             }
         }
+        out.push_str(&notes);
         for n in &self.not_run {
             let _ = writeln!(out, "{:<20} {}", n.scenario, n.reason);
         }
@@ -306,7 +322,7 @@ impl Report {
             "scenario,mode,target_rps,via,connections,window_s,requests,errors,rps,\
              p50_us,p90_us,p99_us,p999_us,max_us,\
              added_p50_us,added_p90_us,added_p99_us,added_p999_us,added_max_us,\
-             proxy_cpu_us_per_req,proxy_cpus_other_busy_pct,note\n",
+             proxy_cpu_us_per_req,proxy_cpus_other_busy_pct,load_cpus_other_busy_pct,note\n",
         );
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
         for m in &self.measurements {
@@ -317,7 +333,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{},{}",
+                "{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{},{},{}",
                 csv_field(&m.scenario),
                 m.mode,
                 opt(m.target_rps),
@@ -329,13 +345,14 @@ impl Report {
                 m.rps,
                 opt(m.proxy_cpu_us_per_req),
                 opt(m.proxy_cpus_other_busy_pct),
+                opt(m.load_cpus_other_busy_pct),
                 csv_field(m.first_error.as_deref().unwrap_or_default()),
             );
         }
         for n in &self.not_run {
             let _ = writeln!(
                 out,
-                "{},,,,,,,,,,,,,,,,,,,,,{}",
+                "{},,,,,,,,,,,,,,,,,,,,,,{}",
                 csv_field(&n.scenario),
                 csv_field(&n.reason)
             );
@@ -384,6 +401,7 @@ mod tests {
             added_latency_us: None,
             proxy_cpu_us_per_req: None,
             proxy_cpus_other_busy_pct: None,
+            load_cpus_other_busy_pct: Some(50.0),
             histogram: h.clone(),
         };
         let mut r = Report {
@@ -424,6 +442,8 @@ mod tests {
         for l in lines {
             assert_eq!(fields(l), header, "{l}");
         }
-        assert!(r.table().contains("not run: later"));
+        let table = r.table();
+        assert!(table.contains("not run: later"));
+        assert!(table.contains("load generator's CPU 50% busy"), "{table}");
     }
 }
