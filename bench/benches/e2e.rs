@@ -32,7 +32,7 @@ use ringmesh_bench::cpu::CpuProbe;
 use ringmesh_bench::load::{self, LoadSpec, Mode};
 use ringmesh_bench::pin::{self, Placement};
 use ringmesh_bench::proxy::{self, Proxy, ProxyConfig};
-use ringmesh_bench::report::{Latency, Measurement, NotRun, Report, RunInfo, Via};
+use ringmesh_bench::report::{Measurement, NotRun, Report, RunInfo, Via};
 use ringmesh_bench::scenario::{self, BackendKind};
 
 struct Options {
@@ -221,58 +221,8 @@ fn run(opts: &Options) -> io::Result<bool> {
                 // Sampled on direct runs too: the noise on the load's CPUs
                 // matters there as much.
                 let m = match load::run(addr, &connect, &spec, Some(&cpu_probe)) {
-                    Ok(r) => {
-                        let rps = r.requests_per_second();
-                        let usage = r.probes.as_ref().map(|(a, b)| b.usage_since(a));
-                        Measurement {
-                            scenario: sc.name.to_string(),
-                            mode: mode.key(),
-                            mode_label: mode.label(),
-                            target_rps: match mode {
-                                Mode::FixedRate { per_second } => Some(per_second),
-                                Mode::MaxThroughput => None,
-                            },
-                            via,
-                            connections,
-                            window_s: r.window.as_secs_f64(),
-                            requests: r.requests,
-                            errors: r.errors,
-                            first_error: r.first_error,
-                            rps,
-                            latency_us: Latency::from_histogram(&r.histogram),
-                            added_latency_us: None,
-                            proxy_cpu_us_per_req: usage
-                                .and_then(|u| u.proxy)
-                                .filter(|_| r.requests > 0 && via == Via::Proxy)
-                                .map(|p| p.as_secs_f64() * 1e6 / r.requests as f64),
-                            proxy_cpus_other_busy_pct: usage
-                                .and_then(|u| u.others_on_proxy_cpus)
-                                .filter(|_| via == Via::Proxy)
-                                .map(|o| pct(o, r.window)),
-                            load_cpus_other_busy_pct: usage
-                                .map(|u| pct(u.others_on_load_cpus, r.window)),
-                            histogram: r.histogram,
-                        }
-                    }
-                    Err(e) => Measurement {
-                        scenario: sc.name.to_string(),
-                        mode: mode.key(),
-                        mode_label: mode.label(),
-                        target_rps: None,
-                        via,
-                        connections,
-                        window_s: window.as_secs_f64(),
-                        requests: 0,
-                        errors: 1,
-                        first_error: Some(e.to_string()),
-                        rps: 0.0,
-                        latency_us: Latency::from_histogram(&load::new_histogram()),
-                        added_latency_us: None,
-                        proxy_cpu_us_per_req: None,
-                        proxy_cpus_other_busy_pct: None,
-                        load_cpus_other_busy_pct: None,
-                        histogram: load::new_histogram(),
-                    },
+                    Ok(r) => Measurement::from_run(sc.name, mode, via, connections, r),
+                    Err(e) => Measurement::failed(sc.name, mode, via, connections, window, &e),
                 };
                 all_ok &= m.errors == 0 && m.requests > 0;
                 report.measurements.push(m);
@@ -300,8 +250,4 @@ fn run(opts: &Options) -> io::Result<bool> {
         began.elapsed().as_secs_f64()
     );
     Ok(all_ok)
-}
-
-fn pct(part: Duration, whole: Duration) -> f64 {
-    100.0 * part.as_secs_f64() / whole.as_secs_f64()
 }

@@ -47,6 +47,14 @@ impl Mode {
         }
     }
 
+    /// The open-loop rate, if this is the fixed-rate mode.
+    pub fn target_rps(&self) -> Option<f64> {
+        match self {
+            Mode::FixedRate { per_second } => Some(*per_second),
+            Mode::MaxThroughput => None,
+        }
+    }
+
     /// Short stable name for machine-readable output.
     pub fn key(&self) -> &'static str {
         match self {

@@ -35,8 +35,14 @@ pub fn curve(m: &Measurement) -> Vec<(f64, f64)> {
     (0..=steps)
         .map(|i| {
             let x = top * i as f64 / steps as f64;
-            let q = 1.0 - 10f64.powf(-x);
-            let us = h.value_at_quantile(q) as f64 / 1000.0;
+            // The last point is the maximum, as in the table (float
+            // rounding of 1 - 10^-top could otherwise pick the sample below).
+            let ns = if i == steps {
+                h.max()
+            } else {
+                h.value_at_quantile(1.0 - 10f64.powf(-x))
+            };
+            let us = ns as f64 / 1000.0;
             (x, us.max(0.001))
         })
         .collect()

@@ -5,8 +5,13 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::cpu::CpuSample;
+use crate::load::{LoadResult, Mode};
 
 /// Above this share of the window spent on other work on the proxy's CPUs,
 /// a run is flagged as noisy.
@@ -111,6 +116,77 @@ pub struct Measurement {
     /// Latencies in nanoseconds, for the plot.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
+}
+
+impl Measurement {
+    /// From a completed load run, with the CPU probe's samples.
+    pub fn from_run(
+        scenario: &str,
+        mode: Mode,
+        via: Via,
+        connections: usize,
+        r: LoadResult<CpuSample>,
+    ) -> Self {
+        let usage = r.probes.as_ref().map(|(a, b)| b.usage_since(a));
+        let pct = |d: Duration| 100.0 * d.as_secs_f64() / r.window.as_secs_f64();
+        let proxied = via == Via::Proxy;
+        Self {
+            scenario: scenario.to_string(),
+            mode: mode.key(),
+            mode_label: mode.label(),
+            target_rps: mode.target_rps(),
+            via,
+            connections,
+            window_s: r.window.as_secs_f64(),
+            rps: r.requests_per_second(),
+            requests: r.requests,
+            errors: r.errors,
+            latency_us: Latency::from_histogram(&r.histogram),
+            added_latency_us: None,
+            proxy_cpu_us_per_req: usage
+                .and_then(|u| u.proxy)
+                .filter(|_| proxied && r.requests > 0)
+                .map(|p| p.as_secs_f64() * 1e6 / r.requests as f64),
+            proxy_cpus_other_busy_pct: usage
+                .and_then(|u| u.others_on_proxy_cpus)
+                .filter(|_| proxied)
+                .map(pct),
+            load_cpus_other_busy_pct: usage.map(|u| pct(u.others_on_load_cpus)),
+            first_error: r.first_error,
+            histogram: r.histogram,
+        }
+    }
+
+    /// A run that could not start (its connections failed).
+    pub fn failed(
+        scenario: &str,
+        mode: Mode,
+        via: Via,
+        connections: usize,
+        window: Duration,
+        error: &io::Error,
+    ) -> Self {
+        let histogram = crate::load::new_histogram();
+        Self {
+            scenario: scenario.to_string(),
+            mode: mode.key(),
+            mode_label: mode.label(),
+            target_rps: mode.target_rps(),
+            via,
+            connections,
+            window_s: window.as_secs_f64(),
+            requests: 0,
+            errors: 1,
+            first_error: Some(error.to_string()),
+            rps: 0.0,
+            latency_us: Latency::from_histogram(&histogram),
+            added_latency_us: None,
+            proxy_cpu_us_per_req: None,
+            proxy_cpus_other_busy_pct: None,
+            load_cpus_other_busy_pct: None,
+            histogram,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
