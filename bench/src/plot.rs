@@ -102,6 +102,8 @@ fn draw(path: &Path, measurements: &[Measurement]) -> Result<(), Box<dyn std::er
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 16))
             .margin(12)
+            // Room for the last x label ("99.99%"), centred on the edge.
+            .margin_right(30)
             .x_label_area_size(40)
             .y_label_area_size(70)
             // Headroom above the lines for the legend.

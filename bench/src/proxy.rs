@@ -110,9 +110,10 @@ pub struct ProxyConfig {
     pub extra_env: Vec<(String, String)>,
 }
 
-/// Set while a proxy child runs, so the panic hook can kill it even when a
-/// panic aborts instead of unwinding (the release profile uses
-/// `panic = "abort"`, where `Drop` would not run).
+/// Set while a proxy child runs, so the panic hook can kill it even if a
+/// panic does not unwind to [`Proxy`]'s `Drop`: cargo builds bench targets
+/// with unwinding today, but the workspace's release profile says
+/// `panic = "abort"` and a build that honoured it would skip `Drop`.
 static CHILD_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Installs a panic hook that kills the running proxy child, then runs the
