@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, the tools the tests and bench scripts
 # drive: iptables/iproute2/setpriv (transparent-mode tests in network
-# namespaces), wrk, h2load, haproxy, nginx, iperf3, promtool, curl, and
-# python3-websockets.
+# namespaces), wrk, h2load/nghttp, haproxy, nginx, iperf3, promtool, curl,
+# and Debian python modules: websockets, grpcio (gRPC through the proxy) and
+# h2 (raw HTTP/2 frames for the attack tests).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -13,6 +14,8 @@ for pkg_bin in iptables:iptables iproute2:ip util-linux:setpriv wrk:wrk nghttp2-
 done
 # Debian's python3 (not a pyenv one) runs the WebSocket client/server.
 /usr/bin/python3 -c "import websockets" 2>/dev/null || need+=(python3-websockets)
+/usr/bin/python3 -c "import grpc" 2>/dev/null || need+=(python3-grpcio)
+/usr/bin/python3 -c "import h2" 2>/dev/null || need+=(python3-h2)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "installing: ${need[*]}" >&2

@@ -19,6 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use http::{HeaderMap, HeaderName, Request, Response};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo};
@@ -103,11 +104,18 @@ struct Upstream {
     closed: Rc<Cell<bool>>,
 }
 
+/// Told when the connection it waits for is up (or why it is not).
+type ConnectWaiter = oneshot::Sender<Result<(), String>>;
+
 /// This worker's HTTP/2 connections per endpoint.
 #[derive(Default)]
 pub(crate) struct Pool {
     conns: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
     next_id: Cell<u64>,
+    /// Endpoints a connection is being made to, with the streams waiting
+    /// for it: a burst of new streams shares one new connection instead of
+    /// each opening its own.
+    connecting: RefCell<HashMap<SocketAddr, Vec<ConnectWaiter>>>,
 }
 
 impl Pool {
@@ -646,9 +654,66 @@ async fn connection(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
-    if let Some(taken) = w.h2_pool.take(addr) {
-        return Ok(taken);
+    loop {
+        if let Some(taken) = w.h2_pool.take(addr) {
+            return Ok(taken);
+        }
+        let wait = {
+            let mut connecting = w.h2_pool.connecting.borrow_mut();
+            match connecting.get_mut(&addr) {
+                Some(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    connecting.insert(addr, Vec::new());
+                    None
+                }
+            }
+        };
+        let Some(rx) = wait else { break };
+        // Someone else is connecting: share their connection or failure.
+        match rx.await {
+            Ok(Err(e)) => return Err(UpstreamError::Connect(std::io::Error::other(e))),
+            Ok(Ok(())) | Err(_) => continue,
+        }
     }
+    let mut turn = ConnectingTurn {
+        pool: &w.h2_pool,
+        addr,
+        outcome: Err("connection attempt abandoned".into()),
+    };
+    let res = new_connection(w, key, addr, timeout).await;
+    turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason());
+    res
+}
+
+/// The stream making a new connection: when it finishes (or is dropped
+/// half-way), the streams waiting on it are told and the slot is freed.
+struct ConnectingTurn<'a> {
+    pool: &'a Pool,
+    addr: SocketAddr,
+    outcome: Result<(), String>,
+}
+
+impl Drop for ConnectingTurn<'_> {
+    fn drop(&mut self) {
+        let waiters = self.pool.connecting.borrow_mut().remove(&self.addr);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(self.outcome.clone());
+        }
+    }
+}
+
+/// Connects to `addr`, does the HTTP/2 handshake, spawns the connection's
+/// task on this worker and pools it.
+async fn new_connection(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
     let stream = crate::l4::connect(addr, timeout)
         .await
         .map_err(|e| match e.kind() {

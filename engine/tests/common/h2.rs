@@ -1,0 +1,236 @@
+//! An HTTP/2 (h2c) origin and client for tests, on their own monoio
+//! runtimes (epoll driver: test scaffolding, not the code under test).
+//!
+//! Origin routes: `/hello`, `/echo` (the request body streamed back, then
+//! trailers `x-echo-bytes` and `grpc-status: 0`), `/bytes/N`, `/status/N`,
+//! `/reset` (RST_STREAM INTERNAL_ERROR), `/hang` (never answers; counts the
+//! resets it sees), `/slow/MS`.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use monoio::net::{TcpListener, TcpStream};
+use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
+
+pub fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("test runtime")
+}
+
+#[derive(Default)]
+pub struct Counters {
+    /// Streams the origin accepted.
+    pub streams: AtomicUsize,
+    /// Connections the origin accepted.
+    pub connections: AtomicUsize,
+    /// `/hang` streams the client side reset.
+    pub resets_seen: AtomicUsize,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+}
+
+/// Starts an origin; with `goaway_after`, each connection sends a graceful
+/// GOAWAY after that many streams (as nginx does after
+/// `keepalive_requests`).
+pub fn origin(goaway_after: Option<usize>) -> Origin {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // monoio's accept on a blocking fd would block the whole runtime.
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                c.connections.fetch_add(1, Ordering::Relaxed);
+                monoio::spawn(connection(s, c.clone(), goaway_after));
+            }
+        })
+    });
+    Origin { addr, counters }
+}
+
+async fn connection(s: TcpStream, c: Arc<Counters>, goaway_after: Option<usize>) {
+    let Ok(mut conn) = server::handshake(s).await else {
+        return;
+    };
+    let mut n = 0;
+    while let Some(Ok((req, respond))) = conn.accept().await {
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        monoio::spawn(handle(req, respond, c.clone()));
+        n += 1;
+        if goaway_after == Some(n) {
+            conn.graceful_shutdown();
+        }
+    }
+}
+
+async fn handle(
+    req: Request<RecvStream>,
+    mut respond: server::SendResponse<Bytes>,
+    c: Arc<Counters>,
+) {
+    let path = req.uri().path().to_string();
+    let mut body = req.into_body();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    match (parts.next().unwrap_or(""), parts.next()) {
+        ("hello", _) => {
+            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let _ = s.send_data(Bytes::from_static(b"hello from h2"), true);
+        }
+        ("echo", _) => {
+            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let mut total = 0u64;
+            while let Some(Ok(chunk)) = body.data().await {
+                total += chunk.len() as u64;
+                let n = chunk.len();
+                if send_all(&mut s, chunk).await.is_err() {
+                    return;
+                }
+                let _ = body.flow_control().release_capacity(n);
+            }
+            let mut t = HeaderMap::new();
+            t.insert("x-echo-bytes", total.to_string().parse().unwrap());
+            t.insert("grpc-status", "0".parse().unwrap());
+            let _ = s.send_trailers(t);
+        }
+        ("bytes", Some(n)) => {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut s = respond.send_response(Response::new(()), n == 0).unwrap();
+            let mut sent = 0;
+            while sent < n {
+                let len = (n - sent).min(16 * 1024);
+                let chunk: Vec<u8> = (sent..sent + len).map(|i| (i % 251) as u8).collect();
+                if send_all(&mut s, Bytes::from(chunk)).await.is_err() {
+                    return;
+                }
+                sent += len;
+            }
+            if n > 0 {
+                let _ = s.send_data(Bytes::new(), true);
+            }
+        }
+        ("status", Some(code)) => {
+            let resp = Response::builder()
+                .status(code.parse::<u16>().unwrap_or(500))
+                .body(())
+                .unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+        ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
+        ("hang", _) => {
+            if poll_fn(|cx| respond.poll_reset(cx)).await.is_ok() {
+                c.resets_seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        ("slow", Some(ms)) => {
+            monoio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
+            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let _ = s.send_data(Bytes::from_static(b"slow"), true);
+        }
+        _ => {
+            let resp = Response::builder().status(404).body(()).unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+    }
+}
+
+/// Sends `chunk` as the stream's window allows.
+pub async fn send_all(s: &mut SendStream<Bytes>, mut chunk: Bytes) -> Result<(), ()> {
+    while !chunk.is_empty() {
+        s.reserve_capacity(chunk.len());
+        let cap = match poll_fn(|cx| s.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            _ => return Err(()),
+        };
+        let part = chunk.split_to(cap.min(chunk.len()));
+        s.send_data(part, false).map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+/// The byte the origin's `/bytes/N` sends at offset `i`.
+pub fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// An h2c client connection (call inside [`runtime`]).
+pub async fn connect(addr: SocketAddr) -> client::SendRequest<Bytes> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.set_nodelay(true);
+    let (send, conn) = client::handshake(s).await.unwrap();
+    monoio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// A whole response: status, body, trailers (client side).
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// Sends a request with `body` (if any) and reads the whole answer.
+pub async fn request(
+    send: &client::SendRequest<Bytes>,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, monoio_http::h2::Error> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://test{path}"))
+        .body(())
+        .unwrap();
+    let mut send = send.clone().ready().await?;
+    let (resp, mut up) = send.send_request(req, body.is_none())?;
+    if let Some(b) = body {
+        // Upload while the response streams back (the echo route needs it).
+        monoio::spawn(async move {
+            for piece in b.chunks(64 * 1024) {
+                if send_all(&mut up, Bytes::copy_from_slice(piece))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = up.send_data(Bytes::new(), true);
+        });
+    }
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut rb = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = rb.data().await {
+        let chunk = chunk?;
+        let _ = rb.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    let trailers = rb.trailers().await?;
+    Ok(Answer {
+        status,
+        headers,
+        body: out,
+        trailers,
+    })
+}

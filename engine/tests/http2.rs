@@ -1,0 +1,299 @@
+//! HTTP/2 (h2c) through the proxy with real clients and servers: a Rust
+//! HTTP/2 origin and client (monoio-http), h2load, nghttp, and gRPC with
+//! python grpcio.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::h2::{self, pattern_byte};
+use common::proc::*;
+use common::*;
+use ringmesh_engine::IoDriver;
+
+fn forward_to(driver: IoDriver, origin: std::net::SocketAddr) -> ringmesh_engine::Proxy {
+    let fwd = format!("127.0.0.1:0={origin}");
+    start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)])
+}
+
+/// Requests, 8 MiB bodies both ways with trailers, 200 concurrent streams on
+/// one client connection, statuses.
+fn streams_bodies_and_trailers(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let a = h2::request(&send, "GET", "/hello", None).await.unwrap();
+        assert_eq!((a.status, a.body.as_slice()), (200, &b"hello from h2"[..]));
+
+        let upload: Vec<u8> = (0..8 << 20).map(|i| (i * 7 % 256) as u8).collect();
+        let a = h2::request(&send, "POST", "/echo", Some(upload.clone()))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        assert!(a.body == upload, "8 MiB echoed intact");
+        let t = a.trailers.expect("trailers passed through");
+        assert_eq!(t["x-echo-bytes"], "8388608");
+        assert_eq!(t["grpc-status"], "0");
+
+        let a = h2::request(&send, "GET", "/bytes/8388608", None)
+            .await
+            .unwrap();
+        assert_eq!(a.body.len(), 8 << 20);
+        assert!(a
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern_byte(i)));
+
+        let a = h2::request(&send, "GET", "/status/503", None)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 503);
+
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let send = send.clone();
+                monoio::spawn(async move { h2::request(&send, "GET", "/hello", None).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap().status, 200);
+        }
+    });
+    // Each client stream became an upstream stream; upstream connections
+    // were shared (far fewer than streams).
+    assert!(origin.counters.streams.load(Ordering::Relaxed) >= 204);
+    assert!(origin.counters.connections.load(Ordering::Relaxed) <= 8);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    streams_bodies_and_trailers,
+    super::streams_bodies_and_trailers
+);
+
+/// An upstream reset reaches the client; a client reset reaches the
+/// upstream.
+fn resets_propagate(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let counters = origin.counters.clone();
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let e = h2::request(&send, "GET", "/reset", None)
+            .await
+            .err()
+            .expect("the upstream's reset reaches the client");
+        assert_eq!(
+            e.reason(),
+            Some(monoio_http::h2::Reason::INTERNAL_ERROR),
+            "{e}"
+        );
+
+        // A request the origin never answers, then the client gives up.
+        let req = ::http::Request::builder()
+            .uri("http://test/hang")
+            .body(())
+            .unwrap();
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, mut stream) = s.send_request(req, false).unwrap();
+        monoio::time::sleep(Duration::from_millis(200)).await;
+        stream.send_reset(monoio_http::h2::Reason::CANCEL);
+        drop(resp);
+        for _ in 0..100 {
+            if counters.resets_seen.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The connection still serves other streams.
+        let a = h2::request(&send, "GET", "/hello", None).await.unwrap();
+        assert_eq!(a.status, 200);
+    });
+    assert_eq!(
+        origin.counters.resets_seen.load(Ordering::Relaxed),
+        1,
+        "the client's RST_STREAM cancelled the upstream stream"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(resets_propagate, super::resets_propagate);
+
+/// An upstream that sends GOAWAY every 50 streams (as nginx does): new
+/// streams move to fresh connections and none fails.
+fn upstream_goaway_fails_nothing(driver: IoDriver) {
+    let origin = h2::origin(Some(50));
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        for _ in 0..20 {
+            let calls: Vec<_> = (0..50)
+                .map(|_| {
+                    let send = send.clone();
+                    monoio::spawn(async move { h2::request(&send, "GET", "/hello", None).await })
+                })
+                .collect();
+            for c in calls {
+                let a = c.await.expect("no stream fails across GOAWAYs");
+                assert_eq!(a.status, 200);
+            }
+        }
+    });
+    assert!(origin.counters.connections.load(Ordering::Relaxed) >= 20);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    upstream_goaway_fails_nothing,
+    super::upstream_goaway_fails_nothing
+);
+
+/// Draining: the client gets a GOAWAY, a stream in flight still completes.
+fn drain_finishes_open_streams(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        h2::runtime().block_on(async move {
+            let send = h2::connect(addr).await;
+            let slow = monoio::spawn({
+                let send = send.clone();
+                async move { h2::request(&send, "GET", "/slow/600", None).await }
+            });
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(()).unwrap();
+            slow.await
+        })
+    });
+    rx.recv().unwrap();
+    proxy.shutdown();
+    let a = client
+        .join()
+        .unwrap()
+        .expect("the in-flight stream completes");
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"slow"[..]));
+    proxy.wait();
+}
+both_drivers!(
+    drain_finishes_open_streams,
+    super::drain_finishes_open_streams
+);
+
+/// h2load, bounded, zero errors; nghttp downloads 32 MiB intact.
+#[test]
+fn h2load_and_nghttp() {
+    let origin = h2::origin(None);
+    let proxy = forward_to(IoDriver::Uring, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let out = Command::new("timeout")
+        .args(["60", "h2load", "-n", "20000", "-c", "4", "-m", "16"])
+        .arg(format!("http://{addr}/hello"))
+        .output()
+        .expect("h2load (nghttp2-client) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("requests: 20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 20000 2xx"), "{text}");
+
+    let size = 32 << 20;
+    let out = Command::new("timeout")
+        .args(["60", "nghttp"])
+        .arg(format!("http://{addr}/bytes/{size}"))
+        .output()
+        .expect("nghttp (nghttp2-client) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), size);
+    assert!(out
+        .stdout
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern_byte(i)));
+    proxy.shutdown();
+    proxy.wait();
+}
+
+/// gRPC through the binary: unary, server/client streaming, bidi in lock
+/// step, a non-OK status with its details and trailers; then the metrics
+/// show the gRPC statuses.
+#[test]
+fn grpc_calls_and_statuses() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/echo.py");
+    let mut server = Command::new("/usr/bin/python3")
+        .args([script, "serve"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian python3 with python3-grpcio");
+    let mut port = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port: u16 = port.trim().parse().expect("the gRPC server's port");
+    let listen = closed_port();
+    let admin = closed_port();
+    let fwd = format!("{listen}=127.0.0.1:{port}");
+    let mut p = Running::spawn(ringmesh(
+        "uring",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+        ],
+    ));
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "/usr/bin/python3",
+            script,
+            "client",
+            &listen.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&metrics.stdout);
+    let find = |needle: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("response_total{") && l.contains(needle))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        find("classification=\"failure\",grpc_status=\"5\""),
+        1,
+        "the NOT_FOUND call is a failure:\n{body}"
+    );
+    assert_eq!(
+        find("classification=\"success\",grpc_status=\"0\""),
+        4,
+        "four OK calls:\n{body}"
+    );
+    drop(server.stdin.take());
+    let _ = server.wait();
+    drop(p);
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
