@@ -8,11 +8,10 @@
 #   backend   nginx, 1 worker, on BACKEND_CPUS: BODY_BYTES static body over
 #             HTTP/1.1 and over h2c.
 #   ringmesh  WORKERS workers on PROXY_CPUS; explicit forwards
-#             (RINGMESH_TCP_FORWARD) to the backend. HTTP/1 is detected and
-#             proxied per request (layer 7, pooled upstream connections, metrics
-#             recorded). HTTP/2 is detected too, but until HTTP/2 proxying lands
-#             (issue 6) ringmesh relays it as opaque TCP, so its h2 row is an L4
-#             relay and is labelled "ringmesh-l4".
+#             (RINGMESH_TCP_FORWARD) to the backend. HTTP/1 and HTTP/2 are
+#             detected and proxied per request/stream (layer 7, pooled upstream
+#             connections, metrics recorded); h2 goes to the h2c backend (h2 to
+#             h2, as HAProxy's row).
 #   haproxy   nbthread 1 on PROXY_CPUS, mode http, keep-alive + http-reuse safe;
 #             h2 frontend to the h2c backend (h2 to h2).
 #   nginx     1 worker on PROXY_CPUS, proxy_pass with upstream keepalive; its h2
@@ -352,7 +351,7 @@ for r in $(seq 1 "$ROUNDS"); do
   fi
   if [[ $H2 == 1 ]]; then
     run_case "$r" h2 direct "$P_BE_H2" ""
-    run_case "$r" h2 ringmesh-l4 "$P_RM_H2" "$RM_PID"
+    run_case "$r" h2 ringmesh "$P_RM_H2" "$RM_PID"
     run_case "$r" h2 haproxy "$P_HAP_H2" "$HAP_PID"
     run_case "$r" h2 nginx "$P_NGX_H2" "$NGX_PIDS"
   fi
@@ -406,11 +405,11 @@ summary=$(awk -F, -v OFS=, '
   function hi(s,   a, k) { if (s == "") return ""; k = sortv(s, a); return a[k] }
   NR == FNR {
     if (($3 == "haproxy" || $3 == "nginx") && $11 != "") { k = $1 SUBSEP $2; if (!(k in best) || $11 + 0 < best[k]) best[k] = $11 + 0 }
-    if ($3 == "ringmesh") plain[$2] = $6
+    if ($3 == "ringmesh") plain[$1 SUBSEP $2] = $6
     next }
   { k = $1 SUBSEP $3
     if ($3 ~ /^ringmesh/ && $11 != "" && best[$1 SUBSEP $2] > 0) { $12 = sprintf("%.2f", $11 / best[$1 SUBSEP $2]); vs[k] = vs[k] " " $12 }
-    if ($3 == "ringmesh+scrape" && plain[$2] > 0) rel[k] = rel[k] " " $6 / plain[$2]
+    if ($3 == "ringmesh+scrape" && plain[$1 SUBSEP $2] > 0) rel[k] = rel[k] " " $6 / plain[$1 SUBSEP $2]
     print > "/dev/stderr"
     if (!(k in seen)) { seen[k] = 1; order[++n] = k; pr[k] = $1; cand[k] = $3 }
     reqs[k] += $5; errs[k] += $9; att[k] += $15; if ($14 + 0 > oth[k]) oth[k] = $14 + 0
@@ -441,7 +440,7 @@ table() {  # proto title
         ($10 == "" ? "-" : sprintf("%.1f", $10)), ($11 == "" ? "-" : sprintf("%.2f", $11)), ($12 == "" ? "-" : $12) }'
 }
 [[ $H1 == 1 ]] && table h1 "HTTP/1.1 keep-alive, ${BODY_BYTES}-byte responses, wrk -c$CONNS (medians over $ROUNDS rounds; spread = (max-min)/median req/s)"
-[[ $H2 == 1 ]] && table h2 "HTTP/2 h2c, h2load -c$H2_CLIENTS -m$H2_STREAMS (ringmesh-l4: relayed as opaque TCP until HTTP/2 proxying lands)"
+[[ $H2 == 1 ]] && table h2 "HTTP/2 h2c, h2load -c$H2_CLIENTS -m$H2_STREAMS (medians over $ROUNDS rounds; haproxy h2 to h2, nginx h2 to HTTP/1.1)"
 echo
 if [[ $SCRAPE == 1 && $H1 == 1 ]]; then
   echo "$summary" | awk -F, -v ms="$SCRAPE_MS" '$1 == "h1" && $3 == "ringmesh+scrape" {
