@@ -60,6 +60,9 @@ pub(crate) struct Pool {
     idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
 }
 
+/// Pooled connections idle for less than this are reused without the
+/// liveness peek.
+const PEEK_AFTER: Duration = Duration::from_millis(250);
 /// At most this many idle connections per endpoint per worker.
 const POOL_MAX_IDLE: usize = 64;
 /// Idle connections older than this are closed rather than reused (servers
@@ -67,14 +70,18 @@ const POOL_MAX_IDLE: usize = 64;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Pool {
-    /// An idle connection to `addr` that is still open. Each candidate is
-    /// checked with a non-blocking peek: EOF or stray bytes mean the
-    /// upstream closed it (or broke the protocol) while it sat idle.
+    /// An idle connection to `addr` that is still open. A candidate idle
+    /// for more than [`PEEK_AFTER`] is checked with a non-blocking peek: EOF
+    /// or stray bytes mean the upstream closed it (or broke the protocol)
+    /// while it sat idle. One that was busy a moment ago skips that syscall
+    /// (servers close idle keep-alives after seconds, and a stale one is
+    /// still caught by the retry on a fresh connection).
     fn take(&self, addr: SocketAddr) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(mut u) = list.pop() {
-            if u.idle_since.elapsed() < POOL_IDLE_TIMEOUT && still_open(u.fd) {
+            let idle_for = u.idle_since.elapsed();
+            if idle_for < POOL_IDLE_TIMEOUT && (idle_for < PEEK_AFTER || still_open(u.fd)) {
                 u.reused = true;
                 return Some(u);
             }
