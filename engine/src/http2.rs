@@ -22,11 +22,12 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use http::{HeaderMap, HeaderName, Request, Response};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, PrefixedReadIo};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::l4::dst_labels;
@@ -38,6 +39,9 @@ use crate::worker::Worker;
 /// (the peer's own SETTINGS_MAX_CONCURRENT_STREAMS still applies: a stream
 /// waits for room rather than failing).
 const STREAMS_PER_CONNECTION: usize = 100;
+/// How long a client cut off by the defences is read from (and ignored)
+/// after its GOAWAY.
+const LINGER: Duration = Duration::from_millis(500);
 /// Largest header list accepted from either side (RFC 9113 §6.5.2).
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
@@ -84,6 +88,110 @@ impl<I: AsyncWriteRent> AsyncWriteRent for MeteredIo<I> {
             Err(e) => self.meter.failed(e),
         }
         (res, buf)
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.flush()
+    }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.shutdown()
+    }
+}
+
+/// A client connection read through the attack defences of
+/// [`ringmesh_protocols::h2guard`]: on a violation the client gets GOAWAY
+/// `ENHANCE_YOUR_CALM` and the read fails, which ends the connection.
+struct GuardedIo<I> {
+    io: I,
+    guard: FrameGuard,
+    peer: SocketAddr,
+    tripped: bool,
+}
+
+impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
+    async fn check(&mut self, n: usize, bytes: &mut [u8]) -> std::io::Result<usize> {
+        match self.guard.feed(bytes, Instant::now()) {
+            Ok(()) => Ok(n),
+            Err(v) => {
+                tracing::warn!(peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
+                self.tripped = true;
+                let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
+                let _ = self.io.write_all(goaway.to_vec()).await;
+                // Lingering close: FIN after the GOAWAY, then discard what
+                // the client still sends for a moment, so closing with
+                // unread bytes does not turn into a RST that destroys the
+                // GOAWAY before the client reads it.
+                let _ = self.io.shutdown().await;
+                let _ = monoio::time::timeout(LINGER, async {
+                    let mut sink = Vec::with_capacity(16 * 1024);
+                    loop {
+                        let (res, b) = self.io.read(sink).await;
+                        sink = b;
+                        if !matches!(res, Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                Err(std::io::Error::other(v.to_string()))
+            }
+        }
+    }
+}
+
+impl<I: AsyncReadRent + AsyncWriteRent> AsyncReadRent for GuardedIo<I> {
+    #[allow(unsafe_code)]
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        if self.tripped {
+            return (Err(std::io::ErrorKind::ConnectionAborted.into()), buf);
+        }
+        let (res, mut buf) = self.io.read(buf).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => return (Err(e), buf),
+        };
+        // SAFETY: monoio reads into a buffer from its write pointer and
+        // marks the `n` bytes read as initialised (`set_init`), so they are
+        // valid, and `buf` is exclusively ours until it is returned.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), n) };
+        let res = self.check(n, bytes).await;
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        // The HTTP/2 codec reads into one buffer; a vectored read goes
+        // through that path one buffer at a time.
+        let slice = match monoio::buf::IoVecWrapperMut::new(buf) {
+            Ok(slice) => slice,
+            Err(buf) => return (Ok(0), buf),
+        };
+        let (res, slice) = self.read(slice).await;
+        let mut buf = slice.into_inner();
+        if let Ok(n) = res {
+            // SAFETY: `n` bytes were read into the first iovec (above).
+            #[allow(unsafe_code)]
+            unsafe {
+                buf.set_init(n)
+            };
+        }
+        (res, buf)
+    }
+}
+
+impl<I: AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
+    fn write<T: IoBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.io.write(buf)
+    }
+
+    fn writev<T: IoVecBuf>(
+        &mut self,
+        buf: T,
+    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
+        self.io.writev(buf)
     }
 
     fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
@@ -168,9 +276,14 @@ pub(crate) async fn serve(
         Direction::Outbound
     };
     meter.read(prefix.len());
-    let io = MeteredIo {
-        io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
-        meter,
+    let io = GuardedIo {
+        io: MeteredIo {
+            io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
+            meter,
+        },
+        guard: FrameGuard::new(GuardLimits::default()),
+        peer,
+        tripped: false,
     };
     let mut builder = server::Builder::new();
     builder

@@ -297,3 +297,82 @@ fn grpc_calls_and_statuses() {
     drop(p);
     let _ = writeln!(std::io::stderr(), "{text}");
 }
+
+/// HTTP/2 attacks from a raw frame client (python h2): each attacker is cut
+/// off the way the RFCs say, while a normal client on another connection is
+/// served throughout without a single failure.
+fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            (
+                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+                "10",
+            ),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during attacks");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    // GOAWAY ENHANCE_YOUR_CALM = 11; RST_STREAM REFUSED_STREAM = 7.
+    for (attack, expected) in [
+        ("rapid-reset", "goaway 11"),
+        ("continuation-flood", "goaway 11"),
+        ("ping-flood", "goaway 11"),
+        ("settings-flood", "goaway 11"),
+        // A header list over the limit: refused with 431, connection kept.
+        ("big-headers", "response 431"),
+        // Streams over SETTINGS_MAX_CONCURRENT_STREAMS are refused.
+        ("too-many-streams", "reset 7"),
+        // A client asking for a 2 GiB HPACK table is clamped and served.
+        ("table-size", "response 200"),
+    ] {
+        let before = served.load(Ordering::Relaxed);
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            expected,
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > before + 10),
+            "{attack}: the normal client kept being served"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    attacks_are_cut_off_while_others_are_served,
+    super::attacks_are_cut_off_while_others_are_served
+);

@@ -9,5 +9,6 @@
 
 pub mod buffer;
 pub mod detect;
+pub mod h2guard;
 pub mod http1;
 pub mod tcp;

