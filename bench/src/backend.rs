@@ -1,6 +1,9 @@
-//! A loopback server: one accept thread and one thread per connection, all
-//! blocking std sockets. Threads inherit the spawning thread's CPU affinity,
-//! which is how the bench keeps backends on the load generator's CPU.
+//! A loopback server on its own thread: by default one accept thread and
+//! one thread per connection on blocking std sockets ([`Backend::spawn`]),
+//! or any server that runs its own accept loop, such as the HTTP/2 backend's
+//! monoio runtime ([`Backend::spawn_server`]). Threads inherit the spawning
+//! thread's CPU affinity, which is how the bench keeps backends on the load
+//! generator's CPU.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,7 +24,20 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A thread per connection, each running `handler`.
     pub fn spawn(name: &'static str, handler: Handler) -> io::Result<Self> {
+        Self::spawn_server(name, move |listener, stop: Arc<AtomicBool>| {
+            accept_loop(name, listener, &stop, handler)
+        })
+    }
+
+    /// `serve` on its own thread, with a listener on a free loopback port.
+    /// It accepts until the flag is set, checking it after every accepted
+    /// connection (`Drop` sets it, then connects once to wake the accept).
+    pub fn spawn_server(
+        name: &'static str,
+        serve: impl FnOnce(TcpListener, Arc<AtomicBool>) + Send + 'static,
+    ) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -29,7 +45,7 @@ impl Backend {
             .name(format!("{name}-accept"))
             .spawn({
                 let stop = stop.clone();
-                move || accept_loop(name, listener, &stop, handler)
+                move || serve(listener, stop)
             })?;
         Ok(Self {
             name,

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 
-use crate::load::Client;
+use crate::load::RoundTrip;
 
 /// The small response body.
 pub const SMALL_BODY: &[u8] = b"Hello, world!";
@@ -152,7 +152,7 @@ impl Http1Client {
     }
 }
 
-impl Client for Http1Client {
+impl RoundTrip for Http1Client {
     fn round_trip(&mut self) -> io::Result<()> {
         self.writer.write_all(&self.request)?;
         if !read_head(&mut self.reader, &mut self.head)? {

@@ -3,10 +3,12 @@
 //!
 //! # What this crate owns
 //!
-//! - Loopback backends on plain threads and blocking sockets ([`backend`]):
-//!   a TCP echo server ([`tcp_echo`]), an HTTP/1.1 keep-alive server with a
-//!   small and a 1 MiB response ([`http1`]) and a WebSocket echo server
-//!   ([`websocket`]), each module holding both sides of its protocol.
+//! - Loopback backends on their own threads ([`backend`]): a TCP echo server
+//!   ([`tcp_echo`]), an HTTP/1.1 keep-alive server with a small and a 1 MiB
+//!   response ([`http1`]) and a WebSocket echo server ([`websocket`]) on
+//!   blocking sockets, and an h2c server with a small response and a gRPC
+//!   unary echo ([`http2`], [`grpc`] framing) on a monoio runtime; each
+//!   module holds both sides of its protocol.
 //! - The real `ringmesh` binary as a child process under test ([`proxy`]):
 //!   free ports, environment, readiness, CPU pinning ([`pin`]), killed when
 //!   dropped.
@@ -26,15 +28,19 @@
 //!
 //! # What it must not do
 //!
-//! No async runtime (the load must not share a design with the thing it
-//! measures, nor drag a second runtime into the workspace), no fixed ports,
-//! no traffic off loopback, and no load loop without a deadline.
+//! No async runtime where blocking sockets do (the load should not share a
+//! design with the thing it measures), and never a second one: HTTP/2,
+//! whose multiplexing a blocking client cannot do without its own h2 stack,
+//! runs on monoio like the proxy ([`http2`] says why). No fixed ports, no
+//! traffic off loopback, and no load loop without a deadline.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cpu;
+pub mod grpc;
 pub mod http1;
+pub mod http2;
 pub mod load;
 pub mod pin;
 pub mod plot;

@@ -1,15 +1,22 @@
-//! Load generators: N connections, one blocking thread each, a warm-up and a
+//! Load generators: N connections, one thread each, a warm-up and a
 //! measured window, every loop ending at a deadline.
 //!
 //! - [`Mode::FixedRate`] is open loop: connection *j* of *N* schedules its
-//!   *k*-th request at `start + (k + j/N) / (rate/N)` and latency is taken
-//!   from that scheduled time, not from when the request was actually sent.
-//!   A response that arrives late therefore also delays (and is charged to)
-//!   the requests queued behind it, as wrk2 does, instead of the generator
-//!   quietly sending fewer requests (coordinated omission).
+//!   *k*-th request at `start + (k + j/N) / (rate/N)` ([`Plan::scheduled`])
+//!   and latency is taken from that scheduled time, not from when the
+//!   request was actually sent. A response that arrives late therefore also
+//!   delays (and is charged to) the requests queued behind it, as wrk2 does,
+//!   instead of the generator quietly sending fewer requests (coordinated
+//!   omission).
 //! - [`Mode::MaxThroughput`] is closed loop: each connection sends its next
 //!   request as soon as the previous response is in; latency is send to
 //!   last byte received.
+//!
+//! A protocol with one request in flight per connection implements
+//! [`RoundTrip`] and is driven here, on blocking sockets. A multiplexed one
+//! (HTTP/2: many streams per connection) implements [`Client`] itself and
+//! follows the same [`Plan`] with several requests in flight; see
+//! [`crate::http2`].
 //!
 //! Each thread records into its own histogram; they are merged after the
 //! threads are joined (nothing is shared while measuring).
@@ -22,10 +29,27 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-/// One connection of a scenario's protocol.
-pub trait Client: Send {
+/// One connection of a scenario's protocol. It is opened and driven on the
+/// same load thread, so it need not be `Send`.
+pub trait Client {
+    /// Runs this connection's share of the load as `plan` says, recording
+    /// the requests of the measured window, and returns once the window is
+    /// over and the last responses are in (each bounded by
+    /// [`crate::IO_TIMEOUT`]).
+    fn drive(self: Box<Self>, plan: &Plan) -> ConnectionResult;
+}
+
+/// A protocol with one request in flight per connection; [`Client`] comes
+/// with it (the loop below).
+pub trait RoundTrip {
     /// One request and its complete response.
     fn round_trip(&mut self) -> io::Result<()>;
+}
+
+impl<T: RoundTrip> Client for T {
+    fn drive(self: Box<Self>, plan: &Plan) -> ConnectionResult {
+        drive_round_trips(*self, plan)
+    }
 }
 
 /// Opens a connection to the address (the proxy's or the backend's).
@@ -98,10 +122,77 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-struct ThreadResult {
-    histogram: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
+/// What one connection's part of the run is: its place among the
+/// connections and the run's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub mode: Mode,
+    /// This connection is `index` of `connections`.
+    pub index: usize,
+    pub connections: usize,
+    /// Warm-up starts here.
+    pub start: Instant,
+    pub measure_start: Instant,
+    pub measure_end: Instant,
+}
+
+impl Plan {
+    /// Open loop: when this connection's `k`-th request is due, `None` once
+    /// that is past the measured window (and always in closed loop).
+    pub fn scheduled(&self, k: u32) -> Option<Instant> {
+        let Mode::FixedRate { per_second } = self.mode else {
+            return None;
+        };
+        let n = self.connections.max(1) as f64;
+        let interval = Duration::from_secs_f64(n / per_second);
+        let offset = interval.mul_f64(self.index as f64 / n);
+        let due = self.start + offset + interval * k;
+        (due < self.measure_end).then_some(due)
+    }
+
+    /// Whether a request due (open loop) or sent (closed loop) at `t` is
+    /// measured, rather than warm-up.
+    pub fn measures(&self, t: Instant) -> bool {
+        t >= self.measure_start
+    }
+}
+
+/// What one connection measured.
+pub struct ConnectionResult {
+    pub histogram: Histogram<u64>,
+    /// Failed requests (a [`RoundTrip`] connection stops at its first).
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl ConnectionResult {
+    pub fn new() -> Self {
+        Self {
+            histogram: new_histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    /// A completed request, latency measured from `since`.
+    pub fn record_since(&mut self, since: Instant) {
+        let ns = since.elapsed().as_nanos();
+        self.histogram
+            .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX));
+    }
+
+    pub fn record_error(&mut self, error: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+}
+
+impl Default for ConnectionResult {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Runs one load: connects every connection first (a failure there is an
@@ -127,7 +218,7 @@ pub fn run<S>(
         let spec = spec.clone();
         let t = std::thread::Builder::new()
             .name(format!("load-{j}"))
-            .spawn(move || -> Option<ThreadResult> {
+            .spawn(move || -> Option<ConnectionResult> {
                 let client = match connect(addr) {
                     Ok(c) => {
                         let _ = ready_tx.send(Ok(()));
@@ -140,7 +231,15 @@ pub fn run<S>(
                 };
                 // The run is called off when the sender is dropped.
                 let start = start_rx.recv().ok()?;
-                Some(drive(client, &spec, j, n, start))
+                let measure_start = start + spec.warmup;
+                Some(client.drive(&Plan {
+                    mode: spec.mode,
+                    index: j,
+                    connections: n,
+                    start,
+                    measure_start,
+                    measure_end: measure_start + spec.window,
+                }))
             })?;
         threads.push(t);
     }
@@ -208,65 +307,54 @@ pub fn run<S>(
     })
 }
 
-fn sleep_until(t: Instant) {
+/// Sleeps until `t` (returns at once if it is past).
+pub fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
         std::thread::sleep(t - now);
     }
 }
 
-/// One connection's loop. Stops at the end of the measured window or at its
-/// first error (the connection is then in an unknown state).
-fn drive(
-    mut client: Box<dyn Client>,
-    spec: &LoadSpec,
-    j: usize,
-    n: usize,
-    start: Instant,
-) -> ThreadResult {
-    let measure_start = start + spec.warmup;
-    let measure_end = measure_start + spec.window;
-    let mut histogram = new_histogram();
-    let result = |histogram, error: Option<io::Error>| ThreadResult {
-        histogram,
-        errors: u64::from(error.is_some()),
-        first_error: error.map(|e| e.to_string()),
-    };
-    match spec.mode {
-        Mode::FixedRate { per_second } => {
-            // Sleeps are the pacing here: ask the kernel for precise wake-ups
-            // (the default 50 µs timer slack would show up as latency).
-            let _ = nix::sys::prctl::set_timerslack(1_000);
-            let interval = Duration::from_secs_f64(n as f64 / per_second);
-            let offset = interval.mul_f64(j as f64 / n as f64);
-            for k in 0u32.. {
-                let scheduled = start + offset + interval * k;
-                if scheduled >= measure_end {
-                    break;
-                }
+/// For a thread whose sleeps are the pacing: ask the kernel for precise
+/// wake-ups (the default 50 µs timer slack would show up as latency).
+pub fn precise_sleeps() {
+    let _ = nix::sys::prctl::set_timerslack(1_000);
+}
+
+/// One [`RoundTrip`] connection's loop. Stops at the end of the measured
+/// window or at its first error (the connection is then in an unknown
+/// state).
+fn drive_round_trips(mut client: impl RoundTrip, plan: &Plan) -> ConnectionResult {
+    let mut result = ConnectionResult::new();
+    match plan.mode {
+        Mode::FixedRate { .. } => {
+            precise_sleeps();
+            let mut k = 0;
+            while let Some(scheduled) = plan.scheduled(k) {
+                k += 1;
                 sleep_until(scheduled);
                 if let Err(e) = client.round_trip() {
-                    return result(histogram, Some(e));
+                    result.record_error(e);
+                    break;
                 }
-                if scheduled >= measure_start {
-                    let ns = scheduled.elapsed().as_nanos();
-                    histogram.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX));
+                if plan.measures(scheduled) {
+                    result.record_since(scheduled);
                 }
             }
         }
         Mode::MaxThroughput => loop {
             let sent = Instant::now();
-            if sent >= measure_end {
+            if sent >= plan.measure_end {
                 break;
             }
             if let Err(e) = client.round_trip() {
-                return result(histogram, Some(e));
+                result.record_error(e);
+                break;
             }
-            if sent >= measure_start {
-                let ns = sent.elapsed().as_nanos();
-                histogram.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX));
+            if plan.measures(sent) {
+                result.record_since(sent);
             }
         },
     }
-    result(histogram, None)
+    result
 }

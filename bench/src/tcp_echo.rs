@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use crate::load::Client;
+use crate::load::RoundTrip;
 
 /// Echoes until the peer closes.
 pub fn serve(mut stream: TcpStream) -> io::Result<()> {
@@ -40,7 +40,7 @@ impl EchoClient {
     }
 }
 
-impl Client for EchoClient {
+impl RoundTrip for EchoClient {
     fn round_trip(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.message)?;
         self.stream.read_exact(&mut self.reply)?;

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use base64::Engine as _;
 
 use crate::http1::read_head;
-use crate::load::Client;
+use crate::load::RoundTrip;
 
 /// RFC 6455 §1.3: appended to the client's key before hashing.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -232,7 +232,7 @@ impl WebSocketClient {
     }
 }
 
-impl Client for WebSocketClient {
+impl RoundTrip for WebSocketClient {
     fn round_trip(&mut self) -> io::Result<()> {
         self.frame.clear();
         // A fresh mask per frame, as RFC 6455 §5.3 requires.
