@@ -32,7 +32,7 @@ use ringmesh_bench::cpu::CpuProbe;
 use ringmesh_bench::load::{self, LoadSpec, Mode};
 use ringmesh_bench::pin::{self, Placement};
 use ringmesh_bench::proxy::{self, Proxy, ProxyConfig};
-use ringmesh_bench::report::{Measurement, NotRun, Report, RunInfo, Via};
+use ringmesh_bench::report::{Measurement, Report, RunInfo, Via};
 use ringmesh_bench::scenario::{self, BackendKind};
 
 struct Options {
@@ -110,15 +110,30 @@ fn run(opts: &Options) -> io::Result<bool> {
     // Backends and load threads inherit this thread's mask.
     pin::pin_current_thread(&placement.load_cpus)?;
 
-    let echo = Backend::spawn("tcp-echo", ringmesh_bench::tcp_echo::serve)?;
-    let http = Backend::spawn("http1", ringmesh_bench::http1::serve)?;
-    let ws = Backend::spawn("websocket", ringmesh_bench::websocket::serve)?;
-    // One proxy, one forward per backend (forward i -> backends[i]).
-    let backends = [
-        (BackendKind::TcpEcho, &echo),
-        (BackendKind::Http1, &http),
-        (BackendKind::WebSocket, &ws),
-    ];
+    let scenarios: Vec<_> = scenario::all()
+        .into_iter()
+        .filter(|sc| {
+            opts.filters.is_empty() || opts.filters.iter().any(|f| sc.name.contains(f.as_str()))
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no scenario matches {:?}", opts.filters),
+        ));
+    }
+    // The backends the chosen scenarios need; one proxy forward each
+    // (forward i -> backends[i]).
+    let mut kinds: Vec<BackendKind> = Vec::new();
+    for sc in &scenarios {
+        if !kinds.contains(&sc.workload.backend()) {
+            kinds.push(sc.workload.backend());
+        }
+    }
+    let backends = kinds
+        .iter()
+        .map(|k| Ok((*k, k.start()?)))
+        .collect::<io::Result<Vec<(BackendKind, Backend)>>>()?;
     let io_driver = std::env::var("RINGMESH_IO_DRIVER")
         .ok()
         .filter(|d| !d.is_empty());
@@ -127,8 +142,12 @@ fn run(opts: &Options) -> io::Result<bool> {
         forward_targets: backends.iter().map(|(_, b)| b.addr()).collect(),
         // The echo client's bytes are not HTTP, but relaying them without
         // detection is what an opaque port does; say so rather than rely on
-        // detection's verdict.
-        opaque_ports: vec![echo.addr().port()],
+        // detection's verdict. HTTP/2 is detected from its preface.
+        opaque_ports: backends
+            .iter()
+            .filter(|(k, _)| *k == BackendKind::TcpEcho)
+            .map(|(_, b)| b.addr().port())
+            .collect(),
         cores: opts.proxy_cores,
         cpus: placement.proxy_cpus.clone(),
         extra_env: io_driver
@@ -165,32 +184,16 @@ fn run(opts: &Options) -> io::Result<bool> {
             clock_ticks_per_s: cpu.clock_ticks,
         },
         measurements: Vec::new(),
-        not_run: Vec::new(),
     };
     let mut all_ok = true;
     let cpu_probe = || cpu.sample();
-    for sc in scenario::all() {
-        if !opts.filters.is_empty() && !opts.filters.iter().any(|f| sc.name.contains(f.as_str())) {
-            continue;
-        }
-        if let Some(reason) = sc.workload.not_run_reason() {
-            report.not_run.push(NotRun {
-                scenario: sc.name.to_string(),
-                reason: reason.to_string(),
-            });
-            continue;
-        }
-        let Some(forward) = backends
+    for sc in &scenarios {
+        let forward = backends
             .iter()
             .position(|(k, _)| *k == sc.workload.backend())
-        else {
-            report.not_run.push(NotRun {
-                scenario: sc.name.to_string(),
-                reason: format!("not run: no backend for {:?}", sc.workload.backend()),
-            });
-            continue;
-        };
+            .expect("a backend was started for every chosen scenario");
         let connect = sc.workload.connector();
+        let streams = sc.workload.streams();
         let modes = [
             (
                 Mode::FixedRate {
@@ -213,7 +216,7 @@ fn run(opts: &Options) -> io::Result<bool> {
                     window,
                 };
                 eprintln!(
-                    "bench: {} / {} / {} ({connections} connections)",
+                    "bench: {} / {} / {} ({connections} connections x {streams} in flight)",
                     sc.name,
                     mode.label(),
                     via.as_str()
@@ -221,8 +224,10 @@ fn run(opts: &Options) -> io::Result<bool> {
                 // Sampled on direct runs too: the noise on the load's CPUs
                 // matters there as much.
                 let m = match load::run(addr, &connect, &spec, Some(&cpu_probe)) {
-                    Ok(r) => Measurement::from_run(sc.name, mode, via, connections, r),
-                    Err(e) => Measurement::failed(sc.name, mode, via, connections, window, &e),
+                    Ok(r) => Measurement::from_run(sc.name, mode, via, connections, streams, r),
+                    Err(e) => {
+                        Measurement::failed(sc.name, mode, via, connections, streams, window, &e)
+                    }
                 };
                 all_ok &= m.errors == 0 && m.requests > 0;
                 report.measurements.push(m);

@@ -95,6 +95,9 @@ pub struct Measurement {
     pub target_rps: Option<f64>,
     pub via: Via,
     pub connections: usize,
+    /// Requests in flight per connection, at most (HTTP/2 streams; 1 for
+    /// the others).
+    pub streams_per_connection: usize,
     pub window_s: f64,
     /// Requests completed in the measured window.
     pub requests: u64,
@@ -125,6 +128,7 @@ impl Measurement {
         mode: Mode,
         via: Via,
         connections: usize,
+        streams: usize,
         r: LoadResult<CpuSample>,
     ) -> Self {
         let usage = r.probes.as_ref().map(|(a, b)| b.usage_since(a));
@@ -137,6 +141,7 @@ impl Measurement {
             target_rps: mode.target_rps(),
             via,
             connections,
+            streams_per_connection: streams,
             window_s: r.window.as_secs_f64(),
             rps: r.requests_per_second(),
             requests: r.requests,
@@ -163,6 +168,7 @@ impl Measurement {
         mode: Mode,
         via: Via,
         connections: usize,
+        streams: usize,
         window: Duration,
         error: &io::Error,
     ) -> Self {
@@ -174,6 +180,7 @@ impl Measurement {
             target_rps: mode.target_rps(),
             via,
             connections,
+            streams_per_connection: streams,
             window_s: window.as_secs_f64(),
             requests: 0,
             errors: 1,
@@ -187,12 +194,6 @@ impl Measurement {
             histogram,
         }
     }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct NotRun {
-    pub scenario: String,
-    pub reason: String,
 }
 
 /// How the run was set up, written at the top of every output.
@@ -215,7 +216,6 @@ pub struct RunInfo {
 pub struct Report {
     pub run: RunInfo,
     pub measurements: Vec<Measurement>,
-    pub not_run: Vec<NotRun>,
 }
 
 impl Report {
@@ -262,7 +262,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "latency in µs (fixed-rate: from the scheduled send time); added = proxy - direct; CPU = proxy utime+stime / requests"
+            "latency in µs (fixed-rate: from the scheduled send time); added = proxy - direct; CPU = proxy utime+stime / requests; \
+             conns CxS = C connections with up to S requests in flight on each (HTTP/2 streams)"
         );
         let _ = writeln!(
             out,
@@ -310,13 +311,17 @@ impl Report {
             };
             last = Some(key);
             let lat = m.latency_us.values();
+            let conns = match m.streams_per_connection {
+                1 => m.connections.to_string(),
+                s => format!("{}x{s}", m.connections),
+            };
             let _ = write!(
                 out,
                 "{:<20} {:<13} {:<6} {:>5} {:>9.0}",
                 scenario,
                 mode,
                 m.via.as_str(),
-                m.connections,
+                conns,
                 m.rps
             );
             for v in lat {
@@ -376,9 +381,6 @@ impl Report {
             }
         }
         out.push_str(&notes);
-        for n in &self.not_run {
-            let _ = writeln!(out, "{:<20} {}", n.scenario, n.reason);
-        }
         out
     }
 
@@ -391,11 +393,10 @@ impl Report {
         std::fs::write(path, self.csv())
     }
 
-    /// One row per measurement, then one per scenario not run (with its
-    /// reason in `note`).
+    /// One row per measurement; `note` is its first error, if any.
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "scenario,mode,target_rps,via,connections,window_s,requests,errors,rps,\
+            "scenario,mode,target_rps,via,connections,streams_per_connection,window_s,requests,errors,rps,\
              p50_us,p90_us,p99_us,p999_us,max_us,\
              added_p50_us,added_p90_us,added_p99_us,added_p999_us,added_max_us,\
              proxy_cpu_us_per_req,proxy_cpus_other_busy_pct,load_cpus_other_busy_pct,note\n",
@@ -409,12 +410,13 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{},{},{}",
+                "{},{},{},{},{},{},{:.3},{},{},{:.1},{lat},{added},{},{},{},{}",
                 csv_field(&m.scenario),
                 m.mode,
                 opt(m.target_rps),
                 m.via.as_str(),
                 m.connections,
+                m.streams_per_connection,
                 m.window_s,
                 m.requests,
                 m.errors,
@@ -423,14 +425,6 @@ impl Report {
                 opt(m.proxy_cpus_other_busy_pct),
                 opt(m.load_cpus_other_busy_pct),
                 csv_field(m.first_error.as_deref().unwrap_or_default()),
-            );
-        }
-        for n in &self.not_run {
-            let _ = writeln!(
-                out,
-                "{},,,,,,,,,,,,,,,,,,,,,,{}",
-                csv_field(&n.scenario),
-                csv_field(&n.reason)
             );
         }
         out
@@ -468,6 +462,7 @@ mod tests {
             target_rps: Some(10.0),
             via,
             connections: 1,
+            streams_per_connection: 4,
             window_s: 1.0,
             requests: 1,
             errors: 0,
@@ -493,10 +488,6 @@ mod tests {
                 clock_ticks_per_s: 100,
             },
             measurements: vec![m(Via::Direct), m(Via::Proxy)],
-            not_run: vec![NotRun {
-                scenario: "h2".into(),
-                reason: "not run: later".into(),
-            }],
         };
         r.pair_up();
         assert_eq!(r.measurements[1].added_latency_us.unwrap().p50_us, 0.0);
@@ -519,7 +510,7 @@ mod tests {
             assert_eq!(fields(l), header, "{l}");
         }
         let table = r.table();
-        assert!(table.contains("not run: later"));
         assert!(table.contains("load generator's CPU 50% busy"), "{table}");
+        assert!(table.contains(" 1x4 "), "{table}");
     }
 }

@@ -1,12 +1,13 @@
 //! The end-to-end scenario table. A scenario names a workload (which
-//! backend, which client) and its load shape; adding one (HTTP/2 many
-//! streams, gRPC unary) is a new [`Workload`] variant and a new entry in
-//! [`all`].
+//! backend, which client) and its load shape; adding one is a
+//! [`Workload`] (variant or parameters) and a new entry in [`all`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::backend::Backend;
+use crate::http2::{Call, Http2Client};
 use crate::load::{Client, Connect};
 
 /// What a scenario's connections speak, and so which backend serves them.
@@ -20,10 +21,17 @@ pub enum Workload {
     /// Masked text frames echoed back after an HTTP/1.1 upgrade (the proxy
     /// forwards the upgrade, then tunnels).
     WebSocket { message: usize },
-    /// Many concurrent streams on one HTTP/2 connection.
-    Http2Streams,
-    /// gRPC unary calls (HTTP/2).
-    GrpcUnary,
+    /// `GET <path>` on h2c connections with up to `streams` requests in
+    /// flight on each, `body` bytes back (the proxy detects HTTP/2 from the
+    /// preface and multiplexes the streams onto its upstream connections).
+    Http2 {
+        path: &'static str,
+        body: usize,
+        streams: usize,
+    },
+    /// gRPC unary calls with a `message`-byte message echoed back, up to
+    /// `streams` in flight per connection.
+    GrpcUnary { message: usize, streams: usize },
 }
 
 /// The backend a workload needs.
@@ -35,30 +43,47 @@ pub enum BackendKind {
     Http2,
 }
 
+impl BackendKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::TcpEcho => "tcp-echo",
+            BackendKind::Http1 => "http1",
+            BackendKind::WebSocket => "websocket",
+            BackendKind::Http2 => "http2",
+        }
+    }
+
+    /// Starts this backend on a free loopback port.
+    pub fn start(&self) -> io::Result<Backend> {
+        let name = self.name();
+        match self {
+            BackendKind::TcpEcho => Backend::spawn(name, crate::tcp_echo::serve),
+            BackendKind::Http1 => Backend::spawn(name, crate::http1::serve),
+            BackendKind::WebSocket => Backend::spawn(name, crate::websocket::serve),
+            BackendKind::Http2 => Backend::spawn_server(name, crate::http2::serve),
+        }
+    }
+}
+
 impl Workload {
     pub fn backend(&self) -> BackendKind {
         match self {
             Workload::TcpEcho { .. } => BackendKind::TcpEcho,
             Workload::Http1 { .. } => BackendKind::Http1,
             Workload::WebSocket { .. } => BackendKind::WebSocket,
-            Workload::Http2Streams | Workload::GrpcUnary => BackendKind::Http2,
+            Workload::Http2 { .. } | Workload::GrpcUnary { .. } => BackendKind::Http2,
         }
     }
 
-    /// Why the workload cannot run yet, if it cannot.
-    pub fn not_run_reason(&self) -> Option<&'static str> {
-        match self {
-            Workload::Http2Streams | Workload::GrpcUnary => {
-                // The engine's first HTTP/2 slice landed while this table
-                // was written; what is missing is a blocking h2c client and
-                // backend (HPACK included) on the bench's side.
-                Some("not run: HTTP/2 proxying not finished (issue 6); no HTTP/2 load generator in the bench yet")
-            }
-            _ => None,
+    /// Requests in flight per connection, at most.
+    pub fn streams(&self) -> usize {
+        match *self {
+            Workload::Http2 { streams, .. } | Workload::GrpcUnary { streams, .. } => streams,
+            _ => 1,
         }
     }
 
-    /// The client factory. Only called for workloads that run.
+    /// The client factory.
     pub fn connector(&self) -> Connect {
         match *self {
             Workload::TcpEcho { message } => Arc::new(move |addr: SocketAddr| {
@@ -73,11 +98,17 @@ impl Workload {
                 crate::websocket::WebSocketClient::connect(addr, message)
                     .map(|c| Box::new(c) as Box<dyn Client>)
             }),
-            Workload::Http2Streams | Workload::GrpcUnary => Arc::new(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "HTTP/2 workloads have no client yet",
-                ))
+            Workload::Http2 {
+                path,
+                body,
+                streams,
+            } => Arc::new(move |addr: SocketAddr| {
+                Http2Client::connect(addr, Call::Get { path, body }, streams)
+                    .map(|c| Box::new(c) as Box<dyn Client>)
+            }),
+            Workload::GrpcUnary { message, streams } => Arc::new(move |addr: SocketAddr| {
+                Http2Client::connect(addr, Call::Unary { message }, streams)
+                    .map(|c| Box::new(c) as Box<dyn Client>)
             }),
         }
     }
@@ -91,7 +122,8 @@ pub struct Scenario {
     /// Open-loop mode: total requests per second and connections.
     pub fixed_rate: f64,
     pub fixed_connections: usize,
-    /// Closed-loop (maximum throughput) connections.
+    /// Closed-loop (maximum throughput) connections. HTTP/2 workloads keep
+    /// [`Workload::streams`] requests in flight on each, in both modes.
     pub max_connections: usize,
 }
 
@@ -136,19 +168,28 @@ pub fn all() -> Vec<Scenario> {
             fixed_connections: 4,
             max_connections: 32,
         },
+        // 4 connections x 16 streams, as peers.sh's h2load runs
+        // (`-c4 -m16`).
         Scenario {
             name: "http2-many-streams",
-            workload: Workload::Http2Streams,
+            workload: Workload::Http2 {
+                path: "/",
+                body: crate::http1::SMALL_BODY.len(),
+                streams: 16,
+            },
             fixed_rate: 2000.0,
-            fixed_connections: 1,
-            max_connections: 1,
+            fixed_connections: 4,
+            max_connections: 4,
         },
         Scenario {
             name: "grpc-unary",
-            workload: Workload::GrpcUnary,
+            workload: Workload::GrpcUnary {
+                message: 64,
+                streams: 8,
+            },
             fixed_rate: 2000.0,
             fixed_connections: 4,
-            max_connections: 32,
+            max_connections: 4,
         },
     ]
 }
