@@ -1,6 +1,7 @@
 //! ringmesh-balancer: load-balancing algorithms with no I/O.
 //!
-//! Owns endpoint choice: power-of-two-choices over a per-endpoint load, with
+//! Owns endpoint choice: power-of-two-choices over a per-endpoint load
+//! (peak-EWMA latency × outstanding work, as linkerd2-proxy), with
 //! weights, exclusion of endpoints already tried, and endpoint-set updates
 //! that keep the state of endpoints that stay. Each worker owns its own
 //! replica (`Rc`/`Cell`, no atomics): this crate must never lock, allocate per
@@ -8,6 +9,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
-mod l4;
+pub mod ewma;
+mod p2c;
 
-pub use l4::{EndpointState, L4Balancer, OpenGuard};
+pub use p2c::{Balancer, EndpointState, OpenGuard};

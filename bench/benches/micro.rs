@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use ringmesh_balancer::L4Balancer;
+use ringmesh_balancer::Balancer;
 use ringmesh_discovery::{Authority, Endpoint, Service, Snapshot};
 use ringmesh_protocols::http1::{Limits, RequestHead};
 
@@ -60,9 +60,12 @@ fn endpoints(n: usize) -> Vec<(SocketAddr, u32)> {
 fn balancer_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("balancer_pick");
     for n in [3usize, 100] {
-        let b = L4Balancer::new(endpoints(n));
+        let b = Balancer::new(endpoints(n));
         g.bench_with_input(BenchmarkId::from_parameter(n), &b, |bench, b| {
             bench.iter(|| b.pick(|_| false))
+        });
+        g.bench_with_input(BenchmarkId::new("peak_ewma", n), &b, |bench, b| {
+            bench.iter(|| b.pick_request(&[]))
         });
     }
     g.finish();

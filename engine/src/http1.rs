@@ -11,7 +11,7 @@
 //! response body back. Upgrades (101) and CONNECT tunnels end HTTP: both
 //! sides are handed to the opaque relay with whatever bytes were buffered.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -178,7 +178,7 @@ pub(crate) async fn serve(
             // Known before connecting, so a failed connect is labelled too.
             Dst::Addr(addr) => key.target = Some(*addr),
         }
-        let (mut up, mut addr, mut _guard) =
+        let (mut up, mut addr, mut in_flight) =
             match checkout(&w, &key, &target, connect_timeout, true).await {
                 Ok(u) => u,
                 Err(e) => {
@@ -212,8 +212,27 @@ pub(crate) async fn serve(
         let mut retried = false;
         let outcome = loop {
             let reused = up.reused;
-            let outcome = exchange(&w, &mut c, up, &req, &mut resp, &mut out, ubuf, &limits).await;
+            let first_byte = Cell::new(None);
+            let sent = Instant::now();
+            let outcome = exchange(
+                &w,
+                &mut c,
+                up,
+                &req,
+                &mut resp,
+                &mut out,
+                ubuf,
+                &limits,
+                &first_byte,
+            )
+            .await;
             ubuf = outcome.ubuf;
+            // The balancer learns the endpoint's latency to the first
+            // response byte (peak-EWMA).
+            if let (Some(g), Some(t)) = (&in_flight, first_byte.get()) {
+                g.endpoint()
+                    .observe_response(t.saturating_duration_since(sent));
+            }
             match outcome.end {
                 Exchange::Failed {
                     retryable: true, ..
@@ -222,7 +241,7 @@ pub(crate) async fn serve(
                     tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
                     match checkout(&w, &key, &target, connect_timeout, false).await {
                         Ok((u, a, g)) => {
-                            (up, addr, _guard) = (u, a, g);
+                            (up, addr, in_flight) = (u, a, g);
                             continue;
                         }
                         Err(e) => {
@@ -466,7 +485,7 @@ async fn checkout(
             let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
             loop {
-                let Some(ep) = balancer.borrow().pick_untried(&tried) else {
+                let Some(ep) = balancer.borrow().pick_request(&tried) else {
                     break;
                 };
                 let addr = ep.addr();
@@ -571,6 +590,7 @@ async fn exchange(
     out: &mut Vec<u8>,
     mut ubuf: Vec<u8>,
     limits: &Limits,
+    first_byte: &Cell<Option<Instant>>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -674,7 +694,11 @@ async fn exchange(
                             ubuf.is_empty(),
                         ))
                     }
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if first_byte.get().is_none() {
+                            first_byte.set(Some(Instant::now()));
+                        }
+                    }
                     Err(e) => {
                         umeter.failed(&e);
                         return Err((

@@ -475,14 +475,15 @@ async fn forward(
     let mut body = Some(body);
     let mut tries = 0;
     // In flight on its endpoint (for the balancer) until the response ends.
-    let mut _guard;
+    let mut in_flight;
     let resp = loop {
         tries += 1;
         let (send, addr, guard, id) = checkout(w, key, &target, connect_timeout)
             .await
             .map_err(upstream_failed)?;
-        _guard = guard;
+        in_flight = guard;
         key.target = Some(addr);
+        let sent_at = Instant::now();
         let sent = match send.ready().await {
             Ok(mut s) => s.send_request(request_head(&parts), end),
             Err(e) => Err(e),
@@ -517,7 +518,13 @@ async fn forward(
             }
         };
         match head {
-            Ok(resp) => break resp,
+            Ok(resp) => {
+                // The balancer learns the latency to the response head.
+                if let Some(g) = &in_flight {
+                    g.endpoint().observe_response(sent_at.elapsed());
+                }
+                break resp;
+            }
             // Streams above a GOAWAY's last stream id were not processed;
             // without a body (nothing consumed) the request can go again.
             Err(e) if end && tries < MAX_TRIES && unprocessed(&e) => {
@@ -735,7 +742,7 @@ async fn checkout(
             let mut tried: Vec<SocketAddr> = Vec::new();
             let mut last = None;
             loop {
-                let Some(ep) = balancer.borrow().pick_untried(&tried) else {
+                let Some(ep) = balancer.borrow().pick_request(&tried) else {
                     break;
                 };
                 let addr = ep.addr();

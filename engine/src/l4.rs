@@ -6,10 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-use ringmesh_balancer::{L4Balancer, OpenGuard};
+use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
@@ -45,7 +45,7 @@ impl ListenerKind {
 /// Where one connection goes.
 enum Target {
     /// A discovered service: balance over its endpoints.
-    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
+    Service(Arc<Service>, Rc<RefCell<Balancer>>),
     /// A plain address.
     Addr(SocketAddr),
     /// Not redirected: only HTTP can say where it goes (its authority).
@@ -403,7 +403,7 @@ impl std::fmt::Display for ConnectFailure {
 /// Picks endpoints (P2C) until one accepts the connection; each endpoint is
 /// tried at most once per client connection.
 async fn connect_balanced(
-    balancer: &RefCell<L4Balancer>,
+    balancer: &RefCell<Balancer>,
     timeout: Duration,
 ) -> Result<(TcpStream, OpenGuard), ConnectFailure> {
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -415,8 +415,12 @@ async fn connect_balanced(
         let addr = ep.addr();
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
+        let started = Instant::now();
         match connect(addr, timeout).await {
-            Ok(s) => return Ok((s, guard)),
+            Ok(s) => {
+                guard.endpoint().observe_connect(started.elapsed());
+                return Ok((s, guard));
+            }
             Err(e) => {
                 tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");
                 tried.push(addr);

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmesh_balancer::L4Balancer;
+use ringmesh_balancer::Balancer;
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
@@ -36,7 +36,7 @@ pub(crate) enum HttpDst {
 
 /// Where one request goes.
 pub(crate) enum Dst {
-    Service(Arc<Service>, Rc<RefCell<L4Balancer>>),
+    Service(Arc<Service>, Rc<RefCell<Balancer>>),
     Addr(SocketAddr),
 }
 

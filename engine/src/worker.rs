@@ -18,7 +18,7 @@ use futures_channel::mpsc::UnboundedReceiver;
 use futures_core::stream::FusedStream;
 use futures_core::Stream;
 use monoio::net::TcpListener;
-use ringmesh_balancer::L4Balancer;
+use ringmesh_balancer::Balancer;
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 
@@ -59,7 +59,7 @@ const MAX_IDLE_BUFFERS: usize = 1024;
 /// service's entry in the snapshot changes.
 pub(crate) struct Replica {
     service: Arc<Service>,
-    pub balancer: Rc<RefCell<L4Balancer>>,
+    pub balancer: Rc<RefCell<Balancer>>,
 }
 
 pub(crate) struct Worker {
@@ -97,13 +97,13 @@ impl Worker {
     }
 
     /// The balancer replica for a service in the current snapshot.
-    pub(crate) fn balancer(&self, service: &Arc<Service>) -> Rc<RefCell<L4Balancer>> {
+    pub(crate) fn balancer(&self, service: &Arc<Service>) -> Rc<RefCell<Balancer>> {
         let mut replicas = self.replicas.borrow_mut();
         let replica = replicas
             .entry(service.name.clone())
             .or_insert_with(|| Replica {
                 service: service.clone(),
-                balancer: Rc::new(RefCell::new(L4Balancer::new(endpoints(service)))),
+                balancer: Rc::new(RefCell::new(Balancer::new(endpoints(service)))),
             });
         if !Arc::ptr_eq(&replica.service, service) {
             replica.balancer.borrow_mut().update(endpoints(service));

@@ -120,28 +120,46 @@ fn per_request_balancing(driver: IoDriver) {
     let file = discovery_file(
         &format!("bal-{}", driver_name(driver)),
         &format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{}\"]\n",
-            a.addr, b.addr
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\n",
+            a.addr
         ),
     );
     let (proxy, addr) = forward_proxy(
         driver,
         "web.test:80",
-        &[("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap())],
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+        ],
     );
-    // One client connection, many requests: each is balanced on its own.
+    // One client connection, many requests: each is routed and balanced on
+    // its own, so when the endpoint set changes, the next request on the
+    // same connection goes to the new endpoint.
     let c = connect(addr);
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..40 {
+    let mut ask = || {
         w.write_all(b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n")
             .unwrap();
         let (head, body) = read_response(&mut r, false);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        seen.insert(String::from_utf8(body).unwrap());
+        String::from_utf8(body).unwrap()
+    };
+    for _ in 0..5 {
+        assert!(ask().contains('a'));
     }
-    assert_eq!(seen.len(), 2, "one keep-alive connection reached {seen:?}");
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{}\"]\nweights = [1, 1000]\n",
+            a.addr, b.addr
+        ),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || ask().contains('b')),
+        "the same keep-alive connection reached the new endpoint"
+    );
     // curl with several URLs on one connection works too.
     let url = format!("http://{addr}/hello");
     let out = curl(&[&url, &url, &url]);

@@ -1,0 +1,451 @@
+//! Power-of-two-choices balancing over a weighted endpoint set.
+//!
+//! Two distinct candidates are drawn with probability proportional to their
+//! weight; the one with the lower cost per unit of weight wins, and a tie
+//! goes to the first draw. Costs, as linkerd2-proxy's:
+//! - layer 7 ([`Balancer::pick_request`]): peak-EWMA of response latency
+//!   (to the first response byte) × (requests in flight + 1);
+//! - layer 4 ([`Balancer::pick_untried`]): connect-latency peak-EWMA ×
+//!   open connections.
+//!
+//! Both divided by the endpoint's weight. A loaded set converges to load
+//! proportional to weight and a slow endpoint is avoided at once. Idle, the
+//! layer-4 cost is zero, so connections are shared by the weighted draw; the
+//! layer-7 cost is not (as in linkerd2-proxy), so one request at a time goes
+//! to the endpoint with the best latency per weight.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::ewma::{PeakEwma, DEFAULT_DECAY, DEFAULT_RTT};
+
+/// One endpoint's state in one worker's replica.
+#[derive(Debug)]
+pub struct EndpointState {
+    addr: SocketAddr,
+    weight: Cell<u32>,
+    open: Cell<u32>,
+    /// Response latency, to the first response byte.
+    response: PeakEwma,
+    /// Connect latency.
+    connect: PeakEwma,
+}
+
+impl EndpointState {
+    fn new(addr: SocketAddr, weight: u32, now: Instant) -> Self {
+        Self {
+            addr,
+            weight: Cell::new(weight),
+            open: Cell::new(0),
+            response: PeakEwma::new(DEFAULT_RTT, now),
+            connect: PeakEwma::new(DEFAULT_RTT, now),
+        }
+    }
+
+    /// Records the time from sending a request to its first response byte.
+    pub fn observe_response(&self, latency: Duration) {
+        self.observe_response_at(latency, Instant::now());
+    }
+
+    /// As [`Self::observe_response`], at a given time (simulations).
+    pub fn observe_response_at(&self, latency: Duration, now: Instant) {
+        self.response.observe(latency, now, DEFAULT_DECAY);
+    }
+
+    /// Records how long a connection took to establish.
+    pub fn observe_connect(&self, latency: Duration) {
+        self.connect.observe(latency, Instant::now(), DEFAULT_DECAY);
+    }
+
+    /// The layer-7 cost: response-latency estimate × (in flight + 1).
+    pub fn request_cost(&self, now: Instant) -> f64 {
+        self.response.get(now, DEFAULT_DECAY) * f64::from(self.open.get() + 1)
+    }
+
+    /// The layer-4 cost: connect-latency estimate × open connections.
+    pub fn connection_cost(&self, now: Instant) -> f64 {
+        self.connect.get(now, DEFAULT_DECAY) * f64::from(self.open.get())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.get()
+    }
+
+    /// Connections currently open to this endpoint from this worker.
+    pub fn open(&self) -> u32 {
+        self.open.get()
+    }
+}
+
+/// Counts a connection as open on its endpoint until dropped. Holding the
+/// `Rc` keeps the count correct even after the endpoint leaves the set.
+#[derive(Debug)]
+pub struct OpenGuard(Rc<EndpointState>);
+
+impl OpenGuard {
+    pub fn new(ep: Rc<EndpointState>) -> Self {
+        ep.open.set(ep.open.get() + 1);
+        Self(ep)
+    }
+
+    pub fn endpoint(&self) -> &Rc<EndpointState> {
+        &self.0
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+    }
+}
+
+/// A worker's replica of one service's balancer.
+#[derive(Debug, Default)]
+pub struct Balancer {
+    endpoints: Vec<Rc<EndpointState>>,
+    /// Running sums of weights, for O(log n) weighted draws.
+    cumulative: Vec<u64>,
+}
+
+impl Balancer {
+    pub fn new(endpoints: impl IntoIterator<Item = (SocketAddr, u32)>) -> Self {
+        let mut b = Self::default();
+        b.update(endpoints);
+        b
+    }
+
+    /// Replaces the endpoint set. Endpoints that stay (same address) keep
+    /// their state (the same `Rc`); a changed weight takes effect at once.
+    pub fn update(&mut self, endpoints: impl IntoIterator<Item = (SocketAddr, u32)>) {
+        let old = std::mem::take(&mut self.endpoints);
+        let now = Instant::now();
+        for (addr, weight) in endpoints {
+            let weight = weight.max(1);
+            // Same `Rc` for an endpoint that stays, so guards of connections
+            // already open keep counting against it.
+            let ep = match old.iter().find(|e| e.addr == addr) {
+                Some(e) => {
+                    e.weight.set(weight);
+                    e.clone()
+                }
+                None => Rc::new(EndpointState::new(addr, weight, now)),
+            };
+            self.endpoints.push(ep);
+        }
+        let mut sum = 0;
+        self.cumulative = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                sum += u64::from(e.weight.get());
+                sum
+            })
+            .collect();
+    }
+
+    pub fn endpoints(&self) -> &[Rc<EndpointState>] {
+        &self.endpoints
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// Picks an endpoint index by layer-4 cost, skipping those for which
+    /// `excluded(i)` is true (endpoints already tried for this connection).
+    /// `None` when no endpoint is left.
+    pub fn pick(&self, excluded: impl Fn(usize) -> bool) -> Option<usize> {
+        let now = Instant::now();
+        self.pick_by(&excluded, |e| e.connection_cost(now))
+    }
+
+    /// Picks an endpoint for a connection (layer-4 cost) whose address is
+    /// not in `tried` (the endpoints it already failed on).
+    pub fn pick_untried(&self, tried: &[SocketAddr]) -> Option<Rc<EndpointState>> {
+        let i = self.pick(|i| tried.contains(&self.endpoints[i].addr))?;
+        Some(self.endpoints[i].clone())
+    }
+
+    /// Picks an endpoint for a request (peak-EWMA layer-7 cost) whose
+    /// address is not in `tried`.
+    pub fn pick_request(&self, tried: &[SocketAddr]) -> Option<Rc<EndpointState>> {
+        self.pick_request_at(tried, Instant::now())
+    }
+
+    /// As [`Self::pick_request`], at a given time (simulations).
+    pub fn pick_request_at(&self, tried: &[SocketAddr], now: Instant) -> Option<Rc<EndpointState>> {
+        let excluded = |i: usize| tried.contains(&self.endpoints[i].addr);
+        let i = self.pick_by(&excluded, |e| e.request_cost(now))?;
+        Some(self.endpoints[i].clone())
+    }
+
+    /// P2C: two distinct weighted draws, the lower cost per weight wins.
+    fn pick_by(
+        &self,
+        excluded: &impl Fn(usize) -> bool,
+        cost: impl Fn(&EndpointState) -> f64,
+    ) -> Option<usize> {
+        let a = self.draw(excluded)?;
+        let Some(b) = self.draw(&|i| i == a || excluded(i)) else {
+            return Some(a);
+        };
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        // cost_a / w_a <= cost_b / w_b, without division.
+        let cost_a = cost(ea) * f64::from(eb.weight.get());
+        let cost_b = cost(eb) * f64::from(ea.weight.get());
+        Some(if cost_b < cost_a { b } else { a })
+    }
+
+    /// A weighted random draw among endpoints not excluded.
+    fn draw(&self, excluded: &impl Fn(usize) -> bool) -> Option<usize> {
+        let total = *self.cumulative.last()?;
+        // Rejection sampling is O(log n) per try and exclusions are few (the
+        // endpoints tried for one connection); fall back to a scan.
+        for _ in 0..8 {
+            let r = fastrand::u64(0..total);
+            let i = self.cumulative.partition_point(|&c| c <= r);
+            if !excluded(i) {
+                return Some(i);
+            }
+        }
+        let remaining: u64 = (0..self.endpoints.len())
+            .filter(|&i| !excluded(i))
+            .map(|i| u64::from(self.endpoints[i].weight.get()))
+            .sum();
+        if remaining == 0 {
+            return None;
+        }
+        let mut r = fastrand::u64(0..remaining);
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if excluded(i) {
+                continue;
+            }
+            let w = u64::from(ep.weight.get());
+            if r < w {
+                return Some(i);
+            }
+            r -= w;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_untried_skips_failed_endpoints() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let bal = Balancer::new([(a, 1), (b, 1), (c, 5)]);
+        for _ in 0..100 {
+            assert_eq!(bal.pick_untried(&[a, c]).unwrap().addr(), b);
+        }
+        assert!(bal.pick_untried(&[a, b, c]).is_none());
+        assert!(Balancer::default().pick_untried(&[]).is_none());
+    }
+    use proptest::prelude::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn empty_picks_nothing() {
+        assert_eq!(Balancer::new([]).pick(|_| false), None);
+    }
+
+    #[test]
+    fn idle_share_follows_weights() {
+        let b = Balancer::new([(addr(1), 3), (addr(2), 1)]);
+        let mut hits = [0u32; 2];
+        for _ in 0..40_000 {
+            hits[b.pick(|_| false).unwrap()] += 1;
+        }
+        let share = f64::from(hits[0]) / 40_000.0;
+        assert!((share - 0.75).abs() < 0.02, "share {share}");
+    }
+
+    #[test]
+    fn loaded_share_follows_weights() {
+        // Long-lived connections: the open counts converge to the weights.
+        let b = Balancer::new([(addr(1), 3), (addr(2), 1)]);
+        let guards: Vec<_> = (0..400)
+            .map(|_| OpenGuard::new(b.endpoints()[b.pick(|_| false).unwrap()].clone()))
+            .collect();
+        let open0 = b.endpoints()[0].open();
+        assert!((280..=320).contains(&open0), "open {open0}");
+        drop(guards);
+        assert_eq!(b.endpoints()[0].open() + b.endpoints()[1].open(), 0);
+    }
+
+    #[test]
+    fn prefers_the_less_loaded() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1)]);
+        let _busy: Vec<_> = (0..10)
+            .map(|_| OpenGuard::new(b.endpoints()[0].clone()))
+            .collect();
+        let mut to_idle = 0;
+        for _ in 0..1000 {
+            if b.pick(|_| false) == Some(1) {
+                to_idle += 1;
+            }
+        }
+        // The two draws are distinct: the idle one always wins.
+        assert_eq!(to_idle, 1000);
+    }
+
+    #[test]
+    fn update_keeps_state_of_endpoints_that_stay() {
+        let mut b = Balancer::new([(addr(1), 1), (addr(2), 1)]);
+        let g = OpenGuard::new(b.endpoints()[1].clone());
+        b.update([(addr(2), 1), (addr(3), 1)]);
+        assert_eq!(b.endpoints()[0].addr(), addr(2));
+        assert_eq!(b.endpoints()[0].open(), 1);
+        assert!(Rc::ptr_eq(g.endpoint(), &b.endpoints()[0]));
+        assert_eq!(b.endpoints()[1].open(), 0);
+        drop(g);
+        assert_eq!(b.endpoints()[0].open(), 0);
+    }
+
+    /// Runs `n` requests through `b`, closed loop with `concurrency` in
+    /// flight, on a virtual clock: endpoint `i` answers in `latency(i)`.
+    /// Returns requests per endpoint.
+    fn simulate(
+        b: &Balancer,
+        n: usize,
+        concurrency: usize,
+        latency: impl Fn(usize) -> Duration,
+    ) -> Vec<usize> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let t0 = Instant::now();
+        let mut hits = vec![0; b.len()];
+        // (finish time, sequence, endpoint index)
+        let mut done: BinaryHeap<Reverse<(Duration, usize, usize)>> = BinaryHeap::new();
+        let mut guards: Vec<Option<OpenGuard>> = Vec::new();
+        let mut now = Duration::ZERO;
+        for k in 0..n {
+            if done.len() == concurrency {
+                let Reverse((t, seq, i)) = done.pop().unwrap();
+                now = t;
+                if let Some(g) = guards[seq].take() {
+                    g.endpoint().observe_response_at(latency(i), t0 + now);
+                }
+            }
+            let ep = b.pick_request_at(&[], t0 + now).unwrap();
+            let i = b
+                .endpoints()
+                .iter()
+                .position(|e| Rc::ptr_eq(e, &ep))
+                .unwrap();
+            hits[i] += 1;
+            guards.push(Some(OpenGuard::new(ep)));
+            done.push(Reverse((now + latency(i), k, i)));
+        }
+        hits
+    }
+
+    #[test]
+    fn slow_endpoint_is_avoided() {
+        let ms = Duration::from_millis(1);
+        let latency = |i| if i == 2 { 50 * ms } else { ms };
+        // 30 s of traffic at 8 in flight.
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        let hits = simulate(&b, 200_000, 8, latency);
+        assert!((hits[0] + hits[1]) * 100 >= 99 * 200_000, "{hits:?}");
+        assert!(
+            hits[0] > 80_000 && hits[1] > 80_000,
+            "fast ones share: {hits:?}"
+        );
+        // One or two at a time, where in-flight counts say nothing (P2C over
+        // in-flight alone sends the slow one 33% and 2% here).
+        for conc in [1, 2] {
+            let b = Balancer::new([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+            let hits = simulate(&b, 30_000 * conc, conc, latency);
+            assert!(
+                hits[2] * 1000 <= 30_000 * conc,
+                "{conc} at a time: {hits:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn equal_latencies_share_by_weight(w in proptest::collection::vec(1u32..5, 2..5)) {
+            let b = Balancer::new(w.iter().enumerate().map(|(i, w)| (addr(i as u16 + 1), *w)));
+            let ms = Duration::from_millis(1);
+            let total: u32 = w.iter().sum();
+            // Enough in flight that the in-flight term decides.
+            let hits = simulate(&b, 20_000, 4 * total as usize, |_| ms);
+            for (i, h) in hits.iter().enumerate() {
+                let want = f64::from(w[i]) / f64::from(total);
+                let got = *h as f64 / 20_000.0;
+                prop_assert!((got - want).abs() < 0.08, "endpoint {i}: {got} vs {want} ({hits:?})");
+            }
+        }
+
+        #[test]
+        fn in_flight_returns_to_zero(ops in proptest::collection::vec(any::<bool>(), 1..200)) {
+            let mut b = Balancer::new([(addr(1), 2), (addr(2), 1), (addr(3), 1)]);
+            let mut guards = Vec::new();
+            for (n, start) in ops.into_iter().enumerate() {
+                if start || guards.is_empty() {
+                    guards.push(OpenGuard::new(b.pick_request(&[]).unwrap()));
+                } else {
+                    let g: OpenGuard = guards.swap_remove(n % guards.len());
+                    g.endpoint().observe_response(Duration::from_micros(n as u64));
+                }
+                if n % 13 == 0 {
+                    b.update([(addr(2), 1), (addr(3), 3), (addr(4), 1)]);
+                }
+            }
+            drop(guards);
+            prop_assert!(b.endpoints().iter().all(|e| e.open() == 0));
+        }
+
+        #[test]
+        fn never_picks_excluded(weights in proptest::collection::vec(1u32..100, 1..20),
+                                excluded in proptest::collection::vec(any::<bool>(), 20)) {
+            let b = Balancer::new(weights.iter().enumerate().map(|(i, w)| (addr(i as u16 + 1), *w)));
+            let any_left = (0..weights.len()).any(|i| !excluded[i]);
+            for _ in 0..50 {
+                match b.pick(|i| excluded[i]) {
+                    Some(i) => prop_assert!(!excluded[i] && i < weights.len()),
+                    None => prop_assert!(!any_left),
+                }
+            }
+        }
+
+        #[test]
+        fn open_counts_return_to_zero(ops in proptest::collection::vec(any::<bool>(), 1..200)) {
+            let mut b = Balancer::new([(addr(1), 2), (addr(2), 1), (addr(3), 1)]);
+            let mut guards = Vec::new();
+            for (n, open) in ops.into_iter().enumerate() {
+                if open || guards.is_empty() {
+                    let i = b.pick(|_| false).unwrap();
+                    guards.push(OpenGuard::new(b.endpoints()[i].clone()));
+                } else {
+                    guards.swap_remove(n % guards.len());
+                }
+                if n % 17 == 0 {
+                    b.update([(addr(2), 1), (addr(3), 3), (addr(4), 1)]);
+                }
+            }
+            drop(guards);
+            prop_assert!(b.endpoints().iter().all(|e| e.open() == 0));
+        }
+    }
+}
