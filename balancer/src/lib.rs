@@ -9,7 +9,9 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod accrual;
 pub mod ewma;
 mod p2c;
 
+pub use accrual::{AccrualPolicy, Transition};
 pub use p2c::{Balancer, EndpointState, OpenGuard};

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::accrual::{Accrual, AccrualPolicy, Transition};
 use crate::ewma::{PeakEwma, DEFAULT_DECAY, DEFAULT_RTT};
 
 /// One endpoint's state in one worker's replica.
@@ -31,17 +32,37 @@ pub struct EndpointState {
     response: PeakEwma,
     /// Connect latency.
     connect: PeakEwma,
+    accrual: Accrual,
+    policy: Cell<AccrualPolicy>,
 }
 
 impl EndpointState {
-    fn new(addr: SocketAddr, weight: u32, now: Instant) -> Self {
+    fn new(addr: SocketAddr, weight: u32, now: Instant, policy: AccrualPolicy) -> Self {
         Self {
             addr,
             weight: Cell::new(weight),
             open: Cell::new(0),
             response: PeakEwma::new(DEFAULT_RTT, now),
             connect: PeakEwma::new(DEFAULT_RTT, now),
+            accrual: Accrual::default(),
+            policy: Cell::new(policy),
         }
+    }
+
+    /// A failed request or connection (connect error, 5xx, gRPC
+    /// UNAVAILABLE): counts toward ejection.
+    pub fn record_failure(&self) -> Transition {
+        self.accrual.failure(Instant::now(), &self.policy.get())
+    }
+
+    /// A successful one: resets the count, restores an ejected endpoint.
+    pub fn record_success(&self) -> Transition {
+        self.accrual.success()
+    }
+
+    /// Out of rotation after too many failures in a row.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.accrual.is_ejected(now)
     }
 
     /// Records the time from sending a request to its first response byte.
@@ -109,13 +130,25 @@ impl Drop for OpenGuard {
 #[derive(Debug, Default)]
 pub struct Balancer {
     endpoints: Vec<Rc<EndpointState>>,
+    policy: AccrualPolicy,
     /// Running sums of weights, for O(log n) weighted draws.
     cumulative: Vec<u64>,
 }
 
 impl Balancer {
     pub fn new(endpoints: impl IntoIterator<Item = (SocketAddr, u32)>) -> Self {
-        let mut b = Self::default();
+        Self::with_accrual(endpoints, AccrualPolicy::default())
+    }
+
+    /// A balancer whose endpoints are ejected by `policy`.
+    pub fn with_accrual(
+        endpoints: impl IntoIterator<Item = (SocketAddr, u32)>,
+        policy: AccrualPolicy,
+    ) -> Self {
+        let mut b = Self {
+            policy,
+            ..Self::default()
+        };
         b.update(endpoints);
         b
     }
@@ -134,7 +167,7 @@ impl Balancer {
                     e.weight.set(weight);
                     e.clone()
                 }
-                None => Rc::new(EndpointState::new(addr, weight, now)),
+                None => Rc::new(EndpointState::new(addr, weight, now, self.policy)),
             };
             self.endpoints.push(ep);
         }
@@ -190,10 +223,26 @@ impl Balancer {
     }
 
     /// P2C: two distinct weighted draws, the lower cost per weight wins.
+    /// Ejected endpoints are skipped while any other is left; when every
+    /// candidate is ejected they are used anyway (failing everything would
+    /// be worse than trying).
     fn pick_by(
         &self,
         excluded: &impl Fn(usize) -> bool,
         cost: impl Fn(&EndpointState) -> f64,
+    ) -> Option<usize> {
+        let now = Instant::now();
+        let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
+        match self.pick_among(&healthy, &cost) {
+            Some(i) => Some(i),
+            None => self.pick_among(excluded, &cost),
+        }
+    }
+
+    fn pick_among(
+        &self,
+        excluded: &impl Fn(usize) -> bool,
+        cost: &impl Fn(&EndpointState) -> f64,
     ) -> Option<usize> {
         let a = self.draw(excluded)?;
         let Some(b) = self.draw(&|i| i == a || excluded(i)) else {
@@ -382,7 +431,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ejected_endpoints_are_skipped_until_all_are() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        for _ in 0..7 {
+            b.endpoints()[0].record_failure();
+        }
+        for _ in 0..1000 {
+            assert_ne!(b.pick_request(&[]).unwrap().addr(), addr(1));
+            assert_ne!(b.pick_untried(&[]).unwrap().addr(), addr(1));
+        }
+        // Only the ejected one left: it is used rather than nothing.
+        assert_eq!(b.pick_request(&[addr(2), addr(3)]).unwrap().addr(), addr(1));
+        assert_eq!(b.endpoints()[0].record_success(), Transition::Restored);
+        let back = (0..1000).any(|_| b.pick_request(&[]).unwrap().addr() == addr(1));
+        assert!(back, "restored endpoints are picked again");
+    }
+
     proptest! {
+        #[test]
+        fn never_picks_an_ejected_one_while_a_healthy_one_exists(
+            n in 2usize..8,
+            ejected in proptest::collection::vec(any::<bool>(), 8),
+            tried in proptest::collection::vec(any::<bool>(), 8),
+        ) {
+            let b = Balancer::new((0..n).map(|i| (addr(i as u16 + 1), 1 + i as u32)));
+            for (i, ep) in b.endpoints().iter().enumerate() {
+                if ejected[i] {
+                    for _ in 0..7 {
+                        ep.record_failure();
+                    }
+                }
+            }
+            let tried: Vec<SocketAddr> = (0..n).filter(|&i| tried[i]).map(|i| addr(i as u16 + 1)).collect();
+            let healthy_left = (0..n).any(|i| !ejected[i] && !tried.contains(&addr(i as u16 + 1)));
+            for _ in 0..50 {
+                match b.pick_request(&tried) {
+                    Some(ep) => {
+                        let i = usize::from(ep.addr().port()) - 1;
+                        prop_assert!(!tried.contains(&ep.addr()));
+                        prop_assert!(!healthy_left || !ejected[i], "picked ejected {i}");
+                    }
+                    None => prop_assert_eq!(tried.len(), n),
+                }
+            }
+        }
+
         #[test]
         fn equal_latencies_share_by_weight(w in proptest::collection::vec(1u32..5, 2..5)) {
             let b = Balancer::new(w.iter().enumerate().map(|(i, w)| (addr(i as u16 + 1), *w)));

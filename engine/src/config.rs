@@ -58,6 +58,7 @@ pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
 pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
 pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE";
 pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_STREAM_WINDOW_SIZE";
 pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: &str =
@@ -173,6 +174,8 @@ pub struct Config {
     /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients on the inbound
     /// listener; outbound clients get the same cap.
     pub http2_max_concurrent_streams: u32,
+    /// Consecutive failures that eject an endpoint from balancing.
+    pub failure_accrual_consecutive: u32,
 }
 
 /// Every problem found, one per line.
@@ -223,6 +226,7 @@ impl Config {
             http2_stream_window: 65_535,
             http2_connection_window: 1 << 20,
             http2_max_concurrent_streams: 1_000,
+            failure_accrual_consecutive: 7,
         }
     }
 
@@ -357,6 +361,12 @@ impl Config {
             }
         }) {
             c.http2_max_concurrent_streams = n;
+        }
+        if let Some(n) = p.parse_with(FAILURE_ACCRUAL_CONSECUTIVE, |s| match s.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        }) {
+            c.failure_accrual_consecutive = n;
         }
         p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
         p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);
@@ -621,6 +631,7 @@ mod tests {
             (HTTP2_INITIAL_STREAM_WINDOW_SIZE, "100"),
             (HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, "4294967295"),
             (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
+            (FAILURE_ACCRUAL_CONSECUTIVE, "none"),
         ])
         .unwrap_err();
         let text = err.to_string();
@@ -628,6 +639,7 @@ mod tests {
             HTTP2_INITIAL_STREAM_WINDOW_SIZE,
             HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
             INBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
+            FAILURE_ACCRUAL_CONSECUTIVE,
             CORES,
             IO_DRIVER,
             OUTBOUND_LISTEN_ADDR,

@@ -36,7 +36,7 @@ use crate::metrics::{
     relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
 };
 use crate::route::{resolve, Dst, HttpDst, UpstreamError};
-use crate::worker::Worker;
+use crate::worker::{record_outcome, Worker};
 
 type Rd = OwnedReadHalf<TcpStream>;
 type Wr = OwnedWriteHalf<TcpStream>;
@@ -257,6 +257,19 @@ pub(crate) async fn serve(
             }
         };
         key.target = Some(addr);
+        // Failure accrual: 5xx answers and upstream failures count against
+        // the endpoint; anything else resets its count.
+        if let Some(g) = &in_flight {
+            match &outcome {
+                Exchange::Done { .. } | Exchange::Upgraded(_) => {
+                    record_outcome(g.endpoint(), resp.status() < 500)
+                }
+                Exchange::Failed {
+                    status: Some(s), ..
+                } if *s >= 502 => record_outcome(g.endpoint(), false),
+                Exchange::Failed { .. } => {}
+            }
+        }
         match &outcome {
             Exchange::Done { .. } | Exchange::Upgraded(_) => {
                 record(&w, &key, resp.status(), None, started)
@@ -502,6 +515,7 @@ async fn checkout(
                 match connect(addr, timeout).await {
                     Ok(s) => return Ok((split(w, key, s, addr), addr, Some(guard))),
                     Err(e) => {
+                        record_outcome(guard.endpoint(), false);
                         tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                         tried.push(addr);
                         last = Some(e);

@@ -33,7 +33,7 @@ use ringmesh_protocols::http1::Authority as RequestAuthority;
 use crate::l4::dst_labels;
 use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::route::{resolve, Dst, HttpDst, UpstreamError};
-use crate::worker::Worker;
+use crate::worker::{record_outcome, Worker};
 
 /// Streams one pooled upstream connection carries before another is opened
 /// (the peer's own SETTINGS_MAX_CONCURRENT_STREAMS still applies: a stream
@@ -532,6 +532,9 @@ async fn forward(
                 continue;
             }
             Err(e) => {
+                if let Some(g) = &in_flight {
+                    record_outcome(g.endpoint(), false);
+                }
                 return Err(match e.reason() {
                     Some(reason) if e.is_reset() => Failure::Reset(reason),
                     _ => Failure::Respond(
@@ -539,7 +542,7 @@ async fn forward(
                         "upstream_failed",
                         format!("upstream stream failed: {e}"),
                     ),
-                })
+                });
             }
         }
     };
@@ -559,6 +562,11 @@ async fn forward(
                 tracing::debug!(?reason, "response body ended early");
             }
         }
+    }
+    // Failure accrual: 5xx and gRPC UNAVAILABLE count against the
+    // endpoint; anything else resets its count.
+    if let Some(g) = &in_flight {
+        record_outcome(g.endpoint(), status < 500 && grpc != Some(UNAVAILABLE));
     }
     Ok(ResponseClass {
         status,
@@ -755,6 +763,7 @@ async fn checkout(
                 match connection(w, key, addr, timeout).await {
                     Ok((send, id)) => return Ok((send, addr, Some(guard), id)),
                     Err(e) => {
+                        record_outcome(guard.endpoint(), false);
                         tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                         tried.push(addr);
                         last = Some(e);

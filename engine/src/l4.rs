@@ -18,7 +18,7 @@ use crate::detect::read_and_detect;
 use crate::metrics::{relayed, ConnMeter, Direction, DstLabels, Peer, TcpKey};
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
-use crate::worker::Worker;
+use crate::worker::{record_outcome, Worker};
 use crate::{http1, http2};
 
 /// What a listener is for.
@@ -419,9 +419,11 @@ async fn connect_balanced(
         match connect(addr, timeout).await {
             Ok(s) => {
                 guard.endpoint().observe_connect(started.elapsed());
+                record_outcome(guard.endpoint(), true);
                 return Ok((s, guard));
             }
             Err(e) => {
+                record_outcome(guard.endpoint(), false);
                 tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");
                 tried.push(addr);
                 last = Some(e);

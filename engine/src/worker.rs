@@ -18,7 +18,7 @@ use futures_channel::mpsc::UnboundedReceiver;
 use futures_core::stream::FusedStream;
 use futures_core::Stream;
 use monoio::net::TcpListener;
-use ringmesh_balancer::Balancer;
+use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, Transition};
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 
@@ -103,7 +103,13 @@ impl Worker {
             .entry(service.name.clone())
             .or_insert_with(|| Replica {
                 service: service.clone(),
-                balancer: Rc::new(RefCell::new(Balancer::new(endpoints(service)))),
+                balancer: Rc::new(RefCell::new(Balancer::with_accrual(
+                    endpoints(service),
+                    AccrualPolicy {
+                        consecutive: self.cfg.failure_accrual_consecutive,
+                        ..AccrualPolicy::default()
+                    },
+                ))),
             });
         if !Arc::ptr_eq(&replica.service, service) {
             replica.balancer.borrow_mut().update(endpoints(service));
@@ -166,6 +172,23 @@ fn thread_cpu_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// Records how a request or connection to `ep` went, for failure accrual,
+/// and logs ejections and restorations.
+pub(crate) fn record_outcome(ep: &EndpointState, ok: bool) {
+    let t = if ok {
+        ep.record_success()
+    } else {
+        ep.record_failure()
+    };
+    match t {
+        Transition::None => {}
+        Transition::Ejected(backoff) => {
+            tracing::warn!(endpoint = %ep.addr(), ?backoff, "endpoint ejected after consecutive failures")
+        }
+        Transition::Restored => tracing::info!(endpoint = %ep.addr(), "endpoint restored"),
+    }
 }
 
 fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {

@@ -16,6 +16,11 @@ use ringmesh_engine::IoDriver;
 /// A keep-alive HTTP/1.1 backend that answers every request with its
 /// `name` (one byte) after `delay`.
 fn backend(name: u8, delay: Duration) -> Backend {
+    switchable(name, delay, Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`backend`], answering 503 while `failing` is set.
+fn switchable(name: u8, delay: Duration, failing: Arc<AtomicBool>) -> Backend {
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
@@ -31,11 +36,12 @@ fn backend(name: u8, delay: Duration) -> Backend {
                 }
             }
             thread::sleep(delay);
-            let resp = [
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n".as_slice(),
-                &[name],
-            ]
-            .concat();
+            let status: &[u8] = if failing.load(Ordering::Relaxed) {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"
+            };
+            let resp = [status, &[name]].concat();
             if w.write_all(&resp).is_err() {
                 return;
             }
@@ -160,4 +166,113 @@ fn slow_backend_is_avoided() {
             p.wait();
         }
     }
+}
+
+/// Runs `clients` keep-alive clients until `stop` is set; every answer is
+/// reported as (when, was it a 503, which backend).
+fn answers(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<Vec<(Instant, bool, u8)>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let conn = connect(addr);
+                conn.set_nodelay(true).unwrap();
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                        .unwrap();
+                    let mut status = String::new();
+                    r.read_line(&mut status).unwrap();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut name = [0u8; 1];
+                    r.read_exact(&mut name).unwrap();
+                    seen.push((Instant::now(), status.contains(" 503 "), name[0]));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// A backend answering 503 is ejected after 7 failures in a row (its
+/// traffic moves to the healthy one); once it recovers and its backoff runs
+/// out, a probe succeeds and it is back in rotation.
+#[test]
+fn failing_backend_is_ejected_then_restored() {
+    let delay = Duration::from_micros(200);
+    let failing = Arc::new(AtomicBool::new(true));
+    let (a, c) = (
+        backend(b'a', delay),
+        switchable(b'c', delay, failing.clone()),
+    );
+    let proxy = proxy_to(IoDriver::Uring, &[&a, &c], "accrual");
+    let addr = proxy.forward_addrs()[0];
+
+    // 4 clients for 300 ms: c answers 503 until its seventh failure in a
+    // row ejects it (a few requests already sent to it may still fail),
+    // then, for the rest of its first backoff (>= 500 ms), nothing reaches it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 4, stop.clone());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut seen: Vec<(Instant, bool, u8)> = clients
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    seen.sort_by_key(|(t, _, _)| *t);
+    let failures: Vec<Instant> = seen
+        .iter()
+        .filter(|(_, bad, _)| *bad)
+        .map(|(t, _, _)| *t)
+        .collect();
+    assert!(
+        (7..=7 + 4).contains(&failures.len()),
+        "{} failures",
+        failures.len()
+    );
+    let ejected_at = *failures.last().unwrap();
+    let after: Vec<_> = seen.iter().filter(|(t, _, _)| *t > ejected_at).collect();
+    assert!(
+        after.len() > 50,
+        "{} answers after the ejection",
+        after.len()
+    );
+    assert!(
+        after.iter().all(|(_, bad, n)| !bad && *n == b'a'),
+        "an ejected endpoint got a request"
+    );
+
+    // Recovered: after the backoff (at most 1.5 s) a probe reaches it and
+    // it takes traffic again.
+    failing.store(false, Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 4, stop.clone());
+    thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Vec<(Instant, bool, u8)> = clients
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(seen.iter().all(|(_, bad, _)| !bad));
+    let to_c = seen.iter().filter(|(_, _, n)| *n == b'c').count();
+    assert!(
+        to_c > 100,
+        "the recovered backend is back in rotation: {to_c} of {}",
+        seen.len()
+    );
+    proxy.shutdown();
+    proxy.wait();
 }
