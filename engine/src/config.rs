@@ -72,6 +72,7 @@ pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_EN
 pub const METRICS_RETAIN_IDLE: &str = "LINKERD2_PROXY_METRICS_RETAIN_IDLE";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
 pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
+pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 
 /// Server-speaks-first ports (SMTP, submission, MySQL, Galera, Postgres,
 /// Redis, Elasticsearch transport, memcached): detection would only stall them.
@@ -168,6 +169,9 @@ pub struct Config {
     pub http_header_read_timeout: Duration,
     /// How long to wait for an upstream's response head; `None`: no limit.
     pub http_response_timeout: Option<Duration>,
+    /// A request's whole budget, from its head arriving to its response
+    /// head: past it the client gets 504. `None`: no limit.
+    pub http_request_timeout: Option<Duration>,
     /// HTTP/2 flow-control windows ringmesh advertises (both sides).
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,
@@ -223,6 +227,7 @@ impl Config {
             outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
             http_header_read_timeout: Duration::from_secs(10),
             http_response_timeout: None,
+            http_request_timeout: None,
             http2_stream_window: 65_535,
             http2_connection_window: 1 << 20,
             http2_max_concurrent_streams: 1_000,
@@ -342,6 +347,12 @@ impl Config {
             s => parse_duration(s).map(Some),
         }) {
             c.http_response_timeout = t;
+        }
+        if let Some(t) = p.parse_with(HTTP_REQUEST_TIMEOUT, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http_request_timeout = t;
         }
         // RFC 9113 §6.9.1: windows are at most 2^31-1.
         let window = |s: &str| match s.parse::<u32>() {

@@ -224,6 +224,7 @@ pub(crate) async fn serve(
                 ubuf,
                 &limits,
                 &first_byte,
+                w.cfg.http_request_timeout.map(|t| started + t),
             )
             .await;
             ubuf = outcome.ubuf;
@@ -605,6 +606,7 @@ async fn exchange(
     mut ubuf: Vec<u8>,
     limits: &Limits,
     first_byte: &Cell<Option<Instant>>,
+    request_deadline: Option<Instant>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -672,7 +674,15 @@ async fn exchange(
     };
     let ctx = req.context();
     let is_head = req.method() == Method::Head;
-    let response_deadline = w.cfg.http_response_timeout.map(|t| Instant::now() + t);
+    // The sooner of the response timeout (from now) and the request
+    // timeout (from the request head's arrival).
+    let response_deadline = [
+        w.cfg.http_response_timeout.map(|t| Instant::now() + t),
+        request_deadline,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     let down = async {
         // Response head(s): interim 1xx are forwarded as they come.
         loop {

@@ -355,7 +355,17 @@ async fn proxy_stream(
         dst_labels: None,
     };
     let is_grpc = is_grpc(req.headers());
-    let class = match forward(w, dst, &mut key, req, &mut respond, connect_timeout).await {
+    let class = match forward(
+        w,
+        dst,
+        &mut key,
+        req,
+        &mut respond,
+        connect_timeout,
+        started,
+    )
+    .await
+    {
         Ok(class) => class,
         Err(Failure::Respond(status, label, reason)) => {
             tracing::warn!(error = %reason, "HTTP/2 request failed");
@@ -428,6 +438,7 @@ async fn forward(
     req: Request<RecvStream>,
     respond: &mut server::SendResponse<Bytes>,
     connect_timeout: Duration,
+    started: Instant,
 ) -> Result<ResponseClass, Failure> {
     let upstream_failed = |e: UpstreamError| Failure::Respond(e.status(), e.label(), e.reason());
     // :authority, or Host for a request converted from HTTP/1.
@@ -474,6 +485,7 @@ async fn forward(
     let end = body.is_end_stream();
     let mut body = Some(body);
     let mut tries = 0;
+    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
@@ -509,8 +521,22 @@ async fn forward(
         if let Some(b) = body.take().filter(|_| !end) {
             monoio::spawn(request_body(b, up_body));
         }
+        let timeout = async {
+            match request_deadline {
+                Some(d) => monoio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let head = monoio::select! {
             r = response => r,
+            _ = timeout => {
+                // Dropping the response future cancels the upstream stream.
+                return Err(Failure::Respond(
+                    504,
+                    "response_timeout",
+                    "request timed out before the response".into(),
+                ));
+            }
             reset = poll_fn(|cx| respond.poll_reset(cx)) => {
                 // The client gave up: dropping the response future (and the
                 // body task seeing the reset) cancels the upstream stream.

@@ -531,6 +531,20 @@ fn timeouts_and_limits(driver: IoDriver) {
         "{h}"
     );
 
+    // The request timeout bounds the whole wait, however the response
+    // timeout is set.
+    let (p2, addr2) = forward_proxy(
+        driver,
+        &origin.addr.to_string(),
+        &[("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms")],
+    );
+    let t = std::time::Instant::now();
+    let (h, _) = request(addr2, b"GET /never HTTP/1.1\r\nHost: o\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 504"), "{h}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    p2.shutdown();
+    p2.wait();
+
     // A request line over the 64 KiB head limit: 414.
     let mut long = b"GET /".to_vec();
     long.extend(std::iter::repeat_n(b'a', 70 * 1024));

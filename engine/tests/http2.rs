@@ -126,6 +126,41 @@ fn resets_propagate(driver: IoDriver) {
 }
 both_drivers!(resets_propagate, super::resets_propagate);
 
+/// `RINGMESH_HTTP_REQUEST_TIMEOUT`: a stream the upstream never answers
+/// gets 504, and the upstream stream is cancelled.
+fn request_timeout(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let t = std::time::Instant::now();
+    let a = h2::runtime()
+        .block_on(async move {
+            let send = h2::connect(addr).await;
+            h2::request(&send, "GET", "/hang", None).await
+        })
+        .unwrap();
+    assert_eq!(a.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(2), || origin
+            .counters
+            .resets_seen
+            .load(Ordering::Relaxed)
+            == 1),
+        "the upstream stream was cancelled"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(request_timeout_gives_504, super::request_timeout);
+
 /// An upstream that sends GOAWAY every 50 streams (as nginx does): new
 /// streams move to fresh connections and none fails.
 fn upstream_goaway_fails_nothing(driver: IoDriver) {
