@@ -73,6 +73,8 @@ pub const METRICS_RETAIN_IDLE: &str = "LINKERD2_PROXY_METRICS_RETAIN_IDLE";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
 pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
+pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
+pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
 
 /// Server-speaks-first ports (SMTP, submission, MySQL, Galera, Postgres,
 /// Redis, Elasticsearch transport, memcached): detection would only stall them.
@@ -172,6 +174,10 @@ pub struct Config {
     /// A request's whole budget, from its head arriving to its response
     /// head: past it the client gets 504. `None`: no limit.
     pub http_request_timeout: Option<Duration>,
+    /// How long a request waits for a service with no endpoint to get one.
+    pub http_failfast_timeout: Duration,
+    /// Requests per worker that may wait so.
+    pub http_queue_capacity: usize,
     /// HTTP/2 flow-control windows ringmesh advertises (both sides).
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,
@@ -228,6 +234,8 @@ impl Config {
             http_header_read_timeout: Duration::from_secs(10),
             http_response_timeout: None,
             http_request_timeout: None,
+            http_failfast_timeout: Duration::from_secs(3),
+            http_queue_capacity: 10_000,
             http2_stream_window: 65_535,
             http2_connection_window: 1 << 20,
             http2_max_concurrent_streams: 1_000,
@@ -353,6 +361,13 @@ impl Config {
             s => parse_duration(s).map(Some),
         }) {
             c.http_request_timeout = t;
+        }
+        p.duration(HTTP_FAILFAST_TIMEOUT, &mut c.http_failfast_timeout);
+        if let Some(n) = p.parse_with(HTTP_QUEUE_CAPACITY, |s| {
+            s.parse::<usize>()
+                .map_err(|_| "expected a non-negative integer".to_string())
+        }) {
+            c.http_queue_capacity = n;
         }
         // RFC 9113 §6.9.1: windows are at most 2^31-1.
         let window = |s: &str| match s.parse::<u32>() {

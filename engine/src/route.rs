@@ -87,6 +87,61 @@ pub(crate) async fn resolve(
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
 ) -> Result<Dst, UpstreamError> {
+    match resolve_now(w, dst, authority).await? {
+        Dst::Service(svc, _) if svc.endpoints.is_empty() => await_endpoints(w, &svc.name).await,
+        d => {
+            if let Dst::Service(svc, _) = &d {
+                w.failing_fast.borrow_mut().remove(&svc.name);
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Fail-fast (linkerd2-proxy's): a request for a service with no endpoint
+/// waits in a bounded queue for one to appear, up to the fail-fast timeout.
+/// When that runs out the service is failing fast: its requests get 503 at
+/// once until an endpoint returns.
+async fn await_endpoints(w: &Worker, name: &Authority) -> Result<Dst, UpstreamError> {
+    let no_endpoints = || UpstreamError::NoEndpoints(name.to_string());
+    if w.failing_fast.borrow().contains(name) {
+        return Err(no_endpoints());
+    }
+    if w.queued.get() >= w.cfg.http_queue_capacity {
+        return Err(UpstreamError::NoEndpoints(format!(
+            "{name} (queue of {} requests waiting for endpoints is full)",
+            w.cfg.http_queue_capacity
+        )));
+    }
+    w.queued.set(w.queued.get() + 1);
+    let deadline = Instant::now() + w.cfg.http_failfast_timeout;
+    let found = loop {
+        let snap = w.snapshot();
+        match snap.service(name) {
+            Some(svc) if !svc.endpoints.is_empty() => {
+                break Some(Dst::Service(svc.clone(), w.balancer(svc)))
+            }
+            _ if Instant::now() >= deadline => break None,
+            _ => {}
+        }
+        drop(snap);
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    };
+    w.queued.set(w.queued.get() - 1);
+    found.ok_or_else(|| {
+        tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
+        w.failing_fast.borrow_mut().insert(name.clone());
+        no_endpoints()
+    })
+}
+
+/// The destination as the current snapshot has it (waiting, bounded, only
+/// for a name discovery has not seen yet).
+async fn resolve_now(
+    w: &Worker,
+    dst: &HttpDst,
+    authority: Option<RequestAuthority<'_>>,
+) -> Result<Dst, UpstreamError> {
     let snap = w.snapshot();
     let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
         Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),

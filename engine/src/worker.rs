@@ -76,6 +76,11 @@ pub(crate) struct Worker {
     pub pool: Pool,
     /// Upstream HTTP/2 connections (multiplexed).
     pub h2_pool: crate::http2::Pool,
+    /// Services whose requests get 503 at once (no endpoint within the
+    /// fail-fast timeout) until an endpoint appears.
+    pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
+    /// Requests waiting for a service to get an endpoint.
+    pub queued: Cell<usize>,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// This worker's TCP metrics (it is the only writer).
@@ -276,6 +281,8 @@ async fn serve(setup: WorkerSetup) {
         pool: Pool::default(),
         stop: Stop::default(),
         h2_pool: crate::http2::Pool::default(),
+        failing_fast: RefCell::default(),
+        queued: Cell::new(0),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),

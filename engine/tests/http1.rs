@@ -324,6 +324,7 @@ fn upstream_failures(driver: IoDriver) {
                 "127.0.0.1:0=dead.test:80,127.0.0.1:0=empty.test:80",
             ),
             ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT", "100ms"),
         ],
     );
     let (h, b) = request(
@@ -350,6 +351,74 @@ fn upstream_failures(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(upstream_failures_get_502_and_503, super::upstream_failures);
+
+/// Fail-fast: a request for a service with no endpoint waits for one (up to
+/// the fail-fast timeout) and is served if one appears; once the timeout
+/// ran out, requests get 503 at once until an endpoint returns.
+fn fail_fast(driver: IoDriver) {
+    let o = origin("o");
+    let tag = format!("failfast-{}", driver_name(driver));
+    let empty = "[[service]]\nname = \"later.test:80\"\nendpoints = []\n";
+    let file = discovery_file(&tag, empty);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=later.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+            ("LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT", "2s"),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let get = || request(addr, b"GET /hello HTTP/1.1\r\nHost: later.test\r\n\r\n");
+    // An endpoint appears while the request waits: it is served.
+    let with_endpoint = format!(
+        "[[service]]\nname = \"later.test:80\"\nendpoints = [\"{}\"]\n",
+        o.addr
+    );
+    let writer = {
+        let (file, body) = (file.clone(), with_endpoint.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            std::fs::write(&file, body).unwrap();
+        })
+    };
+    let (h, b) = get();
+    writer.join().unwrap();
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert!(String::from_utf8_lossy(&b).contains("hello from o"));
+    // No endpoint for the whole timeout: 503 after ~2 s, then at once.
+    std::fs::write(&file, empty).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let (h, _) = get();
+    assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    let (h, _) = get();
+    assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "failing fast: {:?}",
+        t.elapsed()
+    );
+    // An endpoint returns: served again.
+    std::fs::write(&file, with_endpoint).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || get()
+            .0
+            .starts_with("HTTP/1.1 200")),
+        "served once an endpoint returns"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(fail_fast_waits_then_fails_fast, super::fail_fast);
 
 fn explicit_proxy(driver: IoDriver) {
     let (a, b) = (origin("a"), origin("b"));
