@@ -88,7 +88,13 @@ pub(crate) async fn resolve(
     authority: Option<RequestAuthority<'_>>,
 ) -> Result<Dst, UpstreamError> {
     match resolve_now(w, dst, authority).await? {
-        Dst::Service(svc, _) if svc.endpoints.is_empty() => await_endpoints(w, &svc.name).await,
+        Dst::Service(svc, b) if svc.endpoints.is_empty() => {
+            // Still empty after the wait: returned as is, so the request is
+            // labelled with the service and fails as having no endpoints.
+            Ok(await_endpoints(w, &svc.name)
+                .await
+                .unwrap_or(Dst::Service(svc, b)))
+        }
         d => {
             if let Dst::Service(svc, _) = &d {
                 w.failing_fast.borrow_mut().remove(&svc.name);
@@ -101,17 +107,14 @@ pub(crate) async fn resolve(
 /// Fail-fast (linkerd2-proxy's): a request for a service with no endpoint
 /// waits in a bounded queue for one to appear, up to the fail-fast timeout.
 /// When that runs out the service is failing fast: its requests get 503 at
-/// once until an endpoint returns.
-async fn await_endpoints(w: &Worker, name: &Authority) -> Result<Dst, UpstreamError> {
-    let no_endpoints = || UpstreamError::NoEndpoints(name.to_string());
+/// once until an endpoint returns. `None`: no endpoint (yet).
+async fn await_endpoints(w: &Worker, name: &Authority) -> Option<Dst> {
     if w.failing_fast.borrow().contains(name) {
-        return Err(no_endpoints());
+        return None;
     }
     if w.queued.get() >= w.cfg.http_queue_capacity {
-        return Err(UpstreamError::NoEndpoints(format!(
-            "{name} (queue of {} requests waiting for endpoints is full)",
-            w.cfg.http_queue_capacity
-        )));
+        tracing::debug!(service = %name, capacity = w.cfg.http_queue_capacity, "fail-fast queue full");
+        return None;
     }
     w.queued.set(w.queued.get() + 1);
     let deadline = Instant::now() + w.cfg.http_failfast_timeout;
@@ -128,11 +131,11 @@ async fn await_endpoints(w: &Worker, name: &Authority) -> Result<Dst, UpstreamEr
         monoio::time::sleep(Duration::from_millis(10)).await;
     };
     w.queued.set(w.queued.get() - 1);
-    found.ok_or_else(|| {
+    if found.is_none() {
         tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
         w.failing_fast.borrow_mut().insert(name.clone());
-        no_endpoints()
-    })
+    }
+    found
 }
 
 /// The destination as the current snapshot has it (waiting, bounded, only
