@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub mod accrual;
+pub mod budget;
 pub mod ewma;
 mod p2c;
 
 pub use accrual::{AccrualPolicy, Transition};
+pub use budget::RetryBudget;
 pub use p2c::{Balancer, EndpointState, OpenGuard};

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::accrual::{Accrual, AccrualPolicy, Transition};
+use crate::budget::RetryBudget;
 use crate::ewma::{PeakEwma, DEFAULT_DECAY, DEFAULT_RTT};
 
 /// One endpoint's state in one worker's replica.
@@ -131,6 +132,8 @@ impl Drop for OpenGuard {
 pub struct Balancer {
     endpoints: Vec<Rc<EndpointState>>,
     policy: AccrualPolicy,
+    /// Retries to this service, shared by its requests on this worker.
+    pub budget: RetryBudget,
     /// Running sums of weights, for O(log n) weighted draws.
     cumulative: Vec<u64>,
 }

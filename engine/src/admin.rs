@@ -93,6 +93,13 @@ impl AdminBackend for EngineAdmin {
         );
         per_worker(
             out,
+            "ringmesh_worker_retries_total",
+            "counter",
+            "HTTP requests each worker sent again to another endpoint after a 502/503 (within the retry budget).",
+            |s| s.retries,
+        );
+        per_worker(
+            out,
             "ringmesh_worker_open_connections",
             "gauge",
             "Connections each worker is proxying now.",

@@ -179,7 +179,7 @@ pub(crate) async fn serve(
             Dst::Addr(addr) => key.target = Some(*addr),
         }
         let (mut up, mut addr, mut in_flight) =
-            match checkout(&w, &key, &target, connect_timeout, true).await {
+            match checkout(&w, &key, &target, connect_timeout, true, &[]).await {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
@@ -210,9 +210,29 @@ pub(crate) async fn serve(
         // of the response: retry once on a fresh connection when nothing
         // of the request body had to be sent.
         let mut retried = false;
+        // Endpoints that answered 502/503 to this request (retried elsewhere).
+        let mut answered: Vec<SocketAddr> = Vec::new();
+        if let Dst::Service(_, b) = &target {
+            b.borrow().budget.deposit();
+        }
         let outcome = loop {
             let reused = up.reused;
             let first_byte = Cell::new(None);
+            // A bodiless request answered 502/503 may go again on another
+            // endpoint, if the service has one and its budget allows: the
+            // exchange then keeps such an answer from the client.
+            let retry_5xx = match &target {
+                Dst::Service(svc, b) => {
+                    req.framing().is_empty()
+                        && !req.is_connect()
+                        && req.upgrade().is_none()
+                        && answered.len() < 2
+                        && svc.endpoints.len() > answered.len() + 1
+                        && b.borrow().budget.can_withdraw(Instant::now())
+                }
+                Dst::Addr(_) => false,
+            };
+            let answered_5xx = Cell::new(None);
             let sent = Instant::now();
             let outcome = exchange(
                 &w,
@@ -225,6 +245,7 @@ pub(crate) async fn serve(
                 &limits,
                 &first_byte,
                 w.cfg.http_request_timeout.map(|t| started + t),
+                retry_5xx.then_some(&answered_5xx),
             )
             .await;
             ubuf = outcome.ubuf;
@@ -234,13 +255,40 @@ pub(crate) async fn serve(
                 g.endpoint()
                     .observe_response(t.saturating_duration_since(sent));
             }
+            if let (Some(status), Dst::Service(_, b)) = (answered_5xx.get(), &target) {
+                if let Some(g) = &in_flight {
+                    record_outcome(g.endpoint(), false);
+                }
+                answered.push(addr);
+                // What was read past that answer's head belongs to it.
+                ubuf.clear();
+                let _ = b.borrow().budget.withdraw(Instant::now());
+                w.retries.set(w.retries.get() + 1);
+                tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
+                match checkout(&w, &key, &target, connect_timeout, true, &answered).await {
+                    Ok((u, a, g)) => {
+                        (up, addr, in_flight) = (u, a, g);
+                        continue;
+                    }
+                    Err(e) => {
+                        break Exchange::Failed {
+                            status: Some(status),
+                            reason: format!(
+                                "upstream answered {status}; retry failed: {}",
+                                e.reason()
+                            ),
+                            retryable: false,
+                        }
+                    }
+                }
+            }
             match outcome.end {
                 Exchange::Failed {
                     retryable: true, ..
                 } if reused && !retried => {
                     retried = true;
                     tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                    match checkout(&w, &key, &target, connect_timeout, false).await {
+                    match checkout(&w, &key, &target, connect_timeout, false, &answered).await {
                         Ok((u, a, g)) => {
                             (up, addr, in_flight) = (u, a, g);
                             continue;
@@ -483,6 +531,7 @@ async fn checkout(
     dst: &Dst,
     timeout: Duration,
     use_pool: bool,
+    avoid: &[SocketAddr],
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), UpstreamError> {
     match dst {
         Dst::Addr(addr) => {
@@ -496,7 +545,7 @@ async fn checkout(
             Ok((split(w, key, s, *addr), *addr, None))
         }
         Dst::Service(svc, balancer) => {
-            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut tried: Vec<SocketAddr> = avoid.to_vec();
             let mut last = None;
             loop {
                 let Some(ep) = balancer.borrow().pick_request(&tried) else {
@@ -607,6 +656,7 @@ async fn exchange(
     limits: &Limits,
     first_byte: &Cell<Option<Instant>>,
     request_deadline: Option<Instant>,
+    answered_5xx: Option<&Cell<Option<u16>>>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -732,6 +782,12 @@ async fn exchange(
                         ));
                     }
                 }
+            }
+            // Kept from the client when the caller will retry it elsewhere
+            // (the connection is dropped: its body is not read).
+            if let (Some(flag), 502 | 503) = (answered_5xx, resp.status()) {
+                flag.set(Some(resp.status()));
+                return Err((Some(resp.status()), "retried".into(), false));
             }
             let keep = req.keep_alive() && resp.keep_alive();
             let tunnel = resp.framing() == BodyFraming::Tunnel;

@@ -485,12 +485,17 @@ async fn forward(
     let end = body.is_end_stream();
     let mut body = Some(body);
     let mut tries = 0;
+    // Endpoints that answered 502/503 to this request (retried elsewhere).
+    let mut answered: Vec<SocketAddr> = Vec::new();
+    if let Dst::Service(_, b) = &target {
+        b.borrow().budget.deposit();
+    }
     let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
         tries += 1;
-        let (send, addr, guard, id) = checkout(w, key, &target, connect_timeout)
+        let (send, addr, guard, id) = checkout(w, key, &target, connect_timeout, &answered)
             .await
             .map_err(upstream_failed)?;
         in_flight = guard;
@@ -548,6 +553,23 @@ async fn forward(
                 // The balancer learns the latency to the response head.
                 if let Some(g) = &in_flight {
                     g.endpoint().observe_response(sent_at.elapsed());
+                }
+                // A bodiless request answered 502/503 goes again on another
+                // endpoint, if the service has one and its budget allows.
+                let status = resp.status().as_u16();
+                if let (true, 502 | 503, Dst::Service(svc, b), Some(g)) =
+                    (end, status, &target, &in_flight)
+                {
+                    if tries < MAX_TRIES
+                        && svc.endpoints.len() > answered.len() + 1
+                        && b.borrow().budget.withdraw(Instant::now())
+                    {
+                        record_outcome(g.endpoint(), false);
+                        answered.push(addr);
+                        w.retries.set(w.retries.get() + 1);
+                        tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
+                        continue;
+                    }
                 }
                 break resp;
             }
@@ -755,6 +777,7 @@ async fn checkout(
     key: &HttpKey,
     dst: &Dst,
     timeout: Duration,
+    avoid: &[SocketAddr],
 ) -> Result<
     (
         client::SendRequest<Bytes>,
@@ -773,7 +796,7 @@ async fn checkout(
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
-            let mut tried: Vec<SocketAddr> = Vec::new();
+            let mut tried: Vec<SocketAddr> = avoid.to_vec();
             let mut last = None;
             loop {
                 let Some(ep) = balancer.borrow().pick_request(&tried) else {

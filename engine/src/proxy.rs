@@ -49,6 +49,8 @@ pub struct WorkerStats {
     pub open: u64,
     /// HTTP requests handled since start.
     pub requests: u64,
+    /// Of those, sent again to another endpoint after a 502/503.
+    pub retries: u64,
     /// CPU time the worker's thread has used (user + system), in
     /// nanoseconds: its event loop's busy time, since it sleeps in the
     /// kernel when idle.

@@ -81,6 +81,8 @@ pub(crate) struct Worker {
     pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
     /// Requests waiting for a service to get an endpoint.
     pub queued: Cell<usize>,
+    /// Requests sent again to another endpoint after a 502/503.
+    pub retries: Cell<u64>,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// This worker's TCP metrics (it is the only writer).
@@ -166,6 +168,7 @@ impl Worker {
             accepted: self.accepted.get(),
             open: self.open.get(),
             requests: self.requests.get(),
+            retries: self.retries.get(),
             busy_ns: thread_cpu_ns(),
         }
     }
@@ -283,6 +286,7 @@ async fn serve(setup: WorkerSetup) {
         h2_pool: crate::http2::Pool::default(),
         failing_fast: RefCell::default(),
         queued: Cell::new(0),
+        retries: Cell::new(0),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),

@@ -14,6 +14,7 @@ use ringmesh_engine::{Config, IoDriver, Proxy};
 
 pub mod h2;
 pub mod http;
+pub mod lb;
 pub mod proc;
 
 /// Runs a test body once per io driver. CI has io_uring: a missing

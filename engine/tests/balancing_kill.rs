@@ -1,0 +1,148 @@
+//! A backend killed under load (its own test binary: wrk saturates the
+//! machine, which would disturb the latency tests in balancing.rs).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use ringmesh_engine::IoDriver;
+use std::os::unix::process::CommandExt;
+
+/// A backend (nginx) killed with SIGKILL in the middle of a bounded wrk
+/// run: fewer than 0.1% of requests fail (stale pooled connections are
+/// retried on a fresh one, refused connects fail over to another endpoint)
+/// and the dead endpoint is ejected so traffic moves to the others.
+#[test]
+fn killed_backend_costs_almost_nothing() {
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("ringmesh-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| closed_port().port()).collect();
+    let mut nginx = Nginx(Vec::new());
+    for (i, port) in ports.iter().enumerate() {
+        let conf = dir.join(format!("n{i}.conf"));
+        let tmp = dir.join(format!("t{i}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1; daemon off; pid {d}/n{i}.pid; error_log {d}/n{i}.err warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; keepalive_requests 100000000;\n\
+                 client_body_temp_path {t}/b; proxy_temp_path {t}/p; fastcgi_temp_path {t}/f; uwsgi_temp_path {t}/u; scgi_temp_path {t}/s;\n\
+                 server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"n{i}\"; }} }} }}\n",
+                d = dir.display(),
+                t = tmp.display()
+            ),
+        )
+        .unwrap();
+        // Its own process group, so the master and its worker die together
+        // (killing the worker first lets the master respawn it).
+        let child = Command::new("/usr/sbin/nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed");
+        nginx.0.push(child);
+    }
+    for port in &ports {
+        let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+        assert!(
+            eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_ok()),
+            "nginx on {port} did not start"
+        );
+    }
+    let file = dir.join("d.toml");
+    let eps: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
+            eps.join(", ")
+        ),
+    )
+    .unwrap();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ],
+    );
+    let url = format!("http://{}/", proxy.forward_addrs()[0]);
+    let wrk = Command::new("timeout")
+        .args(["30", "wrk", "-t1", "-c20", "-d4s", &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wrk is installed");
+    thread::sleep(Duration::from_millis(1500));
+    // SIGKILL the master and its worker: connections die mid-stream.
+    kill_group(&mut nginx.0[0], Signal::SIGKILL);
+    let dead = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    assert!(
+        eventually(Duration::from_secs(2), || std::net::TcpStream::connect(
+            dead
+        )
+        .is_err()),
+        "the victim is really gone"
+    );
+    let out = wrk.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    drop(nginx);
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in:\n{text}"));
+    let mut failed: u64 = 0;
+    for l in text.lines() {
+        if let Some(n) = l.trim().strip_prefix("Non-2xx or 3xx responses:") {
+            failed += n.trim().parse::<u64>().unwrap();
+        }
+        if let Some(rest) = l.trim().strip_prefix("Socket errors:") {
+            failed += rest
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().last())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    eprintln!("{requests} requests, {failed} failed\n{text}");
+    assert!(requests > 1000, "{text}");
+    assert!(
+        failed * 1000 < requests,
+        "{failed} of {requests} failed:\n{text}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Signals a child's whole process group and reaps the child.
+fn kill_group(child: &mut std::process::Child, sig: Signal) {
+    let _ = killpg(Pid::from_raw(child.id() as i32), sig);
+    let _ = child.wait();
+}
+
+/// The nginx backends, each killed with its worker when dropped (also
+/// when an assertion fails half-way).
+struct Nginx(Vec<std::process::Child>);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill_group(c, Signal::SIGKILL);
+        }
+    }
+}

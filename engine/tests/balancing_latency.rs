@@ -1,0 +1,111 @@
+//! Latency-aware balancing end to end (its own test binary, so nothing
+//! else runs while it compares tail latencies).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::lb::*;
+use common::*;
+use ringmesh_engine::IoDriver;
+
+/// `clients` keep-alive clients for `secs`: latencies and hits per backend.
+fn load(addr: SocketAddr, clients: usize, secs: u64) -> (Vec<Duration>, [usize; 3]) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let c = connect(addr);
+                c.set_nodelay(true).unwrap();
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let (mut lat, mut hits) = (Vec::new(), [0usize; 3]);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                        .unwrap();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut name = [0u8; 1];
+                    r.read_exact(&mut name).unwrap();
+                    lat.push(t.elapsed());
+                    hits[usize::from(name[0] - b'a')] += 1;
+                }
+                (lat, hits)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut hits) = (Vec::new(), [0usize; 3]);
+    for h in handles {
+        let (l, n) = h.join().unwrap();
+        all.extend(l);
+        for i in 0..3 {
+            hits[i] += n[i];
+        }
+    }
+    all.sort();
+    (all, hits)
+}
+
+fn p99(lat: &[Duration]) -> Duration {
+    lat[lat.len() * 99 / 100]
+}
+
+/// Three backends, one 50 ms slower: at least 85% of requests go to the
+/// fast two, and p99 stays within 2× the all-fast baseline. Baseline and
+/// mixed runs alternate (three times each, the best p99 of each kept) so
+/// machine noise hits both; both drivers run in this one test, one after the other,
+/// so they do not disturb each other's latencies.
+#[test]
+fn slow_backend_is_avoided() {
+    for driver in [IoDriver::Uring, IoDriver::Epoll] {
+        let fast = Duration::from_micros(200);
+        let (a, b, c) = (
+            backend(b'a', fast),
+            backend(b'b', fast),
+            backend(b'c', fast),
+        );
+        let slow = backend(b'c', Duration::from_millis(50));
+        let baseline = proxy_to(driver, &[&a, &b, &c], "fast");
+        let mixed = proxy_to(driver, &[&a, &b, &slow], "mixed");
+        let (mut base_p99, mut mixed_p99) = (Duration::MAX, Duration::MAX);
+        let mut hits = [0usize; 3];
+        for _ in 0..3 {
+            let (lat, _) = load(baseline.forward_addrs()[0], 8, 1);
+            base_p99 = base_p99.min(p99(&lat));
+            let (lat, h) = load(mixed.forward_addrs()[0], 8, 1);
+            mixed_p99 = mixed_p99.min(p99(&lat));
+            for i in 0..3 {
+                hits[i] += h[i];
+            }
+        }
+        let total: usize = hits.iter().sum();
+        let fast_share = (hits[0] + hits[1]) as f64 / total as f64;
+        eprintln!(
+            "{driver:?}: {total} requests {hits:?}, fast share {fast_share:.4}; p99 {mixed_p99:?} vs all-fast {base_p99:?}"
+        );
+        assert!(fast_share >= 0.85, "{driver:?}: {hits:?}");
+        assert!(
+            mixed_p99 <= base_p99 * 2,
+            "{driver:?}: p99 {mixed_p99:?} vs all-fast {base_p99:?}"
+        );
+        for p in [baseline, mixed] {
+            p.shutdown();
+            p.wait();
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Backends and clients for the balancing tests: keep-alive HTTP/1.1
+//! backends that answer with their one-byte name (after a delay, or 503
+//! while told to fail), a proxy in front of them as one service, and
+//! clients that report which backend answered.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringmesh_engine::IoDriver;
+
+use super::{connect, start_proxy, Backend};
+
+/// A keep-alive HTTP/1.1 backend that answers every request with its
+/// `name` (one byte) after `delay`.
+pub fn backend(name: u8, delay: Duration) -> Backend {
+    switchable(name, delay, Arc::new(AtomicBool::new(false)))
+}
+
+/// As [`backend`], answering 503 while `failing` is set.
+pub fn switchable(name: u8, delay: Duration, failing: Arc<AtomicBool>) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            // Request head: lines until the empty one.
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            thread::sleep(delay);
+            let status: &[u8] = if failing.load(Ordering::Relaxed) {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"
+            };
+            let resp = [status, &[name]].concat();
+            if w.write_all(&resp).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+pub fn proxy_to(driver: IoDriver, backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
+    let dir = std::env::temp_dir().join(format!("ringmesh-balancing-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
+            eps.join(", ")
+        ),
+    )
+    .unwrap();
+    start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    )
+}
+
+/// Runs `clients` keep-alive clients until `stop` is set; every answer is
+/// reported as (when, was it a 503, which backend).
+pub fn answers(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    with_body: bool,
+) -> Vec<thread::JoinHandle<Vec<(Instant, bool, u8)>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let conn = connect(addr);
+                conn.set_nodelay(true).unwrap();
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let mut seen = Vec::new();
+                // A request with a body is never retried elsewhere. (The
+                // test backends read heads only; the body byte is skipped
+                // as part of the next request line.)
+                let request: &[u8] = if with_body {
+                    b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 1\r\n\r\nx"
+                } else {
+                    b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n"
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    w.write_all(request).unwrap();
+                    let mut status = String::new();
+                    r.read_line(&mut status).unwrap();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut name = [0u8; 1];
+                    r.read_exact(&mut name).unwrap();
+                    seen.push((Instant::now(), status.contains(" 503 "), name[0]));
+                }
+                seen
+            })
+        })
+        .collect()
+}
