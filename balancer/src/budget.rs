@@ -38,7 +38,8 @@ impl RetryBudget {
 
     /// One request was sent.
     pub fn deposit(&self) {
-        self.tokens.set((self.tokens.get() + self.ratio).min(self.cap));
+        self.tokens
+            .set((self.tokens.get() + self.ratio).min(self.cap));
     }
 
     /// Takes a token for a retry if there is one.

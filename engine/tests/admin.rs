@@ -35,7 +35,28 @@ fn start(vars: &[(&str, &str)]) -> (Running, String) {
 
 #[test]
 fn probes_errors_and_log_level() {
-    let (p, base) = start(&[]);
+    let backend = Backend::echo();
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let port = backend.addr.port().to_string();
+    let (mut p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        ("RINGMESH_OUTBOUND_OPAQUE_PORTS", &port),
+    ]);
+    // A connection through the proxy logs its protocol at debug: not shown
+    // at the starting level.
+    let relay_one = || {
+        use std::io::{Read, Write};
+        let mut c = connect(listen);
+        c.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).unwrap();
+    };
+    relay_one();
+    assert!(
+        !p.wait_for("DEBUG", Duration::from_millis(300)),
+        "no debug lines at info"
+    );
     assert_eq!(
         curl(&[&format!("{base}/live")]),
         ("200".into(), "live\n".into())
@@ -65,6 +86,13 @@ fn probes_errors_and_log_level() {
         "204"
     );
     assert_eq!(curl(&[&format!("{base}/proxy-log-level")]).1, "debug\n");
+    // The change takes effect on the workers: the next connection's debug
+    // line appears.
+    relay_one();
+    assert!(
+        p.wait_for("DEBUG", Duration::from_secs(5)),
+        "a debug line after PUT"
+    );
     assert_eq!(
         curl(&[
             "-X",
