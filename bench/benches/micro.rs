@@ -109,9 +109,23 @@ fn snapshot_pickup(c: &mut Criterion) {
     g.finish();
 }
 
-// TODO(metrics record): engine::metrics is pub(crate); benchmark a worker
-// shard's record of one HTTP response (counters + latency histogram) once
-// the engine exposes it.
+/// A worker's metric shards: one HTTP response recorded (counters and the
+/// latency bucket), bytes counted on a connection's meter, and a scrape.
+fn metrics_record(c: &mut Criterion) {
+    use ringmesh_engine::bench_hooks::MetricsRecorder;
+    let mut g = c.benchmark_group("metrics");
+    let mut m = MetricsRecorder::default();
+    let mut ms = 0u64;
+    g.bench_function("record_response", |b| {
+        b.iter(|| {
+            ms = (ms + 7) % 200;
+            m.record_response(200, ms)
+        })
+    });
+    g.bench_function("count_bytes", |b| b.iter(|| m.count_bytes(1460)));
+    g.bench_function("scrape_one_series", |b| b.iter(|| m.scrape()));
+    g.finish();
+}
 
 fn config() -> Criterion {
     let quick = std::env::var("RINGMESH_BENCH_QUICK")
@@ -131,6 +145,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = http1_parse, balancer_pick, snapshot_pickup
+    targets = http1_parse, balancer_pick, snapshot_pickup, metrics_record
 }
 criterion_main!(micro);

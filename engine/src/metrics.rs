@@ -478,11 +478,17 @@ pub(crate) struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
 impl HttpShard {
     /// Counts one request and its response.
     pub(crate) fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
-        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
-            cap_hit("http");
-            return;
+        // No key clone (reference counts touched) for a known label set.
+        if !self.0.contains_key(key) {
+            if self.0.len() >= MAX_SERIES {
+                cap_hit("http");
+                return;
+            }
+            self.0.insert(key.clone(), HttpCounters::default());
         }
-        let c = self.0.entry(key.clone()).or_default();
+        let Some(c) = self.0.get_mut(key) else {
+            return;
+        };
         c.last_used = Instant::now();
         c.requests += 1;
         let s = c.by_status.entry(class).or_default();
