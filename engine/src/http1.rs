@@ -264,6 +264,8 @@ pub(crate) async fn serve(
                 ubuf.clear();
                 let _ = b.borrow().budget.withdraw(Instant::now());
                 w.retries.set(w.retries.get() + 1);
+                key.target = Some(addr);
+                w.http_metrics.borrow_mut().retried(&key);
                 tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
                 match checkout(&w, &key, &target, connect_timeout, true, &answered).await {
                     Ok((u, a, g)) => {

@@ -567,6 +567,7 @@ async fn forward(
                         record_outcome(g.endpoint(), false);
                         answered.push(addr);
                         w.retries.set(w.retries.get() + 1);
+                        w.http_metrics.borrow_mut().retried(key);
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;
                     }

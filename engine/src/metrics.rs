@@ -459,6 +459,9 @@ pub(crate) struct StatusCounters {
 pub(crate) struct HttpCounters {
     pub last_used: Instant,
     pub requests: u64,
+    /// Requests sent again to another endpoint after this one answered
+    /// 502/503 (the label set's `target_addr` is the one that answered).
+    pub retries: u64,
     pub by_status: HashMap<ResponseClass, StatusCounters>,
 }
 
@@ -467,6 +470,7 @@ impl Default for HttpCounters {
         Self {
             last_used: Instant::now(),
             requests: 0,
+            retries: 0,
             by_status: HashMap::new(),
         }
     }
@@ -505,10 +509,22 @@ impl HttpShard {
         self.0.retain(|_, c| c.last_used.elapsed() < retain);
     }
 
+    /// Counts a retry away from `key`'s endpoint.
+    pub(crate) fn retried(&mut self, key: &HttpKey) {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
+            cap_hit("http");
+            return;
+        }
+        let c = self.0.entry(key.clone()).or_default();
+        c.last_used = Instant::now();
+        c.retries += 1;
+    }
+
     pub(crate) fn merge(&mut self, other: &HttpShard) {
         for (k, o) in &other.0 {
             let c = self.0.entry(k.clone()).or_default();
             c.requests += o.requests;
+            c.retries += o.retries;
             for (st, os) in &o.by_status {
                 let s = c.by_status.entry(*st).or_default();
                 s.total += os.total;
@@ -533,6 +549,18 @@ impl HttpShard {
                 "request_total{{{}}} {}",
                 http_labels(k),
                 self.0[*k].requests
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ringmesh_retries_total HTTP requests retried on another endpoint after this one answered 502/503.\n# TYPE ringmesh_retries_total counter"
+        );
+        for k in keys.iter().filter(|k| self.0[**k].retries > 0) {
+            let _ = writeln!(
+                out,
+                "ringmesh_retries_total{{{}}} {}",
+                http_labels(k),
+                self.0[*k].retries
             );
         }
         let _ = writeln!(

@@ -91,7 +91,14 @@ fn answers_503_are_retried_on_another_endpoint() {
     let delay = Duration::from_micros(100);
     let failing = Arc::new(AtomicBool::new(true));
     let (a, c) = (backend(b'a', delay), switchable(b'c', delay, failing));
-    let proxy = proxy_to(IoDriver::Uring, &[&a, &c], "retry");
+    let admin = closed_port();
+    let admin_addr = admin.to_string();
+    let proxy = proxy_with(
+        IoDriver::Uring,
+        &[&a, &c],
+        "retry",
+        &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
+    );
     let addr = proxy.forward_addrs()[0];
     // Concurrent clients so both endpoints are tried from the start.
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,6 +113,29 @@ fn answers_503_are_retried_on_another_endpoint() {
     assert!(
         seen.iter().all(|(_, bad, n)| !bad && *n == b'a'),
         "every 503 was retried on the healthy endpoint"
+    );
+    // Counted against the endpoint that answered 503, and per worker.
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&metrics.stdout);
+    let sum = |prefix: &str, needle: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(needle))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let per_endpoint = sum(
+        "ringmesh_retries_total{",
+        &format!("target_addr=\"{}\"", c.addr),
+    );
+    assert!(per_endpoint >= 1, "{body}");
+    assert_eq!(sum("ringmesh_retries_total{", ""), per_endpoint, "{body}");
+    assert_eq!(
+        sum("ringmesh_worker_retries_total{", ""),
+        per_endpoint,
+        "{body}"
     );
     proxy.shutdown();
     proxy.wait();

@@ -51,6 +51,16 @@ pub fn switchable(name: u8, delay: Duration, failing: Arc<AtomicBool>) -> Backen
 }
 
 pub fn proxy_to(driver: IoDriver, backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
+    proxy_with(driver, backends, tag, &[])
+}
+
+/// As [`proxy_to`], with more variables.
+pub fn proxy_with(
+    driver: IoDriver,
+    backends: &[&Backend],
+    tag: &str,
+    extra: &[(&str, &str)],
+) -> ringmesh_engine::Proxy {
     let dir = std::env::temp_dir().join(format!("ringmesh-balancing-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("d.toml");
@@ -63,14 +73,13 @@ pub fn proxy_to(driver: IoDriver, backends: &[&Backend], tag: &str) -> ringmesh_
         ),
     )
     .unwrap();
-    start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    )
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+        ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ("LINKERD2_PROXY_CORES", "1"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(driver, &vars)
 }
 
 /// Runs `clients` keep-alive clients until `stop` is set; every answer is
