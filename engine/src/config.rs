@@ -58,6 +58,9 @@ pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
 pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
 pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const HTTP2_KEEP_ALIVE_INTERVAL: &str =
+    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
 pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE";
 pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_STREAM_WINDOW_SIZE";
@@ -184,6 +187,10 @@ pub struct Config {
     /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients on the inbound
     /// listener; outbound clients get the same cap.
     pub http2_max_concurrent_streams: u32,
+    /// PING HTTP/2 clients this often (`None`: never) and close the
+    /// connection when the answer takes longer than the timeout.
+    pub http2_keep_alive_interval: Option<Duration>,
+    pub http2_keep_alive_timeout: Duration,
     /// Consecutive failures that eject an endpoint from balancing.
     pub failure_accrual_consecutive: u32,
 }
@@ -239,6 +246,8 @@ impl Config {
             http2_stream_window: 65_535,
             http2_connection_window: 1 << 20,
             http2_max_concurrent_streams: 1_000,
+            http2_keep_alive_interval: None,
+            http2_keep_alive_timeout: Duration::from_secs(3),
             failure_accrual_consecutive: 7,
         }
     }
@@ -388,6 +397,13 @@ impl Config {
         }) {
             c.http2_max_concurrent_streams = n;
         }
+        if let Some(t) = p.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http2_keep_alive_interval = t;
+        }
+        p.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2_keep_alive_timeout);
         if let Some(n) = p.parse_with(FAILURE_ACCRUAL_CONSECUTIVE, |s| match s.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err("expected a positive integer".to_string()),

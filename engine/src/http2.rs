@@ -300,12 +300,26 @@ pub(crate) async fn serve(
     };
     let stop = w.stop.clone();
     let mut draining = false;
+    // Keep-alive: a client that stops answering PINGs is gone.
+    let (dead_tx, mut dead) = oneshot::channel::<()>();
+    if let (Some(interval), Some(pings)) = (w.cfg.http2_keep_alive_interval, conn.ping_pong()) {
+        monoio::spawn(keep_alive(
+            pings,
+            interval,
+            w.cfg.http2_keep_alive_timeout,
+            dead_tx,
+        ));
+    }
     loop {
         let next = if draining {
             conn.accept().await
         } else {
             monoio::select! {
                 n = conn.accept() => n,
+                Ok(()) = &mut dead => {
+                    tracing::info!(%peer, "HTTP/2 client did not answer a keep-alive PING in time; closing");
+                    break;
+                }
                 _ = stop.wait() => {
                     // GOAWAY: no new streams; open ones finish.
                     conn.graceful_shutdown();
@@ -325,6 +339,27 @@ pub(crate) async fn serve(
             Some(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
                 break;
+            }
+        }
+    }
+}
+
+/// PINGs the client every `interval`; tells `dead` when one is not
+/// answered within `timeout`. Ends when the connection does.
+async fn keep_alive(
+    mut pings: monoio_http::h2::PingPong,
+    interval: Duration,
+    timeout: Duration,
+    dead: oneshot::Sender<()>,
+) {
+    loop {
+        monoio::time::sleep(interval).await;
+        match monoio::time::timeout(timeout, pings.ping(monoio_http::h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return, // the connection is gone
+            Err(_) => {
+                let _ = dead.send(());
+                return;
             }
         }
     }

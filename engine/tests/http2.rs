@@ -411,3 +411,68 @@ both_drivers!(
     attacks_are_cut_off_while_others_are_served,
     super::attacks_are_cut_off_while_others_are_served
 );
+
+/// Keep-alive PINGs (`LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_*`): a
+/// client that never answers is closed after interval + timeout; one that
+/// answers (any real HTTP/2 client) stays connected while idle.
+#[test]
+fn keep_alive_pings_close_silent_clients() {
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            (
+                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL",
+                "200ms",
+            ),
+            (
+                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT",
+                "300ms",
+            ),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "/usr/bin/python3",
+            script,
+            "silent",
+            &addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text
+        .trim()
+        .strip_prefix("closed after ")
+        .and_then(|t| t.strip_suffix(" s"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(secs < 3.0, "closed after {secs} s");
+    // A client that answers PINGs is still served after idling well past
+    // interval + timeout.
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        assert_eq!(
+            h2::request(&send, "GET", "/hello", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        monoio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            h2::request(&send, "GET", "/hello", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    });
+    proxy.shutdown();
+    proxy.wait();
+}

@@ -4,7 +4,8 @@ python3-h2 builds the frames; some are written byte by byte).
   h2_attack.py ATTACK HOST:PORT
 
 ATTACK is one of rapid-reset, continuation-flood, ping-flood, settings-flood,
-big-headers, too-many-streams, table-size. Prints one line:
+big-headers, too-many-streams, table-size, silent (a client that never
+answers PINGs: prints how long until the proxy closed it). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -128,6 +129,18 @@ def main():
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, [(":method", "GET"), (":path", "/hang"), (":scheme", "http"), (":authority", "test")], end_stream=True)
         s.sendall(conn.data_to_send())
+    elif attack == "silent":
+        # Never answers anything (PINGs included): reads until the proxy
+        # closes the connection.
+        s.settimeout(10)
+        start = time.time()
+        try:
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        print("closed after %.1f s" % (time.time() - start), flush=True)
+        return
     elif attack == "table-size":
         conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1})
         sid = conn.get_next_available_stream_id()
