@@ -218,12 +218,14 @@ pub(crate) async fn serve(
         let outcome = loop {
             let reused = up.reused;
             let first_byte = Cell::new(None);
-            // A bodiless request answered 502/503 may go again on another
-            // endpoint, if the service has one and its budget allows: the
-            // exchange then keeps such an answer from the client.
+            // A bodiless request with an idempotent method answered
+            // 502/503 may go again on another endpoint (the first one did
+            // receive it), if the service has one and its budget allows:
+            // the exchange then keeps such an answer from the client.
             let retry_5xx = match &target {
                 Dst::Service(svc, b) => {
                     req.framing().is_empty()
+                        && req.method().is_idempotent()
                         && !req.is_connect()
                         && req.upgrade().is_none()
                         && answered.len() < 2

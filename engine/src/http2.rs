@@ -589,12 +589,17 @@ async fn forward(
                 if let Some(g) = &in_flight {
                     g.endpoint().observe_response(sent_at.elapsed());
                 }
-                // A bodiless request answered 502/503 goes again on another
-                // endpoint, if the service has one and its budget allows.
+                // A bodiless request with an idempotent method answered
+                // 502/503 goes again on another endpoint (the first one did
+                // receive it), if the service has one and its budget allows.
                 let status = resp.status().as_u16();
-                if let (true, 502 | 503, Dst::Service(svc, b), Some(g)) =
-                    (end, status, &target, &in_flight)
-                {
+                if let (true, true, 502 | 503, Dst::Service(svc, b), Some(g)) = (
+                    end,
+                    parts.method.is_idempotent(),
+                    status,
+                    &target,
+                    &in_flight,
+                ) {
                     if tries < MAX_TRIES
                         && svc.endpoints.len() > answered.len() + 1
                         && b.borrow().budget.withdraw(Instant::now())

@@ -140,6 +140,52 @@ fn answers_503_are_retried_on_another_endpoint() {
     proxy.shutdown();
     proxy.wait();
 
+    // A POST (not idempotent, and the endpoint did receive it) is not
+    // retried, even without a body: its 503 reaches the client.
+    let failing = Arc::new(AtomicBool::new(true));
+    let (a2, c2) = (backend(b'a', delay), switchable(b'c', delay, failing));
+    let proxy = proxy_to(IoDriver::Uring, &[&a2, &c2], "retry-post");
+    // Concurrent clients, so both endpoints are tried from the start.
+    let addr2 = proxy.forward_addrs()[0];
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let conn = connect(addr2);
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(300) {
+                    w.write_all(b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap();
+                    let mut status = String::new();
+                    r.read_line(&mut status).unwrap();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut name = [0u8; 1];
+                    std::io::Read::read_exact(&mut r, &mut name).unwrap();
+                    if status.contains(" 503 ") {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    let saw: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let saw_503 = saw.contains(&true);
+    assert!(
+        saw_503,
+        "a POST answered 503 was passed through, not retried"
+    );
+    proxy.shutdown();
+    proxy.wait();
+
     // Only the failing endpoint: nothing to retry on, its 503 passes through.
     let failing = Arc::new(AtomicBool::new(true));
     let only = switchable(b'c', delay, failing);
