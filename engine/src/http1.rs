@@ -35,7 +35,7 @@ use crate::l4::dst_labels;
 use crate::metrics::{
     relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
 };
-use crate::route::{resolve, Dst, HttpDst, UpstreamError};
+use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::worker::{record_outcome, Worker};
 
 type Rd = OwnedReadHalf<TcpStream>;
@@ -257,17 +257,15 @@ pub(crate) async fn serve(
                 g.endpoint()
                     .observe_response(t.saturating_duration_since(sent));
             }
-            if let (Some(status), Dst::Service(_, b)) = (answered_5xx.get(), &target) {
-                if let Some(g) = &in_flight {
-                    record_outcome(g.endpoint(), false);
-                }
+            if let (Some(status), Dst::Service(_, b), Some(g)) =
+                (answered_5xx.get(), &target, &in_flight)
+            {
                 answered.push(addr);
                 // What was read past that answer's head belongs to it.
                 ubuf.clear();
                 let _ = b.borrow().budget.withdraw(Instant::now());
-                w.retries.set(w.retries.get() + 1);
                 key.target = Some(addr);
-                w.http_metrics.borrow_mut().retried(&key);
+                w.note_retry(&key, g.endpoint());
                 tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
                 match checkout(&w, &key, &target, connect_timeout, true, &answered).await {
                     Ok((u, a, g)) => {
@@ -549,34 +547,14 @@ async fn checkout(
             Ok((split(w, key, s, *addr), *addr, None))
         }
         Dst::Service(svc, balancer) => {
-            let mut tried: Vec<SocketAddr> = avoid.to_vec();
-            let mut last = None;
-            loop {
-                let Some(ep) = balancer.borrow().pick_request(&tried) else {
-                    break;
-                };
-                let addr = ep.addr();
-                // In flight from the pick to the end of the response.
-                let guard = OpenGuard::new(ep);
-                if w.is_own_listener(addr) {
-                    last = Some(UpstreamError::Loop(addr));
-                    tried.push(addr);
-                    continue;
-                }
+            let (up, addr, guard) = failover(w, svc, balancer, avoid, |addr| async move {
                 if let Some(u) = use_pool.then(|| w.pool.take(addr)).flatten() {
-                    return Ok((u, addr, Some(guard)));
+                    return Ok(u);
                 }
-                match connect(addr, timeout).await {
-                    Ok(s) => return Ok((split(w, key, s, addr), addr, Some(guard))),
-                    Err(e) => {
-                        record_outcome(guard.endpoint(), false);
-                        tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
-                        tried.push(addr);
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
+                Ok(split(w, key, connect(addr, timeout).await?, addr))
+            })
+            .await?;
+            Ok((up, addr, Some(guard)))
         }
     }
 }

@@ -32,7 +32,7 @@ use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::l4::dst_labels;
 use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
-use crate::route::{resolve, Dst, HttpDst, UpstreamError};
+use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::worker::{record_outcome, Worker};
 
 /// Streams one pooled upstream connection carries before another is opened
@@ -604,10 +604,8 @@ async fn forward(
                         && svc.endpoints.len() > answered.len() + 1
                         && b.borrow().budget.withdraw(Instant::now())
                     {
-                        record_outcome(g.endpoint(), false);
                         answered.push(addr);
-                        w.retries.set(w.retries.get() + 1);
-                        w.http_metrics.borrow_mut().retried(key);
+                        w.note_retry(key, g.endpoint());
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;
                     }
@@ -837,30 +835,11 @@ async fn checkout(
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
-            let mut tried: Vec<SocketAddr> = avoid.to_vec();
-            let mut last = None;
-            loop {
-                let Some(ep) = balancer.borrow().pick_request(&tried) else {
-                    break;
-                };
-                let addr = ep.addr();
-                let guard = OpenGuard::new(ep);
-                if w.is_own_listener(addr) {
-                    last = Some(UpstreamError::Loop(addr));
-                    tried.push(addr);
-                    continue;
-                }
-                match connection(w, key, addr, timeout).await {
-                    Ok((send, id)) => return Ok((send, addr, Some(guard), id)),
-                    Err(e) => {
-                        record_outcome(guard.endpoint(), false);
-                        tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
-                        tried.push(addr);
-                        last = Some(e);
-                    }
-                }
-            }
-            Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
+            let ((send, id), addr, guard) = failover(w, svc, balancer, avoid, |addr| {
+                connection(w, key, addr, timeout)
+            })
+            .await?;
+            Ok((send, addr, Some(guard), id))
         }
     }
 }

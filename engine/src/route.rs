@@ -11,11 +11,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmesh_balancer::Balancer;
+use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
-use crate::worker::Worker;
+use crate::worker::{record_outcome, Worker};
 
 /// How long a request waits for discovery to resolve a new authority.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
@@ -191,4 +191,47 @@ async fn resolve_now(
             Err(UpstreamError::Unknown(name.to_string()))
         }
     }
+}
+
+/// Picks endpoints of `svc` for one request (peak-EWMA P2C, skipping
+/// `avoid`) and gets a connection from `connect` (pooled or new), trying
+/// each endpoint at most once. An endpoint that fails counts toward its
+/// ejection. The guard keeps the request in flight on the endpoint until
+/// dropped.
+pub(crate) async fn failover<T, F, Fut>(
+    w: &Worker,
+    svc: &Service,
+    balancer: &RefCell<Balancer>,
+    avoid: &[SocketAddr],
+    mut connect: F,
+) -> Result<(T, SocketAddr, OpenGuard), UpstreamError>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+{
+    let mut tried: Vec<SocketAddr> = avoid.to_vec();
+    let mut last = None;
+    loop {
+        // (A statement, so the RefCell borrow ends before any await.)
+        let Some(ep) = balancer.borrow().pick_request(&tried) else {
+            break;
+        };
+        let addr = ep.addr();
+        let guard = OpenGuard::new(ep);
+        if w.is_own_listener(addr) {
+            last = Some(UpstreamError::Loop(addr));
+            tried.push(addr);
+            continue;
+        }
+        match connect(addr).await {
+            Ok(conn) => return Ok((conn, addr, guard)),
+            Err(e) => {
+                record_outcome(guard.endpoint(), false);
+                tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
+                tried.push(addr);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
 }

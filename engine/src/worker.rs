@@ -149,6 +149,15 @@ impl Worker {
         self.http_metrics.borrow_mut().record(key, class, ms);
     }
 
+    /// Counts a request that `ep` answered 502/503 and that goes again to
+    /// another endpoint: against the endpoint (failure accrual), in the
+    /// destination's retry series and the worker's total.
+    pub(crate) fn note_retry(&self, key: &HttpKey, ep: &EndpointState) {
+        record_outcome(ep, false);
+        self.retries.set(self.retries.get() + 1);
+        self.http_metrics.borrow_mut().retried(key);
+    }
+
     /// True once the worker is draining: finish what is in flight, take
     /// nothing new (HTTP connections close after their current response).
     pub(crate) fn stopping(&self) -> bool {

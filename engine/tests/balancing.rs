@@ -157,18 +157,7 @@ fn answers_503_are_retried_on_another_endpoint() {
                 while t.elapsed() < Duration::from_millis(300) {
                     w.write_all(b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\n\r\n")
                         .unwrap();
-                    let mut status = String::new();
-                    r.read_line(&mut status).unwrap();
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut name = [0u8; 1];
-                    std::io::Read::read_exact(&mut r, &mut name).unwrap();
+                    let (status, _) = read_answer(&mut r);
                     if status.contains(" 503 ") {
                         return true;
                     }

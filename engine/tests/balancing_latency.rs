@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,18 +30,9 @@ fn load(addr: SocketAddr, clients: usize, secs: u64) -> (Vec<Duration>, [usize; 
                     let t = Instant::now();
                     w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
                         .unwrap();
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut name = [0u8; 1];
-                    r.read_exact(&mut name).unwrap();
+                    let (_, name) = read_answer(&mut r);
                     lat.push(t.elapsed());
-                    hits[usize::from(name[0] - b'a')] += 1;
+                    hits[usize::from(name - b'a')] += 1;
                 }
                 (lat, hits)
             })

@@ -109,22 +109,28 @@ pub fn answers(
                 };
                 while !stop.load(Ordering::Relaxed) {
                     w.write_all(request).unwrap();
-                    let mut status = String::new();
-                    r.read_line(&mut status).unwrap();
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut name = [0u8; 1];
-                    r.read_exact(&mut name).unwrap();
-                    seen.push((Instant::now(), status.contains(" 503 "), name[0]));
+                    let (status, name) = read_answer(&mut r);
+                    seen.push((Instant::now(), status.contains(" 503 "), name));
                 }
                 seen
             })
         })
         .collect()
+}
+
+/// Reads one answer of these backends: (status line, backend name).
+pub fn read_answer(r: &mut BufReader<std::net::TcpStream>) -> (String, u8) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut name = [0u8; 1];
+    r.read_exact(&mut name).unwrap();
+    (status, name[0])
 }
