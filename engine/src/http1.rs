@@ -8,8 +8,10 @@
 //! check out an upstream connection (pooled, or connected with failover),
 //! then stream the request body and read the response at the same time (so
 //! `Expect: 100-continue` and early responses work), and stream the
-//! response body back. Upgrades (101) and CONNECT tunnels end HTTP: both
-//! sides are handed to the opaque relay with whatever bytes were buffered.
+//! response body back. A small `Content-Length` body to a service is read
+//! whole first and sent with the head, so the request can be retried.
+//! Upgrades (101) and CONNECT tunnels end HTTP: both sides are handed to
+//! the opaque relay with whatever bytes were buffered.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -68,6 +70,10 @@ const POOL_MAX_IDLE: usize = 64;
 /// Idle connections older than this are closed rather than reused (servers
 /// commonly close idle keep-alive connections after 60s or more).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body up to this size (with a `Content-Length`) is read whole
+/// before the request goes upstream, so it can be sent again to another
+/// endpoint; larger ones stream with bounded memory and are not retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 impl Pool {
     /// An idle connection to `addr` that is still open. A candidate idle
@@ -178,6 +184,33 @@ pub(crate) async fn serve(
             // Known before connecting, so a failed connect is labelled too.
             Dst::Addr(addr) => key.target = Some(*addr),
         }
+        let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
+        // A small body is kept whole (at the front of `c.buf`) so the
+        // request can go again. It is read before connecting: no upstream
+        // connection waits on a slow client.
+        let kept = match replayable_body(&req, &target) {
+            Some(n) => match read_body(&mut c, n, request_deadline).await {
+                Ok(true) => Some(n),
+                Ok(false) => break, // closed mid-body: nothing to answer
+                Err(e) if is_cancelled(&e) => {
+                    tracing::info!(peer = %c.peer, "request body not received within the request timeout");
+                    record(&w, &key, 504, Some(failure_label(504)), started);
+                    send_error(
+                        &mut c,
+                        &mut out,
+                        504,
+                        "request timed out before the response",
+                    )
+                    .await;
+                    break;
+                }
+                Err(e) => {
+                    c.meter.failed(&e);
+                    break;
+                }
+            },
+            None => None,
+        };
         let (mut up, mut addr, mut in_flight) =
             match checkout(&w, &key, &target, connect_timeout, true, &[]).await {
                 Ok(u) => u,
@@ -207,8 +240,8 @@ pub(crate) async fn serve(
 
         // 3. Forward the request and read the response together. A pooled
         // connection the upstream closed meanwhile fails before any byte
-        // of the response: retry once on a fresh connection when nothing
-        // of the request body had to be sent.
+        // of the response: retry once on a fresh connection when the
+        // request had no body or its body was kept.
         let mut retried = false;
         // Endpoints that answered 502/503 to this request (retried elsewhere).
         let mut answered: Vec<SocketAddr> = Vec::new();
@@ -218,13 +251,14 @@ pub(crate) async fn serve(
         let outcome = loop {
             let reused = up.reused;
             let first_byte = Cell::new(None);
-            // A bodiless request with an idempotent method answered
-            // 502/503 may go again on another endpoint (the first one did
-            // receive it), if the service has one and its budget allows:
-            // the exchange then keeps such an answer from the client.
+            // A request with an idempotent method, and no body or a kept
+            // one, answered 502/503 may go again on another endpoint (the
+            // first one did receive it), if the service has one and its
+            // budget allows: the exchange then keeps such an answer from
+            // the client.
             let retry_5xx = match &target {
                 Dst::Service(svc, b) => {
-                    req.framing().is_empty()
+                    (req.framing().is_empty() || kept.is_some())
                         && req.method().is_idempotent()
                         && !req.is_connect()
                         && req.upgrade().is_none()
@@ -246,8 +280,9 @@ pub(crate) async fn serve(
                 ubuf,
                 &limits,
                 &first_byte,
-                w.cfg.http_request_timeout.map(|t| started + t),
+                request_deadline,
                 retry_5xx.then_some(&answered_5xx),
+                kept,
             )
             .await;
             ubuf = outcome.ubuf;
@@ -308,6 +343,11 @@ pub(crate) async fn serve(
             }
         };
         key.target = Some(addr);
+        // The kept body was sent (maybe more than once); what follows it is
+        // the next request, or a tunnel's.
+        if let Some(n) = kept {
+            c.buf.drain(..n);
+        }
         // Failure accrual: 5xx answers and upstream failures count against
         // the endpoint; anything else resets its count.
         if let Some(g) = &in_flight {
@@ -447,6 +487,41 @@ async fn read_request_head(
             }
         }
     }
+}
+
+/// The length of `req`'s body when it is kept for a possible retry: a
+/// `Content-Length` body of at most [`MAX_REPLAY_BODY`] to a service. Not
+/// kept: chunked bodies (their length is unknown until the end, so they
+/// stream), bodies after `Expect: 100-continue` (the client waits for the
+/// 100 before sending them), and upgrades and CONNECT (the bytes after the
+/// head may be a tunnel's).
+fn replayable_body(req: &RequestHead, target: &Dst) -> Option<usize> {
+    match (req.framing(), target) {
+        (BodyFraming::ContentLength(n), Dst::Service(..))
+            if n > 0
+                && n <= MAX_REPLAY_BODY
+                && !req.expect_continue()
+                && !req.is_connect()
+                && req.upgrade().is_none() =>
+        {
+            usize::try_from(n).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Reads until `c.buf` holds `n` bytes (a body to keep), by `deadline`.
+/// `Ok(false)`: the client closed first.
+async fn read_body(c: &mut Client, n: usize, deadline: Option<Instant>) -> io::Result<bool> {
+    if c.buf.len() < n {
+        c.buf.reserve(n - c.buf.len());
+    }
+    while c.buf.len() < n {
+        if read_more(&mut c.rd, &c.meter, &mut c.buf, n, deadline).await? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
@@ -619,13 +694,16 @@ enum Exchange {
     Failed {
         status: Option<u16>,
         reason: String,
-        /// Nothing of the response arrived and no request body had to be
-        /// sent: the request may go again on another connection.
+        /// Nothing of the response arrived and the request had no body or
+        /// its body was kept: the request may go again on another
+        /// connection.
         retryable: bool,
     },
 }
 
-/// Sends one request upstream and its response back.
+/// Sends one request upstream and its response back. With `kept`, the
+/// request body is the first `kept` bytes of `c.buf`, sent with the head
+/// and left there (for a retry); else it is streamed from the client.
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     w: &Worker,
@@ -639,6 +717,7 @@ async fn exchange(
     first_byte: &Cell<Option<Instant>>,
     request_deadline: Option<Instant>,
     answered_5xx: Option<&Cell<Option<u16>>>,
+    kept: Option<usize>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -670,6 +749,11 @@ async fn exchange(
             },
         };
     }
+    // A kept body goes in the same write as the head.
+    if let Some(n) = kept {
+        out.extend_from_slice(&c.buf[..n]);
+    }
+    let replayable = req.framing().is_empty() || kept.is_some();
     let (res, o) = uwr.write_all(std::mem::take(out)).await;
     *out = o;
     if let Ok(n) = res {
@@ -681,14 +765,18 @@ async fn exchange(
             end: Exchange::Failed {
                 status: Some(502),
                 reason: format!("sending the request upstream failed: {e}"),
-                retryable: req.framing().is_empty(),
+                retryable: replayable,
             },
         };
     }
 
     // The request body (client → upstream) and the response (upstream →
     // client) move at the same time.
-    let framing = req.framing();
+    let framing = if kept.is_some() {
+        BodyFraming::Empty
+    } else {
+        req.framing()
+    };
     let body_up = async {
         let r = stream_body(
             BodyScanner::new(framing, limits),
@@ -876,7 +964,7 @@ async fn exchange(
                 end: Exchange::Failed {
                     status,
                     reason,
-                    retryable: before_response && req.framing().is_empty(),
+                    retryable: before_response && replayable,
                 },
             }
         }

@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -190,3 +191,244 @@ fn answers_503_are_retried_on_another_endpoint() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// A service of a healthy endpoint `a` and one `c` answering 503, both
+/// reporting the bodies they receive. `a` answers after 60 ms, so once `c`
+/// has answered (fast) once, the balancer asks it first.
+fn failing_and_slow(
+    driver: IoDriver,
+    tag: &str,
+) -> (
+    Backend,
+    Backend,
+    mpsc::Receiver<(u8, Vec<u8>)>,
+    ringmesh_engine::Proxy,
+) {
+    let (tx, rx) = mpsc::channel();
+    let a = body_backend(
+        b'a',
+        Duration::from_millis(60),
+        Arc::new(AtomicBool::new(false)),
+        tx.clone(),
+    );
+    let c = body_backend(b'c', Duration::ZERO, Arc::new(AtomicBool::new(true)), tx);
+    let proxy = proxy_to(driver, &[&a, &c], &format!("{tag}-{}", driver_name(driver)));
+    (a, c, rx, proxy)
+}
+
+fn request(method: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "{method} /things/1 HTTP/1.1\r\nHost: web.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    [head.as_bytes(), body].concat()
+}
+
+fn client(proxy: &ringmesh_engine::Proxy) -> (TcpStream, BufReader<TcpStream>) {
+    let conn = connect(proxy.forward_addrs()[0]);
+    (conn.try_clone().unwrap(), BufReader::new(conn))
+}
+
+/// PUTs with a body of up to 64 KiB answered 503 are sent again, body and
+/// all, to another endpoint; the client sees only the healthy answer, on a
+/// keep-alive connection that also carries pipelined requests.
+fn kept_bodies_are_retried(driver: IoDriver) {
+    let (_a, _c, rx, proxy) = failing_and_slow(driver, "retry-body");
+    let (mut w, mut r) = client(&proxy);
+    let mut pattern = Pattern::new(7);
+    for len in [1000, 60 * 1024] {
+        let mut body = vec![0u8; len];
+        pattern.fill(&mut body);
+        // At most the first request (both endpoints unobserved) goes to a.
+        let mut retried = false;
+        for _ in 0..3 {
+            w.write_all(&request("PUT", &body)).unwrap();
+            let (status, answer) = read_body_answer(&mut r);
+            assert!(status.contains(" 200 "), "{len}: {status}");
+            assert_eq!(answer, format!("a {len}"));
+            let got: Vec<_> = rx.try_iter().collect();
+            assert!(got.iter().all(|(_, b)| *b == body), "{len}: a body changed");
+            assert_eq!(got.last().map(|(n, _)| *n), Some(b'a'));
+            if got.iter().any(|(n, _)| *n == b'c') {
+                assert_eq!(got.len(), 2);
+                retried = true;
+                break;
+            }
+        }
+        assert!(retried, "{len}: the failing endpoint was never asked");
+    }
+    // Two PUTs in one write: each is asked of c, then of a, in order, and
+    // the answers come back in order.
+    let (b1, b2) = (vec![b'1'; 1000], vec![b'2'; 2000]);
+    w.write_all(&[request("PUT", &b1), request("PUT", &b2)].concat())
+        .unwrap();
+    let (s1, a1) = read_body_answer(&mut r);
+    let (s2, a2) = read_body_answer(&mut r);
+    assert!(s1.contains(" 200 ") && s2.contains(" 200 "), "{s1}{s2}");
+    assert_eq!((a1.as_str(), a2.as_str()), ("a 1000", "a 2000"));
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        got,
+        vec![
+            (b'c', b1.clone()),
+            (b'a', b1),
+            (b'c', b2.clone()),
+            (b'a', b2)
+        ]
+    );
+    proxy.shutdown();
+    drop((w, r));
+    proxy.wait();
+}
+both_drivers!(
+    kept_bodies_are_retried_on_another_endpoint,
+    super::kept_bodies_are_retried
+);
+
+/// Sends `method` with `body` until the failing endpoint gets it: its 503
+/// reaches the client (no retry) and it got the body intact.
+fn until_503(
+    w: &mut TcpStream,
+    r: &mut BufReader<TcpStream>,
+    rx: &mpsc::Receiver<(u8, Vec<u8>)>,
+    method: &str,
+    body: &[u8],
+) {
+    let len = body.len();
+    for _ in 0..3 {
+        w.write_all(&request(method, body)).unwrap();
+        let (status, answer) = read_body_answer(r);
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got.len(), 1, "{method} {len}: asked once");
+        assert!(got[0].1 == body, "{method} {len}: the body changed");
+        if got[0].0 == b'c' {
+            assert!(status.contains(" 503 "), "{method} {len}: {status}");
+            assert_eq!(answer, format!("c {len}"));
+            return;
+        }
+        assert!(status.contains(" 200 "), "{status}");
+    }
+    panic!("{method} {len}: the failing endpoint was never asked");
+}
+
+/// Not retried after a 503: a POST (not idempotent) although its body is
+/// kept, and a PUT whose body (over 64 KiB) was streamed.
+fn unsafe_or_streamed_bodies_are_not_retried(driver: IoDriver) {
+    let (_a, _c, rx, proxy) = failing_and_slow(driver, "no-retry-body");
+    let (mut w, mut r) = client(&proxy);
+    let mut pattern = Pattern::new(9);
+    let mut body = vec![0u8; 100 * 1024];
+    pattern.fill(&mut body);
+    until_503(&mut w, &mut r, &rx, "POST", &body[..1000]);
+    until_503(&mut w, &mut r, &rx, "PUT", &body);
+    proxy.shutdown();
+    drop((w, r));
+    proxy.wait();
+}
+both_drivers!(
+    unsafe_or_streamed_bodies_are_not_retried_after_503,
+    super::unsafe_or_streamed_bodies_are_not_retried
+);
+
+/// A POST whose body was kept goes again on a fresh connection when the
+/// pooled one turns out closed before any response byte (the endpoint
+/// closes each connection after answering, although it said keep-alive).
+fn kept_post_survives_stale_connection(driver: IoDriver) {
+    let (tx, rx) = mpsc::channel();
+    let closing = Backend::start(move |s| {
+        let mut r = BufReader::new(s);
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = tx.send((b'o', body));
+        let text = format!("o {len}");
+        let _ = r.get_mut().write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            )
+            .as_bytes(),
+        );
+    });
+    let proxy = proxy_to(
+        driver,
+        &[&closing],
+        &format!("stale-post-{}", driver_name(driver)),
+    );
+    let (mut w, mut r) = client(&proxy);
+    let mut pattern = Pattern::new(11);
+    let mut body = vec![0u8; 3000];
+    for _ in 0..5 {
+        pattern.fill(&mut body);
+        w.write_all(&request("POST", &body)).unwrap();
+        let (status, answer) = read_body_answer(&mut r);
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(answer, "o 3000");
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got, vec![(b'o', body.clone())]);
+    }
+    proxy.shutdown();
+    drop((w, r));
+    proxy.wait();
+}
+both_drivers!(
+    kept_post_is_retried_on_a_fresh_connection,
+    super::kept_post_survives_stale_connection
+);
+
+/// A kept body that does not arrive within the request timeout gets 504
+/// (`RINGMESH_HTTP_REQUEST_TIMEOUT` counts from the head); a client that
+/// closes mid-body just goes away. Neither reaches an endpoint.
+fn partial_kept_body(driver: IoDriver) {
+    let (tx, rx) = mpsc::channel();
+    let a = body_backend(b'a', Duration::ZERO, Arc::new(AtomicBool::new(false)), tx);
+    let proxy = proxy_with(
+        driver,
+        &[&a],
+        &format!("partial-body-{}", driver_name(driver)),
+        &[("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms")],
+    );
+    let (mut w, mut r) = client(&proxy);
+    let whole = request("PUT", &[b'x'; 1000]);
+    let partial = &whole[..whole.len() - 10];
+    w.write_all(partial).unwrap();
+    let t = Instant::now();
+    let mut answer = String::new();
+    r.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Closed mid-body: the proxy closes too, without an answer.
+    let (mut w, mut r) = client(&proxy);
+    w.write_all(partial).unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        rx.try_iter().next().is_none(),
+        "a partial body went upstream"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    partial_kept_body_times_out_or_ends_the_connection,
+    super::partial_kept_body
+);

@@ -1,12 +1,13 @@
 //! Backends and clients for the balancing tests: keep-alive HTTP/1.1
 //! backends that answer with their one-byte name (after a delay, or 503
-//! while told to fail), a proxy in front of them as one service, and
-//! clients that report which backend answered.
+//! while told to fail; one kind also reads and reports request bodies), a
+//! proxy in front of them as one service, and clients that report which
+//! backend answered.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,81 @@ pub fn switchable(name: u8, delay: Duration, failing: Arc<AtomicBool>) -> Backen
             }
         }
     })
+}
+
+/// A keep-alive backend that reads each request's `Content-Length` body,
+/// reports it with its `name` on `bodies`, and after `delay` answers with
+/// `{name} {body length}`: 503 while `failing` is set, else 200.
+pub fn body_backend(
+    name: u8,
+    delay: Duration,
+    failing: Arc<AtomicBool>,
+    bodies: mpsc::Sender<(u8, Vec<u8>)>,
+) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut len = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+            let _ = bodies.send((name, body));
+            thread::sleep(delay);
+            let status = if failing.load(Ordering::Relaxed) {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let text = format!("{} {len}", name as char);
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Reads one answer of [`body_backend`]: (status line, body).
+pub fn read_body_answer(r: &mut BufReader<std::net::TcpStream>) -> (String, String) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut len = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
 }
 
 pub fn proxy_to(driver: IoDriver, backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
