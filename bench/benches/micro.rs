@@ -77,7 +77,11 @@ fn snapshot_with(n: usize, tag: u16) -> Snapshot {
             name: Authority::parse(&format!("svc{i}.test:{}", 8000 + tag)).expect("valid name"),
             endpoints: endpoints(3)
                 .into_iter()
-                .map(|(addr, weight)| Endpoint { addr, weight })
+                .map(|(addr, weight)| Endpoint {
+                    addr,
+                    weight,
+                    h2_hint: false,
+                })
                 .collect(),
             protocol: None,
             labels: Arc::new([]),

@@ -292,6 +292,8 @@ fn endpoints(addrs: impl Iterator<Item = std::net::IpAddr>, port: u16) -> Vec<En
         .map(|ip| Endpoint {
             addr: std::net::SocketAddr::new(ip, port),
             weight: 1,
+            // DNS says nothing of meshing.
+            h2_hint: false,
         })
         .collect();
     // DNS answers rotate; sort so an unchanged set compares equal.

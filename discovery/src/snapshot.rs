@@ -34,6 +34,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Relative share of traffic; never zero.
     pub weight: u32,
+    /// The endpoint's proxy accepts HTTP/2 from another ringmesh or
+    /// linkerd2-proxy (the Destination API's `ProtocolHint::H2`): HTTP/1
+    /// requests to it may travel over HTTP/2 with `l5d-orig-proto`.
+    pub h2_hint: bool,
 }
 
 /// A logical destination and its current endpoints.

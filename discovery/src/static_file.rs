@@ -7,6 +7,8 @@
 //! weights = [3, 1]        # optional, one per endpoint, each > 0
 //! protocol = "http1"      # optional: http1 | http2 | opaque
 //! labels = { namespace = "web" }  # optional: metric labels, as dst_namespace
+//! protocol_hint = "h2"    # optional: the endpoints are meshed (their proxy
+//!                         # takes HTTP/1 carried over HTTP/2, l5d-orig-proto)
 //! ```
 //!
 //! Parsing reports every problem in the file, not just the first.
@@ -36,6 +38,7 @@ struct RawService {
     protocol: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    protocol_hint: Option<String>,
 }
 
 /// Every problem found in one file.
@@ -70,6 +73,16 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
         if !seen.insert(name.clone()) {
             problems.push(format!("{at}: duplicate service name"));
         }
+        let h2_hint = match svc.protocol_hint.as_deref() {
+            None => false,
+            Some("h2") => true,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}: unknown protocol_hint {other:?} (expected \"h2\")"
+                ));
+                false
+            }
+        };
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         let mut addrs = HashSet::new();
         for ep in &svc.endpoints {
@@ -81,7 +94,11 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
                     if !addrs.insert(addr) {
                         problems.push(format!("{at}: endpoint {ep:?} listed twice"));
                     }
-                    endpoints.push(Endpoint { addr, weight: 1 });
+                    endpoints.push(Endpoint {
+                        addr,
+                        weight: 1,
+                        h2_hint,
+                    });
                 }
                 Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),
             }
@@ -154,6 +171,7 @@ mod tests {
             weights = [3, 1]
             protocol = "http2"
             labels = { service = "web", namespace = "prod" }
+            protocol_hint = "h2"
 
             [[service]]
             name = "10.1.2.3:5432"
@@ -168,6 +186,8 @@ mod tests {
         assert_eq!(svcs[0].protocol, Some(Protocol::Http2));
         assert_eq!(svcs[1].endpoints[0].weight, 1);
         assert_eq!(svcs[1].protocol, None);
+        assert!(svcs[0].endpoints.iter().all(|e| e.h2_hint));
+        assert!(!svcs[1].endpoints[0].h2_hint);
         let labels: Vec<(&str, &str)> = svcs[0]
             .labels
             .iter()
@@ -195,6 +215,7 @@ mod tests {
             endpoints = ["127.0.0.1:1", "bad", "127.0.0.1:1"]
             weights = [1, 0, 2]
             protocol = "smtp"
+            protocol_hint = "h3"
 
             [[service]]
             name = "A.test:1"
@@ -211,6 +232,7 @@ mod tests {
             "listed twice",
             "weight 0 must be",
             "unknown protocol \"smtp\"",
+            "unknown protocol_hint \"h3\"",
             "duplicate service name",
             "2 weights for 1 endpoints",
             "label \"bad-name\" is not a Prometheus label name",

@@ -38,22 +38,23 @@ use crate::metrics::{
     relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
 };
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
+use crate::translate::{self, Upgraded};
 use crate::worker::{record_outcome, Worker};
 
-type Rd = OwnedReadHalf<TcpStream>;
-type Wr = OwnedWriteHalf<TcpStream>;
+pub(crate) type Rd = OwnedReadHalf<TcpStream>;
+pub(crate) type Wr = OwnedWriteHalf<TcpStream>;
 
 /// An idle upstream connection, kept split so reuse costs nothing.
 pub(crate) struct Upstream {
-    rd: Rd,
-    wr: Wr,
+    pub(crate) rd: Rd,
+    pub(crate) wr: Wr,
     /// For the liveness peek; owned by `rd`/`wr`.
-    fd: RawFd,
-    idle_since: Instant,
+    pub(crate) fd: RawFd,
+    pub(crate) idle_since: Instant,
     /// Taken from the pool (may have been closed by the upstream).
-    reused: bool,
+    pub(crate) reused: bool,
     /// Counts this connection in the `peer="dst"` TCP series.
-    meter: ConnMeter,
+    pub(crate) meter: ConnMeter,
 }
 
 /// Idle upstream connections per endpoint, owned by one worker.
@@ -95,7 +96,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, mut up: Upstream) {
+    pub(crate) fn put(&self, addr: SocketAddr, mut up: Upstream) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < POOL_MAX_IDLE {
@@ -107,14 +108,14 @@ impl Pool {
 }
 
 /// One connection's state: the client halves and the reused buffers.
-struct Client {
-    rd: Rd,
-    wr: Wr,
+pub(crate) struct Client {
+    pub(crate) rd: Rd,
+    pub(crate) wr: Wr,
     /// Bytes read from the client and not yet handled.
-    buf: Vec<u8>,
-    peer: SocketAddr,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) peer: SocketAddr,
     /// Counts this connection in the `peer="src"` TCP series.
-    meter: ConnMeter,
+    pub(crate) meter: ConnMeter,
 }
 
 /// Serves HTTP/1 on `client`; `buf` holds the bytes detection read (already
@@ -183,6 +184,44 @@ pub(crate) async fn serve(
             }
             // Known before connecting, so a failed connect is labelled too.
             Dst::Addr(addr) => key.target = Some(*addr),
+        }
+        // Meshed endpoints: the request travels over HTTP/2.
+        if translate::upgrades(&target, &req) {
+            let deadline = w.cfg.http_request_timeout.map(|t| started + t);
+            let outcome = translate::h1_over_h2(
+                &w,
+                &mut c,
+                &req,
+                &mut key,
+                &target,
+                connect_timeout,
+                deadline,
+                &mut out,
+                &limits,
+            )
+            .await;
+            match outcome {
+                Upgraded::Done { status, client_ok } => {
+                    record(&w, &key, status, None, started);
+                    if client_ok && !w.stopping() {
+                        continue;
+                    }
+                }
+                Upgraded::Failed {
+                    status,
+                    label,
+                    reason,
+                } => {
+                    tracing::warn!(peer = %c.peer, reason, "request failed");
+                    record(&w, &key, status, Some(label), started);
+                    send_error(&mut c, &mut out, status, &reason).await;
+                }
+                Upgraded::Broken { status, reason } => {
+                    tracing::debug!(peer = %c.peer, reason, "request failed after the response started");
+                    record(&w, &key, status, None, started);
+                }
+            }
+            break;
         }
         let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
         // A small body is kept whole (at the front of `c.buf`) so the
@@ -532,7 +571,7 @@ fn has_bare_lf(head: &[u8]) -> bool {
 
 /// Appends what `rd` has to `buf`, growing it up to `max` when full; the
 /// read is cancelled at `deadline`.
-async fn read_more(
+pub(crate) async fn read_more(
     rd: &mut Rd,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,
@@ -556,7 +595,7 @@ async fn read_more(
 }
 
 /// Writes `buf[..n]` and removes those bytes from the front.
-async fn write_front(
+pub(crate) async fn write_front(
     wr: &mut Wr,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,
@@ -602,7 +641,7 @@ async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str
 
 /// An upstream connection for one request: pooled if one is idle for the
 /// chosen endpoint, else connected (trying each endpoint at most once).
-async fn checkout(
+pub(crate) async fn checkout(
     w: &Worker,
     key: &HttpKey,
     dst: &Dst,

@@ -27,12 +27,14 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_balancer::OpenGuard;
+use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::l4::dst_labels;
 use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
+use crate::translate;
 use crate::worker::{record_outcome, Worker};
 
 /// Streams one pooled upstream connection carries before another is opened
@@ -251,7 +253,7 @@ impl Pool {
     }
 
     /// Takes a connection out of use (its open streams go on).
-    fn retire(&self, addr: SocketAddr, id: u64) {
+    pub(crate) fn retire(&self, addr: SocketAddr, id: u64) {
         if let Some(list) = self.conns.borrow_mut().get_mut(&addr) {
             list.retain(|u| u.id != id);
         }
@@ -366,7 +368,7 @@ async fn keep_alive(
 }
 
 /// What ended a stream before a response could be relayed.
-enum Failure {
+pub(crate) enum Failure {
     /// The proxy answers with this status itself.
     Respond(u16, &'static str, String),
     /// Nothing more to send: the client reset or the stream was reset.
@@ -517,15 +519,54 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     parts.version = http::Version::HTTP_2;
+    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
+    // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
+    // upstream hears HTTP/1.1.
+    let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();
+    if orig_proto
+        || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
+    {
+        return translate::h2_to_h1(
+            w,
+            key,
+            &target,
+            &parts,
+            body,
+            respond,
+            connect_timeout,
+            request_deadline,
+            orig_proto,
+        )
+        .await;
+    }
     let end = body.is_end_stream();
     let mut body = Some(body);
+    // A small body of an idempotent request to a service is kept, so the
+    // request can go again to another endpoint (after a 502/503 or a
+    // refused stream); larger or other bodies stream.
+    let replay = match (&target, body.as_mut()) {
+        (Dst::Service(..), Some(b)) if !end && parts.method.is_idempotent() => {
+            match declared_length(&parts.headers) {
+                Some(n) if n <= MAX_REPLAY_BODY => {
+                    let kept = read_whole(b, n).await.map_err(Failure::Reset)?;
+                    body = None;
+                    Some(kept)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    // Whether the request can be sent again: nothing of it is lost.
+    let repeatable = end || replay.is_some();
+    // Set while the client's body streams upstream.
+    let mut stop_body = None;
     let mut tries = 0;
     // Endpoints that answered 502/503 to this request (retried elsewhere).
     let mut answered: Vec<SocketAddr> = Vec::new();
     if let Dst::Service(_, b) = &target {
         b.borrow().budget.deposit();
     }
-    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
@@ -537,7 +578,7 @@ async fn forward(
         key.target = Some(addr);
         let sent_at = Instant::now();
         let sent = match send.ready().await {
-            Ok(mut s) => s.send_request(request_head(&parts), end),
+            Ok(mut s) => s.send_request(request_head(&parts), end && replay.is_none()),
             Err(e) => Err(e),
         };
         let (response, up_body) = match sent {
@@ -558,8 +599,12 @@ async fn forward(
         };
         // The request body goes up on its own task, while the response
         // (head and body) comes down: bidirectional streams need both.
-        if let Some(b) = body.take().filter(|_| !end) {
-            monoio::spawn(request_body(b, up_body));
+        if let Some((data, trailers)) = &replay {
+            monoio::spawn(replay_body(data.clone(), trailers.clone(), up_body));
+        } else if let Some(b) = body.take().filter(|_| !end) {
+            let (tx, rx) = oneshot::channel();
+            stop_body = Some(tx);
+            monoio::spawn(request_body(b, up_body, rx));
         }
         let timeout = async {
             match request_deadline {
@@ -594,7 +639,7 @@ async fn forward(
                 // receive it), if the service has one and its budget allows.
                 let status = resp.status().as_u16();
                 if let (true, true, 502 | 503, Dst::Service(svc, b), Some(g)) = (
-                    end,
+                    repeatable,
                     parts.method.is_idempotent(),
                     status,
                     &target,
@@ -614,7 +659,7 @@ async fn forward(
             }
             // Streams above a GOAWAY's last stream id were not processed;
             // without a body (nothing consumed) the request can go again.
-            Err(e) if end && tries < MAX_TRIES && unprocessed(&e) => {
+            Err(e) if repeatable && tries < MAX_TRIES && unprocessed(&e) => {
                 w.h2_pool.retire(addr, id);
                 continue;
             }
@@ -650,6 +695,12 @@ async fn forward(
             }
         }
     }
+    // A complete response while the client may still send its body (an
+    // early 4xx/5xx from a server that did not read it): the rest is not
+    // forwarded any more, and the client's stream ends normally.
+    if let Some(stop) = stop_body {
+        let _ = stop.send(());
+    }
     // Failure accrual: 5xx and gRPC UNAVAILABLE count against the
     // endpoint; anything else resets its count.
     if let Some(g) = &in_flight {
@@ -663,10 +714,10 @@ async fn forward(
 }
 
 /// Attempts per stream when upstream connections refuse it unprocessed.
-const MAX_TRIES: u32 = 3;
+pub(crate) const MAX_TRIES: u32 = 3;
 
 /// A new head for each attempt (the body is never replayed).
-fn request_head(parts: &http::request::Parts) -> Request<()> {
+pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -677,14 +728,76 @@ fn request_head(parts: &http::request::Parts) -> Request<()> {
 
 /// The upstream did not process the stream: GOAWAY'd past its last stream
 /// id, or refused (RFC 9113 §8.7).
-fn unprocessed(e: &monoio_http::h2::Error) -> bool {
+pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
     e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
 }
 
+/// The largest request body kept for a retry (as linkerd2-proxy's).
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// A body kept whole: its data and trailers.
+type Kept = (Bytes, Option<HeaderMap>);
+
+/// The `content-length` a request declares.
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads a whole body of `len` declared bytes (the h2 layer holds the
+/// client to its `content-length`).
+async fn read_whole(from: &mut RecvStream, len: u64) -> Result<Kept, Reason> {
+    let mut data = bytes::BytesMut::with_capacity(len as usize);
+    while let Some(chunk) = from.data().await {
+        let chunk = chunk.map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+        let _ = from.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = from
+        .trailers()
+        .await
+        .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+    Ok((data.freeze(), trailers))
+}
+
+/// Sends a kept body (one more time).
+async fn replay_body(data: Bytes, trailers: Option<HeaderMap>, mut to: SendStream<Bytes>) {
+    let last = trailers.is_none();
+    if send_all(&mut to, data, last).await.is_err() {
+        return;
+    }
+    if let Some(t) = trailers {
+        let _ = to.send_trailers(t);
+    }
+}
+
 /// Streams a client's request body to the upstream stream.
-async fn request_body(mut from: RecvStream, mut to: SendStream<Bytes>) {
-    if let Err(reason) = pump(&mut from, &mut to).await {
-        tracing::debug!(?reason, "request body ended early");
+/// Told when the response is complete, it cancels the upstream stream and
+/// reads (discards) what is left of the client's body, so a client whose
+/// answer came early is not stalled by an upstream that stopped reading.
+async fn request_body(
+    mut from: RecvStream,
+    mut to: SendStream<Bytes>,
+    stop: oneshot::Receiver<()>,
+) {
+    let stopped = monoio::select! {
+        r = pump(&mut from, &mut to) => {
+            if let Err(reason) = r {
+                tracing::debug!(?reason, "request body ended early");
+            }
+            false
+        }
+        r = stop => r.is_ok(),
+    };
+    if stopped {
+        to.send_reset(Reason::CANCEL);
+        while let Some(Ok(chunk)) = from.data().await {
+            let _ = from.flow_control().release_capacity(chunk.len());
+        }
     }
 }
 
@@ -786,7 +899,11 @@ async fn pump_with(
 }
 
 /// Sends `chunk` as the window allows.
-async fn send_all(to: &mut SendStream<Bytes>, mut chunk: Bytes, last: bool) -> Result<(), Reason> {
+pub(crate) async fn send_all(
+    to: &mut SendStream<Bytes>,
+    mut chunk: Bytes,
+    last: bool,
+) -> Result<(), Reason> {
     if chunk.is_empty() {
         return to
             .send_data(chunk, last)
@@ -811,7 +928,7 @@ async fn send_all(to: &mut SendStream<Bytes>, mut chunk: Bytes, last: bool) -> R
 
 /// A stream's upstream: a pooled HTTP/2 connection to the chosen endpoint,
 /// or a new one (trying each endpoint at most once).
-async fn checkout(
+pub(crate) async fn checkout(
     w: &Rc<Worker>,
     key: &HttpKey,
     dst: &Dst,

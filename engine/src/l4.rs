@@ -127,20 +127,31 @@ pub(crate) async fn serve(
     // Detection comes before connecting: an opaque port (or discovery saying
     // so) skips it, so server-speaks-first protocols never wait.
     let mut prefix = w.bufs.get();
-    let protocol = match hint {
-        Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
+    // An HTTP hint says what the destination speaks; the client's own
+    // protocol is still detected (HTTP clients speak first, so this costs no
+    // wait) so that HTTP/2 clients of an HTTP/1 service get translated. What
+    // detection cannot tell is taken to be the hinted protocol.
+    let fallback = match hint {
         Some(DiscoveredProtocol::Http1) => Protocol::Http1,
         Some(DiscoveredProtocol::Http2) => Protocol::Http2,
+        _ => Protocol::Opaque,
+    };
+    let protocol = match hint {
+        Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
         None if opaque_ports.contains(port) => Protocol::Opaque,
-        None => {
+        _ => {
             let (res, buf) = read_and_detect(&mut client, prefix, detect_timeout).await;
             prefix = buf;
             match res {
                 Ok((p, undecided)) => {
                     if let Some(why) = undecided {
-                        tracing::debug!(listener = kind.name(), %peer, ?why, "no protocol detected; opaque TCP");
+                        tracing::debug!(listener = kind.name(), %peer, ?why, fallback = ?fallback, "no protocol detected");
+                        fallback
+                    } else if hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls) {
+                        fallback
+                    } else {
+                        p
                     }
-                    p
                 }
                 Err(e) => {
                     tracing::debug!(listener = kind.name(), %peer, error = %e, "client failed during detection");

@@ -23,6 +23,7 @@ pub mod orig_dst;
 mod proxy;
 mod route;
 mod stop;
+mod translate;
 mod worker;
 
 pub use admin::{Hooks, LogLevel};

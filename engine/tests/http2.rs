@@ -476,3 +476,103 @@ fn keep_alive_pings_close_silent_clients() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// Sends `body` with its `content-length` on one stream; (status, body).
+async fn put(
+    send: &monoio_http::h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    let req = ::http::Request::builder()
+        .method(method)
+        .uri(format!("http://web.test{path}"))
+        .header("content-length", body.len())
+        .body(())
+        .unwrap();
+    let mut send = send.clone().ready().await.unwrap();
+    let (resp, mut up) = send.send_request(req, false).unwrap();
+    let upload = monoio::spawn(async move {
+        for piece in body.chunks(16 * 1024) {
+            if h2::send_all(&mut up, bytes::Bytes::copy_from_slice(piece))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = up.send_data(bytes::Bytes::new(), true);
+    });
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut rb = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = rb.data().await {
+        let _ = rb.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    // The whole body went (the proxy reads what an early answer left).
+    upload.await;
+    (status, out)
+}
+
+/// Two endpoints, one answering 503 to everything: a PUT with a small body
+/// (kept) is retried on the other and echoed whole; a POST, or a PUT with
+/// a body over 64 KiB (streamed, not kept), gets its 503.
+fn bodies_up_to_64k_are_retried(driver: IoDriver) {
+    let good = h2::origin(None);
+    let bad = h2::origin(None);
+    let dir = std::env::temp_dir().join(format!(
+        "ringmesh-h2-retry-{}-{}",
+        std::process::id(),
+        driver_name(driver)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    std::fs::write(
+        &file,
+        format!(
+            // The failing endpoint weighs so much that it is always
+            // picked first.
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{}\"]\nweights = [1, 1000]\n",
+            good.addr, bad.addr
+        ),
+    )
+    .unwrap();
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_CORES", "1"),
+            // Keep the failing endpoint in rotation for the whole test.
+            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "1000"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let path = format!("/only/{}", good.addr.port());
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let small: Vec<u8> = (0..60_000).map(|i| (i % 253) as u8).collect();
+        // (Within the retry budget's 10 retries a second.)
+        for _ in 0..8 {
+            let (status, body) = put(&send, "PUT", &path, small.clone()).await;
+            assert_eq!(status, 200, "a kept body is retried on the good endpoint");
+            assert!(body == small, "and arrives whole");
+        }
+        let big: Vec<u8> = vec![7; 100_000];
+        for _ in 0..5 {
+            let (status, _) = put(&send, "POST", &path, small.clone()).await;
+            assert_eq!(status, 503, "a POST is not retried");
+            let (status, _) = put(&send, "PUT", &path, big.clone()).await;
+            assert_eq!(status, 503, "a body over 64 KiB is not kept");
+        }
+    });
+    assert_eq!(bad.counters.refused.load(Ordering::Relaxed), 18);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    bodies_up_to_64k_are_retried,
+    super::bodies_up_to_64k_are_retried
+);

@@ -32,6 +32,8 @@ pub struct Counters {
     pub connections: AtomicUsize,
     /// `/hang` streams the client side reset.
     pub resets_seen: AtomicUsize,
+    /// `/only/<port>` requests answered 503.
+    pub refused: AtomicUsize,
 }
 
 pub struct Origin {
@@ -58,21 +60,21 @@ pub fn origin(goaway_after: Option<usize>) -> Origin {
                 };
                 let _ = s.set_nodelay(true);
                 c.connections.fetch_add(1, Ordering::Relaxed);
-                monoio::spawn(connection(s, c.clone(), goaway_after));
+                monoio::spawn(connection(s, c.clone(), goaway_after, addr.port()));
             }
         })
     });
     Origin { addr, counters }
 }
 
-async fn connection(s: TcpStream, c: Arc<Counters>, goaway_after: Option<usize>) {
+async fn connection(s: TcpStream, c: Arc<Counters>, goaway_after: Option<usize>, port: u16) {
     let Ok(mut conn) = server::handshake(s).await else {
         return;
     };
     let mut n = 0;
     while let Some(Ok((req, respond))) = conn.accept().await {
         c.streams.fetch_add(1, Ordering::Relaxed);
-        monoio::spawn(handle(req, respond, c.clone()));
+        monoio::spawn(handle(req, respond, c.clone(), port));
         n += 1;
         if goaway_after == Some(n) {
             conn.graceful_shutdown();
@@ -84,6 +86,7 @@ async fn handle(
     req: Request<RecvStream>,
     mut respond: server::SendResponse<Bytes>,
     c: Arc<Counters>,
+    port: u16,
 ) {
     let path = req.uri().path().to_string();
     let mut body = req.into_body();
@@ -95,7 +98,14 @@ async fn handle(
             };
             let _ = s.send_data(Bytes::from_static(b"hello from h2"), true);
         }
-        ("echo", _) => {
+        // `/only/<port>`: 503 (body unread) unless this origin listens on
+        // `port`, which echoes like `/echo`.
+        ("only", Some(p)) if p.parse() != Ok(port) => {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            let resp = Response::builder().status(503).body(()).unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+        ("echo" | "only", _) => {
             let Ok(mut s) = respond.send_response(Response::new(()), false) else {
                 return;
             };

@@ -109,6 +109,25 @@ impl BodyScanner {
         }
     }
 
+    /// As [`scan`](Self::scan), also telling `data` which bytes of
+    /// `input` are body content (chunk framing and trailers excluded).
+    pub fn scan_data(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<BodyProgress, ProtocolError> {
+        match self {
+            BodyScanner::Chunked(chunked) => Ok(chunked.scan_data(input, data)?),
+            _ => {
+                let p = self.scan(input)?;
+                if p.consumed > 0 {
+                    data(0..p.consumed);
+                }
+                Ok(p)
+            }
+        }
+    }
+
     /// Whether the body is complete. Never for [`BodyScanner::UntilEof`],
     /// which ends with the connection.
     pub fn is_done(&self) -> bool {

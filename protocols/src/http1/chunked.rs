@@ -91,6 +91,17 @@ impl ChunkedScanner {
     /// next message. Once done, further calls consume nothing. An error is
     /// final: later calls return it again.
     pub fn scan(&mut self, input: &[u8]) -> Result<BodyProgress, ChunkedError> {
+        self.scan_data(input, |_| {})
+    }
+
+    /// As [`scan`](Self::scan), also telling `data` where chunk data lies
+    /// in `input` (in order; framing, extensions and trailers excluded), so
+    /// a caller that re-frames the body (HTTP/1 ↔ HTTP/2) can decode it.
+    pub fn scan_data(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<BodyProgress, ChunkedError> {
         let mut pos = 0;
         while pos < input.len() {
             match self.state {
@@ -100,6 +111,7 @@ impl ChunkedScanner {
                     let take = self.size.min((input.len() - pos) as u64);
                     self.size -= take;
                     // `take <= input.len() - pos`, so it fits in usize.
+                    data(pos..pos + take as usize);
                     pos += take as usize;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -245,6 +257,25 @@ mod tests {
 
     fn scanner() -> ChunkedScanner {
         ChunkedScanner::new(&Limits::default())
+    }
+
+    #[test]
+    fn data_spans_decode_the_body_across_splits() {
+        let body = b"5;ext=1\r\nhello\r\nb\r\n, world!!!!\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut s = scanner();
+            let mut decoded = Vec::new();
+            let mut consumed = 0;
+            for part in [&body[..split], &body[split..]] {
+                let p = s
+                    .scan_data(part, |r| decoded.extend_from_slice(&part[r]))
+                    .unwrap();
+                consumed += p.consumed;
+            }
+            assert!(s.is_done());
+            assert_eq!(consumed, body.len() - 4, "split at {split}");
+            assert_eq!(decoded, b"hello, world!!!!", "split at {split}");
+        }
     }
 
     /// Feeds `input` whole, and one byte at a time, and checks both agree.

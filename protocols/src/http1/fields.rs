@@ -491,6 +491,27 @@ impl<'a> Headers<'a> {
         })
     }
 
+    /// The fields a proxy forwards to a next hop speaking another protocol
+    /// (HTTP/2): all but the hop-by-hop ones (RFC 9110 §7.6.1: `Connection`,
+    /// every field it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Transfer-Encoding`, `Upgrade`) and `Host` (which becomes
+    /// `:authority`).
+    pub fn end_to_end(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let fields = self.fields;
+        fields
+            .entries
+            .iter()
+            .filter(move |e| {
+                !(e.kind == HeaderKind::Host
+                    || e.kind.is_hop_by_hop()
+                    || fields.named_by_connection(e.name.get(&fields.buf)))
+            })
+            .map(move |e| {
+                let name = std::str::from_utf8(e.name.get(&fields.buf)).unwrap_or_default();
+                (name, e.value.get(&fields.buf))
+            })
+    }
+
     /// The first value of the field `name` (compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
         self.get_all(name).next()

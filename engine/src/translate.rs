@@ -1,0 +1,751 @@
+//! HTTP/1 ↔ HTTP/2 translation.
+//!
+//! - **HTTP/1 over HTTP/2 between proxies** (linkerd2-proxy's meshed
+//!   upgrade): an outbound HTTP/1.1 request to a service whose endpoints all
+//!   carry discovery's `h2` protocol hint travels as an HTTP/2 stream on the
+//!   pooled connection to the endpoint, marked `l5d-orig-proto: HTTP/1.1`
+//!   ([`h1_over_h2`]). The peer proxy sees the mark, restores HTTP/1.1
+//!   toward its application and marks the response the same way
+//!   ([`h2_to_h1`]). Two proxies then share one multiplexed connection
+//!   instead of one per concurrent request.
+//! - **HTTP/2 client, HTTP/1-only upstream**: a stream for a destination
+//!   discovery marks `protocol = "http1"` is sent as an HTTP/1.1 request
+//!   on a pooled HTTP/1 connection ([`h2_to_h1`]).
+//!
+//! Bodies are re-framed as they stream (HTTP/1 chunked ↔ DATA frames) with
+//! flow control both ways; nothing is buffered whole. What does not
+//! translate: HTTP/1 chunked trailers are dropped on the way to HTTP/2
+//! (HTTP/2 trailers do become chunked trailers), header names reach HTTP/2
+//! in lower case (HTTP/2 requires it), and upgrades/CONNECT never take the
+//! HTTP/2 path.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, EXPECT};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use monoio::io::AsyncWriteRentExt;
+use monoio_http::h2::{server, Reason, RecvStream, SendStream};
+use ringmesh_protocols::http1::{
+    canonical_reason, BodyFraming, BodyScanner, Limits, Method, RequestContext, RequestHead,
+    ResponseHead, Version,
+};
+
+use crate::detect::is_cancelled;
+use crate::http1::{self, Client, Rd, Upstream, Wr};
+use crate::http2::{self, Failure};
+use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
+use crate::route::Dst;
+use crate::worker::{record_outcome, Worker};
+
+/// Marks a request (and its response) that a proxy carried over HTTP/2 on
+/// behalf of an HTTP/1 client; the value is the original version.
+pub(crate) const ORIG_PROTO: &str = "l5d-orig-proto";
+
+/// Whether an HTTP/1 request to `target` goes over HTTP/2: every endpoint
+/// of the service is hinted as meshed, and the request is plain HTTP/1.1
+/// (no upgrade, no CONNECT). A service with mixed endpoints stays HTTP/1.
+pub(crate) fn upgrades(target: &Dst, req: &RequestHead) -> bool {
+    let Dst::Service(svc, _) = target else {
+        return false;
+    };
+    svc.endpoints.first().is_some_and(|e| e.h2_hint)
+        && svc.endpoints.iter().all(|e| e.h2_hint)
+        && req.version() == Version::Http11
+        && !req.is_connect()
+        && req.upgrade().is_none()
+}
+
+/// How an HTTP/1 request carried over HTTP/2 ended.
+pub(crate) enum Upgraded {
+    /// The response went to the client; `client_ok`: the client connection
+    /// may carry another request.
+    Done { status: u16, client_ok: bool },
+    /// Nothing reached the client: the caller answers with this error.
+    Failed {
+        status: u16,
+        label: &'static str,
+        reason: String,
+    },
+    /// The response started, then failed: the client connection must close.
+    Broken { status: u16, reason: String },
+}
+
+/// Sends one HTTP/1.1 request from `c` as an HTTP/2 stream (with
+/// `l5d-orig-proto`) to an endpoint of `target`, and its response back as
+/// HTTP/1.1.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn h1_over_h2(
+    w: &Rc<Worker>,
+    c: &mut Client,
+    req: &RequestHead,
+    key: &mut HttpKey,
+    target: &Dst,
+    connect_timeout: Duration,
+    request_deadline: Option<Instant>,
+    out: &mut Vec<u8>,
+    limits: &Limits,
+) -> Upgraded {
+    let failed = |status, label, reason: String| Upgraded::Failed {
+        status,
+        label,
+        reason,
+    };
+    let parts = match h2_request(req, key) {
+        Ok(p) => p,
+        Err(reason) => return failed(400, "bad_request", reason),
+    };
+    let end = req.framing().is_empty();
+    let mut tries = 0;
+    let (response, up_body, guard, sent_at) = loop {
+        tries += 1;
+        let (send, addr, guard, id) =
+            match http2::checkout(w, key, target, connect_timeout, &[]).await {
+                Ok(c) => c,
+                Err(e) => return failed(e.status(), e.label(), e.reason()),
+            };
+        key.target = Some(addr);
+        let sent = match send.ready().await {
+            Ok(mut s) => s.send_request(http2::request_head(&parts), end),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok((response, body)) => break (response, body, guard, Instant::now()),
+            // A connection the endpoint is closing (GOAWAY) takes no new
+            // stream: another one does.
+            Err(e) if tries < http2::MAX_TRIES && http2::unprocessed(&e) => {
+                w.h2_pool.retire(addr, id);
+            }
+            Err(e) => return failed(502, "upstream_failed", format!("upstream: {e}")),
+        }
+    };
+    // The client waits for this before sending its body; the peer proxy
+    // does not forward `Expect`.
+    if req.expect_continue() {
+        let (res, _) = c.wr.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+        match res {
+            Ok(n) => c.meter.wrote(n),
+            Err(e) => {
+                return Upgraded::Broken {
+                    status: 499,
+                    reason: format!("writing to the client failed: {e}"),
+                }
+            }
+        }
+    }
+
+    let Client {
+        rd, wr, buf, meter, ..
+    } = c;
+    let scanner = BodyScanner::new(req.framing(), limits);
+    let body_up = async {
+        if end {
+            drop(up_body);
+            return Ok(());
+        }
+        let mut up_body = up_body;
+        let r = h1_body_to_h2(scanner, rd, meter, buf, &mut up_body).await;
+        if r.is_err() {
+            up_body.send_reset(Reason::CANCEL);
+        }
+        r
+    };
+    let response_deadline = [
+        w.cfg.http_response_timeout.map(|t| Instant::now() + t),
+        request_deadline,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let is_head = req.method() == Method::Head;
+    let keep_alive = req.keep_alive();
+    let down = async {
+        let head = match response_deadline {
+            Some(d) => match monoio::time::timeout_at(d.into(), response).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(failed(
+                        504,
+                        "response_timeout",
+                        "upstream response timed out".into(),
+                    ))
+                }
+            },
+            None => response.await,
+        };
+        let resp = match head {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(g) = &guard {
+                    record_outcome(g.endpoint(), false);
+                }
+                return Err(failed(
+                    502,
+                    "upstream_failed",
+                    format!("upstream stream failed: {e}"),
+                ));
+            }
+        };
+        if let Some(g) = &guard {
+            g.endpoint().observe_response(sent_at.elapsed());
+        }
+        let (parts, mut from) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let no_body = is_head || status == 204 || status == 304;
+        let framing = h1_response_head(
+            &parts.headers,
+            status,
+            from.is_end_stream(),
+            no_body,
+            keep_alive,
+            out,
+        );
+        let (res, o) = wr.write_all(std::mem::take(out)).await;
+        *out = o;
+        if let Err(e) = res.map(|n| meter.wrote(n)) {
+            return Err(Upgraded::Broken {
+                status,
+                reason: format!("writing to the client failed: {e}"),
+            });
+        }
+        if let Err(reason) = h2_body_to_h1(&mut from, framing, wr, meter, out).await {
+            return Err(Upgraded::Broken { status, reason });
+        }
+        if let Some(g) = &guard {
+            record_outcome(g.endpoint(), status < 500);
+        }
+        Ok(status)
+    };
+    let (up_res, down_res) = monoio::join!(body_up, down);
+    match down_res {
+        Ok(status) => Upgraded::Done {
+            status,
+            client_ok: keep_alive && up_res.is_ok(),
+        },
+        Err(e) => e,
+    }
+}
+
+/// The HTTP/2 request an HTTP/1.1 request becomes (its fields minus the
+/// hop-by-hop ones, `Host` as `:authority`, `l5d-orig-proto` added).
+fn h2_request(req: &RequestHead, key: &HttpKey) -> Result<http::request::Parts, String> {
+    let authority = match (req.authority(), &key.authority) {
+        (Some(a), _) => a.raw.to_string(),
+        (None, Some(svc)) => svc.to_string(),
+        (None, None) => return Err("a request without an authority".into()),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(req.path())
+        .build()
+        .map_err(|e| format!("cannot carry the request target over HTTP/2: {e}"))?;
+    let method = http::Method::from_bytes(req.method_str().as_bytes())
+        .map_err(|e| format!("bad method: {e}"))?;
+    let (mut parts, ()) = Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .body(())
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let headers = &mut parts.headers;
+    headers.reserve(req.headers().len() + 1);
+    for (name, value) in req.headers().end_to_end() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            return Err(format!("field {name:?} cannot be carried over HTTP/2"));
+        };
+        if name == EXPECT {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    headers.insert(
+        HeaderName::from_static(ORIG_PROTO),
+        HeaderValue::from_static("HTTP/1.1"),
+    );
+    Ok(parts)
+}
+
+/// How an HTTP/1 message re-framed from HTTP/2 is delimited.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reframe {
+    /// Nothing follows the head.
+    Empty,
+    /// `Content-Length` came with the message: the bytes go as they are.
+    Length,
+    /// `Transfer-Encoding: chunked` written by us.
+    Chunked,
+}
+
+/// Writes an HTTP/1.1 response head for an HTTP/2 response into `out`.
+fn h1_response_head(
+    headers: &HeaderMap,
+    status: u16,
+    end_stream: bool,
+    no_body: bool,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> Reframe {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(canonical_reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name.as_str() == ORIG_PROTO {
+            continue;
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = if no_body {
+        Reframe::Empty
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        Reframe::Length
+    } else if end_stream {
+        out.extend_from_slice(b"content-length: 0\r\n");
+        Reframe::Empty
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Reframe::Chunked
+    };
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// Writes an HTTP/2 body to an HTTP/1 peer, chunk-encoding it when asked
+/// (HTTP/2 trailers become chunked trailer fields).
+async fn h2_body_to_h1(
+    from: &mut RecvStream,
+    framing: Reframe,
+    wr: &mut Wr,
+    meter: &ConnMeter,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    if framing == Reframe::Empty {
+        return Ok(());
+    }
+    while let Some(chunk) = from.data().await {
+        let chunk = chunk.map_err(|e| format!("upstream body failed: {e}"))?;
+        let len = chunk.len();
+        // An empty chunk would end a chunked body early.
+        if len == 0 {
+            continue;
+        }
+        out.clear();
+        if framing == Reframe::Chunked {
+            out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+        }
+        out.extend_from_slice(&chunk);
+        if framing == Reframe::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        let (res, o) = wr.write_all(std::mem::take(out)).await;
+        *out = o;
+        meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
+        let _ = from.flow_control().release_capacity(len);
+    }
+    if framing == Reframe::Chunked {
+        out.clear();
+        out.extend_from_slice(b"0\r\n");
+        if let Ok(Some(trailers)) = from.trailers().await {
+            for (name, value) in &trailers {
+                push_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        let (res, o) = wr.write_all(std::mem::take(out)).await;
+        *out = o;
+        meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
+    }
+    Ok(())
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Forwards one HTTP/2 stream to an HTTP/1.1 upstream of `target` and the
+/// response back as HTTP/2. `orig_proto`: the request came marked with
+/// `l5d-orig-proto` (from a peer proxy), so the response is marked too.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn h2_to_h1(
+    w: &Rc<Worker>,
+    key: &mut HttpKey,
+    target: &Dst,
+    parts: &http::request::Parts,
+    body: RecvStream,
+    respond: &mut server::SendResponse<Bytes>,
+    connect_timeout: Duration,
+    request_deadline: Option<Instant>,
+    orig_proto: bool,
+) -> Result<ResponseClass, Failure> {
+    let upstream_failed = |status, label, reason| Err(Failure::Respond(status, label, reason));
+    let end = body.is_end_stream();
+    let mut head = Vec::with_capacity(512);
+    let framing = h1_request_head(parts, end, &mut head);
+    let method = Method::from_bytes(parts.method.as_str().as_bytes());
+    let limits = Limits::default();
+    let mut body = Some(body);
+    let mut fresh = false;
+    let (up, addr, guard, mut ubuf, resp, sent_at) = loop {
+        let (mut up, addr, guard) =
+            match http1::checkout(w, key, target, connect_timeout, !fresh, &[]).await {
+                Ok(u) => u,
+                Err(e) => return upstream_failed(e.status(), e.label(), e.reason()),
+            };
+        key.target = Some(addr);
+        let reused = up.reused;
+        let sent_at = Instant::now();
+        let (res, h) = up.wr.write_all(std::mem::take(&mut head)).await;
+        head = h;
+        let mut ubuf = w.bufs.get();
+        let mut resp = ResponseHead::new();
+        let result = match res {
+            Ok(n) => {
+                up.meter.wrote(n);
+                let up_body = body.take().filter(|_| !end);
+                let response_deadline = [
+                    w.cfg.http_response_timeout.map(|t| Instant::now() + t),
+                    request_deadline,
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let ctx = RequestContext {
+                    method,
+                    upgrade: false,
+                };
+                let Upstream {
+                    rd: urd,
+                    wr: uwr,
+                    fd,
+                    meter: umeter,
+                    ..
+                } = &mut up;
+                let fd = *fd;
+                let body_up = async {
+                    let Some(mut from) = up_body else {
+                        return Ok(());
+                    };
+                    let r = h2_body_to_h1(&mut from, framing, uwr, umeter, &mut Vec::new()).await;
+                    if r.is_err() {
+                        // The upstream has a truncated body: end its exchange.
+                        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                    }
+                    r
+                };
+                let down = read_response_head(
+                    urd,
+                    umeter,
+                    &mut ubuf,
+                    &mut resp,
+                    ctx,
+                    &limits,
+                    response_deadline,
+                );
+                let (up_res, down_res) = monoio::join!(body_up, down);
+                down_res.map(|()| up_res.is_ok())
+            }
+            Err(e) => Err((
+                502,
+                format!("sending the request upstream failed: {e}"),
+                true,
+            )),
+        };
+        match result {
+            Ok(body_ok) => break (up, addr, guard, ubuf, resp, (sent_at, body_ok)),
+            // A pooled connection the upstream closed meanwhile: once more
+            // on a new one, when nothing of a body was consumed.
+            Err((_, _, true)) if reused && end && !fresh => {
+                fresh = true;
+                w.bufs.put(ubuf);
+            }
+            Err((status, reason, _)) => {
+                w.bufs.put(ubuf);
+                if let Some(g) = &guard {
+                    if status >= 502 {
+                        record_outcome(g.endpoint(), false);
+                    }
+                }
+                let label = if status == 504 {
+                    "response_timeout"
+                } else {
+                    "upstream_failed"
+                };
+                return upstream_failed(status, label, reason);
+            }
+        }
+    };
+    let (sent_at, body_ok) = sent_at;
+    if let Some(g) = &guard {
+        g.endpoint().observe_response(sent_at.elapsed());
+    }
+    let status = resp.status();
+    let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
+    for (name, value) in resp.headers().end_to_end() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if orig_proto {
+        let version = match resp.version() {
+            Version::Http10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        headers.insert(
+            HeaderName::from_static(ORIG_PROTO),
+            HeaderValue::from_static(version),
+        );
+    }
+    let body_framing = if method == Method::Head {
+        BodyFraming::Empty
+    } else {
+        resp.framing()
+    };
+    let end = body_framing.is_empty();
+    let mut response = Response::new(());
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = headers;
+    let mut to = match respond.send_response(response, end) {
+        Ok(s) => s,
+        Err(_) => {
+            w.bufs.put(ubuf);
+            return Err(Failure::Reset(Reason::CANCEL));
+        }
+    };
+    let mut up = up;
+    let mut reusable = body_ok && resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
+    if !end {
+        let r = h1_body_to_h2(
+            BodyScanner::new(body_framing, &limits),
+            &mut up.rd,
+            &up.meter,
+            &mut ubuf,
+            &mut to,
+        )
+        .await;
+        if let Err(reason) = r {
+            tracing::debug!(upstream = %addr, reason, "response body ended early");
+            to.send_reset(Reason::INTERNAL_ERROR);
+            reusable = false;
+        }
+    }
+    if reusable && ubuf.is_empty() {
+        up.idle_since = Instant::now();
+        w.pool.put(addr, up);
+    }
+    w.bufs.put(ubuf);
+    if let Some(g) = &guard {
+        record_outcome(g.endpoint(), status < 500);
+    }
+    Ok(ResponseClass {
+        status,
+        grpc_status: None,
+        error: None,
+    })
+}
+
+/// Reads one HTTP/1 body (a request's from the client, a response's from
+/// the upstream; close-delimited ones end at EOF) and sends its content as
+/// DATA frames, chunk framing and trailers removed, ending the stream.
+async fn h1_body_to_h2(
+    mut scanner: BodyScanner,
+    rd: &mut Rd,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    to: &mut SendStream<Bytes>,
+) -> Result<(), String> {
+    let mut data = BytesMut::new();
+    loop {
+        let p = scanner
+            .scan_data(buf, |r| data.extend_from_slice(&buf[r]))
+            .map_err(|e| format!("bad body: {e}"))?;
+        buf.drain(..p.consumed);
+        if !data.is_empty() {
+            http2::send_all(to, data.split().freeze(), false)
+                .await
+                .map_err(|r| format!("stream reset: {r:?}"))?;
+        }
+        if p.done {
+            break;
+        }
+        let cap = buf.capacity().max(16 * 1024);
+        match http1::read_more(rd, meter, buf, cap, None).await {
+            Ok(0) => {
+                scanner
+                    .finish_at_eof()
+                    .map_err(|e| format!("the peer closed early: {e}"))?;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the body failed: {e}")),
+        }
+    }
+    to.send_data(Bytes::new(), true)
+        .map_err(|e| format!("stream failed: {e}"))
+}
+
+/// Reads the final response head (skipping interim 1xx ones) into `resp`.
+/// Errors: status, reason, and whether nothing at all arrived (a stale
+/// pooled connection looks like that).
+async fn read_response_head(
+    rd: &mut Rd,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    ctx: RequestContext,
+    limits: &Limits,
+    deadline: Option<Instant>,
+) -> Result<(), (u16, String, bool)> {
+    let mut got_any = false;
+    loop {
+        while !buf.is_empty() {
+            match resp.parse(buf, ctx, limits) {
+                Ok(Some(n)) => {
+                    buf.drain(..n);
+                    if !resp.is_interim() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err((502, e.to_string(), false)),
+            }
+        }
+        match http1::read_more(rd, meter, buf, limits.max_head_bytes(), deadline).await {
+            Ok(0) => {
+                return Err((
+                    502,
+                    "upstream closed the connection before responding".into(),
+                    !got_any,
+                ))
+            }
+            Ok(_) => got_any = true,
+            Err(e) if is_cancelled(&e) => {
+                return Err((504, "upstream response timed out".into(), false))
+            }
+            Err(e) => {
+                meter.failed(&e);
+                return Err((502, format!("reading the response failed: {e}"), !got_any));
+            }
+        }
+    }
+}
+
+/// Writes the HTTP/1.1 request head for an HTTP/2 request into `out`: the
+/// `:authority` as `Host`, fields as they came, and a framing field when
+/// the stream has a body without `Content-Length` (chunked).
+fn h1_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> Reframe {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = parts.headers.get(http::header::HOST);
+    match (parts.uri.authority(), host) {
+        (Some(a), _) => push_field(out, b"host", a.as_str().as_bytes()),
+        (None, Some(h)) => push_field(out, b"host", h.as_bytes()),
+        (None, None) => {}
+    }
+    for (name, value) in &parts.headers {
+        if name == http::header::HOST || name.as_str() == ORIG_PROTO {
+            continue;
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = if parts.headers.contains_key(CONTENT_LENGTH) {
+        if end_stream {
+            Reframe::Empty
+        } else {
+            Reframe::Length
+        }
+    } else if end_stream {
+        // Methods that carry content announce an empty one.
+        if matches!(
+            parts.method,
+            http::Method::POST | http::Method::PUT | http::Method::PATCH
+        ) {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Reframe::Empty
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Reframe::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(req: Request<()>) -> http::request::Parts {
+        req.into_parts().0
+    }
+
+    #[test]
+    fn h2_request_becomes_an_http1_head() {
+        let p = parts(
+            Request::builder()
+                .method("POST")
+                .uri("http://web.test:8080/a?b=c")
+                .header("x-one", "1")
+                .header(ORIG_PROTO, "HTTP/1.1")
+                .body(())
+                .unwrap(),
+        );
+        let mut out = Vec::new();
+        assert!(h1_request_head(&p, false, &mut out) == Reframe::Chunked);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /a?b=c HTTP/1.1\r\nhost: web.test:8080\r\nx-one: 1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert!(h1_request_head(&p, true, &mut out) == Reframe::Empty);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("content-length: 0\r\n"));
+    }
+
+    #[test]
+    fn h2_response_becomes_an_http1_head() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("b"));
+        h.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        let mut out = Vec::new();
+        assert!(h1_response_head(&h, 200, false, false, true, &mut out) == Reframe::Chunked);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "HTTP/1.1 200 OK\r\nx-a: b\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(h1_response_head(&h, 404, false, false, false, &mut out) == Reframe::Length);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.ends_with("content-length: 5\r\nconnection: close\r\n\r\n"));
+        assert!(
+            h1_response_head(&HeaderMap::new(), 204, true, true, true, &mut out) == Reframe::Empty
+        );
+    }
+}

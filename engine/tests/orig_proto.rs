@@ -1,0 +1,414 @@
+//! HTTP/1 ↔ HTTP/2 translation with real sockets:
+//! - two ringmesh instances (outbound of one → inbound of the other) carry an
+//!   HTTP/1 client's requests over one HTTP/2 connection (`l5d-orig-proto`),
+//!   and the HTTP/1 origin behind the second sees plain HTTP/1.1;
+//! - an HTTP/2 client reaches an HTTP/1-only service (`protocol = "http1"`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use ringmesh_engine::{IoDriver, Proxy};
+
+fn static_file(tag: &str, body: &str) -> String {
+    let dir =
+        std::env::temp_dir().join(format!("ringmesh-orig-proto-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    std::fs::write(&file, body).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+/// `client → A (outbound, forward) ==h2==> B (inbound) → origin (HTTP/1)`.
+struct Mesh {
+    origin: Backend,
+    a: Proxy,
+    b: Proxy,
+}
+
+fn mesh(driver: IoDriver, tag: &str) -> Mesh {
+    let origin = http::origin("app");
+    let target = origin.addr.to_string();
+    let b = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let file = static_file(
+        &format!("{tag}-{}", driver_name(driver)),
+        &format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\nprotocol_hint = \"h2\"\n",
+            b.inbound_addr().unwrap()
+        ),
+    );
+    let a = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    Mesh { origin, a, b }
+}
+
+/// One HTTP/1.1 exchange on `s`: (status, head, body). Handles
+/// Content-Length and chunked answers.
+fn exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, String, Vec<u8>) {
+    r.get_mut().write_all(request).unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "connection closed");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let status: u16 = head[9..12].parse().unwrap();
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let mut body = Vec::new();
+    if request.starts_with(b"HEAD ") {
+        // No body, whatever Content-Length says.
+    } else if let Some(len) = field("content-length") {
+        body.resize(
+            len.parse()
+                .unwrap_or_else(|_| panic!("bad length in {head}")),
+            0,
+        );
+        r.read_exact(&mut body)
+            .unwrap_or_else(|e| panic!("{e}: body of {head}"));
+    } else if field("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                let mut end = String::new();
+                while end != "\r\n" {
+                    end.clear();
+                    r.read_line(&mut end).unwrap();
+                }
+                break;
+            }
+            let at = body.len();
+            body.resize(at + size, 0);
+            r.read_exact(&mut body[at..]).unwrap();
+            let mut crlf = [0u8; 2];
+            r.read_exact(&mut crlf).unwrap();
+        }
+    }
+    (status, head, body)
+}
+
+fn client(addr: SocketAddr) -> BufReader<TcpStream> {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    BufReader::new(s)
+}
+
+fn metrics(admin: SocketAddr) -> String {
+    let mut r = client(admin);
+    let (status, _, body) = exchange(
+        &mut r,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
+/// The sum of the series named `name` holding every one of `labels`
+/// (`None` when there is none).
+fn series(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+fn http1_over_http2_between_two_proxies(driver: IoDriver) {
+    let m = mesh(driver, "two");
+    let addr = m.a.forward_addrs()[0];
+    let mut c = client(addr);
+
+    // The origin sees plain HTTP/1.1, without the mark, with the authority.
+    let (status, _, body) = exchange(
+        &mut c,
+        b"GET /echo-head HTTP/1.1\r\nHost: web.test:80\r\nX-Custom: 1\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /echo-head http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("host: web.test:80\r\n"), "{seen}");
+    assert!(seen.contains("x-custom: 1\r\n"), "{seen}");
+    assert!(
+        !seen.contains("l5d-orig-proto"),
+        "the mark is removed: {seen}"
+    );
+
+    // Bodies both ways, both framings, on the same client connection.
+    let mut upload = vec![0u8; 300_000];
+    Pattern::new(3).fill(&mut upload);
+    let mut sum = Fnv::default();
+    sum.update(&upload);
+    let mut req = format!(
+        "POST /upload HTTP/1.1\r\nHost: web.test:80\r\nContent-Length: {}\r\n\r\n",
+        upload.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&upload);
+    let (status, _, body) = exchange(&mut c, &req);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{} {:016x}\n", upload.len(), sum.0)
+    );
+
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nHost: web.test:80\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for part in upload.chunks(70_000) {
+        req.extend_from_slice(format!("{:x};x=y\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let (status, _, body) = exchange(&mut c, &req);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{} {:016x}\n", upload.len(), sum.0),
+        "a chunked upload arrives whole"
+    );
+
+    let (status, head, body) = exchange(
+        &mut c,
+        b"GET /download/2000000 HTTP/1.1\r\nHost: web.test:80\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 2000000"),
+        "{head}"
+    );
+    let mut want = vec![0u8; 2_000_000];
+    Pattern::new(7).fill(&mut want);
+    assert!(body == want, "2 MB download intact");
+
+    let (status, head, body) = exchange(
+        &mut c,
+        b"GET /chunked HTTP/1.1\r\nHost: web.test:80\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        !head.to_ascii_lowercase().contains("l5d-orig-proto"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello world");
+
+    let (status, _, _) = exchange(
+        &mut c,
+        b"GET /status/503 HTTP/1.1\r\nHost: web.test:80\r\n\r\n",
+    );
+    assert_eq!(status, 503);
+    let (status, _, body) = exchange(&mut c, b"HEAD /x HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
+    assert_eq!((status, body.len()), (200, 0));
+
+    // 16 concurrent keep-alive clients: all answered, over ONE connection
+    // between the two proxies (HTTP/1 would need one per client).
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = client(addr);
+                for _ in 0..20 {
+                    let (status, _, body) = exchange(
+                        &mut c,
+                        format!(
+                            "GET /hello HTTP/1.1\r\nHost: web.test:80\r\nX-Client: {i}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    assert_eq!((status, body.as_slice()), (200, &b"hello from app\n"[..]));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let text = metrics(m.b.admin_addr().unwrap());
+    let opened = series(
+        &text,
+        "tcp_open_total",
+        &["direction=\"inbound\"", "peer=\"src\""],
+    )
+    .expect("inbound connections counted");
+    assert_eq!(
+        opened, 1.0,
+        "one HTTP/2 connection between the proxies:\n{text}"
+    );
+    let requests = series(&text, "request_total", &["direction=\"inbound\""]).unwrap();
+    assert_eq!(requests, 327.0, "every request went through B: {requests}");
+    drop(m.origin);
+}
+both_drivers!(two_proxies, super::http1_over_http2_between_two_proxies);
+
+/// 8 clients with a request each in flight at once (the origin takes 100
+/// ms to answer): how many connections did B accept from A?
+fn connections_between_proxies(hint: bool) -> f64 {
+    let origin = lb::backend(b'o', Duration::from_millis(100));
+    let target = origin.addr.to_string();
+    let b = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let file = static_file(
+        &format!("conns-{hint}"),
+        &format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\n{}",
+            b.inbound_addr().unwrap(),
+            if hint { "protocol_hint = \"h2\"\n" } else { "" }
+        ),
+    );
+    let a = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = a.forward_addrs()[0];
+    let mut clients: Vec<_> = (0..8).map(|_| client(addr)).collect();
+    for _ in 0..2 {
+        for c in clients.iter_mut() {
+            c.get_mut()
+                .write_all(b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n")
+                .unwrap();
+        }
+        for c in clients.iter_mut() {
+            let (status, name) = lb::read_answer(c);
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            assert_eq!(name, b'o');
+        }
+    }
+    let text = metrics(b.admin_addr().unwrap());
+    assert_eq!(
+        series(&text, "request_total", &["direction=\"inbound\""]),
+        Some(16.0)
+    );
+    series(
+        &text,
+        "tcp_open_total",
+        &["direction=\"inbound\"", "peer=\"src\""],
+    )
+    .unwrap()
+}
+
+/// The hint is what turns the upgrade on: with it, concurrent requests
+/// share one HTTP/2 connection; without it, HTTP/1 needs one per request
+/// in flight.
+#[test]
+fn the_hint_multiplexes_concurrent_requests() {
+    assert_eq!(connections_between_proxies(true), 1.0);
+    assert_eq!(connections_between_proxies(false), 8.0);
+}
+
+/// An HTTP/2 client, a service discovery marks `protocol = "http1"`: the
+/// origin gets HTTP/1.1 and the client HTTP/2 answers, bodies intact.
+fn http2_client_to_http1_service(driver: IoDriver) {
+    let origin = http::origin("app");
+    let file = static_file(
+        &format!("h2h1-{}", driver_name(driver)),
+        &format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n",
+            origin.addr
+        ),
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    common::h2::runtime().block_on(async move {
+        let send = common::h2::connect(addr).await;
+        let a = common::h2::request(&send, "GET", "/hello", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"hello from app\n"[..])
+        );
+
+        let a = common::h2::request(&send, "GET", "/echo-head", None)
+            .await
+            .unwrap();
+        let seen = String::from_utf8(a.body).unwrap();
+        assert!(seen.starts_with("GET /echo-head HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.to_ascii_lowercase().contains("\r\nhost: "), "{seen}");
+
+        // A streamed upload (no content-length: chunked to the origin).
+        let mut upload = vec![0u8; 500_000];
+        Pattern::new(5).fill(&mut upload);
+        let mut sum = Fnv::default();
+        sum.update(&upload);
+        let a = common::h2::request(&send, "POST", "/upload", Some(upload.clone()))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(
+            String::from_utf8(a.body).unwrap(),
+            format!("{} {:016x}\n", upload.len(), sum.0)
+        );
+
+        let a = common::h2::request(&send, "GET", "/download/3000000", None)
+            .await
+            .unwrap();
+        let mut want = vec![0u8; 3_000_000];
+        Pattern::new(7).fill(&mut want);
+        assert!(a.status == 200 && a.body == want, "3 MB download intact");
+
+        let a = common::h2::request(&send, "GET", "/chunked", None)
+            .await
+            .unwrap();
+        assert_eq!(a.body, b"hello world");
+        let a = common::h2::request(&send, "GET", "/close-delimited", None)
+            .await
+            .unwrap();
+        assert_eq!(a.body, b"until the end");
+
+        // Many streams at once share the pooled HTTP/1 connections.
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let send = send.clone();
+                monoio::spawn(
+                    async move { common::h2::request(&send, "GET", "/hello", None).await },
+                )
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap().status, 200);
+        }
+    });
+    drop(origin);
+}
+both_drivers!(h2_to_http1, super::http2_client_to_http1_service);
