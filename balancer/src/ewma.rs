@@ -51,6 +51,11 @@ impl PeakEwma {
         self.stamp.set(now);
     }
 
+    /// Whether an observation has replaced the initial estimate.
+    pub fn is_observed(&self) -> bool {
+        !self.unobserved.get()
+    }
+
     /// The estimate in nanoseconds, decayed for the time since the last
     /// observation.
     pub fn get(&self, now: Instant, tau: Duration) -> f64 {

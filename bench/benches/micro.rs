@@ -59,7 +59,7 @@ fn endpoints(n: usize) -> Vec<(SocketAddr, u32)> {
 
 fn balancer_pick(c: &mut Criterion) {
     let mut g = c.benchmark_group("balancer_pick");
-    for n in [3usize, 100] {
+    for n in [3usize, 100, 1000] {
         let b = Balancer::new(endpoints(n));
         g.bench_with_input(BenchmarkId::from_parameter(n), &b, |bench, b| {
             bench.iter(|| b.pick(|_| false))

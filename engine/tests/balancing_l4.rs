@@ -1,0 +1,126 @@
+//! Layer-4 balancing with a slow endpoint (issue 7): three opaque TCP
+//! backends, one answering 50 ms late, short connections from 8 clients:
+//! P2C over open connections × connect latency sends most
+//! connections to the two fast ones, because the slow one holds its
+//! connections open longer. Its own file: it measures latency.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmesh_engine::IoDriver;
+
+/// A backend that reads a line, waits `delay`, answers its `name` (one
+/// byte) and closes. The discovery file marks the service opaque.
+fn tcp_backend(name: u8, delay: Duration) -> Backend {
+    Backend::start(move |mut s| {
+        let mut line = [0u8; 2];
+        if s.read_exact(&mut line).is_err() {
+            return;
+        }
+        thread::sleep(delay);
+        let _ = s.write_all(&[name]);
+    })
+}
+
+/// `clients` threads opening one connection per exchange for `secs`:
+/// (latencies, connections per backend a/b/c).
+fn load(addr: SocketAddr, clients: usize, secs: f64) -> (Vec<Duration>, [usize; 3]) {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut by = [0usize; 3];
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let mut s = connect(addr);
+                    s.write_all(b"x\n").unwrap();
+                    let mut name = [0u8; 1];
+                    s.read_exact(&mut name)
+                        .expect("an answer on every connection");
+                    lat.push(t.elapsed());
+                    by[usize::from(name[0] - b'a')] += 1;
+                }
+                (lat, by)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut by = [0usize; 3];
+    for t in threads {
+        let (l, b) = t.join().unwrap();
+        all.extend(l);
+        for i in 0..3 {
+            by[i] += b[i];
+        }
+    }
+    (all, by)
+}
+
+fn p99(lat: &mut [Duration]) -> Duration {
+    lat.sort();
+    lat[lat.len() * 99 / 100]
+}
+
+fn proxy(backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
+    let dir = std::env::temp_dir().join(format!("ringmesh-l4slow-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    std::fs::write(
+        &file,
+        format!(
+            "[[service]]\nname = \"db.test:5432\"\nendpoints = [{}]\nprotocol = \"opaque\"\n",
+            eps.join(", ")
+        ),
+    )
+    .unwrap();
+    start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    )
+}
+
+#[test]
+fn slow_tcp_endpoint_gets_few_connections() {
+    let fast = Duration::from_micros(200);
+    let (a, b) = (tcp_backend(b'a', fast), tcp_backend(b'b', fast));
+    let slow = tcp_backend(b'c', Duration::from_millis(50));
+    let c_fast = tcp_backend(b'c', fast);
+    let with_slow = proxy(&[&a, &b, &slow], "slow");
+    let baseline = proxy(&[&a, &b, &c_fast], "fast");
+
+    // Alternate short rounds so machine noise hits both alike.
+    let (mut lat_slow, mut lat_base) = (Vec::new(), Vec::new());
+    let mut by = [0usize; 3];
+    for _ in 0..3 {
+        let (l, b) = load(with_slow.forward_addrs()[0], 8, 0.7);
+        lat_slow.extend(l);
+        for i in 0..3 {
+            by[i] += b[i];
+        }
+        let (l, _) = load(baseline.forward_addrs()[0], 8, 0.7);
+        lat_base.extend(l);
+    }
+    let total: usize = by.iter().sum();
+    let fast_share = (by[0] + by[1]) as f64 / total as f64;
+    let (p_slow, p_base) = (p99(&mut lat_slow), p99(&mut lat_base));
+    eprintln!(
+        "connections a/b/slow c = {by:?} (fast share {:.1} %); p99 {p_slow:?} vs all-fast {p_base:?}",
+        fast_share * 100.0
+    );
+    assert!(total > 500, "{total} connections");
+    assert!(
+        fast_share >= 0.85,
+        "≥ 85 % of connections to the fast endpoints: {by:?}"
+    );
+}

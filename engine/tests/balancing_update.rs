@@ -1,0 +1,103 @@
+//! Discovery updates while HTTP requests flow: endpoints added to the
+//! static file start taking requests, removed ones stop, and no request
+//! fails on the way (issue 7). POSTs, so no retry can hide a failure.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::lb::{answers, backend};
+use common::*;
+use ringmesh_engine::IoDriver;
+
+fn update_under_load(driver: IoDriver) {
+    let delay = Duration::from_micros(200);
+    let (a, b, c) = (
+        backend(b'a', delay),
+        backend(b'b', delay),
+        backend(b'c', delay),
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "ringmesh-update-{}-{}",
+        std::process::id(),
+        driver_name(driver)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("d.toml");
+    let write = |eps: &[&Backend]| {
+        let list: Vec<String> = eps.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        let tmp = dir.join("d.toml.tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        // Renamed into place, as config management does.
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(&[&a, &b]);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 6, stop.clone(), true);
+    thread::sleep(Duration::from_millis(400));
+    write(&[&a, &b, &c]);
+    let added = Instant::now();
+    thread::sleep(Duration::from_millis(800));
+    write(&[&b, &c]);
+    let removed = Instant::now();
+    thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    // A client whose request failed would have panicked reading it.
+    let seen: Vec<(Instant, bool, u8)> = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("no request failed"))
+        .collect();
+
+    assert!(seen.len() > 1000, "{} answers", seen.len());
+    assert!(
+        seen.iter().all(|(_, bad, _)| !bad),
+        "no request failed across the updates"
+    );
+    let before: Vec<u8> = seen
+        .iter()
+        .filter(|(t, _, _)| *t < added)
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert!(before.iter().all(|n| *n != b'c'), "c was not there yet");
+    let to_c = seen
+        .iter()
+        .filter(|(t, _, n)| *t > added && *t < removed && *n == b'c')
+        .count();
+    assert!(to_c > 50, "the added endpoint took requests: {to_c}");
+    // Polling every 50 ms: well within 300 ms every worker has the new set.
+    let settled = removed + Duration::from_millis(300);
+    let late: Vec<u8> = seen
+        .iter()
+        .filter(|(t, _, _)| *t > settled)
+        .map(|(_, _, n)| *n)
+        .collect();
+    assert!(late.len() > 100, "{} answers after the removal", late.len());
+    assert!(
+        late.iter().all(|n| *n != b'a'),
+        "the removed endpoint got new requests"
+    );
+    assert!(late.contains(&b'b') && late.contains(&b'c'));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(discovery_update_under_load, super::update_under_load);
