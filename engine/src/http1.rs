@@ -788,9 +788,29 @@ async fn exchange(
             },
         };
     }
-    // A kept body goes in the same write as the head.
+    // A kept body goes in the same write as the head; so does what already
+    // arrived of a streamed one (one segment rather than two).
+    let mut scanner = BodyScanner::new(req.framing(), limits);
     if let Some(n) = kept {
         out.extend_from_slice(&c.buf[..n]);
+        scanner = BodyScanner::new(BodyFraming::Empty, limits);
+    } else if !req.expect_continue() {
+        match scanner.scan(&c.buf) {
+            Ok(p) => {
+                out.extend_from_slice(&c.buf[..p.consumed]);
+                c.buf.drain(..p.consumed);
+            }
+            Err(e) => {
+                return Outcome {
+                    ubuf,
+                    end: Exchange::Failed {
+                        status: Some(400),
+                        reason: format!("bad request body: {e}"),
+                        retryable: false,
+                    },
+                }
+            }
+        }
     }
     let replayable = req.framing().is_empty() || kept.is_some();
     let (res, o) = uwr.write_all(std::mem::take(out)).await;
@@ -811,14 +831,9 @@ async fn exchange(
 
     // The request body (client → upstream) and the response (upstream →
     // client) move at the same time.
-    let framing = if kept.is_some() {
-        BodyFraming::Empty
-    } else {
-        req.framing()
-    };
     let body_up = async {
         let r = stream_body(
-            BodyScanner::new(framing, limits),
+            scanner,
             (&mut c.rd, &c.meter),
             &mut c.buf,
             (&mut uwr, &umeter),
@@ -919,6 +934,22 @@ async fn exchange(
             if let Err(e) = write_response_head(resp, out, &ropts) {
                 return Err((Some(502), e.to_string(), false));
             }
+            let framing = if is_head || resp.is_interim() || tunnel {
+                BodyFraming::Empty
+            } else {
+                resp.framing()
+            };
+            // The body bytes that came with the head go in the same write:
+            // one segment for a small response instead of two.
+            let mut scanner = BodyScanner::new(framing, limits);
+            let done = match scanner.scan(&ubuf) {
+                Ok(p) => {
+                    out.extend_from_slice(&ubuf[..p.consumed]);
+                    ubuf.drain(..p.consumed);
+                    p.done
+                }
+                Err(e) => return Err((Some(502), e.to_string(), false)),
+            };
             let (res, o) = c.wr.write_all(std::mem::take(out)).await;
             *out = o;
             match res {
@@ -931,18 +962,17 @@ async fn exchange(
             if tunnel {
                 return Ok((true, false, false));
             }
-            let framing = if is_head {
-                BodyFraming::Empty
+            let r = if done {
+                Ok(())
             } else {
-                resp.framing()
+                stream_body(
+                    scanner,
+                    (&mut urd, &umeter),
+                    &mut ubuf,
+                    (&mut c.wr, &c.meter),
+                )
+                .await
             };
-            let r = stream_body(
-                BodyScanner::new(framing, limits),
-                (&mut urd, &umeter),
-                &mut ubuf,
-                (&mut c.wr, &c.meter),
-            )
-            .await;
             return match r {
                 Ok(()) => Ok((
                     false,
