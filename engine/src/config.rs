@@ -230,7 +230,7 @@ impl Config {
             inbound_target: None,
             tcp_idle_timeout: Duration::from_secs(3600),
             tcp_buffer_size: 16 * 1024,
-            tcp_bulk_buffer_size: 256 * 1024,
+            tcp_bulk_buffer_size: 1024 * 1024,
             tcp_splice: false,
             shutdown_grace_period: Duration::from_secs(120),
             dns: DnsConfig::default(),
