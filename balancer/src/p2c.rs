@@ -38,19 +38,13 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    fn new(
-        addr: SocketAddr,
-        weight: u32,
-        now: Instant,
-        policy: AccrualPolicy,
-        (response, connect): (Duration, Duration),
-    ) -> Self {
+    fn new(addr: SocketAddr, weight: u32, now: Instant, policy: AccrualPolicy) -> Self {
         Self {
             addr,
             weight: Cell::new(weight),
             open: Cell::new(0),
-            response: PeakEwma::new(response, now),
-            connect: PeakEwma::new(connect, now),
+            response: PeakEwma::new(DEFAULT_RTT, now),
+            connect: PeakEwma::new(DEFAULT_RTT, now),
             accrual: Accrual::default(),
             policy: Cell::new(policy),
         }
@@ -87,14 +81,24 @@ impl EndpointState {
         self.connect.observe(latency, Instant::now(), DEFAULT_DECAY);
     }
 
-    /// The layer-7 cost: response-latency estimate × (in flight + 1).
-    pub fn request_cost(&self, now: Instant) -> f64 {
-        self.response.get(now, DEFAULT_DECAY) * f64::from(self.open.get() + 1)
+    /// The layer-7 cost's parts: the response-latency estimate (`None`
+    /// before the first response) and the load factor, in flight + 1.
+    fn request_load(&self, now: Instant) -> (Option<f64>, f64) {
+        let estimate = self
+            .response
+            .is_observed()
+            .then(|| self.response.get(now, DEFAULT_DECAY));
+        (estimate, f64::from(self.open.get() + 1))
     }
 
-    /// The layer-4 cost: connect-latency estimate × open connections.
-    pub fn connection_cost(&self, now: Instant) -> f64 {
-        self.connect.get(now, DEFAULT_DECAY) * f64::from(self.open.get())
+    /// The layer-4 cost's parts: connect-latency estimate (`None` before
+    /// the first connection) and open connections.
+    fn connection_load(&self, now: Instant) -> (Option<f64>, f64) {
+        let estimate = self
+            .connect
+            .is_observed()
+            .then(|| self.connect.get(now, DEFAULT_DECAY));
+        (estimate, f64::from(self.open.get()))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -164,23 +168,10 @@ impl Balancer {
 
     /// Replaces the endpoint set. Endpoints that stay (same address) keep
     /// their state (the same `Rc`); a changed weight takes effect at once.
-    /// A new endpoint joining endpoints with latency estimates starts at
-    /// the lowest of them rather than at [`DEFAULT_RTT`] (which would keep
-    /// it idle while its peers answer faster than that, until their
-    /// estimates decayed past it): it is probed at once, and its first
-    /// observation replaces the borrowed estimate.
+    /// New endpoints start with no estimate (see [`Self::pick_request`]).
     pub fn update(&mut self, endpoints: impl IntoIterator<Item = (SocketAddr, u32)>) {
         let old = std::mem::take(&mut self.endpoints);
         let now = Instant::now();
-        let lowest = |ewma: fn(&EndpointState) -> &PeakEwma| {
-            old.iter()
-                .map(|e| ewma(e))
-                .filter(|e| e.is_observed())
-                .map(|e| e.get(now, DEFAULT_DECAY))
-                .reduce(f64::min)
-                .map_or(DEFAULT_RTT, |ns| Duration::from_nanos(ns as u64))
-        };
-        let seed = (lowest(|e| &e.response), lowest(|e| &e.connect));
         for (addr, weight) in endpoints {
             let weight = weight.max(1);
             // Same `Rc` for an endpoint that stays, so guards of connections
@@ -190,7 +181,7 @@ impl Balancer {
                     e.weight.set(weight);
                     e.clone()
                 }
-                None => Rc::new(EndpointState::new(addr, weight, now, self.policy, seed)),
+                None => Rc::new(EndpointState::new(addr, weight, now, self.policy)),
             };
             self.endpoints.push(ep);
         }
@@ -222,7 +213,7 @@ impl Balancer {
     /// `None` when no endpoint is left.
     pub fn pick(&self, excluded: impl Fn(usize) -> bool) -> Option<usize> {
         let now = Instant::now();
-        self.pick_by(&excluded, |e| e.connection_cost(now))
+        self.pick_by(&excluded, |e| e.connection_load(now))
     }
 
     /// Picks an endpoint for a connection (layer-4 cost) whose address is
@@ -241,18 +232,24 @@ impl Balancer {
     /// As [`Self::pick_request`], at a given time (simulations).
     pub fn pick_request_at(&self, tried: &[SocketAddr], now: Instant) -> Option<Rc<EndpointState>> {
         let excluded = |i: usize| tried.contains(&self.endpoints[i].addr);
-        let i = self.pick_by(&excluded, |e| e.request_cost(now))?;
+        let i = self.pick_by(&excluded, |e| e.request_load(now))?;
         Some(self.endpoints[i].clone())
     }
 
-    /// P2C: two distinct weighted draws, the lower cost per weight wins.
-    /// Ejected endpoints are skipped while any other is left; when every
-    /// candidate is ejected they are used anyway (failing everything would
-    /// be worse than trying).
+    /// P2C: two distinct weighted draws, the lower cost per weight wins;
+    /// a cost is a latency estimate × a load factor (`cost` gives both).
+    /// An endpoint with no estimate yet (new, never answered) borrows its
+    /// rival's, so the two compare on load alone: it gets its first
+    /// requests at once (and its first answer sets its own estimate) instead
+    /// of sitting at [`DEFAULT_RTT`] while faster peers win every draw, for
+    /// the tens of seconds their estimates take to decay. Two without an
+    /// estimate both take the default. Ejected endpoints are skipped while
+    /// any other is left; when every candidate is ejected they are used
+    /// anyway (failing everything would be worse than trying).
     fn pick_by(
         &self,
         excluded: &impl Fn(usize) -> bool,
-        cost: impl Fn(&EndpointState) -> f64,
+        cost: impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let now = Instant::now();
         let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
@@ -265,16 +262,20 @@ impl Balancer {
     fn pick_among(
         &self,
         excluded: &impl Fn(usize) -> bool,
-        cost: &impl Fn(&EndpointState) -> f64,
+        cost: &impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let a = self.draw(excluded)?;
         let Some(b) = self.draw(&|i| i == a || excluded(i)) else {
             return Some(a);
         };
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        let ((est_a, load_a), (est_b, load_b)) = (cost(ea), cost(eb));
+        let default = DEFAULT_RTT.as_nanos() as f64;
+        let est_a_or = est_a.or(est_b).unwrap_or(default);
+        let est_b_or = est_b.or(est_a).unwrap_or(default);
         // cost_a / w_a <= cost_b / w_b, without division.
-        let cost_a = cost(ea) * f64::from(eb.weight.get());
-        let cost_b = cost(eb) * f64::from(ea.weight.get());
+        let cost_a = est_a_or * load_a * f64::from(eb.weight.get());
+        let cost_b = est_b_or * load_b * f64::from(ea.weight.get());
         Some(if cost_b < cost_a { b } else { a })
     }
 
@@ -315,6 +316,22 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_request_at_a_time_still_reaches_every_endpoint() {
+        // Sequential requests: in-flight counts are always zero, so without
+        // the borrowed estimate the first endpoint to answer (0.3 ms)
+        // would beat the others' 30 ms default in every draw.
+        let eps = [addr(1), addr(2), addr(3)];
+        let b = Balancer::new(eps.map(|a| (a, 1)));
+        let mut hits = [0usize; 3];
+        for _ in 0..3000 {
+            let ep = b.pick_request(&[]).unwrap();
+            ep.observe_response(Duration::from_micros(300));
+            hits[eps.iter().position(|a| *a == ep.addr()).unwrap()] += 1;
+        }
+        assert!(hits.iter().all(|h| *h > 600), "{hits:?}");
+    }
 
     #[test]
     fn an_endpoint_added_to_a_fast_set_is_probed_at_once() {
