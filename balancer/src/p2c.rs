@@ -213,7 +213,7 @@ impl Balancer {
     /// `None` when no endpoint is left.
     pub fn pick(&self, excluded: impl Fn(usize) -> bool) -> Option<usize> {
         let now = Instant::now();
-        self.pick_by(&excluded, |e| e.connection_load(now))
+        self.pick_by(&excluded, now, |e| e.connection_load(now))
     }
 
     /// Picks an endpoint for a connection (layer-4 cost) whose address is
@@ -232,7 +232,7 @@ impl Balancer {
     /// As [`Self::pick_request`], at a given time (simulations).
     pub fn pick_request_at(&self, tried: &[SocketAddr], now: Instant) -> Option<Rc<EndpointState>> {
         let excluded = |i: usize| tried.contains(&self.endpoints[i].addr);
-        let i = self.pick_by(&excluded, |e| e.request_load(now))?;
+        let i = self.pick_by(&excluded, now, |e| e.request_load(now))?;
         Some(self.endpoints[i].clone())
     }
 
@@ -249,9 +249,9 @@ impl Balancer {
     fn pick_by(
         &self,
         excluded: &impl Fn(usize) -> bool,
+        now: Instant,
         cost: impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
-        let now = Instant::now();
         let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
         match self.pick_among(&healthy, &cost) {
             Some(i) => Some(i),
