@@ -82,22 +82,25 @@ impl EndpointState {
     }
 
     /// The layer-7 cost's parts: the response-latency estimate (`None`
-    /// before the first response) and the load factor, in flight + 1.
+    /// before the first response) and requests in flight.
     fn request_load(&self, now: Instant) -> (Option<f64>, f64) {
         let estimate = self
             .response
             .is_observed()
             .then(|| self.response.get(now, DEFAULT_DECAY));
-        (estimate, f64::from(self.open.get() + 1))
+        (estimate, f64::from(self.open.get()))
     }
 
-    /// The layer-4 cost's parts: connect-latency estimate (`None` before
-    /// the first connection) and open connections.
+    /// The layer-4 cost's parts: the latency estimate — the larger of the
+    /// connect latency and the latency of the server's first bytes on a
+    /// relayed connection (`None` before either was seen) — and open
+    /// connections.
     fn connection_load(&self, now: Instant) -> (Option<f64>, f64) {
-        let estimate = self
-            .connect
-            .is_observed()
-            .then(|| self.connect.get(now, DEFAULT_DECAY));
+        let observed = |e: &PeakEwma| e.is_observed().then(|| e.get(now, DEFAULT_DECAY));
+        let estimate = match (observed(&self.connect), observed(&self.response)) {
+            (Some(c), Some(r)) => Some(c.max(r)),
+            (c, r) => c.or(r),
+        };
         (estimate, f64::from(self.open.get()))
     }
 
@@ -113,6 +116,16 @@ impl EndpointState {
     pub fn open(&self) -> u32 {
         self.open.get()
     }
+}
+
+/// Which cost a pick compares.
+#[derive(Clone, Copy)]
+enum Layer {
+    /// Layer 7: latency × (requests in flight + 1).
+    Request,
+    /// Layer 4: latency × open connections (+ 1 when the two latencies
+    /// differ more than twofold).
+    Connection,
 }
 
 /// Counts a connection as open on its endpoint until dropped. Holding the
@@ -213,7 +226,9 @@ impl Balancer {
     /// `None` when no endpoint is left.
     pub fn pick(&self, excluded: impl Fn(usize) -> bool) -> Option<usize> {
         let now = Instant::now();
-        self.pick_by(&excluded, now, |e| e.connection_load(now))
+        self.pick_by(&excluded, now, Layer::Connection, |e| {
+            e.connection_load(now)
+        })
     }
 
     /// Picks an endpoint for a connection (layer-4 cost) whose address is
@@ -232,7 +247,7 @@ impl Balancer {
     /// As [`Self::pick_request`], at a given time (simulations).
     pub fn pick_request_at(&self, tried: &[SocketAddr], now: Instant) -> Option<Rc<EndpointState>> {
         let excluded = |i: usize| tried.contains(&self.endpoints[i].addr);
-        let i = self.pick_by(&excluded, now, |e| e.request_load(now))?;
+        let i = self.pick_by(&excluded, now, Layer::Request, |e| e.request_load(now))?;
         Some(self.endpoints[i].clone())
     }
 
@@ -250,18 +265,20 @@ impl Balancer {
         &self,
         excluded: &impl Fn(usize) -> bool,
         now: Instant,
+        layer: Layer,
         cost: impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
-        match self.pick_among(&healthy, &cost) {
+        match self.pick_among(&healthy, layer, &cost) {
             Some(i) => Some(i),
-            None => self.pick_among(excluded, &cost),
+            None => self.pick_among(excluded, layer, &cost),
         }
     }
 
     fn pick_among(
         &self,
         excluded: &impl Fn(usize) -> bool,
+        layer: Layer,
         cost: &impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let a = self.draw(excluded)?;
@@ -273,9 +290,19 @@ impl Balancer {
         let default = DEFAULT_RTT.as_nanos() as f64;
         let est_a_or = est_a.or(est_b).unwrap_or(default);
         let est_b_or = est_b.or(est_a).unwrap_or(default);
+        // Requests: latency × (in flight + 1). Connections: latency × open
+        // connections (so idle endpoints tie and the weighted draw shares
+        // them by weight, as least-connections does), unless one latency is
+        // more than twice the other: then latency × (open + 1), so that a
+        // slow server is not picked just for having nothing open.
+        let extra = match layer {
+            Layer::Request => 1.0,
+            Layer::Connection if est_a_or.max(est_b_or) > 2.0 * est_a_or.min(est_b_or) => 1.0,
+            Layer::Connection => 0.0,
+        };
         // cost_a / w_a <= cost_b / w_b, without division.
-        let cost_a = est_a_or * load_a * f64::from(eb.weight.get());
-        let cost_b = est_b_or * load_b * f64::from(ea.weight.get());
+        let cost_a = est_a_or * (load_a + extra) * f64::from(eb.weight.get());
+        let cost_b = est_b_or * (load_b + extra) * f64::from(ea.weight.get());
         Some(if cost_b < cost_a { b } else { a })
     }
 
@@ -316,6 +343,45 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_slow_to_answer_gets_no_connection_for_being_idle() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        for (i, e) in b.endpoints().iter().enumerate() {
+            e.observe_connect(Duration::from_micros(50));
+            // First bytes of a relayed connection: endpoint 3 takes 50 ms.
+            let first = if i == 2 { 50_000 } else { 200 };
+            e.observe_response(Duration::from_micros(first));
+        }
+        // The fast two are busy, the slow one has nothing open.
+        let _busy: Vec<_> = [0, 0, 1]
+            .iter()
+            .map(|&i| OpenGuard::new(b.endpoints()[i].clone()))
+            .collect();
+        let to_slow = (0..3000)
+            .filter(|_| b.pick_untried(&[]).unwrap().addr() == addr(3))
+            .count();
+        assert_eq!(to_slow, 0);
+    }
+
+    #[test]
+    fn similar_latencies_leave_connections_to_least_open() {
+        // Within 2x of each other: the idle endpoint wins every draw it is
+        // in (2 of 3 pairs), as least-connections would.
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        for (i, e) in b.endpoints().iter().enumerate() {
+            e.observe_connect(Duration::from_micros(50));
+            e.observe_response(Duration::from_micros(if i == 2 { 300 } else { 200 }));
+        }
+        let _busy: Vec<_> = [0, 1]
+            .iter()
+            .map(|&i| OpenGuard::new(b.endpoints()[i].clone()))
+            .collect();
+        let to_idle = (0..3000)
+            .filter(|_| b.pick_untried(&[]).unwrap().addr() == addr(3))
+            .count();
+        assert!(to_idle > 1800, "{to_idle}");
+    }
 
     #[test]
     fn one_request_at_a_time_still_reaches_every_endpoint() {

@@ -1126,6 +1126,8 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         (buf, w.bufs.get()),
         w.cfg.tcp_idle_timeout,
         w.cfg.tcp_bulk_buffer_size,
+        // The request's latency was already learned from its 101/2xx.
+        &|_| {},
     )
     .await;
     w.bufs.put(bufs.0);

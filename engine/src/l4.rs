@@ -197,7 +197,7 @@ pub(crate) async fn serve(
         return;
     }
 
-    let (server, _guard) = match &target {
+    let (server, guard) = match &target {
         Target::Addr(addr) => match connect(*addr, connect_timeout).await {
             Ok(s) => (s, None),
             Err(e) => {
@@ -243,12 +243,19 @@ pub(crate) async fn serve(
         }
         None => {
             let bufs = (prefix, w.bufs.get());
+            // The endpoint's first answer teaches the balancer its latency.
+            let learn = |latency: Duration| {
+                if let Some(g) = &guard {
+                    g.endpoint().observe_response(latency);
+                }
+            };
             let (stats, bufs) = relay(
                 client,
                 server,
                 bufs,
                 w.cfg.tcp_idle_timeout,
                 w.cfg.tcp_bulk_buffer_size,
+                &learn,
             )
             .await;
             w.bufs.put(bufs.0);

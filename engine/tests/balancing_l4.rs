@@ -1,8 +1,9 @@
 //! Layer-4 balancing with a slow endpoint (issue 7): three opaque TCP
-//! backends, one answering 50 ms late, short connections from 8 clients:
-//! P2C over open connections × connect latency sends most
-//! connections to the two fast ones, because the slow one holds its
-//! connections open longer. Its own file: it measures latency.
+//! backends, one answering 50 ms late, short connections from 8 clients.
+//! The relay teaches each endpoint's estimate how long its server took to
+//! send its first bytes, so the slow one is avoided even when it has
+//! nothing open: ≥ 85 % of connections go to the fast two and p99 stays
+//! within 2× an all-fast baseline. Its own file: it measures latency.
 
 mod common;
 
@@ -122,5 +123,10 @@ fn slow_tcp_endpoint_gets_few_connections() {
     assert!(
         fast_share >= 0.85,
         "≥ 85 % of connections to the fast endpoints: {by:?}"
+    );
+    // (A floor of 2 ms: a baseline p99 under 1 ms is within scheduler noise.)
+    assert!(
+        p_slow <= (p_base * 2).max(Duration::from_millis(2)),
+        "p99 {p_slow:?} vs all-fast {p_base:?}"
     );
 }

@@ -51,23 +51,49 @@ pub enum RelayEnd {
 /// Relays until both directions are done. `bufs.0` may already hold bytes
 /// read from the client (during protocol detection): they are sent to the
 /// server first. Returns the buffers so the caller can pool them.
+///
+/// `first_response` is told, once, how long the server took to send its
+/// first bytes: from the client's first bytes reaching it (or from the
+/// start, for a server that speaks first). The balancer learns the
+/// endpoint's latency from it.
 pub async fn relay(
     client: TcpStream,
     server: TcpStream,
     bufs: (Vec<u8>, Vec<u8>),
     idle_timeout: Duration,
     bulk_buffer: usize,
+    first_response: &dyn Fn(Duration),
 ) -> (RelayStats, (Vec<u8>, Vec<u8>)) {
     let fds = [client.as_raw_fd(), server.as_raw_fd()];
+    let now = Instant::now();
     let activity = Activity {
-        last: Cell::new(Instant::now()),
+        last: Cell::new(now),
         idle_fired: Cell::new(false),
+        start: now,
+        first_up: Cell::new(None),
+        first_response: Cell::new(Some(first_response)),
     };
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
 
-    let up = copy_one_way(client_rd, server_wr, bufs.0, bulk_buffer, &activity, fds);
-    let down = copy_one_way(server_rd, client_wr, bufs.1, bulk_buffer, &activity, fds);
+    let up = copy_one_way(
+        client_rd,
+        server_wr,
+        bufs.0,
+        bulk_buffer,
+        &activity,
+        fds,
+        Dir::Up,
+    );
+    let down = copy_one_way(
+        server_rd,
+        client_wr,
+        bufs.1,
+        bulk_buffer,
+        &activity,
+        fds,
+        Dir::Down,
+    );
     let idle = idle_watch(&activity, idle_timeout, fds);
 
     // `idle` never completes: when it fires it shuts both sockets down, which
@@ -117,9 +143,13 @@ pub async fn relay_splice(
         down: down_pipe,
     } = pipes;
     let fds = [client.as_raw_fd(), server.as_raw_fd()];
+    let now = Instant::now();
     let activity = Activity {
-        last: Cell::new(Instant::now()),
+        last: Cell::new(now),
         idle_fired: Cell::new(false),
+        start: now,
+        first_up: Cell::new(None),
+        first_response: Cell::new(None),
     };
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
@@ -157,7 +187,7 @@ pub async fn relay_splice(
     )
 }
 
-fn relay_end(activity: &Activity, up: Result<(), Side>, down: Result<(), Side>) -> RelayEnd {
+fn relay_end(activity: &Activity<'_>, up: Result<(), Side>, down: Result<(), Side>) -> RelayEnd {
     match (up, down) {
         _ if activity.idle_fired.get() => RelayEnd::Idle,
         (Err(Side::Read(k)), _) | (_, Err(Side::Write(k))) => RelayEnd::ClientError(k),
@@ -173,7 +203,7 @@ async fn splice_one_way<R, W>(
     mut rd: R,
     mut wr: W,
     (mut pipe_rd, mut pipe_wr): (Pipe, Pipe),
-    activity: &Activity,
+    activity: &Activity<'_>,
     fds: [RawFd; 2],
 ) -> (u64, Result<(), Side>)
 where
@@ -214,9 +244,44 @@ where
     }
 }
 
-struct Activity {
+struct Activity<'a> {
     last: Cell<Instant>,
     idle_fired: Cell<bool>,
+    start: Instant,
+    /// When the client's first bytes went to the server.
+    first_up: Cell<Option<Instant>>,
+    /// Told of the server's first bytes; taken when called.
+    first_response: Cell<Option<&'a dyn Fn(Duration)>>,
+}
+
+impl Activity<'_> {
+    /// `n` bytes were read in direction `dir`.
+    fn moved(&self, dir: Dir) {
+        let now = Instant::now();
+        self.last.set(now);
+        match dir {
+            Dir::Up => {
+                if self.first_up.get().is_none() {
+                    self.first_up.set(Some(now));
+                }
+            }
+            Dir::Down => {
+                if let Some(tell) = self.first_response.take() {
+                    let from = self.first_up.get().unwrap_or(self.start);
+                    tell(now.saturating_duration_since(from));
+                }
+            }
+        }
+    }
+}
+
+/// Which way a copy moves bytes.
+#[derive(Clone, Copy)]
+enum Dir {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
 }
 
 enum Never {}
@@ -236,12 +301,13 @@ async fn copy_one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     mut wr: W,
     buf: Vec<u8>,
     bulk_buffer: usize,
-    activity: &Activity,
+    activity: &Activity<'_>,
     fds: [RawFd; 2],
+    dir: Dir,
 ) -> (u64, Result<(), Side>, Vec<u8>) {
     // The bulk buffer (if any) is freed here; the pooled one goes back.
     let (total, res, _bulk, pooled) =
-        copy_loop(&mut rd, &mut wr, buf, bulk_buffer, activity, fds).await;
+        copy_loop(&mut rd, &mut wr, buf, bulk_buffer, activity, fds, dir).await;
     (total, res, pooled)
 }
 
@@ -250,8 +316,9 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
     wr: &mut W,
     mut buf: Vec<u8>,
     bulk_buffer: usize,
-    activity: &Activity,
+    activity: &Activity<'_>,
     fds: [RawFd; 2],
+    dir: Dir,
 ) -> (u64, Result<(), Side>, Vec<u8>, Vec<u8>) {
     let mut pooled: Option<Vec<u8>> = None;
     let mut total = 0u64;
@@ -267,6 +334,7 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
     // Bytes already read (during protocol detection) go out first.
     if !buf.is_empty() {
         let n = buf.len() as u64;
+        activity.moved(dir);
         let (res, b) = wr.write_all(buf).await;
         buf = b;
         if let Err(e) = res {
@@ -286,7 +354,7 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
                 done!(Ok(()));
             }
             Ok(n) => {
-                activity.last.set(Instant::now());
+                activity.moved(dir);
                 let full = n == buf.capacity();
                 let (res, b) = wr.write_all(buf).await;
                 buf = b;
@@ -315,7 +383,7 @@ fn abort(fds: [RawFd; 2]) {
     }
 }
 
-async fn idle_watch(activity: &Activity, timeout: Duration, fds: [RawFd; 2]) -> Never {
+async fn idle_watch(activity: &Activity<'_>, timeout: Duration, fds: [RawFd; 2]) -> Never {
     loop {
         let deadline = activity.last.get() + timeout;
         let now = Instant::now();
