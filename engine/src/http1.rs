@@ -850,13 +850,7 @@ async fn exchange(
     let is_head = req.method() == Method::Head;
     // The sooner of the response timeout (from now) and the request
     // timeout (from the request head's arrival).
-    let response_deadline = [
-        w.cfg.http_response_timeout.map(|t| Instant::now() + t),
-        request_deadline,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let response_deadline = w.response_deadline(request_deadline);
     let down = async {
         // Response head(s): interim 1xx are forwarded as they come.
         loop {

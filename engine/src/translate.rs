@@ -28,8 +28,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use monoio::io::AsyncWriteRentExt;
 use monoio_http::h2::{server, Reason, RecvStream, SendStream};
 use ringmesh_protocols::http1::{
-    canonical_reason, BodyFraming, BodyScanner, Limits, Method, RequestContext, RequestHead,
-    ResponseHead, Version,
+    canonical_reason, push_field, BodyFraming, BodyScanner, Limits, Method, RequestContext,
+    RequestHead, ResponseHead, Version,
 };
 
 use crate::detect::is_cancelled;
@@ -151,13 +151,7 @@ pub(crate) async fn h1_over_h2(
         }
         r
     };
-    let response_deadline = [
-        w.cfg.http_response_timeout.map(|t| Instant::now() + t),
-        request_deadline,
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let response_deadline = w.response_deadline(request_deadline);
     let is_head = req.method() == Method::Head;
     let keep_alive = req.keep_alive();
     let down = async {
@@ -369,13 +363,6 @@ async fn h2_body_to_h1(
     Ok(())
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Forwards one HTTP/2 stream to an HTTP/1.1 upstream of `target` and the
 /// response back as HTTP/2. `orig_proto`: the request came marked with
 /// `l5d-orig-proto` (from a peer proxy), so the response is marked too.
@@ -416,13 +403,7 @@ pub(crate) async fn h2_to_h1(
             Ok(n) => {
                 up.meter.wrote(n);
                 let up_body = body.take().filter(|_| !end);
-                let response_deadline = [
-                    w.cfg.http_response_timeout.map(|t| Instant::now() + t),
-                    request_deadline,
-                ]
-                .into_iter()
-                .flatten()
-                .min();
+                let response_deadline = w.response_deadline(request_deadline);
                 let ctx = RequestContext {
                     method,
                     upgrade: false,

@@ -158,6 +158,16 @@ impl Worker {
         self.http_metrics.borrow_mut().retried(key);
     }
 
+    /// When an upstream's response head must have arrived: the sooner of
+    /// the response timeout (from now) and the request's own deadline.
+    pub(crate) fn response_deadline(&self, request_deadline: Option<Instant>) -> Option<Instant> {
+        let response = self.cfg.http_response_timeout.map(|t| Instant::now() + t);
+        match (response, request_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// True once the worker is draining: finish what is in flight, take
     /// nothing new (HTTP connections close after their current response).
     pub(crate) fn stopping(&self) -> bool {

@@ -93,7 +93,7 @@ pub use request::{Authority, RequestContext, RequestHead};
 pub use response::ResponseHead;
 pub use target::TargetForm;
 pub use write::{
-    canonical_reason, write_error_response, write_request_head, write_response_head,
+    canonical_reason, push_field, write_error_response, write_request_head, write_response_head,
     ConnectionHeader, WriteOptions,
 };
 

@@ -209,7 +209,9 @@ fn check_extra_headers(opts: &WriteOptions<'_>) -> Result<(), WriteError> {
     Ok(())
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends one `name: value` field line. The caller vouches for the name
+/// and value (taken from a parsed head or an `http` header map).
+pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
