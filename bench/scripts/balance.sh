@@ -81,15 +81,10 @@ set -euo pipefail
 
 ME=balance.sh
 SETTINGS='DURATION|ROUNDS|WARMUP|CONNS|FIXED|RATE|RATE_CONNS|SLOW_MS|BODY_BYTES|PROXY_CPUS|LOAD_CPUS|BACKEND_CPUS|WORKERS|IO_DRIVER|QUICK|CSV|RINGMESH_BIN|KEEP|WAIT_IDLE|OTHER_MAX|RETRIES|BUDGET|BASE_PORT'
-for arg in "$@"; do
-  case $arg in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    [A-Z]*=*) k=${arg%%=*}
-              [[ $k =~ ^($SETTINGS)$ ]] || { echo "$ME: unknown setting $k (see -h)" >&2; exit 2; }
-              export "${arg?}" ;;
-    *) echo "$ME: unknown argument '$arg' (settings are KEY=value; see -h)" >&2; exit 2 ;;
-  esac
-done
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/scripts/lib.sh
+source "$ROOT/bench/scripts/lib.sh"
+parse_settings "$@"
 
 if [[ ${QUICK:-0} == 1 ]]; then
   DURATION=${DURATION:-3}; ROUNDS=${ROUNDS:-1}
@@ -108,11 +103,8 @@ done
   || { echo "$ME: DURATION, ROUNDS, CONNS, RATE, RATE_CONNS, BODY_BYTES and WORKERS must be > 0" >&2; exit 2; }
 [[ $IO_DRIVER =~ ^(auto|uring|epoll)$ ]] || { echo "$ME: IO_DRIVER must be auto, uring or epoll" >&2; exit 2; }
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CSV=${CSV:-target/bench/balance.csv}
 [[ $CSV == /* ]] || CSV=$ROOT/$CSV
-# shellcheck source=bench/scripts/lib.sh
-source "$ROOT/bench/scripts/lib.sh"
 need_tools wrk h2load haproxy nginx curl taskset timeout awk python3
 ringmesh_bin
 

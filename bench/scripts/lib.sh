@@ -1,7 +1,24 @@
 # lib.sh - what ringmesh's bench scripts share: tools, scratch dir and process
 # handling, CPU accounting and the quiet-machine gate. Sourced, not run; the
-# sourcing script sets ME (its name), ROOT (the workspace), KEEP, WAIT_IDLE,
-# OTHER_MAX and RETRIES first.
+# sourcing script sets ME (its name), ROOT (the workspace) and SETTINGS,
+# calls parse_settings "$@", and sets KEEP, WAIT_IDLE, OTHER_MAX and RETRIES
+# before using the rest.
+
+# parse_settings "$@": KEY=value arguments whose KEY matches the sourcing
+# script's SETTINGS pattern become exported variables; -h/--help prints the
+# script's header comment; anything else is an error (exit 2).
+parse_settings() {
+  local arg k
+  for arg in "$@"; do
+    case $arg in
+      -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+      [A-Z]*=*) k=${arg%%=*}
+                [[ $k =~ ^($SETTINGS)$ ]] || { echo "$ME: unknown setting $k (see -h)" >&2; exit 2; }
+                export "${arg?}" ;;
+      *) echo "$ME: unknown argument '$arg' (settings are KEY=value; see -h)" >&2; exit 2 ;;
+    esac
+  done
+}
 
 # need_tools tool... : installs missing Debian packages (as root) or explains.
 need_tools() {

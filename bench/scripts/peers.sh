@@ -60,15 +60,10 @@ set -euo pipefail
 
 ME=peers.sh
 SETTINGS='DURATION|ROUNDS|WARMUP|CONNS|H2_CLIENTS|H2_STREAMS|BODY_BYTES|PROXY_CPUS|LOAD_CPUS|BACKEND_CPUS|WORKERS|IO_DRIVER|H1|H2|SCALING|SCRAPE|SCRAPE_MS|SCRAPE_SERIES|SCRAPES|QUICK|CSV|RINGMESH_BIN|KEEP|WAIT_IDLE|OTHER_MAX|RETRIES|BASE_PORT'
-for arg in "$@"; do
-  case $arg in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    [A-Z]*=*) k=${arg%%=*}
-              [[ $k =~ ^($SETTINGS)$ ]] || { echo "$ME: unknown setting $k (see -h)" >&2; exit 2; }
-              export "${arg?}" ;;
-    *) echo "$ME: unknown argument '$arg' (settings are KEY=value; see -h)" >&2; exit 2 ;;
-  esac
-done
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/scripts/lib.sh
+source "$ROOT/bench/scripts/lib.sh"
+parse_settings "$@"
 
 if [[ ${QUICK:-0} == 1 ]]; then
   DURATION=${DURATION:-2}; ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0}
@@ -91,11 +86,8 @@ done
   || { echo "$ME: DURATION, ROUNDS, CONNS, BODY_BYTES, SCRAPE_MS and SCRAPES must be > 0" >&2; exit 2; }
 [[ $IO_DRIVER =~ ^(auto|uring|epoll)$ ]] || { echo "$ME: IO_DRIVER must be auto, uring or epoll" >&2; exit 2; }
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CSV=${CSV:-target/bench/peers.csv}
 [[ $CSV == /* ]] || CSV=$ROOT/$CSV
-# shellcheck source=bench/scripts/lib.sh
-source "$ROOT/bench/scripts/lib.sh"
 need_tools wrk h2load haproxy nginx curl taskset timeout awk python3
 ringmesh_bin
 

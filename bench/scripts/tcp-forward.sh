@@ -99,15 +99,10 @@ set -euo pipefail
 
 ME=tcp-forward.sh
 SETTINGS='FORWARD_MODE|OTHER_MAX|RETRIES|WAIT_IDLE|DURATION|ROUNDS|CONNS|WARMUP|BULK_SECS|BULK_STREAMS|PROXY_CPUS|LOAD_CPUS|BACKEND_CPUS|IO_DRIVER|WORKERS|DIRECT|BODY_BYTES|WRK_THREADS|QUICK|CSV|RINGMESH_BIN|KEEP|BACKEND_PORT|RINGMESH_PORT|HAPROXY_PORT|IPERF_PORT|RINGMESH_IPERF_PORT|HAPROXY_IPERF_PORT'
-for arg in "$@"; do
-  case $arg in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    [A-Z]*=*) k=${arg%%=*}
-              [[ $k =~ ^($SETTINGS)$ ]] || { echo "$ME: unknown setting $k (see -h)" >&2; exit 2; }
-              export "${arg?}" ;;
-    *) echo "$ME: unknown argument '$arg' (settings are KEY=value; see -h)" >&2; exit 2 ;;
-  esac
-done
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/scripts/lib.sh
+source "$ROOT/bench/scripts/lib.sh"
+parse_settings "$@"
 
 if [[ ${QUICK:-0} == 1 ]]; then
   DURATION=${DURATION:-2}; ROUNDS=${ROUNDS:-1}; WARMUP=${WARMUP:-0}; BULK_SECS=${BULK_SECS:-2}
@@ -146,13 +141,10 @@ done
 [[ $IO_DRIVER =~ ^(auto|uring|epoll)$ ]] || { echo "$ME: IO_DRIVER must be auto, uring or epoll" >&2; exit 2; }
 [[ $FORWARD_MODE =~ ^(opaque|detect)$ ]] || { echo "$ME: FORWARD_MODE must be opaque or detect" >&2; exit 2; }
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CSV=${CSV:-target/bench/tcp-forward.csv}
 [[ $CSV == /* ]] || CSV=$ROOT/$CSV
 
 # ---------------------------------------------------------------- tools
-# shellcheck source=bench/scripts/lib.sh
-source "$ROOT/bench/scripts/lib.sh"
 need_tools wrk haproxy nginx iperf3 taskset timeout awk
 ringmesh_bin
 
