@@ -127,6 +127,8 @@ pub(crate) async fn h1_over_h2(
         match res {
             Ok(n) => c.meter.wrote(n),
             Err(e) => {
+                // The client is gone before any answer: counted as nginx's
+                // 499 "client closed request".
                 return Upgraded::Broken {
                     status: 499,
                     reason: format!("writing to the client failed: {e}"),
