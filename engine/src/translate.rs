@@ -132,7 +132,7 @@ pub(crate) async fn h1_over_h2(
                 return Upgraded::Broken {
                     status: 499,
                     reason: format!("writing to the client failed: {e}"),
-                }
+                };
             }
         }
     }
