@@ -28,7 +28,8 @@ use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
-    ConnectionHeader, Limits, Method, RequestHead, ResponseHead, Version, WriteOptions,
+    ConnectionHeader, Limits, Method, RequestContext, RequestHead, ResponseHead, Version,
+    WriteOptions,
 };
 use ringmesh_protocols::tcp::relay;
 
@@ -854,52 +855,17 @@ async fn exchange(
     let down = async {
         // Response head(s): interim 1xx are forwarded as they come.
         loop {
-            loop {
-                if !ubuf.is_empty() {
-                    match resp.parse(&ubuf, ctx, limits) {
-                        Ok(Some(n)) => {
-                            ubuf.drain(..n);
-                            break;
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Err((Some(502), e.to_string(), false)),
-                    }
-                }
-                match read_more(
-                    &mut urd,
-                    &umeter,
-                    &mut ubuf,
-                    limits.max_head_bytes(),
-                    response_deadline,
-                )
-                .await
-                {
-                    Err(e) if is_cancelled(&e) => {
-                        return Err((Some(504), "upstream response timed out".into(), false))
-                    }
-                    // Before any response byte: a stale pooled connection
-                    // looks like this, so these may be retried.
-                    Ok(0) => {
-                        return Err((
-                            Some(502),
-                            "upstream closed the connection before responding".into(),
-                            ubuf.is_empty(),
-                        ))
-                    }
-                    Ok(_) => {
-                        if first_byte.get().is_none() {
-                            first_byte.set(Some(Instant::now()));
-                        }
-                    }
-                    Err(e) => {
-                        umeter.failed(&e);
-                        return Err((
-                            Some(502),
-                            format!("reading the response failed: {e}"),
-                            ubuf.is_empty(),
-                        ));
-                    }
-                }
+            let head = read_response_head(
+                (&mut urd, &umeter),
+                &mut ubuf,
+                resp,
+                ctx,
+                limits,
+                response_deadline,
+                first_byte,
+            );
+            if let Err((status, reason, retryable)) = head.await {
+                return Err((Some(status), reason, retryable));
             }
             // Kept from the client when the caller will retry it elsewhere
             // (the connection is dropped: its body is not read).
@@ -1048,6 +1014,59 @@ impl From<BodyError> for String {
     fn from(e: BodyError) -> Self {
         match e {
             BodyError::Source(s) | BodyError::Malformed(s) | BodyError::Sink(s) => s,
+        }
+    }
+}
+
+/// Reads one response head (interim or final) into `resp`, starting with
+/// what `buf` holds; the bytes after it stay in `buf`. `first_byte` is set
+/// at the first bytes read. Errors: status, reason, and whether nothing of
+/// a response was there (a stale pooled connection looks like that, so the
+/// request may go again).
+pub(crate) async fn read_response_head(
+    (rd, meter): (&mut Rd, &ConnMeter),
+    buf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    ctx: RequestContext,
+    limits: &Limits,
+    deadline: Option<Instant>,
+    first_byte: &Cell<Option<Instant>>,
+) -> Result<(), (u16, String, bool)> {
+    loop {
+        if !buf.is_empty() {
+            match resp.parse(buf, ctx, limits) {
+                Ok(Some(n)) => {
+                    buf.drain(..n);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => return Err((502, e.to_string(), false)),
+            }
+        }
+        match read_more(rd, meter, buf, limits.max_head_bytes(), deadline).await {
+            Err(e) if is_cancelled(&e) => {
+                return Err((504, "upstream response timed out".into(), false))
+            }
+            Ok(0) => {
+                return Err((
+                    502,
+                    "upstream closed the connection before responding".into(),
+                    buf.is_empty(),
+                ))
+            }
+            Ok(_) => {
+                if first_byte.get().is_none() {
+                    first_byte.set(Some(Instant::now()));
+                }
+            }
+            Err(e) => {
+                meter.failed(&e);
+                return Err((
+                    502,
+                    format!("reading the response failed: {e}"),
+                    buf.is_empty(),
+                ));
+            }
         }
     }
 }

@@ -570,33 +570,26 @@ async fn forward(
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
-        tries += 1;
-        let (send, addr, guard, id) = checkout(w, key, &target, connect_timeout, &answered)
-            .await
-            .map_err(upstream_failed)?;
+        let Opened {
+            response,
+            body: up_body,
+            addr,
+            guard,
+            id,
+        } = open_stream(
+            w,
+            key,
+            &target,
+            connect_timeout,
+            &answered,
+            &parts,
+            end,
+            &mut tries,
+        )
+        .await
+        .map_err(upstream_failed)?;
         in_flight = guard;
-        key.target = Some(addr);
         let sent_at = Instant::now();
-        let sent = match send.ready().await {
-            Ok(mut s) => s.send_request(request_head(&parts), end && replay.is_none()),
-            Err(e) => Err(e),
-        };
-        let (response, up_body) = match sent {
-            Ok(r) => r,
-            // A connection the upstream is closing (GOAWAY) takes no new
-            // stream: another connection does.
-            Err(e) if tries < MAX_TRIES && unprocessed(&e) => {
-                w.h2_pool.retire(addr, id);
-                continue;
-            }
-            Err(e) => {
-                return Err(Failure::Respond(
-                    502,
-                    "upstream_failed",
-                    format!("upstream: {e}"),
-                ))
-            }
-        };
         // The request body goes up on its own task, while the response
         // (head and body) comes down: bidirectional streams need both.
         if let Some((data, trailers)) = &replay {
@@ -711,6 +704,57 @@ async fn forward(
         grpc_status: grpc,
         error: None,
     })
+}
+
+/// A stream opened on an upstream connection.
+pub(crate) struct Opened {
+    pub(crate) response: client::ResponseFuture,
+    pub(crate) body: SendStream<Bytes>,
+    pub(crate) addr: SocketAddr,
+    /// In flight on its endpoint (for the balancer) while held.
+    pub(crate) guard: Option<OpenGuard>,
+    /// The connection's id in the pool (to retire it).
+    pub(crate) id: u64,
+}
+
+/// Opens a stream for `parts` on a pooled (or new) connection to an
+/// endpoint of `dst`, not one of `avoid`. A connection the endpoint is
+/// closing (GOAWAY) takes no new stream: it is retired and another is
+/// tried. Every attempt counts in `tries`, shared with the caller's own
+/// retries, up to [`MAX_TRIES`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_stream(
+    w: &Rc<Worker>,
+    key: &mut HttpKey,
+    dst: &Dst,
+    timeout: Duration,
+    avoid: &[SocketAddr],
+    parts: &http::request::Parts,
+    end: bool,
+    tries: &mut u32,
+) -> Result<Opened, UpstreamError> {
+    loop {
+        *tries += 1;
+        let (send, addr, guard, id) = checkout(w, key, dst, timeout, avoid).await?;
+        key.target = Some(addr);
+        let sent = match send.ready().await {
+            Ok(mut s) => s.send_request(request_head(parts), end),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok((response, body)) => {
+                return Ok(Opened {
+                    response,
+                    body,
+                    addr,
+                    guard,
+                    id,
+                })
+            }
+            Err(e) if *tries < MAX_TRIES && unprocessed(&e) => w.h2_pool.retire(addr, id),
+            Err(e) => return Err(UpstreamError::Stream(e.to_string())),
+        }
+    }
 }
 
 /// Attempts per stream when upstream connections refuse it unprocessed.

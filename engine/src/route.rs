@@ -48,6 +48,8 @@ pub(crate) enum UpstreamError {
     Loop(SocketAddr),
     Connect(io::Error),
     Timeout,
+    /// An HTTP/2 connection refused the stream.
+    Stream(String),
 }
 
 impl UpstreamError {
@@ -55,7 +57,7 @@ impl UpstreamError {
         match self {
             Self::NoEndpoints(_) | Self::Unknown(_) => 503,
             Self::Timeout => 504,
-            Self::Loop(_) | Self::Connect(_) => 502,
+            Self::Loop(_) | Self::Connect(_) | Self::Stream(_) => 502,
         }
     }
 
@@ -66,6 +68,7 @@ impl UpstreamError {
             Self::Loop(a) => format!("destination {a} is this proxy (loop)"),
             Self::Connect(e) => format!("upstream connection failed: {e}"),
             Self::Timeout => "upstream connect timed out".into(),
+            Self::Stream(e) => format!("upstream: {e}"),
         }
     }
 
@@ -77,6 +80,7 @@ impl UpstreamError {
             Self::Loop(_) => "loop",
             Self::Connect(_) => "connect_failed",
             Self::Timeout => "connect_timeout",
+            Self::Stream(_) => "upstream_failed",
         }
     }
 }

@@ -19,6 +19,7 @@
 //! in lower case (HTTP/2 requires it), and upgrades/CONNECT never take the
 //! HTTP/2 path.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,8 @@ use ringmesh_protocols::http1::{
     RequestHead, ResponseHead, Version,
 };
 
-use crate::detect::is_cancelled;
 use crate::http1::{self, Client, Rd, Upstream, Wr};
-use crate::http2::{self, Failure};
+use crate::http2::{self, Failure, Opened};
 use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
 use crate::route::Dst;
 use crate::worker::{record_outcome, Worker};
@@ -97,29 +97,18 @@ pub(crate) async fn h1_over_h2(
         Err(reason) => return failed(400, "bad_request", reason),
     };
     let end = req.framing().is_empty();
-    let mut tries = 0;
-    let (response, up_body, guard, sent_at) = loop {
-        tries += 1;
-        let (send, addr, guard, id) =
-            match http2::checkout(w, key, target, connect_timeout, &[]).await {
-                Ok(c) => c,
-                Err(e) => return failed(e.status(), e.label(), e.reason()),
-            };
-        key.target = Some(addr);
-        let sent = match send.ready().await {
-            Ok(mut s) => s.send_request(http2::request_head(&parts), end),
-            Err(e) => Err(e),
-        };
-        match sent {
-            Ok((response, body)) => break (response, body, guard, Instant::now()),
-            // A connection the endpoint is closing (GOAWAY) takes no new
-            // stream: another one does.
-            Err(e) if tries < http2::MAX_TRIES && http2::unprocessed(&e) => {
-                w.h2_pool.retire(addr, id);
-            }
-            Err(e) => return failed(502, "upstream_failed", format!("upstream: {e}")),
-        }
+    let opened =
+        http2::open_stream(w, key, target, connect_timeout, &[], &parts, end, &mut 0).await;
+    let Opened {
+        response,
+        body: up_body,
+        guard,
+        ..
+    } = match opened {
+        Ok(o) => o,
+        Err(e) => return failed(e.status(), e.label(), e.reason()),
     };
+    let sent_at = Instant::now();
     // The client waits for this before sending its body; the peer proxy
     // does not forward `Expect`.
     if req.expect_continue() {
@@ -429,9 +418,8 @@ pub(crate) async fn h2_to_h1(
                     }
                     r
                 };
-                let down = read_response_head(
-                    urd,
-                    umeter,
+                let down = read_final_head(
+                    (urd, umeter),
                     &mut ubuf,
                     &mut resp,
                     ctx,
@@ -585,47 +573,29 @@ async fn h1_body_to_h2(
 }
 
 /// Reads the final response head (skipping interim 1xx ones) into `resp`.
-/// Errors: status, reason, and whether nothing at all arrived (a stale
-/// pooled connection looks like that).
-async fn read_response_head(
-    rd: &mut Rd,
-    meter: &ConnMeter,
+async fn read_final_head(
+    up: (&mut Rd, &ConnMeter),
     buf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     ctx: RequestContext,
     limits: &Limits,
     deadline: Option<Instant>,
 ) -> Result<(), (u16, String, bool)> {
-    let mut got_any = false;
+    let (rd, meter) = up;
+    let first_byte = Cell::new(None);
     loop {
-        while !buf.is_empty() {
-            match resp.parse(buf, ctx, limits) {
-                Ok(Some(n)) => {
-                    buf.drain(..n);
-                    if !resp.is_interim() {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return Err((502, e.to_string(), false)),
-            }
-        }
-        match http1::read_more(rd, meter, buf, limits.max_head_bytes(), deadline).await {
-            Ok(0) => {
-                return Err((
-                    502,
-                    "upstream closed the connection before responding".into(),
-                    !got_any,
-                ))
-            }
-            Ok(_) => got_any = true,
-            Err(e) if is_cancelled(&e) => {
-                return Err((504, "upstream response timed out".into(), false))
-            }
-            Err(e) => {
-                meter.failed(&e);
-                return Err((502, format!("reading the response failed: {e}"), !got_any));
-            }
+        http1::read_response_head(
+            (&mut *rd, meter),
+            buf,
+            resp,
+            ctx,
+            limits,
+            deadline,
+            &first_byte,
+        )
+        .await?;
+        if !resp.is_interim() {
+            return Ok(());
         }
     }
 }
