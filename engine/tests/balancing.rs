@@ -338,26 +338,10 @@ fn kept_post_survives_stale_connection(driver: IoDriver) {
     let (tx, rx) = mpsc::channel();
     let closing = Backend::start(move |s| {
         let mut r = BufReader::new(s);
-        let mut len = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" => break,
-                Ok(_) => {
-                    if let Some((k, v)) = line.split_once(':') {
-                        if k.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
+        let Some(body) = read_request_body(&mut r) else {
             return;
-        }
+        };
+        let len = body.len();
         let _ = tx.send((b'o', body));
         let text = format!("o {len}");
         let _ = r.get_mut().write_all(

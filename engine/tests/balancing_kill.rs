@@ -62,21 +62,13 @@ fn killed_backend_costs_almost_nothing() {
             "nginx on {port} did not start"
         );
     }
-    let file = dir.join("d.toml");
-    let eps: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-    std::fs::write(
-        &file,
-        format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
-            eps.join(", ")
-        ),
-    )
-    .unwrap();
+    let eps: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    let file = service_file("kill", "web.test:80", &eps, "");
     let proxy = start_proxy(
         IoDriver::Uring,
         &[
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
         ],
     );
     let url = format!("http://{}/", proxy.forward_addrs()[0]);

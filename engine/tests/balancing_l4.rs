@@ -69,23 +69,18 @@ fn p99(lat: &mut [Duration]) -> Duration {
 }
 
 fn proxy(backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
-    let dir = std::env::temp_dir().join(format!("ringmesh-l4slow-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.toml");
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-    std::fs::write(
-        &file,
-        format!(
-            "[[service]]\nname = \"db.test:5432\"\nendpoints = [{}]\nprotocol = \"opaque\"\n",
-            eps.join(", ")
-        ),
-    )
-    .unwrap();
+    let eps: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let file = service_file(
+        &format!("l4slow-{tag}"),
+        "db.test:5432",
+        &eps,
+        "protocol = \"opaque\"\n",
+    );
     start_proxy(
         IoDriver::Uring,
         &[
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
-            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
             ("LINKERD2_PROXY_CORES", "1"),
         ],
     )

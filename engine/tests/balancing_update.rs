@@ -20,33 +20,17 @@ fn update_under_load(driver: IoDriver) {
         backend(b'b', delay),
         backend(b'c', delay),
     );
-    let dir = std::env::temp_dir().join(format!(
-        "ringmesh-update-{}-{}",
-        std::process::id(),
-        driver_name(driver)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.toml");
+    let tag = format!("update-{}", driver_name(driver));
     let write = |eps: &[&Backend]| {
-        let list: Vec<String> = eps.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-        let tmp = dir.join("d.toml.tmp");
-        std::fs::write(
-            &tmp,
-            format!(
-                "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
-                list.join(", ")
-            ),
-        )
-        .unwrap();
-        // Renamed into place, as config management does.
-        std::fs::rename(&tmp, &file).unwrap();
+        let eps: Vec<_> = eps.iter().map(|b| b.addr).collect();
+        service_file(&tag, "web.test:80", &eps, "")
     };
-    write(&[&a, &b]);
+    let file = write(&[&a, &b]);
     let proxy = start_proxy(
         driver,
         &[
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
             ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
         ],
     );

@@ -522,28 +522,18 @@ async fn put(
 fn bodies_up_to_64k_are_retried(driver: IoDriver) {
     let good = h2::origin(None);
     let bad = h2::origin(None);
-    let dir = std::env::temp_dir().join(format!(
-        "ringmesh-h2-retry-{}-{}",
-        std::process::id(),
-        driver_name(driver)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.toml");
-    std::fs::write(
-        &file,
-        format!(
-            // The failing endpoint weighs so much that it is always
-            // picked first.
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{}\"]\nweights = [1, 1000]\n",
-            good.addr, bad.addr
-        ),
-    )
-    .unwrap();
+    // The failing endpoint weighs so much that it is always picked first.
+    let file = service_file(
+        &format!("h2-retry-{}", driver_name(driver)),
+        "web.test:80",
+        &[good.addr, bad.addr],
+        "weights = [1, 1000]\n",
+    );
     let proxy = start_proxy(
         driver,
         &[
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
             ("LINKERD2_PROXY_CORES", "1"),
             // Keep the failing endpoint in rotation for the whole test.
             ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "1000"),

@@ -13,15 +13,6 @@ use std::time::Duration;
 use common::*;
 use ringmesh_engine::{IoDriver, Proxy};
 
-fn static_file(tag: &str, body: &str) -> String {
-    let dir =
-        std::env::temp_dir().join(format!("ringmesh-orig-proto-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.toml");
-    std::fs::write(&file, body).unwrap();
-    file.to_str().unwrap().to_string()
-}
-
 /// `client → A (outbound, forward) ==h2==> B (inbound) → origin (HTTP/1)`.
 struct Mesh {
     origin: Backend,
@@ -40,12 +31,11 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
         ],
     );
-    let file = static_file(
-        &format!("{tag}-{}", driver_name(driver)),
-        &format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\nprotocol_hint = \"h2\"\n",
-            b.inbound_addr().unwrap()
-        ),
+    let file = service_file(
+        &format!("orig-proto-{tag}-{}", driver_name(driver)),
+        "web.test:80",
+        &[b.inbound_addr().unwrap()],
+        "protocol_hint = \"h2\"\n",
     );
     let a = start_proxy(
         driver,
@@ -278,13 +268,11 @@ fn connections_between_proxies(hint: bool) -> f64 {
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
         ],
     );
-    let file = static_file(
-        &format!("conns-{hint}"),
-        &format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\n{}",
-            b.inbound_addr().unwrap(),
-            if hint { "protocol_hint = \"h2\"\n" } else { "" }
-        ),
+    let file = service_file(
+        &format!("orig-proto-conns-{hint}"),
+        "web.test:80",
+        &[b.inbound_addr().unwrap()],
+        if hint { "protocol_hint = \"h2\"\n" } else { "" },
     );
     let a = start_proxy(
         IoDriver::Uring,
@@ -334,12 +322,11 @@ fn the_hint_multiplexes_concurrent_requests() {
 /// origin gets HTTP/1.1 and the client HTTP/2 answers, bodies intact.
 fn http2_client_to_http1_service(driver: IoDriver) {
     let origin = http::origin("app");
-    let file = static_file(
-        &format!("h2h1-{}", driver_name(driver)),
-        &format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n",
-            origin.addr
-        ),
+    let file = service_file(
+        &format!("orig-proto-h2h1-{}", driver_name(driver)),
+        "web.test:80",
+        &[origin.addr],
+        "protocol = \"http1\"\n",
     );
     let proxy = start_proxy(
         driver,

@@ -63,27 +63,8 @@ pub fn body_backend(
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut len = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if line == "\r\n" => break,
-                    Ok(_) => {
-                        if let Some((k, v)) = line.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap();
-                            }
-                        }
-                    }
-                }
-            }
-            let mut body = vec![0u8; len];
-            if r.read_exact(&mut body).is_err() {
-                return;
-            }
+        while let Some(body) = read_request_body(&mut r) {
+            let len = body.len();
             let _ = bodies.send((name, body));
             thread::sleep(delay);
             let status = if failing.load(Ordering::Relaxed) {
@@ -101,6 +82,30 @@ pub fn body_backend(
             }
         }
     })
+}
+
+/// Reads one request (head, then its `Content-Length` body) and returns
+/// the body; `None` when the connection ends first.
+pub fn read_request_body(r: &mut BufReader<std::net::TcpStream>) -> Option<Vec<u8>> {
+    let mut len = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => {
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some(body)
 }
 
 /// Reads one answer of [`body_backend`]: (status line, body).
@@ -137,21 +142,11 @@ pub fn proxy_with(
     tag: &str,
     extra: &[(&str, &str)],
 ) -> ringmesh_engine::Proxy {
-    let dir = std::env::temp_dir().join(format!("ringmesh-balancing-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("d.toml");
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
-    std::fs::write(
-        &file,
-        format!(
-            "[[service]]\nname = \"web.test:80\"\nendpoints = [{}]\n",
-            eps.join(", ")
-        ),
-    )
-    .unwrap();
+    let eps: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let file = super::service_file(&format!("balancing-{tag}"), "web.test:80", &eps, "");
     let mut vars = vec![
         ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-        ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ("RINGMESH_DISCOVERY_STATIC", file.as_str()),
         ("LINKERD2_PROXY_CORES", "1"),
     ];
     vars.extend_from_slice(extra);

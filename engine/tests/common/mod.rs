@@ -63,6 +63,28 @@ pub fn start_proxy(driver: IoDriver, vars: &[(&str, &str)]) -> Proxy {
     Proxy::start(cfg).expect("proxy starts")
 }
 
+/// Writes a static discovery file with one service `name` over
+/// `endpoints`, plus `extra` TOML lines (weights, protocol, ...), in a
+/// directory of this test process named by `tag`, and returns its path.
+/// Written to a new file renamed into place, as config management does, so
+/// calling it again updates a running proxy's discovery atomically.
+pub fn service_file(tag: &str, name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("ringmesh-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+    let (tmp, file) = (dir.join("d.toml.tmp"), dir.join("d.toml"));
+    std::fs::write(
+        &tmp,
+        format!(
+            "[[service]]\nname = \"{name}\"\nendpoints = [{}]\n{extra}",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
 /// A backend that accepts until dropped, running `handler` per connection
 /// on its own thread.
 pub struct Backend {
