@@ -286,28 +286,9 @@ run_case() {
   done
   local rps p50 p99 errs reqs scrapes=""
   if [[ $proto == h1 ]]; then
-    read -r rps p50 p99 errs reqs < <(awk '
-      function us(v) { if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
-                       if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
-                       if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60e6 }
-                       if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1e6 }
-                       return v + 0 }
-      /Requests\/sec:/ { rps = $2 }
-      $1 == "50%" { p50 = us($2) }
-      $1 == "99%" { p99 = us($2) }
-      / requests in / { reqs = $1 }
-      /Non-2xx or 3xx responses:/ { e += $NF }
-      /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { x = $i; sub(/,/, "", x); e += x } }
-      END { printf "%s %.0f %.0f %d %s\n", (rps == "" ? 0 : rps), p50, p99, e, (reqs == "" ? 0 : reqs) }' "$out")
+    read -r rps p50 p99 errs reqs < <(parse_wrk "$out")
   else
-    read -r p50 p99 < <({ [[ -s $log ]] && cut -f3 "$log" | sort -n; } | awk '{ a[NR] = $1 }
-      END { if (NR == 0) { print "0 0"; exit }
-            i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999); printf "%d %d\n", a[i50], a[i99] }')
-    read -r rps errs reqs < <(awk '
-      /^finished in/ { r = $4; sub(/,$/, "", r); rps = r }
-      /^requests:/ { for (i = 1; i <= NF; i++) { if ($(i + 1) ~ /^(failed|errored|timeout),?$/) e += $i; if ($(i + 1) ~ /^succeeded,?$/) ok = $i } }
-      /^status codes:/ { for (i = 2; i <= NF; i++) if ($(i + 1) ~ /^[345]xx,?$/) e += $i }
-      END { printf "%s %d %s\n", (rps == "" ? 0 : rps), e, (ok == "" ? 0 : ok) }' "$out")
+    read -r rps p50 p99 errs reqs < <(parse_h2load "$out" "$log")
     rm -f "$log"
   fi
   [[ -n $scrape ]] && scrapes=$(wc -l <"$S/scrapes")

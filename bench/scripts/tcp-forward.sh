@@ -277,20 +277,12 @@ http_case() {  # round candidate port [proxy_pid]
     ((other <= OTHER_MAX)) && break
     ((attempt <= RETRIES)) && echo "#   round $round $cand: other processes took ${other}% of a core meanwhile; measuring again" >&2
   done
+  local rps p50 p99 errs reqs
+  read -r rps p50 p99 errs reqs < <(parse_wrk "$out")
   awk -v round="$round" -v cand="$cand" -v drv="$RM_DRIVER" -v conns="$CONNS" -v s0="$s0" -v s1="$s1" \
-      -v has_pid="${pid:+1}" -v dt=$((t1 - t0)) -v clk="$CLK" -v warn=$((w1 - w0)) -v other="$other" -v attempt="$attempt" '
-    function us(v) { if (v ~ /us$/) { sub(/us$/, "", v); return v + 0 }
-                     if (v ~ /ms$/) { sub(/ms$/, "", v); return v * 1000 }
-                     if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60e6 }
-                     if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1e6 }
-                     return v + 0 }
-    /Requests\/sec:/ { rps = $2 }
-    $1 == "50%" { p50 = us($2) }
-    $1 == "99%" { p99 = us($2) }
-    / requests in / { reqs = $1 }
-    /Non-2xx or 3xx responses:/ { errs += $NF }
-    /Socket errors:/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { x = $i; sub(/,/, "", x); errs += x } }
-    END {
+      -v has_pid="${pid:+1}" -v dt=$((t1 - t0)) -v clk="$CLK" -v warn=$((w1 - w0)) -v other="$other" -v attempt="$attempt" \
+      -v rps="$rps" -v p50="$p50" -v p99="$p99" -v errs="$errs" -v reqs="$reqs" '
+    BEGIN {
       secs = (s1 - s0) / 1e9
       cpu = ""; per = ""; w = ""
       if (has_pid) {
@@ -300,7 +292,7 @@ http_case() {  # round candidate port [proxy_pid]
       }
       printf "http,%s,%s,%s,%.3f,%s,%d,%.0f,,,%.0f,%.0f,%d,%s,%s,,,,,,%s,%s,%s\n",
         round, cand, drv, secs, conns, reqs, rps, p50, p99, errs + 0, cpu, per, w, other, attempt
-    }' "$out" | tee -a "$RAW" | awk -F, '{printf "#   round %s %-9s %9.0f req/s  p50 %6s us  p99 %6s us  errs %s  proxy %5s%% cpu  %6s us/req  others %s%%\n", $2, $3, $8, $11, $12, $13, ($14==""?"-":$14), ($15==""?"-":$15), $22}' >&2
+    }' | tee -a "$RAW" | awk -F, '{printf "#   round %s %-9s %9.0f req/s  p50 %6s us  p99 %6s us  errs %s  proxy %5s%% cpu  %6s us/req  others %s%%\n", $2, $3, $8, $11, $12, $13, ($14==""?"-":$14), ($15==""?"-":$15), $22}' >&2
 }
 
 bulk_case() {  # round candidate port [proxy_pid]
