@@ -73,9 +73,9 @@ fn balancer_pick(c: &mut Criterion) {
 
 fn snapshot_with(n: usize, tag: u16) -> Snapshot {
     Snapshot::new((0..n).map(|i| {
-        Arc::new(Service {
-            name: Authority::parse(&format!("svc{i}.test:{}", 8000 + tag)).expect("valid name"),
-            endpoints: endpoints(3)
+        Arc::new(Service::new(
+            Authority::parse(&format!("svc{i}.test:{}", 8000 + tag)).expect("valid name"),
+            endpoints(3)
                 .into_iter()
                 .map(|(addr, weight)| Endpoint {
                     addr,
@@ -83,9 +83,9 @@ fn snapshot_with(n: usize, tag: u16) -> Snapshot {
                     h2_hint: false,
                 })
                 .collect(),
-            protocol: None,
-            labels: Arc::new([]),
-        })
+            None,
+            Arc::new([]),
+        ))
     }))
 }
 

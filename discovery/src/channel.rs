@@ -100,12 +100,12 @@ mod tests {
     use crate::{Authority, Service};
 
     fn snap(name: &str) -> Snapshot {
-        Snapshot::new([Arc::new(Service {
-            name: Authority::parse(name).unwrap(),
-            endpoints: vec![],
-            protocol: None,
-            labels: Arc::new([]),
-        })])
+        Snapshot::new([Arc::new(Service::new(
+            Authority::parse(name).unwrap(),
+            vec![],
+            None,
+            Arc::new([]),
+        ))])
     }
 
     #[test]

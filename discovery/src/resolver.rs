@@ -275,12 +275,12 @@ impl Discovery {
             if self.static_services.contains_key(name) {
                 continue; // the static file wins over DNS
             }
-            services.push(Arc::new(Service {
-                name: name.clone(),
-                endpoints: entry.endpoints.clone(),
-                protocol: None,
-                labels: Arc::new([]),
-            }));
+            services.push(Arc::new(Service::new(
+                name.clone(),
+                entry.endpoints.clone(),
+                None,
+                Arc::new([]),
+            )));
         }
         let version = self.publisher.publish(Snapshot::new(services));
         tracing::debug!(version, "snapshot published");

@@ -51,6 +51,32 @@ pub struct Service {
     /// as `dst_<name>` (the Destination API's metric labels, or the static
     /// file's `labels` table). Empty when discovery has none.
     pub labels: Arc<[(String, String)]>,
+    /// Every endpoint carries the `h2` hint (and there is one): computed
+    /// once by [`Service::new`], on the control core, not per request.
+    all_h2_hint: bool,
+}
+
+impl Service {
+    pub fn new(
+        name: Authority,
+        endpoints: Vec<Endpoint>,
+        protocol: Option<Protocol>,
+        labels: Arc<[(String, String)]>,
+    ) -> Self {
+        let all_h2_hint = !endpoints.is_empty() && endpoints.iter().all(|e| e.h2_hint);
+        Self {
+            name,
+            endpoints,
+            protocol,
+            labels,
+            all_h2_hint,
+        }
+    }
+
+    /// Whether every endpoint is meshed (takes HTTP/1 carried over HTTP/2).
+    pub fn all_h2_hint(&self) -> bool {
+        self.all_h2_hint
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -230,12 +256,12 @@ mod tests {
 
     #[test]
     fn lookup_by_addr_and_name() {
-        let svc = Arc::new(Service {
-            name: Authority::parse("10.0.0.1:80").unwrap(),
-            endpoints: vec![],
-            protocol: None,
-            labels: Arc::new([]),
-        });
+        let svc = Arc::new(Service::new(
+            Authority::parse("10.0.0.1:80").unwrap(),
+            vec![],
+            None,
+            Arc::new([]),
+        ));
         let snap = Snapshot::new([svc]);
         assert!(snap
             .service_by_addr("10.0.0.1:80".parse().unwrap())

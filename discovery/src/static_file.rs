@@ -137,12 +137,12 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
                 ));
             }
         }
-        services.push(Service {
+        services.push(Service::new(
             name,
             endpoints,
             protocol,
-            labels: svc.labels.into_iter().collect(),
-        });
+            svc.labels.into_iter().collect(),
+        ));
     }
     if problems.is_empty() {
         Ok(services)

@@ -50,8 +50,7 @@ pub(crate) fn upgrades(target: &Dst, req: &RequestHead) -> bool {
     let Dst::Service(svc, _) = target else {
         return false;
     };
-    svc.endpoints.first().is_some_and(|e| e.h2_hint)
-        && svc.endpoints.iter().all(|e| e.h2_hint)
+    svc.all_h2_hint()
         && req.version() == Version::Http11
         && !req.is_connect()
         && req.upgrade().is_none()
