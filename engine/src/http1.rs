@@ -596,7 +596,7 @@ pub(crate) async fn read_more(
 }
 
 /// Writes `buf[..n]` and removes those bytes from the front.
-pub(crate) async fn write_front(
+async fn write_front(
     wr: &mut Wr,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,

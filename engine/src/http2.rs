@@ -253,7 +253,7 @@ impl Pool {
     }
 
     /// Takes a connection out of use (its open streams go on).
-    pub(crate) fn retire(&self, addr: SocketAddr, id: u64) {
+    fn retire(&self, addr: SocketAddr, id: u64) {
         if let Some(list) = self.conns.borrow_mut().get_mut(&addr) {
             list.retain(|u| u.id != id);
         }
@@ -758,10 +758,10 @@ pub(crate) async fn open_stream(
 }
 
 /// Attempts per stream when upstream connections refuse it unprocessed.
-pub(crate) const MAX_TRIES: u32 = 3;
+const MAX_TRIES: u32 = 3;
 
 /// A new head for each attempt (the body is never replayed).
-pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
+fn request_head(parts: &http::request::Parts) -> Request<()> {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
@@ -772,7 +772,7 @@ pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
 
 /// The upstream did not process the stream: GOAWAY'd past its last stream
 /// id, or refused (RFC 9113 §8.7).
-pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
+fn unprocessed(e: &monoio_http::h2::Error) -> bool {
     e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
 }
 
