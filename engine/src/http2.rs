@@ -972,7 +972,7 @@ pub(crate) async fn send_all(
 
 /// A stream's upstream: a pooled HTTP/2 connection to the chosen endpoint,
 /// or a new one (trying each endpoint at most once).
-pub(crate) async fn checkout(
+async fn checkout(
     w: &Rc<Worker>,
     key: &HttpKey,
     dst: &Dst,
