@@ -105,6 +105,20 @@ impl AdminBackend for EngineAdmin {
             "Connections each worker is proxying now.",
             |s| s.open,
         );
+        per_worker(
+            out,
+            "ringmesh_worker_relay_ring_receives_total",
+            "counter",
+            "TCP relay reads delivered by io_uring multishot receives into each worker's buffer ring.",
+            |s| s.ring_receives,
+        );
+        per_worker(
+            out,
+            "ringmesh_worker_relay_ring_exhausted_total",
+            "counter",
+            "Times each worker's buffer ring was empty and a TCP relay read went into the connection's own buffer.",
+            |s| s.ring_exhausted,
+        );
         family(
             out,
             "ringmesh_worker_busy_seconds_total",

@@ -52,6 +52,7 @@ pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
 pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
 pub const TCP_SPLICE: &str = "RINGMESH_TCP_SPLICE";
 pub const TCP_BULK_BUFFER_SIZE: &str = "RINGMESH_TCP_BULK_BUFFER_SIZE";
+pub const TCP_RING_BUFFERS: &str = "RINGMESH_TCP_RING_BUFFERS";
 pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
 pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
 pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
@@ -158,6 +159,9 @@ pub struct Config {
     /// A relay direction whose reads fill `tcp_buffer_size` switches to a
     /// buffer this big (bulk transfers).
     pub tcp_bulk_buffer_size: usize,
+    /// Buffers of `tcp_buffer_size` in each io_uring worker's provided-buffer
+    /// ring, which the relay's multishot receives fill; 0 = plain receives.
+    pub tcp_ring_buffers: u16,
     /// Relay with splice(2) instead of user-space copies.
     pub tcp_splice: bool,
     pub shutdown_grace_period: Duration,
@@ -231,6 +235,7 @@ impl Config {
             tcp_idle_timeout: Duration::from_secs(3600),
             tcp_buffer_size: 16 * 1024,
             tcp_bulk_buffer_size: 1024 * 1024,
+            tcp_ring_buffers: 256,
             tcp_splice: false,
             shutdown_grace_period: Duration::from_secs(120),
             dns: DnsConfig::default(),
@@ -340,6 +345,12 @@ impl Config {
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
             c.tcp_bulk_buffer_size = n;
+        }
+        if let Some(n) = p.parse_with(TCP_RING_BUFFERS, |s| match s.parse::<u16>() {
+            Ok(n) if n == 0 || (n.is_power_of_two() && n <= 32768) => Ok(n),
+            _ => Err("expected 0 or a power of two up to 32768".into()),
+        }) {
+            c.tcp_ring_buffers = n;
         }
         if let Some(b) = p.parse_with(TCP_SPLICE, |s| match s {
             "true" | "1" | "on" => Ok(true),
@@ -670,6 +681,7 @@ mod tests {
             (DISCOVERY_STATIC, "/nonexistent/ringmesh.toml"),
             (LOG, "[[["),
             (TCP_BUFFER_SIZE, "1"),
+            (TCP_RING_BUFFERS, "100"),
             (HTTP2_INITIAL_STREAM_WINDOW_SIZE, "100"),
             (HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, "4294967295"),
             (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
@@ -690,6 +702,7 @@ mod tests {
             DISCOVERY_STATIC,
             LOG,
             TCP_BUFFER_SIZE,
+            TCP_RING_BUFFERS,
         ] {
             assert!(text.contains(key), "{key} not reported:\n{text}");
         }

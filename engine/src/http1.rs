@@ -1141,6 +1141,7 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         w.cfg.tcp_bulk_buffer_size,
         // The request's latency was already learned from its 101/2xx.
         &|_| {},
+        &w.relay_counters,
     )
     .await;
     w.bufs.put(bufs.0);

@@ -256,6 +256,7 @@ pub(crate) async fn serve(
                 w.cfg.tcp_idle_timeout,
                 w.cfg.tcp_bulk_buffer_size,
                 &learn,
+                &w.relay_counters,
             )
             .await;
             w.bufs.put(bufs.0);

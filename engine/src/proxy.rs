@@ -51,6 +51,11 @@ pub struct WorkerStats {
     pub requests: u64,
     /// Of those, sent again to another endpoint after a 502/503.
     pub retries: u64,
+    /// TCP relay reads a multishot receive delivered into the buffer ring.
+    pub ring_receives: u64,
+    /// Times the buffer ring was empty and a relay read used the
+    /// connection's own buffer.
+    pub ring_exhausted: u64,
     /// CPU time the worker's thread has used (user + system), in
     /// nanoseconds: its event loop's busy time, since it sleeps in the
     /// kernel when idle.

@@ -21,6 +21,7 @@ use monoio::net::TcpListener;
 use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, Transition};
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
+use ringmesh_protocols::tcp::RelayCounters;
 
 use crate::config::Config;
 use crate::control::ControlMsg;
@@ -85,6 +86,8 @@ pub(crate) struct Worker {
     pub retries: Cell<u64>,
     /// Set when the worker starts draining.
     pub stop: Stop,
+    /// How this worker's TCP relays received (multishot or not).
+    pub relay_counters: RelayCounters,
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
     pub http_metrics: RefCell<HttpShard>,
@@ -188,6 +191,8 @@ impl Worker {
             open: self.open.get(),
             requests: self.requests.get(),
             retries: self.retries.get(),
+            ring_receives: self.relay_counters.ring_receives.get(),
+            ring_exhausted: self.relay_counters.ring_exhausted.get(),
             busy_ns: thread_cpu_ns(),
         }
     }
@@ -233,6 +238,19 @@ pub(crate) fn uring_builder(tuned: bool) -> io_uring::Builder {
         b.setup_coop_taskrun().setup_single_issuer();
     }
     b
+}
+
+/// Sets up this worker's provided-buffer ring, which the TCP relay's
+/// multishot receives fill (io_uring only; the epoll driver and kernels
+/// without buffer rings use plain receives).
+fn register_buf_ring(worker: usize, cfg: &Config) {
+    if cfg.tcp_ring_buffers == 0 || monoio::utils::is_legacy() {
+        return;
+    }
+    let size = u32::try_from(cfg.tcp_buffer_size).unwrap_or(u32::MAX);
+    if let Err(e) = monoio::io::multishot::register_buf_ring(cfg.tcp_ring_buffers, size) {
+        tracing::info!(worker, error = %e, "no io_uring buffer ring; the TCP relay uses plain receives");
+    }
 }
 
 /// Thread body: pin, build the runtime, serve until drained.
@@ -291,6 +309,7 @@ async fn serve(setup: WorkerSetup) {
         ready,
         ..
     } = setup;
+    register_buf_ring(id, &cfg);
     let worker = Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
@@ -306,6 +325,7 @@ async fn serve(setup: WorkerSetup) {
         failing_fast: RefCell::default(),
         queued: Cell::new(0),
         retries: Cell::new(0),
+        relay_counters: RelayCounters::default(),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),

@@ -18,6 +18,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use monoio::io::multishot::{self, RecvMulti};
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::unix::{new_pipe, Pipe};
@@ -32,6 +33,23 @@ pub struct RelayStats {
     /// Bytes read from the server and written to the client.
     pub server_to_client: u64,
     pub end: RelayEnd,
+}
+
+/// A worker's running counts of how its relays received (shared by all
+/// its relays; single threaded).
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    /// Reads delivered by a multishot receive into the buffer ring.
+    pub ring_receives: Cell<u64>,
+    /// Times the ring was empty (`ENOBUFS`) and a read went into the
+    /// connection's own buffer instead.
+    pub ring_exhausted: Cell<u64>,
+}
+
+impl RelayCounters {
+    fn add(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
 }
 
 /// Why a relay ended.
@@ -63,6 +81,7 @@ pub async fn relay(
     idle_timeout: Duration,
     bulk_buffer: usize,
     first_response: &dyn Fn(Duration),
+    counters: &RelayCounters,
 ) -> (RelayStats, (Vec<u8>, Vec<u8>)) {
     let fds = [client.as_raw_fd(), server.as_raw_fd()];
     let now = Instant::now();
@@ -72,6 +91,7 @@ pub async fn relay(
         start: now,
         first_up: Cell::new(None),
         first_response: Cell::new(Some(first_response)),
+        counters: Some(counters),
     };
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
@@ -150,6 +170,7 @@ pub async fn relay_splice(
         start: now,
         first_up: Cell::new(None),
         first_response: Cell::new(None),
+        counters: None,
     };
     let (client_rd, client_wr) = client.into_split();
     let (server_rd, server_wr) = server.into_split();
@@ -252,6 +273,8 @@ struct Activity<'a> {
     first_up: Cell<Option<Instant>>,
     /// Told of the server's first bytes; taken when called.
     first_response: Cell<Option<&'a dyn Fn(Duration)>>,
+    /// The worker's receive counters (copying relays only).
+    counters: Option<&'a RelayCounters>,
 }
 
 impl Activity<'_> {
@@ -343,6 +366,25 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         total = n;
     }
+    // Small reads go through the worker's multishot receive while it has
+    // one; a bulk transfer (or anything it cannot do) continues below.
+    let read_fd = match dir {
+        Dir::Up => fds[0],
+        Dir::Down => fds[1],
+    };
+    match copy_multishot(read_fd, rd, wr, &mut buf, bulk_buffer, activity, fds, dir).await {
+        Multishot::Done(n, res) => {
+            total += n;
+            done!(res)
+        }
+        Multishot::Bulk(n) => {
+            total += n;
+            if bulk_buffer > buf.capacity() {
+                pooled = Some(std::mem::replace(&mut buf, Vec::with_capacity(bulk_buffer)));
+            }
+        }
+        Multishot::Unavailable => {}
+    }
     loop {
         buf.clear();
         let (res, b) = rd.read(buf).await;
@@ -372,6 +414,109 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
                 done!(Err(Side::Read(e.kind())));
             }
         }
+    }
+}
+
+/// How the multishot phase of one direction ended.
+enum Multishot {
+    /// The direction is over (EOF passed on, or an error): bytes moved and
+    /// how it ended.
+    Done(u64, Result<(), Side>),
+    /// A read filled a whole buffer: go on with ordinary reads into a bulk
+    /// buffer (the receive was cancelled and everything it got was sent).
+    Bulk(u64),
+    /// No buffer ring on this worker (epoll driver, old kernel, disabled).
+    Unavailable,
+}
+
+/// Copies one direction with a multishot receive into the worker's buffer
+/// ring: armed once, one completion per arrival, no poll re-arming or
+/// submission per read, and no buffer held by an idle connection. When the
+/// ring runs dry (`ENOBUFS`) one read goes into the connection's own buffer
+/// and the receive is re-armed.
+#[allow(clippy::too_many_arguments)]
+async fn copy_multishot<R: AsyncReadRent, W: AsyncWriteRent>(
+    fd: RawFd,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+    bulk_buffer: usize,
+    activity: &Activity<'_>,
+    fds: [RawFd; 2],
+    dir: Dir,
+) -> Multishot {
+    if multishot::buf_ring_size().is_none() {
+        return Multishot::Unavailable;
+    }
+    let Ok(mut rx) = RecvMulti::new(fd) else {
+        return Multishot::Unavailable;
+    };
+    let mut total = 0u64;
+    let mut bulk = false;
+    loop {
+        let data = match rx.next().await {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                let _ = wr.shutdown().await;
+                return Multishot::Done(total, Ok(()));
+            }
+            Err(e) if bulk && e.raw_os_error() == Some(nix::libc::ECANCELED) => {
+                return Multishot::Bulk(total);
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                buf.clear();
+                let (res, b) = rd.read(std::mem::take(buf)).await;
+                *buf = b;
+                let n = match res {
+                    Ok(0) => {
+                        let _ = wr.shutdown().await;
+                        return Multishot::Done(total, Ok(()));
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        abort(fds);
+                        return Multishot::Done(total, Err(Side::Read(e.kind())));
+                    }
+                };
+                activity.moved(dir);
+                let (res, b) = wr.write_all(std::mem::take(buf)).await;
+                *buf = b;
+                if let Err(e) = res {
+                    abort(fds);
+                    return Multishot::Done(total, Err(Side::Write(e.kind())));
+                }
+                total += n as u64;
+                if let Some(c) = activity.counters {
+                    RelayCounters::add(&c.ring_exhausted);
+                }
+                if n == buf.capacity() || rx.rearm().is_err() {
+                    return Multishot::Bulk(total);
+                }
+                continue;
+            }
+            Err(e) => {
+                abort(fds);
+                return Multishot::Done(total, Err(Side::Read(e.kind())));
+            }
+        };
+        activity.moved(dir);
+        if let Some(c) = activity.counters {
+            RelayCounters::add(&c.ring_receives);
+        }
+        let n = data.len();
+        if !bulk && n == data.capacity() && bulk_buffer > n {
+            // Bulk: stop the receive; what it already got still comes
+            // through `next` (in order) before it reports the cancel.
+            bulk = true;
+            rx.cancel();
+        }
+        // The buffer goes back to the ring when the write hands it back.
+        let (res, _) = wr.write_all(data).await;
+        if let Err(e) = res {
+            abort(fds);
+            return Multishot::Done(total, Err(Side::Write(e.kind())));
+        }
+        total += n as u64;
     }
 }
 
