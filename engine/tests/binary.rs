@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -183,6 +183,45 @@ fn grace_period_bounds_the_drain() {
     assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(p.wait_for("grace period over", Duration::from_secs(1)));
+}
+
+/// Relays cut off by the grace period while their multishot receives are
+/// armed (io_uring): the receives are cancelled as the worker's runtime is
+/// dropped, the buffer ring is unregistered, and the process still exits 0.
+#[test]
+fn grace_period_ends_relays_with_armed_receives() {
+    let backend = Backend::echo();
+    let listen = free_port();
+    let fwd = format!("{listen}={}", backend.addr);
+    let mut p = Running::spawn(ringmesh(
+        "uring",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "300ms"),
+        ],
+    ));
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let open: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut c = connect(listen);
+            let msg = format!("relay {i} is up");
+            let mut back = vec![0u8; msg.len()];
+            c.write_all(msg.as_bytes()).unwrap();
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg.as_bytes());
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(p.wait_for("grace period over", Duration::from_secs(1)));
+    // The relays are gone: each client sees its connection end.
+    for mut c in open {
+        let mut buf = [0u8; 1];
+        assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    }
 }
 
 #[test]

@@ -1,8 +1,17 @@
 //! The opaque TCP relay: bytes both ways between two connected sockets.
 //!
-//! - Each direction reads into its own buffer and writes it out before
-//!   reading again, so at most two buffers per connection are ever in flight
-//!   (no unbounded buffering; a slow reader slows the writer).
+//! - Each direction writes out what it read before it reads again (no
+//!   unbounded buffering; a slow reader slows the writer).
+//! - On io_uring, with the worker's provided-buffer ring registered, a
+//!   direction receives with one multishot receive: armed once, the kernel
+//!   fills a ring buffer per arrival, and the buffer goes back to the ring
+//!   once written. At most the ring's buffers are ever filled and unsent per
+//!   worker; the kernel stops the receive when the ring is empty (`ENOBUFS`),
+//!   and the direction reads once into its own buffer and re-arms. A read
+//!   that fills a buffer marks a bulk transfer: the receive is cancelled and
+//!   the direction continues with plain reads (below).
+//! - Otherwise (epoll, no ring, bulk) each direction reads into its own
+//!   reused buffer, switching once to a bigger one for bulk transfers.
 //! - A FIN in one direction is forwarded as a write shutdown on the other
 //!   socket; the other direction keeps flowing until it ends too.
 //! - An error in either direction, or no bytes either way for the idle
