@@ -161,6 +161,55 @@ fn request_timeout(driver: IoDriver) {
 }
 both_drivers!(request_timeout_gives_504, super::request_timeout);
 
+/// An upstream that answers before it reads the request body (413 at once,
+/// its end of the stream closed): the proxy cancels the upstream stream and
+/// reads the rest of the client's body itself, so the client's upload (16×
+/// the stream window, all sent after the answer arrived) completes, the
+/// connection stays usable, and the proxy drains at once on shutdown.
+fn early_response_drains_the_body(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let (status, uploaded, after) = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://test/status/413")
+            .body(())
+            .unwrap();
+        let mut ready = send.clone().ready().await.unwrap();
+        let (resp, mut up) = ready.send_request(req, false).unwrap();
+        let status = resp.await.unwrap().status().as_u16();
+        let upload = async {
+            for _ in 0..16 {
+                h2::send_all(&mut up, bytes::Bytes::from(vec![7u8; 64 * 1024])).await?;
+            }
+            up.send_data(bytes::Bytes::new(), true).map_err(|_| ())
+        };
+        let uploaded = monoio::time::timeout(Duration::from_secs(5), upload).await;
+        let after = h2::request(&send, "GET", "/hello", None).await.unwrap();
+        (status, uploaded, after)
+    });
+    assert_eq!(status, 413);
+    assert_eq!(uploaded, Ok(Ok(())), "the upload stalled or failed");
+    assert_eq!(
+        (after.status, &after.body[..]),
+        (200, &b"hello from h2"[..])
+    );
+    let t = std::time::Instant::now();
+    proxy.shutdown();
+    proxy.wait();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        t.elapsed()
+    );
+}
+both_drivers!(
+    early_response_drains_the_request_body,
+    super::early_response_drains_the_body
+);
+
 /// An upstream that sends GOAWAY every 50 streams (as nginx does): new
 /// streams move to fresh connections and none fails.
 fn upstream_goaway_fails_nothing(driver: IoDriver) {
