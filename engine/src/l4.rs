@@ -234,21 +234,28 @@ pub(crate) async fn serve(
     } else {
         None
     };
+    // The endpoint's first answer teaches the balancer its latency.
+    let learn = |latency: Duration| {
+        if let Some(g) = &guard {
+            g.endpoint().observe_response(latency);
+        }
+    };
     let stats = match pipes {
         Some(pipes) => {
-            let (stats, prefix) =
-                relay_splice(client, server, pipes, prefix, w.cfg.tcp_idle_timeout).await;
+            let (stats, prefix) = relay_splice(
+                client,
+                server,
+                pipes,
+                prefix,
+                w.cfg.tcp_idle_timeout,
+                &learn,
+            )
+            .await;
             w.bufs.put(prefix);
             stats
         }
         None => {
             let bufs = (prefix, w.bufs.get());
-            // The endpoint's first answer teaches the balancer its latency.
-            let learn = |latency: Duration| {
-                if let Some(g) = &guard {
-                    g.endpoint().observe_response(latency);
-                }
-            };
             let (stats, bufs) = relay(
                 client,
                 server,

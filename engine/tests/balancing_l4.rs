@@ -68,7 +68,7 @@ fn p99(lat: &mut [Duration]) -> Duration {
     lat[lat.len() * 99 / 100]
 }
 
-fn proxy(backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
+fn proxy(backends: &[&Backend], tag: &str, splice: &str) -> ringmesh_engine::Proxy {
     let eps: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let file = service_file(
         &format!("l4slow-{tag}"),
@@ -82,18 +82,30 @@ fn proxy(backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
             ("RINGMESH_DISCOVERY_STATIC", &file),
             ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_TCP_SPLICE", splice),
         ],
     )
 }
 
 #[test]
 fn slow_tcp_endpoint_gets_few_connections() {
+    slow_endpoint("false");
+}
+
+/// The same through the `splice(2)` relay, which reports the server's
+/// first-byte latency too.
+#[test]
+fn slow_tcp_endpoint_gets_few_connections_spliced() {
+    slow_endpoint("true");
+}
+
+fn slow_endpoint(splice: &str) {
     let fast = Duration::from_micros(200);
     let (a, b) = (tcp_backend(b'a', fast), tcp_backend(b'b', fast));
     let slow = tcp_backend(b'c', Duration::from_millis(50));
     let c_fast = tcp_backend(b'c', fast);
-    let with_slow = proxy(&[&a, &b, &slow], "slow");
-    let baseline = proxy(&[&a, &b, &c_fast], "fast");
+    let with_slow = proxy(&[&a, &b, &slow], &format!("slow-{splice}"), splice);
+    let baseline = proxy(&[&a, &b, &c_fast], &format!("fast-{splice}"), splice);
 
     // Alternate short rounds so machine noise hits both alike.
     let (mut lat_slow, mut lat_base) = (Vec::new(), Vec::new());
@@ -111,7 +123,7 @@ fn slow_tcp_endpoint_gets_few_connections() {
     let fast_share = (by[0] + by[1]) as f64 / total as f64;
     let (p_slow, p_base) = (p99(&mut lat_slow), p99(&mut lat_base));
     eprintln!(
-        "connections a/b/slow c = {by:?} (fast share {:.1} %); p99 {p_slow:?} vs all-fast {p_base:?}",
+        "splice {splice}: connections a/b/slow c = {by:?} (fast share {:.1} %); p99 {p_slow:?} vs all-fast {p_base:?}",
         fast_share * 100.0
     );
     assert!(total > 500, "{total} connections");

@@ -160,12 +160,14 @@ impl SplicePipes {
 /// Like [`relay`], but moves bytes socket → pipe → socket with `splice(2)`,
 /// never through user space. `prefix` (bytes already read from the client)
 /// is written to the server first and handed back for pooling.
+/// `first_response` is told the server's first-byte latency as in [`relay`].
 pub async fn relay_splice(
     client: TcpStream,
     server: TcpStream,
     pipes: SplicePipes,
     prefix: Vec<u8>,
     idle_timeout: Duration,
+    first_response: &dyn Fn(Duration),
 ) -> (RelayStats, Vec<u8>) {
     let SplicePipes {
         up: up_pipe,
@@ -178,7 +180,7 @@ pub async fn relay_splice(
         idle_fired: Cell::new(false),
         start: now,
         first_up: Cell::new(None),
-        first_response: Cell::new(None),
+        first_response: Cell::new(Some(first_response)),
         counters: None,
     };
     let (client_rd, client_wr) = client.into_split();
@@ -189,6 +191,7 @@ pub async fn relay_splice(
         let mut prefix = prefix;
         if !prefix.is_empty() {
             let n = prefix.len() as u64;
+            activity.moved(Dir::Up);
             let (res, p) = server_wr.write_all(prefix).await;
             prefix = p;
             if let Err(e) = res {
@@ -197,10 +200,10 @@ pub async fn relay_splice(
             }
             sent = n;
         }
-        let (n, res) = splice_one_way(client_rd, server_wr, up_pipe, &activity, fds).await;
+        let (n, res) = splice_one_way(client_rd, server_wr, up_pipe, &activity, fds, Dir::Up).await;
         (sent + n, res, prefix)
     };
-    let down = splice_one_way(server_rd, client_wr, down_pipe, &activity, fds);
+    let down = splice_one_way(server_rd, client_wr, down_pipe, &activity, fds, Dir::Down);
     let idle = idle_watch(&activity, idle_timeout, fds);
     let both = async { monoio::join!(up, down) };
     let ((up_n, up_res, prefix), (down_n, down_res)) = monoio::select! {
@@ -235,6 +238,7 @@ async fn splice_one_way<R, W>(
     (mut pipe_rd, mut pipe_wr): (Pipe, Pipe),
     activity: &Activity<'_>,
     fds: [RawFd; 2],
+    dir: Dir,
 ) -> (u64, Result<(), Side>)
 where
     R: SpliceSource,
@@ -253,7 +257,7 @@ where
                 return (total, Err(Side::Read(e.kind())));
             }
         };
-        activity.last.set(Instant::now());
+        activity.moved(dir);
         // Drain the pipe completely before reading more: the pipe is the
         // only buffer, so a slow writer holds the reader back.
         let mut left = n;
