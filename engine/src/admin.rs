@@ -119,6 +119,20 @@ impl AdminBackend for EngineAdmin {
             "Times each worker's buffer ring was empty and a TCP relay read went into the connection's own buffer.",
             |s| s.ring_exhausted,
         );
+        per_worker(
+            out,
+            "ringmesh_worker_uring_enters_total",
+            "counter",
+            "io_uring_enter calls by each worker's ring (submit, wait or both; 0 on the epoll driver).",
+            |s| s.uring_enters,
+        );
+        per_worker(
+            out,
+            "ringmesh_worker_uring_completions_total",
+            "counter",
+            "Completions each worker reaped from its io_uring (0 on the epoll driver).",
+            |s| s.uring_completions,
+        );
         family(
             out,
             "ringmesh_worker_busy_seconds_total",

@@ -56,6 +56,10 @@ pub struct WorkerStats {
     /// Times the buffer ring was empty and a relay read used the
     /// connection's own buffer.
     pub ring_exhausted: u64,
+    /// `io_uring_enter` calls of the worker's ring (0 on epoll).
+    pub uring_enters: u64,
+    /// Completions the worker reaped from its ring (0 on epoll).
+    pub uring_completions: u64,
     /// CPU time the worker's thread has used (user + system), in
     /// nanoseconds: its event loop's busy time, since it sleeps in the
     /// kernel when idle.

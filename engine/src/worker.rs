@@ -185,6 +185,7 @@ impl Worker {
     }
 
     fn stats(&self) -> WorkerStats {
+        let uring = monoio::io::multishot::uring_stats().unwrap_or_default();
         WorkerStats {
             worker: self.id,
             accepted: self.accepted.get(),
@@ -193,6 +194,8 @@ impl Worker {
             retries: self.retries.get(),
             ring_receives: self.relay_counters.ring_receives.get(),
             ring_exhausted: self.relay_counters.ring_exhausted.get(),
+            uring_enters: uring.enters,
+            uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),
         }
     }

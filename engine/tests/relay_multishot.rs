@@ -2,7 +2,8 @@
 //! both io drivers: request/response traffic goes through it on io_uring
 //! (and never on epoll), a ring too small for the load falls back to plain
 //! reads without losing or reordering a byte, and a bulk transfer that
-//! starts on the ring switches to its bulk buffer intact.
+//! starts on the ring switches to its bulk buffer intact. Also the
+//! per-worker io_uring enter/completion counters.
 
 mod common;
 
@@ -83,6 +84,22 @@ fn request_response(driver: IoDriver) {
             assert_eq!(exhausted, 0, "the default ring ran dry");
         }
         _ => assert_eq!((receives, exhausted), (0, 0)),
+    }
+    // The ring's own counters: every ring receive and every write is a
+    // completion, reaped over fewer enters than completions (batching).
+    let (enters, completions) = proxy.worker_stats().iter().fold((0, 0), |(e, c), s| {
+        (e + s.uring_enters, c + s.uring_completions)
+    });
+    eprintln!(
+        "{}: io_uring enters {enters}, completions {completions}",
+        driver_name(driver)
+    );
+    match driver {
+        IoDriver::Uring => {
+            assert!(completions >= 2 * receives, "{completions} completions");
+            assert!(enters > 0 && enters < completions, "{enters} enters");
+        }
+        _ => assert_eq!((enters, completions), (0, 0)),
     }
     proxy.shutdown();
     proxy.wait();

@@ -87,6 +87,9 @@ pub(crate) struct UringInner {
 
     /// ringmesh patch: the provided-buffer ring, once registered.
     buf_ring: Option<Rc<multishot::BufRing>>,
+
+    /// ringmesh patch: running counts (`multishot::uring_stats`).
+    stats: multishot::UringStats,
 }
 
 // When dropping the driver, all in-flight operations must have completed. This
@@ -117,6 +120,7 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             buf_ring: None,
+            stats: Default::default(),
             uring,
         }));
 
@@ -152,6 +156,7 @@ impl IoUringDriver {
             ops: Ops::new(),
             ext_arg: uring.params().is_feature_ext_arg(),
             buf_ring: None,
+            stats: Default::default(),
             uring,
             shared_waker: std::sync::Arc::new(waker::EventWaker::new(waker)),
             eventfd_installed: false,
@@ -292,6 +297,7 @@ impl IoUringDriver {
                     // Better compatibility(5.4+).
                     false => {
                         self.install_timeout(inner, duration);
+                        inner.stats.enters += 1;
                         inner.uring.submit_and_wait(1)?;
                     }
                     // Submit and Wait with enter args.
@@ -299,6 +305,7 @@ impl IoUringDriver {
                     true => {
                         let timespec = timespec(duration);
                         let args = io_uring::types::SubmitArgs::new().timespec(&timespec);
+                        inner.stats.enters += 1;
                         if let Err(e) = inner.uring.submitter().submit_with_args(1, &args) {
                             if e.raw_os_error() != Some(libc::ETIME) {
                                 return Err(e);
@@ -308,10 +315,12 @@ impl IoUringDriver {
                 }
             } else {
                 // Submit and Wait without timeout
+                inner.stats.enters += 1;
                 inner.uring.submit_and_wait(1)?;
             }
         } else {
             // Submit only
+            inner.stats.enters += 1;
             inner.uring.submit()?;
         }
 
@@ -388,6 +397,7 @@ impl UringInner {
         let cq = self.uring.completion();
 
         for cqe in cq {
+            self.stats.completions += 1;
             let index = cqe.user_data();
             match index {
                 #[cfg(feature = "sync")]
@@ -411,6 +421,7 @@ impl UringInner {
 
     fn submit(&mut self) -> io::Result<()> {
         loop {
+            self.stats.enters += 1;
             match self.uring.submit() {
                 #[cfg(feature = "unstable")]
                 Err(ref e)

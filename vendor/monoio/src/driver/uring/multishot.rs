@@ -215,6 +215,23 @@ pub fn register_buf_ring(count: u16, buf_size: u32) -> io::Result<u32> {
     Ok(buf_size)
 }
 
+/// Running counts of one io_uring driver's work.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UringStats {
+    /// `io_uring_enter` calls (submissions, waits, or both).
+    pub enters: u64,
+    /// Completions reaped from the completion queue.
+    pub completions: u64,
+}
+
+/// The current thread's io_uring driver counts; `None` on the legacy
+/// driver.
+pub fn uring_stats() -> Option<UringStats> {
+    let u = current_uring()?;
+    // SAFETY: single threaded, short shared borrow.
+    Some(unsafe { &*u.get() }.stats)
+}
+
 /// The buffer size of the current thread's ring, if one is registered.
 pub fn buf_ring_size() -> Option<u32> {
     let u = current_uring()?;
