@@ -117,28 +117,9 @@ scratch_dir
 # ---------------------------------------------------------------- configs
 BODY=$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')
 fast_conf() {  # name port
-  mkdir -p "$S/$1-tmp"
-  cat <<EOF
-worker_processes 1;
-pid $S/$1.pid;
-error_log $S/$1.err warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off;
-  # The default closes a keep-alive connection after 1000 requests; the
-  # proxies' reconnects would then add connect latency to the numbers.
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  client_body_temp_path $S/$1-tmp/body;
-  proxy_temp_path $S/$1-tmp/proxy;
-  fastcgi_temp_path $S/$1-tmp/fastcgi;
-  uwsgi_temp_path $S/$1-tmp/uwsgi;
-  scgi_temp_path $S/$1-tmp/scgi;
-  server { listen 127.0.0.1:$2 backlog=4096;
-    location / { default_type text/plain; return 200 "$BODY"; }
-    location = /__status { stub_status; } }
-}
-EOF
+  nginx_conf "$1" "  server { listen 127.0.0.1:$2 backlog=4096;
+    location / { default_type text/plain; return 200 \"$BODY\"; }
+    location = /__status { stub_status; } }"
 }
 fast_conf fast1 "$P_FAST1" >"$S/fast1.conf"
 fast_conf fast2 "$P_FAST2" >"$S/fast2.conf"

@@ -123,6 +123,33 @@ scratch_dir() {
   trap 'exit 143' TERM
 }
 
+# nginx_conf name server-blocks: an nginx.conf (1 worker, no access log, its
+# pid, error log and temp dirs under $S/name*) around the given server and
+# upstream blocks, on stdout. Keep-alive is effectively unlimited: nginx
+# closes a keep-alive connection after 1000 requests by default, and a
+# reconnect would put connection set-up cost into a per-request number.
+nginx_conf() {
+  mkdir -p "$S/$1-tmp"
+  cat <<EOF
+worker_processes 1;
+pid $S/$1.pid;
+error_log $S/$1.err warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+  access_log off;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  http2_max_requests 100000000;
+  client_body_temp_path $S/$1-tmp/body;
+  proxy_temp_path $S/$1-tmp/proxy;
+  fastcgi_temp_path $S/$1-tmp/fastcgi;
+  uwsgi_temp_path $S/$1-tmp/uwsgi;
+  scgi_temp_path $S/$1-tmp/scgi;
+$2
+}
+EOF
+}
+
 stop_pid() {  # pid: TERM (and its children), wait up to 3 s, then KILL
   local p=$1 kids="" k i
   [[ -r /proc/$p/task/$p/children ]] && kids=$(<"/proc/$p/task/$p/children")

@@ -102,29 +102,6 @@ scratch_dir
 
 # ---------------------------------------------------------------- configs
 BODY=$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')
-nginx_conf() {  # name server-blocks
-  mkdir -p "$S/$1-tmp"
-  cat <<EOF
-worker_processes 1;
-pid $S/$1.pid;
-error_log $S/$1.err warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off;
-  # nginx closes a keep-alive connection after 1000 requests by default; a
-  # reconnect would put connection set-up cost into a per-request number.
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  http2_max_requests 100000000;
-  client_body_temp_path $S/$1-tmp/body;
-  proxy_temp_path $S/$1-tmp/proxy;
-  fastcgi_temp_path $S/$1-tmp/fastcgi;
-  uwsgi_temp_path $S/$1-tmp/uwsgi;
-  scgi_temp_path $S/$1-tmp/scgi;
-$2
-}
-EOF
-}
 nginx_conf backend "
   server { listen 127.0.0.1:$P_BE backlog=4096; location / { default_type text/plain; return 200 \"$BODY\"; } }
   server { listen 127.0.0.1:$P_BE_H2 http2 backlog=4096; location / { default_type text/plain; return 200 \"$BODY\"; } }" >"$S/backend.conf"

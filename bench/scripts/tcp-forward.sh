@@ -154,29 +154,8 @@ scratch_dir
 
 # ---------------------------------------------------------------- configs
 BODY=$(head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x')
-mkdir -p "$S/nginx-tmp"
-cat >"$S/nginx.conf" <<EOF
-worker_processes 1;
-pid $S/nginx.pid;
-error_log $S/nginx.err warn;
-events { worker_connections 4096; multi_accept on; }
-http {
-  access_log off;
-  # nginx closes a keep-alive connection after 1000 requests by default; a
-  # reconnect would put connection set-up cost into a per-request number.
-  keepalive_timeout 300s;
-  keepalive_requests 100000000;
-  client_body_temp_path $S/nginx-tmp/body;
-  proxy_temp_path $S/nginx-tmp/proxy;
-  fastcgi_temp_path $S/nginx-tmp/fastcgi;
-  uwsgi_temp_path $S/nginx-tmp/uwsgi;
-  scgi_temp_path $S/nginx-tmp/scgi;
-  server {
-    listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-    location / { default_type text/plain; return 200 "$BODY"; }
-  }
-}
-EOF
+nginx_conf nginx "  server { listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+    location / { default_type text/plain; return 200 \"$BODY\"; } }" >"$S/nginx.conf"
 
 cat >"$S/haproxy.cfg" <<EOF
 global
