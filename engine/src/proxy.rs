@@ -316,11 +316,19 @@ fn available_cores() -> usize {
 }
 
 fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
+    // On a thread of its own: a thread that created a ring gets the
+    // kernel's task work when the ring is torn down, which interrupts a
+    // blocking socket read with a timeout there (EINTR); the caller (main,
+    // or a test's thread) must not get that.
     let probe = || {
-        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(256)
-            .build()
-            .map(drop)
+        std::thread::spawn(|| {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(256)
+                .build()
+                .map(drop)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("io_uring probe panicked")))
     };
     match want {
         IoDriver::Epoll => Ok(ActiveDriver::Epoll),
