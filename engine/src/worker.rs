@@ -250,10 +250,32 @@ fn register_buf_ring(worker: usize, cfg: &Config) {
     if cfg.tcp_ring_buffers == 0 || monoio::utils::is_legacy() {
         return;
     }
+    let count = ring_buffers(cfg.tcp_ring_buffers, cfg.tcp_buffer_size);
+    if count < cfg.tcp_ring_buffers {
+        tracing::info!(
+            worker,
+            count,
+            size = cfg.tcp_buffer_size,
+            "buffer ring capped at {} MiB",
+            MAX_RING_BYTES >> 20
+        );
+    }
     let size = u32::try_from(cfg.tcp_buffer_size).unwrap_or(u32::MAX);
-    if let Err(e) = monoio::io::multishot::register_buf_ring(cfg.tcp_ring_buffers, size) {
+    if let Err(e) = monoio::io::multishot::register_buf_ring(count, size) {
         tracing::info!(worker, error = %e, "no io_uring buffer ring; the TCP relay uses plain receives");
     }
+}
+
+/// At most this much memory in one worker's buffer ring.
+const MAX_RING_BYTES: usize = 64 << 20;
+
+/// `wanted` ring buffers of `size` bytes, or fewer (a power of two, at
+/// least one) so the ring stays within [`MAX_RING_BYTES`]: big
+/// `RINGMESH_TCP_BUFFER_SIZE` values would otherwise ask for gigabytes.
+fn ring_buffers(wanted: u16, size: usize) -> u16 {
+    let fit = (MAX_RING_BYTES / size.max(1)).max(1);
+    let fit = (1usize << fit.ilog2()).min(32768);
+    wanted.min(u16::try_from(fit).unwrap_or(32768))
 }
 
 /// Thread body: pin, build the runtime, serve until drained.
@@ -444,5 +466,24 @@ async fn accept_loop(
         if stop.is_stopped() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_stays_within_its_memory_cap() {
+        // The defaults fit: 256 × 16 KiB = 4 MiB.
+        assert_eq!(ring_buffers(256, 16 << 10), 256);
+        assert_eq!(ring_buffers(32768, 1024), 32768);
+        // 64 MiB / 1 MiB = 64 buffers; a 16 MiB buffer size leaves 4.
+        assert_eq!(ring_buffers(256, 1 << 20), 64);
+        assert_eq!(ring_buffers(256, 16 << 20), 4);
+        // Not a power of two: rounded down (64 MiB / 3 MiB = 21 → 16).
+        assert_eq!(ring_buffers(256, 3 << 20), 16);
+        // Never zero.
+        assert_eq!(ring_buffers(256, 1 << 30), 1);
     }
 }
