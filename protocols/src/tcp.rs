@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use monoio::io::multishot::{self, RecvMulti};
+use monoio::io::multishot::RecvMulti;
 use monoio::io::splice::{SpliceDestination, SpliceSource};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::unix::{new_pipe, Pipe};
@@ -381,11 +381,7 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
     }
     // Small reads go through the worker's multishot receive while it has
     // one; a bulk transfer (or anything it cannot do) continues below.
-    let read_fd = match dir {
-        Dir::Up => fds[0],
-        Dir::Down => fds[1],
-    };
-    match copy_multishot(read_fd, rd, wr, &mut buf, bulk_buffer, activity, fds, dir).await {
+    match copy_multishot(rd, wr, &mut buf, bulk_buffer, activity, fds, dir).await {
         Multishot::Done(n, res) => {
             total += n;
             done!(res)
@@ -399,35 +395,53 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
         Multishot::Unavailable => {}
     }
     loop {
-        buf.clear();
-        let (res, b) = rd.read(buf).await;
-        buf = b;
-        match res {
-            Ok(0) => {
-                // Half-close: pass the FIN on, keep the other direction open.
-                let _ = wr.shutdown().await;
-                done!(Ok(()));
-            }
+        match copy_once(rd, wr, &mut buf, activity, fds, dir).await {
             Ok(n) => {
-                activity.moved(dir);
-                let full = n == buf.capacity();
-                let (res, b) = wr.write_all(buf).await;
-                buf = b;
-                if let Err(e) = res {
-                    abort(fds);
-                    done!(Err(Side::Write(e.kind())));
-                }
                 total += n as u64;
-                if full && pooled.is_none() && bulk_buffer > buf.capacity() {
+                if n == buf.capacity() && pooled.is_none() && bulk_buffer > buf.capacity() {
                     pooled = Some(std::mem::replace(&mut buf, Vec::with_capacity(bulk_buffer)));
                 }
             }
-            Err(e) => {
-                abort(fds);
-                done!(Err(Side::Read(e.kind())));
-            }
+            Err(end) => done!(end),
         }
     }
+}
+
+/// One plain read into `buf` and its write. `Ok(n)`: `n` bytes moved (a
+/// read that filled `buf` has `n == buf.capacity()`); `Err(end)`: the
+/// direction is over — EOF passed on as a write shutdown (half-close: the
+/// other direction stays open), or an error after both sockets were shut
+/// down.
+async fn copy_once<R: AsyncReadRent, W: AsyncWriteRent>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+    activity: &Activity<'_>,
+    fds: [RawFd; 2],
+    dir: Dir,
+) -> Result<usize, Result<(), Side>> {
+    buf.clear();
+    let (res, b) = rd.read(std::mem::take(buf)).await;
+    *buf = b;
+    let n = match res {
+        Ok(0) => {
+            let _ = wr.shutdown().await;
+            return Err(Ok(()));
+        }
+        Ok(n) => n,
+        Err(e) => {
+            abort(fds);
+            return Err(Err(Side::Read(e.kind())));
+        }
+    };
+    activity.moved(dir);
+    let (res, b) = wr.write_all(std::mem::take(buf)).await;
+    *buf = b;
+    if let Err(e) = res {
+        abort(fds);
+        return Err(Err(Side::Write(e.kind())));
+    }
+    Ok(n)
 }
 
 /// How the multishot phase of one direction ended.
@@ -449,7 +463,6 @@ enum Multishot {
 /// and the receive is re-armed.
 #[allow(clippy::too_many_arguments)]
 async fn copy_multishot<R: AsyncReadRent, W: AsyncWriteRent>(
-    fd: RawFd,
     rd: &mut R,
     wr: &mut W,
     buf: &mut Vec<u8>,
@@ -458,9 +471,11 @@ async fn copy_multishot<R: AsyncReadRent, W: AsyncWriteRent>(
     fds: [RawFd; 2],
     dir: Dir,
 ) -> Multishot {
-    if multishot::buf_ring_size().is_none() {
-        return Multishot::Unavailable;
-    }
+    let fd = match dir {
+        Dir::Up => fds[0],
+        Dir::Down => fds[1],
+    };
+    // Fails without a ring (epoll driver, old kernel, disabled).
     let Ok(mut rx) = RecvMulti::new(fd) else {
         return Multishot::Unavailable;
     };
@@ -477,31 +492,14 @@ async fn copy_multishot<R: AsyncReadRent, W: AsyncWriteRent>(
                 return Multishot::Bulk(total);
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
-                buf.clear();
-                let (res, b) = rd.read(std::mem::take(buf)).await;
-                *buf = b;
-                let n = match res {
-                    Ok(0) => {
-                        let _ = wr.shutdown().await;
-                        return Multishot::Done(total, Ok(()));
-                    }
-                    Ok(n) => n,
-                    Err(e) => {
-                        abort(fds);
-                        return Multishot::Done(total, Err(Side::Read(e.kind())));
-                    }
-                };
-                activity.moved(dir);
-                let (res, b) = wr.write_all(std::mem::take(buf)).await;
-                *buf = b;
-                if let Err(e) = res {
-                    abort(fds);
-                    return Multishot::Done(total, Err(Side::Write(e.kind())));
-                }
-                total += n as u64;
                 if let Some(c) = activity.counters {
                     RelayCounters::add(&c.ring_exhausted);
                 }
+                let n = match copy_once(rd, wr, buf, activity, fds, dir).await {
+                    Ok(n) => n,
+                    Err(end) => return Multishot::Done(total, end),
+                };
+                total += n as u64;
                 if n == buf.capacity() || rx.rearm().is_err() {
                     return Multishot::Bulk(total);
                 }

@@ -196,9 +196,8 @@ fn current_uring() -> Option<Rc<UnsafeCell<UringInner>>> {
 
 /// Registers the current thread's provided-buffer ring: `count` buffers
 /// (a power of two) of `buf_size` bytes. Fails on the legacy driver and on
-/// kernels without buffer rings (< 5.19). Registering again is a no-op
-/// returning the size already registered.
-pub fn register_buf_ring(count: u16, buf_size: u32) -> io::Result<u32> {
+/// kernels without buffer rings (< 5.19). Registering again is a no-op.
+pub fn register_buf_ring(count: u16, buf_size: u32) -> io::Result<()> {
     let Some(u) = current_uring() else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -207,12 +206,10 @@ pub fn register_buf_ring(count: u16, buf_size: u32) -> io::Result<u32> {
     };
     // SAFETY: the driver is single threaded and no other borrow is live.
     let inner = unsafe { &mut *u.get() };
-    if let Some(r) = &inner.buf_ring {
-        return Ok(r.buf_size);
+    if inner.buf_ring.is_none() {
+        inner.buf_ring = Some(BufRing::new(inner, count, buf_size)?);
     }
-    let ring = BufRing::new(inner, count, buf_size)?;
-    inner.buf_ring = Some(ring);
-    Ok(buf_size)
+    Ok(())
 }
 
 /// Running counts of one io_uring driver's work.
@@ -230,14 +227,6 @@ pub fn uring_stats() -> Option<UringStats> {
     let u = current_uring()?;
     // SAFETY: single threaded, short shared borrow.
     Some(unsafe { &*u.get() }.stats)
-}
-
-/// The buffer size of the current thread's ring, if one is registered.
-pub fn buf_ring_size() -> Option<u32> {
-    let u = current_uring()?;
-    // SAFETY: single threaded, short shared borrow.
-    let inner = unsafe { &*u.get() };
-    inner.buf_ring.as_ref().map(|r| r.buf_size)
 }
 
 /// One buffer the kernel filled; dropping it hands it back to the ring.
@@ -407,26 +396,23 @@ impl RecvMulti {
                 }
                 return Poll::Pending;
             };
-            let last = !cqueue::more(flags);
-            if res < 0 {
-                if let Some(bid) = cqueue::buffer_select(flags) {
+            let bid = cqueue::buffer_select(flags);
+            if res <= 0 {
+                // An error, or EOF (0): the receive is over.
+                if let Some(bid) = bid {
                     self.ring.give_back(bid);
                 }
-                return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
+                return Poll::Ready(match res {
+                    0 => Ok(None),
+                    _ => Err(io::Error::from_raw_os_error(-res)),
+                });
             }
-            let Some(bid) = cqueue::buffer_select(flags) else {
-                // EOF: no buffer picked.
-                return Poll::Ready(Ok(None));
-            };
             let buf = RingBuf {
                 ring: self.ring.clone(),
-                bid,
+                bid: bid.expect("a receive with data names its buffer"),
                 len: res as usize,
             };
-            if res == 0 {
-                return Poll::Ready(Ok(None));
-            }
-            if last && !st.armed && !self.cancelled {
+            if !cqueue::more(flags) && !self.cancelled {
                 // The kernel stopped on its own (e.g. completion queue
                 // pressure) after delivering data: keep receiving.
                 if let Err(e) = self.arm() {
