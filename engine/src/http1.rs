@@ -719,6 +719,19 @@ struct Outcome {
     end: Exchange,
 }
 
+impl Outcome {
+    fn failed(ubuf: Vec<u8>, status: Option<u16>, reason: String, retryable: bool) -> Self {
+        Self {
+            ubuf,
+            end: Exchange::Failed {
+                status,
+                reason,
+                retryable,
+            },
+        }
+    }
+}
+
 enum Exchange {
     /// The response is complete. `upstream` is returned when it may be
     /// reused; `client_ok` when the client connection may carry another
@@ -780,14 +793,7 @@ async fn exchange(
         ..WriteOptions::default()
     };
     if let Err(e) = write_request_head(req, out, &opts) {
-        return Outcome {
-            ubuf,
-            end: Exchange::Failed {
-                status: Some(400),
-                reason: e.to_string(),
-                retryable: false,
-            },
-        };
+        return Outcome::failed(ubuf, Some(400), e.to_string(), false);
     }
     // A kept body goes in the same write as the head; so does what already
     // arrived of a streamed one (one segment rather than two).
@@ -802,32 +808,19 @@ async fn exchange(
                 c.buf.drain(..p.consumed);
             }
             Err(e) => {
-                return Outcome {
-                    ubuf,
-                    end: Exchange::Failed {
-                        status: Some(400),
-                        reason: format!("bad request body: {e}"),
-                        retryable: false,
-                    },
-                }
+                return Outcome::failed(ubuf, Some(400), format!("bad request body: {e}"), false)
             }
         }
     }
     let replayable = req.framing().is_empty() || kept.is_some();
     let (res, o) = uwr.write_all(std::mem::take(out)).await;
     *out = o;
-    if let Ok(n) = res {
-        umeter.wrote(n);
-    }
-    if let Err(e) = res {
-        return Outcome {
-            ubuf,
-            end: Exchange::Failed {
-                status: Some(502),
-                reason: format!("sending the request upstream failed: {e}"),
-                retryable: replayable,
-            },
-        };
+    match res {
+        Ok(n) => umeter.wrote(n),
+        Err(e) => {
+            let reason = format!("sending the request upstream failed: {e}");
+            return Outcome::failed(ubuf, Some(502), reason, replayable);
+        }
     }
 
     // The request body (client → upstream) and the response (upstream →
@@ -988,14 +981,7 @@ async fn exchange(
                 }
                 _ => (status, reason),
             };
-            Outcome {
-                ubuf,
-                end: Exchange::Failed {
-                    status,
-                    reason,
-                    retryable: before_response && replayable,
-                },
-            }
+            Outcome::failed(ubuf, status, reason, before_response && replayable)
         }
     }
 }
