@@ -121,6 +121,20 @@ impl AdminBackend for EngineAdmin {
         );
         per_worker(
             out,
+            "ringmesh_worker_http1_upstream_stray_bytes_total",
+            "counter",
+            "Upstream HTTP/1 connections each worker closed because the upstream sent bytes that answered no request (past a response, or while the connection was idle in the pool).",
+            |s| s.http1_stray_bytes,
+        );
+        per_worker(
+            out,
+            "ringmesh_worker_http1_pool_closed_total",
+            "counter",
+            "Idle pooled upstream HTTP/1 connections each worker found closed by the upstream.",
+            |s| s.http1_pool_closed,
+        );
+        per_worker(
+            out,
             "ringmesh_worker_uring_enters_total",
             "counter",
             "io_uring_enter calls by each worker's ring (submit, wait or both; 0 on the epoll driver).",

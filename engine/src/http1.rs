@@ -13,18 +13,16 @@
 //! Upgrades (101) and CONNECT tunnels end HTTP: both sides are handed to
 //! the opaque relay with whatever bytes were buffered.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
-use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
@@ -38,75 +36,15 @@ use crate::l4::dst_labels;
 use crate::metrics::{
     relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
 };
+use crate::pool::{Rd, Upstream, Wr};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate::{self, Upgraded};
 use crate::worker::{record_outcome, Worker};
 
-pub(crate) type Rd = OwnedReadHalf<TcpStream>;
-pub(crate) type Wr = OwnedWriteHalf<TcpStream>;
-
-/// An idle upstream connection, kept split so reuse costs nothing.
-pub(crate) struct Upstream {
-    pub(crate) rd: Rd,
-    pub(crate) wr: Wr,
-    /// For the liveness peek; owned by `rd`/`wr`.
-    pub(crate) fd: RawFd,
-    pub(crate) idle_since: Instant,
-    /// Taken from the pool (may have been closed by the upstream).
-    pub(crate) reused: bool,
-    /// Counts this connection in the `peer="dst"` TCP series.
-    pub(crate) meter: ConnMeter,
-}
-
-/// Idle upstream connections per endpoint, owned by one worker.
-#[derive(Default)]
-pub(crate) struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
-}
-
-/// Pooled connections idle for less than this are reused without the
-/// liveness peek.
-const PEEK_AFTER: Duration = Duration::from_millis(250);
-/// At most this many idle connections per endpoint per worker.
-const POOL_MAX_IDLE: usize = 64;
-/// Idle connections older than this are closed rather than reused (servers
-/// commonly close idle keep-alive connections after 60s or more).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request body up to this size (with a `Content-Length`) is read whole
 /// before the request goes upstream, so it can be sent again to another
 /// endpoint; larger ones stream with bounded memory and are not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
-
-impl Pool {
-    /// An idle connection to `addr` that is still open. A candidate idle
-    /// for more than [`PEEK_AFTER`] is checked with a non-blocking peek: EOF
-    /// or stray bytes mean the upstream closed it (or broke the protocol)
-    /// while it sat idle. One that was busy a moment ago skips that syscall
-    /// (servers close idle keep-alives after seconds, and a stale one is
-    /// still caught by the retry on a fresh connection).
-    fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
-        while let Some(mut u) = list.pop() {
-            let idle_for = u.idle_since.elapsed();
-            if idle_for < POOL_IDLE_TIMEOUT && (idle_for < PEEK_AFTER || still_open(u.fd)) {
-                u.reused = true;
-                return Some(u);
-            }
-        }
-        None
-    }
-
-    pub(crate) fn put(&self, addr: SocketAddr, mut up: Upstream) {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
-        if list.len() < POOL_MAX_IDLE {
-            up.idle_since = Instant::now();
-            up.reused = false;
-            list.push(up);
-        }
-    }
-}
 
 /// One connection's state: the client halves and the reused buffers.
 pub(crate) struct Client {
@@ -418,8 +356,10 @@ pub(crate) async fn serve(
                 client_ok,
             } => {
                 if let Some(up) = upstream {
-                    w.pool.put(addr, up);
+                    w.pool.release(addr, up, &ubuf);
                 }
+                // Bytes past a response answer no request: never parsed.
+                ubuf.clear();
                 if !client_ok || w.stopping() {
                     break;
                 }
@@ -690,19 +630,9 @@ fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream 
         rd,
         wr,
         fd,
-        idle_since: Instant::now(),
         reused: false,
         meter,
     }
-}
-
-/// True when an idle socket has neither data nor EOF pending.
-fn still_open(fd: RawFd) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(
-        recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
-        Err(nix::errno::Errno::EAGAIN)
-    )
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
@@ -779,6 +709,9 @@ async fn exchange(
         meter: umeter,
         ..
     } = up;
+    // Only bytes read from this connection after this request was written
+    // can be its response.
+    ubuf.clear();
     let client_version = req.version();
     let upgrade = req.upgrade().is_some();
     out.clear();
@@ -947,7 +880,6 @@ async fn exchange(
                     rd: urd,
                     wr: uwr,
                     fd,
-                    idle_since: Instant::now(),
                     reused: false,
                     meter: umeter,
                 }),
@@ -955,12 +887,13 @@ async fn exchange(
         }
         Ok((false, client_keep, upstream_keep)) => {
             let body_ok = up_res.is_ok();
-            let reusable = upstream_keep && body_ok && ubuf.is_empty();
+            // Whether bytes came past the response is the pool's to judge
+            // (`Pool::release`, with `ubuf`).
+            let reusable = upstream_keep && body_ok;
             let upstream = reusable.then(|| Upstream {
                 rd: urd,
                 wr: uwr,
                 fd,
-                idle_since: Instant::now(),
                 reused: false,
                 meter: umeter,
             });

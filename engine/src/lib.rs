@@ -20,6 +20,7 @@ mod l4;
 pub mod listen;
 mod metrics;
 pub mod orig_dst;
+mod pool;
 mod proxy;
 mod route;
 mod stop;

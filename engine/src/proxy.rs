@@ -56,6 +56,11 @@ pub struct WorkerStats {
     /// Times the buffer ring was empty and a relay read used the
     /// connection's own buffer.
     pub ring_exhausted: u64,
+    /// Upstream HTTP/1 connections closed because the upstream sent bytes
+    /// that answered no request (past a response, or while idle).
+    pub http1_stray_bytes: u64,
+    /// Idle pooled HTTP/1 connections the upstream closed.
+    pub http1_pool_closed: u64,
     /// `io_uring_enter` calls of the worker's ring (0 on epoll).
     pub uring_enters: u64,
     /// Completions the worker reaped from its ring (0 on epoll).

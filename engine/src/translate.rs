@@ -33,9 +33,10 @@ use ringmesh_protocols::http1::{
     RequestHead, ResponseHead, Version,
 };
 
-use crate::http1::{self, Client, Rd, Upstream, Wr};
+use crate::http1::{self, Client};
 use crate::http2::{self, Failure, Opened};
 use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
+use crate::pool::{Rd, Upstream, Wr};
 use crate::route::Dst;
 use crate::worker::{record_outcome, Worker};
 
@@ -516,9 +517,8 @@ pub(crate) async fn h2_to_h1(
             reusable = false;
         }
     }
-    if reusable && ubuf.is_empty() {
-        up.idle_since = Instant::now();
-        w.pool.put(addr, up);
+    if reusable {
+        w.pool.release(addr, up, &ubuf);
     }
     w.bufs.put(ubuf);
     if let Some(g) = &guard {

@@ -25,9 +25,9 @@ use ringmesh_protocols::tcp::RelayCounters;
 
 use crate::config::Config;
 use crate::control::ControlMsg;
-use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
 use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
+use crate::pool::Pool;
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
 
@@ -194,6 +194,8 @@ impl Worker {
             retries: self.retries.get(),
             ring_receives: self.relay_counters.ring_receives.get(),
             ring_exhausted: self.relay_counters.ring_exhausted.get(),
+            http1_stray_bytes: self.pool.counters.stray_bytes.get(),
+            http1_pool_closed: self.pool.counters.closed_idle.get(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),
@@ -374,6 +376,11 @@ async fn serve(setup: WorkerSetup) {
     }
     let _ = ready.send((id, Ok(())));
     drop(ready);
+    // Closes pooled HTTP/1 connections the moment their upstream sends or
+    // closes; ends (closing them all) when the worker stops.
+    let reaper = worker.clone();
+    let reaper_stop = stop.clone();
+    monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
 
     // Serve until told to stop (or the handle is gone).
     loop {
@@ -397,6 +404,9 @@ async fn serve(setup: WorkerSetup) {
             }
         }
     }
+    // Idle pooled connections close inside the runtime that armed their
+    // receives.
+    worker.pool.clear();
     let left = worker.open.get();
     if left > 0 {
         tracing::warn!(
