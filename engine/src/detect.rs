@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
-use ringmesh_protocols::detect::{detect, Detection, Protocol};
+use ringmesh_protocols::detect::{detect, stalled, Detection, Protocol};
 
 /// Why detection stopped without a verdict from the bytes themselves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,30 +21,62 @@ pub(crate) enum Undecided {
     Full,
 }
 
+/// What detection found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Detected {
+    /// When `undecided` is set, [`stalled`]'s verdict on the bytes read.
+    pub protocol: Protocol,
+    pub undecided: Option<Undecided>,
+    /// When the client's first byte arrived: an HTTP/1 request head must be
+    /// complete within the header-read timeout of it.
+    pub first_byte: Option<Instant>,
+}
+
 /// Reads into `buf` until the prefix decides, the client stops sending, or
-/// `timeout` passes; the last two count as opaque TCP.
+/// `timeout` passes. Bytes that can only be the start of an HTTP/1 request
+/// are bounded by `header_timeout` from their first byte instead, when
+/// that is sooner: the HTTP/1 server then answers 408 at once.
 pub(crate) async fn read_and_detect(
     client: &mut TcpStream,
     mut buf: Vec<u8>,
     timeout: Duration,
-) -> (io::Result<(Protocol, Option<Undecided>)>, Vec<u8>) {
-    let deadline = Instant::now() + timeout;
+    header_timeout: Duration,
+) -> (io::Result<Detected>, Vec<u8>) {
+    let detect_deadline = Instant::now() + timeout;
+    let mut first_byte = None;
+    let mut deadline = detect_deadline;
+    let undecided = |why, buf: &[u8], first_byte| Detected {
+        protocol: stalled(buf),
+        undecided: Some(why),
+        first_byte,
+    };
     loop {
         if buf.len() == buf.capacity() {
-            return (Ok((Protocol::Opaque, Some(Undecided::Full))), buf);
+            return (Ok(undecided(Undecided::Full, &buf, first_byte)), buf);
         }
         let len = buf.len();
         let (res, slice) = read_until(client, buf.slice_mut(len..), Some(deadline)).await;
         buf = slice.into_inner();
         match res {
-            Ok(0) => return (Ok((Protocol::Opaque, Some(Undecided::Eof))), buf),
+            Ok(0) => return (Ok(undecided(Undecided::Eof, &buf, first_byte)), buf),
             Ok(_) => {
-                if let Detection::Decided(p) = detect(&buf) {
-                    return (Ok((p, None)), buf);
+                let first = *first_byte.get_or_insert_with(Instant::now);
+                if let Detection::Decided(protocol) = detect(&buf) {
+                    let found = Detected {
+                        protocol,
+                        undecided: None,
+                        first_byte,
+                    };
+                    return (Ok(found), buf);
                 }
+                deadline = if stalled(&buf) == Protocol::Http1 {
+                    detect_deadline.min(first + header_timeout)
+                } else {
+                    detect_deadline
+                };
             }
             Err(e) if is_cancelled(&e) => {
-                return (Ok((Protocol::Opaque, Some(Undecided::Timeout))), buf)
+                return (Ok(undecided(Undecided::Timeout, &buf, first_byte)), buf)
             }
             Err(e) => return (Err(e), buf),
         }

@@ -136,18 +136,33 @@ pub(crate) async fn serve(
         Some(DiscoveredProtocol::Http2) => Protocol::Http2,
         _ => Protocol::Opaque,
     };
+    let mut head_started = None;
     let protocol = match hint {
         Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
         None if opaque_ports.contains(port) => Protocol::Opaque,
         _ => {
-            let (res, buf) = read_and_detect(&mut client, prefix, detect_timeout).await;
+            let (res, buf) = read_and_detect(
+                &mut client,
+                prefix,
+                detect_timeout,
+                w.cfg.http_header_read_timeout,
+            )
+            .await;
             prefix = buf;
             match res {
-                Ok((p, undecided)) => {
-                    if let Some(why) = undecided {
-                        tracing::debug!(listener = kind.name(), %peer, ?why, fallback = ?fallback, "no protocol detected");
-                        fallback
-                    } else if hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls) {
+                Ok(found) => {
+                    head_started = found.first_byte;
+                    let p = found.protocol;
+                    if let Some(why) = found.undecided {
+                        tracing::debug!(listener = kind.name(), %peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
+                    }
+                    if p == Protocol::Http1 {
+                        // Begins as HTTP/1 (even if it stalled): the HTTP/1
+                        // server validates it.
+                        p
+                    } else if found.undecided.is_some()
+                        || (hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls))
+                    {
                         fallback
                     } else {
                         p
@@ -168,6 +183,7 @@ pub(crate) async fn serve(
                 w.clone(),
                 client,
                 prefix,
+                head_started,
                 peer,
                 http,
                 connect_timeout,

@@ -4,6 +4,9 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -137,7 +140,7 @@ fn detected_bytes_are_forwarded(driver: IoDriver) {
     // (HTTP/1 and HTTP/2 are proxied, not relayed: engine/tests/http1.rs,
     // engine/tests/http2.rs.)
     let cases: [&[&[u8]]; 3] = [
-        &[b"GET / HT", b"TP/2.0\r\nHost: a\r\n\r\n"],
+        &[b"SET ke", b"y value\r\n"],
         &[&client_hello[..1], &client_hello[1..]],
         &[b"\x00\x01binary", b"more"],
     ];
@@ -159,4 +162,114 @@ fn detected_bytes_are_forwarded(driver: IoDriver) {
 both_drivers!(
     detected_bytes_are_forwarded,
     super::detected_bytes_are_forwarded
+);
+
+/// A backend that counts the connections it accepts and the bytes it
+/// receives, and never answers.
+fn counting_backend() -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let (c, b) = (conns.clone(), bytes.clone());
+    let backend = Backend::start(move |mut s| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            b.fetch_add(n, Ordering::SeqCst);
+        }
+    });
+    (backend, conns, bytes)
+}
+
+/// Reads what the proxy answers until it closes (bounded by the read
+/// timeout).
+fn read_answer(c: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Bytes that begin as an HTTP/1 request but do not parse are answered 400
+/// by the HTTP/1 server; none of them reaches the backend (before, each was
+/// relayed to it as opaque TCP).
+fn malformed_http_gets_400(driver: IoDriver) {
+    let (backend, _, bytes) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "5s"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let cases: [&[u8]; 7] = [
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n",
+    ];
+    for case in cases {
+        let mut c = connect(addr);
+        c.write_all(case).unwrap();
+        let answer = read_answer(&mut c);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{:?} was answered {answer:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert_eq!(bytes.load(Ordering::SeqCst), 0, "the backend saw bytes");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(malformed_http_gets_400, super::malformed_http_gets_400);
+
+/// A request line that stalls part-way is HTTP that stalled: 408 at the
+/// header-read timeout from its first byte (not an opaque relay after the
+/// detect timeout), and the backend sees nothing.
+fn stalled_request_line_gets_408(driver: IoDriver) {
+    let (backend, _, bytes) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("RINGMESH_HTTP_HEADER_READ_TIMEOUT", "400ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    // Decided at once ("GET /"), undecided ("GE"), and a slow sender whose
+    // line never ends.
+    let cases: [&[&[u8]]; 3] = [&[b"GET /slow"], &[b"GE"], &[b"G", b"ET /a", b"bc"]];
+    for pieces in cases {
+        let mut c = connect(addr);
+        let started = Instant::now();
+        for p in pieces {
+            c.write_all(p).unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+        let answer = read_answer(&mut c);
+        let took = started.elapsed();
+        println!("{driver:?} {pieces:?}: 408 after {took:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408 "),
+            "{pieces:?} was answered {answer:?} after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+            "{pieces:?}: 408 after {took:?}"
+        );
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    assert_eq!(bytes.load(Ordering::SeqCst), 0, "the backend saw bytes");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    stalled_request_line_gets_408,
+    super::stalled_request_line_gets_408
 );
