@@ -22,8 +22,10 @@ mod metrics;
 pub mod orig_dst;
 mod proxy;
 mod route;
+mod server_first;
 mod stop;
 mod translate;
+mod undecided;
 mod worker;
 
 pub use admin::{Hooks, LogLevel};

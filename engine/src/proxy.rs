@@ -56,6 +56,12 @@ pub struct WorkerStats {
     /// Times the buffer ring was empty and a relay read used the
     /// connection's own buffer.
     pub ring_exhausted: u64,
+    /// Connections still detecting their protocol now.
+    pub detect_undecided: u64,
+    /// Undecided connections closed because there were too many.
+    pub detect_evicted: u64,
+    /// Connections relayed because their server spoke first.
+    pub server_first: u64,
     /// `io_uring_enter` calls of the worker's ring (0 on epoll).
     pub uring_enters: u64,
     /// Completions the worker reaped from its ring (0 on epoll).

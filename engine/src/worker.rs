@@ -29,7 +29,9 @@ use crate::http1::Pool;
 use crate::l4::{self, ListenerKind};
 use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::proxy::{ActiveDriver, WorkerStats};
+use crate::server_first::ServerFirst;
 use crate::stop::Stop;
+use crate::undecided::UndecidedSet;
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -88,6 +90,13 @@ pub(crate) struct Worker {
     pub stop: Stop,
     /// How this worker's TCP relays received (multishot or not).
     pub relay_counters: RelayCounters,
+    /// Connections still detecting, capped (oldest closed first).
+    pub undecided: Rc<UndecidedSet>,
+    /// Destinations seen speaking first.
+    pub server_first: RefCell<ServerFirst>,
+    /// Connections relayed because their server spoke first (seen now, or
+    /// remembered).
+    pub server_first_relays: Cell<u64>,
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
     pub http_metrics: RefCell<HttpShard>,
@@ -194,6 +203,9 @@ impl Worker {
             retries: self.retries.get(),
             ring_receives: self.relay_counters.ring_receives.get(),
             ring_exhausted: self.relay_counters.ring_exhausted.get(),
+            detect_undecided: self.undecided.len() as u64,
+            detect_evicted: self.undecided.evicted.get(),
+            server_first: self.server_first_relays.get(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),
@@ -335,6 +347,7 @@ async fn serve(setup: WorkerSetup) {
         ..
     } = setup;
     register_buf_ring(id, &cfg);
+    let max_undecided = cfg.detect_max_undecided;
     let worker = Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
@@ -351,6 +364,9 @@ async fn serve(setup: WorkerSetup) {
         queued: Cell::new(0),
         retries: Cell::new(0),
         relay_counters: RelayCounters::default(),
+        undecided: UndecidedSet::new(max_undecided),
+        server_first: RefCell::default(),
+        server_first_relays: Cell::new(0),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),

@@ -102,26 +102,155 @@ both_drivers!(
     super::discovery_opaque_skips_detection
 );
 
-fn detect_timeout_falls_back_to_opaque(driver: IoDriver) {
+/// A server-speaks-first backend on a port not marked opaque, with the
+/// 10 s detect timeout: its banner reaches a silent client at once (the
+/// upstream connection is opened while waiting for the client), and the
+/// destination is remembered, so the next connection is relayed without
+/// detection: bytes that would get a 400 from the HTTP/1 server reach the
+/// backend instead.
+fn server_first_is_relayed_at_once(driver: IoDriver) {
     let backend = banner_backend();
-    let took = time_to_banner(
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
         driver,
         &[
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "600ms"),
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
             ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
+            // One worker: what it learns applies to the next connection.
+            ("LINKERD2_PROXY_CORES", "1"),
         ],
-        &backend,
     );
-    assert!(
-        took >= Duration::from_millis(550),
-        "greeting after {took:?}: detection did not wait"
+    let addr = proxy.forward_addrs()[0];
+    let started = Instant::now();
+    let mut c = connect(addr);
+    assert_eq!(read_name(&mut c), "220 banner");
+    let took = started.elapsed();
+    println!("{driver:?}: banner after {took:?}");
+    assert!(took < Duration::from_secs(1), "banner after {took:?}");
+    c.write_all(b"EHLO x\n").unwrap();
+    let mut back = [0u8; 7];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"EHLO x\n");
+    drop(c);
+    assert_eq!(proxy.worker_stats()[0].server_first, 1);
+
+    // Remembered: no detection, so even malformed HTTP is relayed.
+    let started = Instant::now();
+    let mut c = connect(addr);
+    c.write_all(b"GET  / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_name(&mut c), "220 banner");
+    println!(
+        "{driver:?}: remembered, banner after {:?}",
+        started.elapsed()
     );
-    assert!(took < Duration::from_secs(3), "greeting after {took:?}");
+    let mut back = [0u8; 19];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"GET  / HTTP/1.1\r\n\r\n");
+    assert_eq!(proxy.worker_stats()[0].server_first, 2);
+    drop(c);
+    proxy.shutdown();
+    proxy.wait();
 }
 both_drivers!(
-    detect_timeout_falls_back_to_opaque,
-    super::detect_timeout_falls_back_to_opaque
+    server_first_is_relayed_at_once,
+    super::server_first_is_relayed_at_once
 );
+
+/// Silent clients of a backend that waits for them (client-first) stay
+/// undecided, each holding one upstream connection opened early; past
+/// RINGMESH_DETECT_MAX_UNDECIDED the oldest are closed and counted, so the
+/// upstream connections held stay at the cap.
+fn silent_connections_are_capped(driver: IoDriver) {
+    const CAP: usize = 20;
+    const CLIENTS: usize = 50;
+    let open_upstream = Arc::new(AtomicUsize::new(0));
+    let seen = open_upstream.clone();
+    let backend = Backend::start(move |mut s| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = s.read(&mut buf) {}
+        seen.fetch_sub(1, Ordering::SeqCst);
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let cap = CAP.to_string();
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("RINGMESH_DETECT_MAX_UNDECIDED", &cap),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(connect(addr));
+        // Accepted in order, so "oldest" is well defined.
+        assert!(
+            eventually(Duration::from_secs(5), || proxy.worker_stats()[0].accepted
+                == i as u64 + 1),
+            "connection {i} not accepted"
+        );
+    }
+    let stats = || proxy.worker_stats()[0];
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = stats();
+            s.detect_evicted == (CLIENTS - CAP) as u64 && s.detect_undecided == CAP as u64
+        }),
+        "{:?}",
+        stats()
+    );
+    // The upstream connections held settle at the cap (each evicted
+    // connection closed its own).
+    assert!(
+        eventually(Duration::from_secs(5), || open_upstream
+            .load(Ordering::SeqCst)
+            == CAP),
+        "{} upstream connections open",
+        open_upstream.load(Ordering::SeqCst)
+    );
+    println!(
+        "{driver:?}: {:?}, upstream connections open: {}",
+        stats(),
+        open_upstream.load(Ordering::SeqCst)
+    );
+    // Oldest first: the first CLIENTS - CAP were closed, the rest are open.
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i < CLIENTS - CAP {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            assert!(
+                matches!(c.read(&mut b), Ok(0) | Err(_)) && !is_timeout(c),
+                "client {i} was not closed"
+            );
+        } else {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let r = c.read(&mut b);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "client {i} should still be open: {r:?}"
+            );
+        }
+    }
+    drop(clients);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    silent_connections_are_capped,
+    super::silent_connections_are_capped
+);
+
+/// Whether a read on `c` times out now (i.e. it is still open and silent).
+fn is_timeout(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let mut b = [0u8; 1];
+    matches!(c.read(&mut b), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
 
 /// Whatever the client sent first reaches the server byte for byte, also
 /// when it arrives in pieces during detection.
