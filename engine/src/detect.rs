@@ -1,6 +1,8 @@
 //! Reading a client's first bytes until protocol detection decides, bounded
-//! by the detect timeout. Nothing is lost: the bytes read are handed back
-//! for the chosen protocol path to send on.
+//! by the detect timeout (or, for a partial HTTP/1 request, the header-read
+//! timeout) and by eviction; and, when an upstream connection was opened
+//! early, waiting for whichever side speaks first. Nothing is lost: the
+//! bytes read are handed back for the chosen protocol path to send on.
 
 use std::io;
 use std::time::{Duration, Instant};
