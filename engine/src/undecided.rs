@@ -15,6 +15,9 @@ pub(crate) struct UndecidedSet {
     cap: usize,
     next: Cell<u64>,
     live: RefCell<BTreeMap<u64, Rc<Eviction>>>,
+    /// Set when the worker drains: undecided connections have nothing in
+    /// flight to finish, so they close at once.
+    draining: Cell<bool>,
     /// Connections closed because the set was full (never reset).
     pub(crate) evicted: Cell<u64>,
 }
@@ -68,6 +71,7 @@ impl UndecidedSet {
             cap: cap.max(1),
             next: Cell::new(0),
             live: RefCell::default(),
+            draining: Cell::new(false),
             evicted: Cell::new(0),
         })
     }
@@ -77,6 +81,9 @@ impl UndecidedSet {
         let id = self.next.get();
         self.next.set(id + 1);
         let eviction = Rc::new(Eviction::default());
+        if self.draining.get() {
+            eviction.fire();
+        }
         let mut live = self.live.borrow_mut();
         live.insert(id, eviction.clone());
         while live.len() > self.cap {
@@ -91,6 +98,16 @@ impl UndecidedSet {
             set: self.clone(),
             id,
             eviction,
+        }
+    }
+
+    /// Closes every undecided connection, now and from now on (not
+    /// counted as evictions).
+    pub(crate) fn drain(&self) {
+        self.draining.set(true);
+        let live = std::mem::take(&mut *self.live.borrow_mut());
+        for eviction in live.values() {
+            eviction.fire();
         }
     }
 
@@ -120,5 +137,15 @@ mod tests {
         let _d = set.enter();
         assert!(!c.eviction.fired.get());
         assert_eq!((set.len(), set.evicted.get()), (2, 1));
+    }
+
+    #[test]
+    fn drain_closes_all_without_counting() {
+        let set = UndecidedSet::new(10);
+        let a = set.enter();
+        set.drain();
+        let b = set.enter();
+        assert!(a.eviction.fired.get() && b.eviction.fired.get());
+        assert_eq!(set.evicted.get(), 0);
     }
 }

@@ -401,6 +401,9 @@ async fn serve(setup: WorkerSetup) {
 
     // Drain: no new connections; open ones get the grace period.
     stop.trigger();
+    // Connections still detecting (silent ones may wait for either side
+    // for the TCP idle timeout) have no exchange to finish.
+    worker.undecided.drain();
     let deadline = Instant::now() + worker.cfg.shutdown_grace_period;
     tracing::debug!(worker = id, open = worker.open.get(), "draining");
     while worker.open.get() > 0 && Instant::now() < deadline {

@@ -402,3 +402,36 @@ both_drivers!(
     stalled_request_line_gets_408,
     super::stalled_request_line_gets_408
 );
+
+/// A drain does not wait for silent connections: they have no exchange in
+/// flight, so they close at once instead of holding the grace period.
+fn drain_closes_undecided_connections(driver: IoDriver) {
+    let (backend, _, _) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
+        ],
+    );
+    let mut c = connect(proxy.forward_addrs()[0]);
+    assert!(eventually(Duration::from_secs(5), || proxy
+        .worker_stats()
+        .iter()
+        .map(|s| s.detect_undecided)
+        .sum::<u64>()
+        == 1));
+    let started = Instant::now();
+    proxy.shutdown();
+    proxy.wait();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    let mut b = [0u8; 1];
+    assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
+}
+both_drivers!(
+    drain_closes_undecided_connections,
+    super::drain_closes_undecided_connections
+);
