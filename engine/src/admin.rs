@@ -135,6 +135,27 @@ impl AdminBackend for EngineAdmin {
         );
         per_worker(
             out,
+            "ringmesh_worker_detect_undecided_connections",
+            "gauge",
+            "Connections each worker is still detecting a protocol for (silent, slow, or waiting for either side to speak).",
+            |s| s.detect_undecided,
+        );
+        per_worker(
+            out,
+            "ringmesh_worker_detect_evicted_total",
+            "counter",
+            "Undecided connections each worker closed, oldest first, because RINGMESH_DETECT_MAX_UNDECIDED were open.",
+            |s| s.detect_evicted,
+        );
+        per_worker(
+            out,
+            "ringmesh_worker_server_first_total",
+            "counter",
+            "Connections each worker relayed because the server spoke first (seen, or remembered for the destination).",
+            |s| s.server_first,
+        );
+        per_worker(
+            out,
             "ringmesh_worker_uring_enters_total",
             "counter",
             "io_uring_enter calls by each worker's ring (submit, wait or both; 0 on the epoll driver).",

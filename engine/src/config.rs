@@ -74,6 +74,7 @@ pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
 pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
 pub const METRICS_RETAIN_IDLE: &str = "LINKERD2_PROXY_METRICS_RETAIN_IDLE";
+pub const DETECT_MAX_UNDECIDED: &str = "RINGMESH_DETECT_MAX_UNDECIDED";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
 pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
@@ -173,6 +174,9 @@ pub struct Config {
     /// Ports whose connections skip detection (opaque TCP at once).
     pub inbound_opaque_ports: PortSet,
     pub outbound_opaque_ports: PortSet,
+    /// Connections per worker still detecting (silent, slow, or waiting
+    /// for either side's first bytes); past it the oldest is closed.
+    pub detect_max_undecided: usize,
     /// A client must send a whole request head within this time of its
     /// first byte (slow-loris defence).
     pub http_header_read_timeout: Duration,
@@ -243,6 +247,7 @@ impl Config {
             outbound_detect_timeout: Duration::from_secs(10),
             inbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
             outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+            detect_max_undecided: 10_000,
             http_header_read_timeout: Duration::from_secs(10),
             http_response_timeout: None,
             http_request_timeout: None,
@@ -367,6 +372,12 @@ impl Config {
         }
         if let Some(ports) = p.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
             c.outbound_opaque_ports = ports;
+        }
+        if let Some(n) = p.parse_with(DETECT_MAX_UNDECIDED, |s| match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        }) {
+            c.detect_max_undecided = n;
         }
         p.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
         p.duration(METRICS_RETAIN_IDLE, &mut c.metrics_retain_idle);
@@ -647,8 +658,10 @@ mod tests {
             (TCP_IDLE_TIMEOUT, "2m"),
             (SHUTDOWN_GRACE_PERIOD, "1h"),
             (DNS_SERVERS, "127.0.0.1:5353,10.0.0.1"),
+            (DETECT_MAX_UNDECIDED, "500"),
         ])
         .unwrap();
+        assert_eq!(c.detect_max_undecided, 500);
         assert_eq!(c.cores, Some(2));
         assert_eq!(c.io_driver, IoDriver::Epoll);
         assert_eq!(c.outbound_listen, Some("[::1]:0".parse().unwrap()));
@@ -686,6 +699,7 @@ mod tests {
             (HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, "4294967295"),
             (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
             (FAILURE_ACCRUAL_CONSECUTIVE, "none"),
+            (DETECT_MAX_UNDECIDED, "0"),
         ])
         .unwrap_err();
         let text = err.to_string();
@@ -694,6 +708,7 @@ mod tests {
             HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
             INBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
             FAILURE_ACCRUAL_CONSECUTIVE,
+            DETECT_MAX_UNDECIDED,
             CORES,
             IO_DRIVER,
             OUTBOUND_LISTEN_ADDR,

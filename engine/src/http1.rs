@@ -58,11 +58,14 @@ pub(crate) struct Client {
 }
 
 /// Serves HTTP/1 on `client`; `buf` holds the bytes detection read (already
-/// counted by `meter`'s owner).
+/// counted by `meter`'s owner), whose first arrived at `head_started`: the
+/// first request head must be complete within the header-read timeout of it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     w: Rc<Worker>,
     client: TcpStream,
     buf: Vec<u8>,
+    mut head_started: Option<Instant>,
     peer: SocketAddr,
     dst: HttpDst,
     connect_timeout: Duration,
@@ -84,7 +87,8 @@ pub(crate) async fn serve(
     let mut ubuf = w.bufs.get();
     loop {
         // 1. The next request head.
-        let head_len = match read_request_head(&w, &mut c, &mut req, &limits).await {
+        let started = head_started.take();
+        let head_len = match read_request_head(&w, &mut c, &mut req, &limits, started).await {
             Ok(Some(n)) => n,
             Ok(None) => break,
             Err(status) => {
@@ -407,8 +411,9 @@ async fn read_request_head(
     c: &mut Client,
     req: &mut RequestHead,
     limits: &Limits,
+    head_started: Option<Instant>,
 ) -> Result<Option<usize>, (u16, String)> {
-    let mut head_deadline = None;
+    let mut head_deadline = head_started.map(|t| t + w.cfg.http_header_read_timeout);
     loop {
         if !c.buf.is_empty() {
             match req.parse(&c.buf, limits) {

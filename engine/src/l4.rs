@@ -14,10 +14,15 @@ use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
-use crate::detect::read_and_detect;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use ringmesh_protocols::tcp::RelayStats;
+
+use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
 use crate::metrics::{relayed, ConnMeter, Direction, DstLabels, Peer, TcpKey};
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
+use crate::server_first::Dest;
+use crate::undecided::Eviction;
 use crate::worker::{record_outcome, Worker};
 use crate::{http1, http2};
 
@@ -124,8 +129,11 @@ pub(crate) async fn serve(
         )
     };
 
-    // Detection comes before connecting: an opaque port (or discovery saying
-    // so) skips it, so server-speaks-first protocols never wait.
+    // Opaque ports (or discovery saying so) skip detection, and so do
+    // destinations seen speaking first. Otherwise, when the destination is
+    // known, an upstream connection is opened while waiting for the client
+    // (after a short grace, so HTTP clients, which speak at once, rarely
+    // cost one): whichever side speaks first decides.
     let mut prefix = w.bufs.get();
     // An HTTP hint says what the destination speaks; the client's own
     // protocol is still detected (HTTP clients speak first, so this costs no
@@ -136,22 +144,69 @@ pub(crate) async fn serve(
         Some(DiscoveredProtocol::Http2) => Protocol::Http2,
         _ => Protocol::Opaque,
     };
+    let dest = match &target {
+        Target::Addr(a) => Some(Dest::Addr(*a)),
+        Target::Service(svc, _) => Some(Dest::Service(svc.name.clone())),
+        Target::ByAuthority => None,
+    };
+    let speaks_first = dest
+        .as_ref()
+        .is_some_and(|d| w.server_first.borrow_mut().contains_at(d, Instant::now()));
+    let mut head_started = None;
+    let mut early: Option<Early> = None;
     let protocol = match hint {
         Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
         None if opaque_ports.contains(port) => Protocol::Opaque,
+        None if speaks_first => {
+            tracing::debug!(listener = kind.name(), %peer, "destination speaks first; relaying without detection");
+            w.server_first_relays.set(w.server_first_relays.get() + 1);
+            Protocol::Opaque
+        }
         _ => {
-            let (res, buf) = read_and_detect(&mut client, prefix, detect_timeout).await;
+            let undecided = w.undecided.enter();
+            let early_target = (hint.is_none()).then_some(&target);
+            let (res, buf) = detect_protocol(
+                &w,
+                &mut client,
+                prefix,
+                early_target,
+                detect_timeout,
+                connect_timeout,
+                &undecided.eviction,
+                &mut early,
+            )
+            .await;
             prefix = buf;
             match res {
-                Ok((p, undecided)) => {
-                    if let Some(why) = undecided {
-                        tracing::debug!(listener = kind.name(), %peer, ?why, fallback = ?fallback, "no protocol detected");
-                        fallback
-                    } else if hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls) {
+                Ok(Some(found)) => {
+                    head_started = found.first_byte;
+                    let p = found.protocol;
+                    if let Some(why) = found.undecided {
+                        tracing::debug!(listener = kind.name(), %peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
+                    }
+                    if early.as_ref().is_some_and(|e| !e.banner.is_empty()) {
+                        if let Some(d) = dest {
+                            w.server_first.borrow_mut().remember_at(d, Instant::now());
+                        }
+                        w.server_first_relays.set(w.server_first_relays.get() + 1);
+                        tracing::debug!(listener = kind.name(), %peer, "server spoke first; relaying");
+                        Protocol::Opaque
+                    } else if p == Protocol::Http1 {
+                        // Begins as HTTP/1 (even if it stalled): the HTTP/1
+                        // server validates it.
+                        p
+                    } else if found.undecided.is_some()
+                        || (hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls))
+                    {
                         fallback
                     } else {
                         p
                     }
+                }
+                Ok(None) => {
+                    tracing::debug!(listener = kind.name(), %peer, "closing an undecided connection (evicted, or idle on both sides)");
+                    w.bufs.put(prefix);
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(listener = kind.name(), %peer, error = %e, "client failed during detection");
@@ -162,12 +217,21 @@ pub(crate) async fn serve(
         }
     };
     tracing::debug!(listener = kind.name(), %peer, ?protocol, "protocol");
+    if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+        // The HTTP servers connect per request (pooled); an upstream
+        // connection opened early is closed, counted as opened and closed.
+        if let Some(e) = early.take() {
+            let _meter = open_dst_meter(&w, &e.server, direction, &authority, &dst_labels);
+            w.bufs.put(e.banner);
+        }
+    }
     match protocol {
         Protocol::Http1 => {
             http1::serve(
                 w.clone(),
                 client,
                 prefix,
+                head_started,
                 peer,
                 http,
                 connect_timeout,
@@ -197,36 +261,36 @@ pub(crate) async fn serve(
         return;
     }
 
-    let (server, guard) = match &target {
-        Target::Addr(addr) => match connect(*addr, connect_timeout).await {
-            Ok(s) => (s, None),
-            Err(e) => {
-                tracing::warn!(listener = kind.name(), %peer, dst = %addr, error = %e, "cannot connect; closing the client connection");
-                w.bufs.put(prefix);
-                return;
-            }
-        },
-        Target::ByAuthority => return,
-        Target::Service(svc, balancer) => match connect_balanced(balancer, connect_timeout).await {
-            Ok((s, g)) => (s, Some(g)),
+    let (server, guard, banner) = match early.take() {
+        Some(e) => (e.server, e.guard, e.banner),
+        None => match connect_target(&target, connect_timeout).await {
+            Ok((s, g)) => (s, g, w.bufs.get()),
             Err(failure) => {
-                tracing::warn!(listener = kind.name(), %peer, service = %svc.name, "{failure}; closing the client connection");
+                tracing::warn!(listener = kind.name(), %peer, "{failure}; closing the client connection");
                 w.bufs.put(prefix);
                 return;
             }
         },
     };
     let _ = server.set_nodelay(true);
-    let dst_meter = match server.peer_addr() {
-        Ok(endpoint) => w.tcp_metrics.borrow_mut().open(TcpKey {
-            direction,
-            peer: Peer::Dst,
-            target: endpoint,
-            authority,
-            dst_labels,
-        }),
-        Err(_) => ConnMeter::none(),
+    let dst_meter = open_dst_meter(&w, &server, direction, &authority, &dst_labels);
+    // What a server that spoke first said goes to the client before the
+    // relay starts.
+    let banner_len = banner.len() as u64;
+    let banner = if banner.is_empty() {
+        banner
+    } else {
+        let (res, banner) = client.write_all(banner).await;
+        if let Err(e) = res {
+            tracing::debug!(%peer, error = %e, "client gone before the server's first bytes reached it");
+            src_meter.failed(&e);
+            w.bufs.put(banner);
+            w.bufs.put(prefix);
+            return;
+        }
+        banner
     };
+    w.bufs.put(banner);
     let pipes = if w.cfg.tcp_splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
@@ -270,6 +334,10 @@ pub(crate) async fn serve(
             w.bufs.put(bufs.1);
             stats
         }
+    };
+    let stats = RelayStats {
+        server_to_client: stats.server_to_client + banner_len,
+        ..stats
     };
     relayed(&src_meter, &dst_meter, &stats);
     match stats.end {
@@ -460,4 +528,187 @@ async fn connect_balanced(
         tried: tried.len(),
         last,
     })
+}
+
+/// The `peer="dst"` series of a connection ringmesh opened.
+fn open_dst_meter(
+    w: &Worker,
+    server: &TcpStream,
+    direction: Direction,
+    authority: &Option<Authority>,
+    dst_labels: &Option<DstLabels>,
+) -> ConnMeter {
+    match server.peer_addr() {
+        Ok(endpoint) => w.tcp_metrics.borrow_mut().open(TcpKey {
+            direction,
+            peer: Peer::Dst,
+            target: endpoint,
+            authority: authority.clone(),
+            dst_labels: dst_labels.clone(),
+        }),
+        Err(_) => ConnMeter::none(),
+    }
+}
+
+/// Connects to where an opaque connection goes: balanced with failover for
+/// a service, else the address.
+async fn connect_target(
+    target: &Target,
+    timeout: Duration,
+) -> Result<(TcpStream, Option<OpenGuard>), String> {
+    let (server, guard) = match target {
+        Target::Addr(addr) => match connect(*addr, timeout).await {
+            Ok(s) => (s, None),
+            Err(e) => return Err(format!("cannot connect to {addr}: {e}")),
+        },
+        Target::ByAuthority => return Err("no destination".to_string()),
+        Target::Service(svc, balancer) => match connect_balanced(balancer, timeout).await {
+            Ok((s, g)) => (s, Some(g)),
+            Err(failure) => return Err(format!("service {}: {failure}", svc.name)),
+        },
+    };
+    let _ = server.set_nodelay(true);
+    Ok((server, guard))
+}
+
+/// An upstream connection opened while detecting, and what its server
+/// sent before the client spoke (empty when it did not).
+struct Early {
+    server: TcpStream,
+    guard: Option<OpenGuard>,
+    banner: Vec<u8>,
+}
+
+/// How long a client may take to send its first bytes before the upstream
+/// connection is opened in parallel (HTTP clients write at once after
+/// connecting; server-first protocols then still see their first bytes
+/// relayed in well under 100 ms).
+const EARLY_CONNECT_GRACE: Duration = Duration::from_millis(20);
+
+/// Detects the client's protocol. With `early_target`, an upstream
+/// connection is opened after [`EARLY_CONNECT_GRACE`] if the client has
+/// not spoken, left in `early`; if its server speaks before the client,
+/// its bytes are in `early`'s banner and detection stops (no verdict from
+/// the client's bytes is needed: the connection is relayed). A connection
+/// where neither side speaks stays undecided up to the TCP idle timeout
+/// (bounded by the per-worker cap, `eviction`). `Ok(None)`: close it.
+#[allow(clippy::too_many_arguments)]
+async fn detect_protocol(
+    w: &Worker,
+    client: &mut TcpStream,
+    prefix: Vec<u8>,
+    early_target: Option<&Target>,
+    detect_timeout: Duration,
+    connect_timeout: Duration,
+    eviction: &Eviction,
+    early: &mut Option<Early>,
+) -> (std::io::Result<Option<Detected>>, Vec<u8>) {
+    let deadline = Instant::now() + detect_timeout;
+    let header_timeout = w.cfg.http_header_read_timeout;
+    let Some(target) = early_target.filter(|t| !matches!(t, Target::ByAuthority)) else {
+        return read_and_detect(client, prefix, None, deadline, header_timeout, eviction).await;
+    };
+    // 1. The client's first bytes, or an upstream connection, whichever
+    //    comes first.
+    enum First {
+        Read,
+        Connected(Result<(TcpStream, Option<OpenGuard>), String>),
+        Stopped { evicted: bool },
+    }
+    let (first, mut prefix, read_res) = {
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
+        let mut connecting = std::pin::pin!(async {
+            monoio::time::sleep(EARLY_CONNECT_GRACE).await;
+            connect_target(target, connect_timeout).await
+        });
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let won = monoio::select! {
+            r = read.as_mut() => Ok(r),
+            c = connecting.as_mut() => Err(First::Connected(c)),
+            _ = monoio::time::sleep(wait) => Err(First::Stopped { evicted: false }),
+            _ = eviction.wait() => Err(First::Stopped { evicted: true }),
+        };
+        match won {
+            Ok((res, buf)) => (First::Read, buf, res),
+            Err(other) => {
+                let _ = canceller.cancel();
+                let (res, buf) = read.as_mut().await;
+                (other, buf, res)
+            }
+        }
+    };
+    let client_bytes = match read_res {
+        Ok(0) => None,
+        Ok(_) => Some(Instant::now()),
+        Err(ref e) if is_cancelled(e) => None,
+        Err(e) => return (Err(e), prefix),
+    };
+    let client_eof = matches!(read_res, Ok(0));
+    match first {
+        First::Stopped { evicted: true } => return (Ok(None), prefix),
+        First::Connected(Ok((server, guard))) => {
+            *early = Some(Early {
+                server,
+                guard,
+                banner: w.bufs.get(),
+            });
+        }
+        First::Connected(Err(failure)) => {
+            tracing::debug!("{failure} (connecting while detecting)");
+        }
+        First::Read | First::Stopped { evicted: false } => {}
+    }
+    if client_eof {
+        let found = Detected {
+            protocol: Protocol::Opaque,
+            undecided: Some(Undecided::Eof),
+            first_byte: None,
+        };
+        return (Ok(Some(found)), prefix);
+    }
+    // 2. Connected and the client still silent: whoever speaks first.
+    if client_bytes.is_none() {
+        if let Some(e) = early.as_mut() {
+            let banner = std::mem::take(&mut e.banner);
+            let idle = Instant::now() + w.cfg.tcp_idle_timeout;
+            let (word, buf, banner) =
+                first_word(client, prefix, &mut e.server, banner, idle, eviction).await;
+            prefix = buf;
+            e.banner = banner;
+            let found = |undecided| {
+                Ok(Some(Detected {
+                    protocol: Protocol::Opaque,
+                    undecided,
+                    first_byte: None,
+                }))
+            };
+            match word {
+                Ok(FirstWord::Server) => return (found(None), prefix),
+                Ok(FirstWord::Closed) => return (found(Some(Undecided::Eof)), prefix),
+                Ok(FirstWord::Silent | FirstWord::Evicted) => return (Ok(None), prefix),
+                Ok(FirstWord::Client) => {
+                    return read_and_detect(
+                        client,
+                        prefix,
+                        Some(Instant::now()),
+                        deadline,
+                        header_timeout,
+                        eviction,
+                    )
+                    .await
+                }
+                Err(err) => return (Err(err), prefix),
+            }
+        }
+    }
+    read_and_detect(
+        client,
+        prefix,
+        client_bytes,
+        deadline,
+        header_timeout,
+        eviction,
+    )
+    .await
 }

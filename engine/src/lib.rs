@@ -23,8 +23,10 @@ pub mod orig_dst;
 mod pool;
 mod proxy;
 mod route;
+mod server_first;
 mod stop;
 mod translate;
+mod undecided;
 mod worker;
 
 pub use admin::{Hooks, LogLevel};

@@ -61,6 +61,12 @@ pub struct WorkerStats {
     pub http1_stray_bytes: u64,
     /// Idle pooled HTTP/1 connections the upstream closed.
     pub http1_pool_closed: u64,
+    /// Connections still detecting their protocol now.
+    pub detect_undecided: u64,
+    /// Undecided connections closed because there were too many.
+    pub detect_evicted: u64,
+    /// Connections relayed because their server spoke first.
+    pub server_first: u64,
     /// `io_uring_enter` calls of the worker's ring (0 on epoll).
     pub uring_enters: u64,
     /// Completions the worker reaped from its ring (0 on epoll).

@@ -29,7 +29,9 @@ use crate::l4::{self, ListenerKind};
 use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::pool::Pool;
 use crate::proxy::{ActiveDriver, WorkerStats};
+use crate::server_first::ServerFirst;
 use crate::stop::Stop;
+use crate::undecided::UndecidedSet;
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -88,6 +90,13 @@ pub(crate) struct Worker {
     pub stop: Stop,
     /// How this worker's TCP relays received (multishot or not).
     pub relay_counters: RelayCounters,
+    /// Connections still detecting, capped (oldest closed first).
+    pub undecided: Rc<UndecidedSet>,
+    /// Destinations seen speaking first.
+    pub server_first: RefCell<ServerFirst>,
+    /// Connections relayed because their server spoke first (seen now, or
+    /// remembered).
+    pub server_first_relays: Cell<u64>,
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
     pub http_metrics: RefCell<HttpShard>,
@@ -196,6 +205,9 @@ impl Worker {
             ring_exhausted: self.relay_counters.ring_exhausted.get(),
             http1_stray_bytes: self.pool.counters.stray_bytes.get(),
             http1_pool_closed: self.pool.counters.closed_idle.get(),
+            detect_undecided: self.undecided.len() as u64,
+            detect_evicted: self.undecided.evicted.get(),
+            server_first: self.server_first_relays.get(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),
@@ -337,6 +349,7 @@ async fn serve(setup: WorkerSetup) {
         ..
     } = setup;
     register_buf_ring(id, &cfg);
+    let max_undecided = cfg.detect_max_undecided;
     let worker = Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
@@ -353,6 +366,9 @@ async fn serve(setup: WorkerSetup) {
         queued: Cell::new(0),
         retries: Cell::new(0),
         relay_counters: RelayCounters::default(),
+        undecided: UndecidedSet::new(max_undecided),
+        server_first: RefCell::default(),
+        server_first_relays: Cell::new(0),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
         snapshots: RefCell::new(snapshots),
@@ -392,6 +408,9 @@ async fn serve(setup: WorkerSetup) {
 
     // Drain: no new connections; open ones get the grace period.
     stop.trigger();
+    // Connections still detecting (silent ones may wait for either side
+    // for the TCP idle timeout) have no exchange to finish.
+    worker.undecided.drain();
     let deadline = Instant::now() + worker.cfg.shutdown_grace_period;
     tracing::debug!(worker = id, open = worker.open.get(), "draining");
     while worker.open.get() > 0 && Instant::now() < deadline {

@@ -4,6 +4,9 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -99,26 +102,155 @@ both_drivers!(
     super::discovery_opaque_skips_detection
 );
 
-fn detect_timeout_falls_back_to_opaque(driver: IoDriver) {
+/// A server-speaks-first backend on a port not marked opaque, with the
+/// 10 s detect timeout: its banner reaches a silent client at once (the
+/// upstream connection is opened while waiting for the client), and the
+/// destination is remembered, so the next connection is relayed without
+/// detection: bytes that would get a 400 from the HTTP/1 server reach the
+/// backend instead.
+fn server_first_is_relayed_at_once(driver: IoDriver) {
     let backend = banner_backend();
-    let took = time_to_banner(
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
         driver,
         &[
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "600ms"),
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
             ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
+            // One worker: what it learns applies to the next connection.
+            ("LINKERD2_PROXY_CORES", "1"),
         ],
-        &backend,
     );
-    assert!(
-        took >= Duration::from_millis(550),
-        "greeting after {took:?}: detection did not wait"
+    let addr = proxy.forward_addrs()[0];
+    let started = Instant::now();
+    let mut c = connect(addr);
+    assert_eq!(read_name(&mut c), "220 banner");
+    let took = started.elapsed();
+    println!("{driver:?}: banner after {took:?}");
+    assert!(took < Duration::from_secs(1), "banner after {took:?}");
+    c.write_all(b"EHLO x\n").unwrap();
+    let mut back = [0u8; 7];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"EHLO x\n");
+    drop(c);
+    assert_eq!(proxy.worker_stats()[0].server_first, 1);
+
+    // Remembered: no detection, so even malformed HTTP is relayed.
+    let started = Instant::now();
+    let mut c = connect(addr);
+    c.write_all(b"GET  / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_name(&mut c), "220 banner");
+    println!(
+        "{driver:?}: remembered, banner after {:?}",
+        started.elapsed()
     );
-    assert!(took < Duration::from_secs(3), "greeting after {took:?}");
+    let mut back = [0u8; 19];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"GET  / HTTP/1.1\r\n\r\n");
+    assert_eq!(proxy.worker_stats()[0].server_first, 2);
+    drop(c);
+    proxy.shutdown();
+    proxy.wait();
 }
 both_drivers!(
-    detect_timeout_falls_back_to_opaque,
-    super::detect_timeout_falls_back_to_opaque
+    server_first_is_relayed_at_once,
+    super::server_first_is_relayed_at_once
 );
+
+/// Silent clients of a backend that waits for them (client-first) stay
+/// undecided, each holding one upstream connection opened early; past
+/// RINGMESH_DETECT_MAX_UNDECIDED the oldest are closed and counted, so the
+/// upstream connections held stay at the cap.
+fn silent_connections_are_capped(driver: IoDriver) {
+    const CAP: usize = 20;
+    const CLIENTS: usize = 50;
+    let open_upstream = Arc::new(AtomicUsize::new(0));
+    let seen = open_upstream.clone();
+    let backend = Backend::start(move |mut s| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = s.read(&mut buf) {}
+        seen.fetch_sub(1, Ordering::SeqCst);
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let cap = CAP.to_string();
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("RINGMESH_DETECT_MAX_UNDECIDED", &cap),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(connect(addr));
+        // Accepted in order, so "oldest" is well defined.
+        assert!(
+            eventually(Duration::from_secs(5), || proxy.worker_stats()[0].accepted
+                == i as u64 + 1),
+            "connection {i} not accepted"
+        );
+    }
+    let stats = || proxy.worker_stats()[0];
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = stats();
+            s.detect_evicted == (CLIENTS - CAP) as u64 && s.detect_undecided == CAP as u64
+        }),
+        "{:?}",
+        stats()
+    );
+    // The upstream connections held settle at the cap (each evicted
+    // connection closed its own).
+    assert!(
+        eventually(Duration::from_secs(5), || open_upstream
+            .load(Ordering::SeqCst)
+            == CAP),
+        "{} upstream connections open",
+        open_upstream.load(Ordering::SeqCst)
+    );
+    println!(
+        "{driver:?}: {:?}, upstream connections open: {}",
+        stats(),
+        open_upstream.load(Ordering::SeqCst)
+    );
+    // Oldest first: the first CLIENTS - CAP were closed, the rest are open.
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i < CLIENTS - CAP {
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            assert!(
+                matches!(c.read(&mut b), Ok(0) | Err(_)) && !is_timeout(c),
+                "client {i} was not closed"
+            );
+        } else {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            let r = c.read(&mut b);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "client {i} should still be open: {r:?}"
+            );
+        }
+    }
+    drop(clients);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    silent_connections_are_capped,
+    super::silent_connections_are_capped
+);
+
+/// Whether a read on `c` times out now (i.e. it is still open and silent).
+fn is_timeout(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let mut b = [0u8; 1];
+    matches!(c.read(&mut b), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
 
 /// Whatever the client sent first reaches the server byte for byte, also
 /// when it arrives in pieces during detection.
@@ -137,7 +269,7 @@ fn detected_bytes_are_forwarded(driver: IoDriver) {
     // (HTTP/1 and HTTP/2 are proxied, not relayed: engine/tests/http1.rs,
     // engine/tests/http2.rs.)
     let cases: [&[&[u8]]; 3] = [
-        &[b"GET / HT", b"TP/2.0\r\nHost: a\r\n\r\n"],
+        &[b"SET ke", b"y value\r\n"],
         &[&client_hello[..1], &client_hello[1..]],
         &[b"\x00\x01binary", b"more"],
     ];
@@ -159,4 +291,147 @@ fn detected_bytes_are_forwarded(driver: IoDriver) {
 both_drivers!(
     detected_bytes_are_forwarded,
     super::detected_bytes_are_forwarded
+);
+
+/// A backend that counts the connections it accepts and the bytes it
+/// receives, and never answers.
+fn counting_backend() -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let (c, b) = (conns.clone(), bytes.clone());
+    let backend = Backend::start(move |mut s| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            b.fetch_add(n, Ordering::SeqCst);
+        }
+    });
+    (backend, conns, bytes)
+}
+
+/// Reads what the proxy answers until it closes (bounded by the read
+/// timeout).
+fn read_answer(c: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Bytes that begin as an HTTP/1 request but do not parse are answered 400
+/// by the HTTP/1 server; none of them reaches the backend (before, each was
+/// relayed to it as opaque TCP).
+fn malformed_http_gets_400(driver: IoDriver) {
+    let (backend, _, bytes) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "5s"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let cases: [&[u8]; 7] = [
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n",
+    ];
+    for case in cases {
+        let mut c = connect(addr);
+        c.write_all(case).unwrap();
+        let answer = read_answer(&mut c);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{:?} was answered {answer:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert_eq!(bytes.load(Ordering::SeqCst), 0, "the backend saw bytes");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(malformed_http_gets_400, super::malformed_http_gets_400);
+
+/// A request line that stalls part-way is HTTP that stalled: 408 at the
+/// header-read timeout from its first byte (not an opaque relay after the
+/// detect timeout), and the backend sees nothing.
+fn stalled_request_line_gets_408(driver: IoDriver) {
+    let (backend, _, bytes) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("RINGMESH_HTTP_HEADER_READ_TIMEOUT", "400ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    // Decided at once ("GET /"), undecided ("GE"), and a slow sender whose
+    // line never ends.
+    let cases: [&[&[u8]]; 3] = [&[b"GET /slow"], &[b"GE"], &[b"G", b"ET /a", b"bc"]];
+    for pieces in cases {
+        let mut c = connect(addr);
+        let started = Instant::now();
+        for p in pieces {
+            c.write_all(p).unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+        let answer = read_answer(&mut c);
+        let took = started.elapsed();
+        println!("{driver:?} {pieces:?}: 408 after {took:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408 "),
+            "{pieces:?} was answered {answer:?} after {took:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+            "{pieces:?}: 408 after {took:?}"
+        );
+        let _ = c.shutdown(Shutdown::Both);
+    }
+    assert_eq!(bytes.load(Ordering::SeqCst), 0, "the backend saw bytes");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    stalled_request_line_gets_408,
+    super::stalled_request_line_gets_408
+);
+
+/// A drain does not wait for silent connections: they have no exchange in
+/// flight, so they close at once instead of holding the grace period.
+fn drain_closes_undecided_connections(driver: IoDriver) {
+    let (backend, _, _) = counting_backend();
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
+        ],
+    );
+    let mut c = connect(proxy.forward_addrs()[0]);
+    assert!(eventually(Duration::from_secs(5), || proxy
+        .worker_stats()
+        .iter()
+        .map(|s| s.detect_undecided)
+        .sum::<u64>()
+        == 1));
+    let started = Instant::now();
+    proxy.shutdown();
+    proxy.wait();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "drain took {took:?}");
+    let mut b = [0u8; 1];
+    assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
+}
+both_drivers!(
+    drain_closes_undecided_connections,
+    super::drain_closes_undecided_connections
 );

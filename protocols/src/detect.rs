@@ -1,8 +1,18 @@
 //! Protocol detection from the first bytes a client sends.
 //!
-//! Pure classification over a byte prefix; the caller reads (with the detect
-//! timeout) until [`detect`] decides, and treats a timeout or EOF as opaque
-//! TCP, as linkerd2-proxy does.
+//! Pure classification over a byte prefix, no I/O. The caller reads (with
+//! the detect timeout) until [`detect`] decides; when the client stops
+//! sending first, [`stalled`] says what the bytes so far are.
+//!
+//! The verdict follows what the bytes are, not whether they parse: bytes
+//! that begin like an HTTP/1 request (a known method and a space, or any
+//! method token whose first line carries `HTTP/`, optionally after empty
+//! lines) are HTTP/1 even when malformed, so the HTTP/1 server validates
+//! them (400 on garbage, 408 when the head stalls) instead of a relay
+//! passing them through unchecked. Everything else that speaks first —
+//! TLS, binary protocols, short text protocols such as redis `PING` or
+//! memcached `get k` — stays opaque, as with linkerd2-proxy's httparse
+//! probe.
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -56,55 +66,122 @@ pub fn detect(buf: &[u8]) -> Detection {
     request_line(buf)
 }
 
-/// `method SP target SP HTTP/1.x CRLF`, checked as far as the prefix goes.
+/// Methods whose token and a space are enough to call the bytes HTTP/1:
+/// no opaque protocol this proxy meets opens with one of them followed by a
+/// target. Other method tokens need `HTTP/` on their first line.
+const KNOWN_METHODS: &[&[u8]] = &[
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"PRI",
+];
+
+/// The longest method token considered.
+const MAX_METHOD: usize = 32;
+
+/// Classifies bytes that are neither the HTTP/2 preface nor TLS.
 fn request_line(buf: &[u8]) -> Detection {
     use Detection::*;
     let opaque = Decided(Protocol::Opaque);
-    // Method: a token (RFC 9110 §5.6.2), at most 32 bytes.
-    let Some(sp) = buf.iter().take(33).position(|&b| b == b' ') else {
-        return if buf.len() < 33 && buf.iter().all(|&b| is_tchar(b)) {
+    // RFC 9112 §2.2: empty lines before a request line are ignored.
+    let line = skip_empty_lines(buf);
+    if line.is_empty() {
+        return NeedMore;
+    }
+    // Method: a token (RFC 9110 §5.6.2).
+    let Some(end) = line.iter().take(MAX_METHOD + 1).position(|&b| !is_tchar(b)) else {
+        return if line.len() <= MAX_METHOD {
             NeedMore
         } else {
             opaque
         };
     };
-    if sp == 0 || !buf[..sp].iter().all(|&b| is_tchar(b)) {
+    if end == 0 || !matches!(line[end], b' ' | b'\t') {
         return opaque;
     }
-    // Target: visible ASCII (and obs-text), up to the next SP.
-    let rest = &buf[sp + 1..];
-    let target_end = rest.iter().position(|&b| b == b' ');
-    let target = &rest[..target_end.unwrap_or(rest.len())];
-    if !target.iter().all(|&b| b > 0x20 && b != 0x7f) {
-        return opaque;
+    let known = KNOWN_METHODS.contains(&&line[..end]);
+    // A known method before an origin-form or asterisk target (or more
+    // whitespace: malformed, but HTTP) is HTTP/1 at once, so a client that
+    // stalls inside its request line meets the header-read timeout.
+    if known {
+        match line.get(end + 1) {
+            None => return NeedMore,
+            Some(b'/' | b'*' | b' ' | b'\t') => return Decided(Protocol::Http1),
+            Some(_) => {}
+        }
     }
-    let Some(te) = target_end else {
-        // Long targets are fine; if the line is absurdly long, let the
-        // HTTP/1 parser answer 414/431 rather than hide it as opaque.
-        return if buf.len() >= MAX_REQUEST_LINE {
-            Decided(Protocol::Http1)
-        } else {
-            NeedMore
-        };
+    // Otherwise the first line must name an HTTP version. Only the first
+    // MAX_REQUEST_LINE bytes are looked at, so the verdict never changes
+    // as more bytes arrive.
+    let window = &line[..line.len().min(MAX_REQUEST_LINE)];
+    let first_line = match window.iter().position(|&b| b == b'\n') {
+        Some(lf) => &window[..lf],
+        None => window,
     };
-    if te == 0 {
+    if has_version(&first_line[end..]) {
+        return Decided(Protocol::Http1);
+    }
+    if first_line.len() < window.len() {
+        // The line ended without a version: some other text protocol.
         return opaque;
     }
-    let version = &rest[te + 1..];
-    const V: &[u8] = b"HTTP/1.";
-    let n = version.len().min(V.len());
-    if version[..n] != V[..n] {
-        return opaque;
+    if window.len() < MAX_REQUEST_LINE {
+        return NeedMore;
     }
-    match version.get(V.len()) {
-        None => NeedMore,
-        Some(b'0' | b'1') => match version.get(V.len() + 1) {
-            None => NeedMore,
-            Some(b'\r' | b'\n') => Decided(Protocol::Http1),
-            Some(_) => opaque,
-        },
-        Some(_) => opaque,
+    // An absurdly long line: with a known method, the HTTP/1 server
+    // answers 414 rather than hiding it as opaque.
+    if known {
+        Decided(Protocol::Http1)
+    } else {
+        opaque
     }
+}
+
+/// What an undecided prefix is when the client stops sending (timeout, EOF
+/// or a full buffer): HTTP/1 when it can only be the start of an HTTP/1
+/// request — the HTTP/1 server then answers 408 (or closes on EOF) — and
+/// opaque otherwise (nothing sent, a partial TLS record, an unknown token).
+pub fn stalled(buf: &[u8]) -> Protocol {
+    if let Detection::Decided(p) = detect(buf) {
+        return p;
+    }
+    if buf.is_empty() || buf[0] == 0x16 {
+        return Protocol::Opaque;
+    }
+    if H2_PREFACE.starts_with(buf) {
+        return Protocol::Http1;
+    }
+    let line = skip_empty_lines(buf);
+    if line.is_empty() {
+        return Protocol::Http1;
+    }
+    let end = line
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(line.len());
+    let method = &line[..end];
+    let plausible = if end == line.len() {
+        // Part of a method: one of the known ones, or a known one whole.
+        KNOWN_METHODS.iter().any(|m| m.starts_with(method))
+    } else {
+        KNOWN_METHODS.contains(&method)
+    };
+    if plausible {
+        Protocol::Http1
+    } else {
+        Protocol::Opaque
+    }
+}
+
+fn skip_empty_lines(buf: &[u8]) -> &[u8] {
+    let start = buf
+        .iter()
+        .position(|&b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    &buf[start..]
+}
+
+/// True when `line` has whitespace followed by `HTTP/`.
+fn has_version(line: &[u8]) -> bool {
+    line.windows(6)
+        .any(|w| matches!(w[0], b' ' | b'\t') && &w[1..] == b"HTTP/")
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -128,8 +205,10 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_request_waits_for_more() {
-        let req = b"GET /index.html HTTP/1.1\r\n";
-        for i in 1..req.len() - 1 {
+        // A method this module does not know needs the version to decide.
+        let req = b"PROPFIND /index.html HTTP/1.1\r\n";
+        let decided_at = req.windows(5).position(|w| w == b"HTTP/").unwrap() + 5;
+        for i in 1..decided_at {
             assert_eq!(
                 detect(&req[..i]),
                 NeedMore,
@@ -137,6 +216,41 @@ mod tests {
                 String::from_utf8_lossy(&req[..i])
             );
         }
+        assert_eq!(detect(&req[..decided_at]), Decided(Http1));
+    }
+
+    #[test]
+    fn a_known_method_and_a_target_decide_at_once() {
+        assert_eq!(detect(b"GET"), NeedMore);
+        assert_eq!(detect(b"GET "), NeedMore);
+        assert_eq!(detect(b"GET /"), Decided(Http1));
+        assert_eq!(detect(b"OPTIONS *"), Decided(Http1));
+        assert_eq!(detect(b"GET http://a.test/"), NeedMore);
+    }
+
+    #[test]
+    fn malformed_http_is_still_http1() {
+        // The HTTP/1 server answers these with 400; relayed as opaque they
+        // would skip all validation.
+        for bytes in [
+            &b"GET  / HTTP/1.1\r\n"[..],
+            b"GET\t/ HTTP/1.1\r\n",
+            b"GET / HTTP/1.2\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n",
+            b"\r\nGET / HTTP/1.1\r\n",
+            b"\r\n\r\nFOO /x HTTP/9\r\n",
+            b"BREW /pot HTTP/1.1\r\n",
+        ] {
+            assert_eq!(
+                detect(bytes),
+                Decided(Http1),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        assert_eq!(detect(b"\r\n"), NeedMore);
     }
 
     #[test]
@@ -145,8 +259,6 @@ mod tests {
         for i in 1..H2_PREFACE.len() {
             assert_eq!(detect(&H2_PREFACE[..i]), NeedMore);
         }
-        // "PRI * HTTP/2.0" without the rest of the preface is not HTTP/1.
-        assert_eq!(detect(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Decided(Opaque));
     }
 
     #[test]
@@ -159,20 +271,66 @@ mod tests {
 
     #[test]
     fn other_protocols_are_opaque() {
-        assert_eq!(detect(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), Decided(Opaque)); // Postgres SSLRequest
-        assert_eq!(detect(b"*1\r\n$4\r\nPING\r\n"), Decided(Opaque)); // Redis
-        assert_eq!(detect(b"SSH-2.0-OpenSSH_9.2\r\n"), Decided(Opaque));
-        assert_eq!(detect(b"GET / HTTP/2.0\r\n"), Decided(Opaque));
-        assert_eq!(detect(b"GET  / HTTP/1.1\r\n"), Decided(Opaque));
-        assert_eq!(detect(b"GE\x01T / HTTP/1.1\r\n"), Decided(Opaque));
-        assert_eq!(detect(&[b'A'; 40]), Decided(Opaque));
+        for bytes in [
+            &b"\x00\x00\x00\x08\x04\xd2\x16\x2f"[..], // Postgres SSLRequest
+            b"*1\r\n$4\r\nPING\r\n",                  // redis
+            b"PING\r\n",                              // redis inline
+            b"GET key\r\n",                           // redis inline, not a request line
+            b"SET key value\r\n",
+            b"get k\r\n", // memcached
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"EHLO mail.test\r\n",
+            b"GE\x01T / HTTP/1.1\r\n",
+            b"\r\n\x00\x01",
+            &[b'A'; 40],
+        ] {
+            assert_eq!(
+                detect(bytes),
+                Decided(Opaque),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]
     fn long_targets_are_http1() {
-        let mut req = b"GET /".to_vec();
+        let mut req = b"GET http://a/".to_vec();
         req.extend(std::iter::repeat_n(b'a', MAX_REQUEST_LINE));
         assert_eq!(detect(&req), Decided(Http1));
+        let mut other = b"FOO http://a/".to_vec();
+        other.extend(std::iter::repeat_n(b'a', MAX_REQUEST_LINE));
+        assert_eq!(detect(&other), Decided(Opaque));
+    }
+
+    #[test]
+    fn what_a_stalled_prefix_is() {
+        // Partial HTTP/1: the HTTP/1 server answers 408.
+        for bytes in [
+            &b"G"[..],
+            b"GE",
+            b"POST",
+            b"GET ",
+            b"GET http://a.test/slo",
+            b"\r\n",
+            b"PRI * HTTP/2.0\r\n",
+        ] {
+            assert_eq!(
+                stalled(bytes),
+                Http1,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Silence, partial TLS, unknown tokens: opaque.
+        for bytes in [&b""[..], &[0x16, 0x03], b"PI", b"FOO /x", b"SET k v"] {
+            assert_eq!(
+                stalled(bytes),
+                Opaque,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     proptest::proptest! {
@@ -187,6 +345,30 @@ mod tests {
                     (NeedMore, Some(q)) => proptest::prop_assert!(false, "undecided after {:?}", q),
                     (NeedMore, None) => {}
                 }
+            }
+            // A stalled prefix keeps any verdict already reached.
+            if let Some(p) = decided {
+                proptest::prop_assert_eq!(stalled(&data), p);
+            }
+        }
+
+        /// Whatever httparse reads as a request line (linkerd2-proxy's
+        /// probe) is HTTP/1 here too, and no prefix of it is anything else.
+        #[test]
+        fn request_lines_are_http1(
+            method in "[A-Z]{1,12}",
+            target in "(/[a-z0-9/?=&.]{0,20}|\\*|http://[a-z]{1,8}/)",
+            minor in 0u8..2,
+            crlfs in 0usize..3,
+        ) {
+            let mut req = b"\r\n".repeat(crlfs);
+            req.extend_from_slice(format!("{method} {target} HTTP/1.{minor}\r\nHost: a\r\n\r\n").as_bytes());
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            proptest::prop_assume!(httparse::Request::new(&mut headers).parse(&req).is_ok());
+            proptest::prop_assert_eq!(detect(&req), Decided(Http1));
+            for i in 1..req.len() {
+                let d = detect(&req[..i]);
+                proptest::prop_assert!(d == NeedMore || d == Decided(Http1), "{:?} at {}", d, i);
             }
         }
     }
