@@ -615,3 +615,95 @@ both_drivers!(
     bodies_up_to_64k_are_retried,
     super::bodies_up_to_64k_are_retried
 );
+
+/// MadeYouReset (CVE-2025-8671): a client that makes the proxy reset its
+/// streams itself — a WINDOW_UPDATE overflowing the stream, a zero
+/// WINDOW_UPDATE, a malformed request, a body shorter than its
+/// content-length — 5000 times on one connection gets GOAWAY
+/// `ENHANCE_YOUR_CALM` after at most 1024 such resets (a zero WINDOW_UPDATE
+/// or DATA after END_STREAM: GOAWAY `PROTOCOL_ERROR` at once); a stream reset before it was forwarded never reaches the origin;
+/// a normal client on another connection is served throughout.
+fn made_you_reset_is_cut_off(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during attacks");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    // What the attacker gets, and whether its streams are reset before
+    // they could be forwarded (the request in DATA-after-END_STREAM is
+    // complete first: it may go).
+    for (attack, expected, before_forwarding) in [
+        ("reset-window-overflow", "goaway 11", true),
+        // A zero increment is a connection error at once (PROTOCOL_ERROR).
+        ("reset-zero-window-update", "goaway 1", true),
+        ("reset-malformed", "goaway 11", true),
+        // DATA after END_STREAM: a connection error at once, too.
+        ("reset-data-after-end", "goaway 1", false),
+        // A body shorter than its content-length: found at its end.
+        ("reset-content-length", "goaway 11", false),
+    ] {
+        let (served0, streams0) = (
+            served.load(Ordering::Relaxed),
+            origin.counters.streams.load(Ordering::Relaxed),
+        );
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            expected,
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > served0 + 10),
+            "{attack}: the normal client kept being served"
+        );
+        // The origin's streams, less the normal client's.
+        // One normal request may straddle the first reading.
+        let forwarded = (origin.counters.streams.load(Ordering::Relaxed) - streams0)
+            .saturating_sub(served.load(Ordering::Relaxed) - served0);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{attack}: {forwarded} attack streams reached the origin"
+        );
+        if before_forwarding {
+            assert!(
+                forwarded <= 8,
+                "{attack}: {forwarded} streams reset before forwarding reached the origin"
+            );
+        } else {
+            assert!(
+                forwarded <= 1100,
+                "{attack}: {forwarded} reached the origin"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(made_you_reset_is_cut_off, super::made_you_reset_is_cut_off);

@@ -334,6 +334,10 @@ pub struct Builder {
     /// Maximum number of locally reset streams to keep at a time.
     reset_stream_max: usize,
 
+    /// Streams the library may reset for the peer's errors before the
+    /// connection goes away with ENHANCE_YOUR_CALM.
+    local_error_reset_stream_max: Option<usize>,
+
     /// Initial `Settings` frame to send as part of the handshake.
     settings: Settings,
 
@@ -645,6 +649,7 @@ impl Builder {
             max_send_buffer_size: proto::DEFAULT_MAX_SEND_BUFFER_SIZE,
             reset_stream_duration: Duration::from_secs(proto::DEFAULT_RESET_STREAM_SECS),
             reset_stream_max: proto::DEFAULT_RESET_STREAM_MAX,
+            local_error_reset_stream_max: Some(proto::DEFAULT_LOCAL_ERROR_RESET_STREAM_MAX),
             initial_target_connection_window_size: None,
             initial_max_send_streams: usize::MAX,
             settings: Default::default(),
@@ -924,6 +929,18 @@ impl Builder {
     /// ```
     pub fn max_concurrent_reset_streams(&mut self, max: usize) -> &mut Self {
         self.reset_stream_max = max;
+        self
+    }
+
+    /// How many streams the library may reset on its own because of the
+    /// peer's errors (a WINDOW_UPDATE overflowing a stream, a malformed
+    /// request, a frame on a closed stream, ...) before the connection is
+    /// closed with GOAWAY `ENHANCE_YOUR_CALM`; `None` for no limit. A peer
+    /// that provokes resets makes the local side do work it never pays for
+    /// (MadeYouReset, CVE-2025-8671). Counted over the connection's life, as
+    /// the `h2` crate's `max_local_error_reset_streams`. Default 1024.
+    pub fn max_local_error_reset_streams(&mut self, max: Option<usize>) -> &mut Self {
+        self.local_error_reset_stream_max = max;
         self
     }
 
@@ -1217,6 +1234,7 @@ where
                 max_send_buffer_size: builder.max_send_buffer_size,
                 reset_stream_duration: builder.reset_stream_duration,
                 reset_stream_max: builder.reset_stream_max,
+                local_error_reset_stream_max: builder.local_error_reset_stream_max,
                 settings: builder.settings.clone(),
             },
         );

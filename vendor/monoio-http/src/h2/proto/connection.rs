@@ -84,6 +84,7 @@ pub(crate) struct Config {
     pub max_send_buffer_size: usize,
     pub reset_stream_duration: Duration,
     pub reset_stream_max: usize,
+    pub local_error_reset_stream_max: Option<usize>,
     pub settings: frame::Settings,
 }
 
@@ -122,6 +123,7 @@ where
                     .unwrap_or(false),
                 local_reset_duration: config.reset_stream_duration,
                 local_reset_max: config.reset_stream_max,
+                local_max_error_reset_streams: config.local_error_reset_stream_max,
                 remote_init_window_sz: DEFAULT_INITIAL_WINDOW_SIZE,
                 remote_max_initiated: config
                     .settings
@@ -328,6 +330,14 @@ where
                 );
             }
             ready!(self.poll_ready(cx))?;
+
+            // A peer that keeps making us reset its streams (MadeYouReset):
+            // each reset costs us the stream's work and costs it nothing.
+            // (After poll_go_away, which writes the GOAWAY this leads to.)
+            if self.inner.streams.local_error_resets_exceeded() {
+                tracing::warn!("too many streams reset for the peer's errors; closing with ENHANCE_YOUR_CALM");
+                return Poll::Ready(Err(Error::library_go_away(Reason::ENHANCE_YOUR_CALM)));
+            }
 
             match self
                 .inner

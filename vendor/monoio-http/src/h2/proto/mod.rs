@@ -29,4 +29,8 @@ pub type WindowSize = u32;
 pub const MAX_WINDOW_SIZE: WindowSize = (1 << 31) - 1;
 pub const DEFAULT_RESET_STREAM_MAX: usize = 10;
 pub const DEFAULT_RESET_STREAM_SECS: u64 = 30;
+/// Streams the library may reset on its own because of the peer's errors
+/// before the connection is closed with ENHANCE_YOUR_CALM (as the `h2`
+/// crate's `max_local_error_reset_streams`; MadeYouReset, CVE-2025-8671).
+pub const DEFAULT_LOCAL_ERROR_RESET_STREAM_MAX: usize = 1024;
 pub const DEFAULT_MAX_SEND_BUFFER_SIZE: usize = 1024 * 400;

@@ -23,6 +23,12 @@ pub(super) struct Counts {
 
     /// Current number of pending locally reset streams
     num_reset_streams: usize,
+
+    /// Most streams the library may reset for the peer's errors
+    max_local_error_reset_streams: Option<usize>,
+
+    /// Streams the library reset for the peer's errors so far
+    num_local_error_reset_streams: usize,
 }
 
 impl Counts {
@@ -36,6 +42,8 @@ impl Counts {
             num_recv_streams: 0,
             max_reset_streams: config.local_reset_max,
             num_reset_streams: 0,
+            max_local_error_reset_streams: config.local_max_error_reset_streams,
+            num_local_error_reset_streams: 0,
         }
     }
 
@@ -100,6 +108,18 @@ impl Counts {
         assert!(self.can_inc_num_reset_streams());
 
         self.num_reset_streams += 1;
+    }
+
+    /// Counts one stream the library reset because of the peer's error.
+    pub fn inc_num_local_error_resets(&mut self) {
+        self.num_local_error_reset_streams = self.num_local_error_reset_streams.saturating_add(1);
+    }
+
+    /// True once the library reset more streams for the peer's errors than
+    /// allowed: the connection must go away.
+    pub fn local_error_resets_exceeded(&self) -> bool {
+        self.max_local_error_reset_streams
+            .is_some_and(|max| self.num_local_error_reset_streams > max)
     }
 
     pub fn apply_remote_settings(&mut self, settings: &frame::Settings) {

@@ -58,6 +58,10 @@ pub struct Config {
     /// Maximum number of locally reset streams to keep at a time
     pub local_reset_max: usize,
 
+    /// Streams reset by the library for the peer's errors before the
+    /// connection is closed (None: no limit)
+    pub local_max_error_reset_streams: Option<usize>,
+
     /// Initial window size of remote initiated streams
     pub remote_init_window_sz: WindowSize,
 

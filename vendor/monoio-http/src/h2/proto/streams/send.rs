@@ -202,6 +202,12 @@ impl Send {
             return;
         }
 
+        // A reset the library decided on is the peer's error: counted, so a
+        // peer that provokes them over and over is cut off (MadeYouReset).
+        if initiator == Initiator::Library {
+            counts.inc_num_local_error_resets();
+        }
+
         // Transition the state to reset no matter what.
         stream.state.set_reset(stream_id, reason, initiator);
 

@@ -165,6 +165,12 @@ where
         me.actions.recv.send_pending_refusal(cx, dst)
     }
 
+    /// See [`Counts::local_error_resets_exceeded`].
+    pub fn local_error_resets_exceeded(&self) -> bool {
+        let me = unsafe { &*self.inner.get() };
+        me.counts.local_error_resets_exceeded()
+    }
+
     pub fn clear_expired_reset_streams(&mut self) {
         let me = unsafe { &mut *self.inner.get() };
         me.actions
@@ -356,6 +362,7 @@ impl<B> DynStreams<'_, B> {
         me.send_reset(self.send_buffer, id, reason)
     }
 
+
     pub fn send_go_away(&mut self, last_processed_id: StreamId) {
         let me = unsafe { &mut *self.inner.get() };
         me.actions.recv.go_away(last_processed_id);
@@ -426,7 +433,12 @@ impl Inner {
 
                         e.insert(stream)
                     }
-                    None => return Ok(()),
+                    // Refused (REFUSED_STREAM): over our concurrency limit,
+                    // which is the peer's error too.
+                    None => {
+                        self.counts.inc_num_local_error_resets();
+                        return Ok(());
+                    }
                 }
             }
         };
