@@ -972,6 +972,12 @@ async fn pump_with(
         };
         let len = chunk.len();
         let last = from.is_end_stream();
+        // An empty DATA frame that does not end the body carries nothing:
+        // not passed on (a flood of them would otherwise queue on the
+        // other side, behind DATA waiting for its window).
+        if len == 0 && !last {
+            continue;
+        }
         // The sink is gone (reset, or its connection failed): the caller
         // resets the source's stream.
         send_all(to, chunk, last).await?;

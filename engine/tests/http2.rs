@@ -707,3 +707,89 @@ fn made_you_reset_is_cut_off(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(made_you_reset_is_cut_off, super::made_you_reset_is_cut_off);
+
+/// This process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Floods of frames that do no work (empty DATA, PRIORITY, unknown types,
+/// PING ACKs, empty header block fragments, a mix of them, and two of them
+/// per 1-byte DATA frame), 20 000 batches each behind an open request on
+/// one connection: each ends in GOAWAY `ENHANCE_YOUR_CALM`, memory stays
+/// bounded, a normal client is served throughout. A SETTINGS_INITIAL_WINDOW_SIZE
+/// of 2^31 is a FLOW_CONTROL_ERROR (RFC 9113 §6.5.2).
+fn idle_frame_floods_are_cut_off(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during attacks");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let rss0 = rss_kib();
+    // GOAWAY ENHANCE_YOUR_CALM = 11, FLOW_CONTROL_ERROR = 3.
+    for (attack, expected) in [
+        ("idle-empty-data", "goaway 11"),
+        ("idle-priority", "goaway 11"),
+        ("idle-unknown", "goaway 11"),
+        ("idle-ping-ack", "goaway 11"),
+        ("idle-empty-headers", "goaway 11"),
+        ("idle-mixed", "goaway 11"),
+        ("idle-with-work", "goaway 11"),
+        ("settings-window-overflow", "goaway 3"),
+    ] {
+        let before = served.load(Ordering::Relaxed);
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            expected,
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > before + 10),
+            "{attack}: the normal client kept being served"
+        );
+        let grown = rss_kib().saturating_sub(rss0);
+        let _ = writeln!(std::io::stderr(), "{attack}: RSS +{grown} KiB");
+        assert!(grown < 64 * 1024, "{attack}: RSS grew {grown} KiB");
+    }
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    idle_frame_floods_are_cut_off,
+    super::idle_frame_floods_are_cut_off
+);

