@@ -44,6 +44,14 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// How long a client cut off by the defences is read from (and ignored)
 /// after its GOAWAY.
 const LINGER: Duration = Duration::from_millis(500);
+/// Receive window of an upstream connection: the protocol's maximum. A
+/// response the proxy cannot pass on (its client does not read) keeps its
+/// bytes unreleased, at most its stream window; were the connection window
+/// smaller than the stream windows of all the streams sharing the
+/// connection, a few stalled streams (16 of 64 KiB in a 1 MiB window) would
+/// stop every other stream on it. Stream windows alone bound what a
+/// connection buffers.
+const UPSTREAM_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Largest header list accepted from either side (RFC 9113 §6.5.2).
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Streams the HTTP/2 library may reset for a client's own errors (a
@@ -252,8 +260,14 @@ impl Pool {
         let mut conns = self.conns.borrow_mut();
         let list = conns.get_mut(&addr)?;
         list.retain(|u| !u.closed.get() && !u.send.has_conn_error());
+        // Room below the peer's own limit too: a stream queued for a slot
+        // on a full connection would wait behind streams that may never
+        // end (their clients stopped reading), so it goes on another.
         list.iter()
-            .find(|u| u.send.num_active_streams() < STREAMS_PER_CONNECTION)
+            .find(|u| {
+                let limit = STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams());
+                u.send.num_active_streams() < limit
+            })
             .map(|u| (u.send.clone(), u.id))
     }
 
@@ -1151,7 +1165,7 @@ async fn new_connection(
     let mut builder = client::Builder::new();
     builder
         .initial_window_size(w.cfg.http2_stream_window)
-        .initial_connection_window_size(w.cfg.http2_connection_window)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_push(false);
     let (send, conn) = builder

@@ -793,3 +793,93 @@ both_drivers!(
     idle_frame_floods_are_cut_off,
     super::idle_frame_floods_are_cut_off
 );
+
+/// Requests `h2load` completes in `secs` seconds of /hello through `addr`
+/// (4 connections × 8 streams).
+fn h2load_done(addr: std::net::SocketAddr, secs: u32) -> u64 {
+    let out = Command::new("timeout")
+        .arg((secs + 20).to_string())
+        .args(["h2load", "-c", "4", "-m", "8", "-D", &secs.to_string()])
+        .arg(format!("http://{addr}/hello"))
+        .output()
+        .expect("h2load (nghttp2-client) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "requests: N total, N started, N done, N succeeded, ..."
+    text.lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|f| f.strip_suffix(" succeeded")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One slow reader (48 streams of 1 MiB responses, windows 0 and never
+/// opened: more than the 1 MiB connection window's worth of 64 KiB stream
+/// windows) shares the one worker's pooled upstream connection with
+/// everyone else; h2load on other connections keeps being served at a
+/// good share of its rate without the slow reader. Again with an origin
+/// that allows 32 concurrent streams per connection, fewer than the slow
+/// reader holds.
+fn slow_reader_costs_only_its_own_streams(driver: IoDriver) {
+    slow_reader_beside_h2load(driver, None);
+    slow_reader_beside_h2load(driver, Some(32));
+}
+
+fn slow_reader_beside_h2load(driver: IoDriver, origin_max_streams: Option<u32>) {
+    let origin = h2::origin_with(None, origin_max_streams);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    // One worker: one pool, so every client shares its upstream connection.
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let baseline = h2load_done(addr, 2);
+    assert!(baseline > 1000, "h2load alone: {baseline} requests");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let streams = 48;
+    let streams0 = origin.counters.streams.load(Ordering::Relaxed);
+    // Bounded by its own argument (30 s), killed at the end.
+    let mut slow = Command::new("/usr/bin/python3")
+        .args([script, "slow-reader"])
+        .args([addr.to_string(), streams.to_string(), "30".into()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian python3");
+    let mut line = String::new();
+    BufReader::new(slow.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the slow reader starts");
+    assert_eq!(line.trim(), "holding");
+    // Its streams reached the origin (as many as one connection takes, at
+    // least), whose responses fill what the proxy takes of them.
+    let one_connection = origin_max_streams.map_or(streams, |n| streams.min(n as usize));
+    assert!(
+        eventually(Duration::from_secs(10), || origin
+            .counters
+            .streams
+            .load(Ordering::Relaxed)
+            >= streams0 + one_connection),
+        "the slow reader's streams reached the origin"
+    );
+    let during = h2load_done(addr, 2);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} (origin stream limit {origin_max_streams:?}): h2load alone {baseline}, beside a slow reader {during} requests in 2 s",
+        driver_name(driver)
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert!(
+        during * 4 > baseline,
+        "a slow reader's streams stalled everyone else: {during} requests in 2 s against {baseline} alone"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    slow_reader_costs_only_its_own_streams,
+    super::slow_reader_costs_only_its_own_streams
+);

