@@ -44,8 +44,22 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// How long a client cut off by the defences is read from (and ignored)
 /// after its GOAWAY.
 const LINGER: Duration = Duration::from_millis(500);
+/// Receive window of an upstream connection: the protocol's maximum. A
+/// response the proxy cannot pass on (its client does not read) keeps its
+/// bytes unreleased, at most its stream window; were the connection window
+/// smaller than the stream windows of all the streams sharing the
+/// connection, a few stalled streams (16 of 64 KiB in a 1 MiB window) would
+/// stop every other stream on it. Stream windows alone bound what a
+/// connection buffers.
+const UPSTREAM_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Largest header list accepted from either side (RFC 9113 §6.5.2).
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// Streams the HTTP/2 library may reset for a client's own errors (a
+/// WINDOW_UPDATE overflowing a stream, a malformed request, a frame on a
+/// closed stream, too many streams, ...) before the client gets GOAWAY
+/// `ENHANCE_YOUR_CALM` (MadeYouReset, CVE-2025-8671): over the connection's
+/// life, the `h2` crate's default.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// A socket whose reads and writes are counted by a [`ConnMeter`].
 struct MeteredIo<I> {
@@ -120,25 +134,30 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
                 self.tripped = true;
                 let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
                 let _ = self.io.write_all(goaway.to_vec()).await;
-                // Lingering close: FIN after the GOAWAY, then discard what
-                // the client still sends for a moment, so closing with
-                // unread bytes does not turn into a RST that destroys the
-                // GOAWAY before the client reads it.
-                let _ = self.io.shutdown().await;
-                let _ = monoio::time::timeout(LINGER, async {
-                    let mut sink = Vec::with_capacity(16 * 1024);
-                    loop {
-                        let (res, b) = self.io.read(sink).await;
-                        sink = b;
-                        if !matches!(res, Ok(n) if n > 0) {
-                            break;
-                        }
-                    }
-                })
-                .await;
+                let _ = self.linger().await;
                 Err(std::io::Error::other(v.to_string()))
             }
         }
+    }
+
+    /// Lingering close: FIN after the last frame (a GOAWAY), then discard
+    /// what the client still sends for a moment, so closing with unread
+    /// bytes does not turn into a RST that destroys the GOAWAY before the
+    /// client reads it.
+    async fn linger(&mut self) -> std::io::Result<()> {
+        let res = self.io.shutdown().await;
+        let _ = monoio::time::timeout(LINGER, async {
+            let mut sink = Vec::with_capacity(16 * 1024);
+            loop {
+                let (res, b) = self.io.read(sink).await;
+                sink = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        })
+        .await;
+        res
     }
 }
 
@@ -181,7 +200,7 @@ impl<I: AsyncReadRent + AsyncWriteRent> AsyncReadRent for GuardedIo<I> {
     }
 }
 
-impl<I: AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
+impl<I: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
     fn write<T: IoBuf>(
         &mut self,
         buf: T,
@@ -200,8 +219,15 @@ impl<I: AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
         self.io.flush()
     }
 
-    fn shutdown(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        self.io.shutdown()
+    /// The library closes the connection (after its own GOAWAY, such as
+    /// `ENHANCE_YOUR_CALM` for too many streams reset for the client's
+    /// errors): lingering, so the client reads why.
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        if self.tripped {
+            return Ok(());
+        }
+        self.tripped = true;
+        self.linger().await
     }
 }
 
@@ -234,8 +260,14 @@ impl Pool {
         let mut conns = self.conns.borrow_mut();
         let list = conns.get_mut(&addr)?;
         list.retain(|u| !u.closed.get() && !u.send.has_conn_error());
+        // Room below the peer's own limit too: a stream queued for a slot
+        // on a full connection would wait behind streams that may never
+        // end (their clients stopped reading), so it goes on another.
         list.iter()
-            .find(|u| u.send.num_active_streams() < STREAMS_PER_CONNECTION)
+            .find(|u| {
+                let limit = STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams());
+                u.send.num_active_streams() < limit
+            })
             .map(|u| (u.send.clone(), u.id))
     }
 
@@ -292,7 +324,8 @@ pub(crate) async fn serve(
         .initial_window_size(w.cfg.http2_stream_window)
         .initial_connection_window_size(w.cfg.http2_connection_window)
         .max_concurrent_streams(w.cfg.http2_max_concurrent_streams)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
         Ok(c) => c,
         Err(e) => {
@@ -570,13 +603,7 @@ async fn forward(
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
-        let Opened {
-            response,
-            body: up_body,
-            addr,
-            guard,
-            id,
-        } = open_stream(
+        let opening = open_stream(
             w,
             key,
             &target,
@@ -585,9 +612,20 @@ async fn forward(
             &parts,
             end,
             &mut tries,
+            Some(&mut *respond),
         )
         .await
         .map_err(upstream_failed)?;
+        let Opened {
+            response,
+            body: up_body,
+            addr,
+            guard,
+            id,
+        } = match opening {
+            Opening::Opened(o) => o,
+            Opening::Abandoned(reason) => return Err(Failure::Reset(reason)),
+        };
         in_flight = guard;
         let sent_at = Instant::now();
         // The request body goes up on its own task, while the response
@@ -721,7 +759,9 @@ pub(crate) struct Opened {
 /// endpoint of `dst`, not one of `avoid`. A connection the endpoint is
 /// closing (GOAWAY) takes no new stream: it is retired and another is
 /// tried. Every attempt counts in `tries`, shared with the caller's own
-/// retries, up to [`MAX_TRIES`].
+/// retries, up to [`MAX_TRIES`]. `client`: the HTTP/2 client stream the
+/// request came on; if it is reset by the time the request would go, the
+/// request does not go ([`Opening::Abandoned`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open_stream(
     w: &Rc<Worker>,
@@ -732,28 +772,56 @@ pub(crate) async fn open_stream(
     parts: &http::request::Parts,
     end: bool,
     tries: &mut u32,
-) -> Result<Opened, UpstreamError> {
+    mut client: Option<&mut server::SendResponse<Bytes>>,
+) -> Result<Opening, UpstreamError> {
     loop {
         *tries += 1;
         let (send, addr, guard, id) = checkout(w, key, dst, timeout, avoid).await?;
         key.target = Some(addr);
         let sent = match send.ready().await {
-            Ok(mut s) => s.send_request(request_head(parts), end),
+            Ok(mut s) => {
+                // Checked with nothing awaited before the request is
+                // queued: a stream reset meanwhile (by the client, or by
+                // the library for the client's error — MadeYouReset) costs
+                // the upstream nothing.
+                if let Some(reason) = client.as_deref_mut().and_then(reset_already) {
+                    return Ok(Opening::Abandoned(reason));
+                }
+                s.send_request(request_head(parts), end)
+            }
             Err(e) => Err(e),
         };
         match sent {
             Ok((response, body)) => {
-                return Ok(Opened {
+                return Ok(Opening::Opened(Opened {
                     response,
                     body,
                     addr,
                     guard,
                     id,
-                })
+                }))
             }
             Err(e) if *tries < MAX_TRIES && unprocessed(&e) => w.h2_pool.retire(addr, id),
             Err(e) => return Err(UpstreamError::Stream(e.to_string())),
         }
+    }
+}
+
+/// What [`open_stream`] did.
+pub(crate) enum Opening {
+    Opened(Opened),
+    /// The client's stream was reset before the request went upstream.
+    Abandoned(Reason),
+}
+
+/// The reason `respond`'s stream was reset, if it was: asked without
+/// waiting (the stream's waker is not ours to keep).
+pub(crate) fn reset_already(respond: &mut server::SendResponse<Bytes>) -> Option<Reason> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match respond.poll_reset(&mut cx) {
+        std::task::Poll::Ready(Ok(reason)) => Some(reason),
+        std::task::Poll::Ready(Err(e)) => Some(e.reason().unwrap_or(Reason::CANCEL)),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -918,6 +986,12 @@ async fn pump_with(
         };
         let len = chunk.len();
         let last = from.is_end_stream();
+        // An empty DATA frame that does not end the body carries nothing:
+        // not passed on (a flood of them would otherwise queue on the
+        // other side, behind DATA waiting for its window).
+        if len == 0 && !last {
+            continue;
+        }
         // The sink is gone (reset, or its connection failed): the caller
         // resets the source's stream.
         send_all(to, chunk, last).await?;
@@ -1091,7 +1165,7 @@ async fn new_connection(
     let mut builder = client::Builder::new();
     builder
         .initial_window_size(w.cfg.http2_stream_window)
-        .initial_connection_window_size(w.cfg.http2_connection_window)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_push(false);
     let (send, conn) = builder

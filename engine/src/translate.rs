@@ -34,7 +34,7 @@ use ringmesh_protocols::http1::{
 };
 
 use crate::http1::{self, Client};
-use crate::http2::{self, Failure, Opened};
+use crate::http2::{self, Failure, Opened, Opening};
 use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
 use crate::pool::{Rd, Upstream, Wr};
 use crate::route::Dst;
@@ -97,15 +97,30 @@ pub(crate) async fn h1_over_h2(
         Err(reason) => return failed(400, "bad_request", reason),
     };
     let end = req.framing().is_empty();
-    let opened =
-        http2::open_stream(w, key, target, connect_timeout, &[], &parts, end, &mut 0).await;
+    let opened = http2::open_stream(
+        w,
+        key,
+        target,
+        connect_timeout,
+        &[],
+        &parts,
+        end,
+        &mut 0,
+        None,
+    )
+    .await;
     let Opened {
         response,
         body: up_body,
         guard,
         ..
     } = match opened {
-        Ok(o) => o,
+        Ok(Opening::Opened(o)) => o,
+        // Only an HTTP/2 client stream can be abandoned; this client is
+        // HTTP/1.
+        Ok(Opening::Abandoned(reason)) => {
+            return failed(502, "upstream_failed", format!("stream reset: {reason:?}"))
+        }
         Err(e) => return failed(e.status(), e.label(), e.reason()),
     };
     let sent_at = Instant::now();
@@ -384,6 +399,11 @@ pub(crate) async fn h2_to_h1(
                 Err(e) => return upstream_failed(e.status(), e.label(), e.reason()),
             };
         key.target = Some(addr);
+        // The client's stream reset meanwhile (MadeYouReset included): the
+        // request does not go.
+        if let Some(reason) = http2::reset_already(respond) {
+            return Err(Failure::Reset(reason));
+        }
         let reused = up.reused;
         let sent_at = Instant::now();
         let (res, h) = up.wr.write_all(std::mem::take(&mut head)).await;

@@ -615,3 +615,271 @@ both_drivers!(
     bodies_up_to_64k_are_retried,
     super::bodies_up_to_64k_are_retried
 );
+
+/// MadeYouReset (CVE-2025-8671): a client that makes the proxy reset its
+/// streams itself — a WINDOW_UPDATE overflowing the stream, a zero
+/// WINDOW_UPDATE, a malformed request, a body shorter than its
+/// content-length — 5000 times on one connection gets GOAWAY
+/// `ENHANCE_YOUR_CALM` after at most 1024 such resets (a zero WINDOW_UPDATE
+/// or DATA after END_STREAM: GOAWAY `PROTOCOL_ERROR` at once); a stream reset before it was forwarded never reaches the origin;
+/// a normal client on another connection is served throughout.
+fn made_you_reset_is_cut_off(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during attacks");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    // What the attacker gets, and whether its streams are reset before
+    // they could be forwarded (the request in DATA-after-END_STREAM is
+    // complete first: it may go).
+    for (attack, expected, before_forwarding) in [
+        ("reset-window-overflow", "goaway 11", true),
+        // A zero increment is a connection error at once (PROTOCOL_ERROR).
+        ("reset-zero-window-update", "goaway 1", true),
+        ("reset-malformed", "goaway 11", true),
+        // DATA after END_STREAM: a connection error at once, too.
+        ("reset-data-after-end", "goaway 1", false),
+        // A body shorter than its content-length: found at its end.
+        ("reset-content-length", "goaway 11", false),
+    ] {
+        let (served0, streams0) = (
+            served.load(Ordering::Relaxed),
+            origin.counters.streams.load(Ordering::Relaxed),
+        );
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            expected,
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > served0 + 10),
+            "{attack}: the normal client kept being served"
+        );
+        // The origin's streams, less the normal client's.
+        // One normal request may straddle the first reading.
+        let forwarded = (origin.counters.streams.load(Ordering::Relaxed) - streams0)
+            .saturating_sub(served.load(Ordering::Relaxed) - served0);
+        let _ = writeln!(
+            std::io::stderr(),
+            "{attack}: {forwarded} attack streams reached the origin"
+        );
+        if before_forwarding {
+            assert!(
+                forwarded <= 8,
+                "{attack}: {forwarded} streams reset before forwarding reached the origin"
+            );
+        } else {
+            assert!(
+                forwarded <= 1100,
+                "{attack}: {forwarded} reached the origin"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(made_you_reset_is_cut_off, super::made_you_reset_is_cut_off);
+
+/// This process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Floods of frames that do no work (empty DATA, PRIORITY, unknown types,
+/// PING ACKs, empty header block fragments, a mix of them, and two of them
+/// per 1-byte DATA frame), 20 000 batches each behind an open request on
+/// one connection: each ends in GOAWAY `ENHANCE_YOUR_CALM`, memory stays
+/// bounded, a normal client is served throughout. A SETTINGS_INITIAL_WINDOW_SIZE
+/// of 2^31 is a FLOW_CONTROL_ERROR (RFC 9113 §6.5.2).
+fn idle_frame_floods_are_cut_off(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(addr).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during attacks");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let rss0 = rss_kib();
+    // GOAWAY ENHANCE_YOUR_CALM = 11, FLOW_CONTROL_ERROR = 3.
+    for (attack, expected) in [
+        ("idle-empty-data", "goaway 11"),
+        ("idle-priority", "goaway 11"),
+        ("idle-unknown", "goaway 11"),
+        ("idle-ping-ack", "goaway 11"),
+        ("idle-empty-headers", "goaway 11"),
+        ("idle-mixed", "goaway 11"),
+        ("idle-with-work", "goaway 11"),
+        ("settings-window-overflow", "goaway 3"),
+    ] {
+        let before = served.load(Ordering::Relaxed);
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            expected,
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > before + 10),
+            "{attack}: the normal client kept being served"
+        );
+        let grown = rss_kib().saturating_sub(rss0);
+        let _ = writeln!(std::io::stderr(), "{attack}: RSS +{grown} KiB");
+        assert!(grown < 64 * 1024, "{attack}: RSS grew {grown} KiB");
+    }
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    idle_frame_floods_are_cut_off,
+    super::idle_frame_floods_are_cut_off
+);
+
+/// Requests `h2load` completes in `secs` seconds of /hello through `addr`
+/// (4 connections × 8 streams).
+fn h2load_done(addr: std::net::SocketAddr, secs: u32) -> u64 {
+    let out = Command::new("timeout")
+        .arg((secs + 20).to_string())
+        .args(["h2load", "-c", "4", "-m", "8", "-D", &secs.to_string()])
+        .arg(format!("http://{addr}/hello"))
+        .output()
+        .expect("h2load (nghttp2-client) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "requests: N total, N started, N done, N succeeded, ..."
+    text.lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|f| f.strip_suffix(" succeeded")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One slow reader (48 streams of 1 MiB responses, windows 0 and never
+/// opened: more than the 1 MiB connection window's worth of 64 KiB stream
+/// windows) shares the one worker's pooled upstream connection with
+/// everyone else; h2load on other connections keeps being served at a
+/// good share of its rate without the slow reader. Again with an origin
+/// that allows 32 concurrent streams per connection, fewer than the slow
+/// reader holds.
+fn slow_reader_costs_only_its_own_streams(driver: IoDriver) {
+    slow_reader_beside_h2load(driver, None);
+    slow_reader_beside_h2load(driver, Some(32));
+}
+
+fn slow_reader_beside_h2load(driver: IoDriver, origin_max_streams: Option<u32>) {
+    let origin = h2::origin_with(None, origin_max_streams);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    // One worker: one pool, so every client shares its upstream connection.
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let baseline = h2load_done(addr, 2);
+    assert!(baseline > 1000, "h2load alone: {baseline} requests");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let streams = 48;
+    let streams0 = origin.counters.streams.load(Ordering::Relaxed);
+    // Bounded by its own argument (30 s), killed at the end.
+    let mut slow = Command::new("/usr/bin/python3")
+        .args([script, "slow-reader"])
+        .args([addr.to_string(), streams.to_string(), "30".into()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian python3");
+    let mut line = String::new();
+    BufReader::new(slow.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("the slow reader starts");
+    assert_eq!(line.trim(), "holding");
+    // Its streams reached the origin (as many as one connection takes, at
+    // least), whose responses fill what the proxy takes of them.
+    let one_connection = origin_max_streams.map_or(streams, |n| streams.min(n as usize));
+    assert!(
+        eventually(Duration::from_secs(10), || origin
+            .counters
+            .streams
+            .load(Ordering::Relaxed)
+            >= streams0 + one_connection),
+        "the slow reader's streams reached the origin"
+    );
+    let during = h2load_done(addr, 2);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} (origin stream limit {origin_max_streams:?}): h2load alone {baseline}, beside a slow reader {during} requests in 2 s",
+        driver_name(driver)
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert!(
+        during * 4 > baseline,
+        "a slow reader's streams stalled everyone else: {during} requests in 2 s against {baseline} alone"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    slow_reader_costs_only_its_own_streams,
+    super::slow_reader_costs_only_its_own_streams
+);

