@@ -671,9 +671,11 @@ async fn detect_protocol(
     if client_bytes.is_none() {
         if let Some(e) = early.as_mut() {
             let banner = std::mem::take(&mut e.banner);
-            let idle = Instant::now() + w.cfg.tcp_idle_timeout;
+            // Neither side speaking by the detect timeout: nothing tells
+            // what this is, and both connections are closed (a silent
+            // flood holds backend connections for that long at most).
             let (word, buf, banner) =
-                first_word(client, prefix, &mut e.server, banner, idle, eviction).await;
+                first_word(client, prefix, &mut e.server, banner, deadline, eviction).await;
             prefix = buf;
             e.banner = banner;
             let found = |undecided| {

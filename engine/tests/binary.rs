@@ -176,8 +176,12 @@ fn grace_period_bounds_the_drain() {
         ],
     ));
     assert!(p.wait_for("ready", Duration::from_secs(10)));
-    let _open = connect(listen);
-    thread::sleep(Duration::from_millis(100));
+    // A relay in use (an undecided, silent connection would be closed at
+    // once by the drain).
+    let mut open = connect(listen);
+    open.write_all(b"\x00relay me").unwrap();
+    let mut echoed = [0u8; 9];
+    open.read_exact(&mut echoed).unwrap();
     let started = Instant::now();
     p.signal(Signal::SIGINT);
     assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));

@@ -245,6 +245,65 @@ both_drivers!(
     super::silent_connections_are_capped
 );
 
+/// Neither side speaking by the detect timeout: the client connection and
+/// the upstream connection opened early are both closed then (a silent
+/// flood holds backend connections that long at most, not for the TCP
+/// idle timeout).
+fn silent_on_both_sides_closed_at_detect_timeout(driver: IoDriver) {
+    const CLIENTS: usize = 10;
+    let open_upstream = Arc::new(AtomicUsize::new(0));
+    let seen = open_upstream.clone();
+    let backend = Backend::start(move |mut s| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = s.read(&mut buf) {}
+        seen.fetch_sub(1, Ordering::SeqCst);
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "500ms"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let started = std::time::Instant::now();
+    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(addr)).collect();
+    assert!(
+        eventually(Duration::from_secs(5), || open_upstream
+            .load(Ordering::SeqCst)
+            == CLIENTS),
+        "early upstream connections not opened"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(c.read(&mut b), Ok(0) | Err(_)) && !is_timeout(c),
+            "client {i} not closed"
+        );
+    }
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(450) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}, not at the 500 ms detect timeout"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || open_upstream
+            .load(Ordering::SeqCst)
+            == 0),
+        "{} upstream connections still open",
+        open_upstream.load(Ordering::SeqCst)
+    );
+    println!("{driver:?}: silent clients closed after {closed_after:?}");
+    proxy.shutdown();
+}
+both_drivers!(
+    silent_on_both_sides_closed_at_detect_timeout,
+    super::silent_on_both_sides_closed_at_detect_timeout
+);
+
 /// Whether a read on `c` times out now (i.e. it is still open and silent).
 fn is_timeout(c: &mut TcpStream) -> bool {
     c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
