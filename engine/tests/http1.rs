@@ -306,6 +306,108 @@ fn bad_requests(driver: IoDriver) {
 }
 both_drivers!(bad_requests_get_400_and_431, super::bad_requests);
 
+/// The `Content-Length` lines of a head, lowercased and trimmed.
+fn content_lengths(head: &str) -> Vec<String> {
+    head.lines()
+        .map(|l| l.to_ascii_lowercase())
+        .filter(|l| l.starts_with("content-length:"))
+        .collect()
+}
+
+/// A raw backend that hands every request it reads (head and body) to the
+/// test and answers `/dup` with a doubled `Content-Length` (a list and a
+/// repeat) and `/conflict` with two different ones.
+fn capturing_backend() -> (Backend, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let len: usize = content_lengths(&head)
+                .first()
+                .map(|l| {
+                    l["content-length:".len()..]
+                        .split(',')
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let answer: &[u8] = if head.starts_with("POST /conflict") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-B: 1\r\ncontent-length: 5\r\n\r\nhello"
+            };
+            let _ = tx.send((head, body));
+            if w.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    (backend, rx)
+}
+
+fn duplicate_content_length(driver: IoDriver) {
+    let (backend, seen) = capturing_backend();
+    let (proxy, addr) = forward_proxy(driver, &backend.addr.to_string(), &[]);
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // Both forms on one keep-alive connection, each forwarded with one
+    // normalised value both ways.
+    for req in [
+        &b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nX-A: 1\r\ncontent-length: 5\r\n\r\nhello",
+    ] {
+        w.write_all(req).unwrap();
+        let (head, body) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(content_lengths(&head), ["content-length: 5"], "{head}");
+        assert_eq!(body, b"hello");
+        let (up_head, up_body) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(content_lengths(&up_head), ["content-length: 5"], "{up_head}");
+        assert_eq!(up_body, b"hello");
+    }
+    // Differing values stay errors: 400 for a request (never forwarded),
+    // 502 for a response.
+    let (h, _) = request(
+        addr,
+        b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 6\r\n\r\nhello",
+    );
+    assert!(h.starts_with("HTTP/1.1 400"), "{h}");
+    let (h, _) = request(
+        addr,
+        b"POST /conflict HTTP/1.1\r\nHost: o\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.1 502"), "{h}");
+    let (up_head, _) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        up_head.starts_with("POST /conflict"),
+        "the 400 was forwarded: {up_head}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    duplicate_content_length_is_forwarded_once,
+    super::duplicate_content_length
+);
+
 fn upstream_failures(driver: IoDriver) {
     // Endpoint refuses → 502; empty endpoint set → 503.
     let dead = closed_port();
