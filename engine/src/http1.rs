@@ -866,7 +866,8 @@ async fn exchange(
                 flag.set(Some(resp.status()));
                 return Err((Some(resp.status()), "retried".into(), false));
             }
-            let keep = req.keep_alive() && resp.keep_alive();
+            // Draining: this response is the connection's last; say so.
+            let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
             let tunnel = resp.framing() == BodyFraming::Tunnel;
             let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
             out.clear();

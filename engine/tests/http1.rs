@@ -671,6 +671,78 @@ fn shutdown_closes_idle_keepalive_connections() {
     );
 }
 
+/// A drain that begins while a response is on its way: that response is
+/// the connection's last, so it carries `Connection: close` (a client that
+/// took it for a keep-alive one would send its next request into a closing
+/// socket: wrk counted those as read errors), arrives whole, and the
+/// connection then ends.
+fn drain_closes_after_the_last_response(driver: IoDriver) {
+    let (got, requests) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let gate = release.clone();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line != "\r\n" {
+                continue;
+            }
+            // A whole (bodyless) request: answer once the test says so.
+            let _ = got.send(());
+            gate.wait();
+            if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // A keep-alive exchange first: no `Connection` header while serving.
+    w.write_all(b"GET /a HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    release.wait();
+    let (head, body) = read_response(&mut r, false);
+    assert!(!head.to_ascii_lowercase().contains("connection:"), "{head}");
+    assert_eq!(body, b"last");
+    // The next request is at the backend when the drain starts.
+    w.write_all(b"GET /b HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    proxy.shutdown();
+    // The worker stopped accepting (its listener is gone): it is draining.
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    release.wait();
+    let (head, body) = read_response(&mut r, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "the last response does not say so: {head}"
+    );
+    assert_eq!(body, b"last");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    proxy.wait();
+}
+both_drivers!(
+    drain_marks_the_last_response_connection_close,
+    super::drain_closes_after_the_last_response
+);
+
 fn timeouts_and_limits(driver: IoDriver) {
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(
