@@ -24,6 +24,7 @@ mod proxy;
 mod route;
 mod stop;
 mod translate;
+mod warn_limit;
 mod worker;
 
 pub use admin::{Hooks, LogLevel};

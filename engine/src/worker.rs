@@ -30,6 +30,7 @@ use crate::l4::{self, ListenerKind};
 use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::stop::Stop;
+use crate::warn_limit::{summarise, warn_limited, WarnLimit, Warning};
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -91,6 +92,8 @@ pub(crate) struct Worker {
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
     pub http_metrics: RefCell<HttpShard>,
+    /// Warnings that can repeat per request or connection, rate-limited.
+    pub warnings: WarnLimit,
     snapshots: RefCell<SnapshotCache>,
     replicas: RefCell<HashMap<Authority, Replica>>,
 }
@@ -353,6 +356,7 @@ async fn serve(setup: WorkerSetup) {
         relay_counters: RelayCounters::default(),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
+        warnings: WarnLimit::default(),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
     });
@@ -397,6 +401,13 @@ async fn serve(setup: WorkerSetup) {
             }
         }
     }
+    // Whatever the limit still holds is reported before the worker goes.
+    for (kind, n) in worker
+        .warnings
+        .flush_at(Instant::now() + WarnLimit::INTERVAL)
+    {
+        summarise(kind, n);
+    }
     let left = worker.open.get();
     if left > 0 {
         tracing::warn!(
@@ -414,6 +425,11 @@ async fn serve(setup: WorkerSetup) {
 
 /// Answers a query from another thread (stats, metrics scrape).
 fn answer(worker: &Worker, msg: WorkerMsg) {
+    // Messages (scrapes) come often enough to report a flood of warnings
+    // that stopped, without a timer of its own.
+    for (kind, n) in worker.warnings.flush_at(Instant::now()) {
+        summarise(kind, n);
+    }
     match msg {
         WorkerMsg::Stats(reply) => {
             let _ = reply.send(worker.stats());
@@ -459,7 +475,7 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of fds and the like: back off instead of spinning.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                warn_limited!(worker, Warning::AcceptFailed, worker = worker.id, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }
