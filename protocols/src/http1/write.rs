@@ -153,11 +153,13 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
     if let (Some(host), None) = (plan.host, fields.first_host) {
         push_field(out, b"Host", host);
     }
-    // A length the codec accepted (in messages whose framing ignores the
-    // field, an invalid one is forwarded as it came).
+    // The length the codec accepted. An invalid one only gets this far in
+    // a message whose framing ignores it (1xx, 204, 101, 2xx to CONNECT,
+    // which must not carry one at all): it is dropped rather than handed
+    // to a next hop that might take it for a length.
     let length = match fields.content_length() {
         ContentLength::Length(n) => Some(n),
-        ContentLength::Absent | ContentLength::Invalid(_) => None,
+        ContentLength::Invalid(_) | ContentLength::Absent => None,
     };
     for (i, entry) in fields.entries.iter().enumerate() {
         let name = entry.name.get(buf);
@@ -175,8 +177,8 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
                         push_decimal(out, n);
                         out.extend_from_slice(b"\r\n");
                     }
-                    continue;
                 }
+                continue;
             }
             HeaderKind::Upgrade if plan.upgrade => {}
             kind if kind.is_hop_by_hop() => continue,
@@ -407,6 +409,24 @@ mod tests {
             out,
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"
         );
+        // Where the framing ignores the field an invalid one is dropped
+        // (these must not carry one); a valid one stays, once.
+        for (input, expected) in [
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 1, 2\r\nX: y\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\nX: y\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\nContent-Length: \r\nContent-Length: x\r\n\r\n",
+                "HTTP/1.1 100 Continue\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(write_res(input, GET, &opts), expected, "{input:?}");
+        }
         // A caller removing the field removes every copy.
         let out = write_req(
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
