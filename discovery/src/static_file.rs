@@ -282,6 +282,21 @@ impl Check {
     }
 }
 
+/// The whole file parsed as one TOML document, with the same validation:
+/// what `parse` did before it went one table at a time, and must agree
+/// with (the fuzz target `static_loader` compares them). `None` where
+/// `parse` gives an error.
+#[cfg(any(test, fuzzing))]
+pub fn parse_whole_document(text: &str) -> Option<Vec<Service>> {
+    let raw: RawFile = toml::from_str(text).ok()?;
+    let mut check = Check::default();
+    for svc in raw.service.into_iter().flatten() {
+        check.service(svc);
+    }
+    let marked = raw.empty == check.services.is_empty();
+    (check.problems.is_empty() && marked).then_some(check.services)
+}
+
 fn is_label_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'))
@@ -355,17 +370,6 @@ mod tests {
         );
     }
 
-    /// The whole file as one TOML document: what `parse` did before it went
-    /// one table at a time, and must still agree with.
-    fn parse_whole(text: &str) -> Option<Vec<Service>> {
-        let raw: RawFile = toml::from_str(text).ok()?;
-        let mut check = Check::default();
-        for svc in raw.service.into_iter().flatten() {
-            check.service(svc);
-        }
-        check.problems.is_empty().then_some(check.services)
-    }
-
     #[test]
     fn one_table_at_a_time_reads_what_the_whole_document_says() {
         let texts = [
@@ -379,7 +383,7 @@ mod tests {
             "[[service]]\r\nname = \"a.test:1\"\r\n[[service]]\r\nname = \"b.test:1\"\r\n",
         ];
         for text in texts {
-            let whole = parse_whole(text).expect(text);
+            let whole = parse_whole_document(text).expect(text);
             assert_eq!(parse(text).as_ref(), Ok(&whole), "{text:?}");
         }
         let sub = parse(texts[1]).unwrap();
@@ -394,7 +398,7 @@ mod tests {
             "[[service]]\nname = \"a.test:1\"\n[service]\nname = \"b.test:1\"\n",
             "[[service]]\nname = \"a.test:1\"\nname = \"b.test:1\"\n",
         ] {
-            assert!(parse_whole(text).is_none(), "{text:?}");
+            assert!(parse_whole_document(text).is_none(), "{text:?}");
             assert!(parse(text).is_err(), "{text:?}");
         }
     }
