@@ -76,6 +76,10 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// before the request goes upstream, so it can be sent again to another
 /// endpoint; larger ones stream with bounded memory and are not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// How long a draining worker still waits for a request on an idle
+/// keep-alive connection: one already sent is served, with
+/// `Connection: close`, instead of meeting a closed socket.
+const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
 
 impl Pool {
     /// An idle connection to `addr` that is still open. A candidate idle
@@ -204,7 +208,9 @@ pub(crate) async fn serve(
             match outcome {
                 Upgraded::Done { status, client_ok } => {
                     record(&w, &key, status, None, started);
-                    if client_ok && !w.stopping() {
+                    // A drain is handled by the next head's read (a request
+                    // already sent is served, with `Connection: close`).
+                    if client_ok {
                         continue;
                     }
                 }
@@ -420,7 +426,9 @@ pub(crate) async fn serve(
                 if let Some(up) = upstream {
                     w.pool.put(addr, up);
                 }
-                if !client_ok || w.stopping() {
+                // A drain is handled by the next head's read (a request
+                // already sent is served, with `Connection: close`).
+                if !client_ok {
                     break;
                 }
             }
@@ -488,17 +496,34 @@ async fn read_request_head(
             }
             head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
         }
-        if c.buf.is_empty() && w.stopping() {
-            return Ok(None);
-        }
         let res = match head_deadline {
             None => {
-                // Between requests: a drain must not wait on idle clients.
+                // Between requests: a drain must not wait on idle clients,
+                // but a request already on its way is served (its response
+                // says `Connection: close`): the same read gets a last look.
                 let stop = w.stop.clone();
                 let idle_deadline = Some(Instant::now() + w.cfg.tcp_idle_timeout);
-                monoio::select! {
-                    r = read_more(&mut c.rd, &c.meter, &mut c.buf, limits.max_head_bytes(), idle_deadline) => r,
-                    _ = stop.wait() => return Ok(None),
+                let mut read = std::pin::pin!(read_more(
+                    &mut c.rd,
+                    &c.meter,
+                    &mut c.buf,
+                    limits.max_head_bytes(),
+                    idle_deadline
+                ));
+                let served = if stop.is_stopped() {
+                    None
+                } else {
+                    monoio::select! {
+                        r = &mut read => Some(r),
+                        _ = stop.wait() => None,
+                    }
+                };
+                match served {
+                    Some(r) => r,
+                    None => match monoio::time::timeout(DRAIN_LAST_LOOK, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok(None),
+                    },
                 }
             }
             Some(d) => {

@@ -743,6 +743,153 @@ both_drivers!(
     super::drain_closes_after_the_last_response
 );
 
+/// A request a keep-alive client sends just as the drain begins, while its
+/// connection is idle, is served (with `Connection: close`) rather than
+/// meeting a closed socket; a connection with nothing on its way is still
+/// closed within a moment.
+fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &origin.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let get = b"GET /hello HTTP/1.1\r\nHost: o\r\n\r\n";
+    let open = || {
+        let c = connect(addr);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut w = c;
+        w.write_all(get).unwrap();
+        let (head, _) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        (w, r)
+    };
+    let (mut busy_w, mut busy_r) = open();
+    let (_idle_w, mut idle_r) = open();
+    proxy.shutdown();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    // Idle when the drain began; the next request arrives just after.
+    busy_w.write_all(get).unwrap();
+    let (head, body) = read_response(&mut busy_r, false);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello from o\n");
+    let mut rest = Vec::new();
+    busy_r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // The other one sends nothing: closed.
+    let started = std::time::Instant::now();
+    idle_r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.wait();
+}
+both_drivers!(
+    drain_serves_a_request_already_on_its_way,
+    super::drain_serves_a_request_already_on_its_way
+);
+
+/// A response whose head went out before the drain began (so it could not
+/// say `Connection: close`) and whose body ends after: the client, which
+/// took the connection for a keep-alive one, sends its next request, and
+/// that one is served, saying `Connection: close`.
+fn drain_mid_response_serves_the_next_request(driver: IoDriver) {
+    let (got, halves) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let gate = release.clone();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut request_line = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if request_line.is_empty() {
+                request_line = line.clone();
+            }
+            if line != "\r\n" {
+                continue;
+            }
+            let slow = request_line.starts_with("GET /slow");
+            request_line.clear();
+            let sent = if slow {
+                // Half the body, then the rest once the drain began.
+                let head = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhalf");
+                let _ = got.send(());
+                gate.wait();
+                head.and_then(|()| w.write_all(b"done"))
+            } else {
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /slow HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap();
+    halves.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The head is on its way to the client before the drain begins.
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    proxy.shutdown();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    release.wait();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(!head.to_ascii_lowercase().contains("connection:"), "{head}");
+    let mut body = [0; 8];
+    r.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"halfdone");
+    // Keep-alive as far as the client knows: the next request is served.
+    w.write_all(b"GET /next HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut r, false);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"next");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    proxy.wait();
+}
+both_drivers!(
+    drain_mid_response_serves_the_next_request,
+    super::drain_mid_response_serves_the_next_request
+);
+
 fn timeouts_and_limits(driver: IoDriver) {
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(
