@@ -361,6 +361,8 @@ async fn serve(setup: WorkerSetup) {
         replicas: RefCell::new(HashMap::new()),
     });
     let stop = worker.stop.clone();
+    // The listening sockets, to stop listening at once when draining.
+    let mut listening = Vec::new();
     for (kind, std_listener) in listeners {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
@@ -369,6 +371,7 @@ async fn serve(setup: WorkerSetup) {
                 return;
             }
         };
+        listening.push(std::os::fd::AsRawFd::as_raw_fd(&listener));
         monoio::spawn(accept_loop(
             worker.clone(),
             Rc::new(kind),
@@ -387,7 +390,15 @@ async fn serve(setup: WorkerSetup) {
         }
     }
 
-    // Drain: no new connections; open ones get the grace period.
+    // Drain: no new connections; open ones get the grace period. Listening
+    // stops first, before any response says `Connection: close`: a client
+    // that reconnects at once is refused (another worker or instance takes
+    // it) instead of landing in a backlog that nothing accepts from and
+    // that the kernel resets when the accept loops drop their listeners.
+    for fd in &listening {
+        // Their accept loops own them until they see the stop below.
+        let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
+    }
     stop.trigger();
     let deadline = Instant::now() + worker.cfg.shutdown_grace_period;
     tracing::debug!(worker = id, open = worker.open.get(), "draining");
@@ -473,6 +484,8 @@ async fn accept_loop(
                 worker.accepted.set(worker.accepted.get() + 1);
                 monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
             }
+            // The listener was shut down for a drain.
+            Err(_) if stop.is_stopped() => break,
             Err(e) => {
                 // Out of fds and the like: back off instead of spinning.
                 warn_limited!(worker, Warning::AcceptFailed, worker = worker.id, error = %e, "accept failed");
