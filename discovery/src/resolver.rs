@@ -61,6 +61,9 @@ pub struct Discovery {
     cfg: DiscoveryConfig,
     publisher: SnapshotPublisher,
     stamp: Option<FileStamp>,
+    /// A parsed edit that would leave no service (the file says
+    /// `empty = true`), held until a later check finds the file unchanged.
+    pending_empty: Option<FileStamp>,
     static_services: HashMap<Authority, Arc<Service>>,
     static_check_at: Instant,
     names: HashMap<Authority, Name>,
@@ -87,6 +90,7 @@ impl Discovery {
             cfg,
             publisher,
             stamp: None,
+            pending_empty: None,
             static_services: HashMap::new(),
             static_check_at: Instant::now(),
             names: HashMap::new(),
@@ -198,9 +202,22 @@ impl Discovery {
         if self.stamp == Some(stamp) {
             return false;
         }
-        self.stamp = Some(stamp);
         match load(&path) {
+            // Dropping every service at once is what a file caught
+            // mid-write would do: even when the file says so (`empty =
+            // true`), wait until a later check finds it unchanged.
+            Ok(services)
+                if services.is_empty()
+                    && !self.static_services.is_empty()
+                    && self.pending_empty != Some(stamp) =>
+            {
+                tracing::info!(path = %path.display(), "static discovery file now lists no service; publishing once it stays unchanged until the next check");
+                self.pending_empty = Some(stamp);
+                false
+            }
             Ok(mut services) => {
+                self.stamp = Some(stamp);
+                self.pending_empty = None;
                 // Keep the same Arc for unchanged services so workers can
                 // skip rebuilding their balancer replicas for them.
                 for (name, svc) in services.iter_mut() {
@@ -221,6 +238,9 @@ impl Discovery {
                 changed
             }
             Err(e) => {
+                // Remembered, so the same bad file is reported once.
+                self.stamp = Some(stamp);
+                self.pending_empty = None;
                 tracing::warn!(error = %e, "bad static discovery file; keeping the last good snapshot");
                 false
             }
@@ -449,6 +469,68 @@ mod tests {
             "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:3\"]\n",
         );
         assert!(!d.poll(Instant::now()));
+    }
+
+    /// Writes `text` over the file in place (truncate, then write), as a
+    /// plain `echo > file` or an editor without atomic saves does.
+    fn overwrite(path: &std::path::Path, text: &str) {
+        use std::io::Write;
+        let mut f = fs::File::create(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_file_caught_mid_write_never_empties_the_set() {
+        let dir = Dir::new("midwrite");
+        let file = dir.0.join("static.toml");
+        let full = "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        write(&file, full);
+        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        let v = d.snapshot().version();
+        // Truncated (the writer has not written yet), then cut short in the
+        // middle of a table: each is checked several times, nothing is
+        // published, both services stay.
+        for partial in ["", &full[..full.len() - 20]] {
+            overwrite(&file, partial);
+            for _ in 0..3 {
+                assert!(!d.poll(Instant::now()), "published {partial:?}");
+            }
+            assert_eq!(d.snapshot().version(), v);
+            assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:1"]);
+            assert_eq!(addrs(&d.snapshot(), "b.test:80"), ["127.0.0.1:2"]);
+        }
+        // The write completes (a service changed): published at once.
+        overwrite(&file, &full.replace("127.0.0.1:2", "127.0.0.1:3"));
+        assert!(d.poll(Instant::now()));
+        assert_eq!(addrs(&d.snapshot(), "b.test:80"), ["127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn an_intentional_empty_set_is_published_once_it_stays() {
+        let dir = Dir::new("empty");
+        let file = dir.0.join("static.toml");
+        let one = "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n";
+        write(&file, one);
+        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        overwrite(&file, "empty = true\n");
+        assert!(!d.poll(Instant::now()), "published at the first sight");
+        assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:1"]);
+        assert!(d.poll(Instant::now()), "unchanged at the next check");
+        assert!(d
+            .snapshot()
+            .service(&Authority::parse("a.test:80").unwrap())
+            .is_none());
+        // Services return at once; an empty start is allowed with the marker.
+        overwrite(&file, one);
+        assert!(d.poll(Instant::now()));
+        assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:1"]);
+        write(&file, "empty = true\n");
+        assert!(Discovery::start(cfg(&dir, true), []).is_ok());
+        write(&file, "");
+        assert!(matches!(
+            Discovery::start(cfg(&dir, true), []),
+            Err(DiscoveryError::Invalid { .. })
+        ));
     }
 
     #[test]

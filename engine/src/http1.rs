@@ -45,6 +45,10 @@ use crate::worker::{record_outcome, Worker};
 /// before the request goes upstream, so it can be sent again to another
 /// endpoint; larger ones stream with bounded memory and are not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// How long a draining worker still waits for a request on an idle
+/// keep-alive connection: one already sent is served, with
+/// `Connection: close`, instead of meeting a closed socket.
+const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
 
 /// One connection's state: the client halves and the reused buffers.
 pub(crate) struct Client {
@@ -146,7 +150,9 @@ pub(crate) async fn serve(
             match outcome {
                 Upgraded::Done { status, client_ok } => {
                     record(&w, &key, status, None, started);
-                    if client_ok && !w.stopping() {
+                    // A drain is handled by the next head's read (a request
+                    // already sent is served, with `Connection: close`).
+                    if client_ok {
                         continue;
                     }
                 }
@@ -364,7 +370,9 @@ pub(crate) async fn serve(
                 }
                 // Bytes past a response answer no request: never parsed.
                 ubuf.clear();
-                if !client_ok || w.stopping() {
+                // A drain is handled by the next head's read (a request
+                // already sent is served, with `Connection: close`).
+                if !client_ok {
                     break;
                 }
             }
@@ -433,17 +441,34 @@ async fn read_request_head(
             }
             head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
         }
-        if c.buf.is_empty() && w.stopping() {
-            return Ok(None);
-        }
         let res = match head_deadline {
             None => {
-                // Between requests: a drain must not wait on idle clients.
+                // Between requests: a drain must not wait on idle clients,
+                // but a request already on its way is served (its response
+                // says `Connection: close`): the same read gets a last look.
                 let stop = w.stop.clone();
                 let idle_deadline = Some(Instant::now() + w.cfg.tcp_idle_timeout);
-                monoio::select! {
-                    r = read_more(&mut c.rd, &c.meter, &mut c.buf, limits.max_head_bytes(), idle_deadline) => r,
-                    _ = stop.wait() => return Ok(None),
+                let mut read = std::pin::pin!(read_more(
+                    &mut c.rd,
+                    &c.meter,
+                    &mut c.buf,
+                    limits.max_head_bytes(),
+                    idle_deadline
+                ));
+                let served = if stop.is_stopped() {
+                    None
+                } else {
+                    monoio::select! {
+                        r = &mut read => Some(r),
+                        _ = stop.wait() => None,
+                    }
+                };
+                match served {
+                    Some(r) => r,
+                    None => match monoio::time::timeout(DRAIN_LAST_LOOK, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok(None),
+                    },
                 }
             }
             Some(d) => {
@@ -804,7 +829,8 @@ async fn exchange(
                 flag.set(Some(resp.status()));
                 return Err((Some(resp.status()), "retried".into(), false));
             }
-            let keep = req.keep_alive() && resp.keep_alive();
+            // Draining: this response is the connection's last; say so.
+            let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
             let tunnel = resp.framing() == BodyFraming::Tunnel;
             let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
             out.clear();

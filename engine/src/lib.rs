@@ -27,6 +27,7 @@ mod server_first;
 mod stop;
 mod translate;
 mod undecided;
+mod warn_limit;
 mod worker;
 
 pub use admin::{Hooks, LogLevel};

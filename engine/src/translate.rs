@@ -159,7 +159,10 @@ pub(crate) async fn h1_over_h2(
     };
     let response_deadline = w.response_deadline(request_deadline);
     let is_head = req.method() == Method::Head;
-    let keep_alive = req.keep_alive();
+    // Decided when the response head is written: a worker that began
+    // draining meanwhile makes this response the connection's last, and the
+    // client must hear so (`Connection: close`) before it sends another.
+    let keep_alive = Cell::new(req.keep_alive());
     let down = async {
         let head = match response_deadline {
             Some(d) => match monoio::time::timeout_at(d.into(), response).await {
@@ -193,12 +196,13 @@ pub(crate) async fn h1_over_h2(
         let (parts, mut from) = resp.into_parts();
         let status = parts.status.as_u16();
         let no_body = is_head || status == 204 || status == 304;
+        keep_alive.set(keep_alive.get() && !w.stopping());
         let framing = h1_response_head(
             &parts.headers,
             status,
             from.is_end_stream(),
             no_body,
-            keep_alive,
+            keep_alive.get(),
             out,
         );
         let (res, o) = wr.write_all(std::mem::take(out)).await;
@@ -221,7 +225,7 @@ pub(crate) async fn h1_over_h2(
     match down_res {
         Ok(status) => Upgraded::Done {
             status,
-            client_ok: keep_alive && up_res.is_ok(),
+            client_ok: keep_alive.get() && up_res.is_ok(),
         },
         Err(e) => e,
     }

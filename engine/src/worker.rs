@@ -32,6 +32,7 @@ use crate::proxy::{ActiveDriver, WorkerStats};
 use crate::server_first::ServerFirst;
 use crate::stop::Stop;
 use crate::undecided::UndecidedSet;
+use crate::warn_limit::{summarise, warn_limited, WarnLimit, Warning};
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -100,6 +101,8 @@ pub(crate) struct Worker {
     /// This worker's TCP metrics (it is the only writer).
     pub tcp_metrics: RefCell<TcpShard>,
     pub http_metrics: RefCell<HttpShard>,
+    /// Warnings that can repeat per request or connection, rate-limited.
+    pub warnings: WarnLimit,
     snapshots: RefCell<SnapshotCache>,
     replicas: RefCell<HashMap<Authority, Replica>>,
 }
@@ -371,10 +374,13 @@ async fn serve(setup: WorkerSetup) {
         server_first_relays: Cell::new(0),
         tcp_metrics: RefCell::new(TcpShard::default()),
         http_metrics: RefCell::new(HttpShard::default()),
+        warnings: WarnLimit::default(),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
     });
     let stop = worker.stop.clone();
+    // The listening sockets, to stop listening at once when draining.
+    let mut listening = Vec::new();
     for (kind, std_listener) in listeners {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
@@ -383,6 +389,7 @@ async fn serve(setup: WorkerSetup) {
                 return;
             }
         };
+        listening.push(std::os::fd::AsRawFd::as_raw_fd(&listener));
         monoio::spawn(accept_loop(
             worker.clone(),
             Rc::new(kind),
@@ -406,7 +413,15 @@ async fn serve(setup: WorkerSetup) {
         }
     }
 
-    // Drain: no new connections; open ones get the grace period.
+    // Drain: no new connections; open ones get the grace period. Listening
+    // stops first, before any response says `Connection: close`: a client
+    // that reconnects at once is refused (another worker or instance takes
+    // it) instead of landing in a backlog that nothing accepts from and
+    // that the kernel resets when the accept loops drop their listeners.
+    for fd in &listening {
+        // Their accept loops own them until they see the stop below.
+        let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
+    }
     stop.trigger();
     // Connections still detecting (silent ones may wait for either side
     // for the TCP idle timeout) have no exchange to finish.
@@ -426,6 +441,13 @@ async fn serve(setup: WorkerSetup) {
     // Idle pooled connections close inside the runtime that armed their
     // receives.
     worker.pool.clear();
+    // Whatever the limit still holds is reported before the worker goes.
+    for (kind, n) in worker
+        .warnings
+        .flush_at(Instant::now() + WarnLimit::INTERVAL)
+    {
+        summarise(kind, n);
+    }
     let left = worker.open.get();
     if left > 0 {
         tracing::warn!(
@@ -443,6 +465,11 @@ async fn serve(setup: WorkerSetup) {
 
 /// Answers a query from another thread (stats, metrics scrape).
 fn answer(worker: &Worker, msg: WorkerMsg) {
+    // Messages (scrapes) come often enough to report a flood of warnings
+    // that stopped, without a timer of its own.
+    for (kind, n) in worker.warnings.flush_at(Instant::now()) {
+        summarise(kind, n);
+    }
     match msg {
         WorkerMsg::Stats(reply) => {
             let _ = reply.send(worker.stats());
@@ -486,9 +513,11 @@ async fn accept_loop(
                 worker.accepted.set(worker.accepted.get() + 1);
                 monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
             }
+            // The listener was shut down for a drain.
+            Err(_) if stop.is_stopped() => break,
             Err(e) => {
                 // Out of fds and the like: back off instead of spinning.
-                tracing::warn!(worker = worker.id, error = %e, "accept failed");
+                warn_limited!(worker, Warning::AcceptFailed, worker = worker.id, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
         }

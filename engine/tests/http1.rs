@@ -306,6 +306,108 @@ fn bad_requests(driver: IoDriver) {
 }
 both_drivers!(bad_requests_get_400_and_431, super::bad_requests);
 
+/// The `Content-Length` lines of a head, lowercased and trimmed.
+fn content_lengths(head: &str) -> Vec<String> {
+    head.lines()
+        .map(|l| l.to_ascii_lowercase())
+        .filter(|l| l.starts_with("content-length:"))
+        .collect()
+}
+
+/// A raw backend that hands every request it reads (head and body) to the
+/// test and answers `/dup` with a doubled `Content-Length` (a list and a
+/// repeat) and `/conflict` with two different ones.
+fn capturing_backend() -> (Backend, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let len: usize = content_lengths(&head)
+                .first()
+                .map(|l| {
+                    l["content-length:".len()..]
+                        .split(',')
+                        .next()
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let answer: &[u8] = if head.starts_with("POST /conflict") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nX-B: 1\r\ncontent-length: 5\r\n\r\nhello"
+            };
+            let _ = tx.send((head, body));
+            if w.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    (backend, rx)
+}
+
+fn duplicate_content_length(driver: IoDriver) {
+    let (backend, seen) = capturing_backend();
+    let (proxy, addr) = forward_proxy(driver, &backend.addr.to_string(), &[]);
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // Both forms on one keep-alive connection, each forwarded with one
+    // normalised value both ways.
+    for req in [
+        &b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nX-A: 1\r\ncontent-length: 5\r\n\r\nhello",
+    ] {
+        w.write_all(req).unwrap();
+        let (head, body) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(content_lengths(&head), ["content-length: 5"], "{head}");
+        assert_eq!(body, b"hello");
+        let (up_head, up_body) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(content_lengths(&up_head), ["content-length: 5"], "{up_head}");
+        assert_eq!(up_body, b"hello");
+    }
+    // Differing values stay errors: 400 for a request (never forwarded),
+    // 502 for a response.
+    let (h, _) = request(
+        addr,
+        b"POST /dup HTTP/1.1\r\nHost: o\r\nContent-Length: 5, 6\r\n\r\nhello",
+    );
+    assert!(h.starts_with("HTTP/1.1 400"), "{h}");
+    let (h, _) = request(
+        addr,
+        b"POST /conflict HTTP/1.1\r\nHost: o\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.1 502"), "{h}");
+    let (up_head, _) = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        up_head.starts_with("POST /conflict"),
+        "the 400 was forwarded: {up_head}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    duplicate_content_length_is_forwarded_once,
+    super::duplicate_content_length
+);
+
 fn upstream_failures(driver: IoDriver) {
     // Endpoint refuses → 502; empty endpoint set → 503.
     let dead = closed_port();
@@ -568,6 +670,225 @@ fn shutdown_closes_idle_keepalive_connections() {
         started.elapsed()
     );
 }
+
+/// A drain that begins while a response is on its way: that response is
+/// the connection's last, so it carries `Connection: close` (a client that
+/// took it for a keep-alive one would send its next request into a closing
+/// socket: wrk counted those as read errors), arrives whole, and the
+/// connection then ends.
+fn drain_closes_after_the_last_response(driver: IoDriver) {
+    let (got, requests) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let gate = release.clone();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line != "\r\n" {
+                continue;
+            }
+            // A whole (bodyless) request: answer once the test says so.
+            let _ = got.send(());
+            gate.wait();
+            if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // A keep-alive exchange first: no `Connection` header while serving.
+    w.write_all(b"GET /a HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    release.wait();
+    let (head, body) = read_response(&mut r, false);
+    assert!(!head.to_ascii_lowercase().contains("connection:"), "{head}");
+    assert_eq!(body, b"last");
+    // The next request is at the backend when the drain starts.
+    w.write_all(b"GET /b HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    proxy.shutdown();
+    // The worker stopped accepting (its listener is gone): it is draining.
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    release.wait();
+    let (head, body) = read_response(&mut r, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "the last response does not say so: {head}"
+    );
+    assert_eq!(body, b"last");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    proxy.wait();
+}
+both_drivers!(
+    drain_marks_the_last_response_connection_close,
+    super::drain_closes_after_the_last_response
+);
+
+/// A request a keep-alive client sends just as the drain begins, while its
+/// connection is idle, is served (with `Connection: close`) rather than
+/// meeting a closed socket; a connection with nothing on its way is still
+/// closed within a moment.
+fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &origin.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let get = b"GET /hello HTTP/1.1\r\nHost: o\r\n\r\n";
+    let open = || {
+        let c = connect(addr);
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut w = c;
+        w.write_all(get).unwrap();
+        let (head, _) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        (w, r)
+    };
+    let (mut busy_w, mut busy_r) = open();
+    let (_idle_w, mut idle_r) = open();
+    proxy.shutdown();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    // Idle when the drain began; the next request arrives just after.
+    busy_w.write_all(get).unwrap();
+    let (head, body) = read_response(&mut busy_r, false);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello from o\n");
+    let mut rest = Vec::new();
+    busy_r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    // The other one sends nothing: closed.
+    let started = std::time::Instant::now();
+    idle_r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.wait();
+}
+both_drivers!(
+    drain_serves_a_request_already_on_its_way,
+    super::drain_serves_a_request_already_on_its_way
+);
+
+/// A response whose head went out before the drain began (so it could not
+/// say `Connection: close`) and whose body ends after: the client, which
+/// took the connection for a keep-alive one, sends its next request, and
+/// that one is served, saying `Connection: close`.
+fn drain_mid_response_serves_the_next_request(driver: IoDriver) {
+    let (got, halves) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let gate = release.clone();
+    let backend = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut request_line = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if request_line.is_empty() {
+                request_line = line.clone();
+            }
+            if line != "\r\n" {
+                continue;
+            }
+            let slow = request_line.starts_with("GET /slow");
+            request_line.clear();
+            let sent = if slow {
+                // Half the body, then the rest once the drain began.
+                let head = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhalf");
+                let _ = got.send(());
+                gate.wait();
+                head.and_then(|()| w.write_all(b"done"))
+            } else {
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[("LINKERD2_PROXY_CORES", "1")],
+    );
+    let c = connect(addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /slow HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap();
+    halves.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The head is on its way to the client before the drain begins.
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    proxy.shutdown();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    release.wait();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert!(!head.to_ascii_lowercase().contains("connection:"), "{head}");
+    let mut body = [0; 8];
+    r.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"halfdone");
+    // Keep-alive as far as the client knows: the next request is served.
+    w.write_all(b"GET /next HTTP/1.1\r\nHost: o\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut r, false);
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"next");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    proxy.wait();
+}
+both_drivers!(
+    drain_mid_response_serves_the_next_request,
+    super::drain_mid_response_serves_the_next_request
+);
 
 fn timeouts_and_limits(driver: IoDriver) {
     let origin = origin("o");

@@ -399,3 +399,92 @@ fn http2_client_to_http1_service(driver: IoDriver) {
     drop(origin);
 }
 both_drivers!(h2_to_http1, super::http2_client_to_http1_service);
+
+/// A drain of A that begins while a request travels over HTTP/2: the
+/// HTTP/1 response A writes is the client connection's last and says so
+/// (`Connection: close`), arrives whole, and the connection then ends.
+fn drain_closes_after_the_last_translated_response(driver: IoDriver) {
+    let (got, requests) = std::sync::mpsc::channel();
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let gate = release.clone();
+    let origin = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line != "\r\n" {
+                continue;
+            }
+            // A whole (bodyless) request: answer once the test says so.
+            let _ = got.send(());
+            gate.wait();
+            if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let target = origin.addr.to_string();
+    let b = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+        ],
+    );
+    let file = service_file(
+        &format!("orig-proto-drain-{}", driver_name(driver)),
+        "web.test:80",
+        &[b.inbound_addr().unwrap()],
+        "protocol_hint = \"h2\"\n",
+    );
+    let a = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = a.forward_addrs()[0];
+    let mut c = client(addr);
+    let get = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n";
+    // Served: no `Connection` header while A is not draining.
+    c.get_mut().write_all(get).unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    release.wait();
+    let (status, head, body) = exchange(&mut c, b"");
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection:"), "{head}");
+    assert_eq!(body, b"last");
+    // The next request is at the origin when A starts draining.
+    c.get_mut().write_all(get).unwrap();
+    requests.recv_timeout(Duration::from_secs(10)).unwrap();
+    a.shutdown();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
+        addr
+    )
+    .is_err()));
+    release.wait();
+    let (status, head, body) = exchange(&mut c, b"");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "the last response does not say so: {head}"
+    );
+    assert_eq!(body, b"last");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    a.wait();
+    // B is left to the end of the process, as in the tests above.
+    drop(b);
+}
+both_drivers!(
+    drain_marks_the_last_translated_response_connection_close,
+    super::drain_closes_after_the_last_translated_response
+);

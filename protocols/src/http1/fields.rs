@@ -145,6 +145,9 @@ pub(crate) struct Fields {
     pub(crate) first_upgrade: Option<usize>,
     pub(crate) first_transfer_encoding: Option<usize>,
     pub(crate) first_connection: Option<usize>,
+    /// Where the first `Content-Length` field is: a valid length is
+    /// forwarded there, once (see `write.rs`).
+    pub(crate) first_content_length: Option<usize>,
     pub(crate) expect_continue: bool,
 }
 
@@ -161,6 +164,7 @@ impl Fields {
         self.first_upgrade = None;
         self.first_transfer_encoding = None;
         self.first_connection = None;
+        self.first_content_length = None;
         self.expect_continue = false;
     }
 
@@ -198,6 +202,7 @@ impl Fields {
                     self.first_host.get_or_insert(i);
                 }
                 HeaderKind::ContentLength => {
+                    self.first_content_length.get_or_insert(i);
                     content_length = merge_content_length(content_length, value);
                 }
                 HeaderKind::TransferEncoding => {

@@ -6,11 +6,16 @@
 //! `Transfer-Encoding`, `Upgrade`). What the next hop must hear about this
 //! connection is the caller's choice ([`WriteOptions`]). Because the proxy
 //! forwards bodies byte for byte, framing fields follow the message:
-//! `Content-Length` is kept as received and `Transfer-Encoding: chunked` is
-//! written again when the message was chunked.
+//! `Content-Length` is written once, at its first field's place with that
+//! field's name, as the one decimal length it declared (`5, 5` or two
+//! `Content-Length: 5` fields, which RFC 9110 §8.6 lets a recipient accept
+//! as one, become `Content-Length: 5`: a next hop that reads lists or
+//! repeats differently cannot be told two lengths), and
+//! `Transfer-Encoding: chunked` is written again when the message was
+//! chunked.
 
 use super::error::WriteError;
-use super::fields::{is_field_value_byte, is_tchar, Fields, HeaderKind};
+use super::fields::{is_field_value_byte, is_tchar, ContentLength, Fields, HeaderKind};
 use super::request::RequestHead;
 use super::response::ResponseHead;
 use super::target::TargetForm;
@@ -148,7 +153,15 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
     if let (Some(host), None) = (plan.host, fields.first_host) {
         push_field(out, b"Host", host);
     }
-    for entry in &fields.entries {
+    // The length the codec accepted. An invalid one only gets this far in
+    // a message whose framing ignores it (1xx, 204, 101, 2xx to CONNECT,
+    // which must not carry one at all): it is dropped rather than handed
+    // to a next hop that might take it for a length.
+    let length = match fields.content_length() {
+        ContentLength::Length(n) => Some(n),
+        ContentLength::Invalid(_) | ContentLength::Absent => None,
+    };
+    for (i, entry) in fields.entries.iter().enumerate() {
         let name = entry.name.get(buf);
         let value = entry.value.get(buf);
         match entry.kind {
@@ -156,16 +169,22 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
                 push_field(out, name, plan.host.unwrap_or(value));
                 continue;
             }
+            HeaderKind::ContentLength => {
+                if let Some(n) = length {
+                    if fields.first_content_length == Some(i) && !removed(opts, name) {
+                        out.extend_from_slice(name);
+                        out.extend_from_slice(b": ");
+                        push_decimal(out, n);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                continue;
+            }
             HeaderKind::Upgrade if plan.upgrade => {}
             kind if kind.is_hop_by_hop() => continue,
             _ => {}
         }
-        if fields.named_by_connection(name)
-            || opts
-                .remove_headers
-                .iter()
-                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
-        {
+        if fields.named_by_connection(name) || removed(opts, name) {
             continue;
         }
         push_field(out, name, value);
@@ -195,6 +214,12 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
         push_field(out, name.as_bytes(), value);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+fn removed(opts: &WriteOptions<'_>, name: &[u8]) -> bool {
+    opts.remove_headers
+        .iter()
+        .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn check_extra_headers(opts: &WriteOptions<'_>) -> Result<(), WriteError> {
@@ -344,6 +369,73 @@ mod tests {
             out,
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn repeated_content_length_is_forwarded_once_normalised() {
+        let opts = WriteOptions::default();
+        for (fields, expected) in [
+            ("content-length: 5, 5\r\n", "content-length: 5\r\n"),
+            (
+                "Content-Length: 5\r\nX-A: 1\r\ncontent-length: 5\r\n",
+                "Content-Length: 5\r\nX-A: 1\r\n",
+            ),
+            ("Content-Length: 005 , 5,5\r\n", "Content-Length: 5\r\n"),
+            ("Content-Length: 5\r\n", "Content-Length: 5\r\n"),
+        ] {
+            let out = write_req(
+                &format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n"),
+                &opts,
+            );
+            assert_eq!(
+                out,
+                format!("POST / HTTP/1.1\r\nHost: a\r\n{expected}\r\n"),
+                "{fields:?}"
+            );
+            let out = write_res(&format!("HTTP/1.1 200 OK\r\n{fields}\r\n"), GET, &opts);
+            assert_eq!(
+                out,
+                format!("HTTP/1.1 200 OK\r\n{expected}\r\n"),
+                "{fields:?}"
+            );
+        }
+        // HEAD and 304: the field describes a GET's body; still one value.
+        let out = write_res(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 7, 7\r\n\r\n",
+            GET,
+            &opts,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"
+        );
+        // Where the framing ignores the field an invalid one is dropped
+        // (these must not carry one); a valid one stays, once.
+        for (input, expected) in [
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 1, 2\r\nX: y\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\nX: y\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\nContent-Length: \r\nContent-Length: x\r\n\r\n",
+                "HTTP/1.1 100 Continue\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(write_res(input, GET, &opts), expected, "{input:?}");
+        }
+        // A caller removing the field removes every copy.
+        let out = write_req(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+            &WriteOptions {
+                remove_headers: &["content-length"],
+                ..WriteOptions::default()
+            },
+        );
+        assert_eq!(out, "POST / HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[test]
