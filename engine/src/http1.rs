@@ -39,6 +39,7 @@ use crate::metrics::{
 use crate::pool::{Rd, Upstream, Wr};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate::{self, Upgraded};
+use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{record_outcome, Worker};
 
 /// A request body up to this size (with a `Content-Length`) is read whole
@@ -161,7 +162,7 @@ pub(crate) async fn serve(
                     label,
                     reason,
                 } => {
-                    tracing::warn!(peer = %c.peer, reason, "request failed");
+                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason, "request failed");
                     record(&w, &key, status, Some(label), started);
                     send_error(&mut c, &mut out, status, &reason).await;
                 }
@@ -199,16 +200,24 @@ pub(crate) async fn serve(
             },
             None => None,
         };
-        let (mut up, mut addr, mut in_flight) =
-            match checkout(&w, &key, &target, connect_timeout, true, &[]).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(peer = %c.peer, error = e.reason(), "upstream unavailable");
-                    record(&w, &key, e.status(), Some(e.label()), started);
-                    send_error(&mut c, &mut out, e.status(), &e.reason()).await;
-                    break;
-                }
-            };
+        let (mut up, mut addr, mut in_flight) = match checkout(
+            &w,
+            &key,
+            &target,
+            connect_timeout,
+            true,
+            &[],
+        )
+        .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                warn_limited!(w, Warning::UpstreamUnavailable, peer = %c.peer, error = e.reason(), "upstream unavailable");
+                record(&w, &key, e.status(), Some(e.label()), started);
+                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
+                break;
+            }
+        };
         key.target = Some(addr);
 
         // A CONNECT from an explicit-proxy client is ours to answer: the
@@ -382,7 +391,7 @@ pub(crate) async fn serve(
             }
             Exchange::Failed { status, reason, .. } => {
                 if let Some(status) = status {
-                    tracing::warn!(peer = %c.peer, upstream = %addr, reason, "request failed");
+                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason, "request failed");
                     send_error(&mut c, &mut out, status, &reason).await;
                 } else {
                     tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");

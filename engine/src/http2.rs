@@ -35,6 +35,7 @@ use crate::l4::dst_labels;
 use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate;
+use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{record_outcome, Worker};
 
 /// Streams one pooled upstream connection carries before another is opened
@@ -123,6 +124,8 @@ struct GuardedIo<I> {
     guard: FrameGuard,
     peer: SocketAddr,
     tripped: bool,
+    /// For its rate-limited warnings.
+    worker: Rc<Worker>,
 }
 
 impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
@@ -130,7 +133,7 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         match self.guard.feed(bytes, Instant::now()) {
             Ok(()) => Ok(n),
             Err(v) => {
-                tracing::warn!(peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
+                warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
                 self.tripped = true;
                 let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
                 let _ = self.io.write_all(goaway.to_vec()).await;
@@ -318,6 +321,7 @@ pub(crate) async fn serve(
         guard: FrameGuard::new(GuardLimits::default()),
         peer,
         tripped: false,
+        worker: w.clone(),
     };
     let mut builder = server::Builder::new();
     builder
@@ -438,7 +442,7 @@ async fn proxy_stream(
     {
         Ok(class) => class,
         Err(Failure::Respond(status, label, reason)) => {
-            tracing::warn!(error = %reason, "HTTP/2 request failed");
+            warn_limited!(w, Warning::Http2RequestFailed, error = %reason, "HTTP/2 request failed");
             send_error(&mut respond, status, &reason, is_grpc);
             ResponseClass {
                 status,

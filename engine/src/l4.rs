@@ -23,6 +23,7 @@ use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
 use crate::server_first::Dest;
 use crate::undecided::Eviction;
+use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{record_outcome, Worker};
 use crate::{http1, http2};
 
@@ -266,7 +267,7 @@ pub(crate) async fn serve(
         None => match connect_target(&target, connect_timeout).await {
             Ok((s, g)) => (s, g, w.bufs.get()),
             Err(failure) => {
-                tracing::warn!(listener = kind.name(), %peer, "{failure}; closing the client connection");
+                warn_limited!(w, Warning::ConnectFailed, listener = kind.name(), %peer, "{failure}; closing the client connection");
                 w.bufs.put(prefix);
                 return;
             }
@@ -422,7 +423,7 @@ fn route(
                         None => Target::Addr(addr),
                     },
                     None => {
-                        tracing::warn!(%peer, service = %name, "forward target is not resolved (yet); closing");
+                        warn_limited!(w, Warning::ForwardUnresolved, %peer, service = %name, "forward target is not resolved (yet); closing");
                         return None;
                     }
                 },
@@ -431,7 +432,7 @@ fn route(
     };
     if let Target::Addr(addr) = target {
         if w.own_listeners.iter().any(|l| same_endpoint(*l, addr)) || addr == local {
-            tracing::warn!(listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
+            warn_limited!(w, Warning::Loop, listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
             return None;
         }
     }
