@@ -55,8 +55,10 @@ pub(crate) struct WorkerSetup {
     pub ready: mpsc::Sender<(usize, Result<(), String>)>,
 }
 
-/// Idle buffers kept per worker; beyond this, returned buffers are freed.
-const MAX_IDLE_BUFFERS: usize = 1024;
+/// Idle buffers kept per worker (1 MiB at the default 16 KiB); beyond this,
+/// returned buffers are freed, so a burst of connections does not pin its
+/// buffers once it is over.
+const MAX_IDLE_BUFFERS: usize = 64;
 
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
@@ -70,8 +72,12 @@ pub(crate) struct Worker {
     pub cfg: Config,
     pub own_listeners: Vec<SocketAddr>,
     pub bufs: BufferPool,
+    /// Idle HTTP/1 per-request states.
+    pub h1_scratch: crate::http1::ScratchPool,
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
+    /// The most connections open since memory was last given back.
+    pub open_peak: Cell<u64>,
     /// HTTP requests handled (never reset, unlike evictable label sets).
     pub requests: Cell<u64>,
     pub control: mpsc::Sender<ControlMsg>,
@@ -353,10 +359,12 @@ async fn serve(setup: WorkerSetup) {
     let worker = Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
+        h1_scratch: Default::default(),
         cfg,
         own_listeners,
         accepted: Cell::new(0),
         open: Cell::new(0),
+        open_peak: Cell::new(0),
         requests: Cell::new(0),
         control,
         pool: Pool::default(),
@@ -397,6 +405,11 @@ async fn serve(setup: WorkerSetup) {
     let reaper = worker.clone();
     let reaper_stop = stop.clone();
     monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
+    // Gives a burst's memory back to the OS once it is over.
+    monoio::spawn(crate::memory::trim_after_bursts(
+        worker.clone(),
+        stop.clone(),
+    ));
 
     // Serve until told to stop (or the handle is gone).
     loop {
