@@ -13,14 +13,15 @@
 //! Upgrades (101) and CONNECT tunnels end HTTP: both sides are handed to
 //! the opaque relay with whatever bytes were buffered.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::multishot::RecvMulti;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ringmesh_balancer::OpenGuard;
@@ -46,10 +47,6 @@ use crate::worker::{record_outcome, Worker};
 /// before the request goes upstream, so it can be sent again to another
 /// endpoint; larger ones stream with bounded memory and are not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
-/// How long a draining worker still waits for a request on an idle
-/// keep-alive connection: one already sent is served, with
-/// `Connection: close`, instead of meeting a closed socket.
-const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
 
 /// One connection's state: the client halves and the reused buffers.
 pub(crate) struct Client {
@@ -60,6 +57,8 @@ pub(crate) struct Client {
     pub(crate) peer: SocketAddr,
     /// Counts this connection in the `peer="src"` TCP series.
     pub(crate) meter: ConnMeter,
+    /// For waiting between requests without a buffer; owned by `rd`/`wr`.
+    pub(crate) fd: RawFd,
 }
 
 /// Serves HTTP/1 on `client`; `buf` holds the bytes detection read (already
@@ -77,6 +76,7 @@ pub(crate) async fn serve(
     meter: ConnMeter,
 ) {
     meter.read(buf.len());
+    let fd = client.as_raw_fd();
     let (rd, wr) = client.into_split();
     let mut c = Client {
         rd,
@@ -84,324 +84,421 @@ pub(crate) async fn serve(
         buf,
         peer,
         meter,
+        fd,
     };
     let limits = Limits::default();
-    let mut req = RequestHead::new();
-    let mut resp = ResponseHead::new();
-    let mut out = Vec::with_capacity(1024);
-    let mut ubuf = w.bufs.get();
+    // Per-request state (heads, write buffer) and the upstream read buffer
+    // are taken from the worker's pools when a request arrives and given
+    // back while the connection waits for the next one, so an idle
+    // keep-alive connection holds only its socket and this small task.
+    let mut scratch: Option<Box<Scratch>> = None;
+    let mut ubuf = Vec::new();
     loop {
         // 1. The next request head.
         let started = head_started.take();
-        let head_len = match read_request_head(&w, &mut c, &mut req, &limits, started).await {
+        if c.buf.is_empty() && started.is_none() {
+            if let Some(s) = scratch.take() {
+                w.h1_scratch.put(s);
+            }
+            w.bufs.put(std::mem::take(&mut ubuf));
+            if !wait_for_request(&w, &mut c).await {
+                break;
+            }
+        }
+        let s = scratch.get_or_insert_with(|| w.h1_scratch.take());
+        // Usually the whole head is already buffered: only a partial one
+        // needs the (boxed, so not in every connection's task) read loop.
+        let head = match parse_head(&mut s.req, &c.buf, &limits) {
+            Ok(None) => Box::pin(read_request_head(&w, &mut c, &mut s.req, &limits, started)).await,
+            parsed => parsed,
+        };
+        let head_len = match head {
             Ok(Some(n)) => n,
             Ok(None) => break,
             Err(status) => {
-                send_error(&mut c, &mut out, status.0, &status.1).await;
+                send_error(&mut c, &mut s.out, status.0, &status.1).await;
                 break;
             }
         };
-        c.buf.drain(..head_len);
-        let started = Instant::now();
-        let direction = if matches!(dst, HttpDst::Local(_)) {
-            Direction::Inbound
-        } else {
-            Direction::Outbound
-        };
-        let mut key = HttpKey {
-            direction,
-            authority: None,
-            target: None,
-            dst_labels: None,
-        };
-
-        // 2. Where it goes, and a connection there.
-        let target = match resolve(&w, &dst, req.authority()).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
-                record(&w, &key, e.status(), Some(e.label()), started);
-                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
-                break;
-            }
-        };
-        match &target {
-            Dst::Service(svc, _) => {
-                key.authority = Some(svc.name.clone());
-                key.dst_labels = dst_labels(svc);
-            }
-            // Known before connecting, so a failed connect is labelled too.
-            Dst::Addr(addr) => key.target = Some(*addr),
+        if ubuf.capacity() == 0 {
+            ubuf = w.bufs.get();
         }
-        // Meshed endpoints: the request travels over HTTP/2.
-        if translate::upgrades(&target, &req) {
-            let deadline = w.cfg.http_request_timeout.map(|t| started + t);
-            let outcome = translate::h1_over_h2(
-                &w,
-                &mut c,
-                &req,
-                &mut key,
-                &target,
-                connect_timeout,
-                deadline,
-                &mut out,
-                &limits,
-            )
-            .await;
-            match outcome {
-                Upgraded::Done { status, client_ok } => {
-                    record(&w, &key, status, None, started);
-                    // A drain is handled by the next head's read (a request
-                    // already sent is served, with `Connection: close`).
-                    if client_ok {
-                        continue;
-                    }
-                }
-                Upgraded::Failed {
-                    status,
-                    label,
-                    reason,
-                } => {
-                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason, "request failed");
-                    record(&w, &key, status, Some(label), started);
-                    send_error(&mut c, &mut out, status, &reason).await;
-                }
-                Upgraded::Broken { status, reason } => {
-                    tracing::debug!(peer = %c.peer, reason, "request failed after the response started");
-                    record(&w, &key, status, None, started);
-                }
-            }
-            break;
-        }
-        let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
-        // A small body is kept whole (at the front of `c.buf`) so the
-        // request can go again. It is read before connecting: no upstream
-        // connection waits on a slow client.
-        let kept = match replayable_body(&req, &target) {
-            Some(n) => match read_body(&mut c, n, request_deadline).await {
-                Ok(true) => Some(n),
-                Ok(false) => break, // closed mid-body: nothing to answer
-                Err(e) if is_cancelled(&e) => {
-                    tracing::info!(peer = %c.peer, "request body not received within the request timeout");
-                    record(&w, &key, 504, Some(failure_label(504)), started);
-                    send_error(
-                        &mut c,
-                        &mut out,
-                        504,
-                        "request timed out before the response",
-                    )
-                    .await;
-                    break;
-                }
-                Err(e) => {
-                    c.meter.failed(&e);
-                    break;
-                }
-            },
-            None => None,
-        };
-        let (mut up, mut addr, mut in_flight) = match checkout(
+        // Boxed: a task is as big as its largest state, and this one would
+        // otherwise size every idle connection's task.
+        let next = Box::pin(request(
             &w,
-            &key,
+            &mut c,
+            s,
+            &mut ubuf,
+            head_len,
+            &dst,
+            connect_timeout,
+            &limits,
+        ))
+        .await;
+        match next {
+            Next::Continue => {}
+            Next::Close => break,
+            Next::Tunnel(up, to_client) => {
+                Box::pin(tunnel(&w, c, up, to_client)).await;
+                w.bufs.put(ubuf);
+                if let Some(s) = scratch {
+                    w.h1_scratch.put(s);
+                }
+                return;
+            }
+        }
+    }
+    w.bufs.put(c.buf);
+    w.bufs.put(ubuf);
+    if let Some(s) = scratch {
+        w.h1_scratch.put(s);
+    }
+}
+
+/// What the connection does after a request.
+enum Next {
+    /// Read the next request.
+    Continue,
+    Close,
+    /// Relay both sides (upgrade, CONNECT); the bytes go to the client first.
+    Tunnel(Upstream, Vec<u8>),
+}
+
+/// One request whose head (`head_len` bytes at the front of `c.buf`) is
+/// parsed in `s.req`: routed, forwarded and answered.
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    w: &Rc<Worker>,
+    c: &mut Client,
+    s: &mut Scratch,
+    ubuf_slot: &mut Vec<u8>,
+    head_len: usize,
+    dst: &HttpDst,
+    connect_timeout: Duration,
+    limits: &Limits,
+) -> Next {
+    let Scratch { req, resp, out } = s;
+    let mut ubuf = std::mem::take(ubuf_slot);
+    let next = request_inner(
+        w,
+        c,
+        req,
+        resp,
+        out,
+        &mut ubuf,
+        head_len,
+        dst,
+        connect_timeout,
+        limits,
+    )
+    .await;
+    *ubuf_slot = ubuf;
+    next
+}
+
+/// [`request`] with the scratch state split into its parts.
+#[allow(clippy::too_many_arguments)]
+async fn request_inner(
+    w: &Rc<Worker>,
+    c: &mut Client,
+    req: &mut RequestHead,
+    resp: &mut ResponseHead,
+    out: &mut Vec<u8>,
+    ubuf: &mut Vec<u8>,
+    head_len: usize,
+    dst: &HttpDst,
+    connect_timeout: Duration,
+    limits: &Limits,
+) -> Next {
+    c.buf.drain(..head_len);
+    let started = Instant::now();
+    let direction = if matches!(dst, HttpDst::Local(_)) {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    let mut key = HttpKey {
+        direction,
+        authority: None,
+        target: None,
+        dst_labels: None,
+    };
+
+    // 2. Where it goes, and a connection there.
+    let target = match resolve(w, dst, req.authority()).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
+            record(w, &key, e.status(), Some(e.label()), started);
+            send_error(c, out, e.status(), &e.reason()).await;
+            return Next::Close;
+        }
+    };
+    match &target {
+        Dst::Service(svc, _) => {
+            key.authority = Some(svc.name.clone());
+            key.dst_labels = dst_labels(svc);
+        }
+        // Known before connecting, so a failed connect is labelled too.
+        Dst::Addr(addr) => key.target = Some(*addr),
+    }
+    // Meshed endpoints: the request travels over HTTP/2.
+    if translate::upgrades(&target, req) {
+        let deadline = w.cfg.http_request_timeout.map(|t| started + t);
+        // Boxed: its state would otherwise size every connection's task.
+        let outcome = Box::pin(translate::h1_over_h2(
+            w,
+            c,
+            req,
+            &mut key,
             &target,
             connect_timeout,
-            true,
-            &[],
-        )
-        .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                warn_limited!(w, Warning::UpstreamUnavailable, peer = %c.peer, error = e.reason(), "upstream unavailable");
-                record(&w, &key, e.status(), Some(e.label()), started);
-                send_error(&mut c, &mut out, e.status(), &e.reason()).await;
-                break;
-            }
-        };
-        key.target = Some(addr);
-
-        // A CONNECT from an explicit-proxy client is ours to answer: the
-        // tunnel goes to the resolved endpoint.
-        if req.is_connect() && matches!(dst, HttpDst::ByAuthority) {
-            out.clear();
-            out.extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
-            let (res, _) = c.wr.write_all(std::mem::take(&mut out)).await;
-            match res {
-                Ok(n) => c.meter.wrote(n),
-                Err(_) => break,
-            }
-            tunnel(&w, c, up, Vec::new()).await;
-            w.bufs.put(ubuf);
-            return;
-        }
-
-        // 3. Forward the request and read the response together. A pooled
-        // connection the upstream closed meanwhile fails before any byte
-        // of the response: retry once on a fresh connection when the
-        // request had no body or its body was kept.
-        let mut retried = false;
-        // Endpoints that answered 502/503 to this request (retried elsewhere).
-        let mut answered: Vec<SocketAddr> = Vec::new();
-        if let Dst::Service(_, b) = &target {
-            b.borrow().budget.deposit();
-        }
-        let outcome = loop {
-            let reused = up.reused;
-            let first_byte = Cell::new(None);
-            // A request with an idempotent method, and no body or a kept
-            // one, answered 502/503 may go again on another endpoint (the
-            // first one did receive it), if the service has one and its
-            // budget allows: the exchange then keeps such an answer from
-            // the client.
-            let retry_5xx = match &target {
-                Dst::Service(svc, b) => {
-                    (req.framing().is_empty() || kept.is_some())
-                        && req.method().is_idempotent()
-                        && !req.is_connect()
-                        && req.upgrade().is_none()
-                        && answered.len() < 2
-                        && svc.endpoints.len() > answered.len() + 1
-                        && b.borrow().budget.can_withdraw(Instant::now())
+            deadline,
+            out,
+            limits,
+        ))
+        .await;
+        match outcome {
+            Upgraded::Done { status, client_ok } => {
+                record(w, &key, status, None, started);
+                // A drain is handled by the next head's read (a request
+                // already sent is served, with `Connection: close`).
+                if client_ok {
+                    return Next::Continue;
                 }
-                Dst::Addr(_) => false,
-            };
-            let answered_5xx = Cell::new(None);
-            let sent = Instant::now();
-            let outcome = exchange(
-                &w,
-                &mut c,
-                up,
-                &req,
-                &mut resp,
-                &mut out,
-                ubuf,
-                &limits,
-                &first_byte,
-                request_deadline,
-                retry_5xx.then_some(&answered_5xx),
-                kept,
-            )
-            .await;
-            ubuf = outcome.ubuf;
-            // The balancer learns the endpoint's latency to the first
-            // response byte (peak-EWMA).
-            if let (Some(g), Some(t)) = (&in_flight, first_byte.get()) {
-                g.endpoint()
-                    .observe_response(t.saturating_duration_since(sent));
             }
-            if let (Some(status), Dst::Service(_, b), Some(g)) =
-                (answered_5xx.get(), &target, &in_flight)
-            {
-                answered.push(addr);
-                // What was read past that answer's head belongs to it.
-                ubuf.clear();
-                let _ = b.borrow().budget.withdraw(Instant::now());
-                key.target = Some(addr);
-                w.note_retry(&key, g.endpoint());
-                tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
-                match checkout(&w, &key, &target, connect_timeout, true, &answered).await {
+            Upgraded::Failed {
+                status,
+                label,
+                reason,
+            } => {
+                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason, "request failed");
+                record(w, &key, status, Some(label), started);
+                send_error(c, out, status, &reason).await;
+            }
+            Upgraded::Broken { status, reason } => {
+                tracing::debug!(peer = %c.peer, reason, "request failed after the response started");
+                record(w, &key, status, None, started);
+            }
+        }
+        return Next::Close;
+    }
+    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
+    // A small body is kept whole (at the front of `c.buf`) so the
+    // request can go again. It is read before connecting: no upstream
+    // connection waits on a slow client.
+    let kept = match replayable_body(req, &target) {
+        Some(n) => match read_body(c, n, request_deadline).await {
+            Ok(true) => Some(n),
+            Ok(false) => return Next::Close, // closed mid-body: nothing to answer
+            Err(e) if is_cancelled(&e) => {
+                tracing::info!(peer = %c.peer, "request body not received within the request timeout");
+                record(w, &key, 504, Some(failure_label(504)), started);
+                send_error(c, out, 504, "request timed out before the response").await;
+                return Next::Close;
+            }
+            Err(e) => {
+                c.meter.failed(&e);
+                return Next::Close;
+            }
+        },
+        None => None,
+    };
+    let (mut up, mut addr, mut in_flight) = match checkout(
+        w,
+        &key,
+        &target,
+        connect_timeout,
+        true,
+        &[],
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            warn_limited!(w, Warning::UpstreamUnavailable, peer = %c.peer, error = e.reason(), "upstream unavailable");
+            record(w, &key, e.status(), Some(e.label()), started);
+            send_error(c, out, e.status(), &e.reason()).await;
+            return Next::Close;
+        }
+    };
+    key.target = Some(addr);
+
+    // A CONNECT from an explicit-proxy client is ours to answer: the
+    // tunnel goes to the resolved endpoint.
+    if req.is_connect() && matches!(dst, HttpDst::ByAuthority) {
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        let (res, _) = c.wr.write_all(std::mem::take(out)).await;
+        match res {
+            Ok(n) => c.meter.wrote(n),
+            Err(_) => return Next::Close,
+        }
+        return Next::Tunnel(up, Vec::new());
+    }
+
+    // 3. Forward the request and read the response together. A pooled
+    // connection the upstream closed meanwhile fails before any byte
+    // of the response: retry once on a fresh connection when the
+    // request had no body or its body was kept.
+    let mut retried = false;
+    // Endpoints that answered 502/503 to this request (retried elsewhere).
+    let mut answered: Vec<SocketAddr> = Vec::new();
+    if let Dst::Service(_, b) = &target {
+        b.borrow().budget.deposit();
+    }
+    let outcome = loop {
+        let reused = up.reused;
+        let first_byte = Cell::new(None);
+        // A request with an idempotent method, and no body or a kept
+        // one, answered 502/503 may go again on another endpoint (the
+        // first one did receive it), if the service has one and its
+        // budget allows: the exchange then keeps such an answer from
+        // the client.
+        let retry_5xx = match &target {
+            Dst::Service(svc, b) => {
+                (req.framing().is_empty() || kept.is_some())
+                    && req.method().is_idempotent()
+                    && !req.is_connect()
+                    && req.upgrade().is_none()
+                    && answered.len() < 2
+                    && svc.endpoints.len() > answered.len() + 1
+                    && b.borrow().budget.can_withdraw(Instant::now())
+            }
+            Dst::Addr(_) => false,
+        };
+        let answered_5xx = Cell::new(None);
+        let sent = Instant::now();
+        let outcome = exchange(
+            w,
+            c,
+            up,
+            req,
+            resp,
+            out,
+            std::mem::take(ubuf),
+            limits,
+            &first_byte,
+            request_deadline,
+            retry_5xx.then_some(&answered_5xx),
+            kept,
+        )
+        .await;
+        *ubuf = outcome.ubuf;
+        // The balancer learns the endpoint's latency to the first
+        // response byte (peak-EWMA).
+        if let (Some(g), Some(t)) = (&in_flight, first_byte.get()) {
+            g.endpoint()
+                .observe_response(t.saturating_duration_since(sent));
+        }
+        if let (Some(status), Dst::Service(_, b), Some(g)) =
+            (answered_5xx.get(), &target, &in_flight)
+        {
+            answered.push(addr);
+            // What was read past that answer's head belongs to it.
+            ubuf.clear();
+            let _ = b.borrow().budget.withdraw(Instant::now());
+            key.target = Some(addr);
+            w.note_retry(&key, g.endpoint());
+            tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
+            match checkout(w, &key, &target, connect_timeout, true, &answered).await {
+                Ok((u, a, g)) => {
+                    (up, addr, in_flight) = (u, a, g);
+                    continue;
+                }
+                Err(e) => {
+                    break Exchange::Failed {
+                        status: Some(status),
+                        reason: format!("upstream answered {status}; retry failed: {}", e.reason()),
+                        retryable: false,
+                    }
+                }
+            }
+        }
+        match outcome.end {
+            Exchange::Failed {
+                retryable: true, ..
+            } if reused && !retried => {
+                retried = true;
+                tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
+                match checkout(w, &key, &target, connect_timeout, false, &answered).await {
                     Ok((u, a, g)) => {
                         (up, addr, in_flight) = (u, a, g);
                         continue;
                     }
                     Err(e) => {
                         break Exchange::Failed {
-                            status: Some(status),
-                            reason: format!(
-                                "upstream answered {status}; retry failed: {}",
-                                e.reason()
-                            ),
+                            status: Some(e.status()),
+                            reason: e.reason(),
                             retryable: false,
                         }
                     }
                 }
             }
-            match outcome.end {
-                Exchange::Failed {
-                    retryable: true, ..
-                } if reused && !retried => {
-                    retried = true;
-                    tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                    match checkout(&w, &key, &target, connect_timeout, false, &answered).await {
-                        Ok((u, a, g)) => {
-                            (up, addr, in_flight) = (u, a, g);
-                            continue;
-                        }
-                        Err(e) => {
-                            break Exchange::Failed {
-                                status: Some(e.status()),
-                                reason: e.reason(),
-                                retryable: false,
-                            }
-                        }
-                    }
-                }
-                end => break end,
-            }
-        };
-        key.target = Some(addr);
-        // The kept body was sent (maybe more than once); what follows it is
-        // the next request, or a tunnel's.
-        if let Some(n) = kept {
-            c.buf.drain(..n);
+            end => break end,
         }
-        // Failure accrual: 5xx answers and upstream failures count against
-        // the endpoint; anything else resets its count.
-        if let Some(g) = &in_flight {
-            match &outcome {
-                Exchange::Done { .. } | Exchange::Upgraded(_) => {
-                    record_outcome(g.endpoint(), resp.status() < 500)
-                }
-                Exchange::Failed {
-                    status: Some(s), ..
-                } if *s >= 502 => record_outcome(g.endpoint(), false),
-                Exchange::Failed { .. } => {}
-            }
-        }
+    };
+    key.target = Some(addr);
+    // The kept body was sent (maybe more than once); what follows it is
+    // the next request, or a tunnel's.
+    if let Some(n) = kept {
+        c.buf.drain(..n);
+    }
+    // Failure accrual: 5xx answers and upstream failures count against
+    // the endpoint; anything else resets its count.
+    if let Some(g) = &in_flight {
         match &outcome {
             Exchange::Done { .. } | Exchange::Upgraded(_) => {
-                record(&w, &key, resp.status(), None, started)
+                record_outcome(g.endpoint(), resp.status() < 500)
             }
             Exchange::Failed {
-                status: Some(status),
-                ..
-            } => record(&w, &key, *status, Some(failure_label(*status)), started),
-            // The response had started: it is counted as what was sent.
-            Exchange::Failed { status: None, .. } => record(&w, &key, resp.status(), None, started),
-        }
-        match outcome {
-            Exchange::Done {
-                upstream,
-                client_ok,
-            } => {
-                if let Some(up) = upstream {
-                    w.pool.release(addr, up, &ubuf);
-                }
-                // Bytes past a response answer no request: never parsed.
-                ubuf.clear();
-                // A drain is handled by the next head's read (a request
-                // already sent is served, with `Connection: close`).
-                if !client_ok {
-                    break;
-                }
-            }
-            Exchange::Upgraded(up) => {
-                tunnel(&w, c, up, std::mem::take(&mut ubuf)).await;
-                return;
-            }
-            Exchange::Failed { status, reason, .. } => {
-                if let Some(status) = status {
-                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason, "request failed");
-                    send_error(&mut c, &mut out, status, &reason).await;
-                } else {
-                    tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
-                }
-                break;
-            }
+                status: Some(s), ..
+            } if *s >= 502 => record_outcome(g.endpoint(), false),
+            Exchange::Failed { .. } => {}
         }
     }
-    w.bufs.put(c.buf);
-    w.bufs.put(ubuf);
+    match &outcome {
+        Exchange::Done { .. } | Exchange::Upgraded(_) => {
+            record(w, &key, resp.status(), None, started)
+        }
+        Exchange::Failed {
+            status: Some(status),
+            ..
+        } => record(w, &key, *status, Some(failure_label(*status)), started),
+        // The response had started: it is counted as what was sent.
+        Exchange::Failed { status: None, .. } => record(w, &key, resp.status(), None, started),
+    }
+    match outcome {
+        Exchange::Done {
+            upstream,
+            client_ok,
+        } => {
+            if let Some(up) = upstream {
+                w.pool.release(addr, up, ubuf);
+            }
+            // Bytes past a response answer no request: never parsed.
+            ubuf.clear();
+            // A drain is handled by the next head's read (a request
+            // already sent is served, with `Connection: close`).
+            if !client_ok {
+                return Next::Close;
+            }
+        }
+        Exchange::Upgraded(up) => {
+            return Next::Tunnel(up, std::mem::take(ubuf));
+        }
+        Exchange::Failed { status, reason, .. } => {
+            if let Some(status) = status {
+                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason, "request failed");
+                send_error(c, out, status, &reason).await;
+            } else {
+                tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
+            }
+            return Next::Close;
+        }
+    }
+    Next::Continue
 }
 
 /// Counts one request and its response in this worker's shard.
@@ -419,6 +516,31 @@ fn failure_label(status: u16) -> &'static str {
     }
 }
 
+/// Parses a request head at the front of `buf`: `Ok(None)` while it is
+/// incomplete (or `buf` is empty).
+fn parse_head(
+    req: &mut RequestHead,
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<usize>, (u16, String)> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    match req.parse(buf, limits) {
+        // RFC 9112 §2.2 lets a server accept a bare LF; a proxy that does
+        // so can disagree with the next hop about where a header ends, so
+        // it is refused (smuggling defence).
+        Ok(Some(n)) if has_bare_lf(&buf[..n]) => Err((400, "bare LF in the request head".into())),
+        Ok(Some(n)) => Ok(Some(n)),
+        Ok(None) => Ok(None),
+        // A request line that alone exceeds the limit is 414.
+        Err(e) if e.status() == 431 && !buf.contains(&b'\n') => {
+            Err((414, "request line too long".into()))
+        }
+        Err(e) => Err((e.status(), e.to_string())),
+    }
+}
+
 /// Reads until a whole request head is buffered. `Ok(None)`: the client
 /// closed, went idle for the idle timeout, or the worker is stopping,
 /// between requests. A head must arrive within the header-read timeout of
@@ -433,64 +555,26 @@ async fn read_request_head(
     let mut head_deadline = head_started.map(|t| t + w.cfg.http_header_read_timeout);
     loop {
         if !c.buf.is_empty() {
-            match req.parse(&c.buf, limits) {
-                // RFC 9112 §2.2 lets a server accept a bare LF; a proxy that
-                // does so can disagree with the next hop about where a
-                // header ends, so it is refused (smuggling defence).
-                Ok(Some(n)) if has_bare_lf(&c.buf[..n]) => {
-                    return Err((400, "bare LF in the request head".into()))
-                }
-                Ok(Some(n)) => return Ok(Some(n)),
-                Ok(None) => {}
-                // A request line that alone exceeds the limit is 414.
-                Err(e) if e.status() == 431 && !c.buf.contains(&b'\n') => {
-                    return Err((414, "request line too long".into()))
-                }
-                Err(e) => return Err((e.status(), e.to_string())),
+            if let Some(n) = parse_head(req, &c.buf, limits)? {
+                return Ok(Some(n));
             }
             head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
         }
-        let res = match head_deadline {
-            None => {
-                // Between requests: a drain must not wait on idle clients,
-                // but a request already on its way is served (its response
-                // says `Connection: close`): the same read gets a last look.
-                let stop = w.stop.clone();
-                let idle_deadline = Some(Instant::now() + w.cfg.tcp_idle_timeout);
-                let mut read = std::pin::pin!(read_more(
-                    &mut c.rd,
-                    &c.meter,
-                    &mut c.buf,
-                    limits.max_head_bytes(),
-                    idle_deadline
-                ));
-                let served = if stop.is_stopped() {
-                    None
-                } else {
-                    monoio::select! {
-                        r = &mut read => Some(r),
-                        _ = stop.wait() => None,
-                    }
-                };
-                match served {
-                    Some(r) => r,
-                    None => match monoio::time::timeout(DRAIN_LAST_LOOK, read).await {
-                        Ok(r) => r,
-                        Err(_) => return Ok(None),
-                    },
-                }
-            }
-            Some(d) => {
-                read_more(
-                    &mut c.rd,
-                    &c.meter,
-                    &mut c.buf,
-                    limits.max_head_bytes(),
-                    Some(d),
-                )
-                .await
-            }
-        };
+        if c.buf.is_empty() && w.stopping() {
+            return Ok(None);
+        }
+        // Bytes are buffered (the wait between requests is
+        // `wait_for_request`'s), so the header-read timeout runs.
+        let deadline =
+            *head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
+        let res = read_more(
+            &mut c.rd,
+            &c.meter,
+            &mut c.buf,
+            limits.max_head_bytes(),
+            Some(deadline),
+        )
+        .await;
         match res {
             Ok(0) => return Ok(None), // closed (mid-head: nothing to answer)
             Ok(_) => {}
@@ -506,6 +590,142 @@ async fn read_request_head(
             }
         }
     }
+}
+
+/// Idle per-request states kept per worker (beyond this, freed).
+const MAX_IDLE_SCRATCH: usize = 64;
+
+/// A request's working state: parsed heads (which keep their buffers) and
+/// the buffer heads are written into.
+pub(crate) struct Scratch {
+    req: RequestHead,
+    resp: ResponseHead,
+    out: Vec<u8>,
+}
+
+/// A worker's idle [`Scratch`]es: a connection holds one only while it
+/// has a request in hand.
+#[derive(Default)]
+// Boxed: a connection holds its `Scratch` by pointer (cheap to move).
+#[allow(clippy::vec_box)]
+pub(crate) struct ScratchPool(RefCell<Vec<Box<Scratch>>>);
+
+impl ScratchPool {
+    fn take(&self) -> Box<Scratch> {
+        self.0.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Scratch {
+                req: RequestHead::new(),
+                resp: ResponseHead::new(),
+                out: Vec::with_capacity(1024),
+            })
+        })
+    }
+
+    fn put(&self, s: Box<Scratch>) {
+        let mut free = self.0.borrow_mut();
+        if free.len() < MAX_IDLE_SCRATCH {
+            free.push(s);
+        }
+    }
+
+    /// Frees every idle one (after a burst).
+    pub(crate) fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
+/// Between requests: waits, holding no buffer, until the client sends
+/// its next bytes (then in `c.buf`). False when it closed, failed, stayed
+/// idle for the TCP idle timeout, or the worker is draining: a drain does
+/// not wait on idle clients, but a request already on its way gets a last
+/// look (`worker::DRAIN_LAST_LOOK`) and is served, its response saying
+/// `Connection: close`.
+async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
+    let idle_deadline = Instant::now() + w.cfg.tcp_idle_timeout;
+    w.bufs.put(std::mem::take(&mut c.buf));
+    // Not `w.stop`: a request already on its way when the drain began is
+    // still served, until the worker's `close_idle` (its last look).
+    let res = monoio::select! {
+        r = read_when_idle(w, c, idle_deadline) => r,
+        _ = w.close_idle.wait() => return false,
+    };
+    match res {
+        Ok(n) => n > 0,
+        Err(e) => {
+            if !is_cancelled(&e) {
+                c.meter.failed(&e);
+            }
+            false
+        }
+    }
+}
+
+/// Waits for a client's next bytes without holding a buffer, then reads
+/// them into `c.buf` (taken from the worker's pool only then). On io_uring
+/// one receive into the worker's provided-buffer ring, the bytes copied
+/// out and the ring buffer given back at once (no more syscalls than a
+/// plain receive); without a ring (epoll, or `RINGMESH_TCP_RING_BUFFERS=0`)
+/// or when it was empty, a readiness wait and then a non-blocking read.
+/// Cancelled (`ECANCELED`) at `deadline`. Its state is small on purpose:
+/// it sizes every idle connection's task.
+async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Result<usize> {
+    let cancelled = || io::Error::from_raw_os_error(nix::errno::Errno::ECANCELED as i32);
+    if let Ok(mut recv) = RecvMulti::once(c.fd) {
+        match monoio::time::timeout_at(deadline.into(), recv.next()).await {
+            Err(_) => return Err(cancelled()),
+            Ok(Ok(Some(got))) => {
+                c.buf = w.bufs.get();
+                c.buf.extend_from_slice(&got);
+                c.meter.read(got.len());
+                return Ok(got.len());
+            }
+            Ok(Ok(None)) => return Ok(0),
+            // The ring was empty when the bytes came: nothing was read.
+            Ok(Err(e)) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    loop {
+        match monoio::time::timeout_at(deadline.into(), c.rd.readable(false)).await {
+            Err(_) => return Err(cancelled()),
+            Ok(r) => r?,
+        }
+        if c.buf.capacity() == 0 {
+            c.buf = w.bufs.get();
+        }
+        match recv_now(c.fd, &mut c.buf) {
+            Ok(n) => {
+                c.meter.read(n);
+                return Ok(n);
+            }
+            // Readiness was stale: wait again (`readable(false)` checks).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One non-blocking `recv` into `buf`'s spare capacity.
+fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the spare
+    // capacity it is given, and `set_len` below covers only what it wrote.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        nix::libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            nix::libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the first `n` spare bytes were just initialised by recv.
+    #[allow(unsafe_code)]
+    unsafe {
+        buf.set_len(buf.len() + n)
+    };
+    Ok(n)
 }
 
 /// The length of `req`'s body when it is kept for a possible retry: a
@@ -1070,6 +1290,7 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         buf,
         peer,
         meter: src_meter,
+        ..
     } = c;
     let Upstream {
         rd: urd,

@@ -64,6 +64,7 @@ struct OpenConn(Rc<Worker>);
 impl OpenConn {
     fn new(w: &Rc<Worker>) -> Self {
         w.open.set(w.open.get() + 1);
+        w.open_peak.set(w.open_peak.get().max(w.open.get()));
         Self(w.clone())
     }
 }
@@ -80,7 +81,7 @@ pub(crate) async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    let _open = OpenConn::new(&w);
+    let open = OpenConn::new(&w);
     let _ = client.set_nodelay(true);
     let local = match client.local_addr() {
         Ok(a) => a,
@@ -228,21 +229,27 @@ pub(crate) async fn serve(
     }
     match protocol {
         Protocol::Http1 => {
-            http1::serve(
-                w.clone(),
-                client,
-                prefix,
-                head_started,
-                peer,
-                http,
-                connect_timeout,
-                src_meter,
-            )
-            .await;
+            // Its own task (taking the open-connection count with it): this
+            // one, sized for detection and the relay, ends here, so a
+            // long-lived keep-alive connection costs only the HTTP/1 task.
+            monoio::spawn(async move {
+                let _open = open;
+                http1::serve(
+                    w,
+                    client,
+                    prefix,
+                    head_started,
+                    peer,
+                    http,
+                    connect_timeout,
+                    src_meter,
+                )
+                .await;
+            });
             return;
         }
         Protocol::Http2 => {
-            http2::serve(
+            Box::pin(http2::serve(
                 w.clone(),
                 client,
                 prefix,
@@ -250,7 +257,7 @@ pub(crate) async fn serve(
                 http,
                 connect_timeout,
                 src_meter,
-            )
+            ))
             .await;
             return;
         }
@@ -307,21 +314,21 @@ pub(crate) async fn serve(
     };
     let stats = match pipes {
         Some(pipes) => {
-            let (stats, prefix) = relay_splice(
+            let (stats, prefix) = Box::pin(relay_splice(
                 client,
                 server,
                 pipes,
                 prefix,
                 w.cfg.tcp_idle_timeout,
                 &learn,
-            )
+            ))
             .await;
             w.bufs.put(prefix);
             stats
         }
         None => {
             let bufs = (prefix, w.bufs.get());
-            let (stats, bufs) = relay(
+            let (stats, bufs) = Box::pin(relay(
                 client,
                 server,
                 bufs,
@@ -329,7 +336,7 @@ pub(crate) async fn serve(
                 w.cfg.tcp_bulk_buffer_size,
                 &learn,
                 &w.relay_counters,
-            )
+            ))
             .await;
             w.bufs.put(bufs.0);
             w.bufs.put(bufs.1);

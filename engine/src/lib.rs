@@ -18,6 +18,7 @@ mod http1;
 mod http2;
 mod l4;
 pub mod listen;
+mod memory;
 mod metrics;
 pub mod orig_dst;
 mod pool;

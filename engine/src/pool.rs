@@ -78,15 +78,15 @@ enum Seen {
 /// A receive kept armed on an idle connection.
 enum Watch {
     /// io_uring: a multishot receive; any completion means dead.
-    Ring(RecvMulti),
-    /// epoll (or no buffer ring): peek when taken.
+    Ring(RecvMulti, RawFd),
+    /// epoll (or no buffer ring, or the ring ran dry): peek when taken.
     Peek(RawFd),
 }
 
 impl Watch {
     fn arm(fd: RawFd) -> Self {
         match RecvMulti::new(fd) {
-            Ok(r) => Watch::Ring(r),
+            Ok(r) => Watch::Ring(r, fd),
             Err(_) => Watch::Peek(fd),
         }
     }
@@ -94,19 +94,23 @@ impl Watch {
     /// What arrived so far; on io_uring `cx`'s task is woken when
     /// something does.
     fn poll_seen(&mut self, cx: &mut Context<'_>) -> Seen {
-        match self {
-            Watch::Ring(r) => match pin!(r.next()).poll(cx) {
-                Poll::Pending => Seen::Nothing,
-                Poll::Ready(Ok(Some(_))) => Seen::Bytes,
-                // The ring was empty when bytes arrived.
-                Poll::Ready(Err(e))
-                    if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) =>
-                {
-                    Seen::Bytes
-                }
-                Poll::Ready(Ok(None) | Err(_)) => Seen::Closed,
-            },
-            Watch::Peek(fd) => peek(*fd),
+        let (r, fd) = match self {
+            Watch::Ring(r, fd) => (r, *fd),
+            Watch::Peek(fd) => return peek(*fd),
+        };
+        let polled = pin!(r.next()).poll(cx);
+        match polled {
+            Poll::Pending => Seen::Nothing,
+            Poll::Ready(Ok(Some(_))) => Seen::Bytes,
+            // The ring was empty (other connections' receives held its
+            // buffers for a moment): nothing was read, and the receive is
+            // over. What is pending decides, and from now on the
+            // connection is watched by peeking.
+            Poll::Ready(Err(e)) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
+                *self = Watch::Peek(fd);
+                peek(fd)
+            }
+            Poll::Ready(Ok(None) | Err(_)) => Seen::Closed,
         }
     }
 }

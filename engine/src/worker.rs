@@ -56,8 +56,15 @@ pub(crate) struct WorkerSetup {
     pub ready: mpsc::Sender<(usize, Result<(), String>)>,
 }
 
-/// Idle buffers kept per worker; beyond this, returned buffers are freed.
-const MAX_IDLE_BUFFERS: usize = 1024;
+/// How long a draining worker still waits for a request on an idle
+/// keep-alive connection: one already sent is served, with
+/// `Connection: close`, instead of meeting a closed socket.
+pub(crate) const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
+
+/// Idle buffers kept per worker (1 MiB at the default 16 KiB); beyond this,
+/// returned buffers are freed, so a burst of connections does not pin its
+/// buffers once it is over.
+const MAX_IDLE_BUFFERS: usize = 64;
 
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
@@ -71,8 +78,12 @@ pub(crate) struct Worker {
     pub cfg: Config,
     pub own_listeners: Vec<SocketAddr>,
     pub bufs: BufferPool,
+    /// Idle HTTP/1 per-request states.
+    pub h1_scratch: crate::http1::ScratchPool,
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
+    /// The most connections open since memory was last given back.
+    pub open_peak: Cell<u64>,
     /// HTTP requests handled (never reset, unlike evictable label sets).
     pub requests: Cell<u64>,
     pub control: mpsc::Sender<ControlMsg>,
@@ -89,6 +100,10 @@ pub(crate) struct Worker {
     pub retries: Cell<u64>,
     /// Set when the worker starts draining.
     pub stop: Stop,
+    /// Set [`DRAIN_LAST_LOOK`] after `stop`: idle HTTP/1 keep-alive
+    /// connections close then, so a request already on its way when the
+    /// drain began is still served (with `Connection: close`).
+    pub close_idle: Stop,
     /// How this worker's TCP relays received (multishot or not).
     pub relay_counters: RelayCounters,
     /// Connections still detecting, capped (oldest closed first).
@@ -356,14 +371,17 @@ async fn serve(setup: WorkerSetup) {
     let worker = Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
+        h1_scratch: Default::default(),
         cfg,
         own_listeners,
         accepted: Cell::new(0),
         open: Cell::new(0),
+        open_peak: Cell::new(0),
         requests: Cell::new(0),
         control,
         pool: Pool::default(),
         stop: Stop::default(),
+        close_idle: Stop::default(),
         h2_pool: crate::http2::Pool::default(),
         failing_fast: RefCell::default(),
         queued: Cell::new(0),
@@ -404,6 +422,11 @@ async fn serve(setup: WorkerSetup) {
     let reaper = worker.clone();
     let reaper_stop = stop.clone();
     monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
+    // Gives a burst's memory back to the OS once it is over.
+    monoio::spawn(crate::memory::trim_after_bursts(
+        worker.clone(),
+        stop.clone(),
+    ));
 
     // Serve until told to stop (or the handle is gone).
     loop {
@@ -426,9 +449,13 @@ async fn serve(setup: WorkerSetup) {
     // Connections still detecting (silent ones may wait for either side
     // for the TCP idle timeout) have no exchange to finish.
     worker.undecided.drain();
-    let deadline = Instant::now() + worker.cfg.shutdown_grace_period;
+    let drain_started = Instant::now();
+    let deadline = drain_started + worker.cfg.shutdown_grace_period;
     tracing::debug!(worker = id, open = worker.open.get(), "draining");
     while worker.open.get() > 0 && Instant::now() < deadline {
+        if drain_started.elapsed() >= DRAIN_LAST_LOOK {
+            worker.close_idle.trigger();
+        }
         monoio::select! {
             _ = monoio::time::sleep(Duration::from_millis(20)) => {}
             msg = next(&mut rx) => {

@@ -41,6 +41,12 @@ impl BufferPool {
         }
     }
 
+    /// Frees every idle buffer (after a burst, before memory goes back to
+    /// the OS).
+    pub fn clear(&self) {
+        self.free.borrow_mut().clear();
+    }
+
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
     }

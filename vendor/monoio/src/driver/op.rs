@@ -13,7 +13,7 @@ mod accept;
 mod connect;
 mod fsync;
 mod open;
-mod poll;
+pub(crate) mod poll; // ringmesh patch: pub(crate) for `TcpStream::poll_read_op`
 mod read;
 mod recv;
 mod send;

@@ -102,6 +102,18 @@ impl<T> Slab<T> {
         val
     }
 
+    /// ringmesh patch: frees every empty page but the first (after a
+    /// burst, the pages it grew stay otherwise until later removals
+    /// compact them one at a time). Keys of live entries stay valid.
+    pub(crate) fn shrink(&mut self) {
+        self.w_page_id = 0;
+        for page in self.pages.iter_mut().skip(1) {
+            if page.as_ref().is_some_and(|p| p.is_empty()) {
+                *page = None;
+            }
+        }
+    }
+
     pub(crate) fn mark_remove(&mut self) {
         // compact
         self.generation = self.generation.wrapping_add(1);

@@ -194,6 +194,22 @@ fn current_uring() -> Option<Rc<UnsafeCell<UringInner>>> {
     })
 }
 
+/// Frees the memory the current thread's driver grew for a burst of
+/// operations or file descriptors that are gone (empty pages of its op
+/// slab on io_uring, of its registration slab on the legacy driver).
+pub fn shrink_driver() {
+    if !CURRENT.is_set() {
+        return;
+    }
+    CURRENT.with(|inner| match inner {
+        // SAFETY: single threaded, no other borrow live.
+        Inner::Uring(u) => unsafe { &mut *u.get() }.ops.slab.shrink(),
+        #[cfg(feature = "legacy")]
+        // SAFETY: as above.
+        Inner::Legacy(l) => unsafe { &mut *l.get() }.io_dispatch.shrink(),
+    })
+}
+
 /// Registers the current thread's provided-buffer ring: `count` buffers
 /// (a power of two) of `buf_size` bytes. Fails on the legacy driver and on
 /// kernels without buffer rings (< 5.19). Registering again is a no-op.
@@ -289,12 +305,28 @@ pub struct RecvMulti {
     index: usize,
     fd: RawFd,
     cancelled: bool,
+    /// ringmesh patch: a single receive (see [`Self::once`]).
+    oneshot: bool,
 }
 
 impl RecvMulti {
     /// Arms a multishot receive on `fd` (which must outlive it). Needs
     /// [`register_buf_ring`] on this thread first.
     pub fn new(fd: RawFd) -> io::Result<Self> {
+        Self::start(fd, false)
+    }
+
+    /// Arms ONE receive on `fd` into a ring buffer the kernel picks when
+    /// bytes arrive (`IOSQE_BUFFER_SELECT`): a connection waiting for its
+    /// next request holds no buffer, at the cost of one ordinary receive.
+    /// [`Self::next`] yields at most one buffer (or EOF, or an error), then
+    /// `ECANCELED`. Dropping it while armed cancels it; a buffer the kernel
+    /// filled meanwhile goes back to the ring.
+    pub fn once(fd: RawFd) -> io::Result<Self> {
+        Self::start(fd, true)
+    }
+
+    fn start(fd: RawFd, oneshot: bool) -> io::Result<Self> {
         let Some(driver) = current_uring() else {
             return Err(io::ErrorKind::Unsupported.into());
         };
@@ -318,6 +350,7 @@ impl RecvMulti {
             index,
             fd,
             cancelled: false,
+            oneshot,
         };
         me.arm()?;
         Ok(me)
@@ -339,9 +372,15 @@ impl RecvMulti {
         if inner.uring.submission().is_full() {
             inner.submit()?;
         }
-        let sqe = opcode::RecvMulti::new(types::Fd(self.fd), BGID)
-            .build()
-            .user_data(self.index as u64);
+        let sqe = if self.oneshot {
+            opcode::Recv::new(types::Fd(self.fd), std::ptr::null_mut(), 0)
+                .buf_group(BGID)
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(self.fd), BGID).build()
+        }
+        .user_data(self.index as u64);
         // SAFETY: the SQE references no memory of ours; the buffers belong to
         // the registered ring.
         unsafe { inner.uring.submission().push(&sqe) }
@@ -355,7 +394,7 @@ impl RecvMulti {
     pub fn rearm(&mut self) -> io::Result<()> {
         // SAFETY: single threaded, short borrow.
         let armed = Self::state(unsafe { &mut *self.driver.get() }, self.index).armed;
-        if armed || self.cancelled {
+        if armed || self.cancelled || self.oneshot {
             return Ok(());
         }
         self.arm()
@@ -412,7 +451,7 @@ impl RecvMulti {
                 bid: bid.expect("a receive with data names its buffer"),
                 len: res as usize,
             };
-            if !cqueue::more(flags) && !self.cancelled {
+            if !cqueue::more(flags) && !self.cancelled && !self.oneshot {
                 // The kernel stopped on its own (e.g. completion queue
                 // pressure) after delivering data: keep receiving.
                 if let Err(e) = self.arm() {

@@ -190,6 +190,20 @@ where
     }
 }
 
+impl OwnedReadHalf<crate::net::TcpStream> {
+    /// ringmesh patch: waits until the stream is readable (see
+    /// [`crate::net::TcpStream::readable`]), holding no buffer meanwhile.
+    pub async fn readable(&self, relaxed: bool) -> std::io::Result<()> {
+        // Only the op (holding its own clone of the fd) lives across the
+        // await, never a borrow of the shared stream.
+        let op = {
+            let stream = unsafe { &*self.0.get() };
+            stream.poll_read_op(relaxed)
+        };
+        op?.wait().await
+    }
+}
+
 impl<T> OwnedWriteHalf<T>
 where
     T: AsyncWriteRent,

@@ -245,6 +245,15 @@ impl TcpStream {
         op.wait().await
     }
 
+    /// ringmesh patch: the op behind [`Self::readable`], so a split read
+    /// half can wait without borrowing the stream across the await.
+    pub(crate) fn poll_read_op(
+        &self,
+        relaxed: bool,
+    ) -> io::Result<crate::driver::op::Op<crate::driver::op::poll::PollAdd>> {
+        crate::driver::op::Op::poll_read(&self.fd, relaxed)
+    }
+
     /// Wait for write readiness.
     /// Note: Do not use it before every io. It is different from other runtimes!
     ///

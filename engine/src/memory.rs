@@ -1,0 +1,83 @@
+//! Giving memory back to the OS after a burst of connections.
+//!
+//! The binary allocates with mimalloc, which keeps freed pages of a
+//! thread's heap for reuse and purges them only when that thread calls
+//! into the allocator again. A worker that served a burst of connections
+//! and then went quiet would keep the burst's memory resident. Each worker
+//! therefore watches its open-connection count and, once it has fallen well
+//! below its peak, asks mimalloc to collect its heap and purge what is free
+//! ([`collect`]). Without mimalloc as the global allocator (the library's
+//! own tests) the call only touches mimalloc's unused heap: harmless.
+//!
+//! Must not: run on every connection close (a collect walks the heap), or
+//! block.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::stop::Stop;
+use crate::worker::Worker;
+
+/// How often a worker looks at its connection count.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Connections that must have closed since the peak for a collect: small
+/// churn is served from what mimalloc keeps anyway.
+const MIN_CLOSED: u64 = 256;
+
+/// Whether a worker whose open connections peaked at `peak` and are now
+/// `open` should give memory back.
+fn should_collect(peak: u64, open: u64) -> bool {
+    peak.saturating_sub(open) >= MIN_CLOSED.max(peak / 4)
+}
+
+/// Collects this thread's mimalloc heap and returns free memory to the OS
+/// at once (not after mimalloc's purge delay).
+pub(crate) fn collect() {
+    // SAFETY: mi_collect only walks and releases the calling thread's heap
+    // and the arenas' free memory; it has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    }
+}
+
+/// Per worker: gives memory back once the open connections have fallen
+/// well below their peak since the last time; ends when the worker stops.
+pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(CHECK_INTERVAL) => {}
+            _ = stop.wait() => return,
+        }
+        let open = w.open.get();
+        if should_collect(w.open_peak.get(), open) {
+            tracing::debug!(
+                worker = w.id,
+                peak = w.open_peak.get(),
+                open,
+                "giving memory back"
+            );
+            w.bufs.clear();
+            w.h1_scratch.clear();
+            monoio::io::multishot::shrink_driver();
+            collect();
+            w.open_peak.set(open);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_only_after_a_real_drop() {
+        assert!(!should_collect(0, 0));
+        assert!(!should_collect(100, 0), "small churn");
+        assert!(should_collect(10_000, 0));
+        assert!(should_collect(10_000, 7_000));
+        assert!(!should_collect(10_000, 9_000), "a quarter must have closed");
+        assert!(!should_collect(500, 300));
+        assert!(should_collect(500, 200));
+    }
+}
