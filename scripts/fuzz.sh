@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
+# One known false leak (glibc's thread-local destructor record): fuzz/lsan.supp.
+export LSAN_OPTIONS="suppressions=$PWD/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
 # AddressSanitizer needs a nightly toolchain. Without one, cargo-fuzz still
 # instruments for coverage on stable with --sanitizer none: fuzzing runs,
