@@ -6,27 +6,24 @@
 //! and then went quiet would keep the burst's memory resident. Each worker
 //! therefore watches its open-connection count and, once it has fallen well
 //! below its peak, asks mimalloc to collect its heap and purge what is free
-//! ([`collect`]). Without mimalloc as the global allocator (the library's
+//! ([`collect`]; the worker's task that watches is
+//! `worker::trim_after_bursts`). Without mimalloc as the global allocator (the library's
 //! own tests) the call only touches mimalloc's unused heap: harmless.
 //!
 //! Must not: run on every connection close (a collect walks the heap), or
 //! block.
 
-use std::rc::Rc;
 use std::time::Duration;
 
-use crate::stop::Stop;
-use crate::worker::Worker;
-
 /// How often a worker looks at its connection count.
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections that must have closed since the peak for a collect: small
 /// churn is served from what mimalloc keeps anyway.
 const MIN_CLOSED: u64 = 256;
 
 /// Whether a worker whose open connections peaked at `peak` and are now
 /// `open` should give memory back.
-fn should_collect(peak: u64, open: u64) -> bool {
+pub(crate) fn should_collect(peak: u64, open: u64) -> bool {
     peak.saturating_sub(open) >= MIN_CLOSED.max(peak / 4)
 }
 
@@ -38,31 +35,6 @@ pub(crate) fn collect() {
     #[allow(unsafe_code)]
     unsafe {
         libmimalloc_sys::mi_collect(true)
-    }
-}
-
-/// Per worker: gives memory back once the open connections have fallen
-/// well below their peak since the last time; ends when the worker stops.
-pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
-    loop {
-        monoio::select! {
-            _ = monoio::time::sleep(CHECK_INTERVAL) => {}
-            _ = stop.wait() => return,
-        }
-        let open = w.open.get();
-        if should_collect(w.open_peak.get(), open) {
-            tracing::debug!(
-                worker = w.id,
-                peak = w.open_peak.get(),
-                open,
-                "giving memory back"
-            );
-            w.bufs.clear();
-            w.h1_scratch.clear();
-            monoio::io::multishot::shrink_driver();
-            collect();
-            w.open_peak.set(open);
-        }
     }
 }
 

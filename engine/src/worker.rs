@@ -26,6 +26,7 @@ use ringmesh_protocols::tcp::RelayCounters;
 use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::l4::{self, ListenerKind};
+use crate::memory;
 use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::pool::Pool;
 use crate::proxy::{ActiveDriver, WorkerStats};
@@ -423,10 +424,7 @@ async fn serve(setup: WorkerSetup) {
     let reaper_stop = stop.clone();
     monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
     // Gives a burst's memory back to the OS once it is over.
-    monoio::spawn(crate::memory::trim_after_bursts(
-        worker.clone(),
-        stop.clone(),
-    ));
+    monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
 
     // Serve until told to stop (or the handle is gone).
     loop {
@@ -488,6 +486,31 @@ async fn serve(setup: WorkerSetup) {
         accepted = worker.accepted.get(),
         "worker stopped"
     );
+}
+
+/// Per worker: gives memory back once the open connections have fallen
+/// well below their peak since the last time; ends when the worker stops.
+async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(memory::CHECK_INTERVAL) => {}
+            _ = stop.wait() => return,
+        }
+        let open = w.open.get();
+        if memory::should_collect(w.open_peak.get(), open) {
+            tracing::debug!(
+                worker = w.id,
+                peak = w.open_peak.get(),
+                open,
+                "giving memory back"
+            );
+            w.bufs.clear();
+            w.h1_scratch.clear();
+            monoio::io::multishot::shrink_driver();
+            memory::collect();
+            w.open_peak.set(open);
+        }
+    }
 }
 
 /// Answers a query from another thread (stats, metrics scrape).
