@@ -157,6 +157,20 @@ both_drivers!(
     super::server_first_is_relayed_at_once
 );
 
+/// A client-first backend (it only reads) and how many connections it
+/// has open now.
+fn client_first_backend() -> (Backend, Arc<AtomicUsize>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let seen = open.clone();
+    let backend = Backend::start(move |mut s| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        let mut buf = [0u8; 1024];
+        while let Ok(1..) = s.read(&mut buf) {}
+        seen.fetch_sub(1, Ordering::SeqCst);
+    });
+    (backend, open)
+}
+
 /// Silent clients of a backend that waits for them (client-first) stay
 /// undecided, each holding one upstream connection opened early; past
 /// RINGMESH_DETECT_MAX_UNDECIDED the oldest are closed and counted, so the
@@ -164,14 +178,7 @@ both_drivers!(
 fn silent_connections_are_capped(driver: IoDriver) {
     const CAP: usize = 20;
     const CLIENTS: usize = 50;
-    let open_upstream = Arc::new(AtomicUsize::new(0));
-    let seen = open_upstream.clone();
-    let backend = Backend::start(move |mut s| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        let mut buf = [0u8; 1024];
-        while let Ok(1..) = s.read(&mut buf) {}
-        seen.fetch_sub(1, Ordering::SeqCst);
-    });
+    let (backend, open_upstream) = client_first_backend();
     let fwd = format!("127.0.0.1:0={}", backend.addr);
     let cap = CAP.to_string();
     let proxy = start_proxy(
@@ -251,14 +258,7 @@ both_drivers!(
 /// idle timeout).
 fn silent_on_both_sides_closed_at_detect_timeout(driver: IoDriver) {
     const CLIENTS: usize = 10;
-    let open_upstream = Arc::new(AtomicUsize::new(0));
-    let seen = open_upstream.clone();
-    let backend = Backend::start(move |mut s| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        let mut buf = [0u8; 1024];
-        while let Ok(1..) = s.read(&mut buf) {}
-        seen.fetch_sub(1, Ordering::SeqCst);
-    });
+    let (backend, open_upstream) = client_first_backend();
     let fwd = format!("127.0.0.1:0={}", backend.addr);
     let proxy = start_proxy(
         driver,
