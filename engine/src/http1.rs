@@ -37,7 +37,7 @@ use crate::l4::dst_labels;
 use crate::metrics::{
     relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
 };
-use crate::pool::{Rd, Upstream, Wr};
+use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate::{self, Upgraded};
 use crate::warn_limit::{warn_limited, Warning};
@@ -886,7 +886,7 @@ fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream 
         dst_labels: key.dst_labels.clone(),
     });
     Upstream {
-        rd,
+        rd: UpRead::new(rd, fd),
         wr,
         fd,
         reused: false,
@@ -1096,6 +1096,11 @@ async fn exchange(
                 }
                 Err(e) => return Err((Some(502), e.to_string(), false)),
             };
+            if !done {
+                // The rest of the body streams with plain reads (no ring
+                // buffer waits on a slow client).
+                urd.stop_ring();
+            }
             let (res, o) = c.wr.write_all(std::mem::take(out)).await;
             *out = o;
             match res {
@@ -1203,7 +1208,7 @@ impl From<BodyError> for String {
 /// a response was there (a stale pooled connection looks like that, so the
 /// request may go again).
 pub(crate) async fn read_response_head(
-    (rd, meter): (&mut Rd, &ConnMeter),
+    (rd, meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     ctx: RequestContext,
@@ -1222,7 +1227,10 @@ pub(crate) async fn read_response_head(
                 Err(e) => return Err((502, e.to_string(), false)),
             }
         }
-        match read_more(rd, meter, buf, limits.max_head_bytes(), deadline).await {
+        match rd
+            .read_more(meter, buf, limits.max_head_bytes(), deadline)
+            .await
+        {
             Err(e) if is_cancelled(&e) => {
                 return Err((504, "upstream response timed out".into(), false))
             }
@@ -1254,7 +1262,7 @@ pub(crate) async fn read_response_head(
 /// verbatim, stopping exactly at its end; bytes after it stay in `buf`.
 async fn stream_body(
     mut scanner: BodyScanner,
-    (src, src_meter): (&mut Rd, &ConnMeter),
+    (src, src_meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     (dst, dst_meter): (&mut Wr, &ConnMeter),
 ) -> Result<(), BodyError> {
@@ -1269,7 +1277,7 @@ async fn stream_body(
             return Ok(());
         }
         let cap = buf.capacity().max(16 * 1024);
-        match read_more(src, src_meter, buf, cap, None).await {
+        match src.read_more(src_meter, buf, cap, None).await {
             Ok(0) => {
                 return scanner
                     .finish_at_eof()
@@ -1299,6 +1307,8 @@ async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
         ..
     } = up;
     let mut to_client = to_client;
+    // Bytes the upstream's receive already took follow the response head.
+    let urd = urd.into_plain(&mut to_client).await;
     if !to_client.is_empty() {
         let n = to_client.len();
         if write_front(&mut wr, &src_meter, &mut to_client, n)

@@ -12,12 +12,14 @@
 //!   nothing was read past the response; otherwise the connection is
 //!   closed and counted (stray bytes are never parsed as anything).
 //! - While a connection sits idle, a receive stays armed on it: on io_uring
-//!   a multishot receive into the worker's provided-buffer ring (armed
-//!   once, no buffer held until a byte arrives, no syscall), on epoll a
-//!   non-blocking peek when the connection is taken. Any byte or EOF
-//!   makes the connection dead, whenever it arrives: [`Pool::take`] never
-//!   returns it, and on io_uring the worker's [`Pool::reap`] task closes it
-//!   as soon as the completion arrives.
+//!   the connection's own multishot receive into the worker's
+//!   provided-buffer ring ([`UpRead`]: armed when it opens, it also reads
+//!   each response head, so reuse submits nothing and cancels nothing; no
+//!   buffer is held until a byte arrives), on epoll a non-blocking peek
+//!   when the connection is taken. Any byte or EOF makes the connection
+//!   dead, whenever it arrives: [`Pool::take`] never returns it, and on
+//!   io_uring the worker's [`Pool::reap`] task closes it as soon as the
+//!   completion arrives.
 //!
 //! What no proxy can tell apart: bytes that arrive after the next request
 //! was written are indistinguishable from its response.
@@ -27,6 +29,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::pin::pin;
@@ -55,14 +58,200 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An upstream HTTP/1 connection, kept split so reuse costs nothing.
 pub(crate) struct Upstream {
-    pub(crate) rd: Rd,
+    pub(crate) rd: UpRead,
     pub(crate) wr: Wr,
-    /// For the idle watch and `shutdown`; owned by `rd`/`wr`.
+    /// For `shutdown`; owned by `rd`/`wr`.
     pub(crate) fd: RawFd,
     /// Taken from the pool (may have been closed by the upstream).
     pub(crate) reused: bool,
     /// Counts this connection in the `peer="dst"` TCP series.
     pub(crate) meter: ConnMeter,
+}
+
+/// Something a body or head can be read from, a read at a time.
+pub(crate) trait ReadMore {
+    /// Appends what arrives to `buf` (grown up to `max` when full); 0 at
+    /// EOF; `ECANCELED` when `deadline` passed first.
+    async fn read_more(
+        &mut self,
+        meter: &ConnMeter,
+        buf: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize>;
+}
+
+impl ReadMore for Rd {
+    async fn read_more(
+        &mut self,
+        meter: &ConnMeter,
+        buf: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        crate::http1::read_more(self, meter, buf, max, deadline).await
+    }
+}
+
+/// The read half of an upstream connection.
+///
+/// On io_uring one multishot receive is armed when the connection opens
+/// and stays armed across requests: it reads each response head (one
+/// completion, no receive submitted per request) and, while the connection
+/// sits in the pool, it is the idle watch. It is stopped for a response
+/// body that did not come with the head (a body streams with plain reads
+/// into the connection's buffer, so a slow client holds no ring buffers)
+/// and armed again when the connection goes back to the pool.
+pub(crate) struct UpRead {
+    /// Declared first: cancelled before `rd` closes the socket.
+    ring: Ring,
+    rd: Rd,
+    fd: RawFd,
+}
+
+enum Ring {
+    /// Receiving into the worker's buffer ring.
+    Armed(RecvMulti),
+    /// Cancelled: what it got before the cancel is still handed out, then
+    /// the socket is read the ordinary way.
+    Stopping(RecvMulti),
+    /// Plain reads (epoll driver, no ring, or stopped).
+    Off,
+}
+
+impl UpRead {
+    pub(crate) fn new(rd: Rd, fd: RawFd) -> Self {
+        let mut me = Self {
+            ring: Ring::Off,
+            rd,
+            fd,
+        };
+        me.arm();
+        me
+    }
+
+    /// Arms the receive if none is (no-op without a buffer ring).
+    fn arm(&mut self) {
+        if let Ring::Off = self.ring {
+            if let Ok(r) = RecvMulti::new(self.fd) {
+                self.ring = Ring::Armed(r);
+            }
+        }
+    }
+
+    /// Stops the receive: what follows is read with plain reads.
+    pub(crate) fn stop_ring(&mut self) {
+        if let Ring::Armed(r) = std::mem::replace(&mut self.ring, Ring::Off) {
+            let mut r = r;
+            r.cancel();
+            self.ring = Ring::Stopping(r);
+        }
+    }
+
+    /// The plain read half, for a tunnel; bytes the receive had already
+    /// taken from the socket are appended to `buf`, in order.
+    pub(crate) async fn into_plain(mut self, buf: &mut Vec<u8>) -> Rd {
+        self.stop_ring();
+        while let Ring::Stopping(r) = &mut self.ring {
+            match r.next().await {
+                Ok(Some(data)) => buf.extend_from_slice(&data),
+                // EOF (the plain read sees it again), ECANCELED, or an
+                // error the plain read reports again.
+                _ => self.ring = Ring::Off,
+            }
+        }
+        let Self { ring, rd, .. } = self;
+        drop(ring);
+        rd
+    }
+
+    /// What arrived while the connection was idle; on io_uring `cx`'s task
+    /// is woken when something does.
+    fn poll_seen(&mut self, cx: &mut Context<'_>) -> Seen {
+        loop {
+            let r = match &mut self.ring {
+                Ring::Armed(r) | Ring::Stopping(r) => r,
+                Ring::Off => return peek(self.fd),
+            };
+            let polled = pin!(r.next()).poll(cx);
+            match polled {
+                Poll::Pending => return Seen::Nothing,
+                Poll::Ready(Ok(Some(_))) => return Seen::Bytes,
+                Poll::Ready(Ok(None)) => return Seen::Closed,
+                // The ring was empty (other connections' receives held its
+                // buffers for a moment): nothing was read and the receive
+                // is over; what is pending decides, and from now on the
+                // connection is watched by peeking until it is reused.
+                Poll::Ready(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    self.ring = Ring::Off;
+                    return peek(self.fd);
+                }
+                // A stopped receive has handed out all it got: re-arm.
+                Poll::Ready(Err(e)) if e.raw_os_error() == Some(nix::libc::ECANCELED) => {
+                    self.ring = Ring::Off;
+                    self.arm();
+                    if let Ring::Off = self.ring {
+                        return peek(self.fd);
+                    }
+                }
+                Poll::Ready(Err(_)) => return Seen::Closed,
+            }
+        }
+    }
+}
+
+impl ReadMore for UpRead {
+    async fn read_more(
+        &mut self,
+        meter: &ConnMeter,
+        buf: &mut Vec<u8>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        loop {
+            let r = match &mut self.ring {
+                Ring::Armed(r) | Ring::Stopping(r) => r,
+                Ring::Off => {
+                    return crate::http1::read_more(&mut self.rd, meter, buf, max, deadline).await
+                }
+            };
+            let got = match deadline {
+                None => r.next().await,
+                Some(d) => match monoio::time::timeout_at(d.into(), r.next()).await {
+                    Ok(got) => got,
+                    // `next` is cancel-safe: nothing is lost by giving up.
+                    Err(_) => return Err(io::Error::from_raw_os_error(nix::libc::ECANCELED)),
+                },
+            };
+            match got {
+                Ok(Some(data)) => {
+                    buf.extend_from_slice(&data);
+                    meter.read(data.len());
+                    return Ok(data.len());
+                }
+                Ok(None) => {
+                    self.ring = Ring::Off;
+                    return Ok(0);
+                }
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    // The ring was empty: one plain read, then receive
+                    // again (a stopped receive just ends).
+                    let armed = matches!(self.ring, Ring::Armed(_));
+                    self.ring = Ring::Off;
+                    let n = crate::http1::read_more(&mut self.rd, meter, buf, max, deadline).await;
+                    if armed && matches!(n, Ok(1..)) {
+                        self.arm();
+                    }
+                    return n;
+                }
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECANCELED) => self.ring = Ring::Off,
+                Err(e) => {
+                    self.ring = Ring::Off;
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// What an idle connection's watch saw.
@@ -75,46 +264,6 @@ enum Seen {
     Closed,
 }
 
-/// A receive kept armed on an idle connection.
-enum Watch {
-    /// io_uring: a multishot receive; any completion means dead.
-    Ring(RecvMulti, RawFd),
-    /// epoll (or no buffer ring, or the ring ran dry): peek when taken.
-    Peek(RawFd),
-}
-
-impl Watch {
-    fn arm(fd: RawFd) -> Self {
-        match RecvMulti::new(fd) {
-            Ok(r) => Watch::Ring(r, fd),
-            Err(_) => Watch::Peek(fd),
-        }
-    }
-
-    /// What arrived so far; on io_uring `cx`'s task is woken when
-    /// something does.
-    fn poll_seen(&mut self, cx: &mut Context<'_>) -> Seen {
-        let (r, fd) = match self {
-            Watch::Ring(r, fd) => (r, *fd),
-            Watch::Peek(fd) => return peek(*fd),
-        };
-        let polled = pin!(r.next()).poll(cx);
-        match polled {
-            Poll::Pending => Seen::Nothing,
-            Poll::Ready(Ok(Some(_))) => Seen::Bytes,
-            // The ring was empty (other connections' receives held its
-            // buffers for a moment): nothing was read, and the receive is
-            // over. What is pending decides, and from now on the
-            // connection is watched by peeking.
-            Poll::Ready(Err(e)) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
-                *self = Watch::Peek(fd);
-                peek(fd)
-            }
-            Poll::Ready(Ok(None) | Err(_)) => Seen::Closed,
-        }
-    }
-}
-
 /// Non-blocking peek: what an idle socket has pending.
 fn peek(fd: RawFd) -> Seen {
     let mut probe = [0u8; 1];
@@ -125,10 +274,8 @@ fn peek(fd: RawFd) -> Seen {
     }
 }
 
-/// An idle connection. Field order matters: the watch is dropped (its
-/// receive cancelled) before the connection is closed.
+/// An idle connection; its receive (`up.rd`) is the watch.
 struct Idle {
-    watch: Watch,
     up: Upstream,
     since: Instant,
 }
@@ -154,8 +301,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     /// An idle connection to `addr` on which nothing arrived since it was
-    /// released. Its watch is cancelled before it is returned, so the
-    /// receive is gone before the caller writes a request.
+    /// released. Its receive stays armed: it reads the response.
     pub(crate) fn take(&self, addr: SocketAddr) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
@@ -164,10 +310,9 @@ impl Pool {
             if entry.since.elapsed() >= POOL_IDLE_TIMEOUT {
                 continue;
             }
-            let seen = entry.watch.poll_seen(&mut cx);
+            let seen = entry.up.rd.poll_seen(&mut cx);
             if self.note(addr, seen) {
-                let Idle { watch, mut up, .. } = entry;
-                drop(watch);
+                let mut up = entry.up;
                 up.reused = true;
                 return Some(up);
             }
@@ -178,7 +323,7 @@ impl Pool {
     /// Gives a connection back after a complete exchange. `leftover` is
     /// what was read from it past the response: if anything, the
     /// connection is closed, never pooled.
-    pub(crate) fn release(&self, addr: SocketAddr, up: Upstream, leftover: &[u8]) {
+    pub(crate) fn release(&self, addr: SocketAddr, mut up: Upstream, leftover: &[u8]) {
         if !leftover.is_empty() {
             self.note(addr, Seen::Bytes);
             return;
@@ -188,14 +333,17 @@ impl Pool {
         if list.len() >= POOL_MAX_IDLE {
             return;
         }
-        let mut watch = Watch::arm(up.fd);
-        if let Some(waker) = self.reaper.borrow().as_ref() {
-            // Registers the reaper with the new receive (nothing arrived
-            // yet, or it is seen at the next reap or take).
-            let _ = watch.poll_seen(&mut Context::from_waker(waker));
+        up.rd.arm();
+        // What arrived already is judged now; the reaper's waker (if it
+        // runs) is registered with the receive for what arrives later.
+        let seen = match self.reaper.borrow().as_ref() {
+            Some(waker) => up.rd.poll_seen(&mut Context::from_waker(waker)),
+            None => up.rd.poll_seen(&mut Context::from_waker(Waker::noop())),
+        };
+        if !self.note(addr, seen) {
+            return;
         }
         list.push(Idle {
-            watch,
             up,
             since: Instant::now(),
         });
@@ -226,7 +374,7 @@ impl Pool {
         idle.retain(|addr, list| {
             list.retain_mut(|e| {
                 now.saturating_duration_since(e.since) < POOL_IDLE_TIMEOUT
-                    && self.note(*addr, e.watch.poll_seen(cx))
+                    && self.note(*addr, e.up.rd.poll_seen(cx))
             });
             !list.is_empty()
         });
@@ -256,5 +404,106 @@ impl Pool {
     pub(crate) fn clear(&self) {
         self.reaper.borrow_mut().take();
         self.idle.borrow_mut().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    use monoio::io::Splitable;
+
+    use super::*;
+
+    /// A loopback pair on an io_uring runtime with a buffer ring: the
+    /// proxy's upstream read half and the std "server" side.
+    fn with_upstream(f: impl AsyncFnOnce(UpRead, std::net::TcpStream)) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring (these tests need it)");
+        rt.block_on(async {
+            monoio::io::multishot::register_buf_ring(8, 4096).expect("a buffer ring");
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (server, _) = l.accept().unwrap();
+            let fd = s.as_raw_fd();
+            let (rd, wr) = s.into_split();
+            let up = UpRead::new(rd, fd);
+            assert!(
+                matches!(up.ring, Ring::Armed(_)),
+                "no multishot receive armed"
+            );
+            f(up, server).await;
+            drop(wr);
+        });
+    }
+
+    async fn settle() {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// Bytes the receive took before a tunnel starts are handed over, in
+    /// order, ahead of what the plain read half reads next.
+    #[test]
+    fn into_plain_keeps_received_bytes() {
+        with_upstream(async |mut up, mut server| {
+            let meter = ConnMeter::none();
+            let mut buf = Vec::with_capacity(64);
+            server.write_all(b"head").unwrap();
+            assert_eq!(up.read_more(&meter, &mut buf, 64, None).await.unwrap(), 4);
+            // Arrives while nobody reads: only the receive has it.
+            server.write_all(b"early").unwrap();
+            settle().await;
+            let mut rest = Vec::new();
+            let mut rd = up.into_plain(&mut rest).await;
+            assert_eq!(rest, b"early");
+            server.write_all(b"later").unwrap();
+            let mut later = Vec::with_capacity(64);
+            let n = crate::http1::read_more(&mut rd, &meter, &mut later, 64, None)
+                .await
+                .unwrap();
+            assert_eq!(&later[..n], b"later");
+        });
+    }
+
+    /// A stopped receive still hands out what it had, then the rest comes
+    /// by plain reads; afterwards the connection can be armed again and
+    /// its idle watch sees new bytes and EOF.
+    #[test]
+    fn stop_then_rearm() {
+        with_upstream(async |mut up, mut server| {
+            let meter = ConnMeter::none();
+            let mut buf = Vec::with_capacity(4096);
+            server.write_all(b"one").unwrap();
+            settle().await;
+            up.stop_ring();
+            server.write_all(b"two").unwrap();
+            let mut got = Vec::new();
+            while got.len() < 6 {
+                buf.clear();
+                let n = up.read_more(&meter, &mut buf, 4096, None).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, b"onetwo");
+            // Back in the pool: armed again (at once, or once the stopped
+            // receive has reported its end).
+            settle().await;
+            up.arm();
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(up.poll_seen(&mut cx), Seen::Nothing);
+            assert!(matches!(up.ring, Ring::Armed(_)), "not armed again");
+            server.write_all(b"stray").unwrap();
+            settle().await;
+            assert_eq!(up.poll_seen(&mut cx), Seen::Bytes);
+        });
+        with_upstream(async |mut up, server| {
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(up.poll_seen(&mut cx), Seen::Nothing);
+            drop(server);
+            settle().await;
+            assert_eq!(up.poll_seen(&mut cx), Seen::Closed);
+        });
     }
 }

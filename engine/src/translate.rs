@@ -36,7 +36,7 @@ use ringmesh_protocols::http1::{
 use crate::http1::{self, Client};
 use crate::http2::{self, Failure, Opened, Opening};
 use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
-use crate::pool::{Rd, Upstream, Wr};
+use crate::pool::{ReadMore, Upstream, Wr};
 use crate::route::Dst;
 use crate::worker::{record_outcome, Worker};
 
@@ -527,6 +527,9 @@ pub(crate) async fn h2_to_h1(
     let mut up = up;
     let mut reusable = body_ok && resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
     if !end {
+        // The body streams with plain reads (no ring buffer waits on a
+        // slow client).
+        up.rd.stop_ring();
         let r = h1_body_to_h2(
             BodyScanner::new(body_framing, &limits),
             &mut up.rd,
@@ -560,7 +563,7 @@ pub(crate) async fn h2_to_h1(
 /// DATA frames, chunk framing and trailers removed, ending the stream.
 async fn h1_body_to_h2(
     mut scanner: BodyScanner,
-    rd: &mut Rd,
+    rd: &mut impl ReadMore,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,
     to: &mut SendStream<Bytes>,
@@ -580,7 +583,7 @@ async fn h1_body_to_h2(
             break;
         }
         let cap = buf.capacity().max(16 * 1024);
-        match http1::read_more(rd, meter, buf, cap, None).await {
+        match rd.read_more(meter, buf, cap, None).await {
             Ok(0) => {
                 scanner
                     .finish_at_eof()
@@ -597,7 +600,7 @@ async fn h1_body_to_h2(
 
 /// Reads the final response head (skipping interim 1xx ones) into `resp`.
 async fn read_final_head(
-    up: (&mut Rd, &ConnMeter),
+    up: (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     resp: &mut ResponseHead,
     ctx: RequestContext,

@@ -343,3 +343,153 @@ fn dry_ring(driver: IoDriver) {
     proxy.shutdown();
 }
 both_drivers!(a_dry_ring_is_no_stray_bytes, super::dry_ring);
+
+/// One keep-alive client alternates small responses (read whole with the
+/// head) and 1 MiB ones that trickle in (the upstream's receive is stopped
+/// for the body, which streams with plain reads): every body arrives
+/// intact, nothing is taken for stray bytes, and the one upstream
+/// connection is reused throughout (its receive re-armed each time it goes
+/// back to the pool).
+fn mixed_sizes(driver: IoDriver) {
+    const BIG: usize = 1 << 20;
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let b = Backend::start(move |s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        while let Some((_, path)) = read_request(&mut r) {
+            let len = if path.starts_with("/big") {
+                BIG
+            } else {
+                path.len()
+            };
+            let head =
+                format!("HTTP/1.1 200 OK\r\nx-path: {path}\r\ncontent-length: {len}\r\n\r\n");
+            if w.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            if len == BIG {
+                let mut p = Pattern::new(len as u64);
+                let mut chunk = vec![0u8; 64 * 1024];
+                for _ in 0..BIG / chunk.len() {
+                    p.fill(&mut chunk);
+                    if w.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+            } else if w.write_all(path.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let fwd = format!("127.0.0.1:0={}", b.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", fwd.as_str()),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let s = connect(proxy.forward_addrs()[0]);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    for i in 0..10 {
+        let path = if i % 2 == 1 {
+            format!("/big{i}")
+        } else {
+            format!("/s{i}")
+        };
+        write!(w, "GET {path} HTTP/1.1\r\nhost: mixed.test\r\n\r\n").unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        if len == BIG {
+            let mut want = vec![0u8; BIG];
+            let mut p = Pattern::new(BIG as u64);
+            for c in want.chunks_mut(64 * 1024) {
+                p.fill(c);
+            }
+            assert!(body == want, "big body {i} corrupted");
+        } else {
+            assert_eq!(body, path.as_bytes());
+        }
+    }
+    let stats = proxy.worker_stats();
+    let stray: u64 = stats.iter().map(|s| s.http1_stray_bytes).sum();
+    let closed: u64 = stats.iter().map(|s| s.http1_pool_closed).sum();
+    assert_eq!((stray, closed), (0, 0), "a healthy connection was dropped");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "the upstream connection was not reused after a streamed body"
+    );
+    proxy.shutdown();
+}
+both_drivers!(streamed_bodies_keep_the_connection, super::mixed_sizes);
+
+/// An upstream that speaks right after its 101 (a separate write): those bytes may already be in the connection's receive when the
+/// tunnel starts; they reach the client first, in order, and the tunnel
+/// works both ways. Twenty connections, to meet the race both ways.
+fn bytes_after_101(driver: IoDriver) {
+    let b = Backend::start(|s| {
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        if read_request(&mut r).is_none() {
+            return;
+        }
+        let _ = w.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        );
+        let _ = w.write_all(b"server-first;");
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            if w.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let (proxy, addr) = proxy_to(driver, &b);
+    for i in 0..20 {
+        let s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        w.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: ws.test\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        )
+        .unwrap();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let mut first = [0u8; 13];
+        r.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"server-first;", "connection {i}");
+        let msg = format!("ping {i}");
+        w.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        r.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes(), "connection {i}");
+    }
+    proxy.shutdown();
+}
+both_drivers!(bytes_after_101_reach_the_client, super::bytes_after_101);
