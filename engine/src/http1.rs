@@ -33,20 +33,15 @@ use ringmesh_protocols::http1::{
 use ringmesh_protocols::tcp::relay;
 
 use crate::detect::{is_cancelled, read_until};
+use crate::error::{Failure, Kind, ProxyError, Side};
 use crate::l4::dst_labels;
-use crate::metrics::{
-    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
-};
+use crate::metrics::{relayed, ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
-use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
-use crate::translate::{self, Upgraded};
+use crate::retry::{Attempts, MAX_REPLAY_BODY};
+use crate::route::{failover, resolve, Dst, HttpDst};
+use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{record_outcome, Worker};
-
-/// A request body up to this size (with a `Content-Length`) is read whole
-/// before the request goes upstream, so it can be sent again to another
-/// endpoint; larger ones stream with bounded memory and are not retried.
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// One connection's state: the client halves and the reused buffers.
 pub(crate) struct Client {
@@ -115,8 +110,8 @@ pub(crate) async fn serve(
         let head_len = match head {
             Ok(Some(n)) => n,
             Ok(None) => break,
-            Err(status) => {
-                send_error(&mut c, &mut s.out, status.0, &status.1).await;
+            Err(e) => {
+                send_error(&mut c, &mut s.out, &e).await;
                 break;
             }
         };
@@ -230,8 +225,8 @@ async fn request_inner(
         Ok(d) => d,
         Err(e) => {
             tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
-            record(w, &key, e.status(), Some(e.label()), started);
-            send_error(c, out, e.status(), &e.reason()).await;
+            record(w, &key, e.status(), Some(&e), started);
+            send_error(c, out, &e).await;
             return Next::Close;
         }
     };
@@ -260,7 +255,7 @@ async fn request_inner(
         ))
         .await;
         match outcome {
-            Upgraded::Done { status, client_ok } => {
+            Ok((status, client_ok)) => {
                 record(w, &key, status, None, started);
                 // A drain is handled by the next head's read (a request
                 // already sent is served, with `Connection: close`).
@@ -268,16 +263,17 @@ async fn request_inner(
                     return Next::Continue;
                 }
             }
-            Upgraded::Failed {
-                status,
-                label,
-                reason,
-            } => {
-                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason, "request failed");
-                record(w, &key, status, Some(label), started);
-                send_error(c, out, status, &reason).await;
+            Err(Failure::Answer(e)) => {
+                if e.side() == Side::Downstream {
+                    tracing::debug!(peer = %c.peer, reason = e.reason(), "bad request");
+                } else {
+                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason = e.reason(), "request failed");
+                }
+                record(w, &key, e.status(), Some(&e), started);
+                send_error(c, out, &e).await;
             }
-            Upgraded::Broken { status, reason } => {
+            Err(broken) => {
+                let (status, reason) = broken.after_response();
                 tracing::debug!(peer = %c.peer, reason, "request failed after the response started");
                 record(w, &key, status, None, started);
             }
@@ -294,8 +290,9 @@ async fn request_inner(
             Ok(false) => return Next::Close, // closed mid-body: nothing to answer
             Err(e) if is_cancelled(&e) => {
                 tracing::info!(peer = %c.peer, "request body not received within the request timeout");
-                record(w, &key, 504, Some(failure_label(504)), started);
-                send_error(c, out, 504, "request timed out before the response").await;
+                let e = ProxyError::timeout("request timed out before the response");
+                record(w, &key, e.status(), Some(&e), started);
+                send_error(c, out, &e).await;
                 return Next::Close;
             }
             Err(e) => {
@@ -318,8 +315,8 @@ async fn request_inner(
         Ok(u) => u,
         Err(e) => {
             warn_limited!(w, Warning::UpstreamUnavailable, peer = %c.peer, error = e.reason(), "upstream unavailable");
-            record(w, &key, e.status(), Some(e.label()), started);
-            send_error(c, out, e.status(), &e.reason()).await;
+            record(w, &key, e.status(), Some(&e), started);
+            send_error(c, out, &e).await;
             return Next::Close;
         }
     };
@@ -338,36 +335,19 @@ async fn request_inner(
         return Next::Tunnel(up, Vec::new());
     }
 
-    // 3. Forward the request and read the response together. A pooled
-    // connection the upstream closed meanwhile fails before any byte
-    // of the response: retry once on a fresh connection when the
-    // request had no body or its body was kept.
-    let mut retried = false;
-    // Endpoints that answered 502/503 to this request (retried elsewhere).
-    let mut answered: Vec<SocketAddr> = Vec::new();
-    if let Dst::Service(_, b) = &target {
-        b.borrow().budget.deposit();
-    }
+    // 3. Forward the request and read the response together; go again
+    // where `retry` allows (a stale pooled connection, a 502/503 from one
+    // endpoint of a service). Upgrades and CONNECT never go twice.
+    let mut attempts = Attempts::new(
+        &target,
+        req.method().is_idempotent() && !req.is_connect() && req.upgrade().is_none(),
+        req.framing().is_empty() || kept.is_some(),
+    );
     let outcome = loop {
         let reused = up.reused;
         let first_byte = Cell::new(None);
-        // A request with an idempotent method, and no body or a kept
-        // one, answered 502/503 may go again on another endpoint (the
-        // first one did receive it), if the service has one and its
-        // budget allows: the exchange then keeps such an answer from
-        // the client.
-        let retry_5xx = match &target {
-            Dst::Service(svc, b) => {
-                (req.framing().is_empty() || kept.is_some())
-                    && req.method().is_idempotent()
-                    && !req.is_connect()
-                    && req.upgrade().is_none()
-                    && answered.len() < 2
-                    && svc.endpoints.len() > answered.len() + 1
-                    && b.borrow().budget.can_withdraw(Instant::now())
-            }
-            Dst::Addr(_) => false,
-        };
+        // A 502/503 that would be retried is kept from the client.
+        let hold_5xx = attempts.would_retry_answer(Instant::now());
         let answered_5xx = Cell::new(None);
         let sent = Instant::now();
         let outcome = exchange(
@@ -381,7 +361,7 @@ async fn request_inner(
             limits,
             &first_byte,
             request_deadline,
-            retry_5xx.then_some(&answered_5xx),
+            hold_5xx.then_some(&answered_5xx),
             kept,
         )
         .await;
@@ -392,48 +372,43 @@ async fn request_inner(
             g.endpoint()
                 .observe_response(t.saturating_duration_since(sent));
         }
-        if let (Some(status), Dst::Service(_, b), Some(g)) =
-            (answered_5xx.get(), &target, &in_flight)
-        {
-            answered.push(addr);
+        if let (Some(status), Some(g)) = (answered_5xx.get(), &in_flight) {
             // What was read past that answer's head belongs to it.
             ubuf.clear();
-            let _ = b.borrow().budget.withdraw(Instant::now());
             key.target = Some(addr);
+            if !attempts.retry_answer(status, addr, Instant::now()) {
+                // The budget went to another request meanwhile.
+                let e = ProxyError::new(
+                    Kind::Answered(status),
+                    format!("upstream answered {status}"),
+                );
+                break Exchange::Failed(e.into());
+            }
             w.note_retry(&key, g.endpoint());
             tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
-            match checkout(w, &key, &target, connect_timeout, true, &answered).await {
+            match checkout(w, &key, &target, connect_timeout, true, attempts.avoid()).await {
                 Ok((u, a, g)) => {
                     (up, addr, in_flight) = (u, a, g);
                     continue;
                 }
                 Err(e) => {
-                    break Exchange::Failed {
-                        status: Some(status),
-                        reason: format!("upstream answered {status}; retry failed: {}", e.reason()),
-                        retryable: false,
-                    }
+                    let reason =
+                        format!("upstream answered {status}; retry failed: {}", e.reason());
+                    break Exchange::Failed(ProxyError::new(Kind::Answered(status), reason).into());
                 }
             }
         }
         match outcome.end {
-            Exchange::Failed {
-                retryable: true, ..
-            } if reused && !retried => {
-                retried = true;
+            Exchange::Failed(Failure::Answer(e))
+                if e.retryable() && attempts.retry_stale(reused) =>
+            {
                 tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                match checkout(w, &key, &target, connect_timeout, false, &answered).await {
+                match checkout(w, &key, &target, connect_timeout, false, attempts.avoid()).await {
                     Ok((u, a, g)) => {
                         (up, addr, in_flight) = (u, a, g);
                         continue;
                     }
-                    Err(e) => {
-                        break Exchange::Failed {
-                            status: Some(e.status()),
-                            reason: e.reason(),
-                            retryable: false,
-                        }
-                    }
+                    Err(e) => break Exchange::Failed(e.into()),
                 }
             }
             end => break end,
@@ -452,22 +427,19 @@ async fn request_inner(
             Exchange::Done { .. } | Exchange::Upgraded(_) => {
                 record_outcome(g.endpoint(), resp.status() < 500)
             }
-            Exchange::Failed {
-                status: Some(s), ..
-            } if *s >= 502 => record_outcome(g.endpoint(), false),
-            Exchange::Failed { .. } => {}
+            Exchange::Failed(Failure::Answer(e)) if e.status() >= 502 => {
+                record_outcome(g.endpoint(), false)
+            }
+            Exchange::Failed(_) => {}
         }
     }
     match &outcome {
         Exchange::Done { .. } | Exchange::Upgraded(_) => {
             record(w, &key, resp.status(), None, started)
         }
-        Exchange::Failed {
-            status: Some(status),
-            ..
-        } => record(w, &key, *status, Some(failure_label(*status)), started),
+        Exchange::Failed(Failure::Answer(e)) => record(w, &key, e.status(), Some(e), started),
         // The response had started: it is counted as what was sent.
-        Exchange::Failed { status: None, .. } => record(w, &key, resp.status(), None, started),
+        Exchange::Failed(_) => record(w, &key, resp.status(), None, started),
     }
     match outcome {
         Exchange::Done {
@@ -488,32 +460,29 @@ async fn request_inner(
         Exchange::Upgraded(up) => {
             return Next::Tunnel(up, std::mem::take(ubuf));
         }
-        Exchange::Failed { status, reason, .. } => {
-            if let Some(status) = status {
-                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason, "request failed");
-                send_error(c, out, status, &reason).await;
+        Exchange::Failed(Failure::Answer(e)) => {
+            if e.side() == Side::Downstream {
+                tracing::debug!(peer = %c.peer, reason = e.reason(), "bad request");
             } else {
-                tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
+                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason = e.reason(), "request failed");
             }
+            send_error(c, out, &e).await;
+            return Next::Close;
+        }
+        Exchange::Failed(broken) => {
+            let (_, reason) = broken.after_response();
+            tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
             return Next::Close;
         }
     }
     Next::Continue
 }
 
-/// Counts one request and its response in this worker's shard.
-fn record(w: &Worker, key: &HttpKey, status: u16, error: ProxyError, started: Instant) {
-    w.record_response(key, ResponseClass::http(status, error), started);
-}
-
-/// The `error` label of a response the proxy produced after the exchange
-/// with the upstream failed.
-fn failure_label(status: u16) -> &'static str {
-    match status {
-        400 => "bad_request",
-        504 => "response_timeout",
-        _ => "upstream_failed",
-    }
+/// Counts one request and its response in this worker's shard; `error`
+/// when the proxy answered itself.
+fn record(w: &Worker, key: &HttpKey, status: u16, error: Option<&ProxyError>, started: Instant) {
+    let class = ResponseClass::http(status, error.map(ProxyError::label));
+    w.record_response(key, class, started);
 }
 
 /// Parses a request head at the front of `buf`: `Ok(None)` while it is
@@ -522,7 +491,7 @@ fn parse_head(
     req: &mut RequestHead,
     buf: &[u8],
     limits: &Limits,
-) -> Result<Option<usize>, (u16, String)> {
+) -> Result<Option<usize>, ProxyError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -530,14 +499,16 @@ fn parse_head(
         // RFC 9112 §2.2 lets a server accept a bare LF; a proxy that does
         // so can disagree with the next hop about where a header ends, so
         // it is refused (smuggling defence).
-        Ok(Some(n)) if has_bare_lf(&buf[..n]) => Err((400, "bare LF in the request head".into())),
+        Ok(Some(n)) if has_bare_lf(&buf[..n]) => {
+            Err(ProxyError::malformed(400, "bare LF in the request head"))
+        }
         Ok(Some(n)) => Ok(Some(n)),
         Ok(None) => Ok(None),
         // A request line that alone exceeds the limit is 414.
         Err(e) if e.status() == 431 && !buf.contains(&b'\n') => {
-            Err((414, "request line too long".into()))
+            Err(ProxyError::malformed(414, "request line too long"))
         }
-        Err(e) => Err((e.status(), e.to_string())),
+        Err(e) => Err(ProxyError::malformed(e.status(), e.to_string())),
     }
 }
 
@@ -551,7 +522,7 @@ async fn read_request_head(
     req: &mut RequestHead,
     limits: &Limits,
     head_started: Option<Instant>,
-) -> Result<Option<usize>, (u16, String)> {
+) -> Result<Option<usize>, ProxyError> {
     let mut head_deadline = head_started.map(|t| t + w.cfg.http_header_read_timeout);
     loop {
         if !c.buf.is_empty() {
@@ -580,7 +551,10 @@ async fn read_request_head(
             Ok(_) => {}
             Err(e) if is_cancelled(&e) && head_deadline.is_some() => {
                 tracing::info!(peer = %c.peer, "request head not received within the header-read timeout; closing");
-                return Err((408, "request head not received in time".into()));
+                return Err(ProxyError::new(
+                    Kind::HeadTimeout,
+                    "request head not received in time",
+                ));
             }
             Err(e) => {
                 if !is_cancelled(&e) {
@@ -813,21 +787,22 @@ async fn write_front(
 
 /// Answers with an error the proxy itself produced, saying why in an
 /// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body; the
-/// connection is closed afterwards.
-async fn send_error(c: &mut Client, out: &mut Vec<u8>, status: u16, reason: &str) {
+/// caller closes the connection afterwards (`closes_connection`).
+async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError) {
     out.clear();
-    let body = format!("ringmesh: {reason}\n");
+    let status = e.status();
+    let body = format!("ringmesh: {}\n", e.reason());
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
     out.extend_from_slice(b"l5d-proxy-error: ");
-    // Header-safe: no control characters.
-    out.extend(
-        reason
-            .bytes()
-            .map(|b| if b.is_ascii_control() { b' ' } else { b }),
-    );
+    out.extend_from_slice(e.header_value().as_bytes());
+    let close = if e.closes_connection() {
+        "connection: close\r\n"
+    } else {
+        ""
+    };
     out.extend_from_slice(
         format!(
-            "\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -848,11 +823,11 @@ pub(crate) async fn checkout(
     timeout: Duration,
     use_pool: bool,
     avoid: &[SocketAddr],
-) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), UpstreamError> {
+) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
     match dst {
         Dst::Addr(addr) => {
             if w.is_own_listener(*addr) {
-                return Err(UpstreamError::Loop(*addr));
+                return Err(ProxyError::looped(*addr));
             }
             if let Some(u) = use_pool.then(|| w.pool.take(*addr)).flatten() {
                 return Ok((u, *addr, None));
@@ -894,13 +869,10 @@ fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream 
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     crate::l4::connect(addr, timeout)
         .await
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => UpstreamError::Timeout,
-            _ => UpstreamError::Connect(e),
-        })
+        .map_err(|e| ProxyError::connect(&e))
 }
 
 struct Outcome {
@@ -909,14 +881,10 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn failed(ubuf: Vec<u8>, status: Option<u16>, reason: String, retryable: bool) -> Self {
+    fn failed(ubuf: Vec<u8>, f: impl Into<Failure>) -> Self {
         Self {
             ubuf,
-            end: Exchange::Failed {
-                status,
-                reason,
-                retryable,
-            },
+            end: Exchange::Failed(f.into()),
         }
     }
 }
@@ -931,16 +899,10 @@ enum Exchange {
     },
     /// 101 or a CONNECT 2xx: both sides now belong to a tunnel.
     Upgraded(Upstream),
-    /// `status` is set when nothing of the response reached the client, so
-    /// an error response can still be sent.
-    Failed {
-        status: Option<u16>,
-        reason: String,
-        /// Nothing of the response arrived and the request had no body or
-        /// its body was kept: the request may go again on another
-        /// connection.
-        retryable: bool,
-    },
+    /// [`Failure::Answer`] when nothing of the response reached the client
+    /// (retryable when nothing of it arrived and the request was sent
+    /// whole), [`Failure::Broken`] when it had started.
+    Failed(Failure),
 }
 
 /// Sends one request upstream and its response back. With `kept`, the
@@ -985,7 +947,7 @@ async fn exchange(
         ..WriteOptions::default()
     };
     if let Err(e) = write_request_head(req, out, &opts) {
-        return Outcome::failed(ubuf, Some(400), e.to_string(), false);
+        return Outcome::failed(ubuf, ProxyError::malformed(400, e.to_string()));
     }
     // A kept body goes in the same write as the head; so does what already
     // arrived of a streamed one (one segment rather than two).
@@ -1000,7 +962,8 @@ async fn exchange(
                 c.buf.drain(..p.consumed);
             }
             Err(e) => {
-                return Outcome::failed(ubuf, Some(400), format!("bad request body: {e}"), false)
+                let e = ProxyError::malformed(400, format!("bad request body: {e}"));
+                return Outcome::failed(ubuf, e);
             }
         }
     }
@@ -1010,8 +973,8 @@ async fn exchange(
     match res {
         Ok(n) => umeter.wrote(n),
         Err(e) => {
-            let reason = format!("sending the request upstream failed: {e}");
-            return Outcome::failed(ubuf, Some(502), reason, replayable);
+            let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
+            return Outcome::failed(ubuf, e.or_retry(replayable));
         }
     }
 
@@ -1049,14 +1012,13 @@ async fn exchange(
                 response_deadline,
                 first_byte,
             );
-            if let Err((status, reason, retryable)) = head.await {
-                return Err((Some(status), reason, retryable));
-            }
+            head.await.map_err(Failure::Answer)?;
             // Kept from the client when the caller will retry it elsewhere
             // (the connection is dropped: its body is not read).
             if let (Some(flag), 502 | 503) = (answered_5xx, resp.status()) {
                 flag.set(Some(resp.status()));
-                return Err((Some(resp.status()), "retried".into(), false));
+                let held = ProxyError::new(Kind::Answered(resp.status()), "held for a retry");
+                return Err(held.into());
             }
             // Draining: this response is the connection's last; say so.
             let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
@@ -1078,7 +1040,7 @@ async fn exchange(
                 ..WriteOptions::default()
             };
             if let Err(e) = write_response_head(resp, out, &ropts) {
-                return Err((Some(502), e.to_string(), false));
+                return Err(ProxyError::upstream(e.to_string()).into());
             }
             let framing = if is_head || resp.is_interim() || tunnel {
                 BodyFraming::Empty
@@ -1094,7 +1056,7 @@ async fn exchange(
                     ubuf.drain(..p.consumed);
                     p.done
                 }
-                Err(e) => return Err((Some(502), e.to_string(), false)),
+                Err(e) => return Err(ProxyError::upstream(e.to_string()).into()),
             };
             if !done {
                 // The rest of the body streams with plain reads (no ring
@@ -1105,7 +1067,12 @@ async fn exchange(
             *out = o;
             match res {
                 Ok(n) => c.meter.wrote(n),
-                Err(e) => return Err((None, format!("writing to the client failed: {e}"), false)),
+                Err(e) => {
+                    return Err(Failure::Broken {
+                        status: resp.status(),
+                        reason: format!("writing to the client failed: {e}"),
+                    })
+                }
             }
             if resp.is_interim() {
                 continue;
@@ -1130,7 +1097,10 @@ async fn exchange(
                     keep && !close_delimited,
                     resp.keep_alive() && !close_delimited,
                 )),
-                Err(e) => Err((None, String::from(e), false)),
+                Err(e) => Err(Failure::Broken {
+                    status: resp.status(),
+                    reason: String::from(e),
+                }),
             };
         }
     };
@@ -1170,16 +1140,27 @@ async fn exchange(
                 },
             }
         }
-        Err((status, reason, before_response)) => {
+        Err(f) => {
             // If the request body failed on the client side, that is why.
-            let (status, reason) = match up_res {
-                Err(BodyError::Source(e)) => (status, format!("client request body failed: {e}")),
-                Err(BodyError::Malformed(e)) => {
-                    (status.map(|_| 400), format!("bad request body: {e}"))
+            let f = match (f, up_res) {
+                (f, Err(BodyError::Source(e))) => {
+                    let reason = format!("client request body failed: {e}");
+                    match f {
+                        Failure::Answer(a) => Failure::Answer(a.because(reason)),
+                        Failure::Broken { status, .. } => Failure::Broken { status, reason },
+                        reset => reset,
+                    }
                 }
-                _ => (status, reason),
+                (Failure::Answer(_), Err(BodyError::Malformed(e))) => {
+                    ProxyError::malformed(400, format!("bad request body: {e}")).into()
+                }
+                (Failure::Answer(a), _) => {
+                    let retryable = a.retryable() && replayable;
+                    Failure::Answer(a.or_retry(retryable))
+                }
+                (f, _) => f,
             };
-            Outcome::failed(ubuf, status, reason, before_response && replayable)
+            Outcome::failed(ubuf, f)
         }
     }
 }
@@ -1204,9 +1185,8 @@ impl From<BodyError> for String {
 
 /// Reads one response head (interim or final) into `resp`, starting with
 /// what `buf` holds; the bytes after it stay in `buf`. `first_byte` is set
-/// at the first bytes read. Errors: status, reason, and whether nothing of
-/// a response was there (a stale pooled connection looks like that, so the
-/// request may go again).
+/// at the first bytes read. An error is retryable when nothing of a
+/// response was there (a stale pooled connection looks like that).
 pub(crate) async fn read_response_head(
     (rd, meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
@@ -1215,7 +1195,7 @@ pub(crate) async fn read_response_head(
     limits: &Limits,
     deadline: Option<Instant>,
     first_byte: &Cell<Option<Instant>>,
-) -> Result<(), (u16, String, bool)> {
+) -> Result<(), ProxyError> {
     loop {
         if !buf.is_empty() {
             match resp.parse(buf, ctx, limits) {
@@ -1224,7 +1204,7 @@ pub(crate) async fn read_response_head(
                     return Ok(());
                 }
                 Ok(None) => {}
-                Err(e) => return Err((502, e.to_string(), false)),
+                Err(e) => return Err(ProxyError::upstream(e.to_string())),
             }
         }
         match rd
@@ -1232,14 +1212,11 @@ pub(crate) async fn read_response_head(
             .await
         {
             Err(e) if is_cancelled(&e) => {
-                return Err((504, "upstream response timed out".into(), false))
+                return Err(ProxyError::timeout("upstream response timed out"))
             }
             Ok(0) => {
-                return Err((
-                    502,
-                    "upstream closed the connection before responding".into(),
-                    buf.is_empty(),
-                ))
+                let e = ProxyError::upstream("upstream closed the connection before responding");
+                return Err(e.or_retry(buf.is_empty()));
             }
             Ok(_) => {
                 if first_byte.get().is_none() {
@@ -1248,11 +1225,8 @@ pub(crate) async fn read_response_head(
             }
             Err(e) => {
                 meter.failed(&e);
-                return Err((
-                    502,
-                    format!("reading the response failed: {e}"),
-                    buf.is_empty(),
-                ));
+                let e = ProxyError::upstream(format!("reading the response failed: {e}"));
+                return Err(e.or_retry(buf.is_empty()));
             }
         }
     }

@@ -31,9 +31,11 @@ use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
+use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::l4::dst_labels;
 use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
-use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
+use crate::retry::{Attempts, MAX_REPLAY_BODY};
+use crate::route::{failover, resolve, Dst, HttpDst};
 use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{record_outcome, Worker};
@@ -404,14 +406,6 @@ async fn keep_alive(
     }
 }
 
-/// What ended a stream before a response could be relayed.
-pub(crate) enum Failure {
-    /// The proxy answers with this status itself.
-    Respond(u16, &'static str, String),
-    /// Nothing more to send: the client reset or the stream was reset.
-    Reset(Reason),
-}
-
 /// Proxies one client stream: route, pick an endpoint, forward.
 async fn proxy_stream(
     w: &Rc<Worker>,
@@ -441,14 +435,20 @@ async fn proxy_stream(
     .await
     {
         Ok(class) => class,
-        Err(Failure::Respond(status, label, reason)) => {
-            warn_limited!(w, Warning::Http2RequestFailed, error = %reason, "HTTP/2 request failed");
-            send_error(&mut respond, status, &reason, is_grpc);
+        Err(Failure::Answer(e)) => {
+            warn_limited!(w, Warning::Http2RequestFailed, error = %e, "HTTP/2 request failed");
+            send_error(&mut respond, &e, is_grpc);
             ResponseClass {
-                status,
-                grpc_status: is_grpc.then_some(UNAVAILABLE),
-                error: Some(label),
+                status: e.status(),
+                grpc_status: is_grpc.then(|| e.grpc_status()),
+                error: Some(e.label()),
             }
+        }
+        Err(Failure::Broken { status, reason }) => {
+            // The response had started: the stream can only be cut short.
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            tracing::debug!(reason, "HTTP/2 response cut short");
+            ResponseClass::http(status, None)
         }
         Err(Failure::Reset(reason)) => {
             respond.send_reset(reason);
@@ -458,9 +458,6 @@ async fn proxy_stream(
     };
     w.record_response(&key, class, started);
 }
-
-/// gRPC's UNAVAILABLE: what a gRPC client gets when no upstream answered.
-const UNAVAILABLE: u32 = 14;
 
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
@@ -477,19 +474,16 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// The proxy's own answer, with the reason in `l5d-proxy-error` (and, for
-/// gRPC clients, as a trailers-only UNAVAILABLE so their status says why).
-fn send_error(respond: &mut server::SendResponse<Bytes>, status: u16, reason: &str, grpc: bool) {
-    let reason: String = reason
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
-        .collect();
+/// gRPC clients, as a trailers-only status so their status says why).
+fn send_error(respond: &mut server::SendResponse<Bytes>, e: &ProxyError, grpc: bool) {
+    let reason = e.header_value();
     let mut resp = Response::builder()
-        .status(status)
+        .status(e.status())
         .header("l5d-proxy-error", reason.as_str());
     if grpc {
         resp = resp
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", UNAVAILABLE.to_string())
+            .header("grpc-status", e.grpc_status().to_string())
             .header("grpc-message", reason.as_str());
     } else {
         resp = resp.header(http::header::CONTENT_TYPE, "text/plain");
@@ -514,7 +508,6 @@ async fn forward(
     connect_timeout: Duration,
     started: Instant,
 ) -> Result<ResponseClass, Failure> {
-    let upstream_failed = |e: UpstreamError| Failure::Respond(e.status(), e.label(), e.reason());
     // :authority, or Host for a request converted from HTTP/1.
     let authority = req
         .uri()
@@ -543,8 +536,7 @@ async fn forward(
             raw: authority.as_deref().unwrap_or(""),
         }),
     )
-    .await
-    .map_err(upstream_failed)?;
+    .await?;
     match &target {
         Dst::Service(svc, _) => {
             key.authority = Some(svc.name.clone());
@@ -596,14 +588,9 @@ async fn forward(
     };
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
+    let mut attempts = Attempts::new(&target, parts.method.is_idempotent(), repeatable);
     // Set while the client's body streams upstream.
     let mut stop_body = None;
-    let mut tries = 0;
-    // Endpoints that answered 502/503 to this request (retried elsewhere).
-    let mut answered: Vec<SocketAddr> = Vec::new();
-    if let Dst::Service(_, b) = &target {
-        b.borrow().budget.deposit();
-    }
     // In flight on its endpoint (for the balancer) until the response ends.
     let mut in_flight;
     let resp = loop {
@@ -612,14 +599,12 @@ async fn forward(
             key,
             &target,
             connect_timeout,
-            &answered,
             &parts,
             end,
-            &mut tries,
+            &mut attempts,
             Some(&mut *respond),
         )
-        .await
-        .map_err(upstream_failed)?;
+        .await?;
         let Opened {
             response,
             body: up_body,
@@ -651,11 +636,7 @@ async fn forward(
             r = response => r,
             _ = timeout => {
                 // Dropping the response future cancels the upstream stream.
-                return Err(Failure::Respond(
-                    504,
-                    "response_timeout",
-                    "request timed out before the response".into(),
-                ));
+                return Err(ProxyError::timeout("request timed out before the response").into());
             }
             reset = poll_fn(|cx| respond.poll_reset(cx)) => {
                 // The client gave up: dropping the response future (and the
@@ -669,22 +650,11 @@ async fn forward(
                 if let Some(g) = &in_flight {
                     g.endpoint().observe_response(sent_at.elapsed());
                 }
-                // A bodiless request with an idempotent method answered
-                // 502/503 goes again on another endpoint (the first one did
-                // receive it), if the service has one and its budget allows.
+                // A 502/503 goes again to another endpoint where `retry`
+                // allows.
                 let status = resp.status().as_u16();
-                if let (true, true, 502 | 503, Dst::Service(svc, b), Some(g)) = (
-                    repeatable,
-                    parts.method.is_idempotent(),
-                    status,
-                    &target,
-                    &in_flight,
-                ) {
-                    if tries < MAX_TRIES
-                        && svc.endpoints.len() > answered.len() + 1
-                        && b.borrow().budget.withdraw(Instant::now())
-                    {
-                        answered.push(addr);
+                if let Some(g) = &in_flight {
+                    if attempts.retry_answer(status, addr, Instant::now()) {
                         w.note_retry(key, g.endpoint());
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;
@@ -694,7 +664,7 @@ async fn forward(
             }
             // Streams above a GOAWAY's last stream id were not processed;
             // without a body (nothing consumed) the request can go again.
-            Err(e) if repeatable && tries < MAX_TRIES && unprocessed(&e) => {
+            Err(e) if attempts.retry_unprocessed(true) && unprocessed(&e) => {
                 w.h2_pool.retire(addr, id);
                 continue;
             }
@@ -704,11 +674,7 @@ async fn forward(
                 }
                 return Err(match e.reason() {
                     Some(reason) if e.is_reset() => Failure::Reset(reason),
-                    _ => Failure::Respond(
-                        502,
-                        "upstream_failed",
-                        format!("upstream stream failed: {e}"),
-                    ),
+                    _ => ProxyError::upstream(format!("upstream stream failed: {e}")).into(),
                 });
             }
         }
@@ -739,7 +705,7 @@ async fn forward(
     // Failure accrual: 5xx and gRPC UNAVAILABLE count against the
     // endpoint; anything else resets its count.
     if let Some(g) = &in_flight {
-        record_outcome(g.endpoint(), status < 500 && grpc != Some(UNAVAILABLE));
+        record_outcome(g.endpoint(), status < 500 && grpc != Some(GRPC_UNAVAILABLE));
     }
     Ok(ResponseClass {
         status,
@@ -760,10 +726,10 @@ pub(crate) struct Opened {
 }
 
 /// Opens a stream for `parts` on a pooled (or new) connection to an
-/// endpoint of `dst`, not one of `avoid`. A connection the endpoint is
-/// closing (GOAWAY) takes no new stream: it is retired and another is
-/// tried. Every attempt counts in `tries`, shared with the caller's own
-/// retries, up to [`MAX_TRIES`]. `client`: the HTTP/2 client stream the
+/// endpoint of `dst`, not one that answered before (`attempts`). A
+/// connection the endpoint is closing (GOAWAY) takes no new stream: it is
+/// retired and another is tried, as `retry` allows (every attempt counts
+/// in `attempts`, shared with the caller's retries). `client`: the HTTP/2 client stream the
 /// request came on; if it is reset by the time the request would go, the
 /// request does not go ([`Opening::Abandoned`]).
 #[allow(clippy::too_many_arguments)]
@@ -772,15 +738,14 @@ pub(crate) async fn open_stream(
     key: &mut HttpKey,
     dst: &Dst,
     timeout: Duration,
-    avoid: &[SocketAddr],
     parts: &http::request::Parts,
     end: bool,
-    tries: &mut u32,
+    attempts: &mut Attempts,
     mut client: Option<&mut server::SendResponse<Bytes>>,
-) -> Result<Opening, UpstreamError> {
+) -> Result<Opening, ProxyError> {
     loop {
-        *tries += 1;
-        let (send, addr, guard, id) = checkout(w, key, dst, timeout, avoid).await?;
+        attempts.count_try();
+        let (send, addr, guard, id) = checkout(w, key, dst, timeout, attempts.avoid()).await?;
         key.target = Some(addr);
         let sent = match send.ready().await {
             Ok(mut s) => {
@@ -805,8 +770,10 @@ pub(crate) async fn open_stream(
                     id,
                 }))
             }
-            Err(e) if *tries < MAX_TRIES && unprocessed(&e) => w.h2_pool.retire(addr, id),
-            Err(e) => return Err(UpstreamError::Stream(e.to_string())),
+            Err(e) if attempts.retry_unprocessed(false) && unprocessed(&e) => {
+                w.h2_pool.retire(addr, id)
+            }
+            Err(e) => return Err(ProxyError::upstream(format!("upstream: {e}"))),
         }
     }
 }
@@ -829,9 +796,6 @@ pub(crate) fn reset_already(respond: &mut server::SendResponse<Bytes>) -> Option
     }
 }
 
-/// Attempts per stream when upstream connections refuse it unprocessed.
-const MAX_TRIES: u32 = 3;
-
 /// A new head for each attempt (the body is never replayed).
 fn request_head(parts: &http::request::Parts) -> Request<()> {
     let mut req = Request::new(());
@@ -847,9 +811,6 @@ fn request_head(parts: &http::request::Parts) -> Request<()> {
 fn unprocessed(e: &monoio_http::h2::Error) -> bool {
     e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
 }
-
-/// The largest request body kept for a retry (as linkerd2-proxy's).
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// A body kept whole: its data and trailers.
 type Kept = (Bytes, Option<HeaderMap>);
@@ -1063,12 +1024,12 @@ async fn checkout(
         Option<OpenGuard>,
         u64,
     ),
-    UpstreamError,
+    ProxyError,
 > {
     match dst {
         Dst::Addr(addr) => {
             if w.is_own_listener(*addr) {
-                return Err(UpstreamError::Loop(*addr));
+                return Err(ProxyError::looped(*addr));
             }
             let (send, id) = connection(w, key, *addr, timeout).await?;
             Ok((send, *addr, None, id))
@@ -1090,7 +1051,7 @@ async fn connection(
     key: &HttpKey,
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
+) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     loop {
         if let Some(taken) = w.h2_pool.take(addr) {
             return Ok(taken);
@@ -1112,7 +1073,7 @@ async fn connection(
         let Some(rx) = wait else { break };
         // Someone else is connecting: share their connection or failure.
         match rx.await {
-            Ok(Err(e)) => return Err(UpstreamError::Connect(std::io::Error::other(e))),
+            Ok(Err(e)) => return Err(ProxyError::connect(&std::io::Error::other(e))),
             Ok(Ok(())) | Err(_) => continue,
         }
     }
@@ -1122,7 +1083,7 @@ async fn connection(
         outcome: Err("connection attempt abandoned".into()),
     };
     let res = new_connection(w, key, addr, timeout).await;
-    turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason());
+    turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason().to_string());
     res
 }
 
@@ -1150,13 +1111,10 @@ async fn new_connection(
     key: &HttpKey,
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
+) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     let stream = crate::l4::connect(addr, timeout)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => UpstreamError::Timeout,
-            _ => UpstreamError::Connect(e),
-        })?;
+        .map_err(|e| ProxyError::connect(&e))?;
     let _ = stream.set_nodelay(true);
     let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
         direction: key.direction,
@@ -1175,7 +1133,7 @@ async fn new_connection(
     let (send, conn) = builder
         .handshake::<_, Bytes>(io)
         .await
-        .map_err(|e| UpstreamError::Connect(std::io::Error::other(e.to_string())))?;
+        .map_err(|e| ProxyError::connect(&std::io::Error::other(e.to_string())))?;
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     monoio::spawn(async move {

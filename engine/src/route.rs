@@ -1,11 +1,10 @@
 //! Where an HTTP request goes: the listener's fixed destination, or the
 //! request's authority looked up in the discovery snapshot (asking the
-//! control core to watch a name it has not seen), and the errors that end a
-//! request before any upstream answered. Shared by the HTTP/1 and HTTP/2
+//! control core to watch a name it has not seen), and the endpoint pick with
+//! failover. Shared by the HTTP/1 and HTTP/2
 //! proxies.
 
 use std::cell::RefCell;
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
+use crate::error::ProxyError;
 use crate::worker::{record_outcome, Worker};
 
 /// How long a request waits for discovery to resolve a new authority.
@@ -40,57 +40,12 @@ pub(crate) enum Dst {
     Addr(SocketAddr),
 }
 
-/// Why a request got no upstream connection; each maps to one status.
-#[derive(Debug)]
-pub(crate) enum UpstreamError {
-    NoEndpoints(String),
-    Unknown(String),
-    Loop(SocketAddr),
-    Connect(io::Error),
-    Timeout,
-    /// An HTTP/2 connection refused the stream.
-    Stream(String),
-}
-
-impl UpstreamError {
-    pub(crate) fn status(&self) -> u16 {
-        match self {
-            Self::NoEndpoints(_) | Self::Unknown(_) => 503,
-            Self::Timeout => 504,
-            Self::Loop(_) | Self::Connect(_) | Self::Stream(_) => 502,
-        }
-    }
-
-    pub(crate) fn reason(&self) -> String {
-        match self {
-            Self::NoEndpoints(s) => format!("no endpoints available for {s}"),
-            Self::Unknown(s) => format!("cannot resolve {s}"),
-            Self::Loop(a) => format!("destination {a} is this proxy (loop)"),
-            Self::Connect(e) => format!("upstream connection failed: {e}"),
-            Self::Timeout => "upstream connect timed out".into(),
-            Self::Stream(e) => format!("upstream: {e}"),
-        }
-    }
-
-    /// The `error` label of the response this error becomes.
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Self::NoEndpoints(_) => "no_endpoints",
-            Self::Unknown(_) => "unresolved",
-            Self::Loop(_) => "loop",
-            Self::Connect(_) => "connect_failed",
-            Self::Timeout => "connect_timeout",
-            Self::Stream(_) => "upstream_failed",
-        }
-    }
-}
-
 /// Picks the destination for one request.
 pub(crate) async fn resolve(
     w: &Worker,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
-) -> Result<Dst, UpstreamError> {
+) -> Result<Dst, ProxyError> {
     match resolve_now(w, dst, authority).await? {
         Dst::Service(svc, b) if svc.endpoints.is_empty() => {
             // Still empty after the wait: returned as is, so the request is
@@ -148,7 +103,7 @@ async fn resolve_now(
     w: &Worker,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
-) -> Result<Dst, UpstreamError> {
+) -> Result<Dst, ProxyError> {
     let snap = w.snapshot();
     let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
         Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),
@@ -161,17 +116,15 @@ async fn resolve_now(
             Some(svc) => Ok(Dst::Service(svc.clone(), w.balancer(svc))),
             None => match name.socket_addr() {
                 Some(addr) => Ok(by_addr(addr)),
-                None => Err(UpstreamError::Unknown(name.to_string())),
+                None => Err(ProxyError::unresolved(name.to_string())),
             },
         },
         HttpDst::ByAuthority => {
             let Some(auth) = authority else {
-                return Err(UpstreamError::Unknown(
-                    "a request without an authority".into(),
-                ));
+                return Err(ProxyError::unresolved("a request without an authority"));
             };
             let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
-                .map_err(|_| UpstreamError::Unknown(auth.raw.to_string()))?;
+                .map_err(|_| ProxyError::unresolved(auth.raw.to_string()))?;
             if let Some(svc) = snap.service(&name) {
                 return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
             }
@@ -192,7 +145,7 @@ async fn resolve_now(
                     return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
                 }
             }
-            Err(UpstreamError::Unknown(name.to_string()))
+            Err(ProxyError::unresolved(name.to_string()))
         }
     }
 }
@@ -208,10 +161,10 @@ pub(crate) async fn failover<T, F, Fut>(
     balancer: &RefCell<Balancer>,
     avoid: &[SocketAddr],
     mut connect: F,
-) -> Result<(T, SocketAddr, OpenGuard), UpstreamError>
+) -> Result<(T, SocketAddr, OpenGuard), ProxyError>
 where
     F: FnMut(SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    Fut: std::future::Future<Output = Result<T, ProxyError>>,
 {
     let mut tried: Vec<SocketAddr> = avoid.to_vec();
     let mut last = None;
@@ -223,7 +176,7 @@ where
         let addr = ep.addr();
         let guard = OpenGuard::new(ep);
         if w.is_own_listener(addr) {
-            last = Some(UpstreamError::Loop(addr));
+            last = Some(ProxyError::looped(addr));
             tried.push(addr);
             continue;
         }
@@ -237,5 +190,5 @@ where
             }
         }
     }
-    Err(last.unwrap_or_else(|| UpstreamError::NoEndpoints(svc.name.to_string())))
+    Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.name)))
 }

@@ -33,10 +33,12 @@ use ringmesh_protocols::http1::{
     RequestHead, ResponseHead, Version,
 };
 
+use crate::error::{Failure, ProxyError};
 use crate::http1::{self, Client};
-use crate::http2::{self, Failure, Opened, Opening};
+use crate::http2::{self, Opened, Opening};
 use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
 use crate::pool::{ReadMore, Upstream, Wr};
+use crate::retry::Attempts;
 use crate::route::Dst;
 use crate::worker::{record_outcome, Worker};
 
@@ -57,24 +59,11 @@ pub(crate) fn upgrades(target: &Dst, req: &RequestHead) -> bool {
         && req.upgrade().is_none()
 }
 
-/// How an HTTP/1 request carried over HTTP/2 ended.
-pub(crate) enum Upgraded {
-    /// The response went to the client; `client_ok`: the client connection
-    /// may carry another request.
-    Done { status: u16, client_ok: bool },
-    /// Nothing reached the client: the caller answers with this error.
-    Failed {
-        status: u16,
-        label: &'static str,
-        reason: String,
-    },
-    /// The response started, then failed: the client connection must close.
-    Broken { status: u16, reason: String },
-}
-
 /// Sends one HTTP/1.1 request from `c` as an HTTP/2 stream (with
 /// `l5d-orig-proto`) to an endpoint of `target`, and its response back as
-/// HTTP/1.1.
+/// HTTP/1.1. Ends with the status sent and whether the client connection
+/// may carry another request; or a failure (an answer for the caller to
+/// send, or a response cut short: the connection must close).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn h1_over_h2(
     w: &Rc<Worker>,
@@ -86,26 +75,18 @@ pub(crate) async fn h1_over_h2(
     request_deadline: Option<Instant>,
     out: &mut Vec<u8>,
     limits: &Limits,
-) -> Upgraded {
-    let failed = |status, label, reason: String| Upgraded::Failed {
-        status,
-        label,
-        reason,
-    };
-    let parts = match h2_request(req, key) {
-        Ok(p) => p,
-        Err(reason) => return failed(400, "bad_request", reason),
-    };
+) -> Result<(u16, bool), Failure> {
+    let parts = h2_request(req, key).map_err(|reason| ProxyError::malformed(400, reason))?;
     let end = req.framing().is_empty();
+    let mut attempts = Attempts::new(target, req.method().is_idempotent(), end);
     let opened = http2::open_stream(
         w,
         key,
         target,
         connect_timeout,
-        &[],
         &parts,
         end,
-        &mut 0,
+        &mut attempts,
         None,
     )
     .await;
@@ -119,9 +100,9 @@ pub(crate) async fn h1_over_h2(
         // Only an HTTP/2 client stream can be abandoned; this client is
         // HTTP/1.
         Ok(Opening::Abandoned(reason)) => {
-            return failed(502, "upstream_failed", format!("stream reset: {reason:?}"))
+            return Err(ProxyError::upstream(format!("stream reset: {reason:?}")).into())
         }
-        Err(e) => return failed(e.status(), e.label(), e.reason()),
+        Err(e) => return Err(e.into()),
     };
     let sent_at = Instant::now();
     // The client waits for this before sending its body; the peer proxy
@@ -133,10 +114,10 @@ pub(crate) async fn h1_over_h2(
             Err(e) => {
                 // The client is gone before any answer: counted as nginx's
                 // 499 "client closed request".
-                return Upgraded::Broken {
+                return Err(Failure::Broken {
                     status: 499,
                     reason: format!("writing to the client failed: {e}"),
-                };
+                });
             }
         }
     }
@@ -167,13 +148,7 @@ pub(crate) async fn h1_over_h2(
         let head = match response_deadline {
             Some(d) => match monoio::time::timeout_at(d.into(), response).await {
                 Ok(r) => r,
-                Err(_) => {
-                    return Err(failed(
-                        504,
-                        "response_timeout",
-                        "upstream response timed out".into(),
-                    ))
-                }
+                Err(_) => return Err(ProxyError::timeout("upstream response timed out").into()),
             },
             None => response.await,
         };
@@ -183,11 +158,7 @@ pub(crate) async fn h1_over_h2(
                 if let Some(g) = &guard {
                     record_outcome(g.endpoint(), false);
                 }
-                return Err(failed(
-                    502,
-                    "upstream_failed",
-                    format!("upstream stream failed: {e}"),
-                ));
+                return Err(ProxyError::upstream(format!("upstream stream failed: {e}")).into());
             }
         };
         if let Some(g) = &guard {
@@ -208,13 +179,13 @@ pub(crate) async fn h1_over_h2(
         let (res, o) = wr.write_all(std::mem::take(out)).await;
         *out = o;
         if let Err(e) = res.map(|n| meter.wrote(n)) {
-            return Err(Upgraded::Broken {
+            return Err(Failure::Broken {
                 status,
                 reason: format!("writing to the client failed: {e}"),
             });
         }
         if let Err(reason) = h2_body_to_h1(&mut from, framing, wr, meter, out).await {
-            return Err(Upgraded::Broken { status, reason });
+            return Err(Failure::Broken { status, reason });
         }
         if let Some(g) = &guard {
             record_outcome(g.endpoint(), status < 500);
@@ -222,13 +193,8 @@ pub(crate) async fn h1_over_h2(
         Ok(status)
     };
     let (up_res, down_res) = monoio::join!(body_up, down);
-    match down_res {
-        Ok(status) => Upgraded::Done {
-            status,
-            client_ok: keep_alive.get() && up_res.is_ok(),
-        },
-        Err(e) => e,
-    }
+    let status = down_res?;
+    Ok((status, keep_alive.get() && up_res.is_ok()))
 }
 
 /// The HTTP/2 request an HTTP/1.1 request becomes (its fields minus the
@@ -388,19 +354,19 @@ pub(crate) async fn h2_to_h1(
     request_deadline: Option<Instant>,
     orig_proto: bool,
 ) -> Result<ResponseClass, Failure> {
-    let upstream_failed = |status, label, reason| Err(Failure::Respond(status, label, reason));
     let end = body.is_end_stream();
     let mut head = Vec::with_capacity(512);
     let framing = h1_request_head(parts, end, &mut head);
     let method = Method::from_bytes(parts.method.as_str().as_bytes());
     let limits = Limits::default();
     let mut body = Some(body);
+    let mut attempts = Attempts::new(target, parts.method.is_idempotent(), end);
     let mut fresh = false;
     let (up, addr, guard, mut ubuf, resp, sent_at) = loop {
         let (mut up, addr, guard) =
             match http1::checkout(w, key, target, connect_timeout, !fresh, &[]).await {
                 Ok(u) => u,
-                Err(e) => return upstream_failed(e.status(), e.label(), e.reason()),
+                Err(e) => return Err(e.into()),
             };
         key.target = Some(addr);
         // The client's stream reset meanwhile (MadeYouReset included): the
@@ -453,33 +419,27 @@ pub(crate) async fn h2_to_h1(
                 let (up_res, down_res) = monoio::join!(body_up, down);
                 down_res.map(|()| up_res.is_ok())
             }
-            Err(e) => Err((
-                502,
-                format!("sending the request upstream failed: {e}"),
-                true,
-            )),
+            Err(e) => {
+                let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
+                Err(e.or_retry(true))
+            }
         };
         match result {
             Ok(body_ok) => break (up, addr, guard, ubuf, resp, (sent_at, body_ok)),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
-            Err((_, _, true)) if reused && end && !fresh => {
+            Err(e) if e.retryable() && attempts.retry_stale(reused) => {
                 fresh = true;
                 w.bufs.put(ubuf);
             }
-            Err((status, reason, _)) => {
+            Err(e) => {
                 w.bufs.put(ubuf);
                 if let Some(g) = &guard {
-                    if status >= 502 {
+                    if e.status() >= 502 {
                         record_outcome(g.endpoint(), false);
                     }
                 }
-                let label = if status == 504 {
-                    "response_timeout"
-                } else {
-                    "upstream_failed"
-                };
-                return upstream_failed(status, label, reason);
+                return Err(e.into());
             }
         }
     };
@@ -606,7 +566,7 @@ async fn read_final_head(
     ctx: RequestContext,
     limits: &Limits,
     deadline: Option<Instant>,
-) -> Result<(), (u16, String, bool)> {
+) -> Result<(), ProxyError> {
     let (rd, meter) = up;
     let first_byte = Cell::new(None);
     loop {

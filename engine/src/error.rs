@@ -1,0 +1,312 @@
+//! Every answer the proxy makes itself, as one type.
+//!
+//! A request that gets no response from an upstream ends in a
+//! [`ProxyError`]: what went wrong ([`Kind`]), on which side ([`Side`]),
+//! whether the request may go again on another connection, and a reason
+//! for people. Everything the client and the metrics see follows from it,
+//! each decided here and nowhere else: the status code, the
+//! `l5d-proxy-error` text, the `error` label of `response_total`, the gRPC
+//! status a gRPC client gets, and whether an HTTP/1 connection is closed
+//! afterwards. How a request ended when the proxy could not answer (the
+//! response had started, or an HTTP/2 stream was reset) is [`Failure`].
+//!
+//! Must not: do I/O, or know which protocol carries the answer.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
+
+use monoio_http::h2::Reason;
+
+/// What went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The client's request is malformed; the status is the codec's
+    /// (400, 414 URI too long, 431 fields too large).
+    Malformed(u16),
+    /// The request head did not arrive within the header-read timeout.
+    HeadTimeout,
+    /// The destination is a service with no endpoint.
+    NoEndpoints,
+    /// The destination name cannot be resolved.
+    Unresolved,
+    /// The destination is one of this proxy's own listeners.
+    Loop,
+    /// Connecting to the endpoint failed.
+    ConnectFailed,
+    /// Connecting to the endpoint timed out.
+    ConnectTimeout,
+    /// The upstream failed before a response: closed, reset, or sent
+    /// something that is not a response.
+    UpstreamFailed,
+    /// No response within the response or request timeout.
+    ResponseTimeout,
+    /// The endpoint answered with this status (502/503), which was held
+    /// back for a retry that then could not be made.
+    Answered(u16),
+}
+
+/// Whose fault it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The client (malformed or slow request).
+    Downstream,
+    /// The endpoint or the network to it.
+    Upstream,
+    /// Routing: discovery has nowhere to send it.
+    Internal,
+}
+
+/// An answer the proxy makes itself.
+#[derive(Debug)]
+pub(crate) struct ProxyError {
+    kind: Kind,
+    reason: Cow<'static, str>,
+    /// The upstream failed before any byte of a response: the request may
+    /// go again on another connection if nothing of it was lost (which
+    /// the caller knows; see `retry`).
+    retryable: bool,
+}
+
+/// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
+pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
+
+impl ProxyError {
+    pub(crate) fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            reason: reason.into(),
+            retryable: false,
+        }
+    }
+
+    pub(crate) fn no_endpoints(service: impl fmt::Display) -> Self {
+        Self::new(
+            Kind::NoEndpoints,
+            format!("no endpoints available for {service}"),
+        )
+    }
+
+    pub(crate) fn unresolved(name: impl fmt::Display) -> Self {
+        Self::new(Kind::Unresolved, format!("cannot resolve {name}"))
+    }
+
+    pub(crate) fn looped(addr: SocketAddr) -> Self {
+        Self::new(
+            Kind::Loop,
+            format!("destination {addr} is this proxy (loop)"),
+        )
+    }
+
+    pub(crate) fn connect(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                Self::new(Kind::ConnectTimeout, "upstream connect timed out")
+            }
+            _ => Self::new(
+                Kind::ConnectFailed,
+                format!("upstream connection failed: {e}"),
+            ),
+        }
+    }
+
+    pub(crate) fn upstream(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::UpstreamFailed, reason)
+    }
+
+    pub(crate) fn timeout(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::ResponseTimeout, reason)
+    }
+
+    pub(crate) fn malformed(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(Kind::Malformed(status), reason)
+    }
+
+    /// Marks the request as safe to send again (see [`Self::retryable`]).
+    pub(crate) fn or_retry(mut self, retryable: bool) -> Self {
+        self.retryable = retryable;
+        self
+    }
+
+    /// The same error, said differently (the cause was found elsewhere).
+    pub(crate) fn because(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Nothing of a response arrived (see the field).
+    pub(crate) fn retryable(&self) -> bool {
+        self.retryable
+    }
+
+    pub(crate) fn side(&self) -> Side {
+        match self.kind {
+            Kind::Malformed(_) | Kind::HeadTimeout => Side::Downstream,
+            Kind::NoEndpoints | Kind::Unresolved | Kind::Loop => Side::Internal,
+            Kind::ConnectFailed
+            | Kind::ConnectTimeout
+            | Kind::UpstreamFailed
+            | Kind::ResponseTimeout
+            | Kind::Answered(_) => Side::Upstream,
+        }
+    }
+
+    /// The response's status code.
+    pub(crate) fn status(&self) -> u16 {
+        match self.kind {
+            Kind::Malformed(status) | Kind::Answered(status) => status,
+            Kind::HeadTimeout => 408,
+            Kind::NoEndpoints | Kind::Unresolved => 503,
+            Kind::Loop | Kind::ConnectFailed | Kind::UpstreamFailed => 502,
+            Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
+        }
+    }
+
+    /// The `error` label of `response_total` and `response_latency_ms`.
+    pub(crate) fn label(&self) -> &'static str {
+        match self.kind {
+            Kind::Malformed(_) | Kind::HeadTimeout => "bad_request",
+            Kind::NoEndpoints => "no_endpoints",
+            Kind::Unresolved => "unresolved",
+            Kind::Loop => "loop",
+            Kind::ConnectFailed => "connect_failed",
+            Kind::ConnectTimeout => "connect_timeout",
+            Kind::UpstreamFailed | Kind::Answered(_) => "upstream_failed",
+            Kind::ResponseTimeout => "response_timeout",
+        }
+    }
+
+    /// The `l5d-proxy-error` value: the reason with every byte a header
+    /// cannot carry safely (controls, non-ASCII) replaced by a space.
+    pub(crate) fn header_value(&self) -> String {
+        self.reason
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+            .collect()
+    }
+
+    /// The `grpc-status` a gRPC client gets with the answer.
+    pub(crate) fn grpc_status(&self) -> u32 {
+        GRPC_UNAVAILABLE
+    }
+
+    /// Whether an HTTP/1 client connection is closed after the answer:
+    /// always, since the request's body may be unread or its framing is
+    /// what failed, and the client cannot know which.
+    pub(crate) fn closes_connection(&self) -> bool {
+        true
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// How a request ended without a complete response from upstream.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Nothing of a response reached the client: the proxy answers.
+    Answer(ProxyError),
+    /// The response had started (this status was sent) and was cut short:
+    /// an HTTP/1 client connection closes, an HTTP/2 stream is reset.
+    Broken { status: u16, reason: String },
+    /// The HTTP/2 stream ends with this reset (the client reset it, or the
+    /// upstream did); there is nothing to answer.
+    Reset(Reason),
+}
+
+impl Failure {
+    /// The status that was sent and why the response was cut short (for a
+    /// failure after the response started; an answer is its own status).
+    pub(crate) fn after_response(self) -> (u16, String) {
+        match self {
+            Failure::Answer(e) => (e.status(), e.reason.into_owned()),
+            Failure::Broken { status, reason } => (status, reason),
+            Failure::Reset(r) => (502, format!("stream reset: {r:?}")),
+        }
+    }
+}
+
+impl From<ProxyError> for Failure {
+    fn from(e: ProxyError) -> Self {
+        Failure::Answer(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind's status, label and side, in one table: the contract the
+    /// metrics and clients see.
+    #[test]
+    fn kind_to_status_label_side() {
+        let cases = [
+            (Kind::Malformed(400), 400, "bad_request", Side::Downstream),
+            (Kind::Malformed(431), 431, "bad_request", Side::Downstream),
+            (Kind::Malformed(414), 414, "bad_request", Side::Downstream),
+            (Kind::HeadTimeout, 408, "bad_request", Side::Downstream),
+            (Kind::NoEndpoints, 503, "no_endpoints", Side::Internal),
+            (Kind::Unresolved, 503, "unresolved", Side::Internal),
+            (Kind::Loop, 502, "loop", Side::Internal),
+            (Kind::ConnectFailed, 502, "connect_failed", Side::Upstream),
+            (Kind::ConnectTimeout, 504, "connect_timeout", Side::Upstream),
+            (Kind::UpstreamFailed, 502, "upstream_failed", Side::Upstream),
+            (
+                Kind::ResponseTimeout,
+                504,
+                "response_timeout",
+                Side::Upstream,
+            ),
+            (Kind::Answered(503), 503, "upstream_failed", Side::Upstream),
+            (Kind::Answered(502), 502, "upstream_failed", Side::Upstream),
+        ];
+        for (kind, status, label, side) in cases {
+            let e = ProxyError::new(kind, "x");
+            assert_eq!(
+                (e.status(), e.label(), e.side()),
+                (status, label, side),
+                "{kind:?}"
+            );
+            assert_eq!(e.grpc_status(), GRPC_UNAVAILABLE, "{kind:?}");
+            assert!(e.closes_connection(), "{kind:?}");
+            assert!(!e.retryable(), "{kind:?} retryable by default");
+        }
+    }
+
+    #[test]
+    fn constructors() {
+        let e = ProxyError::connect(&std::io::ErrorKind::TimedOut.into());
+        assert_eq!((e.status(), e.label()), (504, "connect_timeout"));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = ProxyError::connect(&refused);
+        assert_eq!((e.status(), e.label()), (502, "connect_failed"));
+        assert!(e.reason().starts_with("upstream connection failed"));
+        let e = ProxyError::no_endpoints("web.ns.svc:80");
+        assert_eq!(e.reason(), "no endpoints available for web.ns.svc:80");
+        let e = ProxyError::looped("127.0.0.1:4140".parse().unwrap());
+        assert_eq!((e.status(), e.label()), (502, "loop"));
+        let e = ProxyError::upstream("gone").or_retry(true);
+        assert!(e.retryable());
+        let e = e.because("client request body failed");
+        assert_eq!(e.reason(), "client request body failed");
+        assert!(e.retryable(), "rewording keeps the retry safety");
+    }
+
+    /// One sanitiser for both protocols: no control character (CR/LF
+    /// would split the header) and no non-ASCII byte reaches the header.
+    #[test]
+    fn header_value_is_safe() {
+        let e = ProxyError::upstream("bad\r\nx-injected: 1\tand é\0end");
+        let v = e.header_value();
+        assert_eq!(v, "bad  x-injected: 1 and   end");
+        assert!(v.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        assert!(http::HeaderValue::from_str(&v).is_ok());
+    }
+}

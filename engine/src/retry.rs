@@ -1,0 +1,237 @@
+//! One retry decision for every HTTP path (HTTP/1, HTTP/2 and the
+//! translations between them).
+//!
+//! A request may go again only when nothing of it is lost and nothing of
+//! a response reached the client:
+//! - **answered 502/503** by an endpoint of a service: again to another
+//!   endpoint (never one that already answered), when the method is
+//!   idempotent (the first endpoint did receive it), the request had no
+//!   body or a kept one, at most [`MAX_ANSWER_RETRIES`] times, paid from the
+//!   service's per-worker budget (20 % of requests plus 10 per second);
+//! - **stale**: a pooled HTTP/1 connection failed before any response byte
+//!   (the upstream had closed it): once, on a new connection, any method;
+//! - **unprocessed**: an HTTP/2 stream the upstream refused or left above a
+//!   GOAWAY's last stream id: again, up to [`MAX_TRIES`] attempts in all.
+//!
+//! Must not: do I/O; the caller makes the attempts.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use ringmesh_balancer::Balancer;
+
+use crate::route::Dst;
+
+/// The largest request body kept whole so the request can go again (as
+/// linkerd2-proxy's); larger bodies stream and are never retried.
+pub(crate) const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// Retries after 502/503 answers, per request.
+pub(crate) const MAX_ANSWER_RETRIES: usize = 2;
+/// Attempts per request when HTTP/2 upstreams leave its stream unprocessed.
+pub(crate) const MAX_TRIES: u32 = 3;
+
+/// One request's attempts: what it allows, and what was tried.
+pub(crate) struct Attempts {
+    /// Idempotent method (an endpoint that answered did receive it).
+    idempotent: bool,
+    /// No body, or a kept one: nothing is lost by sending it again.
+    repeatable: bool,
+    /// The service's endpoint count and balancer (budget); `None` for a
+    /// literal address, which has no other endpoint to go to.
+    service: Option<(usize, Rc<RefCell<Balancer>>)>,
+    /// Endpoints that answered 502/503.
+    answered: Vec<SocketAddr>,
+    stale_retried: bool,
+    tries: u32,
+}
+
+impl Attempts {
+    /// Starts a request to `dst`; a request to a service pays into its
+    /// retry budget.
+    pub(crate) fn new(dst: &Dst, idempotent: bool, repeatable: bool) -> Self {
+        let service = match dst {
+            Dst::Service(svc, b) => Some((svc.endpoints.len(), b.clone())),
+            Dst::Addr(_) => None,
+        };
+        Self::with_service(service, idempotent, repeatable)
+    }
+
+    fn with_service(
+        service: Option<(usize, Rc<RefCell<Balancer>>)>,
+        idempotent: bool,
+        repeatable: bool,
+    ) -> Self {
+        if let Some((_, b)) = &service {
+            b.borrow().budget.deposit();
+        }
+        Self {
+            idempotent,
+            repeatable,
+            service,
+            answered: Vec::new(),
+            stale_retried: false,
+            tries: 0,
+        }
+    }
+
+    /// Endpoints not to pick again.
+    pub(crate) fn avoid(&self) -> &[SocketAddr] {
+        &self.answered
+    }
+
+    /// Whether a 502/503 answer to the next attempt would be retried (so
+    /// the caller holds it back from the client). Spends nothing.
+    pub(crate) fn would_retry_answer(&self, now: Instant) -> bool {
+        let Some((endpoints, b)) = &self.service else {
+            return false;
+        };
+        self.idempotent
+            && self.repeatable
+            && self.answered.len() < MAX_ANSWER_RETRIES
+            && *endpoints > self.answered.len() + 1
+            && b.borrow().budget.can_withdraw(now)
+    }
+
+    /// The endpoint at `addr` answered `status`: true when the request goes
+    /// again to another endpoint (the retry is paid for and `addr` avoided).
+    pub(crate) fn retry_answer(&mut self, status: u16, addr: SocketAddr, now: Instant) -> bool {
+        if !matches!(status, 502 | 503) || !self.would_retry_answer(now) {
+            return false;
+        }
+        let paid = self
+            .service
+            .as_ref()
+            .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
+        if paid {
+            self.answered.push(addr);
+        }
+        paid
+    }
+
+    /// An attempt on a pooled (`reused`) connection failed before any
+    /// response byte: true when it goes again, once, on a new connection.
+    pub(crate) fn retry_stale(&mut self, reused: bool) -> bool {
+        if !reused || !self.repeatable || self.stale_retried {
+            return false;
+        }
+        self.stale_retried = true;
+        true
+    }
+
+    /// Counts one attempt to open an HTTP/2 stream.
+    pub(crate) fn count_try(&mut self) {
+        self.tries += 1;
+    }
+
+    /// An HTTP/2 upstream left the stream unprocessed: true when it goes
+    /// again. `body_sent`: some of the request body had already gone (it
+    /// is lost unless it was kept).
+    pub(crate) fn retry_unprocessed(&self, body_sent: bool) -> bool {
+        (!body_sent || self.repeatable) && self.tries < MAX_TRIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ringmesh_balancer::RetryBudget;
+
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    /// A service of `n` endpoints whose budget starts at `t0` (virtual
+    /// clock: every `now` below is `t0` plus an offset).
+    fn service(n: u8, t0: Instant) -> Option<(usize, Rc<RefCell<Balancer>>)> {
+        let mut b = Balancer::new((1..=n).map(|i| (addr(i), 1)));
+        b.budget = RetryBudget::new(0.2, 10.0, t0);
+        Some((n as usize, Rc::new(RefCell::new(b))))
+    }
+
+    #[test]
+    fn answered_5xx_goes_to_other_endpoints_at_most_twice() {
+        let t0 = Instant::now();
+        let mut a = Attempts::with_service(service(4, t0), true, true);
+        assert!(a.would_retry_answer(t0));
+        assert!(!a.retry_answer(500, addr(1), t0), "only 502/503");
+        assert!(!a.retry_answer(404, addr(1), t0));
+        assert!(a.retry_answer(503, addr(1), t0));
+        assert!(a.retry_answer(502, addr(2), t0));
+        assert_eq!(a.avoid(), &[addr(1), addr(2)]);
+        assert!(!a.would_retry_answer(t0), "two retries at most");
+        assert!(!a.retry_answer(503, addr(3), t0));
+    }
+
+    #[test]
+    fn answered_5xx_needs_another_endpoint() {
+        let t0 = Instant::now();
+        let mut a = Attempts::with_service(service(2, t0), true, true);
+        assert!(a.retry_answer(503, addr(1), t0));
+        assert!(!a.retry_answer(503, addr(2), t0), "every endpoint answered");
+        let mut a = Attempts::with_service(service(1, t0), true, true);
+        assert!(!a.retry_answer(503, addr(1), t0));
+        let mut a = Attempts::with_service(None, true, true);
+        assert!(!a.retry_answer(503, addr(1), t0), "a literal address");
+    }
+
+    #[test]
+    fn answered_5xx_needs_idempotent_and_repeatable() {
+        let t0 = Instant::now();
+        let mut post = Attempts::with_service(service(3, t0), false, true);
+        assert!(!post.would_retry_answer(t0));
+        assert!(!post.retry_answer(503, addr(1), t0));
+        let mut streamed = Attempts::with_service(service(3, t0), true, false);
+        assert!(!streamed.retry_answer(503, addr(1), t0));
+    }
+
+    /// The budget (shared by the service's requests on a worker): spent,
+    /// no retry; time refills it at 10 per second; requests add 20 %.
+    #[test]
+    fn budget_on_a_virtual_clock() {
+        let t0 = Instant::now();
+        let svc = service(3, t0);
+        let b = svc.as_ref().unwrap().1.clone();
+        while b.borrow().budget.withdraw(t0) {}
+        let mut a = Attempts::with_service(svc.clone(), true, true);
+        assert!(!a.would_retry_answer(t0), "budget spent");
+        assert!(!a.retry_answer(503, addr(1), t0));
+        // 100 ms at 10/s is one token; a request's deposit (0.2) was not.
+        let later = t0 + Duration::from_millis(100);
+        assert!(a.would_retry_answer(later));
+        assert!(a.retry_answer(503, addr(1), later));
+        assert!(!a.retry_answer(503, addr(2), later), "the token is spent");
+        // Five requests deposit one token between them.
+        for _ in 0..5 {
+            let _ = Attempts::with_service(svc.clone(), true, true);
+        }
+        let mut a = Attempts::with_service(svc, true, true);
+        assert!(a.retry_answer(502, addr(1), later), "deposits fund a retry");
+    }
+
+    #[test]
+    fn stale_connection_once_when_repeatable() {
+        let mut a = Attempts::with_service(None, false, true);
+        assert!(!a.retry_stale(false), "a new connection is not stale");
+        assert!(a.retry_stale(true), "any method, once");
+        assert!(!a.retry_stale(true));
+        let mut streamed = Attempts::with_service(None, true, false);
+        assert!(!streamed.retry_stale(true), "its body is gone");
+    }
+
+    #[test]
+    fn unprocessed_streams_up_to_three_tries() {
+        let mut a = Attempts::with_service(None, false, false);
+        a.count_try();
+        assert!(a.retry_unprocessed(false));
+        assert!(!a.retry_unprocessed(true), "a streamed body was consumed");
+        a.count_try();
+        assert!(a.retry_unprocessed(false));
+        a.count_try();
+        assert!(!a.retry_unprocessed(false), "three tries in all");
+    }
+}
