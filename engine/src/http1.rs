@@ -24,6 +24,9 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::multishot::RecvMulti;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
+use ringmesh_admin::telemetry::{
+    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
+};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
@@ -34,9 +37,6 @@ use ringmesh_protocols::tcp::relay;
 
 use crate::detect::{is_cancelled, read_until};
 use crate::l4::dst_labels;
-use crate::metrics::{
-    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
-};
 use crate::pool::{Rd, Upstream, Wr};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate::{self, Upgraded};
@@ -237,7 +237,7 @@ async fn request_inner(
     };
     match &target {
         Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.clone());
+            key.authority = Some(svc.name.to_shared());
             key.dst_labels = dst_labels(svc);
         }
         // Known before connecting, so a failed connect is labelled too.

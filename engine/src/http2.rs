@@ -26,13 +26,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::l4::dst_labels;
-use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::route::{failover, resolve, Dst, HttpDst, UpstreamError};
 use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
@@ -547,7 +547,7 @@ async fn forward(
     .map_err(upstream_failed)?;
     match &target {
         Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.clone());
+            key.authority = Some(svc.name.to_shared());
             key.dst_labels = dst_labels(svc);
         }
         Dst::Addr(addr) => key.target = Some(*addr),
