@@ -1,7 +1,7 @@
 //! ringmesh-admin: telemetry and the admin HTTP server (and, later, tap).
 //!
 //! [`telemetry`] owns the metric shard types the workers write (TCP and
-//! HTTP label sets, per-connection meters, latency
+//! HTTP label sets with their TLS status, per-connection meters, latency
 //! histograms, the per-worker series cap and idle eviction) and the
 //! Prometheus text encoder that merges the workers' copies into `/metrics`.
 //! It holds no worker: the engine asks its workers for their shards (by

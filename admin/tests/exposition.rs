@@ -1,7 +1,7 @@
 //! The TCP and HTTP exposition of a fixed set of shards, byte for byte.
 //!
 //! `data/shards.prom` was written by the encoder before it moved out of the
-//! engine: family order, HELP
+//! engine (and before label sets carried a TLS status): family order, HELP
 //! and TYPE lines, label order, escaping and series order are what
 //! dashboards and the engine's tests already read, and must not drift.
 
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ringmesh_admin::telemetry::{
     Direction, DstLabels, HttpKey, HttpShard, Peer, ResponseClass, TcpKey, TcpShard, TcpSnapshot,
+    TlsStatus,
 };
 use ringmesh_protocols::tcp::RelayEnd;
 
@@ -21,6 +22,7 @@ fn exposition() -> String {
     ]);
     let t4 = SocketAddr::from(([10, 0, 0, 7], 8080));
     let t6: SocketAddr = "[fd00::1]:443".parse().unwrap();
+    let tls = TlsStatus::NO_PROXY_IDENTITY;
 
     // Five TCP label sets; on each, three connections (one closed cleanly,
     // one reset, one still open) and one that idled out.
@@ -55,6 +57,7 @@ fn exposition() -> String {
             direction,
             peer,
             target,
+            tls: tls.clone(),
             authority,
             dst_labels,
         };
@@ -80,6 +83,7 @@ fn exposition() -> String {
     let mut http = HttpShard::default();
     let key = |direction, authority, target, dst_labels| HttpKey {
         direction,
+        tls: tls.clone(),
         authority,
         target,
         dst_labels,

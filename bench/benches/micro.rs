@@ -118,6 +118,7 @@ fn snapshot_pickup(c: &mut Criterion) {
 fn metrics_record(c: &mut Criterion) {
     use ringmesh_admin::telemetry::{
         Direction, HttpKey, HttpShard, Peer, ResponseClass, TcpKey, TcpShard, TcpSnapshot,
+        TlsStatus,
     };
     let mut g = c.benchmark_group("metrics");
     // One label set in use on each shard, as on a worker serving one service.
@@ -127,11 +128,13 @@ fn metrics_record(c: &mut Criterion) {
         direction: Direction::Outbound,
         peer: Peer::Dst,
         target,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         dst_labels: None,
     });
     let key = HttpKey {
         direction: Direction::Outbound,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         target: Some(target),
         dst_labels: None,

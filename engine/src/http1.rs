@@ -25,7 +25,7 @@ use monoio::io::multishot::RecvMulti;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::{
-    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey,
+    relayed, ConnMeter, Direction, HttpKey, Peer, ProxyError, ResponseClass, TcpKey, TlsStatus,
 };
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
@@ -220,6 +220,7 @@ async fn request_inner(
     };
     let mut key = HttpKey {
         direction,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         target: None,
         dst_labels: None,
@@ -882,6 +883,8 @@ fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream 
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: key.authority.clone(),
         dst_labels: key.dst_labels.clone(),
     });

@@ -26,7 +26,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
-use ringmesh_admin::telemetry::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
+use ringmesh_admin::telemetry::{
+    ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey, TlsStatus,
+};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
@@ -424,6 +426,7 @@ async fn proxy_stream(
     let started = Instant::now();
     let mut key = HttpKey {
         direction,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         target: None,
         dst_labels: None,
@@ -1162,6 +1165,8 @@ async fn new_connection(
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: key.authority.clone(),
         dst_labels: key.dst_labels.clone(),
     });

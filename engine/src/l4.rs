@@ -16,7 +16,7 @@ use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_admin::telemetry::{
-    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, Peer, TcpKey,
+    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, Peer, TcpKey, TlsStatus,
 };
 use ringmesh_protocols::tcp::RelayStats;
 
@@ -116,6 +116,7 @@ pub(crate) async fn serve(
         direction,
         peer: Peer::Src,
         target: addr,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: authority.clone(),
         dst_labels: dst_labels.clone(),
     });
@@ -553,6 +554,7 @@ fn open_dst_meter(
             direction,
             peer: Peer::Dst,
             target: endpoint,
+            tls: TlsStatus::NO_PROXY_IDENTITY,
             authority: authority.clone(),
             dst_labels: dst_labels.clone(),
         }),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
+use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
 /// linkerd2-proxy's `response_latency_ms` bucket bounds.
@@ -20,6 +21,9 @@ pub const LATENCY_BUCKETS_MS: [u64; 25] = [
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HttpKey {
     pub direction: Direction,
+    /// The TLS of the connection the requests came in on (inbound) or went
+    /// out on (outbound).
+    pub tls: TlsStatus,
     pub authority: Option<AuthorityLabel>,
     pub target: Option<SocketAddr>,
     pub dst_labels: Option<DstLabels>,
@@ -260,7 +264,7 @@ impl HttpShard {
 
 fn http_labels(k: &HttpKey) -> String {
     let mut s = format!("direction=\"{}\"", k.direction.as_str());
-    s.push_str(",tls=\"no_identity\"");
+    k.tls.push_labels(&mut s);
     if let Some(a) = &k.authority {
         push_label(&mut s, "authority", a);
     }
@@ -285,6 +289,7 @@ mod tests {
     fn key(port: u16) -> HttpKey {
         HttpKey {
             direction: Direction::Outbound,
+            tls: TlsStatus::NO_PROXY_IDENTITY,
             authority: None,
             target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             dst_labels: None,
@@ -377,5 +382,28 @@ mod tests {
             out.contains(",dst_namespace=\"prod\",dst_service=\"we\\\"b\"}"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn tls_labels_follow_direction_in_every_family() {
+        let id = "api.prod.serviceaccount.identity.linkerd.cluster.local";
+        let mut k = key(1);
+        k.tls = TlsStatus::Connected {
+            server_id: id.into(),
+        };
+        let mut h = HttpShard::default();
+        h.record(&k, ResponseClass::http(502, Some("connect_failed")), 1);
+        h.retried(&k);
+        let mut out = String::new();
+        h.encode(&mut out);
+        let labels = format!("direction=\"outbound\",tls=\"true\",server_id=\"{id}\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\"");
+        for line in [
+            format!("request_total{{{labels}}} 1"),
+            format!("ringmesh_retries_total{{{labels}}} 1"),
+            format!("response_total{{{labels},status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1"),
+            format!("response_latency_ms_count{{{labels},status_code=\"502\",error=\"connect_failed\"}} 1"),
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} missing:\n{out}");
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! them into a [`Scrape`], with linkerd2-proxy's family and label names.
 //!
 //! Modules: `labels` (`direction`, `peer`, the discovered service's labels,
-//! escaping), `tcp` (connection families and the
+//! escaping), `tls` (the `tls` label and its companions, from a
+//! connection's [`TlsStatus`]), `tcp` (connection families and the
 //! per-connection [`ConnMeter`]), `http` (request/response families and the
 //! latency histogram), `workers` (each worker's `ringmesh_worker_*`
 //! counters), `process` (`process_*`, `proxy_build_info`), `scrape` (the
@@ -24,6 +25,7 @@ mod labels;
 mod process;
 mod scrape;
 mod tcp;
+mod tls;
 mod workers;
 
 pub use http::{HttpKey, HttpShard, ProxyError, ResponseClass, LATENCY_BUCKETS_MS};
@@ -31,6 +33,7 @@ pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
 pub use process::ProcessInfo;
 pub use scrape::Scrape;
 pub use tcp::{relayed, ConnMeter, TcpKey, TcpShard, TcpSnapshot, TcpStats};
+pub use tls::{NoTlsReason, TlsStatus};
 pub use workers::WorkerStats;
 
 /// At most this many label sets per family per worker; beyond it new label

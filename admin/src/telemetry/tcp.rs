@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
 use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels, Peer};
+use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
 /// One TCP label set.
@@ -24,6 +25,8 @@ pub struct TcpKey {
     pub direction: Direction,
     pub peer: Peer,
     pub target: SocketAddr,
+    /// This connection's TLS.
+    pub tls: TlsStatus,
     /// The discovered service, when there was one.
     pub authority: Option<AuthorityLabel>,
     pub dst_labels: Option<DstLabels>,
@@ -285,7 +288,7 @@ fn tcp_labels(k: &TcpKey) -> String {
         k.target.ip(),
         k.target.port()
     );
-    s.push_str(",tls=\"no_identity\"");
+    k.tls.push_labels(&mut s);
     if let Some(a) = &k.authority {
         push_label(&mut s, "authority", a);
     }
@@ -319,6 +322,7 @@ mod tests {
             direction: Direction::Inbound,
             peer,
             target: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls: TlsStatus::NO_PROXY_IDENTITY,
             authority: None,
             dst_labels: None,
         }
@@ -376,5 +380,22 @@ mod tests {
             "an open connection's series stays"
         );
         assert!(!t.0.contains_key(&tcp_key(Peer::Dst, 2)));
+    }
+
+    #[test]
+    fn each_tls_status_is_its_own_series_labelled_in_place() {
+        let mut t = TcpShard::default();
+        let plain = t.open(tcp_key(Peer::Src, 1));
+        let mut accepted = tcp_key(Peer::Src, 1);
+        accepted.tls = TlsStatus::Accepted {
+            client_id: Some("web.prod.serviceaccount.identity.linkerd.cluster.local".into()),
+        };
+        accepted.authority = Some("web.prod:80".into());
+        let m = t.open(accepted);
+        let mut out = String::new();
+        t.snapshot().encode(&mut out);
+        assert!(out.contains("tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",tls=\"no_identity\"} 1\n"), "{out}");
+        assert!(out.contains("tcp_open_total{direction=\"inbound\",peer=\"src\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",tls=\"true\",client_id=\"web.prod.serviceaccount.identity.linkerd.cluster.local\",authority=\"web.prod:80\"} 1\n"), "{out}");
+        drop((plain, m));
     }
 }
