@@ -8,6 +8,12 @@
 //!
 //! Workers share nothing but the snapshot channel: every other piece of state
 //! a worker touches is `Rc`/`Cell` owned by that worker's thread.
+//!
+//! Telemetry types are not here: each worker writes metric shards defined in
+//! `ringmesh_admin::telemetry` (building their label sets, the TLS status
+//! included, on the data path); the engine's part of a scrape is asking every
+//! worker for a copy by message (`admin.rs`) and handing the copies to the
+//! admin crate's encoder.
 #![deny(rust_2018_idioms)]
 
 mod admin;
