@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use futures_channel::mpsc::UnboundedSender;
-use ringmesh_admin::telemetry::{ProcessInfo, Scrape};
+use ringmesh_admin::telemetry::{HttpShard, ProcessInfo, Scrape, TcpSnapshot, WorkerStats};
 use ringmesh_admin::AdminBackend;
-
-use crate::worker::WorkerMsg;
 
 /// Reading and changing the process's log filter at run time (the binary
 /// wires it to its tracing subscriber).
@@ -31,8 +28,22 @@ pub struct Hooks {
     pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
+/// One worker's answer to a scrape: its counters and copies of its shards.
+pub(crate) type ShardCopy = (WorkerStats, TcpSnapshot, HttpShard);
+
+/// What the admin side asks of the workers, by message only. Implemented
+/// where the workers' channels are made (`proxy.rs`), so this module needs
+/// nothing of the worker's insides.
+pub(crate) trait Workers: Send + Sync {
+    /// Asks every worker for a [`ShardCopy`], answered on `reply`; returns
+    /// how many workers were asked.
+    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize;
+    /// Starts the graceful drain on every worker.
+    fn shutdown(&self);
+}
+
 pub(crate) struct EngineAdmin {
-    pub workers: Vec<UnboundedSender<WorkerMsg>>,
+    pub workers: Box<dyn Workers>,
     pub ready: Arc<AtomicBool>,
     pub started: SystemTime,
     pub configured_log: String,
@@ -48,12 +59,10 @@ impl AdminBackend for EngineAdmin {
     fn metrics(&self, out: &mut String) {
         // One message per worker; each answers with a copy of its shard.
         let (tx, rx) = mpsc::channel();
-        for w in &self.workers {
-            let _ = w.unbounded_send(WorkerMsg::Metrics(tx.clone()));
-        }
+        let asked = self.workers.ask_for_shards(&tx);
         drop(tx);
         let mut scrape = Scrape::default();
-        for _ in 0..self.workers.len() {
+        for _ in 0..asked {
             let Ok((stats, tcp, http)) = rx.recv_timeout(Duration::from_secs(1)) else {
                 break;
             };
@@ -69,11 +78,7 @@ impl AdminBackend for EngineAdmin {
     fn shutdown(&self) {
         match &self.hooks.shutdown {
             Some(f) => f(),
-            None => {
-                for w in &self.workers {
-                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
-                }
-            }
+            None => self.workers.shutdown(),
         }
     }
 

@@ -17,7 +17,7 @@ use ringmesh_admin::telemetry::WorkerStats;
 use ringmesh_discovery::dns::DnsConfig;
 use ringmesh_discovery::{Discovery, DiscoveryConfig, DiscoveryError};
 
-use crate::admin::{EngineAdmin, Hooks};
+use crate::admin::{EngineAdmin, Hooks, ShardCopy, Workers};
 use crate::config::{Config, IoDriver};
 use crate::control::{self, ControlMsg};
 use crate::l4::ListenerKind;
@@ -180,7 +180,9 @@ impl Proxy {
         let admin_thread = match admin_listener {
             Some(listener) => {
                 let backend = Arc::new(EngineAdmin {
-                    workers: workers.iter().map(|w| w.tx.clone()).collect(),
+                    workers: Box::new(WorkerChannels(
+                        workers.iter().map(|w| w.tx.clone()).collect(),
+                    )),
                     // Workers reported ready and the first snapshot was
                     // published before they started.
                     ready: Arc::new(AtomicBool::new(true)),
@@ -316,5 +318,23 @@ fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
                 Ok(ActiveDriver::Epoll)
             }
         },
+    }
+}
+
+/// The admin side's way to the workers: their control channels.
+struct WorkerChannels(Vec<UnboundedSender<WorkerMsg>>);
+
+impl Workers for WorkerChannels {
+    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize {
+        for w in &self.0 {
+            let _ = w.unbounded_send(WorkerMsg::Metrics(reply.clone()));
+        }
+        self.0.len()
+    }
+
+    fn shutdown(&self) {
+        for w in &self.0 {
+            let _ = w.unbounded_send(WorkerMsg::Shutdown);
+        }
     }
 }
