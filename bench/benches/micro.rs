@@ -116,18 +116,52 @@ fn snapshot_pickup(c: &mut Criterion) {
 /// A worker's metric shards: one HTTP response recorded (counters and the
 /// latency bucket), bytes counted on a connection's meter, and a scrape.
 fn metrics_record(c: &mut Criterion) {
-    use ringmesh_engine::bench_hooks::MetricsRecorder;
+    use ringmesh_admin::telemetry::{
+        Direction, HttpKey, HttpShard, Peer, ResponseClass, TcpKey, TcpShard, TcpSnapshot,
+        TlsStatus,
+    };
     let mut g = c.benchmark_group("metrics");
-    let mut m = MetricsRecorder::default();
+    // One label set in use on each shard, as on a worker serving one service.
+    let target = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let mut tcp = TcpShard::default();
+    let meter = tcp.open(TcpKey {
+        direction: Direction::Outbound,
+        peer: Peer::Dst,
+        target,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
+        authority: None,
+        dst_labels: None,
+    });
+    let key = HttpKey {
+        direction: Direction::Outbound,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
+        authority: None,
+        target: Some(target),
+        dst_labels: None,
+    };
+    let mut http = HttpShard::default();
     let mut ms = 0u64;
     g.bench_function("record_response", |b| {
         b.iter(|| {
             ms = (ms + 7) % 200;
-            m.record_response(200, ms)
+            http.record(&key, ResponseClass::http(200, None), ms)
         })
     });
-    g.bench_function("count_bytes", |b| b.iter(|| m.count_bytes(1460)));
-    g.bench_function("scrape_one_series", |b| b.iter(|| m.scrape()));
+    g.bench_function("count_bytes", |b| b.iter(|| meter.read(1460)));
+    // Copy, merge, encode (the admin side's work per worker); the text's
+    // length.
+    g.bench_function("scrape_one_series", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            let mut t = TcpSnapshot::default();
+            t.merge(&tcp.snapshot());
+            let mut h = HttpShard::default();
+            h.merge(&http);
+            h.encode(&mut out);
+            t.encode(&mut out);
+            out.len()
+        })
+    });
     g.finish();
 }
 

@@ -131,6 +131,12 @@ impl Authority {
         &self.0
     }
 
+    /// The name as a shared string, without copying it (a metric label set
+    /// is built per request).
+    pub fn to_shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// The host part, without brackets for IPv6 literals.
     pub fn host(&self) -> &str {
         let (host, _) = self.0.rsplit_once(':').unwrap_or((&self.0, ""));

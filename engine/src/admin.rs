@@ -1,18 +1,14 @@
 //! The engine's side of the admin server: readiness, metrics gathered from
-//! the workers by message (never by sharing their state), shutdown and the
-//! log level, behind `ringmesh_admin::AdminBackend`.
+//! the workers by message (never by sharing their state; merged and encoded
+//! by `ringmesh_admin::telemetry`), shutdown and the log level, behind
+//! `ringmesh_admin::AdminBackend`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use futures_channel::mpsc::UnboundedSender;
+use ringmesh_admin::telemetry::{HttpShard, ProcessInfo, Scrape, TcpSnapshot, WorkerStats};
 use ringmesh_admin::AdminBackend;
-
-use crate::metrics::{HttpShard, TcpSnapshot};
-use crate::proxy::WorkerStats;
-use crate::worker::WorkerMsg;
 
 /// Reading and changing the process's log filter at run time (the binary
 /// wires it to its tracing subscriber).
@@ -32,8 +28,22 @@ pub struct Hooks {
     pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
+/// One worker's answer to a scrape: its counters and copies of its shards.
+pub(crate) type ShardCopy = (WorkerStats, TcpSnapshot, HttpShard);
+
+/// What the admin side asks of the workers, by message only. Implemented
+/// where the workers' channels are made (`proxy.rs`), so this module needs
+/// nothing of the worker's insides.
+pub(crate) trait Workers: Send + Sync {
+    /// Asks every worker for a [`ShardCopy`], answered on `reply`; returns
+    /// how many workers were asked.
+    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize;
+    /// Starts the graceful drain on every worker.
+    fn shutdown(&self);
+}
+
 pub(crate) struct EngineAdmin {
-    pub workers: Vec<UnboundedSender<WorkerMsg>>,
+    pub workers: Box<dyn Workers>,
     pub ready: Arc<AtomicBool>,
     pub started: SystemTime,
     pub configured_log: String,
@@ -49,150 +59,26 @@ impl AdminBackend for EngineAdmin {
     fn metrics(&self, out: &mut String) {
         // One message per worker; each answers with a copy of its shard.
         let (tx, rx) = mpsc::channel();
-        for w in &self.workers {
-            let _ = w.unbounded_send(WorkerMsg::Metrics(tx.clone()));
-        }
+        let asked = self.workers.ask_for_shards(&tx);
         drop(tx);
-        let mut stats = Vec::with_capacity(self.workers.len());
-        let mut tcp = TcpSnapshot::default();
-        let mut http = HttpShard::default();
-        for _ in 0..self.workers.len() {
-            let Ok((s, t, h)) = rx.recv_timeout(Duration::from_secs(1)) else {
+        let mut scrape = Scrape::default();
+        for _ in 0..asked {
+            let Ok((stats, tcp, http)) = rx.recv_timeout(Duration::from_secs(1)) else {
                 break;
             };
-            stats.push(s);
-            tcp.merge(&t);
-            http.merge(&h);
+            scrape.add(stats, &tcp, &http);
         }
-        stats.sort_by_key(|s| s.worker);
-        http.encode(out);
-        tcp.encode(out);
-        let per_worker = |out: &mut String,
-                          name: &str,
-                          kind: &str,
-                          help: &str,
-                          value: fn(&WorkerStats) -> u64| {
-            family(out, name, kind, help);
-            for s in &stats {
-                let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", s.worker, value(s));
-            }
+        let process = ProcessInfo {
+            started: self.started,
+            version: env!("CARGO_PKG_VERSION"),
         };
-        per_worker(
-            out,
-            "ringmesh_worker_accepted_connections_total",
-            "counter",
-            "Connections accepted by each worker.",
-            |s| s.accepted,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_requests_total",
-            "counter",
-            "HTTP requests handled by each worker.",
-            |s| s.requests,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_retries_total",
-            "counter",
-            "HTTP requests each worker sent again to another endpoint after a 502/503 (within the retry budget).",
-            |s| s.retries,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_open_connections",
-            "gauge",
-            "Connections each worker is proxying now.",
-            |s| s.open,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_relay_ring_receives_total",
-            "counter",
-            "TCP relay reads delivered by io_uring multishot receives into each worker's buffer ring.",
-            |s| s.ring_receives,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_relay_ring_exhausted_total",
-            "counter",
-            "Times each worker's buffer ring was empty and a TCP relay read went into the connection's own buffer.",
-            |s| s.ring_exhausted,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_http1_upstream_stray_bytes_total",
-            "counter",
-            "Upstream HTTP/1 connections each worker closed because the upstream sent bytes that answered no request (past a response, or while the connection was idle in the pool).",
-            |s| s.http1_stray_bytes,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_http1_pool_closed_total",
-            "counter",
-            "Idle pooled upstream HTTP/1 connections each worker found closed by the upstream.",
-            |s| s.http1_pool_closed,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_detect_undecided_connections",
-            "gauge",
-            "Connections each worker is still detecting a protocol for (silent, slow, or waiting for either side to speak).",
-            |s| s.detect_undecided,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_detect_evicted_total",
-            "counter",
-            "Undecided connections each worker closed, oldest first, because RINGMESH_DETECT_MAX_UNDECIDED were open.",
-            |s| s.detect_evicted,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_server_first_total",
-            "counter",
-            "Connections each worker relayed because the server spoke first (seen, or remembered for the destination).",
-            |s| s.server_first,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_uring_enters_total",
-            "counter",
-            "io_uring_enter calls by each worker's ring (submit, wait or both; 0 on the epoll driver).",
-            |s| s.uring_enters,
-        );
-        per_worker(
-            out,
-            "ringmesh_worker_uring_completions_total",
-            "counter",
-            "Completions each worker reaped from its io_uring (0 on the epoll driver).",
-            |s| s.uring_completions,
-        );
-        family(
-            out,
-            "ringmesh_worker_busy_seconds_total",
-            "counter",
-            "CPU time each worker's event loop has used (user + system).",
-        );
-        for s in &stats {
-            let _ = writeln!(
-                out,
-                "ringmesh_worker_busy_seconds_total{{worker=\"{}\"}} {:.6}",
-                s.worker,
-                s.busy_ns as f64 / 1e9
-            );
-        }
-        process_metrics(out, self.started);
+        scrape.encode(out, &process);
     }
 
     fn shutdown(&self) {
         match &self.hooks.shutdown {
             Some(f) => f(),
-            None => {
-                for w in &self.workers {
-                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
-                }
-            }
+            None => self.workers.shutdown(),
         }
     }
 
@@ -213,97 +99,4 @@ impl AdminBackend for EngineAdmin {
             None => Err("the log level cannot be changed in this process".into()),
         }
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// The standard process families (as Prometheus client libraries name them).
-fn process_metrics(out: &mut String, started: SystemTime) {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may contain spaces).
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of stat(5): 11, 12 here.
-            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
-                let cpu =
-                    (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / ticks;
-                family(
-                    out,
-                    "process_cpu_seconds_total",
-                    "counter",
-                    "Total user and system CPU time spent in seconds.",
-                );
-                let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
-            }
-        }
-    }
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        if let Some(rss) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u64>().ok())
-        {
-            family(
-                out,
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory size in bytes.",
-            );
-            let _ = writeln!(out, "process_resident_memory_bytes {}", rss * page);
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        family(
-            out,
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-        );
-        let _ = writeln!(out, "process_open_fds {}", fds.count());
-    }
-    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-        if let Some(max) = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            family(
-                out,
-                "process_max_fds",
-                "gauge",
-                "Maximum number of open file descriptors.",
-            );
-            let _ = writeln!(out, "process_max_fds {max}");
-        }
-    }
-    let start = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    family(
-        out,
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process since unix epoch in seconds.",
-    );
-    let _ = writeln!(out, "process_start_time_seconds {start}");
-    family(out, "proxy_build_info", "gauge", "Proxy build information.");
-    let _ = writeln!(
-        out,
-        "proxy_build_info{{version=\"{}\",vendor=\"ringmesh\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
 }

@@ -24,6 +24,9 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::multishot::RecvMulti;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
+use ringmesh_admin::telemetry::{
+    relayed, ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey, TlsStatus,
+};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, write_request_head, write_response_head, BodyFraming, BodyScanner,
@@ -35,7 +38,6 @@ use ringmesh_protocols::tcp::relay;
 use crate::detect::{is_cancelled, read_until};
 use crate::error::{Failure, Kind, ProxyError, Side};
 use crate::l4::dst_labels;
-use crate::metrics::{relayed, ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{failover, resolve, Dst, HttpDst};
@@ -215,6 +217,7 @@ async fn request_inner(
     };
     let mut key = HttpKey {
         direction,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         target: None,
         dst_labels: None,
@@ -232,7 +235,7 @@ async fn request_inner(
     };
     match &target {
         Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.clone());
+            key.authority = Some(svc.name.to_shared());
             key.dst_labels = dst_labels(svc);
         }
         // Known before connecting, so a failed connect is labelled too.
@@ -857,6 +860,8 @@ fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream 
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: key.authority.clone(),
         dst_labels: key.dst_labels.clone(),
     });

@@ -26,6 +26,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
+use ringmesh_admin::telemetry::{
+    ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey, TlsStatus,
+};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
@@ -33,7 +36,6 @@ use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::l4::dst_labels;
-use crate::metrics::{ConnMeter, Direction, HttpKey, Peer, ResponseClass, TcpKey};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{failover, resolve, Dst, HttpDst};
 use crate::translate;
@@ -418,6 +420,7 @@ async fn proxy_stream(
     let started = Instant::now();
     let mut key = HttpKey {
         direction,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         target: None,
         dst_labels: None,
@@ -539,7 +542,7 @@ async fn forward(
     .await?;
     match &target {
         Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.clone());
+            key.authority = Some(svc.name.to_shared());
             key.dst_labels = dst_labels(svc);
         }
         Dst::Addr(addr) => key.target = Some(*addr),
@@ -1120,6 +1123,8 @@ async fn new_connection(
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: key.authority.clone(),
         dst_labels: key.dst_labels.clone(),
     });

@@ -15,10 +15,12 @@ use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use ringmesh_admin::telemetry::{
+    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, Peer, TcpKey, TlsStatus,
+};
 use ringmesh_protocols::tcp::RelayStats;
 
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
-use crate::metrics::{relayed, ConnMeter, Direction, DstLabels, Peer, TcpKey};
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
 use crate::server_first::Dest;
@@ -107,13 +109,14 @@ pub(crate) async fn serve(
         Direction::Outbound
     };
     let (authority, dst_labels) = match &target {
-        Target::Service(svc, _) => (Some(svc.name.clone()), dst_labels(svc)),
+        Target::Service(svc, _) => (Some(svc.name.to_shared()), dst_labels(svc)),
         _ => (None, None),
     };
     let src_meter = w.tcp_metrics.borrow_mut().open(TcpKey {
         direction,
         peer: Peer::Src,
         target: addr,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: authority.clone(),
         dst_labels: dst_labels.clone(),
     });
@@ -543,7 +546,7 @@ fn open_dst_meter(
     w: &Worker,
     server: &TcpStream,
     direction: Direction,
-    authority: &Option<Authority>,
+    authority: &Option<AuthorityLabel>,
     dst_labels: &Option<DstLabels>,
 ) -> ConnMeter {
     match server.peer_addr() {
@@ -551,6 +554,7 @@ fn open_dst_meter(
             direction,
             peer: Peer::Dst,
             target: endpoint,
+            tls: TlsStatus::NO_PROXY_IDENTITY,
             authority: authority.clone(),
             dst_labels: dst_labels.clone(),
         }),

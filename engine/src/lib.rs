@@ -8,6 +8,12 @@
 //!
 //! Workers share nothing but the snapshot channel: every other piece of state
 //! a worker touches is `Rc`/`Cell` owned by that worker's thread.
+//!
+//! Telemetry types are not here: each worker writes metric shards defined in
+//! `ringmesh_admin::telemetry` (building their label sets, the TLS status
+//! included, on the data path); the engine's part of a scrape is asking every
+//! worker for a copy by message (`admin.rs`) and handing the copies to the
+//! admin crate's encoder.
 #![deny(rust_2018_idioms)]
 
 mod admin;
@@ -20,7 +26,6 @@ mod http2;
 mod l4;
 pub mod listen;
 mod memory;
-mod metrics;
 pub mod orig_dst;
 mod pool;
 mod proxy;
@@ -35,73 +40,7 @@ mod worker;
 
 pub use admin::{Hooks, LogLevel};
 pub use config::{Config, ConfigError, IoDriver};
-pub use proxy::{ActiveDriver, Proxy, StartError, WorkerStats};
-
-/// Entry points for `ringmesh-bench`'s micro-benchmarks into worker-private
-/// pieces. Not an API: nothing else should use it.
-#[doc(hidden)]
-pub mod bench_hooks {
-    use std::net::SocketAddr;
-
-    use crate::metrics::{
-        ConnMeter, Direction, HttpKey, HttpShard, Peer, ResponseClass, TcpKey, TcpShard,
-    };
-
-    /// A worker's metric shards with one label set in use.
-    pub struct MetricsRecorder {
-        http: HttpShard,
-        tcp: TcpShard,
-        key: HttpKey,
-        meter: ConnMeter,
-    }
-
-    impl Default for MetricsRecorder {
-        fn default() -> Self {
-            let target = SocketAddr::from(([127, 0, 0, 1], 8080));
-            let mut tcp = TcpShard::default();
-            let meter = tcp.open(TcpKey {
-                direction: Direction::Outbound,
-                peer: Peer::Dst,
-                target,
-                authority: None,
-                dst_labels: None,
-            });
-            Self {
-                http: HttpShard::default(),
-                tcp,
-                key: HttpKey {
-                    direction: Direction::Outbound,
-                    authority: None,
-                    target: Some(target),
-                    dst_labels: None,
-                },
-                meter,
-            }
-        }
-    }
-
-    impl MetricsRecorder {
-        /// What each proxied HTTP response costs its worker's shard.
-        pub fn record_response(&mut self, status: u16, latency_ms: u64) {
-            self.http
-                .record(&self.key, ResponseClass::http(status, None), latency_ms);
-        }
-
-        /// What each read or write costs a connection's meter.
-        pub fn count_bytes(&self, n: usize) {
-            self.meter.read(n);
-        }
-
-        /// A scrape of this shard: copy, merge, encode; the text's length.
-        pub fn scrape(&self) -> usize {
-            let mut out = String::new();
-            let mut tcp = crate::metrics::TcpSnapshot::default();
-            tcp.merge(&self.tcp.snapshot());
-            let mut http = HttpShard::default();
-            http.merge(&self.http);
-            http.encode(&mut out);
-            tcp.encode(&mut out);
-            out.len()
-        }
-    }
-}
+pub use proxy::{ActiveDriver, Proxy, StartError};
+/// One worker's counters ([`Proxy::worker_stats`]); the type lives with the
+/// other metric types in `ringmesh-admin`.
+pub use ringmesh_admin::telemetry::WorkerStats;

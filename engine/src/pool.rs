@@ -40,8 +40,8 @@ use monoio::io::multishot::RecvMulti;
 use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
+use ringmesh_admin::telemetry::ConnMeter;
 
-use crate::metrics::ConnMeter;
 use crate::stop::Stop;
 
 pub(crate) type Rd = OwnedReadHalf<TcpStream>;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use futures_channel::mpsc::{unbounded, UnboundedSender};
+use ringmesh_admin::telemetry::WorkerStats;
 use ringmesh_discovery::dns::DnsConfig;
 use ringmesh_discovery::{Discovery, DiscoveryConfig, DiscoveryError};
 
-use crate::admin::{EngineAdmin, Hooks};
+use crate::admin::{EngineAdmin, Hooks, ShardCopy, Workers};
 use crate::config::{Config, IoDriver};
 use crate::control::{self, ControlMsg};
 use crate::l4::ListenerKind;
@@ -37,44 +38,6 @@ impl std::fmt::Display for ActiveDriver {
             Self::Epoll => "epoll",
         })
     }
-}
-
-/// One worker's counters, read on demand.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    pub worker: usize,
-    /// Connections accepted on any listener since start.
-    pub accepted: u64,
-    /// Connections currently being proxied.
-    pub open: u64,
-    /// HTTP requests handled since start.
-    pub requests: u64,
-    /// Of those, sent again to another endpoint after a 502/503.
-    pub retries: u64,
-    /// TCP relay reads a multishot receive delivered into the buffer ring.
-    pub ring_receives: u64,
-    /// Times the buffer ring was empty and a relay read used the
-    /// connection's own buffer.
-    pub ring_exhausted: u64,
-    /// Upstream HTTP/1 connections closed because the upstream sent bytes
-    /// that answered no request (past a response, or while idle).
-    pub http1_stray_bytes: u64,
-    /// Idle pooled HTTP/1 connections the upstream closed.
-    pub http1_pool_closed: u64,
-    /// Connections still detecting their protocol now.
-    pub detect_undecided: u64,
-    /// Undecided connections closed because there were too many.
-    pub detect_evicted: u64,
-    /// Connections relayed because their server spoke first.
-    pub server_first: u64,
-    /// `io_uring_enter` calls of the worker's ring (0 on epoll).
-    pub uring_enters: u64,
-    /// Completions the worker reaped from its ring (0 on epoll).
-    pub uring_completions: u64,
-    /// CPU time the worker's thread has used (user + system), in
-    /// nanoseconds: its event loop's busy time, since it sleeps in the
-    /// kernel when idle.
-    pub busy_ns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +180,9 @@ impl Proxy {
         let admin_thread = match admin_listener {
             Some(listener) => {
                 let backend = Arc::new(EngineAdmin {
-                    workers: workers.iter().map(|w| w.tx.clone()).collect(),
+                    workers: Box::new(WorkerChannels(
+                        workers.iter().map(|w| w.tx.clone()).collect(),
+                    )),
                     // Workers reported ready and the first snapshot was
                     // published before they started.
                     ready: Arc::new(AtomicBool::new(true)),
@@ -353,5 +318,23 @@ fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
                 Ok(ActiveDriver::Epoll)
             }
         },
+    }
+}
+
+/// The admin side's way to the workers: their control channels.
+struct WorkerChannels(Vec<UnboundedSender<WorkerMsg>>);
+
+impl Workers for WorkerChannels {
+    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize {
+        for w in &self.0 {
+            let _ = w.unbounded_send(WorkerMsg::Metrics(reply.clone()));
+        }
+        self.0.len()
+    }
+
+    fn shutdown(&self) {
+        for w in &self.0 {
+            let _ = w.unbounded_send(WorkerMsg::Shutdown);
+        }
     }
 }

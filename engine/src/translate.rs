@@ -28,6 +28,7 @@ use http::header::{CONTENT_LENGTH, EXPECT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use monoio::io::AsyncWriteRentExt;
 use monoio_http::h2::{server, Reason, RecvStream, SendStream};
+use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
 use ringmesh_protocols::http1::{
     canonical_reason, push_field, BodyFraming, BodyScanner, Limits, Method, RequestContext,
     RequestHead, ResponseHead, Version,
@@ -36,7 +37,6 @@ use ringmesh_protocols::http1::{
 use crate::error::{Failure, ProxyError};
 use crate::http1::{self, Client};
 use crate::http2::{self, Opened, Opening};
-use crate::metrics::{ConnMeter, HttpKey, ResponseClass};
 use crate::pool::{ReadMore, Upstream, Wr};
 use crate::retry::Attempts;
 use crate::route::Dst;

@@ -18,6 +18,9 @@ use futures_channel::mpsc::UnboundedReceiver;
 use futures_core::stream::FusedStream;
 use futures_core::Stream;
 use monoio::net::TcpListener;
+use ringmesh_admin::telemetry::{
+    HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot, WorkerStats,
+};
 use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, Transition};
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
@@ -27,9 +30,8 @@ use crate::config::Config;
 use crate::control::ControlMsg;
 use crate::l4::{self, ListenerKind};
 use crate::memory;
-use crate::metrics::{HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot};
 use crate::pool::Pool;
-use crate::proxy::{ActiveDriver, WorkerStats};
+use crate::proxy::ActiveDriver;
 use crate::server_first::ServerFirst;
 use crate::stop::Stop;
 use crate::undecided::UndecidedSet;

@@ -1,0 +1,409 @@
+//! linkerd2-proxy's HTTP families (`request_total`, `response_total`,
+//! `response_latency_ms`) and ringmesh's `ringmesh_retries_total`, counted
+//! per label set in a worker's [`HttpShard`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
+use super::tls::TlsStatus;
+use super::{cap_hit, family, MAX_SERIES};
+
+/// linkerd2-proxy's `response_latency_ms` bucket bounds.
+pub const LATENCY_BUCKETS_MS: [u64; 25] = [
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000,
+    10000, 20000, 30000, 40000, 50000,
+];
+
+/// One HTTP label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HttpKey {
+    pub direction: Direction,
+    /// The TLS of the connection the requests came in on (inbound) or went
+    /// out on (outbound).
+    pub tls: TlsStatus,
+    pub authority: Option<AuthorityLabel>,
+    pub target: Option<SocketAddr>,
+    pub dst_labels: Option<DstLabels>,
+}
+
+/// Why the proxy answered a request itself (the `error` label of
+/// `response_total`); `None` for responses that came from upstream.
+pub type ErrorLabel = Option<&'static str>;
+
+/// What a response is counted as: its status, the gRPC status its trailers
+/// (or trailers-only headers) carried, and the proxy's own error if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResponseClass {
+    pub status: u16,
+    pub grpc_status: Option<u32>,
+    pub error: ErrorLabel,
+}
+
+impl ResponseClass {
+    pub fn http(status: u16, error: ErrorLabel) -> Self {
+        Self {
+            status,
+            grpc_status: None,
+            error,
+        }
+    }
+
+    /// 5xx, or a non-zero gRPC status, is a failure.
+    fn is_failure(&self) -> bool {
+        self.status >= 500 || self.grpc_status.is_some_and(|g| g != 0)
+    }
+
+    /// `status_code`, `classification`, then `grpc_status` and `error`
+    /// when present (as `response_total` has them).
+    fn labels(&self) -> String {
+        let outcome = if self.is_failure() {
+            "failure"
+        } else {
+            "success"
+        };
+        let mut s = format!(
+            "status_code=\"{}\",classification=\"{outcome}\"",
+            self.status
+        );
+        self.push_details(&mut s);
+        s
+    }
+
+    /// As [`Self::labels`] without `classification` (as linkerd's
+    /// `response_latency_ms` has them).
+    fn labels_without_classification(&self) -> String {
+        let mut s = format!("status_code=\"{}\"", self.status);
+        self.push_details(&mut s);
+        s
+    }
+
+    fn push_details(&self, s: &mut String) {
+        if let Some(g) = self.grpc_status {
+            let _ = write!(s, ",grpc_status=\"{g}\"");
+        }
+        if let Some(e) = self.error {
+            let _ = write!(s, ",error=\"{e}\"");
+        }
+    }
+}
+
+/// Responses with one status code (and proxy error).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounters {
+    pub total: u64,
+    /// Counts per bucket of [`LATENCY_BUCKETS_MS`], plus +Inf last.
+    pub buckets: [u64; 26],
+    pub sum_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCounters {
+    pub last_used: Instant,
+    pub requests: u64,
+    /// Requests sent again to another endpoint after this one answered
+    /// 502/503 (the label set's `target_addr` is the one that answered).
+    pub retries: u64,
+    pub by_status: HashMap<ResponseClass, StatusCounters>,
+}
+
+impl Default for HttpCounters {
+    fn default() -> Self {
+        Self {
+            last_used: Instant::now(),
+            requests: 0,
+            retries: 0,
+            by_status: HashMap::new(),
+        }
+    }
+}
+
+/// A worker's HTTP metrics; also the merged copy a scrape encodes.
+#[derive(Clone, Debug, Default)]
+pub struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
+
+impl HttpShard {
+    /// Counts one request and its response.
+    pub fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
+        // No key clone (reference counts touched) for a known label set.
+        if !self.0.contains_key(key) {
+            if self.0.len() >= MAX_SERIES {
+                cap_hit("http");
+                return;
+            }
+            self.0.insert(key.clone(), HttpCounters::default());
+        }
+        let Some(c) = self.0.get_mut(key) else {
+            return;
+        };
+        c.last_used = Instant::now();
+        c.requests += 1;
+        let s = c.by_status.entry(class).or_default();
+        s.total += 1;
+        s.sum_ms += latency_ms;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&b| latency_ms <= b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        s.buckets[i] += 1;
+    }
+
+    pub fn evict_idle(&mut self, retain: Duration) {
+        self.0.retain(|_, c| c.last_used.elapsed() < retain);
+    }
+
+    /// Counts a retry away from `key`'s endpoint.
+    pub fn retried(&mut self, key: &HttpKey) {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
+            cap_hit("http");
+            return;
+        }
+        let c = self.0.entry(key.clone()).or_default();
+        c.last_used = Instant::now();
+        c.retries += 1;
+    }
+
+    /// Adds another worker's copy into this one.
+    pub fn merge(&mut self, other: &HttpShard) {
+        for (k, o) in &other.0 {
+            let c = self.0.entry(k.clone()).or_default();
+            c.requests += o.requests;
+            c.retries += o.retries;
+            for (st, os) in &o.by_status {
+                let s = c.by_status.entry(*st).or_default();
+                s.total += os.total;
+                s.sum_ms += os.sum_ms;
+                for (a, b) in s.buckets.iter_mut().zip(os.buckets.iter()) {
+                    *a += b;
+                }
+            }
+        }
+    }
+
+    /// Appends the Prometheus text for the (merged) shard.
+    pub fn encode(&self, out: &mut String) {
+        let mut keys: Vec<&HttpKey> = self.0.keys().collect();
+        keys.sort();
+        family(
+            out,
+            "request_total",
+            "counter",
+            "Total count of HTTP requests.",
+        );
+        for k in &keys {
+            let _ = writeln!(
+                out,
+                "request_total{{{}}} {}",
+                http_labels(k),
+                self.0[*k].requests
+            );
+        }
+        family(
+            out,
+            "ringmesh_retries_total",
+            "counter",
+            "HTTP requests retried on another endpoint after this one answered 502/503.",
+        );
+        for k in keys.iter().filter(|k| self.0[**k].retries > 0) {
+            let _ = writeln!(
+                out,
+                "ringmesh_retries_total{{{}}} {}",
+                http_labels(k),
+                self.0[*k].retries
+            );
+        }
+        family(
+            out,
+            "response_total",
+            "counter",
+            "Total count of HTTP responses.",
+        );
+        for k in &keys {
+            let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
+            st.sort_by_key(|(s, _)| **s);
+            for (class, c) in st {
+                let _ = writeln!(
+                    out,
+                    "response_total{{{},{}}} {}",
+                    http_labels(k),
+                    class.labels(),
+                    c.total
+                );
+            }
+        }
+        family(
+            out,
+            "response_latency_ms",
+            "histogram",
+            "Elapsed times between a request's headers being received and its response stream completing.",
+        );
+        for k in &keys {
+            let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
+            st.sort_by_key(|(s, _)| **s);
+            for (class, c) in st {
+                let l = format!(
+                    "{},{}",
+                    http_labels(k),
+                    class.labels_without_classification()
+                );
+                let mut cum = 0;
+                for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+                    cum += c.buckets[i];
+                    let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"{b}\"}} {cum}");
+                }
+                cum += c.buckets[LATENCY_BUCKETS_MS.len()];
+                let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"+Inf\"}} {cum}");
+                let _ = writeln!(out, "response_latency_ms_sum{{{l}}} {}", c.sum_ms);
+                let _ = writeln!(out, "response_latency_ms_count{{{l}}} {}", c.total);
+            }
+        }
+    }
+}
+
+fn http_labels(k: &HttpKey) -> String {
+    let mut s = format!("direction=\"{}\"", k.direction.as_str());
+    k.tls.push_labels(&mut s);
+    if let Some(a) = &k.authority {
+        push_label(&mut s, "authority", a);
+    }
+    if let Some(t) = k.target {
+        let _ = write!(
+            s,
+            ",target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\"",
+            t.ip(),
+            t.port()
+        );
+    }
+    push_dst_labels(&mut s, k.dst_labels.as_ref());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn key(port: u16) -> HttpKey {
+        HttpKey {
+            direction: Direction::Outbound,
+            tls: TlsStatus::NO_PROXY_IDENTITY,
+            authority: None,
+            target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            dst_labels: None,
+        }
+    }
+
+    #[test]
+    fn series_cap_is_never_exceeded() {
+        let mut h = HttpShard::default();
+        for i in 0..(MAX_SERIES + 50) {
+            h.record(
+                &key((i % 65535) as u16 + 1),
+                ResponseClass::http(200, None),
+                1,
+            );
+        }
+        assert_eq!(h.0.len(), MAX_SERIES);
+        // Known label sets still count.
+        h.record(&key(1), ResponseClass::http(200, None), 1);
+        assert_eq!(h.0[&key(1)].requests, 2);
+    }
+
+    #[test]
+    fn latency_buckets_and_merge() {
+        let mut a = HttpShard::default();
+        a.record(&key(1), ResponseClass::http(200, None), 0);
+        a.record(&key(1), ResponseClass::http(200, None), 7);
+        a.record(
+            &key(1),
+            ResponseClass::http(503, Some("no_endpoints")),
+            60_000,
+        );
+        let mut b = HttpShard::default();
+        b.record(&key(1), ResponseClass::http(200, None), 1000);
+        a.merge(&b);
+        let c = &a.0[&key(1)];
+        assert_eq!(c.requests, 4);
+        let ok = &c.by_status[&ResponseClass::http(200, None)];
+        assert_eq!((ok.total, ok.sum_ms), (3, 1007));
+        assert_eq!(ok.buckets[0], 1); // ≤ 1 ms
+        assert_eq!(ok.buckets[5], 1); // ≤ 10 ms
+        assert_eq!(ok.buckets[15], 1); // ≤ 1000 ms
+        assert_eq!(
+            c.by_status[&ResponseClass::http(503, Some("no_endpoints"))].buckets[25],
+            1
+        ); // +Inf
+        let mut out = String::new();
+        a.encode(&mut out);
+        assert!(out.contains("response_latency_ms_bucket{direction=\"outbound\",tls=\"no_identity\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\",status_code=\"200\",le=\"+Inf\"} 3"), "{out}");
+        assert!(
+            out.contains("classification=\"failure\",error=\"no_endpoints\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn grpc_status_labels_and_classifies() {
+        let mut h = HttpShard::default();
+        let grpc = |g| ResponseClass {
+            status: 200,
+            grpc_status: Some(g),
+            error: None,
+        };
+        h.record(&key(1), grpc(0), 1);
+        h.record(&key(1), grpc(5), 1);
+        let mut out = String::new();
+        h.encode(&mut out);
+        assert!(
+            out.contains("status_code=\"200\",classification=\"success\",grpc_status=\"0\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("status_code=\"200\",classification=\"failure\",grpc_status=\"5\"} 1"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn dst_labels_are_prefixed_and_escaped() {
+        let mut k = key(1);
+        k.dst_labels = Some(Arc::from(vec![
+            ("namespace".to_string(), "prod".to_string()),
+            ("service".to_string(), "we\"b".to_string()),
+        ]));
+        let mut h = HttpShard::default();
+        h.record(&k, ResponseClass::http(200, None), 1);
+        let mut out = String::new();
+        h.encode(&mut out);
+        assert!(
+            out.contains(",dst_namespace=\"prod\",dst_service=\"we\\\"b\"}"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn tls_labels_follow_direction_in_every_family() {
+        let id = "api.prod.serviceaccount.identity.linkerd.cluster.local";
+        let mut k = key(1);
+        k.tls = TlsStatus::Connected {
+            server_id: id.into(),
+        };
+        let mut h = HttpShard::default();
+        h.record(&k, ResponseClass::http(502, Some("connect_failed")), 1);
+        h.retried(&k);
+        let mut out = String::new();
+        h.encode(&mut out);
+        let labels = format!("direction=\"outbound\",tls=\"true\",server_id=\"{id}\",target_addr=\"127.0.0.1:1\",target_ip=\"127.0.0.1\",target_port=\"1\"");
+        for line in [
+            format!("request_total{{{labels}}} 1"),
+            format!("ringmesh_retries_total{{{labels}}} 1"),
+            format!("response_total{{{labels},status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1"),
+            format!("response_latency_ms_count{{{labels},status_code=\"502\",error=\"connect_failed\"}} 1"),
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} missing:\n{out}");
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Metrics: the per-worker shards the data path writes and the Prometheus
+//! text encoder that turns merged copies of them into `/metrics`.
+//!
+//! Each worker is the only writer of its shards ([`TcpShard`],
+//! [`HttpShard`]: plain integers in `Cell`s and `RefCell`s, no atomics, no
+//! locks). A scrape asks every worker for a copy (a message, answered on the
+//! worker; the engine owns that part) and the admin side merges and encodes
+//! them into a [`Scrape`], with linkerd2-proxy's family and label names.
+//!
+//! Modules: `labels` (`direction`, `peer`, the discovered service's labels,
+//! escaping), `tls` (the `tls` label and its companions, from a
+//! connection's [`TlsStatus`]), `tcp` (connection families and the
+//! per-connection [`ConnMeter`]), `http` (request/response families and the
+//! latency histogram), `workers` (each worker's `ringmesh_worker_*`
+//! counters), `process` (`process_*`, `proxy_build_info`), `scrape` (the
+//! merge, and the family order of one answer).
+//!
+//! Label sets per family and worker are capped at [`MAX_SERIES`]; idle ones
+//! are evicted (`evict_idle`, `LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
+
+use std::fmt::Write as _;
+
+mod http;
+mod labels;
+mod process;
+mod scrape;
+mod tcp;
+mod tls;
+mod workers;
+
+pub use http::{ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS};
+pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
+pub use process::ProcessInfo;
+pub use scrape::Scrape;
+pub use tcp::{relayed, ConnMeter, TcpKey, TcpShard, TcpSnapshot, TcpStats};
+pub use tls::{NoTlsReason, TlsStatus};
+pub use workers::WorkerStats;
+
+/// At most this many label sets per family per worker; beyond it new label
+/// sets are not recorded, and that is logged (once per worker).
+pub const MAX_SERIES: usize = 10_000;
+
+fn cap_hit(family: &'static str) {
+    thread_local! {
+        static LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !LOGGED.with(|l| l.replace(true)) {
+        tracing::warn!(
+            family,
+            max = MAX_SERIES,
+            "metrics series cap reached on this worker; new label sets are not recorded"
+        );
+    }
+}
+
+/// A family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}

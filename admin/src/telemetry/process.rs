@@ -1,0 +1,103 @@
+//! The standard process families (as Prometheus client libraries name them)
+//! and `proxy_build_info`, read from `/proc/self` at scrape time.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::family;
+
+/// What the process families need that `/proc` does not say.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessInfo {
+    pub started: SystemTime,
+    /// `proxy_build_info`'s `version` label.
+    pub version: &'static str,
+}
+
+pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of stat(5): 11, 12 here.
+            if let (Some(u), Some(s)) = (f.get(11), f.get(12)) {
+                let cpu =
+                    (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / ticks;
+                family(
+                    out,
+                    "process_cpu_seconds_total",
+                    "counter",
+                    "Total user and system CPU time spent in seconds.",
+                );
+                let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
+            }
+        }
+    }
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            family(
+                out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+            );
+            let _ = writeln!(out, "process_resident_memory_bytes {}", rss * page);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(
+            out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            family(
+                out,
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+            );
+            let _ = writeln!(out, "process_max_fds {max}");
+        }
+    }
+    let start = info
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    family(
+        out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {start}");
+    family(out, "proxy_build_info", "gauge", "Proxy build information.");
+    let _ = writeln!(
+        out,
+        "proxy_build_info{{version=\"{}\",vendor=\"ringmesh\"}} 1",
+        info.version
+    );
+}

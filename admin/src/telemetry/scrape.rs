@@ -1,0 +1,34 @@
+//! One `/metrics` answer: the copies every worker sent back, merged, and the
+//! whole exposition in its fixed family order.
+
+use super::http::HttpShard;
+use super::process::{self, ProcessInfo};
+use super::tcp::TcpSnapshot;
+use super::workers::{self, WorkerStats};
+
+/// What a scrape gathered from the workers so far.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    workers: Vec<WorkerStats>,
+    tcp: TcpSnapshot,
+    http: HttpShard,
+}
+
+impl Scrape {
+    /// Adds one worker's answer.
+    pub fn add(&mut self, stats: WorkerStats, tcp: &TcpSnapshot, http: &HttpShard) {
+        self.workers.push(stats);
+        self.tcp.merge(tcp);
+        self.http.merge(http);
+    }
+
+    /// Appends the text exposition (format 0.0.4): HTTP, TCP, per-worker,
+    /// then process families.
+    pub fn encode(mut self, out: &mut String, process: &ProcessInfo) {
+        self.workers.sort_by_key(|s| s.worker);
+        self.http.encode(out);
+        self.tcp.encode(out);
+        workers::encode(&self.workers, out);
+        process::encode(out, process);
+    }
+}
