@@ -17,6 +17,9 @@ mod resolver;
 pub mod snapshot;
 pub mod static_file;
 
-pub use channel::{channel, SnapshotCache, SnapshotPublisher, SnapshotSubscriber};
+pub use channel::{
+    channel, Cache, Published, Publisher, SnapshotCache, SnapshotPublisher, SnapshotSubscriber,
+    Subscriber,
+};
 pub use resolver::{Discovery, DiscoveryConfig, DiscoveryError};
 pub use snapshot::{Authority, AuthorityError, Endpoint, Protocol, Service, Snapshot};
