@@ -12,6 +12,7 @@
 
 pub mod channel;
 pub mod dns;
+pub mod events;
 pub mod hosts;
 mod resolver;
 pub mod snapshot;
