@@ -12,15 +12,19 @@
 
 pub mod channel;
 pub mod dns;
+mod dns_resolver;
 pub mod events;
+mod file_resolver;
 pub mod hosts;
 mod resolver;
 pub mod snapshot;
 pub mod static_file;
+pub mod table;
 
 pub use channel::{
     channel, Cache, Published, Publisher, SnapshotCache, SnapshotPublisher, SnapshotSubscriber,
     Subscriber,
 };
-pub use resolver::{Discovery, DiscoveryConfig, DiscoveryError};
+pub use resolver::{Discovery, DiscoveryConfig, DiscoveryError, Resolver};
+pub use table::Table;
 pub use snapshot::{Authority, AuthorityError, Endpoint, Protocol, Service, Snapshot};

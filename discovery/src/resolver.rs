@@ -1,20 +1,34 @@
-//! The control core's discovery loop: watches the static file, resolves DNS
-//! names with TTL-based refresh, and publishes a new snapshot whenever the
-//! result changes. Runs on the control core only; it blocks on file and
-//! network I/O (each wait bounded), which no worker ever does.
+//! Discovery on the control core: resolvers run as tasks behind one
+//! [`Resolver`] trait and report into one [`Table`], which publishes a new
+//! snapshot whenever what workers would see changes.
+//!
+//! Resolvers today: the static file ([`crate::file_resolver`]) and DNS
+//! ([`crate::dns_resolver`], one task per watched name). The Destination
+//! API fits the same seam: a task that follows [`Table::watched`], holds a
+//! long-lived stream per name and calls [`Table::report`] with each update.
+//! A resolver must never block the thread: it shares the control core's
+//! event loop with every other resolver and the admin server.
 
-use std::collections::HashMap;
-use std::fs;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use crate::dns::{DnsConfig, DnsError, DnsResolver};
+use crate::dns::DnsConfig;
+use crate::dns_resolver::DnsNameResolver;
+use crate::file_resolver::StaticFileResolver;
 use crate::hosts::HostsFile;
-use crate::static_file::{self, StaticFileError};
-use crate::{
-    channel, Authority, Endpoint, Service, Snapshot, SnapshotPublisher, SnapshotSubscriber,
-};
+use crate::static_file::StaticFileError;
+use crate::table::Table;
+use crate::{channel, Authority, Snapshot, SnapshotSubscriber};
+
+/// A source of services, run as a task on the control core's runtime.
+pub trait Resolver {
+    /// Runs for as long as the control core does (the task is dropped with
+    /// its runtime). Everything it learns goes into `table`.
+    fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>>;
+}
 
 #[derive(Clone, Debug)]
 pub struct DiscoveryConfig {
@@ -41,315 +55,155 @@ pub enum DiscoveryError {
     },
 }
 
-/// The file identity we compare to notice edits (editors often replace the
-/// file, so the inode counts as well as size and mtime).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-struct Name {
-    /// Addresses from the last successful resolution.
-    endpoints: Vec<Endpoint>,
-    refresh_at: Instant,
-    failures: u32,
-}
-
+/// Discovery before it runs: the static file loaded, the resolvers built.
 pub struct Discovery {
-    cfg: DiscoveryConfig,
-    publisher: SnapshotPublisher,
-    stamp: Option<FileStamp>,
-    /// A parsed edit that would leave no service (the file says
-    /// `empty = true`), held until a later check finds the file unchanged.
-    pending_empty: Option<FileStamp>,
-    static_services: HashMap<Authority, Arc<Service>>,
-    static_check_at: Instant,
-    names: HashMap<Authority, Name>,
-    dns: DnsResolver,
-    hosts: HostsFile,
+    table: Table,
+    resolvers: Vec<Box<dyn Resolver>>,
 }
 
 impl Discovery {
-    /// Loads the static file and resolves `names` once, so the first snapshot
-    /// is complete before any worker starts. A bad static file at start-up is
-    /// an error (it is configuration); later bad edits are logged and skipped.
-    pub fn start(
+    /// Loads the static file and builds the resolvers; `names` are watched
+    /// from the start. A bad static file at start-up is an error (it is
+    /// configuration); later bad edits are logged and skipped. Must be
+    /// called on the thread that runs discovery (the table is not `Send`).
+    pub fn new(
         cfg: DiscoveryConfig,
         names: impl IntoIterator<Item = Authority>,
     ) -> Result<(Self, SnapshotSubscriber), DiscoveryError> {
         let (publisher, subscriber) = channel(Snapshot::default());
+        let table = Table::new(publisher);
+        let mut resolvers: Vec<Box<dyn Resolver>> = Vec::new();
+        if let Some(path) = cfg.static_file.clone() {
+            resolvers.push(Box::new(StaticFileResolver::load(
+                path,
+                cfg.static_poll_interval,
+                &table,
+            )?));
+        }
         let hosts = cfg
             .hosts_file
             .as_ref()
             .and_then(|p| HostsFile::load(p).ok())
             .unwrap_or_default();
-        let mut this = Self {
-            dns: DnsResolver::new(cfg.dns.clone()),
-            cfg,
-            publisher,
-            stamp: None,
-            pending_empty: None,
-            static_services: HashMap::new(),
-            static_check_at: Instant::now(),
-            names: HashMap::new(),
-            hosts,
-        };
-        if let Some(path) = this.cfg.static_file.clone() {
-            let stamp = stamp_of(&path).map_err(|source| DiscoveryError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let services = load(&path)?;
-            this.stamp = Some(stamp);
-            this.static_services = services;
-        }
-        let now = Instant::now();
+        resolvers.push(Box::new(DnsNameResolver::new(cfg.dns, hosts)));
         for name in names {
-            this.watch_at(name, now);
+            table.watch(name);
         }
-        this.publish();
-        Ok((this, subscriber))
+        Ok((Self { table, resolvers }, subscriber))
     }
 
-    /// Starts tracking a DNS name (no-op when already tracked or literal).
-    pub fn watch(&mut self, name: Authority) {
-        if self.watch_at(name, Instant::now()) {
-            self.publish();
+    /// Spawns every resolver as a task on the current monoio runtime and
+    /// waits until the names watched so far have their first answer, so
+    /// the first snapshot workers see is complete. Returns the table, where
+    /// the control core watches names workers meet.
+    pub async fn start(self) -> Table {
+        for resolver in self.resolvers {
+            monoio::spawn(resolver.run(self.table.clone()));
         }
-    }
-
-    fn watch_at(&mut self, name: Authority, now: Instant) -> bool {
-        if name.socket_addr().is_some() || self.names.contains_key(&name) {
-            return false;
-        }
-        let mut entry = Name {
-            endpoints: Vec::new(),
-            refresh_at: now,
-            failures: 0,
-        };
-        // A name the static file defines is not looked up while it does;
-        // it becomes due at once if the file drops it.
-        if !self.static_services.contains_key(&name) {
-            self.resolve(&name, &mut entry, now);
-        }
-        self.names.insert(name, entry);
-        true
-    }
-
-    /// Does whatever is due at `now`; publishes if anything changed.
-    /// Returns true when a new snapshot was published.
-    pub fn poll(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        if now >= self.static_check_at {
-            self.static_check_at = now + self.cfg.static_poll_interval;
-            changed |= self.check_static_file();
-        }
-        let due: Vec<Authority> = self
-            .names
-            .iter()
-            .filter(|(a, n)| n.refresh_at <= now && !self.static_services.contains_key(*a))
-            .map(|(a, _)| a.clone())
-            .collect();
-        for name in due {
-            if let Some(mut entry) = self.names.remove(&name) {
-                let before = entry.endpoints.clone();
-                self.resolve(&name, &mut entry, now);
-                changed |= before != entry.endpoints;
-                self.names.insert(name, entry);
-            }
-        }
-        if changed {
-            self.publish();
-        }
-        changed
-    }
-
-    /// When `poll` next has work to do.
-    pub fn next_deadline(&self) -> Instant {
-        let mut at = if self.cfg.static_file.is_some() {
-            self.static_check_at
-        } else {
-            Instant::now() + Duration::from_secs(3600)
-        };
-        for (a, n) in &self.names {
-            if !self.static_services.contains_key(a) {
-                at = at.min(n.refresh_at);
-            }
-        }
-        at
+        self.table.settled().await;
+        self.table.publish();
+        self.table
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.publisher.current()
+        self.table.snapshot()
     }
-
-    fn check_static_file(&mut self) -> bool {
-        let Some(path) = self.cfg.static_file.clone() else {
-            return false;
-        };
-        let stamp = match stamp_of(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                if self.stamp.is_some() {
-                    tracing::warn!(path = %path.display(), error = %e, "static discovery file unreadable; keeping the last good snapshot");
-                    self.stamp = None;
-                }
-                return false;
-            }
-        };
-        if self.stamp == Some(stamp) {
-            return false;
-        }
-        match load(&path) {
-            // Dropping every service at once is what a file caught
-            // mid-write would do: even when the file says so (`empty =
-            // true`), wait until a later check finds it unchanged.
-            Ok(services)
-                if services.is_empty()
-                    && !self.static_services.is_empty()
-                    && self.pending_empty != Some(stamp) =>
-            {
-                tracing::info!(path = %path.display(), "static discovery file now lists no service; publishing once it stays unchanged until the next check");
-                self.pending_empty = Some(stamp);
-                false
-            }
-            Ok(mut services) => {
-                self.stamp = Some(stamp);
-                self.pending_empty = None;
-                // Keep the same Arc for unchanged services so workers can
-                // skip rebuilding their balancer replicas for them.
-                for (name, svc) in services.iter_mut() {
-                    if let Some(old) = self.static_services.get(name) {
-                        if old == svc {
-                            *svc = old.clone();
-                        }
-                    }
-                }
-                let changed = services.len() != self.static_services.len()
-                    || services.iter().any(|(n, s)| {
-                        self.static_services
-                            .get(n)
-                            .is_none_or(|o| !Arc::ptr_eq(o, s))
-                    });
-                self.static_services = services;
-                tracing::info!(path = %path.display(), services = self.static_services.len(), changed, "static discovery file reloaded");
-                changed
-            }
-            Err(e) => {
-                // Remembered, so the same bad file is reported once.
-                self.stamp = Some(stamp);
-                self.pending_empty = None;
-                tracing::warn!(error = %e, "bad static discovery file; keeping the last good snapshot");
-                false
-            }
-        }
-    }
-
-    fn resolve(&mut self, name: &Authority, entry: &mut Name, now: Instant) {
-        let host = name.host();
-        let port = name.port();
-        let from_hosts = self.hosts.lookup(host);
-        if !from_hosts.is_empty() {
-            entry.endpoints = endpoints(from_hosts.into_iter(), port);
-            entry.failures = 0;
-            entry.refresh_at = now + self.cfg.dns.max_ttl;
-            return;
-        }
-        match self.dns.resolve(host) {
-            Ok(res) => {
-                entry.endpoints = endpoints(res.addrs.into_iter(), port);
-                entry.failures = 0;
-                entry.refresh_at = now + res.ttl;
-                tracing::debug!(%name, endpoints = entry.endpoints.len(), ttl = ?res.ttl, "resolved");
-            }
-            Err(DnsError::NotFound { negative_ttl, .. }) => {
-                // The name is gone: it has no endpoints until it returns.
-                if !entry.endpoints.is_empty() || entry.failures == 0 {
-                    tracing::warn!(%name, "DNS name does not exist");
-                }
-                entry.endpoints.clear();
-                entry.failures += 1;
-                entry.refresh_at = now + negative_ttl;
-            }
-            Err(e) => {
-                // A transient failure: keep the last good addresses and retry
-                // with backoff (min TTL, doubling, at most max TTL).
-                entry.failures += 1;
-                let backoff = self
-                    .cfg
-                    .dns
-                    .min_ttl
-                    .saturating_mul(1 << entry.failures.min(6))
-                    .min(self.cfg.dns.max_ttl);
-                tracing::warn!(%name, error = %e, retry_in = ?backoff, "DNS resolution failed; keeping the last addresses");
-                entry.refresh_at = now + backoff;
-            }
-        }
-    }
-
-    fn publish(&mut self) {
-        let mut services: Vec<Arc<Service>> = self.static_services.values().cloned().collect();
-        for (name, entry) in &self.names {
-            if self.static_services.contains_key(name) {
-                continue; // the static file wins over DNS
-            }
-            services.push(Arc::new(Service::new(
-                name.clone(),
-                entry.endpoints.clone(),
-                None,
-                Arc::new([]),
-            )));
-        }
-        let version = self.publisher.publish(Snapshot::new(services));
-        tracing::debug!(version, "snapshot published");
-    }
-}
-
-fn endpoints(addrs: impl Iterator<Item = std::net::IpAddr>, port: u16) -> Vec<Endpoint> {
-    let mut eps: Vec<Endpoint> = addrs
-        .map(|ip| Endpoint {
-            addr: std::net::SocketAddr::new(ip, port),
-            weight: 1,
-            // DNS says nothing of meshing.
-            h2_hint: false,
-        })
-        .collect();
-    // DNS answers rotate; sort so an unchanged set compares equal.
-    eps.sort_by_key(|e| e.addr);
-    eps.dedup();
-    eps
-}
-
-fn stamp_of(path: &PathBuf) -> std::io::Result<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let md = fs::metadata(path)?;
-    Ok(FileStamp {
-        modified: md.modified().ok(),
-        len: md.len(),
-        inode: md.ino(),
-    })
-}
-
-fn load(path: &PathBuf) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryError> {
-    let text = fs::read_to_string(path).map_err(|source| DiscoveryError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let services = static_file::parse(&text).map_err(|source| DiscoveryError::Invalid {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(services
-        .into_iter()
-        .map(|s| (s.name.clone(), Arc::new(s)))
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::time::Instant;
+
+    type Runtime = monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>>;
+
+    /// Discovery driven by the test: DNS runs as its task on a runtime of
+    /// the rig's own, driven while a call waits; the static file is checked
+    /// when the test says so (`poll`), not on a timer.
+    struct Rig {
+        rt: Runtime,
+        table: Table,
+        file: Option<StaticFileResolver>,
+        dns: DnsNameResolver,
+    }
+
+    impl Rig {
+        fn start(
+            cfg: DiscoveryConfig,
+            names: impl IntoIterator<Item = Authority>,
+        ) -> Result<(Self, SnapshotSubscriber), DiscoveryError> {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap();
+            let (publisher, subscriber) = channel(Snapshot::default());
+            let table = Table::new(publisher);
+            let file = cfg
+                .static_file
+                .clone()
+                .map(|p| StaticFileResolver::load(p, cfg.static_poll_interval, &table))
+                .transpose()?;
+            let hosts = cfg
+                .hosts_file
+                .as_ref()
+                .and_then(|p| HostsFile::load(p).ok())
+                .unwrap_or_default();
+            let dns = DnsNameResolver::new(cfg.dns, hosts);
+            rt.block_on(async {
+                monoio::spawn(Box::new(dns.clone()).run(table.clone()));
+                for name in names {
+                    table.watch(name);
+                }
+                table.settled().await;
+                table.publish();
+            });
+            Ok((
+                Self {
+                    rt,
+                    table,
+                    file,
+                    dns,
+                },
+                subscriber,
+            ))
+        }
+
+        /// Checks the static file and lets the resolvers act on it; true
+        /// when anything was published.
+        fn poll(&mut self, _now: Instant) -> bool {
+            let before = self.table.snapshot().version();
+            if let Some(file) = &mut self.file {
+                file.check(&self.table);
+            }
+            let table = self.table.clone();
+            self.rt.block_on(async move {
+                // Resolvers woken by the check run first.
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                table.settled().await;
+            });
+            self.table.snapshot().version() != before
+        }
+
+        fn watch(&mut self, name: Authority) {
+            let table = self.table.clone();
+            self.rt.block_on(async move {
+                table.watch(name);
+                table.settled().await;
+            });
+        }
+
+        fn snapshot(&self) -> Arc<Snapshot> {
+            self.table.snapshot()
+        }
+
+        /// When a name is due next (an hour out when none is).
+        fn next_deadline(&self) -> Instant {
+            self.dns
+                .next_refresh()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        }
+    }
 
     struct Dir(PathBuf);
 
@@ -407,7 +261,7 @@ mod tests {
             "[[service]]\nname = \"db.test:5432\"\nendpoints = [\"127.0.0.1:1111\"]\n",
         );
         let name = Authority::parse("db.test:5432").unwrap();
-        let (mut d, sub) = Discovery::start(cfg(&dir, true), [name]).unwrap();
+        let (mut d, sub) = Rig::start(cfg(&dir, true), [name]).unwrap();
         let cache = sub.cache();
         assert_eq!(addrs(cache.get(), "db.test:5432"), ["127.0.0.1:1111"]);
 
@@ -433,7 +287,7 @@ mod tests {
             &file,
             "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:2\"]\n",
         );
-        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        let (mut d, _sub) = Rig::start(cfg(&dir, true), []).unwrap();
         let before = d.snapshot();
         let v = before.version();
 
@@ -485,7 +339,7 @@ mod tests {
         let file = dir.0.join("static.toml");
         let full = "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n[[service]]\nname = \"b.test:80\"\nendpoints = [\"127.0.0.1:2\"]\n";
         write(&file, full);
-        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        let (mut d, _sub) = Rig::start(cfg(&dir, true), []).unwrap();
         let v = d.snapshot().version();
         // Truncated (the writer has not written yet), then cut short in the
         // middle of a table: each is checked several times, nothing is
@@ -511,7 +365,7 @@ mod tests {
         let file = dir.0.join("static.toml");
         let one = "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n";
         write(&file, one);
-        let (mut d, _sub) = Discovery::start(cfg(&dir, true), []).unwrap();
+        let (mut d, _sub) = Rig::start(cfg(&dir, true), []).unwrap();
         overwrite(&file, "empty = true\n");
         assert!(!d.poll(Instant::now()), "published at the first sight");
         assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:1"]);
@@ -525,10 +379,10 @@ mod tests {
         assert!(d.poll(Instant::now()));
         assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:1"]);
         write(&file, "empty = true\n");
-        assert!(Discovery::start(cfg(&dir, true), []).is_ok());
+        assert!(Discovery::new(cfg(&dir, true), []).is_ok());
         write(&file, "");
         assert!(matches!(
-            Discovery::start(cfg(&dir, true), []),
+            Discovery::new(cfg(&dir, true), []),
             Err(DiscoveryError::Invalid { .. })
         ));
     }
@@ -538,7 +392,7 @@ mod tests {
         let dir = Dir::new("start");
         write(&dir.0.join("static.toml"), "[[service]]\nname = 3\n");
         assert!(matches!(
-            Discovery::start(cfg(&dir, true), []),
+            Discovery::new(cfg(&dir, true), []),
             Err(DiscoveryError::Invalid { .. })
         ));
     }
@@ -550,7 +404,7 @@ mod tests {
         let mut c = cfg(&dir, false);
         c.dns.max_ttl = Duration::from_secs(30);
         let (mut d, _sub) =
-            Discovery::start(c, [Authority::parse("web.test:80").unwrap()]).unwrap();
+            Rig::start(c, [Authority::parse("web.test:80").unwrap()]).unwrap();
         assert_eq!(addrs(&d.snapshot(), "web.test:80"), ["127.0.0.8:80"]);
         let now = Instant::now();
         assert!(d.next_deadline() > now + Duration::from_secs(20));

@@ -1,18 +1,22 @@
 //! The engine's side of the admin server: readiness, metrics gathered from
 //! the workers by message (never by sharing their state), shutdown and the
-//! log level, behind `ringmesh_admin::AdminBackend`.
+//! log level, behind `ringmesh_admin::AdminBackend`. Runs on the control
+//! core: a scrape awaits the workers' answers, it never blocks the loop.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_channel::mpsc::UnboundedSender;
+use futures_channel::oneshot;
 use ringmesh_admin::AdminBackend;
 
+use crate::inbox::{WorkerMsg, WorkerStats};
 use crate::metrics::{HttpShard, TcpSnapshot};
-use crate::proxy::WorkerStats;
-use crate::worker::WorkerMsg;
+
+/// How long a scrape waits for the workers' answers.
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 /// Reading and changing the process's log filter at run time (the binary
 /// wires it to its tracing subscriber).
@@ -46,19 +50,25 @@ impl AdminBackend for EngineAdmin {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn metrics(&self, out: &mut String) {
+    async fn metrics(&self, out: &mut String) {
         // One message per worker; each answers with a copy of its shard.
-        let (tx, rx) = mpsc::channel();
-        for w in &self.workers {
-            let _ = w.unbounded_send(WorkerMsg::Metrics(tx.clone()));
-        }
-        drop(tx);
+        // A worker that does not answer in time is left out.
+        let answers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (tx, rx) = oneshot::channel();
+                let _ = w.unbounded_send(WorkerMsg::Metrics(tx));
+                rx
+            })
+            .collect();
+        let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
         let mut stats = Vec::with_capacity(self.workers.len());
         let mut tcp = TcpSnapshot::default();
         let mut http = HttpShard::default();
-        for _ in 0..self.workers.len() {
-            let Ok((s, t, h)) = rx.recv_timeout(Duration::from_secs(1)) else {
-                break;
+        for answer in answers {
+            let Ok(Ok((s, t, h))) = monoio::time::timeout_at(deadline, answer).await else {
+                continue;
             };
             stats.push(s);
             tcp.merge(&t);

@@ -16,6 +16,7 @@ mod control;
 mod detect;
 mod http1;
 mod http2;
+mod inbox;
 mod l4;
 pub mod listen;
 mod memory;
@@ -33,7 +34,8 @@ mod worker;
 
 pub use admin::{Hooks, LogLevel};
 pub use config::{Config, ConfigError, IoDriver};
-pub use proxy::{ActiveDriver, Proxy, StartError, WorkerStats};
+pub use inbox::WorkerStats;
+pub use proxy::{ActiveDriver, Proxy, StartError};
 
 /// Entry points for `ringmesh-bench`'s micro-benchmarks into worker-private
 /// pieces. Not an API: nothing else should use it.
