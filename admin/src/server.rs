@@ -324,14 +324,9 @@ async fn http2<B: AdminBackend>(
             route(method, &path, &body, from_loopback, backend).await
         };
         let mut answer = std::pin::pin!(answer);
-        let reply = loop {
-            monoio::select! {
-                reply = &mut answer => break Some(reply),
-                closed = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {
-                    let _ = closed;
-                    break None;
-                }
-            }
+        let reply = monoio::select! {
+            reply = &mut answer => Some(reply),
+            _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => None,
         };
         let Some(reply) = reply else { return };
         let gzip_it = reply.status == 200 && gzip_ok;

@@ -166,9 +166,7 @@ mod tests {
             .map(|t| {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    (0..1000)
-                        .filter(|i| tx.send(t * 1000 + i).is_ok())
-                        .count() as u64
+                    (0..1000).filter(|i| tx.send(t * 1000 + i).is_ok()).count() as u64
                 })
             })
             .collect();

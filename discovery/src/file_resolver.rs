@@ -144,3 +144,36 @@ fn load(path: &Path) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryError>
         .map(|s| (s.name.clone(), Arc::new(s)))
         .collect())
 }
+
+/// The static file's loader as the control core runs it, checked on
+/// demand, for the `static_loader` fuzz target.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+    use crate::{channel, Snapshot};
+
+    pub struct StaticLoader {
+        table: Table,
+        file: StaticFileResolver,
+    }
+
+    impl StaticLoader {
+        /// Loads `path` as start-up does.
+        pub fn start(path: PathBuf) -> Result<Self, DiscoveryError> {
+            let (publisher, _subscriber) = channel(Snapshot::default());
+            let table = Table::new(publisher);
+            let file = StaticFileResolver::load(path, Duration::ZERO, &table)?;
+            table.publish();
+            Ok(Self { table, file })
+        }
+
+        /// One check of the file; true when it published.
+        pub fn poll(&mut self) -> bool {
+            self.file.check(&self.table)
+        }
+
+        pub fn snapshot(&self) -> Arc<Snapshot> {
+            self.table.snapshot()
+        }
+    }
+}

@@ -125,11 +125,9 @@ impl Table {
             }
         }
         let changed = services.len() != st.static_services.len()
-            || services.iter().any(|(n, s)| {
-                st.static_services
-                    .get(n)
-                    .is_none_or(|o| !Arc::ptr_eq(o, s))
-            });
+            || services
+                .iter()
+                .any(|(n, s)| st.static_services.get(n).is_none_or(|o| !Arc::ptr_eq(o, s)));
         if !changed {
             return false;
         }
@@ -161,11 +159,7 @@ impl Table {
 
     /// Whether the static file defines `name` (then nobody resolves it).
     pub fn static_defines(&self, name: &Authority) -> bool {
-        self.inner
-            .state
-            .borrow()
-            .static_services
-            .contains_key(name)
+        self.inner.state.borrow().static_services.contains_key(name)
     }
 
     /// Notified whenever the static set changes.
@@ -319,7 +313,7 @@ mod tests {
         assert!(t.watch(web.clone()));
         assert!(!t.watch(web.clone()), "once");
         assert!(!t.watch(Authority::parse("127.0.0.1:80").unwrap()));
-        assert_eq!(t.watched_since(0).0, [web.clone()]);
+        assert_eq!(t.watched_since(0).0, std::slice::from_ref(&web));
         assert_eq!(t.watched_since(1).0, []);
         assert_eq!(addrs(&t, "web.test:80"), None, "not before its answer");
         assert!(t.report(&web, endpoints("10.0.0.1:80")));
@@ -337,7 +331,10 @@ mod tests {
         assert!(t.set_static(HashMap::from([(db.clone(), svc.clone())])));
         t.watch(db.clone());
         assert!(t.static_defines(&db));
-        assert!(!t.set_static(HashMap::from([(db.clone(), svc)])), "unchanged");
+        assert!(
+            !t.set_static(HashMap::from([(db.clone(), svc)])),
+            "unchanged"
+        );
         assert!(t.set_static(HashMap::new()));
         assert_eq!(addrs(&t, "db.test:5432").unwrap(), ["127.0.0.1:1111"]);
         assert!(t.report(&db, endpoints("127.0.0.7:5432")));

@@ -198,18 +198,22 @@ impl Core {
         monoio::spawn(worker_events(events, table));
         // Until told to stop (or the process's handle is gone); returning
         // drops the runtime and with it every task.
-        while let Some(command) = std::future::poll_fn(|cx| Pin::new(&mut commands).poll_next(cx)).await {
+        while let Some(command) =
+            std::future::poll_fn(|cx| Pin::new(&mut commands).poll_next(cx)).await
+        {
             match command {
-                Command::Admin(listener, backend) => match monoio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        monoio::spawn(ringmesh_admin::serve(
-                            listener,
-                            Rc::new(*backend),
-                            ringmesh_admin::Settings::default(),
-                        ));
+                Command::Admin(listener, backend) => {
+                    match monoio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            monoio::spawn(ringmesh_admin::serve(
+                                listener,
+                                Rc::new(*backend),
+                                ringmesh_admin::Settings::default(),
+                            ));
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
-                },
+                }
                 Command::Stop => break,
             }
         }

@@ -55,4 +55,3 @@ pub struct WorkerStats {
     /// kernel when idle.
     pub busy_ns: u64,
 }
-

@@ -570,27 +570,52 @@ fn http2_prior_knowledge_serves_the_same_endpoints() {
         ])
         .output()
         .unwrap();
-    assert!(gz.status.success(), "{}", String::from_utf8_lossy(&gz.stderr));
+    assert!(
+        gz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gz.stderr)
+    );
     let head = String::from_utf8_lossy(&gz.stderr).to_ascii_lowercase();
-    assert!(head.starts_with("http/2 200") && head.contains("content-encoding: gzip"), "{head}");
+    assert!(
+        head.starts_with("http/2 200") && head.contains("content-encoding: gzip"),
+        "{head}"
+    );
     assert!(String::from_utf8_lossy(&gz.stdout).contains("process_cpu_seconds_total"));
     // Errors, and a request with a body, answered the same way.
     assert_eq!(curl_h2(&[&format!("{base}/nope")]).0, "404");
     assert_eq!(curl_h2(&["-X", "POST", &format!("{base}/live")]).0, "405");
     assert_eq!(
-        curl_h2(&["-X", "PUT", "--data", "ringmesh=[", &format!("{base}/proxy-log-level")]).0,
+        curl_h2(&[
+            "-X",
+            "PUT",
+            "--data",
+            "ringmesh=[",
+            &format!("{base}/proxy-log-level")
+        ])
+        .0,
         "400"
     );
-    assert_eq!(curl_h2(&[&format!("{base}/proxy-log-level")]), h2("200", "info\n"));
+    assert_eq!(
+        curl_h2(&[&format!("{base}/proxy-log-level")]),
+        h2("200", "info\n")
+    );
     // Several requests at once on one HTTP/2 connection (nghttp sends
     // every URI on one connection).
     let out = Command::new("nghttp")
         .args(["-t", "10"])
-        .args([format!("{base}/live"), format!("{base}/ready"), format!("{base}/metrics")])
+        .args([
+            format!("{base}/live"),
+            format!("{base}/ready"),
+            format!("{base}/metrics"),
+        ])
         .output()
         .expect("nghttp is installed (scripts/install-test-deps.sh)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("live\n") && text.contains("ready\n") && text.contains("process_open_fds"),
         "{text}"
@@ -614,7 +639,8 @@ fn silent_clients_and_a_silent_nameserver_delay_no_probe() {
         ("RINGMESH_DNS_SERVERS", &dns_addr),
     ]);
     let admin = base.trim_start_matches("http://").to_string();
-    let silent: Vec<std::net::TcpStream> = (0..3).map(|_| connect(admin.parse().unwrap())).collect();
+    let silent: Vec<std::net::TcpStream> =
+        (0..3).map(|_| connect(admin.parse().unwrap())).collect();
     let mut partial = connect(admin.parse().unwrap());
     partial.write_all(b"GET /live HTTP/1.1\r\nHo").unwrap();
     let mut preface_only = connect(admin.parse().unwrap());
@@ -644,7 +670,10 @@ fn silent_clients_and_a_silent_nameserver_delay_no_probe() {
         let started = std::time::Instant::now();
         assert_eq!(curl_h2(&[&format!("{base}{path}")]).0, "200", "{path}");
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(1000), "{path} over h2 took {took:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "{path} over h2 took {took:?}"
+        );
     }
     drop((silent, partial, preface_only));
     let _ = waiting.join();

@@ -82,7 +82,14 @@ impl Drop for Nameserver {
 
 fn get(proxy: SocketAddr, url: &str) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-x", &format!("http://{proxy}"), url])
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-x",
+            &format!("http://{proxy}"),
+            url,
+        ])
         .output()
         .expect("curl is installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -119,10 +126,15 @@ fn dns_refresh(driver: IoDriver) {
     // The answer changes; within a few TTLs the proxy follows it.
     ns.ip
         .store(u32::from_be_bytes([127, 0, 0, 2]), Ordering::SeqCst);
-    let moved = eventually(Duration::from_secs(5), || get(out, &url) == "hello from b\n");
+    let moved = eventually(Duration::from_secs(5), || {
+        get(out, &url) == "hello from b\n"
+    });
     assert!(moved, "the refreshed answer was not used");
     assert!(ns.answered.load(Ordering::SeqCst) > first, "asked again");
     proxy.shutdown();
     proxy.wait();
 }
-both_drivers!(names_resolve_and_refresh_through_the_control_core, super::dns_refresh);
+both_drivers!(
+    names_resolve_and_refresh_through_the_control_core,
+    super::dns_refresh
+);
