@@ -1,4 +1,4 @@
-//! ringmesh-admin: telemetry and the admin HTTP server (and, later, tap).
+//! ringmesh-admin: telemetry, the admin server (and, later, tap).
 //!
 //! [`telemetry`] owns the metric shard types the workers write (TCP and
 //! HTTP label sets with their TLS status, per-connection meters, latency
@@ -7,20 +7,23 @@
 //! It holds no worker: the engine asks its workers for their shards (by
 //! message) and hands the copies to a [`telemetry::Scrape`].
 //!
-//! The server runs on its own thread with blocking std sockets, never on a
-//! data-path worker. What it serves comes from the engine through
-//! [`AdminBackend`]; this crate knows nothing of workers or discovery
-//! (a service's name reaches a label set as a plain shared string). It
-//! parses requests with the HTTP/1 codec from `ringmesh-protocols`, whose
-//! relay outcome also names a closed connection's `errno` label.
+//! The server is a set of tasks on the control core's single-threaded monoio
+//! runtime, never on a data-path worker: HTTP/1.1 and HTTP/2 (h2c with prior
+//! knowledge, so gRPC for tap can be served on the same port next) on one
+//! listener, every wait for a client bounded, the number of connections
+//! capped. What it serves comes from the engine through [`AdminBackend`],
+//! whose `metrics` is async: the engine asks its workers and waits for their
+//! answers without blocking the loop. This crate knows nothing of workers or
+//! discovery. It parses HTTP/1 with the codec from `ringmesh-protocols`.
 //!
-//! Serves `/live`, `/ready`, `/metrics` (linkerd2-proxy's request, response
-//! and TCP families, per-worker and process series; gzip when asked),
-//! `POST /shutdown`, `GET|PUT /proxy-log-level`. Not built: tap.
+//! Endpoints: `/live`, `/ready`, `/metrics` (linkerd2-proxy's request,
+//! response and TCP families, per-worker and process series; gzip when
+//! asked), `POST /shutdown` (loopback only, when enabled), `GET|PUT
+//! /proxy-log-level`. Not built: tap.
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod server;
 pub mod telemetry;
 
-pub use server::{route_for_tests, serve, AdminBackend, Reply};
+pub use server::{route_for_tests, serve, AdminBackend, Reply, Settings};

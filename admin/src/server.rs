@@ -1,19 +1,46 @@
-//! A small blocking HTTP/1.1 server for the admin endpoints.
+//! The admin server: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one
+//! port, as tasks on the control core's monoio runtime.
+//!
+//! A connection that opens with the HTTP/2 preface is served by the
+//! vendored monoio-http h2 server; anything else by the HTTP/1 codec from
+//! `ringmesh-protocols`. Both answer through one [`route`], so every path,
+//! method and status is decided once whatever the protocol.
+//!
+//! It shares its thread with discovery, so nothing here may block, and no
+//! client may hold the loop: every wait for a client (the preface, a request
+//! head or body, writing a response, an idle HTTP/2 connection) is bounded by
+//! [`Settings::timeout`], and at most [`Settings::max_connections`] are open
+//! (more are closed at once; probes retry).
 
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, PrefixedReadIo};
+use monoio::net::{TcpListener, TcpStream};
+use monoio::time::Instant;
+use monoio_http::h2::{server as h2server, RecvStream};
 use ringmesh_protocols::http1::{BodyFraming, Limits, Method, RequestHead};
 
-/// What the admin server asks of the proxy.
-pub trait AdminBackend: Send + Sync + 'static {
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = ringmesh_protocols::detect::H2_PREFACE;
+/// Largest request body read (only `PUT /proxy-log-level` has one).
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin server asks of the proxy. Called on the control core's
+/// thread; `metrics` may wait (workers answer by message) but must not
+/// block it.
+// Single-threaded runtime: the futures need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait AdminBackend: 'static {
     /// Every worker accepts and the first discovery snapshot is applied.
     fn ready(&self) -> bool;
     /// Appends the Prometheus text exposition (format 0.0.4).
-    fn metrics(&self, out: &mut String);
+    async fn metrics(&self, out: &mut String);
     /// Starts the graceful drain (as SIGTERM does).
     fn shutdown(&self);
     /// Whether `POST /shutdown` is allowed
@@ -21,6 +48,27 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn shutdown_enabled(&self) -> bool;
     fn log_level(&self) -> String;
     fn set_log_level(&self, filter: &str) -> Result<(), String>;
+}
+
+/// How long clients may take and how many may be connected.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Bounds each wait for a client: the preface and every request head
+    /// (from the end of the previous response on a kept-alive connection),
+    /// a request body, writing a response, an HTTP/2 connection with no
+    /// open stream.
+    pub timeout: Duration,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_connections: 64,
+        }
+    }
 }
 
 /// One response.
@@ -41,67 +89,98 @@ impl Reply {
     }
 }
 
-/// Serves `listener` until `stop` is set (checked between connections;
-/// the accept loop polls with a short timeout so it notices).
-pub fn serve(listener: TcpListener, backend: Arc<dyn AdminBackend>, stop: Arc<AtomicBool>) {
-    if listener.set_nonblocking(true).is_err() {
-        return;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((s, peer)) => {
-                let backend = backend.clone();
-                // Admin traffic is light; a thread per connection keeps a
-                // slow client from blocking probes.
-                let _ = std::thread::Builder::new()
-                    .name("ringmesh-admin-conn".into())
-                    .spawn(move || {
-                        let _ = connection(s, peer.ip().is_loopback(), &*backend);
-                    });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+/// Serves `listener` for as long as the runtime runs this task.
+pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, settings: Settings) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
-                std::thread::sleep(Duration::from_millis(100));
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        if open.get() >= settings.max_connections {
+            tracing::debug!(%peer, "admin connection limit reached; closing");
+            continue;
         }
+        open.set(open.get() + 1);
+        let (open, backend) = (open.clone(), backend.clone());
+        monoio::spawn(async move {
+            let _ = connection(stream, peer, &*backend, settings).await;
+            open.set(open.get() - 1);
+        });
     }
 }
 
-const MAX_BODY: usize = 64 * 1024;
+/// `f` within `deadline`, a timeout error past it.
+async fn by<T>(deadline: Instant, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    monoio::time::timeout_at(deadline, f)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
 
-fn connection(mut s: TcpStream, from_loopback: bool, backend: &dyn AdminBackend) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// Reads once more into `buf`; false at end of stream.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> io::Result<bool> {
+    let chunk = by(deadline, async {
+        let (r, chunk) = s.read(Vec::with_capacity(4096)).await;
+        r.map(|_| chunk)
+    })
+    .await?;
+    buf.extend_from_slice(&chunk);
+    Ok(!chunk.is_empty())
+}
+
+async fn connection<B: AdminBackend>(
+    mut s: TcpStream,
+    peer: SocketAddr,
+    backend: &B,
+    settings: Settings,
+) -> io::Result<()> {
     s.set_nodelay(true)?;
+    let from_loopback = peer.ip().is_loopback();
+    // Enough to tell the HTTP/2 preface from an HTTP/1 request line.
+    let mut buf = Vec::with_capacity(4096);
+    let deadline = Instant::now() + settings.timeout;
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+        if !read_more(&mut s, &mut buf, deadline).await? {
+            return Ok(());
+        }
+    }
+    if buf.starts_with(H2_PREFACE) {
+        http2(s, buf, from_loopback, backend, settings).await;
+        Ok(())
+    } else {
+        http1(s, buf, from_loopback, backend, settings).await
+    }
+}
+
+async fn http1<B: AdminBackend>(
+    mut s: TcpStream,
+    mut buf: Vec<u8>,
+    from_loopback: bool,
+    backend: &B,
+    settings: Settings,
+) -> io::Result<()> {
     let limits = Limits::default();
     let mut head = RequestHead::new();
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     loop {
-        // A whole head.
+        // A whole head, within the timeout.
+        let deadline = Instant::now() + settings.timeout;
         let n = loop {
             match head.parse(&buf, &limits) {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(e) => {
-                    write_reply(
-                        &mut s,
-                        &Reply::text(e.status(), format!("{e}\n")),
-                        false,
-                        true,
-                        false,
-                    )?;
-                    return Ok(());
+                    let reply = Reply::text(e.status(), format!("{e}\n"));
+                    let out = http1_reply(&reply, false, true, false)?;
+                    return write(&mut s, out, settings).await;
                 }
             }
-            let k = s.read(&mut chunk)?;
-            if k == 0 {
+            if !read_more(&mut s, &mut buf, deadline).await? {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..k]);
         };
         buf.drain(..n);
         // The body (only PUT /proxy-log-level has one worth reading).
@@ -109,67 +188,215 @@ fn connection(mut s: TcpStream, from_loopback: bool, backend: &dyn AdminBackend)
             BodyFraming::Empty => 0,
             BodyFraming::ContentLength(n) if n as usize <= MAX_BODY => n as usize,
             _ => {
-                write_reply(
-                    &mut s,
-                    &Reply::text(413, "body too large or chunked\n"),
-                    false,
-                    true,
-                    false,
-                )?;
-                return Ok(());
+                let reply = Reply::text(413, "body too large or chunked\n");
+                let out = http1_reply(&reply, false, true, false)?;
+                return write(&mut s, out, settings).await;
             }
         };
         while buf.len() < body_len {
-            let k = s.read(&mut chunk)?;
-            if k == 0 {
+            if !read_more(&mut s, &mut buf, deadline).await? {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..k]);
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
-        let reply = route(&head, &body, from_loopback, backend);
+        let reply = route(head.method(), head.path(), &body, from_loopback, backend).await;
         let keep = head.keep_alive();
         let with_body = head.method() != Method::Head;
         let gzip = reply.status == 200
-            && head.headers().get_all("accept-encoding").any(|v| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .any(|c| c.trim().split(';').next() == Some("gzip"))
-            });
-        write_reply(&mut s, &reply, keep, with_body, gzip)?;
+            && head
+                .headers()
+                .get_all("accept-encoding")
+                .any(|v| accepts_gzip(&String::from_utf8_lossy(v)));
+        let out = http1_reply(&reply, keep, with_body, gzip)?;
+        write(&mut s, out, settings).await?;
         if !keep {
             return Ok(());
         }
     }
 }
 
-/// The admin API: paths and methods as linkerd2-proxy's admin server.
-pub fn route_for_tests(
+async fn write(s: &mut TcpStream, out: Vec<u8>, settings: Settings) -> io::Result<()> {
+    by(Instant::now() + settings.timeout, async {
+        s.write_all(out).await.0.map(drop)
+    })
+    .await
+}
+
+fn accepts_gzip(value: &str) -> bool {
+    value
+        .split(',')
+        .any(|c| c.trim().split(';').next() == Some("gzip"))
+}
+
+fn gzip(body: &str) -> io::Result<Vec<u8>> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(body.as_bytes())?;
+    enc.finish()
+}
+
+fn http1_reply(r: &Reply, keep: bool, with_body: bool, gzip_it: bool) -> io::Result<Vec<u8>> {
+    let reason = ringmesh_protocols::http1::canonical_reason(r.status);
+    let body: Vec<u8> = if gzip_it {
+        gzip(&r.body)?
+    } else {
+        r.body.as_bytes().to_vec()
+    };
+    let mut out = format!("HTTP/1.1 {} {reason}\r\n", r.status).into_bytes();
+    if r.status != 204 {
+        out.extend_from_slice(
+            format!(
+                "content-type: {}\r\ncontent-length: {}\r\n",
+                r.content_type,
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    if gzip_it {
+        out.extend_from_slice(b"content-encoding: gzip\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if with_body {
+        out.extend_from_slice(&body);
+    }
+    Ok(out)
+}
+
+/// Serves HTTP/2 on `s`; `preface` holds what was read to detect it. Ends
+/// when the client closes, on a protocol error, or after the timeout with
+/// no stream open.
+async fn http2<B: AdminBackend>(
+    s: TcpStream,
+    preface: Vec<u8>,
+    from_loopback: bool,
+    backend: &B,
+    settings: Settings,
+) {
+    let io = PrefixedReadIo::new(s, std::io::Cursor::new(preface));
+    let mut builder = h2server::Builder::new();
+    builder
+        .max_concurrent_streams(16)
+        .max_header_list_size(16 * 1024)
+        .max_local_error_reset_streams(Some(64));
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let mut conn = match monoio::time::timeout(settings.timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "admin HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    // Streams are answered on this task, one after another: each answer is
+    // quick (a scrape waits for workers, bounded), and the connection is
+    // polled meanwhile so their data flows. An idle connection is closed.
+    loop {
+        let next = monoio::time::timeout(settings.timeout, conn.accept()).await;
+        let (req, mut respond) = match next {
+            Ok(Some(Ok(stream))) => stream,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "admin HTTP/2 connection ended with an error");
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let (parts, body) = req.into_parts();
+        let method = Method::from_bytes(parts.method.as_str().as_bytes());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let gzip_ok = parts
+            .headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .any(|v| accepts_gzip(&String::from_utf8_lossy(v.as_bytes())));
+        // The body and the answer, while the connection keeps being driven.
+        let answer = async {
+            let body = match read_h2_body(body, settings.timeout).await {
+                Ok(body) => body,
+                Err(reply) => return reply,
+            };
+            route(method, &path, &body, from_loopback, backend).await
+        };
+        let mut answer = std::pin::pin!(answer);
+        let reply = monoio::select! {
+            reply = &mut answer => Some(reply),
+            _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => None,
+        };
+        let Some(reply) = reply else { return };
+        let gzip_it = reply.status == 200 && gzip_ok;
+        let body = if gzip_it {
+            match gzip(&reply.body) {
+                Ok(b) => Bytes::from(b),
+                Err(_) => return,
+            }
+        } else {
+            Bytes::from(reply.body)
+        };
+        let mut head = http::Response::builder().status(reply.status);
+        if reply.status != 204 {
+            head = head.header(http::header::CONTENT_TYPE, reply.content_type);
+        }
+        if gzip_it {
+            head = head.header(http::header::CONTENT_ENCODING, "gzip");
+        }
+        let Ok(head) = head.body(()) else { return };
+        let empty = method == Method::Head || reply.status == 204 || body.is_empty();
+        match respond.send_response(head, empty) {
+            Ok(mut stream) if !empty => {
+                let _ = stream.send_data(body, true);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A request body up to [`MAX_BODY`], within `timeout`.
+async fn read_h2_body(mut body: RecvStream, timeout: Duration) -> Result<Vec<u8>, Reply> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !body.is_end_stream() {
+        let chunk = match monoio::time::timeout_at(deadline, body.data()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => return Err(Reply::text(400, "incomplete body\n")),
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(Reply::text(413, "body too large\n"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// The admin API, for tests: `method` and `path` as a request line has
+/// them.
+pub async fn route_for_tests<B: AdminBackend>(
     method: &str,
     path: &str,
     body: &[u8],
     from_loopback: bool,
-    backend: &dyn AdminBackend,
+    backend: &B,
 ) -> Reply {
-    let mut head = RequestHead::new();
-    let raw = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    match head.parse(raw.as_bytes(), &Limits::default()) {
-        Ok(Some(_)) => route(&head, body, from_loopback, backend),
-        _ => Reply::text(400, "bad request\n"),
-    }
+    let method = Method::from_bytes(method.as_bytes());
+    route(method, path, body, from_loopback, backend).await
 }
 
-fn route(
-    head: &RequestHead,
+/// The admin API: paths and methods as linkerd2-proxy's admin server.
+async fn route<B: AdminBackend>(
+    method: Method,
+    path: &str,
     body: &[u8],
     from_loopback: bool,
-    backend: &dyn AdminBackend,
+    backend: &B,
 ) -> Reply {
-    let path = head.path().split('?').next().unwrap_or("");
-    let method = head.method();
+    let path = path.split('?').next().unwrap_or("");
     let only = |allowed: &[Method]| !allowed.contains(&method);
     match path {
         "/live" if only(&[Method::Get, Method::Head]) => Reply::text(405, "method not allowed\n"),
@@ -182,7 +409,7 @@ fn route(
         }
         "/metrics" => {
             let mut out = String::with_capacity(16 * 1024);
-            backend.metrics(&mut out);
+            backend.metrics(&mut out).await;
             Reply {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -214,65 +441,26 @@ fn route(
     }
 }
 
-fn write_reply(
-    s: &mut TcpStream,
-    r: &Reply,
-    keep: bool,
-    with_body: bool,
-    gzip: bool,
-) -> io::Result<()> {
-    let reason = ringmesh_protocols::http1::canonical_reason(r.status);
-    let body: Vec<u8> = if gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(r.body.as_bytes())?;
-        enc.finish()?
-    } else {
-        r.body.as_bytes().to_vec()
-    };
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", r.status).into_bytes();
-    if r.status != 204 {
-        out.extend_from_slice(
-            format!(
-                "content-type: {}\r\ncontent-length: {}\r\n",
-                r.content_type,
-                body.len()
-            )
-            .as_bytes(),
-        );
-    }
-    if gzip {
-        out.extend_from_slice(b"content-encoding: gzip\r\n");
-    }
-    if !keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if with_body {
-        out.extend_from_slice(&body);
-    }
-    s.write_all(&out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::cell::Cell;
 
     #[derive(Default)]
     struct Fake {
-        ready: AtomicBool,
-        shutdowns: AtomicUsize,
+        ready: Cell<bool>,
+        shutdowns: Cell<usize>,
     }
 
     impl AdminBackend for Fake {
         fn ready(&self) -> bool {
-            self.ready.load(Ordering::Relaxed)
+            self.ready.get()
         }
-        fn metrics(&self, out: &mut String) {
+        async fn metrics(&self, out: &mut String) {
             out.push_str("# TYPE x counter\nx 1\n");
         }
         fn shutdown(&self) {
-            self.shutdowns.fetch_add(1, Ordering::Relaxed);
+            self.shutdowns.set(self.shutdowns.get() + 1);
         }
         fn shutdown_enabled(&self) -> bool {
             true
@@ -291,11 +479,16 @@ mod tests {
 
     #[test]
     fn routes() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
         let b = Fake::default();
-        let r =
-            |m: &str, p: &str, body: &[u8], lo: bool| route_for_tests(m, p, body, lo, &b).status;
+        let mut r = |m: &str, p: &str, body: &[u8], lo: bool| {
+            rt.block_on(route_for_tests(m, p, body, lo, &b)).status
+        };
         assert_eq!(r("GET", "/ready", b"", true), 503);
-        b.ready.store(true, Ordering::Relaxed);
+        b.ready.set(true);
         assert_eq!(r("GET", "/ready", b"", true), 200);
         assert_eq!(r("GET", "/live", b"", true), 200);
         assert_eq!(r("POST", "/live", b"", true), 405);
@@ -304,9 +497,9 @@ mod tests {
         // Shutdown only from loopback, only by POST.
         assert_eq!(r("POST", "/shutdown", b"", false), 404);
         assert_eq!(r("GET", "/shutdown", b"", true), 405);
-        assert_eq!(b.shutdowns.load(Ordering::Relaxed), 0);
+        assert_eq!(b.shutdowns.get(), 0);
         assert_eq!(r("POST", "/shutdown", b"", true), 200);
-        assert_eq!(b.shutdowns.load(Ordering::Relaxed), 1);
+        assert_eq!(b.shutdowns.get(), 1);
         assert_eq!(r("PUT", "/proxy-log-level", b"debug", true), 204);
         assert_eq!(r("PUT", "/proxy-log-level", b"bad[", true), 400);
         assert_eq!(r("DELETE", "/proxy-log-level", b"", true), 405);

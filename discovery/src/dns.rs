@@ -1,12 +1,14 @@
-//! Blocking DNS stub resolver for the control core: A and AAAA lookups with
-//! TTLs, the resolv.conf search list and failover between nameservers.
+//! DNS stub resolver for the control core: A and AAAA lookups with TTLs,
+//! the resolv.conf search list and failover between nameservers.
 //!
 //! Owns the resolver configuration ([`DnsConfig`], read from resolv.conf text),
 //! the UDP exchange with TCP fallback on truncation, and the interpretation of
 //! answers (CNAME chains, TTL clamping, negative TTLs from the SOA record).
-//! hickory-proto does the wire format; nothing here pulls in an async runtime.
+//! hickory-proto does the wire format, sans I/O; the exchanges are monoio
+//! sockets and timers, so a lookup waits without blocking the control core's
+//! event loop (other resolvers, the admin server) while it waits.
 //!
-//! It must not run on a worker: every call blocks on sockets. Each wait is
+//! It must not run on a worker: a lookup may wait seconds. Each wait is
 //! bounded by [`DnsConfig::timeout`], so one [`DnsResolver::resolve`] takes at
 //! most about `candidates × attempts × servers × 3 × timeout`: per server one
 //! UDP wait for A and AAAA together, then a TCP retry for each of the two if
@@ -20,13 +22,16 @@
 //! and IPv6 nameservers scoped by interface name (`fe80::1%eth0`), which would
 //! need `if_nametoindex`; a numeric scope (`fe80::1%2`) works.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::Duration;
 
 use hickory_proto::error::ProtoError;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+use monoio::net::udp::UdpSocket;
+use monoio::net::TcpStream;
 
 const DNS_PORT: u16 = 53;
 /// glibc's `MAXNS`: later `nameserver` lines are ignored.
@@ -231,11 +236,11 @@ pub enum DnsError {
     },
 }
 
-/// Resolves host names to addresses, blocking. One per control core.
+/// Resolves host names to addresses over monoio sockets. Holds only its
+/// configuration: every lookup has its own sockets and buffers, so one
+/// resolver serves any number of concurrent lookups on the control core.
 pub struct DnsResolver {
     cfg: DnsConfig,
-    /// Receive buffer, reused across lookups.
-    buf: Vec<u8>,
 }
 
 /// One record type's answer from one nameserver.
@@ -266,10 +271,7 @@ enum Slot {
 
 impl DnsResolver {
     pub fn new(cfg: DnsConfig) -> Self {
-        Self {
-            cfg,
-            buf: vec![0; MAX_MESSAGE],
-        }
+        Self { cfg }
     }
 
     pub fn config(&self) -> &DnsConfig {
@@ -284,7 +286,9 @@ impl DnsResolver {
     /// on a candidate stops the search with that error, as musl does: trying
     /// the next candidate could resolve a different service while the
     /// intended one is merely unreachable.
-    pub fn resolve(&mut self, host: &str) -> Result<Resolution, DnsError> {
+    ///
+    /// Must be awaited inside a monoio runtime with timers enabled.
+    pub async fn resolve(&self, host: &str) -> Result<Resolution, DnsError> {
         let literal = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -301,7 +305,7 @@ impl DnsResolver {
         }
         let mut negative_ttl: Option<Duration> = None;
         for name in &candidates {
-            match self.lookup(name)? {
+            match self.lookup(name).await? {
                 Lookup::Found(res) => return Ok(res),
                 Lookup::NotFound { negative_ttl: t } => {
                     tracing::trace!(%name, "no such name");
@@ -317,13 +321,12 @@ impl DnsResolver {
 
     /// Asks for A and AAAA of one fully qualified name: each server in turn,
     /// `attempts` rounds, until both types have an answer.
-    fn lookup(&mut self, name: &Name) -> Result<Lookup, DnsError> {
-        let servers = self.cfg.servers.clone();
+    async fn lookup(&self, name: &Name) -> Result<Lookup, DnsError> {
         let mut a: Option<Answer> = None;
         let mut aaaa: Option<Answer> = None;
         let mut last_error = None;
         'rounds: for _ in 0..self.cfg.attempts.max(1) {
-            for &server in &servers {
+            for &server in &self.cfg.servers {
                 let mut todo = Vec::with_capacity(2);
                 if a.is_none() {
                     todo.push(RecordType::A);
@@ -334,7 +337,7 @@ impl DnsResolver {
                 if todo.is_empty() {
                     break 'rounds;
                 }
-                for (qtype, result) in self.exchange(server, name, &todo) {
+                for (qtype, result) in self.exchange(server, name, &todo).await {
                     match result {
                         Ok(answer) if qtype == RecordType::A => a = Some(answer),
                         Ok(answer) => aaaa = Some(answer),
@@ -384,8 +387,8 @@ impl DnsResolver {
     /// Sends every query in `qtypes` to `server` over one UDP socket and
     /// collects the answers within one timeout; truncated answers are asked
     /// again over TCP.
-    fn exchange(
-        &mut self,
+    async fn exchange(
+        &self,
         server: SocketAddr,
         name: &Name,
         qtypes: &[RecordType],
@@ -399,41 +402,42 @@ impl DnsResolver {
             }
         }
         let mut slots: Vec<Slot> = qtypes.iter().map(|_| Slot::Waiting).collect();
-        if let Err(error) = self.udp_exchange(server, name, qtypes, &ids, &mut slots) {
+        if let Err(error) = self
+            .udp_exchange(server, name, qtypes, &ids, &mut slots)
+            .await
+        {
             for slot in &mut slots {
                 if matches!(slot, Slot::Waiting) {
                     *slot = Slot::Done(Err(io_error(server, timeout, &error)));
                 }
             }
         }
-        qtypes
-            .iter()
-            .zip(slots)
-            .map(|(&qtype, slot)| {
-                let result = match slot {
-                    Slot::Done(result) => result,
-                    Slot::Waiting => Err(DnsError::Timeout { server, timeout }),
-                    Slot::NeedsTcp => {
-                        tracing::debug!(%name, %qtype, %server, "truncated udp answer; asking over tcp");
-                        self.tcp_exchange(server, name, qtype)
-                    }
-                };
-                (qtype, result)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(qtypes.len());
+        for (&qtype, slot) in qtypes.iter().zip(slots) {
+            let result = match slot {
+                Slot::Done(result) => result,
+                Slot::Waiting => Err(DnsError::Timeout { server, timeout }),
+                Slot::NeedsTcp => {
+                    tracing::debug!(%name, %qtype, %server, "truncated udp answer; asking over tcp");
+                    self.tcp_exchange(server, name, qtype).await
+                }
+            };
+            out.push((qtype, result));
+        }
+        out
     }
 
     /// Fills `slots` from the replies that arrive before the deadline. An
     /// `Err` means the socket itself failed; slots still `Waiting` then.
-    fn udp_exchange(
-        &mut self,
+    async fn udp_exchange(
+        &self,
         server: SocketAddr,
         name: &Name,
         qtypes: &[RecordType],
         ids: &[u16],
         slots: &mut [Slot],
     ) -> io::Result<()> {
-        let deadline = Instant::now() + self.timeout();
+        let deadline = monoio::time::Instant::now() + self.timeout();
         let local: SocketAddr = match server {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -442,29 +446,29 @@ impl DnsResolver {
         // connected one makes the kernel drop datagrams from other peers and
         // report ICMP port-unreachable, so a dead server fails fast.
         let socket = UdpSocket::bind(local)?;
-        socket.connect(server)?;
+        socket.connect(server).await?;
         for (&qtype, &id) in qtypes.iter().zip(ids) {
             let query = encode_query(id, name, qtype).map_err(io::Error::other)?;
-            socket.send(&query)?;
+            let (sent, _) = socket.send(query).await;
+            sent?;
         }
+        // One receive buffer for the exchange: a UDP answer is at most
+        // 64 KiB, and the kernel cuts anything longer.
+        let mut buf: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
         while slots.iter().any(|s| matches!(s, Slot::Waiting)) {
-            let Some(remaining) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            else {
-                return Ok(());
+            buf.clear();
+            let (got, back) = match monoio::time::timeout_at(deadline, socket.recv(buf)).await {
+                Ok(received) => received,
+                // The buffer went with the cancelled receive; we are done.
+                Err(_elapsed) => return Ok(()),
             };
-            socket.set_read_timeout(Some(remaining))?;
-            let (len, from) = match socket.recv_from(&mut self.buf) {
-                Ok(got) => got,
+            buf = back;
+            match got {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if is_timeout(&e) => return Ok(()),
                 Err(e) => return Err(e),
-            };
-            if from.ip() != server.ip() || from.port() != server.port() {
-                continue;
             }
-            let datagram = &self.buf[..len];
+            let datagram = &buf[..];
             let Some(i) = datagram
                 .get(..2)
                 .map(|b| u16::from_be_bytes([b[0], b[1]]))
@@ -494,34 +498,38 @@ impl DnsResolver {
 
     /// One query over TCP (RFC 1035 4.2.2: a 2-byte length prefix), within one
     /// timeout from connect to the last byte.
-    fn tcp_exchange(
-        &mut self,
+    async fn tcp_exchange(
+        &self,
         server: SocketAddr,
         name: &Name,
         qtype: RecordType,
     ) -> Result<Answer, DnsError> {
         let timeout = self.timeout();
-        let deadline = Instant::now() + timeout;
         let id = fastrand::u16(..);
         let query = encode_query(id, name, qtype)
             .map_err(|source| DnsError::Malformed { server, source })?;
-        let io = |e: io::Error| io_error(server, timeout, &e);
-
-        let mut stream = TcpStream::connect_timeout(&server, timeout).map_err(io)?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        // encode_query's output is one question; it always fits the prefix.
-        framed.extend_from_slice(&u16::try_from(query.len()).unwrap_or(u16::MAX).to_be_bytes());
-        framed.extend_from_slice(&query);
-        stream.set_write_timeout(Some(timeout)).map_err(io)?;
-        stream.write_all(&framed).map_err(io)?;
-
-        let mut prefix = [0u8; 2];
-        read_exact_by(&mut stream, &mut prefix, deadline).map_err(io)?;
-        let len = usize::from(u16::from_be_bytes(prefix));
-        let body = &mut self.buf[..len];
-        read_exact_by(&mut stream, body, deadline).map_err(io)?;
+        let exchange = async {
+            let mut stream = TcpStream::connect_addr(server).await?;
+            let mut framed = Vec::with_capacity(query.len() + 2);
+            // encode_query's output is one question; it always fits the prefix.
+            framed.extend_from_slice(&u16::try_from(query.len()).unwrap_or(u16::MAX).to_be_bytes());
+            framed.extend_from_slice(&query);
+            let (written, _) = stream.write_all(framed).await;
+            written?;
+            let (read, prefix) = stream.read_exact(vec![0u8; 2]).await;
+            read?;
+            let len = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
+            let (read, body) = stream.read_exact(vec![0u8; len]).await;
+            read?;
+            io::Result::Ok(body)
+        };
+        let body = match monoio::time::timeout(timeout, exchange).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) => return Err(io_error(server, timeout, &e)),
+            Err(_elapsed) => return Err(DnsError::Timeout { server, timeout }),
+        };
         let msg =
-            Message::from_vec(body).map_err(|source| DnsError::Malformed { server, source })?;
+            Message::from_vec(&body).map_err(|source| DnsError::Malformed { server, source })?;
         if !answers_query(&msg, id, name, qtype) {
             return Err(DnsError::Mismatched { server });
         }
@@ -701,25 +709,6 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
         ttl,
         negative_ttl,
     }
-}
-
-/// `read_exact` whose total wait is bounded by `deadline`, not by one read
-/// timeout per partial read.
-fn read_exact_by(stream: &mut TcpStream, mut buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    while !buf.is_empty() {
-        let remaining = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
-        stream.set_read_timeout(Some(remaining))?;
-        match stream.read(buf) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf = &mut buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -1053,11 +1042,18 @@ mod tests {
 
     #[test]
     fn ip_literals_need_no_query() {
-        let mut r = DnsResolver::new(DnsConfig::default());
-        let res = r.resolve("[2001:db8::1]").unwrap();
+        let r = DnsResolver::new(DnsConfig::default());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let res = rt.block_on(r.resolve("[2001:db8::1]")).unwrap();
         assert_eq!(res.addrs, vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
         assert_eq!(res.ttl, Duration::from_secs(300));
-        assert!(matches!(r.resolve("web.test"), Err(DnsError::NoServers)));
+        assert!(matches!(
+            rt.block_on(r.resolve("web.test")),
+            Err(DnsError::NoServers)
+        ));
     }
 
     proptest! {

@@ -227,6 +227,16 @@ fn config(servers: &[&TestServer]) -> DnsConfig {
     }
 }
 
+/// Runs a lookup on a runtime of its own: io_uring where the kernel has it,
+/// epoll otherwise (`lookups_work_on_both_drivers` runs each explicitly).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("a monoio runtime")
+        .block_on(f)
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -253,8 +263,8 @@ fn a_and_aaaa_are_combined_with_the_smallest_ttl() {
         }
         vec![m]
     });
-    let mut dns = DnsResolver::new(config(&[&server]));
-    let res = dns.resolve("web.test").unwrap();
+    let dns = DnsResolver::new(config(&[&server]));
+    let res = block_on(dns.resolve("web.test")).unwrap();
     assert_eq!(
         res,
         Resolution {
@@ -292,8 +302,8 @@ fn replies_that_do_not_match_the_query_are_ignored() {
         }
         vec![wrong_id, wrong_question, good]
     });
-    let mut dns = DnsResolver::new(config(&[&server]));
-    let res = dns.resolve("web.test").unwrap();
+    let dns = DnsResolver::new(config(&[&server]));
+    let res = block_on(dns.resolve("web.test")).unwrap();
     assert_eq!(res.addrs, vec![ip("192.0.2.1")]);
 }
 
@@ -315,8 +325,8 @@ fn cname_chain_is_followed() {
         }
         vec![m]
     });
-    let mut dns = DnsResolver::new(config(&[&server]));
-    let res = dns.resolve("alias.test").unwrap();
+    let dns = DnsResolver::new(config(&[&server]));
+    let res = block_on(dns.resolve("alias.test")).unwrap();
     assert_eq!(
         res,
         Resolution {
@@ -341,26 +351,26 @@ fn nxdomain_carries_the_soa_negative_ttl() {
             _ => reply(req, ResponseCode::NXDomain), // no SOA at all
         }]
     });
-    let mut dns = DnsResolver::new(DnsConfig {
+    let dns = DnsResolver::new(DnsConfig {
         ndots: 0,
         ..config(&[&server])
     });
-    let negative = |dns: &mut DnsResolver, host: &str| match dns.resolve(host) {
+    let negative = |dns: &DnsResolver, host: &str| match block_on(dns.resolve(host)) {
         Err(DnsError::NotFound { name, negative_ttl }) => {
             assert_eq!(name, host);
             negative_ttl
         }
         other => panic!("{host}: expected NotFound, got {other:?}"),
     };
-    assert_eq!(negative(&mut dns, "gone.test"), secs(42));
+    assert_eq!(negative(&dns, "gone.test"), secs(42));
     assert_eq!(
-        negative(&mut dns, "brief.test"),
+        negative(&dns, "brief.test"),
         secs(5),
         "clamped up to min_ttl"
     );
-    assert_eq!(negative(&mut dns, "nodata.test"), secs(120));
-    assert_eq!(negative(&mut dns, "nosoa.test"), secs(5), "no SOA: min_ttl");
-    let err = dns.resolve("gone.test").unwrap_err();
+    assert_eq!(negative(&dns, "nodata.test"), secs(120));
+    assert_eq!(negative(&dns, "nosoa.test"), secs(5), "no SOA: min_ttl");
+    let err = block_on(dns.resolve("gone.test")).unwrap_err();
     assert_eq!(err.to_string(), "dns name gone.test does not exist");
 }
 
@@ -384,8 +394,8 @@ fn truncated_udp_answer_is_retried_over_tcp() {
         }
         vec![m]
     });
-    let mut dns = DnsResolver::new(config(&[&server]));
-    let res = dns.resolve("big.test").unwrap();
+    let dns = DnsResolver::new(config(&[&server]));
+    let res = block_on(dns.resolve("big.test")).unwrap();
     assert_eq!(res.addrs.len(), 61);
     assert_eq!(res.addrs[0], ip("192.0.2.1"));
     assert_eq!(res.addrs[60], ip("2001:db8::60"));
@@ -402,14 +412,14 @@ fn truncated_udp_answer_is_retried_over_tcp() {
 fn silent_server_times_out_within_the_bound() {
     // Bound but never read: no answer and no ICMP error.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut dns = DnsResolver::new(DnsConfig {
+    let dns = DnsResolver::new(DnsConfig {
         servers: vec![silent.local_addr().unwrap()],
         timeout: Duration::from_millis(200),
         attempts: 2,
         ..DnsConfig::default()
     });
     let started = Instant::now();
-    let err = dns.resolve("web.test").unwrap_err();
+    let err = block_on(dns.resolve("web.test")).unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, DnsError::Timeout { .. }), "{err:?}");
     assert!(
@@ -433,15 +443,15 @@ fn servfail_moves_on_to_the_next_server() {
         }
         vec![m]
     });
-    let mut dns = DnsResolver::new(config(&[&failing, &good]));
-    let res = dns.resolve("web.test").unwrap();
+    let dns = DnsResolver::new(config(&[&failing, &good]));
+    let res = block_on(dns.resolve("web.test")).unwrap();
     assert_eq!(res.addrs, vec![ip("192.0.2.7")]);
     assert_eq!(failing.seen().len(), 2, "the first server was asked first");
     assert_eq!(good.seen().len(), 2);
 
     // When every server fails the error is transient, never NotFound.
-    let mut dns = DnsResolver::new(config(&[&failing]));
-    let err = dns.resolve("web.test").unwrap_err();
+    let dns = DnsResolver::new(config(&[&failing]));
+    let err = block_on(dns.resolve("web.test")).unwrap_err();
     assert!(
         matches!(
             err,
@@ -472,14 +482,14 @@ fn closed_port_fails_over_without_waiting_for_the_timeout() {
         }
         vec![m]
     });
-    let mut dns = DnsResolver::new(DnsConfig {
+    let dns = DnsResolver::new(DnsConfig {
         servers: vec![closed, good.addr],
         timeout: Duration::from_secs(5),
         attempts: 1,
         ..DnsConfig::default()
     });
     let started = Instant::now();
-    let res = dns.resolve("web.test").unwrap();
+    let res = block_on(dns.resolve("web.test")).unwrap();
     assert_eq!(res.addrs, vec![ip("192.0.2.8")]);
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -503,7 +513,7 @@ fn search_domains_are_tried_in_order() {
             vec![nxdomain(req, 60, 30)]
         }
     });
-    let mut dns = DnsResolver::new(DnsConfig {
+    let dns = DnsResolver::new(DnsConfig {
         search: vec!["ns1.test".into(), "svc.test".into()],
         ndots: 1,
         ..config(&[&server])
@@ -514,19 +524,19 @@ fn search_domains_are_tried_in_order() {
         names
     };
 
-    let res = dns.resolve("api").unwrap();
+    let res = block_on(dns.resolve("api")).unwrap();
     assert_eq!(res.addrs, vec![ip("192.0.2.20")]);
     assert_eq!(names(&server), ["api.ns1.test.", "api.svc.test."]);
 
     // Absolute: no search.
     assert!(matches!(
-        dns.resolve("api."),
+        block_on(dns.resolve("api.")),
         Err(DnsError::NotFound { .. })
     ));
     assert_eq!(names(&server), ["api."]);
 
     // Not found anywhere: every candidate tried, search domains first.
-    match dns.resolve("missing") {
+    match block_on(dns.resolve("missing")) {
         Err(DnsError::NotFound { negative_ttl, .. }) => assert_eq!(negative_ttl, secs(30)),
         other => panic!("expected NotFound, got {other:?}"),
     }
@@ -539,9 +549,55 @@ fn search_domains_are_tried_in_order() {
 #[test]
 fn ip_literals_are_not_queried() {
     let server = TestServer::start(|req, _| vec![reply(req, ResponseCode::ServFail)]);
-    let mut dns = DnsResolver::new(config(&[&server]));
-    let res = dns.resolve("192.0.2.1").unwrap();
+    let dns = DnsResolver::new(config(&[&server]));
+    let res = block_on(dns.resolve("192.0.2.1")).unwrap();
     assert_eq!(res.addrs, vec![ip("192.0.2.1")]);
     assert_eq!(res.ttl, secs(300));
     assert!(server.seen().is_empty());
+}
+
+#[test]
+fn lookups_work_on_both_drivers() {
+    let server = TestServer::start(|req, transport| {
+        let mut m = reply(req, ResponseCode::NoError);
+        match (transport, qtype(req)) {
+            // The A answer only over TCP: both socket kinds are exercised.
+            (Transport::Udp, RecordType::A) => {
+                m.set_truncated(true);
+            }
+            (_, RecordType::A) => {
+                m.add_answer(a("web.test.", 60, [192, 0, 2, 30]));
+            }
+            _ => {
+                m.add_answer(aaaa("web.test.", 60, "2001:db8::30"));
+            }
+        }
+        vec![m]
+    });
+    let dns = DnsResolver::new(config(&[&server]));
+    let want = vec![ip("192.0.2.30"), ip("2001:db8::30")];
+    let mut uring = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("io_uring (CI has it)");
+    assert_eq!(uring.block_on(dns.resolve("web.test")).unwrap().addrs, want);
+    let mut epoll = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    assert_eq!(epoll.block_on(dns.resolve("web.test")).unwrap().addrs, want);
+    // A silent server on each: the timeout fires on both.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = DnsResolver::new(DnsConfig {
+        servers: vec![silent.local_addr().unwrap()],
+        timeout: Duration::from_millis(100),
+        attempts: 1,
+        ..DnsConfig::default()
+    });
+    for err in [
+        uring.block_on(dns.resolve("web.test")),
+        epoll.block_on(dns.resolve("web.test")),
+    ] {
+        assert!(matches!(err, Err(DnsError::Timeout { .. })), "{err:?}");
+    }
 }

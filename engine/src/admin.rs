@@ -1,14 +1,22 @@
 //! The engine's side of the admin server: readiness, metrics gathered from
 //! the workers by message (never by sharing their state; merged and encoded
 //! by `ringmesh_admin::telemetry`), shutdown and the log level, behind
-//! `ringmesh_admin::AdminBackend`.
+//! `ringmesh_admin::AdminBackend`. Runs on the control core: a scrape
+//! awaits the workers' answers, it never blocks the loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ringmesh_admin::telemetry::{HttpShard, ProcessInfo, Scrape, TcpSnapshot, WorkerStats};
+use futures_channel::mpsc::UnboundedSender;
+use futures_channel::oneshot;
+use ringmesh_admin::telemetry::{ProcessInfo, Scrape};
 use ringmesh_admin::AdminBackend;
+
+use crate::inbox::WorkerMsg;
+
+/// How long a scrape waits for the workers' answers.
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 /// Reading and changing the process's log filter at run time (the binary
 /// wires it to its tracing subscriber).
@@ -28,22 +36,8 @@ pub struct Hooks {
     pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-/// One worker's answer to a scrape: its counters and copies of its shards.
-pub(crate) type ShardCopy = (WorkerStats, TcpSnapshot, HttpShard);
-
-/// What the admin side asks of the workers, by message only. Implemented
-/// where the workers' channels are made (`proxy.rs`), so this module needs
-/// nothing of the worker's insides.
-pub(crate) trait Workers: Send + Sync {
-    /// Asks every worker for a [`ShardCopy`], answered on `reply`; returns
-    /// how many workers were asked.
-    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize;
-    /// Starts the graceful drain on every worker.
-    fn shutdown(&self);
-}
-
 pub(crate) struct EngineAdmin {
-    pub workers: Box<dyn Workers>,
+    pub workers: Vec<UnboundedSender<WorkerMsg>>,
     pub ready: Arc<AtomicBool>,
     pub started: SystemTime,
     pub configured_log: String,
@@ -56,15 +50,24 @@ impl AdminBackend for EngineAdmin {
         self.ready.load(Ordering::Acquire)
     }
 
-    fn metrics(&self, out: &mut String) {
+    async fn metrics(&self, out: &mut String) {
         // One message per worker; each answers with a copy of its shard.
-        let (tx, rx) = mpsc::channel();
-        let asked = self.workers.ask_for_shards(&tx);
-        drop(tx);
+        // A worker that does not answer in time is left out.
+        let answers: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (tx, rx) = oneshot::channel();
+                let _ = w.unbounded_send(WorkerMsg::Metrics(tx));
+                rx
+            })
+            .collect();
+        let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
         let mut scrape = Scrape::default();
-        for _ in 0..asked {
-            let Ok((stats, tcp, http)) = rx.recv_timeout(Duration::from_secs(1)) else {
-                break;
+        for answer in answers {
+            let Ok(Ok((stats, tcp, http))) = monoio::time::timeout_at(deadline, answer).await
+            else {
+                continue;
             };
             scrape.add(stats, &tcp, &http);
         }
@@ -78,7 +81,11 @@ impl AdminBackend for EngineAdmin {
     fn shutdown(&self) {
         match &self.hooks.shutdown {
             Some(f) => f(),
-            None => self.workers.shutdown(),
+            None => {
+                for w in &self.workers {
+                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
+                }
+            }
         }
     }
 

@@ -1,43 +1,242 @@
-//! The control core: a plain thread (not a worker) that owns discovery. It
-//! sleeps until the next refresh is due or a message arrives, and publishes
-//! snapshots through the lock-free channel; workers never wait on it.
+//! The control core: a single-threaded monoio runtime on a thread of its own
+//! (`ringmesh-control`, never a worker and never pinned to a worker's core),
+//! running everything that is not on the data path as tasks:
+//!
+//! - discovery's resolvers (`ringmesh_discovery::Resolver`: the static
+//!   file, DNS with one task per name), which publish snapshots to the
+//!   workers through the lock-free channel;
+//! - the worker events task, which takes what workers report from the
+//!   bounded [`ControlSender`] queue (a name to resolve; tap events next);
+//!   a full queue drops and counts, so workers never wait for the core;
+//! - the admin server (HTTP/1.1 and HTTP/2 on one port), whose scrapes
+//!   await the workers' answers.
+//!
+//! Nothing here blocks the loop: DNS goes through monoio sockets and
+//! timers, admin clients are bounded by timeouts, the static file is a small
+//! local read. Long-lived control-plane streams (Destination, policy,
+//! identity: HTTP/2 with monoio-http) are the next tasks to run here.
+//!
+//! The runtime uses the workers' io driver, so `RINGMESH_IO_DRIVER` and the
+//! tests run on each driver cover it too. Workers wake it through the
+//! queues' atomic wakers (monoio's `sync` feature turns a wake from another
+//! thread into an eventfd write the loop is parked on).
 
 use std::io;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::net::TcpListener;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use ringmesh_discovery::{Authority, Discovery};
+use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures_core::Stream;
+use ringmesh_discovery::events::{self, EventReceiver, EventSender};
+use ringmesh_discovery::{
+    Authority, Discovery, DiscoveryConfig, DiscoveryError, SnapshotSubscriber, Table,
+};
 
+use crate::admin::EngineAdmin;
+
+/// What workers tell the control core.
 pub(crate) enum ControlMsg {
-    Stop,
     /// A worker met a name the snapshot lacks (an HTTP authority): resolve
-    /// it and publish. Sending never blocks the worker.
+    /// it and publish.
     Watch(Authority),
 }
 
-/// The control channel is created before the workers (they get senders)
-/// and served once they are up.
-pub(crate) fn channel() -> (mpsc::Sender<ControlMsg>, mpsc::Receiver<ControlMsg>) {
-    mpsc::channel()
+/// A worker's end of the events queue: never blocks; drops and counts
+/// when full.
+pub(crate) type ControlSender = EventSender<ControlMsg>;
+
+/// Events waiting at most; a burst beyond this is dropped (and counted)
+/// rather than queued without bound.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// What the process (not the workers) asks of the control core.
+enum Command {
+    /// Serve the admin API on this listener.
+    Admin(TcpListener, Box<EngineAdmin>),
+    Stop,
 }
 
-pub(crate) fn spawn(
-    mut discovery: Discovery,
-    rx: mpsc::Receiver<ControlMsg>,
-) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ringmesh-control".into())
-        .spawn(move || loop {
-            let wait = discovery
-                .next_deadline()
-                .saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
-                Ok(ControlMsg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(ControlMsg::Watch(name)) => discovery.watch(name),
-                Err(RecvTimeoutError::Timeout) => {
-                    discovery.poll(Instant::now());
+/// The running control core.
+pub(crate) struct Control {
+    events: ControlSender,
+    commands: UnboundedSender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControlError {
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot start the control core: {0}")]
+    Start(io::Error),
+}
+
+impl Control {
+    /// Starts the control thread and returns once discovery's first
+    /// snapshot is complete (the static file loaded, `names` resolved).
+    pub(crate) fn start(
+        uring: bool,
+        discovery: DiscoveryConfig,
+        names: Vec<Authority>,
+    ) -> Result<(Self, SnapshotSubscriber), ControlError> {
+        let (events, events_rx) = events::bounded(EVENTS_CAPACITY);
+        let (commands, commands_rx) = unbounded();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ringmesh-control".into())
+            .spawn(move || {
+                let report = ready_tx.clone();
+                let fail = |e: io::Error| report.send(Err(ControlError::Start(e)));
+                let core = Core {
+                    discovery,
+                    names,
+                    events: events_rx,
+                    commands: commands_rx,
+                    ready: ready_tx,
+                };
+                if uring {
+                    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .with_entries(256)
+                        .enable_timer()
+                        .build()
+                    {
+                        Ok(mut rt) => rt.block_on(core.run()),
+                        Err(e) => drop(fail(e)),
+                    }
+                } else {
+                    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .with_entries(256)
+                        .enable_timer()
+                        .build()
+                    {
+                        Ok(mut rt) => rt.block_on(core.run()),
+                        Err(e) => drop(fail(e)),
+                    }
                 }
+            })
+            .map_err(ControlError::Start)?;
+        let mut control = Self {
+            events,
+            commands,
+            thread: Some(thread),
+        };
+        // Blocks the starting thread only, until the first snapshot is done.
+        match ready_rx.recv() {
+            Ok(Ok(subscriber)) => Ok((control, subscriber)),
+            Ok(Err(e)) => {
+                control.stop();
+                Err(e)
             }
-        })
+            Err(_) => {
+                control.stop();
+                Err(ControlError::Start(io::Error::other(
+                    "the control thread ended during start-up",
+                )))
+            }
+        }
+    }
+
+    /// A sender for a worker.
+    pub(crate) fn sender(&self) -> ControlSender {
+        self.events.clone()
+    }
+
+    /// Serves the admin API on `listener` from now on.
+    pub(crate) fn serve_admin(&self, listener: TcpListener, backend: EngineAdmin) {
+        let _ = self
+            .commands
+            .unbounded_send(Command::Admin(listener, Box::new(backend)));
+    }
+
+    /// Stops the control core (discovery, admin) and waits for its thread.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.commands.unbounded_send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The control thread's state, moved onto it.
+struct Core {
+    discovery: DiscoveryConfig,
+    names: Vec<Authority>,
+    events: EventReceiver<ControlMsg>,
+    commands: UnboundedReceiver<Command>,
+    ready: mpsc::Sender<Result<SnapshotSubscriber, ControlError>>,
+}
+
+impl Core {
+    async fn run(self) {
+        let Core {
+            discovery,
+            names,
+            events,
+            mut commands,
+            ready,
+        } = self;
+        let table = match Discovery::new(discovery, names) {
+            Ok((discovery, subscriber)) => {
+                let table = discovery.start().await;
+                let _ = ready.send(Ok(subscriber));
+                table
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        monoio::spawn(worker_events(events, table));
+        // Until told to stop (or the process's handle is gone); returning
+        // drops the runtime and with it every task.
+        while let Some(command) =
+            std::future::poll_fn(|cx| Pin::new(&mut commands).poll_next(cx)).await
+        {
+            match command {
+                Command::Admin(listener, backend) => {
+                    match monoio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            monoio::spawn(ringmesh_admin::serve(
+                                listener,
+                                Rc::new(*backend),
+                                ringmesh_admin::Settings::default(),
+                            ));
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
+                    }
+                }
+                Command::Stop => break,
+            }
+        }
+    }
+}
+
+/// Takes what workers report, in order; says when some were dropped.
+async fn worker_events(mut events: EventReceiver<ControlMsg>, table: Table) {
+    let mut dropped = 0;
+    while let Some(event) = events.recv().await {
+        match event {
+            ControlMsg::Watch(name) => {
+                table.watch(name);
+            }
+        }
+        let now = events.dropped();
+        if now > dropped {
+            tracing::warn!(
+                dropped = now - dropped,
+                total = now,
+                "worker events dropped: the control core's queue was full"
+            );
+            dropped = now;
+        }
+    }
 }

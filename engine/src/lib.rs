@@ -2,9 +2,10 @@
 //!
 //! Owns start-up (configuration, binding, driver choice), the worker threads
 //! (one monoio event loop pinned per core, each with its own listeners,
-//! balancer replicas and buffers), the control thread that runs discovery and
-//! publishes snapshots, graceful shutdown, and the opaque TCP proxy paths
-//! (outbound, inbound, explicit forwards).
+//! balancer replicas and buffers), the control core (a monoio runtime on a
+//! thread of its own running discovery's resolvers, the worker events queue
+//! and the admin server; see `control.rs`), graceful shutdown, and the
+//! opaque TCP proxy paths (outbound, inbound, explicit forwards).
 //!
 //! Workers share nothing but the snapshot channel: every other piece of state
 //! a worker touches is `Rc`/`Cell` owned by that worker's thread.
@@ -23,6 +24,7 @@ mod detect;
 mod error;
 mod http1;
 mod http2;
+mod inbox;
 mod l4;
 pub mod listen;
 mod memory;

@@ -5,7 +5,7 @@
 //! before any thread exists); then the workers start and report ready.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,14 +15,15 @@ use std::time::SystemTime;
 use futures_channel::mpsc::{unbounded, UnboundedSender};
 use ringmesh_admin::telemetry::WorkerStats;
 use ringmesh_discovery::dns::DnsConfig;
-use ringmesh_discovery::{Discovery, DiscoveryConfig, DiscoveryError};
+use ringmesh_discovery::{DiscoveryConfig, DiscoveryError};
 
-use crate::admin::{EngineAdmin, Hooks, ShardCopy, Workers};
+use crate::admin::{EngineAdmin, Hooks};
 use crate::config::{Config, IoDriver};
-use crate::control::{self, ControlMsg};
+use crate::control::{Control, ControlError};
+use crate::inbox::WorkerMsg;
 use crate::l4::ListenerKind;
 use crate::listen::{self, BindError};
-use crate::worker::{self, WorkerMsg, WorkerSetup};
+use crate::worker::{self, WorkerSetup};
 
 /// The io driver the workers actually run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +62,12 @@ struct WorkerHandle {
 
 pub struct Proxy {
     workers: Vec<WorkerHandle>,
-    control_tx: mpsc::Sender<ControlMsg>,
-    control: JoinHandle<()>,
+    control: Control,
     driver: ActiveDriver,
     outbound: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
     forwards: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
-    admin_stop: Arc<AtomicBool>,
-    admin_thread: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -90,15 +88,22 @@ impl Proxy {
             cfg.dns.search = sys.search;
             cfg.dns.ndots = sys.ndots;
         }
-        let (discovery, subscriber) = Discovery::start(
+        // The control core first: its discovery makes the first snapshot,
+        // complete before any worker starts.
+        let (control, subscriber) = Control::start(
+            driver == ActiveDriver::Uring,
             DiscoveryConfig {
                 static_file: cfg.discovery_static.clone(),
                 static_poll_interval: cfg.discovery_static_poll_interval,
                 dns: cfg.dns.clone(),
                 hosts_file: Some("/etc/hosts".into()),
             },
-            cfg.watched_names(),
-        )?;
+            cfg.watched_names().into_iter().collect(),
+        )
+        .map_err(|e| match e {
+            ControlError::Discovery(e) => StartError::Discovery(e),
+            ControlError::Start(e) => StartError::Thread(e),
+        })?;
 
         // Bind everything before any thread starts. The admin port is
         // single-owner: no SO_REUSEPORT.
@@ -133,7 +138,6 @@ impl Proxy {
             .chain(admin)
             .collect();
 
-        let (control_tx, control_rx) = control::channel();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut workers = Vec::with_capacity(n);
@@ -150,7 +154,7 @@ impl Proxy {
                 listeners,
                 own_listeners: own_listeners.clone(),
                 snapshots: subscriber.cache(),
-                control: control_tx.clone(),
+                control: control.sender(),
                 cfg: cfg.clone(),
                 rx,
                 ready: ready_tx.clone(),
@@ -175,14 +179,11 @@ impl Proxy {
             }
         }
 
-        let control = control::spawn(discovery, control_rx).map_err(StartError::Thread)?;
-        let admin_stop = Arc::new(AtomicBool::new(false));
-        let admin_thread = match admin_listener {
-            Some(listener) => {
-                let backend = Arc::new(EngineAdmin {
-                    workers: Box::new(WorkerChannels(
-                        workers.iter().map(|w| w.tx.clone()).collect(),
-                    )),
+        if let Some(listener) = admin_listener {
+            control.serve_admin(
+                listener,
+                EngineAdmin {
+                    workers: workers.iter().map(|w| w.tx.clone()).collect(),
                     // Workers reported ready and the first snapshot was
                     // published before they started.
                     ready: Arc::new(AtomicBool::new(true)),
@@ -190,29 +191,18 @@ impl Proxy {
                     configured_log: cfg.log.clone(),
                     shutdown_enabled: cfg.shutdown_endpoint_enabled,
                     hooks,
-                });
-                let stop = admin_stop.clone();
-                Some(
-                    std::thread::Builder::new()
-                        .name("ringmesh-admin".into())
-                        .spawn(move || ringmesh_admin::serve(listener, backend, stop))
-                        .map_err(StartError::Thread)?,
-                )
-            }
-            None => None,
-        };
+                },
+            );
+        }
         tracing::info!(?outbound, ?inbound, ?forwards, ?admin, "ready");
         Ok(Self {
             workers,
-            control_tx,
             control,
             driver,
             outbound,
             inbound,
             forwards,
             admin,
-            admin_stop,
-            admin_thread,
         })
     }
 
@@ -263,17 +253,13 @@ impl Proxy {
         }
     }
 
-    /// Waits for every worker to finish, then stops the control thread.
-    pub fn wait(self) {
-        for w in self.workers {
+    /// Waits for every worker to finish, then stops the control core
+    /// (discovery and the admin server).
+    pub fn wait(mut self) {
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.thread.join();
         }
-        let _ = self.control_tx.send(ControlMsg::Stop);
-        let _ = self.control.join();
-        self.admin_stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.admin_thread {
-            let _ = t.join();
-        }
+        self.control.stop();
     }
 }
 
@@ -318,23 +304,5 @@ fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {
                 Ok(ActiveDriver::Epoll)
             }
         },
-    }
-}
-
-/// The admin side's way to the workers: their control channels.
-struct WorkerChannels(Vec<UnboundedSender<WorkerMsg>>);
-
-impl Workers for WorkerChannels {
-    fn ask_for_shards(&self, reply: &mpsc::Sender<ShardCopy>) -> usize {
-        for w in &self.0 {
-            let _ = w.unbounded_send(WorkerMsg::Metrics(reply.clone()));
-        }
-        self.0.len()
-    }
-
-    fn shutdown(&self) {
-        for w in &self.0 {
-            let _ = w.unbounded_send(WorkerMsg::Shutdown);
-        }
     }
 }

@@ -18,16 +18,15 @@ use futures_channel::mpsc::UnboundedReceiver;
 use futures_core::stream::FusedStream;
 use futures_core::Stream;
 use monoio::net::TcpListener;
-use ringmesh_admin::telemetry::{
-    HttpKey, HttpShard, ResponseClass, TcpShard, TcpSnapshot, WorkerStats,
-};
+use ringmesh_admin::telemetry::{HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats};
 use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, Transition};
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::tcp::RelayCounters;
 
 use crate::config::Config;
-use crate::control::ControlMsg;
+use crate::control::ControlSender;
+use crate::inbox::WorkerMsg;
 use crate::l4::{self, ListenerKind};
 use crate::memory;
 use crate::pool::Pool;
@@ -37,14 +36,6 @@ use crate::stop::Stop;
 use crate::undecided::UndecidedSet;
 use crate::warn_limit::{summarise, warn_limited, WarnLimit, Warning};
 
-pub(crate) enum WorkerMsg {
-    /// Stop accepting and drain.
-    Shutdown,
-    Stats(mpsc::Sender<WorkerStats>),
-    /// A copy of this worker's metrics shard, for a scrape.
-    Metrics(mpsc::Sender<(WorkerStats, TcpSnapshot, HttpShard)>),
-}
-
 pub(crate) struct WorkerSetup {
     pub id: usize,
     pub core: Option<core_affinity::CoreId>,
@@ -53,7 +44,7 @@ pub(crate) struct WorkerSetup {
     /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<SocketAddr>,
     pub snapshots: SnapshotCache,
-    pub control: mpsc::Sender<ControlMsg>,
+    pub control: ControlSender,
     pub cfg: Config,
     pub rx: UnboundedReceiver<WorkerMsg>,
     pub ready: mpsc::Sender<(usize, Result<(), String>)>,
@@ -89,7 +80,7 @@ pub(crate) struct Worker {
     pub open_peak: Cell<u64>,
     /// HTTP requests handled (never reset, unlike evictable label sets).
     pub requests: Cell<u64>,
-    pub control: mpsc::Sender<ControlMsg>,
+    pub control: ControlSender,
     /// Idle upstream HTTP/1 connections.
     pub pool: Pool,
     /// Upstream HTTP/2 connections (multiplexed).

@@ -524,3 +524,158 @@ fn idle_label_sets_are_evicted() {
     promtool_check(&body);
     drop(p);
 }
+
+/// curl speaking HTTP/2 with prior knowledge (h2c, no upgrade): the
+/// status, the body and the HTTP version curl saw.
+fn curl_h2(args: &[&str]) -> (String, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (code, version) = tail.split_once(' ').unwrap();
+    (code.to_string(), body.to_string(), version.to_string())
+}
+
+#[test]
+fn http2_prior_knowledge_serves_the_same_endpoints() {
+    let (p, base) = start(&[]);
+    let h2 = |code: &str, body: &str| (code.to_string(), body.to_string(), "2".to_string());
+    assert_eq!(curl_h2(&[&format!("{base}/live")]), h2("200", "live\n"));
+    assert_eq!(curl_h2(&[&format!("{base}/ready")]), h2("200", "ready\n"));
+    let (code, body, version) = curl_h2(&[&format!("{base}/metrics")]);
+    assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
+    assert!(
+        body.contains("\nprocess_cpu_seconds_total")
+            && body.contains("ringmesh_worker_accepted_connections_total{worker=\"1\"}"),
+        "both workers answered the scrape:\n{body}"
+    );
+    promtool_check(&body);
+    // gzip when asked, as over HTTP/1.1.
+    let gz = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "curl -sS --http2-prior-knowledge -H 'Accept-Encoding: gzip' -D /dev/stderr {base}/metrics | gzip -dc"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        gz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gz.stderr)
+    );
+    let head = String::from_utf8_lossy(&gz.stderr).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/2 200") && head.contains("content-encoding: gzip"),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&gz.stdout).contains("process_cpu_seconds_total"));
+    // Errors, and a request with a body, answered the same way.
+    assert_eq!(curl_h2(&[&format!("{base}/nope")]).0, "404");
+    assert_eq!(curl_h2(&["-X", "POST", &format!("{base}/live")]).0, "405");
+    assert_eq!(
+        curl_h2(&[
+            "-X",
+            "PUT",
+            "--data",
+            "ringmesh=[",
+            &format!("{base}/proxy-log-level")
+        ])
+        .0,
+        "400"
+    );
+    assert_eq!(
+        curl_h2(&[&format!("{base}/proxy-log-level")]),
+        h2("200", "info\n")
+    );
+    // Several requests at once on one HTTP/2 connection (nghttp sends
+    // every URI on one connection).
+    let out = Command::new("nghttp")
+        .args(["-t", "10"])
+        .args([
+            format!("{base}/live"),
+            format!("{base}/ready"),
+            format!("{base}/metrics"),
+        ])
+        .output()
+        .expect("nghttp is installed (scripts/install-test-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("live\n") && text.contains("ready\n") && text.contains("process_open_fds"),
+        "{text}"
+    );
+    drop(p);
+}
+
+/// Neither a client that connects and says nothing (on HTTP/1 or HTTP/2)
+/// nor a nameserver that never answers may hold up another client's probe
+/// or scrape: the admin server and discovery share the control core.
+#[test]
+fn silent_clients_and_a_silent_nameserver_delay_no_probe() {
+    use std::io::Write;
+    // Bound, never read: every query waits out the resolver's timeout.
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns_addr = dns.local_addr().unwrap().to_string();
+    let outbound = closed_port();
+    let out = outbound.to_string();
+    let (p, base) = start(&[
+        ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &out),
+        ("RINGMESH_DNS_SERVERS", &dns_addr),
+    ]);
+    let admin = base.trim_start_matches("http://").to_string();
+    let silent: Vec<std::net::TcpStream> =
+        (0..3).map(|_| connect(admin.parse().unwrap())).collect();
+    let mut partial = connect(admin.parse().unwrap());
+    partial.write_all(b"GET /live HTTP/1.1\r\nHo").unwrap();
+    let mut preface_only = connect(admin.parse().unwrap());
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    // A request for a name nobody knows: a worker asks the control core,
+    // which asks the silent nameserver.
+    let px = format!("http://{out}");
+    let waiting = std::thread::spawn(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-x", &px, "http://slow.test:80/"])
+            .output()
+            .unwrap()
+    });
+    dns.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut query = [0u8; 512];
+    dns.recv_from(&mut query)
+        .expect("the control core asked the nameserver");
+    // The lookup now waits (2 s per attempt); probes and scrapes do not.
+    for path in ["/live", "/metrics", "/ready", "/live"] {
+        let started = std::time::Instant::now();
+        let (code, _) = curl(&[&format!("{base}{path}")]);
+        let took = started.elapsed();
+        assert_eq!(code, "200", "{path}");
+        assert!(took < Duration::from_millis(1000), "{path} took {took:?}");
+        let started = std::time::Instant::now();
+        assert_eq!(curl_h2(&[&format!("{base}{path}")]).0, "200", "{path}");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "{path} over h2 took {took:?}"
+        );
+    }
+    drop((silent, partial, preface_only));
+    let _ = waiting.join();
+    drop(p);
+}

@@ -137,7 +137,11 @@ fuzz_target!(|data: &[u8]| {
     let result = thread::scope(|s| {
         s.spawn(|| serve_udp(&server.udp, a, aaaa));
         s.spawn(|| serve_tcp(&server.tcp, a, aaaa));
-        let result = DnsResolver::new(cfg).resolve("www.test");
+        let result = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+            .block_on(DnsResolver::new(cfg).resolve("www.test"));
         let stop = UdpSocket::bind("127.0.0.1:0").expect("bind");
         stop.send_to(&[], server.addr).expect("stop udp server");
         drop(TcpStream::connect(server.addr).expect("stop tcp server"));

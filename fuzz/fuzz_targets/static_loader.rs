@@ -1,5 +1,5 @@
 //! The static discovery file's loader, as the control core runs it: a
-//! real file, `Discovery::start` on its first text, then the file rewritten
+//! real file, loaded as start-up does on its first text, then the file rewritten
 //! in place with the second text and polled twice.
 //!
 //! Input: the two texts, split at the first NUL byte (UTF-8 each).
@@ -14,11 +14,9 @@
 #![no_main]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use ringmesh_discovery::dns::DnsConfig;
-use ringmesh_discovery::{static_file, Discovery, DiscoveryConfig, Service, Snapshot};
+use ringmesh_discovery::{static_file, Service, Snapshot, StaticLoader};
 
 fn file() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringmesh-fuzz-loader-{}", std::process::id()));
@@ -64,19 +62,13 @@ fuzz_target!(|data: &[u8]| {
     });
     let path = file();
     std::fs::write(&path, first).expect("write");
-    let cfg = DiscoveryConfig {
-        static_file: Some(path.clone()),
-        static_poll_interval: Duration::ZERO,
-        dns: DnsConfig::default(),
-        hosts_file: None,
-    };
-    let started = Discovery::start(cfg, []);
+    let started = StaticLoader::start(path.clone());
     assert_eq!(
         started.is_ok(),
         parsed[0].is_some(),
         "start-up disagrees with parse"
     );
-    let (Ok((mut d, _sub)), Some(before)) = (started, &parsed[0]) else {
+    let (Ok(mut d), Some(before)) = (started, &parsed[0]) else {
         return;
     };
     assert_eq!(view(&d.snapshot(), before), expected(before));
@@ -86,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&tmp, second).expect("rewrite");
     std::fs::rename(&tmp, &path).expect("rename");
     let version = d.snapshot().version();
-    let poll1 = d.poll(Instant::now());
+    let poll1 = d.poll();
     match &parsed[1] {
         None => {
             assert!(!poll1, "a text that does not parse was published");
@@ -95,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         Some(after) if after.is_empty() && !before.is_empty() => {
             assert!(!poll1, "every service dropped at the first sight");
             assert_eq!(view(&d.snapshot(), before), expected(before));
-            d.poll(Instant::now());
+            d.poll();
             assert_eq!(view(&d.snapshot(), before), Vec::<String>::new());
         }
         Some(after) => {

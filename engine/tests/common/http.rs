@@ -14,6 +14,14 @@ pub fn origin(name: &'static str) -> Backend {
     })
 }
 
+/// An origin server on a listener the test bound (another loopback
+/// address, a port shared with another origin).
+pub fn origin_on(listener: std::net::TcpListener, name: &'static str) -> Backend {
+    Backend::on(listener, move |s| {
+        let _ = serve(name, s);
+    })
+}
+
 struct Req {
     method: String,
     path: String,

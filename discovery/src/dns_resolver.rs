@@ -1,0 +1,262 @@
+//! DNS as a resolver: one task per watched name, each resolving when its
+//! answer's TTL runs out (the hosts file first, then the nameservers) and
+//! reporting to the [`Table`]. A slow or silent nameserver delays only the
+//! names waiting on it, never the control core's other work.
+//!
+//! Timing, as before the control core was asynchronous: a name resolves at
+//! once when watched (unless the static file defines it; then when the file
+//! drops it); again after the answer's TTL (clamped to the configured range),
+//! after a hosts-file answer's `max_ttl`, after an NXDOMAIN's negative TTL;
+//! after a transient failure with backoff (min TTL, doubling, at most max
+//! TTL), keeping the last good addresses meanwhile.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::dns::{DnsConfig, DnsError, DnsResolver, Resolution};
+use crate::hosts::HostsFile;
+use crate::resolver::Resolver;
+use crate::table::Table;
+use crate::{Authority, Endpoint};
+
+struct Inner {
+    dns: DnsResolver,
+    hosts: HostsFile,
+    /// When each name not defined by the static file refreshes next.
+    refresh_at: RefCell<HashMap<Authority, Instant>>,
+}
+
+/// Resolves every watched name through DNS. Cheap to clone (a handle).
+#[derive(Clone)]
+pub(crate) struct DnsNameResolver {
+    inner: Rc<Inner>,
+}
+
+/// What a lookup found.
+enum Outcome {
+    Hosts(Vec<IpAddr>),
+    Dns(Result<Resolution, DnsError>),
+}
+
+/// One name's refresh state; what a lookup's outcome does to it.
+struct NameState {
+    /// Addresses from the last successful resolution.
+    endpoints: Vec<Endpoint>,
+    refresh_at: Instant,
+    failures: u32,
+}
+
+impl NameState {
+    fn apply(&mut self, name: &Authority, outcome: Outcome, cfg: &DnsConfig, now: Instant) {
+        let port = name.port();
+        match outcome {
+            Outcome::Hosts(addrs) => {
+                self.endpoints = endpoints(addrs.into_iter(), port);
+                self.failures = 0;
+                self.refresh_at = now + cfg.max_ttl;
+            }
+            Outcome::Dns(Ok(res)) => {
+                self.endpoints = endpoints(res.addrs.into_iter(), port);
+                self.failures = 0;
+                self.refresh_at = now + res.ttl;
+                tracing::debug!(%name, endpoints = self.endpoints.len(), ttl = ?res.ttl, "resolved");
+            }
+            Outcome::Dns(Err(DnsError::NotFound { negative_ttl, .. })) => {
+                // The name is gone: it has no endpoints until it returns.
+                if !self.endpoints.is_empty() || self.failures == 0 {
+                    tracing::warn!(%name, "DNS name does not exist");
+                }
+                self.endpoints.clear();
+                self.failures += 1;
+                self.refresh_at = now + negative_ttl;
+            }
+            Outcome::Dns(Err(e)) => {
+                // A transient failure: keep the last good addresses and retry
+                // with backoff (min TTL, doubling, at most max TTL).
+                self.failures += 1;
+                let backoff = cfg
+                    .min_ttl
+                    .saturating_mul(1 << self.failures.min(6))
+                    .min(cfg.max_ttl);
+                tracing::warn!(%name, error = %e, retry_in = ?backoff, "DNS resolution failed; keeping the last addresses");
+                self.refresh_at = now + backoff;
+            }
+        }
+    }
+}
+
+impl DnsNameResolver {
+    pub(crate) fn new(cfg: DnsConfig, hosts: HostsFile) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                dns: DnsResolver::new(cfg),
+                hosts,
+                refresh_at: RefCell::default(),
+            }),
+        }
+    }
+
+    /// The soonest refresh of any name this resolver is responsible for.
+    #[cfg(test)]
+    pub(crate) fn next_refresh(&self) -> Option<Instant> {
+        self.inner.refresh_at.borrow().values().min().copied()
+    }
+
+    async fn lookup(&self, host: &str) -> Outcome {
+        let from_hosts = self.inner.hosts.lookup(host);
+        if !from_hosts.is_empty() {
+            return Outcome::Hosts(from_hosts);
+        }
+        Outcome::Dns(self.inner.dns.resolve(host).await)
+    }
+
+    /// Keeps `name` resolved for as long as the control core runs.
+    async fn follow(self, table: Table, name: Authority) {
+        let cfg = self.inner.dns.config().clone();
+        let mut state = NameState {
+            endpoints: Vec::new(),
+            refresh_at: Instant::now(),
+            failures: 0,
+        };
+        let mut was_static = false;
+        loop {
+            let seen = table.static_changed().generation();
+            if table.static_defines(&name) {
+                // Not looked up while the static file defines it.
+                self.inner.refresh_at.borrow_mut().remove(&name);
+                was_static = true;
+                table.static_changed().changed_since(seen).await;
+                continue;
+            }
+            if std::mem::take(&mut was_static) {
+                // The file dropped it: due at once.
+                state.refresh_at = Instant::now();
+            }
+            self.inner
+                .refresh_at
+                .borrow_mut()
+                .insert(name.clone(), state.refresh_at);
+            if Instant::now() < state.refresh_at {
+                let at = monoio::time::Instant::from_std(state.refresh_at);
+                monoio::select! {
+                    _ = monoio::time::sleep_until(at) => {}
+                    _ = table.static_changed().changed_since(seen) => {}
+                }
+                continue;
+            }
+            let outcome = self.lookup(name.host()).await;
+            state.apply(&name, outcome, &cfg, Instant::now());
+            self.inner
+                .refresh_at
+                .borrow_mut()
+                .insert(name.clone(), state.refresh_at);
+            table.report(&name, state.endpoints.clone());
+        }
+    }
+}
+
+impl Resolver for DnsNameResolver {
+    /// Follows every name watched so far, and each one watched later, in a
+    /// task of its own.
+    fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async move {
+            let mut cursor = 0;
+            loop {
+                let seen = table.watched().generation();
+                let (names, next) = table.watched_since(cursor);
+                cursor = next;
+                for name in names {
+                    monoio::spawn((*self).clone().follow(table.clone(), name));
+                }
+                table.watched().changed_since(seen).await;
+            }
+        })
+    }
+}
+
+fn endpoints(addrs: impl Iterator<Item = IpAddr>, port: u16) -> Vec<Endpoint> {
+    let mut eps: Vec<Endpoint> = addrs
+        .map(|ip| Endpoint {
+            addr: SocketAddr::new(ip, port),
+            weight: 1,
+            // DNS says nothing of meshing.
+            h2_hint: false,
+        })
+        .collect();
+    // DNS answers rotate; sort so an unchanged set compares equal.
+    eps.sort_by_key(|e| e.addr);
+    eps.dedup();
+    eps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn name() -> Authority {
+        Authority::parse("web.test:80").unwrap()
+    }
+
+    fn state(now: Instant) -> NameState {
+        NameState {
+            endpoints: Vec::new(),
+            refresh_at: now,
+            failures: 0,
+        }
+    }
+
+    /// On a virtual clock: when each outcome makes the name due again.
+    #[test]
+    fn refresh_follows_ttl_negative_ttl_and_backoff() {
+        let cfg = DnsConfig::default();
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        let ok = |ttl| {
+            Outcome::Dns(Ok(Resolution {
+                addrs: vec!["10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap()],
+                ttl,
+            }))
+        };
+        s.apply(&name(), ok(Duration::from_secs(42)), &cfg, t0);
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(42));
+        let addrs: Vec<String> = s.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.2:80"], "sorted");
+        // Transient failures: addresses kept, backoff doubling from min TTL.
+        let timeout = || {
+            Outcome::Dns(Err(DnsError::Timeout {
+                server: "127.0.0.1:53".parse().unwrap(),
+                timeout: Duration::from_secs(1),
+            }))
+        };
+        s.apply(&name(), timeout(), &cfg, t0);
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(10));
+        s.apply(&name(), timeout(), &cfg, t0);
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(20));
+        for _ in 0..10 {
+            s.apply(&name(), timeout(), &cfg, t0);
+        }
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(300), "max TTL");
+        assert_eq!(s.endpoints.len(), 2, "last good addresses kept");
+        // Gone: no endpoints, asked again after the negative TTL.
+        let gone = Outcome::Dns(Err(DnsError::NotFound {
+            name: "web.test".into(),
+            negative_ttl: Duration::from_secs(7),
+        }));
+        s.apply(&name(), gone, &cfg, t0);
+        assert!(s.endpoints.is_empty());
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(7));
+        s.apply(
+            &name(),
+            Outcome::Hosts(vec!["127.0.0.9".parse().unwrap()]),
+            &cfg,
+            t0,
+        );
+        assert_eq!((s.failures, s.refresh_at), (0, t0 + cfg.max_ttl));
+    }
+}

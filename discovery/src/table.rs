@@ -1,0 +1,343 @@
+//! What the resolvers know, merged, and published as one [`Snapshot`].
+//!
+//! The [`Table`] lives on the control core (`Rc`, not `Send`): every
+//! resolver task holds a handle and reports into it; each change that
+//! alters what workers would see publishes a new snapshot at once. The
+//! static file's services win over a resolver's answer for the same name,
+//! and a name the static file defines is not looked up while it does.
+//!
+//! Resolvers learn what concerns them through [`Signal`]s: the static set
+//! changed (a name may have become theirs), a name was watched.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use crate::{Authority, Endpoint, Service, Snapshot, SnapshotPublisher};
+
+/// A change counter that tasks on the same thread can wait on.
+#[derive(Default)]
+pub struct Signal {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    fn notify(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the generation differs from `seen`.
+    pub async fn changed_since(&self, seen: u64) {
+        poll_fn(|cx| {
+            if self.generation.get() != seen {
+                return Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A watched name's state in the table.
+#[derive(Default)]
+struct Named {
+    /// The resolver's last answer, as published.
+    resolved: Option<Arc<Service>>,
+    /// The static file's service for this name, kept published after the
+    /// file dropped it until the name's resolver reports: workers route
+    /// with the last good endpoints meanwhile, not with no service.
+    held: Option<Arc<Service>>,
+}
+
+struct State {
+    static_services: HashMap<Authority, Arc<Service>>,
+    /// In the order they were watched, so resolvers can pick up new ones
+    /// with a cursor.
+    watched: Vec<Authority>,
+    named: HashMap<Authority, Named>,
+    /// Watched names that have had no answer since they were watched or
+    /// the static file dropped them.
+    pending: HashSet<Authority>,
+}
+
+struct Inner {
+    state: RefCell<State>,
+    publisher: RefCell<SnapshotPublisher>,
+    static_changed: Signal,
+    watched: Signal,
+    settled: Signal,
+}
+
+/// The control core's merged discovery state. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Table {
+    inner: Rc<Inner>,
+}
+
+impl Table {
+    pub fn new(publisher: SnapshotPublisher) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                state: RefCell::new(State {
+                    static_services: HashMap::new(),
+                    watched: Vec::new(),
+                    named: HashMap::new(),
+                    pending: HashSet::new(),
+                }),
+                publisher: RefCell::new(publisher),
+                static_changed: Signal::default(),
+                watched: Signal::default(),
+                settled: Signal::default(),
+            }),
+        }
+    }
+
+    /// The snapshot published last.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.publisher.borrow().current()
+    }
+
+    /// Replaces the static file's services. Unchanged services keep their
+    /// `Arc`, so workers skip rebuilding their balancer replicas for them.
+    /// Publishes and returns true when anything changed.
+    pub fn set_static(&self, mut services: HashMap<Authority, Arc<Service>>) -> bool {
+        let mut st = self.inner.state.borrow_mut();
+        for (name, svc) in services.iter_mut() {
+            if let Some(old) = st.static_services.get(name) {
+                if old == svc {
+                    *svc = old.clone();
+                }
+            }
+        }
+        let changed = services.len() != st.static_services.len()
+            || services
+                .iter()
+                .any(|(n, s)| st.static_services.get(n).is_none_or(|o| !Arc::ptr_eq(o, s)));
+        if !changed {
+            return false;
+        }
+        let old = std::mem::replace(&mut st.static_services, services);
+        // Watched names the file no longer defines go back to their
+        // resolver; until it answers, the file's last word stays.
+        let State {
+            static_services,
+            named,
+            pending,
+            ..
+        } = &mut *st;
+        for (name, entry) in named.iter_mut() {
+            if let (Some(was), false) = (old.get(name), static_services.contains_key(name)) {
+                entry.resolved = None;
+                entry.held = Some(was.clone());
+                pending.insert(name.clone());
+            }
+        }
+        drop(st);
+        self.publish();
+        self.inner.static_changed.notify();
+        true
+    }
+
+    pub fn static_is_empty(&self) -> bool {
+        self.inner.state.borrow().static_services.is_empty()
+    }
+
+    /// Whether the static file defines `name` (then nobody resolves it).
+    pub fn static_defines(&self, name: &Authority) -> bool {
+        self.inner.state.borrow().static_services.contains_key(name)
+    }
+
+    /// Notified whenever the static set changes.
+    pub fn static_changed(&self) -> &Signal {
+        &self.inner.static_changed
+    }
+
+    /// Starts tracking `name` (a no-op for `ip:port` literals and names
+    /// already watched). Resolvers that resolve names are told through
+    /// [`Table::watched`]; the name is published with their first answer.
+    pub fn watch(&self, name: Authority) -> bool {
+        let mut st = self.inner.state.borrow_mut();
+        if name.socket_addr().is_some() || st.named.contains_key(&name) {
+            return false;
+        }
+        st.named.insert(name.clone(), Named::default());
+        st.pending.insert(name.clone());
+        st.watched.push(name);
+        drop(st);
+        self.inner.watched.notify();
+        true
+    }
+
+    /// Notified whenever a name is watched.
+    pub fn watched(&self) -> &Signal {
+        &self.inner.watched
+    }
+
+    /// Names watched since `cursor` (an index into every name ever
+    /// watched), and the new cursor.
+    pub fn watched_since(&self, cursor: usize) -> (Vec<Authority>, usize) {
+        let st = self.inner.state.borrow();
+        let new = st.watched.get(cursor..).unwrap_or_default().to_vec();
+        (new, st.watched.len())
+    }
+
+    /// A resolver's answer for a watched name. Publishes and returns true
+    /// when it changes what workers see.
+    pub fn report(&self, name: &Authority, endpoints: Vec<Endpoint>) -> bool {
+        let mut st = self.inner.state.borrow_mut();
+        let was_pending = st.pending.remove(name);
+        let shadowed = st.static_services.contains_key(name);
+        let Some(entry) = st.named.get_mut(name) else {
+            return false;
+        };
+        let had_held = entry.held.take().is_some();
+        let same = entry
+            .resolved
+            .as_ref()
+            .is_some_and(|s| s.endpoints == endpoints);
+        if !same {
+            entry.resolved = Some(Arc::new(Service::new(
+                name.clone(),
+                endpoints,
+                None,
+                Arc::new([]),
+            )));
+        }
+        let settled = st.pending.is_empty();
+        drop(st);
+        let changed = !shadowed && (!same || had_held || was_pending);
+        if changed {
+            self.publish();
+        }
+        if was_pending && settled {
+            self.inner.settled.notify();
+        }
+        changed
+    }
+
+    /// Resolves once every watched name the static file does not define
+    /// has had an answer (start-up waits for this, so the first snapshot
+    /// workers see is complete).
+    pub async fn settled(&self) {
+        loop {
+            let seen = self.inner.settled.generation();
+            {
+                let st = self.inner.state.borrow();
+                if st
+                    .pending
+                    .iter()
+                    .all(|n| st.static_services.contains_key(n))
+                {
+                    return;
+                }
+            }
+            // A name can also settle by the static file defining it.
+            let static_seen = self.inner.static_changed.generation();
+            monoio::select! {
+                _ = self.inner.settled.changed_since(seen) => {}
+                _ = self.inner.static_changed.changed_since(static_seen) => {}
+            }
+        }
+    }
+
+    /// Publishes the merged state now.
+    pub fn publish(&self) -> u64 {
+        let st = self.inner.state.borrow();
+        let mut services: Vec<Arc<Service>> = st.static_services.values().cloned().collect();
+        for (name, entry) in &st.named {
+            if st.static_services.contains_key(name) {
+                continue; // the static file wins
+            }
+            if let Some(svc) = entry.resolved.as_ref().or(entry.held.as_ref()) {
+                services.push(svc.clone());
+            }
+        }
+        let version = self
+            .inner
+            .publisher
+            .borrow_mut()
+            .publish(Snapshot::new(services));
+        tracing::debug!(version, "snapshot published");
+        version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel;
+
+    fn service(name: &str, addr: &str) -> (Authority, Arc<Service>) {
+        let name = Authority::parse(name).unwrap();
+        let ep = Endpoint {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            h2_hint: false,
+        };
+        (
+            name.clone(),
+            Arc::new(Service::new(name, vec![ep], None, Arc::new([]))),
+        )
+    }
+
+    fn endpoints(addr: &str) -> Vec<Endpoint> {
+        service("x.test:1", addr).1.endpoints.clone()
+    }
+
+    fn addrs(t: &Table, name: &str) -> Option<Vec<String>> {
+        t.snapshot()
+            .service(&Authority::parse(name).unwrap())
+            .map(|s| s.endpoints.iter().map(|e| e.addr.to_string()).collect())
+    }
+
+    #[test]
+    fn a_watched_name_appears_with_its_first_answer_only() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        let web = Authority::parse("web.test:80").unwrap();
+        assert!(t.watch(web.clone()));
+        assert!(!t.watch(web.clone()), "once");
+        assert!(!t.watch(Authority::parse("127.0.0.1:80").unwrap()));
+        assert_eq!(t.watched_since(0).0, std::slice::from_ref(&web));
+        assert_eq!(t.watched_since(1).0, []);
+        assert_eq!(addrs(&t, "web.test:80"), None, "not before its answer");
+        assert!(t.report(&web, endpoints("10.0.0.1:80")));
+        assert_eq!(addrs(&t, "web.test:80").unwrap(), ["10.0.0.1:80"]);
+        let v = t.snapshot().version();
+        assert!(!t.report(&web, endpoints("10.0.0.1:80")), "same answer");
+        assert_eq!(t.snapshot().version(), v);
+    }
+
+    #[test]
+    fn a_name_the_file_drops_keeps_its_service_until_resolved() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        let (db, svc) = service("db.test:5432", "127.0.0.1:1111");
+        assert!(t.set_static(HashMap::from([(db.clone(), svc.clone())])));
+        t.watch(db.clone());
+        assert!(t.static_defines(&db));
+        assert!(
+            !t.set_static(HashMap::from([(db.clone(), svc)])),
+            "unchanged"
+        );
+        assert!(t.set_static(HashMap::new()));
+        assert_eq!(addrs(&t, "db.test:5432").unwrap(), ["127.0.0.1:1111"]);
+        assert!(t.report(&db, endpoints("127.0.0.7:5432")));
+        assert_eq!(addrs(&t, "db.test:5432").unwrap(), ["127.0.0.7:5432"]);
+    }
+}
