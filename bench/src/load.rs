@@ -16,7 +16,7 @@
 //! [`RoundTrip`] and is driven here, on blocking sockets. A multiplexed one
 //! (HTTP/2: many streams per connection) implements [`Client`] itself and
 //! follows the same [`Plan`] with several requests in flight; see
-//! [`crate::http2`].
+//! the `http2` module.
 //!
 //! Each thread records into its own histogram; they are merged after the
 //! threads are joined (nothing is shared while measuring).

@@ -20,7 +20,9 @@ use ringmesh_admin::telemetry::{
 };
 use ringmesh_protocols::tcp::RelayStats;
 
+use crate::connect::{connect, dst_labels};
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
+use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
 use crate::server_first::Dest;
@@ -461,33 +463,6 @@ fn route(
         hint,
         http,
     })
-}
-
-/// Discovery's metric labels for `svc`, if it has any.
-pub(crate) fn dst_labels(svc: &Service) -> Option<DstLabels> {
-    (!svc.labels.is_empty()).then(|| svc.labels.clone())
-}
-
-/// True when `dst` would reach listener `l` (which may be a wildcard).
-pub(crate) fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
-    l.port() == dst.port()
-        && (l.ip() == dst.ip()
-            || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
-}
-
-fn is_local(addr: SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}
-
-/// Connects with a timeout (reported as `ErrorKind::TimedOut`).
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("connect timed out after {timeout:?}"),
-        )),
-    }
 }
 
 #[derive(Debug)]

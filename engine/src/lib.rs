@@ -1,14 +1,36 @@
-//! ringmesh-engine: the process skeleton and the L4 data path.
+//! ringmesh-engine: the process skeleton and the data path.
 //!
 //! Owns start-up (configuration, binding, driver choice), the worker threads
 //! (one monoio event loop pinned per core, each with its own listeners,
-//! balancer replicas and buffers), the control core (a monoio runtime on a
-//! thread of its own running discovery's resolvers, the worker events queue
-//! and the admin server; see `control.rs`), graceful shutdown, and the
-//! opaque TCP proxy paths (outbound, inbound, explicit forwards).
+//! balancer replicas, pools and buffers), the control core (a monoio runtime
+//! on a thread of its own running discovery's resolvers, the worker events
+//! queue and the admin server; see `control.rs`), graceful shutdown, and every
+//! proxy path: opaque TCP, HTTP/1, HTTP/2 and the translations between them.
 //!
 //! Workers share nothing but the snapshot channel: every other piece of state
 //! a worker touches is `Rc`/`Cell` owned by that worker's thread.
+//!
+//! Modules, in layers: each uses only layers below it (`python3
+//! ../shared/tools/modgraph.py engine/src` reports no cycle).
+//! - **Process:** `proxy` (start-up, the public [`Proxy`]), `run` (a worker
+//!   thread: runtime, buffer ring, accept loops, messages, drain), `control`
+//!   (the control core), `admin` (the admin backend), `inbox` (what other
+//!   threads ask a worker).
+//! - **Connections:** `l4` (an accepted connection: original destination,
+//!   detection, the opaque relay, or a protocol server), `detect`,
+//!   `server_first`, `undecided`, `orig_dst`.
+//! - **Protocol servers:** `http1` (an HTTP/1 client connection: request
+//!   heads, routing, the per-request choice of path), `http2` (an HTTP/2
+//!   client connection: its streams, each routed and forwarded).
+//! - **Request paths:** `h1forward` (HTTP/1 to an HTTP/1 upstream, and the
+//!   tunnels upgrades become), `translate` (HTTP/1 ↔ HTTP/2), `h2client`
+//!   (streams on HTTP/2 upstream connections).
+//! - **Per request:** `route` (where a request goes; endpoint pick with
+//!   failover), `retry` (the one retry decision), `error` (every answer the
+//!   proxy makes itself), `connect` (the upstream connector).
+//! - **Worker state:** `worker` (the per-worker context), `pool` (HTTP/1
+//!   upstream connections and request scratch), `h2pool`, `stop`,
+//!   `warn_limit`, `memory`, `config`, `listen`.
 //!
 //! Telemetry types are not here: each worker writes metric shards defined in
 //! `ringmesh_admin::telemetry` (building their label sets, the TLS status
@@ -19,9 +41,13 @@
 
 mod admin;
 pub mod config;
+mod connect;
 mod control;
 mod detect;
 mod error;
+mod h1forward;
+mod h2client;
+mod h2pool;
 mod http1;
 mod http2;
 mod inbox;
@@ -33,6 +59,7 @@ mod pool;
 mod proxy;
 mod retry;
 mod route;
+mod run;
 mod server_first;
 mod stop;
 mod translate;
@@ -42,7 +69,8 @@ mod worker;
 
 pub use admin::{Hooks, LogLevel};
 pub use config::{Config, ConfigError, IoDriver};
-pub use proxy::{ActiveDriver, Proxy, StartError};
+pub use proxy::{Proxy, StartError};
 /// One worker's counters ([`Proxy::worker_stats`]); the type lives with the
 /// other metric types in `ringmesh-admin`.
 pub use ringmesh_admin::telemetry::WorkerStats;
+pub use run::ActiveDriver;

@@ -105,6 +105,17 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// True when `dst` would reach listener `l` (which may be a wildcard).
+pub(crate) fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
+    l.port() == dst.port()
+        && (l.ip() == dst.ip()
+            || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
+}
+
+pub(crate) fn is_local(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

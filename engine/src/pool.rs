@@ -24,6 +24,10 @@
 //! What no proxy can tell apart: bytes that arrive after the next request
 //! was written are indistinguishable from its response.
 //!
+//! Also here, as the worker's other per-request HTTP/1 state: the pool of
+//! request scratch ([`ScratchPool`]: parsed heads and the write buffer, held
+//! by a connection only while it has a request in hand) and [`read_more`].
+//!
 //! Must not: block, or hold a connection with unread bytes in the pool.
 
 use std::cell::{Cell, RefCell};
@@ -36,12 +40,15 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBufMut;
 use monoio::io::multishot::RecvMulti;
 use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_admin::telemetry::ConnMeter;
+use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
+use crate::detect::read_until;
 use crate::stop::Stop;
 
 pub(crate) type Rd = OwnedReadHalf<TcpStream>;
@@ -89,7 +96,7 @@ impl ReadMore for Rd {
         max: usize,
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        crate::http1::read_more(self, meter, buf, max, deadline).await
+        read_more(self, meter, buf, max, deadline).await
     }
 }
 
@@ -211,9 +218,7 @@ impl ReadMore for UpRead {
         loop {
             let r = match &mut self.ring {
                 Ring::Armed(r) | Ring::Stopping(r) => r,
-                Ring::Off => {
-                    return crate::http1::read_more(&mut self.rd, meter, buf, max, deadline).await
-                }
+                Ring::Off => return read_more(&mut self.rd, meter, buf, max, deadline).await,
             };
             let got = match deadline {
                 None => r.next().await,
@@ -238,7 +243,7 @@ impl ReadMore for UpRead {
                     // again (a stopped receive just ends).
                     let armed = matches!(self.ring, Ring::Armed(_));
                     self.ring = Ring::Off;
-                    let n = crate::http1::read_more(&mut self.rd, meter, buf, max, deadline).await;
+                    let n = read_more(&mut self.rd, meter, buf, max, deadline).await;
                     if armed && matches!(n, Ok(1..)) {
                         self.arm();
                     }
@@ -407,6 +412,73 @@ impl Pool {
     }
 }
 
+/// Idle per-request states kept per worker (beyond this, freed).
+pub(crate) const MAX_IDLE_SCRATCH: usize = 64;
+
+/// A request's working state: parsed heads (which keep their buffers) and
+/// the buffer heads are written into.
+pub(crate) struct Scratch {
+    pub(crate) req: RequestHead,
+    pub(crate) resp: ResponseHead,
+    pub(crate) out: Vec<u8>,
+}
+
+/// A worker's idle [`Scratch`]es: a connection holds one only while it
+/// has a request in hand.
+#[derive(Default)]
+// Boxed: a connection holds its `Scratch` by pointer (cheap to move).
+#[allow(clippy::vec_box)]
+pub(crate) struct ScratchPool(RefCell<Vec<Box<Scratch>>>);
+
+impl ScratchPool {
+    pub(crate) fn take(&self) -> Box<Scratch> {
+        self.0.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(Scratch {
+                req: RequestHead::new(),
+                resp: ResponseHead::new(),
+                out: Vec::with_capacity(1024),
+            })
+        })
+    }
+
+    pub(crate) fn put(&self, s: Box<Scratch>) {
+        let mut free = self.0.borrow_mut();
+        if free.len() < MAX_IDLE_SCRATCH {
+            free.push(s);
+        }
+    }
+
+    /// Frees every idle one (after a burst).
+    pub(crate) fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
+/// Appends what `rd` has to `buf`, growing it up to `max` when full; the
+/// read is cancelled at `deadline`.
+pub(crate) async fn read_more(
+    rd: &mut Rd,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: Option<Instant>,
+) -> io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        let grow = buf
+            .capacity()
+            .max(4096)
+            .min(max.saturating_sub(buf.len()).max(1));
+        buf.reserve(grow);
+    }
+    let len = buf.len();
+    let (res, slice) = read_until(rd, std::mem::take(buf).slice_mut(len..), deadline).await;
+    *buf = slice.into_inner();
+    if let Ok(n) = res {
+        meter.read(n);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -461,7 +533,7 @@ mod tests {
             assert_eq!(rest, b"early");
             server.write_all(b"later").unwrap();
             let mut later = Vec::with_capacity(64);
-            let n = crate::http1::read_more(&mut rd, &meter, &mut later, 64, None)
+            let n = read_more(&mut rd, &meter, &mut later, 64, None)
                 .await
                 .unwrap();
             assert_eq!(&later[..n], b"later");

@@ -23,23 +23,7 @@ use crate::control::{Control, ControlError};
 use crate::inbox::WorkerMsg;
 use crate::l4::ListenerKind;
 use crate::listen::{self, BindError};
-use crate::worker::{self, WorkerSetup};
-
-/// The io driver the workers actually run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActiveDriver {
-    Uring,
-    Epoll,
-}
-
-impl std::fmt::Display for ActiveDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Uring => "io_uring",
-            Self::Epoll => "epoll",
-        })
-    }
-}
+use crate::run::{self, ActiveDriver, WorkerSetup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -161,7 +145,7 @@ impl Proxy {
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ringmesh-worker-{id}"))
-                .spawn(move || worker::run(setup))
+                .spawn(move || run::run(setup))
                 .map_err(StartError::Thread)?;
             workers.push(WorkerHandle { tx, thread });
         }

@@ -35,8 +35,8 @@ use ringmesh_protocols::http1::{
 };
 
 use crate::error::{Failure, ProxyError};
-use crate::http1::{self, Client};
-use crate::http2::{self, Opened, Opening};
+use crate::h1forward::{self, Client};
+use crate::h2client::{self, Opened, Opening};
 use crate::pool::{ReadMore, Upstream, Wr};
 use crate::retry::Attempts;
 use crate::route::Dst;
@@ -79,7 +79,7 @@ pub(crate) async fn h1_over_h2(
     let parts = h2_request(req, key).map_err(|reason| ProxyError::malformed(400, reason))?;
     let end = req.framing().is_empty();
     let mut attempts = Attempts::new(target, req.method().is_idempotent(), end);
-    let opened = http2::open_stream(
+    let opened = h2client::open_stream(
         w,
         key,
         target,
@@ -364,14 +364,14 @@ pub(crate) async fn h2_to_h1(
     let mut fresh = false;
     let (up, addr, guard, mut ubuf, resp, sent_at) = loop {
         let (mut up, addr, guard) =
-            match http1::checkout(w, key, target, connect_timeout, !fresh, &[]).await {
+            match h1forward::checkout(w, key, target, connect_timeout, !fresh, &[]).await {
                 Ok(u) => u,
                 Err(e) => return Err(e.into()),
             };
         key.target = Some(addr);
         // The client's stream reset meanwhile (MadeYouReset included): the
         // request does not go.
-        if let Some(reason) = http2::reset_already(respond) {
+        if let Some(reason) = h2client::reset_already(respond) {
             return Err(Failure::Reset(reason));
         }
         let reused = up.reused;
@@ -535,7 +535,7 @@ async fn h1_body_to_h2(
             .map_err(|e| format!("bad body: {e}"))?;
         buf.drain(..p.consumed);
         if !data.is_empty() {
-            http2::send_all(to, data.split().freeze(), false)
+            h2client::send_all(to, data.split().freeze(), false)
                 .await
                 .map_err(|r| format!("stream reset: {r:?}"))?;
         }
@@ -570,7 +570,7 @@ async fn read_final_head(
     let (rd, meter) = up;
     let first_byte = Cell::new(None);
     loop {
-        http1::read_response_head(
+        h1forward::read_response_head(
             (&mut *rd, meter),
             buf,
             resp,

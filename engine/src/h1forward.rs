@@ -1,0 +1,560 @@
+//! An HTTP/1 request forwarded to an HTTP/1 upstream: the client
+//! connection's halves, an upstream connection (pooled, or connected with
+//! failover), the exchange (request body up and response down at the same
+//! time, so `Expect: 100-continue` and early responses work) and the tunnel
+//! an upgrade or CONNECT becomes.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey, Peer, TcpKey, TlsStatus};
+use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::http1::{
+    write_request_head, write_response_head, BodyFraming, BodyScanner, ConnectionHeader, Limits,
+    Method, RequestContext, RequestHead, ResponseHead, Version, WriteOptions,
+};
+use ringmesh_protocols::tcp::relay;
+
+use crate::detect::is_cancelled;
+use crate::error::{Failure, Kind, ProxyError};
+use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
+use crate::route::{failover, Dst};
+use crate::worker::Worker;
+
+/// One connection's state: the client halves and the reused buffers.
+pub(crate) struct Client {
+    pub(crate) rd: Rd,
+    pub(crate) wr: Wr,
+    /// Bytes read from the client and not yet handled.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) peer: SocketAddr,
+    /// Counts this connection in the `peer="src"` TCP series.
+    pub(crate) meter: ConnMeter,
+    /// For waiting between requests without a buffer; owned by `rd`/`wr`.
+    pub(crate) fd: RawFd,
+}
+
+/// Writes `buf[..n]` and removes those bytes from the front.
+pub(crate) async fn write_front(
+    wr: &mut Wr,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let (res, slice) = wr.write_all(std::mem::take(buf).slice(0..n)).await;
+    *buf = slice.into_inner();
+    meter.wrote(res?);
+    buf.drain(..n);
+    Ok(())
+}
+
+/// An upstream connection for one request: pooled if one is idle for the
+/// chosen endpoint, else connected (trying each endpoint at most once).
+pub(crate) async fn checkout(
+    w: &Worker,
+    key: &HttpKey,
+    dst: &Dst,
+    timeout: Duration,
+    use_pool: bool,
+    avoid: &[SocketAddr],
+) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
+    match dst {
+        Dst::Addr(addr) => {
+            if w.is_own_listener(*addr) {
+                return Err(ProxyError::looped(*addr));
+            }
+            if let Some(u) = use_pool.then(|| w.pool.take(*addr)).flatten() {
+                return Ok((u, *addr, None));
+            }
+            let s = connect(*addr, timeout).await?;
+            Ok((split(w, key, s, *addr), *addr, None))
+        }
+        Dst::Service(svc, balancer) => {
+            let (up, addr, guard) = failover(w, svc, balancer, avoid, |addr| async move {
+                if let Some(u) = use_pool.then(|| w.pool.take(addr)).flatten() {
+                    return Ok(u);
+                }
+                Ok(split(w, key, connect(addr, timeout).await?, addr))
+            })
+            .await?;
+            Ok((up, addr, Some(guard)))
+        }
+    }
+}
+
+/// A new upstream connection to `addr`, counted for `key`'s destination.
+pub(crate) fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream {
+    let _ = s.set_nodelay(true);
+    let fd = s.as_raw_fd();
+    let (rd, wr) = s.into_split();
+    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+        direction: key.direction,
+        peer: Peer::Dst,
+        target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
+        authority: key.authority.clone(),
+        dst_labels: key.dst_labels.clone(),
+    });
+    Upstream {
+        rd: UpRead::new(rd, fd),
+        wr,
+        fd,
+        reused: false,
+        meter,
+    }
+}
+
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    crate::connect::connect(addr, timeout)
+        .await
+        .map_err(|e| ProxyError::connect(&e))
+}
+
+pub(crate) struct Outcome {
+    pub(crate) ubuf: Vec<u8>,
+    pub(crate) end: Exchange,
+}
+
+impl Outcome {
+    fn failed(ubuf: Vec<u8>, f: impl Into<Failure>) -> Self {
+        Self {
+            ubuf,
+            end: Exchange::Failed(f.into()),
+        }
+    }
+}
+
+pub(crate) enum Exchange {
+    /// The response is complete. `upstream` is returned when it may be
+    /// reused; `client_ok` when the client connection may carry another
+    /// request.
+    Done {
+        upstream: Option<Upstream>,
+        client_ok: bool,
+    },
+    /// 101 or a CONNECT 2xx: both sides now belong to a tunnel.
+    Upgraded(Upstream),
+    /// [`Failure::Answer`] when nothing of the response reached the client
+    /// (retryable when nothing of it arrived and the request was sent
+    /// whole), [`Failure::Broken`] when it had started.
+    Failed(Failure),
+}
+
+/// Sends one request upstream and its response back. With `kept`, the
+/// request body is the first `kept` bytes of `c.buf`, sent with the head
+/// and left there (for a retry); else it is streamed from the client.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn exchange(
+    w: &Worker,
+    c: &mut Client,
+    up: Upstream,
+    req: &RequestHead,
+    resp: &mut ResponseHead,
+    out: &mut Vec<u8>,
+    mut ubuf: Vec<u8>,
+    limits: &Limits,
+    first_byte: &Cell<Option<Instant>>,
+    request_deadline: Option<Instant>,
+    answered_5xx: Option<&Cell<Option<u16>>>,
+    kept: Option<usize>,
+) -> Outcome {
+    let Upstream {
+        rd: mut urd,
+        wr: mut uwr,
+        fd,
+        meter: umeter,
+        ..
+    } = up;
+    // Only bytes read from this connection after this request was written
+    // can be its response.
+    ubuf.clear();
+    let client_version = req.version();
+    let upgrade = req.upgrade().is_some();
+    out.clear();
+    let opts = WriteOptions {
+        version: client_version,
+        connection: if client_version == Version::Http10 {
+            ConnectionHeader::KeepAlive
+        } else {
+            ConnectionHeader::Omit
+        },
+        upgrade,
+        ..WriteOptions::default()
+    };
+    if let Err(e) = write_request_head(req, out, &opts) {
+        return Outcome::failed(ubuf, ProxyError::malformed(400, e.to_string()));
+    }
+    // A kept body goes in the same write as the head; so does what already
+    // arrived of a streamed one (one segment rather than two).
+    let mut scanner = BodyScanner::new(req.framing(), limits);
+    if let Some(n) = kept {
+        out.extend_from_slice(&c.buf[..n]);
+        scanner = BodyScanner::new(BodyFraming::Empty, limits);
+    } else if !req.expect_continue() {
+        match scanner.scan(&c.buf) {
+            Ok(p) => {
+                out.extend_from_slice(&c.buf[..p.consumed]);
+                c.buf.drain(..p.consumed);
+            }
+            Err(e) => {
+                let e = ProxyError::malformed(400, format!("bad request body: {e}"));
+                return Outcome::failed(ubuf, e);
+            }
+        }
+    }
+    let replayable = req.framing().is_empty() || kept.is_some();
+    let (res, o) = uwr.write_all(std::mem::take(out)).await;
+    *out = o;
+    match res {
+        Ok(n) => umeter.wrote(n),
+        Err(e) => {
+            let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
+            return Outcome::failed(ubuf, e.or_retry(replayable));
+        }
+    }
+
+    // The request body (client → upstream) and the response (upstream →
+    // client) move at the same time.
+    let body_up = async {
+        let r = stream_body(
+            scanner,
+            (&mut c.rd, &c.meter),
+            &mut c.buf,
+            (&mut uwr, &umeter),
+        )
+        .await;
+        if matches!(r, Err(BodyError::Malformed(_))) {
+            // The upstream got a truncated body and may wait for the rest:
+            // end the exchange so the client gets its 400 now.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        r
+    };
+    let ctx = req.context();
+    let is_head = req.method() == Method::Head;
+    // The sooner of the response timeout (from now) and the request
+    // timeout (from the request head's arrival).
+    let response_deadline = w.response_deadline(request_deadline);
+    let down = async {
+        // Response head(s): interim 1xx are forwarded as they come.
+        loop {
+            let head = read_response_head(
+                (&mut urd, &umeter),
+                &mut ubuf,
+                resp,
+                ctx,
+                limits,
+                response_deadline,
+                first_byte,
+            );
+            head.await.map_err(Failure::Answer)?;
+            // Kept from the client when the caller will retry it elsewhere
+            // (the connection is dropped: its body is not read).
+            if let (Some(flag), 502 | 503) = (answered_5xx, resp.status()) {
+                flag.set(Some(resp.status()));
+                let held = ProxyError::new(Kind::Answered(resp.status()), "held for a retry");
+                return Err(held.into());
+            }
+            // Draining: this response is the connection's last; say so.
+            let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
+            let tunnel = resp.framing() == BodyFraming::Tunnel;
+            let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
+            out.clear();
+            let connection = if resp.is_interim() || tunnel {
+                ConnectionHeader::Omit
+            } else if !keep || close_delimited {
+                ConnectionHeader::Close
+            } else if client_version == Version::Http10 {
+                ConnectionHeader::KeepAlive
+            } else {
+                ConnectionHeader::Omit
+            };
+            let ropts = WriteOptions {
+                connection,
+                upgrade: tunnel && upgrade,
+                ..WriteOptions::default()
+            };
+            if let Err(e) = write_response_head(resp, out, &ropts) {
+                return Err(ProxyError::upstream(e.to_string()).into());
+            }
+            let framing = if is_head || resp.is_interim() || tunnel {
+                BodyFraming::Empty
+            } else {
+                resp.framing()
+            };
+            // The body bytes that came with the head go in the same write:
+            // one segment for a small response instead of two.
+            let mut scanner = BodyScanner::new(framing, limits);
+            let done = match scanner.scan(&ubuf) {
+                Ok(p) => {
+                    out.extend_from_slice(&ubuf[..p.consumed]);
+                    ubuf.drain(..p.consumed);
+                    p.done
+                }
+                Err(e) => return Err(ProxyError::upstream(e.to_string()).into()),
+            };
+            if !done {
+                // The rest of the body streams with plain reads (no ring
+                // buffer waits on a slow client).
+                urd.stop_ring();
+            }
+            let (res, o) = c.wr.write_all(std::mem::take(out)).await;
+            *out = o;
+            match res {
+                Ok(n) => c.meter.wrote(n),
+                Err(e) => {
+                    return Err(Failure::Broken {
+                        status: resp.status(),
+                        reason: format!("writing to the client failed: {e}"),
+                    })
+                }
+            }
+            if resp.is_interim() {
+                continue;
+            }
+            if tunnel {
+                return Ok((true, false, false));
+            }
+            let r = if done {
+                Ok(())
+            } else {
+                stream_body(
+                    scanner,
+                    (&mut urd, &umeter),
+                    &mut ubuf,
+                    (&mut c.wr, &c.meter),
+                )
+                .await
+            };
+            return match r {
+                Ok(()) => Ok((
+                    false,
+                    keep && !close_delimited,
+                    resp.keep_alive() && !close_delimited,
+                )),
+                Err(e) => Err(Failure::Broken {
+                    status: resp.status(),
+                    reason: String::from(e),
+                }),
+            };
+        }
+    };
+    let (up_res, down_res) = monoio::join!(body_up, down);
+    match down_res {
+        Ok((true, _, _)) => {
+            // Upgraded: the request had no body to wait for.
+            let _ = up_res;
+            Outcome {
+                ubuf,
+                end: Exchange::Upgraded(Upstream {
+                    rd: urd,
+                    wr: uwr,
+                    fd,
+                    reused: false,
+                    meter: umeter,
+                }),
+            }
+        }
+        Ok((false, client_keep, upstream_keep)) => {
+            let body_ok = up_res.is_ok();
+            // Whether bytes came past the response is the pool's to judge
+            // (`Pool::release`, with `ubuf`).
+            let reusable = upstream_keep && body_ok;
+            let upstream = reusable.then(|| Upstream {
+                rd: urd,
+                wr: uwr,
+                fd,
+                reused: false,
+                meter: umeter,
+            });
+            Outcome {
+                ubuf,
+                end: Exchange::Done {
+                    upstream,
+                    client_ok: client_keep && body_ok,
+                },
+            }
+        }
+        Err(f) => {
+            // If the request body failed on the client side, that is why.
+            let f = match (f, up_res) {
+                (f, Err(BodyError::Source(e))) => {
+                    let reason = format!("client request body failed: {e}");
+                    match f {
+                        Failure::Answer(a) => Failure::Answer(a.because(reason)),
+                        Failure::Broken { status, .. } => Failure::Broken { status, reason },
+                        reset => reset,
+                    }
+                }
+                (Failure::Answer(_), Err(BodyError::Malformed(e))) => {
+                    ProxyError::malformed(400, format!("bad request body: {e}")).into()
+                }
+                (Failure::Answer(a), _) => {
+                    let retryable = a.retryable() && replayable;
+                    Failure::Answer(a.or_retry(retryable))
+                }
+                (f, _) => f,
+            };
+            Outcome::failed(ubuf, f)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Reading the source failed.
+    Source(String),
+    /// The source's framing is invalid (e.g. a bad chunk size).
+    Malformed(String),
+    /// Writing to the sink failed.
+    Sink(String),
+}
+
+/// Reads one response head (interim or final) into `resp`, starting with
+/// what `buf` holds; the bytes after it stay in `buf`. `first_byte` is set
+/// at the first bytes read. An error is retryable when nothing of a
+/// response was there (a stale pooled connection looks like that).
+pub(crate) async fn read_response_head(
+    (rd, meter): (&mut impl ReadMore, &ConnMeter),
+    buf: &mut Vec<u8>,
+    resp: &mut ResponseHead,
+    ctx: RequestContext,
+    limits: &Limits,
+    deadline: Option<Instant>,
+    first_byte: &Cell<Option<Instant>>,
+) -> Result<(), ProxyError> {
+    loop {
+        if !buf.is_empty() {
+            match resp.parse(buf, ctx, limits) {
+                Ok(Some(n)) => {
+                    buf.drain(..n);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ProxyError::upstream(e.to_string())),
+            }
+        }
+        match rd
+            .read_more(meter, buf, limits.max_head_bytes(), deadline)
+            .await
+        {
+            Err(e) if is_cancelled(&e) => {
+                return Err(ProxyError::timeout("upstream response timed out"))
+            }
+            Ok(0) => {
+                let e = ProxyError::upstream("upstream closed the connection before responding");
+                return Err(e.or_retry(buf.is_empty()));
+            }
+            Ok(_) => {
+                if first_byte.get().is_none() {
+                    first_byte.set(Some(Instant::now()));
+                }
+            }
+            Err(e) => {
+                meter.failed(&e);
+                let e = ProxyError::upstream(format!("reading the response failed: {e}"));
+                return Err(e.or_retry(buf.is_empty()));
+            }
+        }
+    }
+}
+
+/// Forwards one body from `src` (starting with what `buf` holds) to `dst`,
+/// verbatim, stopping exactly at its end; bytes after it stay in `buf`.
+pub(crate) async fn stream_body(
+    mut scanner: BodyScanner,
+    (src, src_meter): (&mut impl ReadMore, &ConnMeter),
+    buf: &mut Vec<u8>,
+    (dst, dst_meter): (&mut Wr, &ConnMeter),
+) -> Result<(), BodyError> {
+    loop {
+        let p = scanner
+            .scan(buf)
+            .map_err(|e| BodyError::Malformed(e.to_string()))?;
+        write_front(dst, dst_meter, buf, p.consumed)
+            .await
+            .map_err(|e| BodyError::Sink(e.to_string()))?;
+        if p.done {
+            return Ok(());
+        }
+        let cap = buf.capacity().max(16 * 1024);
+        match src.read_more(src_meter, buf, cap, None).await {
+            Ok(0) => {
+                return scanner
+                    .finish_at_eof()
+                    .map_err(|e| BodyError::Source(e.to_string()));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(BodyError::Source(e.to_string())),
+        }
+    }
+}
+
+/// Hands both connections to the opaque relay after an upgrade or CONNECT;
+/// `to_client` holds upstream bytes read past the response head.
+pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u8>) {
+    let Client {
+        rd,
+        mut wr,
+        buf,
+        peer,
+        meter: src_meter,
+        ..
+    } = c;
+    let Upstream {
+        rd: urd,
+        wr: uwr,
+        meter: dst_meter,
+        ..
+    } = up;
+    let mut to_client = to_client;
+    // Bytes the upstream's receive already took follow the response head.
+    let urd = urd.into_plain(&mut to_client).await;
+    if !to_client.is_empty() {
+        let n = to_client.len();
+        if write_front(&mut wr, &src_meter, &mut to_client, n)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let (Ok(client), Ok(server)) = (rd.reunite(wr), urd.reunite(uwr)) else {
+        tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
+        return;
+    };
+    // What the client sent after its request head goes to the server first.
+    let (stats, bufs) = relay(
+        client,
+        server,
+        (buf, w.bufs.get()),
+        w.cfg.tcp_idle_timeout,
+        w.cfg.tcp_bulk_buffer_size,
+        // The request's latency was already learned from its 101/2xx.
+        &|_| {},
+        &w.relay_counters,
+    )
+    .await;
+    w.bufs.put(bufs.0);
+    w.bufs.put(bufs.1);
+    relayed(&src_meter, &dst_meter, &stats);
+    tracing::debug!(%peer, up = stats.client_to_server, down = stats.server_to_client, "tunnel closed");
+}
+
+impl From<BodyError> for String {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::Source(s) | BodyError::Malformed(s) | BodyError::Sink(s) => s,
+        }
+    }
+}

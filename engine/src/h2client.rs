@@ -1,0 +1,355 @@
+//! The HTTP/2 client side: opening a stream on a pooled (or new) upstream
+//! connection, sending a body with flow control, and the connection's byte
+//! metering.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use http::Request;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::BufResult;
+use monoio_http::h2::{client, server, Reason, SendStream};
+use ringmesh_admin::telemetry::{ConnMeter, HttpKey, Peer, TcpKey, TlsStatus};
+use ringmesh_balancer::OpenGuard;
+
+use crate::error::ProxyError;
+use crate::retry::Attempts;
+use crate::route::{failover, Dst};
+use crate::worker::Worker;
+
+/// Receive window of an upstream connection: the protocol's maximum. A
+/// response the proxy cannot pass on (its client does not read) keeps its
+/// bytes unreleased, at most its stream window; were the connection window
+/// smaller than the stream windows of all the streams sharing the
+/// connection, a few stalled streams (16 of 64 KiB in a 1 MiB window) would
+/// stop every other stream on it. Stream windows alone bound what a
+/// connection buffers.
+pub(crate) const UPSTREAM_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
+/// Largest header list accepted from either side (RFC 9113 §6.5.2).
+pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
+/// A socket whose reads and writes are counted by a [`ConnMeter`].
+pub(crate) struct MeteredIo<I> {
+    pub(crate) io: I,
+    pub(crate) meter: ConnMeter,
+}
+
+impl<I: AsyncReadRent> AsyncReadRent for MeteredIo<I> {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.read(buf).await;
+        match &res {
+            Ok(n) => self.meter.read(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.readv(buf).await;
+        match &res {
+            Ok(n) => self.meter.read(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+}
+
+impl<I: AsyncWriteRent> AsyncWriteRent for MeteredIo<I> {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.write(buf).await;
+        match &res {
+            Ok(n) => self.meter.wrote(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.writev(buf).await;
+        match &res {
+            Ok(n) => self.meter.wrote(*n),
+            Err(e) => self.meter.failed(e),
+        }
+        (res, buf)
+    }
+
+    fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.flush()
+    }
+
+    fn shutdown(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.io.shutdown()
+    }
+}
+
+/// A stream opened on an upstream connection.
+pub(crate) struct Opened {
+    pub(crate) response: client::ResponseFuture,
+    pub(crate) body: SendStream<Bytes>,
+    pub(crate) addr: SocketAddr,
+    /// In flight on its endpoint (for the balancer) while held.
+    pub(crate) guard: Option<OpenGuard>,
+    /// The connection's id in the pool (to retire it).
+    pub(crate) id: u64,
+}
+
+/// Opens a stream for `parts` on a pooled (or new) connection to an
+/// endpoint of `dst`, not one that answered before (`attempts`). A
+/// connection the endpoint is closing (GOAWAY) takes no new stream: it is
+/// retired and another is tried, as `retry` allows (every attempt counts
+/// in `attempts`, shared with the caller's retries). `client`: the HTTP/2 client stream the
+/// request came on; if it is reset by the time the request would go, the
+/// request does not go ([`Opening::Abandoned`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_stream(
+    w: &Rc<Worker>,
+    key: &mut HttpKey,
+    dst: &Dst,
+    timeout: Duration,
+    parts: &http::request::Parts,
+    end: bool,
+    attempts: &mut Attempts,
+    mut client: Option<&mut server::SendResponse<Bytes>>,
+) -> Result<Opening, ProxyError> {
+    loop {
+        attempts.count_try();
+        let (send, addr, guard, id) = checkout(w, key, dst, timeout, attempts.avoid()).await?;
+        key.target = Some(addr);
+        let sent = match send.ready().await {
+            Ok(mut s) => {
+                // Checked with nothing awaited before the request is
+                // queued: a stream reset meanwhile (by the client, or by
+                // the library for the client's error — MadeYouReset) costs
+                // the upstream nothing.
+                if let Some(reason) = client.as_deref_mut().and_then(reset_already) {
+                    return Ok(Opening::Abandoned(reason));
+                }
+                s.send_request(request_head(parts), end)
+            }
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok((response, body)) => {
+                return Ok(Opening::Opened(Opened {
+                    response,
+                    body,
+                    addr,
+                    guard,
+                    id,
+                }))
+            }
+            Err(e) if attempts.retry_unprocessed(false) && unprocessed(&e) => {
+                w.h2_pool.retire(addr, id)
+            }
+            Err(e) => return Err(ProxyError::upstream(format!("upstream: {e}"))),
+        }
+    }
+}
+
+/// What [`open_stream`] did.
+pub(crate) enum Opening {
+    Opened(Opened),
+    /// The client's stream was reset before the request went upstream.
+    Abandoned(Reason),
+}
+
+/// The reason `respond`'s stream was reset, if it was: asked without
+/// waiting (the stream's waker is not ours to keep).
+pub(crate) fn reset_already(respond: &mut server::SendResponse<Bytes>) -> Option<Reason> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match respond.poll_reset(&mut cx) {
+        std::task::Poll::Ready(Ok(reason)) => Some(reason),
+        std::task::Poll::Ready(Err(e)) => Some(e.reason().unwrap_or(Reason::CANCEL)),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// A new head for each attempt (the body is never replayed).
+pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// The upstream did not process the stream: GOAWAY'd past its last stream
+/// id, or refused (RFC 9113 §8.7).
+pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
+    e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
+}
+
+/// Sends `chunk` as the window allows.
+pub(crate) async fn send_all(
+    to: &mut SendStream<Bytes>,
+    mut chunk: Bytes,
+    last: bool,
+) -> Result<(), Reason> {
+    if chunk.is_empty() {
+        return to
+            .send_data(chunk, last)
+            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL));
+    }
+    while !chunk.is_empty() {
+        to.reserve_capacity(chunk.len());
+        let cap = match poll_fn(|cx| to.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e.reason().unwrap_or(Reason::CANCEL)),
+            None => return Err(Reason::CANCEL),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let part = chunk.split_to(cap.min(chunk.len()));
+        to.send_data(part, last && chunk.is_empty())
+            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+    }
+    Ok(())
+}
+
+/// A stream's upstream: a pooled HTTP/2 connection to the chosen endpoint,
+/// or a new one (trying each endpoint at most once).
+pub(crate) async fn checkout(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    dst: &Dst,
+    timeout: Duration,
+    avoid: &[SocketAddr],
+) -> Result<
+    (
+        client::SendRequest<Bytes>,
+        SocketAddr,
+        Option<OpenGuard>,
+        u64,
+    ),
+    ProxyError,
+> {
+    match dst {
+        Dst::Addr(addr) => {
+            if w.is_own_listener(*addr) {
+                return Err(ProxyError::looped(*addr));
+            }
+            let (send, id) = connection(w, key, *addr, timeout).await?;
+            Ok((send, *addr, None, id))
+        }
+        Dst::Service(svc, balancer) => {
+            let ((send, id), addr, guard) = failover(w, svc, balancer, avoid, |addr| {
+                connection(w, key, addr, timeout)
+            })
+            .await?;
+            Ok((send, addr, Some(guard), id))
+        }
+    }
+}
+
+/// A pooled connection to `addr`, or a new one (connect + HTTP/2
+/// handshake, its connection task spawned on this worker).
+pub(crate) async fn connection(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
+    loop {
+        if let Some(taken) = w.h2_pool.take(addr) {
+            return Ok(taken);
+        }
+        let wait = {
+            let mut connecting = w.h2_pool.connecting.borrow_mut();
+            match connecting.get_mut(&addr) {
+                Some(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    connecting.insert(addr, Vec::new());
+                    None
+                }
+            }
+        };
+        let Some(rx) = wait else { break };
+        // Someone else is connecting: share their connection or failure.
+        match rx.await {
+            Ok(Err(e)) => return Err(ProxyError::connect(&std::io::Error::other(e))),
+            Ok(Ok(())) | Err(_) => continue,
+        }
+    }
+    let mut turn = ConnectingTurn {
+        pool: &w.h2_pool,
+        addr,
+        outcome: Err("connection attempt abandoned".into()),
+    };
+    let res = new_connection(w, key, addr, timeout).await;
+    turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason().to_string());
+    res
+}
+
+/// The stream making a new connection: when it finishes (or is dropped
+/// half-way), the streams waiting on it are told and the slot is freed.
+pub(crate) struct ConnectingTurn<'a> {
+    pool: &'a crate::h2pool::Pool,
+    addr: SocketAddr,
+    outcome: Result<(), String>,
+}
+
+impl Drop for ConnectingTurn<'_> {
+    fn drop(&mut self) {
+        let waiters = self.pool.connecting.borrow_mut().remove(&self.addr);
+        for tx in waiters.into_iter().flatten() {
+            let _ = tx.send(self.outcome.clone());
+        }
+    }
+}
+
+/// Connects to `addr`, does the HTTP/2 handshake, spawns the connection's
+/// task on this worker and pools it.
+pub(crate) async fn new_connection(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
+    let stream = crate::connect::connect(addr, timeout)
+        .await
+        .map_err(|e| ProxyError::connect(&e))?;
+    let _ = stream.set_nodelay(true);
+    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+        direction: key.direction,
+        peer: Peer::Dst,
+        target: addr,
+        // Not `key.tls`: an inbound request's label set has the client's.
+        tls: TlsStatus::NO_PROXY_IDENTITY,
+        authority: key.authority.clone(),
+        dst_labels: key.dst_labels.clone(),
+    });
+    let io = MeteredIo { io: stream, meter };
+    let mut builder = client::Builder::new();
+    builder
+        .initial_window_size(w.cfg.http2_stream_window)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false);
+    let (send, conn) = builder
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| ProxyError::connect(&std::io::Error::other(e.to_string())))?;
+    let closed = Rc::new(Cell::new(false));
+    let done = closed.clone();
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+        done.set(true);
+    });
+    let id = w.h2_pool.put(addr, send.clone(), closed);
+    Ok((send, id))
+}

@@ -1,0 +1,78 @@
+//! The HTTP/2 upstream connections of one worker, per endpoint: a stream
+//! goes on a pooled connection with room for it, and a burst of new streams
+//! to one endpoint shares one new connection.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use monoio_http::h2::client;
+
+/// Streams one pooled upstream connection carries before another is opened
+/// (the peer's own SETTINGS_MAX_CONCURRENT_STREAMS still applies: a stream
+/// waits for room rather than failing).
+pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+
+/// One pooled upstream HTTP/2 connection.
+pub(crate) struct Upstream {
+    /// Tells connections to one endpoint apart (for retiring one).
+    id: u64,
+    send: client::SendRequest<Bytes>,
+    /// Set when its connection task ended (closed, failed, or GOAWAY).
+    closed: Rc<Cell<bool>>,
+}
+
+/// Told when the connection it waits for is up (or why it is not).
+pub(crate) type ConnectWaiter = oneshot::Sender<Result<(), String>>;
+
+/// This worker's HTTP/2 connections per endpoint.
+#[derive(Default)]
+pub(crate) struct Pool {
+    conns: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    next_id: Cell<u64>,
+    /// Endpoints a connection is being made to, with the streams waiting
+    /// for it: a burst of new streams shares one new connection instead of
+    /// each opening its own.
+    pub(crate) connecting: RefCell<HashMap<SocketAddr, Vec<ConnectWaiter>>>,
+}
+
+impl Pool {
+    /// A connection to `addr` with room for another stream.
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<(client::SendRequest<Bytes>, u64)> {
+        let mut conns = self.conns.borrow_mut();
+        let list = conns.get_mut(&addr)?;
+        list.retain(|u| !u.closed.get() && !u.send.has_conn_error());
+        // Room below the peer's own limit too: a stream queued for a slot
+        // on a full connection would wait behind streams that may never
+        // end (their clients stopped reading), so it goes on another.
+        list.iter()
+            .find(|u| {
+                let limit = STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams());
+                u.send.num_active_streams() < limit
+            })
+            .map(|u| (u.send.clone(), u.id))
+    }
+
+    pub(crate) fn put(
+        &self,
+        addr: SocketAddr,
+        send: client::SendRequest<Bytes>,
+        closed: Rc<Cell<bool>>,
+    ) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let up = Upstream { id, send, closed };
+        self.conns.borrow_mut().entry(addr).or_default().push(up);
+        id
+    }
+
+    /// Takes a connection out of use (its open streams go on).
+    pub(crate) fn retire(&self, addr: SocketAddr, id: u64) {
+        if let Some(list) = self.conns.borrow_mut().get_mut(&addr) {
+            list.retain(|u| u.id != id);
+        }
+    }
+}

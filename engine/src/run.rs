@@ -1,0 +1,405 @@
+//! A worker thread: its runtime (io_uring or epoll), its buffer ring,
+//! its listeners and accept loops, the messages other threads send it, and
+//! its drain. What a request or connection uses of the worker is the
+//! context in `worker.rs`; this module starts, runs and stops it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_core::stream::FusedStream;
+use futures_core::Stream;
+use monoio::net::TcpListener;
+use ringmesh_admin::telemetry::{HttpShard, TcpShard};
+use ringmesh_discovery::SnapshotCache;
+use ringmesh_protocols::buffer::BufferPool;
+use ringmesh_protocols::tcp::RelayCounters;
+
+use crate::config::Config;
+use crate::control::ControlSender;
+use crate::inbox::WorkerMsg;
+use crate::l4::{self, ListenerKind};
+use crate::memory;
+use crate::pool::Pool;
+use crate::stop::Stop;
+use crate::undecided::UndecidedSet;
+use crate::warn_limit::{summarise, warn_limited, WarnLimit, Warning};
+use crate::worker::Worker;
+
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub driver: ActiveDriver,
+    pub listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+    /// Every address this process listens on, for loop detection.
+    pub own_listeners: Vec<SocketAddr>,
+    pub snapshots: SnapshotCache,
+    pub control: ControlSender,
+    pub cfg: Config,
+    pub rx: UnboundedReceiver<WorkerMsg>,
+    pub ready: mpsc::Sender<(usize, Result<(), String>)>,
+}
+
+/// How long a draining worker still waits for a request on an idle
+/// keep-alive connection: one already sent is served, with
+/// `Connection: close`, instead of meeting a closed socket.
+pub(crate) const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
+
+/// Idle buffers kept per worker (1 MiB at the default 16 KiB); beyond this,
+/// returned buffers are freed, so a burst of connections does not pin its
+/// buffers once it is over.
+pub(crate) const MAX_IDLE_BUFFERS: usize = 64;
+
+/// The io_uring setup for a worker's ring. Every ring is created and used
+/// by exactly one thread, so the kernel can skip cross-thread machinery:
+/// `SINGLE_ISSUER` and `COOP_TASKRUN` (Linux 6.0 / 5.19) stop completions
+/// from interrupting the worker with IPIs; they are run when it next enters
+/// the kernel anyway.
+pub(crate) fn uring_builder(tuned: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if tuned {
+        b.setup_coop_taskrun().setup_single_issuer();
+    }
+    b
+}
+
+/// Sets up this worker's provided-buffer ring, which the TCP relay's
+/// multishot receives fill (io_uring only; the epoll driver and kernels
+/// without buffer rings use plain receives).
+pub(crate) fn register_buf_ring(worker: usize, cfg: &Config) {
+    if cfg.tcp_ring_buffers == 0 || monoio::utils::is_legacy() {
+        return;
+    }
+    let count = ring_buffers(cfg.tcp_ring_buffers, cfg.tcp_buffer_size);
+    if count < cfg.tcp_ring_buffers {
+        tracing::info!(
+            worker,
+            count,
+            size = cfg.tcp_buffer_size,
+            "buffer ring capped at {} MiB",
+            MAX_RING_BYTES >> 20
+        );
+    }
+    let size = u32::try_from(cfg.tcp_buffer_size).unwrap_or(u32::MAX);
+    if let Err(e) = monoio::io::multishot::register_buf_ring(count, size) {
+        tracing::info!(worker, error = %e, "no io_uring buffer ring; the TCP relay uses plain receives");
+    }
+}
+
+/// At most this much memory in one worker's buffer ring.
+pub(crate) const MAX_RING_BYTES: usize = 64 << 20;
+
+/// `wanted` ring buffers of `size` bytes, or fewer (a power of two, at
+/// least one) so the ring stays within [`MAX_RING_BYTES`]: big
+/// `RINGMESH_TCP_BUFFER_SIZE` values would otherwise ask for gigabytes.
+pub(crate) fn ring_buffers(wanted: u16, size: usize) -> u16 {
+    let fit = (MAX_RING_BYTES / size.max(1)).max(1);
+    let fit = (1usize << fit.ilog2()).min(32768);
+    wanted.min(u16::try_from(fit).unwrap_or(32768))
+}
+
+/// Thread body: pin, build the runtime, serve until drained.
+pub(crate) fn run(setup: WorkerSetup) {
+    let id = setup.id;
+    if let Some(core) = setup.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::warn!(worker = id, core = core.id, "cannot pin worker to its core");
+        }
+    }
+    let ready = setup.ready.clone();
+    let failed = |e: std::io::Error| {
+        let _ = ready.send((
+            id,
+            Err(format!("cannot build the {} runtime: {e}", setup.driver)),
+        ));
+    };
+    match setup.driver {
+        ActiveDriver::Uring => {
+            // With the ring tuned for one thread; without, on kernels that
+            // refuse the flags.
+            let build = |tuned: bool| {
+                monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(4096)
+                    .uring_builder(uring_builder(tuned))
+                    .enable_timer()
+                    .build()
+            };
+            match build(true).or_else(|_| build(false)) {
+                Ok(mut rt) => rt.block_on(serve(setup)),
+                Err(e) => failed(e),
+            }
+        }
+        ActiveDriver::Epoll => {
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .with_entries(4096)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(serve(setup)),
+                Err(e) => failed(e),
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        listeners,
+        own_listeners,
+        snapshots,
+        control,
+        cfg,
+        mut rx,
+        ready,
+        ..
+    } = setup;
+    register_buf_ring(id, &cfg);
+    let max_undecided = cfg.detect_max_undecided;
+    let worker = Rc::new(Worker {
+        id,
+        bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
+        h1_scratch: Default::default(),
+        cfg,
+        own_listeners,
+        accepted: Cell::new(0),
+        open: Cell::new(0),
+        open_peak: Cell::new(0),
+        requests: Cell::new(0),
+        control,
+        pool: Pool::default(),
+        stop: Stop::default(),
+        close_idle: Stop::default(),
+        h2_pool: crate::h2pool::Pool::default(),
+        failing_fast: RefCell::default(),
+        queued: Cell::new(0),
+        retries: Cell::new(0),
+        relay_counters: RelayCounters::default(),
+        undecided: UndecidedSet::new(max_undecided),
+        server_first: RefCell::default(),
+        server_first_relays: Cell::new(0),
+        tcp_metrics: RefCell::new(TcpShard::default()),
+        http_metrics: RefCell::new(HttpShard::default()),
+        warnings: WarnLimit::default(),
+        snapshots: RefCell::new(snapshots),
+        replicas: RefCell::new(HashMap::new()),
+    });
+    let stop = worker.stop.clone();
+    // The listening sockets, to stop listening at once when draining.
+    let mut listening = Vec::new();
+    for (kind, std_listener) in listeners {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send((id, Err(format!("cannot register listener: {e}"))));
+                return;
+            }
+        };
+        listening.push(std::os::fd::AsRawFd::as_raw_fd(&listener));
+        monoio::spawn(accept_loop(
+            worker.clone(),
+            Rc::new(kind),
+            listener,
+            stop.clone(),
+        ));
+    }
+    let _ = ready.send((id, Ok(())));
+    drop(ready);
+    // Closes pooled HTTP/1 connections the moment their upstream sends or
+    // closes; ends (closing them all) when the worker stops.
+    let reaper = worker.clone();
+    let reaper_stop = stop.clone();
+    monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
+    // Gives a burst's memory back to the OS once it is over.
+    monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
+
+    // Serve until told to stop (or the handle is gone).
+    loop {
+        match next(&mut rx).await {
+            Some(WorkerMsg::Shutdown) | None => break,
+            Some(msg) => answer(&worker, msg),
+        }
+    }
+
+    // Drain: no new connections; open ones get the grace period. Listening
+    // stops first, before any response says `Connection: close`: a client
+    // that reconnects at once is refused (another worker or instance takes
+    // it) instead of landing in a backlog that nothing accepts from and
+    // that the kernel resets when the accept loops drop their listeners.
+    for fd in &listening {
+        // Their accept loops own them until they see the stop below.
+        let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
+    }
+    stop.trigger();
+    // Connections still detecting (silent ones may wait for either side
+    // for the TCP idle timeout) have no exchange to finish.
+    worker.undecided.drain();
+    let drain_started = Instant::now();
+    let deadline = drain_started + worker.cfg.shutdown_grace_period;
+    tracing::debug!(worker = id, open = worker.open.get(), "draining");
+    while worker.open.get() > 0 && Instant::now() < deadline {
+        if drain_started.elapsed() >= DRAIN_LAST_LOOK {
+            worker.close_idle.trigger();
+        }
+        monoio::select! {
+            _ = monoio::time::sleep(Duration::from_millis(20)) => {}
+            msg = next(&mut rx) => {
+                if let Some(msg) = msg {
+                    answer(&worker, msg);
+                }
+            }
+        }
+    }
+    // Idle pooled connections close inside the runtime that armed their
+    // receives.
+    worker.pool.clear();
+    // Whatever the limit still holds is reported before the worker goes.
+    for (kind, n) in worker
+        .warnings
+        .flush_at(Instant::now() + WarnLimit::INTERVAL)
+    {
+        summarise(kind, n);
+    }
+    let left = worker.open.get();
+    if left > 0 {
+        tracing::warn!(
+            worker = id,
+            open = left,
+            "grace period over; closing remaining connections"
+        );
+    }
+    tracing::info!(
+        worker = id,
+        accepted = worker.accepted.get(),
+        "worker stopped"
+    );
+}
+
+/// Per worker: gives memory back once the open connections have fallen
+/// well below their peak since the last time; ends when the worker stops.
+pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(memory::CHECK_INTERVAL) => {}
+            _ = stop.wait() => return,
+        }
+        let open = w.open.get();
+        if memory::should_collect(w.open_peak.get(), open) {
+            tracing::debug!(
+                worker = w.id,
+                peak = w.open_peak.get(),
+                open,
+                "giving memory back"
+            );
+            w.bufs.clear();
+            w.h1_scratch.clear();
+            monoio::io::multishot::shrink_driver();
+            memory::collect();
+            w.open_peak.set(open);
+        }
+    }
+}
+
+/// Answers a query from another thread (stats, metrics scrape).
+pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
+    // Messages (scrapes) come often enough to report a flood of warnings
+    // that stopped, without a timer of its own.
+    for (kind, n) in worker.warnings.flush_at(Instant::now()) {
+        summarise(kind, n);
+    }
+    match msg {
+        WorkerMsg::Stats(reply) => {
+            let _ = reply.send(worker.stats());
+        }
+        WorkerMsg::Metrics(reply) => {
+            let retain = worker.cfg.metrics_retain_idle;
+            worker.tcp_metrics.borrow_mut().evict_idle(retain);
+            worker.http_metrics.borrow_mut().evict_idle(retain);
+            let _ = reply.send((
+                worker.stats(),
+                worker.tcp_metrics.borrow().snapshot(),
+                worker.http_metrics.borrow().clone(),
+            ));
+        }
+        WorkerMsg::Shutdown => {}
+    }
+}
+
+/// The next control message; after the channel closed, never resolves
+/// again (the drain loop keeps polling it).
+pub(crate) async fn next(rx: &mut UnboundedReceiver<WorkerMsg>) -> Option<WorkerMsg> {
+    if FusedStream::is_terminated(rx) {
+        std::future::pending::<()>().await;
+    }
+    std::future::poll_fn(|cx| Pin::new(&mut *rx).poll_next(cx)).await
+}
+
+pub(crate) async fn accept_loop(
+    worker: Rc<Worker>,
+    kind: Rc<ListenerKind>,
+    listener: TcpListener,
+    stop: Stop,
+) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                worker.accepted.set(worker.accepted.get() + 1);
+                monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
+            }
+            // The listener was shut down for a drain.
+            Err(_) if stop.is_stopped() => break,
+            Err(e) => {
+                // Out of fds and the like: back off instead of spinning.
+                warn_limited!(worker, Warning::AcceptFailed, worker = worker.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if stop.is_stopped() {
+            break;
+        }
+    }
+}
+
+/// The io driver the workers actually run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveDriver {
+    Uring,
+    Epoll,
+}
+
+impl std::fmt::Display for ActiveDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Uring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_stays_within_its_memory_cap() {
+        // The defaults fit: 256 × 16 KiB = 4 MiB.
+        assert_eq!(ring_buffers(256, 16 << 10), 256);
+        assert_eq!(ring_buffers(32768, 1024), 32768);
+        // 64 MiB / 1 MiB = 64 buffers; a 16 MiB buffer size leaves 4.
+        assert_eq!(ring_buffers(256, 1 << 20), 64);
+        assert_eq!(ring_buffers(256, 16 << 20), 4);
+        // Not a power of two: rounded down (64 MiB / 3 MiB = 21 → 16).
+        assert_eq!(ring_buffers(256, 3 << 20), 16);
+        // Never zero.
+        assert_eq!(ring_buffers(256, 1 << 30), 1);
+    }
+}
