@@ -19,6 +19,7 @@ use ringmesh_admin::telemetry::{ConnMeter, HttpKey, Peer, TcpKey, TlsStatus};
 use ringmesh_balancer::OpenGuard;
 
 use crate::error::ProxyError;
+use crate::observe::Observer;
 use crate::retry::Attempts;
 use crate::route::{failover, Dst};
 use crate::worker::Worker;
@@ -110,7 +111,7 @@ pub(crate) struct Opened {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open_stream(
     w: &Rc<Worker>,
-    key: &mut HttpKey,
+    obs: &mut Observer<'_>,
     dst: &Dst,
     timeout: Duration,
     parts: &http::request::Parts,
@@ -120,8 +121,9 @@ pub(crate) async fn open_stream(
 ) -> Result<Opening, ProxyError> {
     loop {
         attempts.count_try();
-        let (send, addr, guard, id) = checkout(w, key, dst, timeout, attempts.avoid()).await?;
-        key.target = Some(addr);
+        let (send, addr, guard, id) =
+            checkout(w, obs.key(), dst, timeout, attempts.avoid()).await?;
+        obs.endpoint(addr);
         let sent = match send.ready().await {
             Ok(mut s) => {
                 // Checked with nothing awaited before the request is

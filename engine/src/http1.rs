@@ -23,19 +23,20 @@ use std::time::{Duration, Instant};
 use monoio::io::multishot::RecvMulti;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
-use ringmesh_admin::telemetry::{ConnMeter, Direction, HttpKey, ResponseClass, TlsStatus};
+use ringmesh_admin::telemetry::{ConnMeter, Direction};
+use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
 
-use crate::connect::dst_labels;
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError, Side};
 use crate::h1forward::{checkout, exchange, tunnel, Client, Exchange};
+use crate::observe::Observer;
 use crate::pool::{read_more, Scratch, Upstream};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
 use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::{record_outcome, Worker};
+use crate::worker::Worker;
 
 /// Serves HTTP/1 on `client`; `buf` holds the bytes detection read (already
 /// counted by `meter`'s owner), whose first arrived at `head_started`: the
@@ -141,6 +142,19 @@ enum Next {
     Tunnel(Upstream, Vec<u8>),
 }
 
+/// One request's working state on an HTTP/1 client connection.
+struct Turn<'a> {
+    w: &'a Rc<Worker>,
+    c: &'a mut Client,
+    req: &'a RequestHead,
+    resp: &'a mut ResponseHead,
+    out: &'a mut Vec<u8>,
+    /// The upstream read buffer.
+    ubuf: &'a mut Vec<u8>,
+    limits: &'a Limits,
+    connect_timeout: Duration,
+}
+
 /// One request whose head (`head_len` bytes at the front of `c.buf`) is
 /// parsed in `s.req`: routed, forwarded and answered.
 #[allow(clippy::too_many_arguments)]
@@ -156,315 +170,335 @@ async fn request(
 ) -> Next {
     let Scratch { req, resp, out } = s;
     let mut ubuf = std::mem::take(ubuf_slot);
-    let next = request_inner(
-        w,
-        c,
-        req,
-        resp,
-        out,
-        &mut ubuf,
-        head_len,
-        dst,
-        connect_timeout,
-        limits,
-    )
-    .await;
-    *ubuf_slot = ubuf;
-    next
-}
-
-/// [`request`] with the scratch state split into its parts.
-#[allow(clippy::too_many_arguments)]
-async fn request_inner(
-    w: &Rc<Worker>,
-    c: &mut Client,
-    req: &mut RequestHead,
-    resp: &mut ResponseHead,
-    out: &mut Vec<u8>,
-    ubuf: &mut Vec<u8>,
-    head_len: usize,
-    dst: &HttpDst,
-    connect_timeout: Duration,
-    limits: &Limits,
-) -> Next {
     c.buf.drain(..head_len);
-    let started = Instant::now();
     let direction = if matches!(dst, HttpDst::Local(_)) {
         Direction::Inbound
     } else {
         Direction::Outbound
     };
-    let mut key = HttpKey {
-        direction,
-        tls: TlsStatus::NO_PROXY_IDENTITY,
-        authority: None,
-        target: None,
-        dst_labels: None,
+    let obs = Observer::start(w, direction);
+    let mut t = Turn {
+        w,
+        c,
+        req,
+        resp,
+        out,
+        ubuf: &mut ubuf,
+        limits,
+        connect_timeout,
     };
+    let next = route_and_forward(&mut t, obs, dst).await;
+    *ubuf_slot = ubuf;
+    next
+}
 
-    // 2. Where it goes, and a connection there.
-    let target = match resolve(w, dst, req.authority()).await {
+/// Picks the request's destination and path: over HTTP/2 to meshed
+/// endpoints, else to an HTTP/1 upstream (its small body kept first).
+async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDst) -> Next {
+    let target = match resolve(t.w, dst, t.req.authority()).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::info!(peer = %c.peer, error = e.reason(), "request refused");
-            record(w, &key, e.status(), Some(&e), started);
-            send_error(c, out, &e).await;
-            return Next::Close;
+            tracing::info!(peer = %t.c.peer, error = e.reason(), "request refused");
+            return answer(t, obs, e).await;
         }
     };
-    match &target {
-        Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.to_shared());
-            key.dst_labels = dst_labels(svc);
-        }
-        // Known before connecting, so a failed connect is labelled too.
-        Dst::Addr(addr) => key.target = Some(*addr),
-    }
-    // Meshed endpoints: the request travels over HTTP/2.
-    if translate::upgrades(&target, req) {
-        let deadline = w.cfg.http_request_timeout.map(|t| started + t);
+    obs.routed(&target);
+    if translate::upgrades(&target, t.req) {
         // Boxed: its state would otherwise size every connection's task.
-        let outcome = Box::pin(translate::h1_over_h2(
-            w,
-            c,
-            req,
-            &mut key,
-            &target,
-            connect_timeout,
-            deadline,
-            out,
-            limits,
-        ))
-        .await;
-        match outcome {
-            Ok((status, client_ok)) => {
-                record(w, &key, status, None, started);
-                // A drain is handled by the next head's read (a request
-                // already sent is served, with `Connection: close`).
-                if client_ok {
-                    return Next::Continue;
-                }
-            }
-            Err(Failure::Answer(e)) => {
-                if e.side() == Side::Downstream {
-                    tracing::debug!(peer = %c.peer, reason = e.reason(), "bad request");
-                } else {
-                    warn_limited!(w, Warning::RequestFailed, peer = %c.peer, reason = e.reason(), "request failed");
-                }
-                record(w, &key, e.status(), Some(&e), started);
-                send_error(c, out, &e).await;
-            }
-            Err(broken) => {
-                let (status, reason) = broken.after_response();
-                tracing::debug!(peer = %c.peer, reason, "request failed after the response started");
-                record(w, &key, status, None, started);
-            }
-        }
-        return Next::Close;
+        return Box::pin(over_h2(t, obs, &target)).await;
     }
-    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
-    // A small body is kept whole (at the front of `c.buf`) so the
-    // request can go again. It is read before connecting: no upstream
-    // connection waits on a slow client.
-    let kept = match replayable_body(req, &target) {
-        Some(n) => match read_body(c, n, request_deadline).await {
-            Ok(true) => Some(n),
-            Ok(false) => return Next::Close, // closed mid-body: nothing to answer
-            Err(e) if is_cancelled(&e) => {
-                tracing::info!(peer = %c.peer, "request body not received within the request timeout");
-                let e = ProxyError::timeout("request timed out before the response");
-                record(w, &key, e.status(), Some(&e), started);
-                send_error(c, out, &e).await;
-                return Next::Close;
-            }
-            Err(e) => {
-                c.meter.failed(&e);
-                return Next::Close;
-            }
-        },
-        None => None,
+    let deadline = t.w.cfg.http_request_timeout.map(|d| obs.started() + d);
+    let kept = match keep_body(t, &target, deadline).await {
+        Ok(kept) => kept,
+        Err(Some(e)) => return answer(t, obs, e).await,
+        Err(None) => return Next::Close,
     };
-    let (mut up, mut addr, mut in_flight) = match checkout(
-        w,
-        &key,
-        &target,
-        connect_timeout,
-        true,
-        &[],
+    forward(t, obs, dst, &target, kept, deadline).await
+}
+
+/// The proxy answers the request itself; the connection closes after.
+async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
+    obs.answered(&e, false);
+    send_error(t.c, t.out, &e).await;
+    Next::Close
+}
+
+/// Logs why the proxy answers: the client's fault at debug (a hostile
+/// client must not flood the log), anything else rate-limited.
+fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &ProxyError) {
+    if e.side() == Side::Downstream {
+        tracing::debug!(%peer, reason = e.reason(), "bad request");
+    } else {
+        warn_limited!(w, Warning::RequestFailed, %peer, ?upstream, reason = e.reason(), "request failed");
+    }
+}
+
+/// The request to a meshed service travels over HTTP/2 (`translate`).
+async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
+    let deadline = t.w.cfg.http_request_timeout.map(|d| obs.started() + d);
+    let outcome = translate::h1_over_h2(
+        t.w,
+        t.c,
+        t.req,
+        &mut obs,
+        target,
+        t.connect_timeout,
+        deadline,
+        t.out,
+        t.limits,
     )
-    .await
+    .await;
+    match outcome {
+        Ok((status, client_ok)) => {
+            obs.end_status(status);
+            // A drain is handled by the next head's read (a request
+            // already sent is served, with `Connection: close`).
+            if client_ok {
+                return Next::Continue;
+            }
+            Next::Close
+        }
+        Err(Failure::Answer(e)) => {
+            log_answer(t.w, t.c.peer, None, &e);
+            answer(t, obs, e).await
+        }
+        Err(broken) => {
+            let (status, reason) = broken.after_response();
+            tracing::debug!(peer = %t.c.peer, reason, "request failed after the response started");
+            obs.end_status(status);
+            Next::Close
+        }
+    }
+}
+
+/// A small body to a service is read whole first (it stays at the front
+/// of `c.buf`), so the request can go again; it is read before
+/// connecting, so no upstream connection waits on a slow client.
+/// `Err(None)`: the client went away, nothing to answer.
+async fn keep_body(
+    t: &mut Turn<'_>,
+    target: &Dst,
+    deadline: Option<Instant>,
+) -> Result<Option<usize>, Option<ProxyError>> {
+    let Some(n) = replayable_body(t.req, target) else {
+        return Ok(None);
+    };
+    match read_body(t.c, n, deadline).await {
+        Ok(true) => Ok(Some(n)),
+        Ok(false) => Err(None), // closed mid-body: nothing to answer
+        Err(e) if is_cancelled(&e) => {
+            tracing::info!(peer = %t.c.peer, "request body not received within the request timeout");
+            Err(Some(ProxyError::timeout(
+                "request timed out before the response",
+            )))
+        }
+        Err(e) => {
+            t.c.meter.failed(&e);
+            Err(None)
+        }
+    }
+}
+
+/// The request to an HTTP/1 upstream: a connection, the exchange (again
+/// where `retry` allows), then what the client hears.
+async fn forward(
+    t: &mut Turn<'_>,
+    mut obs: Observer<'_>,
+    dst: &HttpDst,
+    target: &Dst,
+    kept: Option<usize>,
+    deadline: Option<Instant>,
+) -> Next {
+    let (up, addr, in_flight) = match checkout(t.w, obs.key(), target, t.connect_timeout, true, &[])
+        .await
     {
         Ok(u) => u,
         Err(e) => {
-            warn_limited!(w, Warning::UpstreamUnavailable, peer = %c.peer, error = e.reason(), "upstream unavailable");
-            record(w, &key, e.status(), Some(&e), started);
-            send_error(c, out, &e).await;
-            return Next::Close;
+            warn_limited!(t.w, Warning::UpstreamUnavailable, peer = %t.c.peer, error = e.reason(), "upstream unavailable");
+            return answer(t, obs, e).await;
         }
     };
-    key.target = Some(addr);
-
+    obs.endpoint(addr);
     // A CONNECT from an explicit-proxy client is ours to answer: the
     // tunnel goes to the resolved endpoint.
-    if req.is_connect() && matches!(dst, HttpDst::ByAuthority) {
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
-        let (res, _) = c.wr.write_all(std::mem::take(out)).await;
+    if t.req.is_connect() && matches!(dst, HttpDst::ByAuthority) {
+        t.out.clear();
+        t.out
+            .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        let (res, _) = t.c.wr.write_all(std::mem::take(t.out)).await;
         match res {
-            Ok(n) => c.meter.wrote(n),
+            Ok(n) => t.c.meter.wrote(n),
             Err(_) => return Next::Close,
         }
         return Next::Tunnel(up, Vec::new());
     }
+    let first = (up, addr, in_flight);
+    let (outcome, addr, in_flight) = attempts(t, &mut obs, target, kept, deadline, first).await;
+    obs.endpoint(addr);
+    // The kept body was sent (maybe more than once); what follows it is
+    // the next request, or a tunnel's.
+    if let Some(n) = kept {
+        t.c.buf.drain(..n);
+    }
+    finish(t, obs, outcome, addr, in_flight.as_ref()).await
+}
 
-    // 3. Forward the request and read the response together; go again
-    // where `retry` allows (a stale pooled connection, a 502/503 from one
-    // endpoint of a service). Upgrades and CONNECT never go twice.
-    let mut attempts = Attempts::new(
-        &target,
+/// An upstream connection for an attempt: the connection, its endpoint, and
+/// the request's place in the endpoint's in-flight count.
+type Attempt = (Upstream, SocketAddr, Option<OpenGuard>);
+
+/// Sends the request on `first`, and again where `retry` allows: a stale
+/// pooled connection (once, on a new connection) or a 502/503 from an
+/// endpoint of a service (to another endpoint; the client never sees the
+/// answer that was retried). Upgrades and CONNECT never go twice.
+async fn attempts(
+    t: &mut Turn<'_>,
+    obs: &mut Observer<'_>,
+    target: &Dst,
+    kept: Option<usize>,
+    deadline: Option<Instant>,
+    first: Attempt,
+) -> (Exchange, SocketAddr, Option<OpenGuard>) {
+    let req = t.req;
+    let mut tries = Attempts::new(
+        target,
         req.method().is_idempotent() && !req.is_connect() && req.upgrade().is_none(),
         req.framing().is_empty() || kept.is_some(),
     );
-    let outcome = loop {
+    let (mut up, mut addr, mut in_flight) = first;
+    loop {
         let reused = up.reused;
         let first_byte = Cell::new(None);
         // A 502/503 that would be retried is kept from the client.
-        let hold_5xx = attempts.would_retry_answer(Instant::now());
+        let hold_5xx = tries.would_retry_answer(Instant::now());
         let answered_5xx = Cell::new(None);
         let sent = Instant::now();
+        let ubuf = std::mem::take(t.ubuf);
         let outcome = exchange(
-            w,
-            c,
+            t.w,
+            t.c,
             up,
             req,
-            resp,
-            out,
-            std::mem::take(ubuf),
-            limits,
+            t.resp,
+            t.out,
+            ubuf,
+            t.limits,
             &first_byte,
-            request_deadline,
+            deadline,
             hold_5xx.then_some(&answered_5xx),
             kept,
         )
         .await;
-        *ubuf = outcome.ubuf;
-        // The balancer learns the endpoint's latency to the first
-        // response byte (peak-EWMA).
-        if let (Some(g), Some(t)) = (&in_flight, first_byte.get()) {
-            g.endpoint()
-                .observe_response(t.saturating_duration_since(sent));
+        *t.ubuf = outcome.ubuf;
+        if let Some(at) = first_byte.get() {
+            obs.response_head(in_flight.as_ref(), at.saturating_duration_since(sent));
         }
-        if let (Some(status), Some(g)) = (answered_5xx.get(), &in_flight) {
+        let retry = if let (Some(status), Some(g)) = (answered_5xx.get(), &in_flight) {
             // What was read past that answer's head belongs to it.
-            ubuf.clear();
-            key.target = Some(addr);
-            if !attempts.retry_answer(status, addr, Instant::now()) {
+            t.ubuf.clear();
+            obs.endpoint(addr);
+            if !tries.retry_answer(status, addr, Instant::now()) {
                 // The budget went to another request meanwhile.
                 let e = ProxyError::new(
                     Kind::Answered(status),
                     format!("upstream answered {status}"),
                 );
-                break Exchange::Failed(e.into());
+                return (Exchange::Failed(e.into()), addr, in_flight);
             }
-            w.note_retry(&key, g.endpoint());
-            tracing::debug!(peer = %c.peer, upstream = %addr, status, "retrying on another endpoint");
-            match checkout(w, &key, &target, connect_timeout, true, attempts.avoid()).await {
-                Ok((u, a, g)) => {
-                    (up, addr, in_flight) = (u, a, g);
-                    continue;
+            obs.retrying(g);
+            tracing::debug!(peer = %t.c.peer, upstream = %addr, status, "retrying on another endpoint");
+            Some((true, Some(status)))
+        } else {
+            match &outcome.end {
+                Exchange::Failed(Failure::Answer(e))
+                    if e.retryable() && tries.retry_stale(reused) =>
+                {
+                    tracing::debug!(peer = %t.c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
+                    Some((false, None))
                 }
-                Err(e) => {
-                    let reason =
-                        format!("upstream answered {status}; retry failed: {}", e.reason());
-                    break Exchange::Failed(ProxyError::new(Kind::Answered(status), reason).into());
-                }
+                _ => None,
             }
-        }
-        match outcome.end {
-            Exchange::Failed(Failure::Answer(e))
-                if e.retryable() && attempts.retry_stale(reused) =>
-            {
-                tracing::debug!(peer = %c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                match checkout(w, &key, &target, connect_timeout, false, attempts.avoid()).await {
-                    Ok((u, a, g)) => {
-                        (up, addr, in_flight) = (u, a, g);
-                        continue;
+        };
+        let Some((use_pool, answered)) = retry else {
+            return (outcome.end, addr, in_flight);
+        };
+        match checkout(
+            t.w,
+            obs.key(),
+            target,
+            t.connect_timeout,
+            use_pool,
+            tries.avoid(),
+        )
+        .await
+        {
+            Ok((u, a, g)) => (up, addr, in_flight) = (u, a, g),
+            Err(e) => {
+                let e = match answered {
+                    Some(status) => {
+                        let reason =
+                            format!("upstream answered {status}; retry failed: {}", e.reason());
+                        ProxyError::new(Kind::Answered(status), reason)
                     }
-                    Err(e) => break Exchange::Failed(e.into()),
-                }
+                    None => e,
+                };
+                return (Exchange::Failed(e.into()), addr, in_flight);
             }
-            end => break end,
-        }
-    };
-    key.target = Some(addr);
-    // The kept body was sent (maybe more than once); what follows it is
-    // the next request, or a tunnel's.
-    if let Some(n) = kept {
-        c.buf.drain(..n);
-    }
-    // Failure accrual: 5xx answers and upstream failures count against
-    // the endpoint; anything else resets its count.
-    if let Some(g) = &in_flight {
-        match &outcome {
-            Exchange::Done { .. } | Exchange::Upgraded(_) => {
-                record_outcome(g.endpoint(), resp.status() < 500)
-            }
-            Exchange::Failed(Failure::Answer(e)) if e.status() >= 502 => {
-                record_outcome(g.endpoint(), false)
-            }
-            Exchange::Failed(_) => {}
         }
     }
-    match &outcome {
-        Exchange::Done { .. } | Exchange::Upgraded(_) => {
-            record(w, &key, resp.status(), None, started)
-        }
-        Exchange::Failed(Failure::Answer(e)) => record(w, &key, e.status(), Some(e), started),
-        // The response had started: it is counted as what was sent.
-        Exchange::Failed(_) => record(w, &key, resp.status(), None, started),
-    }
+}
+
+/// After the last attempt: the endpoint's outcome and the request's
+/// metrics (through the observer), the connection back to the pool, and
+/// what the client hears.
+async fn finish(
+    t: &mut Turn<'_>,
+    obs: Observer<'_>,
+    outcome: Exchange,
+    addr: SocketAddr,
+    in_flight: Option<&OpenGuard>,
+) -> Next {
+    let status = t.resp.status();
     match outcome {
         Exchange::Done {
             upstream,
             client_ok,
         } => {
+            obs.endpoint_outcome(in_flight, status < 500);
+            obs.end_status(status);
             if let Some(up) = upstream {
-                w.pool.release(addr, up, ubuf);
+                t.w.pool.release(addr, up, t.ubuf);
             }
             // Bytes past a response answer no request: never parsed.
-            ubuf.clear();
+            t.ubuf.clear();
             // A drain is handled by the next head's read (a request
             // already sent is served, with `Connection: close`).
-            if !client_ok {
-                return Next::Close;
+            if client_ok {
+                Next::Continue
+            } else {
+                Next::Close
             }
         }
         Exchange::Upgraded(up) => {
-            return Next::Tunnel(up, std::mem::take(ubuf));
+            obs.endpoint_outcome(in_flight, status < 500);
+            obs.end_status(status);
+            Next::Tunnel(up, std::mem::take(t.ubuf))
         }
         Exchange::Failed(Failure::Answer(e)) => {
-            if e.side() == Side::Downstream {
-                tracing::debug!(peer = %c.peer, reason = e.reason(), "bad request");
-            } else {
-                warn_limited!(w, Warning::RequestFailed, peer = %c.peer, upstream = %addr, reason = e.reason(), "request failed");
+            if e.status() >= 502 {
+                obs.endpoint_outcome(in_flight, false);
             }
-            send_error(c, out, &e).await;
-            return Next::Close;
+            log_answer(t.w, t.c.peer, Some(addr), &e);
+            answer(t, obs, e).await
         }
         Exchange::Failed(broken) => {
+            // The response had started: it is counted as what was sent.
+            obs.end_status(status);
             let (_, reason) = broken.after_response();
-            tracing::debug!(peer = %c.peer, upstream = %addr, reason, "request failed after the response started");
-            return Next::Close;
+            tracing::debug!(peer = %t.c.peer, upstream = %addr, reason, "request failed after the response started");
+            Next::Close
         }
     }
-    Next::Continue
-}
-
-/// Counts one request and its response in this worker's shard; `error`
-/// when the proxy answered itself.
-fn record(w: &Worker, key: &HttpKey, status: u16, error: Option<&ProxyError>, started: Instant) {
-    let class = ResponseClass::http(status, error.map(ProxyError::label));
-    w.record_response(key, class, started);
 }
 
 /// Parses a request head at the front of `buf`: `Ok(None)` while it is

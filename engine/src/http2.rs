@@ -25,21 +25,21 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{server, Reason, RecvStream, SendStream};
-use ringmesh_admin::telemetry::{ConnMeter, Direction, HttpKey, ResponseClass, TlsStatus};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
 use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
-use crate::connect::dst_labels;
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h2client::{
     open_stream, send_all, unprocessed, MeteredIo, Opened, Opening, MAX_HEADER_LIST_SIZE,
 };
+use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
 use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::{record_outcome, Worker};
+use crate::worker::Worker;
 
 /// How long a client cut off by the defences is read from (and ignored)
 /// after its GOAWAY.
@@ -287,49 +287,27 @@ async fn proxy_stream(
     mut respond: server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) {
-    let started = Instant::now();
-    let mut key = HttpKey {
-        direction,
-        tls: TlsStatus::NO_PROXY_IDENTITY,
-        authority: None,
-        target: None,
-        dst_labels: None,
-    };
+    let mut obs = Observer::start(w, direction);
     let is_grpc = is_grpc(req.headers());
-    let class = match forward(
-        w,
-        dst,
-        &mut key,
-        req,
-        &mut respond,
-        connect_timeout,
-        started,
-    )
-    .await
-    {
-        Ok(class) => class,
+    let outcome = forward(w, dst, &mut obs, req, &mut respond, connect_timeout).await;
+    match outcome {
+        Ok(class) => obs.end(class),
         Err(Failure::Answer(e)) => {
             warn_limited!(w, Warning::Http2RequestFailed, error = %e, "HTTP/2 request failed");
             send_error(&mut respond, &e, is_grpc);
-            ResponseClass {
-                status: e.status(),
-                grpc_status: is_grpc.then(|| e.grpc_status()),
-                error: Some(e.label()),
-            }
+            obs.answered(&e, is_grpc);
         }
         Err(Failure::Broken { status, reason }) => {
             // The response had started: the stream can only be cut short.
             respond.send_reset(Reason::INTERNAL_ERROR);
             tracing::debug!(reason, "HTTP/2 response cut short");
-            ResponseClass::http(status, None)
+            obs.end_status(status);
         }
         Err(Failure::Reset(reason)) => {
             respond.send_reset(reason);
             tracing::debug!(?reason, "HTTP/2 stream reset");
-            return;
         }
-    };
-    w.record_response(&key, class, started);
+    }
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -375,11 +353,10 @@ fn send_error(respond: &mut server::SendResponse<Bytes>, e: &ProxyError, grpc: b
 async fn forward(
     w: &Rc<Worker>,
     dst: &HttpDst,
-    key: &mut HttpKey,
+    obs: &mut Observer<'_>,
     req: Request<RecvStream>,
     respond: &mut server::SendResponse<Bytes>,
     connect_timeout: Duration,
-    started: Instant,
 ) -> Result<ResponseClass, Failure> {
     // :authority, or Host for a request converted from HTTP/1.
     let authority = req
@@ -410,18 +387,12 @@ async fn forward(
         }),
     )
     .await?;
-    match &target {
-        Dst::Service(svc, _) => {
-            key.authority = Some(svc.name.to_shared());
-            key.dst_labels = dst_labels(svc);
-        }
-        Dst::Addr(addr) => key.target = Some(*addr),
-    }
+    obs.routed(&target);
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     parts.version = http::Version::HTTP_2;
-    let request_deadline = w.cfg.http_request_timeout.map(|t| started + t);
+    let request_deadline = w.cfg.http_request_timeout.map(|t| obs.started() + t);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
     // upstream hears HTTP/1.1.
     let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();
@@ -430,7 +401,7 @@ async fn forward(
     {
         return translate::h2_to_h1(
             w,
-            key,
+            obs,
             &target,
             &parts,
             body,
@@ -469,7 +440,7 @@ async fn forward(
     let resp = loop {
         let opening = open_stream(
             w,
-            key,
+            obs,
             &target,
             connect_timeout,
             &parts,
@@ -520,15 +491,13 @@ async fn forward(
         match head {
             Ok(resp) => {
                 // The balancer learns the latency to the response head.
-                if let Some(g) = &in_flight {
-                    g.endpoint().observe_response(sent_at.elapsed());
-                }
+                obs.response_head(in_flight.as_ref(), sent_at.elapsed());
                 // A 502/503 goes again to another endpoint where `retry`
                 // allows.
                 let status = resp.status().as_u16();
                 if let Some(g) = &in_flight {
                     if attempts.retry_answer(status, addr, Instant::now()) {
-                        w.note_retry(key, g.endpoint());
+                        obs.retrying(g);
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;
                     }
@@ -542,9 +511,7 @@ async fn forward(
                 continue;
             }
             Err(e) => {
-                if let Some(g) = &in_flight {
-                    record_outcome(g.endpoint(), false);
-                }
+                obs.endpoint_outcome(in_flight.as_ref(), false);
                 return Err(match e.reason() {
                     Some(reason) if e.is_reset() => Failure::Reset(reason),
                     _ => ProxyError::upstream(format!("upstream stream failed: {e}")).into(),
@@ -577,9 +544,8 @@ async fn forward(
     }
     // Failure accrual: 5xx and gRPC UNAVAILABLE count against the
     // endpoint; anything else resets its count.
-    if let Some(g) = &in_flight {
-        record_outcome(g.endpoint(), status < 500 && grpc != Some(GRPC_UNAVAILABLE));
-    }
+    let ok = status < 500 && grpc != Some(GRPC_UNAVAILABLE);
+    obs.endpoint_outcome(in_flight.as_ref(), ok);
     Ok(ResponseClass {
         status,
         grpc_status: grpc,

@@ -27,7 +27,8 @@
 //!   (streams on HTTP/2 upstream connections).
 //! - **Per request:** `route` (where a request goes; endpoint pick with
 //!   failover), `retry` (the one retry decision), `error` (every answer the
-//!   proxy makes itself), `connect` (the upstream connector).
+//!   proxy makes itself), `observe` (the one request observer: metrics,
+//!   balancer feedback, retry counts), `connect` (the upstream connector).
 //! - **Worker state:** `worker` (the per-worker context), `pool` (HTTP/1
 //!   upstream connections and request scratch), `h2pool`, `stop`,
 //!   `warn_limit`, `memory`, `config`, `listen`.
@@ -54,6 +55,7 @@ mod inbox;
 mod l4;
 pub mod listen;
 mod memory;
+mod observe;
 pub mod orig_dst;
 mod pool;
 mod proxy;

@@ -37,10 +37,11 @@ use ringmesh_protocols::http1::{
 use crate::error::{Failure, ProxyError};
 use crate::h1forward::{self, Client};
 use crate::h2client::{self, Opened, Opening};
+use crate::observe::Observer;
 use crate::pool::{ReadMore, Upstream, Wr};
 use crate::retry::Attempts;
 use crate::route::Dst;
-use crate::worker::{record_outcome, Worker};
+use crate::worker::Worker;
 
 /// Marks a request (and its response) that a proxy carried over HTTP/2 on
 /// behalf of an HTTP/1 client; the value is the original version.
@@ -69,19 +70,19 @@ pub(crate) async fn h1_over_h2(
     w: &Rc<Worker>,
     c: &mut Client,
     req: &RequestHead,
-    key: &mut HttpKey,
+    obs: &mut Observer<'_>,
     target: &Dst,
     connect_timeout: Duration,
     request_deadline: Option<Instant>,
     out: &mut Vec<u8>,
     limits: &Limits,
 ) -> Result<(u16, bool), Failure> {
-    let parts = h2_request(req, key).map_err(|reason| ProxyError::malformed(400, reason))?;
+    let parts = h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
     let end = req.framing().is_empty();
     let mut attempts = Attempts::new(target, req.method().is_idempotent(), end);
     let opened = h2client::open_stream(
         w,
-        key,
+        obs,
         target,
         connect_timeout,
         &parts,
@@ -155,15 +156,11 @@ pub(crate) async fn h1_over_h2(
         let resp = match head {
             Ok(r) => r,
             Err(e) => {
-                if let Some(g) = &guard {
-                    record_outcome(g.endpoint(), false);
-                }
+                obs.endpoint_outcome(guard.as_ref(), false);
                 return Err(ProxyError::upstream(format!("upstream stream failed: {e}")).into());
             }
         };
-        if let Some(g) = &guard {
-            g.endpoint().observe_response(sent_at.elapsed());
-        }
+        obs.response_head(guard.as_ref(), sent_at.elapsed());
         let (parts, mut from) = resp.into_parts();
         let status = parts.status.as_u16();
         let no_body = is_head || status == 204 || status == 304;
@@ -187,9 +184,7 @@ pub(crate) async fn h1_over_h2(
         if let Err(reason) = h2_body_to_h1(&mut from, framing, wr, meter, out).await {
             return Err(Failure::Broken { status, reason });
         }
-        if let Some(g) = &guard {
-            record_outcome(g.endpoint(), status < 500);
-        }
+        obs.endpoint_outcome(guard.as_ref(), status < 500);
         Ok(status)
     };
     let (up_res, down_res) = monoio::join!(body_up, down);
@@ -345,7 +340,7 @@ async fn h2_body_to_h1(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn h2_to_h1(
     w: &Rc<Worker>,
-    key: &mut HttpKey,
+    obs: &mut Observer<'_>,
     target: &Dst,
     parts: &http::request::Parts,
     body: RecvStream,
@@ -364,11 +359,11 @@ pub(crate) async fn h2_to_h1(
     let mut fresh = false;
     let (up, addr, guard, mut ubuf, resp, sent_at) = loop {
         let (mut up, addr, guard) =
-            match h1forward::checkout(w, key, target, connect_timeout, !fresh, &[]).await {
+            match h1forward::checkout(w, obs.key(), target, connect_timeout, !fresh, &[]).await {
                 Ok(u) => u,
                 Err(e) => return Err(e.into()),
             };
-        key.target = Some(addr);
+        obs.endpoint(addr);
         // The client's stream reset meanwhile (MadeYouReset included): the
         // request does not go.
         if let Some(reason) = h2client::reset_already(respond) {
@@ -434,19 +429,15 @@ pub(crate) async fn h2_to_h1(
             }
             Err(e) => {
                 w.bufs.put(ubuf);
-                if let Some(g) = &guard {
-                    if e.status() >= 502 {
-                        record_outcome(g.endpoint(), false);
-                    }
+                if e.status() >= 502 {
+                    obs.endpoint_outcome(guard.as_ref(), false);
                 }
                 return Err(e.into());
             }
         }
     };
     let (sent_at, body_ok) = sent_at;
-    if let Some(g) = &guard {
-        g.endpoint().observe_response(sent_at.elapsed());
-    }
+    obs.response_head(guard.as_ref(), sent_at.elapsed());
     let status = resp.status();
     let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
     for (name, value) in resp.headers().end_to_end() {
@@ -508,9 +499,7 @@ pub(crate) async fn h2_to_h1(
         w.pool.release(addr, up, &ubuf);
     }
     w.bufs.put(ubuf);
-    if let Some(g) = &guard {
-        record_outcome(g.endpoint(), status < 500);
-    }
+    obs.endpoint_outcome(guard.as_ref(), status < 500);
     Ok(ResponseClass {
         status,
         grpc_status: None,
