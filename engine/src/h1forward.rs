@@ -152,7 +152,10 @@ pub(crate) enum Exchange {
 
 /// Sends one request upstream and its response back. With `kept`, the
 /// request body is the first `kept` bytes of `c.buf`, sent with the head
-/// and left there (for a retry); else it is streamed from the client.
+/// and left there (for a retry); else it is streamed from the client. The
+/// request body (client → upstream) and the response (upstream → client)
+/// move at the same time, so `Expect: 100-continue` and early responses
+/// work.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange(
     w: &Worker,
@@ -178,53 +181,14 @@ pub(crate) async fn exchange(
     // Only bytes read from this connection after this request was written
     // can be its response.
     ubuf.clear();
-    let client_version = req.version();
-    let upgrade = req.upgrade().is_some();
-    out.clear();
-    let opts = WriteOptions {
-        version: client_version,
-        connection: if client_version == Version::Http10 {
-            ConnectionHeader::KeepAlive
-        } else {
-            ConnectionHeader::Omit
-        },
-        upgrade,
-        ..WriteOptions::default()
-    };
-    if let Err(e) = write_request_head(req, out, &opts) {
-        return Outcome::failed(ubuf, ProxyError::malformed(400, e.to_string()));
-    }
-    // A kept body goes in the same write as the head; so does what already
-    // arrived of a streamed one (one segment rather than two).
-    let mut scanner = BodyScanner::new(req.framing(), limits);
-    if let Some(n) = kept {
-        out.extend_from_slice(&c.buf[..n]);
-        scanner = BodyScanner::new(BodyFraming::Empty, limits);
-    } else if !req.expect_continue() {
-        match scanner.scan(&c.buf) {
-            Ok(p) => {
-                out.extend_from_slice(&c.buf[..p.consumed]);
-                c.buf.drain(..p.consumed);
-            }
-            Err(e) => {
-                let e = ProxyError::malformed(400, format!("bad request body: {e}"));
-                return Outcome::failed(ubuf, e);
-            }
-        }
-    }
     let replayable = req.framing().is_empty() || kept.is_some();
-    let (res, o) = uwr.write_all(std::mem::take(out)).await;
-    *out = o;
-    match res {
-        Ok(n) => umeter.wrote(n),
+    let scanner = match send_head(c, (&mut uwr, &umeter), req, out, limits, kept).await {
+        Ok(scanner) => scanner,
         Err(e) => {
-            let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
-            return Outcome::failed(ubuf, e.or_retry(replayable));
+            let retryable = e.retryable() && replayable;
+            return Outcome::failed(ubuf, e.or_retry(retryable));
         }
-    }
-
-    // The request body (client → upstream) and the response (upstream →
-    // client) move at the same time.
+    };
     let body_up = async {
         let r = stream_body(
             scanner,
@@ -240,174 +204,298 @@ pub(crate) async fn exchange(
         }
         r
     };
-    let ctx = req.context();
-    let is_head = req.method() == Method::Head;
+    let down = Downstream {
+        w,
+        wr: &mut c.wr,
+        meter: &c.meter,
+        req,
+        resp,
+        out,
+        limits,
+    };
+    let from = UpstreamSide {
+        rd: &mut urd,
+        meter: &umeter,
+        buf: &mut ubuf,
+    };
     // The sooner of the response timeout (from now) and the request
     // timeout (from the request head's arrival).
-    let response_deadline = w.response_deadline(request_deadline);
-    let down = async {
-        // Response head(s): interim 1xx are forwarded as they come.
-        loop {
-            let head = read_response_head(
-                (&mut urd, &umeter),
-                &mut ubuf,
-                resp,
-                ctx,
-                limits,
-                response_deadline,
-                first_byte,
-            );
-            head.await.map_err(Failure::Answer)?;
-            // Kept from the client when the caller will retry it elsewhere
-            // (the connection is dropped: its body is not read).
-            if let (Some(flag), 502 | 503) = (answered_5xx, resp.status()) {
-                flag.set(Some(resp.status()));
-                let held = ProxyError::new(Kind::Answered(resp.status()), "held for a retry");
-                return Err(held.into());
-            }
-            // Draining: this response is the connection's last; say so.
-            let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
-            let tunnel = resp.framing() == BodyFraming::Tunnel;
-            let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
-            out.clear();
-            let connection = if resp.is_interim() || tunnel {
-                ConnectionHeader::Omit
-            } else if !keep || close_delimited {
-                ConnectionHeader::Close
-            } else if client_version == Version::Http10 {
-                ConnectionHeader::KeepAlive
-            } else {
-                ConnectionHeader::Omit
-            };
-            let ropts = WriteOptions {
-                connection,
-                upgrade: tunnel && upgrade,
-                ..WriteOptions::default()
-            };
-            if let Err(e) = write_response_head(resp, out, &ropts) {
-                return Err(ProxyError::upstream(e.to_string()).into());
-            }
-            let framing = if is_head || resp.is_interim() || tunnel {
-                BodyFraming::Empty
-            } else {
-                resp.framing()
-            };
-            // The body bytes that came with the head go in the same write:
-            // one segment for a small response instead of two.
-            let mut scanner = BodyScanner::new(framing, limits);
-            let done = match scanner.scan(&ubuf) {
-                Ok(p) => {
-                    out.extend_from_slice(&ubuf[..p.consumed]);
-                    ubuf.drain(..p.consumed);
-                    p.done
-                }
-                Err(e) => return Err(ProxyError::upstream(e.to_string()).into()),
-            };
-            if !done {
-                // The rest of the body streams with plain reads (no ring
-                // buffer waits on a slow client).
-                urd.stop_ring();
-            }
-            let (res, o) = c.wr.write_all(std::mem::take(out)).await;
-            *out = o;
-            match res {
-                Ok(n) => c.meter.wrote(n),
-                Err(e) => {
-                    return Err(Failure::Broken {
-                        status: resp.status(),
-                        reason: format!("writing to the client failed: {e}"),
-                    })
-                }
-            }
-            if resp.is_interim() {
-                continue;
-            }
-            if tunnel {
-                return Ok((true, false, false));
-            }
-            let r = if done {
-                Ok(())
-            } else {
-                stream_body(
-                    scanner,
-                    (&mut urd, &umeter),
-                    &mut ubuf,
-                    (&mut c.wr, &c.meter),
-                )
-                .await
-            };
-            return match r {
-                Ok(()) => Ok((
-                    false,
-                    keep && !close_delimited,
-                    resp.keep_alive() && !close_delimited,
-                )),
-                Err(e) => Err(Failure::Broken {
-                    status: resp.status(),
-                    reason: String::from(e),
-                }),
-            };
-        }
+    let deadline = w.response_deadline(request_deadline);
+    let relayed = relay_response(down, from, first_byte, deadline, answered_5xx);
+    let (up_res, down_res) = monoio::join!(body_up, relayed);
+    let up = Upstream {
+        rd: urd,
+        wr: uwr,
+        fd,
+        reused: false,
+        meter: umeter,
     };
-    let (up_res, down_res) = monoio::join!(body_up, down);
-    match down_res {
-        Ok((true, _, _)) => {
-            // Upgraded: the request had no body to wait for.
-            let _ = up_res;
-            Outcome {
+    conclude(up, ubuf, up_res, down_res, replayable)
+}
+
+/// Writes the request head upstream, with a kept body or what already
+/// arrived of a streamed one in the same write (one segment rather than
+/// two). Returns the scanner for the rest of the body.
+async fn send_head(
+    c: &mut Client,
+    (uwr, umeter): (&mut Wr, &ConnMeter),
+    req: &RequestHead,
+    out: &mut Vec<u8>,
+    limits: &Limits,
+    kept: Option<usize>,
+) -> Result<BodyScanner, ProxyError> {
+    let version = req.version();
+    out.clear();
+    let opts = WriteOptions {
+        version,
+        connection: if version == Version::Http10 {
+            ConnectionHeader::KeepAlive
+        } else {
+            ConnectionHeader::Omit
+        },
+        upgrade: req.upgrade().is_some(),
+        ..WriteOptions::default()
+    };
+    write_request_head(req, out, &opts).map_err(|e| ProxyError::malformed(400, e.to_string()))?;
+    let mut scanner = BodyScanner::new(req.framing(), limits);
+    if let Some(n) = kept {
+        out.extend_from_slice(&c.buf[..n]);
+        scanner = BodyScanner::new(BodyFraming::Empty, limits);
+    } else if !req.expect_continue() {
+        let p = scanner
+            .scan(&c.buf)
+            .map_err(|e| ProxyError::malformed(400, format!("bad request body: {e}")))?;
+        out.extend_from_slice(&c.buf[..p.consumed]);
+        c.buf.drain(..p.consumed);
+    }
+    let (res, o) = uwr.write_all(std::mem::take(out)).await;
+    *out = o;
+    match res {
+        Ok(n) => {
+            umeter.wrote(n);
+            Ok(scanner)
+        }
+        Err(e) => {
+            let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
+            // Nothing of a response arrived: may go again if nothing of the
+            // request is lost (`exchange` knows).
+            Err(e.or_retry(true))
+        }
+    }
+}
+
+/// The client side of a response being relayed.
+struct Downstream<'a> {
+    w: &'a Worker,
+    wr: &'a mut Wr,
+    meter: &'a ConnMeter,
+    req: &'a RequestHead,
+    resp: &'a mut ResponseHead,
+    out: &'a mut Vec<u8>,
+    limits: &'a Limits,
+}
+
+/// The upstream side of a response being relayed.
+struct UpstreamSide<'a> {
+    rd: &'a mut UpRead,
+    meter: &'a ConnMeter,
+    /// Bytes read and not yet relayed.
+    buf: &'a mut Vec<u8>,
+}
+
+/// How a relayed response ended.
+enum Relayed {
+    /// 101 or a CONNECT 2xx: both connections now belong to a tunnel.
+    Tunnel,
+    /// The response is complete; `client_keep`: the client connection may
+    /// carry another request; `upstream_keep`: so may the upstream one.
+    Done {
+        client_keep: bool,
+        upstream_keep: bool,
+    },
+}
+
+/// What a response head decided, with the head (and the body bytes that
+/// came with it) written into `out` for the client.
+struct HeadPlan {
+    scanner: BodyScanner,
+    /// The body is complete in `out` already.
+    done: bool,
+    /// The client connection stays open after this response.
+    keep: bool,
+    tunnel: bool,
+    close_delimited: bool,
+}
+
+/// Reads the response head(s) (interim 1xx are forwarded as they come) and
+/// streams the final response's body to the client. A 502/503 the caller
+/// will retry elsewhere (`answered_5xx`) is kept from the client.
+async fn relay_response(
+    d: Downstream<'_>,
+    u: UpstreamSide<'_>,
+    first_byte: &Cell<Option<Instant>>,
+    deadline: Option<Instant>,
+    answered_5xx: Option<&Cell<Option<u16>>>,
+) -> Result<Relayed, Failure> {
+    let ctx = d.req.context();
+    loop {
+        let head = read_response_head(
+            (&mut *u.rd, u.meter),
+            u.buf,
+            d.resp,
+            ctx,
+            d.limits,
+            deadline,
+            first_byte,
+        );
+        head.await.map_err(Failure::Answer)?;
+        // Kept from the client when the caller will retry it elsewhere
+        // (the connection is dropped: its body is not read).
+        if let (Some(flag), 502 | 503) = (answered_5xx, d.resp.status()) {
+            flag.set(Some(d.resp.status()));
+            let held = ProxyError::new(Kind::Answered(d.resp.status()), "held for a retry");
+            return Err(held.into());
+        }
+        let plan = plan_response(d.w, d.req, d.resp, u.buf, d.out, d.limits)?;
+        if !plan.done {
+            // The rest of the body streams with plain reads (no ring
+            // buffer waits on a slow client).
+            u.rd.stop_ring();
+        }
+        let broken = |reason: String| Failure::Broken {
+            status: d.resp.status(),
+            reason,
+        };
+        let (res, o) = d.wr.write_all(std::mem::take(d.out)).await;
+        *d.out = o;
+        match res {
+            Ok(n) => d.meter.wrote(n),
+            Err(e) => return Err(broken(format!("writing to the client failed: {e}"))),
+        }
+        if d.resp.is_interim() {
+            continue;
+        }
+        if plan.tunnel {
+            return Ok(Relayed::Tunnel);
+        }
+        if !plan.done {
+            let (src, dst) = ((&mut *u.rd, u.meter), (&mut *d.wr, d.meter));
+            let r = stream_body(plan.scanner, src, u.buf, dst).await;
+            r.map_err(|e| broken(String::from(e)))?;
+        }
+        return Ok(Relayed::Done {
+            client_keep: plan.keep && !plan.close_delimited,
+            upstream_keep: d.resp.keep_alive() && !plan.close_delimited,
+        });
+    }
+}
+
+/// Writes the response head for the client into `out` (the `Connection`
+/// field saying whether the connection stays open: not while draining, not
+/// after a close-delimited body), then the body bytes that came with it.
+fn plan_response(
+    w: &Worker,
+    req: &RequestHead,
+    resp: &ResponseHead,
+    ubuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<HeadPlan, Failure> {
+    // Draining: this response is the connection's last; say so.
+    let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
+    let tunnel = resp.framing() == BodyFraming::Tunnel;
+    let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
+    out.clear();
+    let connection = if resp.is_interim() || tunnel {
+        ConnectionHeader::Omit
+    } else if !keep || close_delimited {
+        ConnectionHeader::Close
+    } else if req.version() == Version::Http10 {
+        ConnectionHeader::KeepAlive
+    } else {
+        ConnectionHeader::Omit
+    };
+    let ropts = WriteOptions {
+        connection,
+        upgrade: tunnel && req.upgrade().is_some(),
+        ..WriteOptions::default()
+    };
+    write_response_head(resp, out, &ropts).map_err(|e| ProxyError::upstream(e.to_string()))?;
+    let framing = if req.method() == Method::Head || resp.is_interim() || tunnel {
+        BodyFraming::Empty
+    } else {
+        resp.framing()
+    };
+    // The body bytes that came with the head go in the same write: one
+    // segment for a small response instead of two.
+    let mut scanner = BodyScanner::new(framing, limits);
+    let p = scanner
+        .scan(ubuf)
+        .map_err(|e| ProxyError::upstream(e.to_string()))?;
+    out.extend_from_slice(&ubuf[..p.consumed]);
+    ubuf.drain(..p.consumed);
+    Ok(HeadPlan {
+        scanner,
+        done: p.done,
+        keep,
+        tunnel,
+        close_delimited,
+    })
+}
+
+/// The exchange's end from both directions' results: the connection back
+/// for reuse (whether bytes came past the response is the pool's to judge),
+/// or the failure, explained by the client's body when that is what broke.
+fn conclude(
+    up: Upstream,
+    ubuf: Vec<u8>,
+    up_res: Result<(), BodyError>,
+    down_res: Result<Relayed, Failure>,
+    replayable: bool,
+) -> Outcome {
+    let f = match down_res {
+        // Upgraded: the request had no body to wait for.
+        Ok(Relayed::Tunnel) => {
+            return Outcome {
                 ubuf,
-                end: Exchange::Upgraded(Upstream {
-                    rd: urd,
-                    wr: uwr,
-                    fd,
-                    reused: false,
-                    meter: umeter,
-                }),
+                end: Exchange::Upgraded(up),
             }
         }
-        Ok((false, client_keep, upstream_keep)) => {
+        Ok(Relayed::Done {
+            client_keep,
+            upstream_keep,
+        }) => {
             let body_ok = up_res.is_ok();
-            // Whether bytes came past the response is the pool's to judge
-            // (`Pool::release`, with `ubuf`).
-            let reusable = upstream_keep && body_ok;
-            let upstream = reusable.then(|| Upstream {
-                rd: urd,
-                wr: uwr,
-                fd,
-                reused: false,
-                meter: umeter,
-            });
-            Outcome {
+            let upstream = (upstream_keep && body_ok).then_some(up);
+            return Outcome {
                 ubuf,
                 end: Exchange::Done {
                     upstream,
                     client_ok: client_keep && body_ok,
                 },
+            };
+        }
+        Err(f) => f,
+    };
+    let f = match (f, up_res) {
+        (f, Err(BodyError::Source(e))) => {
+            let reason = format!("client request body failed: {e}");
+            match f {
+                Failure::Answer(a) => Failure::Answer(a.because(reason)),
+                Failure::Broken { status, .. } => Failure::Broken { status, reason },
+                reset => reset,
             }
         }
-        Err(f) => {
-            // If the request body failed on the client side, that is why.
-            let f = match (f, up_res) {
-                (f, Err(BodyError::Source(e))) => {
-                    let reason = format!("client request body failed: {e}");
-                    match f {
-                        Failure::Answer(a) => Failure::Answer(a.because(reason)),
-                        Failure::Broken { status, .. } => Failure::Broken { status, reason },
-                        reset => reset,
-                    }
-                }
-                (Failure::Answer(_), Err(BodyError::Malformed(e))) => {
-                    ProxyError::malformed(400, format!("bad request body: {e}")).into()
-                }
-                (Failure::Answer(a), _) => {
-                    let retryable = a.retryable() && replayable;
-                    Failure::Answer(a.or_retry(retryable))
-                }
-                (f, _) => f,
-            };
-            Outcome::failed(ubuf, f)
+        (Failure::Answer(_), Err(BodyError::Malformed(e))) => {
+            ProxyError::malformed(400, format!("bad request body: {e}")).into()
         }
-    }
+        (Failure::Answer(a), _) => {
+            let retryable = a.retryable() && replayable;
+            Failure::Answer(a.or_retry(retryable))
+        }
+        (f, _) => f,
+    };
+    Outcome::failed(ubuf, f)
 }
 
 #[derive(Debug)]
