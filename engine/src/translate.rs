@@ -27,8 +27,9 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use monoio::io::AsyncWriteRentExt;
-use monoio_http::h2::{server, Reason, RecvStream, SendStream};
+use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
+use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     canonical_reason, push_field, BodyFraming, BodyScanner, Limits, Method, RequestContext,
     RequestHead, ResponseHead, Version,
@@ -139,40 +140,68 @@ pub(crate) async fn h1_over_h2(
         }
         r
     };
-    let response_deadline = w.response_deadline(request_deadline);
-    let is_head = req.method() == Method::Head;
     // Decided when the response head is written: a worker that began
     // draining meanwhile makes this response the connection's last, and the
     // client must hear so (`Connection: close`) before it sends another.
     let keep_alive = Cell::new(req.keep_alive());
-    let down = async {
-        let head = match response_deadline {
-            Some(d) => match monoio::time::timeout_at(d.into(), response).await {
+    let down = H2Answer {
+        response,
+        deadline: w.response_deadline(request_deadline),
+        sent_at,
+        guard: guard.as_ref(),
+        is_head: req.method() == Method::Head,
+        keep_alive: &keep_alive,
+    };
+    let (up_res, down_res) = monoio::join!(body_up, down.relay(w, obs, wr, meter, out));
+    let status = down_res?;
+    Ok((status, keep_alive.get() && up_res.is_ok()))
+}
+
+/// The response to an HTTP/1 request carried over HTTP/2, on its way back.
+struct H2Answer<'a> {
+    response: client::ResponseFuture,
+    /// When its head must have arrived.
+    deadline: Option<Instant>,
+    sent_at: Instant,
+    guard: Option<&'a OpenGuard>,
+    is_head: bool,
+    /// Whether the client connection stays open (decided at the head).
+    keep_alive: &'a Cell<bool>,
+}
+
+impl H2Answer<'_> {
+    /// Awaits the response head and relays the response to the HTTP/1
+    /// client (re-framed: chunked when it has no length); the status sent.
+    async fn relay(
+        self,
+        w: &Worker,
+        obs: &Observer<'_>,
+        wr: &mut Wr,
+        meter: &ConnMeter,
+        out: &mut Vec<u8>,
+    ) -> Result<u16, Failure> {
+        let head = match self.deadline {
+            Some(d) => match monoio::time::timeout_at(d.into(), self.response).await {
                 Ok(r) => r,
                 Err(_) => return Err(ProxyError::timeout("upstream response timed out").into()),
             },
-            None => response.await,
+            None => self.response.await,
         };
         let resp = match head {
             Ok(r) => r,
             Err(e) => {
-                obs.endpoint_outcome(guard.as_ref(), false);
+                obs.endpoint_outcome(self.guard, false);
                 return Err(ProxyError::upstream(format!("upstream stream failed: {e}")).into());
             }
         };
-        obs.response_head(guard.as_ref(), sent_at.elapsed());
+        obs.response_head(self.guard, self.sent_at.elapsed());
         let (parts, mut from) = resp.into_parts();
         let status = parts.status.as_u16();
-        let no_body = is_head || status == 204 || status == 304;
-        keep_alive.set(keep_alive.get() && !w.stopping());
-        let framing = h1_response_head(
-            &parts.headers,
-            status,
-            from.is_end_stream(),
-            no_body,
-            keep_alive.get(),
-            out,
-        );
+        let no_body = self.is_head || status == 204 || status == 304;
+        let keep_alive = self.keep_alive.get() && !w.stopping();
+        self.keep_alive.set(keep_alive);
+        let end = from.is_end_stream();
+        let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
         let (res, o) = wr.write_all(std::mem::take(out)).await;
         *out = o;
         if let Err(e) = res.map(|n| meter.wrote(n)) {
@@ -184,12 +213,9 @@ pub(crate) async fn h1_over_h2(
         if let Err(reason) = h2_body_to_h1(&mut from, framing, wr, meter, out).await {
             return Err(Failure::Broken { status, reason });
         }
-        obs.endpoint_outcome(guard.as_ref(), status < 500);
+        obs.endpoint_outcome(self.guard, status < 500);
         Ok(status)
-    };
-    let (up_res, down_res) = monoio::join!(body_up, down);
-    let status = down_res?;
-    Ok((status, keep_alive.get() && up_res.is_ok()))
+    }
 }
 
 /// The HTTP/2 request an HTTP/1.1 request becomes (its fields minus the
@@ -350,19 +376,20 @@ pub(crate) async fn h2_to_h1(
     orig_proto: bool,
 ) -> Result<ResponseClass, Failure> {
     let end = body.is_end_stream();
-    let mut head = Vec::with_capacity(512);
-    let framing = h1_request_head(parts, end, &mut head);
-    let method = Method::from_bytes(parts.method.as_str().as_bytes());
-    let limits = Limits::default();
-    let mut body = Some(body);
+    let mut req = H1Request {
+        head: Vec::with_capacity(512),
+        framing: Reframe::Empty,
+        method: Method::from_bytes(parts.method.as_str().as_bytes()),
+        body: Some(body).filter(|_| !end),
+        limits: Limits::default(),
+        deadline: w.response_deadline(request_deadline),
+    };
+    req.framing = h1_request_head(parts, end, &mut req.head);
     let mut attempts = Attempts::new(target, parts.method.is_idempotent(), end);
     let mut fresh = false;
-    let (up, addr, guard, mut ubuf, resp, sent_at) = loop {
-        let (mut up, addr, guard) =
-            match h1forward::checkout(w, obs.key(), target, connect_timeout, !fresh, &[]).await {
-                Ok(u) => u,
-                Err(e) => return Err(e.into()),
-            };
+    let (mut up, addr, guard, mut got) = loop {
+        let (up, addr, guard) =
+            h1forward::checkout(w, obs.key(), target, connect_timeout, !fresh, &[]).await?;
         obs.endpoint(addr);
         // The client's stream reset meanwhile (MadeYouReset included): the
         // request does not go.
@@ -370,65 +397,13 @@ pub(crate) async fn h2_to_h1(
             return Err(Failure::Reset(reason));
         }
         let reused = up.reused;
-        let sent_at = Instant::now();
-        let (res, h) = up.wr.write_all(std::mem::take(&mut head)).await;
-        head = h;
-        let mut ubuf = w.bufs.get();
-        let mut resp = ResponseHead::new();
-        let result = match res {
-            Ok(n) => {
-                up.meter.wrote(n);
-                let up_body = body.take().filter(|_| !end);
-                let response_deadline = w.response_deadline(request_deadline);
-                let ctx = RequestContext {
-                    method,
-                    upgrade: false,
-                };
-                let Upstream {
-                    rd: urd,
-                    wr: uwr,
-                    fd,
-                    meter: umeter,
-                    ..
-                } = &mut up;
-                let fd = *fd;
-                let body_up = async {
-                    let Some(mut from) = up_body else {
-                        return Ok(());
-                    };
-                    let r = h2_body_to_h1(&mut from, framing, uwr, umeter, &mut Vec::new()).await;
-                    if r.is_err() {
-                        // The upstream has a truncated body: end its exchange.
-                        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-                    }
-                    r
-                };
-                let down = read_final_head(
-                    (urd, umeter),
-                    &mut ubuf,
-                    &mut resp,
-                    ctx,
-                    &limits,
-                    response_deadline,
-                );
-                let (up_res, down_res) = monoio::join!(body_up, down);
-                down_res.map(|()| up_res.is_ok())
-            }
-            Err(e) => {
-                let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
-                Err(e.or_retry(true))
-            }
-        };
-        match result {
-            Ok(body_ok) => break (up, addr, guard, ubuf, resp, (sent_at, body_ok)),
+        let mut up = up;
+        match h1_attempt(w, &mut up, &mut req).await {
+            Ok(got) => break (up, addr, guard, got),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
-            Err(e) if e.retryable() && attempts.retry_stale(reused) => {
-                fresh = true;
-                w.bufs.put(ubuf);
-            }
+            Err(e) if e.retryable() && attempts.retry_stale(reused) => fresh = true,
             Err(e) => {
-                w.bufs.put(ubuf);
                 if e.status() >= 502 {
                     obs.endpoint_outcome(guard.as_ref(), false);
                 }
@@ -436,9 +411,132 @@ pub(crate) async fn h2_to_h1(
             }
         }
     };
-    let (sent_at, body_ok) = sent_at;
-    obs.response_head(guard.as_ref(), sent_at.elapsed());
-    let status = resp.status();
+    obs.response_head(guard.as_ref(), got.sent_at.elapsed());
+    let status = got.resp.status();
+    let body_framing = if req.method == Method::Head {
+        BodyFraming::Empty
+    } else {
+        got.resp.framing()
+    };
+    let end = body_framing.is_empty();
+    let response = h2_response(&got.resp, orig_proto);
+    let Ok(mut to) = respond.send_response(response, end) else {
+        w.bufs.put(got.ubuf);
+        return Err(Failure::Reset(Reason::CANCEL));
+    };
+    let mut reusable =
+        got.body_ok && got.resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
+    if !end {
+        // The body streams with plain reads (no ring buffer waits on a
+        // slow client).
+        up.rd.stop_ring();
+        let scanner = BodyScanner::new(body_framing, &req.limits);
+        let r = h1_body_to_h2(scanner, &mut up.rd, &up.meter, &mut got.ubuf, &mut to).await;
+        if let Err(reason) = r {
+            tracing::debug!(upstream = %addr, reason, "response body ended early");
+            to.send_reset(Reason::INTERNAL_ERROR);
+            reusable = false;
+        }
+    }
+    if reusable {
+        w.pool.release(addr, up, &got.ubuf);
+    }
+    w.bufs.put(got.ubuf);
+    obs.endpoint_outcome(guard.as_ref(), status < 500);
+    Ok(ResponseClass::http(status, None))
+}
+
+/// An HTTP/2 request re-framed as HTTP/1.1, ready to send (again, on a new
+/// connection, while its body was not taken).
+struct H1Request {
+    head: Vec<u8>,
+    framing: Reframe,
+    method: Method,
+    /// The client's body, until an attempt takes it.
+    body: Option<RecvStream>,
+    limits: Limits,
+    /// When the response head must have arrived.
+    deadline: Option<Instant>,
+}
+
+/// What an attempt got back: the final response head, when the request
+/// was sent, whether its body went whole, and the bytes read past the head.
+struct H1Answer {
+    resp: ResponseHead,
+    sent_at: Instant,
+    body_ok: bool,
+    ubuf: Vec<u8>,
+}
+
+/// Sends the request on `up` (its body, if any, streams as the response
+/// head is awaited) and reads the final response head. An error is
+/// retryable when nothing of a response arrived.
+async fn h1_attempt(
+    w: &Worker,
+    up: &mut Upstream,
+    req: &mut H1Request,
+) -> Result<H1Answer, ProxyError> {
+    let sent_at = Instant::now();
+    let (res, h) = up.wr.write_all(std::mem::take(&mut req.head)).await;
+    req.head = h;
+    let n = res.map_err(|e| {
+        ProxyError::upstream(format!("sending the request upstream failed: {e}")).or_retry(true)
+    })?;
+    up.meter.wrote(n);
+    let mut ubuf = w.bufs.get();
+    let mut resp = ResponseHead::new();
+    let up_body = req.body.take();
+    let ctx = RequestContext {
+        method: req.method,
+        upgrade: false,
+    };
+    let Upstream {
+        rd: urd,
+        wr: uwr,
+        fd,
+        meter: umeter,
+        ..
+    } = up;
+    let fd = *fd;
+    let framing = req.framing;
+    let body_up = async {
+        let Some(mut from) = up_body else {
+            return Ok(());
+        };
+        let r = h2_body_to_h1(&mut from, framing, uwr, umeter, &mut Vec::new()).await;
+        if r.is_err() {
+            // The upstream has a truncated body: end its exchange.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        r
+    };
+    let head = read_final_head(
+        (urd, umeter),
+        &mut ubuf,
+        &mut resp,
+        ctx,
+        &req.limits,
+        req.deadline,
+    );
+    let (up_res, down_res) = monoio::join!(body_up, head);
+    match down_res {
+        Ok(()) => Ok(H1Answer {
+            resp,
+            sent_at,
+            body_ok: up_res.is_ok(),
+            ubuf,
+        }),
+        Err(e) => {
+            w.bufs.put(ubuf);
+            Err(e)
+        }
+    }
+}
+
+/// The HTTP/2 response head for an HTTP/1 response: its end-to-end fields
+/// (names that HTTP/2 cannot carry are dropped), marked with
+/// `l5d-orig-proto` when the request was.
+fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
     let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
     for (name, value) in resp.headers().end_to_end() {
         if let (Ok(name), Ok(value)) = (
@@ -458,53 +556,11 @@ pub(crate) async fn h2_to_h1(
             HeaderValue::from_static(version),
         );
     }
-    let body_framing = if method == Method::Head {
-        BodyFraming::Empty
-    } else {
-        resp.framing()
-    };
-    let end = body_framing.is_empty();
     let mut response = Response::new(());
     *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+        http::StatusCode::from_u16(resp.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
     *response.headers_mut() = headers;
-    let mut to = match respond.send_response(response, end) {
-        Ok(s) => s,
-        Err(_) => {
-            w.bufs.put(ubuf);
-            return Err(Failure::Reset(Reason::CANCEL));
-        }
-    };
-    let mut up = up;
-    let mut reusable = body_ok && resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
-    if !end {
-        // The body streams with plain reads (no ring buffer waits on a
-        // slow client).
-        up.rd.stop_ring();
-        let r = h1_body_to_h2(
-            BodyScanner::new(body_framing, &limits),
-            &mut up.rd,
-            &up.meter,
-            &mut ubuf,
-            &mut to,
-        )
-        .await;
-        if let Err(reason) = r {
-            tracing::debug!(upstream = %addr, reason, "response body ended early");
-            to.send_reset(Reason::INTERNAL_ERROR);
-            reusable = false;
-        }
-    }
-    if reusable {
-        w.pool.release(addr, up, &ubuf);
-    }
-    w.bufs.put(ubuf);
-    obs.endpoint_outcome(guard.as_ref(), status < 500);
-    Ok(ResponseClass {
-        status,
-        grpc_status: None,
-        error: None,
-    })
+    response
 }
 
 /// Reads one HTTP/1 body (a request's from the client, a response's from
