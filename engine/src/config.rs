@@ -266,219 +266,28 @@ impl Config {
         Self::from_source(&Env)
     }
 
+    /// Reads every variable, section by section (the order problems are
+    /// listed in), then checks the listeners against each other.
     pub fn from_source(src: &dyn ConfigSource) -> Result<Self, ConfigError> {
         let mut p = Parser {
             src,
             problems: Vec::new(),
         };
         let mut c = Self::defaults();
-        if let Some(v) = p.raw(LOG) {
-            // tracing-subscriber's parser can panic on some non-ASCII input
-            // (found by fuzzing); filters are ASCII, so refuse the rest.
-            if !v.is_ascii() {
-                p.bad(LOG, &v, "a log filter must be ASCII");
-            } else {
-                match tracing_subscriber::EnvFilter::try_new(&v) {
-                    Ok(_) => c.log = v,
-                    Err(e) => p.bad(LOG, &v, &e.to_string()),
-                }
-            }
-        }
-        c.cores = p.parse_with(CORES, |s| match s.parse::<usize>() {
-            Ok(0) => Err("must be at least 1".into()),
-            Ok(n) => Ok(n),
-            Err(_) => Err("expected a positive integer".into()),
-        });
-        if let Some(d) = p.parse_with(IO_DRIVER, |s| match s {
-            "auto" => Ok(IoDriver::Auto),
-            "uring" | "io_uring" | "io-uring" => Ok(IoDriver::Uring),
-            "epoll" | "legacy" => Ok(IoDriver::Epoll),
-            _ => Err("expected auto, uring or epoll".into()),
-        }) {
-            c.io_driver = d;
-        }
-        if let Some(a) = p.optional_addr(OUTBOUND_LISTEN_ADDR) {
-            c.outbound_listen = a;
-        }
-        if let Some(a) = p.optional_addr(INBOUND_LISTEN_ADDR) {
-            c.inbound_listen = a;
-        }
-        if let Some(a) = p.optional_addr(ADMIN_LISTEN_ADDR) {
-            c.admin_listen = a;
-        }
-        if let Some(b) = p.parse_with(SHUTDOWN_ENDPOINT_ENABLED, |s| match s {
-            "true" | "1" => Ok(true),
-            "false" | "0" | "" => Ok(false),
-            _ => Err("expected true or false".into()),
-        }) {
-            c.shutdown_endpoint_enabled = b;
-        }
+        p.read_process(&mut c);
+        p.read_listeners(&mut c);
         p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound_connect_timeout);
         p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound_connect_timeout);
-        c.discovery_static = p
-            .raw(DISCOVERY_STATIC)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-        if let Some(path) = &c.discovery_static {
-            // The file must at least exist at start-up; its content is checked
-            // by discovery, which reports every problem in it.
-            if !path.is_file() {
-                p.bad(
-                    DISCOVERY_STATIC,
-                    &path.display().to_string(),
-                    "no such file",
-                );
-            }
-        }
-        p.duration(
-            DISCOVERY_STATIC_POLL_INTERVAL,
-            &mut c.discovery_static_poll_interval,
-        );
-        if let Some(v) = p.raw(TCP_FORWARD) {
-            c.forwards = p.forwards(&v);
-        }
-        c.inbound_target = p.optional_addr(INBOUND_TARGET).flatten();
-        p.duration(TCP_IDLE_TIMEOUT, &mut c.tcp_idle_timeout);
-        if let Some(n) = p.parse_with(TCP_BUFFER_SIZE, |s| match s.parse::<usize>() {
-            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
-            _ => Err("expected a byte count between 1024 and 16777216".into()),
-        }) {
-            c.tcp_buffer_size = n;
-        }
-        if let Some(n) = p.parse_with(TCP_BULK_BUFFER_SIZE, |s| match s.parse::<usize>() {
-            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
-            _ => Err("expected a byte count between 1024 and 16777216".into()),
-        }) {
-            c.tcp_bulk_buffer_size = n;
-        }
-        if let Some(n) = p.parse_with(TCP_RING_BUFFERS, |s| match s.parse::<u16>() {
-            Ok(n) if n == 0 || (n.is_power_of_two() && n <= 32768) => Ok(n),
-            _ => Err("expected 0 or a power of two up to 32768".into()),
-        }) {
-            c.tcp_ring_buffers = n;
-        }
-        if let Some(b) = p.parse_with(TCP_SPLICE, |s| match s {
-            "true" | "1" | "on" => Ok(true),
-            "false" | "0" | "off" => Ok(false),
-            _ => Err("expected true or false".into()),
-        }) {
-            c.tcp_splice = b;
-        }
+        p.read_static_discovery(&mut c);
+        p.read_tcp(&mut c);
         p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
-        p.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound_detect_timeout);
-        p.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound_detect_timeout);
-        if let Some(ports) = p.parse_with(INBOUND_OPAQUE_PORTS, PortSet::parse) {
-            c.inbound_opaque_ports = ports;
-        }
-        if let Some(ports) = p.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
-            c.outbound_opaque_ports = ports;
-        }
-        if let Some(n) = p.parse_with(DETECT_MAX_UNDECIDED, |s| match s.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err("expected a positive integer".to_string()),
-        }) {
-            c.detect_max_undecided = n;
-        }
-        p.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
+        p.read_detection(&mut c);
         p.duration(METRICS_RETAIN_IDLE, &mut c.metrics_retain_idle);
-        if let Some(t) = p.parse_with(HTTP_RESPONSE_TIMEOUT, |s| match s {
-            "" | "off" | "0" => Ok(None),
-            s => parse_duration(s).map(Some),
-        }) {
-            c.http_response_timeout = t;
-        }
-        if let Some(t) = p.parse_with(HTTP_REQUEST_TIMEOUT, |s| match s {
-            "" | "off" | "0" => Ok(None),
-            s => parse_duration(s).map(Some),
-        }) {
-            c.http_request_timeout = t;
-        }
-        p.duration(HTTP_FAILFAST_TIMEOUT, &mut c.http_failfast_timeout);
-        if let Some(n) = p.parse_with(HTTP_QUEUE_CAPACITY, |s| {
-            s.parse::<usize>()
-                .map_err(|_| "expected a non-negative integer".to_string())
-        }) {
-            c.http_queue_capacity = n;
-        }
-        // RFC 9113 §6.9.1: windows are at most 2^31-1.
-        let window = |s: &str| match s.parse::<u32>() {
-            Ok(n) if (65_535..=(1 << 31) - 1).contains(&n) => Ok(n),
-            _ => Err("expected a window size between 65535 and 2147483647".to_string()),
-        };
-        if let Some(n) = p.parse_with(HTTP2_INITIAL_STREAM_WINDOW_SIZE, window) {
-            c.http2_stream_window = n;
-        }
-        if let Some(n) = p.parse_with(HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, window) {
-            c.http2_connection_window = n;
-        }
-        if let Some(n) = p.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, |s| {
-            match s.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err("expected a positive integer".to_string()),
-            }
-        }) {
-            c.http2_max_concurrent_streams = n;
-        }
-        if let Some(t) = p.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, |s| match s {
-            "" | "off" | "0" => Ok(None),
-            s => parse_duration(s).map(Some),
-        }) {
-            c.http2_keep_alive_interval = t;
-        }
-        p.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2_keep_alive_timeout);
-        if let Some(n) = p.parse_with(FAILURE_ACCRUAL_CONSECUTIVE, |s| match s.parse::<u32>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err("expected a positive integer".to_string()),
-        }) {
-            c.failure_accrual_consecutive = n;
-        }
-        p.duration(DNS_MIN_TTL, &mut c.dns.min_ttl);
-        p.duration(DNS_MAX_TTL, &mut c.dns.max_ttl);
-        if c.dns.min_ttl > c.dns.max_ttl {
-            p.problems.push(format!(
-                "{DNS_MIN_TTL} ({:?}) is greater than {DNS_MAX_TTL} ({:?})",
-                c.dns.min_ttl, c.dns.max_ttl
-            ));
-        }
-        if let Some(servers) = p.parse_with(DNS_SERVERS, |s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<SocketAddr>()
-                        .or_else(|_| {
-                            s.parse::<std::net::IpAddr>()
-                                .map(|ip| SocketAddr::new(ip, 53))
-                        })
-                        .map_err(|_| format!("{s:?} is not an ip or ip:port"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        }) {
-            c.dns.servers = servers;
-        }
-
-        // Listeners must not collide with each other.
-        let mut seen: Vec<(SocketAddr, String)> = Vec::new();
-        let named = [
-            (c.outbound_listen, OUTBOUND_LISTEN_ADDR.to_string()),
-            (c.inbound_listen, INBOUND_LISTEN_ADDR.to_string()),
-            (c.admin_listen, ADMIN_LISTEN_ADDR.to_string()),
-        ];
-        let forwards = c
-            .forwards
-            .iter()
-            .map(|f| (Some(f.listen), format!("{TCP_FORWARD} entry {}", f.listen)));
-        for (addr, who) in named.into_iter().chain(forwards) {
-            let Some(addr) = addr else { continue };
-            if addr.port() != 0 {
-                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
-                    p.problems
-                        .push(format!("{who} and {other} both listen on {addr}"));
-                }
-            }
-            seen.push((addr, who));
-        }
-
+        p.read_http(&mut c);
+        p.read_http2(&mut c);
+        p.read_balancing(&mut c);
+        p.read_dns(&mut c.dns);
+        p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
         } else {
@@ -576,6 +385,251 @@ impl Parser<'_> {
             }
         }
         out
+    }
+}
+
+/// The sections of [`Config::from_source`]: each reads its variables into
+/// the config, recording every problem.
+impl Parser<'_> {
+    /// Logging, workers and their io driver.
+    fn read_process(&mut self, c: &mut Config) {
+        if let Some(v) = self.raw(LOG) {
+            // tracing-subscriber's parser can panic on some non-ASCII input
+            // (found by fuzzing); filters are ASCII, so refuse the rest.
+            if !v.is_ascii() {
+                self.bad(LOG, &v, "a log filter must be ASCII");
+            } else {
+                match tracing_subscriber::EnvFilter::try_new(&v) {
+                    Ok(_) => c.log = v,
+                    Err(e) => self.bad(LOG, &v, &e.to_string()),
+                }
+            }
+        }
+        c.cores = self.parse_with(CORES, |s| match s.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(n) => Ok(n),
+            Err(_) => Err("expected a positive integer".into()),
+        });
+        if let Some(d) = self.parse_with(IO_DRIVER, |s| match s {
+            "auto" => Ok(IoDriver::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(IoDriver::Uring),
+            "epoll" | "legacy" => Ok(IoDriver::Epoll),
+            _ => Err("expected auto, uring or epoll".into()),
+        }) {
+            c.io_driver = d;
+        }
+    }
+
+    /// The data-plane and admin listeners, and the admin's shutdown endpoint.
+    fn read_listeners(&mut self, c: &mut Config) {
+        if let Some(a) = self.optional_addr(OUTBOUND_LISTEN_ADDR) {
+            c.outbound_listen = a;
+        }
+        if let Some(a) = self.optional_addr(INBOUND_LISTEN_ADDR) {
+            c.inbound_listen = a;
+        }
+        if let Some(a) = self.optional_addr(ADMIN_LISTEN_ADDR) {
+            c.admin_listen = a;
+        }
+        if let Some(b) = self.parse_with(SHUTDOWN_ENDPOINT_ENABLED, |s| match s {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }) {
+            c.shutdown_endpoint_enabled = b;
+        }
+    }
+
+    /// The static discovery file and how often it is re-read.
+    fn read_static_discovery(&mut self, c: &mut Config) {
+        c.discovery_static = self
+            .raw(DISCOVERY_STATIC)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        if let Some(path) = &c.discovery_static {
+            // The file must at least exist at start-up; its content is checked
+            // by discovery, which reports every problem in it.
+            if !path.is_file() {
+                self.bad(
+                    DISCOVERY_STATIC,
+                    &path.display().to_string(),
+                    "no such file",
+                );
+            }
+        }
+        self.duration(
+            DISCOVERY_STATIC_POLL_INTERVAL,
+            &mut c.discovery_static_poll_interval,
+        );
+    }
+
+    /// TCP forwards, the inbound target and the relay's settings.
+    fn read_tcp(&mut self, c: &mut Config) {
+        if let Some(v) = self.raw(TCP_FORWARD) {
+            c.forwards = self.forwards(&v);
+        }
+        c.inbound_target = self.optional_addr(INBOUND_TARGET).flatten();
+        self.duration(TCP_IDLE_TIMEOUT, &mut c.tcp_idle_timeout);
+        if let Some(n) = self.parse_with(TCP_BUFFER_SIZE, |s| match s.parse::<usize>() {
+            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+            _ => Err("expected a byte count between 1024 and 16777216".into()),
+        }) {
+            c.tcp_buffer_size = n;
+        }
+        if let Some(n) = self.parse_with(TCP_BULK_BUFFER_SIZE, |s| match s.parse::<usize>() {
+            Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+            _ => Err("expected a byte count between 1024 and 16777216".into()),
+        }) {
+            c.tcp_bulk_buffer_size = n;
+        }
+        if let Some(n) = self.parse_with(TCP_RING_BUFFERS, |s| match s.parse::<u16>() {
+            Ok(n) if n == 0 || (n.is_power_of_two() && n <= 32768) => Ok(n),
+            _ => Err("expected 0 or a power of two up to 32768".into()),
+        }) {
+            c.tcp_ring_buffers = n;
+        }
+        if let Some(b) = self.parse_with(TCP_SPLICE, |s| match s {
+            "true" | "1" | "on" => Ok(true),
+            "false" | "0" | "off" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }) {
+            c.tcp_splice = b;
+        }
+    }
+
+    /// Protocol detection: its timeouts, opaque ports, the cap on
+    /// undecided connections, and the slow-loris bound on request heads.
+    fn read_detection(&mut self, c: &mut Config) {
+        self.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound_detect_timeout);
+        self.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound_detect_timeout);
+        if let Some(ports) = self.parse_with(INBOUND_OPAQUE_PORTS, PortSet::parse) {
+            c.inbound_opaque_ports = ports;
+        }
+        if let Some(ports) = self.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
+            c.outbound_opaque_ports = ports;
+        }
+        if let Some(n) = self.parse_with(DETECT_MAX_UNDECIDED, |s| match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        }) {
+            c.detect_max_undecided = n;
+        }
+        self.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
+    }
+
+    /// HTTP timeouts and the fail-fast queue.
+    fn read_http(&mut self, c: &mut Config) {
+        if let Some(t) = self.parse_with(HTTP_RESPONSE_TIMEOUT, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http_response_timeout = t;
+        }
+        if let Some(t) = self.parse_with(HTTP_REQUEST_TIMEOUT, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http_request_timeout = t;
+        }
+        self.duration(HTTP_FAILFAST_TIMEOUT, &mut c.http_failfast_timeout);
+        if let Some(n) = self.parse_with(HTTP_QUEUE_CAPACITY, |s| {
+            s.parse::<usize>()
+                .map_err(|_| "expected a non-negative integer".to_string())
+        }) {
+            c.http_queue_capacity = n;
+        }
+    }
+
+    /// HTTP/2 windows, stream cap and keep-alive.
+    fn read_http2(&mut self, c: &mut Config) {
+        // RFC 9113 §6.9.1: windows are at most 2^31-1.
+        let window = |s: &str| match s.parse::<u32>() {
+            Ok(n) if (65_535..=(1 << 31) - 1).contains(&n) => Ok(n),
+            _ => Err("expected a window size between 65535 and 2147483647".to_string()),
+        };
+        if let Some(n) = self.parse_with(HTTP2_INITIAL_STREAM_WINDOW_SIZE, window) {
+            c.http2_stream_window = n;
+        }
+        if let Some(n) = self.parse_with(HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, window) {
+            c.http2_connection_window = n;
+        }
+        if let Some(n) = self.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, |s| {
+            match s.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err("expected a positive integer".to_string()),
+            }
+        }) {
+            c.http2_max_concurrent_streams = n;
+        }
+        if let Some(t) = self.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, |s| match s {
+            "" | "off" | "0" => Ok(None),
+            s => parse_duration(s).map(Some),
+        }) {
+            c.http2_keep_alive_interval = t;
+        }
+        self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2_keep_alive_timeout);
+    }
+
+    /// When balancing ejects an endpoint.
+    fn read_balancing(&mut self, c: &mut Config) {
+        if let Some(n) = self.parse_with(FAILURE_ACCRUAL_CONSECUTIVE, |s| match s.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        }) {
+            c.failure_accrual_consecutive = n;
+        }
+    }
+
+    /// DNS: TTL bounds and the nameservers.
+    fn read_dns(&mut self, dns: &mut DnsConfig) {
+        self.duration(DNS_MIN_TTL, &mut dns.min_ttl);
+        self.duration(DNS_MAX_TTL, &mut dns.max_ttl);
+        if dns.min_ttl > dns.max_ttl {
+            self.problems.push(format!(
+                "{DNS_MIN_TTL} ({:?}) is greater than {DNS_MAX_TTL} ({:?})",
+                dns.min_ttl, dns.max_ttl
+            ));
+        }
+        if let Some(servers) = self.parse_with(DNS_SERVERS, |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            s.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .map_err(|_| format!("{s:?} is not an ip or ip:port"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }) {
+            dns.servers = servers;
+        }
+    }
+
+    /// Listeners must not collide with each other.
+    fn check_listener_collisions(&mut self, c: &Config) {
+        let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+        let named = [
+            (c.outbound_listen, OUTBOUND_LISTEN_ADDR.to_string()),
+            (c.inbound_listen, INBOUND_LISTEN_ADDR.to_string()),
+            (c.admin_listen, ADMIN_LISTEN_ADDR.to_string()),
+        ];
+        let forwards = c
+            .forwards
+            .iter()
+            .map(|f| (Some(f.listen), format!("{TCP_FORWARD} entry {}", f.listen)));
+        for (addr, who) in named.into_iter().chain(forwards) {
+            let Some(addr) = addr else { continue };
+            if addr.port() != 0 {
+                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+                    self.problems
+                        .push(format!("{who} and {other} both listen on {addr}"));
+                }
+            }
+            seen.push((addr, who));
+        }
     }
 }
 

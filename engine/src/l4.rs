@@ -20,6 +20,7 @@ use ringmesh_admin::telemetry::{
 };
 use ringmesh_protocols::tcp::RelayStats;
 
+use crate::config::{Config, PortSet};
 use crate::connect::{connect, dst_labels};
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
 use crate::listen::same_endpoint;
@@ -50,6 +51,41 @@ impl ListenerKind {
             Self::Forward(_) => "forward",
         }
     }
+
+    /// Forwards count as outbound: they leave for another service.
+    fn direction(&self) -> Direction {
+        match self {
+            Self::Inbound => Direction::Inbound,
+            Self::Outbound | Self::Forward(_) => Direction::Outbound,
+        }
+    }
+
+    /// This listener's side of the settings that differ by direction.
+    fn settings<'c>(&self, cfg: &'c Config) -> SideSettings<'c> {
+        match self.direction() {
+            Direction::Inbound => SideSettings {
+                opaque_ports: &cfg.inbound_opaque_ports,
+                detect_timeout: cfg.inbound_detect_timeout,
+                connect_timeout: cfg.inbound_connect_timeout,
+            },
+            Direction::Outbound => SideSettings {
+                opaque_ports: &cfg.outbound_opaque_ports,
+                detect_timeout: cfg.outbound_detect_timeout,
+                connect_timeout: cfg.outbound_connect_timeout,
+            },
+        }
+    }
+}
+
+/// The settings an accepted connection reads that differ between inbound
+/// and outbound (the configuration keeps them as flat pairs).
+#[derive(Clone, Copy)]
+struct SideSettings<'c> {
+    /// Ports whose connections skip detection.
+    opaque_ports: &'c PortSet,
+    /// How long the client has to show its protocol.
+    detect_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// Where one connection goes.
@@ -79,6 +115,52 @@ impl Drop for OpenConn {
     }
 }
 
+/// One accepted connection as the steps serving it see it: its worker,
+/// listener, addresses and settings (references and copies only).
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    w: &'a Worker,
+    kind: &'a ListenerKind,
+    peer: SocketAddr,
+    local: SocketAddr,
+    side: SideSettings<'a>,
+}
+
+/// The labels every TCP series of one connection shares.
+struct ConnLabels {
+    direction: Direction,
+    authority: Option<AuthorityLabel>,
+    dst_labels: Option<DstLabels>,
+}
+
+impl ConnLabels {
+    fn new(kind: &ListenerKind, target: &Target) -> Self {
+        let (authority, dst_labels) = match target {
+            Target::Service(svc, _) => (Some(svc.name.to_shared()), dst_labels(svc)),
+            _ => (None, None),
+        };
+        Self {
+            direction: kind.direction(),
+            authority,
+            dst_labels,
+        }
+    }
+
+    /// Opens the series of one end of the connection.
+    fn open(&self, w: &Worker, peer: Peer, target: SocketAddr) -> ConnMeter {
+        w.tcp_metrics.borrow_mut().open(TcpKey {
+            direction: self.direction,
+            peer,
+            target,
+            tls: TlsStatus::NO_PROXY_IDENTITY,
+            authority: self.authority.clone(),
+            dst_labels: self.dst_labels.clone(),
+        })
+    }
+}
+
+/// Serves an accepted connection: routes it, decides its protocol, then
+/// hands it to an HTTP server or relays it.
 pub(crate) async fn serve(
     w: Rc<Worker>,
     kind: Rc<ListenerKind>,
@@ -94,146 +176,31 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some(Route {
-        target,
-        addr,
-        port,
-        hint,
-        http,
-    }) = route(&w, &kind, &client, local, peer)
-    else {
+    let Some(route) = route(&w, &kind, &client, local, peer) else {
         return;
     };
-    let inbound = matches!(*kind, ListenerKind::Inbound);
-    let direction = if inbound {
-        Direction::Inbound
-    } else {
-        Direction::Outbound
+    let c = Conn {
+        w: &w,
+        kind: &kind,
+        peer,
+        local,
+        side: kind.settings(&w.cfg),
     };
-    let (authority, dst_labels) = match &target {
-        Target::Service(svc, _) => (Some(svc.name.to_shared()), dst_labels(svc)),
-        _ => (None, None),
+    let labels = ConnLabels::new(&kind, &route.target);
+    let src_meter = labels.open(&w, Peer::Src, route.addr);
+    let Some(mut decided) = decide_protocol(&c, &mut client, &route).await else {
+        return;
     };
-    let src_meter = w.tcp_metrics.borrow_mut().open(TcpKey {
-        direction,
-        peer: Peer::Src,
-        target: addr,
-        tls: TlsStatus::NO_PROXY_IDENTITY,
-        authority: authority.clone(),
-        dst_labels: dst_labels.clone(),
-    });
-    let (opaque_ports, detect_timeout, connect_timeout) = if inbound {
-        (
-            &w.cfg.inbound_opaque_ports,
-            w.cfg.inbound_detect_timeout,
-            w.cfg.inbound_connect_timeout,
-        )
-    } else {
-        (
-            &w.cfg.outbound_opaque_ports,
-            w.cfg.outbound_detect_timeout,
-            w.cfg.outbound_connect_timeout,
-        )
-    };
-
-    // Opaque ports (or discovery saying so) skip detection, and so do
-    // destinations seen speaking first. Otherwise, when the destination is
-    // known, an upstream connection is opened while waiting for the client
-    // (after a short grace, so HTTP clients, which speak at once, rarely
-    // cost one): whichever side speaks first decides.
-    let mut prefix = w.bufs.get();
-    // An HTTP hint says what the destination speaks; the client's own
-    // protocol is still detected (HTTP clients speak first, so this costs no
-    // wait) so that HTTP/2 clients of an HTTP/1 service get translated. What
-    // detection cannot tell is taken to be the hinted protocol.
-    let fallback = match hint {
-        Some(DiscoveredProtocol::Http1) => Protocol::Http1,
-        Some(DiscoveredProtocol::Http2) => Protocol::Http2,
-        _ => Protocol::Opaque,
-    };
-    let dest = match &target {
-        Target::Addr(a) => Some(Dest::Addr(*a)),
-        Target::Service(svc, _) => Some(Dest::Service(svc.name.clone())),
-        Target::ByAuthority => None,
-    };
-    let speaks_first = dest
-        .as_ref()
-        .is_some_and(|d| w.server_first.borrow_mut().contains_at(d, Instant::now()));
-    let mut head_started = None;
-    let mut early: Option<Early> = None;
-    let protocol = match hint {
-        Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
-        None if opaque_ports.contains(port) => Protocol::Opaque,
-        None if speaks_first => {
-            tracing::debug!(listener = kind.name(), %peer, "destination speaks first; relaying without detection");
-            w.server_first_relays.set(w.server_first_relays.get() + 1);
-            Protocol::Opaque
-        }
-        _ => {
-            let undecided = w.undecided.enter();
-            let early_target = (hint.is_none()).then_some(&target);
-            let (res, buf) = detect_protocol(
-                &w,
-                &mut client,
-                prefix,
-                early_target,
-                detect_timeout,
-                connect_timeout,
-                &undecided.eviction,
-                &mut early,
-            )
-            .await;
-            prefix = buf;
-            match res {
-                Ok(Some(found)) => {
-                    head_started = found.first_byte;
-                    let p = found.protocol;
-                    if let Some(why) = found.undecided {
-                        tracing::debug!(listener = kind.name(), %peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
-                    }
-                    if early.as_ref().is_some_and(|e| !e.banner.is_empty()) {
-                        if let Some(d) = dest {
-                            w.server_first.borrow_mut().remember_at(d, Instant::now());
-                        }
-                        w.server_first_relays.set(w.server_first_relays.get() + 1);
-                        tracing::debug!(listener = kind.name(), %peer, "server spoke first; relaying");
-                        Protocol::Opaque
-                    } else if p == Protocol::Http1 {
-                        // Begins as HTTP/1 (even if it stalled): the HTTP/1
-                        // server validates it.
-                        p
-                    } else if found.undecided.is_some()
-                        || (hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls))
-                    {
-                        fallback
-                    } else {
-                        p
-                    }
-                }
-                Ok(None) => {
-                    tracing::debug!(listener = kind.name(), %peer, "closing an undecided connection (evicted, or idle on both sides)");
-                    w.bufs.put(prefix);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(listener = kind.name(), %peer, error = %e, "client failed during detection");
-                    w.bufs.put(prefix);
-                    return;
-                }
-            }
-        }
-    };
-    tracing::debug!(listener = kind.name(), %peer, ?protocol, "protocol");
-    if matches!(protocol, Protocol::Http1 | Protocol::Http2) {
-        // The HTTP servers connect per request (pooled); an upstream
-        // connection opened early is closed, counted as opened and closed.
-        if let Some(e) = early.take() {
-            let _meter = open_dst_meter(&w, &e.server, direction, &authority, &dst_labels);
-            w.bufs.put(e.banner);
-        }
-    }
-    match protocol {
+    let connect_timeout = c.side.connect_timeout;
+    match decided.protocol {
         Protocol::Http1 => {
+            close_early(&c, &labels, decided.early.take());
+            let Decided {
+                prefix,
+                head_started,
+                ..
+            } = decided;
+            let http = route.http;
             // Its own task (taking the open-connection count with it): this
             // one, sized for detection and the relay, ends here, so a
             // long-lived keep-alive connection costs only the HTTP/1 task.
@@ -251,45 +218,220 @@ pub(crate) async fn serve(
                 )
                 .await;
             });
-            return;
         }
         Protocol::Http2 => {
+            close_early(&c, &labels, decided.early.take());
             Box::pin(http2::serve(
                 w.clone(),
                 client,
-                prefix,
+                decided.prefix,
                 peer,
-                http,
+                route.http,
                 connect_timeout,
                 src_meter,
             ))
             .await;
-            return;
         }
-        Protocol::Tls | Protocol::Opaque => {}
+        Protocol::Tls | Protocol::Opaque => {
+            relay_opaque(&c, client, &route.target, &labels, src_meter, decided).await;
+        }
     }
+}
+
+/// What detection decided for a connection, and what it read.
+struct Decided {
+    protocol: Protocol,
+    /// The client's bytes read so far (a buffer from the worker's pool).
+    prefix: Vec<u8>,
+    /// When an HTTP/1 request head began arriving.
+    head_started: Option<Instant>,
+    /// An upstream connection opened while detecting.
+    early: Option<Early>,
+}
+
+/// Decides what the connection speaks, or logs why it is closed (`None`).
+///
+/// Opaque ports (or discovery saying so) skip detection, and so do
+/// destinations seen speaking first. Otherwise, when the destination is
+/// known, an upstream connection is opened while waiting for the client
+/// (after a short grace, so HTTP clients, which speak at once, rarely cost
+/// one): whichever side speaks first decides.
+async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) -> Option<Decided> {
+    let w = c.w;
+    let mut prefix = w.bufs.get();
+    let dest = match &route.target {
+        Target::Addr(a) => Some(Dest::Addr(*a)),
+        Target::Service(svc, _) => Some(Dest::Service(svc.name.clone())),
+        Target::ByAuthority => None,
+    };
+    let speaks_first = dest
+        .as_ref()
+        .is_some_and(|d| w.server_first.borrow_mut().contains_at(d, Instant::now()));
+    let mut head_started = None;
+    let mut early: Option<Early> = None;
+    let protocol = match route.hint {
+        Some(DiscoveredProtocol::Opaque) => Protocol::Opaque,
+        None if c.side.opaque_ports.contains(route.port) => Protocol::Opaque,
+        None if speaks_first => {
+            tracing::debug!(listener = c.kind.name(), peer = %c.peer, "destination speaks first; relaying without detection");
+            w.server_first_relays.set(w.server_first_relays.get() + 1);
+            Protocol::Opaque
+        }
+        _ => {
+            let undecided = w.undecided.enter();
+            let early_target = (route.hint.is_none()).then_some(&route.target);
+            let (res, buf) = detect_protocol(
+                c,
+                client,
+                prefix,
+                early_target,
+                &undecided.eviction,
+                &mut early,
+            )
+            .await;
+            prefix = buf;
+            match res {
+                Ok(Some(found)) => {
+                    head_started = found.first_byte;
+                    verdict(c, &found, route.hint, dest, &early)
+                }
+                Ok(None) => {
+                    tracing::debug!(listener = c.kind.name(), peer = %c.peer, "closing an undecided connection (evicted, or idle on both sides)");
+                    w.bufs.put(prefix);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::debug!(listener = c.kind.name(), peer = %c.peer, error = %e, "client failed during detection");
+                    w.bufs.put(prefix);
+                    return None;
+                }
+            }
+        }
+    };
+    tracing::debug!(listener = c.kind.name(), peer = %c.peer, ?protocol, "protocol");
+    Some(Decided {
+        protocol,
+        prefix,
+        head_started,
+        early,
+    })
+}
+
+/// What a detection result means for the connection. A server that spoke
+/// first makes it a relay (and is remembered for `dest`). Otherwise an HTTP
+/// hint says what the destination speaks; the client's own protocol is
+/// still detected (HTTP clients speak first, so this costs no wait) so that
+/// HTTP/2 clients of an HTTP/1 service get translated. What detection
+/// cannot tell is taken to be the hinted protocol.
+fn verdict(
+    c: &Conn<'_>,
+    found: &Detected,
+    hint: Option<DiscoveredProtocol>,
+    dest: Option<Dest>,
+    early: &Option<Early>,
+) -> Protocol {
+    let fallback = match hint {
+        Some(DiscoveredProtocol::Http1) => Protocol::Http1,
+        Some(DiscoveredProtocol::Http2) => Protocol::Http2,
+        _ => Protocol::Opaque,
+    };
+    let p = found.protocol;
+    if let Some(why) = found.undecided {
+        tracing::debug!(listener = c.kind.name(), peer = %c.peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
+    }
+    if early.as_ref().is_some_and(|e| !e.banner.is_empty()) {
+        if let Some(d) = dest {
+            c.w.server_first.borrow_mut().remember_at(d, Instant::now());
+        }
+        c.w.server_first_relays
+            .set(c.w.server_first_relays.get() + 1);
+        tracing::debug!(listener = c.kind.name(), peer = %c.peer, "server spoke first; relaying");
+        Protocol::Opaque
+    } else if p == Protocol::Http1 {
+        // Begins as HTTP/1 (even if it stalled): the HTTP/1 server
+        // validates it.
+        p
+    } else if found.undecided.is_some()
+        || (hint.is_some() && matches!(p, Protocol::Opaque | Protocol::Tls))
+    {
+        fallback
+    } else {
+        p
+    }
+}
+
+/// The HTTP servers connect per request (pooled): an upstream connection
+/// opened while detecting is closed, counted as opened and closed.
+fn close_early(c: &Conn<'_>, labels: &ConnLabels, early: Option<Early>) {
+    if let Some(e) = early {
+        let _meter = open_dst_meter(c.w, &e.server, labels);
+        c.w.bufs.put(e.banner);
+    }
+}
+
+/// Relays an opaque (or TLS) connection: to the upstream connection opened
+/// while detecting, or to one opened now.
+async fn relay_opaque(
+    c: &Conn<'_>,
+    mut client: TcpStream,
+    target: &Target,
+    labels: &ConnLabels,
+    src_meter: ConnMeter,
+    decided: Decided,
+) {
+    let (w, peer) = (c.w, c.peer);
+    let Decided {
+        protocol,
+        prefix,
+        early,
+        ..
+    } = decided;
     if matches!(target, Target::ByAuthority) {
-        tracing::info!(%peer, %local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
+        tracing::info!(%peer, local = %c.local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
         w.bufs.put(prefix);
         return;
     }
-
-    let (server, guard, banner) = match early.take() {
+    let (server, guard, banner) = match early {
         Some(e) => (e.server, e.guard, e.banner),
-        None => match connect_target(&target, connect_timeout).await {
+        None => match connect_target(target, c.side.connect_timeout).await {
             Ok((s, g)) => (s, g, w.bufs.get()),
             Err(failure) => {
-                warn_limited!(w, Warning::ConnectFailed, listener = kind.name(), %peer, "{failure}; closing the client connection");
+                warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
                 w.bufs.put(prefix);
                 return;
             }
         },
     };
     let _ = server.set_nodelay(true);
-    let dst_meter = open_dst_meter(&w, &server, direction, &authority, &dst_labels);
-    // What a server that spoke first said goes to the client before the
-    // relay starts.
+    let dst_meter = open_dst_meter(w, &server, labels);
     let banner_len = banner.len() as u64;
+    if !send_banner(w, &mut client, banner, peer, &src_meter).await {
+        w.bufs.put(prefix);
+        return;
+    }
+    let stats = relay_bytes(w, client, server, prefix, &guard).await;
+    let stats = RelayStats {
+        server_to_client: stats.server_to_client + banner_len,
+        ..stats
+    };
+    relayed(&src_meter, &dst_meter, &stats);
+    match stats.end {
+        RelayEnd::Closed => {}
+        RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),
+        end => tracing::debug!(%peer, ?end, "relay ended with an error"),
+    }
+    tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
+}
+
+/// What a server that spoke first said goes to the client before the relay
+/// starts. Returns the buffer to the pool; `false`: the client is gone.
+async fn send_banner(
+    w: &Worker,
+    client: &mut TcpStream,
+    banner: Vec<u8>,
+    peer: SocketAddr,
+    src_meter: &ConnMeter,
+) -> bool {
     let banner = if banner.is_empty() {
         banner
     } else {
@@ -298,12 +440,23 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, error = %e, "client gone before the server's first bytes reached it");
             src_meter.failed(&e);
             w.bufs.put(banner);
-            w.bufs.put(prefix);
-            return;
+            return false;
         }
         banner
     };
     w.bufs.put(banner);
+    true
+}
+
+/// Relays both ways until the connection ends (with splice(2) when
+/// configured and possible, else copying), `prefix` first to the server.
+async fn relay_bytes(
+    w: &Worker,
+    client: TcpStream,
+    server: TcpStream,
+    prefix: Vec<u8>,
+    guard: &Option<OpenGuard>,
+) -> RelayStats {
     let pipes = if w.cfg.tcp_splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
@@ -313,11 +466,11 @@ pub(crate) async fn serve(
     };
     // The endpoint's first answer teaches the balancer its latency.
     let learn = |latency: Duration| {
-        if let Some(g) = &guard {
+        if let Some(g) = guard {
             g.endpoint().observe_response(latency);
         }
     };
-    let stats = match pipes {
+    match pipes {
         Some(pipes) => {
             let (stats, prefix) = Box::pin(relay_splice(
                 client,
@@ -347,18 +500,7 @@ pub(crate) async fn serve(
             w.bufs.put(bufs.1);
             stats
         }
-    };
-    let stats = RelayStats {
-        server_to_client: stats.server_to_client + banner_len,
-        ..stats
-    };
-    relayed(&src_meter, &dst_meter, &stats);
-    match stats.end {
-        RelayEnd::Closed => {}
-        RelayEnd::Idle => tracing::debug!(%peer, "idle timeout"),
-        end => tracing::debug!(%peer, ?end, "relay ended with an error"),
     }
-    tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
 }
 
 /// Where a connection goes, the port that decides whether it is opaque,
@@ -517,22 +659,9 @@ async fn connect_balanced(
 }
 
 /// The `peer="dst"` series of a connection ringmesh opened.
-fn open_dst_meter(
-    w: &Worker,
-    server: &TcpStream,
-    direction: Direction,
-    authority: &Option<AuthorityLabel>,
-    dst_labels: &Option<DstLabels>,
-) -> ConnMeter {
+fn open_dst_meter(w: &Worker, server: &TcpStream, labels: &ConnLabels) -> ConnMeter {
     match server.peer_addr() {
-        Ok(endpoint) => w.tcp_metrics.borrow_mut().open(TcpKey {
-            direction,
-            peer: Peer::Dst,
-            target: endpoint,
-            tls: TlsStatus::NO_PROXY_IDENTITY,
-            authority: authority.clone(),
-            dst_labels: dst_labels.clone(),
-        }),
+        Ok(endpoint) => labels.open(w, Peer::Dst, endpoint),
         Err(_) => ConnMeter::none(),
     }
 }
@@ -579,52 +708,30 @@ const EARLY_CONNECT_GRACE: Duration = Duration::from_millis(20);
 /// the client's bytes is needed: the connection is relayed). A connection
 /// where neither side speaks stays undecided up to the TCP idle timeout
 /// (bounded by the per-worker cap, `eviction`). `Ok(None)`: close it.
-#[allow(clippy::too_many_arguments)]
 async fn detect_protocol(
-    w: &Worker,
+    c: &Conn<'_>,
     client: &mut TcpStream,
     prefix: Vec<u8>,
     early_target: Option<&Target>,
-    detect_timeout: Duration,
-    connect_timeout: Duration,
     eviction: &Eviction,
     early: &mut Option<Early>,
 ) -> (std::io::Result<Option<Detected>>, Vec<u8>) {
-    let deadline = Instant::now() + detect_timeout;
-    let header_timeout = w.cfg.http_header_read_timeout;
+    let deadline = Instant::now() + c.side.detect_timeout;
+    let header_timeout = c.w.cfg.http_header_read_timeout;
     let Some(target) = early_target.filter(|t| !matches!(t, Target::ByAuthority)) else {
         return read_and_detect(client, prefix, None, deadline, header_timeout, eviction).await;
     };
     // 1. The client's first bytes, or an upstream connection, whichever
     //    comes first.
-    enum First {
-        Read,
-        Connected(Result<(TcpStream, Option<OpenGuard>), String>),
-        Stopped { evicted: bool },
-    }
-    let (first, mut prefix, read_res) = {
-        let canceller = Canceller::new();
-        let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
-        let mut connecting = std::pin::pin!(async {
-            monoio::time::sleep(EARLY_CONNECT_GRACE).await;
-            connect_target(target, connect_timeout).await
-        });
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let won = monoio::select! {
-            r = read.as_mut() => Ok(r),
-            c = connecting.as_mut() => Err(First::Connected(c)),
-            _ = monoio::time::sleep(wait) => Err(First::Stopped { evicted: false }),
-            _ = eviction.wait() => Err(First::Stopped { evicted: true }),
-        };
-        match won {
-            Ok((res, buf)) => (First::Read, buf, res),
-            Err(other) => {
-                let _ = canceller.cancel();
-                let (res, buf) = read.as_mut().await;
-                (other, buf, res)
-            }
-        }
-    };
+    let (first, prefix, read_res) = read_or_connect(
+        client,
+        prefix,
+        target,
+        c.side.connect_timeout,
+        deadline,
+        eviction,
+    )
+    .await;
     let client_bytes = match read_res {
         Ok(0) => None,
         Ok(_) => Some(Instant::now()),
@@ -638,7 +745,7 @@ async fn detect_protocol(
             *early = Some(Early {
                 server,
                 guard,
-                banner: w.bufs.get(),
+                banner: c.w.bufs.get(),
             });
         }
         First::Connected(Err(failure)) => {
@@ -657,38 +764,7 @@ async fn detect_protocol(
     // 2. Connected and the client still silent: whoever speaks first.
     if client_bytes.is_none() {
         if let Some(e) = early.as_mut() {
-            let banner = std::mem::take(&mut e.banner);
-            // Neither side speaking by the detect timeout: nothing tells
-            // what this is, and both connections are closed (a silent
-            // flood holds backend connections for that long at most).
-            let (word, buf, banner) =
-                first_word(client, prefix, &mut e.server, banner, deadline, eviction).await;
-            prefix = buf;
-            e.banner = banner;
-            let found = |undecided| {
-                Ok(Some(Detected {
-                    protocol: Protocol::Opaque,
-                    undecided,
-                    first_byte: None,
-                }))
-            };
-            match word {
-                Ok(FirstWord::Server) => return (found(None), prefix),
-                Ok(FirstWord::Closed) => return (found(Some(Undecided::Eof)), prefix),
-                Ok(FirstWord::Silent | FirstWord::Evicted) => return (Ok(None), prefix),
-                Ok(FirstWord::Client) => {
-                    return read_and_detect(
-                        client,
-                        prefix,
-                        Some(Instant::now()),
-                        deadline,
-                        header_timeout,
-                        eviction,
-                    )
-                    .await
-                }
-                Err(err) => return (Err(err), prefix),
-            }
+            return first_to_speak(client, prefix, e, deadline, header_timeout, eviction).await;
         }
     }
     read_and_detect(
@@ -700,4 +776,96 @@ async fn detect_protocol(
         eviction,
     )
     .await
+}
+
+/// What ended the wait for a client's first bytes.
+enum First {
+    Read,
+    Connected(Result<(TcpStream, Option<OpenGuard>), String>),
+    Stopped { evicted: bool },
+}
+
+/// Reads the client's first bytes into `prefix` while connecting to
+/// `target` (after [`EARLY_CONNECT_GRACE`]), until either finishes, the
+/// deadline passes or the connection is evicted; a read still pending then
+/// is cancelled and its result returned with the winner.
+async fn read_or_connect(
+    client: &mut TcpStream,
+    prefix: Vec<u8>,
+    target: &Target,
+    connect_timeout: Duration,
+    deadline: Instant,
+    eviction: &Eviction,
+) -> (First, Vec<u8>, io::Result<usize>) {
+    let canceller = Canceller::new();
+    let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
+    let mut connecting = std::pin::pin!(async {
+        monoio::time::sleep(EARLY_CONNECT_GRACE).await;
+        connect_target(target, connect_timeout).await
+    });
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let won = monoio::select! {
+        r = read.as_mut() => Ok(r),
+        c = connecting.as_mut() => Err(First::Connected(c)),
+        _ = monoio::time::sleep(wait) => Err(First::Stopped { evicted: false }),
+        _ = eviction.wait() => Err(First::Stopped { evicted: true }),
+    };
+    match won {
+        Ok((res, buf)) => (First::Read, buf, res),
+        Err(other) => {
+            let _ = canceller.cancel();
+            let (res, buf) = read.as_mut().await;
+            (other, buf, res)
+        }
+    }
+}
+
+/// Connected early and the client still silent: waits for whichever side
+/// speaks first. The server: relayed (its bytes in `early`'s banner). The
+/// client: detected. Neither by the detect timeout: nothing tells what this
+/// is, and both connections are closed (a silent flood holds backend
+/// connections for that long at most).
+async fn first_to_speak(
+    client: &mut TcpStream,
+    prefix: Vec<u8>,
+    early: &mut Early,
+    deadline: Instant,
+    header_timeout: Duration,
+    eviction: &Eviction,
+) -> (std::io::Result<Option<Detected>>, Vec<u8>) {
+    let banner = std::mem::take(&mut early.banner);
+    let (word, prefix, banner) = first_word(
+        client,
+        prefix,
+        &mut early.server,
+        banner,
+        deadline,
+        eviction,
+    )
+    .await;
+    early.banner = banner;
+    let found = |undecided| {
+        Ok(Some(Detected {
+            protocol: Protocol::Opaque,
+            undecided,
+            first_byte: None,
+        }))
+    };
+    match word {
+        Ok(FirstWord::Server) => (found(None), prefix),
+        Ok(FirstWord::Closed) => (found(Some(Undecided::Eof)), prefix),
+        Ok(FirstWord::Silent | FirstWord::Evicted) => (Ok(None), prefix),
+        Ok(FirstWord::Client) => {
+            read_and_detect(
+                client,
+                prefix,
+                Some(Instant::now()),
+                deadline,
+                header_timeout,
+                eviction,
+            )
+            .await
+        }
+        Err(err) => (Err(err), prefix),
+    }
 }

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use futures_channel::mpsc::{unbounded, UnboundedSender};
 use ringmesh_admin::telemetry::WorkerStats;
 use ringmesh_discovery::dns::DnsConfig;
-use ringmesh_discovery::{DiscoveryConfig, DiscoveryError};
+use ringmesh_discovery::{DiscoveryConfig, DiscoveryError, SnapshotSubscriber};
 
 use crate::admin::{EngineAdmin, Hooks};
 use crate::config::{Config, IoDriver};
@@ -72,97 +72,18 @@ impl Proxy {
             cfg.dns.search = sys.search;
             cfg.dns.ndots = sys.ndots;
         }
-        // The control core first: its discovery makes the first snapshot,
-        // complete before any worker starts.
-        let (control, subscriber) = Control::start(
-            driver == ActiveDriver::Uring,
-            DiscoveryConfig {
-                static_file: cfg.discovery_static.clone(),
-                static_poll_interval: cfg.discovery_static_poll_interval,
-                dns: cfg.dns.clone(),
-                hosts_file: Some("/etc/hosts".into()),
-            },
-            cfg.watched_names().into_iter().collect(),
-        )
-        .map_err(|e| match e {
-            ControlError::Discovery(e) => StartError::Discovery(e),
-            ControlError::Start(e) => StartError::Thread(e),
-        })?;
+        let (control, subscriber) = start_control(driver, &cfg)?;
+        let mut bound = Bound::bind(&cfg, n)?;
+        let workers = start_workers(n, driver, &mut bound, &subscriber, &control, &cfg)?;
 
-        // Bind everything before any thread starts. The admin port is
-        // single-owner: no SO_REUSEPORT.
-        let admin_listener = match cfg.admin_listen {
-            Some(addr) => Some(listen::bind_exclusive(addr, "admin listener")?),
-            None => None,
-        };
-        let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
-        let mut outbound = None;
-        let mut inbound = None;
-        let mut forwards = Vec::new();
-        if let Some(addr) = cfg.outbound_listen {
-            let g = listen::bind_group(addr, n, "outbound listener")?;
-            outbound = Some(local_addr(&g));
-            groups.push((ListenerKind::Outbound, g));
-        }
-        if let Some(addr) = cfg.inbound_listen {
-            let g = listen::bind_group(addr, n, "inbound listener")?;
-            inbound = Some(local_addr(&g));
-            groups.push((ListenerKind::Inbound, g));
-        }
-        for f in &cfg.forwards {
-            let g = listen::bind_group(f.listen, n, "TCP forward")?;
-            forwards.push(local_addr(&g));
-            groups.push((ListenerKind::Forward(f.target.clone()), g));
-        }
-        let own_listeners: Vec<SocketAddr> = outbound
-            .into_iter()
-            .chain(inbound)
-            .chain(forwards.iter().copied())
-            .chain(admin)
-            .collect();
-
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
-        let mut workers = Vec::with_capacity(n);
-        for id in 0..n {
-            let listeners: Vec<(ListenerKind, TcpListener)> = groups
-                .iter_mut()
-                .map(|(kind, g)| (kind.clone(), g.pop().expect("one listener per worker")))
-                .collect();
-            let (tx, rx) = unbounded();
-            let setup = WorkerSetup {
-                id,
-                core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
-                driver,
-                listeners,
-                own_listeners: own_listeners.clone(),
-                snapshots: subscriber.cache(),
-                control: control.sender(),
-                cfg: cfg.clone(),
-                rx,
-                ready: ready_tx.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("ringmesh-worker-{id}"))
-                .spawn(move || run::run(setup))
-                .map_err(StartError::Thread)?;
-            workers.push(WorkerHandle { tx, thread });
-        }
-        drop(ready_tx);
-        for _ in 0..n {
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok((_, Ok(()))) => {}
-                Ok((worker, Err(reason))) => return Err(StartError::Worker { worker, reason }),
-                Err(_) => {
-                    return Err(StartError::Worker {
-                        worker: 0,
-                        reason: "did not report ready within 10s".into(),
-                    })
-                }
-            }
-        }
-
+        let Bound {
+            admin_listener,
+            admin,
+            outbound,
+            inbound,
+            forwards,
+            ..
+        } = bound;
         if let Some(listener) = admin_listener {
             control.serve_admin(
                 listener,
@@ -245,6 +166,145 @@ impl Proxy {
         }
         self.control.stop();
     }
+}
+
+/// The control core first: its discovery makes the first snapshot,
+/// complete before any worker starts.
+fn start_control(
+    driver: ActiveDriver,
+    cfg: &Config,
+) -> Result<(Control, SnapshotSubscriber), StartError> {
+    Control::start(
+        driver == ActiveDriver::Uring,
+        DiscoveryConfig {
+            static_file: cfg.discovery_static.clone(),
+            static_poll_interval: cfg.discovery_static_poll_interval,
+            dns: cfg.dns.clone(),
+            hosts_file: Some("/etc/hosts".into()),
+        },
+        cfg.watched_names().into_iter().collect(),
+    )
+    .map_err(|e| match e {
+        ControlError::Discovery(e) => StartError::Discovery(e),
+        ControlError::Start(e) => StartError::Thread(e),
+    })
+}
+
+/// Every listening socket, bound before any thread starts.
+struct Bound {
+    /// Single-owner: no SO_REUSEPORT.
+    admin_listener: Option<TcpListener>,
+    admin: Option<SocketAddr>,
+    /// Each data-plane listener's group: one socket per worker.
+    groups: Vec<(ListenerKind, Vec<TcpListener>)>,
+    outbound: Option<SocketAddr>,
+    inbound: Option<SocketAddr>,
+    forwards: Vec<SocketAddr>,
+}
+
+impl Bound {
+    fn bind(cfg: &Config, n: usize) -> Result<Self, StartError> {
+        let admin_listener = match cfg.admin_listen {
+            Some(addr) => Some(listen::bind_exclusive(addr, "admin listener")?),
+            None => None,
+        };
+        let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
+        let mut outbound = None;
+        let mut inbound = None;
+        let mut forwards = Vec::new();
+        if let Some(addr) = cfg.outbound_listen {
+            let g = listen::bind_group(addr, n, "outbound listener")?;
+            outbound = Some(local_addr(&g));
+            groups.push((ListenerKind::Outbound, g));
+        }
+        if let Some(addr) = cfg.inbound_listen {
+            let g = listen::bind_group(addr, n, "inbound listener")?;
+            inbound = Some(local_addr(&g));
+            groups.push((ListenerKind::Inbound, g));
+        }
+        for f in &cfg.forwards {
+            let g = listen::bind_group(f.listen, n, "TCP forward")?;
+            forwards.push(local_addr(&g));
+            groups.push((ListenerKind::Forward(f.target.clone()), g));
+        }
+        Ok(Self {
+            admin_listener,
+            admin,
+            groups,
+            outbound,
+            inbound,
+            forwards,
+        })
+    }
+
+    /// Every address this process listens on, for loop detection.
+    fn own_listeners(&self) -> Vec<SocketAddr> {
+        self.outbound
+            .into_iter()
+            .chain(self.inbound)
+            .chain(self.forwards.iter().copied())
+            .chain(self.admin)
+            .collect()
+    }
+
+    /// One worker's share: a socket of each group.
+    fn take_worker_share(&mut self) -> Vec<(ListenerKind, TcpListener)> {
+        self.groups
+            .iter_mut()
+            .map(|(kind, g)| (kind.clone(), g.pop().expect("one listener per worker")))
+            .collect()
+    }
+}
+
+/// Starts `n` worker threads, each pinned to a core in turn with its share
+/// of the listeners, and waits until every one reports ready.
+fn start_workers(
+    n: usize,
+    driver: ActiveDriver,
+    bound: &mut Bound,
+    subscriber: &SnapshotSubscriber,
+    control: &Control,
+    cfg: &Config,
+) -> Result<Vec<WorkerHandle>, StartError> {
+    let own_listeners = bound.own_listeners();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+    let mut workers = Vec::with_capacity(n);
+    for id in 0..n {
+        let (tx, rx) = unbounded();
+        let setup = WorkerSetup {
+            id,
+            core: (!cores.is_empty()).then(|| cores[id % cores.len()]),
+            driver,
+            listeners: bound.take_worker_share(),
+            own_listeners: own_listeners.clone(),
+            snapshots: subscriber.cache(),
+            control: control.sender(),
+            cfg: cfg.clone(),
+            rx,
+            ready: ready_tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("ringmesh-worker-{id}"))
+            .spawn(move || run::run(setup))
+            .map_err(StartError::Thread)?;
+        workers.push(WorkerHandle { tx, thread });
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, Ok(()))) => {}
+            Ok((worker, Err(reason))) => return Err(StartError::Worker { worker, reason }),
+            Err(_) => {
+                return Err(StartError::Worker {
+                    worker: 0,
+                    reason: "did not report ready within 10s".into(),
+                })
+            }
+        }
+    }
+    Ok(workers)
 }
 
 fn local_addr(group: &[TcpListener]) -> SocketAddr {

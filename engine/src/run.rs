@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -147,6 +148,8 @@ pub(crate) fn run(setup: WorkerSetup) {
     }
 }
 
+/// A worker's life on its runtime: its context, its accept loops, then
+/// the messages other threads send it until told to stop, then its drain.
 pub(crate) async fn serve(setup: WorkerSetup) {
     let WorkerSetup {
         id,
@@ -160,8 +163,41 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         ..
     } = setup;
     register_buf_ring(id, &cfg);
+    let worker = new_worker(id, cfg, own_listeners, snapshots, control);
+    let stop = worker.stop.clone();
+    let Some(listening) = start_accepting(&worker, listeners, &stop, &ready) else {
+        return;
+    };
+    let _ = ready.send((id, Ok(())));
+    drop(ready);
+    // Closes pooled HTTP/1 connections the moment their upstream sends or
+    // closes; ends (closing them all) when the worker stops.
+    let reaper = worker.clone();
+    let reaper_stop = stop.clone();
+    monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
+    // Gives a burst's memory back to the OS once it is over.
+    monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
+
+    // Serve until told to stop (or the handle is gone).
+    loop {
+        match next(&mut rx).await {
+            Some(WorkerMsg::Shutdown) | None => break,
+            Some(msg) => answer(&worker, msg),
+        }
+    }
+    drain(&worker, &mut rx, &listening, &stop).await;
+}
+
+/// The worker's context, fresh: empty pools, counters at zero.
+fn new_worker(
+    id: usize,
+    cfg: Config,
+    own_listeners: Vec<SocketAddr>,
+    snapshots: SnapshotCache,
+    control: ControlSender,
+) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
-    let worker = Rc::new(Worker {
+    Rc::new(Worker {
         id,
         bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
         h1_scratch: Default::default(),
@@ -188,19 +224,28 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         warnings: WarnLimit::default(),
         snapshots: RefCell::new(snapshots),
         replicas: RefCell::new(HashMap::new()),
-    });
-    let stop = worker.stop.clone();
-    // The listening sockets, to stop listening at once when draining.
+    })
+}
+
+/// Registers the worker's listeners on its runtime and spawns an accept
+/// loop for each. Returns their sockets, to stop listening at once when
+/// draining; `None` when one cannot be registered (reported on `ready`).
+fn start_accepting(
+    worker: &Rc<Worker>,
+    listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+    stop: &Stop,
+    ready: &mpsc::Sender<(usize, Result<(), String>)>,
+) -> Option<Vec<RawFd>> {
     let mut listening = Vec::new();
     for (kind, std_listener) in listeners {
         let listener = match TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
-                let _ = ready.send((id, Err(format!("cannot register listener: {e}"))));
-                return;
+                let _ = ready.send((worker.id, Err(format!("cannot register listener: {e}"))));
+                return None;
             }
         };
-        listening.push(std::os::fd::AsRawFd::as_raw_fd(&listener));
+        listening.push(listener.as_raw_fd());
         monoio::spawn(accept_loop(
             worker.clone(),
             Rc::new(kind),
@@ -208,30 +253,22 @@ pub(crate) async fn serve(setup: WorkerSetup) {
             stop.clone(),
         ));
     }
-    let _ = ready.send((id, Ok(())));
-    drop(ready);
-    // Closes pooled HTTP/1 connections the moment their upstream sends or
-    // closes; ends (closing them all) when the worker stops.
-    let reaper = worker.clone();
-    let reaper_stop = stop.clone();
-    monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
-    // Gives a burst's memory back to the OS once it is over.
-    monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
+    Some(listening)
+}
 
-    // Serve until told to stop (or the handle is gone).
-    loop {
-        match next(&mut rx).await {
-            Some(WorkerMsg::Shutdown) | None => break,
-            Some(msg) => answer(&worker, msg),
-        }
-    }
-
-    // Drain: no new connections; open ones get the grace period. Listening
-    // stops first, before any response says `Connection: close`: a client
-    // that reconnects at once is refused (another worker or instance takes
-    // it) instead of landing in a backlog that nothing accepts from and
-    // that the kernel resets when the accept loops drop their listeners.
-    for fd in &listening {
+/// Drain: no new connections; open ones get the grace period. Listening
+/// stops first, before any response says `Connection: close`: a client
+/// that reconnects at once is refused (another worker or instance takes
+/// it) instead of landing in a backlog that nothing accepts from and that
+/// the kernel resets when the accept loops drop their listeners.
+async fn drain(
+    worker: &Worker,
+    rx: &mut UnboundedReceiver<WorkerMsg>,
+    listening: &[RawFd],
+    stop: &Stop,
+) {
+    let id = worker.id;
+    for fd in listening {
         // Their accept loops own them until they see the stop below.
         let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
     }
@@ -248,9 +285,9 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         }
         monoio::select! {
             _ = monoio::time::sleep(Duration::from_millis(20)) => {}
-            msg = next(&mut rx) => {
+            msg = next(rx) => {
                 if let Some(msg) = msg {
-                    answer(&worker, msg);
+                    answer(worker, msg);
                 }
             }
         }
