@@ -41,9 +41,11 @@ use crate::translate;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
 
-/// How long a client cut off by the defences is read from (and ignored)
-/// after its GOAWAY.
+/// After its GOAWAY, a client cut off by the defences is read from (and
+/// ignored) until it is quiet this long...
 const LINGER: Duration = Duration::from_millis(500);
+/// ...or this long at most, however fast it keeps sending.
+const LINGER_MAX: Duration = Duration::from_secs(3);
 /// Streams the HTTP/2 library may reset for a client's own errors (a
 /// WINDOW_UPDATE overflowing a stream, a malformed request, a frame on a
 /// closed stream, too many streams, ...) before the client gets GOAWAY
@@ -82,19 +84,26 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     /// what the client still sends for a moment, so closing with unread
     /// bytes does not turn into a RST that destroys the GOAWAY before the
     /// client reads it.
+    ///
+    /// A client still flooding when the linger started (its frames queued
+    /// behind the ones that tripped the guard) is read until it pauses, so
+    /// the close does not reset it before it reads the GOAWAY; bounded by
+    /// [`LINGER_MAX`].
     async fn linger(&mut self) -> std::io::Result<()> {
         let res = self.io.shutdown().await;
-        let _ = monoio::time::timeout(LINGER, async {
-            let mut sink = Vec::with_capacity(16 * 1024);
-            loop {
-                let (res, b) = self.io.read(sink).await;
-                sink = b;
-                if !matches!(res, Ok(n) if n > 0) {
-                    break;
-                }
+        let until = Instant::now() + LINGER_MAX;
+        let mut sink = Vec::with_capacity(16 * 1024);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-        })
-        .await;
+            match monoio::time::timeout(LINGER.min(left), self.io.read(sink)).await {
+                Ok((Ok(n), b)) if n > 0 => sink = b,
+                // EOF, an error, or quiet for `LINGER`.
+                _ => break,
+            }
+        }
         res
     }
 }
