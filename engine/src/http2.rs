@@ -132,15 +132,20 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     async fn check(&mut self, n: usize, bytes: &mut [u8]) -> std::io::Result<usize> {
         match self.guard.feed(bytes, Instant::now()) {
             Ok(()) => Ok(n),
-            Err(v) => {
-                warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
-                self.tripped = true;
-                let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
-                let _ = self.io.write_all(goaway.to_vec()).await;
-                let _ = self.linger().await;
-                Err(std::io::Error::other(v.to_string()))
-            }
+            // Boxed: the cut-off (a write and a timed linger) would
+            // otherwise make every frame read's future, which the codec
+            // moves into place per frame, several times larger.
+            Err(v) => Box::pin(self.cut_off(v)).await,
         }
+    }
+
+    async fn cut_off(&mut self, v: impl std::fmt::Display) -> std::io::Result<usize> {
+        warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
+        self.tripped = true;
+        let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
+        let _ = self.io.write_all(goaway.to_vec()).await;
+        let _ = self.linger().await;
+        Err(std::io::Error::other(v.to_string()))
     }
 
     /// Lingering close: FIN after the last frame (a GOAWAY), then discard
@@ -563,7 +568,10 @@ async fn forward(
     if orig_proto
         || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
     {
-        return translate::h2_to_h1(
+        // Boxed (as the cold parts below): an HTTP/2 stream's future is
+        // moved whole into its task, and every awaited future into its
+        // caller's, so its size is paid per request.
+        return Box::pin(translate::h2_to_h1(
             w,
             key,
             &target,
@@ -573,7 +581,7 @@ async fn forward(
             connect_timeout,
             request_deadline,
             orig_proto,
-        )
+        ))
         .await;
     }
     let end = body.is_end_stream();
@@ -643,7 +651,7 @@ async fn forward(
         }
         let timeout = async {
             match request_deadline {
-                Some(d) => monoio::time::sleep_until(d.into()).await,
+                Some(d) => Box::pin(monoio::time::sleep_until(d.into())).await,
                 None => std::future::pending().await,
             }
         };
@@ -1086,6 +1094,19 @@ async fn checkout(
 /// A pooled connection to `addr`, or a new one (connect + HTTP/2
 /// handshake, its connection task spawned on this worker).
 async fn connection(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), UpstreamError> {
+    match w.h2_pool.take(addr) {
+        Some(taken) => Ok(taken),
+        // Boxed: see `forward`.
+        None => Box::pin(connect_or_wait(w, key, addr, timeout)).await,
+    }
+}
+
+async fn connect_or_wait(
     w: &Rc<Worker>,
     key: &HttpKey,
     addr: SocketAddr,
