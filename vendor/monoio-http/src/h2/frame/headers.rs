@@ -680,6 +680,9 @@ impl EncodingHeaderBlock {
 
 // ===== impl Iter =====
 
+/// Initial size of the buffer a header block is HPACK-encoded into.
+const ENCODING_CAPACITY: usize = 512;
+
 impl Iterator for Iter {
     type Item = hpack::Header<Option<HeaderName>>;
 
@@ -924,7 +927,9 @@ impl HeaderBlock {
     }
 
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
-        let mut hpack = BytesMut::new();
+        // Room for a usual block up front: grown from empty, the buffer was
+        // reallocated several times per HEADERS frame.
+        let mut hpack = BytesMut::with_capacity(ENCODING_CAPACITY);
         let headers = Iter {
             pseudo: Some(self.pseudo),
             fields: self.fields.into_iter(),
