@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use monoio::io::{stream::Stream, AsyncReadRent};
 use monoio_codec::{
     length_delimited::{LengthDelimitedCodec, LengthDelimitedCodecError},
-    FramedRead as InnerFramedRead,
+    Decoded, Decoder, FramedRead as InnerFramedRead,
 };
 
 use crate::h2::{
@@ -329,6 +329,46 @@ fn decode_frame(
     };
 
     Ok(Some(frame))
+}
+
+impl<T> FramedRead<T> {
+    /// The next frame if the bytes already read hold it whole, without
+    /// reading: most frames arrive several to a read, and decoding them
+    /// here spares the codec arming a boxed read future per frame.
+    /// `None`: nothing complete is buffered (read with `next`).
+    pub(crate) fn next_buffered(&mut self) -> Option<Result<Frame, Error>> {
+        loop {
+            if self.inner.read_buffer_mut().is_empty() {
+                return None;
+            }
+            // The codec and the buffer are lent one at a time: the buffer
+            // is taken out (no copy) for the decode.
+            let mut buffer = std::mem::take(self.inner.read_buffer_mut());
+            let decoded = self.inner.decoder_mut().decode(&mut buffer);
+            *self.inner.read_buffer_mut() = buffer;
+            let bytes = match decoded {
+                Ok(Decoded::Some(bytes)) => bytes,
+                Ok(_) => return None,
+                // A decode error consumes nothing: left to `next`, which
+                // reports it the usual way.
+                Err(_) => return None,
+            };
+            let Self {
+                ref mut hpack,
+                max_header_list_size,
+                ref mut partial,
+                ..
+            } = *self;
+            match decode_frame(hpack, max_header_list_size, partial, bytes) {
+                Ok(Some(frame)) => {
+                    tracing::debug!(?frame, "received");
+                    return Some(Ok(frame));
+                }
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 impl<T> Stream for FramedRead<T>
