@@ -944,6 +944,22 @@ fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
 /// Connection-specific fields HTTP/2 forbids; `te` survives only as
 /// `trailers` (RFC 9113 §8.2.2).
 fn strip_connection_headers(h: &mut HeaderMap) {
+    // One look at the names first: usually none is there, and the
+    // removals below cost a name parse and a hashed lookup each, twice per
+    // request.
+    let connection_specific = |n: &HeaderName| {
+        matches!(
+            *n,
+            http::header::CONNECTION
+                | http::header::TRANSFER_ENCODING
+                | http::header::UPGRADE
+                | http::header::TE
+        ) || n == "keep-alive"
+            || n == "proxy-connection"
+    };
+    if !h.keys().any(connection_specific) {
+        return;
+    }
     for name in [
         http::header::CONNECTION,
         HeaderName::from_static("keep-alive"),
