@@ -118,9 +118,9 @@ fn decode_frame(
 
     macro_rules! header_block {
         ($frame:ident, $head:ident, $bytes:ident) => ({
-            // Drop the frame header
-            // TODO: Change to drain: carllerche/bytes#130
-            let _ = $bytes.split_to(frame::HEADER_LEN);
+            // Drop the frame header (advanced past: splitting it off took
+            // and dropped a reference to the shared read buffer)
+            bytes::Buf::advance(&mut $bytes, frame::HEADER_LEN);
 
             // Parse the header frame w/o parsing the payload
             let (mut frame, mut payload) = match frame::$frame::load($head, $bytes) {
@@ -204,7 +204,7 @@ fn decode_frame(
             .into()
         }
         Kind::Data => {
-            let _ = bytes.split_to(frame::HEADER_LEN);
+            bytes::Buf::advance(&mut bytes, frame::HEADER_LEN);
             let res = frame::Data::load(head, bytes.freeze());
 
             // TODO: Should this always be connection level? Probably not...

@@ -162,7 +162,7 @@ impl Headers {
             pad = src[0] as usize;
 
             // Drop the padding
-            let _ = src.split_to(1);
+            bytes::Buf::advance(&mut src, 1);
         }
 
         // Read the stream dependency
@@ -177,7 +177,7 @@ impl Headers {
             }
 
             // Drop the next 5 bytes
-            let _ = src.split_to(5);
+            bytes::Buf::advance(&mut src, 5);
 
             Some(stream_dep)
         } else {
@@ -419,7 +419,7 @@ impl PushPromise {
             pad = src[0] as usize;
 
             // Drop the padding
-            let _ = src.split_to(1);
+            bytes::Buf::advance(&mut src, 1);
         }
 
         if src.len() < 5 {
@@ -428,7 +428,7 @@ impl PushPromise {
 
         let (promised_id, _) = StreamId::parse(&src[..4]);
         // Drop promised_id bytes
-        let _ = src.split_to(4);
+        bytes::Buf::advance(&mut src, 4);
 
         if pad > 0 {
             if pad > src.len() {
