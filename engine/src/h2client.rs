@@ -260,6 +260,21 @@ pub(crate) async fn connection(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
+    match w.h2_pool.take(addr) {
+        Some(taken) => Ok(taken),
+        // Boxed: a stream's future is moved whole per request, so a cold
+        // path's room (connecting) is not carried in it.
+        None => Box::pin(connect_or_wait(w, key, addr, timeout)).await,
+    }
+}
+
+/// A new connection to `addr`, or a share of one being made.
+async fn connect_or_wait(
+    w: &Rc<Worker>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     loop {
         if let Some(taken) = w.h2_pool.take(addr) {
             return Ok(taken);

@@ -69,15 +69,20 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     async fn check(&mut self, n: usize, bytes: &mut [u8]) -> std::io::Result<usize> {
         match self.guard.feed(bytes, Instant::now()) {
             Ok(()) => Ok(n),
-            Err(v) => {
-                warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
-                self.tripped = true;
-                let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
-                let _ = self.io.write_all(goaway.to_vec()).await;
-                let _ = self.linger().await;
-                Err(std::io::Error::other(v.to_string()))
-            }
+            // Boxed: the cut-off (a write and a timed linger) would
+            // otherwise make every frame read's future, which the codec
+            // moves into place per frame, several times larger.
+            Err(v) => Box::pin(self.cut_off(v)).await,
         }
+    }
+
+    async fn cut_off(&mut self, v: impl std::fmt::Display) -> std::io::Result<usize> {
+        warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
+        self.tripped = true;
+        let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
+        let _ = self.io.write_all(goaway.to_vec()).await;
+        let _ = self.linger().await;
+        Err(std::io::Error::other(v.to_string()))
     }
 
     /// Lingering close: FIN after the last frame (a GOAWAY), then discard
@@ -408,7 +413,10 @@ async fn forward(
     if orig_proto
         || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
     {
-        return translate::h2_to_h1(
+        // Boxed (as the cold parts below): an HTTP/2 stream's future is
+        // moved whole into its task, and every awaited future into its
+        // caller's, so its size is paid per request.
+        return Box::pin(translate::h2_to_h1(
             w,
             obs,
             &target,
@@ -418,7 +426,7 @@ async fn forward(
             connect_timeout,
             request_deadline,
             orig_proto,
-        )
+        ))
         .await;
     }
     let end = body.is_end_stream();
@@ -481,7 +489,7 @@ async fn forward(
         }
         let timeout = async {
             match request_deadline {
-                Some(d) => monoio::time::sleep_until(d.into()).await,
+                Some(d) => Box::pin(monoio::time::sleep_until(d.into())).await,
                 None => std::future::pending().await,
             }
         };
@@ -647,6 +655,22 @@ fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
 /// Connection-specific fields HTTP/2 forbids; `te` survives only as
 /// `trailers` (RFC 9113 §8.2.2).
 fn strip_connection_headers(h: &mut HeaderMap) {
+    // One look at the names first: usually none is there, and the
+    // removals below cost a name parse and a hashed lookup each, twice per
+    // request.
+    let connection_specific = |n: &HeaderName| {
+        matches!(
+            *n,
+            http::header::CONNECTION
+                | http::header::TRANSFER_ENCODING
+                | http::header::UPGRADE
+                | http::header::TE
+        ) || n == "keep-alive"
+            || n == "proxy-connection"
+    };
+    if !h.keys().any(connection_specific) {
+        return;
+    }
     for name in [
         http::header::CONNECTION,
         HeaderName::from_static("keep-alive"),

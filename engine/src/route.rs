@@ -50,7 +50,10 @@ pub(crate) async fn resolve(
         Dst::Service(svc, b) if svc.endpoints.is_empty() => {
             // Still empty after the wait: returned as is, so the request is
             // labelled with the service and fails as having no endpoints.
-            Ok(await_endpoints(w, &svc.name)
+            // Boxed, as the wait below: the future of every request
+            // would otherwise carry a timer's room (its size is copied
+            // per request).
+            Ok(Box::pin(await_endpoints(w, &svc.name))
                 .await
                 .unwrap_or(Dst::Service(svc, b)))
         }
@@ -132,22 +135,26 @@ async fn resolve_now(
                 return Ok(by_addr(addr));
             }
             drop(snap);
-            // A name discovery has not seen: ask the control core, wait
-            // (bounded) for the snapshot to carry it.
-            let _ = w
-                .control
-                .send(crate::control::ControlMsg::Watch(name.clone()));
-            let deadline = Instant::now() + RESOLVE_WAIT;
-            while Instant::now() < deadline {
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                let snap = w.snapshot();
-                if let Some(svc) = snap.service(&name) {
-                    return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
-                }
-            }
-            Err(ProxyError::unresolved(name.to_string()))
+            Box::pin(await_watched(w, name)).await
         }
     }
+}
+
+/// A name discovery has not seen: asks the control core, waits (bounded)
+/// for the snapshot to carry it.
+async fn await_watched(w: &Worker, name: Authority) -> Result<Dst, ProxyError> {
+    let _ = w
+        .control
+        .send(crate::control::ControlMsg::Watch(name.clone()));
+    let deadline = Instant::now() + RESOLVE_WAIT;
+    while Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+        let snap = w.snapshot();
+        if let Some(svc) = snap.service(&name) {
+            return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
+        }
+    }
+    Err(ProxyError::unresolved(name.to_string()))
 }
 
 /// Picks endpoints of `svc` for one request (peak-EWMA P2C, skipping

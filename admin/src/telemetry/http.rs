@@ -127,16 +127,17 @@ pub struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
 impl HttpShard {
     /// Counts one request and its response.
     pub fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
-        // No key clone (reference counts touched) for a known label set.
-        if !self.0.contains_key(key) {
-            if self.0.len() >= MAX_SERIES {
-                cap_hit("http");
-                return;
+        // No key clone (reference counts touched) for a known label set,
+        // and one lookup (the key is hashed per request).
+        let c = match self.0.get_mut(key) {
+            Some(c) => c,
+            None => {
+                if self.0.len() >= MAX_SERIES {
+                    cap_hit("http");
+                    return;
+                }
+                self.0.entry(key.clone()).or_default()
             }
-            self.0.insert(key.clone(), HttpCounters::default());
-        }
-        let Some(c) = self.0.get_mut(key) else {
-            return;
         };
         c.last_used = Instant::now();
         c.requests += 1;

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use monoio::io::{stream::Stream, AsyncReadRent};
 use monoio_codec::{
     length_delimited::{LengthDelimitedCodec, LengthDelimitedCodecError},
-    FramedRead as InnerFramedRead,
+    Decoded, Decoder, FramedRead as InnerFramedRead,
 };
 
 use crate::h2::{
@@ -118,9 +118,9 @@ fn decode_frame(
 
     macro_rules! header_block {
         ($frame:ident, $head:ident, $bytes:ident) => ({
-            // Drop the frame header
-            // TODO: Change to drain: carllerche/bytes#130
-            let _ = $bytes.split_to(frame::HEADER_LEN);
+            // Drop the frame header (advanced past: splitting it off took
+            // and dropped a reference to the shared read buffer)
+            bytes::Buf::advance(&mut $bytes, frame::HEADER_LEN);
 
             // Parse the header frame w/o parsing the payload
             let (mut frame, mut payload) = match frame::$frame::load($head, $bytes) {
@@ -204,7 +204,7 @@ fn decode_frame(
             .into()
         }
         Kind::Data => {
-            let _ = bytes.split_to(frame::HEADER_LEN);
+            bytes::Buf::advance(&mut bytes, frame::HEADER_LEN);
             let res = frame::Data::load(head, bytes.freeze());
 
             // TODO: Should this always be connection level? Probably not...
@@ -329,6 +329,46 @@ fn decode_frame(
     };
 
     Ok(Some(frame))
+}
+
+impl<T> FramedRead<T> {
+    /// The next frame if the bytes already read hold it whole, without
+    /// reading: most frames arrive several to a read, and decoding them
+    /// here spares the codec arming a boxed read future per frame.
+    /// `None`: nothing complete is buffered (read with `next`).
+    pub(crate) fn next_buffered(&mut self) -> Option<Result<Frame, Error>> {
+        loop {
+            if self.inner.read_buffer_mut().is_empty() {
+                return None;
+            }
+            // The codec and the buffer are lent one at a time: the buffer
+            // is taken out (no copy) for the decode.
+            let mut buffer = std::mem::take(self.inner.read_buffer_mut());
+            let decoded = self.inner.decoder_mut().decode(&mut buffer);
+            *self.inner.read_buffer_mut() = buffer;
+            let bytes = match decoded {
+                Ok(Decoded::Some(bytes)) => bytes,
+                Ok(_) => return None,
+                // A decode error consumes nothing: left to `next`, which
+                // reports it the usual way.
+                Err(_) => return None,
+            };
+            let Self {
+                ref mut hpack,
+                max_header_list_size,
+                ref mut partial,
+                ..
+            } = *self;
+            match decode_frame(hpack, max_header_list_size, partial, bytes) {
+                Ok(Some(frame)) => {
+                    tracing::debug!(?frame, "received");
+                    return Some(Ok(frame));
+                }
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 impl<T> Stream for FramedRead<T>

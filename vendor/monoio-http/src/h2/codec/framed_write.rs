@@ -4,7 +4,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use monoio::{
     buf::{IoBufMut, IoVecBufMut},
     io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt},
@@ -29,7 +29,9 @@ macro_rules! limited_write_buf {
 #[derive(Debug)]
 pub struct FramedWrite<T, B> {
     encoder: Encoder<B>,
-    write_fut: MaybeArmedBoxFuture<BufResult<usize, Bytes>>,
+    /// The write in flight; it hands the encoder's buffer back when done
+    /// (see `recycle`).
+    write_fut: MaybeArmedBoxFuture<BufResult<usize, BytesMut>>,
     flush_fut: MaybeArmedBoxFuture<io::Result<()>>,
     shut_fut: MaybeArmedBoxFuture<io::Result<()>>,
     /// Upstream `AsyncWriteRent`
@@ -131,7 +133,8 @@ where
         let _e = span.enter();
 
         if self.write_fut.armed() {
-            let (result, _) = ready!(self.write_fut.poll(cx));
+            let (result, buf) = ready!(self.write_fut.poll(cx));
+            self.encoder.recycle(buf);
             tracing::trace!("Framed write bytes written = {}", result?);
         }
 
@@ -143,10 +146,10 @@ where
                     Some(Next::Data(ref mut frame)) => {
                         tracing::trace!(queued_data_frame = true);
 
-                        // Take ownership of the encoder's buffer
+                        // Take ownership of the encoder's buffer (handed
+                        // back by the write)
                         let encoder_buf = self.encoder.buf.get_mut();
-                        let owned_encoder_buf = std::mem::replace(encoder_buf, BytesMut::new());
-                        let encoder_buf_bytes = owned_encoder_buf.freeze();
+                        let encoder_buf_bytes = std::mem::take(encoder_buf);
 
                         // Not a deep copy, just creates a new Bytes instance
                         let frame_payload = frame.payload_mut();
@@ -166,24 +169,24 @@ where
                             let res2 = io.write_all(frame_payload_bytes).await;
 
                             match (res1, res2) {
-                                ((Ok(w1), buf1), (Ok(w2), _buf2)) => (Ok(w1 + w2), buf1),
-                                ((Err(err), buf), (_, _)) | ((_, _), (Err(err), buf)) => {
-                                    (Err(err), buf)
+                                ((Ok(w1), buf1), (Ok(w2), _)) => (Ok(w1 + w2), buf1),
+                                ((Err(err), buf1), _) | ((_, buf1), (Err(err), _)) => {
+                                    (Err(err), buf1)
                                 }
                             }
                         };
 
                         self.write_fut.arm_future(write_fut);
 
-                        let (result, _) = ready!(self.write_fut.poll(cx));
+                        let (result, buf) = ready!(self.write_fut.poll(cx));
+                        self.encoder.recycle(buf);
                         result?;
                     }
                     _ => {
                         tracing::trace!(queued_data_frame = false);
 
                         let encoder_buf = self.encoder.buf.get_mut();
-                        let owned_encoder_buf = std::mem::replace(encoder_buf, BytesMut::new());
-                        let encoder_buf_bytes = owned_encoder_buf.freeze();
+                        let encoder_buf_bytes = std::mem::take(encoder_buf);
 
                         tracing::trace!(
                             "Total bytes to be written for non data frame:: {}",
@@ -193,7 +196,8 @@ where
                         let io = unsafe { &mut *(self.inner.get()) };
                         self.write_fut.arm_future(io.write_all(encoder_buf_bytes));
 
-                        let (result, _) = ready!(self.write_fut.poll(cx));
+                        let (result, buf) = ready!(self.write_fut.poll(cx));
+                        self.encoder.recycle(buf);
                         result?;
                     }
                 }
@@ -242,6 +246,19 @@ impl<B> Encoder<B>
 where
     B: Buf,
 {
+    /// Takes back the buffer a finished write took, so its capacity serves
+    /// the next frames instead of a new allocation per flush. Frames
+    /// buffered while the write was in flight (in a fresh buffer) are kept:
+    /// the old buffer is then dropped.
+    fn recycle(&mut self, mut written: BytesMut) {
+        let current = self.buf.get_mut();
+        if current.is_empty() && current.capacity() < written.capacity() {
+            written.clear();
+            *current = written;
+            self.buf.set_position(0);
+        }
+    }
+
     fn unset_frame(&mut self) -> ControlFlow {
         // Clear internal buffer
         self.buf.set_position(0);

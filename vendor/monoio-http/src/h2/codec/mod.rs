@@ -170,8 +170,12 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if !self.stream_fut.armed() {
+            // No read future is in flight, so nothing else borrows `inner`.
             let stream = unsafe { &mut *(self.inner.get()) };
 
+            if let Some(frame) = stream.next_buffered() {
+                return Poll::Ready(Some(frame));
+            }
             self.stream_fut.arm_future(stream.next());
         }
 

@@ -162,7 +162,7 @@ impl Headers {
             pad = src[0] as usize;
 
             // Drop the padding
-            let _ = src.split_to(1);
+            bytes::Buf::advance(&mut src, 1);
         }
 
         // Read the stream dependency
@@ -177,7 +177,7 @@ impl Headers {
             }
 
             // Drop the next 5 bytes
-            let _ = src.split_to(5);
+            bytes::Buf::advance(&mut src, 5);
 
             Some(stream_dep)
         } else {
@@ -285,7 +285,7 @@ impl Headers {
 
 impl<T> From<Headers> for Frame<T> {
     fn from(src: Headers) -> Self {
-        Frame::Headers(src)
+        Frame::Headers(Box::new(src))
     }
 }
 
@@ -419,7 +419,7 @@ impl PushPromise {
             pad = src[0] as usize;
 
             // Drop the padding
-            let _ = src.split_to(1);
+            bytes::Buf::advance(&mut src, 1);
         }
 
         if src.len() < 5 {
@@ -428,7 +428,7 @@ impl PushPromise {
 
         let (promised_id, _) = StreamId::parse(&src[..4]);
         // Drop promised_id bytes
-        let _ = src.split_to(4);
+        bytes::Buf::advance(&mut src, 4);
 
         if pad > 0 {
             if pad > src.len() {
@@ -511,7 +511,7 @@ impl PushPromise {
 
 impl<T> From<PushPromise> for Frame<T> {
     fn from(src: PushPromise) -> Self {
-        Frame::PushPromise(src)
+        Frame::PushPromise(Box::new(src))
     }
 }
 
@@ -679,6 +679,9 @@ impl EncodingHeaderBlock {
 }
 
 // ===== impl Iter =====
+
+/// Initial size of the buffer a header block is HPACK-encoded into.
+const ENCODING_CAPACITY: usize = 512;
 
 impl Iterator for Iter {
     type Item = hpack::Header<Option<HeaderName>>;
@@ -924,7 +927,9 @@ impl HeaderBlock {
     }
 
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
-        let mut hpack = BytesMut::new();
+        // Room for a usual block up front: grown from empty, the buffer was
+        // reallocated several times per HEADERS frame.
+        let mut hpack = BytesMut::with_capacity(ENCODING_CAPACITY);
         let headers = Iter {
             pseudo: Some(self.pseudo),
             fields: self.fields.into_iter(),

@@ -18,6 +18,45 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    /// Recently Huffman-decoded strings, by their encoded bytes.
+    huffman: HuffmanCache,
+}
+
+/// The last few Huffman-coded strings and what they decoded to. Peers that
+/// send fields as literals without indexing (nginx sends every response
+/// field that way) repeat the same encoded values on every message; a hit
+/// skips the bit-by-bit decode and its allocation. Small and bounded: a
+/// miss costs one comparison per entry and a copy of the encoded bytes.
+#[derive(Debug, Default)]
+struct HuffmanCache {
+    entries: Vec<(Bytes, Bytes)>,
+    next: usize,
+}
+
+impl HuffmanCache {
+    const ENTRIES: usize = 8;
+    /// Longer strings are not kept (rarely repeated, costly to compare).
+    const MAX_LEN: usize = 64;
+
+    fn get(&self, encoded: &[u8]) -> Option<Bytes> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_ref() == encoded)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, encoded: &[u8], decoded: &Bytes) {
+        if encoded.len() > Self::MAX_LEN {
+            return;
+        }
+        let entry = (Bytes::copy_from_slice(encoded), decoded.clone());
+        if self.entries.len() < Self::ENTRIES {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % Self::ENTRIES;
+        }
+    }
 }
 
 /// Represents all errors that can be encountered while performing the decoding
@@ -157,6 +196,7 @@ impl Decoder {
             last_max_update: size,
             table: Table::new(size),
             buffer: BytesMut::with_capacity(4096),
+            huffman: HuffmanCache::default(),
         }
     }
 
@@ -325,10 +365,18 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
-                huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
+                let decoded = match self.huffman.get(raw) {
+                    Some(hit) => Ok(hit),
+                    None => huffman::decode(raw, &mut self.buffer).map(|buf| {
+                        let decoded = BytesMut::freeze(buf);
+                        self.huffman.put(raw, &decoded);
+                        decoded
+                    }),
+                };
+                decoded.map(|string| StringMarker {
                     offset,
                     len,
-                    string: Some(BytesMut::freeze(buf)),
+                    string: Some(string),
                 })
             };
 
@@ -479,7 +527,13 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // remove bytes from the internal BytesMut when they have been successfully
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
-    take(buf, 0);
+    //
+    // Advanced in place: splitting off an empty head (as `take(buf, 0)`
+    // did, once per header field) made the buffer shared and took and
+    // dropped a reference each time.
+    let pos = buf.position() as usize;
+    buf.get_mut().advance(pos);
+    buf.set_position(0);
 }
 
 // ===== impl Table =====

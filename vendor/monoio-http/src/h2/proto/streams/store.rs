@@ -8,7 +8,62 @@ use super::*;
 #[derive(Debug)]
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
-    ids: IndexMap<StreamId, SlabIndex>,
+    ids: IndexMap<StreamId, SlabIndex, IdHashBuilder>,
+}
+
+/// Hashes stream ids for `Store::ids`, looked up for nearly every frame:
+/// SipHash was a visible share of the per-frame cost. A stream id is one
+/// `u32`, mixed with a per-connection random seed by the splitmix64
+/// finalizer, so a peer choosing its (increasing) ids cannot aim them at
+/// one bucket without knowing the seed.
+#[derive(Debug, Clone)]
+struct IdHashBuilder {
+    seed: u64,
+}
+
+impl IdHashBuilder {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        IdHashBuilder {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for IdHashBuilder {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.seed)
+    }
+}
+
+#[derive(Debug)]
+struct IdHasher(u64);
+
+impl IdHasher {
+    fn mix(&mut self, n: u64) {
+        let mut z = (self.0 ^ n).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.mix(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// "Pointer" to an entry in the store
@@ -80,7 +135,7 @@ impl Store {
     pub fn new() -> Self {
         Store {
             slab: slab::Slab::new(),
-            ids: IndexMap::new(),
+            ids: IndexMap::with_hasher(IdHashBuilder::new()),
         }
     }
 
