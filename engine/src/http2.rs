@@ -24,15 +24,16 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use monoio_http::h2::{server, Reason, RecvStream, SendStream};
+use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
+use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h2client::{
-    open_stream, send_all, unprocessed, MeteredIo, Opened, Opening, MAX_HEADER_LIST_SIZE,
+    open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
 };
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
@@ -372,7 +373,51 @@ async fn forward(
     respond: &mut server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) -> Result<ResponseClass, Failure> {
-    // :authority, or Host for a request converted from HTTP/1.
+    let target = route_stream(w, dst, &req).await?;
+    obs.routed(&target);
+    // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
+    let (mut parts, body) = req.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    parts.version = http::Version::HTTP_2;
+    let deadline = w.cfg.http_request_timeout.map(|t| obs.started() + t);
+    // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
+    // upstream hears HTTP/1.1.
+    let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();
+    if orig_proto
+        || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
+    {
+        // Boxed (as the cold parts below): an HTTP/2 stream's future is
+        // moved whole into its task, and every awaited future into its
+        // caller's, so its size is paid per request.
+        return Box::pin(translate::h2_to_h1(
+            w,
+            obs,
+            &target,
+            &parts,
+            body,
+            respond,
+            connect_timeout,
+            deadline,
+            orig_proto,
+        ))
+        .await;
+    }
+    let stream = Stream {
+        parts: &parts,
+        respond,
+        connect_timeout,
+        deadline,
+    };
+    to_h2(w, obs, &target, stream, body).await
+}
+
+/// Where a stream goes: its `:authority` (or `Host`, for a request
+/// converted from HTTP/1) looked up as the listener says.
+async fn route_stream(
+    w: &Rc<Worker>,
+    dst: &HttpDst,
+    req: &Request<RecvStream>,
+) -> Result<Dst, ProxyError> {
     let authority = req
         .uri()
         .authority()
@@ -391,127 +436,97 @@ async fn forward(
     let parsed = authority
         .as_deref()
         .and_then(|a| split_authority(a, default_port));
-    let target = resolve(
-        w,
-        dst,
-        parsed.map(|(host, port)| RequestAuthority {
-            host,
-            port,
-            raw: authority.as_deref().unwrap_or(""),
-        }),
-    )
-    .await?;
-    obs.routed(&target);
-    // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
-    let (mut parts, body) = req.into_parts();
-    strip_connection_headers(&mut parts.headers);
-    parts.version = http::Version::HTTP_2;
-    let request_deadline = w.cfg.http_request_timeout.map(|t| obs.started() + t);
-    // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
-    // upstream hears HTTP/1.1.
-    let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();
-    if orig_proto
-        || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
-    {
-        // Boxed (as the cold parts below): an HTTP/2 stream's future is
-        // moved whole into its task, and every awaited future into its
-        // caller's, so its size is paid per request.
-        return Box::pin(translate::h2_to_h1(
-            w,
-            obs,
-            &target,
-            &parts,
-            body,
-            respond,
-            connect_timeout,
-            request_deadline,
-            orig_proto,
-        ))
-        .await;
-    }
+    let request_authority = parsed.map(|(host, port)| RequestAuthority {
+        host,
+        port,
+        raw: authority.as_deref().unwrap_or(""),
+    });
+    resolve(w, dst, request_authority).await
+}
+
+/// A client stream on its way to an HTTP/2 upstream.
+struct Stream<'a> {
+    parts: &'a http::request::Parts,
+    respond: &'a mut server::SendResponse<Bytes>,
+    connect_timeout: Duration,
+    /// The request timeout's end.
+    deadline: Option<Instant>,
+}
+
+/// An upstream stream whose response head arrived.
+struct Answered {
+    response: Response<RecvStream>,
+    /// In flight on its endpoint (for the balancer) until the response ends.
+    in_flight: Option<OpenGuard>,
+    /// Set while the client's body streams upstream: stops it.
+    stop_body: Option<oneshot::Sender<()>>,
+}
+
+/// Sends the stream to an endpoint of `target` over HTTP/2, again where
+/// `retry` allows, and relays the response.
+async fn to_h2(
+    w: &Rc<Worker>,
+    obs: &mut Observer<'_>,
+    target: &Dst,
+    mut s: Stream<'_>,
+    body: RecvStream,
+) -> Result<ResponseClass, Failure> {
     let end = body.is_end_stream();
-    let mut body = Some(body);
+    let mut body = Some(body).filter(|_| !end);
     // A small body of an idempotent request to a service is kept, so the
     // request can go again to another endpoint (after a 502/503 or a
     // refused stream); larger or other bodies stream.
-    let replay = match (&target, body.as_mut()) {
-        (Dst::Service(..), Some(b)) if !end && parts.method.is_idempotent() => {
-            match declared_length(&parts.headers) {
-                Some(n) if n <= MAX_REPLAY_BODY => {
-                    let kept = read_whole(b, n).await.map_err(Failure::Reset)?;
-                    body = None;
-                    Some(kept)
-                }
-                _ => None,
+    let idempotent = s.parts.method.is_idempotent();
+    let replay = match (target, body.as_mut()) {
+        (Dst::Service(..), Some(b)) if idempotent => match declared_length(&s.parts.headers) {
+            Some(n) if n <= MAX_REPLAY_BODY => {
+                let kept = read_whole(b, n).await.map_err(Failure::Reset)?;
+                body = None;
+                Some(kept)
             }
-        }
+            _ => None,
+        },
         _ => None,
     };
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
-    let mut attempts = Attempts::new(&target, parts.method.is_idempotent(), repeatable);
-    // Set while the client's body streams upstream.
-    let mut stop_body = None;
-    // In flight on its endpoint (for the balancer) until the response ends.
-    let mut in_flight;
-    let resp = loop {
+    let mut attempts = Attempts::new(target, idempotent, repeatable);
+    let answered = loop {
         let opening = open_stream(
             w,
             obs,
-            &target,
-            connect_timeout,
-            &parts,
+            target,
+            s.connect_timeout,
+            s.parts,
             end,
             &mut attempts,
-            Some(&mut *respond),
+            Some(&mut *s.respond),
         )
         .await?;
-        let Opened {
-            response,
-            body: up_body,
-            addr,
-            guard,
-            id,
-        } = match opening {
+        let o = match opening {
             Opening::Opened(o) => o,
             Opening::Abandoned(reason) => return Err(Failure::Reset(reason)),
         };
-        in_flight = guard;
+        let (addr, id) = (o.addr, o.id);
         let sent_at = Instant::now();
         // The request body goes up on its own task, while the response
         // (head and body) comes down: bidirectional streams need both.
+        let mut stop_body = None;
         if let Some((data, trailers)) = &replay {
-            monoio::spawn(replay_body(data.clone(), trailers.clone(), up_body));
-        } else if let Some(b) = body.take().filter(|_| !end) {
+            monoio::spawn(replay_body(data.clone(), trailers.clone(), o.body));
+        } else if let Some(b) = body.take() {
             let (tx, rx) = oneshot::channel();
             stop_body = Some(tx);
-            monoio::spawn(request_body(b, up_body, rx));
+            monoio::spawn(request_body(b, o.body, rx));
         }
-        let timeout = async {
-            match request_deadline {
-                Some(d) => Box::pin(monoio::time::sleep_until(d.into())).await,
-                None => std::future::pending().await,
-            }
-        };
-        let head = monoio::select! {
-            r = response => r,
-            _ = timeout => {
-                // Dropping the response future cancels the upstream stream.
-                return Err(ProxyError::timeout("request timed out before the response").into());
-            }
-            reset = poll_fn(|cx| respond.poll_reset(cx)) => {
-                // The client gave up: dropping the response future (and the
-                // body task seeing the reset) cancels the upstream stream.
-                return Err(Failure::Reset(reset.unwrap_or(Reason::CANCEL)));
-            }
-        };
-        match head {
-            Ok(resp) => {
+        let in_flight = o.guard;
+        match await_head(o.response, &mut s).await? {
+            Ok(response) => {
                 // The balancer learns the latency to the response head.
                 obs.response_head(in_flight.as_ref(), sent_at.elapsed());
                 // A 502/503 goes again to another endpoint where `retry`
                 // allows.
-                let status = resp.status().as_u16();
+                let status = response.status().as_u16();
                 if let Some(g) = &in_flight {
                     if attempts.retry_answer(status, addr, Instant::now()) {
                         obs.retrying(g);
@@ -519,13 +534,16 @@ async fn forward(
                         continue;
                     }
                 }
-                break resp;
+                break Answered {
+                    response,
+                    in_flight,
+                    stop_body,
+                };
             }
             // Streams above a GOAWAY's last stream id were not processed;
             // without a body (nothing consumed) the request can go again.
             Err(e) if attempts.retry_unprocessed(true) && unprocessed(&e) => {
                 w.h2_pool.retire(addr, id);
-                continue;
             }
             Err(e) => {
                 obs.endpoint_outcome(in_flight.as_ref(), false);
@@ -536,8 +554,41 @@ async fn forward(
             }
         }
     };
+    relay_response(s.respond, obs, answered).await
+}
 
-    let (mut parts, mut down) = resp.into_parts();
+/// The upstream's response head, unless the request timeout passes or the
+/// client resets its stream first (either way, dropping the response
+/// future cancels the upstream stream).
+async fn await_head(
+    response: client::ResponseFuture,
+    s: &mut Stream<'_>,
+) -> Result<Result<Response<RecvStream>, monoio_http::h2::Error>, Failure> {
+    let timeout = async {
+        match s.deadline {
+            Some(d) => Box::pin(monoio::time::sleep_until(d.into())).await,
+            None => std::future::pending().await,
+        }
+    };
+    monoio::select! {
+        r = response => Ok(r),
+        _ = timeout => Err(ProxyError::timeout("request timed out before the response").into()),
+        reset = poll_fn(|cx| s.respond.poll_reset(cx)) => {
+            // The client gave up (the body task sees the reset too).
+            Err(Failure::Reset(reset.unwrap_or(Reason::CANCEL)))
+        }
+    }
+}
+
+/// Relays the response (head, body, trailers) to the client stream; the
+/// endpoint's outcome for failure accrual: 5xx and gRPC UNAVAILABLE count
+/// against it, anything else resets its count.
+async fn relay_response(
+    respond: &mut server::SendResponse<Bytes>,
+    obs: &Observer<'_>,
+    a: Answered,
+) -> Result<ResponseClass, Failure> {
+    let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
@@ -556,13 +607,11 @@ async fn forward(
     // A complete response while the client may still send its body (an
     // early 4xx/5xx from a server that did not read it): the rest is not
     // forwarded any more, and the client's stream ends normally.
-    if let Some(stop) = stop_body {
+    if let Some(stop) = a.stop_body {
         let _ = stop.send(());
     }
-    // Failure accrual: 5xx and gRPC UNAVAILABLE count against the
-    // endpoint; anything else resets its count.
     let ok = status < 500 && grpc != Some(GRPC_UNAVAILABLE);
-    obs.endpoint_outcome(in_flight.as_ref(), ok);
+    obs.endpoint_outcome(a.in_flight.as_ref(), ok);
     Ok(ResponseClass {
         status,
         grpc_status: grpc,
