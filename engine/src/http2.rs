@@ -12,6 +12,7 @@
 //! its in-flight streams finish. When the worker drains, clients get a
 //! GOAWAY and their open streams run to completion.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -228,6 +229,8 @@ pub(crate) async fn serve(
     };
     let stop = w.stop.clone();
     let mut draining = false;
+    // Streams of this connection still being proxied.
+    let active = Rc::new(Cell::new(0usize));
     // Keep-alive: a client that stops answering PINGs is gone.
     let (dead_tx, mut dead) = oneshot::channel::<()>();
     if let (Some(interval), Some(pings)) = (w.cfg.http2_keep_alive_interval, conn.ping_pong()) {
@@ -240,7 +243,18 @@ pub(crate) async fn serve(
     }
     loop {
         let next = if draining {
-            conn.accept().await
+            // A client that does not end the connection after our GOAWAY
+            // (nor answers its PING, which the library waits for) would
+            // hold the worker for the whole grace period: with no stream
+            // left, the connection closes at the drain's last look, as
+            // idle HTTP/1 connections do.
+            monoio::select! {
+                n = conn.accept() => n,
+                _ = idle_at_last_look(&w, &active) => {
+                    tracing::debug!(%peer, "HTTP/2 connection idle during the drain; closing");
+                    break;
+                }
+            }
         } else {
             monoio::select! {
                 n = conn.accept() => n,
@@ -260,8 +274,10 @@ pub(crate) async fn serve(
             None => break,
             Some(Ok((req, respond))) => {
                 let (w, dst) = (w.clone(), dst.clone());
+                let active = Active::enter(&active);
                 monoio::spawn(async move {
                     proxy_stream(&w, &dst, direction, req, respond, connect_timeout).await;
+                    drop(active);
                 });
             }
             Some(Err(e)) => {
@@ -269,6 +285,31 @@ pub(crate) async fn serve(
                 break;
             }
         }
+    }
+}
+
+/// A stream counted in its connection's `active` while it lives.
+struct Active(Rc<Cell<usize>>);
+
+impl Active {
+    fn enter(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Resolves once the drain's last look has passed (`close_idle`) and no
+/// stream of the connection is being proxied.
+async fn idle_at_last_look(w: &Worker, active: &Cell<usize>) {
+    w.close_idle.wait().await;
+    while active.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -883,3 +883,49 @@ both_drivers!(
     slow_reader_costs_only_its_own_streams,
     super::slow_reader_costs_only_its_own_streams
 );
+
+/// A client that stays connected but silent through a drain (it neither
+/// closes after the GOAWAY nor answers the PING the library sends with it),
+/// with no stream open, is closed at the drain's last look: the worker
+/// stops in well under its 30 s grace period. Before, it held the drain for
+/// the whole grace period (the cause of `bodies_up_to_64k_are_retried`'s
+/// occasional 120 s wait, whose test client's socket can outlive its
+/// runtime).
+fn drain_closes_a_silent_idle_client(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", fwd.as_str()),
+            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    // Preface and an empty SETTINGS, then nothing: no ACK, no reads.
+    let mut silent = connect(addr);
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    // A normal client is served meanwhile (so the silent one is past the
+    // handshake when the drain starts).
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let a = h2::request(&send, "GET", "/hello", None).await.unwrap();
+        assert_eq!(a.status, 200);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    proxy.shutdown();
+    proxy.wait();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the drain waited {took:?} for a silent idle HTTP/2 client"
+    );
+    drop(silent);
+}
+both_drivers!(
+    drain_closes_a_silent_idle_client,
+    super::drain_closes_a_silent_idle_client
+);
