@@ -135,71 +135,125 @@ impl PortSet {
     }
 }
 
+/// The whole configuration, read from the environment (linkerd2-proxy's
+/// variable names where the meaning is the same), in sections.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub log: String,
     /// Number of workers; `None` = one per CPU the process may run on.
     pub cores: Option<usize>,
     pub io_driver: IoDriver,
-    /// `None` when disabled (the variable set to the empty string).
-    pub outbound_listen: Option<SocketAddr>,
-    /// The admin server (`None`: disabled).
-    pub admin_listen: Option<SocketAddr>,
-    pub shutdown_endpoint_enabled: bool,
-    /// Metric label sets idle this long are dropped.
-    pub metrics_retain_idle: Duration,
-    pub inbound_listen: Option<SocketAddr>,
-    pub outbound_connect_timeout: Duration,
-    pub inbound_connect_timeout: Duration,
-    pub discovery_static: Option<PathBuf>,
-    pub discovery_static_poll_interval: Duration,
+    /// The outbound side (the application's connections out).
+    pub outbound: OutboundConfig,
+    /// The inbound side (connections to the application).
+    pub inbound: InboundConfig,
+    /// Explicit TCP forwards (`RINGMESH_TCP_FORWARD`); outbound settings.
     pub forwards: Vec<TcpForward>,
-    pub inbound_target: Option<SocketAddr>,
-    pub tcp_idle_timeout: Duration,
-    pub tcp_buffer_size: usize,
-    /// A relay direction whose reads fill `tcp_buffer_size` switches to a
-    /// buffer this big (bulk transfers).
-    pub tcp_bulk_buffer_size: usize,
-    /// Buffers of `tcp_buffer_size` in each io_uring worker's provided-buffer
-    /// ring, which the relay's multishot receives fill; 0 = plain receives.
-    pub tcp_ring_buffers: u16,
-    /// Relay with splice(2) instead of user-space copies.
-    pub tcp_splice: bool,
-    pub shutdown_grace_period: Duration,
-    pub dns: DnsConfig,
-    /// How long to wait for a client's first bytes before treating the
-    /// connection as opaque TCP.
-    pub inbound_detect_timeout: Duration,
-    pub outbound_detect_timeout: Duration,
-    /// Ports whose connections skip detection (opaque TCP at once).
-    pub inbound_opaque_ports: PortSet,
-    pub outbound_opaque_ports: PortSet,
+    pub admin: AdminConfig,
+    pub discovery: DiscoveryConfig,
+    pub tcp: TcpConfig,
     /// Connections per worker still detecting (silent, slow, or waiting
     /// for either side's first bytes); past it the oldest is closed.
     pub detect_max_undecided: usize,
+    pub http: HttpConfig,
+    pub http2: Http2Config,
+    pub balancing: BalancingConfig,
+    pub shutdown_grace_period: Duration,
+}
+
+/// The outbound side's listener and its connections' settings.
+#[derive(Clone, Debug)]
+pub struct OutboundConfig {
+    /// `None` when disabled (the variable set to the empty string).
+    pub listen: Option<SocketAddr>,
+    pub connect_timeout: Duration,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP.
+    pub detect_timeout: Duration,
+    /// Destination ports whose connections skip detection (opaque TCP at
+    /// once).
+    pub opaque_ports: PortSet,
+}
+
+/// The inbound side's listener and its connections' settings.
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    pub listen: Option<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub detect_timeout: Duration,
+    pub opaque_ports: PortSet,
+    /// Where connections that were not redirected go.
+    pub target: Option<SocketAddr>,
+}
+
+/// The admin server.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `None`: disabled.
+    pub listen: Option<SocketAddr>,
+    pub shutdown_endpoint_enabled: bool,
+    /// Metric label sets idle this long are dropped.
+    pub metrics_retain_idle: Duration,
+}
+
+/// Where endpoints come from.
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    pub static_file: Option<PathBuf>,
+    pub static_poll_interval: Duration,
+    pub dns: DnsConfig,
+}
+
+/// The opaque TCP relay.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    pub idle_timeout: Duration,
+    pub buffer_size: usize,
+    /// A relay direction whose reads fill `buffer_size` switches to a
+    /// buffer this big (bulk transfers).
+    pub bulk_buffer_size: usize,
+    /// Buffers of `buffer_size` in each io_uring worker's provided-buffer
+    /// ring, which the relay's multishot receives fill; 0 = plain receives.
+    pub ring_buffers: u16,
+    /// Relay with splice(2) instead of user-space copies.
+    pub splice: bool,
+}
+
+/// HTTP (both versions).
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
     /// A client must send a whole request head within this time of its
     /// first byte (slow-loris defence).
-    pub http_header_read_timeout: Duration,
+    pub header_read_timeout: Duration,
     /// How long to wait for an upstream's response head; `None`: no limit.
-    pub http_response_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
     /// A request's whole budget, from its head arriving to its response
     /// head: past it the client gets 504. `None`: no limit.
-    pub http_request_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
     /// How long a request waits for a service with no endpoint to get one.
-    pub http_failfast_timeout: Duration,
+    pub failfast_timeout: Duration,
     /// Requests per worker that may wait so.
-    pub http_queue_capacity: usize,
-    /// HTTP/2 flow-control windows ringmesh advertises (both sides).
-    pub http2_stream_window: u32,
-    pub http2_connection_window: u32,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients on the inbound
-    /// listener; outbound clients get the same cap.
-    pub http2_max_concurrent_streams: u32,
-    /// PING HTTP/2 clients this often (`None`: never) and close the
-    /// connection when the answer takes longer than the timeout.
-    pub http2_keep_alive_interval: Option<Duration>,
-    pub http2_keep_alive_timeout: Duration,
-    /// Consecutive failures that eject an endpoint from balancing.
+    pub queue_capacity: usize,
+}
+
+/// HTTP/2.
+#[derive(Clone, Debug)]
+pub struct Http2Config {
+    /// Flow-control windows ringmesh advertises (both sides).
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients.
+    pub max_concurrent_streams: u32,
+    /// PING clients this often (`None`: never) and close the connection
+    /// when the answer takes longer than the timeout.
+    pub keep_alive_interval: Option<Duration>,
+    pub keep_alive_timeout: Duration,
+}
+
+/// Load balancing.
+#[derive(Clone, Debug)]
+pub struct BalancingConfig {
+    /// Consecutive failures that eject an endpoint.
     pub failure_accrual_consecutive: u32,
 }
 
@@ -225,40 +279,56 @@ impl Config {
             log: DEFAULT_LOG.to_string(),
             cores: None,
             io_driver: IoDriver::Auto,
-            outbound_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
-            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 4191))),
-            shutdown_endpoint_enabled: false,
-            metrics_retain_idle: Duration::from_secs(600),
-            inbound_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
-            outbound_connect_timeout: Duration::from_secs(1),
-            inbound_connect_timeout: Duration::from_millis(100),
-            discovery_static: None,
-            discovery_static_poll_interval: Duration::from_secs(1),
+            outbound: OutboundConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
+                connect_timeout: Duration::from_secs(1),
+                detect_timeout: Duration::from_secs(10),
+                opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+            },
+            inbound: InboundConfig {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
+                connect_timeout: Duration::from_millis(100),
+                detect_timeout: Duration::from_secs(10),
+                opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+                target: None,
+            },
             forwards: Vec::new(),
-            inbound_target: None,
-            tcp_idle_timeout: Duration::from_secs(3600),
-            tcp_buffer_size: 16 * 1024,
-            tcp_bulk_buffer_size: 1024 * 1024,
-            tcp_ring_buffers: 256,
-            tcp_splice: false,
-            shutdown_grace_period: Duration::from_secs(120),
-            dns: DnsConfig::default(),
-            inbound_detect_timeout: Duration::from_secs(10),
-            outbound_detect_timeout: Duration::from_secs(10),
-            inbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
-            outbound_opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+            admin: AdminConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 4191))),
+                shutdown_endpoint_enabled: false,
+                metrics_retain_idle: Duration::from_secs(600),
+            },
+            discovery: DiscoveryConfig {
+                static_file: None,
+                static_poll_interval: Duration::from_secs(1),
+                dns: DnsConfig::default(),
+            },
+            tcp: TcpConfig {
+                idle_timeout: Duration::from_secs(3600),
+                buffer_size: 16 * 1024,
+                bulk_buffer_size: 1024 * 1024,
+                ring_buffers: 256,
+                splice: false,
+            },
             detect_max_undecided: 10_000,
-            http_header_read_timeout: Duration::from_secs(10),
-            http_response_timeout: None,
-            http_request_timeout: None,
-            http_failfast_timeout: Duration::from_secs(3),
-            http_queue_capacity: 10_000,
-            http2_stream_window: 65_535,
-            http2_connection_window: 1 << 20,
-            http2_max_concurrent_streams: 1_000,
-            http2_keep_alive_interval: None,
-            http2_keep_alive_timeout: Duration::from_secs(3),
-            failure_accrual_consecutive: 7,
+            http: HttpConfig {
+                header_read_timeout: Duration::from_secs(10),
+                response_timeout: None,
+                request_timeout: None,
+                failfast_timeout: Duration::from_secs(3),
+                queue_capacity: 10_000,
+            },
+            http2: Http2Config {
+                stream_window: 65_535,
+                connection_window: 1 << 20,
+                max_concurrent_streams: 1_000,
+                keep_alive_interval: None,
+                keep_alive_timeout: Duration::from_secs(3),
+            },
+            balancing: BalancingConfig {
+                failure_accrual_consecutive: 7,
+            },
+            shutdown_grace_period: Duration::from_secs(120),
         }
     }
 
@@ -276,17 +346,17 @@ impl Config {
         let mut c = Self::defaults();
         p.read_process(&mut c);
         p.read_listeners(&mut c);
-        p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound_connect_timeout);
-        p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound_connect_timeout);
+        p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound.connect_timeout);
+        p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound.connect_timeout);
         p.read_static_discovery(&mut c);
         p.read_tcp(&mut c);
         p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
         p.read_detection(&mut c);
-        p.duration(METRICS_RETAIN_IDLE, &mut c.metrics_retain_idle);
+        p.duration(METRICS_RETAIN_IDLE, &mut c.admin.metrics_retain_idle);
         p.read_http(&mut c);
         p.read_http2(&mut c);
         p.read_balancing(&mut c);
-        p.read_dns(&mut c.dns);
+        p.read_dns(&mut c.discovery.dns);
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -423,30 +493,30 @@ impl Parser<'_> {
     /// The data-plane and admin listeners, and the admin's shutdown endpoint.
     fn read_listeners(&mut self, c: &mut Config) {
         if let Some(a) = self.optional_addr(OUTBOUND_LISTEN_ADDR) {
-            c.outbound_listen = a;
+            c.outbound.listen = a;
         }
         if let Some(a) = self.optional_addr(INBOUND_LISTEN_ADDR) {
-            c.inbound_listen = a;
+            c.inbound.listen = a;
         }
         if let Some(a) = self.optional_addr(ADMIN_LISTEN_ADDR) {
-            c.admin_listen = a;
+            c.admin.listen = a;
         }
         if let Some(b) = self.parse_with(SHUTDOWN_ENDPOINT_ENABLED, |s| match s {
             "true" | "1" => Ok(true),
             "false" | "0" | "" => Ok(false),
             _ => Err("expected true or false".into()),
         }) {
-            c.shutdown_endpoint_enabled = b;
+            c.admin.shutdown_endpoint_enabled = b;
         }
     }
 
     /// The static discovery file and how often it is re-read.
     fn read_static_discovery(&mut self, c: &mut Config) {
-        c.discovery_static = self
+        c.discovery.static_file = self
             .raw(DISCOVERY_STATIC)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
-        if let Some(path) = &c.discovery_static {
+        if let Some(path) = &c.discovery.static_file {
             // The file must at least exist at start-up; its content is checked
             // by discovery, which reports every problem in it.
             if !path.is_file() {
@@ -459,7 +529,7 @@ impl Parser<'_> {
         }
         self.duration(
             DISCOVERY_STATIC_POLL_INTERVAL,
-            &mut c.discovery_static_poll_interval,
+            &mut c.discovery.static_poll_interval,
         );
     }
 
@@ -468,45 +538,45 @@ impl Parser<'_> {
         if let Some(v) = self.raw(TCP_FORWARD) {
             c.forwards = self.forwards(&v);
         }
-        c.inbound_target = self.optional_addr(INBOUND_TARGET).flatten();
-        self.duration(TCP_IDLE_TIMEOUT, &mut c.tcp_idle_timeout);
+        c.inbound.target = self.optional_addr(INBOUND_TARGET).flatten();
+        self.duration(TCP_IDLE_TIMEOUT, &mut c.tcp.idle_timeout);
         if let Some(n) = self.parse_with(TCP_BUFFER_SIZE, |s| match s.parse::<usize>() {
             Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
-            c.tcp_buffer_size = n;
+            c.tcp.buffer_size = n;
         }
         if let Some(n) = self.parse_with(TCP_BULK_BUFFER_SIZE, |s| match s.parse::<usize>() {
             Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
-            c.tcp_bulk_buffer_size = n;
+            c.tcp.bulk_buffer_size = n;
         }
         if let Some(n) = self.parse_with(TCP_RING_BUFFERS, |s| match s.parse::<u16>() {
             Ok(n) if n == 0 || (n.is_power_of_two() && n <= 32768) => Ok(n),
             _ => Err("expected 0 or a power of two up to 32768".into()),
         }) {
-            c.tcp_ring_buffers = n;
+            c.tcp.ring_buffers = n;
         }
         if let Some(b) = self.parse_with(TCP_SPLICE, |s| match s {
             "true" | "1" | "on" => Ok(true),
             "false" | "0" | "off" => Ok(false),
             _ => Err("expected true or false".into()),
         }) {
-            c.tcp_splice = b;
+            c.tcp.splice = b;
         }
     }
 
     /// Protocol detection: its timeouts, opaque ports, the cap on
     /// undecided connections, and the slow-loris bound on request heads.
     fn read_detection(&mut self, c: &mut Config) {
-        self.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound_detect_timeout);
-        self.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound_detect_timeout);
+        self.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound.detect_timeout);
+        self.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound.detect_timeout);
         if let Some(ports) = self.parse_with(INBOUND_OPAQUE_PORTS, PortSet::parse) {
-            c.inbound_opaque_ports = ports;
+            c.inbound.opaque_ports = ports;
         }
         if let Some(ports) = self.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
-            c.outbound_opaque_ports = ports;
+            c.outbound.opaque_ports = ports;
         }
         if let Some(n) = self.parse_with(DETECT_MAX_UNDECIDED, |s| match s.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
@@ -514,7 +584,7 @@ impl Parser<'_> {
         }) {
             c.detect_max_undecided = n;
         }
-        self.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http_header_read_timeout);
+        self.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http.header_read_timeout);
     }
 
     /// HTTP timeouts and the fail-fast queue.
@@ -523,20 +593,20 @@ impl Parser<'_> {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),
         }) {
-            c.http_response_timeout = t;
+            c.http.response_timeout = t;
         }
         if let Some(t) = self.parse_with(HTTP_REQUEST_TIMEOUT, |s| match s {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),
         }) {
-            c.http_request_timeout = t;
+            c.http.request_timeout = t;
         }
-        self.duration(HTTP_FAILFAST_TIMEOUT, &mut c.http_failfast_timeout);
+        self.duration(HTTP_FAILFAST_TIMEOUT, &mut c.http.failfast_timeout);
         if let Some(n) = self.parse_with(HTTP_QUEUE_CAPACITY, |s| {
             s.parse::<usize>()
                 .map_err(|_| "expected a non-negative integer".to_string())
         }) {
-            c.http_queue_capacity = n;
+            c.http.queue_capacity = n;
         }
     }
 
@@ -548,10 +618,10 @@ impl Parser<'_> {
             _ => Err("expected a window size between 65535 and 2147483647".to_string()),
         };
         if let Some(n) = self.parse_with(HTTP2_INITIAL_STREAM_WINDOW_SIZE, window) {
-            c.http2_stream_window = n;
+            c.http2.stream_window = n;
         }
         if let Some(n) = self.parse_with(HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, window) {
-            c.http2_connection_window = n;
+            c.http2.connection_window = n;
         }
         if let Some(n) = self.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, |s| {
             match s.parse::<u32>() {
@@ -559,15 +629,15 @@ impl Parser<'_> {
                 _ => Err("expected a positive integer".to_string()),
             }
         }) {
-            c.http2_max_concurrent_streams = n;
+            c.http2.max_concurrent_streams = n;
         }
         if let Some(t) = self.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, |s| match s {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),
         }) {
-            c.http2_keep_alive_interval = t;
+            c.http2.keep_alive_interval = t;
         }
-        self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2_keep_alive_timeout);
+        self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2.keep_alive_timeout);
     }
 
     /// When balancing ejects an endpoint.
@@ -576,7 +646,7 @@ impl Parser<'_> {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err("expected a positive integer".to_string()),
         }) {
-            c.failure_accrual_consecutive = n;
+            c.balancing.failure_accrual_consecutive = n;
         }
     }
 
@@ -612,9 +682,9 @@ impl Parser<'_> {
     fn check_listener_collisions(&mut self, c: &Config) {
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let named = [
-            (c.outbound_listen, OUTBOUND_LISTEN_ADDR.to_string()),
-            (c.inbound_listen, INBOUND_LISTEN_ADDR.to_string()),
-            (c.admin_listen, ADMIN_LISTEN_ADDR.to_string()),
+            (c.outbound.listen, OUTBOUND_LISTEN_ADDR.to_string()),
+            (c.inbound.listen, INBOUND_LISTEN_ADDR.to_string()),
+            (c.admin.listen, ADMIN_LISTEN_ADDR.to_string()),
         ];
         let forwards = c
             .forwards
@@ -687,9 +757,9 @@ mod tests {
     #[test]
     fn defaults_match_linkerd() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.outbound_listen, Some("127.0.0.1:4140".parse().unwrap()));
-        assert_eq!(c.inbound_listen, Some("0.0.0.0:4143".parse().unwrap()));
-        assert_eq!(c.outbound_connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.outbound.listen, Some("127.0.0.1:4140".parse().unwrap()));
+        assert_eq!(c.inbound.listen, Some("0.0.0.0:4143".parse().unwrap()));
+        assert_eq!(c.outbound.connect_timeout, Duration::from_secs(1));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
         assert_eq!(c.log, "warn,ringmesh=info");
         assert_eq!(c.io_driver, IoDriver::Auto);
@@ -718,17 +788,17 @@ mod tests {
         assert_eq!(c.detect_max_undecided, 500);
         assert_eq!(c.cores, Some(2));
         assert_eq!(c.io_driver, IoDriver::Epoll);
-        assert_eq!(c.outbound_listen, Some("[::1]:0".parse().unwrap()));
-        assert_eq!(c.inbound_listen, None);
-        assert_eq!(c.outbound_connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.outbound.listen, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(c.inbound.listen, None);
+        assert_eq!(c.outbound.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.forwards.len(), 2);
         assert_eq!(c.forwards[0].target.as_str(), "db.test:5432");
         assert_eq!(c.watched_names().len(), 1);
-        assert_eq!(c.inbound_target, Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(c.tcp_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.inbound.target, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.tcp.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(3600));
         assert_eq!(
-            c.dns.servers,
+            c.discovery.dns.servers,
             vec![
                 "127.0.0.1:5353".parse().unwrap(),
                 "10.0.0.1:53".parse().unwrap()

@@ -626,8 +626,8 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
         client,
         server,
         (buf, w.bufs.get()),
-        w.cfg.tcp_idle_timeout,
-        w.cfg.tcp_bulk_buffer_size,
+        w.cfg.tcp.idle_timeout,
+        w.cfg.tcp.bulk_buffer_size,
         // The request's latency was already learned from its 101/2xx.
         &|_| {},
         &w.relay_counters,

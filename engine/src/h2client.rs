@@ -351,7 +351,7 @@ pub(crate) async fn new_connection(
     let io = MeteredIo { io: stream, meter };
     let mut builder = client::Builder::new();
     builder
-        .initial_window_size(w.cfg.http2_stream_window)
+        .initial_window_size(w.cfg.http2.stream_window)
         .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_push(false);

@@ -207,7 +207,7 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         // Boxed: its state would otherwise size every connection's task.
         return Box::pin(over_h2(t, obs, &target)).await;
     }
-    let deadline = t.w.cfg.http_request_timeout.map(|d| obs.started() + d);
+    let deadline = t.w.cfg.http.request_timeout.map(|d| obs.started() + d);
     let kept = match keep_body(t, &target, deadline).await {
         Ok(kept) => kept,
         Err(Some(e)) => return answer(t, obs, e).await,
@@ -235,7 +235,7 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
 
 /// The request to a meshed service travels over HTTP/2 (`translate`).
 async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
-    let deadline = t.w.cfg.http_request_timeout.map(|d| obs.started() + d);
+    let deadline = t.w.cfg.http.request_timeout.map(|d| obs.started() + d);
     let outcome = translate::h1_over_h2(
         t.w,
         t.c,
@@ -539,13 +539,13 @@ async fn read_request_head(
     limits: &Limits,
     head_started: Option<Instant>,
 ) -> Result<Option<usize>, ProxyError> {
-    let mut head_deadline = head_started.map(|t| t + w.cfg.http_header_read_timeout);
+    let mut head_deadline = head_started.map(|t| t + w.cfg.http.header_read_timeout);
     loop {
         if !c.buf.is_empty() {
             if let Some(n) = parse_head(req, &c.buf, limits)? {
                 return Ok(Some(n));
             }
-            head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
+            head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http.header_read_timeout);
         }
         if c.buf.is_empty() && w.stopping() {
             return Ok(None);
@@ -553,7 +553,7 @@ async fn read_request_head(
         // Bytes are buffered (the wait between requests is
         // `wait_for_request`'s), so the header-read timeout runs.
         let deadline =
-            *head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http_header_read_timeout);
+            *head_deadline.get_or_insert_with(|| Instant::now() + w.cfg.http.header_read_timeout);
         let res = read_more(
             &mut c.rd,
             &c.meter,
@@ -589,7 +589,7 @@ async fn read_request_head(
 /// look (`worker::DRAIN_LAST_LOOK`) and is served, its response saying
 /// `Connection: close`.
 async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
-    let idle_deadline = Instant::now() + w.cfg.tcp_idle_timeout;
+    let idle_deadline = Instant::now() + w.cfg.tcp.idle_timeout;
     w.bufs.put(std::mem::take(&mut c.buf));
     // Not `w.stop`: a request already on its way when the drain began is
     // still served, until the worker's `close_idle` (its last look).

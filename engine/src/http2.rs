@@ -215,9 +215,9 @@ pub(crate) async fn serve(
     };
     let mut builder = server::Builder::new();
     builder
-        .initial_window_size(w.cfg.http2_stream_window)
-        .initial_connection_window_size(w.cfg.http2_connection_window)
-        .max_concurrent_streams(w.cfg.http2_max_concurrent_streams)
+        .initial_window_size(w.cfg.http2.stream_window)
+        .initial_connection_window_size(w.cfg.http2.connection_window)
+        .max_concurrent_streams(w.cfg.http2.max_concurrent_streams)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
@@ -233,11 +233,11 @@ pub(crate) async fn serve(
     let active = Rc::new(Cell::new(0usize));
     // Keep-alive: a client that stops answering PINGs is gone.
     let (dead_tx, mut dead) = oneshot::channel::<()>();
-    if let (Some(interval), Some(pings)) = (w.cfg.http2_keep_alive_interval, conn.ping_pong()) {
+    if let (Some(interval), Some(pings)) = (w.cfg.http2.keep_alive_interval, conn.ping_pong()) {
         monoio::spawn(keep_alive(
             pings,
             interval,
-            w.cfg.http2_keep_alive_timeout,
+            w.cfg.http2.keep_alive_timeout,
             dead_tx,
         ));
     }
@@ -420,7 +420,7 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     parts.version = http::Version::HTTP_2;
-    let deadline = w.cfg.http_request_timeout.map(|t| obs.started() + t);
+    let deadline = w.cfg.http.request_timeout.map(|t| obs.started() + t);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
     // upstream hears HTTP/1.1.
     let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();

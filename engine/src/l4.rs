@@ -64,14 +64,14 @@ impl ListenerKind {
     fn settings<'c>(&self, cfg: &'c Config) -> SideSettings<'c> {
         match self.direction() {
             Direction::Inbound => SideSettings {
-                opaque_ports: &cfg.inbound_opaque_ports,
-                detect_timeout: cfg.inbound_detect_timeout,
-                connect_timeout: cfg.inbound_connect_timeout,
+                opaque_ports: &cfg.inbound.opaque_ports,
+                detect_timeout: cfg.inbound.detect_timeout,
+                connect_timeout: cfg.inbound.connect_timeout,
             },
             Direction::Outbound => SideSettings {
-                opaque_ports: &cfg.outbound_opaque_ports,
-                detect_timeout: cfg.outbound_detect_timeout,
-                connect_timeout: cfg.outbound_connect_timeout,
+                opaque_ports: &cfg.outbound.opaque_ports,
+                detect_timeout: cfg.outbound.detect_timeout,
+                connect_timeout: cfg.outbound.connect_timeout,
             },
         }
     }
@@ -457,7 +457,7 @@ async fn relay_bytes(
     prefix: Vec<u8>,
     guard: &Option<OpenGuard>,
 ) -> RelayStats {
-    let pipes = if w.cfg.tcp_splice {
+    let pipes = if w.cfg.tcp.splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
             .ok()
@@ -477,7 +477,7 @@ async fn relay_bytes(
                 server,
                 pipes,
                 prefix,
-                w.cfg.tcp_idle_timeout,
+                w.cfg.tcp.idle_timeout,
                 &learn,
             ))
             .await;
@@ -490,8 +490,8 @@ async fn relay_bytes(
                 client,
                 server,
                 bufs,
-                w.cfg.tcp_idle_timeout,
-                w.cfg.tcp_bulk_buffer_size,
+                w.cfg.tcp.idle_timeout,
+                w.cfg.tcp.bulk_buffer_size,
                 &learn,
                 &w.relay_counters,
             ))
@@ -553,7 +553,7 @@ fn route(
             if orig != local {
                 http = HttpDst::Local(orig);
                 Target::Addr(orig)
-            } else if let Some(t) = w.cfg.inbound_target {
+            } else if let Some(t) = w.cfg.inbound.target {
                 http = HttpDst::Local(t);
                 Target::Addr(t)
             } else {
@@ -717,7 +717,7 @@ async fn detect_protocol(
     early: &mut Option<Early>,
 ) -> (std::io::Result<Option<Detected>>, Vec<u8>) {
     let deadline = Instant::now() + c.side.detect_timeout;
-    let header_timeout = c.w.cfg.http_header_read_timeout;
+    let header_timeout = c.w.cfg.http.header_read_timeout;
     let Some(target) = early_target.filter(|t| !matches!(t, Target::ByAuthority)) else {
         return read_and_detect(client, prefix, None, deadline, header_timeout, eviction).await;
     };

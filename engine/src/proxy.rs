@@ -66,11 +66,11 @@ impl Proxy {
         let n = cfg.cores.unwrap_or_else(available_cores).max(1);
         tracing::info!(workers = n, driver = %driver, "starting");
 
-        if cfg.dns.servers.is_empty() {
+        if cfg.discovery.dns.servers.is_empty() {
             let sys = DnsConfig::system();
-            cfg.dns.servers = sys.servers;
-            cfg.dns.search = sys.search;
-            cfg.dns.ndots = sys.ndots;
+            cfg.discovery.dns.servers = sys.servers;
+            cfg.discovery.dns.search = sys.search;
+            cfg.discovery.dns.ndots = sys.ndots;
         }
         let (control, subscriber) = start_control(driver, &cfg)?;
         let mut bound = Bound::bind(&cfg, n)?;
@@ -94,7 +94,7 @@ impl Proxy {
                     ready: Arc::new(AtomicBool::new(true)),
                     started: SystemTime::now(),
                     configured_log: cfg.log.clone(),
-                    shutdown_enabled: cfg.shutdown_endpoint_enabled,
+                    shutdown_enabled: cfg.admin.shutdown_endpoint_enabled,
                     hooks,
                 },
             );
@@ -177,9 +177,9 @@ fn start_control(
     Control::start(
         driver == ActiveDriver::Uring,
         DiscoveryConfig {
-            static_file: cfg.discovery_static.clone(),
-            static_poll_interval: cfg.discovery_static_poll_interval,
-            dns: cfg.dns.clone(),
+            static_file: cfg.discovery.static_file.clone(),
+            static_poll_interval: cfg.discovery.static_poll_interval,
+            dns: cfg.discovery.dns.clone(),
             hosts_file: Some("/etc/hosts".into()),
         },
         cfg.watched_names().into_iter().collect(),
@@ -204,7 +204,7 @@ struct Bound {
 
 impl Bound {
     fn bind(cfg: &Config, n: usize) -> Result<Self, StartError> {
-        let admin_listener = match cfg.admin_listen {
+        let admin_listener = match cfg.admin.listen {
             Some(addr) => Some(listen::bind_exclusive(addr, "admin listener")?),
             None => None,
         };
@@ -213,12 +213,12 @@ impl Bound {
         let mut outbound = None;
         let mut inbound = None;
         let mut forwards = Vec::new();
-        if let Some(addr) = cfg.outbound_listen {
+        if let Some(addr) = cfg.outbound.listen {
             let g = listen::bind_group(addr, n, "outbound listener")?;
             outbound = Some(local_addr(&g));
             groups.push((ListenerKind::Outbound, g));
         }
-        if let Some(addr) = cfg.inbound_listen {
+        if let Some(addr) = cfg.inbound.listen {
             let g = listen::bind_group(addr, n, "inbound listener")?;
             inbound = Some(local_addr(&g));
             groups.push((ListenerKind::Inbound, g));

@@ -74,12 +74,12 @@ async fn await_endpoints(w: &Worker, name: &Authority) -> Option<Dst> {
     if w.failing_fast.borrow().contains(name) {
         return None;
     }
-    if w.queued.get() >= w.cfg.http_queue_capacity {
-        tracing::debug!(service = %name, capacity = w.cfg.http_queue_capacity, "fail-fast queue full");
+    if w.queued.get() >= w.cfg.http.queue_capacity {
+        tracing::debug!(service = %name, capacity = w.cfg.http.queue_capacity, "fail-fast queue full");
         return None;
     }
     w.queued.set(w.queued.get() + 1);
-    let deadline = Instant::now() + w.cfg.http_failfast_timeout;
+    let deadline = Instant::now() + w.cfg.http.failfast_timeout;
     let found = loop {
         let snap = w.snapshot();
         match snap.service(name) {

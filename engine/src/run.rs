@@ -73,20 +73,20 @@ pub(crate) fn uring_builder(tuned: bool) -> io_uring::Builder {
 /// multishot receives fill (io_uring only; the epoll driver and kernels
 /// without buffer rings use plain receives).
 pub(crate) fn register_buf_ring(worker: usize, cfg: &Config) {
-    if cfg.tcp_ring_buffers == 0 || monoio::utils::is_legacy() {
+    if cfg.tcp.ring_buffers == 0 || monoio::utils::is_legacy() {
         return;
     }
-    let count = ring_buffers(cfg.tcp_ring_buffers, cfg.tcp_buffer_size);
-    if count < cfg.tcp_ring_buffers {
+    let count = ring_buffers(cfg.tcp.ring_buffers, cfg.tcp.buffer_size);
+    if count < cfg.tcp.ring_buffers {
         tracing::info!(
             worker,
             count,
-            size = cfg.tcp_buffer_size,
+            size = cfg.tcp.buffer_size,
             "buffer ring capped at {} MiB",
             MAX_RING_BYTES >> 20
         );
     }
-    let size = u32::try_from(cfg.tcp_buffer_size).unwrap_or(u32::MAX);
+    let size = u32::try_from(cfg.tcp.buffer_size).unwrap_or(u32::MAX);
     if let Err(e) = monoio::io::multishot::register_buf_ring(count, size) {
         tracing::info!(worker, error = %e, "no io_uring buffer ring; the TCP relay uses plain receives");
     }
@@ -199,7 +199,7 @@ fn new_worker(
     let max_undecided = cfg.detect_max_undecided;
     Rc::new(Worker {
         id,
-        bufs: BufferPool::new(cfg.tcp_buffer_size, MAX_IDLE_BUFFERS),
+        bufs: BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS),
         h1_scratch: Default::default(),
         cfg,
         own_listeners,
@@ -354,7 +354,7 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
             let _ = reply.send(worker.stats());
         }
         WorkerMsg::Metrics(reply) => {
-            let retain = worker.cfg.metrics_retain_idle;
+            let retain = worker.cfg.admin.metrics_retain_idle;
             worker.tcp_metrics.borrow_mut().evict_idle(retain);
             worker.http_metrics.borrow_mut().evict_idle(retain);
             let _ = reply.send((

@@ -103,7 +103,7 @@ impl Worker {
                 balancer: Rc::new(RefCell::new(Balancer::with_accrual(
                     endpoints(service),
                     AccrualPolicy {
-                        consecutive: self.cfg.failure_accrual_consecutive,
+                        consecutive: self.cfg.balancing.failure_accrual_consecutive,
                         ..AccrualPolicy::default()
                     },
                 ))),
@@ -151,7 +151,7 @@ impl Worker {
     /// When an upstream's response head must have arrived: the sooner of
     /// the response timeout (from now) and the request's own deadline.
     pub(crate) fn response_deadline(&self, request_deadline: Option<Instant>) -> Option<Instant> {
-        let response = self.cfg.http_response_timeout.map(|t| Instant::now() + t);
+        let response = self.cfg.http.response_timeout.map(|t| Instant::now() + t);
         match (response, request_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
