@@ -69,18 +69,18 @@ pub(crate) async fn checkout(
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
     match dst {
         Dst::Addr(addr) => {
-            if w.is_own_listener(*addr) {
+            if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            if let Some(u) = use_pool.then(|| w.pool.take(*addr)).flatten() {
+            if let Some(u) = use_pool.then(|| w.pools.h1.take(*addr)).flatten() {
                 return Ok((u, *addr, None));
             }
             let s = connect(*addr, timeout).await?;
             Ok((split(w, key, s, *addr), *addr, None))
         }
         Dst::Service(svc, balancer) => {
-            let (up, addr, guard) = failover(w, svc, balancer, avoid, |addr| async move {
-                if let Some(u) = use_pool.then(|| w.pool.take(addr)).flatten() {
+            let (up, addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| async move {
+                if let Some(u) = use_pool.then(|| w.pools.h1.take(addr)).flatten() {
                     return Ok(u);
                 }
                 Ok(split(w, key, connect(addr, timeout).await?, addr))
@@ -96,7 +96,7 @@ pub(crate) fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -
     let _ = s.set_nodelay(true);
     let fd = s.as_raw_fd();
     let (rd, wr) = s.into_split();
-    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+    let meter = w.telemetry.tcp.borrow_mut().open(TcpKey {
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
@@ -625,16 +625,16 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
     let (stats, bufs) = relay(
         client,
         server,
-        (buf, w.bufs.get()),
+        (buf, w.pools.bufs.get()),
         w.cfg.tcp.idle_timeout,
         w.cfg.tcp.bulk_buffer_size,
         // The request's latency was already learned from its 101/2xx.
         &|_| {},
-        &w.relay_counters,
+        &w.telemetry.relay_counters,
     )
     .await;
-    w.bufs.put(bufs.0);
-    w.bufs.put(bufs.1);
+    w.pools.bufs.put(bufs.0);
+    w.pools.bufs.put(bufs.1);
     relayed(&src_meter, &dst_meter, &stats);
     tracing::debug!(%peer, up = stats.client_to_server, down = stats.server_to_client, "tunnel closed");
 }

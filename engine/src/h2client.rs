@@ -148,7 +148,7 @@ pub(crate) async fn open_stream(
                 }))
             }
             Err(e) if attempts.retry_unprocessed(false) && unprocessed(&e) => {
-                w.h2_pool.retire(addr, id)
+                w.pools.h2.retire(addr, id)
             }
             Err(e) => return Err(ProxyError::upstream(format!("upstream: {e}"))),
         }
@@ -236,14 +236,14 @@ pub(crate) async fn checkout(
 > {
     match dst {
         Dst::Addr(addr) => {
-            if w.is_own_listener(*addr) {
+            if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
             let (send, id) = connection(w, key, *addr, timeout).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
-            let ((send, id), addr, guard) = failover(w, svc, balancer, avoid, |addr| {
+            let ((send, id), addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| {
                 connection(w, key, addr, timeout)
             })
             .await?;
@@ -260,7 +260,7 @@ pub(crate) async fn connection(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
-    match w.h2_pool.take(addr) {
+    match w.pools.h2.take(addr) {
         Some(taken) => Ok(taken),
         // Boxed: a stream's future is moved whole per request, so a cold
         // path's room (connecting) is not carried in it.
@@ -276,11 +276,11 @@ async fn connect_or_wait(
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     loop {
-        if let Some(taken) = w.h2_pool.take(addr) {
+        if let Some(taken) = w.pools.h2.take(addr) {
             return Ok(taken);
         }
         let wait = {
-            let mut connecting = w.h2_pool.connecting.borrow_mut();
+            let mut connecting = w.pools.h2.connecting.borrow_mut();
             match connecting.get_mut(&addr) {
                 Some(waiters) => {
                     let (tx, rx) = oneshot::channel();
@@ -301,7 +301,7 @@ async fn connect_or_wait(
         }
     }
     let mut turn = ConnectingTurn {
-        pool: &w.h2_pool,
+        pool: &w.pools.h2,
         addr,
         outcome: Err("connection attempt abandoned".into()),
     };
@@ -339,7 +339,7 @@ pub(crate) async fn new_connection(
         .await
         .map_err(|e| ProxyError::connect(&e))?;
     let _ = stream.set_nodelay(true);
-    let meter = w.tcp_metrics.borrow_mut().open(TcpKey {
+    let meter = w.telemetry.tcp.borrow_mut().open(TcpKey {
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
@@ -367,6 +367,6 @@ pub(crate) async fn new_connection(
         }
         done.set(true);
     });
-    let id = w.h2_pool.put(addr, send.clone(), closed);
+    let id = w.pools.h2.put(addr, send.clone(), closed);
     Ok((send, id))
 }

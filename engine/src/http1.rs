@@ -75,14 +75,14 @@ pub(crate) async fn serve(
         let started = head_started.take();
         if c.buf.is_empty() && started.is_none() {
             if let Some(s) = scratch.take() {
-                w.h1_scratch.put(s);
+                w.pools.h1_scratch.put(s);
             }
-            w.bufs.put(std::mem::take(&mut ubuf));
+            w.pools.bufs.put(std::mem::take(&mut ubuf));
             if !wait_for_request(&w, &mut c).await {
                 break;
             }
         }
-        let s = scratch.get_or_insert_with(|| w.h1_scratch.take());
+        let s = scratch.get_or_insert_with(|| w.pools.h1_scratch.take());
         // Usually the whole head is already buffered: only a partial one
         // needs the (boxed, so not in every connection's task) read loop.
         let head = match parse_head(&mut s.req, &c.buf, &limits) {
@@ -98,7 +98,7 @@ pub(crate) async fn serve(
             }
         };
         if ubuf.capacity() == 0 {
-            ubuf = w.bufs.get();
+            ubuf = w.pools.bufs.get();
         }
         // Boxed: a task is as big as its largest state, and this one would
         // otherwise size every idle connection's task.
@@ -118,18 +118,18 @@ pub(crate) async fn serve(
             Next::Close => break,
             Next::Tunnel(up, to_client) => {
                 Box::pin(tunnel(&w, c, up, to_client)).await;
-                w.bufs.put(ubuf);
+                w.pools.bufs.put(ubuf);
                 if let Some(s) = scratch {
-                    w.h1_scratch.put(s);
+                    w.pools.h1_scratch.put(s);
                 }
                 return;
             }
         }
     }
-    w.bufs.put(c.buf);
-    w.bufs.put(ubuf);
+    w.pools.bufs.put(c.buf);
+    w.pools.bufs.put(ubuf);
     if let Some(s) = scratch {
-        w.h1_scratch.put(s);
+        w.pools.h1_scratch.put(s);
     }
 }
 
@@ -195,7 +195,7 @@ async fn request(
 /// Picks the request's destination and path: over HTTP/2 to meshed
 /// endpoints, else to an HTTP/1 upstream (its small body kept first).
 async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDst) -> Next {
-    let target = match resolve(t.w, dst, t.req.authority()).await {
+    let target = match resolve(&t.w.routes, dst, t.req.authority()).await {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(peer = %t.c.peer, error = e.reason(), "request refused");
@@ -467,7 +467,7 @@ async fn finish(
             obs.endpoint_outcome(in_flight, status < 500);
             obs.end_status(status);
             if let Some(up) = upstream {
-                t.w.pool.release(addr, up, t.ubuf);
+                t.w.pools.h1.release(addr, up, t.ubuf);
             }
             // Bytes past a response answer no request: never parsed.
             t.ubuf.clear();
@@ -590,7 +590,7 @@ async fn read_request_head(
 /// `Connection: close`.
 async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
     let idle_deadline = Instant::now() + w.cfg.tcp.idle_timeout;
-    w.bufs.put(std::mem::take(&mut c.buf));
+    w.pools.bufs.put(std::mem::take(&mut c.buf));
     // Not `w.stop`: a request already on its way when the drain began is
     // still served, until the worker's `close_idle` (its last look).
     let res = monoio::select! {
@@ -622,7 +622,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
         match monoio::time::timeout_at(deadline.into(), recv.next()).await {
             Err(_) => return Err(cancelled()),
             Ok(Ok(Some(got))) => {
-                c.buf = w.bufs.get();
+                c.buf = w.pools.bufs.get();
                 c.buf.extend_from_slice(&got);
                 c.meter.read(got.len());
                 return Ok(got.len());
@@ -639,7 +639,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
             Ok(r) => r?,
         }
         if c.buf.capacity() == 0 {
-            c.buf = w.bufs.get();
+            c.buf = w.pools.bufs.get();
         }
         match recv_now(c.fd, &mut c.buf) {
             Ok(n) => {

@@ -482,7 +482,7 @@ async fn route_stream(
         port,
         raw: authority.as_deref().unwrap_or(""),
     });
-    resolve(w, dst, request_authority).await
+    resolve(&w.routes, dst, request_authority).await
 }
 
 /// A client stream on its way to an HTTP/2 upstream.
@@ -584,7 +584,7 @@ async fn to_h2(
             // Streams above a GOAWAY's last stream id were not processed;
             // without a body (nothing consumed) the request can go again.
             Err(e) if attempts.retry_unprocessed(true) && unprocessed(&e) => {
-                w.h2_pool.retire(addr, id);
+                w.pools.h2.retire(addr, id);
             }
             Err(e) => {
                 obs.endpoint_outcome(in_flight.as_ref(), false);

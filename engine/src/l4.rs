@@ -103,15 +103,17 @@ struct OpenConn(Rc<Worker>);
 
 impl OpenConn {
     fn new(w: &Rc<Worker>) -> Self {
-        w.open.set(w.open.get() + 1);
-        w.open_peak.set(w.open_peak.get().max(w.open.get()));
+        w.telemetry.open.set(w.telemetry.open.get() + 1);
+        w.telemetry
+            .open_peak
+            .set(w.telemetry.open_peak.get().max(w.telemetry.open.get()));
         Self(w.clone())
     }
 }
 
 impl Drop for OpenConn {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
+        self.0.telemetry.open.set(self.0.telemetry.open.get() - 1);
     }
 }
 
@@ -148,7 +150,7 @@ impl ConnLabels {
 
     /// Opens the series of one end of the connection.
     fn open(&self, w: &Worker, peer: Peer, target: SocketAddr) -> ConnMeter {
-        w.tcp_metrics.borrow_mut().open(TcpKey {
+        w.telemetry.tcp.borrow_mut().open(TcpKey {
             direction: self.direction,
             peer,
             target,
@@ -258,15 +260,18 @@ struct Decided {
 /// one): whichever side speaks first decides.
 async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) -> Option<Decided> {
     let w = c.w;
-    let mut prefix = w.bufs.get();
+    let mut prefix = w.pools.bufs.get();
     let dest = match &route.target {
         Target::Addr(a) => Some(Dest::Addr(*a)),
         Target::Service(svc, _) => Some(Dest::Service(svc.name.clone())),
         Target::ByAuthority => None,
     };
-    let speaks_first = dest
-        .as_ref()
-        .is_some_and(|d| w.server_first.borrow_mut().contains_at(d, Instant::now()));
+    let speaks_first = dest.as_ref().is_some_and(|d| {
+        w.detection
+            .server_first
+            .borrow_mut()
+            .contains_at(d, Instant::now())
+    });
     let mut head_started = None;
     let mut early: Option<Early> = None;
     let protocol = match route.hint {
@@ -274,11 +279,13 @@ async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) ->
         None if c.side.opaque_ports.contains(route.port) => Protocol::Opaque,
         None if speaks_first => {
             tracing::debug!(listener = c.kind.name(), peer = %c.peer, "destination speaks first; relaying without detection");
-            w.server_first_relays.set(w.server_first_relays.get() + 1);
+            w.telemetry
+                .server_first_relays
+                .set(w.telemetry.server_first_relays.get() + 1);
             Protocol::Opaque
         }
         _ => {
-            let undecided = w.undecided.enter();
+            let undecided = w.detection.undecided.enter();
             let early_target = (route.hint.is_none()).then_some(&route.target);
             let (res, buf) = detect_protocol(
                 c,
@@ -297,12 +304,12 @@ async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) ->
                 }
                 Ok(None) => {
                     tracing::debug!(listener = c.kind.name(), peer = %c.peer, "closing an undecided connection (evicted, or idle on both sides)");
-                    w.bufs.put(prefix);
+                    w.pools.bufs.put(prefix);
                     return None;
                 }
                 Err(e) => {
                     tracing::debug!(listener = c.kind.name(), peer = %c.peer, error = %e, "client failed during detection");
-                    w.bufs.put(prefix);
+                    w.pools.bufs.put(prefix);
                     return None;
                 }
             }
@@ -341,10 +348,14 @@ fn verdict(
     }
     if early.as_ref().is_some_and(|e| !e.banner.is_empty()) {
         if let Some(d) = dest {
-            c.w.server_first.borrow_mut().remember_at(d, Instant::now());
+            c.w.detection
+                .server_first
+                .borrow_mut()
+                .remember_at(d, Instant::now());
         }
-        c.w.server_first_relays
-            .set(c.w.server_first_relays.get() + 1);
+        c.w.telemetry
+            .server_first_relays
+            .set(c.w.telemetry.server_first_relays.get() + 1);
         tracing::debug!(listener = c.kind.name(), peer = %c.peer, "server spoke first; relaying");
         Protocol::Opaque
     } else if p == Protocol::Http1 {
@@ -365,7 +376,7 @@ fn verdict(
 fn close_early(c: &Conn<'_>, labels: &ConnLabels, early: Option<Early>) {
     if let Some(e) = early {
         let _meter = open_dst_meter(c.w, &e.server, labels);
-        c.w.bufs.put(e.banner);
+        c.w.pools.bufs.put(e.banner);
     }
 }
 
@@ -388,16 +399,16 @@ async fn relay_opaque(
     } = decided;
     if matches!(target, Target::ByAuthority) {
         tracing::info!(%peer, local = %c.local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
-        w.bufs.put(prefix);
+        w.pools.bufs.put(prefix);
         return;
     }
     let (server, guard, banner) = match early {
         Some(e) => (e.server, e.guard, e.banner),
         None => match connect_target(target, c.side.connect_timeout).await {
-            Ok((s, g)) => (s, g, w.bufs.get()),
+            Ok((s, g)) => (s, g, w.pools.bufs.get()),
             Err(failure) => {
                 warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
-                w.bufs.put(prefix);
+                w.pools.bufs.put(prefix);
                 return;
             }
         },
@@ -406,7 +417,7 @@ async fn relay_opaque(
     let dst_meter = open_dst_meter(w, &server, labels);
     let banner_len = banner.len() as u64;
     if !send_banner(w, &mut client, banner, peer, &src_meter).await {
-        w.bufs.put(prefix);
+        w.pools.bufs.put(prefix);
         return;
     }
     let stats = relay_bytes(w, client, server, prefix, &guard).await;
@@ -439,12 +450,12 @@ async fn send_banner(
         if let Err(e) = res {
             tracing::debug!(%peer, error = %e, "client gone before the server's first bytes reached it");
             src_meter.failed(&e);
-            w.bufs.put(banner);
+            w.pools.bufs.put(banner);
             return false;
         }
         banner
     };
-    w.bufs.put(banner);
+    w.pools.bufs.put(banner);
     true
 }
 
@@ -481,11 +492,11 @@ async fn relay_bytes(
                 &learn,
             ))
             .await;
-            w.bufs.put(prefix);
+            w.pools.bufs.put(prefix);
             stats
         }
         None => {
-            let bufs = (prefix, w.bufs.get());
+            let bufs = (prefix, w.pools.bufs.get());
             let (stats, bufs) = Box::pin(relay(
                 client,
                 server,
@@ -493,11 +504,11 @@ async fn relay_bytes(
                 w.cfg.tcp.idle_timeout,
                 w.cfg.tcp.bulk_buffer_size,
                 &learn,
-                &w.relay_counters,
+                &w.telemetry.relay_counters,
             ))
             .await;
-            w.bufs.put(bufs.0);
-            w.bufs.put(bufs.1);
+            w.pools.bufs.put(bufs.0);
+            w.pools.bufs.put(bufs.1);
             stats
         }
     }
@@ -524,7 +535,7 @@ fn route(
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Option<Route> {
-    let snap = w.snapshot();
+    let snap = w.routes.snapshot();
     let mut hint = None;
     let http;
     let orig = orig_dst_addr(client, local).0;
@@ -544,7 +555,7 @@ fn route(
             match snap.service_by_addr(orig) {
                 Some(svc) => {
                     hint = svc.protocol;
-                    Target::Service(svc.clone(), w.balancer(svc))
+                    Target::Service(svc.clone(), w.routes.balancer(svc))
                 }
                 None => Target::Addr(orig),
             }
@@ -566,13 +577,13 @@ fn route(
             match snap.service(name) {
                 Some(svc) => {
                     hint = svc.protocol;
-                    Target::Service(svc.clone(), w.balancer(svc))
+                    Target::Service(svc.clone(), w.routes.balancer(svc))
                 }
                 None => match name.socket_addr() {
                     Some(addr) => match snap.service_by_addr(addr) {
                         Some(svc) => {
                             hint = svc.protocol;
-                            Target::Service(svc.clone(), w.balancer(svc))
+                            Target::Service(svc.clone(), w.routes.balancer(svc))
                         }
                         None => Target::Addr(addr),
                     },
@@ -585,7 +596,12 @@ fn route(
         }
     };
     if let Target::Addr(addr) = target {
-        if w.own_listeners.iter().any(|l| same_endpoint(*l, addr)) || addr == local {
+        if w.routes
+            .own_listeners
+            .iter()
+            .any(|l| same_endpoint(*l, addr))
+            || addr == local
+        {
             warn_limited!(w, Warning::Loop, listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
             return None;
         }
@@ -745,7 +761,7 @@ async fn detect_protocol(
             *early = Some(Early {
                 server,
                 guard,
-                banner: c.w.bufs.get(),
+                banner: c.w.pools.bufs.get(),
             });
         }
         First::Connected(Err(failure)) => {

@@ -87,13 +87,15 @@ impl<'w> Observer<'w> {
     /// The endpoint answered 502/503 and the request goes again to another
     /// endpoint: against the endpoint, in the retry series and counts.
     pub(crate) fn retrying(&self, ep: &OpenGuard) {
-        self.w.note_retry(&self.key, ep.endpoint());
+        self.w.telemetry.note_retry(&self.key, ep.endpoint());
     }
 
     /// The request ended with a response counted as `class` (from the
     /// upstream, or one cut short after it started).
     pub(crate) fn end(self, class: ResponseClass) {
-        self.w.record_response(&self.key, class, self.started);
+        self.w
+            .telemetry
+            .record_response(&self.key, class, self.started);
     }
 
     /// The request ended with a response of `status` from upstream.

@@ -15,7 +15,7 @@ use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::ProxyError;
-use crate::worker::{record_outcome, Worker};
+use crate::worker::{record_outcome, Routes};
 
 /// How long a request waits for discovery to resolve a new authority.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
@@ -42,24 +42,24 @@ pub(crate) enum Dst {
 
 /// Picks the destination for one request.
 pub(crate) async fn resolve(
-    w: &Worker,
+    r: &Routes,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
 ) -> Result<Dst, ProxyError> {
-    match resolve_now(w, dst, authority).await? {
+    match resolve_now(r, dst, authority).await? {
         Dst::Service(svc, b) if svc.endpoints.is_empty() => {
             // Still empty after the wait: returned as is, so the request is
             // labelled with the service and fails as having no endpoints.
             // Boxed, as the wait below: the future of every request
             // would otherwise carry a timer's room (its size is copied
             // per request).
-            Ok(Box::pin(await_endpoints(w, &svc.name))
+            Ok(Box::pin(await_endpoints(r, &svc.name))
                 .await
                 .unwrap_or(Dst::Service(svc, b)))
         }
         d => {
             if let Dst::Service(svc, _) = &d {
-                w.failing_fast.borrow_mut().remove(&svc.name);
+                r.failing_fast.borrow_mut().remove(&svc.name);
             }
             Ok(d)
         }
@@ -70,21 +70,21 @@ pub(crate) async fn resolve(
 /// waits in a bounded queue for one to appear, up to the fail-fast timeout.
 /// When that runs out the service is failing fast: its requests get 503 at
 /// once until an endpoint returns. `None`: no endpoint (yet).
-async fn await_endpoints(w: &Worker, name: &Authority) -> Option<Dst> {
-    if w.failing_fast.borrow().contains(name) {
+async fn await_endpoints(r: &Routes, name: &Authority) -> Option<Dst> {
+    if r.failing_fast.borrow().contains(name) {
         return None;
     }
-    if w.queued.get() >= w.cfg.http.queue_capacity {
-        tracing::debug!(service = %name, capacity = w.cfg.http.queue_capacity, "fail-fast queue full");
+    if r.queued.get() >= r.queue_capacity {
+        tracing::debug!(service = %name, capacity = r.queue_capacity, "fail-fast queue full");
         return None;
     }
-    w.queued.set(w.queued.get() + 1);
-    let deadline = Instant::now() + w.cfg.http.failfast_timeout;
+    r.queued.set(r.queued.get() + 1);
+    let deadline = Instant::now() + r.failfast_timeout;
     let found = loop {
-        let snap = w.snapshot();
+        let snap = r.snapshot();
         match snap.service(name) {
             Some(svc) if !svc.endpoints.is_empty() => {
-                break Some(Dst::Service(svc.clone(), w.balancer(svc)))
+                break Some(Dst::Service(svc.clone(), r.balancer(svc)))
             }
             _ if Instant::now() >= deadline => break None,
             _ => {}
@@ -92,10 +92,10 @@ async fn await_endpoints(w: &Worker, name: &Authority) -> Option<Dst> {
         drop(snap);
         monoio::time::sleep(Duration::from_millis(10)).await;
     };
-    w.queued.set(w.queued.get() - 1);
+    r.queued.set(r.queued.get() - 1);
     if found.is_none() {
         tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
-        w.failing_fast.borrow_mut().insert(name.clone());
+        r.failing_fast.borrow_mut().insert(name.clone());
     }
     found
 }
@@ -103,20 +103,20 @@ async fn await_endpoints(w: &Worker, name: &Authority) -> Option<Dst> {
 /// The destination as the current snapshot has it (waiting, bounded, only
 /// for a name discovery has not seen yet).
 async fn resolve_now(
-    w: &Worker,
+    r: &Routes,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
 ) -> Result<Dst, ProxyError> {
-    let snap = w.snapshot();
+    let snap = r.snapshot();
     let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
-        Some(svc) => Dst::Service(svc.clone(), w.balancer(svc)),
+        Some(svc) => Dst::Service(svc.clone(), r.balancer(svc)),
         None => Dst::Addr(addr),
     };
     match dst {
         HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
         HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
         HttpDst::Forward(name) => match snap.service(name) {
-            Some(svc) => Ok(Dst::Service(svc.clone(), w.balancer(svc))),
+            Some(svc) => Ok(Dst::Service(svc.clone(), r.balancer(svc))),
             None => match name.socket_addr() {
                 Some(addr) => Ok(by_addr(addr)),
                 None => Err(ProxyError::unresolved(name.to_string())),
@@ -129,29 +129,29 @@ async fn resolve_now(
             let name = Authority::parse(&format!("{}:{}", auth.host, auth.port))
                 .map_err(|_| ProxyError::unresolved(auth.raw.to_string()))?;
             if let Some(svc) = snap.service(&name) {
-                return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
+                return Ok(Dst::Service(svc.clone(), r.balancer(svc)));
             }
             if let Some(addr) = name.socket_addr() {
                 return Ok(by_addr(addr));
             }
             drop(snap);
-            Box::pin(await_watched(w, name)).await
+            Box::pin(await_watched(r, name)).await
         }
     }
 }
 
 /// A name discovery has not seen: asks the control core, waits (bounded)
 /// for the snapshot to carry it.
-async fn await_watched(w: &Worker, name: Authority) -> Result<Dst, ProxyError> {
-    let _ = w
+async fn await_watched(r: &Routes, name: Authority) -> Result<Dst, ProxyError> {
+    let _ = r
         .control
         .send(crate::control::ControlMsg::Watch(name.clone()));
     let deadline = Instant::now() + RESOLVE_WAIT;
     while Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
-        let snap = w.snapshot();
+        let snap = r.snapshot();
         if let Some(svc) = snap.service(&name) {
-            return Ok(Dst::Service(svc.clone(), w.balancer(svc)));
+            return Ok(Dst::Service(svc.clone(), r.balancer(svc)));
         }
     }
     Err(ProxyError::unresolved(name.to_string()))
@@ -163,7 +163,7 @@ async fn await_watched(w: &Worker, name: Authority) -> Result<Dst, ProxyError> {
 /// ejection. The guard keeps the request in flight on the endpoint until
 /// dropped.
 pub(crate) async fn failover<T, F, Fut>(
-    w: &Worker,
+    r: &Routes,
     svc: &Service,
     balancer: &RefCell<Balancer>,
     avoid: &[SocketAddr],
@@ -182,7 +182,7 @@ where
         };
         let addr = ep.addr();
         let guard = OpenGuard::new(ep);
-        if w.is_own_listener(addr) {
+        if r.is_own_listener(addr) {
             last = Some(ProxyError::looped(addr));
             tried.push(addr);
             continue;

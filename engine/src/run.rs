@@ -16,21 +16,19 @@ use futures_channel::mpsc::UnboundedReceiver;
 use futures_core::stream::FusedStream;
 use futures_core::Stream;
 use monoio::net::TcpListener;
-use ringmesh_admin::telemetry::{HttpShard, TcpShard};
+use ringmesh_balancer::AccrualPolicy;
 use ringmesh_discovery::SnapshotCache;
 use ringmesh_protocols::buffer::BufferPool;
-use ringmesh_protocols::tcp::RelayCounters;
 
 use crate::config::Config;
 use crate::control::ControlSender;
 use crate::inbox::WorkerMsg;
 use crate::l4::{self, ListenerKind};
 use crate::memory;
-use crate::pool::Pool;
 use crate::stop::Stop;
 use crate::undecided::UndecidedSet;
 use crate::warn_limit::{summarise, warn_limited, WarnLimit, Warning};
-use crate::worker::Worker;
+use crate::worker::{Detection, Pools, Routes, Telemetry, Worker};
 
 pub(crate) struct WorkerSetup {
     pub id: usize,
@@ -174,7 +172,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
     // closes; ends (closing them all) when the worker stops.
     let reaper = worker.clone();
     let reaper_stop = stop.clone();
-    monoio::spawn(async move { reaper.pool.reap(reaper_stop).await });
+    monoio::spawn(async move { reaper.pools.h1.reap(reaper_stop).await });
     // Gives a burst's memory back to the OS once it is over.
     monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
 
@@ -197,33 +195,33 @@ fn new_worker(
     control: ControlSender,
 ) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
+    let (failfast_timeout, queue_capacity) = (cfg.http.failfast_timeout, cfg.http.queue_capacity);
+    let accrual = AccrualPolicy {
+        consecutive: cfg.balancing.failure_accrual_consecutive,
+        ..AccrualPolicy::default()
+    };
     Rc::new(Worker {
         id,
-        bufs: BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS),
-        h1_scratch: Default::default(),
+        pools: Pools::new(BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS)),
         cfg,
-        own_listeners,
-        accepted: Cell::new(0),
-        open: Cell::new(0),
-        open_peak: Cell::new(0),
-        requests: Cell::new(0),
-        control,
-        pool: Pool::default(),
+        routes: Routes {
+            snapshots: RefCell::new(snapshots),
+            replicas: RefCell::new(HashMap::new()),
+            own_listeners,
+            control,
+            failing_fast: RefCell::default(),
+            queued: Cell::new(0),
+            accrual,
+            failfast_timeout,
+            queue_capacity,
+        },
+        telemetry: Telemetry::default(),
+        detection: Detection {
+            undecided: UndecidedSet::new(max_undecided),
+            server_first: RefCell::default(),
+        },
         stop: Stop::default(),
         close_idle: Stop::default(),
-        h2_pool: crate::h2pool::Pool::default(),
-        failing_fast: RefCell::default(),
-        queued: Cell::new(0),
-        retries: Cell::new(0),
-        relay_counters: RelayCounters::default(),
-        undecided: UndecidedSet::new(max_undecided),
-        server_first: RefCell::default(),
-        server_first_relays: Cell::new(0),
-        tcp_metrics: RefCell::new(TcpShard::default()),
-        http_metrics: RefCell::new(HttpShard::default()),
-        warnings: WarnLimit::default(),
-        snapshots: RefCell::new(snapshots),
-        replicas: RefCell::new(HashMap::new()),
     })
 }
 
@@ -275,11 +273,11 @@ async fn drain(
     stop.trigger();
     // Connections still detecting (silent ones may wait for either side
     // for the TCP idle timeout) have no exchange to finish.
-    worker.undecided.drain();
+    worker.detection.undecided.drain();
     let drain_started = Instant::now();
     let deadline = drain_started + worker.cfg.shutdown_grace_period;
-    tracing::debug!(worker = id, open = worker.open.get(), "draining");
-    while worker.open.get() > 0 && Instant::now() < deadline {
+    tracing::debug!(worker = id, open = worker.telemetry.open.get(), "draining");
+    while worker.telemetry.open.get() > 0 && Instant::now() < deadline {
         if drain_started.elapsed() >= DRAIN_LAST_LOOK {
             worker.close_idle.trigger();
         }
@@ -294,15 +292,16 @@ async fn drain(
     }
     // Idle pooled connections close inside the runtime that armed their
     // receives.
-    worker.pool.clear();
+    worker.pools.h1.clear();
     // Whatever the limit still holds is reported before the worker goes.
     for (kind, n) in worker
+        .telemetry
         .warnings
         .flush_at(Instant::now() + WarnLimit::INTERVAL)
     {
         summarise(kind, n);
     }
-    let left = worker.open.get();
+    let left = worker.telemetry.open.get();
     if left > 0 {
         tracing::warn!(
             worker = id,
@@ -312,7 +311,7 @@ async fn drain(
     }
     tracing::info!(
         worker = id,
-        accepted = worker.accepted.get(),
+        accepted = worker.telemetry.accepted.get(),
         "worker stopped"
     );
 }
@@ -325,19 +324,19 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
             _ = monoio::time::sleep(memory::CHECK_INTERVAL) => {}
             _ = stop.wait() => return,
         }
-        let open = w.open.get();
-        if memory::should_collect(w.open_peak.get(), open) {
+        let open = w.telemetry.open.get();
+        if memory::should_collect(w.telemetry.open_peak.get(), open) {
             tracing::debug!(
                 worker = w.id,
-                peak = w.open_peak.get(),
+                peak = w.telemetry.open_peak.get(),
                 open,
                 "giving memory back"
             );
-            w.bufs.clear();
-            w.h1_scratch.clear();
+            w.pools.bufs.clear();
+            w.pools.h1_scratch.clear();
             monoio::io::multishot::shrink_driver();
             memory::collect();
-            w.open_peak.set(open);
+            w.telemetry.open_peak.set(open);
         }
     }
 }
@@ -346,7 +345,7 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
 pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
     // Messages (scrapes) come often enough to report a flood of warnings
     // that stopped, without a timer of its own.
-    for (kind, n) in worker.warnings.flush_at(Instant::now()) {
+    for (kind, n) in worker.telemetry.warnings.flush_at(Instant::now()) {
         summarise(kind, n);
     }
     match msg {
@@ -355,12 +354,12 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
         }
         WorkerMsg::Metrics(reply) => {
             let retain = worker.cfg.admin.metrics_retain_idle;
-            worker.tcp_metrics.borrow_mut().evict_idle(retain);
-            worker.http_metrics.borrow_mut().evict_idle(retain);
+            worker.telemetry.tcp.borrow_mut().evict_idle(retain);
+            worker.telemetry.http.borrow_mut().evict_idle(retain);
             let _ = reply.send((
                 worker.stats(),
-                worker.tcp_metrics.borrow().snapshot(),
-                worker.http_metrics.borrow().clone(),
+                worker.telemetry.tcp.borrow().snapshot(),
+                worker.telemetry.http.borrow().clone(),
             ));
         }
         WorkerMsg::Shutdown => {}
@@ -389,7 +388,10 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                worker.accepted.set(worker.accepted.get() + 1);
+                worker
+                    .telemetry
+                    .accepted
+                    .set(worker.telemetry.accepted.get() + 1);
                 monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
             }
             // The listener was shut down for a drain.

@@ -421,7 +421,7 @@ pub(crate) async fn h2_to_h1(
     let end = body_framing.is_empty();
     let response = h2_response(&got.resp, orig_proto);
     let Ok(mut to) = respond.send_response(response, end) else {
-        w.bufs.put(got.ubuf);
+        w.pools.bufs.put(got.ubuf);
         return Err(Failure::Reset(Reason::CANCEL));
     };
     let mut reusable =
@@ -439,9 +439,9 @@ pub(crate) async fn h2_to_h1(
         }
     }
     if reusable {
-        w.pool.release(addr, up, &got.ubuf);
+        w.pools.h1.release(addr, up, &got.ubuf);
     }
-    w.bufs.put(got.ubuf);
+    w.pools.bufs.put(got.ubuf);
     obs.endpoint_outcome(guard.as_ref(), status < 500);
     Ok(ResponseClass::http(status, None))
 }
@@ -483,7 +483,7 @@ async fn h1_attempt(
         ProxyError::upstream(format!("sending the request upstream failed: {e}")).or_retry(true)
     })?;
     up.meter.wrote(n);
-    let mut ubuf = w.bufs.get();
+    let mut ubuf = w.pools.bufs.get();
     let mut resp = ResponseHead::new();
     let up_body = req.body.take();
     let ctx = RequestContext {
@@ -527,7 +527,7 @@ async fn h1_attempt(
             ubuf,
         }),
         Err(e) => {
-            w.bufs.put(ubuf);
+            w.pools.bufs.put(ubuf);
             Err(e)
         }
     }

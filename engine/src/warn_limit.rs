@@ -150,7 +150,7 @@ pub(crate) fn summarise(kind: Warning, suppressed: u64) {
 /// the remaining arguments are `tracing::warn!`'s.
 macro_rules! warn_limited {
     ($worker:expr, $kind:expr, $($arg:tt)+) => {
-        match $worker.warnings.check($kind) {
+        match $worker.telemetry.warnings.check($kind) {
             $crate::warn_limit::Verdict::Log { suppressed } => {
                 if suppressed > 0 {
                     $crate::warn_limit::summarise($kind, suppressed);

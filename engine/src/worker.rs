@@ -33,56 +33,103 @@ pub(crate) struct Replica {
     pub balancer: Rc<RefCell<Balancer>>,
 }
 
+/// A worker's context, in separately owned parts: functions take the part
+/// they use (`route` takes [`Routes`], the pools' users [`Pools`], the
+/// observer [`Telemetry`]).
 pub(crate) struct Worker {
     pub id: usize,
     pub cfg: Config,
+    /// Discovery's view and the balancer replicas.
+    pub routes: Routes,
+    /// Buffers, request scratch and upstream connections.
+    pub pools: Pools,
+    /// Counters and metric shards (this worker is their only writer).
+    pub telemetry: Telemetry,
+    /// Connections still detecting, and servers that speak first.
+    pub detection: Detection,
+    /// Set when the worker starts draining.
+    pub stop: Stop,
+    /// Set at the drain's last look (`DRAIN_LAST_LOOK` after `stop`): idle
+    /// keep-alive connections close then, so a request already on its way
+    /// when the drain began is still served (with `Connection: close`).
+    pub close_idle: Stop,
+}
+
+/// Where requests go: the discovery snapshot (read lock-free), the
+/// balancer replicas kept in step with it, and fail-fast state.
+pub(crate) struct Routes {
+    pub(crate) snapshots: RefCell<SnapshotCache>,
+    pub(crate) replicas: RefCell<HashMap<Authority, Replica>>,
+    /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<SocketAddr>,
+    /// Asks the control core to watch a name the snapshot lacks.
+    pub control: ControlSender,
+    /// Services whose requests get 503 at once (no endpoint within the
+    /// fail-fast timeout) until an endpoint appears.
+    pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
+    /// Requests waiting for a service to get an endpoint.
+    pub queued: Cell<usize>,
+    /// Failure accrual for new replicas.
+    pub accrual: AccrualPolicy,
+    /// How long a request waits for a service with no endpoint to get one,
+    /// and how many may wait so.
+    pub failfast_timeout: std::time::Duration,
+    pub queue_capacity: usize,
+}
+
+/// What connections and requests borrow and give back.
+pub(crate) struct Pools {
     pub bufs: BufferPool,
     /// Idle HTTP/1 per-request states.
     pub h1_scratch: crate::pool::ScratchPool,
+    /// Idle upstream HTTP/1 connections.
+    pub h1: Pool,
+    /// Upstream HTTP/2 connections (multiplexed).
+    pub h2: crate::h2pool::Pool,
+}
+
+/// The worker's counters and metric shards.
+#[derive(Default)]
+pub(crate) struct Telemetry {
     pub accepted: Cell<u64>,
     pub open: Cell<u64>,
     /// The most connections open since memory was last given back.
     pub open_peak: Cell<u64>,
     /// HTTP requests handled (never reset, unlike evictable label sets).
     pub requests: Cell<u64>,
-    pub control: ControlSender,
-    /// Idle upstream HTTP/1 connections.
-    pub pool: Pool,
-    /// Upstream HTTP/2 connections (multiplexed).
-    pub h2_pool: crate::h2pool::Pool,
-    /// Services whose requests get 503 at once (no endpoint within the
-    /// fail-fast timeout) until an endpoint appears.
-    pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
-    /// Requests waiting for a service to get an endpoint.
-    pub queued: Cell<usize>,
     /// Requests sent again to another endpoint after a 502/503.
     pub retries: Cell<u64>,
-    /// Set when the worker starts draining.
-    pub stop: Stop,
-    /// Set [`DRAIN_LAST_LOOK`] after `stop`: idle HTTP/1 keep-alive
-    /// connections close then, so a request already on its way when the
-    /// drain began is still served (with `Connection: close`).
-    pub close_idle: Stop,
     /// How this worker's TCP relays received (multishot or not).
     pub relay_counters: RelayCounters,
+    /// Connections relayed because their server spoke first (seen now, or
+    /// remembered).
+    pub server_first_relays: Cell<u64>,
+    pub tcp: RefCell<TcpShard>,
+    pub http: RefCell<HttpShard>,
+    /// Warnings that can repeat per request or connection, rate-limited.
+    pub warnings: WarnLimit,
+}
+
+/// Protocol detection's per-worker state.
+pub(crate) struct Detection {
     /// Connections still detecting, capped (oldest closed first).
     pub undecided: Rc<UndecidedSet>,
     /// Destinations seen speaking first.
     pub server_first: RefCell<ServerFirst>,
-    /// Connections relayed because their server spoke first (seen now, or
-    /// remembered).
-    pub server_first_relays: Cell<u64>,
-    /// This worker's TCP metrics (it is the only writer).
-    pub tcp_metrics: RefCell<TcpShard>,
-    pub http_metrics: RefCell<HttpShard>,
-    /// Warnings that can repeat per request or connection, rate-limited.
-    pub warnings: WarnLimit,
-    pub(crate) snapshots: RefCell<SnapshotCache>,
-    pub(crate) replicas: RefCell<HashMap<Authority, Replica>>,
 }
 
-impl Worker {
+impl Pools {
+    pub(crate) fn new(bufs: BufferPool) -> Self {
+        Self {
+            bufs,
+            h1_scratch: Default::default(),
+            h1: Pool::default(),
+            h2: Default::default(),
+        }
+    }
+}
+
+impl Routes {
     /// The current snapshot, picking up a newer one if the control core
     /// published it (one atomic load when nothing changed).
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
@@ -102,10 +149,7 @@ impl Worker {
                 service: service.clone(),
                 balancer: Rc::new(RefCell::new(Balancer::with_accrual(
                     endpoints(service),
-                    AccrualPolicy {
-                        consecutive: self.cfg.balancing.failure_accrual_consecutive,
-                        ..AccrualPolicy::default()
-                    },
+                    self.accrual,
                 ))),
             });
         if !Arc::ptr_eq(&replica.service, service) {
@@ -132,11 +176,20 @@ impl Worker {
         });
     }
 
+    /// Whether connecting to `addr` would loop back into this process.
+    pub(crate) fn is_own_listener(&self, addr: SocketAddr) -> bool {
+        self.own_listeners
+            .iter()
+            .any(|l| crate::listen::same_endpoint(*l, addr))
+    }
+}
+
+impl Telemetry {
     /// Counts one HTTP request and its response in this worker's shard.
     pub(crate) fn record_response(&self, key: &HttpKey, class: ResponseClass, started: Instant) {
         let ms = started.elapsed().as_millis() as u64;
         self.requests.set(self.requests.get() + 1);
-        self.http_metrics.borrow_mut().record(key, class, ms);
+        self.http.borrow_mut().record(key, class, ms);
     }
 
     /// Counts a request that `ep` answered 502/503 and that goes again to
@@ -145,9 +198,11 @@ impl Worker {
     pub(crate) fn note_retry(&self, key: &HttpKey, ep: &EndpointState) {
         record_outcome(ep, false);
         self.retries.set(self.retries.get() + 1);
-        self.http_metrics.borrow_mut().retried(key);
+        self.http.borrow_mut().retried(key);
     }
+}
 
+impl Worker {
     /// When an upstream's response head must have arrived: the sooner of
     /// the response timeout (from now) and the request's own deadline.
     pub(crate) fn response_deadline(&self, request_deadline: Option<Instant>) -> Option<Instant> {
@@ -164,28 +219,24 @@ impl Worker {
         self.stop.is_stopped()
     }
 
-    /// Whether connecting to `addr` would loop back into this process.
-    pub(crate) fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        self.own_listeners
-            .iter()
-            .any(|l| crate::listen::same_endpoint(*l, addr))
-    }
-
     pub(crate) fn stats(&self) -> WorkerStats {
         let uring = monoio::io::multishot::uring_stats().unwrap_or_default();
+        let t = &self.telemetry;
+        let pool = &self.pools.h1.counters;
+        let undecided = &self.detection.undecided;
         WorkerStats {
             worker: self.id,
-            accepted: self.accepted.get(),
-            open: self.open.get(),
-            requests: self.requests.get(),
-            retries: self.retries.get(),
-            ring_receives: self.relay_counters.ring_receives.get(),
-            ring_exhausted: self.relay_counters.ring_exhausted.get(),
-            http1_stray_bytes: self.pool.counters.stray_bytes.get(),
-            http1_pool_closed: self.pool.counters.closed_idle.get(),
-            detect_undecided: self.undecided.len() as u64,
-            detect_evicted: self.undecided.evicted.get(),
-            server_first: self.server_first_relays.get(),
+            accepted: t.accepted.get(),
+            open: t.open.get(),
+            requests: t.requests.get(),
+            retries: t.retries.get(),
+            ring_receives: t.relay_counters.ring_receives.get(),
+            ring_exhausted: t.relay_counters.ring_exhausted.get(),
+            http1_stray_bytes: pool.stray_bytes.get(),
+            http1_pool_closed: pool.closed_idle.get(),
+            detect_undecided: undecided.len() as u64,
+            detect_evicted: undecided.evicted.get(),
+            server_first: t.server_first_relays.get(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),
