@@ -29,7 +29,7 @@ use crate::route::HttpDst;
 use crate::server_first::Dest;
 use crate::undecided::Eviction;
 use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::{record_outcome, Worker};
+use crate::worker::Worker;
 use crate::{http1, http2};
 
 /// What a listener is for.
@@ -478,7 +478,7 @@ async fn relay_bytes(
     // The endpoint's first answer teaches the balancer its latency.
     let learn = |latency: Duration| {
         if let Some(g) = guard {
-            g.endpoint().observe_response(latency);
+            crate::feedback::first_answer(g.endpoint(), latency);
         }
     };
     match pipes {
@@ -656,12 +656,11 @@ async fn connect_balanced(
         let started = Instant::now();
         match connect(addr, timeout).await {
             Ok(s) => {
-                guard.endpoint().observe_connect(started.elapsed());
-                record_outcome(guard.endpoint(), true);
+                crate::feedback::connected(guard.endpoint(), Some(started.elapsed()));
                 return Ok((s, guard));
             }
             Err(e) => {
-                record_outcome(guard.endpoint(), false);
+                crate::feedback::connected(guard.endpoint(), None);
                 tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");
                 tried.push(addr);
                 last = Some(e);

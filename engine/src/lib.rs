@@ -28,7 +28,8 @@
 //! - **Per request:** `route` (where a request goes; endpoint pick with
 //!   failover), `retry` (the one retry decision), `error` (every answer the
 //!   proxy makes itself), `observe` (the one request observer: metrics,
-//!   balancer feedback, retry counts), `connect` (the upstream connector).
+//!   balancer feedback, retry counts), `feedback` (what the balancer
+//!   learns from connections and requests), `connect` (the upstream connector).
 //! - **Worker state:** `worker` (the per-worker context), `pool` (HTTP/1
 //!   upstream connections and request scratch), `h2pool`, `stop`,
 //!   `warn_limit`, `memory`, `config`, `listen`.
@@ -46,6 +47,7 @@ mod connect;
 mod control;
 mod detect;
 mod error;
+mod feedback;
 mod h1forward;
 mod h2client;
 mod h2pool;

@@ -5,6 +5,9 @@
 //! request's metrics, the balancer's latency and failure feedback, or the
 //! retry counts; tap will be fed from here too.
 //!
+//! The balancer feedback itself is `feedback.rs`, which connections (the
+//! L4 relays, and connecting for any path) report to directly.
+//!
 //! Must not: do I/O, or decide anything (routing and retries are decided
 //! elsewhere; this only records what happened).
 
@@ -16,8 +19,9 @@ use ringmesh_balancer::OpenGuard;
 
 use crate::connect::dst_labels;
 use crate::error::ProxyError;
+use crate::feedback::record_outcome;
 use crate::route::Dst;
-use crate::worker::{record_outcome, Worker};
+use crate::worker::Worker;
 
 /// A request in flight on one worker.
 pub(crate) struct Observer<'w> {
@@ -72,7 +76,7 @@ impl<'w> Observer<'w> {
     /// balancer learns the endpoint's latency (peak-EWMA).
     pub(crate) fn response_head(&self, ep: Option<&OpenGuard>, latency: Duration) {
         if let Some(g) = ep {
-            g.endpoint().observe_response(latency);
+            crate::feedback::first_answer(g.endpoint(), latency);
         }
     }
 

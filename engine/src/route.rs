@@ -15,7 +15,7 @@ use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::ProxyError;
-use crate::worker::{record_outcome, Routes};
+use crate::worker::Routes;
 
 /// How long a request waits for discovery to resolve a new authority.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
@@ -190,7 +190,7 @@ where
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),
             Err(e) => {
-                record_outcome(guard.endpoint(), false);
+                crate::feedback::connected(guard.endpoint(), None);
                 tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                 tried.push(addr);
                 last = Some(e);

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringmesh_admin::telemetry::{HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats};
-use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, Transition};
+use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState};
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::tcp::RelayCounters;
 
 use crate::config::Config;
 use crate::control::ControlSender;
+use crate::feedback::record_outcome;
 use crate::pool::Pool;
 use crate::server_first::ServerFirst;
 use crate::stop::Stop;
@@ -250,23 +251,6 @@ fn thread_cpu_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
-}
-
-/// Records how a request or connection to `ep` went, for failure accrual,
-/// and logs ejections and restorations.
-pub(crate) fn record_outcome(ep: &EndpointState, ok: bool) {
-    let t = if ok {
-        ep.record_success()
-    } else {
-        ep.record_failure()
-    };
-    match t {
-        Transition::None => {}
-        Transition::Ejected(backoff) => {
-            tracing::warn!(endpoint = %ep.addr(), ?backoff, "endpoint ejected after consecutive failures")
-        }
-        Transition::Restored => tracing::info!(endpoint = %ep.addr(), "endpoint restored"),
-    }
 }
 
 fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
