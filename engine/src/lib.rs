@@ -30,9 +30,11 @@
 //!   proxy makes itself), `observe` (the one request observer: metrics,
 //!   balancer feedback, retry counts), `feedback` (what the balancer
 //!   learns from connections and requests), `connect` (the upstream connector).
-//! - **Worker state:** `worker` (the per-worker context), `pool` (HTTP/1
-//!   upstream connections and request scratch), `h2pool`, `stop`,
-//!   `warn_limit`, `memory`, `config`, `listen`.
+//! - **Worker state:** `worker` (the per-worker context, in parts:
+//!   `Routes`, `Pools`, `Telemetry`, `Detection`), `pool` (HTTP/1 upstream
+//!   connections and request scratch), `h2pool`, `stop`, `warn_limit`,
+//!   `memory`, `config` (in sections: outbound, inbound, admin, discovery,
+//!   tcp, http, http2, balancing), `listen`.
 //!
 //! Telemetry types are not here: each worker writes metric shards defined in
 //! `ringmesh_admin::telemetry` (building their label sets, the TLS status
