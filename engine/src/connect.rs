@@ -8,7 +8,9 @@ use std::time::Duration;
 use monoio::net::TcpStream;
 use ringmesh_discovery::Service;
 
-use ringmesh_admin::telemetry::DstLabels;
+use ringmesh_admin::telemetry::{ConnMeter, DstLabels, HttpKey, Peer, TcpKey, TlsStatus};
+
+use crate::worker::Worker;
 
 /// Discovery's metric labels for `svc`, if it has any.
 pub(crate) fn dst_labels(svc: &Service) -> Option<DstLabels> {
@@ -24,4 +26,19 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
             format!("connect timed out after {timeout:?}"),
         )),
     }
+}
+
+/// Counts a new upstream connection to `addr`, made for a request labelled
+/// `key`, in the worker's `peer="dst"` TCP series. Its TLS status is the
+/// connection's own, not `key.tls` (an inbound request's label set has the
+/// client's): plain until the connector does TLS.
+pub(crate) fn upstream_meter(w: &Worker, key: &HttpKey, addr: SocketAddr) -> ConnMeter {
+    w.telemetry.tcp.borrow_mut().open(TcpKey {
+        direction: key.direction,
+        peer: Peer::Dst,
+        target: addr,
+        tls: TlsStatus::NO_PROXY_IDENTITY,
+        authority: key.authority.clone(),
+        dst_labels: key.dst_labels.clone(),
+    })
 }

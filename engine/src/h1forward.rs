@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
-use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey, Peer, TcpKey, TlsStatus};
+use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     write_request_head, write_response_head, BodyFraming, BodyScanner, ConnectionHeader, Limits,
@@ -96,15 +96,7 @@ pub(crate) fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -
     let _ = s.set_nodelay(true);
     let fd = s.as_raw_fd();
     let (rd, wr) = s.into_split();
-    let meter = w.telemetry.tcp.borrow_mut().open(TcpKey {
-        direction: key.direction,
-        peer: Peer::Dst,
-        target: addr,
-        // Not `key.tls`: an inbound request's label set has the client's.
-        tls: TlsStatus::NO_PROXY_IDENTITY,
-        authority: key.authority.clone(),
-        dst_labels: key.dst_labels.clone(),
-    });
+    let meter = crate::connect::upstream_meter(w, key, addr);
     Upstream {
         rd: UpRead::new(rd, fd),
         wr,

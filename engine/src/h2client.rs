@@ -15,7 +15,7 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, SendStream};
-use ringmesh_admin::telemetry::{ConnMeter, HttpKey, Peer, TcpKey, TlsStatus};
+use ringmesh_admin::telemetry::{ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 
 use crate::error::ProxyError;
@@ -339,15 +339,7 @@ pub(crate) async fn new_connection(
         .await
         .map_err(|e| ProxyError::connect(&e))?;
     let _ = stream.set_nodelay(true);
-    let meter = w.telemetry.tcp.borrow_mut().open(TcpKey {
-        direction: key.direction,
-        peer: Peer::Dst,
-        target: addr,
-        // Not `key.tls`: an inbound request's label set has the client's.
-        tls: TlsStatus::NO_PROXY_IDENTITY,
-        authority: key.authority.clone(),
-        dst_labels: key.dst_labels.clone(),
-    });
+    let meter = crate::connect::upstream_meter(w, key, addr);
     let io = MeteredIo { io: stream, meter };
     let mut builder = client::Builder::new();
     builder
