@@ -87,25 +87,17 @@ fn proxy(backends: &[&Backend], tag: &str, splice: &str) -> ringmesh_engine::Pro
     )
 }
 
+/// Through the copying relay, then through the `splice(2)` relay (which
+/// reports the server's first-byte latency too). One after the other in one
+/// test: each measures latency, and the harness would run two tests in
+/// parallel, each the other's background load.
 #[test]
 fn slow_tcp_endpoint_gets_few_connections() {
     slow_endpoint("false");
-}
-
-/// The same through the `splice(2)` relay, which reports the server's
-/// first-byte latency too.
-#[test]
-fn slow_tcp_endpoint_gets_few_connections_spliced() {
     slow_endpoint("true");
 }
 
-/// The two variants measure latency: they run one at a time, never as
-/// each other's background load (the test harness runs a file's tests in
-/// parallel).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn slow_endpoint(splice: &str) {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let fast = Duration::from_micros(200);
     let (a, b) = (tcp_backend(b'a', fast), tcp_backend(b'b', fast));
     let slow = tcp_backend(b'c', Duration::from_millis(50));
