@@ -70,9 +70,9 @@ fuzz_target!(|input: Input| {
         }
     };
     assert_ne!(c.cores, Some(0));
-    assert!((1024..=16 << 20).contains(&c.tcp_buffer_size));
-    assert!(c.dns.min_ttl <= c.dns.max_ttl);
-    let mut listeners: Vec<_> = [c.outbound_listen, c.inbound_listen]
+    assert!((1024..=16 << 20).contains(&c.tcp.buffer_size));
+    assert!(c.discovery.dns.min_ttl <= c.discovery.dns.max_ttl);
+    let mut listeners: Vec<_> = [c.outbound.listen, c.inbound.listen]
         .into_iter()
         .flatten()
         .chain(c.forwards.iter().map(|f| f.listen))
@@ -88,7 +88,7 @@ fuzz_target!(|input: Input| {
     if let Some(log) = env.get(config::LOG) {
         assert_eq!(c.log, log.trim());
     }
-    if c.discovery_static.is_some() {
+    if c.discovery.static_file.is_some() {
         assert!(env
             .get(config::DISCOVERY_STATIC)
             .is_some_and(|v| !v.trim().is_empty()));
