@@ -20,6 +20,26 @@ fn curl(args: &[&str]) -> (String, String) {
     (code.to_string(), body.to_string())
 }
 
+/// `/metrics` fetched by curl (with `flags`) asking for gzip, decoded:
+/// its headers on stderr, the exposition on stdout.
+fn gzip_metrics(base: &str, flags: &str) -> std::process::Output {
+    let gz = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "curl -sS {flags} -H 'Accept-Encoding: gzip' -D /dev/stderr {base}/metrics | gzip -dc"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        gz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gz.stderr)
+    );
+    gz
+}
+
 fn start(vars: &[(&str, &str)]) -> (Running, String) {
     let admin = closed_port();
     let addr = admin.to_string();
@@ -196,20 +216,7 @@ fn metrics_pass_promtool_and_count_connections() {
     }
     promtool_check(&body);
     // gzip when asked: the decoded body is the same exposition.
-    let gz = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "curl -sS -H 'Accept-Encoding: gzip' -D /dev/stderr {base}/metrics | gzip -dc"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        gz.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gz.stderr)
-    );
+    let gz = gzip_metrics(&base, "");
     assert!(String::from_utf8_lossy(&gz.stderr)
         .to_ascii_lowercase()
         .contains("content-encoding: gzip"));
@@ -561,20 +568,7 @@ fn http2_prior_knowledge_serves_the_same_endpoints() {
     );
     promtool_check(&body);
     // gzip when asked, as over HTTP/1.1.
-    let gz = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "curl -sS --http2-prior-knowledge -H 'Accept-Encoding: gzip' -D /dev/stderr {base}/metrics | gzip -dc"
-            ),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        gz.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gz.stderr)
-    );
+    let gz = gzip_metrics(&base, "--http2-prior-knowledge");
     let head = String::from_utf8_lossy(&gz.stderr).to_ascii_lowercase();
     assert!(
         head.starts_with("http/2 200") && head.contains("content-encoding: gzip"),

@@ -159,6 +159,28 @@ fn response_path(r: &mut BufReader<TcpStream>, bodiless: bool) -> String {
     path.unwrap_or_else(|| panic!("response without x-path: {status:?}"))
 }
 
+/// The body of the next response on `r`, which must be a 200 with a
+/// content-length.
+fn read_ok_body(r: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
+    let mut len = 0;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    body
+}
+
 fn proxy_to(driver: IoDriver, b: &Backend) -> (Proxy, SocketAddr) {
     let fwd = format!("127.0.0.1:0={}", b.addr);
     let proxy = start_proxy(driver, &[("RINGMESH_TCP_FORWARD", fwd.as_str())]);
@@ -309,22 +331,7 @@ fn dry_ring(driver: IoDriver) {
                 while n < 300 && std::time::Instant::now() < end {
                     w.write_all(b"GET /hello HTTP/1.1\r\nhost: ring.test\r\n\r\n")
                         .unwrap();
-                    let mut line = String::new();
-                    r.read_line(&mut line).unwrap();
-                    assert!(line.starts_with("HTTP/1.1 200"), "{line:?}");
-                    let mut len = 0;
-                    loop {
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0u8; len];
-                    r.read_exact(&mut body).unwrap();
+                    read_ok_body(&mut r);
                     n += 1;
                 }
                 n
@@ -403,22 +410,8 @@ fn mixed_sizes(driver: IoDriver) {
             format!("/s{i}")
         };
         write!(w, "GET {path} HTTP/1.1\r\nhost: mixed.test\r\n\r\n").unwrap();
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).unwrap();
+        let body = read_ok_body(&mut r);
+        let len = body.len();
         if len == BIG {
             let mut want = vec![0u8; BIG];
             let mut p = Pattern::new(BIG as u64);
