@@ -1,16 +1,47 @@
-//! The upstream connector: connecting (with a timeout) and the labels a
-//! new upstream connection is counted under. TLS will be added here.
+//! The upstream connector: connecting (with a timeout), TLS when the
+//! endpoint has an identity and this proxy has one of its own, and the
+//! labels a new upstream connection is counted under.
+//!
+//! An [`Endpoint`] is what the pools key connections by: an address and
+//! the identity its server must prove. Two endpoints at one address with
+//! different identities never share a connection.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use ringmesh_admin::telemetry::{
+    ConnMeter, DstLabels, HttpKey, NoTlsReason, Peer, TcpKey, TcpShard,
+};
 use ringmesh_discovery::Service;
+use ringmesh_identity::Name;
+use rustls::ClientConfig;
 
-use ringmesh_admin::telemetry::{ConnMeter, DstLabels, HttpKey, Peer, TcpKey, TlsStatus};
+use crate::error::ProxyError;
+use crate::transport::Transport;
 
-use crate::worker::Worker;
+/// Where an upstream connection goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    /// The identity the endpoint's certificate must name: mutual TLS when
+    /// set (and this proxy has an identity), plain TCP when not.
+    /// Discovery does not provide identities yet (issue 15: the static
+    /// file's `identity`, the Destination API's `tls_identity`).
+    pub(crate) identity: Option<Name>,
+}
+
+impl Endpoint {
+    /// An endpoint without an identity (plain TCP).
+    pub(crate) fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+        }
+    }
+}
 
 /// Discovery's metric labels for `svc`, if it has any.
 pub(crate) fn dst_labels(svc: &Service) -> Option<DstLabels> {
@@ -28,17 +59,288 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
     }
 }
 
-/// Counts a new upstream connection to `addr`, made for a request labelled
-/// `key`, in the worker's `peer="dst"` TCP series. Its TLS status is the
-/// connection's own, not `key.tls` (an inbound request's label set has the
-/// client's): plain until the connector does TLS.
-pub(crate) fn upstream_meter(w: &Worker, key: &HttpKey, addr: SocketAddr) -> ConnMeter {
-    w.telemetry.tcp.borrow_mut().open(TcpKey {
+/// Opens a connection to `ep` within `timeout` (TCP connect and TLS
+/// handshake together): mutual TLS when `ep` has an identity and `tls`
+/// (this proxy's client config) is given, else plain TCP, its TLS status
+/// saying why. Nagle is off either way.
+pub(crate) async fn open(
+    ep: &Endpoint,
+    tls: Option<&Arc<ClientConfig>>,
+    timeout: Duration,
+) -> Result<Transport, ProxyError> {
+    let started = Instant::now();
+    let s = connect(ep.addr, timeout)
+        .await
+        .map_err(|e| ProxyError::connect(&e))?;
+    let _ = s.set_nodelay(true);
+    let (id, config) = match (&ep.identity, tls) {
+        (Some(id), Some(config)) => (id, config.clone()),
+        (None, Some(_)) => {
+            return Ok(Transport::plain(
+                s,
+                NoTlsReason::NotProvidedByServiceDiscovery,
+            ))
+        }
+        (_, None) => return Ok(Transport::plain(s, NoTlsReason::NoProxyIdentity)),
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    match monoio::time::timeout(left, Transport::tls_connect(s, config, id)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(ProxyError::tls(id, &e)),
+        Err(_) => Err(ProxyError::tls(id, &io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Counts a new upstream connection `conn` to `addr`, made for a request
+/// labelled `key`, in `tcp`'s `peer="dst"` series, under the connection's
+/// own TLS status (not `key.tls`: an inbound request's label set has the
+/// client's).
+pub(crate) fn upstream_meter(
+    tcp: &std::cell::RefCell<TcpShard>,
+    key: &HttpKey,
+    addr: SocketAddr,
+    conn: &Transport,
+) -> ConnMeter {
+    tcp.borrow_mut().open(TcpKey {
         direction: key.direction,
         peer: Peer::Dst,
         target: addr,
-        tls: TlsStatus::NO_PROXY_IDENTITY,
+        tls: conn.tls().clone(),
         authority: key.authority.clone(),
         dst_labels: key.dst_labels.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::thread;
+
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+    use ringmesh_admin::telemetry::TlsStatus;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::RootCertStore;
+
+    use super::*;
+
+    const WEB: &str = "web.ns.serviceaccount.identity.linkerd.cluster.local";
+    const CLIENT: &str = "client.ns.serviceaccount.identity.linkerd.cluster.local";
+
+    /// A test CA and leaves it signs.
+    struct Ca {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        roots: Arc<RootCertStore>,
+    }
+
+    impl Ca {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            // Each CA its own name, so another CA's leaf has an unknown issuer.
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("ringmesh test CA {n}"));
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let der = params.self_signed(&key).unwrap().der().clone();
+            let roots = ringmesh_identity::tls::trust_anchors([der]).unwrap();
+            Self {
+                issuer: rcgen::Issuer::new(params, key),
+                roots,
+            }
+        }
+
+        fn leaf(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &self.issuer)
+                .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        }
+
+        fn client(&self) -> Arc<ClientConfig> {
+            let (chain, key) = self.leaf(CLIENT);
+            ringmesh_identity::tls::client_config(self.roots.clone(), chain, key, &[]).unwrap()
+        }
+    }
+
+    /// A rustls (std, blocking) server on loopback presenting `name`'s
+    /// certificate from `ca`, serving one connection: it answers "ping"
+    /// with "pong" and reports whether the client presented a certificate.
+    fn tls_server(ca: &Ca, name: &str) -> (SocketAddr, thread::JoinHandle<bool>) {
+        let (chain, key) = ca.leaf(name);
+        let cfg = ringmesh_identity::tls::server_config(ca.roots.clone(), chain, key, &[]).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let conn = rustls::ServerConnection::new(cfg).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut ping = [0u8; 4];
+            if tls.read_exact(&mut ping).is_err() {
+                return false;
+            }
+            assert_eq!(&ping, b"ping");
+            tls.write_all(b"pong").unwrap();
+            tls.flush().unwrap();
+            tls.conn.peer_certificates().is_some_and(|c| !c.is_empty())
+        });
+        (addr, t)
+    }
+
+    /// The server thread's result, the runtime running meanwhile (a
+    /// socket's close on io_uring is itself an operation).
+    async fn finished(t: thread::JoinHandle<bool>) -> bool {
+        while !t.is_finished() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.join().unwrap()
+    }
+
+    fn on_both_drivers(f: impl AsyncFn()) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring (these tests need it)");
+        rt.block_on(f());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(f());
+    }
+
+    fn endpoint(addr: SocketAddr, id: &str) -> Endpoint {
+        Endpoint {
+            addr,
+            identity: Some(Name::parse(id).unwrap()),
+        }
+    }
+
+    /// Mutual TLS to an endpoint whose certificate names its identity:
+    /// the connection says so, and bytes go both ways through split halves.
+    #[test]
+    fn mtls_to_an_endpoint_that_proves_its_identity() {
+        on_both_drivers(async || {
+            let ca = Ca::new();
+            let (addr, server) = tls_server(&ca, WEB);
+            let conn = open(
+                &endpoint(addr, WEB),
+                Some(&ca.client()),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                conn.tls(),
+                &TlsStatus::Connected {
+                    server_id: WEB.into()
+                }
+            );
+            let (mut rd, mut wr) = conn.into_split();
+            wr.write_all(b"ping".to_vec()).await.0.unwrap();
+            let (n, buf) = rd.read(Vec::with_capacity(16)).await;
+            assert_eq!((n.unwrap(), &buf[..]), (4, &b"pong"[..]));
+            assert!(
+                finished(server).await,
+                "the client presented no certificate"
+            );
+        });
+    }
+
+    /// A server whose certificate names another identity: 502, the
+    /// `tls_failed` label, and rustls' reason.
+    #[test]
+    fn a_certificate_for_another_identity_is_refused() {
+        on_both_drivers(async || {
+            let ca = Ca::new();
+            let (addr, server) =
+                tls_server(&ca, "db.ns.serviceaccount.identity.linkerd.cluster.local");
+            let e = open(
+                &endpoint(addr, WEB),
+                Some(&ca.client()),
+                Duration::from_secs(5),
+            )
+            .await
+            .err()
+            .expect("a certificate for another name was accepted");
+            assert_eq!((e.status(), e.label()), (502, "tls_failed"));
+            assert!(
+                e.reason().starts_with(&format!("TLS to {WEB} failed: "))
+                    && e.reason().contains("not valid for name"),
+                "{}",
+                e.reason()
+            );
+            assert!(!finished(server).await);
+        });
+    }
+
+    /// A server certificate from a CA outside the trust anchors.
+    #[test]
+    fn an_untrusted_certificate_is_refused() {
+        on_both_drivers(async || {
+            let (ours, theirs) = (Ca::new(), Ca::new());
+            let (addr, server) = tls_server(&theirs, WEB);
+            let e = open(
+                &endpoint(addr, WEB),
+                Some(&ours.client()),
+                Duration::from_secs(5),
+            )
+            .await
+            .err()
+            .expect("an untrusted certificate was accepted");
+            assert_eq!(e.label(), "tls_failed");
+            assert!(e.reason().contains("UnknownIssuer"), "{}", e.reason());
+            assert!(!finished(server).await);
+        });
+    }
+
+    /// A server that accepts and never answers the ClientHello: the
+    /// handshake shares the connect timeout (504).
+    #[test]
+    fn a_stalled_handshake_times_out() {
+        on_both_drivers(async || {
+            let ca = Ca::new();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let started = Instant::now();
+            let e = open(
+                &endpoint(addr, WEB),
+                Some(&ca.client()),
+                Duration::from_millis(300),
+            )
+            .await
+            .err()
+            .expect("a silent server completed a handshake");
+            assert_eq!((e.status(), e.label()), (504, "connect_timeout"));
+            assert!(started.elapsed() < Duration::from_secs(2));
+            drop(l);
+        });
+    }
+
+    /// No identity for the endpoint, or none of our own: plain TCP, the
+    /// TLS status saying which.
+    #[test]
+    fn plain_when_either_side_has_no_identity() {
+        on_both_drivers(async || {
+            let ca = Ca::new();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let t = Duration::from_secs(5);
+            let conn = open(&Endpoint::plain(addr), Some(&ca.client()), t)
+                .await
+                .unwrap();
+            assert_eq!(
+                conn.tls(),
+                &TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery)
+            );
+            let conn = open(&endpoint(addr, WEB), None, t).await.unwrap();
+            assert_eq!(conn.tls(), &TlsStatus::NO_PROXY_IDENTITY);
+            assert!(conn.into_plain().is_ok());
+        });
+    }
 }

@@ -36,6 +36,9 @@ pub(crate) enum Kind {
     ConnectFailed,
     /// Connecting to the endpoint timed out.
     ConnectTimeout,
+    /// The TLS handshake with the endpoint failed: its certificate is not
+    /// trusted or does not name the identity discovery gave it.
+    TlsFailed,
     /// The upstream failed before a response: closed, reset, or sent
     /// something that is not a response.
     UpstreamFailed,
@@ -110,6 +113,20 @@ impl ProxyError {
         }
     }
 
+    /// The TLS handshake with the endpoint that should be `identity`
+    /// failed (a timeout is a connect timeout).
+    pub(crate) fn tls(identity: impl fmt::Display, e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => {
+                Self::new(Kind::ConnectTimeout, "upstream TLS handshake timed out")
+            }
+            _ => Self::new(
+                Kind::TlsFailed,
+                format!("TLS to {identity} failed: {}", tls_cause(e)),
+            ),
+        }
+    }
+
     pub(crate) fn upstream(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Kind::UpstreamFailed, reason)
     }
@@ -149,6 +166,7 @@ impl ProxyError {
             Kind::NoEndpoints | Kind::Unresolved | Kind::Loop => Side::Internal,
             Kind::ConnectFailed
             | Kind::ConnectTimeout
+            | Kind::TlsFailed
             | Kind::UpstreamFailed
             | Kind::ResponseTimeout
             | Kind::Answered(_) => Side::Upstream,
@@ -161,7 +179,7 @@ impl ProxyError {
             Kind::Malformed(status) | Kind::Answered(status) => status,
             Kind::HeadTimeout => 408,
             Kind::NoEndpoints | Kind::Unresolved => 503,
-            Kind::Loop | Kind::ConnectFailed | Kind::UpstreamFailed => 502,
+            Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
         }
     }
@@ -175,6 +193,7 @@ impl ProxyError {
             Kind::Loop => "loop",
             Kind::ConnectFailed => "connect_failed",
             Kind::ConnectTimeout => "connect_timeout",
+            Kind::TlsFailed => "tls_failed",
             Kind::UpstreamFailed | Kind::Answered(_) => "upstream_failed",
             Kind::ResponseTimeout => "response_timeout",
         }
@@ -200,6 +219,16 @@ impl ProxyError {
     pub(crate) fn closes_connection(&self) -> bool {
         true
     }
+}
+
+/// The innermost cause of a handshake error (rustls' own words, e.g.
+/// "invalid peer certificate: certificate not valid for name ...").
+fn tls_cause(e: &std::io::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 impl fmt::Display for ProxyError {
@@ -257,6 +286,7 @@ mod tests {
             (Kind::Loop, 502, "loop", Side::Internal),
             (Kind::ConnectFailed, 502, "connect_failed", Side::Upstream),
             (Kind::ConnectTimeout, 504, "connect_timeout", Side::Upstream),
+            (Kind::TlsFailed, 502, "tls_failed", Side::Upstream),
             (Kind::UpstreamFailed, 502, "upstream_failed", Side::Upstream),
             (
                 Kind::ResponseTimeout,
@@ -288,6 +318,15 @@ mod tests {
         let e = ProxyError::connect(&refused);
         assert_eq!((e.status(), e.label()), (502, "connect_failed"));
         assert!(e.reason().starts_with("upstream connection failed"));
+        let bad = std::io::Error::other(std::io::Error::other("certificate not valid for name"));
+        let e = ProxyError::tls("web.ns.serviceaccount.identity.linkerd.cluster.local", &bad);
+        assert_eq!((e.status(), e.label()), (502, "tls_failed"));
+        assert_eq!(
+            e.reason(),
+            "TLS to web.ns.serviceaccount.identity.linkerd.cluster.local failed: certificate not valid for name"
+        );
+        let e = ProxyError::tls("a.example", &std::io::ErrorKind::TimedOut.into());
+        assert_eq!((e.status(), e.label()), (504, "connect_timeout"));
         let e = ProxyError::no_endpoints("web.ns.svc:80");
         assert_eq!(e.reason(), "no endpoints available for web.ns.svc:80");
         let e = ProxyError::looped("127.0.0.1:4140".parse().unwrap());

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRentExt, Splitable};
-use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
@@ -21,6 +20,7 @@ use ringmesh_protocols::http1::{
 };
 use ringmesh_protocols::tcp::relay;
 
+use crate::connect::{self, Endpoint};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
@@ -72,18 +72,12 @@ pub(crate) async fn checkout(
             if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            if let Some(u) = use_pool.then(|| w.pools.h1.take(*addr)).flatten() {
-                return Ok((u, *addr, None));
-            }
-            let s = connect(*addr, timeout).await?;
-            Ok((split(w, key, s, *addr), *addr, None))
+            let ep = Endpoint::plain(*addr);
+            Ok((upstream(w, key, &ep, timeout, use_pool).await?, *addr, None))
         }
         Dst::Service(svc, balancer) => {
             let (up, addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                if let Some(u) = use_pool.then(|| w.pools.h1.take(addr)).flatten() {
-                    return Ok(u);
-                }
-                Ok(split(w, key, connect(addr, timeout).await?, addr))
+                upstream(w, key, &Endpoint::plain(addr), timeout, use_pool).await
             })
             .await?;
             Ok((up, addr, Some(guard)))
@@ -91,25 +85,35 @@ pub(crate) async fn checkout(
     }
 }
 
-/// A new upstream connection to `addr`, counted for `key`'s destination.
-pub(crate) fn split(w: &Worker, key: &HttpKey, s: TcpStream, addr: SocketAddr) -> Upstream {
-    let _ = s.set_nodelay(true);
+/// An idle pooled connection to `ep` (when `use_pool`), else a new one,
+/// counted for `key`'s destination.
+async fn upstream(
+    w: &Worker,
+    key: &HttpKey,
+    ep: &Endpoint,
+    timeout: Duration,
+    use_pool: bool,
+) -> Result<Upstream, ProxyError> {
+    if let Some(u) = use_pool.then(|| w.pools.h1.take(ep)).flatten() {
+        return Ok(u);
+    }
+    let conn = connect::open(ep, w.pools.client_tls.as_ref(), timeout).await?;
+    let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
+    // The HTTP/1 upstream path reads with the worker's buffer ring and
+    // watches idle connections by peeking: plain sockets only, for now.
+    let s = conn
+        .into_plain()
+        .map_err(|_| ProxyError::upstream("HTTP/1 over TLS to an upstream is not supported yet"))?;
     let fd = s.as_raw_fd();
     let (rd, wr) = s.into_split();
-    let meter = crate::connect::upstream_meter(w, key, addr);
-    Upstream {
+    Ok(Upstream {
         rd: UpRead::new(rd, fd),
         wr,
         fd,
         reused: false,
         meter,
-    }
-}
-
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    crate::connect::connect(addr, timeout)
-        .await
-        .map_err(|e| ProxyError::connect(&e))
+        identity: ep.identity.clone(),
+    })
 }
 
 pub(crate) struct Outcome {
@@ -168,6 +172,7 @@ pub(crate) async fn exchange(
         wr: mut uwr,
         fd,
         meter: umeter,
+        identity,
         ..
     } = up;
     // Only bytes read from this connection after this request was written
@@ -221,6 +226,7 @@ pub(crate) async fn exchange(
         fd,
         reused: false,
         meter: umeter,
+        identity,
     };
     conclude(up, ubuf, up_res, down_res, replayable)
 }

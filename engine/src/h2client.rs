@@ -18,6 +18,7 @@ use monoio_http::h2::{client, server, Reason, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 
+use crate::connect::{self, Endpoint};
 use crate::error::ProxyError;
 use crate::observe::Observer;
 use crate::retry::Attempts;
@@ -239,56 +240,57 @@ pub(crate) async fn checkout(
             if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            let (send, id) = connection(w, key, *addr, timeout).await?;
+            let (send, id) = connection(w, key, &Endpoint::plain(*addr), timeout).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
-            let ((send, id), addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| {
-                connection(w, key, addr, timeout)
-            })
-            .await?;
+            let ((send, id), addr, guard) =
+                failover(&w.routes, svc, balancer, avoid, |addr| async move {
+                    connection(w, key, &Endpoint::plain(addr), timeout).await
+                })
+                .await?;
             Ok((send, addr, Some(guard), id))
         }
     }
 }
 
-/// A pooled connection to `addr`, or a new one (connect + HTTP/2
+/// A pooled connection to `ep`, or a new one (connect + HTTP/2
 /// handshake, its connection task spawned on this worker).
 pub(crate) async fn connection(
     w: &Rc<Worker>,
     key: &HttpKey,
-    addr: SocketAddr,
+    ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
-    match w.pools.h2.take(addr) {
+    match w.pools.h2.take(ep) {
         Some(taken) => Ok(taken),
         // Boxed: a stream's future is moved whole per request, so a cold
         // path's room (connecting) is not carried in it.
-        None => Box::pin(connect_or_wait(w, key, addr, timeout)).await,
+        None => Box::pin(connect_or_wait(w, key, ep, timeout)).await,
     }
 }
 
-/// A new connection to `addr`, or a share of one being made.
+/// A new connection to `ep`, or a share of one being made.
 async fn connect_or_wait(
     w: &Rc<Worker>,
     key: &HttpKey,
-    addr: SocketAddr,
+    ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     loop {
-        if let Some(taken) = w.pools.h2.take(addr) {
+        if let Some(taken) = w.pools.h2.take(ep) {
             return Ok(taken);
         }
         let wait = {
             let mut connecting = w.pools.h2.connecting.borrow_mut();
-            match connecting.get_mut(&addr) {
+            match connecting.get_mut(ep) {
                 Some(waiters) => {
                     let (tx, rx) = oneshot::channel();
                     waiters.push(tx);
                     Some(rx)
                 }
                 None => {
-                    connecting.insert(addr, Vec::new());
+                    connecting.insert(ep.clone(), Vec::new());
                     None
                 }
             }
@@ -302,10 +304,10 @@ async fn connect_or_wait(
     }
     let mut turn = ConnectingTurn {
         pool: &w.pools.h2,
-        addr,
+        ep,
         outcome: Err("connection attempt abandoned".into()),
     };
-    let res = new_connection(w, key, addr, timeout).await;
+    let res = new_connection(w, key, ep, timeout).await;
     turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason().to_string());
     res
 }
@@ -314,33 +316,31 @@ async fn connect_or_wait(
 /// half-way), the streams waiting on it are told and the slot is freed.
 pub(crate) struct ConnectingTurn<'a> {
     pool: &'a crate::h2pool::Pool,
-    addr: SocketAddr,
+    ep: &'a Endpoint,
     outcome: Result<(), String>,
 }
 
 impl Drop for ConnectingTurn<'_> {
     fn drop(&mut self) {
-        let waiters = self.pool.connecting.borrow_mut().remove(&self.addr);
+        let waiters = self.pool.connecting.borrow_mut().remove(self.ep);
         for tx in waiters.into_iter().flatten() {
             let _ = tx.send(self.outcome.clone());
         }
     }
 }
 
-/// Connects to `addr`, does the HTTP/2 handshake, spawns the connection's
-/// task on this worker and pools it.
+/// Connects to `ep` (TLS when it has an identity), does the HTTP/2
+/// handshake, spawns the connection's task on this worker and pools it.
 pub(crate) async fn new_connection(
     w: &Rc<Worker>,
     key: &HttpKey,
-    addr: SocketAddr,
+    ep: &Endpoint,
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
-    let stream = crate::connect::connect(addr, timeout)
-        .await
-        .map_err(|e| ProxyError::connect(&e))?;
-    let _ = stream.set_nodelay(true);
-    let meter = crate::connect::upstream_meter(w, key, addr);
-    let io = MeteredIo { io: stream, meter };
+    let addr = ep.addr;
+    let conn = connect::open(ep, w.pools.client_tls.as_ref(), timeout).await?;
+    let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
+    let io = MeteredIo { io: conn, meter };
     let mut builder = client::Builder::new();
     builder
         .initial_window_size(w.cfg.http2.stream_window)
@@ -359,6 +359,6 @@ pub(crate) async fn new_connection(
         }
         done.set(true);
     });
-    let id = w.pools.h2.put(addr, send.clone(), closed);
+    let id = w.pools.h2.put(ep.clone(), send.clone(), closed);
     Ok((send, id))
 }

@@ -1,15 +1,17 @@
-//! The HTTP/2 upstream connections of one worker, per endpoint: a stream
-//! goes on a pooled connection with room for it, and a burst of new streams
-//! to one endpoint shares one new connection.
+//! The HTTP/2 upstream connections of one worker, per endpoint (address
+//! and server identity, [`Endpoint`]): a stream goes on a pooled connection
+//! with room for it, and a burst of new streams to one endpoint shares one
+//! new connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
 use monoio_http::h2::client;
+
+use crate::connect::Endpoint;
 
 /// Streams one pooled upstream connection carries before another is opened
 /// (the peer's own SETTINGS_MAX_CONCURRENT_STREAMS still applies: a stream
@@ -31,19 +33,19 @@ pub(crate) type ConnectWaiter = oneshot::Sender<Result<(), String>>;
 /// This worker's HTTP/2 connections per endpoint.
 #[derive(Default)]
 pub(crate) struct Pool {
-    conns: RefCell<HashMap<SocketAddr, Vec<Upstream>>>,
+    conns: RefCell<HashMap<Endpoint, Vec<Upstream>>>,
     next_id: Cell<u64>,
     /// Endpoints a connection is being made to, with the streams waiting
     /// for it: a burst of new streams shares one new connection instead of
     /// each opening its own.
-    pub(crate) connecting: RefCell<HashMap<SocketAddr, Vec<ConnectWaiter>>>,
+    pub(crate) connecting: RefCell<HashMap<Endpoint, Vec<ConnectWaiter>>>,
 }
 
 impl Pool {
-    /// A connection to `addr` with room for another stream.
-    pub(crate) fn take(&self, addr: SocketAddr) -> Option<(client::SendRequest<Bytes>, u64)> {
+    /// A connection to `ep` with room for another stream.
+    pub(crate) fn take(&self, ep: &Endpoint) -> Option<(client::SendRequest<Bytes>, u64)> {
         let mut conns = self.conns.borrow_mut();
-        let list = conns.get_mut(&addr)?;
+        let list = conns.get_mut(ep)?;
         list.retain(|u| !u.closed.get() && !u.send.has_conn_error());
         // Room below the peer's own limit too: a stream queued for a slot
         // on a full connection would wait behind streams that may never
@@ -58,21 +60,25 @@ impl Pool {
 
     pub(crate) fn put(
         &self,
-        addr: SocketAddr,
+        ep: Endpoint,
         send: client::SendRequest<Bytes>,
         closed: Rc<Cell<bool>>,
     ) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let up = Upstream { id, send, closed };
-        self.conns.borrow_mut().entry(addr).or_default().push(up);
+        self.conns.borrow_mut().entry(ep).or_default().push(up);
         id
     }
 
     /// Takes a connection out of use (its open streams go on).
-    pub(crate) fn retire(&self, addr: SocketAddr, id: u64) {
-        if let Some(list) = self.conns.borrow_mut().get_mut(&addr) {
-            list.retain(|u| u.id != id);
+    /// (Rare: a GOAWAY. Ids are unique per worker, so the endpoints at
+    /// `addr` are searched rather than the caller carrying the identity.)
+    pub(crate) fn retire(&self, addr: std::net::SocketAddr, id: u64) {
+        for (ep, list) in self.conns.borrow_mut().iter_mut() {
+            if ep.addr == addr {
+                list.retain(|u| u.id != id);
+            }
         }
     }
 }

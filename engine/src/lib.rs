@@ -69,6 +69,7 @@ mod run;
 mod server_first;
 mod stop;
 mod translate;
+mod transport;
 mod undecided;
 mod warn_limit;
 mod worker;

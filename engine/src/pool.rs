@@ -1,4 +1,5 @@
-//! Idle upstream HTTP/1 connections of one worker, per endpoint.
+//! Idle upstream HTTP/1 connections of one worker, per endpoint (address
+//! and server identity, [`Endpoint`]).
 //!
 //! HTTP/1 has no request ids: a response belongs to a request only because
 //! it is the next thing read on the connection the request was written to.
@@ -46,8 +47,10 @@ use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_admin::telemetry::ConnMeter;
+use ringmesh_identity::Name;
 use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
+use crate::connect::Endpoint;
 use crate::detect::read_until;
 use crate::stop::Stop;
 
@@ -73,6 +76,8 @@ pub(crate) struct Upstream {
     pub(crate) reused: bool,
     /// Counts this connection in the `peer="dst"` TCP series.
     pub(crate) meter: ConnMeter,
+    /// The identity its server proved (None: plain); part of its pool key.
+    pub(crate) identity: Option<Name>,
 }
 
 /// Something a body or head can be read from, a read at a time.
@@ -298,18 +303,19 @@ pub(crate) struct PoolCounters {
 /// Idle upstream connections per endpoint, owned by one worker.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<Endpoint, Vec<Idle>>>,
     /// The reaper task's waker: new watches report to it.
     reaper: RefCell<Option<Waker>>,
     pub(crate) counters: PoolCounters,
 }
 
 impl Pool {
-    /// An idle connection to `addr` on which nothing arrived since it was
+    /// An idle connection to `ep` on which nothing arrived since it was
     /// released. Its receive stays armed: it reads the response.
-    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+    pub(crate) fn take(&self, ep: &Endpoint) -> Option<Upstream> {
+        let addr = ep.addr;
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(ep)?;
         let mut cx = Context::from_waker(Waker::noop());
         while let Some(mut entry) = list.pop() {
             if entry.since.elapsed() >= POOL_IDLE_TIMEOUT {
@@ -334,7 +340,11 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let ep = Endpoint {
+            addr,
+            identity: up.identity.clone(),
+        };
+        let list = idle.entry(ep).or_default();
         if list.len() >= POOL_MAX_IDLE {
             return;
         }
@@ -376,10 +386,10 @@ impl Pool {
     fn sweep(&self, cx: &mut Context<'_>) {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
-        idle.retain(|addr, list| {
+        idle.retain(|ep, list| {
             list.retain_mut(|e| {
                 now.saturating_duration_since(e.since) < POOL_IDLE_TIMEOUT
-                    && self.note(*addr, e.up.rd.poll_seen(cx))
+                    && self.note(ep.addr, e.up.rd.poll_seen(cx))
             });
             !list.is_empty()
         });
@@ -576,6 +586,49 @@ mod tests {
             drop(server);
             settle().await;
             assert_eq!(up.poll_seen(&mut cx), Seen::Closed);
+        });
+    }
+
+    /// Pools are keyed by endpoint, identity included: a connection whose
+    /// server proved one identity (or none) is never handed out for a
+    /// request to the same address that needs another.
+    #[test]
+    fn connections_are_pooled_per_identity() {
+        with_upstream(async |up, _server| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let s = TcpStream::connect(addr).await.unwrap();
+            let (_accepted, _) = l.accept().unwrap();
+            let (_, wr) = s.into_split();
+            let pool = Pool::default();
+            let id = Name::parse("web.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
+            let up = Upstream {
+                rd: up,
+                wr,
+                fd: -1,
+                reused: false,
+                meter: ConnMeter::none(),
+                identity: Some(id.clone()),
+            };
+            pool.release(addr, up, &[]);
+            let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
+            assert!(
+                pool.take(&Endpoint::plain(addr)).is_none(),
+                "plain request got an mTLS connection"
+            );
+            assert!(
+                pool.take(&Endpoint {
+                    addr,
+                    identity: Some(other)
+                })
+                .is_none(),
+                "another identity's connection was reused"
+            );
+            let taken = pool.take(&Endpoint {
+                addr,
+                identity: Some(id.clone()),
+            });
+            assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
         });
     }
 }

@@ -87,6 +87,10 @@ pub(crate) struct Pools {
     pub h1: Pool,
     /// Upstream HTTP/2 connections (multiplexed).
     pub h2: crate::h2pool::Pool,
+    /// This proxy's TLS client config, for endpoints with an identity.
+    /// None until the proxy has an identity (issue 15 publishes it from
+    /// the control core): every upstream connection is plain.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The worker's counters and metric shards.
@@ -126,6 +130,7 @@ impl Pools {
             h1_scratch: Default::default(),
             h1: Pool::default(),
             h2: Default::default(),
+            client_tls: None,
         }
     }
 }

@@ -1,0 +1,148 @@
+//! rustls configurations for mutual TLS between proxies: TLS 1.3 only,
+//! ECDSA/Ed25519/RSA signatures as aws-lc-rs verifies them, the peer
+//! verified against the mesh's trust anchors.
+
+use std::sync::Arc;
+
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// ALPN of Linkerd's transport header (connections to a peer proxy's
+/// opaque-transport port).
+pub const TRANSPORT_HEADER_ALPN: &[u8] = b"transport.l5d.io/v1";
+
+/// Why certificate material cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no trust anchors")]
+    NoTrustAnchors,
+    #[error("trust anchor rejected")]
+    TrustAnchor(#[source] rustls::Error),
+    #[error("certificate or key rejected")]
+    Material(#[source] rustls::Error),
+    #[error("client verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+/// The crypto provider every config uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+/// The mesh's trust anchors from DER certificates.
+pub fn trust_anchors(
+    certs: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(TlsError::TrustAnchor)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoTrustAnchors);
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The config for connections this proxy originates: presents `chain`
+/// (leaf first) with `key`, verifies the server against `roots` and the
+/// name it is asked for (SNI); `alpn` offered as given.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Material)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(TlsError::Material)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// The config for connections this proxy terminates: presents `chain`
+/// with `key`, asks for the client's certificate and verifies it against
+/// `roots` when given (a client without one is still accepted, as
+/// unauthenticated; policy decides what it may do).
+pub fn server_config(
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Material)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Material)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+
+    fn ca() -> (
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let der = cert.der().clone();
+        (rcgen::Issuer::new(params, key), der)
+    }
+
+    #[test]
+    fn configs_build_from_a_ca_and_a_leaf() {
+        let (issuer, ca_der) = ca();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![
+            "web.ns.serviceaccount.identity.linkerd.cluster.local".into(),
+        ])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+        let roots = trust_anchors([ca_der]).unwrap();
+        let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let c = client_config(
+            roots.clone(),
+            vec![leaf.der().clone()],
+            key(),
+            &[TRANSPORT_HEADER_ALPN],
+        )
+        .unwrap();
+        assert_eq!(c.alpn_protocols, vec![TRANSPORT_HEADER_ALPN.to_vec()]);
+        server_config(roots, vec![leaf.der().clone()], key(), &[]).unwrap();
+    }
+
+    #[test]
+    fn no_anchor_or_a_key_that_does_not_match_is_refused() {
+        assert!(matches!(trust_anchors([]), Err(TlsError::NoTrustAnchors)));
+        let (issuer, ca_der) = ca();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let wrong = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(other_key.serialize_der()));
+        let roots = trust_anchors([ca_der]).unwrap();
+        assert!(matches!(
+            client_config(roots, vec![leaf.der().clone()], wrong, &[]),
+            Err(TlsError::Material(_))
+        ));
+    }
+}
