@@ -68,6 +68,7 @@ mod route;
 mod run;
 mod server_first;
 mod stop;
+mod tls;
 mod translate;
 mod transport;
 mod undecided;

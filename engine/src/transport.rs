@@ -20,10 +20,11 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
-use monoio_rustls::{ClientTlsStream, TlsConnector};
 use ringmesh_admin::telemetry::{NoTlsReason, TlsStatus};
 use ringmesh_identity::Name;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ClientConnection};
+
+use crate::tls::TlsStream;
 
 /// One connection, plain or TLS.
 pub(crate) struct Transport {
@@ -36,7 +37,7 @@ enum Io {
     /// TLS this proxy originated. Boxed: a session is ~1 KB and plain
     /// connections are the common case. (Terminated TLS, a server
     /// session, comes with inbound mTLS.)
-    Tls(Box<ClientTlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ClientConnection>>),
 }
 
 impl Transport {
@@ -55,10 +56,9 @@ impl Transport {
         config: Arc<ClientConfig>,
         id: &Name,
     ) -> io::Result<Self> {
-        let stream = TlsConnector::from(config)
-            .connect(id.server_name(), s)
-            .await
-            .map_err(io::Error::from)?;
+        let session = ClientConnection::new(config, id.server_name())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let stream = TlsStream::handshake(s, session).await?;
         Ok(Self {
             io: Io::Tls(Box::new(stream)),
             tls: TlsStatus::Connected {
@@ -81,9 +81,10 @@ impl Transport {
     }
 }
 
-// SAFETY: both kinds are safe to split: `TcpStream` is `Split`, and
-// monoio-rustls' stream is `Split` over a `Split` socket (its reads and
-// writes use separate buffers of the one session, on one thread).
+// SAFETY: both kinds are safe to split: `TcpStream` is `Split`, and a
+// `TlsStream` touches its session only between awaits (it waits for
+// readiness, then moves bytes synchronously), so a read and a write in
+// flight at once never interleave inside the session.
 #[allow(unsafe_code)]
 unsafe impl Split for Transport {}
 

@@ -1,0 +1,405 @@
+//! TLS over a TCP socket on monoio, cancel-safe.
+//!
+//! The data paths drop read and write futures all the time (a timeout, a
+//! `select!` between the two directions, a drain): a plain socket loses
+//! nothing when that happens, and a TLS stream must not either. A stream
+//! that hands its ciphertext buffer to an io_uring read op loses the
+//! buffer, and the bytes in flight, when the op's future is dropped (the
+//! next read then fails or, worse, decrypts a gap). So this stream never
+//! lends a buffer to the kernel across an await: it waits for readiness
+//! (`readable`/`writable`, which lose nothing when dropped) and then moves
+//! bytes with non-blocking `recv(2)`/`send(2)` between the socket and the
+//! rustls session. Plaintext lives only in the session.
+//!
+//! Must not: hold a `&mut` of the session across an await, or block.
+
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, RawFd};
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use nix::sys::socket::{recv, send, MsgFlags};
+use rustls::{ConnectionCommon, SideData};
+
+/// Plaintext rustls buffers before a write waits for the socket.
+const BUFFER_LIMIT: usize = 64 * 1024;
+
+/// A TLS session over a TCP socket (`C`: a rustls client or server
+/// connection).
+pub(crate) struct TlsStream<C> {
+    sock: TcpStream,
+    fd: RawFd,
+    session: C,
+}
+
+/// The socket's non-blocking side, as rustls reads and writes it.
+struct Nonblocking(RawFd);
+
+impl io::Read for Nonblocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        recv(self.0, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+    }
+}
+
+impl io::Write for Nonblocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send(self.0, buf, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl<C, SD> TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Runs the handshake of `session` on `sock` to its end. No timeout
+    /// of its own: the caller's (dropping the future is safe).
+    pub(crate) async fn handshake(sock: TcpStream, mut session: C) -> io::Result<Self> {
+        session.set_buffer_limit(Some(BUFFER_LIMIT));
+        let mut me = Self {
+            fd: sock.as_raw_fd(),
+            sock,
+            session,
+        };
+        while me.session.is_handshaking() {
+            me.send_pending().await?;
+            if me.session.is_handshaking() && me.session.wants_read() && me.receive().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed during the TLS handshake",
+                ));
+            }
+        }
+        // The last flight (e.g. the client's Finished).
+        me.send_pending().await?;
+        Ok(me)
+    }
+
+    /// Writes what the session has queued for the peer, waiting for the
+    /// socket as needed.
+    async fn send_pending(&mut self) -> io::Result<()> {
+        while self.session.wants_write() {
+            match self.session.write_tls(&mut Nonblocking(self.fd)) {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => self.sock.writable(false).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads ciphertext from the socket into the session (waiting for
+    /// it) and processes it; 0 at EOF. Alerts or key updates the session
+    /// has to answer are sent when the socket takes them.
+    async fn receive(&mut self) -> io::Result<usize> {
+        loop {
+            match self.session.read_tls(&mut Nonblocking(self.fd)) {
+                Ok(n) => {
+                    let processed = self.session.process_new_packets();
+                    // Best effort: an alert explaining a failure, or an
+                    // answer to the peer; a full socket leaves it queued.
+                    let _ = self.session.write_tls(&mut Nonblocking(self.fd));
+                    processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    return Ok(n);
+                }
+                Err(e) if would_block(&e) => self.sock.readable(false).await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decrypted bytes into `dst`; 0 at the peer's close_notify.
+    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match io::Read::read(&mut self.session.reader(), dst) {
+                Ok(n) => return Ok(n),
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(e),
+            }
+            if self.receive().await? == 0 {
+                // EOF without close_notify: the reader says so next turn
+                // (UnexpectedEof), or returns what is still buffered.
+                return match io::Read::read(&mut self.session.reader(), dst) {
+                    Ok(n) => Ok(n),
+                    Err(e) if would_block(&e) => Err(io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+    }
+
+    /// Encrypts as much of `src` as the session buffers and sends it.
+    async fn write_plain(&mut self, src: &[&[u8]]) -> io::Result<usize> {
+        // Earlier output first, so the session's buffer has room.
+        self.send_pending().await?;
+        let mut n = 0;
+        for part in src {
+            let took = io::Write::write(&mut self.session.writer(), part)?;
+            n += took;
+            if took < part.len() {
+                break;
+            }
+        }
+        self.send_pending().await?;
+        Ok(n)
+    }
+}
+
+impl<C, SD> AsyncReadRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let total = buf.bytes_total();
+        // SAFETY: `write_ptr` is valid for `bytes_total` bytes while we own
+        // `buf`; they are zeroed first, so the slice is initialised.
+        #[allow(unsafe_code)]
+        let dst = unsafe {
+            std::ptr::write_bytes(buf.write_ptr(), 0, total);
+            std::slice::from_raw_parts_mut(buf.write_ptr(), total)
+        };
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            // SAFETY: `n` bytes were written (and all `total` initialised).
+            #[allow(unsafe_code)]
+            unsafe {
+                buf.set_init(n)
+            };
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // Into the first non-empty buffer (a short read is allowed).
+        let (ptr, len) = (buf.write_iovec_ptr(), buf.write_iovec_len());
+        // SAFETY: the iovecs are valid while we own `buf`.
+        #[allow(unsafe_code)]
+        let first = unsafe { std::slice::from_raw_parts(ptr, len) }
+            .iter()
+            .find(|v| v.iov_len > 0)
+            .map(|v| (v.iov_base as *mut u8, v.iov_len));
+        let Some((p, n)) = first else {
+            return (Ok(0), buf);
+        };
+        // SAFETY: as in `read`: valid for `n` bytes, zeroed first.
+        #[allow(unsafe_code)]
+        let dst = unsafe {
+            std::ptr::write_bytes(p, 0, n);
+            std::slice::from_raw_parts_mut(p, n)
+        };
+        let res = self.read_plain(dst).await;
+        if let Ok(n) = res {
+            // SAFETY: `n` bytes were written, at the start of the iovecs.
+            #[allow(unsafe_code)]
+            unsafe {
+                buf.set_init(n)
+            };
+        }
+        (res, buf)
+    }
+}
+
+impl<C, SD> AsyncWriteRent for TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: `read_ptr` is valid for `bytes_init` initialised bytes
+        // while we own `buf`.
+        #[allow(unsafe_code)]
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = self.write_plain(&[src]).await;
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the iovecs, and the bytes they point to, are valid and
+        // initialised while we own `buf`.
+        #[allow(unsafe_code)]
+        let parts: Vec<&[u8]> = unsafe {
+            std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len())
+                .iter()
+                .map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
+                .collect()
+        };
+        let res = self.write_plain(&parts).await;
+        drop(parts);
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.send_pending().await
+    }
+
+    /// Sends close_notify, then shuts the socket's write side.
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        self.send_pending().await?;
+        self.sock.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let roots = ringmesh_identity::tls::trust_anchors([ca_der]).unwrap();
+        let leaf = |name: &str| -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        };
+        let (c, ck) = leaf("client.example");
+        let (s, sk) = leaf("server.example");
+        (
+            ringmesh_identity::tls::client_config(roots.clone(), c, ck, &[]).unwrap(),
+            ringmesh_identity::tls::server_config(roots, s, sk, &[]).unwrap(),
+        )
+    }
+
+    fn both_drivers(f: impl AsyncFn()) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring (these tests need it)");
+        rt.block_on(f());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(f());
+    }
+
+    async fn finished<T>(t: thread::JoinHandle<T>) -> T {
+        while !t.is_finished() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.join().unwrap()
+    }
+
+    /// Reads cut short by a timeout, again and again while the peer
+    /// trickles a megabyte in small records, lose no byte: every byte
+    /// arrives once, in order (a read that lent its buffer to the kernel
+    /// would lose what was in flight, or fail the next read).
+    #[test]
+    fn cancelled_reads_lose_nothing() {
+        both_drivers(async || {
+            let (client_cfg, server_cfg) = configs();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = thread::spawn(move || {
+                let (sock, _) = l.accept().unwrap();
+                let mut tls = rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(server_cfg).unwrap(),
+                    sock,
+                );
+                let mut i = 0u32;
+                for chunk in 0..256u32 {
+                    let data: Vec<u8> = (0..4096)
+                        .map(|k| ((chunk * 4096 + k) % 251) as u8)
+                        .collect();
+                    tls.write_all(&data).unwrap();
+                    tls.flush().unwrap();
+                    i += 1;
+                    if chunk % 16 == 0 {
+                        thread::sleep(Duration::from_millis(3));
+                    }
+                }
+                tls.conn.send_close_notify();
+                tls.flush().unwrap();
+                let mut rest = Vec::new();
+                let _ = tls.read_to_end(&mut rest);
+                i
+            });
+            let sock = TcpStream::connect_addr(addr).await.unwrap();
+            let session = rustls::ClientConnection::new(
+                client_cfg,
+                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
+            )
+            .unwrap();
+            let mut tls = TlsStream::handshake(sock, session).await.unwrap();
+            let mut got = Vec::with_capacity(1 << 20);
+            let mut cancelled = 0;
+            loop {
+                let read = tls.read(Vec::with_capacity(1500));
+                match monoio::time::timeout(Duration::from_micros(200), read).await {
+                    Err(_) => cancelled += 1,
+                    Ok((Ok(0), _)) => break,
+                    Ok((Ok(n), buf)) => got.extend_from_slice(&buf[..n]),
+                    Ok((Err(e), _)) => panic!("read failed after {} bytes: {e}", got.len()),
+                }
+            }
+            assert_eq!(got.len(), 256 * 4096);
+            assert!(
+                got.iter().enumerate().all(|(k, b)| *b == (k % 251) as u8),
+                "bytes out of order"
+            );
+            assert!(
+                cancelled > 0,
+                "no read was cut short; the test proves nothing"
+            );
+            drop(tls);
+            assert_eq!(finished(server).await, 256);
+        });
+    }
+
+    /// A peer that is not TLS: the handshake fails with a clear error
+    /// (no hang, no panic).
+    #[test]
+    fn garbage_instead_of_a_handshake_fails() {
+        both_drivers(async || {
+            let (client_cfg, _) = configs();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = thread::spawn(move || {
+                let (mut sock, _) = l.accept().unwrap();
+                sock.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+                let mut rest = Vec::new();
+                let _ = sock.read_to_end(&mut rest);
+            });
+            let sock = TcpStream::connect_addr(addr).await.unwrap();
+            let session = rustls::ClientConnection::new(
+                client_cfg,
+                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
+            )
+            .unwrap();
+            let e = TlsStream::handshake(sock, session)
+                .await
+                .err()
+                .expect("not TLS, yet a handshake");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            finished(server).await;
+        });
+    }
+}
