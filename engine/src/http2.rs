@@ -23,7 +23,6 @@ use futures_channel::oneshot;
 use http::{HeaderMap, HeaderName, Request, Response};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
-use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
@@ -40,6 +39,7 @@ use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
 use crate::translate;
+use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
 
@@ -185,11 +185,12 @@ impl<I: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
     }
 }
 
-/// Serves HTTP/2 on `client`; `prefix` holds what detection read (the
-/// connection preface at least), already counted by `meter`'s owner.
+/// Serves HTTP/2 on `client` (plain or TLS); `prefix` holds what
+/// detection read (the connection preface at least), already counted by
+/// `meter`'s owner.
 pub(crate) async fn serve(
     w: Rc<Worker>,
-    client: TcpStream,
+    client: Transport,
     prefix: Vec<u8>,
     peer: SocketAddr,
     dst: HttpDst,

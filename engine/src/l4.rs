@@ -16,7 +16,7 @@ use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_admin::telemetry::{
-    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, Peer, TcpKey, TlsStatus,
+    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, TcpKey, TlsStatus,
 };
 use ringmesh_protocols::tcp::RelayStats;
 
@@ -27,6 +27,7 @@ use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
 use crate::server_first::Dest;
+use crate::transport::Transport;
 use crate::undecided::Eviction;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
@@ -223,6 +224,8 @@ pub(crate) async fn serve(
         }
         Protocol::Http2 => {
             close_early(&c, &labels, decided.early.take());
+            // (TLS the proxy terminates arrives with inbound mTLS.)
+            let client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
             Box::pin(http2::serve(
                 w.clone(),
                 client,
