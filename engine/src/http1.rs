@@ -347,6 +347,17 @@ async fn forward(
 /// the request's place in the endpoint's in-flight count.
 type Attempt = (Upstream, SocketAddr, Option<OpenGuard>);
 
+/// Why a request goes again.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// The endpoint answered this status (502/503), held back from the
+    /// client; another endpoint gets the request.
+    Answered(u16),
+    /// The pooled connection was closed by the upstream before answering;
+    /// the request goes on a new connection.
+    Stale,
+}
+
 /// Sends the request on `first`, and again where `retry` allows: a stale
 /// pooled connection (once, on a new connection) or a 502/503 from an
 /// endpoint of a service (to another endpoint; the client never sees the
@@ -407,21 +418,21 @@ async fn attempts(
             }
             obs.retrying(g);
             tracing::debug!(peer = %t.c.peer, upstream = %addr, status, "retrying on another endpoint");
-            Some((true, Some(status)))
+            Retry::Answered(status)
         } else {
             match &outcome.end {
                 Exchange::Failed(Failure::Answer(e))
                     if e.retryable() && tries.retry_stale(reused) =>
                 {
                     tracing::debug!(peer = %t.c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
-                    Some((false, None))
+                    Retry::Stale
                 }
-                _ => None,
+                _ => return (outcome.end, addr, in_flight),
             }
         };
-        let Some((use_pool, answered)) = retry else {
-            return (outcome.end, addr, in_flight);
-        };
+        // A retried answer may go on a pooled connection; a stale one's
+        // retry goes on a new connection.
+        let use_pool = matches!(retry, Retry::Answered(_));
         match checkout(
             t.w,
             obs.key(),
@@ -434,13 +445,13 @@ async fn attempts(
         {
             Ok((u, a, g)) => (up, addr, in_flight) = (u, a, g),
             Err(e) => {
-                let e = match answered {
-                    Some(status) => {
+                let e = match retry {
+                    Retry::Answered(status) => {
                         let reason =
                             format!("upstream answered {status}; retry failed: {}", e.reason());
                         ProxyError::new(Kind::Answered(status), reason)
                     }
-                    None => e,
+                    Retry::Stale => e,
                 };
                 return (Exchange::Failed(e.into()), addr, in_flight);
             }

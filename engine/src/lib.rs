@@ -29,7 +29,11 @@
 //!   failover), `retry` (the one retry decision), `error` (every answer the
 //!   proxy makes itself), `observe` (the one request observer: metrics,
 //!   balancer feedback, retry counts), `feedback` (what the balancer
-//!   learns from connections and requests), `connect` (the upstream connector).
+//!   learns from connections and requests), `connect` (the upstream
+//!   connector: endpoints as address + identity, mTLS when both sides have
+//!   one).
+//! - **Transport:** `transport` (a connection, plain TCP or TLS, with its
+//!   TLS status), `tls` (the cancel-safe rustls stream).
 //! - **Worker state:** `worker` (the per-worker context, in parts:
 //!   `Routes`, `Pools`, `Telemetry`, `Detection`), `pool` (HTTP/1 upstream
 //!   connections and request scratch), `h2pool`, `stop`, `warn_limit`,
