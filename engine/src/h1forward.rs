@@ -7,11 +7,11 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
@@ -23,8 +23,9 @@ use ringmesh_protocols::tcp::relay;
 use crate::connect::{self, Endpoint};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
-use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
+use crate::pool::{Rd, ReadMore, UpRead, UpWr, Upstream, Wr};
 use crate::route::{failover, Dst};
+use crate::transport::{relay_any, TransportRd, TransportWr};
 use crate::worker::Worker;
 
 /// One connection's state: the client halves and the reused buffers.
@@ -42,7 +43,7 @@ pub(crate) struct Client {
 
 /// Writes `buf[..n]` and removes those bytes from the front.
 pub(crate) async fn write_front(
-    wr: &mut Wr,
+    wr: &mut impl AsyncWriteRent,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,
     n: usize,
@@ -99,13 +100,8 @@ async fn upstream(
     }
     let conn = connect::open(ep, w.pools.client_tls.as_ref(), timeout).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
-    // The HTTP/1 upstream path reads with the worker's buffer ring and
-    // watches idle connections by peeking: plain sockets only, for now.
-    let s = conn
-        .into_plain()
-        .map_err(|_| ProxyError::upstream("HTTP/1 over TLS to an upstream is not supported yet"))?;
-    let fd = s.as_raw_fd();
-    let (rd, wr) = s.into_split();
+    let fd = conn.raw_fd();
+    let (rd, wr) = conn.split();
     Ok(Upstream {
         rd: UpRead::new(rd, fd),
         wr,
@@ -236,7 +232,7 @@ pub(crate) async fn exchange(
 /// two). Returns the scanner for the rest of the body.
 async fn send_head(
     c: &mut Client,
-    (uwr, umeter): (&mut Wr, &ConnMeter),
+    (uwr, umeter): (&mut UpWr, &ConnMeter),
     req: &RequestHead,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -561,7 +557,7 @@ pub(crate) async fn stream_body(
     mut scanner: BodyScanner,
     (src, src_meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
-    (dst, dst_meter): (&mut Wr, &ConnMeter),
+    (dst, dst_meter): (&mut impl AsyncWriteRent, &ConnMeter),
 ) -> Result<(), BodyError> {
     loop {
         let p = scanner
@@ -595,17 +591,18 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
         buf,
         peer,
         meter: src_meter,
-        ..
+        fd: cfd,
     } = c;
     let Upstream {
         rd: urd,
         wr: uwr,
         meter: dst_meter,
+        fd: ufd,
         ..
     } = up;
     let mut to_client = to_client;
     // Bytes the upstream's receive already took follow the response head.
-    let urd = urd.into_plain(&mut to_client).await;
+    let urd = urd.into_reader(&mut to_client).await;
     if !to_client.is_empty() {
         let n = to_client.len();
         if write_front(&mut wr, &src_meter, &mut to_client, n)
@@ -615,22 +612,39 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
             return;
         }
     }
-    let (Ok(client), Ok(server)) = (rd.reunite(wr), urd.reunite(uwr)) else {
-        tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
-        return;
+    let (stats, bufs) = match (urd, uwr) {
+        (TransportRd::Plain(urd), TransportWr::Plain(uwr)) => {
+            let (Ok(client), Ok(server)) = (rd.reunite(wr), urd.reunite(uwr)) else {
+                tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
+                return;
+            };
+            // What the client sent after its request head goes to the
+            // server first.
+            relay(
+                client,
+                server,
+                (buf, w.pools.bufs.get()),
+                w.cfg.tcp.idle_timeout,
+                w.cfg.tcp.bulk_buffer_size,
+                // The request's latency was already learned from its
+                // 101/2xx.
+                &|_| {},
+                &w.telemetry.relay_counters,
+            )
+            .await
+        }
+        (mut urd, mut uwr) => {
+            let (mut rd, mut wr) = (rd, wr);
+            relay_any(
+                (&mut rd, &mut wr),
+                (&mut urd, &mut uwr),
+                (buf, w.pools.bufs.get()),
+                w.cfg.tcp.idle_timeout,
+                [cfd, ufd],
+            )
+            .await
+        }
     };
-    // What the client sent after its request head goes to the server first.
-    let (stats, bufs) = relay(
-        client,
-        server,
-        (buf, w.pools.bufs.get()),
-        w.cfg.tcp.idle_timeout,
-        w.cfg.tcp.bulk_buffer_size,
-        // The request's latency was already learned from its 101/2xx.
-        &|_| {},
-        &w.telemetry.relay_counters,
-    )
-    .await;
     w.pools.bufs.put(bufs.0);
     w.pools.bufs.put(bufs.1);
     relayed(&src_meter, &dst_meter, &stats);

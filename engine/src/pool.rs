@@ -53,9 +53,14 @@ use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 use crate::connect::Endpoint;
 use crate::detect::read_until;
 use crate::stop::Stop;
+use crate::transport::{TransportRd, TransportWr};
 
+/// A client connection's halves (plain: accepted connections are plain
+/// until inbound TLS termination).
 pub(crate) type Rd = OwnedReadHalf<TcpStream>;
 pub(crate) type Wr = OwnedWriteHalf<TcpStream>;
+/// An upstream connection's write half (plain or TLS).
+pub(crate) type UpWr = TransportWr;
 
 /// At most this many idle connections per endpoint per worker.
 const POOL_MAX_IDLE: usize = 64;
@@ -69,8 +74,9 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// An upstream HTTP/1 connection, kept split so reuse costs nothing.
 pub(crate) struct Upstream {
     pub(crate) rd: UpRead,
-    pub(crate) wr: Wr,
-    /// For `shutdown`; owned by `rd`/`wr`.
+    pub(crate) wr: UpWr,
+    /// The TCP socket (under TLS, if any), for `shutdown`; owned by
+    /// `rd`/`wr`.
     pub(crate) fd: RawFd,
     /// Taken from the pool (may have been closed by the upstream).
     pub(crate) reused: bool,
@@ -93,6 +99,35 @@ pub(crate) trait ReadMore {
     ) -> io::Result<usize>;
 }
 
+/// One read, given up at a deadline (`ECANCELED`) without losing bytes.
+pub(crate) trait DeadlineRead {
+    async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> monoio::BufResult<usize, T>;
+}
+
+impl DeadlineRead for Rd {
+    async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> monoio::BufResult<usize, T> {
+        read_until(self, buf, deadline).await
+    }
+}
+
+impl DeadlineRead for TransportRd {
+    async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> monoio::BufResult<usize, T> {
+        TransportRd::read_until(self, buf, deadline).await
+    }
+}
+
 impl ReadMore for Rd {
     async fn read_more(
         &mut self,
@@ -107,7 +142,7 @@ impl ReadMore for Rd {
 
 /// The read half of an upstream connection.
 ///
-/// On io_uring one multishot receive is armed when the connection opens
+/// Plain, on io_uring: one multishot receive is armed when the connection opens
 /// and stays armed across requests: it reads each response head (one
 /// completion, no receive submitted per request) and, while the connection
 /// sits in the pool, it is the idle watch. It is stopped for a response
@@ -117,7 +152,7 @@ impl ReadMore for Rd {
 pub(crate) struct UpRead {
     /// Declared first: cancelled before `rd` closes the socket.
     ring: Ring,
-    rd: Rd,
+    rd: TransportRd,
     fd: RawFd,
 }
 
@@ -127,12 +162,13 @@ enum Ring {
     /// Cancelled: what it got before the cancel is still handed out, then
     /// the socket is read the ordinary way.
     Stopping(RecvMulti),
-    /// Plain reads (epoll driver, no ring, or stopped).
+    /// Plain reads (epoll driver, no ring, stopped, or TLS: a TLS
+    /// connection's bytes are read through its session only).
     Off,
 }
 
 impl UpRead {
-    pub(crate) fn new(rd: Rd, fd: RawFd) -> Self {
+    pub(crate) fn new(rd: TransportRd, fd: RawFd) -> Self {
         let mut me = Self {
             ring: Ring::Off,
             rd,
@@ -142,9 +178,10 @@ impl UpRead {
         me
     }
 
-    /// Arms the receive if none is (no-op without a buffer ring).
+    /// Arms the receive if none is (no-op without a buffer ring, or for
+    /// TLS).
     fn arm(&mut self) {
-        if let Ring::Off = self.ring {
+        if let (Ring::Off, true) = (&self.ring, self.rd.is_plain()) {
             if let Ok(r) = RecvMulti::new(self.fd) {
                 self.ring = Ring::Armed(r);
             }
@@ -160,9 +197,10 @@ impl UpRead {
         }
     }
 
-    /// The plain read half, for a tunnel; bytes the receive had already
-    /// taken from the socket are appended to `buf`, in order.
-    pub(crate) async fn into_plain(mut self, buf: &mut Vec<u8>) -> Rd {
+    /// The read half for a tunnel, read the ordinary way from now on;
+    /// bytes the receive had already taken from the socket are appended
+    /// to `buf`, in order.
+    pub(crate) async fn into_reader(mut self, buf: &mut Vec<u8>) -> TransportRd {
         self.stop_ring();
         while let Ring::Stopping(r) = &mut self.ring {
             match r.next().await {
@@ -465,9 +503,9 @@ impl ScratchPool {
 }
 
 /// Appends what `rd` has to `buf`, growing it up to `max` when full; the
-/// read is cancelled at `deadline`.
+/// read is given up at `deadline`.
 pub(crate) async fn read_more(
-    rd: &mut Rd,
+    rd: &mut impl DeadlineRead,
     meter: &ConnMeter,
     buf: &mut Vec<u8>,
     max: usize,
@@ -481,7 +519,9 @@ pub(crate) async fn read_more(
         buf.reserve(grow);
     }
     let len = buf.len();
-    let (res, slice) = read_until(rd, std::mem::take(buf).slice_mut(len..), deadline).await;
+    let (res, slice) = rd
+        .read_until(std::mem::take(buf).slice_mut(len..), deadline)
+        .await;
     *buf = slice.into_inner();
     if let Ok(n) = res {
         meter.read(n);
@@ -512,7 +552,7 @@ mod tests {
             let (server, _) = l.accept().unwrap();
             let fd = s.as_raw_fd();
             let (rd, wr) = s.into_split();
-            let up = UpRead::new(rd, fd);
+            let up = UpRead::new(TransportRd::Plain(rd), fd);
             assert!(
                 matches!(up.ring, Ring::Armed(_)),
                 "no multishot receive armed"
@@ -539,7 +579,7 @@ mod tests {
             server.write_all(b"early").unwrap();
             settle().await;
             let mut rest = Vec::new();
-            let mut rd = up.into_plain(&mut rest).await;
+            let mut rd = up.into_reader(&mut rest).await;
             assert_eq!(rest, b"early");
             server.write_all(b"later").unwrap();
             let mut later = Vec::with_capacity(64);
@@ -604,7 +644,7 @@ mod tests {
             let id = Name::parse("web.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
             let up = Upstream {
                 rd: up,
-                wr,
+                wr: TransportWr::Plain(wr),
                 fd: -1,
                 reused: false,
                 meter: ConnMeter::none(),

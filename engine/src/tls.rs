@@ -11,11 +11,13 @@
 //! bytes with non-blocking `recv(2)`/`send(2)` between the socket and the
 //! rustls session. Plaintext lives only in the session.
 //!
-//! Must not: hold a `&mut` of the session across an await, or block.
+//! Must not: borrow the session across an await, or block.
 
+use std::cell::RefCell;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -28,11 +30,26 @@ use rustls::{ConnectionCommon, SideData};
 const BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A TLS session over a TCP socket (`C`: a rustls client or server
-/// connection).
+/// connection). Splits into a read and a write half that share the
+/// session; each borrows it only between awaits.
 pub(crate) struct TlsStream<C> {
+    shared: Rc<Shared<C>>,
+}
+
+struct Shared<C> {
     sock: TcpStream,
     fd: RawFd,
-    session: C,
+    session: RefCell<C>,
+}
+
+/// The read half of a [`TlsStream`].
+pub(crate) struct TlsRead<C> {
+    shared: Rc<Shared<C>>,
+}
+
+/// The write half of a [`TlsStream`].
+pub(crate) struct TlsWrite<C> {
+    shared: Rc<Shared<C>>,
 }
 
 /// The socket's non-blocking side, as rustls reads and writes it.
@@ -67,14 +84,18 @@ where
     /// of its own: the caller's (dropping the future is safe).
     pub(crate) async fn handshake(sock: TcpStream, mut session: C) -> io::Result<Self> {
         session.set_buffer_limit(Some(BUFFER_LIMIT));
-        let mut me = Self {
+        let shared = Shared {
             fd: sock.as_raw_fd(),
             sock,
-            session,
+            session: RefCell::new(session),
         };
-        while me.session.is_handshaking() {
-            me.send_pending().await?;
-            if me.session.is_handshaking() && me.session.wants_read() && me.receive().await? == 0 {
+        while shared.session.borrow().is_handshaking() {
+            shared.send_pending().await?;
+            let wants_read = {
+                let s = shared.session.borrow();
+                s.is_handshaking() && s.wants_read()
+            };
+            if wants_read && shared.receive().await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed during the TLS handshake",
@@ -82,175 +103,290 @@ where
             }
         }
         // The last flight (e.g. the client's Finished).
-        me.send_pending().await?;
-        Ok(me)
+        shared.send_pending().await?;
+        Ok(Self {
+            shared: Rc::new(shared),
+        })
     }
 
+    /// The TCP socket under the session.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.shared.fd
+    }
+
+    /// The read and write halves (they share the session).
+    pub(crate) fn split(self) -> (TlsRead<C>, TlsWrite<C>) {
+        let shared = self.shared;
+        (
+            TlsRead {
+                shared: shared.clone(),
+            },
+            TlsWrite { shared },
+        )
+    }
+}
+
+impl<C, SD> TlsRead<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Decrypted bytes into `buf`'s spare room, given up at `deadline`
+    /// with `ECANCELED` (nothing is lost: the session keeps what arrived).
+    pub(crate) async fn read_until<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        deadline: Option<std::time::Instant>,
+    ) -> BufResult<usize, T> {
+        let dst = spare(&mut buf);
+        let res = match deadline {
+            None => self.shared.read_plain(dst).await,
+            Some(d) => {
+                match monoio::time::timeout_at(d.into(), self.shared.read_plain(dst)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::Error::from_raw_os_error(nix::libc::ECANCELED)),
+                }
+            }
+        };
+        filled(buf, res)
+    }
+}
+
+impl<C, SD> Shared<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
     /// Writes what the session has queued for the peer, waiting for the
     /// socket as needed.
-    async fn send_pending(&mut self) -> io::Result<()> {
-        while self.session.wants_write() {
-            match self.session.write_tls(&mut Nonblocking(self.fd)) {
+    async fn send_pending(&self) -> io::Result<()> {
+        loop {
+            let res = {
+                let mut s = self.session.borrow_mut();
+                if !s.wants_write() {
+                    return Ok(());
+                }
+                s.write_tls(&mut Nonblocking(self.fd))
+            };
+            match res {
                 Ok(_) => {}
                 Err(e) if would_block(&e) => self.sock.writable(false).await?,
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 
     /// Reads ciphertext from the socket into the session (waiting for
     /// it) and processes it; 0 at EOF. Alerts or key updates the session
     /// has to answer are sent when the socket takes them.
-    async fn receive(&mut self) -> io::Result<usize> {
+    async fn receive(&self) -> io::Result<usize> {
         loop {
-            match self.session.read_tls(&mut Nonblocking(self.fd)) {
-                Ok(n) => {
-                    let processed = self.session.process_new_packets();
-                    // Best effort: an alert explaining a failure, or an
-                    // answer to the peer; a full socket leaves it queued.
-                    let _ = self.session.write_tls(&mut Nonblocking(self.fd));
-                    processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    return Ok(n);
+            let res = {
+                let mut s = self.session.borrow_mut();
+                match s.read_tls(&mut Nonblocking(self.fd)) {
+                    Ok(n) => {
+                        let processed = s.process_new_packets();
+                        // Best effort: an alert explaining a failure, or
+                        // an answer to the peer; a full socket leaves it
+                        // queued.
+                        let _ = s.write_tls(&mut Nonblocking(self.fd));
+                        processed
+                            .map(|_| n)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                    }
+                    Err(e) => Err(e),
                 }
+            };
+            match res {
                 Err(e) if would_block(&e) => self.sock.readable(false).await?,
-                Err(e) => return Err(e),
+                r => return r,
             }
         }
     }
 
+    /// Plaintext the session already holds, into `dst`.
+    fn take_plain(&self, dst: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut self.session.borrow_mut().reader(), dst)
+    }
+
     /// Decrypted bytes into `dst`; 0 at the peer's close_notify.
-    async fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+    async fn read_plain(&self, dst: &mut [u8]) -> io::Result<usize> {
         loop {
-            match io::Read::read(&mut self.session.reader(), dst) {
+            match self.take_plain(dst) {
                 Ok(n) => return Ok(n),
                 Err(e) if would_block(&e) => {}
                 Err(e) => return Err(e),
             }
             if self.receive().await? == 0 {
-                // EOF without close_notify: the reader says so next turn
-                // (UnexpectedEof), or returns what is still buffered.
-                return match io::Read::read(&mut self.session.reader(), dst) {
-                    Ok(n) => Ok(n),
+                // EOF without close_notify: what is still buffered, else
+                // the truncation is an error.
+                return match self.take_plain(dst) {
                     Err(e) if would_block(&e) => Err(io::ErrorKind::UnexpectedEof.into()),
-                    Err(e) => Err(e),
+                    r => r,
                 };
             }
         }
     }
 
     /// Encrypts as much of `src` as the session buffers and sends it.
-    async fn write_plain(&mut self, src: &[&[u8]]) -> io::Result<usize> {
+    async fn write_plain(&self, src: &[&[u8]]) -> io::Result<usize> {
         // Earlier output first, so the session's buffer has room.
         self.send_pending().await?;
         let mut n = 0;
-        for part in src {
-            let took = io::Write::write(&mut self.session.writer(), part)?;
-            n += took;
-            if took < part.len() {
-                break;
+        {
+            let mut s = self.session.borrow_mut();
+            for part in src {
+                let took = io::Write::write(&mut s.writer(), part)?;
+                n += took;
+                if took < part.len() {
+                    break;
+                }
             }
         }
         self.send_pending().await?;
         Ok(n)
     }
+
+    async fn shutdown(&self) -> io::Result<()> {
+        self.session.borrow_mut().send_close_notify();
+        self.send_pending().await?;
+        match nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Write) {
+            // The peer is gone already: nothing left to shut.
+            Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
-impl<C, SD> AsyncReadRent for TlsStream<C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
-    SD: SideData,
-{
-    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        let total = buf.bytes_total();
-        // SAFETY: `write_ptr` is valid for `bytes_total` bytes while we own
-        // `buf`; they are zeroed first, so the slice is initialised.
-        #[allow(unsafe_code)]
-        let dst = unsafe {
-            std::ptr::write_bytes(buf.write_ptr(), 0, total);
-            std::slice::from_raw_parts_mut(buf.write_ptr(), total)
-        };
-        let res = self.read_plain(dst).await;
-        if let Ok(n) = res {
-            // SAFETY: `n` bytes were written (and all `total` initialised).
-            #[allow(unsafe_code)]
-            unsafe {
-                buf.set_init(n)
-            };
-        }
-        (res, buf)
+/// `buf`'s room as an initialised slice (zeroed first).
+fn spare<T: IoBufMut>(buf: &mut T) -> &mut [u8] {
+    let total = buf.bytes_total();
+    // SAFETY: `write_ptr` is valid for `bytes_total` bytes while `buf` is
+    // borrowed; they are zeroed first, so the slice is initialised.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::write_bytes(buf.write_ptr(), 0, total);
+        std::slice::from_raw_parts_mut(buf.write_ptr(), total)
     }
+}
 
-    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
-        // Into the first non-empty buffer (a short read is allowed).
-        let (ptr, len) = (buf.write_iovec_ptr(), buf.write_iovec_len());
-        // SAFETY: the iovecs are valid while we own `buf`.
+/// `buf` with the `n` bytes a read put in it marked initialised.
+fn filled<T: IoBufMut>(mut buf: T, res: io::Result<usize>) -> BufResult<usize, T> {
+    if let Ok(n) = res {
+        // SAFETY: `n` bytes were written (and the whole room initialised).
         #[allow(unsafe_code)]
-        let first = unsafe { std::slice::from_raw_parts(ptr, len) }
+        unsafe {
+            buf.set_init(n)
+        };
+    }
+    (res, buf)
+}
+
+/// `buf`'s bytes as a slice.
+fn bytes<T: IoBuf>(buf: &T) -> &[u8] {
+    // SAFETY: `read_ptr` is valid for `bytes_init` initialised bytes
+    // while `buf` is borrowed.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init())
+    }
+}
+
+/// The first non-empty buffer of `buf`'s iovecs, as [`spare`] gives it.
+fn first_spare<T: IoVecBufMut>(buf: &mut T) -> Option<&mut [u8]> {
+    let (ptr, len) = (buf.write_iovec_ptr(), buf.write_iovec_len());
+    // SAFETY: the iovecs and the memory they point to are valid while
+    // `buf` is borrowed; zeroed before use.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::slice::from_raw_parts(ptr, len)
             .iter()
             .find(|v| v.iov_len > 0)
-            .map(|v| (v.iov_base as *mut u8, v.iov_len));
-        let Some((p, n)) = first else {
-            return (Ok(0), buf);
-        };
-        // SAFETY: as in `read`: valid for `n` bytes, zeroed first.
-        #[allow(unsafe_code)]
-        let dst = unsafe {
-            std::ptr::write_bytes(p, 0, n);
-            std::slice::from_raw_parts_mut(p, n)
-        };
-        let res = self.read_plain(dst).await;
-        if let Ok(n) = res {
-            // SAFETY: `n` bytes were written, at the start of the iovecs.
-            #[allow(unsafe_code)]
-            unsafe {
-                buf.set_init(n)
-            };
+            .map(|v| {
+                let p = v.iov_base as *mut u8;
+                std::ptr::write_bytes(p, 0, v.iov_len);
+                std::slice::from_raw_parts_mut(p, v.iov_len)
+            })
+    }
+}
+
+/// `buf`'s iovecs as slices.
+fn iovec_bytes<T: IoVecBuf>(buf: &T) -> Vec<&[u8]> {
+    // SAFETY: the iovecs, and the initialised bytes they point to, are
+    // valid while `buf` is borrowed.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len())
+            .iter()
+            .map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
+            .collect()
+    }
+}
+
+macro_rules! tls_read {
+    ($t:ident) => {
+        impl<C, SD> AsyncReadRent for $t<C>
+        where
+            C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+            SD: SideData,
+        {
+            async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+                let res = self.shared.read_plain(spare(&mut buf)).await;
+                filled(buf, res)
+            }
+
+            async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+                // Into the first non-empty buffer (a short read is allowed).
+                let res = match first_spare(&mut buf) {
+                    Some(dst) => self.shared.read_plain(dst).await,
+                    None => Ok(0),
+                };
+                if let Ok(n) = res {
+                    // SAFETY: `n` bytes were written at the iovecs' start.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        buf.set_init(n)
+                    };
+                }
+                (res, buf)
+            }
         }
-        (res, buf)
-    }
+    };
 }
 
-impl<C, SD> AsyncWriteRent for TlsStream<C>
-where
-    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
-    SD: SideData,
-{
-    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: `read_ptr` is valid for `bytes_init` initialised bytes
-        // while we own `buf`.
-        #[allow(unsafe_code)]
-        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-        let res = self.write_plain(&[src]).await;
-        (res, buf)
-    }
+macro_rules! tls_write {
+    ($t:ident) => {
+        impl<C, SD> AsyncWriteRent for $t<C>
+        where
+            C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+            SD: SideData,
+        {
+            async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+                let res = self.shared.write_plain(&[bytes(&buf)]).await;
+                (res, buf)
+            }
 
-    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
-        // SAFETY: the iovecs, and the bytes they point to, are valid and
-        // initialised while we own `buf`.
-        #[allow(unsafe_code)]
-        let parts: Vec<&[u8]> = unsafe {
-            std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len())
-                .iter()
-                .map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
-                .collect()
-        };
-        let res = self.write_plain(&parts).await;
-        drop(parts);
-        (res, buf)
-    }
+            async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+                let res = self.shared.write_plain(&iovec_bytes(&buf)).await;
+                (res, buf)
+            }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        self.send_pending().await
-    }
+            async fn flush(&mut self) -> io::Result<()> {
+                self.shared.send_pending().await
+            }
 
-    /// Sends close_notify, then shuts the socket's write side.
-    async fn shutdown(&mut self) -> io::Result<()> {
-        self.session.send_close_notify();
-        self.send_pending().await?;
-        self.sock.shutdown().await
-    }
+            /// Sends close_notify, then shuts the socket's write side.
+            async fn shutdown(&mut self) -> io::Result<()> {
+                self.shared.shutdown().await
+            }
+        }
+    };
 }
+
+tls_read!(TlsStream);
+tls_read!(TlsRead);
+tls_write!(TlsStream);
+tls_write!(TlsWrite);
 
 #[cfg(test)]
 mod tests {
@@ -371,6 +507,49 @@ mod tests {
             );
             drop(tls);
             assert_eq!(finished(server).await, 256);
+        });
+    }
+
+    /// The halves work at once: a read waits (and is given up at its
+    /// deadline without losing anything) while the write half sends, and
+    /// the echo comes back through the read half.
+    #[test]
+    fn halves_read_and_write_at_once() {
+        both_drivers(async || {
+            let (client_cfg, server_cfg) = configs();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = thread::spawn(move || {
+                let (sock, _) = l.accept().unwrap();
+                let mut tls = rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(server_cfg).unwrap(),
+                    sock,
+                );
+                let mut buf = [0u8; 5];
+                tls.read_exact(&mut buf).unwrap();
+                thread::sleep(Duration::from_millis(100));
+                tls.write_all(&buf).unwrap();
+                tls.flush().unwrap();
+            });
+            let sock = TcpStream::connect_addr(addr).await.unwrap();
+            let session = rustls::ClientConnection::new(
+                client_cfg,
+                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
+            )
+            .unwrap();
+            let (mut rd, mut wr) = TlsStream::handshake(sock, session).await.unwrap().split();
+            let soon = std::time::Instant::now() + Duration::from_millis(30);
+            let (res, buf) = rd.read_until(Vec::with_capacity(16), Some(soon)).await;
+            let e = res.expect_err("nothing was sent yet");
+            assert_eq!(e.raw_os_error(), Some(nix::libc::ECANCELED));
+            let reading = rd.read_until(buf, None);
+            let writing = async {
+                wr.write(b"hello".to_vec()).await.0.unwrap();
+            };
+            let ((res, buf), ()) = monoio::join!(reading, writing);
+            assert_eq!((res.unwrap(), &buf[..]), (5, &b"hello"[..]));
+            wr.shutdown().await.unwrap();
+            finished(server).await;
         });
     }
 

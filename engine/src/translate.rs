@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
 use ringmesh_balancer::OpenGuard;
@@ -317,7 +317,7 @@ fn h1_response_head(
 async fn h2_body_to_h1(
     from: &mut RecvStream,
     framing: Reframe,
-    wr: &mut Wr,
+    wr: &mut impl AsyncWriteRent,
     meter: &ConnMeter,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {

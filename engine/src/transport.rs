@@ -6,9 +6,10 @@
 //! split into halves the same way, so a path written against [`Transport`]
 //! serves either. The plain-TCP fast paths (multishot receive into the
 //! worker's buffer ring, splice, peek-based liveness of pooled
-//! connections) need the socket itself: a path takes them only when
-//! [`Transport::into_plain`] says the connection is plain, and falls back
-//! to ordinary reads and writes otherwise.
+//! connections) need the socket itself: a path takes them only for the
+//! plain halves ([`TransportRd::Plain`], [`TransportWr::Plain`]: monoio's
+//! own), and falls back to ordinary reads and writes otherwise
+//! ([`relay_any`] for tunnels).
 //!
 //! Must not: hold a TLS session's plaintext anywhere but in the session
 //! (a TLS stream's bytes are only ever what rustls decrypted).
@@ -17,14 +18,25 @@ use std::io;
 use std::sync::Arc;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split,
+    Splitable,
+};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use ringmesh_admin::telemetry::{NoTlsReason, TlsStatus};
 use ringmesh_identity::Name;
 use rustls::{ClientConfig, ClientConnection};
 
-use crate::tls::TlsStream;
+use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
+
+use crate::detect::read_until;
+use crate::pool::DeadlineRead;
+use crate::tls::{TlsRead, TlsStream, TlsWrite};
 
 /// One connection, plain or TLS.
 pub(crate) struct Transport {
@@ -67,24 +79,25 @@ impl Transport {
         })
     }
 
+    /// The TCP socket under the connection (for shutdown(2); a TLS
+    /// connection's bytes are never read or written through it).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        match &self.io {
+            Io::Plain(s) => s.as_raw_fd(),
+            Io::Tls(t) => t.raw_fd(),
+        }
+    }
+
     /// How the connection is secured (the metrics' `tls` labels).
     pub(crate) fn tls(&self) -> &TlsStatus {
         &self.tls
     }
-
-    /// The socket itself, when the connection is plain.
-    pub(crate) fn into_plain(self) -> Result<TcpStream, Self> {
-        match self.io {
-            Io::Plain(s) => Ok(s),
-            io => Err(Self { io, ..self }),
-        }
-    }
 }
 
 // SAFETY: both kinds are safe to split: `TcpStream` is `Split`, and a
-// `TlsStream` touches its session only between awaits (it waits for
-// readiness, then moves bytes synchronously), so a read and a write in
-// flight at once never interleave inside the session.
+// `TlsStream`'s reads and writes borrow its session only between awaits
+// (they wait for readiness, then move bytes synchronously), so a read and
+// a write in flight at once never interleave inside the session.
 #[allow(unsafe_code)]
 unsafe impl Split for Transport {}
 
@@ -132,5 +145,358 @@ impl AsyncWriteRent for Transport {
             Io::Plain(s) => s.shutdown().await,
             Io::Tls(t) => t.shutdown().await,
         }
+    }
+}
+
+/// The read half of a [`Transport`].
+pub(crate) enum TransportRd {
+    Plain(OwnedReadHalf<TcpStream>),
+    Tls(TlsRead<ClientConnection>),
+}
+
+/// The write half of a [`Transport`].
+pub(crate) enum TransportWr {
+    Plain(OwnedWriteHalf<TcpStream>),
+    Tls(TlsWrite<ClientConnection>),
+}
+
+impl Transport {
+    /// The read and write halves (a plain socket's are monoio's own, so
+    /// the fast paths can still reach the socket).
+    pub(crate) fn split(self) -> (TransportRd, TransportWr) {
+        match self.io {
+            Io::Plain(s) => {
+                let (rd, wr) = s.into_split();
+                (TransportRd::Plain(rd), TransportWr::Plain(wr))
+            }
+            Io::Tls(t) => {
+                let (rd, wr) = t.split();
+                (TransportRd::Tls(rd), TransportWr::Tls(wr))
+            }
+        }
+    }
+}
+
+impl TransportRd {
+    /// One read into `buf`, given up at `deadline` with `ECANCELED`
+    /// (nothing is lost either way: a plain read is cancelled in the
+    /// kernel, a TLS read keeps what arrived in its session).
+    pub(crate) async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> BufResult<usize, T> {
+        match self {
+            Self::Plain(rd) => read_until(rd, buf, deadline).await,
+            Self::Tls(rd) => rd.read_until(buf, deadline).await,
+        }
+    }
+
+    /// Whether the connection is plain (its socket can be read directly).
+    pub(crate) fn is_plain(&self) -> bool {
+        matches!(self, Self::Plain(_))
+    }
+}
+
+impl AsyncReadRent for TransportRd {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Self::Plain(s) => s.read(buf).await,
+            Self::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Self::Plain(s) => s.readv(buf).await,
+            Self::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for TransportWr {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Self::Plain(s) => s.write(buf).await,
+            Self::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Self::Plain(s) => s.writev(buf).await,
+            Self::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush().await,
+            Self::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.shutdown().await,
+            Self::Tls(t) => t.shutdown().await,
+        }
+    }
+}
+
+/// Relays both ways between a plain client and an upstream of any kind,
+/// for tunnels over TLS (the fast relays, multishot and splice, need two
+/// plain sockets). `bufs.0` may hold client bytes to send first. Ends
+/// when both directions have, or when nothing moved either way for
+/// `idle`; a failed side shuts both sockets (`fds`: client, upstream),
+/// so the other direction ends too.
+pub(crate) async fn relay_any(
+    (crd, cwr): (&mut impl DeadlineRead, &mut impl AsyncWriteRent),
+    (srd, swr): (&mut impl DeadlineRead, &mut impl AsyncWriteRent),
+    bufs: (Vec<u8>, Vec<u8>),
+    idle: Duration,
+    fds: [RawFd; 2],
+) -> (RelayStats, (Vec<u8>, Vec<u8>)) {
+    let last = Cell::new(Instant::now());
+    let up = copy_until_idle(crd, swr, bufs.0, &last, idle, fds);
+    let down = copy_until_idle(srd, cwr, bufs.1, &last, idle, fds);
+    let ((up_n, up_end, b0), (down_n, down_end, b1)) = monoio::join!(up, down);
+    let end = match (up_end, down_end) {
+        (Err(e), _) => RelayEnd::ClientError(e.kind()),
+        (_, Err(e)) => RelayEnd::ServerError(e.kind()),
+        (Ok(true), _) | (_, Ok(true)) => RelayEnd::Idle,
+        _ => RelayEnd::Closed,
+    };
+    let stats = RelayStats {
+        client_to_server: up_n,
+        server_to_client: down_n,
+        end,
+    };
+    (stats, (b0, b1))
+}
+
+/// One direction of [`relay_any`]: bytes copied, and how it ended
+/// (`Ok(true)`: idle).
+async fn copy_until_idle(
+    rd: &mut impl DeadlineRead,
+    wr: &mut impl AsyncWriteRent,
+    mut buf: Vec<u8>,
+    last: &Cell<Instant>,
+    idle: Duration,
+    fds: [RawFd; 2],
+) -> (u64, io::Result<bool>, Vec<u8>) {
+    let fail = |e: io::Error| {
+        for fd in fds {
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        Err(e)
+    };
+    let mut total = 0u64;
+    if buf.capacity() < 16 * 1024 {
+        buf.reserve(16 * 1024 - buf.len());
+    }
+    loop {
+        if !buf.is_empty() {
+            let (res, b) = wr.write_all(buf).await;
+            buf = b;
+            match res {
+                Ok(n) => total += n as u64,
+                Err(e) => return (total, fail(e), buf),
+            }
+            buf.clear();
+        }
+        let (res, b) = rd.read_until(buf, Some(last.get() + idle)).await;
+        buf = b;
+        match res {
+            Ok(0) => {
+                let _ = wr.shutdown().await;
+                return (total, Ok(false), buf);
+            }
+            Ok(_) => last.set(Instant::now()),
+            // The other direction may have moved meanwhile.
+            Err(e) if crate::detect::is_cancelled(&e) => {
+                if last.get().elapsed() >= idle {
+                    for fd in fds {
+                        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+                    }
+                    return (total, Ok(true), buf);
+                }
+            }
+            Err(e) => return (total, fail(e), buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    use ringmesh_identity::Name;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+    use crate::connect::{open, Endpoint};
+
+    const NAME: &str = "echo.ns.serviceaccount.identity.linkerd.cluster.local";
+
+    fn configs() -> (Arc<ClientConfig>, Arc<rustls::ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let roots = ringmesh_identity::tls::trust_anchors([ca_der]).unwrap();
+        let leaf = |name: &str| -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (vec![cert.der().clone()], key)
+        };
+        let (c, ck) = leaf("client.example");
+        let (s, sk) = leaf(NAME);
+        (
+            ringmesh_identity::tls::client_config(roots.clone(), c, ck, &[]).unwrap(),
+            ringmesh_identity::tls::server_config(roots, s, sk, &[]).unwrap(),
+        )
+    }
+
+    async fn finished<T>(t: thread::JoinHandle<T>) -> T {
+        while !t.is_finished() {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.join().unwrap()
+    }
+
+    /// A TLS upstream that echoes what it reads until EOF, then closes.
+    fn tls_echo(cfg: Arc<rustls::ServerConfig>) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            let mut tls =
+                rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), sock);
+            let mut buf = [0u8; 4096];
+            loop {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        tls.write_all(&buf[..n]).unwrap();
+                        tls.flush().unwrap();
+                    }
+                }
+            }
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        (addr, t)
+    }
+
+    /// A plain client connection as the proxy holds it, and the
+    /// application's end of it.
+    async fn client_pair() -> (TcpStream, std::net::TcpStream) {
+        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let app = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (proxy_side, _) = l.accept().await.unwrap();
+        (proxy_side, app)
+    }
+
+    fn both_drivers(f: impl AsyncFn()) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring (these tests need it)");
+        rt.block_on(f());
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(f());
+    }
+
+    /// A tunnel from a plain client to a TLS upstream: the client's bytes
+    /// (the prefix first) reach the upstream through the session, the
+    /// answer comes back, and half-closes pass both ways.
+    #[test]
+    fn relay_any_tunnels_to_a_tls_upstream() {
+        both_drivers(async || {
+            let (client_cfg, server_cfg) = configs();
+            let (addr, upstream) = tls_echo(server_cfg);
+            let ep = Endpoint {
+                addr,
+                identity: Some(Name::parse(NAME).unwrap()),
+            };
+            let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let ufd = conn.raw_fd();
+            let (mut urd, mut uwr) = conn.split();
+            let (client, mut app) = client_pair().await;
+            let cfd = client.as_raw_fd();
+            let (mut crd, mut cwr) = client.into_split();
+            let app_side = thread::spawn(move || {
+                app.write_all(b" world").unwrap();
+                app.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut got = Vec::new();
+                app.read_to_end(&mut got).unwrap();
+                got
+            });
+            let (stats, _) = relay_any(
+                (&mut crd, &mut cwr),
+                (&mut urd, &mut uwr),
+                (b"hello".to_vec(), Vec::new()),
+                Duration::from_secs(5),
+                [cfd, ufd],
+            )
+            .await;
+            assert_eq!(finished(app_side).await, b"hello world");
+            assert_eq!(
+                (stats.client_to_server, stats.server_to_client, stats.end),
+                (11, 11, RelayEnd::Closed)
+            );
+            finished(upstream).await;
+        });
+    }
+
+    /// Nothing moving either way ends the tunnel after the idle timeout.
+    #[test]
+    fn relay_any_ends_when_idle() {
+        both_drivers(async || {
+            let (client_cfg, server_cfg) = configs();
+            let (addr, upstream) = tls_echo(server_cfg);
+            let ep = Endpoint {
+                addr,
+                identity: Some(Name::parse(NAME).unwrap()),
+            };
+            let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
+                .await
+                .unwrap();
+            let ufd = conn.raw_fd();
+            let (mut urd, mut uwr) = conn.split();
+            let (client, _app) = client_pair().await;
+            let cfd = client.as_raw_fd();
+            let (mut crd, mut cwr) = client.into_split();
+            let started = Instant::now();
+            let (stats, _) = relay_any(
+                (&mut crd, &mut cwr),
+                (&mut urd, &mut uwr),
+                (Vec::new(), Vec::new()),
+                Duration::from_millis(200),
+                [cfd, ufd],
+            )
+            .await;
+            assert_eq!(stats.end, RelayEnd::Idle);
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            finished(upstream).await;
+        });
     }
 }
