@@ -23,7 +23,7 @@ use ringmesh_protocols::tcp::relay;
 use crate::connect::{self, Endpoint};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
-use crate::pool::{Rd, ReadMore, UpRead, UpWr, Upstream, Wr};
+use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
 use crate::route::{failover, Dst};
 use crate::transport::{relay_any, TransportRd, TransportWr};
 use crate::worker::Worker;
@@ -232,7 +232,7 @@ pub(crate) async fn exchange(
 /// two). Returns the scanner for the rest of the body.
 async fn send_head(
     c: &mut Client,
-    (uwr, umeter): (&mut UpWr, &ConnMeter),
+    (uwr, umeter): (&mut Wr, &ConnMeter),
     req: &RequestHead,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -612,8 +612,13 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
             return;
         }
     }
-    let (stats, bufs) = match (urd, uwr) {
-        (TransportRd::Plain(urd), TransportWr::Plain(uwr)) => {
+    let (stats, bufs) = match (rd, wr, urd, uwr) {
+        (
+            TransportRd::Plain(rd),
+            TransportWr::Plain(wr),
+            TransportRd::Plain(urd),
+            TransportWr::Plain(uwr),
+        ) => {
             let (Ok(client), Ok(server)) = (rd.reunite(wr), urd.reunite(uwr)) else {
                 tracing::warn!(%peer, "cannot reunite connection halves for a tunnel");
                 return;
@@ -633,8 +638,7 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
             )
             .await
         }
-        (mut urd, mut uwr) => {
-            let (mut rd, mut wr) = (rd, wr);
+        (mut rd, mut wr, mut urd, mut uwr) => {
             relay_any(
                 (&mut rd, &mut wr),
                 (&mut urd, &mut uwr),

@@ -16,13 +16,12 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::multishot::RecvMulti;
-use monoio::io::{AsyncWriteRentExt, Splitable};
-use monoio::net::TcpStream;
+use monoio::io::AsyncWriteRentExt;
 use ringmesh_admin::telemetry::{ConnMeter, Direction};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
@@ -35,6 +34,7 @@ use crate::pool::{read_more, Scratch, Upstream};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
 use crate::translate;
+use crate::transport::{Transport, TransportRd};
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
 
@@ -44,7 +44,7 @@ use crate::worker::Worker;
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     w: Rc<Worker>,
-    client: TcpStream,
+    client: Transport,
     buf: Vec<u8>,
     mut head_started: Option<Instant>,
     peer: SocketAddr,
@@ -53,8 +53,8 @@ pub(crate) async fn serve(
     meter: ConnMeter,
 ) {
     meter.read(buf.len());
-    let fd = client.as_raw_fd();
-    let (rd, wr) = client.into_split();
+    let fd = client.raw_fd();
+    let (rd, wr) = client.split();
     let mut c = Client {
         rd,
         wr,
@@ -629,6 +629,16 @@ async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
 /// it sizes every idle connection's task.
 async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Result<usize> {
     let cancelled = || io::Error::from_raw_os_error(nix::errno::Errno::ECANCELED as i32);
+    let plain = match &c.rd {
+        TransportRd::Plain(rd) => rd,
+        // TLS: the session decides when a request's bytes are there (the
+        // socket's readiness may be a partial record), so the connection
+        // waits with its buffer.
+        TransportRd::Tls(_) => {
+            c.buf = w.pools.bufs.get();
+            return read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline)).await;
+        }
+    };
     if let Ok(mut recv) = RecvMulti::once(c.fd) {
         match monoio::time::timeout_at(deadline.into(), recv.next()).await {
             Err(_) => return Err(cancelled()),
@@ -645,7 +655,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
         }
     }
     loop {
-        match monoio::time::timeout_at(deadline.into(), c.rd.readable(false)).await {
+        match monoio::time::timeout_at(deadline.into(), plain.readable(false)).await {
             Err(_) => return Err(cancelled()),
             Ok(r) => r?,
         }

@@ -207,6 +207,8 @@ pub(crate) async fn serve(
             // Its own task (taking the open-connection count with it): this
             // one, sized for detection and the relay, ends here, so a
             // long-lived keep-alive connection costs only the HTTP/1 task.
+            // (TLS the proxy terminates arrives with inbound mTLS.)
+            let client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
             monoio::spawn(async move {
                 let _open = open;
                 http1::serve(

@@ -43,24 +43,18 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::multishot::RecvMulti;
-use monoio::io::{OwnedReadHalf, OwnedWriteHalf};
-use monoio::net::TcpStream;
 use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_admin::telemetry::ConnMeter;
 use ringmesh_identity::Name;
 use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
 use crate::connect::Endpoint;
-use crate::detect::read_until;
 use crate::stop::Stop;
 use crate::transport::{TransportRd, TransportWr};
 
-/// A client connection's halves (plain: accepted connections are plain
-/// until inbound TLS termination).
-pub(crate) type Rd = OwnedReadHalf<TcpStream>;
-pub(crate) type Wr = OwnedWriteHalf<TcpStream>;
-/// An upstream connection's write half (plain or TLS).
-pub(crate) type UpWr = TransportWr;
+/// A connection's halves, client or upstream (plain or TLS).
+pub(crate) type Rd = TransportRd;
+pub(crate) type Wr = TransportWr;
 
 /// At most this many idle connections per endpoint per worker.
 const POOL_MAX_IDLE: usize = 64;
@@ -74,7 +68,7 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// An upstream HTTP/1 connection, kept split so reuse costs nothing.
 pub(crate) struct Upstream {
     pub(crate) rd: UpRead,
-    pub(crate) wr: UpWr,
+    pub(crate) wr: Wr,
     /// The TCP socket (under TLS, if any), for `shutdown`; owned by
     /// `rd`/`wr`.
     pub(crate) fd: RawFd,
@@ -106,16 +100,6 @@ pub(crate) trait DeadlineRead {
         buf: T,
         deadline: Option<Instant>,
     ) -> monoio::BufResult<usize, T>;
-}
-
-impl DeadlineRead for Rd {
-    async fn read_until<T: IoBufMut>(
-        &mut self,
-        buf: T,
-        deadline: Option<Instant>,
-    ) -> monoio::BufResult<usize, T> {
-        read_until(self, buf, deadline).await
-    }
 }
 
 impl DeadlineRead for TransportRd {
@@ -152,7 +136,7 @@ impl ReadMore for Rd {
 pub(crate) struct UpRead {
     /// Declared first: cancelled before `rd` closes the socket.
     ring: Ring,
-    rd: TransportRd,
+    rd: Rd,
     fd: RawFd,
 }
 
@@ -535,6 +519,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use monoio::io::Splitable;
+    use monoio::net::TcpStream;
 
     use super::*;
 

@@ -438,7 +438,7 @@ mod tests {
             let (mut urd, mut uwr) = conn.split();
             let (client, mut app) = client_pair().await;
             let cfd = client.as_raw_fd();
-            let (mut crd, mut cwr) = client.into_split();
+            let (mut crd, mut cwr) = Transport::plain(client, NoTlsReason::Loopback).split();
             let app_side = thread::spawn(move || {
                 app.write_all(b" world").unwrap();
                 app.shutdown(std::net::Shutdown::Write).unwrap();
@@ -480,7 +480,7 @@ mod tests {
             let (mut urd, mut uwr) = conn.split();
             let (client, _app) = client_pair().await;
             let cfd = client.as_raw_fd();
-            let (mut crd, mut cwr) = client.into_split();
+            let (mut crd, mut cwr) = Transport::plain(client, NoTlsReason::Loopback).split();
             let started = Instant::now();
             let (stats, _) = relay_any(
                 (&mut crd, &mut cwr),
