@@ -119,61 +119,18 @@ mod tests {
 
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
     use ringmesh_admin::telemetry::TlsStatus;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use rustls::RootCertStore;
 
     use super::*;
+    use crate::testing::{both_drivers, finished, TestCa};
 
     const WEB: &str = "web.ns.serviceaccount.identity.linkerd.cluster.local";
     const CLIENT: &str = "client.ns.serviceaccount.identity.linkerd.cluster.local";
 
-    /// A test CA and leaves it signs.
-    struct Ca {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-        roots: Arc<RootCertStore>,
-    }
-
-    impl Ca {
-        fn new() -> Self {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            // Each CA its own name, so another CA's leaf has an unknown issuer.
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, format!("ringmesh test CA {n}"));
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let der = params.self_signed(&key).unwrap().der().clone();
-            let roots = ringmesh_identity::tls::trust_anchors([der]).unwrap();
-            Self {
-                issuer: rcgen::Issuer::new(params, key),
-                roots,
-            }
-        }
-
-        fn leaf(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-                .unwrap()
-                .signed_by(&key, &self.issuer)
-                .unwrap();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            (vec![cert.der().clone()], key)
-        }
-
-        fn client(&self) -> Arc<ClientConfig> {
-            let (chain, key) = self.leaf(CLIENT);
-            ringmesh_identity::tls::client_config(self.roots.clone(), chain, key, &[]).unwrap()
-        }
-    }
-
     /// A rustls (std, blocking) server on loopback presenting `name`'s
     /// certificate from `ca`, serving one connection: it answers "ping"
     /// with "pong" and reports whether the client presented a certificate.
-    fn tls_server(ca: &Ca, name: &str) -> (SocketAddr, thread::JoinHandle<bool>) {
-        let (chain, key) = ca.leaf(name);
-        let cfg = ringmesh_identity::tls::server_config(ca.roots.clone(), chain, key, &[]).unwrap();
+    fn tls_server(ca: &TestCa, name: &str) -> (SocketAddr, thread::JoinHandle<bool>) {
+        let cfg = ca.server(name);
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
@@ -192,28 +149,6 @@ mod tests {
         (addr, t)
     }
 
-    /// The server thread's result, the runtime running meanwhile (a
-    /// socket's close on io_uring is itself an operation).
-    async fn finished(t: thread::JoinHandle<bool>) -> bool {
-        while !t.is_finished() {
-            monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-        t.join().unwrap()
-    }
-
-    fn on_both_drivers(f: impl AsyncFn()) {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("io_uring (these tests need it)");
-        rt.block_on(f());
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(f());
-    }
-
     fn endpoint(addr: SocketAddr, id: &str) -> Endpoint {
         Endpoint {
             addr,
@@ -225,12 +160,12 @@ mod tests {
     /// the connection says so, and bytes go both ways through split halves.
     #[test]
     fn mtls_to_an_endpoint_that_proves_its_identity() {
-        on_both_drivers(async || {
-            let ca = Ca::new();
+        both_drivers(async || {
+            let ca = TestCa::new();
             let (addr, server) = tls_server(&ca, WEB);
             let conn = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client()),
+                Some(&ca.client(CLIENT)),
                 Duration::from_secs(5),
             )
             .await
@@ -256,13 +191,13 @@ mod tests {
     /// `tls_failed` label, and rustls' reason.
     #[test]
     fn a_certificate_for_another_identity_is_refused() {
-        on_both_drivers(async || {
-            let ca = Ca::new();
+        both_drivers(async || {
+            let ca = TestCa::new();
             let (addr, server) =
                 tls_server(&ca, "db.ns.serviceaccount.identity.linkerd.cluster.local");
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client()),
+                Some(&ca.client(CLIENT)),
                 Duration::from_secs(5),
             )
             .await
@@ -282,12 +217,12 @@ mod tests {
     /// A server certificate from a CA outside the trust anchors.
     #[test]
     fn an_untrusted_certificate_is_refused() {
-        on_both_drivers(async || {
-            let (ours, theirs) = (Ca::new(), Ca::new());
+        both_drivers(async || {
+            let (ours, theirs) = (TestCa::new(), TestCa::new());
             let (addr, server) = tls_server(&theirs, WEB);
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ours.client()),
+                Some(&ours.client(CLIENT)),
                 Duration::from_secs(5),
             )
             .await
@@ -303,14 +238,14 @@ mod tests {
     /// handshake shares the connect timeout (504).
     #[test]
     fn a_stalled_handshake_times_out() {
-        on_both_drivers(async || {
-            let ca = Ca::new();
+        both_drivers(async || {
+            let ca = TestCa::new();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let started = Instant::now();
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client()),
+                Some(&ca.client(CLIENT)),
                 Duration::from_millis(300),
             )
             .await
@@ -326,12 +261,12 @@ mod tests {
     /// TLS status saying which.
     #[test]
     fn plain_when_either_side_has_no_identity() {
-        on_both_drivers(async || {
-            let ca = Ca::new();
+        both_drivers(async || {
+            let ca = TestCa::new();
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let t = Duration::from_secs(5);
-            let conn = open(&Endpoint::plain(addr), Some(&ca.client()), t)
+            let conn = open(&Endpoint::plain(addr), Some(&ca.client(CLIENT)), t)
                 .await
                 .unwrap();
             assert_eq!(

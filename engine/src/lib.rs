@@ -72,6 +72,8 @@ mod route;
 mod run;
 mod server_first;
 mod stop;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod translate;
 mod transport;

@@ -396,52 +396,43 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
     use super::*;
+    use crate::testing::{both_drivers, finished, TestCa};
+
+    /// A client session to `server.example` at `addr`, handshaken.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> io::Result<TlsStream<rustls::ClientConnection>> {
+        let sock = TcpStream::connect_addr(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("server.example").unwrap();
+        let session = rustls::ClientConnection::new(cfg, name).unwrap();
+        TlsStream::handshake(sock, session).await
+    }
+
+    type Peer = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+    /// A blocking rustls server on loopback running `serve` on its one
+    /// connection, in a thread.
+    fn tls_peer<T: Send + 'static>(
+        cfg: Arc<rustls::ServerConfig>,
+        serve: impl FnOnce(Peer) -> T + Send + 'static,
+    ) -> (std::net::SocketAddr, thread::JoinHandle<T>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = thread::spawn(move || {
+            let (sock, _) = l.accept().unwrap();
+            serve(rustls::StreamOwned::new(
+                rustls::ServerConnection::new(cfg).unwrap(),
+                sock,
+            ))
+        });
+        (addr, t)
+    }
 
     fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let roots = ringmesh_identity::tls::trust_anchors([ca_der]).unwrap();
-        let leaf = |name: &str| -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            (vec![cert.der().clone()], key)
-        };
-        let (c, ck) = leaf("client.example");
-        let (s, sk) = leaf("server.example");
-        (
-            ringmesh_identity::tls::client_config(roots.clone(), c, ck, &[]).unwrap(),
-            ringmesh_identity::tls::server_config(roots, s, sk, &[]).unwrap(),
-        )
-    }
-
-    fn both_drivers(f: impl AsyncFn()) {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("io_uring (these tests need it)");
-        rt.block_on(f());
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(f());
-    }
-
-    async fn finished<T>(t: thread::JoinHandle<T>) -> T {
-        while !t.is_finished() {
-            monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-        t.join().unwrap()
+        let ca = TestCa::new();
+        (ca.client("client.example"), ca.server("server.example"))
     }
 
     /// Reads cut short by a timeout, again and again while the peer
@@ -452,14 +443,7 @@ mod tests {
     fn cancelled_reads_lose_nothing() {
         both_drivers(async || {
             let (client_cfg, server_cfg) = configs();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = l.local_addr().unwrap();
-            let server = thread::spawn(move || {
-                let (sock, _) = l.accept().unwrap();
-                let mut tls = rustls::StreamOwned::new(
-                    rustls::ServerConnection::new(server_cfg).unwrap(),
-                    sock,
-                );
+            let (addr, server) = tls_peer(server_cfg, move |mut tls| {
                 let mut i = 0u32;
                 for chunk in 0..256u32 {
                     let data: Vec<u8> = (0..4096)
@@ -478,13 +462,7 @@ mod tests {
                 let _ = tls.read_to_end(&mut rest);
                 i
             });
-            let sock = TcpStream::connect_addr(addr).await.unwrap();
-            let session = rustls::ClientConnection::new(
-                client_cfg,
-                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
-            )
-            .unwrap();
-            let mut tls = TlsStream::handshake(sock, session).await.unwrap();
+            let mut tls = connect(addr, client_cfg).await.unwrap();
             let mut got = Vec::with_capacity(1 << 20);
             let mut cancelled = 0;
             loop {
@@ -517,27 +495,14 @@ mod tests {
     fn halves_read_and_write_at_once() {
         both_drivers(async || {
             let (client_cfg, server_cfg) = configs();
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = l.local_addr().unwrap();
-            let server = thread::spawn(move || {
-                let (sock, _) = l.accept().unwrap();
-                let mut tls = rustls::StreamOwned::new(
-                    rustls::ServerConnection::new(server_cfg).unwrap(),
-                    sock,
-                );
+            let (addr, server) = tls_peer(server_cfg, move |mut tls| {
                 let mut buf = [0u8; 5];
                 tls.read_exact(&mut buf).unwrap();
                 thread::sleep(Duration::from_millis(100));
                 tls.write_all(&buf).unwrap();
                 tls.flush().unwrap();
             });
-            let sock = TcpStream::connect_addr(addr).await.unwrap();
-            let session = rustls::ClientConnection::new(
-                client_cfg,
-                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
-            )
-            .unwrap();
-            let (mut rd, mut wr) = TlsStream::handshake(sock, session).await.unwrap().split();
+            let (mut rd, mut wr) = connect(addr, client_cfg).await.unwrap().split();
             let soon = std::time::Instant::now() + Duration::from_millis(30);
             let (res, buf) = rd.read_until(Vec::with_capacity(16), Some(soon)).await;
             let e = res.expect_err("nothing was sent yet");
@@ -567,13 +532,7 @@ mod tests {
                 let mut rest = Vec::new();
                 let _ = sock.read_to_end(&mut rest);
             });
-            let sock = TcpStream::connect_addr(addr).await.unwrap();
-            let session = rustls::ClientConnection::new(
-                client_cfg,
-                rustls::pki_types::ServerName::try_from("server.example").unwrap(),
-            )
-            .unwrap();
-            let e = TlsStream::handshake(sock, session)
+            let e = connect(addr, client_cfg)
                 .await
                 .err()
                 .expect("not TLS, yet a handshake");

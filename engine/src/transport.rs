@@ -334,43 +334,16 @@ mod tests {
     use std::sync::Arc;
     use std::thread;
 
-    use ringmesh_identity::Name;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
     use super::*;
     use crate::connect::{open, Endpoint};
+    use crate::testing::{both_drivers, finished, TestCa};
+    use ringmesh_identity::Name;
 
     const NAME: &str = "echo.ns.serviceaccount.identity.linkerd.cluster.local";
 
     fn configs() -> (Arc<ClientConfig>, Arc<rustls::ServerConfig>) {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_der = ca.self_signed(&ca_key).unwrap().der().clone();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let roots = ringmesh_identity::tls::trust_anchors([ca_der]).unwrap();
-        let leaf = |name: &str| -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-            (vec![cert.der().clone()], key)
-        };
-        let (c, ck) = leaf("client.example");
-        let (s, sk) = leaf(NAME);
-        (
-            ringmesh_identity::tls::client_config(roots.clone(), c, ck, &[]).unwrap(),
-            ringmesh_identity::tls::server_config(roots, s, sk, &[]).unwrap(),
-        )
-    }
-
-    async fn finished<T>(t: thread::JoinHandle<T>) -> T {
-        while !t.is_finished() {
-            monoio::time::sleep(Duration::from_millis(5)).await;
-        }
-        t.join().unwrap()
+        let ca = TestCa::new();
+        (ca.client("client.example"), ca.server(NAME))
     }
 
     /// A TLS upstream that echoes what it reads until EOF, then closes.
@@ -406,17 +379,37 @@ mod tests {
         (proxy_side, app)
     }
 
-    fn both_drivers(f: impl AsyncFn()) {
-        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("io_uring (these tests need it)");
-        rt.block_on(f());
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
+    /// Both ends of a tunnel as `relay_any` gets them: a plain client
+    /// connection (with the application's end of it) and a TLS connection
+    /// to an echo upstream.
+    struct Tunnel {
+        client: (TransportRd, TransportWr),
+        upstream: (TransportRd, TransportWr),
+        fds: [RawFd; 2],
+        app: std::net::TcpStream,
+        echo: thread::JoinHandle<()>,
+    }
+
+    async fn tunnel() -> Tunnel {
+        let (client_cfg, server_cfg) = configs();
+        let (addr, echo) = tls_echo(server_cfg);
+        let ep = Endpoint {
+            addr,
+            identity: Some(Name::parse(NAME).unwrap()),
+        };
+        let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
+            .await
             .unwrap();
-        rt.block_on(f());
+        let ufd = conn.raw_fd();
+        let (client, app) = client_pair().await;
+        let cfd = client.as_raw_fd();
+        Tunnel {
+            client: Transport::plain(client, NoTlsReason::Loopback).split(),
+            upstream: conn.split(),
+            fds: [cfd, ufd],
+            app,
+            echo,
+        }
     }
 
     /// A tunnel from a plain client to a TLS upstream: the client's bytes
@@ -425,20 +418,13 @@ mod tests {
     #[test]
     fn relay_any_tunnels_to_a_tls_upstream() {
         both_drivers(async || {
-            let (client_cfg, server_cfg) = configs();
-            let (addr, upstream) = tls_echo(server_cfg);
-            let ep = Endpoint {
-                addr,
-                identity: Some(Name::parse(NAME).unwrap()),
-            };
-            let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
-                .await
-                .unwrap();
-            let ufd = conn.raw_fd();
-            let (mut urd, mut uwr) = conn.split();
-            let (client, mut app) = client_pair().await;
-            let cfd = client.as_raw_fd();
-            let (mut crd, mut cwr) = Transport::plain(client, NoTlsReason::Loopback).split();
+            let Tunnel {
+                mut client,
+                mut upstream,
+                fds,
+                mut app,
+                echo,
+            } = tunnel().await;
             let app_side = thread::spawn(move || {
                 app.write_all(b" world").unwrap();
                 app.shutdown(std::net::Shutdown::Write).unwrap();
@@ -447,11 +433,11 @@ mod tests {
                 got
             });
             let (stats, _) = relay_any(
-                (&mut crd, &mut cwr),
-                (&mut urd, &mut uwr),
+                (&mut client.0, &mut client.1),
+                (&mut upstream.0, &mut upstream.1),
                 (b"hello".to_vec(), Vec::new()),
                 Duration::from_secs(5),
-                [cfd, ufd],
+                fds,
             )
             .await;
             assert_eq!(finished(app_side).await, b"hello world");
@@ -459,7 +445,7 @@ mod tests {
                 (stats.client_to_server, stats.server_to_client, stats.end),
                 (11, 11, RelayEnd::Closed)
             );
-            finished(upstream).await;
+            finished(echo).await;
         });
     }
 
@@ -467,27 +453,20 @@ mod tests {
     #[test]
     fn relay_any_ends_when_idle() {
         both_drivers(async || {
-            let (client_cfg, server_cfg) = configs();
-            let (addr, upstream) = tls_echo(server_cfg);
-            let ep = Endpoint {
-                addr,
-                identity: Some(Name::parse(NAME).unwrap()),
-            };
-            let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
-                .await
-                .unwrap();
-            let ufd = conn.raw_fd();
-            let (mut urd, mut uwr) = conn.split();
-            let (client, _app) = client_pair().await;
-            let cfd = client.as_raw_fd();
-            let (mut crd, mut cwr) = Transport::plain(client, NoTlsReason::Loopback).split();
+            let Tunnel {
+                mut client,
+                mut upstream,
+                fds,
+                app: _app,
+                echo,
+            } = tunnel().await;
             let started = Instant::now();
             let (stats, _) = relay_any(
-                (&mut crd, &mut cwr),
-                (&mut urd, &mut uwr),
+                (&mut client.0, &mut client.1),
+                (&mut upstream.0, &mut upstream.1),
                 (Vec::new(), Vec::new()),
                 Duration::from_millis(200),
-                [cfd, ufd],
+                fds,
             )
             .await;
             assert_eq!(stats.end, RelayEnd::Idle);
@@ -496,7 +475,7 @@ mod tests {
                 "{:?}",
                 started.elapsed()
             );
-            finished(upstream).await;
+            finished(echo).await;
         });
     }
 }
