@@ -42,7 +42,7 @@ pub(crate) struct Detected {
 /// that is sooner: the HTTP/1 server then answers 408 at once. `Ok(None)`:
 /// evicted (too many undecided connections).
 pub(crate) async fn read_and_detect(
-    client: &mut TcpStream,
+    client: &mut impl EvictableRead,
     mut buf: Vec<u8>,
     mut first_byte: Option<Instant>,
     detect_deadline: Instant,
@@ -75,7 +75,9 @@ pub(crate) async fn read_and_detect(
             return (undecided(Undecided::Full, &buf, first_byte), buf);
         }
         let len = buf.len();
-        let (res, slice) = read_or_evict(client, buf.slice_mut(len..), deadline, eviction).await;
+        let (res, slice) = client
+            .read_or_evict(buf.slice_mut(len..), deadline, eviction)
+            .await;
         buf = slice.into_inner();
         match res {
             Some(Ok(0)) => return (undecided(Undecided::Eof, &buf, first_byte), buf),
@@ -88,6 +90,28 @@ pub(crate) async fn read_and_detect(
             Some(Err(e)) => return (Err(e), buf),
             None => return (Ok(None), buf),
         }
+    }
+}
+
+/// A connection detection reads from.
+pub(crate) trait EvictableRead {
+    /// [`read_until`] that also gives up when `eviction` fires (`None`).
+    async fn read_or_evict<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Instant,
+        eviction: &Eviction,
+    ) -> (Option<io::Result<usize>>, T);
+}
+
+impl EvictableRead for TcpStream {
+    async fn read_or_evict<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Instant,
+        eviction: &Eviction,
+    ) -> (Option<io::Result<usize>>, T) {
+        read_or_evict(self, buf, deadline, eviction).await
     }
 }
 

@@ -27,11 +27,12 @@ use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
 use crate::server_first::Dest;
-use crate::transport::Transport;
+use crate::transport::{relay_any, Transport};
 use crate::undecided::Eviction;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
 use crate::{http1, http2};
+use std::os::fd::AsRawFd;
 
 /// What a listener is for.
 #[derive(Clone, Debug)]
@@ -167,7 +168,7 @@ impl ConnLabels {
 pub(crate) async fn serve(
     w: Rc<Worker>,
     kind: Rc<ListenerKind>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
 ) {
     let open = OpenConn::new(&w);
@@ -191,6 +192,9 @@ pub(crate) async fn serve(
     };
     let labels = ConnLabels::new(&kind, &route.target);
     let src_meter = labels.open(&w, Peer::Src, route.addr);
+    // From here on the connection is a transport: plain today; TLS the
+    // proxy terminates (inbound mTLS) will be the other kind.
+    let mut client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
     let Some(mut decided) = decide_protocol(&c, &mut client, &route).await else {
         return;
     };
@@ -207,8 +211,6 @@ pub(crate) async fn serve(
             // Its own task (taking the open-connection count with it): this
             // one, sized for detection and the relay, ends here, so a
             // long-lived keep-alive connection costs only the HTTP/1 task.
-            // (TLS the proxy terminates arrives with inbound mTLS.)
-            let client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
             monoio::spawn(async move {
                 let _open = open;
                 http1::serve(
@@ -226,8 +228,6 @@ pub(crate) async fn serve(
         }
         Protocol::Http2 => {
             close_early(&c, &labels, decided.early.take());
-            // (TLS the proxy terminates arrives with inbound mTLS.)
-            let client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
             Box::pin(http2::serve(
                 w.clone(),
                 client,
@@ -263,7 +263,7 @@ struct Decided {
 /// known, an upstream connection is opened while waiting for the client
 /// (after a short grace, so HTTP clients, which speak at once, rarely cost
 /// one): whichever side speaks first decides.
-async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) -> Option<Decided> {
+async fn decide_protocol(c: &Conn<'_>, client: &mut Transport, route: &Route) -> Option<Decided> {
     let w = c.w;
     let mut prefix = w.pools.bufs.get();
     let dest = match &route.target {
@@ -292,15 +292,33 @@ async fn decide_protocol(c: &Conn<'_>, client: &mut TcpStream, route: &Route) ->
         _ => {
             let undecided = w.detection.undecided.enter();
             let early_target = (route.hint.is_none()).then_some(&route.target);
-            let (res, buf) = detect_protocol(
-                c,
-                client,
-                prefix,
-                early_target,
-                &undecided.eviction,
-                &mut early,
-            )
-            .await;
+            let (res, buf) = match client.plain_mut() {
+                Some(tcp) => {
+                    detect_protocol(
+                        c,
+                        tcp,
+                        prefix,
+                        early_target,
+                        &undecided.eviction,
+                        &mut early,
+                    )
+                    .await
+                }
+                // Behind TLS: the client speaks first (no early connect).
+                None => {
+                    let deadline = Instant::now() + c.side.detect_timeout;
+                    let header_timeout = c.w.cfg.http.header_read_timeout;
+                    read_and_detect(
+                        client,
+                        prefix,
+                        None,
+                        deadline,
+                        header_timeout,
+                        &undecided.eviction,
+                    )
+                    .await
+                }
+            };
             prefix = buf;
             match res {
                 Ok(Some(found)) => {
@@ -389,7 +407,7 @@ fn close_early(c: &Conn<'_>, labels: &ConnLabels, early: Option<Early>) {
 /// while detecting, or to one opened now.
 async fn relay_opaque(
     c: &Conn<'_>,
-    mut client: TcpStream,
+    mut client: Transport,
     target: &Target,
     labels: &ConnLabels,
     src_meter: ConnMeter,
@@ -443,7 +461,7 @@ async fn relay_opaque(
 /// starts. Returns the buffer to the pool; `false`: the client is gone.
 async fn send_banner(
     w: &Worker,
-    client: &mut TcpStream,
+    client: &mut Transport,
     banner: Vec<u8>,
     peer: SocketAddr,
     src_meter: &ConnMeter,
@@ -468,11 +486,16 @@ async fn send_banner(
 /// configured and possible, else copying), `prefix` first to the server.
 async fn relay_bytes(
     w: &Worker,
-    client: TcpStream,
+    client: Transport,
     server: TcpStream,
     prefix: Vec<u8>,
     guard: &Option<OpenGuard>,
 ) -> RelayStats {
+    let client = match client.into_plain() {
+        Ok(tcp) => tcp,
+        // Behind TLS: the copying relay over the session.
+        Err(tls) => return Box::pin(relay_tls_client(w, tls, server, prefix)).await,
+    };
     let pipes = if w.cfg.tcp.splice {
         SplicePipes::new()
             .map_err(|e| tracing::warn!(error = %e, "cannot create splice pipes; copying instead"))
@@ -517,6 +540,31 @@ async fn relay_bytes(
             stats
         }
     }
+}
+
+/// Relays a client connection whose bytes come through TLS (no splice or
+/// multishot receive: they read the socket itself).
+async fn relay_tls_client(
+    w: &Worker,
+    client: Transport,
+    server: TcpStream,
+    prefix: Vec<u8>,
+) -> RelayStats {
+    let fds = [client.raw_fd(), server.as_raw_fd()];
+    let (mut crd, mut cwr) = client.split();
+    let server = Transport::plain(server, NoTlsReason::NoProxyIdentity);
+    let (mut srd, mut swr) = server.split();
+    let (stats, bufs) = relay_any(
+        (&mut crd, &mut cwr),
+        (&mut srd, &mut swr),
+        (prefix, w.pools.bufs.get()),
+        w.cfg.tcp.idle_timeout,
+        fds,
+    )
+    .await;
+    w.pools.bufs.put(bufs.0);
+    w.pools.bufs.put(bufs.1);
+    stats
 }
 
 /// Where a connection goes, the port that decides whether it is opaque,

@@ -135,20 +135,60 @@ where
     /// with `ECANCELED` (nothing is lost: the session keeps what arrived).
     pub(crate) async fn read_until<T: IoBufMut>(
         &mut self,
-        mut buf: T,
+        buf: T,
         deadline: Option<std::time::Instant>,
     ) -> BufResult<usize, T> {
-        let dst = spare(&mut buf);
-        let res = match deadline {
-            None => self.shared.read_plain(dst).await,
-            Some(d) => {
-                match monoio::time::timeout_at(d.into(), self.shared.read_plain(dst)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::from_raw_os_error(nix::libc::ECANCELED)),
-                }
+        let stop = async {
+            match deadline {
+                Some(d) => monoio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
         };
-        filled(buf, res)
+        match read_or(&self.shared, buf, stop).await {
+            (Some(r), buf) => (r, buf),
+            (None, buf) => (Err(io::Error::from_raw_os_error(nix::libc::ECANCELED)), buf),
+        }
+    }
+}
+
+impl<C, SD> TlsStream<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// Decrypted bytes into `buf`'s spare room, or `None` if `stop`
+    /// completes first (nothing is lost: the session keeps what arrived).
+    pub(crate) async fn read_or<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> (Option<io::Result<usize>>, T) {
+        read_or(&self.shared, buf, stop).await
+    }
+}
+
+/// A read into `buf`'s room through `shared`'s session, abandoned (safely:
+/// the read only waits for readiness) when `stop` completes first.
+async fn read_or<C, SD, T>(
+    shared: &Shared<C>,
+    mut buf: T,
+    stop: impl std::future::Future<Output = ()>,
+) -> (Option<io::Result<usize>>, T)
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+    T: IoBufMut,
+{
+    let res = monoio::select! {
+        r = shared.read_plain(spare(&mut buf)) => Some(r),
+        _ = stop => None,
+    };
+    match res {
+        Some(r) => {
+            let (r, buf) = filled(buf, r);
+            (Some(r), buf)
+        }
+        None => (None, buf),
     }
 }
 

@@ -34,9 +34,10 @@ use rustls::{ClientConfig, ClientConnection};
 
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
-use crate::detect::read_until;
+use crate::detect::{read_until, EvictableRead};
 use crate::pool::DeadlineRead;
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
+use crate::undecided::Eviction;
 
 /// One connection, plain or TLS.
 pub(crate) struct Transport {
@@ -91,6 +92,53 @@ impl Transport {
     /// How the connection is secured (the metrics' `tls` labels).
     pub(crate) fn tls(&self) -> &TlsStatus {
         &self.tls
+    }
+}
+
+impl Transport {
+    /// The socket, when the connection is plain (the fast paths' way in).
+    pub(crate) fn plain_mut(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.io {
+            Io::Plain(s) => Some(s),
+            Io::Tls(_) => None,
+        }
+    }
+
+    /// The socket itself, when the connection is plain.
+    pub(crate) fn into_plain(self) -> Result<TcpStream, Self> {
+        match self.io {
+            Io::Plain(s) => Ok(s),
+            io => Err(Self { io, ..self }),
+        }
+    }
+}
+
+impl EvictableRead for Transport {
+    async fn read_or_evict<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Instant,
+        eviction: &Eviction,
+    ) -> (Option<io::Result<usize>>, T) {
+        let t = match &mut self.io {
+            Io::Plain(s) => return s.read_or_evict(buf, deadline, eviction).await,
+            Io::Tls(t) => t,
+        };
+        let evicted = Cell::new(false);
+        let stop = async {
+            monoio::select! {
+                _ = monoio::time::sleep_until(deadline.into()) => {},
+                _ = eviction.wait() => evicted.set(true),
+            }
+        };
+        match t.read_or(buf, stop).await {
+            (Some(r), buf) => (Some(r), buf),
+            (None, buf) if evicted.get() => (None, buf),
+            (None, buf) => (
+                Some(Err(io::Error::from_raw_os_error(nix::libc::ECANCELED))),
+                buf,
+            ),
+        }
     }
 }
 
@@ -244,9 +292,9 @@ impl AsyncWriteRent for TransportWr {
     }
 }
 
-/// Relays both ways between a plain client and an upstream of any kind,
-/// for tunnels over TLS (the fast relays, multishot and splice, need two
-/// plain sockets). `bufs.0` may hold client bytes to send first. Ends
+/// Relays both ways between two connections of any kind, for relays and
+/// tunnels with TLS on a side (the fast relays, multishot and splice,
+/// need two plain sockets). `bufs.0` may hold client bytes to send first. Ends
 /// when both directions have, or when nothing moved either way for
 /// `idle`; a failed side shuts both sockets (`fds`: client, upstream),
 /// so the other direction ends too.
@@ -476,6 +524,70 @@ mod tests {
                 started.elapsed()
             );
             finished(echo).await;
+        });
+    }
+
+    /// Detection reading through TLS: its deadline gives `ECANCELED`, an
+    /// eviction gives `None`, neither loses the bytes that come later,
+    /// and the protocol is detected from the decrypted bytes.
+    #[test]
+    fn detection_reads_through_tls() {
+        both_drivers(async || {
+            let ca = TestCa::new();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let cfg = ca.server(NAME);
+            let server = thread::spawn(move || {
+                let (sock, _) = l.accept().unwrap();
+                let mut tls =
+                    rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), sock);
+                // Handshake now (a rustls stream does it lazily), then
+                // stay silent for a while.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).unwrap();
+                }
+                thread::sleep(Duration::from_millis(300));
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+                tls.flush().unwrap();
+                let mut rest = Vec::new();
+                let _ = tls.read_to_end(&mut rest);
+            });
+            let ep = Endpoint {
+                addr,
+                identity: Some(Name::parse(NAME).unwrap()),
+            };
+            let mut conn = open(
+                &ep,
+                Some(&ca.client("client.example")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let soon = Instant::now() + Duration::from_millis(50);
+            let (res, buf) = conn
+                .read_or_evict(Vec::with_capacity(256), soon, &Eviction::default())
+                .await;
+            let e = res.expect("not evicted").expect_err("nothing was sent yet");
+            assert_eq!(e.raw_os_error(), Some(nix::libc::ECANCELED));
+            let evicted = Eviction::default();
+            evicted.fire();
+            let later = Instant::now() + Duration::from_secs(5);
+            let (res, buf) = conn.read_or_evict(buf, later, &evicted).await;
+            assert!(res.is_none(), "an eviction was not seen");
+            let (found, buf) = crate::detect::read_and_detect(
+                &mut conn,
+                buf,
+                None,
+                later,
+                Duration::from_secs(5),
+                &Eviction::default(),
+            )
+            .await;
+            let found = found.unwrap().expect("not evicted");
+            assert_eq!(found.protocol, ringmesh_protocols::detect::Protocol::Http1);
+            assert!(buf.starts_with(b"GET / HTTP/1.1\r\n"), "{buf:?}");
+            drop(conn);
+            finished(server).await;
         });
     }
 }

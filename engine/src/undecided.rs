@@ -43,7 +43,7 @@ impl Eviction {
         .await
     }
 
-    fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.fired.set(true);
         if let Some(w) = self.waker.take() {
             w.wake();
