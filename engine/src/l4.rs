@@ -19,10 +19,12 @@ use ringmesh_admin::telemetry::{
     relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, TcpKey, TlsStatus,
 };
 use ringmesh_protocols::tcp::RelayStats;
+use rustls::ClientConfig;
 
 use crate::config::{Config, PortSet};
-use crate::connect::{connect, dst_labels};
+use crate::connect::{dst_labels, open, Endpoint};
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
+use crate::error::ProxyError;
 use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
@@ -32,7 +34,6 @@ use crate::undecided::Eviction;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
 use crate::{http1, http2};
-use std::os::fd::AsRawFd;
 
 /// What a listener is for.
 #[derive(Clone, Debug)]
@@ -150,13 +151,13 @@ impl ConnLabels {
         }
     }
 
-    /// Opens the series of one end of the connection.
-    fn open(&self, w: &Worker, peer: Peer, target: SocketAddr) -> ConnMeter {
+    /// Opens the series of one end of the connection, secured as `tls`.
+    fn open(&self, w: &Worker, peer: Peer, target: SocketAddr, tls: &TlsStatus) -> ConnMeter {
         w.telemetry.tcp.borrow_mut().open(TcpKey {
             direction: self.direction,
             peer,
             target,
-            tls: TlsStatus::NO_PROXY_IDENTITY,
+            tls: tls.clone(),
             authority: self.authority.clone(),
             dst_labels: self.dst_labels.clone(),
         })
@@ -190,11 +191,11 @@ pub(crate) async fn serve(
         local,
         side: kind.settings(&w.cfg),
     };
-    let labels = ConnLabels::new(&kind, &route.target);
-    let src_meter = labels.open(&w, Peer::Src, route.addr);
     // From here on the connection is a transport: plain today; TLS the
     // proxy terminates (inbound mTLS) will be the other kind.
     let mut client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
+    let labels = ConnLabels::new(&kind, &route.target);
+    let src_meter = labels.open(&w, Peer::Src, route.addr, client.tls());
     let Some(mut decided) = decide_protocol(&c, &mut client, &route).await else {
         return;
     };
@@ -398,7 +399,7 @@ fn verdict(
 /// opened while detecting is closed, counted as opened and closed.
 fn close_early(c: &Conn<'_>, labels: &ConnLabels, early: Option<Early>) {
     if let Some(e) = early {
-        let _meter = open_dst_meter(c.w, &e.server, labels);
+        let _meter = labels.open(c.w, Peer::Dst, e.addr, e.server.tls());
         c.w.pools.bufs.put(e.banner);
     }
 }
@@ -425,10 +426,12 @@ async fn relay_opaque(
         w.pools.bufs.put(prefix);
         return;
     }
-    let (server, guard, banner) = match early {
-        Some(e) => (e.server, e.guard, e.banner),
-        None => match connect_target(target, c.side.connect_timeout).await {
-            Ok((s, g)) => (s, g, w.pools.bufs.get()),
+    let (server, addr, guard, banner) = match early {
+        Some(e) => (e.server, e.addr, e.guard, e.banner),
+        None => match connect_target(target, w.pools.client_tls.as_ref(), c.side.connect_timeout)
+            .await
+        {
+            Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
             Err(failure) => {
                 warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
                 w.pools.bufs.put(prefix);
@@ -436,8 +439,7 @@ async fn relay_opaque(
             }
         },
     };
-    let _ = server.set_nodelay(true);
-    let dst_meter = open_dst_meter(w, &server, labels);
+    let dst_meter = labels.open(w, Peer::Dst, addr, server.tls());
     let banner_len = banner.len() as u64;
     if !send_banner(w, &mut client, banner, peer, &src_meter).await {
         w.pools.bufs.put(prefix);
@@ -487,14 +489,18 @@ async fn send_banner(
 async fn relay_bytes(
     w: &Worker,
     client: Transport,
-    server: TcpStream,
+    server: Transport,
     prefix: Vec<u8>,
     guard: &Option<OpenGuard>,
 ) -> RelayStats {
-    let client = match client.into_plain() {
-        Ok(tcp) => tcp,
-        // Behind TLS: the copying relay over the session.
-        Err(tls) => return Box::pin(relay_tls_client(w, tls, server, prefix)).await,
+    let (client, server) = match (client.into_plain(), server.into_plain()) {
+        (Ok(c), Ok(s)) => (c, s),
+        // TLS on a side: the copying relay over the session(s).
+        (c, s) => {
+            let plain = |tcp| Transport::plain(tcp, NoTlsReason::NoProxyIdentity);
+            let (c, s) = (c.map_or_else(|t| t, plain), s.map_or_else(|t| t, plain));
+            return Box::pin(relay_tls(w, c, s, prefix)).await;
+        }
     };
     let pipes = if w.cfg.tcp.splice {
         SplicePipes::new()
@@ -542,17 +548,16 @@ async fn relay_bytes(
     }
 }
 
-/// Relays a client connection whose bytes come through TLS (no splice or
-/// multishot receive: they read the socket itself).
-async fn relay_tls_client(
+/// Relays when a side's bytes come through TLS (no splice or multishot
+/// receive: they read the socket itself).
+async fn relay_tls(
     w: &Worker,
     client: Transport,
-    server: TcpStream,
+    server: Transport,
     prefix: Vec<u8>,
 ) -> RelayStats {
-    let fds = [client.raw_fd(), server.as_raw_fd()];
+    let fds = [client.raw_fd(), server.raw_fd()];
     let (mut crd, mut cwr) = client.split();
-    let server = Transport::plain(server, NoTlsReason::NoProxyIdentity);
     let (mut srd, mut swr) = server.split();
     let (stats, bufs) = relay_any(
         (&mut crd, &mut cwr),
@@ -679,7 +684,7 @@ fn route(
 #[derive(Debug)]
 struct ConnectFailure {
     tried: usize,
-    last: Option<io::Error>,
+    last: Option<ProxyError>,
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -695,8 +700,9 @@ impl std::fmt::Display for ConnectFailure {
 /// tried at most once per client connection.
 async fn connect_balanced(
     balancer: &RefCell<Balancer>,
+    tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
-) -> Result<(TcpStream, OpenGuard), ConnectFailure> {
+) -> Result<(Transport, SocketAddr, OpenGuard), ConnectFailure> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
     loop {
@@ -707,10 +713,10 @@ async fn connect_balanced(
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
         let started = Instant::now();
-        match connect(addr, timeout).await {
+        match open(&Endpoint::plain(addr), tls, timeout).await {
             Ok(s) => {
                 crate::feedback::connected(guard.endpoint(), Some(started.elapsed()));
-                return Ok((s, guard));
+                return Ok((s, addr, guard));
             }
             Err(e) => {
                 crate::feedback::connected(guard.endpoint(), None);
@@ -726,39 +732,32 @@ async fn connect_balanced(
     })
 }
 
-/// The `peer="dst"` series of a connection ringmesh opened.
-fn open_dst_meter(w: &Worker, server: &TcpStream, labels: &ConnLabels) -> ConnMeter {
-    match server.peer_addr() {
-        Ok(endpoint) => labels.open(w, Peer::Dst, endpoint),
-        Err(_) => ConnMeter::none(),
-    }
-}
-
 /// Connects to where an opaque connection goes: balanced with failover for
 /// a service, else the address.
 async fn connect_target(
     target: &Target,
+    tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
-) -> Result<(TcpStream, Option<OpenGuard>), String> {
-    let (server, guard) = match target {
-        Target::Addr(addr) => match connect(*addr, timeout).await {
-            Ok(s) => (s, None),
-            Err(e) => return Err(format!("cannot connect to {addr}: {e}")),
+) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
+    match target {
+        Target::Addr(addr) => match open(&Endpoint::plain(*addr), tls, timeout).await {
+            Ok(s) => Ok((s, *addr, None)),
+            Err(e) => Err(format!("cannot connect to {addr}: {e}")),
         },
-        Target::ByAuthority => return Err("no destination".to_string()),
-        Target::Service(svc, balancer) => match connect_balanced(balancer, timeout).await {
-            Ok((s, g)) => (s, Some(g)),
-            Err(failure) => return Err(format!("service {}: {failure}", svc.name)),
+        Target::ByAuthority => Err("no destination".to_string()),
+        Target::Service(svc, balancer) => match connect_balanced(balancer, tls, timeout).await {
+            Ok((s, a, g)) => Ok((s, a, Some(g))),
+            Err(failure) => Err(format!("service {}: {failure}", svc.name)),
         },
-    };
-    let _ = server.set_nodelay(true);
-    Ok((server, guard))
+    }
 }
 
 /// An upstream connection opened while detecting, and what its server
 /// sent before the client spoke (empty when it did not).
 struct Early {
-    server: TcpStream,
+    server: Transport,
+    /// The endpoint it went to.
+    addr: SocketAddr,
     guard: Option<OpenGuard>,
     banner: Vec<u8>,
 }
@@ -791,10 +790,11 @@ async fn detect_protocol(
     };
     // 1. The client's first bytes, or an upstream connection, whichever
     //    comes first.
+    let tls = c.w.pools.client_tls.as_ref();
     let (first, prefix, read_res) = read_or_connect(
         client,
         prefix,
-        target,
+        (target, tls),
         c.side.connect_timeout,
         deadline,
         eviction,
@@ -809,9 +809,10 @@ async fn detect_protocol(
     let client_eof = matches!(read_res, Ok(0));
     match first {
         First::Stopped { evicted: true } => return (Ok(None), prefix),
-        First::Connected(Ok((server, guard))) => {
+        First::Connected(Ok((server, addr, guard))) => {
             *early = Some(Early {
                 server,
+                addr,
                 guard,
                 banner: c.w.pools.bufs.get(),
             });
@@ -849,7 +850,7 @@ async fn detect_protocol(
 /// What ended the wait for a client's first bytes.
 enum First {
     Read,
-    Connected(Result<(TcpStream, Option<OpenGuard>), String>),
+    Connected(Result<(Transport, SocketAddr, Option<OpenGuard>), String>),
     Stopped { evicted: bool },
 }
 
@@ -860,7 +861,7 @@ enum First {
 async fn read_or_connect(
     client: &mut TcpStream,
     prefix: Vec<u8>,
-    target: &Target,
+    target: (&Target, Option<&Arc<ClientConfig>>),
     connect_timeout: Duration,
     deadline: Instant,
     eviction: &Eviction,
@@ -869,7 +870,7 @@ async fn read_or_connect(
     let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
     let mut connecting = std::pin::pin!(async {
         monoio::time::sleep(EARLY_CONNECT_GRACE).await;
-        connect_target(target, connect_timeout).await
+        connect_target(target.0, target.1, connect_timeout).await
     });
     let wait = deadline.saturating_duration_since(Instant::now());
     let won = monoio::select! {
@@ -901,16 +902,14 @@ async fn first_to_speak(
     header_timeout: Duration,
     eviction: &Eviction,
 ) -> (std::io::Result<Option<Detected>>, Vec<u8>) {
+    // A server behind TLS is not waited for: what speaks first is told on
+    // plain connections only.
+    let Some(server) = early.server.plain_mut() else {
+        return read_and_detect(client, prefix, None, deadline, header_timeout, eviction).await;
+    };
     let banner = std::mem::take(&mut early.banner);
-    let (word, prefix, banner) = first_word(
-        client,
-        prefix,
-        &mut early.server,
-        banner,
-        deadline,
-        eviction,
-    )
-    .await;
+    let (word, prefix, banner) =
+        first_word(client, prefix, server, banner, deadline, eviction).await;
     early.banner = banner;
     let found = |undecided| {
         Ok(Some(Detected {
