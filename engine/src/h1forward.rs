@@ -350,7 +350,7 @@ async fn relay_response(
             let held = ProxyError::new(Kind::Answered(d.resp.status()), "held for a retry");
             return Err(held.into());
         }
-        let plan = plan_response(d.w, d.req, d.resp, u.buf, d.out, d.limits)?;
+        let plan = plan_response(d.w.stopping(), d.req, d.resp, u.buf, d.out, d.limits)?;
         if !plan.done {
             // The rest of the body streams with plain reads (no ring
             // buffer waits on a slow client).
@@ -388,7 +388,7 @@ async fn relay_response(
 /// field saying whether the connection stays open: not while draining, not
 /// after a close-delimited body), then the body bytes that came with it.
 fn plan_response(
-    w: &Worker,
+    draining: bool,
     req: &RequestHead,
     resp: &ResponseHead,
     ubuf: &mut Vec<u8>,
@@ -396,7 +396,7 @@ fn plan_response(
     limits: &Limits,
 ) -> Result<HeadPlan, Failure> {
     // Draining: this response is the connection's last; say so.
-    let keep = req.keep_alive() && resp.keep_alive() && !w.stopping();
+    let keep = req.keep_alive() && resp.keep_alive() && !draining;
     let tunnel = resp.framing() == BodyFraming::Tunnel;
     let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
     out.clear();

@@ -24,6 +24,7 @@ use monoio::io::multishot::RecvMulti;
 use monoio::io::AsyncWriteRentExt;
 use ringmesh_admin::telemetry::{ConnMeter, Direction};
 use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
 
 use crate::detect::is_cancelled;
@@ -605,7 +606,7 @@ async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
     // Not `w.stop`: a request already on its way when the drain began is
     // still served, until the worker's `close_idle` (its last look).
     let res = monoio::select! {
-        r = read_when_idle(w, c, idle_deadline) => r,
+        r = read_when_idle(&w.pools.bufs, c, idle_deadline) => r,
         _ = w.close_idle.wait() => return false,
     };
     match res {
@@ -627,7 +628,7 @@ async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
 /// or when it was empty, a readiness wait and then a non-blocking read.
 /// Cancelled (`ECANCELED`) at `deadline`. Its state is small on purpose:
 /// it sizes every idle connection's task.
-async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Result<usize> {
+async fn read_when_idle(bufs: &BufferPool, c: &mut Client, deadline: Instant) -> io::Result<usize> {
     let cancelled = || io::Error::from_raw_os_error(nix::errno::Errno::ECANCELED as i32);
     let plain = match &c.rd {
         TransportRd::Plain(rd) => rd,
@@ -635,7 +636,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
         // socket's readiness may be a partial record), so the connection
         // waits with its buffer.
         TransportRd::Tls(_) => {
-            c.buf = w.pools.bufs.get();
+            c.buf = bufs.get();
             return read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline)).await;
         }
     };
@@ -643,7 +644,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
         match monoio::time::timeout_at(deadline.into(), recv.next()).await {
             Err(_) => return Err(cancelled()),
             Ok(Ok(Some(got))) => {
-                c.buf = w.pools.bufs.get();
+                c.buf = bufs.get();
                 c.buf.extend_from_slice(&got);
                 c.meter.read(got.len());
                 return Ok(got.len());
@@ -660,7 +661,7 @@ async fn read_when_idle(w: &Worker, c: &mut Client, deadline: Instant) -> io::Re
             Ok(r) => r?,
         }
         if c.buf.capacity() == 0 {
-            c.buf = w.pools.bufs.get();
+            c.buf = bufs.get();
         }
         match recv_now(c.fd, &mut c.buf) {
             Ok(n) => {

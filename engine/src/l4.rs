@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
+use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::detect::Protocol;
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
@@ -441,7 +442,7 @@ async fn relay_opaque(
     };
     let dst_meter = labels.open(w, Peer::Dst, addr, server.tls());
     let banner_len = banner.len() as u64;
-    if !send_banner(w, &mut client, banner, peer, &src_meter).await {
+    if !send_banner(&w.pools.bufs, &mut client, banner, peer, &src_meter).await {
         w.pools.bufs.put(prefix);
         return;
     }
@@ -462,7 +463,7 @@ async fn relay_opaque(
 /// What a server that spoke first said goes to the client before the relay
 /// starts. Returns the buffer to the pool; `false`: the client is gone.
 async fn send_banner(
-    w: &Worker,
+    bufs: &BufferPool,
     client: &mut Transport,
     banner: Vec<u8>,
     peer: SocketAddr,
@@ -475,12 +476,12 @@ async fn send_banner(
         if let Err(e) = res {
             tracing::debug!(%peer, error = %e, "client gone before the server's first bytes reached it");
             src_meter.failed(&e);
-            w.pools.bufs.put(banner);
+            bufs.put(banner);
             return false;
         }
         banner
     };
-    w.pools.bufs.put(banner);
+    bufs.put(banner);
     true
 }
 

@@ -30,6 +30,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
 use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{
     canonical_reason, push_field, BodyFraming, BodyScanner, Limits, Method, RequestContext,
     RequestHead, ResponseHead, Version,
@@ -398,7 +399,7 @@ pub(crate) async fn h2_to_h1(
         }
         let reused = up.reused;
         let mut up = up;
-        match h1_attempt(w, &mut up, &mut req).await {
+        match h1_attempt(&w.pools.bufs, &mut up, &mut req).await {
             Ok(got) => break (up, addr, guard, got),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
@@ -472,7 +473,7 @@ struct H1Answer {
 /// head is awaited) and reads the final response head. An error is
 /// retryable when nothing of a response arrived.
 async fn h1_attempt(
-    w: &Worker,
+    bufs: &BufferPool,
     up: &mut Upstream,
     req: &mut H1Request,
 ) -> Result<H1Answer, ProxyError> {
@@ -483,7 +484,7 @@ async fn h1_attempt(
         ProxyError::upstream(format!("sending the request upstream failed: {e}")).or_retry(true)
     })?;
     up.meter.wrote(n);
-    let mut ubuf = w.pools.bufs.get();
+    let mut ubuf = bufs.get();
     let mut resp = ResponseHead::new();
     let up_body = req.body.take();
     let ctx = RequestContext {
@@ -527,7 +528,7 @@ async fn h1_attempt(
             ubuf,
         }),
         Err(e) => {
-            w.pools.bufs.put(ubuf);
+            bufs.put(ubuf);
             Err(e)
         }
     }
