@@ -50,7 +50,7 @@ use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
 use crate::connect::Endpoint;
 use crate::stop::Stop;
-use crate::transport::{TransportRd, TransportWr};
+use crate::transport::{DeadlineRead, TransportRd, TransportWr};
 
 /// A connection's halves, client or upstream (plain or TLS).
 pub(crate) type Rd = TransportRd;
@@ -91,25 +91,6 @@ pub(crate) trait ReadMore {
         max: usize,
         deadline: Option<Instant>,
     ) -> io::Result<usize>;
-}
-
-/// One read, given up at a deadline (`ECANCELED`) without losing bytes.
-pub(crate) trait DeadlineRead {
-    async fn read_until<T: IoBufMut>(
-        &mut self,
-        buf: T,
-        deadline: Option<Instant>,
-    ) -> monoio::BufResult<usize, T>;
-}
-
-impl DeadlineRead for TransportRd {
-    async fn read_until<T: IoBufMut>(
-        &mut self,
-        buf: T,
-        deadline: Option<Instant>,
-    ) -> monoio::BufResult<usize, T> {
-        TransportRd::read_until(self, buf, deadline).await
-    }
 }
 
 impl ReadMore for Rd {

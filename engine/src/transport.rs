@@ -35,7 +35,6 @@ use rustls::{ClientConfig, ClientConnection};
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
 use crate::detect::{read_until, EvictableRead};
-use crate::pool::DeadlineRead;
 use crate::tls::{TlsRead, TlsStream, TlsWrite};
 use crate::undecided::Eviction;
 
@@ -243,6 +242,25 @@ impl TransportRd {
     /// Whether the connection is plain (its socket can be read directly).
     pub(crate) fn is_plain(&self) -> bool {
         matches!(self, Self::Plain(_))
+    }
+}
+
+/// One read, given up at a deadline (`ECANCELED`) without losing bytes.
+pub(crate) trait DeadlineRead {
+    async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> monoio::BufResult<usize, T>;
+}
+
+impl DeadlineRead for TransportRd {
+    async fn read_until<T: IoBufMut>(
+        &mut self,
+        buf: T,
+        deadline: Option<Instant>,
+    ) -> monoio::BufResult<usize, T> {
+        TransportRd::read_until(self, buf, deadline).await
     }
 }
 
