@@ -50,6 +50,7 @@ use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
 use crate::connect::Endpoint;
 use crate::stop::Stop;
+use crate::tls::SessionState;
 use crate::transport::{DeadlineRead, TransportRd, TransportWr};
 
 /// A connection's halves, client or upstream (plain or TLS).
@@ -183,6 +184,13 @@ impl UpRead {
     /// What arrived while the connection was idle; on io_uring `cx`'s task
     /// is woken when something does.
     fn poll_seen(&mut self, cx: &mut Context<'_>) -> Seen {
+        // Bytes already decrypted into a TLS session never show on the
+        // socket (its peek sees only what rustls has not read).
+        match self.rd.session_state() {
+            SessionState::Quiet => {}
+            SessionState::Plaintext => return Seen::Bytes,
+            SessionState::Closed => return Seen::Closed,
+        }
         loop {
             let r = match &mut self.ring {
                 Ring::Armed(r) | Ring::Stopping(r) => r,
@@ -499,6 +507,8 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
 
+    use ringmesh_identity::Name;
+
     use monoio::io::Splitable;
     use monoio::net::TcpStream;
 
@@ -635,6 +645,77 @@ mod tests {
                 identity: Some(id.clone()),
             });
             assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
+        });
+    }
+
+    /// A TLS upstream's idle watch: bytes rustls already decrypted never
+    /// show on the socket, so the session is asked too. Plaintext left in
+    /// it (a response longer than it said) makes the connection dead, as
+    /// stray bytes on a plain one do; a quiet session does not; the
+    /// peer's close_notify is a close.
+    #[test]
+    fn tls_sessions_are_watched_too() {
+        use crate::testing::{both_drivers, finished, TestCa};
+        const NAME: &str = "web.ns.serviceaccount.identity.linkerd.cluster.local";
+        both_drivers(async || {
+            let ca = TestCa::new();
+            let cfg = ca.server(NAME);
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let (go_on, wait) = std::sync::mpsc::channel::<()>();
+            let server = std::thread::spawn(move || {
+                let (sock, _) = l.accept().unwrap();
+                let mut tls =
+                    rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), sock);
+                let mut req = [0u8; 4];
+                std::io::Read::read_exact(&mut tls, &mut req).unwrap();
+                // The answer and 5 bytes no request asked for, in one record.
+                tls.write_all(b"answerEXTRA").unwrap();
+                tls.flush().unwrap();
+                wait.recv().unwrap();
+                tls.conn.send_close_notify();
+                tls.flush().unwrap();
+                wait.recv().unwrap();
+            });
+            let ep = Endpoint {
+                addr,
+                identity: Some(Name::parse(NAME).unwrap()),
+            };
+            let conn =
+                crate::connect::open(&ep, Some(&ca.client("c.example")), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            let fd = conn.raw_fd();
+            let (rd, mut wr) = conn.split();
+            let mut up = UpRead::new(rd, fd);
+            assert!(
+                matches!(up.ring, Ring::Off),
+                "a ring receive on a TLS socket"
+            );
+            use monoio::io::AsyncWriteRentExt;
+            wr.write_all(b"ask!".to_vec()).await.0.unwrap();
+            let meter = ConnMeter::none();
+            let mut buf = Vec::with_capacity(6);
+            assert_eq!(up.read_more(&meter, &mut buf, 6, None).await.unwrap(), 6);
+            assert_eq!(buf, b"answer");
+            let mut cx = Context::from_waker(Waker::noop());
+            assert_eq!(
+                up.poll_seen(&mut cx),
+                Seen::Bytes,
+                "plaintext left in the session"
+            );
+            let mut rest = Vec::with_capacity(16);
+            assert_eq!(up.read_more(&meter, &mut rest, 16, None).await.unwrap(), 5);
+            assert_eq!(up.poll_seen(&mut cx), Seen::Nothing);
+            go_on.send(()).unwrap();
+            settle().await;
+            assert_eq!(
+                up.poll_seen(&mut cx),
+                Seen::Bytes,
+                "close_notify on the socket"
+            );
+            go_on.send(()).unwrap();
+            finished(server).await;
         });
     }
 }

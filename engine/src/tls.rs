@@ -52,6 +52,16 @@ pub(crate) struct TlsWrite<C> {
     shared: Rc<Shared<C>>,
 }
 
+/// What a TLS session holds beyond what was read from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionState {
+    Quiet,
+    /// Decrypted bytes nobody has read.
+    Plaintext,
+    /// The peer closed (close_notify), or the session failed.
+    Closed,
+}
+
 /// The socket's non-blocking side, as rustls reads and writes it.
 struct Nonblocking(RawFd);
 
@@ -147,6 +157,23 @@ where
         match read_or(&self.shared, buf, stop).await {
             (Some(r), buf) => (r, buf),
             (None, buf) => (Err(io::Error::from_raw_os_error(nix::libc::ECANCELED)), buf),
+        }
+    }
+}
+
+impl<C, SD> TlsRead<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData,
+{
+    /// What the session holds beyond what was read from it (records
+    /// already received are processed first).
+    pub(crate) fn state(&self) -> SessionState {
+        match self.shared.session.borrow_mut().process_new_packets() {
+            Ok(io) if io.plaintext_bytes_to_read() > 0 => SessionState::Plaintext,
+            Ok(io) if io.peer_has_closed() => SessionState::Closed,
+            Ok(_) => SessionState::Quiet,
+            Err(_) => SessionState::Closed,
         }
     }
 }

@@ -35,7 +35,7 @@ use rustls::{ClientConfig, ClientConnection};
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
 use crate::detect::{read_until, EvictableRead};
-use crate::tls::{TlsRead, TlsStream, TlsWrite};
+use crate::tls::{SessionState, TlsRead, TlsStream, TlsWrite};
 use crate::undecided::Eviction;
 
 /// One connection, plain or TLS.
@@ -242,6 +242,16 @@ impl TransportRd {
     /// Whether the connection is plain (its socket can be read directly).
     pub(crate) fn is_plain(&self) -> bool {
         matches!(self, Self::Plain(_))
+    }
+
+    /// What a TLS session holds that its socket no longer shows
+    /// (`Quiet` for a plain connection: its socket says it all). A pooled
+    /// connection with unread plaintext or a close is not reusable.
+    pub(crate) fn session_state(&self) -> SessionState {
+        match self {
+            Self::Plain(_) => SessionState::Quiet,
+            Self::Tls(t) => t.state(),
+        }
     }
 }
 
