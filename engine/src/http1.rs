@@ -637,7 +637,9 @@ async fn read_when_idle(bufs: &BufferPool, c: &mut Client, deadline: Instant) ->
         // waits with its buffer.
         TransportRd::Tls(_) => {
             c.buf = bufs.get();
-            return read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline)).await;
+            // Boxed: this future's size is every idle connection's.
+            let read = read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline));
+            return Box::pin(read).await;
         }
     };
     if let Ok(mut recv) = RecvMulti::once(c.fd) {
