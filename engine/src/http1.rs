@@ -28,13 +28,13 @@ use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
 
 use crate::detect::is_cancelled;
+use crate::dispatch::{self, Http1Path};
 use crate::error::{Failure, Kind, ProxyError, Side};
 use crate::h1forward::{checkout, exchange, tunnel, Client, Exchange};
 use crate::observe::Observer;
 use crate::pool::{read_more, Scratch, Upstream};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
-use crate::translate;
 use crate::transport::{Transport, TransportRd};
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
@@ -204,7 +204,7 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         }
     };
     obs.routed(&target);
-    if translate::upgrades(&target, t.req) {
+    if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
         // Boxed: its state would otherwise size every connection's task.
         return Box::pin(over_h2(t, obs, &target)).await;
     }
@@ -237,7 +237,7 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
 /// The request to a meshed service travels over HTTP/2 (`translate`).
 async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
     let deadline = t.w.cfg.http.request_timeout.map(|d| obs.started() + d);
-    let outcome = translate::h1_over_h2(
+    let outcome = dispatch::h1_over_h2(
         t.w,
         t.c,
         t.req,

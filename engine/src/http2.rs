@@ -27,10 +27,10 @@ use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
 use ringmesh_balancer::OpenGuard;
-use ringmesh_discovery::Protocol as DiscoveredProtocol;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
+use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h2client::{
     open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
@@ -38,7 +38,6 @@ use crate::h2client::{
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
-use crate::translate;
 use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
@@ -424,14 +423,11 @@ async fn forward(
     let deadline = w.cfg.http.request_timeout.map(|t| obs.started() + t);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
     // upstream hears HTTP/1.1.
-    let orig_proto = parts.headers.remove(translate::ORIG_PROTO).is_some();
-    if orig_proto
-        || matches!(&target, Dst::Service(svc, _) if svc.protocol == Some(DiscoveredProtocol::Http1))
-    {
+    if let Http2Path::Http1 { orig_proto } = dispatch::http2(&target, &mut parts.headers) {
         // Boxed (as the cold parts below): an HTTP/2 stream's future is
         // moved whole into its task, and every awaited future into its
         // caller's, so its size is paid per request.
-        return Box::pin(translate::h2_to_h1(
+        return Box::pin(dispatch::h2_to_h1(
             w,
             obs,
             &target,

@@ -22,9 +22,10 @@
 //! - **Protocol servers:** `http1` (an HTTP/1 client connection: request
 //!   heads, routing, the per-request choice of path), `http2` (an HTTP/2
 //!   client connection: its streams, each routed and forwarded).
-//! - **Request paths:** `h1forward` (HTTP/1 to an HTTP/1 upstream, and the
-//!   tunnels upgrades become), `translate` (HTTP/1 ↔ HTTP/2), `h2client`
-//!   (streams on HTTP/2 upstream connections).
+//! - **Request paths:** `dispatch` (which path a routed request takes: the
+//!   servers' only way to `translate`), `h1forward` (HTTP/1 to an HTTP/1
+//!   upstream, and the tunnels upgrades become), `translate` (HTTP/1 ↔
+//!   HTTP/2), `h2client` (streams on HTTP/2 upstream connections).
 //! - **Per request:** `route` (where a request goes; endpoint pick with
 //!   failover), `retry` (the one retry decision), `error` (every answer the
 //!   proxy makes itself), `observe` (the one request observer: metrics,
@@ -52,6 +53,7 @@ pub mod config;
 mod connect;
 mod control;
 mod detect;
+mod dispatch;
 mod error;
 mod feedback;
 mod h1forward;

@@ -49,19 +49,6 @@ use crate::worker::Worker;
 /// behalf of an HTTP/1 client; the value is the original version.
 pub(crate) const ORIG_PROTO: &str = "l5d-orig-proto";
 
-/// Whether an HTTP/1 request to `target` goes over HTTP/2: every endpoint
-/// of the service is hinted as meshed, and the request is plain HTTP/1.1
-/// (no upgrade, no CONNECT). A service with mixed endpoints stays HTTP/1.
-pub(crate) fn upgrades(target: &Dst, req: &RequestHead) -> bool {
-    let Dst::Service(svc, _) = target else {
-        return false;
-    };
-    svc.all_h2_hint()
-        && req.version() == Version::Http11
-        && !req.is_connect()
-        && req.upgrade().is_none()
-}
-
 /// Sends one HTTP/1.1 request from `c` as an HTTP/2 stream (with
 /// `l5d-orig-proto`) to an endpoint of `target`, and its response back as
 /// HTTP/1.1. Ends with the status sent and whether the client connection
