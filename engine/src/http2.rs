@@ -230,7 +230,7 @@ pub(crate) async fn serve(
     let stop = w.stop.clone();
     let mut draining = false;
     // Streams of this connection still being proxied.
-    let active = Rc::new(Cell::new(0usize));
+    let active = Rc::new(Streams::default());
     // Keep-alive: a client that stops answering PINGs is gone.
     let (dead_tx, mut dead) = oneshot::channel::<()>();
     if let (Some(interval), Some(pings)) = (w.cfg.http2.keep_alive_interval, conn.ping_pong()) {
@@ -288,29 +288,56 @@ pub(crate) async fn serve(
     }
 }
 
-/// A stream counted in its connection's `active` while it lives.
-struct Active(Rc<Cell<usize>>);
+/// A connection's streams still being proxied, and who waits for there
+/// to be none.
+#[derive(Default)]
+struct Streams {
+    count: Cell<usize>,
+    none_left: Cell<Option<std::task::Waker>>,
+}
+
+impl Streams {
+    /// Resolves when no stream is left (at once if none is).
+    async fn none_left(&self) {
+        std::future::poll_fn(|cx| {
+            if self.count.get() == 0 {
+                return std::task::Poll::Ready(());
+            }
+            self.none_left.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A stream counted in its connection's [`Streams`] while it lives; the
+/// last one to end wakes whoever waits for none to be left.
+struct Active(Rc<Streams>);
 
 impl Active {
-    fn enter(count: &Rc<Cell<usize>>) -> Self {
-        count.set(count.get() + 1);
-        Self(count.clone())
+    fn enter(streams: &Rc<Streams>) -> Self {
+        streams.count.set(streams.count.get() + 1);
+        Self(streams.clone())
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        let left = self.0.count.get() - 1;
+        self.0.count.set(left);
+        if left == 0 {
+            if let Some(w) = self.0.none_left.take() {
+                w.wake();
+            }
+        }
     }
 }
 
 /// Resolves once the drain's last look has passed (`close_idle`) and no
 /// stream of the connection is being proxied.
-async fn idle_at_last_look(w: &Worker, active: &Cell<usize>) {
+async fn idle_at_last_look(w: &Worker, active: &Streams) {
     w.close_idle.wait().await;
-    while active.get() > 0 {
-        monoio::time::sleep(Duration::from_millis(20)).await;
-    }
+    active.none_left().await;
 }
 
 /// PINGs the client every `interval`; tells `dead` when one is not
