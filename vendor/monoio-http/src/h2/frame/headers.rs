@@ -273,9 +273,7 @@ impl Headers {
         // Get the HEADERS frame head
         let head = self.head();
 
-        self.header_block
-            .into_encoding(encoder)
-            .encode(&head, dst, |_| {})
+        self.header_block.encode(encoder, &head, dst, |_| {})
     }
 
     fn head(&self) -> Head {
@@ -492,11 +490,9 @@ impl PushPromise {
         let head = self.head();
         let promised_id = self.promised_id;
 
-        self.header_block
-            .into_encoding(encoder)
-            .encode(&head, dst, |dst| {
-                dst.put_u32(promised_id.into());
-            })
+        self.header_block.encode(encoder, &head, dst, |dst| {
+            dst.put_u32(promised_id.into());
+        })
     }
 
     fn head(&self) -> Head {
@@ -658,30 +654,33 @@ impl EncodingHeaderBlock {
             None
         };
 
-        // Compute the header block length
-        let payload_len = (dst.get_ref().len() - payload_pos) as u64;
-
-        // Write the frame length
-        let payload_len_be = payload_len.to_be_bytes();
-        assert!(payload_len_be[0..5].iter().all(|b| *b == 0));
-        (dst.get_mut()[head_pos..head_pos + 3]).copy_from_slice(&payload_len_be[5..]);
-
-        if continuation.is_some() {
-            // There will be continuation frames, so the `is_end_headers` flag
-            // must be unset
-            debug_assert!(dst.get_ref()[head_pos + 4] & END_HEADERS == END_HEADERS);
-
-            dst.get_mut()[head_pos + 4] -= END_HEADERS;
-        }
-
+        finish_head(dst.get_mut(), head_pos, payload_pos, continuation.is_some());
         continuation
     }
 }
 
-// ===== impl Iter =====
+/// Writes a header frame's length (its head at `head_pos`, its payload from
+/// `payload_pos` to the end of `buf`) and, when CONTINUATION frames follow,
+/// unsets its `END_HEADERS` flag.
+fn finish_head(buf: &mut BytesMut, head_pos: usize, payload_pos: usize, continued: bool) {
+    // Compute the header block length
+    let payload_len = (buf.len() - payload_pos) as u64;
 
-/// Initial size of the buffer a header block is HPACK-encoded into.
-const ENCODING_CAPACITY: usize = 512;
+    // Write the frame length
+    let payload_len_be = payload_len.to_be_bytes();
+    assert!(payload_len_be[0..5].iter().all(|b| *b == 0));
+    buf[head_pos..head_pos + 3].copy_from_slice(&payload_len_be[5..]);
+
+    if continued {
+        // There will be continuation frames, so the `is_end_headers` flag
+        // must be unset
+        debug_assert!(buf[head_pos + 4] & END_HEADERS == END_HEADERS);
+
+        buf[head_pos + 4] -= END_HEADERS;
+    }
+}
+
+// ===== impl Iter =====
 
 impl Iterator for Iter {
     type Item = hpack::Header<Option<HeaderName>>;
@@ -881,8 +880,7 @@ impl HeaderBlock {
                     if name == header::CONNECTION
                         || name == header::TRANSFER_ENCODING
                         || name == header::UPGRADE
-                        || name == "keep-alive"
-                        || name == "proxy-connection"
+                        || crate::h2::proto::is_keep_alive_or_proxy_connection(&name)
                     {
                         tracing::trace!("load_hpack; connection level header");
                         malformed = true;
@@ -926,20 +924,45 @@ impl HeaderBlock {
         Ok(())
     }
 
-    fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
-        // Room for a usual block up front: grown from empty, the buffer was
-        // reallocated several times per HEADERS frame.
-        let mut hpack = BytesMut::with_capacity(ENCODING_CAPACITY);
+    /// Writes the frame `head`, what `f` adds (a promised stream id), and
+    /// the HPACK-encoded block straight into the write buffer: no block
+    /// buffer of its own per frame, no copy. What does not fit in the
+    /// frame (`dst`'s limit) is cut off into a CONTINUATION, exactly the
+    /// bytes the old path (encode aside, then copy what fits) produced.
+    fn encode<F>(
+        self,
+        encoder: &mut hpack::Encoder,
+        head: &Head,
+        dst: &mut EncodeBuf<'_>,
+        f: F,
+    ) -> Option<Continuation>
+    where
+        F: FnOnce(&mut EncodeBuf<'_>),
+    {
+        let head_pos = dst.get_ref().len();
+        head.encode(0, dst);
+        let payload_pos = dst.get_ref().len();
+        f(dst);
+        let room = dst.remaining_mut();
+        let buf: &mut BytesMut = dst.get_mut();
+        let block_pos = buf.len();
         let headers = Iter {
             pseudo: Some(self.pseudo),
             fields: self.fields.into_iter(),
         };
-
-        encoder.encode(headers, &mut hpack);
-
-        EncodingHeaderBlock {
-            hpack: hpack.freeze(),
-        }
+        encoder.encode(headers, buf);
+        let continuation = if buf.len() - block_pos > room {
+            let rest = Bytes::copy_from_slice(&buf[block_pos + room..]);
+            buf.truncate(block_pos + room);
+            Some(Continuation {
+                stream_id: head.stream_id(),
+                header_block: EncodingHeaderBlock { hpack: rest },
+            })
+        } else {
+            None
+        };
+        finish_head(buf, head_pos, payload_pos, continuation.is_some());
+        continuation
     }
 
     /// Calculates the size of the currently decoded header list.
