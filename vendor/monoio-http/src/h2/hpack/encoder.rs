@@ -3,7 +3,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::{
     huffman,
-    table::{Index, Table},
+    table::{index_static, Index, Table},
     Header,
 };
 
@@ -11,6 +11,13 @@ use super::{
 pub struct Encoder {
     table: Table,
     size_update: Option<SizeUpdate>,
+    /// Whether fields are looked up in and added to the dynamic table
+    /// (and literals Huffman-coded). Without it (`static_only`), a field
+    /// is an index into the static table, or a literal without indexing
+    /// (its name indexed where the static table has it) with raw strings,
+    /// as HAProxy encodes: no table upkeep per field, at the cost of
+    /// larger header blocks.
+    dynamic: bool,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -24,6 +31,16 @@ impl Encoder {
         Encoder {
             table: Table::new(max_size, capacity),
             size_update: None,
+            dynamic: true,
+        }
+    }
+
+    /// An encoder that never uses the dynamic table (see `dynamic`). It
+    /// still signals table size updates the peer's settings call for.
+    pub fn static_only() -> Encoder {
+        Encoder {
+            dynamic: false,
+            ..Encoder::default()
         }
     }
 
@@ -69,6 +86,10 @@ impl Encoder {
         let _e = span.enter();
 
         self.encode_size_updates(dst);
+
+        if !self.dynamic {
+            return encode_static_only(headers, dst);
+        }
 
         let mut last_index = None;
 
@@ -192,6 +213,62 @@ impl Default for Encoder {
     fn default() -> Encoder {
         Encoder::new(4096, 0)
     }
+}
+
+/// Encodes `headers` with the static table alone: an exact match is
+/// indexed, anything else is a literal without indexing (never indexed if
+/// sensitive) with its name indexed where the static table has it and raw
+/// (not Huffman-coded) strings.
+fn encode_static_only<I>(headers: I, dst: &mut BytesMut)
+where
+    I: IntoIterator<Item = Header<Option<HeaderName>>>,
+{
+    // The name of the field before, for the values that follow it without
+    // one (further values of the same field in a `HeaderMap`).
+    let mut last: Option<(Option<usize>, Header)> = None;
+    for header in headers {
+        match header.reify() {
+            Ok(header) => {
+                let statik = index_static(&header);
+                match statik {
+                    Some((n, true)) => encode_int(n, 7, 0x80, dst),
+                    _ => encode_literal(
+                        statik.map(|(n, _)| n),
+                        &header,
+                        header.value_slice(),
+                        header.is_sensitive(),
+                        dst,
+                    ),
+                }
+                last = Some((statik.map(|(n, _)| n), header));
+            }
+            Err(value) => {
+                let Some((idx, ref name)) = last else {
+                    panic!("encoding header without name, but no previous header to use for name");
+                };
+                encode_literal(idx, name, value.as_ref(), value.is_sensitive(), dst);
+            }
+        }
+    }
+}
+
+/// A literal without indexing (or never indexed) of `name`'s name with
+/// `value`, the name by its static index `idx` if it has one; strings raw.
+fn encode_literal(idx: Option<usize>, name: &Header, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+    let first = if sensitive { 0b10000 } else { 0 };
+    match idx {
+        Some(idx) => encode_int(idx, 4, first, dst),
+        None => {
+            dst.put_u8(first);
+            encode_raw_str(name.name().as_slice(), dst);
+        }
+    }
+    encode_raw_str(value, dst);
+}
+
+fn encode_raw_str(val: &[u8], dst: &mut BytesMut) {
+    encode_int(val.len(), 7, 0, dst);
+    dst.put_slice(val);
 }
 
 fn encode_size_update(val: usize, dst: &mut BytesMut) {
