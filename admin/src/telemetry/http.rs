@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::keyed_hash::KeyedState;
 use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
@@ -106,7 +107,7 @@ pub struct HttpCounters {
     /// Requests sent again to another endpoint after this one answered
     /// 502/503 (the label set's `target_addr` is the one that answered).
     pub retries: u64,
-    pub by_status: HashMap<ResponseClass, StatusCounters>,
+    pub by_status: HashMap<ResponseClass, StatusCounters, KeyedState>,
 }
 
 impl Default for HttpCounters {
@@ -115,14 +116,16 @@ impl Default for HttpCounters {
             last_used: Instant::now(),
             requests: 0,
             retries: 0,
-            by_status: HashMap::new(),
+            by_status: HashMap::default(),
         }
     }
 }
 
 /// A worker's HTTP metrics; also the merged copy a scrape encodes.
+///
+/// Keyed by a fast keyed hash ([`KeyedState`]): looked up per request.
 #[derive(Clone, Debug, Default)]
-pub struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
+pub struct HttpShard(pub HashMap<HttpKey, HttpCounters, KeyedState>);
 
 impl HttpShard {
     /// Counts one request and its response.
