@@ -581,6 +581,55 @@ impl Pseudo {
         pseudo
     }
 
+    /// The pseudo-header fields, in `Iter`'s order, by the static table
+    /// alone (see `hpack::encode_static_pseudo`); the indexes and exact
+    /// matches are `hpack::table::index_static`'s.
+    fn encode_static(&self, dst: &mut BytesMut) {
+        if let Some(ref m) = self.method {
+            let exact = match *m {
+                Method::GET => Some(2),
+                Method::POST => Some(3),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(2), exact.is_some(), m.as_str().as_bytes(), dst);
+        }
+        if let Some(ref s) = self.scheme {
+            let exact = match s.as_str() {
+                "http" => Some(6),
+                "https" => Some(7),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(6), exact.is_some(), s.as_ref(), dst);
+        }
+        if let Some(ref a) = self.authority {
+            hpack::encode_static_pseudo(1, false, a.as_ref(), dst);
+        }
+        if let Some(ref p) = self.path {
+            let exact = match p.as_str() {
+                "/" => Some(4),
+                "/index.html" => Some(5),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(4), exact.is_some(), p.as_ref(), dst);
+        }
+        if let Some(ref p) = self.protocol {
+            hpack::encode_static_pseudo_literal(b":protocol", p.as_str().as_bytes(), dst);
+        }
+        if let Some(s) = self.status {
+            let exact = match s.as_u16() {
+                200 => Some(8),
+                204 => Some(9),
+                206 => Some(10),
+                304 => Some(11),
+                400 => Some(12),
+                404 => Some(13),
+                500 => Some(14),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(8), exact.is_some(), s.as_str().as_bytes(), dst);
+        }
+    }
+
     pub fn response(status: StatusCode) -> Self {
         Pseudo {
             method: None,
@@ -946,11 +995,21 @@ impl HeaderBlock {
         let room = dst.remaining_mut();
         let buf: &mut BytesMut = dst.get_mut();
         let block_pos = buf.len();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
-        encoder.encode(headers, buf);
+        if encoder.is_dynamic() {
+            let headers = Iter {
+                pseudo: Some(self.pseudo),
+                fields: self.fields.into_iter(),
+            };
+            encoder.encode(headers, buf);
+        } else {
+            // Static table only: from the borrowed fields, in `Iter`'s
+            // order, without moving each into an `hpack::Header`.
+            encoder.begin_block(buf);
+            self.pseudo.encode_static(buf);
+            for (name, value) in &self.fields {
+                hpack::encode_static_field(name, value, buf);
+            }
+        }
         let continuation = if buf.len() - block_pos > room {
             let rest = Bytes::copy_from_slice(&buf[block_pos + room..]);
             buf.truncate(block_pos + room);
@@ -1062,6 +1121,61 @@ mod test {
         assert_eq!("zomg", huff_decode(&dst[15..18]));
         assert_eq!(&[15, 47, 0x80 | 3], &dst[18..21]);
         assert_eq!("sup", huff_decode(&dst[21..]));
+    }
+
+    #[test]
+    fn static_only_blocks_decode_to_the_fields() {
+        let mut encoder = Encoder::static_only();
+        let mut fields = HeaderMap::new();
+        fields.append("hello", HeaderValue::from_static("world"));
+        fields.append("hello", HeaderValue::from_static("zomg"));
+        fields.append(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        fields.append(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate"),
+        );
+        let mut secret = HeaderValue::from_static("s3cret");
+        secret.set_sensitive(true);
+        fields.append(http::header::AUTHORIZATION, secret);
+        let uri: Uri = "http://example.com/a?b".parse().unwrap();
+        let pseudo = Pseudo::request(Method::GET, uri, None);
+        let headers = Headers::new(StreamId::from(1), pseudo, fields.clone());
+        // A frame of 10 bytes at most: the block goes on in CONTINUATIONs.
+        let mut dst = BytesMut::new();
+        let mut next = headers.encode(&mut encoder, &mut (&mut dst).limit(frame::HEADER_LEN + 10));
+        assert_eq!(dst[9], 0x82, ":method GET indexed");
+        let mut block = BytesMut::from(&dst[9..]);
+        while let Some(c) = next {
+            dst.clear();
+            next = c.encode(&mut (&mut dst).limit(frame::HEADER_LEN + 10));
+            block.extend_from_slice(&dst[9..]);
+        }
+        let expected = vec![
+            hpack::Header::Method(Method::GET),
+            hpack::Header::Scheme(BytesStr::from_static("http")),
+            hpack::Header::Authority(BytesStr::from("example.com")),
+            hpack::Header::Path(BytesStr::from("/a?b")),
+        ];
+        let wire = block.clone();
+        let mut got = Vec::new();
+        hpack::Decoder::new(4096)
+            .decode(&mut Cursor::new(&mut block), |h| got.push(h))
+            .unwrap();
+        assert_eq!(got[..4], expected[..]);
+        let got_fields: Vec<_> = got[4..]
+            .iter()
+            .map(|h| match h {
+                hpack::Header::Field { name, value } => (name.clone(), value.clone()),
+                h => panic!("{h:?}"),
+            })
+            .collect();
+        let want: Vec<_> = fields.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        assert_eq!(got_fields, want);
+        // Exact static match (accept-encoding: gzip, deflate) is one byte;
+        // the sensitive value is never indexed (0x10 | authorization's 23,
+        // as 0x1f 0x08).
+        assert!(wire.contains(&(0x80 | 16)), "{:x?}", &wire[..]);
+        assert!(wire.windows(2).any(|w| w == [0x1f, 23 - 15]), "{:x?}", &wire[..]);
     }
 
     fn huff_decode(src: &[u8]) -> BytesMut {

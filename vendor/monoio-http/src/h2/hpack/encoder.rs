@@ -3,7 +3,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::{
     huffman,
-    table::{index_static, Index, Table},
+    table::{static_name_index, Index, Table},
     Header,
 };
 
@@ -86,10 +86,6 @@ impl Encoder {
         let _e = span.enter();
 
         self.encode_size_updates(dst);
-
-        if !self.dynamic {
-            return encode_static_only(headers, dst);
-        }
 
         let mut last_index = None;
 
@@ -215,55 +211,54 @@ impl Default for Encoder {
     }
 }
 
-/// Encodes `headers` with the static table alone: an exact match is
-/// indexed, anything else is a literal without indexing (never indexed if
-/// sensitive) with its name indexed where the static table has it and raw
-/// (not Huffman-coded) strings.
-fn encode_static_only<I>(headers: I, dst: &mut BytesMut)
-where
-    I: IntoIterator<Item = Header<Option<HeaderName>>>,
-{
-    // The name of the field before, for the values that follow it without
-    // one (further values of the same field in a `HeaderMap`).
-    let mut last: Option<(Option<usize>, Header)> = None;
-    for header in headers {
-        match header.reify() {
-            Ok(header) => {
-                let statik = index_static(&header);
-                match statik {
-                    Some((n, true)) => encode_int(n, 7, 0x80, dst),
-                    _ => encode_literal(
-                        statik.map(|(n, _)| n),
-                        &header,
-                        header.value_slice(),
-                        header.is_sensitive(),
-                        dst,
-                    ),
-                }
-                last = Some((statik.map(|(n, _)| n), header));
-            }
-            Err(value) => {
-                let Some((idx, ref name)) = last else {
-                    panic!("encoding header without name, but no previous header to use for name");
-                };
-                encode_literal(idx, name, value.as_ref(), value.is_sensitive(), dst);
-            }
-        }
+/// With the static table alone (an encoder built by `static_only`), header
+/// blocks are encoded from borrowed fields: `begin_block`, then
+/// `encode_static_pseudo` and `encode_static_field` per field. An exact
+/// static match is indexed; anything else is a literal without indexing
+/// (never indexed if sensitive) with its name indexed where the static
+/// table has it, and raw (not Huffman-coded) strings.
+impl Encoder {
+    /// Whether this encoder uses the dynamic table (`encode` then).
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
+    }
+
+    /// Starts a header block: the table size updates due.
+    pub fn begin_block(&mut self, dst: &mut BytesMut) {
+        self.encode_size_updates(dst);
     }
 }
 
-/// A literal without indexing (or never indexed) of `name`'s name with
-/// `value`, the name by its static index `idx` if it has one; strings raw.
-fn encode_literal(idx: Option<usize>, name: &Header, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
-    let first = if sensitive { 0b10000 } else { 0 };
-    match idx {
+/// A pseudo-header field: `idx` its static entry, `exact` whether that
+/// entry holds `value` too.
+pub fn encode_static_pseudo(idx: usize, exact: bool, value: &[u8], dst: &mut BytesMut) {
+    if exact {
+        encode_int(idx, 7, 0x80, dst);
+    } else {
+        encode_int(idx, 4, 0, dst);
+        encode_raw_str(value, dst);
+    }
+}
+
+/// A pseudo-header field the static table has no name for (`:protocol`).
+pub fn encode_static_pseudo_literal(name: &[u8], value: &[u8], dst: &mut BytesMut) {
+    dst.put_u8(0);
+    encode_raw_str(name, dst);
+    encode_raw_str(value, dst);
+}
+
+/// A regular field (see `encode_static_pseudo` for the representations).
+pub fn encode_static_field(name: &HeaderName, value: &HeaderValue, dst: &mut BytesMut) {
+    let first = if value.is_sensitive() { 0b10000 } else { 0 };
+    match static_name_index(name.as_str()) {
+        Some(16) if value == "gzip, deflate" => return encode_int(16, 7, 0x80, dst),
         Some(idx) => encode_int(idx, 4, first, dst),
         None => {
             dst.put_u8(first);
-            encode_raw_str(name.name().as_slice(), dst);
+            encode_raw_str(name.as_str().as_bytes(), dst);
         }
     }
-    encode_raw_str(value, dst);
+    encode_raw_str(value.as_bytes(), dst);
 }
 
 fn encode_raw_str(val: &[u8], dst: &mut BytesMut) {

@@ -693,7 +693,7 @@ fn skips_value_index(header: &Header, statik: Option<(usize, bool)>) -> bool {
     skip
 }
 
-pub(super) fn index_static(header: &Header) -> Option<(usize, bool)> {
+fn index_static(header: &Header) -> Option<(usize, bool)> {
     match *header {
         Header::Field {
             ref name,
@@ -738,7 +738,7 @@ pub(super) fn index_static(header: &Header) -> Option<(usize, bool)> {
 /// Matched by length first, then by the few names of that length: a
 /// `match` on `HeaderName` constants compares the name with each of the
 /// 47 in turn, for every field encoded.
-fn static_name_index(name: &str) -> Option<usize> {
+pub(super) fn static_name_index(name: &str) -> Option<usize> {
     let i = match name.len() {
         3 => match name {
             "age" => 21,
