@@ -130,6 +130,18 @@ pub struct HttpShard(pub HashMap<HttpKey, HttpCounters, KeyedState>);
 impl HttpShard {
     /// Counts one request and its response.
     pub fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
+        self.record_at(key, class, latency_ms, Instant::now());
+    }
+
+    /// As [`record`](Self::record), the label set last used at `now` (a
+    /// clock read the caller already made).
+    pub fn record_at(
+        &mut self,
+        key: &HttpKey,
+        class: ResponseClass,
+        latency_ms: u64,
+        now: Instant,
+    ) {
         // No key clone (reference counts touched) for a known label set,
         // and one lookup (the key is hashed per request).
         let c = match self.0.get_mut(key) {
@@ -142,7 +154,7 @@ impl HttpShard {
                 self.0.entry(key.clone()).or_default()
             }
         };
-        c.last_used = Instant::now();
+        c.last_used = now;
         c.requests += 1;
         let s = c.by_status.entry(class).or_default();
         s.total += 1;
