@@ -1,7 +1,8 @@
 //! The HTTP/2 server side (h2c with prior knowledge, gRPC included): each
 //! client stream is routed and balanced on its own and multiplexed onto
 //! this worker's pooled HTTP/2 connections to the chosen endpoint
-//! (`h2client`), or sent to an HTTP/1 upstream (`translate`).
+//! (`h2client`), or sent to an HTTP/1 upstream (`translate`, reached
+//! through `dispatch`).
 //!
 //! Bodies and trailers are streamed both ways with flow control end to end:
 //! a DATA frame's bytes are released to the sender (its window reopened)
@@ -399,10 +400,14 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Looked up per message, parsed once (a `&str` key is parsed into a
+/// name on every lookup).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The gRPC status in trailers (or trailers-only response headers).
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }
@@ -483,28 +488,21 @@ async fn route_stream(
     dst: &HttpDst,
     req: &Request<RecvStream>,
 ) -> Result<Dst, ProxyError> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    });
     let default_port = if req.uri().scheme_str() == Some("https") {
         443
     } else {
         80
     };
-    let parsed = authority
-        .as_deref()
-        .and_then(|a| split_authority(a, default_port));
+    let parsed = authority.and_then(|a| split_authority(a, default_port));
     let request_authority = parsed.map(|(host, port)| RequestAuthority {
         host,
         port,
-        raw: authority.as_deref().unwrap_or(""),
+        raw: authority.unwrap_or(""),
     });
     resolve(&w.routes, dst, request_authority).await
 }
@@ -588,12 +586,13 @@ async fn to_h2(
         match await_head(o.response, &mut s).await? {
             Ok(response) => {
                 // The balancer learns the latency to the response head.
-                obs.response_head(in_flight.as_ref(), sent_at.elapsed());
+                let now = Instant::now();
+                obs.response_head(in_flight.as_ref(), now - sent_at);
                 // A 502/503 goes again to another endpoint where `retry`
                 // allows.
                 let status = response.status().as_u16();
                 if let Some(g) = &in_flight {
-                    if attempts.retry_answer(status, addr, Instant::now()) {
+                    if attempts.retry_answer(status, addr, now) {
                         obs.retrying(g);
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;

@@ -193,9 +193,11 @@ impl Routes {
 impl Telemetry {
     /// Counts one HTTP request and its response in this worker's shard.
     pub(crate) fn record_response(&self, key: &HttpKey, class: ResponseClass, started: Instant) {
-        let ms = started.elapsed().as_millis() as u64;
+        // One clock read for the latency and the label set's last use.
+        let now = Instant::now();
+        let ms = now.saturating_duration_since(started).as_millis() as u64;
         self.requests.set(self.requests.get() + 1);
-        self.http.borrow_mut().record(key, class, ms);
+        self.http.borrow_mut().record_at(key, class, ms, now);
     }
 
     /// Counts a request that `ep` answered 502/503 and that goes again to

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::keyed_hash::KeyedState;
 use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
@@ -106,7 +107,7 @@ pub struct HttpCounters {
     /// Requests sent again to another endpoint after this one answered
     /// 502/503 (the label set's `target_addr` is the one that answered).
     pub retries: u64,
-    pub by_status: HashMap<ResponseClass, StatusCounters>,
+    pub by_status: HashMap<ResponseClass, StatusCounters, KeyedState>,
 }
 
 impl Default for HttpCounters {
@@ -115,18 +116,32 @@ impl Default for HttpCounters {
             last_used: Instant::now(),
             requests: 0,
             retries: 0,
-            by_status: HashMap::new(),
+            by_status: HashMap::default(),
         }
     }
 }
 
 /// A worker's HTTP metrics; also the merged copy a scrape encodes.
+///
+/// Keyed by a fast keyed hash ([`KeyedState`]): looked up per request.
 #[derive(Clone, Debug, Default)]
-pub struct HttpShard(pub HashMap<HttpKey, HttpCounters>);
+pub struct HttpShard(pub HashMap<HttpKey, HttpCounters, KeyedState>);
 
 impl HttpShard {
     /// Counts one request and its response.
     pub fn record(&mut self, key: &HttpKey, class: ResponseClass, latency_ms: u64) {
+        self.record_at(key, class, latency_ms, Instant::now());
+    }
+
+    /// As [`record`](Self::record), the label set last used at `now` (a
+    /// clock read the caller already made).
+    pub fn record_at(
+        &mut self,
+        key: &HttpKey,
+        class: ResponseClass,
+        latency_ms: u64,
+        now: Instant,
+    ) {
         // No key clone (reference counts touched) for a known label set,
         // and one lookup (the key is hashed per request).
         let c = match self.0.get_mut(key) {
@@ -139,7 +154,7 @@ impl HttpShard {
                 self.0.entry(key.clone()).or_default()
             }
         };
-        c.last_used = Instant::now();
+        c.last_used = now;
         c.requests += 1;
         let s = c.by_status.entry(class).or_default();
         s.total += 1;

@@ -11,7 +11,8 @@
 //! escaping), `tls` (the `tls` label and its companions, from a
 //! connection's [`TlsStatus`]), `tcp` (connection families and the
 //! per-connection [`ConnMeter`]), `http` (request/response families and the
-//! latency histogram), `workers` (each worker's `ringmesh_worker_*`
+//! latency histogram), `keyed_hash` (the hash of the per-request maps),
+//! `workers` (each worker's `ringmesh_worker_*`
 //! counters), `process` (`process_*`, `proxy_build_info`), `scrape` (the
 //! merge, and the family order of one answer).
 //!
@@ -21,6 +22,7 @@
 use std::fmt::Write as _;
 
 mod http;
+mod keyed_hash;
 mod labels;
 mod process;
 mod scrape;
@@ -29,6 +31,7 @@ mod tls;
 mod workers;
 
 pub use http::{ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS};
+pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
 pub use process::ProcessInfo;
 pub use scrape::Scrape;

@@ -89,7 +89,7 @@ where
         FramedWrite {
             inner: UnsafeCell::new(inner),
             encoder: Encoder {
-                hpack: hpack::Encoder::default(),
+                hpack: hpack::Encoder::static_only(),
                 buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
                 next: None,
                 last_data_frame: None,

@@ -273,9 +273,7 @@ impl Headers {
         // Get the HEADERS frame head
         let head = self.head();
 
-        self.header_block
-            .into_encoding(encoder)
-            .encode(&head, dst, |_| {})
+        self.header_block.encode(encoder, &head, dst, |_| {})
     }
 
     fn head(&self) -> Head {
@@ -492,11 +490,9 @@ impl PushPromise {
         let head = self.head();
         let promised_id = self.promised_id;
 
-        self.header_block
-            .into_encoding(encoder)
-            .encode(&head, dst, |dst| {
-                dst.put_u32(promised_id.into());
-            })
+        self.header_block.encode(encoder, &head, dst, |dst| {
+            dst.put_u32(promised_id.into());
+        })
     }
 
     fn head(&self) -> Head {
@@ -585,6 +581,55 @@ impl Pseudo {
         pseudo
     }
 
+    /// The pseudo-header fields, in `Iter`'s order, by the static table
+    /// alone (see `hpack::encode_static_pseudo`); the indexes and exact
+    /// matches are `hpack::table::index_static`'s.
+    fn encode_static(&self, dst: &mut BytesMut) {
+        if let Some(ref m) = self.method {
+            let exact = match *m {
+                Method::GET => Some(2),
+                Method::POST => Some(3),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(2), exact.is_some(), m.as_str().as_bytes(), dst);
+        }
+        if let Some(ref s) = self.scheme {
+            let exact = match s.as_str() {
+                "http" => Some(6),
+                "https" => Some(7),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(6), exact.is_some(), s.as_ref(), dst);
+        }
+        if let Some(ref a) = self.authority {
+            hpack::encode_static_pseudo(1, false, a.as_ref(), dst);
+        }
+        if let Some(ref p) = self.path {
+            let exact = match p.as_str() {
+                "/" => Some(4),
+                "/index.html" => Some(5),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(4), exact.is_some(), p.as_ref(), dst);
+        }
+        if let Some(ref p) = self.protocol {
+            hpack::encode_static_pseudo_literal(b":protocol", p.as_str().as_bytes(), dst);
+        }
+        if let Some(s) = self.status {
+            let exact = match s.as_u16() {
+                200 => Some(8),
+                204 => Some(9),
+                206 => Some(10),
+                304 => Some(11),
+                400 => Some(12),
+                404 => Some(13),
+                500 => Some(14),
+                _ => None,
+            };
+            hpack::encode_static_pseudo(exact.unwrap_or(8), exact.is_some(), s.as_str().as_bytes(), dst);
+        }
+    }
+
     pub fn response(status: StatusCode) -> Self {
         Pseudo {
             method: None,
@@ -658,30 +703,33 @@ impl EncodingHeaderBlock {
             None
         };
 
-        // Compute the header block length
-        let payload_len = (dst.get_ref().len() - payload_pos) as u64;
-
-        // Write the frame length
-        let payload_len_be = payload_len.to_be_bytes();
-        assert!(payload_len_be[0..5].iter().all(|b| *b == 0));
-        (dst.get_mut()[head_pos..head_pos + 3]).copy_from_slice(&payload_len_be[5..]);
-
-        if continuation.is_some() {
-            // There will be continuation frames, so the `is_end_headers` flag
-            // must be unset
-            debug_assert!(dst.get_ref()[head_pos + 4] & END_HEADERS == END_HEADERS);
-
-            dst.get_mut()[head_pos + 4] -= END_HEADERS;
-        }
-
+        finish_head(dst.get_mut(), head_pos, payload_pos, continuation.is_some());
         continuation
     }
 }
 
-// ===== impl Iter =====
+/// Writes a header frame's length (its head at `head_pos`, its payload from
+/// `payload_pos` to the end of `buf`) and, when CONTINUATION frames follow,
+/// unsets its `END_HEADERS` flag.
+fn finish_head(buf: &mut BytesMut, head_pos: usize, payload_pos: usize, continued: bool) {
+    // Compute the header block length
+    let payload_len = (buf.len() - payload_pos) as u64;
 
-/// Initial size of the buffer a header block is HPACK-encoded into.
-const ENCODING_CAPACITY: usize = 512;
+    // Write the frame length
+    let payload_len_be = payload_len.to_be_bytes();
+    assert!(payload_len_be[0..5].iter().all(|b| *b == 0));
+    buf[head_pos..head_pos + 3].copy_from_slice(&payload_len_be[5..]);
+
+    if continued {
+        // There will be continuation frames, so the `is_end_headers` flag
+        // must be unset
+        debug_assert!(buf[head_pos + 4] & END_HEADERS == END_HEADERS);
+
+        buf[head_pos + 4] -= END_HEADERS;
+    }
+}
+
+// ===== impl Iter =====
 
 impl Iterator for Iter {
     type Item = hpack::Header<Option<HeaderName>>;
@@ -881,8 +929,7 @@ impl HeaderBlock {
                     if name == header::CONNECTION
                         || name == header::TRANSFER_ENCODING
                         || name == header::UPGRADE
-                        || name == "keep-alive"
-                        || name == "proxy-connection"
+                        || crate::h2::proto::is_keep_alive_or_proxy_connection(&name)
                     {
                         tracing::trace!("load_hpack; connection level header");
                         malformed = true;
@@ -926,20 +973,55 @@ impl HeaderBlock {
         Ok(())
     }
 
-    fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
-        // Room for a usual block up front: grown from empty, the buffer was
-        // reallocated several times per HEADERS frame.
-        let mut hpack = BytesMut::with_capacity(ENCODING_CAPACITY);
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
-
-        encoder.encode(headers, &mut hpack);
-
-        EncodingHeaderBlock {
-            hpack: hpack.freeze(),
+    /// Writes the frame `head`, what `f` adds (a promised stream id), and
+    /// the HPACK-encoded block straight into the write buffer: no block
+    /// buffer of its own per frame, no copy. What does not fit in the
+    /// frame (`dst`'s limit) is cut off into a CONTINUATION, exactly the
+    /// bytes the old path (encode aside, then copy what fits) produced.
+    fn encode<F>(
+        self,
+        encoder: &mut hpack::Encoder,
+        head: &Head,
+        dst: &mut EncodeBuf<'_>,
+        f: F,
+    ) -> Option<Continuation>
+    where
+        F: FnOnce(&mut EncodeBuf<'_>),
+    {
+        let head_pos = dst.get_ref().len();
+        head.encode(0, dst);
+        let payload_pos = dst.get_ref().len();
+        f(dst);
+        let room = dst.remaining_mut();
+        let buf: &mut BytesMut = dst.get_mut();
+        let block_pos = buf.len();
+        if encoder.is_dynamic() {
+            let headers = Iter {
+                pseudo: Some(self.pseudo),
+                fields: self.fields.into_iter(),
+            };
+            encoder.encode(headers, buf);
+        } else {
+            // Static table only: from the borrowed fields, in `Iter`'s
+            // order, without moving each into an `hpack::Header`.
+            encoder.begin_block(buf);
+            self.pseudo.encode_static(buf);
+            for (name, value) in &self.fields {
+                hpack::encode_static_field(name, value, buf);
+            }
         }
+        let continuation = if buf.len() - block_pos > room {
+            let rest = Bytes::copy_from_slice(&buf[block_pos + room..]);
+            buf.truncate(block_pos + room);
+            Some(Continuation {
+                stream_id: head.stream_id(),
+                header_block: EncodingHeaderBlock { hpack: rest },
+            })
+        } else {
+            None
+        };
+        finish_head(buf, head_pos, payload_pos, continuation.is_some());
+        continuation
     }
 
     /// Calculates the size of the currently decoded header list.
@@ -1039,6 +1121,61 @@ mod test {
         assert_eq!("zomg", huff_decode(&dst[15..18]));
         assert_eq!(&[15, 47, 0x80 | 3], &dst[18..21]);
         assert_eq!("sup", huff_decode(&dst[21..]));
+    }
+
+    #[test]
+    fn static_only_blocks_decode_to_the_fields() {
+        let mut encoder = Encoder::static_only();
+        let mut fields = HeaderMap::new();
+        fields.append("hello", HeaderValue::from_static("world"));
+        fields.append("hello", HeaderValue::from_static("zomg"));
+        fields.append(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        fields.append(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate"),
+        );
+        let mut secret = HeaderValue::from_static("s3cret");
+        secret.set_sensitive(true);
+        fields.append(http::header::AUTHORIZATION, secret);
+        let uri: Uri = "http://example.com/a?b".parse().unwrap();
+        let pseudo = Pseudo::request(Method::GET, uri, None);
+        let headers = Headers::new(StreamId::from(1), pseudo, fields.clone());
+        // A frame of 10 bytes at most: the block goes on in CONTINUATIONs.
+        let mut dst = BytesMut::new();
+        let mut next = headers.encode(&mut encoder, &mut (&mut dst).limit(frame::HEADER_LEN + 10));
+        assert_eq!(dst[9], 0x82, ":method GET indexed");
+        let mut block = BytesMut::from(&dst[9..]);
+        while let Some(c) = next {
+            dst.clear();
+            next = c.encode(&mut (&mut dst).limit(frame::HEADER_LEN + 10));
+            block.extend_from_slice(&dst[9..]);
+        }
+        let expected = vec![
+            hpack::Header::Method(Method::GET),
+            hpack::Header::Scheme(BytesStr::from_static("http")),
+            hpack::Header::Authority(BytesStr::from("example.com")),
+            hpack::Header::Path(BytesStr::from("/a?b")),
+        ];
+        let wire = block.clone();
+        let mut got = Vec::new();
+        hpack::Decoder::new(4096)
+            .decode(&mut Cursor::new(&mut block), |h| got.push(h))
+            .unwrap();
+        assert_eq!(got[..4], expected[..]);
+        let got_fields: Vec<_> = got[4..]
+            .iter()
+            .map(|h| match h {
+                hpack::Header::Field { name, value } => (name.clone(), value.clone()),
+                h => panic!("{h:?}"),
+            })
+            .collect();
+        let want: Vec<_> = fields.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        assert_eq!(got_fields, want);
+        // Exact static match (accept-encoding: gzip, deflate) is one byte;
+        // the sensitive value is never indexed (0x10 | authorization's 23,
+        // as 0x1f 0x08).
+        assert!(wire.contains(&(0x80 | 16)), "{:x?}", &wire[..]);
+        assert!(wire.windows(2).any(|w| w == [0x1f, 23 - 15]), "{:x?}", &wire[..]);
     }
 
     fn huff_decode(src: &[u8]) -> BytesMut {

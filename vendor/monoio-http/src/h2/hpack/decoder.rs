@@ -329,7 +329,7 @@ impl Decoder {
             let value_marker = self.try_decode_string(buf)?;
             buf.set_position(old_pos);
             // Read the name as a literal
-            let name = name_marker.consume(buf);
+            let name = name_marker.consume_name(buf);
             let value = value_marker.consume(buf);
             Header::new(name, value)
         } else {
@@ -367,8 +367,14 @@ impl Decoder {
                 let raw = &buf.chunk()[..len];
                 let decoded = match self.huffman.get(raw) {
                     Some(hit) => Ok(hit),
+                    // Decoded into the reused scratch buffer, then copied
+                    // out at its exact size: the field owns its bytes
+                    // (shared by the dynamic table and the header map at
+                    // the cost of a reference count), and pins no larger
+                    // buffer, however long the table keeps it. The split
+                    // is dropped at once, so the scratch is reclaimed.
                     None => huffman::decode(raw, &mut self.buffer).map(|buf| {
-                        let decoded = BytesMut::freeze(buf);
+                        let decoded = Bytes::copy_from_slice(&buf);
                         self.huffman.put(raw, &decoded);
                         decoded
                     }),
@@ -511,7 +517,9 @@ fn take(buf: &mut Cursor<&mut BytesMut>, n: usize) -> Bytes {
 }
 
 impl StringMarker {
-    fn consume(self, buf: &mut Cursor<&mut BytesMut>) -> Bytes {
+    /// A literal field name: a raw one shares the header block's buffer
+    /// (the name is copied or matched at once and this dropped).
+    fn consume_name(self, buf: &mut Cursor<&mut BytesMut>) -> Bytes {
         buf.advance(self.offset);
         match self.string {
             Some(string) => {
@@ -520,6 +528,20 @@ impl StringMarker {
             }
             None => take(buf, self.len),
         }
+    }
+
+    /// The string, owned at its exact size: a raw string is copied out of
+    /// the header block (as `HeaderValue::from_bytes` copied it before),
+    /// so neither a field nor a dynamic table entry pins the frame's
+    /// buffer, and a Huffman-decoded one is already a copy.
+    fn consume(self, buf: &mut Cursor<&mut BytesMut>) -> Bytes {
+        buf.advance(self.offset);
+        let string = match self.string {
+            Some(string) => string,
+            None => Bytes::copy_from_slice(&buf.chunk()[..self.len]),
+        };
+        buf.advance(self.len);
+        string
     }
 }
 

@@ -3,7 +3,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::{
     huffman,
-    table::{Index, Table},
+    table::{static_name_index, Index, Table},
     Header,
 };
 
@@ -11,6 +11,13 @@ use super::{
 pub struct Encoder {
     table: Table,
     size_update: Option<SizeUpdate>,
+    /// Whether fields are looked up in and added to the dynamic table
+    /// (and literals Huffman-coded). Without it (`static_only`), a field
+    /// is an index into the static table, or a literal without indexing
+    /// (its name indexed where the static table has it) with raw strings,
+    /// as HAProxy encodes: no table upkeep per field, at the cost of
+    /// larger header blocks.
+    dynamic: bool,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -24,6 +31,16 @@ impl Encoder {
         Encoder {
             table: Table::new(max_size, capacity),
             size_update: None,
+            dynamic: true,
+        }
+    }
+
+    /// An encoder that never uses the dynamic table (see `dynamic`). It
+    /// still signals table size updates the peer's settings call for.
+    pub fn static_only() -> Encoder {
+        Encoder {
+            dynamic: false,
+            ..Encoder::default()
         }
     }
 
@@ -192,6 +209,61 @@ impl Default for Encoder {
     fn default() -> Encoder {
         Encoder::new(4096, 0)
     }
+}
+
+/// With the static table alone (an encoder built by `static_only`), header
+/// blocks are encoded from borrowed fields: `begin_block`, then
+/// `encode_static_pseudo` and `encode_static_field` per field. An exact
+/// static match is indexed; anything else is a literal without indexing
+/// (never indexed if sensitive) with its name indexed where the static
+/// table has it, and raw (not Huffman-coded) strings.
+impl Encoder {
+    /// Whether this encoder uses the dynamic table (`encode` then).
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
+    }
+
+    /// Starts a header block: the table size updates due.
+    pub fn begin_block(&mut self, dst: &mut BytesMut) {
+        self.encode_size_updates(dst);
+    }
+}
+
+/// A pseudo-header field: `idx` its static entry, `exact` whether that
+/// entry holds `value` too.
+pub fn encode_static_pseudo(idx: usize, exact: bool, value: &[u8], dst: &mut BytesMut) {
+    if exact {
+        encode_int(idx, 7, 0x80, dst);
+    } else {
+        encode_int(idx, 4, 0, dst);
+        encode_raw_str(value, dst);
+    }
+}
+
+/// A pseudo-header field the static table has no name for (`:protocol`).
+pub fn encode_static_pseudo_literal(name: &[u8], value: &[u8], dst: &mut BytesMut) {
+    dst.put_u8(0);
+    encode_raw_str(name, dst);
+    encode_raw_str(value, dst);
+}
+
+/// A regular field (see `encode_static_pseudo` for the representations).
+pub fn encode_static_field(name: &HeaderName, value: &HeaderValue, dst: &mut BytesMut) {
+    let first = if value.is_sensitive() { 0b10000 } else { 0 };
+    match static_name_index(name.as_str()) {
+        Some(16) if value == "gzip, deflate" => return encode_int(16, 7, 0x80, dst),
+        Some(idx) => encode_int(idx, 4, first, dst),
+        None => {
+            dst.put_u8(first);
+            encode_raw_str(name.as_str().as_bytes(), dst);
+        }
+    }
+    encode_raw_str(value.as_bytes(), dst);
+}
+
+fn encode_raw_str(val: &[u8], dst: &mut BytesMut) {
+    encode_int(val.len(), 7, 0, dst);
+    dst.put_slice(val);
 }
 
 fn encode_size_update(val: usize, dst: &mut BytesMut) {

@@ -99,7 +99,9 @@ impl Header {
         } else {
             // HTTP/2 requires lower case header names
             let name = HeaderName::from_lowercase(&name)?;
-            let value = HeaderValue::from_bytes(&value)?;
+            // The decoder's strings are owned copies (`StringMarker::
+            // consume`): taken as they are, validated as `from_bytes` does.
+            let value = HeaderValue::from_maybe_shared(value)?;
 
             Ok(Header::Field { name, value })
         }
@@ -234,7 +236,7 @@ impl<'a> Name<'a> {
         match self {
             Name::Field(name) => Ok(Header::Field {
                 name: name.clone(),
-                value: HeaderValue::from_bytes(&value)?,
+                value: HeaderValue::from_maybe_shared(value)?,
             }),
             Name::Authority => Ok(Header::Authority(BytesStr::try_from(value)?)),
             Name::Method => Ok(Header::Method(Method::from_bytes(&value)?)),

@@ -9,6 +9,6 @@ mod test;
 
 pub use self::{
     decoder::{Decoder, DecoderError, NeedMore},
-    encoder::Encoder,
+    encoder::{encode_static_field, encode_static_pseudo, encode_static_pseudo_literal, Encoder},
     header::{BytesStr, Header},
 };

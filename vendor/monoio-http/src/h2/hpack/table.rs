@@ -6,7 +6,7 @@ use std::{
 };
 
 use fnv::FnvHasher;
-use http::{header, method::Method};
+use http::method::Method;
 
 use super::Header;
 
@@ -138,7 +138,9 @@ impl Table {
         let statik = index_static(&header);
 
         // Don't index certain headers. This logic is borrowed from nghttp2.
-        if header.skip_value_index() {
+        // (`Header::skip_value_index`, told from the static index already
+        // found rather than by comparing the name again.)
+        if skips_value_index(&header, statik) {
             // Right now, if this is true, the header name is always in the
             // static table. At some point in the future, this might not be true
             // and this logic will need to be updated.
@@ -674,66 +676,32 @@ fn hash_header(header: &Header) -> HashValue {
 
 /// Checks the static table for the header. If found, returns the index and a
 /// boolean representing if the value matched as well.
+/// `header.skip_value_index()`, given `statik = index_static(header)`: a
+/// field whose value is not indexed (age, authorization, content-length,
+/// etag, if-modified-since, if-none-match, location, cookie, set-cookie),
+/// or `:path`.
+fn skips_value_index(header: &Header, statik: Option<(usize, bool)>) -> bool {
+    let skip = match header {
+        Header::Field { .. } => matches!(
+            statik,
+            Some((21 | 23 | 28 | 32 | 34 | 40 | 41 | 46 | 55, _))
+        ),
+        Header::Path(..) => true,
+        _ => false,
+    };
+    debug_assert_eq!(skip, header.skip_value_index());
+    skip
+}
+
 fn index_static(header: &Header) -> Option<(usize, bool)> {
     match *header {
         Header::Field {
             ref name,
             ref value,
-        } => match *name {
-            header::ACCEPT_CHARSET => Some((15, false)),
-            header::ACCEPT_ENCODING => {
-                if value == "gzip, deflate" {
-                    Some((16, true))
-                } else {
-                    Some((16, false))
-                }
-            }
-            header::ACCEPT_LANGUAGE => Some((17, false)),
-            header::ACCEPT_RANGES => Some((18, false)),
-            header::ACCEPT => Some((19, false)),
-            header::ACCESS_CONTROL_ALLOW_ORIGIN => Some((20, false)),
-            header::AGE => Some((21, false)),
-            header::ALLOW => Some((22, false)),
-            header::AUTHORIZATION => Some((23, false)),
-            header::CACHE_CONTROL => Some((24, false)),
-            header::CONTENT_DISPOSITION => Some((25, false)),
-            header::CONTENT_ENCODING => Some((26, false)),
-            header::CONTENT_LANGUAGE => Some((27, false)),
-            header::CONTENT_LENGTH => Some((28, false)),
-            header::CONTENT_LOCATION => Some((29, false)),
-            header::CONTENT_RANGE => Some((30, false)),
-            header::CONTENT_TYPE => Some((31, false)),
-            header::COOKIE => Some((32, false)),
-            header::DATE => Some((33, false)),
-            header::ETAG => Some((34, false)),
-            header::EXPECT => Some((35, false)),
-            header::EXPIRES => Some((36, false)),
-            header::FROM => Some((37, false)),
-            header::HOST => Some((38, false)),
-            header::IF_MATCH => Some((39, false)),
-            header::IF_MODIFIED_SINCE => Some((40, false)),
-            header::IF_NONE_MATCH => Some((41, false)),
-            header::IF_RANGE => Some((42, false)),
-            header::IF_UNMODIFIED_SINCE => Some((43, false)),
-            header::LAST_MODIFIED => Some((44, false)),
-            header::LINK => Some((45, false)),
-            header::LOCATION => Some((46, false)),
-            header::MAX_FORWARDS => Some((47, false)),
-            header::PROXY_AUTHENTICATE => Some((48, false)),
-            header::PROXY_AUTHORIZATION => Some((49, false)),
-            header::RANGE => Some((50, false)),
-            header::REFERER => Some((51, false)),
-            header::REFRESH => Some((52, false)),
-            header::RETRY_AFTER => Some((53, false)),
-            header::SERVER => Some((54, false)),
-            header::SET_COOKIE => Some((55, false)),
-            header::STRICT_TRANSPORT_SECURITY => Some((56, false)),
-            header::TRANSFER_ENCODING => Some((57, false)),
-            header::USER_AGENT => Some((58, false)),
-            header::VARY => Some((59, false)),
-            header::VIA => Some((60, false)),
-            header::WWW_AUTHENTICATE => Some((61, false)),
-            _ => None,
+        } => match static_name_index(name.as_str()) {
+            Some(16) if value == "gzip, deflate" => Some((16, true)),
+            Some(i) => Some((i, false)),
+            None => None,
         },
         Header::Authority(_) => Some((1, false)),
         Header::Method(ref v) => match *v {
@@ -762,5 +730,154 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             500 => Some((14, true)),
             _ => Some((8, false)),
         },
+    }
+}
+
+/// The static table's index (15 to 61) of a regular field name.
+///
+/// Matched by length first, then by the few names of that length: a
+/// `match` on `HeaderName` constants compares the name with each of the
+/// 47 in turn, for every field encoded.
+pub(super) fn static_name_index(name: &str) -> Option<usize> {
+    let i = match name.len() {
+        3 => match name {
+            "age" => 21,
+            "via" => 60,
+            _ => return None,
+        },
+        4 => match name {
+            "date" => 33,
+            "etag" => 34,
+            "from" => 37,
+            "host" => 38,
+            "link" => 45,
+            "vary" => 59,
+            _ => return None,
+        },
+        5 => match name {
+            "allow" => 22,
+            "range" => 50,
+            _ => return None,
+        },
+        6 => match name {
+            "accept" => 19,
+            "cookie" => 32,
+            "expect" => 35,
+            "server" => 54,
+            _ => return None,
+        },
+        7 => match name {
+            "expires" => 36,
+            "referer" => 51,
+            "refresh" => 52,
+            _ => return None,
+        },
+        8 => match name {
+            "if-match" => 39,
+            "if-range" => 42,
+            "location" => 46,
+            _ => return None,
+        },
+        10 => match name {
+            "set-cookie" => 55,
+            "user-agent" => 58,
+            _ => return None,
+        },
+        11 => match name {
+            "retry-after" => 53,
+            _ => return None,
+        },
+        12 => match name {
+            "content-type" => 31,
+            "max-forwards" => 47,
+            _ => return None,
+        },
+        13 => match name {
+            "accept-ranges" => 18,
+            "authorization" => 23,
+            "cache-control" => 24,
+            "content-range" => 30,
+            "if-none-match" => 41,
+            "last-modified" => 44,
+            _ => return None,
+        },
+        14 => match name {
+            "accept-charset" => 15,
+            "content-length" => 28,
+            _ => return None,
+        },
+        15 => match name {
+            "accept-encoding" => 16,
+            "accept-language" => 17,
+            _ => return None,
+        },
+        16 => match name {
+            "content-encoding" => 26,
+            "content-language" => 27,
+            "content-location" => 29,
+            "www-authenticate" => 61,
+            _ => return None,
+        },
+        17 => match name {
+            "if-modified-since" => 40,
+            "transfer-encoding" => 57,
+            _ => return None,
+        },
+        18 => match name {
+            "proxy-authenticate" => 48,
+            _ => return None,
+        },
+        19 => match name {
+            "content-disposition" => 25,
+            "if-unmodified-since" => 43,
+            "proxy-authorization" => 49,
+            _ => return None,
+        },
+        25 => match name {
+            "strict-transport-security" => 56,
+            _ => return None,
+        },
+        27 => match name {
+            "access-control-allow-origin" => 20,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(i)
+}
+
+#[cfg(test)]
+mod static_index_test {
+    use super::*;
+
+    #[test]
+    fn every_static_name_is_found_at_its_index() {
+        for i in 15..=61 {
+            let h = crate::h2::hpack::decoder::get_static(i);
+            let name = h.name();
+            let name = std::str::from_utf8(name.as_slice()).unwrap();
+            assert_eq!(static_name_index(name), Some(i), "{name}");
+            if let Header::Field { .. } = h {
+                assert_eq!(index_static(&h).map(|(n, _)| n), Some(i), "{name}");
+            }
+        }
+        for i in 15..=61 {
+            let h = crate::h2::hpack::decoder::get_static(i);
+            let h = match h {
+                Header::Field { name, .. } => Header::Field {
+                    name,
+                    value: http::HeaderValue::from_static("v"),
+                },
+                h => h,
+            };
+            assert_eq!(skips_value_index(&h, index_static(&h)), h.skip_value_index());
+        }
+        assert_eq!(static_name_index("x-unknown"), None);
+        assert_eq!(static_name_index("content-typf"), None);
+        let gzip = Header::Field {
+            name: http::header::ACCEPT_ENCODING,
+            value: http::HeaderValue::from_static("gzip, deflate"),
+        };
+        assert_eq!(index_static(&gzip), Some((16, true)));
     }
 }

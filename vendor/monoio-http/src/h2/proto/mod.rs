@@ -34,3 +34,10 @@ pub const DEFAULT_RESET_STREAM_SECS: u64 = 30;
 /// crate's `max_local_error_reset_streams`; MadeYouReset, CVE-2025-8671).
 pub const DEFAULT_LOCAL_ERROR_RESET_STREAM_MAX: usize = 1024;
 pub const DEFAULT_MAX_SEND_BUFFER_SIZE: usize = 1024 * 400;
+
+/// `keep-alive` or `proxy-connection`: connection-specific fields HTTP/2
+/// forbids that `http` has no constant for. Compared as strings: comparing
+/// a `HeaderName` with a `&str` parses the string into a name each time.
+pub(crate) fn is_keep_alive_or_proxy_connection(name: &http::HeaderName) -> bool {
+    matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}

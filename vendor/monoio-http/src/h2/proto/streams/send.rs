@@ -14,7 +14,7 @@ use super::{
 use crate::h2::{
     codec::UserError,
     frame::{self, Reason},
-    proto::{Error, Initiator},
+    proto::{is_keep_alive_or_proxy_connection, Error, Initiator},
 };
 
 /// Manages state transitions related to outbound frames.
@@ -83,19 +83,28 @@ impl Send {
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
+        //
+        // One pass over the names: five hashed lookups, two of them
+        // parsing a name string first, cost more than looking at the few
+        // names a message has.
+        let mut te = false;
+        for name in fields.keys() {
+            match *name {
+                http::header::CONNECTION | http::header::TRANSFER_ENCODING | http::header::UPGRADE => {
+                    tracing::debug!("illegal connection-specific headers found");
+                    return Err(UserError::MalformedHeaders);
+                }
+                http::header::TE => te = true,
+                _ if is_keep_alive_or_proxy_connection(name) => {
+                    tracing::debug!("illegal connection-specific headers found");
+                    return Err(UserError::MalformedHeaders);
+                }
+                _ => {}
+            }
+        }
+        if te && fields.get(http::header::TE).is_some_and(|v| v != "trailers") {
             tracing::debug!("illegal connection-specific headers found");
             return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
-            if te != "trailers" {
-                tracing::debug!("illegal connection-specific headers found");
-                return Err(UserError::MalformedHeaders);
-            }
         }
         Ok(())
     }
