@@ -39,9 +39,10 @@ use crate::h2client::{
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
+use crate::stop::Stop;
 use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::Worker;
+use crate::worker::{Routes, Worker};
 
 /// After its GOAWAY, a client cut off by the defences is read from (and
 /// ignored) until it is quiet this long...
@@ -251,7 +252,7 @@ pub(crate) async fn serve(
             // idle HTTP/1 connections do.
             monoio::select! {
                 n = conn.accept() => n,
-                _ = idle_at_last_look(&w, &active) => {
+                _ = idle_at_last_look(&w.close_idle, &active) => {
                     tracing::debug!(%peer, "HTTP/2 connection idle during the drain; closing");
                     break;
                 }
@@ -336,8 +337,8 @@ impl Drop for Active {
 
 /// Resolves once the drain's last look has passed (`close_idle`) and no
 /// stream of the connection is being proxied.
-async fn idle_at_last_look(w: &Worker, active: &Streams) {
-    w.close_idle.wait().await;
+async fn idle_at_last_look(last_look: &Stop, active: &Streams) {
+    last_look.wait().await;
     active.none_left().await;
 }
 
@@ -446,7 +447,7 @@ async fn forward(
     respond: &mut server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) -> Result<ResponseClass, Failure> {
-    let target = route_stream(w, dst, &req).await?;
+    let target = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
@@ -484,7 +485,7 @@ async fn forward(
 /// Where a stream goes: its `:authority` (or `Host`, for a request
 /// converted from HTTP/1) looked up as the listener says.
 async fn route_stream(
-    w: &Rc<Worker>,
+    routes: &Routes,
     dst: &HttpDst,
     req: &Request<RecvStream>,
 ) -> Result<Dst, ProxyError> {
@@ -504,7 +505,7 @@ async fn route_stream(
         port,
         raw: authority.unwrap_or(""),
     });
-    resolve(&w.routes, dst, request_authority).await
+    resolve(routes, dst, request_authority).await
 }
 
 /// A client stream on its way to an HTTP/2 upstream.
