@@ -520,7 +520,7 @@ mod tests {
                     tls.flush().unwrap();
                     i += 1;
                     if chunk % 16 == 0 {
-                        thread::sleep(Duration::from_millis(3));
+                        thread::sleep(Duration::from_millis(10));
                     }
                 }
                 tls.conn.send_close_notify();

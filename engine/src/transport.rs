@@ -574,7 +574,7 @@ mod tests {
                 while tls.conn.is_handshaking() {
                     tls.conn.complete_io(&mut tls.sock).unwrap();
                 }
-                thread::sleep(Duration::from_millis(300));
+                thread::sleep(Duration::from_millis(1000));
                 tls.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
                 tls.flush().unwrap();
                 let mut rest = Vec::new();
