@@ -181,12 +181,8 @@ impl Resolver for DnsNameResolver {
 
 fn endpoints(addrs: impl Iterator<Item = IpAddr>, port: u16) -> Vec<Endpoint> {
     let mut eps: Vec<Endpoint> = addrs
-        .map(|ip| Endpoint {
-            addr: SocketAddr::new(ip, port),
-            weight: 1,
-            // DNS says nothing of meshing.
-            h2_hint: false,
-        })
+        // DNS says nothing of meshing.
+        .map(|ip| Endpoint::unmeshed(SocketAddr::new(ip, port), 1))
         .collect();
     // DNS answers rotate; sort so an unchanged set compares equal.
     eps.sort_by_key(|e| e.addr);

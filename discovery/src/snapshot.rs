@@ -29,7 +29,7 @@ impl FromStr for Protocol {
 }
 
 /// One address a service may be reached at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     /// Relative share of traffic; never zero.
@@ -38,6 +38,25 @@ pub struct Endpoint {
     /// linkerd2-proxy (the Destination API's `ProtocolHint::H2`): HTTP/1
     /// requests to it may travel over HTTP/2 with `l5d-orig-proto`.
     pub h2_hint: bool,
+    /// The identity the endpoint's proxy proves (mutual TLS to it).
+    pub identity: Option<ringmesh_identity::Name>,
+    /// The endpoint's proxy takes meshed connections on this port, behind
+    /// Linkerd's transport header (with `identity` only).
+    pub opaque_transport_port: Option<u16>,
+}
+
+impl Endpoint {
+    /// An endpoint known only by its address (DNS, or a file without
+    /// mesh settings).
+    pub fn unmeshed(addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            addr,
+            weight,
+            h2_hint: false,
+            identity: None,
+            opaque_transport_port: None,
+        }
+    }
 }
 
 /// A logical destination and its current endpoints.

@@ -9,6 +9,12 @@
 //! labels = { namespace = "web" }  # optional: metric labels, as dst_namespace
 //! protocol_hint = "h2"    # optional: the endpoints are meshed (their proxy
 //!                         # takes HTTP/1 carried over HTTP/2, l5d-orig-proto)
+//! identity = "web.ns.serviceaccount.identity.linkerd.cluster.local"
+//!                         # optional: the endpoints' proxy proves this
+//!                         # identity; connections to them are mutual TLS
+//! opaque_transport_port = 4143  # optional (with identity): the endpoints'
+//!                         # proxy port for meshed connections, which open
+//!                         # with Linkerd's transport header
 //! ```
 //!
 //! A file that lists no service must say so with a top-level
@@ -55,6 +61,8 @@ struct RawService {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     protocol_hint: Option<String>,
+    identity: Option<String>,
+    opaque_transport_port: Option<i64>,
 }
 
 /// Every problem found in one file.
@@ -219,6 +227,27 @@ impl Check {
                 false
             }
         };
+        let identity = svc.identity.as_deref().and_then(|id| {
+            ringmesh_identity::Name::parse(id)
+                .map_err(|e| problems.push(format!("{at}: identity {id:?}: {e}")))
+                .ok()
+        });
+        let opaque_transport_port = svc.opaque_transport_port.and_then(|p| {
+            if identity.is_none() && svc.identity.is_none() {
+                problems.push(format!(
+                    "{at}: opaque_transport_port needs an identity (the port takes mutual TLS only)"
+                ));
+            }
+            match u16::try_from(p) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    problems.push(format!(
+                        "{at}: opaque_transport_port {p} is not a port (1-65535)"
+                    ));
+                    None
+                }
+            }
+        });
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         let mut addrs = HashSet::new();
         for ep in &svc.endpoints {
@@ -234,6 +263,8 @@ impl Check {
                         addr,
                         weight: 1,
                         h2_hint,
+                        identity: identity.clone(),
+                        opaque_transport_port,
                     });
                 }
                 Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),

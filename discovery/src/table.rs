@@ -284,11 +284,7 @@ mod tests {
 
     fn service(name: &str, addr: &str) -> (Authority, Arc<Service>) {
         let name = Authority::parse(name).unwrap();
-        let ep = Endpoint {
-            addr: addr.parse().unwrap(),
-            weight: 1,
-            h2_hint: false,
-        };
+        let ep = Endpoint::unmeshed(addr.parse().unwrap(), 1);
         (
             name.clone(),
             Arc::new(Service::new(name, vec![ep], None, Arc::new([]))),

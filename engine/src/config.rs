@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use ringmesh_discovery::dns::DnsConfig;
 use ringmesh_discovery::Authority;
+use ringmesh_identity::Name;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 /// Where raw configuration comes from.
 pub trait ConfigSource {
@@ -80,6 +83,18 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const IDENTITY_DISABLED: &str = "LINKERD2_PROXY_IDENTITY_DISABLED";
+pub const IDENTITY_DIR: &str = "LINKERD2_PROXY_IDENTITY_DIR";
+pub const IDENTITY_TRUST_ANCHORS: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
+pub const IDENTITY_LOCAL_NAME: &str = "LINKERD2_PROXY_IDENTITY_LOCAL_NAME";
+pub const IDENTITY_TOKEN_FILE: &str = "LINKERD2_PROXY_IDENTITY_TOKEN_FILE";
+pub const IDENTITY_SVC_ADDR: &str = "LINKERD2_PROXY_IDENTITY_SVC_ADDR";
+pub const IDENTITY_SVC_NAME: &str = "LINKERD2_PROXY_IDENTITY_SVC_NAME";
+pub const IDENTITY_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH";
+pub const IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
+pub const IDENTITY_CERT: &str = "RINGMESH_IDENTITY_CERT";
+pub const IDENTITY_KEY: &str = "RINGMESH_IDENTITY_KEY";
+pub const TLS_HANDSHAKE_TIMEOUT: &str = "RINGMESH_TLS_HANDSHAKE_TIMEOUT";
 
 /// Server-speaks-first ports (SMTP, submission, MySQL, Galera, Postgres,
 /// Redis, Elasticsearch transport, memcached): detection would only stall them.
@@ -159,6 +174,56 @@ pub struct Config {
     pub http2: Http2Config,
     pub balancing: BalancingConfig,
     pub shutdown_grace_period: Duration,
+    pub identity: IdentityConfig,
+}
+
+/// This proxy's workload identity: where its certificate comes from.
+#[derive(Clone, Debug)]
+pub enum IdentityConfig {
+    /// No identity (no identity variable set, or
+    /// `LINKERD2_PROXY_IDENTITY_DISABLED`): every connection is plain and
+    /// TLS arriving inbound is relayed untouched.
+    Disabled,
+    /// Certificate and key from PEM files (`RINGMESH_IDENTITY_CERT`,
+    /// `RINGMESH_IDENTITY_KEY`), reloaded when they change: a mesh without
+    /// a control plane.
+    Static {
+        local: LocalIdentity,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Linkerd's identity service: a CSR from `LINKERD2_PROXY_IDENTITY_DIR`
+    /// sent to `Identity.Certify`, renewed before it expires.
+    Certify {
+        local: LocalIdentity,
+        dir: PathBuf,
+        token_file: PathBuf,
+        svc_addr: SocketAddr,
+        /// The service's identity (TLS to it); `None` for a loopback
+        /// address, spoken to in plaintext.
+        svc_name: Option<Name>,
+        min_refresh: Duration,
+        max_refresh: Duration,
+    },
+}
+
+/// What every identity mode shares: the name and the mesh's trust anchors.
+#[derive(Clone, Debug)]
+pub struct LocalIdentity {
+    pub name: Name,
+    /// DER certificates from `LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS`.
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// How long a client has to complete a TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl IdentityConfig {
+    pub fn local(&self) -> Option<&LocalIdentity> {
+        match self {
+            Self::Disabled => None,
+            Self::Static { local, .. } | Self::Certify { local, .. } => Some(local),
+        }
+    }
 }
 
 /// The outbound side's listener and its connections' settings.
@@ -329,6 +394,7 @@ impl Config {
                 failure_accrual_consecutive: 7,
             },
             shutdown_grace_period: Duration::from_secs(120),
+            identity: IdentityConfig::Disabled,
         }
     }
 
@@ -357,6 +423,7 @@ impl Config {
         p.read_http2(&mut c);
         p.read_balancing(&mut c);
         p.read_dns(&mut c.discovery.dns);
+        c.identity = p.read_identity();
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -678,6 +745,123 @@ impl Parser<'_> {
         }
     }
 
+    /// The identity mode, from which variables are set: `_DISABLED` wins;
+    /// then the static files; then Linkerd's identity service. Every
+    /// variable a mode needs and lacks is listed.
+    fn read_identity(&mut self) -> IdentityConfig {
+        let flag = |s: &str| match s {
+            "" | "false" | "0" | "off" => Ok(false),
+            _ => Ok(true),
+        };
+        if self.parse_with(IDENTITY_DISABLED, flag) == Some(true) {
+            return IdentityConfig::Disabled;
+        }
+        let is_set = |p: &Self, k: &str| p.raw(k).is_some_and(|v| !v.is_empty());
+        let static_mode = is_set(self, IDENTITY_CERT) || is_set(self, IDENTITY_KEY);
+        let certify_vars = [
+            IDENTITY_DIR,
+            IDENTITY_TOKEN_FILE,
+            IDENTITY_SVC_ADDR,
+            IDENTITY_LOCAL_NAME,
+            IDENTITY_TRUST_ANCHORS,
+        ];
+        if !static_mode && !certify_vars.iter().any(|k| is_set(self, k)) {
+            return IdentityConfig::Disabled;
+        }
+        let require = |p: &mut Self, k: &str, mode: &str| {
+            let v = p.raw(k).filter(|v| !v.is_empty());
+            if v.is_none() {
+                p.problems.push(format!("{k} must be set ({mode})"));
+            }
+            v
+        };
+        let mode = if static_mode {
+            "the static identity mode"
+        } else {
+            "identity from Linkerd's identity service"
+        };
+        let name = require(self, IDENTITY_LOCAL_NAME, mode).and_then(|v| {
+            Name::parse(&v)
+                .map_err(|e| self.bad(IDENTITY_LOCAL_NAME, &v, &e.to_string()))
+                .ok()
+        });
+        let anchors = require(self, IDENTITY_TRUST_ANCHORS, mode).and_then(|v| {
+            parse_trust_anchors(&v)
+                .map_err(|e| self.bad(IDENTITY_TRUST_ANCHORS, "<PEM>", &e))
+                .ok()
+        });
+        let mut handshake_timeout = Duration::from_secs(10);
+        self.duration(TLS_HANDSHAKE_TIMEOUT, &mut handshake_timeout);
+        if static_mode {
+            let cert = require(self, IDENTITY_CERT, mode);
+            let key = require(self, IDENTITY_KEY, mode);
+            let (Some(name), Some(trust_anchors), Some(cert), Some(key)) =
+                (name, anchors, cert, key)
+            else {
+                return IdentityConfig::Disabled;
+            };
+            return IdentityConfig::Static {
+                local: LocalIdentity {
+                    name,
+                    trust_anchors,
+                    handshake_timeout,
+                },
+                cert: cert.into(),
+                key: key.into(),
+            };
+        }
+        let dir = require(self, IDENTITY_DIR, mode);
+        let token_file = require(self, IDENTITY_TOKEN_FILE, mode);
+        let svc_addr = require(self, IDENTITY_SVC_ADDR, mode).and_then(|v| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| {
+                    self.bad(
+                        IDENTITY_SVC_ADDR,
+                        &v,
+                        "expected ip:port (names are not resolved yet)",
+                    )
+                })
+                .ok()
+        });
+        let svc_name = self.parse_with(IDENTITY_SVC_NAME, |s| {
+            Name::parse(s).map_err(|e| e.to_string())
+        });
+        if let Some(addr) = svc_addr {
+            if !addr.ip().is_loopback() && svc_name.is_none() {
+                self.problems.push(format!(
+                    "{IDENTITY_SVC_NAME} must be set: the identity service at {addr} is not on loopback, so it is spoken to over TLS as that name"
+                ));
+            }
+        }
+        let mut min_refresh = Duration::from_secs(10);
+        let mut max_refresh = Duration::from_secs(24 * 3600);
+        self.duration(IDENTITY_MIN_REFRESH, &mut min_refresh);
+        self.duration(IDENTITY_MAX_REFRESH, &mut max_refresh);
+        if min_refresh > max_refresh {
+            self.problems.push(format!(
+                "{IDENTITY_MIN_REFRESH} ({min_refresh:?}) is greater than {IDENTITY_MAX_REFRESH} ({max_refresh:?})"
+            ));
+        }
+        let (Some(name), Some(trust_anchors), Some(dir), Some(token_file), Some(svc_addr)) =
+            (name, anchors, dir, token_file, svc_addr)
+        else {
+            return IdentityConfig::Disabled;
+        };
+        IdentityConfig::Certify {
+            local: LocalIdentity {
+                name,
+                trust_anchors,
+                handshake_timeout,
+            },
+            dir: dir.into(),
+            token_file: token_file.into(),
+            svc_name: svc_name.filter(|_| !svc_addr.ip().is_loopback()),
+            svc_addr,
+            min_refresh,
+            max_refresh,
+        }
+    }
+
     /// Listeners must not collide with each other.
     fn check_listener_collisions(&mut self, c: &Config) {
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
@@ -701,6 +885,26 @@ impl Parser<'_> {
             seen.push((addr, who));
         }
     }
+}
+
+/// PEM certificates (the mesh's trust anchors): at least one, every
+/// block a well-formed certificate.
+pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    ringmesh_identity::tls::trust_anchors(certs.iter().cloned()).map_err(|e| {
+        format!(
+            "{e}: {}",
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        )
+    })?;
+    Ok(certs)
 }
 
 /// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).

@@ -8,16 +8,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::{
     ConnMeter, DstLabels, HttpKey, NoTlsReason, Peer, TcpKey, TcpShard,
 };
 use ringmesh_discovery::Service;
-use ringmesh_identity::Name;
-use rustls::ClientConfig;
+use ringmesh_identity::tls::TRANSPORT_HEADER_ALPN;
+use ringmesh_identity::{Name, TlsConfigs};
+use ringmesh_protocols::transport_header::{SessionProtocol, TransportHeader};
 
 use crate::error::ProxyError;
 use crate::transport::Transport;
@@ -27,10 +28,14 @@ use crate::transport::Transport;
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// The identity the endpoint's certificate must name: mutual TLS when
-    /// set (and this proxy has an identity), plain TCP when not.
-    /// Discovery does not provide identities yet (issue 15: the static
-    /// file's `identity`, the Destination API's `tls_identity`).
+    /// set (and this proxy has an identity), plain TCP when not. From the
+    /// static file's `identity` (the Destination API's `tls_identity`
+    /// next).
     pub(crate) identity: Option<Name>,
+    /// The endpoint's proxy takes meshed connections on this port, each
+    /// opened with Linkerd's transport header naming `addr`'s port (the
+    /// static file's `opaque_transport_port`). Only with an identity.
+    pub(crate) opaque_transport: Option<u16>,
 }
 
 impl Endpoint {
@@ -39,8 +44,31 @@ impl Endpoint {
         Self {
             addr,
             identity: None,
+            opaque_transport: None,
         }
     }
+
+    /// `svc`'s endpoint at `addr`: with the identity and transport port
+    /// discovery gave it (plain when it has none, or is gone).
+    pub(crate) fn in_service(svc: &Service, addr: SocketAddr) -> Self {
+        match svc.endpoints.iter().find(|e| e.addr == addr) {
+            Some(ep) => Self {
+                addr,
+                identity: ep.identity.clone(),
+                opaque_transport: ep.opaque_transport_port.filter(|_| ep.identity.is_some()),
+            },
+            None => Self::plain(addr),
+        }
+    }
+}
+
+/// What a new upstream connection will carry (the transport header's
+/// session protocol, when it has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Session {
+    Http1,
+    Http2,
+    Opaque,
 }
 
 /// Discovery's metric labels for `svc`, if it has any.
@@ -59,36 +87,84 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
     }
 }
 
-/// Opens a connection to `ep` within `timeout` (TCP connect and TLS
-/// handshake together): mutual TLS when `ep` has an identity and `tls`
-/// (this proxy's client config) is given, else plain TCP, its TLS status
-/// saying why. Nagle is off either way.
+/// Opens a connection to `ep` within `timeout` (TCP connect, TLS
+/// handshake and transport header together): mutual TLS when `ep` has an
+/// identity and this proxy has TLS configurations (`tls`), else plain
+/// TCP, its TLS status saying why. With an opaque-transport port the
+/// connection goes to that port of the endpoint's host, offers ALPN
+/// `transport.l5d.io/v1`, and starts with the transport header naming
+/// `ep`'s port and `session`. Nagle is off either way.
 pub(crate) async fn open(
     ep: &Endpoint,
-    tls: Option<&Arc<ClientConfig>>,
+    tls: Option<&TlsConfigs>,
+    session: Session,
     timeout: Duration,
 ) -> Result<Transport, ProxyError> {
     let started = Instant::now();
-    let s = connect(ep.addr, timeout)
+    let meshed = match (&ep.identity, tls) {
+        (Some(id), Some(cfgs)) => Some((id, cfgs)),
+        _ => None,
+    };
+    let addr = match (meshed, ep.opaque_transport) {
+        (Some(_), Some(port)) => SocketAddr::new(ep.addr.ip(), port),
+        _ => ep.addr,
+    };
+    let s = connect(addr, timeout)
         .await
         .map_err(|e| ProxyError::connect(&e))?;
     let _ = s.set_nodelay(true);
-    let (id, config) = match (&ep.identity, tls) {
-        (Some(id), Some(config)) => (id, config.clone()),
-        (None, Some(_)) => {
-            return Ok(Transport::plain(
-                s,
-                NoTlsReason::NotProvidedByServiceDiscovery,
-            ))
-        }
-        (_, None) => return Ok(Transport::plain(s, NoTlsReason::NoProxyIdentity)),
+    let Some((id, cfgs)) = meshed else {
+        let why = if tls.is_some() {
+            NoTlsReason::NotProvidedByServiceDiscovery
+        } else {
+            NoTlsReason::NoProxyIdentity
+        };
+        return Ok(Transport::plain(s, why));
+    };
+    let header = ep.opaque_transport.is_some();
+    let config = if header {
+        cfgs.client_transport_header.clone()
+    } else {
+        cfgs.client.clone()
     };
     let left = timeout.saturating_sub(started.elapsed());
-    match monoio::time::timeout(left, Transport::tls_connect(s, config, id)).await {
+    let handshake = async {
+        let mut t = Transport::tls_connect(s, config, id).await?;
+        if header {
+            write_transport_header(&mut t, ep.addr.port(), session).await?;
+        }
+        Ok::<_, io::Error>(t)
+    };
+    match monoio::time::timeout(left, handshake).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(ProxyError::tls(id, &e)),
         Err(_) => Err(ProxyError::tls(id, &io::ErrorKind::TimedOut.into())),
     }
+}
+
+/// Writes Linkerd's transport header for `port` and `session` on a TLS
+/// connection whose server agreed to ALPN `transport.l5d.io/v1` (one that
+/// did not would take the header for application bytes).
+async fn write_transport_header(t: &mut Transport, port: u16, session: Session) -> io::Result<()> {
+    if t.alpn().as_deref() != Some(TRANSPORT_HEADER_ALPN) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the peer did not negotiate ALPN transport.l5d.io/v1 on its opaque-transport port",
+        ));
+    }
+    let header = TransportHeader {
+        port,
+        name: String::new(),
+        protocol: match session {
+            Session::Http1 => Some(SessionProtocol::Http1),
+            Session::Http2 => Some(SessionProtocol::Http2),
+            Session::Opaque => None,
+        },
+    };
+    let mut buf = Vec::with_capacity(64);
+    header.encode(&mut buf);
+    let (res, _) = t.write_all(buf).await;
+    res.map(|_| ())
 }
 
 /// Counts a new upstream connection `conn` to `addr`, made for a request

@@ -25,7 +25,8 @@ use std::io;
 use std::net::TcpListener;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
@@ -36,6 +37,9 @@ use ringmesh_discovery::{
 };
 
 use crate::admin::EngineAdmin;
+use crate::config::IdentityConfig;
+use crate::identity::{self, IdentityState, Sink};
+use ringmesh_discovery::channel::{self, Subscriber};
 
 /// What workers tell the control core.
 pub(crate) enum ControlMsg {
@@ -64,6 +68,8 @@ pub(crate) struct Control {
     events: ControlSender,
     commands: UnboundedSender<Command>,
     thread: Option<JoinHandle<()>>,
+    identity: Subscriber<IdentityState>,
+    identity_ready: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +87,16 @@ impl Control {
         uring: bool,
         discovery: DiscoveryConfig,
         names: Vec<Authority>,
+        identity_cfg: IdentityConfig,
     ) -> Result<(Self, SnapshotSubscriber), ControlError> {
         let (events, events_rx) = events::bounded(EVENTS_CAPACITY);
+        // Ready at once without an identity; else once a certificate is held.
+        let identity_ready = Arc::new(AtomicBool::new(identity_cfg.local().is_none()));
+        let (identity_pub, identity) = channel::channel(IdentityState::default());
+        let identity_task = identity_cfg.local().map(|local| {
+            let sink = Sink::new(identity_pub, identity::roots(local), identity_ready.clone());
+            (identity_cfg.clone(), sink)
+        });
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -93,6 +107,7 @@ impl Control {
                 let core = Core {
                     discovery,
                     names,
+                    identity: identity_task,
                     events: events_rx,
                     commands: commands_rx,
                     ready: ready_tx,
@@ -122,6 +137,8 @@ impl Control {
             events,
             commands,
             thread: Some(thread),
+            identity,
+            identity_ready,
         };
         // Blocks the starting thread only, until the first snapshot is done.
         match ready_rx.recv() {
@@ -137,6 +154,16 @@ impl Control {
                 )))
             }
         }
+    }
+
+    /// A worker's view of this proxy's TLS configurations.
+    pub(crate) fn identity(&self) -> Subscriber<IdentityState> {
+        self.identity.clone()
+    }
+
+    /// True once the proxy holds a certificate (at once without identity).
+    pub(crate) fn identity_ready(&self) -> Arc<AtomicBool> {
+        self.identity_ready.clone()
     }
 
     /// A sender for a worker.
@@ -170,6 +197,7 @@ impl Drop for Control {
 struct Core {
     discovery: DiscoveryConfig,
     names: Vec<Authority>,
+    identity: Option<(IdentityConfig, Sink)>,
     events: EventReceiver<ControlMsg>,
     commands: UnboundedReceiver<Command>,
     ready: mpsc::Sender<Result<SnapshotSubscriber, ControlError>>,
@@ -180,10 +208,14 @@ impl Core {
         let Core {
             discovery,
             names,
+            identity,
             events,
             mut commands,
             ready,
         } = self;
+        if let Some((cfg, sink)) = identity {
+            monoio::spawn(identity::run(cfg, sink));
+        }
         let table = match Discovery::new(discovery, names) {
             Ok((discovery, subscriber)) => {
                 let table = discovery.start().await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
-use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey};
+use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey, TlsStatus};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::{
     write_request_head, write_response_head, BodyFraming, BodyScanner, ConnectionHeader, Limits,
@@ -20,7 +20,7 @@ use ringmesh_protocols::http1::{
 };
 use ringmesh_protocols::tcp::relay;
 
-use crate::connect::{self, Endpoint};
+use crate::connect::{self, Endpoint, Session};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
@@ -39,6 +39,28 @@ pub(crate) struct Client {
     pub(crate) meter: ConnMeter,
     /// For waiting between requests without a buffer; owned by `rd`/`wr`.
     pub(crate) fd: RawFd,
+    /// How the connection is secured: inbound requests are labelled with
+    /// it and carry `l5d-client-id` when it names the client.
+    pub(crate) tls: TlsStatus,
+    pub(crate) inbound: bool,
+}
+
+/// The header naming a meshed client's identity to the application.
+pub(crate) const CLIENT_ID: &str = "l5d-client-id";
+
+/// Inbound, the client identity header is the proxy's to set: what the
+/// client sent is removed, and the identity it proved (mutual TLS) added.
+fn client_id_headers(c: &Client) -> (&'static [&'static str], Option<&[u8]>) {
+    if !c.inbound {
+        return (&[], None);
+    }
+    let id = match &c.tls {
+        TlsStatus::Accepted {
+            client_id: Some(id),
+        } => Some(id.as_bytes()),
+        _ => None,
+    };
+    (&[CLIENT_ID], id)
 }
 
 /// Writes `buf[..n]` and removes those bytes from the front.
@@ -78,7 +100,7 @@ pub(crate) async fn checkout(
         }
         Dst::Service(svc, balancer) => {
             let (up, addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                upstream(w, key, &Endpoint::plain(addr), timeout, use_pool).await
+                upstream(w, key, &Endpoint::in_service(svc, addr), timeout, use_pool).await
             })
             .await?;
             Ok((up, addr, Some(guard)))
@@ -98,7 +120,8 @@ async fn upstream(
     if let Some(u) = use_pool.then(|| w.pools.h1.take(ep)).flatten() {
         return Ok(u);
     }
-    let conn = connect::open(ep, w.pools.client_tls.as_ref(), timeout).await?;
+    let tls = w.pools.tls();
+    let conn = connect::open(ep, tls.as_deref(), Session::Http1, timeout).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
     let fd = conn.raw_fd();
     let (rd, wr) = conn.split();
@@ -109,6 +132,7 @@ async fn upstream(
         reused: false,
         meter,
         identity: ep.identity.clone(),
+        opaque_transport: ep.opaque_transport,
     })
 }
 
@@ -169,6 +193,7 @@ pub(crate) async fn exchange(
         fd,
         meter: umeter,
         identity,
+        opaque_transport,
         ..
     } = up;
     // Only bytes read from this connection after this request was written
@@ -223,6 +248,7 @@ pub(crate) async fn exchange(
         reused: false,
         meter: umeter,
         identity,
+        opaque_transport,
     };
     conclude(up, ubuf, up_res, down_res, replayable)
 }
@@ -249,6 +275,22 @@ async fn send_head(
         },
         upgrade: req.upgrade().is_some(),
         ..WriteOptions::default()
+    };
+    let (remove, id) = client_id_headers(c);
+    let extra;
+    let opts = match id {
+        Some(id) => {
+            extra = [(CLIENT_ID, id)];
+            WriteOptions {
+                remove_headers: remove,
+                extra_headers: &extra,
+                ..opts
+            }
+        }
+        None => WriteOptions {
+            remove_headers: remove,
+            ..opts
+        },
     };
     write_request_head(req, out, &opts).map_err(|e| ProxyError::malformed(400, e.to_string()))?;
     let mut scanner = BodyScanner::new(req.framing(), limits);
@@ -592,6 +634,7 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
         peer,
         meter: src_meter,
         fd: cfd,
+        ..
     } = c;
     let Upstream {
         rd: urd,

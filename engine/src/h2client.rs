@@ -18,7 +18,7 @@ use monoio_http::h2::{client, server, Reason, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 
-use crate::connect::{self, Endpoint};
+use crate::connect::{self, Endpoint, Session};
 use crate::error::ProxyError;
 use crate::observe::Observer;
 use crate::retry::Attempts;
@@ -246,7 +246,7 @@ pub(crate) async fn checkout(
         Dst::Service(svc, balancer) => {
             let ((send, id), addr, guard) =
                 failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                    connection(w, key, &Endpoint::plain(addr), timeout).await
+                    connection(w, key, &Endpoint::in_service(svc, addr), timeout).await
                 })
                 .await?;
             Ok((send, addr, Some(guard), id))
@@ -338,7 +338,8 @@ pub(crate) async fn new_connection(
     timeout: Duration,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     let addr = ep.addr;
-    let conn = connect::open(ep, w.pools.client_tls.as_ref(), timeout).await?;
+    let tls = w.pools.tls();
+    let conn = connect::open(ep, tls.as_deref(), Session::Http2, timeout).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
     let io = MeteredIo { io: conn, meter };
     let mut builder = client::Builder::new();

@@ -55,6 +55,7 @@ pub(crate) async fn serve(
 ) {
     meter.read(buf.len());
     let fd = client.raw_fd();
+    let tls = client.tls().clone();
     let (rd, wr) = client.split();
     let mut c = Client {
         rd,
@@ -63,6 +64,8 @@ pub(crate) async fn serve(
         peer,
         meter,
         fd,
+        tls,
+        inbound: matches!(dst, HttpDst::Local(_)),
     };
     let limits = Limits::default();
     // Per-request state (heads, write buffer) and the upstream read buffer
@@ -177,7 +180,7 @@ async fn request(
     } else {
         Direction::Outbound
     };
-    let obs = Observer::start(w, direction);
+    let obs = Observer::start(w, direction, &c.tls);
     let mut t = Turn {
         w,
         c,
@@ -635,7 +638,7 @@ async fn read_when_idle(bufs: &BufferPool, c: &mut Client, deadline: Instant) ->
         // TLS: the session decides when a request's bytes are there (the
         // socket's readiness may be a partial record), so the connection
         // waits with its buffer.
-        TransportRd::Tls(_) => {
+        TransportRd::Tls(_) | TransportRd::Server(_) => {
             c.buf = bufs.get();
             // Boxed: this future's size is every idle connection's.
             let read = read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline));

@@ -26,13 +26,14 @@ use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
 use monoio::BufResult;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
-use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass, TlsStatus};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
+use crate::h1forward::CLIENT_ID;
 use crate::h2client::{
     open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
 };
@@ -205,6 +206,7 @@ pub(crate) async fn serve(
         Direction::Outbound
     };
     meter.read(prefix.len());
+    let tls = client.tls().clone();
     let io = GuardedIo {
         io: MeteredIo {
             io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
@@ -275,10 +277,11 @@ pub(crate) async fn serve(
         match next {
             None => break,
             Some(Ok((req, respond))) => {
-                let (w, dst) = (w.clone(), dst.clone());
+                let (w, dst, tls) = (w.clone(), dst.clone(), tls.clone());
                 let active = Active::enter(&active);
                 monoio::spawn(async move {
-                    proxy_stream(&w, &dst, direction, req, respond, connect_timeout).await;
+                    let side = (direction, &tls);
+                    proxy_stream(&w, &dst, side, req, respond, connect_timeout).await;
                     drop(active);
                 });
             }
@@ -363,17 +366,35 @@ async fn keep_alive(
     }
 }
 
+/// Inbound: `l5d-client-id` names the identity the client proved with
+/// mutual TLS, and nothing else (a client's own is removed).
+fn set_client_id(headers: &mut http::HeaderMap, client_tls: &TlsStatus) {
+    headers.remove(CLIENT_ID);
+    if let TlsStatus::Accepted {
+        client_id: Some(id),
+    } = client_tls
+    {
+        if let Ok(v) = http::HeaderValue::from_str(id) {
+            headers.insert(CLIENT_ID, v);
+        }
+    }
+}
+
 /// Proxies one client stream: route, pick an endpoint, forward.
 async fn proxy_stream(
     w: &Rc<Worker>,
     dst: &HttpDst,
-    direction: Direction,
+    (direction, client_tls): (Direction, &TlsStatus),
     req: Request<RecvStream>,
     mut respond: server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) {
-    let mut obs = Observer::start(w, direction);
+    let mut obs = Observer::start(w, direction, client_tls);
     let is_grpc = is_grpc(req.headers());
+    let mut req = req;
+    if direction == Direction::Inbound {
+        set_client_id(req.headers_mut(), client_tls);
+    }
     let outcome = forward(w, dst, &mut obs, req, &mut respond, connect_timeout).await;
     match outcome {
         Ok(class) => obs.end(class),

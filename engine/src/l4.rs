@@ -19,11 +19,11 @@ use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_admin::telemetry::{
     relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, TcpKey, TlsStatus,
 };
+use ringmesh_identity::TlsConfigs;
 use ringmesh_protocols::tcp::RelayStats;
-use rustls::ClientConfig;
 
 use crate::config::{Config, PortSet};
-use crate::connect::{dst_labels, open, Endpoint};
+use crate::connect::{dst_labels, open, Endpoint, Session};
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
 use crate::error::ProxyError;
 use crate::listen::same_endpoint;
@@ -429,16 +429,16 @@ async fn relay_opaque(
     }
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
-        None => match connect_target(target, w.pools.client_tls.as_ref(), c.side.connect_timeout)
-            .await
-        {
-            Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
-            Err(failure) => {
-                warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
-                w.pools.bufs.put(prefix);
-                return;
+        None => {
+            match connect_target(target, w.pools.tls().as_deref(), c.side.connect_timeout).await {
+                Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
+                Err(failure) => {
+                    warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
+                    w.pools.bufs.put(prefix);
+                    return;
+                }
             }
-        },
+        }
     };
     let dst_meter = labels.open(w, Peer::Dst, addr, server.tls());
     let banner_len = banner.len() as u64;
@@ -700,8 +700,9 @@ impl std::fmt::Display for ConnectFailure {
 /// Picks endpoints (P2C) until one accepts the connection; each endpoint is
 /// tried at most once per client connection.
 async fn connect_balanced(
+    svc: &Service,
     balancer: &RefCell<Balancer>,
-    tls: Option<&Arc<ClientConfig>>,
+    tls: Option<&TlsConfigs>,
     timeout: Duration,
 ) -> Result<(Transport, SocketAddr, OpenGuard), ConnectFailure> {
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -714,7 +715,14 @@ async fn connect_balanced(
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
         let started = Instant::now();
-        match open(&Endpoint::plain(addr), tls, timeout).await {
+        match open(
+            &Endpoint::in_service(svc, addr),
+            tls,
+            Session::Opaque,
+            timeout,
+        )
+        .await
+        {
             Ok(s) => {
                 crate::feedback::connected(guard.endpoint(), Some(started.elapsed()));
                 return Ok((s, addr, guard));
@@ -737,16 +745,19 @@ async fn connect_balanced(
 /// a service, else the address.
 async fn connect_target(
     target: &Target,
-    tls: Option<&Arc<ClientConfig>>,
+    tls: Option<&TlsConfigs>,
     timeout: Duration,
 ) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
     match target {
-        Target::Addr(addr) => match open(&Endpoint::plain(*addr), tls, timeout).await {
-            Ok(s) => Ok((s, *addr, None)),
-            Err(e) => Err(format!("cannot connect to {addr}: {e}")),
-        },
+        Target::Addr(addr) => {
+            match open(&Endpoint::plain(*addr), tls, Session::Opaque, timeout).await {
+                Ok(s) => Ok((s, *addr, None)),
+                Err(e) => Err(format!("cannot connect to {addr}: {e}")),
+            }
+        }
         Target::ByAuthority => Err("no destination".to_string()),
-        Target::Service(svc, balancer) => match connect_balanced(balancer, tls, timeout).await {
+        Target::Service(svc, balancer) => match connect_balanced(svc, balancer, tls, timeout).await
+        {
             Ok((s, a, g)) => Ok((s, a, Some(g))),
             Err(failure) => Err(format!("service {}: {failure}", svc.name)),
         },
@@ -791,7 +802,8 @@ async fn detect_protocol(
     };
     // 1. The client's first bytes, or an upstream connection, whichever
     //    comes first.
-    let tls = c.w.pools.client_tls.as_ref();
+    let tls = c.w.pools.tls();
+    let tls = tls.as_deref();
     let (first, prefix, read_res) = read_or_connect(
         client,
         prefix,
@@ -862,7 +874,7 @@ enum First {
 async fn read_or_connect(
     client: &mut TcpStream,
     prefix: Vec<u8>,
-    target: (&Target, Option<&Arc<ClientConfig>>),
+    target: (&Target, Option<&TlsConfigs>),
     connect_timeout: Duration,
     deadline: Instant,
     eviction: &Eviction,

@@ -61,6 +61,7 @@ mod h2client;
 mod h2pool;
 mod http1;
 mod http2;
+mod identity;
 mod inbox;
 mod l4;
 pub mod listen;

@@ -14,10 +14,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ringmesh_admin::telemetry::{Direction, HttpKey, ResponseClass, TlsStatus};
-use ringmesh_balancer::OpenGuard;
+use std::sync::Arc;
 
-use crate::connect::dst_labels;
+use ringmesh_admin::telemetry::{Direction, HttpKey, NoTlsReason, ResponseClass, TlsStatus};
+use ringmesh_balancer::OpenGuard;
+use ringmesh_discovery::Service;
+
+use crate::connect::{dst_labels, Endpoint};
 use crate::error::ProxyError;
 use crate::feedback::record_outcome;
 use crate::route::Dst;
@@ -28,21 +31,39 @@ pub(crate) struct Observer<'w> {
     w: &'w Worker,
     key: HttpKey,
     started: Instant,
+    /// Outbound with an identity: the service routed to, whose endpoints'
+    /// identities label the request (`server_id`).
+    meshed: Option<Arc<Service>>,
+    /// Outbound and this proxy has an identity.
+    originates_tls: bool,
 }
 
 impl<'w> Observer<'w> {
-    /// The request's head has arrived.
-    pub(crate) fn start(w: &'w Worker, direction: Direction) -> Self {
+    /// The request's head has arrived on a connection secured as
+    /// `client_tls`. Inbound requests are labelled with it (`client_id`);
+    /// outbound ones with how their upstream connection is secured
+    /// (`server_id`), known once the endpoint is.
+    pub(crate) fn start(w: &'w Worker, direction: Direction, client_tls: &TlsStatus) -> Self {
+        let (tls, originates_tls) = match direction {
+            Direction::Inbound => (client_tls.clone(), false),
+            Direction::Outbound if w.pools.has_identity() => (
+                TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery),
+                true,
+            ),
+            Direction::Outbound => (TlsStatus::NO_PROXY_IDENTITY, false),
+        };
         Self {
             w,
             key: HttpKey {
                 direction,
-                tls: TlsStatus::NO_PROXY_IDENTITY,
+                tls,
                 authority: None,
                 target: None,
                 dst_labels: None,
             },
             started: Instant::now(),
+            meshed: None,
+            originates_tls,
         }
     }
 
@@ -61,6 +82,9 @@ impl<'w> Observer<'w> {
             Dst::Service(svc, _) => {
                 self.key.authority = Some(svc.name.to_shared());
                 self.key.dst_labels = dst_labels(svc);
+                if self.originates_tls {
+                    self.meshed = Some(svc.clone());
+                }
             }
             // Known before connecting, so a failed connect is labelled too.
             Dst::Addr(addr) => self.key.target = Some(*addr),
@@ -70,6 +94,14 @@ impl<'w> Observer<'w> {
     /// The endpoint the current attempt goes to.
     pub(crate) fn endpoint(&mut self, addr: SocketAddr) {
         self.key.target = Some(addr);
+        if let Some(svc) = &self.meshed {
+            self.key.tls = match Endpoint::in_service(svc, addr).identity {
+                Some(id) => TlsStatus::Connected {
+                    server_id: id.to_shared(),
+                },
+                None => TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery),
+            };
+        }
     }
 
     /// An attempt's response began `latency` after it was sent: the

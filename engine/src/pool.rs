@@ -79,6 +79,8 @@ pub(crate) struct Upstream {
     pub(crate) meter: ConnMeter,
     /// The identity its server proved (None: plain); part of its pool key.
     pub(crate) identity: Option<Name>,
+    /// Its endpoint's opaque-transport port; part of its pool key.
+    pub(crate) opaque_transport: Option<u16>,
 }
 
 /// Something a body or head can be read from, a read at a time.
@@ -354,6 +356,7 @@ impl Pool {
         let ep = Endpoint {
             addr,
             identity: up.identity.clone(),
+            opaque_transport: up.opaque_transport,
         };
         let list = idle.entry(ep).or_default();
         if list.len() >= POOL_MAX_IDLE {

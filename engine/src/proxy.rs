@@ -5,9 +5,7 @@
 //! before any thread exists); then the workers start and report ready.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -90,8 +88,9 @@ impl Proxy {
                 EngineAdmin {
                     workers: workers.iter().map(|w| w.tx.clone()).collect(),
                     // Workers reported ready and the first snapshot was
-                    // published before they started.
-                    ready: Arc::new(AtomicBool::new(true)),
+                    // published before they started; with an identity,
+                    // ready once a certificate is held.
+                    ready: control.identity_ready(),
                     started: SystemTime::now(),
                     configured_log: cfg.log.clone(),
                     shutdown_enabled: cfg.admin.shutdown_endpoint_enabled,
@@ -183,6 +182,7 @@ fn start_control(
             hosts_file: Some("/etc/hosts".into()),
         },
         cfg.watched_names().into_iter().collect(),
+        cfg.identity.clone(),
     )
     .map_err(|e| match e {
         ControlError::Discovery(e) => StartError::Discovery(e),
@@ -280,6 +280,7 @@ fn start_workers(
             listeners: bound.take_worker_share(),
             own_listeners: own_listeners.clone(),
             snapshots: subscriber.cache(),
+            identity: control.identity().cache(),
             control: control.sender(),
             cfg: cfg.clone(),
             rx,

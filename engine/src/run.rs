@@ -38,6 +38,7 @@ pub(crate) struct WorkerSetup {
     /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<SocketAddr>,
     pub snapshots: SnapshotCache,
+    pub identity: crate::identity::IdentityCache,
     pub control: ControlSender,
     pub cfg: Config,
     pub rx: UnboundedReceiver<WorkerMsg>,
@@ -154,6 +155,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         listeners,
         own_listeners,
         snapshots,
+        identity,
         control,
         cfg,
         mut rx,
@@ -161,7 +163,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         ..
     } = setup;
     register_buf_ring(id, &cfg);
-    let worker = new_worker(id, cfg, own_listeners, snapshots, control);
+    let worker = new_worker(id, cfg, own_listeners, (snapshots, identity), control);
     let stop = worker.stop.clone();
     let Some(listening) = start_accepting(&worker, listeners, &stop, &ready) else {
         return;
@@ -191,7 +193,7 @@ fn new_worker(
     id: usize,
     cfg: Config,
     own_listeners: Vec<SocketAddr>,
-    snapshots: SnapshotCache,
+    (snapshots, identity): (SnapshotCache, crate::identity::IdentityCache),
     control: ControlSender,
 ) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
@@ -202,7 +204,10 @@ fn new_worker(
     };
     Rc::new(Worker {
         id,
-        pools: Pools::new(BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS)),
+        pools: Pools::new(
+            BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS),
+            identity,
+        ),
         cfg,
         routes: Routes {
             snapshots: RefCell::new(snapshots),

@@ -92,8 +92,25 @@ where
 {
     /// Runs the handshake of `session` on `sock` to its end. No timeout
     /// of its own: the caller's (dropping the future is safe).
-    pub(crate) async fn handshake(sock: TcpStream, mut session: C) -> io::Result<Self> {
+    pub(crate) async fn handshake(sock: TcpStream, session: C) -> io::Result<Self> {
+        Self::accept(sock, session, &[]).await
+    }
+
+    /// Like [`TlsStream::handshake`], with `early`: bytes of the peer's
+    /// first flight already read off the socket (a ClientHello read to
+    /// see its server name), given to the session first.
+    pub(crate) async fn accept(sock: TcpStream, mut session: C, early: &[u8]) -> io::Result<Self> {
         session.set_buffer_limit(Some(BUFFER_LIMIT));
+        let mut rest = early;
+        while !rest.is_empty() {
+            let n = session.read_tls(&mut rest)?;
+            if n == 0 {
+                break;
+            }
+            session
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
         let shared = Shared {
             fd: sock.as_raw_fd(),
             sock,
@@ -117,6 +134,11 @@ where
         Ok(Self {
             shared: Rc::new(shared),
         })
+    }
+
+    /// Runs `f` on the session (between awaits only).
+    pub(crate) fn with_session<R>(&self, f: impl FnOnce(&C) -> R) -> R {
+        f(&self.shared.session.borrow())
     }
 
     /// The TCP socket under the session.

@@ -30,7 +30,7 @@ use monoio::net::TcpStream;
 use monoio::BufResult;
 use ringmesh_admin::telemetry::{NoTlsReason, TlsStatus};
 use ringmesh_identity::Name;
-use rustls::{ClientConfig, ClientConnection};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
 
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
@@ -47,9 +47,10 @@ pub(crate) struct Transport {
 enum Io {
     Plain(TcpStream),
     /// TLS this proxy originated. Boxed: a session is ~1 KB and plain
-    /// connections are the common case. (Terminated TLS, a server
-    /// session, comes with inbound mTLS.)
+    /// connections are the common case.
     Tls(Box<TlsStream<ClientConnection>>),
+    /// TLS this proxy terminated (inbound mTLS).
+    Server(Box<TlsStream<ServerConnection>>),
 }
 
 impl Transport {
@@ -79,12 +80,56 @@ impl Transport {
         })
     }
 
+    /// Terminates TLS on `s` whose first bytes (the ClientHello, already
+    /// read) are `early`: our certificate from `config`, the client's
+    /// verified against its trust anchors. The status names the client's
+    /// identity (the first DNS name of its certificate), if it presented
+    /// one.
+    pub(crate) async fn tls_accept(
+        s: TcpStream,
+        config: Arc<ServerConfig>,
+        early: &[u8],
+    ) -> io::Result<Self> {
+        let session = ServerConnection::new(config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let stream = TlsStream::accept(s, session, early).await?;
+        let client_id = stream.with_session(|s| {
+            s.peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| ringmesh_identity::tls::dns_name(leaf))
+        });
+        Ok(Self {
+            io: Io::Server(Box::new(stream)),
+            tls: TlsStatus::Accepted {
+                client_id: client_id.map(|n| n.to_shared()),
+            },
+        })
+    }
+
+    /// The protocol ALPN settled on, if any.
+    pub(crate) fn alpn(&self) -> Option<Vec<u8>> {
+        match &self.io {
+            Io::Plain(_) => None,
+            Io::Tls(t) => t.with_session(|s| s.alpn_protocol().map(<[u8]>::to_vec)),
+            Io::Server(t) => t.with_session(|s| s.alpn_protocol().map(<[u8]>::to_vec)),
+        }
+    }
+
+    /// The identity of the client, when this is mutual TLS it terminated.
+    pub(crate) fn client_id(&self) -> Option<&std::sync::Arc<str>> {
+        match &self.tls {
+            TlsStatus::Accepted { client_id } => client_id.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The TCP socket under the connection (for shutdown(2); a TLS
     /// connection's bytes are never read or written through it).
     pub(crate) fn raw_fd(&self) -> RawFd {
         match &self.io {
             Io::Plain(s) => s.as_raw_fd(),
             Io::Tls(t) => t.raw_fd(),
+            Io::Server(t) => t.raw_fd(),
         }
     }
 
@@ -100,6 +145,7 @@ impl Transport {
         match &mut self.io {
             Io::Plain(s) => Some(s),
             Io::Tls(_) => None,
+            Io::Server(_) => None,
         }
     }
 
@@ -119,25 +165,40 @@ impl EvictableRead for Transport {
         deadline: Instant,
         eviction: &Eviction,
     ) -> (Option<io::Result<usize>>, T) {
-        let t = match &mut self.io {
-            Io::Plain(s) => return s.read_or_evict(buf, deadline, eviction).await,
-            Io::Tls(t) => t,
-        };
-        let evicted = Cell::new(false);
-        let stop = async {
-            monoio::select! {
-                _ = monoio::time::sleep_until(deadline.into()) => {},
-                _ = eviction.wait() => evicted.set(true),
-            }
-        };
-        match t.read_or(buf, stop).await {
-            (Some(r), buf) => (Some(r), buf),
-            (None, buf) if evicted.get() => (None, buf),
-            (None, buf) => (
-                Some(Err(io::Error::from_raw_os_error(nix::libc::ECANCELED))),
-                buf,
-            ),
+        match &mut self.io {
+            Io::Plain(s) => s.read_or_evict(buf, deadline, eviction).await,
+            Io::Tls(t) => tls_read_or_evict(t, buf, deadline, eviction).await,
+            Io::Server(t) => tls_read_or_evict(t, buf, deadline, eviction).await,
         }
+    }
+}
+
+/// A TLS read given up at `deadline` (`ECANCELED`) or on eviction (`None`).
+async fn tls_read_or_evict<C, SD, T>(
+    t: &mut TlsStream<C>,
+    buf: T,
+    deadline: Instant,
+    eviction: &Eviction,
+) -> (Option<io::Result<usize>>, T)
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<SD>>,
+    SD: rustls::SideData,
+    T: IoBufMut,
+{
+    let evicted = Cell::new(false);
+    let stop = async {
+        monoio::select! {
+            _ = monoio::time::sleep_until(deadline.into()) => {},
+            _ = eviction.wait() => evicted.set(true),
+        }
+    };
+    match t.read_or(buf, stop).await {
+        (Some(r), buf) => (Some(r), buf),
+        (None, buf) if evicted.get() => (None, buf),
+        (None, buf) => (
+            Some(Err(io::Error::from_raw_os_error(nix::libc::ECANCELED))),
+            buf,
+        ),
     }
 }
 
@@ -153,6 +214,7 @@ impl AsyncReadRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.read(buf).await,
             Io::Tls(t) => t.read(buf).await,
+            Io::Server(t) => t.read(buf).await,
         }
     }
 
@@ -160,6 +222,7 @@ impl AsyncReadRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.readv(buf).await,
             Io::Tls(t) => t.readv(buf).await,
+            Io::Server(t) => t.readv(buf).await,
         }
     }
 }
@@ -169,6 +232,7 @@ impl AsyncWriteRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.write(buf).await,
             Io::Tls(t) => t.write(buf).await,
+            Io::Server(t) => t.write(buf).await,
         }
     }
 
@@ -176,6 +240,7 @@ impl AsyncWriteRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.writev(buf).await,
             Io::Tls(t) => t.writev(buf).await,
+            Io::Server(t) => t.writev(buf).await,
         }
     }
 
@@ -183,6 +248,7 @@ impl AsyncWriteRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.flush().await,
             Io::Tls(t) => t.flush().await,
+            Io::Server(t) => t.flush().await,
         }
     }
 
@@ -191,6 +257,7 @@ impl AsyncWriteRent for Transport {
         match &mut self.io {
             Io::Plain(s) => s.shutdown().await,
             Io::Tls(t) => t.shutdown().await,
+            Io::Server(t) => t.shutdown().await,
         }
     }
 }
@@ -199,12 +266,14 @@ impl AsyncWriteRent for Transport {
 pub(crate) enum TransportRd {
     Plain(OwnedReadHalf<TcpStream>),
     Tls(TlsRead<ClientConnection>),
+    Server(TlsRead<ServerConnection>),
 }
 
 /// The write half of a [`Transport`].
 pub(crate) enum TransportWr {
     Plain(OwnedWriteHalf<TcpStream>),
     Tls(TlsWrite<ClientConnection>),
+    Server(TlsWrite<ServerConnection>),
 }
 
 impl Transport {
@@ -219,6 +288,10 @@ impl Transport {
             Io::Tls(t) => {
                 let (rd, wr) = t.split();
                 (TransportRd::Tls(rd), TransportWr::Tls(wr))
+            }
+            Io::Server(t) => {
+                let (rd, wr) = t.split();
+                (TransportRd::Server(rd), TransportWr::Server(wr))
             }
         }
     }
@@ -236,6 +309,7 @@ impl TransportRd {
         match self {
             Self::Plain(rd) => read_until(rd, buf, deadline).await,
             Self::Tls(rd) => rd.read_until(buf, deadline).await,
+            Self::Server(rd) => rd.read_until(buf, deadline).await,
         }
     }
 
@@ -251,6 +325,7 @@ impl TransportRd {
         match self {
             Self::Plain(_) => SessionState::Quiet,
             Self::Tls(t) => t.state(),
+            Self::Server(t) => t.state(),
         }
     }
 }
@@ -279,6 +354,7 @@ impl AsyncReadRent for TransportRd {
         match self {
             Self::Plain(s) => s.read(buf).await,
             Self::Tls(t) => t.read(buf).await,
+            Self::Server(t) => t.read(buf).await,
         }
     }
 
@@ -286,6 +362,7 @@ impl AsyncReadRent for TransportRd {
         match self {
             Self::Plain(s) => s.readv(buf).await,
             Self::Tls(t) => t.readv(buf).await,
+            Self::Server(t) => t.readv(buf).await,
         }
     }
 }
@@ -295,6 +372,7 @@ impl AsyncWriteRent for TransportWr {
         match self {
             Self::Plain(s) => s.write(buf).await,
             Self::Tls(t) => t.write(buf).await,
+            Self::Server(t) => t.write(buf).await,
         }
     }
 
@@ -302,6 +380,7 @@ impl AsyncWriteRent for TransportWr {
         match self {
             Self::Plain(s) => s.writev(buf).await,
             Self::Tls(t) => t.writev(buf).await,
+            Self::Server(t) => t.writev(buf).await,
         }
     }
 
@@ -309,6 +388,7 @@ impl AsyncWriteRent for TransportWr {
         match self {
             Self::Plain(s) => s.flush().await,
             Self::Tls(t) => t.flush().await,
+            Self::Server(t) => t.flush().await,
         }
     }
 
@@ -316,6 +396,7 @@ impl AsyncWriteRent for TransportWr {
         match self {
             Self::Plain(s) => s.shutdown().await,
             Self::Tls(t) => t.shutdown().await,
+            Self::Server(t) => t.shutdown().await,
         }
     }
 }

@@ -21,11 +21,13 @@ use ringmesh_protocols::tcp::RelayCounters;
 use crate::config::Config;
 use crate::control::ControlSender;
 use crate::feedback::record_outcome;
+use crate::identity::IdentityCache;
 use crate::pool::Pool;
 use crate::server_first::ServerFirst;
 use crate::stop::Stop;
 use crate::undecided::UndecidedSet;
 use crate::warn_limit::WarnLimit;
+use ringmesh_identity::TlsConfigs;
 
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
@@ -87,10 +89,9 @@ pub(crate) struct Pools {
     pub h1: Pool,
     /// Upstream HTTP/2 connections (multiplexed).
     pub h2: crate::h2pool::Pool,
-    /// This proxy's TLS client config, for endpoints with an identity.
-    /// None until the proxy has an identity (issue 15 publishes it from
-    /// the control core): every upstream connection is plain.
-    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// This proxy's TLS configurations, published by the control core;
+    /// empty until the proxy holds a certificate (every connection plain).
+    identity: RefCell<IdentityCache>,
 }
 
 /// The worker's counters and metric shards.
@@ -124,13 +125,27 @@ pub(crate) struct Detection {
 }
 
 impl Pools {
-    pub(crate) fn new(bufs: BufferPool) -> Self {
+    /// The current TLS configurations (one atomic load when unchanged).
+    pub(crate) fn tls(&self) -> Option<Arc<TlsConfigs>> {
+        let mut cache = self.identity.borrow_mut();
+        cache.refresh();
+        cache.get().0.clone()
+    }
+
+    /// Whether this proxy holds a certificate now.
+    pub(crate) fn has_identity(&self) -> bool {
+        let mut cache = self.identity.borrow_mut();
+        cache.refresh();
+        cache.get().0.is_some()
+    }
+
+    pub(crate) fn new(bufs: BufferPool, identity: IdentityCache) -> Self {
         Self {
             bufs,
             h1_scratch: Default::default(),
             h1: Pool::default(),
             h2: Default::default(),
-            client_tls: None,
+            identity: RefCell::new(identity),
         }
     }
 }

@@ -31,6 +31,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
+/// The identity a certificate proves: its first DNS name that is a valid
+/// identity (how linkerd2-proxy names a client).
+pub fn dns_name(cert: &CertificateDer<'_>) -> Option<crate::Name> {
+    crate::x509::dns_names(cert)
+        .ok()?
+        .iter()
+        .find_map(|n| crate::Name::parse(n).ok())
+}
+
 /// The mesh's trust anchors from DER certificates.
 pub fn trust_anchors(
     certs: impl IntoIterator<Item = CertificateDer<'static>>,

@@ -44,6 +44,66 @@ pub fn validity(der: &[u8]) -> Result<Validity, X509Error> {
     })
 }
 
+const EXTENSIONS_TAG: u8 = 0xa3;
+const OID: u8 = 0x06;
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
+const DNS_NAME_TAG: u8 = 0x82;
+/// id-ce-subjectAltName, 2.5.29.17.
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The DNS names of a DER certificate's subjectAltName extension (in
+/// order; empty when it has none). A mesh identity is the first.
+pub fn dns_names(der: &[u8]) -> Result<Vec<String>, X509Error> {
+    let (cert, _) = tlv(der, SEQUENCE)?;
+    let (tbs, _) = tlv(cert, SEQUENCE)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&VERSION_TAG) {
+        rest = skip(rest)?;
+    }
+    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    for _ in 0..6 {
+        rest = skip(rest)?;
+    }
+    // Optional issuerUniqueID [1] and subjectUniqueID [2], then [3].
+    while let Some(&tag) = rest.first() {
+        if tag == EXTENSIONS_TAG {
+            break;
+        }
+        rest = skip(rest)?;
+    }
+    let mut names = Vec::new();
+    if rest.is_empty() {
+        return Ok(names);
+    }
+    let (explicit, _) = tlv(rest, EXTENSIONS_TAG)?;
+    let (mut exts, _) = tlv(explicit, SEQUENCE)?;
+    while !exts.is_empty() {
+        let (ext, next) = tlv(exts, SEQUENCE)?;
+        exts = next;
+        let (oid, mut fields) = tlv(ext, OID)?;
+        if oid != SUBJECT_ALT_NAME {
+            continue;
+        }
+        if fields.first() == Some(&BOOLEAN) {
+            fields = skip(fields)?;
+        }
+        let (value, _) = tlv(fields, OCTET_STRING)?;
+        let (mut general_names, _) = tlv(value, SEQUENCE)?;
+        while !general_names.is_empty() {
+            let tag = general_names[0];
+            let (contents, next) = element(general_names)?;
+            general_names = next;
+            if tag == DNS_NAME_TAG {
+                let name = std::str::from_utf8(contents)
+                    .map_err(|_| X509Error("a DNS name is not text"))?;
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
+
 /// One element of `tag`: its contents and what follows it.
 fn tlv(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), X509Error> {
     match input.first() {
@@ -153,6 +213,31 @@ mod tests {
         let v = validity(&cert((1975, 1, 1), (2000, 2, 29))).unwrap();
         assert_eq!(v.not_before, unix(157_766_400));
         assert_eq!(v.not_after, unix(951_782_400));
+    }
+
+    #[test]
+    fn reads_the_dns_names() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![
+            "web.ns.serviceaccount.identity.linkerd.cluster.local".into(),
+            "other.example".into(),
+        ])
+        .unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(
+            dns_names(&der).unwrap(),
+            [
+                "web.ns.serviceaccount.identity.linkerd.cluster.local",
+                "other.example"
+            ]
+        );
+        let none = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        assert!(dns_names(none.self_signed(&key).unwrap().der())
+            .unwrap()
+            .is_empty());
+        for cut in 0..der.len() {
+            assert!(dns_names(&der[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

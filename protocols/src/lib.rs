@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod buffer;
+pub mod client_hello;
 pub mod detect;
 pub mod h2guard;
 pub mod http1;
 pub mod tcp;
+pub mod transport_header;

@@ -1,0 +1,156 @@
+//! This proxy's identity on the control core: where its certificate comes
+//! from (static PEM files, or Linkerd's identity service), and publishing
+//! the TLS configurations built from it to the workers.
+//!
+//! Workers read [`IdentityCache`] (one atomic load per connection when
+//! nothing changed); they never touch a file, a key or a certificate.
+//! Until the first certificate is held the state is empty: connections stay
+//! plain (inbound TLS is relayed as is) and `/ready` answers 503.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringmesh_discovery::channel::{Cache, Published, Publisher};
+use ringmesh_identity::{Credentials, TlsConfigs};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::RootCertStore;
+
+use crate::config::{IdentityConfig, LocalIdentity};
+
+/// What workers see: the current TLS configurations, if any.
+#[derive(Default)]
+pub(crate) struct IdentityState(pub Option<Arc<TlsConfigs>>);
+
+impl Published for IdentityState {}
+
+pub(crate) type IdentityPublisher = Publisher<IdentityState>;
+pub(crate) type IdentityCache = Cache<IdentityState>;
+
+/// How often the static mode looks at its files.
+const STATIC_POLL: Duration = Duration::from_secs(1);
+
+/// Publishes good credentials: builds the configs, marks the proxy ready.
+pub(crate) struct Sink {
+    publisher: IdentityPublisher,
+    roots: Arc<RootCertStore>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub(crate) fn new(
+        publisher: IdentityPublisher,
+        roots: Arc<RootCertStore>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            publisher,
+            roots,
+            ready,
+        }
+    }
+
+    pub(crate) fn publish(&mut self, creds: &Credentials) {
+        match TlsConfigs::new(creds, &self.roots) {
+            Ok(cfgs) => {
+                let expiry = cfgs.validity.not_after;
+                self.publisher.publish(IdentityState(Some(Arc::new(cfgs))));
+                self.ready.store(true, Ordering::Release);
+                tracing::info!(identity = %creds.name, expires = %humantime(expiry), "certified");
+            }
+            Err(e) => {
+                tracing::error!(identity = %creds.name, error = %e, "cannot build TLS configurations from the new certificate; keeping the current one")
+            }
+        }
+    }
+}
+
+/// The trust anchors as a root store (checked when the config was read).
+pub(crate) fn roots(local: &LocalIdentity) -> Arc<RootCertStore> {
+    ringmesh_identity::tls::trust_anchors(local.trust_anchors.iter().cloned())
+        .unwrap_or_else(|_| Arc::new(RootCertStore::empty()))
+}
+
+/// Runs the configured identity source on the control core (forever).
+pub(crate) async fn run(cfg: IdentityConfig, mut sink: Sink) {
+    match cfg {
+        IdentityConfig::Disabled => {}
+        IdentityConfig::Static { local, cert, key } => {
+            watch_static(&local, &cert, &key, &mut sink).await
+        }
+        IdentityConfig::Certify { .. } => {
+            tracing::error!("identity from Linkerd's identity service is not wired yet");
+        }
+    }
+}
+
+/// The files' change marker: modification time and length of both.
+type Stamp = Option<(SystemTime, u64, SystemTime, u64)>;
+
+fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
+    let c = std::fs::metadata(cert).ok()?;
+    let k = std::fs::metadata(key).ok()?;
+    Some((c.modified().ok()?, c.len(), k.modified().ok()?, k.len()))
+}
+
+/// Loads the PEM files, then again whenever they change. Bad new files are
+/// logged and the current certificate kept.
+async fn watch_static(
+    local: &LocalIdentity,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    sink: &mut Sink,
+) {
+    let mut seen: Stamp = None;
+    let mut first = true;
+    loop {
+        let now = stamp(cert, key);
+        if now != seen || first {
+            seen = now;
+            match load_static(local, cert, key) {
+                Ok(creds) => sink.publish(&creds),
+                Err(e) => tracing::error!(
+                    cert = %cert.display(),
+                    key = %key.display(),
+                    "identity certificate not loaded: {e}"
+                ),
+            }
+            first = false;
+        }
+        monoio::time::sleep(STATIC_POLL).await;
+    }
+}
+
+/// Reads and verifies the static certificate chain and key.
+pub(crate) fn load_static(
+    local: &LocalIdentity,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Credentials, String> {
+    let chain_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
+    Credentials::verify(
+        local.name.clone(),
+        chain,
+        key_der,
+        &roots(local),
+        SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// An RFC 3339-ish UTC rendering of a time, for logs.
+pub(crate) fn humantime(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs} (unix seconds)")
+}
