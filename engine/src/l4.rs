@@ -19,13 +19,17 @@ use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_admin::telemetry::{
     relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, TcpKey, TlsStatus,
 };
+use ringmesh_identity::tls::TRANSPORT_HEADER_ALPN;
 use ringmesh_identity::TlsConfigs;
 use ringmesh_protocols::tcp::RelayStats;
+use ringmesh_protocols::transport_header::{self, Decoded, SessionProtocol, TransportHeader};
 
 use crate::config::{Config, PortSet};
 use crate::connect::{dst_labels, open, Endpoint, Session};
+use crate::detect::EvictableRead;
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
 use crate::error::ProxyError;
+use crate::hello::Peeked;
 use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::HttpDst;
@@ -125,7 +129,7 @@ impl Drop for OpenConn {
 /// listener, addresses and settings (references and copies only).
 #[derive(Clone, Copy)]
 struct Conn<'a> {
-    w: &'a Worker,
+    w: &'a Rc<Worker>,
     kind: &'a ListenerKind,
     peer: SocketAddr,
     local: SocketAddr,
@@ -182,9 +186,6 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let Some(route) = route(&w, &kind, &client, local, peer) else {
-        return;
-    };
     let c = Conn {
         w: &w,
         kind: &kind,
@@ -192,14 +193,54 @@ pub(crate) async fn serve(
         local,
         side: kind.settings(&w.cfg),
     };
-    // From here on the connection is a transport: plain today; TLS the
-    // proxy terminates (inbound mTLS) will be the other kind.
-    let mut client = Transport::plain(client, NoTlsReason::NoProxyIdentity);
-    let labels = ConnLabels::new(&kind, &route.target);
-    let src_meter = labels.open(&w, Peer::Src, route.addr, client.tls());
-    let Some(mut decided) = decide_protocol(&c, &mut client, &route).await else {
+    // How the client's connection is secured (its series' labels).
+    let status = match (&*kind, w.pools.tls()) {
+        (_, None) => TlsStatus::NO_PROXY_IDENTITY,
+        (ListenerKind::Inbound, Some(cfgs)) => {
+            // Mutual TLS for this proxy is terminated here; TLS for
+            // another name is relayed as it is.
+            let deadline = Instant::now() + c.side.detect_timeout;
+            let undecided = w.detection.undecided.enter();
+            match crate::hello::peek(&client, &cfgs.name, deadline, &undecided.eviction).await {
+                Peeked::Mesh => {
+                    drop(undecided);
+                    Box::pin(serve_meshed(&c, client, &cfgs, open)).await;
+                    return;
+                }
+                Peeked::OtherTls(Some(sni)) => TlsStatus::Opaque { sni: sni.into() },
+                Peeked::OtherTls(None) | Peeked::Plain => {
+                    TlsStatus::NoIdentity(NoTlsReason::NoTlsFromRemote)
+                }
+                Peeked::Gone => return,
+            }
+        }
+        // The application's own connections, on this host.
+        (_, Some(_)) => TlsStatus::NoIdentity(NoTlsReason::Loopback),
+    };
+    let Some(route) = route(&w, &kind, &client, local, peer) else {
         return;
     };
+    // From here on the connection is a transport.
+    let mut client = Transport::plain_as(client, status);
+    let labels = ConnLabels::new(&kind, &route.target);
+    let src_meter = labels.open(&w, Peer::Src, route.addr, client.tls());
+    let Some(decided) = decide_protocol(&c, &mut client, &route).await else {
+        return;
+    };
+    serve_decided(&c, client, route, labels, src_meter, decided, open).await;
+}
+
+/// Serves a connection once its destination and protocol are known.
+async fn serve_decided(
+    c: &Conn<'_>,
+    client: Transport,
+    route: Route,
+    labels: ConnLabels,
+    src_meter: ConnMeter,
+    mut decided: Decided,
+    open: OpenConn,
+) {
+    let (w, peer) = (c.w, c.peer);
     let connect_timeout = c.side.connect_timeout;
     match decided.protocol {
         Protocol::Http1 => {
@@ -213,6 +254,7 @@ pub(crate) async fn serve(
             // Its own task (taking the open-connection count with it): this
             // one, sized for detection and the relay, ends here, so a
             // long-lived keep-alive connection costs only the HTTP/1 task.
+            let w = w.clone();
             monoio::spawn(async move {
                 let _open = open;
                 http1::serve(
@@ -242,7 +284,164 @@ pub(crate) async fn serve(
             .await;
         }
         Protocol::Tls | Protocol::Opaque => {
-            relay_opaque(&c, client, &route.target, &labels, src_meter, decided).await;
+            relay_opaque(c, client, &route.target, &labels, src_meter, decided).await;
+        }
+    }
+}
+
+/// Mutual TLS for this proxy: the handshake (within the handshake
+/// timeout), then Linkerd's transport header when the client negotiated
+/// ALPN `transport.l5d.io/v1` (the port it names on the address the
+/// connection arrived on, and the protocol, no detection), else the
+/// connection's original destination with the protocol detected inside.
+async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: OpenConn) {
+    let (w, peer) = (c.w, c.peer);
+    let timeout = w
+        .cfg
+        .identity
+        .local()
+        .map_or(Duration::from_secs(10), |l| l.handshake_timeout);
+    let orig = orig_dst_addr(&tcp, c.local).0;
+    let accepted = monoio::time::timeout(
+        timeout,
+        Transport::tls_accept(tcp, cfgs.server.clone(), &[]),
+    )
+    .await;
+    let mut client = match accepted {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            warn_limited!(w, Warning::TlsHandshake, %peer, error = %e, "inbound TLS handshake failed; closing");
+            return;
+        }
+        Err(_) => {
+            warn_limited!(w, Warning::TlsHandshake, %peer, ?timeout, "inbound TLS handshake timed out; closing");
+            return;
+        }
+    };
+    let deadline = Instant::now() + c.side.detect_timeout;
+    let header = client.alpn().as_deref() == Some(TRANSPORT_HEADER_ALPN);
+    let mut prefix = w.pools.bufs.get();
+    let (target, protocol, head_started) = if header {
+        let undecided = w.detection.undecided.enter();
+        let (res, buf) =
+            read_transport_header(&mut client, prefix, deadline, &undecided.eviction).await;
+        prefix = buf;
+        match res {
+            Ok(h) => {
+                let target = SocketAddr::new(c.local.ip(), h.port);
+                let protocol = match h.protocol {
+                    Some(SessionProtocol::Http1) => Protocol::Http1,
+                    Some(SessionProtocol::Http2) => Protocol::Http2,
+                    None => Protocol::Opaque,
+                };
+                (target, protocol, None)
+            }
+            Err(e) => {
+                warn_limited!(w, Warning::TlsHandshake, %peer, error = %e, "bad transport header; closing");
+                w.pools.bufs.put(prefix);
+                return;
+            }
+        }
+    } else {
+        let target = if orig != c.local {
+            orig
+        } else if let Some(t) = w.cfg.inbound.target {
+            t
+        } else {
+            tracing::info!(%peer, local = %c.local, "meshed connection without a transport header was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
+            w.pools.bufs.put(prefix);
+            return;
+        };
+        let undecided = w.detection.undecided.enter();
+        let header_timeout = w.cfg.http.header_read_timeout;
+        let (res, buf) = read_and_detect(
+            &mut client,
+            prefix,
+            None,
+            deadline,
+            header_timeout,
+            &undecided.eviction,
+        )
+        .await;
+        prefix = buf;
+        match res {
+            Ok(Some(found)) => {
+                let p = match found.protocol {
+                    Protocol::Tls => Protocol::Opaque,
+                    p => p,
+                };
+                (target, p, found.first_byte)
+            }
+            Ok(None) | Err(_) => {
+                tracing::debug!(%peer, "meshed client sent nothing usable; closing");
+                w.pools.bufs.put(prefix);
+                return;
+            }
+        }
+    };
+    if w.routes.is_own_listener(target) {
+        warn_limited!(w, Warning::Loop, listener = c.kind.name(), %peer, dst = %target, "destination is one of ringmesh's own listeners; refusing the loop");
+        w.pools.bufs.put(prefix);
+        return;
+    }
+    let route = Route {
+        target: Target::Addr(target),
+        addr: target,
+        port: target.port(),
+        hint: None,
+        http: HttpDst::Local(target),
+    };
+    let labels = ConnLabels::new(c.kind, &route.target);
+    let src_meter = labels.open(w, Peer::Src, target, client.tls());
+    let decided = Decided {
+        protocol,
+        prefix,
+        head_started,
+        early: None,
+    };
+    serve_decided(c, client, route, labels, src_meter, decided, open).await;
+}
+
+/// Reads Linkerd's transport header (bounded in size, and by `deadline`);
+/// what follows it stays in the buffer.
+async fn read_transport_header(
+    client: &mut Transport,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+    eviction: &Eviction,
+) -> (io::Result<TransportHeader>, Vec<u8>) {
+    loop {
+        match transport_header::decode(&buf) {
+            Ok(Decoded::Done(h, n)) => {
+                buf.drain(..n);
+                return (Ok(h), buf);
+            }
+            Ok(Decoded::Incomplete(_)) => {}
+            Err(e) => return (Err(io::Error::new(io::ErrorKind::InvalidData, e)), buf),
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let (read, b) = client.read_or_evict(buf, deadline, eviction).await;
+        buf = b;
+        match read {
+            None | Some(Err(_)) if Instant::now() >= deadline => {
+                let e = io::Error::new(io::ErrorKind::TimedOut, "no transport header in time");
+                return (Err(e), buf);
+            }
+            None => {
+                let e = io::Error::other("evicted while waiting for the transport header");
+                return (Err(e), buf);
+            }
+            Some(Ok(0)) => {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before the transport header",
+                );
+                return (Err(e), buf);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return (Err(e), buf),
         }
     }
 }

@@ -59,6 +59,7 @@ mod feedback;
 mod h1forward;
 mod h2client;
 mod h2pool;
+mod hello;
 mod http1;
 mod http2;
 mod identity;

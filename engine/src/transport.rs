@@ -62,6 +62,15 @@ impl Transport {
         }
     }
 
+    /// A plain connection secured as `status` says (no TLS, or TLS for
+    /// another server relayed untouched).
+    pub(crate) fn plain_as(s: TcpStream, status: TlsStatus) -> Self {
+        Self {
+            io: Io::Plain(s),
+            tls: status,
+        }
+    }
+
     /// Originates TLS on `s` to the server named `id`: the server's
     /// certificate must be valid for `id` under `config`'s trust anchors.
     pub(crate) async fn tls_connect(
@@ -112,14 +121,6 @@ impl Transport {
             Io::Plain(_) => None,
             Io::Tls(t) => t.with_session(|s| s.alpn_protocol().map(<[u8]>::to_vec)),
             Io::Server(t) => t.with_session(|s| s.alpn_protocol().map(<[u8]>::to_vec)),
-        }
-    }
-
-    /// The identity of the client, when this is mutual TLS it terminated.
-    pub(crate) fn client_id(&self) -> Option<&std::sync::Arc<str>> {
-        match &self.tls {
-            TlsStatus::Accepted { client_id } => client_id.as_ref(),
-            _ => None,
         }
     }
 

@@ -31,10 +31,12 @@ pub(crate) enum Warning {
     Loop,
     /// `accept(2)` failed (out of descriptors and the like).
     AcceptFailed,
+    /// An inbound mutual-TLS handshake or transport header failed.
+    TlsHandshake,
 }
 
 impl Warning {
-    const ALL: [Warning; 8] = [
+    const ALL: [Warning; 9] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -43,6 +45,7 @@ impl Warning {
         Warning::ForwardUnresolved,
         Warning::Loop,
         Warning::AcceptFailed,
+        Warning::TlsHandshake,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Warning {
             Warning::ForwardUnresolved => "forward target not resolved",
             Warning::Loop => "loop refused",
             Warning::AcceptFailed => "accept failed",
+            Warning::TlsHandshake => "inbound TLS failed",
         }
     }
 }
