@@ -77,11 +77,7 @@ fn snapshot_with(n: usize, tag: u16) -> Snapshot {
             Authority::parse(&format!("svc{i}.test:{}", 8000 + tag)).expect("valid name"),
             endpoints(3)
                 .into_iter()
-                .map(|(addr, weight)| Endpoint {
-                    addr,
-                    weight,
-                    h2_hint: false,
-                })
+                .map(|(addr, weight)| Endpoint::unmeshed(addr, weight))
                 .collect(),
             None,
             Arc::new([]),

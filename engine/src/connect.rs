@@ -229,6 +229,7 @@ mod tests {
         Endpoint {
             addr,
             identity: Some(Name::parse(id).unwrap()),
+            opaque_transport: None,
         }
     }
 
@@ -241,7 +242,8 @@ mod tests {
             let (addr, server) = tls_server(&ca, WEB);
             let conn = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client(CLIENT)),
+                Some(&ca.configs(CLIENT)),
+                Session::Opaque,
                 Duration::from_secs(5),
             )
             .await
@@ -273,7 +275,8 @@ mod tests {
                 tls_server(&ca, "db.ns.serviceaccount.identity.linkerd.cluster.local");
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client(CLIENT)),
+                Some(&ca.configs(CLIENT)),
+                Session::Opaque,
                 Duration::from_secs(5),
             )
             .await
@@ -298,7 +301,8 @@ mod tests {
             let (addr, server) = tls_server(&theirs, WEB);
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ours.client(CLIENT)),
+                Some(&ours.configs(CLIENT)),
+                Session::Opaque,
                 Duration::from_secs(5),
             )
             .await
@@ -321,7 +325,8 @@ mod tests {
             let started = Instant::now();
             let e = open(
                 &endpoint(addr, WEB),
-                Some(&ca.client(CLIENT)),
+                Some(&ca.configs(CLIENT)),
+                Session::Opaque,
                 Duration::from_millis(300),
             )
             .await
@@ -342,14 +347,21 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = l.local_addr().unwrap();
             let t = Duration::from_secs(5);
-            let conn = open(&Endpoint::plain(addr), Some(&ca.client(CLIENT)), t)
-                .await
-                .unwrap();
+            let conn = open(
+                &Endpoint::plain(addr),
+                Some(&ca.configs(CLIENT)),
+                Session::Opaque,
+                t,
+            )
+            .await
+            .unwrap();
             assert_eq!(
                 conn.tls(),
                 &TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery)
             );
-            let conn = open(&endpoint(addr, WEB), None, t).await.unwrap();
+            let conn = open(&endpoint(addr, WEB), None, Session::Opaque, t)
+                .await
+                .unwrap();
             assert_eq!(conn.tls(), &TlsStatus::NO_PROXY_IDENTITY);
             assert!(matches!(
                 conn.split().0,

@@ -91,9 +91,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &h2_hint)| Endpoint {
-                addr: format!("10.0.0.{}:80", i + 1).parse().unwrap(),
-                weight: 1,
                 h2_hint,
+                ..Endpoint::unmeshed(format!("10.0.0.{}:80", i + 1).parse().unwrap(), 1)
             })
             .collect();
         let name = Authority::parse("web.ns.svc.cluster.local:80").unwrap();

@@ -244,7 +244,7 @@ async fn serve_decided(
     let connect_timeout = c.side.connect_timeout;
     match decided.protocol {
         Protocol::Http1 => {
-            close_early(&c, &labels, decided.early.take());
+            close_early(c, &labels, decided.early.take());
             let Decided {
                 prefix,
                 head_started,
@@ -271,7 +271,7 @@ async fn serve_decided(
             });
         }
         Protocol::Http2 => {
-            close_early(&c, &labels, decided.early.take());
+            close_early(c, &labels, decided.early.take());
             Box::pin(http2::serve(
                 w.clone(),
                 client,

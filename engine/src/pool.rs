@@ -516,6 +516,7 @@ mod tests {
     use monoio::net::TcpStream;
 
     use super::*;
+    use crate::connect::Session;
 
     /// A loopback pair on an io_uring runtime with a buffer ring: the
     /// proxy's upstream read half and the std "server" side.
@@ -628,6 +629,7 @@ mod tests {
                 reused: false,
                 meter: ConnMeter::none(),
                 identity: Some(id.clone()),
+                opaque_transport: None,
             };
             pool.release(addr, up, &[]);
             let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
@@ -638,7 +640,8 @@ mod tests {
             assert!(
                 pool.take(&Endpoint {
                     addr,
-                    identity: Some(other)
+                    identity: Some(other),
+                    opaque_transport: None,
                 })
                 .is_none(),
                 "another identity's connection was reused"
@@ -646,6 +649,7 @@ mod tests {
             let taken = pool.take(&Endpoint {
                 addr,
                 identity: Some(id.clone()),
+                opaque_transport: None,
             });
             assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
         });
@@ -683,11 +687,16 @@ mod tests {
             let ep = Endpoint {
                 addr,
                 identity: Some(Name::parse(NAME).unwrap()),
+                opaque_transport: None,
             };
-            let conn =
-                crate::connect::open(&ep, Some(&ca.client("c.example")), Duration::from_secs(5))
-                    .await
-                    .unwrap();
+            let conn = crate::connect::open(
+                &ep,
+                Some(&ca.configs("c.example")),
+                Session::Opaque,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
             let fd = conn.raw_fd();
             let (rd, mut wr) = conn.split();
             let mut up = UpRead::new(rd, fd);

@@ -55,6 +55,21 @@ impl TestCa {
         ringmesh_identity::tls::client_config(self.roots.clone(), chain, key, &[]).unwrap()
     }
 
+    /// The TLS configurations of a proxy whose identity is `name`.
+    pub(crate) fn configs(&self, name: &str) -> ringmesh_identity::TlsConfigs {
+        let (chain, key) = self.leaf(name);
+        let id = ringmesh_identity::Name::parse(name).unwrap();
+        let creds = ringmesh_identity::Credentials::verify(
+            id,
+            chain,
+            key,
+            &self.roots,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        ringmesh_identity::TlsConfigs::new(&creds, &self.roots).unwrap()
+    }
+
     /// A server config presenting a certificate for `name`.
     pub(crate) fn server(&self, name: &str) -> Arc<ServerConfig> {
         let (chain, key) = self.leaf(name);

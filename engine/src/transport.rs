@@ -493,15 +493,16 @@ mod tests {
     use std::thread;
 
     use super::*;
+    use crate::connect::Session;
     use crate::connect::{open, Endpoint};
     use crate::testing::{both_drivers, finished, TestCa};
     use ringmesh_identity::Name;
 
     const NAME: &str = "echo.ns.serviceaccount.identity.linkerd.cluster.local";
 
-    fn configs() -> (Arc<ClientConfig>, Arc<rustls::ServerConfig>) {
+    fn configs() -> (ringmesh_identity::TlsConfigs, Arc<rustls::ServerConfig>) {
         let ca = TestCa::new();
-        (ca.client("client.example"), ca.server(NAME))
+        (ca.configs("client.example"), ca.server(NAME))
     }
 
     /// A TLS upstream that echoes what it reads until EOF, then closes.
@@ -554,10 +555,16 @@ mod tests {
         let ep = Endpoint {
             addr,
             identity: Some(Name::parse(NAME).unwrap()),
+            opaque_transport: None,
         };
-        let conn = open(&ep, Some(&client_cfg), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let conn = open(
+            &ep,
+            Some(&client_cfg),
+            Session::Opaque,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let ufd = conn.raw_fd();
         let (client, app) = client_pair().await;
         let cfd = client.as_raw_fd();
@@ -665,10 +672,12 @@ mod tests {
             let ep = Endpoint {
                 addr,
                 identity: Some(Name::parse(NAME).unwrap()),
+                opaque_transport: None,
             };
             let mut conn = open(
                 &ep,
-                Some(&ca.client("client.example")),
+                Some(&ca.configs("client.example")),
+                Session::Opaque,
                 Duration::from_secs(5),
             )
             .await

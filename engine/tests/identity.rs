@@ -1,0 +1,602 @@
+//! Mutual TLS between two ringmesh proxies on loopback, with the static
+//! identity mode (`RINGMESH_IDENTITY_CERT`/`_KEY`): proxy A's forward sends
+//! to a service whose endpoint is behind proxy B (`identity`,
+//! `opaque_transport_port` in the static file), so A originates mTLS plus
+//! Linkerd's transport header and B terminates it. Between them a recording
+//! relay keeps every byte A sent, to prove the wire is TLS. Then the faults:
+//! untrusted or misnamed peers, expired certificates, clients without a
+//! certificate, garbage and stalls during the handshake, bad transport
+//! headers. (Interop with a real linkerd2-proxy is `tests/mesh.rs`.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmesh_engine::{IoDriver, Proxy};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+const A: &str = "a.ns.serviceaccount.identity.linkerd.cluster.local";
+const B: &str = "b.ns.serviceaccount.identity.linkerd.cluster.local";
+const C: &str = "c.ns.serviceaccount.identity.linkerd.cluster.local";
+
+/// A throwaway CA and the files the proxies read.
+struct Pki {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+    ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringmesh-id-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            dir,
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `name` valid from/until the given years, as PEM files
+    /// `<file>.pem` / `<file>.key`; returns their paths and the DER forms.
+    fn leaf(&self, file: &str, name: &str, years: (i32, i32)) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        // Written then renamed: a proxy watching the files never sees half.
+        write_atomic(&cert_path, cert.pem().as_bytes());
+        write_atomic(&key_path, key.serialize_pem().as_bytes());
+        Leaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    fn good(&self, file: &str, name: &str) -> Leaf {
+        self.leaf(file, name, (2020, 2099))
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+/// A proxy with the static identity `name` from `leaf`, trusting `pki`'s CA,
+/// an admin server and an inbound listener on ephemeral loopback ports.
+fn meshed_proxy(
+    driver: IoDriver,
+    pki: &Pki,
+    name: &str,
+    leaf: &Leaf,
+    extra: &[(&str, &str)],
+) -> Proxy {
+    let (cert, key) = (leaf.cert.to_str().unwrap(), leaf.key.to_str().unwrap());
+    let mut vars = vec![
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", name),
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", pki.ca_pem.as_str()),
+        ("RINGMESH_IDENTITY_CERT", cert),
+        ("RINGMESH_IDENTITY_KEY", key),
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ("RINGMESH_TLS_HANDSHAKE_TIMEOUT", "500ms"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(driver, &vars)
+}
+
+/// `GET path` on the admin server.
+fn admin(proxy: &Proxy, path: &str) -> (u16, String) {
+    let mut s = connect(proxy.admin_addr().unwrap());
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+fn wait_ready(proxy: &Proxy) {
+    assert!(
+        eventually(Duration::from_secs(5), || admin(proxy, "/ready").0 == 200),
+        "the proxy never became ready with its certificate"
+    );
+}
+
+/// One HTTP/1.1 request; the whole answer.
+fn get(addr: SocketAddr, path: &str, extra: &str) -> String {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A TCP relay that records what the client side sent (A → B).
+struct Recorder {
+    addr: SocketAddr,
+    seen: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Recorder {
+    fn to(upstream: SocketAddr) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, seen) = mpsc::channel();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(down) = s else { return };
+                let Ok(up) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    let (mut down, mut up) = (down, up);
+                    while let Ok(n) = down.read(&mut buf) {
+                        if n == 0 || up.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let _ = tx.send(buf[..n].to_vec());
+                    }
+                    let _ = up.shutdown(Shutdown::Write);
+                });
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut d2);
+                    let _ = d2.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.seen.try_iter().flatten().collect()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The static file of proxy A: `web` (HTTP), `h2` and `tcp` (opaque), each
+/// one endpoint behind B, reached through `via` (B's inbound, or a relay).
+fn client_side_file(
+    tag: &str,
+    services: &[(&str, SocketAddr, &str)],
+    identity: &str,
+    via: SocketAddr,
+) -> String {
+    let dir = std::env::temp_dir().join(format!("ringmesh-id-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for (name, addr, extra) in services {
+        text.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\nendpoints = [\"{addr}\"]\nidentity = \"{identity}\"\nopaque_transport_port = {}\n{extra}\n",
+            via.port()
+        ));
+    }
+    let path = dir.join("a.toml");
+    write_atomic(&path, text.as_bytes());
+    path.to_str().unwrap().to_string()
+}
+
+fn meshed_pair(driver: IoDriver) {
+    let pki = Pki::new(&format!("pair-{}", driver_name(driver)));
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let app = http::origin("app");
+    let echo = Backend::echo();
+    let h2 = h2::origin(None);
+    let b = meshed_proxy(driver, &pki, B, &leaf_b, &[]);
+    let rec = Recorder::to(b.inbound_addr().unwrap());
+    let (web, h2_svc, tcp) = (
+        format!("web.test:{}", app.addr.port()),
+        format!("h2.test:{}", h2.addr.port()),
+        format!("tcp.test:{}", echo.addr.port()),
+    );
+    let file = client_side_file(
+        &format!("pair-{}", driver_name(driver)),
+        &[
+            (&web, app.addr, ""),
+            (&h2_svc, h2.addr, "protocol = \"http2\""),
+            (&tcp, echo.addr, "protocol = \"opaque\""),
+        ],
+        B,
+        rec.addr,
+    );
+    let forwards = format!("127.0.0.1:0={web},127.0.0.1:0={h2_svc},127.0.0.1:0={tcp}");
+    let a = meshed_proxy(
+        driver,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("RINGMESH_TCP_FORWARD", &forwards),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    let fwd = a.forward_addrs().to_vec();
+
+    // HTTP/1.1: the application hears A's identity, proven by mTLS.
+    let answer = get(fwd[0], "/echo-head", "l5d-client-id: spoofed\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+    assert!(
+        !answer.contains("spoofed"),
+        "a client's own l5d-client-id must not pass: {answer}"
+    );
+
+    // HTTP/2 (prior knowledge), through the transport header's http2.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg(format!("http://{}/hello", fwd[1]))
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Opaque TCP: the echo answers through both proxies.
+    let mut s = connect(fwd[2]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"opaque-marker-123").unwrap();
+    let mut got = [0u8; 17];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"opaque-marker-123");
+    drop(s);
+
+    // The wire between the proxies is TLS: records, never the requests.
+    let wire = rec.bytes();
+    assert!(
+        !wire.is_empty() && wire[0] == 0x16,
+        "the first byte A sent is not a TLS handshake record"
+    );
+    for marker in [
+        &b"echo-head"[..],
+        b"opaque-marker-123",
+        b"transport.l5d.io/v1\r\n",
+    ] {
+        assert!(
+            !contains(&wire, marker),
+            "{:?} crossed in plaintext",
+            String::from_utf8_lossy(marker)
+        );
+    }
+
+    // Both sides' metrics name the peer.
+    let (_, ma) = admin(&a, "/metrics");
+    let (_, mb) = admin(&b, "/metrics");
+    let server_id = format!("tls=\"true\",server_id=\"{B}\"");
+    let client_id = format!("tls=\"true\",client_id=\"{A}\"");
+    let has = |m: &str, family: &str, direction: &str, tls: &str| {
+        m.lines().any(|l| {
+            l.starts_with(family)
+                && l.contains(&format!("direction=\"{direction}\""))
+                && l.contains(tls)
+        })
+    };
+    for family in ["request_total{", "tcp_open_total{"] {
+        assert!(
+            has(&ma, family, "outbound", &server_id),
+            "A lacks {family}{server_id}:\n{ma}"
+        );
+        assert!(
+            has(&mb, family, "inbound", &client_id),
+            "B lacks {family}{client_id}:\n{mb}"
+        );
+    }
+    // A's application side is loopback, not mesh.
+    assert!(
+        ma.contains("tls=\"no_identity\",no_tls_reason=\"loopback\""),
+        "{ma}"
+    );
+}
+both_drivers!(meshed_pair_http1_http2_opaque, super::meshed_pair);
+
+/// A plain client straight to B's inbound: no identity to claim.
+#[test]
+fn plaintext_inbound_strips_a_claimed_client_id() {
+    let pki = Pki::new("plain");
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[("RINGMESH_INBOUND_TARGET", &target)],
+    );
+    wait_ready(&b);
+    let answer = get(
+        b.inbound_addr().unwrap(),
+        "/echo-head",
+        "l5d-client-id: evil.example\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("evil.example"), "{answer}");
+    let (_, m) = admin(&b, "/metrics");
+    assert!(
+        m.contains(
+            "direction=\"inbound\",tls=\"no_identity\",no_tls_reason=\"no_tls_from_remote\""
+        ),
+        "{m}"
+    );
+}
+
+/// A's view of B is wrong: B proves another identity, or a CA A does not
+/// trust. The request fails with a 502 naming TLS; nothing hangs.
+#[test]
+fn untrusted_or_misnamed_peers_are_refused() {
+    let pki = Pki::new("refused");
+    let other_ca = Pki::new("refused-other");
+    let app = http::origin("app");
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &pki.good("b", B), &[]);
+    let b_other = meshed_proxy(IoDriver::Uring, &other_ca, B, &other_ca.good("b", B), &[]);
+    wait_ready(&b);
+    wait_ready(&b_other);
+    for (tag, identity, via) in [
+        ("misnamed", C, b.inbound_addr().unwrap()),
+        ("untrusted", B, b_other.inbound_addr().unwrap()),
+    ] {
+        let web = format!("web.test:{}", app.addr.port());
+        let file = client_side_file(
+            &format!("refused-{tag}"),
+            &[(&web, app.addr, "")],
+            identity,
+            via,
+        );
+        let fwd = format!("127.0.0.1:0={web}");
+        let a = meshed_proxy(
+            IoDriver::Uring,
+            &pki,
+            A,
+            &pki.good("a", A),
+            &[
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+            ],
+        );
+        wait_ready(&a);
+        let started = Instant::now();
+        let answer = get(a.forward_addrs()[0], "/echo-head", "");
+        assert!(answer.starts_with("HTTP/1.1 502"), "{tag}: {answer}");
+        assert!(
+            answer.to_lowercase().contains("tls"),
+            "{tag}: the reason names TLS: {answer}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{tag}: took {:?}",
+            started.elapsed()
+        );
+        let (_, m) = admin(&a, "/metrics");
+        assert!(m.contains("error=\"tls_failed\""), "{tag}: {m}");
+    }
+}
+
+/// An expired certificate is refused (not ready, logged); replacing the
+/// files with a good one is picked up without a restart.
+#[test]
+fn expired_certificate_is_refused_and_replaced_files_are_reloaded() {
+    let pki = Pki::new("expired");
+    let leaf = pki.leaf("b", B, (2020, 2021));
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf, &[]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        admin(&b, "/ready").0,
+        503,
+        "ready with an expired certificate"
+    );
+    // Not yet valid: still refused.
+    pki.leaf("b", B, (2098, 2099));
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        admin(&b, "/ready").0,
+        503,
+        "ready with a not-yet-valid certificate"
+    );
+    pki.good("b", B);
+    wait_ready(&b);
+}
+
+/// A rustls client to B's inbound (SNI = B), with or without a
+/// certificate, offering ALPN `transport.l5d.io/v1` when `header`.
+fn client_config(pki: &Pki, cert: Option<&Leaf>, header: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match cert {
+        Some(l) => builder
+            .with_client_auth_cert(
+                vec![l.der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(l.key_der.clone())),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    if header {
+        cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    }
+    Arc::new(cfg)
+}
+
+fn tls_to(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let sock = connect(addr);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from(B).unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// The transport header for `port`, HTTP/1, plus `extra` protobuf bytes.
+fn header(port: u16, extra: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x08];
+    let mut p = u32::from(port);
+    while p >= 0x80 {
+        body.push((p as u8) | 0x80);
+        p >>= 7;
+    }
+    body.push(p as u8);
+    body.extend_from_slice(&[0x1a, 0x02, 0x0a, 0x00]); // session_protocol { http1 {} }
+    body.extend_from_slice(extra);
+    let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads until the peer closes or 5 s pass; whether it closed.
+fn closes(s: &mut impl Read) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn hostile_meshed_clients_are_cut_off_and_others_served() {
+    let pki = Pki::new("hostile");
+    let app = http::origin("app");
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &pki.good("b", B), &[]);
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    let leaf_a = pki.good("a", A);
+
+    // No client certificate: served, as unauthenticated (no identity to
+    // pass on; policy, when it lands, decides what such clients may do).
+    let mut s = tls_to(inbound, client_config(&pki, None, true));
+    s.write_all(&header(app.addr.port(), &[])).unwrap();
+    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nl5d-client-id: x.evil\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("l5d-client-id"), "{answer}");
+
+    // Unknown header fields are skipped (protobuf); the request is served.
+    let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
+    s.write_all(&header(
+        app.addr.port(),
+        &[0x78, 0x01, 0x72, 0x02, b'x', b'y'],
+    ))
+    .unwrap();
+    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+
+    // A header claiming 4 GiB: closed at once.
+    let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
+    let mut huge = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    s.write_all(&huge).unwrap();
+    assert!(closes(&mut s), "a huge transport header was not refused");
+
+    // A ClientHello, then garbage: the handshake fails and closes.
+    let mut raw = connect(inbound);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        client_config(&pki, Some(&leaf_a), true),
+        ServerName::try_from(B).unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    raw.write_all(&hello).unwrap();
+    raw.write_all(&[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5])
+        .unwrap();
+    raw.write_all(&[0xde; 64]).unwrap();
+    assert!(
+        closes(&mut raw),
+        "garbage after a ClientHello was not refused"
+    );
+
+    // A ClientHello, then silence: closed by the handshake timeout (500 ms).
+    let mut raw = connect(inbound);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&hello).unwrap();
+    let started = Instant::now();
+    assert!(closes(&mut raw), "a stalled handshake was not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Half a ClientHello, then silence: closed by the detect timeout.
+    let mut raw = connect(inbound);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    raw.write_all(&hello[..hello.len() / 2]).unwrap();
+    assert!(closes(&mut raw), "half a ClientHello was held open");
+
+    // And B still serves meshed clients.
+    let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
+    s.write_all(&header(app.addr.port(), &[])).unwrap();
+    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+}
