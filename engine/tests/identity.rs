@@ -227,10 +227,11 @@ fn meshed_pair(driver: IoDriver) {
     let h2 = h2::origin(None);
     let b = meshed_proxy(driver, &pki, B, &leaf_b, &[]);
     let rec = Recorder::to(b.inbound_addr().unwrap());
-    let (web, h2_svc, tcp) = (
+    let (web, h2_svc, tcp, upgraded) = (
         format!("web.test:{}", app.addr.port()),
         format!("h2.test:{}", h2.addr.port()),
         format!("tcp.test:{}", echo.addr.port()),
+        format!("upgraded.test:{}", app.addr.port()),
     );
     let file = client_side_file(
         &format!("pair-{}", driver_name(driver)),
@@ -238,11 +239,13 @@ fn meshed_pair(driver: IoDriver) {
             (&web, app.addr, ""),
             (&h2_svc, h2.addr, "protocol = \"http2\""),
             (&tcp, echo.addr, "protocol = \"opaque\""),
+            (&upgraded, app.addr, "protocol_hint = \"h2\""),
         ],
         B,
         rec.addr,
     );
-    let forwards = format!("127.0.0.1:0={web},127.0.0.1:0={h2_svc},127.0.0.1:0={tcp}");
+    let forwards =
+        format!("127.0.0.1:0={web},127.0.0.1:0={h2_svc},127.0.0.1:0={tcp},127.0.0.1:0={upgraded}");
     let a = meshed_proxy(
         driver,
         &pki,
@@ -294,6 +297,19 @@ fn meshed_pair(driver: IoDriver) {
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"opaque-marker-123");
     drop(s);
+
+    // HTTP/1.1 to a meshed endpoint hinted h2: over HTTP/2 inside the
+    // mTLS connection (l5d-orig-proto), HTTP/1.1 again at the application.
+    let answer = get(fwd[3], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+    let (_, mb) = admin(&b, "/metrics");
+    assert!(
+        mb.lines().any(|l| l.starts_with("request_total{")
+            && l.contains("direction=\"inbound\"")
+            && l.contains(&format!("client_id=\"{A}\""))),
+        "{mb}"
+    );
 
     // The wire between the proxies is TLS: records, never the requests.
     let wire = rec.bytes();
