@@ -1,10 +1,10 @@
 //! Test support shared by the unit tests of the TLS and control-plane
 //! pieces: a throwaway CA, runtimes of both drivers, waiting for a helper
-//! thread without blocking the runtime, and Python helper servers
-//! (Debian's python3) read line by line.
+//! thread without blocking the runtime, temporary directories, and Python
+//! helper servers (Debian's python3) read line by line.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -19,6 +19,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 pub(crate) struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub(crate) roots: Arc<RootCertStore>,
+    /// The CA's certificate and key, PEM (for helper servers that sign).
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl TestCa {
@@ -31,9 +34,11 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("ringmesh test CA {n}"));
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().clone();
-        let roots = ringmesh_identity::tls::trust_anchors([der]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let roots = ringmesh_identity::tls::trust_anchors([cert.der().clone()]).unwrap();
         Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: rcgen::Issuer::new(params, key),
             roots,
         }
@@ -100,6 +105,31 @@ pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) 
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     true
+}
+
+/// A directory of its own under the system's temporary directory,
+/// removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringmesh-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A helper server run by Debian's python3 (`engine/tests/grpc/*.py`),
