@@ -16,6 +16,11 @@
 //!   thread: runtime, buffer ring, accept loops, messages, drain), `control`
 //!   (the control core), `admin` (the admin backend), `inbox` (what other
 //!   threads ask a worker).
+//! - **Control plane** (tasks on the control core): `certify` (Linkerd's
+//!   identity client: the Certify loop, its refresh schedule and
+//!   certificate metrics), `grpc` (a gRPC client, unary and
+//!   server-streaming, over monoio-http HTTP/2). Built and tested; the
+//!   control core starts them next.
 //! - **Connections:** `l4` (an accepted connection: original destination,
 //!   detection, the opaque relay, or a protocol server), `detect`,
 //!   `server_first`, `undecided`, `orig_dst`.
@@ -49,6 +54,7 @@
 #![deny(rust_2018_idioms)]
 
 mod admin;
+mod certify;
 pub mod config;
 mod connect;
 mod control;
@@ -56,6 +62,7 @@ mod detect;
 mod dispatch;
 mod error;
 mod feedback;
+mod grpc;
 mod h1forward;
 mod h2client;
 mod h2pool;

@@ -1,11 +1,15 @@
-//! Test support shared by the unit tests of the TLS pieces: a throwaway
-//! CA, runtimes of both drivers, and waiting for a helper thread without
-//! blocking the runtime.
+//! Test support shared by the unit tests of the TLS and control-plane
+//! pieces: a throwaway CA, runtimes of both drivers, waiting for a helper
+//! thread without blocking the runtime, temporary directories, and Python
+//! helper servers (Debian's python3) read line by line.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -15,6 +19,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 pub(crate) struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pub(crate) roots: Arc<RootCertStore>,
+    /// The CA's certificate and key, PEM (for helper servers that sign).
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl TestCa {
@@ -27,9 +34,11 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, format!("ringmesh test CA {n}"));
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().clone();
-        let roots = ringmesh_identity::tls::trust_anchors([der]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let roots = ringmesh_identity::tls::trust_anchors([cert.der().clone()]).unwrap();
         Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             issuer: rcgen::Issuer::new(params, key),
             roots,
         }
@@ -99,4 +108,117 @@ pub(crate) async fn finished<T>(t: thread::JoinHandle<T>) -> T {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     t.join().unwrap()
+}
+
+/// Waits (the runtime running) until `cond` holds, at most `limit`.
+pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// A directory of its own under the system's temporary directory,
+/// removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringmesh-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A helper server run by Debian's python3 (`engine/tests/grpc/*.py`),
+/// its stdout lines collected by a thread; killed on drop.
+pub(crate) struct PyServer {
+    child: Child,
+    /// Held so the server (which serves until stdin closes) stays up.
+    _stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl PyServer {
+    /// Runs `engine/tests/grpc/{script}` with `args`.
+    pub(crate) fn spawn(script: &str, args: &[&str]) -> Self {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/grpc")
+            .join(script);
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("Debian's python3 (scripts/install-test-deps.sh)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            _stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Every line printed so far.
+    pub(crate) fn lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    /// The first line (seen or to come, within 30 s) starting with
+    /// `prefix`, without the prefix.
+    pub(crate) async fn line(&mut self, prefix: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(l) = self.lines().iter().find_map(|l| l.strip_prefix(prefix)) {
+                return l.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the helper server exited ({status}) before printing {prefix:?}");
+            }
+            assert!(
+                Instant::now() < end,
+                "no {prefix:?} line from the helper server"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

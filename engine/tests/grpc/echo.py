@@ -31,6 +31,16 @@ def server_stream(request, context):
         yield b"item-%d" % i
 
 
+def items(request, context):
+    # Protobuf-shaped, for ringmesh's own gRPC client (engine/src/grpc.rs):
+    # the request is a google.protobuf.UInt32Value (0x08 and the count, one
+    # varint byte; empty for 0), each reply a BytesValue holding "item-N".
+    n = request[1] if len(request) > 1 else 0
+    for i in range(n):
+        s = b"item-%d" % i
+        yield b"\x0a" + bytes([len(s)]) + s
+
+
 def client_stream(request_iterator, context):
     total = 0
     count = 0
@@ -51,6 +61,7 @@ def serve():
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "Items": grpc.unary_stream_rpc_method_handler(items),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
