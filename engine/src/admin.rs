@@ -43,6 +43,8 @@ pub(crate) struct EngineAdmin {
     pub configured_log: String,
     pub shutdown_enabled: bool,
     pub hooks: Hooks,
+    /// Linkerd's identity certificate series, with an identity.
+    pub cert_metrics: Option<Arc<crate::certify::CertMetrics>>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -76,6 +78,9 @@ impl AdminBackend for EngineAdmin {
             version: env!("CARGO_PKG_VERSION"),
         };
         scrape.encode(out, &process);
+        if let Some(m) = &self.cert_metrics {
+            m.render(out);
+        }
     }
 
     fn shutdown(&self) {

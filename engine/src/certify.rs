@@ -78,6 +78,10 @@ pub(crate) struct CertifyConfig {
     pub(crate) roots: Arc<RootCertStore>,
     pub(crate) min_refresh: Duration,
     pub(crate) max_refresh: Duration,
+    /// The service's own identity when it is not on loopback: spoken to
+    /// over TLS as that name (verified against `roots`; no client
+    /// certificate, there is none yet).
+    pub(crate) svc_name: Option<Name>,
 }
 
 /// Why an attempt failed.
@@ -182,7 +186,7 @@ const REFRESH: &str = "control_identity_cert_refresh_timestamp_seconds";
 const REFRESHES: &str = "control_identity_cert_refreshes_total";
 
 impl CertMetrics {
-    fn refreshed(&self, at: SystemTime, expiry: SystemTime) {
+    pub(crate) fn refreshed(&self, at: SystemTime, expiry: SystemTime) {
         let secs = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -193,13 +197,12 @@ impl CertMetrics {
         self.ok.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn failed(&self) {
+    pub(crate) fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The families in Prometheus' text format (HELP and TYPE lines
     /// included). Both timestamps are 0 until the first certificate.
-    #[allow(dead_code)] // wired by the admin server next
     pub(crate) fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
         let gauge = |out: &mut String, name: &str, help: &str, bits: &AtomicU64| {
@@ -339,7 +342,17 @@ impl Certifier {
         let deadline = Instant::now() + self.timing.call_timeout;
         let mut channel = match self.channel.take() {
             Some(c) if !c.is_closed() => c,
-            _ => Channel::connect(self.cfg.svc_addr, deadline).await?,
+            _ => match &self.cfg.svc_name {
+                None => Channel::connect(self.cfg.svc_addr, deadline).await?,
+                Some(name) => {
+                    let tls =
+                        ringmesh_identity::tls::anonymous_client_config(self.cfg.roots.clone())
+                            .map_err(|e| {
+                                GrpcError::new(crate::grpc::Code::Internal, e.to_string())
+                            })?;
+                    Channel::connect_tls(self.cfg.svc_addr, name, tls, deadline).await?
+                }
+            },
         };
         let req = CertifyRequest {
             identity: self.cfg.local_name.to_string(),
@@ -538,6 +551,7 @@ mod tests {
                 roots: ca.roots.clone(),
                 min_refresh,
                 max_refresh: Duration::from_secs(24 * 3600),
+                svc_name: None,
             }
         }
 

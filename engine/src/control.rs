@@ -37,6 +37,7 @@ use ringmesh_discovery::{
 };
 
 use crate::admin::EngineAdmin;
+use crate::certify::CertMetrics;
 use crate::config::IdentityConfig;
 use crate::identity::{self, IdentityState, Sink};
 use ringmesh_discovery::channel::{self, Subscriber};
@@ -70,6 +71,7 @@ pub(crate) struct Control {
     thread: Option<JoinHandle<()>>,
     identity: Subscriber<IdentityState>,
     identity_ready: Arc<AtomicBool>,
+    cert_metrics: Option<Arc<CertMetrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +95,21 @@ impl Control {
         // Ready at once without an identity; else once a certificate is held.
         let identity_ready = Arc::new(AtomicBool::new(identity_cfg.local().is_none()));
         let (identity_pub, identity) = channel::channel(IdentityState::default());
-        let identity_task = identity_cfg.local().map(|local| {
-            let sink = Sink::new(identity_pub, identity::roots(local), identity_ready.clone());
-            (identity_cfg.clone(), sink)
-        });
+        let cert_metrics = identity_cfg
+            .local()
+            .map(|_| Arc::new(CertMetrics::default()));
+        let identity_task = identity_cfg
+            .local()
+            .zip(cert_metrics.clone())
+            .map(|(local, m)| {
+                let sink = Sink::new(
+                    identity_pub,
+                    identity::roots(local),
+                    identity_ready.clone(),
+                    m,
+                );
+                (identity_cfg.clone(), sink)
+            });
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -139,6 +152,7 @@ impl Control {
             thread: Some(thread),
             identity,
             identity_ready,
+            cert_metrics,
         };
         // Blocks the starting thread only, until the first snapshot is done.
         match ready_rx.recv() {
@@ -164,6 +178,11 @@ impl Control {
     /// True once the proxy holds a certificate (at once without identity).
     pub(crate) fn identity_ready(&self) -> Arc<AtomicBool> {
         self.identity_ready.clone()
+    }
+
+    /// The identity certificate's metrics, when the proxy has an identity.
+    pub(crate) fn cert_metrics(&self) -> Option<Arc<CertMetrics>> {
+        self.cert_metrics.clone()
     }
 
     /// A sender for a worker.

@@ -37,6 +37,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -211,6 +212,38 @@ impl Channel {
             Err(_) => Err(GrpcError::new(
                 Code::DeadlineExceeded,
                 format!("connecting to {addr} timed out"),
+            )),
+        }
+    }
+
+    /// Connects to `addr` over TLS, the server proving `name` (the
+    /// identity service by its `_SVC_NAME`), then the HTTP/2 handshake.
+    pub(crate) async fn connect_tls(
+        addr: SocketAddr,
+        name: &ringmesh_identity::Name,
+        tls: Arc<rustls::ClientConfig>,
+        deadline: Instant,
+    ) -> Result<Self, GrpcError> {
+        let authority = Authority::try_from(format!("{}:{}", name.as_str(), addr.port()))
+            .map_err(|e| GrpcError::new(Code::Internal, format!("authority {name}: {e}")))?;
+        let connecting = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| {
+                GrpcError::new(Code::Unavailable, format!("connect to {addr}: {e}"))
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let t = crate::transport::Transport::tls_connect(tcp, tls, name)
+                .await
+                .map_err(|e| {
+                    GrpcError::new(Code::Unavailable, format!("TLS to {name} at {addr}: {e}"))
+                })?;
+            Self::handshake(t, authority).await
+        };
+        match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), connecting).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(GrpcError::new(
+                Code::DeadlineExceeded,
+                format!("connecting to {name} at {addr} timed out"),
             )),
         }
     }

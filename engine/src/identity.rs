@@ -17,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
+use crate::certify::{self, CertMetrics, CertifyConfig};
 use crate::config::{IdentityConfig, LocalIdentity};
 
 /// What workers see: the current TLS configurations, if any.
@@ -36,6 +37,7 @@ pub(crate) struct Sink {
     publisher: IdentityPublisher,
     roots: Arc<RootCertStore>,
     ready: Arc<AtomicBool>,
+    metrics: Arc<CertMetrics>,
 }
 
 impl Sink {
@@ -43,11 +45,13 @@ impl Sink {
         publisher: IdentityPublisher,
         roots: Arc<RootCertStore>,
         ready: Arc<AtomicBool>,
+        metrics: Arc<CertMetrics>,
     ) -> Self {
         Self {
             publisher,
             roots,
             ready,
+            metrics,
         }
     }
 
@@ -79,8 +83,28 @@ pub(crate) async fn run(cfg: IdentityConfig, mut sink: Sink) {
         IdentityConfig::Static { local, cert, key } => {
             watch_static(&local, &cert, &key, &mut sink).await
         }
-        IdentityConfig::Certify { .. } => {
-            tracing::error!("identity from Linkerd's identity service is not wired yet");
+        IdentityConfig::Certify {
+            local,
+            dir,
+            token_file,
+            svc_addr,
+            svc_name,
+            min_refresh,
+            max_refresh,
+        } => {
+            let cfg = CertifyConfig {
+                svc_addr,
+                local_name: local.name.clone(),
+                token_file,
+                dir,
+                roots: sink.roots.clone(),
+                min_refresh,
+                max_refresh,
+                svc_name,
+            };
+            // Certify keeps the metrics itself (each attempt's outcome).
+            let metrics = sink.metrics.clone();
+            certify::run(cfg, metrics, move |creds| sink.publish(&creds)).await
         }
     }
 }
@@ -109,12 +133,19 @@ async fn watch_static(
         if now != seen || first {
             seen = now;
             match load_static(local, cert, key) {
-                Ok(creds) => sink.publish(&creds),
-                Err(e) => tracing::error!(
+                Ok(creds) => {
+                    sink.metrics
+                        .refreshed(SystemTime::now(), creds.validity.not_after);
+                    sink.publish(&creds)
+                }
+                Err(e) => {
+                    sink.metrics.failed();
+                    tracing::error!(
                     cert = %cert.display(),
                     key = %key.display(),
                     "identity certificate not loaded: {e}"
-                ),
+                    )
+                }
             }
             first = false;
         }

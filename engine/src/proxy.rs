@@ -95,6 +95,7 @@ impl Proxy {
                     configured_log: cfg.log.clone(),
                     shutdown_enabled: cfg.admin.shutdown_endpoint_enabled,
                     hooks,
+                    cert_metrics: control.cert_metrics(),
                 },
             );
         }

@@ -616,3 +616,192 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 }
+
+/// linkerd2-proxy-api's proto directory in cargo's registry (the version
+/// Cargo.lock pins).
+fn proto_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"linkerd2-proxy-api\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("linkerd2-proxy-api in Cargo.lock");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let crate_dir = format!("linkerd2-proxy-api-{version}");
+    std::fs::read_dir(home.join("registry/src"))
+        .expect("cargo's registry sources")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(&crate_dir).join("proto"))
+        .find(|p| p.join("identity.proto").is_file())
+        .unwrap_or_else(|| panic!("{crate_dir}/proto under {}", home.display()))
+}
+
+/// Linkerd's Identity service (`tests/grpc/identity_server.py`, signing
+/// with `pki`'s CA) on `listen`; killed on drop.
+struct IdentityService {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl IdentityService {
+    fn start(pki: &Pki, ca_key_pem: &str, listen: &str) -> Self {
+        let pb = pki.dir.join("identity.pb");
+        if !pb.exists() {
+            let status = Command::new("protoc")
+                .arg("-I")
+                .arg(proto_dir())
+                .arg("--include_imports")
+                .arg(format!("--descriptor_set_out={}", pb.display()))
+                .arg("identity.proto")
+                .status()
+                .expect("protoc (protobuf-compiler, scripts/install-test-deps.sh)");
+            assert!(status.success());
+        }
+        let (cert, key) = (pki.dir.join("ca.pem"), pki.dir.join("ca.key"));
+        std::fs::write(&cert, &pki.ca_pem).unwrap();
+        std::fs::write(&key, ca_key_pem).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/identity_server.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["--descriptors", pb.to_str().unwrap()])
+            .args([
+                "--ca-cert",
+                cert.to_str().unwrap(),
+                "--ca-key",
+                key.to_str().unwrap(),
+            ])
+            .args(["--listen", listen, "--lifetime", "3600"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio (scripts/install-test-deps.sh)");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("identity server said {line:?}"))
+            .parse()
+            .unwrap();
+        // Keep reading its lines so it never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut sink = String::new();
+            while std::io::BufRead::read_line(&mut out, &mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Self { child, addr }
+    }
+}
+
+impl Drop for IdentityService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Linkerd's identity mode end to end: the identity service is down when
+/// the proxy starts (not ready, retried), comes up, and the proxy holds a
+/// certificate it asked for with its CSR and token: ready, Linkerd's
+/// certificate series, and a meshed client sees it prove its identity.
+#[test]
+fn certify_mode_waits_for_the_identity_service_then_serves_meshed() {
+    let pki = Pki::new("certify");
+    // The CA key, for the identity service.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let ca_key_pem = ca_key.serialize_pem();
+    let pki = Pki {
+        ca_pem: ca_cert.pem(),
+        ca_der: ca_cert.der().clone(),
+        issuer: rcgen::Issuer::new(params, ca_key),
+        dir: pki.dir,
+    };
+    // The identity directory, as Linkerd's init writes it.
+    let id_dir = pki.dir.join("identity");
+    std::fs::create_dir_all(&id_dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut csr = rcgen::CertificateParams::new(vec![B.to_string()]).unwrap();
+    csr.distinguished_name.push(rcgen::DnType::CommonName, B);
+    std::fs::write(id_dir.join("key.p8"), key.serialize_der()).unwrap();
+    std::fs::write(
+        id_dir.join("csr.der"),
+        csr.serialize_request(&key).unwrap().der(),
+    )
+    .unwrap();
+    let token = pki.dir.join("token");
+    std::fs::write(&token, "a-token").unwrap();
+    // A port with nothing on it yet.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let svc = format!("127.0.0.1:{port}");
+    let app = http::origin("app");
+    let b = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", B),
+            ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", pki.ca_pem.as_str()),
+            ("LINKERD2_PROXY_IDENTITY_DIR", id_dir.to_str().unwrap()),
+            (
+                "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+                token.to_str().unwrap(),
+            ),
+            ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", &svc),
+            ("LINKERD2_PROXY_IDENTITY_MIN_REFRESH", "1s"),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(admin(&b, "/ready").0, 503, "ready without a certificate");
+    let (_, m) = admin(&b, "/metrics");
+    assert!(
+        m.contains("control_identity_cert_expiration_timestamp_seconds 0"),
+        "{m}"
+    );
+
+    let service = IdentityService::start(&pki, &ca_key_pem, &svc);
+    assert_eq!(service.addr.to_string(), svc);
+    wait_ready(&b);
+    let (_, m) = admin(&b, "/metrics");
+    assert!(
+        m.contains("control_identity_cert_refreshes_total{result=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("control_identity_cert_expiration_timestamp_seconds 0\n"),
+        "{m}"
+    );
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("control_identity_cert_refreshes_total{result=\"error\"}")
+                && !l.ends_with(" 0")
+        ),
+        "the failed attempts are counted: {m}"
+    );
+
+    // A meshed client: B proves B with the certificate it was given.
+    let leaf_a = pki.good("a", A);
+    let mut s = tls_to(
+        b.inbound_addr().unwrap(),
+        client_config(&pki, Some(&leaf_a), true),
+    );
+    s.write_all(&header(app.addr.port(), &[])).unwrap();
+    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+}

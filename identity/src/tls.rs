@@ -73,6 +73,17 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// A client config with no certificate of its own, verifying the server
+/// against `roots` (the identity service, before this proxy has one).
+pub fn anonymous_client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsError> {
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Material)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// The config for connections this proxy terminates: presents `chain`
 /// with `key`, asks for the client's certificate and verifies it against
 /// `roots` when given (a client without one is still accepted, as
