@@ -215,7 +215,38 @@ class Config:
             await self.changed.wait()
 
     def destination(self, authority):
-        return self.data.get("destinations", {}).get(authority)
+        """The entry for a target: by its key (the IP:port or name:port the
+        proxy looks up), else by the service authority its balancer resolves
+        (Destination.Get is asked for that)."""
+        dsts = self.data.get("destinations", {})
+        if authority in dsts:
+            return dsts[authority]
+        for key, dst in dsts.items():
+            if service_authority(key, dst) == authority:
+                return dst
+        return None
+
+
+def service_ref(key, dst):
+    """(name, namespace) of the Service an entry stands for."""
+    host, _ = split_authority(key)
+    name = dst.get("service") or re.sub(r"[^a-z0-9-]", "-", ("svc-" + host).lower()).strip("-")
+    return name, dst.get("namespace", "default")
+
+
+def service_authority(key, dst):
+    """The name the balancer resolves: linkerd2-proxy panics ("destination
+    must be a nameaddr") on a DestinationGet path that is an IP:port, so an
+    IP target gets its Service's name, as the policy controller sends."""
+    if dst.get("dst_path"):
+        return dst["dst_path"]
+    host, port = split_authority(key)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return key
+    name, namespace = service_ref(key, dst)
+    return "%s.%s.svc.cluster.local:%d" % (name, namespace, port)
 
 
 async def watch(config, context, answer):
@@ -467,9 +498,8 @@ class Outbound:
         resolves through Destination.Get."""
         pb = self.pb
         o, meta = pb.outbound, pb.meta
-        host, port = split_authority(target)
-        name = dst.get("service") or re.sub(r"[^a-z0-9-]", "-", ("svc-" + host).lower())
-        namespace = dst.get("namespace", "default")
+        _, port = split_authority(target)
+        name, namespace = service_ref(target, dst)
         resource = meta.Metadata(
             resource=meta.Resource(group="core", kind="Service", name=name, namespace=namespace, port=port)
         )
@@ -478,7 +508,7 @@ class Outbound:
             queue=self.queue(),
             balancer=o.Backend.BalanceP2c(
                 discovery=o.Backend.EndpointDiscovery(
-                    dst=o.Backend.EndpointDiscovery.DestinationGet(path=dst.get("dst_path", target))
+                    dst=o.Backend.EndpointDiscovery.DestinationGet(path=service_authority(target, dst))
                 ),
                 peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
             ),
