@@ -342,3 +342,90 @@ fn linkerd2_proxy_to_linkerd2_proxy() {
         "B counted no inbound HTTP request from A's identity"
     );
 }
+
+/// The fake control plane's identity failures, and certificate renewal, as
+/// linkerd2-proxy lives through them: it retries until Certify answers,
+/// renews at 70% of the leaf's lifetime, rides out an
+/// identity outage with the certificate it has, and the mesh keeps working
+/// on renewed certificates.
+#[test]
+fn linkerd2_proxy_identity_retry_and_renewal() {
+    // Retries and renewals every 200 ms at the soonest, not 10 s.
+    let sidecar =
+        || Sidecar::linkerd2_proxy().with_env("LINKERD2_PROXY_IDENTITY_MIN_REFRESH", "200ms");
+    let mesh = Mesh::builder(sidecar(), sidecar())
+        .with_cp_args(&["--identity-fail-first", "2", "--cert-lifetime", "3"])
+        .start(|_a, b| CpConfig::default().with_meshed(b, HTTP1_PORT, false));
+    for pod in [&mesh.a, &mesh.b] {
+        let limit = Duration::from_secs(5);
+        check!(
+            mesh,
+            pod.cp
+                .wait_for_count("UNAVAILABLE (fail-first 2)", 2, limit)
+                && pod.cp.wait_for_count("-> ok", 1, limit),
+            "{}: expected two refused Certify calls, then a certificate",
+            pod.info.name
+        );
+    }
+    let b = mesh.b.info.clone();
+    let _app = common::http::origin_on(
+        {
+            let addr = b.addr(HTTP1_PORT);
+            within(&b.ns, move || common::listen(addr))
+        },
+        "b",
+    );
+    let client_id = || {
+        let (ok, body, err) = curl(
+            &mesh,
+            &[
+                "--http1.1",
+                &format!("http://{}/echo-head", b.addr(HTTP1_PORT)),
+            ],
+        );
+        check!(mesh, ok, "HTTP/1.1 through the mesh failed: {err}");
+        header(&body, "l5d-client-id").map(str::to_string)
+    };
+    check!(
+        mesh,
+        client_id().as_deref() == Some(mesh.a.info.identity.as_str()),
+        "no l5d-client-id before renewal"
+    );
+
+    // A 3 s leaf is renewed at ~2.1 s.
+    for pod in [&mesh.a, &mesh.b] {
+        check!(
+            mesh,
+            pod.cp.wait_for_count("-> ok", 2, Duration::from_secs(8)),
+            "{} did not renew its certificate",
+            pod.info.name
+        );
+    }
+
+    // An outage: renewals are refused, the proxies keep asking.
+    mesh.identity_outage(true);
+    for pod in [&mesh.a, &mesh.b] {
+        check!(
+            mesh,
+            pod.cp.wait_for_count("exists)", 2, Duration::from_secs(8)),
+            "{} did not retry through the identity outage",
+            pod.info.name
+        );
+    }
+    let oks = [mesh.a.cp.count("-> ok"), mesh.b.cp.count("-> ok")];
+    mesh.identity_outage(false);
+    for (pod, n) in [(&mesh.a, oks[0]), (&mesh.b, oks[1])] {
+        check!(
+            mesh,
+            pod.cp
+                .wait_for_count("-> ok", n + 1, Duration::from_secs(8)),
+            "{} got no certificate after the outage",
+            pod.info.name
+        );
+    }
+    check!(
+        mesh,
+        client_id().as_deref() == Some(mesh.a.info.identity.as_str()),
+        "no l5d-client-id on renewed certificates"
+    );
+}

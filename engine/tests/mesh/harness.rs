@@ -245,6 +245,25 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` lines containing `needle` have been seen.
+    pub fn wait_for_count(&self, needle: &str, n: usize, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            if self.count(needle) >= n {
+                return true;
+            }
+            let Some(left) = end.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if let Ok(l) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.seen.borrow_mut().push(l);
+            }
+        }
+    }
+
     /// Lines seen so far containing `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.drain();
@@ -376,10 +395,11 @@ pub fn http_get(ns: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16,
     within(ns, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
+        // One write: linkerd2-proxy decides "HTTP or not" on its first read,
+        // and a write! split into pieces ("GET ", path, ...) can arrive as a
+        // 4-byte segment, which it takes for not-HTTP and resets.
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -571,21 +591,33 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub n: u32,
     config: PathBuf,
+    outage: PathBuf,
     // Dropped after the pods, so their processes are gone first.
     _nets: [Netns; 2],
     _dir: TempDir,
 }
 
-impl Mesh {
+/// A mesh to start: the two sidecars and extra fake_cp flags.
+pub struct MeshBuilder {
+    a: Sidecar,
+    b: Sidecar,
+    cp_args: Vec<String>,
+}
+
+impl MeshBuilder {
+    /// Flags for both pods' fake control planes (e.g. `--cert-lifetime 3`,
+    /// `--identity-fail-first 2`).
+    pub fn with_cp_args(mut self, args: &[&str]) -> Self {
+        self.cp_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Sets up the namespaces, iptables, CA and identities, writes the
     /// control plane's config from `config(a, b)`, starts both control
     /// planes and sidecars, and waits (bounded) until both proxies are ready
     /// (identity certified).
-    pub fn start(
-        a: Sidecar,
-        b: Sidecar,
-        config: impl FnOnce(&PodInfo, &PodInfo) -> CpConfig,
-    ) -> Self {
+    pub fn start(self, config: impl FnOnce(&PodInfo, &PodInfo) -> CpConfig) -> Mesh {
+        let Self { a, b, cp_args } = self;
         require_root_and_tools();
         let pid = std::process::id();
         let n = (pid % 200 + NEXT.fetch_add(1, Ordering::Relaxed)) % 250 + 1;
@@ -637,6 +669,7 @@ impl Mesh {
         }
 
         let ca = TestCa::write(&dir);
+        let outage = dir.join("identity-outage");
         let config_path = dir.join("cp.json");
         fs::write(&config_path, config(&ia, &ib).to_json()).unwrap();
 
@@ -654,6 +687,9 @@ impl Mesh {
                 .arg(&ca.cert_path)
                 .arg("--ca-key")
                 .arg(&ca.key_path)
+                .arg("--identity-fail-file")
+                .arg(&outage)
+                .args(&cp_args)
                 .env("PYTHONDONTWRITEBYTECODE", "1");
             let cp = Proc::spawn(&format!("{}/fake_cp", info.name), cmd);
 
@@ -667,7 +703,7 @@ impl Mesh {
             ])
             .arg(&sidecar.bin)
             .env_clear()
-            .envs(Self::env(&info, &ca, &id_dir, &token, &sidecar));
+            .envs(Mesh::env(&info, &ca, &id_dir, &token, &sidecar));
             // The proxy starts after its control plane listens, as in a pod
             // where the control plane is up before the workload.
             if let Err(e) = cp.wait_for("ready ", Duration::from_secs(20)) {
@@ -684,13 +720,14 @@ impl Mesh {
         };
         let pod_a = start_pod(ia, a);
         let pod_b = start_pod(ib, b);
-        let mesh = Self {
+        let mesh = Mesh {
             a: pod_a,
             b: pod_b,
             ca,
             dir,
             n,
             config: config_path,
+            outage,
             _nets: [net_a, net_b],
             _dir: temp,
         };
@@ -698,6 +735,34 @@ impl Mesh {
             mesh.wait_ready(pod, Duration::from_secs(20));
         }
         mesh
+    }
+}
+
+impl Mesh {
+    pub fn builder(a: Sidecar, b: Sidecar) -> MeshBuilder {
+        MeshBuilder {
+            a,
+            b,
+            cp_args: Vec::new(),
+        }
+    }
+
+    /// [`MeshBuilder::start`] with the default control planes.
+    pub fn start(
+        a: Sidecar,
+        b: Sidecar,
+        config: impl FnOnce(&PodInfo, &PodInfo) -> CpConfig,
+    ) -> Self {
+        Self::builder(a, b).start(config)
+    }
+
+    /// While on, both control planes answer Certify with UNAVAILABLE.
+    pub fn identity_outage(&self, on: bool) {
+        if on {
+            fs::write(&self.outage, b"").unwrap();
+        } else {
+            let _ = fs::remove_file(&self.outage);
+        }
     }
 
     fn env(
@@ -865,6 +930,11 @@ impl Capture {
             "-i",
             &pod.dev,
             "--immediate-mode",
+            // 32 MiB of kernel buffer: the 4 MiB gRPC burst overran the 2 MiB
+            // default on a loaded machine, and a dropped packet could hide a
+            // plaintext one.
+            "-B",
+            "32768",
             "-s",
             "0",
             "-U",
@@ -939,6 +1009,15 @@ impl Capture {
             .data
             .recv_timeout(Duration::from_secs(5))
             .unwrap_or_else(|_| panic!("tcpdump did not stop\n{}", self.proc.tail(10)));
+        // "N packets dropped by kernel", printed as it exits.
+        let stats = self
+            .proc
+            .wait_for("dropped by kernel", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.proc.tail(10)));
+        assert!(
+            stats.trim_start().starts_with("0 packets"),
+            "tcpdump lost packets ({stats}): the capture cannot show what crossed"
+        );
         assert!(
             data.len() >= 24,
             "tcpdump wrote no pcap header\n{}",
