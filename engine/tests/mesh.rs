@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use common::Backend;
 use harness::{
-    client_hellos, contains, in_ns, metric_lines, within, Capture, CpConfig, Mesh, Proc, Sidecar,
+    client_hellos, contains, in_ns, metric_lines, within, Capture, CpConfig, Destination, Mesh,
+    Proc, Sidecar,
 };
 
 const HTTP1_PORT: u16 = 8080;
@@ -428,4 +429,110 @@ fn linkerd2_proxy_identity_retry_and_renewal() {
         client_id().as_deref() == Some(mesh.a.info.identity.as_str()),
         "no l5d-client-id on renewed certificates"
     );
+}
+
+/// Discovery as it changes, and the identities both sides check: a pod-IP
+/// target (policy NOT_FOUND, the profile names the endpoint) is meshed too.
+/// When Destination re-announces B's endpoint expecting another identity,
+/// no request reaches the app: with B's name as SNI, A refuses B's
+/// certificate; with the other name as SNI, B refuses the handshake (not
+/// its name). Announced with B's identity again, requests flow with
+/// `l5d-client-id`.
+#[test]
+fn linkerd2_proxy_discovery_updates_and_identity_checks() {
+    const POD_IP_PORT: u16 = 8082;
+    let config = |b: &harness::PodInfo, identity: &str, sni: Option<&str>| {
+        CpConfig::default()
+            .with_destination(
+                b,
+                HTTP1_PORT,
+                Destination {
+                    tls_identity: Some(identity.to_string()),
+                    server_name: sni.map(str::to_string),
+                    ..Destination::meshed(b, false)
+                },
+            )
+            .with_destination(
+                b,
+                POD_IP_PORT,
+                Destination {
+                    policy: "not-found",
+                    ..Destination::meshed(b, false)
+                },
+            )
+    };
+    let mesh = Mesh::start(
+        Sidecar::linkerd2_proxy(),
+        Sidecar::linkerd2_proxy(),
+        |_a, b| config(b, &b.identity, None),
+    );
+    let (a_id, b) = (mesh.a.info.identity.clone(), mesh.b.info.clone());
+    let _apps = [HTTP1_PORT, POD_IP_PORT].map(|port| {
+        let addr = b.addr(port);
+        common::http::origin_on(within(&b.ns, move || common::listen(addr)), "b")
+    });
+    // (HTTP status, l5d-client-id the app saw)
+    let get = |port: u16| {
+        let (ok, out, err) = curl(
+            &mesh,
+            &[
+                "--http1.1",
+                "-w",
+                "\nstatus=%{http_code}",
+                &format!("http://{}/echo-head", b.addr(port)),
+            ],
+        );
+        check!(mesh, ok, "curl to port {port} failed: {err}");
+        let status = out
+            .rsplit_once("status=")
+            .map(|(_, s)| s.trim().to_string());
+        (status, header(&out, "l5d-client-id").map(str::to_string))
+    };
+    let meshed = (Some("200".to_string()), Some(a_id.clone()));
+    for port in [HTTP1_PORT, POD_IP_PORT] {
+        let got = get(port);
+        check!(mesh, got == meshed, "port {port}: {got:?}, want {meshed:?}");
+    }
+    let metrics = mesh.a.metrics();
+    check!(
+        mesh,
+        !metric_lines(
+            &metrics,
+            "tcp_open_total",
+            &[
+                "peer=\"dst\"",
+                &format!("target_addr=\"{}\"", b.addr(POD_IP_PORT)),
+                &format!("server_id=\"{}\"", b.identity),
+            ],
+        )
+        .is_empty(),
+        "the pod-IP target was not reached over mTLS"
+    );
+
+    let wrong = "c.default.serviceaccount.identity.linkerd.cluster.local";
+    for (sni, who) in [
+        (
+            Some(b.identity.as_str()),
+            "A did not refuse B's certificate",
+        ),
+        (None, "B did not refuse a handshake for another name"),
+    ] {
+        mesh.update_config(&config(&b, wrong, sni));
+        let refused = common::eventually(Duration::from_secs(20), || {
+            let (status, id) = get(HTTP1_PORT);
+            status.as_deref() != Some("200") && id.is_none()
+        });
+        check!(
+            mesh,
+            refused,
+            "{who}: requests still flowed after Destination said B is {wrong} (SNI {sni:?})"
+        );
+        mesh.update_config(&config(&b, &b.identity, None));
+        let back = common::eventually(Duration::from_secs(20), || get(HTTP1_PORT) == meshed);
+        check!(
+            mesh,
+            back,
+            "requests did not flow again once B's identity was restored"
+        );
+    }
 }

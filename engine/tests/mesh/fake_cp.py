@@ -387,7 +387,8 @@ class Destination:
         ident = ep.get("tls_identity")
         if ident:
             wa.tls_identity.dns_like_identity.name = ident
-            wa.tls_identity.server_name.name = ident
+            # The SNI the client sends; normally the identity itself.
+            wa.tls_identity.server_name.name = ep.get("server_name", ident)
         hint = ep.get("protocol_hint")
         if hint == "h2":
             wa.protocol_hint.h2.SetInParent()

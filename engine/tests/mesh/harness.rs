@@ -116,34 +116,74 @@ impl PodInfo {
     }
 }
 
-/// How the destination service describes an endpoint's protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hint {
-    H2,
-    Opaque,
+/// What the fake control plane says about one `IP:port` target
+/// (docs/MESH-TESTING.md, "Config").
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// Opaque for discovery (profile, outbound policy, hint) and inbound
+    /// policy.
+    pub opaque: bool,
+    /// The outbound policy's answer: `service` (a balancer resolving the
+    /// Service's name), `not-found` (the proxy forwards to the profile's
+    /// endpoint, as for a pod IP) or `egress`.
+    pub policy: &'static str,
+    /// The endpoint's expected server identity; `None`: no mTLS.
+    pub tls_identity: Option<String>,
+    /// The SNI the client sends, when not the identity itself.
+    pub server_name: Option<String>,
+}
+
+impl Destination {
+    /// As Linkerd's destination controller describes a meshed pod: its
+    /// proxy's identity, the H2 (or opaque) hint, and the opaque transport
+    /// on the pod's inbound port.
+    pub fn meshed(pod: &PodInfo, opaque: bool) -> Self {
+        Self {
+            opaque,
+            policy: "service",
+            tls_identity: Some(pod.identity.clone()),
+            server_name: None,
+        }
+    }
 }
 
 /// The fake control plane's JSON config (docs/MESH-TESTING.md).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct CpConfig {
     destinations: Vec<String>,
     opaque_ports: Vec<u16>,
 }
 
 impl CpConfig {
-    /// `pod`'s `port` as Linkerd's destination controller describes a meshed
-    /// pod: its proxy's identity, the H2 (or opaque) hint, and the opaque
-    /// transport on the pod's inbound port. `opaque` also marks the port
-    /// opaque for discovery and for inbound policy.
-    pub fn with_meshed(mut self, pod: &PodInfo, port: u16, opaque: bool) -> Self {
-        let hint = if opaque { "opaque" } else { "h2" };
+    /// `pod`'s `port`, meshed ([`Destination::meshed`]).
+    pub fn with_meshed(self, pod: &PodInfo, port: u16, opaque: bool) -> Self {
+        self.with_destination(pod, port, Destination::meshed(pod, opaque))
+    }
+
+    /// `pod`'s `port` as `d` describes it; one endpoint, the pod itself.
+    pub fn with_destination(mut self, pod: &PodInfo, port: u16, d: Destination) -> Self {
+        let hint = if d.opaque { "opaque" } else { "h2" };
         let ip = pod.ip;
+        // The transport header rides only inside mesh TLS.
+        let sni = d
+            .server_name
+            .map(|n| format!(r#""server_name": "{n}", "#))
+            .unwrap_or_default();
+        let identity = d
+            .tls_identity
+            .map(|id| {
+                format!(
+                    r#""tls_identity": "{id}", {sni}"opaque_transport_inbound_port": {INBOUND_PORT}, "#
+                )
+            })
+            .unwrap_or_default();
         self.destinations.push(format!(
-            r#""{ip}:{port}": {{"opaque": {opaque}, "endpoints": [{{"addr": "{ip}", "port": {port}, "tls_identity": "{id}", "opaque_transport_inbound_port": {INBOUND_PORT}, "protocol_hint": "{hint}", "labels": {{"pod": "{name}-0"}}}}]}}"#,
-            id = pod.identity,
+            r#""{ip}:{port}": {{"opaque": {opaque}, "policy": "{policy}", "endpoints": [{{"addr": "{ip}", "port": {port}, {identity}"protocol_hint": "{hint}", "labels": {{"pod": "{name}-0"}}}}]}}"#,
+            opaque = d.opaque,
+            policy = d.policy,
             name = pod.name,
         ));
-        if opaque {
+        if d.opaque {
             self.opaque_ports.push(port);
         }
         self
