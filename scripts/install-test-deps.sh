@@ -2,16 +2,17 @@
 # Installs, from Debian's packages, the tools the tests and bench scripts
 # drive: iptables/iproute2/setpriv (transparent-mode tests in network
 # namespaces), wrk, h2load/nghttp, haproxy, nginx, iperf3, promtool, curl,
-# protoc (the Identity service's descriptors for the Certify tests), and
-# Debian python modules: websockets, grpcio (gRPC through the proxy; the
-# test Identity service), protobuf and cryptography (that service's
-# messages and signing), and h2 (raw HTTP/2 frames for the attack tests).
+# and Debian python modules: websockets, grpcio (gRPC through the proxy) and
+# h2 (raw HTTP/2 frames for the attack tests). The identity and mesh tests
+# add protoc, protobuf and cryptography (the test Identity service and the
+# fake Linkerd control plane, engine/tests/grpc/identity_server.py and
+# engine/tests/mesh/fake_cp.py) and tcpdump (TLS, not plaintext, between pods).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for pkg_bin in iptables:iptables iproute2:ip util-linux:setpriv wrk:wrk nghttp2-client:h2load \
     haproxy:haproxy nginx:nginx iperf3:iperf3 prometheus:promtool curl:curl \
-    protobuf-compiler:protoc; do
+    protobuf-compiler:protoc tcpdump:tcpdump; do
     pkg=${pkg_bin%%:*} bin=${pkg_bin##*:}
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

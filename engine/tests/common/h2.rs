@@ -1,7 +1,7 @@
 //! An HTTP/2 (h2c) origin and client for tests, on their own monoio
 //! runtimes (epoll driver: test scaffolding, not the code under test).
 //!
-//! Origin routes: `/hello`, `/echo` (the request body streamed back, then
+//! Origin routes: `/hello`, `/headers` (the request's headers as the body), `/echo` (the request body streamed back, then
 //! trailers `x-echo-bytes` and `grpc-status: 0`), `/bytes/N`, `/status/N`,
 //! `/reset` (RST_STREAM INTERNAL_ERROR), `/hang` (never answers; counts the
 //! resets it sees), `/slow/MS`.
@@ -50,7 +50,20 @@ pub fn origin(goaway_after: Option<usize>) -> Origin {
 
 /// As [`origin`], advertising SETTINGS_MAX_CONCURRENT_STREAMS when given.
 pub fn origin_with(goaway_after: Option<usize>, max_streams: Option<u32>) -> Origin {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    origin_on(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        goaway_after,
+        max_streams,
+    )
+}
+
+/// As [`origin_with`], on a listener the test bound itself (e.g. inside a
+/// network namespace).
+pub fn origin_on(
+    std_listener: std::net::TcpListener,
+    goaway_after: Option<usize>,
+    max_streams: Option<u32>,
+) -> Origin {
     // monoio's accept on a blocking fd would block the whole runtime.
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
@@ -110,6 +123,7 @@ async fn handle(
     port: u16,
 ) {
     let path = req.uri().path().to_string();
+    let req_headers = req.headers().clone();
     let mut body = req.into_body();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     match (parts.next().unwrap_or(""), parts.next()) {
@@ -118,6 +132,25 @@ async fn handle(
                 return;
             };
             let _ = s.send_data(Bytes::from_static(b"hello from h2"), true);
+        }
+        // `/headers`: the request's headers, one `name: value` a line (what a
+        // proxy added on the way, e.g. `l5d-client-id`); the body is drained.
+        ("headers", _) => {
+            let mut text = String::new();
+            for (name, value) in req_headers.iter() {
+                text.push_str(&format!(
+                    "{name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
+            let _ = send_all(&mut s, Bytes::from(text)).await;
+            let _ = s.send_data(Bytes::new(), true);
         }
         // `/only/<port>`: 503 (body unread) unless this origin listens on
         // `port`, which echoes like `/echo`.

@@ -128,7 +128,12 @@ impl Backend {
 
     /// Echoes every byte back; passes a FIN on once everything is echoed.
     pub fn echo() -> Self {
-        Self::start(|mut s| {
+        Self::echo_on(listen("127.0.0.1:0".parse().unwrap()))
+    }
+
+    /// As [`Backend::echo`], on a listener the test bound itself.
+    pub fn echo_on(listener: TcpListener) -> Self {
+        Self::on(listener, |mut s| {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match s.read(&mut buf) {

@@ -2,7 +2,8 @@
 
 No generated code: methods carry raw bytes (no serializers).
 
-  echo.py serve            prints the port it listens on, serves until stdin closes
+  echo.py serve [ADDR]     listens on ADDR (default 127.0.0.1:0), prints the
+                           port, serves until stdin closes
   echo.py client ADDR      runs every call type against ADDR, exits 1 on the first failure
 """
 import queue
@@ -55,7 +56,7 @@ def bidi(request_iterator, context):
         yield m[::-1]
 
 
-def serve():
+def serve(addr):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -66,7 +67,7 @@ def serve():
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(addr)
     server.start()
     print(port, flush=True)
     sys.stdin.read()  # until the test closes our stdin
@@ -119,6 +120,6 @@ def client(addr):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve()
+        serve(sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:0")
     else:
         client(sys.argv[2])

@@ -1,0 +1,809 @@
+"""A fake Linkerd control plane for mesh interoperability tests.
+
+One plaintext gRPC server (Debian's python3-grpcio, asyncio) that answers a
+sidecar proxy -- linkerd2-proxy or ringmesh -- with the real
+linkerd2-proxy-api messages:
+
+  io.linkerd.proxy.identity.Identity/Certify
+      verifies the CSR, signs a leaf for the requested identity (DNS SAN =
+      identity) with the CA given as --ca-cert/--ca-key, returns leaf DER +
+      valid_until. Fails on demand (--identity-fail-first N,
+      --identity-fail-file PATH) for renewal and outage tests.
+  io.linkerd.proxy.destination.Destination/Get, /GetProfile
+  io.linkerd.proxy.outbound_policy.OutboundPolicies/Get, /Watch
+  io.linkerd.proxy.inbound.InboundServerPolicies/GetPort, /WatchPort
+      from the JSON file --config (re-read when it changes; open streams get
+      the difference). Streams stay open until the client leaves or SIGTERM.
+
+What it answers mirrors what Linkerd's destination and policy controllers
+send (linkerd2's policy-controller/grpc/src/{outbound,inbound}.rs and
+controller/api/destination/endpoint_translator.go); docs/MESH-TESTING.md
+describes the config format. It is no Kubernetes model: no service
+accounts, no token review, no routes beyond the defaults.
+
+The _pb2 modules are generated at start-up by Debian's protoc, into a
+temporary directory, from the .proto files the linkerd2-proxy-api crate ships
+(found through the workspace's Cargo.lock in the cargo registry, or
+`cargo metadata`, or --proto-dir).
+
+Prints "ready <addr>" on stdout once listening and one line per RPC.
+"""
+
+import argparse
+import asyncio
+import datetime
+import glob
+import importlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+API_CRATE = "linkerd2-proxy-api"
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# --- protos -----------------------------------------------------------------
+
+
+def crate_version():
+    """The linkerd2-proxy-api version the workspace's Cargo.lock pins."""
+    try:
+        with open(os.path.join(REPO_ROOT, "Cargo.lock")) as f:
+            lock = f.read()
+    except OSError:
+        return None
+    m = re.search(r'name = "%s"\nversion = "([^"]+)"' % re.escape(API_CRATE), lock)
+    return m.group(1) if m else None
+
+
+def find_proto_dir():
+    version = crate_version()
+    cargo_home = os.environ.get("CARGO_HOME") or os.path.expanduser("~/.cargo")
+    if version:
+        hits = sorted(
+            glob.glob(os.path.join(cargo_home, "registry", "src", "*", "%s-%s" % (API_CRATE, version), "proto"))
+        )
+        if hits:
+            return hits[0]
+    # Not unpacked where we looked: ask cargo where the crate lives.
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    for pkg in json.loads(out)["packages"]:
+        if pkg["name"] == API_CRATE:
+            return os.path.join(os.path.dirname(pkg["manifest_path"]), "proto")
+    raise SystemExit("fake_cp: cannot find the %s crate's proto directory" % API_CRATE)
+
+
+def load_protos(proto_dir):
+    """Generates the _pb2 modules into a temp dir and imports them.
+
+    The crate ships its own copies of duration.proto and of timestamp.proto
+    (under google/protobuf/timestamp/); the generated code must use the
+    python protobuf package's well-known types instead, or the descriptor
+    pool sees google.protobuf.Timestamp twice. So the protos are copied and
+    the timestamp import pointed at the standard path.
+    """
+    tmp = tempfile.mkdtemp(prefix="fake-cp-")
+    src = os.path.join(tmp, "proto")
+    out = os.path.join(tmp, "gen")
+    os.makedirs(os.path.join(src, "google", "protobuf"))
+    os.makedirs(out)
+    names = [n for n in sorted(os.listdir(proto_dir)) if n.endswith(".proto")]
+    for n in names:
+        with open(os.path.join(proto_dir, n)) as f:
+            text = f.read()
+        text = text.replace('"google/protobuf/timestamp/timestamp.proto"', '"google/protobuf/timestamp.proto"')
+        with open(os.path.join(src, n), "w") as f:
+            f.write(text)
+    shutil.copy(os.path.join(proto_dir, "google", "protobuf", "duration.proto"), os.path.join(src, "google", "protobuf"))
+    shutil.copy(
+        os.path.join(proto_dir, "google", "protobuf", "timestamp", "timestamp.proto"),
+        os.path.join(src, "google", "protobuf", "timestamp.proto"),
+    )
+    subprocess.run(["protoc", "-I", src, "--python_out", out] + names, check=True)
+    sys.path.insert(0, out)
+    mods = {n[: -len(".proto")]: importlib.import_module(n[: -len(".proto")] + "_pb2") for n in names}
+    return tmp, mods
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def duration(pb, secs):
+    d = pb.duration_pb2.Duration()
+    d.FromTimedelta(datetime.timedelta(seconds=secs))
+    return d
+
+
+def ip_address(net, ip):
+    ip = ipaddress.ip_address(ip)
+    if ip.version == 4:
+        return net.IPAddress(ipv4=int(ip))
+    n = int(ip)
+    return net.IPAddress(ipv6=net.IPv6(first=n >> 64, last=n & ((1 << 64) - 1)))
+
+
+def ip_network(net, cidr):
+    n = ipaddress.ip_network(cidr)
+    return net.IPNetwork(ip=ip_address(net, n.network_address), prefix_len=n.prefixlen)
+
+
+def tcp_address(net, ip, port):
+    return net.TcpAddress(ip=ip_address(net, ip), port=port)
+
+
+def from_tcp_address(addr):
+    if addr.ip.HasField("ipv4"):
+        ip = ipaddress.IPv4Address(addr.ip.ipv4)
+        return "%s:%d" % (ip, addr.port)
+    ip = ipaddress.IPv6Address((addr.ip.ipv6.first << 64) | addr.ip.ipv6.last)
+    return "[%s]:%d" % (ip, addr.port)
+
+
+def split_authority(authority):
+    host, _, port = authority.rpartition(":")
+    return host.strip("[]"), int(port or 80)
+
+
+# --- config -----------------------------------------------------------------
+
+
+class Config:
+    """The --config JSON, re-read when its mtime changes; `changed` wakes
+    every open stream, which recomputes its answer and sends it if it
+    differs from the last one."""
+
+    def __init__(self, path):
+        self.path = path
+        self.mtime = None
+        self.data = {}
+        self.changed = asyncio.Condition()
+        self.reload()
+
+    def reload(self):
+        if not self.path:
+            return False
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError as e:
+            log("config: cannot stat %s: %s" % (self.path, e))
+            return False
+        if mtime == self.mtime:
+            return False
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            log("config: keeping the previous config, %s is not valid: %s" % (self.path, e))
+            return False
+        self.mtime, self.data = mtime, data
+        log("config: loaded %s" % self.path)
+        return True
+
+    async def watch(self, stop):
+        while not stop.is_set():
+            if self.reload():
+                async with self.changed:
+                    self.changed.notify_all()
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+
+    async def wait_changed(self):
+        async with self.changed:
+            await self.changed.wait()
+
+    def destination(self, authority):
+        """The entry for a target: by its key (the IP:port or name:port the
+        proxy looks up), else by the service authority its balancer resolves
+        (Destination.Get is asked for that)."""
+        dsts = self.data.get("destinations", {})
+        if authority in dsts:
+            return dsts[authority]
+        for key, dst in dsts.items():
+            if service_authority(key, dst) == authority:
+                return dst
+        return None
+
+
+def service_ref(key, dst):
+    """(name, namespace) of the Service an entry stands for."""
+    host, _ = split_authority(key)
+    name = dst.get("service") or re.sub(r"[^a-z0-9-]", "-", ("svc-" + host).lower()).strip("-")
+    return name, dst.get("namespace", "default")
+
+
+def service_authority(key, dst):
+    """The name the balancer resolves: linkerd2-proxy panics ("destination
+    must be a nameaddr") on a DestinationGet path that is an IP:port, so an
+    IP target gets its Service's name, as the policy controller sends."""
+    if dst.get("dst_path"):
+        return dst["dst_path"]
+    host, port = split_authority(key)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return key
+    name, namespace = service_ref(key, dst)
+    return "%s.%s.svc.cluster.local:%d" % (name, namespace, port)
+
+
+async def watch(config, context, answer):
+    """Yields answer() now and again whenever the config changes its value,
+    until the client goes away. answer() returning None ends the stream."""
+    last = None
+    while True:
+        msg = answer()
+        if msg is None:
+            return
+        wire = msg.SerializeToString(deterministic=True)
+        if wire != last:
+            last = wire
+            yield msg
+        await config.wait_changed()
+
+
+# --- identity ---------------------------------------------------------------
+
+
+class Identity:
+    def __init__(self, pb, args):
+        self.pb = pb
+        with open(args.ca_cert, "rb") as f:
+            self.ca = x509.load_pem_x509_certificate(f.read())
+        with open(args.ca_key, "rb") as f:
+            self.ca_key = serialization.load_pem_private_key(f.read(), password=None)
+        self.chain = []
+        if args.chain:
+            with open(args.chain, "rb") as f:
+                self.chain = [
+                    c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(f.read())
+                ]
+        self.lifetime = args.cert_lifetime
+        self.fail_first = args.identity_fail_first
+        self.fail_file = args.identity_fail_file
+        self.calls = 0
+
+    async def certify(self, req, context):
+        self.calls += 1
+        n = self.calls
+        token = req.token.decode("utf-8", "replace")
+        if n <= self.fail_first:
+            log("certify #%d identity=%s token=%s -> UNAVAILABLE (fail-first %d)" % (n, req.identity, token, self.fail_first))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "failing the first %d calls" % self.fail_first)
+        if self.fail_file and os.path.exists(self.fail_file):
+            log("certify #%d identity=%s token=%s -> UNAVAILABLE (%s exists)" % (n, req.identity, token, self.fail_file))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "identity outage (fail file present)")
+        if not req.token:
+            log("certify #%d identity=%s -> UNAUTHENTICATED (no token)" % (n, req.identity))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token")
+        try:
+            csr = x509.load_der_x509_csr(req.certificate_signing_request)
+        except ValueError as e:
+            log("certify #%d identity=%s -> INVALID_ARGUMENT (CSR: %s)" % (n, req.identity, e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid CSR: %s" % e)
+        problem = self.check_csr(csr, req.identity)
+        if problem:
+            log("certify #%d identity=%s -> INVALID_ARGUMENT (%s)" % (n, req.identity, problem))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        not_after = now + datetime.timedelta(seconds=self.lifetime)
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, req.identity)]))
+            .issuer_name(self.ca.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            # Backdated as Linkerd's issuer does, for clock skew.
+            .not_valid_before(now - datetime.timedelta(seconds=20))
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(req.identity)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()), critical=False)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        valid_until = self.pb.timestamp_pb2.Timestamp()
+        valid_until.FromDatetime(not_after.replace(tzinfo=None))
+        log("certify #%d identity=%s token=%s -> ok valid_until=%s" % (n, req.identity, token, not_after.isoformat()))
+        return self.pb.identity.CertifyResponse(
+            leaf_certificate=leaf.public_bytes(serialization.Encoding.DER),
+            intermediate_certificates=self.chain,
+            valid_until=valid_until,
+        )
+
+    @staticmethod
+    def check_csr(csr, identity):
+        if not identity:
+            return "no identity requested"
+        if not csr.is_signature_valid:
+            return "CSR signature does not verify"
+        if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+            return "CSR key is not ECDSA"
+        try:
+            names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            dns = names.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            dns = []
+        if identity not in dns:
+            return "CSR DNS names %s do not include %s" % (dns, identity)
+        return None
+
+
+# --- destination ------------------------------------------------------------
+
+
+class Destination:
+    def __init__(self, pb, config):
+        self.pb = pb
+        self.config = config
+
+    def weighted_addr(self, ep):
+        d, net = self.pb.destination, self.pb.net
+        wa = d.WeightedAddr(
+            addr=tcp_address(net, ep["addr"], ep["port"]),
+            weight=ep.get("weight", 10000),
+            metric_labels=ep.get("labels", {}),
+        )
+        ident = ep.get("tls_identity")
+        if ident:
+            wa.tls_identity.dns_like_identity.name = ident
+            # The SNI the client sends; normally the identity itself.
+            wa.tls_identity.server_name.name = ep.get("server_name", ident)
+        hint = ep.get("protocol_hint")
+        if hint == "h2":
+            wa.protocol_hint.h2.SetInParent()
+        elif hint == "opaque":
+            wa.protocol_hint.opaque.SetInParent()
+        elif hint not in (None, "none"):
+            raise ValueError("protocol_hint must be h2, opaque or none, not %r" % hint)
+        port = ep.get("opaque_transport_inbound_port")
+        if port:
+            wa.protocol_hint.opaque_transport.inbound_port = port
+        if ep.get("authority_override"):
+            wa.authority_override.authority_override = ep["authority_override"]
+        return wa
+
+    def endpoints(self, path):
+        dst = self.config.destination(path)
+        if dst is None:
+            return None
+        return {"%s:%d" % (ep["addr"], ep["port"]): ep for ep in dst.get("endpoints", [])}
+
+    async def get(self, req, context):
+        log("dst.get path=%s" % req.path)
+        d = self.pb.destination
+        sent = None  # addr -> wire bytes of the WeightedAddr last sent
+        while True:
+            eps = self.endpoints(req.path)
+            if eps is None:
+                if sent != "unknown":
+                    yield d.Update(no_endpoints=d.NoEndpoints(exists=False))
+                    sent = "unknown"
+            elif not eps:
+                if sent != {}:
+                    yield d.Update(no_endpoints=d.NoEndpoints(exists=True))
+                    sent = {}
+            else:
+                now = {k: self.weighted_addr(ep) for k, ep in eps.items()}
+                old = sent if isinstance(sent, dict) else {}
+                gone = [k for k in old if k not in now]
+                if gone:
+                    yield d.Update(
+                        remove=d.AddrSet(addrs=[tcp_address(self.pb.net, *split_authority(k)) for k in gone])
+                    )
+                fresh = [wa for k, wa in now.items() if old.get(k) != wa.SerializeToString(deterministic=True)]
+                if fresh:
+                    yield d.Update(add=d.WeightedAddrSet(addrs=fresh))
+                sent = {k: wa.SerializeToString(deterministic=True) for k, wa in now.items()}
+            await self.config.wait_changed()
+
+    def profile(self, path):
+        d = self.pb.destination
+        dst = self.config.destination(path)
+        if dst is None:
+            return d.DestinationProfile()
+        prof = d.DestinationProfile(
+            fully_qualified_name=dst.get("fqn", ""),
+            opaque_protocol=bool(dst.get("opaque", False)),
+        )
+        # As the destination controller does for a pod's IP:port: the
+        # profile names the endpoint itself (the policy controller answers
+        # NotFound for it, so the proxy forwards to this endpoint).
+        eps = dst.get("endpoints", [])
+        if dst.get("policy") == "not-found" and eps:
+            prof.endpoint.CopyFrom(self.weighted_addr(eps[0]))
+        return prof
+
+    async def get_profile(self, req, context):
+        log("dst.profile path=%s" % req.path)
+        async for msg in watch(self.config, context, lambda: self.profile(req.path)):
+            yield msg
+
+
+# --- outbound policy --------------------------------------------------------
+
+
+class Outbound:
+    def __init__(self, pb, config):
+        self.pb = pb
+        self.config = config
+
+    def target(self, spec):
+        if spec.HasField("addr"):
+            return from_tcp_address(spec.addr)
+        return spec.authority
+
+    def policy(self, target):
+        """The OutboundPolicy for target, or a gRPC status code when the
+        controller would refuse the lookup."""
+        dst = self.config.destination(target)
+        if dst is None:
+            mode = self.config.data.get("unknown_policy", "not-found")
+        else:
+            mode = dst.get("policy", "service")
+        if mode == "not-found":
+            return grpc.StatusCode.NOT_FOUND
+        if mode == "egress":
+            return self.fallback(target)
+        if mode == "service":
+            return self.service(target, dst or {})
+        raise ValueError("policy must be service, not-found or egress, not %r" % mode)
+
+    def queue(self):
+        pb = self.pb
+        return pb.outbound.Queue(capacity=100, failfast_timeout=duration(pb, 3))
+
+    def service(self, target, dst):
+        """A Service with no routes: policy-controller's to_proto with the
+        default http route and opaque route, every one to one balancer that
+        resolves through Destination.Get."""
+        pb = self.pb
+        o, meta = pb.outbound, pb.meta
+        _, port = split_authority(target)
+        name, namespace = service_ref(target, dst)
+        resource = meta.Metadata(
+            resource=meta.Resource(group="core", kind="Service", name=name, namespace=namespace, port=port)
+        )
+        backend = o.Backend(
+            metadata=resource,
+            queue=self.queue(),
+            balancer=o.Backend.BalanceP2c(
+                discovery=o.Backend.EndpointDiscovery(
+                    dst=o.Backend.EndpointDiscovery.DestinationGet(path=service_authority(target, dst))
+                ),
+                peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
+            ),
+        )
+        opaque = o.ProxyProtocol.Opaque(routes=[self.opaque_route("opaq", backend)])
+        if dst.get("opaque"):
+            protocol = o.ProxyProtocol(opaque=opaque)
+        else:
+            http = [self.http_route("http", backend, prefix="/")]
+            protocol = o.ProxyProtocol(
+                detect=o.ProxyProtocol.Detect(
+                    timeout=duration(pb, self.config.data.get("detect_timeout_ms", 10000) / 1000.0),
+                    opaque=opaque,
+                    http1=o.ProxyProtocol.Http1(routes=http),
+                    http2=o.ProxyProtocol.Http2(routes=http),
+                )
+            )
+        return o.OutboundPolicy(metadata=resource, protocol=protocol)
+
+    def fallback(self, target):
+        """policy-controller's egress fallback: forward to the original
+        destination, no TLS."""
+        pb = self.pb
+        o, meta = pb.outbound, pb.meta
+        md = meta.Metadata(default="egress-fallback")
+        backend = o.Backend(
+            metadata=md,
+            queue=self.queue(),
+            forward=pb.destination.WeightedAddr(addr=tcp_address(pb.net, *split_authority(target)), weight=1),
+        )
+        http = [self.http_route("egress-fallback", backend, prefix=None)]
+        return o.OutboundPolicy(
+            metadata=md,
+            protocol=o.ProxyProtocol(
+                detect=o.ProxyProtocol.Detect(
+                    timeout=duration(pb, 10),
+                    opaque=o.ProxyProtocol.Opaque(routes=[self.opaque_route("egress-fallback", backend)]),
+                    http1=o.ProxyProtocol.Http1(routes=http),
+                    http2=o.ProxyProtocol.Http2(routes=http),
+                )
+            ),
+        )
+
+    def http_route(self, name, backend, prefix):
+        pb = self.pb
+        o, hr = pb.outbound, pb.http_route
+        match = hr.HttpRouteMatch()
+        if prefix is not None:
+            match.path.prefix = prefix
+        return o.HttpRoute(
+            metadata=pb.meta.Metadata(default=name),
+            rules=[
+                o.HttpRoute.Rule(
+                    matches=[match],
+                    backends=o.HttpRoute.Distribution(
+                        first_available=o.HttpRoute.Distribution.FirstAvailable(
+                            backends=[o.HttpRoute.RouteBackend(backend=backend)]
+                        )
+                    ),
+                    timeouts=hr.Timeouts(),
+                )
+            ],
+        )
+
+    def opaque_route(self, name, backend):
+        o = self.pb.outbound
+        return o.OpaqueRoute(
+            metadata=self.pb.meta.Metadata(default=name),
+            rules=[
+                o.OpaqueRoute.Rule(
+                    backends=o.OpaqueRoute.Distribution(
+                        first_available=o.OpaqueRoute.Distribution.FirstAvailable(
+                            backends=[o.OpaqueRoute.RouteBackend(backend=backend)]
+                        )
+                    )
+                )
+            ],
+        )
+
+    async def get(self, spec, context):
+        target = self.target(spec)
+        p = self.policy(target)
+        log("policy.get target=%s workload=%s -> %s" % (target, spec.source_workload, describe(p)))
+        if isinstance(p, grpc.StatusCode):
+            await context.abort(p, "no policy for %s" % target)
+        return p
+
+    async def watch(self, spec, context):
+        target = self.target(spec)
+        p = self.policy(target)
+        log("policy.watch target=%s workload=%s -> %s" % (target, spec.source_workload, describe(p)))
+        if isinstance(p, grpc.StatusCode):
+            await context.abort(p, "no policy for %s" % target)
+
+        def answer():
+            p = self.policy(target)
+            # A target that stops having a policy ends the stream; the
+            # proxy looks it up again.
+            return None if isinstance(p, grpc.StatusCode) else p
+
+        async for msg in watch(self.config, context, answer):
+            yield msg
+
+
+def describe(p):
+    if isinstance(p, grpc.StatusCode):
+        return p.name
+    return "%s %s" % (p.protocol.WhichOneof("kind"), p.metadata.WhichOneof("kind"))
+
+
+# --- inbound policy ---------------------------------------------------------
+
+
+class Inbound:
+    def __init__(self, pb, config):
+        self.pb = pb
+        self.config = config
+
+    def server(self, port):
+        """The default server the policy controller builds for a pod port
+        with no Server resource (default_inbound_server): detect (or opaque
+        for the opaque ports), the default policy's one authorization, and
+        the catch-all "default" HTTP route."""
+        pb = self.pb
+        i, meta = pb.inbound, pb.meta
+        conf = self.config.data.get("inbound", {})
+        port_conf = conf.get("ports", {}).get(str(port), {})
+        policy = port_conf.get("default_policy", conf.get("default_policy", "all-unauthenticated"))
+        protocol = port_conf.get("protocol", "detect")
+
+        authzs = []
+        if policy in ("all-unauthenticated", "all-authenticated"):
+            if policy == "all-authenticated":
+                authn = i.Authn(
+                    meshTLS=i.Authn.PermitMeshTLS(
+                        identities=i.Authn.PermitMeshTLS.PermitClientIdentities(suffixes=[i.IdentitySuffix(parts=[])])
+                    )
+                )
+            else:
+                authn = i.Authn(unauthenticated=i.Authn.PermitUnauthenticated())
+            authzs.append(
+                i.Authz(
+                    networks=[
+                        i.Network(net=ip_network(pb.net, "0.0.0.0/0")),
+                        i.Network(net=ip_network(pb.net, "::/0")),
+                    ],
+                    authentication=authn,
+                    labels={"group": "", "kind": "default", "name": policy},
+                    metadata=meta.Metadata(default=policy),
+                )
+            )
+        elif policy != "deny":
+            raise ValueError("default_policy must be all-unauthenticated, all-authenticated or deny, not %r" % policy)
+
+        route = i.HttpRoute(
+            metadata=meta.Metadata(default="default"),
+            rules=[i.HttpRoute.Rule(matches=[pb.http_route.HttpRouteMatch(path=pb.http_route.PathMatch(prefix="/"))])],
+        )
+        if protocol == "detect":
+            proto = i.ProxyProtocol(
+                detect=i.ProxyProtocol.Detect(
+                    timeout=duration(pb, conf.get("detect_timeout_ms", 10000) / 1000.0),
+                    http_routes=[route],
+                )
+            )
+        elif protocol == "opaque":
+            proto = i.ProxyProtocol(opaque=i.ProxyProtocol.Opaque())
+        elif protocol == "http1":
+            proto = i.ProxyProtocol(http1=i.ProxyProtocol.Http1(routes=[route]))
+        elif protocol == "http2":
+            proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=[route]))
+        else:
+            raise ValueError("inbound protocol must be detect, opaque, http1 or http2, not %r" % protocol)
+        return i.Server(
+            protocol=proto,
+            authorizations=authzs,
+            labels={"group": "", "kind": "default", "name": policy},
+        )
+
+    async def get_port(self, spec, context):
+        log("inbound.get port=%d workload=%s" % (spec.port, spec.workload))
+        return self.server(spec.port)
+
+    async def watch_port(self, spec, context):
+        log("inbound.watch port=%d workload=%s" % (spec.port, spec.workload))
+        async for msg in watch(self.config, context, lambda: self.server(spec.port)):
+            yield msg
+
+
+# --- server -----------------------------------------------------------------
+
+
+def handlers(pb, identity, dst, outbound, inbound):
+    def unary(fn, req, rsp):
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=req.FromString, response_serializer=rsp.SerializeToString
+        )
+
+    def stream(fn, req, rsp):
+        return grpc.unary_stream_rpc_method_handler(
+            fn, request_deserializer=req.FromString, response_serializer=rsp.SerializeToString
+        )
+
+    d, o, i = pb.destination, pb.outbound, pb.inbound
+    return [
+        grpc.method_handlers_generic_handler(
+            "io.linkerd.proxy.identity.Identity",
+            {"Certify": unary(identity.certify, pb.identity.CertifyRequest, pb.identity.CertifyResponse)},
+        ),
+        grpc.method_handlers_generic_handler(
+            "io.linkerd.proxy.destination.Destination",
+            {
+                "Get": stream(dst.get, d.GetDestination, d.Update),
+                "GetProfile": stream(dst.get_profile, d.GetDestination, d.DestinationProfile),
+            },
+        ),
+        grpc.method_handlers_generic_handler(
+            "io.linkerd.proxy.outbound.OutboundPolicies",
+            {
+                "Get": unary(outbound.get, o.TrafficSpec, o.OutboundPolicy),
+                "Watch": stream(outbound.watch, o.TrafficSpec, o.OutboundPolicy),
+            },
+        ),
+        grpc.method_handlers_generic_handler(
+            "io.linkerd.proxy.inbound.InboundServerPolicies",
+            {
+                "GetPort": unary(inbound.get_port, i.PortSpec, i.Server),
+                "WatchPort": stream(inbound.watch_port, i.PortSpec, i.Server),
+            },
+        ),
+    ]
+
+
+class Protos:
+    def __init__(self, mods):
+        from google.protobuf import duration_pb2, timestamp_pb2
+
+        self.duration_pb2 = duration_pb2
+        self.timestamp_pb2 = timestamp_pb2
+        self.identity = mods["identity"]
+        self.destination = mods["destination"]
+        self.outbound = mods["outbound"]
+        self.inbound = mods["inbound"]
+        self.meta = mods["meta"]
+        self.net = mods["net"]
+        self.http_route = mods["http_route"]
+
+
+async def serve(args, pb):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    config = Config(args.config)
+    identity = Identity(pb, args)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        handlers(pb, identity, Destination(pb, config), Outbound(pb, config), Inbound(pb, config))
+    )
+    port = server.add_insecure_port(args.listen)
+    if port == 0:
+        raise SystemExit("fake_cp: cannot listen on %s" % args.listen)
+    await server.start()
+    host = args.listen.rpartition(":")[0]
+    log("ready %s:%d" % (host, port))
+    watcher = asyncio.ensure_future(config.watch(stop))
+    await stop.wait()
+    log("stopping")
+    # Open watches end with the server; the proxies see the streams close.
+    await server.stop(0.5)
+    await watcher
+    log("stopped")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT (port 0: any)")
+    ap.add_argument("--config", help="JSON: destinations, policies (docs/MESH-TESTING.md)")
+    ap.add_argument("--ca-cert", required=True, help="issuer certificate, PEM")
+    ap.add_argument("--ca-key", required=True, help="issuer key (ECDSA P-256), PEM")
+    ap.add_argument("--chain", help="PEM certificates sent as intermediate_certificates")
+    ap.add_argument("--cert-lifetime", type=float, default=24 * 3600, help="leaf lifetime, seconds")
+    ap.add_argument("--identity-fail-first", type=int, default=0, help="answer UNAVAILABLE to the first N Certify calls")
+    ap.add_argument("--identity-fail-file", help="answer UNAVAILABLE to Certify while this file exists")
+    ap.add_argument("--proto-dir", help="the linkerd2-proxy-api crate's proto/ (default: found via Cargo.lock)")
+    args = ap.parse_args()
+
+    tmp, mods = load_protos(args.proto_dir or find_proto_dir())
+    try:
+        asyncio.run(serve(args, Protos(mods)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
