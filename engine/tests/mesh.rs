@@ -5,11 +5,14 @@
 //! skips. Topology and harness: `tests/mesh/harness.rs`;
 //! docs/MESH-TESTING.md.
 //!
-//! linkerd2-proxy → linkerd2-proxy is the reference every other pairing
-//! (ringmesh on either side) is later held to: HTTP/1.1, HTTP/2, gRPC and
-//! opaque TCP cross, the server app sees the client's identity in
-//! `l5d-client-id`, both proxies' metrics name the peer's identity, and the
-//! bytes on the wire between the pods are TLS.
+//! Every pairing — linkerd2-proxy → linkerd2-proxy (the reference),
+//! ringmesh → linkerd2-proxy, linkerd2-proxy → ringmesh, ringmesh →
+//! ringmesh — is held to the same: HTTP/1.1, HTTP/2, gRPC and opaque TCP
+//! cross, the server app sees the client's identity in `l5d-client-id`,
+//! both proxies' metrics name the peer's identity, and the bytes on the
+//! wire between the pods are TLS. ringmesh certifies its identity with the
+//! same fake control plane (Certify); it has no Destination client yet, so
+//! it reads the same facts from a static discovery file the harness writes.
 
 mod common;
 #[path = "mesh/harness.rs"]
@@ -154,18 +157,37 @@ fn assert_mtls_metrics(mesh: &Mesh, a_metrics: &str, b_metrics: &str, port: u16)
 
 #[test]
 fn linkerd2_proxy_to_linkerd2_proxy() {
-    let mesh = Mesh::start(
-        Sidecar::linkerd2_proxy(),
-        Sidecar::linkerd2_proxy(),
-        |_a, b| {
-            CpConfig::default()
-                .with_meshed(b, HTTP1_PORT, false)
-                .with_meshed(b, HTTP2_PORT, false)
-                .with_meshed(b, GRPC_PORT, false)
-                .with_meshed(b, OPAQUE_PORT, true)
-                .with_meshed(b, DETECTED_TCP_PORT, false)
-        },
-    );
+    meshed_pair(Sidecar::linkerd2_proxy(), Sidecar::linkerd2_proxy());
+}
+
+#[test]
+fn ringmesh_to_linkerd2_proxy() {
+    meshed_pair(Sidecar::ringmesh("uring"), Sidecar::linkerd2_proxy());
+}
+
+#[test]
+fn linkerd2_proxy_to_ringmesh() {
+    meshed_pair(Sidecar::linkerd2_proxy(), Sidecar::ringmesh("uring"));
+}
+
+#[test]
+fn ringmesh_to_ringmesh() {
+    meshed_pair(Sidecar::ringmesh("uring"), Sidecar::ringmesh("epoll"));
+}
+
+/// The pairing's acceptance: HTTP/1.1, HTTP/2, gRPC and opaque TCP from pod
+/// A's client to pod B's apps, through A's sidecar and B's over mTLS; the
+/// apps see A's identity; both sidecars' metrics name the peer; the veth
+/// carries TLS only.
+fn meshed_pair(a: Sidecar, b: Sidecar) {
+    let mesh = Mesh::start(a, b, |_a, b| {
+        CpConfig::default()
+            .with_meshed(b, HTTP1_PORT, false)
+            .with_meshed(b, HTTP2_PORT, false)
+            .with_meshed(b, GRPC_PORT, false)
+            .with_meshed(b, OPAQUE_PORT, true)
+            .with_meshed(b, DETECTED_TCP_PORT, false)
+    });
     let _apps = start_apps(&mesh);
     let (a_id, b) = (mesh.a.info.identity.clone(), mesh.b.info.clone());
     let capture = Capture::start(&mesh.a.info);
