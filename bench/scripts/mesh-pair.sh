@@ -71,6 +71,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 inns() { ip netns exec "$NS" "$@"; }
+# Background processes are started with `ip netns exec` itself (not the
+# function), so `$!` is the process: ip, taskset, setpriv and env exec.
 
 # --- the namespace, its addresses and Linkerd's redirect -----------------
 ip netns add "$NS"
@@ -122,7 +124,7 @@ http {
   server { listen $IP_B:8082;       location / { return 200 "ok\n"; } }
 }
 EOF
-inns taskset -c "$PROXY_CPU" "$(command -v nginx)" -p "$S" -c "$S/nginx.conf" -g 'daemon off;' &
+ip netns exec "$NS" taskset -c "$PROXY_CPU" "$(command -v nginx)" -p "$S" -c "$S/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # --- the fake control plane (linkerd2-proxy's pair) --------------------------
@@ -143,7 +145,7 @@ cat >"$S/cp.json" <<EOF
  "unknown_policy": "not-found",
  "inbound": {"default_policy": "all-unauthenticated", "ports": {"8082": {"protocol": "opaque"}}}}
 EOF
-inns /usr/bin/python3 "$ROOT/engine/tests/mesh/fake_cp.py" --listen 127.0.0.1:8090 --config "$S/cp.json" \
+ip netns exec "$NS" /usr/bin/python3 "$ROOT/engine/tests/mesh/fake_cp.py" --listen 127.0.0.1:8090 --config "$S/cp.json" \
   --ca-cert "$S/ca.pem" --ca-key "$S/ca.key" >"$S/cp.log" 2>&1 &
 PIDS+=($!)
 
@@ -201,9 +203,9 @@ start_pair() {
        LINKERD2_PROXY_INBOUND_LISTEN_ADDR=$IP_B:4143 LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4192
        LINKERD2_PROXY_CONTROL_LISTEN_ADDR=127.0.0.1:4194 "$LINKERD_BIN")
   fi
-  inns taskset -c "$PROXY_CPU" setpriv --reuid $UID_P --regid $UID_P --clear-groups "${b[@]}" >"$S/$1-b.log" 2>&1 &
+  ip netns exec "$NS" taskset -c "$PROXY_CPU" setpriv --reuid $UID_P --regid $UID_P --clear-groups "${b[@]}" >"$S/$1-b.log" 2>&1 &
   PAIR_PIDS=($!)
-  inns taskset -c "$PROXY_CPU" setpriv --reuid $UID_P --regid $UID_P --clear-groups "${a[@]}" >"$S/$1-a.log" 2>&1 &
+  ip netns exec "$NS" taskset -c "$PROXY_CPU" setpriv --reuid $UID_P --regid $UID_P --clear-groups "${a[@]}" >"$S/$1-a.log" 2>&1 &
   PAIR_PIDS+=($!)
   local deadline=$((SECONDS + 30)) port
   for port in 4191 4192; do
@@ -225,7 +227,8 @@ start_pair() {
 }
 
 stop_pair() {
-  kill "${PAIR_PIDS[@]}" 2>/dev/null || true
+  # SIGKILL: a graceful drain would hold the ports the next pair binds.
+  kill -9 "${PAIR_PIDS[@]}" 2>/dev/null || true
   wait "${PAIR_PIDS[@]}" 2>/dev/null || true
 }
 
@@ -233,12 +236,14 @@ stop_pair() {
 cpu_ticks() {
   local p t=0
   for p in "$@"; do
+    case $(readlink "/proc/$p/exe") in
+      *ringmesh* | *linkerd2-proxy*) ;;
+      *) echo "$ME: pid $p is not a proxy ($(readlink "/proc/$p/exe"))" >&2; exit 1 ;;
+    esac
     t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
   done
   echo "$t"
 }
-# The proxies run under `ip netns exec … setpriv … env …`, which exec; the
-# pids started are the proxies' own.
 
 # load KIND SECONDS OUT: runs the load generator in the namespace.
 load() {

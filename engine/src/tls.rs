@@ -13,7 +13,7 @@
 //!
 //! Must not: borrow the session across an await, or block.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, RawFd};
@@ -40,6 +40,8 @@ struct Shared<C> {
     sock: TcpStream,
     fd: RawFd,
     session: RefCell<C>,
+    /// The last receive emptied the socket (see [`Shared::receive`]).
+    drained: Cell<bool>,
 }
 
 /// The read half of a [`TlsStream`].
@@ -68,6 +70,21 @@ struct Nonblocking(RawFd);
 impl io::Read for Nonblocking {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         recv(self.0, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+    }
+}
+
+/// [`Nonblocking`] that also notes whether the read drained the socket
+/// (it returned less than asked, or nothing yet).
+struct Draining<'a>(RawFd, &'a Cell<bool>);
+
+impl io::Read for Draining<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = recv(self.0, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from);
+        self.1.set(match &r {
+            Ok(n) => *n < buf.len(),
+            Err(e) => would_block(e),
+        });
+        r
     }
 }
 
@@ -115,6 +132,7 @@ where
             fd: sock.as_raw_fd(),
             sock,
             session: RefCell::new(session),
+            drained: Cell::new(false),
         };
         while shared.session.borrow().is_handshaking() {
             shared.send_pending().await?;
@@ -269,10 +287,16 @@ where
     /// it) and processes it; 0 at EOF. Alerts or key updates the session
     /// has to answer are sent when the socket takes them.
     async fn receive(&self) -> io::Result<usize> {
+        // The last read left the socket empty: a receive now would most
+        // likely say EAGAIN, a syscall for nothing. Wait for readiness first
+        // (an io_uring poll, batched with the loop's other operations).
+        if self.drained.get() {
+            self.sock.readable(false).await?;
+        }
         loop {
             let res = {
                 let mut s = self.session.borrow_mut();
-                match s.read_tls(&mut Nonblocking(self.fd)) {
+                match s.read_tls(&mut Draining(self.fd, &self.drained)) {
                     Ok(n) => {
                         let processed = s.process_new_packets();
                         // Best effort: an alert explaining a failure, or
