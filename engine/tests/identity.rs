@@ -805,3 +805,44 @@ fn certify_mode_waits_for_the_identity_service_then_serves_meshed() {
     let _ = s.read_to_string(&mut answer);
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 }
+
+/// TLS for another name (the application's own TLS) is relayed untouched:
+/// the bytes reach the application as sent, labelled `tls="opaque"` with
+/// the name.
+#[test]
+fn tls_for_another_name_is_relayed_untouched() {
+    let pki = Pki::new("passthru");
+    let echo = Backend::echo();
+    let target = echo.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[("RINGMESH_INBOUND_TARGET", &target)],
+    );
+    wait_ready(&b);
+    let mut conn = rustls::ClientConnection::new(
+        client_config(&pki, None, false),
+        ServerName::try_from("app.example.com").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut s = connect(b.inbound_addr().unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&hello).unwrap();
+    let mut back = vec![0u8; hello.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(
+        back, hello,
+        "the ClientHello did not reach the application intact"
+    );
+    let (_, m) = admin(&b, "/metrics");
+    assert!(
+        m.lines().any(|l| l.starts_with("tcp_open_total{")
+            && l.contains("direction=\"inbound\"")
+            && l.contains("tls=\"opaque\",sni=\"app.example.com\"")),
+        "{m}"
+    );
+}

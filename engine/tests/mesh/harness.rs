@@ -52,17 +52,26 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// The real linkerd2-proxy: `$RINGMESH_LINKERD2_PROXY`, else the one in
 /// `shared/peers/` beside the repository.
 pub fn linkerd2_proxy_bin() -> PathBuf {
-    let path = std::env::var_os("RINGMESH_LINKERD2_PROXY")
-        .map(PathBuf::from)
+    if let Some(p) = std::env::var_os("RINGMESH_LINKERD2_PROXY") {
+        return PathBuf::from(p);
+    }
+    // shared/ beside the repository (where CI and the workspace keep it),
+    // or beside the directory the repository is in.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidates = [
+        repo.join("../shared/peers/linkerd2-proxy"),
+        repo.join("../../shared/peers/linkerd2-proxy"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/linkerd2-proxy")
-        });
-    assert!(
-        path.is_file(),
-        "linkerd2-proxy not found at {} (shared/peers/ beside the repository, or set RINGMESH_LINKERD2_PROXY)",
-        path.display()
-    );
-    path
+            panic!(
+                "linkerd2-proxy not found at {} (shared/peers/ beside the repository, or set RINGMESH_LINKERD2_PROXY)",
+                candidates[0].display()
+            )
+        })
 }
 
 /// The proxy a pod runs and what it needs beyond [`Pod::proxy_env`].
