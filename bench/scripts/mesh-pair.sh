@@ -77,6 +77,9 @@ inns() { ip netns exec "$NS" "$@"; }
 # --- the namespace, its addresses and Linkerd's redirect -----------------
 ip netns add "$NS"
 inns ip link set lo up
+# New connection per request: reuse TIME_WAIT ports and use the whole
+# range, or the client runs out of ports and waits on SYN retransmits.
+inns sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
 inns ip addr add $IP_A/32 dev lo
 inns ip addr add $IP_B/32 dev lo
 inns iptables -w -t nat -A OUTPUT -p tcp -d $IP_B -m multiport --dports 8080:8082 \
