@@ -55,16 +55,19 @@ impl Sink {
         }
     }
 
-    pub(crate) fn publish(&mut self, creds: &Credentials) {
+    /// Whether the credentials are now in use.
+    pub(crate) fn publish(&mut self, creds: &Credentials) -> bool {
         match TlsConfigs::new(creds, &self.roots) {
             Ok(cfgs) => {
                 let expiry = cfgs.validity.not_after;
                 self.publisher.publish(IdentityState(Some(Arc::new(cfgs))));
                 self.ready.store(true, Ordering::Release);
-                tracing::info!(identity = %creds.name, expires = %humantime(expiry), "certified");
+                tracing::info!(identity = %creds.name, expires_unix = unix_seconds(expiry), "certified");
+                true
             }
             Err(e) => {
-                tracing::error!(identity = %creds.name, error = %e, "cannot build TLS configurations from the new certificate; keeping the current one")
+                tracing::error!(identity = %creds.name, error = %e, "cannot build TLS configurations from the new certificate; keeping the current one");
+                false
             }
         }
     }
@@ -104,7 +107,10 @@ pub(crate) async fn run(cfg: IdentityConfig, mut sink: Sink) {
             };
             // Certify keeps the metrics itself (each attempt's outcome).
             let metrics = sink.metrics.clone();
-            certify::run(cfg, metrics, move |creds| sink.publish(&creds)).await
+            certify::run(cfg, metrics, move |creds| {
+                sink.publish(&creds);
+            })
+            .await
         }
     }
 }
@@ -133,11 +139,10 @@ async fn watch_static(
         if now != seen || first {
             seen = now;
             match load_static(local, cert, key) {
-                Ok(creds) => {
-                    sink.metrics
-                        .refreshed(SystemTime::now(), creds.validity.not_after);
-                    sink.publish(&creds)
-                }
+                Ok(creds) if sink.publish(&creds) => sink
+                    .metrics
+                    .refreshed(SystemTime::now(), creds.validity.not_after),
+                Ok(_) => sink.metrics.failed(),
                 Err(e) => {
                     sink.metrics.failed();
                     tracing::error!(
@@ -177,11 +182,9 @@ pub(crate) fn load_static(
     .map_err(|e| e.to_string())
 }
 
-/// An RFC 3339-ish UTC rendering of a time, for logs.
-pub(crate) fn humantime(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
+/// Seconds since the Unix epoch, for logs.
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{secs} (unix seconds)")
+        .unwrap_or(0)
 }

@@ -501,6 +501,27 @@ fn tls_to(
     rustls::StreamOwned::new(conn, sock)
 }
 
+/// One HTTP/1.1 `GET /echo-head` over mutual TLS to B's inbound, behind a
+/// transport header for `port` (plus `extra` header fields), with the
+/// request's own `extra_head` lines; the whole answer.
+fn meshed_get(
+    inbound: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    port: u16,
+    (extra, extra_head): (&[u8], &str),
+) -> String {
+    let mut s = tls_to(inbound, cfg);
+    s.write_all(&header(port, extra)).unwrap();
+    write!(
+        s,
+        "GET /echo-head HTTP/1.1\r\nhost: web\r\n{extra_head}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 /// The transport header for `port`, HTTP/1, plus `extra` protobuf bytes.
 fn header(port: u16, extra: &[u8]) -> Vec<u8> {
     let mut body = vec![0x08];
@@ -542,25 +563,22 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
 
     // No client certificate: served, as unauthenticated (no identity to
     // pass on; policy, when it lands, decides what such clients may do).
-    let mut s = tls_to(inbound, client_config(&pki, None, true));
-    s.write_all(&header(app.addr.port(), &[])).unwrap();
-    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nl5d-client-id: x.evil\r\nconnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let answer = meshed_get(
+        inbound,
+        client_config(&pki, None, true),
+        app.addr.port(),
+        (&[], "l5d-client-id: x.evil\r\n"),
+    );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(!answer.contains("l5d-client-id"), "{answer}");
 
     // Unknown header fields are skipped (protobuf); the request is served.
-    let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
-    s.write_all(&header(
+    let answer = meshed_get(
+        inbound,
+        client_config(&pki, Some(&leaf_a), true),
         app.addr.port(),
-        &[0x78, 0x01, 0x72, 0x02, b'x', b'y'],
-    ))
-    .unwrap();
-    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+        (&[0x78, 0x01, 0x72, 0x02, b'x', b'y'], ""),
+    );
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 
     // A header claiming 4 GiB: closed at once.
@@ -608,12 +626,12 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
     assert!(closes(&mut raw), "half a ClientHello was held open");
 
     // And B still serves meshed clients.
-    let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
-    s.write_all(&header(app.addr.port(), &[])).unwrap();
-    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let answer = meshed_get(
+        inbound,
+        client_config(&pki, Some(&leaf_a), true),
+        app.addr.port(),
+        (&[], ""),
+    );
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 }
 
@@ -794,15 +812,12 @@ fn certify_mode_waits_for_the_identity_service_then_serves_meshed() {
 
     // A meshed client: B proves B with the certificate it was given.
     let leaf_a = pki.good("a", A);
-    let mut s = tls_to(
+    let answer = meshed_get(
         b.inbound_addr().unwrap(),
         client_config(&pki, Some(&leaf_a), true),
+        app.addr.port(),
+        (&[], ""),
     );
-    s.write_all(&header(app.addr.port(), &[])).unwrap();
-    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 }
 
