@@ -7,7 +7,7 @@ use crate::dns_resolver::DnsNameResolver;
 use crate::file_resolver::StaticFileResolver;
 use crate::hosts::HostsFile;
 use crate::resolver::{DiscoveryConfig, DiscoveryError, Resolver};
-use crate::table::Table;
+use crate::table::{Claim, Table};
 use crate::{channel, Authority, Snapshot, SnapshotSubscriber};
 
 /// Discovery before it runs: the static file loaded, the resolvers built.
@@ -45,6 +45,13 @@ impl Discovery {
             table.watch(name);
         }
         Ok((Self { table, resolvers }, subscriber))
+    }
+
+    /// Adds a resolver (the Destination API's) answering for the names
+    /// `claim` accepts; DNS leaves those alone. Before [`Discovery::start`].
+    pub fn add_resolver(&mut self, resolver: Box<dyn Resolver>, claim: Claim) {
+        self.table.claim(claim);
+        self.resolvers.push(resolver);
     }
 
     /// Spawns every resolver as a task on the current monoio runtime and

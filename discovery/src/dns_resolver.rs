@@ -170,7 +170,9 @@ impl Resolver for DnsNameResolver {
                 let seen = table.watched().generation();
                 let (names, next) = table.watched_since(cursor);
                 cursor = next;
-                for name in names {
+                // Names another resolver (Destination) answers for are
+                // its own.
+                for name in names.into_iter().filter(|n| !table.claimed(n)) {
                     monoio::spawn((*self).clone().follow(table.clone(), name));
                 }
                 table.watched().changed_since(seen).await;

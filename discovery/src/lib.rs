@@ -42,4 +42,4 @@ pub use discovery::Discovery;
 pub use file_resolver::fuzzing::StaticLoader;
 pub use resolver::{DiscoveryConfig, DiscoveryError, Resolver};
 pub use snapshot::{Authority, AuthorityError, Endpoint, Protocol, Service, Snapshot};
-pub use table::Table;
+pub use table::{Claim, Table};

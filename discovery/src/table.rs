@@ -30,7 +30,7 @@ impl Signal {
         self.generation.get()
     }
 
-    fn notify(&self) {
+    pub fn notify(&self) {
         self.generation.set(self.generation.get() + 1);
         for w in self.wakers.borrow_mut().drain(..) {
             w.wake();
@@ -75,8 +75,13 @@ struct State {
     pending: HashSet<Authority>,
 }
 
+/// Which names a resolver other than DNS answers for (the Destination
+/// API's suffixes and networks).
+pub type Claim = Rc<dyn Fn(&Authority) -> bool>;
+
 struct Inner {
     state: RefCell<State>,
+    claims: RefCell<Vec<Claim>>,
     publisher: RefCell<SnapshotPublisher>,
     static_changed: Signal,
     watched: Signal,
@@ -99,6 +104,7 @@ impl Table {
                     named: HashMap::new(),
                     pending: HashSet::new(),
                 }),
+                claims: RefCell::new(Vec::new()),
                 publisher: RefCell::new(publisher),
                 static_changed: Signal::default(),
                 watched: Signal::default(),
@@ -167,12 +173,26 @@ impl Table {
         &self.inner.static_changed
     }
 
-    /// Starts tracking `name` (a no-op for `ip:port` literals and names
-    /// already watched). Resolvers that resolve names are told through
+    /// Registers the names a resolver answers for: DNS leaves them alone,
+    /// and `ip:port` literals among them may be watched.
+    pub fn claim(&self, claim: Claim) {
+        self.inner.claims.borrow_mut().push(claim);
+    }
+
+    /// Whether a resolver other than DNS answers for `name`.
+    pub fn claimed(&self, name: &Authority) -> bool {
+        self.inner.claims.borrow().iter().any(|c| c(name))
+    }
+
+    /// Starts tracking `name` (a no-op for names already watched, and for
+    /// `ip:port` literals no resolver claims). Resolvers are told through
     /// [`Table::watched`]; the name is published with their first answer.
     pub fn watch(&self, name: Authority) -> bool {
+        if name.socket_addr().is_some() && !self.claimed(&name) {
+            return false;
+        }
         let mut st = self.inner.state.borrow_mut();
-        if name.socket_addr().is_some() || st.named.contains_key(&name) {
+        if st.named.contains_key(&name) {
             return false;
         }
         st.named.insert(name.clone(), Named::default());
@@ -199,6 +219,16 @@ impl Table {
     /// A resolver's answer for a watched name. Publishes and returns true
     /// when it changes what workers see.
     pub fn report(&self, name: &Authority, endpoints: Vec<Endpoint>) -> bool {
+        self.report_labelled(name, endpoints, Arc::new([]))
+    }
+
+    /// [`Table::report`] with the service's metric labels (sorted by name).
+    pub fn report_labelled(
+        &self,
+        name: &Authority,
+        endpoints: Vec<Endpoint>,
+        labels: Arc<[(String, String)]>,
+    ) -> bool {
         let mut st = self.inner.state.borrow_mut();
         let was_pending = st.pending.remove(name);
         let shadowed = st.static_services.contains_key(name);
@@ -209,13 +239,13 @@ impl Table {
         let same = entry
             .resolved
             .as_ref()
-            .is_some_and(|s| s.endpoints == endpoints);
+            .is_some_and(|s| s.endpoints == endpoints && s.labels == labels);
         if !same {
             entry.resolved = Some(Arc::new(Service::new(
                 name.clone(),
                 endpoints,
                 None,
-                Arc::new([]),
+                labels,
             )));
         }
         let settled = st.pending.is_empty();

@@ -45,6 +45,7 @@ pub(crate) struct EngineAdmin {
     pub hooks: Hooks,
     /// Linkerd's identity certificate series, with an identity.
     pub cert_metrics: Option<Arc<crate::certify::CertMetrics>>,
+    pub destination_metrics: Option<Arc<crate::destination::DestinationMetrics>>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -79,6 +80,9 @@ impl AdminBackend for EngineAdmin {
         };
         scrape.encode(out, &process);
         if let Some(m) = &self.cert_metrics {
+            m.render(out);
+        }
+        if let Some(m) = &self.destination_metrics {
             m.render(out);
         }
     }

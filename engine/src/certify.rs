@@ -159,7 +159,7 @@ pub(crate) fn backoff(failures: u32, base: Duration, cap: Duration) -> Duration 
 }
 
 /// A wait drawn from `[step / 2, step]` by `r` in `[0, 1)`.
-fn jitter(step: Duration, r: f64) -> Duration {
+pub(crate) fn jitter(step: Duration, r: f64) -> Duration {
     step.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
 }
 
@@ -340,7 +340,7 @@ impl Certifier {
         };
         let token = read_nonempty(&self.cfg.token_file)?;
         let deadline = Instant::now() + self.timing.call_timeout;
-        let mut channel = match self.channel.take() {
+        let channel = match self.channel.take() {
             Some(c) if !c.is_closed() => c,
             _ => match &self.cfg.svc_name {
                 None => Channel::connect(self.cfg.svc_addr, deadline).await?,
@@ -359,7 +359,7 @@ impl Certifier {
             token,
             certificate_signing_request: docs.csr_der.clone(),
         };
-        let resp: CertifyResponse = grpc::unary(&mut channel, CERTIFY_PATH, req, deadline).await?;
+        let resp: CertifyResponse = grpc::unary(&channel, CERTIFY_PATH, req, deadline).await?;
         self.channel = Some(channel);
 
         let valid_until = resp.valid_until.ok_or(CertifyError::NoExpiry)?;

@@ -83,6 +83,15 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
+pub const DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
+pub const DESTINATION_CONTEXT: &str = "LINKERD2_PROXY_DESTINATION_CONTEXT";
+pub const DESTINATION_PROFILE_SUFFIXES: &str = "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES";
+pub const DESTINATION_PROFILE_NETWORKS: &str = "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS";
+pub const OUTBOUND_DISCOVERY_IDLE_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
+pub const CONTROL_STREAM_INITIAL_TIMEOUT: &str = "LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT";
+pub const CONTROL_STREAM_IDLE_TIMEOUT: &str = "LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT";
+pub const CONTROL_STREAM_LIFETIME: &str = "LINKERD2_PROXY_CONTROL_STREAM_LIFETIME";
 pub const IDENTITY_DISABLED: &str = "LINKERD2_PROXY_IDENTITY_DISABLED";
 pub const IDENTITY_DIR: &str = "LINKERD2_PROXY_IDENTITY_DIR";
 pub const IDENTITY_TRUST_ANCHORS: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
@@ -175,6 +184,56 @@ pub struct Config {
     pub balancing: BalancingConfig,
     pub shutdown_grace_period: Duration,
     pub identity: IdentityConfig,
+    /// Linkerd's Destination API; `None`: discovery is the static file
+    /// and DNS only.
+    pub destination: Option<DestinationConfig>,
+    /// Limits on every control-plane stream (Destination, policy).
+    pub control_streams: StreamLimits,
+}
+
+/// Linkerd's Destination service, and which targets it is asked about.
+#[derive(Clone, Debug)]
+pub struct DestinationConfig {
+    pub svc_addr: SocketAddr,
+    /// Spoken to over mutual TLS as this name (an address off loopback).
+    pub svc_name: Option<Name>,
+    /// `LINKERD2_PROXY_DESTINATION_CONTEXT`, sent as every lookup's
+    /// `context_token`.
+    pub context: String,
+    /// Names under these suffixes are looked up (lowercase, no trailing
+    /// dot; an empty suffix matches every name).
+    pub suffixes: Vec<String>,
+    /// Original destinations in these networks are looked up by `ip:port`.
+    pub networks: Vec<ipnet::IpNet>,
+    /// A watch no request used for this long is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl DestinationConfig {
+    /// Whether the Destination API is asked about `name` (DNS is not).
+    pub fn claims(&self, name: &Authority) -> bool {
+        if let Some(addr) = name.socket_addr() {
+            return self.networks.iter().any(|n| n.contains(&addr.ip()));
+        }
+        let host = name.host();
+        self.suffixes.iter().any(|s| {
+            s.is_empty()
+                || host == s
+                || (host.len() > s.len()
+                    && host.ends_with(s.as_str())
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.')
+        })
+    }
+}
+
+/// Linkerd's control-stream limits: the first message within `initial`,
+/// each next within `idle`, a new stream after `lifetime` (`None`: no
+/// limit, as linkerd2-proxy when unset).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamLimits {
+    pub initial: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub lifetime: Option<Duration>,
 }
 
 /// This proxy's workload identity: where its certificate comes from.
@@ -395,6 +454,8 @@ impl Config {
             },
             shutdown_grace_period: Duration::from_secs(120),
             identity: IdentityConfig::Disabled,
+            destination: None,
+            control_streams: StreamLimits::default(),
         }
     }
 
@@ -424,6 +485,8 @@ impl Config {
         p.read_balancing(&mut c);
         p.read_dns(&mut c.discovery.dns);
         c.identity = p.read_identity();
+        c.control_streams = p.read_stream_limits();
+        c.destination = p.read_destination(&c.identity);
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -862,6 +925,89 @@ impl Parser<'_> {
         }
     }
 
+    /// Linkerd's control-stream limits; unset or empty: no limit.
+    fn read_stream_limits(&mut self) -> StreamLimits {
+        let opt = |p: &mut Self, key: &str| {
+            p.parse_with(key, |s| {
+                if s.is_empty() {
+                    Ok(None)
+                } else {
+                    parse_duration(s).map(Some)
+                }
+            })
+            .flatten()
+        };
+        let limits = StreamLimits {
+            initial: opt(self, CONTROL_STREAM_INITIAL_TIMEOUT),
+            idle: opt(self, CONTROL_STREAM_IDLE_TIMEOUT),
+            lifetime: opt(self, CONTROL_STREAM_LIFETIME),
+        };
+        if let (Some(i), Some(d)) = (limits.initial, limits.idle) {
+            if i > d {
+                self.problems.push(format!(
+                    "{CONTROL_STREAM_INITIAL_TIMEOUT} ({i:?}) must not be greater than {CONTROL_STREAM_IDLE_TIMEOUT} ({d:?})"
+                ));
+            }
+        }
+        limits
+    }
+
+    /// The Destination API, when `_DESTINATION_SVC_ADDR` is set.
+    fn read_destination(&mut self, identity: &IdentityConfig) -> Option<DestinationConfig> {
+        let addr = self.raw(DESTINATION_SVC_ADDR).filter(|v| !v.is_empty())?;
+        let svc_addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                self.bad(
+                    DESTINATION_SVC_ADDR,
+                    &addr,
+                    "expected ip:port (names are not resolved yet)",
+                )
+            })
+            .ok();
+        let svc_name = self.parse_with(DESTINATION_SVC_NAME, |s| {
+            Name::parse(s).map_err(|e| e.to_string())
+        });
+        if let Some(a) = svc_addr.filter(|a| !a.ip().is_loopback()) {
+            if svc_name.is_none() {
+                self.problems.push(format!(
+                    "{DESTINATION_SVC_NAME} must be set: the Destination service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
+                ));
+            } else if identity.local().is_none() {
+                self.problems.push(format!(
+                    "the Destination service at {a} is spoken to over mutual TLS: this proxy needs an identity (LINKERD2_PROXY_IDENTITY_*)"
+                ));
+            }
+        }
+        let context = self.raw(DESTINATION_CONTEXT).unwrap_or_default();
+        let suffixes = self
+            .parse_with(DESTINATION_PROFILE_SUFFIXES, |s| Ok(split_suffixes(s)))
+            .unwrap_or_else(|| split_suffixes("svc.cluster.local."));
+        let networks = self
+            .parse_with(DESTINATION_PROFILE_NETWORKS, |s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| {
+                        n.parse::<ipnet::IpNet>()
+                            .map(|n| n.trunc())
+                            .map_err(|_| format!("{n:?} is not a network (CIDR)"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_default();
+        let mut idle_timeout = Duration::from_secs(5);
+        self.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle_timeout);
+        Some(DestinationConfig {
+            svc_addr: svc_addr?,
+            svc_name: svc_name.filter(|_| svc_addr.is_some_and(|a| !a.ip().is_loopback())),
+            context,
+            suffixes,
+            networks,
+            idle_timeout,
+        })
+    }
+
     /// Listeners must not collide with each other.
     fn check_listener_collisions(&mut self, c: &Config) {
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
@@ -908,6 +1054,16 @@ pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 /// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).
+/// `svc.cluster.local.,example.com` → lowercase suffixes without their
+/// trailing dot; `.` (every name) becomes the empty suffix.
+fn split_suffixes(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| x.trim_end_matches('.').to_ascii_lowercase())
+        .collect()
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit())

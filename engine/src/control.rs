@@ -38,7 +38,8 @@ use ringmesh_discovery::{
 
 use crate::admin::EngineAdmin;
 use crate::certify::CertMetrics;
-use crate::config::IdentityConfig;
+use crate::config::{DestinationConfig, IdentityConfig, StreamLimits};
+use crate::destination::{DestinationMetrics, DestinationResolver};
 use crate::identity::{self, IdentityState, Sink};
 use ringmesh_discovery::channel::{self, Subscriber};
 
@@ -72,6 +73,7 @@ pub(crate) struct Control {
     identity: Subscriber<IdentityState>,
     identity_ready: Arc<AtomicBool>,
     cert_metrics: Option<Arc<CertMetrics>>,
+    destination_metrics: Option<Arc<DestinationMetrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,11 @@ impl Control {
         discovery: DiscoveryConfig,
         names: Vec<Authority>,
         identity_cfg: IdentityConfig,
+        destination: Option<(DestinationConfig, StreamLimits)>,
     ) -> Result<(Self, SnapshotSubscriber), ControlError> {
+        let destination_metrics = destination
+            .as_ref()
+            .map(|_| Arc::new(DestinationMetrics::default()));
         let (events, events_rx) = events::bounded(EVENTS_CAPACITY);
         // Ready at once without an identity; else once a certificate is held.
         let identity_ready = Arc::new(AtomicBool::new(identity_cfg.local().is_none()));
@@ -110,6 +116,9 @@ impl Control {
                 );
                 (identity_cfg.clone(), sink)
             });
+        let destination = destination
+            .zip(destination_metrics.clone())
+            .map(|((cfg, limits), metrics)| (cfg, limits, identity.clone(), metrics));
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -121,6 +130,7 @@ impl Control {
                     discovery,
                     names,
                     identity: identity_task,
+                    destination,
                     events: events_rx,
                     commands: commands_rx,
                     ready: ready_tx,
@@ -153,6 +163,7 @@ impl Control {
             identity,
             identity_ready,
             cert_metrics,
+            destination_metrics,
         };
         // Blocks the starting thread only, until the first snapshot is done.
         match ready_rx.recv() {
@@ -183,6 +194,11 @@ impl Control {
     /// The identity certificate's metrics, when the proxy has an identity.
     pub(crate) fn cert_metrics(&self) -> Option<Arc<CertMetrics>> {
         self.cert_metrics.clone()
+    }
+
+    /// The Destination resolver's counters, when it runs.
+    pub(crate) fn destination_metrics(&self) -> Option<Arc<DestinationMetrics>> {
+        self.destination_metrics.clone()
     }
 
     /// A sender for a worker.
@@ -217,6 +233,12 @@ struct Core {
     discovery: DiscoveryConfig,
     names: Vec<Authority>,
     identity: Option<(IdentityConfig, Sink)>,
+    destination: Option<(
+        DestinationConfig,
+        StreamLimits,
+        Subscriber<IdentityState>,
+        Arc<DestinationMetrics>,
+    )>,
     events: EventReceiver<ControlMsg>,
     commands: UnboundedReceiver<Command>,
     ready: mpsc::Sender<Result<SnapshotSubscriber, ControlError>>,
@@ -228,6 +250,7 @@ impl Core {
             discovery,
             names,
             identity,
+            destination,
             events,
             mut commands,
             ready,
@@ -236,7 +259,14 @@ impl Core {
             monoio::spawn(identity::run(cfg, sink));
         }
         let table = match Discovery::new(discovery, names) {
-            Ok((discovery, subscriber)) => {
+            Ok((mut discovery, subscriber)) => {
+                if let Some((cfg, limits, identity, metrics)) = destination {
+                    let claims = cfg.clone();
+                    discovery.add_resolver(
+                        Box::new(DestinationResolver::new(cfg, limits, identity, metrics)),
+                        Rc::new(move |name: &Authority| claims.claims(name)),
+                    );
+                }
                 let table = discovery.start().await;
                 let _ = ready.send(Ok(subscriber));
                 table

@@ -329,7 +329,7 @@ impl Channel {
 /// trailers, all before `deadline` (sent as `grpc-timeout` too, so the
 /// server can give up when this side will).
 pub(crate) async fn unary<Req, Resp>(
-    channel: &mut Channel,
+    channel: &Channel,
     path: &str,
     req: Req,
     deadline: Instant,
@@ -360,7 +360,7 @@ where
 /// `deadline`, if any, bounds the whole call, the stream's messages
 /// included.
 pub(crate) async fn server_streaming<Req, Resp>(
-    channel: &mut Channel,
+    channel: &Channel,
     path: &str,
     req: Req,
     deadline: Option<Instant>,
@@ -810,8 +810,8 @@ mod tests {
 
     async fn call(addr: SocketAddr, limit: Duration) -> Result<Vec<u8>, GrpcError> {
         let deadline = Instant::now() + limit;
-        let mut ch = Channel::connect(addr, deadline).await?;
-        unary::<u32, Vec<u8>>(&mut ch, "/test.Svc/Method", 7, deadline).await
+        let ch = Channel::connect(addr, deadline).await?;
+        unary::<u32, Vec<u8>>(&ch, "/test.Svc/Method", 7, deadline).await
     }
 
     fn msg(payload: &[u8]) -> Vec<u8> {
@@ -988,9 +988,9 @@ mod tests {
             let port: u16 = server.line("").await.parse().unwrap();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut ch = Channel::connect(addr, deadline).await.unwrap();
+            let ch = Channel::connect(addr, deadline).await.unwrap();
             let path = "/ringmesh.test.Echo/Items";
-            let mut items = server_streaming::<u32, Vec<u8>>(&mut ch, path, 3, None)
+            let mut items = server_streaming::<u32, Vec<u8>>(&ch, path, 3, None)
                 .await
                 .unwrap();
             let mut got = Vec::new();
@@ -999,16 +999,16 @@ mod tests {
             }
             assert_eq!(got, ["item-0", "item-1", "item-2"]);
             assert_eq!(items.message().await.unwrap(), None);
-            let mut none = server_streaming::<u32, Vec<u8>>(&mut ch, path, 0, Some(deadline))
+            let mut none = server_streaming::<u32, Vec<u8>>(&ch, path, 0, Some(deadline))
                 .await
                 .unwrap();
             assert_eq!(none.message().await.unwrap(), None);
-            let e = unary::<u32, Vec<u8>>(&mut ch, "/ringmesh.test.Echo/Fail", 1, deadline)
+            let e = unary::<u32, Vec<u8>>(&ch, "/ringmesh.test.Echo/Fail", 1, deadline)
                 .await
                 .unwrap_err();
             assert_eq!(e.code, Code::NotFound, "{e}");
             assert_eq!(e.message, "no such thing");
-            let e = unary::<u32, Vec<u8>>(&mut ch, "/ringmesh.test.Echo/Nope", 1, deadline)
+            let e = unary::<u32, Vec<u8>>(&ch, "/ringmesh.test.Echo/Nope", 1, deadline)
                 .await
                 .unwrap_err();
             assert_eq!(e.code, Code::Unimplemented, "{e}");

@@ -58,6 +58,7 @@ mod certify;
 pub mod config;
 mod connect;
 mod control;
+mod destination;
 mod detect;
 mod dispatch;
 mod error;

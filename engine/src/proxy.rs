@@ -96,6 +96,7 @@ impl Proxy {
                     shutdown_enabled: cfg.admin.shutdown_endpoint_enabled,
                     hooks,
                     cert_metrics: control.cert_metrics(),
+                    destination_metrics: control.destination_metrics(),
                 },
             );
         }
@@ -184,6 +185,7 @@ fn start_control(
         },
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),
+        cfg.destination.clone().map(|d| (d, cfg.control_streams)),
     )
     .map_err(|e| match e {
         ControlError::Discovery(e) => StartError::Discovery(e),

@@ -157,6 +157,26 @@ async fn await_watched(r: &Routes, name: Authority) -> Result<Dst, ProxyError> {
     Err(ProxyError::unresolved(name.to_string()))
 }
 
+/// An original destination the Destination API knows of and the snapshot
+/// does not have yet: asks the control core to watch it and waits
+/// (bounded) for its answer. Without one the connection goes to the
+/// address as it is.
+pub(crate) async fn await_addr(r: &Routes, addr: SocketAddr) {
+    let _ = r
+        .control
+        .send(crate::control::ControlMsg::Watch(Authority::from_addr(
+            addr,
+        )));
+    let deadline = Instant::now() + RESOLVE_WAIT;
+    while Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+        if r.snapshot().service_by_addr(addr).is_some() {
+            return;
+        }
+    }
+    tracing::debug!(%addr, "no answer from the Destination API in time; forwarding as is");
+}
+
 /// Picks endpoints of `svc` for one request (peak-EWMA P2C, skipping
 /// `avoid`) and gets a connection from `connect` (pooled or new), trying
 /// each endpoint at most once. An endpoint that fails counts toward its

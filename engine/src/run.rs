@@ -198,6 +198,11 @@ fn new_worker(
 ) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
     let (failfast_timeout, queue_capacity) = (cfg.http.failfast_timeout, cfg.http.queue_capacity);
+    let discover_networks = cfg
+        .destination
+        .as_ref()
+        .map(|d| d.networks.clone())
+        .unwrap_or_default();
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -219,6 +224,7 @@ fn new_worker(
             accrual,
             failfast_timeout,
             queue_capacity,
+            discover_networks,
         },
         telemetry: Telemetry::default(),
         detection: Detection {

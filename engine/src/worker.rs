@@ -78,6 +78,9 @@ pub(crate) struct Routes {
     /// and how many may wait so.
     pub failfast_timeout: std::time::Duration,
     pub queue_capacity: usize,
+    /// Original destinations in these networks are looked up through the
+    /// Destination API (empty without one).
+    pub discover_networks: Vec<ipnet::IpNet>,
 }
 
 /// What connections and requests borrow and give back.
@@ -159,6 +162,17 @@ impl Routes {
             self.sync_replicas(cache.get());
         }
         cache.get().clone()
+    }
+
+    /// Whether connections to `addr` wait for the Destination API's
+    /// answer (a target in its networks the snapshot does not have yet).
+    pub(crate) fn must_discover(&self, addr: SocketAddr) -> bool {
+        !self.discover_networks.is_empty()
+            && self
+                .discover_networks
+                .iter()
+                .any(|n| n.contains(&addr.ip()))
+            && self.snapshot().service_by_addr(addr).is_none()
     }
 
     /// The balancer replica for a service in the current snapshot.

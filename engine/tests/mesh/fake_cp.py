@@ -173,8 +173,9 @@ class Config:
     every open stream, which recomputes its answer and sends it if it
     differs from the last one."""
 
-    def __init__(self, path):
+    def __init__(self, path, fault_dir=None):
         self.path = path
+        self.fault_dir = fault_dir
         self.mtime = None
         self.data = {}
         self.changed = asyncio.Condition()
@@ -200,9 +201,27 @@ class Config:
         log("config: loaded %s" % self.path)
         return True
 
+    def fault(self, name, take=False):
+        """Whether the fault file `name` exists; `take` removes it (acted
+        on once)."""
+        if not self.fault_dir:
+            return False
+        path = os.path.join(self.fault_dir, name)
+        if not os.path.exists(path):
+            return False
+        if take:
+            try:
+                os.remove(path)
+            except OSError:
+                return False
+        return True
+
+    def pending_faults(self):
+        return bool(self.fault_dir) and any(self.fault(n) for n in ("garbage", "reset"))
+
     async def watch(self, stop):
         while not stop.is_set():
-            if self.reload():
+            if self.reload() or self.pending_faults():
                 async with self.changed:
                     self.changed.notify_all()
             try:
@@ -265,6 +284,11 @@ async def watch(config, context, answer):
 
 
 # --- identity ---------------------------------------------------------------
+
+
+class NoIdentity:
+    async def certify(self, req, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no CA given to this fake control plane")
 
 
 class Identity:
@@ -403,6 +427,18 @@ class Destination:
             wa.authority_override.authority_override = ep["authority_override"]
         return wa
 
+    def set_labels(self, path):
+        """The set's metric labels, as the destination controller sends
+        them for a Service (its name and namespace), or the entry's own."""
+        dst = self.config.destination(path) or {}
+        if "set_labels" in dst:
+            return dst["set_labels"]
+        for key, entry in self.config.data.get("destinations", {}).items():
+            if entry is dst:
+                name, namespace = service_ref(key, dst)
+                return {"namespace": namespace, "service": name}
+        return {}
+
     def endpoints(self, path):
         dst = self.config.destination(path)
         if dst is None:
@@ -412,8 +448,18 @@ class Destination:
     async def get(self, req, context):
         log("dst.get path=%s" % req.path)
         d = self.pb.destination
+        if self.config.fault("silent"):
+            log("dst.get path=%s -> silent (fault)" % req.path)
+            await asyncio.Event().wait()  # until the client leaves
         sent = None  # addr -> wire bytes of the WeightedAddr last sent
         while True:
+            if self.config.fault("garbage", take=True):
+                log("dst.get path=%s -> garbage (fault)" % req.path)
+                # Field 1 with wire type 7: no protobuf decoder accepts it.
+                yield b"\x0f\xff\xff\xff"
+            if self.config.fault("reset", take=True):
+                log("dst.get path=%s -> UNAVAILABLE (fault)" % req.path)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "reset by the test")
             eps = self.endpoints(req.path)
             if eps is None:
                 if sent != "unknown":
@@ -433,7 +479,7 @@ class Destination:
                     )
                 fresh = [wa for k, wa in now.items() if old.get(k) != wa.SerializeToString(deterministic=True)]
                 if fresh:
-                    yield d.Update(add=d.WeightedAddrSet(addrs=fresh))
+                    yield d.Update(add=d.WeightedAddrSet(addrs=fresh, metric_labels=self.set_labels(req.path)))
                 sent = {k: wa.SerializeToString(deterministic=True) for k, wa in now.items()}
             await self.config.wait_changed()
 
@@ -709,8 +755,12 @@ def handlers(pb, identity, dst, outbound, inbound):
         )
 
     def stream(fn, req, rsp):
+        # Raw bytes (a fault's garbage) go out as they are.
+        def serialize(m):
+            return m if isinstance(m, bytes) else m.SerializeToString()
+
         return grpc.unary_stream_rpc_method_handler(
-            fn, request_deserializer=req.FromString, response_serializer=rsp.SerializeToString
+            fn, request_deserializer=req.FromString, response_serializer=serialize
         )
 
     d, o, i = pb.destination, pb.outbound, pb.inbound
@@ -764,8 +814,8 @@ async def serve(args, pb):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    config = Config(args.config)
-    identity = Identity(pb, args)
+    config = Config(args.config, args.fault_dir)
+    identity = Identity(pb, args) if args.ca_cert and args.ca_key else NoIdentity()
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         handlers(pb, identity, Destination(pb, config), Outbound(pb, config), Inbound(pb, config))
@@ -789,8 +839,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT (port 0: any)")
     ap.add_argument("--config", help="JSON: destinations, policies (docs/MESH-TESTING.md)")
-    ap.add_argument("--ca-cert", required=True, help="issuer certificate, PEM")
-    ap.add_argument("--ca-key", required=True, help="issuer key (ECDSA P-256), PEM")
+    ap.add_argument("--ca-cert", help="issuer certificate, PEM (without it and --ca-key: no Certify)")
+    ap.add_argument("--ca-key", help="issuer key (ECDSA P-256), PEM")
+    ap.add_argument(
+        "--fault-dir",
+        help="faults on demand: files named garbage (the next Destination message is undecodable bytes), "
+        "reset (open Destination streams end with UNAVAILABLE), silent (new Destination streams never answer); "
+        "garbage and reset are removed once acted on",
+    )
     ap.add_argument("--chain", help="PEM certificates sent as intermediate_certificates")
     ap.add_argument("--cert-lifetime", type=float, default=24 * 3600, help="leaf lifetime, seconds")
     ap.add_argument("--identity-fail-first", type=int, default=0, help="answer UNAVAILABLE to the first N Certify calls")

@@ -1,0 +1,663 @@
+//! Linkerd's Destination API as a discovery resolver (`Destination.Get`),
+//! run on the control core.
+//!
+//! # What it owns
+//!
+//! - Which targets it answers for ([`DestinationConfig::claims`]): names
+//!   under `LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES`, and `ip:port`
+//!   original destinations in `_PROFILE_NETWORKS`. DNS leaves those alone.
+//! - One `Get` stream per watched target, all on one HTTP/2 connection
+//!   to the service ([`Client`]: plaintext to a loopback address, mutual
+//!   TLS as `_SVC_NAME` otherwise, with this proxy's certificate).
+//! - The endpoint set each stream builds from `Add` / `Remove` /
+//!   `NoEndpoints` ([`EndpointSet`]), reported to the [`Table`] as a
+//!   service: addresses, weights, `tls_identity` (the identity mutual TLS
+//!   to the endpoint must prove), the `h2` hint, the opaque-transport port,
+//!   and the set's `metric_labels` (`dst_*` labels).
+//! - Reconnection: a stream that fails is opened again after an
+//!   exponential backoff with jitter (100 ms doubling to 10 s, reset by a
+//!   message). Meanwhile the last state stays published: an outage never
+//!   empties a service. The first message of a new stream replaces the
+//!   old state (the controller starts every stream with the whole set).
+//! - Linkerd's stream limits (`LINKERD2_PROXY_CONTROL_STREAM_*`): first
+//!   message within the initial timeout, each next within the idle one, a
+//!   new stream after the lifetime.
+//! - Counters: [`DestinationMetrics`].
+//!
+//! # What it must not do
+//!
+//! Block the control core, or trust what it is sent: an address without
+//! an IP or with port 0, an identity that is not a DNS-like name, are
+//! skipped (logged, counted) and the rest of the update applied; a message
+//! that does not decode ends the stream (the state is kept, the stream
+//! opened again).
+//!
+//! An `ip:port` target the API has no endpoints for (or no answer yet)
+//! is published with that address as its one endpoint: connections to it
+//! go where they were going, as linkerd2-proxy forwards them.
+//!
+//! Not yet: `authority_override`, per-endpoint `metric_labels`, the HTTP/2
+//! client parameters, dropping a watch nobody used for a while (watches
+//! last as long as the process), falling back to DNS on
+//! `NoEndpoints { exists: false }`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkerd2_proxy_api::destination::{
+    protocol_hint, tls_identity, update, GetDestination, Update, WeightedAddr,
+};
+use ringmesh_discovery::channel::{Cache, Subscriber};
+use ringmesh_discovery::table::Signal;
+use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
+use ringmesh_identity::Name;
+
+use crate::certify::{backoff, jitter};
+use crate::config::{DestinationConfig, StreamLimits};
+use crate::grpc::{self, Channel, Code, GrpcError};
+use crate::identity::IdentityState;
+
+const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
+
+/// Connecting to the service (TCP, TLS, HTTP/2) must take no longer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// The resolver, before it runs.
+pub(crate) struct DestinationResolver {
+    cfg: DestinationConfig,
+    limits: StreamLimits,
+    identity: Subscriber<IdentityState>,
+    metrics: Arc<DestinationMetrics>,
+}
+
+impl DestinationResolver {
+    pub(crate) fn new(
+        cfg: DestinationConfig,
+        limits: StreamLimits,
+        identity: Subscriber<IdentityState>,
+        metrics: Arc<DestinationMetrics>,
+    ) -> Self {
+        Self {
+            cfg,
+            limits,
+            identity,
+            metrics,
+        }
+    }
+}
+
+impl Resolver for DestinationResolver {
+    /// Follows every watched target it claims, each in a task of its own.
+    fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async move {
+            let this = *self;
+            let client = Rc::new(Client {
+                addr: this.cfg.svc_addr,
+                name: this.cfg.svc_name.clone(),
+                identity: RefCell::new(this.identity.cache()),
+                channel: RefCell::new(None),
+                connecting: Cell::new(false),
+                last_error: RefCell::new(None),
+                connected: Signal::default(),
+            });
+            let watch = Rc::new(Watch {
+                client,
+                table: table.clone(),
+                context: this.cfg.context.clone(),
+                limits: this.limits,
+                metrics: this.metrics,
+            });
+            let mut cursor = 0;
+            loop {
+                let seen = table.watched().generation();
+                let (names, next) = table.watched_since(cursor);
+                cursor = next;
+                for name in names.into_iter().filter(|n| this.cfg.claims(n)) {
+                    monoio::spawn(watch.clone().follow(name));
+                }
+                table.watched().changed_since(seen).await;
+            }
+        })
+    }
+}
+
+/// The connection to the Destination service, shared by every stream;
+/// made again (once, for all of them) when it ends.
+struct Client {
+    addr: SocketAddr,
+    name: Option<Name>,
+    identity: RefCell<Cache<IdentityState>>,
+    channel: RefCell<Option<Rc<Channel>>>,
+    connecting: Cell<bool>,
+    /// Why the last attempt failed, for the streams that waited on it.
+    last_error: RefCell<Option<GrpcError>>,
+    connected: Signal,
+}
+
+impl Client {
+    async fn channel(&self) -> Result<Rc<Channel>, GrpcError> {
+        loop {
+            if let Some(c) = self.channel.borrow().as_ref().filter(|c| !c.is_closed()) {
+                return Ok(c.clone());
+            }
+            if self.connecting.get() {
+                // Another stream is connecting: its outcome is ours.
+                let seen = self.connected.generation();
+                self.connected.changed_since(seen).await;
+                if let Some(e) = self.last_error.borrow().clone() {
+                    return Err(e);
+                }
+                continue;
+            }
+            self.connecting.set(true);
+            let made = self.connect().await;
+            self.connecting.set(false);
+            let result = match made {
+                Ok(c) => {
+                    let c = Rc::new(c);
+                    *self.channel.borrow_mut() = Some(c.clone());
+                    *self.last_error.borrow_mut() = None;
+                    Ok(c)
+                }
+                Err(e) => {
+                    *self.channel.borrow_mut() = None;
+                    *self.last_error.borrow_mut() = Some(e.clone());
+                    Err(e)
+                }
+            };
+            self.connected.notify();
+            return result;
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, GrpcError> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let Some(name) = &self.name else {
+            return Channel::connect(self.addr, deadline).await;
+        };
+        let tls = {
+            let mut cache = self.identity.borrow_mut();
+            cache.refresh();
+            cache.get().0.as_ref().map(|c| c.client.clone())
+        };
+        let Some(tls) = tls else {
+            return Err(GrpcError::new(
+                Code::Unavailable,
+                "no identity certificate yet for mutual TLS to the Destination service",
+            ));
+        };
+        Channel::connect_tls(self.addr, name, tls, deadline).await
+    }
+}
+
+/// What every target's stream shares.
+struct Watch {
+    client: Rc<Client>,
+    table: Table,
+    context: String,
+    limits: StreamLimits,
+    metrics: Arc<DestinationMetrics>,
+}
+
+/// How a stream ended without an error.
+enum End {
+    /// Its lifetime ran out: open the next at once.
+    Lifetime,
+    /// The server ended it with `OK`.
+    Closed,
+}
+
+impl Watch {
+    /// Keeps `name` resolved for as long as the control core runs.
+    async fn follow(self: Rc<Self>, name: Authority) {
+        self.metrics.watches.fetch_add(1, Ordering::Relaxed);
+        let mut set = EndpointSet::default();
+        let mut answered = false;
+        let mut failures = 0u32;
+        loop {
+            self.metrics.streams.fetch_add(1, Ordering::Relaxed);
+            let outcome = self
+                .stream(&name, &mut set, &mut answered, &mut failures)
+                .await;
+            let why = match outcome {
+                Ok(End::Lifetime) => {
+                    tracing::debug!(%name, "destination stream lifetime reached; opening another");
+                    continue;
+                }
+                Ok(End::Closed) => "the server ended the stream".to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
+            failures += 1;
+            if !answered {
+                // Nothing known yet: the target has no endpoints (requests
+                // fail fast) rather than a pending lookup forever.
+                self.table.report(&name, set.endpoints(&name));
+                answered = true;
+            }
+            let wait = jitter(
+                backoff(failures, BACKOFF_BASE, BACKOFF_CAP),
+                fastrand::f64(),
+            );
+            tracing::warn!(%name, error = %why, retry_in = ?wait, endpoints = set.eps.len(), "destination stream failed; keeping the last endpoints");
+            monoio::time::sleep(wait).await;
+        }
+    }
+
+    /// One `Get` stream, applied to `set` as it goes.
+    async fn stream(
+        &self,
+        name: &Authority,
+        set: &mut EndpointSet,
+        answered: &mut bool,
+        failures: &mut u32,
+    ) -> Result<End, GrpcError> {
+        let started = Instant::now();
+        let lifetime_end = self.limits.lifetime.map(|l| started + l);
+        let first_by = self.limits.initial.map(|t| started + t);
+        let open = async {
+            let channel = self.client.channel().await?;
+            let req = GetDestination {
+                scheme: "k8s".into(),
+                path: name.to_string(),
+                context_token: self.context.clone(),
+            };
+            grpc::server_streaming::<_, Update>(&channel, GET_PATH, req, None).await
+        };
+        let mut stream = match first_by {
+            Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), open)
+                .await
+                .unwrap_or_else(|_| Err(no_message("no response", self.limits.initial)))?,
+            None => open.await?,
+        };
+        let mut fresh = true;
+        loop {
+            let limit = if fresh {
+                first_by
+            } else {
+                self.limits.idle.map(|t| Instant::now() + t)
+            };
+            let deadline = match (limit, lifetime_end) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = match deadline {
+                None => stream.message().await,
+                Some(at) => {
+                    match monoio::time::timeout_at(
+                        monoio::time::Instant::from_std(at),
+                        stream.message(),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) if lifetime_end.is_some_and(|l| Instant::now() >= l) => {
+                            return Ok(End::Lifetime)
+                        }
+                        Err(_) => {
+                            let t = if fresh {
+                                self.limits.initial
+                            } else {
+                                self.limits.idle
+                            };
+                            return Err(no_message("no update", t));
+                        }
+                    }
+                }
+            };
+            let Some(update) = next? else {
+                return Ok(End::Closed);
+            };
+            *failures = 0;
+            let invalid = set.apply(name, update, std::mem::take(&mut fresh));
+            self.metrics.updates.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .invalid
+                .fetch_add(invalid as u64, Ordering::Relaxed);
+            let changed = self
+                .table
+                .report_labelled(name, set.endpoints(name), set.labels.clone());
+            *answered = true;
+            tracing::debug!(%name, endpoints = set.eps.len(), changed, "destination update");
+        }
+    }
+}
+
+fn no_message(what: &str, within: Option<Duration>) -> GrpcError {
+    GrpcError::new(
+        Code::DeadlineExceeded,
+        format!("{what} within {:?}", within.unwrap_or_default()),
+    )
+}
+
+/// A target's endpoints as the updates of its stream built them.
+#[derive(Default)]
+struct EndpointSet {
+    eps: BTreeMap<SocketAddr, Endpoint>,
+    labels: Arc<[(String, String)]>,
+}
+
+impl EndpointSet {
+    /// Applies one update (the first of a stream, `fresh`, replaces what
+    /// was there); returns how many addresses were skipped as invalid.
+    fn apply(&mut self, name: &Authority, update: Update, fresh: bool) -> usize {
+        if fresh {
+            self.eps.clear();
+        }
+        let mut invalid = 0;
+        match update.update {
+            Some(update::Update::Add(set)) => {
+                if !set.metric_labels.is_empty() || fresh {
+                    let mut labels: Vec<(String, String)> = set
+                        .metric_labels
+                        .into_iter()
+                        .filter(|(k, _)| is_label_name(k))
+                        .collect();
+                    labels.sort();
+                    self.labels = labels.into();
+                }
+                for wa in set.addrs {
+                    match endpoint(wa) {
+                        Ok(ep) => {
+                            self.eps.insert(ep.addr, ep);
+                        }
+                        Err(why) => {
+                            invalid += 1;
+                            tracing::warn!(%name, why, "destination sent an invalid address; skipped");
+                        }
+                    }
+                }
+            }
+            Some(update::Update::Remove(set)) => {
+                for a in set.addrs {
+                    match socket_addr(a) {
+                        Some(addr) => {
+                            self.eps.remove(&addr);
+                        }
+                        None => invalid += 1,
+                    }
+                }
+            }
+            Some(update::Update::NoEndpoints(_)) => self.eps.clear(),
+            None => {
+                invalid += 1;
+                tracing::warn!(%name, "destination sent an empty update; ignored");
+            }
+        }
+        invalid
+    }
+
+    /// What workers route `name` to: the set; for an original
+    /// destination the Destination API has no endpoints for, the address
+    /// itself (forwarded as it is, as linkerd2-proxy does).
+    fn endpoints(&self, name: &Authority) -> Vec<Endpoint> {
+        match name.socket_addr() {
+            Some(addr) if self.eps.is_empty() => vec![Endpoint::unmeshed(addr, 1)],
+            _ => self.eps.values().cloned().collect(),
+        }
+    }
+}
+
+fn socket_addr(a: linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
+    let port = u16::try_from(a.port).ok().filter(|p| *p != 0)?;
+    let ip = std::net::IpAddr::try_from(a.ip?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An endpoint from the Destination API's description of it.
+fn endpoint(wa: WeightedAddr) -> Result<Endpoint, &'static str> {
+    let addr = wa
+        .addr
+        .and_then(socket_addr)
+        .ok_or("no address, or port 0")?;
+    let identity = match wa.tls_identity.and_then(|t| t.strategy) {
+        None => None,
+        Some(tls_identity::Strategy::DnsLikeIdentity(id)) => {
+            Some(Name::parse(&id.name).map_err(|_| "tls_identity is not a DNS-like name")?)
+        }
+        // Mutual TLS cannot prove a URI identity here: refused rather
+        // than sent in plaintext.
+        Some(tls_identity::Strategy::UriLikeIdentity(_)) => {
+            return Err("URI tls_identity is not supported")
+        }
+    };
+    let (h2_hint, transport_port) = match wa.protocol_hint {
+        None => (false, None),
+        Some(h) => (
+            matches!(h.protocol, Some(protocol_hint::Protocol::H2(_))),
+            h.opaque_transport
+                .and_then(|t| u16::try_from(t.inbound_port).ok())
+                .filter(|p| *p != 0),
+        ),
+    };
+    Ok(Endpoint {
+        addr,
+        // linkerd's controller sends 10000 by default; 0 is "no weight".
+        weight: wa.weight.max(1),
+        h2_hint,
+        // The transport header only goes with mutual TLS.
+        opaque_transport_port: transport_port.filter(|_| identity.is_some()),
+        identity,
+    })
+}
+
+/// A Prometheus label name (`dst_` is prefixed when rendered).
+fn is_label_name(k: &str) -> bool {
+    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The Destination resolver's counters, rendered by the admin server.
+#[derive(Default)]
+pub(crate) struct DestinationMetrics {
+    /// Targets followed.
+    watches: AtomicU64,
+    /// `Get` streams opened (the first and each reconnection).
+    streams: AtomicU64,
+    /// Streams that failed or were ended by the server.
+    stream_errors: AtomicU64,
+    /// Updates applied.
+    updates: AtomicU64,
+    /// Addresses skipped as invalid.
+    invalid: AtomicU64,
+}
+
+impl DestinationMetrics {
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let families: [(&str, &str, &str, &AtomicU64); 5] = [
+            (
+                "destination_watches",
+                "gauge",
+                "Targets followed through the Destination API.",
+                &self.watches,
+            ),
+            (
+                "destination_streams_total",
+                "counter",
+                "Destination.Get streams opened, reconnections included.",
+                &self.streams,
+            ),
+            (
+                "destination_stream_errors_total",
+                "counter",
+                "Destination.Get streams that failed or were ended by the server.",
+                &self.stream_errors,
+            ),
+            (
+                "destination_updates_total",
+                "counter",
+                "Destination updates applied.",
+                &self.updates,
+            ),
+            (
+                "destination_invalid_addresses_total",
+                "counter",
+                "Addresses in Destination updates skipped as invalid.",
+                &self.invalid,
+            ),
+        ];
+        for (name, kind, help, v) in families {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkerd2_proxy_api::destination::{
+        AddrSet, NoEndpoints, ProtocolHint, TlsIdentity, WeightedAddrSet,
+    };
+    use linkerd2_proxy_api::net::TcpAddress;
+
+    fn wa(addr: &str, weight: u32) -> WeightedAddr {
+        WeightedAddr {
+            addr: Some(TcpAddress::from(addr.parse::<SocketAddr>().unwrap())),
+            weight,
+            ..Default::default()
+        }
+    }
+
+    fn add(addrs: Vec<WeightedAddr>, labels: &[(&str, &str)]) -> Update {
+        Update {
+            update: Some(update::Update::Add(WeightedAddrSet {
+                addrs,
+                metric_labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            })),
+        }
+    }
+
+    fn addrs(s: &EndpointSet) -> Vec<String> {
+        s.eps.keys().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn add_remove_no_endpoints_and_a_fresh_stream_replacing() {
+        let name = Authority::parse("web.default.svc.cluster.local:80").unwrap();
+        let mut s = EndpointSet::default();
+        let n = s.apply(
+            &name,
+            add(
+                vec![wa("10.0.0.1:80", 10000), wa("10.0.0.2:80", 0)],
+                &[
+                    ("service", "web"),
+                    ("namespace", "default"),
+                    ("bad-name", "x"),
+                ],
+            ),
+            true,
+        );
+        assert_eq!(n, 0);
+        assert_eq!(addrs(&s), ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(
+            s.eps.values().map(|e| e.weight).collect::<Vec<_>>(),
+            [10000, 1]
+        );
+        assert_eq!(
+            &*s.labels,
+            [
+                ("namespace".to_string(), "default".to_string()),
+                ("service".to_string(), "web".to_string())
+            ]
+        );
+        s.apply(&name, add(vec![wa("10.0.0.3:80", 1)], &[]), false);
+        assert_eq!(addrs(&s).len(), 3, "added to the set");
+        assert_eq!(s.labels.len(), 2, "labels kept by an Add without any");
+        let remove = Update {
+            update: Some(update::Update::Remove(AddrSet {
+                addrs: vec![TcpAddress::from(
+                    "10.0.0.1:80".parse::<SocketAddr>().unwrap(),
+                )],
+            })),
+        };
+        s.apply(&name, remove, false);
+        assert_eq!(addrs(&s), ["10.0.0.2:80", "10.0.0.3:80"]);
+        // A reconnected stream's first Add is the whole set.
+        s.apply(&name, add(vec![wa("10.0.0.9:80", 1)], &[]), true);
+        assert_eq!(addrs(&s), ["10.0.0.9:80"]);
+        assert!(s.labels.is_empty());
+        let none = Update {
+            update: Some(update::Update::NoEndpoints(NoEndpoints { exists: true })),
+        };
+        s.apply(&name, none, false);
+        assert!(s.eps.is_empty());
+    }
+
+    #[test]
+    fn invalid_addresses_are_skipped_and_the_rest_applied() {
+        let name = Authority::parse("web.default.svc.cluster.local:80").unwrap();
+        let mut s = EndpointSet::default();
+        let mut no_ip = wa("10.0.0.1:80", 1);
+        no_ip.addr.as_mut().unwrap().ip = None;
+        let mut big_port = wa("10.0.0.1:80", 1);
+        big_port.addr.as_mut().unwrap().port = 70_000;
+        let port0 = wa("10.0.0.1:0", 1);
+        let mut bad_id = wa("10.0.0.4:80", 1);
+        bad_id.tls_identity = Some(TlsIdentity {
+            strategy: Some(tls_identity::Strategy::DnsLikeIdentity(
+                tls_identity::DnsLikeIdentity {
+                    name: "not a name!".into(),
+                },
+            )),
+            server_name: None,
+        });
+        let mut meshed = wa("10.0.0.5:80", 1);
+        meshed.tls_identity = Some(TlsIdentity {
+            strategy: Some(tls_identity::Strategy::DnsLikeIdentity(
+                tls_identity::DnsLikeIdentity {
+                    name: "web.default.serviceaccount.identity.linkerd.cluster.local".into(),
+                },
+            )),
+            server_name: None,
+        });
+        meshed.protocol_hint = Some(ProtocolHint {
+            protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})),
+            opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4143 }),
+        });
+        let mut plain_transport = wa("10.0.0.6:80", 1);
+        plain_transport.protocol_hint = Some(ProtocolHint {
+            protocol: None,
+            opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4143 }),
+        });
+        let n = s.apply(
+            &name,
+            add(
+                vec![no_ip, big_port, port0, bad_id, meshed, plain_transport],
+                &[],
+            ),
+            true,
+        );
+        assert_eq!(n, 4);
+        assert_eq!(addrs(&s), ["10.0.0.5:80", "10.0.0.6:80"]);
+        let m = &s.eps[&"10.0.0.5:80".parse().unwrap()];
+        assert!(m.h2_hint);
+        assert_eq!(m.opaque_transport_port, Some(4143));
+        assert_eq!(
+            m.identity.as_ref().map(|n| n.as_str()),
+            Some("web.default.serviceaccount.identity.linkerd.cluster.local")
+        );
+        let p = &s.eps[&"10.0.0.6:80".parse().unwrap()];
+        assert_eq!(
+            p.opaque_transport_port, None,
+            "no transport header without mTLS"
+        );
+        assert_eq!(s.apply(&name, Update { update: None }, false), 1);
+        assert_eq!(addrs(&s).len(), 2, "an empty update changes nothing");
+    }
+}

@@ -1,0 +1,448 @@
+//! Linkerd's Destination API (issue 16): ringmesh follows `Destination.Get`
+//! from the fake control plane (`tests/mesh/fake_cp.py`, real grpcio with
+//! the linkerd2-proxy-api protos), keeps routing through updates, outages
+//! and garbage, and labels its metrics with the set's labels.
+//!
+//! Needs Debian's python3 with grpcio and protobuf, and protoc
+//! (`scripts/install-test-deps.sh`); fails without them. No root.
+
+mod common;
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::lb::{answers, backend};
+use common::*;
+use ringmesh_engine::IoDriver;
+
+const FAKE_CP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mesh/fake_cp.py");
+const PYTHON: &str = "/usr/bin/python3";
+const WEB: &str = "web.default.svc.cluster.local:80";
+
+/// The fake control plane: its config file, fault directory and output.
+struct Cp {
+    dir: PathBuf,
+    addr: SocketAddr,
+    child: Option<Child>,
+    /// Its output lines, as the reader threads pass them on.
+    lines: (Sender<String>, Receiver<String>),
+    log: RefCell<Vec<String>>,
+}
+
+impl Cp {
+    fn start(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringmesh-dst-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("faults")).unwrap();
+        let mut cp = Self {
+            dir,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            child: None,
+            lines: channel(),
+            log: RefCell::default(),
+        };
+        cp.write(&serde_json(&[]));
+        cp.spawn();
+        cp
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("cp.json")
+    }
+
+    /// Starts the process (again, on the same port after a stop).
+    fn spawn(&mut self) {
+        let mut child = Command::new(PYTHON)
+            .arg(FAKE_CP)
+            .args(["--listen", &self.addr.to_string()])
+            .arg("--config")
+            .arg(self.config())
+            .arg("--fault-dir")
+            .arg(self.dir.join("faults"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {PYTHON} {FAKE_CP}: {e}"));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).unwrap();
+            assert!(
+                n > 0 && Instant::now() < deadline,
+                "fake_cp ended before it was ready (python3-grpcio, python3-protobuf, protoc: scripts/install-test-deps.sh)"
+            );
+            if let Some(addr) = line.trim().strip_prefix("ready ") {
+                self.addr = addr.parse().unwrap();
+                break;
+            }
+        }
+        let tx = self.lines.0.clone();
+        thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Replaces the config (renamed into place; the fake notices within
+    /// 100 ms and sends open streams the difference).
+    fn write(&self, json: &str) {
+        let tmp = self.dir.join("cp.json.tmp");
+        fs::write(&tmp, json).unwrap();
+        fs::rename(&tmp, self.config()).unwrap();
+    }
+
+    fn fault(&self, name: &str) -> PathBuf {
+        let p = self.dir.join("faults").join(name);
+        fs::write(&p, "").unwrap();
+        p
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        let mut log = self.log.borrow_mut();
+        log.extend(self.lines.1.try_iter());
+        log.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    fn tail(&self) -> String {
+        let mut log = self.log.borrow_mut();
+        log.extend(self.lines.1.try_iter());
+        log[log.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Cp {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fake's config: `web` with these endpoints (addr, weight).
+fn serde_json(endpoints: &[(SocketAddr, u32)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, w)| {
+            format!(
+                r#"{{"addr": "{}", "port": {}, "weight": {w}}}"#,
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"destinations": {{"{WEB}": {{"service": "web", "namespace": "default", "endpoints": [{}]}}}}}}"#,
+        eps.join(", ")
+    )
+}
+
+fn proxy(driver: IoDriver, cp: &Cp, extra: &[(&str, &str)]) -> ringmesh_engine::Proxy {
+    let addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={WEB}");
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", forward.as_str()),
+        ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", addr.as_str()),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ("LINKERD2_PROXY_CORES", "2"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(driver, &vars)
+}
+
+fn metrics(proxy: &ringmesh_engine::Proxy) -> String {
+    let mut s = connect(proxy.admin_addr().unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every answer so far, by backend, and whether any failed.
+type Seen = Vec<(Instant, bool, u8)>;
+
+fn after(seen: &Seen, t: Instant, settle: Duration) -> Vec<u8> {
+    seen.iter()
+        .filter(|(at, _, _)| *at > t + settle)
+        .map(|(_, _, b)| *b)
+        .collect()
+}
+
+fn wait_file_gone(p: &Path, limit: Duration) -> bool {
+    eventually(limit, || !p.exists())
+}
+
+/// Endpoints added and removed by the control plane take traffic and stop
+/// taking it within a second, with no request failing (POSTs: nothing is
+/// retried); the set's labels label the metrics.
+fn endpoints_follow_updates(driver: IoDriver) {
+    let delay = Duration::from_micros(200);
+    let (a, b, c) = (
+        backend(b'a', delay),
+        backend(b'b', delay),
+        backend(b'c', delay),
+    );
+    let cp = Cp::start(&format!("follow-{}", driver_name(driver)));
+    cp.write(&serde_json(&[(a.addr, 10000), (b.addr, 10000)]));
+    let proxy = proxy(driver, &cp, &[]);
+    let addr = proxy.forward_addrs()[0];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 4, stop.clone(), true);
+    thread::sleep(Duration::from_millis(500));
+    cp.write(&serde_json(&[
+        (a.addr, 10000),
+        (b.addr, 10000),
+        (c.addr, 10000),
+    ]));
+    let added = Instant::now();
+    thread::sleep(Duration::from_millis(1500));
+    cp.write(&serde_json(&[(b.addr, 10000), (c.addr, 10000)]));
+    let removed = Instant::now();
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Seen = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("no request failed"))
+        .collect();
+    assert!(seen.len() > 500, "{} answers", seen.len());
+    assert!(seen.iter().all(|(_, bad, _)| !bad), "no request failed");
+    let early: Vec<u8> = seen
+        .iter()
+        .filter(|(at, _, _)| *at < added)
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert!(!early.contains(&b'c'), "c before it was added");
+    let mid: Vec<u8> = seen
+        .iter()
+        .filter(|(at, _, _)| *at > added + Duration::from_secs(1) && *at < removed)
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert!(
+        mid.contains(&b'c'),
+        "c takes traffic within a second of its Add"
+    );
+    let late = after(&seen, removed, Duration::from_secs(1));
+    assert!(!late.is_empty());
+    assert!(
+        !late.contains(&b'a'),
+        "a takes no traffic a second after its Remove"
+    );
+
+    let m = metrics(&proxy);
+    assert!(
+        m.lines().any(|l| l.starts_with("request_total{")
+            && l.contains("dst_namespace=\"default\"")
+            && l.contains("dst_service=\"web\"")),
+        "the set's labels label the HTTP series:\n{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tcp_open_total{") && l.contains("dst_service=\"web\"")),
+        "and the TCP series"
+    );
+    assert_eq!(metric(&m, "destination_watches"), 1);
+    assert!(metric(&m, "destination_updates_total") >= 3);
+}
+
+#[test]
+fn endpoints_follow_updates_uring() {
+    endpoints_follow_updates(IoDriver::Uring);
+}
+
+#[test]
+fn endpoints_follow_updates_epoll() {
+    endpoints_follow_updates(IoDriver::Epoll);
+}
+
+/// The control plane killed mid-traffic: no request fails, the last
+/// endpoints stay, and the stream is opened again (counted) when it
+/// returns, updates flowing again.
+#[test]
+fn control_plane_outage_keeps_the_last_state() {
+    let delay = Duration::from_micros(200);
+    let (a, b) = (backend(b'a', delay), backend(b'b', delay));
+    let mut cp = Cp::start("outage");
+    cp.write(&serde_json(&[(a.addr, 10000)]));
+    let proxy = proxy(IoDriver::Uring, &cp, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 3, stop.clone(), true);
+    thread::sleep(Duration::from_millis(300));
+    let before = metric(&metrics(&proxy), "destination_streams_total");
+    cp.stop();
+    thread::sleep(Duration::from_millis(1500));
+    let down = metrics(&proxy);
+    assert!(
+        metric(&down, "destination_stream_errors_total") >= 1,
+        "the broken stream is counted"
+    );
+    // Back, with another endpoint: the resumed stream brings it.
+    cp.write(&serde_json(&[(a.addr, 10000), (b.addr, 10000)]));
+    cp.spawn();
+    let resumed = eventually(Duration::from_secs(15), || {
+        metric(&metrics(&proxy), "destination_streams_total") > before
+            && cp.log_count("dst.get path=") >= 2
+    });
+    assert!(resumed, "the stream is opened again:\n{}", cp.tail());
+    let back = Instant::now();
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Seen = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("no request failed"))
+        .collect();
+    assert!(seen.iter().all(|(_, bad, _)| !bad), "no request failed");
+    assert!(seen.len() > 300, "{} answers", seen.len());
+    assert!(
+        after(&seen, back, Duration::from_millis(500)).contains(&b'b'),
+        "the update after the outage is applied"
+    );
+}
+
+/// Undecodable bytes on the stream, a stream ended with an error, and a
+/// stream that never answers (the initial timeout): each is logged and
+/// counted, the endpoints stay, the stream is opened again and follows
+/// updates afterwards.
+#[test]
+fn garbage_resets_and_silence_keep_the_state() {
+    let delay = Duration::from_micros(200);
+    let (a, b, c) = (
+        backend(b'a', delay),
+        backend(b'b', delay),
+        backend(b'c', delay),
+    );
+    let cp = Cp::start("garbage");
+    cp.write(&serde_json(&[(a.addr, 10000)]));
+    let proxy = proxy(
+        IoDriver::Uring,
+        &cp,
+        &[
+            ("LINKERD2_PROXY_CONTROL_STREAM_INITIAL_TIMEOUT", "300ms"),
+            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 3, stop.clone(), true);
+    thread::sleep(Duration::from_millis(300));
+
+    let errors =
+        |p: &ringmesh_engine::Proxy| metric(&metrics(p), "destination_stream_errors_total");
+    let e0 = errors(&proxy);
+    let garbage = cp.fault("garbage");
+    assert!(
+        wait_file_gone(&garbage, Duration::from_secs(5)),
+        "garbage sent"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || errors(&proxy) > e0),
+        "the undecodable message ends the stream"
+    );
+    let e1 = errors(&proxy);
+    let reset = cp.fault("reset");
+    assert!(wait_file_gone(&reset, Duration::from_secs(5)), "reset sent");
+    assert!(
+        eventually(Duration::from_secs(5), || errors(&proxy) > e1),
+        "the reset stream is counted"
+    );
+    // Silent: every new stream hangs; the initial timeout gives up on it.
+    // (Once the stream after the reset is open and answered, so the next
+    // reset reaches a stream that listens.)
+    assert!(eventually(Duration::from_secs(5), || cp
+        .log_count("dst.get path=")
+        >= 3));
+    thread::sleep(Duration::from_millis(300));
+    let silent = cp.fault("silent");
+    let e2 = errors(&proxy);
+    let reset = cp.fault("reset");
+    assert!(wait_file_gone(&reset, Duration::from_secs(5)));
+    assert!(
+        eventually(Duration::from_secs(8), || errors(&proxy) >= e2 + 3),
+        "silent streams time out and are opened again:\n{}",
+        cp.tail()
+    );
+    fs::remove_file(&silent).unwrap();
+    // Then updates flow again.
+    cp.write(&serde_json(&[(b.addr, 10000), (c.addr, 10000)]));
+    let moved = Instant::now();
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Seen = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("no request failed"))
+        .collect();
+    assert!(seen.iter().all(|(_, bad, _)| !bad), "no request failed");
+    let during: Vec<u8> = seen
+        .iter()
+        .filter(|(at, _, _)| *at < moved)
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert!(during.len() > 100 && during.iter().all(|b| *b == b'a'));
+    let late = after(&seen, moved, Duration::from_millis(2000));
+    assert!(
+        !late.is_empty() && late.iter().all(|b| *b == b'b' || *b == b'c'),
+        "the update after the faults is applied"
+    );
+    let m = metrics(&proxy);
+    assert_eq!(metric(&m, "destination_watches"), 1);
+}
+
+/// Which targets the Destination API is asked about: names under the
+/// profile suffixes (at a label boundary), addresses in the profile
+/// networks; nothing is asked before a target is met.
+#[test]
+fn only_claimed_targets_are_asked() {
+    let cp = Cp::start("claims");
+    let dst = cp.addr.to_string();
+    let cfg = ringmesh_engine::config::Config::from_source(
+        &[
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", dst.as_str()),
+            (
+                "LINKERD2_PROXY_DESTINATION_PROFILE_SUFFIXES",
+                "svc.cluster.local.,example.org",
+            ),
+            (
+                "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+                "10.0.0.0/8, fd00::/8",
+            ),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap();
+    let d = cfg.destination.unwrap();
+    let claims = |s: &str| d.claims(&ringmesh_discovery::Authority::parse(s).unwrap());
+    assert!(claims(WEB));
+    assert!(claims("a.example.org:80") && claims("example.org:80"));
+    assert!(!claims("badexample.org:80") && !claims("web.test:80"));
+    assert!(claims("10.1.2.3:80") && claims("[fd00::1]:80"));
+    assert!(!claims("127.0.0.1:80") && !claims("192.168.0.1:80"));
+    assert_eq!(cp.log_count("dst.get"), 0);
+}
