@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use crate::{Authority, Endpoint, Service, Snapshot, SnapshotPublisher};
+use crate::{Authority, Endpoint, Protocol, Service, Snapshot, SnapshotPublisher};
 
 /// A change counter that tasks on the same thread can wait on.
 #[derive(Default)]
@@ -219,14 +219,16 @@ impl Table {
     /// A resolver's answer for a watched name. Publishes and returns true
     /// when it changes what workers see.
     pub fn report(&self, name: &Authority, endpoints: Vec<Endpoint>) -> bool {
-        self.report_labelled(name, endpoints, Arc::new([]))
+        self.report_service(name, endpoints, None, Arc::new([]))
     }
 
-    /// [`Table::report`] with the service's metric labels (sorted by name).
-    pub fn report_labelled(
+    /// [`Table::report`] with the protocol the service speaks, if known,
+    /// and its metric labels (sorted by name).
+    pub fn report_service(
         &self,
         name: &Authority,
         endpoints: Vec<Endpoint>,
+        protocol: Option<Protocol>,
         labels: Arc<[(String, String)]>,
     ) -> bool {
         let mut st = self.inner.state.borrow_mut();
@@ -236,15 +238,14 @@ impl Table {
             return false;
         };
         let had_held = entry.held.take().is_some();
-        let same = entry
-            .resolved
-            .as_ref()
-            .is_some_and(|s| s.endpoints == endpoints && s.labels == labels);
+        let same = entry.resolved.as_ref().is_some_and(|s| {
+            s.endpoints == endpoints && s.protocol == protocol && s.labels == labels
+        });
         if !same {
             entry.resolved = Some(Arc::new(Service::new(
                 name.clone(),
                 endpoints,
-                None,
+                protocol,
                 labels,
             )));
         }

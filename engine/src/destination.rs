@@ -323,9 +323,12 @@ impl Watch {
             self.metrics
                 .invalid
                 .fetch_add(invalid as u64, Ordering::Relaxed);
-            let changed = self
-                .table
-                .report_labelled(name, set.endpoints(name), set.labels.clone());
+            let changed = self.table.report_service(
+                name,
+                set.endpoints(name),
+                set.protocol(),
+                set.labels.clone(),
+            );
             *answered = true;
             tracing::debug!(%name, endpoints = set.eps.len(), changed, "destination update");
         }
@@ -343,6 +346,9 @@ fn no_message(what: &str, within: Option<Duration>) -> GrpcError {
 #[derive(Default)]
 struct EndpointSet {
     eps: BTreeMap<SocketAddr, Endpoint>,
+    /// Endpoints with the `opaque` protocol hint (their port is marked
+    /// opaque where they run).
+    opaque: std::collections::BTreeSet<SocketAddr>,
     labels: Arc<[(String, String)]>,
 }
 
@@ -352,6 +358,7 @@ impl EndpointSet {
     fn apply(&mut self, name: &Authority, update: Update, fresh: bool) -> usize {
         if fresh {
             self.eps.clear();
+            self.opaque.clear();
         }
         let mut invalid = 0;
         match update.update {
@@ -367,7 +374,12 @@ impl EndpointSet {
                 }
                 for wa in set.addrs {
                     match endpoint(wa) {
-                        Ok(ep) => {
+                        Ok((ep, opaque)) => {
+                            if opaque {
+                                self.opaque.insert(ep.addr);
+                            } else {
+                                self.opaque.remove(&ep.addr);
+                            }
                             self.eps.insert(ep.addr, ep);
                         }
                         Err(why) => {
@@ -382,18 +394,30 @@ impl EndpointSet {
                     match socket_addr(a) {
                         Some(addr) => {
                             self.eps.remove(&addr);
+                            self.opaque.remove(&addr);
                         }
                         None => invalid += 1,
                     }
                 }
             }
-            Some(update::Update::NoEndpoints(_)) => self.eps.clear(),
+            Some(update::Update::NoEndpoints(_)) => {
+                self.eps.clear();
+                self.opaque.clear();
+            }
             None => {
                 invalid += 1;
                 tracing::warn!(%name, "destination sent an empty update; ignored");
             }
         }
         invalid
+    }
+
+    /// Opaque when every endpoint is hinted so: connections skip
+    /// detection, as for a port marked opaque (`GetProfile`'s
+    /// `opaque_protocol` says the same, later).
+    fn protocol(&self) -> Option<ringmesh_discovery::Protocol> {
+        (!self.eps.is_empty() && self.opaque.len() == self.eps.len())
+            .then_some(ringmesh_discovery::Protocol::Opaque)
     }
 
     /// What workers route `name` to: the set; for an original
@@ -413,8 +437,9 @@ fn socket_addr(a: linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// An endpoint from the Destination API's description of it.
-fn endpoint(wa: WeightedAddr) -> Result<Endpoint, &'static str> {
+/// An endpoint from the Destination API's description of it, and whether
+/// it carries the `opaque` hint.
+fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
     let addr = wa
         .addr
         .and_then(socket_addr)
@@ -430,16 +455,17 @@ fn endpoint(wa: WeightedAddr) -> Result<Endpoint, &'static str> {
             return Err("URI tls_identity is not supported")
         }
     };
-    let (h2_hint, transport_port) = match wa.protocol_hint {
-        None => (false, None),
+    let (h2_hint, opaque, transport_port) = match wa.protocol_hint {
+        None => (false, false, None),
         Some(h) => (
             matches!(h.protocol, Some(protocol_hint::Protocol::H2(_))),
+            matches!(h.protocol, Some(protocol_hint::Protocol::Opaque(_))),
             h.opaque_transport
                 .and_then(|t| u16::try_from(t.inbound_port).ok())
                 .filter(|p| *p != 0),
         ),
     };
-    Ok(Endpoint {
+    let ep = Endpoint {
         addr,
         // linkerd's controller sends 10000 by default; 0 is "no weight".
         weight: wa.weight.max(1),
@@ -447,7 +473,8 @@ fn endpoint(wa: WeightedAddr) -> Result<Endpoint, &'static str> {
         // The transport header only goes with mutual TLS.
         opaque_transport_port: transport_port.filter(|_| identity.is_some()),
         identity,
-    })
+    };
+    Ok((ep, opaque))
 }
 
 /// A Prometheus label name (`dst_` is prefixed when rendered).
@@ -597,6 +624,17 @@ mod tests {
         };
         s.apply(&name, none, false);
         assert!(s.eps.is_empty());
+        assert_eq!(s.protocol(), None);
+        // Every endpoint hinted opaque: the service skips detection.
+        let mut o = wa("10.0.0.7:80", 1);
+        o.protocol_hint = Some(ProtocolHint {
+            protocol: Some(protocol_hint::Protocol::Opaque(protocol_hint::Opaque {})),
+            opaque_transport: None,
+        });
+        s.apply(&name, add(vec![o], &[]), false);
+        assert_eq!(s.protocol(), Some(ringmesh_discovery::Protocol::Opaque));
+        s.apply(&name, add(vec![wa("10.0.0.8:80", 1)], &[]), false);
+        assert_eq!(s.protocol(), None, "not every endpoint is opaque");
     }
 
     #[test]

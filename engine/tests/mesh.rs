@@ -462,6 +462,18 @@ fn linkerd2_proxy_identity_retry_and_renewal() {
 /// `l5d-client-id`.
 #[test]
 fn linkerd2_proxy_discovery_updates_and_identity_checks() {
+    discovery_updates_and_identity_checks(Sidecar::linkerd2_proxy());
+}
+
+/// The same, ringmesh on A driven by the same fake control plane through
+/// Destination.Get (it sends the identity as SNI; a `server_name` that
+/// differs is not used).
+#[test]
+fn ringmesh_discovery_updates_and_identity_checks() {
+    discovery_updates_and_identity_checks(Sidecar::ringmesh("uring"));
+}
+
+fn discovery_updates_and_identity_checks(a: Sidecar) {
     const POD_IP_PORT: u16 = 8082;
     let config = |b: &harness::PodInfo, identity: &str, sni: Option<&str>| {
         CpConfig::default()
@@ -483,11 +495,9 @@ fn linkerd2_proxy_discovery_updates_and_identity_checks() {
                 },
             )
     };
-    let mesh = Mesh::start(
-        Sidecar::linkerd2_proxy(),
-        Sidecar::linkerd2_proxy(),
-        |_a, b| config(b, &b.identity, None),
-    );
+    let mesh = Mesh::start(a, Sidecar::linkerd2_proxy(), |_a, b| {
+        config(b, &b.identity, None)
+    });
     let (a_id, b) = (mesh.a.info.identity.clone(), mesh.b.info.clone());
     let _apps = [HTTP1_PORT, POD_IP_PORT].map(|port| {
         let addr = b.addr(port);

@@ -161,9 +161,6 @@ impl Destination {
 pub struct CpConfig {
     destinations: Vec<String>,
     opaque_ports: Vec<u16>,
-    /// The same facts as ringmesh's static discovery file (ringmesh has no
-    /// Destination client yet): one `[[service]]` per destination.
-    services: Vec<String>,
 }
 
 impl CpConfig {
@@ -199,29 +196,7 @@ impl CpConfig {
         if d.opaque {
             self.opaque_ports.push(port);
         }
-        let mut svc =
-            format!("[[service]]\nname = \"{ip}:{port}\"\nendpoints = [\"{ip}:{port}\"]\n");
-        if let Some(id) = &d.tls_identity {
-            svc.push_str(&format!(
-                "identity = \"{id}\"\nopaque_transport_port = {INBOUND_PORT}\n"
-            ));
-        }
-        svc.push_str(if d.opaque {
-            "protocol = \"opaque\"\n"
-        } else {
-            "protocol_hint = \"h2\"\n"
-        });
-        self.services.push(svc);
         self
-    }
-
-    /// ringmesh's static discovery file saying what [`CpConfig::to_json`]
-    /// says to linkerd2-proxy.
-    pub fn to_toml(&self) -> String {
-        if self.services.is_empty() {
-            return "empty = true\n".into();
-        }
-        self.services.join("\n")
     }
 
     pub fn to_json(&self) -> String {
@@ -748,7 +723,6 @@ impl MeshBuilder {
         let config_path = dir.join("cp.json");
         let cp_config = config(&ia, &ib);
         fs::write(&config_path, cp_config.to_json()).unwrap();
-        fs::write(dir.join("static.toml"), cp_config.to_toml()).unwrap();
 
         let start_pod = |info: PodInfo, sidecar: Sidecar| -> Pod {
             let pod_dir = dir.join(info.name);
@@ -780,11 +754,7 @@ impl MeshBuilder {
             ])
             .arg(&sidecar.bin)
             .env_clear()
-            .envs(Mesh::env(&info, &ca, &id_dir, &token, &sidecar))
-            .envs(
-                (sidecar.name == "ringmesh")
-                    .then(|| ("RINGMESH_DISCOVERY_STATIC", dir.join("static.toml"))),
-            );
+            .envs(Mesh::env(&info, &ca, &id_dir, &token, &sidecar));
             // The proxy starts after its control plane listens, as in a pod
             // where the control plane is up before the workload.
             if let Err(e) = cp.wait_for("ready ", Duration::from_secs(20)) {
@@ -896,9 +866,6 @@ impl Mesh {
         let tmp = self.config.with_extension("tmp");
         fs::write(&tmp, config.to_json()).unwrap();
         fs::rename(&tmp, &self.config).unwrap();
-        let tmp = self.dir.join("static.toml.tmp");
-        fs::write(&tmp, config.to_toml()).unwrap();
-        fs::rename(&tmp, self.dir.join("static.toml")).unwrap();
         for (pod, n) in [(&self.a, before[0]), (&self.b, before[1])] {
             let ok = crate::common::eventually(Duration::from_secs(5), || {
                 pod.cp.count("config: loaded") > n
