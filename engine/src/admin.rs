@@ -68,11 +68,13 @@ impl AdminBackend for EngineAdmin {
         let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
         let mut scrape = Scrape::default();
         for answer in answers {
-            let Ok(Ok((stats, tcp, http))) = monoio::time::timeout_at(deadline, answer).await
+            let Ok(Ok((stats, tcp, http, authz))) =
+                monoio::time::timeout_at(deadline, answer).await
             else {
                 continue;
             };
             scrape.add(stats, &tcp, &http);
+            scrape.add_authz(&authz);
         }
         let process = ProcessInfo {
             started: self.started,

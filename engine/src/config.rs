@@ -83,6 +83,13 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
+pub const POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
+pub const INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
+pub const INBOUND_PORTS_REQUIRE_TLS: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS";
+/// Linkerd's chart default for the cluster networks.
+pub const DEFAULT_CLUSTER_NETWORKS: &str =
+    "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 pub const DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
 pub const DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
 pub const DESTINATION_CONTEXT: &str = "LINKERD2_PROXY_DESTINATION_CONTEXT";
@@ -189,6 +196,8 @@ pub struct Config {
     pub destination: Option<DestinationConfig>,
     /// Limits on every control-plane stream (Destination, policy).
     pub control_streams: StreamLimits,
+    /// Who may reach the application through the inbound side.
+    pub inbound_policy: crate::authz::InboundPolicy,
 }
 
 /// Linkerd's Destination service, and which targets it is asked about.
@@ -456,6 +465,13 @@ impl Config {
             identity: IdentityConfig::Disabled,
             destination: None,
             control_streams: StreamLimits::default(),
+            inbound_policy: crate::authz::InboundPolicy {
+                cluster_networks: DEFAULT_CLUSTER_NETWORKS
+                    .split(',')
+                    .filter_map(|n| n.parse().ok())
+                    .collect(),
+                ..crate::authz::InboundPolicy::default()
+            },
         }
     }
 
@@ -487,6 +503,7 @@ impl Config {
         c.identity = p.read_identity();
         c.control_streams = p.read_stream_limits();
         c.destination = p.read_destination(&c.identity);
+        p.read_inbound_policy(&mut c.inbound_policy);
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -952,6 +969,22 @@ impl Parser<'_> {
         limits
     }
 
+    /// The inbound authorization settings.
+    fn read_inbound_policy(&mut self, p: &mut crate::authz::InboundPolicy) {
+        if let Some(d) = self.parse_with(INBOUND_DEFAULT_POLICY, |s| s.parse()) {
+            p.default = d;
+        }
+        if let Some(n) = self.parse_with(POLICY_CLUSTER_NETWORKS, parse_networks) {
+            p.cluster_networks = n;
+        }
+        if let Some(ports) = self.parse_with(INBOUND_PORTS_REQUIRE_IDENTITY, PortSet::parse) {
+            p.require_identity = ports;
+        }
+        if let Some(ports) = self.parse_with(INBOUND_PORTS_REQUIRE_TLS, PortSet::parse) {
+            p.require_tls = ports;
+        }
+    }
+
     /// The Destination API, when `_DESTINATION_SVC_ADDR` is set.
     fn read_destination(&mut self, identity: &IdentityConfig) -> Option<DestinationConfig> {
         let addr = self.raw(DESTINATION_SVC_ADDR).filter(|v| !v.is_empty())?;
@@ -984,17 +1017,7 @@ impl Parser<'_> {
             .parse_with(DESTINATION_PROFILE_SUFFIXES, |s| Ok(split_suffixes(s)))
             .unwrap_or_else(|| split_suffixes("svc.cluster.local."));
         let networks = self
-            .parse_with(DESTINATION_PROFILE_NETWORKS, |s| {
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(|n| {
-                        n.parse::<ipnet::IpNet>()
-                            .map(|n| n.trunc())
-                            .map_err(|_| format!("{n:?} is not a network (CIDR)"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
+            .parse_with(DESTINATION_PROFILE_NETWORKS, parse_networks)
             .unwrap_or_default();
         let mut idle_timeout = Duration::from_secs(5);
         self.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle_timeout);
@@ -1054,6 +1077,19 @@ pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 /// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).
+/// A comma-separated list of CIDRs.
+fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| format!("{n:?} is not a network (CIDR)"))
+        })
+        .collect()
+}
+
 /// `svc.cluster.local.,example.com` → lowercase suffixes without their
 /// trailing dot; `.` (every name) becomes the empty suffix.
 fn split_suffixes(s: &str) -> Vec<String> {

@@ -47,6 +47,8 @@ pub(crate) enum Kind {
     /// The endpoint answered with this status (502/503), which was held
     /// back for a retry that then could not be made.
     Answered(u16),
+    /// Inbound authorization denied the client (policy).
+    Forbidden,
 }
 
 /// Whose fault it is.
@@ -73,6 +75,8 @@ pub(crate) struct ProxyError {
 
 /// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
 pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
+/// gRPC's PERMISSION_DENIED: an authorization denial.
+pub(crate) const GRPC_PERMISSION_DENIED: u32 = 7;
 
 impl ProxyError {
     pub(crate) fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -127,6 +131,10 @@ impl ProxyError {
         }
     }
 
+    pub(crate) fn forbidden(reason: &'static str) -> Self {
+        Self::new(Kind::Forbidden, reason)
+    }
+
     pub(crate) fn upstream(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Kind::UpstreamFailed, reason)
     }
@@ -162,7 +170,7 @@ impl ProxyError {
 
     pub(crate) fn side(&self) -> Side {
         match self.kind {
-            Kind::Malformed(_) | Kind::HeadTimeout => Side::Downstream,
+            Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden => Side::Downstream,
             Kind::NoEndpoints | Kind::Unresolved | Kind::Loop => Side::Internal,
             Kind::ConnectFailed
             | Kind::ConnectTimeout
@@ -178,6 +186,7 @@ impl ProxyError {
         match self.kind {
             Kind::Malformed(status) | Kind::Answered(status) => status,
             Kind::HeadTimeout => 408,
+            Kind::Forbidden => 403,
             Kind::NoEndpoints | Kind::Unresolved => 503,
             Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
@@ -188,6 +197,7 @@ impl ProxyError {
     pub(crate) fn label(&self) -> &'static str {
         match self.kind {
             Kind::Malformed(_) | Kind::HeadTimeout => "bad_request",
+            Kind::Forbidden => "unauthorized",
             Kind::NoEndpoints => "no_endpoints",
             Kind::Unresolved => "unresolved",
             Kind::Loop => "loop",
@@ -210,7 +220,10 @@ impl ProxyError {
 
     /// The `grpc-status` a gRPC client gets with the answer.
     pub(crate) fn grpc_status(&self) -> u32 {
-        GRPC_UNAVAILABLE
+        match self.kind {
+            Kind::Forbidden => GRPC_PERMISSION_DENIED,
+            _ => GRPC_UNAVAILABLE,
+        }
     }
 
     /// Whether an HTTP/1 client connection is closed after the answer:
@@ -296,6 +309,7 @@ mod tests {
             ),
             (Kind::Answered(503), 503, "upstream_failed", Side::Upstream),
             (Kind::Answered(502), 502, "upstream_failed", Side::Upstream),
+            (Kind::Forbidden, 403, "unauthorized", Side::Downstream),
         ];
         for (kind, status, label, side) in cases {
             let e = ProxyError::new(kind, "x");
@@ -304,7 +318,12 @@ mod tests {
                 (status, label, side),
                 "{kind:?}"
             );
-            assert_eq!(e.grpc_status(), GRPC_UNAVAILABLE, "{kind:?}");
+            let grpc = if kind == Kind::Forbidden {
+                GRPC_PERMISSION_DENIED
+            } else {
+                GRPC_UNAVAILABLE
+            };
+            assert_eq!(e.grpc_status(), grpc, "{kind:?}");
             assert!(e.closes_connection(), "{kind:?}");
             assert!(!e.retryable(), "{kind:?} retryable by default");
         }

@@ -65,7 +65,7 @@ pub(crate) async fn serve(
         meter,
         fd,
         tls,
-        inbound: matches!(dst, HttpDst::Local(_)),
+        inbound: matches!(dst, HttpDst::Local(..)),
     };
     let limits = Limits::default();
     // Per-request state (heads, write buffer) and the upstream read buffer
@@ -175,7 +175,7 @@ async fn request(
     let Scratch { req, resp, out } = s;
     let mut ubuf = std::mem::take(ubuf_slot);
     c.buf.drain(..head_len);
-    let direction = if matches!(dst, HttpDst::Local(_)) {
+    let direction = if matches!(dst, HttpDst::Local(..)) {
         Direction::Inbound
     } else {
         Direction::Outbound
@@ -199,6 +199,9 @@ async fn request(
 /// Picks the request's destination and path: over HTTP/2 to meshed
 /// endpoints, else to an HTTP/1 upstream (its small body kept first).
 async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDst) -> Next {
+    if let HttpDst::Local(addr, verdict) = dst {
+        obs.authorized(*addr, verdict);
+    }
     let target = match resolve(&t.w.routes, dst, t.req.authority()).await {
         Ok(d) => d,
         Err(e) => {

@@ -200,7 +200,7 @@ pub(crate) async fn serve(
     meter: ConnMeter,
 ) {
     let dst = Rc::new(dst);
-    let direction = if matches!(*dst, HttpDst::Local(_)) {
+    let direction = if matches!(*dst, HttpDst::Local(..)) {
         Direction::Inbound
     } else {
         Direction::Outbound
@@ -468,6 +468,9 @@ async fn forward(
     respond: &mut server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) -> Result<ResponseClass, Failure> {
+    if let HttpDst::Local(addr, verdict) = dst {
+        obs.authorized(*addr, verdict);
+    }
     let target = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).

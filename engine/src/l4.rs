@@ -8,7 +8,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::authz::Verdict;
 use monoio::net::TcpStream;
+use ringmesh_admin::telemetry::AuthzProto;
 use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::buffer::BufferPool;
@@ -248,6 +250,24 @@ async fn serve_decided(
 ) {
     let (w, peer) = (c.w, c.peer);
     let connect_timeout = c.side.connect_timeout;
+    let mut route = route;
+    // Inbound: who may reach the application, decided once for the
+    // connection (HTTP requests are answered 403 one by one; an opaque
+    // connection is closed).
+    if let HttpDst::Local(target, verdict) = &mut route.http {
+        *verdict = w
+            .routes
+            .policy
+            .check(target.port(), peer.ip(), client.tls());
+        if matches!(decided.protocol, Protocol::Tls | Protocol::Opaque) {
+            let key = crate::authz::key(AuthzProto::Tcp, *target, verdict, client.tls());
+            w.telemetry.authz.borrow_mut().record(&key);
+            if !verdict.allowed {
+                warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = verdict.policy, "inbound connection denied by policy; closing");
+                return;
+            }
+        }
+    }
     match decided.protocol {
         Protocol::Http1 => {
             close_early(c, &labels, decided.early.take());
@@ -395,7 +415,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         addr: target,
         port: target.port(),
         hint: None,
-        http: HttpDst::Local(target),
+        http: HttpDst::Local(target, Verdict::UNCHECKED),
     };
     let labels = ConnLabels::new(c.kind, &route.target);
     let src_meter = labels.open(w, Peer::Src, target, client.tls());
@@ -826,10 +846,10 @@ fn route(
         }
         ListenerKind::Inbound => {
             if orig != local {
-                http = HttpDst::Local(orig);
+                http = HttpDst::Local(orig, Verdict::UNCHECKED);
                 Target::Addr(orig)
             } else if let Some(t) = w.cfg.inbound.target {
-                http = HttpDst::Local(t);
+                http = HttpDst::Local(t, Verdict::UNCHECKED);
                 Target::Addr(t)
             } else {
                 tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");

@@ -54,6 +54,7 @@
 #![deny(rust_2018_idioms)]
 
 mod admin;
+pub mod authz;
 mod certify;
 pub mod config;
 mod connect;

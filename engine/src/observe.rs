@@ -67,6 +67,21 @@ impl<'w> Observer<'w> {
         }
     }
 
+    /// Counts an inbound request's authorization (linkerd2-proxy's
+    /// `inbound_http_authz_{allow,deny}_total`).
+    pub(crate) fn authorized(&self, target: std::net::SocketAddr, v: &crate::authz::Verdict) {
+        self.w
+            .telemetry
+            .authz
+            .borrow_mut()
+            .record(&crate::authz::key(
+                ringmesh_admin::telemetry::AuthzProto::Http,
+                target,
+                v,
+                &self.key.tls,
+            ));
+    }
+
     pub(crate) fn started(&self) -> Instant {
         self.started
     }

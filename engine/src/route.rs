@@ -27,8 +27,9 @@ pub(crate) enum HttpDst {
     OrigDst(SocketAddr),
     /// An explicit forward's target.
     Forward(Authority),
-    /// The local application (inbound).
-    Local(SocketAddr),
+    /// The local application (inbound), and whether the client may reach
+    /// it (decided once per connection by the inbound policy).
+    Local(SocketAddr, crate::authz::Verdict),
     /// The request's authority (absolute-form target or Host): a client
     /// using ringmesh as an explicit HTTP proxy.
     ByAuthority,
@@ -114,7 +115,8 @@ async fn resolve_now(
     };
     match dst {
         HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
-        HttpDst::Local(addr) => Ok(Dst::Addr(*addr)),
+        HttpDst::Local(addr, v) if v.allowed => Ok(Dst::Addr(*addr)),
+        HttpDst::Local(_, v) => Err(ProxyError::forbidden(v.reason)),
         HttpDst::Forward(name) => match snap.service(name) {
             Some(svc) => Ok(Dst::Service(svc.clone(), r.balancer(svc))),
             None => match name.socket_addr() {

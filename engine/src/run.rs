@@ -198,6 +198,7 @@ fn new_worker(
 ) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
     let (failfast_timeout, queue_capacity) = (cfg.http.failfast_timeout, cfg.http.queue_capacity);
+    let policy = cfg.inbound_policy.clone();
     let discover_networks = cfg
         .destination
         .as_ref()
@@ -225,6 +226,7 @@ fn new_worker(
             failfast_timeout,
             queue_capacity,
             discover_networks,
+            policy,
         },
         telemetry: Telemetry::default(),
         detection: Detection {
@@ -371,6 +373,7 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
                 worker.stats(),
                 worker.telemetry.tcp.borrow().snapshot(),
                 worker.telemetry.http.borrow().clone(),
+                worker.telemetry.authz.borrow().clone(),
             ));
         }
         WorkerMsg::Shutdown => {}

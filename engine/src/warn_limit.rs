@@ -33,10 +33,12 @@ pub(crate) enum Warning {
     AcceptFailed,
     /// An inbound mutual-TLS handshake or transport header failed.
     TlsHandshake,
+    /// An inbound connection denied by the authorization policy.
+    Unauthorized,
 }
 
 impl Warning {
-    const ALL: [Warning; 9] = [
+    const ALL: [Warning; 10] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -46,6 +48,7 @@ impl Warning {
         Warning::Loop,
         Warning::AcceptFailed,
         Warning::TlsHandshake,
+        Warning::Unauthorized,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Warning {
             Warning::Loop => "loop refused",
             Warning::AcceptFailed => "accept failed",
             Warning::TlsHandshake => "inbound TLS failed",
+            Warning::Unauthorized => "connection denied by policy",
         }
     }
 }

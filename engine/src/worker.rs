@@ -81,6 +81,8 @@ pub(crate) struct Routes {
     /// Original destinations in these networks are looked up through the
     /// Destination API (empty without one).
     pub discover_networks: Vec<ipnet::IpNet>,
+    /// Who may reach the application (inbound).
+    pub policy: crate::authz::InboundPolicy,
 }
 
 /// What connections and requests borrow and give back.
@@ -115,6 +117,8 @@ pub(crate) struct Telemetry {
     pub server_first_relays: Cell<u64>,
     pub tcp: RefCell<TcpShard>,
     pub http: RefCell<HttpShard>,
+    /// Inbound authorization outcomes.
+    pub authz: RefCell<ringmesh_admin::telemetry::AuthzShard>,
     /// Warnings that can repeat per request or connection, rate-limited.
     pub warnings: WarnLimit,
 }

@@ -861,3 +861,190 @@ fn tls_for_another_name_is_relayed_untouched() {
         "{m}"
     );
 }
+
+/// Transport header for an opaque connection to `port` (no session
+/// protocol).
+fn opaque_header(port: u16) -> Vec<u8> {
+    let mut out = header(port, &[]);
+    // Drop the session protocol (4 bytes) and fix the length.
+    out.truncate(out.len() - 4);
+    let len = (out.len() - 27) as u32;
+    out[23..27].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The inbound default policy `all-authenticated` (issue 16): a meshed
+/// client with an identity is served; a plaintext client, and a TLS client
+/// without a certificate, get 403 with `l5d-proxy-error` (HTTP/1, HTTP/2,
+/// and gRPC's PERMISSION_DENIED); their opaque connections are closed
+/// before reaching the app. linkerd2-proxy's authz families count both.
+#[test]
+fn inbound_policy_authorizes_meshed_clients_and_denies_others() {
+    let pki = Pki::new("authz");
+    let app = http::origin("app");
+    let echo = Backend::echo();
+    let target = app.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "all-authenticated"),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+
+    // Plaintext HTTP/1.
+    let answer = get(inbound, "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("l5d-proxy-error: unauthorized"),
+        "{answer}"
+    );
+    assert!(!answer.contains("app"), "the app was reached: {answer}");
+    // Plaintext HTTP/2 and gRPC.
+    let url = format!("http://{inbound}/echo-head");
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--http2-prior-knowledge", "-m", "5", &url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 403"), "{text}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--http2-prior-knowledge",
+            "-m",
+            "5",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "",
+            &format!("http://{inbound}/pkg.Svc/Method"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        text.contains("grpc-status: 7"),
+        "gRPC PERMISSION_DENIED: {text}"
+    );
+
+    // Mutual TLS without a client certificate: TLS, no identity.
+    let anon = meshed_get(
+        inbound,
+        client_config(&pki, None, true),
+        app.addr.port(),
+        (&[], ""),
+    );
+    assert!(anon.starts_with("HTTP/1.1 403"), "{anon}");
+    // With A's identity: served, l5d-client-id set.
+    let a_leaf = pki.good("a", A);
+    let ok = meshed_get(
+        inbound,
+        client_config(&pki, Some(&a_leaf), true),
+        app.addr.port(),
+        (&[], ""),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains(&format!("l5d-client-id: {A}")), "{ok}");
+
+    // Opaque: closed unless meshed with an identity.
+    for (cert, served) in [(None, false), (Some(&a_leaf), true)] {
+        let mut s = tls_to(inbound, client_config(&pki, cert, true));
+        s.write_all(&opaque_header(echo.addr.port())).unwrap();
+        let _ = s.write_all(b"ping");
+        let mut got = [0u8; 4];
+        let echoed = s.read_exact(&mut got).is_ok() && &got == b"ping";
+        assert_eq!(echoed, served, "opaque with certificate {}", cert.is_some());
+    }
+
+    let (_, m) = admin(&b, "/metrics");
+    let has = |family: &str, parts: &[&str]| {
+        m.lines()
+            .any(|l| l.starts_with(family) && parts.iter().all(|p| l.contains(p)))
+    };
+    let srv = "srv_kind=\"default\",srv_name=\"all-authenticated\"";
+    assert!(
+        has(
+            "inbound_http_authz_deny_total{",
+            &[srv, "tls=\"no_identity\""]
+        ),
+        "{m}"
+    );
+    assert!(has(
+        "inbound_http_authz_deny_total{",
+        &[srv, "tls=\"true\",client_id=\"\""]
+    ));
+    assert!(has(
+        "inbound_http_authz_allow_total{",
+        &[
+            srv,
+            "authz_name=\"all-authenticated\"",
+            &format!("client_id=\"{A}\"")
+        ]
+    ));
+    assert!(has("inbound_tcp_authz_deny_total{", &[srv]));
+    assert!(has(
+        "inbound_tcp_authz_allow_total{",
+        &[
+            &format!("target_addr=\"{}\"", echo.addr),
+            &format!("client_id=\"{A}\"")
+        ]
+    ));
+    assert!(
+        has(
+            "response_total{",
+            &[
+                "direction=\"inbound\"",
+                "status_code=\"403\"",
+                "error=\"unauthorized\""
+            ]
+        ),
+        "{m}"
+    );
+}
+
+/// `cluster-unauthenticated` allows clients from the cluster networks only
+/// (`LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`), without identity; a port in
+/// `LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS` refuses plaintext whatever
+/// the network.
+#[test]
+fn cluster_networks_and_required_tls_ports() {
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let port = app.addr.port().to_string();
+    let with = |networks: &str, require_tls: &str| {
+        start_proxy(
+            IoDriver::Epoll,
+            &[
+                ("RINGMESH_INBOUND_TARGET", &target),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                (
+                    "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+                    "cluster-unauthenticated",
+                ),
+                ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", networks),
+                ("LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS", require_tls),
+            ],
+        )
+    };
+    let outside = with("10.0.0.0/8", "");
+    let answer = get(outside.inbound_addr().unwrap(), "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let inside = with("10.0.0.0/8,127.0.0.0/8", "");
+    let answer = get(inside.inbound_addr().unwrap(), "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let tls_port = with("127.0.0.0/8", &port);
+    let answer = get(tls_port.inbound_addr().unwrap(), "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("TLS required"), "{answer}");
+}

@@ -21,6 +21,7 @@
 
 use std::fmt::Write as _;
 
+mod authz;
 mod http;
 mod keyed_hash;
 mod labels;
@@ -30,6 +31,7 @@ mod tcp;
 mod tls;
 mod workers;
 
+pub use authz::{AuthzKey, AuthzProto, AuthzShard};
 pub use http::{ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS};
 pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};

@@ -1,6 +1,7 @@
 //! One `/metrics` answer: the copies every worker sent back, merged, and the
 //! whole exposition in its fixed family order.
 
+use super::authz::AuthzShard;
 use super::http::HttpShard;
 use super::process::{self, ProcessInfo};
 use super::tcp::TcpSnapshot;
@@ -12,6 +13,7 @@ pub struct Scrape {
     workers: Vec<WorkerStats>,
     tcp: TcpSnapshot,
     http: HttpShard,
+    authz: AuthzShard,
 }
 
 impl Scrape {
@@ -22,12 +24,18 @@ impl Scrape {
         self.http.merge(http);
     }
 
+    /// Adds one worker's authorization counters.
+    pub fn add_authz(&mut self, authz: &AuthzShard) {
+        self.authz.merge(authz);
+    }
+
     /// Appends the text exposition (format 0.0.4): HTTP, TCP, per-worker,
     /// then process families.
     pub fn encode(mut self, out: &mut String, process: &ProcessInfo) {
         self.workers.sort_by_key(|s| s.worker);
         self.http.encode(out);
         self.tcp.encode(out);
+        self.authz.encode(out);
         workers::encode(&self.workers, out);
         process::encode(out, process);
     }

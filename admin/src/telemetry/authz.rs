@@ -1,0 +1,163 @@
+//! Inbound authorization outcomes, with linkerd2-proxy's families:
+//! `inbound_http_authz_allow_total` / `_deny_total` (per request) and
+//! `inbound_tcp_authz_allow_total` / `_deny_total` (per opaque connection),
+//! labelled by the target, the server (`srv_*`), the route (`route_*`, HTTP),
+//! the authorization that allowed (`authz_*`) and the client's TLS.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use super::labels::push_label;
+use super::tls::TlsStatus;
+use super::{cap_hit, family, MAX_SERIES};
+
+/// What was authorized: a request, or an opaque connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AuthzProto {
+    Http,
+    Tcp,
+}
+
+/// One authorization label set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AuthzKey {
+    pub proto: AuthzProto,
+    pub allowed: bool,
+    pub target: SocketAddr,
+    /// The server's `srv_kind` and `srv_name` (`default` and the default
+    /// policy's name without a policy API).
+    pub srv_kind: Cow<'static, str>,
+    pub srv_name: Cow<'static, str>,
+    /// The authorization that allowed (`authz_kind`, `authz_name`); unused
+    /// for a denial.
+    pub authz_kind: Cow<'static, str>,
+    pub authz_name: Cow<'static, str>,
+    pub tls: TlsStatus,
+}
+
+/// A worker's authorization counters.
+#[derive(Debug, Default, Clone)]
+pub struct AuthzShard(pub HashMap<AuthzKey, u64>);
+
+impl AuthzShard {
+    pub fn record(&mut self, key: &AuthzKey) {
+        if let Some(n) = self.0.get_mut(key) {
+            *n += 1;
+            return;
+        }
+        if self.0.len() >= MAX_SERIES {
+            cap_hit("inbound_authz");
+            return;
+        }
+        self.0.insert(key.clone(), 1);
+    }
+
+    pub fn merge(&mut self, other: &AuthzShard) {
+        for (k, n) in &other.0 {
+            *self.0.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    pub fn encode(&self, out: &mut String) {
+        let mut rows: Vec<(&AuthzKey, u64)> = self.0.iter().map(|(k, n)| (k, *n)).collect();
+        rows.sort();
+        let families = [
+            (
+                AuthzProto::Http,
+                true,
+                "inbound_http_authz_allow_total",
+                "The total number of inbound HTTP requests that were authorized.",
+            ),
+            (
+                AuthzProto::Http,
+                false,
+                "inbound_http_authz_deny_total",
+                "The total number of inbound HTTP requests that could not be processed due to a proxy error.",
+            ),
+            (
+                AuthzProto::Tcp,
+                true,
+                "inbound_tcp_authz_allow_total",
+                "The total number of inbound TCP connections that were authorized.",
+            ),
+            (
+                AuthzProto::Tcp,
+                false,
+                "inbound_tcp_authz_deny_total",
+                "The total number of inbound TCP connections that were denied.",
+            ),
+        ];
+        for (proto, allowed, name, help) in families {
+            let mut of = rows
+                .iter()
+                .filter(|(k, _)| k.proto == proto && k.allowed == allowed)
+                .peekable();
+            if of.peek().is_none() {
+                continue;
+            }
+            family(out, name, "counter", help);
+            for (k, n) in of {
+                let _ = writeln!(out, "{name}{{{}}} {n}", labels(k));
+            }
+        }
+    }
+}
+
+fn labels(k: &AuthzKey) -> String {
+    let mut s = String::with_capacity(256);
+    let _ = write!(s, "target_addr=\"{}\"", k.target);
+    push_label(&mut s, "target_ip", &k.target.ip().to_string());
+    push_label(&mut s, "target_port", &k.target.port().to_string());
+    push_label(&mut s, "srv_group", "");
+    push_label(&mut s, "srv_kind", &k.srv_kind);
+    push_label(&mut s, "srv_name", &k.srv_name);
+    if k.proto == AuthzProto::Http {
+        push_label(&mut s, "route_group", "");
+        push_label(&mut s, "route_kind", "default");
+        push_label(&mut s, "route_name", "default");
+    }
+    if k.allowed {
+        push_label(&mut s, "authz_group", "");
+        push_label(&mut s, "authz_kind", &k.authz_kind);
+        push_label(&mut s, "authz_name", &k.authz_name);
+    }
+    k.tls.push_labels(&mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_and_labels() {
+        let mut a = AuthzShard::default();
+        let key = |proto, allowed| AuthzKey {
+            proto,
+            allowed,
+            target: "10.0.0.1:8080".parse().unwrap(),
+            srv_kind: "default".into(),
+            srv_name: "all-authenticated".into(),
+            authz_kind: "default".into(),
+            authz_name: "all-authenticated".into(),
+            tls: TlsStatus::Accepted {
+                client_id: Some("a.ns.serviceaccount.identity.linkerd.cluster.local".into()),
+            },
+        };
+        a.record(&key(AuthzProto::Http, true));
+        a.record(&key(AuthzProto::Http, true));
+        let mut b = AuthzShard::default();
+        b.record(&key(AuthzProto::Tcp, false));
+        a.merge(&b);
+        let mut out = String::new();
+        a.encode(&mut out);
+        assert!(out.contains("inbound_http_authz_allow_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"\",srv_kind=\"default\",srv_name=\"all-authenticated\",route_group=\"\",route_kind=\"default\",route_name=\"default\",authz_group=\"\",authz_kind=\"default\",authz_name=\"all-authenticated\",tls=\"true\",client_id=\"a.ns.serviceaccount.identity.linkerd.cluster.local\"} 2"), "{out}");
+        assert!(out.contains("inbound_tcp_authz_deny_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"\",srv_kind=\"default\",srv_name=\"all-authenticated\",tls=\"true\","), "{out}");
+        assert!(
+            !out.contains("inbound_http_authz_deny_total"),
+            "a family without series is left out"
+        );
+    }
+}
