@@ -87,6 +87,7 @@ fn exposition() -> String {
         authority,
         target,
         dst_labels,
+        route: None,
     };
     let keys = [
         key(

@@ -134,6 +134,7 @@ fn metrics_record(c: &mut Criterion) {
         authority: None,
         target: Some(target),
         dst_labels: None,
+        route: None,
     };
     let mut http = HttpShard::default();
     let mut ms = 0u64;

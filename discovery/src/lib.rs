@@ -28,6 +28,7 @@ mod dns_resolver;
 pub mod events;
 mod file_resolver;
 pub mod hosts;
+pub mod profile;
 mod resolver;
 pub mod snapshot;
 pub mod static_file;
@@ -40,6 +41,7 @@ pub use channel::{
 pub use discovery::Discovery;
 #[cfg(fuzzing)]
 pub use file_resolver::fuzzing::StaticLoader;
+pub use profile::Profile;
 pub use resolver::{DiscoveryConfig, DiscoveryError, Resolver};
 pub use snapshot::{Authority, AuthorityError, Endpoint, Protocol, Service, Snapshot};
 pub use table::{Claim, Table};

@@ -190,6 +190,8 @@ pub struct Snapshot {
     /// Services whose name is an `ip:port` literal, for routing by original
     /// destination without formatting a string per connection.
     by_addr: HashMap<SocketAddr, Arc<Service>>,
+    /// Profiles (routes, traffic split) by service name.
+    profiles: HashMap<Authority, Arc<crate::Profile>>,
 }
 
 impl Snapshot {
@@ -206,7 +208,19 @@ impl Snapshot {
             version: 0,
             by_name,
             by_addr,
+            profiles: HashMap::new(),
         }
+    }
+
+    /// The same, with these profiles.
+    pub fn with_profiles(mut self, profiles: HashMap<Authority, Arc<crate::Profile>>) -> Self {
+        self.profiles = profiles;
+        self
+    }
+
+    /// The profile of the service named `name`, if it has one.
+    pub fn profile(&self, name: &Authority) -> Option<&Arc<crate::Profile>> {
+        self.profiles.get(name)
     }
 
     /// Set by the channel when published; 0 for a snapshot never published.

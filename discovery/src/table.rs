@@ -73,6 +73,8 @@ struct State {
     /// Watched names that have had no answer since they were watched or
     /// the static file dropped them.
     pending: HashSet<Authority>,
+    /// Profiles reported for watched names.
+    profiles: HashMap<Authority, Arc<crate::Profile>>,
 }
 
 /// Which names a resolver other than DNS answers for (the Destination
@@ -103,6 +105,7 @@ impl Table {
                     watched: Vec::new(),
                     named: HashMap::new(),
                     pending: HashSet::new(),
+                    profiles: HashMap::new(),
                 }),
                 claims: RefCell::new(Vec::new()),
                 publisher: RefCell::new(publisher),
@@ -261,6 +264,28 @@ impl Table {
         changed
     }
 
+    /// A resolver's profile for a watched name (`None`: it has none).
+    /// The services a profile splits traffic to are watched too.
+    /// Publishes.
+    pub fn report_profile(&self, name: &Authority, profile: Option<Arc<crate::Profile>>) {
+        if let Some(p) = &profile {
+            for (backend, _) in &p.dst_overrides {
+                self.watch(backend.clone());
+            }
+        }
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if !st.named.contains_key(name) {
+                return;
+            }
+            match profile {
+                Some(p) => st.profiles.insert(name.clone(), p),
+                None => st.profiles.remove(name),
+            };
+        }
+        self.publish();
+    }
+
     /// Resolves once every watched name the static file does not define
     /// has had an answer (start-up waits for this, so the first snapshot
     /// workers see is complete).
@@ -298,11 +323,8 @@ impl Table {
                 services.push(svc.clone());
             }
         }
-        let version = self
-            .inner
-            .publisher
-            .borrow_mut()
-            .publish(Snapshot::new(services));
+        let snapshot = Snapshot::new(services).with_profiles(st.profiles.clone());
+        let version = self.inner.publisher.borrow_mut().publish(snapshot);
         tracing::debug!(version, "snapshot published");
         version
     }

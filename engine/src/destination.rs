@@ -52,9 +52,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use linkerd2_proxy_api::destination::{
-    protocol_hint, tls_identity, update, GetDestination, Update, WeightedAddr,
+    protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Update, WeightedAddr,
 };
 use ringmesh_discovery::channel::{Cache, Subscriber};
+use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, RetryBudgetSpec};
 use ringmesh_discovery::table::Signal;
 use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
 use ringmesh_identity::Name;
@@ -65,6 +66,7 @@ use crate::grpc::{self, Channel, Code, GrpcError};
 use crate::identity::IdentityState;
 
 const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
+const GET_PROFILE_PATH: &str = "/io.linkerd.proxy.destination.Destination/GetProfile";
 
 /// Connecting to the service (TCP, TLS, HTTP/2) must take no longer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -216,21 +218,67 @@ enum End {
     Closed,
 }
 
+/// One target's state, shared by its `Get` and `GetProfile` streams.
+#[derive(Default)]
+struct Target {
+    set: RefCell<EndpointSet>,
+    /// The profile says the port is opaque.
+    opaque: Cell<bool>,
+    /// Something was reported for the target (the table waits for a
+    /// first answer).
+    answered: Cell<bool>,
+}
+
+/// Which of the two streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Endpoints,
+    Profile,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Endpoints => GET_PATH,
+            Kind::Profile => GET_PROFILE_PATH,
+        }
+    }
+}
+
 impl Watch {
-    /// Keeps `name` resolved for as long as the control core runs.
+    /// Keeps `name` resolved, and its profile followed, for as long as the
+    /// control core runs.
     async fn follow(self: Rc<Self>, name: Authority) {
         self.metrics.watches.fetch_add(1, Ordering::Relaxed);
-        let mut set = EndpointSet::default();
-        let mut answered = false;
+        let target = Rc::new(Target::default());
+        monoio::spawn(
+            self.clone()
+                .follow_stream(Kind::Profile, name.clone(), target.clone()),
+        );
+        self.follow_stream(Kind::Endpoints, name, target).await;
+    }
+
+    /// Reports the target's endpoints as a service.
+    fn report(&self, name: &Authority, target: &Target) -> bool {
+        let set = target.set.borrow();
+        let protocol = set.protocol().or(target
+            .opaque
+            .get()
+            .then_some(ringmesh_discovery::Protocol::Opaque));
+        target.answered.set(true);
+        self.table
+            .report_service(name, set.endpoints(name), protocol, set.labels.clone())
+    }
+
+    /// One stream of the target, opened again whenever it ends.
+    async fn follow_stream(self: Rc<Self>, kind: Kind, name: Authority, target: Rc<Target>) {
         let mut failures = 0u32;
         loop {
             self.metrics.streams.fetch_add(1, Ordering::Relaxed);
-            let outcome = self
-                .stream(&name, &mut set, &mut answered, &mut failures)
-                .await;
+            let outcome = self.stream(kind, &name, &target, &mut failures).await;
             let why = match outcome {
                 Ok(End::Lifetime) => {
-                    tracing::debug!(%name, "destination stream lifetime reached; opening another");
+                    tracing::debug!(%name, ?kind, "destination stream lifetime reached; opening another");
                     continue;
                 }
                 Ok(End::Closed) => "the server ended the stream".to_string(),
@@ -238,46 +286,39 @@ impl Watch {
             };
             self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
             failures += 1;
-            if !answered {
+            if kind == Kind::Endpoints && !target.answered.get() {
                 // Nothing known yet: the target has no endpoints (requests
                 // fail fast) rather than a pending lookup forever.
-                self.table.report(&name, set.endpoints(&name));
-                answered = true;
+                self.report(&name, &target);
             }
             let wait = jitter(
                 backoff(failures, BACKOFF_BASE, BACKOFF_CAP),
                 fastrand::f64(),
             );
-            tracing::warn!(%name, error = %why, retry_in = ?wait, endpoints = set.eps.len(), "destination stream failed; keeping the last endpoints");
+            tracing::warn!(%name, ?kind, error = %why, retry_in = ?wait, "destination stream failed; keeping the last state");
             monoio::time::sleep(wait).await;
         }
     }
 
-    /// One `Get` stream, applied to `set` as it goes.
+    /// One stream, applied to the target as it goes.
     async fn stream(
         &self,
+        kind: Kind,
         name: &Authority,
-        set: &mut EndpointSet,
-        answered: &mut bool,
+        target: &Target,
         failures: &mut u32,
     ) -> Result<End, GrpcError> {
         let started = Instant::now();
         let lifetime_end = self.limits.lifetime.map(|l| started + l);
         let first_by = self.limits.initial.map(|t| started + t);
-        let open = async {
-            let channel = self.client.channel().await?;
-            let req = GetDestination {
-                scheme: "k8s".into(),
-                path: name.to_string(),
-                context_token: self.context.clone(),
-            };
-            grpc::server_streaming::<_, Update>(&channel, GET_PATH, req, None).await
+        let req = GetDestination {
+            scheme: "k8s".into(),
+            path: name.to_string(),
+            context_token: self.context.clone(),
         };
-        let mut stream = match first_by {
-            Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), open)
-                .await
-                .unwrap_or_else(|_| Err(no_message("no response", self.limits.initial)))?,
-            None => open.await?,
+        let mut stream = match kind {
+            Kind::Endpoints => Messages::Endpoints(self.open(req, first_by, kind).await?),
+            Kind::Profile => Messages::Profile(self.open(req, first_by, kind).await?),
         };
         let mut fresh = true;
         loop {
@@ -290,14 +331,11 @@ impl Watch {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let next = stream.next();
             let next = match deadline {
-                None => stream.message().await,
+                None => next.await,
                 Some(at) => {
-                    match monoio::time::timeout_at(
-                        monoio::time::Instant::from_std(at),
-                        stream.message(),
-                    )
-                    .await
+                    match monoio::time::timeout_at(monoio::time::Instant::from_std(at), next).await
                     {
                         Ok(r) => r,
                         Err(_) if lifetime_end.is_some_and(|l| Instant::now() >= l) => {
@@ -314,24 +352,177 @@ impl Watch {
                     }
                 }
             };
-            let Some(update) = next? else {
+            let Some(msg) = next? else {
                 return Ok(End::Closed);
             };
             *failures = 0;
-            let invalid = set.apply(name, update, std::mem::take(&mut fresh));
             self.metrics.updates.fetch_add(1, Ordering::Relaxed);
-            self.metrics
-                .invalid
-                .fetch_add(invalid as u64, Ordering::Relaxed);
-            let changed = self.table.report_service(
-                name,
-                set.endpoints(name),
-                set.protocol(),
-                set.labels.clone(),
-            );
-            *answered = true;
-            tracing::debug!(%name, endpoints = set.eps.len(), changed, "destination update");
+            match msg {
+                Message::Endpoints(update) => {
+                    let invalid =
+                        target
+                            .set
+                            .borrow_mut()
+                            .apply(name, update, std::mem::take(&mut fresh));
+                    self.metrics
+                        .invalid
+                        .fetch_add(invalid as u64, Ordering::Relaxed);
+                    let changed = self.report(name, target);
+                    tracing::debug!(%name, changed, "destination update");
+                }
+                Message::Profile(p) => {
+                    fresh = false;
+                    let profile = profile(name, *p);
+                    if profile.opaque != target.opaque.get() {
+                        target.opaque.set(profile.opaque);
+                        if target.answered.get() {
+                            self.report(name, target);
+                        }
+                    }
+                    let has = !profile.routes.is_empty()
+                        || !profile.dst_overrides.is_empty()
+                        || profile.retry_budget.is_some();
+                    tracing::debug!(%name, routes = profile.routes.len(), overrides = profile.dst_overrides.len(), "destination profile");
+                    self.table
+                        .report_profile(name, has.then(|| Arc::new(profile)));
+                }
+            }
         }
+    }
+
+    async fn open<M: prost::Message + Default>(
+        &self,
+        req: GetDestination,
+        first_by: Option<Instant>,
+        kind: Kind,
+    ) -> Result<grpc::Streaming<M>, GrpcError> {
+        let open = async {
+            let channel = self.client.channel().await?;
+            grpc::server_streaming::<_, M>(&channel, kind.path(), req, None).await
+        };
+        match first_by {
+            Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), open)
+                .await
+                .unwrap_or_else(|_| Err(no_message("no response", self.limits.initial))),
+            None => open.await,
+        }
+    }
+}
+
+/// Either stream's messages.
+enum Messages {
+    Endpoints(grpc::Streaming<Update>),
+    Profile(grpc::Streaming<DestinationProfile>),
+}
+
+enum Message {
+    Endpoints(Update),
+    Profile(Box<DestinationProfile>),
+}
+
+impl Messages {
+    async fn next(&mut self) -> Result<Option<Message>, GrpcError> {
+        Ok(match self {
+            Messages::Endpoints(s) => s.message().await?.map(Message::Endpoints),
+            Messages::Profile(s) => s.message().await?.map(|p| Message::Profile(Box::new(p))),
+        })
+    }
+}
+
+/// Largest compiled route regex (a hostile control plane cannot make the
+/// control core build a huge automaton).
+const MAX_REGEX: usize = 1 << 20;
+
+/// A profile from the Destination API's message; routes whose condition
+/// cannot be used (a bad regex, no condition) are skipped and logged.
+fn profile(name: &Authority, p: DestinationProfile) -> Profile {
+    let routes = p
+        .routes
+        .into_iter()
+        .filter_map(|r| {
+            let route_name = r.metrics_labels.get("route").map(|n| Arc::<str>::from(n.as_str()));
+            let condition = match r.condition.map(request_match) {
+                Some(Ok(c)) => c,
+                Some(Err(why)) => {
+                    tracing::warn!(%name, route = ?route_name, why, "profile route skipped");
+                    return None;
+                }
+                None => {
+                    tracing::warn!(%name, route = ?route_name, "profile route without a condition skipped");
+                    return None;
+                }
+            };
+            Some(ProfileRoute {
+                condition,
+                name: route_name,
+                retryable: r.is_retryable,
+                timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
+            })
+        })
+        .collect();
+    let retry_budget = p.retry_budget.map(|b| RetryBudgetSpec {
+        ratio: if b.retry_ratio.is_finite() {
+            b.retry_ratio.clamp(0.0, 1000.0)
+        } else {
+            0.0
+        },
+        min_per_second: b.min_retries_per_second,
+        ttl: b
+            .ttl
+            .and_then(duration)
+            .unwrap_or(Duration::from_secs(10))
+            .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    });
+    let dst_overrides = p
+        .dst_overrides
+        .into_iter()
+        .filter_map(|d| {
+            let parsed = Authority::parse(&d.authority).or_else(|_| {
+                Authority::parse(&format!("{}:{}", d.authority.trim_end_matches('.'), name.port()))
+            });
+            match parsed {
+                Ok(a) => Some((a, d.weight)),
+                Err(e) => {
+                    tracing::warn!(%name, authority = d.authority, error = %e, "traffic split backend skipped");
+                    None
+                }
+            }
+        })
+        .collect();
+    Profile {
+        routes,
+        retry_budget,
+        dst_overrides,
+        opaque: p.opaque_protocol,
+    }
+}
+
+fn duration(d: prost_types::Duration) -> Option<Duration> {
+    let secs = u64::try_from(d.seconds).ok()?;
+    let nanos = u32::try_from(d.nanos).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+fn request_match(m: linkerd2_proxy_api::destination::RequestMatch) -> Result<RequestMatch, String> {
+    use linkerd2_proxy_api::destination::request_match::Match;
+    let all = |ms: Vec<linkerd2_proxy_api::destination::RequestMatch>| {
+        ms.into_iter()
+            .map(request_match)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match m.r#match {
+        Some(Match::All(seq)) => Ok(RequestMatch::All(all(seq.matches)?)),
+        Some(Match::Any(seq)) => Ok(RequestMatch::Any(all(seq.matches)?)),
+        Some(Match::Not(inner)) => Ok(RequestMatch::Not(Box::new(request_match(*inner)?))),
+        Some(Match::Path(p)) => regex::RegexBuilder::new(&format!("^(?:{})$", p.regex))
+            .size_limit(MAX_REGEX)
+            .build()
+            .map(RequestMatch::Path)
+            .map_err(|e| format!("path regex {:?}: {e}", p.regex)),
+        Some(Match::Method(m)) => http::Method::try_from(m)
+            .map(|m| RequestMatch::Method(m.as_str().to_string()))
+            .map_err(|e| format!("method: {e}")),
+        None => Err("an empty match".into()),
     }
 }
 
@@ -697,5 +888,65 @@ mod tests {
         );
         assert_eq!(s.apply(&name, Update { update: None }, false), 1);
         assert_eq!(addrs(&s).len(), 2, "an empty update changes nothing");
+    }
+
+    #[test]
+    fn profiles_skip_unusable_routes_and_name_backends() {
+        use linkerd2_proxy_api::destination::{
+            request_match, PathMatch, RequestMatch as Pm, Route, WeightedDst,
+        };
+        let name = Authority::parse("web.default.svc.cluster.local:8080").unwrap();
+        let path = |re: &str| Pm {
+            r#match: Some(request_match::Match::Path(PathMatch { regex: re.into() })),
+        };
+        let route = |m: Option<Pm>, label: &str| Route {
+            condition: m,
+            metrics_labels: [("route".to_string(), label.to_string())].into(),
+            is_retryable: true,
+            timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 250_000_000,
+            }),
+            ..Default::default()
+        };
+        let p = profile(
+            &name,
+            DestinationProfile {
+                routes: vec![
+                    route(Some(path("/ok/.*")), "ok"),
+                    route(Some(path("(unclosed")), "bad-regex"),
+                    route(None, "no-condition"),
+                    route(Some(Pm { r#match: None }), "empty"),
+                ],
+                dst_overrides: vec![
+                    WeightedDst {
+                        authority: "web-v2.default.svc.cluster.local.".into(),
+                        weight: 5,
+                        ..Default::default()
+                    },
+                    WeightedDst {
+                        authority: "bad host!".into(),
+                        weight: 5,
+                        ..Default::default()
+                    },
+                ],
+                opaque_protocol: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.routes.len(), 1);
+        let r = p.route("GET", "/ok/x").unwrap();
+        assert_eq!(r.name.as_deref(), Some("ok"));
+        assert_eq!(r.timeout, Some(Duration::from_millis(250)));
+        assert!(r.retryable);
+        assert!(p.route("GET", "/ok").is_none(), "anchored");
+        assert_eq!(
+            p.dst_overrides
+                .iter()
+                .map(|(a, w)| (a.as_str(), *w))
+                .collect::<Vec<_>>(),
+            [("web-v2.default.svc.cluster.local:8080", 5)]
+        );
+        assert!(p.opaque);
     }
 }

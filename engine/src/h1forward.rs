@@ -184,7 +184,7 @@ pub(crate) async fn exchange(
     limits: &Limits,
     first_byte: &Cell<Option<Instant>>,
     request_deadline: Option<Instant>,
-    answered_5xx: Option<&Cell<Option<u16>>>,
+    answered_5xx: Option<&crate::retry::Held>,
     kept: Option<usize>,
 ) -> Outcome {
     let Upstream {
@@ -371,7 +371,7 @@ async fn relay_response(
     u: UpstreamSide<'_>,
     first_byte: &Cell<Option<Instant>>,
     deadline: Option<Instant>,
-    answered_5xx: Option<&Cell<Option<u16>>>,
+    answered_5xx: Option<&crate::retry::Held>,
 ) -> Result<Relayed, Failure> {
     let ctx = d.req.context();
     loop {
@@ -387,8 +387,8 @@ async fn relay_response(
         head.await.map_err(Failure::Answer)?;
         // Kept from the client when the caller will retry it elsewhere
         // (the connection is dropped: its body is not read).
-        if let (Some(flag), 502 | 503) = (answered_5xx, d.resp.status()) {
-            flag.set(Some(d.resp.status()));
+        if let Some(flag) = answered_5xx.filter(|h| h.wants(d.resp.status())) {
+            flag.status.set(Some(d.resp.status()));
             let held = ProxyError::new(Kind::Answered(d.resp.status()), "held for a retry");
             return Err(held.into());
         }

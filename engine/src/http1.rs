@@ -202,7 +202,8 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     if let HttpDst::Local(addr, verdict) = dst {
         obs.authorized(*addr, verdict);
     }
-    let target = match resolve(&t.w.routes, dst, t.req.authority()).await {
+    let request = (t.req.method_str(), t.req.path());
+    let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), request).await {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(peer = %t.c.peer, error = e.reason(), "request refused");
@@ -210,11 +211,12 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         }
     };
     obs.routed(&target);
+    obs.set_route(policy);
     if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
         // Boxed: its state would otherwise size every connection's task.
         return Box::pin(over_h2(t, obs, &target)).await;
     }
-    let deadline = t.w.cfg.http.request_timeout.map(|d| obs.started() + d);
+    let deadline = obs.deadline(t.w.cfg.http.request_timeout);
     let kept = match keep_body(t, &target, deadline).await {
         Ok(kept) => kept,
         Err(Some(e)) => return answer(t, obs, e).await,
@@ -242,7 +244,7 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
 
 /// The request to a meshed service travels over HTTP/2 (`translate`).
 async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
-    let deadline = t.w.cfg.http.request_timeout.map(|d| obs.started() + d);
+    let deadline = obs.deadline(t.w.cfg.http.request_timeout);
     let outcome = dispatch::h1_over_h2(
         t.w,
         t.c,
@@ -382,14 +384,15 @@ async fn attempts(
         target,
         req.method().is_idempotent() && !req.is_connect() && req.upgrade().is_none(),
         req.framing().is_empty() || kept.is_some(),
-    );
+    )
+    .on_route(obs.route());
     let (mut up, mut addr, mut in_flight) = first;
     loop {
         let reused = up.reused;
         let first_byte = Cell::new(None);
         // A 502/503 that would be retried is kept from the client.
         let hold_5xx = tries.would_retry_answer(Instant::now());
-        let answered_5xx = Cell::new(None);
+        let answered_5xx = crate::retry::Held::new(tries.any_5xx());
         let sent = Instant::now();
         let ubuf = std::mem::take(t.ubuf);
         let outcome = exchange(
@@ -411,7 +414,7 @@ async fn attempts(
         if let Some(at) = first_byte.get() {
             obs.response_head(in_flight.as_ref(), at.saturating_duration_since(sent));
         }
-        let retry = if let (Some(status), Some(g)) = (answered_5xx.get(), &in_flight) {
+        let retry = if let (Some(status), Some(g)) = (answered_5xx.status.get(), &in_flight) {
             // What was read past that answer's head belongs to it.
             t.ubuf.clear();
             obs.endpoint(addr);

@@ -471,13 +471,14 @@ async fn forward(
     if let HttpDst::Local(addr, verdict) = dst {
         obs.authorized(*addr, verdict);
     }
-    let target = route_stream(&w.routes, dst, &req).await?;
+    let (target, policy) = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);
+    obs.set_route(policy);
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     parts.version = http::Version::HTTP_2;
-    let deadline = w.cfg.http.request_timeout.map(|t| obs.started() + t);
+    let deadline = obs.deadline(w.cfg.http.request_timeout);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
     // upstream hears HTTP/1.1.
     if let Http2Path::Http1 { orig_proto } = dispatch::http2(&target, &mut parts.headers) {
@@ -512,7 +513,7 @@ async fn route_stream(
     routes: &Routes,
     dst: &HttpDst,
     req: &Request<RecvStream>,
-) -> Result<Dst, ProxyError> {
+) -> Result<(Dst, crate::route::RoutePolicy), ProxyError> {
     let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(http::header::HOST)
@@ -529,7 +530,14 @@ async fn route_stream(
         port,
         raw: authority.unwrap_or(""),
     });
-    resolve(routes, dst, request_authority).await
+    let path = req.uri().path();
+    resolve(
+        routes,
+        dst,
+        request_authority,
+        (req.method().as_str(), path),
+    )
+    .await
 }
 
 /// A client stream on its way to an HTTP/2 upstream.
@@ -564,7 +572,7 @@ async fn to_h2(
     // A small body of an idempotent request to a service is kept, so the
     // request can go again to another endpoint (after a 502/503 or a
     // refused stream); larger or other bodies stream.
-    let idempotent = s.parts.method.is_idempotent();
+    let idempotent = s.parts.method.is_idempotent() || obs.route().retryable;
     let replay = match (target, body.as_mut()) {
         (Dst::Service(..), Some(b)) if idempotent => match declared_length(&s.parts.headers) {
             Some(n) if n <= MAX_REPLAY_BODY => {
@@ -578,7 +586,7 @@ async fn to_h2(
     };
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
-    let mut attempts = Attempts::new(target, idempotent, repeatable);
+    let mut attempts = Attempts::new(target, idempotent, repeatable).on_route(obs.route());
     let answered = loop {
         let opening = open_stream(
             w,

@@ -36,6 +36,8 @@ pub(crate) struct Observer<'w> {
     meshed: Option<Arc<Service>>,
     /// Outbound and this proxy has an identity.
     originates_tls: bool,
+    /// What the service's profile says of the request.
+    route: crate::route::RoutePolicy,
 }
 
 impl<'w> Observer<'w> {
@@ -60,11 +62,29 @@ impl<'w> Observer<'w> {
                 authority: None,
                 target: None,
                 dst_labels: None,
+                route: None,
             },
             started: Instant::now(),
             meshed: None,
             originates_tls,
+            route: crate::route::RoutePolicy::default(),
         }
+    }
+
+    /// The request matched a profile route (its timeout, its retries).
+    pub(crate) fn set_route(&mut self, route: crate::route::RoutePolicy) {
+        self.key.route = route.name.clone();
+        self.route = route;
+    }
+
+    pub(crate) fn route(&self) -> &crate::route::RoutePolicy {
+        &self.route
+    }
+
+    /// The request's deadline: the configured request timeout or its
+    /// route's, whichever ends first.
+    pub(crate) fn deadline(&self, configured: Option<std::time::Duration>) -> Option<Instant> {
+        self.route.deadline(configured, self.started)
     }
 
     /// Counts an inbound request's authorization (linkerd2-proxy's
@@ -80,10 +100,6 @@ impl<'w> Observer<'w> {
                 v,
                 &self.key.tls,
             ));
-    }
-
-    pub(crate) fn started(&self) -> Instant {
-        self.started
     }
 
     /// The labels the request (and connections made for it) count under.

@@ -15,7 +15,7 @@
 //!
 //! Must not: do I/O; the caller makes the attempts.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -32,6 +32,32 @@ pub(crate) const MAX_ANSWER_RETRIES: usize = 2;
 /// Attempts per request when HTTP/2 upstreams leave its stream unprocessed.
 pub(crate) const MAX_TRIES: u32 = 3;
 
+/// A response held back from the client for a retry: which statuses are
+/// held, and the one that was.
+pub(crate) struct Held {
+    /// Any 5xx (a retryable profile route), not only 502/503.
+    pub any_5xx: bool,
+    pub status: Cell<Option<u16>>,
+}
+
+impl Held {
+    pub(crate) fn new(any_5xx: bool) -> Self {
+        Self {
+            any_5xx,
+            status: Cell::new(None),
+        }
+    }
+
+    /// Whether an answer with `status` is held.
+    pub(crate) fn wants(&self, status: u16) -> bool {
+        retryable_status(status, self.any_5xx)
+    }
+}
+
+fn retryable_status(status: u16, any_5xx: bool) -> bool {
+    matches!(status, 502 | 503) || (any_5xx && (500..=599).contains(&status))
+}
+
 /// One request's attempts: what it allows, and what was tried.
 pub(crate) struct Attempts {
     /// Idempotent method (an endpoint that answered did receive it).
@@ -45,6 +71,8 @@ pub(crate) struct Attempts {
     answered: Vec<SocketAddr>,
     stale_retried: bool,
     tries: u32,
+    /// The profile's route is retryable: any method, any 5xx.
+    route_retryable: bool,
 }
 
 impl Attempts {
@@ -73,7 +101,21 @@ impl Attempts {
             answered: Vec::new(),
             stale_retried: false,
             tries: 0,
+            route_retryable: false,
         }
+    }
+
+    /// The request's profile route allows retries: any method, and any
+    /// 5xx answer, go again (still only when nothing of it is lost, and
+    /// within the budget).
+    pub(crate) fn on_route(mut self, route: &crate::route::RoutePolicy) -> Self {
+        self.route_retryable = route.retryable;
+        self
+    }
+
+    /// Whether any 5xx (not only 502/503) is retried.
+    pub(crate) fn any_5xx(&self) -> bool {
+        self.route_retryable
     }
 
     /// Endpoints not to pick again.
@@ -87,7 +129,7 @@ impl Attempts {
         let Some((endpoints, b)) = &self.service else {
             return false;
         };
-        self.idempotent
+        (self.idempotent || self.route_retryable)
             && self.repeatable
             && self.answered.len() < MAX_ANSWER_RETRIES
             && *endpoints > self.answered.len() + 1
@@ -97,7 +139,7 @@ impl Attempts {
     /// The endpoint at `addr` answered `status`: true when the request goes
     /// again to another endpoint (the retry is paid for and `addr` avoided).
     pub(crate) fn retry_answer(&mut self, status: u16, addr: SocketAddr, now: Instant) -> bool {
-        if !matches!(status, 502 | 503) || !self.would_retry_answer(now) {
+        if !retryable_status(status, self.route_retryable) || !self.would_retry_answer(now) {
             return false;
         }
         let paid = self

@@ -41,8 +41,75 @@ pub(crate) enum Dst {
     Addr(SocketAddr),
 }
 
-/// Picks the destination for one request.
+/// What the service's profile says of one request: its route's timeout
+/// and whether it may be retried (nothing without a profile or a
+/// matching route).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RoutePolicy {
+    pub timeout: Option<Duration>,
+    pub retryable: bool,
+    /// The route's name: requests are labelled `rt_route` with it.
+    pub name: Option<Arc<str>>,
+}
+
+impl RoutePolicy {
+    /// The request's deadline: the configured request timeout or the
+    /// route's, whichever ends first.
+    pub(crate) fn deadline(
+        &self,
+        configured: Option<Duration>,
+        started: Instant,
+    ) -> Option<Instant> {
+        match (configured, self.timeout) {
+            (Some(a), Some(b)) => Some(started + a.min(b)),
+            (a, b) => a.or(b).map(|t| started + t),
+        }
+    }
+}
+
+/// Picks the destination for one request (`method`, `path`): the service
+/// (or, with a traffic split, one of its backends drawn by weight) and
+/// what the service's profile route says of it.
 pub(crate) async fn resolve(
+    r: &Routes,
+    dst: &HttpDst,
+    authority: Option<RequestAuthority<'_>>,
+    (method, path): (&str, &str),
+) -> Result<(Dst, RoutePolicy), ProxyError> {
+    let d = resolve_logical(r, dst, authority).await?;
+    let Dst::Service(svc, _) = &d else {
+        return Ok((d, RoutePolicy::default()));
+    };
+    let snap = r.snapshot();
+    let Some(profile) = snap.profile(&svc.name) else {
+        return Ok((d, RoutePolicy::default()));
+    };
+    let policy = profile
+        .route(method, path)
+        .map(|route| RoutePolicy {
+            timeout: route.timeout,
+            retryable: route.retryable,
+            name: route.name.clone(),
+        })
+        .unwrap_or_default();
+    if let Some(backend) = profile.split(fastrand::f64()) {
+        if *backend != svc.name {
+            match snap.service(backend) {
+                Some(b) if !b.endpoints.is_empty() => {
+                    return Ok((Dst::Service(b.clone(), r.balancer(b)), policy))
+                }
+                // Not resolved yet, or empty: the service itself.
+                _ => {
+                    tracing::debug!(service = %svc.name, %backend, "traffic split backend has no endpoints; using the service")
+                }
+            }
+        }
+    }
+    Ok((d, policy))
+}
+
+/// The destination the listener or the request names.
+async fn resolve_logical(
     r: &Routes,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,

@@ -68,7 +68,8 @@ pub(crate) async fn h1_over_h2(
 ) -> Result<(u16, bool), Failure> {
     let parts = h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
     let end = req.framing().is_empty();
-    let mut attempts = Attempts::new(target, req.method().is_idempotent(), end);
+    let mut attempts =
+        Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
     let opened = h2client::open_stream(
         w,
         obs,
@@ -373,7 +374,8 @@ pub(crate) async fn h2_to_h1(
         deadline: w.response_deadline(request_deadline),
     };
     req.framing = h1_request_head(parts, end, &mut req.head);
-    let mut attempts = Attempts::new(target, parts.method.is_idempotent(), end);
+    let mut attempts =
+        Attempts::new(target, parts.method.is_idempotent(), end).on_route(obs.route());
     let mut fresh = false;
     let (mut up, addr, guard, mut got) = loop {
         let (up, addr, guard) =

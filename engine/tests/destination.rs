@@ -414,6 +414,187 @@ fn garbage_resets_and_silence_keep_the_state() {
     assert_eq!(metric(&m, "destination_watches"), 1);
 }
 
+/// A keep-alive backend answering `GET <path>` by path: `/slow` after 2 s,
+/// `/flaky*` with 500 when `fails`, anything else 200; the body is `name`.
+fn path_backend(name: u8, fails: bool) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut first = String::new();
+            if r.read_line(&mut first).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+            if path == "/slow" {
+                thread::sleep(Duration::from_secs(2));
+            }
+            let status = if fails && path.starts_with("/flaky") {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 1\r\n\r\n");
+            if w.write_all(&[resp.as_bytes(), &[name]].concat()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One `GET path` on a keep-alive connection: (status code, body byte).
+fn request(
+    w: &mut std::net::TcpStream,
+    r: &mut BufReader<std::net::TcpStream>,
+    path: &str,
+) -> (u16, u8) {
+    // One write (a `write!` would send each piece apart).
+    w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (code, body.first().copied().unwrap_or(0))
+}
+
+fn keep_alive(addr: SocketAddr) -> (std::net::TcpStream, BufReader<std::net::TcpStream>) {
+    let c = connect(addr);
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let w = c.try_clone().unwrap();
+    (w, BufReader::new(c))
+}
+
+/// GetProfile's `dst_overrides`: requests to the service split across two
+/// other services (each found through Destination.Get) by weight, within
+/// 5 % over 2000 requests.
+#[test]
+fn traffic_split_follows_the_profile_weights() {
+    let (a, b) = (path_backend(b'a', false), path_backend(b'b', false));
+    let cp = Cp::start("split");
+    let entry = |addr: SocketAddr, extra: &str| {
+        format!(
+            r#"{{"endpoints": [{{"addr": "{}", "port": {}}}]{extra}}}"#,
+            addr.ip(),
+            addr.port()
+        )
+    };
+    let v1 = "web-v1.default.svc.cluster.local:80";
+    let v2 = "web-v2.default.svc.cluster.local:80";
+    cp.write(&format!(
+        r#"{{"destinations": {{"{WEB}": {}, "{v1}": {}, "{v2}": {}}}}}"#,
+        entry(
+            a.addr,
+            &format!(
+                r#", "dst_overrides": [{{"authority": "{v1}", "weight": 250}}, {{"authority": "{v2}", "weight": 750}}]"#
+            )
+        ),
+        entry(a.addr, ""),
+        entry(b.addr, ""),
+    ));
+    let proxy = proxy(IoDriver::Uring, &cp, &[]);
+    let (mut w, mut r) = keep_alive(proxy.forward_addrs()[0]);
+    // The backends are watched once the profile names them.
+    assert!(
+        eventually(Duration::from_secs(5), || request(&mut w, &mut r, "/").1
+            == b'b'),
+        "the split never reached web-v2:\n{}",
+        cp.tail()
+    );
+    let n = 2000;
+    let to_b = (0..n)
+        .filter(|_| {
+            let (code, who) = request(&mut w, &mut r, "/");
+            assert_eq!(code, 200);
+            who == b'b'
+        })
+        .count();
+    let share = to_b as f64 / n as f64;
+    assert!(
+        (0.70..=0.80).contains(&share),
+        "web-v2 took {share:.3} of the requests, want 0.75 ± 0.05"
+    );
+}
+
+/// GetProfile's routes: a route's timeout answers 504 when the endpoint is
+/// slower; a retryable route's 500 goes again to another endpoint (every
+/// request succeeds), while the same failure on a route that is not
+/// retryable reaches the client.
+#[test]
+fn route_timeouts_and_retries() {
+    let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
+    let cp = Cp::start("routes");
+    cp.write(&format!(
+        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
+            "routes": [{{"name": "slow", "method": "GET", "path_regex": "/slow", "timeout_ms": 300}},
+                       {{"name": "flaky", "path_regex": "/flaky", "retryable": true}}]}}}}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port()
+    ));
+    let proxy = proxy(IoDriver::Uring, &cp, &[]);
+    let addr = proxy.forward_addrs()[0];
+    // The profile arrives with (or just after) the endpoints.
+    assert!(eventually(Duration::from_secs(5), || {
+        let (mut w, mut r) = keep_alive(addr);
+        let started = Instant::now();
+        request(&mut w, &mut r, "/slow").0 == 504 && started.elapsed() < Duration::from_secs(1)
+    }));
+    let (mut w, mut r) = keep_alive(addr);
+    let flaky: Vec<(u16, u8)> = (0..40).map(|_| request(&mut w, &mut r, "/flaky")).collect();
+    assert!(
+        flaky.iter().all(|(code, who)| *code == 200 && *who == b'b'),
+        "a retryable route's 500s go to the other endpoint: {flaky:?}"
+    );
+    let plain: Vec<u16> = (0..40)
+        .map(|_| {
+            let (mut w, mut r) = keep_alive(addr);
+            request(&mut w, &mut r, "/flaky-not-retried").0
+        })
+        .collect();
+    assert!(
+        plain.contains(&500),
+        "without a retryable route the 500 reaches the client: {plain:?}"
+    );
+    let m = metrics(&proxy);
+    let has = |parts: &[&str]| {
+        m.lines()
+            .any(|l| l.starts_with("response_total{") && parts.iter().all(|p| l.contains(p)))
+    };
+    assert!(has(&["rt_route=\"slow\"", "status_code=\"504\""]), "{m}");
+    assert!(has(&["rt_route=\"flaky\"", "status_code=\"200\""]), "{m}");
+    assert!(
+        m.lines()
+            .filter(|l| l.contains("status_code=\"500\""))
+            .all(|l| !l.contains("rt_route=")),
+        "no route, no rt_route label"
+    );
+}
+
 /// Which targets the Destination API is asked about: names under the
 /// profile suffixes (at a label boundary), addresses in the profile
 /// networks; nothing is asked before a target is met.

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::keyed_hash::KeyedState;
+use std::sync::Arc;
+
 use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
@@ -28,6 +30,8 @@ pub struct HttpKey {
     pub authority: Option<AuthorityLabel>,
     pub target: Option<SocketAddr>,
     pub dst_labels: Option<DstLabels>,
+    /// The service profile's route the request matched (`rt_route`).
+    pub route: Option<Arc<str>>,
 }
 
 /// Why the proxy answered a request itself (the `error` label of
@@ -293,6 +297,9 @@ fn http_labels(k: &HttpKey) -> String {
         );
     }
     push_dst_labels(&mut s, k.dst_labels.as_ref());
+    if let Some(r) = &k.route {
+        push_label(&mut s, "rt_route", r);
+    }
     s
 }
 
@@ -309,6 +316,7 @@ mod tests {
             authority: None,
             target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             dst_labels: None,
+            route: None,
         }
     }
 

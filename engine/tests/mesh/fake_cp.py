@@ -498,7 +498,49 @@ class Destination:
         eps = dst.get("endpoints", [])
         if dst.get("policy") == "not-found" and eps:
             prof.endpoint.CopyFrom(self.weighted_addr(eps[0]))
+        for r in dst.get("routes", []):
+            prof.routes.append(self.route(r))
+        budget = dst.get("retry_budget")
+        if budget:
+            prof.retry_budget.CopyFrom(
+                d.RetryBudget(
+                    retry_ratio=budget.get("ratio", 0.2),
+                    min_retries_per_second=budget.get("min_per_second", 10),
+                    ttl=duration(self.pb, budget.get("ttl_s", 10)),
+                )
+            )
+        for o in dst.get("dst_overrides", []):
+            prof.dst_overrides.append(d.WeightedDst(authority=o["authority"], weight=o["weight"]))
         return prof
+
+    def route(self, r):
+        """A profile route: its condition (all of method and path regex, or
+        `"match"` as raw {"not": ...}/{"any": [...]} JSON), name, timeout,
+        retryability."""
+        d = self.pb.destination
+
+        def cond(m):
+            if "all" in m:
+                return d.RequestMatch(all=d.RequestMatch.Seq(matches=[cond(x) for x in m["all"]]))
+            if "any" in m:
+                return d.RequestMatch(any=d.RequestMatch.Seq(matches=[cond(x) for x in m["any"]]))
+            if "not" in m:
+                return d.RequestMatch(**{"not": cond(m["not"])})
+            if "path_regex" in m:
+                return d.RequestMatch(path=d.PathMatch(regex=m["path_regex"]))
+            if "method" in m:
+                ht = self.pb.http_types
+                return d.RequestMatch(
+                    method=ht.HttpMethod(registered=ht.HttpMethod.Registered.Value(m["method"]))
+                )
+            raise ValueError("a route match needs all, any, not, path_regex or method: %r" % m)
+
+        parts = [{k: r[k]} for k in ("method", "path_regex") if k in r]
+        m = r.get("match") or ({"all": parts} if len(parts) > 1 else parts[0] if parts else {"path_regex": ".*"})
+        route = d.Route(condition=cond(m), metrics_labels={"route": r.get("name", "")}, is_retryable=bool(r.get("retryable")))
+        if "timeout_ms" in r:
+            route.timeout.CopyFrom(duration(self.pb, r["timeout_ms"] / 1000.0))
+        return route
 
     async def get_profile(self, req, context):
         log("dst.profile path=%s" % req.path)
@@ -806,6 +848,7 @@ class Protos:
         self.meta = mods["meta"]
         self.net = mods["net"]
         self.http_route = mods["http_route"]
+        self.http_types = mods["http_types"]
 
 
 async def serve(args, pb):
