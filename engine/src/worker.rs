@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringmesh_admin::telemetry::{HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats};
-use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState};
+use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, RetryBudget};
+use ringmesh_discovery::profile::RetryBudgetSpec;
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::tcp::RelayCounters;
@@ -34,6 +35,23 @@ use ringmesh_identity::TlsConfigs;
 pub(crate) struct Replica {
     service: Arc<Service>,
     pub balancer: Rc<RefCell<Balancer>>,
+    /// The retry budget the service's profile set, as applied.
+    budget: Option<RetryBudgetSpec>,
+}
+
+impl Replica {
+    /// Applies the profile's retry budget when it changed (the default
+    /// one, 20 % plus 10 per second, without).
+    fn sync_budget(&mut self, spec: Option<RetryBudgetSpec>) {
+        if self.budget == spec {
+            return;
+        }
+        self.budget = spec;
+        let (ratio, min) = spec.map_or((0.2, 10.0), |s| {
+            (f64::from(s.ratio), f64::from(s.min_per_second))
+        });
+        self.balancer.borrow_mut().budget = RetryBudget::new(ratio, min, std::time::Instant::now());
+    }
 }
 
 /// A worker's context, in separately owned parts: functions take the part
@@ -182,15 +200,23 @@ impl Routes {
     /// The balancer replica for a service in the current snapshot.
     pub(crate) fn balancer(&self, service: &Arc<Service>) -> Rc<RefCell<Balancer>> {
         let mut replicas = self.replicas.borrow_mut();
-        let replica = replicas
-            .entry(service.name.clone())
-            .or_insert_with(|| Replica {
+        let replica = replicas.entry(service.name.clone()).or_insert_with(|| {
+            let mut r = Replica {
                 service: service.clone(),
                 balancer: Rc::new(RefCell::new(Balancer::with_accrual(
                     endpoints(service),
                     self.accrual,
                 ))),
-            });
+                budget: None,
+            };
+            let snap = self.snapshots.borrow();
+            r.sync_budget(
+                snap.get()
+                    .profile(&service.name)
+                    .and_then(|p| p.retry_budget),
+            );
+            r
+        });
         if !Arc::ptr_eq(&replica.service, service) {
             replica.balancer.borrow_mut().update(endpoints(service));
             replica.service = service.clone();
@@ -210,6 +236,7 @@ impl Routes {
                     replica.balancer.borrow_mut().update(endpoints(svc));
                     replica.service = svc.clone();
                 }
+                replica.sync_budget(snap.profile(name).and_then(|p| p.retry_budget));
                 true
             }
         });

@@ -595,6 +595,37 @@ fn route_timeouts_and_retries() {
     );
 }
 
+/// GetProfile's `retry_budget`: with no budget at all, a retryable route's
+/// failures are not retried.
+#[test]
+fn an_empty_retry_budget_allows_no_retry() {
+    let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
+    let cp = Cp::start("budget");
+    cp.write(&format!(
+        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
+            "routes": [{{"name": "flaky", "path_regex": "/flaky", "retryable": true}}],
+            "retry_budget": {{"ratio": 0.0, "min_per_second": 0, "ttl_s": 10}}}}}}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port()
+    ));
+    let proxy = proxy(IoDriver::Uring, &cp, &[]);
+    let addr = proxy.forward_addrs()[0];
+    // Once the profile is in (its route labels the requests)...
+    let (mut w, mut r) = keep_alive(addr);
+    assert!(eventually(Duration::from_secs(5), || {
+        request(&mut w, &mut r, "/flaky");
+        metrics(&proxy).contains("rt_route=\"flaky\"")
+    }));
+    // ... failures reach the client.
+    let codes: Vec<u16> = (0..20).map(|_| request(&mut w, &mut r, "/flaky").0).collect();
+    assert!(
+        codes.contains(&500),
+        "a 500 on a retryable route was retried without a budget: {codes:?}"
+    );
+}
+
 /// Which targets the Destination API is asked about: names under the
 /// profile suffixes (at a label boundary), addresses in the profile
 /// networks; nothing is asked before a target is met.
