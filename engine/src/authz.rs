@@ -15,9 +15,9 @@
 //! meant to replace [`InboundPolicy::check`]'s table with the port's
 //! server.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ringmesh_admin::telemetry::{AuthzKey, AuthzProto, TlsStatus};
 
@@ -102,23 +102,153 @@ impl Default for InboundPolicy {
     }
 }
 
-/// One connection's authorization: which policy judged it and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One connection's authorization: which server and authorization judged
+/// it, and how (names are shared strings: a request's metric labels copy
+/// no text).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
-    /// The policy's name (`srv_name`, and `authz_name` when allowed).
-    pub policy: &'static str,
+    pub srv_kind: Arc<str>,
+    pub srv_name: Arc<str>,
+    /// The authorization that allowed (empty for a denial).
+    pub authz_kind: Arc<str>,
+    pub authz_name: Arc<str>,
     /// Why a denial (the `l5d-proxy-error` text).
     pub reason: &'static str,
 }
 
+thread_local! {
+    static NAMES: Names = Names::default();
+}
+
+/// The default policies' names as shared strings, made once per thread.
+struct Names {
+    default: Arc<str>,
+    by_policy: [Arc<str>; 6],
+    empty: Arc<str>,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        let all = [
+            DefaultPolicy::AllUnauthenticated,
+            DefaultPolicy::AllAuthenticated,
+            DefaultPolicy::ClusterUnauthenticated,
+            DefaultPolicy::ClusterAuthenticated,
+            DefaultPolicy::Deny,
+            DefaultPolicy::Audit,
+        ];
+        Self {
+            default: "default".into(),
+            by_policy: all.map(|p| Arc::from(p.name())),
+            empty: "".into(),
+        }
+    }
+}
+
 impl Verdict {
     /// Outbound, and inbound before a check: nothing to authorize.
-    pub const UNCHECKED: Verdict = Verdict {
-        allowed: true,
-        policy: "all-unauthenticated",
-        reason: "",
-    };
+    pub fn unchecked() -> Verdict {
+        Self::by_default(true, DefaultPolicy::AllUnauthenticated, "")
+    }
+
+    fn by_default(allowed: bool, policy: DefaultPolicy, reason: &'static str) -> Verdict {
+        NAMES.with(|n| {
+            let name = n.by_policy[policy as usize].clone();
+            Verdict {
+                allowed,
+                srv_kind: n.default.clone(),
+                srv_name: name.clone(),
+                authz_kind: if allowed {
+                    n.default.clone()
+                } else {
+                    n.empty.clone()
+                },
+                authz_name: if allowed { name } else { n.empty.clone() },
+                reason,
+            }
+        })
+    }
+}
+
+/// How an authorization lets clients in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Authn {
+    /// Anyone, TLS or not.
+    Unauthenticated,
+    /// Any client whose TLS this proxy terminated, identity or not.
+    AnyTls,
+    /// Clients that proved one of these identities, or one under these
+    /// suffixes (each `.`-prefixed; the empty suffix: any identity).
+    Identities {
+        names: Vec<String>,
+        suffixes: Vec<String>,
+    },
+}
+
+/// One authorization of a server.
+#[derive(Clone, Debug)]
+pub struct Authorization {
+    /// Client networks, each with its exceptions; empty: no client.
+    pub networks: Vec<(ipnet::IpNet, Vec<ipnet::IpNet>)>,
+    pub authn: Authn,
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// A port's server, from the policy API.
+#[derive(Clone, Debug)]
+pub struct ServerPolicy {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+    pub authorizations: Vec<Authorization>,
+}
+
+impl ServerPolicy {
+    /// The first authorization that lets the client in, or a denial.
+    pub fn check(&self, client: IpAddr, tls: &TlsStatus) -> Verdict {
+        let id = match tls {
+            TlsStatus::Accepted { client_id } => Some(client_id.as_deref()),
+            _ => None,
+        };
+        let found = self.authorizations.iter().find(|a| {
+            let in_net = a.networks.iter().any(|(net, except)| {
+                net.contains(&client) && !except.iter().any(|e| e.contains(&client))
+            });
+            in_net
+                && match &a.authn {
+                    Authn::Unauthenticated => true,
+                    Authn::AnyTls => id.is_some(),
+                    Authn::Identities { names, suffixes } => match id.flatten() {
+                        None => false,
+                        Some(id) => {
+                            names.iter().any(|n| n == id)
+                                || suffixes
+                                    .iter()
+                                    .any(|s| s.is_empty() || id.ends_with(s.as_str()))
+                        }
+                    },
+                }
+        });
+        match found {
+            Some(a) => Verdict {
+                allowed: true,
+                srv_kind: self.kind.clone(),
+                srv_name: self.name.clone(),
+                authz_kind: a.kind.clone(),
+                authz_name: a.name.clone(),
+                reason: "",
+            },
+            None => NAMES.with(|n| Verdict {
+                allowed: false,
+                srv_kind: self.kind.clone(),
+                srv_name: self.name.clone(),
+                authz_kind: n.empty.clone(),
+                authz_name: n.empty.clone(),
+                reason: "unauthorized request on route: no authorization of the server admits the client",
+            }),
+        }
+    }
 }
 
 impl InboundPolicy {
@@ -133,13 +263,12 @@ impl InboundPolicy {
             _ => (false, false),
         };
         let in_cluster = || self.cluster_networks.iter().any(|n| n.contains(&client));
-        let deny = |reason| Verdict {
-            allowed: false,
-            policy: policy.name(),
-            reason,
-        };
         if self.require_tls.contains(port) && !tls_ok {
-            return deny("unauthorized connection on server: TLS required on this port");
+            return Verdict::by_default(
+                false,
+                policy,
+                "unauthorized connection on server: TLS required on this port",
+            );
         }
         let ok = match policy {
             DefaultPolicy::AllUnauthenticated | DefaultPolicy::Audit => true,
@@ -149,36 +278,35 @@ impl InboundPolicy {
             DefaultPolicy::Deny => false,
         };
         if ok {
-            return Verdict {
-                allowed: true,
-                policy: policy.name(),
-                reason: "",
-            };
+            return Verdict::by_default(true, policy, "");
         }
-        deny(match policy {
-            DefaultPolicy::Deny => "unauthorized request on route: the server denies all",
-            DefaultPolicy::ClusterUnauthenticated => {
-                "unauthorized request on route: the client is not in the cluster networks"
-            }
-            _ if !identity_ok => {
-                "unauthorized request on route: a meshed client identity is required"
-            }
-            _ => "unauthorized request on route: the client is not in the cluster networks",
-        })
+        Verdict::by_default(
+            false,
+            policy,
+            match policy {
+                DefaultPolicy::Deny => "unauthorized request on route: the server denies all",
+                DefaultPolicy::ClusterUnauthenticated => {
+                    "unauthorized request on route: the client is not in the cluster networks"
+                }
+                _ if !identity_ok => {
+                    "unauthorized request on route: a meshed client identity is required"
+                }
+                _ => "unauthorized request on route: the client is not in the cluster networks",
+            },
+        )
     }
 }
 
-/// The metric label set of one authorization outcome (`srv_kind` and
-/// `authz_kind` are `default`: Linkerd's default policies).
+/// The metric label set of one authorization outcome.
 pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsStatus) -> AuthzKey {
     AuthzKey {
         proto,
         allowed: v.allowed,
         target,
-        srv_kind: Cow::Borrowed("default"),
-        srv_name: Cow::Borrowed(v.policy),
-        authz_kind: Cow::Borrowed("default"),
-        authz_name: Cow::Borrowed(v.policy),
+        srv_kind: v.srv_kind.clone(),
+        srv_name: v.srv_name.clone(),
+        authz_kind: v.authz_kind.clone(),
+        authz_name: v.authz_name.clone(),
         tls: tls.clone(),
     }
 }
@@ -215,7 +343,10 @@ mod tests {
         );
         assert!(!allowed(&p, 9000, inside, &tls_anon));
         assert!(allowed(&p, 9000, outside, &meshed));
-        assert_eq!(p.check(9000, outside, &meshed).policy, "all-authenticated");
+        assert_eq!(
+            &*p.check(9000, outside, &meshed).srv_name,
+            "all-authenticated"
+        );
         assert!(!allowed(&p, 9100, inside, &plain), "port requires TLS");
         assert!(allowed(&p, 9100, inside, &tls_anon));
 
@@ -228,7 +359,7 @@ mod tests {
         assert!(allowed(&p, 80, inside, &plain));
         assert!(!allowed(&p, 80, outside, &meshed));
         assert_eq!(
-            p.check(9000, inside, &plain).policy,
+            &*p.check(9000, inside, &plain).srv_name,
             "cluster-authenticated"
         );
 
@@ -241,7 +372,7 @@ mod tests {
         assert!(!allowed(&p, 80, inside, &meshed));
         let p = policy("audit");
         assert!(allowed(&p, 80, outside, &plain));
-        assert_eq!(p.check(80, outside, &plain).policy, "audit");
+        assert_eq!(&*p.check(80, outside, &plain).authz_name, "audit");
         assert!("allow".parse::<DefaultPolicy>().is_err());
     }
 }

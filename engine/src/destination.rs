@@ -49,29 +49,22 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linkerd2_proxy_api::destination::{
     protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Update, WeightedAddr,
 };
-use ringmesh_discovery::channel::{Cache, Subscriber};
+use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, RetryBudgetSpec};
-use ringmesh_discovery::table::Signal;
 use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
 use ringmesh_identity::Name;
 
-use crate::certify::{backoff, jitter};
 use crate::config::{DestinationConfig, StreamLimits};
-use crate::grpc::{self, Channel, Code, GrpcError};
 use crate::identity::IdentityState;
+use crate::stream::{self, Client, StreamCounters};
 
 const GET_PATH: &str = "/io.linkerd.proxy.destination.Destination/Get";
 const GET_PROFILE_PATH: &str = "/io.linkerd.proxy.destination.Destination/GetProfile";
-
-/// Connecting to the service (TCP, TLS, HTTP/2) must take no longer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// The resolver, before it runs.
 pub(crate) struct DestinationResolver {
@@ -102,15 +95,11 @@ impl Resolver for DestinationResolver {
     fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(async move {
             let this = *self;
-            let client = Rc::new(Client {
-                addr: this.cfg.svc_addr,
-                name: this.cfg.svc_name.clone(),
-                identity: RefCell::new(this.identity.cache()),
-                channel: RefCell::new(None),
-                connecting: Cell::new(false),
-                last_error: RefCell::new(None),
-                connected: Signal::default(),
-            });
+            let client = Rc::new(Client::new(
+                this.cfg.svc_addr,
+                this.cfg.svc_name.clone(),
+                &this.identity,
+            ));
             let watch = Rc::new(Watch {
                 client,
                 table: table.clone(),
@@ -132,75 +121,6 @@ impl Resolver for DestinationResolver {
     }
 }
 
-/// The connection to the Destination service, shared by every stream;
-/// made again (once, for all of them) when it ends.
-struct Client {
-    addr: SocketAddr,
-    name: Option<Name>,
-    identity: RefCell<Cache<IdentityState>>,
-    channel: RefCell<Option<Rc<Channel>>>,
-    connecting: Cell<bool>,
-    /// Why the last attempt failed, for the streams that waited on it.
-    last_error: RefCell<Option<GrpcError>>,
-    connected: Signal,
-}
-
-impl Client {
-    async fn channel(&self) -> Result<Rc<Channel>, GrpcError> {
-        loop {
-            if let Some(c) = self.channel.borrow().as_ref().filter(|c| !c.is_closed()) {
-                return Ok(c.clone());
-            }
-            if self.connecting.get() {
-                // Another stream is connecting: its outcome is ours.
-                let seen = self.connected.generation();
-                self.connected.changed_since(seen).await;
-                if let Some(e) = self.last_error.borrow().clone() {
-                    return Err(e);
-                }
-                continue;
-            }
-            self.connecting.set(true);
-            let made = self.connect().await;
-            self.connecting.set(false);
-            let result = match made {
-                Ok(c) => {
-                    let c = Rc::new(c);
-                    *self.channel.borrow_mut() = Some(c.clone());
-                    *self.last_error.borrow_mut() = None;
-                    Ok(c)
-                }
-                Err(e) => {
-                    *self.channel.borrow_mut() = None;
-                    *self.last_error.borrow_mut() = Some(e.clone());
-                    Err(e)
-                }
-            };
-            self.connected.notify();
-            return result;
-        }
-    }
-
-    async fn connect(&self) -> Result<Channel, GrpcError> {
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let Some(name) = &self.name else {
-            return Channel::connect(self.addr, deadline).await;
-        };
-        let tls = {
-            let mut cache = self.identity.borrow_mut();
-            cache.refresh();
-            cache.get().0.as_ref().map(|c| c.client.clone())
-        };
-        let Some(tls) = tls else {
-            return Err(GrpcError::new(
-                Code::Unavailable,
-                "no identity certificate yet for mutual TLS to the Destination service",
-            ));
-        };
-        Channel::connect_tls(self.addr, name, tls, deadline).await
-    }
-}
-
 /// What every target's stream shares.
 struct Watch {
     client: Rc<Client>,
@@ -208,14 +128,6 @@ struct Watch {
     context: String,
     limits: StreamLimits,
     metrics: Arc<DestinationMetrics>,
-}
-
-/// How a stream ended without an error.
-enum End {
-    /// Its lifetime ran out: open the next at once.
-    Lifetime,
-    /// The server ended it with `OK`.
-    Closed,
 }
 
 /// One target's state, shared by its `Get` and `GetProfile` streams.
@@ -229,33 +141,77 @@ struct Target {
     answered: Cell<bool>,
 }
 
-/// Which of the two streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Endpoints,
-    Profile,
-}
-
-impl Kind {
-    fn path(self) -> &'static str {
-        match self {
-            Kind::Endpoints => GET_PATH,
-            Kind::Profile => GET_PROFILE_PATH,
-        }
-    }
-}
-
 impl Watch {
     /// Keeps `name` resolved, and its profile followed, for as long as the
     /// control core runs.
     async fn follow(self: Rc<Self>, name: Authority) {
         self.metrics.watches.fetch_add(1, Ordering::Relaxed);
         let target = Rc::new(Target::default());
-        monoio::spawn(
-            self.clone()
-                .follow_stream(Kind::Profile, name.clone(), target.clone()),
-        );
-        self.follow_stream(Kind::Endpoints, name, target).await;
+        monoio::spawn(self.clone().follow_profile(name.clone(), target.clone()));
+        let req = self.request(&name);
+        stream::follow(
+            &self.client,
+            GET_PATH,
+            req,
+            self.limits,
+            &self.metrics.streams,
+            &name,
+            |update: Update, fresh| {
+                let invalid = target.set.borrow_mut().apply(&name, update, fresh);
+                self.metrics
+                    .invalid
+                    .fetch_add(invalid as u64, Ordering::Relaxed);
+                let changed = self.report(&name, &target);
+                tracing::debug!(%name, changed, "destination update");
+            },
+            || {
+                if !target.answered.get() {
+                    // Nothing known yet: the target has no endpoints
+                    // (requests fail fast) rather than a pending lookup
+                    // forever.
+                    self.report(&name, &target);
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Follows the target's profile.
+    async fn follow_profile(self: Rc<Self>, name: Authority, target: Rc<Target>) {
+        let req = self.request(&name);
+        stream::follow(
+            &self.client,
+            GET_PROFILE_PATH,
+            req,
+            self.limits,
+            &self.metrics.streams,
+            &name,
+            |p: DestinationProfile, _fresh| {
+                let profile = profile(&name, p);
+                if profile.opaque != target.opaque.get() {
+                    target.opaque.set(profile.opaque);
+                    if target.answered.get() {
+                        self.report(&name, &target);
+                    }
+                }
+                let has = !profile.routes.is_empty()
+                    || !profile.dst_overrides.is_empty()
+                    || profile.retry_budget.is_some();
+                tracing::debug!(%name, routes = profile.routes.len(), overrides = profile.dst_overrides.len(), "destination profile");
+                self.table
+                    .report_profile(&name, has.then(|| Arc::new(profile)));
+            },
+            || {},
+        )
+        .await;
+    }
+
+    fn request(&self, name: &Authority) -> GetDestination {
+        GetDestination {
+            scheme: "k8s".into(),
+            path: name.to_string(),
+            context_token: self.context.clone(),
+        }
     }
 
     /// Reports the target's endpoints as a service.
@@ -268,164 +224,6 @@ impl Watch {
         target.answered.set(true);
         self.table
             .report_service(name, set.endpoints(name), protocol, set.labels.clone())
-    }
-
-    /// One stream of the target, opened again whenever it ends.
-    async fn follow_stream(self: Rc<Self>, kind: Kind, name: Authority, target: Rc<Target>) {
-        let mut failures = 0u32;
-        loop {
-            self.metrics.streams.fetch_add(1, Ordering::Relaxed);
-            let outcome = self.stream(kind, &name, &target, &mut failures).await;
-            let why = match outcome {
-                Ok(End::Lifetime) => {
-                    tracing::debug!(%name, ?kind, "destination stream lifetime reached; opening another");
-                    continue;
-                }
-                Ok(End::Closed) => "the server ended the stream".to_string(),
-                Err(e) => e.to_string(),
-            };
-            self.metrics.stream_errors.fetch_add(1, Ordering::Relaxed);
-            failures += 1;
-            if kind == Kind::Endpoints && !target.answered.get() {
-                // Nothing known yet: the target has no endpoints (requests
-                // fail fast) rather than a pending lookup forever.
-                self.report(&name, &target);
-            }
-            let wait = jitter(
-                backoff(failures, BACKOFF_BASE, BACKOFF_CAP),
-                fastrand::f64(),
-            );
-            tracing::warn!(%name, ?kind, error = %why, retry_in = ?wait, "destination stream failed; keeping the last state");
-            monoio::time::sleep(wait).await;
-        }
-    }
-
-    /// One stream, applied to the target as it goes.
-    async fn stream(
-        &self,
-        kind: Kind,
-        name: &Authority,
-        target: &Target,
-        failures: &mut u32,
-    ) -> Result<End, GrpcError> {
-        let started = Instant::now();
-        let lifetime_end = self.limits.lifetime.map(|l| started + l);
-        let first_by = self.limits.initial.map(|t| started + t);
-        let req = GetDestination {
-            scheme: "k8s".into(),
-            path: name.to_string(),
-            context_token: self.context.clone(),
-        };
-        let mut stream = match kind {
-            Kind::Endpoints => Messages::Endpoints(self.open(req, first_by, kind).await?),
-            Kind::Profile => Messages::Profile(self.open(req, first_by, kind).await?),
-        };
-        let mut fresh = true;
-        loop {
-            let limit = if fresh {
-                first_by
-            } else {
-                self.limits.idle.map(|t| Instant::now() + t)
-            };
-            let deadline = match (limit, lifetime_end) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let next = stream.next();
-            let next = match deadline {
-                None => next.await,
-                Some(at) => {
-                    match monoio::time::timeout_at(monoio::time::Instant::from_std(at), next).await
-                    {
-                        Ok(r) => r,
-                        Err(_) if lifetime_end.is_some_and(|l| Instant::now() >= l) => {
-                            return Ok(End::Lifetime)
-                        }
-                        Err(_) => {
-                            let t = if fresh {
-                                self.limits.initial
-                            } else {
-                                self.limits.idle
-                            };
-                            return Err(no_message("no update", t));
-                        }
-                    }
-                }
-            };
-            let Some(msg) = next? else {
-                return Ok(End::Closed);
-            };
-            *failures = 0;
-            self.metrics.updates.fetch_add(1, Ordering::Relaxed);
-            match msg {
-                Message::Endpoints(update) => {
-                    let invalid =
-                        target
-                            .set
-                            .borrow_mut()
-                            .apply(name, update, std::mem::take(&mut fresh));
-                    self.metrics
-                        .invalid
-                        .fetch_add(invalid as u64, Ordering::Relaxed);
-                    let changed = self.report(name, target);
-                    tracing::debug!(%name, changed, "destination update");
-                }
-                Message::Profile(p) => {
-                    fresh = false;
-                    let profile = profile(name, *p);
-                    if profile.opaque != target.opaque.get() {
-                        target.opaque.set(profile.opaque);
-                        if target.answered.get() {
-                            self.report(name, target);
-                        }
-                    }
-                    let has = !profile.routes.is_empty()
-                        || !profile.dst_overrides.is_empty()
-                        || profile.retry_budget.is_some();
-                    tracing::debug!(%name, routes = profile.routes.len(), overrides = profile.dst_overrides.len(), "destination profile");
-                    self.table
-                        .report_profile(name, has.then(|| Arc::new(profile)));
-                }
-            }
-        }
-    }
-
-    async fn open<M: prost::Message + Default>(
-        &self,
-        req: GetDestination,
-        first_by: Option<Instant>,
-        kind: Kind,
-    ) -> Result<grpc::Streaming<M>, GrpcError> {
-        let open = async {
-            let channel = self.client.channel().await?;
-            grpc::server_streaming::<_, M>(&channel, kind.path(), req, None).await
-        };
-        match first_by {
-            Some(at) => monoio::time::timeout_at(monoio::time::Instant::from_std(at), open)
-                .await
-                .unwrap_or_else(|_| Err(no_message("no response", self.limits.initial))),
-            None => open.await,
-        }
-    }
-}
-
-/// Either stream's messages.
-enum Messages {
-    Endpoints(grpc::Streaming<Update>),
-    Profile(grpc::Streaming<DestinationProfile>),
-}
-
-enum Message {
-    Endpoints(Update),
-    Profile(Box<DestinationProfile>),
-}
-
-impl Messages {
-    async fn next(&mut self) -> Result<Option<Message>, GrpcError> {
-        Ok(match self {
-            Messages::Endpoints(s) => s.message().await?.map(Message::Endpoints),
-            Messages::Profile(s) => s.message().await?.map(|p| Message::Profile(Box::new(p))),
-        })
     }
 }
 
@@ -524,13 +322,6 @@ fn request_match(m: linkerd2_proxy_api::destination::RequestMatch) -> Result<Req
             .map_err(|e| format!("method: {e}")),
         None => Err("an empty match".into()),
     }
-}
-
-fn no_message(what: &str, within: Option<Duration>) -> GrpcError {
-    GrpcError::new(
-        Code::DeadlineExceeded,
-        format!("{what} within {:?}", within.unwrap_or_default()),
-    )
 }
 
 /// A target's endpoints as the updates of its stream built them.
@@ -678,12 +469,8 @@ fn is_label_name(k: &str) -> bool {
 pub(crate) struct DestinationMetrics {
     /// Targets followed.
     watches: AtomicU64,
-    /// `Get` streams opened (the first and each reconnection).
-    streams: AtomicU64,
-    /// Streams that failed or were ended by the server.
-    stream_errors: AtomicU64,
-    /// Updates applied.
-    updates: AtomicU64,
+    /// `Get` and `GetProfile` streams.
+    streams: StreamCounters,
     /// Addresses skipped as invalid.
     invalid: AtomicU64,
 }
@@ -691,45 +478,18 @@ pub(crate) struct DestinationMetrics {
 impl DestinationMetrics {
     pub(crate) fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let families: [(&str, &str, &str, &AtomicU64); 5] = [
-            (
-                "destination_watches",
-                "gauge",
-                "Targets followed through the Destination API.",
-                &self.watches,
-            ),
-            (
-                "destination_streams_total",
-                "counter",
-                "Destination.Get streams opened, reconnections included.",
-                &self.streams,
-            ),
-            (
-                "destination_stream_errors_total",
-                "counter",
-                "Destination.Get streams that failed or were ended by the server.",
-                &self.stream_errors,
-            ),
-            (
-                "destination_updates_total",
-                "counter",
-                "Destination updates applied.",
-                &self.updates,
-            ),
-            (
-                "destination_invalid_addresses_total",
-                "counter",
-                "Addresses in Destination updates skipped as invalid.",
-                &self.invalid,
-            ),
-        ];
-        for (name, kind, help, v) in families {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
+        let _ = writeln!(
+            out,
+            "# HELP destination_watches Targets followed through the Destination API.\n# TYPE destination_watches gauge\ndestination_watches {}",
+            self.watches.load(Ordering::Relaxed)
+        );
+        self.streams
+            .render(out, "destination", "Destination.Get and GetProfile");
+        let _ = writeln!(
+            out,
+            "# HELP destination_invalid_addresses_total Addresses in Destination updates skipped as invalid.\n# TYPE destination_invalid_addresses_total counter\ndestination_invalid_addresses_total {}",
+            self.invalid.load(Ordering::Relaxed)
+        );
     }
 }
 

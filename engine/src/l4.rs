@@ -263,7 +263,7 @@ async fn serve_decided(
             let key = crate::authz::key(AuthzProto::Tcp, *target, verdict, client.tls());
             w.telemetry.authz.borrow_mut().record(&key);
             if !verdict.allowed {
-                warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = verdict.policy, "inbound connection denied by policy; closing");
+                warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = &*verdict.srv_name, "inbound connection denied by policy; closing");
                 return;
             }
         }
@@ -415,7 +415,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         addr: target,
         port: target.port(),
         hint: None,
-        http: HttpDst::Local(target, Verdict::UNCHECKED),
+        http: HttpDst::Local(target, Verdict::unchecked()),
     };
     let labels = ConnLabels::new(c.kind, &route.target);
     let src_meter = labels.open(w, Peer::Src, target, client.tls());
@@ -846,10 +846,10 @@ fn route(
         }
         ListenerKind::Inbound => {
             if orig != local {
-                http = HttpDst::Local(orig, Verdict::UNCHECKED);
+                http = HttpDst::Local(orig, Verdict::unchecked());
                 Target::Addr(orig)
             } else if let Some(t) = w.cfg.inbound.target {
-                http = HttpDst::Local(t, Verdict::UNCHECKED);
+                http = HttpDst::Local(t, Verdict::unchecked());
                 Target::Addr(t)
             } else {
                 tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");

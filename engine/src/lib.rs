@@ -85,6 +85,7 @@ mod route;
 mod run;
 mod server_first;
 mod stop;
+mod stream;
 #[cfg(test)]
 mod testing;
 mod tls;

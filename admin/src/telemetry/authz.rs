@@ -4,10 +4,10 @@
 //! labelled by the target, the server (`srv_*`), the route (`route_*`, HTTP),
 //! the authorization that allowed (`authz_*`) and the client's TLS.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::labels::push_label;
 use super::tls::TlsStatus;
@@ -28,12 +28,12 @@ pub struct AuthzKey {
     pub target: SocketAddr,
     /// The server's `srv_kind` and `srv_name` (`default` and the default
     /// policy's name without a policy API).
-    pub srv_kind: Cow<'static, str>,
-    pub srv_name: Cow<'static, str>,
+    pub srv_kind: Arc<str>,
+    pub srv_name: Arc<str>,
     /// The authorization that allowed (`authz_kind`, `authz_name`); unused
     /// for a denial.
-    pub authz_kind: Cow<'static, str>,
-    pub authz_name: Cow<'static, str>,
+    pub authz_kind: Arc<str>,
+    pub authz_name: Arc<str>,
     pub tls: TlsStatus,
 }
 

@@ -224,7 +224,7 @@ impl HttpShard {
             out,
             "ringmesh_retries_total",
             "counter",
-            "HTTP requests retried on another endpoint after this one answered 502/503.",
+            "HTTP requests retried on another endpoint after this one answered 502/503 (any 5xx on a retryable profile route).",
         );
         for k in keys.iter().filter(|k| self.0[**k].retries > 0) {
             let _ = writeln!(
