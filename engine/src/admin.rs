@@ -46,6 +46,7 @@ pub(crate) struct EngineAdmin {
     /// Linkerd's identity certificate series, with an identity.
     pub cert_metrics: Option<Arc<crate::certify::CertMetrics>>,
     pub destination_metrics: Option<Arc<crate::destination::DestinationMetrics>>,
+    pub policy_counters: Option<Arc<crate::stream::StreamCounters>>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -86,6 +87,9 @@ impl AdminBackend for EngineAdmin {
         }
         if let Some(m) = &self.destination_metrics {
             m.render(out);
+        }
+        if let Some(c) = &self.policy_counters {
+            c.render(out, "inbound_policy", "InboundServerPolicies.WatchPort");
         }
     }
 

@@ -83,6 +83,10 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
+pub const POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
+pub const POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
+pub const INBOUND_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS";
 pub const INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
 pub const POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
@@ -161,6 +165,11 @@ impl PortSet {
         Ok(Self(ranges))
     }
 
+    /// Every port in the set, in order.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().flat_map(|&(a, b)| a..=b)
+    }
+
     pub fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&port))
     }
@@ -198,6 +207,20 @@ pub struct Config {
     pub control_streams: StreamLimits,
     /// Who may reach the application through the inbound side.
     pub inbound_policy: crate::authz::InboundPolicy,
+    /// Linkerd's inbound policy API; `None`: the default policy only.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// Linkerd's policy service.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    pub svc_addr: SocketAddr,
+    /// Spoken to over mutual TLS as this name (an address off loopback).
+    pub svc_name: Option<Name>,
+    /// `LINKERD2_PROXY_POLICY_WORKLOAD`, sent with every port.
+    pub workload: String,
+    /// `LINKERD2_PROXY_INBOUND_PORTS`: watched from the start.
+    pub ports: Vec<u16>,
 }
 
 /// Linkerd's Destination service, and which targets it is asked about.
@@ -472,6 +495,7 @@ impl Config {
                     .collect(),
                 ..crate::authz::InboundPolicy::default()
             },
+            policy: None,
         }
     }
 
@@ -504,6 +528,7 @@ impl Config {
         c.control_streams = p.read_stream_limits();
         c.destination = p.read_destination(&c.identity);
         p.read_inbound_policy(&mut c.inbound_policy);
+        c.policy = p.read_policy_api(&c.identity);
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -983,6 +1008,51 @@ impl Parser<'_> {
         if let Some(ports) = self.parse_with(INBOUND_PORTS_REQUIRE_TLS, PortSet::parse) {
             p.require_tls = ports;
         }
+    }
+
+    /// The inbound policy API, when `_POLICY_SVC_ADDR` is set.
+    fn read_policy_api(&mut self, identity: &IdentityConfig) -> Option<PolicyConfig> {
+        let addr = self.raw(POLICY_SVC_ADDR).filter(|v| !v.is_empty())?;
+        let svc_addr = addr
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                self.bad(
+                    POLICY_SVC_ADDR,
+                    &addr,
+                    "expected ip:port (names are not resolved yet)",
+                )
+            })
+            .ok();
+        let svc_name = self.parse_with(POLICY_SVC_NAME, |s| {
+            Name::parse(s).map_err(|e| e.to_string())
+        });
+        if let Some(a) = svc_addr.filter(|a| !a.ip().is_loopback()) {
+            if svc_name.is_none() {
+                self.problems.push(format!(
+                    "{POLICY_SVC_NAME} must be set: the policy service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
+                ));
+            } else if identity.local().is_none() {
+                self.problems.push(format!(
+                    "the policy service at {a} is spoken to over mutual TLS: this proxy needs an identity (LINKERD2_PROXY_IDENTITY_*)"
+                ));
+            }
+        }
+        let workload = self.raw(POLICY_WORKLOAD).unwrap_or_default();
+        if workload.is_empty() {
+            self.problems.push(format!(
+                "{POLICY_WORKLOAD} must be set with {POLICY_SVC_ADDR}"
+            ));
+        }
+        let ports = self
+            .parse_with(INBOUND_PORTS, PortSet::parse)
+            .map(|set| set.ports().take(1024).collect())
+            .unwrap_or_default();
+        Some(PolicyConfig {
+            svc_addr: svc_addr?,
+            svc_name: svc_name.filter(|_| svc_addr.is_some_and(|a| !a.ip().is_loopback())),
+            workload,
+            ports,
+        })
     }
 
     /// The Destination API, when `_DESTINATION_SVC_ADDR` is set.

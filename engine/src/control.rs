@@ -38,9 +38,11 @@ use ringmesh_discovery::{
 
 use crate::admin::EngineAdmin;
 use crate::certify::CertMetrics;
-use crate::config::{DestinationConfig, IdentityConfig, StreamLimits};
+use crate::config::{DestinationConfig, IdentityConfig, PolicyConfig, StreamLimits};
 use crate::destination::{DestinationMetrics, DestinationResolver};
 use crate::identity::{self, IdentityState, Sink};
+use crate::policy::{InboundPolicies, PolicyClient};
+use crate::stream::StreamCounters;
 use ringmesh_discovery::channel::{self, Subscriber};
 
 /// What workers tell the control core.
@@ -48,6 +50,8 @@ pub(crate) enum ControlMsg {
     /// A worker met a name the snapshot lacks (an HTTP authority): resolve
     /// it and publish.
     Watch(Authority),
+    /// A worker met an inbound port whose policy it does not have.
+    WatchPort(u16),
 }
 
 /// A worker's end of the events queue: never blocks; drops and counts
@@ -74,6 +78,8 @@ pub(crate) struct Control {
     identity_ready: Arc<AtomicBool>,
     cert_metrics: Option<Arc<CertMetrics>>,
     destination_metrics: Option<Arc<DestinationMetrics>>,
+    /// Inbound policies, with the policy API.
+    policies: Option<(Subscriber<InboundPolicies>, Arc<StreamCounters>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,7 @@ impl Control {
         names: Vec<Authority>,
         identity_cfg: IdentityConfig,
         destination: Option<(DestinationConfig, StreamLimits)>,
+        policy: Option<(PolicyConfig, StreamLimits)>,
     ) -> Result<(Self, SnapshotSubscriber), ControlError> {
         let destination_metrics = destination
             .as_ref()
@@ -119,6 +126,23 @@ impl Control {
         let destination = destination
             .zip(destination_metrics.clone())
             .map(|((cfg, limits), metrics)| (cfg, limits, identity.clone(), metrics));
+        let (policy_task, policies) = match policy {
+            Some((cfg, limits)) => {
+                let (publisher, subscriber) = channel::channel(InboundPolicies::default());
+                let counters = Arc::new(StreamCounters::default());
+                (
+                    Some(PolicyTask {
+                        cfg,
+                        limits,
+                        identity: identity.clone(),
+                        publisher,
+                        counters: counters.clone(),
+                    }),
+                    Some((subscriber, counters)),
+                )
+            }
+            None => (None, None),
+        };
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -131,6 +155,7 @@ impl Control {
                     names,
                     identity: identity_task,
                     destination,
+                    policy: policy_task,
                     events: events_rx,
                     commands: commands_rx,
                     ready: ready_tx,
@@ -164,6 +189,7 @@ impl Control {
             identity_ready,
             cert_metrics,
             destination_metrics,
+            policies,
         };
         // Blocks the starting thread only, until the first snapshot is done.
         match ready_rx.recv() {
@@ -201,6 +227,16 @@ impl Control {
         self.destination_metrics.clone()
     }
 
+    /// A worker's view of the inbound policies (with the policy API).
+    pub(crate) fn inbound_policies(&self) -> Option<Subscriber<InboundPolicies>> {
+        self.policies.as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// The policy streams' counters (with the policy API).
+    pub(crate) fn policy_counters(&self) -> Option<Arc<StreamCounters>> {
+        self.policies.as_ref().map(|(_, c)| c.clone())
+    }
+
     /// A sender for a worker.
     pub(crate) fn sender(&self) -> ControlSender {
         self.events.clone()
@@ -228,6 +264,15 @@ impl Drop for Control {
     }
 }
 
+/// The policy client's parts, moved onto the control thread.
+struct PolicyTask {
+    cfg: PolicyConfig,
+    limits: StreamLimits,
+    identity: Subscriber<IdentityState>,
+    publisher: channel::Publisher<InboundPolicies>,
+    counters: Arc<StreamCounters>,
+}
+
 /// The control thread's state, moved onto it.
 struct Core {
     discovery: DiscoveryConfig,
@@ -239,6 +284,7 @@ struct Core {
         Subscriber<IdentityState>,
         Arc<DestinationMetrics>,
     )>,
+    policy: Option<PolicyTask>,
     events: EventReceiver<ControlMsg>,
     commands: UnboundedReceiver<Command>,
     ready: mpsc::Sender<Result<SnapshotSubscriber, ControlError>>,
@@ -251,6 +297,7 @@ impl Core {
             names,
             identity,
             destination,
+            policy,
             events,
             mut commands,
             ready,
@@ -276,7 +323,14 @@ impl Core {
                 return;
             }
         };
-        monoio::spawn(worker_events(events, table));
+        let policy = policy.map(|p| {
+            let client = PolicyClient::new(&p.cfg, p.limits, &p.identity, p.publisher, p.counters);
+            for port in &p.cfg.ports {
+                client.watch(*port);
+            }
+            client
+        });
+        monoio::spawn(worker_events(events, table, policy));
         // Until told to stop (or the process's handle is gone); returning
         // drops the runtime and with it every task.
         while let Some(command) =
@@ -302,12 +356,21 @@ impl Core {
 }
 
 /// Takes what workers report, in order; says when some were dropped.
-async fn worker_events(mut events: EventReceiver<ControlMsg>, table: Table) {
+async fn worker_events(
+    mut events: EventReceiver<ControlMsg>,
+    table: Table,
+    policy: Option<Rc<PolicyClient>>,
+) {
     let mut dropped = 0;
     while let Some(event) = events.recv().await {
         match event {
             ControlMsg::Watch(name) => {
                 table.watch(name);
+            }
+            ControlMsg::WatchPort(port) => {
+                if let Some(p) = &policy {
+                    p.watch(port);
+                }
             }
         }
         let now = events.dropped();

@@ -255,10 +255,15 @@ async fn serve_decided(
     // connection (HTTP requests are answered 403 one by one; an opaque
     // connection is closed).
     if let HttpDst::Local(target, verdict) = &mut route.http {
-        *verdict = w
-            .routes
-            .policy
-            .check(target.port(), peer.ip(), client.tls());
+        *verdict = if w.routes.policies.is_some() {
+            // Boxed: the wait's timer would otherwise size every
+            // connection's task.
+            Box::pin(w.routes.authorize(target.port(), peer.ip(), client.tls())).await
+        } else {
+            w.routes
+                .policy
+                .check(target.port(), peer.ip(), client.tls())
+        };
         if matches!(decided.protocol, Protocol::Tls | Protocol::Opaque) {
             let key = crate::authz::key(AuthzProto::Tcp, *target, verdict, client.tls());
             w.telemetry.authz.borrow_mut().record(&key);

@@ -78,6 +78,7 @@ pub mod listen;
 mod memory;
 mod observe;
 pub mod orig_dst;
+mod policy;
 mod pool;
 mod proxy;
 mod retry;

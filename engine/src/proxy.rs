@@ -97,6 +97,7 @@ impl Proxy {
                     hooks,
                     cert_metrics: control.cert_metrics(),
                     destination_metrics: control.destination_metrics(),
+                    policy_counters: control.policy_counters(),
                 },
             );
         }
@@ -186,6 +187,7 @@ fn start_control(
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),
         cfg.destination.clone().map(|d| (d, cfg.control_streams)),
+        cfg.policy.clone().map(|p| (p, cfg.control_streams)),
     )
     .map_err(|e| match e {
         ControlError::Discovery(e) => StartError::Discovery(e),
@@ -284,6 +286,7 @@ fn start_workers(
             own_listeners: own_listeners.clone(),
             snapshots: subscriber.cache(),
             identity: control.identity().cache(),
+            policies: control.inbound_policies().map(|s| s.cache()),
             control: control.sender(),
             cfg: cfg.clone(),
             rx,

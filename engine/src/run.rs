@@ -39,6 +39,8 @@ pub(crate) struct WorkerSetup {
     pub own_listeners: Vec<SocketAddr>,
     pub snapshots: SnapshotCache,
     pub identity: crate::identity::IdentityCache,
+    /// Inbound policies, with the policy API.
+    pub policies: Option<crate::policy::PolicyCache>,
     pub control: ControlSender,
     pub cfg: Config,
     pub rx: UnboundedReceiver<WorkerMsg>,
@@ -156,6 +158,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         own_listeners,
         snapshots,
         identity,
+        policies,
         control,
         cfg,
         mut rx,
@@ -163,7 +166,13 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         ..
     } = setup;
     register_buf_ring(id, &cfg);
-    let worker = new_worker(id, cfg, own_listeners, (snapshots, identity), control);
+    let worker = new_worker(
+        id,
+        cfg,
+        own_listeners,
+        (snapshots, identity, policies),
+        control,
+    );
     let stop = worker.stop.clone();
     let Some(listening) = start_accepting(&worker, listeners, &stop, &ready) else {
         return;
@@ -193,7 +202,11 @@ fn new_worker(
     id: usize,
     cfg: Config,
     own_listeners: Vec<SocketAddr>,
-    (snapshots, identity): (SnapshotCache, crate::identity::IdentityCache),
+    (snapshots, identity, policies): (
+        SnapshotCache,
+        crate::identity::IdentityCache,
+        Option<crate::policy::PolicyCache>,
+    ),
     control: ControlSender,
 ) -> Rc<Worker> {
     let max_undecided = cfg.detect_max_undecided;
@@ -227,6 +240,7 @@ fn new_worker(
             queue_capacity,
             discover_networks,
             policy,
+            policies: policies.map(RefCell::new),
         },
         telemetry: Telemetry::default(),
         detection: Detection {

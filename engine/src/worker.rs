@@ -32,6 +32,10 @@ use ringmesh_identity::TlsConfigs;
 
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
+/// How long a connection to a port waits for the policy API's first
+/// answer about it.
+const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub(crate) struct Replica {
     service: Arc<Service>,
     pub balancer: Rc<RefCell<Balancer>>,
@@ -99,8 +103,10 @@ pub(crate) struct Routes {
     /// Original destinations in these networks are looked up through the
     /// Destination API (empty without one).
     pub discover_networks: Vec<ipnet::IpNet>,
-    /// Who may reach the application (inbound).
+    /// Who may reach the application (inbound): the default policy...
     pub policy: crate::authz::InboundPolicy,
+    /// ... unless the policy API gave the port a server.
+    pub policies: Option<RefCell<crate::policy::PolicyCache>>,
 }
 
 /// What connections and requests borrow and give back.
@@ -240,6 +246,48 @@ impl Routes {
                 true
             }
         });
+    }
+
+    /// Whether a client at `client`, secured as `tls`, may reach the
+    /// application's `port`: the port's server from the policy API, else
+    /// the default policy. A port the policy API has not answered for yet
+    /// is asked about, and waited for (at most [`POLICY_WAIT`]).
+    pub(crate) async fn authorize(
+        &self,
+        port: u16,
+        client: std::net::IpAddr,
+        tls: &ringmesh_admin::telemetry::TlsStatus,
+    ) -> crate::authz::Verdict {
+        if let Some(cache) = &self.policies {
+            let deadline = std::time::Instant::now() + POLICY_WAIT;
+            let mut asked = false;
+            loop {
+                {
+                    let mut c = cache.borrow_mut();
+                    c.refresh();
+                    match c.get().0.get(&port) {
+                        Some(Some(server)) => return server.check(client, tls),
+                        Some(None) => break,
+                        None => {}
+                    }
+                }
+                if !asked {
+                    let _ = self
+                        .control
+                        .send(crate::control::ControlMsg::WatchPort(port));
+                    asked = true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    tracing::debug!(
+                        port,
+                        "no inbound policy in time; the default policy applies"
+                    );
+                    break;
+                }
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        self.policy.check(port, client, tls)
     }
 
     /// Whether connecting to `addr` would loop back into this process.

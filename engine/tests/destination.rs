@@ -8,134 +8,21 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cp::Cp;
 use common::lb::{answers, backend};
 use common::*;
-use ringmesh_engine::IoDriver;
 
-const FAKE_CP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mesh/fake_cp.py");
-const PYTHON: &str = "/usr/bin/python3";
 const WEB: &str = "web.default.svc.cluster.local:80";
-
-/// The fake control plane: its config file, fault directory and output.
-struct Cp {
-    dir: PathBuf,
-    addr: SocketAddr,
-    child: Option<Child>,
-    /// Its output lines, as the reader threads pass them on.
-    lines: (Sender<String>, Receiver<String>),
-    log: RefCell<Vec<String>>,
-}
-
-impl Cp {
-    fn start(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringmesh-dst-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("faults")).unwrap();
-        let mut cp = Self {
-            dir,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            child: None,
-            lines: channel(),
-            log: RefCell::default(),
-        };
-        cp.write(&serde_json(&[]));
-        cp.spawn();
-        cp
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.join("cp.json")
-    }
-
-    /// Starts the process (again, on the same port after a stop).
-    fn spawn(&mut self) {
-        let mut child = Command::new(PYTHON)
-            .arg(FAKE_CP)
-            .args(["--listen", &self.addr.to_string()])
-            .arg("--config")
-            .arg(self.config())
-            .arg("--fault-dir")
-            .arg(self.dir.join("faults"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {PYTHON} {FAKE_CP}: {e}"));
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            line.clear();
-            let n = out.read_line(&mut line).unwrap();
-            assert!(
-                n > 0 && Instant::now() < deadline,
-                "fake_cp ended before it was ready (python3-grpcio, python3-protobuf, protoc: scripts/install-test-deps.sh)"
-            );
-            if let Some(addr) = line.trim().strip_prefix("ready ") {
-                self.addr = addr.parse().unwrap();
-                break;
-            }
-        }
-        let tx = self.lines.0.clone();
-        thread::spawn(move || {
-            for l in out.lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        self.child = Some(child);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Replaces the config (renamed into place; the fake notices within
-    /// 100 ms and sends open streams the difference).
-    fn write(&self, json: &str) {
-        let tmp = self.dir.join("cp.json.tmp");
-        fs::write(&tmp, json).unwrap();
-        fs::rename(&tmp, self.config()).unwrap();
-    }
-
-    fn fault(&self, name: &str) -> PathBuf {
-        let p = self.dir.join("faults").join(name);
-        fs::write(&p, "").unwrap();
-        p
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        let mut log = self.log.borrow_mut();
-        log.extend(self.lines.1.try_iter());
-        log.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    fn tail(&self) -> String {
-        let mut log = self.log.borrow_mut();
-        log.extend(self.lines.1.try_iter());
-        log[log.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Cp {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
+use ringmesh_engine::IoDriver;
 
 /// The fake's config: `web` with these endpoints (addr, weight).
 fn serde_json(endpoints: &[(SocketAddr, u32)]) -> String {
@@ -209,7 +96,7 @@ fn endpoints_follow_updates(driver: IoDriver) {
         backend(b'c', delay),
     );
     let cp = Cp::start(&format!("follow-{}", driver_name(driver)));
-    cp.write(&serde_json(&[(a.addr, 10000), (b.addr, 10000)]));
+    cp.write_loaded(&serde_json(&[(a.addr, 10000), (b.addr, 10000)]));
     let proxy = proxy(driver, &cp, &[]);
     let addr = proxy.forward_addrs()[0];
 
@@ -289,7 +176,7 @@ fn control_plane_outage_keeps_the_last_state() {
     let delay = Duration::from_micros(200);
     let (a, b) = (backend(b'a', delay), backend(b'b', delay));
     let mut cp = Cp::start("outage");
-    cp.write(&serde_json(&[(a.addr, 10000)]));
+    cp.write_loaded(&serde_json(&[(a.addr, 10000)]));
     let proxy = proxy(IoDriver::Uring, &cp, &[]);
     let addr = proxy.forward_addrs()[0];
     let stop = Arc::new(AtomicBool::new(false));
@@ -339,7 +226,7 @@ fn garbage_resets_and_silence_keep_the_state() {
         backend(b'c', delay),
     );
     let cp = Cp::start("garbage");
-    cp.write(&serde_json(&[(a.addr, 10000)]));
+    cp.write_loaded(&serde_json(&[(a.addr, 10000)]));
     let proxy = proxy(
         IoDriver::Uring,
         &cp,
@@ -504,7 +391,7 @@ fn traffic_split_follows_the_profile_weights() {
     };
     let v1 = "web-v1.default.svc.cluster.local:80";
     let v2 = "web-v2.default.svc.cluster.local:80";
-    cp.write(&format!(
+    cp.write_loaded(&format!(
         r#"{{"destinations": {{"{WEB}": {}, "{v1}": {}, "{v2}": {}}}}}"#,
         entry(
             a.addr,
@@ -547,7 +434,7 @@ fn traffic_split_follows_the_profile_weights() {
 fn route_timeouts_and_retries() {
     let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
     let cp = Cp::start("routes");
-    cp.write(&format!(
+    cp.write_loaded(&format!(
         r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
             "routes": [{{"name": "slow", "method": "GET", "path_regex": "/slow", "timeout_ms": 300}},
                        {{"name": "flaky", "path_regex": "/flaky", "retryable": true}}]}}}}}}"#,
@@ -606,7 +493,7 @@ fn route_timeouts_and_retries() {
 fn an_empty_retry_budget_allows_no_retry() {
     let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
     let cp = Cp::start("budget");
-    cp.write(&format!(
+    cp.write_loaded(&format!(
         r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
             "routes": [{{"name": "flaky", "path_regex": "/flaky", "retryable": true}}, {{"name": "ok", "path_regex": "/ok"}}],
             "retry_budget": {{"ratio": 0.0, "min_per_second": 0, "ttl_s": 10}}}}}}}}"#,

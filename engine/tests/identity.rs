@@ -1048,3 +1048,93 @@ fn cluster_networks_and_required_tls_ports() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(answer.contains("TLS required"), "{answer}");
 }
+
+/// The policy API (`InboundServerPolicies.WatchPort`, from the fake
+/// control plane): the port's Server admits the identities its
+/// authorization names, whatever the default policy (`deny` here); its
+/// updates apply to new connections; the last policy stays while the
+/// control plane is down. linkerd2-proxy's authz labels name the server
+/// and the authorization.
+#[test]
+fn policy_api_servers_authorize_by_identity() {
+    let pki = Pki::new("policy-api");
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let mut cp = common::cp::Cp::start("policy-api");
+    let config = |ids: &[&str]| {
+        let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+        format!(
+            r#"{{"inbound": {{"default_policy": "all-unauthenticated", "ports": {{"{}": {{"server": {{"name": "web-http", "identities": [{}]}}}}}}}}}}"#,
+            app.addr.port(),
+            ids.join(", ")
+        )
+    };
+    cp.write_loaded(&config(&[A]));
+    let cp_addr = cp.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    let (a_leaf, c_leaf) = (pki.good("a", A), pki.good("c", C));
+    let as_client = |leaf: &Leaf| {
+        meshed_get(
+            inbound,
+            client_config(&pki, Some(leaf), true),
+            app.addr.port(),
+            (&[], ""),
+        )
+    };
+    let ok = as_client(&a_leaf);
+    assert!(
+        ok.starts_with("HTTP/1.1 200"),
+        "A is named by the server: {ok}"
+    );
+    let denied = as_client(&c_leaf);
+    assert!(denied.starts_with("HTTP/1.1 403"), "C is not: {denied}");
+    let plain = get(inbound, "/echo-head", "");
+    assert!(plain.starts_with("HTTP/1.1 403"), "{plain}");
+
+    let (_, m) = admin(&b, "/metrics");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("inbound_http_authz_allow_total{")
+                && l.contains("srv_kind=\"server\",srv_name=\"web-http\"")
+                && l.contains("authz_kind=\"authorizationpolicy\",authz_name=\"web-http-authz\"")
+                && l.contains(&format!("client_id=\"{A}\""))),
+        "{m}"
+    );
+    assert!(m
+        .lines()
+        .any(|l| l.starts_with("inbound_http_authz_deny_total{")
+            && l.contains("srv_name=\"web-http\"")
+            && l.contains(&format!("client_id=\"{C}\""))));
+    assert!(m.contains("inbound_policy_streams_total 1"), "{m}");
+
+    // An update admits C.
+    cp.write(&config(&[A, C]));
+    assert!(
+        eventually(Duration::from_secs(5), || as_client(&c_leaf)
+            .starts_with("HTTP/1.1 200")),
+        "the policy update did not apply:\n{}",
+        cp.tail()
+    );
+    // The control plane goes away: the last policy stays.
+    cp.stop();
+    thread::sleep(Duration::from_millis(500));
+    assert!(as_client(&c_leaf).starts_with("HTTP/1.1 200"));
+    assert!(get(inbound, "/echo-head", "").starts_with("HTTP/1.1 403"));
+}

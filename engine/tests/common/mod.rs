@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ringmesh_engine::{Config, IoDriver, Proxy};
 
+pub mod cp;
 pub mod h2;
 pub mod http;
 pub mod lb;

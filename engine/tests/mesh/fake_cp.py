@@ -729,6 +729,25 @@ class Inbound:
         protocol = port_conf.get("protocol", "detect")
 
         authzs = []
+        explicit = port_conf.get("server")
+        if explicit:
+            # A Server resource with one AuthorizationPolicy: mesh TLS from
+            # the listed identities (names), from the listed networks.
+            nets = explicit.get("networks", ["0.0.0.0/0", "::/0"])
+            authzs.append(
+                i.Authz(
+                    networks=[i.Network(net=ip_network(pb.net, n)) for n in nets],
+                    authentication=i.Authn(
+                        meshTLS=i.Authn.PermitMeshTLS(
+                            identities=i.Authn.PermitMeshTLS.PermitClientIdentities(
+                                identities=[i.Identity(name=n) for n in explicit.get("identities", [])]
+                            )
+                        )
+                    ),
+                    labels={"group": "policy.linkerd.io", "kind": "authorizationpolicy", "name": explicit["name"] + "-authz"},
+                )
+            )
+            policy = None
         if policy in ("all-unauthenticated", "all-authenticated"):
             if policy == "all-authenticated":
                 authn = i.Authn(
@@ -749,7 +768,7 @@ class Inbound:
                     metadata=meta.Metadata(default=policy),
                 )
             )
-        elif policy != "deny":
+        elif policy not in ("deny", None):
             raise ValueError("default_policy must be all-unauthenticated, all-authenticated or deny, not %r" % policy)
 
         route = i.HttpRoute(
@@ -771,11 +790,12 @@ class Inbound:
             proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=[route]))
         else:
             raise ValueError("inbound protocol must be detect, opaque, http1 or http2, not %r" % protocol)
-        return i.Server(
-            protocol=proto,
-            authorizations=authzs,
-            labels={"group": "", "kind": "default", "name": policy},
+        labels = (
+            {"group": "policy.linkerd.io", "kind": "server", "name": explicit["name"]}
+            if explicit
+            else {"group": "", "kind": "default", "name": policy}
         )
+        return i.Server(protocol=proto, authorizations=authzs, labels=labels)
 
     async def get_port(self, spec, context):
         log("inbound.get port=%d workload=%s" % (spec.port, spec.workload))

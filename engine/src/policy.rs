@@ -1,0 +1,285 @@
+//! Linkerd's inbound policy API (`InboundServerPolicies.WatchPort`), run
+//! on the control core: who may reach each application port.
+//!
+//! # What it owns
+//!
+//! - One `WatchPort { workload: LINKERD2_PROXY_POLICY_WORKLOAD, port }`
+//!   stream per inbound port: those in `LINKERD2_PROXY_INBOUND_PORTS`
+//!   from the start, any other when a worker first meets it
+//!   ([`PolicyClient::watch`]). All streams share one connection to
+//!   `LINKERD2_PROXY_POLICY_SVC_ADDR` and the control-stream rules
+//!   (`stream.rs`: limits, backoff, the last state kept).
+//! - The `Server` each stream last sent, as a [`ServerPolicy`]: its
+//!   authorizations (client networks with exceptions; unauthenticated,
+//!   any mesh TLS, or identities by name and suffix) and the server's and
+//!   authorizations' `kind`/`name` labels. Published to the workers as
+//!   [`InboundPolicies`] through the lock-free channel.
+//! - A port whose stream failed before any answer is published as "use
+//!   the default policy" (`None`), so connections do not wait on it.
+//!
+//! Workers decide per connection ([`crate::authz`]): a port with a server
+//! is judged by its authorizations, else by the default policy.
+//!
+//! Not yet: the server's protocol (detection is not skipped), route-level
+//! authorizations (HTTP is judged by the server's authorizations alone: a
+//! server whose authorizations are all on routes denies, it never admits
+//! more), rate limits.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use linkerd2_proxy_api::inbound::{authn, PortSpec, Server};
+use ringmesh_discovery::channel::{Cache, Published, Publisher, Subscriber};
+
+use crate::authz::{Authn, Authorization, ServerPolicy};
+use crate::config::{PolicyConfig, StreamLimits};
+use crate::identity::IdentityState;
+use crate::stream::{self, Client, StreamCounters};
+
+const WATCH_PORT_PATH: &str = "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort";
+
+/// Every watched port's server: `None` until the API answers (or after
+/// it failed without an answer): the default policy applies.
+#[derive(Debug, Default)]
+pub(crate) struct InboundPolicies(pub HashMap<u16, Option<Arc<ServerPolicy>>>);
+
+impl Published for InboundPolicies {}
+
+pub(crate) type PolicyCache = Cache<InboundPolicies>;
+
+/// The policy client on the control core.
+pub(crate) struct PolicyClient {
+    client: Client,
+    workload: String,
+    limits: StreamLimits,
+    publisher: RefCell<Publisher<InboundPolicies>>,
+    watched: RefCell<HashSet<u16>>,
+    counters: Arc<StreamCounters>,
+}
+
+impl PolicyClient {
+    pub(crate) fn new(
+        cfg: &PolicyConfig,
+        limits: StreamLimits,
+        identity: &Subscriber<IdentityState>,
+        publisher: Publisher<InboundPolicies>,
+        counters: Arc<StreamCounters>,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            client: Client::new(cfg.svc_addr, cfg.svc_name.clone(), identity),
+            workload: cfg.workload.clone(),
+            limits,
+            publisher: RefCell::new(publisher),
+            watched: RefCell::new(HashSet::new()),
+            counters,
+        })
+    }
+
+    /// Starts watching `port` (once).
+    pub(crate) fn watch(self: &Rc<Self>, port: u16) {
+        if self.watched.borrow_mut().insert(port) {
+            monoio::spawn(self.clone().follow(port));
+        }
+    }
+
+    async fn follow(self: Rc<Self>, port: u16) {
+        let req = PortSpec {
+            workload: self.workload.clone(),
+            port: u32::from(port),
+        };
+        let answered = std::cell::Cell::new(false);
+        stream::follow(
+            &self.client,
+            WATCH_PORT_PATH,
+            req,
+            self.limits,
+            &self.counters,
+            &format_args!("inbound port {port}"),
+            |server: Server, _fresh| {
+                let policy = server_policy(port, server);
+                tracing::debug!(port, server = %policy.name, authorizations = policy.authorizations.len(), "inbound policy");
+                answered.set(true);
+                self.publish(port, Some(Arc::new(policy)));
+            },
+            || {
+                if !answered.get() {
+                    // The default policy, so connections do not wait.
+                    answered.set(true);
+                    self.publish(port, None);
+                }
+            },
+        )
+        .await;
+    }
+
+    fn publish(&self, port: u16, server: Option<Arc<ServerPolicy>>) {
+        let mut publisher = self.publisher.borrow_mut();
+        let mut ports = publisher.current().0.clone();
+        ports.insert(port, server);
+        publisher.publish(InboundPolicies(ports));
+    }
+}
+
+/// A label of a server or authorization (`kind`, `name`), shared.
+fn label(labels: &HashMap<String, String>, key: &str, default: &str) -> Arc<str> {
+    Arc::from(labels.get(key).map_or(default, String::as_str))
+}
+
+/// The workers' form of a `Server`; unusable authorizations (no network
+/// that parses, no authentication) are dropped, which only ever admits
+/// fewer clients.
+fn server_policy(port: u16, s: Server) -> ServerPolicy {
+    let authorizations = s
+        .authorizations
+        .into_iter()
+        .filter_map(|a| {
+            let name = label(&a.labels, "name", "");
+            let networks: Vec<_> = a
+                .networks
+                .into_iter()
+                .filter_map(|n| {
+                    let net = ipnet::IpNet::try_from(n.net?).ok()?;
+                    let except = n
+                        .except
+                        .into_iter()
+                        .filter_map(|e| ipnet::IpNet::try_from(e).ok())
+                        .collect();
+                    Some((net, except))
+                })
+                .collect();
+            let authn = match a.authentication.and_then(|a| a.permit) {
+                Some(authn::Permit::Unauthenticated(_)) => Authn::Unauthenticated,
+                Some(authn::Permit::MeshTls(m)) => match m.clients {
+                    Some(authn::permit_mesh_tls::Clients::Unauthenticated(_)) => Authn::AnyTls,
+                    Some(authn::permit_mesh_tls::Clients::Identities(ids)) => Authn::Identities {
+                        names: ids.identities.into_iter().map(|i| i.name).collect(),
+                        suffixes: ids
+                            .suffixes
+                            .into_iter()
+                            .map(|s| {
+                                if s.parts.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(".{}", s.parts.join("."))
+                                }
+                            })
+                            .collect(),
+                    },
+                    None => {
+                        tracing::warn!(port, authorization = %name, "mesh TLS authorization without clients; dropped");
+                        return None;
+                    }
+                },
+                None => {
+                    tracing::warn!(port, authorization = %name, "authorization without authentication; dropped");
+                    return None;
+                }
+            };
+            Some(Authorization {
+                networks,
+                authn,
+                kind: label(&a.labels, "kind", "default"),
+                name,
+            })
+        })
+        .collect();
+    ServerPolicy {
+        kind: label(&s.labels, "kind", "default"),
+        name: label(&s.labels, "name", ""),
+        authorizations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkerd2_proxy_api::inbound::{
+        authn::permit_mesh_tls, authn::PermitMeshTls, Authn as PAuthn, Authz, IdentitySuffix,
+        Network,
+    };
+    use ringmesh_admin::telemetry::TlsStatus;
+
+    fn net(cidr: &str) -> linkerd2_proxy_api::net::IpNetwork {
+        cidr.parse::<ipnet::IpNet>().unwrap().into()
+    }
+
+    #[test]
+    fn servers_become_policies() {
+        let labels = |kind: &str, name: &str| {
+            [
+                ("kind".to_string(), kind.to_string()),
+                ("name".to_string(), name.to_string()),
+            ]
+            .into()
+        };
+        let server = Server {
+            labels: labels("server", "web-http"),
+            authorizations: vec![
+                Authz {
+                    networks: vec![Network {
+                        net: Some(net("10.0.0.0/8")),
+                        except: vec![net("10.9.0.0/16")],
+                    }],
+                    authentication: Some(PAuthn {
+                        permit: Some(authn::Permit::MeshTls(PermitMeshTls {
+                            clients: Some(permit_mesh_tls::Clients::Identities(
+                                permit_mesh_tls::PermitClientIdentities {
+                                    identities: vec![],
+                                    suffixes: vec![IdentitySuffix {
+                                        parts: vec!["ns".into(), "serviceaccount".into()],
+                                    }],
+                                },
+                            )),
+                        })),
+                    }),
+                    labels: labels("authorizationpolicy", "web-authz"),
+                    ..Default::default()
+                },
+                // No authentication: dropped.
+                Authz {
+                    networks: vec![Network {
+                        net: Some(net("0.0.0.0/0")),
+                        except: vec![],
+                    }],
+                    authentication: None,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let p = server_policy(8080, server);
+        assert_eq!((&*p.kind, &*p.name), ("server", "web-http"));
+        assert_eq!(p.authorizations.len(), 1);
+        let meshed = |id: &str| TlsStatus::Accepted {
+            client_id: Some(id.into()),
+        };
+        let v = p.check("10.1.1.1".parse().unwrap(), &meshed("a.ns.serviceaccount"));
+        assert!(v.allowed);
+        assert_eq!(
+            (&*v.authz_kind, &*v.authz_name),
+            ("authorizationpolicy", "web-authz")
+        );
+        assert!(
+            !p.check("10.9.1.1".parse().unwrap(), &meshed("a.ns.serviceaccount"))
+                .allowed,
+            "excepted network"
+        );
+        assert!(
+            !p.check("192.0.2.1".parse().unwrap(), &meshed("a.ns.serviceaccount"))
+                .allowed
+        );
+        assert!(
+            !p.check(
+                "10.1.1.1".parse().unwrap(),
+                &meshed("a.other.serviceaccount")
+            )
+            .allowed
+        );
+        assert!(
+            !p.check("10.1.1.1".parse().unwrap(), &TlsStatus::NO_PROXY_IDENTITY)
+                .allowed
+        );
+    }
+}
