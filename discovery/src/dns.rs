@@ -243,9 +243,34 @@ pub struct DnsResolver {
     cfg: DnsConfig,
 }
 
+/// A name's SRV answer: where the service runs, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SrvResolution {
+    /// Each address of each target of the lowest priority, with the
+    /// target's port and weight (0 counted as 1), in answer order.
+    pub targets: Vec<(SocketAddr, u32)>,
+    /// The smallest TTL of the records used, clamped to the configured range.
+    pub ttl: Duration,
+}
+
+/// One SRV record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Srv {
+    priority: u16,
+    weight: u16,
+    port: u16,
+    target: Name,
+    ttl: u32,
+}
+
 /// One record type's answer from one nameserver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Answer {
+    /// SRV records owned by the query name (an SRV query).
+    srv: Vec<Srv>,
+    /// Addresses the additional section gives for names (an SRV
+    /// answer's targets), with their TTLs.
+    extra: Vec<(Name, IpAddr, u32)>,
     /// Addresses owned by the query name or by a name its CNAME chain reaches.
     addrs: Vec<IpAddr>,
     /// Minimum TTL (seconds) of the address records and the CNAMEs used;
@@ -317,6 +342,97 @@ impl DnsResolver {
             name: host.to_string(),
             negative_ttl: negative_ttl.unwrap_or(self.cfg.min_ttl),
         })
+    }
+
+    /// Resolves `host`'s SRV records (`_service._proto.name`): the
+    /// targets of the lowest priority, each target's addresses from the
+    /// answer's additional section or else looked up (A/AAAA), with the
+    /// record's port and weight. A target of `.` (the service is not
+    /// offered there) is skipped. Search list and errors as [`Self::resolve`].
+    pub async fn resolve_srv(&self, host: &str) -> Result<SrvResolution, DnsError> {
+        let candidates = candidates(host, &self.cfg.search, self.cfg.ndots)?;
+        if self.cfg.servers.is_empty() {
+            return Err(DnsError::NoServers);
+        }
+        let mut negative_ttl: Option<Duration> = None;
+        for name in &candidates {
+            let answer = self.ask(name, RecordType::SRV).await?;
+            let usable: Vec<&Srv> = answer.srv.iter().filter(|r| !r.target.is_root()).collect();
+            let Some(best) = usable.iter().map(|r| r.priority).min() else {
+                let t = answer.negative_ttl.map_or(self.cfg.min_ttl, |s| {
+                    self.cfg.clamp_ttl(Duration::from_secs(s.into()))
+                });
+                negative_ttl = Some(negative_ttl.map_or(t, |n| n.min(t)));
+                continue;
+            };
+            let mut targets = Vec::new();
+            let mut ttl = u32::MAX;
+            let mut resolved_ttl = self.cfg.max_ttl;
+            for r in usable.into_iter().filter(|r| r.priority == best) {
+                ttl = ttl.min(r.ttl);
+                let mut addrs: Vec<IpAddr> = answer
+                    .extra
+                    .iter()
+                    .filter(|(n, _, _)| *n == r.target)
+                    .map(|(_, ip, t)| {
+                        ttl = ttl.min(*t);
+                        *ip
+                    })
+                    .collect();
+                if addrs.is_empty() {
+                    match self.resolve(&r.target.to_ascii()).await {
+                        Ok(res) => {
+                            resolved_ttl = resolved_ttl.min(res.ttl);
+                            addrs = res.addrs;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%name, target = %r.target, %error, "srv target not resolved");
+                        }
+                    }
+                }
+                for ip in addrs {
+                    let at = (SocketAddr::new(ip, r.port), u32::from(r.weight).max(1));
+                    if !targets.iter().any(|(a, _)| *a == at.0) {
+                        targets.push(at);
+                    }
+                }
+            }
+            if targets.is_empty() {
+                return Err(DnsError::NotFound {
+                    name: host.to_string(),
+                    negative_ttl: self.cfg.min_ttl,
+                });
+            }
+            let ttl = self
+                .cfg
+                .clamp_ttl(Duration::from_secs(ttl.into()))
+                .min(resolved_ttl);
+            return Ok(SrvResolution { targets, ttl });
+        }
+        Err(DnsError::NotFound {
+            name: host.to_string(),
+            negative_ttl: negative_ttl.unwrap_or(self.cfg.min_ttl),
+        })
+    }
+
+    /// One record type for one name: each server in turn, `attempts`
+    /// rounds, until one answers.
+    async fn ask(&self, name: &Name, qtype: RecordType) -> Result<Answer, DnsError> {
+        let mut last_error = None;
+        for _ in 0..self.cfg.attempts.max(1) {
+            for &server in &self.cfg.servers {
+                for (_, result) in self.exchange(server, name, &[qtype]).await {
+                    match result {
+                        Ok(answer) => return Ok(answer),
+                        Err(error) => {
+                            tracing::debug!(%name, %qtype, %error, "dns query failed");
+                            last_error = Some(error);
+                        }
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or(DnsError::NoServers))
     }
 
     /// Asks for A and AAAA of one fully qualified name: each server in turn,
@@ -644,6 +760,7 @@ fn interpret(
             // The name does not exist, whatever records came along.
             let mut answer = extract(msg, name, qtype);
             answer.addrs.clear();
+            answer.srv.clear();
             answer.ttl = None;
             Ok(answer)
         }
@@ -677,8 +794,21 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
     }
 
     let mut addrs = Vec::new();
+    let mut srv = Vec::new();
     let mut ttl: Option<u32> = None;
     for r in records {
+        if let (RecordType::SRV, Some(RData::SRV(s))) = (qtype, r.data()) {
+            if r.dns_class() == DNSClass::IN && chain.contains(&r.name()) {
+                srv.push(Srv {
+                    priority: s.priority(),
+                    weight: s.weight(),
+                    port: s.port(),
+                    target: s.target().clone(),
+                    ttl: r.ttl(),
+                });
+            }
+            continue;
+        }
         if r.record_type() != qtype || r.dns_class() != DNSClass::IN || !chain.contains(&r.name()) {
             continue;
         }
@@ -704,7 +834,23 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
         }
         _ => None,
     });
+    // Addresses the server added for an SRV answer's targets.
+    let extra = if srv.is_empty() {
+        Vec::new()
+    } else {
+        msg.additionals()
+            .iter()
+            .filter(|r| r.dns_class() == DNSClass::IN && srv.iter().any(|s| s.target == *r.name()))
+            .filter_map(|r| match r.data() {
+                Some(RData::A(a)) => Some((r.name().clone(), IpAddr::V4(a.0), r.ttl())),
+                Some(RData::AAAA(a)) => Some((r.name().clone(), IpAddr::V6(a.0), r.ttl())),
+                _ => None,
+            })
+            .collect()
+    };
     Answer {
+        srv,
+        extra,
         addrs,
         ttl,
         negative_ttl,

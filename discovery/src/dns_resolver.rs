@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::dns::{DnsConfig, DnsError, DnsResolver, Resolution};
+use crate::dns::{DnsConfig, DnsError, DnsResolver, Resolution, SrvResolution};
 use crate::hosts::HostsFile;
 use crate::resolver::Resolver;
 use crate::table::Table;
@@ -41,6 +41,8 @@ pub(crate) struct DnsNameResolver {
 enum Outcome {
     Hosts(Vec<IpAddr>),
     Dns(Result<Resolution, DnsError>),
+    /// An SRV name's targets (address, weight).
+    Srv(Result<SrvResolution, DnsError>),
 }
 
 /// One name's refresh state; what a lookup's outcome does to it.
@@ -66,6 +68,20 @@ impl NameState {
                 self.refresh_at = now + res.ttl;
                 tracing::debug!(%name, endpoints = self.endpoints.len(), ttl = ?res.ttl, "resolved");
             }
+            Outcome::Srv(Ok(res)) => {
+                let mut eps: Vec<Endpoint> = res
+                    .targets
+                    .into_iter()
+                    .map(|(addr, weight)| Endpoint::unmeshed(addr, weight))
+                    .collect();
+                eps.sort_by_key(|e| e.addr);
+                eps.dedup();
+                self.endpoints = eps;
+                self.failures = 0;
+                self.refresh_at = now + res.ttl;
+                tracing::debug!(%name, endpoints = self.endpoints.len(), ttl = ?res.ttl, "resolved (SRV)");
+            }
+            Outcome::Srv(Err(e)) => self.apply(name, Outcome::Dns(Err(e)), cfg, now),
             Outcome::Dns(Err(DnsError::NotFound { negative_ttl, .. })) => {
                 // The name is gone: it has no endpoints until it returns.
                 if !self.endpoints.is_empty() || self.failures == 0 {
@@ -108,6 +124,9 @@ impl DnsNameResolver {
     }
 
     async fn lookup(&self, host: &str) -> Outcome {
+        if is_srv_name(host) {
+            return Outcome::Srv(self.inner.dns.resolve_srv(host).await);
+        }
         let from_hosts = self.inner.hosts.lookup(host);
         if !from_hosts.is_empty() {
             return Outcome::Hosts(from_hosts);
@@ -179,6 +198,12 @@ impl Resolver for DnsNameResolver {
             }
         })
     }
+}
+
+/// `_service._proto.name`: resolved with SRV records (their ports and
+/// weights; the authority's own port is not used).
+fn is_srv_name(host: &str) -> bool {
+    host.starts_with('_')
 }
 
 fn endpoints(addrs: impl Iterator<Item = IpAddr>, port: u16) -> Vec<Endpoint> {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -138,3 +139,110 @@ both_drivers!(
     names_resolve_and_refresh_through_the_control_core,
     super::dns_refresh
 );
+
+/// A nameserver for SRV: `_http._tcp.web.test` has two targets at
+/// priority 10 (`b1.test` weight 1 on `ports[0]`, its address in the
+/// additional section; `b2.test` weight 3 on `ports[1]`, looked up) and a
+/// backup at priority 20 (`b3.test` on `ports[2]`). Every `b*.test` is
+/// 127.0.0.1; other names do not exist.
+fn srv_nameserver(ports: [u16; 3], stop: Arc<AtomicBool>) -> SocketAddr {
+    use hickory_proto::rr::rdata::SRV;
+    use hickory_proto::rr::Name;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let name = |s: &str| Name::from_ascii(s).unwrap();
+        let localhost = RData::A(A(std::net::Ipv4Addr::LOCALHOST));
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(q) = query.queries().first().cloned() else {
+                continue;
+            };
+            let mut reply = Message::new();
+            reply
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(query.op_code())
+                .add_query(q.clone());
+            let qname = q.name().to_ascii();
+            match (qname.as_str(), q.query_type()) {
+                ("_http._tcp.web.test.", RecordType::SRV) => {
+                    for (prio, weight, port, target) in [
+                        (10, 1, ports[0], "b1.test."),
+                        (10, 3, ports[1], "b2.test."),
+                        (20, 1, ports[2], "b3.test."),
+                    ] {
+                        reply.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            30,
+                            RData::SRV(SRV::new(prio, weight, port, name(target))),
+                        ));
+                    }
+                    reply.add_additional(Record::from_rdata(
+                        name("b1.test."),
+                        30,
+                        localhost.clone(),
+                    ));
+                }
+                ("b1.test." | "b2.test." | "b3.test.", RecordType::A) => {
+                    reply.add_answer(Record::from_rdata(q.name().clone(), 30, localhost.clone()));
+                }
+                ("b1.test." | "b2.test." | "b3.test.", _) => {}
+                _ => {
+                    reply.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            let _ = socket.send_to(&reply.to_vec().unwrap(), from);
+        }
+    });
+    addr
+}
+
+/// A `_service._proto.name` target is resolved with SRV: the priority-10
+/// targets take the traffic (their ports from the records, weights 1 and
+/// 3), the priority-20 backup none.
+#[test]
+fn srv_names_resolve_to_their_targets_ports_and_weights() {
+    let backends = [
+        Backend::named("1"),
+        Backend::named("2"),
+        Backend::named("3"),
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    let ns = srv_nameserver(backends.each_ref().map(|b| b.addr.port()), stop.clone());
+    let servers = ns.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=_http._tcp.web.test:80"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut seen = [0usize; 3];
+    for _ in 0..400 {
+        let mut s = connect(addr);
+        // Not HTTP: relayed at once (no detection wait).
+        s.write_all(b"hi\n").unwrap();
+        let name = read_name(&mut s);
+        let i: usize = name.trim().parse::<usize>().expect("a backend's name") - 1;
+        seen[i] += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(seen[2], 0, "the priority-20 backup took traffic: {seen:?}");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both priority-10 targets: {seen:?}"
+    );
+    assert!(seen[1] > seen[0], "weight 3 over weight 1: {seen:?}");
+}
