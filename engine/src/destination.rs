@@ -493,6 +493,39 @@ impl DestinationMetrics {
     }
 }
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    use super::*;
+    use prost::Message as _;
+
+    pub(crate) fn update(bytes: &[u8]) {
+        let Ok(update) = Update::decode(bytes) else {
+            return;
+        };
+        for name in ["web.default.svc.cluster.local:80", "10.0.0.1:80"] {
+            let name = Authority::parse(name).unwrap();
+            let mut set = EndpointSet::default();
+            set.apply(&name, update.clone(), true);
+            set.apply(&name, update.clone(), false);
+            let _ = (set.endpoints(&name), set.protocol());
+        }
+    }
+
+    pub(crate) fn profile(bytes: &[u8]) {
+        let Ok(p) = DestinationProfile::decode(bytes) else {
+            return;
+        };
+        let name = Authority::parse("web.default.svc.cluster.local:80").unwrap();
+        let p = super::profile(&name, p);
+        for (method, path) in [("GET", "/"), ("POST", "/a/b?c"), ("PATCH", "")] {
+            let _ = p.route(method, path);
+        }
+        for r in [0.0, 0.5, 0.999_999] {
+            let _ = p.split(r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

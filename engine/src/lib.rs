@@ -96,6 +96,25 @@ mod undecided;
 mod warn_limit;
 mod worker;
 
+/// The control plane's messages as the control core takes them in, for
+/// the `control_plane` fuzz target (built with `--cfg fuzzing` only).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Decodes `data[1..]` as the message `data[0]` picks (a Destination
+    /// update, a profile, an inbound server) and applies it as the
+    /// control core would, then uses the result as a worker would.
+    pub fn control_plane_message(data: &[u8]) {
+        let Some((&which, bytes)) = data.split_first() else {
+            return;
+        };
+        match which % 3 {
+            0 => crate::destination::fuzzing::update(bytes),
+            1 => crate::destination::fuzzing::profile(bytes),
+            _ => crate::policy::fuzzing::server(bytes),
+        }
+    }
+}
+
 pub use admin::{Hooks, LogLevel};
 pub use config::{Config, ConfigError, IoDriver};
 pub use proxy::{Proxy, StartError};

@@ -192,6 +192,29 @@ fn server_policy(port: u16, s: Server) -> ServerPolicy {
     }
 }
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    use prost::Message as _;
+
+    pub(crate) fn server(bytes: &[u8]) {
+        let Ok(s) = super::Server::decode(bytes) else {
+            return;
+        };
+        let p = super::server_policy(8080, s);
+        for tls in [
+            ringmesh_admin::telemetry::TlsStatus::NO_PROXY_IDENTITY,
+            ringmesh_admin::telemetry::TlsStatus::Accepted { client_id: None },
+            ringmesh_admin::telemetry::TlsStatus::Accepted {
+                client_id: Some("a.ns.serviceaccount.identity.linkerd.cluster.local".into()),
+            },
+        ] {
+            for ip in ["10.0.0.1", "::1"] {
+                let _ = p.check(ip.parse().unwrap(), &tls);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
