@@ -202,6 +202,8 @@ pub struct ServerPolicy {
     pub kind: Arc<str>,
     pub name: Arc<str>,
     pub authorizations: Vec<Authorization>,
+    /// The port's protocol when the server names one (no detection).
+    pub protocol: Option<ringmesh_discovery::Protocol>,
 }
 
 impl ServerPolicy {

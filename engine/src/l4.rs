@@ -225,9 +225,20 @@ pub(crate) async fn serve(
             crate::route::await_addr(&w.routes, orig).await;
         }
     }
-    let Some(route) = route(&w, &kind, &client, local, peer) else {
+    let Some(mut route) = route(&w, &kind, &client, local, peer) else {
         return;
     };
+    if w.routes.policies.is_some() {
+        if let HttpDst::Local(target, _) = &route.http {
+            // The port's server may name its protocol (no detection).
+            // Boxed: the wait's timer would otherwise size every
+            // connection's task.
+            let server = Box::pin(w.routes.inbound_server(target.port())).await;
+            if let Some(p) = server.and_then(|s| s.protocol) {
+                route.hint = Some(p);
+            }
+        }
+    }
     // From here on the connection is a transport.
     let mut client = Transport::plain_as(client, status);
     let labels = ConnLabels::new(&kind, &route.target);

@@ -20,7 +20,11 @@
 //! Workers decide per connection ([`crate::authz`]): a port with a server
 //! is judged by its authorizations, else by the default policy.
 //!
-//! Not yet: the server's protocol (detection is not skipped), route-level
+//! The server's protocol applies too: `opaque` (and `tls`) ports are
+//! relayed without detection, `http1`/`http2`/`grpc` ports are taken as
+//! that protocol.
+//!
+//! Not yet: route-level
 //! authorizations (HTTP is judged by the server's authorizations alone: a
 //! server whose authorizations are all on routes denies, it never admits
 //! more), rate limits.
@@ -32,6 +36,7 @@ use std::sync::Arc;
 
 use linkerd2_proxy_api::inbound::{authn, PortSpec, Server};
 use ringmesh_discovery::channel::{Cache, Published, Publisher, Subscriber};
+use ringmesh_discovery::Protocol;
 
 use crate::authz::{Authn, Authorization, ServerPolicy};
 use crate::config::{PolicyConfig, StreamLimits};
@@ -185,10 +190,18 @@ fn server_policy(port: u16, s: Server) -> ServerPolicy {
             })
         })
         .collect();
+    use linkerd2_proxy_api::inbound::proxy_protocol::Kind;
+    let protocol = match s.protocol.and_then(|p| p.kind) {
+        Some(Kind::Opaque(_) | Kind::Tls(_)) => Some(Protocol::Opaque),
+        Some(Kind::Http1(_)) => Some(Protocol::Http1),
+        Some(Kind::Http2(_) | Kind::Grpc(_)) => Some(Protocol::Http2),
+        Some(Kind::Detect(_)) | None => None,
+    };
     ServerPolicy {
         kind: label(&s.labels, "kind", "default"),
         name: label(&s.labels, "name", ""),
         authorizations,
+        protocol,
     }
 }
 

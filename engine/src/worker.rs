@@ -258,36 +258,45 @@ impl Routes {
         client: std::net::IpAddr,
         tls: &ringmesh_admin::telemetry::TlsStatus,
     ) -> crate::authz::Verdict {
-        if let Some(cache) = &self.policies {
-            let deadline = std::time::Instant::now() + POLICY_WAIT;
-            let mut asked = false;
-            loop {
-                {
-                    let mut c = cache.borrow_mut();
-                    c.refresh();
-                    match c.get().0.get(&port) {
-                        Some(Some(server)) => return server.check(client, tls),
-                        Some(None) => break,
-                        None => {}
-                    }
-                }
-                if !asked {
-                    let _ = self
-                        .control
-                        .send(crate::control::ControlMsg::WatchPort(port));
-                    asked = true;
-                }
-                if std::time::Instant::now() >= deadline {
-                    tracing::debug!(
-                        port,
-                        "no inbound policy in time; the default policy applies"
-                    );
-                    break;
-                }
-                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+        match self.inbound_server(port).await {
+            Some(server) => server.check(client, tls),
+            None => self.policy.check(port, client, tls),
         }
-        self.policy.check(port, client, tls)
+    }
+
+    /// The policy API's server for an inbound `port`: `None` without the
+    /// API, when it has none for the port, or when it did not answer
+    /// within [`POLICY_WAIT`] (asked on first use).
+    pub(crate) async fn inbound_server(
+        &self,
+        port: u16,
+    ) -> Option<std::sync::Arc<crate::authz::ServerPolicy>> {
+        let cache = self.policies.as_ref()?;
+        let deadline = std::time::Instant::now() + POLICY_WAIT;
+        let mut asked = false;
+        loop {
+            {
+                let mut c = cache.borrow_mut();
+                c.refresh();
+                if let Some(server) = c.get().0.get(&port) {
+                    return server.clone();
+                }
+            }
+            if !asked {
+                let _ = self
+                    .control
+                    .send(crate::control::ControlMsg::WatchPort(port));
+                asked = true;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!(
+                    port,
+                    "no inbound policy in time; the default policy applies"
+                );
+                return None;
+            }
+            monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Whether connecting to `addr` would loop back into this process.

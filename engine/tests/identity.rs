@@ -1138,3 +1138,55 @@ fn policy_api_servers_authorize_by_identity() {
     assert!(as_client(&c_leaf).starts_with("HTTP/1.1 200"));
     assert!(get(inbound, "/echo-head", "").starts_with("HTTP/1.1 403"));
 }
+
+/// The policy API's server protocol: a port the server marks `opaque` is
+/// relayed without protocol detection (an HTTP-looking request reaches
+/// the echo backend as bytes and comes back as they were), where detection
+/// would have taken it for HTTP.
+#[test]
+fn policy_api_opaque_ports_skip_detection() {
+    let echo = Backend::echo();
+    let target = echo.addr.to_string();
+    let cp = common::cp::Cp::start("policy-opaque");
+    let ask = b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n";
+    let through = |proxy: &Proxy| {
+        let mut s = connect(proxy.inbound_addr().unwrap());
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(ask).unwrap();
+        let mut got = vec![0u8; ask.len()];
+        let ok = s.read_exact(&mut got).is_ok();
+        (ok, got)
+    };
+    let start = |cp: &common::cp::Cp| {
+        let addr = cp.addr.to_string();
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("RINGMESH_INBOUND_TARGET", &target),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                ("LINKERD2_PROXY_POLICY_SVC_ADDR", &addr),
+                (
+                    "LINKERD2_PROXY_POLICY_WORKLOAD",
+                    r#"{"ns":"default","pod":"e-0"}"#,
+                ),
+            ],
+        )
+    };
+    // Detected (the server says `detect`): taken for HTTP, not echoed.
+    cp.write_loaded(r#"{"inbound": {"default_policy": "all-unauthenticated"}}"#);
+    let detected = start(&cp);
+    let (_, got) = through(&detected);
+    assert_ne!(&got[..], &ask[..], "detection took the request for HTTP");
+    drop(detected);
+    cp.write_loaded(&format!(
+        r#"{{"inbound": {{"default_policy": "all-unauthenticated", "ports": {{"{}": {{"protocol": "opaque"}}}}}}}}"#,
+        echo.addr.port()
+    ));
+    let opaque = start(&cp);
+    let (ok, got) = through(&opaque);
+    assert!(
+        ok && got == ask,
+        "the opaque port relays bytes as they are: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
