@@ -27,6 +27,7 @@ impl Discovery {
     ) -> Result<(Self, SnapshotSubscriber), DiscoveryError> {
         let (publisher, subscriber) = channel(Snapshot::default());
         let table = Table::new(publisher);
+        table.set_max_names(cfg.max_names);
         let mut resolvers: Vec<Box<dyn Resolver>> = Vec::new();
         if let Some(path) = cfg.static_file.clone() {
             resolvers.push(Box::new(StaticFileResolver::load(
@@ -198,6 +199,7 @@ mod tests {
                 ..DnsConfig::default()
             },
             hosts_file: Some(dir.0.join("hosts")),
+            max_names: 100,
         }
     }
 

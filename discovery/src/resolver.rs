@@ -32,6 +32,8 @@ pub struct DiscoveryConfig {
     pub static_poll_interval: Duration,
     pub dns: DnsConfig,
     pub hosts_file: Option<PathBuf>,
+    /// At most this many names are watched at once.
+    pub max_names: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,11 @@ pub type Claim = Rc<dyn Fn(&Authority) -> bool>;
 
 struct Inner {
     state: RefCell<State>,
+    /// At most this many names are watched (a client naming ever new
+    /// hosts must not make the control core follow them all).
+    max_names: Cell<usize>,
+    /// Names refused for the cap.
+    refused: Cell<u64>,
     claims: RefCell<Vec<Claim>>,
     publisher: RefCell<SnapshotPublisher>,
     static_changed: Signal,
@@ -108,6 +113,8 @@ impl Table {
                     profiles: HashMap::new(),
                 }),
                 claims: RefCell::new(Vec::new()),
+                max_names: Cell::new(usize::MAX),
+                refused: Cell::new(0),
                 publisher: RefCell::new(publisher),
                 static_changed: Signal::default(),
                 watched: Signal::default(),
@@ -176,6 +183,17 @@ impl Table {
         &self.inner.static_changed
     }
 
+    /// Caps the names watched: beyond `max`, [`Table::watch`] refuses
+    /// new ones (they stay unresolved).
+    pub fn set_max_names(&self, max: usize) {
+        self.inner.max_names.set(max);
+    }
+
+    /// Names refused for the cap so far.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.get()
+    }
+
     /// Registers the names a resolver answers for: DNS leaves them alone,
     /// and `ip:port` literals among them may be watched.
     pub fn claim(&self, claim: Claim) {
@@ -196,6 +214,14 @@ impl Table {
         }
         let mut st = self.inner.state.borrow_mut();
         if st.named.contains_key(&name) {
+            return false;
+        }
+        if st.named.len() >= self.inner.max_names.get() {
+            let n = self.inner.refused.get() + 1;
+            self.inner.refused.set(n);
+            if n == 1 || n % 1000 == 0 {
+                tracing::warn!(%name, max = self.inner.max_names.get(), refused = n, "too many names watched; not resolving this one");
+            }
             return false;
         }
         st.named.insert(name.clone(), Named::default());

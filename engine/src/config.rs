@@ -50,6 +50,7 @@ pub const INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOU
 pub const DISCOVERY_STATIC: &str = "RINGMESH_DISCOVERY_STATIC";
 pub const DISCOVERY_STATIC_POLL_INTERVAL: &str = "RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL";
 pub const TCP_FORWARD: &str = "RINGMESH_TCP_FORWARD";
+pub const DISCOVERY_MAX_NAMES: &str = "RINGMESH_DISCOVERY_MAX_NAMES";
 pub const INBOUND_TARGET: &str = "RINGMESH_INBOUND_TARGET";
 pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
 pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
@@ -358,6 +359,8 @@ pub struct DiscoveryConfig {
     pub static_file: Option<PathBuf>,
     pub static_poll_interval: Duration,
     pub dns: DnsConfig,
+    /// At most this many names (DNS, Destination) are watched at once.
+    pub max_names: usize,
 }
 
 /// The opaque TCP relay.
@@ -458,6 +461,7 @@ impl Config {
                 static_file: None,
                 static_poll_interval: Duration::from_secs(1),
                 dns: DnsConfig::default(),
+                max_names: 10_000,
             },
             tcp: TcpConfig {
                 idle_timeout: Duration::from_secs(3600),
@@ -684,6 +688,14 @@ impl Parser<'_> {
 
     /// The static discovery file and how often it is re-read.
     fn read_static_discovery(&mut self, c: &mut Config) {
+        if let Some(n) = self.parse_with(DISCOVERY_MAX_NAMES, |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "expected a positive number".to_string())
+        }) {
+            c.discovery.max_names = n;
+        }
         c.discovery.static_file = self
             .raw(DISCOVERY_STATIC)
             .filter(|s| !s.is_empty())

@@ -183,6 +183,7 @@ fn start_control(
             static_poll_interval: cfg.discovery.static_poll_interval,
             dns: cfg.discovery.dns.clone(),
             hosts_file: Some("/etc/hosts".into()),
+            max_names: cfg.discovery.max_names,
         },
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),

@@ -246,3 +246,50 @@ fn srv_names_resolve_to_their_targets_ports_and_weights() {
     );
     assert!(seen[1] > seen[0], "weight 3 over weight 1: {seen:?}");
 }
+
+/// A client naming ever new hosts cannot make the control core follow
+/// them all: past `RINGMESH_DISCOVERY_MAX_NAMES` new names are not
+/// resolved (503), while the names already watched keep working.
+#[test]
+fn watched_names_are_capped() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _app = origin_on(listener, "a");
+    let ns = Nameserver::start([127, 0, 0, 1]);
+    let servers = ns.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("RINGMESH_DISCOVERY_MAX_NAMES", "3"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    for i in 1..=3 {
+        assert_eq!(
+            get(out, &format!("http://n{i}.test:{port}/hello")),
+            "hello from a\n"
+        );
+    }
+    let refused = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "-x",
+        ])
+        .arg(format!("http://{out}"))
+        .arg(format!("http://n4.test:{port}/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "503");
+    assert_eq!(
+        get(out, &format!("http://n2.test:{port}/hello")),
+        "hello from a\n"
+    );
+}
