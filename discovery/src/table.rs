@@ -219,7 +219,7 @@ impl Table {
         if st.named.len() >= self.inner.max_names.get() {
             let n = self.inner.refused.get() + 1;
             self.inner.refused.set(n);
-            if n == 1 || n % 1000 == 0 {
+            if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(%name, max = self.inner.max_names.get(), refused = n, "too many names watched; not resolving this one");
             }
             return false;
