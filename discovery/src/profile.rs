@@ -1,12 +1,68 @@
-//! A service's profile (Linkerd's `DestinationProfile`): its routes, each
-//! with a timeout and whether its requests may be retried, the retry
-//! budget, and traffic split across other services. Published beside the
-//! services in the snapshot; workers match a request against it.
+//! A service's routing profile: its routes, each with a timeout, whether
+//! its requests may be retried and possibly backends of its own; the retry
+//! budget; traffic split across other services. Built from Linkerd's
+//! `DestinationProfile` or from an outbound policy (its HTTP and gRPC
+//! routes), published beside the services in the snapshot; workers match
+//! a request against it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Authority;
+
+/// What route matching needs to know of a request.
+pub trait RequestInfo {
+    fn method(&self) -> &str;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// The authority's host, without the port.
+    fn host(&self) -> Option<&str>;
+    /// The first value of the header `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// A plain request description (tests, fuzzing).
+pub struct Req<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub host: Option<&'a str>,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl RequestInfo for Req<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+/// How a header's value must look.
+#[derive(Clone, Debug)]
+pub enum ValueMatch {
+    Exact(Vec<u8>),
+    /// The whole value matches (anchored).
+    Regex(regex::bytes::Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            Self::Exact(e) => e == v,
+            Self::Regex(re) => re.is_match(v),
+        }
+    }
+}
 
 /// What a request must look like for a route to apply.
 #[derive(Clone, Debug)]
@@ -16,18 +72,48 @@ pub enum RequestMatch {
     Not(Box<RequestMatch>),
     /// The path matches the whole regex (anchored).
     Path(regex::Regex),
+    PathExact(String),
+    /// The path starts with this prefix at a segment boundary (`/v2`
+    /// matches `/v2` and `/v2/x`, not `/v20`).
+    PathPrefix(String),
     /// The method, uppercase.
     Method(String),
+    /// A header (lowercase name) is present with a matching value.
+    Header(String, ValueMatch),
+    /// The host is this name, or is under it with `suffix` (lowercase, no
+    /// port, no trailing dot).
+    Host {
+        name: String,
+        suffix: bool,
+    },
 }
 
 impl RequestMatch {
-    pub fn matches(&self, method: &str, path: &str) -> bool {
+    pub fn matches(&self, req: &dyn RequestInfo) -> bool {
         match self {
-            Self::All(ms) => ms.iter().all(|m| m.matches(method, path)),
-            Self::Any(ms) => ms.iter().any(|m| m.matches(method, path)),
-            Self::Not(m) => !m.matches(method, path),
-            Self::Path(re) => re.is_match(path),
-            Self::Method(m) => m.eq_ignore_ascii_case(method),
+            Self::All(ms) => ms.iter().all(|m| m.matches(req)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(req)),
+            Self::Not(m) => !m.matches(req),
+            Self::Path(re) => re.is_match(req.path()),
+            Self::PathExact(p) => req.path() == p,
+            Self::PathPrefix(p) => {
+                let path = req.path();
+                let p = p.trim_end_matches('/');
+                path.starts_with(p)
+                    && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            Self::Method(m) => m.eq_ignore_ascii_case(req.method()),
+            Self::Header(name, v) => req.header(name).is_some_and(|h| v.matches(h)),
+            Self::Host { name, suffix } => req.host().is_some_and(|h| {
+                let h = h.trim_end_matches('.');
+                if *suffix {
+                    h.len() > name.len()
+                        && h[h.len() - name.len()..].eq_ignore_ascii_case(name)
+                        && h.as_bytes()[h.len() - name.len() - 1] == b'.'
+                } else {
+                    h.eq_ignore_ascii_case(name)
+                }
+            }),
         }
     }
 }
@@ -42,6 +128,9 @@ pub struct ProfileRoute {
     pub retryable: bool,
     /// The request's budget, head to response head: past it, 504.
     pub timeout: Option<Duration>,
+    /// The route's own backends, drawn by weight (an outbound policy's
+    /// distribution); empty: the service's.
+    pub backends: Vec<(Authority, u32)>,
 }
 
 /// The retry budget: retries may add `ratio` of the requests, plus
@@ -68,29 +157,33 @@ pub struct Profile {
 
 impl Profile {
     /// The route a request takes, if any matches.
-    pub fn route(&self, method: &str, path: &str) -> Option<&ProfileRoute> {
-        self.routes
-            .iter()
-            .find(|r| r.condition.matches(method, path))
+    pub fn route(&self, req: &dyn RequestInfo) -> Option<&ProfileRoute> {
+        self.routes.iter().find(|r| r.condition.matches(req))
     }
 
     /// One of the overrides, drawn by weight with `r` in `[0, 1)`; `None`
     /// without overrides (or when every weight is 0).
     pub fn split(&self, r: f64) -> Option<&Authority> {
-        let total: u64 = self.dst_overrides.iter().map(|(_, w)| u64::from(*w)).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut at = (r.clamp(0.0, 1.0) * total as f64) as u64;
-        for (name, w) in &self.dst_overrides {
-            let w = u64::from(*w);
-            if at < w {
-                return Some(name);
-            }
-            at -= w;
-        }
-        self.dst_overrides.last().map(|(n, _)| n)
+        pick(&self.dst_overrides, r)
     }
+}
+
+/// One of `weighted`, drawn by weight with `r` in `[0, 1)`; `None` when
+/// empty or when every weight is 0.
+pub fn pick(weighted: &[(Authority, u32)], r: f64) -> Option<&Authority> {
+    let total: u64 = weighted.iter().map(|(_, w)| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = (r.clamp(0.0, 1.0) * total as f64) as u64;
+    for (name, w) in weighted {
+        let w = u64::from(*w);
+        if at < w {
+            return Some(name);
+        }
+        at -= w;
+    }
+    weighted.last().map(|(n, _)| n)
 }
 
 #[cfg(test)]
@@ -110,12 +203,14 @@ mod tests {
                     name: Some("slow".into()),
                     retryable: false,
                     timeout: Some(Duration::from_millis(100)),
+                    backends: vec![],
                 },
                 ProfileRoute {
                     condition: RequestMatch::Not(Box::new(RequestMatch::Path(re("/admin")))),
                     name: Some("rest".into()),
                     retryable: true,
                     timeout: None,
+                    backends: vec![],
                 },
             ],
             dst_overrides: vec![
@@ -124,7 +219,15 @@ mod tests {
             ],
             ..Profile::default()
         };
-        let name = |m, path| p.route(m, path).and_then(|r| r.name.as_deref());
+        let name = |method, path| {
+            let req = Req {
+                method,
+                path,
+                host: None,
+                headers: &[],
+            };
+            p.route(&req).and_then(|r| r.name.as_deref())
+        };
         assert_eq!(name("GET", "/slow/x"), Some("slow"));
         assert_eq!(name("POST", "/slow/x"), Some("rest"));
         assert_eq!(name("GET", "/admin"), None);
@@ -135,5 +238,30 @@ mod tests {
             .count();
         assert_eq!(b, 3000);
         assert!(Profile::default().split(0.5).is_none());
+    }
+
+    #[test]
+    fn prefixes_hosts_and_headers() {
+        let req = |path, host, headers| Req {
+            method: "GET",
+            path,
+            host,
+            headers,
+        };
+        let prefix = RequestMatch::PathPrefix("/v2".into());
+        assert!(prefix.matches(&req("/v2", None, &[])));
+        assert!(prefix.matches(&req("/v2/x", None, &[])));
+        assert!(!prefix.matches(&req("/v20", None, &[])));
+        assert!(RequestMatch::PathPrefix("/".into()).matches(&req("/anything", None, &[])));
+        let host = RequestMatch::Host {
+            name: "example.org".into(),
+            suffix: true,
+        };
+        assert!(host.matches(&req("/", Some("a.Example.org"), &[])));
+        assert!(!host.matches(&req("/", Some("example.org"), &[])));
+        assert!(!host.matches(&req("/", Some("badexample.org"), &[])));
+        let canary = RequestMatch::Header("x-canary".into(), ValueMatch::Exact(b"1".to_vec()));
+        assert!(canary.matches(&req("/", None, &[("X-Canary", "1")])));
+        assert!(!canary.matches(&req("/", None, &[("x-canary", "0")])));
     }
 }

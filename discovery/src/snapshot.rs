@@ -190,8 +190,10 @@ pub struct Snapshot {
     /// Services whose name is an `ip:port` literal, for routing by original
     /// destination without formatting a string per connection.
     by_addr: HashMap<SocketAddr, Arc<Service>>,
-    /// Profiles (routes, traffic split) by service name.
+    /// Profiles (routes, traffic split) by service name...
     profiles: HashMap<Authority, Arc<crate::Profile>>,
+    /// ... and those of `ip:port` names by address.
+    profiles_by_addr: HashMap<SocketAddr, Arc<crate::Profile>>,
 }
 
 impl Snapshot {
@@ -209,13 +211,24 @@ impl Snapshot {
             by_name,
             by_addr,
             profiles: HashMap::new(),
+            profiles_by_addr: HashMap::new(),
         }
     }
 
     /// The same, with these profiles.
     pub fn with_profiles(mut self, profiles: HashMap<Authority, Arc<crate::Profile>>) -> Self {
+        self.profiles_by_addr = profiles
+            .iter()
+            .filter_map(|(n, p)| Some((n.socket_addr()?, p.clone())))
+            .collect();
         self.profiles = profiles;
         self
+    }
+
+    /// The profile of an `ip:port` target (an outbound policy's, or
+    /// GetProfile's), if it has one.
+    pub fn profile_by_addr(&self, addr: SocketAddr) -> Option<&Arc<crate::Profile>> {
+        self.profiles_by_addr.get(&addr)
     }
 
     /// The profile of the service named `name`, if it has one.

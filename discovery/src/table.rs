@@ -73,8 +73,10 @@ struct State {
     /// Watched names that have had no answer since they were watched or
     /// the static file dropped them.
     pending: HashSet<Authority>,
-    /// Profiles reported for watched names.
+    /// Profiles reported for watched names (GetProfile)...
     profiles: HashMap<Authority, Arc<crate::Profile>>,
+    /// ... and outbound policies, which win over them.
+    policies: HashMap<Authority, Arc<crate::Profile>>,
 }
 
 /// Which names a resolver other than DNS answers for (the Destination
@@ -111,6 +113,7 @@ impl Table {
                     named: HashMap::new(),
                     pending: HashSet::new(),
                     profiles: HashMap::new(),
+                    policies: HashMap::new(),
                 }),
                 claims: RefCell::new(Vec::new()),
                 max_names: Cell::new(usize::MAX),
@@ -312,6 +315,27 @@ impl Table {
         self.publish();
     }
 
+    /// An outbound policy for a watched name, as a profile (an empty one:
+    /// the policy API has none, the target is known). Wins over the
+    /// name's GetProfile answer. Its backends are watched. Publishes.
+    pub fn report_policy(&self, name: &Authority, policy: Arc<crate::Profile>) {
+        for route in &policy.routes {
+            for (backend, _) in &route.backends {
+                if backend.socket_addr().is_none() {
+                    self.watch(backend.clone());
+                }
+            }
+        }
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if !st.named.contains_key(name) {
+                return;
+            }
+            st.policies.insert(name.clone(), policy);
+        }
+        self.publish();
+    }
+
     /// Resolves once every watched name the static file does not define
     /// has had an answer (start-up waits for this, so the first snapshot
     /// workers see is complete).
@@ -349,7 +373,9 @@ impl Table {
                 services.push(svc.clone());
             }
         }
-        let snapshot = Snapshot::new(services).with_profiles(st.profiles.clone());
+        let mut profiles = st.profiles.clone();
+        profiles.extend(st.policies.iter().map(|(n, p)| (n.clone(), p.clone())));
+        let snapshot = Snapshot::new(services).with_profiles(profiles);
         let version = self.inner.publisher.borrow_mut().publish(snapshot);
         tracing::debug!(version, "snapshot published");
         version

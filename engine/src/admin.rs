@@ -46,7 +46,10 @@ pub(crate) struct EngineAdmin {
     /// Linkerd's identity certificate series, with an identity.
     pub cert_metrics: Option<Arc<crate::certify::CertMetrics>>,
     pub destination_metrics: Option<Arc<crate::destination::DestinationMetrics>>,
-    pub policy_counters: Option<Arc<crate::stream::StreamCounters>>,
+    pub policy_counters: Option<(
+        Arc<crate::stream::StreamCounters>,
+        Arc<crate::stream::StreamCounters>,
+    )>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -88,8 +91,9 @@ impl AdminBackend for EngineAdmin {
         if let Some(m) = &self.destination_metrics {
             m.render(out);
         }
-        if let Some(c) = &self.policy_counters {
-            c.render(out, "inbound_policy", "InboundServerPolicies.WatchPort");
+        if let Some((inbound, outbound)) = &self.policy_counters {
+            inbound.render(out, "inbound_policy", "InboundServerPolicies.WatchPort");
+            outbound.render(out, "outbound_policy", "OutboundPolicies.Watch");
         }
     }
 

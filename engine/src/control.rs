@@ -41,6 +41,7 @@ use crate::certify::CertMetrics;
 use crate::config::{DestinationConfig, IdentityConfig, PolicyConfig, StreamLimits};
 use crate::destination::{DestinationMetrics, DestinationResolver};
 use crate::identity::{self, IdentityState, Sink};
+use crate::outbound::OutboundPolicyResolver;
 use crate::policy::{InboundPolicies, PolicyClient};
 use crate::stream::StreamCounters;
 use ringmesh_discovery::channel::{self, Subscriber};
@@ -78,8 +79,13 @@ pub(crate) struct Control {
     identity_ready: Arc<AtomicBool>,
     cert_metrics: Option<Arc<CertMetrics>>,
     destination_metrics: Option<Arc<DestinationMetrics>>,
-    /// Inbound policies, with the policy API.
-    policies: Option<(Subscriber<InboundPolicies>, Arc<StreamCounters>)>,
+    /// Inbound policies, with the policy API, and both policy clients'
+    /// stream counters (inbound, outbound).
+    policies: Option<(
+        Subscriber<InboundPolicies>,
+        Arc<StreamCounters>,
+        Arc<StreamCounters>,
+    )>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +105,7 @@ impl Control {
         names: Vec<Authority>,
         identity_cfg: IdentityConfig,
         destination: Option<(DestinationConfig, StreamLimits)>,
-        policy: Option<(PolicyConfig, StreamLimits)>,
+        policy: Option<(PolicyConfig, StreamLimits, Vec<ipnet::IpNet>)>,
     ) -> Result<(Self, SnapshotSubscriber), ControlError> {
         let destination_metrics = destination
             .as_ref()
@@ -127,18 +133,21 @@ impl Control {
             .zip(destination_metrics.clone())
             .map(|((cfg, limits), metrics)| (cfg, limits, identity.clone(), metrics));
         let (policy_task, policies) = match policy {
-            Some((cfg, limits)) => {
+            Some((cfg, limits, networks)) => {
                 let (publisher, subscriber) = channel::channel(InboundPolicies::default());
                 let counters = Arc::new(StreamCounters::default());
+                let outbound = Arc::new(StreamCounters::default());
                 (
                     Some(PolicyTask {
                         cfg,
                         limits,
+                        networks,
                         identity: identity.clone(),
                         publisher,
                         counters: counters.clone(),
+                        outbound: outbound.clone(),
                     }),
-                    Some((subscriber, counters)),
+                    Some((subscriber, counters, outbound)),
                 )
             }
             None => (None, None),
@@ -229,12 +238,15 @@ impl Control {
 
     /// A worker's view of the inbound policies (with the policy API).
     pub(crate) fn inbound_policies(&self) -> Option<Subscriber<InboundPolicies>> {
-        self.policies.as_ref().map(|(s, _)| s.clone())
+        self.policies.as_ref().map(|(s, _, _)| s.clone())
     }
 
-    /// The policy streams' counters (with the policy API).
-    pub(crate) fn policy_counters(&self) -> Option<Arc<StreamCounters>> {
-        self.policies.as_ref().map(|(_, c)| c.clone())
+    /// The policy streams' counters, inbound and outbound (with the
+    /// policy API).
+    pub(crate) fn policy_counters(&self) -> Option<(Arc<StreamCounters>, Arc<StreamCounters>)> {
+        self.policies
+            .as_ref()
+            .map(|(_, i, o)| (i.clone(), o.clone()))
     }
 
     /// A sender for a worker.
@@ -268,9 +280,12 @@ impl Drop for Control {
 struct PolicyTask {
     cfg: PolicyConfig,
     limits: StreamLimits,
+    /// Original destinations in these networks get outbound policies.
+    networks: Vec<ipnet::IpNet>,
     identity: Subscriber<IdentityState>,
     publisher: channel::Publisher<InboundPolicies>,
     counters: Arc<StreamCounters>,
+    outbound: Arc<StreamCounters>,
 }
 
 /// The control thread's state, moved onto it.
@@ -307,6 +322,21 @@ impl Core {
         }
         let table = match Discovery::new(discovery, names) {
             Ok((mut discovery, subscriber)) => {
+                if let Some(p) = &policy {
+                    let networks = p.networks.clone();
+                    discovery.add_resolver(
+                        Box::new(OutboundPolicyResolver::new(
+                            p.cfg.clone(),
+                            p.networks.clone(),
+                            p.limits,
+                            p.identity.clone(),
+                            p.outbound.clone(),
+                        )),
+                        Rc::new(move |name: &Authority| {
+                            OutboundPolicyResolver::claims(&networks, name)
+                        }),
+                    );
+                }
                 if let Some((cfg, limits, identity, metrics)) = destination {
                     let claims = cfg.clone();
                     discovery.add_resolver(

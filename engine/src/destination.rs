@@ -255,6 +255,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
                 name: route_name,
                 retryable: r.is_retryable,
                 timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
+                backends: Vec::new(),
             })
         })
         .collect();
@@ -295,7 +296,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
     }
 }
 
-fn duration(d: prost_types::Duration) -> Option<Duration> {
+pub(crate) fn duration(d: prost_types::Duration) -> Option<Duration> {
     let secs = u64::try_from(d.seconds).ok()?;
     let nanos = u32::try_from(d.nanos).ok()?;
     Some(Duration::new(secs, nanos))
@@ -518,7 +519,13 @@ pub(crate) mod fuzzing {
         let name = Authority::parse("web.default.svc.cluster.local:80").unwrap();
         let p = super::profile(&name, p);
         for (method, path) in [("GET", "/"), ("POST", "/a/b?c"), ("PATCH", "")] {
-            let _ = p.route(method, path);
+            let req = ringmesh_discovery::profile::Req {
+                method,
+                path,
+                host: Some("web"),
+                headers: &[("x-a", "b")],
+            };
+            let _ = p.route(&req);
         }
         for r in [0.0, 0.5, 0.999_999] {
             let _ = p.split(r);
@@ -728,11 +735,17 @@ mod tests {
             },
         );
         assert_eq!(p.routes.len(), 1);
-        let r = p.route("GET", "/ok/x").unwrap();
+        let req = |path| ringmesh_discovery::profile::Req {
+            method: "GET",
+            path,
+            host: None,
+            headers: &[],
+        };
+        let r = p.route(&req("/ok/x")).unwrap();
         assert_eq!(r.name.as_deref(), Some("ok"));
         assert_eq!(r.timeout, Some(Duration::from_millis(250)));
         assert!(r.retryable);
-        assert!(p.route("GET", "/ok").is_none(), "anchored");
+        assert!(p.route(&req("/ok")).is_none(), "anchored");
         assert_eq!(
             p.dst_overrides
                 .iter()

@@ -202,8 +202,8 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     if let HttpDst::Local(addr, verdict) = dst {
         obs.authorized(*addr, verdict);
     }
-    let request = (t.req.method_str(), t.req.path());
-    let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), request).await {
+    let request = crate::route::H1Req(t.req);
+    let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), &request).await {
         Ok(d) => d,
         Err(e) => {
             tracing::info!(peer = %t.c.peer, error = e.reason(), "request refused");

@@ -530,14 +530,7 @@ async fn route_stream(
         port,
         raw: authority.unwrap_or(""),
     });
-    let path = req.uri().path();
-    resolve(
-        routes,
-        dst,
-        request_authority,
-        (req.method().as_str(), path),
-    )
-    .await
+    resolve(routes, dst, request_authority, &crate::route::H2Req(req)).await
 }
 
 /// A client stream on its way to an HTTP/2 upstream.

@@ -852,9 +852,13 @@ fn route(
                 });
             }
             http = HttpDst::OrigDst(orig);
+            // An outbound policy may say the target is opaque.
+            if snap.profile_by_addr(orig).is_some_and(|p| p.opaque) {
+                hint = Some(DiscoveredProtocol::Opaque);
+            }
             match snap.service_by_addr(orig) {
                 Some(svc) => {
-                    hint = svc.protocol;
+                    hint = hint.or(svc.protocol);
                     Target::Service(svc.clone(), w.routes.balancer(svc))
                 }
                 None => Target::Addr(orig),

@@ -78,6 +78,7 @@ pub mod listen;
 mod memory;
 mod observe;
 pub mod orig_dst;
+mod outbound;
 mod policy;
 mod pool;
 mod proxy;
@@ -101,16 +102,17 @@ mod worker;
 #[cfg(fuzzing)]
 pub mod fuzzing {
     /// Decodes `data[1..]` as the message `data[0]` picks (a Destination
-    /// update, a profile, an inbound server) and applies it as the
+    /// update, a profile, an inbound server, an outbound policy) and applies it as the
     /// control core would, then uses the result as a worker would.
     pub fn control_plane_message(data: &[u8]) {
         let Some((&which, bytes)) = data.split_first() else {
             return;
         };
-        match which % 3 {
+        match which % 4 {
             0 => crate::destination::fuzzing::update(bytes),
             1 => crate::destination::fuzzing::profile(bytes),
-            _ => crate::policy::fuzzing::server(bytes),
+            2 => crate::policy::fuzzing::server(bytes),
+            _ => crate::outbound::fuzzing::policy(bytes),
         }
     }
 }

@@ -188,7 +188,13 @@ fn start_control(
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),
         cfg.destination.clone().map(|d| (d, cfg.control_streams)),
-        cfg.policy.clone().map(|p| (p, cfg.control_streams)),
+        cfg.policy.clone().map(|p| {
+            (
+                p,
+                cfg.control_streams,
+                cfg.inbound_policy.cluster_networks.clone(),
+            )
+        }),
     )
     .map_err(|e| match e {
         ControlError::Discovery(e) => StartError::Discovery(e),

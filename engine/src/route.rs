@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringmesh_balancer::{Balancer, OpenGuard};
+use ringmesh_discovery::profile::{pick, RequestInfo};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
@@ -19,6 +20,54 @@ use crate::worker::Routes;
 
 /// How long a request waits for discovery to resolve a new authority.
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+
+/// An HTTP/1 request as route matching sees it.
+pub(crate) struct H1Req<'a>(pub &'a ringmesh_protocols::http1::RequestHead);
+
+impl RequestInfo for H1Req<'_> {
+    fn method(&self) -> &str {
+        self.0.method_str()
+    }
+    fn path(&self) -> &str {
+        let p = self.0.path();
+        p.split_once('?').map_or(p, |(p, _)| p)
+    }
+    fn host(&self) -> Option<&str> {
+        self.0.authority().map(|a| a.host)
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .headers()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+/// An HTTP/2 request (or one converted to it) as route matching sees it.
+pub(crate) struct H2Req<'a, B>(pub &'a http::Request<B>);
+
+impl<B> RequestInfo for H2Req<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+    fn host(&self) -> Option<&str> {
+        self.0.uri().host().or_else(|| {
+            let h = self.0.headers().get(http::header::HOST)?.to_str().ok()?;
+            // Without the port (and the brackets of an IPv6 literal).
+            Some(match h.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => h,
+            })
+        })
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.headers().get(name).map(|v| v.as_bytes())
+    }
+}
 
 /// How requests on one connection find their destination.
 pub(crate) enum HttpDst {
@@ -67,45 +116,60 @@ impl RoutePolicy {
     }
 }
 
-/// Picks the destination for one request (`method`, `path`): the service
-/// (or, with a traffic split, one of its backends drawn by weight) and
-/// what the service's profile route says of it.
+/// Picks the destination for one request: the service or address the
+/// listener or the request names, or, when its profile (GetProfile, or an
+/// outbound policy) says so, one of the backends of the route the request
+/// matches or of the service's traffic split, drawn by weight; and what
+/// the route says of the request.
 pub(crate) async fn resolve(
     r: &Routes,
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
-    (method, path): (&str, &str),
+    req: &dyn RequestInfo,
 ) -> Result<(Dst, RoutePolicy), ProxyError> {
     let d = resolve_logical(r, dst, authority).await?;
-    let Dst::Service(svc, _) = &d else {
-        return Ok((d, RoutePolicy::default()));
-    };
     let snap = r.snapshot();
-    let Some(profile) = snap.profile(&svc.name) else {
+    let profile = match &d {
+        Dst::Service(svc, _) => snap.profile(&svc.name),
+        Dst::Addr(addr) => snap.profile_by_addr(*addr),
+    };
+    let Some(profile) = profile else {
         return Ok((d, RoutePolicy::default()));
     };
-    let policy = profile
-        .route(method, path)
+    let route = profile.route(req);
+    let policy = route
         .map(|route| RoutePolicy {
             timeout: route.timeout,
             retryable: route.retryable,
             name: route.name.clone(),
         })
         .unwrap_or_default();
-    if let Some(backend) = profile.split(fastrand::f64()) {
-        if *backend != svc.name {
-            match snap.service(backend) {
-                Some(b) if !b.endpoints.is_empty() => {
-                    return Ok((Dst::Service(b.clone(), r.balancer(b)), policy))
-                }
-                // Not resolved yet, or empty: the service itself.
-                _ => {
-                    tracing::debug!(service = %svc.name, %backend, "traffic split backend has no endpoints; using the service")
-                }
-            }
-        }
+    let draw = fastrand::f64();
+    let backend = route
+        .and_then(|route| pick(&route.backends, draw))
+        .or_else(|| profile.split(draw));
+    let Some(backend) = backend else {
+        return Ok((d, policy));
+    };
+    let own = match &d {
+        Dst::Service(svc, _) => svc.name == *backend,
+        Dst::Addr(addr) => backend.socket_addr() == Some(*addr),
+    };
+    if own {
+        return Ok((d, policy));
     }
-    Ok((d, policy))
+    match snap.service(backend) {
+        Some(b) if !b.endpoints.is_empty() => Ok((Dst::Service(b.clone(), r.balancer(b)), policy)),
+        _ => match backend.socket_addr() {
+            // A backend that forwards to an address.
+            Some(addr) => Ok((Dst::Addr(addr), policy)),
+            None => {
+                // Not resolved yet, or empty: the target itself.
+                tracing::debug!(%backend, "route backend has no endpoints; using the target");
+                Ok((d, policy))
+            }
+        },
+    }
 }
 
 /// The destination the listener or the request names.
@@ -175,7 +239,21 @@ async fn resolve_now(
     dst: &HttpDst,
     authority: Option<RequestAuthority<'_>>,
 ) -> Result<Dst, ProxyError> {
-    let snap = r.snapshot();
+    let mut snap = r.snapshot();
+    // A literal address the control plane knows of (its networks): asked
+    // about and waited for (bounded) the first time.
+    let literal = match dst {
+        HttpDst::OrigDst(_) | HttpDst::Local(..) => None,
+        HttpDst::Forward(name) => name.socket_addr(),
+        HttpDst::ByAuthority => authority
+            .as_ref()
+            .and_then(|a| format!("{}:{}", a.host, a.port).parse().ok()),
+    };
+    if let Some(addr) = literal.filter(|a| r.must_discover(*a)) {
+        drop(snap);
+        Box::pin(await_addr(r, addr)).await;
+        snap = r.snapshot();
+    }
     let by_addr = |addr: SocketAddr| match snap.service_by_addr(addr) {
         Some(svc) => Dst::Service(svc.clone(), r.balancer(svc)),
         None => Dst::Addr(addr),
@@ -239,7 +317,7 @@ pub(crate) async fn await_addr(r: &Routes, addr: SocketAddr) {
     let deadline = Instant::now() + RESOLVE_WAIT;
     while Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
-        if r.snapshot().service_by_addr(addr).is_some() {
+        if r.known(addr) {
             return;
         }
     }

@@ -212,11 +212,17 @@ fn new_worker(
     let max_undecided = cfg.detect_max_undecided;
     let (failfast_timeout, queue_capacity) = (cfg.http.failfast_timeout, cfg.http.queue_capacity);
     let policy = cfg.inbound_policy.clone();
-    let discover_networks = cfg
+    // Original destinations the control plane is asked about: the
+    // Destination API's profile networks, the policy API's cluster
+    // networks.
+    let mut discover_networks = cfg
         .destination
         .as_ref()
         .map(|d| d.networks.clone())
         .unwrap_or_default();
+    if cfg.policy.is_some() {
+        discover_networks.extend(cfg.inbound_policy.cluster_networks.iter().cloned());
+    }
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()

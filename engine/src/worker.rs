@@ -200,7 +200,14 @@ impl Routes {
                 .discover_networks
                 .iter()
                 .any(|n| n.contains(&addr.ip()))
-            && self.snapshot().service_by_addr(addr).is_none()
+            && !self.known(addr)
+    }
+
+    /// Whether discovery has an answer for the address (a service, or an
+    /// outbound policy, possibly empty).
+    pub(crate) fn known(&self, addr: SocketAddr) -> bool {
+        let snap = self.snapshot();
+        snap.service_by_addr(addr).is_some() || snap.profile_by_addr(addr).is_some()
     }
 
     /// The balancer replica for a service in the current snapshot.

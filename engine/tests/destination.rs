@@ -435,7 +435,7 @@ fn route_timeouts_and_retries() {
     let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
     let cp = Cp::start("routes");
     cp.write_loaded(&format!(
-        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
+        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}, "weight": 100000}}, {{"addr": "{}", "port": {}, "weight": 1}}],
             "routes": [{{"name": "slow", "method": "GET", "path_regex": "/slow", "timeout_ms": 300}},
                        {{"name": "flaky", "path_regex": "/flaky", "retryable": true}}]}}}}}}"#,
         a.addr.ip(),
@@ -488,13 +488,14 @@ fn route_timeouts_and_retries() {
 }
 
 /// GetProfile's `retry_budget`: with no budget at all, a retryable route's
-/// failures are not retried.
+/// failures are not retried. (The failing endpoint weighs far more, so
+/// the balancer tries it first.)
 #[test]
 fn an_empty_retry_budget_allows_no_retry() {
     let (a, b) = (path_backend(b'a', true), path_backend(b'b', false));
     let cp = Cp::start("budget");
     cp.write_loaded(&format!(
-        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
+        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}, "weight": 100000}}, {{"addr": "{}", "port": {}, "weight": 1}}],
             "routes": [{{"name": "flaky", "path_regex": "/flaky", "retryable": true}}, {{"name": "ok", "path_regex": "/ok"}}],
             "retry_budget": {{"ratio": 0.0, "min_per_second": 0, "ttl_s": 10}}}}}}}}"#,
         a.addr.ip(),

@@ -1,0 +1,469 @@
+//! Linkerd's outbound policy API (`OutboundPolicies.Watch`) as a
+//! discovery resolver on the control core.
+//!
+//! # What it owns
+//!
+//! - Which targets it is asked about: original destinations (`ip:port`)
+//!   in `LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`, watched on first use, one
+//!   `Watch { source_workload: LINKERD2_PROXY_POLICY_WORKLOAD, target }`
+//!   stream each on the policy service's shared connection (`stream.rs`:
+//!   limits, backoff, the last policy kept during an outage).
+//! - The policy, reported to the [`Table`] as the target's routing
+//!   [`Profile`] (it wins over GetProfile's for the same target):
+//!   - the protocol: `opaque` (and `tls`) targets are relayed without
+//!     detection;
+//!   - HTTP routes (`detect`'s HTTP/1 and HTTP/2 routes, or `http1`,
+//!     `http2`) and gRPC routes: each rule one route, matching its hosts
+//!     (exact, suffix), paths (exact, prefix, regex), methods and headers
+//!     (exact, regex); gRPC service and method as the path;
+//!   - each rule's backends: `first-available` (the first) or
+//!     `random-available` (weighted), each a Destination.Get path (watched
+//!     through Destination) or an address to forward to;
+//!   - each rule's request timeout, and its retry policy (retryable when
+//!     it allows retries on 5xx; ringmesh's own limits apply: at most two
+//!     retries, within the budget).
+//! - A target the API has no policy for (`NOT_FOUND`, or no answer before
+//!   the stream failed) is reported with an empty profile: it is known,
+//!   and routed by Destination or as it is.
+//!
+//! Not yet: route filters (header modifiers, redirects, failure
+//! injection), query-parameter matches (a rule that has one is skipped,
+//! so it never matches more than it should), the retry policy's own
+//! limits and backoff, `l5d-retry-*` / `l5d-timeout` request headers,
+//! failure accrual and queue settings from the policy, opaque and TLS
+//! routes' backends, `authority` targets.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use linkerd2_proxy_api::destination::WeightedAddr;
+use linkerd2_proxy_api::http_route::{self as hr, HttpRouteMatch};
+use linkerd2_proxy_api::meta::{metadata, Metadata};
+use linkerd2_proxy_api::outbound::{
+    backend, grpc_route, http_route, proxy_protocol, traffic_spec, Backend, GrpcRoute, HttpRoute,
+    OutboundPolicy, TrafficSpec,
+};
+use ringmesh_discovery::channel::Subscriber;
+use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, ValueMatch};
+use ringmesh_discovery::{Authority, Resolver, Table};
+
+use crate::config::{PolicyConfig, StreamLimits};
+use crate::identity::IdentityState;
+use crate::stream::{self, Client, StreamCounters};
+
+const WATCH_PATH: &str = "/io.linkerd.proxy.outbound.OutboundPolicies/Watch";
+
+/// Largest compiled route regex.
+const MAX_REGEX: usize = 1 << 20;
+
+/// The resolver, before it runs.
+pub(crate) struct OutboundPolicyResolver {
+    cfg: PolicyConfig,
+    networks: Vec<ipnet::IpNet>,
+    limits: StreamLimits,
+    identity: Subscriber<IdentityState>,
+    counters: Arc<StreamCounters>,
+}
+
+impl OutboundPolicyResolver {
+    pub(crate) fn new(
+        cfg: PolicyConfig,
+        networks: Vec<ipnet::IpNet>,
+        limits: StreamLimits,
+        identity: Subscriber<IdentityState>,
+        counters: Arc<StreamCounters>,
+    ) -> Self {
+        Self {
+            cfg,
+            networks,
+            limits,
+            identity,
+            counters,
+        }
+    }
+
+    /// The targets it is asked about.
+    pub(crate) fn claims(networks: &[ipnet::IpNet], name: &Authority) -> bool {
+        name.socket_addr()
+            .is_some_and(|a| networks.iter().any(|n| n.contains(&a.ip())))
+    }
+}
+
+impl Resolver for OutboundPolicyResolver {
+    fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async move {
+            let this = Rc::new(*self);
+            let client = Rc::new(Client::new(
+                this.cfg.svc_addr,
+                this.cfg.svc_name.clone(),
+                &this.identity,
+            ));
+            let mut cursor = 0;
+            loop {
+                let seen = table.watched().generation();
+                let (names, next) = table.watched_since(cursor);
+                cursor = next;
+                for name in names {
+                    let Some(addr) = name.socket_addr() else {
+                        continue;
+                    };
+                    if Self::claims(&this.networks, &name) {
+                        monoio::spawn(follow(
+                            this.clone(),
+                            client.clone(),
+                            table.clone(),
+                            name,
+                            addr,
+                        ));
+                    }
+                }
+                table.watched().changed_since(seen).await;
+            }
+        })
+    }
+}
+
+async fn follow(
+    this: Rc<OutboundPolicyResolver>,
+    client: Rc<Client>,
+    table: Table,
+    name: Authority,
+    addr: SocketAddr,
+) {
+    let req = TrafficSpec {
+        source_workload: this.cfg.workload.clone(),
+        target: Some(traffic_spec::Target::Addr(addr.into())),
+    };
+    let answered = std::cell::Cell::new(false);
+    stream::follow(
+        &client,
+        WATCH_PATH,
+        req,
+        this.limits,
+        &this.counters,
+        &name,
+        |p: OutboundPolicy, _fresh| {
+            let profile = policy(&name, p);
+            tracing::debug!(%name, routes = profile.routes.len(), opaque = profile.opaque, "outbound policy");
+            answered.set(true);
+            table.report_policy(&name, Arc::new(profile));
+        },
+        || {
+            if !answered.get() {
+                // No policy (NOT_FOUND, or no answer yet): known, empty.
+                answered.set(true);
+                table.report_policy(&name, Arc::new(Profile::default()));
+            }
+        },
+    )
+    .await;
+}
+
+/// The workers' form of an outbound policy.
+fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
+    use proxy_protocol::Kind;
+    let mut profile = Profile::default();
+    match p.protocol.and_then(|p| p.kind) {
+        Some(Kind::Opaque(_) | Kind::Tls(_)) => profile.opaque = true,
+        Some(Kind::Detect(d)) => {
+            let routes = d.http1.map(|h| h.routes).into_iter().flatten();
+            let routes = routes.chain(d.http2.map(|h| h.routes).into_iter().flatten());
+            profile.routes = routes.flat_map(|r| http_routes(target, r)).collect();
+        }
+        Some(Kind::Http1(h)) => {
+            profile.routes = h
+                .routes
+                .into_iter()
+                .flat_map(|r| http_routes(target, r))
+                .collect();
+        }
+        Some(Kind::Http2(h)) => {
+            profile.routes = h
+                .routes
+                .into_iter()
+                .flat_map(|r| http_routes(target, r))
+                .collect();
+        }
+        Some(Kind::Grpc(g)) => {
+            profile.routes = g
+                .routes
+                .into_iter()
+                .flat_map(|r| grpc_routes(target, r))
+                .collect();
+        }
+        None => {}
+    }
+    profile
+}
+
+fn route_name(m: Option<&Metadata>) -> Option<Arc<str>> {
+    match m?.kind.as_ref()? {
+        metadata::Kind::Default(n) => Some(n.as_str().into()),
+        metadata::Kind::Resource(r) => Some(r.name.as_str().into()),
+    }
+}
+
+fn hosts(hosts: &[hr::HostMatch]) -> Option<RequestMatch> {
+    if hosts.is_empty() {
+        return None;
+    }
+    let any = hosts
+        .iter()
+        .filter_map(|h| match h.r#match.as_ref()? {
+            hr::host_match::Match::Exact(n) => Some(RequestMatch::Host {
+                name: n.trim_end_matches('.').to_ascii_lowercase(),
+                suffix: false,
+            }),
+            hr::host_match::Match::Suffix(s) => {
+                let labels: Vec<&str> = s.reverse_labels.iter().rev().map(String::as_str).collect();
+                Some(RequestMatch::Host {
+                    name: labels.join(".").to_ascii_lowercase(),
+                    suffix: true,
+                })
+            }
+        })
+        .collect();
+    Some(RequestMatch::Any(any))
+}
+
+fn regex(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(MAX_REGEX)
+        .build()
+        .map_err(|e| format!("regex {re:?}: {e}"))
+}
+
+fn header(h: &hr::HeaderMatch) -> Result<RequestMatch, String> {
+    let value = match &h.value {
+        Some(hr::header_match::Value::Exact(v)) => ValueMatch::Exact(v.clone()),
+        Some(hr::header_match::Value::Regex(re)) => ValueMatch::Regex(
+            regex::bytes::RegexBuilder::new(&format!("^(?:{re})$"))
+                .size_limit(MAX_REGEX)
+                .build()
+                .map_err(|e| format!("header regex {re:?}: {e}"))?,
+        ),
+        None => return Err(format!("header {:?} without a value", h.name)),
+    };
+    Ok(RequestMatch::Header(h.name.to_ascii_lowercase(), value))
+}
+
+/// One HTTP route match (all of its parts).
+fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
+    if !m.query_params.is_empty() {
+        return Err("query parameter matches are not supported".into());
+    }
+    let mut all = Vec::new();
+    match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+        Some(hr::path_match::Kind::Exact(p)) => all.push(RequestMatch::PathExact(p.clone())),
+        Some(hr::path_match::Kind::Prefix(p)) => all.push(RequestMatch::PathPrefix(p.clone())),
+        Some(hr::path_match::Kind::Regex(re)) => all.push(RequestMatch::Path(regex(re)?)),
+        None => {}
+    }
+    if let Some(method) = m.method.clone() {
+        let method = http::Method::try_from(method).map_err(|e| format!("method: {e}"))?;
+        all.push(RequestMatch::Method(method.as_str().to_string()));
+    }
+    for h in &m.headers {
+        all.push(header(h)?);
+    }
+    Ok(RequestMatch::All(all))
+}
+
+fn grpc_match(m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> Result<RequestMatch, String> {
+    let mut all = Vec::new();
+    if let Some(rpc) = &m.rpc {
+        match (rpc.service.is_empty(), rpc.method.is_empty()) {
+            (false, false) => all.push(RequestMatch::PathExact(format!(
+                "/{}/{}",
+                rpc.service, rpc.method
+            ))),
+            (false, true) => all.push(RequestMatch::PathPrefix(format!("/{}", rpc.service))),
+            (true, false) => all.push(RequestMatch::Path(regex(&format!(
+                "/[^/]+/{}",
+                regex::escape(&rpc.method)
+            ))?)),
+            (true, true) => {}
+        }
+    }
+    for h in &m.headers {
+        all.push(header(h)?);
+    }
+    Ok(RequestMatch::All(all))
+}
+
+/// A rule's condition: its hosts (if any) and any of its matches (none:
+/// every request).
+fn condition(hosts: Option<RequestMatch>, matches: Vec<RequestMatch>) -> RequestMatch {
+    let mut all = Vec::new();
+    all.extend(hosts);
+    if !matches.is_empty() {
+        all.push(RequestMatch::Any(matches));
+    }
+    RequestMatch::All(all)
+}
+
+fn backend_authority(b: &Backend) -> Option<Authority> {
+    match b.kind.as_ref()? {
+        backend::Kind::Balancer(p2c) => match p2c.discovery.as_ref()?.kind.as_ref()? {
+            backend::endpoint_discovery::Kind::Dst(d) => Authority::parse(&d.path).ok(),
+        },
+        backend::Kind::Forward(WeightedAddr { addr, .. }) => {
+            let addr: SocketAddr = (*addr)?.try_into().ok()?;
+            Some(Authority::from_addr(addr))
+        }
+    }
+}
+
+fn http_backends(d: Option<http_route::Distribution>) -> Vec<(Authority, u32)> {
+    use http_route::distribution::Kind;
+    match d.and_then(|d| d.kind) {
+        Some(Kind::FirstAvailable(f)) => f
+            .backends
+            .iter()
+            .filter_map(|b| backend_authority(b.backend.as_ref()?))
+            .take(1)
+            .map(|a| (a, 1))
+            .collect(),
+        Some(Kind::RandomAvailable(r)) => r
+            .backends
+            .iter()
+            .filter_map(|w| {
+                Some((
+                    backend_authority(w.backend.as_ref()?.backend.as_ref()?)?,
+                    w.weight,
+                ))
+            })
+            .collect(),
+        Some(Kind::Empty(_)) | None => Vec::new(),
+    }
+}
+
+fn grpc_backends(d: Option<grpc_route::Distribution>) -> Vec<(Authority, u32)> {
+    use grpc_route::distribution::Kind;
+    match d.and_then(|d| d.kind) {
+        Some(Kind::FirstAvailable(f)) => f
+            .backends
+            .iter()
+            .filter_map(|b| backend_authority(b.backend.as_ref()?))
+            .take(1)
+            .map(|a| (a, 1))
+            .collect(),
+        Some(Kind::RandomAvailable(r)) => r
+            .backends
+            .iter()
+            .filter_map(|w| {
+                Some((
+                    backend_authority(w.backend.as_ref()?.backend.as_ref()?)?,
+                    w.weight,
+                ))
+            })
+            .collect(),
+        Some(Kind::Empty(_)) | None => Vec::new(),
+    }
+}
+
+fn timeout(timeouts: Option<&hr::Timeouts>) -> Option<std::time::Duration> {
+    timeouts
+        .and_then(|t| t.request)
+        .and_then(crate::destination::duration)
+        .filter(|d| !d.is_zero())
+}
+
+fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
+    let name = route_name(r.metadata.as_ref());
+    let hosts = hosts(&r.hosts);
+    r.rules
+        .into_iter()
+        .filter_map(|rule| {
+            let matches = match rule
+                .matches
+                .iter()
+                .map(http_match)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(m) => m,
+                Err(why) => {
+                    tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
+                    return None;
+                }
+            };
+            // Retries on 5xx: no conditions means the default (5xx).
+            let retryable = rule.retry.as_ref().is_some_and(|r| {
+                r.max_retries > 0
+                    && r.conditions.as_ref().is_none_or(|c| {
+                        c.status_ranges.is_empty()
+                            || c.status_ranges
+                                .iter()
+                                .any(|s| s.start <= 599 && s.end >= 500)
+                    })
+            });
+            Some(ProfileRoute {
+                condition: condition(hosts.clone(), matches),
+                name: name.clone(),
+                retryable,
+                timeout: timeout(rule.timeouts.as_ref()),
+                backends: http_backends(rule.backends),
+            })
+        })
+        .collect()
+}
+
+fn grpc_routes(target: &Authority, r: GrpcRoute) -> Vec<ProfileRoute> {
+    let name = route_name(r.metadata.as_ref());
+    let hosts = hosts(&r.hosts);
+    r.rules
+        .into_iter()
+        .filter_map(|rule| {
+            let matches = match rule
+                .matches
+                .iter()
+                .map(grpc_match)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(m) => m,
+                Err(why) => {
+                    tracing::warn!(%target, route = ?name, why, "outbound gRPC route rule skipped");
+                    return None;
+                }
+            };
+            let retryable = rule.retry.as_ref().is_some_and(|r| {
+                r.max_retries > 0
+                    && r.conditions
+                        .as_ref()
+                        .is_none_or(|c| c.internal || c.unavailable || c.resource_exhausted)
+            });
+            Some(ProfileRoute {
+                condition: condition(hosts.clone(), matches),
+                name: name.clone(),
+                retryable,
+                timeout: timeout(rule.timeouts.as_ref()),
+                backends: grpc_backends(rule.backends),
+            })
+        })
+        .collect()
+}
+
+#[cfg(fuzzing)]
+pub(crate) mod fuzzing {
+    use prost::Message as _;
+
+    pub(crate) fn policy(bytes: &[u8]) {
+        let Ok(p) = super::OutboundPolicy::decode(bytes) else {
+            return;
+        };
+        let target = super::Authority::parse("10.0.0.1:80").unwrap();
+        let p = super::policy(&target, p);
+        let req = ringmesh_discovery::profile::Req {
+            method: "GET",
+            path: "/a/b",
+            host: Some("web.ns.svc.cluster.local"),
+            headers: &[("x-canary", "1")],
+        };
+        if let Some(r) = p.route(&req) {
+            let _ = ringmesh_discovery::profile::pick(&r.backends, 0.5);
+        }
+    }
+}
