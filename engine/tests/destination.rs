@@ -522,6 +522,99 @@ fn an_empty_retry_budget_allows_no_retry() {
     );
 }
 
+/// OutboundPolicies.Watch for an original destination in the cluster
+/// networks (a virtual service address nothing listens on): its HTTP
+/// routes send requests by header, path prefix and exact path to the
+/// backends they name (services found through Destination.Get), with the
+/// route's timeout; requests no configured route matches take the default
+/// route to the Service; `rt_route` names the route.
+#[test]
+fn outbound_policy_routes_requests() {
+    let (a, b) = (path_backend(b'a', false), path_backend(b'b', false));
+    let cp = Cp::start("outbound");
+    let target = "127.0.0.9:8080";
+    let web = "web.default.svc.cluster.local:8080";
+    let v2 = "web-v2.default.svc.cluster.local:8080";
+    let ep =
+        |addr: SocketAddr| format!(r#"[{{"addr": "{}", "port": {}}}]"#, addr.ip(), addr.port());
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": {a_ep}, "http_routes": [
+                {{"name": "canary", "path_prefix": "/", "headers": {{"x-canary": "1"}}, "backends": [{{"authority": "{v2}"}}]}},
+                {{"name": "v2-api", "path_prefix": "/v2", "backends": [{{"authority": "{v2}"}}]}},
+                {{"name": "slow", "path_exact": "/slow", "backends": [{{"authority": "{web}"}}], "timeout_ms": 300}}
+            ]}},
+            "{v2}": {{"endpoints": {b_ep}}}
+        }}}}"#,
+        a_ep = ep(a.addr),
+        b_ep = ep(b.addr),
+    ));
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={target}");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"client-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let get = |path: &str, extra: &str| {
+        let c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let code: u16 = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut line = String::new();
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        (code, body.first().copied().unwrap_or(0))
+    };
+    // The backends are found once the policy names them.
+    assert!(
+        eventually(Duration::from_secs(5), || get("/v2/x", "") == (200, b'b')),
+        "/v2 never reached web-v2:\n{}",
+        cp.tail()
+    );
+    assert_eq!(get("/", ""), (200, b'a'), "the default route: the Service");
+    assert_eq!(get("/v20", ""), (200, b'a'), "a prefix is whole segments");
+    assert_eq!(get("/", "x-canary: 1\r\n"), (200, b'b'), "by header");
+    let started = Instant::now();
+    assert_eq!(get("/slow", "").0, 504, "the route's timeout");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let m = metrics(&proxy);
+    for route in ["canary", "v2-api", "slow", "http"] {
+        assert!(
+            m.lines().any(|l| l.starts_with("response_total{")
+                && l.contains(&format!("rt_route=\"{route}\""))),
+            "rt_route={route}:\n{m}"
+        );
+    }
+    assert!(m.contains("outbound_policy_streams_total"), "{m}");
+}
+
 /// Which targets the Destination API is asked about: names under the
 /// profile suffixes (at a label boundary), addresses in the profile
 /// networks; nothing is asked before a target is met.

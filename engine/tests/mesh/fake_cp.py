@@ -606,7 +606,10 @@ class Outbound:
         if dst.get("opaque"):
             protocol = o.ProxyProtocol(opaque=opaque)
         else:
-            http = [self.http_route("http", backend, prefix="/")]
+            # Configured routes first (an HTTPRoute's rules), then the
+            # default route to the Service itself.
+            http = [self.configured_route(r, namespace) for r in dst.get("http_routes", [])]
+            http.append(self.http_route("http", backend, prefix="/"))
             protocol = o.ProxyProtocol(
                 detect=o.ProxyProtocol.Detect(
                     timeout=duration(pb, self.config.data.get("detect_timeout_ms", 10000) / 1000.0),
@@ -661,6 +664,60 @@ class Outbound:
                 )
             ],
         )
+
+    def configured_route(self, r, namespace):
+        """An HTTPRoute with one rule, from the config: `path_prefix` /
+        `path_exact`, `method`, `headers` (exact values), `host`; `backends`
+        (a list of {"authority", "weight"}: random-available through
+        Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`."""
+        pb = self.pb
+        o, hr = pb.outbound, pb.http_route
+        match = hr.HttpRouteMatch()
+        if "path_prefix" in r:
+            match.path.prefix = r["path_prefix"]
+        if "path_exact" in r:
+            match.path.exact = r["path_exact"]
+        if "method" in r:
+            match.method.registered = pb.http_types.HttpMethod.Registered.Value(r["method"])
+        for k, v in r.get("headers", {}).items():
+            match.headers.append(hr.HeaderMatch(name=k, exact=v.encode()))
+        backends = []
+        for b in r.get("backends", []):
+            if "forward" in b:
+                kind = dict(forward=pb.destination.WeightedAddr(addr=tcp_address(pb.net, *split_authority(b["forward"])), weight=1))
+            else:
+                kind = dict(
+                    balancer=o.Backend.BalanceP2c(
+                        discovery=o.Backend.EndpointDiscovery(
+                            dst=o.Backend.EndpointDiscovery.DestinationGet(path=b["authority"])
+                        ),
+                        peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
+                    )
+                )
+            backend = o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=self.queue(), **kind)
+            backends.append(
+                o.HttpRoute.WeightedRouteBackend(
+                    backend=o.HttpRoute.RouteBackend(backend=backend), weight=b.get("weight", 1)
+                )
+            )
+        rule = o.HttpRoute.Rule(
+            matches=[match],
+            backends=o.HttpRoute.Distribution(
+                random_available=o.HttpRoute.Distribution.RandomAvailable(backends=backends)
+            ),
+            timeouts=hr.Timeouts(),
+        )
+        if "timeout_ms" in r:
+            rule.timeouts.request.CopyFrom(duration(pb, r["timeout_ms"] / 1000.0))
+        if r.get("retry"):
+            rule.retry.max_retries = 2
+        hosts = []
+        if "host" in r:
+            hosts.append(hr.HostMatch(exact=r["host"]))
+        meta = pb.meta.Metadata(
+            resource=pb.meta.Resource(group="gateway.networking.k8s.io", kind="HTTPRoute", name=r["name"], namespace=namespace)
+        )
+        return o.HttpRoute(metadata=meta, hosts=hosts, rules=[rule])
 
     def opaque_route(self, name, backend):
         o = self.pb.outbound
