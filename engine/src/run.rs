@@ -215,14 +215,16 @@ fn new_worker(
     // Original destinations the control plane is asked about: the
     // Destination API's profile networks, the policy API's cluster
     // networks.
-    let mut discover_networks = cfg
+    let discover_networks = cfg
         .destination
         .as_ref()
         .map(|d| d.networks.clone())
         .unwrap_or_default();
-    if cfg.policy.is_some() {
-        discover_networks.extend(cfg.inbound_policy.cluster_networks.iter().cloned());
-    }
+    let policy_networks = if cfg.policy.is_some() {
+        cfg.inbound_policy.cluster_networks.clone()
+    } else {
+        Vec::new()
+    };
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -245,6 +247,7 @@ fn new_worker(
             failfast_timeout,
             queue_capacity,
             discover_networks,
+            policy_networks,
             policy,
             policies: policies.map(RefCell::new),
         },

@@ -101,8 +101,10 @@ pub(crate) struct Routes {
     pub failfast_timeout: std::time::Duration,
     pub queue_capacity: usize,
     /// Original destinations in these networks are looked up through the
-    /// Destination API (empty without one).
+    /// Destination API (empty without one)...
     pub discover_networks: Vec<ipnet::IpNet>,
+    /// ... and, in these, through the outbound policy API.
+    pub policy_networks: Vec<ipnet::IpNet>,
     /// Who may reach the application (inbound): the default policy...
     pub policy: crate::authz::InboundPolicy,
     /// ... unless the policy API gave the port a server.
@@ -192,22 +194,28 @@ impl Routes {
         cache.get().clone()
     }
 
-    /// Whether connections to `addr` wait for the Destination API's
-    /// answer (a target in its networks the snapshot does not have yet).
+    /// Whether connections to `addr` wait for the control plane: a target
+    /// in the Destination API's networks the snapshot has no service for
+    /// yet, or in the policy API's networks it has no policy for yet. Both
+    /// answers are waited for: routing by the first alone could send a
+    /// meshed target's first connections without its identity.
     pub(crate) fn must_discover(&self, addr: SocketAddr) -> bool {
-        !self.discover_networks.is_empty()
-            && self
-                .discover_networks
-                .iter()
-                .any(|n| n.contains(&addr.ip()))
-            && !self.known(addr)
+        let within = |nets: &[ipnet::IpNet]| nets.iter().any(|n| n.contains(&addr.ip()));
+        let (dst, policy) = (
+            within(&self.discover_networks),
+            within(&self.policy_networks),
+        );
+        if !dst && !policy {
+            return false;
+        }
+        let snap = self.snapshot();
+        (dst && snap.service_by_addr(addr).is_none())
+            || (policy && snap.profile_by_addr(addr).is_none())
     }
 
-    /// Whether discovery has an answer for the address (a service, or an
-    /// outbound policy, possibly empty).
+    /// Whether discovery has every answer it waits for about `addr`.
     pub(crate) fn known(&self, addr: SocketAddr) -> bool {
-        let snap = self.snapshot();
-        snap.service_by_addr(addr).is_some() || snap.profile_by_addr(addr).is_some()
+        !self.must_discover(addr)
     }
 
     /// The balancer replica for a service in the current snapshot.

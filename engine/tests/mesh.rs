@@ -340,6 +340,27 @@ fn meshed_pair(a: Sidecar, b: Sidecar) {
     );
 
     let (a_metrics, b_metrics) = (mesh.a.metrics(), mesh.b.metrics());
+    // A ringmesh client routed all of it from the control plane, as
+    // linkerd2-proxy does: outbound policies for the targets, their
+    // backends through Destination.Get; a ringmesh server watched its
+    // ports' inbound policies.
+    let counter = |m: &str, name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if mesh.a.sidecar.name == "ringmesh" {
+        for family in ["outbound_policy_updates_total", "destination_updates_total"] {
+            check!(mesh, counter(&a_metrics, family) > 0, "A: no {family}");
+        }
+    }
+    if mesh.b.sidecar.name == "ringmesh" {
+        check!(
+            mesh,
+            counter(&b_metrics, "inbound_policy_updates_total") > 0,
+            "B: no inbound policy"
+        );
+    }
     for port in [
         HTTP1_PORT,
         HTTP2_PORT,
