@@ -43,7 +43,7 @@ impl Discovery {
             .unwrap_or_default();
         resolvers.push(Box::new(DnsNameResolver::new(cfg.dns, hosts)));
         for name in names {
-            table.watch(name);
+            table.pin(name);
         }
         Ok((Self { table, resolvers }, subscriber))
     }

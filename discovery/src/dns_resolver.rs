@@ -143,7 +143,16 @@ impl DnsNameResolver {
             failures: 0,
         };
         let mut was_static = false;
+        let Some(id) = table.watch_id(&name) else {
+            return;
+        };
         loop {
+            if table.watch_id(&name) != Some(id) {
+                // Dropped (idle): no more lookups.
+                self.inner.refresh_at.borrow_mut().remove(&name);
+                return;
+            }
+            let dropped = table.unwatched().generation();
             let seen = table.static_changed().generation();
             if table.static_defines(&name) {
                 // Not looked up while the static file defines it.
@@ -165,6 +174,7 @@ impl DnsNameResolver {
                 monoio::select! {
                     _ = monoio::time::sleep_until(at) => {}
                     _ = table.static_changed().changed_since(seen) => {}
+                    _ = table.unwatched().changed_since(dropped) => {}
                 }
                 continue;
             }
@@ -281,5 +291,34 @@ mod tests {
             t0,
         );
         assert_eq!((s.failures, s.refresh_at), (0, t0 + cfg.max_ttl));
+    }
+
+    #[test]
+    fn srv_targets_keep_their_ports_and_weights() {
+        let cfg = DnsConfig::default();
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        let res = SrvResolution {
+            targets: vec![
+                ("10.0.0.2:8443".parse().unwrap(), 3),
+                ("10.0.0.1:8080".parse().unwrap(), 1),
+            ],
+            ttl: Duration::from_secs(30),
+        };
+        s.apply(&name(), Outcome::Srv(Ok(res)), &cfg, t0);
+        let got: Vec<(String, u32)> = s
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:8080".to_string(), 1),
+                ("10.0.0.2:8443".to_string(), 3)
+            ],
+            "the records' ports (not the name's) and weights"
+        );
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(30));
     }
 }

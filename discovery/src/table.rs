@@ -15,6 +15,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::{Authority, Endpoint, Protocol, Service, Snapshot, SnapshotPublisher};
 
@@ -56,6 +57,9 @@ impl Signal {
 /// A watched name's state in the table.
 #[derive(Default)]
 struct Named {
+    /// Which watch of the name this is (a name dropped and watched again
+    /// gets a new one, so the old watch's resolvers stop).
+    id: u64,
     /// The resolver's last answer, as published.
     resolved: Option<Arc<Service>>,
     /// The static file's service for this name, kept published after the
@@ -77,6 +81,10 @@ struct State {
     profiles: HashMap<Authority, Arc<crate::Profile>>,
     /// ... and outbound policies, which win over them.
     policies: HashMap<Authority, Arc<crate::Profile>>,
+    /// When each watched name was watched or last used.
+    last_used: HashMap<Authority, Instant>,
+    /// Names watched from the start (configuration): never dropped.
+    pinned: HashSet<Authority>,
 }
 
 /// Which names a resolver other than DNS answers for (the Destination
@@ -90,10 +98,13 @@ struct Inner {
     max_names: Cell<usize>,
     /// Names refused for the cap.
     refused: Cell<u64>,
+    /// The last watch id given.
+    next_id: Cell<u64>,
     claims: RefCell<Vec<Claim>>,
     publisher: RefCell<SnapshotPublisher>,
     static_changed: Signal,
     watched: Signal,
+    unwatched: Signal,
     settled: Signal,
 }
 
@@ -114,13 +125,17 @@ impl Table {
                     pending: HashSet::new(),
                     profiles: HashMap::new(),
                     policies: HashMap::new(),
+                    last_used: HashMap::new(),
+                    pinned: HashSet::new(),
                 }),
                 claims: RefCell::new(Vec::new()),
                 max_names: Cell::new(usize::MAX),
                 refused: Cell::new(0),
+                next_id: Cell::new(0),
                 publisher: RefCell::new(publisher),
                 static_changed: Signal::default(),
                 watched: Signal::default(),
+                unwatched: Signal::default(),
                 settled: Signal::default(),
             }),
         }
@@ -227,12 +242,94 @@ impl Table {
             }
             return false;
         }
-        st.named.insert(name.clone(), Named::default());
+        let id = self.inner.next_id.get() + 1;
+        self.inner.next_id.set(id);
+        st.named.insert(
+            name.clone(),
+            Named {
+                id,
+                ..Named::default()
+            },
+        );
+        st.last_used.insert(name.clone(), Instant::now());
         st.pending.insert(name.clone());
         st.watched.push(name);
         drop(st);
         self.inner.watched.notify();
         true
+    }
+
+    /// Watches `name` for good (configuration: a forward's target).
+    pub fn pin(&self, name: Authority) {
+        self.watch(name.clone());
+        self.inner.state.borrow_mut().pinned.insert(name);
+    }
+
+    /// The current watch of `name` (`None`: not watched). A resolver
+    /// follows one watch and stops when it ends.
+    pub fn watch_id(&self, name: &Authority) -> Option<u64> {
+        self.inner.state.borrow().named.get(name).map(|n| n.id)
+    }
+
+    /// Notified whenever names are dropped.
+    pub fn unwatched(&self) -> &Signal {
+        &self.inner.unwatched
+    }
+
+    /// Resolves once the watch `id` of `name` has ended.
+    pub async fn dropped(&self, name: &Authority, id: u64) {
+        loop {
+            let seen = self.inner.unwatched.generation();
+            if self.watch_id(name) != Some(id) {
+                return;
+            }
+            self.inner.unwatched.changed_since(seen).await;
+        }
+    }
+
+    /// Workers used these names: their watches stay.
+    pub fn touch(&self, names: &[Authority]) {
+        let now = Instant::now();
+        let mut st = self.inner.state.borrow_mut();
+        for name in names {
+            if let Some(t) = st.last_used.get_mut(name) {
+                *t = now;
+            }
+        }
+    }
+
+    /// Drops the watches no request used for `idle` (not the pinned ones):
+    /// their services leave the snapshot and their resolvers stop; the
+    /// next request for one watches it again. Returns how many.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let now = Instant::now();
+        let gone: Vec<Authority> = {
+            let st = self.inner.state.borrow();
+            st.last_used
+                .iter()
+                .filter(|(n, t)| {
+                    !st.pinned.contains(*n) && now.saturating_duration_since(**t) >= idle
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        if gone.is_empty() {
+            return 0;
+        }
+        {
+            let mut st = self.inner.state.borrow_mut();
+            for name in &gone {
+                st.named.remove(name);
+                st.pending.remove(name);
+                st.profiles.remove(name);
+                st.policies.remove(name);
+                st.last_used.remove(name);
+            }
+        }
+        tracing::debug!(dropped = gone.len(), ?idle, "idle watches dropped");
+        self.publish();
+        self.inner.unwatched.notify();
+        gone.len()
     }
 
     /// Notified whenever a name is watched.
@@ -440,5 +537,28 @@ mod tests {
         assert_eq!(addrs(&t, "db.test:5432").unwrap(), ["127.0.0.1:1111"]);
         assert!(t.report(&db, endpoints("127.0.0.7:5432")));
         assert_eq!(addrs(&t, "db.test:5432").unwrap(), ["127.0.0.7:5432"]);
+    }
+
+    #[test]
+    fn idle_names_are_dropped_pinned_ones_stay_and_a_new_watch_is_new() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        let (web, fwd) = (
+            Authority::parse("web.test:80").unwrap(),
+            Authority::parse("fwd.test:80").unwrap(),
+        );
+        t.watch(web.clone());
+        t.pin(fwd.clone());
+        t.report(&web, endpoints("10.0.0.1:80"));
+        t.report(&fwd, endpoints("10.0.0.2:80"));
+        let first = t.watch_id(&web).unwrap();
+        assert_eq!(t.sweep(Duration::from_secs(3600)), 0, "not idle yet");
+        t.touch(std::slice::from_ref(&web));
+        assert_eq!(t.sweep(Duration::ZERO), 1, "only the unpinned name");
+        assert!(t.watch_id(&web).is_none());
+        assert_eq!(addrs(&t, "web.test:80"), None, "gone from the snapshot");
+        assert_eq!(addrs(&t, "fwd.test:80").unwrap(), ["10.0.0.2:80"]);
+        assert!(t.watch(web.clone()), "watched again");
+        assert_ne!(t.watch_id(&web), Some(first), "as a new watch");
     }
 }

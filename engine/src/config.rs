@@ -361,6 +361,13 @@ pub struct DiscoveryConfig {
     pub dns: DnsConfig,
     /// At most this many names (DNS, Destination) are watched at once.
     pub max_names: usize,
+    /// A watched name no request used for this long is dropped
+    /// (`LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`, with the
+    /// Destination API); `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// How often workers report the services they used (a fraction of the
+    /// idle timeout); `None` without one.
+    pub usage_report: Option<Duration>,
 }
 
 /// The opaque TCP relay.
@@ -462,6 +469,8 @@ impl Config {
                 static_poll_interval: Duration::from_secs(1),
                 dns: DnsConfig::default(),
                 max_names: 10_000,
+                idle_timeout: None,
+                usage_report: None,
             },
             tcp: TcpConfig {
                 idle_timeout: Duration::from_secs(3600),
@@ -531,6 +540,10 @@ impl Config {
         c.identity = p.read_identity();
         c.control_streams = p.read_stream_limits();
         c.destination = p.read_destination(&c.identity);
+        if let Some(d) = &c.destination {
+            c.discovery.idle_timeout = Some(d.idle_timeout);
+            c.discovery.usage_report = Some((d.idle_timeout / 4).max(Duration::from_millis(100)));
+        }
         p.read_inbound_policy(&mut c.inbound_policy);
         c.policy = p.read_policy_api(&c.identity);
         p.check_listener_collisions(&c);

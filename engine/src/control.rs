@@ -53,6 +53,8 @@ pub(crate) enum ControlMsg {
     Watch(Authority),
     /// A worker met an inbound port whose policy it does not have.
     WatchPort(u16),
+    /// Services a worker's requests used lately (watches stay).
+    Used(Vec<Authority>),
 }
 
 /// A worker's end of the events queue: never blocks; drops and counts
@@ -320,6 +322,9 @@ impl Core {
         if let Some((cfg, sink)) = identity {
             monoio::spawn(identity::run(cfg, sink));
         }
+        // Idle watches are dropped with the Destination API (its idle
+        // timeout); names DNS alone resolves stay, bounded by the cap.
+        let idle_timeout = destination.as_ref().map(|(cfg, ..)| cfg.idle_timeout);
         let table = match Discovery::new(discovery, names) {
             Ok((mut discovery, subscriber)) => {
                 if let Some(p) = &policy {
@@ -360,6 +365,9 @@ impl Core {
             }
             client
         });
+        if let Some(idle) = idle_timeout {
+            monoio::spawn(sweep_idle(table.clone(), idle));
+        }
         monoio::spawn(worker_events(events, table, policy));
         // Until told to stop (or the process's handle is gone); returning
         // drops the runtime and with it every task.
@@ -385,6 +393,16 @@ impl Core {
     }
 }
 
+/// Drops the watches no request used for `idle`, checking every quarter
+/// of it.
+async fn sweep_idle(table: Table, idle: std::time::Duration) {
+    let every = (idle / 4).max(std::time::Duration::from_millis(100));
+    loop {
+        monoio::time::sleep(every).await;
+        table.sweep(idle);
+    }
+}
+
 /// Takes what workers report, in order; says when some were dropped.
 async fn worker_events(
     mut events: EventReceiver<ControlMsg>,
@@ -402,6 +420,7 @@ async fn worker_events(
                     p.watch(port);
                 }
             }
+            ControlMsg::Used(names) => table.touch(&names),
         }
         let now = events.dropped();
         if now > dropped {

@@ -145,11 +145,22 @@ impl Watch {
     /// Keeps `name` resolved, and its profile followed, for as long as the
     /// control core runs.
     async fn follow(self: Rc<Self>, name: Authority) {
+        let Some(id) = self.table.watch_id(&name) else {
+            return;
+        };
         self.metrics.watches.fetch_add(1, Ordering::Relaxed);
         let target = Rc::new(Target::default());
-        monoio::spawn(self.clone().follow_profile(name.clone(), target.clone()));
+        let profile = self.clone().follow_profile(name.clone(), target.clone());
+        let table = self.table.clone();
+        let profile_name = name.clone();
+        monoio::spawn(async move {
+            monoio::select! {
+                _ = profile => {}
+                _ = table.dropped(&profile_name, id) => {}
+            }
+        });
         let req = self.request(&name);
-        stream::follow(
+        let endpoints = stream::follow(
             &self.client,
             GET_PATH,
             req,
@@ -172,8 +183,15 @@ impl Watch {
                     self.report(&name, &target);
                 }
             },
-        )
-        .await;
+        );
+        // Until the watch is dropped (no request used it for the idle
+        // timeout): the streams end with it.
+        monoio::select! {
+            _ = endpoints => {}
+            _ = self.table.dropped(&name, id) => {}
+        }
+        self.metrics.watches.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(%name, "destination watch dropped");
     }
 
     /// Follows the target's profile.

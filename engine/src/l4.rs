@@ -855,8 +855,12 @@ fn route(
             }
             http = HttpDst::OrigDst(orig);
             // An outbound policy may say the target is opaque.
-            if snap.profile_by_addr(orig).is_some_and(|p| p.opaque) {
-                hint = Some(DiscoveredProtocol::Opaque);
+            if let Some(p) = snap.profile_by_addr(orig) {
+                if p.opaque {
+                    hint = Some(DiscoveredProtocol::Opaque);
+                }
+                // Its watch stays while connections use it.
+                w.routes.used_addrs.borrow_mut().insert(orig);
             }
             match snap.service_by_addr(orig) {
                 Some(svc) => {

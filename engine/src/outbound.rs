@@ -137,8 +137,11 @@ async fn follow(
         source_workload: this.cfg.workload.clone(),
         target: Some(traffic_spec::Target::Addr(addr.into())),
     };
+    let Some(id) = table.watch_id(&name) else {
+        return;
+    };
     let answered = std::cell::Cell::new(false);
-    stream::follow(
+    let policy_stream = stream::follow(
         &client,
         WATCH_PATH,
         req,
@@ -158,8 +161,12 @@ async fn follow(
                 table.report_policy(&name, Arc::new(Profile::default()));
             }
         },
-    )
-    .await;
+    );
+    // Until the watch is dropped (idle).
+    monoio::select! {
+        _ = policy_stream => {}
+        _ = table.dropped(&name, id) => {}
+    }
 }
 
 /// The workers' form of an outbound policy.

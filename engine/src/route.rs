@@ -131,7 +131,14 @@ pub(crate) async fn resolve(
     let snap = r.snapshot();
     let profile = match &d {
         Dst::Service(svc, _) => snap.profile(&svc.name),
-        Dst::Addr(addr) => snap.profile_by_addr(*addr),
+        Dst::Addr(addr) => {
+            let p = snap.profile_by_addr(*addr);
+            if p.is_some() {
+                // Its watch stays while requests use it.
+                r.used_addrs.borrow_mut().insert(*addr);
+            }
+            p
+        }
     };
     let Some(profile) = profile else {
         return Ok((d, RoutePolicy::default()));

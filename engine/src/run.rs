@@ -186,6 +186,11 @@ pub(crate) async fn serve(setup: WorkerSetup) {
     monoio::spawn(async move { reaper.pools.h1.reap(reaper_stop).await });
     // Gives a burst's memory back to the OS once it is over.
     monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
+    // Tells the control core which services requests use, so it can drop
+    // the watches nobody uses.
+    if let Some(every) = worker.cfg.discovery.usage_report {
+        monoio::spawn(report_usage(worker.clone(), stop.clone(), every));
+    }
 
     // Serve until told to stop (or the handle is gone).
     loop {
@@ -248,6 +253,7 @@ fn new_worker(
             queue_capacity,
             discover_networks,
             policy_networks,
+            used_addrs: RefCell::default(),
             policy,
             policies: policies.map(RefCell::new),
         },
@@ -373,6 +379,25 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
             monoio::io::multishot::shrink_driver();
             memory::collect();
             w.telemetry.open_peak.set(open);
+        }
+    }
+}
+
+/// Every `every`, the services used since the last report, to the control
+/// core (a bounded queue: a full one drops the report, which only makes a
+/// watch look idle a little sooner).
+async fn report_usage(w: Rc<Worker>, stop: Stop, every: std::time::Duration) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(every) => {}
+            _ = stop.wait() => return,
+        }
+        let used = w.routes.take_used();
+        if !used.is_empty() {
+            let _ = w
+                .routes
+                .control
+                .send(crate::control::ControlMsg::Used(used));
         }
     }
 }

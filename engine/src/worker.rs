@@ -41,6 +41,8 @@ pub(crate) struct Replica {
     pub balancer: Rc<RefCell<Balancer>>,
     /// The retry budget the service's profile set, as applied.
     budget: Option<RetryBudgetSpec>,
+    /// A request used the service since the last usage report.
+    used: Cell<bool>,
 }
 
 impl Replica {
@@ -105,6 +107,9 @@ pub(crate) struct Routes {
     pub discover_networks: Vec<ipnet::IpNet>,
     /// ... and, in these, through the outbound policy API.
     pub policy_networks: Vec<ipnet::IpNet>,
+    /// Addresses with an outbound policy (and no service) requests used
+    /// since the last usage report.
+    pub used_addrs: RefCell<std::collections::HashSet<SocketAddr>>,
     /// Who may reach the application (inbound): the default policy...
     pub policy: crate::authz::InboundPolicy,
     /// ... unless the policy API gave the port a server.
@@ -229,6 +234,7 @@ impl Routes {
                     self.accrual,
                 ))),
                 budget: None,
+                used: Cell::new(false),
             };
             let snap = self.snapshots.borrow();
             r.sync_budget(
@@ -242,7 +248,27 @@ impl Routes {
             replica.balancer.borrow_mut().update(endpoints(service));
             replica.service = service.clone();
         }
+        replica.used.set(true);
         replica.balancer.clone()
+    }
+
+    /// The services requests used since the last call (the control core
+    /// drops watches nobody uses).
+    pub(crate) fn take_used(&self) -> Vec<Authority> {
+        let mut used: Vec<Authority> = self
+            .replicas
+            .borrow()
+            .iter()
+            .filter(|(_, r)| r.used.replace(false))
+            .map(|(name, _)| name.clone())
+            .collect();
+        used.extend(
+            self.used_addrs
+                .borrow_mut()
+                .drain()
+                .map(Authority::from_addr),
+        );
+        used
     }
 
     /// Updates replicas to a new snapshot: endpoints that stay keep their

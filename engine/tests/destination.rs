@@ -615,6 +615,55 @@ fn outbound_policy_routes_requests() {
     assert!(m.contains("outbound_policy_streams_total"), "{m}");
 }
 
+/// `LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`: a watch requests keep
+/// using stays; once none has used it for the timeout it is dropped (its
+/// streams end), and the next request watches it again.
+#[test]
+fn idle_watches_are_dropped_and_come_back() {
+    let a = path_backend(b'a', false);
+    let cp = Cp::start("idle");
+    cp.write_loaded(&serde_json(&[(a.addr, 10000)]));
+    let cp_addr = cp.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    let ask = || {
+        let (mut w, mut r) = keep_alive(out);
+        w.write_all(b"GET / HTTP/1.1\r\nHost: web.default.svc.cluster.local\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        status
+    };
+    let watches = || metric(&metrics(&proxy), "destination_watches");
+    assert!(ask().starts_with("HTTP/1.1 200"));
+    assert_eq!(watches(), 1);
+    // Used every 200 ms for 2.5 s: kept.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert!(ask().starts_with("HTTP/1.1 200"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(watches(), 1, "a used watch was dropped");
+    let streams = cp.log_count("dst.get path=web.default");
+    // Unused: dropped within the timeout (plus a sweep).
+    assert!(
+        eventually(Duration::from_secs(5), || watches() == 0),
+        "the idle watch was not dropped"
+    );
+    // Asked for again: watched again, a new stream.
+    assert!(ask().starts_with("HTTP/1.1 200"));
+    assert_eq!(watches(), 1);
+    assert!(cp.log_count("dst.get path=web.default") > streams);
+}
+
 /// Which targets the Destination API is asked about: names under the
 /// profile suffixes (at a label boundary), addresses in the profile
 /// networks; nothing is asked before a target is met.
