@@ -1035,33 +1035,47 @@ impl Parser<'_> {
         }
     }
 
-    /// The inbound policy API, when `_POLICY_SVC_ADDR` is set.
-    fn read_policy_api(&mut self, identity: &IdentityConfig) -> Option<PolicyConfig> {
-        let addr = self.raw(POLICY_SVC_ADDR).filter(|v| !v.is_empty())?;
+    /// A control-plane service's address and name (`<addr_key>`,
+    /// `<name_key>`): `None` when the address is unset. Off loopback it is
+    /// spoken to over mutual TLS as that name, which then needs this
+    /// proxy's identity; every problem is listed. The name is kept only
+    /// off loopback.
+    fn read_control_service(
+        &mut self,
+        (addr_key, name_key, what): (&str, &str, &str),
+        identity: &IdentityConfig,
+    ) -> Option<(Option<SocketAddr>, Option<Name>)> {
+        let addr = self.raw(addr_key).filter(|v| !v.is_empty())?;
         let svc_addr = addr
             .parse::<SocketAddr>()
             .map_err(|_| {
                 self.bad(
-                    POLICY_SVC_ADDR,
+                    addr_key,
                     &addr,
                     "expected ip:port (names are not resolved yet)",
                 )
             })
             .ok();
-        let svc_name = self.parse_with(POLICY_SVC_NAME, |s| {
-            Name::parse(s).map_err(|e| e.to_string())
-        });
+        let svc_name = self.parse_with(name_key, |s| Name::parse(s).map_err(|e| e.to_string()));
         if let Some(a) = svc_addr.filter(|a| !a.ip().is_loopback()) {
             if svc_name.is_none() {
                 self.problems.push(format!(
-                    "{POLICY_SVC_NAME} must be set: the policy service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
+                    "{name_key} must be set: the {what} service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
                 ));
             } else if identity.local().is_none() {
                 self.problems.push(format!(
-                    "the policy service at {a} is spoken to over mutual TLS: this proxy needs an identity (LINKERD2_PROXY_IDENTITY_*)"
+                    "the {what} service at {a} is spoken to over mutual TLS: this proxy needs an identity (LINKERD2_PROXY_IDENTITY_*)"
                 ));
             }
         }
+        let off_loopback = svc_addr.is_some_and(|a| !a.ip().is_loopback());
+        Some((svc_addr, svc_name.filter(|_| off_loopback)))
+    }
+
+    /// The inbound policy API, when `_POLICY_SVC_ADDR` is set.
+    fn read_policy_api(&mut self, identity: &IdentityConfig) -> Option<PolicyConfig> {
+        let (svc_addr, svc_name) =
+            self.read_control_service((POLICY_SVC_ADDR, POLICY_SVC_NAME, "policy"), identity)?;
         let workload = self.raw(POLICY_WORKLOAD).unwrap_or_default();
         if workload.is_empty() {
             self.problems.push(format!(
@@ -1074,7 +1088,7 @@ impl Parser<'_> {
             .unwrap_or_default();
         Some(PolicyConfig {
             svc_addr: svc_addr?,
-            svc_name: svc_name.filter(|_| svc_addr.is_some_and(|a| !a.ip().is_loopback())),
+            svc_name,
             workload,
             ports,
         })
@@ -1082,31 +1096,10 @@ impl Parser<'_> {
 
     /// The Destination API, when `_DESTINATION_SVC_ADDR` is set.
     fn read_destination(&mut self, identity: &IdentityConfig) -> Option<DestinationConfig> {
-        let addr = self.raw(DESTINATION_SVC_ADDR).filter(|v| !v.is_empty())?;
-        let svc_addr = addr
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                self.bad(
-                    DESTINATION_SVC_ADDR,
-                    &addr,
-                    "expected ip:port (names are not resolved yet)",
-                )
-            })
-            .ok();
-        let svc_name = self.parse_with(DESTINATION_SVC_NAME, |s| {
-            Name::parse(s).map_err(|e| e.to_string())
-        });
-        if let Some(a) = svc_addr.filter(|a| !a.ip().is_loopback()) {
-            if svc_name.is_none() {
-                self.problems.push(format!(
-                    "{DESTINATION_SVC_NAME} must be set: the Destination service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
-                ));
-            } else if identity.local().is_none() {
-                self.problems.push(format!(
-                    "the Destination service at {a} is spoken to over mutual TLS: this proxy needs an identity (LINKERD2_PROXY_IDENTITY_*)"
-                ));
-            }
-        }
+        let (svc_addr, svc_name) = self.read_control_service(
+            (DESTINATION_SVC_ADDR, DESTINATION_SVC_NAME, "Destination"),
+            identity,
+        )?;
         let context = self.raw(DESTINATION_CONTEXT).unwrap_or_default();
         let suffixes = self
             .parse_with(DESTINATION_PROFILE_SUFFIXES, |s| Ok(split_suffixes(s)))
@@ -1118,7 +1111,7 @@ impl Parser<'_> {
         self.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle_timeout);
         Some(DestinationConfig {
             svc_addr: svc_addr?,
-            svc_name: svc_name.filter(|_| svc_addr.is_some_and(|a| !a.ip().is_loopback())),
+            svc_name,
             context,
             suffixes,
             networks,

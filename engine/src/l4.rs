@@ -268,7 +268,7 @@ async fn serve_decided(
     // connection (HTTP requests are answered 403 one by one; an opaque
     // connection is closed).
     if let HttpDst::Local(target, verdict) = &mut route.http {
-        *verdict = if w.routes.policies.is_some() {
+        **verdict = if w.routes.policies.is_some() {
             // Boxed: the wait's timer would otherwise size every
             // connection's task.
             Box::pin(w.routes.authorize(target.port(), peer.ip(), client.tls())).await
@@ -433,7 +433,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         addr: target,
         port: target.port(),
         hint: None,
-        http: HttpDst::Local(target, Verdict::unchecked()),
+        http: HttpDst::Local(target, Box::new(Verdict::unchecked())),
     };
     let labels = ConnLabels::new(c.kind, &route.target);
     let src_meter = labels.open(w, Peer::Src, target, client.tls());
@@ -872,10 +872,10 @@ fn route(
         }
         ListenerKind::Inbound => {
             if orig != local {
-                http = HttpDst::Local(orig, Verdict::unchecked());
+                http = HttpDst::Local(orig, Box::new(Verdict::unchecked()));
                 Target::Addr(orig)
             } else if let Some(t) = w.cfg.inbound.target {
-                http = HttpDst::Local(t, Verdict::unchecked());
+                http = HttpDst::Local(t, Box::new(Verdict::unchecked()));
                 Target::Addr(t)
             } else {
                 tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");

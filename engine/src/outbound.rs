@@ -324,26 +324,36 @@ fn backend_authority(b: &Backend) -> Option<Authority> {
     }
 }
 
+/// `first-available`: the first backend that names a target.
+fn first_available<'a>(
+    backends: impl Iterator<Item = Option<&'a Backend>>,
+) -> Vec<(Authority, u32)> {
+    backends
+        .filter_map(|b| backend_authority(b?))
+        .take(1)
+        .map(|a| (a, 1))
+        .collect()
+}
+
+/// `random-available`: every backend that names a target, with its weight.
+fn random_available<'a>(
+    backends: impl Iterator<Item = (Option<&'a Backend>, u32)>,
+) -> Vec<(Authority, u32)> {
+    backends
+        .filter_map(|(b, w)| Some((backend_authority(b?)?, w)))
+        .collect()
+}
+
 fn http_backends(d: Option<http_route::Distribution>) -> Vec<(Authority, u32)> {
     use http_route::distribution::Kind;
     match d.and_then(|d| d.kind) {
-        Some(Kind::FirstAvailable(f)) => f
-            .backends
-            .iter()
-            .filter_map(|b| backend_authority(b.backend.as_ref()?))
-            .take(1)
-            .map(|a| (a, 1))
-            .collect(),
-        Some(Kind::RandomAvailable(r)) => r
-            .backends
-            .iter()
-            .filter_map(|w| {
-                Some((
-                    backend_authority(w.backend.as_ref()?.backend.as_ref()?)?,
-                    w.weight,
-                ))
-            })
-            .collect(),
+        Some(Kind::FirstAvailable(f)) => {
+            first_available(f.backends.iter().map(|b| b.backend.as_ref()))
+        }
+        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().map(|w| {
+            let b = w.backend.as_ref().and_then(|b| b.backend.as_ref());
+            (b, w.weight)
+        })),
         Some(Kind::Empty(_)) | None => Vec::new(),
     }
 }
@@ -351,23 +361,13 @@ fn http_backends(d: Option<http_route::Distribution>) -> Vec<(Authority, u32)> {
 fn grpc_backends(d: Option<grpc_route::Distribution>) -> Vec<(Authority, u32)> {
     use grpc_route::distribution::Kind;
     match d.and_then(|d| d.kind) {
-        Some(Kind::FirstAvailable(f)) => f
-            .backends
-            .iter()
-            .filter_map(|b| backend_authority(b.backend.as_ref()?))
-            .take(1)
-            .map(|a| (a, 1))
-            .collect(),
-        Some(Kind::RandomAvailable(r)) => r
-            .backends
-            .iter()
-            .filter_map(|w| {
-                Some((
-                    backend_authority(w.backend.as_ref()?.backend.as_ref()?)?,
-                    w.weight,
-                ))
-            })
-            .collect(),
+        Some(Kind::FirstAvailable(f)) => {
+            first_available(f.backends.iter().map(|b| b.backend.as_ref()))
+        }
+        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().map(|w| {
+            let b = w.backend.as_ref().and_then(|b| b.backend.as_ref());
+            (b, w.weight)
+        })),
         Some(Kind::Empty(_)) | None => Vec::new(),
     }
 }

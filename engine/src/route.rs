@@ -78,7 +78,7 @@ pub(crate) enum HttpDst {
     Forward(Authority),
     /// The local application (inbound), and whether the client may reach
     /// it (decided once per connection by the inbound policy).
-    Local(SocketAddr, crate::authz::Verdict),
+    Local(SocketAddr, Box<crate::authz::Verdict>),
     /// The request's authority (absolute-form target or Host): a client
     /// using ringmesh as an explicit HTTP proxy.
     ByAuthority,
