@@ -219,9 +219,7 @@ pub(crate) async fn serve(
         // The application's own connections, on this host.
         (_, Some(_)) => TlsStatus::NoIdentity(NoTlsReason::Loopback),
     };
-    if matches!(*kind, ListenerKind::Outbound)
-        && !(w.routes.discover_networks.is_empty() && w.routes.policy_networks.is_empty())
-    {
+    if matches!(*kind, ListenerKind::Outbound) && w.routes.discovers() {
         let orig = orig_dst_addr(&client, local).0;
         if orig != local && w.routes.must_discover(orig) {
             crate::route::await_addr(&w.routes, orig).await;

@@ -249,12 +249,16 @@ async fn resolve_now(
     let mut snap = r.snapshot();
     // A literal address the control plane knows of (its networks): asked
     // about and waited for (bounded) the first time.
+    // (Nothing to look at without a control plane: no parsing per request.)
     let literal = match dst {
+        _ if !r.discovers() => None,
         HttpDst::OrigDst(_) | HttpDst::Local(..) => None,
         HttpDst::Forward(name) => name.socket_addr(),
-        HttpDst::ByAuthority => authority
-            .as_ref()
-            .and_then(|a| format!("{}:{}", a.host, a.port).parse().ok()),
+        HttpDst::ByAuthority => authority.as_ref().and_then(|a| {
+            let host = a.host.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = host.parse().ok()?;
+            Some(SocketAddr::new(ip, a.port))
+        }),
     };
     if let Some(addr) = literal.filter(|a| r.must_discover(*a)) {
         drop(snap);

@@ -199,6 +199,12 @@ impl Routes {
         cache.get().clone()
     }
 
+    /// Whether some control-plane API is asked about original
+    /// destinations (its networks are set).
+    pub(crate) fn discovers(&self) -> bool {
+        !(self.discover_networks.is_empty() && self.policy_networks.is_empty())
+    }
+
     /// Whether connections to `addr` wait for the control plane: a target
     /// in the Destination API's networks the snapshot has no service for
     /// yet, or in the policy API's networks it has no policy for yet. Both
