@@ -128,7 +128,10 @@ pub(crate) async fn resolve(
     req: &dyn RequestInfo,
 ) -> Result<(Dst, RoutePolicy), ProxyError> {
     let d = resolve_logical(r, dst, authority).await?;
-    let snap = r.snapshot();
+    // The snapshot `resolve_logical` just refreshed, borrowed rather than
+    // cloned (no await below).
+    let cache = r.snapshots.borrow();
+    let snap = cache.get();
     let profile = match &d {
         Dst::Service(svc, _) => snap.profile(&svc.name),
         Dst::Addr(addr) => {
