@@ -1,52 +1,26 @@
-//! Inbound authorization without a policy API: Linkerd's default policies
-//! (`LINKERD2_PROXY_INBOUND_DEFAULT_POLICY`) and the per-port requirements
-//! (`LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY`, `_REQUIRE_TLS`),
-//! decided once per connection from the client's address and how it was
-//! secured.
+//! Inbound authorization, decided once per connection from the client's
+//! address and how it was secured: by the port's server when the policy
+//! API gave one ([`ServerPolicy::check`], `policy.rs` watches them), else
+//! by Linkerd's default policies ([`InboundPolicy::check`]:
+//! `LINKERD2_PROXY_INBOUND_DEFAULT_POLICY` and the per-port requirements
+//! `LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY`, `_REQUIRE_TLS`; the
+//! settings themselves are configuration, in `config.rs`).
 //!
 //! A denied opaque connection is closed; a denied HTTP request gets 403
 //! (gRPC: `PERMISSION_DENIED`) with `l5d-proxy-error` ([`ProxyError`]'s
 //! `Forbidden`). Outcomes are counted in linkerd2-proxy's
-//! `inbound_{http,tcp}_authz_{allow,deny}_total` with `srv_kind="default"`
-//! and the policy's name, as linkerd2-proxy labels its default servers.
-//!
-//! The policy API (`InboundServerPolicies.WatchPort`: servers,
-//! authorizations by network and identity, routes) is not built yet; it is
-//! meant to replace [`InboundPolicy::check`]'s table with the port's
-//! server.
+//! `inbound_{http,tcp}_authz_{allow,deny}_total`, labelled with the
+//! server and the authorization (`srv_kind="default"` and the policy's
+//! name for the default policies, as linkerd2-proxy labels them).
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use ringmesh_admin::telemetry::{AuthzKey, AuthzProto, TlsStatus};
 
-use crate::config::PortSet;
-
-/// Linkerd's default inbound policies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DefaultPolicy {
-    AllUnauthenticated,
-    AllAuthenticated,
-    ClusterUnauthenticated,
-    ClusterAuthenticated,
-    Deny,
-    /// Everything allowed; labelled `audit`.
-    Audit,
-}
+use crate::config::{DefaultPolicy, InboundPolicy};
 
 impl DefaultPolicy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::AllUnauthenticated => "all-unauthenticated",
-            Self::AllAuthenticated => "all-authenticated",
-            Self::ClusterUnauthenticated => "cluster-unauthenticated",
-            Self::ClusterAuthenticated => "cluster-authenticated",
-            Self::Deny => "deny",
-            Self::Audit => "audit",
-        }
-    }
-
     /// The policy with authentication required (a port that requires
     /// identity): unauthenticated variants become authenticated.
     fn authenticated(self) -> Self {
@@ -54,50 +28,6 @@ impl DefaultPolicy {
             Self::AllUnauthenticated | Self::Audit => Self::AllAuthenticated,
             Self::ClusterUnauthenticated => Self::ClusterAuthenticated,
             p => p,
-        }
-    }
-}
-
-impl FromStr for DefaultPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "all-unauthenticated" => Self::AllUnauthenticated,
-            "all-authenticated" => Self::AllAuthenticated,
-            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
-            "cluster-authenticated" => Self::ClusterAuthenticated,
-            "deny" => Self::Deny,
-            "audit" => Self::Audit,
-            other => {
-                return Err(format!(
-                    "unknown policy {other:?} (expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit)"
-                ))
-            }
-        })
-    }
-}
-
-/// The inbound side's authorization settings.
-#[derive(Clone, Debug)]
-pub struct InboundPolicy {
-    pub default: DefaultPolicy,
-    /// `LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`: the `cluster-*` policies
-    /// allow clients from these networks only.
-    pub cluster_networks: Vec<ipnet::IpNet>,
-    /// Ports whose clients must prove an identity (mutual TLS).
-    pub require_identity: PortSet,
-    /// Ports whose clients must use TLS terminated here (an identity or
-    /// not).
-    pub require_tls: PortSet,
-}
-
-impl Default for InboundPolicy {
-    fn default() -> Self {
-        Self {
-            default: DefaultPolicy::AllUnauthenticated,
-            cluster_networks: Vec::new(),
-            require_identity: PortSet::default(),
-            require_tls: PortSet::default(),
         }
     }
 }
@@ -316,6 +246,7 @@ pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PortSet;
 
     fn policy(default: &str) -> InboundPolicy {
         InboundPolicy {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use ringmesh_discovery::dns::DnsConfig;
@@ -176,6 +177,75 @@ impl PortSet {
     }
 }
 
+/// Linkerd's default inbound policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultPolicy {
+    AllUnauthenticated,
+    AllAuthenticated,
+    ClusterUnauthenticated,
+    ClusterAuthenticated,
+    Deny,
+    /// Everything allowed; labelled `audit`.
+    Audit,
+}
+
+impl DefaultPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterUnauthenticated => "cluster-unauthenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl FromStr for DefaultPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "all-unauthenticated" => Self::AllUnauthenticated,
+            "all-authenticated" => Self::AllAuthenticated,
+            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
+            "cluster-authenticated" => Self::ClusterAuthenticated,
+            "deny" => Self::Deny,
+            "audit" => Self::Audit,
+            other => {
+                return Err(format!(
+                    "unknown policy {other:?} (expected all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny or audit)"
+                ))
+            }
+        })
+    }
+}
+
+/// The inbound side's authorization settings.
+#[derive(Clone, Debug)]
+pub struct InboundPolicy {
+    pub default: DefaultPolicy,
+    /// `LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`: the `cluster-*` policies
+    /// allow clients from these networks only.
+    pub cluster_networks: Vec<ipnet::IpNet>,
+    /// Ports whose clients must prove an identity (mutual TLS).
+    pub require_identity: PortSet,
+    /// Ports whose clients must use TLS terminated here (an identity or
+    /// not).
+    pub require_tls: PortSet,
+}
+
+impl Default for InboundPolicy {
+    fn default() -> Self {
+        Self {
+            default: DefaultPolicy::AllUnauthenticated,
+            cluster_networks: Vec::new(),
+            require_identity: PortSet::default(),
+            require_tls: PortSet::default(),
+        }
+    }
+}
+
 /// The whole configuration, read from the environment (linkerd2-proxy's
 /// variable names where the meaning is the same), in sections.
 #[derive(Clone, Debug)]
@@ -207,7 +277,7 @@ pub struct Config {
     /// Limits on every control-plane stream (Destination, policy).
     pub control_streams: StreamLimits,
     /// Who may reach the application through the inbound side.
-    pub inbound_policy: crate::authz::InboundPolicy,
+    pub inbound_policy: InboundPolicy,
     /// Linkerd's inbound policy API; `None`: the default policy only.
     pub policy: Option<PolicyConfig>,
 }
@@ -501,12 +571,12 @@ impl Config {
             identity: IdentityConfig::Disabled,
             destination: None,
             control_streams: StreamLimits::default(),
-            inbound_policy: crate::authz::InboundPolicy {
+            inbound_policy: InboundPolicy {
                 cluster_networks: DEFAULT_CLUSTER_NETWORKS
                     .split(',')
                     .filter_map(|n| n.parse().ok())
                     .collect(),
-                ..crate::authz::InboundPolicy::default()
+                ..InboundPolicy::default()
             },
             policy: None,
         }
@@ -1020,7 +1090,7 @@ impl Parser<'_> {
     }
 
     /// The inbound authorization settings.
-    fn read_inbound_policy(&mut self, p: &mut crate::authz::InboundPolicy) {
+    fn read_inbound_policy(&mut self, p: &mut InboundPolicy) {
         if let Some(d) = self.parse_with(INBOUND_DEFAULT_POLICY, |s| s.parse()) {
             p.default = d;
         }

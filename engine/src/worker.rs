@@ -111,7 +111,7 @@ pub(crate) struct Routes {
     /// since the last usage report.
     pub used_addrs: RefCell<std::collections::HashSet<SocketAddr>>,
     /// Who may reach the application (inbound): the default policy...
-    pub policy: crate::authz::InboundPolicy,
+    pub policy: crate::config::InboundPolicy,
     /// ... unless the policy API gave the port a server.
     pub policies: Option<RefCell<crate::policy::PolicyCache>>,
 }
