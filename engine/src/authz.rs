@@ -7,7 +7,7 @@
 //! settings themselves are configuration, in `config.rs`).
 //!
 //! A denied opaque connection is closed; a denied HTTP request gets 403
-//! (gRPC: `PERMISSION_DENIED`) with `l5d-proxy-error` ([`ProxyError`]'s
+//! (gRPC: `PERMISSION_DENIED`) with `l5d-proxy-error` (`ProxyError`'s
 //! `Forbidden`). Outcomes are counted in linkerd2-proxy's
 //! `inbound_{http,tcp}_authz_{allow,deny}_total`, labelled with the
 //! server and the authorization (`srv_kind="default"` and the policy's
