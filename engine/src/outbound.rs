@@ -379,78 +379,77 @@ fn timeout(timeouts: Option<&hr::Timeouts>) -> Option<std::time::Duration> {
         .filter(|d| !d.is_zero())
 }
 
-fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
-    let name = route_name(r.metadata.as_ref());
-    let hosts = hosts(&r.hosts);
-    r.rules
-        .into_iter()
+/// One route rule, HTTP or gRPC alike: `matches` (or why they cannot be
+/// used: the rule is skipped and logged), its retryability, timeouts and
+/// backends.
+struct Rule {
+    matches: Result<Vec<RequestMatch>, String>,
+    retryable: bool,
+    timeout: Option<std::time::Duration>,
+    backends: Vec<(Authority, u32)>,
+}
+
+/// A route's rules as profile routes, each under the route's hosts and
+/// name.
+fn routes(
+    target: &Authority,
+    (name, hosts): (Option<Arc<str>>, Option<RequestMatch>),
+    rules: impl Iterator<Item = Rule>,
+) -> Vec<ProfileRoute> {
+    rules
         .filter_map(|rule| {
-            let matches = match rule
-                .matches
-                .iter()
-                .map(http_match)
-                .collect::<Result<Vec<_>, _>>()
-            {
+            let matches = match rule.matches {
                 Ok(m) => m,
                 Err(why) => {
                     tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
                     return None;
                 }
             };
-            // Retries on 5xx: no conditions means the default (5xx).
-            let retryable = rule.retry.as_ref().is_some_and(|r| {
-                r.max_retries > 0
-                    && r.conditions.as_ref().is_none_or(|c| {
-                        c.status_ranges.is_empty()
-                            || c.status_ranges
-                                .iter()
-                                .any(|s| s.start <= 599 && s.end >= 500)
-                    })
-            });
             Some(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
-                retryable,
-                timeout: timeout(rule.timeouts.as_ref()),
-                backends: http_backends(rule.backends),
+                retryable: rule.retryable,
+                timeout: rule.timeout,
+                backends: rule.backends,
             })
         })
         .collect()
 }
 
+fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
+    let rules = r.rules.into_iter().map(|rule| Rule {
+        matches: rule.matches.iter().map(http_match).collect(),
+        // Retries on 5xx: no conditions means the default (5xx).
+        retryable: rule.retry.as_ref().is_some_and(|r| {
+            r.max_retries > 0
+                && r.conditions.as_ref().is_none_or(|c| {
+                    c.status_ranges.is_empty()
+                        || c.status_ranges
+                            .iter()
+                            .any(|s| s.start <= 599 && s.end >= 500)
+                })
+        }),
+        timeout: timeout(rule.timeouts.as_ref()),
+        backends: http_backends(rule.backends),
+    });
+    let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
+    routes(target, route, rules)
+}
+
 fn grpc_routes(target: &Authority, r: GrpcRoute) -> Vec<ProfileRoute> {
-    let name = route_name(r.metadata.as_ref());
-    let hosts = hosts(&r.hosts);
-    r.rules
-        .into_iter()
-        .filter_map(|rule| {
-            let matches = match rule
-                .matches
-                .iter()
-                .map(grpc_match)
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(m) => m,
-                Err(why) => {
-                    tracing::warn!(%target, route = ?name, why, "outbound gRPC route rule skipped");
-                    return None;
-                }
-            };
-            let retryable = rule.retry.as_ref().is_some_and(|r| {
-                r.max_retries > 0
-                    && r.conditions
-                        .as_ref()
-                        .is_none_or(|c| c.internal || c.unavailable || c.resource_exhausted)
-            });
-            Some(ProfileRoute {
-                condition: condition(hosts.clone(), matches),
-                name: name.clone(),
-                retryable,
-                timeout: timeout(rule.timeouts.as_ref()),
-                backends: grpc_backends(rule.backends),
-            })
-        })
-        .collect()
+    let rules = r.rules.into_iter().map(|rule| Rule {
+        matches: rule.matches.iter().map(grpc_match).collect(),
+        retryable: rule.retry.as_ref().is_some_and(|r| {
+            r.max_retries > 0
+                && r.conditions
+                    .as_ref()
+                    .is_none_or(|c| c.internal || c.unavailable || c.resource_exhausted)
+        }),
+        timeout: timeout(rule.timeouts.as_ref()),
+        backends: grpc_backends(rule.backends),
+    });
+    let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
+    routes(target, route, rules)
 }
 
 #[cfg(fuzzing)]
