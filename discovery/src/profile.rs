@@ -124,13 +124,53 @@ pub struct ProfileRoute {
     pub condition: RequestMatch,
     /// The `rt_route` metric label (the route's `route` metric label).
     pub name: Option<Arc<str>>,
-    /// A failed request (5xx) may go again to another endpoint.
-    pub retryable: bool,
+    /// When a failed request goes again to another endpoint (`None`: only
+    /// as every request may, on 502/503 when idempotent).
+    pub retry: Option<Arc<RetryPolicy>>,
     /// The request's budget, head to response head: past it, 504.
     pub timeout: Option<Duration>,
+    /// Requests may set their own timeout and retries with Linkerd's
+    /// `l5d-timeout` / `l5d-retry-*` headers (an outbound policy's
+    /// `allow_l5d_request_headers`).
+    pub l5d_headers: bool,
     /// The route's own backends, drawn by weight (an outbound policy's
     /// distribution); empty: the service's.
     pub backends: Vec<(Authority, u32)>,
+}
+
+/// Which failed requests on a route go again, and how often.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries per request.
+    pub limit: u32,
+    /// HTTP statuses that are retried (inclusive ranges).
+    pub statuses: Vec<(u16, u16)>,
+    /// gRPC status codes (of a trailers-only response) that are retried:
+    /// bit `n` for code `n`.
+    pub grpc: u32,
+}
+
+impl RetryPolicy {
+    /// Retries on any 5xx (a GetProfile route's `is_retryable`).
+    pub fn on_5xx(limit: u32) -> Self {
+        Self {
+            limit,
+            statuses: vec![(500, 599)],
+            grpc: 0,
+        }
+    }
+
+    /// Whether an answer with HTTP status `status` is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.statuses
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    /// Whether a trailers-only gRPC answer with `code` is retried.
+    pub fn retries_grpc(&self, code: u32) -> bool {
+        code < 32 && self.grpc & (1 << code) != 0
+    }
 }
 
 /// The retry budget: retries may add `ratio` of the requests, plus
@@ -201,15 +241,17 @@ mod tests {
                         RequestMatch::Path(re("/slow/.*")),
                     ]),
                     name: Some("slow".into()),
-                    retryable: false,
+                    retry: None,
                     timeout: Some(Duration::from_millis(100)),
+                    l5d_headers: false,
                     backends: vec![],
                 },
                 ProfileRoute {
                     condition: RequestMatch::Not(Box::new(RequestMatch::Path(re("/admin")))),
                     name: Some("rest".into()),
-                    retryable: true,
+                    retry: Some(Arc::new(RetryPolicy::on_5xx(2))),
                     timeout: None,
+                    l5d_headers: false,
                     backends: vec![],
                 },
             ],

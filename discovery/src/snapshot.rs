@@ -43,6 +43,14 @@ pub struct Endpoint {
     /// The endpoint's proxy takes meshed connections on this port, behind
     /// Linkerd's transport header (with `identity` only).
     pub opaque_transport_port: Option<u16>,
+    /// The endpoint's own metric labels merged over its service's (the
+    /// Destination API's per-address `metric_labels`: `dst_pod` and the
+    /// like), sorted by name; `None`: the service's labels apply.
+    pub labels: Option<Arc<[(String, String)]>>,
+    /// Requests to this endpoint carry this authority (`Host` /
+    /// `:authority`) instead of their own: the Destination API's
+    /// `authority_override` (a multicluster gateway, say).
+    pub authority_override: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -55,6 +63,8 @@ impl Endpoint {
             h2_hint: false,
             identity: None,
             opaque_transport_port: None,
+            labels: None,
+            authority_override: None,
         }
     }
 }
@@ -73,6 +83,9 @@ pub struct Service {
     /// Every endpoint carries the `h2` hint (and there is one): computed
     /// once by [`Service::new`], on the control core, not per request.
     all_h2_hint: bool,
+    /// Some endpoint has labels or an authority of its own: a request
+    /// looks its endpoint up once picked (else it need not).
+    per_endpoint: bool,
 }
 
 impl Service {
@@ -83,13 +96,27 @@ impl Service {
         labels: Arc<[(String, String)]>,
     ) -> Self {
         let all_h2_hint = !endpoints.is_empty() && endpoints.iter().all(|e| e.h2_hint);
+        let per_endpoint = endpoints
+            .iter()
+            .any(|e| e.labels.is_some() || e.authority_override.is_some());
         Self {
             name,
             endpoints,
             protocol,
             labels,
             all_h2_hint,
+            per_endpoint,
         }
+    }
+
+    /// Whether some endpoint has labels or an authority of its own.
+    pub fn per_endpoint(&self) -> bool {
+        self.per_endpoint
+    }
+
+    /// The endpoint at `addr`, if it is one of this service's.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
     }
 
     /// Whether every endpoint is meshed (takes HTTP/1 carried over HTTP/2).

@@ -265,6 +265,8 @@ impl Check {
                         h2_hint,
                         identity: identity.clone(),
                         opaque_transport_port,
+                        labels: None,
+                        authority_override: None,
                     });
                 }
                 Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),

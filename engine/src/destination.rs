@@ -36,10 +36,13 @@
 //! is published with that address as its one endpoint: connections to it
 //! go where they were going, as linkerd2-proxy forwards them.
 //!
-//! Not yet: `authority_override`, per-endpoint `metric_labels`, the HTTP/2
-//! client parameters, dropping a watch nobody used for a while (watches
-//! last as long as the process), falling back to DNS on
-//! `NoEndpoints { exists: false }`.
+//! - Per address: its own `metric_labels` (merged over the set's, so
+//!   `dst_pod` and the like label its requests) and `authority_override`
+//!   (the `Host` / `:authority` requests to it carry).
+//!
+//! Not yet: the HTTP/2 client parameters, falling back to DNS on
+//! `NoEndpoints { exists: false }`. (A watch nobody used for a while is
+//! dropped by the table: `Table::sweep`.)
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -55,7 +58,9 @@ use linkerd2_proxy_api::destination::{
     protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Update, WeightedAddr,
 };
 use ringmesh_discovery::channel::Subscriber;
-use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, RetryBudgetSpec};
+use ringmesh_discovery::profile::{
+    Profile, ProfileRoute, RequestMatch, RetryBudgetSpec, RetryPolicy,
+};
 use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
 use ringmesh_identity::Name;
 
@@ -271,8 +276,11 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
             Some(ProfileRoute {
                 condition,
                 name: route_name,
-                retryable: r.is_retryable,
+                retry: r
+                    .is_retryable
+                    .then(|| Arc::new(RetryPolicy::on_5xx(crate::retry::MAX_ANSWER_RETRIES as u32))),
                 timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
+                l5d_headers: false,
                 backends: Vec::new(),
             })
         })
@@ -365,13 +373,7 @@ impl EndpointSet {
         match update.update {
             Some(update::Update::Add(set)) => {
                 if !set.metric_labels.is_empty() || fresh {
-                    let mut labels: Vec<(String, String)> = set
-                        .metric_labels
-                        .into_iter()
-                        .filter(|(k, _)| is_label_name(k))
-                        .collect();
-                    labels.sort();
-                    self.labels = labels.into();
+                    self.labels = labels(set.metric_labels).unwrap_or_else(|| Arc::new([]));
                 }
                 for wa in set.addrs {
                     match endpoint(wa) {
@@ -427,7 +429,14 @@ impl EndpointSet {
     fn endpoints(&self, name: &Authority) -> Vec<Endpoint> {
         match name.socket_addr() {
             Some(addr) if self.eps.is_empty() => vec![Endpoint::unmeshed(addr, 1)],
-            _ => self.eps.values().cloned().collect(),
+            _ => self
+                .eps
+                .values()
+                .map(|e| Endpoint {
+                    labels: e.labels.as_ref().map(|own| merged(&self.labels, own)),
+                    ..e.clone()
+                })
+                .collect(),
         }
     }
 }
@@ -466,6 +475,15 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
                 .filter(|p| *p != 0),
         ),
     };
+    let authority_override = match wa.authority_override {
+        None => None,
+        Some(o) if o.authority_override.is_empty() => None,
+        Some(o) => {
+            let a = http::uri::Authority::try_from(o.authority_override.as_str())
+                .map_err(|_| "authority_override is not an authority")?;
+            Some(Arc::from(a.as_str()))
+        }
+    };
     let ep = Endpoint {
         addr,
         // linkerd's controller sends 10000 by default; 0 is "no weight".
@@ -474,8 +492,31 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
         // The transport header only goes with mutual TLS.
         opaque_transport_port: transport_port.filter(|_| identity.is_some()),
         identity,
+        // The address's own labels; merged over the set's when published.
+        labels: labels(wa.metric_labels),
+        authority_override,
     };
     Ok((ep, opaque))
+}
+
+/// Valid metric labels, sorted by name (`None` when there are none).
+fn labels(labels: impl IntoIterator<Item = (String, String)>) -> Option<Arc<[(String, String)]>> {
+    let mut v: Vec<(String, String)> = labels
+        .into_iter()
+        .filter(|(k, _)| is_label_name(k))
+        .collect();
+    v.sort();
+    (!v.is_empty()).then(|| v.into())
+}
+
+/// An endpoint's labels over its set's (the endpoint's win a name both
+/// have).
+fn merged(set: &[(String, String)], own: &[(String, String)]) -> Arc<[(String, String)]> {
+    let mut m: BTreeMap<&str, &str> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    m.extend(own.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    m.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A Prometheus label name (`dst_` is prefixed when rendered).
@@ -762,7 +803,7 @@ mod tests {
         let r = p.route(&req("/ok/x")).unwrap();
         assert_eq!(r.name.as_deref(), Some("ok"));
         assert_eq!(r.timeout, Some(Duration::from_millis(250)));
-        assert!(r.retryable);
+        assert!(r.retry.as_ref().is_some_and(|r| r.retries_status(500)));
         assert!(p.route(&req("/ok")).is_none(), "anchored");
         assert_eq!(
             p.dst_overrides

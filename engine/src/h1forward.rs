@@ -45,6 +45,16 @@ pub(crate) struct Client {
     pub(crate) inbound: bool,
 }
 
+/// What an attempt changes in the request head it forwards.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Rewrite<'a> {
+    /// The endpoint's authority override: the `Host` sent.
+    pub(crate) host: Option<&'a str>,
+    /// Linkerd's `l5d-timeout` / `l5d-retry-*` headers are removed (the
+    /// route honoured them; outbound only).
+    pub(crate) strip_l5d: bool,
+}
+
 /// The header naming a meshed client's identity to the application.
 pub(crate) const CLIENT_ID: &str = "l5d-client-id";
 
@@ -186,6 +196,7 @@ pub(crate) async fn exchange(
     request_deadline: Option<Instant>,
     answered_5xx: Option<&crate::retry::Held>,
     kept: Option<usize>,
+    rewrite: Rewrite<'_>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -200,7 +211,7 @@ pub(crate) async fn exchange(
     // can be its response.
     ubuf.clear();
     let replayable = req.framing().is_empty() || kept.is_some();
-    let scanner = match send_head(c, (&mut uwr, &umeter), req, out, limits, kept).await {
+    let scanner = match send_head(c, (&mut uwr, &umeter), req, out, limits, kept, rewrite).await {
         Ok(scanner) => scanner,
         Err(e) => {
             let retryable = e.retryable() && replayable;
@@ -263,11 +274,13 @@ async fn send_head(
     out: &mut Vec<u8>,
     limits: &Limits,
     kept: Option<usize>,
+    rewrite: Rewrite<'_>,
 ) -> Result<BodyScanner, ProxyError> {
     let version = req.version();
     out.clear();
     let opts = WriteOptions {
         version,
+        host: rewrite.host.map(str::as_bytes),
         connection: if version == Version::Http10 {
             ConnectionHeader::KeepAlive
         } else {
@@ -277,6 +290,11 @@ async fn send_head(
         ..WriteOptions::default()
     };
     let (remove, id) = client_id_headers(c);
+    let remove = if rewrite.strip_l5d {
+        crate::l5d_headers::NAMES
+    } else {
+        remove
+    };
     let extra;
     let opts = match id {
         Some(id) => {

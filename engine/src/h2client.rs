@@ -125,6 +125,15 @@ pub(crate) async fn open_stream(
         let (send, addr, guard, id) =
             checkout(w, obs.key(), dst, timeout, attempts.avoid()).await?;
         obs.endpoint(addr);
+        let mut head = request_head(parts);
+        if let Some(a) = obs.authority_override(addr) {
+            with_authority(&mut head, a);
+        }
+        if obs.route().l5d_headers {
+            for name in crate::l5d_headers::NAMES {
+                head.headers_mut().remove(*name);
+            }
+        }
         let sent = match send.ready().await {
             Ok(mut s) => {
                 // Checked with nothing awaited before the request is
@@ -134,7 +143,7 @@ pub(crate) async fn open_stream(
                 if let Some(reason) = client.as_deref_mut().and_then(reset_already) {
                     return Ok(Opening::Abandoned(reason));
                 }
-                s.send_request(request_head(parts), end)
+                s.send_request(head, end)
             }
             Err(e) => Err(e),
         };
@@ -182,6 +191,31 @@ pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     req
+}
+
+/// Gives `req` the authority `a` (an endpoint's authority override):
+/// `:authority`, and `Host` when it has one. An authority that does not
+/// parse (discovery checked it) leaves the request as it was.
+pub(crate) fn with_authority(req: &mut Request<()>, a: &str) {
+    let Ok(authority) = http::uri::Authority::try_from(a) else {
+        return;
+    };
+    let mut uri = req.uri().clone().into_parts();
+    uri.authority = Some(authority);
+    if uri.scheme.is_none() {
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(u) = http::Uri::from_parts(uri) {
+        *req.uri_mut() = u;
+    }
+    if req.headers().contains_key(http::header::HOST) {
+        if let Ok(v) = http::HeaderValue::from_str(a) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
 }
 
 /// The upstream did not process the stream: GOAWAY'd past its last stream

@@ -392,7 +392,7 @@ async fn attempts(
         let first_byte = Cell::new(None);
         // A 502/503 that would be retried is kept from the client.
         let hold_5xx = tries.would_retry_answer(Instant::now());
-        let answered_5xx = crate::retry::Held::new(tries.any_5xx());
+        let answered_5xx = crate::retry::Held::new(tries.route());
         let sent = Instant::now();
         let ubuf = std::mem::take(t.ubuf);
         let outcome = exchange(
@@ -408,6 +408,10 @@ async fn attempts(
             deadline,
             hold_5xx.then_some(&answered_5xx),
             kept,
+            crate::h1forward::Rewrite {
+                host: obs.authority_override(addr).map(|a| &**a),
+                strip_l5d: obs.route().l5d_headers,
+            },
         )
         .await;
         *t.ubuf = outcome.ubuf;

@@ -565,7 +565,7 @@ async fn to_h2(
     // A small body of an idempotent request to a service is kept, so the
     // request can go again to another endpoint (after a 502/503 or a
     // refused stream); larger or other bodies stream.
-    let idempotent = s.parts.method.is_idempotent() || obs.route().retryable;
+    let idempotent = s.parts.method.is_idempotent() || obs.route().retryable();
     let replay = match (target, body.as_mut()) {
         (Dst::Service(..), Some(b)) if idempotent => match declared_length(&s.parts.headers) {
             Some(n) if n <= MAX_REPLAY_BODY => {
@@ -618,7 +618,10 @@ async fn to_h2(
                 // allows.
                 let status = response.status().as_u16();
                 if let Some(g) = &in_flight {
-                    if attempts.retry_answer(status, addr, now) {
+                    let again = attempts.retry_answer(status, addr, now)
+                        || grpc_status(response.headers())
+                            .is_some_and(|code| attempts.retry_grpc(code, addr, now));
+                    if again {
                         obs.retrying(g);
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                         continue;

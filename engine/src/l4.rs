@@ -143,30 +143,42 @@ struct ConnLabels {
     direction: Direction,
     authority: Option<AuthorityLabel>,
     dst_labels: Option<DstLabels>,
+    /// The service, when its endpoints have labels of their own (the
+    /// upstream end's series take its endpoint's).
+    per_endpoint: Option<Arc<Service>>,
 }
 
 impl ConnLabels {
     fn new(kind: &ListenerKind, target: &Target) -> Self {
-        let (authority, dst_labels) = match target {
-            Target::Service(svc, _) => (Some(svc.name.to_shared()), dst_labels(svc)),
-            _ => (None, None),
+        let (authority, dst_labels, per_endpoint) = match target {
+            Target::Service(svc, _) => (
+                Some(svc.name.to_shared()),
+                dst_labels(svc),
+                svc.per_endpoint().then(|| svc.clone()),
+            ),
+            _ => (None, None, None),
         };
         Self {
             direction: kind.direction(),
             authority,
             dst_labels,
+            per_endpoint,
         }
     }
 
     /// Opens the series of one end of the connection, secured as `tls`.
     fn open(&self, w: &Worker, peer: Peer, target: SocketAddr, tls: &TlsStatus) -> ConnMeter {
+        let own = match (peer, &self.per_endpoint) {
+            (Peer::Dst, Some(svc)) => svc.endpoint(target).and_then(|e| e.labels.clone()),
+            _ => None,
+        };
         w.telemetry.tcp.borrow_mut().open(TcpKey {
             direction: self.direction,
             peer,
             target,
             tls: tls.clone(),
             authority: self.authority.clone(),
-            dst_labels: self.dst_labels.clone(),
+            dst_labels: own.or_else(|| self.dst_labels.clone()),
         })
     }
 }

@@ -74,6 +74,7 @@ mod http2;
 mod identity;
 mod inbox;
 mod l4;
+mod l5d_headers;
 pub mod listen;
 mod memory;
 mod observe;

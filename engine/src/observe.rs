@@ -20,7 +20,7 @@ use ringmesh_admin::telemetry::{Direction, HttpKey, NoTlsReason, ResponseClass, 
 use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Service;
 
-use crate::connect::{dst_labels, Endpoint};
+use crate::connect::dst_labels;
 use crate::error::ProxyError;
 use crate::feedback::record_outcome;
 use crate::route::Dst;
@@ -31,9 +31,10 @@ pub(crate) struct Observer<'w> {
     w: &'w Worker,
     key: HttpKey,
     started: Instant,
-    /// Outbound with an identity: the service routed to, whose endpoints'
-    /// identities label the request (`server_id`).
-    meshed: Option<Arc<Service>>,
+    /// The service routed to, when its endpoints label the request:
+    /// outbound with an identity (their identities: `server_id`), or
+    /// endpoints with labels of their own (`dst_pod` and the like).
+    service: Option<Arc<Service>>,
     /// Outbound and this proxy has an identity.
     originates_tls: bool,
     /// What the service's profile says of the request.
@@ -65,7 +66,7 @@ impl<'w> Observer<'w> {
                 route: None,
             },
             started: Instant::now(),
-            meshed: None,
+            service: None,
             originates_tls,
             route: crate::route::RoutePolicy::default(),
         }
@@ -113,8 +114,8 @@ impl<'w> Observer<'w> {
             Dst::Service(svc, _) => {
                 self.key.authority = Some(svc.name.to_shared());
                 self.key.dst_labels = dst_labels(svc);
-                if self.originates_tls {
-                    self.meshed = Some(svc.clone());
+                if self.originates_tls || svc.per_endpoint() {
+                    self.service = Some(svc.clone());
                 }
             }
             // Known before connecting, so a failed connect is labelled too.
@@ -125,14 +126,31 @@ impl<'w> Observer<'w> {
     /// The endpoint the current attempt goes to.
     pub(crate) fn endpoint(&mut self, addr: SocketAddr) {
         self.key.target = Some(addr);
-        if let Some(svc) = &self.meshed {
-            self.key.tls = match Endpoint::in_service(svc, addr).identity {
+        let Some(svc) = &self.service else {
+            return;
+        };
+        let ep = svc.endpoint(addr);
+        if self.originates_tls {
+            self.key.tls = match ep.and_then(|e| e.identity.as_ref()) {
                 Some(id) => TlsStatus::Connected {
                     server_id: id.to_shared(),
                 },
                 None => TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery),
             };
         }
+        if svc.per_endpoint() {
+            self.key.dst_labels = match ep.and_then(|e| e.labels.clone()) {
+                Some(own) => Some(own),
+                None => dst_labels(svc),
+            };
+        }
+    }
+
+    /// The authority requests to the endpoint at `addr` must carry
+    /// instead of their own (the Destination API's `authority_override`).
+    pub(crate) fn authority_override(&self, addr: SocketAddr) -> Option<&Arc<str>> {
+        let svc = self.service.as_ref().filter(|s| s.per_endpoint())?;
+        svc.endpoint(addr)?.authority_override.as_ref()
     }
 
     /// An attempt's response began `latency` after it was sent: the

@@ -19,19 +19,19 @@
 //!   - each rule's backends: `first-available` (the first) or
 //!     `random-available` (weighted), each a Destination.Get path (watched
 //!     through Destination) or an address to forward to;
-//!   - each rule's request timeout, and its retry policy (retryable when
-//!     it allows retries on 5xx; ringmesh's own limits apply: at most two
-//!     retries, within the budget).
+//!   - each rule's request timeout, and its retry policy (its limit, at
+//!     most [`MAX_POLICY_RETRIES`], its HTTP status ranges or gRPC codes;
+//!     within the budget), and whether requests may adjust both with
+//!     Linkerd's `l5d-*` headers (`l5d_headers.rs`).
 //! - A target the API has no policy for (`NOT_FOUND`, or no answer before
 //!   the stream failed) is reported with an empty profile: it is known,
 //!   and routed by Destination or as it is.
 //!
 //! Not yet: route filters (header modifiers, redirects, failure
 //! injection), query-parameter matches (a rule that has one is skipped,
-//! so it never matches more than it should), the retry policy's own
-//! limits and backoff, `l5d-retry-*` / `l5d-timeout` request headers,
-//! failure accrual and queue settings from the policy, opaque and TLS
-//! routes' backends, `authority` targets.
+//! so it never matches more than it should), the retry policy's backoff
+//! and per-attempt timeout, failure accrual and queue settings from the
+//! policy, opaque and TLS routes' backends, `authority` targets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,7 +47,7 @@ use linkerd2_proxy_api::outbound::{
     OutboundPolicy, TrafficSpec,
 };
 use ringmesh_discovery::channel::Subscriber;
-use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, ValueMatch};
+use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch};
 use ringmesh_discovery::{Authority, Resolver, Table};
 
 use crate::config::{PolicyConfig, StreamLimits};
@@ -384,9 +384,93 @@ fn timeout(timeouts: Option<&hr::Timeouts>) -> Option<std::time::Duration> {
 /// backends.
 struct Rule {
     matches: Result<Vec<RequestMatch>, String>,
-    retryable: bool,
+    retry: Option<Arc<RetryPolicy>>,
     timeout: Option<std::time::Duration>,
+    l5d_headers: bool,
     backends: Vec<(Authority, u32)>,
+}
+
+/// The most retries per request a policy may ask for (the retry budget
+/// bounds them further).
+pub(crate) const MAX_POLICY_RETRIES: u32 = 10;
+
+/// gRPC status codes.
+mod grpc_code {
+    pub const CANCELLED: u32 = 1;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
+/// An HTTP rule's retry policy: its status ranges (none given: 5xx).
+fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
+    if r.max_retries == 0 {
+        return None;
+    }
+    let ranges = r
+        .conditions
+        .as_ref()
+        .map(|c| &c.status_ranges[..])
+        .unwrap_or(&[]);
+    let statuses = if ranges.is_empty() {
+        vec![(500, 599)]
+    } else {
+        ranges
+            .iter()
+            .filter_map(|s| {
+                let (lo, hi) = (u16::try_from(s.start).ok()?, u16::try_from(s.end).ok()?);
+                (100 <= lo && lo <= hi && hi <= 599).then_some((lo, hi))
+            })
+            .collect()
+    };
+    Some(Arc::new(RetryPolicy {
+        limit: r.max_retries.min(MAX_POLICY_RETRIES),
+        statuses,
+        grpc: 0,
+    }))
+}
+
+/// A gRPC rule's retry policy: its status codes (none given:
+/// `UNAVAILABLE`, `INTERNAL` and `RESOURCE_EXHAUSTED`).
+fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
+    use grpc_code::*;
+    if r.max_retries == 0 {
+        return None;
+    }
+    let grpc = match &r.conditions {
+        None => 1 << UNAVAILABLE | 1 << INTERNAL | 1 << RESOURCE_EXHAUSTED,
+        Some(c) => [
+            (c.cancelled, CANCELLED),
+            (c.deadine_exceeded, DEADLINE_EXCEEDED),
+            (c.resource_exhausted, RESOURCE_EXHAUSTED),
+            (c.internal, INTERNAL),
+            (c.unavailable, UNAVAILABLE),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, code)| bits | 1 << code),
+    };
+    Some(Arc::new(RetryPolicy {
+        limit: r.max_retries.min(MAX_POLICY_RETRIES),
+        statuses: Vec::new(),
+        grpc,
+    }))
+}
+
+/// A gRPC status name in `l5d-retry-grpc` (as linkerd2-proxy reads it).
+pub(crate) fn grpc_code_named(name: &str) -> Option<u32> {
+    use grpc_code::*;
+    [
+        ("cancelled", CANCELLED),
+        ("deadline-exceeded", DEADLINE_EXCEEDED),
+        ("internal", INTERNAL),
+        ("resource-exhausted", RESOURCE_EXHAUSTED),
+        ("unavailable", UNAVAILABLE),
+    ]
+    .iter()
+    .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+    .map(|(_, c)| *c)
 }
 
 /// A route's rules as profile routes, each under the route's hosts and
@@ -408,8 +492,9 @@ fn routes(
             Some(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
-                retryable: rule.retryable,
+                retry: rule.retry,
                 timeout: rule.timeout,
+                l5d_headers: rule.l5d_headers,
                 backends: rule.backends,
             })
         })
@@ -419,17 +504,9 @@ fn routes(
 fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(http_match).collect(),
-        // Retries on 5xx: no conditions means the default (5xx).
-        retryable: rule.retry.as_ref().is_some_and(|r| {
-            r.max_retries > 0
-                && r.conditions.as_ref().is_none_or(|c| {
-                    c.status_ranges.is_empty()
-                        || c.status_ranges
-                            .iter()
-                            .any(|s| s.start <= 599 && s.end >= 500)
-                })
-        }),
+        retry: rule.retry.as_ref().and_then(http_retry),
         timeout: timeout(rule.timeouts.as_ref()),
+        l5d_headers: rule.allow_l5d_request_headers,
         backends: http_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
@@ -439,13 +516,9 @@ fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
 fn grpc_routes(target: &Authority, r: GrpcRoute) -> Vec<ProfileRoute> {
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(grpc_match).collect(),
-        retryable: rule.retry.as_ref().is_some_and(|r| {
-            r.max_retries > 0
-                && r.conditions
-                    .as_ref()
-                    .is_none_or(|c| c.internal || c.unavailable || c.resource_exhausted)
-        }),
+        retry: rule.retry.as_ref().and_then(grpc_retry),
         timeout: timeout(rule.timeouts.as_ref()),
+        l5d_headers: rule.allow_l5d_request_headers,
         backends: grpc_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));

@@ -18,9 +18,11 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ringmesh_balancer::Balancer;
+use ringmesh_discovery::profile::RetryPolicy;
 
 use crate::route::Dst;
 
@@ -35,27 +37,30 @@ pub(crate) const MAX_TRIES: u32 = 3;
 /// A response held back from the client for a retry: which statuses are
 /// held, and the one that was.
 pub(crate) struct Held {
-    /// Any 5xx (a retryable profile route), not only 502/503.
-    pub any_5xx: bool,
+    /// The route's retry policy (its statuses are held too, not only
+    /// 502/503).
+    pub route: Option<Arc<RetryPolicy>>,
     pub status: Cell<Option<u16>>,
 }
 
 impl Held {
-    pub(crate) fn new(any_5xx: bool) -> Self {
+    pub(crate) fn new(route: Option<Arc<RetryPolicy>>) -> Self {
         Self {
-            any_5xx,
+            route,
             status: Cell::new(None),
         }
     }
 
     /// Whether an answer with `status` is held.
     pub(crate) fn wants(&self, status: u16) -> bool {
-        retryable_status(status, self.any_5xx)
+        retryable_status(status, self.route.as_deref())
     }
 }
 
-fn retryable_status(status: u16, any_5xx: bool) -> bool {
-    matches!(status, 502 | 503) || (any_5xx && (500..=599).contains(&status))
+/// 502/503 always (when the request may go again at all); the route's
+/// statuses.
+fn retryable_status(status: u16, route: Option<&RetryPolicy>) -> bool {
+    matches!(status, 502 | 503) || route.is_some_and(|r| r.retries_status(status))
 }
 
 /// One request's attempts: what it allows, and what was tried.
@@ -71,8 +76,9 @@ pub(crate) struct Attempts {
     answered: Vec<SocketAddr>,
     stale_retried: bool,
     tries: u32,
-    /// The profile's route is retryable: any method, any 5xx.
-    route_retryable: bool,
+    /// The route's retry policy: any method, its statuses and gRPC
+    /// codes, its limit.
+    route: Option<Arc<RetryPolicy>>,
 }
 
 impl Attempts {
@@ -101,21 +107,29 @@ impl Attempts {
             answered: Vec::new(),
             stale_retried: false,
             tries: 0,
-            route_retryable: false,
+            route: None,
         }
     }
 
-    /// The request's profile route allows retries: any method, and any
-    /// 5xx answer, go again (still only when nothing of it is lost, and
-    /// within the budget).
+    /// The request's route allows retries: any method, and the answers
+    /// its policy names, go again (still only when nothing of it is lost,
+    /// within its limit and the budget).
     pub(crate) fn on_route(mut self, route: &crate::route::RoutePolicy) -> Self {
-        self.route_retryable = route.retryable;
+        self.route = route.retry.clone();
         self
     }
 
-    /// Whether any 5xx (not only 502/503) is retried.
-    pub(crate) fn any_5xx(&self) -> bool {
-        self.route_retryable
+    /// The route's retry policy (which answers are held for a retry).
+    pub(crate) fn route(&self) -> Option<Arc<RetryPolicy>> {
+        self.route.clone()
+    }
+
+    /// Retries allowed after answers: the route's limit, else
+    /// [`MAX_ANSWER_RETRIES`].
+    fn limit(&self) -> usize {
+        self.route
+            .as_ref()
+            .map_or(MAX_ANSWER_RETRIES, |r| r.limit as usize)
     }
 
     /// Endpoints not to pick again.
@@ -129,9 +143,9 @@ impl Attempts {
         let Some((endpoints, b)) = &self.service else {
             return false;
         };
-        (self.idempotent || self.route_retryable)
+        (self.idempotent || self.route.is_some())
             && self.repeatable
-            && self.answered.len() < MAX_ANSWER_RETRIES
+            && self.answered.len() < self.limit()
             && *endpoints > self.answered.len() + 1
             && b.borrow().budget.can_withdraw(now)
     }
@@ -139,7 +153,25 @@ impl Attempts {
     /// The endpoint at `addr` answered `status`: true when the request goes
     /// again to another endpoint (the retry is paid for and `addr` avoided).
     pub(crate) fn retry_answer(&mut self, status: u16, addr: SocketAddr, now: Instant) -> bool {
-        if !retryable_status(status, self.route_retryable) || !self.would_retry_answer(now) {
+        if !retryable_status(status, self.route.as_deref()) {
+            return false;
+        }
+        self.retry(addr, now)
+    }
+
+    /// The endpoint at `addr` answered with gRPC status `code` (a
+    /// trailers-only response): true when the route retries that code and
+    /// the request goes again to another endpoint.
+    pub(crate) fn retry_grpc(&mut self, code: u32, addr: SocketAddr, now: Instant) -> bool {
+        if !self.route.as_ref().is_some_and(|r| r.retries_grpc(code)) {
+            return false;
+        }
+        self.retry(addr, now)
+    }
+
+    /// Another attempt after `addr` answered, if allowed and paid for.
+    fn retry(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        if !self.would_retry_answer(now) {
             return false;
         }
         let paid = self
@@ -253,6 +285,35 @@ mod tests {
         }
         let mut a = Attempts::with_service(svc, true, true);
         assert!(a.retry_answer(502, addr(1), later), "deposits fund a retry");
+    }
+
+    /// A route's policy: its statuses (any method), its limit, its gRPC
+    /// codes; 502/503 still.
+    #[test]
+    fn route_policy_statuses_codes_and_limit() {
+        let t0 = Instant::now();
+        let policy = RetryPolicy {
+            limit: 3,
+            statuses: vec![(429, 429), (500, 500)],
+            grpc: 1 << 14,
+        };
+        let route = crate::route::RoutePolicy {
+            retry: Some(Arc::new(policy)),
+            ..Default::default()
+        };
+        let mut post = Attempts::with_service(service(6, t0), false, true).on_route(&route);
+        assert!(Held::new(post.route()).wants(429));
+        assert!(!Held::new(post.route()).wants(504));
+        assert!(!post.retry_answer(504, addr(1), t0), "not its status");
+        assert!(post.retry_answer(429, addr(1), t0), "any method");
+        assert!(post.retry_answer(503, addr(2), t0));
+        assert!(!post.retry_grpc(13, addr(3), t0), "not its code");
+        assert!(post.retry_grpc(14, addr(3), t0));
+        assert!(!post.retry_answer(500, addr(4), t0), "three retries");
+        // Without a route: 502/503 only, idempotent only, twice.
+        let mut get = Attempts::with_service(service(6, t0), true, true);
+        assert!(!Held::new(get.route()).wants(500));
+        assert!(!get.retry_grpc(14, addr(1), t0));
     }
 
     #[test]

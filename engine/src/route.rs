@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringmesh_balancer::{Balancer, OpenGuard};
-use ringmesh_discovery::profile::{pick, RequestInfo};
+use ringmesh_discovery::profile::{pick, ProfileRoute, RequestInfo, RetryPolicy};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
@@ -96,12 +96,38 @@ pub(crate) enum Dst {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RoutePolicy {
     pub timeout: Option<Duration>,
-    pub retryable: bool,
+    /// Which failed requests go again (beyond 502/503 when idempotent).
+    pub retry: Option<Arc<RetryPolicy>>,
     /// The route's name: requests are labelled `rt_route` with it.
     pub name: Option<Arc<str>>,
+    /// The route honours Linkerd's `l5d-timeout` / `l5d-retry-*` request
+    /// headers: they were applied, and are removed before the request goes
+    /// upstream.
+    pub l5d_headers: bool,
 }
 
 impl RoutePolicy {
+    /// What `route` says of `req`, its `l5d-*` headers applied where the
+    /// route allows them.
+    fn of(route: &ProfileRoute, req: &dyn RequestInfo) -> Self {
+        let (timeout, retry) = if route.l5d_headers {
+            crate::l5d_headers::apply(req, route.timeout, route.retry.clone())
+        } else {
+            (route.timeout, route.retry.clone())
+        };
+        Self {
+            timeout,
+            retry,
+            name: route.name.clone(),
+            l5d_headers: route.l5d_headers,
+        }
+    }
+
+    /// Whether the route retries failed requests (any method).
+    pub(crate) fn retryable(&self) -> bool {
+        self.retry.is_some()
+    }
+
     /// The request's deadline: the configured request timeout or the
     /// route's, whichever ends first.
     pub(crate) fn deadline(
@@ -148,11 +174,7 @@ pub(crate) async fn resolve(
     };
     let route = profile.route(req);
     let policy = route
-        .map(|route| RoutePolicy {
-            timeout: route.timeout,
-            retryable: route.retryable,
-            name: route.name.clone(),
-        })
+        .map(|route| RoutePolicy::of(route, req))
         .unwrap_or_default();
     let draw = fastrand::f64();
     let backend = route

@@ -373,7 +373,6 @@ pub(crate) async fn h2_to_h1(
         limits: Limits::default(),
         deadline: w.response_deadline(request_deadline),
     };
-    req.framing = h1_request_head(parts, end, &mut req.head);
     let mut attempts =
         Attempts::new(target, parts.method.is_idempotent(), end).on_route(obs.route());
     let mut fresh = false;
@@ -381,6 +380,11 @@ pub(crate) async fn h2_to_h1(
         let (up, addr, guard) =
             h1forward::checkout(w, obs.key(), target, connect_timeout, !fresh, &[]).await?;
         obs.endpoint(addr);
+        let rewrite = crate::h1forward::Rewrite {
+            host: obs.authority_override(addr).map(|a| &**a),
+            strip_l5d: obs.route().l5d_headers,
+        };
+        req.framing = h1_request_head(parts, end, rewrite, &mut req.head);
         // The client's stream reset meanwhile (MadeYouReset included): the
         // request does not go.
         if let Some(reason) = h2client::reset_already(respond) {
@@ -622,9 +626,16 @@ async fn read_final_head(
 }
 
 /// Writes the HTTP/1.1 request head for an HTTP/2 request into `out`: the
-/// `:authority` as `Host`, fields as they came, and a framing field when
-/// the stream has a body without `Content-Length` (chunked).
-fn h1_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> Reframe {
+/// `:authority` as `Host` (or `host`, the endpoint's authority override),
+/// fields as they came, and a framing field when the stream has a body
+/// without `Content-Length` (chunked).
+fn h1_request_head(
+    parts: &http::request::Parts,
+    end_stream: bool,
+    rewrite: crate::h1forward::Rewrite<'_>,
+    out: &mut Vec<u8>,
+) -> Reframe {
+    let host = rewrite.host;
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -636,14 +647,18 @@ fn h1_request_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec
         .unwrap_or("/");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = parts.headers.get(http::header::HOST);
-    match (parts.uri.authority(), host) {
-        (Some(a), _) => push_field(out, b"host", a.as_str().as_bytes()),
-        (None, Some(h)) => push_field(out, b"host", h.as_bytes()),
-        (None, None) => {}
+    let given = parts.headers.get(http::header::HOST);
+    match (host, parts.uri.authority(), given) {
+        (Some(h), _, _) => push_field(out, b"host", h.as_bytes()),
+        (None, Some(a), _) => push_field(out, b"host", a.as_str().as_bytes()),
+        (None, None, Some(h)) => push_field(out, b"host", h.as_bytes()),
+        (None, None, None) => {}
     }
     for (name, value) in &parts.headers {
-        if name == http::header::HOST || name.as_str() == ORIG_PROTO {
+        if name == http::header::HOST
+            || name.as_str() == ORIG_PROTO
+            || (rewrite.strip_l5d && crate::l5d_headers::is_l5d_header(name.as_str()))
+        {
             continue;
         }
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -691,15 +706,43 @@ mod tests {
                 .unwrap(),
         );
         let mut out = Vec::new();
-        assert!(h1_request_head(&p, false, &mut out) == Reframe::Chunked);
+        assert!(h1_request_head(&p, false, Default::default(), &mut out) == Reframe::Chunked);
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /a?b=c HTTP/1.1\r\nhost: web.test:8080\r\nx-one: 1\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        assert!(h1_request_head(&p, true, &mut out) == Reframe::Empty);
+        assert!(h1_request_head(&p, true, Default::default(), &mut out) == Reframe::Empty);
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("content-length: 0\r\n"));
+    }
+
+    /// An endpoint's authority override is the `Host`; Linkerd's request
+    /// headers go when the route honoured them.
+    #[test]
+    fn h2_request_rewritten_for_its_endpoint() {
+        let p = parts(
+            Request::builder()
+                .uri("http://web.test:8080/a")
+                .header("l5d-retry-limit", "1")
+                .header("l5d-timeout", "1s")
+                .header("x-one", "1")
+                .body(())
+                .unwrap(),
+        );
+        let mut out = Vec::new();
+        let rewrite = crate::h1forward::Rewrite {
+            host: Some("web.remote.example:4143"),
+            strip_l5d: true,
+        };
+        h1_request_head(&p, true, rewrite, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a HTTP/1.1\r\nhost: web.remote.example:4143\r\nx-one: 1\r\n\r\n"
+        );
+        let mut req = crate::h2client::request_head(&p);
+        crate::h2client::with_authority(&mut req, "web.remote.example:4143");
+        assert_eq!(req.uri(), "http://web.remote.example:4143/a");
     }
 
     #[test]

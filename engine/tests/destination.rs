@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -695,4 +695,324 @@ fn only_claimed_targets_are_asked() {
     assert!(claims("10.1.2.3:80") && claims("[fd00::1]:80"));
     assert!(!claims("127.0.0.1:80") && !claims("192.168.0.1:80"));
     assert_eq!(cp.log_count("dst.get"), 0);
+}
+
+/// A keep-alive backend whose body is the `Host` it was sent, ended by
+/// `name` (so the test knows which endpoint answered).
+fn host_backend(name: u8) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut host = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("host") {
+                                host = v.trim().to_string();
+                            }
+                        }
+                    }
+                }
+            }
+            let body = format!("{host} {}", name as char);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One request through the proxy at `addr` by curl (a new connection
+/// each): the body.
+fn curl_body(addr: SocketAddr) -> String {
+    let url = format!("http://{addr}/x");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-H", "Host: web", &url])
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An address's own `metric_labels` label its requests over the set's
+/// (`dst_pod` with `dst_service`), and its `authority_override` is the
+/// `Host` its requests arrive with, on kept-alive and new connections
+/// alike; the other endpoint gets the request's own.
+#[test]
+fn endpoint_labels_and_authority_override() {
+    let (a, b) = (host_backend(b'a'), host_backend(b'b'));
+    let cp = Cp::start("per-endpoint");
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{"{WEB}": {{"service": "web", "namespace": "default", "endpoints": [
+            {{"addr": "{}", "port": {}, "labels": {{"pod": "web-a", "service": "web-override"}},
+              "authority_override": "web.remote.example:4143"}},
+            {{"addr": "{}", "port": {}, "labels": {{"pod": "web-b"}}}}]}}}}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port()
+    ));
+    let proxy = proxy(IoDriver::Uring, &cp, &[]);
+    let addr = proxy.forward_addrs()[0];
+
+    let (mut w, mut r) = keep_alive(addr);
+    let mut hosts = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        w.write_all(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        hosts.insert(String::from_utf8(body).unwrap());
+    }
+    for _ in 0..12 {
+        hosts.insert(format!("curl {}", curl_body(addr)));
+    }
+    let want: std::collections::BTreeSet<String> = [
+        "web.remote.example:4143 a",
+        "web b",
+        "curl web.remote.example:4143 a",
+        "curl web b",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(
+        hosts, want,
+        "the override goes to a only, over both clients"
+    );
+
+    let m = metrics(&proxy);
+    let series = |pod: &str, service: &str| {
+        m.lines().any(|l| {
+            l.starts_with("response_total{")
+                && l.contains(&format!("dst_pod=\"{pod}\""))
+                && l.contains(&format!("dst_service=\"{service}\""))
+                && l.contains("dst_namespace=\"default\"")
+        })
+    };
+    assert!(
+        series("web-a", "web-override"),
+        "a's labels win over the set's:\n{m}"
+    );
+    assert!(series("web-b", "web"), "b's merged with the set's:\n{m}");
+}
+
+/// A keep-alive backend counting the requests it gets in `hits`:
+/// `…limited…` → 429 and `…flaky…` → 500 when `fails` or the path has
+/// `/both`; `…/slow` after 2 s; else 200. The body is `name`, then `!`
+/// when the request carried any of Linkerd's `l5d-timeout` /
+/// `l5d-retry-*` headers.
+fn policy_backend(name: u8, fails: bool, hits: Arc<AtomicUsize>) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut first = String::new();
+            if r.read_line(&mut first).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut l5d = false;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {
+                        let l = line.to_ascii_lowercase();
+                        l5d |= l.starts_with("l5d-retry-") || l.starts_with("l5d-timeout");
+                    }
+                }
+            }
+            hits.fetch_add(1, Ordering::Relaxed);
+            let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+            if path.ends_with("/slow") {
+                thread::sleep(Duration::from_secs(2));
+            }
+            let failing = fails || path.contains("/both");
+            let status = match () {
+                _ if failing && path.contains("limited") => "429 Too Many Requests",
+                _ if failing && path.contains("flaky") => "500 Internal Server Error",
+                _ => "200 OK",
+            };
+            let body: &[u8] = if l5d { &[name, b'!'] } else { &[name] };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if w.write_all(&[resp.as_bytes(), body].concat()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An outbound policy's retry conditions and limit, and Linkerd's
+/// `l5d-retry-*` / `l5d-timeout` request headers: applied and removed on
+/// a route that allows them, ignored and passed on where it does not.
+/// Retries are counted at the backends: a request both endpoints fail
+/// reaches them twice when it is retried, once when not.
+#[test]
+fn policy_retry_conditions_and_l5d_headers() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let a = policy_backend(b'a', true, hits.clone());
+    let b = policy_backend(b'b', false, hits.clone());
+    let cp = Cp::start("policy-retry");
+    let target = "127.0.0.9:8080";
+    let web = "web.default.svc.cluster.local:8080";
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": [], "http_routes": [
+                {{"name": "limited", "path_prefix": "/limited", "backends": [{{"authority": "{web}"}}],
+                  "retry": {{"limit": 2, "statuses": [[429, 429]]}}}},
+                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{web}"}}],
+                  "allow_l5d_headers": true}},
+                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{web}"}}]}}
+            ]}},
+            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
+        }}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port(),
+    ));
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={target}");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"c-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+            // One worker: one balancer replica and one retry budget.
+            ("LINKERD2_PROXY_CORES", "1"),
+            // The endpoints fail on purpose: they must stay in the balancer.
+            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut conn = keep_alive(addr);
+    // A request on the keep-alive connection (a new one after the proxy
+    // closed it): status and body; status 0 when it closed instead.
+    let mut get = |path: &str, extra: &str| -> (u16, String) {
+        let (w, r) = &mut conn;
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
+            .unwrap();
+        let mut status = String::new();
+        if r.read_line(&mut status).unwrap() == 0 {
+            conn = keep_alive(addr);
+            return (0, String::new());
+        }
+        let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "closed mid-head");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || get("/x", "").0 == 200),
+        "the policy's backend never answered:\n{}",
+        cp.tail()
+    );
+    const N: usize = 20;
+    // N requests to `path`: their answers, and how many reached a backend.
+    let mut batch = |path: &str, extra: &str| {
+        let before = hits.load(Ordering::Relaxed);
+        let answers: Vec<(u16, String)> = (0..N).map(|_| get(path, extra)).collect();
+        (answers, hits.load(Ordering::Relaxed) - before)
+    };
+    // 429 is the limited rule's condition: a's go again to b...
+    let (answers, _) = batch("/limited", "");
+    assert!(
+        answers.iter().all(|(s, b)| *s == 200 && b == "b"),
+        "{answers:?}"
+    );
+    // ...and when both answer 429, every request went twice.
+    let (answers, sent) = batch("/limited/both", "");
+    assert!(answers.iter().all(|(s, _)| *s == 429), "{answers:?}");
+    assert_eq!(sent, 2 * N, "one retry each (two endpoints)");
+    // Another rule has no retry policy: 429 is passed on, never retried.
+    let (answers, sent) = batch("/plain/both/limited", "");
+    assert!(answers.iter().all(|(s, _)| *s == 429), "{answers:?}");
+    assert_eq!(sent, N, "not retried");
+    // The headers rule: no retries without the headers...
+    let (_, sent) = batch("/hdr/both/flaky", "");
+    assert_eq!(sent, N, "not retried");
+    // ...with them, 5xx retried, and the headers never reach a backend.
+    let asked = "l5d-retry-http: 5xx\r\nl5d-retry-limit: 1\r\n";
+    let (answers, sent) = batch("/hdr/both/flaky", asked);
+    assert_eq!(sent, 2 * N, "retried once each");
+    assert!(
+        answers.iter().all(|(s, b)| *s == 500 && !b.contains('!')),
+        "{answers:?}"
+    );
+    let (answers, _) = batch("/hdr/flaky", asked);
+    assert!(
+        answers.iter().all(|(s, b)| *s == 200 && b == "b"),
+        "{answers:?}"
+    );
+    // The same headers mean nothing on a rule that does not allow them:
+    // not applied, passed on.
+    let (answers, sent) = batch("/plain/both/flaky", asked);
+    assert_eq!(sent, N, "not retried");
+    assert!(
+        answers.iter().all(|(s, b)| *s == 500 && b.ends_with('!')),
+        "{answers:?}"
+    );
+    // Last: a timeout may end the connection.
+    let started = Instant::now();
+    assert_eq!(get("/hdr/slow", "l5d-timeout: 200ms\r\n").0, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the header's timeout"
+    );
 }

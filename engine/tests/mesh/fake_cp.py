@@ -669,7 +669,8 @@ class Outbound:
         """An HTTPRoute with one rule, from the config: `path_prefix` /
         `path_exact`, `method`, `headers` (exact values), `host`; `backends`
         (a list of {"authority", "weight"}: random-available through
-        Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`."""
+        Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
+        (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`."""
         pb = self.pb
         o, hr = pb.outbound, pb.http_route
         match = hr.HttpRouteMatch()
@@ -709,8 +710,17 @@ class Outbound:
         )
         if "timeout_ms" in r:
             rule.timeouts.request.CopyFrom(duration(pb, r["timeout_ms"] / 1000.0))
-        if r.get("retry"):
-            rule.retry.max_retries = 2
+        retry = r.get("retry")
+        if retry:
+            # true: two retries on 5xx; or {"limit": n, "statuses": [[lo, hi], ...]}
+            spec = retry if isinstance(retry, dict) else {}
+            rule.retry.max_retries = spec.get("limit", 2)
+            for lo, hi in spec.get("statuses", []):
+                rule.retry.conditions.status_ranges.append(
+                    o.HttpRoute.Retry.Conditions.StatusRange(start=lo, end=hi)
+                )
+        if r.get("allow_l5d_headers"):
+            rule.allow_l5d_request_headers = True
         hosts = []
         if "host" in r:
             hosts.append(hr.HostMatch(exact=r["host"]))

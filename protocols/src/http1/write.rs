@@ -50,6 +50,10 @@ pub struct WriteOptions<'a> {
     /// Fields to drop (names compared case-insensitively), e.g. ones the
     /// proxy sets itself through `extra_headers`.
     pub remove_headers: &'a [&'a str],
+    /// The `Host` to send instead of the request's own (an endpoint's
+    /// authority override), at the first `Host` field's place, or added
+    /// when the request had none. Checked as `extra_headers` values are.
+    pub host: Option<&'a [u8]>,
     /// Fields to add after the forwarded ones, e.g. `l5d-dst-canonical`.
     /// Checked: a name must be a token and a value must hold no control
     /// characters but HTAB, so nothing can inject a header line.
@@ -64,6 +68,7 @@ impl Default for WriteOptions<'_> {
             connection: ConnectionHeader::Omit,
             upgrade: false,
             remove_headers: &[],
+            host: None,
             extra_headers: &[],
         }
     }
@@ -93,10 +98,10 @@ pub fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(opts.version.as_str().as_bytes());
     out.extend_from_slice(b"\r\n");
-    let host = if absolute {
-        head.authority().map(|a| a.raw.as_bytes())
-    } else {
-        None
+    let host = match opts.host {
+        Some(h) => Some(h),
+        None if absolute => head.authority().map(|a| a.raw.as_bytes()),
+        None => None,
     };
     write_fields(
         head.fields(),
@@ -228,6 +233,11 @@ fn check_extra_headers(opts: &WriteOptions<'_>) -> Result<(), WriteError> {
             return Err(WriteError::InvalidHeaderName);
         }
         if !value.iter().all(|&b| is_field_value_byte(b)) {
+            return Err(WriteError::InvalidHeaderValue);
+        }
+    }
+    if let Some(host) = opts.host {
+        if host.is_empty() || !host.iter().all(|&b| is_field_value_byte(b)) {
             return Err(WriteError::InvalidHeaderValue);
         }
     }
@@ -436,6 +446,30 @@ mod tests {
             },
         );
         assert_eq!(out, "POST / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
+    fn host_override_replaces_or_adds_host() {
+        let gw = WriteOptions {
+            host: Some(b"web.ns.svc.cluster.local:80"),
+            ..WriteOptions::default()
+        };
+        assert_eq!(
+            write_req("GET / HTTP/1.1\r\nhost: a\r\nAccept: */*\r\n\r\n", &gw),
+            "GET / HTTP/1.1\r\nhost: web.ns.svc.cluster.local:80\r\nAccept: */*\r\n\r\n"
+        );
+        assert_eq!(
+            write_req("GET http://b/p HTTP/1.0\r\n\r\n", &gw),
+            "GET /p HTTP/1.1\r\nHost: web.ns.svc.cluster.local:80\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let head = request("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let bad = WriteOptions {
+            host: Some(b"a\r\nX-Injected: 1"),
+            ..WriteOptions::default()
+        };
+        assert!(write_request_head(&head, &mut out, &bad).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

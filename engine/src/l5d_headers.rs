@@ -1,0 +1,230 @@
+//! Linkerd's per-request timeout and retry headers, honoured on routes
+//! whose outbound policy allows them (`allow_l5d_request_headers`), as
+//! linkerd2-proxy reads them:
+//!
+//! - `l5d-timeout` / `l5d-request-timeout` (the latter wins): the
+//!   request's timeout; `l5d-response-timeout` bounds it too (ringmesh has
+//!   one request timeout, head to response head);
+//! - `l5d-retry-limit`: retries per request;
+//! - `l5d-retry-http`: statuses that are retried, a comma-separated list
+//!   of `5xx`, `gateway-error` (502–504), a code, or a range `500-504`;
+//! - `l5d-retry-grpc`: gRPC codes that are retried: `cancelled`,
+//!   `deadline-exceeded`, `internal`, `resource-exhausted`,
+//!   `unavailable`.
+//!
+//! Durations are an integer and a unit (`ms`, `s`, `m`, `h`, `d`), or `0`.
+//! A value that does not parse is ignored (the route's setting stays).
+//! The headers are removed before the request goes upstream; on routes
+//! that do not allow them they are left alone (they mean nothing there).
+//! `l5d-retry-timeout` (a per-attempt timeout) is removed but not applied:
+//! ringmesh has no per-attempt timeout yet.
+//!
+//! Must not: allocate for requests that carry none of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringmesh_discovery::profile::{RequestInfo, RetryPolicy};
+
+/// The headers removed from requests on routes that honour them.
+pub(crate) const NAMES: &[&str] = &[
+    "l5d-timeout",
+    "l5d-request-timeout",
+    "l5d-response-timeout",
+    "l5d-retry-limit",
+    "l5d-retry-http",
+    "l5d-retry-grpc",
+    "l5d-retry-timeout",
+];
+
+/// Retries a request's own retry headers ask for when its route has no
+/// retry policy (as linkerd2-proxy).
+const DEFAULT_LIMIT: u32 = 1;
+/// The most retries a request may ask for (as a policy).
+const MAX_LIMIT: u32 = crate::outbound::MAX_POLICY_RETRIES;
+
+/// Whether `name` is one of [`NAMES`].
+pub(crate) fn is_l5d_header(name: &str) -> bool {
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The request's timeout and retry policy, as its headers adjust the
+/// route's `timeout` and `retry`.
+pub(crate) fn apply(
+    req: &dyn RequestInfo,
+    timeout: Option<Duration>,
+    retry: Option<Arc<RetryPolicy>>,
+) -> (Option<Duration>, Option<Arc<RetryPolicy>>) {
+    let text = |name| req.header(name).and_then(|v| std::str::from_utf8(v).ok());
+    let mut t = timeout;
+    if let Some(d) = text("l5d-timeout").and_then(duration) {
+        t = Some(d);
+    }
+    if let Some(d) = text("l5d-request-timeout").and_then(duration) {
+        t = Some(d);
+    }
+    if let Some(d) = text("l5d-response-timeout").and_then(duration) {
+        t = Some(t.map_or(d, |t| t.min(d)));
+    }
+    // A zero timeout is none (as a route's).
+    let t = t.filter(|d| !d.is_zero());
+
+    let statuses = text("l5d-retry-http").map(http_statuses);
+    let grpc = text("l5d-retry-grpc").map(grpc_codes);
+    let limit = text("l5d-retry-limit").and_then(|v| v.trim().parse::<u32>().ok());
+    if statuses.is_none() && grpc.is_none() && limit.is_none() {
+        return (t, retry);
+    }
+    let base = retry.as_deref();
+    let policy = RetryPolicy {
+        limit: limit
+            .or(base.map(|r| r.limit))
+            .unwrap_or(DEFAULT_LIMIT)
+            .min(MAX_LIMIT),
+        statuses: statuses
+            .or_else(|| base.map(|r| r.statuses.clone()))
+            .unwrap_or_default(),
+        grpc: grpc.or(base.map(|r| r.grpc)).unwrap_or(0),
+    };
+    let retry = (policy.limit > 0).then(|| Arc::new(policy));
+    (t, retry)
+}
+
+/// `l5d-retry-http`'s list (items that do not parse are skipped).
+fn http_statuses(v: &str) -> Vec<(u16, u16)> {
+    let code = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..600).contains(c))
+    };
+    v.split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            if item.eq_ignore_ascii_case("5xx") {
+                return Some((500, 599));
+            }
+            if item.eq_ignore_ascii_case("gateway-error") {
+                return Some((502, 504));
+            }
+            if let Some(c) = code(item) {
+                return Some((c, c));
+            }
+            let (lo, hi) = item.split_once('-')?;
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            (lo <= hi).then_some((lo, hi))
+        })
+        .collect()
+}
+
+/// `l5d-retry-grpc`'s list, as a set of codes (bit `n`: code `n`).
+fn grpc_codes(v: &str) -> u32 {
+    v.split(',')
+        .filter_map(crate::outbound::grpc_code_named)
+        .fold(0, |bits, c| bits | 1 << c)
+}
+
+/// A Linkerd duration: an integer and a unit (`ms`, `s`, `m`, `h`, `d`),
+/// or a bare `0`.
+pub(crate) fn duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "" if n == 0 => 0,
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(n.checked_mul(ms)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmesh_discovery::profile::Req;
+
+    fn req<'a>(headers: &'a [(&'a str, &'a str)]) -> Req<'a> {
+        Req {
+            method: "GET",
+            path: "/",
+            host: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn durations_as_linkerd_writes_them() {
+        assert_eq!(duration("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(duration(" 2s "), Some(Duration::from_secs(2)));
+        assert_eq!(duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(duration("0"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "5",
+            "1.5s",
+            "-1s",
+            "10us",
+            "s",
+            "99999999999999999999d",
+            "1x",
+        ] {
+            assert_eq!(duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_and_grpc_lists() {
+        assert_eq!(
+            http_statuses("5xx, gateway-error,429,500-504,600,504-500,x"),
+            [(500, 599), (502, 504), (429, 429), (500, 504)]
+        );
+        assert_eq!(grpc_codes("unavailable,Internal,bogus"), 1 << 14 | 1 << 13);
+    }
+
+    #[test]
+    fn headers_adjust_the_route() {
+        let route = Some(Arc::new(RetryPolicy::on_5xx(2)));
+        let t = Some(Duration::from_secs(5));
+        // None of them: as the route says, the same policy.
+        let (to, r) = apply(&req(&[("x", "y")]), t, route.clone());
+        assert_eq!(to, t);
+        assert!(Arc::ptr_eq(r.as_ref().unwrap(), route.as_ref().unwrap()));
+
+        let (to, r) = apply(
+            &req(&[
+                ("l5d-timeout", "300ms"),
+                ("l5d-retry-http", "429"),
+                ("l5d-retry-limit", "50"),
+            ]),
+            t,
+            route.clone(),
+        );
+        assert_eq!(to, Some(Duration::from_millis(300)));
+        let r = r.unwrap();
+        assert_eq!((r.limit, &r.statuses[..]), (MAX_LIMIT, &[(429, 429)][..]));
+
+        // No route policy: the request's own, one retry by default.
+        let (_, r) = apply(&req(&[("l5d-retry-grpc", "unavailable")]), None, None);
+        let r = r.unwrap();
+        assert_eq!(r.limit, 1);
+        assert!(r.retries_grpc(14) && !r.retries_status(500));
+
+        // A limit of 0 turns retries off; a bad timeout is ignored; the
+        // response timeout bounds the request's.
+        let (to, r) = apply(
+            &req(&[
+                ("l5d-retry-limit", "0"),
+                ("l5d-timeout", "soon"),
+                ("l5d-response-timeout", "1s"),
+            ]),
+            t,
+            route,
+        );
+        assert_eq!((to, r), (Some(Duration::from_secs(1)), None));
+    }
+}
