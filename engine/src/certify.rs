@@ -39,7 +39,6 @@
 //! step. The first success resets it.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,7 +66,7 @@ const BACKOFF_CAP_FLOOR: Duration = Duration::from_secs(1);
 /// What the Certify loop needs (the environment is parsed elsewhere).
 pub(crate) struct CertifyConfig {
     /// The Identity service.
-    pub(crate) svc_addr: SocketAddr,
+    pub(crate) svc_addr: crate::config::ControlAddr,
     /// This proxy's identity (`LINKERD2_PROXY_IDENTITY_LOCAL_NAME`).
     pub(crate) local_name: Name,
     /// The service-account token, read at every call.
@@ -343,14 +342,18 @@ impl Certifier {
         let channel = match self.channel.take() {
             Some(c) if !c.is_closed() => c,
             _ => match &self.cfg.svc_name {
-                None => Channel::connect(self.cfg.svc_addr, deadline).await?,
+                None => {
+                    let addr = Channel::resolve(&self.cfg.svc_addr, deadline).await?;
+                    Channel::connect(addr, deadline).await?
+                }
                 Some(name) => {
                     let tls =
                         ringmesh_identity::tls::anonymous_client_config(self.cfg.roots.clone())
                             .map_err(|e| {
                                 GrpcError::new(crate::grpc::Code::Internal, e.to_string())
                             })?;
-                    Channel::connect_tls(self.cfg.svc_addr, name, tls, deadline).await?
+                    let addr = Channel::resolve(&self.cfg.svc_addr, deadline).await?;
+                    Channel::connect_tls(addr, name, tls, deadline).await?
                 }
             },
         };
@@ -395,6 +398,7 @@ mod tests {
 
     use super::*;
     use crate::testing::{both_drivers, eventually, PyServer, TempDir, TestCa};
+    use std::net::SocketAddr;
 
     const NAME: &str = "web.default.serviceaccount.identity.linkerd.cluster.local";
 
@@ -544,7 +548,7 @@ mod tests {
 
         fn config(&self, addr: SocketAddr, ca: &TestCa, min_refresh: Duration) -> CertifyConfig {
             CertifyConfig {
-                svc_addr: addr,
+                svc_addr: crate::config::ControlAddr::Ip(addr),
                 local_name: Name::parse(NAME).unwrap(),
                 token_file: self.dir.path().join("token"),
                 dir: self.dir.path().join("identity"),

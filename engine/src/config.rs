@@ -282,10 +282,73 @@ pub struct Config {
     pub policy: Option<PolicyConfig>,
 }
 
+/// Where a control-plane service is (`LINKERD2_PROXY_*_SVC_ADDR`): an
+/// `ip:port`, or a DNS name and port as Linkerd's injector writes them
+/// (`linkerd-dst-headless.linkerd.svc.cluster.local.:8086`), resolved with
+/// the proxy's DNS settings (`dns`) each time a connection is made.
+#[derive(Clone, Debug)]
+pub enum ControlAddr {
+    Ip(SocketAddr),
+    Name {
+        host: String,
+        port: u16,
+        dns: DnsConfig,
+    },
+}
+
+impl ControlAddr {
+    fn parse(s: &str, dns: &DnsConfig) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Self::Ip(a));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or("expected ip:port or name:port")?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("invalid port")?;
+        let bare = host.strip_suffix('.').unwrap_or(host);
+        let label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label) {
+            return Err("expected ip:port or name:port (the name is not a DNS name)".into());
+        }
+        Ok(Self::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+            dns: dns.clone(),
+        })
+    }
+
+    /// On this host (an address on loopback, or `localhost`): spoken to in
+    /// plaintext.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Self::Ip(a) => a.ip().is_loopback(),
+            Self::Name { host, .. } => host.trim_end_matches('.') == "localhost",
+        }
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(a) => a.fmt(f),
+            Self::Name { host, port, .. } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// Linkerd's policy service.
 #[derive(Clone, Debug)]
 pub struct PolicyConfig {
-    pub svc_addr: SocketAddr,
+    pub svc_addr: ControlAddr,
     /// Spoken to over mutual TLS as this name (an address off loopback).
     pub svc_name: Option<Name>,
     /// `LINKERD2_PROXY_POLICY_WORKLOAD`, sent with every port.
@@ -297,7 +360,7 @@ pub struct PolicyConfig {
 /// Linkerd's Destination service, and which targets it is asked about.
 #[derive(Clone, Debug)]
 pub struct DestinationConfig {
-    pub svc_addr: SocketAddr,
+    pub svc_addr: ControlAddr,
     /// Spoken to over mutual TLS as this name (an address off loopback).
     pub svc_name: Option<Name>,
     /// `LINKERD2_PROXY_DESTINATION_CONTEXT`, sent as every lookup's
@@ -360,7 +423,7 @@ pub enum IdentityConfig {
         local: LocalIdentity,
         dir: PathBuf,
         token_file: PathBuf,
-        svc_addr: SocketAddr,
+        svc_addr: ControlAddr,
         /// The service's identity (TLS to it); `None` for a loopback
         /// address, spoken to in plaintext.
         svc_name: Option<Name>,
@@ -607,15 +670,15 @@ impl Config {
         p.read_http2(&mut c);
         p.read_balancing(&mut c);
         p.read_dns(&mut c.discovery.dns);
-        c.identity = p.read_identity();
+        c.identity = p.read_identity(&c.discovery.dns);
         c.control_streams = p.read_stream_limits();
-        c.destination = p.read_destination(&c.identity);
+        c.destination = p.read_destination(&c.identity, &c.discovery.dns);
         if let Some(d) = &c.destination {
             c.discovery.idle_timeout = Some(d.idle_timeout);
             c.discovery.usage_report = Some((d.idle_timeout / 4).max(Duration::from_millis(100)));
         }
         p.read_inbound_policy(&mut c.inbound_policy);
-        c.policy = p.read_policy_api(&c.identity);
+        c.policy = p.read_policy_api(&c.identity, &c.discovery.dns);
         p.check_listener_collisions(&c);
         if p.problems.is_empty() {
             Ok(c)
@@ -948,7 +1011,7 @@ impl Parser<'_> {
     /// The identity mode, from which variables are set: `_DISABLED` wins;
     /// then the static files; then Linkerd's identity service. Every
     /// variable a mode needs and lacks is listed.
-    fn read_identity(&mut self) -> IdentityConfig {
+    fn read_identity(&mut self, dns: &DnsConfig) -> IdentityConfig {
         let flag = |s: &str| match s {
             "" | "false" | "0" | "off" => Ok(false),
             _ => Ok(true),
@@ -1013,21 +1076,15 @@ impl Parser<'_> {
         let dir = require(self, IDENTITY_DIR, mode);
         let token_file = require(self, IDENTITY_TOKEN_FILE, mode);
         let svc_addr = require(self, IDENTITY_SVC_ADDR, mode).and_then(|v| {
-            v.parse::<SocketAddr>()
-                .map_err(|_| {
-                    self.bad(
-                        IDENTITY_SVC_ADDR,
-                        &v,
-                        "expected ip:port (names are not resolved yet)",
-                    )
-                })
+            ControlAddr::parse(&v, dns)
+                .map_err(|why| self.bad(IDENTITY_SVC_ADDR, &v, &why))
                 .ok()
         });
         let svc_name = self.parse_with(IDENTITY_SVC_NAME, |s| {
             Name::parse(s).map_err(|e| e.to_string())
         });
-        if let Some(addr) = svc_addr {
-            if !addr.ip().is_loopback() && svc_name.is_none() {
+        if let Some(addr) = &svc_addr {
+            if !addr.is_loopback() && svc_name.is_none() {
                 self.problems.push(format!(
                     "{IDENTITY_SVC_NAME} must be set: the identity service at {addr} is not on loopback, so it is spoken to over TLS as that name"
                 ));
@@ -1055,7 +1112,7 @@ impl Parser<'_> {
             },
             dir: dir.into(),
             token_file: token_file.into(),
-            svc_name: svc_name.filter(|_| !svc_addr.ip().is_loopback()),
+            svc_name: svc_name.filter(|_| !svc_addr.is_loopback()),
             svc_addr,
             min_refresh,
             max_refresh,
@@ -1114,20 +1171,14 @@ impl Parser<'_> {
         &mut self,
         (addr_key, name_key, what): (&str, &str, &str),
         identity: &IdentityConfig,
-    ) -> Option<(Option<SocketAddr>, Option<Name>)> {
+        dns: &DnsConfig,
+    ) -> Option<(Option<ControlAddr>, Option<Name>)> {
         let addr = self.raw(addr_key).filter(|v| !v.is_empty())?;
-        let svc_addr = addr
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                self.bad(
-                    addr_key,
-                    &addr,
-                    "expected ip:port (names are not resolved yet)",
-                )
-            })
+        let svc_addr = ControlAddr::parse(&addr, dns)
+            .map_err(|why| self.bad(addr_key, &addr, &why))
             .ok();
         let svc_name = self.parse_with(name_key, |s| Name::parse(s).map_err(|e| e.to_string()));
-        if let Some(a) = svc_addr.filter(|a| !a.ip().is_loopback()) {
+        if let Some(a) = svc_addr.as_ref().filter(|a| !a.is_loopback()) {
             if svc_name.is_none() {
                 self.problems.push(format!(
                     "{name_key} must be set: the {what} service at {a} is not on loopback, so it is spoken to over mutual TLS as that name"
@@ -1138,14 +1189,18 @@ impl Parser<'_> {
                 ));
             }
         }
-        let off_loopback = svc_addr.is_some_and(|a| !a.ip().is_loopback());
+        let off_loopback = svc_addr.as_ref().is_some_and(|a| !a.is_loopback());
         Some((svc_addr, svc_name.filter(|_| off_loopback)))
     }
 
     /// The inbound policy API, when `_POLICY_SVC_ADDR` is set.
-    fn read_policy_api(&mut self, identity: &IdentityConfig) -> Option<PolicyConfig> {
+    fn read_policy_api(
+        &mut self,
+        identity: &IdentityConfig,
+        dns: &DnsConfig,
+    ) -> Option<PolicyConfig> {
         let (svc_addr, svc_name) =
-            self.read_control_service((POLICY_SVC_ADDR, POLICY_SVC_NAME, "policy"), identity)?;
+            self.read_control_service((POLICY_SVC_ADDR, POLICY_SVC_NAME, "policy"), identity, dns)?;
         let workload = self.raw(POLICY_WORKLOAD).unwrap_or_default();
         if workload.is_empty() {
             self.problems.push(format!(
@@ -1165,10 +1220,15 @@ impl Parser<'_> {
     }
 
     /// The Destination API, when `_DESTINATION_SVC_ADDR` is set.
-    fn read_destination(&mut self, identity: &IdentityConfig) -> Option<DestinationConfig> {
+    fn read_destination(
+        &mut self,
+        identity: &IdentityConfig,
+        dns: &DnsConfig,
+    ) -> Option<DestinationConfig> {
         let (svc_addr, svc_name) = self.read_control_service(
             (DESTINATION_SVC_ADDR, DESTINATION_SVC_NAME, "Destination"),
             identity,
+            dns,
         )?;
         let context = self.raw(DESTINATION_CONTEXT).unwrap_or_default();
         let suffixes = self
@@ -1417,6 +1477,51 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("both listen on 127.0.0.1:7000"));
+    }
+
+    /// Control-plane addresses as Linkerd's injector writes them: DNS
+    /// names (resolved when connecting) need `_SVC_NAME` off loopback;
+    /// `localhost` is loopback (plaintext).
+    #[test]
+    fn control_plane_names() {
+        let c = parse(&[
+            (DESTINATION_SVC_ADDR, "localhost:8086"),
+            (DNS_SERVERS, "127.0.0.1:5353"),
+        ])
+        .unwrap();
+        let d = c.destination.unwrap();
+        assert!(d.svc_addr.is_loopback() && d.svc_name.is_none());
+        assert_eq!(d.svc_addr.to_string(), "localhost:8086");
+        match &d.svc_addr {
+            ControlAddr::Name { dns, .. } => {
+                assert_eq!(dns.servers, ["127.0.0.1:5353".parse().unwrap()])
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let err = parse(&[(
+            DESTINATION_SVC_ADDR,
+            "linkerd-dst-headless.linkerd.svc.cluster.local.:8086",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("LINKERD2_PROXY_DESTINATION_SVC_NAME must be set"),
+            "{err}"
+        );
+
+        for bad in [
+            "bad name:8086",
+            "dst.linkerd:0",
+            "dst.linkerd",
+            "-x.linkerd:80",
+            ":80",
+        ] {
+            let err = parse(&[(POLICY_SVC_ADDR, bad), (POLICY_WORKLOAD, "{}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(POLICY_SVC_ADDR), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Resolver for DestinationResolver {
         Box::pin(async move {
             let this = *self;
             let client = Rc::new(Client::new(
-                this.cfg.svc_addr,
+                this.cfg.svc_addr.clone(),
                 this.cfg.svc_name.clone(),
                 &this.identity,
             ));

@@ -195,6 +195,45 @@ pub(crate) struct Channel {
 impl Channel {
     /// Connects to `addr` over plain TCP and does the HTTP/2 handshake,
     /// both before `deadline`. `addr` is the `:authority` of the calls.
+    /// The address to connect to for `addr` now: itself, or one of its
+    /// name's addresses (drawn at random, so a headless service's pods
+    /// share the proxies), by `deadline`.
+    pub(crate) async fn resolve(
+        addr: &crate::config::ControlAddr,
+        deadline: Instant,
+    ) -> Result<SocketAddr, GrpcError> {
+        use crate::config::ControlAddr;
+        use ringmesh_discovery::dns::{DnsConfig, DnsResolver};
+        let (host, port, dns) = match addr {
+            ControlAddr::Ip(a) => return Ok(*a),
+            ControlAddr::Name { host, port, .. } if addr.is_loopback() => {
+                let _ = host;
+                return Ok(SocketAddr::from(([127, 0, 0, 1], *port)));
+            }
+            ControlAddr::Name { host, port, dns } => (host, *port, dns),
+        };
+        let mut cfg = dns.clone();
+        if cfg.servers.is_empty() {
+            let sys = DnsConfig::system();
+            cfg.servers = sys.servers;
+            cfg.search = sys.search;
+            cfg.ndots = sys.ndots;
+        }
+        let lookup = DnsResolver::new(cfg);
+        let found = monoio::time::timeout_at(
+            monoio::time::Instant::from_std(deadline),
+            lookup.resolve(host),
+        )
+        .await
+        .map_err(|_| GrpcError::new(Code::Unavailable, format!("resolving {host}: timed out")))?
+        .map_err(|e| GrpcError::new(Code::Unavailable, format!("resolving {host}: {e}")))?;
+        let ip = found
+            .addrs
+            .get(fastrand::usize(..found.addrs.len().max(1)))
+            .ok_or_else(|| GrpcError::new(Code::Unavailable, format!("{host} has no address")))?;
+        Ok(SocketAddr::new(*ip, port))
+    }
+
     pub(crate) async fn connect(addr: SocketAddr, deadline: Instant) -> Result<Self, GrpcError> {
         let authority = Authority::try_from(addr.to_string())
             .map_err(|e| GrpcError::new(Code::Internal, format!("authority {addr}: {e}")))?;

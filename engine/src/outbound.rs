@@ -97,7 +97,7 @@ impl Resolver for OutboundPolicyResolver {
         Box::pin(async move {
             let this = Rc::new(*self);
             let client = Rc::new(Client::new(
-                this.cfg.svc_addr,
+                this.cfg.svc_addr.clone(),
                 this.cfg.svc_name.clone(),
                 &this.identity,
             ));

@@ -73,7 +73,7 @@ impl PolicyClient {
         counters: Arc<StreamCounters>,
     ) -> Rc<Self> {
         Rc::new(Self {
-            client: Client::new(cfg.svc_addr, cfg.svc_name.clone(), identity),
+            client: Client::new(cfg.svc_addr.clone(), cfg.svc_name.clone(), identity),
             workload: cfg.workload.clone(),
             limits,
             publisher: RefCell::new(publisher),

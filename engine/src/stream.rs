@@ -25,7 +25,6 @@
 //! that never had an answer can be given a safe default.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use ringmesh_discovery::table::Signal;
 use ringmesh_identity::Name;
 
 use crate::certify::{backoff, jitter};
-use crate::config::StreamLimits;
+use crate::config::{ControlAddr, StreamLimits};
 use crate::grpc::{self, Channel, Code, GrpcError};
 use crate::identity::IdentityState;
 
@@ -46,7 +45,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// The connection to a control-plane service, shared by every stream.
 pub(crate) struct Client {
-    addr: SocketAddr,
+    addr: ControlAddr,
     name: Option<Name>,
     identity: RefCell<Cache<IdentityState>>,
     channel: RefCell<Option<Rc<Channel>>>,
@@ -59,7 +58,7 @@ pub(crate) struct Client {
 impl Client {
     /// `name`: the service's identity (mutual TLS); `None`: plaintext.
     pub(crate) fn new(
-        addr: SocketAddr,
+        addr: ControlAddr,
         name: Option<Name>,
         identity: &Subscriber<IdentityState>,
     ) -> Self {
@@ -111,8 +110,9 @@ impl Client {
 
     async fn connect(&self) -> Result<Channel, GrpcError> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let addr = Channel::resolve(&self.addr, deadline).await?;
         let Some(name) = &self.name else {
-            return Channel::connect(self.addr, deadline).await;
+            return Channel::connect(addr, deadline).await;
         };
         let tls = {
             let mut cache = self.identity.borrow_mut();
@@ -125,7 +125,7 @@ impl Client {
                 "no identity certificate yet for mutual TLS to the control plane",
             ));
         };
-        Channel::connect_tls(self.addr, name, tls, deadline).await
+        Channel::connect_tls(addr, name, tls, deadline).await
     }
 }
 

@@ -1016,3 +1016,26 @@ fn policy_retry_conditions_and_l5d_headers() {
         "the header's timeout"
     );
 }
+
+/// `_SVC_ADDR` as a name (as Linkerd's injector writes it): resolved when
+/// connecting — `localhost` here, spoken to in plaintext — and the
+/// Destination API answers through it.
+#[test]
+fn a_control_plane_named_by_host() {
+    let a = path_backend(b'a', false);
+    let cp = Cp::start("named");
+    cp.write_loaded(&serde_json(&[(a.addr, 10000)]));
+    let named = format!("localhost:{}", cp.addr.port());
+    let forward = format!("127.0.0.1:0={WEB}");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", forward.as_str()),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", named.as_str()),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let (mut w, mut r) = keep_alive(proxy.forward_addrs()[0]);
+    assert_eq!(request(&mut w, &mut r, "/"), (200, b'a'));
+    assert_eq!(metric(&metrics(&proxy), "destination_watches"), 1);
+}
