@@ -179,6 +179,18 @@ impl Balancer {
         b
     }
 
+    /// Ejects endpoints by `policy` from now on (endpoints already ejected
+    /// stay so until their backoff runs out).
+    pub fn set_accrual(&mut self, policy: AccrualPolicy) {
+        if self.policy == policy {
+            return;
+        }
+        self.policy = policy;
+        for e in &self.endpoints {
+            e.policy.set(policy);
+        }
+    }
+
     /// Replaces the endpoint set. Endpoints that stay (same address) keep
     /// their state (the same `Rc`); a changed weight takes effect at once.
     /// New endpoints start with no estimate (see [`Self::pick_request`]).
@@ -560,6 +572,32 @@ mod tests {
                 "{conc} at a time: {hits:?}"
             );
         }
+    }
+
+    /// A new accrual policy applies to the endpoints there are (their
+    /// failure counts kept) and to those added later.
+    #[test]
+    fn set_accrual_applies_to_every_endpoint() {
+        let mut b = Balancer::new([(addr(1), 1), (addr(2), 1)]);
+        b.endpoints()[0].record_failure();
+        b.set_accrual(AccrualPolicy {
+            consecutive: 2,
+            ..AccrualPolicy::default()
+        });
+        assert!(matches!(
+            b.endpoints()[0].record_failure(),
+            Transition::Ejected(_)
+        ));
+        b.update([(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        b.endpoints()[2].record_failure();
+        assert!(matches!(
+            b.endpoints()[2].record_failure(),
+            Transition::Ejected(_)
+        ));
+        assert!(matches!(
+            b.endpoints()[1].record_failure(),
+            Transition::None
+        ));
     }
 
     #[test]

@@ -193,6 +193,21 @@ pub struct Profile {
     pub dst_overrides: Vec<(Authority, u32)>,
     /// The service's port is opaque: no protocol detection.
     pub opaque: bool,
+    /// How the endpoints of the services its requests go to are ejected
+    /// (an outbound policy's failure accrual); `None`: the proxy's own
+    /// setting.
+    pub accrual: Option<AccrualSpec>,
+}
+
+/// Consecutive-failure accrual: `consecutive` failures in a row eject an
+/// endpoint for a backoff from `min_backoff` doubling to `max_backoff`,
+/// scaled by a random factor in [1 − jitter, 1 + jitter].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AccrualSpec {
+    pub consecutive: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub jitter: f64,
 }
 
 impl Profile {

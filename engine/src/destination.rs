@@ -319,6 +319,8 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         retry_budget,
         dst_overrides,
         opaque: p.opaque_protocol,
+        // GetProfile has no accrual settings: the proxy's apply.
+        accrual: None,
     }
 }
 

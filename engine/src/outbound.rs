@@ -23,6 +23,9 @@
 //!     most [`MAX_POLICY_RETRIES`], its HTTP status ranges or gRPC codes;
 //!     within the budget), and whether requests may adjust both with
 //!     Linkerd's `l5d-*` headers (`l5d_headers.rs`).
+//! - The protocol's failure accrual (consecutive failures), which the
+//!   workers apply to the balancers of the services the target's requests
+//!   go to (`route.rs`).
 //! - A target the API has no policy for (`NOT_FOUND`, or no answer before
 //!   the stream failed) is reported with an empty profile: it is known,
 //!   and routed by Destination or as it is.
@@ -30,8 +33,8 @@
 //! Not yet: route filters (header modifiers, redirects, failure
 //! injection), query-parameter matches (a rule that has one is skipped,
 //! so it never matches more than it should), the retry policy's backoff
-//! and per-attempt timeout, failure accrual and queue settings from the
-//! policy, opaque and TLS routes' backends, `authority` targets.
+//! and per-attempt timeout, queue settings from the policy, opaque and
+//! TLS routes' backends, `authority` targets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,11 +46,13 @@ use linkerd2_proxy_api::destination::WeightedAddr;
 use linkerd2_proxy_api::http_route::{self as hr, HttpRouteMatch};
 use linkerd2_proxy_api::meta::{metadata, Metadata};
 use linkerd2_proxy_api::outbound::{
-    backend, grpc_route, http_route, proxy_protocol, traffic_spec, Backend, GrpcRoute, HttpRoute,
-    OutboundPolicy, TrafficSpec,
+    backend, failure_accrual, grpc_route, http_route, proxy_protocol, traffic_spec, Backend,
+    FailureAccrual, GrpcRoute, HttpRoute, OutboundPolicy, TrafficSpec,
 };
 use ringmesh_discovery::channel::Subscriber;
-use ringmesh_discovery::profile::{Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch};
+use ringmesh_discovery::profile::{
+    AccrualSpec, Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch,
+};
 use ringmesh_discovery::{Authority, Resolver, Table};
 
 use crate::config::{PolicyConfig, StreamLimits};
@@ -173,7 +178,20 @@ async fn follow(
 fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     use proxy_protocol::Kind;
     let mut profile = Profile::default();
-    match p.protocol.and_then(|p| p.kind) {
+    let kind = p.protocol.and_then(|p| p.kind);
+    profile.accrual = match &kind {
+        Some(Kind::Detect(d)) => d
+            .http1
+            .as_ref()
+            .and_then(|h| h.failure_accrual)
+            .or_else(|| d.http2.as_ref().and_then(|h| h.failure_accrual)),
+        Some(Kind::Http1(h)) => h.failure_accrual,
+        Some(Kind::Http2(h)) => h.failure_accrual,
+        Some(Kind::Grpc(g)) => g.failure_accrual,
+        _ => None,
+    }
+    .and_then(accrual);
+    match kind {
         Some(Kind::Opaque(_) | Kind::Tls(_)) => profile.opaque = true,
         Some(Kind::Detect(d)) => {
             let routes = d.http1.map(|h| h.routes).into_iter().flatten();
@@ -204,6 +222,38 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
         None => {}
     }
     profile
+}
+
+/// The policy's failure accrual: consecutive failures (also the unified
+/// kind's; its success-rate threshold is not applied). No failures given
+/// (0): never ejected.
+fn accrual(fa: FailureAccrual) -> Option<AccrualSpec> {
+    use failure_accrual::Kind;
+    let (max, backoff) = match fa.kind? {
+        Kind::ConsecutiveFailures(c) => (c.max_failures, c.backoff),
+        Kind::Unified(u) => (u.max_consecutive_failures, u.backoff),
+    };
+    let backoff = backoff.unwrap_or_default();
+    let min = backoff
+        .min_backoff
+        .and_then(crate::destination::duration)
+        .unwrap_or(std::time::Duration::from_secs(1));
+    let max_backoff = backoff
+        .max_backoff
+        .and_then(crate::destination::duration)
+        .unwrap_or(std::time::Duration::from_secs(60))
+        .max(min);
+    let jitter = if backoff.jitter_ratio.is_finite() {
+        f64::from(backoff.jitter_ratio).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    Some(AccrualSpec {
+        consecutive: if max == 0 { u32::MAX } else { max },
+        min_backoff: min,
+        max_backoff,
+        jitter,
+    })
 }
 
 fn route_name(m: Option<&Metadata>) -> Option<Arc<str>> {

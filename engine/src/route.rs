@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringmesh_balancer::{Balancer, OpenGuard};
+use ringmesh_balancer::{AccrualPolicy, Balancer, OpenGuard};
 use ringmesh_discovery::profile::{pick, ProfileRoute, RequestInfo, RetryPolicy};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
@@ -180,27 +180,40 @@ pub(crate) async fn resolve(
     let backend = route
         .and_then(|route| pick(&route.backends, draw))
         .or_else(|| profile.split(draw));
-    let Some(backend) = backend else {
-        return Ok((d, policy));
+    let dst = match backend {
+        None => d,
+        Some(backend) if is_target(&d, backend) => d,
+        Some(backend) => match snap.service(backend) {
+            Some(b) if !b.endpoints.is_empty() => Dst::Service(b.clone(), r.balancer(b)),
+            _ => match backend.socket_addr() {
+                // A backend that forwards to an address.
+                Some(addr) => Dst::Addr(addr),
+                None => {
+                    // Not resolved yet, or empty: the target itself.
+                    tracing::debug!(%backend, "route backend has no endpoints; using the target");
+                    d
+                }
+            },
+        },
     };
-    let own = match &d {
+    // The policy's failure accrual governs the endpoints its requests go
+    // to (the last policy to route there wins, when several do).
+    if let (Some(a), Dst::Service(_, b)) = (profile.accrual, &dst) {
+        b.borrow_mut().set_accrual(AccrualPolicy {
+            consecutive: a.consecutive,
+            min_backoff: a.min_backoff,
+            max_backoff: a.max_backoff,
+            jitter: a.jitter,
+        });
+    }
+    Ok((dst, policy))
+}
+
+/// Whether `backend` names the target `d` itself.
+fn is_target(d: &Dst, backend: &Authority) -> bool {
+    match d {
         Dst::Service(svc, _) => svc.name == *backend,
         Dst::Addr(addr) => backend.socket_addr() == Some(*addr),
-    };
-    if own {
-        return Ok((d, policy));
-    }
-    match snap.service(backend) {
-        Some(b) if !b.endpoints.is_empty() => Ok((Dst::Service(b.clone(), r.balancer(b)), policy)),
-        _ => match backend.socket_addr() {
-            // A backend that forwards to an address.
-            Some(addr) => Ok((Dst::Addr(addr), policy)),
-            None => {
-                // Not resolved yet, or empty: the target itself.
-                tracing::debug!(%backend, "route backend has no endpoints; using the target");
-                Ok((d, policy))
-            }
-        },
     }
 }
 

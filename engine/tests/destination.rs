@@ -1039,3 +1039,108 @@ fn a_control_plane_named_by_host() {
     assert_eq!(request(&mut w, &mut r, "/"), (200, b'a'));
     assert_eq!(metric(&metrics(&proxy), "destination_watches"), 1);
 }
+
+/// A keep-alive backend answering every request with `status` after
+/// `delay`, counting them in `hits`.
+fn fixed_backend(status: &'static str, delay: Duration, hits: Arc<AtomicUsize>) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line != "\r\n" => continue,
+                Ok(_) => {}
+            }
+            hits.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(delay);
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// The outbound policy's failure accrual (consecutive failures): a fast
+/// endpoint that always fails — which peak-EWMA would otherwise keep
+/// picking — is ejected after exactly that many failures and gets nothing
+/// more within the backoff; the proxy's own accrual is off.
+#[test]
+fn policy_failure_accrual_ejects_endpoints() {
+    let (bad_hits, good_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let bad = fixed_backend(
+        "500 Internal Server Error",
+        Duration::ZERO,
+        bad_hits.clone(),
+    );
+    let good = fixed_backend("200 OK", Duration::from_millis(5), good_hits.clone());
+    let cp = Cp::start("accrual");
+    let target = "127.0.0.9:8080";
+    let web = "web.default.svc.cluster.local:8080";
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": [],
+                "failure_accrual": {{"max_failures": 3, "backoff_ms": 60000}},
+                "http_routes": [{{"name": "all", "path_prefix": "/", "backends": [{{"authority": "{web}"}}]}}]}},
+            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
+        }}}}"#,
+        bad.addr.ip(),
+        bad.addr.port(),
+        good.addr.ip(),
+        good.addr.port(),
+    ));
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={target}");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"c-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    // Until the policy's backend is resolved the target itself is tried
+    // (nothing listens there: 502, and the connection closes).
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut w, mut r) = keep_alive(addr);
+            let (code, _) = request(&mut w, &mut r, "/warm-up");
+            code != 502
+        }),
+        "the policy's backend never answered:\n{}",
+        cp.tail()
+    );
+    let (mut w, mut r) = keep_alive(addr);
+    let mut statuses = Vec::new();
+    // POSTs: a 500 is never retried, so every failure is the client's.
+    for _ in 0..60 {
+        w.write_all(b"POST /x HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0);
+        }
+        statuses.push(status.get(9..12).unwrap_or("").to_string());
+    }
+    assert_eq!(
+        bad_hits.load(Ordering::Relaxed),
+        3,
+        "ejected after three failures (warm-up included), not picked again within the backoff: {statuses:?}"
+    );
+    assert!(statuses[statuses.len() - 20..].iter().all(|s| s == "200"));
+    assert!(good_hits.load(Ordering::Relaxed) >= 57);
+}

@@ -610,12 +610,25 @@ class Outbound:
             # default route to the Service itself.
             http = [self.configured_route(r, namespace) for r in dst.get("http_routes", [])]
             http.append(self.http_route("http", backend, prefix="/"))
+            # {"max_failures": n, "backoff_ms": t}: consecutive-failures
+            # accrual, as the policy controller sends from the Service's
+            # balancer.linkerd.io/failure-accrual annotations.
+            accrual = None
+            if "failure_accrual" in dst:
+                fa = dst["failure_accrual"]
+                backoff = duration(pb, fa.get("backoff_ms", 1000) / 1000.0)
+                accrual = o.FailureAccrual(
+                    consecutive_failures=o.FailureAccrual.ConsecutiveFailures(
+                        max_failures=fa["max_failures"],
+                        backoff=o.ExponentialBackoff(min_backoff=backoff, max_backoff=backoff, jitter_ratio=0.0),
+                    )
+                )
             protocol = o.ProxyProtocol(
                 detect=o.ProxyProtocol.Detect(
                     timeout=duration(pb, self.config.data.get("detect_timeout_ms", 10000) / 1000.0),
                     opaque=opaque,
-                    http1=o.ProxyProtocol.Http1(routes=http),
-                    http2=o.ProxyProtocol.Http2(routes=http),
+                    http1=o.ProxyProtocol.Http1(routes=http, failure_accrual=accrual),
+                    http2=o.ProxyProtocol.Http2(routes=http, failure_accrual=accrual),
                 )
             )
         return o.OutboundPolicy(metadata=resource, protocol=protocol)
