@@ -137,6 +137,17 @@ pub struct ServerPolicy {
 }
 
 impl ServerPolicy {
+    /// The policy of a port the proxy could not watch (too many are):
+    /// nothing admitted, labelled `srv_name="unwatched"`.
+    pub fn unwatched() -> Arc<Self> {
+        Arc::new(Self {
+            kind: Arc::from("default"),
+            name: Arc::from("unwatched"),
+            authorizations: Vec::new(),
+            protocol: None,
+        })
+    }
+
     /// The first authorization that lets the client in, or a denial.
     pub fn check(&self, client: IpAddr, tls: &TlsStatus) -> Verdict {
         let id = match tls {

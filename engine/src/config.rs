@@ -89,6 +89,7 @@ pub const POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
 pub const POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
 pub const POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
 pub const INBOUND_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS";
+pub const INBOUND_POLICY_MAX_PORTS: &str = "RINGMESH_INBOUND_POLICY_MAX_PORTS";
 pub const INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
 pub const POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
@@ -353,6 +354,9 @@ pub struct PolicyConfig {
     pub svc_name: Option<Name>,
     /// `LINKERD2_PROXY_POLICY_WORKLOAD`, sent with every port.
     pub workload: String,
+    /// Other ports watched at most (on first use); past it, connections
+    /// to a port not watched are denied (`RINGMESH_INBOUND_POLICY_MAX_PORTS`).
+    pub max_other_ports: usize,
     /// `LINKERD2_PROXY_INBOUND_PORTS`: watched from the start.
     pub ports: Vec<u16>,
 }
@@ -1211,10 +1215,17 @@ impl Parser<'_> {
             .parse_with(INBOUND_PORTS, PortSet::parse)
             .map(|set| set.ports().take(1024).collect())
             .unwrap_or_default();
+        let max_other_ports = self
+            .parse_with(INBOUND_POLICY_MAX_PORTS, |s| {
+                s.parse::<usize>()
+                    .map_err(|_| "expected a number of ports".to_string())
+            })
+            .unwrap_or(256);
         Some(PolicyConfig {
             svc_addr: svc_addr?,
             svc_name,
             workload,
+            max_other_ports,
             ports,
         })
     }

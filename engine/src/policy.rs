@@ -48,7 +48,13 @@ const WATCH_PORT_PATH: &str = "/io.linkerd.proxy.inbound.InboundServerPolicies/W
 /// Every watched port's server: `None` until the API answers (or after
 /// it failed without an answer): the default policy applies.
 #[derive(Debug, Default)]
-pub(crate) struct InboundPolicies(pub HashMap<u16, Option<Arc<ServerPolicy>>>);
+pub(crate) struct InboundPolicies {
+    pub ports: HashMap<u16, Option<Arc<ServerPolicy>>>,
+    /// As many ports as allowed are watched: one not watched is not
+    /// asked about, and its connections are denied (it might have a
+    /// server the default policy would admit more than).
+    pub full: bool,
+}
 
 impl Published for InboundPolicies {}
 
@@ -61,6 +67,10 @@ pub(crate) struct PolicyClient {
     limits: StreamLimits,
     publisher: RefCell<Publisher<InboundPolicies>>,
     watched: RefCell<HashSet<u16>>,
+    /// `LINKERD2_PROXY_INBOUND_PORTS`: always watched.
+    declared: HashSet<u16>,
+    /// Ports watched besides the declared ones, at most.
+    max_other: usize,
     counters: Arc<StreamCounters>,
 }
 
@@ -78,15 +88,39 @@ impl PolicyClient {
             limits,
             publisher: RefCell::new(publisher),
             watched: RefCell::new(HashSet::new()),
+            declared: cfg.ports.iter().copied().collect(),
+            max_other: cfg.max_other_ports,
             counters,
         })
     }
 
-    /// Starts watching `port` (once).
+    /// Starts watching `port` (once): a declared port always; another
+    /// while fewer than the limit of them are watched. Past it the
+    /// workers are told (once) to deny ports not watched: a client
+    /// probing every port cannot open a stream per port.
     pub(crate) fn watch(self: &Rc<Self>, port: u16) {
-        if self.watched.borrow_mut().insert(port) {
-            monoio::spawn(self.clone().follow(port));
+        let mut watched = self.watched.borrow_mut();
+        if watched.contains(&port) {
+            return;
         }
+        if !self.declared.contains(&port) {
+            let others = watched
+                .iter()
+                .filter(|p| !self.declared.contains(p))
+                .count();
+            if others >= self.max_other {
+                drop(watched);
+                let mut publisher = self.publisher.borrow_mut();
+                if !publisher.current().full {
+                    tracing::warn!(port, limit = self.max_other, "inbound ports watched at their limit (RINGMESH_INBOUND_POLICY_MAX_PORTS); connections to other ports are denied");
+                    let ports = publisher.current().ports.clone();
+                    publisher.publish(InboundPolicies { ports, full: true });
+                }
+                return;
+            }
+        }
+        watched.insert(port);
+        monoio::spawn(self.clone().follow(port));
     }
 
     async fn follow(self: Rc<Self>, port: u16) {
@@ -121,9 +155,10 @@ impl PolicyClient {
 
     fn publish(&self, port: u16, server: Option<Arc<ServerPolicy>>) {
         let mut publisher = self.publisher.borrow_mut();
-        let mut ports = publisher.current().0.clone();
+        let mut ports = publisher.current().ports.clone();
         ports.insert(port, server);
-        publisher.publish(InboundPolicies(ports));
+        let full = publisher.current().full;
+        publisher.publish(InboundPolicies { ports, full });
     }
 }
 

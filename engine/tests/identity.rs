@@ -1190,3 +1190,52 @@ fn policy_api_opaque_ports_skip_detection() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// `RINGMESH_INBOUND_POLICY_MAX_PORTS`: ports besides
+/// `LINKERD2_PROXY_INBOUND_PORTS` are watched up to the limit, so a client
+/// probing every port cannot open a policy stream per port; past it a
+/// port not watched is denied (403), never given the default policy (its
+/// server might admit fewer clients). A declared port is always watched.
+#[test]
+fn policy_api_watches_a_bounded_number_of_ports() {
+    let echo = Backend::echo();
+    let target = echo.addr.to_string();
+    let port = echo.addr.port().to_string();
+    let cp = common::cp::Cp::start("policy-cap");
+    cp.write_loaded(r#"{"inbound": {"default_policy": "all-unauthenticated"}}"#);
+    let addr = cp.addr.to_string();
+    let start = |declared: &str| {
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("RINGMESH_INBOUND_TARGET", &target),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                ("LINKERD2_PROXY_POLICY_SVC_ADDR", &addr),
+                (
+                    "LINKERD2_PROXY_POLICY_WORKLOAD",
+                    r#"{"ns":"default","pod":"e-0"}"#,
+                ),
+                ("LINKERD2_PROXY_INBOUND_PORTS", declared),
+                ("RINGMESH_INBOUND_POLICY_MAX_PORTS", "0"),
+            ],
+        )
+    };
+    let status = |proxy: &Proxy| {
+        let mut s = connect(proxy.inbound_addr().unwrap());
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n")
+            .unwrap();
+        let mut got = [0u8; 12];
+        let _ = s.read_exact(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let capped = start("");
+    assert_eq!(status(&capped), "HTTP/1.1 403", "not watched: denied");
+    drop(capped);
+    let declared = start(&port);
+    assert_ne!(
+        status(&declared),
+        "HTTP/1.1 403",
+        "declared: watched, allowed"
+    );
+}
