@@ -55,7 +55,23 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", 
 
 
 def log(msg):
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        # The test reading our output is gone; the orphan watch stops us.
+        pass
+
+
+async def orphan_watch(stop):
+    """Stops the server when the process that started it is gone: a test
+    killed before it could stop us (a timeout) must not leave a fake
+    behind, busy on a closed pipe."""
+    parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
 
 
 # --- protos -----------------------------------------------------------------
@@ -970,7 +986,9 @@ async def serve(args, pb):
     host = args.listen.rpartition(":")[0]
     log("ready %s:%d" % (host, port))
     watcher = asyncio.ensure_future(config.watch(stop))
+    orphan = asyncio.ensure_future(orphan_watch(stop))
     await stop.wait()
+    orphan.cancel()
     log("stopping")
     # Open watches end with the server; the proxies see the streams close.
     await server.stop(0.5)
