@@ -150,7 +150,38 @@ pub struct RetryPolicy {
     pub grpc: u32,
 }
 
+/// gRPC status codes a retry policy may name.
+pub mod grpc_code {
+    pub const CANCELLED: u32 = 1;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+
+    /// A code by its name in Linkerd's `l5d-retry-grpc` header and
+    /// `retry.linkerd.io/grpc` annotation (`deadline-exceeded`, …).
+    pub fn named(name: &str) -> Option<u32> {
+        [
+            ("cancelled", CANCELLED),
+            ("deadline-exceeded", DEADLINE_EXCEEDED),
+            ("internal", INTERNAL),
+            ("resource-exhausted", RESOURCE_EXHAUSTED),
+            ("unavailable", UNAVAILABLE),
+        ]
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|(_, c)| *c)
+    }
+}
+
 impl RetryPolicy {
+    /// Retries per request when nothing says otherwise (GetProfile's
+    /// retryable routes; 502/503 answers on any route).
+    pub const DEFAULT_LIMIT: u32 = 2;
+    /// The most retries per request a policy or a request's headers may
+    /// ask for (the retry budget bounds them further).
+    pub const MAX_LIMIT: u32 = 10;
+
     /// Retries on any 5xx (a GetProfile route's `is_retryable`).
     pub fn on_5xx(limit: u32) -> Self {
         Self {

@@ -278,7 +278,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
                 name: route_name,
                 retry: r
                     .is_retryable
-                    .then(|| Arc::new(RetryPolicy::on_5xx(crate::retry::MAX_ANSWER_RETRIES as u32))),
+                    .then(|| Arc::new(RetryPolicy::on_5xx(RetryPolicy::DEFAULT_LIMIT))),
                 timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
                 l5d_headers: false,
                 backends: Vec::new(),

@@ -41,7 +41,7 @@ pub(crate) const NAMES: &[&str] = &[
 /// retry policy (as linkerd2-proxy).
 const DEFAULT_LIMIT: u32 = 1;
 /// The most retries a request may ask for (as a policy).
-const MAX_LIMIT: u32 = crate::outbound::MAX_POLICY_RETRIES;
+const MAX_LIMIT: u32 = RetryPolicy::MAX_LIMIT;
 
 /// Whether `name` is one of [`NAMES`].
 pub(crate) fn is_l5d_header(name: &str) -> bool {
@@ -120,7 +120,7 @@ fn http_statuses(v: &str) -> Vec<(u16, u16)> {
 /// `l5d-retry-grpc`'s list, as a set of codes (bit `n`: code `n`).
 fn grpc_codes(v: &str) -> u32 {
     v.split(',')
-        .filter_map(crate::outbound::grpc_code_named)
+        .filter_map(ringmesh_discovery::profile::grpc_code::named)
         .fold(0, |bits, c| bits | 1 << c)
 }
 

@@ -20,7 +20,7 @@
 //!     `random-available` (weighted), each a Destination.Get path (watched
 //!     through Destination) or an address to forward to;
 //!   - each rule's request timeout, and its retry policy (its limit, at
-//!     most [`MAX_POLICY_RETRIES`], its HTTP status ranges or gRPC codes;
+//!     most [`RetryPolicy::MAX_LIMIT`], its HTTP status ranges or gRPC codes;
 //!     within the budget), and whether requests may adjust both with
 //!     Linkerd's `l5d-*` headers (`l5d_headers.rs`).
 //! - The protocol's failure accrual (consecutive failures), which the
@@ -51,7 +51,7 @@ use linkerd2_proxy_api::outbound::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    AccrualSpec, Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch,
+    grpc_code, AccrualSpec, Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -440,19 +440,6 @@ struct Rule {
     backends: Vec<(Authority, u32)>,
 }
 
-/// The most retries per request a policy may ask for (the retry budget
-/// bounds them further).
-pub(crate) const MAX_POLICY_RETRIES: u32 = 10;
-
-/// gRPC status codes.
-mod grpc_code {
-    pub const CANCELLED: u32 = 1;
-    pub const DEADLINE_EXCEEDED: u32 = 4;
-    pub const RESOURCE_EXHAUSTED: u32 = 8;
-    pub const INTERNAL: u32 = 13;
-    pub const UNAVAILABLE: u32 = 14;
-}
-
 /// An HTTP rule's retry policy: its status ranges (none given: 5xx).
 fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
     if r.max_retries == 0 {
@@ -475,7 +462,7 @@ fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
             .collect()
     };
     Some(Arc::new(RetryPolicy {
-        limit: r.max_retries.min(MAX_POLICY_RETRIES),
+        limit: r.max_retries.min(RetryPolicy::MAX_LIMIT),
         statuses,
         grpc: 0,
     }))
@@ -502,25 +489,10 @@ fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
         .fold(0, |bits, (_, code)| bits | 1 << code),
     };
     Some(Arc::new(RetryPolicy {
-        limit: r.max_retries.min(MAX_POLICY_RETRIES),
+        limit: r.max_retries.min(RetryPolicy::MAX_LIMIT),
         statuses: Vec::new(),
         grpc,
     }))
-}
-
-/// A gRPC status name in `l5d-retry-grpc` (as linkerd2-proxy reads it).
-pub(crate) fn grpc_code_named(name: &str) -> Option<u32> {
-    use grpc_code::*;
-    [
-        ("cancelled", CANCELLED),
-        ("deadline-exceeded", DEADLINE_EXCEEDED),
-        ("internal", INTERNAL),
-        ("resource-exhausted", RESOURCE_EXHAUSTED),
-        ("unavailable", UNAVAILABLE),
-    ]
-    .iter()
-    .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
-    .map(|(_, c)| *c)
 }
 
 /// A route's rules as profile routes, each under the route's hosts and

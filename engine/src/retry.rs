@@ -30,7 +30,7 @@ use crate::route::Dst;
 /// linkerd2-proxy's); larger bodies stream and are never retried.
 pub(crate) const MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// Retries after 502/503 answers, per request.
-pub(crate) const MAX_ANSWER_RETRIES: usize = 2;
+pub(crate) const MAX_ANSWER_RETRIES: usize = RetryPolicy::DEFAULT_LIMIT as usize;
 /// Attempts per request when HTTP/2 upstreams leave its stream unprocessed.
 pub(crate) const MAX_TRIES: u32 = 3;
 
