@@ -41,15 +41,12 @@ fn gzip_metrics(base: &str, flags: &str) -> std::process::Output {
 }
 
 fn start(vars: &[(&str, &str)]) -> (Running, String) {
-    let admin = closed_port();
-    let addr = admin.to_string();
-    let mut all = vec![("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", addr.as_str())];
-    all.extend_from_slice(vars);
-    let mut p = Running::spawn(ringmesh("auto", &all));
-    assert!(
-        p.wait_for("ready", Duration::from_secs(10)),
-        "proxy never became ready"
-    );
+    let (p, admin) = Running::spawn_ready(|admin| {
+        let addr = admin.to_string();
+        let mut all = vec![("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", addr.as_str())];
+        all.extend_from_slice(vars);
+        ringmesh("auto", &all)
+    });
     (p, format!("http://{admin}"))
 }
 

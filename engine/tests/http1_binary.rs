@@ -4,21 +4,16 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::http::origin;
 use common::proc::*;
 use common::*;
 
 fn start(driver: &str, target: &str) -> (Running, std::net::SocketAddr) {
-    let listen = closed_port();
-    let fwd = format!("{listen}={target}");
-    let mut p = Running::spawn(ringmesh(driver, &[("RINGMESH_TCP_FORWARD", &fwd)]));
-    assert!(
-        p.wait_for("ready", Duration::from_secs(10)),
-        "proxy never became ready"
-    );
-    (p, listen)
+    Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}={target}");
+        ringmesh(driver, &[("RINGMESH_TCP_FORWARD", &fwd)])
+    })
 }
 
 /// VmHWM (peak resident set) of a process, in KiB.

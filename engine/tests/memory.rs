@@ -77,16 +77,16 @@ fn hello(s: &mut TcpStream) {
 fn idle_connections_cost_little_and_are_given_back(driver: &str) {
     raise_fd_limit(CONNS as u64 * 2 + 1000);
     let origin = origin("o");
-    let listen = closed_port();
-    let fwd = format!("{listen}={}", origin.addr);
-    let mut p = Running::spawn(ringmesh(
-        driver,
-        &[
-            ("LINKERD2_PROXY_CORES", "1"),
-            ("RINGMESH_TCP_FORWARD", &fwd),
-        ],
-    ));
-    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let (p, listen) = Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}={}", origin.addr);
+        ringmesh(
+            driver,
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+            ],
+        )
+    });
     let pid = p.child.id();
 
     // Idle: after one request, so the worker's lazily built state exists.

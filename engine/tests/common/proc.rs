@@ -60,6 +60,26 @@ impl Running {
         }
     }
 
+    /// Starts the binary `cmd` builds for a free loopback address (a new
+    /// one each try) and waits until it is ready. The address is probed
+    /// free and then bound by the child; should another process take it
+    /// in between (an ephemeral port given to some connection), the child
+    /// cannot listen and is started again on another, up to 5 times.
+    pub fn spawn_ready(
+        mut cmd: impl FnMut(std::net::SocketAddr) -> Command,
+    ) -> (Self, std::net::SocketAddr) {
+        for _ in 0..5 {
+            let addr = super::closed_port();
+            let mut p = Self::spawn(cmd(addr));
+            if p.wait_for("ready", Duration::from_secs(10)) {
+                return (p, addr);
+            }
+            let taken = p.seen.iter().any(|l| l.contains("already in use"));
+            assert!(taken, "proxy never became ready:\n{}", p.seen.join("\n"));
+        }
+        panic!("the ports tried were all taken");
+    }
+
     /// Waits for a log line containing `needle`.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> bool {
         if self.seen.iter().any(|l| l.contains(needle)) {
