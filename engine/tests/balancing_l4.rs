@@ -129,9 +129,12 @@ fn slow_endpoint(splice: &str) {
         fast_share >= 0.85,
         "≥ 85 % of connections to the fast endpoints: {by:?}"
     );
-    // (A floor of 2 ms: a baseline p99 under 1 ms is within scheduler noise.)
+    // The slow endpoint does not set the p99: it stays well under its
+    // 50 ms (a balancer blind to latency sends it a third: p99 ≥ 50 ms).
+    // Compared with the all-fast baseline only loosely: on a noisy 2-vCPU
+    // VM a hiccup alone moved one run's p99 from 6 to 12 ms.
     assert!(
-        p_slow <= (p_base * 2).max(Duration::from_millis(2)),
+        p_slow < Duration::from_millis(25) || p_slow <= (p_base * 2).max(Duration::from_millis(2)),
         "p99 {p_slow:?} vs all-fast {p_base:?}"
     );
 }
