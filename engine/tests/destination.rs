@@ -772,33 +772,6 @@ fn endpoint_labels_and_authority_override() {
     let proxy = proxy(IoDriver::Uring, &cp, &[]);
     let addr = proxy.forward_addrs()[0];
 
-    let (mut w, mut r) = keep_alive(addr);
-    let mut hosts = std::collections::BTreeSet::new();
-    for _ in 0..40 {
-        w.write_all(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
-            .unwrap();
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        let mut len = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-        hosts.insert(String::from_utf8(body).unwrap());
-    }
-    for _ in 0..12 {
-        hosts.insert(format!("curl {}", curl_body(addr)));
-    }
     let want: std::collections::BTreeSet<String> = [
         "web.remote.example:4143 a",
         "web b",
@@ -808,10 +781,45 @@ fn endpoint_labels_and_authority_override() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    assert_eq!(
-        hosts, want,
-        "the override goes to a only, over both clients"
-    );
+    // Requests until both endpoints have answered each client (the
+    // balancer's latency estimates decide the order; bounded).
+    let (mut w, mut r) = keep_alive(addr);
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 0..600 {
+        let body = if i % 2 == 0 {
+            w.write_all(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
+                .unwrap();
+            let mut status = String::new();
+            r.read_line(&mut status).unwrap();
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            let mut len = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            String::from_utf8(body).unwrap()
+        } else {
+            format!("curl {}", curl_body(addr))
+        };
+        assert!(
+            want.contains(&body),
+            "the override goes to a only: {body:?}"
+        );
+        hosts.insert(body);
+        if hosts == want {
+            break;
+        }
+    }
+    assert_eq!(hosts, want, "both endpoints answered both clients");
 
     let m = metrics(&proxy);
     let series = |pod: &str, service: &str| {
@@ -1066,8 +1074,9 @@ fn fixed_backend(status: &'static str, delay: Duration, hits: Arc<AtomicUsize>) 
 
 /// The outbound policy's failure accrual (consecutive failures): a fast
 /// endpoint that always fails — which peak-EWMA would otherwise keep
-/// picking — is ejected after exactly that many failures and gets nothing
-/// more within the backoff; the proxy's own accrual is off.
+/// picking over a 50 ms one — is ejected after exactly that many failures
+/// and gets nothing more within the backoff; the proxy's own accrual is
+/// off.
 #[test]
 fn policy_failure_accrual_ejects_endpoints() {
     let (bad_hits, good_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -1076,7 +1085,10 @@ fn policy_failure_accrual_ejects_endpoints() {
         Duration::ZERO,
         bad_hits.clone(),
     );
-    let good = fixed_backend("200 OK", Duration::from_millis(5), good_hits.clone());
+    // Much slower than the failing one: a one-off hiccup in the failing
+    // one's first latency sample (peak-EWMA keeps peaks) cannot tip the
+    // balance, so without ejection nearly every request goes to it.
+    let good = fixed_backend("200 OK", Duration::from_millis(50), good_hits.clone());
     let cp = Cp::start("accrual");
     let target = "127.0.0.9:8080";
     let web = "web.default.svc.cluster.local:8080";
@@ -1124,7 +1136,7 @@ fn policy_failure_accrual_ejects_endpoints() {
     let (mut w, mut r) = keep_alive(addr);
     let mut statuses = Vec::new();
     // POSTs: a 500 is never retried, so every failure is the client's.
-    for _ in 0..60 {
+    for _ in 0..40 {
         w.write_all(b"POST /x HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n")
             .unwrap();
         let mut status = String::new();
@@ -1142,5 +1154,5 @@ fn policy_failure_accrual_ejects_endpoints() {
         "ejected after three failures (warm-up included), not picked again within the backoff: {statuses:?}"
     );
     assert!(statuses[statuses.len() - 20..].iter().all(|s| s == "200"));
-    assert!(good_hits.load(Ordering::Relaxed) >= 57);
+    assert!(good_hits.load(Ordering::Relaxed) >= 37);
 }
