@@ -63,8 +63,9 @@ impl Running {
     /// Starts the binary `cmd` builds for a free loopback address (a new
     /// one each try) and waits until it is ready. The address is probed
     /// free and then bound by the child; should another process take it
-    /// in between (an ephemeral port given to some connection), the child
-    /// cannot listen and is started again on another, up to 5 times.
+    /// in between (an ephemeral port given to some connection, or the same
+    /// port probed again for another of the child's listeners), the child
+    /// cannot start and is started again on another, up to 5 times.
     pub fn spawn_ready(
         mut cmd: impl FnMut(std::net::SocketAddr) -> Command,
     ) -> (Self, std::net::SocketAddr) {
@@ -74,7 +75,14 @@ impl Running {
             if p.wait_for("ready", Duration::from_secs(10)) {
                 return (p, addr);
             }
-            let taken = p.seen.iter().any(|l| l.contains("already in use"));
+            // Taken by another process, or handed out again to the
+            // caller's own probe for another listener (a collision the
+            // configuration check names).
+            let mine = addr.to_string();
+            let taken = p
+                .seen
+                .iter()
+                .any(|l| l.contains("already in use") || l.contains(&mine));
             assert!(taken, "proxy never became ready:\n{}", p.seen.join("\n"));
         }
         panic!("the ports tried were all taken");
