@@ -301,27 +301,58 @@ fn garbage_resets_and_silence_keep_the_state() {
     assert_eq!(metric(&m, "destination_watches"), 1);
 }
 
+/// One request head on a test backend's connection: its path and its
+/// header lines, lowercased. `None` once the client went away.
+fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<(String, Vec<String>)> {
+    let mut first = String::new();
+    if r.read_line(&mut first).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => headers.push(line.trim_end().to_ascii_lowercase()),
+        }
+    }
+    let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+    Some((path, headers))
+}
+
+/// One response on a client's keep-alive connection: status and body (by
+/// `Content-Length`). `None` when the connection closed before a status.
+fn read_response(r: &mut BufReader<std::net::TcpStream>) -> Option<(u16, Vec<u8>)> {
+    let mut status = String::new();
+    if r.read_line(&mut status).unwrap() == 0 {
+        return None;
+    }
+    let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut len = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "closed mid-head");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    Some((code, body))
+}
+
 /// A keep-alive backend answering `GET <path>` by path: `/slow` after 2 s,
 /// `/flaky*` with 500 when `fails`, anything else 200; the body is `name`.
 fn path_backend(name: u8, fails: bool) -> Backend {
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut first = String::new();
-            if r.read_line(&mut first).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if line == "\r\n" => break,
-                    Ok(_) => {}
-                }
-            }
-            let path = first.split(' ').nth(1).unwrap_or("/").to_string();
+        while let Some((path, _)) = read_request(&mut r) {
             if path == "/slow" {
                 thread::sleep(Duration::from_secs(2));
             }
@@ -347,23 +378,7 @@ fn request(
     // One write (a `write!` would send each piece apart).
     w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n\r\n").as_bytes())
         .unwrap();
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let mut len = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).unwrap();
+    let (code, body) = read_response(r).expect("a response");
     (code, body.first().copied().unwrap_or(0))
 }
 
@@ -573,23 +588,7 @@ fn outbound_policy_routes_requests() {
         let mut r = BufReader::new(c);
         w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
             .unwrap();
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        let code: u16 = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut line = String::new();
-        let mut len = 0usize;
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).unwrap();
+        let (code, body) = read_response(&mut r).expect("a response");
         (code, body.first().copied().unwrap_or(0))
     };
     // The backends are found once the policy names them.
@@ -703,26 +702,12 @@ fn host_backend(name: u8) -> Backend {
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut host = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if line == "\r\n" => break,
-                    Ok(_) => {
-                        if let Some((k, v)) = line.split_once(':') {
-                            if k.eq_ignore_ascii_case("host") {
-                                host = v.trim().to_string();
-                            }
-                        }
-                    }
-                }
-            }
+        while let Some((_, headers)) = read_request(&mut r) {
+            let host = headers
+                .iter()
+                .find_map(|h| h.strip_prefix("host:"))
+                .unwrap_or("")
+                .trim();
             let body = format!("{host} {}", name as char);
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -789,23 +774,8 @@ fn endpoint_labels_and_authority_override() {
         let body = if i % 2 == 0 {
             w.write_all(b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
                 .unwrap();
-            let mut status = String::new();
-            r.read_line(&mut status).unwrap();
-            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-            let mut len = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
+            let (code, body) = read_response(&mut r).expect("a response");
+            assert_eq!(code, 200);
             String::from_utf8(body).unwrap()
         } else {
             format!("curl {}", curl_body(addr))
@@ -846,26 +816,11 @@ fn policy_backend(name: u8, fails: bool, hits: Arc<AtomicUsize>) -> Backend {
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut first = String::new();
-            if r.read_line(&mut first).unwrap_or(0) == 0 {
-                return;
-            }
-            let mut l5d = false;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match r.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if line == "\r\n" => break,
-                    Ok(_) => {
-                        let l = line.to_ascii_lowercase();
-                        l5d |= l.starts_with("l5d-retry-") || l.starts_with("l5d-timeout");
-                    }
-                }
-            }
+        while let Some((path, headers)) = read_request(&mut r) {
+            let l5d = headers
+                .iter()
+                .any(|l| l.starts_with("l5d-retry-") || l.starts_with("l5d-timeout"));
             hits.fetch_add(1, Ordering::Relaxed);
-            let path = first.split(' ').nth(1).unwrap_or("/").to_string();
             if path.ends_with("/slow") {
                 thread::sleep(Duration::from_secs(2));
             }
@@ -944,27 +899,13 @@ fn policy_retry_conditions_and_l5d_headers() {
         let (w, r) = &mut conn;
         w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
             .unwrap();
-        let mut status = String::new();
-        if r.read_line(&mut status).unwrap() == 0 {
-            conn = keep_alive(addr);
-            return (0, String::new());
-        }
-        let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(r.read_line(&mut line).unwrap() > 0, "closed mid-head");
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
+        match read_response(r) {
+            Some((code, body)) => (code, String::from_utf8_lossy(&body).into_owned()),
+            None => {
+                conn = keep_alive(addr);
+                (0, String::new())
             }
         }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).unwrap();
-        (code, String::from_utf8_lossy(&body).into_owned())
     };
     assert!(
         eventually(Duration::from_secs(5), || get("/x", "").0 == 200),
@@ -1054,14 +995,7 @@ fn fixed_backend(status: &'static str, delay: Duration, hits: Arc<AtomicUsize>) 
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line != "\r\n" => continue,
-                Ok(_) => {}
-            }
+        while read_request(&mut r).is_some() {
             hits.fetch_add(1, Ordering::Relaxed);
             thread::sleep(delay);
             let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
@@ -1139,14 +1073,8 @@ fn policy_failure_accrual_ejects_endpoints() {
     for _ in 0..40 {
         w.write_all(b"POST /x HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n")
             .unwrap();
-        let mut status = String::new();
-        r.read_line(&mut status).unwrap();
-        let mut line = String::new();
-        while line != "\r\n" {
-            line.clear();
-            assert!(r.read_line(&mut line).unwrap() > 0);
-        }
-        statuses.push(status.get(9..12).unwrap_or("").to_string());
+        let (code, _) = read_response(&mut r).expect("a response");
+        statuses.push(code.to_string());
     }
     assert_eq!(
         bad_hits.load(Ordering::Relaxed),
