@@ -58,9 +58,13 @@ fn p99(lat: &[Duration]) -> Duration {
 
 /// Three backends, one 50 ms slower: at least 85% of requests go to the
 /// fast two, and p99 stays within 2× the all-fast baseline. Baseline and
-/// mixed runs alternate (three times each, the best p99 of each kept) so
-/// machine noise hits both; both drivers run in this one test, one after the other,
-/// so they do not disturb each other's latencies.
+/// mixed runs alternate (at least three times each, the best p99 of each
+/// kept) so machine noise hits both. On a noisy machine a burst can spoil
+/// every mixed round of three, so rounds go on (seven at most) until the
+/// best p99s compare; a balancer that does not avoid the slow backend puts
+/// its 50 ms into every round's p99 and still fails. Both drivers run in
+/// this one test, one after the other, so they do not disturb each other's
+/// latencies.
 #[test]
 fn slow_backend_is_avoided() {
     for driver in [IoDriver::Uring, IoDriver::Epoll] {
@@ -75,7 +79,10 @@ fn slow_backend_is_avoided() {
         let mixed = proxy_to(driver, &[&a, &b, &slow], "mixed");
         let (mut base_p99, mut mixed_p99) = (Duration::MAX, Duration::MAX);
         let mut hits = [0usize; 3];
-        for _ in 0..3 {
+        for round in 0..7 {
+            if round >= 3 && mixed_p99 <= base_p99 * 2 {
+                break;
+            }
             let (lat, _) = load(baseline.forward_addrs()[0], 8, 1);
             base_p99 = base_p99.min(p99(&lat));
             let (lat, h) = load(mixed.forward_addrs()[0], 8, 1);
