@@ -228,6 +228,19 @@ pub struct Profile {
     /// (an outbound policy's failure accrual); `None`: the proxy's own
     /// setting.
     pub accrual: Option<AccrualSpec>,
+    /// How requests wait for a backend with no endpoint (an outbound
+    /// policy's per-backend queue), by backend; a backend not listed: the
+    /// proxy's own fail-fast settings.
+    pub queues: Vec<(Authority, QueueSpec)>,
+}
+
+/// A backend's request queue: while it has no endpoint, at most
+/// `capacity` requests (per core) wait for one, each at most `failfast`;
+/// after that the backend fails fast (503 at once) until one appears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub capacity: usize,
+    pub failfast: Duration,
 }
 
 /// Consecutive-failure accrual: `consecutive` failures in a row eject an
@@ -245,6 +258,15 @@ impl Profile {
     /// The route a request takes, if any matches.
     pub fn route(&self, req: &dyn RequestInfo) -> Option<&ProfileRoute> {
         self.routes.iter().find(|r| r.condition.matches(req))
+    }
+
+    /// The queue settings for requests to `backend`, if the profile has
+    /// its own.
+    pub fn queue(&self, backend: &Authority) -> Option<QueueSpec> {
+        self.queues
+            .iter()
+            .find(|(name, _)| name == backend)
+            .map(|(_, q)| *q)
     }
 
     /// One of the overrides, drawn by weight with `r` in `[0, 1)`; `None`

@@ -319,8 +319,9 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         retry_budget,
         dst_overrides,
         opaque: p.opaque_protocol,
-        // GetProfile has no accrual settings: the proxy's apply.
+        // GetProfile has no accrual or queue settings: the proxy's apply.
         accrual: None,
+        queues: Vec::new(),
     }
 }
 

@@ -23,6 +23,8 @@
 //!     most [`RetryPolicy::MAX_LIMIT`], its HTTP status ranges or gRPC codes;
 //!     within the budget), and whether requests may adjust both with
 //!     Linkerd's `l5d-*` headers (`l5d_headers.rs`).
+//! - Each backend's queue (capacity, fail-fast timeout): how requests wait
+//!   for a backend with no endpoint (`route.rs`).
 //! - The protocol's failure accrual (consecutive failures), which the
 //!   workers apply to the balancers of the services the target's requests
 //!   go to (`route.rs`).
@@ -33,8 +35,8 @@
 //! Not yet: route filters (header modifiers, redirects, failure
 //! injection), query-parameter matches (a rule that has one is skipped,
 //! so it never matches more than it should), the retry policy's backoff
-//! and per-attempt timeout, queue settings from the policy, opaque and
-//! TLS routes' backends, `authority` targets.
+//! and per-attempt timeout, opaque and TLS routes' backends, `authority`
+//! targets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,7 +53,7 @@ use linkerd2_proxy_api::outbound::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    grpc_code, AccrualSpec, Profile, ProfileRoute, RequestMatch, RetryPolicy, ValueMatch,
+    grpc_code, AccrualSpec, Profile, ProfileRoute, QueueSpec, RequestMatch, RetryPolicy, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -191,36 +193,36 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
         _ => None,
     }
     .and_then(accrual);
-    match kind {
-        Some(Kind::Opaque(_) | Kind::Tls(_)) => profile.opaque = true,
+    let queues = &mut profile.queues;
+    profile.routes = match kind {
+        Some(Kind::Opaque(_) | Kind::Tls(_)) => {
+            profile.opaque = true;
+            Vec::new()
+        }
         Some(Kind::Detect(d)) => {
             let routes = d.http1.map(|h| h.routes).into_iter().flatten();
             let routes = routes.chain(d.http2.map(|h| h.routes).into_iter().flatten());
-            profile.routes = routes.flat_map(|r| http_routes(target, r)).collect();
+            routes
+                .flat_map(|r| http_routes(target, r, queues))
+                .collect()
         }
-        Some(Kind::Http1(h)) => {
-            profile.routes = h
-                .routes
-                .into_iter()
-                .flat_map(|r| http_routes(target, r))
-                .collect();
-        }
-        Some(Kind::Http2(h)) => {
-            profile.routes = h
-                .routes
-                .into_iter()
-                .flat_map(|r| http_routes(target, r))
-                .collect();
-        }
-        Some(Kind::Grpc(g)) => {
-            profile.routes = g
-                .routes
-                .into_iter()
-                .flat_map(|r| grpc_routes(target, r))
-                .collect();
-        }
-        None => {}
-    }
+        Some(Kind::Http1(h)) => h
+            .routes
+            .into_iter()
+            .flat_map(|r| http_routes(target, r, queues))
+            .collect(),
+        Some(Kind::Http2(h)) => h
+            .routes
+            .into_iter()
+            .flat_map(|r| http_routes(target, r, queues))
+            .collect(),
+        Some(Kind::Grpc(g)) => g
+            .routes
+            .into_iter()
+            .flat_map(|r| grpc_routes(target, r, queues))
+            .collect(),
+        None => Vec::new(),
+    };
     profile
 }
 
@@ -362,8 +364,20 @@ fn condition(hosts: Option<RequestMatch>, matches: Vec<RequestMatch>) -> Request
     RequestMatch::All(all)
 }
 
-fn backend_authority(b: &Backend) -> Option<Authority> {
-    match b.kind.as_ref()? {
+/// What a backend names, and its queue settings (as the policy gives
+/// them: without a fail-fast timeout, the proxy's own settings apply).
+fn backend_authority(b: &Backend) -> Option<(Authority, Option<QueueSpec>)> {
+    let queue = b.queue.and_then(|q| {
+        let failfast = q
+            .failfast_timeout
+            .and_then(crate::destination::duration)
+            .filter(|d| !d.is_zero())?;
+        Some(QueueSpec {
+            capacity: usize::try_from(q.capacity).unwrap_or(usize::MAX),
+            failfast,
+        })
+    });
+    let name = match b.kind.as_ref()? {
         backend::Kind::Balancer(p2c) => match p2c.discovery.as_ref()?.kind.as_ref()? {
             backend::endpoint_discovery::Kind::Dst(d) => Authority::parse(&d.path).ok(),
         },
@@ -371,30 +385,33 @@ fn backend_authority(b: &Backend) -> Option<Authority> {
             let addr: SocketAddr = (*addr)?.try_into().ok()?;
             Some(Authority::from_addr(addr))
         }
-    }
+    }?;
+    Some((name, queue))
 }
 
+/// A rule's backends, each with its weight and queue settings.
+type Backends = Vec<(Authority, u32, Option<QueueSpec>)>;
+
 /// `first-available`: the first backend that names a target.
-fn first_available<'a>(
-    backends: impl Iterator<Item = Option<&'a Backend>>,
-) -> Vec<(Authority, u32)> {
+fn first_available<'a>(backends: impl Iterator<Item = Option<&'a Backend>>) -> Backends {
     backends
         .filter_map(|b| backend_authority(b?))
         .take(1)
-        .map(|a| (a, 1))
+        .map(|(a, q)| (a, 1, q))
         .collect()
 }
 
 /// `random-available`: every backend that names a target, with its weight.
-fn random_available<'a>(
-    backends: impl Iterator<Item = (Option<&'a Backend>, u32)>,
-) -> Vec<(Authority, u32)> {
+fn random_available<'a>(backends: impl Iterator<Item = (Option<&'a Backend>, u32)>) -> Backends {
     backends
-        .filter_map(|(b, w)| Some((backend_authority(b?)?, w)))
+        .filter_map(|(b, w)| {
+            let (a, q) = backend_authority(b?)?;
+            Some((a, w, q))
+        })
         .collect()
 }
 
-fn http_backends(d: Option<http_route::Distribution>) -> Vec<(Authority, u32)> {
+fn http_backends(d: Option<http_route::Distribution>) -> Backends {
     use http_route::distribution::Kind;
     match d.and_then(|d| d.kind) {
         Some(Kind::FirstAvailable(f)) => {
@@ -408,7 +425,7 @@ fn http_backends(d: Option<http_route::Distribution>) -> Vec<(Authority, u32)> {
     }
 }
 
-fn grpc_backends(d: Option<grpc_route::Distribution>) -> Vec<(Authority, u32)> {
+fn grpc_backends(d: Option<grpc_route::Distribution>) -> Backends {
     use grpc_route::distribution::Kind;
     match d.and_then(|d| d.kind) {
         Some(Kind::FirstAvailable(f)) => {
@@ -437,7 +454,7 @@ struct Rule {
     retry: Option<Arc<RetryPolicy>>,
     timeout: Option<std::time::Duration>,
     l5d_headers: bool,
-    backends: Vec<(Authority, u32)>,
+    backends: Backends,
 }
 
 /// An HTTP rule's retry policy: its status ranges (none given: 5xx).
@@ -501,6 +518,7 @@ fn routes(
     target: &Authority,
     (name, hosts): (Option<Arc<str>>, Option<RequestMatch>),
     rules: impl Iterator<Item = Rule>,
+    queues: &mut Vec<(Authority, QueueSpec)>,
 ) -> Vec<ProfileRoute> {
     rules
         .filter_map(|rule| {
@@ -511,19 +529,32 @@ fn routes(
                     return None;
                 }
             };
+            let mut backends = Vec::with_capacity(rule.backends.len());
+            for (backend, weight, queue) in rule.backends {
+                if let Some(q) = queue {
+                    if !queues.iter().any(|(b, _)| *b == backend) {
+                        queues.push((backend.clone(), q));
+                    }
+                }
+                backends.push((backend, weight));
+            }
             Some(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
                 retry: rule.retry,
                 timeout: rule.timeout,
                 l5d_headers: rule.l5d_headers,
-                backends: rule.backends,
+                backends,
             })
         })
         .collect()
 }
 
-fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
+fn http_routes(
+    target: &Authority,
+    r: HttpRoute,
+    queues: &mut Vec<(Authority, QueueSpec)>,
+) -> Vec<ProfileRoute> {
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(http_match).collect(),
         retry: rule.retry.as_ref().and_then(http_retry),
@@ -532,10 +563,14 @@ fn http_routes(target: &Authority, r: HttpRoute) -> Vec<ProfileRoute> {
         backends: http_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
-    routes(target, route, rules)
+    routes(target, route, rules, queues)
 }
 
-fn grpc_routes(target: &Authority, r: GrpcRoute) -> Vec<ProfileRoute> {
+fn grpc_routes(
+    target: &Authority,
+    r: GrpcRoute,
+    queues: &mut Vec<(Authority, QueueSpec)>,
+) -> Vec<ProfileRoute> {
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(grpc_match).collect(),
         retry: rule.retry.as_ref().and_then(grpc_retry),
@@ -544,7 +579,7 @@ fn grpc_routes(target: &Authority, r: GrpcRoute) -> Vec<ProfileRoute> {
         backends: grpc_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
-    routes(target, route, rules)
+    routes(target, route, rules, queues)
 }
 
 #[cfg(fuzzing)]

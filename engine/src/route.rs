@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringmesh_balancer::{AccrualPolicy, Balancer, OpenGuard};
-use ringmesh_discovery::profile::{pick, ProfileRoute, RequestInfo, RetryPolicy};
+use ringmesh_discovery::profile::{
+    pick, AccrualSpec, ProfileRoute, QueueSpec, RequestInfo, RetryPolicy,
+};
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
@@ -154,8 +156,36 @@ pub(crate) async fn resolve(
     req: &dyn RequestInfo,
 ) -> Result<(Dst, RoutePolicy), ProxyError> {
     let d = resolve_logical(r, dst, authority).await?;
-    // The snapshot `resolve_logical` just refreshed, borrowed rather than
-    // cloned (no await below).
+    let (next, policy, accrual) = choose(r, d, req);
+    let dst = match next {
+        Next::Ready(dst) => dst,
+        Next::Queue {
+            backend,
+            queue,
+            watch,
+        } => Box::pin(await_endpoints(r, &backend, queue, watch))
+            .await
+            .ok_or_else(|| ProxyError::no_endpoints(&backend))?,
+    };
+    Ok((with_accrual(dst, accrual), policy))
+}
+
+/// Where [`choose`] sends a request.
+enum Next {
+    Ready(Dst),
+    /// A backend not resolved yet (`watch`), or with no endpoint: the
+    /// request waits in its queue.
+    Queue {
+        backend: Authority,
+        queue: QueueSpec,
+        watch: bool,
+    },
+}
+
+/// The profile's say on a request to `d`: where it goes, its route's
+/// policy and the failure accrual for its endpoints. Synchronous: the
+/// snapshot `resolve_logical` just refreshed is borrowed, not cloned.
+fn choose(r: &Routes, d: Dst, req: &dyn RequestInfo) -> (Next, RoutePolicy, Option<AccrualSpec>) {
     let cache = r.snapshots.borrow();
     let snap = cache.get();
     let profile = match &d {
@@ -170,7 +200,7 @@ pub(crate) async fn resolve(
         }
     };
     let Some(profile) = profile else {
-        return Ok((d, RoutePolicy::default()));
+        return (Next::Ready(d), RoutePolicy::default(), None);
     };
     let route = profile.route(req);
     let policy = route
@@ -180,25 +210,35 @@ pub(crate) async fn resolve(
     let backend = route
         .and_then(|route| pick(&route.backends, draw))
         .or_else(|| profile.split(draw));
-    let dst = match backend {
-        None => d,
-        Some(backend) if is_target(&d, backend) => d,
-        Some(backend) => match snap.service(backend) {
-            Some(b) if !b.endpoints.is_empty() => Dst::Service(b.clone(), r.balancer(b)),
-            _ => match backend.socket_addr() {
-                // A backend that forwards to an address.
-                Some(addr) => Dst::Addr(addr),
-                None => {
-                    // Not resolved yet, or empty: the target itself.
-                    tracing::debug!(%backend, "route backend has no endpoints; using the target");
-                    d
+    let next = match backend {
+        None => Next::Ready(d),
+        Some(backend) if is_target(&d, backend) => Next::Ready(d),
+        Some(backend) => match (snap.service(backend), backend.socket_addr()) {
+            (Some(b), _) if !b.endpoints.is_empty() => {
+                if !r.failing_fast.borrow().is_empty() {
+                    r.failing_fast.borrow_mut().remove(backend);
                 }
+                Next::Ready(Dst::Service(b.clone(), r.balancer(b)))
+            }
+            // A backend that forwards to an address.
+            (None, Some(addr)) => Next::Ready(Dst::Addr(addr)),
+            (found, _) => Next::Queue {
+                backend: backend.clone(),
+                queue: profile.queue(backend).unwrap_or(QueueSpec {
+                    capacity: r.queue_capacity,
+                    failfast: r.failfast_timeout,
+                }),
+                watch: found.is_none(),
             },
         },
     };
-    // The policy's failure accrual governs the endpoints its requests go
-    // to (the last policy to route there wins, when several do).
-    if let (Some(a), Dst::Service(_, b)) = (profile.accrual, &dst) {
+    (next, policy, profile.accrual)
+}
+
+/// The policy's failure accrual governs the endpoints its requests go to
+/// (the last policy to route there wins, when several do).
+fn with_accrual(dst: Dst, accrual: Option<AccrualSpec>) -> Dst {
+    if let (Some(a), Dst::Service(_, b)) = (accrual, &dst) {
         b.borrow_mut().set_accrual(AccrualPolicy {
             consecutive: a.consecutive,
             min_backoff: a.min_backoff,
@@ -206,7 +246,7 @@ pub(crate) async fn resolve(
             jitter: a.jitter,
         });
     }
-    Ok((dst, policy))
+    dst
 }
 
 /// Whether `backend` names the target `d` itself.
@@ -230,7 +270,11 @@ async fn resolve_logical(
             // Boxed, as the wait below: the future of every request
             // would otherwise carry a timer's room (its size is copied
             // per request).
-            Ok(Box::pin(await_endpoints(r, &svc.name))
+            let queue = QueueSpec {
+                capacity: r.queue_capacity,
+                failfast: r.failfast_timeout,
+            };
+            Ok(Box::pin(await_endpoints(r, &svc.name, queue, false))
                 .await
                 .unwrap_or(Dst::Service(svc, b)))
         }
@@ -244,19 +288,32 @@ async fn resolve_logical(
 }
 
 /// Fail-fast (linkerd2-proxy's): a request for a service with no endpoint
-/// waits in a bounded queue for one to appear, up to the fail-fast timeout.
-/// When that runs out the service is failing fast: its requests get 503 at
-/// once until an endpoint returns. `None`: no endpoint (yet).
-async fn await_endpoints(r: &Routes, name: &Authority) -> Option<Dst> {
+/// waits in the service's bounded queue (per core) for one to appear, up
+/// to the queue's fail-fast timeout. When that runs out the service is
+/// failing fast: its requests get 503 at once until an endpoint returns.
+/// `watch`: the snapshot does not have the name yet; the control core is
+/// asked for it. `None`: no endpoint (yet).
+async fn await_endpoints(
+    r: &Routes,
+    name: &Authority,
+    queue: QueueSpec,
+    watch: bool,
+) -> Option<Dst> {
     if r.failing_fast.borrow().contains(name) {
         return None;
     }
-    if r.queued.get() >= r.queue_capacity {
-        tracing::debug!(service = %name, capacity = r.queue_capacity, "fail-fast queue full");
+    let waiting = r.queued.borrow().get(name).copied().unwrap_or(0);
+    if waiting >= queue.capacity {
+        tracing::debug!(service = %name, capacity = queue.capacity, "fail-fast queue full");
         return None;
     }
-    r.queued.set(r.queued.get() + 1);
-    let deadline = Instant::now() + r.failfast_timeout;
+    if watch {
+        let _ = r
+            .control
+            .send(crate::control::ControlMsg::Watch(name.clone()));
+    }
+    *r.queued.borrow_mut().entry(name.clone()).or_default() += 1;
+    let deadline = Instant::now() + queue.failfast;
     let found = loop {
         let snap = r.snapshot();
         match snap.service(name) {
@@ -269,10 +326,23 @@ async fn await_endpoints(r: &Routes, name: &Authority) -> Option<Dst> {
         drop(snap);
         monoio::time::sleep(Duration::from_millis(10)).await;
     };
-    r.queued.set(r.queued.get() - 1);
-    if found.is_none() {
-        tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
-        r.failing_fast.borrow_mut().insert(name.clone());
+    {
+        let mut queued = r.queued.borrow_mut();
+        match queued.get_mut(name) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                queued.remove(name);
+            }
+        }
+    }
+    match &found {
+        Some(_) => {
+            r.failing_fast.borrow_mut().remove(name);
+        }
+        None => {
+            tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
+            r.failing_fast.borrow_mut().insert(name.clone());
+        }
     }
     found
 }

@@ -3,7 +3,7 @@
 //! its drain. What a request or connection uses of the worker is the
 //! context in `worker.rs`; this module starts, runs and stops it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -247,7 +247,7 @@ fn new_worker(
             own_listeners,
             control,
             failing_fast: RefCell::default(),
-            queued: Cell::new(0),
+            queued: RefCell::default(),
             accrual,
             failfast_timeout,
             queue_capacity,

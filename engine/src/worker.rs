@@ -94,8 +94,9 @@ pub(crate) struct Routes {
     /// Services whose requests get 503 at once (no endpoint within the
     /// fail-fast timeout) until an endpoint appears.
     pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
-    /// Requests waiting for a service to get an endpoint.
-    pub queued: Cell<usize>,
+    /// Requests waiting for a service to get an endpoint, by service
+    /// (a name leaves when none waits).
+    pub queued: RefCell<HashMap<Authority, usize>>,
     /// Failure accrual for new replicas.
     pub accrual: AccrualPolicy,
     /// How long a request waits for a service with no endpoint to get one,

@@ -1056,8 +1056,9 @@ fn policy_failure_accrual_ejects_endpoints() {
         ],
     );
     let addr = proxy.forward_addrs()[0];
-    // Until the policy's backend is resolved the target itself is tried
-    // (nothing listens there: 502, and the connection closes).
+    // Until the policy is known the target itself is tried (nothing
+    // listens there: 502, and the connection closes); then requests wait
+    // in the backend's queue for its endpoints.
     assert!(
         eventually(Duration::from_secs(5), || {
             let (mut w, mut r) = keep_alive(addr);
@@ -1083,4 +1084,121 @@ fn policy_failure_accrual_ejects_endpoints() {
     );
     assert!(statuses[statuses.len() - 20..].iter().all(|s| s == "200"));
     assert!(good_hits.load(Ordering::Relaxed) >= 37);
+}
+
+/// The outbound policy's per-backend queue: while a route's backend has no
+/// endpoint, at most `capacity` requests (per core) wait for one and only
+/// for `failfast` (300 ms here; ringmesh's own default is 3 s), then get
+/// 503; the backend then fails fast (503 at once) until an endpoint
+/// appears, and the next request goes through.
+#[test]
+fn policy_backend_queue_and_fail_fast() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let live = fixed_backend("200 OK", Duration::ZERO, hits.clone());
+    let cp = Cp::start("queue");
+    let target = "127.0.0.9:8080";
+    let web = "web.default.svc.cluster.local:8080";
+    let config = |endpoints: &str| {
+        format!(
+            r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": [],
+                "http_routes": [
+                    {{"name": "warm", "path_prefix": "/warm", "backends": [{{"forward": "{}"}}]}},
+                    {{"name": "q", "path_prefix": "/", "backends": [{{"authority": "{web}",
+                        "queue": {{"capacity": 2, "failfast_ms": 300}}}}]}}]}},
+            "{web}": {{"endpoints": [{endpoints}]}}
+        }}}}"#,
+            live.addr
+        )
+    };
+    cp.write_loaded(&config(""));
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={target}");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"c-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    // The policy is known once /warm reaches its forward backend.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut w, mut r) = keep_alive(addr);
+            request(&mut w, &mut r, "/warm").0 == 200
+        }),
+        "the policy never applied:\n{}",
+        cp.tail()
+    );
+    // Four at once: two wait out the fail-fast timeout, two find the queue
+    // full and get 503 at once.
+    let (ready, go) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (ready, go) = (ready.clone(), go.clone());
+            thread::spawn(move || {
+                let (mut w, mut r) = keep_alive(addr);
+                ready.fetch_add(1, Ordering::SeqCst);
+                while !go.load(Ordering::SeqCst) {
+                    thread::yield_now();
+                }
+                let t = Instant::now();
+                let (code, _) = request(&mut w, &mut r, "/x");
+                (code, t.elapsed())
+            })
+        })
+        .collect();
+    while ready.load(Ordering::SeqCst) < 4 {
+        thread::yield_now();
+    }
+    go.store(true, Ordering::SeqCst);
+    let mut answers: Vec<(u16, Duration)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    answers.sort_by_key(|(_, t)| *t);
+    assert!(answers.iter().all(|(c, _)| *c == 503), "{answers:?}");
+    let waited: Vec<_> = answers
+        .iter()
+        .filter(|(_, t)| *t >= Duration::from_millis(250))
+        .collect();
+    assert_eq!(waited.len(), 2, "two queued, two refused: {answers:?}");
+    assert!(
+        waited.iter().all(|(_, t)| *t < Duration::from_secs(2)),
+        "the policy's 300 ms fail-fast timeout, not the 3 s default: {answers:?}"
+    );
+    // Failing fast now: 503 at once.
+    let (mut w, mut r) = keep_alive(addr);
+    let t = Instant::now();
+    assert_eq!(request(&mut w, &mut r, "/x").0, 503);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    // An endpoint appears: requests go through again.
+    cp.write_loaded(&config(&format!(
+        r#"{{"addr": "{}", "port": {}}}"#,
+        live.addr.ip(),
+        live.addr.port()
+    )));
+    let before = hits.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let (mut w, mut r) = keep_alive(addr);
+            request(&mut w, &mut r, "/x").0 == 200
+        }),
+        "the backend's endpoint never took traffic:\n{}",
+        cp.tail()
+    );
+    assert!(hits.load(Ordering::Relaxed) > before);
 }

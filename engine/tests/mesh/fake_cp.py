@@ -697,8 +697,8 @@ class Outbound:
     def configured_route(self, r, namespace):
         """An HTTPRoute with one rule, from the config: `path_prefix` /
         `path_exact`, `method`, `headers` (exact values), `host`; `backends`
-        (a list of {"authority", "weight"}: random-available through
-        Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
+        (a list of {"authority", "weight", "queue"}: random-available
+        through Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
         (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`."""
         pb = self.pb
         o, hr = pb.outbound, pb.http_route
@@ -724,7 +724,14 @@ class Outbound:
                         peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
                     )
                 )
-            backend = o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=self.queue(), **kind)
+            # "queue": {"capacity": n, "failfast_ms": t}, else the
+            # policy controller's default (100, 3 s).
+            if "queue" in b:
+                q = b["queue"]
+                queue = o.Queue(capacity=q["capacity"], failfast_timeout=duration(pb, q["failfast_ms"] / 1000.0))
+            else:
+                queue = self.queue()
+            backend = o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=queue, **kind)
             backends.append(
                 o.HttpRoute.WeightedRouteBackend(
                     backend=o.HttpRoute.RouteBackend(backend=backend), weight=b.get("weight", 1)
