@@ -51,6 +51,38 @@ pub struct Endpoint {
     /// `:authority`) instead of their own: the Destination API's
     /// `authority_override` (a multicluster gateway, say).
     pub authority_override: Option<Arc<str>>,
+    /// How HTTP/2 connections to this endpoint are set up (the Destination
+    /// API's `Http2ClientParams`); `None`: the proxy's own settings.
+    pub h2_params: Option<Arc<H2Params>>,
+}
+
+/// HTTP/2 client settings for one endpoint's connections, each `None`
+/// where the proxy's own apply. Validated where they are read: the
+/// window is at most 2^31 − 1, the frame size within HTTP/2's bounds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct H2Params {
+    /// The initial stream-level flow-control window. (The connection's
+    /// window stays the protocol's largest: stream windows bound what a
+    /// connection buffers, and a smaller one would let a few stalled
+    /// streams stop every other on the connection.)
+    pub stream_window: Option<u32>,
+    /// The largest frame payload this proxy accepts.
+    pub max_frame_size: Option<u32>,
+    /// Streams reset locally that are remembered (h2's reset-flood guard).
+    pub max_concurrent_reset_streams: Option<usize>,
+    /// Bytes buffered per stream before sending waits for the peer.
+    pub max_send_buf_size: Option<usize>,
+    pub keep_alive: Option<H2KeepAlive>,
+}
+
+/// HTTP/2 PINGs on an upstream connection: one every `interval` (only
+/// while streams are open, unless `while_idle`); a PING not answered
+/// within `timeout` ends the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct H2KeepAlive {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub while_idle: bool,
 }
 
 impl Endpoint {
@@ -65,6 +97,7 @@ impl Endpoint {
             opaque_transport_port: None,
             labels: None,
             authority_override: None,
+            h2_params: None,
         }
     }
 }

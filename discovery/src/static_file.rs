@@ -267,6 +267,7 @@ impl Check {
                         opaque_transport_port,
                         labels: None,
                         authority_override: None,
+                        h2_params: None,
                     });
                 }
                 Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
@@ -15,6 +16,7 @@ use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::{
     ConnMeter, DstLabels, HttpKey, NoTlsReason, Peer, TcpKey, TcpShard,
 };
+use ringmesh_discovery::snapshot::H2Params;
 use ringmesh_discovery::Service;
 use ringmesh_identity::tls::TRANSPORT_HEADER_ALPN;
 use ringmesh_identity::{Name, TlsConfigs};
@@ -23,8 +25,10 @@ use ringmesh_protocols::transport_header::{SessionProtocol, TransportHeader};
 use crate::error::ProxyError;
 use crate::transport::Transport;
 
-/// Where an upstream connection goes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Where an upstream connection goes. Compared and hashed by address,
+/// identity and transport port only: `h2` shapes new connections, not
+/// which pooled one a request may take.
+#[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// The identity the endpoint's certificate must name: mutual TLS when
@@ -36,6 +40,24 @@ pub(crate) struct Endpoint {
     /// opened with Linkerd's transport header naming `addr`'s port (the
     /// static file's `opaque_transport_port`). Only with an identity.
     pub(crate) opaque_transport: Option<u16>,
+    /// The endpoint's HTTP/2 client settings (the Destination API's),
+    /// for new HTTP/2 connections to it.
+    pub(crate) h2: Option<Arc<H2Params>>,
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        (self.addr, &self.identity, self.opaque_transport)
+            == (other.addr, &other.identity, other.opaque_transport)
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.addr, &self.identity, self.opaque_transport).hash(state);
+    }
 }
 
 impl Endpoint {
@@ -45,6 +67,7 @@ impl Endpoint {
             addr,
             identity: None,
             opaque_transport: None,
+            h2: None,
         }
     }
 
@@ -56,6 +79,7 @@ impl Endpoint {
                 addr,
                 identity: ep.identity.clone(),
                 opaque_transport: ep.opaque_transport_port.filter(|_| ep.identity.is_some()),
+                h2: ep.h2_params.clone(),
             },
             None => Self::plain(addr),
         }
@@ -230,6 +254,7 @@ mod tests {
             addr,
             identity: Some(Name::parse(id).unwrap()),
             opaque_transport: None,
+            h2: None,
         }
     }
 

@@ -55,12 +55,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use linkerd2_proxy_api::destination::{
-    protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Update, WeightedAddr,
+    protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Http2ClientParams,
+    Update, WeightedAddr,
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
     Profile, ProfileRoute, RequestMatch, RetryBudgetSpec, RetryPolicy,
 };
+use ringmesh_discovery::snapshot::{H2KeepAlive, H2Params};
 use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
 use ringmesh_identity::Name;
 
@@ -498,8 +500,58 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
         // The address's own labels; merged over the set's when published.
         labels: labels(wa.metric_labels),
         authority_override,
+        h2_params: wa.http2.and_then(h2_params),
     };
     Ok((ep, opaque))
+}
+
+/// Largest stream window taken from the control plane: memory a peer may
+/// fill before the proxy reads it.
+const MAX_STREAM_WINDOW: u32 = 16 << 20;
+/// Largest send buffer per stream taken from the control plane.
+const MAX_SEND_BUF: u32 = 16 << 20;
+/// Keep-alive PINGs at most this often, and a PING's answer awaited at
+/// least this long.
+const MIN_KEEP_ALIVE: Duration = Duration::from_millis(100);
+/// A PING's answer is awaited this long when the control plane gives an
+/// interval and no timeout.
+const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The endpoint's HTTP/2 client settings from the Destination API's
+/// `Http2ClientParams`. proto3 zeroes mean "not set"; values HTTP/2
+/// forbids (a frame size outside 16 KiB ..= 16 MiB − 1) are dropped, a
+/// large window or send buffer capped. Adaptive flow control is not built: with it
+/// set, the proxy's own windows apply (as its other window settings are
+/// ignored then). `None` when nothing is set.
+fn h2_params(p: Http2ClientParams) -> Option<Arc<H2Params>> {
+    let nonzero = |v: u32| (v != 0).then_some(v);
+    let mut out = H2Params::default();
+    if let Some(fc) = p.flow_control.filter(|fc| !fc.adaptive_flow_control) {
+        // (The connection window is not taken: see `H2Params`.)
+        out.stream_window =
+            nonzero(fc.initial_stream_window_size).map(|w| w.min(MAX_STREAM_WINDOW));
+    }
+    if let Some(i) = p.internals {
+        out.max_frame_size = nonzero(i.max_frame_size).filter(|f| (1 << 14..1 << 24).contains(f));
+        out.max_concurrent_reset_streams = nonzero(i.max_concurrent_reset_streams)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        out.max_send_buf_size = nonzero(i.max_send_buf_size)
+            .map(|n| usize::try_from(n.min(MAX_SEND_BUF)).unwrap_or(usize::MAX));
+    }
+    if let Some(k) = p.keep_alive {
+        let interval = k.interval.and_then(duration).filter(|d| !d.is_zero());
+        out.keep_alive = interval.map(|interval| H2KeepAlive {
+            interval: interval.max(MIN_KEEP_ALIVE),
+            timeout: k
+                .timeout
+                .and_then(duration)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_KEEP_ALIVE_TIMEOUT)
+                .max(MIN_KEEP_ALIVE),
+            while_idle: k.while_idle,
+        });
+    }
+    (out != H2Params::default()).then(|| Arc::new(out))
 }
 
 /// Valid metric labels, sorted by name (`None` when there are none).
@@ -602,6 +654,82 @@ mod tests {
         AddrSet, NoEndpoints, ProtocolHint, TlsIdentity, WeightedAddrSet,
     };
     use linkerd2_proxy_api::net::TcpAddress;
+
+    /// Bad or hostile HTTP/2 client parameters never reach the HTTP/2
+    /// library as they are (an out-of-range frame size would panic it).
+    #[test]
+    fn http2_client_params_are_validated() {
+        use linkerd2_proxy_api::destination::http2_client_params::{
+            FlowControl, Internals, KeepAlive,
+        };
+        let d = |ms: i32| prost_types::Duration {
+            seconds: 0,
+            nanos: ms * 1_000_000,
+        };
+        // Nothing set (proto3 zeroes): the proxy's own settings.
+        assert_eq!(h2_params(Http2ClientParams::default()), None);
+        let zeroes = Http2ClientParams {
+            flow_control: Some(FlowControl::default()),
+            keep_alive: Some(KeepAlive::default()),
+            internals: Some(Internals::default()),
+        };
+        assert_eq!(h2_params(zeroes), None);
+        for (frame, taken) in [
+            (5, None),
+            (16_383, None),
+            (16_384, Some(16_384)),
+            ((1 << 24) - 1, Some((1 << 24) - 1)),
+            (1 << 24, None),
+        ] {
+            let p = Http2ClientParams {
+                internals: Some(Internals {
+                    max_frame_size: frame,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            assert_eq!(
+                h2_params(p).and_then(|p| p.max_frame_size),
+                taken,
+                "{frame}"
+            );
+        }
+        let p = h2_params(Http2ClientParams {
+            flow_control: Some(FlowControl {
+                initial_stream_window_size: u32::MAX,
+                initial_connection_window_size: 1,
+                adaptive_flow_control: false,
+            }),
+            keep_alive: Some(KeepAlive {
+                interval: Some(d(1)),
+                timeout: None,
+                while_idle: false,
+            }),
+            internals: Some(Internals {
+                max_send_buf_size: u32::MAX,
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+        assert_eq!(p.stream_window, Some(MAX_STREAM_WINDOW));
+        assert_eq!(p.max_send_buf_size, Some(MAX_SEND_BUF as usize));
+        let k = p.keep_alive.unwrap();
+        assert_eq!(
+            (k.interval, k.timeout),
+            (MIN_KEEP_ALIVE, DEFAULT_KEEP_ALIVE_TIMEOUT)
+        );
+        // Adaptive flow control (not built): the other window settings
+        // are ignored, as linkerd2-proxy ignores them then.
+        let adaptive = Http2ClientParams {
+            flow_control: Some(FlowControl {
+                initial_stream_window_size: 1 << 20,
+                initial_connection_window_size: 1 << 22,
+                adaptive_flow_control: true,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(h2_params(adaptive), None);
+    }
 
     fn wa(addr: &str, weight: u32) -> WeightedAddr {
         WeightedAddr {

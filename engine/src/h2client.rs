@@ -382,18 +382,74 @@ pub(crate) async fn new_connection(
         .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_push(false);
-    let (send, conn) = builder
+    let params = ep.h2.as_deref();
+    if let Some(p) = params {
+        // The endpoint's own settings (the Destination API's), validated
+        // when read (`destination.rs`).
+        if let Some(n) = p.stream_window {
+            builder.initial_window_size(n);
+        }
+        if let Some(n) = p.max_frame_size {
+            builder.max_frame_size(n);
+        }
+        if let Some(n) = p.max_concurrent_reset_streams {
+            builder.max_concurrent_reset_streams(n);
+        }
+        if let Some(n) = p.max_send_buf_size {
+            builder.max_send_buffer_size(n);
+        }
+    }
+    let (send, mut conn) = builder
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| ProxyError::connect(&std::io::Error::other(e.to_string())))?;
+    let keep_alive = params
+        .and_then(|p| p.keep_alive)
+        .and_then(|k| Some((k, conn.ping_pong()?, send.clone())));
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     monoio::spawn(async move {
-        if let Err(e) = conn.await {
+        let ended = match keep_alive {
+            None => conn.await,
+            Some((k, pings, send)) => {
+                let active = move || k.while_idle || send.num_active_streams() > 0;
+                monoio::select! {
+                    ended = &mut conn => ended,
+                    _ = unanswered_ping(pings, k.interval, k.timeout, active) => {
+                        tracing::info!(upstream = %addr, "upstream did not answer a keep-alive PING in time; closing");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(upstream = %addr, error = %e, "upstream HTTP/2 connection ended");
         }
+        // (Dropping the connection fails the streams still on it.)
         done.set(true);
     });
     let id = w.pools.h2.put(ep.clone(), send.clone(), closed);
     Ok((send, id))
+}
+
+/// PINGs the peer every `interval` while `active` says so; resolves when a
+/// PING is not answered within `timeout` (the peer is gone). Never
+/// resolves once the connection has ended (its owner sees that).
+pub(crate) async fn unanswered_ping(
+    mut pings: monoio_http::h2::PingPong,
+    interval: Duration,
+    timeout: Duration,
+    active: impl Fn() -> bool,
+) {
+    loop {
+        monoio::time::sleep(interval).await;
+        if !active() {
+            continue;
+        }
+        match monoio::time::timeout(timeout, pings.ping(monoio_http::h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => std::future::pending().await,
+            Err(_) => return,
+        }
+    }
 }

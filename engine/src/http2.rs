@@ -238,12 +238,11 @@ pub(crate) async fn serve(
     // Keep-alive: a client that stops answering PINGs is gone.
     let (dead_tx, mut dead) = oneshot::channel::<()>();
     if let (Some(interval), Some(pings)) = (w.cfg.http2.keep_alive_interval, conn.ping_pong()) {
-        monoio::spawn(keep_alive(
-            pings,
-            interval,
-            w.cfg.http2.keep_alive_timeout,
-            dead_tx,
-        ));
+        let timeout = w.cfg.http2.keep_alive_timeout;
+        monoio::spawn(async move {
+            crate::h2client::unanswered_ping(pings, interval, timeout, || true).await;
+            let _ = dead_tx.send(());
+        });
     }
     loop {
         let next = if draining {
@@ -343,27 +342,6 @@ impl Drop for Active {
 async fn idle_at_last_look(last_look: &Stop, active: &Streams) {
     last_look.wait().await;
     active.none_left().await;
-}
-
-/// PINGs the client every `interval`; tells `dead` when one is not
-/// answered within `timeout`. Ends when the connection does.
-async fn keep_alive(
-    mut pings: monoio_http::h2::PingPong,
-    interval: Duration,
-    timeout: Duration,
-    dead: oneshot::Sender<()>,
-) {
-    loop {
-        monoio::time::sleep(interval).await;
-        match monoio::time::timeout(timeout, pings.ping(monoio_http::h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return, // the connection is gone
-            Err(_) => {
-                let _ = dead.send(());
-                return;
-            }
-        }
-    }
 }
 
 /// Inbound: `l5d-client-id` names the identity the client proved with

@@ -357,6 +357,7 @@ impl Pool {
             addr,
             identity: up.identity.clone(),
             opaque_transport: up.opaque_transport,
+            h2: None,
         };
         let list = idle.entry(ep).or_default();
         if list.len() >= POOL_MAX_IDLE {
@@ -642,6 +643,7 @@ mod tests {
                     addr,
                     identity: Some(other),
                     opaque_transport: None,
+                    h2: None,
                 })
                 .is_none(),
                 "another identity's connection was reused"
@@ -650,6 +652,7 @@ mod tests {
                 addr,
                 identity: Some(id.clone()),
                 opaque_transport: None,
+                h2: None,
             });
             assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
         });
@@ -688,6 +691,7 @@ mod tests {
                 addr,
                 identity: Some(Name::parse(NAME).unwrap()),
                 opaque_transport: None,
+                h2: None,
             };
             let conn = crate::connect::open(
                 &ep,

@@ -556,6 +556,7 @@ mod tests {
             addr,
             identity: Some(Name::parse(NAME).unwrap()),
             opaque_transport: None,
+            h2: None,
         };
         let conn = open(
             &ep,
@@ -673,6 +674,7 @@ mod tests {
                 addr,
                 identity: Some(Name::parse(NAME).unwrap()),
                 opaque_transport: None,
+                h2: None,
             };
             let mut conn = open(
                 &ep,

@@ -1202,3 +1202,158 @@ fn policy_backend_queue_and_fail_fast() {
     );
     assert!(hits.load(Ordering::Relaxed) > before);
 }
+
+/// What a raw HTTP/2 upstream saw of one connection.
+enum H2Event {
+    /// A (non-ACK) SETTINGS frame's parameters.
+    Settings(Vec<(u16, u32)>),
+    Ping(Instant),
+    Closed(Instant),
+}
+
+/// A bare HTTP/2 (h2c) upstream written from the frames up, so the test
+/// sees exactly what the proxy's client sends: it reports SETTINGS, PINGs
+/// (answered only when `answer_pings`) and the connection's end, and
+/// answers each request (a HEADERS frame that ends its stream) with `200`
+/// and no body.
+fn raw_h2_upstream(answer_pings: bool) -> (SocketAddr, std::sync::mpsc::Receiver<H2Event>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let (Ok(mut s), tx) = (s, tx.clone()) else {
+                continue;
+            };
+            thread::spawn(move || {
+                let mut preface = [0u8; 24];
+                let _ = s.read_exact(&mut preface);
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+                let mut head = [0u8; 9];
+                while s.read_exact(&mut head).is_ok() {
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let (kind, flags) = (head[3], head[4]);
+                    let stream = &head[5..9];
+                    let mut payload = vec![0u8; len];
+                    if s.read_exact(&mut payload).is_err() {
+                        break;
+                    }
+                    let reply: Vec<u8> = match kind {
+                        4 if flags & 1 == 0 => {
+                            let params = payload
+                                .chunks_exact(6)
+                                .map(|c| {
+                                    let id = u16::from_be_bytes([c[0], c[1]]);
+                                    (id, u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+                                })
+                                .collect();
+                            let _ = tx.send(H2Event::Settings(params));
+                            vec![0, 0, 0, 4, 1, 0, 0, 0, 0]
+                        }
+                        6 if flags & 1 == 0 => {
+                            let _ = tx.send(H2Event::Ping(Instant::now()));
+                            if !answer_pings {
+                                continue;
+                            }
+                            [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat()
+                        }
+                        // HEADERS ending its stream: `:status 200` (HPACK
+                        // static index 8), END_STREAM | END_HEADERS.
+                        1 if flags & 1 == 1 => [&[0, 0, 1, 1, 5][..], stream, &[0x88]].concat(),
+                        _ => continue,
+                    };
+                    if s.write_all(&reply).is_err() {
+                        break;
+                    }
+                }
+                let _ = tx.send(H2Event::Closed(Instant::now()));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// One HTTP/2 (prior knowledge) request by curl through the proxy at
+/// `addr`: the status.
+fn curl_h2_status(addr: SocketAddr) -> String {
+    let url = format!("http://{addr}/x");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
+        .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .expect("curl runs");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The Destination API's `Http2ClientParams` for an endpoint shape the
+/// proxy's HTTP/2 connections to it: its stream window and frame size are
+/// in the SETTINGS the upstream gets, and keep-alive PINGs go out at the
+/// interval; one left unanswered ends the connection within the timeout.
+/// Without them (the endpoint updated), a new connection has the proxy's
+/// own settings and no PINGs.
+#[test]
+fn http2_client_params_shape_upstream_connections() {
+    let (up, events) = raw_h2_upstream(false);
+    let cp = Cp::start("h2-params");
+    let config = |http2: &str| {
+        format!(
+            r#"{{"destinations": {{"{WEB}": {{"service": "web", "namespace": "default", "endpoints": [
+            {{"addr": "{}", "port": {}{http2}}}]}}}}}}"#,
+            up.ip(),
+            up.port()
+        )
+    };
+    cp.write_loaded(&config(
+        r#", "http2": {"stream_window": 1000000, "max_frame_size": 32768,
+            "keep_alive": {"interval_ms": 300, "timeout_ms": 300, "while_idle": true}}"#,
+    ));
+    let proxy = proxy(IoDriver::Uring, &cp, &[("LINKERD2_PROXY_CORES", "1")]);
+    let addr = proxy.forward_addrs()[0];
+    let sent = Instant::now();
+    assert_eq!(curl_h2_status(addr), "200", "{}", cp.tail());
+    let mut settings = None;
+    let mut pings = Vec::new();
+    let closed = loop {
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(H2Event::Settings(p)) => settings = settings.or(Some(p)),
+            Ok(H2Event::Ping(t)) => pings.push(t),
+            Ok(H2Event::Closed(t)) => break t,
+            Err(e) => panic!("the unanswered PING never ended the connection: {e}"),
+        }
+    };
+    let settings = settings.expect("the proxy's SETTINGS");
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) and SETTINGS_MAX_FRAME_SIZE (5).
+    assert!(settings.contains(&(4, 1_000_000)), "{settings:?}");
+    assert!(settings.contains(&(5, 32768)), "{settings:?}");
+    assert_eq!(pings.len(), 1, "one PING, unanswered: {pings:?}");
+    let (ping, end) = (pings[0] - sent, closed - pings[0]);
+    assert!(
+        ping >= Duration::from_millis(250) && ping < Duration::from_secs(2),
+        "the first PING after the 300 ms interval: {ping:?}"
+    );
+    assert!(
+        end >= Duration::from_millis(250) && end < Duration::from_secs(2),
+        "closed after the 300 ms timeout: {end:?}"
+    );
+
+    // Parameters gone: the next connection has the proxy's own settings
+    // and sends no PING.
+    cp.write_loaded(&config(""));
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(curl_h2_status(addr), "200");
+    let settings = loop {
+        match events.recv_timeout(Duration::from_secs(5)) {
+            Ok(H2Event::Settings(p)) => break p,
+            Ok(_) => {}
+            Err(e) => panic!("no new connection: {e}"),
+        }
+    };
+    assert!(!settings.contains(&(4, 1_000_000)), "{settings:?}");
+    assert!(!settings.iter().any(|(id, _)| *id == 5), "{settings:?}");
+    match events.recv_timeout(Duration::from_secs(1)) {
+        Err(_) => {}
+        Ok(H2Event::Ping(_)) => panic!("a PING without keep-alive"),
+        Ok(H2Event::Closed(_)) => panic!("the connection ended"),
+        Ok(H2Event::Settings(_)) => panic!("another connection"),
+    }
+}

@@ -441,6 +441,27 @@ class Destination:
             wa.protocol_hint.opaque_transport.inbound_port = port
         if ep.get("authority_override"):
             wa.authority_override.authority_override = ep["authority_override"]
+        # "http2": {"stream_window", "connection_window", "adaptive",
+        # "max_frame_size", "max_send_buf_size", "max_concurrent_reset_streams",
+        # "keep_alive": {"interval_ms", "timeout_ms", "while_idle"}}
+        h2 = ep.get("http2")
+        if h2:
+            p = wa.http2
+            if "stream_window" in h2:
+                p.flow_control.initial_stream_window_size = h2["stream_window"]
+            if "connection_window" in h2:
+                p.flow_control.initial_connection_window_size = h2["connection_window"]
+            if h2.get("adaptive"):
+                p.flow_control.adaptive_flow_control = True
+            for k in ("max_frame_size", "max_send_buf_size", "max_concurrent_reset_streams"):
+                if k in h2:
+                    setattr(p.internals, k, h2[k])
+            ka = h2.get("keep_alive")
+            if ka:
+                p.keep_alive.interval.CopyFrom(duration(self.pb, ka["interval_ms"] / 1000.0))
+                if "timeout_ms" in ka:
+                    p.keep_alive.timeout.CopyFrom(duration(self.pb, ka["timeout_ms"] / 1000.0))
+                p.keep_alive.while_idle = bool(ka.get("while_idle"))
         return wa
 
     def set_labels(self, path):
