@@ -11,7 +11,7 @@
 //! TTL), keeping the last good addresses meanwhile.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -147,8 +147,9 @@ impl DnsNameResolver {
             return;
         };
         loop {
-            if table.watch_id(&name) != Some(id) {
-                // Dropped (idle): no more lookups.
+            if table.watch_id(&name) != Some(id) || table.claimed(&name) {
+                // Dropped (idle), or taken back by the resolver that
+                // handed it over: no more lookups.
                 self.inner.refresh_at.borrow_mut().remove(&name);
                 return;
             }
@@ -179,6 +180,9 @@ impl DnsNameResolver {
                 continue;
             }
             let outcome = self.lookup(name.host()).await;
+            if table.claimed(&name) {
+                continue; // taken back meanwhile: not reported
+            }
             state.apply(&name, outcome, &cfg, Instant::now());
             self.inner
                 .refresh_at
@@ -195,16 +199,31 @@ impl Resolver for DnsNameResolver {
     fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(async move {
             let mut cursor = 0;
+            // The names followed now (one task each).
+            let following: Rc<RefCell<HashSet<Authority>>> = Rc::default();
             loop {
                 let seen = table.watched().generation();
-                let (names, next) = table.watched_since(cursor);
+                let seen_disowned = table.disowned().generation();
+                let (mut names, next) = table.watched_since(cursor);
                 cursor = next;
                 // Names another resolver (Destination) answers for are
-                // its own.
+                // its own, unless it handed them over.
+                names.extend(table.disowned_names());
                 for name in names.into_iter().filter(|n| !table.claimed(n)) {
-                    monoio::spawn((*self).clone().follow(table.clone(), name));
+                    if !following.borrow_mut().insert(name.clone()) {
+                        continue;
+                    }
+                    let (this, table, following) =
+                        ((*self).clone(), table.clone(), following.clone());
+                    monoio::spawn(async move {
+                        this.follow(table, name.clone()).await;
+                        following.borrow_mut().remove(&name);
+                    });
                 }
-                table.watched().changed_since(seen).await;
+                monoio::select! {
+                    _ = table.watched().changed_since(seen) => {}
+                    _ = table.disowned().changed_since(seen_disowned) => {}
+                }
             }
         })
     }

@@ -81,6 +81,9 @@ struct State {
     profiles: HashMap<Authority, Arc<crate::Profile>>,
     /// ... and outbound policies, which win over them.
     policies: HashMap<Authority, Arc<crate::Profile>>,
+    /// Claimed names their resolver handed to DNS (the Destination API
+    /// says it does not know them), until it takes them back.
+    disowned: HashSet<Authority>,
     /// When each watched name was watched or last used.
     last_used: HashMap<Authority, Instant>,
     /// Names watched from the start (configuration): never dropped.
@@ -104,6 +107,7 @@ struct Inner {
     publisher: RefCell<SnapshotPublisher>,
     static_changed: Signal,
     watched: Signal,
+    disowned: Signal,
     unwatched: Signal,
     settled: Signal,
 }
@@ -125,6 +129,7 @@ impl Table {
                     pending: HashSet::new(),
                     profiles: HashMap::new(),
                     policies: HashMap::new(),
+                    disowned: HashSet::new(),
                     last_used: HashMap::new(),
                     pinned: HashSet::new(),
                 }),
@@ -135,6 +140,7 @@ impl Table {
                 publisher: RefCell::new(publisher),
                 static_changed: Signal::default(),
                 watched: Signal::default(),
+                disowned: Signal::default(),
                 unwatched: Signal::default(),
                 settled: Signal::default(),
             }),
@@ -218,9 +224,44 @@ impl Table {
         self.inner.claims.borrow_mut().push(claim);
     }
 
-    /// Whether a resolver other than DNS answers for `name`.
+    /// Whether a resolver other than DNS answers for `name` (and has not
+    /// handed it to DNS).
     pub fn claimed(&self, name: &Authority) -> bool {
         self.inner.claims.borrow().iter().any(|c| c(name))
+            && !self.inner.state.borrow().disowned.contains(name)
+    }
+
+    /// The claiming resolver does not know `name` (the Destination API's
+    /// `NoEndpoints { exists: false }`): DNS resolves it instead, until
+    /// [`Table::reclaim`]. Returns whether it was claimed until now.
+    pub fn disown(&self, name: &Authority) -> bool {
+        let mut st = self.inner.state.borrow_mut();
+        if !st.named.contains_key(name) || !st.disowned.insert(name.clone()) {
+            return false;
+        }
+        drop(st);
+        self.inner.disowned.notify();
+        true
+    }
+
+    /// The claiming resolver knows `name` again: DNS stops resolving it
+    /// (its resolver sees `unwatched`). Returns whether it was disowned.
+    pub fn reclaim(&self, name: &Authority) -> bool {
+        if !self.inner.state.borrow_mut().disowned.remove(name) {
+            return false;
+        }
+        self.inner.unwatched.notify();
+        true
+    }
+
+    /// Notified whenever a name is disowned.
+    pub fn disowned(&self) -> &Signal {
+        &self.inner.disowned
+    }
+
+    /// The names handed to DNS now.
+    pub fn disowned_names(&self) -> Vec<Authority> {
+        self.inner.state.borrow().disowned.iter().cloned().collect()
     }
 
     /// Starts tracking `name` (a no-op for names already watched, and for
@@ -323,6 +364,7 @@ impl Table {
                 st.pending.remove(name);
                 st.profiles.remove(name);
                 st.policies.remove(name);
+                st.disowned.remove(name);
                 st.last_used.remove(name);
             }
         }
@@ -501,6 +543,36 @@ mod tests {
         t.snapshot()
             .service(&Authority::parse(name).unwrap())
             .map(|s| s.endpoints.iter().map(|e| e.addr.to_string()).collect())
+    }
+
+    /// A claimed name handed to DNS is no longer claimed until taken back;
+    /// only watched names can be handed over, and dropping the watch
+    /// forgets the handover.
+    #[test]
+    fn disowned_names_go_to_dns_until_reclaimed() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        t.claim(Rc::new(|n: &Authority| n.host().ends_with(".cluster.local")));
+        let ext = Authority::parse("ext.ns.svc.cluster.local:80").unwrap();
+        let other = Authority::parse("other.ns.svc.cluster.local:80").unwrap();
+        assert!(!t.disown(&ext), "not watched");
+        assert!(t.watch(ext.clone()));
+        assert!(t.claimed(&ext));
+        let seen = t.disowned().generation();
+        assert!(t.disown(&ext));
+        assert!(!t.disown(&ext), "once");
+        assert!(t.disowned().generation() > seen);
+        assert!(!t.claimed(&ext));
+        assert!(t.claimed(&other));
+        assert_eq!(t.disowned_names(), vec![ext.clone()]);
+        let seen = t.unwatched().generation();
+        assert!(t.reclaim(&ext));
+        assert!(t.unwatched().generation() > seen, "DNS's task is woken");
+        assert!(t.claimed(&ext));
+        assert!(!t.reclaim(&ext));
+        assert!(t.disown(&ext));
+        assert_eq!(t.sweep(Duration::ZERO), 1);
+        assert!(t.disowned_names().is_empty());
     }
 
     #[test]

@@ -40,9 +40,12 @@
 //!   `dst_pod` and the like label its requests) and `authority_override`
 //!   (the `Host` / `:authority` requests to it carry).
 //!
-//! Not yet: the HTTP/2 client parameters, falling back to DNS on
-//! `NoEndpoints { exists: false }`. (A watch nobody used for a while is
-//! dropped by the table: `Table::sweep`.)
+//! - Per address: its HTTP/2 client parameters (`H2Params`), validated.
+//! - A name the API answers `NoEndpoints { exists: false }` for is handed
+//!   to DNS (`Table::disown`) until the API sends endpoints for it.
+//!
+//! (A watch nobody used for a while is dropped by the table:
+//! `Table::sweep`.)
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -56,7 +59,7 @@ use std::time::Duration;
 
 use linkerd2_proxy_api::destination::{
     protocol_hint, tls_identity, update, DestinationProfile, GetDestination, Http2ClientParams,
-    Update, WeightedAddr,
+    NoEndpoints, Update, WeightedAddr,
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
@@ -175,10 +178,27 @@ impl Watch {
             &self.metrics.streams,
             &name,
             |update: Update, fresh| {
+                // A name the API does not know (outside the cluster, say):
+                // DNS resolves it until the API knows it.
+                let unknown = name.socket_addr().is_none()
+                    && matches!(
+                        update.update,
+                        Some(update::Update::NoEndpoints(NoEndpoints { exists: false }))
+                    );
                 let invalid = target.set.borrow_mut().apply(&name, update, fresh);
                 self.metrics
                     .invalid
                     .fetch_add(invalid as u64, Ordering::Relaxed);
+                if unknown {
+                    target.answered.set(true);
+                    if self.table.disown(&name) {
+                        tracing::info!(%name, "the Destination API does not know this name; resolving it with DNS");
+                    }
+                    return;
+                }
+                if self.table.reclaim(&name) {
+                    tracing::info!(%name, "the Destination API knows this name now; DNS no longer resolves it");
+                }
                 let changed = self.report(&name, &target);
                 tracing::debug!(%name, changed, "destination update");
             },

@@ -1357,3 +1357,78 @@ fn http2_client_params_shape_upstream_connections() {
         Ok(H2Event::Settings(_)) => panic!("another connection"),
     }
 }
+
+/// A name under the profile suffixes that the Destination API does not
+/// know (`NoEndpoints { exists: false }`: outside the cluster, say) is
+/// resolved with DNS; once the API knows it its endpoints win, and when it
+/// forgets it again DNS takes over again. No request fails meanwhile.
+#[test]
+fn names_the_destination_api_does_not_know_are_resolved_with_dns() {
+    let delay = Duration::from_micros(200);
+    let (a, b) = (backend(b'a', delay), backend(b'b', delay));
+    // DNS: every name is 127.0.0.1, so `ext…:<a's port>` is a.
+    let ns = common::dns::Nameserver::start([127, 0, 0, 1]);
+    let name = format!("ext.default.svc.cluster.local:{}", a.addr.port());
+    let known = format!(
+        r#"{{"destinations": {{"{name}": {{"service": "ext", "namespace": "default",
+            "endpoints": [{{"addr": "{}", "port": {}}}]}}}}}}"#,
+        b.addr.ip(),
+        b.addr.port()
+    );
+    let unknown = r#"{"destinations": {}}"#;
+    let cp = Cp::start("dns-fallback");
+    cp.write_loaded(unknown);
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={name}");
+    let dns = ns.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("RINGMESH_DNS_SERVERS", &dns),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = answers(addr, 2, stop.clone(), true);
+    thread::sleep(Duration::from_millis(1500));
+    cp.write(&known);
+    let added = Instant::now();
+    thread::sleep(Duration::from_millis(2000));
+    cp.write(unknown);
+    let forgotten = Instant::now();
+    thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    let seen: Seen = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("no request failed"))
+        .collect();
+    assert!(seen.iter().all(|(_, bad, _)| !bad), "no request failed");
+    let early: Vec<u8> = seen
+        .iter()
+        .filter(|(at, _, _)| *at < added)
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert!(
+        !early.is_empty() && early.iter().all(|b| *b == b'a'),
+        "DNS's answer before the API knows the name: {}",
+        cp.tail()
+    );
+    let mid: Vec<u8> = seen
+        .iter()
+        .filter(|(at, _, _)| *at > added + Duration::from_secs(1) && *at < forgotten)
+        .map(|(_, _, b)| *b)
+        .collect();
+    assert!(
+        !mid.is_empty() && mid.iter().all(|b| *b == b'b'),
+        "the API's endpoint once it knows the name"
+    );
+    let late = after(&seen, forgotten, Duration::from_secs(1));
+    assert!(
+        !late.is_empty() && late.iter().all(|b| *b == b'a'),
+        "DNS again once the API forgets it"
+    );
+    assert!(ns.answered.load(Ordering::SeqCst) >= 2, "DNS asked twice");
+}

@@ -8,78 +8,17 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dns::Nameserver;
 use common::http::origin_on;
 use common::*;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use ringmesh_engine::IoDriver;
-
-/// A nameserver answering `A` for every name with the address in `ip`
-/// (TTL 1 s), and no AAAA. Counts the A queries it answered.
-struct Nameserver {
-    addr: SocketAddr,
-    ip: Arc<AtomicU32>,
-    answered: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Nameserver {
-    fn start(ip: [u8; 4]) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let ip = Arc::new(AtomicU32::new(u32::from_be_bytes(ip)));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ip2, answered2, stop2) = (ip.clone(), answered.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let Ok(query) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let Some(q) = query.queries().first().cloned() else {
-                    continue;
-                };
-                let mut reply = Message::new();
-                reply
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_op_code(query.op_code())
-                    .set_response_code(ResponseCode::NoError)
-                    .add_query(q.clone());
-                if q.query_type() == RecordType::A {
-                    let ip = std::net::Ipv4Addr::from(ip2.load(Ordering::SeqCst));
-                    reply.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
-                    answered2.fetch_add(1, Ordering::SeqCst);
-                }
-                let _ = socket.send_to(&reply.to_vec().unwrap(), from);
-            }
-        });
-        Self {
-            addr,
-            ip,
-            answered,
-            stop,
-        }
-    }
-}
-
-impl Drop for Nameserver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 fn get(proxy: SocketAddr, url: &str) -> String {
     let out = Command::new("curl")

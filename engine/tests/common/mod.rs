@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ringmesh_engine::{Config, IoDriver, Proxy};
 
 pub mod cp;
+pub mod dns;
 pub mod h2;
 pub mod http;
 pub mod lb;
