@@ -552,7 +552,9 @@ mod tests {
     fn disowned_names_go_to_dns_until_reclaimed() {
         let (tx, _rx) = channel(Snapshot::default());
         let t = Table::new(tx);
-        t.claim(Rc::new(|n: &Authority| n.host().ends_with(".cluster.local")));
+        t.claim(Rc::new(|n: &Authority| {
+            n.host().ends_with(".cluster.local")
+        }));
         let ext = Authority::parse("ext.ns.svc.cluster.local:80").unwrap();
         let other = Authority::parse("other.ns.svc.cluster.local:80").unwrap();
         assert!(!t.disown(&ext), "not watched");

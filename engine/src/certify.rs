@@ -347,11 +347,11 @@ impl Certifier {
                     Channel::connect(addr, deadline).await?
                 }
                 Some(name) => {
-                    let tls =
-                        ringmesh_identity::tls::anonymous_client_config(self.cfg.roots.clone())
-                            .map_err(|e| {
-                                GrpcError::new(crate::grpc::Code::Internal, e.to_string())
-                            })?;
+                    let tls = ringmesh_identity::tls::anonymous_client_config(
+                        self.cfg.roots.clone(),
+                        &[ringmesh_identity::tls::H2_ALPN],
+                    )
+                    .map_err(|e| GrpcError::new(crate::grpc::Code::Internal, e.to_string()))?;
                     let addr = Channel::resolve(&self.cfg.svc_addr, deadline).await?;
                     Channel::connect_tls(addr, name, tls, deadline).await?
                 }

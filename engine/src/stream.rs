@@ -117,7 +117,7 @@ impl Client {
         let tls = {
             let mut cache = self.identity.borrow_mut();
             cache.refresh();
-            cache.get().0.as_ref().map(|c| c.client.clone())
+            cache.get().0.as_ref().map(|c| c.client_h2.clone())
         };
         let Some(tls) = tls else {
             return Err(GrpcError::new(

@@ -55,6 +55,12 @@ impl Pki {
     fn leaf(&self, file: &str, name: &str, years: (i32, i32)) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        // A subject of its own: with rcgen's default, the CA's, OpenSSL
+        // (the fake control plane's grpcio) takes the leaf for self-signed.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
         params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -1238,4 +1244,74 @@ fn policy_api_watches_a_bounded_number_of_ports() {
         "HTTP/1.1 403",
         "declared: watched, allowed"
     );
+}
+
+/// The Destination service's identity in the tests below.
+const DST: &str = "linkerd-destination.linkerd.serviceaccount.identity.linkerd.cluster.local";
+
+/// A control plane reached by name (not loopback, not `localhost`) is
+/// spoken to over mutual TLS: the proxy presents its own identity (the
+/// fake logs the client certificate's name with each Destination call) and
+/// requires the service's `_SVC_NAME`; a proxy expecting another name
+/// refuses the service's certificate and learns nothing from it.
+#[test]
+fn a_control_plane_by_name_is_spoken_to_over_mutual_tls() {
+    let pki = Pki::new("cp-mtls");
+    let (leaf_b, leaf_dst) = (pki.good("b", B), pki.good("dst", DST));
+    let ca = pki.dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let cp = common::cp::Cp::start_tls("cp-mtls", &leaf_dst.cert, &leaf_dst.key, &ca);
+    let app = http::origin("app");
+    let web = "web.default.svc.cluster.local:80";
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{"{web}": {{"service": "web", "namespace": "default",
+            "endpoints": [{{"addr": "{}", "port": {}}}]}}}}}}"#,
+        app.addr.ip(),
+        app.addr.port()
+    ));
+    // The service's name resolves (test nameserver) to the TLS listener.
+    let ns = common::dns::Nameserver::start([127, 0, 0, 1]);
+    let tls_port = cp.tls_addr.expect("the fake's TLS listener").port();
+    let svc_addr = format!("linkerd-dst-headless.linkerd.svc.cluster.local.:{tls_port}");
+    let dns = ns.addr.to_string();
+    let forward = format!("127.0.0.1:0={web}");
+    let start = |svc_name: &str| {
+        meshed_proxy(
+            IoDriver::Uring,
+            &pki,
+            B,
+            &leaf_b,
+            &[
+                ("RINGMESH_TCP_FORWARD", &forward),
+                ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &svc_addr),
+                ("LINKERD2_PROXY_DESTINATION_SVC_NAME", svc_name),
+                ("RINGMESH_DNS_SERVERS", &dns),
+            ],
+        )
+    };
+    let proxy = start(DST);
+    let answer = get(proxy.forward_addrs()[0], "/hello", "");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        cp.tail()
+    );
+    assert!(
+        cp.log_count(&format!("dst.get path={web} peer={B}")) >= 1,
+        "the proxy presented its identity:\n{}",
+        cp.tail()
+    );
+    assert_eq!(cp.log_count("peer=plaintext"), 0, "{}", cp.tail());
+    drop(proxy);
+
+    // Expecting another name: the service's certificate is refused, so no
+    // call reaches it and the service has no endpoints.
+    let calls = cp.log_count("dst.get");
+    let proxy = start("other.linkerd.serviceaccount.identity.linkerd.cluster.local");
+    let answer = get(proxy.forward_addrs()[0], "/hello", "");
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "routed without the service's identity: {answer}"
+    );
+    assert_eq!(cp.log_count("dst.get"), calls, "{}", cp.tail());
 }

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::tls::{self, TlsError, TRANSPORT_HEADER_ALPN};
+use crate::tls::{self, TlsError, H2_ALPN, TRANSPORT_HEADER_ALPN};
 use crate::x509::{self, Validity, X509Error};
 use crate::Name;
 
@@ -87,6 +87,8 @@ pub struct TlsConfigs {
     /// The same, offering ALPN `transport.l5d.io/v1` (a peer's
     /// opaque-transport port, where the transport header follows).
     pub client_transport_header: Arc<ClientConfig>,
+    /// The same, offering ALPN `h2`: gRPC to the control plane.
+    pub client_h2: Arc<ClientConfig>,
     /// When the certificate expires.
     pub validity: Validity,
 }
@@ -112,6 +114,7 @@ impl TlsConfigs {
             )?,
             client: client(&[])?,
             client_transport_header: client(&[TRANSPORT_HEADER_ALPN])?,
+            client_h2: client(&[H2_ALPN])?,
             validity: creds.validity,
         })
     }

@@ -13,6 +13,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 /// opaque-transport port).
 pub const TRANSPORT_HEADER_ALPN: &[u8] = b"transport.l5d.io/v1";
 
+/// ALPN of HTTP/2, which gRPC servers (Linkerd's control plane) require
+/// of TLS clients.
+pub const H2_ALPN: &[u8] = b"h2";
+
 /// Why certificate material cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -74,13 +78,18 @@ pub fn client_config(
 }
 
 /// A client config with no certificate of its own, verifying the server
-/// against `roots` (the identity service, before this proxy has one).
-pub fn anonymous_client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, TlsError> {
-    let cfg = ClientConfig::builder_with_provider(provider())
+/// against `roots` (the identity service, before this proxy has one);
+/// `alpn` offered as given.
+pub fn anonymous_client_config(
+    roots: Arc<RootCertStore>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Material)?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
@@ -20,6 +20,10 @@ const PYTHON: &str = "/usr/bin/python3";
 pub struct Cp {
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// Its mutual-TLS listener, when started with one.
+    pub tls_addr: Option<SocketAddr>,
+    /// Arguments given to every start (the TLS listener's).
+    args: Vec<String>,
     child: Option<Child>,
     /// Its output lines, as the reader threads pass them on.
     lines: (Sender<String>, Receiver<String>),
@@ -29,12 +33,35 @@ pub struct Cp {
 impl Cp {
     /// Started with an empty config (`{}`).
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, Vec::new())
+    }
+
+    /// Also serving over mutual TLS on loopback with this certificate and
+    /// key (PEM files), clients' certificates verified against `ca`.
+    pub fn start_tls(tag: &str, cert: &Path, key: &Path, ca: &Path) -> Self {
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let args = vec![
+            "--tls-listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+            "--tls-ca".into(),
+            path(ca),
+        ];
+        Self::start_with(tag, args)
+    }
+
+    fn start_with(tag: &str, args: Vec<String>) -> Self {
         let dir = std::env::temp_dir().join(format!("ringmesh-dst-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("faults")).unwrap();
         let mut cp = Self {
             dir,
             addr: "127.0.0.1:0".parse().unwrap(),
+            tls_addr: None,
+            args,
             child: None,
             lines: channel(),
             log: RefCell::default(),
@@ -57,6 +84,7 @@ impl Cp {
             .arg(self.config())
             .arg("--fault-dir")
             .arg(self.dir.join("faults"))
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -71,6 +99,9 @@ impl Cp {
                 n > 0 && Instant::now() < deadline,
                 "fake_cp ended before it was ready (python3-grpcio, python3-protobuf, protoc: scripts/install-test-deps.sh)"
             );
+            if let Some(addr) = line.trim().strip_prefix("tls-ready ") {
+                self.tls_addr = Some(addr.parse().unwrap());
+            }
             if let Some(addr) = line.trim().strip_prefix("ready ") {
                 self.addr = addr.parse().unwrap();
                 break;

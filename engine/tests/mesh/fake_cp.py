@@ -299,6 +299,13 @@ async def watch(config, context, answer):
         await config.wait_changed()
 
 
+def peer_identity(context):
+    """The client certificate's first DNS name, or "plaintext"."""
+    auth = context.auth_context() or {}
+    names = auth.get("x509_subject_alternative_name") or []
+    return names[0].decode() if names else "plaintext"
+
+
 # --- identity ---------------------------------------------------------------
 
 
@@ -483,7 +490,7 @@ class Destination:
         return {"%s:%d" % (ep["addr"], ep["port"]): ep for ep in dst.get("endpoints", [])}
 
     async def get(self, req, context):
-        log("dst.get path=%s" % req.path)
+        log("dst.get path=%s peer=%s" % (req.path, peer_identity(context)))
         d = self.pb.destination
         if self.config.fault("silent"):
             log("dst.get path=%s -> silent (fault)" % req.path)
@@ -1010,6 +1017,21 @@ async def serve(args, pb):
     port = server.add_insecure_port(args.listen)
     if port == 0:
         raise SystemExit("fake_cp: cannot listen on %s" % args.listen)
+    if args.tls_listen:
+        # The same services over mutual TLS, as Linkerd's control plane
+        # serves meshed proxies: this certificate, clients' verified
+        # against the CA.
+        with open(args.tls_cert, "rb") as f:
+            cert = f.read()
+        with open(args.tls_key, "rb") as f:
+            key = f.read()
+        with open(args.tls_ca, "rb") as f:
+            ca = f.read()
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+        tls_port = server.add_secure_port(args.tls_listen, creds)
+        if tls_port == 0:
+            raise SystemExit("fake_cp: cannot listen on %s" % args.tls_listen)
+        log("tls-ready %s:%d" % (args.tls_listen.rpartition(":")[0], tls_port))
     await server.start()
     host = args.listen.rpartition(":")[0]
     log("ready %s:%d" % (host, port))
@@ -1040,6 +1062,10 @@ def main():
     ap.add_argument("--cert-lifetime", type=float, default=24 * 3600, help="leaf lifetime, seconds")
     ap.add_argument("--identity-fail-first", type=int, default=0, help="answer UNAVAILABLE to the first N Certify calls")
     ap.add_argument("--identity-fail-file", help="answer UNAVAILABLE to Certify while this file exists")
+    ap.add_argument("--tls-listen", help="HOST:PORT to serve over mutual TLS too (port 0: any)")
+    ap.add_argument("--tls-cert", help="the TLS listener's certificate, PEM")
+    ap.add_argument("--tls-key", help="its key, PEM")
+    ap.add_argument("--tls-ca", help="the CA clients' certificates must chain to, PEM")
     ap.add_argument("--proto-dir", help="the linkerd2-proxy-api crate's proto/ (default: found via Cargo.lock)")
     args = ap.parse_args()
 
