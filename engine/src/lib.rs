@@ -89,6 +89,7 @@ mod run;
 mod server_first;
 mod stop;
 mod stream;
+pub mod tap;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -115,6 +116,29 @@ pub mod fuzzing {
             2 => crate::policy::fuzzing::server(bytes),
             _ => crate::outbound::fuzzing::policy(bytes),
         }
+    }
+
+    /// Decodes `data` as a tap `ObserveRequest`, compiles it as the tap
+    /// server would and matches a request with it, as a worker would.
+    pub fn tap_observe(data: &[u8]) {
+        use prost::Message as _;
+        let Ok(req) = linkerd2_proxy_api::tap::ObserveRequest::decode(data) else {
+            return;
+        };
+        let Ok(tap) = crate::tap::Tap::new(&req) else {
+            return;
+        };
+        let labels = [("service".to_string(), "web".to_string())];
+        let _ = tap.matcher.matches(&crate::tap::TapRequest {
+            source: std::net::SocketAddr::from(([10, 0, 0, 1], 40000)),
+            destination: std::net::SocketAddr::from(([10, 0, 0, 2], 8080)),
+            method: "GET",
+            scheme: "http",
+            authority: "web.ns.svc.cluster.local:8080",
+            path: "/api/x",
+            dst_labels: &labels,
+            route_labels: &[("route", "r")],
+        });
     }
 }
 

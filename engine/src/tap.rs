@@ -1,0 +1,413 @@
+//! Tap's request matching (`io.linkerd.proxy.tap.Tap/Observe`): an
+//! `ObserveRequest` checked and compiled, on the control core, into a
+//! [`Tap`] that workers evaluate per request while it is installed.
+//!
+//! What a match can say, as the proto defines it: `all` / `any` / `not`;
+//! the source or destination address (a netmask, or a port range); a
+//! destination or route label; the HTTP scheme, method, authority or path
+//! (exact or prefix). A request is described to it by [`TapRequest`].
+//!
+//! Refused (the client gets `INVALID_ARGUMENT` with the reason): a
+//! missing match or an empty one (no field set, `all`/`any` of nothing),
+//! nesting deeper than [`MAX_DEPTH`] or more than [`MAX_NODES`] parts, a
+//! limit of 0 or above [`MAX_LIMIT`], a netmask longer than its address, a
+//! port range outside 0..=65535 or upside down, a method or scheme that is
+//! not one.
+
+use std::net::{IpAddr, SocketAddr};
+
+use linkerd2_proxy_api::tap::observe_request::{self, r#match};
+use linkerd2_proxy_api::tap::ObserveRequest;
+
+/// Most requests one tap may ask for.
+pub const MAX_LIMIT: u32 = 100_000;
+/// Deepest nesting of `all` / `any` / `not`.
+pub const MAX_DEPTH: usize = 16;
+/// Most parts in one match.
+pub const MAX_NODES: usize = 256;
+
+/// Why an `ObserveRequest` is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTap {
+    #[error("the request has no match")]
+    NoMatch,
+    #[error("a match has no condition (a field missing, or all/any of nothing)")]
+    Empty,
+    #[error("limit must be between 1 and {MAX_LIMIT}, not {0}")]
+    Limit(u32),
+    #[error("the match nests deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("the match has more than {MAX_NODES} parts")]
+    TooLarge,
+    #[error("invalid netmask: {0}")]
+    Netmask(String),
+    #[error("invalid port range {0}..={1}")]
+    Ports(u32, u32),
+    #[error("invalid HTTP method")]
+    Method,
+    #[error("invalid scheme")]
+    Scheme,
+}
+
+/// One request as tap matching sees it (the destination is the endpoint
+/// chosen for it, or the local application inbound).
+pub struct TapRequest<'a> {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    /// The destination's labels (`dst_*` without the prefix: `service`,
+    /// `namespace`, `pod` …).
+    pub dst_labels: &'a [(String, String)],
+    /// The route's labels (`route`: the route's name).
+    pub route_labels: &'a [(&'a str, &'a str)],
+}
+
+/// A compiled `ObserveRequest`.
+#[derive(Clone, Debug)]
+pub struct Tap {
+    pub matcher: Match,
+    /// How many requests it wants (then its stream ends).
+    pub limit: u32,
+    /// Whether events carry the request's and response's headers.
+    pub headers: bool,
+}
+
+impl Tap {
+    /// Checks and compiles a request.
+    pub fn new(req: &ObserveRequest) -> Result<Self, InvalidTap> {
+        if req.limit == 0 || req.limit > MAX_LIMIT {
+            return Err(InvalidTap::Limit(req.limit));
+        }
+        let m = req.r#match.as_ref().ok_or(InvalidTap::NoMatch)?;
+        let mut nodes = 0;
+        let matcher = Match::compile(m, 0, &mut nodes)?;
+        let headers = matches!(
+            req.extract.as_ref().and_then(|e| e.extract.as_ref()),
+            Some(observe_request::extract::Extract::Http(h))
+                if matches!(h.extract, Some(observe_request::extract::http::Extract::Headers(_)))
+        );
+        Ok(Self {
+            matcher,
+            limit: req.limit,
+            headers,
+        })
+    }
+}
+
+/// A request condition.
+#[derive(Clone, Debug)]
+pub enum Match {
+    All(Vec<Match>),
+    Any(Vec<Match>),
+    Not(Box<Match>),
+    Source(TcpMatch),
+    Destination(TcpMatch),
+    DestinationLabel(String, String),
+    RouteLabel(String, String),
+    Scheme(String),
+    /// Uppercase.
+    Method(String),
+    Authority(StringMatch),
+    Path(StringMatch),
+}
+
+#[derive(Clone, Debug)]
+pub enum TcpMatch {
+    Net(ipnet::IpNet),
+    Ports(u16, u16),
+}
+
+#[derive(Clone, Debug)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl StringMatch {
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Self::Exact(e) => s == e,
+            Self::Prefix(p) => s.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl TcpMatch {
+    fn compile(t: &r#match::Tcp) -> Result<Self, InvalidTap> {
+        use r#match::tcp::Match as T;
+        match t.r#match.as_ref().ok_or(InvalidTap::Empty)? {
+            T::Netmask(n) => {
+                let ip =
+                    n.ip.and_then(|ip| IpAddr::try_from(ip).ok())
+                        .ok_or_else(|| InvalidTap::Netmask("no address".into()))?;
+                let len = u8::try_from(n.mask)
+                    .map_err(|_| InvalidTap::Netmask(format!("mask {}", n.mask)))?;
+                let net = ipnet::IpNet::new(ip, len)
+                    .map_err(|_| InvalidTap::Netmask(format!("{ip}/{}", n.mask)))?;
+                Ok(Self::Net(net.trunc()))
+            }
+            T::Ports(p) => {
+                // A range without a maximum is its minimum alone.
+                let max = if p.max == 0 { p.min } else { p.max };
+                match (u16::try_from(p.min), u16::try_from(max)) {
+                    (Ok(lo), Ok(hi)) if lo <= hi => Ok(Self::Ports(lo, hi)),
+                    _ => Err(InvalidTap::Ports(p.min, p.max)),
+                }
+            }
+        }
+    }
+
+    fn matches(&self, addr: SocketAddr) -> bool {
+        match self {
+            Self::Net(net) => net.contains(&addr.ip()),
+            Self::Ports(lo, hi) => (*lo..=*hi).contains(&addr.port()),
+        }
+    }
+}
+
+fn string_match(s: &r#match::http::StringMatch) -> Result<StringMatch, InvalidTap> {
+    use r#match::http::string_match::Match as S;
+    match s.r#match.as_ref().ok_or(InvalidTap::Empty)? {
+        S::Exact(e) => Ok(StringMatch::Exact(e.clone())),
+        S::Prefix(p) => Ok(StringMatch::Prefix(p.clone())),
+    }
+}
+
+impl Match {
+    fn compile(
+        m: &observe_request::Match,
+        depth: usize,
+        nodes: &mut usize,
+    ) -> Result<Self, InvalidTap> {
+        use r#match::Match as M;
+        if depth > MAX_DEPTH {
+            return Err(InvalidTap::TooDeep);
+        }
+        *nodes += 1;
+        if *nodes > MAX_NODES {
+            return Err(InvalidTap::TooLarge);
+        }
+        let seq = |s: &r#match::Seq, nodes: &mut usize| -> Result<Vec<Match>, InvalidTap> {
+            if s.matches.is_empty() {
+                return Err(InvalidTap::Empty);
+            }
+            s.matches
+                .iter()
+                .map(|m| Match::compile(m, depth + 1, nodes))
+                .collect()
+        };
+        Ok(match m.r#match.as_ref().ok_or(InvalidTap::Empty)? {
+            M::All(s) => Self::All(seq(s, nodes)?),
+            M::Any(s) => Self::Any(seq(s, nodes)?),
+            M::Not(inner) => Self::Not(Box::new(Self::compile(inner, depth + 1, nodes)?)),
+            M::Source(t) => Self::Source(TcpMatch::compile(t)?),
+            M::Destination(t) => Self::Destination(TcpMatch::compile(t)?),
+            M::DestinationLabel(l) => Self::DestinationLabel(l.key.clone(), l.value.clone()),
+            M::RouteLabel(l) => Self::RouteLabel(l.key.clone(), l.value.clone()),
+            M::Http(h) => {
+                use r#match::http::Match as H;
+                match h.r#match.as_ref().ok_or(InvalidTap::Empty)? {
+                    H::Scheme(s) => {
+                        let scheme = http::uri::Scheme::try_from(s.clone())
+                            .map_err(|_| InvalidTap::Scheme)?;
+                        Self::Scheme(scheme.as_str().to_ascii_lowercase())
+                    }
+                    H::Method(m) => {
+                        let method =
+                            http::Method::try_from(m.clone()).map_err(|_| InvalidTap::Method)?;
+                        Self::Method(method.as_str().to_ascii_uppercase())
+                    }
+                    H::Authority(s) => Self::Authority(string_match(s)?),
+                    H::Path(s) => Self::Path(string_match(s)?),
+                }
+            }
+        })
+    }
+
+    /// Whether `req` is one the tap wants.
+    pub fn matches(&self, req: &TapRequest<'_>) -> bool {
+        match self {
+            Self::All(ms) => ms.iter().all(|m| m.matches(req)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(req)),
+            Self::Not(m) => !m.matches(req),
+            Self::Source(t) => t.matches(req.source),
+            Self::Destination(t) => t.matches(req.destination),
+            Self::DestinationLabel(k, v) => {
+                req.dst_labels.iter().any(|(lk, lv)| lk == k && lv == v)
+            }
+            Self::RouteLabel(k, v) => req.route_labels.iter().any(|(lk, lv)| lk == k && lv == v),
+            Self::Scheme(s) => req.scheme.eq_ignore_ascii_case(s),
+            Self::Method(m) => req.method.eq_ignore_ascii_case(m),
+            Self::Authority(s) => s.matches(req.authority),
+            Self::Path(s) => s.matches(req.path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkerd2_proxy_api::http_types::{http_method, scheme, HttpMethod, Scheme};
+    use linkerd2_proxy_api::tap::observe_request::r#match::{
+        http as mh, tcp, Http, Label, Seq, Tcp,
+    };
+    use linkerd2_proxy_api::tap::observe_request::Match as PbMatch;
+
+    fn m(x: r#match::Match) -> PbMatch {
+        PbMatch { r#match: Some(x) }
+    }
+    fn all(ms: Vec<PbMatch>) -> PbMatch {
+        m(r#match::Match::All(Seq { matches: ms }))
+    }
+    fn any(ms: Vec<PbMatch>) -> PbMatch {
+        m(r#match::Match::Any(Seq { matches: ms }))
+    }
+    fn not(x: PbMatch) -> PbMatch {
+        m(r#match::Match::Not(Box::new(x)))
+    }
+    fn http(x: mh::Match) -> PbMatch {
+        m(r#match::Match::Http(Http { r#match: Some(x) }))
+    }
+    fn path_prefix(p: &str) -> PbMatch {
+        http(mh::Match::Path(mh::StringMatch {
+            r#match: Some(mh::string_match::Match::Prefix(p.into())),
+        }))
+    }
+    fn authority(a: &str) -> PbMatch {
+        http(mh::Match::Authority(mh::StringMatch {
+            r#match: Some(mh::string_match::Match::Exact(a.into())),
+        }))
+    }
+    fn method(x: http_method::Registered) -> PbMatch {
+        http(mh::Match::Method(HttpMethod {
+            r#type: Some(http_method::Type::Registered(x.into())),
+        }))
+    }
+    fn dst_ports(min: u32, max: u32) -> PbMatch {
+        m(r#match::Match::Destination(Tcp {
+            r#match: Some(tcp::Match::Ports(tcp::PortRange { min, max })),
+        }))
+    }
+    fn src_net(ip: &str, mask: u32) -> PbMatch {
+        let ip: IpAddr = ip.parse().unwrap();
+        m(r#match::Match::Source(Tcp {
+            r#match: Some(tcp::Match::Netmask(tcp::Netmask {
+                ip: Some(ip.into()),
+                mask,
+            })),
+        }))
+    }
+    fn tap(x: PbMatch, limit: u32) -> Result<Tap, InvalidTap> {
+        Tap::new(&ObserveRequest {
+            limit,
+            r#match: Some(x),
+            extract: None,
+        })
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str, labels: &'a [(String, String)]) -> TapRequest<'a> {
+        TapRequest {
+            source: "10.1.2.3:40000".parse().unwrap(),
+            destination: "10.9.9.9:8080".parse().unwrap(),
+            method,
+            scheme: "http",
+            authority: "web.ns.svc.cluster.local:8080",
+            path,
+            dst_labels: labels,
+            route_labels: &[("route", "slow")],
+        }
+    }
+
+    #[test]
+    fn matches_as_the_proto_says() {
+        let labels = vec![("service".to_string(), "web".to_string())];
+        let t = tap(
+            all(vec![
+                path_prefix("/api"),
+                method(http_method::Registered::Get),
+                authority("web.ns.svc.cluster.local:8080"),
+                dst_ports(8000, 8999),
+                src_net("10.1.0.0", 16),
+                m(r#match::Match::DestinationLabel(Label {
+                    key: "service".into(),
+                    value: "web".into(),
+                })),
+                m(r#match::Match::RouteLabel(Label {
+                    key: "route".into(),
+                    value: "slow".into(),
+                })),
+                not(path_prefix("/api/private")),
+                http(mh::Match::Scheme(Scheme {
+                    r#type: Some(scheme::Type::Registered(scheme::Registered::Http.into())),
+                })),
+            ]),
+            10,
+        )
+        .unwrap();
+        assert!(t.matcher.matches(&req("GET", "/api/x", &labels)));
+        assert!(!t.matcher.matches(&req("POST", "/api/x", &labels)));
+        assert!(!t.matcher.matches(&req("GET", "/apx", &labels)));
+        assert!(!t.matcher.matches(&req("GET", "/api/private/1", &labels)));
+        assert!(!t.matcher.matches(&req("GET", "/api/x", &[])));
+        let other = tap(any(vec![path_prefix("/a"), dst_ports(80, 0)]), 1).unwrap();
+        assert!(!other.matcher.matches(&req("GET", "/b/a", &labels)));
+        assert!(other.matcher.matches(&req("GET", "/a", &labels)));
+        // A port range without a maximum is its minimum.
+        let one = tap(dst_ports(8080, 0), 1).unwrap();
+        assert!(one.matcher.matches(&req("GET", "/", &labels)));
+        assert!(!t.headers && !one.headers);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        assert_eq!(tap(path_prefix("/"), 0).unwrap_err(), InvalidTap::Limit(0));
+        assert_eq!(
+            tap(path_prefix("/"), MAX_LIMIT + 1).unwrap_err(),
+            InvalidTap::Limit(MAX_LIMIT + 1)
+        );
+        let none = ObserveRequest {
+            limit: 1,
+            r#match: None,
+            extract: None,
+        };
+        assert_eq!(Tap::new(&none).unwrap_err(), InvalidTap::NoMatch);
+        assert_eq!(tap(PbMatch::default(), 1).unwrap_err(), InvalidTap::Empty);
+        assert_eq!(tap(all(vec![]), 1).unwrap_err(), InvalidTap::Empty);
+        assert_eq!(
+            tap(any(vec![PbMatch::default()]), 1).unwrap_err(),
+            InvalidTap::Empty
+        );
+        assert!(matches!(
+            tap(src_net("10.0.0.0", 33), 1),
+            Err(InvalidTap::Netmask(_))
+        ));
+        assert!(matches!(
+            tap(src_net("::1", 129), 1),
+            Err(InvalidTap::Netmask(_))
+        ));
+        assert_eq!(
+            tap(dst_ports(90, 80), 1).unwrap_err(),
+            InvalidTap::Ports(90, 80)
+        );
+        assert_eq!(
+            tap(dst_ports(1, 70_000), 1).unwrap_err(),
+            InvalidTap::Ports(1, 70_000)
+        );
+        let bad_method = http(mh::Match::Method(HttpMethod {
+            r#type: Some(http_method::Type::Unregistered("BAD METHOD".into())),
+        }));
+        assert_eq!(tap(bad_method, 1).unwrap_err(), InvalidTap::Method);
+        // Deep nesting of `not`, and too many parts.
+        let mut deep = path_prefix("/");
+        for _ in 0..=MAX_DEPTH {
+            deep = not(deep);
+        }
+        assert_eq!(tap(deep, 1).unwrap_err(), InvalidTap::TooDeep);
+        let wide = any((0..=MAX_NODES).map(|_| path_prefix("/")).collect());
+        assert_eq!(tap(wide, 1).unwrap_err(), InvalidTap::TooLarge);
+    }
+}
