@@ -103,11 +103,17 @@ impl<T> EventReceiver<T> {
     /// The next event; `None` once every sender is gone and the queue is
     /// empty.
     pub async fn recv(&mut self) -> Option<T> {
-        let event = poll_fn(|cx| Pin::new(&mut self.rx).poll_next(cx)).await;
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`EventReceiver::recv`] as a poll, for a task taking from several
+    /// queues at once.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        let event = std::task::ready!(Pin::new(&mut self.rx).poll_next(cx));
         if event.is_some() {
             self.counts.queued.fetch_sub(1, Ordering::AcqRel);
         }
-        event
+        std::task::Poll::Ready(event)
     }
 
     /// Events dropped because the queue was full.

@@ -46,6 +46,8 @@ pub(crate) struct EngineAdmin {
     /// Linkerd's identity certificate series, with an identity.
     pub cert_metrics: Option<Arc<crate::certify::CertMetrics>>,
     pub destination_metrics: Option<Arc<crate::destination::DestinationMetrics>>,
+    /// Tap's counters, when the tap server runs.
+    pub tap_metrics: Option<Arc<crate::tap_server::TapMetrics>>,
     pub policy_counters: Option<(
         Arc<crate::stream::StreamCounters>,
         Arc<crate::stream::StreamCounters>,
@@ -89,6 +91,9 @@ impl AdminBackend for EngineAdmin {
             m.render(out);
         }
         if let Some(m) = &self.destination_metrics {
+            m.render(out);
+        }
+        if let Some(m) = &self.tap_metrics {
             m.render(out);
         }
         if let Some((inbound, outbound)) = &self.policy_counters {

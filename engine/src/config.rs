@@ -78,6 +78,9 @@ pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PRO
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
 pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
+pub const CONTROL_LISTEN_ADDR: &str = "LINKERD2_PROXY_CONTROL_LISTEN_ADDR";
+pub const TAP_SVC_NAME: &str = "LINKERD2_PROXY_TAP_SVC_NAME";
+pub const TAP_ALLOW_LOOPBACK: &str = "RINGMESH_TAP_ALLOW_LOOPBACK";
 pub const METRICS_RETAIN_IDLE: &str = "LINKERD2_PROXY_METRICS_RETAIN_IDLE";
 pub const DETECT_MAX_UNDECIDED: &str = "RINGMESH_DETECT_MAX_UNDECIDED";
 pub const HTTP_HEADER_READ_TIMEOUT: &str = "RINGMESH_HTTP_HEADER_READ_TIMEOUT";
@@ -488,6 +491,25 @@ pub struct AdminConfig {
     pub shutdown_endpoint_enabled: bool,
     /// Metric label sets idle this long are dropped.
     pub metrics_retain_idle: Duration,
+    /// The tap server (`LINKERD2_PROXY_CONTROL_LISTEN_ADDR`).
+    pub tap: TapConfig,
+}
+
+/// The tap server: it runs when `LINKERD2_PROXY_TAP_SVC_NAME` is set or
+/// loopback clients are allowed.
+#[derive(Clone, Debug)]
+pub struct TapConfig {
+    pub listen: Option<SocketAddr>,
+    /// The identity tap clients must prove (mutual TLS; not built yet).
+    pub svc_name: Option<Name>,
+    /// Plaintext clients from loopback may tap.
+    pub allow_loopback: bool,
+}
+
+impl TapConfig {
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() && (self.svc_name.is_some() || self.allow_loopback)
+    }
 }
 
 /// Where endpoints come from.
@@ -600,6 +622,11 @@ impl Config {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 4191))),
                 shutdown_endpoint_enabled: false,
                 metrics_retain_idle: Duration::from_secs(600),
+                tap: TapConfig {
+                    listen: Some(SocketAddr::from(([0, 0, 0, 0], 4190))),
+                    svc_name: None,
+                    allow_loopback: false,
+                },
             },
             discovery: DiscoveryConfig {
                 static_file: None,
@@ -833,6 +860,21 @@ impl Parser<'_> {
             _ => Err("expected true or false".into()),
         }) {
             c.admin.shutdown_endpoint_enabled = b;
+        }
+        if let Some(a) = self.optional_addr(CONTROL_LISTEN_ADDR) {
+            c.admin.tap.listen = a;
+        }
+        if let Some(n) =
+            self.parse_with(TAP_SVC_NAME, |s| Name::parse(s).map_err(|e| e.to_string()))
+        {
+            c.admin.tap.svc_name = Some(n);
+        }
+        if let Some(b) = self.parse_with(TAP_ALLOW_LOOPBACK, |s| match s {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }) {
+            c.admin.tap.allow_loopback = b;
         }
     }
 
@@ -1267,6 +1309,10 @@ impl Parser<'_> {
             (c.outbound.listen, OUTBOUND_LISTEN_ADDR.to_string()),
             (c.inbound.listen, INBOUND_LISTEN_ADDR.to_string()),
             (c.admin.listen, ADMIN_LISTEN_ADDR.to_string()),
+            (
+                c.admin.tap.listen.filter(|_| c.admin.tap.enabled()),
+                CONTROL_LISTEN_ADDR.to_string(),
+            ),
         ];
         let forwards = c
             .forwards

@@ -69,6 +69,9 @@ const EVENTS_CAPACITY: usize = 1024;
 enum Command {
     /// Serve the admin API on this listener.
     Admin(TcpListener, Box<EngineAdmin>),
+    /// Serve tap on this listener, for this many workers; whether
+    /// plaintext loopback clients may tap.
+    Tap(TcpListener, usize, bool),
     Stop,
 }
 
@@ -88,6 +91,9 @@ pub(crate) struct Control {
         Arc<StreamCounters>,
         Arc<StreamCounters>,
     )>,
+    /// The taps installed, as workers see them, and tap's counters.
+    taps: Subscriber<crate::tap::TapSet>,
+    tap_metrics: Arc<crate::tap_server::TapMetrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +160,9 @@ impl Control {
             }
             None => (None, None),
         };
+        let (tap_publisher, taps) = channel::channel(crate::tap::TapSet::default());
+        let tap_metrics = Arc::new(crate::tap_server::TapMetrics::default());
+        let core_tap_metrics = tap_metrics.clone();
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -170,6 +179,7 @@ impl Control {
                     events: events_rx,
                     commands: commands_rx,
                     ready: ready_tx,
+                    tap: Some((tap_publisher, core_tap_metrics)),
                 };
                 if uring {
                     match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -201,6 +211,8 @@ impl Control {
             cert_metrics,
             destination_metrics,
             policies,
+            taps,
+            tap_metrics,
         };
         // Blocks the starting thread only, until the first snapshot is done.
         match ready_rx.recv() {
@@ -256,6 +268,22 @@ impl Control {
         self.events.clone()
     }
 
+    /// What workers are built with: the taps installed.
+    pub(crate) fn taps(&self) -> &Subscriber<crate::tap::TapSet> {
+        &self.taps
+    }
+
+    pub(crate) fn tap_metrics(&self) -> Arc<crate::tap_server::TapMetrics> {
+        self.tap_metrics.clone()
+    }
+
+    /// Serves tap on `listener` from now on.
+    pub(crate) fn serve_tap(&self, listener: TcpListener, workers: usize, allow_loopback: bool) {
+        let _ = self
+            .commands
+            .unbounded_send(Command::Tap(listener, workers, allow_loopback));
+    }
+
     /// Serves the admin API on `listener` from now on.
     pub(crate) fn serve_admin(&self, listener: TcpListener, backend: EngineAdmin) {
         let _ = self
@@ -305,6 +333,11 @@ struct Core {
     events: EventReceiver<ControlMsg>,
     commands: UnboundedReceiver<Command>,
     ready: mpsc::Sender<Result<SnapshotSubscriber, ControlError>>,
+    /// Tap's publisher and counters, until the tap server starts.
+    tap: Option<(
+        channel::Publisher<crate::tap::TapSet>,
+        Arc<crate::tap_server::TapMetrics>,
+    )>,
 }
 
 impl Core {
@@ -318,6 +351,7 @@ impl Core {
             events,
             mut commands,
             ready,
+            mut tap,
         } = self;
         if let Some((cfg, sink)) = identity {
             monoio::spawn(identity::run(cfg, sink));
@@ -385,6 +419,23 @@ impl Core {
                             ));
                         }
                         Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
+                    }
+                }
+                Command::Tap(listener, workers, allow_loopback) => {
+                    let Some((publisher, metrics)) = tap.take() else {
+                        continue;
+                    };
+                    match monoio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let server = crate::tap_server::TapServer::new(
+                                publisher,
+                                workers,
+                                allow_loopback,
+                                metrics,
+                            );
+                            monoio::spawn(crate::tap_server::serve(listener, Rc::new(server)));
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot serve the tap listener"),
                     }
                 }
                 Command::Stop => break,

@@ -180,7 +180,7 @@ async fn request(
     } else {
         Direction::Outbound
     };
-    let obs = Observer::start(w, direction, &c.tls);
+    let obs = Observer::start(w, direction, &c.tls, c.peer);
     let mut t = Turn {
         w,
         c,
@@ -212,6 +212,7 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     };
     obs.routed(&target);
     obs.set_route(policy);
+    obs.tap_request(&request);
     if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
         // Boxed: its state would otherwise size every connection's task.
         return Box::pin(over_h2(t, obs, &target)).await;

@@ -279,7 +279,7 @@ pub(crate) async fn serve(
                 let (w, dst, tls) = (w.clone(), dst.clone(), tls.clone());
                 let active = Active::enter(&active);
                 monoio::spawn(async move {
-                    let side = (direction, &tls);
+                    let side = (direction, &tls, peer);
                     proxy_stream(&w, &dst, side, req, respond, connect_timeout).await;
                     drop(active);
                 });
@@ -362,12 +362,12 @@ fn set_client_id(headers: &mut http::HeaderMap, client_tls: &TlsStatus) {
 async fn proxy_stream(
     w: &Rc<Worker>,
     dst: &HttpDst,
-    (direction, client_tls): (Direction, &TlsStatus),
+    (direction, client_tls, peer): (Direction, &TlsStatus, SocketAddr),
     req: Request<RecvStream>,
     mut respond: server::SendResponse<Bytes>,
     connect_timeout: Duration,
 ) {
-    let mut obs = Observer::start(w, direction, client_tls);
+    let mut obs = Observer::start(w, direction, client_tls, peer);
     let is_grpc = is_grpc(req.headers());
     let mut req = req;
     if direction == Direction::Inbound {
@@ -452,6 +452,7 @@ async fn forward(
     let (target, policy) = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);
     obs.set_route(policy);
+    obs.tap_request(&crate::route::H2Req(&req));
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);

@@ -90,6 +90,7 @@ mod server_first;
 mod stop;
 mod stream;
 pub mod tap;
+mod tap_server;
 #[cfg(test)]
 mod testing;
 mod tls;

@@ -39,6 +39,10 @@ pub(crate) struct Observer<'w> {
     originates_tls: bool,
     /// What the service's profile says of the request.
     route: crate::route::RoutePolicy,
+    /// The client's address (tap's source).
+    peer: SocketAddr,
+    /// Some tap may want the request (`None` without taps: one branch).
+    tap: Option<Box<crate::tap::Pending>>,
 }
 
 impl<'w> Observer<'w> {
@@ -46,7 +50,12 @@ impl<'w> Observer<'w> {
     /// `client_tls`. Inbound requests are labelled with it (`client_id`);
     /// outbound ones with how their upstream connection is secured
     /// (`server_id`), known once the endpoint is.
-    pub(crate) fn start(w: &'w Worker, direction: Direction, client_tls: &TlsStatus) -> Self {
+    pub(crate) fn start(
+        w: &'w Worker,
+        direction: Direction,
+        client_tls: &TlsStatus,
+        peer: SocketAddr,
+    ) -> Self {
         let (tls, originates_tls) = match direction {
             Direction::Inbound => (client_tls.clone(), false),
             Direction::Outbound if w.pools.has_identity() => (
@@ -69,6 +78,46 @@ impl<'w> Observer<'w> {
             service: None,
             originates_tls,
             route: crate::route::RoutePolicy::default(),
+            peer,
+            tap: None,
+        }
+    }
+
+    /// The request's head, for tap: with some tap installed, kept until
+    /// its destination is known (nothing is copied without one).
+    pub(crate) fn tap_request(&mut self, head: &dyn crate::tap::TapHead) {
+        if let Some(taps) = self.w.taps.active() {
+            let id = self.w.taps.next_id(self.w.id);
+            self.tap = Some(Box::new(crate::tap::Pending::new(
+                taps, self.peer, head, id,
+            )));
+        }
+    }
+
+    /// Tap: the taps that match the request, now that its destination is
+    /// known, see it start.
+    fn tap_decide(&mut self, destination: SocketAddr) {
+        let Some(p) = self.tap.as_mut() else {
+            return;
+        };
+        let ids = match &self.key.tls {
+            TlsStatus::Accepted {
+                client_id: Some(id),
+            } => (Some(id.to_string()), None),
+            TlsStatus::Connected { server_id } => (None, Some(server_id.to_string())),
+            _ => (None, None),
+        };
+        let labels = self.key.dst_labels.as_deref().unwrap_or(&[]);
+        let inbound = self.key.direction == Direction::Inbound;
+        if !p.decide(
+            self.w.id,
+            destination,
+            inbound,
+            labels,
+            self.route.name.as_ref(),
+            ids,
+        ) {
+            self.tap = None;
         }
     }
 
@@ -126,9 +175,18 @@ impl<'w> Observer<'w> {
     /// The endpoint the current attempt goes to.
     pub(crate) fn endpoint(&mut self, addr: SocketAddr) {
         self.key.target = Some(addr);
-        let Some(svc) = &self.service else {
-            return;
-        };
+        // (Taken and put back: no reference count touched per request.)
+        if let Some(svc) = self.service.take() {
+            self.endpoint_of(&svc, addr);
+            self.service = Some(svc);
+        }
+        if self.tap.is_some() {
+            self.tap_decide(addr);
+        }
+    }
+
+    /// The labels and identity of `svc`'s endpoint at `addr`.
+    fn endpoint_of(&mut self, svc: &Service, addr: SocketAddr) {
         let ep = svc.endpoint(addr);
         if self.originates_tls {
             self.key.tls = match ep.and_then(|e| e.identity.as_ref()) {
@@ -159,6 +217,9 @@ impl<'w> Observer<'w> {
         if let Some(g) = ep {
             crate::feedback::first_answer(g.endpoint(), latency);
         }
+        if let Some(p) = &self.tap {
+            p.response();
+        }
     }
 
     /// How the endpoint did, for failure accrual: 5xx answers and upstream
@@ -177,7 +238,10 @@ impl<'w> Observer<'w> {
 
     /// The request ended with a response counted as `class` (from the
     /// upstream, or one cut short after it started).
-    pub(crate) fn end(self, class: ResponseClass) {
+    pub(crate) fn end(mut self, class: ResponseClass) {
+        if let Some(p) = self.tap.take() {
+            p.end(self.w.id, class.status, class.grpc_status);
+        }
         self.w
             .telemetry
             .record_response(&self.key, class, self.started);
@@ -196,5 +260,15 @@ impl<'w> Observer<'w> {
             grpc_status: grpc.then(|| e.grpc_status()),
             error: Some(e.label()),
         });
+    }
+}
+
+impl Drop for Observer<'_> {
+    /// A tapped request that never ended (its client went away): its
+    /// taps see it end without a response.
+    fn drop(&mut self) {
+        if let Some(p) = self.tap.take() {
+            p.end(self.w.id, 0, None);
+        }
     }
 }

@@ -50,6 +50,7 @@ pub struct Proxy {
     inbound: Option<SocketAddr>,
     forwards: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
+    tap: Option<SocketAddr>,
 }
 
 impl Proxy {
@@ -77,6 +78,8 @@ impl Proxy {
         let Bound {
             admin_listener,
             admin,
+            tap_listener,
+            tap,
             outbound,
             inbound,
             forwards,
@@ -98,8 +101,12 @@ impl Proxy {
                     cert_metrics: control.cert_metrics(),
                     destination_metrics: control.destination_metrics(),
                     policy_counters: control.policy_counters(),
+                    tap_metrics: tap_listener.as_ref().map(|_| control.tap_metrics()),
                 },
             );
+        }
+        if let Some(listener) = tap_listener {
+            control.serve_tap(listener, workers.len(), cfg.admin.tap.allow_loopback);
         }
         tracing::info!(?outbound, ?inbound, ?forwards, ?admin, "ready");
         Ok(Self {
@@ -110,6 +117,7 @@ impl Proxy {
             inbound,
             forwards,
             admin,
+            tap,
         })
     }
 
@@ -127,6 +135,11 @@ impl Proxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The tap server's address, when it runs.
+    pub fn tap_addr(&self) -> Option<SocketAddr> {
+        self.tap
     }
 
     /// Bound forward listeners, in `RINGMESH_TCP_FORWARD` order.
@@ -207,6 +220,9 @@ struct Bound {
     /// Single-owner: no SO_REUSEPORT.
     admin_listener: Option<TcpListener>,
     admin: Option<SocketAddr>,
+    /// The tap server's, when it runs.
+    tap_listener: Option<TcpListener>,
+    tap: Option<SocketAddr>,
     /// Each data-plane listener's group: one socket per worker.
     groups: Vec<(ListenerKind, Vec<TcpListener>)>,
     outbound: Option<SocketAddr>,
@@ -221,6 +237,11 @@ impl Bound {
             None => None,
         };
         let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let tap_listener = match cfg.admin.tap.listen.filter(|_| cfg.admin.tap.enabled()) {
+            Some(addr) => Some(listen::bind_exclusive(addr, "tap listener")?),
+            None => None,
+        };
+        let tap = tap_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
         let mut outbound = None;
         let mut inbound = None;
@@ -243,6 +264,8 @@ impl Bound {
         Ok(Self {
             admin_listener,
             admin,
+            tap_listener,
+            tap,
             groups,
             outbound,
             inbound,
@@ -257,6 +280,7 @@ impl Bound {
             .chain(self.inbound)
             .chain(self.forwards.iter().copied())
             .chain(self.admin)
+            .chain(self.tap)
             .collect()
     }
 
@@ -294,6 +318,7 @@ fn start_workers(
             snapshots: subscriber.cache(),
             identity: control.identity().cache(),
             policies: control.inbound_policies().map(|s| s.cache()),
+            taps: control.taps().cache(),
             control: control.sender(),
             cfg: cfg.clone(),
             rx,

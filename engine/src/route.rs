@@ -46,6 +46,25 @@ impl RequestInfo for H1Req<'_> {
     }
 }
 
+impl crate::tap::TapHead for H1Req<'_> {
+    fn method(&self) -> &str {
+        self.0.method_str()
+    }
+    fn authority(&self) -> &str {
+        self.0.authority().map_or("", |a| a.raw)
+    }
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.0
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+            .collect()
+    }
+}
+
 /// An HTTP/2 request (or one converted to it) as route matching sees it.
 pub(crate) struct H2Req<'a, B>(pub &'a http::Request<B>);
 
@@ -68,6 +87,33 @@ impl<B> RequestInfo for H2Req<'_, B> {
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.headers().get(name).map(|v| v.as_bytes())
+    }
+}
+
+impl<B> crate::tap::TapHead for H2Req<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn authority(&self) -> &str {
+        match self.0.uri().authority() {
+            Some(a) => a.as_str(),
+            None => self
+                .0
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        }
+    }
+    fn path(&self) -> &str {
+        self.0.uri().path_and_query().map_or("/", |p| p.as_str())
+    }
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.0
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect()
     }
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct WorkerSetup {
     pub identity: crate::identity::IdentityCache,
     /// Inbound policies, with the policy API.
     pub policies: Option<crate::policy::PolicyCache>,
+    /// The taps installed (tap's `Observe`).
+    pub taps: ringmesh_discovery::channel::Cache<crate::tap::TapSet>,
     pub control: ControlSender,
     pub cfg: Config,
     pub rx: UnboundedReceiver<WorkerMsg>,
@@ -159,6 +161,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         snapshots,
         identity,
         policies,
+        taps,
         control,
         cfg,
         mut rx,
@@ -170,7 +173,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         id,
         cfg,
         own_listeners,
-        (snapshots, identity, policies),
+        (snapshots, identity, policies, taps),
         control,
     );
     let stop = worker.stop.clone();
@@ -207,10 +210,11 @@ fn new_worker(
     id: usize,
     cfg: Config,
     own_listeners: Vec<SocketAddr>,
-    (snapshots, identity, policies): (
+    (snapshots, identity, policies, taps): (
         SnapshotCache,
         crate::identity::IdentityCache,
         Option<crate::policy::PolicyCache>,
+        ringmesh_discovery::channel::Cache<crate::tap::TapSet>,
     ),
     control: ControlSender,
 ) -> Rc<Worker> {
@@ -258,6 +262,7 @@ fn new_worker(
             policies: policies.map(RefCell::new),
         },
         telemetry: Telemetry::default(),
+        taps: crate::tap::WorkerTaps::new(taps),
         detection: Detection {
             undecided: UndecidedSet::new(max_undecided),
             server_first: RefCell::default(),

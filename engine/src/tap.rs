@@ -248,6 +248,266 @@ impl Match {
     }
 }
 
+/// Events one worker may have waiting for one tap; beyond it they are
+/// dropped and counted (a slow tap client never slows a request).
+pub(crate) const QUEUE_CAPACITY: usize = 1024;
+
+/// A tap while it is installed: its match, the requests it may still
+/// take, and one bounded queue per worker to the control core.
+pub(crate) struct Installed {
+    pub(crate) tap: Tap,
+    remaining: std::sync::atomic::AtomicU32,
+    /// Requests it saw that have ended (their events queued or dropped).
+    finished: std::sync::atomic::AtomicU32,
+    queues: Vec<ringmesh_discovery::events::EventSender<TapMsg>>,
+}
+
+impl Installed {
+    pub(crate) fn new(
+        tap: Tap,
+        queues: Vec<ringmesh_discovery::events::EventSender<TapMsg>>,
+    ) -> Self {
+        Self {
+            remaining: std::sync::atomic::AtomicU32::new(tap.limit),
+            finished: std::sync::atomic::AtomicU32::new(0),
+            tap,
+            queues,
+        }
+    }
+
+    /// Requests it saw that have ended.
+    pub(crate) fn finished(&self) -> u32 {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes one of the requests the tap may still see.
+    fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Queues an event from `worker` (dropped and counted when full).
+    fn send(&self, worker: usize, msg: TapMsg) {
+        if let Some(q) = self.queues.get(worker) {
+            let _ = q.send(msg);
+        }
+    }
+}
+
+/// The taps installed now, as workers see them (published by the tap
+/// server on the control core).
+#[derive(Default)]
+pub(crate) struct TapSet {
+    pub(crate) taps: Vec<std::sync::Arc<Installed>>,
+}
+
+impl ringmesh_discovery::channel::Published for TapSet {}
+
+/// A worker's view of the installed taps, and its request numbers.
+pub(crate) struct WorkerTaps {
+    cache: std::cell::RefCell<ringmesh_discovery::channel::Cache<TapSet>>,
+    next: std::cell::Cell<u64>,
+}
+
+impl WorkerTaps {
+    pub(crate) fn new(cache: ringmesh_discovery::channel::Cache<TapSet>) -> Self {
+        Self {
+            cache: std::cell::RefCell::new(cache),
+            next: std::cell::Cell::new(0),
+        }
+    }
+
+    /// The installed taps, if any (one atomic load when nothing changed).
+    pub(crate) fn active(&self) -> Option<std::sync::Arc<TapSet>> {
+        let mut c = self.cache.borrow_mut();
+        c.refresh();
+        let set = c.get();
+        (!set.taps.is_empty()).then(|| set.clone())
+    }
+
+    /// The next request's id on worker `worker`.
+    pub(crate) fn next_id(&self, worker: usize) -> StreamId {
+        let n = self.next.get() + 1;
+        self.next.set(n);
+        (u32::try_from(worker).unwrap_or(u32::MAX), n)
+    }
+}
+
+/// A request's id in tap events: the worker, and the request's number on
+/// it.
+pub(crate) type StreamId = (u32, u64);
+
+/// What a worker tells a tap.
+pub(crate) enum TapMsg {
+    Request(StreamId, Box<RequestMeta>),
+    /// The response (status 0: none; its head arrived `since_request`
+    /// after the request was seen) ended `since_request_end` after it.
+    End {
+        id: StreamId,
+        status: u16,
+        since_request: std::time::Duration,
+        since_request_end: std::time::Duration,
+        grpc_status: Option<u32>,
+    },
+}
+
+/// A tapped request's description.
+pub(crate) struct RequestMeta {
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
+    pub(crate) inbound: bool,
+    pub(crate) method: String,
+    pub(crate) scheme: &'static str,
+    pub(crate) authority: String,
+    pub(crate) path: String,
+    /// Only when the tap asked for them.
+    pub(crate) headers: Option<Vec<(String, Vec<u8>)>>,
+    pub(crate) dst_labels: Vec<(String, String)>,
+    pub(crate) route: Option<std::sync::Arc<str>>,
+    /// The client's identity (inbound, mutual TLS), or the server's
+    /// (outbound, mutual TLS).
+    pub(crate) client_id: Option<String>,
+    pub(crate) server_id: Option<String>,
+}
+
+/// A request's head as tap sees it (either HTTP version).
+pub(crate) trait TapHead {
+    fn method(&self) -> &str;
+    fn authority(&self) -> &str;
+    fn path(&self) -> &str;
+    fn headers(&self) -> Vec<(String, Vec<u8>)>;
+}
+
+/// A request some tap may want, known from its head; matched once its
+/// destination is known.
+pub(crate) struct Pending {
+    taps: std::sync::Arc<TapSet>,
+    source: SocketAddr,
+    method: String,
+    authority: String,
+    path: String,
+    headers: Option<Vec<(String, Vec<u8>)>>,
+    /// Matched and claimed: the taps that see this request.
+    matched: Vec<std::sync::Arc<Installed>>,
+    id: StreamId,
+    seen: std::time::Instant,
+    response_at: std::cell::Cell<Option<std::time::Instant>>,
+    decided: bool,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        taps: std::sync::Arc<TapSet>,
+        source: SocketAddr,
+        head: &dyn TapHead,
+        id: StreamId,
+    ) -> Self {
+        let headers = taps
+            .taps
+            .iter()
+            .any(|t| t.tap.headers)
+            .then(|| head.headers());
+        Self {
+            taps,
+            source,
+            method: head.method().to_string(),
+            authority: head.authority().to_string(),
+            path: head.path().to_string(),
+            headers,
+            matched: Vec::new(),
+            id,
+            seen: std::time::Instant::now(),
+            response_at: std::cell::Cell::new(None),
+            decided: false,
+        }
+    }
+
+    /// The request's destination is known: the taps that match it (and
+    /// still want requests) get its `RequestInit`. `false`: none does.
+    pub(crate) fn decide(
+        &mut self,
+        worker: usize,
+        destination: SocketAddr,
+        inbound: bool,
+        dst_labels: &[(String, String)],
+        route: Option<&std::sync::Arc<str>>,
+        ids: (Option<String>, Option<String>),
+    ) -> bool {
+        if self.decided {
+            return !self.matched.is_empty();
+        }
+        self.decided = true;
+        // `dst_service`-style labels without the prefix.
+        let labels: Vec<(String, String)> = dst_labels.to_vec();
+        let route_labels: Vec<(&str, &str)> = route.map(|r| ("route", &**r)).into_iter().collect();
+        let req = TapRequest {
+            source: self.source,
+            destination,
+            method: &self.method,
+            scheme: "http",
+            authority: &self.authority,
+            path: &self.path,
+            dst_labels: &labels,
+            route_labels: &route_labels,
+        };
+        self.matched = self
+            .taps
+            .taps
+            .iter()
+            .filter(|t| t.tap.matcher.matches(&req) && t.claim())
+            .cloned()
+            .collect();
+        for t in &self.matched {
+            let meta = RequestMeta {
+                source: self.source,
+                destination,
+                inbound,
+                method: self.method.clone(),
+                scheme: "http",
+                authority: self.authority.clone(),
+                path: self.path.clone(),
+                headers: if t.tap.headers {
+                    self.headers.clone()
+                } else {
+                    None
+                },
+                dst_labels: labels.clone(),
+                route: route.cloned(),
+                client_id: ids.0.clone(),
+                server_id: ids.1.clone(),
+            };
+            t.send(worker, TapMsg::Request(self.id, Box::new(meta)));
+        }
+        !self.matched.is_empty()
+    }
+
+    /// The response's head arrived.
+    pub(crate) fn response(&self) {
+        self.response_at.set(Some(std::time::Instant::now()));
+    }
+
+    /// The request ended with `status` (0: no response).
+    pub(crate) fn end(self, worker: usize, status: u16, grpc_status: Option<u32>) {
+        let now = std::time::Instant::now();
+        let head = self.response_at.get().unwrap_or(now);
+        for t in &self.matched {
+            t.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            t.send(
+                worker,
+                TapMsg::End {
+                    id: self.id,
+                    status,
+                    since_request: head.saturating_duration_since(self.seen),
+                    since_request_end: now.saturating_duration_since(self.seen),
+                    grpc_status,
+                },
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,8 @@ pub(crate) struct Worker {
     pub telemetry: Telemetry,
     /// Connections still detecting, and servers that speak first.
     pub detection: Detection,
+    /// The taps installed now (tap's `Observe`).
+    pub taps: crate::tap::WorkerTaps,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// Set at the drain's last look (`DRAIN_LAST_LOOK` after `stop`): idle

@@ -643,28 +643,6 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
 
 /// linkerd2-proxy-api's proto directory in cargo's registry (the version
 /// Cargo.lock pins).
-fn proto_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
-    let version = lock
-        .split("[[package]]")
-        .find(|p| p.contains("name = \"linkerd2-proxy-api\""))
-        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
-        .map(|v| v.trim_matches('"').to_owned())
-        .expect("linkerd2-proxy-api in Cargo.lock");
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .expect("CARGO_HOME or HOME");
-    let crate_dir = format!("linkerd2-proxy-api-{version}");
-    std::fs::read_dir(home.join("registry/src"))
-        .expect("cargo's registry sources")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join(&crate_dir).join("proto"))
-        .find(|p| p.join("identity.proto").is_file())
-        .unwrap_or_else(|| panic!("{crate_dir}/proto under {}", home.display()))
-}
-
 /// Linkerd's Identity service (`tests/grpc/identity_server.py`, signing
 /// with `pki`'s CA) on `listen`; killed on drop.
 struct IdentityService {

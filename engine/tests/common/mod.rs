@@ -276,3 +276,27 @@ impl Fnv {
         }
     }
 }
+
+/// linkerd2-proxy-api's `proto/` directory (the version in Cargo.lock,
+/// in cargo's registry sources), for protoc.
+pub fn proto_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"linkerd2-proxy-api\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("linkerd2-proxy-api in Cargo.lock");
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .expect("CARGO_HOME or HOME");
+    let crate_dir = format!("linkerd2-proxy-api-{version}");
+    std::fs::read_dir(home.join("registry/src"))
+        .expect("cargo's registry sources")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(&crate_dir).join("proto"))
+        .find(|p| p.join("identity.proto").is_file())
+        .unwrap_or_else(|| panic!("{crate_dir}/proto under {}", home.display()))
+}

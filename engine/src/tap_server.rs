@@ -1,0 +1,527 @@
+//! Tap's gRPC server (`io.linkerd.proxy.tap.Tap/Observe`) on the control
+//! core: HTTP/2 (monoio-http) on `LINKERD2_PROXY_CONTROL_LISTEN_ADDR`.
+//!
+//! Each `Observe` call is checked and compiled (`tap.rs`); a bad one gets
+//! `INVALID_ARGUMENT` at once. A good one is installed: published to the
+//! workers (the snapshot channel), with one bounded queue per worker for
+//! its events. The call's task turns events into `TapEvent`s and writes
+//! them as the client's flow control allows; while the client does not
+//! read, the workers' queues fill and further events are dropped and
+//! counted (never a request slowed). The call ends cleanly once `limit`
+//! requests have ended (its trailers say how many events were dropped);
+//! a client that goes away (or resets the stream) ends it too. Either way
+//! the tap is removed from the workers at once.
+//!
+//! Who may connect: clients from loopback, over plaintext, with
+//! `RINGMESH_TAP_ALLOW_LOOPBACK=true`. (Mutual TLS with the
+//! `LINKERD2_PROXY_TAP_SVC_NAME` identity is not built yet: without the
+//! loopback setting the server refuses every connection.)
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
+use linkerd2_proxy_api::net::TcpAddress;
+use linkerd2_proxy_api::tap::tap_event::{self, http as th};
+use linkerd2_proxy_api::tap::{Eos, ObserveRequest, TapEvent};
+use monoio::net::{TcpListener, TcpStream};
+use monoio_http::h2::{server, RecvStream, SendStream};
+use prost::Message as _;
+use ringmesh_discovery::channel::Publisher;
+use ringmesh_discovery::events::{self, EventReceiver};
+
+use crate::tap::{Installed, Tap, TapMsg, TapSet, QUEUE_CAPACITY};
+
+const OBSERVE_PATH: &str = "/io.linkerd.proxy.tap.Tap/Observe";
+/// Largest `ObserveRequest` read.
+const MAX_REQUEST: usize = 64 * 1024;
+/// A client must send its request within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Taps at most at once (each costs the workers a match per request).
+const MAX_TAPS: usize = 100;
+
+/// Tap's counters, rendered with the admin metrics.
+#[derive(Default)]
+pub(crate) struct TapMetrics {
+    /// Taps installed on the workers now.
+    pub(crate) installed: AtomicU64,
+    /// Events dropped because a tap's client did not keep up.
+    pub(crate) dropped: AtomicU64,
+    /// Events sent to tap clients.
+    pub(crate) sent: AtomicU64,
+}
+
+impl TapMetrics {
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP tap_installed Taps installed on the workers.\n# TYPE tap_installed gauge\ntap_installed {}",
+            self.installed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tap_events_dropped_total Tap events dropped because a tap's client did not keep up.\n# TYPE tap_events_dropped_total counter\ntap_events_dropped_total {}",
+            self.dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tap_events_total Tap events sent to tap clients.\n# TYPE tap_events_total counter\ntap_events_total {}",
+            self.sent.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The server's state on the control core.
+pub(crate) struct TapServer {
+    publisher: RefCell<Publisher<TapSet>>,
+    installed: RefCell<Vec<(u64, Arc<Installed>)>>,
+    next_id: Cell<u64>,
+    workers: usize,
+    allow_loopback: bool,
+    metrics: Arc<TapMetrics>,
+}
+
+impl TapServer {
+    pub(crate) fn new(
+        publisher: Publisher<TapSet>,
+        workers: usize,
+        allow_loopback: bool,
+        metrics: Arc<TapMetrics>,
+    ) -> Self {
+        Self {
+            publisher: RefCell::new(publisher),
+            installed: RefCell::default(),
+            next_id: Cell::new(0),
+            workers,
+            allow_loopback,
+            metrics,
+        }
+    }
+
+    /// Installs `tap` on the workers; returns its id, itself and its
+    /// event queues.
+    fn install(&self, tap: Tap) -> (u64, Arc<Installed>, Vec<EventReceiver<TapMsg>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..self.workers)
+            .map(|_| events::bounded(QUEUE_CAPACITY))
+            .unzip();
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        let installed = Arc::new(Installed::new(tap, senders));
+        self.installed.borrow_mut().push((id, installed.clone()));
+        self.publish();
+        (id, installed, receivers)
+    }
+
+    /// Takes the tap off the workers.
+    fn remove(&self, id: u64) {
+        self.installed.borrow_mut().retain(|(i, _)| *i != id);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let taps: Vec<Arc<Installed>> = self
+            .installed
+            .borrow()
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect();
+        self.metrics
+            .installed
+            .store(taps.len() as u64, Ordering::Relaxed);
+        self.publisher.borrow_mut().publish(TapSet { taps });
+    }
+}
+
+/// Accepts tap clients until the control core stops.
+pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
+    loop {
+        let (s, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "tap accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if !(server.allow_loopback && peer.ip().is_loopback()) {
+            tracing::debug!(%peer, "tap client refused: only loopback clients are allowed (RINGMESH_TAP_ALLOW_LOOPBACK)");
+            continue;
+        }
+        let _ = s.set_nodelay(true);
+        monoio::spawn(connection(s, peer, server.clone()));
+    }
+}
+
+/// One client connection: its streams, each served by a task of its own
+/// while this one drives the connection.
+async fn connection(s: TcpStream, peer: SocketAddr, server: Rc<TapServer>) {
+    let mut builder = server::Builder::new();
+    builder
+        .max_concurrent_streams(16)
+        .max_header_list_size(16 * 1024)
+        .max_local_error_reset_streams(Some(64));
+    let mut conn =
+        match monoio::time::timeout(REQUEST_TIMEOUT, builder.handshake::<_, Bytes>(s)).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                tracing::debug!(%peer, "tap client's HTTP/2 handshake failed");
+                return;
+            }
+        };
+    while let Some(next) = conn.accept().await {
+        match next {
+            Ok((req, respond)) => {
+                monoio::spawn(observe(req, respond, server.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "tap connection ended with an error");
+                return;
+            }
+        }
+    }
+}
+
+/// gRPC status codes used here.
+mod code {
+    pub(super) const OK: u32 = 0;
+    pub(super) const INVALID_ARGUMENT: u32 = 3;
+    pub(super) const RESOURCE_EXHAUSTED: u32 = 8;
+    pub(super) const UNIMPLEMENTED: u32 = 12;
+}
+
+/// Answers with only a gRPC status (no message).
+fn refuse(respond: &mut server::SendResponse<Bytes>, code: u32, message: &str) {
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .header("grpc-status", code.to_string())
+        .header("grpc-message", percent_encode(message))
+        .body(());
+    if let Ok(head) = head {
+        let _ = respond.send_response(head, true);
+    }
+}
+
+/// grpc-message's encoding (RFC 3986 percent-encoding of what is not
+/// printable ASCII, and of `%`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The request message: one gRPC frame, uncompressed, within the limits.
+async fn read_request(mut body: RecvStream) -> Result<ObserveRequest, String> {
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| format!("reading the request: {e}"))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if buf.len() + chunk.len() > MAX_REQUEST + 5 {
+                return Err(format!("request larger than {MAX_REQUEST} bytes"));
+            }
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len > MAX_REQUEST {
+                    return Err(format!("request larger than {MAX_REQUEST} bytes"));
+                }
+                if buf.len() >= 5 + len {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    match monoio::time::timeout(REQUEST_TIMEOUT, read).await {
+        Ok(r) => r?,
+        Err(_) => return Err("no request within the timeout".into()),
+    }
+    if buf.len() < 5 {
+        return Err("no request message".into());
+    }
+    if buf[0] != 0 {
+        return Err("compressed requests are not supported".into());
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    let msg = buf.get(5..5 + len).ok_or("truncated request message")?;
+    ObserveRequest::decode(msg).map_err(|e| format!("undecodable ObserveRequest: {e}"))
+}
+
+/// One `Observe` call.
+async fn observe(
+    req: http::Request<RecvStream>,
+    mut respond: server::SendResponse<Bytes>,
+    server: Rc<TapServer>,
+) {
+    if req.uri().path() != OBSERVE_PATH {
+        refuse(&mut respond, code::UNIMPLEMENTED, "unknown method");
+        return;
+    }
+    let request = match read_request(req.into_body()).await {
+        Ok(r) => r,
+        Err(why) => {
+            refuse(&mut respond, code::INVALID_ARGUMENT, &why);
+            return;
+        }
+    };
+    let tap = match Tap::new(&request) {
+        Ok(t) => t,
+        Err(e) => {
+            refuse(&mut respond, code::INVALID_ARGUMENT, &e.to_string());
+            return;
+        }
+    };
+    if server.installed.borrow().len() >= MAX_TAPS {
+        refuse(
+            &mut respond,
+            code::RESOURCE_EXHAUSTED,
+            &format!("at most {MAX_TAPS} taps at once"),
+        );
+        return;
+    }
+    let limit = tap.limit;
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(());
+    let Ok(head) = head else { return };
+    let Ok(mut stream) = respond.send_response(head, false) else {
+        return;
+    };
+    let (id, installed, mut queues) = server.install(tap);
+    tracing::info!(id, limit, "tap installed");
+    let outcome = stream_events(&mut stream, &mut queues, &installed, &server.metrics).await;
+    server.remove(id);
+    let dropped: u64 = queues.iter().map(|q| q.dropped()).sum();
+    server.metrics.dropped.fetch_add(dropped, Ordering::Relaxed);
+    tracing::info!(id, dropped, ?outcome, "tap removed");
+    if outcome.is_ok() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from(code::OK));
+        if dropped > 0 {
+            let msg = format!("{dropped} events dropped: the client did not keep up");
+            if let Ok(v) = http::HeaderValue::from_str(&msg) {
+                trailers.insert("grpc-message", v);
+            }
+        }
+        let _ = stream.send_trailers(trailers);
+    }
+}
+
+/// How often a tap whose events were dropped checks whether its last
+/// request has ended (no event may come to say so).
+const END_CHECK: Duration = Duration::from_millis(100);
+
+/// What the event loop of a call waits for.
+enum Wake {
+    Event(TapMsg),
+    Gone,
+    Tick,
+}
+
+/// Writes the tap's events until its `limit` requests have ended and
+/// their events are written (`Ok`) or the client is gone (`Err`).
+async fn stream_events(
+    stream: &mut SendStream<Bytes>,
+    queues: &mut [EventReceiver<TapMsg>],
+    tap: &Installed,
+    metrics: &TapMetrics,
+) -> Result<(), &'static str> {
+    // Requests seen (RequestInit sent) and not ended yet, by id.
+    let mut open: HashMap<crate::tap::StreamId, Box<crate::tap::RequestMeta>> = HashMap::new();
+    let mut start = 0usize;
+    loop {
+        if tap.finished() >= tap.tap.limit && queues.iter().all(|q| q.is_empty()) {
+            return Ok(());
+        }
+        // The next event from any worker (round robin), the client gone,
+        // or a tick to look at the count again.
+        let tick = monoio::time::sleep(END_CHECK);
+        let mut tick = std::pin::pin!(tick);
+        let next = poll_fn(|cx| {
+            if stream.poll_reset(cx).is_ready() {
+                return Poll::Ready(Wake::Gone);
+            }
+            let n = queues.len();
+            for i in 0..n {
+                let q = &mut queues[(start + i) % n];
+                if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
+                    start = (start + i + 1) % n;
+                    return Poll::Ready(Wake::Event(msg));
+                }
+            }
+            if tick.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Tick);
+            }
+            Poll::Pending
+        })
+        .await;
+        let msg = match next {
+            Wake::Event(msg) => msg,
+            Wake::Gone => return Err("the client went away"),
+            Wake::Tick => continue,
+        };
+        let events = match msg {
+            TapMsg::Request(id, meta) => {
+                let ev = request_init(id, &meta);
+                open.insert(id, meta);
+                vec![ev]
+            }
+            TapMsg::End {
+                id,
+                status,
+                since_request,
+                since_request_end,
+                grpc_status,
+            } => {
+                // (Its RequestInit may have been dropped: nothing to say.)
+                let Some(meta) = open.remove(&id) else {
+                    continue;
+                };
+                let mut evs = Vec::with_capacity(2);
+                if status != 0 {
+                    evs.push(event(
+                        &meta,
+                        th::Event::ResponseInit(th::ResponseInit {
+                            id: Some(stream_id(id)),
+                            since_request_init: duration(since_request),
+                            http_status: u32::from(status),
+                            headers: None,
+                        }),
+                    ));
+                }
+                evs.push(event(
+                    &meta,
+                    th::Event::ResponseEnd(th::ResponseEnd {
+                        id: Some(stream_id(id)),
+                        since_request_init: duration(since_request_end),
+                        since_response_init: duration(
+                            since_request_end.saturating_sub(since_request),
+                        ),
+                        response_bytes: 0,
+                        eos: grpc_status.map(|c| Eos {
+                            end: Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)),
+                        }),
+                        trailers: None,
+                    }),
+                ));
+                evs
+            }
+        };
+        for ev in events {
+            send_message(stream, &ev).await?;
+            metrics.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
+
+fn stream_id((base, stream): crate::tap::StreamId) -> th::StreamId {
+    th::StreamId { base, stream }
+}
+
+fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> TapEvent {
+    let method = http::Method::from_bytes(meta.method.as_bytes())
+        .map(HttpMethod::from)
+        .ok();
+    let headers = meta
+        .headers
+        .as_ref()
+        .map(|hs| linkerd2_proxy_api::http_types::Headers {
+            headers: hs
+                .iter()
+                .map(|(n, v)| linkerd2_proxy_api::http_types::headers::Header {
+                    name: n.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+        });
+    event(
+        meta,
+        th::Event::RequestInit(th::RequestInit {
+            id: Some(stream_id(id)),
+            method,
+            scheme: Some(Scheme::from(meta.scheme)),
+            authority: meta.authority.clone(),
+            path: meta.path.clone(),
+            headers,
+        }),
+    )
+}
+
+/// An HTTP event with the request's addresses and metadata.
+fn event(meta: &crate::tap::RequestMeta, ev: th::Event) -> TapEvent {
+    let mut src = HashMap::new();
+    let mut dst: HashMap<String, String> = meta.dst_labels.iter().cloned().collect();
+    match (&meta.client_id, &meta.server_id) {
+        (Some(id), _) => {
+            src.insert("tls".into(), "true".into());
+            src.insert("client_id".into(), id.clone());
+        }
+        (_, Some(id)) => {
+            dst.insert("tls".into(), "true".into());
+            dst.insert("server_id".into(), id.clone());
+        }
+        _ => {}
+    }
+    let route = meta.route.as_ref().map(|r| tap_event::RouteMeta {
+        labels: HashMap::from([("route".to_string(), r.to_string())]),
+    });
+    TapEvent {
+        source: Some(TcpAddress::from(meta.source)),
+        source_meta: Some(tap_event::EndpointMeta { labels: src }),
+        route_meta: route,
+        destination: Some(TcpAddress::from(meta.destination)),
+        destination_meta: Some(tap_event::EndpointMeta { labels: dst }),
+        proxy_direction: if meta.inbound {
+            tap_event::ProxyDirection::Inbound
+        } else {
+            tap_event::ProxyDirection::Outbound
+        } as i32,
+        event: Some(tap_event::Event::Http(tap_event::Http { event: Some(ev) })),
+    }
+}
+
+/// One gRPC message, as the client's flow control allows.
+async fn send_message(stream: &mut SendStream<Bytes>, msg: &TapEvent) -> Result<(), &'static str> {
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).map_err(|_| "event too large")?);
+    msg.encode(&mut buf).map_err(|_| "event encoding failed")?;
+    let mut data = buf.freeze();
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let cap = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            _ => return Err("the client went away"),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let part = data.split_to(cap.min(data.len()));
+        stream
+            .send_data(part, false)
+            .map_err(|_| "the client went away")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! Tap (issue 17): `io.linkerd.proxy.tap.Tap/Observe` on the control
+//! port, driven by a real gRPC client (`tests/grpc/tap_client.py`: Debian
+//! python3-grpcio with the linkerd2-proxy-api protos) against the running
+//! proxy: matching requests appear exactly once with their events,
+//! others not; `limit` ends the call cleanly; headers only when asked;
+//! bad requests get `INVALID_ARGUMENT`; a client that never reads drops
+//! events, never requests; a client that leaves takes its tap off the
+//! workers.
+//!
+//! Needs Debian's python3 with grpcio and protobuf, and protoc
+//! (`scripts/install-test-deps.sh`); fails without them. No root.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmesh_engine::{IoDriver, Proxy};
+use serde_json::Value;
+
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/tap_client.py");
+
+/// tap.proto's descriptor set, made once per test process with protoc.
+fn descriptors() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmesh-tap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pb = dir.join("tap.pb");
+    if !pb.exists() {
+        let tmp = dir.join(format!("tap.pb.{:?}", thread::current().id()));
+        let status = Command::new("protoc")
+            .arg("-I")
+            .arg(proto_dir())
+            .arg("--include_imports")
+            .arg(format!("--descriptor_set_out={}", tmp.display()))
+            .arg("tap.proto")
+            .status()
+            .expect("protoc (protobuf-compiler, scripts/install-test-deps.sh)");
+        assert!(status.success());
+        std::fs::rename(&tmp, &pb).unwrap();
+    }
+    pb
+}
+
+/// A running tap call: its output lines as they come.
+struct TapCall {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl TapCall {
+    fn start(tap: SocketAddr, request: &str) -> Self {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(CLIENT)
+            .arg("--descriptors")
+            .arg(descriptors())
+            .args(["--addr", &tap.to_string(), "--request", request])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("python3 with grpcio (scripts/install-test-deps.sh)");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let call = Self { child, lines };
+        let first = call
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the tap client starts");
+        assert_eq!(first, "open");
+        call
+    }
+
+    /// Every line until the call's status (which is returned last).
+    fn finish(&self, limit: Duration) -> (Vec<String>, String) {
+        let deadline = Instant::now() + limit;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the call did not end; events so far: {events:#?}"));
+            if line.starts_with("status ") {
+                return (events, line);
+            }
+            events.push(line);
+        }
+    }
+}
+
+impl Drop for TapCall {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proxy(origin: SocketAddr, extra: &[(&str, &str)]) -> Proxy {
+    let forward = format!("127.0.0.1:0={origin}");
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", forward.as_str()),
+        ("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "127.0.0.1:0"),
+        ("RINGMESH_TAP_ALLOW_LOOPBACK", "true"),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(IoDriver::Uring, &vars)
+}
+
+fn metric(proxy: &Proxy, name: &str) -> u64 {
+    let mut s = connect(proxy.admin_addr().unwrap());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{out}"))
+}
+
+fn wait_installed(proxy: &Proxy, n: u64) {
+    assert!(
+        eventually(Duration::from_secs(5), || metric(proxy, "tap_installed")
+            == n),
+        "tap_installed never became {n}"
+    );
+}
+
+/// `GET path` on a new connection: the status line.
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: web.test\r\nx-tap-me: yes\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or("").to_string()
+}
+
+/// A JSON field path in one event line.
+fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+/// A JSON number, or the string protobuf's JSON uses for 64-bit ones.
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// Matching requests appear exactly once each, with their three events
+/// (same id), in order, with the request's fields and timings; requests
+/// that do not match do not appear; the call ends cleanly after `limit`
+/// requests, and its tap leaves the workers.
+#[test]
+fn matching_requests_appear_once_and_limit_ends_the_call() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().expect("the tap server runs");
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 3, "match": {"http": {"path": {"prefix": "/hello"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    let addr = proxy.forward_addrs()[0];
+    assert!(get(addr, "/status/404").contains("404"));
+    for _ in 0..3 {
+        assert!(get(addr, "/hello").contains("200"));
+    }
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0", "{events:#?}");
+    // Past the limit: not tapped, and the tap is gone.
+    assert!(get(addr, "/hello").contains("200"));
+    wait_installed(&proxy, 0);
+
+    let parsed: Vec<Value> = events.iter().map(|l| parse(l)).collect();
+    assert_eq!(parsed.len(), 9, "{events:#?}");
+    let mut ids = Vec::new();
+    for ev in &parsed {
+        let http = field(ev, &["http"]).expect("an HTTP event");
+        assert_eq!(
+            field(ev, &["proxyDirection"]).and_then(|v| v.as_str()),
+            Some("OUTBOUND")
+        );
+        let dst_port = field(ev, &["destination", "port"]).and_then(as_u64);
+        assert_eq!(dst_port, Some(u64::from(origin.addr.port())), "{ev:?}");
+        assert!(field(ev, &["source", "port"]).is_some());
+        if let Some(init) = field(http, &["requestInit"]) {
+            assert_eq!(
+                field(init, &["path"]).and_then(|v| v.as_str()),
+                Some("/hello")
+            );
+            assert_eq!(
+                field(init, &["method", "registered"]).and_then(|v| v.as_str()),
+                Some("GET")
+            );
+            assert_eq!(
+                field(init, &["authority"]).and_then(|v| v.as_str()),
+                Some("web.test")
+            );
+            assert!(
+                field(init, &["headers"]).is_none(),
+                "headers only when asked"
+            );
+            ids.push(field(init, &["id"]).map(|v| format!("{v:?}")).unwrap());
+        } else if let Some(rsp) = field(http, &["responseInit"]) {
+            assert_eq!(field(rsp, &["httpStatus"]).and_then(as_u64), Some(200));
+            assert!(field(rsp, &["sinceRequestInit"]).is_some());
+        } else {
+            let end = field(http, &["responseEnd"]).expect("a ResponseEnd");
+            assert!(field(end, &["sinceRequestInit"]).is_some());
+        }
+    }
+    assert_eq!(ids.len(), 3);
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one RequestInit per request");
+    // Each request's events in order: init, response, end, same id.
+    for id in &ids {
+        let kinds: Vec<&str> = parsed
+            .iter()
+            .filter_map(|ev| {
+                let http = field(ev, &["http"])?;
+                ["requestInit", "responseInit", "responseEnd"]
+                    .into_iter()
+                    .find(|k| {
+                        field(http, &[k, "id"]).map(|v| format!("{v:?}")).as_ref() == Some(id)
+                    })
+            })
+            .collect();
+        assert_eq!(kinds, ["requestInit", "responseInit", "responseEnd"]);
+    }
+}
+
+/// `extract.http.headers` includes the request's headers; without it
+/// there are none.
+#[test]
+fn headers_only_when_extracted() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"http": {"path": {"exact": "/hello"}}}, "extract": {"http": {"headers": {}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    let init = events
+        .iter()
+        .map(|l| parse(l))
+        .find_map(|ev| field(&ev, &["http", "requestInit"]).cloned())
+        .expect("a RequestInit");
+    let headers = format!("{:?}", field(&init, &["headers"]).expect("headers"));
+    assert!(headers.contains("x-tap-me"), "{headers}");
+}
+
+/// Bad `ObserveRequest`s get `INVALID_ARGUMENT` (3) with a reason, and
+/// the proxy serves on.
+#[test]
+fn bad_requests_are_refused() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let mut deep = r#"{"http": {"path": {"prefix": "/"}}}"#.to_string();
+    for _ in 0..40 {
+        deep = format!(r#"{{"not": {deep}}}"#);
+    }
+    for request in [
+        r#"{"limit": 0, "match": {"http": {"path": {"prefix": "/"}}}}"#.to_string(),
+        r#"{"limit": 4000000000, "match": {"http": {"path": {"prefix": "/"}}}}"#.to_string(),
+        r#"{"limit": 1}"#.to_string(),
+        r#"{"limit": 1, "match": {}}"#.to_string(),
+        r#"{"limit": 1, "match": {"all": {}}}"#.to_string(),
+        format!(r#"{{"limit": 1, "match": {deep}}}"#),
+    ] {
+        let call = TapCall::start(tap, &request);
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert!(events.is_empty());
+        assert!(status.starts_with("status 3 "), "{request}: {status}");
+    }
+    assert_eq!(metric(&proxy, "tap_installed"), 0);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+}
+
+/// A tap client that never reads, written from the frames up so it is
+/// exactly that: its HTTP/2 stream window is 100 bytes and it never opens
+/// it further. Requests all succeed at full speed (the events past what
+/// the workers' queues hold are dropped and counted), and once the client
+/// goes away its tap leaves the workers.
+#[test]
+fn a_client_that_never_reads_costs_requests_nothing() {
+    use prost::Message as _;
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
+    let tap = proxy.tap_addr().unwrap();
+    let mut c = connect(tap);
+    // Preface; SETTINGS: INITIAL_WINDOW_SIZE (4) = 100.
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    c.write_all(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 100])
+        .unwrap();
+    // HEADERS (stream 1, END_HEADERS), HPACK literals: POST, http,
+    // the path, the authority, content-type, te.
+    let lit = |name_index: u8, value: &str| {
+        [&[name_index, value.len() as u8][..], value.as_bytes()].concat()
+    };
+    let new = |name: &str, value: &str| {
+        [
+            &[0, name.len() as u8][..],
+            name.as_bytes(),
+            &[value.len() as u8],
+            value.as_bytes(),
+        ]
+        .concat()
+    };
+    let block = [
+        vec![0x83, 0x86],
+        lit(4, "/io.linkerd.proxy.tap.Tap/Observe"),
+        lit(1, "tap.test"),
+        new("content-type", "application/grpc"),
+        new("te", "trailers"),
+    ]
+    .concat();
+    let frame = |kind: u8, flags: u8, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        [
+            &[len[1], len[2], len[3], kind, flags, 0, 0, 0, 1][..],
+            payload,
+        ]
+        .concat()
+    };
+    c.write_all(&frame(1, 4, &block)).unwrap();
+    let req = linkerd2_proxy_api::tap::ObserveRequest {
+        limit: 100_000,
+        r#match: Some(linkerd2_proxy_api::tap::observe_request::Match {
+            r#match: Some(
+                linkerd2_proxy_api::tap::observe_request::r#match::Match::Destination(
+                    linkerd2_proxy_api::tap::observe_request::r#match::Tcp {
+                        r#match: Some(
+                            linkerd2_proxy_api::tap::observe_request::r#match::tcp::Match::Ports(
+                                linkerd2_proxy_api::tap::observe_request::r#match::tcp::PortRange {
+                                    min: 1,
+                                    max: 65535,
+                                },
+                            ),
+                        ),
+                    },
+                ),
+            ),
+        }),
+        extract: None,
+    };
+    let msg = req.encode_to_vec();
+    let grpc = [&[0][..], &(msg.len() as u32).to_be_bytes(), &msg].concat();
+    c.write_all(&frame(0, 1, &grpc)).unwrap();
+    wait_installed(&proxy, 1);
+    // Keep-alive requests, far past what the queue holds.
+    let addr = proxy.forward_addrs()[0];
+    let s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let started = Instant::now();
+    for _ in 0..3000 {
+        w.write_all(b"GET /hello HTTP/1.1\r\nhost: web.test\r\n\r\n")
+            .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("200"), "{line}");
+        let mut len = 0;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(metric(&proxy, "tap_installed"), 1);
+    assert!(
+        metric(&proxy, "tap_events_total") < 100,
+        "the client's window holds a few events at most"
+    );
+    // The client leaves: the tap is removed and its drops counted.
+    drop(c);
+    wait_installed(&proxy, 0);
+    let dropped = metric(&proxy, "tap_events_dropped_total");
+    // Each request is two messages on its worker's queue (its start; its
+    // response and end): all but what the queue and the window took are
+    // dropped.
+    assert!(
+        dropped >= 2 * 3000 - 1024 - 100,
+        "the queue holds 1024 messages; the rest are dropped: {dropped}"
+    );
+}
+
+/// Ten taps at once each see every matching request; when their clients
+/// leave, the workers forget them all.
+#[test]
+fn ten_concurrent_taps() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let calls: Vec<TapCall> = (0..10)
+        .map(|_| {
+            TapCall::start(
+                tap,
+                r#"{"limit": 2, "match": {"http": {"path": {"prefix": "/hello"}}}}"#,
+            )
+        })
+        .collect();
+    wait_installed(&proxy, 10);
+    for _ in 0..2 {
+        assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    }
+    for call in &calls {
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0");
+        assert_eq!(events.len(), 6, "{events:#?}");
+    }
+    wait_installed(&proxy, 0);
+}
+
+/// HTTP/2 requests (curl with prior knowledge, to an HTTP/2 origin) are
+/// tapped as HTTP/1 ones are.
+#[test]
+fn http2_requests_are_tapped() {
+    let origin = common::h2::origin(None);
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"all": {"matches": [{"http": {"path": {"exact": "/hello"}}}, {"http": {"method": {"registered": "GET"}}}]}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    let url = format!("http://{}/hello", proxy.forward_addrs()[0]);
+    let out = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+            &url,
+        ])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    let parsed: Vec<Value> = events.iter().map(|l| parse(l)).collect();
+    assert_eq!(parsed.len(), 3, "{events:#?}");
+    let init = field(&parsed[0], &["http", "requestInit"]).expect("RequestInit first");
+    assert_eq!(
+        field(init, &["path"]).and_then(|v| v.as_str()),
+        Some("/hello")
+    );
+    let rsp = field(&parsed[1], &["http", "responseInit"]).expect("then ResponseInit");
+    assert_eq!(field(rsp, &["httpStatus"]).and_then(as_u64), Some(200));
+    assert!(field(&parsed[2], &["http", "responseEnd"]).is_some());
+}
