@@ -90,6 +90,7 @@ mod server_first;
 mod stop;
 mod stream;
 pub mod tap;
+pub mod tap_cli;
 mod tap_server;
 #[cfg(test)]
 mod testing;

@@ -1,5 +1,6 @@
 //! The `ringmesh` binary: configuration from the environment, logging,
-//! signals, and the [`Proxy`] lifecycle.
+//! signals, and the [`Proxy`] lifecycle; `ringmesh tap …` watches a
+//! running proxy's requests instead (`tap_cli.rs`).
 
 use std::process::ExitCode;
 
@@ -23,6 +24,10 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_START: u8 = 69;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("tap") {
+        return ExitCode::from(ringmesh_engine::tap_cli::main(&args[1..]));
+    }
     let cfg = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

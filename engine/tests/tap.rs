@@ -485,3 +485,75 @@ fn http2_requests_are_tapped() {
     assert_eq!(field(rsp, &["httpStatus"]).and_then(as_u64), Some(200));
     assert!(field(&parsed[2], &["http", "responseEnd"]).is_some());
 }
+
+/// `ringmesh tap` (the binary) prints one line per event as `linkerd viz
+/// tap` does, only for requests its filters match, and ends after
+/// `--limit` requests; `-o json` prints one JSON object per event; bad
+/// arguments exit 64.
+#[test]
+fn the_tap_command_prints_events() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap().to_string();
+    let addr = proxy.forward_addrs()[0];
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+            .args(["tap", "--addr", &tap, "--path", "/hello", "--limit", "2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_installed(&proxy, 1);
+        assert!(get(addr, "/status/404").contains("404"));
+        assert!(get(addr, "/hello").contains("200"));
+        assert!(get(addr, "/hello").contains("200"));
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status}");
+        wait_installed(&proxy, 0);
+        out
+    };
+    let out = run(&[]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    let port = origin.addr.port();
+    for pair in lines.chunks(3) {
+        assert!(
+            pair[0].starts_with("req id=0:") || pair[0].starts_with("req id=1:"),
+            "{out}"
+        );
+        assert!(pair[0].contains(" proxy=out "), "{out}");
+        assert!(
+            pair[0].contains(&format!(" dst=127.0.0.1:{port} ")),
+            "{out}"
+        );
+        assert!(
+            pair[0].ends_with(":method=GET :authority=web.test :path=/hello"),
+            "{out}"
+        );
+        assert!(pair[1].starts_with("rsp id="), "{out}");
+        assert!(pair[1].contains(" :status=200 latency="), "{out}");
+        assert!(pair[2].starts_with("end id="), "{out}");
+        assert!(pair[2].contains(" duration="), "{out}");
+    }
+    let out = run(&["-o", "json"]);
+    let events: Vec<Value> = out.lines().map(parse).collect();
+    assert_eq!(events.len(), 6, "{out}");
+    assert_eq!(events[0]["event"], "requestInit");
+    assert_eq!(events[0]["path"], "/hello");
+    assert_eq!(events[0]["proxyDirection"], "outbound");
+    assert_eq!(events[1]["status"], 200);
+    assert_eq!(events[2]["event"], "responseEnd");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args(["tap", "--limit", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+}

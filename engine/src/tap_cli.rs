@@ -1,0 +1,439 @@
+//! `ringmesh tap`: watches a proxy's requests through its tap port, one
+//! line per event as `linkerd viz tap` prints them, or JSON.
+//!
+//! ```text
+//! ringmesh tap [--addr HOST:PORT] [--method M] [--path PREFIX]
+//!              [--authority A] [--to IP[/BITS] | IP:PORT | :PORT]
+//!              [--limit N] [--headers] [-o json]
+//! ```
+//!
+//! The filters are ANDed; with none every request matches. The call ends
+//! after `--limit` requests (default [`crate::tap::MAX_LIMIT`]), when the
+//! proxy goes away, or on Ctrl-C.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use linkerd2_proxy_api::http_types::HttpMethod;
+use linkerd2_proxy_api::tap::observe_request::{self, r#match};
+use linkerd2_proxy_api::tap::tap_event::{self, http as th};
+use linkerd2_proxy_api::tap::{ObserveRequest, TapEvent};
+
+use crate::grpc::{self, Channel};
+
+const OBSERVE_PATH: &str = "/io.linkerd.proxy.tap.Tap/Observe";
+
+const USAGE: &str = "usage: ringmesh tap [--addr HOST:PORT] [--method M] [--path PREFIX] \
+[--authority A] [--to IP[/BITS] | IP:PORT | :PORT] [--limit N] [--headers] [-o json]";
+
+/// What the command line asks for.
+#[derive(Debug)]
+struct Args {
+    addr: SocketAddr,
+    request: ObserveRequest,
+    json: bool,
+}
+
+fn http_match(m: r#match::http::Match) -> observe_request::Match {
+    observe_request::Match {
+        r#match: Some(r#match::Match::Http(r#match::Http { r#match: Some(m) })),
+    }
+}
+
+fn tcp_match(m: r#match::tcp::Match) -> observe_request::Match {
+    observe_request::Match {
+        r#match: Some(r#match::Match::Destination(r#match::Tcp {
+            r#match: Some(m),
+        })),
+    }
+}
+
+fn ports(min: u16, max: u16) -> observe_request::Match {
+    tcp_match(r#match::tcp::Match::Ports(r#match::tcp::PortRange {
+        min: u32::from(min),
+        max: u32::from(max),
+    }))
+}
+
+/// `--to`: a destination address, network or port.
+fn destination(v: &str) -> Result<Vec<observe_request::Match>, String> {
+    let net = |ip: IpAddr, bits: u8| -> Result<observe_request::Match, String> {
+        ipnet::IpNet::new(ip, bits).map_err(|e| format!("--to {v}: {e}"))?;
+        Ok(tcp_match(r#match::tcp::Match::Netmask(
+            r#match::tcp::Netmask {
+                ip: Some(ip.into()),
+                mask: u32::from(bits),
+            },
+        )))
+    };
+    if let Some(port) = v.strip_prefix(':') {
+        let p: u16 = port.parse().map_err(|_| format!("--to {v}: bad port"))?;
+        return Ok(vec![ports(p, p)]);
+    }
+    if let Ok(addr) = v.parse::<SocketAddr>() {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        return Ok(vec![net(addr.ip(), bits)?, ports(addr.port(), addr.port())]);
+    }
+    if let Ok(n) = v.parse::<ipnet::IpNet>() {
+        return Ok(vec![net(n.addr(), n.prefix_len())?]);
+    }
+    if let Ok(ip) = v.parse::<IpAddr>() {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        return Ok(vec![net(ip, bits)?]);
+    }
+    Err(format!("--to {v}: expected IP[/BITS], IP:PORT or :PORT"))
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4190));
+    let mut limit = crate::tap::MAX_LIMIT;
+    let mut json = false;
+    let mut headers = false;
+    // Every request has a destination port: the match with no filters.
+    let mut all = vec![ports(1, u16::MAX)];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--addr" => {
+                let v = value("--addr")?;
+                addr = v
+                    .parse()
+                    .map_err(|_| format!("--addr {v}: expected HOST:PORT"))?;
+            }
+            "--method" => {
+                let v = value("--method")?;
+                let m = http::Method::from_bytes(v.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| format!("--method {v}: not a method"))?;
+                all.push(http_match(r#match::http::Match::Method(HttpMethod::from(
+                    m,
+                ))));
+            }
+            "--path" => {
+                let v = value("--path")?;
+                all.push(http_match(r#match::http::Match::Path(
+                    r#match::http::StringMatch {
+                        r#match: Some(r#match::http::string_match::Match::Prefix(v)),
+                    },
+                )));
+            }
+            "--authority" => {
+                let v = value("--authority")?;
+                all.push(http_match(r#match::http::Match::Authority(
+                    r#match::http::StringMatch {
+                        r#match: Some(r#match::http::string_match::Match::Exact(v)),
+                    },
+                )));
+            }
+            "--to" => all.extend(destination(&value("--to")?)?),
+            "--limit" => {
+                let v = value("--limit")?;
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=crate::tap::MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!("--limit {v}: expected 1..={}", crate::tap::MAX_LIMIT)
+                    })?;
+            }
+            "--headers" => headers = true,
+            "-o" | "--output" => match value("-o")?.as_str() {
+                "json" => json = true,
+                "wide" | "text" => json = false,
+                other => return Err(format!("-o {other}: expected json or text")),
+            },
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    use observe_request::extract;
+    Ok(Args {
+        addr,
+        json,
+        request: ObserveRequest {
+            limit,
+            r#match: Some(observe_request::Match {
+                r#match: Some(r#match::Match::All(r#match::Seq { matches: all })),
+            }),
+            extract: headers.then_some(observe_request::Extract {
+                extract: Some(extract::Extract::Http(extract::Http {
+                    extract: Some(extract::http::Extract::Headers(extract::http::Headers {})),
+                })),
+            }),
+        },
+    })
+}
+
+/// Runs `ringmesh tap ARGS`; the process's exit code.
+pub fn main(args: &[String]) -> u8 {
+    let args = match parse(args) {
+        Ok(a) => a,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("ringmesh tap: {why}");
+            }
+            eprintln!("{USAGE}");
+            return 64;
+        }
+    };
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ringmesh tap: cannot start: {e}");
+            return 69;
+        }
+    };
+    rt.block_on(async move {
+        match observe(&args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ringmesh tap: {e}");
+                if e.code == grpc::Code::InvalidArgument {
+                    64
+                } else {
+                    69
+                }
+            }
+        }
+    })
+}
+
+async fn observe(args: &Args) -> Result<(), grpc::GrpcError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let channel = Channel::connect(args.addr, deadline).await?;
+    let mut events =
+        grpc::server_streaming::<_, TapEvent>(&channel, OBSERVE_PATH, args.request.clone(), None)
+            .await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = events.message().await? {
+        let line = if args.json { json(&ev) } else { text(&ev) };
+        if let Some(line) = line {
+            use std::io::Write as _;
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(()); // the reader went away (a pipe closed)
+            }
+        }
+    }
+    Ok(())
+}
+
+fn addr(a: Option<&linkerd2_proxy_api::net::TcpAddress>) -> String {
+    a.and_then(|a| {
+        let ip = IpAddr::try_from(a.ip?).ok()?;
+        Some(SocketAddr::new(ip, u16::try_from(a.port).ok()?).to_string())
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+fn micros(d: Option<&prost_types::Duration>) -> u64 {
+    d.and_then(|d| Duration::try_from(*d).ok())
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn id(i: Option<&th::StreamId>) -> String {
+    i.map_or_else(|| "-".into(), |i| format!("{}:{}", i.base, i.stream))
+}
+
+/// The parts every line starts with: id, direction, addresses, TLS.
+fn prefix(kind: &str, ev: &TapEvent, sid: Option<&th::StreamId>) -> String {
+    let proxy = match tap_event::ProxyDirection::try_from(ev.proxy_direction) {
+        Ok(tap_event::ProxyDirection::Inbound) => "in",
+        Ok(tap_event::ProxyDirection::Outbound) => "out",
+        _ => "-",
+    };
+    let meta =
+        |m: Option<&tap_event::EndpointMeta>, k: &str| m.and_then(|m| m.labels.get(k)).cloned();
+    let tls = meta(ev.source_meta.as_ref(), "tls")
+        .or_else(|| meta(ev.destination_meta.as_ref(), "tls"))
+        .unwrap_or_else(|| "no_identity".into());
+    format!(
+        "{kind} id={} proxy={proxy} src={} dst={} tls={tls}",
+        id(sid),
+        addr(ev.source.as_ref()),
+        addr(ev.destination.as_ref())
+    )
+}
+
+/// One event as `linkerd viz tap` prints it.
+fn text(ev: &TapEvent) -> Option<String> {
+    let tap_event::Event::Http(h) = ev.event.as_ref()?;
+    Some(match h.event.as_ref()? {
+        th::Event::RequestInit(r) => {
+            let method = r
+                .method
+                .clone()
+                .and_then(|m| http::Method::try_from(m).ok())
+                .map_or_else(|| "-".into(), |m| m.to_string());
+            format!(
+                "{} :method={method} :authority={} :path={}",
+                prefix("req", ev, r.id.as_ref()),
+                r.authority,
+                r.path
+            )
+        }
+        th::Event::ResponseInit(r) => format!(
+            "{} :status={} latency={}µs",
+            prefix("rsp", ev, r.id.as_ref()),
+            r.http_status,
+            micros(r.since_request_init.as_ref())
+        ),
+        th::Event::ResponseEnd(r) => {
+            let mut s = prefix("end", ev, r.id.as_ref());
+            if let Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)) =
+                r.eos.as_ref().and_then(|e| e.end.as_ref())
+            {
+                let _ = write!(s, " grpc-status={}", grpc::Code::from_number(*c).as_str());
+            }
+            let _ = write!(
+                s,
+                " duration={}µs response-length={}B",
+                micros(r.since_response_init.as_ref()),
+                r.response_bytes
+            );
+            s
+        }
+    })
+}
+
+/// A JSON string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One event as a JSON object on one line.
+fn json(ev: &TapEvent) -> Option<String> {
+    let tap_event::Event::Http(h) = ev.event.as_ref()?;
+    let direction = match tap_event::ProxyDirection::try_from(ev.proxy_direction) {
+        Ok(tap_event::ProxyDirection::Inbound) => "inbound",
+        Ok(tap_event::ProxyDirection::Outbound) => "outbound",
+        _ => "unknown",
+    };
+    let labels = |m: Option<&tap_event::EndpointMeta>| {
+        let mut kv: Vec<_> = m.map(|m| m.labels.iter().collect()).unwrap_or_default();
+        kv.sort();
+        let fields: Vec<String> = kv
+            .into_iter()
+            .map(|(k, v)| format!("{}:{}", quote(k), quote(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let common = format!(
+        "\"source\":{},\"destination\":{},\"proxyDirection\":{},\"sourceMeta\":{},\"destinationMeta\":{}",
+        quote(&addr(ev.source.as_ref())),
+        quote(&addr(ev.destination.as_ref())),
+        quote(direction),
+        labels(ev.source_meta.as_ref()),
+        labels(ev.destination_meta.as_ref()),
+    );
+    Some(match h.event.as_ref()? {
+        th::Event::RequestInit(r) => {
+            let method = r
+                .method
+                .clone()
+                .and_then(|m| http::Method::try_from(m).ok())
+                .map_or_else(String::new, |m| m.to_string());
+            let headers: Vec<String> = r
+                .headers
+                .iter()
+                .flat_map(|h| &h.headers)
+                .map(|h| {
+                    format!(
+                        "[{},{}]",
+                        quote(&h.name),
+                        quote(&String::from_utf8_lossy(&h.value))
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"event\":\"requestInit\",\"id\":{},{common},\"method\":{},\"authority\":{},\"path\":{},\"headers\":[{}]}}",
+                quote(&id(r.id.as_ref())),
+                quote(&method),
+                quote(&r.authority),
+                quote(&r.path),
+                headers.join(",")
+            )
+        }
+        th::Event::ResponseInit(r) => format!(
+            "{{\"event\":\"responseInit\",\"id\":{},{common},\"status\":{},\"latencyMicros\":{}}}",
+            quote(&id(r.id.as_ref())),
+            r.http_status,
+            micros(r.since_request_init.as_ref())
+        ),
+        th::Event::ResponseEnd(r) => {
+            let grpc = match r.eos.as_ref().and_then(|e| e.end.as_ref()) {
+                Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)) => c.to_string(),
+                _ => "null".into(),
+            };
+            format!(
+                "{{\"event\":\"responseEnd\",\"id\":{},{common},\"sinceRequestInitMicros\":{},\"sinceResponseInitMicros\":{},\"responseBytes\":{},\"grpcStatus\":{grpc}}}",
+                quote(&id(r.id.as_ref())),
+                micros(r.since_request_init.as_ref()),
+                micros(r.since_response_init.as_ref()),
+                r.response_bytes
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn arguments_build_the_match() {
+        let a = parse(&args(
+            "--addr 127.0.0.1:9 --method get --path /api --to 10.0.0.0/8 --limit 5 -o json",
+        ))
+        .unwrap();
+        assert_eq!(a.addr, "127.0.0.1:9".parse().unwrap());
+        assert!(a.json);
+        let tap = crate::tap::Tap::new(&a.request).unwrap();
+        assert_eq!(tap.limit, 5);
+        let req = |method, path, dst: &str| crate::tap::TapRequest {
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: dst.parse().unwrap(),
+            method,
+            scheme: "http",
+            authority: "a",
+            path,
+            dst_labels: &[],
+            route_labels: &[],
+        };
+        assert!(tap.matcher.matches(&req("GET", "/api/x", "10.1.2.3:80")));
+        assert!(!tap.matcher.matches(&req("POST", "/api/x", "10.1.2.3:80")));
+        assert!(!tap.matcher.matches(&req("GET", "/x", "10.1.2.3:80")));
+        assert!(!tap.matcher.matches(&req("GET", "/api", "11.1.2.3:80")));
+        // No filters: everything.
+        let all = crate::tap::Tap::new(&parse(&[]).unwrap().request).unwrap();
+        assert!(all.matcher.matches(&req("PUT", "/", "1.2.3.4:1")));
+        assert_eq!(all.limit, crate::tap::MAX_LIMIT);
+        for bad in ["--limit 0", "--to nowhere", "--method", "--frob", "-o yaml"] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+}
