@@ -20,7 +20,7 @@ use linkerd2_proxy_api::tap::observe_request::{self, r#match};
 use linkerd2_proxy_api::tap::ObserveRequest;
 
 /// Most requests one tap may ask for.
-pub const MAX_LIMIT: u32 = 100_000;
+pub const MAX_LIMIT: u32 = 10_000_000;
 /// Deepest nesting of `all` / `any` / `not`.
 pub const MAX_DEPTH: usize = 16;
 /// Most parts in one match.

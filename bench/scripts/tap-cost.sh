@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# tap-cost.sh - what tap costs the data path (issue 17): ringmesh's worker
+# CPU per request with no tap, with one tap that matches nothing, and with
+# one tap that matches every request, for HTTP/1.1 (wrk) and h2c (h2load)
+# through a forward to nginx. The three modes run in a rotating order in
+# every round, so drift hits them alike.
+#
+# Per round and mode: req/s, the worker's CPU µs per request, and the tap's
+# events sent and dropped during the round (a "match all" round taps every
+# request: its events are sent, or dropped when the tap client falls
+# behind - never is a request slowed to wait for it).
+#
+# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh]
+# Pinning (2 cores): ringmesh and nginx on cpu1; the load generator and the
+# tap client (`ringmesh tap`, output to /dev/null) on cpu0.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for kv in "$@"; do export "${kv?}"; done
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh}
+for t in wrk h2load nginx curl taskset bc; do
+  command -v "$t" > /dev/null || { echo "tap-cost.sh: $t is missing (scripts/install-test-deps.sh)"; exit 1; }
+done
+tmp=$(mktemp -d /tmp/rm-tap.XXXXXX)
+pids=()
+tap_pid=
+cleanup() {
+  [ -n "$tap_pid" ] && kill "$tap_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+mkdir -p "$tmp/nginx"
+cat > "$tmp/nginx/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $tmp/nginx/pid; error_log $tmp/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:18980; location / { return 200 "ok"; } }
+  server { listen 127.0.0.1:18982 http2; location / { return 200 "ok"; } }
+}
+EOF
+taskset -c 1 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+pids+=($!)
+
+env -i PATH="$PATH" LINKERD2_PROXY_CORES=1 LINKERD2_PROXY_LOG=warn \
+  LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR= LINKERD2_PROXY_INBOUND_LISTEN_ADDR= \
+  LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:18991 \
+  LINKERD2_PROXY_CONTROL_LISTEN_ADDR=127.0.0.1:18990 RINGMESH_TAP_ALLOW_LOOPBACK=true \
+  RINGMESH_TCP_FORWARD=127.0.0.1:18981=127.0.0.1:18980,127.0.0.1:18983=127.0.0.1:18982 \
+  taskset -c 1 "$BIN" > "$tmp/ringmesh.log" 2>&1 &
+rm_pid=$!
+pids+=($rm_pid)
+for _ in $(seq 100); do curl -sf http://127.0.0.1:18991/ready > /dev/null && break; sleep 0.1; done
+
+# Thread names are cut to 15 bytes: ringmesh-worke(r).
+wrk0=$(for t in /proc/$rm_pid/task/*; do grep -q '^ringmesh-worke' "$t/comm" && basename "$t"; done | head -1)
+ticks() { awk '{print $14 + $15}' "/proc/$rm_pid/task/$wrk0/stat"; }
+hz=$(getconf CLK_TCK)
+metric() { curl -s http://127.0.0.1:18991/metrics | awk -v m="$1" '$1==m{print $2}'; }
+installed() { metric tap_installed; }
+
+start_tap() {
+  case $1 in
+    none) return ;;
+    nomatch) args=(--path /never-matches) ;;
+    all) args=() ;;
+  esac
+  taskset -c 0 "$BIN" tap --addr 127.0.0.1:18990 "${args[@]}" > /dev/null 2>&1 &
+  tap_pid=$!
+  for _ in $(seq 50); do [ "$(installed)" = 1 ] && return; sleep 0.1; done
+  echo "the tap did not install"; exit 1
+}
+stop_tap() {
+  [ -n "$tap_pid" ] || return 0
+  kill "$tap_pid" 2>/dev/null || true
+  wait "$tap_pid" 2>/dev/null || true
+  tap_pid=
+  for _ in $(seq 50); do [ "$(installed)" = 0 ] && return; sleep 0.1; done
+}
+
+load() {
+  case $1 in
+    h1) taskset -c 0 wrk -t1 -c16 -d"${DURATION}s" http://127.0.0.1:18981/ 2>&1 | awk '/Requests\/sec/{print $2}' ;;
+    h2) taskset -c 0 h2load -t1 -c16 -m10 -D "$DURATION" http://127.0.0.1:18983/ 2>&1 | awk '/^finished in/{gsub(",",""); print $4}' ;;
+  esac
+}
+
+# Warm-up.
+taskset -c 0 wrk -t1 -c16 -d2s http://127.0.0.1:18981/ > /dev/null 2>&1
+printf '%-6s %-5s %-8s %10s %14s %12s %12s\n' round kind mode req/s worker_us/req events_sent events_dropped
+orders=("none nomatch all" "nomatch all none" "all none nomatch")
+for r in $(seq 1 "$ROUNDS"); do
+  for kind in h1 h2; do
+    for mode in ${orders[$(( (r - 1) % 3 ))]}; do
+      start_tap "$mode"
+      s0=$(metric tap_events_total); w0=$(ticks)
+      rps=$(load "$kind")
+      w1=$(ticks); s1=$(metric tap_events_total)
+      d0=$(metric tap_events_dropped_total)
+      stop_tap
+      d1=$(metric tap_events_dropped_total)
+      printf '%-6s %-5s %-8s %10.0f %14.2f %12s %12s\n' "$r" "$kind" "$mode" "$rps" \
+        "$(echo "($w1 - $w0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
+        "$((s1 - s0))" "$((d1 - d0))"
+    done
+  done
+done
