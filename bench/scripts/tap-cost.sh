@@ -57,6 +57,8 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:18991/ready > /dev/null && bre
 # Thread names are cut to 15 bytes: ringmesh-worke(r).
 wrk0=$(for t in /proc/$rm_pid/task/*; do grep -q '^ringmesh-worke' "$t/comm" && basename "$t"; done | head -1)
 ticks() { awk '{print $14 + $15}' "/proc/$rm_pid/task/$wrk0/stat"; }
+# The whole process (the control core writes the tap's events).
+pticks() { awk '{print $14 + $15}' "/proc/$rm_pid/stat"; }
 hz=$(getconf CLK_TCK)
 metric() { curl -s http://127.0.0.1:18991/metrics | awk -v m="$1" '$1==m{print $2}'; }
 installed() { metric tap_installed; }
@@ -89,20 +91,21 @@ load() {
 
 # Warm-up.
 taskset -c 0 wrk -t1 -c16 -d2s http://127.0.0.1:18981/ > /dev/null 2>&1
-printf '%-6s %-5s %-8s %10s %14s %12s %12s\n' round kind mode req/s worker_us/req events_sent events_dropped
+printf '%-6s %-5s %-8s %10s %14s %15s %12s %12s\n' round kind mode req/s worker_us/req process_us/req events_sent events_dropped
 orders=("none nomatch all" "nomatch all none" "all none nomatch")
 for r in $(seq 1 "$ROUNDS"); do
   for kind in h1 h2; do
     for mode in ${orders[$(( (r - 1) % 3 ))]}; do
       start_tap "$mode"
-      s0=$(metric tap_events_total); w0=$(ticks)
+      s0=$(metric tap_events_total); w0=$(ticks); p0=$(pticks)
       rps=$(load "$kind")
-      w1=$(ticks); s1=$(metric tap_events_total)
+      w1=$(ticks); p1=$(pticks); s1=$(metric tap_events_total)
       d0=$(metric tap_events_dropped_total)
       stop_tap
       d1=$(metric tap_events_dropped_total)
-      printf '%-6s %-5s %-8s %10.0f %14.2f %12s %12s\n' "$r" "$kind" "$mode" "$rps" \
+      printf '%-6s %-5s %-8s %10.0f %14.2f %15.2f %12s %12s\n' "$r" "$kind" "$mode" "$rps" \
         "$(echo "($w1 - $w0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
+        "$(echo "($p1 - $p0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
         "$((s1 - s0))" "$((d1 - d0))"
     done
   done

@@ -100,22 +100,14 @@ impl<'w> Observer<'w> {
         let Some(p) = self.tap.as_mut() else {
             return;
         };
-        let ids = match &self.key.tls {
-            TlsStatus::Accepted {
-                client_id: Some(id),
-            } => (Some(id.to_string()), None),
-            TlsStatus::Connected { server_id } => (None, Some(server_id.to_string())),
-            _ => (None, None),
-        };
-        let labels = self.key.dst_labels.as_deref().unwrap_or(&[]);
         let inbound = self.key.direction == Direction::Inbound;
         if !p.decide(
             self.w.id,
             destination,
             inbound,
-            labels,
+            self.key.dst_labels.as_ref(),
             self.route.name.as_ref(),
-            ids,
+            &self.key.tls,
         ) {
             self.tap = None;
         }

@@ -364,12 +364,12 @@ pub(crate) struct RequestMeta {
     pub(crate) path: String,
     /// Only when the tap asked for them.
     pub(crate) headers: Option<Vec<(String, Vec<u8>)>>,
-    pub(crate) dst_labels: Vec<(String, String)>,
+    pub(crate) dst_labels: Option<std::sync::Arc<[(String, String)]>>,
     pub(crate) route: Option<std::sync::Arc<str>>,
     /// The client's identity (inbound, mutual TLS), or the server's
     /// (outbound, mutual TLS).
-    pub(crate) client_id: Option<String>,
-    pub(crate) server_id: Option<String>,
+    pub(crate) client_id: Option<std::sync::Arc<str>>,
+    pub(crate) server_id: Option<std::sync::Arc<str>>,
 }
 
 /// A request's head as tap sees it (either HTTP version).
@@ -426,22 +426,23 @@ impl Pending {
 
     /// The request's destination is known: the taps that match it (and
     /// still want requests) get its `RequestInit`. `false`: none does.
+    /// (Nothing is copied unless a tap matches; with one, the head's
+    /// strings move into its event.)
     pub(crate) fn decide(
         &mut self,
         worker: usize,
         destination: SocketAddr,
         inbound: bool,
-        dst_labels: &[(String, String)],
+        dst_labels: Option<&std::sync::Arc<[(String, String)]>>,
         route: Option<&std::sync::Arc<str>>,
-        ids: (Option<String>, Option<String>),
+        tls: &ringmesh_admin::telemetry::TlsStatus,
     ) -> bool {
+        use ringmesh_admin::telemetry::TlsStatus;
         if self.decided {
             return !self.matched.is_empty();
         }
         self.decided = true;
-        // `dst_service`-style labels without the prefix.
-        let labels: Vec<(String, String)> = dst_labels.to_vec();
-        let route_labels: Vec<(&str, &str)> = route.map(|r| ("route", &**r)).into_iter().collect();
+        let route_pair = route.map(|r| ("route", &**r));
         let req = TapRequest {
             source: self.source,
             destination,
@@ -449,8 +450,8 @@ impl Pending {
             scheme: "http",
             authority: &self.authority,
             path: &self.path,
-            dst_labels: &labels,
-            route_labels: &route_labels,
+            dst_labels: dst_labels.map_or(&[], |l| &l[..]),
+            route_labels: route_pair.as_slice(),
         };
         self.matched = self
             .taps
@@ -459,28 +460,42 @@ impl Pending {
             .filter(|t| t.tap.matcher.matches(&req) && t.claim())
             .cloned()
             .collect();
-        for t in &self.matched {
+        let (client_id, server_id) = match tls {
+            TlsStatus::Accepted { client_id } => (client_id.clone(), None),
+            TlsStatus::Connected { server_id } => (None, Some(server_id.clone())),
+            _ => (None, None),
+        };
+        let n = self.matched.len();
+        for (i, t) in self.matched.iter().enumerate() {
+            // The last tap takes the strings; others get copies.
+            let take = |s: &mut String| {
+                if i + 1 == n {
+                    std::mem::take(s)
+                } else {
+                    s.clone()
+                }
+            };
             let meta = RequestMeta {
                 source: self.source,
                 destination,
                 inbound,
-                method: self.method.clone(),
+                method: take(&mut self.method),
                 scheme: "http",
-                authority: self.authority.clone(),
-                path: self.path.clone(),
+                authority: take(&mut self.authority),
+                path: take(&mut self.path),
                 headers: if t.tap.headers {
                     self.headers.clone()
                 } else {
                     None
                 },
-                dst_labels: labels.clone(),
+                dst_labels: dst_labels.cloned(),
                 route: route.cloned(),
-                client_id: ids.0.clone(),
-                server_id: ids.1.clone(),
+                client_id: client_id.clone(),
+                server_id: server_id.clone(),
             };
             t.send(worker, TapMsg::Request(self.id, Box::new(meta)));
         }
-        !self.matched.is_empty()
+        n > 0
     }
 
     /// The response's head arrived.

@@ -471,15 +471,19 @@ fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> Tap
 /// An HTTP event with the request's addresses and metadata.
 fn event(meta: &crate::tap::RequestMeta, ev: th::Event) -> TapEvent {
     let mut src = HashMap::new();
-    let mut dst: HashMap<String, String> = meta.dst_labels.iter().cloned().collect();
+    let mut dst: HashMap<String, String> = meta
+        .dst_labels
+        .iter()
+        .flat_map(|l| l.iter().cloned())
+        .collect();
     match (&meta.client_id, &meta.server_id) {
         (Some(id), _) => {
             src.insert("tls".into(), "true".into());
-            src.insert("client_id".into(), id.clone());
+            src.insert("client_id".into(), id.to_string());
         }
         (_, Some(id)) => {
             dst.insert("tls".into(), "true".into());
-            dst.insert("server_id".into(), id.clone());
+            dst.insert("server_id".into(), id.to_string());
         }
         _ => {}
     }
