@@ -330,41 +330,65 @@ const END_CHECK: Duration = Duration::from_millis(100);
 
 /// What the event loop of a call waits for.
 enum Wake {
-    Event(TapMsg),
+    Events,
     Gone,
     Tick,
 }
 
+/// Most events written in one go (one DATA frame when the window allows).
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// Writes the tap's events until its `limit` requests have ended and
-/// their events are written (`Ok`) or the client is gone (`Err`).
+/// their events are written (`Ok`) or the client is gone (`Err`). Every
+/// event waiting is taken at once and written as one batch.
 async fn stream_events(
     stream: &mut SendStream<Bytes>,
     queues: &mut [EventReceiver<TapMsg>],
     tap: &Installed,
     metrics: &TapMetrics,
 ) -> Result<(), &'static str> {
-    // Requests seen (RequestInit sent) and not ended yet, by id.
-    let mut open: HashMap<crate::tap::StreamId, Box<crate::tap::RequestMeta>> = HashMap::new();
+    // Requests seen (RequestInit sent) and not ended yet, by id: the
+    // encoded fields every event of the request repeats.
+    let mut open: HashMap<crate::tap::StreamId, Bytes> = HashMap::new();
     let mut start = 0usize;
+    let mut batch = BytesMut::new();
     loop {
         if tap.finished() >= tap.tap.limit && queues.iter().all(|q| q.is_empty()) {
             return Ok(());
         }
-        // The next event from any worker (round robin), the client gone,
-        // or a tick to look at the count again.
+        // Events from any worker (round robin), the client gone, or a tick
+        // to look at the count again.
         let tick = monoio::time::sleep(END_CHECK);
         let mut tick = std::pin::pin!(tick);
-        let next = poll_fn(|cx| {
+        let mut sent = 0u64;
+        let wake = poll_fn(|cx| {
             if stream.poll_reset(cx).is_ready() {
                 return Poll::Ready(Wake::Gone);
             }
             let n = queues.len();
-            for i in 0..n {
-                let q = &mut queues[(start + i) % n];
-                if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
-                    start = (start + i + 1) % n;
-                    return Poll::Ready(Wake::Event(msg));
+            let mut got = false;
+            // Round robin over the workers until every queue is empty or
+            // the batch is full.
+            'fill: loop {
+                let mut any = false;
+                for i in 0..n {
+                    let q = &mut queues[(start + i) % n];
+                    if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
+                        any = true;
+                        got = true;
+                        sent += encode(&mut open, msg, &mut batch);
+                        if batch.len() >= BATCH_BYTES {
+                            start = (start + i + 1) % n;
+                            break 'fill;
+                        }
+                    }
                 }
+                if !any {
+                    break;
+                }
+            }
+            if got {
+                return Poll::Ready(Wake::Events);
             }
             if tick.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Tick);
@@ -372,63 +396,82 @@ async fn stream_events(
             Poll::Pending
         })
         .await;
-        let msg = match next {
-            Wake::Event(msg) => msg,
+        match wake {
+            Wake::Events => {}
             Wake::Gone => return Err("the client went away"),
             Wake::Tick => continue,
-        };
-        let events = match msg {
-            TapMsg::Request(id, meta) => {
-                let ev = request_init(id, &meta);
-                open.insert(id, meta);
-                vec![ev]
-            }
-            TapMsg::End {
-                id,
-                status,
-                since_request,
-                since_request_end,
-                grpc_status,
-            } => {
-                // (Its RequestInit may have been dropped: nothing to say.)
-                let Some(meta) = open.remove(&id) else {
-                    continue;
-                };
-                let mut evs = Vec::with_capacity(2);
-                if status != 0 {
-                    evs.push(event(
-                        &meta,
-                        th::Event::ResponseInit(th::ResponseInit {
-                            id: Some(stream_id(id)),
-                            since_request_init: duration(since_request),
-                            http_status: u32::from(status),
-                            headers: None,
-                        }),
-                    ));
-                }
-                evs.push(event(
-                    &meta,
-                    th::Event::ResponseEnd(th::ResponseEnd {
-                        id: Some(stream_id(id)),
-                        since_request_init: duration(since_request_end),
-                        since_response_init: duration(
-                            since_request_end.saturating_sub(since_request),
-                        ),
-                        response_bytes: 0,
-                        eos: grpc_status.map(|c| Eos {
-                            end: Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)),
-                        }),
-                        trailers: None,
-                    }),
-                ));
-                evs
-            }
-        };
-        for ev in events {
-            send_message(stream, &ev).await?;
-            metrics.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if !batch.is_empty() {
+            send_data(stream, batch.split().freeze()).await?;
+            metrics.sent.fetch_add(sent, Ordering::Relaxed);
         }
     }
+}
+
+/// Appends `msg`'s events, as gRPC messages, to `out`; returns how many.
+/// A request's addresses and metadata are encoded once, at its start, and
+/// repeated in each of its events (a protobuf message is the
+/// concatenation of its fields).
+fn encode(open: &mut HashMap<crate::tap::StreamId, Bytes>, msg: TapMsg, out: &mut BytesMut) -> u64 {
+    match msg {
+        TapMsg::Request(id, meta) => {
+            let common = Bytes::from(common_fields(&meta).encode_to_vec());
+            put_event(out, &common, request_init(id, &meta));
+            open.insert(id, common);
+            1
+        }
+        TapMsg::End {
+            id,
+            status,
+            since_request,
+            since_request_end,
+            grpc_status,
+        } => {
+            // (Its RequestInit may have been dropped: nothing to say.)
+            let Some(common) = open.remove(&id) else {
+                return 0;
+            };
+            let mut n = 0;
+            if status != 0 {
+                let init = th::Event::ResponseInit(th::ResponseInit {
+                    id: Some(stream_id(id)),
+                    since_request_init: duration(since_request),
+                    http_status: u32::from(status),
+                    headers: None,
+                });
+                put_event(out, &common, init);
+                n += 1;
+            }
+            let end = th::Event::ResponseEnd(th::ResponseEnd {
+                id: Some(stream_id(id)),
+                since_request_init: duration(since_request_end),
+                since_response_init: duration(since_request_end.saturating_sub(since_request)),
+                response_bytes: 0,
+                eos: grpc_status.map(|c| Eos {
+                    end: Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)),
+                }),
+                trailers: None,
+            });
+            put_event(out, &common, end);
+            n + 1
+        }
+    }
+}
+
+/// One gRPC message: a `TapEvent` of the request's common fields and the
+/// HTTP event.
+fn put_event(out: &mut BytesMut, common: &[u8], ev: th::Event) {
+    let http = TapEvent {
+        event: Some(tap_event::Event::Http(tap_event::Http { event: Some(ev) })),
+        ..TapEvent::default()
+    };
+    let len = common.len() + http.encoded_len();
+    out.reserve(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    out.extend_from_slice(common);
+    // (Into a `BytesMut` with room reserved: cannot fail.)
+    let _ = http.encode(out);
 }
 
 fn duration(d: Duration) -> Option<prost_types::Duration> {
@@ -439,7 +482,7 @@ fn stream_id((base, stream): crate::tap::StreamId) -> th::StreamId {
     th::StreamId { base, stream }
 }
 
-fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> TapEvent {
+fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> th::Event {
     let method = http::Method::from_bytes(meta.method.as_bytes())
         .map(HttpMethod::from)
         .ok();
@@ -455,21 +498,19 @@ fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> Tap
                 })
                 .collect(),
         });
-    event(
-        meta,
-        th::Event::RequestInit(th::RequestInit {
-            id: Some(stream_id(id)),
-            method,
-            scheme: Some(Scheme::from(meta.scheme)),
-            authority: meta.authority.clone(),
-            path: meta.path.clone(),
-            headers,
-        }),
-    )
+    th::Event::RequestInit(th::RequestInit {
+        id: Some(stream_id(id)),
+        method,
+        scheme: Some(Scheme::from(meta.scheme)),
+        authority: meta.authority.clone(),
+        path: meta.path.clone(),
+        headers,
+    })
 }
 
-/// An HTTP event with the request's addresses and metadata.
-fn event(meta: &crate::tap::RequestMeta, ev: th::Event) -> TapEvent {
+/// The fields every event of a request repeats: its addresses and
+/// metadata.
+fn common_fields(meta: &crate::tap::RequestMeta) -> TapEvent {
     let mut src = HashMap::new();
     let mut dst: HashMap<String, String> = meta
         .dst_labels
@@ -501,18 +542,12 @@ fn event(meta: &crate::tap::RequestMeta, ev: th::Event) -> TapEvent {
         } else {
             tap_event::ProxyDirection::Outbound
         } as i32,
-        event: Some(tap_event::Event::Http(tap_event::Http { event: Some(ev) })),
+        event: None,
     }
 }
 
-/// One gRPC message, as the client's flow control allows.
-async fn send_message(stream: &mut SendStream<Bytes>, msg: &TapEvent) -> Result<(), &'static str> {
-    let len = msg.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(u32::try_from(len).map_err(|_| "event too large")?);
-    msg.encode(&mut buf).map_err(|_| "event encoding failed")?;
-    let mut data = buf.freeze();
+/// Bytes of the call's body, as the client's flow control allows.
+async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), &'static str> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
         let cap = match poll_fn(|cx| stream.poll_capacity(cx)).await {
