@@ -405,8 +405,16 @@ async fn stream_events(
             send_data(stream, batch.split().freeze()).await?;
             metrics.sent.fetch_add(sent, Ordering::Relaxed);
         }
+        // Events gather for a moment before the queues are looked at
+        // again: a worker's send wakes this task only while it waits, so
+        // under load one wake-up (an eventfd write on the worker) carries
+        // many events rather than one each.
+        monoio::time::sleep(GATHER).await;
     }
 }
+
+/// How long events gather between batches (their delay, at most).
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Appends `msg`'s events, as gRPC messages, to `out`; returns how many.
 /// A request's addresses and metadata are encoded once, at its start, and
