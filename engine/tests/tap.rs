@@ -523,33 +523,40 @@ fn the_tap_command_prints_events() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "{out}");
     let port = origin.addr.port();
-    for pair in lines.chunks(3) {
+    // Each request's lines in order (two requests' lines may interleave
+    // when they ran on different workers).
+    let id_of = |l: &str| l.split(' ').nth(1).unwrap_or("").to_string();
+    let mut ids: Vec<String> = lines.iter().map(|l| id_of(l)).collect();
+    ids.dedup();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "{out}");
+    for id in &ids {
+        let own: Vec<&str> = lines.iter().copied().filter(|l| id_of(l) == *id).collect();
+        assert_eq!(own.len(), 3, "{out}");
+        assert!(own[0].starts_with("req id="), "{out}");
+        assert!(own[0].contains(" proxy=out "), "{out}");
+        assert!(own[0].contains(&format!(" dst=127.0.0.1:{port} ")), "{out}");
         assert!(
-            pair[0].starts_with("req id=0:") || pair[0].starts_with("req id=1:"),
+            own[0].ends_with(":method=GET :authority=web.test :path=/hello"),
             "{out}"
         );
-        assert!(pair[0].contains(" proxy=out "), "{out}");
-        assert!(
-            pair[0].contains(&format!(" dst=127.0.0.1:{port} ")),
-            "{out}"
-        );
-        assert!(
-            pair[0].ends_with(":method=GET :authority=web.test :path=/hello"),
-            "{out}"
-        );
-        assert!(pair[1].starts_with("rsp id="), "{out}");
-        assert!(pair[1].contains(" :status=200 latency="), "{out}");
-        assert!(pair[2].starts_with("end id="), "{out}");
-        assert!(pair[2].contains(" duration="), "{out}");
+        assert!(own[1].starts_with("rsp id="), "{out}");
+        assert!(own[1].contains(" :status=200 latency="), "{out}");
+        assert!(own[2].starts_with("end id="), "{out}");
+        assert!(own[2].contains(" duration="), "{out}");
     }
     let out = run(&["-o", "json"]);
     let events: Vec<Value> = out.lines().map(parse).collect();
     assert_eq!(events.len(), 6, "{out}");
-    assert_eq!(events[0]["event"], "requestInit");
-    assert_eq!(events[0]["path"], "/hello");
-    assert_eq!(events[0]["proxyDirection"], "outbound");
-    assert_eq!(events[1]["status"], 200);
-    assert_eq!(events[2]["event"], "responseEnd");
+    let first = &events[0];
+    let own: Vec<&Value> = events.iter().filter(|e| e["id"] == first["id"]).collect();
+    assert_eq!(own.len(), 3, "{out}");
+    assert_eq!(own[0]["event"], "requestInit");
+    assert_eq!(own[0]["path"], "/hello");
+    assert_eq!(own[0]["proxyDirection"], "outbound");
+    assert_eq!(own[1]["status"], 200);
+    assert_eq!(own[2]["event"], "responseEnd");
 
     let bad = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
         .args(["tap", "--limit", "0"])
