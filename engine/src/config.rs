@@ -500,7 +500,7 @@ pub struct AdminConfig {
 #[derive(Clone, Debug)]
 pub struct TapConfig {
     pub listen: Option<SocketAddr>,
-    /// The identity tap clients must prove (mutual TLS; not built yet).
+    /// The identity tap clients must prove (mutual TLS).
     pub svc_name: Option<Name>,
     /// Plaintext clients from loopback may tap.
     pub allow_loopback: bool,

@@ -70,8 +70,9 @@ enum Command {
     /// Serve the admin API on this listener.
     Admin(TcpListener, Box<EngineAdmin>),
     /// Serve tap on this listener, for this many workers; whether
-    /// plaintext loopback clients may tap.
-    Tap(TcpListener, usize, bool),
+    /// plaintext loopback clients may tap, and the identity TLS clients
+    /// must prove.
+    Tap(TcpListener, usize, bool, Option<ringmesh_identity::Name>),
     Stop,
 }
 
@@ -163,6 +164,7 @@ impl Control {
         let (tap_publisher, taps) = channel::channel(crate::tap::TapSet::default());
         let tap_metrics = Arc::new(crate::tap_server::TapMetrics::default());
         let core_tap_metrics = tap_metrics.clone();
+        let tap_identity = identity.clone();
         let (commands, commands_rx) = unbounded();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -179,7 +181,7 @@ impl Control {
                     events: events_rx,
                     commands: commands_rx,
                     ready: ready_tx,
-                    tap: Some((tap_publisher, core_tap_metrics)),
+                    tap: Some((tap_publisher, core_tap_metrics, tap_identity)),
                 };
                 if uring {
                     match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -278,10 +280,16 @@ impl Control {
     }
 
     /// Serves tap on `listener` from now on.
-    pub(crate) fn serve_tap(&self, listener: TcpListener, workers: usize, allow_loopback: bool) {
-        let _ = self
-            .commands
-            .unbounded_send(Command::Tap(listener, workers, allow_loopback));
+    pub(crate) fn serve_tap(
+        &self,
+        listener: TcpListener,
+        workers: usize,
+        allow_loopback: bool,
+        svc_name: Option<ringmesh_identity::Name>,
+    ) {
+        let _ =
+            self.commands
+                .unbounded_send(Command::Tap(listener, workers, allow_loopback, svc_name));
     }
 
     /// Serves the admin API on `listener` from now on.
@@ -337,6 +345,7 @@ struct Core {
     tap: Option<(
         channel::Publisher<crate::tap::TapSet>,
         Arc<crate::tap_server::TapMetrics>,
+        Subscriber<IdentityState>,
     )>,
 }
 
@@ -421,8 +430,8 @@ impl Core {
                         Err(e) => tracing::error!(error = %e, "cannot serve the admin listener"),
                     }
                 }
-                Command::Tap(listener, workers, allow_loopback) => {
-                    let Some((publisher, metrics)) = tap.take() else {
+                Command::Tap(listener, workers, allow_loopback, svc_name) => {
+                    let Some((publisher, metrics, identity)) = tap.take() else {
                         continue;
                     };
                     match monoio::net::TcpListener::from_std(listener) {
@@ -430,7 +439,8 @@ impl Core {
                             let server = crate::tap_server::TapServer::new(
                                 publisher,
                                 workers,
-                                allow_loopback,
+                                (allow_loopback, svc_name),
+                                &identity,
                                 metrics,
                             );
                             monoio::spawn(crate::tap_server::serve(listener, Rc::new(server)));

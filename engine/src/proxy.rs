@@ -106,7 +106,12 @@ impl Proxy {
             );
         }
         if let Some(listener) = tap_listener {
-            control.serve_tap(listener, workers.len(), cfg.admin.tap.allow_loopback);
+            control.serve_tap(
+                listener,
+                workers.len(),
+                cfg.admin.tap.allow_loopback,
+                cfg.admin.tap.svc_name.clone(),
+            );
         }
         tracing::info!(?outbound, ?inbound, ?forwards, ?admin, "ready");
         Ok(Self {

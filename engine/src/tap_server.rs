@@ -13,9 +13,11 @@
 //! the tap is removed from the workers at once.
 //!
 //! Who may connect: clients from loopback, over plaintext, with
-//! `RINGMESH_TAP_ALLOW_LOOPBACK=true`. (Mutual TLS with the
-//! `LINKERD2_PROXY_TAP_SVC_NAME` identity is not built yet: without the
-//! loopback setting the server refuses every connection.)
+//! `RINGMESH_TAP_ALLOW_LOOPBACK=true`; anyone else only over mutual TLS
+//! (this proxy's certificate, ALPN `h2`), proving the
+//! `LINKERD2_PROXY_TAP_SVC_NAME` identity: any other client, one without a
+//! certificate, or any client before this proxy holds a certificate, is
+//! refused once the handshake is done (or at once).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -32,7 +34,7 @@ use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
 use linkerd2_proxy_api::net::TcpAddress;
 use linkerd2_proxy_api::tap::tap_event::{self, http as th};
 use linkerd2_proxy_api::tap::{Eos, ObserveRequest, TapEvent};
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
 use monoio_http::h2::{server, RecvStream, SendStream};
 use prost::Message as _;
 use ringmesh_discovery::channel::Publisher;
@@ -83,6 +85,10 @@ impl TapMetrics {
 /// The server's state on the control core.
 pub(crate) struct TapServer {
     publisher: RefCell<Publisher<TapSet>>,
+    /// The identity tap clients must prove (mutual TLS), and this proxy's
+    /// TLS configurations (none until it holds a certificate).
+    svc_name: Option<ringmesh_identity::Name>,
+    identity: RefCell<ringmesh_discovery::channel::Cache<crate::identity::IdentityState>>,
     installed: RefCell<Vec<(u64, Arc<Installed>)>>,
     next_id: Cell<u64>,
     workers: usize,
@@ -94,11 +100,14 @@ impl TapServer {
     pub(crate) fn new(
         publisher: Publisher<TapSet>,
         workers: usize,
-        allow_loopback: bool,
+        (allow_loopback, svc_name): (bool, Option<ringmesh_identity::Name>),
+        identity: &ringmesh_discovery::channel::Subscriber<crate::identity::IdentityState>,
         metrics: Arc<TapMetrics>,
     ) -> Self {
         Self {
             publisher: RefCell::new(publisher),
+            svc_name,
+            identity: RefCell::new(identity.cache()),
             installed: RefCell::default(),
             next_id: Cell::new(0),
             workers,
@@ -152,18 +161,54 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
                 continue;
             }
         };
-        if !(server.allow_loopback && peer.ip().is_loopback()) {
-            tracing::debug!(%peer, "tap client refused: only loopback clients are allowed (RINGMESH_TAP_ALLOW_LOOPBACK)");
+        let _ = s.set_nodelay(true);
+        if server.allow_loopback && peer.ip().is_loopback() {
+            monoio::spawn(connection(s, peer, server.clone()));
             continue;
         }
-        let _ = s.set_nodelay(true);
-        monoio::spawn(connection(s, peer, server.clone()));
+        let Some(name) = server.svc_name.clone() else {
+            tracing::debug!(%peer, "tap client refused: only loopback clients are allowed (RINGMESH_TAP_ALLOW_LOOPBACK)");
+            continue;
+        };
+        let config = {
+            let mut cache = server.identity.borrow_mut();
+            cache.refresh();
+            cache.get().0.as_ref().map(|c| c.server_h2.clone())
+        };
+        let Some(config) = config else {
+            tracing::debug!(%peer, "tap client refused: this proxy has no certificate yet");
+            continue;
+        };
+        let server = server.clone();
+        monoio::spawn(async move {
+            let accept = crate::transport::Transport::tls_accept(s, config, &[]);
+            let t = match monoio::time::timeout(REQUEST_TIMEOUT, accept).await {
+                Ok(Ok(t)) => t,
+                _ => {
+                    tracing::debug!(%peer, "tap client's TLS handshake failed");
+                    return;
+                }
+            };
+            let proven = matches!(
+                t.tls(),
+                ringmesh_admin::telemetry::TlsStatus::Accepted { client_id: Some(id) }
+                    if **id == *name.as_str()
+            );
+            if !proven {
+                tracing::info!(%peer, tls = ?t.tls(), expected = %name, "tap client refused: it did not prove the tap service's identity");
+                return;
+            }
+            connection(t, peer, server).await;
+        });
     }
 }
 
 /// One client connection: its streams, each served by a task of its own
 /// while this one drives the connection.
-async fn connection(s: TcpStream, peer: SocketAddr, server: Rc<TapServer>) {
+async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>)
+where
+    I: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent + Unpin + 'static,
+{
     let mut builder = server::Builder::new();
     builder
         .max_concurrent_streams(16)

@@ -55,11 +55,17 @@ struct TapCall {
 
 impl TapCall {
     fn start(tap: SocketAddr, request: &str) -> Self {
+        Self::start_with(tap, request, &[])
+    }
+
+    /// With more of the client's arguments (its TLS settings).
+    fn start_with(tap: SocketAddr, request: &str, extra: &[String]) -> Self {
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(CLIENT)
             .arg("--descriptors")
             .arg(descriptors())
             .args(["--addr", &tap.to_string(), "--request", request])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut child = cmd
@@ -563,4 +569,93 @@ fn the_tap_command_prints_events() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
+}
+
+/// A throwaway CA's certificate and leaves for `names`, as PEM files in a
+/// directory of this test process: `ca.pem`, `<i>.pem`, `<i>.key`.
+fn pki(tag: &str, names: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmesh-tap-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ringmesh tap test CA");
+    let ca = params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    for (i, name) in names.iter().enumerate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        // A subject of its own (OpenSSL, in grpcio, takes a leaf with its
+        // issuer's subject for self-signed).
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, *name);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{i}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{i}.key")), key.serialize_pem()).unwrap();
+    }
+    dir
+}
+
+/// Without the loopback setting, tap is served over mutual TLS only, to a
+/// client proving `LINKERD2_PROXY_TAP_SVC_NAME`'s identity: another
+/// identity, or a plaintext client, is refused and sees nothing.
+#[test]
+fn only_the_tap_identity_may_tap() {
+    const PROXY: &str = "web.ns.serviceaccount.identity.linkerd.cluster.local";
+    const TAP: &str = "tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local";
+    const OTHER: &str = "other.ns.serviceaccount.identity.linkerd.cluster.local";
+    let dir = pki("mtls", &[PROXY, TAP, OTHER]);
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let origin = http::origin("app");
+    let forward = format!("127.0.0.1:0={}", origin.addr);
+    let (cert, key) = (path("0.pem"), path("0.key"));
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", &forward),
+            ("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_TAP_SVC_NAME", TAP),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", PROXY),
+            ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", &ca_pem),
+            ("RINGMESH_IDENTITY_CERT", &cert),
+            ("RINGMESH_IDENTITY_KEY", &key),
+        ],
+    );
+    let tap = proxy.tap_addr().expect("the tap server runs");
+    let tls = |i: usize| {
+        vec![
+            "--ca".to_string(),
+            path("ca.pem"),
+            "--cert".into(),
+            path(&format!("{i}.pem")),
+            "--key".into(),
+            path(&format!("{i}.key")),
+            "--server-name".into(),
+            PROXY.into(),
+            "--timeout".into(),
+            "10".into(),
+        ]
+    };
+    let request = r#"{"limit": 1, "match": {"http": {"path": {"exact": "/hello"}}}}"#;
+    // Refused: another identity, and plaintext (from loopback, without
+    // RINGMESH_TAP_ALLOW_LOOPBACK).
+    for extra in [tls(2), vec!["--timeout".to_string(), "5".into()]] {
+        let call = TapCall::start_with(tap, request, &extra);
+        let (events, status) = call.finish(Duration::from_secs(20));
+        assert!(events.is_empty(), "{events:?}");
+        assert!(status.starts_with("status 14 "), "{extra:?}: {status}");
+    }
+    assert_eq!(metric(&proxy, "tap_installed"), 0);
+    // The tap service's identity: served.
+    let call = TapCall::start_with(tap, request, &tls(1));
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    assert_eq!(events.len(), 3, "{events:#?}");
 }

@@ -82,6 +82,9 @@ pub struct TlsConfigs {
     /// Terminates meshed connections: our certificate, the client's asked
     /// for and verified, ALPN `transport.l5d.io/v1` accepted.
     pub server: Arc<ServerConfig>,
+    /// The same, accepting ALPN `h2` instead: gRPC clients of this proxy's
+    /// own servers (tap).
+    pub server_h2: Arc<ServerConfig>,
     /// Originates mutual TLS to an endpoint with an identity (no ALPN).
     pub client: Arc<ClientConfig>,
     /// The same, offering ALPN `transport.l5d.io/v1` (a peer's
@@ -111,6 +114,12 @@ impl TlsConfigs {
                 creds.chain.clone(),
                 creds.key.clone_key(),
                 &[TRANSPORT_HEADER_ALPN],
+            )?,
+            server_h2: tls::server_config(
+                roots.clone(),
+                creds.chain.clone(),
+                creds.key.clone_key(),
+                &[H2_ALPN],
             )?,
             client: client(&[])?,
             client_transport_header: client(&[TRANSPORT_HEADER_ALPN])?,

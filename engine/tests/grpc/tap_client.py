@@ -7,7 +7,10 @@ from linkerd2-proxy-api's tap.proto (--descriptors): no generated code is
 kept anywhere.
 
   tap_client.py --descriptors tap.pb --addr HOST:PORT --request JSON
-      [--timeout SECONDS]
+      [--timeout SECONDS] [--ca CA.pem --cert CERT.pem --key KEY.pem --server-name NAME]
+
+With --ca (and optionally --cert/--key) the call goes over TLS (mutual TLS
+with a certificate), the server verified as --server-name.
 
 --request is the ObserveRequest in protobuf's JSON mapping, e.g.
   {"limit": 5, "match": {"http": {"path": {"prefix": "/api"}}}}
@@ -43,10 +46,22 @@ def main():
     ap.add_argument("--addr", required=True)
     ap.add_argument("--request", required=True)
     ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--ca")
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    ap.add_argument("--server-name")
     args = ap.parse_args()
     Request, Event = messages(args.descriptors)
     req = json_format.Parse(args.request, Request())
-    channel = grpc.insecure_channel(args.addr)
+    if args.ca:
+        read = lambda p: open(p, "rb").read() if p else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca), private_key=read(args.key), certificate_chain=read(args.cert)
+        )
+        options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+        channel = grpc.secure_channel(args.addr, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(args.addr)
     observe = channel.unary_stream(
         "/%s.Tap/Observe" % PACKAGE,
         request_serializer=Request.SerializeToString,
