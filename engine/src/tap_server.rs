@@ -382,6 +382,8 @@ enum Wake {
 
 /// Most events written in one go (one DATA frame when the window allows).
 const BATCH_BYTES: usize = 64 * 1024;
+/// Most requests a call remembers between their start and their end.
+const MAX_OPEN: usize = 16 * 1024;
 
 /// Writes the tap's events until its `limit` requests have ended and
 /// their events are written (`Ok`) or the client is gone (`Err`). Every
@@ -470,7 +472,12 @@ fn encode(open: &mut HashMap<crate::tap::StreamId, Bytes>, msg: TapMsg, out: &mu
         TapMsg::Request(id, meta) => {
             let common = Bytes::from(common_fields(&meta).encode_to_vec());
             put_event(out, &common, request_init(id, &meta));
-            open.insert(id, common);
+            // Bounded: a request whose end was dropped (its queue full)
+            // would otherwise stay for the tap's whole life. Past the bound
+            // a request's start is sent and its end is not.
+            if open.len() < MAX_OPEN {
+                open.insert(id, common);
+            }
             1
         }
         TapMsg::End {
