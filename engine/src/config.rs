@@ -711,6 +711,11 @@ impl Config {
         p.read_inbound_policy(&mut c.inbound_policy);
         c.policy = p.read_policy_api(&c.identity, &c.discovery.dns);
         p.check_listener_collisions(&c);
+        if c.admin.tap.svc_name.is_some() && c.identity.local().is_none() {
+            p.problems.push(format!(
+                "{TAP_SVC_NAME} needs this proxy's own identity (LINKERD2_PROXY_IDENTITY_*): tap clients are served over mutual TLS"
+            ));
+        }
         if p.problems.is_empty() {
             Ok(c)
         } else {
@@ -1423,6 +1428,40 @@ mod tests {
     fn parse(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
         let map: BTreeMap<&str, &str> = pairs.iter().copied().collect();
         Config::from_source(&map)
+    }
+
+    #[test]
+    fn tap_settings() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.admin.tap.enabled(), "off by default");
+        assert_eq!(c.admin.tap.listen, Some("0.0.0.0:4190".parse().unwrap()));
+        let c = parse(&[
+            (TAP_ALLOW_LOOPBACK, "true"),
+            (CONTROL_LISTEN_ADDR, "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert!(c.admin.tap.enabled() && c.admin.tap.allow_loopback);
+        let err = parse(&[(
+            TAP_SVC_NAME,
+            "tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local",
+        )])
+        .unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.contains(TAP_SVC_NAME) && p.contains("identity")),
+            "{err}"
+        );
+        let err =
+            parse(&[(TAP_ALLOW_LOOPBACK, "maybe"), (TAP_SVC_NAME, "not a name!")]).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.contains(TAP_ALLOW_LOOPBACK)),
+            "{err}"
+        );
+        assert!(
+            err.problems.iter().any(|p| p.contains(TAP_SVC_NAME)),
+            "{err}"
+        );
     }
 
     #[test]
