@@ -262,16 +262,18 @@ fn prefix(kind: &str, ev: &TapEvent, sid: Option<&th::StreamId>) -> String {
     )
 }
 
+/// A `RequestInit`'s method, as text.
+fn method(r: &th::RequestInit) -> Option<String> {
+    let m = http::Method::try_from(r.method.clone()?).ok()?;
+    Some(m.to_string())
+}
+
 /// One event as `linkerd viz tap` prints it.
 fn text(ev: &TapEvent) -> Option<String> {
     let tap_event::Event::Http(h) = ev.event.as_ref()?;
     Some(match h.event.as_ref()? {
         th::Event::RequestInit(r) => {
-            let method = r
-                .method
-                .clone()
-                .and_then(|m| http::Method::try_from(m).ok())
-                .map_or_else(|| "-".into(), |m| m.to_string());
+            let method = method(r).unwrap_or_else(|| "-".into());
             format!(
                 "{} :method={method} :authority={} :path={}",
                 prefix("req", ev, r.id.as_ref()),
@@ -348,11 +350,7 @@ fn json(ev: &TapEvent) -> Option<String> {
     );
     Some(match h.event.as_ref()? {
         th::Event::RequestInit(r) => {
-            let method = r
-                .method
-                .clone()
-                .and_then(|m| http::Method::try_from(m).ok())
-                .map_or_else(String::new, |m| m.to_string());
+            let method = method(r).unwrap_or_default();
             let headers: Vec<String> = r
                 .headers
                 .iter()
