@@ -197,6 +197,7 @@ pub(crate) async fn exchange(
     answered_5xx: Option<&crate::retry::Held>,
     kept: Option<usize>,
     rewrite: Rewrite<'_>,
+    tap: Option<&crate::tap::Pending>,
 ) -> Outcome {
     let Upstream {
         rd: mut urd,
@@ -224,6 +225,7 @@ pub(crate) async fn exchange(
             (&mut c.rd, &c.meter),
             &mut c.buf,
             (&mut uwr, &umeter),
+            None,
         )
         .await;
         if matches!(r, Err(BodyError::Malformed(_))) {
@@ -241,6 +243,7 @@ pub(crate) async fn exchange(
         resp,
         out,
         limits,
+        tap,
     };
     let from = UpstreamSide {
         rd: &mut urd,
@@ -347,6 +350,8 @@ struct Downstream<'a> {
     resp: &'a mut ResponseHead,
     out: &'a mut Vec<u8>,
     limits: &'a Limits,
+    /// The taps of the request, told of the response.
+    tap: Option<&'a crate::tap::Pending>,
 }
 
 /// The upstream side of a response being relayed.
@@ -410,7 +415,11 @@ async fn relay_response(
             let held = ProxyError::new(Kind::Answered(d.resp.status()), "held for a retry");
             return Err(held.into());
         }
-        let plan = plan_response(d.w.stopping(), d.req, d.resp, u.buf, d.out, d.limits)?;
+        let tap = d.tap.filter(|_| !d.resp.is_interim());
+        if let Some(t) = tap {
+            t.response(d.resp.status(), || crate::tap::h1_fields(d.resp.headers()));
+        }
+        let plan = plan_response(d.w.stopping(), d.req, d.resp, u.buf, d.out, d.limits, tap)?;
         if !plan.done {
             // The rest of the body streams with plain reads (no ring
             // buffer waits on a slow client).
@@ -434,7 +443,7 @@ async fn relay_response(
         }
         if !plan.done {
             let (src, dst) = ((&mut *u.rd, u.meter), (&mut *d.wr, d.meter));
-            let r = stream_body(plan.scanner, src, u.buf, dst).await;
+            let r = stream_body(plan.scanner, src, u.buf, dst, tap).await;
             r.map_err(|e| broken(String::from(e)))?;
         }
         return Ok(Relayed::Done {
@@ -454,6 +463,7 @@ fn plan_response(
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     limits: &Limits,
+    tap: Option<&crate::tap::Pending>,
 ) -> Result<HeadPlan, Failure> {
     // Draining: this response is the connection's last; say so.
     let keep = req.keep_alive() && resp.keep_alive() && !draining;
@@ -483,9 +493,7 @@ fn plan_response(
     // The body bytes that came with the head go in the same write: one
     // segment for a small response instead of two.
     let mut scanner = BodyScanner::new(framing, limits);
-    let p = scanner
-        .scan(ubuf)
-        .map_err(|e| ProxyError::upstream(e.to_string()))?;
+    let p = scan(&mut scanner, ubuf, tap).map_err(|e| ProxyError::upstream(e.to_string()))?;
     out.extend_from_slice(&ubuf[..p.consumed]);
     ubuf.drain(..p.consumed);
     Ok(HeadPlan {
@@ -618,11 +626,10 @@ pub(crate) async fn stream_body(
     (src, src_meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     (dst, dst_meter): (&mut impl AsyncWriteRent, &ConnMeter),
+    tap: Option<&crate::tap::Pending>,
 ) -> Result<(), BodyError> {
     loop {
-        let p = scanner
-            .scan(buf)
-            .map_err(|e| BodyError::Malformed(e.to_string()))?;
+        let p = scan(&mut scanner, buf, tap).map_err(|e| BodyError::Malformed(e.to_string()))?;
         write_front(dst, dst_meter, buf, p.consumed)
             .await
             .map_err(|e| BodyError::Sink(e.to_string()))?;
@@ -639,6 +646,19 @@ pub(crate) async fn stream_body(
             Ok(_) => {}
             Err(e) => return Err(BodyError::Source(e.to_string())),
         }
+    }
+}
+
+/// Feeds `buf` to a body's scanner; with `tap`, a response's taps count its
+/// content bytes (chunk framing excluded).
+fn scan(
+    scanner: &mut BodyScanner,
+    buf: &[u8],
+    tap: Option<&crate::tap::Pending>,
+) -> Result<ringmesh_protocols::http1::BodyProgress, ringmesh_protocols::http1::ProtocolError> {
+    match tap {
+        Some(t) => scanner.scan_data(buf, |r| t.data(r.len())),
+        None => scanner.scan(buf),
     }
 }
 

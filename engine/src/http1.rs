@@ -413,6 +413,7 @@ async fn attempts(
                 host: obs.authority_override(addr).map(|a| &**a),
                 strip_l5d: obs.route().l5d_headers,
             },
+            obs.tap(),
         )
         .await;
         *t.ubuf = outcome.ubuf;

@@ -385,11 +385,13 @@ async fn proxy_stream(
             // The response had started: the stream can only be cut short.
             respond.send_reset(Reason::INTERNAL_ERROR);
             tracing::debug!(reason, "HTTP/2 response cut short");
+            obs.reset(Reason::INTERNAL_ERROR);
             obs.end_status(status);
         }
         Err(Failure::Reset(reason)) => {
             respond.send_reset(reason);
             tracing::debug!(?reason, "HTTP/2 stream reset");
+            obs.reset(reason);
         }
     }
 }
@@ -664,15 +666,20 @@ async fn relay_response(
     strip_connection_headers(&mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
+    let tap = obs.tap();
+    if let Some(t) = tap {
+        t.response(status, || crate::tap::h2_fields(&parts.headers));
+    }
     let end = down.is_end_stream();
     let mut client_body = respond
         .send_response(Response::from_parts(parts, ()), end)
         .map_err(|_| Failure::Reset(Reason::CANCEL))?;
     if !end {
-        match pump_response(&mut down, &mut client_body).await {
+        match pump_response(&mut down, &mut client_body, tap).await {
             Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
             Err(reason) => {
                 tracing::debug!(?reason, "response body ended early");
+                obs.reset(reason);
             }
         }
     }
@@ -812,22 +819,35 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// releasing each chunk's flow-control capacity only after `to` accepted
 /// it. A failure on either side resets the other.
 async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
-    pump_with(from, to, |_| {}).await
+    pump_with(from, to, |_| {}, |_| {}).await
 }
 
 /// As [`pump`], returning the gRPC status the trailers carried.
 async fn pump_response(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
+    tap: Option<&crate::tap::Pending>,
 ) -> Result<Option<u32>, Reason> {
     let mut grpc = None;
-    pump_with(from, to, |t| grpc = grpc_status(t)).await?;
+    let on_data = |n| {
+        if let Some(t) = tap {
+            t.data(n);
+        }
+    };
+    let on_trailers = |h: &HeaderMap| {
+        grpc = grpc_status(h);
+        if let Some(t) = tap {
+            t.trailers(|| crate::tap::h2_fields(h));
+        }
+    };
+    pump_with(from, to, on_data, on_trailers).await?;
     Ok(grpc)
 }
 
 async fn pump_with(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
+    mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&HeaderMap),
 ) -> Result<(), Reason> {
     // The source failed: the sink learns it by a reset with the same reason.
@@ -855,6 +875,7 @@ async fn pump_with(
         // The sink is gone (reset, or its connection failed): the caller
         // resets the source's stream.
         send_all(to, chunk, last).await?;
+        on_data(len);
         let _ = from.flow_control().release_capacity(len);
         if last {
             return Ok(());

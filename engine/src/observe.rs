@@ -102,7 +102,6 @@ impl<'w> Observer<'w> {
         };
         let inbound = self.key.direction == Direction::Inbound;
         if !p.decide(
-            self.w.id,
             destination,
             inbound,
             self.key.dst_labels.as_ref(),
@@ -209,8 +208,18 @@ impl<'w> Observer<'w> {
         if let Some(g) = ep {
             crate::feedback::first_answer(g.endpoint(), latency);
         }
+    }
+
+    /// The taps that see this request, if any (told of its response's
+    /// head, body and reset by the path relaying it).
+    pub(crate) fn tap(&self) -> Option<&crate::tap::Pending> {
+        self.tap.as_deref()
+    }
+
+    /// The response's stream was reset (`reason`): the taps see it end so.
+    pub(crate) fn reset(&self, reason: monoio_http::h2::Reason) {
         if let Some(p) = &self.tap {
-            p.response();
+            p.reset(u32::from(reason));
         }
     }
 
@@ -232,7 +241,7 @@ impl<'w> Observer<'w> {
     /// upstream, or one cut short after it started).
     pub(crate) fn end(mut self, class: ResponseClass) {
         if let Some(p) = self.tap.take() {
-            p.end(self.w.id, class.status, class.grpc_status);
+            p.end(class.status, class.grpc_status);
         }
         self.w
             .telemetry
@@ -260,7 +269,7 @@ impl Drop for Observer<'_> {
     /// taps see it end without a response.
     fn drop(&mut self) {
         if let Some(p) = self.tap.take() {
-            p.end(self.w.id, 0, None);
+            p.end(0, None);
         }
     }
 }

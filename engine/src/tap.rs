@@ -342,15 +342,55 @@ pub(crate) type StreamId = (u32, u64);
 /// What a worker tells a tap.
 pub(crate) enum TapMsg {
     Request(StreamId, Box<RequestMeta>),
-    /// The response (status 0: none; its head arrived `since_request`
-    /// after the request was seen) ended `since_request_end` after it.
+    /// The response's head arrived `since_request` after the request was
+    /// seen (its fields when the tap extracts them).
+    Response {
+        id: StreamId,
+        status: u16,
+        since_request: std::time::Duration,
+        headers: Option<Box<Fields>>,
+    },
+    /// The request ended `since_request_end` after it was seen, its
+    /// response's body `bytes` long. `status`: the response's when no head
+    /// was announced (the proxy's own answer; 0: none at all).
     End {
         id: StreamId,
         status: u16,
         since_request: std::time::Duration,
         since_request_end: std::time::Duration,
-        grpc_status: Option<u32>,
+        bytes: u64,
+        eos: TapEos,
+        /// Its trailers, for a tap that extracts fields.
+        trailers: Option<Box<Fields>>,
     },
+}
+
+/// How a tapped response's stream ended (the proto's `Eos`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TapEos {
+    /// Its body ended (nothing more to say, or an HTTP/1 response).
+    None,
+    /// With this gRPC status.
+    Grpc(u32),
+    /// Reset with this HTTP/2 error code.
+    Reset(u32),
+}
+
+/// Header fields as tap events carry them (lowercase names).
+pub(crate) type Fields = Vec<(String, Vec<u8>)>;
+
+/// An HTTP/1 message's fields, names lowercased.
+pub(crate) fn h1_fields(h: ringmesh_protocols::http1::Headers<'_>) -> Fields {
+    h.iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
+        .collect()
+}
+
+/// An HTTP/2 message's fields.
+pub(crate) fn h2_fields(h: &http::HeaderMap) -> Fields {
+    h.iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// A tapped request's description.
@@ -377,7 +417,7 @@ pub(crate) trait TapHead {
     fn method(&self) -> &str;
     fn authority(&self) -> &str;
     fn path(&self) -> &str;
-    fn headers(&self) -> Vec<(String, Vec<u8>)>;
+    fn headers(&self) -> Fields;
 }
 
 /// A request some tap may want, known from its head; matched once its
@@ -388,12 +428,20 @@ pub(crate) struct Pending {
     method: String,
     authority: String,
     path: String,
-    headers: Option<Vec<(String, Vec<u8>)>>,
+    headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
     matched: Vec<std::sync::Arc<Installed>>,
     id: StreamId,
+    /// The worker it runs on (its queue, once matched).
+    worker: usize,
     seen: std::time::Instant,
     response_at: std::cell::Cell<Option<std::time::Instant>>,
+    /// Bytes of the response's body relayed so far.
+    bytes: std::cell::Cell<u64>,
+    /// The response's stream was reset with this code.
+    reset: std::cell::Cell<Option<u32>>,
+    /// The response's trailers, when a tap extracts fields.
+    trailers: std::cell::RefCell<Option<Box<Fields>>>,
     decided: bool,
 }
 
@@ -418,8 +466,12 @@ impl Pending {
             headers,
             matched: Vec::new(),
             id,
+            worker: id.0 as usize,
             seen: std::time::Instant::now(),
             response_at: std::cell::Cell::new(None),
+            bytes: std::cell::Cell::new(0),
+            reset: std::cell::Cell::new(None),
+            trailers: std::cell::RefCell::new(None),
             decided: false,
         }
     }
@@ -430,7 +482,6 @@ impl Pending {
     /// strings move into its event.)
     pub(crate) fn decide(
         &mut self,
-        worker: usize,
         destination: SocketAddr,
         inbound: bool,
         dst_labels: Option<&std::sync::Arc<[(String, String)]>>,
@@ -493,30 +544,83 @@ impl Pending {
                 client_id: client_id.clone(),
                 server_id: server_id.clone(),
             };
-            t.send(worker, TapMsg::Request(self.id, Box::new(meta)));
+            t.send(self.worker, TapMsg::Request(self.id, Box::new(meta)));
         }
         n > 0
     }
 
-    /// The response's head arrived.
-    pub(crate) fn response(&self) {
-        self.response_at.set(Some(std::time::Instant::now()));
+    /// The response's head arrived with `status`: the taps see it (its
+    /// fields, from `fields`, only those that extract them).
+    pub(crate) fn response(&self, status: u16, fields: impl FnOnce() -> Fields) {
+        let now = std::time::Instant::now();
+        if self.response_at.get().is_some() {
+            return;
+        }
+        self.response_at.set(Some(now));
+        let since_request = now.saturating_duration_since(self.seen);
+        let want = self.matched.iter().any(|t| t.tap.headers);
+        let fields = want.then(|| Box::new(fields()));
+        for t in &self.matched {
+            t.send(
+                self.worker,
+                TapMsg::Response {
+                    id: self.id,
+                    status,
+                    since_request,
+                    headers: fields.clone().filter(|_| t.tap.headers),
+                },
+            );
+        }
     }
 
-    /// The request ended with `status` (0: no response).
-    pub(crate) fn end(self, worker: usize, status: u16, grpc_status: Option<u32>) {
+    /// `n` more bytes of the response's body went to the client.
+    pub(crate) fn data(&self, n: usize) {
+        self.bytes.set(self.bytes.get() + n as u64);
+    }
+
+    /// The response ended with trailers: kept for the taps that extract
+    /// fields.
+    pub(crate) fn trailers(&self, fields: impl FnOnce() -> Fields) {
+        if self.matched.iter().any(|t| t.tap.headers) {
+            *self.trailers.borrow_mut() = Some(Box::new(fields()));
+        }
+    }
+
+    /// The response's stream was reset with `code` (the client sees it
+    /// cut short).
+    pub(crate) fn reset(&self, code: u32) {
+        self.reset.set(Some(code));
+    }
+
+    /// The request ended with `status` (0: no response) and, for gRPC,
+    /// `grpc_status`.
+    pub(crate) fn end(self, status: u16, grpc_status: Option<u32>) {
         let now = std::time::Instant::now();
         let head = self.response_at.get().unwrap_or(now);
+        let eos = match (self.reset.get(), grpc_status) {
+            (Some(code), _) => TapEos::Reset(code),
+            (None, Some(g)) => TapEos::Grpc(g),
+            (None, None) => TapEos::None,
+        };
+        // The head was announced already: its status is not repeated.
+        let status = if self.response_at.get().is_some() {
+            0
+        } else {
+            status
+        };
+        let trailers = self.trailers.take();
         for t in &self.matched {
             t.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             t.send(
-                worker,
+                self.worker,
                 TapMsg::End {
                     id: self.id,
                     status,
                     since_request: head.saturating_duration_since(self.seen),
                     since_request_end: now.saturating_duration_since(self.seen),
-                    grpc_status,
+                    bytes: self.bytes.get(),
+                    eos,
+                    trailers: trailers.clone().filter(|_| t.tap.headers),
                 },
             );
         }

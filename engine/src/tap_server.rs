@@ -33,14 +33,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
 use linkerd2_proxy_api::net::TcpAddress;
 use linkerd2_proxy_api::tap::tap_event::{self, http as th};
-use linkerd2_proxy_api::tap::{Eos, ObserveRequest, TapEvent};
+use linkerd2_proxy_api::tap::{eos, Eos, ObserveRequest, TapEvent};
 use monoio::net::TcpListener;
 use monoio_http::h2::{server, RecvStream, SendStream};
 use prost::Message as _;
 use ringmesh_discovery::channel::Publisher;
 use ringmesh_discovery::events::{self, EventReceiver};
 
-use crate::tap::{Installed, Tap, TapMsg, TapSet, QUEUE_CAPACITY};
+use crate::tap::{Installed, StreamId, Tap, TapEos, TapMsg, TapSet, QUEUE_CAPACITY};
 
 const OBSERVE_PATH: &str = "/io.linkerd.proxy.tap.Tap/Observe";
 /// Largest `ObserveRequest` read.
@@ -396,7 +396,7 @@ async fn stream_events(
 ) -> Result<(), &'static str> {
     // Requests seen (RequestInit sent) and not ended yet, by id: the
     // encoded fields every event of the request repeats.
-    let mut open: HashMap<crate::tap::StreamId, Bytes> = HashMap::new();
+    let mut open: HashMap<StreamId, Open> = HashMap::new();
     let mut start = 0usize;
     let mut batch = BytesMut::new();
     loop {
@@ -467,17 +467,38 @@ const GATHER: Duration = Duration::from_millis(2);
 /// A request's addresses and metadata are encoded once, at its start, and
 /// repeated in each of its events (a protobuf message is the
 /// concatenation of its fields).
-fn encode(open: &mut HashMap<crate::tap::StreamId, Bytes>, msg: TapMsg, out: &mut BytesMut) -> u64 {
+fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -> u64 {
     match msg {
         TapMsg::Request(id, meta) => {
             let common = Bytes::from(common_fields(&meta).encode_to_vec());
             put_event(out, &common, request_init(id, &meta));
             // Bounded: a request whose end was dropped (its queue full)
             // would otherwise stay for the tap's whole life. Past the bound
-            // a request's start is sent and its end is not.
+            // a request's start is sent and nothing after it.
             if open.len() < MAX_OPEN {
-                open.insert(id, common);
+                open.insert(
+                    id,
+                    Open {
+                        common,
+                        responded: false,
+                    },
+                );
             }
+            1
+        }
+        TapMsg::Response {
+            id,
+            status,
+            since_request,
+            headers,
+        } => {
+            // (Its RequestInit may have been dropped: nothing to say.)
+            let Some(o) = open.get_mut(&id) else {
+                return 0;
+            };
+            o.responded = true;
+            let init = response_init(id, status, since_request, headers.map(|h| *h));
+            put_event(out, &o.common, init);
             1
         }
         TapMsg::End {
@@ -485,36 +506,74 @@ fn encode(open: &mut HashMap<crate::tap::StreamId, Bytes>, msg: TapMsg, out: &mu
             status,
             since_request,
             since_request_end,
-            grpc_status,
+            bytes,
+            eos,
+            trailers,
         } => {
-            // (Its RequestInit may have been dropped: nothing to say.)
-            let Some(common) = open.remove(&id) else {
+            let Some(o) = open.remove(&id) else {
                 return 0;
             };
             let mut n = 0;
-            if status != 0 {
-                let init = th::Event::ResponseInit(th::ResponseInit {
-                    id: Some(stream_id(id)),
-                    since_request_init: duration(since_request),
-                    http_status: u32::from(status),
-                    headers: None,
-                });
-                put_event(out, &common, init);
+            // The proxy's own answer: no head was announced.
+            if !o.responded && status != 0 {
+                put_event(
+                    out,
+                    &o.common,
+                    response_init(id, status, since_request, None),
+                );
                 n += 1;
             }
+            let end = match eos {
+                TapEos::None => None,
+                TapEos::Grpc(c) => Some(eos::End::GrpcStatusCode(c)),
+                TapEos::Reset(c) => Some(eos::End::ResetErrorCode(c)),
+            };
             let end = th::Event::ResponseEnd(th::ResponseEnd {
                 id: Some(stream_id(id)),
                 since_request_init: duration(since_request_end),
                 since_response_init: duration(since_request_end.saturating_sub(since_request)),
-                response_bytes: 0,
-                eos: grpc_status.map(|c| Eos {
-                    end: Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)),
-                }),
-                trailers: None,
+                response_bytes: bytes,
+                eos: end.map(|e| Eos { end: Some(e) }),
+                trailers: trailers.as_deref().map(|t| pb_headers(t)),
             });
-            put_event(out, &common, end);
+            put_event(out, &o.common, end);
             n + 1
         }
+    }
+}
+
+/// A request whose start was sent and whose end was not yet.
+struct Open {
+    /// The encoded fields every event of the request repeats.
+    common: Bytes,
+    /// Its ResponseInit was sent.
+    responded: bool,
+}
+
+fn response_init(
+    id: StreamId,
+    status: u16,
+    since_request: Duration,
+    headers: Option<crate::tap::Fields>,
+) -> th::Event {
+    th::Event::ResponseInit(th::ResponseInit {
+        id: Some(stream_id(id)),
+        since_request_init: duration(since_request),
+        http_status: u32::from(status),
+        headers: headers.as_deref().map(pb_headers),
+    })
+}
+
+/// Header fields as the proto carries them.
+fn pb_headers(fields: &[(String, Vec<u8>)]) -> linkerd2_proxy_api::http_types::Headers {
+    linkerd2_proxy_api::http_types::Headers {
+        headers: fields
+            .iter()
+            .map(|(n, v)| linkerd2_proxy_api::http_types::headers::Header {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -538,26 +597,15 @@ fn duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
-fn stream_id((base, stream): crate::tap::StreamId) -> th::StreamId {
+fn stream_id((base, stream): StreamId) -> th::StreamId {
     th::StreamId { base, stream }
 }
 
-fn request_init(id: crate::tap::StreamId, meta: &crate::tap::RequestMeta) -> th::Event {
+fn request_init(id: StreamId, meta: &crate::tap::RequestMeta) -> th::Event {
     let method = http::Method::from_bytes(meta.method.as_bytes())
         .map(HttpMethod::from)
         .ok();
-    let headers = meta
-        .headers
-        .as_ref()
-        .map(|hs| linkerd2_proxy_api::http_types::Headers {
-            headers: hs
-                .iter()
-                .map(|(n, v)| linkerd2_proxy_api::http_types::headers::Header {
-                    name: n.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-        });
+    let headers = meta.headers.as_deref().map(pb_headers);
     th::Event::RequestInit(th::RequestInit {
         id: Some(stream_id(id)),
         method,

@@ -20,6 +20,7 @@
 //! HTTP/2 path.
 
 use std::cell::Cell;
+use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,7 @@ pub(crate) async fn h1_over_h2(
             return Ok(());
         }
         let mut up_body = up_body;
-        let r = h1_body_to_h2(scanner, rd, meter, buf, &mut up_body).await;
+        let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None).await;
         if r.is_err() {
             up_body.send_reset(Reason::CANCEL);
         }
@@ -186,6 +187,9 @@ impl H2Answer<'_> {
         obs.response_head(self.guard, self.sent_at.elapsed());
         let (parts, mut from) = resp.into_parts();
         let status = parts.status.as_u16();
+        if let Some(t) = obs.tap() {
+            t.response(status, || crate::tap::h2_fields(&parts.headers));
+        }
         let no_body = self.is_head || status == 204 || status == 304;
         let keep_alive = self.keep_alive.get() && !w.stopping();
         self.keep_alive.set(keep_alive);
@@ -199,7 +203,8 @@ impl H2Answer<'_> {
                 reason: format!("writing to the client failed: {e}"),
             });
         }
-        if let Err(reason) = h2_body_to_h1(&mut from, framing, wr, meter, out).await {
+        let to = (wr, meter);
+        if let Err(reason) = h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
             return Err(Failure::Broken { status, reason });
         }
         obs.endpoint_outcome(self.guard, status < 500);
@@ -302,13 +307,14 @@ fn h1_response_head(
 }
 
 /// Writes an HTTP/2 body to an HTTP/1 peer, chunk-encoding it when asked
-/// (HTTP/2 trailers become chunked trailer fields).
+/// (HTTP/2 trailers become chunked trailer fields). `tap`: the taps of
+/// the response whose body this is.
 async fn h2_body_to_h1(
     from: &mut RecvStream,
     framing: Reframe,
-    wr: &mut impl AsyncWriteRent,
-    meter: &ConnMeter,
+    (wr, meter): (&mut impl AsyncWriteRent, &ConnMeter),
     out: &mut Vec<u8>,
+    tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
     if framing == Reframe::Empty {
         return Ok(());
@@ -322,7 +328,8 @@ async fn h2_body_to_h1(
         }
         out.clear();
         if framing == Reframe::Chunked {
-            out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+            // (Into a Vec: cannot fail.)
+            let _ = write!(out, "{len:x}\r\n");
         }
         out.extend_from_slice(&chunk);
         if framing == Reframe::Chunked {
@@ -331,6 +338,9 @@ async fn h2_body_to_h1(
         let (res, o) = wr.write_all(std::mem::take(out)).await;
         *out = o;
         meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
+        if let Some(t) = tap {
+            t.data(len);
+        }
         let _ = from.flow_control().release_capacity(len);
     }
     if framing == Reframe::Chunked {
@@ -407,6 +417,9 @@ pub(crate) async fn h2_to_h1(
     };
     obs.response_head(guard.as_ref(), got.sent_at.elapsed());
     let status = got.resp.status();
+    if let Some(t) = obs.tap() {
+        t.response(status, || crate::tap::h1_fields(got.resp.headers()));
+    }
     let body_framing = if req.method == Method::Head {
         BodyFraming::Empty
     } else {
@@ -425,10 +438,12 @@ pub(crate) async fn h2_to_h1(
         // slow client).
         up.rd.stop_ring();
         let scanner = BodyScanner::new(body_framing, &req.limits);
-        let r = h1_body_to_h2(scanner, &mut up.rd, &up.meter, &mut got.ubuf, &mut to).await;
+        let src = (&mut up.rd, &up.meter);
+        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, obs.tap()).await;
         if let Err(reason) = r {
             tracing::debug!(upstream = %addr, reason, "response body ended early");
             to.send_reset(Reason::INTERNAL_ERROR);
+            obs.reset(Reason::INTERNAL_ERROR);
             reusable = false;
         }
     }
@@ -497,7 +512,7 @@ async fn h1_attempt(
         let Some(mut from) = up_body else {
             return Ok(());
         };
-        let r = h2_body_to_h1(&mut from, framing, uwr, umeter, &mut Vec::new()).await;
+        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None).await;
         if r.is_err() {
             // The upstream has a truncated body: end its exchange.
             let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
@@ -560,12 +575,13 @@ fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
 /// Reads one HTTP/1 body (a request's from the client, a response's from
 /// the upstream; close-delimited ones end at EOF) and sends its content as
 /// DATA frames, chunk framing and trailers removed, ending the stream.
+/// `tap`: the taps of the response whose body this is.
 async fn h1_body_to_h2(
     mut scanner: BodyScanner,
-    rd: &mut impl ReadMore,
-    meter: &ConnMeter,
+    (rd, meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     to: &mut SendStream<Bytes>,
+    tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
     let mut data = BytesMut::new();
     loop {
@@ -574,6 +590,9 @@ async fn h1_body_to_h2(
             .map_err(|e| format!("bad body: {e}"))?;
         buf.drain(..p.consumed);
         if !data.is_empty() {
+            if let Some(t) = tap {
+                t.data(data.len());
+            }
             h2client::send_all(to, data.split().freeze(), false)
                 .await
                 .map_err(|r| format!("stream reset: {r:?}"))?;

@@ -234,6 +234,9 @@ fn matching_requests_appear_once_and_limit_ends_the_call() {
         } else {
             let end = field(http, &["responseEnd"]).expect("a ResponseEnd");
             assert!(field(end, &["sinceRequestInit"]).is_some());
+            // "hello from app\n": the body's bytes.
+            let bytes = field(end, &["responseBytes"]).and_then(as_u64);
+            assert_eq!(bytes, Some(15), "{ev:?}");
         }
     }
     assert_eq!(ids.len(), 3);
@@ -278,6 +281,222 @@ fn headers_only_when_extracted() {
         .expect("a RequestInit");
     let headers = format!("{:?}", field(&init, &["headers"]).expect("headers"));
     assert!(headers.contains("x-tap-me"), "{headers}");
+}
+
+/// Each request's events, by id: (RequestInit, ResponseInit or null when
+/// none came, ResponseEnd) in the order the requests started. A request's
+/// events must come in that order.
+fn by_request(events: &[String]) -> Vec<[Value; 3]> {
+    let parsed: Vec<Value> = events.iter().map(|l| parse(l)).collect();
+    let id = |ev: &Value, kind: &str| field(ev, &["http", kind, "id"]).map(|v| v.to_string());
+    parsed
+        .iter()
+        .filter_map(|ev| id(ev, "requestInit").map(|i| (i, ev)))
+        .map(|(i, init)| {
+            let at = |kind: &str| {
+                parsed
+                    .iter()
+                    .position(|ev| id(ev, kind).as_ref() == Some(&i))
+            };
+            let (rsp_at, end_at) = (at("responseInit"), at("responseEnd"));
+            let init_at = at("requestInit");
+            assert!(
+                init_at < rsp_at.or(end_at) && rsp_at < end_at,
+                "{events:#?}"
+            );
+            let of = |kind: &str| {
+                let ev = &parsed[at(kind)?];
+                field(ev, &["http", kind]).cloned()
+            };
+            let init = field(init, &["http", "requestInit"]).unwrap().clone();
+            let end = of("responseEnd");
+            let end = end.unwrap_or_else(|| panic!("no ResponseEnd for {i}: {events:#?}"));
+            [init, of("responseInit").unwrap_or(Value::Null), end]
+        })
+        .collect()
+}
+
+/// A response's head and body as tap reports them: the response's
+/// fields in its ResponseInit when extracted; the body's bytes in its
+/// ResponseEnd, chunk framing excluded (HTTP/1 to HTTP/1 here).
+#[test]
+fn response_fields_and_body_bytes() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 3, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    let addr = proxy.forward_addrs()[0];
+    for path in ["/chunked", "/echo-head", "/zeros/100000"] {
+        assert!(get(addr, path).contains("200"), "{path}");
+    }
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    let reqs = by_request(&events);
+    assert_eq!(reqs.len(), 3, "{events:#?}");
+    // (Requests on different workers may be reported in either order.)
+    let of = |path: &str| {
+        let r = reqs.iter().find(|r| r[0]["path"].as_str() == Some(path));
+        r.unwrap_or_else(|| panic!("no {path}: {events:#?}"))
+    };
+    let bytes = |path: &str| field(&of(path)[2], &["responseBytes"]).and_then(as_u64);
+    // "hello world" in two chunks, framing and trailer not counted.
+    assert_eq!(bytes("/chunked"), Some(11), "{events:#?}");
+    assert!(bytes("/echo-head").is_some_and(|n| n > 50), "{events:#?}");
+    assert_eq!(bytes("/zeros/100000"), Some(100_000), "{events:#?}");
+    let rsp_headers = field(&of("/echo-head")[1], &["headers"]).expect("headers");
+    let rsp_headers = format!("{rsp_headers:?}");
+    assert!(rsp_headers.contains("x-server-mixed"), "{rsp_headers}");
+    assert!(!rsp_headers.contains("x-tap-me"), "{rsp_headers}");
+    for r in &reqs {
+        assert_eq!(field(&r[1], &["httpStatus"]).and_then(as_u64), Some(200));
+        // An HTTP/1 response ends without a gRPC status or a reset.
+        assert!(field(&r[2], &["eos"]).is_none(), "{r:?}");
+    }
+}
+
+/// A response's ResponseInit is sent when its head arrives, not when it
+/// ends: a body that stalls after its head does not hold it back.
+#[test]
+fn the_response_head_is_reported_before_the_body_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    let origin = Backend::start(move |mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+        let until = Instant::now() + Duration::from_secs(10);
+        while !held.load(Ordering::Acquire) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = s.write_all(b"world");
+    });
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    let addr = proxy.forward_addrs()[0];
+    let client = thread::spawn(move || get(addr, "/stream"));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen.iter().any(|l: &String| l.contains("responseInit")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = call
+            .lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no ResponseInit while the body was held: {seen:#?}"));
+        assert!(!line.contains("responseEnd"), "{line}");
+        seen.push(line);
+    }
+    release.store(true, Ordering::Release);
+    assert!(client.join().unwrap().contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    let end = events
+        .iter()
+        .map(|l| parse(l))
+        .find_map(|ev| field(&ev, &["http", "responseEnd"]).cloned());
+    let end = end.expect("a ResponseEnd");
+    assert_eq!(field(&end, &["responseBytes"]).and_then(as_u64), Some(10));
+    // Its response began well before it ended.
+    let since_init = field(&end, &["sinceResponseInit"]).expect("sinceResponseInit");
+    assert!(
+        since_init.is_object() || since_init.is_string(),
+        "{since_init:?}"
+    );
+}
+
+/// Requests translated between HTTP versions are tapped with their
+/// responses' bytes: HTTP/1 carried over HTTP/2 (an `h2`-hinted service,
+/// here an HTTP/2 origin), and HTTP/2 to an HTTP/1 service.
+#[test]
+fn translated_requests_are_tapped() {
+    let h2_origin = common::h2::origin(None);
+    let h1_origin = http::origin("app");
+    let cases = [
+        (
+            "h2",
+            h2_origin.addr,
+            "protocol_hint = \"h2\"\n",
+            "/hello",
+            13,
+        ),
+        (
+            "h1",
+            h1_origin.addr,
+            "protocol = \"http1\"\n",
+            "/chunked",
+            11,
+        ),
+    ];
+    for (tag, addr, extra, path, len) in cases {
+        let file = service_file(
+            &format!("tap-translated-{tag}"),
+            "web.test:80",
+            &[addr],
+            extra,
+        );
+        let proxy = proxy(
+            addr,
+            &[
+                ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+            ],
+        );
+        let tap = proxy.tap_addr().unwrap();
+        let call = TapCall::start(
+            tap,
+            r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
+        );
+        wait_installed(&proxy, 1);
+        let fwd = proxy.forward_addrs()[0];
+        if tag == "h2" {
+            assert!(get(fwd, path).contains("200"), "{tag}");
+        } else {
+            let url = format!("http://{fwd}{path}");
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--max-time",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{http_code}", &url])
+                .output()
+                .expect("curl runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{tag}");
+        }
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0", "{tag}");
+        let reqs = by_request(&events);
+        assert_eq!(reqs.len(), 1, "{tag}: {events:#?}");
+        let [init, rsp, end] = &reqs[0];
+        assert_eq!(init["path"].as_str(), Some(path), "{tag}");
+        assert_eq!(
+            field(rsp, &["httpStatus"]).and_then(as_u64),
+            Some(200),
+            "{tag}"
+        );
+        assert!(field(rsp, &["headers"]).is_some(), "{tag}: {rsp:?}");
+        let bytes = field(end, &["responseBytes"]).and_then(as_u64);
+        assert_eq!(bytes, Some(len), "{tag}: {end:?}");
+    }
 }
 
 /// Bad `ObserveRequest`s get `INVALID_ARGUMENT` (3) with a reason, and
@@ -454,7 +673,9 @@ fn ten_concurrent_taps() {
 }
 
 /// HTTP/2 requests (curl with prior knowledge, to an HTTP/2 origin) are
-/// tapped as HTTP/1 ones are.
+/// tapped as HTTP/1 ones are: their bodies' bytes counted, a reset stream
+/// reported as such, a gRPC status and the trailers (extracted) from the
+/// trailers.
 #[test]
 fn http2_requests_are_tapped() {
     let origin = common::h2::origin(None);
@@ -462,34 +683,57 @@ fn http2_requests_are_tapped() {
     let tap = proxy.tap_addr().unwrap();
     let call = TapCall::start(
         tap,
-        r#"{"limit": 1, "match": {"all": {"matches": [{"http": {"path": {"exact": "/hello"}}}, {"http": {"method": {"registered": "GET"}}}]}}}"#,
+        r#"{"limit": 4, "match": {"all": {"matches": [{"http": {"path": {"prefix": "/"}}}, {"not": {"http": {"path": {"exact": "/status/404"}}}}]}}, "extract": {"http": {"headers": {}}}}"#,
     );
     wait_installed(&proxy, 1);
-    let url = format!("http://{}/hello", proxy.forward_addrs()[0]);
-    let out = Command::new("curl")
-        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
-        .args([
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_version}",
-            &url,
-        ])
-        .output()
-        .expect("curl runs");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+    let curl = |path: &str, extra: &[&str]| {
+        let url = format!("http://{}{path}", proxy.forward_addrs()[0]);
+        let out = Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
+            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl("/status/404", &[]), "404 2");
+    assert_eq!(curl("/hello", &[]), "200 2");
+    assert_eq!(curl("/bytes/50000", &[]), "200 2");
+    curl("/reset", &[]);
+    assert_eq!(curl("/echo", &["--data-binary", "0123456789"]), "200 2");
     let (events, status) = call.finish(Duration::from_secs(10));
     assert_eq!(status.trim(), "status 0");
-    let parsed: Vec<Value> = events.iter().map(|l| parse(l)).collect();
-    assert_eq!(parsed.len(), 3, "{events:#?}");
-    let init = field(&parsed[0], &["http", "requestInit"]).expect("RequestInit first");
+    let reqs = by_request(&events);
+    assert_eq!(reqs.len(), 4, "{events:#?}");
+    // (Requests on different workers may be reported in either order.)
+    let of = |path: &str| {
+        let r = reqs.iter().find(|r| r[0]["path"].as_str() == Some(path));
+        r.unwrap_or_else(|| panic!("no {path}: {events:#?}"))
+    };
+    let bytes = |path: &str| field(&of(path)[2], &["responseBytes"]).and_then(as_u64);
+    let hello = of("/hello");
+    assert_eq!(hello[0]["method"]["registered"].as_str(), Some("GET"));
     assert_eq!(
-        field(init, &["path"]).and_then(|v| v.as_str()),
-        Some("/hello")
+        field(&hello[1], &["httpStatus"]).and_then(as_u64),
+        Some(200)
     );
-    let rsp = field(&parsed[1], &["http", "responseInit"]).expect("then ResponseInit");
-    assert_eq!(field(rsp, &["httpStatus"]).and_then(as_u64), Some(200));
-    assert!(field(&parsed[2], &["http", "responseEnd"]).is_some());
+    assert_eq!(bytes("/hello"), Some(13), "hello from h2");
+    assert_eq!(bytes("/bytes/50000"), Some(50_000));
+    // The origin reset the stream (INTERNAL_ERROR, 2): so did the proxy.
+    let reset = field(&of("/reset")[2], &["eos", "resetErrorCode"]).and_then(as_u64);
+    assert_eq!(reset, Some(2), "{:?}", of("/reset"));
+    assert!(of("/reset")[1].is_null(), "no response head");
+    assert_eq!(bytes("/echo"), Some(10));
+    let grpc = field(&of("/echo")[2], &["eos", "grpcStatusCode"]).and_then(as_u64);
+    assert_eq!(grpc, Some(0), "{:?}", of("/echo"));
+    // Its trailers, extracted.
+    let trailers = field(&of("/echo")[2], &["trailers"]).expect("trailers");
+    assert!(
+        format!("{trailers:?}").contains("x-echo-bytes"),
+        "{trailers:?}"
+    );
+    assert!(field(&of("/hello")[2], &["trailers"]).is_none());
 }
 
 /// `ringmesh tap` (the binary) prints one line per event as `linkerd viz
@@ -551,6 +795,7 @@ fn the_tap_command_prints_events() {
         assert!(own[1].contains(" :status=200 latency="), "{out}");
         assert!(own[2].starts_with("end id="), "{out}");
         assert!(own[2].contains(" duration="), "{out}");
+        assert!(own[2].ends_with(" response-length=15B"), "{out}");
     }
     let out = run(&["-o", "json"]);
     let events: Vec<Value> = out.lines().map(parse).collect();
