@@ -10,7 +10,12 @@
 # request: its events are sent, or dropped when the tap client falls
 # behind - never is a request slowed to wait for it).
 #
-# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh]
+# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N]
+# RATE: a fixed load of N requests/s (at most ~20000) in every mode (h2load --rps, HTTP/1.1
+# with --h1) instead of as many as the proxy can take. Saturated, whatever
+# tap costs lowers req/s, and a worker serving fewer requests per wake-up
+# spends more per request; at a fixed rate the modes serve the same load,
+# so the difference is what tapping does.
 # Pinning (2 cores): ringmesh and nginx on cpu1; the load generator and the
 # tap client (`ringmesh tap`, output to /dev/null) on cpu0.
 set -euo pipefail
@@ -83,6 +88,15 @@ stop_tap() {
 }
 
 load() {
+  if [ -n "${RATE:-}" ]; then
+    # (h2load paces an HTTP/1.1 client at most ~330 requests/s: more
+    # clients for it.)
+    local c=16 port=18983 h1=()
+    [ "$1" = h1 ] && { c=64; port=18981; h1=(--h1); }
+    taskset -c 0 h2load "${h1[@]}" -t1 -c"$c" -m1 --rps=$(( RATE / c )) -D "$DURATION" "http://127.0.0.1:$port/" 2>&1 |
+      awk '/^finished in/{gsub(",",""); print $4}'
+    return
+  fi
   case $1 in
     h1) taskset -c 0 wrk -t1 -c16 -d"${DURATION}s" http://127.0.0.1:18981/ 2>&1 | awk '/Requests\/sec/{print $2}' ;;
     h2) taskset -c 0 h2load -t1 -c16 -m10 -D "$DURATION" http://127.0.0.1:18983/ 2>&1 | awk '/^finished in/{gsub(",",""); print $4}' ;;

@@ -250,7 +250,7 @@ impl Match {
 
 /// Events one worker may have waiting for one tap; beyond it they are
 /// dropped and counted (a slow tap client never slows a request).
-pub(crate) const QUEUE_CAPACITY: usize = 1024;
+pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
 /// A tap while it is installed: its match, the requests it may still
 /// take, and one bounded queue per worker to the control core.
@@ -420,6 +420,19 @@ pub(crate) trait TapHead {
     fn headers(&self) -> Fields;
 }
 
+/// Most taps a request is matched against (bits of `Pending::matched`).
+pub(crate) const MAX_MATCHED: usize = 128;
+
+/// The taps of `set` whose bit is set in `mask`.
+fn matched(set: &TapSet, mask: u128) -> impl Iterator<Item = &Installed> {
+    let on = move |i: usize| i < MAX_MATCHED && mask >> i & 1 == 1;
+    set.taps
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| on(*i))
+        .map(|(_, t)| &**t)
+}
+
 /// A request some tap may want, known from its head; matched once its
 /// destination is known.
 pub(crate) struct Pending {
@@ -430,7 +443,8 @@ pub(crate) struct Pending {
     path: String,
     headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
-    matched: Vec<std::sync::Arc<Installed>>,
+    /// (Bit `i`: `taps.taps[i]`; no allocation per request.)
+    matched: u128,
     id: StreamId,
     /// The worker it runs on (its queue, once matched).
     worker: usize,
@@ -464,7 +478,7 @@ impl Pending {
             authority: head.authority().to_string(),
             path: head.path().to_string(),
             headers,
-            matched: Vec::new(),
+            matched: 0,
             id,
             worker: id.0 as usize,
             seen: std::time::Instant::now(),
@@ -490,7 +504,7 @@ impl Pending {
     ) -> bool {
         use ringmesh_admin::telemetry::TlsStatus;
         if self.decided {
-            return !self.matched.is_empty();
+            return self.matched != 0;
         }
         self.decided = true;
         let route_pair = route.map(|r| ("route", &**r));
@@ -504,20 +518,20 @@ impl Pending {
             dst_labels: dst_labels.map_or(&[], |l| &l[..]),
             route_labels: route_pair.as_slice(),
         };
-        self.matched = self
-            .taps
-            .taps
-            .iter()
-            .filter(|t| t.tap.matcher.matches(&req) && t.claim())
-            .cloned()
-            .collect();
+        // (At most `MAX_MATCHED` taps are looked at; the tap server
+        // installs fewer.)
+        for (i, t) in self.taps.taps.iter().take(MAX_MATCHED).enumerate() {
+            if t.tap.matcher.matches(&req) && t.claim() {
+                self.matched |= 1 << i;
+            }
+        }
         let (client_id, server_id) = match tls {
             TlsStatus::Accepted { client_id } => (client_id.clone(), None),
             TlsStatus::Connected { server_id } => (None, Some(server_id.clone())),
             _ => (None, None),
         };
-        let n = self.matched.len();
-        for (i, t) in self.matched.iter().enumerate() {
+        let n = self.matched.count_ones() as usize;
+        for (i, t) in matched(&self.taps, self.matched).enumerate() {
             // The last tap takes the strings; others get copies.
             let take = |s: &mut String| {
                 if i + 1 == n {
@@ -549,6 +563,11 @@ impl Pending {
         n > 0
     }
 
+    /// The taps that see this request.
+    fn taps(&self) -> impl Iterator<Item = &Installed> {
+        matched(&self.taps, self.matched)
+    }
+
     /// The response's head arrived with `status`: the taps see it (its
     /// fields, from `fields`, only those that extract them).
     pub(crate) fn response(&self, status: u16, fields: impl FnOnce() -> Fields) {
@@ -558,9 +577,9 @@ impl Pending {
         }
         self.response_at.set(Some(now));
         let since_request = now.saturating_duration_since(self.seen);
-        let want = self.matched.iter().any(|t| t.tap.headers);
+        let want = self.taps().any(|t| t.tap.headers);
         let fields = want.then(|| Box::new(fields()));
-        for t in &self.matched {
+        for t in self.taps() {
             t.send(
                 self.worker,
                 TapMsg::Response {
@@ -581,7 +600,7 @@ impl Pending {
     /// The response ended with trailers: kept for the taps that extract
     /// fields.
     pub(crate) fn trailers(&self, fields: impl FnOnce() -> Fields) {
-        if self.matched.iter().any(|t| t.tap.headers) {
+        if self.taps().any(|t| t.tap.headers) {
             *self.trailers.borrow_mut() = Some(Box::new(fields()));
         }
     }
@@ -609,7 +628,7 @@ impl Pending {
             status
         };
         let trailers = self.trailers.take();
-        for t in &self.matched {
+        for t in self.taps() {
             t.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             t.send(
                 self.worker,

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -49,6 +49,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Taps at most at once (each costs the workers a match per request).
 const MAX_TAPS: usize = 100;
+const _: () = assert!(MAX_TAPS <= crate::tap::MAX_MATCHED);
 
 /// Tap's counters, rendered with the admin metrics.
 #[derive(Default)]
@@ -388,80 +389,114 @@ const MAX_OPEN: usize = 16 * 1024;
 /// Writes the tap's events until its `limit` requests have ended and
 /// their events are written (`Ok`) or the client is gone (`Err`). Every
 /// event waiting is taken at once and written as one batch.
+///
+/// While events keep coming the call gathers them for [`GATHER`] between
+/// batches without asking the workers to wake it: their sends then cost
+/// them no system call and the control core no wake-up. Only once the
+/// queues are empty does it wait to be woken.
 async fn stream_events(
     stream: &mut SendStream<Bytes>,
     queues: &mut [EventReceiver<TapMsg>],
     tap: &Installed,
     metrics: &TapMetrics,
 ) -> Result<(), &'static str> {
-    // Requests seen (RequestInit sent) and not ended yet, by id: the
-    // encoded fields every event of the request repeats.
-    let mut open: HashMap<StreamId, Open> = HashMap::new();
-    let mut start = 0usize;
-    let mut batch = BytesMut::new();
+    let mut events = Events {
+        open: HashMap::new(),
+        start: 0,
+        batch: BytesMut::new(),
+    };
     loop {
         if tap.finished() >= tap.tap.limit && queues.iter().all(|q| q.is_empty()) {
             return Ok(());
         }
-        // Events from any worker (round robin), the client gone, or a tick
-        // to look at the count again.
-        let tick = monoio::time::sleep(END_CHECK);
-        let mut tick = std::pin::pin!(tick);
-        let mut sent = 0u64;
-        let wake = poll_fn(|cx| {
-            if stream.poll_reset(cx).is_ready() {
-                return Poll::Ready(Wake::Gone);
-            }
-            let n = queues.len();
-            let mut got = false;
-            // Round robin over the workers until every queue is empty or
-            // the batch is full.
-            'fill: loop {
-                let mut any = false;
-                for i in 0..n {
-                    let q = &mut queues[(start + i) % n];
-                    if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
-                        any = true;
-                        got = true;
-                        sent += encode(&mut open, msg, &mut batch);
-                        if batch.len() >= BATCH_BYTES {
-                            start = (start + i + 1) % n;
-                            break 'fill;
-                        }
-                    }
+        // What waits now, taken without registering for a wake-up.
+        let mut quiet = Context::from_waker(std::task::Waker::noop());
+        let (_, mut sent, mut full) = events.take(queues, &mut quiet);
+        if events.batch.is_empty() {
+            // Nothing: wait for events from any worker, the client gone,
+            // or a tick to look at the count again.
+            let tick = monoio::time::sleep(END_CHECK);
+            let mut tick = std::pin::pin!(tick);
+            let wake = poll_fn(|cx| {
+                if stream.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Wake::Gone);
                 }
-                if !any {
-                    break;
+                let (got, n, f) = events.take(queues, cx);
+                sent += n;
+                full = f;
+                if got {
+                    return Poll::Ready(Wake::Events);
                 }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Tick);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Events => {}
+                Wake::Gone => return Err("the client went away"),
+                Wake::Tick => continue,
             }
-            if got {
-                return Poll::Ready(Wake::Events);
-            }
-            if tick.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Tick);
-            }
-            Poll::Pending
-        })
-        .await;
-        match wake {
-            Wake::Events => {}
-            Wake::Gone => return Err("the client went away"),
-            Wake::Tick => continue,
         }
-        if !batch.is_empty() {
-            send_data(stream, batch.split().freeze()).await?;
+        if !events.batch.is_empty() {
+            send_data(stream, events.batch.split().freeze()).await?;
             metrics.sent.fetch_add(sent, Ordering::Relaxed);
         }
         // Events gather for a moment before the queues are looked at
-        // again: a worker's send wakes this task only while it waits, so
-        // under load one wake-up (an eventfd write on the worker) carries
-        // many events rather than one each.
-        monoio::time::sleep(GATHER).await;
+        // again (under load one look carries many events), unless more
+        // were left waiting than one batch holds.
+        if !full {
+            monoio::time::sleep(GATHER).await;
+        }
+    }
+}
+
+/// A call's events on their way out.
+struct Events {
+    /// Requests seen (RequestInit sent) and not ended yet.
+    open: HashMap<StreamId, Open>,
+    /// The queue looked at first next time (round robin).
+    start: usize,
+    /// Encoded, waiting to be written.
+    batch: BytesMut,
+}
+
+impl Events {
+    /// Takes events from every worker's queue in turn until all are empty
+    /// or the batch is full: whether any came, how many events they made,
+    /// and whether the batch filled up. A queue found empty wakes `cx`
+    /// when an event arrives.
+    fn take(
+        &mut self,
+        queues: &mut [EventReceiver<TapMsg>],
+        cx: &mut Context<'_>,
+    ) -> (bool, u64, bool) {
+        let n = queues.len();
+        let (mut got, mut sent) = (false, 0);
+        loop {
+            let mut any = false;
+            for i in 0..n {
+                let q = &mut queues[(self.start + i) % n];
+                if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
+                    any = true;
+                    got = true;
+                    sent += encode(&mut self.open, msg, &mut self.batch);
+                    if self.batch.len() >= BATCH_BYTES {
+                        self.start = (self.start + i + 1) % n;
+                        return (got, sent, true);
+                    }
+                }
+            }
+            if !any {
+                return (got, sent, false);
+            }
+        }
     }
 }
 
 /// How long events gather between batches (their delay, at most).
-const GATHER: Duration = Duration::from_millis(2);
+const GATHER: Duration = Duration::from_millis(5);
 
 /// Appends `msg`'s events, as gRPC messages, to `out`; returns how many.
 /// A request's addresses and metadata are encoded once, at its start, and
@@ -469,9 +504,9 @@ const GATHER: Duration = Duration::from_millis(2);
 /// concatenation of its fields).
 fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -> u64 {
     match msg {
-        TapMsg::Request(id, meta) => {
-            let common = Bytes::from(common_fields(&meta).encode_to_vec());
-            put_event(out, &common, request_init(id, &meta));
+        TapMsg::Request(id, mut meta) => {
+            let common = common_fields(&meta);
+            put_event(out, &common, request_init(id, &mut meta));
             // Bounded: a request whose end was dropped (its queue full)
             // would otherwise stay for the tap's whole life. Past the bound
             // a request's start is sent and nothing after it.
@@ -601,7 +636,8 @@ fn stream_id((base, stream): StreamId) -> th::StreamId {
     th::StreamId { base, stream }
 }
 
-fn request_init(id: StreamId, meta: &crate::tap::RequestMeta) -> th::Event {
+/// (The request's strings are moved into the event.)
+fn request_init(id: StreamId, meta: &mut crate::tap::RequestMeta) -> th::Event {
     let method = http::Method::from_bytes(meta.method.as_bytes())
         .map(HttpMethod::from)
         .ok();
@@ -610,47 +646,80 @@ fn request_init(id: StreamId, meta: &crate::tap::RequestMeta) -> th::Event {
         id: Some(stream_id(id)),
         method,
         scheme: Some(Scheme::from(meta.scheme)),
-        authority: meta.authority.clone(),
-        path: meta.path.clone(),
+        authority: std::mem::take(&mut meta.authority),
+        path: std::mem::take(&mut meta.path),
         headers,
     })
 }
 
-/// The fields every event of a request repeats: its addresses and
-/// metadata.
-fn common_fields(meta: &crate::tap::RequestMeta) -> TapEvent {
-    let mut src = HashMap::new();
-    let mut dst: HashMap<String, String> = meta
+/// The fields every event of a request repeats, encoded as `TapEvent`
+/// fields: its addresses, `source_meta` (`tls`, `client_id` for a meshed
+/// inbound client), `destination_meta` (the destination's labels, `tls`
+/// and `server_id` for a meshed outbound endpoint), `route_meta` and
+/// `proxy_direction`. Written straight from the request's description
+/// (no maps or copies of its labels: this runs for every tapped request).
+fn common_fields(meta: &crate::tap::RequestMeta) -> Bytes {
+    use prost::encoding::{encode_key, encode_varint, message, WireType};
+    let mut out = Vec::with_capacity(160);
+    message::encode(1, &TcpAddress::from(meta.source), &mut out);
+    message::encode(2, &TcpAddress::from(meta.destination), &mut out);
+    let dst_tls = meta
+        .server_id
+        .as_deref()
+        .map(|id| [("tls", "true"), ("server_id", id)]);
+    let dst = meta
         .dst_labels
         .iter()
-        .flat_map(|l| l.iter().cloned())
-        .collect();
-    match (&meta.client_id, &meta.server_id) {
-        (Some(id), _) => {
-            src.insert("tls".into(), "true".into());
-            src.insert("client_id".into(), id.to_string());
-        }
-        (_, Some(id)) => {
-            dst.insert("tls".into(), "true".into());
-            dst.insert("server_id".into(), id.to_string());
-        }
-        _ => {}
+        .flat_map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .chain(dst_tls.into_iter().flatten());
+    put_labels(&mut out, 4, dst);
+    let src_tls = meta
+        .client_id
+        .as_deref()
+        .map(|id| [("tls", "true"), ("client_id", id)]);
+    put_labels(&mut out, 5, src_tls.into_iter().flatten());
+    let direction = if meta.inbound {
+        tap_event::ProxyDirection::Inbound
+    } else {
+        tap_event::ProxyDirection::Outbound
+    };
+    encode_key(6, WireType::Varint, &mut out);
+    encode_varint(direction as u64, &mut out);
+    if let Some(r) = &meta.route {
+        put_labels(&mut out, 7, [("route", &**r)].into_iter());
     }
-    let route = meta.route.as_ref().map(|r| tap_event::RouteMeta {
-        labels: HashMap::from([("route".to_string(), r.to_string())]),
-    });
-    TapEvent {
-        source: Some(TcpAddress::from(meta.source)),
-        source_meta: Some(tap_event::EndpointMeta { labels: src }),
-        route_meta: route,
-        destination: Some(TcpAddress::from(meta.destination)),
-        destination_meta: Some(tap_event::EndpointMeta { labels: dst }),
-        proxy_direction: if meta.inbound {
-            tap_event::ProxyDirection::Inbound
-        } else {
-            tap_event::ProxyDirection::Outbound
-        } as i32,
-        event: None,
+    Bytes::from(out)
+}
+
+/// A message of one `map<string, string> labels = 1` field (`EndpointMeta`,
+/// `RouteMeta`) as field `tag`.
+fn put_labels<'a>(
+    out: &mut Vec<u8>,
+    tag: u32,
+    labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let string_len = |s: &str| 1 + encoded_len_varint(s.len() as u64) + s.len();
+    let entry_len = |k: &str, v: &str| string_len(k) + string_len(v);
+    let put_string = |out: &mut Vec<u8>, tag: u32, s: &str| {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(s.len() as u64, out);
+        out.extend_from_slice(s.as_bytes());
+    };
+    let inner: usize = labels
+        .clone()
+        .map(|(k, v)| {
+            let e = entry_len(k, v);
+            1 + encoded_len_varint(e as u64) + e
+        })
+        .sum();
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(inner as u64, out);
+    for (k, v) in labels {
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(entry_len(k, v) as u64, out);
+        put_string(out, 1, k);
+        put_string(out, 2, v);
     }
 }
 
@@ -671,4 +740,100 @@ async fn send_data(stream: &mut SendStream<Bytes>, mut data: Bytes) -> Result<()
             .map_err(|_| "the client went away")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tap::RequestMeta;
+    use prost::Message;
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            source: "10.0.0.1:40000".parse().unwrap(),
+            destination: "[fd00::2]:8080".parse().unwrap(),
+            inbound: false,
+            method: "GET".into(),
+            scheme: "http",
+            authority: "web.test".into(),
+            path: "/a".into(),
+            headers: None,
+            dst_labels: Some(Arc::from(vec![
+                ("service".to_string(), "web".to_string()),
+                ("namespace".to_string(), "default".to_string()),
+            ])),
+            route: Some(Arc::from("get-a")),
+            client_id: None,
+            server_id: Some(Arc::from(
+                "web.default.serviceaccount.identity.linkerd.cluster.local",
+            )),
+        }
+    }
+
+    /// The common fields, written by hand, decode as the message prost
+    /// would have written.
+    #[test]
+    fn common_fields_decode_as_a_tap_event() {
+        let m = meta();
+        let ev = TapEvent::decode(common_fields(&m)).unwrap();
+        assert_eq!(ev.source, Some(TcpAddress::from(m.source)));
+        assert_eq!(ev.destination, Some(TcpAddress::from(m.destination)));
+        let dst = ev.destination_meta.unwrap().labels;
+        assert_eq!(dst.len(), 4, "{dst:?}");
+        assert_eq!(dst["service"], "web");
+        assert_eq!(dst["namespace"], "default");
+        assert_eq!(dst["tls"], "true");
+        assert_eq!(dst["server_id"], &*m.server_id.clone().unwrap());
+        assert!(ev.source_meta.unwrap().labels.is_empty());
+        assert_eq!(ev.route_meta.unwrap().labels["route"], "get-a");
+        assert_eq!(
+            ev.proxy_direction,
+            tap_event::ProxyDirection::Outbound as i32
+        );
+
+        let inbound = RequestMeta {
+            inbound: true,
+            dst_labels: None,
+            route: None,
+            client_id: Some(Arc::from("client.ns.serviceaccount")),
+            server_id: None,
+            ..meta()
+        };
+        let ev = TapEvent::decode(common_fields(&inbound)).unwrap();
+        let src = ev.source_meta.unwrap().labels;
+        assert_eq!(src["client_id"], "client.ns.serviceaccount");
+        assert_eq!(src["tls"], "true");
+        assert!(ev.destination_meta.unwrap().labels.is_empty());
+        assert!(ev.route_meta.is_none());
+        assert_eq!(
+            ev.proxy_direction,
+            tap_event::ProxyDirection::Inbound as i32
+        );
+    }
+
+    /// A whole event: the common fields followed by the HTTP event decode
+    /// as one `TapEvent`.
+    #[test]
+    fn an_event_is_the_common_fields_and_the_http_event() {
+        let mut m = meta();
+        let common = common_fields(&m);
+        let mut out = BytesMut::new();
+        put_event(&mut out, &common, request_init((1, 7), &mut m));
+        assert_eq!(out[0], 0);
+        let len = u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, out.len() - 5);
+        let ev = TapEvent::decode(&out[5..]).unwrap();
+        assert_eq!(ev.destination, Some(TcpAddress::from(m.destination)));
+        let Some(tap_event::Event::Http(tap_event::Http {
+            event: Some(th::Event::RequestInit(init)),
+        })) = ev.event
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (init.authority.as_str(), init.path.as_str()),
+            ("web.test", "/a")
+        );
+        assert_eq!(init.id, Some(th::StreamId { base: 1, stream: 7 }));
+    }
 }
