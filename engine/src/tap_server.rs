@@ -401,7 +401,8 @@ async fn stream_events(
     metrics: &TapMetrics,
 ) -> Result<(), &'static str> {
     let mut events = Events {
-        open: HashMap::new(),
+        open: OpenRequests::default(),
+        scratch: Vec::with_capacity(256),
         start: 0,
         batch: BytesMut::new(),
     };
@@ -440,7 +441,10 @@ async fn stream_events(
             }
         }
         if !events.batch.is_empty() {
-            send_data(stream, events.batch.split().freeze()).await?;
+            let batch = events.batch.split().freeze();
+            // (Room for the next batch at once, not grown step by step.)
+            events.batch.reserve(BATCH_BYTES + 4096);
+            send_data(stream, batch).await?;
             metrics.sent.fetch_add(sent, Ordering::Relaxed);
         }
         // Events gather for a moment before the queues are looked at
@@ -455,7 +459,9 @@ async fn stream_events(
 /// A call's events on their way out.
 struct Events {
     /// Requests seen (RequestInit sent) and not ended yet.
-    open: HashMap<StreamId, Open>,
+    open: OpenRequests,
+    /// Where a request's common fields are encoded.
+    scratch: Vec<u8>,
     /// The queue looked at first next time (round robin).
     start: usize,
     /// Encoded, waiting to be written.
@@ -481,7 +487,7 @@ impl Events {
                 if let Poll::Ready(Some(msg)) = q.poll_recv(cx) {
                     any = true;
                     got = true;
-                    sent += encode(&mut self.open, msg, &mut self.batch);
+                    sent += encode(&mut self.open, &mut self.scratch, msg, &mut self.batch);
                     if self.batch.len() >= BATCH_BYTES {
                         self.start = (self.start + i + 1) % n;
                         return (got, sent, true);
@@ -502,11 +508,11 @@ const GATHER: Duration = Duration::from_millis(5);
 /// A request's addresses and metadata are encoded once, at its start, and
 /// repeated in each of its events (a protobuf message is the
 /// concatenation of its fields).
-fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -> u64 {
+fn encode(open: &mut OpenRequests, scratch: &mut Vec<u8>, msg: TapMsg, out: &mut BytesMut) -> u64 {
     match msg {
         TapMsg::Request(id, mut meta) => {
-            let common = common_fields(&meta);
-            put_event(out, &common, request_init(id, &mut meta));
+            common_fields(&meta, scratch);
+            put_event(out, scratch, request_init(id, &mut meta));
             // Bounded: a request whose end was dropped (its queue full)
             // would otherwise stay for the tap's whole life. Past the bound
             // a request's start is sent and nothing after it.
@@ -514,7 +520,7 @@ fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -
                 open.insert(
                     id,
                     Open {
-                        common,
+                        meta,
                         responded: false,
                     },
                 );
@@ -533,7 +539,8 @@ fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -
             };
             o.responded = true;
             let init = response_init(id, status, since_request, headers.map(|h| *h));
-            put_event(out, &o.common, init);
+            common_fields(&o.meta, scratch);
+            put_event(out, scratch, init);
             1
         }
         TapMsg::End {
@@ -549,13 +556,10 @@ fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -
                 return 0;
             };
             let mut n = 0;
+            common_fields(&o.meta, scratch);
             // The proxy's own answer: no head was announced.
             if !o.responded && status != 0 {
-                put_event(
-                    out,
-                    &o.common,
-                    response_init(id, status, since_request, None),
-                );
+                put_event(out, scratch, response_init(id, status, since_request, None));
                 n += 1;
             }
             let end = match eos {
@@ -571,7 +575,7 @@ fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -
                 eos: end.map(|e| Eos { end: Some(e) }),
                 trailers: trailers.as_deref().map(|t| pb_headers(t)),
             });
-            put_event(out, &o.common, end);
+            put_event(out, scratch, end);
             n + 1
         }
     }
@@ -579,10 +583,40 @@ fn encode(open: &mut HashMap<StreamId, Open>, msg: TapMsg, out: &mut BytesMut) -
 
 /// A request whose start was sent and whose end was not yet.
 struct Open {
-    /// The encoded fields every event of the request repeats.
-    common: Bytes,
+    /// What every event of the request repeats (encoded again for each:
+    /// cheaper than keeping a copy of the encoding).
+    meta: Box<crate::tap::RequestMeta>,
     /// Its ResponseInit was sent.
     responded: bool,
+}
+
+/// The requests of a call between their start and their end, by id.
+type OpenRequests = HashMap<StreamId, Open, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hashes request ids: ours (a worker and a count), so no peer chooses
+/// them and a multiply spreads them well enough.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl IdHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|b| self.add(u64::from(*b)));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
 }
 
 fn response_init(
@@ -658,11 +692,11 @@ fn request_init(id: StreamId, meta: &mut crate::tap::RequestMeta) -> th::Event {
 /// and `server_id` for a meshed outbound endpoint), `route_meta` and
 /// `proxy_direction`. Written straight from the request's description
 /// (no maps or copies of its labels: this runs for every tapped request).
-fn common_fields(meta: &crate::tap::RequestMeta) -> Bytes {
+fn common_fields(meta: &crate::tap::RequestMeta, out: &mut Vec<u8>) {
     use prost::encoding::{encode_key, encode_varint, message, WireType};
-    let mut out = Vec::with_capacity(160);
-    message::encode(1, &TcpAddress::from(meta.source), &mut out);
-    message::encode(2, &TcpAddress::from(meta.destination), &mut out);
+    out.clear();
+    message::encode(1, &TcpAddress::from(meta.source), out);
+    message::encode(2, &TcpAddress::from(meta.destination), out);
     let dst_tls = meta
         .server_id
         .as_deref()
@@ -672,23 +706,22 @@ fn common_fields(meta: &crate::tap::RequestMeta) -> Bytes {
         .iter()
         .flat_map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .chain(dst_tls.into_iter().flatten());
-    put_labels(&mut out, 4, dst);
+    put_labels(out, 4, dst);
     let src_tls = meta
         .client_id
         .as_deref()
         .map(|id| [("tls", "true"), ("client_id", id)]);
-    put_labels(&mut out, 5, src_tls.into_iter().flatten());
+    put_labels(out, 5, src_tls.into_iter().flatten());
     let direction = if meta.inbound {
         tap_event::ProxyDirection::Inbound
     } else {
         tap_event::ProxyDirection::Outbound
     };
-    encode_key(6, WireType::Varint, &mut out);
-    encode_varint(direction as u64, &mut out);
+    encode_key(6, WireType::Varint, out);
+    encode_varint(direction as u64, out);
     if let Some(r) = &meta.route {
-        put_labels(&mut out, 7, [("route", &**r)].into_iter());
+        put_labels(out, 7, [("route", &**r)].into_iter());
     }
-    Bytes::from(out)
 }
 
 /// A message of one `map<string, string> labels = 1` field (`EndpointMeta`,
@@ -775,7 +808,9 @@ mod tests {
     #[test]
     fn common_fields_decode_as_a_tap_event() {
         let m = meta();
-        let ev = TapEvent::decode(common_fields(&m)).unwrap();
+        let mut out = Vec::new();
+        common_fields(&m, &mut out);
+        let ev = TapEvent::decode(&out[..]).unwrap();
         assert_eq!(ev.source, Some(TcpAddress::from(m.source)));
         assert_eq!(ev.destination, Some(TcpAddress::from(m.destination)));
         let dst = ev.destination_meta.unwrap().labels;
@@ -799,7 +834,8 @@ mod tests {
             server_id: None,
             ..meta()
         };
-        let ev = TapEvent::decode(common_fields(&inbound)).unwrap();
+        common_fields(&inbound, &mut out);
+        let ev = TapEvent::decode(&out[..]).unwrap();
         let src = ev.source_meta.unwrap().labels;
         assert_eq!(src["client_id"], "client.ns.serviceaccount");
         assert_eq!(src["tls"], "true");
@@ -816,7 +852,8 @@ mod tests {
     #[test]
     fn an_event_is_the_common_fields_and_the_http_event() {
         let mut m = meta();
-        let common = common_fields(&m);
+        let mut common = Vec::new();
+        common_fields(&m, &mut common);
         let mut out = BytesMut::new();
         put_event(&mut out, &common, request_init((1, 7), &mut m));
         assert_eq!(out[0], 0);
