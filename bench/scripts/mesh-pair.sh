@@ -235,17 +235,19 @@ stop_pair() {
   wait "${PAIR_PIDS[@]}" 2>/dev/null || true
 }
 
-# cpu_ticks PID...: user+system clock ticks of the processes (all threads).
+# cpu_ticks PID...: user+system and system clock ticks of the processes (all
+# threads).
 cpu_ticks() {
-  local p t=0
+  local p t=0 k=0
   for p in "$@"; do
     case $(readlink "/proc/$p/exe") in
       *ringmesh* | *linkerd2-proxy*) ;;
       *) echo "$ME: pid $p is not a proxy ($(readlink "/proc/$p/exe"))" >&2; exit 1 ;;
     esac
     t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+    k=$((k + $(awk '{ print $15 }' "/proc/$p/stat")))
   done
-  echo "$t"
+  echo "$t $k"
 }
 
 # load KIND SECONDS OUT: runs the load generator in the namespace.
@@ -260,7 +262,7 @@ load() {
 }
 
 TCK=$(getconf CLK_TCK)
-printf '%-6s %-9s %-8s %10s %9s %9s %7s %12s\n' round pair kind rps p50_us p99_us errors cpu_us_req
+printf '%-6s %-9s %-8s %10s %9s %9s %7s %12s %12s\n' round pair kind rps p50_us p99_us errors cpu_us_req sys_us_req
 RESULTS=$S/results.tsv
 : >"$RESULTS"
 IFS=, read -r -a kinds <<<"$KINDS"
@@ -271,17 +273,19 @@ for r in $(seq 1 "$ROUNDS"); do
     start_pair "$pair"
     for kind in "${kinds[@]}"; do
       ((WARMUP > 0)) && load "$kind" "$WARMUP" "$S/warm.out"
-      before=$(cpu_ticks "${PAIR_PIDS[@]}")
+      read -r before sys_before < <(cpu_ticks "${PAIR_PIDS[@]}")
       load "$kind" "$DURATION" "$S/$pair-$kind.out"
-      after=$(cpu_ticks "${PAIR_PIDS[@]}")
+      read -r after sys_after < <(cpu_ticks "${PAIR_PIDS[@]}")
       if [[ $kind == h2 ]]; then
         read -r rps p50 p99 errs reqs < <(parse_h2load "$S/$pair-$kind.out" "$S/$pair-$kind.out.log")
       else
         read -r rps p50 p99 errs reqs < <(parse_wrk "$S/$pair-$kind.out")
       fi
-      us=$(awk -v t=$((after - before)) -v tck="$TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / tck / n : 0) }')
-      printf '%-6s %-9s %-8s %10.0f %9s %9s %7s %12s\n' "r$r" "$pair" "$kind" "$rps" "$p50" "$p99" "$errs" "$us"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$kind" "$rps" "$p99" "$errs" "$us" >>"$RESULTS"
+      per_req() { awk -v t="$1" -v tck="$TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / tck / n : 0) }'; }
+      us=$(per_req $((after - before)))
+      sys=$(per_req $((sys_after - sys_before)))
+      printf '%-6s %-9s %-8s %10.0f %9s %9s %7s %12s %12s\n' "r$r" "$pair" "$kind" "$rps" "$p50" "$p99" "$errs" "$us" "$sys"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$kind" "$rps" "$p99" "$errs" "$us" "$sys" >>"$RESULTS"
     done
     stop_pair
   done
@@ -289,10 +293,12 @@ done
 
 echo
 echo "# medians over $ROUNDS rounds (ratio = ringmesh / linkerd2-proxy)"
-printf '%-8s %14s %14s %8s %14s %14s %8s\n' kind rm_cpu_us l5d_cpu_us ratio rm_p99_us l5d_p99_us ratio
+# rm_sys/l5d: the ringmesh pair's kernel time alone against linkerd2-proxy's
+# whole CPU (the ratio no user-space work can bring ringmesh below).
+printf '%-8s %14s %14s %8s %14s %14s %8s %12s %12s %12s\n' kind rm_cpu_us l5d_cpu_us ratio rm_p99_us l5d_p99_us ratio rm_sys_us l5d_sys_us rm_sys/l5d
 for kind in "${kinds[@]}"; do
   med() { awk -F'\t' -v p="$1" -v k="$kind" -v c="$2" '$1 == p && $2 == k { print $c }' "$RESULTS" | sort -g | awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }'; }
-  rc=$(med ringmesh 6) lc=$(med linkerd 6) rp=$(med ringmesh 4) lp=$(med linkerd 4)
-  awk -v k="$kind" -v rc="$rc" -v lc="$lc" -v rp="$rp" -v lp="$lp" 'BEGIN {
-    printf "%-8s %14.1f %14.1f %8.2f %14.0f %14.0f %8.2f\n", k, rc, lc, (lc > 0 ? rc / lc : 0), rp, lp, (lp > 0 ? rp / lp : 0) }'
+  rc=$(med ringmesh 6) lc=$(med linkerd 6) rp=$(med ringmesh 4) lp=$(med linkerd 4) rs=$(med ringmesh 7) ls=$(med linkerd 7)
+  awk -v k="$kind" -v rc="$rc" -v lc="$lc" -v rp="$rp" -v lp="$lp" -v rs="$rs" -v ls="$ls" 'BEGIN {
+    printf "%-8s %14.1f %14.1f %8.2f %14.0f %14.0f %8.2f %12.1f %12.1f %12.2f\n", k, rc, lc, (lc > 0 ? rc / lc : 0), rp, lp, (lp > 0 ? rp / lp : 0), rs, ls, (lc > 0 ? rs / lc : 0) }'
 done

@@ -844,6 +844,94 @@ fn pki(tag: &str, names: &[&str]) -> PathBuf {
     dir
 }
 
+/// Meshed traffic is tapped on both proxies with the identities mutual
+/// TLS proved: outbound, the endpoint's (`destination_meta`: `tls`,
+/// `server_id`); inbound, the client's (`source_meta`: `tls`,
+/// `client_id`), as `INBOUND` to the local application.
+#[test]
+fn meshed_requests_are_tapped_with_their_identities() {
+    const A: &str = "a.ns.serviceaccount.identity.linkerd.cluster.local";
+    const B: &str = "b.ns.serviceaccount.identity.linkerd.cluster.local";
+    let dir = pki("meshed", &[A, B]);
+    let path = |f: String| dir.join(f).to_str().unwrap().to_string();
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let origin = http::origin("app");
+    let (cert_a, key_a, cert_b, key_b) = (
+        path("0.pem".into()),
+        path("0.key".into()),
+        path("1.pem".into()),
+        path("1.key".into()),
+    );
+    let common = [
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", ca_pem.as_str()),
+        ("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "127.0.0.1:0"),
+        ("RINGMESH_TAP_ALLOW_LOOPBACK", "true"),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    let mut vars_b = common.to_vec();
+    vars_b.extend([
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", B),
+        ("RINGMESH_IDENTITY_CERT", &cert_b),
+        ("RINGMESH_IDENTITY_KEY", &key_b),
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+    ]);
+    let b = start_proxy(IoDriver::Uring, &vars_b);
+    // A reaches the application through B's inbound port (Linkerd's
+    // opaque transport), proving A's identity and expecting B's.
+    let extra = format!(
+        "identity = \"{B}\"\nopaque_transport_port = {}\n",
+        b.inbound_addr().unwrap().port()
+    );
+    let file = service_file("tap-meshed", "web.test:80", &[origin.addr], &extra);
+    let mut vars_a = common.to_vec();
+    vars_a.extend([
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", A),
+        ("RINGMESH_IDENTITY_CERT", &cert_a),
+        ("RINGMESH_IDENTITY_KEY", &key_a),
+        ("RINGMESH_DISCOVERY_STATIC", &file),
+        ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+    ]);
+    let a = start_proxy(IoDriver::Uring, &vars_a);
+    let request = r#"{"limit": 1, "match": {"http": {"path": {"exact": "/hello"}}}}"#;
+    let (call_a, call_b) = (
+        TapCall::start(a.tap_addr().unwrap(), request),
+        TapCall::start(b.tap_addr().unwrap(), request),
+    );
+    wait_installed(&a, 1);
+    wait_installed(&b, 1);
+    let fwd = a.forward_addrs()[0];
+    assert!(
+        eventually(Duration::from_secs(5), || get(fwd, "/hello")
+            .contains("200")),
+        "the meshed request is answered"
+    );
+    let first = |call: &TapCall| {
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0", "{events:#?}");
+        parse(&events[0])
+    };
+    let (ev_a, ev_b) = (first(&call_a), first(&call_b));
+    let label = |ev: &Value, meta: &str, k: &str| {
+        field(ev, &[meta, "labels", k])
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    };
+    assert_eq!(ev_a["proxyDirection"], "OUTBOUND", "{ev_a}");
+    assert_eq!(
+        label(&ev_a, "destinationMeta", "tls").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        label(&ev_a, "destinationMeta", "server_id").as_deref(),
+        Some(B)
+    );
+    assert_eq!(ev_b["proxyDirection"], "INBOUND", "{ev_b}");
+    assert_eq!(label(&ev_b, "sourceMeta", "tls").as_deref(), Some("true"));
+    assert_eq!(label(&ev_b, "sourceMeta", "client_id").as_deref(), Some(A));
+    let dst_port = field(&ev_b, &["destination", "port"]).and_then(as_u64);
+    assert_eq!(dst_port, Some(u64::from(origin.addr.port())), "{ev_b}");
+}
+
 /// Without the loopback setting, tap is served over mutual TLS only, to a
 /// client proving `LINKERD2_PROXY_TAP_SVC_NAME`'s identity: another
 /// identity, or a plaintext client, is refused and sees nothing.
