@@ -49,6 +49,11 @@ const MAX_REQUEST: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Taps at most at once (each costs the workers a match per request).
 const MAX_TAPS: usize = 100;
+/// Client connections at most at once (handshakes included); more are
+/// closed as they come.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection with no call for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const _: () = assert!(MAX_TAPS <= crate::tap::MAX_MATCHED);
 
 /// Tap's counters, rendered with the admin metrics.
@@ -95,6 +100,8 @@ pub(crate) struct TapServer {
     workers: usize,
     allow_loopback: bool,
     metrics: Arc<TapMetrics>,
+    /// Client connections open now, handshakes included.
+    connections: Rc<Cell<usize>>,
 }
 
 impl TapServer {
@@ -114,6 +121,7 @@ impl TapServer {
             workers,
             allow_loopback,
             metrics,
+            connections: Rc::default(),
         }
     }
 
@@ -162,9 +170,14 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
                 continue;
             }
         };
+        if server.connections.get() >= MAX_CONNECTIONS {
+            tracing::debug!(%peer, "tap client refused: {MAX_CONNECTIONS} connections are open");
+            continue;
+        }
         let _ = s.set_nodelay(true);
+        let open = OpenConnection::new(&server.connections);
         if server.allow_loopback && peer.ip().is_loopback() {
-            monoio::spawn(connection(s, peer, server.clone()));
+            monoio::spawn(connection(s, peer, server.clone(), open));
             continue;
         }
         let Some(name) = server.svc_name.clone() else {
@@ -199,14 +212,14 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
                 tracing::info!(%peer, tls = ?t.tls(), expected = %name, "tap client refused: it did not prove the tap service's identity");
                 return;
             }
-            connection(t, peer, server).await;
+            connection(t, peer, server, open).await;
         });
     }
 }
 
 /// One client connection: its streams, each served by a task of its own
 /// while this one drives the connection.
-async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>)
+async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>, _open: OpenConnection)
 where
     I: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent + Unpin + 'static,
 {
@@ -223,16 +236,51 @@ where
                 return;
             }
         };
-    while let Some(next) = conn.accept().await {
-        match next {
-            Ok((req, respond)) => {
-                monoio::spawn(observe(req, respond, server.clone()));
+    // Calls in progress on this connection.
+    let calls = Rc::new(Cell::new(0usize));
+    loop {
+        let idle = monoio::time::sleep(IDLE_TIMEOUT);
+        let next = monoio::select! {
+            next = conn.accept() => next,
+            _ = idle => {
+                if calls.get() == 0 {
+                    tracing::debug!(%peer, "tap connection idle: closed");
+                    return;
+                }
+                continue;
             }
-            Err(e) => {
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                let call = OpenConnection::new(&calls);
+                let server = server.clone();
+                monoio::spawn(async move {
+                    observe(req, respond, server).await;
+                    drop(call);
+                });
+            }
+            Some(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "tap connection ended with an error");
                 return;
             }
+            None => return,
         }
+    }
+}
+
+/// Counts one open thing (a connection, a call) while it lives.
+struct OpenConnection(Rc<Cell<usize>>);
+
+impl OpenConnection {
+    fn new(count: &Rc<Cell<usize>>) -> Self {
+        count.set(count.get() + 1);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

@@ -844,6 +844,69 @@ fn pki(tag: &str, names: &[&str]) -> PathBuf {
     dir
 }
 
+/// The tap port holds at most 64 client connections: more are closed at
+/// once. A connection that never finishes its handshake, or that opens no
+/// call, is closed after 10 s; then taps are served again.
+#[test]
+fn idle_and_excess_tap_connections_are_closed() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..63).map(|_| connect(tap)).collect();
+    // One finishes the HTTP/2 handshake and opens no call.
+    let mut idle = connect(tap);
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 4096];
+        let until = Instant::now() + limit;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                // (The server's SETTINGS, and its ack.)
+                Ok(_) if Instant::now() < until => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                _ => return false,
+            }
+        }
+    };
+    // The 65th is closed at once.
+    thread::sleep(Duration::from_millis(300));
+    let mut extra = connect(tap);
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)),
+        "a 65th connection is closed"
+    );
+    // The proxy serves on meanwhile.
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(15)),
+        "an idle connection is closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "not before its time"
+    );
+    for mut s in silent {
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "a silent connection is closed"
+        );
+    }
+    // The room is back: a tap is served.
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    assert_eq!(events.len(), 3, "{events:#?}");
+}
+
 /// Meshed traffic is tapped on both proxies with the identities mutual
 /// TLS proved: outbound, the endpoint's (`destination_meta`: `tls`,
 /// `server_id`); inbound, the client's (`source_meta`: `tls`,
