@@ -636,12 +636,12 @@ fn a_client_that_never_reads_costs_requests_nothing() {
     drop(c);
     wait_installed(&proxy, 0);
     let dropped = metric(&proxy, "tap_events_dropped_total");
-    // Each request is two messages on its worker's queue (its start; its
-    // response and end): all but what the queue and the window took are
-    // dropped.
+    // Each request is three messages on its worker's queue (its start, its
+    // response's head, its end): all but what the queue and the window
+    // took are dropped.
     assert!(
-        dropped >= 2 * 3000 - 1024 - 100,
-        "the queue holds 1024 messages; the rest are dropped: {dropped}"
+        dropped >= 3 * 3000 - 4096 - 100,
+        "the queue holds 4096 messages; the rest are dropped: {dropped}"
     );
 }
 
