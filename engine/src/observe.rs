@@ -83,10 +83,14 @@ impl<'w> Observer<'w> {
         }
     }
 
-    /// The request's head, for tap: with some tap installed, kept until
-    /// its destination is known (nothing is copied without one).
+    /// The request's head, for tap: with some tap installed that may want
+    /// it, kept until its destination is known (nothing is copied for a
+    /// request no tap can want: its head already rules it out).
     pub(crate) fn tap_request(&mut self, head: &dyn crate::tap::TapHead) {
         if let Some(taps) = self.w.taps.active() {
+            if !taps.may_want(self.peer, head) {
+                return;
+            }
             let id = self.w.taps.next_id(self.w.id);
             self.tap = Some(Box::new(crate::tap::Pending::new(
                 taps, self.peer, head, id,

@@ -66,6 +66,16 @@ pub struct TapRequest<'a> {
     pub route_labels: &'a [(&'a str, &'a str)],
 }
 
+/// What a request's head says, before its destination is known.
+pub struct HeadRequest<'a> {
+    pub source: SocketAddr,
+    pub method: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+}
+
 /// A compiled `ObserveRequest`.
 #[derive(Clone, Debug)]
 pub struct Tap {
@@ -228,6 +238,44 @@ impl Match {
         })
     }
 
+    /// Whether a request could match, from its head alone (before its
+    /// destination is known): `Some(false)` when it cannot whatever its
+    /// destination, `Some(true)` when it does whatever its destination,
+    /// `None` when that decides.
+    pub fn matches_head(&self, head: &HeadRequest<'_>) -> Option<bool> {
+        match self {
+            Self::All(ms) => {
+                let mut known = Some(true);
+                for m in ms {
+                    match m.matches_head(head) {
+                        Some(false) => return Some(false),
+                        Some(true) => {}
+                        None => known = None,
+                    }
+                }
+                known
+            }
+            Self::Any(ms) => {
+                let mut known = Some(false);
+                for m in ms {
+                    match m.matches_head(head) {
+                        Some(true) => return Some(true),
+                        Some(false) => {}
+                        None => known = None,
+                    }
+                }
+                known
+            }
+            Self::Not(m) => m.matches_head(head).map(|b| !b),
+            Self::Destination(_) | Self::DestinationLabel(..) | Self::RouteLabel(..) => None,
+            Self::Source(t) => Some(t.matches(head.source)),
+            Self::Scheme(s) => Some(head.scheme.eq_ignore_ascii_case(s)),
+            Self::Method(m) => Some(head.method.eq_ignore_ascii_case(m)),
+            Self::Authority(s) => Some(s.matches(head.authority)),
+            Self::Path(s) => Some(s.matches(head.path)),
+        }
+    }
+
     /// Whether `req` is one the tap wants.
     pub fn matches(&self, req: &TapRequest<'_>) -> bool {
         match self {
@@ -304,6 +352,24 @@ pub(crate) struct TapSet {
 }
 
 impl ringmesh_discovery::channel::Published for TapSet {}
+
+impl TapSet {
+    /// Whether some tap may want a request with this head (one whose
+    /// match cannot be true, or whose limit is used up, does not).
+    pub(crate) fn may_want(&self, source: SocketAddr, head: &dyn TapHead) -> bool {
+        let h = HeadRequest {
+            source,
+            method: head.method(),
+            scheme: "http",
+            authority: head.authority(),
+            path: head.path(),
+        };
+        self.taps.iter().any(|t| {
+            t.remaining.load(std::sync::atomic::Ordering::Relaxed) > 0
+                && t.tap.matcher.matches_head(&h) != Some(false)
+        })
+    }
+}
 
 /// A worker's view of the installed taps, and its request numbers.
 pub(crate) struct WorkerTaps {
@@ -758,6 +824,42 @@ mod tests {
         let one = tap(dst_ports(8080, 0), 1).unwrap();
         assert!(one.matcher.matches(&req("GET", "/", &labels)));
         assert!(!t.headers && !one.headers);
+    }
+
+    /// A request's head alone rules a tap out, in, or leaves it to the
+    /// destination; a request ruled out by every tap is never copied.
+    #[test]
+    fn a_head_alone_decides_what_it_can() {
+        let head = |path| HeadRequest {
+            source: "10.1.2.3:40000".parse().unwrap(),
+            method: "GET",
+            scheme: "http",
+            authority: "web.ns.svc.cluster.local:8080",
+            path,
+        };
+        let by_path = tap(path_prefix("/api"), 1).unwrap().matcher;
+        assert_eq!(by_path.matches_head(&head("/api/x")), Some(true));
+        assert_eq!(by_path.matches_head(&head("/other")), Some(false));
+        let with_dst = tap(all(vec![path_prefix("/api"), dst_ports(80, 0)]), 1)
+            .unwrap()
+            .matcher;
+        assert_eq!(with_dst.matches_head(&head("/api/x")), None);
+        assert_eq!(with_dst.matches_head(&head("/other")), Some(false));
+        let either = tap(any(vec![path_prefix("/api"), dst_ports(80, 0)]), 1)
+            .unwrap()
+            .matcher;
+        assert_eq!(either.matches_head(&head("/api/x")), Some(true));
+        assert_eq!(either.matches_head(&head("/other")), None);
+        let negated = tap(not(with_dst_only()), 1).unwrap().matcher;
+        assert_eq!(negated.matches_head(&head("/")), None);
+        let not_path = tap(not(path_prefix("/api")), 1).unwrap().matcher;
+        assert_eq!(not_path.matches_head(&head("/api/x")), Some(false));
+        let from = tap(src_net("10.2.0.0", 16), 1).unwrap().matcher;
+        assert_eq!(from.matches_head(&head("/")), Some(false));
+    }
+
+    fn with_dst_only() -> PbMatch {
+        dst_ports(8080, 0)
     }
 
     #[test]
