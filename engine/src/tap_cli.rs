@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use linkerd2_proxy_api::http_types::HttpMethod;
+use linkerd2_proxy_api::tap::eos::End as Eos;
 use linkerd2_proxy_api::tap::observe_request::{self, r#match};
 use linkerd2_proxy_api::tap::tap_event::{self, http as th};
 use linkerd2_proxy_api::tap::{ObserveRequest, TapEvent};
@@ -289,10 +290,14 @@ fn text(ev: &TapEvent) -> Option<String> {
         ),
         th::Event::ResponseEnd(r) => {
             let mut s = prefix("end", ev, r.id.as_ref());
-            if let Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)) =
-                r.eos.as_ref().and_then(|e| e.end.as_ref())
-            {
-                let _ = write!(s, " grpc-status={}", grpc::Code::from_number(*c).as_str());
+            match r.eos.as_ref().and_then(|e| e.end.as_ref()) {
+                Some(Eos::GrpcStatusCode(c)) => {
+                    let _ = write!(s, " grpc-status={}", grpc::Code::from_number(*c).as_str());
+                }
+                Some(Eos::ResetErrorCode(c)) => {
+                    let _ = write!(s, " reset-error={}", reset_name(*c));
+                }
+                None => {}
             }
             let _ = write!(
                 s,
@@ -379,12 +384,13 @@ fn json(ev: &TapEvent) -> Option<String> {
             micros(r.since_request_init.as_ref())
         ),
         th::Event::ResponseEnd(r) => {
-            let grpc = match r.eos.as_ref().and_then(|e| e.end.as_ref()) {
-                Some(linkerd2_proxy_api::tap::eos::End::GrpcStatusCode(c)) => c.to_string(),
-                _ => "null".into(),
+            let (grpc, reset) = match r.eos.as_ref().and_then(|e| e.end.as_ref()) {
+                Some(Eos::GrpcStatusCode(c)) => (c.to_string(), "null".into()),
+                Some(Eos::ResetErrorCode(c)) => ("null".into(), c.to_string()),
+                None => ("null".into(), "null".into()),
             };
             format!(
-                "{{\"event\":\"responseEnd\",\"id\":{},{common},\"sinceRequestInitMicros\":{},\"sinceResponseInitMicros\":{},\"responseBytes\":{},\"grpcStatus\":{grpc}}}",
+                "{{\"event\":\"responseEnd\",\"id\":{},{common},\"sinceRequestInitMicros\":{},\"sinceResponseInitMicros\":{},\"responseBytes\":{},\"grpcStatus\":{grpc},\"resetErrorCode\":{reset}}}",
                 quote(&id(r.id.as_ref())),
                 micros(r.since_request_init.as_ref()),
                 micros(r.since_response_init.as_ref()),
@@ -394,9 +400,69 @@ fn json(ev: &TapEvent) -> Option<String> {
     })
 }
 
+/// An HTTP/2 error code's name (RFC 9113 §7), or its number.
+fn reset_name(code: u32) -> String {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    NAMES
+        .get(code as usize)
+        .map_or_else(|| code.to_string(), |n| (*n).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A response's end says how its stream ended: a gRPC status, or the
+    /// reset's error code.
+    #[test]
+    fn end_lines_say_how_the_stream_ended() {
+        let end = |eos: Option<Eos>| TapEvent {
+            event: Some(tap_event::Event::Http(tap_event::Http {
+                event: Some(th::Event::ResponseEnd(th::ResponseEnd {
+                    id: Some(th::StreamId { base: 1, stream: 2 }),
+                    response_bytes: 13,
+                    eos: eos.map(|e| linkerd2_proxy_api::tap::Eos { end: Some(e) }),
+                    ..Default::default()
+                })),
+            })),
+            ..Default::default()
+        };
+        let reset = end(Some(Eos::ResetErrorCode(2)));
+        let line = text(&reset).unwrap();
+        assert!(line.starts_with("end id=1:2 "), "{line}");
+        assert!(line.contains(" reset-error=INTERNAL_ERROR "), "{line}");
+        assert!(line.ends_with(" response-length=13B"), "{line}");
+        let j: serde_json::Value = serde_json::from_str(&json(&reset).unwrap()).unwrap();
+        assert_eq!(
+            (j["resetErrorCode"].as_u64(), j["grpcStatus"].is_null()),
+            (Some(2), true)
+        );
+        let grpc = end(Some(Eos::GrpcStatusCode(14)));
+        assert!(text(&grpc).unwrap().contains(" grpc-status=UNAVAILABLE "));
+        let j: serde_json::Value = serde_json::from_str(&json(&grpc).unwrap()).unwrap();
+        assert_eq!(
+            (j["grpcStatus"].as_u64(), j["resetErrorCode"].is_null()),
+            (Some(14), true)
+        );
+        let plain = text(&end(None)).unwrap();
+        assert!(!plain.contains("grpc-status") && !plain.contains("reset-error"));
+        assert_eq!(reset_name(99), "99");
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
