@@ -259,7 +259,15 @@ impl<'w> Observer<'w> {
 
     /// The request ended with the proxy's own answer; `grpc`: the client
     /// speaks gRPC and got the answer's gRPC status.
-    pub(crate) fn answered(self, e: &ProxyError, grpc: bool) {
+    pub(crate) fn answered(mut self, e: &ProxyError, grpc: bool) {
+        // Tap: a request to a known address that failed before an endpoint
+        // was reported (its connection failed) is seen with the proxy's
+        // answer, as one that reached its endpoint would be.
+        if let (Some(p), Some(addr)) = (self.tap.as_ref(), self.key.target) {
+            if !p.is_decided() {
+                self.tap_decide(addr);
+            }
+        }
         self.end(ResponseClass {
             status: e.status(),
             grpc_status: grpc.then(|| e.grpc_status()),

@@ -629,6 +629,11 @@ impl Pending {
         n > 0
     }
 
+    /// Whether the taps that see it were chosen (its destination known).
+    pub(crate) fn is_decided(&self) -> bool {
+        self.decided
+    }
+
     /// The taps that see this request.
     fn taps(&self) -> impl Iterator<Item = &Installed> {
         matched(&self.taps, self.matched)

@@ -908,6 +908,34 @@ fn idle_and_excess_tap_connections_are_closed() {
     assert_eq!(events.len(), 3, "{events:#?}");
 }
 
+/// A request whose upstream refuses the connection is tapped with the
+/// proxy's own answer: its start, a 502 response, its end.
+#[test]
+fn a_failed_upstream_is_tapped_with_the_proxys_answer() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = proxy(dead, &[]);
+    let call = TapCall::start(
+        proxy.tap_addr().unwrap(),
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("502"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    let reqs = by_request(&events);
+    assert_eq!(reqs.len(), 1, "{events:#?}");
+    let [init, rsp, _end] = &reqs[0];
+    assert_eq!(init["path"].as_str(), Some("/hello"));
+    assert_eq!(
+        field(rsp, &["httpStatus"]).and_then(as_u64),
+        Some(502),
+        "{events:#?}"
+    );
+}
+
 /// Meshed traffic is tapped on both proxies with the identities mutual
 /// TLS proved: outbound, the endpoint's (`destination_meta`: `tls`,
 /// `server_id`); inbound, the client's (`source_meta`: `tls`,
