@@ -316,6 +316,37 @@ fn by_request(events: &[String]) -> Vec<[Value; 3]> {
         .collect()
 }
 
+/// A call's requests by path (requests on different workers may be
+/// reported in either order).
+struct ByPath {
+    events: Vec<String>,
+    reqs: Vec<[Value; 3]>,
+}
+
+impl ByPath {
+    /// The call's events once it ended cleanly, with `n` requests.
+    fn finish(call: &TapCall, n: usize) -> Self {
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0");
+        let reqs = by_request(&events);
+        assert_eq!(reqs.len(), n, "{events:#?}");
+        Self { events, reqs }
+    }
+
+    fn get(&self, path: &str) -> &[Value; 3] {
+        let r = self
+            .reqs
+            .iter()
+            .find(|r| r[0]["path"].as_str() == Some(path));
+        r.unwrap_or_else(|| panic!("no {path}: {:#?}", self.events))
+    }
+
+    /// Its response's body bytes.
+    fn bytes(&self, path: &str) -> Option<u64> {
+        field(&self.get(path)[2], &["responseBytes"]).and_then(as_u64)
+    }
+}
+
 /// A response's head and body as tap reports them: the response's
 /// fields in its ResponseInit when extracted; the body's bytes in its
 /// ResponseEnd, chunk framing excluded (HTTP/1 to HTTP/1 here).
@@ -333,17 +364,11 @@ fn response_fields_and_body_bytes() {
     for path in ["/chunked", "/echo-head", "/zeros/100000"] {
         assert!(get(addr, path).contains("200"), "{path}");
     }
-    let (events, status) = call.finish(Duration::from_secs(10));
-    assert_eq!(status.trim(), "status 0");
-    let reqs = by_request(&events);
-    assert_eq!(reqs.len(), 3, "{events:#?}");
-    // (Requests on different workers may be reported in either order.)
-    let of = |path: &str| {
-        let r = reqs.iter().find(|r| r[0]["path"].as_str() == Some(path));
-        r.unwrap_or_else(|| panic!("no {path}: {events:#?}"))
-    };
-    let bytes = |path: &str| field(&of(path)[2], &["responseBytes"]).and_then(as_u64);
+    let reqs = ByPath::finish(&call, 3);
+    let of = |path: &str| reqs.get(path);
+    let bytes = |path: &str| reqs.bytes(path);
     // "hello world" in two chunks, framing and trailer not counted.
+    let events = &reqs.events;
     assert_eq!(bytes("/chunked"), Some(11), "{events:#?}");
     assert!(bytes("/echo-head").is_some_and(|n| n > 50), "{events:#?}");
     assert_eq!(bytes("/zeros/100000"), Some(100_000), "{events:#?}");
@@ -351,7 +376,7 @@ fn response_fields_and_body_bytes() {
     let rsp_headers = format!("{rsp_headers:?}");
     assert!(rsp_headers.contains("x-server-mixed"), "{rsp_headers}");
     assert!(!rsp_headers.contains("x-tap-me"), "{rsp_headers}");
-    for r in &reqs {
+    for r in &reqs.reqs {
         assert_eq!(field(&r[1], &["httpStatus"]).and_then(as_u64), Some(200));
         // An HTTP/1 response ends without a gRPC status or a reset.
         assert!(field(&r[2], &["eos"]).is_none(), "{r:?}");
@@ -703,16 +728,9 @@ fn http2_requests_are_tapped() {
     assert_eq!(curl("/bytes/50000", &[]), "200 2");
     curl("/reset", &[]);
     assert_eq!(curl("/echo", &["--data-binary", "0123456789"]), "200 2");
-    let (events, status) = call.finish(Duration::from_secs(10));
-    assert_eq!(status.trim(), "status 0");
-    let reqs = by_request(&events);
-    assert_eq!(reqs.len(), 4, "{events:#?}");
-    // (Requests on different workers may be reported in either order.)
-    let of = |path: &str| {
-        let r = reqs.iter().find(|r| r[0]["path"].as_str() == Some(path));
-        r.unwrap_or_else(|| panic!("no {path}: {events:#?}"))
-    };
-    let bytes = |path: &str| field(&of(path)[2], &["responseBytes"]).and_then(as_u64);
+    let reqs = ByPath::finish(&call, 4);
+    let of = |path: &str| reqs.get(path);
+    let bytes = |path: &str| reqs.bytes(path);
     let hello = of("/hello");
     assert_eq!(hello[0]["method"]["registered"].as_str(), Some("GET"));
     assert_eq!(
