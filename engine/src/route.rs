@@ -56,12 +56,8 @@ impl crate::tap::TapHead for H1Req<'_> {
     fn path(&self) -> &str {
         self.0.path()
     }
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.0
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_vec()))
-            .collect()
+    fn headers(&self) -> crate::tap::Fields {
+        crate::tap::h1_fields(self.0.headers())
     }
 }
 
@@ -108,12 +104,8 @@ impl<B> crate::tap::TapHead for H2Req<'_, B> {
     fn path(&self) -> &str {
         self.0.uri().path_and_query().map_or("/", |p| p.as_str())
     }
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.0
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn headers(&self) -> crate::tap::Fields {
+        crate::tap::h2_fields(self.0.headers())
     }
 }
 

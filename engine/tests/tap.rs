@@ -159,6 +159,19 @@ fn get(addr: SocketAddr, path: &str) -> String {
     out.lines().next().unwrap_or("").to_string()
 }
 
+/// `path` on `addr` with curl over h2c (prior knowledge), `extra` its
+/// further arguments: "<status> <HTTP version>".
+fn curl_h2(addr: SocketAddr, path: &str, extra: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// A JSON field path in one event line.
 fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(k))
@@ -492,20 +505,8 @@ fn translated_requests_are_tapped() {
         if tag == "h2" {
             assert!(get(fwd, path).contains("200"), "{tag}");
         } else {
-            let url = format!("http://{fwd}{path}");
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--http2-prior-knowledge",
-                    "--max-time",
-                    "10",
-                    "-o",
-                    "/dev/null",
-                ])
-                .args(["-w", "%{http_code}", &url])
-                .output()
-                .expect("curl runs");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{tag}");
+            let code = curl_h2(fwd, path, &[]);
+            assert_eq!(code.split(' ').next(), Some("200"), "{tag}");
         }
         let (events, status) = call.finish(Duration::from_secs(10));
         assert_eq!(status.trim(), "status 0", "{tag}");
@@ -712,17 +713,7 @@ fn http2_requests_are_tapped() {
         r#"{"limit": 4, "match": {"all": {"matches": [{"http": {"path": {"prefix": "/"}}}, {"not": {"http": {"path": {"exact": "/status/404"}}}}]}}, "extract": {"http": {"headers": {}}}}"#,
     );
     wait_installed(&proxy, 1);
-    let curl = |path: &str, extra: &[&str]| {
-        let url = format!("http://{}{path}", proxy.forward_addrs()[0]);
-        let out = Command::new("curl")
-            .args(["-sS", "--http2-prior-knowledge", "--max-time", "10"])
-            .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("curl runs");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let curl = |path: &str, extra: &[&str]| curl_h2(proxy.forward_addrs()[0], path, extra);
     assert_eq!(curl("/status/404", &[]), "404 2");
     assert_eq!(curl("/hello", &[]), "200 2");
     assert_eq!(curl("/bytes/50000", &[]), "200 2");
