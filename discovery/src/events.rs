@@ -6,7 +6,9 @@
 //!
 //! The queue is futures-channel's unbounded MPSC queue (lock-free pushes,
 //! an atomic waker that wakes the control core's event loop from any
-//! thread) with a reservation counter in front that bounds it.
+//! thread) with a reservation counter in front that bounds it. A message
+//! may carry several events (a batch): it counts as that many against the
+//! bound, and is dropped and counted whole.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -18,7 +20,7 @@ use futures_core::Stream;
 
 struct Counts {
     capacity: usize,
-    /// Events sent and not yet received.
+    /// Events sent and not yet received (a batch counts its events).
     queued: AtomicUsize,
     /// Events dropped because the queue was full, since it was made.
     dropped: AtomicU64,
@@ -52,7 +54,7 @@ pub enum SendError<T> {
 
 /// A worker's end; cheap to clone, `Send + Sync`.
 pub struct EventSender<T> {
-    tx: UnboundedSender<T>,
+    tx: UnboundedSender<(T, usize)>,
     counts: Arc<Counts>,
 }
 
@@ -69,21 +71,29 @@ impl<T> EventSender<T> {
     /// Queues `event` without waiting; when the queue is full the event is
     /// dropped and counted.
     pub fn send(&self, event: T) -> Result<(), SendError<T>> {
+        self.send_batch(event, 1)
+    }
+
+    /// Queues a message carrying `events` events, when they all fit;
+    /// otherwise it is dropped and they are counted.
+    pub fn send_batch(&self, batch: T, events: usize) -> Result<(), SendError<T>> {
         let cap = self.counts.capacity;
         if self
             .counts
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
+                (n + events <= cap).then_some(n + events)
             })
             .is_err()
         {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(SendError::Full(event));
+            self.counts
+                .dropped
+                .fetch_add(events as u64, Ordering::Relaxed);
+            return Err(SendError::Full(batch));
         }
-        self.tx.unbounded_send(event).map_err(|e| {
-            self.counts.queued.fetch_sub(1, Ordering::AcqRel);
-            SendError::Closed(e.into_inner())
+        self.tx.unbounded_send((batch, events)).map_err(|e| {
+            self.counts.queued.fetch_sub(events, Ordering::AcqRel);
+            SendError::Closed(e.into_inner().0)
         })
     }
 
@@ -95,7 +105,7 @@ impl<T> EventSender<T> {
 
 /// The control core's end. There is exactly one.
 pub struct EventReceiver<T> {
-    rx: UnboundedReceiver<T>,
+    rx: UnboundedReceiver<(T, usize)>,
     counts: Arc<Counts>,
 }
 
@@ -110,10 +120,10 @@ impl<T> EventReceiver<T> {
     /// queues at once.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
         let event = std::task::ready!(Pin::new(&mut self.rx).poll_next(cx));
-        if event.is_some() {
-            self.counts.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        std::task::Poll::Ready(event)
+        std::task::Poll::Ready(event.map(|(e, n)| {
+            self.counts.queued.fetch_sub(n, Ordering::AcqRel);
+            e
+        }))
     }
 
     /// Events dropped because the queue was full.
@@ -121,7 +131,7 @@ impl<T> EventReceiver<T> {
         self.counts.dropped.load(Ordering::Relaxed)
     }
 
-    /// Events waiting now.
+    /// Events waiting now (a batch counts its events).
     pub fn len(&self) -> usize {
         self.counts.queued.load(Ordering::Acquire)
     }
@@ -184,6 +194,20 @@ mod tests {
         assert_eq!(received, 64, "nothing received meanwhile: exactly full");
         assert_eq!(sent, 64);
         assert_eq!(rx.dropped(), 4000 - 64);
+    }
+
+    #[test]
+    fn a_batch_counts_its_events_against_the_bound() {
+        let (tx, mut rx) = bounded::<&str>(10);
+        assert_eq!(tx.send_batch("six", 6), Ok(()));
+        assert_eq!(tx.send_batch("five", 5), Err(SendError::Full("five")));
+        assert_eq!((rx.len(), rx.dropped()), (6, 5), "dropped whole, counted");
+        assert_eq!(tx.send_batch("four", 4), Ok(()), "exactly full");
+        assert_eq!(tx.send("one"), Err(SendError::Full("one")));
+        assert_eq!(now(rx.recv()), Some(Some("six")));
+        assert_eq!(rx.len(), 4);
+        assert_eq!(tx.send_batch("six again", 6), Ok(()));
+        assert_eq!(rx.dropped(), 6);
     }
 
     #[test]

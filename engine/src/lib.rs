@@ -92,6 +92,7 @@ mod stream;
 pub mod tap;
 pub mod tap_cli;
 mod tap_server;
+mod tap_wire;
 #[cfg(test)]
 mod testing;
 mod tls;

@@ -91,10 +91,7 @@ impl<'w> Observer<'w> {
             if !taps.may_want(self.peer, head) {
                 return;
             }
-            let id = self.w.taps.next_id(self.w.id);
-            self.tap = Some(Box::new(crate::tap::Pending::new(
-                taps, self.peer, head, id,
-            )));
+            self.tap = Some(Box::new(self.w.taps.pending(taps, self.peer, head)));
         }
     }
 

@@ -262,7 +262,7 @@ fn new_worker(
             policies: policies.map(RefCell::new),
         },
         telemetry: Telemetry::default(),
-        taps: crate::tap::WorkerTaps::new(taps),
+        taps: crate::tap::WorkerTaps::new(id, taps),
         detection: Detection {
             undecided: UndecidedSet::new(max_undecided),
             server_first: RefCell::default(),

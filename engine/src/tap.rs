@@ -300,6 +300,18 @@ impl Match {
 /// dropped and counted (a slow tap client never slows a request).
 pub(crate) const QUEUE_CAPACITY: usize = 4096;
 
+/// A worker hands a tap's events over once this many bytes are ready …
+const HAND_OVER_BYTES: usize = 16 * 1024;
+/// … or this long after the first of them (their delay, at most).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Encoded events from one worker for one tap: gRPC messages, ready to be
+/// written to the tap's client as they are.
+pub(crate) struct TapBatch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) events: u32,
+}
+
 /// A tap while it is installed: its match, the requests it may still
 /// take, and one bounded queue per worker to the control core.
 pub(crate) struct Installed {
@@ -307,13 +319,13 @@ pub(crate) struct Installed {
     remaining: std::sync::atomic::AtomicU32,
     /// Requests it saw that have ended (their events queued or dropped).
     finished: std::sync::atomic::AtomicU32,
-    queues: Vec<ringmesh_discovery::events::EventSender<TapMsg>>,
+    queues: Vec<ringmesh_discovery::events::EventSender<TapBatch>>,
 }
 
 impl Installed {
     pub(crate) fn new(
         tap: Tap,
-        queues: Vec<ringmesh_discovery::events::EventSender<TapMsg>>,
+        queues: Vec<ringmesh_discovery::events::EventSender<TapBatch>>,
     ) -> Self {
         Self {
             remaining: std::sync::atomic::AtomicU32::new(tap.limit),
@@ -323,7 +335,8 @@ impl Installed {
         }
     }
 
-    /// Requests it saw that have ended.
+    /// Requests it saw that have ended and whose events were handed over
+    /// (queued or dropped).
     pub(crate) fn finished(&self) -> u32 {
         self.finished.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -336,11 +349,17 @@ impl Installed {
             .is_ok()
     }
 
-    /// Queues an event from `worker` (dropped and counted when full).
-    fn send(&self, worker: usize, msg: TapMsg) {
+    /// Queues `worker`'s events (dropped and counted when they do not
+    /// fit), then counts the requests whose last event they hold as
+    /// finished: once the call sees `limit` finished, every event it will
+    /// get is queued already.
+    fn hand_over(&self, worker: usize, batch: TapBatch, ended: u32) {
         if let Some(q) = self.queues.get(worker) {
-            let _ = q.send(msg);
+            let n = batch.events as usize;
+            let _ = q.send_batch(batch, n);
         }
+        self.finished
+            .fetch_add(ended, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -371,17 +390,24 @@ impl TapSet {
     }
 }
 
-/// A worker's view of the installed taps, and its request numbers.
+/// A worker's view of the installed taps, its request numbers, and its
+/// events on their way out.
 pub(crate) struct WorkerTaps {
     cache: std::cell::RefCell<ringmesh_discovery::channel::Cache<TapSet>>,
     next: std::cell::Cell<u64>,
+    outbox: std::rc::Rc<Outbox>,
 }
 
 impl WorkerTaps {
-    pub(crate) fn new(cache: ringmesh_discovery::channel::Cache<TapSet>) -> Self {
+    pub(crate) fn new(worker: usize, cache: ringmesh_discovery::channel::Cache<TapSet>) -> Self {
         Self {
             cache: std::cell::RefCell::new(cache),
             next: std::cell::Cell::new(0),
+            outbox: std::rc::Rc::new(Outbox {
+                worker,
+                batches: std::cell::RefCell::default(),
+                due: std::cell::Cell::new(false),
+            }),
         }
     }
 
@@ -393,57 +419,102 @@ impl WorkerTaps {
         (!set.taps.is_empty()).then(|| set.clone())
     }
 
-    /// The next request's id on worker `worker`.
-    pub(crate) fn next_id(&self, worker: usize) -> StreamId {
+    /// A request some tap of `taps` may want, from its head.
+    pub(crate) fn pending(
+        &self,
+        taps: std::sync::Arc<TapSet>,
+        source: SocketAddr,
+        head: &dyn TapHead,
+    ) -> Pending {
         let n = self.next.get() + 1;
         self.next.set(n);
-        (u32::try_from(worker).unwrap_or(u32::MAX), n)
+        let worker = self.outbox.worker;
+        let id = (u32::try_from(worker).unwrap_or(u32::MAX), n);
+        Pending::new(taps, self.outbox.clone(), source, head, id)
     }
 }
 
-/// A request's id in tap events: the worker, and the request's number on
-/// it.
-pub(crate) type StreamId = (u32, u64);
-
-/// What a worker tells a tap.
-pub(crate) enum TapMsg {
-    Request(StreamId, Box<RequestMeta>),
-    /// The response's head arrived `since_request` after the request was
-    /// seen (its fields when the tap extracts them).
-    Response {
-        id: StreamId,
-        status: u16,
-        since_request: std::time::Duration,
-        headers: Option<Box<Fields>>,
-    },
-    /// The request ended `since_request_end` after it was seen, its
-    /// response's body `bytes` long. `status`: the response's when no head
-    /// was announced (the proxy's own answer; 0: none at all).
-    End {
-        id: StreamId,
-        status: u16,
-        since_request: std::time::Duration,
-        since_request_end: std::time::Duration,
-        bytes: u64,
-        eos: TapEos,
-        /// Its trailers, for a tap that extracts fields.
-        trailers: Option<Box<Fields>>,
-    },
+/// One tap's events gathered on a worker.
+struct Batch {
+    tap: std::sync::Arc<Installed>,
+    bytes: Vec<u8>,
+    events: u32,
+    /// Requests whose last event it holds.
+    ended: u32,
 }
 
-/// How a tapped response's stream ended (the proto's `Eos`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TapEos {
-    /// Its body ended (nothing more to say, or an HTTP/1 response).
-    None,
-    /// With this gRPC status.
-    Grpc(u32),
-    /// Reset with this HTTP/2 error code.
-    Reset(u32),
+/// A worker's tap events on their way to the control core, encoded here
+/// and gathered per tap: handed over when [`HAND_OVER_BYTES`] are ready,
+/// or [`GATHER`] after the first. So the queue, its atomics and the
+/// control core's wake-up are paid once per batch, not per event, and no
+/// memory a worker allocates per request is freed by another thread.
+pub(crate) struct Outbox {
+    worker: usize,
+    batches: std::cell::RefCell<Vec<Batch>>,
+    /// A hand-over of everything gathered is scheduled.
+    due: std::cell::Cell<bool>,
 }
 
-/// Header fields as tap events carry them (lowercase names).
-pub(crate) type Fields = Vec<(String, Vec<u8>)>;
+impl Outbox {
+    /// Appends one event of a request (`common`: its common fields) for
+    /// `tap`; `ends`: it is the request's last.
+    fn put(
+        self: &std::rc::Rc<Self>,
+        tap: &std::sync::Arc<Installed>,
+        common: &[u8],
+        ev: linkerd2_proxy_api::tap::tap_event::http::Event,
+        ends: bool,
+    ) {
+        let mut batches = self.batches.borrow_mut();
+        let i = match batches
+            .iter()
+            .position(|b| std::sync::Arc::ptr_eq(&b.tap, tap))
+        {
+            Some(i) => i,
+            None => {
+                batches.push(Batch {
+                    tap: tap.clone(),
+                    bytes: Vec::with_capacity(HAND_OVER_BYTES + 1024),
+                    events: 0,
+                    ended: 0,
+                });
+                batches.len() - 1
+            }
+        };
+        let b = &mut batches[i];
+        crate::tap_wire::put_event(&mut b.bytes, common, ev);
+        b.events += 1;
+        b.ended += u32::from(ends);
+        if b.bytes.len() >= HAND_OVER_BYTES {
+            let full = batches.swap_remove(i);
+            drop(batches);
+            self.hand_over(full);
+            return;
+        }
+        drop(batches);
+        if !self.due.replace(true) {
+            let me = self.clone();
+            monoio::spawn(async move {
+                monoio::time::sleep(GATHER).await;
+                me.due.set(false);
+                let all = std::mem::take(&mut *me.batches.borrow_mut());
+                for b in all {
+                    me.hand_over(b);
+                }
+            });
+        }
+    }
+
+    fn hand_over(&self, b: Batch) {
+        let batch = TapBatch {
+            bytes: b.bytes,
+            events: b.events,
+        };
+        b.tap.hand_over(self.worker, batch, b.ended);
+    }
+}
+
+pub(crate) use crate::tap_wire::{Fields, StreamId, TapEos};
 
 /// An HTTP/1 message's fields, names lowercased.
 pub(crate) fn h1_fields(h: ringmesh_protocols::http1::Headers<'_>) -> Fields {
@@ -459,25 +530,6 @@ pub(crate) fn h2_fields(h: &http::HeaderMap) -> Fields {
         .collect()
 }
 
-/// A tapped request's description.
-pub(crate) struct RequestMeta {
-    pub(crate) source: SocketAddr,
-    pub(crate) destination: SocketAddr,
-    pub(crate) inbound: bool,
-    pub(crate) method: String,
-    pub(crate) scheme: &'static str,
-    pub(crate) authority: String,
-    pub(crate) path: String,
-    /// Only when the tap asked for them.
-    pub(crate) headers: Option<Vec<(String, Vec<u8>)>>,
-    pub(crate) dst_labels: Option<std::sync::Arc<[(String, String)]>>,
-    pub(crate) route: Option<std::sync::Arc<str>>,
-    /// The client's identity (inbound, mutual TLS), or the server's
-    /// (outbound, mutual TLS).
-    pub(crate) client_id: Option<std::sync::Arc<str>>,
-    pub(crate) server_id: Option<std::sync::Arc<str>>,
-}
-
 /// A request's head as tap sees it (either HTTP version).
 pub(crate) trait TapHead {
     fn method(&self) -> &str;
@@ -490,19 +542,20 @@ pub(crate) trait TapHead {
 pub(crate) const MAX_MATCHED: usize = 128;
 
 /// The taps of `set` whose bit is set in `mask`.
-fn matched(set: &TapSet, mask: u128) -> impl Iterator<Item = &Installed> {
+fn matched(set: &TapSet, mask: u128) -> impl Iterator<Item = &std::sync::Arc<Installed>> {
     let on = move |i: usize| i < MAX_MATCHED && mask >> i & 1 == 1;
     set.taps
         .iter()
         .enumerate()
         .filter(move |(i, _)| on(*i))
-        .map(|(_, t)| &**t)
+        .map(|(_, t)| t)
 }
 
 /// A request some tap may want, known from its head; matched once its
 /// destination is known.
 pub(crate) struct Pending {
     taps: std::sync::Arc<TapSet>,
+    outbox: std::rc::Rc<Outbox>,
     source: SocketAddr,
     method: String,
     authority: String,
@@ -511,9 +564,11 @@ pub(crate) struct Pending {
     /// Matched and claimed: the taps that see this request.
     /// (Bit `i`: `taps.taps[i]`; no allocation per request.)
     matched: u128,
+    /// Some tap that sees it extracts header fields.
+    fields: bool,
     id: StreamId,
-    /// The worker it runs on (its queue, once matched).
-    worker: usize,
+    /// Its events' common fields, encoded once matched.
+    common: Vec<u8>,
     seen: std::time::Instant,
     response_at: std::cell::Cell<Option<std::time::Instant>>,
     /// Bytes of the response's body relayed so far.
@@ -521,13 +576,14 @@ pub(crate) struct Pending {
     /// The response's stream was reset with this code.
     reset: std::cell::Cell<Option<u32>>,
     /// The response's trailers, when a tap extracts fields.
-    trailers: std::cell::RefCell<Option<Box<Fields>>>,
+    trailers: std::cell::RefCell<Option<Fields>>,
     decided: bool,
 }
 
 impl Pending {
-    pub(crate) fn new(
+    fn new(
         taps: std::sync::Arc<TapSet>,
+        outbox: std::rc::Rc<Outbox>,
         source: SocketAddr,
         head: &dyn TapHead,
         id: StreamId,
@@ -539,14 +595,16 @@ impl Pending {
             .then(|| head.headers());
         Self {
             taps,
+            outbox,
             source,
             method: head.method().to_string(),
             authority: head.authority().to_string(),
             path: head.path().to_string(),
             headers,
             matched: 0,
+            fields: false,
             id,
-            worker: id.0 as usize,
+            common: Vec::new(),
             seen: std::time::Instant::now(),
             response_at: std::cell::Cell::new(None),
             bytes: std::cell::Cell::new(0),
@@ -558,7 +616,7 @@ impl Pending {
 
     /// The request's destination is known: the taps that match it (and
     /// still want requests) get its `RequestInit`. `false`: none does.
-    /// (Nothing is copied unless a tap matches; with one, the head's
+    /// (Nothing is encoded unless a tap matches; with one, the head's
     /// strings move into its event.)
     pub(crate) fn decide(
         &mut self,
@@ -591,11 +649,26 @@ impl Pending {
                 self.matched |= 1 << i;
             }
         }
+        if self.matched == 0 {
+            return false;
+        }
         let (client_id, server_id) = match tls {
-            TlsStatus::Accepted { client_id } => (client_id.clone(), None),
-            TlsStatus::Connected { server_id } => (None, Some(server_id.clone())),
+            TlsStatus::Accepted { client_id } => (client_id.as_deref(), None),
+            TlsStatus::Connected { server_id } => (None, Some(&**server_id)),
             _ => (None, None),
         };
+        let common = crate::tap_wire::Common {
+            source: self.source,
+            destination,
+            inbound,
+            dst_labels: dst_labels.map(|l| &l[..]),
+            route: route.map(|r| &**r),
+            client_id,
+            server_id,
+        };
+        crate::tap_wire::common_fields(&common, &mut self.common);
+        let fields = self.taps().any(|t| t.tap.headers);
+        self.fields = fields;
         let n = self.matched.count_ones() as usize;
         for (i, t) in matched(&self.taps, self.matched).enumerate() {
             // The last tap takes the strings; others get copies.
@@ -606,27 +679,16 @@ impl Pending {
                     s.clone()
                 }
             };
-            let meta = RequestMeta {
-                source: self.source,
-                destination,
-                inbound,
-                method: take(&mut self.method),
-                scheme: "http",
-                authority: take(&mut self.authority),
-                path: take(&mut self.path),
-                headers: if t.tap.headers {
-                    self.headers.clone()
-                } else {
-                    None
-                },
-                dst_labels: dst_labels.cloned(),
-                route: route.cloned(),
-                client_id: client_id.clone(),
-                server_id: server_id.clone(),
-            };
-            t.send(self.worker, TapMsg::Request(self.id, Box::new(meta)));
+            let init = crate::tap_wire::request_init(
+                self.id,
+                &self.method,
+                take(&mut self.authority),
+                take(&mut self.path),
+                self.headers.as_deref().filter(|_| t.tap.headers),
+            );
+            self.outbox.put(t, &self.common, init, false);
         }
-        n > 0
+        true
     }
 
     /// Whether the taps that see it were chosen (its destination known).
@@ -635,7 +697,7 @@ impl Pending {
     }
 
     /// The taps that see this request.
-    fn taps(&self) -> impl Iterator<Item = &Installed> {
+    fn taps(&self) -> impl Iterator<Item = &std::sync::Arc<Installed>> {
         matched(&self.taps, self.matched)
     }
 
@@ -648,18 +710,11 @@ impl Pending {
         }
         self.response_at.set(Some(now));
         let since_request = now.saturating_duration_since(self.seen);
-        let want = self.taps().any(|t| t.tap.headers);
-        let fields = want.then(|| Box::new(fields()));
+        let fields = self.fields.then(fields);
         for t in self.taps() {
-            t.send(
-                self.worker,
-                TapMsg::Response {
-                    id: self.id,
-                    status,
-                    since_request,
-                    headers: fields.clone().filter(|_| t.tap.headers),
-                },
-            );
+            let head = fields.as_deref().filter(|_| t.tap.headers);
+            let init = crate::tap_wire::response_init(self.id, status, since_request, head);
+            self.outbox.put(t, &self.common, init, false);
         }
     }
 
@@ -671,8 +726,8 @@ impl Pending {
     /// The response ended with trailers: kept for the taps that extract
     /// fields.
     pub(crate) fn trailers(&self, fields: impl FnOnce() -> Fields) {
-        if self.taps().any(|t| t.tap.headers) {
-            *self.trailers.borrow_mut() = Some(Box::new(fields()));
+        if self.fields {
+            *self.trailers.borrow_mut() = Some(fields());
         }
     }
 
@@ -683,7 +738,8 @@ impl Pending {
     }
 
     /// The request ended with `status` (0: no response) and, for gRPC,
-    /// `grpc_status`.
+    /// `grpc_status`. A status with no head announced is the proxy's own
+    /// answer: its `ResponseInit` goes first.
     pub(crate) fn end(self, status: u16, grpc_status: Option<u32>) {
         let now = std::time::Instant::now();
         let head = self.response_at.get().unwrap_or(now);
@@ -692,27 +748,25 @@ impl Pending {
             (None, Some(g)) => TapEos::Grpc(g),
             (None, None) => TapEos::None,
         };
-        // The head was announced already: its status is not repeated.
-        let status = if self.response_at.get().is_some() {
-            0
-        } else {
-            status
-        };
+        let answered = self.response_at.get().is_none() && status != 0;
+        let since = (
+            head.saturating_duration_since(self.seen),
+            now.saturating_duration_since(self.seen),
+        );
         let trailers = self.trailers.take();
         for t in self.taps() {
-            t.finished.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            t.send(
-                self.worker,
-                TapMsg::End {
-                    id: self.id,
-                    status,
-                    since_request: head.saturating_duration_since(self.seen),
-                    since_request_end: now.saturating_duration_since(self.seen),
-                    bytes: self.bytes.get(),
-                    eos,
-                    trailers: trailers.clone().filter(|_| t.tap.headers),
-                },
+            if answered {
+                let init = crate::tap_wire::response_init(self.id, status, since.0, None);
+                self.outbox.put(t, &self.common, init, false);
+            }
+            let end = crate::tap_wire::response_end(
+                self.id,
+                since,
+                self.bytes.get(),
+                eos,
+                trailers.as_deref().filter(|_| t.tap.headers),
             );
+            self.outbox.put(t, &self.common, end, true);
         }
     }
 }

@@ -662,13 +662,14 @@ fn a_client_that_never_reads_costs_requests_nothing() {
     drop(c);
     wait_installed(&proxy, 0);
     let dropped = metric(&proxy, "tap_events_dropped_total");
-    // Each request is three messages on its worker's queue (its start, its
-    // response's head, its end): all but what the queue held, the window
-    // took, and one batch taken from the queue to wait for the window
-    // (64 KiB of events at most) are dropped.
+    // Each request is three events (its start, its response's head, its
+    // end): all but what the queue held (4096 events), the window took,
+    // and what the call took from the queue to wait for the window with
+    // (64 KiB and one worker's batch of 16 KiB at most; an event here is
+    // at least 65 bytes) are dropped.
     assert!(
-        dropped >= 3 * 3000 - 4096 - 100 - 1200,
-        "the queue holds 4096 messages; the rest are dropped: {dropped}"
+        dropped >= 3 * 3000 - 4096 - 100 - 1300,
+        "the queue holds 4096 events; the rest are dropped: {dropped}"
     );
 }
 
