@@ -652,10 +652,12 @@ fn idle_watches_are_dropped_and_come_back() {
     }
     assert_eq!(watches(), 1, "a used watch was dropped");
     let streams = cp.log_count("dst.get path=web.default");
-    // Unused: dropped within the timeout (plus a sweep).
+    // Unused: dropped within the timeout (plus a report and a sweep, a
+    // quarter of it each; the rest is room for a slow, shared machine).
     assert!(
-        eventually(Duration::from_secs(5), || watches() == 0),
-        "the idle watch was not dropped"
+        eventually(Duration::from_secs(10), || watches() == 0),
+        "the idle watch was not dropped after 10 s:\n{}",
+        metrics(&proxy)
     );
     // Asked for again: watched again, a new stream.
     assert!(ask().starts_with("HTTP/1.1 200"));
