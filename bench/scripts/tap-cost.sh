@@ -10,18 +10,24 @@
 # request: its events are sent, or dropped when the tap client falls
 # behind - never is a request slowed to wait for it).
 #
-# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N]
+# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N] [CLIENT=curl|ringmesh]
+# CLIENT: the tap client. curl (the default) reads the call's bytes and
+# throws them away, as a client elsewhere would cost this machine nothing;
+# `ringmesh tap` decodes and prints every event, and on a 2-core machine
+# takes CPU from the load generator beside it, so the proxy is driven
+# differently in the "all" rounds than in the others (fewer requests per
+# wake-up: each costs more).
 # RATE: a fixed load of N requests/s (at most ~20000) in every mode (h2load --rps, HTTP/1.1
 # with --h1) instead of as many as the proxy can take. Saturated, whatever
 # tap costs lowers req/s, and a worker serving fewer requests per wake-up
 # spends more per request; at a fixed rate the modes serve the same load,
 # so the difference is what tapping does.
 # Pinning (2 cores): ringmesh and nginx on cpu1; the load generator and the
-# tap client (`ringmesh tap`, output to /dev/null) on cpu0.
+# tap client on cpu0.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for kv in "$@"; do export "${kv?}"; done
-ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-curl}
 for t in wrk h2load nginx curl taskset bc; do
   command -v "$t" > /dev/null || { echo "tap-cost.sh: $t is missing (scripts/install-test-deps.sh)"; exit 1; }
 done
@@ -68,13 +74,27 @@ hz=$(getconf CLK_TCK)
 metric() { curl -s http://127.0.0.1:18991/metrics | awk -v m="$1" '$1==m{print $2}'; }
 installed() { metric tap_installed; }
 
+# The Observe requests curl sends (gRPC frames of an ObserveRequest with
+# limit 10,000,000): every destination port 1-65535, or the exact path
+# /never-matches.
+observe_all='\x00\x00\x00\x00\x11\x08\x80\xad\xe2\x04\x12\x0a\x2a\x08\x1a\x06\x08\x01\x10\xff\xff\x03'
+observe_nomatch='\x00\x00\x00\x00\x1b\x08\x80\xad\xe2\x04\x12\x14\x32\x12\x22\x10\x0a\x0e\x2f\x6e\x65\x76\x65\x72\x2d\x6d\x61\x74\x63\x68\x65\x73'
+printf "$observe_all" > "$tmp/observe-all"
+printf "$observe_nomatch" > "$tmp/observe-nomatch"
+
 start_tap() {
   case $1 in
     none) return ;;
     nomatch) args=(--path /never-matches) ;;
     all) args=() ;;
   esac
-  taskset -c 0 "$BIN" tap --addr 127.0.0.1:18990 "${args[@]}" > /dev/null 2>&1 &
+  if [ "$CLIENT" = curl ]; then
+    taskset -c 0 curl -s --http2-prior-knowledge -X POST -H 'content-type: application/grpc' \
+      -H 'te: trailers' --data-binary "@$tmp/observe-$1" -o /dev/null \
+      http://127.0.0.1:18990/io.linkerd.proxy.tap.Tap/Observe &
+  else
+    taskset -c 0 "$BIN" tap --addr 127.0.0.1:18990 "${args[@]}" > /dev/null 2>&1 &
+  fi
   tap_pid=$!
   for _ in $(seq 50); do [ "$(installed)" = 1 ] && return; sleep 0.1; done
   echo "the tap did not install"; exit 1

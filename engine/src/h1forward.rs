@@ -650,14 +650,14 @@ pub(crate) async fn stream_body(
 }
 
 /// Feeds `buf` to a body's scanner; with `tap`, a response's taps count its
-/// content bytes (chunk framing excluded).
+/// content bytes (chunk framing excluded) and see its trailer lines.
 fn scan(
     scanner: &mut BodyScanner,
     buf: &[u8],
     tap: Option<&crate::tap::Pending>,
 ) -> Result<ringmesh_protocols::http1::BodyProgress, ringmesh_protocols::http1::ProtocolError> {
     match tap {
-        Some(t) => scanner.scan_data(buf, |r| t.data(r.len())),
+        Some(t) => scanner.scan_parts(buf, |r| t.data(r.len()), |r| t.h1_trailer_bytes(&buf[r])),
         None => scanner.scan(buf),
     }
 }

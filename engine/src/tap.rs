@@ -530,6 +530,22 @@ pub(crate) fn h2_fields(h: &http::HeaderMap) -> Fields {
         .collect()
 }
 
+/// A chunked body's trailer field lines (`name: value` CRLF …, as the
+/// chunked scanner validated them), names lowercased.
+fn h1_trailer_fields(raw: &[u8]) -> Fields {
+    raw.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = std::str::from_utf8(&line[..colon]).ok()?;
+            Some((
+                name.to_ascii_lowercase(),
+                line[colon + 1..].trim_ascii().to_vec(),
+            ))
+        })
+        .collect()
+}
+
 /// A request's head as tap sees it (either HTTP version).
 pub(crate) trait TapHead {
     fn method(&self) -> &str;
@@ -577,6 +593,9 @@ pub(crate) struct Pending {
     reset: std::cell::Cell<Option<u32>>,
     /// The response's trailers, when a tap extracts fields.
     trailers: std::cell::RefCell<Option<Fields>>,
+    /// An HTTP/1 chunked response's trailer lines as relayed, when a tap
+    /// extracts fields (parsed at the end).
+    h1_trailers: std::cell::RefCell<Vec<u8>>,
     decided: bool,
 }
 
@@ -610,6 +629,7 @@ impl Pending {
             bytes: std::cell::Cell::new(0),
             reset: std::cell::Cell::new(None),
             trailers: std::cell::RefCell::new(None),
+            h1_trailers: std::cell::RefCell::default(),
             decided: false,
         }
     }
@@ -731,6 +751,14 @@ impl Pending {
         }
     }
 
+    /// Bytes of an HTTP/1 chunked response's trailer field lines went to
+    /// the client: kept for the taps that extract fields.
+    pub(crate) fn h1_trailer_bytes(&self, bytes: &[u8]) {
+        if self.fields {
+            self.h1_trailers.borrow_mut().extend_from_slice(bytes);
+        }
+    }
+
     /// The response's stream was reset with `code` (the client sees it
     /// cut short).
     pub(crate) fn reset(&self, code: u32) {
@@ -753,7 +781,11 @@ impl Pending {
             head.saturating_duration_since(self.seen),
             now.saturating_duration_since(self.seen),
         );
-        let trailers = self.trailers.take();
+        let raw = self.h1_trailers.take();
+        let trailers = self
+            .trailers
+            .take()
+            .or_else(|| (!raw.is_empty()).then(|| h1_trailer_fields(&raw)));
         for t in self.taps() {
             if answered {
                 let init = crate::tap_wire::response_init(self.id, status, since.0, None);
@@ -887,6 +919,18 @@ mod tests {
 
     /// A request's head alone rules a tap out, in, or leaves it to the
     /// destination; a request ruled out by every tap is never copied.
+    #[test]
+    fn chunked_trailer_lines_become_fields() {
+        assert_eq!(
+            h1_trailer_fields(b"Grpc-Status: 0\r\nX-Sum:\tab c \r\n"),
+            [
+                ("grpc-status".to_string(), b"0".to_vec()),
+                ("x-sum".to_string(), b"ab c".to_vec())
+            ]
+        );
+        assert!(h1_trailer_fields(b"").is_empty());
+    }
+
     #[test]
     fn a_head_alone_decides_what_it_can() {
         let head = |path| HeadRequest {

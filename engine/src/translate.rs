@@ -350,6 +350,9 @@ async fn h2_body_to_h1(
             for (name, value) in &trailers {
                 push_field(out, name.as_str().as_bytes(), value.as_bytes());
             }
+            if let Some(t) = tap {
+                t.trailers(|| crate::tap::h2_fields(&trailers));
+            }
         }
         out.extend_from_slice(b"\r\n");
         let (res, o) = wr.write_all(std::mem::take(out)).await;

@@ -525,6 +525,58 @@ fn translated_requests_are_tapped() {
     }
 }
 
+/// Trailers reach `ResponseEnd` for an HTTP/1 client too (with fields
+/// extracted): a chunked response's trailer section as it was relayed,
+/// and an HTTP/2 origin's trailers once made chunked trailers for the
+/// client (an `h2`-hinted service).
+#[test]
+fn trailers_are_tapped_for_http1_clients() {
+    let h2_origin = common::h2::origin(None);
+    let h1_origin = http::origin("app");
+    let cases = [
+        ("h1", h1_origin.addr, "", "/chunked", "x-trailer"),
+        (
+            "h2",
+            h2_origin.addr,
+            "protocol_hint = \"h2\"\n",
+            "/echo",
+            "x-echo-bytes",
+        ),
+    ];
+    for (tag, addr, extra, path, trailer) in cases {
+        let file = service_file(
+            &format!("tap-trailers-{tag}"),
+            "web.test:80",
+            &[addr],
+            extra,
+        );
+        let proxy = proxy(
+            addr,
+            &[
+                ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+            ],
+        );
+        let tap = proxy.tap_addr().unwrap();
+        let call = TapCall::start(
+            tap,
+            r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
+        );
+        wait_installed(&proxy, 1);
+        assert!(get(proxy.forward_addrs()[0], path).contains("200"), "{tag}");
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0", "{tag}");
+        let reqs = by_request(&events);
+        assert_eq!(reqs.len(), 1, "{tag}: {events:#?}");
+        let end = &reqs[0][2];
+        let trailers = field(end, &["trailers"]).unwrap_or_else(|| panic!("{tag}: {end:?}"));
+        assert!(
+            format!("{trailers:?}").contains(trailer),
+            "{tag}: {trailers:?}"
+        );
+    }
+}
+
 /// Bad `ObserveRequest`s get `INVALID_ARGUMENT` (3) with a reason, and
 /// the proxy serves on.
 #[test]

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
     if let Hello::Complete { sni } = &first {
         let mut more = data.to_vec();
         more.extend_from_slice(b"\x17\x03\x03\x00\x01x");
-        assert_eq!(parse(&more), first, "bytes after a whole hello changed the answer");
+        assert_eq!(
+            parse(&more),
+            first,
+            "bytes after a whole hello changed the answer"
+        );
         if let Some(name) = sni {
             assert!(name.is_ascii() && !name.ends_with('.'), "{name:?}");
             assert_eq!(name, &name.to_ascii_lowercase());

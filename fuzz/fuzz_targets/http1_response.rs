@@ -1,8 +1,9 @@
 //! HTTP/1 response parsing for each kind of request (GET, HEAD, CONNECT,
 //! upgrade), then body scanning fed in fuzzer-sized pieces.
 //!
-//! Checks: never panics; feeding the body in pieces gives the same end as
-//! feeding it whole; consumed never exceeds what was fed.
+//! Checks: never panics; feeding the body in pieces gives the same end,
+//! the same content bytes and the same trailer lines as feeding it whole;
+//! consumed never exceeds what was fed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,7 +33,15 @@ fuzz_target!(|data: &[u8]| {
         head.framing()
     };
     let mut whole = BodyScanner::new(framing, &limits);
-    let whole_end = whole.scan(body).ok().map(|p| (p.consumed, p.done));
+    let (mut whole_data, mut whole_trailers) = (Vec::new(), Vec::new());
+    let whole_end = whole
+        .scan_parts(
+            body,
+            |r| whole_data.extend_from_slice(&body[r]),
+            |r| whole_trailers.extend_from_slice(&body[r]),
+        )
+        .ok()
+        .map(|p| (p.consumed, p.done));
     // The same bytes in pieces of `sel`-derived size.
     let step = usize::from(sel / 4).max(1);
     let mut pieces = BodyScanner::new(framing, &limits);
@@ -44,8 +53,14 @@ fuzz_target!(|data: &[u8]| {
     } else {
         body.chunks(step).collect()
     };
+    let (mut data, mut trailers) = (Vec::new(), Vec::new());
     for chunk in chunks {
-        match pieces.scan(chunk) {
+        let scanned = pieces.scan_parts(
+            chunk,
+            |r| data.extend_from_slice(&chunk[r]),
+            |r| trailers.extend_from_slice(&chunk[r]),
+        );
+        match scanned {
             Ok(p) => {
                 assert!(p.consumed <= chunk.len());
                 consumed += p.consumed;
@@ -69,6 +84,8 @@ fuzz_target!(|data: &[u8]| {
                 done && consumed == c,
                 "pieces ended at {consumed} ({done}), whole at {c}"
             );
+            assert_eq!(data, whole_data, "content bytes differ in pieces");
+            assert_eq!(trailers, whole_trailers, "trailer lines differ in pieces");
         }
     }
 });

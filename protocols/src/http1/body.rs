@@ -114,10 +114,21 @@ impl BodyScanner {
     pub fn scan_data(
         &mut self,
         input: &[u8],
+        data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<BodyProgress, ProtocolError> {
+        self.scan_parts(input, data, |_| {})
+    }
+
+    /// As [`scan_data`](Self::scan_data), also telling `trailer` where a
+    /// chunked body's trailer field lines are (each with its CRLF).
+    pub fn scan_parts(
+        &mut self,
+        input: &[u8],
         mut data: impl FnMut(std::ops::Range<usize>),
+        trailer: impl FnMut(std::ops::Range<usize>),
     ) -> Result<BodyProgress, ProtocolError> {
         match self {
-            BodyScanner::Chunked(chunked) => Ok(chunked.scan_data(input, data)?),
+            BodyScanner::Chunked(chunked) => Ok(chunked.scan_parts(input, data, trailer)?),
             _ => {
                 let p = self.scan(input)?;
                 if p.consumed > 0 {

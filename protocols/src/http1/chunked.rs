@@ -100,9 +100,23 @@ impl ChunkedScanner {
     pub fn scan_data(
         &mut self,
         input: &[u8],
+        data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<BodyProgress, ChunkedError> {
+        self.scan_parts(input, data, |_| {})
+    }
+
+    /// As [`scan_data`](Self::scan_data), also telling `trailer` where the
+    /// trailer section's field lines lie in `input` (each line with its
+    /// CRLF; the final empty line excluded).
+    pub fn scan_parts(
+        &mut self,
+        input: &[u8],
         mut data: impl FnMut(std::ops::Range<usize>),
+        mut trailer: impl FnMut(std::ops::Range<usize>),
     ) -> Result<BodyProgress, ChunkedError> {
         let mut pos = 0;
+        // Where the trailer bytes seen in a row so far began.
+        let mut in_trailer: Option<usize> = None;
         while pos < input.len() {
             match self.state {
                 State::Done => break,
@@ -117,8 +131,20 @@ impl ChunkedScanner {
                         self.state = State::DataCr;
                     }
                 }
-                _ => {
+                state => {
                     let b = input[pos];
+                    let is_trailer = matches!(
+                        state,
+                        State::TrailerName | State::TrailerValue | State::TrailerLf
+                    ) || (state == State::TrailerStart && b != b'\r');
+                    match (is_trailer, in_trailer) {
+                        (true, None) => in_trailer = Some(pos),
+                        (false, Some(start)) => {
+                            trailer(start..pos);
+                            in_trailer = None;
+                        }
+                        _ => {}
+                    }
                     pos += 1;
                     if let Err(e) = self.step(b) {
                         self.state = State::Failed(e);
@@ -126,6 +152,9 @@ impl ChunkedScanner {
                     }
                 }
             }
+        }
+        if let Some(start) = in_trailer {
+            trailer(start..pos);
         }
         if let State::Failed(e) = self.state {
             return Err(e);
@@ -370,6 +399,33 @@ mod tests {
             end_of(b"1;a\x01\r\nx\r\n"),
             Err(ChunkedError::InvalidExtension)
         );
+    }
+
+    #[test]
+    fn trailer_lines_are_told_wherever_the_input_splits() {
+        let body = b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nx-a: b c\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut s = ChunkedScanner::new(&Limits::default());
+            let (mut data, mut trailers) = (Vec::new(), Vec::new());
+            for part in [&body[..split], &body[split..]] {
+                let p = s
+                    .scan_parts(
+                        part,
+                        |r| data.extend_from_slice(&part[r]),
+                        |r| trailers.extend_from_slice(&part[r]),
+                    )
+                    .unwrap();
+                if p.done {
+                    break;
+                }
+            }
+            assert!(s.is_done(), "split at {split}");
+            assert_eq!(data, b"abc", "split at {split}");
+            assert_eq!(
+                trailers, b"Grpc-Status: 0\r\nx-a: b c\r\n",
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
