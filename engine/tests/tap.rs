@@ -458,6 +458,26 @@ fn the_response_head_is_reported_before_the_body_ends() {
     );
 }
 
+/// A proxy forwarding to `web.test:80`, a service of `addr` (its static
+/// file's `extra` lines), with a tap of one request (fields extracted)
+/// installed.
+fn service_with_tap(tag: &str, addr: SocketAddr, extra: &str) -> (Proxy, TapCall) {
+    let file = service_file(&format!("tap-{tag}"), "web.test:80", &[addr], extra);
+    let proxy = proxy(
+        addr,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    let call = TapCall::start(
+        proxy.tap_addr().unwrap(),
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    (proxy, call)
+}
+
 /// Requests translated between HTTP versions are tapped with their
 /// responses' bytes: HTTP/1 carried over HTTP/2 (an `h2`-hinted service,
 /// here an HTTP/2 origin), and HTTP/2 to an HTTP/1 service.
@@ -482,25 +502,7 @@ fn translated_requests_are_tapped() {
         ),
     ];
     for (tag, addr, extra, path, len) in cases {
-        let file = service_file(
-            &format!("tap-translated-{tag}"),
-            "web.test:80",
-            &[addr],
-            extra,
-        );
-        let proxy = proxy(
-            addr,
-            &[
-                ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-                ("RINGMESH_DISCOVERY_STATIC", &file),
-            ],
-        );
-        let tap = proxy.tap_addr().unwrap();
-        let call = TapCall::start(
-            tap,
-            r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
-        );
-        wait_installed(&proxy, 1);
+        let (proxy, call) = service_with_tap(&format!("translated-{tag}"), addr, extra);
         let fwd = proxy.forward_addrs()[0];
         if tag == "h2" {
             assert!(get(fwd, path).contains("200"), "{tag}");
@@ -544,25 +546,7 @@ fn trailers_are_tapped_for_http1_clients() {
         ),
     ];
     for (tag, addr, extra, path, trailer) in cases {
-        let file = service_file(
-            &format!("tap-trailers-{tag}"),
-            "web.test:80",
-            &[addr],
-            extra,
-        );
-        let proxy = proxy(
-            addr,
-            &[
-                ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-                ("RINGMESH_DISCOVERY_STATIC", &file),
-            ],
-        );
-        let tap = proxy.tap_addr().unwrap();
-        let call = TapCall::start(
-            tap,
-            r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}, "extract": {"http": {"headers": {}}}}"#,
-        );
-        wait_installed(&proxy, 1);
+        let (proxy, call) = service_with_tap(&format!("trailers-{tag}"), addr, extra);
         assert!(get(proxy.forward_addrs()[0], path).contains("200"), "{tag}");
         let (events, status) = call.finish(Duration::from_secs(10));
         assert_eq!(status.trim(), "status 0", "{tag}");
