@@ -7,8 +7,8 @@
 //! The queue is futures-channel's unbounded MPSC queue (lock-free pushes,
 //! an atomic waker that wakes the control core's event loop from any
 //! thread) with a reservation counter in front that bounds it. A message
-//! may carry several events (a batch): it counts as that many against the
-//! bound, and is dropped and counted whole.
+//! may weigh more than one (a batch of events, or its bytes): it counts
+//! as its weight against the bound, and is dropped whole.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -74,8 +74,9 @@ impl<T> EventSender<T> {
         self.send_batch(event, 1)
     }
 
-    /// Queues a message carrying `events` events, when they all fit;
-    /// otherwise it is dropped and they are counted.
+    /// Queues a message that counts as `events` against the bound (its
+    /// events, or its bytes), when it fits; otherwise it is dropped and
+    /// `events` are counted as dropped.
     pub fn send_batch(&self, batch: T, events: usize) -> Result<(), SendError<T>> {
         let cap = self.counts.capacity;
         if self

@@ -296,9 +296,11 @@ impl Match {
     }
 }
 
-/// Events one worker may have waiting for one tap; beyond it they are
-/// dropped and counted (a slow tap client never slows a request).
-pub(crate) const QUEUE_CAPACITY: usize = 4096;
+/// Bytes of events one worker may have waiting for one tap; beyond it
+/// they are dropped and counted (a slow tap client never slows a request,
+/// and, with header fields extracted, 64 KiB request heads do not make
+/// each of thousands of queued events 64 KiB).
+pub(crate) const QUEUE_BYTES: usize = 512 * 1024;
 
 /// A worker hands a tap's events over once this many bytes are ready …
 const HAND_OVER_BYTES: usize = 16 * 1024;
@@ -319,6 +321,8 @@ pub(crate) struct Installed {
     remaining: std::sync::atomic::AtomicU32,
     /// Requests it saw that have ended (their events queued or dropped).
     finished: std::sync::atomic::AtomicU32,
+    /// Events dropped because a worker's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
     queues: Vec<ringmesh_discovery::events::EventSender<TapBatch>>,
 }
 
@@ -330,6 +334,7 @@ impl Installed {
         Self {
             remaining: std::sync::atomic::AtomicU32::new(tap.limit),
             finished: std::sync::atomic::AtomicU32::new(0),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             tap,
             queues,
         }
@@ -349,14 +354,23 @@ impl Installed {
             .is_ok()
     }
 
-    /// Queues `worker`'s events (dropped and counted when they do not
-    /// fit), then counts the requests whose last event they hold as
+    /// Events dropped because a worker's queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues `worker`'s events (dropped and counted when their bytes do
+    /// not fit), then counts the requests whose last event they hold as
     /// finished: once the call sees `limit` finished, every event it will
     /// get is queued already.
     fn hand_over(&self, worker: usize, batch: TapBatch, ended: u32) {
         if let Some(q) = self.queues.get(worker) {
-            let n = batch.events as usize;
-            let _ = q.send_batch(batch, n);
+            let (bytes, events) = (batch.bytes.len(), batch.events);
+            if let Err(ringmesh_discovery::events::SendError::Full(_)) = q.send_batch(batch, bytes)
+            {
+                self.dropped
+                    .fetch_add(u64::from(events), std::sync::atomic::Ordering::Relaxed);
+            }
         }
         self.finished
             .fetch_add(ended, std::sync::atomic::Ordering::AcqRel);

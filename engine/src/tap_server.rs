@@ -37,7 +37,7 @@ use prost::Message as _;
 use ringmesh_discovery::channel::Publisher;
 use ringmesh_discovery::events::{self, EventReceiver};
 
-use crate::tap::{Installed, Tap, TapBatch, TapSet, QUEUE_CAPACITY};
+use crate::tap::{Installed, Tap, TapBatch, TapSet, QUEUE_BYTES};
 
 const OBSERVE_PATH: &str = "/io.linkerd.proxy.tap.Tap/Observe";
 /// Largest `ObserveRequest` read.
@@ -126,7 +126,7 @@ impl TapServer {
     /// event queues.
     fn install(&self, tap: Tap) -> (u64, Arc<Installed>, Vec<EventReceiver<TapBatch>>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..self.workers)
-            .map(|_| events::bounded(QUEUE_CAPACITY))
+            .map(|_| events::bounded(QUEUE_BYTES))
             .unzip();
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
@@ -399,7 +399,7 @@ async fn observe(
     tracing::info!(id, limit, "tap installed");
     let outcome = stream_events(&mut stream, &mut queues, &installed, &server.metrics).await;
     server.remove(id);
-    let dropped: u64 = queues.iter().map(|q| q.dropped()).sum();
+    let dropped = installed.dropped();
     server.metrics.dropped.fetch_add(dropped, Ordering::Relaxed);
     tracing::info!(id, dropped, ?outcome, "tap removed");
     if outcome.is_ok() {

@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -591,15 +591,12 @@ fn bad_requests_are_refused() {
 
 /// A tap client that never reads, written from the frames up so it is
 /// exactly that: its HTTP/2 stream window is 100 bytes and it never opens
-/// it further. Requests all succeed at full speed (the events past what
-/// the workers' queues hold are dropped and counted), and once the client
-/// goes away its tap leaves the workers.
-#[test]
-fn a_client_that_never_reads_costs_requests_nothing() {
+/// it further. Its tap matches every request (`extract` as given).
+fn never_reading_tap(
+    tap: SocketAddr,
+    extract: Option<linkerd2_proxy_api::tap::observe_request::Extract>,
+) -> TcpStream {
     use prost::Message as _;
-    let origin = http::origin("app");
-    let proxy = proxy(origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
-    let tap = proxy.tap_addr().unwrap();
     let mut c = connect(tap);
     // Preface; SETTINGS: INITIAL_WINDOW_SIZE (4) = 100.
     c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
@@ -654,20 +651,34 @@ fn a_client_that_never_reads_costs_requests_nothing() {
                 ),
             ),
         }),
-        extract: None,
+        extract,
     };
     let msg = req.encode_to_vec();
     let grpc = [&[0][..], &(msg.len() as u32).to_be_bytes(), &msg].concat();
     c.write_all(&frame(0, 1, &grpc)).unwrap();
+    c
+}
+
+/// A tap client that never reads ([`never_reading_tap`]): requests all
+/// succeed at full speed (the events past what the workers' queues hold
+/// are dropped and counted), and once the client goes away its tap leaves
+/// the workers.
+#[test]
+fn a_client_that_never_reads_costs_requests_nothing() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
+    let tap = proxy.tap_addr().unwrap();
+    let c = never_reading_tap(tap, None);
     wait_installed(&proxy, 1);
     // Keep-alive requests, far past what the queue holds.
+    const REQUESTS: u64 = 6000;
     let addr = proxy.forward_addrs()[0];
     let s = connect(addr);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     let started = Instant::now();
-    for _ in 0..3000 {
+    for _ in 0..REQUESTS {
         w.write_all(b"GET /hello HTTP/1.1\r\nhost: web.test\r\n\r\n")
             .unwrap();
         let mut line = String::new();
@@ -699,13 +710,80 @@ fn a_client_that_never_reads_costs_requests_nothing() {
     wait_installed(&proxy, 0);
     let dropped = metric(&proxy, "tap_events_dropped_total");
     // Each request is three events (its start, its response's head, its
-    // end): all but what the queue held (4096 events), the window took,
-    // and what the call took from the queue to wait for the window with
-    // (64 KiB and one worker's batch of 16 KiB at most; an event here is
-    // at least 65 bytes) are dropped.
+    // end), each at least 65 bytes here: all but what the queue held (512
+    // KiB), the window took, and what the call took from the queue to wait
+    // for the window with (64 KiB and one worker's batch of 16 KiB at
+    // most) are dropped.
+    let held = (512 * 1024 + 100 + 81 * 1024) / 65;
     assert!(
-        dropped >= 3 * 3000 - 4096 - 100 - 1300,
-        "the queue holds 4096 events; the rest are dropped: {dropped}"
+        dropped >= 3 * REQUESTS - held,
+        "the queue holds 512 KiB of events; the rest are dropped: {dropped}"
+    );
+}
+
+/// The queues are bounded in bytes, not only in events: with header
+/// fields extracted, requests with 30 KiB heads to a tap whose client
+/// never reads fill a worker's 512 KiB in a few events, and the rest are
+/// dropped and counted (not thousands of events of 30 KiB each held).
+#[test]
+fn large_heads_fill_a_stuck_tap_by_bytes() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
+    let headers = linkerd2_proxy_api::tap::observe_request::Extract {
+        extract: Some(
+            linkerd2_proxy_api::tap::observe_request::extract::Extract::Http(
+                linkerd2_proxy_api::tap::observe_request::extract::Http {
+                    extract: Some(
+                        linkerd2_proxy_api::tap::observe_request::extract::http::Extract::Headers(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+    };
+    let c = never_reading_tap(proxy.tap_addr().unwrap(), Some(headers));
+    wait_installed(&proxy, 1);
+    const REQUESTS: u64 = 200;
+    let big = "x".repeat(30 * 1024);
+    let addr = proxy.forward_addrs()[0];
+    let s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..REQUESTS {
+        write!(
+            w,
+            "GET /hello HTTP/1.1\r\nhost: web.test\r\nx-big: {big}\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("200"), "{line}");
+        let mut len = 0;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+    }
+    drop(c);
+    wait_installed(&proxy, 0);
+    let dropped = metric(&proxy, "tap_events_dropped_total");
+    // Each request's start carries its 30 KiB field: the queue (512 KiB)
+    // and what the call took to wait for the window with (64 KiB and one
+    // batch) hold 20 starts at most; the others are dropped. (Counted in
+    // events, 4096 of them would have held every one of the 600.)
+    assert!(
+        dropped >= REQUESTS - 20,
+        "512 KiB of events are held at most; the rest are dropped: {dropped}"
     );
 }
 
