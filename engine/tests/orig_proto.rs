@@ -256,8 +256,9 @@ fn http1_over_http2_between_two_proxies(driver: IoDriver) {
 both_drivers!(two_proxies, super::http1_over_http2_between_two_proxies);
 
 /// 8 clients with a request each in flight at once (the origin takes 100
-/// ms to answer): how many connections did B accept from A?
-fn connections_between_proxies(hint: bool) -> f64 {
+/// ms to answer): how many connections did B accept from A? (With A's and
+/// B's metrics, to show when it is not the number expected.)
+fn connections_between_proxies(hint: bool) -> (f64, String) {
     let origin = lb::backend(b'o', Duration::from_millis(100));
     let target = origin.addr.to_string();
     let b = start_proxy(
@@ -280,6 +281,7 @@ fn connections_between_proxies(hint: bool) -> f64 {
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
             ("RINGMESH_DISCOVERY_STATIC", &file),
             ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
         ],
     );
     let addr = a.forward_addrs()[0];
@@ -301,12 +303,14 @@ fn connections_between_proxies(hint: bool) -> f64 {
         series(&text, "request_total", &["direction=\"inbound\""]),
         Some(16.0)
     );
-    series(
+    let opened = series(
         &text,
         "tcp_open_total",
         &["direction=\"inbound\"", "peer=\"src\""],
     )
-    .unwrap()
+    .unwrap();
+    let a_text = a.admin_addr().map(metrics).unwrap_or_default();
+    (opened, format!("B:\n{text}\nA:\n{a_text}"))
 }
 
 /// The hint is what turns the upgrade on: with it, concurrent requests
@@ -314,8 +318,10 @@ fn connections_between_proxies(hint: bool) -> f64 {
 /// in flight.
 #[test]
 fn the_hint_multiplexes_concurrent_requests() {
-    assert_eq!(connections_between_proxies(true), 1.0);
-    assert_eq!(connections_between_proxies(false), 8.0);
+    let (with_hint, m) = connections_between_proxies(true);
+    assert_eq!(with_hint, 1.0, "{m}");
+    let (without, m) = connections_between_proxies(false);
+    assert_eq!(without, 8.0, "{m}");
 }
 
 /// An HTTP/2 client, a service discovery marks `protocol = "http1"`: the
