@@ -589,6 +589,36 @@ fn bad_requests_are_refused() {
     assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
 }
 
+/// `n` requests for `/hello` (with the `extra` header lines) one after
+/// another on one keep-alive connection, each answered 200 and read whole.
+fn keep_alive_gets(addr: SocketAddr, n: u64, extra: &str) {
+    let s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    // One write per request (`write!` would make several small ones).
+    let request = format!("GET /hello HTTP/1.1\r\nhost: web.test\r\n{extra}\r\n");
+    for _ in 0..n {
+        w.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("200"), "{line}");
+        let mut len = 0;
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+    }
+}
+
 /// A tap client that never reads, written from the frames up so it is
 /// exactly that: its HTTP/2 stream window is 100 bytes and it never opens
 /// it further. Its tap matches every request (`extract` as given).
@@ -673,31 +703,8 @@ fn a_client_that_never_reads_costs_requests_nothing() {
     // Keep-alive requests, far past what the queue holds.
     const REQUESTS: u64 = 6000;
     let addr = proxy.forward_addrs()[0];
-    let s = connect(addr);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
     let started = Instant::now();
-    for _ in 0..REQUESTS {
-        w.write_all(b"GET /hello HTTP/1.1\r\nhost: web.test\r\n\r\n")
-            .unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("200"), "{line}");
-        let mut len = 0;
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-    }
+    keep_alive_gets(addr, REQUESTS, "");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(30), "{took:?}");
     assert_eq!(metric(&proxy, "tap_installed"), 1);
@@ -747,33 +754,7 @@ fn large_heads_fill_a_stuck_tap_by_bytes() {
     const REQUESTS: u64 = 200;
     let big = "x".repeat(30 * 1024);
     let addr = proxy.forward_addrs()[0];
-    let s = connect(addr);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    for _ in 0..REQUESTS {
-        write!(
-            w,
-            "GET /hello HTTP/1.1\r\nhost: web.test\r\nx-big: {big}\r\n\r\n"
-        )
-        .unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("200"), "{line}");
-        let mut len = 0;
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-    }
+    keep_alive_gets(addr, REQUESTS, &format!("x-big: {big}\r\n"));
     drop(c);
     wait_installed(&proxy, 0);
     let dropped = metric(&proxy, "tap_events_dropped_total");
