@@ -13,14 +13,34 @@ use common::lb::{answers, backend};
 use common::*;
 use ringmesh_engine::IoDriver;
 
+/// Up to three rounds, each with a new proxy and backends. What no noise
+/// excuses (a failed request, a request to `c` before it was added or to
+/// `a` after its removal had settled) fails at once; what depends on the
+/// balancer's fairness (the added endpoint taking requests, both survivors
+/// taking some after the removal) must hold in one round. A peak-EWMA
+/// estimate holds a scheduling hiccup's peak for seconds, and with two
+/// endpoints P2C then sends everything to the other one: one round can be
+/// spoiled by noise, not three.
 fn update_under_load(driver: IoDriver) {
+    let mut fair = Vec::new();
+    for round in 0..3 {
+        match update_round(driver, round) {
+            Ok(()) => return,
+            Err(why) => fair.push(why),
+        }
+    }
+    panic!("no round balanced as expected: {fair:#?}");
+}
+
+/// One round; `Err` says which fairness check failed.
+fn update_round(driver: IoDriver, round: usize) -> Result<(), String> {
     let delay = Duration::from_micros(200);
     let (a, b, c) = (
         backend(b'a', delay),
         backend(b'b', delay),
         backend(b'c', delay),
     );
-    let tag = format!("update-{}", driver_name(driver));
+    let tag = format!("update-{}-{round}", driver_name(driver));
     let write = |eps: &[&Backend]| {
         let eps: Vec<_> = eps.iter().map(|b| b.addr).collect();
         service_file(&tag, "web.test:80", &eps, "")
@@ -51,6 +71,8 @@ fn update_under_load(driver: IoDriver) {
         .into_iter()
         .flat_map(|h| h.join().expect("no request failed"))
         .collect();
+    proxy.shutdown();
+    proxy.wait();
 
     assert!(seen.len() > 1000, "{} answers", seen.len());
     assert!(
@@ -63,11 +85,6 @@ fn update_under_load(driver: IoDriver) {
         .map(|(_, _, n)| *n)
         .collect();
     assert!(before.iter().all(|n| *n != b'c'), "c was not there yet");
-    let to_c = seen
-        .iter()
-        .filter(|(t, _, n)| *t > added && *t < removed && *n == b'c')
-        .count();
-    assert!(to_c > 50, "the added endpoint took requests: {to_c}");
     // Polling every 50 ms: well within 300 ms every worker has the new set.
     let settled = removed + Duration::from_millis(300);
     let late: Vec<u8> = seen
@@ -80,8 +97,23 @@ fn update_under_load(driver: IoDriver) {
         late.iter().all(|n| *n != b'a'),
         "the removed endpoint got new requests"
     );
-    assert!(late.contains(&b'b') && late.contains(&b'c'));
-    proxy.shutdown();
-    proxy.wait();
+
+    let to_c = seen
+        .iter()
+        .filter(|(t, _, n)| *t > added && *t < removed && *n == b'c')
+        .count();
+    let count = |name| late.iter().filter(|n| **n == name).count();
+    let (late_b, late_c) = (count(b'b'), count(b'c'));
+    if to_c <= 50 {
+        Err(format!(
+            "round {round}: the added endpoint took {to_c} requests"
+        ))
+    } else if late_b == 0 || late_c == 0 {
+        Err(format!(
+            "round {round}: after the removal b took {late_b} and c {late_c}"
+        ))
+    } else {
+        Ok(())
+    }
 }
 both_drivers!(discovery_update_under_load, super::update_under_load);
