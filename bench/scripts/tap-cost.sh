@@ -24,10 +24,18 @@
 # so the difference is what tapping does.
 # Pinning (2 cores): ringmesh and nginx on cpu1; the load generator and the
 # tap client on cpu0.
+# PAD=1 (the default) keeps cpu0 busy with a nice-19 loop: the load
+# generator and the tap client still get all the CPU they ask for, but
+# cpu0 never idles. On a VM, waking a task on an idle CPU costs the waker
+# (the proxy) an expensive exit, and how often cpu0 idles differs between
+# the modes (the tap client runs in one of them), which measured as a
+# cost of tapping that was not the proxy's work. PAD=0 turns it off.
+# At the end: per kind and mode, the median process µs/request and the
+# median of each round's ratio to the same round's "none".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for kv in "$@"; do export "${kv?}"; done
-ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-curl}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-curl} PAD=${PAD:-1}
 for t in wrk h2load nginx curl taskset bc; do
   command -v "$t" > /dev/null || { echo "tap-cost.sh: $t is missing (scripts/install-test-deps.sh)"; exit 1; }
 done
@@ -54,6 +62,10 @@ http {
 EOF
 taskset -c 1 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
 pids+=($!)
+if [ "$PAD" = 1 ]; then
+  nice -n 19 taskset -c 0 sh -c 'while :; do :; done' &
+  pids+=($!)
+fi
 
 env -i PATH="$PATH" LINKERD2_PROXY_CORES=1 LINKERD2_PROXY_LOG=warn \
   LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR= LINKERD2_PROXY_INBOUND_LISTEN_ADDR= \
@@ -140,7 +152,28 @@ for r in $(seq 1 "$ROUNDS"); do
       printf '%-6s %-5s %-8s %10.0f %14.2f %15.2f %12s %12s\n' "$r" "$kind" "$mode" "$rps" \
         "$(echo "($w1 - $w0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
         "$(echo "($p1 - $p0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
-        "$((s1 - s0))" "$((d1 - d0))"
+        "$((s1 - s0))" "$((d1 - d0))" | tee -a "$tmp/rows"
     done
   done
 done
+
+# Medians: process µs/request, and each round's ratio to its "none".
+echo
+printf '%-5s %-8s %22s %26s\n' kind mode median_process_us/req median_ratio_to_none
+awk '
+  { us[$1" "$2" "$3] = $6; kinds[$2] = 1; rounds[$1] = 1 }
+  function median(a, n,   i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END {
+    split("h1 h2", ks, " "); split("none nomatch all", ms, " ")
+    for (k = 1; k <= 2; k++) for (m = 1; m <= 3; m++) {
+      n = 0; split("", v); split("", q)
+      for (r in rounds) {
+        key = r" "ks[k]" "ms[m]; base = r" "ks[k]" none"
+        if (key in us && base in us && us[base] > 0) { n++; v[n] = us[key]; q[n] = us[key] / us[base] }
+      }
+      if (n) { mv = median(v, n); mq = median(q, n); printf "%-5s %-8s %22.2f %26.3f\n", ks[k], ms[m], mv, mq }
+    }
+  }' "$tmp/rows"

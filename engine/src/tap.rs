@@ -303,9 +303,9 @@ impl Match {
 pub(crate) const QUEUE_BYTES: usize = 512 * 1024;
 
 /// A worker hands a tap's events over once this many bytes are ready …
-const HAND_OVER_BYTES: usize = 16 * 1024;
+const HAND_OVER_BYTES: usize = 64 * 1024;
 /// … or this long after the first of them (their delay, at most).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Encoded events from one worker for one tap: gRPC messages, ready to be
 /// written to the tap's client as they are.
@@ -476,7 +476,8 @@ impl Outbox {
         self: &std::rc::Rc<Self>,
         tap: &std::sync::Arc<Installed>,
         common: &[u8],
-        ev: linkerd2_proxy_api::tap::tap_event::http::Event,
+        id: StreamId,
+        ev: &crate::tap_wire::HttpEvent<'_>,
         ends: bool,
     ) {
         let mut batches = self.batches.borrow_mut();
@@ -496,7 +497,7 @@ impl Outbox {
             }
         };
         let b = &mut batches[i];
-        crate::tap_wire::put_event(&mut b.bytes, common, ev);
+        crate::tap_wire::put_event(&mut b.bytes, common, id, ev);
         b.events += 1;
         b.ended += u32::from(ends);
         if b.bytes.len() >= HAND_OVER_BYTES {
@@ -547,15 +548,10 @@ pub(crate) fn h2_fields(h: &http::HeaderMap) -> Fields {
 /// A chunked body's trailer field lines (`name: value` CRLF …, as the
 /// chunked scanner validated them), names lowercased.
 fn h1_trailer_fields(raw: &[u8]) -> Fields {
-    raw.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|&b| b == b':')?;
-            let name = std::str::from_utf8(&line[..colon]).ok()?;
-            Some((
-                name.to_ascii_lowercase(),
-                line[colon + 1..].trim_ascii().to_vec(),
-            ))
+    ringmesh_protocols::http1::trailer_fields(raw)
+        .filter_map(|(name, value)| {
+            let name = std::str::from_utf8(name).ok()?;
+            Some((name.to_ascii_lowercase(), value.to_vec()))
         })
         .collect()
 }
@@ -650,8 +646,7 @@ impl Pending {
 
     /// The request's destination is known: the taps that match it (and
     /// still want requests) get its `RequestInit`. `false`: none does.
-    /// (Nothing is encoded unless a tap matches; with one, the head's
-    /// strings move into its event.)
+    /// (Nothing is encoded unless a tap matches.)
     pub(crate) fn decide(
         &mut self,
         destination: SocketAddr,
@@ -703,24 +698,14 @@ impl Pending {
         crate::tap_wire::common_fields(&common, &mut self.common);
         let fields = self.taps().any(|t| t.tap.headers);
         self.fields = fields;
-        let n = self.matched.count_ones() as usize;
-        for (i, t) in matched(&self.taps, self.matched).enumerate() {
-            // The last tap takes the strings; others get copies.
-            let take = |s: &mut String| {
-                if i + 1 == n {
-                    std::mem::take(s)
-                } else {
-                    s.clone()
-                }
+        for t in matched(&self.taps, self.matched) {
+            let init = crate::tap_wire::HttpEvent::RequestInit {
+                method: &self.method,
+                authority: &self.authority,
+                path: &self.path,
+                headers: self.headers.as_deref().filter(|_| t.tap.headers),
             };
-            let init = crate::tap_wire::request_init(
-                self.id,
-                &self.method,
-                take(&mut self.authority),
-                take(&mut self.path),
-                self.headers.as_deref().filter(|_| t.tap.headers),
-            );
-            self.outbox.put(t, &self.common, init, false);
+            self.outbox.put(t, &self.common, self.id, &init, false);
         }
         true
     }
@@ -747,8 +732,12 @@ impl Pending {
         let fields = self.fields.then(fields);
         for t in self.taps() {
             let head = fields.as_deref().filter(|_| t.tap.headers);
-            let init = crate::tap_wire::response_init(self.id, status, since_request, head);
-            self.outbox.put(t, &self.common, init, false);
+            let init = crate::tap_wire::HttpEvent::ResponseInit {
+                since_request,
+                status,
+                headers: head,
+            };
+            self.outbox.put(t, &self.common, self.id, &init, false);
         }
     }
 
@@ -802,17 +791,20 @@ impl Pending {
             .or_else(|| (!raw.is_empty()).then(|| h1_trailer_fields(&raw)));
         for t in self.taps() {
             if answered {
-                let init = crate::tap_wire::response_init(self.id, status, since.0, None);
-                self.outbox.put(t, &self.common, init, false);
+                let init = crate::tap_wire::HttpEvent::ResponseInit {
+                    since_request: since.0,
+                    status,
+                    headers: None,
+                };
+                self.outbox.put(t, &self.common, self.id, &init, false);
             }
-            let end = crate::tap_wire::response_end(
-                self.id,
+            let end = crate::tap_wire::HttpEvent::ResponseEnd {
                 since,
-                self.bytes.get(),
+                bytes: self.bytes.get(),
                 eos,
-                trailers.as_deref().filter(|_| t.tap.headers),
-            );
-            self.outbox.put(t, &self.common, end, true);
+                trailers: trailers.as_deref().filter(|_| t.tap.headers),
+            };
+            self.outbox.put(t, &self.common, self.id, &end, true);
         }
     }
 }

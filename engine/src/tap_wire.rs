@@ -7,18 +7,15 @@
 //! those bytes followed by its HTTP event (a protobuf message is the
 //! concatenation of its fields).
 //!
-//! Must not: allocate per event beyond what prost's message types need
-//! (the HTTP event's strings move in; header fields are copied only for a
-//! tap that extracts them).
+//! The HTTP events are written by hand too, straight from what the worker
+//! holds: no message values, no strings copied but into the batch.
+//! The unit tests check them byte for byte against prost's encoding.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
 use linkerd2_proxy_api::net::TcpAddress;
-use linkerd2_proxy_api::tap::tap_event::{self, http as th};
-use linkerd2_proxy_api::tap::{eos, Eos, TapEvent};
-use prost::Message as _;
+use linkerd2_proxy_api::tap::tap_event;
 
 /// A request's id in tap events: the worker, and the request's number on
 /// it.
@@ -117,106 +114,206 @@ fn put_labels<'a>(
     }
 }
 
+/// One HTTP event of a request, borrowed from what the worker holds.
+pub(crate) enum HttpEvent<'a> {
+    /// The request's start.
+    RequestInit {
+        method: &'a str,
+        authority: &'a str,
+        path: &'a str,
+        headers: Option<&'a [(String, Vec<u8>)]>,
+    },
+    /// The response's head, `since_request` after the request was seen.
+    ResponseInit {
+        since_request: Duration,
+        status: u16,
+        headers: Option<&'a [(String, Vec<u8>)]>,
+    },
+    /// The request's end: its response's head `since.0` and its end
+    /// `since.1` after the request was seen.
+    ResponseEnd {
+        since: (Duration, Duration),
+        bytes: u64,
+        eos: TapEos,
+        trailers: Option<&'a [(String, Vec<u8>)]>,
+    },
+}
+
 /// Appends one gRPC message to `out`: a `TapEvent` of a request's
-/// `common` fields and the HTTP event.
-pub(crate) fn put_event(out: &mut Vec<u8>, common: &[u8], ev: th::Event) {
-    let http = TapEvent {
-        event: Some(tap_event::Event::Http(tap_event::Http { event: Some(ev) })),
-        ..TapEvent::default()
-    };
-    let len = common.len() + http.encoded_len();
-    out.reserve(5 + len);
+/// `common` fields and its HTTP event `ev`, written by hand (no message
+/// values built, no string copied but into `out`).
+pub(crate) fn put_event(out: &mut Vec<u8>, common: &[u8], id: StreamId, ev: &HttpEvent<'_>) {
     out.push(0);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(common);
-    // (Into a `Vec` with room reserved: cannot fail.)
-    let _ = http.encode(out);
-}
-
-/// The request's start (its strings move into the event).
-pub(crate) fn request_init(
-    id: StreamId,
-    method: &str,
-    authority: String,
-    path: String,
-    headers: Option<&[(String, Vec<u8>)]>,
-) -> th::Event {
-    let method = http::Method::from_bytes(method.as_bytes())
-        .map(HttpMethod::from)
-        .ok();
-    th::Event::RequestInit(th::RequestInit {
-        id: Some(stream_id(id)),
-        method,
-        scheme: Some(Scheme::from("http")),
-        authority,
-        path,
-        headers: headers.map(pb_headers),
-    })
-}
-
-/// The response's head, `since_request` after the request was seen.
-pub(crate) fn response_init(
-    id: StreamId,
-    status: u16,
-    since_request: Duration,
-    headers: Option<&[(String, Vec<u8>)]>,
-) -> th::Event {
-    th::Event::ResponseInit(th::ResponseInit {
-        id: Some(stream_id(id)),
-        since_request_init: duration(since_request),
-        http_status: u32::from(status),
-        headers: headers.map(pb_headers),
-    })
-}
-
-/// The request's end: `since_request_end` after it was seen, its
-/// response's head `since_request` after.
-pub(crate) fn response_end(
-    id: StreamId,
-    (since_request, since_request_end): (Duration, Duration),
-    bytes: u64,
-    eos: TapEos,
-    trailers: Option<&[(String, Vec<u8>)]>,
-) -> th::Event {
-    let end = match eos {
-        TapEos::None => None,
-        TapEos::Grpc(c) => Some(eos::End::GrpcStatusCode(c)),
-        TapEos::Reset(c) => Some(eos::End::ResetErrorCode(c)),
+    // TapEvent.http = 3; Http.event: request_init = 1, response_init = 2,
+    // response_end = 3.
+    let kind = match ev {
+        HttpEvent::RequestInit { .. } => 1,
+        HttpEvent::ResponseInit { .. } => 2,
+        HttpEvent::ResponseEnd { .. } => 3,
     };
-    th::Event::ResponseEnd(th::ResponseEnd {
-        id: Some(stream_id(id)),
-        since_request_init: duration(since_request_end),
-        since_response_init: duration(since_request_end.saturating_sub(since_request)),
-        response_bytes: bytes,
-        eos: end.map(|e| Eos { end: Some(e) }),
-        trailers: trailers.map(pb_headers),
-    })
+    nested(out, 3, |out| nested(out, kind, |out| put_http(out, id, ev)));
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Header fields as the proto carries them.
-fn pb_headers(fields: &[(String, Vec<u8>)]) -> linkerd2_proxy_api::http_types::Headers {
-    linkerd2_proxy_api::http_types::Headers {
-        headers: fields
-            .iter()
-            .map(|(n, v)| linkerd2_proxy_api::http_types::headers::Header {
-                name: n.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+/// The fields of `RequestInit`, `ResponseInit` or `ResponseEnd`, in
+/// their tags' order (as prost writes them).
+fn put_http(out: &mut Vec<u8>, (base, stream): StreamId, ev: &HttpEvent<'_>) {
+    // Every one's field 1 is its `StreamId { base = 1, stream = 2 }`.
+    nested(out, 1, |out| {
+        put_uint(out, 1, u64::from(base));
+        put_uint(out, 2, stream);
+    });
+    match *ev {
+        HttpEvent::RequestInit {
+            method,
+            authority,
+            path,
+            headers,
+        } => {
+            match registered_method(method) {
+                Some(m) => nested(out, 2, |out| put_enum(out, 1, m)),
+                None if http::Method::from_bytes(method.as_bytes()).is_ok() => {
+                    nested(out, 2, |out| put_bytes(out, 2, method.as_bytes()))
+                }
+                None => {}
+            }
+            // Scheme { registered = 1: HTTP = 0 }.
+            nested(out, 3, |out| put_enum(out, 1, 0));
+            put_bytes(out, 4, authority.as_bytes());
+            put_bytes(out, 5, path.as_bytes());
+            put_headers(out, 6, headers);
+        }
+        HttpEvent::ResponseInit {
+            since_request,
+            status,
+            headers,
+        } => {
+            put_duration(out, 2, since_request);
+            put_uint(out, 3, u64::from(status));
+            put_headers(out, 4, headers);
+        }
+        HttpEvent::ResponseEnd {
+            since: (head, end),
+            bytes,
+            eos,
+            trailers,
+        } => {
+            put_duration(out, 2, end);
+            put_duration(out, 3, end.saturating_sub(head));
+            put_uint(out, 4, bytes);
+            // Eos { grpc_status_code = 1 | reset_error_code = 2 }.
+            match eos {
+                TapEos::None => {}
+                TapEos::Grpc(c) => nested(out, 5, |out| put_enum(out, 1, c)),
+                TapEos::Reset(c) => nested(out, 5, |out| put_enum(out, 2, c)),
+            }
+            put_headers(out, 6, trailers);
+        }
     }
 }
 
-fn duration(d: Duration) -> Option<prost_types::Duration> {
-    prost_types::Duration::try_from(d).ok()
+/// The `HttpMethod.Registered` value of a method `http` names.
+fn registered_method(m: &str) -> Option<u32> {
+    Some(match m {
+        "GET" => 0,
+        "POST" => 1,
+        "PUT" => 2,
+        "DELETE" => 3,
+        "PATCH" => 4,
+        "OPTIONS" => 5,
+        "CONNECT" => 6,
+        "HEAD" => 7,
+        "TRACE" => 8,
+        _ => return None,
+    })
 }
 
-fn stream_id((base, stream): StreamId) -> th::StreamId {
-    th::StreamId { base, stream }
+/// Field `tag`, a message whose fields `body` writes. Its length is
+/// written after it: one byte is kept for it, and the body moved on when
+/// it takes more (only for bodies of 128 bytes or more).
+fn nested(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(tag, WireType::LengthDelimited, out);
+    let at = out.len();
+    out.push(0);
+    body(out);
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut prefix = [0u8; 10];
+        let n = {
+            let mut rest = &mut prefix[..];
+            encode_varint(len as u64, &mut rest);
+            10 - rest.len()
+        };
+        out.splice(at..at + 1, prefix[..n].iter().copied());
+    }
+}
+
+/// A scalar field (proto3: left out when zero).
+fn put_uint(out: &mut Vec<u8>, tag: u32, v: u64) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if v != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+}
+
+/// A varint member of a oneof: written even when zero.
+fn put_enum(out: &mut Vec<u8>, tag: u32, v: u32) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    encode_key(tag, WireType::Varint, out);
+    encode_varint(u64::from(v), out);
+}
+
+/// A string or bytes field (proto3: left out when empty).
+fn put_bytes(out: &mut Vec<u8>, tag: u32, v: &[u8]) {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    if !v.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(v.len() as u64, out);
+        out.extend_from_slice(v);
+    }
+}
+
+/// A `google.protobuf.Duration` (seconds = 1, nanos = 2).
+fn put_duration(out: &mut Vec<u8>, tag: u32, d: Duration) {
+    // (A duration beyond i64 seconds is not one prost could write
+    // either: left out.)
+    if i64::try_from(d.as_secs()).is_err() {
+        return;
+    }
+    nested(out, tag, |out| {
+        put_uint(out, 1, d.as_secs());
+        put_uint(out, 2, u64::from(d.subsec_nanos()));
+    });
+}
+
+/// `Headers { repeated Header headers = 1 }`, each `Header { name = 1,
+/// value = 2 }`.
+fn put_headers(out: &mut Vec<u8>, tag: u32, fields: Option<&[(String, Vec<u8>)]>) {
+    let Some(fields) = fields else { return };
+    nested(out, tag, |out| {
+        for (name, value) in fields {
+            nested(out, 1, |out| {
+                put_bytes(out, 1, name.as_bytes());
+                put_bytes(out, 2, value);
+            });
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
+    use linkerd2_proxy_api::tap::tap_event::http as th;
+    use linkerd2_proxy_api::tap::{eos, Eos, TapEvent};
     use prost::Message;
 
     const SERVER_ID: &str = "web.default.serviceaccount.identity.linkerd.cluster.local";
@@ -285,6 +382,160 @@ mod tests {
         );
     }
 
+    /// The message prost would write for `ev` (what the hand-written
+    /// encoder must match).
+    fn prost_event(id: StreamId, ev: &HttpEvent<'_>) -> th::Event {
+        let id = Some(th::StreamId {
+            base: id.0,
+            stream: id.1,
+        });
+        let duration = |d: Duration| prost_types::Duration::try_from(d).ok();
+        let headers = |f: Option<&[(String, Vec<u8>)]>| {
+            f.map(|f| linkerd2_proxy_api::http_types::Headers {
+                headers: f
+                    .iter()
+                    .map(|(n, v)| linkerd2_proxy_api::http_types::headers::Header {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            })
+        };
+        match *ev {
+            HttpEvent::RequestInit {
+                method,
+                authority,
+                path,
+                headers: h,
+            } => th::Event::RequestInit(th::RequestInit {
+                id,
+                method: http::Method::from_bytes(method.as_bytes())
+                    .map(HttpMethod::from)
+                    .ok(),
+                scheme: Some(Scheme::from("http")),
+                authority: authority.into(),
+                path: path.into(),
+                headers: headers(h),
+            }),
+            HttpEvent::ResponseInit {
+                since_request,
+                status,
+                headers: h,
+            } => th::Event::ResponseInit(th::ResponseInit {
+                id,
+                since_request_init: duration(since_request),
+                http_status: u32::from(status),
+                headers: headers(h),
+            }),
+            HttpEvent::ResponseEnd {
+                since: (head, end),
+                bytes,
+                eos,
+                trailers,
+            } => th::Event::ResponseEnd(th::ResponseEnd {
+                id,
+                since_request_init: duration(end),
+                since_response_init: duration(end.saturating_sub(head)),
+                response_bytes: bytes,
+                eos: match eos {
+                    TapEos::None => None,
+                    TapEos::Grpc(c) => Some(eos::End::GrpcStatusCode(c)),
+                    TapEos::Reset(c) => Some(eos::End::ResetErrorCode(c)),
+                }
+                .map(|e| Eos { end: Some(e) }),
+                trailers: headers(trailers),
+            }),
+        }
+    }
+
+    /// Every kind of event, written by hand, is byte for byte what prost
+    /// writes for the same message: registered and unregistered methods,
+    /// empty strings, zero ids and times, both kinds of end, and header
+    /// sections long enough that their lengths take two or three bytes.
+    #[test]
+    fn events_are_written_as_prost_would() {
+        let few = vec![
+            ("content-type".to_string(), b"text/plain".to_vec()),
+            ("x-empty".to_string(), Vec::new()),
+        ];
+        let long = vec![("x-long".to_string(), vec![b'v'; 200])];
+        let huge: Vec<_> = (0..300)
+            .map(|i| (format!("x-field-{i}"), vec![b'a'; 64]))
+            .collect();
+        let ms = Duration::from_millis;
+        let events = [
+            HttpEvent::RequestInit {
+                method: "GET",
+                authority: "web.test",
+                path: "/a",
+                headers: None,
+            },
+            HttpEvent::RequestInit {
+                method: "PURGE",
+                authority: "",
+                path: "",
+                headers: Some(&few),
+            },
+            HttpEvent::RequestInit {
+                method: "TRACE",
+                authority: "web.test:8080",
+                path: "/long",
+                headers: Some(&long),
+            },
+            HttpEvent::RequestInit {
+                method: "POST",
+                authority: "web.test",
+                path: "/huge",
+                headers: Some(&huge),
+            },
+            HttpEvent::ResponseInit {
+                since_request: Duration::ZERO,
+                status: 200,
+                headers: None,
+            },
+            HttpEvent::ResponseInit {
+                since_request: Duration::new(3, 5),
+                status: 503,
+                headers: Some(&long),
+            },
+            HttpEvent::ResponseEnd {
+                since: (ms(2), ms(5)),
+                bytes: 0,
+                eos: TapEos::None,
+                trailers: None,
+            },
+            HttpEvent::ResponseEnd {
+                since: (ms(2), Duration::new(70, 999_999_999)),
+                bytes: 1 << 40,
+                eos: TapEos::Grpc(0),
+                trailers: Some(&few),
+            },
+            HttpEvent::ResponseEnd {
+                since: (ms(9), ms(1)),
+                bytes: 42,
+                eos: TapEos::Reset(8),
+                trailers: Some(&huge),
+            },
+        ];
+        for (i, ev) in events.iter().enumerate() {
+            for id in [(0, 0), (1, 7), (u32::MAX, u64::MAX)] {
+                let mut ours = Vec::new();
+                put_event(&mut ours, &[], id, ev);
+                let theirs = TapEvent {
+                    event: Some(tap_event::Event::Http(tap_event::Http {
+                        event: Some(prost_event(id, ev)),
+                    })),
+                    ..TapEvent::default()
+                }
+                .encode_to_vec();
+                assert_eq!(ours[0], 0, "event {i}: uncompressed");
+                let len = u32::from_be_bytes(ours[1..5].try_into().unwrap()) as usize;
+                assert_eq!(len, ours.len() - 5, "event {i}: the frame's length");
+                assert!(ours[5..] == theirs[..], "event {i}, id {id:?}");
+            }
+        }
+    }
+
     /// Events appended one after another are gRPC messages, each the
     /// common fields followed by its HTTP event, decoding as one
     /// `TapEvent`.
@@ -295,17 +546,21 @@ mod tests {
         let mut common_bytes = Vec::new();
         common_fields(&c, &mut common_bytes);
         let mut out = Vec::new();
-        let init = request_init((1, 7), "GET", "web.test".into(), "/a".into(), None);
-        put_event(&mut out, &common_bytes, init);
+        let init = HttpEvent::RequestInit {
+            method: "GET",
+            authority: "web.test",
+            path: "/a",
+            headers: None,
+        };
+        put_event(&mut out, &common_bytes, (1, 7), &init);
         let trailers = vec![("grpc-status".to_string(), b"0".to_vec())];
-        let end = response_end(
-            (1, 7),
-            (Duration::from_millis(2), Duration::from_millis(5)),
-            42,
-            TapEos::Grpc(0),
-            Some(&trailers),
-        );
-        put_event(&mut out, &common_bytes, end);
+        let end = HttpEvent::ResponseEnd {
+            since: (Duration::from_millis(2), Duration::from_millis(5)),
+            bytes: 42,
+            eos: TapEos::Grpc(0),
+            trailers: Some(&trailers),
+        };
+        put_event(&mut out, &common_bytes, (1, 7), &end);
 
         let mut events = Vec::new();
         let mut rest = &out[..];
@@ -335,7 +590,10 @@ mod tests {
             panic!("{:?}", events[1])
         };
         assert_eq!(end.response_bytes, 42);
-        assert_eq!(end.since_response_init, duration(Duration::from_millis(3)));
+        assert_eq!(
+            end.since_response_init,
+            prost_types::Duration::try_from(Duration::from_millis(3)).ok()
+        );
         assert_eq!(
             end.eos.and_then(|e| e.end),
             Some(eos::End::GrpcStatusCode(0))

@@ -14,10 +14,10 @@
 //!
 //! Bodies are re-framed as they stream (HTTP/1 chunked ↔ DATA frames) with
 //! flow control both ways; nothing is buffered whole. What does not
-//! translate: HTTP/1 chunked trailers are dropped on the way to HTTP/2
-//! (HTTP/2 trailers do become chunked trailers), header names reach HTTP/2
-//! in lower case (HTTP/2 requires it), and upgrades/CONNECT never take the
-//! HTTP/2 path.
+//! translate: header names reach HTTP/2 in lower case (HTTP/2 requires
+//! it), connection-specific fields are left out of HTTP/2 heads and
+//! trailers, and upgrades/CONNECT never take the HTTP/2 path. Trailers go
+//! both ways (HTTP/1 chunked trailer fields ↔ HTTP/2 trailers).
 
 use std::cell::Cell;
 use std::io::Write;
@@ -577,8 +577,9 @@ fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
 
 /// Reads one HTTP/1 body (a request's from the client, a response's from
 /// the upstream; close-delimited ones end at EOF) and sends its content as
-/// DATA frames, chunk framing and trailers removed, ending the stream.
-/// `tap`: the taps of the response whose body this is.
+/// DATA frames, chunk framing removed, ending the stream; a chunked body's
+/// trailer fields end it as HTTP/2 trailers (connection-specific ones
+/// left out). `tap`: the taps of the response whose body this is.
 async fn h1_body_to_h2(
     mut scanner: BodyScanner,
     (rd, meter): (&mut impl ReadMore, &ConnMeter),
@@ -587,9 +588,15 @@ async fn h1_body_to_h2(
     tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
     let mut data = BytesMut::new();
+    // The trailer section's lines (the scanner bounds them).
+    let mut trailer_lines = Vec::new();
     loop {
         let p = scanner
-            .scan_data(buf, |r| data.extend_from_slice(&buf[r]))
+            .scan_parts(
+                buf,
+                |r| data.extend_from_slice(&buf[r]),
+                |r| trailer_lines.extend_from_slice(&buf[r]),
+            )
             .map_err(|e| format!("bad body: {e}"))?;
         buf.drain(..p.consumed);
         if !data.is_empty() {
@@ -615,8 +622,42 @@ async fn h1_body_to_h2(
             Err(e) => return Err(format!("reading the body failed: {e}")),
         }
     }
-    to.send_data(Bytes::new(), true)
+    let trailers = h2_trailers(&trailer_lines);
+    if trailers.is_empty() {
+        return to
+            .send_data(Bytes::new(), true)
+            .map_err(|e| format!("stream failed: {e}"));
+    }
+    if let Some(t) = tap {
+        t.trailers(|| crate::tap::h2_fields(&trailers));
+    }
+    to.send_trailers(trailers)
         .map_err(|e| format!("stream failed: {e}"))
+}
+
+/// An HTTP/1 trailer section's lines as HTTP/2 trailers: names lowercased;
+/// connection-specific fields (HTTP/2 forbids them) and fields HTTP/2
+/// cannot carry left out.
+fn h2_trailers(lines: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in ringmesh_protocols::http1::trailer_fields(lines) {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        else {
+            continue;
+        };
+        let connection_specific = matches!(
+            name,
+            http::header::CONNECTION
+                | http::header::TRANSFER_ENCODING
+                | http::header::UPGRADE
+                | http::header::TE
+        ) || name == "keep-alive"
+            || name == "proxy-connection";
+        if !connection_specific {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 /// Reads the final response head (skipping interim 1xx ones) into `resp`.

@@ -51,6 +51,15 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
 /// One HTTP/1.1 exchange on `s`: (status, head, body). Handles
 /// Content-Length and chunked answers.
 fn exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let (status, head, body, _) = exchange_with_trailers(r, request);
+    (status, head, body)
+}
+
+/// As [`exchange`], also returning a chunked answer's trailer lines.
+fn exchange_with_trailers(
+    r: &mut BufReader<TcpStream>,
+    request: &[u8],
+) -> (u16, String, Vec<u8>, String) {
     r.get_mut().write_all(request).unwrap();
     let mut head = String::new();
     loop {
@@ -69,6 +78,7 @@ fn exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, String, Vec<u
         })
     };
     let mut body = Vec::new();
+    let mut trailers = String::new();
     if request.starts_with(b"HEAD ") {
         // No body, whatever Content-Length says.
     } else if let Some(len) = field("content-length") {
@@ -85,10 +95,13 @@ fn exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, String, Vec<u
             r.read_line(&mut line).unwrap();
             let size = usize::from_str_radix(line.trim().split(';').next().unwrap(), 16).unwrap();
             if size == 0 {
-                let mut end = String::new();
-                while end != "\r\n" {
-                    end.clear();
-                    r.read_line(&mut end).unwrap();
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    trailers.push_str(&line);
                 }
                 break;
             }
@@ -99,7 +112,7 @@ fn exchange(r: &mut BufReader<TcpStream>, request: &[u8]) -> (u16, String, Vec<u
             r.read_exact(&mut crlf).unwrap();
         }
     }
-    (status, head, body)
+    (status, head, body, trailers)
 }
 
 fn client(addr: SocketAddr) -> BufReader<TcpStream> {
@@ -197,7 +210,9 @@ fn http1_over_http2_between_two_proxies(driver: IoDriver) {
     Pattern::new(7).fill(&mut want);
     assert!(body == want, "2 MB download intact");
 
-    let (status, head, body) = exchange(
+    // Trailers cross both translations (HTTP/1 chunked → HTTP/2 trailers
+    // in B, back to chunked in A), both ways.
+    let (status, head, body, trailers) = exchange_with_trailers(
         &mut c,
         b"GET /chunked HTTP/1.1\r\nHost: web.test:80\r\n\r\n",
     );
@@ -207,6 +222,23 @@ fn http1_over_http2_between_two_proxies(driver: IoDriver) {
         "{head}"
     );
     assert_eq!(body, b"hello world");
+    assert_eq!(trailers.to_ascii_lowercase(), "x-trailer: yes\r\n");
+    let (status, _, body) = exchange(
+        &mut c,
+        b"POST /echo-trailers HTTP/1.1\r\nHost: web.test:80\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\nX-Checksum: 42\r\nKeep-Alive: timeout=5\r\nX-Multi: a\r\nx-multi: b\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let echoed = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(echoed.contains("x-checksum: 42\r\n"), "{echoed}");
+    assert!(
+        echoed.contains("x-multi: a\r\n") && echoed.contains("x-multi: b\r\n"),
+        "{echoed}"
+    );
+    assert!(
+        !echoed.contains("keep-alive"),
+        "connection-specific fields do not cross HTTP/2: {echoed}"
+    );
 
     let (status, _, _) = exchange(
         &mut c,
@@ -250,7 +282,7 @@ fn http1_over_http2_between_two_proxies(driver: IoDriver) {
         "one HTTP/2 connection between the proxies:\n{text}"
     );
     let requests = series(&text, "request_total", &["direction=\"inbound\""]).unwrap();
-    assert_eq!(requests, 327.0, "every request went through B: {requests}");
+    assert_eq!(requests, 328.0, "every request went through B: {requests}");
     drop(m.origin);
 }
 both_drivers!(two_proxies, super::http1_over_http2_between_two_proxies);
@@ -384,6 +416,8 @@ fn http2_client_to_http1_service(driver: IoDriver) {
             .await
             .unwrap();
         assert_eq!(a.body, b"hello world");
+        let trailers = a.trailers.expect("the chunked trailers as HTTP/2 trailers");
+        assert_eq!(trailers.get("x-trailer").unwrap(), "yes");
         let a = common::h2::request(&send, "GET", "/close-delimited", None)
             .await
             .unwrap();

@@ -527,27 +527,43 @@ fn translated_requests_are_tapped() {
     }
 }
 
-/// Trailers reach `ResponseEnd` for an HTTP/1 client too (with fields
-/// extracted): a chunked response's trailer section as it was relayed,
-/// and an HTTP/2 origin's trailers once made chunked trailers for the
-/// client (an `h2`-hinted service).
+/// Trailers reach `ResponseEnd` whatever the versions on either side
+/// (with fields extracted): a chunked response's trailer section relayed
+/// to an HTTP/1 client; an HTTP/2 origin's trailers made chunked trailers
+/// for an HTTP/1 client (an `h2`-hinted service); and a chunked HTTP/1
+/// response's trailer section made HTTP/2 trailers for an HTTP/2 client
+/// (a `protocol = "http1"` service).
 #[test]
-fn trailers_are_tapped_for_http1_clients() {
+fn trailers_are_tapped_whatever_the_versions() {
     let h2_origin = common::h2::origin(None);
     let h1_origin = http::origin("app");
     let cases = [
-        ("h1", h1_origin.addr, "", "/chunked", "x-trailer"),
+        ("h1", h1_origin.addr, "", "/chunked", "x-trailer", false),
         (
             "h2",
             h2_origin.addr,
             "protocol_hint = \"h2\"\n",
             "/echo",
             "x-echo-bytes",
+            false,
+        ),
+        (
+            "h2-client",
+            h1_origin.addr,
+            "protocol = \"http1\"\n",
+            "/chunked",
+            "x-trailer",
+            true,
         ),
     ];
-    for (tag, addr, extra, path, trailer) in cases {
+    for (tag, addr, extra, path, trailer, h2_client) in cases {
         let (proxy, call) = service_with_tap(&format!("trailers-{tag}"), addr, extra);
-        assert!(get(proxy.forward_addrs()[0], path).contains("200"), "{tag}");
+        let forward = proxy.forward_addrs()[0];
+        if h2_client {
+            assert_eq!(curl_h2(forward, path, &[]), "200 2", "{tag}");
+        } else {
+            assert!(get(forward, path).contains("200"), "{tag}");
+        }
         let (events, status) = call.finish(Duration::from_secs(10));
         assert_eq!(status.trim(), "status 0", "{tag}");
         let reqs = by_request(&events);

@@ -2,12 +2,15 @@
 //! upgrade), then body scanning fed in fuzzer-sized pieces.
 //!
 //! Checks: never panics; feeding the body in pieces gives the same end,
-//! the same content bytes and the same trailer lines as feeding it whole;
+//! the same content bytes and the same trailer lines as feeding it whole,
+//! each line one named field;
 //! consumed never exceeds what was fed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringmesh_protocols::http1::{BodyScanner, Limits, Method, RequestContext, ResponseHead};
+use ringmesh_protocols::http1::{
+    trailer_fields, BodyScanner, Limits, Method, RequestContext, ResponseHead,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
@@ -86,6 +89,11 @@ fuzz_target!(|data: &[u8]| {
             );
             assert_eq!(data, whole_data, "content bytes differ in pieces");
             assert_eq!(trailers, whole_trailers, "trailer lines differ in pieces");
+            // Every validated trailer line is one field with a name.
+            let lines = trailers.split(|&b| b == b'\n').count() - 1;
+            let fields: Vec<_> = trailer_fields(&trailers).collect();
+            assert_eq!(fields.len(), lines, "a field per trailer line");
+            assert!(fields.iter().all(|(name, _)| !name.is_empty()));
         }
     }
 });

@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 origin server for tests (std threads, httparse), with
 //! routes that expose what the proxy did: the raw request head, body sizes
-//! and checksums, chunked responses with trailers, upgrades.
+//! and checksums, chunked responses with trailers, request trailers echoed,
+//! upgrades.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -72,8 +73,10 @@ fn read_head(r: &mut BufReader<TcpStream>) -> io::Result<Option<Req>> {
     }))
 }
 
-/// Reads the request body, returning (length, checksum).
-fn read_body(r: &mut BufReader<TcpStream>, req: &Req) -> io::Result<(u64, u64)> {
+/// Reads the request body, returning (length, checksum, a chunked body's
+/// trailer lines).
+fn read_body(r: &mut BufReader<TcpStream>, req: &Req) -> io::Result<(u64, u64, String)> {
+    let mut trailers = String::new();
     let mut h = Fnv::default();
     let mut total = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -94,6 +97,7 @@ fn read_body(r: &mut BufReader<TcpStream>, req: &Req) -> io::Result<(u64, u64)> 
                     if t == "\r\n" || t.is_empty() {
                         break;
                     }
+                    trailers.push_str(&t);
                 }
                 break;
             }
@@ -118,7 +122,7 @@ fn read_body(r: &mut BufReader<TcpStream>, req: &Req) -> io::Result<(u64, u64)> 
             total += n as u64;
         }
     }
-    Ok((total, h.0))
+    Ok((total, h.0, trailers))
 }
 
 fn serve(name: &str, s: TcpStream) -> io::Result<()> {
@@ -153,7 +157,7 @@ fn serve(name: &str, s: TcpStream) -> io::Result<()> {
             w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")?;
             continue;
         }
-        let (len, sum) = read_body(&mut r, &req)?;
+        let (len, sum, trailers) = read_body(&mut r, &req)?;
         let conn = if keep { "keep-alive" } else { "close" };
         let path = req.path.clone();
         if path == "/hello" {
@@ -170,6 +174,13 @@ fn serve(name: &str, s: TcpStream) -> io::Result<()> {
                 req.head.len()
             )?;
             w.write_all(&req.head)?;
+        } else if path == "/echo-trailers" {
+            // The request's trailer lines, as the body.
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{trailers}",
+                trailers.len()
+            )?;
         } else if path == "/upload" {
             let body = format!("{len} {sum:016x}\n");
             write!(

@@ -271,6 +271,17 @@ impl ChunkedScanner {
     }
 }
 
+/// The fields of a trailer section's lines as [`ChunkedScanner::scan_parts`]
+/// tells them (`name: value` CRLF …, validated by the scanner): each
+/// `(name, value)`, the value without surrounding whitespace.
+pub fn trailer_fields(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    lines.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        Some((&line[..colon], line[colon + 1..].trim_ascii()))
+    })
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -426,6 +437,21 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn trailer_lines_become_fields() {
+        let lines = b"Grpc-Status: 0\r\nx-a:  b c \t\r\nx-empty:\r\n";
+        let fields: Vec<_> = trailer_fields(lines).collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Grpc-Status"[..], &b"0"[..]),
+                (b"x-a", b"b c"),
+                (b"x-empty", b""),
+            ]
+        );
+        assert_eq!(trailer_fields(b"").count(), 0);
     }
 
     #[test]

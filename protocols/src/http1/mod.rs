@@ -86,7 +86,7 @@ mod target;
 mod write;
 
 pub use body::{BodyFraming, BodyLength, BodyProgress, BodyScanner};
-pub use chunked::ChunkedScanner;
+pub use chunked::{trailer_fields, ChunkedScanner};
 pub use error::{ChunkedError, Http1Error, ProtocolError, WriteError};
 pub use fields::Headers;
 pub use request::{Authority, RequestContext, RequestHead};
