@@ -10,9 +10,13 @@
 # request: its events are sent, or dropped when the tap client falls
 # behind - never is a request slowed to wait for it).
 #
-# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N] [CLIENT=curl|ringmesh]
-# CLIENT: the tap client. curl (the default) reads the call's bytes and
-# throws them away, as a client elsewhere would cost this machine nothing;
+# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N] [CLIENT=sink|curl|ringmesh]
+# CLIENT: the tap client. sink (the default, tap-sink.py) opens the call
+# with the largest HTTP/2 windows and only reads and discards, in 1 MiB
+# reads: next to no CPU, as a client elsewhere would cost this machine
+# nothing. curl reads the call's bytes and throws them away too, but
+# parses every frame and sends WINDOW_UPDATEs, taking a few % of the load
+# generator's core;
 # `ringmesh tap` decodes and prints every event, and on a 2-core machine
 # takes CPU from the load generator beside it, so the proxy is driven
 # differently in the "all" rounds than in the others (fewer requests per
@@ -35,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for kv in "$@"; do export "${kv?}"; done
-ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-curl} PAD=${PAD:-1}
+ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-sink} PAD=${PAD:-1}
 for t in wrk h2load nginx curl taskset bc; do
   command -v "$t" > /dev/null || { echo "tap-cost.sh: $t is missing (scripts/install-test-deps.sh)"; exit 1; }
 done
@@ -100,7 +104,9 @@ start_tap() {
     nomatch) args=(--path /never-matches) ;;
     all) args=() ;;
   esac
-  if [ "$CLIENT" = curl ]; then
+  if [ "$CLIENT" = sink ]; then
+    taskset -c 0 python3 bench/scripts/tap-sink.py 127.0.0.1:18990 "$tmp/observe-$1" &
+  elif [ "$CLIENT" = curl ]; then
     taskset -c 0 curl -s --http2-prior-knowledge -X POST -H 'content-type: application/grpc' \
       -H 'te: trailers' --data-binary "@$tmp/observe-$1" -o /dev/null \
       http://127.0.0.1:18990/io.linkerd.proxy.tap.Tap/Observe &

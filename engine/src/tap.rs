@@ -303,9 +303,9 @@ impl Match {
 pub(crate) const QUEUE_BYTES: usize = 512 * 1024;
 
 /// A worker hands a tap's events over once this many bytes are ready …
-const HAND_OVER_BYTES: usize = 64 * 1024;
+const HAND_OVER_BYTES: usize = 128 * 1024;
 /// … or this long after the first of them (their delay, at most).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Encoded events from one worker for one tap: gRPC messages, ready to be
 /// written to the tap's client as they are.

@@ -734,10 +734,10 @@ fn a_client_that_never_reads_costs_requests_nothing() {
     let dropped = metric(&proxy, "tap_events_dropped_total");
     // Each request is three events (its start, its response's head, its
     // end), each at least 65 bytes here: all but what the queue held (512
-    // KiB), the window took, and what the call took from the queue to wait
-    // for the window with (64 KiB and one worker's batch of 16 KiB at
-    // most) are dropped.
-    let held = (512 * 1024 + 100 + 81 * 1024) / 65;
+    // KiB), the window took, what the call took from the queue to wait
+    // for the window with (64 KiB and one worker's batch of 128 KiB at
+    // most) and the batch the worker was gathering (128 KiB) are dropped.
+    let held = (512 * 1024 + 100 + (64 + 2 * 129) * 1024) / 65;
     assert!(
         dropped >= 3 * REQUESTS - held,
         "the queue holds 512 KiB of events; the rest are dropped: {dropped}"
@@ -774,12 +774,14 @@ fn large_heads_fill_a_stuck_tap_by_bytes() {
     drop(c);
     wait_installed(&proxy, 0);
     let dropped = metric(&proxy, "tap_events_dropped_total");
-    // Each request's start carries its 30 KiB field: the queue (512 KiB)
-    // and what the call took to wait for the window with (64 KiB and one
-    // batch) hold 20 starts at most; the others are dropped. (Counted in
-    // events, 4096 of them would have held every one of the 600.)
+    // Each request's start carries its 30 KiB field: the queue (512 KiB),
+    // what the call took to wait for the window with (64 KiB and one
+    // batch of 128 KiB) and the batch being gathered hold 28 starts at
+    // most; the others are dropped (and, with them, most of their
+    // responses' events). (Counted in events, 4096 of them would have
+    // held every one of the 600.)
     assert!(
-        dropped >= REQUESTS - 20,
+        dropped >= REQUESTS - 28,
         "512 KiB of events are held at most; the rest are dropped: {dropped}"
     );
 }
