@@ -91,7 +91,12 @@ impl<'w> Observer<'w> {
             if !taps.may_want(self.peer, head) {
                 return;
             }
-            self.tap = Some(Box::new(self.w.taps.pending(taps, self.peer, head)));
+            self.tap = Some(Box::new(self.w.taps.pending(
+                taps,
+                self.peer,
+                head,
+                self.started,
+            )));
         }
     }
 
@@ -241,12 +246,14 @@ impl<'w> Observer<'w> {
     /// The request ended with a response counted as `class` (from the
     /// upstream, or one cut short after it started).
     pub(crate) fn end(mut self, class: ResponseClass) {
+        // One clock read for the latency and the tap's end.
+        let now = Instant::now();
         if let Some(p) = self.tap.take() {
-            p.end(class.status, class.grpc_status);
+            p.end(class.status, class.grpc_status, now);
         }
         self.w
             .telemetry
-            .record_response(&self.key, class, self.started);
+            .record_response(&self.key, class, self.started, now);
     }
 
     /// The request ended with a response of `status` from upstream.
@@ -278,7 +285,7 @@ impl Drop for Observer<'_> {
     /// taps see it end without a response.
     fn drop(&mut self) {
         if let Some(p) = self.tap.take() {
-            p.end(0, None);
+            p.end(0, None, Instant::now());
         }
     }
 }

@@ -439,12 +439,13 @@ impl WorkerTaps {
         taps: std::sync::Arc<TapSet>,
         source: SocketAddr,
         head: &dyn TapHead,
+        seen: std::time::Instant,
     ) -> Pending {
         let n = self.next.get() + 1;
         self.next.set(n);
         let worker = self.outbox.worker;
         let id = (u32::try_from(worker).unwrap_or(u32::MAX), n);
-        Pending::new(taps, self.outbox.clone(), source, head, id)
+        Pending::new(taps, self.outbox.clone(), source, head, id, seen)
     }
 }
 
@@ -583,9 +584,10 @@ pub(crate) struct Pending {
     taps: std::sync::Arc<TapSet>,
     outbox: std::rc::Rc<Outbox>,
     source: SocketAddr,
-    method: String,
-    authority: String,
-    path: String,
+    /// Its method, authority and path, one after another (one copy).
+    head: String,
+    /// Where its authority and its path start in `head`.
+    head_at: (usize, usize),
     headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
     /// (Bit `i`: `taps.taps[i]`; no allocation per request.)
@@ -616,25 +618,30 @@ impl Pending {
         source: SocketAddr,
         head: &dyn TapHead,
         id: StreamId,
+        seen: std::time::Instant,
     ) -> Self {
         let headers = taps
             .taps
             .iter()
             .any(|t| t.tap.headers)
             .then(|| head.headers());
+        let (method, authority, path) = (head.method(), head.authority(), head.path());
+        let mut parts = String::with_capacity(method.len() + authority.len() + path.len());
+        parts.push_str(method);
+        parts.push_str(authority);
+        parts.push_str(path);
         Self {
             taps,
             outbox,
             source,
-            method: head.method().to_string(),
-            authority: head.authority().to_string(),
-            path: head.path().to_string(),
+            head: parts,
+            head_at: (method.len(), method.len() + authority.len()),
             headers,
             matched: 0,
             fields: false,
             id,
             common: Vec::new(),
-            seen: std::time::Instant::now(),
+            seen,
             response_at: std::cell::Cell::new(None),
             bytes: std::cell::Cell::new(0),
             reset: std::cell::Cell::new(None),
@@ -661,13 +668,14 @@ impl Pending {
         }
         self.decided = true;
         let route_pair = route.map(|r| ("route", &**r));
+        let (method, authority, path) = Self::parts(&self.head, self.head_at);
         let req = TapRequest {
             source: self.source,
             destination,
-            method: &self.method,
+            method,
             scheme: "http",
-            authority: &self.authority,
-            path: &self.path,
+            authority,
+            path,
             dst_labels: dst_labels.map_or(&[], |l| &l[..]),
             route_labels: route_pair.as_slice(),
         };
@@ -695,19 +703,26 @@ impl Pending {
             client_id,
             server_id,
         };
+        self.common = Vec::with_capacity(crate::tap_wire::common_capacity(&common));
         crate::tap_wire::common_fields(&common, &mut self.common);
         let fields = self.taps().any(|t| t.tap.headers);
         self.fields = fields;
+        let (method, authority, path) = Self::parts(&self.head, self.head_at);
         for t in matched(&self.taps, self.matched) {
             let init = crate::tap_wire::HttpEvent::RequestInit {
-                method: &self.method,
-                authority: &self.authority,
-                path: &self.path,
+                method,
+                authority,
+                path,
                 headers: self.headers.as_deref().filter(|_| t.tap.headers),
             };
             self.outbox.put(t, &self.common, self.id, &init, false);
         }
         true
+    }
+
+    /// Its method, authority and path, from `head` and `head_at`.
+    fn parts(head: &str, (a, p): (usize, usize)) -> (&str, &str, &str) {
+        (&head[..a], &head[a..p], &head[p..])
     }
 
     /// Whether the taps that see it were chosen (its destination known).
@@ -769,10 +784,9 @@ impl Pending {
     }
 
     /// The request ended with `status` (0: no response) and, for gRPC,
-    /// `grpc_status`. A status with no head announced is the proxy's own
-    /// answer: its `ResponseInit` goes first.
-    pub(crate) fn end(self, status: u16, grpc_status: Option<u32>) {
-        let now = std::time::Instant::now();
+    /// `grpc_status`, at `now`. A status with no head announced is the
+    /// proxy's own answer: its `ResponseInit` goes first.
+    pub(crate) fn end(self, status: u16, grpc_status: Option<u32>, now: std::time::Instant) {
         let head = self.response_at.get().unwrap_or(now);
         let eos = match (self.reset.get(), grpc_status) {
             (Some(code), _) => TapEos::Reset(code),

@@ -14,7 +14,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use linkerd2_proxy_api::net::TcpAddress;
 use linkerd2_proxy_api::tap::tap_event;
 
 /// A request's id in tap events: the worker, and the request's number on
@@ -57,10 +56,9 @@ pub(crate) struct Common<'a> {
 /// endpoint), `route_meta` and `proxy_direction`. Written straight from
 /// the request's description: no maps or copies of its labels.
 pub(crate) fn common_fields(c: &Common<'_>, out: &mut Vec<u8>) {
-    use prost::encoding::{encode_key, encode_varint, message, WireType};
     out.clear();
-    message::encode(1, &TcpAddress::from(c.source), out);
-    message::encode(2, &TcpAddress::from(c.destination), out);
+    put_tcp_address(out, 1, c.source);
+    put_tcp_address(out, 2, c.destination);
     let dst_tls = c.server_id.map(|id| [("tls", "true"), ("server_id", id)]);
     let dst = c
         .dst_labels
@@ -75,11 +73,85 @@ pub(crate) fn common_fields(c: &Common<'_>, out: &mut Vec<u8>) {
     } else {
         tap_event::ProxyDirection::Outbound
     };
-    encode_key(6, WireType::Varint, out);
-    encode_varint(direction as u64, out);
+    put_enum(out, 6, direction as u32);
     if let Some(r) = c.route {
         put_labels(out, 7, [("route", r)].into_iter());
     }
+}
+
+/// How many bytes [`common_fields`] takes for `c`, about: enough that
+/// its buffer is allocated once.
+pub(crate) fn common_capacity(c: &Common<'_>) -> usize {
+    let labels: usize = c
+        .dst_labels
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|(k, v)| k.len() + v.len() + 8)
+        .sum();
+    let ids = c.client_id.map_or(0, str::len) + c.server_id.map_or(0, str::len);
+    let route = c.route.map_or(0, str::len);
+    96 + labels + ids + route + 48
+}
+
+/// Field `tag`, a `TcpAddress { IPAddress ip = 1; uint32 port = 2 }`,
+/// its `IPAddress` a oneof of `fixed32 ipv4 = 1` (the address's octets
+/// as a big-endian number) and `IPv6 ipv6 = 2` (`fixed64 first = 1;
+/// fixed64 last = 2`, its first and last eight octets likewise).
+fn put_tcp_address(out: &mut Vec<u8>, tag: u32, addr: SocketAddr) {
+    nested(out, tag, |out| {
+        nested(out, 1, |out| match addr.ip() {
+            std::net::IpAddr::V4(ip) => {
+                put_key(out, 1, FIXED32);
+                out.extend_from_slice(&u32::from(ip).to_le_bytes());
+            }
+            std::net::IpAddr::V6(ip) => nested(out, 2, |out| {
+                let bits = u128::from(ip);
+                for (tag, half) in [(1, (bits >> 64) as u64), (2, bits as u64)] {
+                    if half != 0 {
+                        put_key(out, tag, FIXED64);
+                        out.extend_from_slice(&half.to_le_bytes());
+                    }
+                }
+            }),
+        });
+        put_uint(out, 2, u64::from(addr.port()));
+    });
+}
+
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LENGTH_DELIMITED: u32 = 2;
+const FIXED32: u32 = 5;
+
+/// A base-128 varint; most here (tags, lengths, small numbers) take one
+/// byte, written first.
+#[inline]
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = v as u8 | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    out.extend_from_slice(&buf[..=n]);
+}
+
+/// How many bytes [`put_varint`] writes for `v`.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A field's key: its tag and wire type.
+#[inline]
+fn put_key(out: &mut Vec<u8>, tag: u32, wire_type: u32) {
+    put_varint(out, u64::from(tag << 3 | wire_type));
 }
 
 /// A message of one `map<string, string> labels = 1` field (`EndpointMeta`,
@@ -89,26 +161,25 @@ fn put_labels<'a>(
     tag: u32,
     labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
 ) {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    let string_len = |s: &str| 1 + encoded_len_varint(s.len() as u64) + s.len();
+    let string_len = |s: &str| 1 + varint_len(s.len() as u64) + s.len();
     let entry_len = |k: &str, v: &str| string_len(k) + string_len(v);
     let put_string = |out: &mut Vec<u8>, tag: u32, s: &str| {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(s.len() as u64, out);
+        put_key(out, tag, LENGTH_DELIMITED);
+        put_varint(out, s.len() as u64);
         out.extend_from_slice(s.as_bytes());
     };
     let inner: usize = labels
         .clone()
         .map(|(k, v)| {
             let e = entry_len(k, v);
-            1 + encoded_len_varint(e as u64) + e
+            1 + varint_len(e as u64) + e
         })
         .sum();
-    encode_key(tag, WireType::LengthDelimited, out);
-    encode_varint(inner as u64, out);
+    put_key(out, tag, LENGTH_DELIMITED);
+    put_varint(out, inner as u64);
     for (k, v) in labels {
-        encode_key(1, WireType::LengthDelimited, out);
-        encode_varint(entry_len(k, v) as u64, out);
+        put_key(out, 1, LENGTH_DELIMITED);
+        put_varint(out, entry_len(k, v) as u64);
         put_string(out, 1, k);
         put_string(out, 2, v);
     }
@@ -236,8 +307,7 @@ fn registered_method(m: &str) -> Option<u32> {
 /// written after it: one byte is kept for it, and the body moved on when
 /// it takes more (only for bodies of 128 bytes or more).
 fn nested(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
-    encode_key(tag, WireType::LengthDelimited, out);
+    put_key(out, tag, LENGTH_DELIMITED);
     let at = out.len();
     out.push(0);
     body(out);
@@ -245,38 +315,31 @@ fn nested(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = [0u8; 10];
-        let n = {
-            let mut rest = &mut prefix[..];
-            encode_varint(len as u64, &mut rest);
-            10 - rest.len()
-        };
-        out.splice(at..at + 1, prefix[..n].iter().copied());
+        let mut prefix = Vec::with_capacity(10);
+        put_varint(&mut prefix, len as u64);
+        out.splice(at..at + 1, prefix);
     }
 }
 
 /// A scalar field (proto3: left out when zero).
 fn put_uint(out: &mut Vec<u8>, tag: u32, v: u64) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
     if v != 0 {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
+        put_key(out, tag, VARINT);
+        put_varint(out, v);
     }
 }
 
 /// A varint member of a oneof: written even when zero.
 fn put_enum(out: &mut Vec<u8>, tag: u32, v: u32) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
-    encode_key(tag, WireType::Varint, out);
-    encode_varint(u64::from(v), out);
+    put_key(out, tag, VARINT);
+    put_varint(out, u64::from(v));
 }
 
 /// A string or bytes field (proto3: left out when empty).
 fn put_bytes(out: &mut Vec<u8>, tag: u32, v: &[u8]) {
-    use prost::encoding::{encode_key, encode_varint, WireType};
     if !v.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(v.len() as u64, out);
+        put_key(out, tag, LENGTH_DELIMITED);
+        put_varint(out, v.len() as u64);
         out.extend_from_slice(v);
     }
 }
@@ -312,6 +375,7 @@ fn put_headers(out: &mut Vec<u8>, tag: u32, fields: Option<&[(String, Vec<u8>)]>
 mod tests {
     use super::*;
     use linkerd2_proxy_api::http_types::{HttpMethod, Scheme};
+    use linkerd2_proxy_api::net::TcpAddress;
     use linkerd2_proxy_api::tap::tap_event::http as th;
     use linkerd2_proxy_api::tap::{eos, Eos, TapEvent};
     use prost::Message;
@@ -380,6 +444,40 @@ mod tests {
             ev.proxy_direction,
             tap_event::ProxyDirection::Inbound as i32
         );
+    }
+
+    /// Varints and addresses, written by hand, are byte for byte what
+    /// prost writes: every length of varint, IPv4 and IPv6 (either half
+    /// zero, or both), port zero and the largest.
+    #[test]
+    fn varints_and_addresses_are_written_as_prost_would() {
+        for shift in 0..64 {
+            for v in [1u64 << shift, (1u64 << shift) - 1, u64::MAX >> shift] {
+                let mut ours = Vec::new();
+                put_varint(&mut ours, v);
+                let mut theirs = Vec::new();
+                prost::encoding::encode_varint(v, &mut theirs);
+                assert_eq!(ours, theirs, "{v}");
+                assert_eq!(varint_len(v), theirs.len(), "{v}");
+            }
+        }
+        for a in [
+            "0.0.0.0:0",
+            "10.0.0.1:40000",
+            "255.255.255.255:65535",
+            "[::]:0",
+            "[::1]:80",
+            "[fd00::]:8080",
+            "[fd00::2]:1",
+            "[::ffff:10.1.2.3]:443",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut ours = Vec::new();
+            put_tcp_address(&mut ours, 2, addr);
+            let mut theirs = Vec::new();
+            prost::encoding::message::encode(2, &TcpAddress::from(addr), &mut theirs);
+            assert_eq!(ours, theirs, "{a}");
+        }
     }
 
     /// The message prost would write for `ev` (what the hand-written

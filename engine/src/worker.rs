@@ -362,10 +362,16 @@ impl Routes {
 }
 
 impl Telemetry {
-    /// Counts one HTTP request and its response in this worker's shard.
-    pub(crate) fn record_response(&self, key: &HttpKey, class: ResponseClass, started: Instant) {
-        // One clock read for the latency and the label set's last use.
-        let now = Instant::now();
+    /// Counts one HTTP request and its response in this worker's shard,
+    /// ended at `now` (one clock read for the latency and the label
+    /// set's last use).
+    pub(crate) fn record_response(
+        &self,
+        key: &HttpKey,
+        class: ResponseClass,
+        started: Instant,
+        now: Instant,
+    ) {
         let ms = now.saturating_duration_since(started).as_millis() as u64;
         self.requests.set(self.requests.get() + 1);
         self.http.borrow_mut().record_at(key, class, ms, now);
