@@ -124,23 +124,15 @@ const FIXED64: u32 = 1;
 const LENGTH_DELIMITED: u32 = 2;
 const FIXED32: u32 = 5;
 
-/// A base-128 varint; most here (tags, lengths, small numbers) take one
-/// byte, written first.
+/// A base-128 varint, byte by byte (most here, tags, lengths and small
+/// numbers, take one; a copy of a few bytes would be a `memcpy` call).
 #[inline]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    if v < 0x80 {
-        out.push(v as u8);
-        return;
-    }
-    let mut buf = [0u8; 10];
-    let mut n = 0;
     while v >= 0x80 {
-        buf[n] = v as u8 | 0x80;
+        out.push(v as u8 | 0x80);
         v >>= 7;
-        n += 1;
     }
-    buf[n] = v as u8;
-    out.extend_from_slice(&buf[..=n]);
+    out.push(v as u8);
 }
 
 /// How many bytes [`put_varint`] writes for `v`.
