@@ -293,12 +293,18 @@ both_drivers!(two_proxies, super::http1_over_http2_between_two_proxies);
 fn connections_between_proxies(hint: bool) -> (f64, String) {
     let origin = lb::backend(b'o', Duration::from_millis(100));
     let target = origin.addr.to_string();
+    // The client proxy speaks first, so the tests' short detection
+    // timeout (100 ms) is not needed here; with it, a worker stalled that
+    // long on a loaded machine could miss the deadline and not serve the
+    // connection as HTTP/2, and the client proxy connected again (a CI run
+    // counted two connections, every request still answered).
     let b = start_proxy(
         IoDriver::Uring,
         &[
             ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
             ("RINGMESH_INBOUND_TARGET", &target),
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
         ],
     );
     let file = service_file(
