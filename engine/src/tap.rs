@@ -421,6 +421,7 @@ impl WorkerTaps {
                 worker,
                 batches: std::cell::RefCell::default(),
                 due: std::cell::Cell::new(false),
+                spare: std::cell::RefCell::default(),
             }),
         }
     }
@@ -468,9 +469,42 @@ pub(crate) struct Outbox {
     batches: std::cell::RefCell<Vec<Batch>>,
     /// A hand-over of everything gathered is scheduled.
     due: std::cell::Cell<bool>,
+    /// Buffers of tapped requests that ended, for the next ones (no
+    /// allocation per tapped request once warm).
+    spare: std::cell::RefCell<Vec<Buffers>>,
 }
 
+/// A tapped request's buffers: its head's parts, its common fields.
+#[derive(Default)]
+struct Buffers {
+    head: String,
+    common: Vec<u8>,
+}
+
+/// Spare buffers a worker keeps at most …
+const SPARE_BUFFERS: usize = 64;
+/// … each of them at most this large (a long head's are freed).
+const SPARE_BYTES: usize = 1024;
+
 impl Outbox {
+    /// A request's buffers, empty: spare ones when there are.
+    fn buffers(&self) -> Buffers {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// An ended request's buffers, kept for the next ones.
+    fn recycle(&self, mut b: Buffers) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS
+            && b.head.capacity() <= SPARE_BYTES
+            && b.common.capacity() <= SPARE_BYTES
+        {
+            b.head.clear();
+            b.common.clear();
+            spare.push(b);
+        }
+    }
+
     /// Appends one event of a request (`common`: its common fields) for
     /// `tap`; `ends`: it is the request's last.
     fn put(
@@ -584,9 +618,11 @@ pub(crate) struct Pending {
     taps: std::sync::Arc<TapSet>,
     outbox: std::rc::Rc<Outbox>,
     source: SocketAddr,
-    /// Its method, authority and path, one after another (one copy).
-    head: String,
-    /// Where its authority and its path start in `head`.
+    /// Its method, authority and path one after another in `bufs.head`
+    /// (one copy); its common fields, encoded once matched, in
+    /// `bufs.common`.
+    bufs: Buffers,
+    /// Where its authority and its path start in `bufs.head`.
     head_at: (usize, usize),
     headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
@@ -595,8 +631,6 @@ pub(crate) struct Pending {
     /// Some tap that sees it extracts header fields.
     fields: bool,
     id: StreamId,
-    /// Its events' common fields, encoded once matched.
-    common: Vec<u8>,
     seen: std::time::Instant,
     response_at: std::cell::Cell<Option<std::time::Instant>>,
     /// Bytes of the response's body relayed so far.
@@ -626,21 +660,20 @@ impl Pending {
             .any(|t| t.tap.headers)
             .then(|| head.headers());
         let (method, authority, path) = (head.method(), head.authority(), head.path());
-        let mut parts = String::with_capacity(method.len() + authority.len() + path.len());
-        parts.push_str(method);
-        parts.push_str(authority);
-        parts.push_str(path);
+        let mut bufs = outbox.buffers();
+        bufs.head.push_str(method);
+        bufs.head.push_str(authority);
+        bufs.head.push_str(path);
         Self {
             taps,
             outbox,
             source,
-            head: parts,
+            bufs,
             head_at: (method.len(), method.len() + authority.len()),
             headers,
             matched: 0,
             fields: false,
             id,
-            common: Vec::new(),
             seen,
             response_at: std::cell::Cell::new(None),
             bytes: std::cell::Cell::new(0),
@@ -668,7 +701,7 @@ impl Pending {
         }
         self.decided = true;
         let route_pair = route.map(|r| ("route", &**r));
-        let (method, authority, path) = Self::parts(&self.head, self.head_at);
+        let (method, authority, path) = Self::parts(&self.bufs.head, self.head_at);
         let req = TapRequest {
             source: self.source,
             destination,
@@ -703,11 +736,13 @@ impl Pending {
             client_id,
             server_id,
         };
-        self.common = Vec::with_capacity(crate::tap_wire::common_capacity(&common));
-        crate::tap_wire::common_fields(&common, &mut self.common);
+        self.bufs
+            .common
+            .reserve(crate::tap_wire::common_capacity(&common));
+        crate::tap_wire::common_fields(&common, &mut self.bufs.common);
         let fields = self.taps().any(|t| t.tap.headers);
         self.fields = fields;
-        let (method, authority, path) = Self::parts(&self.head, self.head_at);
+        let (method, authority, path) = Self::parts(&self.bufs.head, self.head_at);
         for t in matched(&self.taps, self.matched) {
             let init = crate::tap_wire::HttpEvent::RequestInit {
                 method,
@@ -715,12 +750,12 @@ impl Pending {
                 path,
                 headers: self.headers.as_deref().filter(|_| t.tap.headers),
             };
-            self.outbox.put(t, &self.common, self.id, &init, false);
+            self.outbox.put(t, &self.bufs.common, self.id, &init, false);
         }
         true
     }
 
-    /// Its method, authority and path, from `head` and `head_at`.
+    /// Its method, authority and path, from `bufs.head` and `head_at`.
     fn parts(head: &str, (a, p): (usize, usize)) -> (&str, &str, &str) {
         (&head[..a], &head[a..p], &head[p..])
     }
@@ -752,7 +787,7 @@ impl Pending {
                 status,
                 headers: head,
             };
-            self.outbox.put(t, &self.common, self.id, &init, false);
+            self.outbox.put(t, &self.bufs.common, self.id, &init, false);
         }
     }
 
@@ -810,7 +845,7 @@ impl Pending {
                     status,
                     headers: None,
                 };
-                self.outbox.put(t, &self.common, self.id, &init, false);
+                self.outbox.put(t, &self.bufs.common, self.id, &init, false);
             }
             let end = crate::tap_wire::HttpEvent::ResponseEnd {
                 since,
@@ -818,8 +853,15 @@ impl Pending {
                 eos,
                 trailers: trailers.as_deref().filter(|_| t.tap.headers),
             };
-            self.outbox.put(t, &self.common, self.id, &end, true);
+            self.outbox.put(t, &self.bufs.common, self.id, &end, true);
         }
+    }
+}
+
+impl Drop for Pending {
+    /// Its buffers go back to the worker's spares.
+    fn drop(&mut self) {
+        self.outbox.recycle(std::mem::take(&mut self.bufs));
     }
 }
 
@@ -979,6 +1021,34 @@ mod tests {
         assert_eq!(not_path.matches_head(&head("/api/x")), Some(false));
         let from = tap(src_net("10.2.0.0", 16), 1).unwrap().matcher;
         assert_eq!(from.matches_head(&head("/")), Some(false));
+    }
+
+    /// Ended requests' buffers are reused, emptied; a long head's are
+    /// freed, and no more than `SPARE_BUFFERS` are kept.
+    #[test]
+    fn request_buffers_are_reused_within_bounds() {
+        let outbox = Outbox {
+            worker: 0,
+            batches: std::cell::RefCell::default(),
+            due: std::cell::Cell::new(false),
+            spare: std::cell::RefCell::default(),
+        };
+        let mut b = outbox.buffers();
+        b.head.push_str("GETweb.test/a");
+        b.common.extend_from_slice(&[1; 100]);
+        let cap = b.common.capacity();
+        outbox.recycle(b);
+        let b = outbox.buffers();
+        assert!(b.head.is_empty() && b.common.is_empty());
+        assert_eq!(b.common.capacity(), cap, "the same buffer again");
+        let mut long = Buffers::default();
+        long.head.push_str(&"x".repeat(SPARE_BYTES + 1));
+        outbox.recycle(long);
+        assert!(outbox.spare.borrow().is_empty(), "a long head's are freed");
+        for _ in 0..SPARE_BUFFERS + 10 {
+            outbox.recycle(Buffers::default());
+        }
+        assert_eq!(outbox.spare.borrow().len(), SPARE_BUFFERS);
     }
 
     fn with_dst_only() -> PbMatch {
