@@ -417,12 +417,7 @@ impl WorkerTaps {
         Self {
             cache: std::cell::RefCell::new(cache),
             next: std::cell::Cell::new(0),
-            outbox: std::rc::Rc::new(Outbox {
-                worker,
-                batches: std::cell::RefCell::default(),
-                due: std::cell::Cell::new(false),
-                spare: std::cell::RefCell::default(),
-            }),
+            outbox: std::rc::Rc::new(Outbox::new(worker)),
         }
     }
 
@@ -487,6 +482,15 @@ const SPARE_BUFFERS: usize = 64;
 const SPARE_BYTES: usize = 1024;
 
 impl Outbox {
+    fn new(worker: usize) -> Self {
+        Self {
+            worker,
+            batches: std::cell::RefCell::default(),
+            due: std::cell::Cell::new(false),
+            spare: std::cell::RefCell::default(),
+        }
+    }
+
     /// A request's buffers, empty: spare ones when there are.
     fn buffers(&self) -> Buffers {
         self.spare.borrow_mut().pop().unwrap_or_default()
@@ -736,9 +740,6 @@ impl Pending {
             client_id,
             server_id,
         };
-        self.bufs
-            .common
-            .reserve(crate::tap_wire::common_capacity(&common));
         crate::tap_wire::common_fields(&common, &mut self.bufs.common);
         let fields = self.taps().any(|t| t.tap.headers);
         self.fields = fields;
@@ -1027,12 +1028,7 @@ mod tests {
     /// freed, and no more than `SPARE_BUFFERS` are kept.
     #[test]
     fn request_buffers_are_reused_within_bounds() {
-        let outbox = Outbox {
-            worker: 0,
-            batches: std::cell::RefCell::default(),
-            due: std::cell::Cell::new(false),
-            spare: std::cell::RefCell::default(),
-        };
+        let outbox = Outbox::new(0);
         let mut b = outbox.buffers();
         b.head.push_str("GETweb.test/a");
         b.common.extend_from_slice(&[1; 100]);

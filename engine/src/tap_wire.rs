@@ -79,20 +79,6 @@ pub(crate) fn common_fields(c: &Common<'_>, out: &mut Vec<u8>) {
     }
 }
 
-/// How many bytes [`common_fields`] takes for `c`, about: enough that
-/// its buffer is allocated once.
-pub(crate) fn common_capacity(c: &Common<'_>) -> usize {
-    let labels: usize = c
-        .dst_labels
-        .iter()
-        .flat_map(|l| l.iter())
-        .map(|(k, v)| k.len() + v.len() + 8)
-        .sum();
-    let ids = c.client_id.map_or(0, str::len) + c.server_id.map_or(0, str::len);
-    let route = c.route.map_or(0, str::len);
-    96 + labels + ids + route + 48
-}
-
 /// Field `tag`, a `TcpAddress { IPAddress ip = 1; uint32 port = 2 }`,
 /// its `IPAddress` a oneof of `fixed32 ipv4 = 1` (the address's octets
 /// as a big-endian number) and `IPv6 ipv6 = 2` (`fixed64 first = 1;
@@ -135,11 +121,6 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// How many bytes [`put_varint`] writes for `v`.
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
 /// A field's key: its tag and wire type.
 #[inline]
 fn put_key(out: &mut Vec<u8>, tag: u32, wire_type: u32) {
@@ -153,7 +134,7 @@ fn put_labels<'a>(
     tag: u32,
     labels: impl Iterator<Item = (&'a str, &'a str)> + Clone,
 ) {
-    let string_len = |s: &str| 1 + varint_len(s.len() as u64) + s.len();
+    let string_len = |s: &str| 1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len();
     let entry_len = |k: &str, v: &str| string_len(k) + string_len(v);
     let put_string = |out: &mut Vec<u8>, tag: u32, s: &str| {
         put_key(out, tag, LENGTH_DELIMITED);
@@ -164,7 +145,7 @@ fn put_labels<'a>(
         .clone()
         .map(|(k, v)| {
             let e = entry_len(k, v);
-            1 + varint_len(e as u64) + e
+            1 + prost::encoding::encoded_len_varint(e as u64) + e
         })
         .sum();
     put_key(out, tag, LENGTH_DELIMITED);
@@ -307,9 +288,14 @@ fn nested(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        put_varint(&mut prefix, len as u64);
-        out.splice(at..at + 1, prefix);
+        // (Rare, so prost's writer, into the stack.)
+        let mut prefix = [0u8; 10];
+        let n = {
+            let mut rest = &mut prefix[..];
+            prost::encoding::encode_varint(len as u64, &mut rest);
+            10 - rest.len()
+        };
+        out.splice(at..at + 1, prefix[..n].iter().copied());
     }
 }
 
@@ -450,7 +436,6 @@ mod tests {
                 let mut theirs = Vec::new();
                 prost::encoding::encode_varint(v, &mut theirs);
                 assert_eq!(ours, theirs, "{v}");
-                assert_eq!(varint_len(v), theirs.len(), "{v}");
             }
         }
         for a in [
