@@ -10,7 +10,7 @@
 # request: its events are sent, or dropped when the tap client falls
 # behind - never is a request slowed to wait for it).
 #
-# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N] [CLIENT=sink|curl|ringmesh]
+# Usage: bench/scripts/tap-cost.sh [ROUNDS=3] [DURATION=5] [BIN=target/release/ringmesh] [RATE=N] [CLIENT=sink|curl|ringmesh] [KINDS="h1 h2"]
 # CLIENT: the tap client. sink (the default, tap-sink.py) opens the call
 # with the largest HTTP/2 windows and only reads and discards, in 1 MiB
 # reads: next to no CPU, as a client elsewhere would cost this machine
@@ -40,6 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 for kv in "$@"; do export "${kv?}"; done
 ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5} BIN=${BIN:-target/release/ringmesh} CLIENT=${CLIENT:-sink} PAD=${PAD:-1}
+KINDS=${KINDS:-h1 h2}
 for t in wrk h2load nginx curl taskset bc; do
   command -v "$t" > /dev/null || { echo "tap-cost.sh: $t is missing (scripts/install-test-deps.sh)"; exit 1; }
 done
@@ -146,7 +147,7 @@ taskset -c 0 wrk -t1 -c16 -d2s http://127.0.0.1:18981/ > /dev/null 2>&1
 printf '%-6s %-5s %-8s %10s %14s %15s %12s %12s\n' round kind mode req/s worker_us/req process_us/req events_sent events_dropped
 orders=("none nomatch all" "nomatch all none" "all none nomatch")
 for r in $(seq 1 "$ROUNDS"); do
-  for kind in h1 h2; do
+  for kind in $KINDS; do
     for mode in ${orders[$(( (r - 1) % 3 ))]}; do
       start_tap "$mode"
       s0=$(metric tap_events_total); w0=$(ticks); p0=$(pticks)

@@ -530,6 +530,8 @@ struct Answered {
     in_flight: Option<OpenGuard>,
     /// Set while the client's body streams upstream: stops it.
     stop_body: Option<oneshot::Sender<()>>,
+    /// When its head arrived.
+    head_at: Instant,
 }
 
 /// Sends the stream to an endpoint of `target` over HTTP/2, again where
@@ -612,6 +614,7 @@ async fn to_h2(
                     response,
                     in_flight,
                     stop_body,
+                    head_at: now,
                 };
             }
             // Streams above a GOAWAY's last stream id were not processed;
@@ -668,7 +671,7 @@ async fn relay_response(
     let mut grpc = grpc_status(&parts.headers);
     let tap = obs.tap();
     if let Some(t) = tap {
-        t.response(status, || crate::tap::h2_fields(&parts.headers));
+        t.response(status, a.head_at, || crate::tap::h2_fields(&parts.headers));
     }
     let end = down.is_end_stream();
     let mut client_body = respond

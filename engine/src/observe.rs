@@ -42,7 +42,7 @@ pub(crate) struct Observer<'w> {
     /// The client's address (tap's source).
     peer: SocketAddr,
     /// Some tap may want the request (`None` without taps: one branch).
-    tap: Option<Box<crate::tap::Pending>>,
+    tap: Option<crate::tap::Pending>,
 }
 
 impl<'w> Observer<'w> {
@@ -91,12 +91,7 @@ impl<'w> Observer<'w> {
             if !taps.may_want(self.peer, head) {
                 return;
             }
-            self.tap = Some(Box::new(self.w.taps.pending(
-                taps,
-                self.peer,
-                head,
-                self.started,
-            )));
+            self.tap = Some(self.w.taps.pending(taps, self.peer, head, self.started));
         }
     }
 
@@ -114,7 +109,9 @@ impl<'w> Observer<'w> {
             self.route.name.as_ref(),
             &self.key.tls,
         ) {
-            self.tap = None;
+            if let Some(p) = self.tap.take() {
+                p.discard();
+            }
         }
     }
 
@@ -219,7 +216,7 @@ impl<'w> Observer<'w> {
     /// The taps that see this request, if any (told of its response's
     /// head, body and reset by the path relaying it).
     pub(crate) fn tap(&self) -> Option<&crate::tap::Pending> {
-        self.tap.as_deref()
+        self.tap.as_ref()
     }
 
     /// The response's stream was reset (`reason`): the taps see it end so.

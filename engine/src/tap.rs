@@ -464,21 +464,16 @@ pub(crate) struct Outbox {
     batches: std::cell::RefCell<Vec<Batch>>,
     /// A hand-over of everything gathered is scheduled.
     due: std::cell::Cell<bool>,
-    /// Buffers of tapped requests that ended, for the next ones (no
-    /// allocation per tapped request once warm).
-    spare: std::cell::RefCell<Vec<Buffers>>,
+    /// States of tapped requests that ended, with their buffers, for the
+    /// next ones (no allocation per tapped request once warm). (Kept
+    /// boxed: a request's state moves in and out of here as a pointer.)
+    #[allow(clippy::vec_box)]
+    spare: std::cell::RefCell<Vec<Box<State>>>,
 }
 
-/// A tapped request's buffers: its head's parts, its common fields.
-#[derive(Default)]
-struct Buffers {
-    head: String,
-    common: Vec<u8>,
-}
-
-/// Spare buffers a worker keeps at most …
-const SPARE_BUFFERS: usize = 64;
-/// … each of them at most this large (a long head's are freed).
+/// Spare states a worker keeps at most …
+const SPARE_STATES: usize = 64;
+/// … their buffers each at most this large (a long head's are freed).
 const SPARE_BYTES: usize = 1024;
 
 impl Outbox {
@@ -491,21 +486,40 @@ impl Outbox {
         }
     }
 
-    /// A request's buffers, empty: spare ones when there are.
-    fn buffers(&self) -> Buffers {
-        self.spare.borrow_mut().pop().unwrap_or_default()
+    /// A new request's state: a spare one (its buffers emptied) when
+    /// there is.
+    fn state(&self, source: SocketAddr, id: StreamId, seen: std::time::Instant) -> Box<State> {
+        let Some(mut s) = self.spare.borrow_mut().pop() else {
+            return Box::new(State::new(
+                source,
+                id,
+                seen,
+                Vec::new(),
+                String::new(),
+                Vec::new(),
+            ));
+        };
+        let (common, head) = (std::mem::take(&mut s.common), std::mem::take(&mut s.head));
+        let h1_trailers = s.h1_trailers.take();
+        *s = State::new(source, id, seen, common, head, h1_trailers);
+        s
     }
 
-    /// An ended request's buffers, kept for the next ones.
-    fn recycle(&self, mut b: Buffers) {
+    /// An ended request's state, kept for the next ones (its buffers
+    /// emptied; those grown long are freed).
+    fn recycle(&self, mut s: Box<State>) {
         let mut spare = self.spare.borrow_mut();
-        if spare.len() < SPARE_BUFFERS
-            && b.head.capacity() <= SPARE_BYTES
-            && b.common.capacity() <= SPARE_BYTES
+        if spare.len() < SPARE_STATES
+            && s.head.capacity() <= SPARE_BYTES
+            && s.common.capacity() <= SPARE_BYTES
+            && s.h1_trailers.get_mut().capacity() <= SPARE_BYTES
         {
-            b.head.clear();
-            b.common.clear();
-            spare.push(b);
+            s.head.clear();
+            s.common.clear();
+            s.h1_trailers.get_mut().clear();
+            s.headers = None;
+            *s.trailers.get_mut() = None;
+            spare.push(s);
         }
     }
 
@@ -621,12 +635,19 @@ fn matched(set: &TapSet, mask: u128) -> impl Iterator<Item = &std::sync::Arc<Ins
 pub(crate) struct Pending {
     taps: std::sync::Arc<TapSet>,
     outbox: std::rc::Rc<Outbox>,
+    /// (Boxed, so an untapped request's observer stays small; taken from
+    /// and given back to the worker's spares.)
+    s: Box<State>,
+}
+
+/// What a tapped request's events need, kept until it ends.
+struct State {
     source: SocketAddr,
-    /// Its method, authority and path one after another in `bufs.head`
-    /// (one copy); its common fields, encoded once matched, in
-    /// `bufs.common`.
-    bufs: Buffers,
-    /// Where its authority and its path start in `bufs.head`.
+    /// Its common fields, encoded once matched.
+    common: Vec<u8>,
+    /// Its method, authority and path one after another (one copy).
+    head: String,
+    /// Where its authority and its path start in `head`.
     head_at: (usize, usize),
     headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
@@ -649,6 +670,36 @@ pub(crate) struct Pending {
     decided: bool,
 }
 
+impl State {
+    /// A new request's state, in the (empty) buffers given.
+    fn new(
+        source: SocketAddr,
+        id: StreamId,
+        seen: std::time::Instant,
+        common: Vec<u8>,
+        head: String,
+        h1_trailers: Vec<u8>,
+    ) -> Self {
+        Self {
+            source,
+            common,
+            head,
+            head_at: (0, 0),
+            headers: None,
+            matched: 0,
+            fields: false,
+            id,
+            seen,
+            response_at: std::cell::Cell::new(None),
+            bytes: std::cell::Cell::new(0),
+            reset: std::cell::Cell::new(None),
+            trailers: std::cell::RefCell::new(None),
+            h1_trailers: std::cell::RefCell::new(h1_trailers),
+            decided: false,
+        }
+    }
+}
+
 impl Pending {
     fn new(
         taps: std::sync::Arc<TapSet>,
@@ -658,34 +709,16 @@ impl Pending {
         id: StreamId,
         seen: std::time::Instant,
     ) -> Self {
-        let headers = taps
-            .taps
-            .iter()
-            .any(|t| t.tap.headers)
-            .then(|| head.headers());
-        let (method, authority, path) = (head.method(), head.authority(), head.path());
-        let mut bufs = outbox.buffers();
-        bufs.head.push_str(method);
-        bufs.head.push_str(authority);
-        bufs.head.push_str(path);
-        Self {
-            taps,
-            outbox,
-            source,
-            bufs,
-            head_at: (method.len(), method.len() + authority.len()),
-            headers,
-            matched: 0,
-            fields: false,
-            id,
-            seen,
-            response_at: std::cell::Cell::new(None),
-            bytes: std::cell::Cell::new(0),
-            reset: std::cell::Cell::new(None),
-            trailers: std::cell::RefCell::new(None),
-            h1_trailers: std::cell::RefCell::default(),
-            decided: false,
+        let mut s = outbox.state(source, id, seen);
+        if taps.taps.iter().any(|t| t.tap.headers) {
+            s.headers = Some(head.headers());
         }
+        let (method, authority, path) = (head.method(), head.authority(), head.path());
+        s.head.push_str(method);
+        s.head.push_str(authority);
+        s.head.push_str(path);
+        s.head_at = (method.len(), method.len() + authority.len());
+        Self { taps, outbox, s }
     }
 
     /// The request's destination is known: the taps that match it (and
@@ -700,14 +733,14 @@ impl Pending {
         tls: &ringmesh_admin::telemetry::TlsStatus,
     ) -> bool {
         use ringmesh_admin::telemetry::TlsStatus;
-        if self.decided {
-            return self.matched != 0;
+        if self.s.decided {
+            return self.s.matched != 0;
         }
-        self.decided = true;
+        self.s.decided = true;
         let route_pair = route.map(|r| ("route", &**r));
-        let (method, authority, path) = Self::parts(&self.bufs.head, self.head_at);
+        let (method, authority, path) = Self::parts(&self.s.head, self.s.head_at);
         let req = TapRequest {
-            source: self.source,
+            source: self.s.source,
             destination,
             method,
             scheme: "http",
@@ -720,10 +753,10 @@ impl Pending {
         // installs fewer.)
         for (i, t) in self.taps.taps.iter().take(MAX_MATCHED).enumerate() {
             if t.tap.matcher.matches(&req) && t.claim() {
-                self.matched |= 1 << i;
+                self.s.matched |= 1 << i;
             }
         }
-        if self.matched == 0 {
+        if self.s.matched == 0 {
             return false;
         }
         let (client_id, server_id) = match tls {
@@ -732,7 +765,7 @@ impl Pending {
             _ => (None, None),
         };
         let common = crate::tap_wire::Common {
-            source: self.source,
+            source: self.s.source,
             destination,
             inbound,
             dst_labels: dst_labels.map(|l| &l[..]),
@@ -740,47 +773,52 @@ impl Pending {
             client_id,
             server_id,
         };
-        crate::tap_wire::common_fields(&common, &mut self.bufs.common);
+        crate::tap_wire::common_fields(&common, &mut self.s.common);
         let fields = self.taps().any(|t| t.tap.headers);
-        self.fields = fields;
-        let (method, authority, path) = Self::parts(&self.bufs.head, self.head_at);
-        for t in matched(&self.taps, self.matched) {
+        self.s.fields = fields;
+        let (method, authority, path) = Self::parts(&self.s.head, self.s.head_at);
+        for t in matched(&self.taps, self.s.matched) {
             let init = crate::tap_wire::HttpEvent::RequestInit {
                 method,
                 authority,
                 path,
-                headers: self.headers.as_deref().filter(|_| t.tap.headers),
+                headers: self.s.headers.as_deref().filter(|_| t.tap.headers),
             };
-            self.outbox.put(t, &self.bufs.common, self.id, &init, false);
+            self.outbox.put(t, &self.s.common, self.s.id, &init, false);
         }
         true
     }
 
-    /// Its method, authority and path, from `bufs.head` and `head_at`.
+    /// Its method, authority and path, from `head` and `head_at`.
     fn parts(head: &str, (a, p): (usize, usize)) -> (&str, &str, &str) {
         (&head[..a], &head[a..p], &head[p..])
     }
 
     /// Whether the taps that see it were chosen (its destination known).
     pub(crate) fn is_decided(&self) -> bool {
-        self.decided
+        self.s.decided
     }
 
     /// The taps that see this request.
     fn taps(&self) -> impl Iterator<Item = &std::sync::Arc<Installed>> {
-        matched(&self.taps, self.matched)
+        matched(&self.taps, self.s.matched)
     }
 
-    /// The response's head arrived with `status`: the taps see it (its
-    /// fields, from `fields`, only those that extract them).
-    pub(crate) fn response(&self, status: u16, fields: impl FnOnce() -> Fields) {
-        let now = std::time::Instant::now();
-        if self.response_at.get().is_some() {
+    /// The response's head arrived with `status` at `now` (the clock read
+    /// the balancer's latency was taken from): the taps see it (its fields,
+    /// from `fields`, only those that extract them).
+    pub(crate) fn response(
+        &self,
+        status: u16,
+        now: std::time::Instant,
+        fields: impl FnOnce() -> Fields,
+    ) {
+        if self.s.response_at.get().is_some() {
             return;
         }
-        self.response_at.set(Some(now));
-        let since_request = now.saturating_duration_since(self.seen);
-        let fields = self.fields.then(fields);
+        self.s.response_at.set(Some(now));
+        let since_request = now.saturating_duration_since(self.s.seen);
+        let fields = self.s.fields.then(fields);
         for t in self.taps() {
             let head = fields.as_deref().filter(|_| t.tap.headers);
             let init = crate::tap_wire::HttpEvent::ResponseInit {
@@ -788,57 +826,56 @@ impl Pending {
                 status,
                 headers: head,
             };
-            self.outbox.put(t, &self.bufs.common, self.id, &init, false);
+            self.outbox.put(t, &self.s.common, self.s.id, &init, false);
         }
     }
 
     /// `n` more bytes of the response's body went to the client.
     pub(crate) fn data(&self, n: usize) {
-        self.bytes.set(self.bytes.get() + n as u64);
+        self.s.bytes.set(self.s.bytes.get() + n as u64);
     }
 
     /// The response ended with trailers: kept for the taps that extract
     /// fields.
     pub(crate) fn trailers(&self, fields: impl FnOnce() -> Fields) {
-        if self.fields {
-            *self.trailers.borrow_mut() = Some(fields());
+        if self.s.fields {
+            *self.s.trailers.borrow_mut() = Some(fields());
         }
     }
 
     /// Bytes of an HTTP/1 chunked response's trailer field lines went to
     /// the client: kept for the taps that extract fields.
     pub(crate) fn h1_trailer_bytes(&self, bytes: &[u8]) {
-        if self.fields {
-            self.h1_trailers.borrow_mut().extend_from_slice(bytes);
+        if self.s.fields {
+            self.s.h1_trailers.borrow_mut().extend_from_slice(bytes);
         }
     }
 
     /// The response's stream was reset with `code` (the client sees it
     /// cut short).
     pub(crate) fn reset(&self, code: u32) {
-        self.reset.set(Some(code));
+        self.s.reset.set(Some(code));
     }
 
     /// The request ended with `status` (0: no response) and, for gRPC,
     /// `grpc_status`, at `now`. A status with no head announced is the
     /// proxy's own answer: its `ResponseInit` goes first.
     pub(crate) fn end(self, status: u16, grpc_status: Option<u32>, now: std::time::Instant) {
-        let head = self.response_at.get().unwrap_or(now);
-        let eos = match (self.reset.get(), grpc_status) {
+        let head = self.s.response_at.get().unwrap_or(now);
+        let eos = match (self.s.reset.get(), grpc_status) {
             (Some(code), _) => TapEos::Reset(code),
             (None, Some(g)) => TapEos::Grpc(g),
             (None, None) => TapEos::None,
         };
-        let answered = self.response_at.get().is_none() && status != 0;
+        let answered = self.s.response_at.get().is_none() && status != 0;
         let since = (
-            head.saturating_duration_since(self.seen),
-            now.saturating_duration_since(self.seen),
+            head.saturating_duration_since(self.s.seen),
+            now.saturating_duration_since(self.s.seen),
         );
-        let raw = self.h1_trailers.take();
-        let trailers = self
-            .trailers
-            .take()
-            .or_else(|| (!raw.is_empty()).then(|| h1_trailer_fields(&raw)));
+        let trailers = self.s.trailers.take().or_else(|| {
+            let raw = self.s.h1_trailers.borrow();
+            (!raw.is_empty()).then(|| h1_trailer_fields(&raw))
+        });
         for t in self.taps() {
             if answered {
                 let init = crate::tap_wire::HttpEvent::ResponseInit {
@@ -846,23 +883,24 @@ impl Pending {
                     status,
                     headers: None,
                 };
-                self.outbox.put(t, &self.bufs.common, self.id, &init, false);
+                self.outbox.put(t, &self.s.common, self.s.id, &init, false);
             }
             let end = crate::tap_wire::HttpEvent::ResponseEnd {
                 since,
-                bytes: self.bytes.get(),
+                bytes: self.s.bytes.get(),
                 eos,
                 trailers: trailers.as_deref().filter(|_| t.tap.headers),
             };
-            self.outbox.put(t, &self.bufs.common, self.id, &end, true);
+            self.outbox.put(t, &self.s.common, self.s.id, &end, true);
         }
+        self.discard();
     }
-}
 
-impl Drop for Pending {
-    /// Its buffers go back to the worker's spares.
-    fn drop(&mut self) {
-        self.outbox.recycle(std::mem::take(&mut self.bufs));
+    /// No tap sees the request (any more): its state goes back to the
+    /// worker's spares. (A `Pending` merely dropped frees it.)
+    pub(crate) fn discard(self) {
+        let Self { outbox, s, .. } = self;
+        outbox.recycle(s);
     }
 }
 
@@ -1024,27 +1062,35 @@ mod tests {
         assert_eq!(from.matches_head(&head("/")), Some(false));
     }
 
-    /// Ended requests' buffers are reused, emptied; a long head's are
-    /// freed, and no more than `SPARE_BUFFERS` are kept.
+    /// Ended requests' states are reused, their buffers emptied; a long
+    /// head's are freed, and no more than `SPARE_STATES` are kept.
     #[test]
-    fn request_buffers_are_reused_within_bounds() {
+    fn request_states_are_reused_within_bounds() {
         let outbox = Outbox::new(0);
-        let mut b = outbox.buffers();
-        b.head.push_str("GETweb.test/a");
-        b.common.extend_from_slice(&[1; 100]);
-        let cap = b.common.capacity();
-        outbox.recycle(b);
-        let b = outbox.buffers();
-        assert!(b.head.is_empty() && b.common.is_empty());
-        assert_eq!(b.common.capacity(), cap, "the same buffer again");
-        let mut long = Buffers::default();
+        let (src, now) = ("10.0.0.1:5000".parse().unwrap(), std::time::Instant::now());
+        let mut s = outbox.state(src, (0, 1), now);
+        s.head.push_str("GETweb.test/a");
+        s.common.extend_from_slice(&[1; 100]);
+        s.matched = 1;
+        s.bytes.set(7);
+        let (cap, at) = (s.common.capacity(), &*s as *const State);
+        outbox.recycle(s);
+        let s = outbox.state(src, (0, 2), now);
+        assert!(std::ptr::eq(&*s, at), "the same state again");
+        assert!(s.head.is_empty() && s.common.is_empty());
+        assert_eq!(s.common.capacity(), cap, "the same buffer again");
+        assert_eq!((s.id, s.matched, s.bytes.get()), ((0, 2), 0, 0), "reset");
+        let mut long = outbox.state(src, (0, 3), now);
         long.head.push_str(&"x".repeat(SPARE_BYTES + 1));
         outbox.recycle(long);
         assert!(outbox.spare.borrow().is_empty(), "a long head's are freed");
-        for _ in 0..SPARE_BUFFERS + 10 {
-            outbox.recycle(Buffers::default());
+        let all: Vec<_> = (0..SPARE_STATES + 10)
+            .map(|i| outbox.state(src, (0, i as u64), now))
+            .collect();
+        for s in all {
+            outbox.recycle(s);
         }
-        assert_eq!(outbox.spare.borrow().len(), SPARE_BUFFERS);
+        assert_eq!(outbox.spare.borrow().len(), SPARE_STATES);
     }
 
     fn with_dst_only() -> PbMatch {

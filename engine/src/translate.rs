@@ -184,11 +184,12 @@ impl H2Answer<'_> {
                 return Err(ProxyError::upstream(format!("upstream stream failed: {e}")).into());
             }
         };
-        obs.response_head(self.guard, self.sent_at.elapsed());
+        let now = Instant::now();
+        obs.response_head(self.guard, now - self.sent_at);
         let (parts, mut from) = resp.into_parts();
         let status = parts.status.as_u16();
         if let Some(t) = obs.tap() {
-            t.response(status, || crate::tap::h2_fields(&parts.headers));
+            t.response(status, now, || crate::tap::h2_fields(&parts.headers));
         }
         let no_body = self.is_head || status == 204 || status == 304;
         let keep_alive = self.keep_alive.get() && !w.stopping();
@@ -418,10 +419,11 @@ pub(crate) async fn h2_to_h1(
             }
         }
     };
-    obs.response_head(guard.as_ref(), got.sent_at.elapsed());
+    let now = Instant::now();
+    obs.response_head(guard.as_ref(), now - got.sent_at);
     let status = got.resp.status();
     if let Some(t) = obs.tap() {
-        t.response(status, || crate::tap::h1_fields(got.resp.headers()));
+        t.response(status, now, || crate::tap::h1_fields(got.resp.headers()));
     }
     let body_framing = if req.method == Method::Head {
         BodyFraming::Empty
