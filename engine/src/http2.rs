@@ -22,13 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use http::{HeaderMap, HeaderName, Request, Response};
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
-use monoio::BufResult;
+use monoio::io::PrefixedReadIo;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass, TlsStatus};
 use ringmesh_balancer::OpenGuard;
-use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::dispatch::{self, Http2Path};
@@ -37,6 +34,7 @@ use crate::h1forward::CLIENT_ID;
 use crate::h2client::{
     open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
 };
+use crate::h2guarded::GuardedIo;
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
@@ -45,147 +43,12 @@ use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::{Routes, Worker};
 
-/// After its GOAWAY, a client cut off by the defences is read from (and
-/// ignored) until it is quiet this long...
-const LINGER: Duration = Duration::from_millis(500);
-/// ...or this long at most, however fast it keeps sending.
-const LINGER_MAX: Duration = Duration::from_secs(3);
 /// Streams the HTTP/2 library may reset for a client's own errors (a
 /// WINDOW_UPDATE overflowing a stream, a malformed request, a frame on a
 /// closed stream, too many streams, ...) before the client gets GOAWAY
 /// `ENHANCE_YOUR_CALM` (MadeYouReset, CVE-2025-8671): over the connection's
 /// life, the `h2` crate's default.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
-/// A client connection read through the attack defences of
-/// [`ringmesh_protocols::h2guard`]: on a violation the client gets GOAWAY
-/// `ENHANCE_YOUR_CALM` and the read fails, which ends the connection.
-struct GuardedIo<I> {
-    io: I,
-    guard: FrameGuard,
-    peer: SocketAddr,
-    tripped: bool,
-    /// For its rate-limited warnings.
-    worker: Rc<Worker>,
-}
-
-impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
-    async fn check(&mut self, n: usize, bytes: &mut [u8]) -> std::io::Result<usize> {
-        match self.guard.feed(bytes, Instant::now()) {
-            Ok(()) => Ok(n),
-            // Boxed: the cut-off (a write and a timed linger) would
-            // otherwise make every frame read's future, which the codec
-            // moves into place per frame, several times larger.
-            Err(v) => Box::pin(self.cut_off(v)).await,
-        }
-    }
-
-    async fn cut_off(&mut self, v: impl std::fmt::Display) -> std::io::Result<usize> {
-        warn_limited!(self.worker, Warning::Http2Calm, peer = %self.peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
-        self.tripped = true;
-        let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
-        let _ = self.io.write_all(goaway.to_vec()).await;
-        let _ = self.linger().await;
-        Err(std::io::Error::other(v.to_string()))
-    }
-
-    /// Lingering close: FIN after the last frame (a GOAWAY), then discard
-    /// what the client still sends for a moment, so closing with unread
-    /// bytes does not turn into a RST that destroys the GOAWAY before the
-    /// client reads it.
-    ///
-    /// A client still flooding when the linger started (its frames queued
-    /// behind the ones that tripped the guard) is read until it pauses, so
-    /// the close does not reset it before it reads the GOAWAY; bounded by
-    /// [`LINGER_MAX`].
-    async fn linger(&mut self) -> std::io::Result<()> {
-        let res = self.io.shutdown().await;
-        let until = Instant::now() + LINGER_MAX;
-        let mut sink = Vec::with_capacity(16 * 1024);
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match monoio::time::timeout(LINGER.min(left), self.io.read(sink)).await {
-                Ok((Ok(n), b)) if n > 0 => sink = b,
-                // EOF, an error, or quiet for `LINGER`.
-                _ => break,
-            }
-        }
-        res
-    }
-}
-
-impl<I: AsyncReadRent + AsyncWriteRent> AsyncReadRent for GuardedIo<I> {
-    #[allow(unsafe_code)]
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        if self.tripped {
-            return (Err(std::io::ErrorKind::ConnectionAborted.into()), buf);
-        }
-        let (res, mut buf) = self.io.read(buf).await;
-        let n = match res {
-            Ok(n) => n,
-            Err(e) => return (Err(e), buf),
-        };
-        // SAFETY: monoio reads into a buffer from its write pointer and
-        // marks the `n` bytes read as initialised (`set_init`), so they are
-        // valid, and `buf` is exclusively ours until it is returned.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), n) };
-        let res = self.check(n, bytes).await;
-        (res, buf)
-    }
-
-    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
-        // The HTTP/2 codec reads into one buffer; a vectored read goes
-        // through that path one buffer at a time.
-        let slice = match monoio::buf::IoVecWrapperMut::new(buf) {
-            Ok(slice) => slice,
-            Err(buf) => return (Ok(0), buf),
-        };
-        let (res, slice) = self.read(slice).await;
-        let mut buf = slice.into_inner();
-        if let Ok(n) = res {
-            // SAFETY: `n` bytes were read into the first iovec (above).
-            #[allow(unsafe_code)]
-            unsafe {
-                buf.set_init(n)
-            };
-        }
-        (res, buf)
-    }
-}
-
-impl<I: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
-    fn write<T: IoBuf>(
-        &mut self,
-        buf: T,
-    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
-        self.io.write(buf)
-    }
-
-    fn writev<T: IoVecBuf>(
-        &mut self,
-        buf: T,
-    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
-        self.io.writev(buf)
-    }
-
-    fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        self.io.flush()
-    }
-
-    /// The library closes the connection (after its own GOAWAY, such as
-    /// `ENHANCE_YOUR_CALM` for too many streams reset for the client's
-    /// errors): lingering, so the client reads why.
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        if self.tripped {
-            return Ok(());
-        }
-        self.tripped = true;
-        self.linger().await
-    }
-}
 
 /// Serves HTTP/2 on `client` (plain or TLS); `prefix` holds what
 /// detection read (the connection preface at least), already counted by
@@ -207,16 +70,14 @@ pub(crate) async fn serve(
     };
     meter.read(prefix.len());
     let tls = client.tls().clone();
-    let io = GuardedIo {
-        io: MeteredIo {
+    let io = GuardedIo::client(
+        MeteredIo {
             io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
             meter,
         },
-        guard: FrameGuard::new(GuardLimits::default()),
         peer,
-        tripped: false,
-        worker: w.clone(),
-    };
+        Some(w.clone()),
+    );
     let mut builder = server::Builder::new();
     builder
         .initial_window_size(w.cfg.http2.stream_window)

@@ -67,6 +67,7 @@ mod feedback;
 mod grpc;
 mod h1forward;
 mod h2client;
+mod h2guarded;
 mod h2pool;
 mod hello;
 mod http1;

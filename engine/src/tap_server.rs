@@ -220,6 +220,9 @@ async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>, _open: Ope
 where
     I: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent + Unpin + 'static,
 {
+    // Read through the HTTP/2 attack defences, as a worker's clients are
+    // (a tap client's floods would otherwise pin the control core).
+    let s = crate::h2guarded::GuardedIo::client(s, peer, None);
     let mut builder = server::Builder::new();
     builder
         .max_concurrent_streams(16)

@@ -23,6 +23,8 @@ pub(crate) enum Warning {
     Http2RequestFailed,
     /// An HTTP/2 client cut off for flooding (Rapid Reset and the like).
     Http2Calm,
+    /// An upstream HTTP/2 server cut off for flooding.
+    Http2UpstreamCalm,
     /// An opaque TCP connection closed: its upstream could not be reached.
     ConnectFailed,
     /// A forward's service has no endpoints (yet).
@@ -38,11 +40,12 @@ pub(crate) enum Warning {
 }
 
 impl Warning {
-    const ALL: [Warning; 10] = [
+    const ALL: [Warning; 11] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
         Warning::Http2Calm,
+        Warning::Http2UpstreamCalm,
         Warning::ConnectFailed,
         Warning::ForwardUnresolved,
         Warning::Loop,
@@ -57,6 +60,7 @@ impl Warning {
             Warning::UpstreamUnavailable => "upstream unavailable",
             Warning::Http2RequestFailed => "HTTP/2 request failed",
             Warning::Http2Calm => "HTTP/2 client cut off",
+            Warning::Http2UpstreamCalm => "HTTP/2 upstream cut off",
             Warning::ConnectFailed => "cannot connect",
             Warning::ForwardUnresolved => "forward target not resolved",
             Warning::Loop => "loop refused",

@@ -794,6 +794,118 @@ both_drivers!(
     super::idle_frame_floods_are_cut_off
 );
 
+/// A hostile HTTP/2 origin's floods, each after a request on its
+/// connection (PING, SETTINGS, CONTINUATION that never ends the block,
+/// PRIORITY, empty DATA, unknown frames): the proxy cuts the connection off
+/// with GOAWAY `ENHANCE_YOUR_CALM` at once, the request gets a 502 saying
+/// why, and a client of a healthy origin on the same (single) worker is
+/// served throughout. Before the upstream guard, the origin's floods ran
+/// their whole course, with the worker pinned at 100 % CPU for the
+/// CONTINUATION, PRIORITY, empty DATA and unknown-frame ones.
+fn hostile_upstreams_are_cut_off(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    const FLOOD_SECS: &str = "20";
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/grpc/h2_hostile_origin.py"
+    );
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args([script, FLOOD_SECS]).stderr(Stdio::piped());
+    let mut hostile = Running::spawn(cmd);
+    assert!(hostile.wait_for("port ", Duration::from_secs(10)));
+    let port: u16 = hostile.seen.last().unwrap()["port ".len()..]
+        .parse()
+        .unwrap();
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0=127.0.0.1:{port},127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let (to_hostile, to_origin) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let normal = std::thread::spawn({
+        let (stop, served) = (stop.clone(), served.clone());
+        move || {
+            h2::runtime().block_on(async move {
+                let send = h2::connect(to_origin).await;
+                while !stop.load(Ordering::Relaxed) {
+                    let a = h2::request(&send, "GET", "/hello", None)
+                        .await
+                        .expect("the normal client is served during the floods");
+                    assert_eq!(a.status, 200);
+                    served.fetch_add(1, Ordering::Relaxed);
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        }
+    });
+    for flood in [
+        "/ping",
+        "/settings",
+        "/continuation",
+        "/priority",
+        "/empty-data",
+        "/unknown",
+    ] {
+        let before = served.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let answer = h2::runtime().block_on(async move {
+            let send = h2::connect(to_hostile).await;
+            h2::request(&send, "GET", flood, None).await
+        });
+        let took = started.elapsed();
+        if flood == "/empty-data" {
+            // Its response had begun (a 200 head): the stream is reset.
+            let e = answer.err().expect("a response cut short is reset");
+            assert!(e.is_reset(), "{flood}: {e}");
+        } else {
+            let a = answer.unwrap_or_else(|e| panic!("{flood}: no answer: {e}"));
+            let body = String::from_utf8_lossy(&a.body);
+            assert_eq!(a.status, 502, "{flood}: {body}");
+            assert!(
+                body.contains("cut off"),
+                "{flood}: the 502 says why: {body}"
+            );
+        }
+        assert!(
+            took < Duration::from_secs(5),
+            "{flood}: answered in {took:?}"
+        );
+        let cut = format!("{flood} goaway 11 ");
+        assert!(
+            hostile.wait_for(&cut, Duration::from_secs(5)),
+            "{flood}: the origin saw {:?}",
+            hostile.seen.last()
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
+                > before + 10),
+            "{flood}: the normal client kept being served"
+        );
+    }
+    // The healthy requests still go to the hostile origin's other paths.
+    let a = h2::runtime().block_on(async move {
+        let send = h2::connect(to_hostile).await;
+        h2::request(&send, "GET", "/fine", None).await.unwrap()
+    });
+    assert_eq!((a.status, &a.body[..]), (200, &b"ok"[..]));
+    stop.store(true, Ordering::Relaxed);
+    normal.join().expect("the normal client never failed");
+    drop(hostile);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    hostile_upstreams_are_cut_off,
+    super::hostile_upstreams_are_cut_off
+);
+
 /// Requests `h2load` completes in `secs` seconds of /hello through `addr`
 /// (4 connections × 8 streams).
 fn h2load_done(addr: std::net::SocketAddr, secs: u32) -> u64 {

@@ -1031,6 +1031,40 @@ fn idle_and_excess_tap_connections_are_closed() {
     assert_eq!(events.len(), 3, "{events:#?}");
 }
 
+/// The tap port reads its clients through the HTTP/2 attack defences, as
+/// the data path does: a flood (PING, SETTINGS, CONTINUATION, frames that
+/// do no work) gets GOAWAY `ENHANCE_YOUR_CALM` rather than the control
+/// core's time; taps are served after.
+#[test]
+fn floods_on_the_tap_port_are_cut_off() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    for attack in [
+        "ping-flood",
+        "settings-flood",
+        "continuation-flood",
+        "idle-priority",
+    ] {
+        let out = std::process::Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, &tap.to_string()])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), "goaway 11", "{attack}: {text}");
+    }
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    assert_eq!(events.len(), 3, "{events:#?}");
+}
+
 /// A request whose upstream refuses the connection is tapped with the
 /// proxy's own answer: its start, a 502 response, its end.
 #[test]

@@ -19,6 +19,13 @@
 //!   place (an encoder may always use a smaller table, RFC 7541 §4.2), so a
 //!   client cannot make the proxy keep a huge table per connection.
 //!
+//! The same scanner reads an upstream server's bytes ([`FrameGuard::upstream`]):
+//! a hostile backend's PING, SETTINGS and CONTINUATION floods and frames
+//! that do no work are as unbounded a cost to the worker as a client's.
+//! Its RST_STREAM frames are not rate-limited: a server can only reset
+//! streams the proxy opened, and refusing many at once under load is
+//! legitimate.
+//!
 //! Each of these ends the connection with GOAWAY `ENHANCE_YOUR_CALM`
 //! ([`goaway_frame`]); the caller writes it and closes. Header lists that are
 //! too large (once decoded) and too many concurrent streams are the
@@ -47,7 +54,7 @@ const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 /// GOAWAY error code for a peer that behaves as an attacker (RFC 9113 §7).
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
-/// How much a client may do before it is cut off.
+/// How much a peer may do before it is cut off.
 #[derive(Clone, Debug)]
 pub struct GuardLimits {
     /// RST_STREAM frames per second.
@@ -194,13 +201,27 @@ pub struct FrameGuard {
     settings: Rate,
     idle: IdleBudget,
     last_stream_id: u32,
+    /// The bytes are a server's (no preface; resets not rate-limited).
+    upstream: bool,
 }
 
 impl FrameGuard {
-    /// A guard for a connection whose bytes start with the client preface.
+    /// A guard for a client connection (its bytes start with the client
+    /// preface).
     pub fn new(limits: GuardLimits) -> Self {
+        Self::with_state(limits, State::Preface(PREFACE.len()), false)
+    }
+
+    /// A guard for the bytes an upstream server sends (they start with a
+    /// frame: its SETTINGS).
+    pub fn upstream(limits: GuardLimits) -> Self {
+        Self::with_state(limits, State::Header { have: 0 }, true)
+    }
+
+    fn with_state(limits: GuardLimits, state: State, upstream: bool) -> Self {
         Self {
-            state: State::Preface(PREFACE.len()),
+            upstream,
+            state,
             header: [0; FRAME_HEADER],
             param: [0; 6],
             block: None,
@@ -213,12 +234,18 @@ impl FrameGuard {
         }
     }
 
-    /// The highest stream id the client opened (for GOAWAY).
+    /// Whether the bytes are an upstream server's.
+    pub fn is_upstream(&self) -> bool {
+        self.upstream
+    }
+
+    /// The highest stream id the client opened (for GOAWAY; 0 upstream:
+    /// a server opens none, push being off).
     pub fn last_stream_id(&self) -> u32 {
         self.last_stream_id
     }
 
-    /// Scans `buf`, the next bytes from the client, in place: a
+    /// Scans `buf`, the next bytes from the peer, in place: a
     /// SETTINGS_HEADER_TABLE_SIZE above the limit is rewritten to the limit.
     pub fn feed(&mut self, buf: &mut [u8], now: Instant) -> Result<(), Violation> {
         let mut i = 0;
@@ -334,7 +361,7 @@ impl FrameGuard {
         let l = &self.limits;
         match kind {
             HEADERS => {
-                if stream % 2 == 1 && stream > self.last_stream_id {
+                if !self.upstream && stream % 2 == 1 && stream > self.last_stream_id {
                     self.last_stream_id = stream;
                 }
                 self.block = (flags & FLAG_END_HEADERS == 0).then_some((0, len as u32));
@@ -358,7 +385,7 @@ impl FrameGuard {
                     self.block = None;
                 }
             }
-            RST_STREAM if !self.resets.hit(now, l.resets_per_second) => {
+            RST_STREAM if !self.upstream && !self.resets.hit(now, l.resets_per_second) => {
                 return Err(Violation::RapidReset)
             }
             PING if flags & FLAG_ACK == 0 && !self.pings.hit(now, l.pings_per_second) => {
@@ -481,6 +508,43 @@ mod tests {
             b.extend(frame(CONTINUATION, FLAG_END_HEADERS, 2 * s + 1, &[0x82]));
         }
         assert_eq!(g.feed(&mut b, now), Ok(()));
+    }
+
+    /// A server's bytes: no preface; floods and frames that do no work
+    /// are caught as a client's; its resets are not rate-limited; GOAWAY's
+    /// last stream id stays 0 (the server opened none).
+    #[test]
+    fn an_upstream_servers_bytes_are_guarded_alike() {
+        let now = Instant::now();
+        let up = || FrameGuard::upstream(GuardLimits::default());
+        let mut g = up();
+        let mut b = frame(SETTINGS, 0, 0, &[0, 1, 0x80, 0, 0, 0]);
+        for s in (1..1001).step_by(2) {
+            b.extend(frame(HEADERS, FLAG_END_HEADERS, s, &[0x88]));
+            b.extend(frame(RST_STREAM, 0, s, &[0, 0, 0, 7]));
+        }
+        assert_eq!(g.feed(&mut b, now), Ok(()), "500 refused streams");
+        assert_eq!(g.last_stream_id(), 0);
+        assert_eq!(
+            &b[11..15],
+            &(64 * 1024u32).to_be_bytes(),
+            "table size clamped"
+        );
+        for (flood, v) in [
+            (frame(PING, 0, 0, &[0; 8]), Violation::PingFlood),
+            (frame(SETTINGS, 0, 0, &[]), Violation::SettingsFlood),
+            (
+                frame(PRIORITY, 0, 1, &[0, 0, 0, 3, 16]),
+                Violation::IdleFrameFlood,
+            ),
+            (frame(DATA, 0, 1, &[]), Violation::IdleFrameFlood),
+        ] {
+            let mut b: Vec<u8> = (0..2000).flat_map(|_| flood.clone()).collect();
+            assert_eq!(up().feed(&mut b, now), Err(v));
+        }
+        let mut b = frame(HEADERS, 0, 1, &[0x88]);
+        b.extend((0..33).flat_map(|_| frame(CONTINUATION, 0, 1, &[0x88])));
+        assert_eq!(up().feed(&mut b, now), Err(Violation::ContinuationFlood));
     }
 
     #[test]
