@@ -386,6 +386,18 @@ struct HeadPlan {
     close_delimited: bool,
 }
 
+/// Interim (1xx) responses an upstream may send before its final one: more
+/// are a backend that would keep the worker busy for nothing (the HTTP/2
+/// library's bound on informational heads is the same).
+pub(crate) const MAX_INTERIM_RESPONSES: u32 = 64;
+
+/// The error for an upstream past [`MAX_INTERIM_RESPONSES`].
+pub(crate) fn too_many_interim() -> ProxyError {
+    ProxyError::upstream(format!(
+        "upstream sent more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+    ))
+}
+
 /// Reads the response head(s) (interim 1xx are forwarded as they come) and
 /// streams the final response's body to the client. A 502/503 the caller
 /// will retry elsewhere (`answered_5xx`) is kept from the client.
@@ -397,6 +409,7 @@ async fn relay_response(
     answered_5xx: Option<&crate::retry::Held>,
 ) -> Result<Relayed, Failure> {
     let ctx = d.req.context();
+    let mut interim = 0;
     loop {
         let head = read_response_head(
             (&mut *u.rd, u.meter),
@@ -408,6 +421,12 @@ async fn relay_response(
             first_byte,
         );
         head.await.map_err(Failure::Answer)?;
+        if d.resp.is_interim() {
+            interim += 1;
+            if interim > MAX_INTERIM_RESPONSES {
+                return Err(Failure::Answer(too_many_interim()));
+            }
+        }
         // Kept from the client when the caller will retry it elsewhere
         // (the connection is dropped: its body is not read).
         if let Some(flag) = answered_5xx.filter(|h| h.wants(d.resp.status())) {

@@ -662,7 +662,8 @@ fn h2_trailers(lines: &[u8]) -> HeaderMap {
     map
 }
 
-/// Reads the final response head (skipping interim 1xx ones) into `resp`.
+/// Reads the final response head (skipping interim 1xx ones, at most
+/// [`h1forward::MAX_INTERIM_RESPONSES`]) into `resp`.
 async fn read_final_head(
     up: (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
@@ -673,7 +674,7 @@ async fn read_final_head(
 ) -> Result<(), ProxyError> {
     let (rd, meter) = up;
     let first_byte = Cell::new(None);
-    loop {
+    for _ in 0..=h1forward::MAX_INTERIM_RESPONSES {
         h1forward::read_response_head(
             (&mut *rd, meter),
             buf,
@@ -688,6 +689,7 @@ async fn read_final_head(
             return Ok(());
         }
     }
+    Err(h1forward::too_many_interim())
 }
 
 /// Writes the HTTP/1.1 request head for an HTTP/2 request into `out`: the

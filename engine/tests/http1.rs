@@ -454,6 +454,70 @@ fn upstream_failures(driver: IoDriver) {
 }
 both_drivers!(upstream_failures_get_502_and_503, super::upstream_failures);
 
+/// Interim (1xx) responses: up to 64 before the final one are relayed
+/// (HTTP/1 clients see them; HTTP/2 ones get the final response); a
+/// backend that sends them without end gets its request a 502 saying why at
+/// once, instead of keeping the worker busy for as long as it goes on.
+fn interim_responses_are_bounded(driver: IoDriver) {
+    let backend = Backend::start(|mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).map_or(false, |n| n == 1) {
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if head.contains(" /flood ") {
+            // For up to 20 s, or until the proxy closes.
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            let many = interim.repeat(64);
+            while std::time::Instant::now() < until && s.write_all(&many).is_ok() {}
+        } else {
+            for _ in 0..64 {
+                let _ = s.write_all(interim);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (proxy, addr) = forward_proxy(driver, &backend.addr.to_string(), &[]);
+    let url = |path: &str| format!("http://{addr}{path}");
+    let h1 = |path: &str| curl(&["-w", " %{http_code}", &url(path)]);
+    // (An HTTP/2 client whose request goes to the backend as HTTP/1.1.)
+    let h2 = |path: &str| {
+        curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "l5d-orig-proto: HTTP/1.1",
+            "-w",
+            " %{http_code}",
+            &url(path),
+        ])
+    };
+    assert_eq!(h1("/64"), "ok 200");
+    assert_eq!(h2("/64"), "ok 200");
+    let clients: [(&str, &dyn Fn(&str) -> String); 2] = [("HTTP/1.1", &h1), ("h2", &h2)];
+    for (client, out) in clients {
+        let started = std::time::Instant::now();
+        let answer = out("/flood");
+        assert!(answer.ends_with(" 502"), "{client}: {answer}");
+        assert!(
+            answer.contains("more than 64 interim (1xx) responses"),
+            "{client}: {answer}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "{client}: answered in {took:?}"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    interim_responses_are_bounded,
+    super::interim_responses_are_bounded
+);
+
 /// Fail-fast: a request for a service with no endpoint waits for one (up to
 /// the fail-fast timeout) and is served if one appears; once the timeout
 /// ran out, requests get 503 at once until an endpoint returns.

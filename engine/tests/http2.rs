@@ -796,7 +796,8 @@ both_drivers!(
 
 /// A hostile HTTP/2 origin's floods, each after a request on its
 /// connection (PING, SETTINGS, CONTINUATION that never ends the block,
-/// PRIORITY, empty DATA, unknown frames): the proxy cuts the connection off
+/// PRIORITY, empty DATA, unknown frames, informational heads without end:
+/// more than 64): the proxy cuts the connection off
 /// with GOAWAY `ENHANCE_YOUR_CALM` at once, the request gets a 502 saying
 /// why, and a client of a healthy origin on the same (single) worker is
 /// served throughout. Before the upstream guard, the origin's floods ran
@@ -852,6 +853,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         "/priority",
         "/empty-data",
         "/unknown",
+        "/interim",
     ] {
         let before = served.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
@@ -868,10 +870,14 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
             let a = answer.unwrap_or_else(|e| panic!("{flood}: no answer: {e}"));
             let body = String::from_utf8_lossy(&a.body);
             assert_eq!(a.status, 502, "{flood}: {body}");
-            assert!(
-                body.contains("cut off"),
-                "{flood}: the 502 says why: {body}"
-            );
+            // (Informational heads are counted by the HTTP/2 library,
+            // which fails the connection with its own GOAWAY.)
+            let why = if flood == "/interim" {
+                "excessive"
+            } else {
+                "cut off"
+            };
+            assert!(body.contains(why), "{flood}: the 502 says why: {body}");
         }
         assert!(
             took < Duration::from_secs(5),

@@ -15,6 +15,10 @@ use crate::h2::{
     proto::{self},
 };
 
+/// (ringmesh) Informational (1xx) heads a stream may receive before its
+/// final one; past this the connection fails with GOAWAY `ENHANCE_YOUR_CALM`.
+pub(super) const MAX_INFORMATIONAL_HEADERS: u8 = 64;
+
 #[derive(Debug)]
 pub(super) struct Recv {
     /// Initial window size of remote initiated streams
@@ -235,7 +239,17 @@ impl Recv {
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR).into());
         }
 
-        if !pseudo.is_informational() {
+        if pseudo.is_informational() {
+            // (ringmesh) Informational heads are dropped here, so a peer
+            // sending them without end would be work for nothing. The
+            // connection fails, not the stream: heads on a reset stream
+            // would still be decoded (HPACK), ignored, without end.
+            stream.num_informational += 1;
+            if stream.num_informational > MAX_INFORMATIONAL_HEADERS {
+                proto_err!(conn: "too many informational (1xx) heads; stream={:?}", stream.id);
+                return Err(Error::library_go_away(Reason::ENHANCE_YOUR_CALM).into());
+            }
+        } else {
             let message = counts
                 .peer()
                 .convert_poll_message(pseudo, fields, stream_id)?;

@@ -103,6 +103,10 @@ pub(super) struct Stream {
     /// When the RecvStream drop occurs, no data should be received.
     pub is_recv: bool,
 
+    /// Informational (1xx) heads received (ringmesh: bounded by
+    /// `MAX_INFORMATIONAL_HEADERS`).
+    pub num_informational: u8,
+
     /// Task tracking receiving frames
     pub recv_task: Option<Waker>,
 
@@ -185,6 +189,7 @@ impl Stream {
             next_reset_expire: None,
             pending_recv: buffer::Deque::new(),
             is_recv: true,
+            num_informational: 0,
             recv_task: None,
             pending_push_promises: store::Queue::new(),
             content_length: ContentLength::Omitted,
