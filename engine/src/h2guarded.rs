@@ -2,7 +2,9 @@
 //! [`ringmesh_protocols::h2guard`], both ways: a client's connection to
 //! the proxy (`http2`) and the proxy's connections to upstream servers
 //! (`h2client`). A hostile backend's floods of frames that do no work
-//! would otherwise pin its worker as surely as a client's.
+//! would otherwise pin its worker as surely as a client's. What is written
+//! to the peer is counted too: its WINDOW_UPDATEs are allowed in
+//! proportion.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,8 +21,10 @@ use crate::worker::Worker;
 /// After its GOAWAY, a client cut off by the defences is read from (and
 /// ignored) until it is quiet this long...
 const LINGER: Duration = Duration::from_millis(500);
-/// ...or this long at most, however fast it keeps sending.
+/// ...or this long at most, however fast it keeps sending, or until it
+/// sent this much more.
 const LINGER_MAX: Duration = Duration::from_secs(3);
+const LINGER_MAX_BYTES: usize = 4 << 20;
 /// An HTTP/2 connection whose peer's bytes are read through the attack
 /// defences of [`ringmesh_protocols::h2guard`]: on a violation the peer
 /// gets GOAWAY `ENHANCE_YOUR_CALM` and the read fails, which ends the
@@ -107,18 +111,23 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     /// A client still flooding when the linger started (its frames queued
     /// behind the ones that tripped the guard) is read until it pauses, so
     /// the close does not reset it before it reads the GOAWAY; bounded by
-    /// [`LINGER_MAX`].
+    /// [`LINGER_MAX`] and [`LINGER_MAX_BYTES`] (one that keeps flooding
+    /// past that is not reading, and would keep the worker reading).
     async fn linger(&mut self) -> std::io::Result<()> {
         let res = self.io.shutdown().await;
         let until = Instant::now() + LINGER_MAX;
         let mut sink = Vec::with_capacity(16 * 1024);
+        let mut discarded = 0;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || discarded > LINGER_MAX_BYTES {
                 break;
             }
             match monoio::time::timeout(LINGER.min(left), self.io.read(sink)).await {
-                Ok((Ok(n), b)) if n > 0 => sink = b,
+                Ok((Ok(n), b)) if n > 0 => {
+                    discarded += n;
+                    sink = b;
+                }
                 // EOF, an error, or quiet for `LINGER`.
                 _ => break,
             }
@@ -167,18 +176,21 @@ impl<I: AsyncReadRent + AsyncWriteRent> AsyncReadRent for GuardedIo<I> {
 }
 
 impl<I: AsyncReadRent + AsyncWriteRent> AsyncWriteRent for GuardedIo<I> {
-    fn write<T: IoBuf>(
-        &mut self,
-        buf: T,
-    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
-        self.io.write(buf)
+    // (Bytes written are what the peer's WINDOW_UPDATEs may answer.)
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.write(buf).await;
+        if let Ok(n) = res {
+            self.guard.wrote(n);
+        }
+        (res, buf)
     }
 
-    fn writev<T: IoVecBuf>(
-        &mut self,
-        buf: T,
-    ) -> impl std::future::Future<Output = BufResult<usize, T>> {
-        self.io.writev(buf)
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let (res, buf) = self.io.writev(buf).await;
+        if let Ok(n) = res {
+            self.guard.wrote(n);
+        }
+        (res, buf)
     }
 
     fn flush(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> {

@@ -425,6 +425,7 @@ fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
         ("rapid-reset", "goaway 11"),
         ("continuation-flood", "goaway 11"),
         ("ping-flood", "goaway 11"),
+        ("window-update-flood", "goaway 11"),
         ("settings-flood", "goaway 11"),
         // A header list over the limit: refused with 431, connection kept.
         ("big-headers", "response 431"),
@@ -797,7 +798,7 @@ both_drivers!(
 /// A hostile HTTP/2 origin's floods, each after a request on its
 /// connection (PING, SETTINGS, CONTINUATION that never ends the block,
 /// PRIORITY, empty DATA, unknown frames, informational heads without end:
-/// more than 64): the proxy cuts the connection off
+/// more than 64, WINDOW_UPDATEs for nothing): the proxy cuts the connection off
 /// with GOAWAY `ENHANCE_YOUR_CALM` at once, the request gets a 502 saying
 /// why, and a client of a healthy origin on the same (single) worker is
 /// served throughout. Before the upstream guard, the origin's floods ran
@@ -854,6 +855,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         "/empty-data",
         "/unknown",
         "/interim",
+        "/window-update",
     ] {
         let before = served.load(Ordering::Relaxed);
         let started = std::time::Instant::now();

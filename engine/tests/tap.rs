@@ -1033,7 +1033,7 @@ fn idle_and_excess_tap_connections_are_closed() {
 
 /// The tap port reads its clients through the HTTP/2 attack defences, as
 /// the data path does: a flood (PING, SETTINGS, CONTINUATION, frames that
-/// do no work) gets GOAWAY `ENHANCE_YOUR_CALM` rather than the control
+/// do no work, WINDOW_UPDATEs for nothing) gets GOAWAY `ENHANCE_YOUR_CALM` rather than the control
 /// core's time; taps are served after.
 #[test]
 fn floods_on_the_tap_port_are_cut_off() {
@@ -1046,6 +1046,7 @@ fn floods_on_the_tap_port_are_cut_off() {
         "settings-flood",
         "continuation-flood",
         "idle-priority",
+        "window-update-flood",
     ] {
         let out = std::process::Command::new("timeout")
             .args(["30", "/usr/bin/python3", script, attack, &tap.to_string()])

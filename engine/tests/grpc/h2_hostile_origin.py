@@ -10,7 +10,8 @@ request's path names what the origin does once it has it: /ping (a PING
 flood), /settings (SETTINGS), /continuation (the response's HEADERS and
 then CONTINUATION frames that never end the block), /priority (PRIORITY
 frames), /empty-data (empty DATA frames), /unknown (frames of an unknown
-type), /interim (informational 100 heads without end); any other path is
+type), /interim (informational 100 heads without end), /window-update
+(connection WINDOW_UPDATEs of 1 for nothing); any other path is
 answered 200 "ok". A flood lasts at most SECONDS
 on its connection, then the connection is closed. For each flood one line
 when it ends:
@@ -54,6 +55,7 @@ def flood(s, conn, path, stream, seconds):
         "/priority": frame(0x2, 0, stream, b"\x00\x00\x00\x00\x10"),
         "/empty-data": frame(0x0, 0, stream),
         "/unknown": frame(0xfa, 0, 0, b"abc"),
+        "/window-update": frame(0x8, 0, 0, b"\x00\x00\x00\x01"),
         # :status 100 (a literal with the static name :status), END_HEADERS.
         "/interim": frame(0x1, 0x4, stream, b"\x08\x03100"),
     }[path]
@@ -125,7 +127,7 @@ def serve(s, seconds):
             for ev in conn.receive_data(data):
                 if isinstance(ev, h2.events.RequestReceived):
                     path = dict((k.decode(), v.decode()) for k, v in ev.headers).get(":path", "")
-                    if path in ("/ping", "/settings", "/continuation", "/priority", "/empty-data", "/unknown", "/interim"):
+                    if path in ("/ping", "/settings", "/continuation", "/priority", "/empty-data", "/unknown", "/interim", "/window-update"):
                         flood(s, conn, path, ev.stream_id, seconds)
                         s.close()
                         return
