@@ -15,7 +15,7 @@
 //!   work (HEADERS, DATA with a payload or END_STREAM) and time refill, so
 //!   however they are mixed, such frames stay a bounded share of the
 //!   traffic and the connection ends when they are all there is.
-//! - WINDOW_UPDATE floods: a peer may send at most 64 of them plus one
+//! - WINDOW_UPDATE floods: a peer may send at most 1024 of them plus one
 //!   per 8 bytes the proxy has written to it ([`FrameGuard::wrote`]); a
 //!   window is only reopened for data received, so more are updates for
 //!   nothing (each costs the proxy a frame's work; increments of 1 would
@@ -216,7 +216,7 @@ pub struct FrameGuard {
 }
 
 /// WINDOW_UPDATE frames a peer may send before it was sent anything …
-const FREE_WINDOW_UPDATES: u64 = 64;
+const FREE_WINDOW_UPDATES: u64 = 1024;
 /// … and bytes written to it per one more.
 const BYTES_PER_WINDOW_UPDATE: u64 = 8;
 
@@ -605,7 +605,7 @@ mod tests {
                 assert_eq!(g.feed(&mut wu(0), now), Ok(()));
             }
             // Updates for nothing: all that is left, and one more.
-            let left = 64 + (100 * (16 * 1024 + 9) + 1000 * 40) / 8 - 1200;
+            let left = FREE_WINDOW_UPDATES + (100 * (16 * 1024 + 9) + 1000 * 40) / 8 - 1200;
             let mut ok: Vec<u8> = (0..left).flat_map(|_| wu(0)).collect();
             assert_eq!(g.feed(&mut ok, now), Ok(()));
             let mut flood = wu(0);

@@ -178,7 +178,8 @@ def main():
             pass
     elif attack == "window-update-flood":
         # WINDOW_UPDATE +1 on the connection, for data never received:
-        # 5000 of them (an increment of 1 takes 2^31 to overflow).
+        # 5000 of them (an increment of 1 takes 2^31 to overflow; 1024 are
+        # allowed before any data).
         try:
             for i in range(50):
                 s.sendall(frame(0x8, 0x0, 0, struct.pack(">I", 1)) * 100)
