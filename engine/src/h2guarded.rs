@@ -15,8 +15,14 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::BufResult;
 use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
 
-use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::Worker;
+use crate::warn_limit::Warning;
+
+/// Where a cut-off is told: a worker's rate-limited warnings (`Worker`
+/// implements it; this module does not depend on the worker's).
+pub(crate) trait Warnings {
+    /// Whether a warning of `kind` is to be logged now.
+    fn admit(&self, kind: Warning) -> bool;
+}
 
 /// After its GOAWAY, a client cut off by the defences is read from (and
 /// ignored) until it is quiet this long...
@@ -34,33 +40,38 @@ pub(crate) struct GuardedIo<I> {
     guard: FrameGuard,
     peer: SocketAddr,
     tripped: bool,
-    /// For its rate-limited warnings (`None` on the control core, whose
+    /// Its rate limits for warnings (`None` on the control core, whose
     /// few connections warn each time).
-    worker: Option<Rc<Worker>>,
+    warnings: Option<Rc<dyn Warnings>>,
 }
 
 impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     /// A client's connection (its bytes start with the preface): cut off
     /// with a lingering close, so the client reads why.
-    pub(crate) fn client(io: I, peer: SocketAddr, worker: Option<Rc<Worker>>) -> Self {
+    pub(crate) fn client(io: I, peer: SocketAddr, warnings: Option<Rc<dyn Warnings>>) -> Self {
         let guard = FrameGuard::new(GuardLimits::default());
-        Self::with(io, guard, peer, worker)
+        Self::with(io, guard, peer, warnings)
     }
 
     /// A connection to an upstream server at `peer`: cut off at once (its
     /// flood is not read any further); the streams on it fail.
-    pub(crate) fn upstream(io: I, peer: SocketAddr, worker: Rc<Worker>) -> Self {
+    pub(crate) fn upstream(io: I, peer: SocketAddr, warnings: Rc<dyn Warnings>) -> Self {
         let guard = FrameGuard::upstream(GuardLimits::default());
-        Self::with(io, guard, peer, Some(worker))
+        Self::with(io, guard, peer, Some(warnings))
     }
 
-    fn with(io: I, guard: FrameGuard, peer: SocketAddr, worker: Option<Rc<Worker>>) -> Self {
+    fn with(
+        io: I,
+        guard: FrameGuard,
+        peer: SocketAddr,
+        warnings: Option<Rc<dyn Warnings>>,
+    ) -> Self {
         Self {
             io,
             guard,
             peer,
             tripped: false,
-            worker,
+            warnings,
         }
     }
 
@@ -82,21 +93,23 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         self.tripped = true;
         let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
         let peer = self.peer;
-        if self.is_upstream() {
-            if let Some(w) = &self.worker {
-                warn_limited!(w, Warning::Http2UpstreamCalm, upstream = %peer, violation = %v, "HTTP/2 upstream cut off with GOAWAY ENHANCE_YOUR_CALM; its streams fail");
+        let upstream = self.is_upstream();
+        let kind = if upstream {
+            Warning::Http2UpstreamCalm
+        } else {
+            Warning::Http2Calm
+        };
+        if self.warnings.as_ref().is_none_or(|w| w.admit(kind)) {
+            if upstream {
+                tracing::warn!(upstream = %peer, violation = %v, "HTTP/2 upstream cut off with GOAWAY ENHANCE_YOUR_CALM; its streams fail");
+            } else {
+                tracing::warn!(%peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
             }
+        }
+        if upstream {
             let _ = self.io.write_all(goaway.to_vec()).await;
             let _ = self.io.shutdown().await;
             return Err(std::io::Error::other(format!("upstream cut off: {v}")));
-        }
-        match &self.worker {
-            Some(w) => {
-                warn_limited!(w, Warning::Http2Calm, %peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
-            }
-            None => {
-                tracing::warn!(%peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM")
-            }
         }
         let _ = self.io.write_all(goaway.to_vec()).await;
         let _ = self.linger().await;

@@ -128,6 +128,20 @@ impl WarnLimit {
         }
     }
 
+    /// Whether a warning of `kind` is to be logged now (its summary of
+    /// earlier dropped ones logged first, as [`warn_limited!`] does).
+    pub(crate) fn admit(&self, kind: Warning) -> bool {
+        match self.check(kind) {
+            Verdict::Log { suppressed } => {
+                if suppressed > 0 {
+                    summarise(kind, suppressed);
+                }
+                true
+            }
+            Verdict::Suppress => false,
+        }
+    }
+
     /// The kinds whose interval is over with warnings still counted, and
     /// their counts (taken: each is reported once). For a periodic task, so
     /// a flood that stops is still summarised.

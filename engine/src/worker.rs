@@ -440,3 +440,9 @@ fn thread_cpu_ns() -> u64 {
 fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
     svc.endpoints.iter().map(|e| (e.addr, e.weight))
 }
+
+impl crate::h2guarded::Warnings for Worker {
+    fn admit(&self, kind: crate::warn_limit::Warning) -> bool {
+        self.telemetry.warnings.admit(kind)
+    }
+}
