@@ -19,6 +19,58 @@ fn forward_to(driver: IoDriver, origin: std::net::SocketAddr) -> ringmesh_engine
     start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)])
 }
 
+/// A client of its own connection to `addr` asking for /hello every 2 ms
+/// while attacks go on beside it; every request must get a 200.
+struct NormalClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl NormalClient {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread = std::thread::spawn({
+            let (stop, served) = (stop.clone(), served.clone());
+            move || {
+                h2::runtime().block_on(async move {
+                    let send = h2::connect(addr).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let a = h2::request(&send, "GET", "/hello", None)
+                            .await
+                            .expect("the normal client is served meanwhile");
+                        assert_eq!(a.status, 200);
+                        served.fetch_add(1, Ordering::Relaxed);
+                        monoio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            }
+        });
+        Self {
+            stop,
+            served,
+            thread,
+        }
+    }
+
+    /// Requests answered so far.
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// More than 10 requests beyond `since` are answered within 5 s.
+    fn kept_being_served(&self, since: usize) -> bool {
+        eventually(Duration::from_secs(5), || self.served() > since + 10)
+    }
+
+    /// Stops it; it never failed.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the normal client never failed");
+    }
+}
+
 /// Requests, 8 MiB bodies both ways with trailers, 200 concurrent streams on
 /// one client connection, statuses.
 fn streams_bodies_and_trailers(driver: IoDriver) {
@@ -386,8 +438,6 @@ fn grpc_calls_and_statuses() {
 /// off the way the RFCs say, while a normal client on another connection is
 /// served throughout without a single failure.
 fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Arc;
     let origin = h2::origin(None);
     let fwd = format!("127.0.0.1:0={}", origin.addr);
     let proxy = start_proxy(
@@ -401,24 +451,7 @@ fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
         ],
     );
     let addr = proxy.forward_addrs()[0];
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let normal = std::thread::spawn({
-        let (stop, served) = (stop.clone(), served.clone());
-        move || {
-            h2::runtime().block_on(async move {
-                let send = h2::connect(addr).await;
-                while !stop.load(Ordering::Relaxed) {
-                    let a = h2::request(&send, "GET", "/hello", None)
-                        .await
-                        .expect("the normal client is served during attacks");
-                    assert_eq!(a.status, 200);
-                    served.fetch_add(1, Ordering::Relaxed);
-                    monoio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        }
-    });
+    let normal = NormalClient::start(addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
     // GOAWAY ENHANCE_YOUR_CALM = 11; RST_STREAM REFUSED_STREAM = 7.
     for (attack, expected) in [
@@ -434,7 +467,7 @@ fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
         // A client asking for a 2 GiB HPACK table is clamped and served.
         ("table-size", "response 200"),
     ] {
-        let before = served.load(Ordering::Relaxed);
+        let before = normal.served();
         let out = Command::new("timeout")
             .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
             .output()
@@ -447,13 +480,11 @@ fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
-                > before + 10),
+            normal.kept_being_served(before),
             "{attack}: the normal client kept being served"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    normal.join().expect("the normal client never failed");
+    normal.finish();
     proxy.shutdown();
     proxy.wait();
 }
@@ -625,29 +656,10 @@ both_drivers!(
 /// or DATA after END_STREAM: GOAWAY `PROTOCOL_ERROR` at once); a stream reset before it was forwarded never reaches the origin;
 /// a normal client on another connection is served throughout.
 fn made_you_reset_is_cut_off(driver: IoDriver) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Arc;
     let origin = h2::origin(None);
     let proxy = forward_to(driver, origin.addr);
     let addr = proxy.forward_addrs()[0];
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let normal = std::thread::spawn({
-        let (stop, served) = (stop.clone(), served.clone());
-        move || {
-            h2::runtime().block_on(async move {
-                let send = h2::connect(addr).await;
-                while !stop.load(Ordering::Relaxed) {
-                    let a = h2::request(&send, "GET", "/hello", None)
-                        .await
-                        .expect("the normal client is served during attacks");
-                    assert_eq!(a.status, 200);
-                    served.fetch_add(1, Ordering::Relaxed);
-                    monoio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        }
-    });
+    let normal = NormalClient::start(addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
     // What the attacker gets, and whether its streams are reset before
     // they could be forwarded (the request in DATA-after-END_STREAM is
@@ -663,7 +675,7 @@ fn made_you_reset_is_cut_off(driver: IoDriver) {
         ("reset-content-length", "goaway 11", false),
     ] {
         let (served0, streams0) = (
-            served.load(Ordering::Relaxed),
+            normal.served(),
             origin.counters.streams.load(Ordering::Relaxed),
         );
         let out = Command::new("timeout")
@@ -678,14 +690,13 @@ fn made_you_reset_is_cut_off(driver: IoDriver) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
-                > served0 + 10),
+            normal.kept_being_served(served0),
             "{attack}: the normal client kept being served"
         );
         // The origin's streams, less the normal client's.
         // One normal request may straddle the first reading.
         let forwarded = (origin.counters.streams.load(Ordering::Relaxed) - streams0)
-            .saturating_sub(served.load(Ordering::Relaxed) - served0);
+            .saturating_sub(normal.served() - served0);
         let _ = writeln!(
             std::io::stderr(),
             "{attack}: {forwarded} attack streams reached the origin"
@@ -702,8 +713,7 @@ fn made_you_reset_is_cut_off(driver: IoDriver) {
             );
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    normal.join().expect("the normal client never failed");
+    normal.finish();
     proxy.shutdown();
     proxy.wait();
 }
@@ -728,29 +738,10 @@ fn rss_kib() -> u64 {
 /// bounded, a normal client is served throughout. A SETTINGS_INITIAL_WINDOW_SIZE
 /// of 2^31 is a FLOW_CONTROL_ERROR (RFC 9113 §6.5.2).
 fn idle_frame_floods_are_cut_off(driver: IoDriver) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Arc;
     let origin = h2::origin(None);
     let proxy = forward_to(driver, origin.addr);
     let addr = proxy.forward_addrs()[0];
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let normal = std::thread::spawn({
-        let (stop, served) = (stop.clone(), served.clone());
-        move || {
-            h2::runtime().block_on(async move {
-                let send = h2::connect(addr).await;
-                while !stop.load(Ordering::Relaxed) {
-                    let a = h2::request(&send, "GET", "/hello", None)
-                        .await
-                        .expect("the normal client is served during attacks");
-                    assert_eq!(a.status, 200);
-                    served.fetch_add(1, Ordering::Relaxed);
-                    monoio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        }
-    });
+    let normal = NormalClient::start(addr);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
     let rss0 = rss_kib();
     // GOAWAY ENHANCE_YOUR_CALM = 11, FLOW_CONTROL_ERROR = 3.
@@ -764,7 +755,7 @@ fn idle_frame_floods_are_cut_off(driver: IoDriver) {
         ("idle-with-work", "goaway 11"),
         ("settings-window-overflow", "goaway 3"),
     ] {
-        let before = served.load(Ordering::Relaxed);
+        let before = normal.served();
         let out = Command::new("timeout")
             .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
             .output()
@@ -777,16 +768,14 @@ fn idle_frame_floods_are_cut_off(driver: IoDriver) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
-                > before + 10),
+            normal.kept_being_served(before),
             "{attack}: the normal client kept being served"
         );
         let grown = rss_kib().saturating_sub(rss0);
         let _ = writeln!(std::io::stderr(), "{attack}: RSS +{grown} KiB");
         assert!(grown < 64 * 1024, "{attack}: RSS grew {grown} KiB");
     }
-    stop.store(true, Ordering::Relaxed);
-    normal.join().expect("the normal client never failed");
+    normal.finish();
     proxy.shutdown();
     proxy.wait();
 }
@@ -805,8 +794,6 @@ both_drivers!(
 /// their whole course, with the worker pinned at 100 % CPU for the
 /// CONTINUATION, PRIORITY, empty DATA and unknown-frame ones.
 fn hostile_upstreams_are_cut_off(driver: IoDriver) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Arc;
     const FLOOD_SECS: &str = "20";
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -829,24 +816,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         ],
     );
     let (to_hostile, to_origin) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let normal = std::thread::spawn({
-        let (stop, served) = (stop.clone(), served.clone());
-        move || {
-            h2::runtime().block_on(async move {
-                let send = h2::connect(to_origin).await;
-                while !stop.load(Ordering::Relaxed) {
-                    let a = h2::request(&send, "GET", "/hello", None)
-                        .await
-                        .expect("the normal client is served during the floods");
-                    assert_eq!(a.status, 200);
-                    served.fetch_add(1, Ordering::Relaxed);
-                    monoio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        }
-    });
+    let normal = NormalClient::start(to_origin);
     for flood in [
         "/ping",
         "/settings",
@@ -857,7 +827,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         "/interim",
         "/window-update",
     ] {
-        let before = served.load(Ordering::Relaxed);
+        let before = normal.served();
         let started = std::time::Instant::now();
         let answer = h2::runtime().block_on(async move {
             let send = h2::connect(to_hostile).await;
@@ -892,8 +862,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
             hostile.seen.last()
         );
         assert!(
-            eventually(Duration::from_secs(5), || served.load(Ordering::Relaxed)
-                > before + 10),
+            normal.kept_being_served(before),
             "{flood}: the normal client kept being served"
         );
     }
@@ -903,8 +872,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         h2::request(&send, "GET", "/fine", None).await.unwrap()
     });
     assert_eq!((a.status, &a.body[..]), (200, &b"ok"[..]));
-    stop.store(true, Ordering::Relaxed);
-    normal.join().expect("the normal client never failed");
+    normal.finish();
     drop(hostile);
     proxy.shutdown();
     proxy.wait();
