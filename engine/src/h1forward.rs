@@ -436,10 +436,8 @@ async fn relay_response(
         }
         let tap = d.tap.filter(|_| !d.resp.is_interim());
         if let Some(t) = tap {
-            let now = Instant::now();
-            t.response(d.resp.status(), now, || {
-                crate::tap::h1_fields(d.resp.headers())
-            });
+            let fields = || crate::tap::h1_fields(d.resp.headers());
+            t.response(d.resp.status(), Instant::now(), fields);
         }
         let plan = plan_response(d.w.stopping(), d.req, d.resp, u.buf, d.out, d.limits, tap)?;
         if !plan.done {

@@ -128,8 +128,8 @@ impl WarnLimit {
         }
     }
 
-    /// Whether a warning of `kind` is to be logged now (its summary of
-    /// earlier dropped ones logged first, as [`warn_limited!`] does).
+    /// Whether a warning of `kind` is to be logged now (a summary of the
+    /// earlier ones dropped is logged first).
     pub(crate) fn admit(&self, kind: Warning) -> bool {
         match self.check(kind) {
             Verdict::Log { suppressed } => {
@@ -176,14 +176,8 @@ pub(crate) fn summarise(kind: Warning, suppressed: u64) {
 /// the remaining arguments are `tracing::warn!`'s.
 macro_rules! warn_limited {
     ($worker:expr, $kind:expr, $($arg:tt)+) => {
-        match $worker.telemetry.warnings.check($kind) {
-            $crate::warn_limit::Verdict::Log { suppressed } => {
-                if suppressed > 0 {
-                    $crate::warn_limit::summarise($kind, suppressed);
-                }
-                tracing::warn!($($arg)+);
-            }
-            $crate::warn_limit::Verdict::Suppress => {}
+        if $worker.telemetry.warnings.admit($kind) {
+            tracing::warn!($($arg)+);
         }
     };
 }

@@ -968,6 +968,20 @@ fn pki(tag: &str, names: &[&str]) -> PathBuf {
     dir
 }
 
+/// A tap of one request is installed, sees it (three events) and ends
+/// cleanly: the tap port serves.
+fn a_tap_is_served(proxy: &Proxy, tap: std::net::SocketAddr) {
+    let call = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(status.trim(), "status 0");
+    assert_eq!(events.len(), 3, "{events:#?}");
+}
+
 /// The tap port holds at most 64 client connections: more are closed at
 /// once. A connection that never finishes its handshake, or that opens no
 /// call, is closed after 10 s; then taps are served again.
@@ -1020,15 +1034,7 @@ fn idle_and_excess_tap_connections_are_closed() {
         );
     }
     // The room is back: a tap is served.
-    let call = TapCall::start(
-        tap,
-        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
-    );
-    wait_installed(&proxy, 1);
-    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
-    let (events, status) = call.finish(Duration::from_secs(10));
-    assert_eq!(status.trim(), "status 0");
-    assert_eq!(events.len(), 3, "{events:#?}");
+    a_tap_is_served(&proxy, tap);
 }
 
 /// The tap port reads its clients through the HTTP/2 attack defences, as
@@ -1055,15 +1061,7 @@ fn floods_on_the_tap_port_are_cut_off() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(text.trim(), "goaway 11", "{attack}: {text}");
     }
-    let call = TapCall::start(
-        tap,
-        r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
-    );
-    wait_installed(&proxy, 1);
-    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
-    let (events, status) = call.finish(Duration::from_secs(10));
-    assert_eq!(status.trim(), "status 0");
-    assert_eq!(events.len(), 3, "{events:#?}");
+    a_tap_is_served(&proxy, tap);
 }
 
 /// A request whose upstream refuses the connection is tapped with the

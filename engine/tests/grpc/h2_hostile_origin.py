@@ -29,20 +29,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-
-def frame(kind, flags, stream, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-def goaway_in(raw):
-    """The error code of the first GOAWAY among the whole frames of `raw`, or None."""
-    i = 0
-    while i + 9 <= len(raw):
-        length = struct.unpack(">I", b"\x00" + raw[i:i + 3])[0]
-        if raw[i + 3] == 0x7 and i + 9 + length <= len(raw):
-            return struct.unpack(">I", raw[i + 13:i + 17])[0]
-        i += 9 + length
-    return None
+from h2_attack import frame, goaway_in
 
 
 def flood(s, conn, path, stream, seconds):
@@ -50,10 +37,10 @@ def flood(s, conn, path, stream, seconds):
     out = conn.data_to_send()
     one = {
         "/ping": frame(0x6, 0, 0, b"12345678"),
-        "/settings": frame(0x4, 0, 0),
-        "/continuation": frame(0x9, 0, stream),
+        "/settings": frame(0x4, 0, 0, b""),
+        "/continuation": frame(0x9, 0, stream, b""),
         "/priority": frame(0x2, 0, stream, b"\x00\x00\x00\x00\x10"),
-        "/empty-data": frame(0x0, 0, stream),
+        "/empty-data": frame(0x0, 0, stream, b""),
         "/unknown": frame(0xfa, 0, 0, b"abc"),
         "/window-update": frame(0x8, 0, 0, b"\x00\x00\x00\x01"),
         # :status 100 (a literal with the static name :status), END_HEADERS.
