@@ -26,4 +26,4 @@
 mod server;
 pub mod telemetry;
 
-pub use server::{route_for_tests, serve, AdminBackend, Reply, Settings};
+pub use server::{route_for_tests, serve, AdminBackend, H2Socket, Reply, Settings};

@@ -9,8 +9,11 @@
 //! It shares its thread with discovery, so nothing here may block, and no
 //! client may hold the loop: every wait for a client (the preface, a request
 //! head or body, writing a response, an idle HTTP/2 connection) is bounded by
-//! [`Settings::timeout`], and at most [`Settings::max_connections`] are open
-//! (more are closed at once; probes retry).
+//! [`Settings::timeout`], at most [`Settings::max_connections`] are open
+//! (more are closed at once; probes retry), and an HTTP/2 client's bytes are
+//! read through what [`AdminBackend::h2_io`] gives (the engine's HTTP/2
+//! attack defences: a flood of frames that do no work would otherwise keep
+//! the control core busy for as long as it lasted).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -20,7 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, PrefixedReadIo};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadIo};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_http::h2::{server as h2server, RecvStream};
@@ -31,12 +34,21 @@ const H2_PREFACE: &[u8] = ringmesh_protocols::detect::H2_PREFACE;
 /// Largest request body read (only `PUT /proxy-log-level` has one).
 const MAX_BODY: usize = 64 * 1024;
 
+/// An admin connection that opened with the HTTP/2 preface: the socket,
+/// with the bytes read to detect it put back in front.
+pub type H2Socket = PrefixedReadIo<TcpStream, std::io::Cursor<Vec<u8>>>;
+
 /// What the admin server asks of the proxy. Called on the control core's
 /// thread; `metrics` may wait (workers answer by message) but must not
 /// block it.
 // Single-threaded runtime: the futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait AdminBackend: 'static {
+    /// What an HTTP/2 client's connection is served through.
+    type H2Io: AsyncReadRent + AsyncWriteRent + Unpin + 'static;
+    /// Wraps an HTTP/2 client's connection (from `peer`) before the HTTP/2
+    /// server reads it: the engine puts its frame guard here.
+    fn h2_io(&self, io: H2Socket, peer: SocketAddr) -> Self::H2Io;
     /// Every worker accepts and the first discovery snapshot is applied.
     fn ready(&self) -> bool;
     /// Appends the Prometheus text exposition (format 0.0.4).
@@ -149,7 +161,8 @@ async fn connection<B: AdminBackend>(
         }
     }
     if buf.starts_with(H2_PREFACE) {
-        http2(s, buf, from_loopback, backend, settings).await;
+        let io = backend.h2_io(PrefixedReadIo::new(s, std::io::Cursor::new(buf)), peer);
+        http2(io, from_loopback, backend, settings).await;
         Ok(())
     } else {
         http1(s, buf, from_loopback, backend, settings).await
@@ -265,17 +278,9 @@ fn http1_reply(r: &Reply, keep: bool, with_body: bool, gzip_it: bool) -> io::Res
     Ok(out)
 }
 
-/// Serves HTTP/2 on `s`; `preface` holds what was read to detect it. Ends
-/// when the client closes, on a protocol error, or after the timeout with
-/// no stream open.
-async fn http2<B: AdminBackend>(
-    s: TcpStream,
-    preface: Vec<u8>,
-    from_loopback: bool,
-    backend: &B,
-    settings: Settings,
-) {
-    let io = PrefixedReadIo::new(s, std::io::Cursor::new(preface));
+/// Serves HTTP/2 on `io` (from the preface on). Ends when the client
+/// closes, on a protocol error, or after the timeout with no stream open.
+async fn http2<B: AdminBackend>(io: B::H2Io, from_loopback: bool, backend: &B, settings: Settings) {
     let mut builder = h2server::Builder::new();
     builder
         .max_concurrent_streams(16)
@@ -453,6 +458,10 @@ mod tests {
     }
 
     impl AdminBackend for Fake {
+        type H2Io = H2Socket;
+        fn h2_io(&self, io: H2Socket, _: SocketAddr) -> H2Socket {
+            io
+        }
         fn ready(&self) -> bool {
             self.ready.get()
         }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use futures_channel::mpsc::UnboundedSender;
 use futures_channel::oneshot;
 use ringmesh_admin::telemetry::{ProcessInfo, Scrape};
-use ringmesh_admin::AdminBackend;
+use ringmesh_admin::{AdminBackend, H2Socket};
 
+use crate::h2guarded::GuardedIo;
 use crate::inbox::WorkerMsg;
 
 /// How long a scrape waits for the workers' answers.
@@ -55,6 +56,15 @@ pub(crate) struct EngineAdmin {
 }
 
 impl AdminBackend for EngineAdmin {
+    type H2Io = GuardedIo<H2Socket>;
+
+    /// The data path's HTTP/2 attack defences (the admin port is reachable
+    /// from the whole cluster in Linkerd's deployments); a cut-off is
+    /// logged each time (the control core has few connections).
+    fn h2_io(&self, io: H2Socket, peer: std::net::SocketAddr) -> Self::H2Io {
+        GuardedIo::client(io, peer, None)
+    }
+
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }

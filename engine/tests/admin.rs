@@ -614,6 +614,46 @@ fn http2_prior_knowledge_serves_the_same_endpoints() {
     drop(p);
 }
 
+/// The admin port (reachable from the whole cluster in Linkerd's
+/// deployments, so Prometheus can scrape it) reads HTTP/2 clients through
+/// the data path's attack defences: a flood of frames that do no work gets
+/// GOAWAY `ENHANCE_YOUR_CALM` instead of the control core's time, and
+/// probes are answered after. Without the guard these floods went on for as
+/// long as the client kept sending (the PING flood was merely "closed" at
+/// its end), the control core busy throughout.
+#[test]
+fn http2_floods_on_the_admin_port_are_cut_off() {
+    let (p, base) = start(&[]);
+    let addr = base.trim_start_matches("http://");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    for attack in [
+        "ping-flood",
+        "settings-flood",
+        "continuation-flood",
+        "idle-priority",
+        "idle-empty-data",
+        "window-update-flood",
+    ] {
+        let out = Command::new("timeout")
+            .args(["30", "/usr/bin/python3", script, attack, addr])
+            .output()
+            .expect("Debian python3 with python3-h2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            "goaway 11",
+            "{attack}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(curl_h2(&[&format!("{base}/ready")]).0, "200", "{attack}");
+    }
+    assert_eq!(
+        curl(&[&format!("{base}/live")]),
+        ("200".into(), "live\n".into())
+    );
+    drop(p);
+}
+
 /// Neither a client that connects and says nothing (on HTTP/1 or HTTP/2)
 /// nor a nameserver that never answers may hold up another client's probe
 /// or scrape: the admin server and discovery share the control core.
