@@ -243,7 +243,7 @@ impl Channel {
             })?;
             // Requests are single small writes; do not hold them back.
             let _ = tcp.set_nodelay(true);
-            Self::handshake(tcp, authority).await
+            Self::handshake(tcp, addr, authority).await
         };
         match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), connecting).await
         {
@@ -275,7 +275,7 @@ impl Channel {
                 .map_err(|e| {
                     GrpcError::new(Code::Unavailable, format!("TLS to {name} at {addr}: {e}"))
                 })?;
-            Self::handshake(t, authority).await
+            Self::handshake(t, addr, authority).await
         };
         match monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), connecting).await
         {
@@ -288,9 +288,17 @@ impl Channel {
     }
 
     /// The HTTP/2 handshake on a connected transport (TCP, TLS: anything
-    /// monoio reads and writes); spawns the connection's task on the
-    /// current runtime. Calls carry `authority` as `:authority`.
-    pub(crate) async fn handshake<I>(io: I, authority: Authority) -> Result<Self, GrpcError>
+    /// monoio reads and writes) to `peer`; spawns the connection's task on
+    /// the current runtime. Calls carry `authority` as `:authority`. The
+    /// server's frames are read through the data path's upstream guard: a
+    /// broken or hostile control plane flooding frames that do no work is
+    /// cut off (its calls fail, and their callers reconnect with backoff)
+    /// instead of holding the control core.
+    pub(crate) async fn handshake<I>(
+        io: I,
+        peer: SocketAddr,
+        authority: Authority,
+    ) -> Result<Self, GrpcError>
     where
         I: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
     {
@@ -298,6 +306,7 @@ impl Channel {
         builder
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .enable_push(false);
+        let io = crate::h2guarded::GuardedIo::upstream(io, peer, None);
         let (send, conn) = builder
             .handshake::<_, Bytes>(io)
             .await
@@ -990,6 +999,40 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.code, Code::DeadlineExceeded, "{e}");
             assert!(start.elapsed() < Duration::from_secs(2));
+        });
+    }
+
+    /// A control plane flooding frames once a call is open (PINGs here:
+    /// the library answers each and would never give up) is cut off: the
+    /// call fails at once with the reason, not at its deadline, and the
+    /// control core stops reading it.
+    #[test]
+    fn a_flooding_server_is_cut_off() {
+        use std::io::{Read, Write};
+        both_drivers(async || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut r = s.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    let mut b = [0; 65536];
+                    while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+                });
+                // An empty SETTINGS (the server's preface), then PINGs
+                // until the client goes or 10 s pass.
+                let settings = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+                let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                let burst = ping.repeat(100);
+                let end = Instant::now() + Duration::from_secs(10);
+                let _ = s.write_all(&settings);
+                while Instant::now() < end && s.write_all(&burst).is_ok() {}
+            });
+            let start = Instant::now();
+            let e = call(addr, Duration::from_secs(10)).await.unwrap_err();
+            assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+            assert_eq!(e.code, Code::Unavailable, "{e}");
+            assert!(e.message.contains("cut off: PING flood"), "{e}");
         });
     }
 

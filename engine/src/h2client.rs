@@ -376,7 +376,7 @@ pub(crate) async fn new_connection(
     let tls = w.pools.tls();
     let conn = connect::open(ep, tls.as_deref(), Session::Http2, timeout).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
-    let io = GuardedIo::upstream(MeteredIo { io: conn, meter }, addr, w.clone());
+    let io = GuardedIo::upstream(MeteredIo { io: conn, meter }, addr, Some(w.clone()));
     let mut builder = client::Builder::new();
     builder
         .initial_window_size(w.cfg.http2.stream_window)

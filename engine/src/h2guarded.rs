@@ -1,7 +1,8 @@
 //! HTTP/2 connections read through the attack defences of
 //! [`ringmesh_protocols::h2guard`], both ways: a client's connection to
-//! the proxy (`http2`) and the proxy's connections to upstream servers
-//! (`h2client`). A hostile backend's floods of frames that do no work
+//! the proxy (`http2`, and the control core's tap and admin servers) and
+//! the proxy's connections to upstream servers (`h2client`, and the
+//! control core's gRPC channels to the control plane). A hostile backend's floods of frames that do no work
 //! would otherwise pin its worker as surely as a client's. What is written
 //! to the peer is counted too: its WINDOW_UPDATEs are allowed in
 //! proportion.
@@ -53,11 +54,13 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         Self::with(io, guard, peer, warnings)
     }
 
-    /// A connection to an upstream server at `peer`: cut off at once (its
-    /// flood is not read any further); the streams on it fail.
-    pub(crate) fn upstream(io: I, peer: SocketAddr, warnings: Rc<dyn Warnings>) -> Self {
+    /// A connection to an upstream server at `peer` (a worker's pooled
+    /// connection, or the control core's to a control-plane service): cut
+    /// off at once (its flood is not read any further); the streams on it
+    /// fail.
+    pub(crate) fn upstream(io: I, peer: SocketAddr, warnings: Option<Rc<dyn Warnings>>) -> Self {
         let guard = FrameGuard::upstream(GuardLimits::default());
-        Self::with(io, guard, peer, Some(warnings))
+        Self::with(io, guard, peer, warnings)
     }
 
     fn with(
