@@ -42,6 +42,7 @@ impl ConfigSource for BTreeMap<&str, &str> {
 }
 
 pub const LOG: &str = "LINKERD2_PROXY_LOG";
+pub const LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
 pub const CORES: &str = "LINKERD2_PROXY_CORES";
 pub const IO_DRIVER: &str = "RINGMESH_IO_DRIVER";
 pub const OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
@@ -127,6 +128,18 @@ pub const TLS_HANDSHAKE_TIMEOUT: &str = "RINGMESH_TLS_HANDSHAKE_TIMEOUT";
 pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 
 pub const DEFAULT_LOG: &str = "warn,ringmesh=info";
+
+/// How log lines are written (`LINKERD2_PROXY_LOG_FORMAT`, as
+/// linkerd2-proxy: `plain` or `json`, any case).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing's default human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line: timestamp, level, fields, target, thread,
+    /// and the list of spans the event happened in.
+    Json,
+}
 
 /// Which io driver workers run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +268,7 @@ impl Default for InboundPolicy {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub log: String,
+    pub log_format: LogFormat,
     /// Number of workers; `None` = one per CPU the process may run on.
     pub cores: Option<usize>,
     pub io_driver: IoDriver,
@@ -602,6 +616,7 @@ impl Config {
     pub fn defaults() -> Self {
         Self {
             log: DEFAULT_LOG.to_string(),
+            log_format: LogFormat::Plain,
             cores: None,
             io_driver: IoDriver::Auto,
             outbound: OutboundConfig {
@@ -832,6 +847,17 @@ impl Parser<'_> {
                     Err(e) => self.bad(LOG, &v, &e.to_string()),
                 }
             }
+        }
+        if let Some(f) = self.parse_with(LOG_FORMAT, |s| {
+            if s.eq_ignore_ascii_case("plain") {
+                Ok(LogFormat::Plain)
+            } else if s.eq_ignore_ascii_case("json") {
+                Ok(LogFormat::Json)
+            } else {
+                Err("expected plain or json".into())
+            }
+        }) {
+            c.log_format = f;
         }
         c.cores = self.parse_with(CORES, |s| match s.parse::<usize>() {
             Ok(0) => Err("must be at least 1".into()),
@@ -1407,6 +1433,26 @@ mod tests {
         let src: BTreeMap<&str, &str> = [(LOG, ",\u{3000}a=")].into_iter().collect();
         let err = Config::from_source(&src).unwrap_err();
         assert!(err.problems[0].contains(LOG), "{err}");
+    }
+
+    /// linkerd2-proxy's values in any case (its injector writes `plain`);
+    /// anything else is listed as a problem.
+    #[test]
+    fn log_formats() {
+        let format = |v: &str| {
+            let src: BTreeMap<&str, &str> = [(LOG_FORMAT, v)].into_iter().collect();
+            Config::from_source(&src).map(|c| c.log_format)
+        };
+        assert_eq!(
+            Config::from_source(&BTreeMap::new()).unwrap().log_format,
+            LogFormat::Plain
+        );
+        assert_eq!(format("plain").unwrap(), LogFormat::Plain);
+        assert_eq!(format("PLAIN").unwrap(), LogFormat::Plain);
+        assert_eq!(format("json").unwrap(), LogFormat::Json);
+        assert_eq!(format("Json").unwrap(), LogFormat::Json);
+        let err = format("text").unwrap_err();
+        assert!(err.problems[0].contains(LOG_FORMAT), "{err}");
     }
 
     #[test]

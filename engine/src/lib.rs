@@ -147,7 +147,7 @@ pub mod fuzzing {
 }
 
 pub use admin::{Hooks, LogLevel};
-pub use config::{Config, ConfigError, IoDriver};
+pub use config::{Config, ConfigError, IoDriver, LogFormat};
 pub use proxy::{Proxy, StartError};
 /// One worker's counters ([`Proxy::worker_stats`]); the type lives with the
 /// other metric types in `ringmesh-admin`.

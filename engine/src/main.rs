@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use ringmesh_engine::{Config, Hooks, LogLevel, Proxy};
+use ringmesh_engine::{Config, Hooks, LogFormat, LogLevel, Proxy};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::layer::SubscriberExt;
@@ -44,14 +44,25 @@ fn main() -> ExitCode {
     // The filter sits behind a reload layer so `PUT /proxy-log-level` can
     // change it on every thread at run time.
     let (filter, reload) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&cfg.log));
+    let plain = (cfg.log_format == LogFormat::Plain).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    // As linkerd2-proxy's: the spans as a list, not the current one again.
+    let json = (cfg.log_format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_span_list(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_thread_names(true)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(plain)
+        .with(json)
         .init();
     let hooks = Hooks {
         log_level: Some(Arc::new(LogFilter {

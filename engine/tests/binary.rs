@@ -27,6 +27,7 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
             ("RINGMESH_TCP_FORWARD", "127.0.0.1:15432"),
             ("RINGMESH_DISCOVERY_STATIC", "/nonexistent/ringmesh.toml"),
             ("LINKERD2_PROXY_LOG", "ringmesh=loud["),
+            ("LINKERD2_PROXY_LOG_FORMAT", "logfmt"),
         ],
     )
     .output()
@@ -41,6 +42,7 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
         "RINGMESH_TCP_FORWARD",
         "RINGMESH_DISCOVERY_STATIC",
         "LINKERD2_PROXY_LOG",
+        "LINKERD2_PROXY_LOG_FORMAT",
     ] {
         assert!(stderr.contains(var), "{var} not reported:\n{stderr}");
     }
@@ -251,6 +253,45 @@ fn all_endpoints_down_is_logged() {
     assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
     assert!(p.wait_for("all 2 endpoints failed", Duration::from_secs(5)));
     assert!(p.seen.iter().any(|l| l.contains("db.test:5432")));
+}
+
+/// `LINKERD2_PROXY_LOG_FORMAT=json` (as linkerd2-proxy, any case): every
+/// line on stderr, from start to exit, is one JSON object with the
+/// event's level, target, thread and fields (the message among them).
+#[test]
+fn json_log_lines() {
+    let listen = free_port();
+    let fwd = format!("{listen}={}", closed_port());
+    let mut p = Running::spawn(ringmesh(
+        "auto",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_LOG_FORMAT", "JSON"),
+        ],
+    ));
+    assert!(p.wait_for("\"ready\"", Duration::from_secs(10)));
+    // A connection to a dead endpoint: a warning with fields.
+    let mut c = connect(listen);
+    let mut buf = [0u8; 1];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    assert!(p.wait_for("\"WARN\"", Duration::from_secs(5)));
+    p.signal(Signal::SIGTERM);
+    assert!(p.wait_for("\"stopped\"", Duration::from_secs(10)));
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    for line in &p.seen {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        for key in ["timestamp", "level", "target", "threadName"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    let warn = p.seen.iter().find(|l| l.contains("\"WARN\"")).unwrap();
+    let warn: serde_json::Value = serde_json::from_str(warn).unwrap();
+    assert!(
+        warn["fields"].as_object().unwrap().len() > 1,
+        "the warning's fields are fields, not text: {warn}"
+    );
 }
 
 /// Makes io_uring_setup fail with EPERM in the child, as Docker's default
