@@ -43,6 +43,7 @@ impl ConfigSource for BTreeMap<&str, &str> {
 
 pub const LOG: &str = "LINKERD2_PROXY_LOG";
 pub const LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
+pub const ACCESS_LOG: &str = "LINKERD2_PROXY_ACCESS_LOG";
 pub const CORES: &str = "LINKERD2_PROXY_CORES";
 pub const IO_DRIVER: &str = "RINGMESH_IO_DRIVER";
 pub const OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
@@ -138,6 +139,19 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line: timestamp, level, fields, target, thread,
     /// and the list of spans the event happened in.
+    Json,
+}
+
+/// The format of `LINKERD2_PROXY_ACCESS_LOG` (`apache` or `json`, as
+/// linkerd2-proxy), written by `access_log.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `<client addr> <client id or -> - [<timestamp>] "<method> <uri> <version>" <status>`
+    Apache,
+    /// One JSON object per request: `client.addr`, `client.id`,
+    /// `timestamp`, `method`, `uri`, `version`, `trace_id`,
+    /// `request_bytes`, `status`, `response_bytes`, `total_ns`,
+    /// `processing_ns`, `user_agent`, `host`.
     Json,
 }
 
@@ -269,6 +283,8 @@ impl Default for InboundPolicy {
 pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
+    /// An access log line per inbound HTTP request, in this format.
+    pub access_log: Option<AccessLogFormat>,
     /// Number of workers; `None` = one per CPU the process may run on.
     pub cores: Option<usize>,
     pub io_driver: IoDriver,
@@ -617,6 +633,7 @@ impl Config {
         Self {
             log: DEFAULT_LOG.to_string(),
             log_format: LogFormat::Plain,
+            access_log: None,
             cores: None,
             io_driver: IoDriver::Auto,
             outbound: OutboundConfig {
@@ -859,6 +876,15 @@ impl Parser<'_> {
         }) {
             c.log_format = f;
         }
+        c.access_log = self.parse_with(ACCESS_LOG, |s| {
+            if s.eq_ignore_ascii_case("apache") {
+                Ok(AccessLogFormat::Apache)
+            } else if s.eq_ignore_ascii_case("json") {
+                Ok(AccessLogFormat::Json)
+            } else {
+                Err("expected apache or json".into())
+            }
+        });
         c.cores = self.parse_with(CORES, |s| match s.parse::<usize>() {
             Ok(0) => Err("must be at least 1".into()),
             Ok(n) => Ok(n),

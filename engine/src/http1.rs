@@ -212,7 +212,7 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     };
     obs.routed(&target);
     obs.set_route(policy);
-    obs.tap_request(&request);
+    obs.request_head(&request);
     if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
         // Boxed: its state would otherwise size every connection's task.
         return Box::pin(over_h2(t, obs, &target)).await;

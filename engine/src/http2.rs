@@ -315,7 +315,7 @@ async fn forward(
     let (target, policy) = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);
     obs.set_route(policy);
-    obs.tap_request(&crate::route::H2Req(&req));
+    obs.request_head(&crate::route::H2Req(&req));
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);

@@ -53,6 +53,7 @@
 //! admin crate's encoder.
 #![deny(rust_2018_idioms)]
 
+mod access_log;
 mod admin;
 pub mod authz;
 mod certify;
@@ -147,7 +148,7 @@ pub mod fuzzing {
 }
 
 pub use admin::{Hooks, LogLevel};
-pub use config::{Config, ConfigError, IoDriver, LogFormat};
+pub use config::{AccessLogFormat, Config, ConfigError, IoDriver, LogFormat};
 pub use proxy::{Proxy, StartError};
 /// One worker's counters ([`Proxy::worker_stats`]); the type lives with the
 /// other metric types in `ringmesh-admin`.

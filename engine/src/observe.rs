@@ -43,6 +43,8 @@ pub(crate) struct Observer<'w> {
     peer: SocketAddr,
     /// Some tap may want the request (`None` without taps: one branch).
     tap: Option<crate::tap::Pending>,
+    /// Its access log line (inbound, with the log on).
+    access: Option<Box<crate::access_log::Entry>>,
 }
 
 impl<'w> Observer<'w> {
@@ -80,13 +82,24 @@ impl<'w> Observer<'w> {
             route: crate::route::RoutePolicy::default(),
             peer,
             tap: None,
+            access: None,
         }
     }
 
-    /// The request's head, for tap: with some tap installed that may want
-    /// it, kept until its destination is known (nothing is copied for a
-    /// request no tap can want: its head already rules it out).
-    pub(crate) fn tap_request(&mut self, head: &dyn crate::tap::TapHead) {
+    /// The request's head, routed: for tap, with some tap installed that
+    /// may want it, kept until its destination is known (nothing is copied
+    /// for a request no tap can want: its head already rules it out); for
+    /// the access log, an inbound request's line begins.
+    pub(crate) fn request_head(&mut self, head: &dyn crate::tap::TapHead) {
+        if let Some(log) = &self.w.access_log {
+            if self.key.direction == Direction::Inbound {
+                let client_id = match &self.key.tls {
+                    TlsStatus::Accepted { client_id } => client_id.as_deref(),
+                    _ => None,
+                };
+                self.access = Some(log.begin(self.peer, client_id, head, self.started));
+            }
+        }
         if let Some(taps) = self.w.taps.active() {
             if !taps.may_want(self.peer, head) {
                 return;
@@ -211,6 +224,9 @@ impl<'w> Observer<'w> {
         if let Some(g) = ep {
             crate::feedback::first_answer(g.endpoint(), latency);
         }
+        if let Some(e) = &self.access {
+            e.answered(latency);
+        }
     }
 
     /// The taps that see this request, if any (told of its response's
@@ -248,6 +264,9 @@ impl<'w> Observer<'w> {
         if let Some(p) = self.tap.take() {
             p.end(class.status, class.grpc_status, now);
         }
+        if let (Some(e), Some(log)) = (self.access.take(), &self.w.access_log) {
+            log.end(*e, class.status, now);
+        }
         self.w
             .telemetry
             .record_response(&self.key, class, self.started, now);
@@ -283,6 +302,10 @@ impl Drop for Observer<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.tap.take() {
             p.end(0, None, Instant::now());
+        }
+        // Its access log line says status 0.
+        if let (Some(e), Some(log)) = (self.access.take(), &self.w.access_log) {
+            log.end(*e, 0, Instant::now());
         }
     }
 }

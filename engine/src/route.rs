@@ -59,6 +59,12 @@ impl crate::tap::TapHead for H1Req<'_> {
     fn headers(&self) -> crate::tap::Fields {
         crate::tap::h1_fields(self.0.headers())
     }
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        RequestInfo::header(self, name)
+    }
+    fn version(&self) -> &'static str {
+        self.0.version().as_str()
+    }
 }
 
 /// An HTTP/2 request (or one converted to it) as route matching sees it.
@@ -106,6 +112,16 @@ impl<B> crate::tap::TapHead for H2Req<'_, B> {
     }
     fn headers(&self) -> crate::tap::Fields {
         crate::tap::h2_fields(self.0.headers())
+    }
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        RequestInfo::header(self, name)
+    }
+    fn version(&self) -> &'static str {
+        match self.0.version() {
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_11 => "HTTP/1.1",
+            _ => "HTTP/2.0",
+        }
     }
 }
 

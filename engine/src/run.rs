@@ -194,6 +194,9 @@ pub(crate) async fn serve(setup: WorkerSetup) {
     if let Some(every) = worker.cfg.discovery.usage_report {
         monoio::spawn(report_usage(worker.clone(), stop.clone(), every));
     }
+    if worker.access_log.is_some() {
+        monoio::spawn(flush_access_log(worker.clone(), stop.clone()));
+    }
 
     // Serve until told to stop (or the handle is gone).
     loop {
@@ -203,6 +206,23 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         }
     }
     drain(&worker, &mut rx, &listening, &stop).await;
+    if let Some(log) = &worker.access_log {
+        log.flush();
+    }
+}
+
+/// Writes out the access log's lines at least every `FLUSH_EVERY` while
+/// the worker runs.
+async fn flush_access_log(worker: Rc<Worker>, stop: Stop) {
+    while !stop.is_stopped() {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
+            _ = stop.wait() => {}
+        }
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
+    }
 }
 
 /// The worker's context, fresh: empty pools, counters at zero.
@@ -234,6 +254,7 @@ fn new_worker(
     } else {
         Vec::new()
     };
+    let access_log = cfg.access_log;
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -263,6 +284,7 @@ fn new_worker(
         },
         telemetry: Telemetry::default(),
         taps: crate::tap::WorkerTaps::new(id, taps),
+        access_log: access_log.map(crate::access_log::AccessLog::new),
         detection: Detection {
             undecided: UndecidedSet::new(max_undecided),
             server_first: RefCell::default(),

@@ -609,12 +609,17 @@ fn h1_trailer_fields(raw: &[u8]) -> Fields {
         .collect()
 }
 
-/// A request's head as tap sees it (either HTTP version).
+/// A request's head as tap (and the access log) sees it (either HTTP
+/// version).
 pub(crate) trait TapHead {
     fn method(&self) -> &str;
     fn authority(&self) -> &str;
     fn path(&self) -> &str;
     fn headers(&self) -> Fields;
+    /// One field's value (the first), by its lowercase name.
+    fn field(&self, name: &str) -> Option<&[u8]>;
+    /// `HTTP/1.1` and the like.
+    fn version(&self) -> &'static str;
 }
 
 /// Most taps a request is matched against (bits of `Pending::matched`).

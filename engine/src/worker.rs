@@ -76,6 +76,8 @@ pub(crate) struct Worker {
     pub detection: Detection,
     /// The taps installed now (tap's `Observe`).
     pub taps: crate::tap::WorkerTaps,
+    /// Inbound requests' access log lines, when it is on.
+    pub access_log: Option<crate::access_log::AccessLog>,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// Set at the drain's last look (`DRAIN_LAST_LOOK` after `stop`): idle
