@@ -37,13 +37,19 @@ fi
 # assertions and overflow checks).
 cargo "${TOOLCHAIN[@]}" fuzz build "${SANITIZER[@]}"
 
+# What the targets write (static_loader's discovery file, under the temp
+# dir) goes in a directory of this run's own, removed at exit: a fuzzed
+# process ends by exit or abort, never through a destructor.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
 failed=()
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "seeds/$t"
     echo "== fuzz $t for ${SECONDS_EACH}s"
     # -timeout: one input taking over 10 s is a hang (a failure); -rss_limit_mb
     # guards against unbounded allocation; inputs up to 64 KiB.
-    if ! cargo "${TOOLCHAIN[@]}" fuzz run "${SANITIZER[@]}" "$t" \
+    if ! TMPDIR="$scratch" cargo "${TOOLCHAIN[@]}" fuzz run "${SANITIZER[@]}" "$t" \
         "corpus/$t" "seeds/$t" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 -print_final_stats=1 2>"corpus/$t.log"; then

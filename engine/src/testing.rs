@@ -4,7 +4,7 @@
 //! helper servers (Debian's python3) read line by line.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+// Also the integration tests' (`tests/common` includes the file), which
+// use what the unit tests do not (`join`).
+#[allow(dead_code)]
+mod temp_dir;
+pub(crate) use temp_dir::TempDir;
 
 /// A CA of its own (each has its own name, so another CA's leaf has an
 /// unknown issuer) and the leaves it signs.
@@ -120,31 +126,6 @@ pub(crate) async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) 
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     true
-}
-
-/// A directory of its own under the system's temporary directory,
-/// removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ringmesh-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A helper server run by Debian's python3 (`engine/tests/grpc/*.py`),

@@ -393,8 +393,7 @@ fn http_metrics_count_exactly_what_was_sent() {
 fn proxy_errors_and_discovery_labels_are_labelled() {
     // A service discovery knows, with metric labels, and no endpoints: the
     // proxy answers 503 itself, and says why in the `error` label.
-    let dir = std::env::temp_dir().join(format!("ringmesh-admin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("admin");
     let file = dir.join("static.toml");
     std::fs::write(
         &file,
@@ -452,7 +451,6 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     );
     promtool_check(&body);
     drop(p);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn promtool_check(body: &str) {

@@ -25,7 +25,8 @@ fn failing_backend_is_ejected_then_restored() {
         backend(b'a', delay),
         switchable(b'c', delay, failing.clone()),
     );
-    let proxy = proxy_to(IoDriver::Uring, &[&a, &c], "accrual");
+    let dir = TempDir::new("balancing-accrual");
+    let proxy = proxy_to(IoDriver::Uring, &[&a, &c], &dir);
     let addr = proxy.forward_addrs()[0];
 
     // 4 clients (POSTs, so no retry hides the 503s) for 300 ms: c answers
@@ -94,10 +95,11 @@ fn answers_503_are_retried_on_another_endpoint() {
     let (a, c) = (backend(b'a', delay), switchable(b'c', delay, failing));
     let admin = closed_port();
     let admin_addr = admin.to_string();
+    let dir = TempDir::new("balancing-retry");
     let proxy = proxy_with(
         IoDriver::Uring,
         &[&a, &c],
-        "retry",
+        &dir,
         &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
     );
     let addr = proxy.forward_addrs()[0];
@@ -145,7 +147,8 @@ fn answers_503_are_retried_on_another_endpoint() {
     // retried, even without a body: its 503 reaches the client.
     let failing = Arc::new(AtomicBool::new(true));
     let (a2, c2) = (backend(b'a', delay), switchable(b'c', delay, failing));
-    let proxy = proxy_to(IoDriver::Uring, &[&a2, &c2], "retry-post");
+    let dir2 = TempDir::new("balancing-retry-post");
+    let proxy = proxy_to(IoDriver::Uring, &[&a2, &c2], &dir2);
     // Concurrent clients, so both endpoints are tried from the start.
     let addr2 = proxy.forward_addrs()[0];
     let handles: Vec<_> = (0..4)
@@ -179,7 +182,8 @@ fn answers_503_are_retried_on_another_endpoint() {
     // Only the failing endpoint: nothing to retry on, its 503 passes through.
     let failing = Arc::new(AtomicBool::new(true));
     let only = switchable(b'c', delay, failing);
-    let proxy = proxy_to(IoDriver::Uring, &[&only], "retry-one");
+    let dir = TempDir::new("balancing-retry-one");
+    let proxy = proxy_to(IoDriver::Uring, &[&only], &dir);
     let conn = connect(proxy.forward_addrs()[0]);
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
@@ -194,10 +198,11 @@ fn answers_503_are_retried_on_another_endpoint() {
 
 /// A service of a healthy endpoint `a` and one `c` answering 503, both
 /// reporting the bodies they receive. `a` answers after 60 ms, so once `c`
-/// has answered (fast) once, the balancer asks it first.
+/// has answered (fast) once, the balancer asks it first. The proxy's
+/// static file is written in `dir`.
 fn failing_and_slow(
     driver: IoDriver,
-    tag: &str,
+    dir: &TempDir,
 ) -> (
     Backend,
     Backend,
@@ -212,7 +217,7 @@ fn failing_and_slow(
         tx.clone(),
     );
     let c = body_backend(b'c', Duration::ZERO, Arc::new(AtomicBool::new(true)), tx);
-    let proxy = proxy_to(driver, &[&a, &c], &format!("{tag}-{}", driver_name(driver)));
+    let proxy = proxy_to(driver, &[&a, &c], dir);
     (a, c, rx, proxy)
 }
 
@@ -233,7 +238,8 @@ fn client(proxy: &ringmesh_engine::Proxy) -> (TcpStream, BufReader<TcpStream>) {
 /// all, to another endpoint; the client sees only the healthy answer, on a
 /// keep-alive connection that also carries pipelined requests.
 fn kept_bodies_are_retried(driver: IoDriver) {
-    let (_a, _c, rx, proxy) = failing_and_slow(driver, "retry-body");
+    let dir = TempDir::new(&format!("balancing-retry-body-{}", driver_name(driver)));
+    let (_a, _c, rx, proxy) = failing_and_slow(driver, &dir);
     let (mut w, mut r) = client(&proxy);
     let mut pattern = Pattern::new(7);
     for len in [1000, 60 * 1024] {
@@ -315,7 +321,8 @@ fn until_503(
 /// Not retried after a 503: a POST (not idempotent) although its body is
 /// kept, and a PUT whose body (over 64 KiB) was streamed.
 fn unsafe_or_streamed_bodies_are_not_retried(driver: IoDriver) {
-    let (_a, _c, rx, proxy) = failing_and_slow(driver, "no-retry-body");
+    let dir = TempDir::new(&format!("balancing-no-retry-body-{}", driver_name(driver)));
+    let (_a, _c, rx, proxy) = failing_and_slow(driver, &dir);
     let (mut w, mut r) = client(&proxy);
     let mut pattern = Pattern::new(9);
     let mut body = vec![0u8; 100 * 1024];
@@ -352,11 +359,8 @@ fn kept_post_survives_stale_connection(driver: IoDriver) {
             .as_bytes(),
         );
     });
-    let proxy = proxy_to(
-        driver,
-        &[&closing],
-        &format!("stale-post-{}", driver_name(driver)),
-    );
+    let dir = TempDir::new(&format!("balancing-stale-post-{}", driver_name(driver)));
+    let proxy = proxy_to(driver, &[&closing], &dir);
     let (mut w, mut r) = client(&proxy);
     let mut pattern = Pattern::new(11);
     let mut body = vec![0u8; 3000];
@@ -384,10 +388,11 @@ both_drivers!(
 fn partial_kept_body(driver: IoDriver) {
     let (tx, rx) = mpsc::channel();
     let a = body_backend(b'a', Duration::ZERO, Arc::new(AtomicBool::new(false)), tx);
+    let dir = TempDir::new(&format!("balancing-partial-body-{}", driver_name(driver)));
     let proxy = proxy_with(
         driver,
         &[&a],
-        &format!("partial-body-{}", driver_name(driver)),
+        &dir,
         &[("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms")],
     );
     let (mut w, mut r) = client(&proxy);

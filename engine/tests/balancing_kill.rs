@@ -20,8 +20,9 @@ use std::os::unix::process::CommandExt;
 #[test]
 fn killed_backend_costs_almost_nothing() {
     use std::process::{Command, Stdio};
-    let dir = std::env::temp_dir().join(format!("ringmesh-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Declared before the nginx processes and the proxy, so it is removed
+    // after they are gone.
+    let dir = TempDir::new("kill");
     let ports: Vec<u16> = (0..3).map(|_| closed_port().port()).collect();
     let mut nginx = Nginx(Vec::new());
     for (i, port) in ports.iter().enumerate() {
@@ -36,7 +37,7 @@ fn killed_backend_costs_almost_nothing() {
                  http {{ access_log off; keepalive_requests 100000000;\n\
                  client_body_temp_path {t}/b; proxy_temp_path {t}/p; fastcgi_temp_path {t}/f; uwsgi_temp_path {t}/u; scgi_temp_path {t}/s;\n\
                  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"n{i}\"; }} }} }}\n",
-                d = dir.display(),
+                d = dir.path().display(),
                 t = tmp.display()
             ),
         )
@@ -44,7 +45,12 @@ fn killed_backend_costs_almost_nothing() {
         // Its own process group, so the master and its worker die together
         // (killing the worker first lets the master respawn it).
         let child = Command::new("/usr/sbin/nginx")
-            .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+            .args([
+                "-c",
+                conf.to_str().unwrap(),
+                "-p",
+                dir.path().to_str().unwrap(),
+            ])
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,7 +69,7 @@ fn killed_backend_costs_almost_nothing() {
         );
     }
     let eps: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
-    let file = service_file("kill", "web.test:80", &eps, "");
+    let file = service_file(&dir, "web.test:80", &eps, "");
     let proxy = start_proxy(
         IoDriver::Uring,
         &[
@@ -118,7 +124,6 @@ fn killed_backend_costs_almost_nothing() {
     );
     proxy.shutdown();
     proxy.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Signals a child's whole process group and reaps the child.

@@ -68,14 +68,9 @@ fn p99(lat: &mut [Duration]) -> Duration {
     lat[lat.len() * 99 / 100]
 }
 
-fn proxy(backends: &[&Backend], tag: &str, splice: &str) -> ringmesh_engine::Proxy {
+fn proxy(backends: &[&Backend], dir: &TempDir, splice: &str) -> ringmesh_engine::Proxy {
     let eps: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    let file = service_file(
-        &format!("l4slow-{tag}"),
-        "db.test:5432",
-        &eps,
-        "protocol = \"opaque\"\n",
-    );
+    let file = service_file(dir, "db.test:5432", &eps, "protocol = \"opaque\"\n");
     start_proxy(
         IoDriver::Uring,
         &[
@@ -102,7 +97,8 @@ fn slow_endpoint(splice: &str) {
     let (a, b) = (tcp_backend(b'a', fast), tcp_backend(b'b', fast));
     let slow = tcp_backend(b'c', Duration::from_millis(50));
     let c_fast = tcp_backend(b'c', fast);
-    let baseline = proxy(&[&a, &b, &c_fast], &format!("fast-{splice}"), splice);
+    let base_dir = TempDir::new(&format!("l4slow-fast-{splice}"));
+    let baseline = proxy(&[&a, &b, &c_fast], &base_dir, splice);
 
     // Alternate short rounds so machine noise hits both alike, keeping
     // each side's best p99; at least three rounds, and more (seven at
@@ -121,7 +117,8 @@ fn slow_endpoint(splice: &str) {
         if round >= 3 && fine(p_slow, p_base) {
             break;
         }
-        let with_slow = proxy(&[&a, &b, &slow], &format!("slow-{splice}-{round}"), splice);
+        let slow_dir = TempDir::new(&format!("l4slow-slow-{splice}-{round}"));
+        let with_slow = proxy(&[&a, &b, &slow], &slow_dir, splice);
         let (_, warm) = load(with_slow.forward_addrs()[0], 8, 0.3);
         let (mut l, b) = load(with_slow.forward_addrs()[0], 8, 0.7);
         with_slow.shutdown();

@@ -80,7 +80,8 @@ fn slow_backend_is_avoided() {
             backend(b'c', fast),
         );
         let slow = backend(b'c', Duration::from_millis(50));
-        let baseline = proxy_to(driver, &[&a, &b, &c], "fast");
+        let base_dir = TempDir::new("balancing-fast");
+        let baseline = proxy_to(driver, &[&a, &b, &c], &base_dir);
         let (mut base_p99, mut mixed_p99) = (Duration::MAX, Duration::MAX);
         let mut hits = [0usize; 3];
         for round in 0..7 {
@@ -89,7 +90,8 @@ fn slow_backend_is_avoided() {
             }
             let (lat, _) = load(baseline.forward_addrs()[0], 8, Duration::from_secs(1));
             base_p99 = base_p99.min(p99(&lat));
-            let mixed = proxy_to(driver, &[&a, &b, &slow], &format!("mixed-{round}"));
+            let mixed_dir = TempDir::new(&format!("balancing-mixed-{round}"));
+            let mixed = proxy_to(driver, &[&a, &b, &slow], &mixed_dir);
             let (_, warm) = load(mixed.forward_addrs()[0], 8, Duration::from_millis(300));
             let (lat, h) = load(mixed.forward_addrs()[0], 8, Duration::from_secs(1));
             mixed.shutdown();

@@ -40,10 +40,10 @@ fn update_round(driver: IoDriver, round: usize) -> Result<(), String> {
         backend(b'b', delay),
         backend(b'c', delay),
     );
-    let tag = format!("update-{}-{round}", driver_name(driver));
+    let dir = TempDir::new(&format!("update-{}-{round}", driver_name(driver)));
     let write = |eps: &[&Backend]| {
         let eps: Vec<_> = eps.iter().map(|b| b.addr).collect();
-        service_file(&tag, "web.test:80", &eps, "")
+        service_file(&dir, "web.test:80", &eps, "")
     };
     let file = write(&[&a, &b]);
     let proxy = start_proxy(

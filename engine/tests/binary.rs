@@ -50,7 +50,8 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
 
 #[test]
 fn bad_static_file_content_exits_64_with_every_problem() {
-    let path = std::env::temp_dir().join(format!("ringmesh-bad-{}.toml", std::process::id()));
+    let dir = TempDir::new("bad");
+    let path = dir.join("static.toml");
     std::fs::write(
         &path,
         "[[service]]\nname = \"a.test:80\"\nendpoints = [\"nope\"]\n[[service]]\nname = \"b.test\"\nendpoints = []\n",
@@ -232,7 +233,8 @@ fn grace_period_ends_relays_with_armed_receives() {
 #[test]
 fn all_endpoints_down_is_logged() {
     let (a, b) = (closed_port(), closed_port());
-    let path = std::env::temp_dir().join(format!("ringmesh-down-{}.toml", std::process::id()));
+    let dir = TempDir::new("down");
+    let path = dir.join("static.toml");
     std::fs::write(
         &path,
         format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n"),

@@ -61,12 +61,7 @@ both_drivers!(
 
 fn discovery_opaque_skips_detection(driver: IoDriver) {
     let backend = banner_backend();
-    let dir = std::env::temp_dir().join(format!(
-        "ringmesh-detect-{}-{}",
-        std::process::id(),
-        backend.addr.port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("detect");
     let file = dir.join("d.toml");
     std::fs::write(
         &file,
@@ -95,7 +90,6 @@ fn discovery_opaque_skips_detection(driver: IoDriver) {
     drop(c);
     proxy.shutdown();
     proxy.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 both_drivers!(
     discovery_opaque_skips_detection,

@@ -22,9 +22,8 @@ fn forward_proxy(driver: IoDriver, target: &str, extra: &[(&str, &str)]) -> (Pro
     (proxy, addr)
 }
 
-fn discovery_file(tag: &str, body: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmesh-http-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A static discovery file of `body`, `d.toml` in `dir`.
+fn discovery_file(dir: &TempDir, body: &str) -> std::path::PathBuf {
     let file = dir.join("d.toml");
     std::fs::write(&file, body).unwrap();
     file
@@ -117,8 +116,9 @@ fn curl(args: &[&str]) -> String {
 
 fn per_request_balancing(driver: IoDriver) {
     let (a, b) = (origin("a"), origin("b"));
+    let dir = TempDir::new(&format!("http-bal-{}", driver_name(driver)));
     let file = discovery_file(
-        &format!("bal-{}", driver_name(driver)),
+        &dir,
         &format!(
             "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\"]\n",
             a.addr
@@ -411,8 +411,9 @@ both_drivers!(
 fn upstream_failures(driver: IoDriver) {
     // Endpoint refuses → 502; empty endpoint set → 503.
     let dead = closed_port();
+    let dir = TempDir::new(&format!("http-fail-{}", driver_name(driver)));
     let file = discovery_file(
-        &format!("fail-{}", driver_name(driver)),
+        &dir,
         &format!(
             "[[service]]\nname = \"dead.test:80\"\nendpoints = [\"{dead}\"]\n\
              [[service]]\nname = \"empty.test:80\"\nendpoints = []\n"
@@ -522,9 +523,9 @@ both_drivers!(
 /// ran out, requests get 503 at once until an endpoint returns.
 fn fail_fast(driver: IoDriver) {
     let o = origin("o");
-    let tag = format!("failfast-{}", driver_name(driver));
+    let dir = TempDir::new(&format!("http-failfast-{}", driver_name(driver)));
     let empty = "[[service]]\nname = \"later.test:80\"\nendpoints = []\n";
-    let file = discovery_file(&tag, empty);
+    let file = discovery_file(&dir, empty);
     let proxy = start_proxy(
         driver,
         &[
@@ -587,8 +588,9 @@ both_drivers!(fail_fast_waits_then_fails_fast, super::fail_fast);
 
 fn explicit_proxy(driver: IoDriver) {
     let (a, b) = (origin("a"), origin("b"));
+    let dir = TempDir::new(&format!("http-explicit-{}", driver_name(driver)));
     let file = discovery_file(
-        &format!("explicit-{}", driver_name(driver)),
+        &dir,
         &format!(
             "[[service]]\nname = \"web.test:8080\"\nendpoints = [\"{}\"]\n",
             a.addr
@@ -666,12 +668,7 @@ fn large_bodies(driver: IoDriver) {
     const N: usize = 64 << 20;
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
-    let dir = std::env::temp_dir().join(format!(
-        "ringmesh-bodies-{}-{}",
-        std::process::id(),
-        driver_name(driver)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("bodies-{}", driver_name(driver)));
     let file = dir.join("up.bin");
     let mut data = vec![0u8; N];
     Pattern::new(3).fill(&mut data);
@@ -707,7 +704,6 @@ fn large_bodies(driver: IoDriver) {
     let mut expect = vec![0u8; N];
     Pattern::new(7).fill(&mut expect);
     assert!(got == expect, "download differs ({} bytes)", got.len());
-    let _ = std::fs::remove_dir_all(&dir);
     proxy.shutdown();
     proxy.wait();
 }

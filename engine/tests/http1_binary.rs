@@ -154,7 +154,8 @@ fn gib_bodies_bounded_memory(driver: &str) {
     let pid = p.child.id();
     let before = peak_rss_kib(pid);
     // Upload from a sparse 1 GiB file (no disk used); curl streams it.
-    let file = std::env::temp_dir().join(format!("ringmesh-gib-{}-{driver}", std::process::id()));
+    let dir = TempDir::new(&format!("gib-{driver}"));
+    let file = dir.join("up.bin");
     std::fs::File::create(&file).unwrap().set_len(GIB).unwrap();
     let up = Command::new("curl")
         .args([
@@ -169,7 +170,6 @@ fn gib_bodies_bounded_memory(driver: &str) {
         ])
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&file);
     assert_eq!(
         String::from_utf8_lossy(&up.stdout),
         "ok\n",

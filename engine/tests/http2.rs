@@ -604,8 +604,9 @@ fn bodies_up_to_64k_are_retried(driver: IoDriver) {
     let good = h2::origin(None);
     let bad = h2::origin(None);
     // The failing endpoint weighs so much that it is always picked first.
+    let dir = TempDir::new(&format!("h2-retry-{}", driver_name(driver)));
     let file = service_file(
-        &format!("h2-retry-{}", driver_name(driver)),
+        &dir,
         "web.test:80",
         &[good.addr, bad.addr],
         "weights = [1, 1000]\n",

@@ -26,9 +26,10 @@ const A: &str = "a.ns.serviceaccount.identity.linkerd.cluster.local";
 const B: &str = "b.ns.serviceaccount.identity.linkerd.cluster.local";
 const C: &str = "c.ns.serviceaccount.identity.linkerd.cluster.local";
 
-/// A throwaway CA and the files the proxies read.
+/// A throwaway CA and the files the proxies read (declared before the
+/// proxies, so its directory goes after them).
 struct Pki {
-    dir: PathBuf,
+    dir: TempDir,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_pem: String,
     ca_der: CertificateDer<'static>,
@@ -36,8 +37,7 @@ struct Pki {
 
 impl Pki {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringmesh-id-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("id-{tag}"));
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -203,16 +203,15 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The static file of proxy A: `web` (HTTP), `h2` and `tcp` (opaque), each
-/// one endpoint behind B, reached through `via` (B's inbound, or a relay).
+/// The static file of proxy A (`a.toml` in `dir`): `web` (HTTP), `h2` and
+/// `tcp` (opaque), each one endpoint behind B, reached through `via` (B's
+/// inbound, or a relay).
 fn client_side_file(
-    tag: &str,
+    dir: &TempDir,
     services: &[(&str, SocketAddr, &str)],
     identity: &str,
     via: SocketAddr,
 ) -> String {
-    let dir = std::env::temp_dir().join(format!("ringmesh-id-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut text = String::new();
     for (name, addr, extra) in services {
         text.push_str(&format!(
@@ -240,7 +239,7 @@ fn meshed_pair(driver: IoDriver) {
         format!("upgraded.test:{}", app.addr.port()),
     );
     let file = client_side_file(
-        &format!("pair-{}", driver_name(driver)),
+        &pki.dir,
         &[
             (&web, app.addr, ""),
             (&h2_svc, h2.addr, "protocol = \"http2\""),
@@ -411,12 +410,8 @@ fn untrusted_or_misnamed_peers_are_refused() {
         ("untrusted", B, b_other.inbound_addr().unwrap()),
     ] {
         let web = format!("web.test:{}", app.addr.port());
-        let file = client_side_file(
-            &format!("refused-{tag}"),
-            &[(&web, app.addr, "")],
-            identity,
-            via,
-        );
+        let dir = TempDir::new(&format!("id-refused-{tag}"));
+        let file = client_side_file(&dir, &[(&web, app.addr, "")], identity, via);
         let fwd = format!("127.0.0.1:0={web}");
         let a = meshed_proxy(
             IoDriver::Uring,

@@ -245,7 +245,7 @@ fn half_close_with(driver: IoDriver, splice: &str) {
 both_drivers!(half_close_keeps_the_other_direction, super::half_close);
 
 fn failover(driver: IoDriver) {
-    let dir = tempdir();
+    let dir = TempDir::new("l4");
     let live = Backend::named("live");
     let dead = closed_port();
     let file = dir.join("discovery.toml");
@@ -275,7 +275,7 @@ fn failover(driver: IoDriver) {
 both_drivers!(failover_to_a_live_endpoint, super::failover);
 
 fn all_down(driver: IoDriver) {
-    let dir = tempdir();
+    let dir = TempDir::new("l4");
     let file = dir.join("discovery.toml");
     let (a, b) = (closed_port(), closed_port());
     std::fs::write(
@@ -311,7 +311,7 @@ fn all_down(driver: IoDriver) {
 both_drivers!(all_endpoints_down_closes_promptly, super::all_down);
 
 fn snapshot_update(driver: IoDriver) {
-    let dir = tempdir();
+    let dir = TempDir::new("l4");
     let file = dir.join("discovery.toml");
     let (a, b) = (Backend::named("a"), Backend::named("b"));
     let write = |addr| {
@@ -376,23 +376,6 @@ both_drivers!(
     snapshot_update_reroutes_new_and_keeps_open,
     super::snapshot_update
 );
-
-/// A fresh directory under the target dir's tmp (cleaned by cargo clean).
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "ringmesh-test-{}-{}",
-        std::process::id(),
-        fastrand_name()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fastrand_name() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
 
 fn not_redirected(driver: IoDriver) {
     let app = Backend::named("app");

@@ -18,6 +18,8 @@ struct Mesh {
     origin: Backend,
     a: Proxy,
     b: Proxy,
+    /// A's static file; dropped after the proxies.
+    _dir: TempDir,
 }
 
 fn mesh(driver: IoDriver, tag: &str) -> Mesh {
@@ -31,8 +33,9 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
         ],
     );
+    let dir = TempDir::new(&format!("orig-proto-{tag}-{}", driver_name(driver)));
     let file = service_file(
-        &format!("orig-proto-{tag}-{}", driver_name(driver)),
+        &dir,
         "web.test:80",
         &[b.inbound_addr().unwrap()],
         "protocol_hint = \"h2\"\n",
@@ -45,7 +48,12 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
             ("LINKERD2_PROXY_CORES", "1"),
         ],
     );
-    Mesh { origin, a, b }
+    Mesh {
+        origin,
+        a,
+        b,
+        _dir: dir,
+    }
 }
 
 /// One HTTP/1.1 exchange on `s`: (status, head, body). Handles
@@ -307,8 +315,9 @@ fn connections_between_proxies(hint: bool) -> (f64, String) {
             ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
         ],
     );
+    let dir = TempDir::new(&format!("orig-proto-conns-{hint}"));
     let file = service_file(
-        &format!("orig-proto-conns-{hint}"),
+        &dir,
         "web.test:80",
         &[b.inbound_addr().unwrap()],
         if hint { "protocol_hint = \"h2\"\n" } else { "" },
@@ -366,8 +375,9 @@ fn the_hint_multiplexes_concurrent_requests() {
 /// origin gets HTTP/1.1 and the client HTTP/2 answers, bodies intact.
 fn http2_client_to_http1_service(driver: IoDriver) {
     let origin = http::origin("app");
+    let dir = TempDir::new(&format!("orig-proto-h2h1-{}", driver_name(driver)));
     let file = service_file(
-        &format!("orig-proto-h2h1-{}", driver_name(driver)),
+        &dir,
         "web.test:80",
         &[origin.addr],
         "protocol = \"http1\"\n",
@@ -482,8 +492,9 @@ fn drain_closes_after_the_last_translated_response(driver: IoDriver) {
             ("RINGMESH_INBOUND_TARGET", &target),
         ],
     );
+    let dir = TempDir::new(&format!("orig-proto-drain-{}", driver_name(driver)));
     let file = service_file(
-        &format!("orig-proto-drain-{}", driver_name(driver)),
+        &dir,
         "web.test:80",
         &[b.inbound_addr().unwrap()],
         "protocol_hint = \"h2\"\n",

@@ -14,9 +14,8 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,25 +25,27 @@ use serde_json::Value;
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/tap_client.py");
 
-/// tap.proto's descriptor set, made once per test process with protoc.
-fn descriptors() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmesh-tap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pb = dir.join("tap.pb");
-    if !pb.exists() {
-        let tmp = dir.join(format!("tap.pb.{:?}", thread::current().id()));
-        let status = Command::new("protoc")
+/// tap.proto's descriptor set, made once per test process with protoc
+/// and kept in memory (protoc writes it to its stdout), so no file outlives
+/// the tests.
+fn descriptors() -> &'static [u8] {
+    static SET: OnceLock<Vec<u8>> = OnceLock::new();
+    SET.get_or_init(|| {
+        let out = Command::new("protoc")
             .arg("-I")
             .arg(proto_dir())
             .arg("--include_imports")
-            .arg(format!("--descriptor_set_out={}", tmp.display()))
+            .arg("--descriptor_set_out=/dev/stdout")
             .arg("tap.proto")
-            .status()
+            .output()
             .expect("protoc (protobuf-compiler, scripts/install-test-deps.sh)");
-        assert!(status.success());
-        std::fs::rename(&tmp, &pb).unwrap();
-    }
-    pb
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    })
 }
 
 /// A running tap call: its output lines as they come.
@@ -62,15 +63,20 @@ impl TapCall {
     fn start_with(tap: SocketAddr, request: &str, extra: &[String]) -> Self {
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(CLIENT)
-            .arg("--descriptors")
-            .arg(descriptors())
+            .args(["--descriptors", "/dev/stdin"])
             .args(["--addr", &tap.to_string(), "--request", request])
             .args(extra)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut child = cmd
             .spawn()
             .expect("python3 with grpcio (scripts/install-test-deps.sh)");
+        // A few KiB, within a pipe's buffer; closed after, so the client
+        // reads to its end. A client that died first fails below, on its
+        // missing first line.
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(descriptors());
+        drop(stdin);
         let out = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -461,8 +467,8 @@ fn the_response_head_is_reported_before_the_body_ends() {
 /// A proxy forwarding to `web.test:80`, a service of `addr` (its static
 /// file's `extra` lines), with a tap of one request (fields extracted)
 /// installed.
-fn service_with_tap(tag: &str, addr: SocketAddr, extra: &str) -> (Proxy, TapCall) {
-    let file = service_file(&format!("tap-{tag}"), "web.test:80", &[addr], extra);
+fn service_with_tap(dir: &TempDir, addr: SocketAddr, extra: &str) -> (Proxy, TapCall) {
+    let file = service_file(dir, "web.test:80", &[addr], extra);
     let proxy = proxy(
         addr,
         &[
@@ -502,7 +508,8 @@ fn translated_requests_are_tapped() {
         ),
     ];
     for (tag, addr, extra, path, len) in cases {
-        let (proxy, call) = service_with_tap(&format!("translated-{tag}"), addr, extra);
+        let dir = TempDir::new(&format!("tap-translated-{tag}"));
+        let (proxy, call) = service_with_tap(&dir, addr, extra);
         let fwd = proxy.forward_addrs()[0];
         if tag == "h2" {
             assert!(get(fwd, path).contains("200"), "{tag}");
@@ -557,7 +564,8 @@ fn trailers_are_tapped_whatever_the_versions() {
         ),
     ];
     for (tag, addr, extra, path, trailer, h2_client) in cases {
-        let (proxy, call) = service_with_tap(&format!("trailers-{tag}"), addr, extra);
+        let dir = TempDir::new(&format!("tap-trailers-{tag}"));
+        let (proxy, call) = service_with_tap(&dir, addr, extra);
         let forward = proxy.forward_addrs()[0];
         if h2_client {
             assert_eq!(curl_h2(forward, path, &[]), "200 2", "{tag}");
@@ -941,10 +949,9 @@ fn the_tap_command_prints_events() {
 }
 
 /// A throwaway CA's certificate and leaves for `names`, as PEM files in a
-/// directory of this test process: `ca.pem`, `<i>.pem`, `<i>.key`.
-fn pki(tag: &str, names: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmesh-tap-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// directory of the test's own: `ca.pem`, `<i>.pem`, `<i>.key`.
+fn pki(tag: &str, names: &[&str]) -> TempDir {
+    let dir = TempDir::new(&format!("tap-{tag}"));
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -1130,7 +1137,7 @@ fn meshed_requests_are_tapped_with_their_identities() {
         "identity = \"{B}\"\nopaque_transport_port = {}\n",
         b.inbound_addr().unwrap().port()
     );
-    let file = service_file("tap-meshed", "web.test:80", &[origin.addr], &extra);
+    let file = service_file(&dir, "web.test:80", &[origin.addr], &extra);
     let mut vars_a = common.to_vec();
     vars_a.extend([
         ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", A),

@@ -310,8 +310,7 @@ fn transparent(driver: &str, v6: bool) {
 
     // A discovered service addressed by ip:port that nothing listens on:
     // reaching it proves the proxy routed the connection.
-    let dir = std::env::temp_dir().join(format!("ringmesh-netns-{}-{}", std::process::id(), net.n));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new(&format!("netns-{}", net.n));
     let file = dir.join("discovery.toml");
     let virt = SocketAddr::new(peer_ip, 8081);
     std::fs::write(
@@ -323,7 +322,7 @@ fn transparent(driver: &str, v6: bool) {
     )
     .unwrap();
     // setpriv'd proxy must read it.
-    sh(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
+    sh(&["chmod", "-R", "a+rX", dir.path().to_str().unwrap()]);
 
     let proxy = start_proxy_in(&net.app, driver, v6, file.to_str().unwrap());
 
@@ -365,7 +364,6 @@ fn transparent(driver: &str, v6: bool) {
         refused,
         "outbound connection succeeded without the proxy: not redirected"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -18,6 +18,9 @@ use std::path::PathBuf;
 use libfuzzer_sys::fuzz_target;
 use ringmesh_discovery::{static_file, Service, Snapshot, StaticLoader};
 
+/// The discovery file, reused by every input of this process. Nothing
+/// removes it (a fuzzed process ends by exit or abort): scripts/fuzz.sh
+/// points TMPDIR at a directory it removes.
 fn file() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringmesh-fuzz-loader-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

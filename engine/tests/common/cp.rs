@@ -13,12 +13,15 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::TempDir;
+
 const FAKE_CP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mesh/fake_cp.py");
 const PYTHON: &str = "/usr/bin/python3";
 
 /// The fake control plane: its config file, fault directory and output.
 pub struct Cp {
-    pub dir: PathBuf,
+    /// Removed on drop, after the process is stopped.
+    pub dir: TempDir,
     pub addr: SocketAddr,
     /// Its mutual-TLS listener, when started with one.
     pub tls_addr: Option<SocketAddr>,
@@ -54,8 +57,7 @@ impl Cp {
     }
 
     fn start_with(tag: &str, args: Vec<String>) -> Self {
-        let dir = std::env::temp_dir().join(format!("ringmesh-dst-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = TempDir::new(&format!("dst-{tag}"));
         fs::create_dir_all(dir.join("faults")).unwrap();
         let mut cp = Self {
             dir,
@@ -169,6 +171,5 @@ impl Cp {
 impl Drop for Cp {
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ringmesh_engine::IoDriver;
 
-use super::{connect, start_proxy, Backend};
+use super::{connect, start_proxy, Backend, TempDir};
 
 /// A keep-alive HTTP/1.1 backend that answers every request with its
 /// `name` (one byte) after `delay`.
@@ -131,19 +131,21 @@ pub fn read_body_answer(r: &mut BufReader<std::net::TcpStream>) -> (String, Stri
     (status, String::from_utf8(body).unwrap())
 }
 
-pub fn proxy_to(driver: IoDriver, backends: &[&Backend], tag: &str) -> ringmesh_engine::Proxy {
-    proxy_with(driver, backends, tag, &[])
+/// A proxy forwarding to one service over `backends`, its static file
+/// written in `dir` (kept by the caller until the proxy is gone).
+pub fn proxy_to(driver: IoDriver, backends: &[&Backend], dir: &TempDir) -> ringmesh_engine::Proxy {
+    proxy_with(driver, backends, dir, &[])
 }
 
 /// As [`proxy_to`], with more variables.
 pub fn proxy_with(
     driver: IoDriver,
     backends: &[&Backend],
-    tag: &str,
+    dir: &TempDir,
     extra: &[(&str, &str)],
 ) -> ringmesh_engine::Proxy {
     let eps: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    let file = super::service_file(&format!("balancing-{tag}"), "web.test:80", &eps, "");
+    let file = super::service_file(dir, "web.test:80", &eps, "");
     let mut vars = vec![
         ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
         ("RINGMESH_DISCOVERY_STATIC", file.as_str()),

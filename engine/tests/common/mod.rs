@@ -18,6 +18,10 @@ pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod proc;
+#[path = "../../src/testing/temp_dir.rs"]
+mod temp_dir;
+
+pub use temp_dir::TempDir;
 
 /// Runs a test body once per io driver. CI has io_uring: a missing
 /// io_uring fails the uring variant loudly instead of skipping it.
@@ -65,14 +69,12 @@ pub fn start_proxy(driver: IoDriver, vars: &[(&str, &str)]) -> Proxy {
     Proxy::start(cfg).expect("proxy starts")
 }
 
-/// Writes a static discovery file with one service `name` over
-/// `endpoints`, plus `extra` TOML lines (weights, protocol, ...), in a
-/// directory of this test process named by `tag`, and returns its path.
-/// Written to a new file renamed into place, as config management does, so
-/// calling it again updates a running proxy's discovery atomically.
-pub fn service_file(tag: &str, name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("ringmesh-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes a static discovery file (`d.toml` in `dir`) with one service
+/// `name` over `endpoints`, plus `extra` TOML lines (weights, protocol,
+/// ...), and returns its path. Written to a new file renamed into place,
+/// as config management does, so calling it again with the same `dir`
+/// updates a running proxy's discovery atomically.
+pub fn service_file(dir: &TempDir, name: &str, endpoints: &[SocketAddr], extra: &str) -> String {
     let list: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
     let (tmp, file) = (dir.join("d.toml.tmp"), dir.join("d.toml"));
     std::fs::write(

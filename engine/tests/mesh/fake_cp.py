@@ -22,9 +22,9 @@ describes the config format. It is no Kubernetes model: no service
 accounts, no token review, no routes beyond the defaults.
 
 The _pb2 modules are generated at start-up by Debian's protoc, into a
-temporary directory, from the .proto files the linkerd2-proxy-api crate ships
-(found through the workspace's Cargo.lock in the cargo registry, or
-`cargo metadata`, or --proto-dir).
+temporary directory removed once they are imported, from the .proto files
+the linkerd2-proxy-api crate ships (found through the workspace's Cargo.lock
+in the cargo registry, or `cargo metadata`, or --proto-dir).
 
 Prints "ready <addr>" on stdout once listening and one line per RPC.
 """
@@ -118,8 +118,16 @@ def load_protos(proto_dir):
     python protobuf package's well-known types instead, or the descriptor
     pool sees google.protobuf.Timestamp twice. So the protos are copied and
     the timestamp import pointed at the standard path.
+
+    The temp dir is removed as soon as the modules are imported (they are
+    held in memory from then on): the tests stop this process with SIGKILL,
+    which no exit handler survives.
     """
-    tmp = tempfile.mkdtemp(prefix="fake-cp-")
+    with tempfile.TemporaryDirectory(prefix="fake-cp-") as tmp:
+        return generate_and_import(proto_dir, tmp)
+
+
+def generate_and_import(proto_dir, tmp):
     src = os.path.join(tmp, "proto")
     out = os.path.join(tmp, "gen")
     os.makedirs(os.path.join(src, "google", "protobuf"))
@@ -138,8 +146,10 @@ def load_protos(proto_dir):
     )
     subprocess.run(["protoc", "-I", src, "--python_out", out] + names, check=True)
     sys.path.insert(0, out)
-    mods = {n[: -len(".proto")]: importlib.import_module(n[: -len(".proto")] + "_pb2") for n in names}
-    return tmp, mods
+    try:
+        return {n[: -len(".proto")]: importlib.import_module(n[: -len(".proto")] + "_pb2") for n in names}
+    finally:
+        sys.path.remove(out)
 
 
 # --- helpers ----------------------------------------------------------------
@@ -1069,11 +1079,8 @@ def main():
     ap.add_argument("--proto-dir", help="the linkerd2-proxy-api crate's proto/ (default: found via Cargo.lock)")
     args = ap.parse_args()
 
-    tmp, mods = load_protos(args.proto_dir or find_proto_dir())
-    try:
-        asyncio.run(serve(args, Protos(mods)))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    mods = load_protos(args.proto_dir or find_proto_dir())
+    asyncio.run(serve(args, Protos(mods)))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::TempDir;
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -475,15 +476,6 @@ impl Drop for Netns {
     }
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The test CA: ECDSA P-256, what the fake control plane signs with and the
 /// proxies trust.
 pub struct TestCa {
@@ -680,10 +672,8 @@ impl MeshBuilder {
         };
         let (ia, ib) = (info("a", 1), info("b", 2));
 
-        let dir = std::env::temp_dir().join(format!("ringmesh-mesh-{pid}-{n}"));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let temp = TempDir(dir.clone());
+        let temp = TempDir::new(&format!("mesh-{n}"));
+        let dir = temp.path().to_path_buf();
         // The proxies (uid 2102) walk into their pod directories.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
 
