@@ -91,20 +91,38 @@ impl<'w> Observer<'w> {
     /// for a request no tap can want: its head already rules it out); for
     /// the access log, an inbound request's line begins.
     pub(crate) fn request_head(&mut self, head: &dyn crate::tap::TapHead) {
-        if let Some(log) = &self.w.access_log {
-            if self.key.direction == Direction::Inbound {
-                let client_id = match &self.key.tls {
-                    TlsStatus::Accepted { client_id } => client_id.as_deref(),
-                    _ => None,
-                };
-                self.access = Some(log.begin(self.peer, client_id, head, self.started));
-            }
+        if self.w.access_log.is_some() && self.key.direction == Direction::Inbound {
+            self.access_begin(head);
         }
         if let Some(taps) = self.w.taps.active() {
             if !taps.may_want(self.peer, head) {
                 return;
             }
             self.tap = Some(self.w.taps.pending(taps, self.peer, head, self.started));
+        }
+    }
+
+    /// The access log's line begins (out of line: the log is off on the
+    /// hot path).
+    #[cold]
+    #[inline(never)]
+    fn access_begin(&mut self, head: &dyn crate::tap::TapHead) {
+        let Some(log) = &self.w.access_log else {
+            return;
+        };
+        let client_id = match &self.key.tls {
+            TlsStatus::Accepted { client_id } => client_id.as_deref(),
+            _ => None,
+        };
+        self.access = Some(log.begin(self.peer, client_id, head, self.started));
+    }
+
+    /// The access log's line ends with `status`.
+    #[cold]
+    #[inline(never)]
+    fn access_end(&mut self, status: u16, now: Instant) {
+        if let (Some(e), Some(log)) = (self.access.take(), &self.w.access_log) {
+            log.end(*e, status, now);
         }
     }
 
@@ -264,8 +282,8 @@ impl<'w> Observer<'w> {
         if let Some(p) = self.tap.take() {
             p.end(class.status, class.grpc_status, now);
         }
-        if let (Some(e), Some(log)) = (self.access.take(), &self.w.access_log) {
-            log.end(*e, class.status, now);
+        if self.access.is_some() {
+            self.access_end(class.status, now);
         }
         self.w
             .telemetry
@@ -304,8 +322,8 @@ impl Drop for Observer<'_> {
             p.end(0, None, Instant::now());
         }
         // Its access log line says status 0.
-        if let (Some(e), Some(log)) = (self.access.take(), &self.w.access_log) {
-            log.end(*e, 0, Instant::now());
+        if self.access.is_some() {
+            self.access_end(0, Instant::now());
         }
     }
 }
