@@ -74,6 +74,7 @@ mod hello;
 mod http1;
 mod http2;
 mod identity;
+mod json;
 mod inbox;
 mod l4;
 mod l5d_headers;

@@ -306,3 +306,20 @@ pub async fn request(
         trailers,
     })
 }
+
+/// Runs `tests/grpc/h2_attack.py ATTACK ADDR` (Debian's python3 with
+/// python3-h2), bounded at 30 s: its one-line outcome (`goaway 11`,
+/// `response 431`, ...), or its stderr when it printed none.
+pub fn attack(attack: &str, addr: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let out = std::process::Command::new("timeout")
+        .args(["30", "/usr/bin/python3", script, attack, addr])
+        .output()
+        .expect("Debian python3 with python3-h2");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if text.is_empty() {
+        format!("(no outcome) {}", String::from_utf8_lossy(&out.stderr))
+    } else {
+        text
+    }
+}
