@@ -117,6 +117,15 @@ impl<B> crate::tap::TapHead for H2Req<'_, B> {
         RequestInfo::header(self, name)
     }
     fn version(&self) -> &'static str {
+        // An HTTP/1 request carried over HTTP/2 between proxies: the
+        // version its client spoke (and its server will see).
+        if let Some(orig) = self.0.headers().get("l5d-orig-proto") {
+            return if orig.as_bytes() == b"HTTP/1.0" {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            };
+        }
         match self.0.version() {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_11 => "HTTP/1.1",

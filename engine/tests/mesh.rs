@@ -165,9 +165,14 @@ fn ringmesh_to_linkerd2_proxy() {
     meshed_pair(Sidecar::ringmesh("uring"), Sidecar::linkerd2_proxy());
 }
 
+/// B (ringmesh) also writes Linkerd's access log: its line for the HTTP/1.1
+/// request names A's identity.
 #[test]
 fn linkerd2_proxy_to_ringmesh() {
-    meshed_pair(Sidecar::linkerd2_proxy(), Sidecar::ringmesh("uring"));
+    meshed_pair(
+        Sidecar::linkerd2_proxy(),
+        Sidecar::ringmesh("uring").with_env("LINKERD2_PROXY_ACCESS_LOG", "json"),
+    );
 }
 
 #[test]
@@ -180,6 +185,7 @@ fn ringmesh_to_ringmesh() {
 /// apps see A's identity; both sidecars' metrics name the peer; the veth
 /// carries TLS only.
 fn meshed_pair(a: Sidecar, b: Sidecar) {
+    let b_access_log = b.env.iter().any(|(k, _)| k == "LINKERD2_PROXY_ACCESS_LOG");
     let mesh = Mesh::start(a, b, |_a, b| {
         CpConfig::default()
             .with_meshed(b, HTTP1_PORT, false)
@@ -220,6 +226,17 @@ fn meshed_pair(a: Sidecar, b: Sidecar) {
         header(&body, "x-mesh-marker") == Some(marker1.as_str()),
         "HTTP/1.1: the request's own header did not arrive:\n{body}"
     );
+    if b_access_log {
+        let client = format!("\"client.id\":\"{a_id}\"");
+        let line = mesh.b.proxy.wait_for(&client, Duration::from_secs(5));
+        check!(
+            mesh,
+            line.as_ref().is_ok_and(|l| l.contains("/echo-head")
+                && l.contains("\"version\":\"HTTP/1.1\"")
+                && l.contains("\"status\":200")),
+            "B's access log has no line for the request with A's identity: {line:?}"
+        );
+    }
 
     // HTTP/2 (prior knowledge, h2c to the app).
     let marker2 = format!("MESH-HTTP2-PLAINTEXT-BODY-{}", mesh.n);
