@@ -195,7 +195,7 @@ pub(crate) async fn serve(setup: WorkerSetup) {
         monoio::spawn(report_usage(worker.clone(), stop.clone(), every));
     }
     if worker.access_log.is_some() {
-        monoio::spawn(flush_access_log(worker.clone(), stop.clone()));
+        monoio::spawn(flush_access_log(worker.clone()));
     }
 
     // Serve until told to stop (or the handle is gone).
@@ -211,14 +211,12 @@ pub(crate) async fn serve(setup: WorkerSetup) {
     }
 }
 
-/// Writes out the access log's lines at least every `FLUSH_EVERY` while
-/// the worker runs.
-async fn flush_access_log(worker: Rc<Worker>, stop: Stop) {
-    while !stop.is_stopped() {
-        monoio::select! {
-            _ = monoio::time::sleep(crate::access_log::FLUSH_EVERY) => {}
-            _ = stop.wait() => {}
-        }
+/// Writes out the access log's lines at least every `FLUSH_EVERY` for as
+/// long as the worker's runtime runs (through a drain too: requests still
+/// end then; the last lines are written when the worker ends).
+async fn flush_access_log(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(crate::access_log::FLUSH_EVERY).await;
         if let Some(log) = &worker.access_log {
             log.flush();
         }
