@@ -27,7 +27,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-pub(crate) use crate::config::AccessLogFormat;
+use crate::config::AccessLogFormat;
 use crate::tap::TapHead;
 
 /// Bytes gathered before a write (`PIPE_BUF`: a pipe writes them whole).
