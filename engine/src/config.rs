@@ -848,6 +848,21 @@ impl Parser<'_> {
     }
 }
 
+/// The value among `choices` that `s` names, in any case (as
+/// linkerd2-proxy reads its format variables), or what was expected.
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    match choices
+        .iter()
+        .find(|(name, _)| s.eq_ignore_ascii_case(name))
+    {
+        Some(&(_, v)) => Ok(v),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|&(name, _)| name).collect();
+            Err(format!("expected {}", names.join(" or ")))
+        }
+    }
+}
+
 /// The sections of [`Config::from_source`]: each reads its variables into
 /// the config, recording every problem.
 impl Parser<'_> {
@@ -865,26 +880,15 @@ impl Parser<'_> {
                 }
             }
         }
-        if let Some(f) = self.parse_with(LOG_FORMAT, |s| {
-            if s.eq_ignore_ascii_case("plain") {
-                Ok(LogFormat::Plain)
-            } else if s.eq_ignore_ascii_case("json") {
-                Ok(LogFormat::Json)
-            } else {
-                Err("expected plain or json".into())
-            }
-        }) {
+        let log_formats = [("plain", LogFormat::Plain), ("json", LogFormat::Json)];
+        if let Some(f) = self.parse_with(LOG_FORMAT, |s| one_of(s, &log_formats)) {
             c.log_format = f;
         }
-        c.access_log = self.parse_with(ACCESS_LOG, |s| {
-            if s.eq_ignore_ascii_case("apache") {
-                Ok(AccessLogFormat::Apache)
-            } else if s.eq_ignore_ascii_case("json") {
-                Ok(AccessLogFormat::Json)
-            } else {
-                Err("expected apache or json".into())
-            }
-        });
+        let access_logs = [
+            ("apache", AccessLogFormat::Apache),
+            ("json", AccessLogFormat::Json),
+        ];
+        c.access_log = self.parse_with(ACCESS_LOG, |s| one_of(s, &access_logs));
         c.cores = self.parse_with(CORES, |s| match s.parse::<usize>() {
             Ok(0) => Err("must be at least 1".into()),
             Ok(n) => Ok(n),
