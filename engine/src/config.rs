@@ -76,6 +76,7 @@ pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE";
 pub const INBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
     "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
+pub const HTTP2_MAX_STALLED_BYTES: &str = "RINGMESH_HTTP2_MAX_STALLED_BYTES";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
@@ -603,6 +604,9 @@ pub struct Http2Config {
     /// when the answer takes longer than the timeout.
     pub keep_alive_interval: Option<Duration>,
     pub keep_alive_timeout: Duration,
+    /// What responses stalled on their HTTP/2 clients' windows may hold
+    /// per worker (`crate::stall`).
+    pub max_stalled_bytes: usize,
 }
 
 /// Load balancing.
@@ -686,9 +690,10 @@ impl Config {
             http2: Http2Config {
                 stream_window: 65_535,
                 connection_window: 1 << 20,
-                max_concurrent_streams: 1_000,
+                max_concurrent_streams: 200,
                 keep_alive_interval: None,
                 keep_alive_timeout: Duration::from_secs(3),
+                max_stalled_bytes: 32 << 20,
             },
             balancing: BalancingConfig {
                 failure_accrual_consecutive: 7,
@@ -1075,6 +1080,12 @@ impl Parser<'_> {
             c.http2.keep_alive_interval = t;
         }
         self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2.keep_alive_timeout);
+        if let Some(n) = self.parse_with(HTTP2_MAX_STALLED_BYTES, |s| match s.parse::<usize>() {
+            Ok(n) if n >= 1 << 20 => Ok(n),
+            _ => Err("expected a number of bytes, at least 1048576".to_string()),
+        }) {
+            c.http2.max_stalled_bytes = n;
+        }
     }
 
     /// When balancing ejects an endpoint.
@@ -1550,6 +1561,8 @@ mod tests {
         assert_eq!(c.log, "warn,ringmesh=info");
         assert_eq!(c.io_driver, IoDriver::Auto);
         assert_eq!(c.cores, None);
+        // hyper's server default, which linkerd2-proxy does not change.
+        assert_eq!(c.http2.max_concurrent_streams, 200);
     }
 
     #[test]
@@ -1569,9 +1582,11 @@ mod tests {
             (SHUTDOWN_GRACE_PERIOD, "1h"),
             (DNS_SERVERS, "127.0.0.1:5353,10.0.0.1"),
             (DETECT_MAX_UNDECIDED, "500"),
+            (HTTP2_MAX_STALLED_BYTES, "8388608"),
         ])
         .unwrap();
         assert_eq!(c.detect_max_undecided, 500);
+        assert_eq!(c.http2.max_stalled_bytes, 8 << 20);
         assert_eq!(c.cores, Some(2));
         assert_eq!(c.io_driver, IoDriver::Epoll);
         assert_eq!(c.outbound.listen, Some("[::1]:0".parse().unwrap()));
@@ -1610,6 +1625,7 @@ mod tests {
             (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
             (FAILURE_ACCRUAL_CONSECUTIVE, "none"),
             (DETECT_MAX_UNDECIDED, "0"),
+            (HTTP2_MAX_STALLED_BYTES, "1000"),
         ])
         .unwrap_err();
         let text = err.to_string();
@@ -1619,6 +1635,7 @@ mod tests {
             INBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
             FAILURE_ACCRUAL_CONSECUTIVE,
             DETECT_MAX_UNDECIDED,
+            HTTP2_MAX_STALLED_BYTES,
             CORES,
             IO_DRIVER,
             OUTBOUND_LISTEN_ADDR,

@@ -3,7 +3,6 @@
 //! metering.
 
 use std::cell::Cell;
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -225,11 +224,14 @@ pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
     e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
 }
 
-/// Sends `chunk` as the window allows.
+/// Sends `chunk` as the window allows. `charge`: to a client, a wait for
+/// its window counts as a stall against the worker's budget
+/// ([`crate::stall`]).
 pub(crate) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     last: bool,
+    charge: Option<crate::stall::Charge<'_>>,
 ) -> Result<(), Reason> {
     if chunk.is_empty() {
         return to
@@ -238,11 +240,7 @@ pub(crate) async fn send_all(
     }
     while !chunk.is_empty() {
         to.reserve_capacity(chunk.len());
-        let cap = match poll_fn(|cx| to.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(e.reason().unwrap_or(Reason::CANCEL)),
-            None => return Err(Reason::CANCEL),
-        };
+        let cap = crate::stall::capacity(to, chunk.len(), charge).await?;
         if cap == 0 {
             continue;
         }

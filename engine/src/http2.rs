@@ -492,7 +492,7 @@ async fn to_h2(
             }
         }
     };
-    relay_response(s.respond, obs, answered).await
+    relay_response(s.respond, obs, answered, &w.stalls).await
 }
 
 /// The upstream's response head, unless the request timeout passes or the
@@ -525,6 +525,7 @@ async fn relay_response(
     respond: &mut server::SendResponse<Bytes>,
     obs: &Observer<'_>,
     a: Answered,
+    stalls: &crate::stall::Stalls,
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
@@ -539,7 +540,7 @@ async fn relay_response(
         .send_response(Response::from_parts(parts, ()), end)
         .map_err(|_| Failure::Reset(Reason::CANCEL))?;
     if !end {
-        match pump_response(&mut down, &mut client_body, tap).await {
+        match pump_response(&mut down, &mut client_body, stalls, tap).await {
             Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
             Err(reason) => {
                 tracing::debug!(?reason, "response body ended early");
@@ -594,7 +595,7 @@ async fn read_whole(from: &mut RecvStream, len: u64) -> Result<Kept, Reason> {
 /// Sends a kept body (one more time).
 async fn replay_body(data: Bytes, trailers: Option<HeaderMap>, mut to: SendStream<Bytes>) {
     let last = trailers.is_none();
-    if send_all(&mut to, data, last).await.is_err() {
+    if send_all(&mut to, data, last, None).await.is_err() {
         return;
     }
     if let Some(t) = trailers {
@@ -683,13 +684,15 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// releasing each chunk's flow-control capacity only after `to` accepted
 /// it. A failure on either side resets the other.
 async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
-    pump_with(from, to, |_| {}, |_| {}).await
+    pump_with(from, to, None, |_| {}, |_| {}).await
 }
 
-/// As [`pump`], returning the gRPC status the trailers carried.
+/// As [`pump`], to a client whose waits for its window count against the
+/// worker's `stalls`; returns the gRPC status the trailers carried.
 async fn pump_response(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
+    stalls: &crate::stall::Stalls,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<Option<u32>, Reason> {
     let mut grpc = None;
@@ -704,13 +707,14 @@ async fn pump_response(
             t.trailers(|| crate::tap::h2_fields(h));
         }
     };
-    pump_with(from, to, on_data, on_trailers).await?;
+    pump_with(from, to, Some(stalls), on_data, on_trailers).await?;
     Ok(grpc)
 }
 
 async fn pump_with(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
+    stalls: Option<&crate::stall::Stalls>,
     mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&HeaderMap),
 ) -> Result<(), Reason> {
@@ -738,7 +742,17 @@ async fn pump_with(
         }
         // The sink is gone (reset, or its connection failed): the caller
         // resets the source's stream.
-        send_all(to, chunk, last).await?;
+        // Stalled, this stream holds what the upstream sent and may still
+        // send: its window's worth.
+        let charge = stalls.map(|stalls| {
+            let fc = from.flow_control();
+            let window = fc.used_capacity() + fc.available_capacity().max(0) as usize;
+            crate::stall::Charge {
+                stalls,
+                held_upstream: window.saturating_sub(len),
+            }
+        });
+        send_all(to, chunk, last, charge).await?;
         on_data(len);
         let _ = from.flow_control().release_capacity(len);
         if last {

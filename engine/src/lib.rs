@@ -90,6 +90,7 @@ mod retry;
 mod route;
 mod run;
 mod server_first;
+mod stall;
 mod stop;
 mod stream;
 pub mod tap;

@@ -253,6 +253,7 @@ fn new_worker(
         Vec::new()
     };
     let access_log = cfg.access_log;
+    let max_stalled = cfg.http2.max_stalled_bytes;
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -283,6 +284,7 @@ fn new_worker(
         telemetry: Telemetry::default(),
         taps: crate::tap::WorkerTaps::new(id, taps),
         access_log: access_log.map(crate::access_log::AccessLog::new),
+        stalls: crate::stall::Stalls::new(max_stalled),
         detection: Detection {
             undecided: UndecidedSet::new(max_undecided),
             server_first: RefCell::default(),

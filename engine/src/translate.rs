@@ -124,7 +124,7 @@ pub(crate) async fn h1_over_h2(
             return Ok(());
         }
         let mut up_body = up_body;
-        let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None).await;
+        let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None, None).await;
         if r.is_err() {
             up_body.send_reset(Reason::CANCEL);
         }
@@ -444,7 +444,8 @@ pub(crate) async fn h2_to_h1(
         up.rd.stop_ring();
         let scanner = BodyScanner::new(body_framing, &req.limits);
         let src = (&mut up.rd, &up.meter);
-        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, obs.tap()).await;
+        let (stalls, tap) = (Some(&w.stalls), obs.tap());
+        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap).await;
         if let Err(reason) = r {
             tracing::debug!(upstream = %addr, reason, "response body ended early");
             to.send_reset(Reason::INTERNAL_ERROR);
@@ -581,12 +582,19 @@ fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
 /// the upstream; close-delimited ones end at EOF) and sends its content as
 /// DATA frames, chunk framing removed, ending the stream; a chunked body's
 /// trailer fields end it as HTTP/2 trailers (connection-specific ones
-/// left out). `tap`: the taps of the response whose body this is.
+/// left out). To a client, `stalls` counts its waits for its window;
+/// `tap`: the taps of the response whose body this is.
+/// What a stalled response's upstream socket is charged: Linux's first
+/// receive window (half of `tcp_rmem`'s default 128 KiB), which it does
+/// not grow for a reader that stopped.
+const UPSTREAM_SOCKET_CHARGE: usize = 64 * 1024;
+
 async fn h1_body_to_h2(
     mut scanner: BodyScanner,
     (rd, meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     to: &mut SendStream<Bytes>,
+    stalls: Option<&crate::stall::Stalls>,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
     let mut data = BytesMut::new();
@@ -605,7 +613,13 @@ async fn h1_body_to_h2(
             if let Some(t) = tap {
                 t.data(data.len());
             }
-            h2client::send_all(to, data.split().freeze(), false)
+            // Stalled, the response holds its read buffer and what the
+            // upstream socket receives meanwhile.
+            let charge = stalls.map(|stalls| crate::stall::Charge {
+                stalls,
+                held_upstream: buf.capacity() + UPSTREAM_SOCKET_CHARGE,
+            });
+            h2client::send_all(to, data.split().freeze(), false, charge)
                 .await
                 .map_err(|r| format!("stream reset: {r:?}"))?;
         }

@@ -78,6 +78,9 @@ pub(crate) struct Worker {
     pub taps: crate::tap::WorkerTaps,
     /// Inbound requests' access log lines, when it is on.
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// Responses waiting for their HTTP/2 client's window, and the bound
+    /// on what they hold.
+    pub stalls: crate::stall::Stalls,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// Set at the drain's last look (`DRAIN_LAST_LOOK` after `stop`): idle
@@ -424,6 +427,8 @@ impl Worker {
             detect_undecided: undecided.len() as u64,
             detect_evicted: undecided.evicted.get(),
             server_first: t.server_first_relays.get(),
+            http2_stalled: self.stalls.len() as u64,
+            http2_stalled_resets: self.stalls.resets(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
             busy_ns: thread_cpu_ns(),

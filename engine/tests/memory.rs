@@ -177,3 +177,177 @@ fn idle_connections_cost_little_and_are_given_back_uring() {
 fn idle_connections_cost_little_and_are_given_back_epoll() {
     idle_connections_cost_little_and_are_given_back("epoll");
 }
+
+/// HTTP/2 clients that ask for large responses and never read them, each
+/// with as many streams as a connection may open (the default 200).
+const STALLING_CLIENTS: usize = 8;
+const STREAMS_EACH: usize = 200;
+/// The worker's budget for what stalled responses hold, set for the test.
+const STALL_BUDGET: usize = 16 << 20;
+
+/// A counter's value in the binary's `/metrics` (summed over its series).
+fn metric(admin: std::net::SocketAddr, name: &str) -> u64 {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{admin}/metrics")])
+        .output()
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Clients on HTTP/2 that open streams for 1 MiB responses with their
+/// windows at 0, never opened (8 connections × 200 streams): each stalled
+/// response holds what its upstream sent before the stream's window
+/// closed (64 KiB), for as long as its client waits. The worker keeps at
+/// most its stall budget of them, resetting the longest-stalled past it
+/// (counted; the upstream streams are cancelled, so the origin stops
+/// sending), and serves others meanwhile; once the clients leave, nothing
+/// is held. Without the budget all 1600 are held (~100 MiB of data, RSS
+/// 120–160 MB). Against an HTTP/2 origin, and an HTTP/1 one (a connection
+/// per stream, each response held in a read buffer and the socket).
+fn stalled_http2_responses_are_bounded(driver: &str, http1_origin: bool) {
+    raise_fd_limit(20_000);
+    let h2_origin = common::h2::origin(None);
+    let h1_streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h1_origin = Backend::start({
+        let n = h1_streams.clone();
+        move |s| one_mib_response(s, &n)
+    });
+    let upstream = if http1_origin {
+        h1_origin.addr
+    } else {
+        h2_origin.addr
+    };
+    let admin = closed_port();
+    let budget = STALL_BUDGET.to_string();
+    let (p, listen) = Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}={upstream}");
+        ringmesh(
+            driver,
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+                ("RINGMESH_HTTP2_MAX_STALLED_BYTES", &budget),
+            ],
+        )
+    });
+    let pid = p.child.id();
+    // Another client is served (over the protocol the origin speaks).
+    let hello = || {
+        if http1_origin {
+            let mut c = connect(listen);
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200");
+            return;
+        }
+        common::h2::runtime().block_on(async move {
+            let send = common::h2::connect(listen).await;
+            let a = common::h2::request(&send, "GET", "/hello", None)
+                .await
+                .expect("served");
+            assert_eq!(a.status, 200);
+        })
+    };
+    hello();
+    let idle = rss_kib(pid);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    // Each bounded by its own argument (60 s), killed at the end.
+    let mut stalling: Vec<_> = (0..STALLING_CLIENTS)
+        .map(|_| {
+            std::process::Command::new("/usr/bin/python3")
+                .args([script, "slow-reader"])
+                .args([listen.to_string(), STREAMS_EACH.to_string(), "60".into()])
+                .args(http1_origin.then_some("orig-proto"))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("Debian python3")
+        })
+        .collect();
+    let all = STALLING_CLIENTS * STREAMS_EACH;
+    let streams = || {
+        let n = if http1_origin {
+            &h1_streams
+        } else {
+            &h2_origin.counters.streams
+        };
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let reached = eventually(Duration::from_secs(30), || streams() > all);
+    // Each stalled response is charged its upstream window (64 KiB) and
+    // the chunk it waits to send (HTTP/1: a read buffer besides): at most
+    // this many fit.
+    let fit = (STALL_BUDGET / 65_535) as u64;
+    let (mut stalled, mut resets) = (0, 0);
+    let settled = eventually(Duration::from_secs(20), || {
+        stalled = metric(admin, "ringmesh_worker_http2_stalled_responses");
+        resets = metric(admin, "ringmesh_worker_http2_stalled_resets_total");
+        stalled + resets >= all as u64
+    });
+    let held = rss_kib(pid);
+    let origin = if http1_origin { "HTTP/1" } else { "HTTP/2" };
+    eprintln!(
+        "{driver}, {origin} origin: {all} stalled responses: {stalled} held, {resets} reset; RSS {idle} KiB idle, {held} KiB while held"
+    );
+    hello();
+    for c in &mut stalling {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(reached, "the stalling clients' streams reached the origin");
+    assert!(
+        settled,
+        "every stalled response is held or reset: {stalled} + {resets} < {all}"
+    );
+    assert!(
+        stalled <= fit && stalled >= fit / 3,
+        "{driver}: {stalled} stalled responses held, the budget fits {fit}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            admin,
+            "ringmesh_worker_http2_stalled_responses"
+        ) == 0),
+        "the stalled responses are let go when their clients leave"
+    );
+}
+
+/// An HTTP/1 origin's answer to any request: 1 MiB, written until the
+/// reader stops taking it (then the write times out).
+fn one_mib_response(mut s: TcpStream, served: &std::sync::atomic::AtomicUsize) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = s.set_write_timeout(Some(Duration::from_secs(60)));
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n");
+    let chunk = [b'x'; 16 * 1024];
+    for _ in 0..64 {
+        if s.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn stalled_http2_responses_are_bounded_uring() {
+    stalled_http2_responses_are_bounded("uring", false);
+    stalled_http2_responses_are_bounded("uring", true);
+}
+
+#[test]
+fn stalled_http2_responses_are_bounded_epoll() {
+    stalled_http2_responses_are_bounded("epoll", false);
+    stalled_http2_responses_are_bounded("epoll", true);
+}

@@ -32,6 +32,10 @@ pub struct WorkerStats {
     pub detect_evicted: u64,
     /// Connections relayed because their server spoke first.
     pub server_first: u64,
+    /// Responses waiting now for their HTTP/2 client's window.
+    pub http2_stalled: u64,
+    /// Of those, reset (longest stalled first) to keep within the budget.
+    pub http2_stalled_resets: u64,
     /// `io_uring_enter` calls of the worker's ring (0 on epoll).
     pub uring_enters: u64,
     /// Completions the worker reaped from its ring (0 on epoll).
@@ -127,6 +131,20 @@ pub(crate) fn encode(stats: &[WorkerStats], out: &mut String) {
         "counter",
         "Connections each worker relayed because the server spoke first (seen, or remembered for the destination).",
         |s| s.server_first,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_http2_stalled_responses",
+        "gauge",
+        "Responses each worker holds now while their HTTP/2 client's flow-control window is closed.",
+        |s| s.http2_stalled,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_http2_stalled_resets_total",
+        "counter",
+        "Responses each worker reset, longest stalled first, because its stalled responses held more than RINGMESH_HTTP2_MAX_STALLED_BYTES.",
+        |s| s.http2_stalled_resets,
     );
     per_worker(
         out,

@@ -13,7 +13,8 @@ do no work: idle-empty-data, idle-priority, idle-unknown, idle-ping-ack,
 idle-empty-headers, idle-mixed, idle-with-work (two idle frames per 1-byte
 DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
 2^31); slow-reader N SECONDS (N streams for 1 MiB each with an initial
-window of 0, never opened: prints "holding" and holds the connection). Prints one line:
+window of 0, never opened: prints "holding" and holds the connection; a
+fifth argument `orig-proto` marks them `l5d-orig-proto: HTTP/1.1`). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -125,15 +126,15 @@ def summary(raw):
     return "frame types %s, %d bytes left over" % (kinds, len(raw) - i)
 
 
-def slow_reader(addr, streams, seconds):
+def slow_reader(addr, streams, seconds, extra=b""):
     """A client that asks for large responses and never reads them: its
-    windows are 0 and never opened."""
+    windows are 0 and never opened. `extra`: more of the header block."""
     host, port = addr.rsplit(":", 1)
     s = socket.create_connection((host, int(port)), timeout=10)
     out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0x0, 0, struct.pack(">HI", 0x4, 0))
     path = b"/bytes/1048576"
     for i in range(streams):
-        block = b"\x82\x86\x04" + bytes([len(path)]) + path + b"\x01\x04test"
+        block = b"\x82\x86\x04" + bytes([len(path)]) + path + b"\x01\x04test" + extra
         out += frame(0x1, 0x5, 2 * i + 1, block)
     s.sendall(out)
     print("holding", flush=True)
@@ -146,7 +147,13 @@ def slow_reader(addr, streams, seconds):
 def main():
     attack, addr = sys.argv[1], sys.argv[2]
     if attack == "slow-reader":
-        slow_reader(addr, int(sys.argv[3]), float(sys.argv[4]))
+        extra = b""
+        if sys.argv[5:] == ["orig-proto"]:
+            # As from a peer proxy: HTTP/1 carried over HTTP/2, so the
+            # proxy speaks HTTP/1 to the origin.
+            name, value = b"l5d-orig-proto", b"HTTP/1.1"
+            extra = b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+        slow_reader(addr, int(sys.argv[3]), float(sys.argv[4]), extra)
         return
     s, conn = connect(addr)
     if attack == "rapid-reset":
