@@ -231,7 +231,7 @@ pub(crate) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut chunk: Bytes,
     last: bool,
-    charge: Option<crate::stall::Charge<'_>>,
+    mut charge: Option<crate::stall::Charge<'_>>,
 ) -> Result<(), Reason> {
     if chunk.is_empty() {
         return to
@@ -240,7 +240,7 @@ pub(crate) async fn send_all(
     }
     while !chunk.is_empty() {
         to.reserve_capacity(chunk.len());
-        let cap = crate::stall::capacity(to, chunk.len(), charge).await?;
+        let cap = crate::stall::capacity(to, chunk.len(), charge.as_mut()).await?;
         if cap == 0 {
             continue;
         }

@@ -744,13 +744,14 @@ async fn pump_with(
         // resets the source's stream.
         // Stalled, this stream holds what the upstream sent and may still
         // send: its window's worth.
-        let charge = stalls.map(|stalls| {
+        let mut held = || {
             let fc = from.flow_control();
             let window = fc.used_capacity() + fc.available_capacity().max(0) as usize;
-            crate::stall::Charge {
-                stalls,
-                held_upstream: window.saturating_sub(len),
-            }
+            window.saturating_sub(len)
+        };
+        let charge = stalls.map(|stalls| crate::stall::Charge {
+            stalls,
+            held_upstream: &mut held,
         });
         send_all(to, chunk, last, charge).await?;
         on_data(len);

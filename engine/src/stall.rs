@@ -119,11 +119,10 @@ impl Drop for Stalled<'_> {
 
 /// Where a response's capacity wait is charged: the worker's stalls, and
 /// what the response holds beyond the bytes it waits to send (the
-/// upstream's buffered data, a read buffer).
-#[derive(Clone, Copy)]
+/// upstream's buffered data, a read buffer), asked only when it stalls.
 pub(crate) struct Charge<'a> {
     pub stalls: &'a Stalls,
-    pub held_upstream: usize,
+    pub held_upstream: &'a mut dyn FnMut() -> usize,
 }
 
 /// Capacity to send up to `want` bytes on the client stream `to`
@@ -134,19 +133,20 @@ pub(crate) struct Charge<'a> {
 pub(crate) async fn capacity(
     to: &mut SendStream<Bytes>,
     want: usize,
-    charge: Option<Charge<'_>>,
+    charge: Option<&mut Charge<'_>>,
 ) -> Result<usize, Reason> {
     let mut stalled: Option<Stalled<'_>> = None;
+    let mut charge = charge;
     let got = poll_fn(|cx| {
         if let Poll::Ready(r) = to.poll_capacity(cx) {
             return Poll::Ready(Some(r));
         }
-        let Some(c) = charge else {
+        let Some(c) = charge.as_deref_mut() else {
             return Poll::Pending;
         };
         let s = stalled.get_or_insert_with(|| Stalled {
             stalls: c.stalls,
-            seq: c.stalls.enter(want + c.held_upstream, cx.waker()),
+            seq: c.stalls.enter(want + (c.held_upstream)(), cx.waker()),
         });
         if s.stalls.still_waiting(s.seq, cx.waker()) {
             Poll::Pending

@@ -615,9 +615,11 @@ async fn h1_body_to_h2(
             }
             // Stalled, the response holds its read buffer and what the
             // upstream socket receives meanwhile.
+            let buffered = buf.capacity();
+            let mut held = || buffered + UPSTREAM_SOCKET_CHARGE;
             let charge = stalls.map(|stalls| crate::stall::Charge {
                 stalls,
-                held_upstream: buf.capacity() + UPSTREAM_SOCKET_CHARGE,
+                held_upstream: &mut held,
             });
             h2client::send_all(to, data.split().freeze(), false, charge)
                 .await
