@@ -138,21 +138,31 @@ pub(crate) async fn capacity(
     let mut stalled: Option<Stalled<'_>> = None;
     let mut charge = charge;
     let got = poll_fn(|cx| {
+        // Told to give up, it does, even should its window have opened
+        // since (it was counted as reset).
+        if let Some(s) = &stalled {
+            if !s.stalls.still_waiting(s.seq, cx.waker()) {
+                return Poll::Ready(None);
+            }
+        }
         if let Poll::Ready(r) = to.poll_capacity(cx) {
             return Poll::Ready(Some(r));
         }
         let Some(c) = charge.as_deref_mut() else {
             return Poll::Pending;
         };
-        let s = stalled.get_or_insert_with(|| Stalled {
-            stalls: c.stalls,
-            seq: c.stalls.enter(want + (c.held_upstream)(), cx.waker()),
-        });
-        if s.stalls.still_waiting(s.seq, cx.waker()) {
-            Poll::Pending
-        } else {
-            Poll::Ready(None)
+        if stalled.is_none() {
+            let seq = c.stalls.enter(want + (c.held_upstream)(), cx.waker());
+            let s = stalled.insert(Stalled {
+                stalls: c.stalls,
+                seq,
+            });
+            // Over the budget alone.
+            if !s.stalls.still_waiting(seq, cx.waker()) {
+                return Poll::Ready(None);
+            }
         }
+        Poll::Pending
     })
     .await;
     match got {
