@@ -62,9 +62,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct H2Params {
     /// The initial stream-level flow-control window. (The connection's
-    /// window stays the protocol's largest: stream windows bound what a
-    /// connection buffers, and a smaller one would let a few stalled
-    /// streams stop every other on the connection.)
+    /// window is the proxy's own, `LINKERD2_PROXY_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE`.)
     pub stream_window: Option<u32>,
     /// The largest frame payload this proxy accepts.
     pub max_frame_size: Option<u32>,

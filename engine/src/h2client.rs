@@ -25,15 +25,6 @@ use crate::retry::Attempts;
 use crate::route::{failover, Dst};
 use crate::worker::Worker;
 
-/// Receive window of an upstream connection: the protocol's maximum. A
-/// response the proxy cannot pass on (its client does not read) keeps its
-/// bytes unreleased, at most its stream window; were the connection window
-/// smaller than the stream windows of all the streams sharing the
-/// connection, a few stalled streams (16 of 64 KiB in a 1 MiB window) would
-/// stop every other stream on it. Stream windows alone bound what a
-/// connection buffers.
-pub(crate) const UPSTREAM_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
-
 /// Largest header list accepted from either side (RFC 9113 §6.5.2).
 pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
@@ -378,7 +369,10 @@ pub(crate) async fn new_connection(
     let mut builder = client::Builder::new();
     builder
         .initial_window_size(w.cfg.http2.stream_window)
-        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
+        // Bounds what the upstream sends for streams not yet passed on. A
+        // response whose client stops reading stops holding it
+        // (`crate::stall`), so stalled streams cannot stop the others.
+        .initial_connection_window_size(w.cfg.http2.connection_window)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_push(false);
     let params = ep.h2.as_deref();

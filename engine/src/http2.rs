@@ -742,16 +742,18 @@ async fn pump_with(
         }
         // The sink is gone (reset, or its connection failed): the caller
         // resets the source's stream.
-        // Stalled, this stream holds what the upstream sent and may still
-        // send: its window's worth.
-        let mut held = || {
+        // Stalled, this stream stops holding the upstream connection's
+        // window (the connection's other streams go on), and holds what
+        // the upstream sent and may still send: its stream window's worth.
+        let mut on_stall = || {
             let fc = from.flow_control();
+            fc.stop_holding_connection();
             let window = fc.used_capacity() + fc.available_capacity().max(0) as usize;
             window.saturating_sub(len)
         };
         let charge = stalls.map(|stalls| crate::stall::Charge {
             stalls,
-            held_upstream: &mut held,
+            on_stall: &mut on_stall,
         });
         send_all(to, chunk, last, charge).await?;
         on_data(len);

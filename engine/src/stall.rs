@@ -118,11 +118,12 @@ impl Drop for Stalled<'_> {
 }
 
 /// Where a response's capacity wait is charged: the worker's stalls, and
-/// what the response holds beyond the bytes it waits to send (the
-/// upstream's buffered data, a read buffer), asked only when it stalls.
+/// what it does when it stalls: let go of what it can (an HTTP/2
+/// upstream's connection window) and tell what it still holds beyond the
+/// bytes it waits to send (the upstream's buffered data, a read buffer).
 pub(crate) struct Charge<'a> {
     pub stalls: &'a Stalls,
-    pub held_upstream: &'a mut dyn FnMut() -> usize,
+    pub on_stall: &'a mut dyn FnMut() -> usize,
 }
 
 /// Capacity to send up to `want` bytes on the client stream `to`
@@ -152,7 +153,7 @@ pub(crate) async fn capacity(
             return Poll::Pending;
         };
         if stalled.is_none() {
-            let seq = c.stalls.enter(want + (c.held_upstream)(), cx.waker());
+            let seq = c.stalls.enter(want + (c.on_stall)(), cx.waker());
             let s = stalled.insert(Stalled {
                 stalls: c.stalls,
                 seq,

@@ -187,6 +187,11 @@ impl H2Answer<'_> {
         let now = Instant::now();
         obs.response_head(self.guard, now - self.sent_at);
         let (parts, mut from) = resp.into_parts();
+        // An HTTP/1 client that stops reading blocks this stream's writes
+        // with no stall to see: the stream never holds the shared upstream
+        // connection's window (its stream window bounds it), so it cannot
+        // stop the connection's other streams.
+        from.flow_control().stop_holding_connection();
         let status = parts.status.as_u16();
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
@@ -616,10 +621,10 @@ async fn h1_body_to_h2(
             // Stalled, the response holds its read buffer and what the
             // upstream socket receives meanwhile.
             let buffered = buf.capacity();
-            let mut held = || buffered + UPSTREAM_SOCKET_CHARGE;
+            let mut on_stall = || buffered + UPSTREAM_SOCKET_CHARGE;
             let charge = stalls.map(|stalls| crate::stall::Charge {
                 stalls,
-                held_upstream: &mut held,
+                on_stall: &mut on_stall,
             });
             h2client::send_all(to, data.split().freeze(), false, charge)
                 .await

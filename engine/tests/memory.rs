@@ -309,6 +309,14 @@ fn stalled_http2_responses_are_bounded(driver: &str, http1_origin: bool) {
         stalled <= fit && stalled >= fit / 3,
         "{driver}: {stalled} stalled responses held, the budget fits {fit}"
     );
+    // What the budget holds, the data in flight from upstreams (a
+    // connection window each) and the allocator's slack; 124–160 MB
+    // without the budget.
+    let grown = held.saturating_sub(idle) * 1024;
+    assert!(
+        grown <= 5 * STALL_BUDGET as u64,
+        "{driver}: RSS grew by {grown} bytes with {stalled} stalled responses held"
+    );
     assert!(
         eventually(Duration::from_secs(10), || metric(
             admin,

@@ -545,3 +545,76 @@ both_drivers!(
     drain_marks_the_last_translated_response_connection_close,
     super::drain_closes_after_the_last_translated_response
 );
+
+/// HTTP/1 clients that ask for large responses and stop reading them share
+/// one upstream HTTP/2 connection (HTTP/1 over HTTP/2, one worker) with
+/// everyone else; each stalled response keeps its stream window's worth
+/// (64 KiB), more than the connection's 1 MiB window for 24 of them. They
+/// do not hold the connection window, so another client's requests on the
+/// same upstream connection are still answered. Without that, none was.
+fn stalled_http1_clients_do_not_stop_the_upstream_connection(driver: IoDriver) {
+    let origin = common::h2::origin(None);
+    let dir = TempDir::new(&format!("orig-proto-stall-{}", driver_name(driver)));
+    let file = service_file(
+        &dir,
+        "web.test:80",
+        &[origin.addr],
+        "protocol_hint = \"h2\"\n",
+    );
+    let a = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = a.forward_addrs()[0];
+    let hello = |what: &str| {
+        let mut r = BufReader::new(connect(addr));
+        r.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (status, _, body) = exchange(&mut r, b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n");
+        assert_eq!((status, &body[..]), (200, &b"hello from h2"[..]), "{what}");
+    };
+    hello("before");
+    let streams0 = origin
+        .counters
+        .streams
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Small receive buffers, so the proxy's writes block soon; 16 MiB
+    // answers, more than the sockets take.
+    let stalled: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            s.connect(&addr.into()).unwrap();
+            let mut s: TcpStream = s.into();
+            s.write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || origin
+            .counters
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= streams0 + 24),
+        "the stalled clients' requests reached the origin"
+    );
+    // Their responses fill what the sockets take, then their streams'.
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..5 {
+        hello(&format!("beside 24 stalled clients, request {i}"));
+    }
+    drop(stalled);
+    a.shutdown();
+    a.wait();
+}
+both_drivers!(
+    stalled_http1_clients,
+    super::stalled_http1_clients_do_not_stop_the_upstream_connection
+);

@@ -566,6 +566,16 @@ impl FlowControl {
             .release_capacity(sz as proto::WindowSize)
             .map_err(Into::into)
     }
+
+    /// The stream stops holding the connection's receive window: what it
+    /// buffers now, and whatever it receives from now on, is given back to
+    /// the connection at once, so only the stream's own window bounds it.
+    /// `release_capacity` goes on as before for the stream window. For a
+    /// stream whose reader stalled, so the connection's other streams go
+    /// on (ringmesh).
+    pub fn stop_holding_connection(&mut self) {
+        self.inner.stop_holding_connection()
+    }
 }
 
 // ===== impl PingPong =====

@@ -395,7 +395,10 @@ impl Recv {
             return Err(UserError::ReleaseCapacityTooBig);
         }
 
-        self.release_connection_capacity(capacity, task);
+        // What went back to the connection early does not go again.
+        let early = capacity.min(stream.conn_released);
+        stream.conn_released -= early;
+        self.release_connection_capacity(capacity - early, task);
 
         // Decrement in-flight data
         stream.in_flight_recv_data -= capacity;
@@ -429,10 +432,25 @@ impl Recv {
             stream.in_flight_recv_data,
         );
 
-        self.release_connection_capacity(stream.in_flight_recv_data, task);
+        let held = stream.in_flight_recv_data - stream.conn_released;
+        self.release_connection_capacity(held, task);
         stream.in_flight_recv_data = 0;
+        stream.conn_released = 0;
 
         self.clear_recv_buffer(stream);
+    }
+
+    /// The stream stops holding the connection window: what it holds now,
+    /// and whatever it receives from now on, goes back to the connection
+    /// at once, and only its stream window bounds it (ringmesh: a stream
+    /// whose reader stalled must not stall the connection's other streams).
+    pub fn stop_holding_connection(&mut self, stream: &mut store::Ptr, task: &mut Option<Waker>) {
+        stream.conn_autorelease = true;
+        let held = stream.in_flight_recv_data - stream.conn_released;
+        if held > 0 {
+            self.release_connection_capacity(held, task);
+            stream.conn_released += held;
+        }
     }
 
     /// Set the "target" connection window size.
@@ -640,6 +658,11 @@ impl Recv {
 
         // Track the data as in-flight
         stream.in_flight_recv_data += sz;
+
+        if stream.conn_autorelease {
+            self.release_connection_capacity(sz, &mut None);
+            stream.conn_released += sz;
+        }
 
         let event = Event::Data(frame.into_payload());
 

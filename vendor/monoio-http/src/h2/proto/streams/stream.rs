@@ -85,6 +85,14 @@ pub(super) struct Stream {
 
     pub in_flight_recv_data: WindowSize,
 
+    /// Of `in_flight_recv_data`, what was given back to the connection
+    /// window already (ringmesh: `FlowControl::stop_holding_connection`).
+    pub conn_released: WindowSize,
+
+    /// Data received from now on goes back to the connection window at
+    /// once; only the stream window bounds it.
+    pub conn_autorelease: bool,
+
     /// Next node in the linked list of streams waiting to send window updates.
     pub next_window_update: Option<store::Key>,
 
@@ -183,6 +191,8 @@ impl Stream {
             is_pending_accept: false,
             recv_flow,
             in_flight_recv_data: 0,
+            conn_released: 0,
+            conn_autorelease: false,
             next_window_update: None,
             is_pending_window_update: false,
             reset_at: None,

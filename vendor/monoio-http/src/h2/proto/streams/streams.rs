@@ -1323,6 +1323,17 @@ impl OpaqueStreamRef {
             .release_capacity(capacity, &mut stream, &mut me.actions.task)
     }
 
+    /// See `Recv::stop_holding_connection`.
+    pub fn stop_holding_connection(&mut self) {
+        let me = unsafe { &mut *self.inner.get() };
+
+        let mut stream = me.store.resolve(self.key);
+
+        me.actions
+            .recv
+            .stop_holding_connection(&mut stream, &mut me.actions.task)
+    }
+
     /// Clear the receive queue and set the status to no longer receive data frames.
     pub(crate) fn clear_recv_buffer(&mut self) {
         let me = unsafe { &mut *self.inner.get() };
