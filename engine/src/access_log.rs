@@ -52,6 +52,8 @@ pub(crate) struct Entry {
     /// When the response's head came, and how much of the time before it
     /// the endpoint took (the rest is the proxy's).
     answered: Cell<Option<(Instant, Duration)>>,
+    /// The response's `content-length`, as linkerd2-proxy logs it.
+    response_bytes: Cell<Option<u64>>,
 }
 
 impl AccessLog {
@@ -89,6 +91,7 @@ impl AccessLog {
             tail: String::new(),
             started,
             answered: Cell::new(None),
+            response_bytes: Cell::new(None),
         });
         match self.format {
             AccessLogFormat::Apache => {
@@ -135,9 +138,10 @@ impl AccessLog {
             AccessLogFormat::Json => {
                 let mut line = e.head;
                 let _ = write!(line, "\"status\":{status},");
-                // (Not known at the head on every path: empty, as
-                // linkerd2-proxy's is without a `content-length`.)
-                json_field(&mut line, "response_bytes", "");
+                // The response's `content-length`: empty without one, as
+                // linkerd2-proxy's.
+                let bytes = e.response_bytes.get().map(|n| n.to_string());
+                json_field(&mut line, "response_bytes", bytes.as_deref().unwrap_or(""));
                 json_field(&mut line, "total_ns", &total.as_nanos().to_string());
                 json_field(
                     &mut line,
@@ -176,6 +180,13 @@ impl Entry {
     /// since the request started.
     pub(crate) fn answered(&self, upstream: Duration) {
         self.answered.set(Some((Instant::now(), upstream)));
+    }
+
+    /// The response's `content-length` value (its last answer's, after
+    /// retries); one that is not a number is left out.
+    pub(crate) fn response_length(&self, value: Option<&[u8]>) {
+        let n = value.and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+        self.response_bytes.set(n);
     }
 }
 

@@ -419,6 +419,7 @@ async fn attempts(
         *t.ubuf = outcome.ubuf;
         if let Some(at) = first_byte.get() {
             obs.response_head(in_flight.as_ref(), at.saturating_duration_since(sent));
+            obs.response_length(|| crate::translate::content_length(t.resp.headers()));
         }
         let retry = if let (Some(status), Some(g)) = (answered_5xx.status.get(), &in_flight) {
             // What was read past that answer's head belongs to it.

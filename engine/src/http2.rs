@@ -458,6 +458,10 @@ async fn to_h2(
                 // The balancer learns the latency to the response head.
                 let now = Instant::now();
                 obs.response_head(in_flight.as_ref(), now - sent_at);
+                obs.response_length(|| {
+                    let v = response.headers().get(http::header::CONTENT_LENGTH)?;
+                    Some(v.as_bytes())
+                });
                 // A 502/503 goes again to another endpoint where `retry`
                 // allows.
                 let status = response.status().as_u16();

@@ -247,6 +247,15 @@ impl<'w> Observer<'w> {
         }
     }
 
+    /// The response's `content-length` (`value`, asked only with the
+    /// access log on), for the log's `response_bytes`.
+    #[inline]
+    pub(crate) fn response_length<'h>(&self, value: impl FnOnce() -> Option<&'h [u8]>) {
+        if let Some(e) = &self.access {
+            e.response_length(value());
+        }
+    }
+
     /// The taps that see this request, if any (told of its response's
     /// head, body and reset by the path relaying it).
     pub(crate) fn tap(&self) -> Option<&crate::tap::Pending> {

@@ -33,8 +33,8 @@ use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{
-    canonical_reason, push_field, BodyFraming, BodyScanner, Limits, Method, RequestContext,
-    RequestHead, ResponseHead, Version,
+    canonical_reason, push_field, BodyFraming, BodyScanner, Headers, Limits, Method,
+    RequestContext, RequestHead, ResponseHead, Version,
 };
 
 use crate::error::{Failure, ProxyError};
@@ -192,6 +192,10 @@ impl H2Answer<'_> {
         // connection's window (its stream window bounds it), so it cannot
         // stop the connection's other streams.
         from.flow_control().stop_holding_connection();
+        obs.response_length(|| {
+            let v = parts.headers.get(http::header::CONTENT_LENGTH)?;
+            Some(v.as_bytes())
+        });
         let status = parts.status.as_u16();
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
@@ -426,6 +430,7 @@ pub(crate) async fn h2_to_h1(
     };
     let now = Instant::now();
     obs.response_head(guard.as_ref(), now - got.sent_at);
+    obs.response_length(|| content_length(got.resp.headers()));
     let status = got.resp.status();
     if let Some(t) = obs.tap() {
         t.response(status, now, || crate::tap::h1_fields(got.resp.headers()));
@@ -551,6 +556,14 @@ async fn h1_attempt(
             Err(e)
         }
     }
+}
+
+/// An HTTP/1 head's `content-length` value.
+pub(crate) fn content_length(headers: Headers<'_>) -> Option<&[u8]> {
+    headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value)
 }
 
 /// The HTTP/2 response head for an HTTP/1 response: its end-to-end fields

@@ -118,16 +118,32 @@ fn json_lines_carry_linkerds_fields() {
         curl(&["--http2-prior-knowledge"], &format!("{url}?h2")),
         "502"
     );
+    // HTTP/1 carried over HTTP/2 (as from a peer proxy): the target hears
+    // HTTP/1.1.
+    assert_eq!(
+        curl(
+            &[
+                "--http2-prior-knowledge",
+                "-H",
+                "l5d-orig-proto: HTTP/1.1",
+                "-H",
+                "user-agent: orig/1"
+            ],
+            &url
+        ),
+        "200"
+    );
     let lines = stopped_lines(p, "\"client.addr\"");
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    let parse = |l: &str| -> serde_json::Value {
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    // Lines come in the order their workers write them out.
+    let line = |marker: &str| -> serde_json::Value {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no line with {marker}: {lines:#?}"));
         serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))
     };
-    // Lines come in the order their workers write them out.
-    let (mut h1, mut h2) = (parse(&lines[0]), parse(&lines[1]));
-    if h1["version"] != "HTTP/1.1" {
-        std::mem::swap(&mut h1, &mut h2);
-    }
+    let (h1, h2, orig) = (line("probe/1"), line("/hello?h2"), line("orig/1"));
     assert_eq!(h1["method"], "GET");
     assert_eq!(h1["uri"], url);
     assert_eq!(h1["version"], "HTTP/1.1");
@@ -145,9 +161,14 @@ fn json_lines_carry_linkerds_fields() {
         ns(&h1, "total_ns") > 0 && ns(&h1, "processing_ns") <= ns(&h1, "total_ns"),
         "{h1}"
     );
+    // The response's `content-length` ("hello from app\n"), as linkerd2-proxy.
+    assert_eq!(h1["response_bytes"], "15");
     assert_eq!(h2["version"], "HTTP/2.0");
     assert_eq!(h2["status"], 502);
     assert_eq!(h2["uri"], format!("{url}?h2"));
+    assert_eq!(orig["version"], "HTTP/1.1");
+    assert_eq!(orig["status"], 200);
+    assert_eq!(orig["response_bytes"], "15");
 }
 
 #[test]
