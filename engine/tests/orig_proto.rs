@@ -33,13 +33,21 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
         ],
     );
+    let (dir, a) = h2_forward(driver, tag, b.inbound_addr().unwrap());
+    Mesh {
+        origin,
+        a,
+        b,
+        _dir: dir,
+    }
+}
+
+/// A proxy with one worker forwarding to `web.test:80`, whose one
+/// endpoint `to` is hinted HTTP/2 (so HTTP/1 clients ride HTTP/2 to it);
+/// first, its static file's directory, to drop after it.
+fn h2_forward(driver: IoDriver, tag: &str, to: SocketAddr) -> (TempDir, Proxy) {
     let dir = TempDir::new(&format!("orig-proto-{tag}-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[b.inbound_addr().unwrap()],
-        "protocol_hint = \"h2\"\n",
-    );
+    let file = service_file(&dir, "web.test:80", &[to], "protocol_hint = \"h2\"\n");
     let a = start_proxy(
         driver,
         &[
@@ -48,12 +56,7 @@ fn mesh(driver: IoDriver, tag: &str) -> Mesh {
             ("LINKERD2_PROXY_CORES", "1"),
         ],
     );
-    Mesh {
-        origin,
-        a,
-        b,
-        _dir: dir,
-    }
+    (dir, a)
 }
 
 /// One HTTP/1.1 exchange on `s`: (status, head, body). Handles
@@ -492,21 +495,7 @@ fn drain_closes_after_the_last_translated_response(driver: IoDriver) {
             ("RINGMESH_INBOUND_TARGET", &target),
         ],
     );
-    let dir = TempDir::new(&format!("orig-proto-drain-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[b.inbound_addr().unwrap()],
-        "protocol_hint = \"h2\"\n",
-    );
-    let a = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let (_dir, a) = h2_forward(driver, "drain", b.inbound_addr().unwrap());
     let addr = a.forward_addrs()[0];
     let mut c = client(addr);
     let get = b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n";
@@ -554,21 +543,7 @@ both_drivers!(
 /// same upstream connection are still answered. Without that, none was.
 fn stalled_http1_clients_do_not_stop_the_upstream_connection(driver: IoDriver) {
     let origin = common::h2::origin(None);
-    let dir = TempDir::new(&format!("orig-proto-stall-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[origin.addr],
-        "protocol_hint = \"h2\"\n",
-    );
-    let a = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let (_dir, a) = h2_forward(driver, "stall", origin.addr);
     let addr = a.forward_addrs()[0];
     let hello = |what: &str| {
         let mut r = BufReader::new(connect(addr));
