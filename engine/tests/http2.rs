@@ -973,6 +973,52 @@ both_drivers!(
     super::slow_reader_costs_only_its_own_streams
 );
 
+/// Streams that stalled (the client's windows at 0: in the proxy they stop
+/// holding the upstream connection's window) and then are read to the end
+/// give the upstream connection its whole window back: 48 × 1 MiB, 48
+/// times its 1 MiB window, all arrive, and h2load on the same upstream
+/// connection keeps its rate afterwards. Capacity not given back to the
+/// connection would starve it.
+fn stalled_streams_that_resume_give_the_window_back(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let before = h2load_done(addr, 2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    for _ in 0..2 {
+        let out = Command::new("timeout")
+            .args(["60", "/usr/bin/python3", script, "stall-then-read"])
+            .args([addr.to_string(), "48".into(), "1".into()])
+            .output()
+            .expect("Debian python3");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.trim(), format!("complete {}", 48 << 20), "{text}");
+    }
+    let after = h2load_done(addr, 2);
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}: h2load {before} before, {after} after the stalled streams resumed (requests in 2 s)",
+        driver_name(driver)
+    );
+    assert!(
+        after * 2 > before,
+        "the upstream connection starved after stalled streams resumed: {after} against {before}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    stalled_streams_resume,
+    super::stalled_streams_that_resume_give_the_window_back
+);
+
 /// A client that stays connected but silent through a drain (it neither
 /// closes after the GOAWAY nor answers the PING the library sends with it),
 /// with no stream open, is closed at the drain's last look: the worker

@@ -14,7 +14,9 @@ idle-empty-headers, idle-mixed, idle-with-work (two idle frames per 1-byte
 DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
 2^31); slow-reader N SECONDS (N streams for 1 MiB each with an initial
 window of 0, never opened: prints "holding" and holds the connection; a
-fifth argument `orig-proto` marks them `l5d-orig-proto: HTTP/1.1`). Prints one line:
+fifth argument `orig-proto` marks them `l5d-orig-proto: HTTP/1.1`);
+stall-then-read N SECONDS (the same N streams, windows opened after
+SECONDS and everything read: prints "complete <bytes>"). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -144,8 +146,54 @@ def slow_reader(addr, streams, seconds, extra=b""):
     s.close()
 
 
+def stall_then_read(addr, streams, pause):
+    """Streams asking for 1 MiB each with windows at 0 for `pause`
+    seconds (they stall in the proxy), then opened: reads everything and
+    prints "complete <bytes>", or "incomplete <bytes>" after 30 s."""
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    config = h2.config.H2Configuration(client_side=True)
+    conn = h2.connection.H2Connection(config)
+    conn.local_settings = h2.settings.Settings(client=True, initial_values={
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    conn.initiate_connection()
+    for i in range(streams):
+        conn.send_headers(2 * i + 1, [(":method", "GET"), (":path", "/bytes/1048576"),
+                                      (":scheme", "http"), (":authority", "test")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    got, ended = 0, set()
+    end = time.time() + pause
+    s.settimeout(0.2)
+    opened = False
+    deadline = time.time() + pause + 30
+    while len(ended) < streams and time.time() < deadline:
+        if not opened and time.time() >= end:
+            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+            conn.increment_flow_control_window(1 << 30)
+            opened = True
+        try:
+            data = s.recv(1 << 20)
+        except socket.timeout:
+            data = None
+        if data == b"":
+            break
+        if data:
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.DataReceived):
+                    got += len(e.data)
+                    conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended.add(e.stream_id)
+        s.sendall(conn.data_to_send())
+    print(("complete %d" if len(ended) == streams else "incomplete %d") % got, flush=True)
+    s.close()
+
+
 def main():
     attack, addr = sys.argv[1], sys.argv[2]
+    if attack == "stall-then-read":
+        stall_then_read(addr, int(sys.argv[3]), float(sys.argv[4]))
+        return
     if attack == "slow-reader":
         extra = b""
         if sys.argv[5:] == ["orig-proto"]:
