@@ -15,8 +15,19 @@ use common::*;
 use ringmesh_engine::IoDriver;
 
 fn forward_to(driver: IoDriver, origin: std::net::SocketAddr) -> ringmesh_engine::Proxy {
+    forward_with(driver, origin, &[])
+}
+
+/// As [`forward_to`], with more of the environment.
+fn forward_with(
+    driver: IoDriver,
+    origin: std::net::SocketAddr,
+    vars: &[(&str, &str)],
+) -> ringmesh_engine::Proxy {
     let fwd = format!("127.0.0.1:0={origin}");
-    start_proxy(driver, &[("RINGMESH_TCP_FORWARD", &fwd)])
+    let mut all = vec![("RINGMESH_TCP_FORWARD", fwd.as_str())];
+    all.extend_from_slice(vars);
+    start_proxy(driver, &all)
 }
 
 /// A client of its own connection to `addr` asking for /hello every 2 ms
@@ -182,13 +193,10 @@ both_drivers!(resets_propagate, super::resets_propagate);
 /// gets 504, and the upstream stream is cancelled.
 fn request_timeout(driver: IoDriver) {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
+    let proxy = forward_with(
         driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms"),
-        ],
+        origin.addr,
+        &[("RINGMESH_HTTP_REQUEST_TIMEOUT", "300ms")],
     );
     let addr = proxy.forward_addrs()[0];
     let t = std::time::Instant::now();
@@ -439,16 +447,13 @@ fn grpc_calls_and_statuses() {
 /// served throughout without a single failure.
 fn attacks_are_cut_off_while_others_are_served(driver: IoDriver) {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
+    let proxy = forward_with(
         driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            (
-                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
-                "10",
-            ),
-        ],
+        origin.addr,
+        &[(
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+            "10",
+        )],
     );
     let addr = proxy.forward_addrs()[0];
     let normal = NormalClient::start(addr);
@@ -499,11 +504,10 @@ both_drivers!(
 #[test]
 fn keep_alive_pings_close_silent_clients() {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
+    let proxy = forward_with(
         IoDriver::Uring,
+        origin.addr,
         &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
             (
                 "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL",
                 "200ms",
@@ -915,15 +919,8 @@ fn slow_reader_costs_only_its_own_streams(driver: IoDriver) {
 
 fn slow_reader_beside_h2load(driver: IoDriver, origin_max_streams: Option<u32>) {
     let origin = h2::origin_with(None, origin_max_streams);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
     // One worker: one pool, so every client shares its upstream connection.
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let proxy = forward_with(driver, origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
     let addr = proxy.forward_addrs()[0];
     let baseline = h2load_done(addr, 2);
     assert!(baseline > 1000, "h2load alone: {baseline} requests");
@@ -981,14 +978,7 @@ both_drivers!(
 /// connection would starve it.
 fn stalled_streams_that_resume_give_the_window_back(driver: IoDriver) {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let proxy = forward_with(driver, origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
     let addr = proxy.forward_addrs()[0];
     let before = h2load_done(addr, 2);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
@@ -1028,13 +1018,10 @@ both_drivers!(
 /// runtime).
 fn drain_closes_a_silent_idle_client(driver: IoDriver) {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
+    let proxy = forward_with(
         driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", fwd.as_str()),
-            ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
-        ],
+        origin.addr,
+        &[("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")],
     );
     let addr = proxy.forward_addrs()[0];
     // Preface and an empty SETTINGS, then nothing: no ACK, no reads.
