@@ -744,8 +744,6 @@ async fn pump_with(
         if len == 0 && !last {
             continue;
         }
-        // The sink is gone (reset, or its connection failed): the caller
-        // resets the source's stream.
         // Stalled, this stream stops holding the upstream connection's
         // window (the connection's other streams go on), and holds what
         // the upstream sent and may still send: its stream window's worth.
@@ -759,6 +757,8 @@ async fn pump_with(
             stalls,
             on_stall: &mut on_stall,
         });
+        // The sink is gone (reset, or its connection failed): the caller
+        // resets the source's stream.
         send_all(to, chunk, last, charge).await?;
         on_data(len);
         let _ = from.flow_control().release_capacity(len);
