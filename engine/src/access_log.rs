@@ -182,10 +182,9 @@ impl Entry {
         self.answered.set(Some((Instant::now(), upstream)));
     }
 
-    /// The response's `content-length` value (its last answer's, after
-    /// retries); one that is not a number is left out.
-    pub(crate) fn response_length(&self, value: Option<&[u8]>) {
-        let n = value.and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+    /// The response's `content-length` (its last answer's, after
+    /// retries).
+    pub(crate) fn response_length(&self, n: Option<u64>) {
         self.response_bytes.set(n);
     }
 }

@@ -458,10 +458,7 @@ async fn to_h2(
                 // The balancer learns the latency to the response head.
                 let now = Instant::now();
                 obs.response_head(in_flight.as_ref(), now - sent_at);
-                obs.response_length(|| {
-                    let v = response.headers().get(http::header::CONTENT_LENGTH)?;
-                    Some(v.as_bytes())
-                });
+                obs.response_length(|| declared_length(response.headers()));
                 // A 502/503 goes again to another endpoint where `retry`
                 // allows.
                 let status = response.status().as_u16();
@@ -570,8 +567,8 @@ async fn relay_response(
 /// A body kept whole: its data and trailers.
 type Kept = (Bytes, Option<HeaderMap>);
 
-/// The `content-length` a request declares.
-fn declared_length(h: &HeaderMap) -> Option<u64> {
+/// The `content-length` a request or response declares.
+pub(crate) fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?

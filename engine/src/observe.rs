@@ -250,7 +250,7 @@ impl<'w> Observer<'w> {
     /// The response's `content-length` (`value`, asked only with the
     /// access log on), for the log's `response_bytes`.
     #[inline]
-    pub(crate) fn response_length<'h>(&self, value: impl FnOnce() -> Option<&'h [u8]>) {
+    pub(crate) fn response_length(&self, value: impl FnOnce() -> Option<u64>) {
         if let Some(e) = &self.access {
             e.response_length(value());
         }

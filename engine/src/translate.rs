@@ -192,10 +192,7 @@ impl H2Answer<'_> {
         // connection's window (its stream window bounds it), so it cannot
         // stop the connection's other streams.
         from.flow_control().stop_holding_connection();
-        obs.response_length(|| {
-            let v = parts.headers.get(http::header::CONTENT_LENGTH)?;
-            Some(v.as_bytes())
-        });
+        obs.response_length(|| crate::http2::declared_length(&parts.headers));
         let status = parts.status.as_u16();
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
@@ -558,12 +555,12 @@ async fn h1_attempt(
     }
 }
 
-/// An HTTP/1 head's `content-length` value.
-pub(crate) fn content_length(headers: Headers<'_>) -> Option<&[u8]> {
-    headers
+/// The `content-length` an HTTP/1 head declares.
+pub(crate) fn content_length(headers: Headers<'_>) -> Option<u64> {
+    let (_, value) = headers
         .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .map(|(_, value)| value)
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))?;
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// The HTTP/2 response head for an HTTP/1 response: its end-to-end fields
