@@ -36,12 +36,14 @@
 #   H2_STREAMS=8 KINDS=h1,h2,newconn,handshake CLIENT_CPU=0 PROXY_CPU=1
 #   RINGMESH_BIN=target/release/ringmesh
 #   LINKERD_BIN=../shared/peers/linkerd2-proxy   KEEP=0 (1: keep scratch)
+#   STAT=0 (1: also count, over each measured window, both proxies' system
+#   calls, context switches and page faults per request with `perf stat`)
 # Output: one row per round, pair and kind; then medians and the ringmesh /
 # linkerd2-proxy ratios of CPU per request and p99.
 set -euo pipefail
 ME=mesh-pair.sh
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SETTINGS='ROUNDS|DURATION|WARMUP|CONNS|NEWCONN_CONNS|H2_CLIENTS|H2_STREAMS|KINDS|CLIENT_CPU|PROXY_CPU|RINGMESH_BIN|LINKERD_BIN|KEEP'
+SETTINGS='ROUNDS|DURATION|WARMUP|CONNS|NEWCONN_CONNS|H2_CLIENTS|H2_STREAMS|KINDS|CLIENT_CPU|PROXY_CPU|RINGMESH_BIN|LINKERD_BIN|KEEP|STAT'
 # shellcheck source=lib.sh
 source "$ROOT/bench/scripts/lib.sh"
 parse_settings "$@"
@@ -50,7 +52,7 @@ NEWCONN_CONNS=${NEWCONN_CONNS:-8} H2_CLIENTS=${H2_CLIENTS:-4} H2_STREAMS=${H2_ST
 KINDS=${KINDS:-h1,h2,newconn,handshake} CLIENT_CPU=${CLIENT_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
 RINGMESH_BIN=${RINGMESH_BIN:-$ROOT/target/release/ringmesh}
 LINKERD_BIN=${LINKERD_BIN:-$ROOT/../shared/peers/linkerd2-proxy}
-KEEP=${KEEP:-0}
+KEEP=${KEEP:-0} STAT=${STAT:-0}
 [[ $(id -u) == 0 ]] || { echo "$ME: needs root (a network namespace, iptables, setpriv)" >&2; exit 2; }
 need_tools wrk h2load taskset nginx curl
 for t in openssl ip iptables setpriv /usr/bin/python3; do
@@ -58,6 +60,7 @@ for t in openssl ip iptables setpriv /usr/bin/python3; do
 done
 [[ -x $RINGMESH_BIN ]] || { echo "$ME: $RINGMESH_BIN not built (cargo build --release)" >&2; exit 2; }
 [[ -x $LINKERD_BIN ]] || { echo "$ME: $LINKERD_BIN missing" >&2; exit 2; }
+[[ $STAT == 0 ]] || command -v perf >/dev/null || { echo "$ME: STAT=1 needs perf" >&2; exit 2; }
 
 NS=rmbench-$$ UID_P=2102 IP_A=10.79.0.1 IP_B=10.79.0.2
 S=$(mktemp -d /tmp/mesh-pair.XXXXXX)
@@ -274,8 +277,17 @@ for r in $(seq 1 "$ROUNDS"); do
     for kind in "${kinds[@]}"; do
       ((WARMUP > 0)) && load "$kind" "$WARMUP" "$S/warm.out"
       read -r before sys_before < <(cpu_ticks "${PAIR_PIDS[@]}")
+      if [[ $STAT == 1 ]]; then
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults \
+          -p "$(IFS=,; echo "${PAIR_PIDS[*]}")" -o "$S/$pair-$kind.stat" &
+        stat_pid=$!
+      fi
       load "$kind" "$DURATION" "$S/$pair-$kind.out"
       read -r after sys_after < <(cpu_ticks "${PAIR_PIDS[@]}")
+      if [[ $STAT == 1 ]]; then
+        kill -INT "$stat_pid"
+        wait "$stat_pid" 2>/dev/null || true
+      fi
       if [[ $kind == h2 ]]; then
         read -r rps p50 p99 errs reqs < <(parse_h2load "$S/$pair-$kind.out" "$S/$pair-$kind.out.log")
       else
@@ -286,6 +298,13 @@ for r in $(seq 1 "$ROUNDS"); do
       sys=$(per_req $((sys_after - sys_before)))
       printf '%-6s %-9s %-8s %10.0f %9s %9s %7s %12s %12s\n' "r$r" "$pair" "$kind" "$rps" "$p50" "$p99" "$errs" "$us" "$sys"
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$kind" "$rps" "$p99" "$errs" "$us" "$sys" >>"$RESULTS"
+      if [[ $STAT == 1 ]]; then
+        # perf stat -x, lines: value,unit,event,...
+        awk -F, -v n="$reqs" -v r="r$r" -v p="$pair" -v k="$kind" '
+          $3 ~ /sys_enter/ { sc = $1 } $3 ~ /context-switches/ { cs = $1 } $3 ~ /page-faults/ { pf = $1 }
+          END { if (n > 0) printf "%-6s %-9s %-8s per request: syscalls %.2f, context switches %.2f, page faults %.3f\n", r, p, k, sc / n, cs / n, pf / n }' \
+          "$S/$pair-$kind.stat"
+      fi
     done
     stop_pair
   done
