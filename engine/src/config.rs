@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,8 +48,20 @@ pub const CORES: &str = "LINKERD2_PROXY_CORES";
 pub const IO_DRIVER: &str = "RINGMESH_IO_DRIVER";
 pub const OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
 pub const INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+pub const OUTBOUND_LISTEN_ADDRS: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS";
 pub const OUTBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT";
 pub const INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT";
+pub const INBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE";
+pub const OUTBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_KEEPALIVE";
+pub const INBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE";
+pub const OUTBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE";
+pub const INBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT";
+pub const OUTBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_USER_TIMEOUT";
+pub const INBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_USER_TIMEOUT";
+pub const OUTBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT";
+pub const INBOUND_TCP_LISTEN_BACKLOG: &str = "LINKERD2_PROXY_INBOUND_TCP_LISTEN_BACKLOG";
+pub const OUTBOUND_TCP_LISTEN_BACKLOG: &str = "LINKERD2_PROXY_OUTBOUND_TCP_LISTEN_BACKLOG";
+pub const INBOUND_IPS: &str = "LINKERD2_PROXY_INBOUND_IPS";
 pub const DISCOVERY_STATIC: &str = "RINGMESH_DISCOVERY_STATIC";
 pub const DISCOVERY_STATIC_POLL_INTERVAL: &str = "RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL";
 pub const TCP_FORWARD: &str = "RINGMESH_TCP_FORWARD";
@@ -494,7 +506,13 @@ impl IdentityConfig {
 pub struct OutboundConfig {
     /// `None` when disabled (the variable set to the empty string).
     pub listen: Option<SocketAddr>,
-    pub connect_timeout: Duration,
+    /// A second outbound listener (`LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`
+    /// naming two addresses: IPv4 and IPv6 loopback on a dual-stack pod).
+    pub also_listen: Option<SocketAddr>,
+    /// The options of the connections the listeners accept.
+    pub accept: AcceptConfig,
+    /// How connections to endpoints are made.
+    pub connect: ConnectConfig,
     /// How long to wait for a client's first bytes before treating the
     /// connection as opaque TCP.
     pub detect_timeout: Duration,
@@ -507,11 +525,65 @@ pub struct OutboundConfig {
 #[derive(Clone, Debug)]
 pub struct InboundConfig {
     pub listen: Option<SocketAddr>,
-    pub connect_timeout: Duration,
+    pub accept: AcceptConfig,
+    /// How connections to the application are made.
+    pub connect: ConnectConfig,
+    /// `LINKERD2_PROXY_INBOUND_IPS`: when not empty, only connections
+    /// whose original destination is one of these addresses are served
+    /// (the pod's own; others are closed, as linkerd2-proxy refuses them).
+    pub ips: Vec<IpAddr>,
     pub detect_timeout: Duration,
     pub opaque_ports: PortSet,
     /// Where connections that were not redirected go.
     pub target: Option<SocketAddr>,
+}
+
+/// The TCP options of a listener's connections, as linkerd2-proxy sets
+/// them (`*_ACCEPT_KEEPALIVE`, `*_ACCEPT_USER_TIMEOUT`,
+/// `*_TCP_LISTEN_BACKLOG`). They are set once on the listening sockets,
+/// which Linux copies to each connection it accepts (no system call per
+/// connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptConfig {
+    /// `SO_KEEPALIVE` is always on; this is the idle time before the first
+    /// probe (`TCP_KEEPIDLE`; `None`: the kernel's, two hours by default).
+    pub keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT`: how long sent data may go unacknowledged
+    /// before the connection is dropped (`None`: the kernel's).
+    pub user_timeout: Option<Duration>,
+    /// The listen queue's length (the kernel caps it at `somaxconn`).
+    pub backlog: u32,
+}
+
+impl Default for AcceptConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: None,
+            user_timeout: None,
+            backlog: 4096,
+        }
+    }
+}
+
+/// How upstream connections are made from one side: the timeout
+/// (`*_CONNECT_TIMEOUT`) and the TCP options linkerd2-proxy sets
+/// (`*_CONNECT_KEEPALIVE`, `*_CONNECT_USER_TIMEOUT`; `None`: not set, the
+/// kernel's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectConfig {
+    pub timeout: Duration,
+    pub keepalive: Option<Duration>,
+    pub user_timeout: Option<Duration>,
+}
+
+impl ConnectConfig {
+    pub const fn with_timeout(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            keepalive: None,
+            user_timeout: None,
+        }
+    }
 }
 
 /// The admin server.
@@ -642,13 +714,17 @@ impl Config {
             io_driver: IoDriver::Auto,
             outbound: OutboundConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
-                connect_timeout: Duration::from_secs(1),
+                also_listen: None,
+                accept: AcceptConfig::default(),
+                connect: ConnectConfig::with_timeout(Duration::from_secs(1)),
                 detect_timeout: Duration::from_secs(10),
                 opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
             },
             inbound: InboundConfig {
                 listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
-                connect_timeout: Duration::from_millis(100),
+                accept: AcceptConfig::default(),
+                connect: ConnectConfig::with_timeout(Duration::from_millis(100)),
+                ips: Vec::new(),
                 detect_timeout: Duration::from_secs(10),
                 opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
                 target: None,
@@ -727,8 +803,7 @@ impl Config {
         let mut c = Self::defaults();
         p.read_process(&mut c);
         p.read_listeners(&mut c);
-        p.duration(OUTBOUND_CONNECT_TIMEOUT, &mut c.outbound.connect_timeout);
-        p.duration(INBOUND_CONNECT_TIMEOUT, &mut c.inbound.connect_timeout);
+        p.read_sockets(&mut c);
         p.read_static_discovery(&mut c);
         p.read_tcp(&mut c);
         p.duration(SHUTDOWN_GRACE_PERIOD, &mut c.shutdown_grace_period);
@@ -914,6 +989,14 @@ impl Parser<'_> {
         if let Some(a) = self.optional_addr(OUTBOUND_LISTEN_ADDR) {
             c.outbound.listen = a;
         }
+        // As linkerd2-proxy: one or two addresses here win over the single
+        // address above.
+        if let Some(addrs) = self.parse_with(OUTBOUND_LISTEN_ADDRS, parse_listen_addrs) {
+            if let Some(&first) = addrs.first() {
+                c.outbound.listen = Some(first);
+                c.outbound.also_listen = addrs.get(1).copied();
+            }
+        }
         if let Some(a) = self.optional_addr(INBOUND_LISTEN_ADDR) {
             c.inbound.listen = a;
         }
@@ -941,6 +1024,66 @@ impl Parser<'_> {
             _ => Err("expected true or false".into()),
         }) {
             c.admin.tap.allow_loopback = b;
+        }
+    }
+
+    /// The listeners' and connectors' TCP options, and the inbound side's
+    /// allowed addresses.
+    fn read_sockets(&mut self, c: &mut Config) {
+        let sides = [
+            (
+                &mut c.outbound.accept,
+                &mut c.outbound.connect,
+                [
+                    OUTBOUND_ACCEPT_KEEPALIVE,
+                    OUTBOUND_ACCEPT_USER_TIMEOUT,
+                    OUTBOUND_TCP_LISTEN_BACKLOG,
+                ],
+                [
+                    OUTBOUND_CONNECT_TIMEOUT,
+                    OUTBOUND_CONNECT_KEEPALIVE,
+                    OUTBOUND_CONNECT_USER_TIMEOUT,
+                ],
+            ),
+            (
+                &mut c.inbound.accept,
+                &mut c.inbound.connect,
+                [
+                    INBOUND_ACCEPT_KEEPALIVE,
+                    INBOUND_ACCEPT_USER_TIMEOUT,
+                    INBOUND_TCP_LISTEN_BACKLOG,
+                ],
+                [
+                    INBOUND_CONNECT_TIMEOUT,
+                    INBOUND_CONNECT_KEEPALIVE,
+                    INBOUND_CONNECT_USER_TIMEOUT,
+                ],
+            ),
+        ];
+        for (accept, connect, [a_ka, a_ut, backlog], [c_to, c_ka, c_ut]) in sides {
+            accept.keepalive = self.parse_with(a_ka, parse_keepalive).flatten();
+            accept.user_timeout = self.parse_with(a_ut, parse_user_timeout).flatten();
+            if let Some(n) = self.parse_with(backlog, |s| match s.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err("expected a positive integer".into()),
+            }) {
+                accept.backlog = n;
+            }
+            self.duration(c_to, &mut connect.timeout);
+            connect.keepalive = self.parse_with(c_ka, parse_keepalive).flatten();
+            connect.user_timeout = self.parse_with(c_ut, parse_user_timeout).flatten();
+        }
+        if let Some(ips) = self.parse_with(INBOUND_IPS, |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| format!("{ip:?} is not an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        }) {
+            c.inbound.ips = ips;
         }
     }
 
@@ -1379,6 +1522,7 @@ impl Parser<'_> {
         let mut seen: Vec<(SocketAddr, String)> = Vec::new();
         let named = [
             (c.outbound.listen, OUTBOUND_LISTEN_ADDR.to_string()),
+            (c.outbound.also_listen, OUTBOUND_LISTEN_ADDRS.to_string()),
             (c.inbound.listen, INBOUND_LISTEN_ADDR.to_string()),
             (c.admin.listen, ADMIN_LISTEN_ADDR.to_string()),
             (
@@ -1421,6 +1565,55 @@ pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, St
         )
     })?;
     Ok(certs)
+}
+
+/// `LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`: one or two `ip:port`,
+/// comma-separated (empty: as if unset).
+fn parse_listen_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs = s
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .map_err(|_| format!("{a:?}: expected ip:port (IPv6 in brackets)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match addrs.as_slice() {
+        [a, b] if a == b => Err("the same address twice".into()),
+        [_, _, _, ..] => Err("at most two addresses (one IPv4, one IPv6)".into()),
+        _ => Ok(addrs),
+    }
+}
+
+/// A TCP keepalive idle time: a duration; `0` or empty leaves the
+/// kernel's (keepalive stays on). `TCP_KEEPIDLE` takes whole seconds, at
+/// least one.
+fn parse_keepalive(s: &str) -> Result<Option<Duration>, String> {
+    if s.is_empty() || s == "0" {
+        return Ok(None);
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d.as_secs() > 32_767 {
+        return Err("at most 32767s (TCP_KEEPIDLE's limit)".into());
+    }
+    Ok(Some(d.max(Duration::from_secs(1))))
+}
+
+/// `TCP_USER_TIMEOUT`: a duration in milliseconds' precision; `0` or
+/// empty leaves the kernel's.
+fn parse_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+    if s.is_empty() || s == "0" {
+        return Ok(None);
+    }
+    let d = parse_duration(s)?;
+    if d.as_millis() > u128::from(i32::MAX as u32) {
+        return Err("at most 2147483647ms".into());
+    }
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).
@@ -1556,7 +1749,7 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.outbound.listen, Some("127.0.0.1:4140".parse().unwrap()));
         assert_eq!(c.inbound.listen, Some("0.0.0.0:4143".parse().unwrap()));
-        assert_eq!(c.outbound.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.outbound.connect.timeout, Duration::from_secs(1));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
         assert_eq!(c.log, "warn,ringmesh=info");
         assert_eq!(c.io_driver, IoDriver::Auto);
@@ -1591,7 +1784,7 @@ mod tests {
         assert_eq!(c.io_driver, IoDriver::Epoll);
         assert_eq!(c.outbound.listen, Some("[::1]:0".parse().unwrap()));
         assert_eq!(c.inbound.listen, None);
-        assert_eq!(c.outbound.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.outbound.connect.timeout, Duration::from_millis(250));
         assert_eq!(c.forwards.len(), 2);
         assert_eq!(c.forwards[0].target.as_str(), "db.test:5432");
         assert_eq!(c.watched_names().len(), 1);
@@ -1656,6 +1849,93 @@ mod tests {
             3,
             "{text}"
         );
+    }
+
+    /// The socket settings Linkerd's injector writes, read as
+    /// linkerd2-proxy reads them.
+    #[test]
+    fn linkerd_socket_settings() {
+        let c = parse(&[
+            (OUTBOUND_LISTEN_ADDR, "127.0.0.1:9999"),
+            (OUTBOUND_LISTEN_ADDRS, "127.0.0.1:4140,[::1]:4140"),
+            (INBOUND_ACCEPT_KEEPALIVE, "10000ms"),
+            (OUTBOUND_CONNECT_KEEPALIVE, "10s"),
+            (INBOUND_CONNECT_KEEPALIVE, "0"),
+            (OUTBOUND_ACCEPT_USER_TIMEOUT, "30s"),
+            (INBOUND_CONNECT_USER_TIMEOUT, "1500ms"),
+            (INBOUND_TCP_LISTEN_BACKLOG, "128"),
+            (INBOUND_CONNECT_TIMEOUT, "2s"),
+            (INBOUND_IPS, "10.1.2.3, fd00::3"),
+        ])
+        .unwrap();
+        // _ADDRS wins over _ADDR, as in linkerd2-proxy.
+        assert_eq!(c.outbound.listen, Some("127.0.0.1:4140".parse().unwrap()));
+        assert_eq!(c.outbound.also_listen, Some("[::1]:4140".parse().unwrap()));
+        assert_eq!(c.inbound.accept.keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.inbound.accept.backlog, 128);
+        assert_eq!(c.outbound.accept.backlog, 4096);
+        assert_eq!(
+            c.outbound.accept.user_timeout,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            c.outbound.connect,
+            ConnectConfig {
+                timeout: Duration::from_secs(1),
+                keepalive: Some(Duration::from_secs(10)),
+                user_timeout: None,
+            }
+        );
+        assert_eq!(
+            c.inbound.connect,
+            ConnectConfig {
+                timeout: Duration::from_secs(2),
+                keepalive: None,
+                user_timeout: Some(Duration::from_millis(1500)),
+            }
+        );
+        assert_eq!(
+            c.inbound.ips,
+            vec![
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse().unwrap()
+            ]
+        );
+        // One address; an empty list is as if unset.
+        let c = parse(&[(OUTBOUND_LISTEN_ADDRS, "127.0.0.1:4140")]).unwrap();
+        assert_eq!(c.outbound.also_listen, None);
+        let c = parse(&[
+            (OUTBOUND_LISTEN_ADDRS, ""),
+            (OUTBOUND_LISTEN_ADDR, "127.0.0.1:1"),
+        ])
+        .unwrap();
+        assert_eq!(c.outbound.listen, Some("127.0.0.1:1".parse().unwrap()));
+        // A keepalive under a second is a second (TCP_KEEPIDLE's unit).
+        let c = parse(&[(OUTBOUND_ACCEPT_KEEPALIVE, "10ms")]).unwrap();
+        assert_eq!(c.outbound.accept.keepalive, Some(Duration::from_secs(1)));
+
+        let err = parse(&[
+            (OUTBOUND_LISTEN_ADDRS, "127.0.0.1:1,127.0.0.1:2,[::1]:3"),
+            (INBOUND_ACCEPT_KEEPALIVE, "10"),
+            (OUTBOUND_CONNECT_KEEPALIVE, "10h"),
+            (INBOUND_CONNECT_USER_TIMEOUT, "forever"),
+            (OUTBOUND_TCP_LISTEN_BACKLOG, "0"),
+            (INBOUND_IPS, "10.1.2.3,pod"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            OUTBOUND_LISTEN_ADDRS,
+            INBOUND_ACCEPT_KEEPALIVE,
+            OUTBOUND_CONNECT_KEEPALIVE,
+            INBOUND_CONNECT_USER_TIMEOUT,
+            OUTBOUND_TCP_LISTEN_BACKLOG,
+            INBOUND_IPS,
+        ] {
+            assert!(text.contains(key), "{key} not reported:\n{text}");
+        }
+        let err = parse(&[(OUTBOUND_LISTEN_ADDRS, "[::1]:4140,[::1]:4140")]).unwrap_err();
+        assert!(err.to_string().contains(OUTBOUND_LISTEN_ADDRS), "{err}");
     }
 
     #[test]

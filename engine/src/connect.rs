@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use ringmesh_identity::tls::TRANSPORT_HEADER_ALPN;
 use ringmesh_identity::{Name, TlsConfigs};
 use ringmesh_protocols::transport_header::{SessionProtocol, TransportHeader};
 
+use crate::config::ConnectConfig;
 use crate::error::ProxyError;
 use crate::transport::Transport;
 
@@ -111,8 +113,9 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
     }
 }
 
-/// Opens a connection to `ep` within `timeout` (TCP connect, TLS
-/// handshake and transport header together): mutual TLS when `ep` has an
+/// Opens a connection to `ep` within `dial`'s timeout (TCP connect, TLS
+/// handshake and transport header together), with `dial`'s TCP options:
+/// mutual TLS when `ep` has an
 /// identity and this proxy has TLS configurations (`tls`), else plain
 /// TCP, its TLS status saying why. With an opaque-transport port the
 /// connection goes to that port of the endpoint's host, offers ALPN
@@ -122,8 +125,9 @@ pub(crate) async fn open(
     ep: &Endpoint,
     tls: Option<&TlsConfigs>,
     session: Session,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<Transport, ProxyError> {
+    let timeout = dial.timeout;
     let started = Instant::now();
     let meshed = match (&ep.identity, tls) {
         (Some(id), Some(cfgs)) => Some((id, cfgs)),
@@ -136,7 +140,7 @@ pub(crate) async fn open(
     let s = connect(addr, timeout)
         .await
         .map_err(|e| ProxyError::connect(&e))?;
-    let _ = s.set_nodelay(true);
+    set_options(&s, &dial);
     let Some((id, cfgs)) = meshed else {
         let why = if tls.is_some() {
             NoTlsReason::NotProvidedByServiceDiscovery
@@ -163,6 +167,32 @@ pub(crate) async fn open(
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(ProxyError::tls(id, &e)),
         Err(_) => Err(ProxyError::tls(id, &io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Nagle off, and the side's keepalive and user timeout when set
+/// (linkerd2-proxy's `*_CONNECT_KEEPALIVE` and `*_CONNECT_USER_TIMEOUT`;
+/// unset, the kernel's: no keepalive, which linkerd2-proxy turns on with
+/// the kernel's two-hour idle time, a system call per connection spared).
+/// A failure is logged, not fatal: the connection works without them.
+fn set_options(s: &TcpStream, dial: &ConnectConfig) {
+    #[allow(unsafe_code)]
+    // SAFETY: the fd belongs to `s`, which outlives this borrow; only
+    // socket options are set through it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
+    let sock = socket2::SockRef::from(&fd);
+    let res = sock
+        .set_nodelay(true)
+        .and_then(|()| match dial.keepalive {
+            Some(idle) => sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle)),
+            None => Ok(()),
+        })
+        .and_then(|()| match dial.user_timeout {
+            Some(t) => sock.set_tcp_user_timeout(Some(t)),
+            None => Ok(()),
+        });
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "could not set an upstream connection's TCP options");
     }
 }
 
@@ -269,7 +299,7 @@ mod tests {
                 &endpoint(addr, WEB),
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
-                Duration::from_secs(5),
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
             )
             .await
             .unwrap();
@@ -290,6 +320,57 @@ mod tests {
         });
     }
 
+    /// The side's TCP options on the connection made (plain here; TLS
+    /// runs over the same socket): Nagle off, keepalive and user timeout
+    /// when set, nothing more when not.
+    #[test]
+    fn connections_carry_the_sides_tcp_options() {
+        both_drivers(async || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let read = |conn: &Transport| {
+                #[allow(unsafe_code)]
+                // SAFETY: the fd is `conn`'s, which outlives the borrow.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.raw_fd()) };
+                let s = socket2::SockRef::from(&fd);
+                (
+                    s.nodelay().unwrap(),
+                    s.keepalive().unwrap(),
+                    s.keepalive_time().unwrap(),
+                    s.tcp_user_timeout().unwrap(),
+                )
+            };
+            let dial = ConnectConfig {
+                timeout: Duration::from_secs(5),
+                keepalive: Some(Duration::from_secs(9)),
+                user_timeout: Some(Duration::from_millis(1500)),
+            };
+            let conn = open(&Endpoint::plain(addr), None, Session::Opaque, dial)
+                .await
+                .unwrap();
+            assert_eq!(
+                read(&conn),
+                (
+                    true,
+                    true,
+                    Duration::from_secs(9),
+                    Some(Duration::from_millis(1500))
+                )
+            );
+            let conn = open(
+                &Endpoint::plain(addr),
+                None,
+                Session::Opaque,
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+            let (nodelay, keepalive, _, user_timeout) = read(&conn);
+            assert_eq!((nodelay, keepalive, user_timeout), (true, false, None));
+            drop(l);
+        });
+    }
+
     /// A server whose certificate names another identity: 502, the
     /// `tls_failed` label, and rustls' reason.
     #[test]
@@ -302,7 +383,7 @@ mod tests {
                 &endpoint(addr, WEB),
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
-                Duration::from_secs(5),
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
             )
             .await
             .err()
@@ -328,7 +409,7 @@ mod tests {
                 &endpoint(addr, WEB),
                 Some(&ours.configs(CLIENT)),
                 Session::Opaque,
-                Duration::from_secs(5),
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
             )
             .await
             .err()
@@ -352,7 +433,7 @@ mod tests {
                 &endpoint(addr, WEB),
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
-                Duration::from_millis(300),
+                ConnectConfig::with_timeout(Duration::from_millis(300)),
             )
             .await
             .err()
@@ -376,7 +457,7 @@ mod tests {
                 &Endpoint::plain(addr),
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
-                t,
+                ConnectConfig::with_timeout(t),
             )
             .await
             .unwrap();
@@ -384,9 +465,14 @@ mod tests {
                 conn.tls(),
                 &TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery)
             );
-            let conn = open(&endpoint(addr, WEB), None, Session::Opaque, t)
-                .await
-                .unwrap();
+            let conn = open(
+                &endpoint(addr, WEB),
+                None,
+                Session::Opaque,
+                ConnectConfig::with_timeout(t),
+            )
+            .await
+            .unwrap();
             assert_eq!(conn.tls(), &TlsStatus::NO_PROXY_IDENTITY);
             assert!(matches!(
                 conn.split().0,

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -20,6 +20,7 @@ use ringmesh_protocols::http1::{
 };
 use ringmesh_protocols::tcp::relay;
 
+use crate::config::ConnectConfig;
 use crate::connect::{self, Endpoint, Session};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
@@ -96,7 +97,7 @@ pub(crate) async fn checkout(
     w: &Worker,
     key: &HttpKey,
     dst: &Dst,
-    timeout: Duration,
+    dial: ConnectConfig,
     use_pool: bool,
     avoid: &[SocketAddr],
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
@@ -106,11 +107,11 @@ pub(crate) async fn checkout(
                 return Err(ProxyError::looped(*addr));
             }
             let ep = Endpoint::plain(*addr);
-            Ok((upstream(w, key, &ep, timeout, use_pool).await?, *addr, None))
+            Ok((upstream(w, key, &ep, dial, use_pool).await?, *addr, None))
         }
         Dst::Service(svc, balancer) => {
             let (up, addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                upstream(w, key, &Endpoint::in_service(svc, addr), timeout, use_pool).await
+                upstream(w, key, &Endpoint::in_service(svc, addr), dial, use_pool).await
             })
             .await?;
             Ok((up, addr, Some(guard)))
@@ -124,14 +125,14 @@ async fn upstream(
     w: &Worker,
     key: &HttpKey,
     ep: &Endpoint,
-    timeout: Duration,
+    dial: ConnectConfig,
     use_pool: bool,
 ) -> Result<Upstream, ProxyError> {
     if let Some(u) = use_pool.then(|| w.pools.h1.take(ep)).flatten() {
         return Ok(u);
     }
     let tls = w.pools.tls();
-    let conn = connect::open(ep, tls.as_deref(), Session::Http1, timeout).await?;
+    let conn = connect::open(ep, tls.as_deref(), Session::Http1, dial).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
     let fd = conn.raw_fd();
     let (rd, wr) = conn.split();

@@ -17,6 +17,7 @@ use monoio_http::h2::{client, server, Reason, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 
+use crate::config::ConnectConfig;
 use crate::connect::{self, Endpoint, Session};
 use crate::error::ProxyError;
 use crate::h2guarded::GuardedIo;
@@ -105,7 +106,7 @@ pub(crate) async fn open_stream(
     w: &Rc<Worker>,
     obs: &mut Observer<'_>,
     dst: &Dst,
-    timeout: Duration,
+    dial: ConnectConfig,
     parts: &http::request::Parts,
     end: bool,
     attempts: &mut Attempts,
@@ -113,8 +114,7 @@ pub(crate) async fn open_stream(
 ) -> Result<Opening, ProxyError> {
     loop {
         attempts.count_try();
-        let (send, addr, guard, id) =
-            checkout(w, obs.key(), dst, timeout, attempts.avoid()).await?;
+        let (send, addr, guard, id) = checkout(w, obs.key(), dst, dial, attempts.avoid()).await?;
         obs.endpoint(addr);
         let mut head = request_head(parts);
         if let Some(a) = obs.authority_override(addr) {
@@ -248,7 +248,7 @@ pub(crate) async fn checkout(
     w: &Rc<Worker>,
     key: &HttpKey,
     dst: &Dst,
-    timeout: Duration,
+    dial: ConnectConfig,
     avoid: &[SocketAddr],
 ) -> Result<
     (
@@ -264,13 +264,13 @@ pub(crate) async fn checkout(
             if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            let (send, id) = connection(w, key, &Endpoint::plain(*addr), timeout).await?;
+            let (send, id) = connection(w, key, &Endpoint::plain(*addr), dial).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
             let ((send, id), addr, guard) =
                 failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                    connection(w, key, &Endpoint::in_service(svc, addr), timeout).await
+                    connection(w, key, &Endpoint::in_service(svc, addr), dial).await
                 })
                 .await?;
             Ok((send, addr, Some(guard), id))
@@ -284,13 +284,13 @@ pub(crate) async fn connection(
     w: &Rc<Worker>,
     key: &HttpKey,
     ep: &Endpoint,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     match w.pools.h2.take(ep) {
         Some(taken) => Ok(taken),
         // Boxed: a stream's future is moved whole per request, so a cold
         // path's room (connecting) is not carried in it.
-        None => Box::pin(connect_or_wait(w, key, ep, timeout)).await,
+        None => Box::pin(connect_or_wait(w, key, ep, dial)).await,
     }
 }
 
@@ -299,7 +299,7 @@ async fn connect_or_wait(
     w: &Rc<Worker>,
     key: &HttpKey,
     ep: &Endpoint,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     loop {
         if let Some(taken) = w.pools.h2.take(ep) {
@@ -331,7 +331,7 @@ async fn connect_or_wait(
         ep,
         outcome: Err("connection attempt abandoned".into()),
     };
-    let res = new_connection(w, key, ep, timeout).await;
+    let res = new_connection(w, key, ep, dial).await;
     turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason().to_string());
     res
 }
@@ -359,11 +359,11 @@ pub(crate) async fn new_connection(
     w: &Rc<Worker>,
     key: &HttpKey,
     ep: &Endpoint,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     let addr = ep.addr;
     let tls = w.pools.tls();
-    let conn = connect::open(ep, tls.as_deref(), Session::Http2, timeout).await?;
+    let conn = connect::open(ep, tls.as_deref(), Session::Http2, dial).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
     let io = GuardedIo::upstream(MeteredIo { io: conn, meter }, addr, Some(w.clone()));
     let mut builder = client::Builder::new();

@@ -18,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use monoio::io::multishot::RecvMulti;
 use monoio::io::AsyncWriteRentExt;
@@ -27,6 +27,7 @@ use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
 
+use crate::config::ConnectConfig;
 use crate::detect::is_cancelled;
 use crate::dispatch::{self, Http1Path};
 use crate::error::{Failure, Kind, ProxyError, Side};
@@ -50,7 +51,7 @@ pub(crate) async fn serve(
     mut head_started: Option<Instant>,
     peer: SocketAddr,
     dst: HttpDst,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     meter: ConnMeter,
 ) {
     meter.read(buf.len());
@@ -107,14 +108,7 @@ pub(crate) async fn serve(
         // Boxed: a task is as big as its largest state, and this one would
         // otherwise size every idle connection's task.
         let next = Box::pin(request(
-            &w,
-            &mut c,
-            s,
-            &mut ubuf,
-            head_len,
-            &dst,
-            connect_timeout,
-            &limits,
+            &w, &mut c, s, &mut ubuf, head_len, &dst, dial, &limits,
         ))
         .await;
         match next {
@@ -156,7 +150,7 @@ struct Turn<'a> {
     /// The upstream read buffer.
     ubuf: &'a mut Vec<u8>,
     limits: &'a Limits,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
 }
 
 /// One request whose head (`head_len` bytes at the front of `c.buf`) is
@@ -169,7 +163,7 @@ async fn request(
     ubuf_slot: &mut Vec<u8>,
     head_len: usize,
     dst: &HttpDst,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     limits: &Limits,
 ) -> Next {
     let Scratch { req, resp, out } = s;
@@ -189,7 +183,7 @@ async fn request(
         out,
         ubuf: &mut ubuf,
         limits,
-        connect_timeout,
+        dial,
     };
     let next = route_and_forward(&mut t, obs, dst).await;
     *ubuf_slot = ubuf;
@@ -247,15 +241,7 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
 async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
     let deadline = obs.deadline(t.w.cfg.http.request_timeout);
     let outcome = dispatch::h1_over_h2(
-        t.w,
-        t.c,
-        t.req,
-        &mut obs,
-        target,
-        t.connect_timeout,
-        deadline,
-        t.out,
-        t.limits,
+        t.w, t.c, t.req, &mut obs, target, t.dial, deadline, t.out, t.limits,
     )
     .await;
     match outcome {
@@ -319,9 +305,7 @@ async fn forward(
     kept: Option<usize>,
     deadline: Option<Instant>,
 ) -> Next {
-    let (up, addr, in_flight) = match checkout(t.w, obs.key(), target, t.connect_timeout, true, &[])
-        .await
-    {
+    let (up, addr, in_flight) = match checkout(t.w, obs.key(), target, t.dial, true, &[]).await {
         Ok(u) => u,
         Err(e) => {
             warn_limited!(t.w, Warning::UpstreamUnavailable, peer = %t.c.peer, error = e.reason(), "upstream unavailable");
@@ -450,16 +434,7 @@ async fn attempts(
         // A retried answer may go on a pooled connection; a stale one's
         // retry goes on a new connection.
         let use_pool = matches!(retry, Retry::Answered(_));
-        match checkout(
-            t.w,
-            obs.key(),
-            target,
-            t.connect_timeout,
-            use_pool,
-            tries.avoid(),
-        )
-        .await
-        {
+        match checkout(t.w, obs.key(), target, t.dial, use_pool, tries.avoid()).await {
             Ok((u, a, g)) => (up, addr, in_flight) = (u, a, g),
             Err(e) => {
                 let e = match retry {

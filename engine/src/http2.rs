@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -28,6 +28,7 @@ use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass, TlsStatus};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
+use crate::config::ConnectConfig;
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h1forward::CLIENT_ID;
@@ -59,7 +60,7 @@ pub(crate) async fn serve(
     prefix: Vec<u8>,
     peer: SocketAddr,
     dst: HttpDst,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     meter: ConnMeter,
 ) {
     let dst = Rc::new(dst);
@@ -141,7 +142,7 @@ pub(crate) async fn serve(
                 let active = Active::enter(&active);
                 monoio::spawn(async move {
                     let side = (direction, &tls, peer);
-                    proxy_stream(&w, &dst, side, req, respond, connect_timeout).await;
+                    proxy_stream(&w, &dst, side, req, respond, dial).await;
                     drop(active);
                 });
             }
@@ -226,7 +227,7 @@ async fn proxy_stream(
     (direction, client_tls, peer): (Direction, &TlsStatus, SocketAddr),
     req: Request<RecvStream>,
     mut respond: server::SendResponse<Bytes>,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
 ) {
     let mut obs = Observer::start(w, direction, client_tls, peer);
     let is_grpc = is_grpc(req.headers());
@@ -234,7 +235,7 @@ async fn proxy_stream(
     if direction == Direction::Inbound {
         set_client_id(req.headers_mut(), client_tls);
     }
-    let outcome = forward(w, dst, &mut obs, req, &mut respond, connect_timeout).await;
+    let outcome = forward(w, dst, &mut obs, req, &mut respond, dial).await;
     match outcome {
         Ok(class) => obs.end(class),
         Err(Failure::Answer(e)) => {
@@ -307,7 +308,7 @@ async fn forward(
     obs: &mut Observer<'_>,
     req: Request<RecvStream>,
     respond: &mut server::SendResponse<Bytes>,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<ResponseClass, Failure> {
     if let HttpDst::Local(addr, verdict) = dst {
         obs.authorized(*addr, verdict);
@@ -328,22 +329,14 @@ async fn forward(
         // moved whole into its task, and every awaited future into its
         // caller's, so its size is paid per request.
         return Box::pin(dispatch::h2_to_h1(
-            w,
-            obs,
-            &target,
-            &parts,
-            body,
-            respond,
-            connect_timeout,
-            deadline,
-            orig_proto,
+            w, obs, &target, &parts, body, respond, dial, deadline, orig_proto,
         ))
         .await;
     }
     let stream = Stream {
         parts: &parts,
         respond,
-        connect_timeout,
+        dial,
         deadline,
     };
     to_h2(w, obs, &target, stream, body).await
@@ -379,7 +372,7 @@ async fn route_stream(
 struct Stream<'a> {
     parts: &'a http::request::Parts,
     respond: &'a mut server::SendResponse<Bytes>,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     /// The request timeout's end.
     deadline: Option<Instant>,
 }
@@ -429,7 +422,7 @@ async fn to_h2(
             w,
             obs,
             target,
-            s.connect_timeout,
+            s.dial,
             s.parts,
             end,
             &mut attempts,

@@ -26,7 +26,7 @@ use ringmesh_identity::TlsConfigs;
 use ringmesh_protocols::tcp::RelayStats;
 use ringmesh_protocols::transport_header::{self, Decoded, SessionProtocol, TransportHeader};
 
-use crate::config::{Config, PortSet};
+use crate::config::{Config, ConnectConfig, PortSet};
 use crate::connect::{dst_labels, open, Endpoint, Session};
 use crate::detect::EvictableRead;
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
@@ -76,12 +76,12 @@ impl ListenerKind {
             Direction::Inbound => SideSettings {
                 opaque_ports: &cfg.inbound.opaque_ports,
                 detect_timeout: cfg.inbound.detect_timeout,
-                connect_timeout: cfg.inbound.connect_timeout,
+                dial: cfg.inbound.connect,
             },
             Direction::Outbound => SideSettings {
                 opaque_ports: &cfg.outbound.opaque_ports,
                 detect_timeout: cfg.outbound.detect_timeout,
-                connect_timeout: cfg.outbound.connect_timeout,
+                dial: cfg.outbound.connect,
             },
         }
     }
@@ -95,7 +95,7 @@ struct SideSettings<'c> {
     opaque_ports: &'c PortSet,
     /// How long the client has to show its protocol.
     detect_timeout: Duration,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
 }
 
 /// Where one connection goes.
@@ -184,22 +184,34 @@ impl ConnLabels {
 }
 
 /// Serves an accepted connection: routes it, decides its protocol, then
-/// hands it to an HTTP server or relays it.
+/// hands it to an HTTP server or relays it. `local`: the connection's
+/// local address when the listener's own says it (not a wildcard).
 pub(crate) async fn serve(
     w: Rc<Worker>,
     kind: Rc<ListenerKind>,
     client: TcpStream,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
 ) {
     let open = OpenConn::new(&w);
-    let _ = client.set_nodelay(true);
-    let local = match client.local_addr() {
+    // Nagle is off already: the listener's options (`listen`).
+    let local = match local.map_or_else(|| client.local_addr(), Ok) {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "connection gone before it was routed");
             return;
         }
     };
+    if matches!(*kind, ListenerKind::Inbound) && !w.cfg.inbound.ips.is_empty() {
+        // As linkerd2-proxy: the inbound side serves only the pod's own
+        // addresses, or a redirected connection to any address would make
+        // it an open relay.
+        let orig = orig_dst_addr(&client, local).0;
+        if !w.cfg.inbound.ips.contains(&orig.ip()) {
+            warn_limited!(w, Warning::NotInboundIp, %peer, %orig, "inbound connection to an address not in LINKERD2_PROXY_INBOUND_IPS; closing");
+            return;
+        }
+    }
     let c = Conn {
         w: &w,
         kind: &kind,
@@ -272,7 +284,7 @@ async fn serve_decided(
     open: OpenConn,
 ) {
     let (w, peer) = (c.w, c.peer);
-    let connect_timeout = c.side.connect_timeout;
+    let dial = c.side.dial;
     let mut route = route;
     // Inbound: who may reach the application, decided once for the
     // connection (HTTP requests are answered 403 one by one; an opaque
@@ -311,17 +323,7 @@ async fn serve_decided(
             let w = w.clone();
             monoio::spawn(async move {
                 let _open = open;
-                http1::serve(
-                    w,
-                    client,
-                    prefix,
-                    head_started,
-                    peer,
-                    http,
-                    connect_timeout,
-                    src_meter,
-                )
-                .await;
+                http1::serve(w, client, prefix, head_started, peer, http, dial, src_meter).await;
             });
         }
         Protocol::Http2 => {
@@ -332,7 +334,7 @@ async fn serve_decided(
                 decided.prefix,
                 peer,
                 route.http,
-                connect_timeout,
+                dial,
                 src_meter,
             ))
             .await;
@@ -682,16 +684,14 @@ async fn relay_opaque(
     }
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
-        None => {
-            match connect_target(target, w.pools.tls().as_deref(), c.side.connect_timeout).await {
-                Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
-                Err(failure) => {
-                    warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
-                    w.pools.bufs.put(prefix);
-                    return;
-                }
+        None => match connect_target(target, w.pools.tls().as_deref(), c.side.dial).await {
+            Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
+            Err(failure) => {
+                warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
+                w.pools.bufs.put(prefix);
+                return;
             }
-        }
+        },
     };
     let dst_meter = labels.open(w, Peer::Dst, addr, server.tls());
     let banner_len = banner.len() as u64;
@@ -964,7 +964,7 @@ async fn connect_balanced(
     svc: &Service,
     balancer: &RefCell<Balancer>,
     tls: Option<&TlsConfigs>,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, OpenGuard), ConnectFailure> {
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last = None;
@@ -976,14 +976,7 @@ async fn connect_balanced(
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
         let started = Instant::now();
-        match open(
-            &Endpoint::in_service(svc, addr),
-            tls,
-            Session::Opaque,
-            timeout,
-        )
-        .await
-        {
+        match open(&Endpoint::in_service(svc, addr), tls, Session::Opaque, dial).await {
             Ok(s) => {
                 crate::feedback::connected(guard.endpoint(), Some(started.elapsed()));
                 return Ok((s, addr, guard));
@@ -1007,18 +1000,17 @@ async fn connect_balanced(
 async fn connect_target(
     target: &Target,
     tls: Option<&TlsConfigs>,
-    timeout: Duration,
+    dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
     match target {
         Target::Addr(addr) => {
-            match open(&Endpoint::plain(*addr), tls, Session::Opaque, timeout).await {
+            match open(&Endpoint::plain(*addr), tls, Session::Opaque, dial).await {
                 Ok(s) => Ok((s, *addr, None)),
                 Err(e) => Err(format!("cannot connect to {addr}: {e}")),
             }
         }
         Target::ByAuthority => Err("no destination".to_string()),
-        Target::Service(svc, balancer) => match connect_balanced(svc, balancer, tls, timeout).await
-        {
+        Target::Service(svc, balancer) => match connect_balanced(svc, balancer, tls, dial).await {
             Ok((s, a, g)) => Ok((s, a, Some(g))),
             Err(failure) => Err(format!("service {}: {failure}", svc.name)),
         },
@@ -1069,7 +1061,7 @@ async fn detect_protocol(
         client,
         prefix,
         (target, tls),
-        c.side.connect_timeout,
+        c.side.dial,
         deadline,
         eviction,
     )
@@ -1136,7 +1128,7 @@ async fn read_or_connect(
     client: &mut TcpStream,
     prefix: Vec<u8>,
     target: (&Target, Option<&TlsConfigs>),
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     deadline: Instant,
     eviction: &Eviction,
 ) -> (First, Vec<u8>, io::Result<usize>) {
@@ -1144,7 +1136,7 @@ async fn read_or_connect(
     let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
     let mut connecting = std::pin::pin!(async {
         monoio::time::sleep(EARLY_CONNECT_GRACE).await;
-        connect_target(target.0, target.1, connect_timeout).await
+        connect_target(target.0, target.1, dial).await
     });
     let wait = deadline.saturating_duration_since(Instant::now());
     let won = monoio::select! {

@@ -6,11 +6,18 @@
 //! group we bind the address once *without* it: that fails if anyone else
 //! holds the port, and it fixes the port number when the address asks for
 //! port 0.
+//!
+//! A data-plane listener also carries its connections' TCP options
+//! (Nagle off, keepalive, user timeout): Linux copies them from the
+//! listening socket to every connection it accepts, so no connection
+//! needs a system call of its own for them.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+
+use crate::config::AcceptConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -27,11 +34,13 @@ pub enum BindError {
 
 const BACKLOG: i32 = 4096;
 
-/// Binds `workers` listeners sharing `addr` with `SO_REUSEPORT`.
+/// Binds `workers` listeners sharing `addr` with `SO_REUSEPORT`, their
+/// connections' options set from `opts`.
 pub fn bind_group(
     addr: SocketAddr,
     workers: usize,
     what: &str,
+    opts: &AcceptConfig,
 ) -> Result<Vec<TcpListener>, BindError> {
     let err = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -59,7 +68,9 @@ pub fn bind_group(
     (0..workers)
         .map(|_| {
             let s = socket(bound, true).map_err(err)?;
-            s.listen(BACKLOG).map_err(err)?;
+            set_accept_options(&s, opts).map_err(err)?;
+            s.listen(i32::try_from(opts.backlog).unwrap_or(i32::MAX))
+                .map_err(err)?;
             Ok(s.into())
         })
         .collect()
@@ -87,6 +98,22 @@ pub fn bind_exclusive(addr: SocketAddr, what: &str) -> Result<TcpListener, BindE
         source,
     })?;
     Ok(s.into())
+}
+
+/// The options accepted connections inherit: Nagle off, keepalive on
+/// (with `opts`' idle time when set, as linkerd2-proxy sets it on each
+/// connection), and `opts`' user timeout when set.
+fn set_accept_options(s: &Socket, opts: &AcceptConfig) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut ka = TcpKeepalive::new();
+    if let Some(idle) = opts.keepalive {
+        ka = ka.with_time(idle);
+    }
+    s.set_tcp_keepalive(&ka)?;
+    if let Some(t) = opts.user_timeout {
+        s.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
 }
 
 fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
@@ -122,21 +149,88 @@ mod tests {
 
     #[test]
     fn group_shares_one_port() {
-        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3, "test").unwrap();
+        let group = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            3,
+            "test",
+            &AcceptConfig::default(),
+        )
+        .unwrap();
         let port = group[0].local_addr().unwrap().port();
         assert_ne!(port, 0);
         assert!(group.iter().all(|l| l.local_addr().unwrap().port() == port));
     }
 
+    /// What the data path relies on instead of a system call per
+    /// connection: accepted connections carry the listener's options.
+    #[test]
+    fn accepted_connections_inherit_the_listeners_options() {
+        use std::time::Duration;
+        let read = |s: &std::net::TcpStream| {
+            let s = socket2::SockRef::from(s);
+            (
+                s.nodelay().unwrap(),
+                s.keepalive().unwrap(),
+                s.keepalive_time().unwrap(),
+                s.tcp_user_timeout().unwrap(),
+            )
+        };
+        let opts = AcceptConfig {
+            keepalive: Some(Duration::from_secs(10)),
+            user_timeout: Some(Duration::from_millis(30_500)),
+            backlog: 16,
+        };
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, "test", &opts).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        group[0].set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = group[0].accept().unwrap();
+        assert_eq!(
+            read(&accepted),
+            (
+                true,
+                true,
+                Duration::from_secs(10),
+                Some(Duration::from_millis(30_500))
+            )
+        );
+        // Unset: Nagle still off, keepalive on with the kernel's idle time.
+        let group = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            "test",
+            &AcceptConfig::default(),
+        )
+        .unwrap();
+        let addr = group[0].local_addr().unwrap();
+        group[0].set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (accepted, _) = group[0].accept().unwrap();
+        let (nodelay, keepalive, _, user_timeout) = read(&accepted);
+        assert_eq!((nodelay, keepalive, user_timeout), (true, true, None));
+    }
+
     #[test]
     fn busy_port_is_refused_even_with_reuseport_holders() {
-        let first = bind_group("127.0.0.1:0".parse().unwrap(), 1, "first").unwrap();
+        let first = bind_group(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            "first",
+            &AcceptConfig::default(),
+        )
+        .unwrap();
         let addr = first[0].local_addr().unwrap();
-        let e = bind_group(addr, 1, "second").unwrap_err();
+        let e = bind_group(addr, 1, "second", &AcceptConfig::default()).unwrap_err();
         assert!(matches!(e, BindError::InUse { .. }), "{e}");
         assert!(e.to_string().contains("already in use"));
         let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = bind_group(plain.local_addr().unwrap(), 2, "third").unwrap_err();
+        let e = bind_group(
+            plain.local_addr().unwrap(),
+            2,
+            "third",
+            &AcceptConfig::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, BindError::InUse { .. }));
         assert!(matches!(
             bind_exclusive(addr, "admin"),

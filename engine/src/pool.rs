@@ -513,6 +513,8 @@ mod tests {
 
     use ringmesh_identity::Name;
 
+    use crate::config::ConnectConfig;
+
     use monoio::io::Splitable;
     use monoio::net::TcpStream;
 
@@ -697,7 +699,7 @@ mod tests {
                 &ep,
                 Some(&ca.configs("c.example")),
                 Session::Opaque,
-                Duration::from_secs(5),
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
             )
             .await
             .unwrap();

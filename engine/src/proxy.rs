@@ -47,6 +47,7 @@ pub struct Proxy {
     control: Control,
     driver: ActiveDriver,
     outbound: Option<SocketAddr>,
+    also_outbound: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
     forwards: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
@@ -81,6 +82,7 @@ impl Proxy {
             tap_listener,
             tap,
             outbound,
+            also_outbound,
             inbound,
             forwards,
             ..
@@ -113,12 +115,20 @@ impl Proxy {
                 cfg.admin.tap.svc_name.clone(),
             );
         }
-        tracing::info!(?outbound, ?inbound, ?forwards, ?admin, "ready");
+        tracing::info!(
+            ?outbound,
+            ?also_outbound,
+            ?inbound,
+            ?forwards,
+            ?admin,
+            "ready"
+        );
         Ok(Self {
             workers,
             control,
             driver,
             outbound,
+            also_outbound,
             inbound,
             forwards,
             admin,
@@ -132,6 +142,12 @@ impl Proxy {
 
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
         self.outbound
+    }
+
+    /// The second outbound listener's (`LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`
+    /// naming two addresses).
+    pub fn also_outbound_addr(&self) -> Option<SocketAddr> {
+        self.also_outbound
     }
 
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
@@ -231,6 +247,7 @@ struct Bound {
     /// Each data-plane listener's group: one socket per worker.
     groups: Vec<(ListenerKind, Vec<TcpListener>)>,
     outbound: Option<SocketAddr>,
+    also_outbound: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
     forwards: Vec<SocketAddr>,
 }
@@ -249,20 +266,26 @@ impl Bound {
         let tap = tap_listener.as_ref().and_then(|l| l.local_addr().ok());
         let mut groups: Vec<(ListenerKind, Vec<TcpListener>)> = Vec::new();
         let mut outbound = None;
+        let mut also_outbound = None;
         let mut inbound = None;
         let mut forwards = Vec::new();
         if let Some(addr) = cfg.outbound.listen {
-            let g = listen::bind_group(addr, n, "outbound listener")?;
+            let g = listen::bind_group(addr, n, "outbound listener", &cfg.outbound.accept)?;
             outbound = Some(local_addr(&g));
             groups.push((ListenerKind::Outbound, g));
         }
+        if let Some(addr) = cfg.outbound.also_listen {
+            let g = listen::bind_group(addr, n, "outbound listener", &cfg.outbound.accept)?;
+            also_outbound = Some(local_addr(&g));
+            groups.push((ListenerKind::Outbound, g));
+        }
         if let Some(addr) = cfg.inbound.listen {
-            let g = listen::bind_group(addr, n, "inbound listener")?;
+            let g = listen::bind_group(addr, n, "inbound listener", &cfg.inbound.accept)?;
             inbound = Some(local_addr(&g));
             groups.push((ListenerKind::Inbound, g));
         }
         for f in &cfg.forwards {
-            let g = listen::bind_group(f.listen, n, "TCP forward")?;
+            let g = listen::bind_group(f.listen, n, "TCP forward", &cfg.outbound.accept)?;
             forwards.push(local_addr(&g));
             groups.push((ListenerKind::Forward(f.target.clone()), g));
         }
@@ -273,6 +296,7 @@ impl Bound {
             tap,
             groups,
             outbound,
+            also_outbound,
             inbound,
             forwards,
         })
@@ -282,6 +306,7 @@ impl Bound {
     fn own_listeners(&self) -> Vec<SocketAddr> {
         self.outbound
             .into_iter()
+            .chain(self.also_outbound)
             .chain(self.inbound)
             .chain(self.forwards.iter().copied())
             .chain(self.admin)

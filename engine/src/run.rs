@@ -470,6 +470,12 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     stop: Stop,
 ) {
+    // A listener on one address: every connection's local address is its
+    // own (no getsockname(2) per connection). A wildcard one asks.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => r,
@@ -481,7 +487,7 @@ pub(crate) async fn accept_loop(
                     .telemetry
                     .accepted
                     .set(worker.telemetry.accepted.get() + 1);
-                monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer));
+                monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer, local));
             }
             // The listener was shut down for a drain.
             Err(_) if stop.is_stopped() => break,

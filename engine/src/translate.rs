@@ -22,7 +22,7 @@
 use std::cell::Cell;
 use std::io::Write;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT};
@@ -37,6 +37,7 @@ use ringmesh_protocols::http1::{
     RequestContext, RequestHead, ResponseHead, Version,
 };
 
+use crate::config::ConnectConfig;
 use crate::error::{Failure, ProxyError};
 use crate::h1forward::{self, Client};
 use crate::h2client::{self, Opened, Opening};
@@ -62,7 +63,7 @@ pub(crate) async fn h1_over_h2(
     req: &RequestHead,
     obs: &mut Observer<'_>,
     target: &Dst,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     request_deadline: Option<Instant>,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -71,17 +72,8 @@ pub(crate) async fn h1_over_h2(
     let end = req.framing().is_empty();
     let mut attempts =
         Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
-    let opened = h2client::open_stream(
-        w,
-        obs,
-        target,
-        connect_timeout,
-        &parts,
-        end,
-        &mut attempts,
-        None,
-    )
-    .await;
+    let opened =
+        h2client::open_stream(w, obs, target, dial, &parts, end, &mut attempts, None).await;
     let Opened {
         response,
         body: up_body,
@@ -380,7 +372,7 @@ pub(crate) async fn h2_to_h1(
     parts: &http::request::Parts,
     body: RecvStream,
     respond: &mut server::SendResponse<Bytes>,
-    connect_timeout: Duration,
+    dial: ConnectConfig,
     request_deadline: Option<Instant>,
     orig_proto: bool,
 ) -> Result<ResponseClass, Failure> {
@@ -398,7 +390,7 @@ pub(crate) async fn h2_to_h1(
     let mut fresh = false;
     let (mut up, addr, guard, mut got) = loop {
         let (up, addr, guard) =
-            h1forward::checkout(w, obs.key(), target, connect_timeout, !fresh, &[]).await?;
+            h1forward::checkout(w, obs.key(), target, dial, !fresh, &[]).await?;
         obs.endpoint(addr);
         let rewrite = crate::h1forward::Rewrite {
             host: obs.authority_override(addr).map(|a| &**a),

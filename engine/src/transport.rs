@@ -493,6 +493,7 @@ mod tests {
     use std::thread;
 
     use super::*;
+    use crate::config::ConnectConfig;
     use crate::connect::Session;
     use crate::connect::{open, Endpoint};
     use crate::testing::{both_drivers, finished, TestCa};
@@ -562,7 +563,7 @@ mod tests {
             &ep,
             Some(&client_cfg),
             Session::Opaque,
-            Duration::from_secs(5),
+            ConnectConfig::with_timeout(Duration::from_secs(5)),
         )
         .await
         .unwrap();
@@ -680,7 +681,7 @@ mod tests {
                 &ep,
                 Some(&ca.configs("client.example")),
                 Session::Opaque,
-                Duration::from_secs(5),
+                ConnectConfig::with_timeout(Duration::from_secs(5)),
             )
             .await
             .unwrap();

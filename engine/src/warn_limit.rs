@@ -37,10 +37,13 @@ pub(crate) enum Warning {
     TlsHandshake,
     /// An inbound connection denied by the authorization policy.
     Unauthorized,
+    /// An inbound connection to an address not in
+    /// `LINKERD2_PROXY_INBOUND_IPS`.
+    NotInboundIp,
 }
 
 impl Warning {
-    const ALL: [Warning; 11] = [
+    const ALL: [Warning; 12] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -52,6 +55,7 @@ impl Warning {
         Warning::AcceptFailed,
         Warning::TlsHandshake,
         Warning::Unauthorized,
+        Warning::NotInboundIp,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Warning {
             Warning::AcceptFailed => "accept failed",
             Warning::TlsHandshake => "inbound TLS failed",
             Warning::Unauthorized => "connection denied by policy",
+            Warning::NotInboundIp => "inbound address not allowed",
         }
     }
 }

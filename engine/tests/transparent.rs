@@ -237,6 +237,18 @@ impl Drop for ProxyProcess {
 }
 
 fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyProcess {
+    start_proxy_with(ns, driver, v6, discovery, &[])
+}
+
+/// [`start_proxy_in`] with more environment (set after, so it can
+/// override the listeners).
+fn start_proxy_with(
+    ns: &str,
+    driver: &str,
+    v6: bool,
+    discovery: &str,
+    extra: &[(&str, &str)],
+) -> ProxyProcess {
     let (out, inb) = if v6 {
         ("[::1]:4140", "[::]:4143")
     } else {
@@ -264,6 +276,7 @@ fn start_proxy_in(ns: &str, driver: &str, v6: bool, discovery: &str) -> ProxyPro
         .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", out)
         .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", inb)
         .env("RINGMESH_DISCOVERY_STATIC", discovery)
+        .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -384,4 +397,149 @@ fn transparent_ipv6_uring() {
 #[test]
 fn transparent_ipv6_epoll() {
     transparent("epoll", true);
+}
+
+/// The socket settings Linkerd's injector writes: both loopbacks as
+/// outbound listeners (`LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`, a dual-stack
+/// pod), the pod's addresses as the only inbound destinations
+/// (`LINKERD2_PROXY_INBOUND_IPS`), and keepalive on the connections the
+/// proxy makes (`LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE`).
+fn linkerd_socket_settings(driver: &str) {
+    let net = Netns::new();
+    let (app4, app6, peer4, peer6) = (
+        net.ip(1, false),
+        net.ip(1, true),
+        net.ip(2, false),
+        net.ip(2, true),
+    );
+    // A second address on APP's veth, not the pod's: what a relay through
+    // the inbound side would be asked to reach.
+    let other: IpAddr = format!("10.77.{}.3", net.n).parse().unwrap();
+    sh(&[
+        "ip",
+        "-n",
+        &net.app,
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        &format!("rma{}", net.n),
+    ]);
+    let mut keep = Vec::new();
+    for a in [SocketAddr::new(peer4, 8080), SocketAddr::new(peer6, 8080)] {
+        let l = Netns::within(&net.peer, move || TcpListener::bind(a).unwrap());
+        keep.push(whoami_server(l, "remote"));
+    }
+    for a in [SocketAddr::new(app4, 9090), SocketAddr::new(other, 9090)] {
+        let l = Netns::within(&net.app, move || TcpListener::bind(a).unwrap());
+        keep.push(whoami_server(l, "app"));
+    }
+    let dir = TempDir::new(&format!("netns-sock-{}", net.n));
+    let file = dir.join("discovery.toml");
+    std::fs::write(&file, "empty = true\n").unwrap();
+    sh(&["chmod", "-R", "a+rX", dir.path().to_str().unwrap()]);
+    let inbound_ips = format!("{app4},{app6}");
+    let _proxy = start_proxy_with(
+        &net.app,
+        driver,
+        false,
+        file.to_str().unwrap(),
+        &[
+            (
+                "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS",
+                "127.0.0.1:4140,[::1]:4140",
+            ),
+            ("LINKERD2_PROXY_INBOUND_IPS", &inbound_ips),
+            ("LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE", "7s"),
+            ("LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "11s"),
+        ],
+    );
+
+    // Outbound over both families: each is redirected to its loopback's
+    // listener (the IPv6 one exists only through _ADDRS).
+    for dst in [SocketAddr::new(peer4, 8080), SocketAddr::new(peer6, 8080)] {
+        let line = Netns::within(&net.app, move || {
+            hello(&mut TcpStream::connect(dst).unwrap())
+        });
+        assert!(line.starts_with(&format!("remote at {dst}")), "{line}");
+    }
+
+    // Inbound to the pod's address: served; the proxy's connection to the
+    // application has keepalive on with the configured idle time, and the
+    // accepted one the accept side's.
+    let app_addr = SocketAddr::new(app4, 9090);
+    let mut held = Netns::within(&net.peer, move || {
+        let mut s = TcpStream::connect(app_addr).unwrap();
+        assert_eq!(hello(&mut s), format!("app at {app_addr} from {app4}"));
+        s
+    });
+    let ss = |filter: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.app,
+                "ss",
+                "-tnoH",
+                "state",
+                "established",
+            ])
+            .args(filter.split(' '))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // `timer:(keepalive,6.9sec,0)` once the connection is idle: the time
+    // left is at most the idle time set.
+    let keepalive_left = |line: &str| -> Option<f64> {
+        let t = line.split("timer:(keepalive,").nth(1)?.split(',').next()?;
+        eprintln!("keepalive timer: {t}");
+        // iproute2 writes `6.996ms` meaning seconds (its "sec" unit
+        // printed as "ms" by some versions), or `1min2sec`.
+        let num: String = t
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        num.parse::<f64>().ok().filter(|_| !t.contains("min"))
+    };
+    // (A retransmission or delayed-ACK timer shows instead until the last
+    // bytes are acknowledged.)
+    let mut seen = (String::new(), String::new());
+    let timers = eventually(Duration::from_secs(5), || {
+        seen = (ss(&format!("dst {app_addr}")), ss("sport = :4143"));
+        matches!(
+            (keepalive_left(&seen.0), keepalive_left(&seen.1)),
+            (Some(up), Some(acc)) if up > 0.0 && up <= 7.0 && acc > 7.0 && acc <= 11.0
+        )
+    });
+    assert!(
+        timers,
+        "expected keepalive timers of at most 7s to the app and 7-11s on the accepted connection: {seen:?}"
+    );
+    held.write_all(b"x").unwrap();
+
+    // Inbound to an address of the node that is not the pod's: redirected
+    // to the proxy like any other, and closed there, never relayed.
+    let not_pod = SocketAddr::new(other, 9090);
+    let got = Netns::within(&net.peer, move || {
+        let mut s = TcpStream::connect(not_pod).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        s.read(&mut buf)
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    match got {
+        Ok(s) => assert!(s.is_empty(), "a connection to {not_pod} was relayed: {s:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+#[test]
+fn linkerd_socket_settings_uring() {
+    linkerd_socket_settings("uring");
+}
+
+#[test]
+fn linkerd_socket_settings_epoll() {
+    linkerd_socket_settings("epoll");
 }
