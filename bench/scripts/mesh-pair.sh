@@ -36,6 +36,9 @@
 #   H2_STREAMS=8 KINDS=h1,h2,newconn,handshake CLIENT_CPU=0 PROXY_CPU=1
 #   RINGMESH_BIN=target/release/ringmesh
 #   LINKERD_BIN=../shared/peers/linkerd2-proxy   KEEP=0 (1: keep scratch)
+#   BASE_BIN= (set: a third pair, "base", of ringmesh from this binary: an
+#   A/B of two ringmesh builds against each other and linkerd2-proxy in one
+#   run; the medians then also give ringmesh / base)
 #   STAT=0 (1: also count, over each measured window, both proxies' system
 #   calls, context switches and page faults per request with `perf stat`)
 # Output: one row per round, pair and kind; then medians and the ringmesh /
@@ -43,7 +46,7 @@
 set -euo pipefail
 ME=mesh-pair.sh
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SETTINGS='ROUNDS|DURATION|WARMUP|CONNS|NEWCONN_CONNS|H2_CLIENTS|H2_STREAMS|KINDS|CLIENT_CPU|PROXY_CPU|RINGMESH_BIN|LINKERD_BIN|KEEP|STAT'
+SETTINGS='ROUNDS|DURATION|WARMUP|CONNS|NEWCONN_CONNS|H2_CLIENTS|H2_STREAMS|KINDS|CLIENT_CPU|PROXY_CPU|RINGMESH_BIN|LINKERD_BIN|KEEP|STAT|BASE_BIN'
 # shellcheck source=lib.sh
 source "$ROOT/bench/scripts/lib.sh"
 parse_settings "$@"
@@ -52,7 +55,7 @@ NEWCONN_CONNS=${NEWCONN_CONNS:-8} H2_CLIENTS=${H2_CLIENTS:-4} H2_STREAMS=${H2_ST
 KINDS=${KINDS:-h1,h2,newconn,handshake} CLIENT_CPU=${CLIENT_CPU:-0} PROXY_CPU=${PROXY_CPU:-1}
 RINGMESH_BIN=${RINGMESH_BIN:-$ROOT/target/release/ringmesh}
 LINKERD_BIN=${LINKERD_BIN:-$ROOT/../shared/peers/linkerd2-proxy}
-KEEP=${KEEP:-0} STAT=${STAT:-0}
+KEEP=${KEEP:-0} STAT=${STAT:-0} BASE_BIN=${BASE_BIN:-}
 [[ $(id -u) == 0 ]] || { echo "$ME: needs root (a network namespace, iptables, setpriv)" >&2; exit 2; }
 need_tools wrk h2load taskset nginx curl
 for t in openssl ip iptables setpriv /usr/bin/python3; do
@@ -60,6 +63,7 @@ for t in openssl ip iptables setpriv /usr/bin/python3; do
 done
 [[ -x $RINGMESH_BIN ]] || { echo "$ME: $RINGMESH_BIN not built (cargo build --release)" >&2; exit 2; }
 [[ -x $LINKERD_BIN ]] || { echo "$ME: $LINKERD_BIN missing" >&2; exit 2; }
+[[ -z $BASE_BIN || -x $BASE_BIN ]] || { echo "$ME: BASE_BIN $BASE_BIN missing" >&2; exit 2; }
 [[ $STAT == 0 ]] || command -v perf >/dev/null || { echo "$ME: STAT=1 needs perf" >&2; exit 2; }
 
 NS=rmbench-$$ UID_P=2102 IP_A=10.79.0.1 IP_B=10.79.0.2
@@ -179,19 +183,20 @@ opaque_transport_port = 4143
 protocol = "opaque"
 EOF
 
-# start_pair ringmesh|linkerd: both proxies, pinned, as uid 2102; waits
-# until both are ready. Sets PAIR_PIDS.
+# start_pair ringmesh|base|linkerd: both proxies, pinned, as uid 2102;
+# waits until both are ready. Sets PAIR_PIDS.
 start_pair() {
   local common=(LINKERD2_PROXY_CORES=1 LINKERD2_PROXY_LOG=warn LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS="$ANCHORS")
-  local a b
-  if [[ $1 == ringmesh ]]; then
+  local a b bin=$RINGMESH_BIN
+  [[ $1 == base ]] && bin=$BASE_BIN
+  if [[ $1 == ringmesh || $1 == base ]]; then
     a=(env "${common[@]}" LINKERD2_PROXY_IDENTITY_LOCAL_NAME=$ID_A RINGMESH_IDENTITY_CERT="$S/a.pem"
        RINGMESH_IDENTITY_KEY="$S/a.key" RINGMESH_DISCOVERY_STATIC="$S/ringmesh.toml"
        LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR=127.0.0.1:4140 LINKERD2_PROXY_INBOUND_LISTEN_ADDR=
-       LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4191 "$RINGMESH_BIN")
+       LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4191 "$bin")
     b=(env "${common[@]}" LINKERD2_PROXY_IDENTITY_LOCAL_NAME=$ID_B RINGMESH_IDENTITY_CERT="$S/b.pem"
        RINGMESH_IDENTITY_KEY="$S/b.key" LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR=
-       LINKERD2_PROXY_INBOUND_LISTEN_ADDR=$IP_B:4143 LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4192 "$RINGMESH_BIN")
+       LINKERD2_PROXY_INBOUND_LISTEN_ADDR=$IP_B:4143 LINKERD2_PROXY_ADMIN_LISTEN_ADDR=127.0.0.1:4192 "$bin")
   else
     local l5d=(LINKERD2_PROXY_IDENTITY_SVC_ADDR=127.0.0.1:8090 LINKERD2_PROXY_DESTINATION_SVC_ADDR=127.0.0.1:8090
       LINKERD2_PROXY_POLICY_SVC_ADDR=127.0.0.1:8090 LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS=10.0.0.0/8
@@ -271,7 +276,9 @@ RESULTS=$S/results.tsv
 IFS=, read -r -a kinds <<<"$KINDS"
 for r in $(seq 1 "$ROUNDS"); do
   pairs=(ringmesh linkerd)
-  ((r % 2 == 0)) && pairs=(linkerd ringmesh)
+  [[ -n $BASE_BIN ]] && pairs=(ringmesh base linkerd)
+  # Rotate the order between rounds so drift hits every pair alike.
+  for ((i = 1; i < r; i++)); do pairs=("${pairs[@]:1}" "${pairs[0]}"); done
   for pair in "${pairs[@]}"; do
     start_pair "$pair"
     for kind in "${kinds[@]}"; do
@@ -321,3 +328,13 @@ for kind in "${kinds[@]}"; do
   awk -v k="$kind" -v rc="$rc" -v lc="$lc" -v rp="$rp" -v lp="$lp" -v rs="$rs" -v ls="$ls" 'BEGIN {
     printf "%-8s %14.1f %14.1f %8.2f %14.0f %14.0f %8.2f %12.1f %12.1f %12.2f\n", k, rc, lc, (lc > 0 ? rc / lc : 0), rp, lp, (lp > 0 ? rp / lp : 0), rs, ls, (lc > 0 ? rs / lc : 0) }'
 done
+if [[ -n $BASE_BIN ]]; then
+  echo
+  echo "# A/B: ringmesh ($RINGMESH_BIN) / base ($BASE_BIN), medians over $ROUNDS rounds"
+  printf '%-8s %14s %14s %8s %14s %14s %8s\n' kind rm_cpu_us base_cpu_us ratio rm_p99_us base_p99_us ratio
+  for kind in "${kinds[@]}"; do
+    rc=$(med ringmesh 6) bc=$(med base 6) rp=$(med ringmesh 4) bp=$(med base 4)
+    awk -v k="$kind" -v rc="$rc" -v bc="$bc" -v rp="$rp" -v bp="$bp" 'BEGIN {
+      printf "%-8s %14.1f %14.1f %8.3f %14.0f %14.0f %8.2f\n", k, rc, bc, (bc > 0 ? rc / bc : 0), rp, bp, (bp > 0 ? rp / bp : 0) }'
+  done
+fi
