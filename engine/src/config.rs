@@ -103,6 +103,8 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const INBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT";
+pub const OUTBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT";
 pub const POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
 pub const POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
 pub const POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
@@ -662,6 +664,11 @@ pub struct HttpConfig {
     pub failfast_timeout: Duration,
     /// Requests per worker that may wait so.
     pub queue_capacity: usize,
+    /// Requests in flight at most, inbound and outbound
+    /// (`LINKERD2_PROXY_*_MAX_IN_FLIGHT`, linkerd2-proxy's 100 000 by
+    /// default), shared evenly between workers: past it a request is
+    /// answered 503 at once.
+    pub max_in_flight: [usize; 2],
 }
 
 /// HTTP/2.
@@ -762,6 +769,7 @@ impl Config {
                 request_timeout: None,
                 failfast_timeout: Duration::from_secs(3),
                 queue_capacity: 10_000,
+                max_in_flight: [100_000, 100_000],
             },
             http2: Http2Config {
                 stream_window: 65_535,
@@ -1192,6 +1200,17 @@ impl Parser<'_> {
                 .map_err(|_| "expected a non-negative integer".to_string())
         }) {
             c.http.queue_capacity = n;
+        }
+        for (i, key) in [INBOUND_MAX_IN_FLIGHT, OUTBOUND_MAX_IN_FLIGHT]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(n) = self.parse_with(key, |s| match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err("expected a positive integer".into()),
+            }) {
+                c.http.max_in_flight[i] = n;
+            }
         }
     }
 
@@ -1776,8 +1795,10 @@ mod tests {
             (DNS_SERVERS, "127.0.0.1:5353,10.0.0.1"),
             (DETECT_MAX_UNDECIDED, "500"),
             (HTTP2_MAX_STALLED_BYTES, "8388608"),
+            (OUTBOUND_MAX_IN_FLIGHT, "500"),
         ])
         .unwrap();
+        assert_eq!(c.http.max_in_flight, [100_000, 500]);
         assert_eq!(c.detect_max_undecided, 500);
         assert_eq!(c.http2.max_stalled_bytes, 8 << 20);
         assert_eq!(c.cores, Some(2));
@@ -1819,6 +1840,7 @@ mod tests {
             (FAILURE_ACCRUAL_CONSECUTIVE, "none"),
             (DETECT_MAX_UNDECIDED, "0"),
             (HTTP2_MAX_STALLED_BYTES, "1000"),
+            (INBOUND_MAX_IN_FLIGHT, "0"),
         ])
         .unwrap_err();
         let text = err.to_string();
@@ -1829,6 +1851,7 @@ mod tests {
             FAILURE_ACCRUAL_CONSECUTIVE,
             DETECT_MAX_UNDECIDED,
             HTTP2_MAX_STALLED_BYTES,
+            INBOUND_MAX_IN_FLIGHT,
             CORES,
             IO_DRIVER,
             OUTBOUND_LISTEN_ADDR,

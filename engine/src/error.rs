@@ -49,6 +49,9 @@ pub(crate) enum Kind {
     Answered(u16),
     /// Inbound authorization denied the client (policy).
     Forbidden,
+    /// The worker's share of `LINKERD2_PROXY_*_MAX_IN_FLIGHT` is in
+    /// flight: load shed.
+    Overloaded,
 }
 
 /// Whose fault it is.
@@ -92,6 +95,11 @@ impl ProxyError {
             Kind::NoEndpoints,
             format!("no endpoints available for {service}"),
         )
+    }
+
+    /// As linkerd2-proxy words it.
+    pub(crate) fn overloaded() -> Self {
+        Self::new(Kind::Overloaded, "proxy max-concurrency exhausted")
     }
 
     pub(crate) fn unresolved(name: impl fmt::Display) -> Self {
@@ -171,7 +179,7 @@ impl ProxyError {
     pub(crate) fn side(&self) -> Side {
         match self.kind {
             Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden => Side::Downstream,
-            Kind::NoEndpoints | Kind::Unresolved | Kind::Loop => Side::Internal,
+            Kind::NoEndpoints | Kind::Unresolved | Kind::Loop | Kind::Overloaded => Side::Internal,
             Kind::ConnectFailed
             | Kind::ConnectTimeout
             | Kind::TlsFailed
@@ -187,7 +195,7 @@ impl ProxyError {
             Kind::Malformed(status) | Kind::Answered(status) => status,
             Kind::HeadTimeout => 408,
             Kind::Forbidden => 403,
-            Kind::NoEndpoints | Kind::Unresolved => 503,
+            Kind::NoEndpoints | Kind::Unresolved | Kind::Overloaded => 503,
             Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
         }
@@ -199,6 +207,7 @@ impl ProxyError {
             Kind::Malformed(_) | Kind::HeadTimeout => "bad_request",
             Kind::Forbidden => "unauthorized",
             Kind::NoEndpoints => "no_endpoints",
+            Kind::Overloaded => "load_shed",
             Kind::Unresolved => "unresolved",
             Kind::Loop => "loop",
             Kind::ConnectFailed => "connect_failed",
@@ -310,6 +319,7 @@ mod tests {
             (Kind::Answered(503), 503, "upstream_failed", Side::Upstream),
             (Kind::Answered(502), 502, "upstream_failed", Side::Upstream),
             (Kind::Forbidden, 403, "unauthorized", Side::Downstream),
+            (Kind::Overloaded, 503, "load_shed", Side::Internal),
         ];
         for (kind, status, label, side) in cases {
             let e = ProxyError::new(kind, "x");

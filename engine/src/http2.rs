@@ -310,6 +310,9 @@ async fn forward(
     respond: &mut server::SendResponse<Bytes>,
     dial: ConnectConfig,
 ) -> Result<ResponseClass, Failure> {
+    if let Some(e) = obs.shed() {
+        return Err(Failure::Answer(e));
+    }
     if let HttpDst::Local(addr, verdict) = dst {
         obs.authorized(*addr, verdict);
     }

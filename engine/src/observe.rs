@@ -45,6 +45,8 @@ pub(crate) struct Observer<'w> {
     tap: Option<crate::tap::Pending>,
     /// Its access log line (inbound, with the log on).
     access: Option<Box<crate::access_log::Entry>>,
+    /// One request too many for the worker's in-flight bound.
+    shed: bool,
 }
 
 impl<'w> Observer<'w> {
@@ -58,6 +60,7 @@ impl<'w> Observer<'w> {
         client_tls: &TlsStatus,
         peer: SocketAddr,
     ) -> Self {
+        let shed = !w.in_flight.enter(direction);
         let (tls, originates_tls) = match direction {
             Direction::Inbound => (client_tls.clone(), false),
             Direction::Outbound if w.pools.has_identity() => (
@@ -83,7 +86,14 @@ impl<'w> Observer<'w> {
             peer,
             tap: None,
             access: None,
+            shed,
         }
+    }
+
+    /// The 503 to answer with when the request is one too many for the
+    /// worker's in-flight bound (`LINKERD2_PROXY_*_MAX_IN_FLIGHT`).
+    pub(crate) fn shed(&self) -> Option<crate::error::ProxyError> {
+        self.shed.then(crate::error::ProxyError::overloaded)
     }
 
     /// The request's head, routed: for tap, with some tap installed that
@@ -327,6 +337,7 @@ impl Drop for Observer<'_> {
     /// A tapped request that never ended (its client went away): its
     /// taps see it end without a response.
     fn drop(&mut self) {
+        self.w.in_flight.leave(self.key.direction);
         if let Some(p) = self.tap.take() {
             p.end(0, None, Instant::now());
         }

@@ -64,6 +64,8 @@ impl Proxy {
     pub fn start_with(mut cfg: Config, hooks: Hooks) -> Result<Self, StartError> {
         let driver = choose_driver(cfg.io_driver)?;
         let n = cfg.cores.unwrap_or_else(available_cores).max(1);
+        // Workers share limits by this count.
+        cfg.cores = Some(n);
         tracing::info!(workers = n, driver = %driver, "starting");
 
         if cfg.discovery.dns.servers.is_empty() {

@@ -254,6 +254,7 @@ fn new_worker(
     };
     let access_log = cfg.access_log;
     let max_stalled = cfg.http2.max_stalled_bytes;
+    let in_flight = crate::worker::InFlight::new(cfg.http.max_in_flight, cfg.cores.unwrap_or(1));
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -285,6 +286,7 @@ fn new_worker(
         taps: crate::tap::WorkerTaps::new(id, taps),
         access_log: access_log.map(crate::access_log::AccessLog::new),
         stalls: crate::stall::Stalls::new(max_stalled),
+        in_flight,
         detection: Detection {
             undecided: UndecidedSet::new(max_undecided),
             server_first: RefCell::default(),

@@ -12,7 +12,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringmesh_admin::telemetry::{HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats};
+use ringmesh_admin::telemetry::{
+    Direction, HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats,
+};
 use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, RetryBudget};
 use ringmesh_discovery::profile::RetryBudgetSpec;
 use ringmesh_discovery::{Authority, Service, Snapshot, SnapshotCache};
@@ -81,12 +83,55 @@ pub(crate) struct Worker {
     /// Responses waiting for their HTTP/2 client's window, and the bound
     /// on what they hold.
     pub stalls: crate::stall::Stalls,
+    /// Requests in flight, and their bound (load shedding).
+    pub in_flight: InFlight,
     /// Set when the worker starts draining.
     pub stop: Stop,
     /// Set at the drain's last look (`DRAIN_LAST_LOOK` after `stop`): idle
     /// keep-alive connections close then, so a request already on its way
     /// when the drain began is still served (with `Connection: close`).
     pub close_idle: Stop,
+}
+
+/// HTTP requests in flight on this worker by direction (inbound, outbound)
+/// and the most each may have: this worker's share of
+/// `LINKERD2_PROXY_*_MAX_IN_FLIGHT`. A request past it is answered 503 at
+/// once, as linkerd2-proxy sheds load, so a flood of requests that never
+/// finish cannot hold without bound what requests hold.
+pub(crate) struct InFlight {
+    now: [Cell<usize>; 2],
+    max: [usize; 2],
+}
+
+impl InFlight {
+    /// `limits` (inbound, outbound) shared between `workers`, rounded up.
+    pub(crate) fn new(limits: [usize; 2], workers: usize) -> Self {
+        let share = |n: usize| n.div_ceil(workers.max(1)).max(1);
+        Self {
+            now: Default::default(),
+            max: [share(limits[0]), share(limits[1])],
+        }
+    }
+
+    fn slot(d: Direction) -> usize {
+        match d {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        }
+    }
+
+    /// A request begins; false when it is one too many (it still counts
+    /// until [`Self::leave`]).
+    pub(crate) fn enter(&self, d: Direction) -> bool {
+        let c = &self.now[Self::slot(d)];
+        c.set(c.get() + 1);
+        c.get() <= self.max[Self::slot(d)]
+    }
+
+    pub(crate) fn leave(&self, d: Direction) {
+        let c = &self.now[Self::slot(d)];
+        c.set(c.get().saturating_sub(1));
+    }
 }
 
 /// Where requests go: the discovery snapshot (read lock-free), the
@@ -451,5 +496,25 @@ fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {
 impl crate::h2guarded::Warnings for Worker {
     fn admit(&self, kind: crate::warn_limit::Warning) -> bool {
         self.telemetry.warnings.admit(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each worker's share is rounded up (never 0), and a request past it
+    /// is refused while it lasts.
+    #[test]
+    fn in_flight_shares_and_bounds() {
+        let f = InFlight::new([5, 1], 2);
+        assert_eq!(f.max, [3, 1]);
+        assert!(f.enter(Direction::Outbound));
+        assert!(!f.enter(Direction::Outbound));
+        f.leave(Direction::Outbound);
+        f.leave(Direction::Outbound);
+        assert!(f.enter(Direction::Outbound));
+        assert!((0..3).all(|_| f.enter(Direction::Inbound)));
+        assert!(!f.enter(Direction::Inbound));
     }
 }

@@ -1053,3 +1053,99 @@ both_drivers!(
     stale_pooled_connection_is_not_used,
     super::stale_pooled_connection
 );
+
+/// `LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT`: with the bound's requests held
+/// by an upstream that does not answer, the next one, HTTP/1 or HTTP/2,
+/// is answered 503 at once with linkerd2-proxy's reason; once they finish,
+/// requests pass again.
+fn max_in_flight(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (held, release) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let backend = {
+        let (held, release) = (held.clone(), release.clone());
+        Backend::start(move |s| {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut s = s;
+            loop {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                held.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT", "2"),
+        ],
+    );
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || request(addr, b"GET /slow HTTP/1.1\r\nHost: o\r\n\r\n"))
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || held.load(Ordering::SeqCst) == 2),
+        "the two requests never reached the backend"
+    );
+    let url = format!("http://{addr}/more");
+    let head = |extra: &[&str]| {
+        let mut args = vec!["-D", "-", "-o", "/dev/null"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args).to_ascii_lowercase()
+    };
+    // (The HTTP/2 client's request goes to the HTTP/1 backend as HTTP/1.1.)
+    let h2: &[&str] = &["--http2-prior-knowledge", "-H", "l5d-orig-proto: HTTP/1.1"];
+    for extra in [&[][..], h2] {
+        let h = head(extra);
+        assert!(h.contains(" 503"), "{extra:?}: {h}");
+        assert!(
+            h.contains("l5d-proxy-error: proxy max-concurrency exhausted"),
+            "{extra:?}: {h}"
+        );
+    }
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        2,
+        "a shed request reached the backend"
+    );
+    release.store(true, Ordering::SeqCst);
+    for w in waiting {
+        let (h, b) = w.join().unwrap();
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, b"ok");
+    }
+    for extra in [&[][..], h2] {
+        let h = head(extra);
+        assert!(
+            h.contains(" 200"),
+            "{extra:?} after the others finished: {h}"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(max_in_flight_sheds_load, super::max_in_flight);
