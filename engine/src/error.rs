@@ -227,6 +227,11 @@ impl ProxyError {
             .collect()
     }
 
+    /// The body of the proxy's answer (plain text; a gRPC answer has none).
+    pub(crate) fn body(&self) -> String {
+        format!("ringmesh: {}\n", self.header_value())
+    }
+
     /// The `grpc-status` a gRPC client gets with the answer.
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {

@@ -742,7 +742,7 @@ fn has_bare_lf(head: &[u8]) -> bool {
 async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError) {
     out.clear();
     let status = e.status();
-    let body = format!("ringmesh: {}\n", e.reason());
+    let body = e.body();
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
     out.extend_from_slice(b"l5d-proxy-error: ");
     out.extend_from_slice(e.header_value().as_bytes());

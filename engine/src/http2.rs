@@ -288,17 +288,18 @@ fn send_error(respond: &mut server::SendResponse<Bytes>, e: &ProxyError, grpc: b
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header("grpc-status", e.grpc_status().to_string())
             .header("grpc-message", reason.as_str());
-    } else {
-        resp = resp.header(http::header::CONTENT_TYPE, "text/plain");
+    }
+    let body = (!grpc).then(|| e.body());
+    if let Some(b) = &body {
+        resp = resp
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .header(http::header::CONTENT_LENGTH, b.len());
     }
     let Ok(resp) = resp.body(()) else {
         return;
     };
-    match respond.send_response(resp, grpc) {
-        Ok(mut body) if !grpc => {
-            let _ = body.send_data(Bytes::from(format!("ringmesh: {reason}\n")), true);
-        }
-        _ => {}
+    if let (Ok(mut stream), Some(b)) = (respond.send_response(resp, grpc), body) {
+        let _ = stream.send_data(Bytes::from(b), true);
     }
 }
 
@@ -489,7 +490,11 @@ async fn to_h2(
             }
         }
     };
-    relay_response(s.respond, obs, answered, &w.stalls).await
+    let stalls = crate::stall::Scope {
+        stalls: &w.stalls,
+        client: obs.peer(),
+    };
+    relay_response(s.respond, obs, answered, stalls).await
 }
 
 /// The upstream's response head, unless the request timeout passes or the
@@ -522,7 +527,7 @@ async fn relay_response(
     respond: &mut server::SendResponse<Bytes>,
     obs: &Observer<'_>,
     a: Answered,
-    stalls: &crate::stall::Stalls,
+    stalls: crate::stall::Scope<'_>,
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
@@ -689,7 +694,7 @@ async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), R
 async fn pump_response(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
-    stalls: &crate::stall::Stalls,
+    stalls: crate::stall::Scope<'_>,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<Option<u32>, Reason> {
     let mut grpc = None;
@@ -711,7 +716,7 @@ async fn pump_response(
 async fn pump_with(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
-    stalls: Option<&crate::stall::Stalls>,
+    stalls: Option<crate::stall::Scope<'_>>,
     mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&HeaderMap),
 ) -> Result<(), Reason> {
@@ -746,8 +751,8 @@ async fn pump_with(
             let window = fc.used_capacity() + fc.available_capacity().max(0) as usize;
             window.saturating_sub(len)
         };
-        let charge = stalls.map(|stalls| crate::stall::Charge {
-            stalls,
+        let charge = stalls.map(|scope| crate::stall::Charge {
+            scope,
             on_stall: &mut on_stall,
         });
         // The sink is gone (reset, or its connection failed): the caller

@@ -90,6 +90,11 @@ impl<'w> Observer<'w> {
         }
     }
 
+    /// The client's address (its connection's peer).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// The 503 to answer with when the request is one too many for the
     /// worker's in-flight bound (`LINKERD2_PROXY_*_MAX_IN_FLIGHT`).
     pub(crate) fn shed(&self) -> Option<crate::error::ProxyError> {
@@ -325,6 +330,8 @@ impl<'w> Observer<'w> {
                 self.tap_decide(addr);
             }
         }
+        // The access log's `response_bytes`: the answer's content-length.
+        self.response_length(|| (!grpc).then(|| e.body().len() as u64));
         self.end(ResponseClass {
             status: e.status(),
             grpc_status: grpc.then(|| e.grpc_status()),

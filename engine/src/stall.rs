@@ -9,32 +9,85 @@
 //! stalled response what it can hold; past the worker's budget
 //! (`RINGMESH_HTTP2_MAX_STALLED_BYTES`) the responses stalled longest are
 //! reset (RST_STREAM `ENHANCE_YOUR_CALM` to the client, which frees the
-//! upstream's side too) and counted. A response that moves again leaves
-//! the set, so it is a client that reads nothing for longest that loses
-//! its streams first, not a busy one.
+//! upstream's side too) and counted: the oldest stall of the client
+//! connection whose stalls hold the most. So one client that stalls many
+//! streams loses its own first, and a client with one stalled response
+//! keeps it while another holds more. A response that moves again leaves
+//! the set, so among a client's stalls it is the one that has read
+//! nothing for longest that goes first, not a busy one.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use monoio_http::h2::{Reason, SendStream};
 
-/// The responses stalled now on one worker, oldest stall first.
+/// The responses stalled now on one worker, by client connection.
 pub(crate) struct Stalls {
     budget: usize,
     /// The charges of the responses in `waiting`.
     held: Cell<usize>,
     next: Cell<u64>,
-    waiting: RefCell<BTreeMap<u64, Waiting>>,
+    waiting: RefCell<Waits>,
     /// Responses reset to stay within the budget.
     resets: Cell<u64>,
 }
 
+/// The stalls, and per client what they hold, largest findable at once.
+#[derive(Default)]
+struct Waits {
+    by_seq: BTreeMap<u64, Waiting>,
+    clients: HashMap<SocketAddr, Client>,
+    /// (bytes held, client) of every client with a stall.
+    by_held: BTreeSet<(usize, SocketAddr)>,
+}
+
+#[derive(Default)]
+struct Client {
+    held: usize,
+    /// Its stalls, oldest first.
+    seqs: BTreeSet<u64>,
+}
+
 struct Waiting {
     charge: usize,
+    client: SocketAddr,
     waker: Waker,
+}
+
+impl Waits {
+    fn insert(&mut self, seq: u64, w: Waiting) {
+        let c = self.clients.entry(w.client).or_default();
+        self.by_held.remove(&(c.held, w.client));
+        c.held += w.charge;
+        c.seqs.insert(seq);
+        self.by_held.insert((c.held, w.client));
+        self.by_seq.insert(seq, w);
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Waiting> {
+        let w = self.by_seq.remove(&seq)?;
+        if let Some(c) = self.clients.get_mut(&w.client) {
+            self.by_held.remove(&(c.held, w.client));
+            c.held -= w.charge;
+            c.seqs.remove(&seq);
+            if c.seqs.is_empty() {
+                self.clients.remove(&w.client);
+            } else {
+                self.by_held.insert((c.held, w.client));
+            }
+        }
+        Some(w)
+    }
+
+    /// The oldest stall of the client holding the most.
+    fn victim(&self) -> Option<u64> {
+        let (_, client) = self.by_held.last()?;
+        self.clients.get(client)?.seqs.first().copied()
+    }
 }
 
 impl Stalls {
@@ -43,14 +96,14 @@ impl Stalls {
             budget,
             held: Cell::new(0),
             next: Cell::new(0),
-            waiting: RefCell::new(BTreeMap::new()),
+            waiting: RefCell::default(),
             resets: Cell::new(0),
         }
     }
 
     /// Responses stalled now.
     pub(crate) fn len(&self) -> usize {
-        self.waiting.borrow().len()
+        self.waiting.borrow().by_seq.len()
     }
 
     /// Responses reset so far to stay within the budget.
@@ -58,10 +111,10 @@ impl Stalls {
         self.resets.get()
     }
 
-    /// A response starts waiting, holding `charge` bytes; past the budget,
-    /// the oldest waiting ones (this one too, should it be the only one)
-    /// are told to give up.
-    fn enter(&self, charge: usize, waker: &Waker) -> u64 {
+    /// A response of `client`'s starts waiting, holding `charge` bytes;
+    /// past the budget, the oldest stalls of the clients holding the most
+    /// (this one too, should it be the only one) are told to give up.
+    fn enter(&self, charge: usize, client: SocketAddr, waker: &Waker) -> u64 {
         let seq = self.next.get();
         self.next.set(seq + 1);
         let mut waiting = self.waiting.borrow_mut();
@@ -69,24 +122,25 @@ impl Stalls {
             seq,
             Waiting {
                 charge,
+                client,
                 waker: waker.clone(),
             },
         );
         self.held.set(self.held.get() + charge);
         while self.held.get() > self.budget {
-            let Some((_, oldest)) = waiting.pop_first() else {
+            let Some(victim) = waiting.victim().and_then(|s| waiting.remove(s)) else {
                 break;
             };
-            self.held.set(self.held.get() - oldest.charge);
+            self.held.set(self.held.get() - victim.charge);
             self.resets.set(self.resets.get() + 1);
-            oldest.waker.wake();
+            victim.waker.wake();
         }
         seq
     }
 
     /// False once the response `seq` was told to give up; else it waits on.
     fn still_waiting(&self, seq: u64, waker: &Waker) -> bool {
-        match self.waiting.borrow_mut().get_mut(&seq) {
+        match self.waiting.borrow_mut().by_seq.get_mut(&seq) {
             Some(w) => {
                 if !w.waker.will_wake(waker) {
                     w.waker = waker.clone();
@@ -99,7 +153,7 @@ impl Stalls {
 
     /// The response `seq` moves again (or ended).
     fn leave(&self, seq: u64) {
-        if let Some(w) = self.waiting.borrow_mut().remove(&seq) {
+        if let Some(w) = self.waiting.borrow_mut().remove(seq) {
             self.held.set(self.held.get() - w.charge);
         }
     }
@@ -117,12 +171,20 @@ impl Drop for Stalled<'_> {
     }
 }
 
-/// Where a response's capacity wait is charged: the worker's stalls, and
-/// what it does when it stalls: let go of what it can (an HTTP/2
-/// upstream's connection window) and tell what it still holds beyond the
-/// bytes it waits to send (the upstream's buffered data, a read buffer).
-pub(crate) struct Charge<'a> {
+/// Whose stalls a response's waits are: the worker's, for this client
+/// connection.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope<'a> {
     pub stalls: &'a Stalls,
+    pub client: SocketAddr,
+}
+
+/// Where a response's capacity wait is charged, and what it does when it
+/// stalls: let go of what it can (an HTTP/2 upstream's connection window)
+/// and tell what it still holds beyond the bytes it waits to send (the
+/// upstream's buffered data, a read buffer).
+pub(crate) struct Charge<'a> {
+    pub scope: Scope<'a>,
     pub on_stall: &'a mut dyn FnMut() -> usize,
 }
 
@@ -153,11 +215,9 @@ pub(crate) async fn capacity(
             return Poll::Pending;
         };
         if stalled.is_none() {
-            let seq = c.stalls.enter(want + (c.on_stall)(), cx.waker());
-            let s = stalled.insert(Stalled {
-                stalls: c.stalls,
-                seq,
-            });
+            let Scope { stalls, client } = c.scope;
+            let seq = stalls.enter(want + (c.on_stall)(), client, cx.waker());
+            let s = stalled.insert(Stalled { stalls, seq });
             // Over the budget alone.
             if !s.stalls.still_waiting(seq, cx.waker()) {
                 return Poll::Ready(None);
@@ -187,6 +247,9 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
 
+    const A: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+    const B: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 2);
+
     struct Count(AtomicUsize);
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -201,18 +264,18 @@ mod tests {
             .map(|_| Arc::new(Count(AtomicUsize::new(0))))
             .collect();
         let wakers: Vec<Waker> = wakes.iter().map(|c| Waker::from(c.clone())).collect();
-        let a = s.enter(40, &wakers[0]);
-        let b = s.enter(40, &wakers[1]);
+        let a = s.enter(40, A, &wakers[0]);
+        let b = s.enter(40, A, &wakers[1]);
         assert_eq!((s.len(), s.resets()), (2, 0));
         // 120 > 100: the oldest (a) gives way, and is woken to learn it.
-        let c = s.enter(40, &wakers[2]);
+        let c = s.enter(40, A, &wakers[2]);
         assert!(!s.still_waiting(a, &wakers[0]));
         assert_eq!(wakes[0].0.load(Ordering::Relaxed), 1);
         assert!(s.still_waiting(b, &wakers[1]) && s.still_waiting(c, &wakers[2]));
         assert_eq!((s.len(), s.resets(), s.held.get()), (2, 1, 80));
         // b moves again: it leaves, and c's next neighbour fits.
         s.leave(b);
-        let d = s.enter(60, &wakers[3]);
+        let d = s.enter(60, A, &wakers[3]);
         assert_eq!((s.len(), s.resets(), s.held.get()), (2, 1, 100));
         // Leaving twice (given up, then dropped) changes nothing.
         s.leave(a);
@@ -221,11 +284,39 @@ mod tests {
         assert_eq!((s.len(), s.held.get()), (0, 0));
     }
 
+    /// Past the budget it is the client holding the most that gives way
+    /// (its oldest stall), not the oldest stall of all.
+    #[test]
+    fn the_client_holding_most_gives_way_first() {
+        let s = Stalls::new(100);
+        let w = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        // B's one stall is the oldest; A then stalls three.
+        let b = s.enter(30, B, &w);
+        let a: Vec<u64> = (0..2).map(|_| s.enter(30, A, &w)).collect();
+        assert_eq!(s.resets(), 0);
+        let a3 = s.enter(30, A, &w);
+        // 120 > 100: A holds 90, B 30: A's oldest goes, B's stays.
+        assert!(!s.still_waiting(a[0], &w));
+        assert!(s.still_waiting(b, &w) && s.still_waiting(a[1], &w) && s.still_waiting(a3, &w));
+        assert_eq!((s.len(), s.resets(), s.held.get()), (3, 1, 90));
+        // Now B stalls more and holds the most: its oldest stall goes.
+        s.leave(a3);
+        let b2 = s.enter(50, B, &w);
+        assert!(!s.still_waiting(b, &w), "B held 80 against A's 30");
+        assert!(s.still_waiting(b2, &w) && s.still_waiting(a[1], &w));
+        for seq in [a[1], b2] {
+            s.leave(seq);
+        }
+        assert_eq!((s.len(), s.held.get()), (0, 0));
+        let inner = s.waiting.borrow();
+        assert!(inner.clients.is_empty() && inner.by_held.is_empty());
+    }
+
     #[test]
     fn one_stall_over_the_whole_budget_gives_way_itself() {
         let s = Stalls::new(10);
         let w = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
-        let a = s.enter(11, &w);
+        let a = s.enter(11, A, &w);
         assert!(!s.still_waiting(a, &w));
         assert_eq!((s.len(), s.resets(), s.held.get()), (0, 1, 0));
     }

@@ -443,7 +443,11 @@ pub(crate) async fn h2_to_h1(
         up.rd.stop_ring();
         let scanner = BodyScanner::new(body_framing, &req.limits);
         let src = (&mut up.rd, &up.meter);
-        let (stalls, tap) = (Some(&w.stalls), obs.tap());
+        let stalls = crate::stall::Scope {
+            stalls: &w.stalls,
+            client: obs.peer(),
+        };
+        let (stalls, tap) = (Some(stalls), obs.tap());
         let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap).await;
         if let Err(reason) = r {
             tracing::debug!(upstream = %addr, reason, "response body ended early");
@@ -601,7 +605,7 @@ async fn h1_body_to_h2(
     (rd, meter): (&mut impl ReadMore, &ConnMeter),
     buf: &mut Vec<u8>,
     to: &mut SendStream<Bytes>,
-    stalls: Option<&crate::stall::Stalls>,
+    stalls: Option<crate::stall::Scope<'_>>,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
     let mut data = BytesMut::new();
@@ -624,8 +628,8 @@ async fn h1_body_to_h2(
             // upstream socket receives meanwhile.
             let buffered = buf.capacity();
             let mut on_stall = || buffered + UPSTREAM_SOCKET_CHARGE;
-            let charge = stalls.map(|stalls| crate::stall::Charge {
-                stalls,
+            let charge = stalls.map(|scope| crate::stall::Charge {
+                scope,
                 on_stall: &mut on_stall,
             });
             h2client::send_all(to, data.split().freeze(), false, charge)

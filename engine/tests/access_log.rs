@@ -113,11 +113,19 @@ fn json_lines_carry_linkerds_fields() {
         ),
         "200"
     );
-    // HTTP/2 to an HTTP/1-only target: the proxy's own 502 is logged too.
-    assert_eq!(
-        curl(&["--http2-prior-knowledge"], &format!("{url}?h2")),
-        "502"
+    // HTTP/2 to an HTTP/1-only target: the proxy's own 502 is logged too,
+    // with its body's length.
+    let answered = curl(
+        &[
+            "--http2-prior-knowledge",
+            "-w",
+            "%{http_code} %{size_download}",
+        ],
+        &format!("{url}?h2"),
     );
+    let (status, body_len) = answered.split_once(' ').unwrap();
+    assert_eq!(status, "502");
+    assert!(body_len.parse::<u64>().unwrap() > 10, "{answered}");
     // HTTP/1 carried over HTTP/2 (as from a peer proxy): the target hears
     // HTTP/1.1.
     assert_eq!(
@@ -165,6 +173,7 @@ fn json_lines_carry_linkerds_fields() {
     assert_eq!(h1["response_bytes"], "15");
     assert_eq!(h2["version"], "HTTP/2.0");
     assert_eq!(h2["status"], 502);
+    assert_eq!(h2["response_bytes"], body_len);
     assert_eq!(h2["uri"], format!("{url}?h2"));
     assert_eq!(orig["version"], "HTTP/1.1");
     assert_eq!(orig["status"], 200);

@@ -1009,6 +1009,53 @@ both_drivers!(
     super::stalled_streams_that_resume_give_the_window_back
 );
 
+/// Past the stall budget, the client holding the most loses its streams,
+/// not whoever stalled first: a client's one response, stalled before a
+/// slow reader opens 100 streams, survives the resets the slow reader's
+/// streams cause and arrives whole once the client reads.
+fn stall_budget_spares_other_clients(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_HTTP2_MAX_STALLED_BYTES", "2097152"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let victim = Command::new("timeout")
+        .args(["60", "/usr/bin/python3", script, "stall-then-read"])
+        .args([addr.to_string(), "1".into(), "3".into()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian python3");
+    // Its stream stalls first (the oldest stall of the worker).
+    std::thread::sleep(Duration::from_millis(700));
+    let mut slow = Command::new("/usr/bin/python3")
+        .args([script, "slow-reader"])
+        .args([addr.to_string(), "100".into(), "20".into()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("Debian python3");
+    let out = victim.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert_eq!(
+        text.trim(),
+        format!("complete {}", 1 << 20),
+        "the first client's stalled response was reset for another client's stalls"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    stall_budget_spares_other_clients,
+    super::stall_budget_spares_other_clients
+);
+
 /// A client that stays connected but silent through a drain (it neither
 /// closes after the GOAWAY nor answers the PING the library sends with it),
 /// with no stream open, is closed at the drain's last look: the worker
