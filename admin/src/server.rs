@@ -401,7 +401,7 @@ async fn route<B: AdminBackend>(
     from_loopback: bool,
     backend: &B,
 ) -> Reply {
-    let path = path.split('?').next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let only = |allowed: &[Method]| !allowed.contains(&method);
     match path {
         "/live" if only(&[Method::Get, Method::Head]) => Reply::text(405, "method not allowed\n"),
@@ -429,6 +429,17 @@ async fn route<B: AdminBackend>(
             backend.shutdown();
             Reply::text(200, "shutdown\n")
         }
+        // As linkerd2-proxy: the log level is changed from this host only.
+        "/proxy-log-level" if !from_loopback => {
+            Reply::text(403, "Requests are only permitted from localhost.")
+        }
+        "/env.json" if only(&[Method::Get]) => Reply::text(405, "method not allowed\n"),
+        // linkerd2-proxy serves it to any client; here, as the log level,
+        // from this host only: the environment is the proxy's settings.
+        "/env.json" if !from_loopback => {
+            Reply::text(403, "Requests are only permitted from localhost.")
+        }
+        "/env.json" => env_json(query),
         "/proxy-log-level" => match method {
             Method::Get => Reply::text(200, format!("{}\n", backend.log_level())),
             Method::Put => {
@@ -443,6 +454,61 @@ async fn route<B: AdminBackend>(
             _ => Reply::text(405, "method not allowed\n"),
         },
         _ => Reply::text(404, "not found\n"),
+    }
+}
+
+/// linkerd2-proxy's `/env.json`: the process's environment as a JSON
+/// object; `?A&B` picks variables (one not set is `null`); a `key=value`
+/// query is refused (400), as linkerd2-proxy refuses it.
+fn env_json(query: &str) -> Reply {
+    use ringmesh_protocols::json::push_str;
+    if query.contains('=') {
+        let mut body = String::from("{\"error\":");
+        push_str(
+            &mut body,
+            "env.json query parameters may not contain key-value pairs",
+        );
+        body.push('}');
+        return Reply {
+            status: 400,
+            content_type: "application/json",
+            body,
+        };
+    }
+    let vars: Vec<(String, Option<String>)> = if query.is_empty() {
+        std::env::vars_os()
+            .map(|(k, v)| {
+                let v = v.to_string_lossy().into_owned();
+                (k.to_string_lossy().into_owned(), Some(v))
+            })
+            .collect()
+    } else {
+        query
+            .split('&')
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                let v = std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+                (k.to_string(), v)
+            })
+            .collect()
+    };
+    let mut body = String::from("{");
+    for (i, (k, v)) in vars.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        push_str(&mut body, k);
+        body.push(':');
+        match v {
+            Some(v) => push_str(&mut body, v),
+            None => body.push_str("null"),
+        }
+    }
+    body.push('}');
+    Reply {
+        status: 200,
+        content_type: "application/json",
+        body,
     }
 }
 
@@ -512,5 +578,30 @@ mod tests {
         assert_eq!(r("PUT", "/proxy-log-level", b"debug", true), 204);
         assert_eq!(r("PUT", "/proxy-log-level", b"bad[", true), 400);
         assert_eq!(r("DELETE", "/proxy-log-level", b"", true), 405);
+        // The log level and the environment: from this host only.
+        assert_eq!(r("PUT", "/proxy-log-level", b"trace", false), 403);
+        assert_eq!(r("GET", "/proxy-log-level", b"", false), 403);
+        assert_eq!(r("GET", "/env.json", b"", false), 403);
+        assert_eq!(r("POST", "/env.json", b"", true), 405);
+        assert_eq!(r("GET", "/env.json?PATH=x", b"", true), 400);
+    }
+
+    /// `/env.json` as linkerd2-proxy's: every variable, or those asked
+    /// for (`null` when unset), as a JSON object.
+    #[test]
+    fn env_json_is_the_environment() {
+        let all = env_json("");
+        assert_eq!((all.status, all.content_type), (200, "application/json"));
+        let path = std::env::var("PATH").unwrap();
+        assert!(
+            all.body.contains(&format!("\"PATH\":\"{path}\"")),
+            "{}",
+            all.body
+        );
+        let some = env_json("PATH&RINGMESH_SURELY_UNSET_VAR");
+        assert_eq!(
+            some.body,
+            format!("{{\"PATH\":\"{path}\",\"RINGMESH_SURELY_UNSET_VAR\":null}}")
+        );
     }
 }

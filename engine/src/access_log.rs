@@ -196,9 +196,9 @@ fn write_out(buf: &mut Vec<u8>) {
 
 /// `"name":"value",` with `value` escaped as a JSON string.
 fn json_field(out: &mut String, name: &str, value: &str) {
-    crate::json::push_str(out, name);
+    ringmesh_protocols::json::push_str(out, name);
     out.push(':');
-    crate::json::push_str(out, value);
+    ringmesh_protocols::json::push_str(out, value);
     out.push(',');
 }
 

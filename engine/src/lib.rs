@@ -75,7 +75,6 @@ mod http1;
 mod http2;
 mod identity;
 mod inbox;
-mod json;
 mod l4;
 mod l5d_headers;
 pub mod listen;

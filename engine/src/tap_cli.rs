@@ -313,7 +313,7 @@ fn text(ev: &TapEvent) -> Option<String> {
 /// A JSON string.
 fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    crate::json::push_str(&mut out, s);
+    ringmesh_protocols::json::push_str(&mut out, s);
     out
 }
 

@@ -126,6 +126,21 @@ fn probes_errors_and_log_level() {
         curl(&["-X", "POST", &format!("{base}/proxy-log-level")]).0,
         "405"
     );
+    // linkerd2-proxy's /env.json: the proxy's environment, or the
+    // variables asked for (null when unset).
+    let (code, body) = curl(&[&format!(
+        "{base}/env.json?RINGMESH_TCP_FORWARD&LINKERD2_PROXY_NOT_SET"
+    )]);
+    assert_eq!(code, "200");
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        env,
+        serde_json::json!({"RINGMESH_TCP_FORWARD": fwd, "LINKERD2_PROXY_NOT_SET": null})
+    );
+    let (code, body) = curl(&[&format!("{base}/env.json")]);
+    assert_eq!(code, "200");
+    let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(env["RINGMESH_TCP_FORWARD"], fwd.as_str(), "{body}");
     drop(p);
 }
 

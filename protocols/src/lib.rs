@@ -12,5 +12,6 @@ pub mod client_hello;
 pub mod detect;
 pub mod h2guard;
 pub mod http1;
+pub mod json;
 pub mod tcp;
 pub mod transport_header;

@@ -1,10 +1,11 @@
 //! JSON text the proxy writes itself (the access log's lines, `ringmesh
-//! tap -o json`): strings, escaped; nothing here parses JSON.
+//! tap -o json`, the admin's `/env.json`): strings, escaped; nothing here
+//! parses JSON.
 
 use std::fmt::Write as _;
 
 /// `s` as a JSON string (quoted and escaped) at the end of `out`.
-pub(crate) fn push_str(out: &mut String, s: &str) {
+pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
