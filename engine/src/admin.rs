@@ -4,7 +4,9 @@
 //! `ringmesh_admin::AdminBackend`. Runs on the control core: a scrape
 //! awaits the workers' answers, it never blocks the loop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,84 @@ use crate::inbox::WorkerMsg;
 
 /// How long a scrape waits for the workers' answers.
 const SCRAPE_WAIT: Duration = Duration::from_secs(1);
+
+/// Collections of the workers' shards start at most this often.
+const MIN_COLLECTION_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Scrapes share collections: a scrape joins the next collection if one
+/// is waiting to start, else it makes that collection itself, no sooner
+/// than [`MIN_COLLECTION_INTERVAL`] after the last one started. Every
+/// scrape still gets numbers collected after it arrived, but however many
+/// clients scrape (the admin port is open to the cluster in Linkerd's
+/// deployments), the workers copy their shards at most 20 times a second.
+#[derive(Default)]
+pub(crate) struct Scrapes {
+    /// The scrapes waiting for the next collection (the first of them
+    /// makes it).
+    next: RefCell<Option<Vec<oneshot::Sender<String>>>>,
+    last_start: Cell<Option<monoio::time::Instant>>,
+    /// Collections made (`ringmesh_admin_metrics_collections_total`).
+    collections: AtomicU64,
+}
+
+/// A scrape's part in the next collection.
+enum Turn<'a> {
+    /// Another scrape makes it; its text arrives here.
+    Wait(oneshot::Receiver<String>),
+    /// This one makes it, for the others waiting.
+    Lead(Lead<'a>),
+}
+
+/// The scrape making the next collection. Dropped before it started (its
+/// client went away), the waiting scrapes are told and collect themselves.
+struct Lead<'a> {
+    scrapes: &'a Scrapes,
+    started: bool,
+}
+
+impl Scrapes {
+    fn join(&self) -> Turn<'_> {
+        let mut next = self.next.borrow_mut();
+        match next.as_mut() {
+            Some(waiting) => {
+                let (tx, rx) = oneshot::channel();
+                waiting.push(tx);
+                Turn::Wait(rx)
+            }
+            None => {
+                *next = Some(Vec::new());
+                Turn::Lead(Lead {
+                    scrapes: self,
+                    started: false,
+                })
+            }
+        }
+    }
+}
+
+impl Lead<'_> {
+    /// Waits out the interval since the last collection, then starts this
+    /// one: the scrapes that joined it so far are its to answer.
+    async fn start(&mut self) -> Vec<oneshot::Sender<String>> {
+        let s = self.scrapes;
+        if let Some(at) = s.last_start.get().map(|t| t + MIN_COLLECTION_INTERVAL) {
+            if at > monoio::time::Instant::now() {
+                monoio::time::sleep_until(at).await;
+            }
+        }
+        self.started = true;
+        s.last_start.set(Some(monoio::time::Instant::now()));
+        s.next.borrow_mut().take().unwrap_or_default()
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if !self.started {
+            self.scrapes.next.borrow_mut().take();
+        }
+    }
+}
 
 /// Reading and changing the process's log filter at run time (the binary
 /// wires it to its tracing subscriber).
@@ -53,6 +133,7 @@ pub(crate) struct EngineAdmin {
         Arc<crate::stream::StreamCounters>,
         Arc<crate::stream::StreamCounters>,
     )>,
+    pub scrapes: Scrapes,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -70,6 +151,57 @@ impl AdminBackend for EngineAdmin {
     }
 
     async fn metrics(&self, out: &mut String) {
+        match self.scrapes.join() {
+            Turn::Wait(rx) => match rx.await {
+                Ok(text) => out.push_str(&text),
+                // The scrape that was to collect went away first.
+                Err(_) => Box::pin(self.collect(out)).await,
+            },
+            Turn::Lead(mut lead) => {
+                let waiting = lead.start().await;
+                Box::pin(self.collect(out)).await;
+                for w in waiting {
+                    let _ = w.send(out.clone());
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        match &self.hooks.shutdown {
+            Some(f) => f(),
+            None => {
+                for w in &self.workers {
+                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn shutdown_enabled(&self) -> bool {
+        self.shutdown_enabled
+    }
+
+    fn log_level(&self) -> String {
+        match &self.hooks.log_level {
+            Some(l) => l.current(),
+            None => self.configured_log.clone(),
+        }
+    }
+
+    fn set_log_level(&self, filter: &str) -> Result<(), String> {
+        match &self.hooks.log_level {
+            Some(l) => l.set(filter),
+            None => Err("the log level cannot be changed in this process".into()),
+        }
+    }
+}
+
+impl EngineAdmin {
+    /// One collection: each worker's shard (by message, never by sharing
+    /// its state), merged and encoded with the control core's own series.
+    async fn collect(&self, out: &mut String) {
+        self.scrapes.collections.fetch_add(1, Ordering::Relaxed);
         // One message per worker; each answers with a copy of its shard.
         // A worker that does not answer in time is left out.
         let answers: Vec<_> = self
@@ -110,34 +242,60 @@ impl AdminBackend for EngineAdmin {
             inbound.render(out, "inbound_policy", "InboundServerPolicies.WatchPort");
             outbound.render(out, "outbound_policy", "OutboundPolicies.Watch");
         }
+        let n = self.scrapes.collections.load(Ordering::Relaxed);
+        let _ = write!(
+            out,
+            "# HELP ringmesh_admin_metrics_collections_total Collections of the workers' metric shards (scrapes that arrive together share one).\n\
+             # TYPE ringmesh_admin_metrics_collections_total counter\n\
+             ringmesh_admin_metrics_collections_total {n}\n"
+        );
     }
+}
 
-    fn shutdown(&self) {
-        match &self.hooks.shutdown {
-            Some(f) => f(),
-            None => {
-                for w in &self.workers {
-                    let _ = w.unbounded_send(WorkerMsg::Shutdown);
-                }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scrapes that arrive while a collection waits to start join it; the
+    /// next one after it started leads a new one, which waits out the
+    /// interval; a lead that goes away lets its followers collect.
+    #[test]
+    fn scrapes_share_collections() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Scrapes::default();
+            let Turn::Lead(mut first) = s.join() else {
+                panic!("the first scrape leads")
+            };
+            let Turn::Wait(mut joined) = s.join() else {
+                panic!("a scrape arriving before the collection starts joins it")
+            };
+            let waiting = first.start().await;
+            assert_eq!(waiting.len(), 1);
+            let Turn::Lead(mut second) = s.join() else {
+                panic!("once started, the next scrape leads a new collection")
+            };
+            for w in waiting {
+                w.send("text".into()).unwrap();
             }
-        }
-    }
-
-    fn shutdown_enabled(&self) -> bool {
-        self.shutdown_enabled
-    }
-
-    fn log_level(&self) -> String {
-        match &self.hooks.log_level {
-            Some(l) => l.current(),
-            None => self.configured_log.clone(),
-        }
-    }
-
-    fn set_log_level(&self, filter: &str) -> Result<(), String> {
-        match &self.hooks.log_level {
-            Some(l) => l.set(filter),
-            None => Err("the log level cannot be changed in this process".into()),
-        }
+            assert_eq!(joined.try_recv().unwrap().as_deref(), Some("text"));
+            let t = monoio::time::Instant::now();
+            assert!(second.start().await.is_empty());
+            assert!(t.elapsed() >= MIN_COLLECTION_INTERVAL - Duration::from_millis(5));
+            drop((first, second));
+            // A lead dropped before it started: its followers learn it.
+            let Turn::Lead(third) = s.join() else {
+                panic!()
+            };
+            let Turn::Wait(follower) = s.join() else {
+                panic!()
+            };
+            drop(third);
+            assert!(follower.await.is_err());
+            assert!(matches!(s.join(), Turn::Lead(_)));
+        });
     }
 }

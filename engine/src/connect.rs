@@ -332,13 +332,7 @@ mod tests {
                 #[allow(unsafe_code)]
                 // SAFETY: the fd is `conn`'s, which outlives the borrow.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(conn.raw_fd()) };
-                let s = socket2::SockRef::from(&fd);
-                (
-                    s.nodelay().unwrap(),
-                    s.keepalive().unwrap(),
-                    s.keepalive_time().unwrap(),
-                    s.tcp_user_timeout().unwrap(),
-                )
+                crate::listen::tcp_options(socket2::SockRef::from(&fd))
             };
             let dial = ConnectConfig {
                 timeout: Duration::from_secs(5),

@@ -446,3 +446,13 @@ pub(crate) async fn unanswered_ping(
         }
     }
 }
+
+/// The `content-length` a request or response declares.
+pub(crate) fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

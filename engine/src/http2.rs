@@ -33,7 +33,7 @@ use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h1forward::CLIENT_ID;
 use crate::h2client::{
-    open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
+    declared_length, open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
 };
 use crate::h2guarded::GuardedIo;
 use crate::observe::Observer;
@@ -567,16 +567,6 @@ async fn relay_response(
 
 /// A body kept whole: its data and trailers.
 type Kept = (Bytes, Option<HeaderMap>);
-
-/// The `content-length` a request or response declares.
-pub(crate) fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// Reads a whole body of `len` declared bytes (the h2 layer holds the
 /// client to its `content-length`).

@@ -143,6 +143,20 @@ pub(crate) fn is_local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
+/// A socket's TCP options as tests check them: Nagle off, keepalive on,
+/// keepalive idle time, user timeout.
+#[cfg(test)]
+pub(crate) fn tcp_options(
+    s: socket2::SockRef<'_>,
+) -> (bool, bool, std::time::Duration, Option<std::time::Duration>) {
+    (
+        s.nodelay().unwrap(),
+        s.keepalive().unwrap(),
+        s.keepalive_time().unwrap(),
+        s.tcp_user_timeout().unwrap(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,27 +180,21 @@ mod tests {
     #[test]
     fn accepted_connections_inherit_the_listeners_options() {
         use std::time::Duration;
-        let read = |s: &std::net::TcpStream| {
-            let s = socket2::SockRef::from(s);
-            (
-                s.nodelay().unwrap(),
-                s.keepalive().unwrap(),
-                s.keepalive_time().unwrap(),
-                s.tcp_user_timeout().unwrap(),
-            )
+        // A connection accepted by a listener bound with `opts`.
+        let accepted = |opts: &AcceptConfig| {
+            let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, "test", opts).unwrap();
+            group[0].set_nonblocking(false).unwrap();
+            let client = std::net::TcpStream::connect(group[0].local_addr().unwrap()).unwrap();
+            (group[0].accept().unwrap().0, client)
         };
         let opts = AcceptConfig {
             keepalive: Some(Duration::from_secs(10)),
             user_timeout: Some(Duration::from_millis(30_500)),
             backlog: 16,
         };
-        let group = bind_group("127.0.0.1:0".parse().unwrap(), 1, "test", &opts).unwrap();
-        let addr = group[0].local_addr().unwrap();
-        group[0].set_nonblocking(false).unwrap();
-        let _client = std::net::TcpStream::connect(addr).unwrap();
-        let (accepted, _) = group[0].accept().unwrap();
+        let (conn, _client) = accepted(&opts);
         assert_eq!(
-            read(&accepted),
+            tcp_options(socket2::SockRef::from(&conn)),
             (
                 true,
                 true,
@@ -195,18 +203,8 @@ mod tests {
             )
         );
         // Unset: Nagle still off, keepalive on with the kernel's idle time.
-        let group = bind_group(
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            "test",
-            &AcceptConfig::default(),
-        )
-        .unwrap();
-        let addr = group[0].local_addr().unwrap();
-        group[0].set_nonblocking(false).unwrap();
-        let _client = std::net::TcpStream::connect(addr).unwrap();
-        let (accepted, _) = group[0].accept().unwrap();
-        let (nodelay, keepalive, _, user_timeout) = read(&accepted);
+        let (conn, _client) = accepted(&AcceptConfig::default());
+        let (nodelay, keepalive, _, user_timeout) = tcp_options(socket2::SockRef::from(&conn));
         assert_eq!((nodelay, keepalive, user_timeout), (true, true, None));
     }
 

@@ -106,6 +106,7 @@ impl Proxy {
                     destination_metrics: control.destination_metrics(),
                     policy_counters: control.policy_counters(),
                     tap_metrics: tap_listener.as_ref().map(|_| control.tap_metrics()),
+                    scrapes: Default::default(),
                 },
             );
         }

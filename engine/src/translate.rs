@@ -184,7 +184,7 @@ impl H2Answer<'_> {
         // connection's window (its stream window bounds it), so it cannot
         // stop the connection's other streams.
         from.flow_control().stop_holding_connection();
-        obs.response_length(|| crate::http2::declared_length(&parts.headers));
+        obs.response_length(|| h2client::declared_length(&parts.headers));
         let status = parts.status.as_u16();
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));

@@ -712,3 +712,67 @@ fn silent_clients_and_a_silent_nameserver_delay_no_probe() {
     let _ = waiting.join();
     drop(p);
 }
+
+/// A flood of scrapes (the admin port is open to the cluster in Linkerd's
+/// deployments) shares collections: 16 clients scraping back to back for
+/// 2 s make at most ~20 collections a second of the workers' shards, and
+/// every scrape is still answered.
+#[test]
+fn scrape_floods_share_collections() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (p, base) = start(&[]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let collections = || -> u64 {
+        let (code, body) = curl(&[&format!("{base}/metrics")]);
+        assert_eq!(code, "200");
+        body.lines()
+            .find_map(|l| l.strip_prefix("ringmesh_admin_metrics_collections_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no collections counter:\n{body}"))
+    };
+    let before = collections();
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut served = 0u64;
+                while std::time::Instant::now() < end {
+                    w.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+                        .unwrap();
+                    let mut len = 0usize;
+                    let mut status = String::new();
+                    r.read_line(&mut status).unwrap();
+                    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+                    loop {
+                        let mut line = String::new();
+                        r.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let served: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let made = collections() - before;
+    eprintln!("{served} scrapes in 2 s, {made} collections");
+    assert!(served >= 32, "scrapes were not answered: {served}");
+    assert!(
+        made <= 2 * 20 + 5,
+        "{made} collections for {served} scrapes in 2 s: not shared"
+    );
+    drop(p);
+}
