@@ -135,6 +135,8 @@ struct Conn<'a> {
     kind: &'a ListenerKind,
     peer: SocketAddr,
     local: SocketAddr,
+    /// Where the client meant to connect (`SO_ORIGINAL_DST`, else `local`).
+    orig: SocketAddr,
     side: SideSettings<'a>,
 }
 
@@ -202,11 +204,12 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // Read once: every path routes by it.
+    let orig = orig_dst_addr(&client, local).0;
     if matches!(*kind, ListenerKind::Inbound) && !w.cfg.inbound.ips.is_empty() {
         // As linkerd2-proxy: the inbound side serves only the pod's own
         // addresses, or a redirected connection to any address would make
         // it an open relay.
-        let orig = orig_dst_addr(&client, local).0;
         if !w.cfg.inbound.ips.contains(&orig.ip()) {
             warn_limited!(w, Warning::NotInboundIp, %peer, %orig, "inbound connection to an address not in LINKERD2_PROXY_INBOUND_IPS; closing");
             return;
@@ -217,6 +220,7 @@ pub(crate) async fn serve(
         kind: &kind,
         peer,
         local,
+        orig,
         side: kind.settings(&w.cfg),
     };
     // How the client's connection is secured (its series' labels).
@@ -243,13 +247,14 @@ pub(crate) async fn serve(
         // The application's own connections, on this host.
         (_, Some(_)) => TlsStatus::NoIdentity(NoTlsReason::Loopback),
     };
-    if matches!(*kind, ListenerKind::Outbound) && w.routes.discovers() {
-        let orig = orig_dst_addr(&client, local).0;
-        if orig != local && w.routes.must_discover(orig) {
-            crate::route::await_addr(&w.routes, orig).await;
-        }
+    if matches!(*kind, ListenerKind::Outbound)
+        && w.routes.discovers()
+        && orig != local
+        && w.routes.must_discover(orig)
+    {
+        crate::route::await_addr(&w.routes, orig).await;
     }
-    let Some(mut route) = route(&w, &kind, &client, local, peer) else {
+    let Some(mut route) = route(&w, &kind, orig, local, peer) else {
         return;
     };
     if w.routes.policies.is_some() {
@@ -357,7 +362,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         .identity
         .local()
         .map_or(Duration::from_secs(10), |l| l.handshake_timeout);
-    let orig = orig_dst_addr(&tcp, c.local).0;
+    let orig = c.orig;
     let accepted = monoio::time::timeout(
         timeout,
         Transport::tls_accept(tcp, cfgs.server.clone(), &[]),
@@ -843,14 +848,13 @@ struct Route {
 fn route(
     w: &Worker,
     kind: &ListenerKind,
-    client: &TcpStream,
+    orig: SocketAddr,
     local: SocketAddr,
     peer: SocketAddr,
 ) -> Option<Route> {
     let snap = w.routes.snapshot();
     let mut hint = None;
     let http;
-    let orig = orig_dst_addr(client, local).0;
     let target = match kind {
         ListenerKind::Outbound => {
             if orig == local {
