@@ -28,6 +28,7 @@ impl Discovery {
         let (publisher, subscriber) = channel(Snapshot::default());
         let table = Table::new(publisher);
         table.set_max_names(cfg.max_names);
+        table.set_local_ips(cfg.local_ips.clone());
         let mut resolvers: Vec<Box<dyn Resolver>> = Vec::new();
         if let Some(path) = cfg.static_file.clone() {
             resolvers.push(Box::new(StaticFileResolver::load(
@@ -200,6 +201,7 @@ mod tests {
             },
             hosts_file: Some(dir.0.join("hosts")),
             max_names: 100,
+            local_ips: Vec::new(),
         }
     }
 

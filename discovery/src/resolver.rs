@@ -34,6 +34,9 @@ pub struct DiscoveryConfig {
     pub hosts_file: Option<PathBuf>,
     /// At most this many names are watched at once.
     pub max_names: usize,
+    /// The pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`): endpoints
+    /// there are reached plainly (see `Endpoint::local`).
+    pub local_ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,11 @@ pub struct Endpoint {
     /// How HTTP/2 connections to this endpoint are set up (the Destination
     /// API's `Http2ClientParams`); `None`: the proxy's own settings.
     pub h2_params: Option<Arc<H2Params>>,
+    /// The endpoint is this pod itself (one of `LINKERD2_PROXY_INBOUND_IPS`):
+    /// reached plainly at its own port, as linkerd2-proxy does (no TLS,
+    /// `no_tls_reason="loopback"`, no HTTP/2 upgrade, no transport port or
+    /// authority override). Set by the table, never by a resolver.
+    pub local: bool,
 }
 
 /// HTTP/2 client settings for one endpoint's connections, each `None`
@@ -96,7 +101,18 @@ impl Endpoint {
             labels: None,
             authority_override: None,
             h2_params: None,
+            local: false,
         }
+    }
+
+    /// Makes this endpoint the pod's own: discovery's mesh settings for it
+    /// are dropped (see [`Endpoint::local`]).
+    pub fn make_local(&mut self) {
+        self.local = true;
+        self.h2_hint = false;
+        self.identity = None;
+        self.opaque_transport_port = None;
+        self.authority_override = None;
     }
 }
 

@@ -268,6 +268,7 @@ impl Check {
                         labels: None,
                         authority_override: None,
                         h2_params: None,
+                        local: false,
                     });
                 }
                 Err(_) => problems.push(format!("{at}: endpoint {ep:?} is not an ip:port address")),

@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -104,6 +105,9 @@ struct Inner {
     /// The last watch id given.
     next_id: Cell<u64>,
     claims: RefCell<Vec<Claim>>,
+    /// The pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`): endpoints
+    /// there are made local ([`Endpoint::make_local`]) as they come in.
+    local_ips: RefCell<Vec<IpAddr>>,
     publisher: RefCell<SnapshotPublisher>,
     static_changed: Signal,
     watched: Signal,
@@ -134,6 +138,7 @@ impl Table {
                     pinned: HashSet::new(),
                 }),
                 claims: RefCell::new(Vec::new()),
+                local_ips: RefCell::new(Vec::new()),
                 max_names: Cell::new(usize::MAX),
                 refused: Cell::new(0),
                 next_id: Cell::new(0),
@@ -152,10 +157,37 @@ impl Table {
         self.inner.publisher.borrow().current()
     }
 
+    /// The pod's own addresses: endpoints at one of them are reached
+    /// plainly (see [`Endpoint::local`]). Before any service is reported.
+    pub fn set_local_ips(&self, ips: Vec<IpAddr>) {
+        *self.inner.local_ips.borrow_mut() = ips;
+    }
+
+    /// Marks the endpoints at the pod's own addresses; true when any is.
+    fn localize(&self, endpoints: &mut [Endpoint]) -> bool {
+        let ips = self.inner.local_ips.borrow();
+        let mut any = false;
+        for ep in endpoints.iter_mut().filter(|e| ips.contains(&e.addr.ip())) {
+            ep.make_local();
+            any = true;
+        }
+        any
+    }
+
     /// Replaces the static file's services. Unchanged services keep their
     /// `Arc`, so workers skip rebuilding their balancer replicas for them.
     /// Publishes and returns true when anything changed.
     pub fn set_static(&self, mut services: HashMap<Authority, Arc<Service>>) -> bool {
+        for svc in services.values_mut() {
+            let ips = self.inner.local_ips.borrow();
+            if svc.endpoints.iter().any(|e| ips.contains(&e.addr.ip())) {
+                drop(ips);
+                let mut endpoints = svc.endpoints.clone();
+                self.localize(&mut endpoints);
+                let (name, protocol, labels) = (svc.name.clone(), svc.protocol, svc.labels.clone());
+                *svc = Arc::new(Service::new(name, endpoints, protocol, labels));
+            }
+        }
         let mut st = self.inner.state.borrow_mut();
         for (name, svc) in services.iter_mut() {
             if let Some(old) = st.static_services.get(name) {
@@ -402,6 +434,8 @@ impl Table {
         protocol: Option<Protocol>,
         labels: Arc<[(String, String)]>,
     ) -> bool {
+        let mut endpoints = endpoints;
+        self.localize(&mut endpoints);
         let mut st = self.inner.state.borrow_mut();
         let was_pending = st.pending.remove(name);
         let shadowed = st.static_services.contains_key(name);
@@ -543,6 +577,71 @@ mod tests {
         t.snapshot()
             .service(&Authority::parse(name).unwrap())
             .map(|s| s.endpoints.iter().map(|e| e.addr.to_string()).collect())
+    }
+
+    /// Endpoints at the pod's own addresses lose their mesh settings as
+    /// they come in, from the static file and from a resolver; others
+    /// keep theirs, and an unchanged static file publishes nothing new.
+    #[test]
+    fn endpoints_at_the_pods_addresses_are_made_local() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        t.set_local_ips(vec!["10.0.0.1".parse().unwrap()]);
+        let meshed = |addr: &str| Endpoint {
+            h2_hint: true,
+            identity: Some(
+                ringmesh_identity::Name::parse(
+                    "web.ns.serviceaccount.identity.linkerd.cluster.local",
+                )
+                .unwrap(),
+            ),
+            opaque_transport_port: Some(4143),
+            authority_override: Some(Arc::from("gw.example:80")),
+            ..Endpoint::unmeshed(addr.parse().unwrap(), 1)
+        };
+        let name = Authority::parse("web.test:80").unwrap();
+        let file = || {
+            let eps = vec![meshed("10.0.0.1:80"), meshed("10.0.0.2:80")];
+            HashMap::from([(
+                name.clone(),
+                Arc::new(Service::new(name.clone(), eps, None, Arc::new([]))),
+            )])
+        };
+        assert!(t.set_static(file()));
+        let check = |svc: &Service| {
+            let (own, other) = (&svc.endpoints[0], &svc.endpoints[1]);
+            assert!(own.local && !own.h2_hint && own.identity.is_none());
+            assert_eq!(
+                (own.opaque_transport_port, own.authority_override.is_none()),
+                (None, true)
+            );
+            assert!(!other.local && other.h2_hint && other.identity.is_some());
+            assert!(
+                !svc.all_h2_hint(),
+                "a service with the pod in it is not upgraded"
+            );
+        };
+        check(t.snapshot().service(&name).unwrap());
+        assert!(!t.set_static(file()), "the same file again is no change");
+
+        let watched = Authority::parse("api.test:80").unwrap();
+        assert!(t.watch(watched.clone()));
+        t.report_service(
+            &watched,
+            vec![meshed("10.0.0.1:80"), meshed("10.0.0.2:80")],
+            None,
+            Arc::new([]),
+        );
+        check(t.snapshot().service(&watched).unwrap());
+        assert!(
+            !t.report_service(
+                &watched,
+                vec![meshed("10.0.0.1:80"), meshed("10.0.0.2:80")],
+                None,
+                Arc::new([])
+            ),
+            "the same answer again is no change"
+        );
     }
 
     /// A claimed name handed to DNS is no longer claimed until taken back;

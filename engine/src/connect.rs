@@ -7,7 +7,7 @@
 //! different identities never share a connection.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +45,9 @@ pub(crate) struct Endpoint {
     /// The endpoint's HTTP/2 client settings (the Destination API's),
     /// for new HTTP/2 connections to it.
     pub(crate) h2: Option<Arc<H2Params>>,
+    /// The pod itself (one of `LINKERD2_PROXY_INBOUND_IPS`): reached
+    /// plainly, its connections labelled `no_tls_reason="loopback"`.
+    pub(crate) local: bool,
 }
 
 impl PartialEq for Endpoint {
@@ -70,6 +73,17 @@ impl Endpoint {
             identity: None,
             opaque_transport: None,
             h2: None,
+            local: false,
+        }
+    }
+
+    /// A connection's or request's own destination, found by no
+    /// discovery: plain, and local when it is one of the pod's
+    /// addresses (`inbound_ips`).
+    pub(crate) fn forward(addr: SocketAddr, inbound_ips: &[IpAddr]) -> Self {
+        Self {
+            local: inbound_ips.contains(&addr.ip()),
+            ..Self::plain(addr)
         }
     }
 
@@ -82,6 +96,7 @@ impl Endpoint {
                 identity: ep.identity.clone(),
                 opaque_transport: ep.opaque_transport_port.filter(|_| ep.identity.is_some()),
                 h2: ep.h2_params.clone(),
+                local: ep.local,
             },
             None => Self::plain(addr),
         }
@@ -142,7 +157,9 @@ pub(crate) async fn open(
         .map_err(|e| ProxyError::connect(&e))?;
     set_options(&s, &dial);
     let Some((id, cfgs)) = meshed else {
-        let why = if tls.is_some() {
+        let why = if tls.is_some() && ep.local {
+            NoTlsReason::Loopback
+        } else if tls.is_some() {
             NoTlsReason::NotProvidedByServiceDiscovery
         } else {
             NoTlsReason::NoProxyIdentity
@@ -285,6 +302,7 @@ mod tests {
             identity: Some(Name::parse(id).unwrap()),
             opaque_transport: None,
             h2: None,
+            local: false,
         }
     }
 

@@ -521,6 +521,7 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
         labels: labels(wa.metric_labels),
         authority_override,
         h2_params: wa.http2.and_then(h2_params),
+        local: false,
     };
     Ok((ep, opaque))
 }

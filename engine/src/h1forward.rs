@@ -106,7 +106,7 @@ pub(crate) async fn checkout(
             if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            let ep = Endpoint::plain(*addr);
+            let ep = Endpoint::forward(*addr, &w.cfg.inbound.ips);
             Ok((upstream(w, key, &ep, dial, use_pool).await?, *addr, None))
         }
         Dst::Service(svc, balancer) => {

@@ -264,7 +264,8 @@ pub(crate) async fn checkout(
             if w.routes.is_own_listener(*addr) {
                 return Err(ProxyError::looped(*addr));
             }
-            let (send, id) = connection(w, key, &Endpoint::plain(*addr), dial).await?;
+            let (send, id) =
+                connection(w, key, &Endpoint::forward(*addr, &w.cfg.inbound.ips), dial).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {

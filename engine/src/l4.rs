@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -689,7 +689,14 @@ async fn relay_opaque(
     }
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
-        None => match connect_target(target, w.pools.tls().as_deref(), c.side.dial).await {
+        None => match connect_target(
+            target,
+            w.pools.tls().as_deref(),
+            &w.cfg.inbound.ips,
+            c.side.dial,
+        )
+        .await
+        {
             Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
             Err(failure) => {
                 warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
@@ -1004,11 +1011,19 @@ async fn connect_balanced(
 async fn connect_target(
     target: &Target,
     tls: Option<&TlsConfigs>,
+    local_ips: &[IpAddr],
     dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
     match target {
         Target::Addr(addr) => {
-            match open(&Endpoint::plain(*addr), tls, Session::Opaque, dial).await {
+            match open(
+                &Endpoint::forward(*addr, local_ips),
+                tls,
+                Session::Opaque,
+                dial,
+            )
+            .await
+            {
                 Ok(s) => Ok((s, *addr, None)),
                 Err(e) => Err(format!("cannot connect to {addr}: {e}")),
             }
@@ -1064,7 +1079,7 @@ async fn detect_protocol(
     let (first, prefix, read_res) = read_or_connect(
         client,
         prefix,
-        (target, tls),
+        (target, tls, &c.w.cfg.inbound.ips),
         c.side.dial,
         deadline,
         eviction,
@@ -1131,7 +1146,7 @@ enum First {
 async fn read_or_connect(
     client: &mut TcpStream,
     prefix: Vec<u8>,
-    target: (&Target, Option<&TlsConfigs>),
+    target: (&Target, Option<&TlsConfigs>, &[IpAddr]),
     dial: ConnectConfig,
     deadline: Instant,
     eviction: &Eviction,
@@ -1140,7 +1155,7 @@ async fn read_or_connect(
     let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
     let mut connecting = std::pin::pin!(async {
         monoio::time::sleep(EARLY_CONNECT_GRACE).await;
-        connect_target(target.0, target.1, dial).await
+        connect_target(target.0, target.1, target.2, dial).await
     });
     let wait = deadline.saturating_duration_since(Instant::now());
     let won = monoio::select! {

@@ -208,7 +208,12 @@ impl<'w> Observer<'w> {
                 }
             }
             // Known before connecting, so a failed connect is labelled too.
-            Dst::Addr(addr) => self.key.target = Some(*addr),
+            Dst::Addr(addr) => {
+                self.key.target = Some(*addr);
+                if self.originates_tls && self.w.cfg.inbound.ips.contains(&addr.ip()) {
+                    self.key.tls = TlsStatus::NoIdentity(NoTlsReason::Loopback);
+                }
+            }
         }
     }
 
@@ -233,6 +238,7 @@ impl<'w> Observer<'w> {
                 Some(id) => TlsStatus::Connected {
                     server_id: id.to_shared(),
                 },
+                None if ep.is_some_and(|e| e.local) => TlsStatus::NoIdentity(NoTlsReason::Loopback),
                 None => TlsStatus::NoIdentity(NoTlsReason::NotProvidedByServiceDiscovery),
             };
         }

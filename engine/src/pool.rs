@@ -358,6 +358,7 @@ impl Pool {
             identity: up.identity.clone(),
             opaque_transport: up.opaque_transport,
             h2: None,
+            local: false,
         };
         let list = idle.entry(ep).or_default();
         if list.len() >= POOL_MAX_IDLE {
@@ -646,6 +647,7 @@ mod tests {
                     identity: Some(other),
                     opaque_transport: None,
                     h2: None,
+                    local: false,
                 })
                 .is_none(),
                 "another identity's connection was reused"
@@ -655,6 +657,7 @@ mod tests {
                 identity: Some(id.clone()),
                 opaque_transport: None,
                 h2: None,
+                local: false,
             });
             assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
         });
@@ -694,6 +697,7 @@ mod tests {
                 identity: Some(Name::parse(NAME).unwrap()),
                 opaque_transport: None,
                 h2: None,
+                local: false,
             };
             let conn = crate::connect::open(
                 &ep,

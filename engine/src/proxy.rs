@@ -221,6 +221,7 @@ fn start_control(
             dns: cfg.discovery.dns.clone(),
             hosts_file: Some("/etc/hosts".into()),
             max_names: cfg.discovery.max_names,
+            local_ips: cfg.inbound.ips.clone(),
         },
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),

@@ -558,6 +558,7 @@ mod tests {
             identity: Some(Name::parse(NAME).unwrap()),
             opaque_transport: None,
             h2: None,
+            local: false,
         };
         let conn = open(
             &ep,
@@ -676,6 +677,7 @@ mod tests {
                 identity: Some(Name::parse(NAME).unwrap()),
                 opaque_transport: None,
                 h2: None,
+                local: false,
             };
             let mut conn = open(
                 &ep,

@@ -364,6 +364,118 @@ fn meshed_pair(driver: IoDriver) {
 }
 both_drivers!(meshed_pair_http1_http2_opaque, super::meshed_pair);
 
+/// Endpoints at the pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`)
+/// are reached plainly at their own port, as linkerd2-proxy does: no
+/// mutual TLS or transport port though discovery names an identity, no
+/// HTTP/2 upgrade though it hints h2, and `no_tls_reason="loopback"` on
+/// the outbound series, for services and for forwards to an address.
+/// The same file without the variable meshes them (the control).
+fn own_addresses_are_reached_plainly(driver: IoDriver) {
+    let pki = Pki::new(&format!("local-{}", driver_name(driver)));
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let app = http::origin("app");
+    let echo = Backend::echo();
+    let b = meshed_proxy(driver, &pki, B, &leaf_b, &[]);
+    let rec = Recorder::to(b.inbound_addr().unwrap());
+    let (web, tcp, upgraded) = (
+        format!("web.test:{}", app.addr.port()),
+        format!("tcp.test:{}", echo.addr.port()),
+        format!("upgraded.test:{}", app.addr.port()),
+    );
+    let file = client_side_file(
+        &pki.dir,
+        &[
+            (&web, app.addr, ""),
+            (&tcp, echo.addr, "protocol = \"opaque\""),
+            (&upgraded, app.addr, "protocol_hint = \"h2\""),
+        ],
+        B,
+        rec.addr,
+    );
+    let forwards = format!(
+        "127.0.0.1:0={web},127.0.0.1:0={tcp},127.0.0.1:0={upgraded},127.0.0.1:0={}",
+        app.addr
+    );
+    let start = |extra: &[(&str, &str)]| {
+        let mut vars = vec![
+            ("RINGMESH_DISCOVERY_STATIC", file.as_str()),
+            ("RINGMESH_TCP_FORWARD", forwards.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        let p = meshed_proxy(driver, &pki, A, &leaf_a, &vars);
+        wait_ready(&p);
+        p
+    };
+    let outbound_loopback = |m: &str, family: &str| {
+        m.lines().any(|l| {
+            l.starts_with(family)
+                && l.contains("direction=\"outbound\"")
+                && l.contains("tls=\"no_identity\",no_tls_reason=\"loopback\"")
+        })
+    };
+
+    // The control: without the variable the endpoints are B's, meshed.
+    let meshed = start(&[]);
+    let fwd = meshed.forward_addrs().to_vec();
+    let answer = get(fwd[0], "/echo-head", "");
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+    let (_, m) = admin(&meshed, "/metrics");
+    assert!(!outbound_loopback(&m, "request_total{"), "{m}");
+    drop(meshed);
+    let sent_meshed = rec.bytes().len();
+    assert!(sent_meshed > 0, "the control did not go through B");
+
+    // With it: straight to the application, plainly.
+    let a = start(&[("LINKERD2_PROXY_INBOUND_IPS", "127.0.0.1")]);
+    let fwd = a.forward_addrs().to_vec();
+    let answer = get(fwd[0], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("l5d-client-id"), "{answer}");
+    let answer = get(fwd[2], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.contains("l5d-orig-proto") && !answer.contains("l5d-client-id"),
+        "HTTP/1.1 to the pod itself is not upgraded: {answer}"
+    );
+    let mut s = connect(fwd[1]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"local-marker").unwrap();
+    let mut got = [0u8; 12];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"local-marker");
+    drop(s);
+    // A forward to the address itself, no discovery.
+    let answer = get(fwd[3], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        rec.bytes().is_empty(),
+        "a local endpoint was reached through B"
+    );
+
+    let (_, m) = admin(&a, "/metrics");
+    for family in ["request_total{", "tcp_open_total{"] {
+        assert!(outbound_loopback(&m, family), "no loopback {family}:\n{m}");
+    }
+    let target = format!("target_addr=\"{}\"", app.addr);
+    assert!(
+        m.lines().any(|l| l.starts_with("request_total{")
+            && !l.contains("authority=")
+            && l.contains(&target)
+            && l.contains("no_tls_reason=\"loopback\"")),
+        "the forward to the address is not labelled loopback:\n{m}"
+    );
+    assert!(
+        !m.lines().any(|l| l.starts_with("request_total{")
+            && l.contains("direction=\"outbound\"")
+            && (l.contains("not_provided_by_service_discovery") || l.contains("tls=\"true\""))),
+        "{m}"
+    );
+}
+both_drivers!(
+    own_addresses_plain,
+    super::own_addresses_are_reached_plainly
+);
+
 /// A plain client straight to B's inbound: no identity to claim.
 #[test]
 fn plaintext_inbound_strips_a_claimed_client_id() {
