@@ -105,6 +105,13 @@ pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_T
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
 pub const INBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT";
 pub const OUTBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT";
+/// linkerd2-proxy's names: the inbound one has no `INBOUND_`.
+pub const INBOUND_MAX_IDLE_CONNS: &str = "LINKERD2_PROXY_MAX_IDLE_CONNS_PER_ENDPOINT";
+pub const OUTBOUND_MAX_IDLE_CONNS: &str = "LINKERD2_PROXY_OUTBOUND_MAX_IDLE_CONNS_PER_ENDPOINT";
+pub const INBOUND_POOL_IDLE_TIMEOUT: &str =
+    "LINKERD2_PROXY_INBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT";
+pub const OUTBOUND_POOL_IDLE_TIMEOUT: &str =
+    "LINKERD2_PROXY_OUTBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT";
 pub const POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
 pub const POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
 pub const POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
@@ -669,6 +676,31 @@ pub struct HttpConfig {
     /// default), shared evenly between workers: past it a request is
     /// answered 503 at once.
     pub max_in_flight: [usize; 2],
+    /// Idle upstream HTTP/1 connections kept for reuse, inbound and
+    /// outbound (linkerd2-proxy's settings and defaults).
+    pub pool: [PoolLimits; 2],
+}
+
+/// How idle upstream HTTP/1 connections of one side are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// At most this many per endpoint (`*_MAX_IDLE_CONNS_PER_ENDPOINT`,
+    /// default 10 000), shared evenly between workers; 0: none are kept.
+    pub max_idle: usize,
+    /// Closed after this long idle
+    /// (`*_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT`, default 3 s: under the
+    /// 5 s keep-alive of common servers, so the proxy seldom reuses a
+    /// connection its server is closing).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_idle: 10_000,
+            idle_timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 /// HTTP/2.
@@ -770,6 +802,7 @@ impl Config {
                 failfast_timeout: Duration::from_secs(3),
                 queue_capacity: 10_000,
                 max_in_flight: [100_000, 100_000],
+                pool: [PoolLimits::default(); 2],
             },
             http2: Http2Config {
                 stream_window: 65_535,
@@ -1211,6 +1244,23 @@ impl Parser<'_> {
             }) {
                 c.http.max_in_flight[i] = n;
             }
+        }
+        for (i, key) in [INBOUND_MAX_IDLE_CONNS, OUTBOUND_MAX_IDLE_CONNS]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(n) = self.parse_with(key, |s| {
+                s.parse::<usize>()
+                    .map_err(|_| "expected a non-negative integer".to_string())
+            }) {
+                c.http.pool[i].max_idle = n;
+            }
+        }
+        for (i, key) in [INBOUND_POOL_IDLE_TIMEOUT, OUTBOUND_POOL_IDLE_TIMEOUT]
+            .into_iter()
+            .enumerate()
+        {
+            self.duration(key, &mut c.http.pool[i].idle_timeout);
         }
     }
 
@@ -1959,6 +2009,57 @@ mod tests {
         }
         let err = parse(&[(OUTBOUND_LISTEN_ADDRS, "[::1]:4140,[::1]:4140")]).unwrap_err();
         assert!(err.to_string().contains(OUTBOUND_LISTEN_ADDRS), "{err}");
+    }
+
+    /// linkerd2-proxy's HTTP/1 pool settings, per side, and their bad
+    /// values listed.
+    #[test]
+    fn http1_pool_settings() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http.pool, [PoolLimits::default(); 2]);
+        assert_eq!(
+            PoolLimits::default(),
+            PoolLimits {
+                max_idle: 10_000,
+                idle_timeout: Duration::from_secs(3)
+            }
+        );
+        let c = parse(&[
+            (INBOUND_MAX_IDLE_CONNS, "0"),
+            (OUTBOUND_MAX_IDLE_CONNS, "20"),
+            (INBOUND_POOL_IDLE_TIMEOUT, "500ms"),
+            (OUTBOUND_POOL_IDLE_TIMEOUT, "1m"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.http.pool,
+            [
+                PoolLimits {
+                    max_idle: 0,
+                    idle_timeout: Duration::from_millis(500)
+                },
+                PoolLimits {
+                    max_idle: 20,
+                    idle_timeout: Duration::from_secs(60)
+                }
+            ]
+        );
+        let err = parse(&[
+            (INBOUND_MAX_IDLE_CONNS, "-1"),
+            (OUTBOUND_MAX_IDLE_CONNS, "many"),
+            (INBOUND_POOL_IDLE_TIMEOUT, "3"),
+            (OUTBOUND_POOL_IDLE_TIMEOUT, "soon"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for key in [
+            INBOUND_MAX_IDLE_CONNS,
+            OUTBOUND_MAX_IDLE_CONNS,
+            INBOUND_POOL_IDLE_TIMEOUT,
+            OUTBOUND_POOL_IDLE_TIMEOUT,
+        ] {
+            assert!(err.contains(key), "{key} not reported:\n{err}");
+        }
     }
 
     #[test]

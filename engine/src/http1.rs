@@ -472,9 +472,10 @@ async fn finish(
             client_ok,
         } => {
             obs.endpoint_outcome(in_flight, status < 500);
+            let side = obs.key().direction;
             obs.end_status(status);
             if let Some(up) = upstream {
-                t.w.pools.h1.release(addr, up, t.ubuf);
+                t.w.pools.h1.release(side, addr, up, t.ubuf);
             }
             // Bytes past a response answer no request: never parsed.
             t.ubuf.clear();

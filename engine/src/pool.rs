@@ -44,10 +44,11 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::multishot::RecvMulti;
 use nix::sys::socket::{recv, MsgFlags};
-use ringmesh_admin::telemetry::ConnMeter;
+use ringmesh_admin::telemetry::{ConnMeter, Direction};
 use ringmesh_identity::Name;
 use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
+use crate::config::PoolLimits;
 use crate::connect::Endpoint;
 use crate::stop::Stop;
 use crate::tls::SessionState;
@@ -57,11 +58,6 @@ use crate::transport::{DeadlineRead, TransportRd, TransportWr};
 pub(crate) type Rd = TransportRd;
 pub(crate) type Wr = TransportWr;
 
-/// At most this many idle connections per endpoint per worker.
-const POOL_MAX_IDLE: usize = 64;
-/// Idle connections older than this are closed rather than reused (servers
-/// commonly close idle keep-alive connections after 60s or more).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the reaper closes expired connections (dead ones it closes as
 /// their completion arrives, on io_uring).
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
@@ -300,7 +296,8 @@ fn peek(fd: RawFd) -> Seen {
 /// An idle connection; its receive (`up.rd`) is the watch.
 struct Idle {
     up: Upstream,
-    since: Instant,
+    /// When its side's idle timeout closes it.
+    expires: Instant,
 }
 
 /// Counters of connections the pool refused or closed, read by the
@@ -317,12 +314,28 @@ pub(crate) struct PoolCounters {
 #[derive(Default)]
 pub(crate) struct Pool {
     idle: RefCell<HashMap<Endpoint, Vec<Idle>>>,
+    /// Each side's limits (inbound, outbound), this worker's share.
+    limits: [PoolLimits; 2],
     /// The reaper task's waker: new watches report to it.
     reaper: RefCell<Option<Waker>>,
     pub(crate) counters: PoolCounters,
 }
 
 impl Pool {
+    /// A pool keeping each side's (inbound, outbound) idle connections
+    /// within `limits`, whose counts are shared between `workers`
+    /// (rounded up).
+    pub(crate) fn new(limits: [PoolLimits; 2], workers: usize) -> Self {
+        let share = |l: PoolLimits| PoolLimits {
+            max_idle: l.max_idle.div_ceil(workers.max(1)),
+            ..l
+        };
+        Self {
+            limits: [share(limits[0]), share(limits[1])],
+            ..Self::default()
+        }
+    }
+
     /// An idle connection to `ep` on which nothing arrived since it was
     /// released. Its receive stays armed: it reads the response.
     pub(crate) fn take(&self, ep: &Endpoint) -> Option<Upstream> {
@@ -330,8 +343,9 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(ep)?;
         let mut cx = Context::from_waker(Waker::noop());
+        let now = Instant::now();
         while let Some(mut entry) = list.pop() {
-            if entry.since.elapsed() >= POOL_IDLE_TIMEOUT {
+            if now >= entry.expires {
                 continue;
             }
             let seen = entry.up.rd.poll_seen(&mut cx);
@@ -346,8 +360,14 @@ impl Pool {
 
     /// Gives a connection back after a complete exchange. `leftover` is
     /// what was read from it past the response: if anything, the
-    /// connection is closed, never pooled.
-    pub(crate) fn release(&self, addr: SocketAddr, mut up: Upstream, leftover: &[u8]) {
+    /// connection is closed, never pooled; so it is past `side`'s limit.
+    pub(crate) fn release(
+        &self,
+        side: Direction,
+        addr: SocketAddr,
+        mut up: Upstream,
+        leftover: &[u8],
+    ) {
         if !leftover.is_empty() {
             self.note(addr, Seen::Bytes);
             return;
@@ -360,8 +380,12 @@ impl Pool {
             h2: None,
             local: false,
         };
+        let limits = self.limits[match side {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        }];
         let list = idle.entry(ep).or_default();
-        if list.len() >= POOL_MAX_IDLE {
+        if list.len() >= limits.max_idle {
             return;
         }
         up.rd.arm();
@@ -376,7 +400,7 @@ impl Pool {
         }
         list.push(Idle {
             up,
-            since: Instant::now(),
+            expires: Instant::now() + limits.idle_timeout,
         });
     }
 
@@ -403,10 +427,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
         idle.retain(|ep, list| {
-            list.retain_mut(|e| {
-                now.saturating_duration_since(e.since) < POOL_IDLE_TIMEOUT
-                    && self.note(ep.addr, e.up.rd.poll_seen(cx))
-            });
+            list.retain_mut(|e| now < e.expires && self.note(ep.addr, e.up.rd.poll_seen(cx)));
             !list.is_empty()
         });
     }
@@ -613,6 +634,20 @@ mod tests {
         });
     }
 
+    /// Each side's count is shared between workers, rounded up; 0 stays
+    /// 0 (nothing kept), and idle timeouts are not divided.
+    #[test]
+    fn limits_are_shared_between_workers() {
+        let t = Duration::from_secs(3);
+        let lim = |max_idle| PoolLimits {
+            max_idle,
+            idle_timeout: t,
+        };
+        let pool = Pool::new([lim(10_000), lim(0)], 3);
+        assert_eq!(pool.limits, [lim(3334), lim(0)]);
+        assert_eq!(Pool::new([lim(1), lim(5)], 2).limits, [lim(1), lim(3)]);
+    }
+
     /// Pools are keyed by endpoint, identity included: a connection whose
     /// server proved one identity (or none) is never handed out for a
     /// request to the same address that needs another.
@@ -635,7 +670,7 @@ mod tests {
                 identity: Some(id.clone()),
                 opaque_transport: None,
             };
-            pool.release(addr, up, &[]);
+            pool.release(Direction::Outbound, addr, up, &[]);
             let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
             assert!(
                 pool.take(&Endpoint::plain(addr)).is_none(),

@@ -264,6 +264,7 @@ fn new_worker(
         pools: Pools::new(
             BufferPool::new(cfg.tcp.buffer_size, MAX_IDLE_BUFFERS),
             identity,
+            crate::pool::Pool::new(cfg.http.pool, cfg.cores.unwrap_or(1)),
         ),
         cfg,
         routes: Routes {

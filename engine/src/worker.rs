@@ -230,11 +230,11 @@ impl Pools {
         cache.get().0.is_some()
     }
 
-    pub(crate) fn new(bufs: BufferPool, identity: IdentityCache) -> Self {
+    pub(crate) fn new(bufs: BufferPool, identity: IdentityCache, h1: Pool) -> Self {
         Self {
             bufs,
             h1_scratch: Default::default(),
-            h1: Pool::default(),
+            h1,
             h2: Default::default(),
             identity: RefCell::new(identity),
         }

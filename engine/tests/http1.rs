@@ -1054,6 +1054,61 @@ both_drivers!(
     super::stale_pooled_connection
 );
 
+/// linkerd2-proxy's HTTP/1 pool settings, per side: outbound with
+/// `LINKERD2_PROXY_OUTBOUND_MAX_IDLE_CONNS_PER_ENDPOINT=0` keeps nothing
+/// (a connection per request) while inbound, by default, reuses one; an
+/// idle timeout closes a pooled connection, and a request after it opens
+/// a new one.
+fn pool_settings(driver: IoDriver) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (origin, accepted) = common::http::counting_origin("o");
+    let target = origin.addr.to_string();
+    let one = |addr: SocketAddr| {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    };
+    let (proxy, fwd) = forward_proxy(
+        driver,
+        &target,
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_OUTBOUND_MAX_IDLE_CONNS_PER_ENDPOINT", "0"),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+            (
+                "LINKERD2_PROXY_INBOUND_HTTP1_CONNECTION_POOL_IDLE_TIMEOUT",
+                "400ms",
+            ),
+        ],
+    );
+    for _ in 0..3 {
+        one(fwd);
+    }
+    assert_eq!(accepted.load(SeqCst), 3, "outbound kept a connection");
+    let inbound = proxy.inbound_addr().unwrap();
+    for _ in 0..3 {
+        one(inbound);
+    }
+    assert_eq!(
+        accepted.load(SeqCst),
+        4,
+        "inbound did not reuse its connection"
+    );
+    // Past the inbound idle timeout: closed, and the next request opens
+    // another (the origin sees the close: its count of open ones drops).
+    std::thread::sleep(Duration::from_millis(700));
+    one(inbound);
+    assert_eq!(accepted.load(SeqCst), 5, "an expired connection was reused");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(http1_pool_settings_per_side, super::pool_settings);
+
 /// `LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT`: with the bound's requests held
 /// by an upstream that does not answer, the next one, HTTP/1 or HTTP/2,
 /// is answered 503 at once with linkerd2-proxy's reason; once they finish,

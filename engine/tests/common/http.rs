@@ -15,6 +15,20 @@ pub fn origin(name: &'static str) -> Backend {
     })
 }
 
+/// An origin server that counts the connections it accepted.
+#[allow(dead_code)] // not every test binary uses it
+pub fn counting_origin(
+    name: &'static str,
+) -> (Backend, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let backend = Backend::start(move |s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = serve(name, s);
+    });
+    (backend, count)
+}
+
 /// An origin server on a listener the test bound (another loopback
 /// address, a port shared with another origin).
 pub fn origin_on(listener: std::net::TcpListener, name: &'static str) -> Backend {
