@@ -388,6 +388,15 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
             read_transport_header(&mut client, prefix, deadline, &undecided.eviction).await;
         prefix = buf;
         match res {
+            Ok(h) if !h.name.is_empty() => {
+                // A name asks for a gateway (linkerd2-proxy's, for names
+                // in its INBOUND_GATEWAY_SUFFIXES; none by default, and
+                // it refuses the rest): ringmesh is none, and the local
+                // port is not where the client meant to go.
+                warn_limited!(w, Warning::TlsHandshake, %peer, name = %h.name, "transport header names a gateway target; ringmesh is not a gateway; closing");
+                w.pools.bufs.put(prefix);
+                return;
+            }
             Ok(h) => {
                 let target = SocketAddr::new(c.local.ip(), h.port);
                 let protocol = match h.protocol {

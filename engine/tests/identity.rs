@@ -694,6 +694,22 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
     );
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 
+    // A header naming a gateway target (`name`, field 2): closed, never
+    // sent to the local port (linkerd2-proxy refuses names it is not a
+    // gateway for).
+    let mut named = vec![0x12, 30];
+    named.extend_from_slice(b"web.other.svc.cluster.local:80");
+    let answer = meshed_get(
+        inbound,
+        client_config(&pki, Some(&leaf_a), true),
+        app.addr.port(),
+        (&named, ""),
+    );
+    assert!(
+        answer.is_empty(),
+        "a gateway header reached the app: {answer}"
+    );
+
     // A header claiming 4 GiB: closed at once.
     let mut s = tls_to(inbound, client_config(&pki, Some(&leaf_a), true));
     let mut huge = b"transport.l5d.io/v1\r\n\r\n".to_vec();
