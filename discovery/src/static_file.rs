@@ -63,6 +63,7 @@ struct RawService {
     protocol_hint: Option<String>,
     identity: Option<String>,
     opaque_transport_port: Option<i64>,
+    authority_override: Option<String>,
 }
 
 /// Every problem found in one file.
@@ -248,6 +249,12 @@ impl Check {
                 }
             }
         });
+        let authority_override = svc.authority_override.as_deref().and_then(|a| {
+            Authority::parse(a)
+                .map(|a| std::sync::Arc::from(a.as_str()))
+                .map_err(|e| problems.push(format!("{at}: authority_override {a:?}: {e}")))
+                .ok()
+        });
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         let mut addrs = HashSet::new();
         for ep in &svc.endpoints {
@@ -266,7 +273,7 @@ impl Check {
                         identity: identity.clone(),
                         opaque_transport_port,
                         labels: None,
-                        authority_override: None,
+                        authority_override: authority_override.clone(),
                         h2_params: None,
                         local: false,
                     });
@@ -469,6 +476,7 @@ mod tests {
             endpoints = ["127.0.0.1:2"]
             weights = [1, 2]
             labels = { "bad-name" = "x" }
+            authority_override = "no port"
             "#,
         )
         .unwrap_err();
@@ -483,8 +491,21 @@ mod tests {
             "duplicate service name",
             "2 weights for 1 endpoints",
             "label \"bad-name\" is not a Prometheus label name",
+            "authority_override \"no port\"",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    /// A service's `authority_override` goes to each of its endpoints.
+    #[test]
+    fn authority_override_applies_to_every_endpoint() {
+        let svcs = parse(
+            "[[service]]\nname = \"a.test:1\"\nendpoints = [\"10.0.0.1:4143\", \"10.0.0.2:4143\"]\nauthority_override = \"Web.East:80\"\n",
+        )
+        .unwrap();
+        for ep in &svcs[0].endpoints {
+            assert_eq!(ep.authority_override.as_deref(), Some("web.east:80"));
         }
     }
 

@@ -48,12 +48,26 @@ pub(crate) struct Endpoint {
     /// The pod itself (one of `LINKERD2_PROXY_INBOUND_IPS`): reached
     /// plainly, its connections labelled `no_tls_reason="loopback"`.
     pub(crate) local: bool,
+    /// A multicluster gateway's target: the Destination API's
+    /// `authority_override` of a meshed endpoint. Its connections offer
+    /// ALPN `transport.l5d.io/v1` and start with a transport header naming
+    /// it (host and port), so the gateway can route them.
+    pub(crate) gateway: Option<Arc<str>>,
 }
 
 impl PartialEq for Endpoint {
     fn eq(&self, other: &Self) -> bool {
-        (self.addr, &self.identity, self.opaque_transport)
-            == (other.addr, &other.identity, other.opaque_transport)
+        (
+            self.addr,
+            &self.identity,
+            self.opaque_transport,
+            &self.gateway,
+        ) == (
+            other.addr,
+            &other.identity,
+            other.opaque_transport,
+            &other.gateway,
+        )
     }
 }
 
@@ -61,7 +75,13 @@ impl Eq for Endpoint {}
 
 impl std::hash::Hash for Endpoint {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.addr, &self.identity, self.opaque_transport).hash(state);
+        (
+            self.addr,
+            &self.identity,
+            self.opaque_transport,
+            &self.gateway,
+        )
+            .hash(state);
     }
 }
 
@@ -74,6 +94,7 @@ impl Endpoint {
             opaque_transport: None,
             h2: None,
             local: false,
+            gateway: None,
         }
     }
 
@@ -97,6 +118,10 @@ impl Endpoint {
                 opaque_transport: ep.opaque_transport_port.filter(|_| ep.identity.is_some()),
                 h2: ep.h2_params.clone(),
                 local: ep.local,
+                gateway: ep
+                    .authority_override
+                    .clone()
+                    .filter(|_| ep.identity.is_some()),
             },
             None => Self::plain(addr),
         }
@@ -166,7 +191,8 @@ pub(crate) async fn open(
         };
         return Ok(Transport::plain(s, why));
     };
-    let header = ep.opaque_transport.is_some();
+    let gateway = ep.gateway.as_deref().and_then(gateway_target);
+    let header = ep.opaque_transport.is_some() || gateway.is_some();
     let config = if header {
         cfgs.client_transport_header.clone()
     } else {
@@ -176,7 +202,8 @@ pub(crate) async fn open(
     let handshake = async {
         let mut t = Transport::tls_connect(s, config, id).await?;
         if header {
-            write_transport_header(&mut t, ep.addr.port(), session).await?;
+            let (port, name) = gateway.unwrap_or((ep.addr.port(), None));
+            write_transport_header(&mut t, port, name.unwrap_or_default(), session).await?;
         }
         Ok::<_, io::Error>(t)
     };
@@ -216,7 +243,23 @@ fn set_options(s: &TcpStream, dial: &ConnectConfig) {
 /// Writes Linkerd's transport header for `port` and `session` on a TLS
 /// connection whose server agreed to ALPN `transport.l5d.io/v1` (one that
 /// did not would take the header for application bytes).
-async fn write_transport_header(t: &mut Transport, port: u16, session: Session) -> io::Result<()> {
+/// The port and name a transport header gives a gateway for `authority`
+/// (`host:port`), as linkerd2-proxy writes them: only with a port; the
+/// host as the name when it is a DNS name (an address literal is not
+/// named). `None`: no gateway header.
+fn gateway_target(authority: &str) -> Option<(u16, Option<&str>)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let literal = host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok();
+    Some((port, (!literal && !host.is_empty()).then_some(host)))
+}
+
+async fn write_transport_header(
+    t: &mut Transport,
+    port: u16,
+    name: &str,
+    session: Session,
+) -> io::Result<()> {
     if t.alpn().as_deref() != Some(TRANSPORT_HEADER_ALPN) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -225,7 +268,7 @@ async fn write_transport_header(t: &mut Transport, port: u16, session: Session) 
     }
     let header = TransportHeader {
         port,
-        name: String::new(),
+        name: name.to_string(),
         protocol: match session {
             Session::Http1 => Some(SessionProtocol::Http1),
             Session::Http2 => Some(SessionProtocol::Http2),
@@ -268,6 +311,20 @@ mod tests {
     use ringmesh_admin::telemetry::TlsStatus;
 
     use super::*;
+
+    /// A gateway's target as linkerd2-proxy names it in the header: only
+    /// with a port; a DNS host is the name, an address literal is not.
+    #[test]
+    fn gateway_targets() {
+        assert_eq!(
+            gateway_target("web.east.svc.cluster.local:8080"),
+            Some((8080, Some("web.east.svc.cluster.local")))
+        );
+        assert_eq!(gateway_target("10.1.2.3:80"), Some((80, None)));
+        assert_eq!(gateway_target("[fd00::1]:80"), Some((80, None)));
+        assert_eq!(gateway_target("web.east"), None);
+        assert_eq!(gateway_target("web.east:http"), None);
+    }
     use crate::testing::{both_drivers, finished, TestCa};
 
     const WEB: &str = "web.ns.serviceaccount.identity.linkerd.cluster.local";
@@ -303,6 +360,7 @@ mod tests {
             opaque_transport: None,
             h2: None,
             local: false,
+            gateway: None,
         }
     }
 

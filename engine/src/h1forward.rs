@@ -142,8 +142,10 @@ async fn upstream(
         fd,
         reused: false,
         meter,
-        identity: ep.identity.clone(),
-        opaque_transport: ep.opaque_transport,
+        key: Endpoint {
+            h2: None,
+            ..ep.clone()
+        },
     })
 }
 
@@ -205,8 +207,7 @@ pub(crate) async fn exchange(
         wr: mut uwr,
         fd,
         meter: umeter,
-        identity,
-        opaque_transport,
+        key,
         ..
     } = up;
     // Only bytes read from this connection after this request was written
@@ -262,8 +263,7 @@ pub(crate) async fn exchange(
         fd,
         reused: false,
         meter: umeter,
-        identity,
-        opaque_transport,
+        key,
     };
     conclude(up, ubuf, up_res, down_res, replayable)
 }

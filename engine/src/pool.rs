@@ -45,7 +45,6 @@ use monoio::buf::IoBufMut;
 use monoio::io::multishot::RecvMulti;
 use nix::sys::socket::{recv, MsgFlags};
 use ringmesh_admin::telemetry::{ConnMeter, Direction};
-use ringmesh_identity::Name;
 use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
 use crate::config::PoolLimits;
@@ -73,10 +72,9 @@ pub(crate) struct Upstream {
     pub(crate) reused: bool,
     /// Counts this connection in the `peer="dst"` TCP series.
     pub(crate) meter: ConnMeter,
-    /// The identity its server proved (None: plain); part of its pool key.
-    pub(crate) identity: Option<Name>,
-    /// Its endpoint's opaque-transport port; part of its pool key.
-    pub(crate) opaque_transport: Option<u16>,
+    /// Its endpoint: the pool key (the identity its server proved, its
+    /// transport port and gateway name; no HTTP/2 settings).
+    pub(crate) key: Endpoint,
 }
 
 /// Something a body or head can be read from, a read at a time.
@@ -373,13 +371,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let ep = Endpoint {
-            addr,
-            identity: up.identity.clone(),
-            opaque_transport: up.opaque_transport,
-            h2: None,
-            local: false,
-        };
+        let ep = up.key.clone();
         let limits = self.limits[match side {
             Direction::Inbound => 0,
             Direction::Outbound => 1,
@@ -667,8 +659,10 @@ mod tests {
                 fd: -1,
                 reused: false,
                 meter: ConnMeter::none(),
-                identity: Some(id.clone()),
-                opaque_transport: None,
+                key: Endpoint {
+                    identity: Some(id.clone()),
+                    ..Endpoint::plain(addr)
+                },
             };
             pool.release(Direction::Outbound, addr, up, &[]);
             let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
@@ -678,23 +672,17 @@ mod tests {
             );
             assert!(
                 pool.take(&Endpoint {
-                    addr,
                     identity: Some(other),
-                    opaque_transport: None,
-                    h2: None,
-                    local: false,
+                    ..Endpoint::plain(addr)
                 })
                 .is_none(),
                 "another identity's connection was reused"
             );
             let taken = pool.take(&Endpoint {
-                addr,
                 identity: Some(id.clone()),
-                opaque_transport: None,
-                h2: None,
-                local: false,
+                ..Endpoint::plain(addr)
             });
-            assert_eq!(taken.map(|u| u.identity), Some(Some(id)));
+            assert_eq!(taken.map(|u| u.key.identity), Some(Some(id)));
         });
     }
 
@@ -733,6 +721,7 @@ mod tests {
                 opaque_transport: None,
                 h2: None,
                 local: false,
+                gateway: None,
             };
             let conn = crate::connect::open(
                 &ep,

@@ -559,6 +559,7 @@ mod tests {
             opaque_transport: None,
             h2: None,
             local: false,
+            gateway: None,
         };
         let conn = open(
             &ep,
@@ -678,6 +679,7 @@ mod tests {
                 opaque_transport: None,
                 h2: None,
                 local: false,
+                gateway: None,
             };
             let mut conn = open(
                 &ep,

@@ -476,6 +476,155 @@ both_drivers!(
     super::own_addresses_are_reached_plainly
 );
 
+/// A multicluster gateway (identity B) that records each connection's
+/// transport header and answers what it got: an HTTP/1 session gets a 200
+/// whose body is `name port host`, an opaque one is echoed.
+struct Gateway {
+    addr: SocketAddr,
+    headers: mpsc::Receiver<ringmesh_protocols::transport_header::TransportHeader>,
+}
+
+impl Gateway {
+    fn start(leaf: &Leaf) -> Self {
+        use ringmesh_protocols::transport_header::{decode, Decoded, SessionProtocol};
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone())),
+        )
+        .unwrap();
+        cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+        let cfg = Arc::new(cfg);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, headers) = mpsc::channel();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(sock) = s else { return };
+                let (cfg, tx) = (cfg.clone(), tx.clone());
+                thread::spawn(move || {
+                    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, sock);
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (header, used) = loop {
+                        match decode(&buf) {
+                            Ok(Decoded::Done(h, n)) => break (h, n),
+                            Ok(Decoded::Incomplete(_)) => {}
+                            Err(_) => return,
+                        }
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..used);
+                    let _ = tx.send(header.clone());
+                    if header.protocol != Some(SessionProtocol::Http1) {
+                        let _ = tls.write_all(&buf);
+                        while let Ok(n) = tls.read(&mut chunk) {
+                            if n == 0 || tls.write_all(&chunk[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    while !contains(&buf, b"\r\n\r\n") {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    let host = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    let body = format!("{} {} {host}", header.name, header.port);
+                    let _ = write!(
+                        tls,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.flush();
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        Self { addr, headers }
+    }
+}
+
+/// Endpoints behind a multicluster gateway (`authority_override` with an
+/// identity): their connections open with a transport header naming the
+/// override's host and port, as linkerd2-proxy writes them, for HTTP and
+/// opaque TCP alike; without an identity there is no header.
+#[test]
+fn gateway_endpoints_name_their_target_in_the_transport_header() {
+    let pki = Pki::new("gateway");
+    let gw = Gateway::start(&pki.good("gw", B));
+    let leaf_a = pki.good("a", A);
+    let override_ = "web.east.svc.cluster.local:8080";
+    let file = pki.dir.join("gw.toml");
+    write_atomic(
+        &file,
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nauthority_override = \"{override_}\"\n\n\
+             [[service]]\nname = \"tcp.test:9000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"db.east.svc.cluster.local:5432\"\n",
+            gw = gw.addr
+        )
+        .as_bytes(),
+    );
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=web.test:80,127.0.0.1:0=tcp.test:9000",
+            ),
+        ],
+    );
+    wait_ready(&a);
+    let fwd = a.forward_addrs().to_vec();
+
+    let answer = get(fwd[0], "/", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("web.east.svc.cluster.local 8080 {override_}")),
+        "the gateway did not get the target's name, port and authority: {answer}"
+    );
+    let h = gw.headers.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (h.name.as_str(), h.port),
+        ("web.east.svc.cluster.local", 8080)
+    );
+
+    let mut s = connect(fwd[1]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"opaque-through-gateway").unwrap();
+    let mut got = [0u8; 22];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"opaque-through-gateway");
+    let h = gw.headers.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (h.name.as_str(), h.port, h.protocol),
+        ("db.east.svc.cluster.local", 5432, None)
+    );
+}
+
 /// A plain client straight to B's inbound: no identity to claim.
 #[test]
 fn plaintext_inbound_strips_a_claimed_client_id() {
