@@ -142,10 +142,10 @@ async fn upstream(
         fd,
         reused: false,
         meter,
-        key: Endpoint {
+        key: std::rc::Rc::new(Endpoint {
             h2: None,
             ..ep.clone()
-        },
+        }),
     })
 }
 

@@ -115,7 +115,7 @@ pub(crate) async fn serve(
             Next::Continue => {}
             Next::Close => break,
             Next::Tunnel(up, to_client) => {
-                Box::pin(tunnel(&w, c, *up, to_client)).await;
+                Box::pin(tunnel(&w, c, up, to_client)).await;
                 w.pools.bufs.put(ubuf);
                 if let Some(s) = scratch {
                     w.pools.h1_scratch.put(s);
@@ -137,7 +137,7 @@ enum Next {
     Continue,
     Close,
     /// Relay both sides (upgrade, CONNECT); the bytes go to the client first.
-    Tunnel(Box<Upstream>, Vec<u8>),
+    Tunnel(Upstream, Vec<u8>),
 }
 
 /// One request's working state on an HTTP/1 client connection.
@@ -328,7 +328,7 @@ async fn forward(
             Ok(n) => t.c.meter.wrote(n),
             Err(_) => return Next::Close,
         }
-        return Next::Tunnel(Box::new(up), Vec::new());
+        return Next::Tunnel(up, Vec::new());
     }
     let first = (up, addr, in_flight);
     let (outcome, addr, in_flight) = attempts(t, &mut obs, target, kept, deadline, first).await;
@@ -490,7 +490,7 @@ async fn finish(
         Exchange::Upgraded(up) => {
             obs.endpoint_outcome(in_flight, status < 500);
             obs.end_status(status);
-            Next::Tunnel(Box::new(up), std::mem::take(t.ubuf))
+            Next::Tunnel(up, std::mem::take(t.ubuf))
         }
         Exchange::Failed(Failure::Answer(e)) => {
             if e.status() >= 502 {

@@ -74,7 +74,7 @@ pub(crate) struct Upstream {
     pub(crate) meter: ConnMeter,
     /// Its endpoint: the pool key (the identity its server proved, its
     /// transport port and gateway name; no HTTP/2 settings).
-    pub(crate) key: Endpoint,
+    pub(crate) key: std::rc::Rc<Endpoint>,
 }
 
 /// Something a body or head can be read from, a read at a time.
@@ -311,7 +311,7 @@ pub(crate) struct PoolCounters {
 /// Idle upstream connections per endpoint, owned by one worker.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<Endpoint, Vec<Idle>>>,
+    idle: RefCell<HashMap<std::rc::Rc<Endpoint>, Vec<Idle>>>,
     /// Each side's limits (inbound, outbound), this worker's share.
     limits: [PoolLimits; 2],
     /// The reaper task's waker: new watches report to it.
@@ -659,10 +659,10 @@ mod tests {
                 fd: -1,
                 reused: false,
                 meter: ConnMeter::none(),
-                key: Endpoint {
+                key: std::rc::Rc::new(Endpoint {
                     identity: Some(id.clone()),
                     ..Endpoint::plain(addr)
-                },
+                }),
             };
             pool.release(Direction::Outbound, addr, up, &[]);
             let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
@@ -682,7 +682,7 @@ mod tests {
                 identity: Some(id.clone()),
                 ..Endpoint::plain(addr)
             });
-            assert_eq!(taken.map(|u| u.key.identity), Some(Some(id)));
+            assert_eq!(taken.map(|u| u.key.identity.clone()), Some(Some(id)));
         });
     }
 
