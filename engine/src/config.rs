@@ -71,6 +71,7 @@ pub const TCP_IDLE_TIMEOUT: &str = "RINGMESH_TCP_IDLE_TIMEOUT";
 pub const TCP_BUFFER_SIZE: &str = "RINGMESH_TCP_BUFFER_SIZE";
 pub const TCP_SPLICE: &str = "RINGMESH_TCP_SPLICE";
 pub const TCP_BULK_BUFFER_SIZE: &str = "RINGMESH_TCP_BULK_BUFFER_SIZE";
+pub const TCP_BULK_MEMORY: &str = "RINGMESH_TCP_BULK_MEMORY";
 pub const TCP_RING_BUFFERS: &str = "RINGMESH_TCP_RING_BUFFERS";
 pub const SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
 pub const DNS_MIN_TTL: &str = "LINKERD2_PROXY_DNS_MIN_TTL";
@@ -649,6 +650,9 @@ pub struct TcpConfig {
     /// A relay direction whose reads fill `buffer_size` switches to a
     /// buffer this big (bulk transfers).
     pub bulk_buffer_size: usize,
+    /// Bytes of bulk buffers all relays may hold at once, shared evenly
+    /// between workers; past it a bulk transfer keeps its small buffer.
+    pub bulk_memory: usize,
     /// Buffers of `buffer_size` in each io_uring worker's provided-buffer
     /// ring, which the relay's multishot receives fill; 0 = plain receives.
     pub ring_buffers: u16,
@@ -791,6 +795,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(3600),
                 buffer_size: 16 * 1024,
                 bulk_buffer_size: 1024 * 1024,
+                bulk_memory: 256 << 20,
                 ring_buffers: 256,
                 splice: false,
             },
@@ -1177,6 +1182,12 @@ impl Parser<'_> {
             _ => Err("expected a byte count between 1024 and 16777216".into()),
         }) {
             c.tcp.bulk_buffer_size = n;
+        }
+        if let Some(n) = self.parse_with(TCP_BULK_MEMORY, |s| {
+            s.parse::<usize>()
+                .map_err(|_| "expected a byte count (0: no bulk buffers)".to_string())
+        }) {
+            c.tcp.bulk_memory = n;
         }
         if let Some(n) = self.parse_with(TCP_RING_BUFFERS, |s| match s.parse::<u16>() {
             Ok(n) if n == 0 || (n.is_power_of_two() && n <= 32768) => Ok(n),
@@ -2009,6 +2020,24 @@ mod tests {
         }
         let err = parse(&[(OUTBOUND_LISTEN_ADDRS, "[::1]:4140,[::1]:4140")]).unwrap_err();
         assert!(err.to_string().contains(OUTBOUND_LISTEN_ADDRS), "{err}");
+    }
+
+    /// The relays' bulk buffer size and budget (0: no bulk buffers).
+    #[test]
+    fn tcp_bulk_settings() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (c.tcp.bulk_buffer_size, c.tcp.bulk_memory),
+            (1 << 20, 256 << 20)
+        );
+        let c = parse(&[(TCP_BULK_BUFFER_SIZE, "262144"), (TCP_BULK_MEMORY, "0")]).unwrap();
+        assert_eq!((c.tcp.bulk_buffer_size, c.tcp.bulk_memory), (262_144, 0));
+        let err = parse(&[(TCP_BULK_BUFFER_SIZE, "10"), (TCP_BULK_MEMORY, "lots")])
+            .unwrap_err()
+            .to_string();
+        for key in [TCP_BULK_BUFFER_SIZE, TCP_BULK_MEMORY] {
+            assert!(err.contains(key), "{key} not reported:\n{err}");
+        }
     }
 
     /// linkerd2-proxy's HTTP/1 pool settings, per side, and their bad

@@ -255,6 +255,7 @@ fn new_worker(
     let access_log = cfg.access_log;
     let max_stalled = cfg.http2.max_stalled_bytes;
     let in_flight = crate::worker::InFlight::new(cfg.http.max_in_flight, cfg.cores.unwrap_or(1));
+    let (bulk_memory, cfg_cores) = (cfg.tcp.bulk_memory, cfg.cores.unwrap_or(1));
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,
         ..AccrualPolicy::default()
@@ -283,7 +284,13 @@ fn new_worker(
             policy,
             policies: policies.map(RefCell::new),
         },
-        telemetry: Telemetry::default(),
+        telemetry: {
+            let t = Telemetry::default();
+            t.relay_counters
+                .bulk_limit
+                .set(bulk_memory.div_ceil(cfg_cores.max(1)));
+            t
+        },
         taps: crate::tap::WorkerTaps::new(id, taps),
         access_log: access_log.map(crate::access_log::AccessLog::new),
         stalls: crate::stall::Stalls::new(max_stalled),

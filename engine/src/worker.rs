@@ -467,6 +467,8 @@ impl Worker {
             retries: t.retries.get(),
             ring_receives: t.relay_counters.ring_receives.get(),
             ring_exhausted: t.relay_counters.ring_exhausted.get(),
+            relay_bulk_bytes: t.relay_counters.bulk_bytes.get() as u64,
+            relay_bulk_refused: t.relay_counters.bulk_refused.get(),
             http1_stray_bytes: pool.stray_bytes.get(),
             http1_pool_closed: pool.closed_idle.get(),
             detect_undecided: undecided.len() as u64,

@@ -359,3 +359,118 @@ fn stalled_http2_responses_are_bounded_epoll() {
     stalled_http2_responses_are_bounded("epoll", false);
     stalled_http2_responses_are_bounded("epoll", true);
 }
+
+/// Clients pushing bulk at once through opaque relays, each direction
+/// filling its reads: each would switch to its own 1 MiB bulk buffer.
+const BULK_CLIENTS: usize = 32;
+const BULK_EACH: usize = 16 << 20;
+/// The worker's budget for bulk buffers, set for the test (4 directions).
+const BULK_BUDGET: usize = 4 << 20;
+
+/// `RINGMESH_TCP_BULK_MEMORY`: 32 clients push 16 MiB each both ways
+/// through an echo at once. The worker's relays never hold more bulk
+/// buffers than the budget (the rest keep their 16 KiB buffers and are
+/// counted), every byte arrives intact, the budget is given back when the
+/// relays end, and the proxy's RSS grows by little more than the budget.
+/// Without the budget the bulk directions held 57–63 MiB at once and the
+/// RSS peaked 64–66 MiB over idle (8–11 MiB with it).
+fn bulk_relays_stay_within_their_budget(driver: &str) {
+    raise_fd_limit(1_000);
+    let echo = Backend::echo();
+    let admin = closed_port();
+    let budget = BULK_BUDGET.to_string();
+    let (p, listen) = Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}={}", echo.addr);
+        ringmesh(
+            driver,
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+                (
+                    "RINGMESH_OUTBOUND_OPAQUE_PORTS",
+                    &echo.addr.port().to_string(),
+                ),
+                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+                ("RINGMESH_TCP_BULK_MEMORY", &budget),
+            ],
+        )
+    });
+    let pid = p.child.id();
+    let idle = rss_kib(pid);
+    let clients: Vec<_> = (0..BULK_CLIENTS)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = connect(listen);
+                c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut w = c.try_clone().unwrap();
+                let fill = i as u8;
+                let writer = std::thread::spawn(move || {
+                    let chunk = vec![fill; 64 << 10];
+                    for _ in 0..BULK_EACH / chunk.len() {
+                        w.write_all(&chunk).unwrap();
+                    }
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                let mut got = 0;
+                loop {
+                    let n = c.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    assert!(
+                        buf[..n].iter().all(|&b| b == fill),
+                        "client {i}: foreign bytes"
+                    );
+                    got += n;
+                }
+                writer.join().unwrap();
+                got
+            })
+        })
+        .collect();
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while clients.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
+        most = most.max(metric(admin, "ringmesh_worker_relay_bulk_buffer_bytes"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = status_kib(pid, "VmHWM:");
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_eq!(c.join().unwrap(), BULK_EACH, "client {i} lost bytes");
+    }
+    let refused = metric(admin, "ringmesh_worker_relay_bulk_refused_total");
+    let grown = peak.saturating_sub(idle) * 1024;
+    eprintln!(
+        "{driver}: {BULK_CLIENTS} bulk clients: at most {most} bytes of bulk buffers held, {refused} directions refused one; RSS {idle} KiB idle, peak {peak} KiB"
+    );
+    assert!(
+        most <= BULK_BUDGET as u64,
+        "{most} bytes of bulk buffers held"
+    );
+    assert!(
+        refused >= 1,
+        "no bulk transfer was kept to its small buffer"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            admin,
+            "ringmesh_worker_relay_bulk_buffer_bytes"
+        ) == 0),
+        "the bulk budget was not given back"
+    );
+    assert!(
+        grown <= 4 * BULK_BUDGET as u64 + (16 << 20),
+        "{driver}: RSS grew by {grown} bytes"
+    );
+}
+
+#[test]
+fn bulk_relays_stay_within_their_budget_uring() {
+    bulk_relays_stay_within_their_budget("uring");
+}
+
+#[test]
+fn bulk_relays_stay_within_their_budget_epoll() {
+    bulk_relays_stay_within_their_budget("epoll");
+}

@@ -44,20 +44,58 @@ pub struct RelayStats {
     pub end: RelayEnd,
 }
 
-/// A worker's running counts of how its relays received (shared by all
-/// its relays; single threaded).
-#[derive(Debug, Default)]
+/// A worker's running counts of how its relays received, and its budget
+/// for bulk buffers (shared by all its relays; single threaded).
+#[derive(Debug)]
 pub struct RelayCounters {
     /// Reads delivered by a multishot receive into the buffer ring.
     pub ring_receives: Cell<u64>,
     /// Times the ring was empty (`ENOBUFS`) and a read went into the
     /// connection's own buffer instead.
     pub ring_exhausted: Cell<u64>,
+    /// Bytes of bulk buffers the worker's relays hold now...
+    pub bulk_bytes: Cell<usize>,
+    /// ... and the most they may hold (`RINGMESH_TCP_BULK_MEMORY`, the
+    /// worker's share): past it a bulk transfer keeps its small buffer, so
+    /// many clients pushing bulk at once cannot make the worker allocate a
+    /// bulk buffer each.
+    pub bulk_limit: Cell<usize>,
+    /// Bulk transfers that kept their small buffer for the limit (counted
+    /// once per direction).
+    pub bulk_refused: Cell<u64>,
+}
+
+impl Default for RelayCounters {
+    fn default() -> Self {
+        Self {
+            ring_receives: Cell::new(0),
+            ring_exhausted: Cell::new(0),
+            bulk_bytes: Cell::new(0),
+            bulk_limit: Cell::new(usize::MAX),
+            bulk_refused: Cell::new(0),
+        }
+    }
 }
 
 impl RelayCounters {
     fn add(c: &Cell<u64>) {
         c.set(c.get() + 1);
+    }
+
+    /// Takes `n` bytes of the bulk budget, if they are left.
+    fn take_bulk(&self, n: usize) -> bool {
+        let now = self.bulk_bytes.get();
+        match now.checked_add(n) {
+            Some(after) if after <= self.bulk_limit.get() => {
+                self.bulk_bytes.set(after);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn give_bulk(&self, n: usize) {
+        self.bulk_bytes.set(self.bulk_bytes.get().saturating_sub(n));
     }
 }
 
@@ -358,10 +396,33 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
 ) -> (u64, Result<(), Side>, Vec<u8>, Vec<u8>) {
     let mut pooled: Option<Vec<u8>> = None;
     let mut total = 0u64;
+    // A bulk buffer is taken from the worker's budget (without counters:
+    // none) and given back when the direction ends; refused, the direction
+    // goes on with its small buffer and asks again at its next full read.
+    let mut refused = false;
+    let mut to_bulk = |buf: &mut Vec<u8>, pooled: &mut Option<Vec<u8>>| {
+        if pooled.is_some() || bulk_buffer <= buf.capacity() {
+            return;
+        }
+        if let Some(c) = activity.counters {
+            if !c.take_bulk(bulk_buffer) {
+                if !std::mem::replace(&mut refused, true) {
+                    RelayCounters::add(&c.bulk_refused);
+                }
+                return;
+            }
+        }
+        *pooled = Some(std::mem::replace(buf, Vec::with_capacity(bulk_buffer)));
+    };
     macro_rules! done {
         ($res:expr) => {{
             let (used, pooled) = match pooled {
-                Some(p) => (buf, p),
+                Some(p) => {
+                    if let Some(c) = activity.counters {
+                        c.give_bulk(bulk_buffer);
+                    }
+                    (buf, p)
+                }
                 None => (Vec::new(), buf),
             };
             return (total, $res, used, pooled);
@@ -388,9 +449,7 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         Multishot::Bulk(n) => {
             total += n;
-            if bulk_buffer > buf.capacity() {
-                pooled = Some(std::mem::replace(&mut buf, Vec::with_capacity(bulk_buffer)));
-            }
+            to_bulk(&mut buf, &mut pooled);
         }
         Multishot::Unavailable => {}
     }
@@ -398,8 +457,8 @@ async fn copy_loop<R: AsyncReadRent, W: AsyncWriteRent>(
         match copy_once(rd, wr, &mut buf, activity, fds, dir).await {
             Ok(n) => {
                 total += n as u64;
-                if n == buf.capacity() && pooled.is_none() && bulk_buffer > buf.capacity() {
-                    pooled = Some(std::mem::replace(&mut buf, Vec::with_capacity(bulk_buffer)));
+                if n == buf.capacity() {
+                    to_bulk(&mut buf, &mut pooled);
                 }
             }
             Err(end) => done!(end),

@@ -21,6 +21,11 @@ pub struct WorkerStats {
     /// Times the buffer ring was empty and a relay read used the
     /// connection's own buffer.
     pub ring_exhausted: u64,
+    /// Bytes of bulk buffers the worker's TCP relays hold now.
+    pub relay_bulk_bytes: u64,
+    /// Bulk transfers that kept their small buffer because the bulk
+    /// budget (`RINGMESH_TCP_BULK_MEMORY`) was spent.
+    pub relay_bulk_refused: u64,
     /// Upstream HTTP/1 connections closed because the upstream sent bytes
     /// that answered no request (past a response, or while idle).
     pub http1_stray_bytes: u64,
@@ -96,6 +101,20 @@ pub(crate) fn encode(stats: &[WorkerStats], out: &mut String) {
         "counter",
         "Times each worker's buffer ring was empty and a TCP relay read went into the connection's own buffer.",
         |s| s.ring_exhausted,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_relay_bulk_buffer_bytes",
+        "gauge",
+        "Bytes of bulk buffers each worker's TCP relays hold now (at most its share of RINGMESH_TCP_BULK_MEMORY).",
+        |s| s.relay_bulk_bytes,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_relay_bulk_refused_total",
+        "counter",
+        "TCP relay directions that kept their small buffer for a bulk transfer because each worker's share of RINGMESH_TCP_BULK_MEMORY was in use.",
+        |s| s.relay_bulk_refused,
     );
     per_worker(
         out,
