@@ -89,6 +89,13 @@ pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE";
 pub const INBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
     "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
+/// The outbound listeners' own (unset: the inbound ones apply).
+pub const OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
+    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
+pub const OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL: &str =
+    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
+pub const OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT: &str =
+    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
 pub const HTTP2_MAX_STALLED_BYTES: &str = "RINGMESH_HTTP2_MAX_STALLED_BYTES";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
@@ -722,6 +729,32 @@ pub struct Http2Config {
     /// What responses stalled on their HTTP/2 clients' windows may hold
     /// per worker (`crate::stall`).
     pub max_stalled_bytes: usize,
+    /// The outbound listeners' stream limit and keep-alive: the fields
+    /// above (the inbound variables) unless the outbound variables are set.
+    pub outbound: H2Server,
+}
+
+/// The HTTP/2 server settings of one side's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Server {
+    pub max_concurrent_streams: u32,
+    pub keep_alive_interval: Option<Duration>,
+    pub keep_alive_timeout: Duration,
+}
+
+impl Http2Config {
+    /// The server settings of the inbound (`outbound == false`) or the
+    /// outbound listeners.
+    pub fn server(&self, outbound: bool) -> H2Server {
+        if outbound {
+            return self.outbound;
+        }
+        H2Server {
+            max_concurrent_streams: self.max_concurrent_streams,
+            keep_alive_interval: self.keep_alive_interval,
+            keep_alive_timeout: self.keep_alive_timeout,
+        }
+    }
 }
 
 /// Load balancing.
@@ -813,6 +846,11 @@ impl Config {
                 stream_window: 65_535,
                 connection_window: 1 << 20,
                 max_concurrent_streams: 200,
+                outbound: H2Server {
+                    max_concurrent_streams: 200,
+                    keep_alive_interval: None,
+                    keep_alive_timeout: Duration::from_secs(3),
+                },
                 keep_alive_interval: None,
                 keep_alive_timeout: Duration::from_secs(3),
                 max_stalled_bytes: 32 << 20,
@@ -1288,21 +1326,33 @@ impl Parser<'_> {
         if let Some(n) = self.parse_with(HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, window) {
             c.http2.connection_window = n;
         }
-        if let Some(n) = self.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, |s| {
-            match s.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err("expected a positive integer".to_string()),
-            }
-        }) {
-            c.http2.max_concurrent_streams = n;
-        }
-        if let Some(t) = self.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, |s| match s {
+        let streams = |s: &str| match s.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("expected a positive integer".to_string()),
+        };
+        let interval = |s: &str| match s {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),
-        }) {
+        };
+        if let Some(n) = self.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, streams) {
+            c.http2.max_concurrent_streams = n;
+        }
+        if let Some(t) = self.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, interval) {
             c.http2.keep_alive_interval = t;
         }
         self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2.keep_alive_timeout);
+        let mut out = c.http2.server(false);
+        if let Some(n) = self.parse_with(OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, streams) {
+            out.max_concurrent_streams = n;
+        }
+        if let Some(t) = self.parse_with(OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, interval) {
+            out.keep_alive_interval = t;
+        }
+        self.duration(
+            OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
+            &mut out.keep_alive_timeout,
+        );
+        c.http2.outbound = out;
         if let Some(n) = self.parse_with(HTTP2_MAX_STALLED_BYTES, |s| match s.parse::<usize>() {
             Ok(n) if n >= 1 << 20 => Ok(n),
             _ => Err("expected a number of bytes, at least 1048576".to_string()),
@@ -2020,6 +2070,52 @@ mod tests {
         }
         let err = parse(&[(OUTBOUND_LISTEN_ADDRS, "[::1]:4140,[::1]:4140")]).unwrap_err();
         assert!(err.to_string().contains(OUTBOUND_LISTEN_ADDRS), "{err}");
+    }
+
+    /// The outbound listeners' HTTP/2 server settings: the inbound ones
+    /// unless their own are set.
+    #[test]
+    fn http2_server_settings_per_side() {
+        let c = parse(&[
+            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "50"),
+            (HTTP2_KEEP_ALIVE_INTERVAL, "10s"),
+        ])
+        .unwrap();
+        assert_eq!(c.http2.server(true), c.http2.server(false));
+        assert_eq!(c.http2.server(true).max_concurrent_streams, 50);
+        let c = parse(&[
+            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "50"),
+            (HTTP2_KEEP_ALIVE_INTERVAL, "10s"),
+            (OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "7"),
+            (OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "off"),
+            (OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "1s"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.http2.server(true),
+            H2Server {
+                max_concurrent_streams: 7,
+                keep_alive_interval: None,
+                keep_alive_timeout: Duration::from_secs(1),
+            }
+        );
+        assert_eq!(c.http2.server(false).max_concurrent_streams, 50);
+        assert_eq!(
+            c.http2.server(false).keep_alive_interval,
+            Some(Duration::from_secs(10))
+        );
+        let err = parse(&[
+            (OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
+            (OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "soon"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for key in [
+            OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
+            OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
+        ] {
+            assert!(err.contains(key), "{key} not reported:\n{err}");
+        }
     }
 
     /// The relays' bulk buffer size and budget (0: no bulk buffers).

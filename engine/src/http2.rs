@@ -79,11 +79,12 @@ pub(crate) async fn serve(
         peer,
         Some(w.clone()),
     );
+    let side = w.cfg.http2.server(direction == Direction::Outbound);
     let mut builder = server::Builder::new();
     builder
         .initial_window_size(w.cfg.http2.stream_window)
         .initial_connection_window_size(w.cfg.http2.connection_window)
-        .max_concurrent_streams(w.cfg.http2.max_concurrent_streams)
+        .max_concurrent_streams(side.max_concurrent_streams)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
@@ -99,8 +100,8 @@ pub(crate) async fn serve(
     let active = Rc::new(Streams::default());
     // Keep-alive: a client that stops answering PINGs is gone.
     let (dead_tx, mut dead) = oneshot::channel::<()>();
-    if let (Some(interval), Some(pings)) = (w.cfg.http2.keep_alive_interval, conn.ping_pong()) {
-        let timeout = w.cfg.http2.keep_alive_timeout;
+    if let (Some(interval), Some(pings)) = (side.keep_alive_interval, conn.ping_pong()) {
+        let timeout = side.keep_alive_timeout;
         monoio::spawn(async move {
             crate::h2client::unanswered_ping(pings, interval, timeout, || true).await;
             let _ = dead_tx.send(());
