@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use ringmesh_admin::telemetry::Direction;
 use ringmesh_discovery::dns::DnsConfig;
 use ringmesh_discovery::Authority;
 use ringmesh_identity::Name;
@@ -690,6 +691,15 @@ pub struct HttpConfig {
     /// Idle upstream HTTP/1 connections kept for reuse, inbound and
     /// outbound (linkerd2-proxy's settings and defaults).
     pub pool: [PoolLimits; 2],
+}
+
+/// Where `d`'s value is in a per-side setting (`[inbound, outbound]`, as
+/// `HttpConfig::max_in_flight` and `HttpConfig::pool`).
+pub(crate) fn side_index(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
 }
 
 /// How idle upstream HTTP/1 connections of one side are kept.

@@ -475,7 +475,7 @@ async fn finish(
             let side = obs.key().direction;
             obs.end_status(status);
             if let Some(up) = upstream {
-                t.w.pools.h1.release(side, addr, up, t.ubuf);
+                t.w.pools.h1.release(side, up, t.ubuf);
             }
             // Bytes past a response answer no request: never parsed.
             t.ubuf.clear();

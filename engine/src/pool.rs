@@ -359,23 +359,15 @@ impl Pool {
     /// Gives a connection back after a complete exchange. `leftover` is
     /// what was read from it past the response: if anything, the
     /// connection is closed, never pooled; so it is past `side`'s limit.
-    pub(crate) fn release(
-        &self,
-        side: Direction,
-        addr: SocketAddr,
-        mut up: Upstream,
-        leftover: &[u8],
-    ) {
+    pub(crate) fn release(&self, side: Direction, mut up: Upstream, leftover: &[u8]) {
+        let addr = up.key.addr;
         if !leftover.is_empty() {
             self.note(addr, Seen::Bytes);
             return;
         }
         let mut idle = self.idle.borrow_mut();
         let ep = up.key.clone();
-        let limits = self.limits[match side {
-            Direction::Inbound => 0,
-            Direction::Outbound => 1,
-        }];
+        let limits = self.limits[crate::config::side_index(side)];
         let list = idle.entry(ep).or_default();
         if list.len() >= limits.max_idle {
             return;
@@ -664,7 +656,7 @@ mod tests {
                     ..Endpoint::plain(addr)
                 }),
             };
-            pool.release(Direction::Outbound, addr, up, &[]);
+            pool.release(Direction::Outbound, up, &[]);
             let other = Name::parse("db.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
             assert!(
                 pool.take(&Endpoint::plain(addr)).is_none(),

@@ -457,7 +457,7 @@ pub(crate) async fn h2_to_h1(
         }
     }
     if reusable {
-        w.pools.h1.release(obs.key().direction, addr, up, &got.ubuf);
+        w.pools.h1.release(obs.key().direction, up, &got.ubuf);
     }
     w.pools.bufs.put(got.ubuf);
     obs.endpoint_outcome(guard.as_ref(), status < 500);

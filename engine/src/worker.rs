@@ -113,23 +113,16 @@ impl InFlight {
         }
     }
 
-    fn slot(d: Direction) -> usize {
-        match d {
-            Direction::Inbound => 0,
-            Direction::Outbound => 1,
-        }
-    }
-
     /// A request begins; false when it is one too many (it still counts
     /// until [`Self::leave`]).
     pub(crate) fn enter(&self, d: Direction) -> bool {
-        let c = &self.now[Self::slot(d)];
+        let c = &self.now[crate::config::side_index(d)];
         c.set(c.get() + 1);
-        c.get() <= self.max[Self::slot(d)]
+        c.get() <= self.max[crate::config::side_index(d)]
     }
 
     pub(crate) fn leave(&self, d: Direction) {
-        let c = &self.now[Self::slot(d)];
+        let c = &self.now[crate::config::side_index(d)];
         c.set(c.get().saturating_sub(1));
     }
 }
