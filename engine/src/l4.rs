@@ -14,7 +14,7 @@ use ringmesh_admin::telemetry::AuthzProto;
 use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::buffer::BufferPool;
-use ringmesh_protocols::detect::Protocol;
+use ringmesh_protocols::detect::{is_h2_server_preface, Protocol};
 use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
@@ -640,7 +640,7 @@ fn verdict(
     if let Some(why) = found.undecided {
         tracing::debug!(listener = c.kind.name(), peer = %c.peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
     }
-    if early.as_ref().is_some_and(|e| !e.banner.is_empty()) {
+    if early.as_ref().is_some_and(Early::spoke_first) {
         if let Some(d) = dest {
             c.w.detection
                 .server_first
@@ -1055,6 +1055,15 @@ struct Early {
     banner: Vec<u8>,
 }
 
+impl Early {
+    /// Whether its server sent bytes before the client that make it a
+    /// server-speaks-first protocol (anything but an HTTP/2 server's
+    /// connection preface, which HTTP/2 servers send without waiting).
+    fn spoke_first(&self) -> bool {
+        !self.banner.is_empty() && !is_h2_server_preface(&self.banner)
+    }
+}
+
 /// How long a client may take to send its first bytes before the upstream
 /// connection is opened in parallel (HTTP clients write at once after
 /// connecting; server-first protocols then still see their first bytes
@@ -1184,7 +1193,9 @@ async fn read_or_connect(
 }
 
 /// Connected early and the client still silent: waits for whichever side
-/// speaks first. The server: relayed (its bytes in `early`'s banner). The
+/// speaks first. The server: relayed (its bytes in `early`'s banner),
+/// unless what it sent is an HTTP/2 server's SETTINGS (the client is then
+/// waited for and detected, the SETTINGS kept in case it is relayed). The
 /// client: detected. Neither by the detect timeout: nothing tells what this
 /// is, and both connections are closed (a silent flood holds backend
 /// connections for that long at most).
@@ -1213,6 +1224,11 @@ async fn first_to_speak(
         }))
     };
     match word {
+        // An HTTP/2 server's SETTINGS: it did not wait for the client, but
+        // the client still decides the protocol.
+        Ok(FirstWord::Server) if !early.spoke_first() => {
+            read_and_detect(client, prefix, None, deadline, header_timeout, eviction).await
+        }
         Ok(FirstWord::Server) => (found(None), prefix),
         Ok(FirstWord::Closed) => (found(Some(Undecided::Eof)), prefix),
         Ok(FirstWord::Silent | FirstWord::Evicted) => (Ok(None), prefix),

@@ -151,6 +151,50 @@ both_drivers!(
     super::server_first_is_relayed_at_once
 );
 
+/// An HTTP/2 server sends its SETTINGS as soon as it accepts. A client
+/// that waits before its preface (past the early connect's grace) must
+/// still reach the proxy's HTTP/2 server, not be relayed to the origin as a
+/// server-speaks-first connection, and the destination must not be
+/// remembered as one.
+fn h2_servers_settings_do_not_make_it_server_first(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let fwd = format!("127.0.0.1:0={}", origin.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            // Only the proxy advertises a stream limit: whose SETTINGS the
+            // client gets tells who answered.
+            (
+                "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+                "7",
+            ),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let slow = h2::advertised_streams_after(addr, Duration::from_millis(300));
+    assert_eq!(
+        slow,
+        Some(7),
+        "a slow HTTP/2 client reached the proxy's server"
+    );
+    assert_eq!(
+        h2::advertised_streams(addr),
+        Some(7),
+        "and the next client too"
+    );
+    assert_eq!(proxy.worker_stats()[0].server_first, 0);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    h2_servers_settings_do_not_make_it_server_first,
+    super::h2_servers_settings_do_not_make_it_server_first
+);
+
 /// A client-first backend (it only reads) and how many connections it
 /// has open now.
 fn client_first_backend() -> (Backend, Arc<AtomicUsize>) {

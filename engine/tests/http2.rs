@@ -25,7 +25,13 @@ fn forward_with(
     vars: &[(&str, &str)],
 ) -> ringmesh_engine::Proxy {
     let fwd = format!("127.0.0.1:0={origin}");
-    let mut all = vec![("RINGMESH_TCP_FORWARD", fwd.as_str())];
+    let mut all = vec![
+        ("RINGMESH_TCP_FORWARD", fwd.as_str()),
+        // The clients here speak HTTP/2 at once, but a loaded machine may
+        // delay a Python client's preface past start_proxy's short
+        // detect timeout: the connection would then be relayed.
+        ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "5s"),
+    ];
     all.extend_from_slice(vars);
     start_proxy(driver, &all)
 }
@@ -442,31 +448,6 @@ fn grpc_calls_and_statuses() {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
-/// The SETTINGS_MAX_CONCURRENT_STREAMS a listener advertises: the
-/// connection preface and an empty SETTINGS, then the server's SETTINGS
-/// read off the wire (`None`: not advertised).
-fn advertised_streams(addr: std::net::SocketAddr) -> Option<u32> {
-    use std::io::Read;
-    let mut s = connect(addr);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .unwrap();
-    loop {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).unwrap();
-        // SETTINGS (type 4) that is not an ACK (flag 1).
-        if head[3] == 4 && head[4] & 1 == 0 {
-            return payload
-                .chunks_exact(6)
-                .find(|p| p[..2] == [0, 3])
-                .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
-        }
-    }
-}
-
 /// linkerd2-proxy's `LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_*` apply to the
 /// outbound listeners (a forward here), the `INBOUND_` ones to the
 /// inbound listener; without the outbound ones, the inbound ones apply to
@@ -488,11 +469,14 @@ fn server_settings_per_side(driver: IoDriver) {
         "7",
     ));
     let proxy = forward_with(driver, origin.addr, &vars);
-    assert_eq!(advertised_streams(proxy.forward_addrs()[0]), Some(7));
-    assert_eq!(advertised_streams(proxy.inbound_addr().unwrap()), Some(50));
+    assert_eq!(h2::advertised_streams(proxy.forward_addrs()[0]), Some(7));
+    assert_eq!(
+        h2::advertised_streams(proxy.inbound_addr().unwrap()),
+        Some(50)
+    );
     drop(proxy);
     let proxy = forward_with(driver, origin.addr, &both);
-    assert_eq!(advertised_streams(proxy.forward_addrs()[0]), Some(50));
+    assert_eq!(h2::advertised_streams(proxy.forward_addrs()[0]), Some(50));
 }
 both_drivers!(
     http2_server_settings_per_side,

@@ -170,6 +170,20 @@ pub fn stalled(buf: &[u8]) -> Protocol {
     }
 }
 
+/// True when a server's first bytes begin with an HTTP/2 server connection
+/// preface: a SETTINGS frame (not an ACK) on stream 0 (RFC 9113 §3.4). HTTP/2
+/// servers send it as soon as they accept, before the client's preface, so
+/// it does not make the server a server-speaks-first protocol. The whole
+/// 9-byte frame header must be there.
+pub fn is_h2_server_preface(buf: &[u8]) -> bool {
+    let Some(head) = buf.get(..9) else {
+        return false;
+    };
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+    // SETTINGS: type 4, no flags (ACK is 1), stream 0, 6 bytes a setting.
+    head[3] == 0x4 && head[4] == 0 && head[5..9] == [0; 4] && len % 6 == 0 && len <= 16_384
+}
+
 fn skip_empty_lines(buf: &[u8]) -> &[u8] {
     let start = buf
         .iter()
@@ -193,6 +207,25 @@ mod tests {
     use super::*;
     use Detection::*;
     use Protocol::*;
+
+    #[test]
+    fn h2_server_prefaces() {
+        // Empty SETTINGS, and SETTINGS_MAX_CONCURRENT_STREAMS=100 followed by
+        // a WINDOW_UPDATE.
+        assert!(is_h2_server_preface(b"\0\0\0\x04\0\0\0\0\0"));
+        let mut two = b"\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64".to_vec();
+        two.extend_from_slice(b"\0\0\x04\x08\0\0\0\0\0\0\x0f\0\x01");
+        assert!(is_h2_server_preface(&two));
+        // A partial header, an ACK, another stream, a length that is not
+        // whole settings, another frame type, text banners.
+        assert!(!is_h2_server_preface(b"\0\0\0\x04\0\0\0\0"));
+        assert!(!is_h2_server_preface(b"\0\0\0\x04\x01\0\0\0\0"));
+        assert!(!is_h2_server_preface(b"\0\0\0\x04\0\0\0\0\x01"));
+        assert!(!is_h2_server_preface(b"\0\0\x05\x04\0\0\0\0\0\0\0\0\0\0"));
+        assert!(!is_h2_server_preface(b"\0\0\x08\x07\0\0\0\0\0"));
+        assert!(!is_h2_server_preface(b"220 mail.example ESMTP\r\n"));
+        assert!(!is_h2_server_preface(b""));
+    }
 
     #[test]
     fn http1_request_lines() {

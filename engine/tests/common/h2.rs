@@ -323,3 +323,35 @@ pub fn attack(attack: &str, addr: &str) -> String {
         text
     }
 }
+
+/// The SETTINGS_MAX_CONCURRENT_STREAMS a listener advertises: the
+/// connection preface and an empty SETTINGS, then the server's SETTINGS
+/// read off the wire (`None`: not advertised).
+pub fn advertised_streams(addr: SocketAddr) -> Option<u32> {
+    advertised_streams_after(addr, Duration::ZERO)
+}
+
+/// As [`advertised_streams`], the client silent for `pause` after
+/// connecting.
+pub fn advertised_streams_after(addr: SocketAddr, pause: Duration) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(pause);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        // SETTINGS (type 4) that is not an ACK (flag 1).
+        if head[3] == 4 && head[4] & 1 == 0 {
+            return payload
+                .chunks_exact(6)
+                .find(|p| p[..2] == [0, 3])
+                .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+        }
+    }
+}
