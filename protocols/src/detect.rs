@@ -181,7 +181,7 @@ pub fn is_h2_server_preface(buf: &[u8]) -> bool {
     };
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
     // SETTINGS: type 4, no flags (ACK is 1), stream 0, 6 bytes a setting.
-    head[3] == 0x4 && head[4] == 0 && head[5..9] == [0; 4] && len % 6 == 0 && len <= 16_384
+    head[3] == 0x4 && head[4] == 0 && head[5..9] == [0; 4] && len.is_multiple_of(6) && len <= 16_384
 }
 
 fn skip_empty_lines(buf: &[u8]) -> &[u8] {
