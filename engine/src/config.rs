@@ -80,23 +80,19 @@ pub const DNS_MAX_TTL: &str = "LINKERD2_PROXY_DNS_MAX_TTL";
 pub const DNS_SERVERS: &str = "RINGMESH_DNS_SERVERS";
 pub const INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
 pub const OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
-pub const HTTP2_KEEP_ALIVE_INTERVAL: &str =
-    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
-pub const HTTP2_KEEP_ALIVE_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
 pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE";
 pub const HTTP2_INITIAL_STREAM_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_STREAM_WINDOW_SIZE";
 pub const HTTP2_INITIAL_CONNECTION_WINDOW_SIZE: &str =
     "LINKERD2_PROXY_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE";
-pub const INBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
-    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
-/// The outbound listeners' own (unset: the inbound ones apply).
-pub const OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS: &str =
-    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS";
-pub const OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL: &str =
-    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
-pub const OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT: &str =
-    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
+/// The prefixes of linkerd2-proxy's HTTP/2 server settings of each side:
+/// `_MAX_CONCURRENT_STREAMS`, `_KEEP_ALIVE_INTERVAL`, `_KEEP_ALIVE_TIMEOUT`,
+/// `_INITIAL_STREAM_WINDOW_SIZE`, `_INITIAL_CONNECTION_WINDOW_SIZE`,
+/// `_MAX_FRAME_SIZE`, `_MAX_HEADER_LIST_SIZE`.
+pub const INBOUND_SERVER_HTTP2: &str = "LINKERD2_PROXY_INBOUND_SERVER_HTTP2";
+pub const OUTBOUND_SERVER_HTTP2: &str = "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2";
+/// The largest `_MAX_HEADER_LIST_SIZE` (the `h2` crate's default).
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 pub const HTTP2_MAX_STALLED_BYTES: &str = "RINGMESH_HTTP2_MAX_STALLED_BYTES";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
@@ -727,42 +723,63 @@ impl Default for PoolLimits {
 /// HTTP/2.
 #[derive(Clone, Debug)]
 pub struct Http2Config {
-    /// Flow-control windows ringmesh advertises (both sides).
+    /// Flow-control windows ringmesh advertises to upstreams, and to
+    /// clients unless a side's server settings say otherwise.
     pub stream_window: u32,
     pub connection_window: u32,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 clients.
-    pub max_concurrent_streams: u32,
-    /// PING clients this often (`None`: never) and close the connection
-    /// when the answer takes longer than the timeout.
-    pub keep_alive_interval: Option<Duration>,
-    pub keep_alive_timeout: Duration,
     /// What responses stalled on their HTTP/2 clients' windows may hold
     /// per worker (`crate::stall`).
     pub max_stalled_bytes: usize,
-    /// The outbound listeners' stream limit and keep-alive: the fields
-    /// above (the inbound variables) unless the outbound variables are set.
-    pub outbound: H2Server,
+    /// The HTTP/2 server settings of the inbound and the outbound listeners
+    /// (`[inbound, outbound]`, see [`side_index`]): linkerd2-proxy's
+    /// `LINKERD2_PROXY_{INBOUND,OUTBOUND}_SERVER_HTTP2_*`. An outbound
+    /// variable left unset takes its inbound one.
+    pub server: [H2Server; 2],
 }
 
 /// The HTTP/2 server settings of one side's listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct H2Server {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_concurrent_streams: u32,
+    /// PING clients this often (`None`: never) and close the connection
+    /// when the answer takes longer than the timeout.
     pub keep_alive_interval: Option<Duration>,
     pub keep_alive_timeout: Duration,
+    /// SETTINGS_INITIAL_WINDOW_SIZE and the connection window (default:
+    /// `LINKERD2_PROXY_HTTP2_INITIAL_*_WINDOW_SIZE`).
+    pub stream_window: u32,
+    pub connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE: the largest frame a client may send.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: a request whose header list is larger
+    /// gets 431.
+    pub max_header_list_size: u32,
 }
 
 impl Http2Config {
     /// The server settings of the inbound (`outbound == false`) or the
     /// outbound listeners.
     pub fn server(&self, outbound: bool) -> H2Server {
-        if outbound {
-            return self.outbound;
-        }
-        H2Server {
-            max_concurrent_streams: self.max_concurrent_streams,
-            keep_alive_interval: self.keep_alive_interval,
-            keep_alive_timeout: self.keep_alive_timeout,
+        let d = if outbound {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        self.server[side_index(d)]
+    }
+}
+
+impl Default for H2Server {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 200,
+            keep_alive_interval: None,
+            keep_alive_timeout: Duration::from_secs(3),
+            stream_window: 65_535,
+            connection_window: 1 << 20,
+            max_frame_size: 16_384,
+            max_header_list_size: 64 * 1024,
         }
     }
 }
@@ -855,15 +872,8 @@ impl Config {
             http2: Http2Config {
                 stream_window: 65_535,
                 connection_window: 1 << 20,
-                max_concurrent_streams: 200,
-                outbound: H2Server {
-                    max_concurrent_streams: 200,
-                    keep_alive_interval: None,
-                    keep_alive_timeout: Duration::from_secs(3),
-                },
-                keep_alive_interval: None,
-                keep_alive_timeout: Duration::from_secs(3),
                 max_stalled_bytes: 32 << 20,
+                server: [H2Server::default(); 2],
             },
             balancing: BalancingConfig {
                 failure_accrual_consecutive: 7,
@@ -1344,25 +1354,49 @@ impl Parser<'_> {
             "" | "off" | "0" => Ok(None),
             s => parse_duration(s).map(Some),
         };
-        if let Some(n) = self.parse_with(INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, streams) {
-            c.http2.max_concurrent_streams = n;
+        // RFC 9113 §6.5.2.
+        let frame = |s: &str| match s.parse::<u32>() {
+            Ok(n) if (16_384..=(1 << 24) - 1).contains(&n) => Ok(n),
+            _ => Err("expected a frame size between 16384 and 16777215".to_string()),
+        };
+        let header_list = |s: &str| match s.parse::<u32>() {
+            Ok(n) if (1024..=MAX_HEADER_LIST_SIZE).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "expected a number of bytes between 1024 and {MAX_HEADER_LIST_SIZE}"
+            )),
+        };
+        // Inbound first: an outbound variable left unset takes its value.
+        let mut side = H2Server {
+            stream_window: c.http2.stream_window,
+            connection_window: c.http2.connection_window,
+            ..H2Server::default()
+        };
+        for (d, prefix) in [
+            (Direction::Inbound, INBOUND_SERVER_HTTP2),
+            (Direction::Outbound, OUTBOUND_SERVER_HTTP2),
+        ] {
+            let key = |name: &str| format!("{prefix}_{name}");
+            if let Some(n) = self.parse_with(&key("MAX_CONCURRENT_STREAMS"), streams) {
+                side.max_concurrent_streams = n;
+            }
+            if let Some(t) = self.parse_with(&key("KEEP_ALIVE_INTERVAL"), interval) {
+                side.keep_alive_interval = t;
+            }
+            self.duration(&key("KEEP_ALIVE_TIMEOUT"), &mut side.keep_alive_timeout);
+            if let Some(n) = self.parse_with(&key("INITIAL_STREAM_WINDOW_SIZE"), window) {
+                side.stream_window = n;
+            }
+            if let Some(n) = self.parse_with(&key("INITIAL_CONNECTION_WINDOW_SIZE"), window) {
+                side.connection_window = n;
+            }
+            if let Some(n) = self.parse_with(&key("MAX_FRAME_SIZE"), frame) {
+                side.max_frame_size = n;
+            }
+            if let Some(n) = self.parse_with(&key("MAX_HEADER_LIST_SIZE"), header_list) {
+                side.max_header_list_size = n;
+            }
+            c.http2.server[side_index(d)] = side;
         }
-        if let Some(t) = self.parse_with(HTTP2_KEEP_ALIVE_INTERVAL, interval) {
-            c.http2.keep_alive_interval = t;
-        }
-        self.duration(HTTP2_KEEP_ALIVE_TIMEOUT, &mut c.http2.keep_alive_timeout);
-        let mut out = c.http2.server(false);
-        if let Some(n) = self.parse_with(OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, streams) {
-            out.max_concurrent_streams = n;
-        }
-        if let Some(t) = self.parse_with(OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, interval) {
-            out.keep_alive_interval = t;
-        }
-        self.duration(
-            OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
-            &mut out.keep_alive_timeout,
-        );
-        c.http2.outbound = out;
         if let Some(n) = self.parse_with(HTTP2_MAX_STALLED_BYTES, |s| match s.parse::<usize>() {
             Ok(n) if n >= 1 << 20 => Ok(n),
             _ => Err("expected a number of bytes, at least 1048576".to_string()),
@@ -1895,7 +1929,7 @@ mod tests {
         assert_eq!(c.io_driver, IoDriver::Auto);
         assert_eq!(c.cores, None);
         // hyper's server default, which linkerd2-proxy does not change.
-        assert_eq!(c.http2.max_concurrent_streams, 200);
+        assert_eq!(c.http2.server(false).max_concurrent_streams, 200);
     }
 
     #[test]
@@ -1957,7 +1991,10 @@ mod tests {
             (TCP_RING_BUFFERS, "100"),
             (HTTP2_INITIAL_STREAM_WINDOW_SIZE, "100"),
             (HTTP2_INITIAL_CONNECTION_WINDOW_SIZE, "4294967295"),
-            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
+            (
+                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+                "0",
+            ),
             (FAILURE_ACCRUAL_CONSECUTIVE, "none"),
             (DETECT_MAX_UNDECIDED, "0"),
             (HTTP2_MAX_STALLED_BYTES, "1000"),
@@ -1968,7 +2005,7 @@ mod tests {
         for key in [
             HTTP2_INITIAL_STREAM_WINDOW_SIZE,
             HTTP2_INITIAL_CONNECTION_WINDOW_SIZE,
-            INBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
             FAILURE_ACCRUAL_CONSECUTIVE,
             DETECT_MAX_UNDECIDED,
             HTTP2_MAX_STALLED_BYTES,
@@ -2083,47 +2120,77 @@ mod tests {
     }
 
     /// The outbound listeners' HTTP/2 server settings: the inbound ones
-    /// unless their own are set.
+    /// unless their own are set; the windows default to the global ones.
     #[test]
     fn http2_server_settings_per_side() {
-        let c = parse(&[
-            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "50"),
-            (HTTP2_KEEP_ALIVE_INTERVAL, "10s"),
-        ])
-        .unwrap();
-        assert_eq!(c.http2.server(true), c.http2.server(false));
-        assert_eq!(c.http2.server(true).max_concurrent_streams, 50);
-        let c = parse(&[
-            (INBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "50"),
-            (HTTP2_KEEP_ALIVE_INTERVAL, "10s"),
-            (OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "7"),
-            (OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "off"),
-            (OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "1s"),
-        ])
-        .unwrap();
+        const IN: &str = "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_";
+        const OUT: &str = "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_";
+        // `parse` takes the test's static strings.
+        let var = |prefix: &str, name: &str| -> &'static str {
+            Box::leak(format!("{prefix}{name}").into_boxed_str())
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.http2.server(false), H2Server::default());
+        assert_eq!(c.http2.server(true), H2Server::default());
+        let vars = [
+            (var(IN, "MAX_CONCURRENT_STREAMS"), "50"),
+            (var(IN, "KEEP_ALIVE_INTERVAL"), "10s"),
+            (var(IN, "MAX_FRAME_SIZE"), "65536"),
+            (var(IN, "MAX_HEADER_LIST_SIZE"), "131072"),
+            (HTTP2_INITIAL_STREAM_WINDOW_SIZE, "1048576"),
+        ];
+        let c = parse(&vars).unwrap();
+        let inbound = H2Server {
+            max_concurrent_streams: 50,
+            keep_alive_interval: Some(Duration::from_secs(10)),
+            max_frame_size: 65_536,
+            max_header_list_size: 131_072,
+            stream_window: 1 << 20,
+            ..H2Server::default()
+        };
+        assert_eq!(c.http2.server(false), inbound);
+        assert_eq!(c.http2.server(true), inbound);
+        let mut more = vars.to_vec();
+        more.extend([
+            (var(OUT, "MAX_CONCURRENT_STREAMS"), "7"),
+            (var(OUT, "KEEP_ALIVE_INTERVAL"), "off"),
+            (var(OUT, "KEEP_ALIVE_TIMEOUT"), "1s"),
+            (var(OUT, "INITIAL_STREAM_WINDOW_SIZE"), "70000"),
+            (var(OUT, "INITIAL_CONNECTION_WINDOW_SIZE"), "4194304"),
+            (var(OUT, "MAX_FRAME_SIZE"), "16384"),
+            (var(OUT, "MAX_HEADER_LIST_SIZE"), "2048"),
+        ]);
+        let c = parse(&more).unwrap();
+        assert_eq!(c.http2.server(false), inbound);
         assert_eq!(
             c.http2.server(true),
             H2Server {
                 max_concurrent_streams: 7,
                 keep_alive_interval: None,
                 keep_alive_timeout: Duration::from_secs(1),
+                stream_window: 70_000,
+                connection_window: 4 << 20,
+                max_frame_size: 16_384,
+                max_header_list_size: 2048,
             }
         );
-        assert_eq!(c.http2.server(false).max_concurrent_streams, 50);
+        // The client side keeps the global windows.
         assert_eq!(
-            c.http2.server(false).keep_alive_interval,
-            Some(Duration::from_secs(10))
+            (c.http2.stream_window, c.http2.connection_window),
+            (1 << 20, 1 << 20)
         );
-        let err = parse(&[
-            (OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS, "0"),
-            (OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "soon"),
-        ])
-        .unwrap_err()
-        .to_string();
-        for key in [
-            OUTBOUND_HTTP2_MAX_CONCURRENT_STREAMS,
-            OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
-        ] {
+        let bad = [
+            (var(OUT, "MAX_CONCURRENT_STREAMS"), "0"),
+            (var(OUT, "KEEP_ALIVE_TIMEOUT"), "soon"),
+            (var(IN, "MAX_FRAME_SIZE"), "16383"),
+            (var(OUT, "MAX_FRAME_SIZE"), "16777216"),
+            (var(IN, "MAX_HEADER_LIST_SIZE"), "100"),
+            (var(OUT, "MAX_HEADER_LIST_SIZE"), "16777217"),
+            (var(IN, "INITIAL_STREAM_WINDOW_SIZE"), "2147483648"),
+            (var(OUT, "INITIAL_CONNECTION_WINDOW_SIZE"), "-1"),
+        ];
+        let err = parse(&bad).unwrap_err().to_string();
+        for (key, _) in bad {
             assert!(err.contains(key), "{key} not reported:\n{err}");
         }
     }

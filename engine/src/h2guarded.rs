@@ -50,8 +50,17 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
     /// A client's connection (its bytes start with the preface): cut off
     /// with a lingering close, so the client reads why.
     pub(crate) fn client(io: I, peer: SocketAddr, warnings: Option<Rc<dyn Warnings>>) -> Self {
-        let guard = FrameGuard::new(GuardLimits::default());
-        Self::with(io, guard, peer, warnings)
+        Self::client_with(io, peer, warnings, GuardLimits::default())
+    }
+
+    /// As [`GuardedIo::client`], with other limits.
+    pub(crate) fn client_with(
+        io: I,
+        peer: SocketAddr,
+        warnings: Option<Rc<dyn Warnings>>,
+        limits: GuardLimits,
+    ) -> Self {
+        Self::with(io, FrameGuard::new(limits), peer, warnings)
     }
 
     /// A connection to an upstream server at `peer` (a worker's pooled

@@ -26,15 +26,14 @@ use monoio::io::PrefixedReadIo;
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass, TlsStatus};
 use ringmesh_balancer::OpenGuard;
+use ringmesh_protocols::h2guard::GuardLimits;
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
-use crate::config::ConnectConfig;
+use crate::config::{ConnectConfig, H2Server};
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h1forward::CLIENT_ID;
-use crate::h2client::{
-    declared_length, open_stream, send_all, unprocessed, MeteredIo, Opening, MAX_HEADER_LIST_SIZE,
-};
+use crate::h2client::{declared_length, open_stream, send_all, unprocessed, MeteredIo, Opening};
 use crate::h2guarded::GuardedIo;
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
@@ -50,6 +49,21 @@ use crate::worker::{Routes, Worker};
 /// `ENHANCE_YOUR_CALM` (MadeYouReset, CVE-2025-8671): over the connection's
 /// life, the `h2` crate's default.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The frame guard's limits for a listener's clients: the defaults, with
+/// room for a header block as large as the side's header list limit (a
+/// larger one gets 431 from the library, not the guard's GOAWAY).
+fn guard_limits(side: &H2Server) -> GuardLimits {
+    let mut limits = GuardLimits::default();
+    // HPACK seldom makes a header list larger than its encoding; allow
+    // the limit itself, in as many CONTINUATIONs as the smallest frames
+    // take.
+    limits.header_block_bytes = limits.header_block_bytes.max(side.max_header_list_size);
+    limits.continuations_per_block = limits
+        .continuations_per_block
+        .max(side.max_header_list_size.div_ceil(16_384) + 1);
+    limits
+}
 
 /// Serves HTTP/2 on `client` (plain or TLS); `prefix` holds what
 /// detection read (the connection preface at least), already counted by
@@ -71,21 +85,23 @@ pub(crate) async fn serve(
     };
     meter.read(prefix.len());
     let tls = client.tls().clone();
-    let io = GuardedIo::client(
+    let side = w.cfg.http2.server(direction == Direction::Outbound);
+    let io = GuardedIo::client_with(
         MeteredIo {
             io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
             meter,
         },
         peer,
         Some(w.clone()),
+        guard_limits(&side),
     );
-    let side = w.cfg.http2.server(direction == Direction::Outbound);
     let mut builder = server::Builder::new();
     builder
-        .initial_window_size(w.cfg.http2.stream_window)
-        .initial_connection_window_size(w.cfg.http2.connection_window)
+        .initial_window_size(side.stream_window)
+        .initial_connection_window_size(side.connection_window)
         .max_concurrent_streams(side.max_concurrent_streams)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_frame_size(side.max_frame_size)
+        .max_header_list_size(side.max_header_list_size)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
         Ok(c) => c,

@@ -450,37 +450,279 @@ fn grpc_calls_and_statuses() {
 
 /// linkerd2-proxy's `LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_*` apply to the
 /// outbound listeners (a forward here), the `INBOUND_` ones to the
-/// inbound listener; without the outbound ones, the inbound ones apply to
-/// both.
+/// inbound listener; an outbound one left unset takes its inbound one. The
+/// SETTINGS and the connection window are read off the wire.
 fn server_settings_per_side(driver: IoDriver) {
+    use std::collections::HashMap;
     let origin = h2::origin(None);
     let target = origin.addr.to_string();
-    let both = [
+    let inbound = [
         ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
         ("RINGMESH_INBOUND_TARGET", target.as_str()),
         (
             "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
             "50",
         ),
+        (
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_INITIAL_STREAM_WINDOW_SIZE",
+            "1048576",
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
+            "4194304",
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_FRAME_SIZE",
+            "65536",
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+            "131072",
+        ),
     ];
-    let mut vars = both.to_vec();
-    vars.push((
-        "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
-        "7",
-    ));
+    let mut vars = inbound.to_vec();
+    vars.extend([
+        (
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+            "7",
+        ),
+        (
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_INITIAL_STREAM_WINDOW_SIZE",
+            "100000",
+        ),
+        (
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE",
+            "200000",
+        ),
+        (
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_FRAME_SIZE",
+            "32768",
+        ),
+        (
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+            "2048",
+        ),
+    ]);
+    // SETTINGS_MAX_CONCURRENT_STREAMS = 3, INITIAL_WINDOW_SIZE = 4,
+    // MAX_FRAME_SIZE = 5, MAX_HEADER_LIST_SIZE = 6.
+    let settings = |a: &h2::Advertised| {
+        [3u16, 4, 5, 6]
+            .iter()
+            .map(|id| a.settings.get(id).copied())
+            .collect::<Vec<_>>()
+    };
     let proxy = forward_with(driver, origin.addr, &vars);
-    assert_eq!(h2::advertised_streams(proxy.forward_addrs()[0]), Some(7));
+    let out = h2::advertised(proxy.forward_addrs()[0], Duration::ZERO);
     assert_eq!(
-        h2::advertised_streams(proxy.inbound_addr().unwrap()),
-        Some(50)
+        settings(&out),
+        [Some(7), Some(100_000), Some(32_768), Some(2048)],
+        "{:?}",
+        out.settings
     );
+    assert_eq!(out.connection_window_increment, 200_000 - 65_535);
+    let inb = h2::advertised(proxy.inbound_addr().unwrap(), Duration::ZERO);
+    assert_eq!(
+        settings(&inb),
+        [Some(50), Some(1 << 20), Some(65_536), Some(131_072)],
+        "{:?}",
+        inb.settings
+    );
+    assert_eq!(inb.connection_window_increment, (4 << 20) - 65_535);
     drop(proxy);
-    let proxy = forward_with(driver, origin.addr, &both);
-    assert_eq!(h2::advertised_streams(proxy.forward_addrs()[0]), Some(50));
+    // Outbound unset: the inbound values.
+    let proxy = forward_with(driver, origin.addr, &inbound);
+    let out = h2::advertised(proxy.forward_addrs()[0], Duration::ZERO);
+    assert_eq!(settings(&out), settings(&inb), "{:?}", out.settings);
+    assert_eq!(out.connection_window_increment, (4 << 20) - 65_535);
+    drop(proxy);
+    // None set: the defaults.
+    let proxy = forward_to(driver, origin.addr);
+    let out = h2::advertised(proxy.forward_addrs()[0], Duration::ZERO);
+    let expected: HashMap<u16, u32> = [(3, 200), (4, 65_535), (5, 16_384), (6, 65_536)]
+        .into_iter()
+        .collect();
+    let got: HashMap<u16, u32> = out
+        .settings
+        .iter()
+        .filter(|(id, _)| [3, 4, 5, 6].contains(*id))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(out.connection_window_increment, (1 << 20) - 65_535);
 }
 both_drivers!(
     http2_server_settings_per_side,
     super::server_settings_per_side
+);
+
+/// One frame: (type, flags, stream, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `first`.
+fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// Sends `POST /echo` on stream 1 with a `content-length` of
+/// `body.len()`, an `x-big` field of `big` bytes (its header block cut
+/// into `frame_size` pieces), and the body in one DATA frame; then reads
+/// until stream 1 ends, is reset, or the connection gets GOAWAY (or
+/// closes).
+fn post_raw(addr: std::net::SocketAddr, big: usize, body: &[u8], frame_size: usize) -> Vec<Frame> {
+    use std::io::Read;
+    let mut block = b"\x83\x86\x04\x05/echo\x01\x04test".to_vec();
+    let length = body.len().to_string();
+    block.extend_from_slice(b"\x0f\x0d");
+    hpack_int(&mut block, 0, 7, length.len());
+    block.extend_from_slice(length.as_bytes());
+    if big > 0 {
+        block.extend_from_slice(b"\x00\x05x-big");
+        hpack_int(&mut block, 0, 7, big);
+        block.extend(std::iter::repeat_n(b'a', big));
+    }
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let pieces: Vec<&[u8]> = block.chunks(frame_size).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let kind = if i == 0 { 1 } else { 9 };
+        let end_headers = if i + 1 == pieces.len() { 4 } else { 0 };
+        out.extend(frame(kind, end_headers, 1, piece));
+    }
+    out.extend(frame(0, 1, 1, body));
+    // A slow server may refuse before reading it all.
+    let _ = s.write_all(&out);
+    let mut frames = Vec::new();
+    loop {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            return frames;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            return frames;
+        }
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let (kind, flags) = (head[3], head[4]);
+        let done = kind == 7 || (stream == 1 && (kind == 3 || flags & 1 == 1));
+        frames.push((kind, flags, stream, payload));
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// The response's status on stream 1 (`:status 200` is HPACK's indexed
+/// 0x88; others, not Huffman-coded at three digits, read as text), the
+/// bytes of its DATA, and the GOAWAY's error code if one came.
+fn outcome(frames: &[Frame]) -> (Option<String>, usize, Option<u32>) {
+    let mut status = None;
+    let mut data = 0;
+    let mut goaway = None;
+    for (kind, _, stream, payload) in frames {
+        match (kind, stream) {
+            (1, 1) if status.is_none() => {
+                status = Some(if payload.first() == Some(&0x88) {
+                    "200".to_string()
+                } else {
+                    payload
+                        .windows(3)
+                        .find(|w| w.iter().all(u8::is_ascii_digit))
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .unwrap_or_else(|| format!("{payload:?}"))
+                });
+            }
+            (0, 1) => data += payload.len(),
+            (7, 0) => goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+            _ => {}
+        }
+    }
+    (status, data, goaway)
+}
+
+/// `LINKERD2_PROXY_*_SERVER_HTTP2_MAX_FRAME_SIZE` and `_MAX_HEADER_LIST_SIZE`
+/// are what the listener accepts: a 32 KiB DATA frame and a 100 KB header
+/// list are served where they are set (a 600 KB one with a 1 MiB limit),
+/// and refused by default (GOAWAY FRAME_SIZE_ERROR; 431).
+fn frame_and_header_list_limits(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let body = vec![b'x'; 32 * 1024];
+    let big = 100_000;
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[
+            (
+                "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_FRAME_SIZE",
+                "65536",
+            ),
+            (
+                "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+                "262144",
+            ),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let frames = post_raw(addr, big, &body, 65_536);
+    assert_eq!(
+        outcome(&frames),
+        (Some("200".to_string()), body.len(), None),
+        "{:?}",
+        frames
+            .iter()
+            .map(|f| (f.0, f.1, f.2, f.3.len()))
+            .collect::<Vec<_>>()
+    );
+    drop(proxy);
+    // A header list past the frame guard's own bound (256 KiB in 32
+    // CONTINUATIONs): the guard grows with the limit.
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[(
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+            "1048576",
+        )],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let (status, _, goaway) = outcome(&post_raw(addr, 600_000, b"", 16_384));
+    assert_eq!((status.as_deref(), goaway), (Some("200"), None));
+    drop(proxy);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let (status, _, goaway) = outcome(&post_raw(addr, big, b"", 16_384));
+    assert_eq!((status.as_deref(), goaway), (Some("431"), None));
+    // FRAME_SIZE_ERROR = 6.
+    let (_, data, goaway) = outcome(&post_raw(addr, 0, &body, 16_384));
+    assert_eq!((data, goaway), (0, Some(6)));
+    // And a request within the defaults is served.
+    let (status, data, _) = outcome(&post_raw(addr, 1000, &body[..16_000], 16_384));
+    assert_eq!((status.as_deref(), data), (Some("200"), 16_000));
+}
+both_drivers!(
+    http2_frame_and_header_list_limits,
+    super::frame_and_header_list_limits
 );
 
 /// HTTP/2 attacks from a raw frame client (python h2): each attacker is cut

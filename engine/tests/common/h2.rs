@@ -334,24 +334,60 @@ pub fn advertised_streams(addr: SocketAddr) -> Option<u32> {
 /// As [`advertised_streams`], the client silent for `pause` after
 /// connecting.
 pub fn advertised_streams_after(addr: SocketAddr, pause: Duration) -> Option<u32> {
+    advertised(addr, pause).settings.get(&3).copied()
+}
+
+/// What an HTTP/2 server said before any request.
+pub struct Advertised {
+    /// Its SETTINGS, by identifier.
+    pub settings: std::collections::HashMap<u16, u32>,
+    /// The connection window it opened beyond the initial 65535.
+    pub connection_window_increment: u32,
+}
+
+/// The connection preface and an empty SETTINGS after `pause`, then the
+/// server's frames up to its SETTINGS ACK.
+pub fn advertised(addr: SocketAddr, pause: Duration) -> Advertised {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     std::thread::sleep(pause);
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
+    let mut out = Advertised {
+        settings: Default::default(),
+        connection_window_increment: 0,
+    };
+    let mut acked = false;
     loop {
         let mut head = [0u8; 9];
-        s.read_exact(&mut head).unwrap();
+        if let Err(e) = s.read_exact(&mut head) {
+            // After its ACK, what else it sends unasked comes at once.
+            assert!(acked, "{e}");
+            return out;
+        }
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let mut payload = vec![0u8; len];
         s.read_exact(&mut payload).unwrap();
-        // SETTINGS (type 4) that is not an ACK (flag 1).
-        if head[3] == 4 && head[4] & 1 == 0 {
-            return payload
-                .chunks_exact(6)
-                .find(|p| p[..2] == [0, 3])
-                .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+        match (head[3], head[4] & 1, stream) {
+            (4, 1, 0) => {
+                acked = true;
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+            }
+            (4, 0, 0) => {
+                for p in payload.chunks_exact(6) {
+                    let id = u16::from_be_bytes([p[0], p[1]]);
+                    let value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+                    out.settings.insert(id, value);
+                }
+            }
+            (8, _, 0) => {
+                out.connection_window_increment +=
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            }
+            _ => {}
         }
     }
 }
