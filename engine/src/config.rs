@@ -96,6 +96,9 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 pub const HTTP2_MAX_STALLED_BYTES: &str = "RINGMESH_HTTP2_MAX_STALLED_BYTES";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
+pub const INGRESS_MODE: &str = "LINKERD2_PROXY_INGRESS_MODE";
+pub const OUTBOUND_DISABLE_INFORMATIONAL_HEADERS: &str =
+    "LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS";
 pub const ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
 pub const SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
 pub const CONTROL_LISTEN_ADDR: &str = "LINKERD2_PROXY_CONTROL_LISTEN_ADDR";
@@ -533,6 +536,15 @@ pub struct OutboundConfig {
     /// Destination ports whose connections skip detection (opaque TCP at
     /// once).
     pub opaque_ports: PortSet,
+    /// Linkerd's ingress mode (`LINKERD2_PROXY_INGRESS_MODE`): an HTTP
+    /// request with an `l5d-dst-override` header goes to the service it
+    /// names, not to the connection's destination (the header is removed).
+    pub ingress_mode: bool,
+    /// Whether the proxy's own error responses on this side say why
+    /// (`l5d-proxy-error`, gRPC's `grpc-message`, a text body): off with
+    /// `LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS`, and by
+    /// default in ingress mode (the clients are outside the mesh).
+    pub informational_headers: bool,
 }
 
 /// The inbound side's listener and its connections' settings.
@@ -822,6 +834,8 @@ impl Config {
                 connect: ConnectConfig::with_timeout(Duration::from_secs(1)),
                 detect_timeout: Duration::from_secs(10),
                 opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+                ingress_mode: false,
+                informational_headers: true,
             },
             inbound: InboundConfig {
                 listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
@@ -1273,6 +1287,12 @@ impl Parser<'_> {
         if let Some(ports) = self.parse_with(OUTBOUND_OPAQUE_PORTS, PortSet::parse) {
             c.outbound.opaque_ports = ports;
         }
+        if let Some(b) = self.parse_with(INGRESS_MODE, parse_flag) {
+            c.outbound.ingress_mode = b;
+        }
+        c.outbound.informational_headers = !self
+            .parse_with(OUTBOUND_DISABLE_INFORMATIONAL_HEADERS, parse_flag)
+            .unwrap_or(c.outbound.ingress_mode);
         if let Some(n) = self.parse_with(DETECT_MAX_UNDECIDED, |s| match s.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
             _ => Err("expected a positive integer".to_string()),
@@ -1814,6 +1834,15 @@ fn split_suffixes(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A boolean variable: `true` or `1`, `false`, `0` or empty.
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit())
@@ -2191,6 +2220,33 @@ mod tests {
         ];
         let err = parse(&bad).unwrap_err().to_string();
         for (key, _) in bad {
+            assert!(err.contains(key), "{key} not reported:\n{err}");
+        }
+    }
+
+    /// Ingress mode turns the outbound informational headers off unless
+    /// they are asked for.
+    #[test]
+    fn ingress_mode_and_informational_headers() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.outbound.ingress_mode && c.outbound.informational_headers);
+        let c = parse(&[(INGRESS_MODE, "true")]).unwrap();
+        assert!(c.outbound.ingress_mode && !c.outbound.informational_headers);
+        let c = parse(&[
+            (INGRESS_MODE, "true"),
+            (OUTBOUND_DISABLE_INFORMATIONAL_HEADERS, "false"),
+        ])
+        .unwrap();
+        assert!(c.outbound.ingress_mode && c.outbound.informational_headers);
+        let c = parse(&[(OUTBOUND_DISABLE_INFORMATIONAL_HEADERS, "1")]).unwrap();
+        assert!(!c.outbound.ingress_mode && !c.outbound.informational_headers);
+        let err = parse(&[
+            (INGRESS_MODE, "yes please"),
+            (OUTBOUND_DISABLE_INFORMATIONAL_HEADERS, "2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for key in [INGRESS_MODE, OUTBOUND_DISABLE_INFORMATIONAL_HEADERS] {
             assert!(err.contains(key), "{key} not reported:\n{err}");
         }
     }

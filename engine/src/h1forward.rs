@@ -54,6 +54,9 @@ pub(crate) struct Rewrite<'a> {
     /// Linkerd's `l5d-timeout` / `l5d-retry-*` headers are removed (the
     /// route honoured them; outbound only).
     pub(crate) strip_l5d: bool,
+    /// `l5d-dst-override` is removed (it chose the destination, in
+    /// ingress mode).
+    pub(crate) strip_dst_override: bool,
 }
 
 /// The header naming a meshed client's identity to the application.
@@ -294,10 +297,11 @@ async fn send_head(
         ..WriteOptions::default()
     };
     let (remove, id) = client_id_headers(c);
-    let remove = if rewrite.strip_l5d {
-        crate::l5d_headers::NAMES
-    } else {
-        remove
+    let remove = match (rewrite.strip_l5d, rewrite.strip_dst_override) {
+        (true, true) => crate::l5d_headers::NAMES_AND_DST_OVERRIDE,
+        (true, false) => crate::l5d_headers::NAMES,
+        (false, true) => &[crate::route::DST_OVERRIDE],
+        (false, false) => remove,
     };
     let extra;
     let opts = match id {

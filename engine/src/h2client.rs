@@ -125,6 +125,9 @@ pub(crate) async fn open_stream(
                 head.headers_mut().remove(*name);
             }
         }
+        if obs.route().dst_override {
+            head.headers_mut().remove(crate::route::DST_OVERRIDE);
+        }
         let sent = match send.ready().await {
             Ok(mut s) => {
                 // Checked with nothing awaited before the request is

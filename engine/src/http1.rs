@@ -98,7 +98,8 @@ pub(crate) async fn serve(
             Ok(Some(n)) => n,
             Ok(None) => break,
             Err(e) => {
-                send_error(&mut c, &mut s.out, &e).await;
+                let informational = informational(&w, &c);
+                send_error(&mut c, &mut s.out, &e, informational).await;
                 break;
             }
         };
@@ -227,7 +228,8 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
 /// The proxy answers the request itself; the connection closes after.
 async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
     obs.answered(&e, false);
-    send_error(t.c, t.out, &e).await;
+    let informational = informational(t.w, t.c);
+    send_error(t.c, t.out, &e, informational).await;
     Next::Close
 }
 
@@ -400,6 +402,7 @@ async fn attempts(
             crate::h1forward::Rewrite {
                 host: obs.authority_override(addr).map(|a| &**a),
                 strip_l5d: obs.route().l5d_headers,
+                strip_dst_override: obs.route().dst_override,
             },
             obs.tap(),
         )
@@ -737,27 +740,36 @@ fn has_bare_lf(head: &[u8]) -> bool {
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
+/// Whether the proxy's own answers to `c` say why (always inbound;
+/// outbound unless `LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS`
+/// or ingress mode turned it off).
+fn informational(w: &Worker, c: &Client) -> bool {
+    c.inbound || w.cfg.outbound.informational_headers
+}
+
 /// Answers with an error the proxy itself produced, saying why in an
-/// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body; the
-/// caller closes the connection afterwards (`closes_connection`).
-async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError) {
+/// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body
+/// unless not `informational` (then the status alone, as linkerd2-proxy);
+/// the caller closes the connection afterwards (`closes_connection`).
+async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError, informational: bool) {
     out.clear();
     let status = e.status();
-    let body = e.body();
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
-    out.extend_from_slice(b"l5d-proxy-error: ");
-    out.extend_from_slice(e.header_value().as_bytes());
+    let body = if informational {
+        out.extend_from_slice(b"l5d-proxy-error: ");
+        out.extend_from_slice(e.header_value().as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain\r\n");
+        e.body()
+    } else {
+        String::new()
+    };
     let close = if e.closes_connection() {
         "connection: close\r\n"
     } else {
         ""
     };
     out.extend_from_slice(
-        format!(
-            "\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+        format!("content-length: {}\r\n{close}\r\n{body}", body.len()).as_bytes(),
     );
     let (res, o) = c.wr.write_all(std::mem::take(out)).await;
     *out = o;

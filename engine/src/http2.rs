@@ -37,7 +37,7 @@ use crate::h2client::{declared_length, open_stream, send_all, unprocessed, Meter
 use crate::h2guarded::GuardedIo;
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
-use crate::route::{resolve, Dst, HttpDst};
+use crate::route::{resolve, split_authority, Dst, HttpDst};
 use crate::stop::Stop;
 use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
@@ -257,7 +257,9 @@ async fn proxy_stream(
         Ok(class) => obs.end(class),
         Err(Failure::Answer(e)) => {
             warn_limited!(w, Warning::Http2RequestFailed, error = %e, "HTTP/2 request failed");
-            send_error(&mut respond, &e, is_grpc);
+            let informational =
+                direction == Direction::Inbound || w.cfg.outbound.informational_headers;
+            send_error(&mut respond, &e, is_grpc, informational);
             obs.answered(&e, is_grpc);
         }
         Err(Failure::Broken { status, reason }) => {
@@ -294,28 +296,46 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 /// The proxy's own answer, with the reason in `l5d-proxy-error` (and, for
-/// gRPC clients, as a trailers-only status so their status says why).
-fn send_error(respond: &mut server::SendResponse<Bytes>, e: &ProxyError, grpc: bool) {
+/// gRPC clients, as a trailers-only status so their status says why);
+/// without the reason unless `informational` (the status, or the gRPC
+/// status, alone, as linkerd2-proxy).
+fn send_error(
+    respond: &mut server::SendResponse<Bytes>,
+    e: &ProxyError,
+    grpc: bool,
+    informational: bool,
+) {
     let reason = e.header_value();
-    let mut resp = Response::builder()
-        .status(e.status())
-        .header("l5d-proxy-error", reason.as_str());
+    let mut resp = Response::builder().status(e.status());
+    if informational {
+        resp = resp.header("l5d-proxy-error", reason.as_str());
+    }
     if grpc {
         resp = resp
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", e.grpc_status().to_string())
-            .header("grpc-message", reason.as_str());
+            .header("grpc-status", e.grpc_status().to_string());
+        if informational {
+            resp = resp.header("grpc-message", reason.as_str());
+        }
     }
-    let body = (!grpc).then(|| e.body());
+    let body = (!grpc).then(|| {
+        if informational {
+            e.body()
+        } else {
+            String::new()
+        }
+    });
     if let Some(b) = &body {
-        resp = resp
-            .header(http::header::CONTENT_TYPE, "text/plain")
-            .header(http::header::CONTENT_LENGTH, b.len());
+        if !b.is_empty() {
+            resp = resp.header(http::header::CONTENT_TYPE, "text/plain");
+        }
+        resp = resp.header(http::header::CONTENT_LENGTH, b.len());
     }
     let Ok(resp) = resp.body(()) else {
         return;
     };
-    if let (Ok(mut stream), Some(b)) = (respond.send_response(resp, grpc), body) {
+    let body = body.filter(|b| !b.is_empty());
+    if let (Ok(mut stream), Some(b)) = (respond.send_response(resp, body.is_none()), body) {
         let _ = stream.send_data(Bytes::from(b), true);
     }
 }
@@ -635,22 +655,6 @@ async fn request_body(
         while let Some(Ok(chunk)) = from.data().await {
             let _ = from.flow_control().release_capacity(chunk.len());
         }
-    }
-}
-
-/// `host[:port]` → host (brackets kept for IPv6) and port.
-fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
-    if let Some(rest) = a.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let host = &a[..end + 2];
-        return match &rest[end + 1..] {
-            "" => Some((host, default_port)),
-            p => p.strip_prefix(':')?.parse().ok().map(|p| (host, p)),
-        };
-    }
-    match a.rsplit_once(':') {
-        Some((h, p)) => p.parse().ok().map(|p| (h, p)),
-        None => Some((a, default_port)),
     }
 }
 

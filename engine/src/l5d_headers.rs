@@ -44,6 +44,18 @@ const DEFAULT_LIMIT: u32 = 1;
 const MAX_LIMIT: u32 = RetryPolicy::MAX_LIMIT;
 
 /// Whether `name` is one of [`NAMES`].
+/// [`NAMES`] and ingress mode's `l5d-dst-override`.
+pub(crate) const NAMES_AND_DST_OVERRIDE: &[&str] = &[
+    "l5d-timeout",
+    "l5d-request-timeout",
+    "l5d-response-timeout",
+    "l5d-retry-limit",
+    "l5d-retry-http",
+    "l5d-retry-grpc",
+    "l5d-retry-timeout",
+    crate::route::DST_OVERRIDE,
+];
+
 pub(crate) fn is_l5d_header(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

@@ -169,6 +169,9 @@ pub(crate) struct RoutePolicy {
     /// headers: they were applied, and are removed before the request goes
     /// upstream.
     pub l5d_headers: bool,
+    /// Linkerd's ingress mode: the request's `l5d-dst-override` chose its
+    /// destination, and is removed before the request goes upstream.
+    pub dst_override: bool,
 }
 
 impl RoutePolicy {
@@ -185,6 +188,7 @@ impl RoutePolicy {
             retry,
             name: route.name.clone(),
             l5d_headers: route.l5d_headers,
+            dst_override: false,
         }
     }
 
@@ -218,8 +222,13 @@ pub(crate) async fn resolve(
     authority: Option<RequestAuthority<'_>>,
     req: &dyn RequestInfo,
 ) -> Result<(Dst, RoutePolicy), ProxyError> {
-    let d = resolve_logical(r, dst, authority).await?;
-    let (next, policy, accrual) = choose(r, d, req);
+    let overridden = dst_override(r, dst, req)?;
+    let d = match overridden {
+        Some(name) => resolve_logical(r, &HttpDst::ByAuthority, Some(name)).await?,
+        None => resolve_logical(r, dst, authority).await?,
+    };
+    let (next, mut policy, accrual) = choose(r, d, req);
+    policy.dst_override = overridden.is_some();
     let dst = match next {
         Next::Ready(dst) => dst,
         Next::Queue {
@@ -231,6 +240,33 @@ pub(crate) async fn resolve(
             .ok_or_else(|| ProxyError::no_endpoints(&backend))?,
     };
     Ok((with_accrual(dst, accrual), policy))
+}
+
+/// The header that names a request's destination in ingress mode.
+pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";
+
+/// In ingress mode, the authority a request's `l5d-dst-override` names
+/// (port 80 unless given), for requests on the outbound listeners; `None`
+/// without the header (the connection's destination, as always).
+fn dst_override<'a>(
+    r: &Routes,
+    dst: &HttpDst,
+    req: &'a dyn RequestInfo,
+) -> Result<Option<RequestAuthority<'a>>, ProxyError> {
+    if !r.ingress || !matches!(dst, HttpDst::OrigDst(_) | HttpDst::ByAuthority) {
+        return Ok(None);
+    }
+    let Some(value) = req.header(DST_OVERRIDE) else {
+        return Ok(None);
+    };
+    let invalid = || ProxyError::malformed(400, "l5d-dst-override is not a valid host:port");
+    let raw = std::str::from_utf8(value).map_err(|_| invalid())?.trim();
+    match split_authority(raw, 80) {
+        Some((host, port)) if !host.is_empty() && port != 0 => {
+            Ok(Some(RequestAuthority { host, port, raw }))
+        }
+        _ => Err(invalid()),
+    }
 }
 
 /// Where [`choose`] sends a request.
@@ -547,4 +583,20 @@ where
         }
     }
     Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.name)))
+}
+
+/// `host[:port]` → host (brackets kept for IPv6) and port.
+pub(crate) fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
+    if let Some(rest) = a.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &a[..end + 2];
+        return match &rest[end + 1..] {
+            "" => Some((host, default_port)),
+            p => p.strip_prefix(':')?.parse().ok().map(|p| (host, p)),
+        };
+    }
+    match a.rsplit_once(':') {
+        Some((h, p)) => p.parse().ok().map(|p| (h, p)),
+        None => Some((a, default_port)),
+    }
 }

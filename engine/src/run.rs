@@ -254,6 +254,7 @@ fn new_worker(
     };
     let access_log = cfg.access_log;
     let max_stalled = cfg.http2.max_stalled_bytes;
+    let ingress = cfg.outbound.ingress_mode;
     let in_flight = crate::worker::InFlight::new(cfg.http.max_in_flight, cfg.cores.unwrap_or(1));
     let (bulk_memory, cfg_cores) = (cfg.tcp.bulk_memory, cfg.cores.unwrap_or(1));
     let accrual = AccrualPolicy {
@@ -283,6 +284,7 @@ fn new_worker(
             used_addrs: RefCell::default(),
             policy,
             policies: policies.map(RefCell::new),
+            ingress,
         },
         telemetry: {
             let t = Telemetry::default();

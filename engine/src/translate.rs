@@ -395,6 +395,7 @@ pub(crate) async fn h2_to_h1(
         let rewrite = crate::h1forward::Rewrite {
             host: obs.authority_override(addr).map(|a| &**a),
             strip_l5d: obs.route().l5d_headers,
+            strip_dst_override: obs.route().dst_override,
         };
         req.framing = h1_request_head(parts, end, rewrite, &mut req.head);
         // The client's stream reset meanwhile (MadeYouReset included): the
@@ -752,6 +753,7 @@ fn h1_request_head(
         if name == http::header::HOST
             || name.as_str() == ORIG_PROTO
             || (rewrite.strip_l5d && crate::l5d_headers::is_l5d_header(name.as_str()))
+            || (rewrite.strip_dst_override && name.as_str() == crate::route::DST_OVERRIDE)
         {
             continue;
         }
@@ -828,6 +830,7 @@ mod tests {
         let rewrite = crate::h1forward::Rewrite {
             host: Some("web.remote.example:4143"),
             strip_l5d: true,
+            strip_dst_override: false,
         };
         h1_request_head(&p, true, rewrite, &mut out);
         assert_eq!(

@@ -160,6 +160,9 @@ pub(crate) struct Routes {
     pub policy: crate::config::InboundPolicy,
     /// ... unless the policy API gave the port a server.
     pub policies: Option<RefCell<crate::policy::PolicyCache>>,
+    /// Linkerd's ingress mode: outbound requests go where their
+    /// `l5d-dst-override` says (`route::resolve`).
+    pub ingress: bool,
 }
 
 /// What connections and requests borrow and give back.

@@ -543,3 +543,109 @@ fn linkerd_socket_settings_uring() {
 fn linkerd_socket_settings_epoll() {
     linkerd_socket_settings("epoll");
 }
+
+/// An HTTP/1 server answering each request with its name and whether the
+/// request carried `l5d-dst-override`.
+fn http_whoami(listener: TcpListener, name: &'static str) -> Backend {
+    Backend::on(listener, move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut saw = false;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                saw |= line.to_ascii_lowercase().starts_with("l5d-dst-override:");
+            }
+            let body = format!("{name} override-seen={saw}");
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if w.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One request on a new connection to `to` (redirected to the outbound
+/// listener), with `extra` header lines; the response's body.
+fn get(to: SocketAddr, extra: &str) -> String {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {to}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
+}
+
+/// Ingress mode on a redirected connection (an ingress controller's pod):
+/// a request with `l5d-dst-override` goes to the service it names rather
+/// than to the connection's original destination, without the header;
+/// one without it goes to the original destination.
+fn ingress_mode(driver: &str) {
+    let net = Netns::new();
+    let peer_ip = net.ip(2, false);
+    let (orig, svc) = (
+        SocketAddr::new(peer_ip, 8080),
+        SocketAddr::new(peer_ip, 8082),
+    );
+    let orig_l = Netns::within(&net.peer, move || TcpListener::bind(orig).unwrap());
+    let svc_l = Netns::within(&net.peer, move || TcpListener::bind(svc).unwrap());
+    let _orig = http_whoami(orig_l, "orig");
+    let _svc = http_whoami(svc_l, "web");
+    let dir = TempDir::new(&format!("netns-ingress-{}", net.n));
+    let file = dir.join("discovery.toml");
+    std::fs::write(
+        &file,
+        format!("[[service]]\nname = \"web.ns.svc.cluster.local:80\"\nendpoints = [\"{svc}\"]\n"),
+    )
+    .unwrap();
+    sh(&["chmod", "-R", "a+rX", dir.path().to_str().unwrap()]);
+    let proxy = start_proxy_with(
+        &net.app,
+        driver,
+        false,
+        file.to_str().unwrap(),
+        &[("LINKERD2_PROXY_INGRESS_MODE", "true")],
+    );
+    let (with, without) = Netns::within(&net.app, move || {
+        (
+            get(orig, "l5d-dst-override: web.ns.svc.cluster.local:80\r\n"),
+            get(orig, ""),
+        )
+    });
+    assert_eq!(with, "web override-seen=false");
+    assert_eq!(without, "orig override-seen=false");
+    drop(proxy);
+    // Without ingress mode the header is the application's: the original
+    // destination gets the request, header and all.
+    let proxy = start_proxy_in(&net.app, driver, false, file.to_str().unwrap());
+    let with = Netns::within(&net.app, move || {
+        get(orig, "l5d-dst-override: web.ns.svc.cluster.local:80\r\n")
+    });
+    assert_eq!(with, "orig override-seen=true");
+    drop(proxy);
+}
+
+#[test]
+fn ingress_mode_uring() {
+    ingress_mode("uring");
+}
+
+#[test]
+fn ingress_mode_epoll() {
+    ingress_mode("epoll");
+}
