@@ -246,8 +246,9 @@ pub(crate) async fn resolve(
 pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";
 
 /// In ingress mode, the authority a request's `l5d-dst-override` names
-/// (port 80 unless given), for requests on the outbound listeners; `None`
-/// without the header (the connection's destination, as always).
+/// (a host name, port 80 unless given), for requests on the outbound
+/// listeners; `None` without the header (the connection's destination, as
+/// always).
 fn dst_override<'a>(
     r: &Routes,
     dst: &HttpDst,
@@ -261,8 +262,16 @@ fn dst_override<'a>(
     };
     let invalid = || ProxyError::malformed(400, "l5d-dst-override is not a valid host:port");
     let raw = std::str::from_utf8(value).map_err(|_| invalid())?.trim();
+    // A name, as linkerd2-proxy requires: a client of the ingress must not
+    // steer the proxy to any address it likes.
+    let is_ip = |host: &str| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+    };
     match split_authority(raw, 80) {
-        Some((host, port)) if !host.is_empty() && port != 0 => {
+        Some((host, port)) if !host.is_empty() && port != 0 && !is_ip(host) => {
             Ok(Some(RequestAuthority { host, port, raw }))
         }
         _ => Err(invalid()),

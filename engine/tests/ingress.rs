@@ -69,8 +69,11 @@ fn ingress(driver: IoDriver) {
         &file,
         format!(
             "[[service]]\nname = \"web.test:8080\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n\n\
-             [[service]]\nname = \"other.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n",
-            web.addr, other.addr
+             [[service]]\nname = \"other.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n\n\
+             [[service]]\nname = \"dead.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http1\"\n",
+            web.addr,
+            other.addr,
+            closed_port()
         ),
     )
     .unwrap();
@@ -112,19 +115,18 @@ fn ingress(driver: IoDriver) {
             &[with(&["-H", "l5d-dst-override: other.test"]), v.clone()].concat(),
         );
         assert!(text.contains("\n\nother\n"), "{version:?}: {text}");
-        // Not a host:port: 400.
-        let text = curl(
-            out,
-            &[with(&["-H", "l5d-dst-override: web.test:http"]), v.clone()].concat(),
-        );
-        assert!(
-            text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/2 400"),
-            "{version:?}: {text}"
-        );
+        // Not a host:port, or an address rather than a name: 400.
+        let other_addr = format!("l5d-dst-override: {}", other.addr);
+        for bad in ["l5d-dst-override: web.test:http", other_addr.as_str()] {
+            let text = curl(out, &[&host[..], &["-H", bad], &v[..]].concat());
+            assert!(
+                text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/2 400"),
+                "{version:?} {bad}: {text}"
+            );
+        }
         // A failure's answer does not say why (ingress mode's default):
-        // nothing listens at the address the override names.
-        let dead = closed_port().to_string();
-        let header = format!("l5d-dst-override: {dead}");
+        // nothing listens at the endpoint of the service the override names.
+        let header = "l5d-dst-override: dead.test:80".to_string();
         let text = curl(out, &[vec!["-H", header.as_str()], v.clone()].concat());
         let (head, body) = text.split_once("\n\n").unwrap();
         assert!(head.contains(" 502"), "{version:?}: {text}");
@@ -160,8 +162,7 @@ fn ingress(driver: IoDriver) {
         ),
     ]);
     let out = proxy.outbound_addr().unwrap();
-    let header = format!("l5d-dst-override: {}", closed_port());
-    let text = curl(out, &["-H", header.as_str()]);
+    let text = curl(out, &["-H", "l5d-dst-override: dead.test:80"]);
     assert!(text.contains("l5d-proxy-error: "), "{text}");
     drop(proxy);
 
