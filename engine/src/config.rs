@@ -111,6 +111,8 @@ pub const HTTP_RESPONSE_TIMEOUT: &str = "RINGMESH_HTTP_RESPONSE_TIMEOUT";
 pub const HTTP_REQUEST_TIMEOUT: &str = "RINGMESH_HTTP_REQUEST_TIMEOUT";
 pub const HTTP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT";
 pub const HTTP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_HTTP_QUEUE_CAPACITY";
+pub const TCP_FAILFAST_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_TCP_FAILFAST_TIMEOUT";
+pub const TCP_QUEUE_CAPACITY: &str = "LINKERD2_PROXY_OUTBOUND_TCP_QUEUE_CAPACITY";
 pub const INBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_INBOUND_MAX_IN_FLIGHT";
 pub const OUTBOUND_MAX_IN_FLIGHT: &str = "LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT";
 /// linkerd2-proxy's names: the inbound one has no `INBOUND_`.
@@ -545,6 +547,12 @@ pub struct OutboundConfig {
     /// `LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS`, and by
     /// default in ingress mode (the clients are outside the mesh).
     pub informational_headers: bool,
+    /// An opaque connection to a service with no endpoint waits this long
+    /// for one (`LINKERD2_PROXY_OUTBOUND_TCP_FAILFAST_TIMEOUT`), at most
+    /// this many per service and worker (`_TCP_QUEUE_CAPACITY`); then it
+    /// is closed, and the service fails fast until an endpoint appears.
+    pub tcp_failfast_timeout: Duration,
+    pub tcp_queue_capacity: usize,
 }
 
 /// The inbound side's listener and its connections' settings.
@@ -836,6 +844,8 @@ impl Config {
                 opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
                 ingress_mode: false,
                 informational_headers: true,
+                tcp_failfast_timeout: Duration::from_secs(3),
+                tcp_queue_capacity: 10_000,
             },
             inbound: InboundConfig {
                 listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
@@ -1322,6 +1332,13 @@ impl Parser<'_> {
                 .map_err(|_| "expected a non-negative integer".to_string())
         }) {
             c.http.queue_capacity = n;
+        }
+        self.duration(TCP_FAILFAST_TIMEOUT, &mut c.outbound.tcp_failfast_timeout);
+        if let Some(n) = self.parse_with(TCP_QUEUE_CAPACITY, |s| {
+            s.parse::<usize>()
+                .map_err(|_| "expected a non-negative integer".to_string())
+        }) {
+            c.outbound.tcp_queue_capacity = n;
         }
         for (i, key) in [INBOUND_MAX_IN_FLIGHT, OUTBOUND_MAX_IN_FLIGHT]
             .into_iter()
@@ -2220,6 +2237,33 @@ mod tests {
         ];
         let err = parse(&bad).unwrap_err().to_string();
         for (key, _) in bad {
+            assert!(err.contains(key), "{key} not reported:\n{err}");
+        }
+    }
+
+    /// linkerd2-proxy's outbound TCP queue settings and defaults.
+    #[test]
+    fn outbound_tcp_queue() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                c.outbound.tcp_failfast_timeout,
+                c.outbound.tcp_queue_capacity
+            ),
+            (Duration::from_secs(3), 10_000)
+        );
+        let c = parse(&[(TCP_FAILFAST_TIMEOUT, "250ms"), (TCP_QUEUE_CAPACITY, "0")]).unwrap();
+        assert_eq!(
+            (
+                c.outbound.tcp_failfast_timeout,
+                c.outbound.tcp_queue_capacity
+            ),
+            (Duration::from_millis(250), 0)
+        );
+        let err = parse(&[(TCP_FAILFAST_TIMEOUT, "soon"), (TCP_QUEUE_CAPACITY, "-1")])
+            .unwrap_err()
+            .to_string();
+        for key in [TCP_FAILFAST_TIMEOUT, TCP_QUEUE_CAPACITY] {
             assert!(err.contains(key), "{key} not reported:\n{err}");
         }
     }

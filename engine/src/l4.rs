@@ -12,6 +12,7 @@ use crate::authz::Verdict;
 use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::AuthzProto;
 use ringmesh_balancer::{Balancer, OpenGuard};
+use ringmesh_discovery::profile::QueueSpec;
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::detect::{is_h2_server_preface, Protocol};
@@ -699,7 +700,10 @@ async fn relay_opaque(
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
         None => match connect_target(
-            target,
+            Box::pin(with_endpoints(w, target))
+                .await
+                .as_ref()
+                .unwrap_or(target),
             w.pools.tls().as_deref(),
             &w.cfg.inbound.ips,
             c.side.dial,
@@ -732,6 +736,26 @@ async fn relay_opaque(
         end => tracing::debug!(%peer, ?end, "relay ended with an error"),
     }
     tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
+}
+
+/// For a service with no endpoint, the same service once it has one: the
+/// connection waits in the service's queue for up to the outbound TCP
+/// fail-fast timeout, as linkerd2-proxy's does. `None`: `target` as it is
+/// (it has endpoints, is no service, or none appeared: its connect then
+/// fails).
+async fn with_endpoints(w: &Worker, target: &Target) -> Option<Target> {
+    let Target::Service(svc, _) = target else {
+        return None;
+    };
+    if !svc.endpoints.is_empty() {
+        return None;
+    }
+    let queue = QueueSpec {
+        capacity: w.cfg.outbound.tcp_queue_capacity,
+        failfast: w.cfg.outbound.tcp_failfast_timeout,
+    };
+    let (svc, balancer) = crate::route::await_service(&w.routes, &svc.name, queue).await?;
+    Some(Target::Service(svc, balancer))
 }
 
 /// What a server that spoke first said goes to the client before the relay

@@ -278,6 +278,19 @@ fn dst_override<'a>(
     }
 }
 
+/// An opaque connection to `name`, a service with no endpoint: waits in
+/// its queue, as a request does ([`await_endpoints`]), for one.
+pub(crate) async fn await_service(
+    r: &Routes,
+    name: &Authority,
+    queue: QueueSpec,
+) -> Option<(Arc<Service>, Rc<RefCell<Balancer>>)> {
+    match await_endpoints(r, name, queue, false).await {
+        Some(Dst::Service(svc, b)) => Some((svc, b)),
+        _ => None,
+    }
+}
+
 /// Where [`choose`] sends a request.
 enum Next {
     Ready(Dst),

@@ -310,6 +310,55 @@ fn all_down(driver: IoDriver) {
 }
 both_drivers!(all_endpoints_down_closes_promptly, super::all_down);
 
+/// linkerd2-proxy's outbound TCP queue: a connection to a service with no
+/// endpoint waits (up to `LINKERD2_PROXY_OUTBOUND_TCP_FAILFAST_TIMEOUT`,
+/// 3 s) for one rather than being closed, and is relayed when one appears;
+/// past the timeout it is closed, and the service fails fast.
+fn waits_for_endpoints(driver: IoDriver) {
+    let dir = TempDir::new(&format!("l4-queue-{}", driver_name(driver)));
+    let echo = Backend::echo();
+    let file = service_file(&dir, "db.test:5432", &[], "");
+    let start = |more: &[(&str, &str)]| {
+        let mut vars = vec![
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=db.test:5432"),
+            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", "5432"),
+            ("RINGMESH_DISCOVERY_STATIC", file.as_str()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+        ];
+        vars.extend_from_slice(more);
+        start_proxy(driver, &vars)
+    };
+    let proxy = start(&[]);
+    let mut c = connect(proxy.forward_addrs()[0]);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"hello").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    service_file(&dir, "db.test:5432", &[echo.addr], "");
+    let mut back = [0u8; 5];
+    c.read_exact(&mut back)
+        .expect("the connection waited for an endpoint and was relayed");
+    assert_eq!(&back, b"hello");
+    drop((c, proxy));
+
+    service_file(&dir, "db.test:5432", &[], "");
+    let proxy = start(&[("LINKERD2_PROXY_OUTBOUND_TCP_FAILFAST_TIMEOUT", "300ms")]);
+    let started = Instant::now();
+    let mut c = connect(proxy.forward_addrs()[0]);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = c.read(&mut back);
+    let waited = started.elapsed();
+    assert!(matches!(r, Ok(0) | Err(_)), "expected a close, got {r:?}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    drop(proxy);
+}
+both_drivers!(
+    tcp_to_a_service_without_endpoints_waits_for_one,
+    super::waits_for_endpoints
+);
+
 fn snapshot_update(driver: IoDriver) {
     let dir = TempDir::new("l4");
     let file = dir.join("discovery.toml");
