@@ -700,10 +700,15 @@ async fn relay_opaque(
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
         None => match connect_target(
-            Box::pin(with_endpoints(w, target))
-                .await
-                .as_ref()
-                .unwrap_or(target),
+            match target {
+                // Boxed, and only then: its timer would size every relay.
+                Target::Service(svc, _) if svc.endpoints.is_empty() => {
+                    Box::pin(with_endpoints(w, target)).await
+                }
+                _ => None,
+            }
+            .as_ref()
+            .unwrap_or(target),
             w.pools.tls().as_deref(),
             &w.cfg.inbound.ips,
             c.side.dial,
@@ -741,15 +746,11 @@ async fn relay_opaque(
 /// For a service with no endpoint, the same service once it has one: the
 /// connection waits in the service's queue for up to the outbound TCP
 /// fail-fast timeout, as linkerd2-proxy's does. `None`: `target` as it is
-/// (it has endpoints, is no service, or none appeared: its connect then
-/// fails).
+/// (no service, or no endpoint appeared: its connect then fails).
 async fn with_endpoints(w: &Worker, target: &Target) -> Option<Target> {
     let Target::Service(svc, _) = target else {
         return None;
     };
-    if !svc.endpoints.is_empty() {
-        return None;
-    }
     let queue = QueueSpec {
         capacity: w.cfg.outbound.tcp_queue_capacity,
         failfast: w.cfg.outbound.tcp_failfast_timeout,
