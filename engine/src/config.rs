@@ -63,6 +63,7 @@ pub const OUTBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT
 pub const INBOUND_TCP_LISTEN_BACKLOG: &str = "LINKERD2_PROXY_INBOUND_TCP_LISTEN_BACKLOG";
 pub const OUTBOUND_TCP_LISTEN_BACKLOG: &str = "LINKERD2_PROXY_OUTBOUND_TCP_LISTEN_BACKLOG";
 pub const INBOUND_IPS: &str = "LINKERD2_PROXY_INBOUND_IPS";
+pub const INBOUND_GATEWAY_SUFFIXES: &str = "LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES";
 pub const DISCOVERY_STATIC: &str = "RINGMESH_DISCOVERY_STATIC";
 pub const DISCOVERY_STATIC_POLL_INTERVAL: &str = "RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL";
 pub const TCP_FORWARD: &str = "RINGMESH_TCP_FORWARD";
@@ -450,15 +451,21 @@ impl DestinationConfig {
         if let Some(addr) = name.socket_addr() {
             return self.networks.iter().any(|n| n.contains(&addr.ip()));
         }
-        let host = name.host();
-        self.suffixes.iter().any(|s| {
-            s.is_empty()
-                || host == s
-                || (host.len() > s.len()
-                    && host.ends_with(s.as_str())
-                    && host.as_bytes()[host.len() - s.len() - 1] == b'.')
-        })
+        under_suffixes(&self.suffixes, name.host())
     }
+}
+
+/// Whether `host` is one of `suffixes` or under one (at a dot); the empty
+/// suffix takes every name.
+fn under_suffixes(suffixes: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    suffixes.iter().any(|s| {
+        s.is_empty()
+            || host == s
+            || (host.len() > s.len()
+                && host.ends_with(s.as_str())
+                && host.as_bytes()[host.len() - s.len() - 1] == b'.')
+    })
 }
 
 /// Linkerd's control-stream limits: the first message within `initial`,
@@ -570,6 +577,18 @@ pub struct InboundConfig {
     pub opaque_ports: PortSet,
     /// Where connections that were not redirected go.
     pub target: Option<SocketAddr>,
+    /// Being a multicluster gateway (`LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES`):
+    /// a meshed connection whose transport header names a host under one
+    /// of these suffixes (lowercase, no trailing dot) goes to that service,
+    /// as an outbound connection would. Empty: not a gateway.
+    pub gateway_suffixes: Vec<String>,
+}
+
+impl InboundConfig {
+    /// Whether this proxy is a gateway for `host`.
+    pub fn gateway_for(&self, host: &str) -> bool {
+        under_suffixes(&self.gateway_suffixes, &host.to_ascii_lowercase())
+    }
 }
 
 /// The TCP options of a listener's connections, as linkerd2-proxy sets
@@ -855,6 +874,7 @@ impl Config {
                 detect_timeout: Duration::from_secs(10),
                 opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
                 target: None,
+                gateway_suffixes: Vec::new(),
             },
             forwards: Vec::new(),
             admin: AdminConfig {
@@ -1212,6 +1232,10 @@ impl Parser<'_> {
                 .collect::<Result<Vec<_>, _>>()
         }) {
             c.inbound.ips = ips;
+        }
+        if let Some(suffixes) = self.parse_with(INBOUND_GATEWAY_SUFFIXES, |s| Ok(split_suffixes(s)))
+        {
+            c.inbound.gateway_suffixes = suffixes;
         }
     }
 
@@ -2239,6 +2263,28 @@ mod tests {
         for (key, _) in bad {
             assert!(err.contains(key), "{key} not reported:\n{err}");
         }
+    }
+
+    /// Gateway suffixes: none by default; names under one (at a dot), any
+    /// case, with or without a trailing dot.
+    #[test]
+    fn gateway_suffixes() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.inbound.gateway_for("web.ns.svc.cluster.local"));
+        let c = parse(&[(INBOUND_GATEWAY_SUFFIXES, "svc.cluster.local., example.org")]).unwrap();
+        for (host, yes) in [
+            ("web.ns.svc.cluster.local", true),
+            ("WEB.NS.SVC.CLUSTER.LOCAL.", true),
+            ("svc.cluster.local", true),
+            ("a.example.org", true),
+            ("web.ns.svc.cluster.localx", false),
+            ("xsvc.cluster.local", false),
+            ("example.com", false),
+        ] {
+            assert_eq!(c.inbound.gateway_for(host), yes, "{host}");
+        }
+        let c = parse(&[(INBOUND_GATEWAY_SUFFIXES, ".")]).unwrap();
+        assert!(c.inbound.gateway_for("anything.at.all"));
     }
 
     /// linkerd2-proxy's outbound TCP queue settings and defaults.

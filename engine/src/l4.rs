@@ -35,7 +35,7 @@ use crate::error::ProxyError;
 use crate::hello::Peeked;
 use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
-use crate::route::HttpDst;
+use crate::route::{Dst, HttpDst};
 use crate::server_first::Dest;
 use crate::transport::{relay_any, Transport};
 use crate::undecided::Eviction;
@@ -390,22 +390,15 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         prefix = buf;
         match res {
             Ok(h) if !h.name.is_empty() => {
-                // A name asks for a gateway (linkerd2-proxy's, for names
-                // in its INBOUND_GATEWAY_SUFFIXES; none by default, and
-                // it refuses the rest): ringmesh is none, and the local
-                // port is not where the client meant to go.
-                warn_limited!(w, Warning::TlsHandshake, %peer, name = %h.name, "transport header names a gateway target; ringmesh is not a gateway; closing");
-                w.pools.bufs.put(prefix);
+                // A name asks for a gateway: the service it names, not a
+                // local port.
+                let protocol = session_protocol(h.protocol);
+                Box::pin(serve_gateway(c, client, &h, protocol, prefix, open)).await;
                 return;
             }
             Ok(h) => {
                 let target = SocketAddr::new(c.local.ip(), h.port);
-                let protocol = match h.protocol {
-                    Some(SessionProtocol::Http1) => Protocol::Http1,
-                    Some(SessionProtocol::Http2) => Protocol::Http2,
-                    None => Protocol::Opaque,
-                };
-                (target, protocol, None)
+                (target, session_protocol(h.protocol), None)
             }
             Err(e) => {
                 warn_limited!(w, Warning::TlsHandshake, %peer, error = %e, "bad transport header; closing");
@@ -471,6 +464,99 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         early: None,
     };
     serve_decided(c, client, route, labels, src_meter, decided, open).await;
+}
+
+/// The protocol a transport header says its session speaks (none: opaque).
+fn session_protocol(p: Option<SessionProtocol>) -> Protocol {
+    match p {
+        Some(SessionProtocol::Http1) => Protocol::Http1,
+        Some(SessionProtocol::Http2) => Protocol::Http2,
+        None => Protocol::Opaque,
+    }
+}
+
+/// A multicluster gateway's connection (linkerd2-proxy's, with
+/// `LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES`): a meshed client's transport
+/// header names a service under one of the suffixes, and the connection
+/// goes there as an outbound one would (discovery, balancing, mutual TLS
+/// to its endpoints, the outbound connect settings), its HTTP requests
+/// routed to that service. Refused (closed): a name under no suffix (or no
+/// gateway configured), a client without an identity, a client that is
+/// this proxy (a loop), a name nothing resolves.
+async fn serve_gateway(
+    c: &Conn<'_>,
+    client: Transport,
+    h: &TransportHeader,
+    protocol: Protocol,
+    prefix: Vec<u8>,
+    open: OpenConn,
+) {
+    let (w, peer) = (c.w, c.peer);
+    let (name, target) = match gateway_target(w, client.tls(), h).await {
+        Ok(found) => found,
+        Err(why) => {
+            warn_limited!(w, Warning::TlsHandshake, %peer, name = %h.name, port = h.port, "gateway connection refused: {why}; closing");
+            w.pools.bufs.put(prefix);
+            return;
+        }
+    };
+    // The outbound side's settings: the connection leaves this pod.
+    let gateway = Conn {
+        w: c.w,
+        kind: c.kind,
+        peer,
+        local: c.local,
+        orig: c.orig,
+        side: SideSettings {
+            opaque_ports: &w.cfg.outbound.opaque_ports,
+            detect_timeout: w.cfg.outbound.detect_timeout,
+            dial: w.cfg.outbound.connect,
+        },
+    };
+    let route = Route {
+        target,
+        addr: c.local,
+        port: h.port,
+        hint: None,
+        http: HttpDst::Forward(name),
+    };
+    let labels = ConnLabels::new(c.kind, &route.target);
+    let src_meter = labels.open(w, Peer::Src, c.local, client.tls());
+    let decided = Decided {
+        protocol,
+        prefix,
+        head_started: None,
+        early: None,
+    };
+    serve_decided(&gateway, client, route, labels, src_meter, decided, open).await;
+}
+
+/// Where a gateway connection goes, or why it is refused.
+async fn gateway_target(
+    w: &Worker,
+    tls: &TlsStatus,
+    h: &TransportHeader,
+) -> Result<(Authority, Target), String> {
+    if !w.cfg.inbound.gateway_for(&h.name) {
+        return Err("not a gateway for this name".into());
+    }
+    let TlsStatus::Accepted {
+        client_id: Some(client_id),
+    } = tls
+    else {
+        return Err("the client proved no identity".into());
+    };
+    if w.cfg.identity.local().map(|l| l.name.as_str()) == Some(&**client_id) {
+        return Err("the client is this gateway (a loop)".into());
+    }
+    let Ok(name) = Authority::parse(&format!("{}:{}", h.name, h.port)) else {
+        return Err("not a valid name".into());
+    };
+    match crate::route::service_named(&w.routes, &name).await {
+        Ok(Dst::Service(svc, balancer)) => Ok((name, Target::Service(svc, balancer))),
+        Ok(Dst::Addr(a)) => Ok((name, Target::Addr(a))),
+        Err(e) => Err(e.reason().to_string()),
+    }
 }
 
 /// Reads Linkerd's transport header (bounded in size, and by `deadline`);

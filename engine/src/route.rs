@@ -527,6 +527,18 @@ async fn resolve_now(
     }
 }
 
+/// The service `name`, from the snapshot, or watched and waited for
+/// (bounded) when the snapshot does not have it yet.
+pub(crate) async fn service_named(r: &Routes, name: &Authority) -> Result<Dst, ProxyError> {
+    {
+        let snap = r.snapshot();
+        if let Some(svc) = snap.service(name) {
+            return Ok(Dst::Service(svc.clone(), r.balancer(svc)));
+        }
+    }
+    Box::pin(await_watched(r, name.clone())).await
+}
+
 /// A name discovery has not seen: asks the control core, waits (bounded)
 /// for the snapshot to carry it.
 async fn await_watched(r: &Routes, name: Authority) -> Result<Dst, ProxyError> {

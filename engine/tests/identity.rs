@@ -625,6 +625,137 @@ fn gateway_endpoints_name_their_target_in_the_transport_header() {
     );
 }
 
+/// ringmesh as the multicluster gateway (`LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES`):
+/// A's endpoints sit behind gateway G (B's identity) with an authority
+/// override; G resolves the name A's transport header carries in its own
+/// discovery and sends HTTP/1 and opaque TCP there. A name under no suffix
+/// is refused, as is every name by a proxy that is no gateway.
+#[test]
+fn ringmesh_as_a_gateway_routes_named_targets() {
+    let pki = Pki::new("gw-ringmesh");
+    let app = http::origin("east");
+    let echo = Backend::echo();
+    let g_file = pki.dir.join("g.toml");
+    write_atomic(
+        &g_file,
+        format!(
+            "[[service]]\nname = \"web.east.svc.cluster.local:8080\"\nendpoints = [\"{}\"]\n\n\
+             [[service]]\nname = \"db.east.svc.cluster.local:5432\"\nendpoints = [\"{}\"]\nprotocol = \"opaque\"\n\n\
+             [[service]]\nname = \"web.west.svc.cluster.local:8080\"\nendpoints = [\"{}\"]\n",
+            app.addr, echo.addr, app.addr
+        )
+        .as_bytes(),
+    );
+    // G's discovery also sends one name back to G itself (opaque): the
+    // second hop's client is G, refused, so the loop stops there rather
+    // than opening connections until none are left.
+    let g_in = closed_port();
+    let loop_name = "loop.east.svc.cluster.local:7000";
+    let mut g_text = std::fs::read_to_string(&g_file).unwrap();
+    g_text.push_str(&format!(
+        "\n[[service]]\nname = \"{loop_name}\"\nendpoints = [\"{g_in}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{loop_name}\"\n"
+    ));
+    write_atomic(&g_file, g_text.as_bytes());
+    let g_in_text = g_in.to_string();
+    let g_vars = [
+        ("RINGMESH_DISCOVERY_STATIC", g_file.to_str().unwrap()),
+        (
+            "LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
+            "east.svc.cluster.local.",
+        ),
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", g_in_text.as_str()),
+    ];
+    let g = meshed_proxy(IoDriver::Uring, &pki, B, &pki.good("g", B), &g_vars);
+    // The same, but no gateway.
+    let plain = meshed_proxy(IoDriver::Uring, &pki, B, &pki.good("p", B), &g_vars[..1]);
+    wait_ready(&g);
+    wait_ready(&plain);
+    let a_file = pki.dir.join("a.toml");
+    let behind = |gw: SocketAddr| {
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nauthority_override = \"web.east.svc.cluster.local:8080\"\n\n\
+             [[service]]\nname = \"tcp.test:9000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"db.east.svc.cluster.local:5432\"\n\n\
+             [[service]]\nname = \"west.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nauthority_override = \"web.west.svc.cluster.local:8080\"\n\n\
+             [[service]]\nname = \"loop.test:7000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{loop_name}\"\n"
+        )
+    };
+    write_atomic(&a_file, behind(g.inbound_addr().unwrap()).as_bytes());
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &pki.good("a", A),
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", a_file.to_str().unwrap()),
+            ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=web.test:80,127.0.0.1:0=tcp.test:9000,127.0.0.1:0=west.test:80,127.0.0.1:0=loop.test:7000",
+            ),
+        ],
+    );
+    wait_ready(&a);
+    let fwd = a.forward_addrs().to_vec();
+
+    // HTTP/1 through the gateway to the east service, its authority the
+    // override.
+    let answer = get(fwd[0], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("host: web.east.svc.cluster.local:8080"),
+        "{answer}"
+    );
+    assert!(get(fwd[0], "/hello", "").ends_with("hello from east\n"));
+    // Opaque TCP through the gateway.
+    let mut s = connect(fwd[1]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"opaque-through-gateway").unwrap();
+    let mut got = [0u8; 22];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"opaque-through-gateway");
+    drop(s);
+    // A name under no gateway suffix: refused (A answers 502).
+    let answer = get(fwd[2], "/hello", "");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // The loop: closed, after one connection from G to itself.
+    let mut s = connect(fwd[3]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"round and round").unwrap();
+    let r = s.read(&mut got);
+    assert!(matches!(r, Ok(0) | Err(_)), "the loop was not cut: {r:?}");
+    drop(s);
+    let (_, m) = admin(&g, "/metrics");
+    let loops: u64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("tcp_open_total{")
+                && l.contains("peer=\"dst\"")
+                && l.contains(&format!("authority=\"{loop_name}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(loops, 1, "G's connections to itself:\n{m}");
+    // The gateway's series: the requests went out to the east service.
+    let (_, m) = admin(&g, "/metrics");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("response_total{direction=\"outbound\"")
+                && l.contains("authority=\"web.east.svc.cluster.local:8080\"")
+                && l.contains("status_code=\"200\"")),
+        "{m}"
+    );
+
+    // A proxy that is no gateway refuses every name.
+    write_atomic(&a_file, behind(plain.inbound_addr().unwrap()).as_bytes());
+    assert!(
+        eventually(Duration::from_secs(5), || get(fwd[0], "/hello", "")
+            .starts_with("HTTP/1.1 502")),
+        "a proxy without gateway suffixes served a named target"
+    );
+}
+
 /// A plain client straight to B's inbound: no identity to claim.
 #[test]
 fn plaintext_inbound_strips_a_claimed_client_id() {
