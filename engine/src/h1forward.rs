@@ -300,7 +300,7 @@ async fn send_head(
     let remove = match (rewrite.strip_l5d, rewrite.strip_dst_override) {
         (true, true) => crate::l5d_headers::NAMES_AND_DST_OVERRIDE,
         (true, false) => crate::l5d_headers::NAMES,
-        (false, true) => &[crate::route::DST_OVERRIDE],
+        (false, true) => &[crate::l5d_headers::DST_OVERRIDE],
         (false, false) => remove,
     };
     let extra;

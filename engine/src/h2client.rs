@@ -126,7 +126,7 @@ pub(crate) async fn open_stream(
             }
         }
         if obs.route().dst_override {
-            head.headers_mut().remove(crate::route::DST_OVERRIDE);
+            head.headers_mut().remove(crate::l5d_headers::DST_OVERRIDE);
         }
         let sent = match send.ready().await {
             Ok(mut s) => {

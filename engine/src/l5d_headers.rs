@@ -26,25 +26,12 @@ use std::time::Duration;
 
 use ringmesh_discovery::profile::{RequestInfo, RetryPolicy};
 
-/// The headers removed from requests on routes that honour them.
-pub(crate) const NAMES: &[&str] = &[
-    "l5d-timeout",
-    "l5d-request-timeout",
-    "l5d-response-timeout",
-    "l5d-retry-limit",
-    "l5d-retry-http",
-    "l5d-retry-grpc",
-    "l5d-retry-timeout",
-];
+/// The header that names a request's destination in ingress mode
+/// (`route::resolve`).
+pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";
 
-/// Retries a request's own retry headers ask for when its route has no
-/// retry policy (as linkerd2-proxy).
-const DEFAULT_LIMIT: u32 = 1;
-/// The most retries a request may ask for (as a policy).
-const MAX_LIMIT: u32 = RetryPolicy::MAX_LIMIT;
-
-/// Whether `name` is one of [`NAMES`].
-/// [`NAMES`] and ingress mode's `l5d-dst-override`.
+/// [`NAMES`] and ingress mode's [`DST_OVERRIDE`] (last), for a request
+/// both apply to.
 pub(crate) const NAMES_AND_DST_OVERRIDE: &[&str] = &[
     "l5d-timeout",
     "l5d-request-timeout",
@@ -53,9 +40,22 @@ pub(crate) const NAMES_AND_DST_OVERRIDE: &[&str] = &[
     "l5d-retry-http",
     "l5d-retry-grpc",
     "l5d-retry-timeout",
-    crate::route::DST_OVERRIDE,
+    DST_OVERRIDE,
 ];
 
+/// The headers removed from requests on routes that honour them (all but
+/// the last of the above).
+pub(crate) const NAMES: &[&str] = NAMES_AND_DST_OVERRIDE
+    .split_at(NAMES_AND_DST_OVERRIDE.len() - 1)
+    .0;
+
+/// Retries a request's own retry headers ask for when its route has no
+/// retry policy (as linkerd2-proxy).
+const DEFAULT_LIMIT: u32 = 1;
+/// The most retries a request may ask for (as a policy).
+const MAX_LIMIT: u32 = RetryPolicy::MAX_LIMIT;
+
+/// Whether `name` is one of [`NAMES`].
 pub(crate) fn is_l5d_header(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

@@ -242,9 +242,6 @@ pub(crate) async fn resolve(
     Ok((with_accrual(dst, accrual), policy))
 }
 
-/// The header that names a request's destination in ingress mode.
-pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";
-
 /// In ingress mode, the authority a request's `l5d-dst-override` names
 /// (a host name, port 80 unless given), for requests on the outbound
 /// listeners; `None` without the header (the connection's destination, as
@@ -257,7 +254,7 @@ fn dst_override<'a>(
     if !r.ingress || !matches!(dst, HttpDst::OrigDst(_) | HttpDst::ByAuthority) {
         return Ok(None);
     }
-    let Some(value) = req.header(DST_OVERRIDE) else {
+    let Some(value) = req.header(crate::l5d_headers::DST_OVERRIDE) else {
         return Ok(None);
     };
     let invalid = || ProxyError::malformed(400, "l5d-dst-override is not a valid host:port");

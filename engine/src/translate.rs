@@ -753,7 +753,7 @@ fn h1_request_head(
         if name == http::header::HOST
             || name.as_str() == ORIG_PROTO
             || (rewrite.strip_l5d && crate::l5d_headers::is_l5d_header(name.as_str()))
-            || (rewrite.strip_dst_override && name.as_str() == crate::route::DST_OVERRIDE)
+            || (rewrite.strip_dst_override && name.as_str() == crate::l5d_headers::DST_OVERRIDE)
         {
             continue;
         }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::process::Command;
 
 use common::*;
@@ -19,18 +19,7 @@ fn head_echo(name: &'static str) -> Backend {
     Backend::start(move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line.to_ascii_lowercase());
-            }
+        while let Some(head) = http::head_lines(&mut r) {
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))

@@ -550,18 +550,8 @@ fn http_whoami(listener: TcpListener, name: &'static str) -> Backend {
     Backend::on(listener, move |s| {
         let mut w = s.try_clone().unwrap();
         let mut r = BufReader::new(s);
-        loop {
-            let mut saw = false;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                saw |= line.to_ascii_lowercase().starts_with("l5d-dst-override:");
-            }
+        while let Some(head) = common::http::head_lines(&mut r) {
+            let saw = head.contains("l5d-dst-override:");
             let body = format!("{name} override-seen={saw}");
             let answer = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",

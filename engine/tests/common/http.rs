@@ -8,6 +8,24 @@ use std::net::TcpStream;
 
 use super::{Backend, Fnv, Pattern};
 
+/// The next request head's lines on `r`, lower-cased, each ending in
+/// `\n` (the blank line left out); `None` at EOF. For test servers that
+/// look at what the proxy forwarded.
+pub fn head_lines(r: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line.trim_end().to_ascii_lowercase());
+        head.push('\n');
+    }
+}
+
 /// Starts an origin server; `name` appears in `/hello` answers.
 pub fn origin(name: &'static str) -> Backend {
     Backend::start(move |s| {
