@@ -19,6 +19,19 @@ pub trait RequestInfo {
     fn host(&self) -> Option<&str>;
     /// The first value of the header `name` (lowercase).
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The authority as the request gave it (`host[:port]`), for a
+    /// redirect's location.
+    fn authority(&self) -> Option<&str> {
+        self.host()
+    }
+    /// The path with its query, for a redirect's location.
+    fn path_and_query(&self) -> &str {
+        self.path()
+    }
+    /// `http` or `https`.
+    fn scheme(&self) -> &str {
+        "http"
+    }
 }
 
 /// A plain request description (tests, fuzzing).
@@ -136,6 +149,92 @@ pub struct ProfileRoute {
     /// The route's own backends, drawn by weight (an outbound policy's
     /// distribution); empty: the service's.
     pub backends: Vec<(Authority, u32)>,
+    /// What the route does to its requests and responses, in order (an
+    /// outbound policy's filters); `None`: nothing.
+    pub filters: Option<Arc<[RouteFilter]>>,
+}
+
+/// One filter of a route (Linkerd's outbound policy, after the Gateway
+/// API's `HTTPRoute` / `GRPCRoute` filters), applied in the policy's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteFilter {
+    /// `numerator / denominator` of the route's requests are answered by
+    /// the proxy with `status` (an HTTP route) or, with `grpc`, that
+    /// `grpc-status` (a gRPC route), `message` as the reason, instead of
+    /// being forwarded.
+    Fail {
+        status: u16,
+        grpc: Option<u32>,
+        message: Arc<str>,
+        numerator: u32,
+        denominator: u32,
+    },
+    /// Requests are answered with a redirect.
+    Redirect(Redirect),
+    /// Fields added, set and removed on requests before they go upstream.
+    RequestHeaders(HeaderEdit),
+    /// Fields added, set and removed on responses on their way back.
+    ResponseHeaders(HeaderEdit),
+}
+
+/// A redirect: the `location` is the request's URL with the parts given
+/// replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`.
+    pub scheme: Option<Arc<str>>,
+    pub host: Option<Arc<str>>,
+    pub port: Option<u16>,
+    pub path: Option<RedirectPath>,
+    /// 3xx (301 unless the policy says).
+    pub status: u16,
+}
+
+/// How a redirect's path is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedirectPath {
+    /// This path replaces the request's (and its query).
+    Full(Arc<str>),
+    /// This replaces the path prefix the route matched (the query kept);
+    /// `matched` are the rule's path prefixes, empty when some match of
+    /// the rule is not a path prefix (then the redirect cannot be made:
+    /// its requests get 500, as linkerd2-proxy answers).
+    Prefix {
+        replace: Arc<str>,
+        matched: Vec<Arc<str>>,
+    },
+}
+
+/// Header fields to change: `add` appends a field, `set` replaces every
+/// field of its name, `remove` drops a name, in that order. Names are
+/// lowercase and valid; values are valid field values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdit {
+    pub add: Vec<(Arc<str>, Arc<[u8]>)>,
+    pub set: Vec<(Arc<str>, Arc<[u8]>)>,
+    pub remove: Vec<Arc<str>>,
+}
+
+impl HeaderEdit {
+    /// Names every field of which goes (set or removed).
+    pub fn replaced(&self) -> impl Iterator<Item = &str> {
+        self.set
+            .iter()
+            .map(|(n, _)| &**n)
+            .chain(self.remove.iter().map(|n| &**n))
+    }
+
+    /// Fields to append, after the [`Self::replaced`] names are gone: the
+    /// added and set ones, except those a later part removes or replaces.
+    pub fn appended(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let removed = |n: &str| self.remove.iter().any(|r| **r == *n);
+        let set = |n: &str| self.set.iter().any(|(s, _)| **s == *n);
+        self.add
+            .iter()
+            .filter(move |(n, _)| !removed(n) && !set(n))
+            .chain(self.set.iter().filter(move |(n, _)| !removed(n)))
+            .map(|(n, v)| (&**n, &**v))
+    }
 }
 
 /// Which failed requests on a route go again, and how often.
@@ -313,6 +412,7 @@ mod tests {
                     timeout: Some(Duration::from_millis(100)),
                     l5d_headers: false,
                     backends: vec![],
+                    filters: None,
                 },
                 ProfileRoute {
                     condition: RequestMatch::Not(Box::new(RequestMatch::Path(re("/admin")))),
@@ -321,6 +421,7 @@ mod tests {
                     timeout: None,
                     l5d_headers: false,
                     backends: vec![],
+                    filters: None,
                 },
             ],
             dst_overrides: vec![

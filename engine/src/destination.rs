@@ -304,6 +304,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
                 timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
                 l5d_headers: false,
                 backends: Vec::new(),
+                filters: None,
             })
         })
         .collect();

@@ -52,6 +52,16 @@ pub(crate) enum Kind {
     /// The worker's share of `LINKERD2_PROXY_*_MAX_IN_FLIGHT` is in
     /// flight: load shed.
     Overloaded,
+    /// A route's failure injection answered with this status (an outbound
+    /// policy's filter).
+    Injected(u16),
+    /// A gRPC route's failure injection answered with this `grpc-status`.
+    InjectedGrpc(u32),
+    /// A route's redirect: this 3xx, with a `location`.
+    Redirect(u16),
+    /// A route's filter cannot be applied to the request (a redirect's
+    /// prefix replacement on a route matched otherwise): 500.
+    BadFilter,
 }
 
 /// Whose fault it is.
@@ -74,6 +84,8 @@ pub(crate) struct ProxyError {
     /// go again on another connection if nothing of it was lost (which
     /// the caller knows; see `retry`).
     retryable: bool,
+    /// A redirect's `location`.
+    location: Option<Box<str>>,
 }
 
 /// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
@@ -87,7 +99,33 @@ impl ProxyError {
             kind,
             reason: reason.into(),
             retryable: false,
+            location: None,
         }
+    }
+
+    /// A redirect to `location` with `status` (a route's filter).
+    pub(crate) fn redirect(status: u16, location: String) -> Self {
+        let mut e = Self::new(
+            Kind::Redirect(status),
+            format!("request redirected to {location}"),
+        );
+        e.location = Some(location.into_boxed_str());
+        e
+    }
+
+    /// A redirect's `location`.
+    pub(crate) fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+
+    /// An answer a route's filter made (failure injection, redirect), not
+    /// a failure of the proxy's: counted by its status, without an
+    /// `error` label.
+    pub(crate) fn by_filter(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Injected(_) | Kind::InjectedGrpc(_) | Kind::Redirect(_)
+        )
     }
 
     pub(crate) fn no_endpoints(service: impl fmt::Display) -> Self {
@@ -179,6 +217,9 @@ impl ProxyError {
     pub(crate) fn side(&self) -> Side {
         match self.kind {
             Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden => Side::Downstream,
+            Kind::Injected(_) | Kind::InjectedGrpc(_) | Kind::Redirect(_) | Kind::BadFilter => {
+                Side::Internal
+            }
             Kind::NoEndpoints | Kind::Unresolved | Kind::Loop | Kind::Overloaded => Side::Internal,
             Kind::ConnectFailed
             | Kind::ConnectTimeout
@@ -192,7 +233,13 @@ impl ProxyError {
     /// The response's status code.
     pub(crate) fn status(&self) -> u16 {
         match self.kind {
-            Kind::Malformed(status) | Kind::Answered(status) => status,
+            Kind::Malformed(status)
+            | Kind::Answered(status)
+            | Kind::Injected(status)
+            | Kind::Redirect(status) => status,
+            // gRPC carries the failure in `grpc-status`.
+            Kind::InjectedGrpc(_) => 200,
+            Kind::BadFilter => 500,
             Kind::HeadTimeout => 408,
             Kind::Forbidden => 403,
             Kind::NoEndpoints | Kind::Unresolved | Kind::Overloaded => 503,
@@ -215,6 +262,9 @@ impl ProxyError {
             Kind::TlsFailed => "tls_failed",
             Kind::UpstreamFailed | Kind::Answered(_) => "upstream_failed",
             Kind::ResponseTimeout => "response_timeout",
+            Kind::Injected(_) | Kind::InjectedGrpc(_) => "failure_injected",
+            Kind::Redirect(_) => "redirect",
+            Kind::BadFilter => "invalid_policy",
         }
     }
 
@@ -236,6 +286,7 @@ impl ProxyError {
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,
+            Kind::InjectedGrpc(code) => code,
             _ => GRPC_UNAVAILABLE,
         }
     }

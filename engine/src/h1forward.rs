@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+use ringmesh_discovery::profile::HeaderEdit;
+
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use ringmesh_admin::telemetry::{relayed, ConnMeter, HttpKey, TlsStatus};
@@ -57,6 +59,27 @@ pub(crate) struct Rewrite<'a> {
     /// `l5d-dst-override` is removed (it chose the destination, in
     /// ingress mode).
     pub(crate) strip_dst_override: bool,
+    /// The route's request header modifier (`route_filter.rs`).
+    pub(crate) request_edit: Option<&'a HeaderEdit>,
+    /// The route's response header modifier, for the final response.
+    pub(crate) response_edit: Option<&'a HeaderEdit>,
+}
+
+/// A header modifier as an HTTP/1 head writer's fields to drop and to
+/// append, beside the proxy's own (`remove`, `extra`). (Allocated only
+/// for requests of a route with a modifier.)
+struct Edited<'a> {
+    remove: Vec<&'a str>,
+    extra: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> Edited<'a> {
+    fn new(e: &'a HeaderEdit, remove: &[&'a str], extra: &[(&'a str, &'a [u8])]) -> Self {
+        Self {
+            remove: remove.iter().copied().chain(e.replaced()).collect(),
+            extra: e.appended().chain(extra.iter().copied()).collect(),
+        }
+    }
 }
 
 /// The header naming a meshed client's identity to the application.
@@ -249,6 +272,7 @@ pub(crate) async fn exchange(
         out,
         limits,
         tap,
+        edit: rewrite.response_edit,
     };
     let from = UpstreamSide {
         rd: &mut urd,
@@ -304,16 +328,26 @@ async fn send_head(
         (false, false) => remove,
     };
     let extra;
-    let opts = match id {
-        Some(id) => {
-            extra = [(CLIENT_ID, id)];
+    let edited;
+    let opts = match (id, rewrite.request_edit) {
+        (id, Some(e)) => {
+            extra = id.map(|id| [(CLIENT_ID, id)]);
+            edited = Edited::new(e, remove, extra.as_ref().map_or(&[][..], |e| &e[..]));
             WriteOptions {
-                remove_headers: remove,
-                extra_headers: &extra,
+                remove_headers: &edited.remove,
+                extra_headers: &edited.extra,
                 ..opts
             }
         }
-        None => WriteOptions {
+        (Some(id), None) => {
+            extra = Some([(CLIENT_ID, id)]);
+            WriteOptions {
+                remove_headers: remove,
+                extra_headers: extra.as_ref().map_or(&[][..], |e| &e[..]),
+                ..opts
+            }
+        }
+        (None, None) => WriteOptions {
             remove_headers: remove,
             ..opts
         },
@@ -357,6 +391,8 @@ struct Downstream<'a> {
     limits: &'a Limits,
     /// The taps of the request, told of the response.
     tap: Option<&'a crate::tap::Pending>,
+    /// The route's response header modifier.
+    edit: Option<&'a HeaderEdit>,
 }
 
 /// The upstream side of a response being relayed.
@@ -444,7 +480,15 @@ async fn relay_response(
             let fields = || crate::tap::h1_fields(d.resp.headers());
             t.response(d.resp.status(), Instant::now(), fields);
         }
-        let plan = plan_response(d.w.stopping(), d.req, d.resp, u.buf, d.out, d.limits, tap)?;
+        let edit = d.edit.filter(|_| !d.resp.is_interim());
+        let plan = plan_response(
+            d.w.stopping(),
+            (d.req, d.resp, edit),
+            u.buf,
+            d.out,
+            d.limits,
+            tap,
+        )?;
         if !plan.done {
             // The rest of the body streams with plain reads (no ring
             // buffer waits on a slow client).
@@ -483,8 +527,7 @@ async fn relay_response(
 /// after a close-delimited body), then the body bytes that came with it.
 fn plan_response(
     draining: bool,
-    req: &RequestHead,
-    resp: &ResponseHead,
+    (req, resp, edit): (&RequestHead, &ResponseHead, Option<&HeaderEdit>),
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -508,6 +551,15 @@ fn plan_response(
         connection,
         upgrade: tunnel && req.upgrade().is_some(),
         ..WriteOptions::default()
+    };
+    let edited = edit.map(|e| Edited::new(e, &[], &[]));
+    let ropts = match &edited {
+        Some(e) => WriteOptions {
+            remove_headers: &e.remove,
+            extra_headers: &e.extra,
+            ..ropts
+        },
+        None => ropts,
     };
     write_response_head(resp, out, &ropts).map_err(|e| ProxyError::upstream(e.to_string()))?;
     let framing = if req.method() == Method::Head || resp.is_interim() || tunnel {

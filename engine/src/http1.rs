@@ -403,6 +403,8 @@ async fn attempts(
                 host: obs.authority_override(addr).map(|a| &**a),
                 strip_l5d: obs.route().l5d_headers,
                 strip_dst_override: obs.route().dst_override,
+                request_edit: obs.route().request_edit(),
+                response_edit: obs.route().response_edit(),
             },
             obs.tap(),
         )
@@ -755,6 +757,13 @@ async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError, informati
     out.clear();
     let status = e.status();
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
+    if let Some(location) = e.location() {
+        // (Made from the request's own URL parts, each checked, and the
+        // policy's: no control characters.)
+        out.extend_from_slice(b"location: ");
+        out.extend_from_slice(location.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let body = if informational {
         out.extend_from_slice(b"l5d-proxy-error: ");
         out.extend_from_slice(e.header_value().as_bytes());

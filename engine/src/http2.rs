@@ -307,6 +307,9 @@ fn send_error(
 ) {
     let reason = e.header_value();
     let mut resp = Response::builder().status(e.status());
+    if let Some(location) = e.location() {
+        resp = resp.header(http::header::LOCATION, location);
+    }
     if informational {
         resp = resp.header("l5d-proxy-error", reason.as_str());
     }
@@ -361,6 +364,9 @@ async fn forward(
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
+    if let Some(e) = obs.route().request_edit() {
+        crate::route_filter::edit_map(e, &mut parts.headers);
+    }
     parts.version = http::Version::HTTP_2;
     let deadline = obs.deadline(w.cfg.http.request_timeout);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
@@ -568,6 +574,9 @@ async fn relay_response(
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
+    if let Some(e) = obs.route().response_edit() {
+        crate::route_filter::edit_map(e, &mut parts.headers);
+    }
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
     let tap = obs.tap();

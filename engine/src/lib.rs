@@ -87,6 +87,7 @@ mod pool;
 mod proxy;
 mod retry;
 mod route;
+mod route_filter;
 mod run;
 mod server_first;
 mod stall;

@@ -341,7 +341,7 @@ impl<'w> Observer<'w> {
         self.end(ResponseClass {
             status: e.status(),
             grpc_status: grpc.then(|| e.grpc_status()),
-            error: Some(e.label()),
+            error: (!e.by_filter()).then(|| e.label()),
         });
     }
 }

@@ -32,8 +32,10 @@
 //!   the stream failed) is reported with an empty profile: it is known,
 //!   and routed by Destination or as it is.
 //!
-//! Not yet: route filters (header modifiers, redirects, failure
-//! injection), query-parameter matches (a rule that has one is skipped,
+//! - Each rule's filters (failure injection, redirects, header
+//!   modifiers: `route_filter.rs`).
+//!
+//! Not yet: backends' own filters, query-parameter matches (a rule that has one is skipped,
 //! so it never matches more than it should), the retry policy's backoff
 //! and per-attempt timeout, opaque and TLS routes' backends, `authority`
 //! targets.
@@ -455,6 +457,8 @@ struct Rule {
     timeout: Option<std::time::Duration>,
     l5d_headers: bool,
     backends: Backends,
+    /// Its filters (`route_filter.rs`), or why they cannot be applied.
+    filters: Result<Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>, String>,
 }
 
 /// An HTTP rule's retry policy: its status ranges (none given: 5xx).
@@ -522,7 +526,7 @@ fn routes(
 ) -> Vec<ProfileRoute> {
     rules
         .filter_map(|rule| {
-            let matches = match rule.matches {
+            let matches = match rule.matches.and_then(|m| Ok((m, rule.filters?))) {
                 Ok(m) => m,
                 Err(why) => {
                     tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
@@ -538,6 +542,7 @@ fn routes(
                 }
                 backends.push((backend, weight));
             }
+            let (matches, filters) = matches;
             Some(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
@@ -545,6 +550,7 @@ fn routes(
                 timeout: rule.timeout,
                 l5d_headers: rule.l5d_headers,
                 backends,
+                filters,
             })
         })
         .collect()
@@ -560,6 +566,7 @@ fn http_routes(
         retry: rule.retry.as_ref().and_then(http_retry),
         timeout: timeout(rule.timeouts.as_ref()),
         l5d_headers: rule.allow_l5d_request_headers,
+        filters: crate::route_filter::http(&rule.filters, &rule.matches),
         backends: http_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
@@ -576,6 +583,7 @@ fn grpc_routes(
         retry: rule.retry.as_ref().and_then(grpc_retry),
         timeout: timeout(rule.timeouts.as_ref()),
         l5d_headers: rule.allow_l5d_request_headers,
+        filters: crate::route_filter::grpc(&rule.filters),
         backends: grpc_backends(rule.backends),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
@@ -600,6 +608,19 @@ pub(crate) mod fuzzing {
         };
         if let Some(r) = p.route(&req) {
             let _ = ringmesh_discovery::profile::pick(&r.backends, 0.5);
+            if let Some(f) = r.filters.as_deref() {
+                let _ = crate::route_filter::answer(f, &req);
+                let mut h = http::HeaderMap::new();
+                for e in [
+                    crate::route_filter::request_edit(f),
+                    crate::route_filter::response_edit(f),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    crate::route_filter::edit_map(e, &mut h);
+                }
+            }
         }
     }
 }

@@ -44,6 +44,12 @@ impl RequestInfo for H1Req<'_> {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+    fn authority(&self) -> Option<&str> {
+        self.0.authority().map(|a| a.raw)
+    }
+    fn path_and_query(&self) -> &str {
+        self.0.path()
+    }
 }
 
 impl crate::tap::TapHead for H1Req<'_> {
@@ -89,6 +95,15 @@ impl<B> RequestInfo for H2Req<'_, B> {
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.headers().get(name).map(|v| v.as_bytes())
+    }
+    fn authority(&self) -> Option<&str> {
+        Some(crate::tap::TapHead::authority(self)).filter(|a| !a.is_empty())
+    }
+    fn path_and_query(&self) -> &str {
+        self.0.uri().path_and_query().map_or("/", |p| p.as_str())
+    }
+    fn scheme(&self) -> &str {
+        self.0.uri().scheme_str().unwrap_or("http")
     }
 }
 
@@ -172,6 +187,8 @@ pub(crate) struct RoutePolicy {
     /// Linkerd's ingress mode: the request's `l5d-dst-override` chose its
     /// destination, and is removed before the request goes upstream.
     pub dst_override: bool,
+    /// The route's filters (`route_filter.rs`).
+    pub filters: Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>,
 }
 
 impl RoutePolicy {
@@ -189,7 +206,18 @@ impl RoutePolicy {
             name: route.name.clone(),
             l5d_headers: route.l5d_headers,
             dst_override: false,
+            filters: route.filters.clone(),
         }
+    }
+
+    /// The route's request header modifier.
+    pub(crate) fn request_edit(&self) -> Option<&ringmesh_discovery::profile::HeaderEdit> {
+        crate::route_filter::request_edit(self.filters.as_deref()?)
+    }
+
+    /// The route's response header modifier.
+    pub(crate) fn response_edit(&self) -> Option<&ringmesh_discovery::profile::HeaderEdit> {
+        crate::route_filter::response_edit(self.filters.as_deref()?)
     }
 
     /// Whether the route retries failed requests (any method).
@@ -229,6 +257,15 @@ pub(crate) async fn resolve(
     };
     let (next, mut policy, accrual) = choose(r, d, req);
     policy.dst_override = overridden.is_some();
+    // The route's failure injection or redirect answers before a backend
+    // is waited for.
+    if let Some(answer) = policy
+        .filters
+        .as_deref()
+        .and_then(|f| crate::route_filter::answer(f, req))
+    {
+        return Err(answer);
+    }
     let dst = match next {
         Next::Ready(dst) => dst,
         Next::Queue {

@@ -68,7 +68,11 @@ pub(crate) async fn h1_over_h2(
     out: &mut Vec<u8>,
     limits: &Limits,
 ) -> Result<(u16, bool), Failure> {
-    let parts = h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
+    let mut parts =
+        h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
+    if let Some(e) = obs.route().request_edit() {
+        crate::route_filter::edit_map(e, &mut parts.headers);
+    }
     let end = req.framing().is_empty();
     let mut attempts =
         Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
@@ -178,7 +182,10 @@ impl H2Answer<'_> {
         };
         let now = Instant::now();
         obs.response_head(self.guard, now - self.sent_at);
-        let (parts, mut from) = resp.into_parts();
+        let (mut parts, mut from) = resp.into_parts();
+        if let Some(e) = obs.route().response_edit() {
+            crate::route_filter::edit_map(e, &mut parts.headers);
+        }
         // An HTTP/1 client that stops reading blocks this stream's writes
         // with no stall to see: the stream never holds the shared upstream
         // connection's window (its stream window bounds it), so it cannot
@@ -396,6 +403,9 @@ pub(crate) async fn h2_to_h1(
             host: obs.authority_override(addr).map(|a| &**a),
             strip_l5d: obs.route().l5d_headers,
             strip_dst_override: obs.route().dst_override,
+            // (Applied to `parts` already.)
+            request_edit: None,
+            response_edit: None,
         };
         req.framing = h1_request_head(parts, end, rewrite, &mut req.head);
         // The client's stream reset meanwhile (MadeYouReset included): the
@@ -431,7 +441,10 @@ pub(crate) async fn h2_to_h1(
         got.resp.framing()
     };
     let end = body_framing.is_empty();
-    let response = h2_response(&got.resp, orig_proto);
+    let mut response = h2_response(&got.resp, orig_proto);
+    if let Some(e) = obs.route().response_edit() {
+        crate::route_filter::edit_map(e, response.headers_mut());
+    }
     let Ok(mut to) = respond.send_response(response, end) else {
         w.pools.bufs.put(got.ubuf);
         return Err(Failure::Reset(Reason::CANCEL));
@@ -831,6 +844,8 @@ mod tests {
             host: Some("web.remote.example:4143"),
             strip_l5d: true,
             strip_dst_override: false,
+            request_edit: None,
+            response_edit: None,
         };
         h1_request_head(&p, true, rewrite, &mut out);
         assert_eq!(

@@ -55,6 +55,27 @@ fn proxy(driver: IoDriver, cp: &Cp, extra: &[(&str, &str)]) -> ringmesh_engine::
     start_proxy(driver, &vars)
 }
 
+/// A proxy forwarding a local port to `target` (an address in the policy's
+/// cluster networks, 127.0.0.9/32), with the fake as its Destination and
+/// policy service; `extra` settings after those.
+fn policy_proxy(cp: &Cp, target: &str, extra: &[(&str, &str)]) -> ringmesh_engine::Proxy {
+    let cp_addr = cp.addr.to_string();
+    let forward = format!("127.0.0.1:0={target}");
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", forward.as_str()),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", cp_addr.as_str()),
+        ("LINKERD2_PROXY_POLICY_SVC_ADDR", cp_addr.as_str()),
+        (
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"default","pod":"client-0"}"#,
+        ),
+        ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(IoDriver::Uring, &vars)
+}
+
 fn metrics(proxy: &ringmesh_engine::Proxy) -> String {
     let mut s = connect(proxy.admin_addr().unwrap());
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -564,22 +585,7 @@ fn outbound_policy_routes_requests() {
         a_ep = ep(a.addr),
         b_ep = ep(b.addr),
     ));
-    let cp_addr = cp.addr.to_string();
-    let forward = format!("127.0.0.1:0={target}");
-    let proxy = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", &forward),
-            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"client-0"}"#,
-            ),
-            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
-        ],
-    );
+    let proxy = policy_proxy(&cp, target, &[]);
     let addr = proxy.forward_addrs()[0];
     let get = |path: &str, extra: &str| {
         let c = connect(addr);
@@ -612,6 +618,202 @@ fn outbound_policy_routes_requests() {
         );
     }
     assert!(m.contains("outbound_policy_streams_total"), "{m}");
+}
+
+/// A keep-alive backend that answers every request with its head's lines
+/// as the body (lower-cased), and the response fields `x-upstream: 1`,
+/// `x-drop: 1`.
+fn head_backend() -> Backend {
+    Backend::start(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        while let Some(head) = common::http::head_lines(&mut r) {
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nx-upstream: 1\r\nx-drop: 1\r\nContent-Length: {}\r\n\r\n{head}",
+                head.len()
+            );
+            if w.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// One HTTP/1.1 request on a new connection: the response head's lines
+/// (lower-cased) and its body.
+fn h1_exchange(addr: SocketAddr, path: &str) -> (String, String) {
+    let c = connect(addr);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: web:8080\r\nx-secret: s\r\nx-set: old\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let head = common::http::head_lines(&mut r).expect("a response");
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An outbound policy's route filters, as linkerd2-proxy applies them:
+/// failure injection (every request, and a ratio of them), a redirect
+/// replacing the matched path prefix, request and response header
+/// modifiers (add, set, remove; the framing fields left alone) — for
+/// HTTP/1.1 and HTTP/2 clients.
+#[test]
+fn outbound_policy_route_filters() {
+    let app = head_backend();
+    // (An HTTP/2 client's requests to an address go over HTTP/2.)
+    let h2_app = common::h2::origin(None);
+    let cp = Cp::start("filters");
+    let target = "127.0.0.9:8080";
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": [{{"addr": "{ip}", "port": {port}}}], "http_routes": [
+                {{"name": "chaos", "path_exact": "/fail", "filters": [{{"fail": {{"status": 418, "message": "chaos test"}}}}]}},
+                {{"name": "half", "path_prefix": "/half", "filters": [{{"fail": {{"status": 500, "ratio": [1, 2]}}}}]}},
+                {{"name": "moved", "path_prefix": "/old", "filters": [{{"redirect": {{"prefix": "/new", "status": 302}}}}]}},
+                {{"name": "elsewhere", "path_exact": "/away", "filters": [{{"redirect": {{"host": "other.test", "scheme": "https"}}}}]}},
+                {{"name": "edits", "path_prefix": "/edit", "backends": [{{"forward": "{app}"}}], "filters": [
+                    {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new", "content-length": "0"}}, "remove": ["x-secret"]}}}},
+                    {{"response_headers": {{"add": {{"x-resp": "added"}}, "set": {{"x-upstream": "changed"}}, "remove": ["x-drop"]}}}}
+                ]}},
+                {{"name": "edits-h2", "path_prefix": "/headers", "backends": [{{"forward": "{h2_app}"}}], "filters": [
+                    {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new"}}, "remove": ["x-secret"]}}}},
+                    {{"response_headers": {{"add": {{"x-resp": "added"}}, "set": {{"x-upstream": "changed"}}}}}}
+                ]}}
+            ]}}
+        }}}}"#,
+        ip = app.addr.ip(),
+        port = app.addr.port(),
+        app = app.addr,
+        h2_app = h2_app.addr,
+    ));
+    let proxy = policy_proxy(&cp, target, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let status = |head: &str| head.get(9..12).and_then(|c| c.parse::<u16>().ok());
+    assert!(
+        eventually(Duration::from_secs(5), || status(
+            &h1_exchange(addr, "/fail").0
+        ) == Some(418)),
+        "the failure injection never applied:\n{}",
+        cp.tail()
+    );
+
+    // HTTP/1.1.
+    let (head, body) = h1_exchange(addr, "/fail");
+    assert!(head.contains("l5d-proxy-error: chaos test"), "{head}");
+    assert!(body.contains("chaos test"), "{body}");
+    let fails = (0..200)
+        .filter(|_| status(&h1_exchange(addr, "/half/x").0) == Some(500))
+        .count();
+    assert!(
+        (60..=140).contains(&fails),
+        "{fails} of 200 failed at a 1/2 ratio"
+    );
+    let (head, _) = h1_exchange(addr, "/old/page?q=1");
+    assert_eq!(status(&head), Some(302), "{head}");
+    assert!(
+        head.contains("location: http://web:8080/new/page?q=1\n"),
+        "{head}"
+    );
+    let (head, _) = h1_exchange(addr, "/away");
+    assert_eq!(status(&head), Some(301), "{head}");
+    assert!(
+        head.contains("location: https://other.test:8080/away\n"),
+        "{head}"
+    );
+    let (head, seen) = h1_exchange(addr, "/edit");
+    assert_eq!(status(&head), Some(200), "{head}");
+    assert!(
+        seen.contains("x-added: yes\n") && seen.contains("x-set: new\n"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("x-secret") && !seen.contains("x-set: old"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("content-length"),
+        "a framing field was set: {seen}"
+    );
+    assert!(
+        head.contains("x-upstream: changed\n") && head.contains("x-resp: added\n"),
+        "{head}"
+    );
+    assert!(
+        !head.contains("x-drop") && !head.contains("x-upstream: 1"),
+        "{head}"
+    );
+    // Other routes are untouched.
+    let (head, seen) = h1_exchange(addr, "/plain");
+    assert!(
+        head.contains("x-upstream: 1\n") && seen.contains("x-secret: s\n"),
+        "{head}{seen}"
+    );
+
+    // HTTP/2 (prior knowledge; the upstream speaks HTTP/1.1).
+    let h2 = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-D",
+                "-",
+                "-H",
+                "x-secret: s",
+                "-H",
+                "x-set: old",
+            ])
+            .arg(format!("http://{addr}{path}"))
+            .arg("-H")
+            .arg("host: web:8080")
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let out = h2("/fail");
+    assert!(
+        out.starts_with("http/2 418") && out.contains("l5d-proxy-error: chaos test"),
+        "{out}"
+    );
+    let out = h2("/old/page?q=1");
+    assert!(
+        out.starts_with("http/2 302") && out.contains("location: http://web:8080/new/page?q=1"),
+        "{out}"
+    );
+    let out = h2("/headers");
+    assert!(out.starts_with("http/2 200"), "{out}");
+    assert!(
+        out.contains("x-added: yes\n") && out.contains("x-set: new\n"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("x-secret") && !out.contains("x-set: old"),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-upstream: changed") && out.contains("x-resp: added"),
+        "{out}"
+    );
+
+    // Counted by status, not as the proxy's errors.
+    let m = metrics(&proxy);
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("response_total{") && l.contains("status_code=\"418\""))
+        .unwrap_or_else(|| panic!("no 418 counted:\n{m}"));
+    assert!(
+        line.contains("classification=\"failure\"") || line.contains("classification=\"success\""),
+        "{line}"
+    );
+    assert!(!line.contains("error="), "{line}");
 }
 
 /// `LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`: a watch requests keep
@@ -873,20 +1075,10 @@ fn policy_retry_conditions_and_l5d_headers() {
         b.addr.ip(),
         b.addr.port(),
     ));
-    let cp_addr = cp.addr.to_string();
-    let forward = format!("127.0.0.1:0={target}");
-    let proxy = start_proxy(
-        IoDriver::Uring,
+    let proxy = policy_proxy(
+        &cp,
+        target,
         &[
-            ("RINGMESH_TCP_FORWARD", &forward),
-            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"c-0"}"#,
-            ),
-            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
             // One worker: one balancer replica and one retry budget.
             ("LINKERD2_PROXY_CORES", "1"),
             // The endpoints fail on purpose: they must stay in the balancer.
@@ -1040,19 +1232,10 @@ fn policy_failure_accrual_ejects_endpoints() {
         good.addr.ip(),
         good.addr.port(),
     ));
-    let cp_addr = cp.addr.to_string();
-    let forward = format!("127.0.0.1:0={target}");
-    let proxy = start_proxy(
-        IoDriver::Uring,
+    let proxy = policy_proxy(
+        &cp,
+        target,
         &[
-            ("RINGMESH_TCP_FORWARD", &forward),
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"c-0"}"#,
-            ),
-            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
             ("LINKERD2_PROXY_CORES", "1"),
             ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
         ],
@@ -1114,22 +1297,7 @@ fn policy_backend_queue_and_fail_fast() {
         )
     };
     cp.write_loaded(&config(""));
-    let cp_addr = cp.addr.to_string();
-    let forward = format!("127.0.0.1:0={target}");
-    let proxy = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", &forward),
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"c-0"}"#,
-            ),
-            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let proxy = policy_proxy(&cp, target, &[("LINKERD2_PROXY_CORES", "1")]);
     let addr = proxy.forward_addrs()[0];
     // The policy is known once /warm reaches its forward backend.
     assert!(

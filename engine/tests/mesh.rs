@@ -606,3 +606,98 @@ fn discovery_updates_and_identity_checks(a: Sidecar) {
         );
     }
 }
+
+/// An outbound policy's route filters on A's sidecar, from the fake
+/// control plane: failure injection, a redirect replacing the matched
+/// prefix, request and response header modifiers on a route to B over
+/// mTLS. linkerd2-proxy is the reference; ringmesh must answer the same.
+#[test]
+fn linkerd2_proxy_route_filters() {
+    route_filters(Sidecar::linkerd2_proxy());
+}
+
+/// The same, ringmesh on A.
+#[test]
+fn ringmesh_route_filters() {
+    route_filters(Sidecar::ringmesh("uring"));
+}
+
+fn route_filters(a: Sidecar) {
+    let mesh = Mesh::start(a, Sidecar::linkerd2_proxy(), |_a, b| {
+        let service = Destination::service_authority(b, HTTP1_PORT);
+        let routes = format!(
+            r#"[
+            {{"name": "chaos", "path_exact": "/fail", "backends": [{{"authority": "{service}"}}],
+              "filters": [{{"fail": {{"status": 418, "message": "chaos test"}}}}]}},
+            {{"name": "moved", "path_prefix": "/old", "backends": [{{"authority": "{service}"}}],
+              "filters": [{{"redirect": {{"prefix": "/new", "status": 302}}}}]}},
+            {{"name": "edits", "path_prefix": "/echo-head", "backends": [{{"authority": "{service}"}}],
+              "filters": [
+                {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new"}}, "remove": ["x-secret"]}}}},
+                {{"response_headers": {{"add": {{"x-resp": "added"}}}}}}
+              ]}}
+            ]"#
+        );
+        CpConfig::default().with_destination(
+            b,
+            HTTP1_PORT,
+            Destination {
+                http_routes: Some(routes),
+                ..Destination::meshed(b, false)
+            },
+        )
+    });
+    let b = mesh.b.info.clone();
+    let addr = b.addr(HTTP1_PORT);
+    let _app = common::http::origin_on(within(&b.ns, move || common::listen(addr)), "b");
+    let get = |path: &str| {
+        let (ok, out, err) = curl(
+            &mesh,
+            &[
+                "--http1.1",
+                "-D",
+                "-",
+                "-H",
+                "x-secret: s",
+                "-H",
+                "x-set: old",
+                &format!("http://{addr}{path}"),
+            ],
+        );
+        check!(mesh, ok, "curl {path} failed: {err}");
+        out.to_ascii_lowercase()
+    };
+    let applied = common::eventually(Duration::from_secs(20), || {
+        get("/fail").starts_with("http/1.1 418")
+    });
+    check!(
+        mesh,
+        applied,
+        "the failure injection never applied: {}",
+        get("/fail")
+    );
+    let out = get("/fail");
+    check!(mesh, out.contains("l5d-proxy-error: chaos test"), "{out}");
+    let out = get("/old/page?q=1");
+    check!(
+        mesh,
+        out.starts_with("http/1.1 302")
+            && out.contains(&format!("location: http://{addr}/new/page?q=1")),
+        "{out}"
+    );
+    let out = get("/echo-head");
+    check!(mesh, out.starts_with("http/1.1 200"), "{out}");
+    check!(mesh, out.contains("x-resp: added"), "{out}");
+    check!(
+        mesh,
+        out.contains("x-added: yes") && out.contains("x-set: new"),
+        "{out}"
+    );
+    check!(
+        mesh,
+        !out.contains("x-secret") && !out.contains("x-set: old"),
+        "{out}"
+    );
+    // Through B's sidecar too: the request went over mTLS.
+    check!(mesh, out.contains("l5d-client-id:"), "{out}");
+}

@@ -737,7 +737,8 @@ class Outbound:
         `path_exact`, `method`, `headers` (exact values), `host`; `backends`
         (a list of {"authority", "weight", "queue"}: random-available
         through Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
-        (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`."""
+        (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`,
+        `filters` (see http_filter)."""
         pb = self.pb
         o, hr = pb.outbound, pb.http_route
         match = hr.HttpRouteMatch()
@@ -795,6 +796,8 @@ class Outbound:
                 )
         if r.get("allow_l5d_headers"):
             rule.allow_l5d_request_headers = True
+        for f in r.get("filters", []):
+            rule.filters.append(self.http_filter(f))
         hosts = []
         if "host" in r:
             hosts.append(hr.HostMatch(exact=r["host"]))
@@ -802,6 +805,44 @@ class Outbound:
             resource=pb.meta.Resource(group="gateway.networking.k8s.io", kind="HTTPRoute", name=r["name"], namespace=namespace)
         )
         return o.HttpRoute(metadata=meta, hosts=hosts, rules=[rule])
+
+    def http_filter(self, f):
+        """One HTTPRoute filter from the config: {"fail": {"status",
+        "message", "ratio": [num, den]}}, {"redirect": {"scheme", "host",
+        "port", "full" | "prefix", "status"}}, {"request_headers" |
+        "response_headers": {"add": {name: value}, "set": {...},
+        "remove": [name]}}."""
+        pb = self.pb
+        o, hr, ht = pb.outbound, pb.http_route, pb.http_types
+        if "fail" in f:
+            spec = f["fail"]
+            fi = hr.HttpFailureInjector(status=spec["status"], message=spec.get("message", ""))
+            if "ratio" in spec:
+                fi.ratio.CopyFrom(hr.Ratio(numerator=spec["ratio"][0], denominator=spec["ratio"][1]))
+            return o.HttpRoute.Filter(failure_injector=fi)
+        if "redirect" in f:
+            spec = f["redirect"]
+            rr = hr.RequestRedirect(host=spec.get("host", ""), port=spec.get("port", 0), status=spec.get("status", 0))
+            if "scheme" in spec:
+                rr.scheme.CopyFrom(ht.Scheme(registered=ht.Scheme.Registered.Value(spec["scheme"].upper())))
+            if "full" in spec:
+                rr.path.full = spec["full"]
+            if "prefix" in spec:
+                rr.path.prefix = spec["prefix"]
+            return o.HttpRoute.Filter(redirect=rr)
+
+        def headers(d):
+            return ht.Headers(headers=[ht.Headers.Header(name=k, value=v.encode()) for k, v in d.items()])
+
+        for key, msg, field in (
+            ("request_headers", hr.RequestHeaderModifier, "request_header_modifier"),
+            ("response_headers", hr.ResponseHeaderModifier, "response_header_modifier"),
+        ):
+            if key in f:
+                spec = f[key]
+                m = msg(add=headers(spec.get("add", {})), set=headers(spec.get("set", {})), remove=spec.get("remove", []))
+                return o.HttpRoute.Filter(**{field: m})
+        raise ValueError("unknown filter %r" % f)
 
     def opaque_route(self, name, backend):
         o = self.pb.outbound

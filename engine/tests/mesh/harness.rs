@@ -141,6 +141,9 @@ pub struct Destination {
     pub tls_identity: Option<String>,
     /// The SNI the client sends, when not the identity itself.
     pub server_name: Option<String>,
+    /// The outbound policy's configured HTTP routes, a JSON array as
+    /// `fake_cp.py`'s `configured_route` reads them.
+    pub http_routes: Option<String>,
 }
 
 impl Destination {
@@ -153,7 +156,15 @@ impl Destination {
             policy: "service",
             tls_identity: Some(pod.identity.clone()),
             server_name: None,
+            http_routes: None,
         }
+    }
+
+    /// The name the policy's backends resolve `pod`'s `port` by (the
+    /// fake's Service for an IP target).
+    pub fn service_authority(pod: &PodInfo, port: u16) -> String {
+        let ip = pod.ip.to_string().replace('.', "-");
+        format!("svc-{ip}.default.svc.cluster.local:{port}")
     }
 }
 
@@ -188,8 +199,12 @@ impl CpConfig {
                 )
             })
             .unwrap_or_default();
+        let routes = d
+            .http_routes
+            .map(|r| format!(r#""http_routes": {r}, "#))
+            .unwrap_or_default();
         self.destinations.push(format!(
-            r#""{ip}:{port}": {{"opaque": {opaque}, "policy": "{policy}", "endpoints": [{{"addr": "{ip}", "port": {port}, {identity}"protocol_hint": "{hint}", "labels": {{"pod": "{name}-0"}}}}]}}"#,
+            r#""{ip}:{port}": {{{routes}"opaque": {opaque}, "policy": "{policy}", "endpoints": [{{"addr": "{ip}", "port": {port}, {identity}"protocol_hint": "{hint}", "labels": {{"pod": "{name}-0"}}}}]}}"#,
             opaque = d.opaque,
             policy = d.policy,
             name = pod.name,
