@@ -152,6 +152,9 @@ pub struct ProfileRoute {
     /// What the route does to its requests and responses, in order (an
     /// outbound policy's filters); `None`: nothing.
     pub filters: Option<Arc<[RouteFilter]>>,
+    /// Each backend's own filters, after the route's (in the order of
+    /// `backends`; empty when no backend has any).
+    pub backend_filters: Vec<Option<Arc<[RouteFilter]>>>,
 }
 
 /// One filter of a route (Linkerd's outbound policy, after the Gateway
@@ -378,19 +381,24 @@ impl Profile {
 /// One of `weighted`, drawn by weight with `r` in `[0, 1)`; `None` when
 /// empty or when every weight is 0.
 pub fn pick(weighted: &[(Authority, u32)], r: f64) -> Option<&Authority> {
+    pick_index(weighted, r).map(|i| &weighted[i].0)
+}
+
+/// As [`pick`]: the index of the one drawn.
+pub fn pick_index(weighted: &[(Authority, u32)], r: f64) -> Option<usize> {
     let total: u64 = weighted.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
         return None;
     }
     let mut at = (r.clamp(0.0, 1.0) * total as f64) as u64;
-    for (name, w) in weighted {
+    for (i, (_, w)) in weighted.iter().enumerate() {
         let w = u64::from(*w);
         if at < w {
-            return Some(name);
+            return Some(i);
         }
         at -= w;
     }
-    weighted.last().map(|(n, _)| n)
+    Some(weighted.len() - 1)
 }
 
 #[cfg(test)]
@@ -413,6 +421,7 @@ mod tests {
                     l5d_headers: false,
                     backends: vec![],
                     filters: None,
+                    backend_filters: vec![],
                 },
                 ProfileRoute {
                     condition: RequestMatch::Not(Box::new(RequestMatch::Path(re("/admin")))),
@@ -422,6 +431,7 @@ mod tests {
                     l5d_headers: false,
                     backends: vec![],
                     filters: None,
+                    backend_filters: vec![],
                 },
             ],
             dst_overrides: vec![

@@ -305,6 +305,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
                 l5d_headers: false,
                 backends: Vec::new(),
                 filters: None,
+                backend_filters: Vec::new(),
             })
         })
         .collect();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
-use ringmesh_discovery::profile::HeaderEdit;
+use ringmesh_discovery::profile::RouteFilter;
 
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
@@ -26,8 +26,10 @@ use crate::config::ConnectConfig;
 use crate::connect::{self, Endpoint, Session};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
+use crate::l5d_headers::CLIENT_ID;
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
 use crate::route::{failover, Dst};
+use crate::route_filter::Message;
 use crate::transport::{relay_any, TransportRd, TransportWr};
 use crate::worker::Worker;
 
@@ -59,31 +61,12 @@ pub(crate) struct Rewrite<'a> {
     /// `l5d-dst-override` is removed (it chose the destination, in
     /// ingress mode).
     pub(crate) strip_dst_override: bool,
-    /// The route's request header modifier (`route_filter.rs`).
-    pub(crate) request_edit: Option<&'a HeaderEdit>,
-    /// The route's response header modifier, for the final response.
-    pub(crate) response_edit: Option<&'a HeaderEdit>,
+    /// The route's filters, when a header modifier among them changes
+    /// the request (`route_filter.rs`).
+    pub(crate) request_edits: Option<&'a [RouteFilter]>,
+    /// … the final response.
+    pub(crate) response_edits: Option<&'a [RouteFilter]>,
 }
-
-/// A header modifier as an HTTP/1 head writer's fields to drop and to
-/// append, beside the proxy's own (`remove`, `extra`). (Allocated only
-/// for requests of a route with a modifier.)
-struct Edited<'a> {
-    remove: Vec<&'a str>,
-    extra: Vec<(&'a str, &'a [u8])>,
-}
-
-impl<'a> Edited<'a> {
-    fn new(e: &'a HeaderEdit, remove: &[&'a str], extra: &[(&'a str, &'a [u8])]) -> Self {
-        Self {
-            remove: remove.iter().copied().chain(e.replaced()).collect(),
-            extra: e.appended().chain(extra.iter().copied()).collect(),
-        }
-    }
-}
-
-/// The header naming a meshed client's identity to the application.
-pub(crate) const CLIENT_ID: &str = "l5d-client-id";
 
 /// Inbound, the client identity header is the proxy's to set: what the
 /// client sent is removed, and the identity it proved (mutual TLS) added.
@@ -272,7 +255,7 @@ pub(crate) async fn exchange(
         out,
         limits,
         tap,
-        edit: rewrite.response_edit,
+        edits: rewrite.response_edits,
     };
     let from = UpstreamSide {
         rd: &mut urd,
@@ -329,13 +312,14 @@ async fn send_head(
     };
     let extra;
     let edited;
-    let opts = match (id, rewrite.request_edit) {
-        (id, Some(e)) => {
+    let opts = match (id, rewrite.request_edits) {
+        (id, Some(f)) => {
             extra = id.map(|id| [(CLIENT_ID, id)]);
-            edited = Edited::new(e, remove, extra.as_ref().map_or(&[][..], |e| &e[..]));
+            let ours = extra.as_ref().map_or(&[][..], |e| &e[..]);
+            edited = crate::route_filter::h1_fields(f, Message::Request, remove, ours);
             WriteOptions {
-                remove_headers: &edited.remove,
-                extra_headers: &edited.extra,
+                remove_headers: &edited.0,
+                extra_headers: &edited.1,
                 ..opts
             }
         }
@@ -391,8 +375,8 @@ struct Downstream<'a> {
     limits: &'a Limits,
     /// The taps of the request, told of the response.
     tap: Option<&'a crate::tap::Pending>,
-    /// The route's response header modifier.
-    edit: Option<&'a HeaderEdit>,
+    /// The route's filters that modify the response's header fields.
+    edits: Option<&'a [RouteFilter]>,
 }
 
 /// The upstream side of a response being relayed.
@@ -480,7 +464,7 @@ async fn relay_response(
             let fields = || crate::tap::h1_fields(d.resp.headers());
             t.response(d.resp.status(), Instant::now(), fields);
         }
-        let edit = d.edit.filter(|_| !d.resp.is_interim());
+        let edit = d.edits.filter(|_| !d.resp.is_interim());
         let plan = plan_response(
             d.w.stopping(),
             (d.req, d.resp, edit),
@@ -527,7 +511,7 @@ async fn relay_response(
 /// after a close-delimited body), then the body bytes that came with it.
 fn plan_response(
     draining: bool,
-    (req, resp, edit): (&RequestHead, &ResponseHead, Option<&HeaderEdit>),
+    (req, resp, edits): (&RequestHead, &ResponseHead, Option<&[RouteFilter]>),
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -552,11 +536,11 @@ fn plan_response(
         upgrade: tunnel && req.upgrade().is_some(),
         ..WriteOptions::default()
     };
-    let edited = edit.map(|e| Edited::new(e, &[], &[]));
+    let edited = edits.map(|f| crate::route_filter::h1_fields(f, Message::Response, &[], &[]));
     let ropts = match &edited {
-        Some(e) => WriteOptions {
-            remove_headers: &e.remove,
-            extra_headers: &e.extra,
+        Some((remove, extra)) => WriteOptions {
+            remove_headers: remove,
+            extra_headers: extra,
             ..ropts
         },
         None => ropts,

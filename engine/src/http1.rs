@@ -36,6 +36,7 @@ use crate::observe::Observer;
 use crate::pool::{read_more, Scratch, Upstream};
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, Dst, HttpDst};
+use crate::route_filter::Message;
 use crate::transport::{Transport, TransportRd};
 use crate::warn_limit::{warn_limited, Warning};
 use crate::worker::Worker;
@@ -403,8 +404,8 @@ async fn attempts(
                 host: obs.authority_override(addr).map(|a| &**a),
                 strip_l5d: obs.route().l5d_headers,
                 strip_dst_override: obs.route().dst_override,
-                request_edit: obs.route().request_edit(),
-                response_edit: obs.route().response_edit(),
+                request_edits: obs.route().edits(Message::Request),
+                response_edits: obs.route().edits(Message::Response),
             },
             obs.tap(),
         )

@@ -32,12 +32,13 @@ use ringmesh_protocols::http1::Authority as RequestAuthority;
 use crate::config::{ConnectConfig, H2Server};
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
-use crate::h1forward::CLIENT_ID;
 use crate::h2client::{declared_length, open_stream, send_all, unprocessed, MeteredIo, Opening};
 use crate::h2guarded::GuardedIo;
+use crate::l5d_headers::CLIENT_ID;
 use crate::observe::Observer;
 use crate::retry::{Attempts, MAX_REPLAY_BODY};
 use crate::route::{resolve, split_authority, Dst, HttpDst};
+use crate::route_filter::Message;
 use crate::stop::Stop;
 use crate::transport::Transport;
 use crate::warn_limit::{warn_limited, Warning};
@@ -364,9 +365,7 @@ async fn forward(
     // The request head, minus what HTTP/2 forbids (RFC 9113 §8.2.2).
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
-    if let Some(e) = obs.route().request_edit() {
-        crate::route_filter::edit_map(e, &mut parts.headers);
-    }
+    obs.route().edit(Message::Request, &mut parts.headers);
     parts.version = http::Version::HTTP_2;
     let deadline = obs.deadline(w.cfg.http.request_timeout);
     // HTTP/1 carried by a peer proxy, or an HTTP/1-only destination: the
@@ -574,9 +573,7 @@ async fn relay_response(
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
-    if let Some(e) = obs.route().response_edit() {
-        crate::route_filter::edit_map(e, &mut parts.headers);
-    }
+    obs.route().edit(Message::Response, &mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
     let tap = obs.tap();

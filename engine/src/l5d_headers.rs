@@ -26,6 +26,10 @@ use std::time::Duration;
 
 use ringmesh_discovery::profile::{RequestInfo, RetryPolicy};
 
+/// The header naming a meshed client's identity to the application (set
+/// by the inbound side only).
+pub(crate) const CLIENT_ID: &str = "l5d-client-id";
+
 /// The header that names a request's destination in ingress mode
 /// (`route::resolve`).
 pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";

@@ -35,7 +35,10 @@
 //! - Each rule's filters (failure injection, redirects, header
 //!   modifiers: `route_filter.rs`).
 //!
-//! Not yet: backends' own filters, query-parameter matches (a rule that has one is skipped,
+//!   A backend's own filters apply, after the rule's, to the requests
+//!   sent to it.
+//!
+//! Not yet: query-parameter matches (a rule that has one is skipped,
 //! so it never matches more than it should), the retry policy's backoff
 //! and per-attempt timeout, opaque and TLS routes' backends, `authority`
 //! targets.
@@ -391,53 +394,69 @@ fn backend_authority(b: &Backend) -> Option<(Authority, Option<QueueSpec>)> {
     Some((name, queue))
 }
 
-/// A rule's backends, each with its weight and queue settings.
-type Backends = Vec<(Authority, u32, Option<QueueSpec>)>;
+/// A rule's backends, each with its weight, queue settings and filters.
+type Backends = Vec<(Authority, u32, Option<QueueSpec>, Filters)>;
+
+type Filters = Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>;
 
 /// `first-available`: the first backend that names a target.
-fn first_available<'a>(backends: impl Iterator<Item = Option<&'a Backend>>) -> Backends {
-    backends
-        .filter_map(|b| backend_authority(b?))
-        .take(1)
-        .map(|(a, q)| (a, 1, q))
-        .collect()
+fn first_available<'a>(
+    backends: impl Iterator<Item = (Option<&'a Backend>, Result<Filters, String>)>,
+) -> Result<Backends, String> {
+    for (b, filters) in backends {
+        if let Some((a, q)) = b.and_then(backend_authority) {
+            return Ok(vec![(a, 1, q, filters?)]);
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// `random-available`: every backend that names a target, with its weight.
-fn random_available<'a>(backends: impl Iterator<Item = (Option<&'a Backend>, u32)>) -> Backends {
-    backends
-        .filter_map(|(b, w)| {
-            let (a, q) = backend_authority(b?)?;
-            Some((a, w, q))
-        })
-        .collect()
+fn random_available<'a>(
+    backends: impl Iterator<Item = (Option<&'a Backend>, u32, Result<Filters, String>)>,
+) -> Result<Backends, String> {
+    let mut out = Vec::new();
+    for (b, w, filters) in backends {
+        if let Some((a, q)) = b.and_then(backend_authority) {
+            out.push((a, w, q, filters?));
+        }
+    }
+    Ok(out)
 }
 
-fn http_backends(d: Option<http_route::Distribution>) -> Backends {
+/// An HTTP rule's backends; `matches`: the rule's (for a backend's
+/// redirect).
+fn http_backends(
+    d: Option<&http_route::Distribution>,
+    matches: &[HttpRouteMatch],
+) -> Result<Backends, String> {
     use http_route::distribution::Kind;
-    match d.and_then(|d| d.kind) {
+    let filters = |b: &http_route::RouteBackend| crate::route_filter::http(&b.filters, matches);
+    match d.and_then(|d| d.kind.as_ref()) {
         Some(Kind::FirstAvailable(f)) => {
-            first_available(f.backends.iter().map(|b| b.backend.as_ref()))
+            first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
         }
-        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().map(|w| {
-            let b = w.backend.as_ref().and_then(|b| b.backend.as_ref());
-            (b, w.weight)
+        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().filter_map(|w| {
+            let rb = w.backend.as_ref()?;
+            Some((rb.backend.as_ref(), w.weight, filters(rb)))
         })),
-        Some(Kind::Empty(_)) | None => Vec::new(),
+        Some(Kind::Empty(_)) | None => Ok(Vec::new()),
     }
 }
 
-fn grpc_backends(d: Option<grpc_route::Distribution>) -> Backends {
+/// A gRPC rule's backends.
+fn grpc_backends(d: Option<&grpc_route::Distribution>) -> Result<Backends, String> {
     use grpc_route::distribution::Kind;
-    match d.and_then(|d| d.kind) {
+    let filters = |b: &grpc_route::RouteBackend| crate::route_filter::grpc(&b.filters);
+    match d.and_then(|d| d.kind.as_ref()) {
         Some(Kind::FirstAvailable(f)) => {
-            first_available(f.backends.iter().map(|b| b.backend.as_ref()))
+            first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
         }
-        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().map(|w| {
-            let b = w.backend.as_ref().and_then(|b| b.backend.as_ref());
-            (b, w.weight)
+        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().filter_map(|w| {
+            let rb = w.backend.as_ref()?;
+            Some((rb.backend.as_ref(), w.weight, filters(rb)))
         })),
-        Some(Kind::Empty(_)) | None => Vec::new(),
+        Some(Kind::Empty(_)) | None => Ok(Vec::new()),
     }
 }
 
@@ -456,9 +475,10 @@ struct Rule {
     retry: Option<Arc<RetryPolicy>>,
     timeout: Option<std::time::Duration>,
     l5d_headers: bool,
-    backends: Backends,
+    /// Its backends, or why one's filters cannot be applied.
+    backends: Result<Backends, String>,
     /// Its filters (`route_filter.rs`), or why they cannot be applied.
-    filters: Result<Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>, String>,
+    filters: Result<Filters, String>,
 }
 
 /// An HTTP rule's retry policy: its status ranges (none given: 5xx).
@@ -526,23 +546,30 @@ fn routes(
 ) -> Vec<ProfileRoute> {
     rules
         .filter_map(|rule| {
-            let matches = match rule.matches.and_then(|m| Ok((m, rule.filters?))) {
+            let usable = rule
+                .matches
+                .and_then(|m| Ok((m, rule.filters?, rule.backends?)));
+            let (matches, filters, rule_backends) = match usable {
                 Ok(m) => m,
                 Err(why) => {
                     tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
                     return None;
                 }
             };
-            let mut backends = Vec::with_capacity(rule.backends.len());
-            for (backend, weight, queue) in rule.backends {
+            let mut backends = Vec::with_capacity(rule_backends.len());
+            let mut backend_filters = Vec::new();
+            let any_filters = rule_backends.iter().any(|b| b.3.is_some());
+            for (backend, weight, queue, filters) in rule_backends {
                 if let Some(q) = queue {
                     if !queues.iter().any(|(b, _)| *b == backend) {
                         queues.push((backend.clone(), q));
                     }
                 }
                 backends.push((backend, weight));
+                if any_filters {
+                    backend_filters.push(filters);
+                }
             }
-            let (matches, filters) = matches;
             Some(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
@@ -550,6 +577,7 @@ fn routes(
                 timeout: rule.timeout,
                 l5d_headers: rule.l5d_headers,
                 backends,
+                backend_filters,
                 filters,
             })
         })
@@ -567,7 +595,7 @@ fn http_routes(
         timeout: timeout(rule.timeouts.as_ref()),
         l5d_headers: rule.allow_l5d_request_headers,
         filters: crate::route_filter::http(&rule.filters, &rule.matches),
-        backends: http_backends(rule.backends),
+        backends: http_backends(rule.backends.as_ref(), &rule.matches),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
     routes(target, route, rules, queues)
@@ -584,7 +612,7 @@ fn grpc_routes(
         timeout: timeout(rule.timeouts.as_ref()),
         l5d_headers: rule.allow_l5d_request_headers,
         filters: crate::route_filter::grpc(&rule.filters),
-        backends: grpc_backends(rule.backends),
+        backends: grpc_backends(rule.backends.as_ref()),
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
     routes(target, route, rules, queues)
@@ -599,6 +627,7 @@ pub(crate) mod fuzzing {
             return;
         };
         let target = super::Authority::parse("10.0.0.1:80").unwrap();
+        use crate::route_filter::Message;
         let p = super::policy(&target, p);
         let req = ringmesh_discovery::profile::Req {
             method: "GET",
@@ -611,14 +640,9 @@ pub(crate) mod fuzzing {
             if let Some(f) = r.filters.as_deref() {
                 let _ = crate::route_filter::answer(f, &req);
                 let mut h = http::HeaderMap::new();
-                for e in [
-                    crate::route_filter::request_edit(f),
-                    crate::route_filter::response_edit(f),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    crate::route_filter::edit_map(e, &mut h);
+                for m in [Message::Request, Message::Response] {
+                    crate::route_filter::edit_map(f, m, &mut h);
+                    let _ = crate::route_filter::h1_fields(f, m, &[], &[]);
                 }
             }
         }

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use ringmesh_balancer::{AccrualPolicy, Balancer, OpenGuard};
 use ringmesh_discovery::profile::{
-    pick, AccrualSpec, ProfileRoute, QueueSpec, RequestInfo, RetryPolicy,
+    pick_index, AccrualSpec, ProfileRoute, QueueSpec, RequestInfo, RetryPolicy, RouteFilter,
 };
 use ringmesh_discovery::{Authority, Service};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::ProxyError;
+use crate::route_filter::Message;
 use crate::worker::Routes;
 
 /// How long a request waits for discovery to resolve a new authority.
@@ -188,7 +189,7 @@ pub(crate) struct RoutePolicy {
     /// destination, and is removed before the request goes upstream.
     pub dst_override: bool,
     /// The route's filters (`route_filter.rs`).
-    pub filters: Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>,
+    pub filters: Option<Arc<[RouteFilter]>>,
 }
 
 impl RoutePolicy {
@@ -210,14 +211,21 @@ impl RoutePolicy {
         }
     }
 
-    /// The route's request header modifier.
-    pub(crate) fn request_edit(&self) -> Option<&ringmesh_discovery::profile::HeaderEdit> {
-        crate::route_filter::request_edit(self.filters.as_deref()?)
+    /// The filters, when some header modifier among them changes `m`.
+    pub(crate) fn edits(&self, m: Message) -> Option<&[RouteFilter]> {
+        let f = self.filters.as_deref()?;
+        crate::route_filter::edits(f, m)
+            .next()
+            .is_some()
+            .then_some(f)
     }
 
-    /// The route's response header modifier.
-    pub(crate) fn response_edit(&self) -> Option<&ringmesh_discovery::profile::HeaderEdit> {
-        crate::route_filter::response_edit(self.filters.as_deref()?)
+    /// Applies the header modifiers for `m` to an HTTP/2 (or translated)
+    /// message's fields.
+    pub(crate) fn edit(&self, m: Message, h: &mut http::HeaderMap) {
+        if let Some(f) = self.edits(m) {
+            crate::route_filter::edit_map(f, m, h);
+        }
     }
 
     /// Whether the route retries failed requests (any method).
@@ -358,12 +366,20 @@ fn choose(r: &Routes, d: Dst, req: &dyn RequestInfo) -> (Next, RoutePolicy, Opti
         return (Next::Ready(d), RoutePolicy::default(), None);
     };
     let route = profile.route(req);
-    let policy = route
+    let mut policy = route
         .map(|route| RoutePolicy::of(route, req))
         .unwrap_or_default();
     let draw = fastrand::f64();
-    let backend = route
-        .and_then(|route| pick(&route.backends, draw))
+    let picked = route.and_then(|route| Some((route, pick_index(&route.backends, draw)?)));
+    if let Some(own) = picked.and_then(|(route, i)| route.backend_filters.get(i)?.as_ref()) {
+        // The backend's filters after the route's (allocated only for
+        // backends that have some).
+        let mut all: Vec<RouteFilter> = policy.filters.as_deref().unwrap_or(&[]).to_vec();
+        all.extend_from_slice(own);
+        policy.filters = Some(all.into());
+    }
+    let backend = picked
+        .map(|(route, i)| &route.backends[i].0)
         .or_else(|| profile.split(draw));
     let next = match backend {
         None => Next::Ready(d),

@@ -19,8 +19,9 @@
 //! `host`, hop-by-hop fields, Linkerd's `l5d-client-id`): changing those
 //! would let a policy desynchronise the proxy's framing from the
 //! upstream's; they are dropped from the modifier with a warning.
-//! A rule with several modifiers of one kind uses the first (the Gateway
-//! API allows one of each).
+//! Several modifiers of one kind apply one after another, the route's
+//! before its backend's (`RouteBackend.filters`, for requests sent to
+//! that backend).
 //!
 //! Must not: do I/O.
 
@@ -43,7 +44,7 @@ const FIXED: &[&str] = &[
     "upgrade",
     "te",
     "trailer",
-    crate::h1forward::CLIENT_ID,
+    crate::l5d_headers::CLIENT_ID,
 ];
 
 type Filters = Option<Arc<[RouteFilter]>>;
@@ -284,20 +285,48 @@ pub(crate) fn answer(filters: &[RouteFilter], req: &dyn RequestInfo) -> Option<P
     None
 }
 
-/// The first request or response header modifier of `filters`.
-pub(crate) fn request_edit(filters: &[RouteFilter]) -> Option<&HeaderEdit> {
-    filters.iter().find_map(|f| match f {
-        RouteFilter::RequestHeaders(e) => Some(e),
+/// Which message a header modifier changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Request,
+    Response,
+}
+
+/// The header modifiers of `filters` for `m`, in order.
+pub(crate) fn edits(filters: &[RouteFilter], m: Message) -> impl Iterator<Item = &HeaderEdit> {
+    filters.iter().filter_map(move |f| match (f, m) {
+        (RouteFilter::RequestHeaders(e), Message::Request)
+        | (RouteFilter::ResponseHeaders(e), Message::Response) => Some(e),
         _ => None,
     })
 }
 
-/// See [`request_edit`].
-pub(crate) fn response_edit(filters: &[RouteFilter]) -> Option<&HeaderEdit> {
-    filters.iter().find_map(|f| match f {
-        RouteFilter::ResponseHeaders(e) => Some(e),
-        _ => None,
-    })
+/// The fields an HTTP/1 head writer drops and appends for the modifiers
+/// of `filters` for `m`, one after another, with the proxy's own `remove`
+/// and `extra`: every name a modifier sets or removes goes, and a field a
+/// modifier appends stays unless a later one sets or removes its name.
+pub(crate) fn h1_fields<'a>(
+    filters: &'a [RouteFilter],
+    m: Message,
+    remove: &[&'a str],
+    extra: &[(&'a str, &'a [u8])],
+) -> (Vec<&'a str>, Vec<(&'a str, &'a [u8])>) {
+    let all: Vec<&HeaderEdit> = edits(filters, m).collect();
+    let drop = remove
+        .iter()
+        .copied()
+        .chain(all.iter().flat_map(|e| e.replaced()))
+        .collect();
+    let mut add = Vec::new();
+    for (i, e) in all.iter().enumerate() {
+        let later = &all[i + 1..];
+        add.extend(
+            e.appended()
+                .filter(|(n, _)| !later.iter().any(|l| l.replaced().any(|r| r == *n))),
+        );
+    }
+    add.extend_from_slice(extra);
+    (drop, add)
 }
 
 /// A redirect's location for `req`; `None` when it is the request's own
@@ -370,17 +399,20 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
 }
 
-/// Applies `e` to an HTTP/2 (or translated) message's fields.
-pub(crate) fn edit_map(e: &HeaderEdit, h: &mut http::HeaderMap) {
-    for name in e.replaced() {
-        h.remove(name);
-    }
-    for (name, value) in e.appended() {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_bytes(value),
-        ) {
-            h.append(n, v);
+/// Applies the modifiers of `filters` for `m`, in order, to an HTTP/2
+/// (or translated) message's fields.
+pub(crate) fn edit_map(filters: &[RouteFilter], m: Message, h: &mut http::HeaderMap) {
+    for e in edits(filters, m) {
+        for name in e.replaced() {
+            h.remove(name);
+        }
+        for (name, value) in e.appended() {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                h.append(n, v);
+            }
         }
     }
 }
@@ -540,7 +572,7 @@ mod tests {
         ] {
             h.append(n, v.parse().unwrap());
         }
-        edit_map(&e, &mut h);
+        edit_map(&[RouteFilter::RequestHeaders(e)], Message::Request, &mut h);
         let all = |n: &str| {
             h.get_all(n)
                 .iter()
@@ -551,6 +583,45 @@ mod tests {
         assert_eq!(all("x-set"), ["new"]);
         assert_eq!(all("x-both"), ["set"]);
         assert!(all("x-gone").is_empty() && all("x-old").is_empty());
+    }
+
+    /// Several modifiers one after another: for an HTTP/1 head (fields to
+    /// drop and to append) as for a field map.
+    #[test]
+    fn modifiers_compose_in_order() {
+        let f = |n: &str, v: &str| (Arc::<str>::from(n), Arc::<[u8]>::from(v.as_bytes()));
+        let filters = [
+            RouteFilter::RequestHeaders(HeaderEdit {
+                add: vec![f("x-a", "1"), f("x-b", "1")],
+                ..HeaderEdit::default()
+            }),
+            // A response modifier between them changes no request.
+            RouteFilter::ResponseHeaders(HeaderEdit {
+                remove: vec!["x-a".into()],
+                ..HeaderEdit::default()
+            }),
+            RouteFilter::RequestHeaders(HeaderEdit {
+                set: vec![f("x-a", "2")],
+                remove: vec!["x-c".into()],
+                ..HeaderEdit::default()
+            }),
+        ];
+        let (drop, add) = h1_fields(&filters, Message::Request, &["l5d-x"], &[("l5d-y", b"1")]);
+        assert_eq!(drop, ["l5d-x", "x-a", "x-c"]);
+        let add: Vec<(&str, &str)> = add
+            .iter()
+            .map(|(n, v)| (*n, std::str::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(add, [("x-b", "1"), ("x-a", "2"), ("l5d-y", "1")]);
+        let mut h = http::HeaderMap::new();
+        h.append("x-c", "0".parse().unwrap());
+        edit_map(&filters, Message::Request, &mut h);
+        let mut got: Vec<String> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        got.sort();
+        assert_eq!(got, ["x-a: 2", "x-b: 1"]);
     }
 
     #[test]
@@ -602,11 +673,12 @@ mod tests {
         };
         assert!(http(&[modifier("bad name", b"v")], &[]).is_err());
         assert!(http(&[modifier("x-ok", b"a\r\nb")], &[]).is_err());
+        let set = |f: &[RouteFilter]| edits(f, Message::Request).next().unwrap().set.clone();
         let kept = http(&[modifier("Content-Length", b"0")], &[])
             .unwrap()
             .unwrap();
-        assert_eq!(request_edit(&kept).unwrap().set, vec![]);
+        assert_eq!(set(&kept), vec![]);
         let kept = http(&[modifier("X-Ok", b"1")], &[]).unwrap().unwrap();
-        assert_eq!(&*request_edit(&kept).unwrap().set[0].0, "x-ok");
+        assert_eq!(&*set(&kept)[0].0, "x-ok");
     }
 }

@@ -45,6 +45,7 @@ use crate::observe::Observer;
 use crate::pool::{ReadMore, Upstream, Wr};
 use crate::retry::Attempts;
 use crate::route::Dst;
+use crate::route_filter::Message;
 use crate::worker::Worker;
 
 /// Marks a request (and its response) that a proxy carried over HTTP/2 on
@@ -70,9 +71,7 @@ pub(crate) async fn h1_over_h2(
 ) -> Result<(u16, bool), Failure> {
     let mut parts =
         h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
-    if let Some(e) = obs.route().request_edit() {
-        crate::route_filter::edit_map(e, &mut parts.headers);
-    }
+    obs.route().edit(Message::Request, &mut parts.headers);
     let end = req.framing().is_empty();
     let mut attempts =
         Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
@@ -183,9 +182,7 @@ impl H2Answer<'_> {
         let now = Instant::now();
         obs.response_head(self.guard, now - self.sent_at);
         let (mut parts, mut from) = resp.into_parts();
-        if let Some(e) = obs.route().response_edit() {
-            crate::route_filter::edit_map(e, &mut parts.headers);
-        }
+        obs.route().edit(Message::Response, &mut parts.headers);
         // An HTTP/1 client that stops reading blocks this stream's writes
         // with no stall to see: the stream never holds the shared upstream
         // connection's window (its stream window bounds it), so it cannot
@@ -404,8 +401,8 @@ pub(crate) async fn h2_to_h1(
             strip_l5d: obs.route().l5d_headers,
             strip_dst_override: obs.route().dst_override,
             // (Applied to `parts` already.)
-            request_edit: None,
-            response_edit: None,
+            request_edits: None,
+            response_edits: None,
         };
         req.framing = h1_request_head(parts, end, rewrite, &mut req.head);
         // The client's stream reset meanwhile (MadeYouReset included): the
@@ -442,9 +439,7 @@ pub(crate) async fn h2_to_h1(
     };
     let end = body_framing.is_empty();
     let mut response = h2_response(&got.resp, orig_proto);
-    if let Some(e) = obs.route().response_edit() {
-        crate::route_filter::edit_map(e, response.headers_mut());
-    }
+    obs.route().edit(Message::Response, response.headers_mut());
     let Ok(mut to) = respond.send_response(response, end) else {
         w.pools.bufs.put(got.ubuf);
         return Err(Failure::Reset(Reason::CANCEL));
@@ -844,8 +839,8 @@ mod tests {
             host: Some("web.remote.example:4143"),
             strip_l5d: true,
             strip_dst_override: false,
-            request_edit: None,
-            response_edit: None,
+            request_edits: None,
+            response_edits: None,
         };
         h1_request_head(&p, true, rewrite, &mut out);
         assert_eq!(

@@ -684,6 +684,10 @@ fn outbound_policy_route_filters() {
                     {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new", "content-length": "0"}}, "remove": ["x-secret"]}}}},
                     {{"response_headers": {{"add": {{"x-resp": "added"}}, "set": {{"x-upstream": "changed"}}, "remove": ["x-drop"]}}}}
                 ]}},
+                {{"name": "split", "path_prefix": "/split", "backends": [
+                    {{"forward": "{app}", "filters": [{{"request_headers": {{"add": {{"x-backend": "one"}}, "set": {{"x-order": "backend"}}}}}}]}},
+                    {{"forward": "{app}", "filters": [{{"request_headers": {{"add": {{"x-backend": "two"}}}}}}, {{"fail": {{"status": 503, "message": "backend two", "ratio": [1, 1]}}}}]}}
+                  ], "filters": [{{"request_headers": {{"set": {{"x-order": "route"}}}}}}]}},
                 {{"name": "edits-h2", "path_prefix": "/headers", "backends": [{{"forward": "{h2_app}"}}], "filters": [
                     {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new"}}, "remove": ["x-secret"]}}}},
                     {{"response_headers": {{"add": {{"x-resp": "added"}}, "set": {{"x-upstream": "changed"}}}}}}
@@ -751,6 +755,28 @@ fn outbound_policy_route_filters() {
         !head.contains("x-drop") && !head.contains("x-upstream: 1"),
         "{head}"
     );
+    // A backend's filters apply, after the route's, to requests sent to it
+    // (half the requests here: the other backend fails them).
+    let (mut one, mut two) = (0, 0);
+    for _ in 0..60 {
+        let (head, seen) = h1_exchange(addr, "/split");
+        match status(&head) {
+            Some(200) => {
+                assert!(seen.contains("x-backend: one\n"), "{seen}");
+                assert!(
+                    seen.contains("x-order: backend\n") && !seen.contains("x-order: route"),
+                    "{seen}"
+                );
+                one += 1;
+            }
+            Some(503) => {
+                assert!(head.contains("l5d-proxy-error: backend two"), "{head}");
+                two += 1;
+            }
+            other => panic!("{other:?}: {head}"),
+        }
+    }
+    assert!(one >= 10 && two >= 10, "backend one {one}, two {two} of 60");
     // Other routes are untouched.
     let (head, seen) = h1_exchange(addr, "/plain");
     assert!(

@@ -631,6 +631,10 @@ fn route_filters(a: Sidecar) {
               "filters": [{{"fail": {{"status": 418, "message": "chaos test"}}}}]}},
             {{"name": "moved", "path_prefix": "/old", "backends": [{{"authority": "{service}"}}],
               "filters": [{{"redirect": {{"prefix": "/new", "status": 302}}}}]}},
+            {{"name": "split", "path_prefix": "/echo-head", "headers": {{"x-split": "1"}},
+              "backends": [{{"authority": "{service}",
+                "filters": [{{"request_headers": {{"set": {{"x-order": "backend"}}}}}}]}}],
+              "filters": [{{"request_headers": {{"set": {{"x-order": "route"}}, "add": {{"x-route": "1"}}}}}}]}},
             {{"name": "edits", "path_prefix": "/echo-head", "backends": [{{"authority": "{service}"}}],
               "filters": [
                 {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new"}}, "remove": ["x-secret"]}}}},
@@ -650,7 +654,7 @@ fn route_filters(a: Sidecar) {
     let b = mesh.b.info.clone();
     let addr = b.addr(HTTP1_PORT);
     let _app = common::http::origin_on(within(&b.ns, move || common::listen(addr)), "b");
-    let get = |path: &str| {
+    let get_with = |path: &str, extra: &str| {
         let (ok, out, err) = curl(
             &mesh,
             &[
@@ -661,12 +665,15 @@ fn route_filters(a: Sidecar) {
                 "x-secret: s",
                 "-H",
                 "x-set: old",
+                "-H",
+                extra,
                 &format!("http://{addr}{path}"),
             ],
         );
         check!(mesh, ok, "curl {path} failed: {err}");
         out.to_ascii_lowercase()
     };
+    let get = |path: &str| get_with(path, "x-none: 1");
     let applied = common::eventually(Duration::from_secs(20), || {
         get("/fail").starts_with("http/1.1 418")
     });
@@ -700,4 +707,12 @@ fn route_filters(a: Sidecar) {
     );
     // Through B's sidecar too: the request went over mTLS.
     check!(mesh, out.contains("l5d-client-id:"), "{out}");
+    // A backend's own filters, after the route's.
+    let out = get_with("/echo-head", "x-split: 1");
+    check!(
+        mesh,
+        out.contains("x-order: backend") && !out.contains("x-order: route"),
+        "{out}"
+    );
+    check!(mesh, out.contains("x-route: 1"), "{out}");
 }

@@ -771,9 +771,11 @@ class Outbound:
             else:
                 queue = self.queue()
             backend = o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=queue, **kind)
+            # "filters": the backend's own (see http_filter).
+            filters = [self.http_filter(f) for f in b.get("filters", [])]
             backends.append(
                 o.HttpRoute.WeightedRouteBackend(
-                    backend=o.HttpRoute.RouteBackend(backend=backend), weight=b.get("weight", 1)
+                    backend=o.HttpRoute.RouteBackend(backend=backend, filters=filters), weight=b.get("weight", 1)
                 )
             )
         rule = o.HttpRoute.Rule(
