@@ -292,10 +292,12 @@ impl ProxyError {
     }
 
     /// Whether an HTTP/1 client connection is closed after the answer:
-    /// always, since the request's body may be unread or its framing is
-    /// what failed, and the client cannot know which.
+    /// always for a fault, since the request's body may be unread or its
+    /// framing is what failed, and the client cannot know which. A
+    /// route filter's answer leaves it to the caller (it stays open after
+    /// a request without a body).
     pub(crate) fn closes_connection(&self) -> bool {
-        true
+        !self.by_filter()
     }
 }
 
@@ -352,6 +354,27 @@ mod tests {
 
     /// Each kind's status, label and side, in one table: the contract the
     /// metrics and clients see.
+    /// A route filter's answers: their own status (a gRPC injection's in
+    /// `grpc-status`), no `error` label, the connection not closed for
+    /// them.
+    #[test]
+    fn filter_answers() {
+        let cases = [
+            (Kind::Injected(418), 418, 14, true),
+            (Kind::InjectedGrpc(5), 200, 5, true),
+            (Kind::Redirect(302), 302, 14, true),
+            (Kind::BadFilter, 500, 14, false),
+        ];
+        for (kind, status, grpc, by_filter) in cases {
+            let e = ProxyError::new(kind, "x");
+            assert_eq!((e.status(), e.grpc_status()), (status, grpc), "{kind:?}");
+            assert_eq!(e.by_filter(), by_filter, "{kind:?}");
+            assert_eq!(e.closes_connection(), !by_filter, "{kind:?}");
+        }
+        let e = ProxyError::redirect(301, "http://web/x".into());
+        assert_eq!((e.status(), e.location()), (301, Some("http://web/x")));
+    }
+
     #[test]
     fn kind_to_status_label_side() {
         let cases = [

@@ -100,7 +100,7 @@ pub(crate) async fn serve(
             Ok(None) => break,
             Err(e) => {
                 let informational = informational(&w, &c);
-                send_error(&mut c, &mut s.out, &e, informational).await;
+                send_error(&mut c, &mut s.out, &e, informational, e.closes_connection()).await;
                 break;
             }
         };
@@ -226,12 +226,23 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     forward(t, obs, dst, &target, kept, deadline).await
 }
 
-/// The proxy answers the request itself; the connection closes after.
+/// The proxy answers the request itself; the connection closes after,
+/// unless a route's filter made the answer (a failure injection or a
+/// redirect, not a fault) to a keep-alive request without a body: then
+/// nothing of the request is left unread and the client may go on.
 async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
     obs.answered(&e, false);
     let informational = informational(t.w, t.c);
-    send_error(t.c, t.out, &e, informational).await;
-    Next::Close
+    let keep = !e.closes_connection()
+        && t.req.framing().is_empty()
+        && t.req.keep_alive()
+        && !t.w.stopping();
+    send_error(t.c, t.out, &e, informational, !keep).await;
+    if keep {
+        Next::Continue
+    } else {
+        Next::Close
+    }
 }
 
 /// Logs why the proxy answers: the client's fault at debug (a hostile
@@ -753,8 +764,14 @@ fn informational(w: &Worker, c: &Client) -> bool {
 /// Answers with an error the proxy itself produced, saying why in an
 /// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body
 /// unless not `informational` (then the status alone, as linkerd2-proxy);
-/// the caller closes the connection afterwards (`closes_connection`).
-async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError, informational: bool) {
+/// with `close`, the connection closes after it (`closes_connection`).
+async fn send_error(
+    c: &mut Client,
+    out: &mut Vec<u8>,
+    e: &ProxyError,
+    informational: bool,
+    close: bool,
+) {
     out.clear();
     let status = e.status();
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
@@ -773,11 +790,7 @@ async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError, informati
     } else {
         String::new()
     };
-    let close = if e.closes_connection() {
-        "connection: close\r\n"
-    } else {
-        ""
-    };
+    let close = if close { "connection: close\r\n" } else { "" };
     out.extend_from_slice(
         format!("content-length: {}\r\n{close}\r\n{body}", body.len()).as_bytes(),
     );

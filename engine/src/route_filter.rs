@@ -378,6 +378,9 @@ fn location(r: &Redirect, req: &dyn RequestInfo) -> Result<Option<String>, Strin
         Some(p) => format!("{scheme}://{host}:{p}{path}"),
         None => format!("{scheme}://{host}{path}"),
     };
+    if !location.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the redirect's location would not be a valid field value".into());
+    }
     let same = location == format!("{}://{authority}{target}", req.scheme());
     Ok((!same).then_some(location))
 }
@@ -508,6 +511,9 @@ mod tests {
             Some("http://web/v2/y")
         );
         assert_eq!(at(&r, "web", "/v1").as_deref(), Some("http://web/v2/"));
+        // A path that a location cannot carry as it is.
+        let r = redirect_to("new.test", 0, None);
+        assert!(location(&r, &req("web", "/caf\u{e9}")).is_err());
         // A route matched otherwise cannot replace a prefix.
         let r = redirect_to("", 0, prefix("/v2", &[]));
         assert!(location(&r, &req("web", "/v1")).is_err());

@@ -714,6 +714,13 @@ fn outbound_policy_route_filters() {
     let (head, body) = h1_exchange(addr, "/fail");
     assert!(head.contains("l5d-proxy-error: chaos test"), "{head}");
     assert!(body.contains("chaos test"), "{body}");
+    // The connection stays open after a filter's answer to a request
+    // without a body: the next request on it is served.
+    let (mut w, mut r) = keep_alive(addr);
+    w.write_all(b"GET /old/x HTTP/1.1\r\nHost: web:8080\r\n\r\nGET /plain HTTP/1.1\r\nHost: web:8080\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r).map(|(c, _)| c), Some(302));
+    assert_eq!(read_response(&mut r).map(|(c, _)| c), Some(200));
     let fails = (0..200)
         .filter(|_| status(&h1_exchange(addr, "/half/x").0) == Some(500))
         .count();
