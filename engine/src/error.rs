@@ -86,6 +86,8 @@ pub(crate) struct ProxyError {
     retryable: bool,
     /// A redirect's `location`.
     location: Option<Box<str>>,
+    /// The route whose filter made the answer (its `rt_route` label).
+    route: Option<std::sync::Arc<str>>,
 }
 
 /// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
@@ -100,7 +102,19 @@ impl ProxyError {
             reason: reason.into(),
             retryable: false,
             location: None,
+            route: None,
         }
+    }
+
+    /// The answer was made on `route` (a filter's).
+    pub(crate) fn on_route(mut self, route: Option<std::sync::Arc<str>>) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// See [`Self::on_route`].
+    pub(crate) fn route(&self) -> Option<&std::sync::Arc<str>> {
+        self.route.as_ref()
     }
 
     /// A redirect to `location` with `status` (a route's filter).

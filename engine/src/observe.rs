@@ -336,6 +336,10 @@ impl<'w> Observer<'w> {
                 self.tap_decide(addr);
             }
         }
+        // A route filter's answer is counted on its route.
+        if self.key.route.is_none() {
+            self.key.route = e.route().cloned();
+        }
         // The access log's `response_bytes`: the answer's content-length.
         self.response_length(|| (!grpc).then(|| e.body().len() as u64));
         self.end(ResponseClass {

@@ -272,7 +272,7 @@ pub(crate) async fn resolve(
         .as_deref()
         .and_then(|f| crate::route_filter::answer(f, req))
     {
-        return Err(answer);
+        return Err(answer.on_route(policy.name.clone()));
     }
     let dst = match next {
         Next::Ready(dst) => dst,

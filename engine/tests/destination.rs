@@ -842,6 +842,7 @@ fn outbound_policy_route_filters() {
         .lines()
         .find(|l| l.starts_with("response_total{") && l.contains("status_code=\"418\""))
         .unwrap_or_else(|| panic!("no 418 counted:\n{m}"));
+    assert!(line.contains("rt_route=\"chaos\""), "{line}");
     assert!(
         line.contains("classification=\"failure\"") || line.contains("classification=\"success\""),
         "{line}"
