@@ -56,7 +56,7 @@ pub(crate) enum Kind {
     /// policy's filter).
     Injected(u16),
     /// A gRPC route's failure injection answered with this `grpc-status`.
-    InjectedGrpc(u32),
+    InjectedGrpc(u16),
     /// A route's redirect: this 3xx, with a `location`.
     Redirect(u16),
     /// A route's filter cannot be applied to the request (a redirect's
@@ -84,6 +84,14 @@ pub(crate) struct ProxyError {
     /// go again on another connection if nothing of it was lost (which
     /// the caller knows; see `retry`).
     retryable: bool,
+    /// What a route filter's answer carries (boxed: one pointer in every
+    /// error, which connection tasks hold).
+    filter: Option<Box<FilterAnswer>>,
+}
+
+/// A route filter's answer's extras.
+#[derive(Debug, Default)]
+struct FilterAnswer {
     /// A redirect's `location`.
     location: Option<Box<str>>,
     /// The route whose filter made the answer (its `rt_route` label).
@@ -101,20 +109,19 @@ impl ProxyError {
             kind,
             reason: reason.into(),
             retryable: false,
-            location: None,
-            route: None,
+            filter: None,
         }
     }
 
     /// The answer was made on `route` (a filter's).
     pub(crate) fn on_route(mut self, route: Option<std::sync::Arc<str>>) -> Self {
-        self.route = route;
+        self.filter.get_or_insert_with(Box::default).route = route;
         self
     }
 
     /// See [`Self::on_route`].
     pub(crate) fn route(&self) -> Option<&std::sync::Arc<str>> {
-        self.route.as_ref()
+        self.filter.as_ref()?.route.as_ref()
     }
 
     /// A redirect to `location` with `status` (a route's filter).
@@ -123,13 +130,13 @@ impl ProxyError {
             Kind::Redirect(status),
             format!("request redirected to {location}"),
         );
-        e.location = Some(location.into_boxed_str());
+        e.filter.get_or_insert_with(Box::default).location = Some(location.into_boxed_str());
         e
     }
 
     /// A redirect's `location`.
     pub(crate) fn location(&self) -> Option<&str> {
-        self.location.as_deref()
+        self.filter.as_ref()?.location.as_deref()
     }
 
     /// An answer a route's filter made (failure injection, redirect), not
@@ -300,7 +307,7 @@ impl ProxyError {
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,
-            Kind::InjectedGrpc(code) => code,
+            Kind::InjectedGrpc(code) => u32::from(code),
             _ => GRPC_UNAVAILABLE,
         }
     }
@@ -387,6 +394,8 @@ mod tests {
         }
         let e = ProxyError::redirect(301, "http://web/x".into());
         assert_eq!((e.status(), e.location()), (301, Some("http://web/x")));
+        // (Connection tasks hold errors: they stay small.)
+        assert!(std::mem::size_of::<ProxyError>() <= 40);
     }
 
     #[test]

@@ -100,7 +100,9 @@ pub(crate) async fn serve(
             Ok(None) => break,
             Err(e) => {
                 let informational = informational(&w, &c);
-                send_error(&mut c, &mut s.out, &e, informational, e.closes_connection()).await;
+                // Boxed, the error moved in: neither sizes every idle
+                // connection's task.
+                Box::pin(refuse_head(&mut c, &mut s.out, e, informational)).await;
                 break;
             }
         };
@@ -759,6 +761,12 @@ fn has_bare_lf(head: &[u8]) -> bool {
 /// or ingress mode turned it off).
 fn informational(w: &Worker, c: &Client) -> bool {
     c.inbound || w.cfg.outbound.informational_headers
+}
+
+/// Answers a request whose head could not be read (the connection closes
+/// after).
+async fn refuse_head(c: &mut Client, out: &mut Vec<u8>, e: ProxyError, informational: bool) {
+    send_error(c, out, &e, informational, true).await;
 }
 
 /// Answers with an error the proxy itself produced, saying why in an

@@ -269,7 +269,11 @@ pub(crate) fn answer(filters: &[RouteFilter], req: &dyn RequestInfo) -> Option<P
                     continue;
                 }
                 return Some(match grpc {
-                    Some(code) => ProxyError::new(Kind::InjectedGrpc(*code), message.to_string()),
+                    // (Checked at most 16 when read.)
+                    Some(code) => ProxyError::new(
+                        Kind::InjectedGrpc(u16::try_from(*code).unwrap_or(u16::MAX)),
+                        message.to_string(),
+                    ),
                     None => ProxyError::new(Kind::Injected(*status), message.to_string()),
                 });
             }
