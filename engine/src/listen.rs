@@ -7,6 +7,13 @@
 //! holds the port, and it fixes the port number when the address asks for
 //! port 0.
 //!
+//! An address in use is tried again for [`IN_USE_GRACE`] before the
+//! proxy gives up: with io_uring, the kernel releases a killed process's
+//! listeners only when it tears its rings down, after the process is
+//! gone (an accept still queued holds the socket), so a proxy restarted at
+//! once in the same network namespace would otherwise find its own old
+//! ports taken.
+//!
 //! A data-plane listener also carries its connections' TCP options
 //! (Nagle off, keepalive, user timeout): Linux copies them from the
 //! listening socket to every connection it accepts, so no connection
@@ -33,6 +40,9 @@ pub enum BindError {
 }
 
 const BACKLOG: i32 = 4096;
+
+/// How long an address in use is tried again (see the module's note).
+pub const IN_USE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds `workers` listeners sharing `addr` with `SO_REUSEPORT`, their
 /// connections' options set from `opts`.
@@ -128,8 +138,20 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s)
+    let until = std::time::Instant::now() + IN_USE_GRACE;
+    loop {
+        match s.bind(&addr.into()) {
+            // (Once bound, a group's sockets share the port by design.)
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && !reuse_port
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            r => return r.map(|()| s),
+        }
+    }
 }
 
 /// True when `dst` would reach listener `l` (which may be a wildcard).
@@ -206,6 +228,31 @@ mod tests {
         let (conn, _client) = accepted(&AcceptConfig::default());
         let (nodelay, keepalive, _, user_timeout) = tcp_options(socket2::SockRef::from(&conn));
         assert_eq!((nodelay, keepalive, user_timeout), (true, true, None));
+    }
+
+    /// An address held for a moment (as a killed io_uring process's
+    /// listeners are until the kernel tears its rings down) is bound once
+    /// it is let go, within the grace; one held longer is refused.
+    #[test]
+    fn an_address_let_go_within_the_grace_is_bound() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(IN_USE_GRACE / 4);
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        bind_exclusive(addr, "admin").expect("bound once let go");
+        assert!(started.elapsed() < IN_USE_GRACE);
+        release.join().unwrap();
+        let group = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = group.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(IN_USE_GRACE / 4);
+            drop(group);
+        });
+        bind_group(addr, 2, "outbound", &AcceptConfig::default()).expect("bound once let go");
+        release.join().unwrap();
     }
 
     #[test]

@@ -227,12 +227,30 @@ fn hello(s: &mut TcpStream) -> String {
     line
 }
 
-struct ProxyProcess(Child);
+/// A proxy running in a network namespace (its name kept).
+struct ProxyProcess(Child, String);
 
 impl Drop for ProxyProcess {
+    /// Kills it, and waits (at most 5 s) until its ports (IPv4) can be
+    /// bound again: with io_uring the kernel tears a killed process's
+    /// rings down after the process is gone, and an accept still queued
+    /// on a listener keeps it open until then, so a proxy started at
+    /// once in the same namespace could find the port taken.
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let ns = self.1.clone();
+        Netns::within(&ns, || {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            let free = || {
+                ["127.0.0.1:4191", "127.0.0.1:4140", "0.0.0.0:4143"]
+                    .iter()
+                    .all(|a| TcpListener::bind(a).is_ok())
+            };
+            while !free() && std::time::Instant::now() < until {
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
     }
 }
 
@@ -302,7 +320,7 @@ fn start_proxy_with(
             break;
         }
     }
-    ProxyProcess(child)
+    ProxyProcess(child, ns.to_string())
 }
 
 fn transparent(driver: &str, v6: bool) {
