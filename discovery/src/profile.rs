@@ -101,6 +101,13 @@ pub enum RequestMatch {
     },
 }
 
+/// Whether `path` starts with `prefix` at a segment boundary (`/v2`
+/// matches `/v2` and `/v2/x`, not `/v20`), as a route's prefix match.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let p = prefix.trim_end_matches('/');
+    path.starts_with(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
+}
+
 impl RequestMatch {
     pub fn matches(&self, req: &dyn RequestInfo) -> bool {
         match self {
@@ -109,12 +116,7 @@ impl RequestMatch {
             Self::Not(m) => !m.matches(req),
             Self::Path(re) => re.is_match(req.path()),
             Self::PathExact(p) => req.path() == p,
-            Self::PathPrefix(p) => {
-                let path = req.path();
-                let p = p.trim_end_matches('/');
-                path.starts_with(p)
-                    && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
-            }
+            Self::PathPrefix(p) => path_has_prefix(req.path(), p),
             Self::Method(m) => m.eq_ignore_ascii_case(req.method()),
             Self::Header(name, v) => req.header(name).is_some_and(|h| v.matches(h)),
             Self::Host { name, suffix } => req.host().is_some_and(|h| {
@@ -152,7 +154,8 @@ pub struct ProfileRoute {
     /// What the route does to its requests and responses, in order (an
     /// outbound policy's filters); `None`: nothing.
     pub filters: Option<Arc<[RouteFilter]>>,
-    /// Each backend's own filters, after the route's (in the order of
+    /// For each backend with filters of its own, every filter its
+    /// requests get: the route's, then its own (in the order of
     /// `backends`; empty when no backend has any).
     pub backend_filters: Vec<Option<Arc<[RouteFilter]>>>,
 }

@@ -549,7 +549,7 @@ fn routes(
             let usable = rule
                 .matches
                 .and_then(|m| Ok((m, rule.filters?, rule.backends?)));
-            let (matches, filters, rule_backends) = match usable {
+            let (matches, rule_filters, rule_backends) = match usable {
                 Ok(m) => m,
                 Err(why) => {
                     tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
@@ -567,7 +567,12 @@ fn routes(
                 }
                 backends.push((backend, weight));
                 if any_filters {
-                    backend_filters.push(filters);
+                    // The rule's filters, then the backend's: merged here,
+                    // once, not per request on the workers.
+                    backend_filters.push(filters.map(|own| {
+                        let rule = rule_filters.as_deref().unwrap_or(&[]);
+                        rule.iter().chain(own.iter()).cloned().collect::<Arc<[_]>>()
+                    }));
                 }
             }
             Some(ProfileRoute {
@@ -578,7 +583,7 @@ fn routes(
                 l5d_headers: rule.l5d_headers,
                 backends,
                 backend_filters,
-                filters,
+                filters: rule_filters,
             })
         })
         .collect()

@@ -371,12 +371,10 @@ fn choose(r: &Routes, d: Dst, req: &dyn RequestInfo) -> (Next, RoutePolicy, Opti
         .unwrap_or_default();
     let draw = fastrand::f64();
     let picked = route.and_then(|route| Some((route, pick_index(&route.backends, draw)?)));
-    if let Some(own) = picked.and_then(|(route, i)| route.backend_filters.get(i)?.as_ref()) {
-        // The backend's filters after the route's (allocated only for
-        // backends that have some).
-        let mut all: Vec<RouteFilter> = policy.filters.as_deref().unwrap_or(&[]).to_vec();
-        all.extend_from_slice(own);
-        policy.filters = Some(all.into());
+    // A backend with filters of its own: the route's and its own, merged
+    // when the policy was read.
+    if let Some(all) = picked.and_then(|(route, i)| route.backend_filters.get(i)?.as_ref()) {
+        policy.filters = Some(all.clone());
     }
     let backend = picked
         .map(|(route, i)| &route.backends[i].0)

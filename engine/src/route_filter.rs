@@ -362,7 +362,7 @@ fn location(r: &Redirect, req: &dyn RequestInfo) -> Result<Option<String>, Strin
             };
             let prefix = matched
                 .iter()
-                .filter(|m| prefix_matches(m, path))
+                .filter(|m| ringmesh_discovery::profile::path_has_prefix(path, m))
                 .max_by_key(|m| m.len())
                 .ok_or("a prefix redirect on a route not matched by a path prefix")?;
             let rest = &path[prefix.trim_end_matches('/').len()..];
@@ -398,12 +398,6 @@ fn split_port(authority: &str) -> (&str, Option<u16>) {
         },
         _ => (authority, None),
     }
-}
-
-/// A path prefix match as the route's (at a segment boundary).
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let p = prefix.trim_end_matches('/');
-    path.starts_with(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
 }
 
 /// Applies the modifiers of `filters` for `m`, in order, to an HTTP/2
