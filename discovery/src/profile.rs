@@ -32,6 +32,10 @@ pub trait RequestInfo {
     fn scheme(&self) -> &str {
         "http"
     }
+    /// The query (after `?`), if any.
+    fn query(&self) -> Option<&str> {
+        self.path_and_query().split_once('?').map(|(_, q)| q)
+    }
 }
 
 /// A plain request description (tests, fuzzing).
@@ -99,6 +103,53 @@ pub enum RequestMatch {
         name: String,
         suffix: bool,
     },
+    /// A query parameter (its name and value form-decoded) has this name
+    /// and a matching value.
+    Query(String, ValueMatch),
+    /// A gRPC call: a `POST` to `/service/method`, the service and the
+    /// method these when given.
+    Rpc {
+        service: Option<String>,
+        method: Option<String>,
+    },
+}
+
+/// How specifically a request matched a route, as the Gateway API ranks
+/// matches (and linkerd2-proxy with it): the host first (an exact host
+/// over a suffix, a longer one over a shorter), then the path's matched
+/// length (a gRPC call's: the service's, then the method's), then how many
+/// headers, then query parameters, then whether the method was matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    host: HostSpecificity,
+    path: usize,
+    rpc_method: usize,
+    headers: usize,
+    query: usize,
+    method: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+enum HostSpecificity {
+    /// The route names no host.
+    #[default]
+    Any,
+    Suffix(usize),
+    Exact(usize),
+}
+
+impl Specificity {
+    /// Both matched (an `All`): each part from whichever gave it.
+    fn and(self, o: Self) -> Self {
+        Self {
+            host: self.host.max(o.host),
+            path: self.path.max(o.path),
+            rpc_method: self.rpc_method.max(o.rpc_method),
+            headers: self.headers + o.headers,
+            query: self.query + o.query,
+            method: self.method || o.method,
+        }
+    }
 }
 
 /// Whether `path` starts with `prefix` at a segment boundary (`/v2`
@@ -119,18 +170,110 @@ impl RequestMatch {
             Self::PathPrefix(p) => path_has_prefix(req.path(), p),
             Self::Method(m) => m.eq_ignore_ascii_case(req.method()),
             Self::Header(name, v) => req.header(name).is_some_and(|h| v.matches(h)),
-            Self::Host { name, suffix } => req.host().is_some_and(|h| {
-                let h = h.trim_end_matches('.');
-                if *suffix {
-                    h.len() > name.len()
-                        && h[h.len() - name.len()..].eq_ignore_ascii_case(name)
-                        && h.as_bytes()[h.len() - name.len() - 1] == b'.'
-                } else {
-                    h.eq_ignore_ascii_case(name)
-                }
-            }),
+            Self::Host { name, suffix } => host_matches(req, name, *suffix),
+            Self::Query(name, v) => query_matches(req, name, v),
+            Self::Rpc { service, method } => rpc_matches(req, service, method).is_some(),
         }
     }
+
+    /// How specifically `req` matches, or `None` when it does not (see
+    /// [`Specificity`]). A `Not` that holds counts as matching nothing in
+    /// particular.
+    pub fn specificity(&self, req: &dyn RequestInfo) -> Option<Specificity> {
+        let none = Specificity::default();
+        match self {
+            Self::All(ms) => ms
+                .iter()
+                .try_fold(none, |acc, m| Some(acc.and(m.specificity(req)?))),
+            Self::Any(ms) => ms.iter().filter_map(|m| m.specificity(req)).max(),
+            Self::Not(_) => self.matches(req).then_some(none),
+            Self::Path(_) => self.matches(req).then(|| Specificity {
+                path: req.path().len(),
+                ..none
+            }),
+            Self::PathExact(p) => self.matches(req).then_some(Specificity {
+                path: p.len(),
+                ..none
+            }),
+            Self::PathPrefix(p) => self.matches(req).then_some(Specificity {
+                path: if p == "/" {
+                    1
+                } else {
+                    p.trim_end_matches('/').len()
+                },
+                ..none
+            }),
+            Self::Method(_) => self.matches(req).then_some(Specificity {
+                method: true,
+                ..none
+            }),
+            Self::Header(..) => self
+                .matches(req)
+                .then_some(Specificity { headers: 1, ..none }),
+            Self::Query(..) => self
+                .matches(req)
+                .then_some(Specificity { query: 1, ..none }),
+            Self::Host { name, suffix } => self.matches(req).then_some(Specificity {
+                host: if *suffix {
+                    HostSpecificity::Suffix(name.len())
+                } else {
+                    HostSpecificity::Exact(name.len())
+                },
+                ..none
+            }),
+            Self::Rpc { service, method } => {
+                rpc_matches(req, service, method).map(|(s, m)| Specificity {
+                    path: s,
+                    rpc_method: m,
+                    ..none
+                })
+            }
+        }
+    }
+}
+
+fn host_matches(req: &dyn RequestInfo, name: &str, suffix: bool) -> bool {
+    req.host().is_some_and(|h| {
+        let h = h.trim_end_matches('.');
+        if suffix {
+            h.len() > name.len()
+                && h[h.len() - name.len()..].eq_ignore_ascii_case(name)
+                && h.as_bytes()[h.len() - name.len() - 1] == b'.'
+        } else {
+            h.eq_ignore_ascii_case(name)
+        }
+    })
+}
+
+/// Whether one of the query's parameters is `name` with a value `v`
+/// matches (both form-decoded: `%XX` and `+`).
+fn query_matches(req: &dyn RequestInfo, name: &str, v: &ValueMatch) -> bool {
+    req.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(n, value)| n == name && v.matches(value.as_bytes()))
+    })
+}
+
+/// A gRPC call's match: the lengths of the service and method names
+/// matched (0 for one not asked for), or `None`.
+fn rpc_matches(
+    req: &dyn RequestInfo,
+    service: &Option<String>,
+    method: &Option<String>,
+) -> Option<(usize, usize)> {
+    if req.method() != "POST" {
+        return None;
+    }
+    let mut parts = req.path().split('/');
+    if !parts.next()?.is_empty() {
+        return None;
+    }
+    let (s, m) = (parts.next()?, parts.next()?);
+    let len = |want: &Option<String>, got: &str| match want {
+        None => Some(0),
+        Some(w) => (w == got).then_some(w.len()),
+    };
+    Some((len(service, s)?, len(method, m)?))
 }
 
 /// One route of a profile.
@@ -321,8 +464,12 @@ pub struct RetryBudgetSpec {
 /// A service's profile.
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
-    /// The first route that matches a request applies.
+    /// The routes: the first that matches a request applies (a service
+    /// profile's order), or with `most_specific` the one that matches it
+    /// most specifically, the first of equals (an outbound policy's
+    /// routes, ranked as the Gateway API ranks them).
     pub routes: Vec<ProfileRoute>,
+    pub most_specific: bool,
     pub retry_budget: Option<RetryBudgetSpec>,
     /// Traffic split: each request goes to one of these services, drawn
     /// by weight (empty: the service itself).
@@ -362,7 +509,18 @@ pub struct AccrualSpec {
 impl Profile {
     /// The route a request takes, if any matches.
     pub fn route(&self, req: &dyn RequestInfo) -> Option<&ProfileRoute> {
-        self.routes.iter().find(|r| r.condition.matches(req))
+        if !self.most_specific {
+            return self.routes.iter().find(|r| r.condition.matches(req));
+        }
+        let mut best: Option<(Specificity, &ProfileRoute)> = None;
+        for r in &self.routes {
+            if let Some(s) = r.condition.specificity(req) {
+                if best.is_none_or(|(b, _)| s > b) {
+                    best = Some((s, r));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
     }
 
     /// The queue settings for requests to `backend`, if the profile has
@@ -487,5 +645,205 @@ mod tests {
         let canary = RequestMatch::Header("x-canary".into(), ValueMatch::Exact(b"1".to_vec()));
         assert!(canary.matches(&req("/", None, &[("X-Canary", "1")])));
         assert!(!canary.matches(&req("/", None, &[("x-canary", "0")])));
+    }
+
+    /// A request described fully, for the ranking tests.
+    struct Full<'a> {
+        method: &'a str,
+        target: &'a str,
+        host: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    }
+
+    impl RequestInfo for Full<'_> {
+        fn method(&self) -> &str {
+            self.method
+        }
+        fn path(&self) -> &str {
+            self.target.split_once('?').map_or(self.target, |(p, _)| p)
+        }
+        fn host(&self) -> Option<&str> {
+            Some(self.host)
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+        }
+        fn path_and_query(&self) -> &str {
+            self.target
+        }
+    }
+
+    fn route(name: &str, condition: RequestMatch) -> ProfileRoute {
+        ProfileRoute {
+            condition,
+            name: Some(name.into()),
+            retry: None,
+            timeout: None,
+            l5d_headers: false,
+            backends: vec![],
+            filters: None,
+            backend_filters: vec![],
+        }
+    }
+
+    fn exact(v: &str) -> ValueMatch {
+        ValueMatch::Exact(v.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_most_specific_route_wins_whatever_its_place() {
+        use RequestMatch::*;
+        let host = |name: &str, suffix| Host {
+            name: name.into(),
+            suffix,
+        };
+        let routes = vec![
+            route("root", All(vec![PathPrefix("/".into())])),
+            route("api", All(vec![PathPrefix("/api".into())])),
+            route("api-v1", All(vec![PathPrefix("/api/v1/".into())])),
+            route(
+                "api-canary",
+                All(vec![
+                    PathPrefix("/api".into()),
+                    Header("x-canary".into(), exact("1")),
+                ]),
+            ),
+            route(
+                "api-debug",
+                All(vec![
+                    PathPrefix("/api".into()),
+                    Query("debug".into(), exact("on now")),
+                ]),
+            ),
+            route(
+                "api-post",
+                All(vec![PathPrefix("/api".into()), Method("POST".into())]),
+            ),
+            route("exact", All(vec![PathExact("/api/v1/x".into())])),
+            route(
+                "suffix-host",
+                All(vec![host("example.org", true), PathPrefix("/".into())]),
+            ),
+            route(
+                "exact-host",
+                All(vec![host("web.example.org", false), PathPrefix("/".into())]),
+            ),
+        ];
+        let mut p = Profile {
+            routes,
+            most_specific: true,
+            ..Profile::default()
+        };
+        let name = |p: &Profile, method, target, host, headers| {
+            let req = Full {
+                method,
+                target,
+                host,
+                headers,
+            };
+            p.route(&req)
+                .and_then(|r| r.name.as_deref())
+                .map(str::to_string)
+        };
+        let at = |p: &Profile, target| name(p, "GET", target, "svc", &[]);
+        assert_eq!(at(&p, "/").as_deref(), Some("root"));
+        assert_eq!(at(&p, "/apix").as_deref(), Some("root"));
+        assert_eq!(at(&p, "/api/x").as_deref(), Some("api"));
+        assert_eq!(at(&p, "/api/v1/y").as_deref(), Some("api-v1"));
+        // An exact path longer than every prefix.
+        assert_eq!(at(&p, "/api/v1/x").as_deref(), Some("exact"));
+        // A header beats a query parameter, which beats a method.
+        let canary = &[("x-canary", "1")][..];
+        assert_eq!(
+            name(&p, "POST", "/api/x?debug=on+now", "svc", canary).as_deref(),
+            Some("api-canary")
+        );
+        assert_eq!(
+            name(&p, "POST", "/api/x?a=1&debug=on%20now", "svc", &[]).as_deref(),
+            Some("api-debug")
+        );
+        assert_eq!(at(&p, "/api/x?debug=off").as_deref(), Some("api"));
+        assert_eq!(
+            name(&p, "POST", "/api/x", "svc", &[]).as_deref(),
+            Some("api-post")
+        );
+        // Any host beats none; an exact host beats a suffix.
+        assert_eq!(at(&p, "/").as_deref(), Some("root"));
+        let on = |host| name(&p, "GET", "/api/v1/x", host, &[]);
+        assert_eq!(on("a.example.org").as_deref(), Some("suffix-host"));
+        assert_eq!(on("web.example.org").as_deref(), Some("exact-host"));
+        // In a service profile's order, the first that matches.
+        p.most_specific = false;
+        assert_eq!(at(&p, "/api/v1/x").as_deref(), Some("root"));
+        // Equals: the first.
+        let twice = Profile {
+            routes: vec![
+                route("one", All(vec![PathPrefix("/a".into())])),
+                route("two", All(vec![PathPrefix("/a/".into())])),
+            ],
+            most_specific: true,
+            ..Profile::default()
+        };
+        assert_eq!(at(&twice, "/a/b").as_deref(), Some("one"));
+    }
+
+    #[test]
+    fn grpc_calls_rank_by_service_then_method() {
+        use RequestMatch::*;
+        let rpc = |s: Option<&str>, m: Option<&str>| Rpc {
+            service: s.map(Into::into),
+            method: m.map(Into::into),
+        };
+        let p = Profile {
+            routes: vec![
+                route("any", All(vec![rpc(None, None)])),
+                route("method", All(vec![rpc(None, Some("Get"))])),
+                route("service", All(vec![rpc(Some("pkg.Svc"), None)])),
+                route("both", All(vec![rpc(Some("pkg.Svc"), Some("Get"))])),
+            ],
+            most_specific: true,
+            ..Profile::default()
+        };
+        let call = |method, path| {
+            let req = Full {
+                method,
+                target: path,
+                host: "svc",
+                headers: &[],
+            };
+            p.route(&req)
+                .and_then(|r| r.name.as_deref())
+                .map(str::to_string)
+        };
+        assert_eq!(call("POST", "/pkg.Svc/Get").as_deref(), Some("both"));
+        assert_eq!(call("POST", "/pkg.Svc/Put").as_deref(), Some("service"));
+        assert_eq!(call("POST", "/other.Svc/Get").as_deref(), Some("method"));
+        assert_eq!(call("POST", "/other.Svc/Put").as_deref(), Some("any"));
+        // Not a gRPC call: not a POST, or no method in the path.
+        assert_eq!(call("GET", "/pkg.Svc/Get"), None);
+        assert_eq!(call("POST", "/pkg.Svc"), None);
+    }
+
+    #[test]
+    fn query_parameters_are_form_decoded() {
+        let q = |name: &str, v| RequestMatch::Query(name.into(), v);
+        let req = |target| Full {
+            method: "GET",
+            target,
+            host: "svc",
+            headers: &[],
+        };
+        let re = ValueMatch::Regex(regex::bytes::Regex::new("^(?:v[0-9]+)$").unwrap());
+        assert!(q("version", re.clone()).matches(&req("/?version=v12")));
+        assert!(!q("version", re.clone()).matches(&req("/?version=v12x")));
+        assert!(!q("version", re).matches(&req("/version=v12")));
+        assert!(q("a b", exact("c&d")).matches(&req("/x?a+b=c%26d")));
+        assert!(q("flag", exact("")).matches(&req("/x?flag")));
+        assert!(!q("flag", exact("")).matches(&req("/x")));
+        // Any of its occurrences.
+        assert!(q("k", exact("2")).matches(&req("/x?k=1&k=2")));
     }
 }

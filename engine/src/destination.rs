@@ -340,6 +340,8 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         .collect();
     Profile {
         routes,
+        // A service profile's routes apply in their order.
+        most_specific: false,
         retry_budget,
         dst_overrides,
         opaque: p.opaque_protocol,

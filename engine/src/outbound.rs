@@ -184,7 +184,10 @@ async fn follow(
 /// The workers' form of an outbound policy.
 fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     use proxy_protocol::Kind;
-    let mut profile = Profile::default();
+    let mut profile = Profile {
+        most_specific: true,
+        ..Profile::default()
+    };
     let kind = p.protocol.and_then(|p| p.kind);
     profile.accrual = match &kind {
         Some(Kind::Detect(d)) => d
@@ -314,17 +317,15 @@ fn header(h: &hr::HeaderMatch) -> Result<RequestMatch, String> {
     Ok(RequestMatch::Header(h.name.to_ascii_lowercase(), value))
 }
 
-/// One HTTP route match (all of its parts).
+/// One HTTP route match (all of its parts). Without a path, the prefix
+/// `/`: the Gateway API's default, which ranks it as such.
 fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
-    if !m.query_params.is_empty() {
-        return Err("query parameter matches are not supported".into());
-    }
     let mut all = Vec::new();
     match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
         Some(hr::path_match::Kind::Exact(p)) => all.push(RequestMatch::PathExact(p.clone())),
         Some(hr::path_match::Kind::Prefix(p)) => all.push(RequestMatch::PathPrefix(p.clone())),
         Some(hr::path_match::Kind::Regex(re)) => all.push(RequestMatch::Path(regex(re)?)),
-        None => {}
+        None => all.push(RequestMatch::PathPrefix("/".into())),
     }
     if let Some(method) = m.method.clone() {
         let method = http::Method::try_from(method).map_err(|e| format!("method: {e}"))?;
@@ -333,25 +334,40 @@ fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
     for h in &m.headers {
         all.push(header(h)?);
     }
+    for q in &m.query_params {
+        all.push(query_param(q)?);
+    }
     Ok(RequestMatch::All(all))
 }
 
-fn grpc_match(m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> Result<RequestMatch, String> {
-    let mut all = Vec::new();
-    if let Some(rpc) = &m.rpc {
-        match (rpc.service.is_empty(), rpc.method.is_empty()) {
-            (false, false) => all.push(RequestMatch::PathExact(format!(
-                "/{}/{}",
-                rpc.service, rpc.method
-            ))),
-            (false, true) => all.push(RequestMatch::PathPrefix(format!("/{}", rpc.service))),
-            (true, false) => all.push(RequestMatch::Path(regex(&format!(
-                "/[^/]+/{}",
-                regex::escape(&rpc.method)
-            ))?)),
-            (true, true) => {}
-        }
+/// A query parameter match: a name, and an exact value or a regex the
+/// whole (decoded) value matches.
+fn query_param(q: &hr::QueryParamMatch) -> Result<RequestMatch, String> {
+    if q.name.is_empty() {
+        return Err("a query parameter match without a name".into());
     }
+    let value = match &q.value {
+        Some(hr::query_param_match::Value::Exact(v)) => ValueMatch::Exact(v.clone().into_bytes()),
+        Some(hr::query_param_match::Value::Regex(re)) => ValueMatch::Regex(
+            regex::bytes::RegexBuilder::new(&format!("^(?:{re})$"))
+                .size_limit(MAX_REGEX)
+                .build()
+                .map_err(|e| format!("query parameter regex {re:?}: {e}"))?,
+        ),
+        None => return Err(format!("query parameter {:?} without a value", q.name)),
+    };
+    Ok(RequestMatch::Query(q.name.clone(), value))
+}
+
+/// One gRPC route match: a `POST` to `/service/method` (either may be
+/// left out, matching any) and its headers.
+fn grpc_match(m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> Result<RequestMatch, String> {
+    let rpc = m.rpc.as_ref().ok_or("a gRPC match without an RPC match")?;
+    let name = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let mut all = vec![RequestMatch::Rpc {
+        service: name(&rpc.service),
+        method: name(&rpc.method),
+    }];
     for h in &m.headers {
         all.push(header(h)?);
     }
@@ -595,7 +611,11 @@ fn http_routes(
     queues: &mut Vec<(Authority, QueueSpec)>,
 ) -> Vec<ProfileRoute> {
     let rules = r.rules.into_iter().map(|rule| Rule {
-        matches: rule.matches.iter().map(http_match).collect(),
+        // No matches: every request, ranked as the prefix `/`.
+        matches: match &rule.matches[..] {
+            [] => http_match(&HttpRouteMatch::default()).map(|m| vec![m]),
+            ms => ms.iter().map(http_match).collect(),
+        },
         retry: rule.retry.as_ref().and_then(http_retry),
         timeout: timeout(rule.timeouts.as_ref()),
         l5d_headers: rule.allow_l5d_request_headers,
@@ -621,6 +641,211 @@ fn grpc_routes(
     });
     let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
     routes(target, route, rules, queues)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkerd2_proxy_api::grpc_route as gr;
+    use linkerd2_proxy_api::outbound::ProxyProtocol;
+    use ringmesh_discovery::profile::{Req, RequestInfo};
+
+    fn forward(port: u16) -> Backend {
+        Backend {
+            kind: Some(backend::Kind::Forward(WeightedAddr {
+                addr: Some(linkerd2_proxy_api::net::TcpAddress {
+                    ip: Some(std::net::IpAddr::from([10, 0, 0, 2]).into()),
+                    port: u32::from(port),
+                }),
+                weight: 1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn named(name: &str) -> Option<Metadata> {
+        Some(Metadata {
+            kind: Some(metadata::Kind::Default(name.into())),
+        })
+    }
+
+    fn routed<'a>(p: &'a Profile, method: &'a str, path: &'a str) -> Option<&'a str> {
+        let req = Req {
+            method,
+            path,
+            host: Some("web"),
+            headers: &[],
+        };
+        p.route(&req).and_then(|r| r.name.as_deref())
+    }
+
+    fn http_policy(rules: Vec<(Vec<HttpRouteMatch>, u16)>) -> Profile {
+        let routes = rules
+            .into_iter()
+            .map(|(matches, port)| HttpRoute {
+                metadata: named(&format!("r{port}")),
+                rules: vec![http_route::Rule {
+                    matches,
+                    backends: Some(http_route::Distribution {
+                        kind: Some(http_route::distribution::Kind::FirstAvailable(
+                            http_route::distribution::FirstAvailable {
+                                backends: vec![http_route::RouteBackend {
+                                    backend: Some(forward(port)),
+                                    ..Default::default()
+                                }],
+                            },
+                        )),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let target = Authority::parse("10.0.0.1:80").unwrap();
+        policy(
+            &target,
+            OutboundPolicy {
+                protocol: Some(ProxyProtocol {
+                    kind: Some(proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+                        routes,
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn prefix(p: &str) -> HttpRouteMatch {
+        HttpRouteMatch {
+            path: Some(hr::PathMatch {
+                kind: Some(hr::path_match::Kind::Prefix(p.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn query(name: &str, value: hr::query_param_match::Value) -> HttpRouteMatch {
+        HttpRouteMatch {
+            query_params: vec![hr::QueryParamMatch {
+                name: name.into(),
+                value: Some(value),
+            }],
+            ..prefix("/api")
+        }
+    }
+
+    /// An outbound policy's HTTP routes are ranked as linkerd2-proxy
+    /// ranks them (a rule without matches as the prefix `/`), query
+    /// parameters included; a query match that cannot be used skips its
+    /// rule.
+    #[test]
+    fn http_rules_rank_and_query_parameters_match() {
+        use hr::query_param_match::Value;
+        let p = http_policy(vec![
+            (vec![], 1),
+            (vec![HttpRouteMatch::default()], 2),
+            (vec![prefix("/api")], 3),
+            (vec![query("v", Value::Regex("v[0-9]+".into()))], 4),
+            (vec![query("debug", Value::Exact("1".into()))], 5),
+            (vec![query("", Value::Exact("1".into()))], 6),
+            (vec![query("x", Value::Regex("(".into()))], 7),
+        ]);
+        assert_eq!(p.routes.len(), 5, "the two bad rules are skipped");
+        assert_eq!(routed(&p, "GET", "/"), Some("r1"));
+        assert_eq!(routed(&p, "GET", "/api/x"), Some("r3"));
+        let req = |target| Req {
+            method: "GET",
+            path: target,
+            host: None,
+            headers: &[],
+        };
+        // (`Req` has no query of its own: `path` is the whole target.)
+        let with_query = |target: &'static str| {
+            struct Q(Req<'static>);
+            impl RequestInfo for Q {
+                fn method(&self) -> &str {
+                    self.0.method
+                }
+                fn path(&self) -> &str {
+                    self.0.path.split_once('?').map_or(self.0.path, |(p, _)| p)
+                }
+                fn host(&self) -> Option<&str> {
+                    None
+                }
+                fn header(&self, _: &str) -> Option<&[u8]> {
+                    None
+                }
+                fn path_and_query(&self) -> &str {
+                    self.0.path
+                }
+            }
+            p.route(&Q(req(target)))
+                .and_then(|r| r.name.as_deref())
+                .map(str::to_string)
+        };
+        assert_eq!(with_query("/api/x?v=v2").as_deref(), Some("r4"));
+        assert_eq!(with_query("/api/x?debug=1").as_deref(), Some("r5"));
+        assert_eq!(with_query("/api/x?debug=2").as_deref(), Some("r3"));
+        assert_eq!(with_query("/other?debug=1").as_deref(), Some("r1"));
+    }
+
+    /// gRPC routes: only `POST`s to `/service/method`, the more specific
+    /// RPC match first; a match without an RPC skips its rule.
+    #[test]
+    fn grpc_rules_match_calls_by_service_then_method() {
+        let rule = |rpc: Option<(&str, &str)>, port: u16| GrpcRoute {
+            metadata: named(&format!("g{port}")),
+            rules: vec![grpc_route::Rule {
+                matches: vec![gr::GrpcRouteMatch {
+                    rpc: rpc.map(|(service, method)| gr::GrpcRpcMatch {
+                        service: service.into(),
+                        method: method.into(),
+                    }),
+                    headers: vec![],
+                }],
+                backends: Some(grpc_route::Distribution {
+                    kind: Some(grpc_route::distribution::Kind::FirstAvailable(
+                        grpc_route::distribution::FirstAvailable {
+                            backends: vec![grpc_route::RouteBackend {
+                                backend: Some(forward(port)),
+                                ..Default::default()
+                            }],
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let target = Authority::parse("10.0.0.1:80").unwrap();
+        let p = policy(
+            &target,
+            OutboundPolicy {
+                protocol: Some(ProxyProtocol {
+                    kind: Some(proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
+                        routes: vec![
+                            rule(Some(("", "")), 1),
+                            rule(Some(("", "Get")), 2),
+                            rule(Some(("pkg.Svc", "")), 3),
+                            rule(Some(("pkg.Svc", "Get")), 4),
+                            rule(None, 5),
+                        ],
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            },
+        );
+        assert_eq!(p.routes.len(), 4, "the rule without an RPC is skipped");
+        assert_eq!(routed(&p, "POST", "/pkg.Svc/Get"), Some("g4"));
+        assert_eq!(routed(&p, "POST", "/pkg.Svc/Put"), Some("g3"));
+        assert_eq!(routed(&p, "POST", "/x.Y/Get"), Some("g2"));
+        assert_eq!(routed(&p, "POST", "/x.Y/Z"), Some("g1"));
+        assert_eq!(routed(&p, "GET", "/pkg.Svc/Get"), None);
+        assert_eq!(routed(&p, "POST", "/pkg.Svc"), None);
+    }
 }
 
 #[cfg(fuzzing)]

@@ -625,6 +625,27 @@ fn ringmesh_route_filters() {
 fn route_filters(a: Sidecar) {
     let mesh = Mesh::start(a, Sidecar::linkerd2_proxy(), |_a, b| {
         let service = Destination::service_authority(b, HTTP1_PORT);
+        // Precedence: the most specific match wins wherever it is listed
+        // (each answers its own status, so the client sees which).
+        let precedence = [
+            r#""path_prefix": "/p""#,
+            r#""path_prefix": "/p/api""#,
+            r#""path_exact": "/p/api/x""#,
+            r#""path_prefix": "/p/api", "query": {"debug": "on now"}"#,
+            r#""path_prefix": "/p/api", "query": {"v": {"regex": "v[0-9]+"}}"#,
+            r#""path_prefix": "/p/api", "headers": {"x-canary": "1"}"#,
+            r#""path_prefix": "/p/api", "method": "POST""#,
+        ]
+        .iter()
+        .zip(410..)
+        .map(|(m, status)| {
+            format!(
+                r#"{{"name": "p{status}", {m}, "backends": [{{"authority": "{service}"}}],
+                  "filters": [{{"fail": {{"status": {status}}}}}]}}"#
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
         let routes = format!(
             r#"[
             {{"name": "chaos", "path_exact": "/fail", "backends": [{{"authority": "{service}"}}],
@@ -639,7 +660,8 @@ fn route_filters(a: Sidecar) {
               "filters": [
                 {{"request_headers": {{"add": {{"x-added": "yes"}}, "set": {{"x-set": "new"}}, "remove": ["x-secret"]}}}},
                 {{"response_headers": {{"add": {{"x-resp": "added"}}}}}}
-              ]}}
+              ]}},
+            {precedence}
             ]"#
         );
         CpConfig::default().with_destination(
@@ -715,4 +737,39 @@ fn route_filters(a: Sidecar) {
         "{out}"
     );
     check!(mesh, out.contains("x-route: 1"), "{out}");
+    // Route precedence, query parameters included.
+    for (status, path, extra, method) in [
+        (410, "/p/x", "x-none: 1", "GET"),
+        (411, "/p/api/y", "x-none: 1", "GET"),
+        (412, "/p/api/x", "x-none: 1", "GET"),
+        (413, "/p/api/y?a=1&debug=on+now", "x-none: 1", "GET"),
+        (414, "/p/api/y?v=v12", "x-none: 1", "GET"),
+        (411, "/p/api/y?v=v12x", "x-none: 1", "GET"),
+        (415, "/p/api/y?debug=on%20now", "x-canary: 1", "GET"),
+        (416, "/p/api/y?v=nope", "x-none: 1", "POST"),
+        (413, "/p/api/y?debug=on+now", "x-none: 1", "POST"),
+    ] {
+        let (ok, out, err) = curl(
+            &mesh,
+            &[
+                "--http1.1",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+                "-H",
+                extra,
+                &format!("http://{addr}{path}"),
+            ],
+        );
+        check!(mesh, ok, "curl {path} failed: {err}");
+        check!(
+            mesh,
+            out.trim() == status.to_string(),
+            "{method} {path} ({extra}): {out}, not {status}"
+        );
+    }
 }

@@ -734,7 +734,7 @@ class Outbound:
 
     def configured_route(self, r, namespace):
         """An HTTPRoute with one rule, from the config: `path_prefix` /
-        `path_exact`, `method`, `headers` (exact values), `host`; `backends`
+        `path_exact`, `method`, `headers` (exact values), `query`, `host`; `backends`
         (a list of {"authority", "weight", "queue"}: random-available
         through Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
         (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`,
@@ -750,6 +750,12 @@ class Outbound:
             match.method.registered = pb.http_types.HttpMethod.Registered.Value(r["method"])
         for k, v in r.get("headers", {}).items():
             match.headers.append(hr.HeaderMatch(name=k, exact=v.encode()))
+        # "query": {name: value, or {"regex": re}}
+        for k, v in r.get("query", {}).items():
+            if isinstance(v, dict):
+                match.query_params.append(hr.QueryParamMatch(name=k, regex=v["regex"]))
+            else:
+                match.query_params.append(hr.QueryParamMatch(name=k, exact=v))
         backends = []
         for b in r.get("backends", []):
             if "forward" in b:
