@@ -75,23 +75,46 @@ pub(crate) async fn h1_over_h2(
     let end = req.framing().is_empty();
     let mut attempts =
         Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
-    let opened =
-        h2client::open_stream(w, obs, target, dial, &parts, end, &mut attempts, None).await;
-    let Opened {
-        response,
-        body: up_body,
-        guard,
-        ..
-    } = match opened {
-        Ok(Opening::Opened(o)) => o,
-        // Only an HTTP/2 client stream can be abandoned; this client is
-        // HTTP/1.
-        Ok(Opening::Abandoned(reason)) => {
-            return Err(ProxyError::upstream(format!("stream reset: {reason:?}")).into())
+    let deadline = w.response_deadline(request_deadline);
+    // A request without a body whose answer could be retried (nothing of
+    // it is lost by sending it again) waits for the response head here:
+    // an answer the retry is for goes again to another endpoint, unseen
+    // by the client. Otherwise the head is awaited as the body streams.
+    let (up_body, guard, response, sent_at) = loop {
+        let opened =
+            h2client::open_stream(w, obs, target, dial, &parts, end, &mut attempts, None).await;
+        let Opened {
+            response,
+            body: up_body,
+            guard,
+            addr,
+            ..
+        } = match opened {
+            Ok(Opening::Opened(o)) => o,
+            // Only an HTTP/2 client stream can be abandoned; this client is
+            // HTTP/1.
+            Ok(Opening::Abandoned(reason)) => {
+                return Err(ProxyError::upstream(format!("stream reset: {reason:?}")).into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sent_at = Instant::now();
+        if !(end && attempts.would_retry_answer(sent_at)) {
+            break (up_body, guard, UpstreamHead::Pending(response), sent_at);
         }
-        Err(e) => return Err(e.into()),
+        let resp = await_h2_head(response, deadline, obs, guard.as_ref()).await?;
+        let now = Instant::now();
+        if let Some(g) = &guard {
+            if attempts.retry_answer(resp.status().as_u16(), addr, now) {
+                obs.response_head(Some(g), now - sent_at);
+                obs.retrying(g);
+                tracing::debug!(upstream = %addr, status = resp.status().as_u16(), "retrying on another endpoint");
+                // (The answer's stream is reset as it is dropped.)
+                continue;
+            }
+        }
+        break (up_body, guard, UpstreamHead::Arrived(resp), sent_at);
     };
-    let sent_at = Instant::now();
     // The client waits for this before sending its body; the peer proxy
     // does not forward `Expect`.
     if req.expect_continue() {
@@ -131,7 +154,7 @@ pub(crate) async fn h1_over_h2(
     let keep_alive = Cell::new(req.keep_alive());
     let down = H2Answer {
         response,
-        deadline: w.response_deadline(request_deadline),
+        deadline,
         sent_at,
         guard: guard.as_ref(),
         is_head: req.method() == Method::Head,
@@ -142,9 +165,36 @@ pub(crate) async fn h1_over_h2(
     Ok((status, keep_alive.get() && up_res.is_ok()))
 }
 
+/// An upstream stream's response head: still to come, or already read
+/// (to decide on a retry).
+enum UpstreamHead {
+    Pending(client::ResponseFuture),
+    Arrived(Response<RecvStream>),
+}
+
+/// The response head of an upstream stream, by `deadline`.
+async fn await_h2_head(
+    response: client::ResponseFuture,
+    deadline: Option<Instant>,
+    obs: &Observer<'_>,
+    guard: Option<&OpenGuard>,
+) -> Result<Response<RecvStream>, Failure> {
+    let head = match deadline {
+        Some(d) => match monoio::time::timeout_at(d.into(), response).await {
+            Ok(r) => r,
+            Err(_) => return Err(ProxyError::timeout("upstream response timed out").into()),
+        },
+        None => response.await,
+    };
+    head.map_err(|e| {
+        obs.endpoint_outcome(guard, false);
+        ProxyError::upstream(format!("upstream stream failed: {e}")).into()
+    })
+}
+
 /// The response to an HTTP/1 request carried over HTTP/2, on its way back.
 struct H2Answer<'a> {
-    response: client::ResponseFuture,
+    response: UpstreamHead,
     /// When its head must have arrived.
     deadline: Option<Instant>,
     sent_at: Instant,
@@ -165,19 +215,9 @@ impl H2Answer<'_> {
         meter: &ConnMeter,
         out: &mut Vec<u8>,
     ) -> Result<u16, Failure> {
-        let head = match self.deadline {
-            Some(d) => match monoio::time::timeout_at(d.into(), self.response).await {
-                Ok(r) => r,
-                Err(_) => return Err(ProxyError::timeout("upstream response timed out").into()),
-            },
-            None => self.response.await,
-        };
-        let resp = match head {
-            Ok(r) => r,
-            Err(e) => {
-                obs.endpoint_outcome(self.guard, false);
-                return Err(ProxyError::upstream(format!("upstream stream failed: {e}")).into());
-            }
+        let resp = match self.response {
+            UpstreamHead::Arrived(r) => r,
+            UpstreamHead::Pending(f) => await_h2_head(f, self.deadline, obs, self.guard).await?,
         };
         let now = Instant::now();
         obs.response_head(self.guard, now - self.sent_at);
@@ -394,7 +434,7 @@ pub(crate) async fn h2_to_h1(
     let mut fresh = false;
     let (mut up, addr, guard, mut got) = loop {
         let (up, addr, guard) =
-            h1forward::checkout(w, obs.key(), target, dial, !fresh, &[]).await?;
+            h1forward::checkout(w, obs.key(), target, dial, !fresh, attempts.avoid()).await?;
         obs.endpoint(addr);
         let rewrite = crate::h1forward::Rewrite {
             host: obs.authority_override(addr).map(|a| &**a),
@@ -412,7 +452,23 @@ pub(crate) async fn h2_to_h1(
         }
         let reused = up.reused;
         let mut up = up;
+        // A request without a body can go again after an answer a retry
+        // is for: to another endpoint (this connection, its answer
+        // unread, is dropped).
+        let may_retry = end && attempts.would_retry_answer(Instant::now());
         match h1_attempt(&w.pools.bufs, &mut up, &mut req).await {
+            Ok(got) if may_retry && guard.is_some() => {
+                let (status, now) = (got.resp.status(), Instant::now());
+                if !attempts.retry_answer(status, addr, now) {
+                    break (up, addr, guard, got);
+                }
+                let g = guard.as_ref().expect("checked");
+                obs.response_head(Some(g), now - got.sent_at);
+                obs.retrying(g);
+                tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
+                w.pools.bufs.put(got.ubuf);
+                fresh = false;
+            }
             Ok(got) => break (up, addr, guard, got),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.

@@ -593,3 +593,121 @@ both_drivers!(
     stalled_http1_clients,
     super::stalled_http1_clients_do_not_stop_the_upstream_connection
 );
+
+/// A 503 (or a status the route retries) is retried on another endpoint
+/// whatever the protocols on either side: an HTTP/1 client's request
+/// carried over HTTP/2 to meshed endpoints (their inbound proxies in front
+/// of a healthy and a failing backend), and an HTTP/2 client's request to
+/// an HTTP/1-only service. The client sees only the healthy backend's
+/// answers; the failing one was asked (a retry counted against it).
+#[test]
+fn answers_503_are_retried_across_translations() {
+    let delay = Duration::from_micros(100);
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (good, bad) = (
+        lb::backend(b'a', delay),
+        lb::switchable(b'c', delay, failing),
+    );
+    let inbound = |to: &Backend| {
+        let target = to.addr.to_string();
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                ("RINGMESH_INBOUND_TARGET", &target),
+                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+                ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
+            ],
+        )
+    };
+    let (b_good, b_bad) = (inbound(&good), inbound(&bad));
+    let retries = |a: &Proxy, endpoint: SocketAddr| {
+        let text = metrics(a.admin_addr().unwrap());
+        let target = format!("target_addr=\"{endpoint}\"");
+        series(&text, "ringmesh_retries_total", &[&target]).unwrap_or(0.0)
+    };
+
+    // HTTP/1 client, HTTP/2 between the proxies.
+    let dir = TempDir::new("orig-proto-retry-h1");
+    let eps = [
+        b_good.inbound_addr().unwrap(),
+        b_bad.inbound_addr().unwrap(),
+    ];
+    let file = service_file(&dir, "web.test:80", &eps, "protocol_hint = \"h2\"\n");
+    let a = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = lb::answers(a.forward_addrs()[0], 4, stop.clone(), false);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<_> = clients
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(seen.len() > 50, "{} answers", seen.len());
+    let failed = seen.iter().filter(|(_, bad, n)| *bad || *n != b'a').count();
+    assert_eq!(
+        failed,
+        0,
+        "of {} answers, {failed} were not the healthy backend's",
+        seen.len()
+    );
+    assert!(
+        retries(&a, eps[1]) >= 1.0,
+        "no retry counted against the failing endpoint"
+    );
+    drop(a);
+
+    // HTTP/2 client, HTTP/1-only service.
+    let dir2 = TempDir::new("orig-proto-retry-h2");
+    let file = service_file(
+        &dir2,
+        "web.test:80",
+        &[good.addr, bad.addr],
+        "protocol = \"http1\"\n",
+    );
+    let a = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let addr = a.forward_addrs()[0];
+    let bodies = common::h2::runtime().block_on(async move {
+        let send = common::h2::connect(addr).await;
+        let calls: Vec<_> = (0..60)
+            .map(|_| {
+                let send = send.clone();
+                monoio::spawn(async move { common::h2::request(&send, "GET", "/", None).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in calls {
+            let a = c.await.unwrap();
+            out.push((a.status, a.body));
+        }
+        out
+    });
+    let failed = bodies
+        .iter()
+        .filter(|(s, b)| *s != 200 || b != b"a")
+        .count();
+    assert_eq!(
+        failed, 0,
+        "{failed} of 60 HTTP/2 requests failed: {bodies:?}"
+    );
+    assert!(
+        retries(&a, bad.addr) >= 1.0,
+        "no retry counted against the failing endpoint"
+    );
+}
