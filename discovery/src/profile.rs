@@ -387,7 +387,7 @@ impl HeaderEdit {
 }
 
 /// Which failed requests on a route go again, and how often.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Retries per request.
     pub limit: u32,
@@ -396,6 +396,45 @@ pub struct RetryPolicy {
     /// gRPC status codes (of a trailers-only response) that are retried:
     /// bit `n` for code `n`.
     pub grpc: u32,
+    /// Each attempt that could still be followed by a retry must have its
+    /// response head within this; past it the attempt is given up and the
+    /// request goes again to another endpoint (the last attempt waits
+    /// for the route's own timeout only).
+    pub timeout: Option<Duration>,
+    /// The pause before each retry.
+    pub backoff: Option<RetryBackoff>,
+}
+
+/// An exponential backoff, as Linkerd's: the `n`th retry (from 0) waits
+/// `min · 2ⁿ` (at most `max`) plus up to `jitter` times that again, drawn
+/// at random (never past `max`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBackoff {
+    pub min: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl RetryBackoff {
+    /// Linkerd's for retries a request's own `l5d-retry-*` headers ask
+    /// for: 25 ms doubling to 250 ms, jittered by up to 100 %.
+    pub const L5D_HEADERS: Self = Self {
+        min: Duration::from_millis(25),
+        max: Duration::from_millis(250),
+        jitter: 1.0,
+    };
+
+    /// The pause before retry `n` (from 0), with `r` in `[0, 1)` drawn at
+    /// random.
+    pub fn delay(&self, n: u32, r: f64) -> Duration {
+        let base = self
+            .min
+            .checked_mul(2u32.saturating_pow(n))
+            .unwrap_or(self.max)
+            .min(self.max);
+        let extra = base.mul_f64((r * self.jitter).clamp(0.0, 100.0));
+        base + extra.min(self.max.saturating_sub(base))
+    }
 }
 
 /// gRPC status codes a retry policy may name.
@@ -436,6 +475,8 @@ impl RetryPolicy {
             limit,
             statuses: vec![(500, 599)],
             grpc: 0,
+            timeout: None,
+            backoff: None,
         }
     }
 
@@ -825,6 +866,30 @@ mod tests {
         // Not a gRPC call: not a POST, or no method in the path.
         assert_eq!(call("GET", "/pkg.Svc/Get"), None);
         assert_eq!(call("POST", "/pkg.Svc"), None);
+    }
+
+    /// Linkerd's exponential backoff: doubling from the minimum to the
+    /// maximum, the jitter adding up to that share again (never past the
+    /// maximum).
+    #[test]
+    fn retry_backoff_doubles_and_jitters_within_its_maximum() {
+        let ms = Duration::from_millis;
+        let b = RetryBackoff {
+            min: ms(25),
+            max: ms(250),
+            jitter: 0.0,
+        };
+        let steps: Vec<_> = (0..6).map(|n| b.delay(n, 0.5)).collect();
+        assert_eq!(steps, [ms(25), ms(50), ms(100), ms(200), ms(250), ms(250)]);
+        assert_eq!(b.delay(u32::MAX, 0.5), ms(250), "no overflow");
+        let j = RetryBackoff::L5D_HEADERS;
+        assert_eq!(j.delay(0, 0.0), ms(25));
+        assert_eq!(j.delay(0, 0.5), ms(25) + ms(25) / 2);
+        assert_eq!(j.delay(3, 0.9), ms(250), "200 ms + 180 ms, capped");
+        for n in 0..8 {
+            let d = j.delay(n, fastrand::f64());
+            assert!(ms(25) <= d && d <= ms(250), "{d:?}");
+        }
     }
 
     #[test]

@@ -210,6 +210,11 @@ impl ProxyError {
         Self::new(Kind::ResponseTimeout, reason)
     }
 
+    /// No response head in time (the request's or an attempt's timeout).
+    pub(crate) fn timed_out(&self) -> bool {
+        matches!(self.kind, Kind::ResponseTimeout)
+    }
+
     pub(crate) fn malformed(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(Kind::Malformed(status), reason)
     }

@@ -370,6 +370,9 @@ enum Retry {
     /// The pooled connection was closed by the upstream before answering;
     /// the request goes on a new connection.
     Stale,
+    /// No response head within the route's per-attempt timeout: another
+    /// endpoint gets the request.
+    TimedOut,
 }
 
 /// Sends the request on `first`, and again where `retry` allows: a stale
@@ -396,9 +399,11 @@ async fn attempts(
         let reused = up.reused;
         let first_byte = Cell::new(None);
         // A 502/503 that would be retried is kept from the client.
-        let hold_5xx = tries.would_retry_answer(Instant::now());
-        let answered_5xx = crate::retry::Held::new(tries.route());
         let sent = Instant::now();
+        let hold_5xx = tries.would_retry_answer(sent);
+        let answered_5xx = crate::retry::Held::new(tries.route());
+        // A route's per-attempt timeout, while a retry could follow.
+        let (attempt_deadline, cut) = tries.attempt_deadline(sent, deadline);
         let ubuf = std::mem::take(t.ubuf);
         let outcome = exchange(
             t.w,
@@ -410,7 +415,7 @@ async fn attempts(
             ubuf,
             t.limits,
             &first_byte,
-            deadline,
+            attempt_deadline,
             hold_5xx.then_some(&answered_5xx),
             kept,
             crate::h1forward::Rewrite {
@@ -444,19 +449,36 @@ async fn attempts(
             tracing::debug!(peer = %t.c.peer, upstream = %addr, status, "retrying on another endpoint");
             Retry::Answered(status)
         } else {
-            match &outcome.end {
-                Exchange::Failed(Failure::Answer(e))
+            match (&outcome.end, &in_flight) {
+                (Exchange::Failed(Failure::Answer(e)), _)
                     if e.retryable() && tries.retry_stale(reused) =>
                 {
                     tracing::debug!(peer = %t.c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
                     Retry::Stale
                 }
+                (Exchange::Failed(Failure::Answer(e)), Some(g))
+                    if cut
+                        && e.timed_out()
+                        && first_byte.get().is_none()
+                        && tries.retry_timed_out(addr, Instant::now()) =>
+                {
+                    obs.endpoint(addr);
+                    obs.retrying(g);
+                    tracing::debug!(peer = %t.c.peer, upstream = %addr, "no response within the attempt timeout; retrying on another endpoint");
+                    Retry::TimedOut
+                }
                 _ => return (outcome.end, addr, in_flight),
             }
         };
+        // The route's pause before a retry to another endpoint.
+        if !matches!(retry, Retry::Stale) {
+            if let Err(e) = crate::retry::pause(&tries, deadline).await {
+                return (Exchange::Failed(e.into()), addr, in_flight);
+            }
+        }
         // A retried answer may go on a pooled connection; a stale one's
         // retry goes on a new connection.
-        let use_pool = matches!(retry, Retry::Answered(_));
+        let use_pool = !matches!(retry, Retry::Stale);
         match checkout(t.w, obs.key(), target, t.dial, use_pool, tries.avoid()).await {
             Ok((u, a, g)) => (up, addr, in_flight) = (u, a, g),
             Err(e) => {
@@ -466,6 +488,10 @@ async fn attempts(
                             format!("upstream answered {status}; retry failed: {}", e.reason());
                         ProxyError::new(Kind::Answered(status), reason)
                     }
+                    Retry::TimedOut => ProxyError::timeout(format!(
+                        "no response within the attempt timeout; retry failed: {}",
+                        e.reason()
+                    )),
                     Retry::Stale => e,
                 };
                 return (Exchange::Failed(e.into()), addr, in_flight);

@@ -492,7 +492,26 @@ async fn to_h2(
             monoio::spawn(request_body(b, o.body, rx));
         }
         let in_flight = o.guard;
-        match await_head(o.response, &mut s).await? {
+        // A route's per-attempt timeout, while a retry could follow.
+        let (attempt_deadline, cut) = attempts.attempt_deadline(sent_at, s.deadline);
+        let head = match await_head(o.response, &mut s, attempt_deadline).await {
+            Err(Failure::Answer(e)) if cut && e.timed_out() => {
+                let again = in_flight
+                    .as_ref()
+                    .filter(|_| attempts.retry_timed_out(addr, Instant::now()));
+                match again {
+                    Some(g) => {
+                        obs.retrying(g);
+                        tracing::debug!(upstream = %addr, "no response within the attempt timeout; retrying on another endpoint");
+                        crate::retry::pause(&attempts, s.deadline).await?;
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            head => head?,
+        };
+        match head {
             Ok(response) => {
                 // The balancer learns the latency to the response head.
                 let now = Instant::now();
@@ -508,6 +527,7 @@ async fn to_h2(
                     if again {
                         obs.retrying(g);
                         tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
+                        crate::retry::pause(&attempts, s.deadline).await?;
                         continue;
                     }
                 }
@@ -545,9 +565,10 @@ async fn to_h2(
 async fn await_head(
     response: client::ResponseFuture,
     s: &mut Stream<'_>,
+    deadline: Option<Instant>,
 ) -> Result<Result<Response<RecvStream>, monoio_http::h2::Error>, Failure> {
     let timeout = async {
-        match s.deadline {
+        match deadline {
             Some(d) => Box::pin(monoio::time::sleep_until(d.into())).await,
             None => std::future::pending().await,
         }

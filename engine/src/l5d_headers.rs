@@ -16,15 +16,15 @@
 //! A value that does not parse is ignored (the route's setting stays).
 //! The headers are removed before the request goes upstream; on routes
 //! that do not allow them they are left alone (they mean nothing there).
-//! `l5d-retry-timeout` (a per-attempt timeout) is removed but not applied:
-//! ringmesh has no per-attempt timeout yet.
+//! `l5d-retry-timeout` is the per-attempt timeout (the response head of an
+//! attempt that could be retried must arrive within it).
 //!
 //! Must not: allocate for requests that carry none of them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringmesh_discovery::profile::{RequestInfo, RetryPolicy};
+use ringmesh_discovery::profile::{RequestInfo, RetryBackoff, RetryPolicy};
 
 /// The header naming a meshed client's identity to the application (set
 /// by the inbound side only).
@@ -88,11 +88,22 @@ pub(crate) fn apply(
     let statuses = text("l5d-retry-http").map(http_statuses);
     let grpc = text("l5d-retry-grpc").map(grpc_codes);
     let limit = text("l5d-retry-limit").and_then(|v| v.trim().parse::<u32>().ok());
-    if statuses.is_none() && grpc.is_none() && limit.is_none() {
+    let attempt_timeout = text("l5d-retry-timeout").and_then(duration);
+    if statuses.is_none() && grpc.is_none() && limit.is_none() && attempt_timeout.is_none() {
         return (t, retry);
     }
     let base = retry.as_deref();
     let policy = RetryPolicy {
+        // A zero per-attempt timeout is none.
+        timeout: attempt_timeout
+            .or(base.and_then(|r| r.timeout))
+            .filter(|d| !d.is_zero()),
+        // The route's pause between retries; retries the headers alone
+        // ask for pause as linkerd2-proxy's do.
+        backoff: match base {
+            Some(r) => r.backoff,
+            None => Some(RetryBackoff::L5D_HEADERS),
+        },
         limit: limit
             .or(base.map(|r| r.limit))
             .unwrap_or(DEFAULT_LIMIT)
@@ -242,5 +253,29 @@ mod tests {
             route,
         );
         assert_eq!((to, r), (Some(Duration::from_secs(1)), None));
+
+        // `l5d-retry-timeout`: the per-attempt timeout, over the route's
+        // policy (its backoff kept); alone, it makes a policy of its own
+        // with linkerd2-proxy's backoff for header-made retries.
+        let mut own = RetryPolicy::on_5xx(2);
+        own.timeout = Some(Duration::from_secs(3));
+        own.backoff = Some(RetryBackoff {
+            min: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            jitter: 0.0,
+        });
+        let routed = Some(Arc::new(own.clone()));
+        let (_, r) = apply(&req(&[("l5d-retry-timeout", "150ms")]), t, routed.clone());
+        let r = r.unwrap();
+        assert_eq!(r.timeout, Some(Duration::from_millis(150)));
+        assert_eq!((r.limit, r.backoff), (2, own.backoff));
+        let (_, r) = apply(&req(&[("l5d-retry-limit", "3")]), t, routed);
+        assert_eq!(r.unwrap().timeout, Some(Duration::from_secs(3)));
+        let (_, r) = apply(&req(&[("l5d-retry-timeout", "1s")]), None, None);
+        let r = r.unwrap();
+        assert_eq!(r.timeout, Some(Duration::from_secs(1)));
+        assert_eq!((r.limit, r.backoff), (1, Some(RetryBackoff::L5D_HEADERS)));
+        let (_, r) = apply(&req(&[("l5d-retry-timeout", "0")]), None, None);
+        assert_eq!(r.unwrap().timeout, None, "zero is none");
     }
 }

@@ -58,7 +58,8 @@ use linkerd2_proxy_api::outbound::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    grpc_code, AccrualSpec, Profile, ProfileRoute, QueueSpec, RequestMatch, RetryPolicy, ValueMatch,
+    grpc_code, AccrualSpec, Profile, ProfileRoute, QueueSpec, RequestMatch, RetryBackoff,
+    RetryPolicy, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -522,7 +523,40 @@ fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
         limit: r.max_retries.min(RetryPolicy::MAX_LIMIT),
         statuses,
         grpc: 0,
+        timeout: attempt_timeout(r.timeout),
+        backoff: retry_backoff(r.backoff.as_ref()),
     }))
+}
+
+/// A retry's per-attempt timeout (zero: none).
+fn attempt_timeout(t: Option<prost_types::Duration>) -> Option<std::time::Duration> {
+    t.and_then(crate::destination::duration)
+        .filter(|d| !d.is_zero())
+}
+
+/// A retry's backoff: none without one, or with a zero maximum; a minimum
+/// above the maximum is the maximum; the jitter is at most 100 (as
+/// linkerd2-proxy bounds it), a non-finite one none.
+fn retry_backoff(
+    b: Option<&linkerd2_proxy_api::outbound::ExponentialBackoff>,
+) -> Option<RetryBackoff> {
+    let b = b?;
+    let max = b.max_backoff.and_then(crate::destination::duration)?;
+    if max.is_zero() {
+        return None;
+    }
+    let min = b
+        .min_backoff
+        .and_then(crate::destination::duration)
+        .unwrap_or_default()
+        .min(max);
+    let jitter = f64::from(b.jitter_ratio);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
+    Some(RetryBackoff { min, max, jitter })
 }
 
 /// A gRPC rule's retry policy: its status codes (none given:
@@ -549,6 +583,8 @@ fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
         limit: r.max_retries.min(RetryPolicy::MAX_LIMIT),
         statuses: Vec::new(),
         grpc,
+        timeout: attempt_timeout(r.timeout),
+        backoff: retry_backoff(r.backoff.as_ref()),
     }))
 }
 

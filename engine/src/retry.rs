@@ -184,6 +184,43 @@ impl Attempts {
         paid
     }
 
+    /// When the next attempt's response head must have arrived: the
+    /// route's per-attempt timeout from `now` when a retry could follow
+    /// it (else the request's `deadline`), and whether that cuts the
+    /// attempt short of the request's deadline.
+    pub(crate) fn attempt_deadline(
+        &self,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> (Option<Instant>, bool) {
+        let per_attempt = self.route.as_ref().and_then(|r| r.timeout);
+        match per_attempt {
+            Some(t) if self.would_retry_answer(now) => {
+                let cut = now + t;
+                match deadline {
+                    Some(d) if d <= cut => (Some(d), false),
+                    _ => (Some(cut), true),
+                }
+            }
+            _ => (deadline, false),
+        }
+    }
+
+    /// The attempt on `addr` had no response head by its per-attempt
+    /// timeout: true when the request goes again to another endpoint (as
+    /// for an answer: allowed, paid for, `addr` avoided).
+    pub(crate) fn retry_timed_out(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        self.route.as_ref().is_some_and(|r| r.timeout.is_some()) && self.retry(addr, now)
+    }
+
+    /// The pause before the retry just granted (the route's backoff; none
+    /// without one).
+    pub(crate) fn backoff(&self) -> Option<std::time::Duration> {
+        let b = self.route.as_ref()?.backoff?;
+        let n = self.answered.len().saturating_sub(1) as u32;
+        Some(b.delay(n, fastrand::f64()))
+    }
+
     /// An attempt on a pooled (`reused`) connection failed before any
     /// response byte: true when it goes again, once, on a new connection.
     pub(crate) fn retry_stale(&mut self, reused: bool) -> bool {
@@ -205,6 +242,25 @@ impl Attempts {
     pub(crate) fn retry_unprocessed(&self, body_sent: bool) -> bool {
         (!body_sent || self.repeatable) && self.tries < MAX_TRIES
     }
+}
+
+/// Pauses before a granted retry, as `attempts`' route asks (never past
+/// the request's `deadline`); `Err` when the deadline came meanwhile.
+pub(crate) async fn pause(
+    attempts: &Attempts,
+    deadline: Option<Instant>,
+) -> Result<(), crate::error::ProxyError> {
+    if let Some(d) = attempts.backoff() {
+        let until = Instant::now() + d;
+        let until = deadline.map_or(until, |dl| dl.min(until));
+        monoio::time::sleep_until(until.into()).await;
+    }
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(crate::error::ProxyError::timeout(
+            "request timed out between retries",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -296,6 +352,8 @@ mod tests {
             limit: 3,
             statuses: vec![(429, 429), (500, 500)],
             grpc: 1 << 14,
+            timeout: None,
+            backoff: None,
         };
         let route = crate::route::RoutePolicy {
             retry: Some(Arc::new(policy)),
@@ -314,6 +372,55 @@ mod tests {
         let mut get = Attempts::with_service(service(6, t0), true, true);
         assert!(!Held::new(get.route()).wants(500));
         assert!(!get.retry_grpc(14, addr(1), t0));
+    }
+
+    /// The per-attempt timeout cuts an attempt short only while a retry
+    /// could follow it (and never past the request's own deadline); a
+    /// timed-out attempt goes again as an answer would.
+    #[test]
+    fn attempt_timeouts_while_a_retry_could_follow() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let policy = RetryPolicy {
+            timeout: Some(ms(200)),
+            backoff: Some(ringmesh_discovery::profile::RetryBackoff {
+                min: ms(10),
+                max: ms(40),
+                jitter: 0.0,
+            }),
+            ..RetryPolicy::on_5xx(2)
+        };
+        let route = crate::route::RoutePolicy {
+            retry: Some(Arc::new(policy)),
+            ..Default::default()
+        };
+        let mut a = Attempts::with_service(service(3, t0), false, true).on_route(&route);
+        assert_eq!(a.attempt_deadline(t0, None), (Some(t0 + ms(200)), true));
+        assert_eq!(
+            a.attempt_deadline(t0, Some(t0 + ms(100))),
+            (Some(t0 + ms(100)), false),
+            "the request's deadline comes first"
+        );
+        assert_eq!(
+            a.attempt_deadline(t0, Some(t0 + ms(900))),
+            (Some(t0 + ms(200)), true)
+        );
+        assert!(a.retry_timed_out(addr(1), t0));
+        assert_eq!(a.backoff(), Some(ms(10)));
+        assert!(a.retry_answer(503, addr(2), t0));
+        assert_eq!(a.backoff(), Some(ms(20)), "doubled");
+        // Every other endpoint answered: no retry could follow, no cut.
+        assert_eq!(a.attempt_deadline(t0, None), (None, false));
+        assert!(!a.retry_timed_out(addr(3), t0));
+        // Without a per-attempt timeout, a timeout is final.
+        let plain = crate::route::RoutePolicy {
+            retry: Some(Arc::new(RetryPolicy::on_5xx(2))),
+            ..Default::default()
+        };
+        let mut a = Attempts::with_service(service(3, t0), true, true).on_route(&plain);
+        assert_eq!(a.attempt_deadline(t0, None), (None, false));
+        assert!(!a.retry_timed_out(addr(1), t0));
+        assert_eq!(a.backoff(), None);
     }
 
     #[test]

@@ -102,7 +102,22 @@ pub(crate) async fn h1_over_h2(
         if !(end && attempts.would_retry_answer(sent_at)) {
             break (up_body, guard, UpstreamHead::Pending(response), sent_at);
         }
-        let resp = await_h2_head(response, deadline, obs, guard.as_ref()).await?;
+        // A route's per-attempt timeout, while a retry could follow.
+        let (attempt_deadline, cut) = attempts.attempt_deadline(sent_at, deadline);
+        let resp = match await_h2_head(response, attempt_deadline, obs, guard.as_ref()).await {
+            Err(Failure::Answer(e)) if cut && e.timed_out() => {
+                match guard.filter(|_| attempts.retry_timed_out(addr, Instant::now())) {
+                    Some(g) => {
+                        obs.retrying(&g);
+                        tracing::debug!(upstream = %addr, "no response within the attempt timeout; retrying on another endpoint");
+                        crate::retry::pause(&attempts, deadline).await?;
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            head => head?,
+        };
         let now = Instant::now();
         if let Some(g) = &guard {
             if attempts.retry_answer(resp.status().as_u16(), addr, now) {
@@ -110,6 +125,7 @@ pub(crate) async fn h1_over_h2(
                 obs.retrying(g);
                 tracing::debug!(upstream = %addr, status = resp.status().as_u16(), "retrying on another endpoint");
                 // (The answer's stream is reset as it is dropped.)
+                crate::retry::pause(&attempts, deadline).await?;
                 continue;
             }
         }
@@ -429,6 +445,7 @@ pub(crate) async fn h2_to_h1(
         limits: Limits::default(),
         deadline: w.response_deadline(request_deadline),
     };
+    let deadline = req.deadline;
     let mut attempts =
         Attempts::new(target, parts.method.is_idempotent(), end).on_route(obs.route());
     let mut fresh = false;
@@ -455,7 +472,14 @@ pub(crate) async fn h2_to_h1(
         // A request without a body can go again after an answer a retry
         // is for: to another endpoint (this connection, its answer
         // unread, is dropped).
-        let may_retry = end && attempts.would_retry_answer(Instant::now());
+        let now = Instant::now();
+        let may_retry = end && attempts.would_retry_answer(now);
+        // A route's per-attempt timeout, while a retry could follow.
+        let (attempt_deadline, cut) = match may_retry {
+            true => attempts.attempt_deadline(now, deadline),
+            false => (deadline, false),
+        };
+        req.deadline = attempt_deadline;
         match h1_attempt(&w.pools.bufs, &mut up, &mut req).await {
             Ok(got) if may_retry && guard.is_some() => {
                 let (status, now) = (got.resp.status(), Instant::now());
@@ -468,6 +492,17 @@ pub(crate) async fn h2_to_h1(
                 tracing::debug!(upstream = %addr, status, "retrying on another endpoint");
                 w.pools.bufs.put(got.ubuf);
                 fresh = false;
+                crate::retry::pause(&attempts, deadline).await?;
+            }
+            Err(e) if cut && e.timed_out() && guard.is_some() => {
+                if !attempts.retry_timed_out(addr, Instant::now()) {
+                    return Err(e.into());
+                }
+                let g = guard.as_ref().expect("checked");
+                obs.retrying(g);
+                tracing::debug!(upstream = %addr, "no response within the attempt timeout; retrying on another endpoint");
+                fresh = false;
+                crate::retry::pause(&attempts, deadline).await?;
             }
             Ok(got) => break (up, addr, guard, got),
             // A pooled connection the upstream closed meanwhile: once more

@@ -1059,7 +1059,7 @@ fn policy_backend(name: u8, fails: bool, hits: Arc<AtomicUsize>) -> Backend {
                 .iter()
                 .any(|l| l.starts_with("l5d-retry-") || l.starts_with("l5d-timeout"));
             hits.fetch_add(1, Ordering::Relaxed);
-            if path.ends_with("/slow") {
+            if path.ends_with("/slow") || (path.contains("/a-slow") && name == b'a') {
                 thread::sleep(Duration::from_secs(2));
             }
             let failing = fails || path.contains("/both");
@@ -1191,6 +1191,112 @@ fn policy_retry_conditions_and_l5d_headers() {
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "the header's timeout"
+    );
+}
+
+/// An outbound policy's per-attempt timeout (`retry.timeout`, and a
+/// request's `l5d-retry-timeout`): an attempt with no response head by
+/// then goes to another endpoint, long before the slow one would answer;
+/// and its backoff: every retried request paused at least that long.
+#[test]
+fn policy_retry_attempt_timeout_and_backoff() {
+    let (a_hits, b_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a = policy_backend(b'a', true, a_hits.clone());
+    let b = policy_backend(b'b', false, b_hits.clone());
+    let cp = Cp::start("policy-retry-timeout");
+    let target = "127.0.0.9:8080";
+    let web = "web.default.svc.cluster.local:8080";
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "{target}": {{"service": "web", "endpoints": [], "http_routes": [
+                {{"name": "attempt", "path_prefix": "/attempt", "backends": [{{"authority": "{web}"}}],
+                  "timeout_ms": 5000, "retry": {{"limit": 1, "timeout_ms": 200}}}},
+                {{"name": "backoff", "path_prefix": "/backoff", "backends": [{{"authority": "{web}"}}],
+                  "retry": {{"limit": 1, "statuses": [[429, 429]], "backoff_ms": 300}}}},
+                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{web}"}}],
+                  "timeout_ms": 5000, "allow_l5d_headers": true}},
+                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{web}"}}]}}
+            ]}},
+            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
+        }}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port(),
+    ));
+    let proxy = policy_proxy(
+        &cp,
+        target,
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let get = move |path: &str, extra: &str| -> (u16, String, Duration) {
+        let (mut w, mut r) = keep_alive(addr);
+        let started = Instant::now();
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
+            .unwrap();
+        let (code, body) = read_response(&mut r).unwrap_or((0, Vec::new()));
+        (
+            code,
+            String::from_utf8_lossy(&body).into_owned(),
+            started.elapsed(),
+        )
+    };
+    // `n` requests at once, each on its own connection (so the balancer,
+    // seeing the others in flight, spreads them over both endpoints).
+    let at_once = |n: usize, path: &'static str, extra: &'static str| {
+        let calls: Vec<_> = (0..n)
+            .map(|_| thread::spawn(move || get(path, extra)))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || get("/x", "").0 == 200),
+        "the policy's backend never answered:\n{}",
+        cp.tail()
+    );
+    // `a` takes 2 s to answer these.
+    for (path, extra) in [
+        ("/attempt/a-slow", ""),
+        ("/hdr/a-slow", "l5d-retry-timeout: 200ms\r\n"),
+    ] {
+        let before = a_hits.load(Ordering::Relaxed);
+        for (code, body, took) in at_once(8, path, extra) {
+            assert_eq!((code, body.trim_end_matches('!')), (200, "b"), "{path}");
+            assert!(took < Duration::from_millis(1500), "{path}: {took:?}");
+        }
+        assert!(
+            a_hits.load(Ordering::Relaxed) > before,
+            "{path}: the slow endpoint was never tried; the test proves nothing"
+        );
+    }
+    // The backoff: a retried request (its first attempt answered 429 by
+    // `a`) paused 300 ms before going to `b`.
+    let (a0, b0) = (
+        a_hits.load(Ordering::Relaxed),
+        b_hits.load(Ordering::Relaxed),
+    );
+    let answers = at_once(12, "/backoff/limited", "");
+    let retried = a_hits.load(Ordering::Relaxed) - a0;
+    assert_eq!(b_hits.load(Ordering::Relaxed) - b0, 12);
+    assert!(
+        retried > 0,
+        "no request went to `a` first; the test proves nothing"
+    );
+    let paused = answers
+        .iter()
+        .inspect(|(code, body, _)| assert_eq!((*code, body.as_str()), (200, "b")))
+        .filter(|(_, _, took)| *took >= Duration::from_millis(300))
+        .count();
+    assert!(
+        paused >= retried,
+        "{retried} retried, {paused} took 300 ms or more: {answers:?}"
     );
 }
 

@@ -737,7 +737,7 @@ class Outbound:
         `path_exact`, `method`, `headers` (exact values), `query`, `host`; `backends`
         (a list of {"authority", "weight", "queue"}: random-available
         through Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
-        (true, or {"limit", "statuses": [[lo, hi]]}), `allow_l5d_headers`,
+        (true, or {"limit", "statuses": [[lo, hi]], "timeout_ms", "backoff_ms"}), `allow_l5d_headers`,
         `filters` (see http_filter)."""
         pb = self.pb
         o, hr = pb.outbound, pb.http_route
@@ -802,6 +802,13 @@ class Outbound:
                 rule.retry.conditions.status_ranges.append(
                     o.HttpRoute.Retry.Conditions.StatusRange(start=lo, end=hi)
                 )
+            # "timeout_ms": the per-attempt timeout; "backoff_ms": a fixed
+            # pause before each retry (min = max, no jitter).
+            if "timeout_ms" in spec:
+                rule.retry.timeout.CopyFrom(duration(pb, spec["timeout_ms"] / 1000.0))
+            if "backoff_ms" in spec:
+                b = duration(pb, spec["backoff_ms"] / 1000.0)
+                rule.retry.backoff.CopyFrom(o.ExponentialBackoff(min_backoff=b, max_backoff=b, jitter_ratio=0.0))
         if r.get("allow_l5d_headers"):
             rule.allow_l5d_request_headers = True
         for f in r.get("filters", []):
