@@ -17,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ringmesh_admin::telemetry::{AuthzKey, AuthzProto, TlsStatus};
+use ringmesh_discovery::profile::{RequestInfo, RequestMatch, RouteFilter};
 
 use crate::config::{DefaultPolicy, InboundPolicy};
 
@@ -45,6 +46,69 @@ pub struct Verdict {
     pub authz_name: Arc<str>,
     /// Why a denial (the `l5d-proxy-error` text).
     pub reason: &'static str,
+    /// The HTTP route that judged a request (`route_kind`, `route_name`;
+    /// `default` for a server without routes, and for connections).
+    pub route_kind: Arc<str>,
+    pub route_name: Arc<str>,
+    /// No route of the server matches the request: 404, not 403.
+    pub no_route: bool,
+    /// The route's filters, applied to the request (failure injection,
+    /// redirect, request header modifier).
+    pub filters: Option<Arc<[RouteFilter]>>,
+    /// A server with HTTP routes judges each request by its route: the
+    /// server and this connection's client.
+    pub per_request: Option<Arc<PerRequest>>,
+}
+
+/// What judging a connection's requests by route needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PerRequest {
+    server: Arc<ServerPolicy>,
+    client: IpAddr,
+    tls: TlsStatus,
+}
+
+impl Verdict {
+    /// The verdict for one request on this connection: its route's, when
+    /// the server judges requests by route (`None`: this one applies).
+    pub fn for_request(&self, req: &dyn RequestInfo) -> Option<Verdict> {
+        let p = self.per_request.as_ref()?;
+        let s = &p.server;
+        let Some(route) = best_route(&s.http_routes, req) else {
+            return Some(NAMES.with(|n| Verdict {
+                allowed: false,
+                srv_kind: s.kind.clone(),
+                srv_name: s.name.clone(),
+                authz_kind: n.empty.clone(),
+                authz_name: n.empty.clone(),
+                reason: "no route found for request",
+                route_kind: n.default.clone(),
+                route_name: n.default.clone(),
+                no_route: true,
+                filters: None,
+                per_request: None,
+            }));
+        };
+        let mut v = s.judge(&route.authorizations, p.client, &p.tls);
+        v.route_kind = route.kind.clone();
+        v.route_name = route.name.clone();
+        v.filters = route.filters.clone();
+        Some(v)
+    }
+}
+
+/// The route of `routes` that matches `req` most specifically (the first
+/// of equals), as linkerd2-proxy picks an inbound route.
+fn best_route<'r>(routes: &'r [InboundRoute], req: &dyn RequestInfo) -> Option<&'r InboundRoute> {
+    let mut best: Option<(ringmesh_discovery::profile::Specificity, &InboundRoute)> = None;
+    for r in routes {
+        if let Some(s) = r.condition.specificity(req) {
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, r));
+            }
+        }
+    }
+    best.map(|(_, r)| r)
 }
 
 thread_local! {
@@ -96,6 +160,11 @@ impl Verdict {
                 },
                 authz_name: if allowed { name } else { n.empty.clone() },
                 reason,
+                route_kind: n.default.clone(),
+                route_name: n.default.clone(),
+                no_route: false,
+                filters: None,
+                per_request: None,
             }
         })
     }
@@ -134,6 +203,30 @@ pub struct ServerPolicy {
     pub authorizations: Vec<Authorization>,
     /// The port's protocol when the server names one (no detection).
     pub protocol: Option<ringmesh_discovery::Protocol>,
+    /// Its HTTP (or gRPC) routes, one per rule; empty: every request is
+    /// judged by the server's authorizations (the default route).
+    pub http_routes: Vec<InboundRoute>,
+}
+
+impl PartialEq for ServerPolicy {
+    /// The same server (a connection's verdict compares by identity).
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for ServerPolicy {}
+
+/// One rule of an inbound route: the requests it matches, who may send
+/// them (the route's authorizations, then the server's, as linkerd2-proxy
+/// merges them), and its filters.
+#[derive(Clone, Debug)]
+pub struct InboundRoute {
+    pub condition: RequestMatch,
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+    pub authorizations: Vec<Authorization>,
+    pub filters: Option<Arc<[RouteFilter]>>,
 }
 
 impl ServerPolicy {
@@ -145,16 +238,35 @@ impl ServerPolicy {
             name: Arc::from("unwatched"),
             authorizations: Vec::new(),
             protocol: None,
+            http_routes: Vec::new(),
         })
     }
 
-    /// The first authorization that lets the client in, or a denial.
-    pub fn check(&self, client: IpAddr, tls: &TlsStatus) -> Verdict {
+    /// The connection's verdict: by the server's authorizations; with
+    /// HTTP routes, each request is judged again by its route
+    /// ([`Verdict::for_request`]).
+    pub fn check(self: &Arc<Self>, client: IpAddr, tls: &TlsStatus) -> Verdict {
+        let mut v = self.judge(&self.authorizations, client, tls);
+        if !self.http_routes.is_empty() {
+            v.per_request = Some(Arc::new(PerRequest {
+                server: self.clone(),
+                client,
+                tls: tls.clone(),
+            }));
+        }
+        v
+    }
+
+    /// The first of `authorizations` that lets the client in, or a
+    /// denial. (linkerd2-proxy also admits loopback clients always; in a
+    /// pod none arrive, and ringmesh leaves them to the server, so a test
+    /// on loopback sees what a remote client would.)
+    fn judge(&self, authorizations: &[Authorization], client: IpAddr, tls: &TlsStatus) -> Verdict {
         let id = match tls {
             TlsStatus::Accepted { client_id } => Some(client_id.as_deref()),
             _ => None,
         };
-        let found = self.authorizations.iter().find(|a| {
+        let found = authorizations.iter().find(|a| {
             let in_net = a.networks.iter().any(|(net, except)| {
                 net.contains(&client) && !except.iter().any(|e| e.contains(&client))
             });
@@ -173,7 +285,7 @@ impl ServerPolicy {
                     },
                 }
         });
-        match found {
+        NAMES.with(|n| match found {
             Some(a) => Verdict {
                 allowed: true,
                 srv_kind: self.kind.clone(),
@@ -181,16 +293,26 @@ impl ServerPolicy {
                 authz_kind: a.kind.clone(),
                 authz_name: a.name.clone(),
                 reason: "",
+                route_kind: n.default.clone(),
+                route_name: n.default.clone(),
+                no_route: false,
+                filters: None,
+                per_request: None,
             },
-            None => NAMES.with(|n| Verdict {
+            None => Verdict {
                 allowed: false,
                 srv_kind: self.kind.clone(),
                 srv_name: self.name.clone(),
                 authz_kind: n.empty.clone(),
                 authz_name: n.empty.clone(),
                 reason: "unauthorized request on route: no authorization of the server admits the client",
-            }),
-        }
+                route_kind: n.default.clone(),
+                route_name: n.default.clone(),
+                no_route: false,
+                filters: None,
+                per_request: None,
+            },
+        })
     }
 }
 
@@ -250,6 +372,8 @@ pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsS
         srv_name: v.srv_name.clone(),
         authz_kind: v.authz_kind.clone(),
         authz_name: v.authz_name.clone(),
+        route_kind: v.route_kind.clone(),
+        route_name: v.route_name.clone(),
         tls: tls.clone(),
     }
 }

@@ -49,6 +49,8 @@ pub(crate) enum Kind {
     Answered(u16),
     /// Inbound authorization denied the client (policy).
     Forbidden,
+    /// No HTTP route of the inbound server matches the request: 404.
+    NoRoute,
     /// The worker's share of `LINKERD2_PROXY_*_MAX_IN_FLIGHT` is in
     /// flight: load shed.
     Overloaded,
@@ -102,6 +104,8 @@ struct FilterAnswer {
 pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
 /// gRPC's PERMISSION_DENIED: an authorization denial.
 pub(crate) const GRPC_PERMISSION_DENIED: u32 = 7;
+/// `NOT_FOUND`.
+pub(crate) const GRPC_NOT_FOUND: u32 = 5;
 
 impl ProxyError {
     pub(crate) fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -198,6 +202,10 @@ impl ProxyError {
         }
     }
 
+    pub(crate) fn no_route() -> Self {
+        Self::new(Kind::NoRoute, "no route found for request")
+    }
+
     pub(crate) fn forbidden(reason: &'static str) -> Self {
         Self::new(Kind::Forbidden, reason)
     }
@@ -242,7 +250,9 @@ impl ProxyError {
 
     pub(crate) fn side(&self) -> Side {
         match self.kind {
-            Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden => Side::Downstream,
+            Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden | Kind::NoRoute => {
+                Side::Downstream
+            }
             Kind::Injected(_) | Kind::InjectedGrpc(_) | Kind::Redirect(_) | Kind::BadFilter => {
                 Side::Internal
             }
@@ -268,6 +278,7 @@ impl ProxyError {
             Kind::BadFilter => 500,
             Kind::HeadTimeout => 408,
             Kind::Forbidden => 403,
+            Kind::NoRoute => 404,
             Kind::NoEndpoints | Kind::Unresolved | Kind::Overloaded => 503,
             Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
@@ -279,6 +290,7 @@ impl ProxyError {
         match self.kind {
             Kind::Malformed(_) | Kind::HeadTimeout => "bad_request",
             Kind::Forbidden => "unauthorized",
+            Kind::NoRoute => "route_not_found",
             Kind::NoEndpoints => "no_endpoints",
             Kind::Overloaded => "load_shed",
             Kind::Unresolved => "unresolved",
@@ -312,6 +324,7 @@ impl ProxyError {
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,
+            Kind::NoRoute => GRPC_NOT_FOUND,
             Kind::InjectedGrpc(code) => u32::from(code),
             _ => GRPC_UNAVAILABLE,
         }
@@ -426,6 +439,7 @@ mod tests {
             (Kind::Answered(503), 503, "upstream_failed", Side::Upstream),
             (Kind::Answered(502), 502, "upstream_failed", Side::Upstream),
             (Kind::Forbidden, 403, "unauthorized", Side::Downstream),
+            (Kind::NoRoute, 404, "route_not_found", Side::Downstream),
             (Kind::Overloaded, 503, "load_shed", Side::Internal),
         ];
         for (kind, status, label, side) in cases {
@@ -435,10 +449,10 @@ mod tests {
                 (status, label, side),
                 "{kind:?}"
             );
-            let grpc = if kind == Kind::Forbidden {
-                GRPC_PERMISSION_DENIED
-            } else {
-                GRPC_UNAVAILABLE
+            let grpc = match kind {
+                Kind::Forbidden => GRPC_PERMISSION_DENIED,
+                Kind::NoRoute => GRPC_NOT_FOUND,
+                _ => GRPC_UNAVAILABLE,
             };
             assert_eq!(e.grpc_status(), grpc, "{kind:?}");
             assert!(e.closes_connection(), "{kind:?}");

@@ -201,10 +201,14 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         log_answer(t.w, t.c.peer, None, &e);
         return answer(t, obs, e).await;
     }
-    if let HttpDst::Local(addr, verdict) = dst {
-        obs.authorized(*addr, verdict);
-    }
     let request = crate::route::H1Req(t.req);
+    let judged = crate::route::judged(dst, &request);
+    let dst = judged.as_ref().unwrap_or(dst);
+    if let HttpDst::Local(addr, verdict) = dst {
+        if !verdict.no_route {
+            obs.authorized(*addr, verdict);
+        }
+    }
     let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), &request).await {
         Ok(d) => d,
         Err(e) => {

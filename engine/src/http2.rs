@@ -355,8 +355,12 @@ async fn forward(
     if let Some(e) = obs.shed() {
         return Err(Failure::Answer(e));
     }
+    let judged = crate::route::judged(dst, &crate::route::H2Req(&req));
+    let dst = judged.as_ref().unwrap_or(dst);
     if let HttpDst::Local(addr, verdict) = dst {
-        obs.authorized(*addr, verdict);
+        if !verdict.no_route {
+            obs.authorized(*addr, verdict);
+        }
     }
     let (target, policy) = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);

@@ -274,7 +274,7 @@ fn route_name(m: Option<&Metadata>) -> Option<Arc<str>> {
     }
 }
 
-fn hosts(hosts: &[hr::HostMatch]) -> Option<RequestMatch> {
+pub(crate) fn hosts(hosts: &[hr::HostMatch]) -> Option<RequestMatch> {
     if hosts.is_empty() {
         return None;
     }
@@ -320,7 +320,7 @@ fn header(h: &hr::HeaderMatch) -> Result<RequestMatch, String> {
 
 /// One HTTP route match (all of its parts). Without a path, the prefix
 /// `/`: the Gateway API's default, which ranks it as such.
-fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
+pub(crate) fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
     let mut all = Vec::new();
     match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
         Some(hr::path_match::Kind::Exact(p)) => all.push(RequestMatch::PathExact(p.clone())),
@@ -362,7 +362,9 @@ fn query_param(q: &hr::QueryParamMatch) -> Result<RequestMatch, String> {
 
 /// One gRPC route match: a `POST` to `/service/method` (either may be
 /// left out, matching any) and its headers.
-fn grpc_match(m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> Result<RequestMatch, String> {
+pub(crate) fn grpc_match(
+    m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch,
+) -> Result<RequestMatch, String> {
     let rpc = m.rpc.as_ref().ok_or("a gRPC match without an RPC match")?;
     let name = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let mut all = vec![RequestMatch::Rpc {
@@ -377,7 +379,7 @@ fn grpc_match(m: &linkerd2_proxy_api::grpc_route::GrpcRouteMatch) -> Result<Requ
 
 /// A rule's condition: its hosts (if any) and any of its matches (none:
 /// every request).
-fn condition(hosts: Option<RequestMatch>, matches: Vec<RequestMatch>) -> RequestMatch {
+pub(crate) fn condition(hosts: Option<RequestMatch>, matches: Vec<RequestMatch>) -> RequestMatch {
     let mut all = Vec::new();
     all.extend(hosts);
     if !matches.is_empty() {

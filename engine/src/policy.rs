@@ -38,7 +38,7 @@ use linkerd2_proxy_api::inbound::{authn, PortSpec, Server};
 use ringmesh_discovery::channel::{Cache, Published, Publisher, Subscriber};
 use ringmesh_discovery::Protocol;
 
-use crate::authz::{Authn, Authorization, ServerPolicy};
+use crate::authz::{Authn, Authorization, InboundRoute, ServerPolicy};
 use crate::config::{PolicyConfig, StreamLimits};
 use crate::identity::IdentityState;
 use crate::stream::{self, Client, StreamCounters};
@@ -171,73 +171,206 @@ fn label(labels: &HashMap<String, String>, key: &str, default: &str) -> Arc<str>
 /// that parses, no authentication) are dropped, which only ever admits
 /// fewer clients.
 fn server_policy(port: u16, s: Server) -> ServerPolicy {
-    let authorizations = s
+    let authorizations: Vec<Authorization> = s
         .authorizations
         .into_iter()
-        .filter_map(|a| {
-            let name = label(&a.labels, "name", "");
-            let networks: Vec<_> = a
-                .networks
-                .into_iter()
-                .filter_map(|n| {
-                    let net = ipnet::IpNet::try_from(n.net?).ok()?;
-                    let except = n
-                        .except
-                        .into_iter()
-                        .filter_map(|e| ipnet::IpNet::try_from(e).ok())
-                        .collect();
-                    Some((net, except))
-                })
-                .collect();
-            let authn = match a.authentication.and_then(|a| a.permit) {
-                Some(authn::Permit::Unauthenticated(_)) => Authn::Unauthenticated,
-                Some(authn::Permit::MeshTls(m)) => match m.clients {
-                    Some(authn::permit_mesh_tls::Clients::Unauthenticated(_)) => Authn::AnyTls,
-                    Some(authn::permit_mesh_tls::Clients::Identities(ids)) => Authn::Identities {
-                        names: ids.identities.into_iter().map(|i| i.name).collect(),
-                        suffixes: ids
-                            .suffixes
-                            .into_iter()
-                            .map(|s| {
-                                if s.parts.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(".{}", s.parts.join("."))
-                                }
-                            })
-                            .collect(),
-                    },
-                    None => {
-                        tracing::warn!(port, authorization = %name, "mesh TLS authorization without clients; dropped");
-                        return None;
-                    }
-                },
-                None => {
-                    tracing::warn!(port, authorization = %name, "authorization without authentication; dropped");
-                    return None;
-                }
-            };
-            Some(Authorization {
-                networks,
-                authn,
-                kind: label(&a.labels, "kind", "default"),
-                name,
-            })
-        })
+        .filter_map(|a| authorization(port, a))
         .collect();
     use linkerd2_proxy_api::inbound::proxy_protocol::Kind;
-    let protocol = match s.protocol.and_then(|p| p.kind) {
+    let kind = s.protocol.and_then(|p| p.kind);
+    let protocol = match &kind {
         Some(Kind::Opaque(_) | Kind::Tls(_)) => Some(Protocol::Opaque),
         Some(Kind::Http1(_)) => Some(Protocol::Http1),
         Some(Kind::Http2(_) | Kind::Grpc(_)) => Some(Protocol::Http2),
         Some(Kind::Detect(_)) | None => None,
+    };
+    let http_routes = match kind {
+        Some(Kind::Detect(d)) => http_routes(port, d.http_routes, &authorizations),
+        Some(Kind::Http1(h)) => http_routes(port, h.routes, &authorizations),
+        Some(Kind::Http2(h)) => http_routes(port, h.routes, &authorizations),
+        Some(Kind::Grpc(g)) => grpc_routes(port, g.routes, &authorizations),
+        _ => Vec::new(),
     };
     ServerPolicy {
         kind: label(&s.labels, "kind", "default"),
         name: label(&s.labels, "name", ""),
         authorizations,
         protocol,
+        http_routes,
     }
+}
+
+/// One authorization, or `None` when it cannot be used (logged).
+fn authorization(port: u16, a: linkerd2_proxy_api::inbound::Authz) -> Option<Authorization> {
+    let name = label(&a.labels, "name", "");
+    let networks: Vec<_> = a
+        .networks
+        .into_iter()
+        .filter_map(|n| {
+            let net = ipnet::IpNet::try_from(n.net?).ok()?;
+            let except = n
+                .except
+                .into_iter()
+                .filter_map(|e| ipnet::IpNet::try_from(e).ok())
+                .collect();
+            Some((net, except))
+        })
+        .collect();
+    let authn = match a.authentication.and_then(|a| a.permit) {
+        Some(authn::Permit::Unauthenticated(_)) => Authn::Unauthenticated,
+        Some(authn::Permit::MeshTls(m)) => match m.clients {
+            Some(authn::permit_mesh_tls::Clients::Unauthenticated(_)) => Authn::AnyTls,
+            Some(authn::permit_mesh_tls::Clients::Identities(ids)) => Authn::Identities {
+                names: ids.identities.into_iter().map(|i| i.name).collect(),
+                suffixes: ids
+                    .suffixes
+                    .into_iter()
+                    .map(|s| {
+                        if s.parts.is_empty() {
+                            String::new()
+                        } else {
+                            format!(".{}", s.parts.join("."))
+                        }
+                    })
+                    .collect(),
+            },
+            None => {
+                tracing::warn!(port, authorization = %name, "mesh TLS authorization without clients; dropped");
+                return None;
+            }
+        },
+        None => {
+            tracing::warn!(port, authorization = %name, "authorization without authentication; dropped");
+            return None;
+        }
+    };
+    Some(Authorization {
+        networks,
+        authn,
+        kind: label(&a.labels, "kind", "default"),
+        name,
+    })
+}
+
+/// A route's `route_kind` and `route_name` labels.
+fn route_labels(m: Option<&linkerd2_proxy_api::meta::Metadata>) -> (Arc<str>, Arc<str>) {
+    use linkerd2_proxy_api::meta::metadata::Kind;
+    match m.and_then(|m| m.kind.as_ref()) {
+        Some(Kind::Resource(r)) => (r.kind.as_str().into(), r.name.as_str().into()),
+        Some(Kind::Default(name)) => ("default".into(), name.as_str().into()),
+        None => ("default".into(), "default".into()),
+    }
+}
+
+/// A route's authorizations: its own, then the server's (linkerd2-proxy
+/// extends the server's list with the route's).
+fn route_authorizations(
+    port: u16,
+    own: Vec<linkerd2_proxy_api::inbound::Authz>,
+    server: &[Authorization],
+) -> Vec<Authorization> {
+    own.into_iter()
+        .filter_map(|a| authorization(port, a))
+        .chain(server.iter().cloned())
+        .collect()
+}
+
+/// A server's HTTP routes, a rule each (a rule that cannot be used is
+/// skipped, logged: it admits no request, which fails closed).
+fn http_routes(
+    port: u16,
+    routes: Vec<linkerd2_proxy_api::inbound::HttpRoute>,
+    server: &[Authorization],
+) -> Vec<InboundRoute> {
+    use linkerd2_proxy_api::http_route::HttpRouteMatch;
+    use linkerd2_proxy_api::inbound::http_route::filter::Kind as In;
+    use linkerd2_proxy_api::outbound::http_route::{filter::Kind as Out, Filter};
+    let mut out = Vec::new();
+    for r in routes {
+        let (kind, name) = route_labels(r.metadata.as_ref());
+        let hosts = crate::outbound::hosts(&r.hosts);
+        let authorizations = route_authorizations(port, r.authorizations, server);
+        for rule in r.rules {
+            let matches: Result<Vec<_>, String> = match &rule.matches[..] {
+                [] => crate::outbound::http_match(&HttpRouteMatch::default()).map(|m| vec![m]),
+                ms => ms.iter().map(crate::outbound::http_match).collect(),
+            };
+            // The outbound filter type carries the same filters.
+            let filters: Vec<Filter> = rule
+                .filters
+                .into_iter()
+                .map(|f| Filter {
+                    kind: f.kind.map(|k| match k {
+                        In::FailureInjector(f) => Out::FailureInjector(f),
+                        In::RequestHeaderModifier(m) => Out::RequestHeaderModifier(m),
+                        In::Redirect(r) => Out::Redirect(r),
+                    }),
+                })
+                .collect();
+            let usable =
+                matches.and_then(|m| Ok((m, crate::route_filter::http(&filters, &rule.matches)?)));
+            match usable {
+                Ok((matches, filters)) => out.push(InboundRoute {
+                    condition: crate::outbound::condition(hosts.clone(), matches),
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    authorizations: authorizations.clone(),
+                    filters,
+                }),
+                Err(why) => {
+                    tracing::warn!(port, route = %name, why, "inbound route rule skipped");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A gRPC server's routes, as [`http_routes`].
+fn grpc_routes(
+    port: u16,
+    routes: Vec<linkerd2_proxy_api::inbound::GrpcRoute>,
+    server: &[Authorization],
+) -> Vec<InboundRoute> {
+    use linkerd2_proxy_api::inbound::grpc_route::filter::Kind as In;
+    use linkerd2_proxy_api::outbound::grpc_route::{filter::Kind as Out, Filter};
+    let mut out = Vec::new();
+    for r in routes {
+        let (kind, name) = route_labels(r.metadata.as_ref());
+        let hosts = crate::outbound::hosts(&r.hosts);
+        let authorizations = route_authorizations(port, r.authorizations, server);
+        for rule in r.rules {
+            let matches: Result<Vec<_>, String> = rule
+                .matches
+                .iter()
+                .map(crate::outbound::grpc_match)
+                .collect();
+            let filters: Vec<Filter> = rule
+                .filters
+                .into_iter()
+                .map(|f| Filter {
+                    kind: f.kind.map(|k| match k {
+                        In::FailureInjector(f) => Out::FailureInjector(f),
+                        In::RequestHeaderModifier(m) => Out::RequestHeaderModifier(m),
+                    }),
+                })
+                .collect();
+            let usable = matches.and_then(|m| Ok((m, crate::route_filter::grpc(&filters)?)));
+            match usable {
+                Ok((matches, filters)) => out.push(InboundRoute {
+                    condition: crate::outbound::condition(hosts.clone(), matches),
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    authorizations: authorizations.clone(),
+                    filters,
+                }),
+                Err(why) => {
+                    tracing::warn!(port, route = %name, why, "inbound route rule skipped");
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(fuzzing)]
@@ -320,7 +453,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let p = server_policy(8080, server);
+        let p = Arc::new(server_policy(8080, server));
         assert_eq!((&*p.kind, &*p.name), ("server", "web-http"));
         assert_eq!(p.authorizations.len(), 1);
         let meshed = |id: &str| TlsStatus::Accepted {
@@ -352,5 +485,86 @@ mod tests {
             !p.check("10.1.1.1".parse().unwrap(), &TlsStatus::NO_PROXY_IDENTITY)
                 .allowed
         );
+    }
+
+    /// A server's HTTP routes judge each request: the most specific route
+    /// that matches, its authorizations then the server's; no route: 404.
+    #[test]
+    fn routes_judge_each_request() {
+        use linkerd2_proxy_api::http_route::{path_match, HttpRouteMatch, PathMatch};
+        use linkerd2_proxy_api::inbound::{http_route, proxy_protocol, HttpRoute, ProxyProtocol};
+        use linkerd2_proxy_api::meta::{metadata, Metadata, Resource};
+        let anyone = Authz {
+            networks: vec![Network {
+                net: Some(net("0.0.0.0/0")),
+                except: vec![],
+            }],
+            authentication: Some(PAuthn {
+                permit: Some(authn::Permit::Unauthenticated(Default::default())),
+            }),
+            labels: [("name".to_string(), "open".to_string())].into(),
+            ..Default::default()
+        };
+        let route = |name: &str, prefix: &str, authz: Vec<Authz>| HttpRoute {
+            metadata: Some(Metadata {
+                kind: Some(metadata::Kind::Resource(Resource {
+                    kind: "HTTPRoute".into(),
+                    name: name.into(),
+                    ..Default::default()
+                })),
+            }),
+            authorizations: authz,
+            rules: vec![http_route::Rule {
+                matches: vec![HttpRouteMatch {
+                    path: Some(PathMatch {
+                        kind: Some(path_match::Kind::Prefix(prefix.into())),
+                    }),
+                    ..Default::default()
+                }],
+                filters: vec![],
+            }],
+            ..Default::default()
+        };
+        let server = Server {
+            protocol: Some(ProxyProtocol {
+                kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+                    http_routes: vec![
+                        route("public", "/", vec![anyone]),
+                        route("private", "/admin", vec![]),
+                    ],
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        };
+        let p = Arc::new(server_policy(8080, server));
+        assert_eq!(p.http_routes.len(), 2);
+        let client: std::net::IpAddr = "10.1.1.1".parse().unwrap();
+        let conn = p.check(client, &TlsStatus::NO_PROXY_IDENTITY);
+        assert!(!conn.allowed, "the server itself admits no one");
+        let judge = |path| {
+            let req = ringmesh_discovery::profile::Req {
+                method: "GET",
+                path,
+                host: Some("web"),
+                headers: &[],
+            };
+            conn.for_request(&req).expect("judged by route")
+        };
+        let v = judge("/index.html");
+        assert!(v.allowed && !v.no_route);
+        assert_eq!(
+            (&*v.route_kind, &*v.route_name, &*v.authz_name),
+            ("HTTPRoute", "public", "open")
+        );
+        let v = judge("/admin/x");
+        assert!(!v.allowed && !v.no_route, "the longer prefix wins");
+        assert_eq!(&*v.route_name, "private");
+        // Without routes, the connection's verdict stands.
+        let plain = Arc::new(server_policy(8080, Server::default()));
+        assert!(plain
+            .check(client, &TlsStatus::NO_PROXY_IDENTITY)
+            .per_request
+            .is_none());
     }
 }

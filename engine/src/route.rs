@@ -171,6 +171,18 @@ pub(crate) enum Dst {
     Addr(SocketAddr),
 }
 
+/// The request's destination as its inbound route judges it, when the
+/// port's server has HTTP routes (the connection's verdict otherwise
+/// stands): who may send it, and the route's filters.
+pub(crate) fn judged(dst: &HttpDst, req: &dyn RequestInfo) -> Option<HttpDst> {
+    match dst {
+        HttpDst::Local(addr, v) => v
+            .for_request(req)
+            .map(|v| HttpDst::Local(*addr, Box::new(v))),
+        _ => None,
+    }
+}
+
 /// What the service's profile says of one request: its route's timeout
 /// and whether it may be retried (nothing without a profile or a
 /// matching route).
@@ -265,6 +277,12 @@ pub(crate) async fn resolve(
     };
     let (next, mut policy, accrual) = choose(r, d, req);
     policy.dst_override = overridden.is_some();
+    // An inbound route's filters.
+    if let HttpDst::Local(_, v) = dst {
+        if v.filters.is_some() {
+            policy.filters = v.filters.clone();
+        }
+    }
     // The route's failure injection or redirect answers before a backend
     // is waited for.
     if let Some(answer) = policy
@@ -549,6 +567,7 @@ async fn resolve_now(
     match dst {
         HttpDst::OrigDst(addr) => Ok(by_addr(*addr)),
         HttpDst::Local(addr, v) if v.allowed => Ok(Dst::Addr(*addr)),
+        HttpDst::Local(_, v) if v.no_route => Err(ProxyError::no_route()),
         HttpDst::Local(_, v) => Err(ProxyError::forbidden(v.reason)),
         HttpDst::Forward(name) => match snap.service(name) {
             Some(svc) => Ok(Dst::Service(svc.clone(), r.balancer(svc))),

@@ -1526,6 +1526,140 @@ fn policy_api_servers_authorize_by_identity() {
     assert!(get(inbound, "/echo-head", "").starts_with("HTTP/1.1 403"));
 }
 
+/// The policy API's HTTP routes (`HTTPRoute`s of the server, each with an
+/// `AuthorizationPolicy` of its own): each request is judged by the route
+/// it matches most specifically — a route open to everyone, one for A's
+/// identity only, a failure injection — while the server's own
+/// authorizations admit no one; a request no route matches gets 404. The
+/// authz metrics name the route.
+#[test]
+fn policy_api_routes_authorize_each_request() {
+    let pki = Pki::new("policy-routes");
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let cp = common::cp::Cp::start("policy-routes");
+    cp.write_loaded(&format!(
+        r#"{{"inbound": {{"ports": {{"{}": {{
+            "server": {{"name": "web-http", "identities": []}},
+            "routes": [
+                {{"name": "public", "path_prefix": "/", "unauthenticated": true}},
+                {{"name": "private", "path_prefix": "/echo-head", "identities": ["{A}"]}},
+                {{"name": "teapot", "path_exact": "/teapot", "unauthenticated": true,
+                  "filters": [{{"fail": {{"status": 418, "message": "short and stout"}}}}]}},
+                {{"name": "c-only", "path_exact": "/status/202", "identities": ["{C}"]}}
+            ]}}}}}}}}"#,
+        app.addr.port(),
+    ));
+    let cp_addr = cp.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    let (a_leaf, c_leaf) = (pki.good("a", A), pki.good("c", C));
+    let meshed = |leaf: &Leaf, path: &str| {
+        let mut s = tls_to(inbound, client_config(&pki, Some(leaf), true));
+        s.write_all(&header(app.addr.port(), &[])).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let status = |answer: &str| answer.get(9..12).unwrap_or("").to_string();
+    // The public route: anyone, plaintext too.
+    assert!(
+        eventually(Duration::from_secs(5), || status(&get(
+            inbound, "/hello", ""
+        )) == "200"),
+        "the public route never admitted a plaintext client: {}\n{}",
+        get(inbound, "/hello", ""),
+        cp.tail()
+    );
+    assert_eq!(status(&meshed(&c_leaf, "/hello")), "200");
+    // The private route (a longer prefix than the public one): A only.
+    assert_eq!(status(&meshed(&a_leaf, "/echo-head")), "200");
+    let denied = meshed(&c_leaf, "/echo-head");
+    assert_eq!(status(&denied), "403", "{denied}");
+    assert_eq!(status(&get(inbound, "/echo-head", "")), "403");
+    // An exact path, C only (A is not admitted by the server either).
+    assert_eq!(status(&meshed(&c_leaf, "/status/202")), "202");
+    assert_eq!(status(&meshed(&a_leaf, "/status/202")), "403");
+    // The route's filter answers, for anyone.
+    let teapot = get(inbound, "/teapot", "");
+    assert_eq!(status(&teapot), "418", "{teapot}");
+    assert!(teapot.contains("short and stout"), "{teapot}");
+
+    let (_, m) = admin(&b, "/metrics");
+    let allowed = |route: &str, authz: &str| {
+        m.lines().any(|l| {
+            l.starts_with("inbound_http_authz_allow_total{")
+                && l.contains("srv_kind=\"server\",srv_name=\"web-http\"")
+                && l.contains(&format!("route_kind=\"HTTPRoute\",route_name=\"{route}\""))
+                && l.contains(&format!("authz_name=\"{authz}\""))
+        })
+    };
+    assert!(allowed("public", "public-public"), "{m}");
+    assert!(allowed("private", "private-authz"), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("inbound_http_authz_deny_total{")
+                && l.contains("route_name=\"private\"")
+                && l.contains(&format!("client_id=\"{C}\""))),
+        "{m}"
+    );
+    drop(b);
+
+    // Without the public route, a request no route matches: 404.
+    cp.write(&format!(
+        r#"{{"inbound": {{"ports": {{"{}": {{
+            "server": {{"name": "web-http", "identities": []}},
+            "routes": [{{"name": "private", "path_prefix": "/echo-head", "identities": ["{A}"]}}]
+            }}}}}}}}"#,
+        app.addr.port(),
+    ));
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || status(&get(
+            inbound, "/other", ""
+        )) == "404"),
+        "no 404 for a request no route matches: {}",
+        get(inbound, "/other", "")
+    );
+    assert_eq!(status(&get(inbound, "/echo-head", "")), "403");
+}
+
 /// The policy API's server protocol: a port the server marks `opaque` is
 /// relayed without protocol detection (an HTTP-looking request reaches
 /// the echo backend as bytes and comes back as they were), where detection

@@ -607,6 +607,79 @@ fn discovery_updates_and_identity_checks(a: Sidecar) {
     }
 }
 
+/// The inbound policy's HTTP routes on B's sidecar, each with its own
+/// authorization (the server's admits no one): the route a request matches
+/// decides — anyone, A's identity only, another identity only, a failure
+/// injection — and a request no route matches gets 404. linkerd2-proxy is
+/// the reference; ringmesh must answer the same, but for the failure
+/// injection, which ringmesh answers with the filter's status.
+#[test]
+fn linkerd2_proxy_inbound_routes() {
+    // (linkerd2-proxy's inbound side answers its own failure injection
+    // with 500: its error rescue does not know the injected failure.)
+    inbound_routes(Sidecar::linkerd2_proxy(), "500");
+}
+
+/// The same, ringmesh on B.
+#[test]
+fn ringmesh_inbound_routes() {
+    inbound_routes(Sidecar::ringmesh("uring"), "418");
+}
+
+fn inbound_routes(b: Sidecar, injected: &str) {
+    let mesh = Mesh::start(Sidecar::linkerd2_proxy(), b, |a, b| {
+        let other = "c.default.serviceaccount.identity.linkerd.cluster.local";
+        let server = format!(
+            r#"{{"server": {{"name": "web-http", "identities": []}}, "routes": [
+                {{"name": "hello", "path_exact": "/hello", "unauthenticated": true}},
+                {{"name": "private", "path_prefix": "/echo-head", "identities": ["{other}"]}},
+                {{"name": "a-only", "path_prefix": "/status", "identities": ["{a}"]}},
+                {{"name": "teapot", "path_exact": "/teapot", "unauthenticated": true,
+                  "filters": [{{"fail": {{"status": 418, "message": "short and stout"}}}}]}}
+            ]}}"#,
+            a = a.identity
+        );
+        CpConfig::default()
+            .with_meshed(b, HTTP1_PORT, false)
+            .with_inbound(HTTP1_PORT, &server)
+    });
+    let b = mesh.b.info.clone();
+    let addr = b.addr(HTTP1_PORT);
+    let _app = common::http::origin_on(within(&b.ns, move || common::listen(addr)), "b");
+    let status = |path: &str| {
+        let (ok, out, err) = curl(
+            &mesh,
+            &[
+                "--http1.1",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{addr}{path}"),
+            ],
+        );
+        check!(mesh, ok, "curl {path} failed: {err}");
+        out.trim().to_string()
+    };
+    let ready = common::eventually(Duration::from_secs(20), || status("/hello") == "200");
+    check!(
+        mesh,
+        ready,
+        "the open route never answered: {}",
+        status("/hello")
+    );
+    for (path, want) in [
+        ("/hello", "200"),
+        ("/echo-head", "403"),
+        ("/status/202", "202"),
+        ("/teapot", injected),
+        ("/other", "404"),
+    ] {
+        let got = status(path);
+        check!(mesh, got == want, "{path}: {got}, not {want}");
+    }
+}
+
 /// An outbound policy's route filters on A's sidecar, from the fake
 /// control plane: failure injection, a redirect replacing the matched
 /// prefix, request and response header modifiers on a route to B over

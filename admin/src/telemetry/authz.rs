@@ -34,6 +34,10 @@ pub struct AuthzKey {
     /// for a denial.
     pub authz_kind: Arc<str>,
     pub authz_name: Arc<str>,
+    /// The route that judged an HTTP request (`route_kind`,
+    /// `route_name`: `default` without routes).
+    pub route_kind: Arc<str>,
+    pub route_name: Arc<str>,
     pub tls: TlsStatus,
 }
 
@@ -115,8 +119,8 @@ fn labels(k: &AuthzKey) -> String {
     push_label(&mut s, "srv_name", &k.srv_name);
     if k.proto == AuthzProto::Http {
         push_label(&mut s, "route_group", "");
-        push_label(&mut s, "route_kind", "default");
-        push_label(&mut s, "route_name", "default");
+        push_label(&mut s, "route_kind", &k.route_kind);
+        push_label(&mut s, "route_name", &k.route_name);
     }
     if k.allowed {
         push_label(&mut s, "authz_group", "");
@@ -142,6 +146,8 @@ mod tests {
             srv_name: "all-authenticated".into(),
             authz_kind: "default".into(),
             authz_name: "all-authenticated".into(),
+            route_kind: "default".into(),
+            route_name: "default".into(),
             tls: TlsStatus::Accepted {
                 client_id: Some("a.ns.serviceaccount.identity.linkerd.cluster.local".into()),
             },

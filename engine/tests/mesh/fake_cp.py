@@ -972,19 +972,24 @@ class Inbound:
             metadata=meta.Metadata(default="default"),
             rules=[i.HttpRoute.Rule(matches=[pb.http_route.HttpRouteMatch(path=pb.http_route.PathMatch(prefix="/"))])],
         )
+        # "routes": HTTPRoutes of the server instead of the default route,
+        # each [{"name", "path_prefix" | "path_exact", "identities": [...]
+        # (an AuthorizationPolicy on the route: mesh TLS from those) or
+        # "unauthenticated": true, "filters": [see Outbound.http_filter]}].
+        routes = [self.route(r) for r in port_conf.get("routes", [])] or [route]
         if protocol == "detect":
             proto = i.ProxyProtocol(
                 detect=i.ProxyProtocol.Detect(
                     timeout=duration(pb, conf.get("detect_timeout_ms", 10000) / 1000.0),
-                    http_routes=[route],
+                    http_routes=routes,
                 )
             )
         elif protocol == "opaque":
             proto = i.ProxyProtocol(opaque=i.ProxyProtocol.Opaque())
         elif protocol == "http1":
-            proto = i.ProxyProtocol(http1=i.ProxyProtocol.Http1(routes=[route]))
+            proto = i.ProxyProtocol(http1=i.ProxyProtocol.Http1(routes=routes))
         elif protocol == "http2":
-            proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=[route]))
+            proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=routes))
         else:
             raise ValueError("inbound protocol must be detect, opaque, http1 or http2, not %r" % protocol)
         labels = (
@@ -993,6 +998,52 @@ class Inbound:
             else {"group": "", "kind": "default", "name": policy}
         )
         return i.Server(protocol=proto, authorizations=authzs, labels=labels)
+
+    def route(self, r):
+        """One configured inbound HTTPRoute (see `server`)."""
+        pb = self.pb
+        i, meta, hr = pb.inbound, pb.meta, pb.http_route
+        match = hr.HttpRouteMatch()
+        if "path_prefix" in r:
+            match.path.prefix = r["path_prefix"]
+        if "path_exact" in r:
+            match.path.exact = r["path_exact"]
+        everyone = [i.Network(net=ip_network(pb.net, "0.0.0.0/0")), i.Network(net=ip_network(pb.net, "::/0"))]
+        authzs = []
+        if r.get("unauthenticated"):
+            authzs.append(
+                i.Authz(
+                    networks=everyone,
+                    authentication=i.Authn(unauthenticated=i.Authn.PermitUnauthenticated()),
+                    labels={"group": "policy.linkerd.io", "kind": "authorizationpolicy", "name": r["name"] + "-public"},
+                )
+            )
+        if "identities" in r:
+            authzs.append(
+                i.Authz(
+                    networks=everyone,
+                    authentication=i.Authn(
+                        meshTLS=i.Authn.PermitMeshTLS(
+                            identities=i.Authn.PermitMeshTLS.PermitClientIdentities(
+                                identities=[i.Identity(name=n) for n in r["identities"]]
+                            )
+                        )
+                    ),
+                    labels={"group": "policy.linkerd.io", "kind": "authorizationpolicy", "name": r["name"] + "-authz"},
+                )
+            )
+        # (The inbound filter kinds are the outbound ones' HTTP subset.)
+        filters = []
+        for f in r.get("filters", []):
+            out = Outbound.http_filter(self, f)
+            filters.append(i.HttpRoute.Filter(**{out.WhichOneof("kind"): getattr(out, out.WhichOneof("kind"))}))
+        return i.HttpRoute(
+            metadata=meta.Metadata(
+                resource=meta.Resource(group="policy.linkerd.io", kind="HTTPRoute", name=r["name"], namespace="default")
+            ),
+            authorizations=authzs,
+            rules=[i.HttpRoute.Rule(matches=[match], filters=filters)],
+        )
 
     async def get_port(self, spec, context):
         log("inbound.get port=%d workload=%s" % (spec.port, spec.workload))

@@ -173,6 +173,9 @@ impl Destination {
 pub struct CpConfig {
     destinations: Vec<String>,
     opaque_ports: Vec<u16>,
+    /// Inbound ports with a `Server` and HTTP routes of their own: the
+    /// port and its JSON (`fake_cp.py`'s `Inbound.server` reads it).
+    inbound_ports: Vec<(u16, String)>,
 }
 
 impl CpConfig {
@@ -215,11 +218,23 @@ impl CpConfig {
         self
     }
 
+    /// The inbound `port`'s server as `json` describes it (`"server"`,
+    /// `"routes"`, ...: docs/MESH-TESTING.md).
+    pub fn with_inbound(mut self, port: u16, json: &str) -> Self {
+        self.inbound_ports.push((port, json.to_string()));
+        self
+    }
+
     pub fn to_json(&self) -> String {
         let ports: Vec<String> = self
             .opaque_ports
             .iter()
             .map(|p| format!(r#""{p}": {{"protocol": "opaque"}}"#))
+            .chain(
+                self.inbound_ports
+                    .iter()
+                    .map(|(p, json)| format!(r#""{p}": {json}"#)),
+            )
             .collect();
         format!(
             "{{\"destinations\": {{\n  {}\n}},\n\"inbound\": {{\"ports\": {{{}}}}}}}\n",
