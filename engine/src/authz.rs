@@ -58,6 +58,9 @@ pub struct Verdict {
     /// A server with HTTP routes judges each request by its route: the
     /// server and this connection's client.
     pub per_request: Option<Arc<PerRequest>>,
+    /// The server's local rate limit, which each admitted request takes
+    /// from.
+    pub rate_limit: Option<Arc<crate::ratelimit::LocalRateLimit>>,
 }
 
 /// What judging a connection's requests by route needs.
@@ -87,13 +90,29 @@ impl Verdict {
                 no_route: true,
                 filters: None,
                 per_request: None,
+                rate_limit: None,
             }));
         };
         let mut v = s.judge(&route.authorizations, p.client, &p.tls);
+        v.rate_limit = s.rate_limit.clone();
         v.route_kind = route.kind.clone();
         v.route_name = route.name.clone();
         v.filters = route.filters.clone();
         Some(v)
+    }
+}
+
+impl Verdict {
+    /// An admitted request takes from the server's rate limit: the
+    /// answer when over it (429).
+    pub(crate) fn rate_limited(&self, tls: &TlsStatus) -> Option<crate::error::ProxyError> {
+        let limit = self.rate_limit.as_ref().filter(|_| self.allowed)?;
+        let id = match tls {
+            TlsStatus::Accepted { client_id } => client_id.as_deref(),
+            _ => None,
+        };
+        let exceeded = limit.check(id).err()?;
+        Some(crate::error::ProxyError::rate_limited(exceeded.reason()))
     }
 }
 
@@ -165,6 +184,7 @@ impl Verdict {
                 no_route: false,
                 filters: None,
                 per_request: None,
+                rate_limit: None,
             }
         })
     }
@@ -206,6 +226,8 @@ pub struct ServerPolicy {
     /// Its HTTP (or gRPC) routes, one per rule; empty: every request is
     /// judged by the server's authorizations (the default route).
     pub http_routes: Vec<InboundRoute>,
+    /// Its local rate limit (requests per second), if it has one.
+    pub rate_limit: Option<Arc<crate::ratelimit::LocalRateLimit>>,
 }
 
 impl PartialEq for ServerPolicy {
@@ -239,6 +261,7 @@ impl ServerPolicy {
             authorizations: Vec::new(),
             protocol: None,
             http_routes: Vec::new(),
+            rate_limit: None,
         })
     }
 
@@ -247,6 +270,7 @@ impl ServerPolicy {
     /// ([`Verdict::for_request`]).
     pub fn check(self: &Arc<Self>, client: IpAddr, tls: &TlsStatus) -> Verdict {
         let mut v = self.judge(&self.authorizations, client, tls);
+        v.rate_limit = self.rate_limit.clone();
         if !self.http_routes.is_empty() {
             v.per_request = Some(Arc::new(PerRequest {
                 server: self.clone(),
@@ -298,6 +322,7 @@ impl ServerPolicy {
                 no_route: false,
                 filters: None,
                 per_request: None,
+                rate_limit: None,
             },
             None => Verdict {
                 allowed: false,
@@ -311,6 +336,7 @@ impl ServerPolicy {
                 no_route: false,
                 filters: None,
                 per_request: None,
+                rate_limit: None,
             },
         })
     }

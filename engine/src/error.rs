@@ -51,6 +51,8 @@ pub(crate) enum Kind {
     Forbidden,
     /// No HTTP route of the inbound server matches the request: 404.
     NoRoute,
+    /// The inbound server's local rate limit is exceeded: 429.
+    RateLimited,
     /// The worker's share of `LINKERD2_PROXY_*_MAX_IN_FLIGHT` is in
     /// flight: load shed.
     Overloaded,
@@ -106,6 +108,8 @@ pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
 pub(crate) const GRPC_PERMISSION_DENIED: u32 = 7;
 /// `NOT_FOUND`.
 pub(crate) const GRPC_NOT_FOUND: u32 = 5;
+/// `RESOURCE_EXHAUSTED`: a rate limit.
+pub(crate) const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 
 impl ProxyError {
     pub(crate) fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -202,6 +206,10 @@ impl ProxyError {
         }
     }
 
+    pub(crate) fn rate_limited(reason: String) -> Self {
+        Self::new(Kind::RateLimited, reason)
+    }
+
     pub(crate) fn no_route() -> Self {
         Self::new(Kind::NoRoute, "no route found for request")
     }
@@ -250,9 +258,11 @@ impl ProxyError {
 
     pub(crate) fn side(&self) -> Side {
         match self.kind {
-            Kind::Malformed(_) | Kind::HeadTimeout | Kind::Forbidden | Kind::NoRoute => {
-                Side::Downstream
-            }
+            Kind::Malformed(_)
+            | Kind::HeadTimeout
+            | Kind::Forbidden
+            | Kind::NoRoute
+            | Kind::RateLimited => Side::Downstream,
             Kind::Injected(_) | Kind::InjectedGrpc(_) | Kind::Redirect(_) | Kind::BadFilter => {
                 Side::Internal
             }
@@ -279,6 +289,7 @@ impl ProxyError {
             Kind::HeadTimeout => 408,
             Kind::Forbidden => 403,
             Kind::NoRoute => 404,
+            Kind::RateLimited => 429,
             Kind::NoEndpoints | Kind::Unresolved | Kind::Overloaded => 503,
             Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
@@ -291,6 +302,7 @@ impl ProxyError {
             Kind::Malformed(_) | Kind::HeadTimeout => "bad_request",
             Kind::Forbidden => "unauthorized",
             Kind::NoRoute => "route_not_found",
+            Kind::RateLimited => "rate_limited",
             Kind::NoEndpoints => "no_endpoints",
             Kind::Overloaded => "load_shed",
             Kind::Unresolved => "unresolved",
@@ -325,6 +337,7 @@ impl ProxyError {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,
             Kind::NoRoute => GRPC_NOT_FOUND,
+            Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
             Kind::InjectedGrpc(code) => u32::from(code),
             _ => GRPC_UNAVAILABLE,
         }
@@ -440,6 +453,7 @@ mod tests {
             (Kind::Answered(502), 502, "upstream_failed", Side::Upstream),
             (Kind::Forbidden, 403, "unauthorized", Side::Downstream),
             (Kind::NoRoute, 404, "route_not_found", Side::Downstream),
+            (Kind::RateLimited, 429, "rate_limited", Side::Downstream),
             (Kind::Overloaded, 503, "load_shed", Side::Internal),
         ];
         for (kind, status, label, side) in cases {
@@ -452,6 +466,7 @@ mod tests {
             let grpc = match kind {
                 Kind::Forbidden => GRPC_PERMISSION_DENIED,
                 Kind::NoRoute => GRPC_NOT_FOUND,
+                Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
                 _ => GRPC_UNAVAILABLE,
             };
             assert_eq!(e.grpc_status(), grpc, "{kind:?}");

@@ -208,6 +208,9 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         if !verdict.no_route {
             obs.authorized(*addr, verdict);
         }
+        if let Some(e) = verdict.rate_limited(&obs.key().tls) {
+            return answer(t, obs, e).await;
+        }
     }
     let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), &request).await {
         Ok(d) => d,

@@ -361,6 +361,9 @@ async fn forward(
         if !verdict.no_route {
             obs.authorized(*addr, verdict);
         }
+        if let Some(e) = verdict.rate_limited(&obs.key().tls) {
+            return Err(Failure::Answer(e));
+        }
     }
     let (target, policy) = route_stream(&w.routes, dst, &req).await?;
     obs.routed(&target);

@@ -85,6 +85,7 @@ mod outbound;
 mod policy;
 mod pool;
 mod proxy;
+pub mod ratelimit;
 mod retry;
 mod route;
 mod route_filter;

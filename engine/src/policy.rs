@@ -41,6 +41,7 @@ use ringmesh_discovery::Protocol;
 use crate::authz::{Authn, Authorization, InboundRoute, ServerPolicy};
 use crate::config::{PolicyConfig, StreamLimits};
 use crate::identity::IdentityState;
+use crate::ratelimit::{Gcra, LocalRateLimit};
 use crate::stream::{self, Client, StreamCounters};
 
 const WATCH_PORT_PATH: &str = "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort";
@@ -184,6 +185,15 @@ fn server_policy(port: u16, s: Server) -> ServerPolicy {
         Some(Kind::Http2(_) | Kind::Grpc(_)) => Some(Protocol::Http2),
         Some(Kind::Detect(_)) | None => None,
     };
+    let rate_limit = match &kind {
+        Some(Kind::Detect(d)) => d.http_local_rate_limit.as_ref(),
+        Some(Kind::Http1(h)) => h.local_rate_limit.as_ref(),
+        Some(Kind::Http2(h)) => h.local_rate_limit.as_ref(),
+        _ => None,
+    }
+    .map(rate_limit)
+    .filter(|l| !l.is_empty())
+    .map(Arc::new);
     let http_routes = match kind {
         Some(Kind::Detect(d)) => http_routes(port, d.http_routes, &authorizations),
         Some(Kind::Http1(h)) => http_routes(port, h.routes, &authorizations),
@@ -197,6 +207,33 @@ fn server_policy(port: u16, s: Server) -> ServerPolicy {
         authorizations,
         protocol,
         http_routes,
+        rate_limit,
+    }
+}
+
+/// A server's local rate limit (a limit of 0 requests per second is none,
+/// as linkerd2-proxy reads it).
+fn rate_limit(l: &linkerd2_proxy_api::inbound::HttpLocalRateLimit) -> LocalRateLimit {
+    let rps = |l: Option<&linkerd2_proxy_api::inbound::http_local_rate_limit::Limit>| {
+        l.map(|l| l.requests_per_second).filter(|r| *r > 0)
+    };
+    LocalRateLimit {
+        total: rps(l.total.as_ref()).map(Gcra::new),
+        per_identity: rps(l.identity.as_ref()).map(LocalRateLimit::per_identity),
+        overrides: l
+            .overrides
+            .iter()
+            .filter_map(|o| {
+                let ids = o
+                    .clients
+                    .as_ref()?
+                    .identities
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect();
+                Some((ids, Gcra::new(rps(o.limit.as_ref())?)))
+            })
+            .collect(),
     }
 }
 

@@ -1660,6 +1660,130 @@ fn policy_api_routes_authorize_each_request() {
     assert_eq!(status(&get(inbound, "/echo-head", "")), "403");
 }
 
+/// The policy API's local rate limit (an `HTTPLocalRateLimitPolicy`):
+/// each client identity gets its own requests per second (the
+/// unauthenticated clients one between them), an identity with an
+/// override its own, and the total bounds them all; past a limit, 429
+/// with the reason. The limits hold across the proxy's two workers.
+#[test]
+fn policy_api_rate_limits_requests() {
+    let pki = Pki::new("policy-ratelimit");
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let cp = common::cp::Cp::start("policy-ratelimit");
+    let limits = |json: &str| {
+        format!(
+            r#"{{"inbound": {{"ports": {{"{}": {{"rate_limit": {json}}}}}}}}}"#,
+            app.addr.port()
+        )
+    };
+    cp.write_loaded(&limits(&format!(
+        r#"{{"total": 1000, "identity": 4, "overrides": [{{"rps": 8, "identities": ["{A}"]}}]}}"#
+    )));
+    let cp_addr = cp.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    let (a_leaf, c_leaf) = (pki.good("a", A), pki.good("c", C));
+    let meshed = |leaf: &Leaf| {
+        let mut s = tls_to(inbound, client_config(&pki, Some(leaf), true));
+        s.write_all(&header(app.addr.port(), &[])).unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    // `n` requests at once (each on its own connection, so both workers
+    // take some): how many were answered 200, and the 429s' reasons.
+    let burst = |n: usize, one: &(dyn Fn() -> String + Sync)| {
+        let answers: Vec<String> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..n).map(|_| s.spawn(one)).collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let ok = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .count();
+        let limited: Vec<&String> = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 429"))
+            .collect();
+        assert_eq!(ok + limited.len(), n, "only 200s and 429s: {answers:?}");
+        (
+            ok,
+            limited
+                .iter()
+                .map(|a| {
+                    a.lines()
+                        .find(|l| l.starts_with("l5d-proxy-error"))
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    // The policy is known once a request is refused.
+    let plain = || get(inbound, "/hello", "");
+    assert!(
+        eventually(Duration::from_secs(5), || burst(12, &plain).0 < 12),
+        "the rate limit never applied:\n{}",
+        cp.tail()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // A burst of one second's worth, give or take what refills meanwhile
+    // (the upper bounds leave a loaded machine a few hundred ms).
+    let (ok, why) = burst(12, &plain);
+    assert!(
+        (4..=7).contains(&ok),
+        "unauthenticated: {ok} of 12 admitted"
+    );
+    assert!(
+        why.iter()
+            .all(|w| w.contains("per-identity rate limit exceeded: 4rps")),
+        "{why:?}"
+    );
+    let (ok, why) = burst(16, &|| meshed(&a_leaf));
+    assert!((8..=12).contains(&ok), "A's override: {ok} of 16 admitted");
+    assert!(
+        why.iter()
+            .all(|w| w.contains("override rate limit exceeded: 8rps")),
+        "{why:?}"
+    );
+    let (ok, _) = burst(12, &|| meshed(&c_leaf));
+    assert!(
+        (4..=7).contains(&ok),
+        "C, its own identity's limit: {ok} of 12 admitted"
+    );
+
+    // The total, for everyone together.
+    cp.write(&limits(r#"{"total": 5}"#));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, why) = burst(20, &|| meshed(&c_leaf));
+    assert!(
+        (5..=9).contains(&ok),
+        "total: {ok} of 20 admitted ({why:?})"
+    );
+    assert!(
+        why.iter()
+            .all(|w| w.contains("total rate limit exceeded: 5rps")),
+        "{why:?}"
+    );
+}
+
 /// The policy API's server protocol: a port the server marks `opaque` is
 /// relayed without protocol detection (an HTTP-looking request reaches
 /// the echo backend as bytes and comes back as they were), where detection

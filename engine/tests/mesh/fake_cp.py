@@ -977,19 +977,44 @@ class Inbound:
         # (an AuthorizationPolicy on the route: mesh TLS from those) or
         # "unauthenticated": true, "filters": [see Outbound.http_filter]}].
         routes = [self.route(r) for r in port_conf.get("routes", [])] or [route]
+        # "rate_limit": {"total": rps, "identity": rps, "overrides":
+        # [{"rps", "identities": [...]}]}: an HTTPLocalRateLimitPolicy.
+        limit = None
+        if "rate_limit" in port_conf:
+            rl = port_conf["rate_limit"]
+            Lim = i.HttpLocalRateLimit.Limit
+            limit = i.HttpLocalRateLimit(
+                metadata=meta.Metadata(
+                    resource=meta.Resource(group="policy.linkerd.io", kind="HTTPLocalRateLimitPolicy", name="limit")
+                ),
+                overrides=[
+                    i.HttpLocalRateLimit.Override(
+                        limit=Lim(requestsPerSecond=o["rps"]),
+                        clients=i.HttpLocalRateLimit.Override.ClientIdentities(
+                            identities=[i.Identity(name=n) for n in o["identities"]]
+                        ),
+                    )
+                    for o in rl.get("overrides", [])
+                ],
+            )
+            if "total" in rl:
+                limit.total.CopyFrom(Lim(requestsPerSecond=rl["total"]))
+            if "identity" in rl:
+                limit.identity.CopyFrom(Lim(requestsPerSecond=rl["identity"]))
         if protocol == "detect":
             proto = i.ProxyProtocol(
                 detect=i.ProxyProtocol.Detect(
                     timeout=duration(pb, conf.get("detect_timeout_ms", 10000) / 1000.0),
                     http_routes=routes,
+                    http_local_rate_limit=limit,
                 )
             )
         elif protocol == "opaque":
             proto = i.ProxyProtocol(opaque=i.ProxyProtocol.Opaque())
         elif protocol == "http1":
-            proto = i.ProxyProtocol(http1=i.ProxyProtocol.Http1(routes=routes))
+            proto = i.ProxyProtocol(http1=i.ProxyProtocol.Http1(routes=routes, local_rate_limit=limit))
         elif protocol == "http2":
-            proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=routes))
+            proto = i.ProxyProtocol(http2=i.ProxyProtocol.Http2(routes=routes, local_rate_limit=limit))
         else:
             raise ValueError("inbound protocol must be detect, opaque, http1 or http2, not %r" % protocol)
         labels = (
