@@ -197,6 +197,7 @@ async fn request(
 /// Picks the request's destination and path: over HTTP/2 to meshed
 /// endpoints, else to an HTTP/1 upstream (its small body kept first).
 async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDst) -> Next {
+    obs.access_head(&crate::route::H1Req(t.req));
     if let Some(e) = obs.shed() {
         log_answer(t.w, t.c.peer, None, &e);
         return answer(t, obs, e).await;

@@ -352,6 +352,7 @@ async fn forward(
     respond: &mut server::SendResponse<Bytes>,
     dial: ConnectConfig,
 ) -> Result<ResponseClass, Failure> {
+    obs.access_head(&crate::route::H2Req(&req));
     if let Some(e) = obs.shed() {
         return Err(Failure::Answer(e));
     }

@@ -106,14 +106,24 @@ impl<'w> Observer<'w> {
     /// for a request no tap can want: its head already rules it out); for
     /// the access log, an inbound request's line begins.
     pub(crate) fn request_head(&mut self, head: &dyn crate::tap::TapHead) {
-        if self.w.access_log.is_some() && self.key.direction == Direction::Inbound {
-            self.access_begin(head);
-        }
+        self.access_head(head);
         if let Some(taps) = self.w.taps.active() {
             if !taps.may_want(self.peer, head) {
                 return;
             }
             self.tap = Some(self.w.taps.pending(taps, self.peer, head, self.started));
+        }
+    }
+
+    /// An inbound request's access log line begins, as soon as its head is
+    /// read: one the proxy refuses before routing it (denied, no route,
+    /// rate-limited) is logged too.
+    pub(crate) fn access_head(&mut self, head: &dyn crate::tap::TapHead) {
+        if self.w.access_log.is_some()
+            && self.key.direction == Direction::Inbound
+            && self.access.is_none()
+        {
+            self.access_begin(head);
         }
     }
 

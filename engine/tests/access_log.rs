@@ -193,3 +193,39 @@ fn nothing_is_logged_without_it_and_bad_values_are_refused() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LINKERD2_PROXY_ACCESS_LOG"));
 }
+
+/// A request the proxy refuses before routing it (here: the default
+/// policy denies every client) is logged too, with the proxy's status.
+#[test]
+fn refused_requests_are_logged() {
+    let origin = http::origin("app");
+    let forward = closed_port();
+    let (p, inbound) = start(
+        origin.addr,
+        forward,
+        &[
+            ("LINKERD2_PROXY_ACCESS_LOG", "apache"),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+        ],
+    );
+    assert_eq!(curl(&[], &format!("http://{inbound}/hello")), "403");
+    assert_eq!(
+        curl(
+            &["--http2-prior-knowledge"],
+            &format!("http://{inbound}/hello?h2")
+        ),
+        "403"
+    );
+    let lines = stopped_lines(p, "\"GET ");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("/hello HTTP/1.1\" 403")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("/hello?h2 HTTP/2.0\" 403")),
+        "{lines:#?}"
+    );
+}
