@@ -474,6 +474,7 @@ impl Worker {
             http2_stalled_resets: self.stalls.resets(),
             uring_enters: uring.enters,
             uring_completions: uring.completions,
+            uring_submissions: uring.submissions,
             busy_ns: thread_cpu_ns(),
         }
     }

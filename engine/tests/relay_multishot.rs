@@ -87,19 +87,30 @@ fn request_response(driver: IoDriver) {
     }
     // The ring's own counters: every ring receive and every write is a
     // completion, reaped over fewer enters than completions (batching).
-    let (enters, completions) = proxy.worker_stats().iter().fold((0, 0), |(e, c), s| {
-        (e + s.uring_enters, c + s.uring_completions)
-    });
+    // Every write is a submission of its own; a multishot receive is one
+    // submission for many completions.
+    let (enters, completions, submissions) =
+        proxy.worker_stats().iter().fold((0, 0, 0), |(e, c, n), s| {
+            (
+                e + s.uring_enters,
+                c + s.uring_completions,
+                n + s.uring_submissions,
+            )
+        });
     eprintln!(
-        "{}: io_uring enters {enters}, completions {completions}",
+        "{}: io_uring enters {enters}, completions {completions}, submissions {submissions}",
         driver_name(driver)
     );
     match driver {
         IoDriver::Uring => {
             assert!(completions >= 2 * receives, "{completions} completions");
             assert!(enters > 0 && enters < completions, "{enters} enters");
+            assert!(
+                submissions >= (2 * CLIENTS * ROUNDS) as u64 && submissions < completions,
+                "{submissions} submissions"
+            );
         }
-        _ => assert_eq!((enters, completions), (0, 0)),
+        _ => assert_eq!((enters, completions, submissions), (0, 0, 0)),
     }
     proxy.shutdown();
     proxy.wait();

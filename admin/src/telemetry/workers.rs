@@ -45,6 +45,8 @@ pub struct WorkerStats {
     pub uring_enters: u64,
     /// Completions the worker reaped from its ring (0 on epoll).
     pub uring_completions: u64,
+    /// Operations the worker submitted to its ring (0 on epoll).
+    pub uring_submissions: u64,
     /// CPU time the worker's thread has used (user + system), in
     /// nanoseconds: its event loop's busy time, since it sleeps in the
     /// kernel when idle.
@@ -178,6 +180,13 @@ pub(crate) fn encode(stats: &[WorkerStats], out: &mut String) {
         "counter",
         "Completions each worker reaped from its io_uring (0 on the epoll driver).",
         |s| s.uring_completions,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_uring_submissions_total",
+        "counter",
+        "Operations each worker submitted to its io_uring (submission queue entries the kernel took; 0 on the epoll driver).",
+        |s| s.uring_submissions,
     );
     family(
         out,

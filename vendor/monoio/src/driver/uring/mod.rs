@@ -298,7 +298,7 @@ impl IoUringDriver {
                     false => {
                         self.install_timeout(inner, duration);
                         inner.stats.enters += 1;
-                        inner.uring.submit_and_wait(1)?;
+                        inner.stats.submissions += inner.uring.submit_and_wait(1)? as u64;
                     }
                     // Submit and Wait with enter args.
                     // Better performance(5.11+).
@@ -306,22 +306,22 @@ impl IoUringDriver {
                         let timespec = timespec(duration);
                         let args = io_uring::types::SubmitArgs::new().timespec(&timespec);
                         inner.stats.enters += 1;
-                        if let Err(e) = inner.uring.submitter().submit_with_args(1, &args) {
-                            if e.raw_os_error() != Some(libc::ETIME) {
-                                return Err(e);
-                            }
+                        match inner.uring.submitter().submit_with_args(1, &args) {
+                            Ok(n) => inner.stats.submissions += n as u64,
+                            Err(e) if e.raw_os_error() != Some(libc::ETIME) => return Err(e),
+                            Err(_) => {}
                         }
                     }
                 }
             } else {
                 // Submit and Wait without timeout
                 inner.stats.enters += 1;
-                inner.uring.submit_and_wait(1)?;
+                inner.stats.submissions += inner.uring.submit_and_wait(1)? as u64;
             }
         } else {
             // Submit only
             inner.stats.enters += 1;
-            inner.uring.submit()?;
+            inner.stats.submissions += inner.uring.submit()? as u64;
         }
 
         // Set status as awake
@@ -439,7 +439,11 @@ impl UringInner {
                     // to get the raw error code.
                     self.tick()?;
                 }
-                e => return e.map(|_| ()),
+                Ok(n) => {
+                    self.stats.submissions += n as u64;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
     }

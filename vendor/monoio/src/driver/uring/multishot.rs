@@ -235,6 +235,8 @@ pub struct UringStats {
     pub enters: u64,
     /// Completions reaped from the completion queue.
     pub completions: u64,
+    /// Submission queue entries the kernel took (operations submitted).
+    pub submissions: u64,
 }
 
 /// The current thread's io_uring driver counts; `None` on the legacy
