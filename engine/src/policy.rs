@@ -418,7 +418,13 @@ pub(crate) mod fuzzing {
         let Ok(s) = super::Server::decode(bytes) else {
             return;
         };
-        let p = super::server_policy(8080, s);
+        let p = std::sync::Arc::new(super::server_policy(8080, s));
+        let req = ringmesh_discovery::profile::Req {
+            method: "GET",
+            path: "/api/v1/x",
+            host: Some("web.ns.svc.cluster.local"),
+            headers: &[("x-canary", "1")],
+        };
         for tls in [
             ringmesh_admin::telemetry::TlsStatus::NO_PROXY_IDENTITY,
             ringmesh_admin::telemetry::TlsStatus::Accepted { client_id: None },
@@ -427,7 +433,10 @@ pub(crate) mod fuzzing {
             },
         ] {
             for ip in ["10.0.0.1", "::1"] {
-                let _ = p.check(ip.parse().unwrap(), &tls);
+                let v = p.check(ip.parse().unwrap(), &tls);
+                // A request judged by its route, and its rate limit.
+                let v = v.for_request(&req).unwrap_or(v);
+                let _ = v.rate_limited(&tls);
             }
         }
     }
