@@ -78,20 +78,9 @@ impl Verdict {
         let p = self.per_request.as_ref()?;
         let s = &p.server;
         let Some(route) = best_route(&s.http_routes, req) else {
-            return Some(NAMES.with(|n| Verdict {
-                allowed: false,
-                srv_kind: s.kind.clone(),
-                srv_name: s.name.clone(),
-                authz_kind: n.empty.clone(),
-                authz_name: n.empty.clone(),
-                reason: "no route found for request",
-                route_kind: n.default.clone(),
-                route_name: n.default.clone(),
-                no_route: true,
-                filters: None,
-                per_request: None,
-                rate_limit: None,
-            }));
+            let mut v = Verdict::of((&s.kind, &s.name), None, "no route found for request");
+            v.no_route = true;
+            return Some(v);
         };
         let mut v = s.judge(&route.authorizations, p.client, &p.tls);
         v.rate_limit = s.rate_limit.clone();
@@ -167,25 +156,33 @@ impl Verdict {
 
     fn by_default(allowed: bool, policy: DefaultPolicy, reason: &'static str) -> Verdict {
         NAMES.with(|n| {
-            let name = n.by_policy[policy as usize].clone();
-            Verdict {
-                allowed,
-                srv_kind: n.default.clone(),
-                srv_name: name.clone(),
-                authz_kind: if allowed {
-                    n.default.clone()
-                } else {
-                    n.empty.clone()
-                },
-                authz_name: if allowed { name } else { n.empty.clone() },
-                reason,
-                route_kind: n.default.clone(),
-                route_name: n.default.clone(),
-                no_route: false,
-                filters: None,
-                per_request: None,
-                rate_limit: None,
-            }
+            let name = &n.by_policy[policy as usize];
+            let by = allowed.then_some((&n.default, name));
+            Verdict::of((&n.default, name), by, reason)
+        })
+    }
+
+    /// The verdict of the server `(kind, name)`: admitted by the
+    /// authorization `(kind, name)`, or (`None`) denied for `reason`; on
+    /// the default route.
+    fn of(
+        server: (&Arc<str>, &Arc<str>),
+        authz: Option<(&Arc<str>, &Arc<str>)>,
+        reason: &'static str,
+    ) -> Verdict {
+        NAMES.with(|n| Verdict {
+            allowed: authz.is_some(),
+            srv_kind: server.0.clone(),
+            srv_name: server.1.clone(),
+            authz_kind: authz.map_or_else(|| n.empty.clone(), |a| a.0.clone()),
+            authz_name: authz.map_or_else(|| n.empty.clone(), |a| a.1.clone()),
+            reason,
+            route_kind: n.default.clone(),
+            route_name: n.default.clone(),
+            no_route: false,
+            filters: None,
+            per_request: None,
+            rate_limit: None,
         })
     }
 }
@@ -309,36 +306,15 @@ impl ServerPolicy {
                     },
                 }
         });
-        NAMES.with(|n| match found {
-            Some(a) => Verdict {
-                allowed: true,
-                srv_kind: self.kind.clone(),
-                srv_name: self.name.clone(),
-                authz_kind: a.kind.clone(),
-                authz_name: a.name.clone(),
-                reason: "",
-                route_kind: n.default.clone(),
-                route_name: n.default.clone(),
-                no_route: false,
-                filters: None,
-                per_request: None,
-                rate_limit: None,
-            },
-            None => Verdict {
-                allowed: false,
-                srv_kind: self.kind.clone(),
-                srv_name: self.name.clone(),
-                authz_kind: n.empty.clone(),
-                authz_name: n.empty.clone(),
-                reason: "unauthorized request on route: no authorization of the server admits the client",
-                route_kind: n.default.clone(),
-                route_name: n.default.clone(),
-                no_route: false,
-                filters: None,
-                per_request: None,
-                rate_limit: None,
-            },
-        })
+        let server = (&self.kind, &self.name);
+        match found {
+            Some(a) => Verdict::of(server, Some((&a.kind, &a.name)), ""),
+            None => Verdict::of(
+                server,
+                None,
+                "unauthorized request on route: no authorization of the server admits the client",
+            ),
+        }
     }
 }
 

@@ -43,6 +43,10 @@ use crate::config::{PolicyConfig, StreamLimits};
 use crate::identity::IdentityState;
 use crate::ratelimit::{Gcra, LocalRateLimit};
 use crate::stream::{self, Client, StreamCounters};
+use linkerd2_proxy_api::http_route::HostMatch;
+use linkerd2_proxy_api::inbound::Authz;
+use linkerd2_proxy_api::meta::Metadata;
+use ringmesh_discovery::profile::{RequestMatch, RouteFilter};
 
 const WATCH_PORT_PATH: &str = "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort";
 
@@ -312,8 +316,38 @@ fn route_authorizations(
         .collect()
 }
 
-/// A server's HTTP routes, a rule each (a rule that cannot be used is
-/// skipped, logged: it admits no request, which fails closed).
+/// A rule's matches and filters, converted (or why it cannot be used).
+type Rule = Result<(Vec<RequestMatch>, Option<Arc<[RouteFilter]>>), String>;
+
+/// A route's rules as inbound routes, one per rule, under the route's
+/// labels, hosts and authorizations (its own, then the server's); a rule
+/// that cannot be used is skipped, logged: it admits no request, which
+/// fails closed.
+fn push_rules(
+    out: &mut Vec<InboundRoute>,
+    port: u16,
+    (meta, hosts, own): (Option<&Metadata>, &[HostMatch], Vec<Authz>),
+    server: &[Authorization],
+    rules: impl Iterator<Item = Rule>,
+) {
+    let (kind, name) = route_labels(meta);
+    let hosts = crate::outbound::hosts(hosts);
+    let authorizations = route_authorizations(port, own, server);
+    for rule in rules {
+        match rule {
+            Ok((matches, filters)) => out.push(InboundRoute {
+                condition: crate::outbound::condition(hosts.clone(), matches),
+                kind: kind.clone(),
+                name: name.clone(),
+                authorizations: authorizations.clone(),
+                filters,
+            }),
+            Err(why) => tracing::warn!(port, route = %name, why, "inbound route rule skipped"),
+        }
+    }
+}
+
+/// A server's HTTP routes.
 fn http_routes(
     port: u16,
     routes: Vec<linkerd2_proxy_api::inbound::HttpRoute>,
@@ -324,13 +358,13 @@ fn http_routes(
     use linkerd2_proxy_api::outbound::http_route::{filter::Kind as Out, Filter};
     let mut out = Vec::new();
     for r in routes {
-        let (kind, name) = route_labels(r.metadata.as_ref());
-        let hosts = crate::outbound::hosts(&r.hosts);
-        let authorizations = route_authorizations(port, r.authorizations, server);
-        for rule in r.rules {
-            let matches: Result<Vec<_>, String> = match &rule.matches[..] {
-                [] => crate::outbound::http_match(&HttpRouteMatch::default()).map(|m| vec![m]),
-                ms => ms.iter().map(crate::outbound::http_match).collect(),
+        let rules = r.rules.into_iter().map(|rule| -> Rule {
+            let matches: Vec<_> = match &rule.matches[..] {
+                [] => vec![crate::outbound::http_match(&HttpRouteMatch::default())?],
+                ms => ms
+                    .iter()
+                    .map(crate::outbound::http_match)
+                    .collect::<Result<_, _>>()?,
             };
             // The outbound filter type carries the same filters.
             let filters: Vec<Filter> = rule
@@ -344,26 +378,15 @@ fn http_routes(
                     }),
                 })
                 .collect();
-            let usable =
-                matches.and_then(|m| Ok((m, crate::route_filter::http(&filters, &rule.matches)?)));
-            match usable {
-                Ok((matches, filters)) => out.push(InboundRoute {
-                    condition: crate::outbound::condition(hosts.clone(), matches),
-                    kind: kind.clone(),
-                    name: name.clone(),
-                    authorizations: authorizations.clone(),
-                    filters,
-                }),
-                Err(why) => {
-                    tracing::warn!(port, route = %name, why, "inbound route rule skipped");
-                }
-            }
-        }
+            Ok((matches, crate::route_filter::http(&filters, &rule.matches)?))
+        });
+        let route = (r.metadata.as_ref(), &r.hosts[..], r.authorizations);
+        push_rules(&mut out, port, route, server, rules);
     }
     out
 }
 
-/// A gRPC server's routes, as [`http_routes`].
+/// A gRPC server's routes.
 fn grpc_routes(
     port: u16,
     routes: Vec<linkerd2_proxy_api::inbound::GrpcRoute>,
@@ -373,15 +396,12 @@ fn grpc_routes(
     use linkerd2_proxy_api::outbound::grpc_route::{filter::Kind as Out, Filter};
     let mut out = Vec::new();
     for r in routes {
-        let (kind, name) = route_labels(r.metadata.as_ref());
-        let hosts = crate::outbound::hosts(&r.hosts);
-        let authorizations = route_authorizations(port, r.authorizations, server);
-        for rule in r.rules {
-            let matches: Result<Vec<_>, String> = rule
+        let rules = r.rules.into_iter().map(|rule| -> Rule {
+            let matches = rule
                 .matches
                 .iter()
                 .map(crate::outbound::grpc_match)
-                .collect();
+                .collect::<Result<_, _>>()?;
             let filters: Vec<Filter> = rule
                 .filters
                 .into_iter()
@@ -392,20 +412,10 @@ fn grpc_routes(
                     }),
                 })
                 .collect();
-            let usable = matches.and_then(|m| Ok((m, crate::route_filter::grpc(&filters)?)));
-            match usable {
-                Ok((matches, filters)) => out.push(InboundRoute {
-                    condition: crate::outbound::condition(hosts.clone(), matches),
-                    kind: kind.clone(),
-                    name: name.clone(),
-                    authorizations: authorizations.clone(),
-                    filters,
-                }),
-                Err(why) => {
-                    tracing::warn!(port, route = %name, why, "inbound route rule skipped");
-                }
-            }
-        }
+            Ok((matches, crate::route_filter::grpc(&filters)?))
+        });
+        let route = (r.metadata.as_ref(), &r.hosts[..], r.authorizations);
+        push_rules(&mut out, port, route, server, rules);
     }
     out
 }
