@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -163,9 +163,68 @@ pub fn answers(
     stop: Arc<AtomicBool>,
     with_body: bool,
 ) -> Vec<thread::JoinHandle<Vec<(Instant, bool, u8)>>> {
+    answers_counted(addr, clients, stop, with_body, Arc::new(Tally::default()))
+}
+
+/// Live counts of what [`answers_counted`]'s clients have seen so far, so
+/// a test can wait for a condition instead of a fixed time.
+pub struct Tally {
+    /// Answers of any status.
+    pub answers: AtomicUsize,
+    /// 503 answers.
+    pub failures: AtomicUsize,
+    /// Answers by backend name.
+    pub by_name: [AtomicUsize; 256],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            answers: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+            by_name: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Tally {
+    /// Waits until `done` holds (true) or `limit` passes (false).
+    pub fn wait(&self, limit: Duration, done: impl Fn(&Tally) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn answers(&self) -> usize {
+        self.answers.load(Ordering::Relaxed)
+    }
+
+    pub fn from(&self, name: u8) -> usize {
+        self.by_name[name as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// As [`answers`], counting in `tally` as answers come.
+pub fn answers_counted(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    with_body: bool,
+    tally: Arc<Tally>,
+) -> Vec<thread::JoinHandle<Vec<(Instant, bool, u8)>>> {
     (0..clients)
         .map(|_| {
             let stop = stop.clone();
+            let tally = tally.clone();
             thread::spawn(move || {
                 let conn = connect(addr);
                 conn.set_nodelay(true).unwrap();
@@ -183,7 +242,13 @@ pub fn answers(
                 while !stop.load(Ordering::Relaxed) {
                     w.write_all(request).unwrap();
                     let (status, name) = read_answer(&mut r);
-                    seen.push((Instant::now(), status.contains(" 503 "), name));
+                    let bad = status.contains(" 503 ");
+                    seen.push((Instant::now(), bad, name));
+                    if bad {
+                        tally.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tally.by_name[name as usize].fetch_add(1, Ordering::Relaxed);
+                    tally.answers.fetch_add(1, Ordering::Relaxed);
                 }
                 seen
             })
