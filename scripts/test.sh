@@ -14,4 +14,12 @@ bash scripts/install-test-deps.sh
 if [ $# -eq 0 ]; then
     set -- --workspace
 fi
-cargo test --locked "$@"
+# Every test binary runs (--no-fail-fast); a test that failed is run once
+# more, alone, and the run passes only if it then passes (it is reported as
+# FLAKY): see scripts/rerun-failed.py for when there is no second chance.
+log=$(mktemp /tmp/ringmesh-test.XXXXXX.log)
+if cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log"; then
+    rm -f "$log"
+    exit 0
+fi
+python3 scripts/rerun-failed.py "$log"

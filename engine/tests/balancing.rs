@@ -113,14 +113,15 @@ fn answers_503_are_retried_on_another_endpoint() {
     let addr = proxy.forward_addrs()[0];
     // Concurrent clients so both endpoints are tried from the start.
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = answers(addr, 4, stop.clone(), false);
-    thread::sleep(Duration::from_millis(300));
+    let tally = Arc::new(Tally::default());
+    let clients = answers_counted(addr, 4, stop.clone(), false, tally.clone());
+    tally.wait(Duration::from_secs(10), |t| t.answers() > 100);
     stop.store(true, Ordering::Relaxed);
     let seen: Vec<(Instant, bool, u8)> = clients
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    assert!(seen.len() > 100);
+    assert!(seen.len() > 100, "{} answers in 10 s", seen.len());
     assert!(
         seen.iter().all(|(_, bad, n)| !bad && *n == b'a'),
         "every 503 was retried on the healthy endpoint"
@@ -166,7 +167,7 @@ fn answers_503_are_retried_on_another_endpoint() {
                 let mut w = conn.try_clone().unwrap();
                 let mut r = BufReader::new(conn);
                 let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(300) {
+                while t.elapsed() < Duration::from_secs(5) {
                     w.write_all(b"POST / HTTP/1.1\r\nHost: web.test\r\nContent-Length: 0\r\n\r\n")
                         .unwrap();
                     let (status, _) = read_answer(&mut r);
