@@ -403,6 +403,9 @@ pub struct RetryPolicy {
     pub timeout: Option<Duration>,
     /// The pause before each retry.
     pub backoff: Option<RetryBackoff>,
+    /// The largest request body kept so the request can go again (a
+    /// larger one streams, and the request is not retried).
+    pub max_request_bytes: u64,
 }
 
 /// An exponential backoff, as Linkerd's: the `n`th retry (from 0) waits
@@ -468,6 +471,12 @@ impl RetryPolicy {
     /// The most retries per request a policy or a request's headers may
     /// ask for (the retry budget bounds them further).
     pub const MAX_LIMIT: u32 = 10;
+    /// The largest body kept for a retry when nothing says otherwise (as
+    /// linkerd2-proxy's for GetProfile routes and `l5d-retry-*` headers).
+    pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 64 * 1024;
+    /// The most a policy may ask to keep per request (a bound on the
+    /// memory that retries pin: this times a core's requests in flight).
+    pub const MAX_REQUEST_BYTES_CAP: u64 = 1024 * 1024;
 
     /// Retries on any 5xx (a GetProfile route's `is_retryable`).
     pub fn on_5xx(limit: u32) -> Self {
@@ -477,6 +486,7 @@ impl RetryPolicy {
             grpc: 0,
             timeout: None,
             backoff: None,
+            max_request_bytes: Self::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 

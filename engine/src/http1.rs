@@ -34,7 +34,7 @@ use crate::error::{Failure, Kind, ProxyError, Side};
 use crate::h1forward::{checkout, exchange, tunnel, Client, Exchange};
 use crate::observe::Observer;
 use crate::pool::{read_more, Scratch, Upstream};
-use crate::retry::{Attempts, MAX_REPLAY_BODY};
+use crate::retry::Attempts;
 use crate::route::{resolve, Dst, HttpDst};
 use crate::route_filter::Message;
 use crate::transport::{Transport, TransportRd};
@@ -228,7 +228,8 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         return Box::pin(over_h2(t, obs, &target)).await;
     }
     let deadline = obs.deadline(t.w.cfg.http.request_timeout);
-    let kept = match keep_body(t, &target, deadline).await {
+    let limit = obs.route().replay_limit();
+    let kept = match keep_body(t, &target, limit, deadline).await {
         Ok(kept) => kept,
         Err(Some(e)) => return answer(t, obs, e).await,
         Err(None) => return Next::Close,
@@ -302,9 +303,10 @@ async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next 
 async fn keep_body(
     t: &mut Turn<'_>,
     target: &Dst,
+    limit: u64,
     deadline: Option<Instant>,
 ) -> Result<Option<usize>, Option<ProxyError>> {
-    let Some(n) = replayable_body(t.req, target) else {
+    let Some(n) = replayable_body(t.req, target, limit) else {
         return Ok(None);
     };
     match read_body(t.c, n, deadline).await {
@@ -750,16 +752,16 @@ fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
 }
 
 /// The length of `req`'s body when it is kept for a possible retry: a
-/// `Content-Length` body of at most [`MAX_REPLAY_BODY`] to a service. Not
+/// `Content-Length` body of at most `limit` bytes to a service. Not
 /// kept: chunked bodies (their length is unknown until the end, so they
 /// stream), bodies after `Expect: 100-continue` (the client waits for the
 /// 100 before sending them), and upgrades and CONNECT (the bytes after the
 /// head may be a tunnel's).
-fn replayable_body(req: &RequestHead, target: &Dst) -> Option<usize> {
+fn replayable_body(req: &RequestHead, target: &Dst, limit: u64) -> Option<usize> {
     match (req.framing(), target) {
         (BodyFraming::ContentLength(n), Dst::Service(..))
             if n > 0
-                && n <= MAX_REPLAY_BODY
+                && n <= limit
                 && !req.expect_continue()
                 && !req.is_connect()
                 && req.upgrade().is_none() =>

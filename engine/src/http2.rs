@@ -36,7 +36,7 @@ use crate::h2client::{declared_length, open_stream, send_all, unprocessed, Meter
 use crate::h2guarded::GuardedIo;
 use crate::l5d_headers::CLIENT_ID;
 use crate::observe::Observer;
-use crate::retry::{Attempts, MAX_REPLAY_BODY};
+use crate::retry::Attempts;
 use crate::route::{resolve, split_authority, Dst, HttpDst};
 use crate::route_filter::Message;
 use crate::stop::Stop;
@@ -459,7 +459,7 @@ async fn to_h2(
     let idempotent = s.parts.method.is_idempotent() || obs.route().retryable();
     let replay = match (target, body.as_mut()) {
         (Dst::Service(..), Some(b)) if idempotent => match declared_length(&s.parts.headers) {
-            Some(n) if n <= MAX_REPLAY_BODY => {
+            Some(n) if n <= obs.route().replay_limit() => {
                 let kept = read_whole(b, n).await.map_err(Failure::Reset)?;
                 body = None;
                 Some(kept)

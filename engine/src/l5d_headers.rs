@@ -112,6 +112,9 @@ pub(crate) fn apply(
             .or_else(|| base.map(|r| r.statuses.clone()))
             .unwrap_or_default(),
         grpc: grpc.or(base.map(|r| r.grpc)).unwrap_or(0),
+        max_request_bytes: base.map_or(RetryPolicy::DEFAULT_MAX_REQUEST_BYTES, |r| {
+            r.max_request_bytes
+        }),
     };
     let retry = (policy.limit > 0).then(|| Arc::new(policy));
     (t, retry)

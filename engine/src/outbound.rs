@@ -527,7 +527,15 @@ fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
         grpc: 0,
         timeout: attempt_timeout(r.timeout),
         backoff: retry_backoff(r.backoff.as_ref()),
+        max_request_bytes: max_request_bytes(r.max_request_bytes),
     }))
+}
+
+/// The largest body a retry policy keeps: as the policy says (0: only
+/// requests without a body go again), at most
+/// [`RetryPolicy::MAX_REQUEST_BYTES_CAP`].
+fn max_request_bytes(n: u32) -> u64 {
+    u64::from(n).min(RetryPolicy::MAX_REQUEST_BYTES_CAP)
 }
 
 /// A retry's per-attempt timeout (zero: none).
@@ -587,6 +595,7 @@ fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
         grpc,
         timeout: attempt_timeout(r.timeout),
         backoff: retry_backoff(r.backoff.as_ref()),
+        max_request_bytes: max_request_bytes(r.max_request_bytes),
     }))
 }
 
@@ -883,6 +892,31 @@ mod tests {
         assert_eq!(routed(&p, "POST", "/x.Y/Z"), Some("g1"));
         assert_eq!(routed(&p, "GET", "/pkg.Svc/Get"), None);
         assert_eq!(routed(&p, "POST", "/pkg.Svc"), None);
+    }
+
+    /// A retry's `max_request_bytes` is kept as given (0: bodiless
+    /// requests only), at most 1 MiB; HTTP and gRPC alike.
+    #[test]
+    fn retry_max_request_bytes_is_bounded() {
+        let http = |n| {
+            http_retry(&http_route::Retry {
+                max_retries: 1,
+                max_request_bytes: n,
+                ..Default::default()
+            })
+            .unwrap()
+            .max_request_bytes
+        };
+        assert_eq!(http(0), 0);
+        assert_eq!(http(100), 100);
+        assert_eq!(http(u32::MAX), RetryPolicy::MAX_REQUEST_BYTES_CAP);
+        let grpc = grpc_retry(&grpc_route::Retry {
+            max_retries: 1,
+            max_request_bytes: 5000,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(grpc.max_request_bytes, 5000);
     }
 }
 

@@ -26,9 +26,6 @@ use ringmesh_discovery::profile::RetryPolicy;
 
 use crate::route::Dst;
 
-/// The largest request body kept whole so the request can go again (as
-/// linkerd2-proxy's); larger bodies stream and are never retried.
-pub(crate) const MAX_REPLAY_BODY: u64 = 64 * 1024;
 /// Retries after 502/503 answers, per request.
 pub(crate) const MAX_ANSWER_RETRIES: usize = RetryPolicy::DEFAULT_LIMIT as usize;
 /// Attempts per request when HTTP/2 upstreams leave its stream unprocessed.
@@ -354,6 +351,7 @@ mod tests {
             grpc: 1 << 14,
             timeout: None,
             backoff: None,
+            max_request_bytes: 0,
         };
         let route = crate::route::RoutePolicy {
             retry: Some(Arc::new(policy)),

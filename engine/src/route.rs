@@ -245,6 +245,16 @@ impl RoutePolicy {
         self.retry.is_some()
     }
 
+    /// The largest request body kept whole so the request can go again:
+    /// the route's retry policy's `max_request_bytes`, else 64 KiB (as
+    /// linkerd2-proxy's). Larger bodies stream and are never retried.
+    pub(crate) fn replay_limit(&self) -> u64 {
+        self.retry.as_ref().map_or(
+            ringmesh_discovery::profile::RetryPolicy::DEFAULT_MAX_REQUEST_BYTES,
+            |r| r.max_request_bytes,
+        )
+    }
+
     /// The request's deadline: the configured request timeout or the
     /// route's, whichever ends first.
     pub(crate) fn deadline(

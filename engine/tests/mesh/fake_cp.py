@@ -737,7 +737,7 @@ class Outbound:
         `path_exact`, `method`, `headers` (exact values), `query`, `host`; `backends`
         (a list of {"authority", "weight", "queue"}: random-available
         through Destination.Get, or {"forward": "ip:port"}), `timeout_ms`, `retry`
-        (true, or {"limit", "statuses": [[lo, hi]], "timeout_ms", "backoff_ms"}), `allow_l5d_headers`,
+        (true, or {"limit", "statuses": [[lo, hi]], "timeout_ms", "backoff_ms", "max_request_bytes"}), `allow_l5d_headers`,
         `filters` (see http_filter)."""
         pb = self.pb
         o, hr = pb.outbound, pb.http_route
@@ -798,6 +798,8 @@ class Outbound:
             # true: two retries on 5xx; or {"limit": n, "statuses": [[lo, hi], ...]}
             spec = retry if isinstance(retry, dict) else {}
             rule.retry.max_retries = spec.get("limit", 2)
+            # As Linkerd's policy controller: 64 KiB unless told.
+            rule.retry.max_request_bytes = spec.get("max_request_bytes", 64 * 1024)
             for lo, hi in spec.get("statuses", []):
                 rule.retry.conditions.status_ranges.append(
                     o.HttpRoute.Retry.Conditions.StatusRange(start=lo, end=hi)
