@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use http::Request;
+use http::{HeaderMap, Request};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::BufResult;
-use monoio_http::h2::{client, server, Reason, SendStream};
+use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
 use ringmesh_admin::telemetry::{ConnMeter, HttpKey};
 use ringmesh_balancer::OpenGuard;
 
@@ -243,6 +243,67 @@ pub(crate) async fn send_all(
             .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
     }
     Ok(())
+}
+
+/// A body kept whole: its data and trailers.
+pub(crate) type Kept = (Bytes, Option<HeaderMap>);
+
+/// Reads a whole body of `len` declared bytes (the h2 layer holds the
+/// client to its `content-length`).
+pub(crate) async fn read_whole(from: &mut RecvStream, len: u64) -> Result<Kept, Reason> {
+    let mut data = bytes::BytesMut::with_capacity(len as usize);
+    while let Some(chunk) = from.data().await {
+        let chunk = chunk.map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+        let _ = from.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = from
+        .trailers()
+        .await
+        .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
+    Ok((data.freeze(), trailers))
+}
+
+/// Reads a request body whole, so the request can go again, when it is
+/// `idempotent` (the method, or the route retries any), to a service,
+/// with a declared length of at most `limit` and no `Expect: 100-continue`
+/// (the client would wait for the 100 before sending it); `body` is then
+/// taken. Otherwise it is left to stream.
+pub(crate) async fn keep_body(
+    target: &Dst,
+    parts: &http::request::Parts,
+    body: &mut Option<RecvStream>,
+    idempotent: bool,
+    limit: u64,
+) -> Result<Option<Kept>, Reason> {
+    if !idempotent
+        || !matches!(target, Dst::Service(..))
+        || parts.headers.contains_key(http::header::EXPECT)
+    {
+        return Ok(None);
+    }
+    let Some(b) = body.as_mut() else {
+        return Ok(None);
+    };
+    match declared_length(&parts.headers) {
+        Some(n) if n <= limit => {
+            let kept = read_whole(b, n).await?;
+            *body = None;
+            Ok(Some(kept))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Sends a kept request body (one more time), and its trailers.
+pub(crate) async fn send_kept(data: Bytes, trailers: Option<HeaderMap>, mut to: SendStream<Bytes>) {
+    let last = trailers.is_none();
+    if send_all(&mut to, data, last, None).await.is_err() {
+        return;
+    }
+    if let Some(t) = trailers {
+        let _ = to.send_trailers(t);
+    }
 }
 
 /// A stream's upstream: a pooled HTTP/2 connection to the chosen endpoint,

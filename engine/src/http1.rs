@@ -8,7 +8,8 @@
 //! to an HTTP/1 upstream (`h1forward`, which streams the body up and the
 //! response down), going again where `retry` allows. A small
 //! `Content-Length` body to a service is read whole first and sent with the
-//! head, so the request can be retried. Upgrades (101) and CONNECT tunnels
+//! head (or, over HTTP/2, with each attempt), so the request can be
+//! retried. Upgrades (101) and CONNECT tunnels
 //! end HTTP: both sides go to the opaque relay (`h1forward::tunnel`). The
 //! proxy's own answers come from `error`. Between requests a connection
 //! holds no buffer.
@@ -223,10 +224,6 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     obs.routed(&target);
     obs.set_route(policy);
     obs.request_head(&request);
-    if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
-        // Boxed: its state would otherwise size every connection's task.
-        return Box::pin(over_h2(t, obs, &target)).await;
-    }
     let deadline = obs.deadline(t.w.cfg.http.request_timeout);
     let limit = obs.route().replay_limit();
     let kept = match keep_body(t, &target, limit, deadline).await {
@@ -234,6 +231,10 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         Err(Some(e)) => return answer(t, obs, e).await,
         Err(None) => return Next::Close,
     };
+    if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
+        // Boxed: its state would otherwise size every connection's task.
+        return Box::pin(over_h2(t, obs, &target, kept, deadline)).await;
+    }
     forward(t, obs, dst, &target, kept, deadline).await
 }
 
@@ -266,11 +267,17 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
     }
 }
 
-/// The request to a meshed service travels over HTTP/2 (`translate`).
-async fn over_h2(t: &mut Turn<'_>, mut obs: Observer<'_>, target: &Dst) -> Next {
-    let deadline = obs.deadline(t.w.cfg.http.request_timeout);
+/// The request to a meshed service travels over HTTP/2 (`translate`);
+/// `kept`: its body, read whole at the front of the client's buffer.
+async fn over_h2(
+    t: &mut Turn<'_>,
+    mut obs: Observer<'_>,
+    target: &Dst,
+    kept: Option<usize>,
+    deadline: Option<Instant>,
+) -> Next {
     let outcome = dispatch::h1_over_h2(
-        t.w, t.c, t.req, &mut obs, target, t.dial, deadline, t.out, t.limits,
+        t.w, t.c, t.req, &mut obs, target, t.dial, deadline, t.out, t.limits, kept,
     )
     .await;
     match outcome {

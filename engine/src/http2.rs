@@ -32,7 +32,9 @@ use ringmesh_protocols::http1::Authority as RequestAuthority;
 use crate::config::{ConnectConfig, H2Server};
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
-use crate::h2client::{declared_length, open_stream, send_all, unprocessed, MeteredIo, Opening};
+use crate::h2client::{
+    declared_length, keep_body, open_stream, send_all, send_kept, unprocessed, MeteredIo, Opening,
+};
 use crate::h2guarded::GuardedIo;
 use crate::l5d_headers::CLIENT_ID;
 use crate::observe::Observer;
@@ -457,17 +459,10 @@ async fn to_h2(
     // request can go again to another endpoint (after a 502/503 or a
     // refused stream); larger or other bodies stream.
     let idempotent = s.parts.method.is_idempotent() || obs.route().retryable();
-    let replay = match (target, body.as_mut()) {
-        (Dst::Service(..), Some(b)) if idempotent => match declared_length(&s.parts.headers) {
-            Some(n) if n <= obs.route().replay_limit() => {
-                let kept = read_whole(b, n).await.map_err(Failure::Reset)?;
-                body = None;
-                Some(kept)
-            }
-            _ => None,
-        },
-        _ => None,
-    };
+    let limit = obs.route().replay_limit();
+    let replay = keep_body(target, s.parts, &mut body, idempotent, limit)
+        .await
+        .map_err(Failure::Reset)?;
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
     let mut attempts = Attempts::new(target, idempotent, repeatable).on_route(obs.route());
@@ -493,7 +488,7 @@ async fn to_h2(
         // (head and body) comes down: bidirectional streams need both.
         let mut stop_body = None;
         if let Some((data, trailers)) = &replay {
-            monoio::spawn(replay_body(data.clone(), trailers.clone(), o.body));
+            monoio::spawn(send_kept(data.clone(), trailers.clone(), o.body));
         } else if let Some(b) = body.take() {
             let (tx, rx) = oneshot::channel();
             stop_body = Some(tx);
@@ -635,36 +630,6 @@ async fn relay_response(
         grpc_status: grpc,
         error: None,
     })
-}
-
-/// A body kept whole: its data and trailers.
-type Kept = (Bytes, Option<HeaderMap>);
-
-/// Reads a whole body of `len` declared bytes (the h2 layer holds the
-/// client to its `content-length`).
-async fn read_whole(from: &mut RecvStream, len: u64) -> Result<Kept, Reason> {
-    let mut data = bytes::BytesMut::with_capacity(len as usize);
-    while let Some(chunk) = from.data().await {
-        let chunk = chunk.map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
-        let _ = from.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = from
-        .trailers()
-        .await
-        .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))?;
-    Ok((data.freeze(), trailers))
-}
-
-/// Sends a kept body (one more time).
-async fn replay_body(data: Bytes, trailers: Option<HeaderMap>, mut to: SendStream<Bytes>) {
-    let last = trailers.is_none();
-    if send_all(&mut to, data, last, None).await.is_err() {
-        return;
-    }
-    if let Some(t) = trailers {
-        let _ = to.send_trailers(t);
-    }
 }
 
 /// Streams a client's request body to the upstream stream.

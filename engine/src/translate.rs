@@ -13,7 +13,9 @@
 //!   on a pooled HTTP/1 connection ([`h2_to_h1`]).
 //!
 //! Bodies are re-framed as they stream (HTTP/1 chunked ↔ DATA frames) with
-//! flow control both ways; nothing is buffered whole. What does not
+//! flow control both ways; only a small body with a declared length, of a
+//! request that may be retried, is kept whole (as on the untranslated
+//! paths), to go again with each attempt. What does not
 //! translate: header names reach HTTP/2 in lower case (HTTP/2 requires
 //! it), connection-specific fields are left out of HTTP/2 heads and
 //! trailers, and upgrades/CONNECT never take the HTTP/2 path. Trailers go
@@ -56,7 +58,9 @@ pub(crate) const ORIG_PROTO: &str = "l5d-orig-proto";
 /// `l5d-orig-proto`) to an endpoint of `target`, and its response back as
 /// HTTP/1.1. Ends with the status sent and whether the client connection
 /// may carry another request; or a failure (an answer for the caller to
-/// send, or a response cut short: the connection must close).
+/// send, or a response cut short: the connection must close). `kept`: the
+/// body's length when it was read whole (at the front of `c.buf`), so the
+/// request can go again.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn h1_over_h2(
     w: &Rc<Worker>,
@@ -68,18 +72,27 @@ pub(crate) async fn h1_over_h2(
     request_deadline: Option<Instant>,
     out: &mut Vec<u8>,
     limits: &Limits,
+    kept: Option<usize>,
 ) -> Result<(u16, bool), Failure> {
     let mut parts =
         h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
     obs.route().edit(Message::Request, &mut parts.headers);
     let end = req.framing().is_empty();
+    // A kept body of a request that may go again (its method, or a route
+    // that retries any) goes whole with each attempt; it is taken from the
+    // client's buffer once, here. Another streams from the buffer.
+    let idempotent = req.method().is_idempotent() || obs.route().retryable();
+    let kept = kept
+        .filter(|_| idempotent)
+        .map(|n| Bytes::copy_from_slice(&c.buf[..n]));
+    let repeatable = end || kept.is_some();
     let mut attempts =
-        Attempts::new(target, req.method().is_idempotent(), end).on_route(obs.route());
+        Attempts::new(target, req.method().is_idempotent(), repeatable).on_route(obs.route());
     let deadline = w.response_deadline(request_deadline);
-    // A request without a body whose answer could be retried (nothing of
-    // it is lost by sending it again) waits for the response head here:
-    // an answer the retry is for goes again to another endpoint, unseen
-    // by the client. Otherwise the head is awaited as the body streams.
+    // A request that can go again (no body, or a kept one) whose answer
+    // could be retried waits for the response head here: an answer the
+    // retry is for goes again to another endpoint, unseen by the client.
+    // Otherwise the head is awaited as the body streams.
     let (up_body, guard, response, sent_at) = loop {
         let opened =
             h2client::open_stream(w, obs, target, dial, &parts, end, &mut attempts, None).await;
@@ -98,8 +111,17 @@ pub(crate) async fn h1_over_h2(
             }
             Err(e) => return Err(e.into()),
         };
+        let up_body = match &kept {
+            // Sent by a task of its own, as the window allows, while the
+            // head is awaited.
+            Some(data) => {
+                monoio::spawn(h2client::send_kept(data.clone(), None, up_body));
+                None
+            }
+            None => Some(up_body),
+        };
         let sent_at = Instant::now();
-        if !(end && attempts.would_retry_answer(sent_at)) {
+        if !(repeatable && attempts.would_retry_answer(sent_at)) {
             break (up_body, guard, UpstreamHead::Pending(response), sent_at);
         }
         // A route's per-attempt timeout, while a retry could follow.
@@ -151,13 +173,14 @@ pub(crate) async fn h1_over_h2(
     let Client {
         rd, wr, buf, meter, ..
     } = c;
+    if let Some(data) = &kept {
+        buf.drain(..data.len());
+    }
     let scanner = BodyScanner::new(req.framing(), limits);
     let body_up = async {
-        if end {
-            drop(up_body);
+        let Some(mut up_body) = up_body.filter(|_| !end) else {
             return Ok(());
-        }
-        let mut up_body = up_body;
+        };
         let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None, None).await;
         if r.is_err() {
             up_body.send_reset(Reason::CANCEL);
@@ -437,17 +460,29 @@ pub(crate) async fn h2_to_h1(
     orig_proto: bool,
 ) -> Result<ResponseClass, Failure> {
     let end = body.is_end_stream();
+    let mut body = Some(body).filter(|_| !end);
+    // A small body of a request that may go again is kept whole, and
+    // sent after each attempt's head (its trailers, which a
+    // `content-length` HTTP/1 body cannot carry, are dropped as when it
+    // streams).
+    let idempotent = parts.method.is_idempotent() || obs.route().retryable();
+    let limit = obs.route().replay_limit();
+    let kept = h2client::keep_body(target, parts, &mut body, idempotent, limit)
+        .await
+        .map_err(Failure::Reset)?
+        .map(|(data, _)| data);
+    let repeatable = end || kept.is_some();
     let mut req = H1Request {
         head: Vec::with_capacity(512),
         framing: Reframe::Empty,
         method: Method::from_bytes(parts.method.as_str().as_bytes()),
-        body: Some(body).filter(|_| !end),
+        body,
         limits: Limits::default(),
         deadline: w.response_deadline(request_deadline),
     };
     let deadline = req.deadline;
     let mut attempts =
-        Attempts::new(target, parts.method.is_idempotent(), end).on_route(obs.route());
+        Attempts::new(target, parts.method.is_idempotent(), repeatable).on_route(obs.route());
     let mut fresh = false;
     let (mut up, addr, guard, mut got) = loop {
         let (up, addr, guard) =
@@ -462,6 +497,9 @@ pub(crate) async fn h2_to_h1(
             response_edits: None,
         };
         req.framing = h1_request_head(parts, end, rewrite, &mut req.head);
+        if let Some(data) = &kept {
+            req.head.extend_from_slice(data);
+        }
         // The client's stream reset meanwhile (MadeYouReset included): the
         // request does not go.
         if let Some(reason) = h2client::reset_already(respond) {
@@ -469,11 +507,11 @@ pub(crate) async fn h2_to_h1(
         }
         let reused = up.reused;
         let mut up = up;
-        // A request without a body can go again after an answer a retry
-        // is for: to another endpoint (this connection, its answer
-        // unread, is dropped).
+        // A request without a body, or with a kept one, can go again
+        // after an answer a retry is for: to another endpoint (this
+        // connection, its answer unread, is dropped).
         let now = Instant::now();
-        let may_retry = end && attempts.would_retry_answer(now);
+        let may_retry = repeatable && attempts.would_retry_answer(now);
         // A route's per-attempt timeout, while a retry could follow.
         let (attempt_deadline, cut) = match may_retry {
             true => attempts.attempt_deadline(now, deadline),

@@ -644,8 +644,9 @@ fn answers_503_are_retried_across_translations() {
         ],
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients = lb::answers(a.forward_addrs()[0], 4, stop.clone(), false);
-    std::thread::sleep(Duration::from_millis(300));
+    let tally = std::sync::Arc::new(lb::Tally::default());
+    let clients = lb::answers_counted(a.forward_addrs()[0], 4, stop.clone(), false, tally.clone());
+    tally.wait(Duration::from_secs(10), |t| t.answers() > 200);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen: Vec<_> = clients
         .into_iter()
@@ -709,5 +710,158 @@ fn answers_503_are_retried_across_translations() {
     assert!(
         retries(&a, bad.addr) >= 1.0,
         "no retry counted against the failing endpoint"
+    );
+}
+
+/// A kept body (a declared length within the retry limit) goes again
+/// with its request across the translations: a PUT from an HTTP/1 client
+/// carried over HTTP/2 to meshed endpoints, and from an HTTP/2 client to
+/// an HTTP/1-only service. Every answer is the healthy backend's, which
+/// got each body whole; the failing one got bodies too (it was asked).
+/// Four concurrent clients, until the failing backend was asked 3 times
+/// (bounded): one client alone would leave it after its first answer.
+#[test]
+fn kept_bodies_are_retried_across_translations() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let delay = Duration::from_micros(100);
+    let failing = Arc::new(AtomicBool::new(true));
+    let healthy = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (good, bad) = (
+        lb::body_backend(b'a', delay, healthy, tx.clone()),
+        lb::body_backend(b'c', delay, failing, tx),
+    );
+    let body: Arc<Vec<u8>> = Arc::new((0..3000).map(common::h2::pattern_byte).collect());
+    // Runs `client` on 4 threads until the failing backend got 3 bodies
+    // (at most 10 s); checks every body a backend got, and returns the
+    // clients' answers.
+    let run = |what: &str, client: &(dyn Fn(&AtomicBool) -> Vec<String> + Sync)| {
+        let stop = AtomicBool::new(false);
+        let (answers, got) = std::thread::scope(|s| {
+            let clients: Vec<_> = (0..4).map(|_| s.spawn(|| client(&stop))).collect();
+            let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while got.iter().filter(|(n, _)| *n == b'c').count() < 3
+                && std::time::Instant::now() < deadline
+            {
+                if let Ok(b) = rx.recv_timeout(Duration::from_millis(50)) {
+                    got.push(b);
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let answers: Vec<String> = clients
+                .into_iter()
+                .flat_map(|c| c.join().unwrap())
+                .collect();
+            got.extend(rx.try_iter());
+            (answers, got)
+        });
+        assert!(
+            got.iter().all(|(_, b)| *b == *body),
+            "{what}: a backend got a body cut or changed"
+        );
+        let to_c = got.iter().filter(|(n, _)| *n == b'c').count();
+        assert!(
+            to_c >= 3,
+            "{what}: the failing backend was asked {to_c} times"
+        );
+        answers
+    };
+
+    // HTTP/1 client, HTTP/2 between the proxies.
+    let inbound = |to: &Backend| {
+        let target = to.addr.to_string();
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                ("RINGMESH_INBOUND_TARGET", &target),
+                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ],
+        )
+    };
+    let (b_good, b_bad) = (inbound(&good), inbound(&bad));
+    let dir = TempDir::new("orig-proto-retry-body-h1");
+    let eps = [
+        b_good.inbound_addr().unwrap(),
+        b_bad.inbound_addr().unwrap(),
+    ];
+    let file = service_file(&dir, "web.test:80", &eps, "protocol_hint = \"h2\"\n");
+    let a = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = a.forward_addrs()[0];
+    let head = format!(
+        "PUT / HTTP/1.1\r\nHost: web.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let request = [head.as_bytes(), &body].concat();
+    let answers = run("HTTP/1 over HTTP/2", &|stop| {
+        let conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        let mut answers = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            w.write_all(&request).unwrap();
+            let (status, text) = lb::read_body_answer(&mut r);
+            answers.push(format!("{} {text}", status.trim_end()));
+        }
+        answers
+    });
+    assert!(
+        answers.iter().all(|a| a == "HTTP/1.1 200 OK a 3000"),
+        "HTTP/1 over HTTP/2: {answers:?}"
+    );
+    drop((a, b_good, b_bad));
+
+    // HTTP/2 client (curl: a declared length), HTTP/1-only service.
+    let dir2 = TempDir::new("orig-proto-retry-body-h2");
+    let file = service_file(
+        &dir2,
+        "web.test:80",
+        &[good.addr, bad.addr],
+        "protocol = \"http1\"\n",
+    );
+    let a = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let upload = dir2.path().join("body");
+    std::fs::write(&upload, &*body).unwrap();
+    let url = format!("http://{}/", a.forward_addrs()[0]);
+    let answers = run("HTTP/2 to HTTP/1", &|stop| {
+        let mut answers = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "-X",
+                    "PUT",
+                    "--data-binary",
+                ])
+                .arg(format!("@{}", upload.display()))
+                .args(["-w", " %{http_code}", "--max-time", "10", &url])
+                .output()
+                .unwrap();
+            answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        answers
+    });
+    assert!(
+        answers.iter().all(|a| a == "a 3000 200"),
+        "HTTP/2 to HTTP/1: {answers:?}"
     );
 }
