@@ -503,6 +503,38 @@ impl RetryPolicy {
     }
 }
 
+/// An outbound policy's opaque route (its one rule): each connection goes
+/// to one of its backends, drawn by weight, unless a filter refuses it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpaqueRoute {
+    /// The route's name (`rt_route`-like, for logs).
+    pub name: Option<Arc<str>>,
+    /// Destination.Get paths or addresses, with their weights.
+    pub backends: Vec<(Authority, u32)>,
+    /// Why a connection drawn to the backend of the same index is refused
+    /// (its own `forbidden` or `invalid` filter); empty when no backend
+    /// has one.
+    pub backend_refused: Vec<Option<Arc<str>>>,
+    /// Why every connection is refused (the rule's `forbidden` or
+    /// `invalid` filter); `None`: they go to a backend.
+    pub refused: Option<Arc<str>>,
+}
+
+impl OpaqueRoute {
+    /// The backend a connection goes to (`r`: a uniform draw in [0, 1)),
+    /// or why it goes nowhere.
+    pub fn pick(&self, r: f64) -> Result<&Authority, &str> {
+        if let Some(why) = &self.refused {
+            return Err(why);
+        }
+        let i = pick_index(&self.backends, r).ok_or("the opaque route has no backend")?;
+        match self.backend_refused.get(i) {
+            Some(Some(why)) => Err(why),
+            _ => Ok(&self.backends[i].0),
+        }
+    }
+}
+
 /// The retry budget: retries may add `ratio` of the requests, plus
 /// `min_per_second`, counted over `ttl`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -527,6 +559,10 @@ pub struct Profile {
     pub dst_overrides: Vec<(Authority, u32)>,
     /// The service's port is opaque: no protocol detection.
     pub opaque: bool,
+    /// Where its opaque connections go (an outbound policy's opaque
+    /// route, for an opaque target, or a detecting one's traffic that is
+    /// not HTTP); `None`: the target itself.
+    pub opaque_route: Option<Arc<OpaqueRoute>>,
     /// How the endpoints of the services its requests go to are ejected
     /// (an outbound policy's failure accrual); `None`: the proxy's own
     /// setting.

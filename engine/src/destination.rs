@@ -345,6 +345,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         retry_budget,
         dst_overrides,
         opaque: p.opaque_protocol,
+        opaque_route: None,
         // GetProfile has no accrual or queue settings: the proxy's apply.
         accrual: None,
         queues: Vec::new(),

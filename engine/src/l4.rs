@@ -248,12 +248,17 @@ pub(crate) async fn serve(
         // The application's own connections, on this host.
         (_, Some(_)) => TlsStatus::NoIdentity(NoTlsReason::Loopback),
     };
-    if matches!(*kind, ListenerKind::Outbound)
-        && w.routes.discovers()
-        && orig != local
-        && w.routes.must_discover(orig)
-    {
-        crate::route::await_addr(&w.routes, orig).await;
+    // An address the control plane knows of (its networks), as the
+    // original destination or a forward's target: asked about and waited
+    // for (bounded) the first time.
+    let known_addr = match &*kind {
+        _ if !w.routes.discovers() => None,
+        ListenerKind::Outbound if orig != local => Some(orig),
+        ListenerKind::Forward(name) => name.socket_addr(),
+        _ => None,
+    };
+    if let Some(addr) = known_addr.filter(|a| w.routes.must_discover(*a)) {
+        crate::route::await_addr(&w.routes, addr).await;
     }
     let Some(mut route) = route(&w, &kind, orig, local, peer) else {
         return;
@@ -346,7 +351,27 @@ async fn serve_decided(
             .await;
         }
         Protocol::Tls | Protocol::Opaque => {
-            relay_opaque(c, client, &route.target, &labels, src_meter, decided).await;
+            let target = match route.opaque {
+                OpaqueChoice::Target => route.target,
+                OpaqueChoice::Refused(why) => {
+                    tracing::info!(%peer, dst = %route.addr, reason = &*why, "opaque connection refused by its outbound policy; closing");
+                    close_early(c, &labels, decided.early.take());
+                    w.pools.bufs.put(decided.prefix);
+                    return;
+                }
+                OpaqueChoice::Pending(name) => {
+                    match Box::pin(crate::route::service_named(&w.routes, &name)).await {
+                        Ok(Dst::Service(svc, balancer)) => Target::Service(svc, balancer),
+                        Ok(Dst::Addr(a)) => Target::Addr(a),
+                        Err(e) => {
+                            warn_limited!(w, Warning::ForwardUnresolved, %peer, backend = %name, reason = e.reason(), "the opaque route's backend is not resolved; closing");
+                            w.pools.bufs.put(decided.prefix);
+                            return;
+                        }
+                    }
+                }
+            };
+            relay_opaque(c, client, &target, &labels, src_meter, decided).await;
         }
     }
 }
@@ -449,6 +474,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         return;
     }
     let route = Route {
+        opaque: OpaqueChoice::Target,
         target: Target::Addr(target),
         addr: target,
         port: target.port(),
@@ -514,6 +540,7 @@ async fn serve_gateway(
         },
     };
     let route = Route {
+        opaque: OpaqueChoice::Target,
         target,
         addr: c.local,
         port: h.port,
@@ -649,7 +676,11 @@ async fn decide_protocol(c: &Conn<'_>, client: &mut Transport, route: &Route) ->
         }
         _ => {
             let undecided = w.detection.undecided.enter();
-            let early_target = (route.hint.is_none()).then_some(&route.target);
+            // (Not to an opaque route's backend still to be resolved, or
+            // for a connection the route refuses.)
+            let early_target = (route.hint.is_none()
+                && matches!(route.opaque, OpaqueChoice::Target))
+            .then_some(&route.target);
             let (res, buf) = match client.plain_mut() {
                 Some(tcp) => {
                     detect_protocol(
@@ -961,7 +992,12 @@ async fn relay_tls(
 /// Where a connection goes, the port that decides whether it is opaque,
 /// and what discovery says it speaks.
 struct Route {
+    /// Where it is relayed when opaque (and connected to early while its
+    /// protocol is detected), unless `opaque` says otherwise.
     target: Target,
+    /// An outbound policy's opaque route's say, when it was not already
+    /// folded into `target`.
+    opaque: OpaqueChoice,
     /// Where the client was going: its original destination, or the
     /// listener's address when it was not redirected.
     addr: SocketAddr,
@@ -969,6 +1005,36 @@ struct Route {
     hint: Option<DiscoveredProtocol>,
     /// How HTTP requests on this connection are routed.
     http: HttpDst,
+}
+
+/// What an outbound policy's opaque route chose for a connection, beyond
+/// a target already resolved.
+enum OpaqueChoice {
+    /// `target` (the route chose nothing else, or a backend resolved now).
+    Target,
+    /// The route refuses the connection (a filter, or no backend).
+    Refused(Arc<str>),
+    /// A backend the snapshot does not have yet: watched and waited for
+    /// when the connection turns out opaque.
+    Pending(Authority),
+}
+
+/// The backend `name` of an opaque route as a target now: a service in
+/// the snapshot, or an address (forwarded to, or balanced when discovery
+/// knows it); `None` when the name must be watched first.
+fn backend_target(
+    w: &Worker,
+    snap: &ringmesh_discovery::Snapshot,
+    name: &Authority,
+) -> Option<Target> {
+    if let Some(svc) = snap.service(name) {
+        return Some(Target::Service(svc.clone(), w.routes.balancer(svc)));
+    }
+    let addr = name.socket_addr()?;
+    Some(match snap.service_by_addr(addr) {
+        Some(svc) => Target::Service(svc.clone(), w.routes.balancer(svc)),
+        None => Target::Addr(addr),
+    })
 }
 
 /// Decides where a connection goes, or logs why it goes nowhere.
@@ -982,11 +1048,14 @@ fn route(
     let snap = w.routes.snapshot();
     let mut hint = None;
     let http;
+    // An outbound policy's opaque route, for an address it covers.
+    let mut opaque_route = None;
     let target = match kind {
         ListenerKind::Outbound => {
             if orig == local {
                 // An explicit-proxy client: HTTP routes by authority.
                 return Some(Route {
+                    opaque: OpaqueChoice::Target,
                     target: Target::ByAuthority,
                     addr: local,
                     port: local.port(),
@@ -1000,6 +1069,7 @@ fn route(
                 if p.opaque {
                     hint = Some(DiscoveredProtocol::Opaque);
                 }
+                opaque_route = p.opaque_route.clone();
                 // Its watch stays while connections use it.
                 w.routes.used_addrs.borrow_mut().insert(orig);
             }
@@ -1025,6 +1095,11 @@ fn route(
         }
         ListenerKind::Forward(name) => {
             http = HttpDst::Forward(name.clone());
+            // A forward to an address an outbound policy covers: its
+            // opaque route, as for a redirected connection.
+            if let Some(p) = name.socket_addr().and_then(|a| snap.profile_by_addr(a)) {
+                opaque_route = p.opaque_route.clone();
+            }
             match snap.service(name) {
                 Some(svc) => {
                     hint = svc.protocol;
@@ -1046,6 +1121,26 @@ fn route(
             }
         }
     };
+    // The logical destination's port decides opacity (the original
+    // destination, or the forward's target), as linkerd2-proxy does.
+    let port = match (&target, kind) {
+        (_, ListenerKind::Forward(name)) => name.port(),
+        (Target::Addr(a), _) => a.port(),
+        (Target::Service(svc, _), _) => svc.name.port(),
+        (Target::ByAuthority, _) => local.port(),
+    };
+    // The opaque route's backend, drawn now (per connection).
+    let mut opaque = OpaqueChoice::Target;
+    let mut target = target;
+    if let Some(r) = opaque_route {
+        match r.pick(fastrand::f64()) {
+            Err(why) => opaque = OpaqueChoice::Refused(Arc::from(why)),
+            Ok(name) => match backend_target(w, &snap, name) {
+                Some(t) => target = t,
+                None => opaque = OpaqueChoice::Pending(name.clone()),
+            },
+        }
+    }
     if let Target::Addr(addr) = target {
         if w.routes
             .own_listeners
@@ -1057,16 +1152,9 @@ fn route(
             return None;
         }
     }
-    // The logical destination's port decides opacity (the original
-    // destination, or the forward's target), as linkerd2-proxy does.
-    let port = match (&target, kind) {
-        (_, ListenerKind::Forward(name)) => name.port(),
-        (Target::Addr(a), _) => a.port(),
-        (Target::Service(svc, _), _) => svc.name.port(),
-        (Target::ByAuthority, _) => local.port(),
-    };
     Some(Route {
         target,
+        opaque,
         addr: orig,
         port,
         hint,

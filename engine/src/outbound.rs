@@ -11,7 +11,9 @@
 //! - The policy, reported to the [`Table`] as the target's routing
 //!   [`Profile`] (it wins over GetProfile's for the same target):
 //!   - the protocol: `opaque` (and `tls`) targets are relayed without
-//!     detection;
+//!     detection; an opaque route (`opaque`'s, or `detect`'s for traffic
+//!     that is not HTTP) sends each connection to one of its backends, or
+//!     refuses it (`l4.rs`);
 //!   - HTTP routes (`detect`'s HTTP/1 and HTTP/2 routes, or `http1`,
 //!     `http2`) and gRPC routes: each rule one route, matching its hosts
 //!     (exact, suffix), paths (exact, prefix, regex), methods and headers
@@ -38,10 +40,7 @@
 //!   A backend's own filters apply, after the rule's, to the requests
 //!   sent to it.
 //!
-//! Not yet: query-parameter matches (a rule that has one is skipped,
-//! so it never matches more than it should), the retry policy's backoff
-//! and per-attempt timeout, opaque and TLS routes' backends, `authority`
-//! targets.
+//! Not yet: TLS routes (by SNI), `authority` targets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,8 +57,8 @@ use linkerd2_proxy_api::outbound::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    grpc_code, AccrualSpec, Profile, ProfileRoute, QueueSpec, RequestMatch, RetryBackoff,
-    RetryPolicy, ValueMatch,
+    grpc_code, AccrualSpec, OpaqueRoute, Profile, ProfileRoute, QueueSpec, RequestMatch,
+    RetryBackoff, RetryPolicy, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -204,11 +203,20 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     .and_then(accrual);
     let queues = &mut profile.queues;
     profile.routes = match kind {
-        Some(Kind::Opaque(_) | Kind::Tls(_)) => {
+        Some(Kind::Opaque(o)) => {
+            profile.opaque = true;
+            profile.opaque_route = Some(Arc::new(opaque_route(target, o.routes)));
+            Vec::new()
+        }
+        Some(Kind::Tls(_)) => {
             profile.opaque = true;
             Vec::new()
         }
         Some(Kind::Detect(d)) => {
+            // Traffic that is not HTTP goes by its opaque route.
+            if let Some(o) = d.opaque {
+                profile.opaque_route = Some(Arc::new(opaque_route(target, o.routes)));
+            }
             let routes = d.http1.map(|h| h.routes).into_iter().flatten();
             let routes = routes.chain(d.http2.map(|h| h.routes).into_iter().flatten());
             routes
@@ -233,6 +241,91 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
         None => Vec::new(),
     };
     profile
+}
+
+/// An opaque policy's route: linkerd2-proxy takes exactly one route of
+/// one rule (more is refused there; here the first is used, logged). No
+/// route, or no backend: connections go nowhere (closed), as
+/// linkerd2-proxy's "no route". A `forbidden` or `invalid` filter refuses
+/// them: the rule's every connection, a backend's those drawn to it.
+fn opaque_route(
+    target: &Authority,
+    routes: Vec<linkerd2_proxy_api::outbound::OpaqueRoute>,
+) -> OpaqueRoute {
+    use linkerd2_proxy_api::outbound::opaque_route::{distribution, filter, Filter};
+    let refusal = |filters: &[Filter]| -> Option<Arc<str>> {
+        filters.first().map(|f| match &f.kind {
+            Some(filter::Kind::Forbidden(_)) => Arc::from("forbidden by the opaque route"),
+            Some(filter::Kind::Invalid(i)) => {
+                Arc::from(format!("the opaque route is invalid: {}", i.message))
+            }
+            None => Arc::from("the opaque route has a filter of no kind"),
+        })
+    };
+    if routes.len() > 1 {
+        tracing::warn!(%target, routes = routes.len(), "an opaque policy should have one route; using the first");
+    }
+    let Some(route) = routes.into_iter().next() else {
+        return OpaqueRoute {
+            name: None,
+            backends: Vec::new(),
+            backend_refused: Vec::new(),
+            refused: None,
+        };
+    };
+    let name = route_name(route.metadata.as_ref());
+    if route.rules.len() != 1 {
+        tracing::warn!(%target, route = ?name, rules = route.rules.len(), "an opaque route should have one rule; using the first");
+    }
+    let Some(rule) = route.rules.into_iter().next() else {
+        return OpaqueRoute {
+            name,
+            backends: Vec::new(),
+            backend_refused: Vec::new(),
+            refused: None,
+        };
+    };
+    let refused = refusal(&rule.filters);
+    let chosen: Vec<(Option<&Backend>, u32, &[Filter])> =
+        match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
+            Some(distribution::Kind::FirstAvailable(f)) => f
+                .backends
+                .iter()
+                .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
+                .map(|b| (b.backend.as_ref(), 1, &b.filters[..]))
+                .into_iter()
+                .collect(),
+            Some(distribution::Kind::RandomAvailable(r)) => r
+                .backends
+                .iter()
+                .filter_map(|w| {
+                    let rb = w.backend.as_ref()?;
+                    Some((rb.backend.as_ref(), w.weight, &rb.filters[..]))
+                })
+                .collect(),
+            Some(distribution::Kind::Empty(_)) | None => Vec::new(),
+        };
+    let mut backends = Vec::with_capacity(chosen.len());
+    let mut backend_refused = Vec::with_capacity(chosen.len());
+    for (b, weight, filters) in chosen {
+        // (Its queue is not taken: a connection waits for a backend's
+        // endpoints as the proxy's TCP fail-fast settings say, and the
+        // HTTP routes' queues for the same backend stay theirs.)
+        let Some((authority, _queue)) = b.and_then(backend_authority) else {
+            continue;
+        };
+        backends.push((authority, weight));
+        backend_refused.push(refusal(filters));
+    }
+    if backend_refused.iter().all(Option::is_none) {
+        backend_refused.clear();
+    }
+    OpaqueRoute {
+        name,
+        backends,
+        backend_refused,
+        refused,
+    }
 }
 
 /// The policy's failure accrual: consecutive failures (also the unified
@@ -892,6 +985,54 @@ mod tests {
         assert_eq!(routed(&p, "POST", "/x.Y/Z"), Some("g1"));
         assert_eq!(routed(&p, "GET", "/pkg.Svc/Get"), None);
         assert_eq!(routed(&p, "POST", "/pkg.Svc"), None);
+    }
+
+    /// An opaque policy's route: its backends by weight; a backend's
+    /// `forbidden` filter refuses the connections drawn to it, the rule's
+    /// every one; no route at all: none goes anywhere.
+    #[test]
+    fn opaque_routes_pick_backends_or_refuse() {
+        use linkerd2_proxy_api::opaque_route::Forbidden;
+        use linkerd2_proxy_api::outbound::{opaque_route as or, OpaqueRoute as Route};
+        let forbid = || or::Filter {
+            kind: Some(or::filter::Kind::Forbidden(Forbidden {})),
+        };
+        let backend = |port, weight, forbidden: bool| or::WeightedRouteBackend {
+            backend: Some(or::RouteBackend {
+                backend: Some(forward(port)),
+                filters: if forbidden { vec![forbid()] } else { vec![] },
+            }),
+            weight,
+        };
+        let route = |backends, filters| Route {
+            metadata: named("tcp"),
+            rules: vec![or::Rule {
+                backends: Some(or::Distribution {
+                    kind: Some(or::distribution::Kind::RandomAvailable(
+                        or::distribution::RandomAvailable { backends },
+                    )),
+                }),
+                filters,
+            }],
+        };
+        let target = Authority::parse("10.0.0.1:80").unwrap();
+        let r = opaque_route(
+            &target,
+            vec![route(
+                vec![backend(1, 3, false), backend(2, 1, true)],
+                vec![],
+            )],
+        );
+        assert_eq!(r.name.as_deref(), Some("tcp"));
+        assert_eq!(r.pick(0.1).unwrap().to_string(), "10.0.0.2:1");
+        assert!(r.pick(0.9).is_err(), "the forbidden backend's share");
+        let r = opaque_route(
+            &target,
+            vec![route(vec![backend(1, 1, false)], vec![forbid()])],
+        );
+        assert!(r.pick(0.1).is_err());
+        let r = opaque_route(&target, Vec::new());
+        assert_eq!(r.pick(0.1), Err("the opaque route has no backend"));
     }
 
     /// A retry's `max_request_bytes` is kept as given (0: bodiless

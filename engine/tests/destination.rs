@@ -1280,6 +1280,125 @@ fn policy_retry_keeps_bodies_up_to_max_request_bytes() {
     proxy.wait();
 }
 
+/// A TCP backend that answers each connection's first line with its
+/// `name` and the line, then closes.
+fn line_backend(name: &'static str) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut line = String::new();
+        if BufReader::new(s).read_line(&mut line).is_ok() {
+            let _ = w.write_all(format!("{name}:{line}").as_bytes());
+        }
+    })
+}
+
+/// What a connection to `addr` answers to one line; empty when it closed
+/// without answering.
+fn tcp_line(addr: SocketAddr) -> String {
+    let mut c = connect(addr);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"hello\n").unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+/// An outbound policy's opaque route (a TCPRoute): the target's
+/// connections go to the route's backends (drawn by weight per
+/// connection), not to the target's own endpoints; a `forbidden` filter,
+/// or a policy with no route, refuses them (closed); a detecting target's
+/// traffic that is not HTTP takes its opaque route too.
+#[test]
+fn policy_opaque_routes_choose_the_backend() {
+    let own = line_backend("own");
+    let (b, c) = (line_backend("b"), line_backend("c"));
+    let cp = Cp::start("policy-opaque");
+    let ep = |x: &Backend| {
+        format!(
+            r#"{{"addr": "{}", "port": {}}}"#,
+            x.addr.ip(),
+            x.addr.port()
+        )
+    };
+    let (tb, tc) = (
+        "tcp-b.default.svc.cluster.local:9000",
+        "tcp-c.default.svc.cluster.local:9000",
+    );
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "127.0.0.9:8080": {{"service": "split", "endpoints": [{own}], "opaque": true,
+                "opaque_route": {{"backends": [{{"authority": "{tb}", "weight": 3}}, {{"authority": "{tc}", "weight": 1}}]}}}},
+            "127.0.0.9:8081": {{"service": "denied", "endpoints": [{own}], "opaque": true,
+                "opaque_route": {{"backends": [{{"authority": "{tb}"}}], "forbidden": true}}}},
+            "127.0.0.9:8082": {{"service": "none", "endpoints": [{own}], "opaque": true,
+                "opaque_route": {{"routes": 0}}}},
+            "127.0.0.9:8083": {{"service": "detect", "endpoints": [{own}],
+                "opaque_route": {{"backends": [{{"forward": "{c_addr}"}}]}}}},
+            "{tb}": {{"endpoints": [{b_ep}]}},
+            "{tc}": {{"endpoints": [{c_ep}]}}
+        }}}}"#,
+        own = ep(&own),
+        b_ep = ep(&b),
+        c_ep = ep(&c),
+        c_addr = c.addr,
+    ));
+    let cp_addr = cp.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=127.0.0.9:8080,127.0.0.1:0=127.0.0.9:8081,127.0.0.1:0=127.0.0.9:8082,127.0.0.1:0=127.0.0.9:8083",
+            ),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"client-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let fwd = proxy.forward_addrs();
+    // The policy arrives with (or just after) the first connections.
+    assert!(
+        eventually(Duration::from_secs(10), || tcp_line(fwd[0])
+            .starts_with("b:")
+            || tcp_line(fwd[0]).starts_with("c:")),
+        "the opaque route was never applied:\n{}",
+        cp.tail()
+    );
+    let answers: Vec<String> = (0..80).map(|_| tcp_line(fwd[0])).collect();
+    let to = |n: &str| {
+        answers
+            .iter()
+            .filter(|a| *a == &format!("{n}:hello\n"))
+            .count()
+    };
+    assert_eq!(to("b") + to("c"), 80, "{answers:?}");
+    // 3 : 1 (60 : 20 expected; 6 sigma is about 23).
+    assert!((40..=75).contains(&to("b")), "{answers:?}");
+    assert!(to("c") >= 5, "{answers:?}");
+    // Refused: closed without reaching any backend.
+    for (i, what) in [(1, "forbidden"), (2, "no route")] {
+        assert!(
+            eventually(Duration::from_secs(10), || tcp_line(fwd[i]).is_empty()),
+            "{what}: not refused"
+        );
+        for _ in 0..5 {
+            assert_eq!(tcp_line(fwd[i]), "", "{what}");
+        }
+    }
+    // Detecting: bytes that are not HTTP go by the opaque route.
+    assert!(
+        eventually(Duration::from_secs(10), || tcp_line(fwd[3]) == "c:hello\n"),
+        "the detecting target's opaque route"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+
 /// An outbound policy's per-attempt timeout (`retry.timeout`, and a
 /// request's `l5d-retry-timeout`): an attempt with no response head by
 /// then goes to another endpoint, long before the slow one would answer;

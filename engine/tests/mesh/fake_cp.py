@@ -657,6 +657,10 @@ class Outbound:
             ),
         )
         opaque = o.ProxyProtocol.Opaque(routes=[self.opaque_route("opaq", backend)])
+        # "opaque_route": a TCPRoute's instead of the default route to the
+        # Service (see configured_opaque_route).
+        if "opaque_route" in dst:
+            opaque = self.configured_opaque_route(dst["opaque_route"])
         if dst.get("opaque"):
             protocol = o.ProxyProtocol(opaque=opaque)
         else:
@@ -758,25 +762,7 @@ class Outbound:
                 match.query_params.append(hr.QueryParamMatch(name=k, exact=v))
         backends = []
         for b in r.get("backends", []):
-            if "forward" in b:
-                kind = dict(forward=pb.destination.WeightedAddr(addr=tcp_address(pb.net, *split_authority(b["forward"])), weight=1))
-            else:
-                kind = dict(
-                    balancer=o.Backend.BalanceP2c(
-                        discovery=o.Backend.EndpointDiscovery(
-                            dst=o.Backend.EndpointDiscovery.DestinationGet(path=b["authority"])
-                        ),
-                        peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
-                    )
-                )
-            # "queue": {"capacity": n, "failfast_ms": t}, else the
-            # policy controller's default (100, 3 s).
-            if "queue" in b:
-                q = b["queue"]
-                queue = o.Queue(capacity=q["capacity"], failfast_timeout=duration(pb, q["failfast_ms"] / 1000.0))
-            else:
-                queue = self.queue()
-            backend = o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=queue, **kind)
+            backend = self.configured_backend(b)
             # "filters": the backend's own (see http_filter).
             filters = [self.http_filter(f) for f in b.get("filters", [])]
             backends.append(
@@ -860,6 +846,59 @@ class Outbound:
                 m = msg(add=headers(spec.get("add", {})), set=headers(spec.get("set", {})), remove=spec.get("remove", []))
                 return o.HttpRoute.Filter(**{field: m})
         raise ValueError("unknown filter %r" % f)
+
+    def configured_backend(self, b):
+        """A backend from the config: {"authority", "queue"} (through
+        Destination.Get) or {"forward": "ip:port"}."""
+        pb = self.pb
+        o = pb.outbound
+        if "forward" in b:
+            kind = dict(forward=pb.destination.WeightedAddr(addr=tcp_address(pb.net, *split_authority(b["forward"])), weight=1))
+        else:
+            kind = dict(
+                balancer=o.Backend.BalanceP2c(
+                    discovery=o.Backend.EndpointDiscovery(
+                        dst=o.Backend.EndpointDiscovery.DestinationGet(path=b["authority"])
+                    ),
+                    peak_ewma=o.Backend.BalanceP2c.PeakEwma(default_rtt=duration(pb, 0.03), decay=duration(pb, 10)),
+                )
+            )
+        # "queue": {"capacity": n, "failfast_ms": t}, else the
+        # policy controller's default (100, 3 s).
+        if "queue" in b:
+            q = b["queue"]
+            queue = o.Queue(capacity=q["capacity"], failfast_timeout=duration(pb, q["failfast_ms"] / 1000.0))
+        else:
+            queue = self.queue()
+        return o.Backend(metadata=pb.meta.Metadata(default=b.get("authority", b.get("forward"))), queue=queue, **kind)
+
+    def configured_opaque_route(self, r):
+        """A TCPRoute's opaque route from the config: `backends` (as an
+        HTTP route's, each with a `weight` and `"forbidden": true` for a
+        backend filter), `forbidden` (the rule's filter), or `"routes": 0`
+        (no route at all)."""
+        o = self.pb.outbound
+        oq = self.pb.opaque_route
+        if r.get("routes") == 0:
+            return o.ProxyProtocol.Opaque(routes=[])
+        forbid = lambda: o.OpaqueRoute.Filter(forbidden=oq.Forbidden())
+        backends = [
+            o.OpaqueRoute.WeightedRouteBackend(
+                backend=o.OpaqueRoute.RouteBackend(
+                    backend=self.configured_backend(b), filters=[forbid()] if b.get("forbidden") else []
+                ),
+                weight=b.get("weight", 1),
+            )
+            for b in r.get("backends", [])
+        ]
+        rule = o.OpaqueRoute.Rule(
+            backends=o.OpaqueRoute.Distribution(
+                random_available=o.OpaqueRoute.Distribution.RandomAvailable(backends=backends)
+            ),
+            filters=[forbid()] if r.get("forbidden") else [],
+        )
+        route = o.OpaqueRoute(metadata=self.pb.meta.Metadata(default=r.get("name", "tcp")), rules=[rule])
+        return o.ProxyProtocol.Opaque(routes=[route])
 
     def opaque_route(self, name, backend):
         o = self.pb.outbound
@@ -1144,6 +1183,7 @@ class Protos:
         self.net = mods["net"]
         self.http_route = mods["http_route"]
         self.http_types = mods["http_types"]
+        self.opaque_route = mods["opaque_route"]
 
 
 async def serve(args, pb):
