@@ -276,15 +276,16 @@ pub(crate) async fn keep_body(
     idempotent: bool,
     limit: u64,
 ) -> Result<Option<Kept>, Reason> {
+    // (Cheapest first: most requests have no body.)
+    let Some(b) = body.as_mut() else {
+        return Ok(None);
+    };
     if !idempotent
         || !matches!(target, Dst::Service(..))
         || parts.headers.contains_key(http::header::EXPECT)
     {
         return Ok(None);
     }
-    let Some(b) = body.as_mut() else {
-        return Ok(None);
-    };
     match declared_length(&parts.headers) {
         Some(n) if n <= limit => {
             let kept = read_whole(b, n).await?;

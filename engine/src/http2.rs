@@ -459,10 +459,15 @@ async fn to_h2(
     // request can go again to another endpoint (after a 502/503 or a
     // refused stream); larger or other bodies stream.
     let idempotent = s.parts.method.is_idempotent() || obs.route().retryable();
-    let limit = obs.route().replay_limit();
-    let replay = keep_body(target, s.parts, &mut body, idempotent, limit)
-        .await
-        .map_err(Failure::Reset)?;
+    let replay = match body {
+        None => None,
+        Some(_) => {
+            let limit = obs.route().replay_limit();
+            keep_body(target, s.parts, &mut body, idempotent, limit)
+                .await
+                .map_err(Failure::Reset)?
+        }
+    };
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
     let mut attempts = Attempts::new(target, idempotent, repeatable).on_route(obs.route());
