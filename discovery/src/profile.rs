@@ -535,6 +535,15 @@ impl OpaqueRoute {
     }
 }
 
+/// An outbound policy's TLS route: the SNIs it takes (`None`: any, the
+/// least specific) and where their connections go.
+#[derive(Clone, Debug)]
+pub struct TlsRoute {
+    /// Exact names and wildcard suffixes ([`RequestMatch::Host`]s).
+    pub snis: Option<RequestMatch>,
+    pub route: OpaqueRoute,
+}
+
 /// The retry budget: retries may add `ratio` of the requests, plus
 /// `min_per_second`, counted over `ttl`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -563,6 +572,10 @@ pub struct Profile {
     /// route, for an opaque target, or a detecting one's traffic that is
     /// not HTTP); `None`: the target itself.
     pub opaque_route: Option<Arc<OpaqueRoute>>,
+    /// A TLS target's routes (an outbound policy's TLSRoutes): each
+    /// connection goes by the route its ClientHello's SNI matches most
+    /// specifically ([`Profile::tls_route`]).
+    pub tls_routes: Vec<TlsRoute>,
     /// How the endpoints of the services its requests go to are ejected
     /// (an outbound policy's failure accrual); `None`: the proxy's own
     /// setting.
@@ -608,6 +621,32 @@ impl Profile {
             }
         }
         best.map(|(_, r)| r)
+    }
+
+    /// The TLS route a connection whose ClientHello named `sni` takes:
+    /// of the routes that match it, the most specific (an exact name over
+    /// a wildcard, a longer one over a shorter, any over none), the first
+    /// of equals; `None` when none does.
+    pub fn tls_route(&self, sni: Option<&str>) -> Option<&OpaqueRoute> {
+        let req = Req {
+            method: "",
+            path: "",
+            host: sni,
+            headers: &[],
+        };
+        let mut best: Option<(Specificity, &TlsRoute)> = None;
+        for r in &self.tls_routes {
+            let s = match &r.snis {
+                None => Some(Specificity::default()),
+                Some(m) => m.specificity(&req),
+            };
+            if let Some(s) = s {
+                if best.is_none_or(|(b, _)| s > b) {
+                    best = Some((s, r));
+                }
+            }
+        }
+        best.map(|(_, r)| &r.route)
     }
 
     /// The queue settings for requests to `backend`, if the profile has

@@ -346,6 +346,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         dst_overrides,
         opaque: p.opaque_protocol,
         opaque_route: None,
+        tls_routes: Vec::new(),
         // GetProfile has no accrual or queue settings: the proxy's apply.
         accrual: None,
         queues: Vec::new(),

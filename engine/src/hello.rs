@@ -34,9 +34,12 @@ pub(crate) enum Peeked {
 const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// Peeks until the client's bytes say what they are, or `deadline`.
+/// `local`: this proxy's identity, when a ClientHello naming it is
+/// [`Peeked::Mesh`] (inbound); outbound, every ClientHello is
+/// [`Peeked::OtherTls`].
 pub(crate) async fn peek(
     client: &TcpStream,
-    local: &Name,
+    local: Option<&Name>,
     deadline: Instant,
     eviction: &Eviction,
 ) -> Peeked {
@@ -59,7 +62,7 @@ pub(crate) async fn peek(
                     Hello::NotTls => return Peeked::Plain,
                     Hello::Complete { sni } => {
                         return match sni {
-                            Some(s) if s == local.as_str() => Peeked::Mesh,
+                            Some(s) if local.is_some_and(|l| s == l.as_str()) => Peeked::Mesh,
                             sni => Peeked::OtherTls(sni),
                         };
                     }

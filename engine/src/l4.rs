@@ -232,7 +232,8 @@ pub(crate) async fn serve(
             // another name is relayed as it is.
             let deadline = Instant::now() + c.side.detect_timeout;
             let undecided = w.detection.undecided.enter();
-            match crate::hello::peek(&client, &cfgs.name, deadline, &undecided.eviction).await {
+            match crate::hello::peek(&client, Some(&cfgs.name), deadline, &undecided.eviction).await
+            {
                 Peeked::Mesh => {
                     drop(undecided);
                     Box::pin(serve_meshed(&c, client, &cfgs, open)).await;
@@ -351,24 +352,18 @@ async fn serve_decided(
             .await;
         }
         Protocol::Tls | Protocol::Opaque => {
+            let dst = route.addr;
             let target = match route.opaque {
-                OpaqueChoice::Target => route.target,
-                OpaqueChoice::Refused(why) => {
-                    tracing::info!(%peer, dst = %route.addr, reason = &*why, "opaque connection refused by its outbound policy; closing");
+                OpaqueChoice::Target => Ok(route.target),
+                choice => Box::pin(opaque_target(c, &client, &decided.prefix, choice)).await,
+            };
+            let target = match target {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::info!(%peer, %dst, reason = &*why, "opaque connection refused by its outbound policy; closing");
                     close_early(c, &labels, decided.early.take());
                     w.pools.bufs.put(decided.prefix);
                     return;
-                }
-                OpaqueChoice::Pending(name) => {
-                    match Box::pin(crate::route::service_named(&w.routes, &name)).await {
-                        Ok(Dst::Service(svc, balancer)) => Target::Service(svc, balancer),
-                        Ok(Dst::Addr(a)) => Target::Addr(a),
-                        Err(e) => {
-                            warn_limited!(w, Warning::ForwardUnresolved, %peer, backend = %name, reason = e.reason(), "the opaque route's backend is not resolved; closing");
-                            w.pools.bufs.put(decided.prefix);
-                            return;
-                        }
-                    }
                 }
             };
             relay_opaque(c, client, &target, &labels, src_meter, decided).await;
@@ -1017,6 +1012,60 @@ enum OpaqueChoice {
     /// A backend the snapshot does not have yet: watched and waited for
     /// when the connection turns out opaque.
     Pending(Authority),
+    /// A TLS target's routes: by the SNI of the client's ClientHello.
+    BySni(Arc<ringmesh_discovery::Profile>),
+}
+
+/// Where an opaque connection goes when its outbound policy's route said
+/// more than a target (`OpaqueChoice`), or why it goes nowhere.
+async fn opaque_target(
+    c: &Conn<'_>,
+    client: &Transport,
+    prefix: &[u8],
+    choice: OpaqueChoice,
+) -> Result<Target, Arc<str>> {
+    let w = c.w;
+    let name = match choice {
+        OpaqueChoice::Target => unreachable!("resolved by the caller"),
+        OpaqueChoice::Refused(why) => return Err(why),
+        OpaqueChoice::Pending(name) => name,
+        OpaqueChoice::BySni(profile) => {
+            // The ClientHello: read by detection already, or peeked (left
+            // for the server) within the detection timeout.
+            let sni = match client.plain_socket() {
+                _ if !prefix.is_empty() => match ringmesh_protocols::client_hello::parse(prefix) {
+                    ringmesh_protocols::client_hello::Hello::Complete { sni } => sni,
+                    _ => None,
+                },
+                Some(tcp) => {
+                    let undecided = w.detection.undecided.enter();
+                    let deadline = Instant::now() + c.side.detect_timeout;
+                    match crate::hello::peek(tcp, None, deadline, &undecided.eviction).await {
+                        crate::hello::Peeked::OtherTls(sni) => sni,
+                        crate::hello::Peeked::Gone => return Err(Arc::from("no ClientHello")),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            let Some(route) = profile.tls_route(sni.as_deref()) else {
+                return Err(Arc::from(format!("no TLS route for SNI {sni:?}")));
+            };
+            let name = route.pick(fastrand::f64()).map_err(Arc::from)?;
+            if let Some(t) = backend_target(w, &w.routes.snapshot(), name) {
+                return Ok(t);
+            }
+            name.clone()
+        }
+    };
+    match crate::route::service_named(&w.routes, &name).await {
+        Ok(Dst::Service(svc, balancer)) => Ok(Target::Service(svc, balancer)),
+        Ok(Dst::Addr(a)) => Ok(Target::Addr(a)),
+        Err(e) => Err(Arc::from(format!(
+            "the route's backend {name} is not resolved: {}",
+            e.reason()
+        ))),
+    }
 }
 
 /// The backend `name` of an opaque route as a target now: a service in
@@ -1048,8 +1097,10 @@ fn route(
     let snap = w.routes.snapshot();
     let mut hint = None;
     let http;
-    // An outbound policy's opaque route, for an address it covers.
+    // An outbound policy's opaque route, or TLS routes, for an address it
+    // covers.
     let mut opaque_route = None;
+    let mut tls_profile = None;
     let target = match kind {
         ListenerKind::Outbound => {
             if orig == local {
@@ -1070,6 +1121,9 @@ fn route(
                     hint = Some(DiscoveredProtocol::Opaque);
                 }
                 opaque_route = p.opaque_route.clone();
+                if !p.tls_routes.is_empty() {
+                    tls_profile = Some(p.clone());
+                }
                 // Its watch stays while connections use it.
                 w.routes.used_addrs.borrow_mut().insert(orig);
             }
@@ -1098,7 +1152,13 @@ fn route(
             // A forward to an address an outbound policy covers: its
             // opaque route, as for a redirected connection.
             if let Some(p) = name.socket_addr().and_then(|a| snap.profile_by_addr(a)) {
+                if p.opaque {
+                    hint = Some(DiscoveredProtocol::Opaque);
+                }
                 opaque_route = p.opaque_route.clone();
+                if !p.tls_routes.is_empty() {
+                    tls_profile = Some(p.clone());
+                }
             }
             match snap.service(name) {
                 Some(svc) => {
@@ -1132,7 +1192,9 @@ fn route(
     // The opaque route's backend, drawn now (per connection).
     let mut opaque = OpaqueChoice::Target;
     let mut target = target;
-    if let Some(r) = opaque_route {
+    if let Some(p) = tls_profile {
+        opaque = OpaqueChoice::BySni(p);
+    } else if let Some(r) = opaque_route {
         match r.pick(fastrand::f64()) {
             Err(why) => opaque = OpaqueChoice::Refused(Arc::from(why)),
             Ok(name) => match backend_target(w, &snap, name) {

@@ -40,7 +40,9 @@
 //!   A backend's own filters apply, after the rule's, to the requests
 //!   sent to it.
 //!
-//! Not yet: TLS routes (by SNI), `authority` targets.
+//! - A `tls` target's routes, by the SNI of its ClientHello (`l4.rs`).
+//!
+//! Not yet: `authority` targets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,7 +60,7 @@ use linkerd2_proxy_api::outbound::{
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
     grpc_code, AccrualSpec, OpaqueRoute, Profile, ProfileRoute, QueueSpec, RequestMatch,
-    RetryBackoff, RetryPolicy, ValueMatch,
+    RetryBackoff, RetryPolicy, TlsRoute, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -208,8 +210,9 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
             profile.opaque_route = Some(Arc::new(opaque_route(target, o.routes)));
             Vec::new()
         }
-        Some(Kind::Tls(_)) => {
+        Some(Kind::Tls(t)) => {
             profile.opaque = true;
+            profile.tls_routes = tls_routes(target, t.routes);
             Vec::new()
         }
         Some(Kind::Detect(d)) => {
@@ -253,61 +256,156 @@ fn opaque_route(
     routes: Vec<linkerd2_proxy_api::outbound::OpaqueRoute>,
 ) -> OpaqueRoute {
     use linkerd2_proxy_api::outbound::opaque_route::{distribution, filter, Filter};
-    let refusal = |filters: &[Filter]| -> Option<Arc<str>> {
+    let refusal = |filters: &[Filter]| {
         filters.first().map(|f| match &f.kind {
-            Some(filter::Kind::Forbidden(_)) => Arc::from("forbidden by the opaque route"),
-            Some(filter::Kind::Invalid(i)) => {
-                Arc::from(format!("the opaque route is invalid: {}", i.message))
-            }
-            None => Arc::from("the opaque route has a filter of no kind"),
+            Some(filter::Kind::Forbidden(_)) => refused_by(None),
+            Some(filter::Kind::Invalid(i)) => refused_by(Some(&i.message)),
+            None => refused_by(Some("a filter of no kind")),
         })
     };
     if routes.len() > 1 {
         tracing::warn!(%target, routes = routes.len(), "an opaque policy should have one route; using the first");
     }
     let Some(route) = routes.into_iter().next() else {
-        return OpaqueRoute {
-            name: None,
-            backends: Vec::new(),
-            backend_refused: Vec::new(),
-            refused: None,
-        };
+        return no_route(None);
     };
     let name = route_name(route.metadata.as_ref());
     if route.rules.len() != 1 {
         tracing::warn!(%target, route = ?name, rules = route.rules.len(), "an opaque route should have one rule; using the first");
     }
     let Some(rule) = route.rules.into_iter().next() else {
-        return OpaqueRoute {
-            name,
-            backends: Vec::new(),
-            backend_refused: Vec::new(),
-            refused: None,
-        };
+        return no_route(name);
     };
-    let refused = refusal(&rule.filters);
-    let chosen: Vec<(Option<&Backend>, u32, &[Filter])> =
-        match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
-            Some(distribution::Kind::FirstAvailable(f)) => f
-                .backends
-                .iter()
-                .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
-                .map(|b| (b.backend.as_ref(), 1, &b.filters[..]))
-                .into_iter()
-                .collect(),
-            Some(distribution::Kind::RandomAvailable(r)) => r
-                .backends
-                .iter()
-                .filter_map(|w| {
-                    let rb = w.backend.as_ref()?;
-                    Some((rb.backend.as_ref(), w.weight, &rb.filters[..]))
-                })
-                .collect(),
-            Some(distribution::Kind::Empty(_)) | None => Vec::new(),
-        };
+    let chosen = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
+        Some(distribution::Kind::FirstAvailable(f)) => f
+            .backends
+            .iter()
+            .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
+            .map(|b| (b.backend.as_ref(), 1, refusal(&b.filters)))
+            .into_iter()
+            .collect(),
+        Some(distribution::Kind::RandomAvailable(r)) => r
+            .backends
+            .iter()
+            .filter_map(|w| {
+                let rb = w.backend.as_ref()?;
+                Some((rb.backend.as_ref(), w.weight, refusal(&rb.filters)))
+            })
+            .collect(),
+        Some(distribution::Kind::Empty(_)) | None => Vec::new(),
+    };
+    connection_route(name, refusal(&rule.filters), chosen)
+}
+
+/// A TLS policy's routes, each by the SNIs it matches, its first rule
+/// (linkerd2-proxy's TLS routes have one rule, as opaque ones).
+fn tls_routes(
+    target: &Authority,
+    routes: Vec<linkerd2_proxy_api::outbound::TlsRoute>,
+) -> Vec<TlsRoute> {
+    use linkerd2_proxy_api::outbound::tls_route::{distribution, filter, Filter};
+    use linkerd2_proxy_api::tls_route::sni_match::Match;
+    let refusal = |filters: &[Filter]| {
+        filters.first().map(|f| match &f.kind {
+            Some(filter::Kind::Forbidden(_)) => refused_by(None),
+            Some(filter::Kind::Invalid(i)) => refused_by(Some(&i.message)),
+            None => refused_by(Some("a filter of no kind")),
+        })
+    };
+    routes
+        .into_iter()
+        .map(|route| {
+            let name = route_name(route.metadata.as_ref());
+            // As an HTTP route's hosts: exact names, wildcard suffixes.
+            let snis = (!route.snis.is_empty()).then(|| {
+                RequestMatch::Any(
+                    route
+                        .snis
+                        .iter()
+                        .filter_map(|m| match m.r#match.as_ref()? {
+                            Match::Exact(n) => Some(RequestMatch::Host {
+                                name: n.trim_end_matches('.').to_ascii_lowercase(),
+                                suffix: false,
+                            }),
+                            Match::Suffix(s) => {
+                                let labels: Vec<&str> =
+                                    s.reverse_labels.iter().rev().map(String::as_str).collect();
+                                Some(RequestMatch::Host {
+                                    name: labels.join(".").to_ascii_lowercase(),
+                                    suffix: true,
+                                })
+                            }
+                        })
+                        .collect(),
+                )
+            });
+            if route.rules.len() != 1 {
+                tracing::warn!(%target, route = ?name, rules = route.rules.len(), "a TLS route should have one rule; using the first");
+            }
+            let Some(rule) = route.rules.into_iter().next() else {
+                return TlsRoute {
+                    snis,
+                    route: no_route(name),
+                };
+            };
+            let chosen = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
+                Some(distribution::Kind::FirstAvailable(f)) => f
+                    .backends
+                    .iter()
+                    .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
+                    .map(|b| (b.backend.as_ref(), 1, refusal(&b.filters)))
+                    .into_iter()
+                    .collect(),
+                Some(distribution::Kind::RandomAvailable(r)) => r
+                    .backends
+                    .iter()
+                    .filter_map(|w| {
+                        let rb = w.backend.as_ref()?;
+                        Some((rb.backend.as_ref(), w.weight, refusal(&rb.filters)))
+                    })
+                    .collect(),
+                Some(distribution::Kind::Empty(_)) | None => Vec::new(),
+            };
+            TlsRoute {
+                snis,
+                route: connection_route(name, refusal(&rule.filters), chosen),
+            }
+        })
+        .collect()
+}
+
+/// Why a `forbidden` (`None`) or `invalid` filter refuses a connection.
+fn refused_by(invalid: Option<&str>) -> Arc<str> {
+    match invalid {
+        None => Arc::from("forbidden by the route"),
+        Some(why) => Arc::from(format!("the route is invalid: {why}")),
+    }
+}
+
+/// A route that sends connections nowhere.
+fn no_route(name: Option<Arc<str>>) -> OpaqueRoute {
+    OpaqueRoute {
+        name,
+        backends: Vec::new(),
+        backend_refused: Vec::new(),
+        refused: None,
+    }
+}
+
+/// A connection route's backend as the policy gives it: the backend (if
+/// any), its weight, and why its own filter refuses connections.
+type ChosenBackend<'a> = (Option<&'a Backend>, u32, Option<Arc<str>>);
+
+/// An opaque or TLS route's rule: its refusal, and its backends with
+/// their weights and refusals.
+fn connection_route(
+    name: Option<Arc<str>>,
+    refused: Option<Arc<str>>,
+    chosen: Vec<ChosenBackend<'_>>,
+) -> OpaqueRoute {
     let mut backends = Vec::with_capacity(chosen.len());
     let mut backend_refused = Vec::with_capacity(chosen.len());
-    for (b, weight, filters) in chosen {
+    for (b, weight, why) in chosen {
         // (Its queue is not taken: a connection waits for a backend's
         // endpoints as the proxy's TCP fail-fast settings say, and the
         // HTTP routes' queues for the same backend stay theirs.)
@@ -315,7 +413,7 @@ fn opaque_route(
             continue;
         };
         backends.push((authority, weight));
-        backend_refused.push(refusal(filters));
+        backend_refused.push(why);
     }
     if backend_refused.iter().all(Option::is_none) {
         backend_refused.clear();

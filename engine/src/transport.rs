@@ -141,6 +141,14 @@ impl Transport {
 }
 
 impl Transport {
+    /// The socket, when the connection is plain.
+    pub(crate) fn plain_socket(&self) -> Option<&TcpStream> {
+        match &self.io {
+            Io::Plain(s) => Some(s),
+            Io::Tls(_) | Io::Server(_) => None,
+        }
+    }
+
     /// The socket, when the connection is plain (the fast paths' way in).
     pub(crate) fn plain_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.io {

@@ -1399,6 +1399,105 @@ fn policy_opaque_routes_choose_the_backend() {
     proxy.wait();
 }
 
+/// A TCP backend that reads a connection's first bytes and answers with
+/// its `name`, then closes.
+fn name_backend(name: &'static str) -> Backend {
+    Backend::start(move |mut s| {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).is_ok_and(|n| n > 0) {
+            let _ = s.write_all(name.as_bytes());
+        }
+    })
+}
+
+/// A TLS ClientHello (rustls's) naming `sni`.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// An outbound policy's TLS routes (TLSRoutes): a connection goes by the
+/// route its ClientHello's SNI matches most specifically (an exact name
+/// over a wildcard, a longer wildcard over a shorter), with the bytes
+/// untouched; a name no route matches, or a route's `forbidden` filter,
+/// closes it.
+#[test]
+fn policy_tls_routes_go_by_sni() {
+    let (exact, deep, wide) = (
+        name_backend("exact"),
+        name_backend("deep"),
+        name_backend("wide"),
+    );
+    let cp = Cp::start("policy-tls");
+    let fwd = |x: &Backend| format!(r#"{{"forward": "{}"}}"#, x.addr);
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{
+            "127.0.0.9:443": {{"service": "tls", "endpoints": [], "tls_routes": [
+                {{"name": "wide", "snis": ["*.example.com"], "backends": [{wide}]}},
+                {{"name": "deep", "snis": ["*.api.example.com"], "backends": [{deep}]}},
+                {{"name": "exact", "snis": ["v1.api.example.com"], "backends": [{exact}]}},
+                {{"name": "closed", "snis": ["admin.example.com"], "backends": [{wide}], "forbidden": true}}
+            ]}}
+        }}}}"#,
+        wide = fwd(&wide),
+        deep = fwd(&deep),
+        exact = fwd(&exact),
+    ));
+    let cp_addr = cp.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=127.0.0.9:443"),
+            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"client-0"}"#,
+            ),
+            ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let tls = |sni: &str| -> String {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&client_hello(sni)).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || tls("v1.api.example.com")
+            == "exact"),
+        "the TLS routes were never applied:\n{}",
+        cp.tail()
+    );
+    for (sni, want) in [
+        ("v1.api.example.com", "exact"),
+        ("v2.api.example.com", "deep"),
+        ("www.example.com", "wide"),
+        ("a.b.example.com", "wide"),
+        ("admin.example.com", ""),
+        ("example.com", ""),
+        ("other.test", ""),
+    ] {
+        for _ in 0..3 {
+            assert_eq!(tls(sni), want, "{sni}");
+        }
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+
 /// An outbound policy's per-attempt timeout (`retry.timeout`, and a
 /// request's `l5d-retry-timeout`): an attempt with no response head by
 /// then goes to another endpoint, long before the slow one would answer;

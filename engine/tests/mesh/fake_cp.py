@@ -661,7 +661,9 @@ class Outbound:
         # Service (see configured_opaque_route).
         if "opaque_route" in dst:
             opaque = self.configured_opaque_route(dst["opaque_route"])
-        if dst.get("opaque"):
+        if "tls_routes" in dst:
+            protocol = o.ProxyProtocol(tls=o.ProxyProtocol.Tls(routes=[self.configured_tls_route(r) for r in dst["tls_routes"]]))
+        elif dst.get("opaque"):
             protocol = o.ProxyProtocol(opaque=opaque)
         else:
             # Configured routes first (an HTTPRoute's rules), then the
@@ -899,6 +901,33 @@ class Outbound:
         )
         route = o.OpaqueRoute(metadata=self.pb.meta.Metadata(default=r.get("name", "tcp")), rules=[rule])
         return o.ProxyProtocol.Opaque(routes=[route])
+
+    def configured_tls_route(self, r):
+        """A TLSRoute from the config: `snis` (exact names, or "*.suffix"),
+        `backends` and `forbidden` as an opaque route's."""
+        pb = self.pb
+        o = pb.outbound
+        forbid = lambda: o.TlsRoute.Filter(forbidden=pb.opaque_route.Forbidden())
+        snis = []
+        for n in r.get("snis", []):
+            if n.startswith("*."):
+                snis.append(pb.tls_route.SniMatch(suffix=pb.tls_route.SniMatch.Suffix(reverse_labels=list(reversed(n[2:].split("."))))))
+            else:
+                snis.append(pb.tls_route.SniMatch(exact=n))
+        backends = [
+            o.TlsRoute.WeightedRouteBackend(
+                backend=o.TlsRoute.RouteBackend(
+                    backend=self.configured_backend(b), filters=[forbid()] if b.get("forbidden") else []
+                ),
+                weight=b.get("weight", 1),
+            )
+            for b in r.get("backends", [])
+        ]
+        rule = o.TlsRoute.Rule(
+            backends=o.TlsRoute.Distribution(random_available=o.TlsRoute.Distribution.RandomAvailable(backends=backends)),
+            filters=[forbid()] if r.get("forbidden") else [],
+        )
+        return o.TlsRoute(metadata=pb.meta.Metadata(default=r.get("name", "tls")), snis=snis, rules=[rule])
 
     def opaque_route(self, name, backend):
         o = self.pb.outbound
@@ -1184,6 +1213,7 @@ class Protos:
         self.http_route = mods["http_route"]
         self.http_types = mods["http_types"]
         self.opaque_route = mods["opaque_route"]
+        self.tls_route = mods["tls_route"]
 
 
 async def serve(args, pb):
