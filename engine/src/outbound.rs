@@ -246,6 +246,34 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     profile
 }
 
+/// An opaque or TLS rule's backends ([`ChosenBackend`]s) from its
+/// distribution: `first-available` the first that names a target,
+/// `random-available` each with its weight. The opaque and TLS protos have
+/// the same shape in types of their own (`$dist`: the `distribution`
+/// module of either); `$refusal` reads a backend's filters.
+macro_rules! chosen_backends {
+    ($dist:ident, $distribution:expr, $refusal:expr) => {
+        match $distribution.and_then(|d| d.kind.as_ref()) {
+            Some($dist::Kind::FirstAvailable(f)) => f
+                .backends
+                .iter()
+                .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
+                .map(|b| (b.backend.as_ref(), 1, $refusal(&b.filters)))
+                .into_iter()
+                .collect::<Vec<ChosenBackend<'_>>>(),
+            Some($dist::Kind::RandomAvailable(r)) => r
+                .backends
+                .iter()
+                .filter_map(|w| {
+                    let rb = w.backend.as_ref()?;
+                    Some((rb.backend.as_ref(), w.weight, $refusal(&rb.filters)))
+                })
+                .collect(),
+            Some($dist::Kind::Empty(_)) | None => Vec::new(),
+        }
+    };
+}
+
 /// An opaque policy's route: linkerd2-proxy takes exactly one route of
 /// one rule (more is refused there; here the first is used, logged). No
 /// route, or no backend: connections go nowhere (closed), as
@@ -276,24 +304,7 @@ fn opaque_route(
     let Some(rule) = route.rules.into_iter().next() else {
         return no_route(name);
     };
-    let chosen = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
-        Some(distribution::Kind::FirstAvailable(f)) => f
-            .backends
-            .iter()
-            .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
-            .map(|b| (b.backend.as_ref(), 1, refusal(&b.filters)))
-            .into_iter()
-            .collect(),
-        Some(distribution::Kind::RandomAvailable(r)) => r
-            .backends
-            .iter()
-            .filter_map(|w| {
-                let rb = w.backend.as_ref()?;
-                Some((rb.backend.as_ref(), w.weight, refusal(&rb.filters)))
-            })
-            .collect(),
-        Some(distribution::Kind::Empty(_)) | None => Vec::new(),
-    };
+    let chosen = chosen_backends!(distribution, rule.backends.as_ref(), refusal);
     connection_route(name, refusal(&rule.filters), chosen)
 }
 
@@ -348,24 +359,7 @@ fn tls_routes(
                     route: no_route(name),
                 };
             };
-            let chosen = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
-                Some(distribution::Kind::FirstAvailable(f)) => f
-                    .backends
-                    .iter()
-                    .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
-                    .map(|b| (b.backend.as_ref(), 1, refusal(&b.filters)))
-                    .into_iter()
-                    .collect(),
-                Some(distribution::Kind::RandomAvailable(r)) => r
-                    .backends
-                    .iter()
-                    .filter_map(|w| {
-                        let rb = w.backend.as_ref()?;
-                        Some((rb.backend.as_ref(), w.weight, refusal(&rb.filters)))
-                    })
-                    .collect(),
-                Some(distribution::Kind::Empty(_)) | None => Vec::new(),
-            };
+            let chosen = chosen_backends!(distribution, rule.backends.as_ref(), refusal);
             TlsRoute {
                 snis,
                 route: connection_route(name, refusal(&rule.filters), chosen),
