@@ -1093,29 +1093,24 @@ fn policy_backend(name: u8, fails: bool, hits: Arc<AtomicUsize>) -> Backend {
     })
 }
 
-/// An outbound policy's retry conditions and limit, and Linkerd's
-/// `l5d-retry-*` / `l5d-timeout` request headers: applied and removed on
-/// a route that allows them, ignored and passed on where it does not.
-/// Retries are counted at the backends: a request both endpoints fail
-/// reaches them twice when it is retried, once when not.
-#[test]
-fn policy_retry_conditions_and_l5d_headers() {
-    let hits = Arc::new(AtomicUsize::new(0));
-    let a = policy_backend(b'a', true, hits.clone());
-    let b = policy_backend(b'b', false, hits.clone());
-    let cp = Cp::start("policy-retry");
+/// The web service's Destination.Get path in the retry tests.
+const WEB_SVC: &str = "web.default.svc.cluster.local:8080";
+
+/// A proxy (one worker, endpoints never ejected: they fail on purpose)
+/// forwarding to 127.0.0.9:8080, whose outbound policy has `routes` (JSON
+/// HTTP routes, usually to [`WEB_SVC`]) over the endpoints `a` and `b`.
+fn retry_policy_proxy(
+    tag: &str,
+    routes: &str,
+    a: &Backend,
+    b: &Backend,
+) -> (Cp, ringmesh_engine::Proxy) {
+    let cp = Cp::start(tag);
     let target = "127.0.0.9:8080";
-    let web = "web.default.svc.cluster.local:8080";
     cp.write_loaded(&format!(
         r#"{{"destinations": {{
-            "{target}": {{"service": "web", "endpoints": [], "http_routes": [
-                {{"name": "limited", "path_prefix": "/limited", "backends": [{{"authority": "{web}"}}],
-                  "retry": {{"limit": 2, "statuses": [[429, 429]]}}}},
-                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{web}"}}],
-                  "allow_l5d_headers": true}},
-                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{web}"}}]}}
-            ]}},
-            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
+            "{target}": {{"service": "web", "endpoints": [], "http_routes": [{routes}]}},
+            "{WEB_SVC}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
         }}}}"#,
         a.addr.ip(),
         a.addr.port(),
@@ -1128,9 +1123,34 @@ fn policy_retry_conditions_and_l5d_headers() {
         &[
             // One worker: one balancer replica and one retry budget.
             ("LINKERD2_PROXY_CORES", "1"),
-            // The endpoints fail on purpose: they must stay in the balancer.
             ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
         ],
+    );
+    (cp, proxy)
+}
+
+/// An outbound policy's retry conditions and limit, and Linkerd's
+/// `l5d-retry-*` / `l5d-timeout` request headers: applied and removed on
+/// a route that allows them, ignored and passed on where it does not.
+/// Retries are counted at the backends: a request both endpoints fail
+/// reaches them twice when it is retried, once when not.
+#[test]
+fn policy_retry_conditions_and_l5d_headers() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let a = policy_backend(b'a', true, hits.clone());
+    let b = policy_backend(b'b', false, hits.clone());
+    let (cp, proxy) = retry_policy_proxy(
+        "policy-retry",
+        &format!(
+            r#"
+                {{"name": "limited", "path_prefix": "/limited", "backends": [{{"authority": "{WEB_SVC}"}}],
+                  "retry": {{"limit": 2, "statuses": [[429, 429]]}}}},
+                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{WEB_SVC}"}}],
+                  "allow_l5d_headers": true}},
+                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{WEB_SVC}"}}]}}"#
+        ),
+        &a,
+        &b,
     );
     let addr = proxy.forward_addrs()[0];
     let mut conn = keep_alive(addr);
@@ -1216,31 +1236,17 @@ fn policy_retry_keeps_bodies_up_to_max_request_bytes() {
     let hits = Arc::new(AtomicUsize::new(0));
     let a = policy_backend(b'a', true, hits.clone());
     let b = policy_backend(b'b', false, hits.clone());
-    let cp = Cp::start("policy-retry-bytes");
-    let target = "127.0.0.9:8080";
-    let web = "web.default.svc.cluster.local:8080";
-    cp.write_loaded(&format!(
-        r#"{{"destinations": {{
-            "{target}": {{"service": "web", "endpoints": [], "http_routes": [
-                {{"name": "small", "path_prefix": "/small", "backends": [{{"authority": "{web}"}}],
+    let (cp, proxy) = retry_policy_proxy(
+        "policy-retry-bytes",
+        &format!(
+            r#"
+                {{"name": "small", "path_prefix": "/small", "backends": [{{"authority": "{WEB_SVC}"}}],
                   "retry": {{"limit": 2, "statuses": [[429, 429]], "max_request_bytes": 100}}}},
-                {{"name": "default", "path_prefix": "/", "backends": [{{"authority": "{web}"}}],
-                  "retry": {{"limit": 2, "statuses": [[429, 429]]}}}}
-            ]}},
-            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
-        }}}}"#,
-        a.addr.ip(),
-        a.addr.port(),
-        b.addr.ip(),
-        b.addr.port(),
-    ));
-    let proxy = policy_proxy(
-        &cp,
-        target,
-        &[
-            ("LINKERD2_PROXY_CORES", "1"),
-            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
-        ],
+                {{"name": "default", "path_prefix": "/", "backends": [{{"authority": "{WEB_SVC}"}}],
+                  "retry": {{"limit": 2, "statuses": [[429, 429]]}}}}"#
+        ),
+        &a,
+        &b,
     );
     let addr = proxy.forward_addrs()[0];
     let mut conn = keep_alive(addr);
@@ -1507,34 +1513,20 @@ fn policy_retry_attempt_timeout_and_backoff() {
     let (a_hits, b_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let a = policy_backend(b'a', true, a_hits.clone());
     let b = policy_backend(b'b', false, b_hits.clone());
-    let cp = Cp::start("policy-retry-timeout");
-    let target = "127.0.0.9:8080";
-    let web = "web.default.svc.cluster.local:8080";
-    cp.write_loaded(&format!(
-        r#"{{"destinations": {{
-            "{target}": {{"service": "web", "endpoints": [], "http_routes": [
-                {{"name": "attempt", "path_prefix": "/attempt", "backends": [{{"authority": "{web}"}}],
+    let (cp, proxy) = retry_policy_proxy(
+        "policy-retry-timeout",
+        &format!(
+            r#"
+                {{"name": "attempt", "path_prefix": "/attempt", "backends": [{{"authority": "{WEB_SVC}"}}],
                   "timeout_ms": 5000, "retry": {{"limit": 1, "timeout_ms": 200}}}},
-                {{"name": "backoff", "path_prefix": "/backoff", "backends": [{{"authority": "{web}"}}],
+                {{"name": "backoff", "path_prefix": "/backoff", "backends": [{{"authority": "{WEB_SVC}"}}],
                   "retry": {{"limit": 1, "statuses": [[429, 429]], "backoff_ms": 300}}}},
-                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{web}"}}],
+                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{WEB_SVC}"}}],
                   "timeout_ms": 5000, "allow_l5d_headers": true}},
-                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{web}"}}]}}
-            ]}},
-            "{web}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}]}}
-        }}}}"#,
-        a.addr.ip(),
-        a.addr.port(),
-        b.addr.ip(),
-        b.addr.port(),
-    ));
-    let proxy = policy_proxy(
-        &cp,
-        target,
-        &[
-            ("LINKERD2_PROXY_CORES", "1"),
-            ("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000"),
-        ],
+                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{WEB_SVC}"}}]}}"#
+        ),
+        &a,
+        &b,
     );
     let addr = proxy.forward_addrs()[0];
     let get = move |path: &str, extra: &str| -> (u16, String, Duration) {

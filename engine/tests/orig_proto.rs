@@ -594,6 +594,35 @@ both_drivers!(
     super::stalled_http1_clients_do_not_stop_the_upstream_connection
 );
 
+/// An inbound proxy in front of `to` (admin on).
+fn inbound_in_front(to: &Backend) -> Proxy {
+    let target = to.addr.to_string();
+    start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
+        ],
+    )
+}
+
+/// A one-worker proxy forwarding to the service `web.test:80` over
+/// `endpoints` (its static file, with `extra` lines, in `dir`), admin on.
+fn web_proxy(dir: &TempDir, endpoints: &[SocketAddr], extra: &str) -> Proxy {
+    let file = service_file(dir, "web.test:80", endpoints, extra);
+    start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+        ],
+    )
+}
+
 /// A 503 (or a status the route retries) is retried on another endpoint
 /// whatever the protocols on either side: an HTTP/1 client's request
 /// carried over HTTP/2 to meshed endpoints (their inbound proxies in front
@@ -608,19 +637,7 @@ fn answers_503_are_retried_across_translations() {
         lb::backend(b'a', delay),
         lb::switchable(b'c', delay, failing),
     );
-    let inbound = |to: &Backend| {
-        let target = to.addr.to_string();
-        start_proxy(
-            IoDriver::Uring,
-            &[
-                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-                ("RINGMESH_INBOUND_TARGET", &target),
-                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-                ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
-            ],
-        )
-    };
-    let (b_good, b_bad) = (inbound(&good), inbound(&bad));
+    let (b_good, b_bad) = (inbound_in_front(&good), inbound_in_front(&bad));
     let retries = |a: &Proxy, endpoint: SocketAddr| {
         let text = metrics(a.admin_addr().unwrap());
         let target = format!("target_addr=\"{endpoint}\"");
@@ -633,16 +650,7 @@ fn answers_503_are_retried_across_translations() {
         b_good.inbound_addr().unwrap(),
         b_bad.inbound_addr().unwrap(),
     ];
-    let file = service_file(&dir, "web.test:80", &eps, "protocol_hint = \"h2\"\n");
-    let a = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let a = web_proxy(&dir, &eps, "protocol_hint = \"h2\"\n");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tally = std::sync::Arc::new(lb::Tally::default());
     let clients = lb::answers_counted(a.forward_addrs()[0], 4, stop.clone(), false, tally.clone());
@@ -668,21 +676,7 @@ fn answers_503_are_retried_across_translations() {
 
     // HTTP/2 client, HTTP/1-only service.
     let dir2 = TempDir::new("orig-proto-retry-h2");
-    let file = service_file(
-        &dir2,
-        "web.test:80",
-        &[good.addr, bad.addr],
-        "protocol = \"http1\"\n",
-    );
-    let a = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let a = web_proxy(&dir2, &[good.addr, bad.addr], "protocol = \"http1\"\n");
     let addr = a.forward_addrs()[0];
     let bodies = common::h2::runtime().block_on(async move {
         let send = common::h2::connect(addr).await;
@@ -770,32 +764,13 @@ fn kept_bodies_are_retried_across_translations() {
     };
 
     // HTTP/1 client, HTTP/2 between the proxies.
-    let inbound = |to: &Backend| {
-        let target = to.addr.to_string();
-        start_proxy(
-            IoDriver::Uring,
-            &[
-                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-                ("RINGMESH_INBOUND_TARGET", &target),
-                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
-            ],
-        )
-    };
-    let (b_good, b_bad) = (inbound(&good), inbound(&bad));
+    let (b_good, b_bad) = (inbound_in_front(&good), inbound_in_front(&bad));
     let dir = TempDir::new("orig-proto-retry-body-h1");
     let eps = [
         b_good.inbound_addr().unwrap(),
         b_bad.inbound_addr().unwrap(),
     ];
-    let file = service_file(&dir, "web.test:80", &eps, "protocol_hint = \"h2\"\n");
-    let a = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let a = web_proxy(&dir, &eps, "protocol_hint = \"h2\"\n");
     let addr = a.forward_addrs()[0];
     let head = format!(
         "PUT / HTTP/1.1\r\nHost: web.test\r\nContent-Length: {}\r\n\r\n",
@@ -824,20 +799,7 @@ fn kept_bodies_are_retried_across_translations() {
 
     // HTTP/2 client (curl: a declared length), HTTP/1-only service.
     let dir2 = TempDir::new("orig-proto-retry-body-h2");
-    let file = service_file(
-        &dir2,
-        "web.test:80",
-        &[good.addr, bad.addr],
-        "protocol = \"http1\"\n",
-    );
-    let a = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let a = web_proxy(&dir2, &[good.addr, bad.addr], "protocol = \"http1\"\n");
     let upload = dir2.path().join("body");
     std::fs::write(&upload, &*body).unwrap();
     let url = format!("http://{}/", a.forward_addrs()[0]);
