@@ -55,8 +55,10 @@ pub struct Verdict {
     /// The route's filters, applied to the request (failure injection,
     /// redirect, request header modifier).
     pub filters: Option<Arc<[RouteFilter]>>,
-    /// A server with HTTP routes judges each request by its route: the
-    /// server and this connection's client.
+    /// A verdict of the policy API's server: the server and this
+    /// connection's client, to judge each request by its route (when the
+    /// server has HTTP routes) and to judge the connection anew when the
+    /// port's server changes.
     pub per_request: Option<Arc<PerRequest>>,
     /// The server's local rate limit, which each admitted request takes
     /// from.
@@ -77,6 +79,9 @@ impl Verdict {
     pub fn for_request(&self, req: &dyn RequestInfo) -> Option<Verdict> {
         let p = self.per_request.as_ref()?;
         let s = &p.server;
+        if s.http_routes.is_empty() {
+            return None;
+        }
         let Some(route) = best_route(&s.http_routes, req) else {
             let mut v = Verdict::of((&s.kind, &s.name), None, "no route found for request");
             v.no_route = true;
@@ -88,6 +93,17 @@ impl Verdict {
         v.route_name = route.name.clone();
         v.filters = route.filters.clone();
         Some(v)
+    }
+
+    /// The connection judged anew by `current`, the port's server now,
+    /// when it is not the one this verdict came from (`None`: it stands;
+    /// also for verdicts of the default policies, which do not change).
+    pub fn revalidated(&self, current: &Arc<ServerPolicy>) -> Option<Verdict> {
+        let p = self.per_request.as_ref()?;
+        if Arc::ptr_eq(&p.server, current) {
+            return None;
+        }
+        Some(current.check(p.client, &p.tls))
     }
 }
 
@@ -268,13 +284,11 @@ impl ServerPolicy {
     pub fn check(self: &Arc<Self>, client: IpAddr, tls: &TlsStatus) -> Verdict {
         let mut v = self.judge(&self.authorizations, client, tls);
         v.rate_limit = self.rate_limit.clone();
-        if !self.http_routes.is_empty() {
-            v.per_request = Some(Arc::new(PerRequest {
-                server: self.clone(),
-                client,
-                tls: tls.clone(),
-            }));
-        }
+        v.per_request = Some(Arc::new(PerRequest {
+            server: self.clone(),
+            client,
+            tls: tls.clone(),
+        }));
         v
     }
 

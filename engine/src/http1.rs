@@ -52,7 +52,7 @@ pub(crate) async fn serve(
     buf: Vec<u8>,
     mut head_started: Option<Instant>,
     peer: SocketAddr,
-    dst: HttpDst,
+    mut dst: HttpDst,
     dial: ConnectConfig,
     meter: ConnMeter,
 ) {
@@ -109,6 +109,13 @@ pub(crate) async fn serve(
         };
         if ubuf.capacity() == 0 {
             ubuf = w.pools.bufs.get();
+        }
+        // The port's server may have changed since the connection was
+        // judged: each request is judged by the current one.
+        if let HttpDst::Local(addr, verdict) = &mut dst {
+            if let Some(v) = w.routes.revalidated(addr.port(), verdict) {
+                **verdict = v;
+            }
         }
         // Boxed: a task is as big as its largest state, and this one would
         // otherwise size every idle connection's task.

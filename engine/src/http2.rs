@@ -80,7 +80,7 @@ pub(crate) async fn serve(
     dial: ConnectConfig,
     meter: ConnMeter,
 ) {
-    let dst = Rc::new(dst);
+    let mut dst = Rc::new(dst);
     let direction = if matches!(*dst, HttpDst::Local(..)) {
         Direction::Inbound
     } else {
@@ -158,6 +158,13 @@ pub(crate) async fn serve(
         match next {
             None => break,
             Some(Ok((req, respond))) => {
+                // The port's server may have changed since the connection
+                // was judged: each stream is judged by the current one.
+                if let HttpDst::Local(addr, verdict) = &*dst {
+                    if let Some(v) = w.routes.revalidated(addr.port(), verdict) {
+                        dst = Rc::new(HttpDst::Local(*addr, Box::new(v)));
+                    }
+                }
                 let (w, dst, tls) = (w.clone(), dst.clone(), tls.clone());
                 let active = Active::enter(&active);
                 monoio::spawn(async move {

@@ -618,9 +618,15 @@ mod tests {
         assert_eq!(&*v.route_name, "private");
         // Without routes, the connection's verdict stands.
         let plain = Arc::new(server_policy(8080, Server::default()));
+        let req = ringmesh_discovery::profile::Req {
+            method: "GET",
+            path: "/index.html",
+            host: Some("web"),
+            headers: &[],
+        };
         assert!(plain
             .check(client, &TlsStatus::NO_PROXY_IDENTITY)
-            .per_request
+            .for_request(&req)
             .is_none());
     }
 }

@@ -360,6 +360,25 @@ impl Routes {
         }
     }
 
+    /// An inbound connection's verdict made anew when its port's server
+    /// changed since it was made (the policy API's updates reach open
+    /// connections: a revoked client is refused from its next request
+    /// on, as linkerd2-proxy checks each request against the current
+    /// policy); `None`: it stands. One atomic load and one lookup, and
+    /// only for verdicts of the policy API.
+    pub(crate) fn revalidated(
+        &self,
+        port: u16,
+        verdict: &crate::authz::Verdict,
+    ) -> Option<crate::authz::Verdict> {
+        verdict.per_request.as_ref()?;
+        let cache = self.policies.as_ref()?;
+        let mut c = cache.borrow_mut();
+        c.refresh();
+        let current = c.get().ports.get(&port)?.as_ref()?;
+        verdict.revalidated(current)
+    }
+
     /// The policy API's server for an inbound `port`: `None` without the
     /// API, when it has none for the port, or when it did not answer
     /// within [`POLICY_WAIT`] (asked on first use).

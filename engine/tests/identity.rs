@@ -1836,6 +1836,105 @@ fn policy_api_opaque_ports_skip_detection() {
     );
 }
 
+/// A policy update reaches connections already open: a keep-alive
+/// HTTP/1.1 connection, and an HTTP/2 one, whose client the port's new
+/// server no longer admits get 403 from their next request on (as
+/// linkerd2-proxy judges each request by the current policy), and 200
+/// again once it admits them.
+#[test]
+fn policy_api_updates_reach_open_connections() {
+    let app = http::origin("app");
+    let app2 = common::h2::origin(None);
+    let cp = common::cp::Cp::start("policy-revoke");
+    let policy = |p: &str| {
+        format!(
+            r#"{{"inbound": {{"default_policy": "all-unauthenticated", "ports": {{"{}": {{"default_policy": "{p}"}}, "{}": {{"default_policy": "{p}"}}}}}}}}"#,
+            app.addr.port(),
+            app2.addr.port(),
+        )
+    };
+    cp.write_loaded(&policy("all-unauthenticated"));
+    let cp_addr = cp.addr.to_string();
+    let proxy_to = |target: &str| {
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("RINGMESH_INBOUND_TARGET", target),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+                ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+                (
+                    "LINKERD2_PROXY_POLICY_WORKLOAD",
+                    r#"{"ns":"default","pod":"r-0"}"#,
+                ),
+                ("LINKERD2_PROXY_CORES", "1"),
+            ],
+        )
+    };
+    let (p1, p2) = (
+        proxy_to(&app.addr.to_string()),
+        proxy_to(&app2.addr.to_string()),
+    );
+    // One keep-alive HTTP/1.1 connection: each request's status line.
+    let conn = connect(p1.inbound_addr().unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(conn);
+    let mut status = move || -> String {
+        use std::io::BufRead;
+        w.write_all(b"GET /hello HTTP/1.1\r\nhost: app\r\n\r\n")
+            .unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        line.trim_end().to_string()
+    };
+    // One HTTP/2 connection: a stream now, and streams after the update.
+    let rt_addr = p2.inbound_addr().unwrap();
+    let (to_h2, from_h2) = mpsc::channel::<()>();
+    let (statuses_tx, statuses) = mpsc::channel::<u16>();
+    let h2_client = thread::spawn(move || {
+        common::h2::runtime().block_on(async move {
+            let send = common::h2::connect(rt_addr).await;
+            // One stream per message on `from_h2`, until it closes.
+            while from_h2.recv().is_ok() {
+                let a = common::h2::request(&send, "GET", "/hello", None).await;
+                let _ = statuses_tx.send(a.map_or(0, |a| a.status));
+            }
+        })
+    });
+    let h2 = |_: ()| -> u16 {
+        to_h2.send(()).unwrap();
+        statuses.recv_timeout(Duration::from_secs(10)).unwrap()
+    };
+    assert_eq!(status(), "HTTP/1.1 200 OK");
+    assert_eq!(h2(()), 200);
+    cp.write(&policy("deny"));
+    assert!(
+        eventually(Duration::from_secs(5), || status()
+            == "HTTP/1.1 403 Forbidden"),
+        "the open connection's requests still admitted after the update:\n{}",
+        cp.tail()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || h2(()) == 403),
+        "the open HTTP/2 connection's streams still admitted"
+    );
+    drop(to_h2);
+    h2_client.join().unwrap();
+}
+
 /// `RINGMESH_INBOUND_POLICY_MAX_PORTS`: ports besides
 /// `LINKERD2_PROXY_INBOUND_PORTS` are watched up to the limit, so a client
 /// probing every port cannot open a policy stream per port; past it a
