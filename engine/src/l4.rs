@@ -366,7 +366,13 @@ async fn serve_decided(
                     return;
                 }
             };
-            relay_opaque(c, client, &target, &labels, src_meter, decided).await;
+            // Inbound, judged by the policy API's server: closed if an
+            // update stops admitting it.
+            let revocable = match &route.http {
+                HttpDst::Local(t, v) if v.per_request.is_some() => Some((*t, (**v).clone())),
+                _ => None,
+            };
+            relay_opaque(c, client, &target, &labels, src_meter, decided, revocable).await;
         }
     }
 }
@@ -796,6 +802,7 @@ async fn relay_opaque(
     labels: &ConnLabels,
     src_meter: ConnMeter,
     decided: Decided,
+    revocable: Option<(SocketAddr, Verdict)>,
 ) {
     let (w, peer) = (c.w, c.peer);
     let Decided {
@@ -841,7 +848,26 @@ async fn relay_opaque(
         w.pools.bufs.put(prefix);
         return;
     }
-    let stats = relay_bytes(w, client, server, prefix, &guard).await;
+    let tls = client.tls().clone();
+    let relay = relay_bytes(w, client, server, prefix, &guard);
+    let stats = match revocable {
+        None => relay.await,
+        // (Boxed, and only then: the check's timer would size every
+        // relay.)
+        Some((app, verdict)) => {
+            let revoked = Box::pin(revoked(w, app, verdict));
+            monoio::select! {
+                stats = relay => stats,
+                denied = revoked => {
+                    // The relay, dropped, closes both connections.
+                    let key = crate::authz::key(AuthzProto::TcpTerminated, app, &denied, &tls);
+                    w.telemetry.authz.borrow_mut().record(&key);
+                    warn_limited!(w, Warning::Unauthorized, %peer, target = %app, policy = &*denied.srv_name, "open inbound connection no longer authorized by policy; closing");
+                    return;
+                }
+            }
+        }
+    };
     let stats = RelayStats {
         server_to_client: stats.server_to_client + banner_len,
         ..stats
@@ -853,6 +879,25 @@ async fn relay_opaque(
         end => tracing::debug!(%peer, ?end, "relay ended with an error"),
     }
     tracing::trace!(%peer, up = stats.client_to_server, down = stats.server_to_client, "connection closed");
+}
+
+/// How often an open inbound opaque connection is judged again by its
+/// port's server (a policy update that no longer admits it closes it
+/// within this).
+const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
+
+/// Ends (with the denial) when the port's server, changed by a policy
+/// update, no longer admits the connection `verdict` admitted.
+async fn revoked(w: &Worker, app: SocketAddr, mut verdict: Verdict) -> Verdict {
+    loop {
+        monoio::time::sleep(REVALIDATE_EVERY).await;
+        if let Some(v) = w.routes.revalidated(app.port(), &verdict) {
+            if !v.allowed {
+                return v;
+            }
+            verdict = v;
+        }
+    }
 }
 
 /// For a service with no endpoint, the same service once it has one: the

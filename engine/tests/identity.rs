@@ -1935,6 +1935,69 @@ fn policy_api_updates_reach_open_connections() {
     h2_client.join().unwrap();
 }
 
+/// A policy update reaches open opaque connections too: one the port's
+/// new server no longer admits is closed (within a second or so), and
+/// counted in `inbound_tcp_authz_terminate_total`, as linkerd2-proxy does.
+#[test]
+fn policy_api_updates_close_revoked_opaque_connections() {
+    let echo = Backend::echo();
+    let target = echo.addr.to_string();
+    let cp = common::cp::Cp::start("policy-terminate");
+    let policy = |p: &str| {
+        format!(
+            r#"{{"inbound": {{"default_policy": "all-unauthenticated", "ports": {{"{}": {{"protocol": "opaque", "default_policy": "{p}"}}}}}}}}"#,
+            echo.addr.port()
+        )
+    };
+    cp.write_loaded(&policy("all-unauthenticated"));
+    let cp_addr = cp.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"t-0"}"#,
+            ),
+        ],
+    );
+    let mut s = connect(proxy.inbound_addr().unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let echoed = |s: &mut TcpStream| -> bool {
+        if s.write_all(b"ping").is_err() {
+            return false;
+        }
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).is_ok() && &got == b"ping"
+    };
+    assert!(echoed(&mut s), "relayed while admitted");
+    cp.write(&policy("deny"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after the update, not at the read timeout: {:?}",
+        started.elapsed()
+    );
+    let (_, m) = admin(&proxy, "/metrics");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("inbound_tcp_authz_terminate_total{")
+                && l.contains(&format!("target_port=\"{}\"", echo.addr.port()))
+                && l.ends_with(" 1")),
+        "{m}"
+    );
+    // A new connection is denied outright.
+    let mut s2 = connect(proxy.inbound_addr().unwrap());
+    s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(!echoed(&mut s2), "a new connection is refused");
+}
+
 /// `RINGMESH_INBOUND_POLICY_MAX_PORTS`: ports besides
 /// `LINKERD2_PROXY_INBOUND_PORTS` are watched up to the limit, so a client
 /// probing every port cannot open a policy stream per port; past it a

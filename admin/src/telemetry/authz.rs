@@ -1,6 +1,7 @@
 //! Inbound authorization outcomes, with linkerd2-proxy's families:
 //! `inbound_http_authz_allow_total` / `_deny_total` (per request) and
 //! `inbound_tcp_authz_allow_total` / `_deny_total` (per opaque connection),
+//! `inbound_tcp_authz_terminate_total` (open ones a policy update closed),
 //! labelled by the target, the server (`srv_*`), the route (`route_*`, HTTP),
 //! the authorization that allowed (`authz_*`) and the client's TLS.
 
@@ -13,11 +14,14 @@ use super::labels::push_label;
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
-/// What was authorized: a request, or an opaque connection.
+/// What was authorized: a request, or an opaque connection; or an open
+/// opaque connection closed because a policy update no longer admits it
+/// (`inbound_tcp_authz_terminate_total`, counted as not allowed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AuthzProto {
     Http,
     Tcp,
+    TcpTerminated,
 }
 
 /// One authorization label set.
@@ -91,6 +95,12 @@ impl AuthzShard {
                 false,
                 "inbound_tcp_authz_deny_total",
                 "The total number of inbound TCP connections that were denied.",
+            ),
+            (
+                AuthzProto::TcpTerminated,
+                false,
+                "inbound_tcp_authz_terminate_total",
+                "The total number of inbound TCP connections that were terminated due to an authorization change.",
             ),
         ];
         for (proto, allowed, name, help) in families {
