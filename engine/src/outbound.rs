@@ -213,6 +213,11 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
         Some(Kind::Tls(t)) => {
             profile.opaque = true;
             profile.tls_routes = tls_routes(target, t.routes);
+            // No route at all: connections go nowhere (linkerd2-proxy's
+            // "no route"), as for an opaque policy without one.
+            if profile.tls_routes.is_empty() {
+                profile.opaque_route = Some(Arc::new(no_route(None)));
+            }
             Vec::new()
         }
         Some(Kind::Detect(d)) => {

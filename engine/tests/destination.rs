@@ -1443,6 +1443,14 @@ fn policy_tls_routes_go_by_sni() {
         name_backend("deep"),
         name_backend("wide"),
     );
+    // The no-route target itself answers: a connection relayed to it
+    // instead of closed would say so.
+    let direct = Backend::on(listen("127.0.0.9:0".parse().unwrap()), |mut s| {
+        let mut buf = [0u8; 4096];
+        if s.read(&mut buf).is_ok_and(|n| n > 0) {
+            let _ = s.write_all(b"direct");
+        }
+    });
     let cp = Cp::start("policy-tls");
     let fwd = |x: &Backend| format!(r#"{{"forward": "{}"}}"#, x.addr);
     cp.write_loaded(&format!(
@@ -1452,17 +1460,20 @@ fn policy_tls_routes_go_by_sni() {
                 {{"name": "deep", "snis": ["*.api.example.com"], "backends": [{deep}]}},
                 {{"name": "exact", "snis": ["v1.api.example.com"], "backends": [{exact}]}},
                 {{"name": "closed", "snis": ["admin.example.com"], "backends": [{wide}], "forbidden": true}}
-            ]}}
+            ]}},
+            "{direct}": {{"service": "tls-none", "endpoints": [], "tls_routes": []}}
         }}}}"#,
         wide = fwd(&wide),
         deep = fwd(&deep),
         exact = fwd(&exact),
+        direct = direct.addr,
     ));
+    let forwards = format!("127.0.0.1:0=127.0.0.9:443,127.0.0.1:0={}", direct.addr);
     let cp_addr = cp.addr.to_string();
     let proxy = start_proxy(
         IoDriver::Uring,
         &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=127.0.0.9:443"),
+            ("RINGMESH_TCP_FORWARD", &forwards),
             ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &cp_addr),
             ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
             (
@@ -1472,8 +1483,8 @@ fn policy_tls_routes_go_by_sni() {
             ("LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.9/32"),
         ],
     );
-    let addr = proxy.forward_addrs()[0];
-    let tls = |sni: &str| -> String {
+    let (addr, none) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
+    let tls_to = |addr: SocketAddr, sni: &str| -> String {
         let mut c = connect(addr);
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(&client_hello(sni)).unwrap();
@@ -1481,6 +1492,7 @@ fn policy_tls_routes_go_by_sni() {
         let _ = c.read_to_string(&mut out);
         out
     };
+    let tls = |sni: &str| tls_to(addr, sni);
     assert!(
         eventually(Duration::from_secs(10), || tls("v1.api.example.com")
             == "exact"),
@@ -1499,6 +1511,11 @@ fn policy_tls_routes_go_by_sni() {
         for _ in 0..3 {
             assert_eq!(tls(sni), want, "{sni}");
         }
+    }
+    // A TLS policy with no route at all: nowhere (after the policy came,
+    // which the first connection waits for).
+    for _ in 0..3 {
+        assert_eq!(tls_to(none, "v1.api.example.com"), "", "no route");
     }
     proxy.shutdown();
     proxy.wait();
