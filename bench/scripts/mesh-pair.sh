@@ -40,7 +40,8 @@
 #   A/B of two ringmesh builds against each other and linkerd2-proxy in one
 #   run; the medians then also give ringmesh / base)
 #   STAT=0 (1: also count, over each measured window, both proxies' system
-#   calls, context switches and page faults per request with `perf stat`)
+#   calls, context switches and page faults per request with `perf stat`,
+#   and the TCP segments every hop sent per request)
 # Output: one row per round, pair and kind; then medians and the ringmesh /
 # linkerd2-proxy ratios of CPU per request and p99.
 set -euo pipefail
@@ -269,6 +270,12 @@ load() {
   esac
 }
 
+# tcp_out_segs: TCP segments sent in the namespace so far (every hop of
+# the benchmark's traffic, and only it: the namespace's own counters).
+tcp_out_segs() {
+  inns awk '/^Tcp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
+
 TCK=$(getconf CLK_TCK)
 printf '%-6s %-9s %-8s %10s %9s %9s %7s %12s %12s\n' round pair kind rps p50_us p99_us errors cpu_us_req sys_us_req
 RESULTS=$S/results.tsv
@@ -288,12 +295,14 @@ for r in $(seq 1 "$ROUNDS"); do
         perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults \
           -p "$(IFS=,; echo "${PAIR_PIDS[*]}")" -o "$S/$pair-$kind.stat" &
         stat_pid=$!
+        segs_before=$(tcp_out_segs)
       fi
       load "$kind" "$DURATION" "$S/$pair-$kind.out"
       read -r after sys_after < <(cpu_ticks "${PAIR_PIDS[@]}")
       if [[ $STAT == 1 ]]; then
         kill -INT "$stat_pid"
         wait "$stat_pid" 2>/dev/null || true
+        segs=$(($(tcp_out_segs) - segs_before))
       fi
       if [[ $kind == h2 ]]; then
         read -r rps p50 p99 errs reqs < <(parse_h2load "$S/$pair-$kind.out" "$S/$pair-$kind.out.log")
@@ -307,9 +316,9 @@ for r in $(seq 1 "$ROUNDS"); do
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$kind" "$rps" "$p99" "$errs" "$us" "$sys" >>"$RESULTS"
       if [[ $STAT == 1 ]]; then
         # perf stat -x, lines: value,unit,event,...
-        awk -F, -v n="$reqs" -v r="r$r" -v p="$pair" -v k="$kind" '
+        awk -F, -v n="$reqs" -v segs="$segs" -v r="r$r" -v p="$pair" -v k="$kind" '
           $3 ~ /sys_enter/ { sc = $1 } $3 ~ /context-switches/ { cs = $1 } $3 ~ /page-faults/ { pf = $1 }
-          END { if (n > 0) printf "%-6s %-9s %-8s per request: syscalls %.2f, context switches %.2f, page faults %.3f\n", r, p, k, sc / n, cs / n, pf / n }' \
+          END { if (n > 0) printf "%-6s %-9s %-8s per request: syscalls %.2f, context switches %.2f, page faults %.3f, TCP segments (all hops) %.2f\n", r, p, k, sc / n, cs / n, pf / n, segs / n }' \
           "$S/$pair-$kind.stat"
       fi
     done

@@ -277,14 +277,7 @@ impl H2Answer<'_> {
         self.keep_alive.set(keep_alive);
         let end = from.is_end_stream();
         let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
-        let (res, o) = wr.write_all(std::mem::take(out)).await;
-        *out = o;
-        if let Err(e) = res.map(|n| meter.wrote(n)) {
-            return Err(Failure::Broken {
-                status,
-                reason: format!("writing to the client failed: {e}"),
-            });
-        }
+        // The head goes with the body's first bytes when they are here.
         let to = (wr, meter);
         if let Err(reason) = h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
             return Err(Failure::Broken { status, reason });
@@ -388,9 +381,16 @@ fn h1_response_head(
     framing
 }
 
+/// Bytes gathered into one write to an HTTP/1 peer before it is sent:
+/// what the stream already holds joins the write, up to this.
+const COALESCE_MAX: usize = 64 * 1024;
+
 /// Writes an HTTP/2 body to an HTTP/1 peer, chunk-encoding it when asked
-/// (HTTP/2 trailers become chunked trailer fields). `tap`: the taps of
-/// the response whose body this is.
+/// (HTTP/2 trailers become chunked trailer fields). `out` may hold bytes
+/// to send first (the response head): they go in the same write as the
+/// body the stream already holds, so a small response is one send (one
+/// TCP segment), not a head and then a body. `tap`: the taps of the
+/// response whose body this is.
 async fn h2_body_to_h1(
     from: &mut RecvStream,
     framing: Reframe,
@@ -398,50 +398,96 @@ async fn h2_body_to_h1(
     out: &mut Vec<u8>,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<(), String> {
-    if framing == Reframe::Empty {
-        return Ok(());
-    }
-    while let Some(chunk) = from.data().await {
-        let chunk = chunk.map_err(|e| format!("upstream body failed: {e}"))?;
-        let len = chunk.len();
-        // An empty chunk would end a chunked body early.
-        if len == 0 {
-            continue;
+    let mut ended = framing == Reframe::Empty;
+    loop {
+        if !ended {
+            ended = take_ready(from, framing, out, tap)?;
         }
-        out.clear();
-        if framing == Reframe::Chunked {
-            // (Into a Vec: cannot fail.)
-            let _ = write!(out, "{len:x}\r\n");
+        if !ended && out.is_empty() {
+            // Nothing to send: wait for the stream.
+            match from.data().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|e| format!("upstream body failed: {e}"))?;
+                    push_chunk(from, framing, &chunk, out, tap);
+                    continue;
+                }
+                None => ended = true,
+            }
         }
-        out.extend_from_slice(&chunk);
-        if framing == Reframe::Chunked {
+        if ended && framing == Reframe::Chunked {
+            out.extend_from_slice(b"0\r\n");
+            if let Ok(Some(trailers)) = from.trailers().await {
+                for (name, value) in &trailers {
+                    push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                if let Some(t) = tap {
+                    t.trailers(|| crate::tap::h2_fields(&trailers));
+                }
+            }
             out.extend_from_slice(b"\r\n");
         }
-        let (res, o) = wr.write_all(std::mem::take(out)).await;
-        *out = o;
-        meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
-        if let Some(t) = tap {
-            t.data(len);
+        if !out.is_empty() {
+            let (res, o) = wr.write_all(std::mem::take(out)).await;
+            *out = o;
+            out.clear();
+            meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
         }
-        let _ = from.flow_control().release_capacity(len);
+        if ended {
+            return Ok(());
+        }
+    }
+}
+
+/// Moves the body bytes `from` already holds (no wait) into `out`,
+/// framed, until `out` holds [`COALESCE_MAX`]. True when the body ended.
+fn take_ready(
+    from: &mut RecvStream,
+    framing: Reframe,
+    out: &mut Vec<u8>,
+    tap: Option<&crate::tap::Pending>,
+) -> Result<bool, String> {
+    // A pending poll leaves a waker that does nothing; the next wait
+    // (`data().await`) registers the task's own.
+    let cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while out.len() < COALESCE_MAX {
+        match from.poll_data(&cx) {
+            std::task::Poll::Ready(Some(chunk)) => {
+                let chunk = chunk.map_err(|e| format!("upstream body failed: {e}"))?;
+                push_chunk(from, framing, &chunk, out, tap);
+            }
+            std::task::Poll::Ready(None) => return Ok(true),
+            std::task::Poll::Pending => break,
+        }
+    }
+    Ok(false)
+}
+
+/// Appends one DATA frame's bytes to `out`, framed, and gives their
+/// window back (they are copied: the bound on what is held is `out`'s).
+fn push_chunk(
+    from: &mut RecvStream,
+    framing: Reframe,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+    tap: Option<&crate::tap::Pending>,
+) {
+    let len = chunk.len();
+    // An empty chunk would end a chunked body early.
+    if len == 0 {
+        return;
     }
     if framing == Reframe::Chunked {
-        out.clear();
-        out.extend_from_slice(b"0\r\n");
-        if let Ok(Some(trailers)) = from.trailers().await {
-            for (name, value) in &trailers {
-                push_field(out, name.as_str().as_bytes(), value.as_bytes());
-            }
-            if let Some(t) = tap {
-                t.trailers(|| crate::tap::h2_fields(&trailers));
-            }
-        }
-        out.extend_from_slice(b"\r\n");
-        let (res, o) = wr.write_all(std::mem::take(out)).await;
-        *out = o;
-        meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
+        // (Into a Vec: cannot fail.)
+        let _ = write!(out, "{len:x}\r\n");
     }
-    Ok(())
+    out.extend_from_slice(chunk);
+    if framing == Reframe::Chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = tap {
+        t.data(len);
+    }
+    let _ = from.flow_control().release_capacity(len);
 }
 
 /// Forwards one HTTP/2 stream to an HTTP/1.1 upstream of `target` and the

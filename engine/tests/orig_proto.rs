@@ -827,3 +827,83 @@ fn kept_bodies_are_retried_across_translations() {
         "HTTP/2 to HTTP/1: {answers:?}"
     );
 }
+
+/// Data segments `s` has received (`TCP_INFO`'s `tcpi_data_segs_in`).
+fn data_segs_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // struct tcp_info: tcpi_data_segs_in is the u32 at byte 152 (Linux 4.6+).
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: `info` is valid for `len` bytes; the kernel writes at most that.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    assert!(
+        len >= 156,
+        "TCP_INFO too short ({len} bytes) for tcpi_data_segs_in"
+    );
+    u32::from_ne_bytes(info[152..156].try_into().unwrap())
+}
+
+/// A small response carried over HTTP/2 reaches the HTTP/1 client in one
+/// TCP segment: its head, body and (chunked) last chunk in one write, not
+/// a head and then a body. Each is an extra send, segment and wake-up on
+/// both ends (every meshed HTTP/1 request pays it). The origin answers in
+/// one write, so the inbound proxy gets, and sends on, the whole answer at
+/// once.
+#[test]
+fn small_translated_responses_are_one_segment() {
+    const EACH: usize = 20;
+    let origin = Backend::start(|s| {
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut n = 0;
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => {
+                    n += 1;
+                    let answer: &[u8] = if n % 2 == 1 {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n"
+                    };
+                    if w.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    let b = inbound_in_front(&origin);
+    let (_dir, a) = h2_forward(IoDriver::Uring, "segments", b.inbound_addr().unwrap());
+    let mut c = client(a.forward_addrs()[0]);
+    // The first exchange opens the connection between the proxies.
+    let (status, _, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
+    assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+    let (status, _, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
+    assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+    let before = data_segs_in(c.get_ref());
+    for _ in 0..2 * EACH {
+        let (status, head, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
+        assert_eq!((status, &body[..]), (200, &b"ok\n"[..]), "{head}");
+    }
+    let segments = data_segs_in(c.get_ref()) - before;
+    // One per response (a stray split allowed); a head apart from its
+    // body makes it 2 per length-framed and 3 per chunked response.
+    assert!(
+        segments as usize <= 2 * EACH + 2,
+        "{segments} segments for {} responses",
+        2 * EACH
+    );
+}
