@@ -853,49 +853,74 @@ fn data_segs_in(s: &TcpStream) -> u32 {
     u32::from_ne_bytes(info[152..156].try_into().unwrap())
 }
 
-/// A small response carried over HTTP/2 reaches the HTTP/1 client in one
-/// TCP segment: its head, body and (chunked) last chunk in one write, not
-/// a head and then a body. Each is an extra send, segment and wake-up on
-/// both ends (every meshed HTTP/1 request pays it). The origin answers in
-/// one write, so the inbound proxy gets, and sends on, the whole answer at
-/// once.
+/// A small message translated between HTTP/1 and HTTP/2 travels in one
+/// TCP segment: a response to the HTTP/1 client (head, body and a chunked
+/// body's end in one write, not a head and then a body), and a request
+/// with a small body to the HTTP/1 origin (head and body together). Each
+/// split is an extra send, segment and wake-up on both ends, paid by every
+/// meshed HTTP/1 request. The client and origin write each message in one
+/// write, so each proxy gets it whole.
 #[test]
-fn small_translated_responses_are_one_segment() {
+fn small_translated_messages_are_one_segment() {
     const EACH: usize = 20;
+    // Answers GETs alternately with a length and chunked; a POST with its
+    // connection's number and the data segments it has received so far.
+    static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let origin = Backend::start(|s| {
+        let conn = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut w = s;
-        let mut n = 0;
+        let (mut n, mut length) = (0, 0);
         loop {
             let mut line = String::new();
             match r.read_line(&mut line) {
                 Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" => {
-                    n += 1;
-                    let answer: &[u8] = if n % 2 == 1 {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n"
-                    };
-                    if w.write_all(answer).is_err() {
-                        return;
+                Ok(_) if line == "\r\n" => {}
+                Ok(_) => {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
                     }
+                    continue;
                 }
-                Ok(_) => {}
+            }
+            let answer = if length > 0 {
+                let mut body = vec![0; length];
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                length = 0;
+                let segs = format!("{conn} {}", data_segs_in(&w));
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{segs}",
+                    segs.len()
+                )
+            } else {
+                n += 1;
+                if n % 2 == 1 {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n".to_string()
+                } else {
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n"
+                        .to_string()
+                }
+            };
+            if w.write_all(answer.as_bytes()).is_err() {
+                return;
             }
         }
     });
     let b = inbound_in_front(&origin);
     let (_dir, a) = h2_forward(IoDriver::Uring, "segments", b.inbound_addr().unwrap());
     let mut c = client(a.forward_addrs()[0]);
-    // The first exchange opens the connection between the proxies.
-    let (status, _, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
-    assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
-    let (status, _, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
-    assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+    let get = b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n";
+    // The first exchanges open the connections between the proxies and
+    // to the origin.
+    for _ in 0..2 {
+        let (status, _, body) = exchange(&mut c, get);
+        assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+    }
     let before = data_segs_in(c.get_ref());
     for _ in 0..2 * EACH {
-        let (status, head, body) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test:80\r\n\r\n");
+        let (status, head, body) = exchange(&mut c, get);
         assert_eq!((status, &body[..]), (200, &b"ok\n"[..]), "{head}");
     }
     let segments = data_segs_in(c.get_ref()) - before;
@@ -905,5 +930,31 @@ fn small_translated_responses_are_one_segment() {
         segments as usize <= 2 * EACH + 2,
         "{segments} segments for {} responses",
         2 * EACH
+    );
+
+    let mut post = b"POST / HTTP/1.1\r\nHost: web.test:80\r\nContent-Length: 100\r\n\r\n".to_vec();
+    post.extend_from_slice(&[b'x'; 100]);
+    let mut seen = Vec::new();
+    for _ in 0..EACH + 1 {
+        let (status, head, body) = exchange(&mut c, &post);
+        assert_eq!(status, 200, "{head}");
+        let body = String::from_utf8(body).unwrap();
+        let (conn, segs) = body.split_once(' ').unwrap();
+        seen.push((conn.to_string(), segs.parse::<u32>().unwrap()));
+    }
+    // Differences on one origin connection (it saw the GETs too).
+    let per_request: Vec<u32> = seen
+        .windows(2)
+        .filter(|p| p[0].0 == p[1].0)
+        .map(|p| p[1].1 - p[0].1)
+        .collect();
+    assert!(
+        per_request.len() >= EACH / 2,
+        "POSTs spread over connections: {seen:?}"
+    );
+    let split = per_request.iter().filter(|&&d| d > 1).count();
+    assert!(
+        split <= 1,
+        "segments per request at the origin: {per_request:?}"
     );
 }
