@@ -10,6 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures_channel::oneshot;
 use monoio_http::h2::client;
+use ringmesh_admin::telemetry::KeyedState;
 
 use crate::connect::Endpoint;
 
@@ -33,12 +34,12 @@ pub(crate) type ConnectWaiter = oneshot::Sender<Result<(), String>>;
 /// This worker's HTTP/2 connections per endpoint.
 #[derive(Default)]
 pub(crate) struct Pool {
-    conns: RefCell<HashMap<Endpoint, Vec<Upstream>>>,
+    conns: RefCell<HashMap<Endpoint, Vec<Upstream>, KeyedState>>,
     next_id: Cell<u64>,
     /// Endpoints a connection is being made to, with the streams waiting
     /// for it: a burst of new streams shares one new connection instead of
     /// each opening its own.
-    pub(crate) connecting: RefCell<HashMap<Endpoint, Vec<ConnectWaiter>>>,
+    pub(crate) connecting: RefCell<HashMap<Endpoint, Vec<ConnectWaiter>, KeyedState>>,
 }
 
 impl Pool {

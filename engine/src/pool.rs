@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBufMut;
 use monoio::io::multishot::RecvMulti;
 use nix::sys::socket::{recv, MsgFlags};
-use ringmesh_admin::telemetry::{ConnMeter, Direction};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, KeyedState};
 use ringmesh_protocols::http1::{RequestHead, ResponseHead};
 
 use crate::config::PoolLimits;
@@ -311,7 +311,7 @@ pub(crate) struct PoolCounters {
 /// Idle upstream connections per endpoint, owned by one worker.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<std::rc::Rc<Endpoint>, Vec<Idle>>>,
+    idle: RefCell<HashMap<std::rc::Rc<Endpoint>, Vec<Idle>, KeyedState>>,
     /// Each side's limits (inbound, outbound), this worker's share.
     limits: [PoolLimits; 2],
     /// The reaper task's waker: new watches report to it.

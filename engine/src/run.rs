@@ -4,7 +4,6 @@
 //! context in `worker.rs`; this module starts, runs and stops it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -271,7 +270,7 @@ fn new_worker(
         cfg,
         routes: Routes {
             snapshots: RefCell::new(snapshots),
-            replicas: RefCell::new(HashMap::new()),
+            replicas: RefCell::default(),
             own_listeners,
             control,
             failing_fast: RefCell::default(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringmesh_admin::telemetry::{
-    Direction, HttpKey, HttpShard, ResponseClass, TcpShard, WorkerStats,
+    Direction, HttpKey, HttpShard, KeyedState, ResponseClass, TcpShard, WorkerStats,
 };
 use ringmesh_balancer::{AccrualPolicy, Balancer, EndpointState, RetryBudget};
 use ringmesh_discovery::profile::RetryBudgetSpec;
@@ -131,7 +131,7 @@ impl InFlight {
 /// balancer replicas kept in step with it, and fail-fast state.
 pub(crate) struct Routes {
     pub(crate) snapshots: RefCell<SnapshotCache>,
-    pub(crate) replicas: RefCell<HashMap<Authority, Replica>>,
+    pub(crate) replicas: RefCell<HashMap<Authority, Replica, KeyedState>>,
     /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<SocketAddr>,
     /// Asks the control core to watch a name the snapshot lacks.
@@ -141,7 +141,7 @@ pub(crate) struct Routes {
     pub failing_fast: RefCell<std::collections::HashSet<Authority>>,
     /// Requests waiting for a service to get an endpoint, by service
     /// (a name leaves when none waits).
-    pub queued: RefCell<HashMap<Authority, usize>>,
+    pub queued: RefCell<HashMap<Authority, usize, KeyedState>>,
     /// Failure accrual for new replicas.
     pub accrual: AccrualPolicy,
     /// How long a request waits for a service with no endpoint to get one,

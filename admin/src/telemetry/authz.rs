@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::keyed_hash::KeyedState;
 use super::labels::push_label;
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
@@ -47,7 +48,7 @@ pub struct AuthzKey {
 
 /// A worker's authorization counters.
 #[derive(Debug, Default, Clone)]
-pub struct AuthzShard(pub HashMap<AuthzKey, u64>);
+pub struct AuthzShard(pub HashMap<AuthzKey, u64, KeyedState>);
 
 impl AuthzShard {
     pub fn record(&mut self, key: &AuthzKey) {

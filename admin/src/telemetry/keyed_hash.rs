@@ -1,6 +1,8 @@
-//! The hash of the per-request metric maps ([`super::HttpShard`]): looked
-//! up for every request, where SipHash over a label set (a dozen small
-//! writes) cost more than the rest of the counting.
+//! The hash of the maps looked up for every request: the metric shards
+//! ([`super::HttpShard`], [`super::AuthzShard`]), where SipHash over a
+//! label set (a dozen small writes) cost more than the rest of the
+//! counting, and the engine's per-worker tables (balancer replicas by
+//! authority, pooled connections by endpoint).
 //!
 //! Keyed per map from std's random keys, so label sets cannot be chosen to
 //! collide without knowing the key; one widening multiply per word (the
