@@ -141,7 +141,11 @@ async fn upstream(
         return Ok(u);
     }
     let tls = w.pools.tls();
-    let conn = connect::open(ep, tls.as_deref(), Session::Http1, dial).await?;
+    // Boxed: a dial (a handshake, timeouts) is a large future, and every
+    // request's future would carry its room, moved whole into each
+    // stream's task (HTTP/2 to HTTP/1), though most requests take a
+    // pooled connection.
+    let conn = Box::pin(connect::open(ep, tls.as_deref(), Session::Http1, dial)).await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
     let fd = conn.raw_fd();
     let (rd, wr) = conn.split();
