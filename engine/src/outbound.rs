@@ -251,6 +251,22 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     profile
 }
 
+/// The refusal a connection route's filters make (its first filter:
+/// `forbidden`, or `invalid` with its message), as a closure over a filter
+/// list. The opaque and TLS protos have the same filters in types of their
+/// own (`$route`: the `opaque_route` or `tls_route` module).
+macro_rules! connection_refusal {
+    ($route:ident) => {
+        |filters: &[$route::Filter]| {
+            filters.first().map(|f| match &f.kind {
+                Some($route::filter::Kind::Forbidden(_)) => refused_by(None),
+                Some($route::filter::Kind::Invalid(i)) => refused_by(Some(&i.message)),
+                None => refused_by(Some("a filter of no kind")),
+            })
+        }
+    };
+}
+
 /// An opaque or TLS rule's backends ([`ChosenBackend`]s) from its
 /// distribution: `first-available` the first that names a target,
 /// `random-available` each with its weight. The opaque and TLS protos have
@@ -288,14 +304,8 @@ fn opaque_route(
     target: &Authority,
     routes: Vec<linkerd2_proxy_api::outbound::OpaqueRoute>,
 ) -> OpaqueRoute {
-    use linkerd2_proxy_api::outbound::opaque_route::{distribution, filter, Filter};
-    let refusal = |filters: &[Filter]| {
-        filters.first().map(|f| match &f.kind {
-            Some(filter::Kind::Forbidden(_)) => refused_by(None),
-            Some(filter::Kind::Invalid(i)) => refused_by(Some(&i.message)),
-            None => refused_by(Some("a filter of no kind")),
-        })
-    };
+    use linkerd2_proxy_api::outbound::opaque_route::{self, distribution};
+    let refusal = connection_refusal!(opaque_route);
     if routes.len() > 1 {
         tracing::warn!(%target, routes = routes.len(), "an opaque policy should have one route; using the first");
     }
@@ -319,15 +329,9 @@ fn tls_routes(
     target: &Authority,
     routes: Vec<linkerd2_proxy_api::outbound::TlsRoute>,
 ) -> Vec<TlsRoute> {
-    use linkerd2_proxy_api::outbound::tls_route::{distribution, filter, Filter};
+    use linkerd2_proxy_api::outbound::tls_route::{self, distribution};
     use linkerd2_proxy_api::tls_route::sni_match::Match;
-    let refusal = |filters: &[Filter]| {
-        filters.first().map(|f| match &f.kind {
-            Some(filter::Kind::Forbidden(_)) => refused_by(None),
-            Some(filter::Kind::Invalid(i)) => refused_by(Some(&i.message)),
-            None => refused_by(Some("a filter of no kind")),
-        })
-    };
+    let refusal = connection_refusal!(tls_route);
     routes
         .into_iter()
         .map(|route| {
@@ -339,18 +343,8 @@ fn tls_routes(
                         .snis
                         .iter()
                         .filter_map(|m| match m.r#match.as_ref()? {
-                            Match::Exact(n) => Some(RequestMatch::Host {
-                                name: n.trim_end_matches('.').to_ascii_lowercase(),
-                                suffix: false,
-                            }),
-                            Match::Suffix(s) => {
-                                let labels: Vec<&str> =
-                                    s.reverse_labels.iter().rev().map(String::as_str).collect();
-                                Some(RequestMatch::Host {
-                                    name: labels.join(".").to_ascii_lowercase(),
-                                    suffix: true,
-                                })
-                            }
+                            Match::Exact(n) => Some(exact_host(n)),
+                            Match::Suffix(s) => Some(host_suffix(&s.reverse_labels)),
                         })
                         .collect(),
                 )
@@ -471,20 +465,29 @@ pub(crate) fn hosts(hosts: &[hr::HostMatch]) -> Option<RequestMatch> {
     let any = hosts
         .iter()
         .filter_map(|h| match h.r#match.as_ref()? {
-            hr::host_match::Match::Exact(n) => Some(RequestMatch::Host {
-                name: n.trim_end_matches('.').to_ascii_lowercase(),
-                suffix: false,
-            }),
-            hr::host_match::Match::Suffix(s) => {
-                let labels: Vec<&str> = s.reverse_labels.iter().rev().map(String::as_str).collect();
-                Some(RequestMatch::Host {
-                    name: labels.join(".").to_ascii_lowercase(),
-                    suffix: true,
-                })
-            }
+            hr::host_match::Match::Exact(n) => Some(exact_host(n)),
+            hr::host_match::Match::Suffix(s) => Some(host_suffix(&s.reverse_labels)),
         })
         .collect();
     Some(RequestMatch::Any(any))
+}
+
+/// A host (or SNI) match on one exact name.
+fn exact_host(name: &str) -> RequestMatch {
+    RequestMatch::Host {
+        name: name.trim_end_matches('.').to_ascii_lowercase(),
+        suffix: false,
+    }
+}
+
+/// A host (or SNI) match on a wildcard: names under the one whose labels
+/// the policy gives in reverse (`["com", "example"]`: `*.example.com`).
+fn host_suffix(reverse_labels: &[String]) -> RequestMatch {
+    let labels: Vec<&str> = reverse_labels.iter().rev().map(String::as_str).collect();
+    RequestMatch::Host {
+        name: labels.join(".").to_ascii_lowercase(),
+        suffix: true,
+    }
 }
 
 fn regex(re: &str) -> Result<regex::Regex, String> {
