@@ -523,7 +523,6 @@ pub(crate) async fn h2_to_h1(
         framing: Reframe::Empty,
         method: Method::from_bytes(parts.method.as_str().as_bytes()),
         body,
-        taken: Vec::new(),
         limits: Limits::default(),
         deadline: w.response_deadline(request_deadline),
     };
@@ -657,9 +656,6 @@ struct H1Request {
     method: Method,
     /// The client's body, until an attempt takes it.
     body: Option<RecvStream>,
-    /// Its first bytes, framed, taken from the stream to go in the head's
-    /// send.
-    taken: Vec<u8>,
     limits: Limits,
     /// When the response head must have arrived.
     deadline: Option<Instant>,
@@ -683,13 +679,13 @@ async fn h1_attempt(
     req: &mut H1Request,
 ) -> Result<H1Answer, ProxyError> {
     let sent_at = Instant::now();
-    // What of the body already arrived goes with the head (one send), and
-    // with a later attempt's if this one cannot send. (A broken stream is
-    // left to the body's relay below, which sees it too.)
+    // What of a streamed body already arrived goes with the head (one
+    // send). Such a request is not repeatable, so this is its only
+    // attempt. (A broken stream is left to the body's relay below, which
+    // sees it too.)
     if let Some(from) = req.body.as_mut() {
-        let _ = take_ready(from, req.framing, &mut req.taken, None);
+        let _ = take_ready(from, req.framing, &mut req.head, None);
     }
-    req.head.extend_from_slice(&req.taken);
     let (res, h) = up.wr.write_all(std::mem::take(&mut req.head)).await;
     req.head = h;
     let n = res.map_err(|e| {
