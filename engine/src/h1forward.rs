@@ -536,6 +536,9 @@ fn plan_response(
         ConnectionHeader::Omit
     };
     let ropts = WriteOptions {
+        // An HTTP/1.0 client hears HTTP/1.0, as linkerd2-proxy (hyper)
+        // answers it.
+        version: req.version(),
         connection,
         upgrade: tunnel && req.upgrade().is_some(),
         ..WriteOptions::default()

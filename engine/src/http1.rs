@@ -26,7 +26,9 @@ use monoio::io::AsyncWriteRentExt;
 use ringmesh_admin::telemetry::{ConnMeter, Direction};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::buffer::BufferPool;
-use ringmesh_protocols::http1::{canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead};
+use ringmesh_protocols::http1::{
+    canonical_reason, BodyFraming, Limits, RequestHead, ResponseHead, Version,
+};
 
 use crate::config::ConnectConfig;
 use crate::detect::is_cancelled;
@@ -256,7 +258,7 @@ async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
         && t.req.framing().is_empty()
         && t.req.keep_alive()
         && !t.w.stopping();
-    send_error(t.c, t.out, &e, informational, !keep).await;
+    send_error(t.c, t.out, &e, (t.req.version(), informational), !keep).await;
     if keep {
         Next::Continue
     } else {
@@ -816,10 +818,23 @@ fn informational(w: &Worker, c: &Client) -> bool {
 /// Answers a request whose head could not be read (the connection closes
 /// after).
 async fn refuse_head(c: &mut Client, out: &mut Vec<u8>, e: ProxyError, informational: bool) {
-    send_error(c, out, &e, informational, true).await;
+    let version = request_line_version(&c.buf);
+    send_error(c, out, &e, (version, informational), true).await;
 }
 
-/// Answers with an error the proxy itself produced, saying why in an
+/// The version a request line that may be malformed ends with, for the
+/// answer refusing it: HTTP/1.0 if it says so, HTTP/1.1 otherwise.
+fn request_line_version(buf: &[u8]) -> Version {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    if line.trim_ascii_end().ends_with(b" HTTP/1.0") {
+        Version::Http10
+    } else {
+        Version::Http11
+    }
+}
+
+/// Answers with an error the proxy itself produced, in the request's
+/// `version` (an HTTP/1.0 client hears HTTP/1.0), saying why in an
 /// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body
 /// unless not `informational` (then the status alone, as linkerd2-proxy);
 /// with `close`, the connection closes after it (`closes_connection`).
@@ -827,12 +842,13 @@ async fn send_error(
     c: &mut Client,
     out: &mut Vec<u8>,
     e: &ProxyError,
-    informational: bool,
+    (version, informational): (Version, bool),
     close: bool,
 ) {
     out.clear();
     let status = e.status();
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", canonical_reason(status)).as_bytes());
+    let reason = canonical_reason(status);
+    out.extend_from_slice(format!("{} {status} {reason}\r\n", version.as_str()).as_bytes());
     if let Some(location) = e.location() {
         // (Made from the request's own URL parts, each checked, and the
         // policy's: no control characters.)

@@ -208,6 +208,59 @@ both_drivers!(
     super::header_case_and_hop_by_hop
 );
 
+/// An h2c upgrade is not forwarded (the request goes on as HTTP/1.1, as
+/// linkerd2-proxy forwards it), and an HTTP/1.0 client hears HTTP/1.0, in
+/// answers relayed and in the proxy's own, and may not CONNECT.
+fn h2c_upgrade_and_http10(driver: IoDriver) {
+    let origin = origin("o");
+    let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
+    for raw in [
+        &b"GET /echo-head HTTP/1.1\r\nHost: o.test\r\nUpgrade: h2c\r\n\
+           HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n"
+            [..],
+        // `HTTP2-Settings` is hop-by-hop even when `Connection` leaves it out.
+        b"GET /echo-head HTTP/1.1\r\nHost: o.test\r\nUpgrade: H2C\r\nHTTP2-Settings: AAMA\r\n\
+           Connection: upgrade\r\n\r\n",
+    ] {
+        let (head, body) = request(addr, raw);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+        assert!(seen.starts_with("get /echo-head http/1.1\r\n"), "{seen}");
+        for hop in ["upgrade", "http2-settings", "connection"] {
+            assert!(!seen.contains(hop), "{hop} forwarded: {seen}");
+        }
+    }
+    // A WebSocket upgrade still is forwarded.
+    let (_, body) = request(
+        addr,
+        b"GET /echo-head HTTP/1.1\r\nHost: o.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    );
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    assert!(seen.contains("upgrade: websocket"), "{seen}");
+
+    let (h, b) = request(addr, b"GET /hello HTTP/1.0\r\nHost: o\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.0 200"), "{h}");
+    assert_eq!(b, b"hello from o\n");
+    for raw in [
+        &b"CONNECT o.test:80 HTTP/1.0\r\nHost: o.test\r\n\r\n"[..],
+        b"CONNECT o.test HTTP/1.0\r\nHost: o.test\r\n\r\n",
+        b"GET /a\x01b HTTP/1.0\r\nHost: o\r\n\r\n",
+    ] {
+        let (h, _) = request(addr, raw);
+        assert!(
+            h.starts_with("HTTP/1.0 400"),
+            "{:?} → {h}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    h2c_upgrades_are_dropped_and_http10_hears_http10,
+    super::h2c_upgrade_and_http10
+);
+
 fn chunked_trailers_pipelining_head(driver: IoDriver) {
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(driver, &origin.addr.to_string(), &[]);
@@ -246,7 +299,8 @@ fn chunked_trailers_pipelining_head(driver: IoDriver) {
     let mut r = BufReader::new(c);
     w.write_all(b"GET /hello HTTP/1.0\r\n\r\n").unwrap();
     let (h, b) = read_response(&mut r, false);
-    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    // (In HTTP/1.0, as linkerd2-proxy answers an HTTP/1.0 client.)
+    assert!(h.starts_with("HTTP/1.0 200"), "{h}");
     assert_eq!(b, b"hello from o\n");
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).unwrap();

@@ -30,6 +30,10 @@ pub enum ProtocolError {
     ContentLengthWithTransferEncoding,
     #[error("transfer-encoding in an http/1.0 message")]
     TransferEncodingInHttp10,
+    /// CONNECT is HTTP/1.1's (RFC 9110 §9.3.6); an HTTP/1.0 one is refused,
+    /// as linkerd2-proxy refuses it.
+    #[error("connect in an http/1.0 request")]
+    ConnectInHttp10,
     /// `chunked` is missing, not last, or applied more than once: the body's
     /// length cannot be known (RFC 9112 §6.3).
     #[error("invalid transfer-encoding")]

@@ -58,13 +58,17 @@ pub(crate) enum HeaderKind {
     ProxyConnection,
     Te,
     Upgrade,
+    /// h2c's upgrade settings (RFC 7540 §3.2.1): they describe this
+    /// connection, so they are hop-by-hop even when `Connection` does
+    /// not name them.
+    Http2Settings,
     Expect,
     Other,
 }
 
 impl HeaderKind {
     pub(crate) fn of(name: &[u8]) -> Self {
-        const NAMES: [(&[u8], HeaderKind); 9] = [
+        const NAMES: [(&[u8], HeaderKind); 10] = [
             (b"host", HeaderKind::Host),
             (b"content-length", HeaderKind::ContentLength),
             (b"transfer-encoding", HeaderKind::TransferEncoding),
@@ -73,6 +77,7 @@ impl HeaderKind {
             (b"proxy-connection", HeaderKind::ProxyConnection),
             (b"te", HeaderKind::Te),
             (b"upgrade", HeaderKind::Upgrade),
+            (b"http2-settings", HeaderKind::Http2Settings),
             (b"expect", HeaderKind::Expect),
         ];
         NAMES
@@ -93,6 +98,7 @@ impl HeaderKind {
                 | HeaderKind::Te
                 | HeaderKind::TransferEncoding
                 | HeaderKind::Upgrade
+                | HeaderKind::Http2Settings
         )
     }
 }
@@ -242,6 +248,7 @@ impl Fields {
                 HeaderKind::KeepAlive
                 | HeaderKind::ProxyConnection
                 | HeaderKind::Te
+                | HeaderKind::Http2Settings
                 | HeaderKind::Other => {}
             }
         }

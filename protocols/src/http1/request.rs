@@ -162,8 +162,19 @@ impl RequestHead {
         };
         let c = f.connection;
         self.keep_alive = !c.close && (http11 || c.keep_alive);
-        // HTTP/1.0 upgrades are ignored (RFC 9110 §7.8).
-        self.upgrade = http11 && c.upgrade && f.first_upgrade.is_some();
+        // HTTP/1.0 upgrades are ignored (RFC 9110 §7.8), and so is h2c's
+        // (RFC 7540 §3.2; RFC 9113 §3.1 retired it): the connection would
+        // become HTTP/2 the proxy could only relay as opaque bytes, with
+        // no per-request routing or metrics. Like linkerd2-proxy, the
+        // proxy drops it (`Upgrade` is hop-by-hop, so is `HTTP2-Settings`)
+        // and forwards the request as HTTP/1.1.
+        self.upgrade = http11
+            && c.upgrade
+            && f.value_of(f.first_upgrade)
+                .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+        if self.method == Method::Connect && !http11 {
+            return Err(ProtocolError::ConnectInHttp10);
+        }
 
         if self.form == TargetForm::Absolute && !self.path.get(&f.buf).starts_with(b"/") {
             // `http://h` or `http://h?q`: origin-form needs the `/` the
@@ -563,7 +574,14 @@ mod tests {
         assert_eq!(ws.upgrade(), Some(&b"websocket"[..]));
         assert!(ws.context().upgrade);
         let h2c = ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n");
-        assert_eq!(h2c.upgrade(), Some(&b"h2c"[..]));
+        // h2c's is dropped (the request goes on as HTTP/1.1).
+        assert_eq!(h2c.upgrade(), None);
+        assert!(!h2c.context().upgrade);
+        assert_eq!(
+            err("CONNECT a:443 HTTP/1.0\r\n\r\n"),
+            ProtocolError::ConnectInHttp10
+        );
+        assert!(ok("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").is_connect());
         // Upgrade without the connection option, or in HTTP/1.0: not one.
         assert_eq!(
             ok("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").upgrade(),
