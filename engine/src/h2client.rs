@@ -183,6 +183,13 @@ pub(crate) fn request_head(parts: &http::request::Parts) -> Request<()> {
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
+    if parts.uri.authority().is_none() && parts.method != http::Method::CONNECT {
+        // A request without `:authority` (RFC 9113 §8.3.1 lets a client
+        // leave it out) goes on without one, as linkerd2-proxy forwards
+        // it: the HTTP/2 library sends a URI with no authority (and
+        // `:scheme` http) only for a request it is told came from HTTP/1.
+        *req.version_mut() = http::Version::HTTP_11;
+    }
     *req.headers_mut() = parts.headers.clone();
     req
 }

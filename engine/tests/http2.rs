@@ -195,6 +195,43 @@ fn resets_propagate(driver: IoDriver) {
 }
 both_drivers!(resets_propagate, super::resets_propagate);
 
+/// A request without `:authority` (RFC 9113 §8.3.1) reaches the upstream
+/// without one, as linkerd2-proxy forwards it (it was a 502 "request URI
+/// missing scheme and authority"); one with an authority keeps it.
+fn request_without_authority(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        // (The client library sends a URI without an authority only for
+        // a request marked HTTP/1.1: `:scheme` http, `:path`, no more.)
+        let req = ::http::Request::builder()
+            .uri("/authority")
+            .version(::http::Version::HTTP_11)
+            .body(())
+            .unwrap();
+        let mut s = send.clone().ready().await.unwrap();
+        let (resp, _) = s.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(String::from_utf8_lossy(&got), "none");
+        let a = h2::request(&send, "GET", "/authority", None).await.unwrap();
+        assert_eq!((a.status, &a.body[..]), (200, &b"test"[..]));
+    });
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_request_without_authority_goes_on_without_one,
+    super::request_without_authority
+);
+
 /// `RINGMESH_HTTP_REQUEST_TIMEOUT`: a stream the upstream never answers
 /// gets 504, and the upstream stream is cancelled.
 fn request_timeout(driver: IoDriver) {

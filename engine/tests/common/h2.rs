@@ -123,6 +123,7 @@ async fn handle(
     port: u16,
 ) {
     let path = req.uri().path().to_string();
+    let authority = req.uri().authority().map(|a| a.to_string());
     let req_headers = req.headers().clone();
     let mut body = req.into_body();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -201,6 +202,14 @@ async fn handle(
                 .body(())
                 .unwrap();
             let _ = respond.send_response(resp, true);
+        }
+        // `/authority`: the request's `:authority`, or `none`.
+        ("authority", _) => {
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
+            let text = authority.unwrap_or_else(|| "none".into());
+            let _ = s.send_data(Bytes::from(text), true);
         }
         ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
         ("hang", _) => {
