@@ -232,6 +232,48 @@ both_drivers!(
     super::request_without_authority
 );
 
+/// A head that ends its stream but announces a body (`content-length: 5`)
+/// is malformed (RFC 9113 §8.1.1): the stream is reset with
+/// PROTOCOL_ERROR, never passed on (an HTTP/1 upstream would wait for five
+/// bytes that never come); `content-length: 0` passes.
+fn end_stream_with_a_length(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let streams = origin.counters.clone();
+    h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        for (length, ok) in [("5", false), ("0", true)] {
+            let req = ::http::Request::builder()
+                .method("POST")
+                .uri("http://test/hello")
+                .header("content-length", length)
+                .body(())
+                .unwrap();
+            let mut s = send.clone().ready().await.unwrap();
+            let (resp, _) = s.send_request(req, true).unwrap();
+            match resp.await {
+                Ok(r) => assert!(ok && r.status() == 200, "{length}: {}", r.status()),
+                Err(e) => assert!(
+                    !ok && e.reason() == Some(monoio_http::h2::Reason::PROTOCOL_ERROR),
+                    "{length}: {e}"
+                ),
+            }
+        }
+    });
+    assert_eq!(
+        streams.streams.load(Ordering::Relaxed),
+        1,
+        "only the good one went on"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_head_ending_its_stream_with_a_length_is_reset,
+    super::end_stream_with_a_length
+);
+
 /// `RINGMESH_HTTP_REQUEST_TIMEOUT`: a stream the upstream never answers
 /// gets 504, and the upstream stream is cancelled.
 fn request_timeout(driver: IoDriver) {

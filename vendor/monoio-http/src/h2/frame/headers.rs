@@ -249,6 +249,11 @@ impl Headers {
         &mut self.header_block.pseudo
     }
 
+    /// Its `:status` (a response's).
+    pub(crate) fn status(&self) -> Option<StatusCode> {
+        self.header_block.pseudo.status
+    }
+
     /// Whether it has status 1xx
     pub(crate) fn is_informational(&self) -> bool {
         self.header_block.pseudo.is_informational()

@@ -195,6 +195,15 @@ impl Recv {
                 };
 
                 stream.content_length = ContentLength::Remaining(content_length);
+                // (ringmesh, as h2 0.4) END_STREAM on a head announcing a
+                // body is malformed (RFC 9113 §8.1.1): passed on, the next
+                // hop (an HTTP/1 one, say) would wait for bytes that never
+                // come. 204 and 304 responses carry a length with no body.
+                let bodiless = frame.status().is_some_and(|s| s == 204 || s == 304);
+                if frame.is_end_stream() && content_length > 0 && !bodiless {
+                    proto_err!(stream: "recv_headers with END_STREAM: content-length is not zero; stream={:?}", stream.id);
+                    return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR).into());
+                }
             }
         }
 
