@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -1569,8 +1569,25 @@ impl Parser<'_> {
                 key: key.into(),
             };
         }
-        let dir = require(self, IDENTITY_DIR, mode);
-        let token_file = require(self, IDENTITY_TOKEN_FILE, mode);
+        // As linkerd2-proxy: the documents Linkerd's init container left
+        // and the token must be there at start (an empty or unreadable
+        // one is a configuration problem, not a Certify call failing for
+        // ever). They are read again when used: the token rotates.
+        let dir = require(self, IDENTITY_DIR, mode).filter(|d| {
+            let problems: Vec<_> = ["key.p8", "csr.der"]
+                .iter()
+                .filter_map(|f| nonempty_file(&Path::new(d).join(f)).err())
+                .collect();
+            for why in &problems {
+                self.bad(IDENTITY_DIR, d, why);
+            }
+            problems.is_empty()
+        });
+        let token_file = require(self, IDENTITY_TOKEN_FILE, mode).filter(|t| {
+            nonempty_file(Path::new(t))
+                .map_err(|why| self.bad(IDENTITY_TOKEN_FILE, t, &why))
+                .is_ok()
+        });
         let svc_addr = require(self, IDENTITY_SVC_ADDR, mode).and_then(|v| {
             ControlAddr::parse(&v, dns)
                 .map_err(|why| self.bad(IDENTITY_SVC_ADDR, &v, &why))
@@ -1783,6 +1800,15 @@ impl Parser<'_> {
 }
 
 /// PEM certificates (the mesh's trust anchors): at least one, every
+
+/// `Ok` when `path` can be read and holds something.
+fn nonempty_file(path: &Path) -> Result<(), String> {
+    match std::fs::read(path) {
+        Ok(b) if b.is_empty() => Err(format!("{} is empty", path.display())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
 /// block a well-formed certificate.
 pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

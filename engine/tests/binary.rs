@@ -70,6 +70,44 @@ fn bad_static_file_content_exits_64_with_every_problem() {
     assert!(stderr.contains("b.test"), "{stderr}");
 }
 
+/// Identity from Linkerd's identity service needs the documents Linkerd's
+/// init container leaves (`key.p8`, `csr.der`) and the token at start, as
+/// linkerd2-proxy does: missing or empty, each is listed and the proxy
+/// exits 64 (it retried Certify for ever, never ready).
+#[test]
+fn identity_documents_missing_at_start_exit_64() {
+    let dir = TempDir::new("id-docs");
+    let id_dir = dir.join("identity");
+    std::fs::create_dir(&id_dir).unwrap();
+    std::fs::write(id_dir.join("key.p8"), b"").unwrap();
+    let anchors = "-----BEGIN CERTIFICATE-----\nMIIBWzCCAQGgAwIBAgIUQ7ZzvE0bBcGj4H0N2j6ZB3rFgKQwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+    let out = ringmesh(
+        "auto",
+        &[
+            ("LINKERD2_PROXY_IDENTITY_DIR", id_dir.to_str().unwrap()),
+            ("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", "/nonexistent/token"),
+            ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", "127.0.0.1:8080"),
+            (
+                "LINKERD2_PROXY_IDENTITY_LOCAL_NAME",
+                "web.ns.serviceaccount.identity.linkerd.cluster.local",
+            ),
+            ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(64));
+    for why in [
+        "key.p8 is empty",
+        "csr.der: No such file",
+        "/nonexistent/token",
+    ] {
+        assert!(stderr.contains(why), "{why} not reported:\n{stderr}");
+    }
+}
+
 fn port_in_use(driver: &str) {
     // Held by another process-like owner, once plainly and once with
     // SO_REUSEPORT (which must not let ringmesh silently share it).
