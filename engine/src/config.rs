@@ -1799,8 +1799,6 @@ impl Parser<'_> {
     }
 }
 
-/// PEM certificates (the mesh's trust anchors): at least one, every
-
 /// `Ok` when `path` can be read and holds something.
 fn nonempty_file(path: &Path) -> Result<(), String> {
     match std::fs::read(path) {
@@ -1809,6 +1807,8 @@ fn nonempty_file(path: &Path) -> Result<(), String> {
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
+
+/// PEM certificates (the mesh's trust anchors): at least one, every
 /// block a well-formed certificate.
 pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
