@@ -477,6 +477,12 @@ async fn relay_response(
             d.limits,
             tap,
         )?;
+        if d.resp.is_interim() && d.req.version() == Version::Http10 {
+            // No 1xx goes to an HTTP/1.0 client (RFC 9110 §15.2), which
+            // would take it for the answer.
+            d.out.clear();
+            continue;
+        }
         if !plan.done {
             // The rest of the body streams with plain reads (no ring
             // buffer waits on a slow client).

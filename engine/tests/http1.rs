@@ -241,6 +241,14 @@ fn h2c_upgrade_and_http10(driver: IoDriver) {
     let (h, b) = request(addr, b"GET /hello HTTP/1.0\r\nHost: o\r\n\r\n");
     assert!(h.starts_with("HTTP/1.0 200"), "{h}");
     assert_eq!(b, b"hello from o\n");
+    // The origin's `100 Continue` is not passed to an HTTP/1.0 client
+    // (RFC 9110 §15.2): its first head is the answer.
+    let (h, b) = request(
+        addr,
+        b"POST /hello HTTP/1.0\r\nHost: o\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert!(h.starts_with("HTTP/1.0 200"), "{h}");
+    assert_eq!(b, b"hello from o\n");
     for raw in [
         &b"CONNECT o.test:80 HTTP/1.0\r\nHost: o.test\r\n\r\n"[..],
         b"CONNECT o.test HTTP/1.0\r\nHost: o.test\r\n\r\n",
