@@ -740,6 +740,107 @@ fn outcome(frames: &[Frame]) -> (Option<String>, usize, Option<u32>) {
     (status, data, goaway)
 }
 
+/// Padded DATA frames count whole against the windows (RFC 9113 §6.1),
+/// and the proxy gives the padding back: a client sending 5000 frames of
+/// 10 bytes, each padded with 255, while its windows allow (1.3 MB of
+/// flow control, more than the proxy's windows) gets the 50 000 bytes
+/// echoed. (Counted as data only, the padding was never given back: the
+/// client's windows shrank until it stalled.)
+fn padded_data(driver: IoDriver) {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
+    use std::sync::Arc;
+    const FRAMES: usize = 5000;
+    const DATA: usize = 10;
+    const FLOW: i64 = (1 + DATA + 255) as i64;
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let mut s = connect(proxy.forward_addrs()[0]);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 4, 1, b"\x83\x86\x04\x05/echo\x01\x04test"));
+    s.write_all(&out).unwrap();
+    // The windows the proxy gives (connection, stream 1), from its SETTINGS
+    // and WINDOW_UPDATEs; what came back on stream 1.
+    let (conn, stream) = (
+        Arc::new(AtomicI64::new(65_535)),
+        Arc::new(AtomicI64::new(65_535)),
+    );
+    let (echoed, ended) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reader = {
+        let (mut r, conn, stream) = (s.try_clone().unwrap(), conn.clone(), stream.clone());
+        let (echoed, ended) = (echoed.clone(), ended.clone());
+        std::thread::spawn(move || loop {
+            let mut head = [0u8; 9];
+            if r.read_exact(&mut head).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if r.read_exact(&mut p).is_err() {
+                return;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match (head[3], id) {
+                (4, 0) if head[4] & 1 == 0 => {
+                    for set in p.chunks(6) {
+                        if set[..2] == [0, 4] {
+                            let v = u32::from_be_bytes(set[2..6].try_into().unwrap());
+                            stream.fetch_add(i64::from(v) - 65_535, Ordering::SeqCst);
+                        }
+                    }
+                }
+                (8, _) => {
+                    let inc = i64::from(u32::from_be_bytes(p[..4].try_into().unwrap()));
+                    if id == 0 { &conn } else { &stream }.fetch_add(inc, Ordering::SeqCst);
+                }
+                (0, 1) => {
+                    echoed.fetch_add(p.len(), Ordering::SeqCst);
+                    if head[4] & 1 == 1 {
+                        ended.store(true, Ordering::SeqCst);
+                    }
+                }
+                (1, 1) if head[4] & 1 == 1 => ended.store(true, Ordering::SeqCst),
+                (3 | 7, _) => return,
+                _ => {}
+            }
+        })
+    };
+    let mut payload = vec![255u8];
+    payload.extend(std::iter::repeat_n(b'p', DATA));
+    payload.extend(std::iter::repeat_n(0u8, 255));
+    for i in 0..FRAMES {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while conn.load(Ordering::SeqCst) < FLOW || stream.load(Ordering::SeqCst) < FLOW {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stalled after {i} frames: windows {} / {}",
+                conn.load(Ordering::SeqCst),
+                stream.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        conn.fetch_sub(FLOW, Ordering::SeqCst);
+        stream.fetch_sub(FLOW, Ordering::SeqCst);
+        let end = if i + 1 == FRAMES { 1 } else { 0 };
+        s.write_all(&frame(0, 0x8 | end, 1, &payload)).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || ended.load(Ordering::SeqCst)),
+        "the echo did not end"
+    );
+    assert_eq!(echoed.load(Ordering::SeqCst), FRAMES * DATA);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(padded_data_is_flow_controlled_whole, super::padded_data);
+
 /// `LINKERD2_PROXY_*_SERVER_HTTP2_MAX_FRAME_SIZE` and `_MAX_HEADER_LIST_SIZE`
 /// are what the listener accepts: a 32 KiB DATA frame and a 100 KB header
 /// list are served where they are set (a 600 KB one with a 1 MiB limit),

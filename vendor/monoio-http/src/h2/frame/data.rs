@@ -92,6 +92,13 @@ impl<T> Data<T> {
         &mut self.data
     }
 
+    /// (ringmesh) The bytes of a received frame's payload that flow
+    /// control counts (RFC 9113 §6.1): its data, and when it was padded
+    /// the padding and the byte giving its length.
+    pub(crate) fn padding_len(&self) -> usize {
+        self.pad_len.map_or(0, |p| usize::from(p) + 1)
+    }
+
     /// Consumes `self` and returns the frame's payload.
     ///
     /// This does **not** include any padding that might have been originally

@@ -576,13 +576,20 @@ impl Recv {
     }
 
     pub fn recv_data(&mut self, frame: frame::Data, stream: &mut store::Ptr) -> Result<(), Error> {
-        let sz = frame.payload().len();
+        // (ringmesh, as h2 0.4.13) Flow control counts a padded frame's
+        // padding too (RFC 9113 §6.1): the sender took it from its
+        // windows. Counted as data only, it was never given back, so a
+        // peer that pads saw its windows shrink until it stalled. The
+        // padding is released at once below (nobody reads it).
+        let padding = frame.padding_len();
+        let sz = frame.payload().len() + padding;
 
         // This should have been enforced at the codec::FramedRead layer, so
         // this is just a sanity check.
         assert!(sz <= MAX_WINDOW_SIZE as usize);
 
         let sz = sz as WindowSize;
+        let padding = padding as WindowSize;
 
         let is_ignoring_frame = stream.state.is_local_reset();
 
@@ -671,6 +678,11 @@ impl Recv {
         if stream.conn_autorelease {
             self.release_connection_capacity(sz, &mut None);
             stream.conn_released += sz;
+        }
+
+        if padding > 0 {
+            // (Cannot fail: `sz` was just added to the data in flight.)
+            let _ = self.release_capacity(padding, stream, &mut None);
         }
 
         let event = Event::Data(frame.into_payload());
