@@ -342,6 +342,17 @@ enum Reframe {
     Chunked,
 }
 
+/// An HTTP/2 message's fields with `content-length` once: the library
+/// refuses a message whose values differ, and identical repeats (which
+/// RFC 9110 §8.6 lets it accept) reach an HTTP/1 peer as one field, as
+/// the HTTP/1 proxy forwards them.
+fn once_length<'a>(
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
+    let mut seen = false;
+    fields.filter(move |(name, _)| *name != CONTENT_LENGTH || !std::mem::replace(&mut seen, true))
+}
+
 /// Writes an HTTP/1.1 response head for an HTTP/2 response into `out`.
 fn h1_response_head(
     headers: &HeaderMap,
@@ -357,7 +368,7 @@ fn h1_response_head(
     out.push(b' ');
     out.extend_from_slice(canonical_reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
+    for (name, value) in once_length(headers.iter()) {
         if name.as_str() == ORIG_PROTO {
             continue;
         }
@@ -939,7 +950,7 @@ fn h1_request_head(
         (None, None, Some(h)) => push_field(out, b"host", h.as_bytes()),
         (None, None, None) => {}
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in once_length(parts.headers.iter()) {
         if name == http::header::HOST
             || name.as_str() == ORIG_PROTO
             || (rewrite.strip_l5d && crate::l5d_headers::is_l5d_header(name.as_str()))

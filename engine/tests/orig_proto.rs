@@ -459,6 +459,64 @@ fn http2_client_to_http1_service(driver: IoDriver) {
 }
 both_drivers!(h2_to_http1, super::http2_client_to_http1_service);
 
+/// `content-length` twice over HTTP/2, translated to HTTP/1: values that
+/// differ are refused (RST_STREAM PROTOCOL_ERROR; the origin would have
+/// read one of them, perhaps not the one the body was checked against),
+/// identical ones reach the origin as one field.
+fn two_content_lengths(driver: IoDriver) {
+    let origin = http::origin("app");
+    let dir = TempDir::new(&format!("orig-proto-cl-{}", driver_name(driver)));
+    let file = service_file(
+        &dir,
+        "web.test:80",
+        &[origin.addr],
+        "protocol = \"http1\"\n",
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    common::h2::runtime().block_on(async move {
+        let send = common::h2::connect(addr).await;
+        for (second, ok) in [("6", false), ("5", true)] {
+            let req = ::http::Request::builder()
+                .method("POST")
+                .uri("http://web.test/echo-head")
+                .header("content-length", "5")
+                .header("content-length", second)
+                .body(())
+                .unwrap();
+            let mut s = send.clone().ready().await.unwrap();
+            let (resp, mut body) = s.send_request(req, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"hello"), true)
+                .unwrap();
+            match resp.await {
+                Err(e) => assert!(
+                    !ok && e.reason() == Some(monoio_http::h2::Reason::PROTOCOL_ERROR),
+                    "{second}: {e}"
+                ),
+                Ok(r) => {
+                    assert!(ok && r.status() == 200, "{second}: {}", r.status());
+                    let mut b = r.into_body();
+                    let mut seen = Vec::new();
+                    while let Some(chunk) = b.data().await {
+                        seen.extend_from_slice(&chunk.unwrap());
+                    }
+                    let seen = String::from_utf8(seen).unwrap().to_ascii_lowercase();
+                    assert_eq!(seen.matches("content-length: 5\r\n").count(), 1, "{seen}");
+                    assert!(!seen.contains("content-length: 6"), "{seen}");
+                }
+            }
+        }
+    });
+    drop(origin);
+}
+both_drivers!(two_content_lengths_over_http2, super::two_content_lengths);
+
 /// A drain of A that begins while a request travels over HTTP/2: the
 /// HTTP/1 response A writes is the client connection's last and says so
 /// (`Connection: close`), arrives whole, and the connection then ends.

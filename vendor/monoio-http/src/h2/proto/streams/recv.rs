@@ -186,6 +186,19 @@ impl Recv {
             use super::stream::ContentLength;
 
             if let Some(content_length) = frame.fields().get(header::CONTENT_LENGTH) {
+                // (ringmesh, as h2 0.4.20) More than one `content-length`
+                // saying different things is malformed (RFC 9110 §8.6):
+                // only the first was checked against the body, and an
+                // HTTP/1 next hop might read the other.
+                if frame
+                    .fields()
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .any(|v| v != content_length)
+                {
+                    proto_err!(stream: "content-length values differ; stream={:?}", stream.id);
+                    return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR).into());
+                }
                 let content_length = match frame::parse_u64(content_length.as_bytes()) {
                     Ok(v) => v,
                     Err(_) => {
