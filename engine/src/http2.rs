@@ -561,7 +561,10 @@ async fn to_h2(
             Err(e) => {
                 obs.endpoint_outcome(in_flight.as_ref(), false);
                 return Err(match e.reason() {
-                    Some(reason) if e.is_reset() => Failure::Reset(reason),
+                    // The upstream's own reset reaches the client as it
+                    // is; one the library made of a malformed response
+                    // head is a 502 saying so.
+                    Some(reason) if e.is_reset() && e.is_remote() => Failure::Reset(reason),
                     _ => ProxyError::upstream(format!("upstream stream failed: {e}")).into(),
                 });
             }

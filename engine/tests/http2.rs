@@ -740,6 +740,82 @@ fn outcome(frames: &[Frame]) -> (Option<String>, usize, Option<u32>) {
     (status, data, goaway)
 }
 
+/// What a raw origin answers a stream (by id) with.
+type RawAnswer = fn(u32) -> Vec<u8>;
+
+/// A raw HTTP/2 origin answering every stream with `answer(stream)`'s
+/// frames (malformed ones, which no HTTP/2 library would send).
+fn raw_h2_origin(answer: RawAnswer) -> Backend {
+    Backend::start(move |mut s| {
+        use std::io::Read;
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).is_err() {
+            return;
+        }
+        let _ = s.write_all(&frame(4, 0, 0, &[]));
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if s.read_exact(&mut p).is_err() {
+                return;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let reply = match head[3] {
+                4 if head[4] & 1 == 0 => frame(4, 1, 0, &[]),
+                1 => answer(id),
+                _ => continue,
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An upstream's malformed response head (no `:status`; two
+/// `content-length`s that differ) is a 502 saying so, at once: the
+/// first read as a 200, the second left the client waiting for ever
+/// (the library reset the upstream stream without telling the request).
+fn malformed_response_heads(driver: IoDriver) {
+    let cases: [(&str, RawAnswer); 2] = [
+        ("no :status", |id| frame(1, 5, id, b"\x00\x03x-a\x011")),
+        ("content-length 3 and 4", |id| {
+            let mut f = frame(1, 4, id, b"\x88\x0f\x0d\x013\x0f\x0d\x014");
+            f.extend(frame(0, 1, id, b"abc"));
+            f
+        }),
+    ];
+    for (what, answer) in cases {
+        let origin = raw_h2_origin(answer);
+        let proxy = forward_to(driver, origin.addr);
+        let addr = proxy.forward_addrs()[0];
+        h2::runtime().block_on(async move {
+            let send = h2::connect(addr).await;
+            let call = h2::request(&send, "GET", "/hello", None);
+            let a = monoio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no answer in 5 s"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(a.status, 502, "{what}");
+            let why = a
+                .headers
+                .get("l5d-proxy-error")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert!(why.is_some_and(|w| w.contains("protocol error")), "{what}");
+        });
+        proxy.shutdown();
+        proxy.wait();
+    }
+}
+both_drivers!(
+    malformed_upstream_response_heads_are_502,
+    super::malformed_response_heads
+);
+
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),
 /// and the proxy gives the padding back: a client sending 5000 frames of
 /// 10 bytes, each padded with 255, while its windows allow (1.3 MB of

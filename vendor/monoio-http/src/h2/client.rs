@@ -1567,9 +1567,13 @@ impl proto::Peer for Peer {
 
         b = b.version(Version::HTTP_2);
 
-        if let Some(status) = pseudo.status {
-            b = b.status(status);
-        }
+        // (ringmesh, as h2 0.4.20) A response head without `:status` is
+        // malformed (RFC 9113 §8.3.2); it read as a 200.
+        let Some(status) = pseudo.status else {
+            proto_err!(stream: "response without :status; stream={:?}", stream_id);
+            return Err(Error::library_reset(stream_id, Reason::PROTOCOL_ERROR));
+        };
+        b = b.status(status);
 
         let mut response = match b.body(()) {
             Ok(response) => response,

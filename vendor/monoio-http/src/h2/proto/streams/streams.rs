@@ -1496,6 +1496,11 @@ impl Actions {
             // Reset the stream.
             self.send
                 .send_reset(reason, initiator, buffer, stream, counts, &mut self.task);
+            // (ringmesh, as h2 0.4.7) Its state expires like any reset
+            // stream's, and whoever waits on it (a response future) hears
+            // of the reset: it waited for ever.
+            self.recv.enqueue_reset_expiration(stream, counts);
+            stream.notify_recv();
             Ok(())
         } else {
             res
