@@ -374,11 +374,12 @@ fn the_hint_multiplexes_concurrent_requests() {
     assert_eq!(without, 8.0, "{m}");
 }
 
-/// An HTTP/2 client, a service discovery marks `protocol = "http1"`: the
-/// origin gets HTTP/1.1 and the client HTTP/2 answers, bodies intact.
-fn http2_client_to_http1_service(driver: IoDriver) {
+/// An HTTP/1 origin behind a forward to `web.test:80`, which discovery
+/// marks `protocol = "http1"` (so HTTP/2 clients are translated); with
+/// its static file's directory, to drop after the proxy.
+fn http1_service_forward(driver: IoDriver, tag: &str) -> (Backend, TempDir, Proxy) {
     let origin = http::origin("app");
-    let dir = TempDir::new(&format!("orig-proto-h2h1-{}", driver_name(driver)));
+    let dir = TempDir::new(&format!("orig-proto-{tag}-{}", driver_name(driver)));
     let file = service_file(
         &dir,
         "web.test:80",
@@ -392,6 +393,13 @@ fn http2_client_to_http1_service(driver: IoDriver) {
             ("RINGMESH_DISCOVERY_STATIC", &file),
         ],
     );
+    (origin, dir, proxy)
+}
+
+/// An HTTP/2 client, a service discovery marks `protocol = "http1"`: the
+/// origin gets HTTP/1.1 and the client HTTP/2 answers, bodies intact.
+fn http2_client_to_http1_service(driver: IoDriver) {
+    let (origin, _dir, proxy) = http1_service_forward(driver, "h2h1");
     let addr = proxy.forward_addrs()[0];
     common::h2::runtime().block_on(async move {
         let send = common::h2::connect(addr).await;
@@ -464,21 +472,7 @@ both_drivers!(h2_to_http1, super::http2_client_to_http1_service);
 /// read one of them, perhaps not the one the body was checked against),
 /// identical ones reach the origin as one field.
 fn two_content_lengths(driver: IoDriver) {
-    let origin = http::origin("app");
-    let dir = TempDir::new(&format!("orig-proto-cl-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[origin.addr],
-        "protocol = \"http1\"\n",
-    );
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-        ],
-    );
+    let (origin, _dir, proxy) = http1_service_forward(driver, "cl");
     let addr = proxy.forward_addrs()[0];
     common::h2::runtime().block_on(async move {
         let send = common::h2::connect(addr).await;
