@@ -279,8 +279,18 @@ impl H2Answer<'_> {
         let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
         // The head goes with the body's first bytes when they are here.
         let to = (wr, meter);
-        if let Err(reason) = h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
-            return Err(Failure::Broken { status, reason });
+        if let Err(cut) = h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
+            if cut.began {
+                return Err(Failure::Broken {
+                    status,
+                    reason: cut.reason,
+                });
+            }
+            // Nothing reached the client (the head waited for the body's
+            // first bytes): it hears a 502 instead of a closed connection.
+            out.clear();
+            obs.endpoint_outcome(self.guard, false);
+            return Err(ProxyError::upstream(cut.reason).into());
         }
         obs.endpoint_outcome(self.guard, status < 500);
         Ok(status)
@@ -396,6 +406,13 @@ fn h1_response_head(
 /// what the stream already holds joins the write, up to this.
 const COALESCE_MAX: usize = 64 * 1024;
 
+/// Why a body relayed to an HTTP/1 peer stopped short.
+struct BodyCut {
+    reason: String,
+    /// Whether any bytes had been written to the peer.
+    began: bool,
+}
+
 /// Writes an HTTP/2 body to an HTTP/1 peer, chunk-encoding it when asked
 /// (HTTP/2 trailers become chunked trailer fields). `out` may hold bytes
 /// to send first (the response head): they go in the same write as the
@@ -408,17 +425,20 @@ async fn h2_body_to_h1(
     (wr, meter): (&mut impl AsyncWriteRent, &ConnMeter),
     out: &mut Vec<u8>,
     tap: Option<&crate::tap::Pending>,
-) -> Result<(), String> {
+) -> Result<(), BodyCut> {
+    let mut began = false;
+    let cut = |reason: String, began: bool| BodyCut { reason, began };
     let mut ended = framing == Reframe::Empty;
     loop {
         if !ended {
-            ended = take_ready(from, framing, out, tap)?;
+            ended = take_ready(from, framing, out, tap).map_err(|r| cut(r, began))?;
         }
         if !ended && out.is_empty() {
             // Nothing to send: wait for the stream.
             match from.data().await {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(|e| format!("upstream body failed: {e}"))?;
+                    let chunk =
+                        chunk.map_err(|e| cut(format!("upstream body failed: {e}"), began))?;
                     push_chunk(from, framing, &chunk, out, tap);
                     continue;
                 }
@@ -441,7 +461,10 @@ async fn h2_body_to_h1(
             let (res, o) = wr.write_all(std::mem::take(out)).await;
             *out = o;
             out.clear();
-            meter.wrote(res.map_err(|e| format!("writing to the peer failed: {e}"))?);
+            // The peer is gone: nothing more can reach it.
+            let n = res.map_err(|e| cut(format!("writing to the peer failed: {e}"), true))?;
+            meter.wrote(n);
+            began = true;
         }
         if ended {
             return Ok(());
@@ -723,7 +746,9 @@ async fn h1_attempt(
         let Some(mut from) = up_body else {
             return Ok(());
         };
-        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None).await;
+        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None)
+            .await
+            .map_err(|c| c.reason);
         if r.is_err() {
             // The upstream has a truncated body: end its exchange.
             let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::h2::{self, pattern_byte};
 use common::proc::*;
+use common::raw_h2::{frame, raw_h2_origin, Frame, RawAnswer, CUT_AFTER_HEAD};
 use common::*;
 use ringmesh_engine::IoDriver;
 
@@ -634,17 +635,6 @@ both_drivers!(
     super::server_settings_per_side
 );
 
-/// One frame: (type, flags, stream, payload).
-type Frame = (u8, u8, u32, Vec<u8>);
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 /// An HPACK integer with an `n`-bit prefix whose high bits are `first`.
 fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
     let max = (1usize << n) - 1;
@@ -667,7 +657,6 @@ fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
 /// until stream 1 ends, is reset, or the connection gets GOAWAY (or
 /// closes).
 fn post_raw(addr: std::net::SocketAddr, big: usize, body: &[u8], frame_size: usize) -> Vec<Frame> {
-    use std::io::Read;
     let mut block = b"\x83\x86\x04\x05/echo\x01\x04test".to_vec();
     let length = body.len().to_string();
     block.extend_from_slice(b"\x0f\x0d");
@@ -691,6 +680,13 @@ fn post_raw(addr: std::net::SocketAddr, big: usize, body: &[u8], frame_size: usi
     out.extend(frame(0, 1, 1, body));
     // A slow server may refuse before reading it all.
     let _ = s.write_all(&out);
+    read_frames(&mut s)
+}
+
+/// The frames read until stream 1 ends, is reset, or the connection gets
+/// GOAWAY (or closes).
+fn read_frames(s: &mut std::net::TcpStream) -> Vec<Frame> {
+    use std::io::Read;
     let mut frames = Vec::new();
     loop {
         let mut head = [0u8; 9];
@@ -740,42 +736,6 @@ fn outcome(frames: &[Frame]) -> (Option<String>, usize, Option<u32>) {
     (status, data, goaway)
 }
 
-/// What a raw origin answers a stream (by id) with.
-type RawAnswer = fn(u32) -> Vec<u8>;
-
-/// A raw HTTP/2 origin answering every stream with `answer(stream)`'s
-/// frames (malformed ones, which no HTTP/2 library would send).
-fn raw_h2_origin(answer: RawAnswer) -> Backend {
-    Backend::start(move |mut s| {
-        use std::io::Read;
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).is_err() {
-            return;
-        }
-        let _ = s.write_all(&frame(4, 0, 0, &[]));
-        loop {
-            let mut head = [0u8; 9];
-            if s.read_exact(&mut head).is_err() {
-                return;
-            }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut p = vec![0u8; len];
-            if s.read_exact(&mut p).is_err() {
-                return;
-            }
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let reply = match head[3] {
-                4 if head[4] & 1 == 0 => frame(4, 1, 0, &[]),
-                1 => answer(id),
-                _ => continue,
-            };
-            if s.write_all(&reply).is_err() {
-                return;
-            }
-        }
-    })
-}
-
 /// An upstream's malformed response head (no `:status`; two
 /// `content-length`s that differ) is a 502 saying so, at once: the
 /// first read as a 200, the second left the client waiting for ever
@@ -814,6 +774,62 @@ fn malformed_response_heads(driver: IoDriver) {
 both_drivers!(
     malformed_upstream_response_heads_are_502,
     super::malformed_response_heads
+);
+
+/// An upstream that fails a response after its head, in the same read as
+/// the head so that the failure is there before the proxy relays it: a
+/// connection error, or a RST_STREAM NO_ERROR after part of the body. The
+/// client's stream is reset, or gets a 502. Never a 200 that ends as if
+/// whole. (The library counted a stream closed by an error or a reset as
+/// ended: the head, or the body's first bytes, went to the client with
+/// END_STREAM.)
+fn cut_after_head(driver: IoDriver) {
+    for (what, answer) in CUT_AFTER_HEAD {
+        let origin = raw_h2_origin(answer);
+        let proxy = forward_to(driver, origin.addr);
+        let addr = proxy.forward_addrs()[0];
+        h2::runtime().block_on(async move {
+            for _ in 0..5 {
+                let send = h2::connect(addr).await;
+                let call = h2::request(&send, "GET", "/hello", None);
+                let answer = monoio::time::timeout(Duration::from_secs(5), call)
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: no answer in 5 s"));
+                match answer {
+                    Err(e) => assert!(e.is_reset(), "{what}: {e}"),
+                    Ok(a) => assert_eq!(a.status, 502, "{what}: a response cut short ended whole"),
+                }
+            }
+        });
+        proxy.shutdown();
+        proxy.wait();
+    }
+}
+both_drivers!(
+    a_response_cut_after_its_head_is_not_whole,
+    super::cut_after_head
+);
+
+/// GOAWAY on a stream (not the connection's stream 0) is a connection
+/// error, PROTOCOL_ERROR (RFC 9113 §6.8, as `h2` 0.4.20): it was taken
+/// for the client's GOAWAY.
+fn goaway_on_a_stream(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let mut s = connect(proxy.forward_addrs()[0]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(7, 0, 1, &[0; 8]));
+    s.write_all(&out).unwrap();
+    let (_, _, goaway) = outcome(&read_frames(&mut s));
+    assert_eq!(goaway, Some(1), "GOAWAY PROTOCOL_ERROR");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_goaway_on_a_stream_is_a_protocol_error,
+    super::goaway_on_a_stream
 );
 
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),
@@ -916,6 +932,54 @@ fn padded_data(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(padded_data_is_flow_controlled_whole, super::padded_data);
+
+/// A header list of more distinct fields than a header map holds (40 000;
+/// the map's bound is 32 768), under the largest allowed limit (16 MiB,
+/// linkerd2-proxy's default): 431, and the proxy goes on serving. (The
+/// library's `append` panicked: the worker, and the proxy, died.)
+fn more_fields_than_a_map_holds(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[(
+            "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+            "16777216",
+        )],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut block = b"\x82\x86\x84\x01\x04test".to_vec();
+    for i in 0..40_000 {
+        block.extend_from_slice(b"\x00\x06");
+        block.extend_from_slice(format!("x{i:05}").as_bytes());
+        block.push(0);
+    }
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(4, 1, 0, &[]));
+    let pieces: Vec<&[u8]> = block.chunks(16_384).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let kind = if i == 0 { 1 } else { 9 };
+        let flags = if i + 1 == pieces.len() { 4 } else { 0 } | u8::from(i == 0);
+        out.extend(frame(kind, flags, 1, piece));
+    }
+    s.write_all(&out).unwrap();
+    let (status, _, goaway) = outcome(&read_frames(&mut s));
+    assert_eq!((status.as_deref(), goaway), (Some("431"), None));
+    let a = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        h2::request(&send, "GET", "/hello", None).await
+    });
+    assert_eq!(a.expect("served after it").status, 200);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    more_fields_than_a_map_holds_are_431,
+    super::more_fields_than_a_map_holds
+);
 
 /// `LINKERD2_PROXY_*_SERVER_HTTP2_MAX_FRAME_SIZE` and `_MAX_HEADER_LIST_SIZE`
 /// are what the listener accepts: a 32 KiB DATA frame and a 100 KB header

@@ -511,6 +511,35 @@ fn two_content_lengths(driver: IoDriver) {
 }
 both_drivers!(two_content_lengths_over_http2, super::two_content_lengths);
 
+/// An HTTP/2 upstream that fails a response after its head, in the same
+/// read (so before anything reaches the client): a connection error, or
+/// RST_STREAM NO_ERROR after part of the body. The HTTP/1 client gets a
+/// 502 saying why. (The library counted the stream closed by the error as
+/// ended, so the first read as a whole, empty 200; the second closed the
+/// client's connection without a word.)
+fn cut_after_head(driver: IoDriver) {
+    use common::raw_h2::{raw_h2_origin, CUT_AFTER_HEAD};
+    for (what, answer) in CUT_AFTER_HEAD {
+        let origin = raw_h2_origin(answer);
+        let (_dir, proxy) = h2_forward(driver, "cut", origin.addr);
+        let mut s = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("the connection closes");
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 502"), "{what}: {got:?}");
+        assert!(got.contains("l5d-proxy-error"), "{what}: {got:?}");
+        proxy.shutdown();
+        proxy.wait();
+    }
+}
+both_drivers!(
+    a_response_cut_after_its_head_is_a_502,
+    super::cut_after_head
+);
+
 /// A drain of A that begins while a request travels over HTTP/2: the
 /// HTTP/1 response A writes is the client connection's last and says so
 /// (`Connection: close`), arrives whole, and the connection then ends.

@@ -18,6 +18,7 @@ pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod proc;
+pub mod raw_h2;
 #[path = "../../src/testing/temp_dir.rs"]
 mod temp_dir;
 

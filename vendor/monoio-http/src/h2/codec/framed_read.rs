@@ -224,6 +224,12 @@ fn decode_frame(
             .into()
         }
         Kind::GoAway => {
+            // (ringmesh, as h2 0.4.20) GOAWAY concerns the connection:
+            // on a stream it is a connection error (RFC 9113 §6.8).
+            if head.stream_id() != 0 {
+                proto_err!(conn: "GOAWAY on stream {:?}", head.stream_id());
+                return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+            }
             let res = frame::GoAway::load(&bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load GO_AWAY frame; err={:?}", e);

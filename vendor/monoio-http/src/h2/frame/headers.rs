@@ -948,9 +948,13 @@ impl HeaderBlock {
                         reg = true;
 
                         headers_size += decoded_header_size(name.as_str().len(), value.len());
-                        if headers_size < max_header_list_size {
-                            self.fields.append(name, value);
-                        } else if !self.is_over_size {
+                        // (ringmesh, as h2 0.4.15) `try_append`: a map
+                        // holds at most 32 768 fields, and a list under a
+                        // large limit (16 MiB, h2's default, allowed) can
+                        // name more; `append` panicked. Over is over-size.
+                        let kept = headers_size < max_header_list_size
+                            && self.fields.try_append(name, value).is_ok();
+                        if !kept && !self.is_over_size {
                             tracing::trace!("load_hpack; header list size over max");
                             self.is_over_size = true;
                         }

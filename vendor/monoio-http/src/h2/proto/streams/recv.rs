@@ -581,7 +581,10 @@ impl Recv {
     }
 
     pub fn is_end_stream(&self, stream: &store::Ptr) -> bool {
-        if !stream.state.is_recv_closed() {
+        // (ringmesh, as h2 0.4.10) Only a stream the peer ended: one cut
+        // by an error between its head and this call read as a whole,
+        // empty body, and a proxy relayed it as such.
+        if !stream.state.is_recv_end_stream() {
             return false;
         }
 

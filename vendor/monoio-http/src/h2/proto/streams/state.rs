@@ -50,6 +50,11 @@ use crate::h2::{
 #[derive(Debug, Clone)]
 pub struct State {
     inner: Inner,
+    /// (ringmesh) The peer's END_STREAM came: its side ended cleanly. Kept
+    /// when a later reset or error closes the stream (one that concerns
+    /// only our side, as a server's RST_STREAM NO_ERROR after its whole
+    /// response), which `inner` forgets.
+    recv_eos: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +139,9 @@ impl State {
     pub fn recv_open(&mut self, frame: &frame::Headers) -> Result<bool, Error> {
         let mut initial = false;
         let eos = frame.is_end_stream();
+        // Set only when the transition below is taken (an error returns).
+        let was = self.recv_eos;
+        self.recv_eos = eos;
 
         self.inner = match self.inner {
             Idle => {
@@ -196,6 +204,7 @@ impl State {
             ref state => {
                 // All other transitions result in a protocol error
                 proto_err!(conn: "recv_open: in unexpected state {:?}", state);
+                self.recv_eos = was;
                 return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
             }
         };
@@ -235,11 +244,13 @@ impl State {
                 // The remote side will continue to receive data.
                 tracing::trace!("recv_close: Open => HalfClosedRemote({:?})", local);
                 self.inner = HalfClosedRemote(local);
+                self.recv_eos = true;
                 Ok(())
             }
             HalfClosedLocal(..) => {
                 tracing::trace!("recv_close: HalfClosedLocal => Closed");
                 self.inner = Closed(Cause::EndStream);
+                self.recv_eos = true;
                 Ok(())
             }
             ref state => {
@@ -405,11 +416,11 @@ impl State {
         matches!(self.inner, Closed(_))
     }
 
-    pub fn is_recv_closed(&self) -> bool {
-        matches!(
-            self.inner,
-            Closed(..) | HalfClosedRemote(..) | ReservedLocal
-        )
+    /// (ringmesh, as h2 0.4.10) The peer ended its side cleanly, with
+    /// END_STREAM: not a stream closed by an error or a reset before it,
+    /// which the old `is_recv_closed` also counted.
+    pub fn is_recv_end_stream(&self) -> bool {
+        self.recv_eos
     }
 
     pub fn is_send_closed(&self) -> bool {
@@ -459,6 +470,9 @@ impl State {
 
 impl Default for State {
     fn default() -> State {
-        State { inner: Inner::Idle }
+        State {
+            inner: Inner::Idle,
+            recv_eos: false,
+        }
     }
 }

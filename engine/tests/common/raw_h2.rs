@@ -1,0 +1,71 @@
+//! HTTP/2 frames written by hand, and an origin that answers with them:
+//! for the malformed and hostile cases no HTTP/2 library would send.
+
+use std::io::{Read, Write};
+
+use super::Backend;
+
+/// One frame: (type, flags, stream, payload).
+pub type Frame = (u8, u8, u32, Vec<u8>);
+
+/// A frame's bytes.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// What a raw origin answers a stream (by id) with.
+pub type RawAnswer = fn(u32) -> Vec<u8>;
+
+/// A raw HTTP/2 origin answering every stream with `answer(stream)`'s
+/// frames (malformed ones, which no HTTP/2 library would send).
+pub fn raw_h2_origin(answer: RawAnswer) -> Backend {
+    Backend::start(move |mut s| {
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).is_err() {
+            return;
+        }
+        let _ = s.write_all(&frame(4, 0, 0, &[]));
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if s.read_exact(&mut p).is_err() {
+                return;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let reply = match head[3] {
+                4 if head[4] & 1 == 0 => frame(4, 1, 0, &[]),
+                1 => answer(id),
+                _ => continue,
+            };
+            if s.write_all(&reply).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Upstreams that fail a response after its head, in the same write (so
+/// the failure is there before a proxy relays the head): a connection
+/// error, or RST_STREAM NO_ERROR after part of the body.
+pub const CUT_AFTER_HEAD: [(&str, RawAnswer); 2] = [
+    ("connection error", |id| {
+        let mut f = frame(1, 4, id, b"\x88");
+        // WINDOW_UPDATE of 0 on the connection: PROTOCOL_ERROR.
+        f.extend(frame(8, 0, 0, &[0, 0, 0, 0]));
+        f
+    }),
+    ("RST_STREAM NO_ERROR mid-body", |id| {
+        let mut f = frame(1, 4, id, b"\x88");
+        f.extend(frame(0, 0, id, b"abc"));
+        f.extend(frame(3, 0, id, &[0, 0, 0, 0]));
+        f
+    }),
+];
