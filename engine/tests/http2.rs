@@ -686,6 +686,11 @@ fn post_raw(addr: std::net::SocketAddr, big: usize, body: &[u8], frame_size: usi
 /// The frames read until stream 1 ends, is reset, or the connection gets
 /// GOAWAY (or closes).
 fn read_frames(s: &mut std::net::TcpStream) -> Vec<Frame> {
+    read_frames_past_goaway(s, true)
+}
+
+/// As [`read_frames`]; GOAWAY ends the reading only if `goaway_ends`.
+fn read_frames_past_goaway(s: &mut std::net::TcpStream, goaway_ends: bool) -> Vec<Frame> {
     use std::io::Read;
     let mut frames = Vec::new();
     loop {
@@ -700,7 +705,7 @@ fn read_frames(s: &mut std::net::TcpStream) -> Vec<Frame> {
         }
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
         let (kind, flags) = (head[3], head[4]);
-        let done = kind == 7 || (stream == 1 && (kind == 3 || flags & 1 == 1));
+        let done = (kind == 7 && goaway_ends) || (stream == 1 && (kind == 3 || flags & 1 == 1));
         frames.push((kind, flags, stream, payload));
         if done {
             return frames;
@@ -830,6 +835,35 @@ fn goaway_on_a_stream(driver: IoDriver) {
 both_drivers!(
     a_goaway_on_a_stream_is_a_protocol_error,
     super::goaway_on_a_stream
+);
+
+/// A client's GOAWAY (last stream 0: "I open no more streams") while its
+/// request is in flight: the request is answered (RFC 9113 §6.8; GOAWAY's
+/// last stream id is about streams the GOAWAY's receiver opened, here
+/// none). The library failed every stream above it, the client's own too,
+/// as `h2` before 0.4.14 did: the response was lost.
+fn client_goaway_in_flight(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let mut s = connect(proxy.forward_addrs()[0]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 5, 1, b"\x82\x86\x04\x08/slow/50\x01\x04test"));
+    out.extend(frame(7, 0, 0, &[0; 8]));
+    s.write_all(&out).unwrap();
+    let (status, data, _) = outcome(&read_frames_past_goaway(&mut s, false));
+    assert_eq!(
+        (status.as_deref(), data),
+        (Some("200"), 4),
+        "answered whole"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_client_goaway_lets_its_requests_finish,
+    super::client_goaway_in_flight
 );
 
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),

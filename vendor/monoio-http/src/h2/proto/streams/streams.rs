@@ -679,8 +679,12 @@ impl Inner {
 
         let err = Error::remote_go_away(frame.debug_data().clone(), frame.reason());
 
+        // (ringmesh, as h2 0.4.14) GOAWAY's last stream id is about the
+        // streams its receiver opened: the peer's own streams go on (a
+        // client's GOAWAY while its requests are in flight).
+        let peer = counts.peer();
         self.store.for_each(|stream| {
-            if stream.id > last_stream_id {
+            if stream.id > last_stream_id && peer.is_local_init(stream.id) {
                 counts.transition(stream, |counts, stream| {
                     actions.recv.handle_error(&err, &mut *stream);
                     actions.send.handle_error(send_buffer, stream, counts);
