@@ -866,6 +866,58 @@ both_drivers!(
     super::client_goaway_in_flight
 );
 
+/// A client that gives up on an upload while the proxy waits for the
+/// upstream connection's window (the origin does not read): the proxy
+/// cancels its upstream stream, and other clients' uploads on the same
+/// upstream connection then go whole. (The library gave the connection
+/// back capacity the cancelled stream had asked for but never held; the
+/// proxy then sent past the origin's window, which answered GOAWAY
+/// FLOW_CONTROL_ERROR, failing every stream on the connection.)
+fn cancelled_waiting_upload(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    h2::runtime().block_on(async move {
+        for round in 0..3 {
+            // 200 KB to /hang: 64 KiB reach the origin, which does not read
+            // them; the rest waits for the upstream connection's window.
+            let gone = h2::connect(addr).await;
+            let req = ::http::Request::builder()
+                .method("POST")
+                .uri("http://test/hang")
+                .body(())
+                .unwrap();
+            let mut ready = gone.clone().ready().await.unwrap();
+            let (resp, mut up) = ready.send_request(req, false).unwrap();
+            let bytes = bytes::Bytes::from(vec![1u8; 200_000]);
+            let stuck = h2::send_all(&mut up, bytes);
+            let waited = monoio::time::timeout(Duration::from_millis(300), stuck).await;
+            assert!(
+                waited.is_err(),
+                "round {round}: the upload waits for the window"
+            );
+            up.send_reset(monoio_http::h2::Reason::CANCEL);
+            drop((resp, up, ready, gone));
+            monoio::time::sleep(Duration::from_millis(100)).await;
+            let send = h2::connect(addr).await;
+            let body = vec![7u8; 300_000];
+            let echo = h2::request(&send, "POST", "/echo", Some(body.clone()));
+            let a = monoio::time::timeout(Duration::from_secs(10), echo)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no answer in 10 s"))
+                .unwrap_or_else(|e| panic!("round {round}: the next upload failed: {e}"));
+            assert_eq!(a.status, 200, "round {round}");
+            assert_eq!(a.body.len(), body.len(), "round {round}: echoed whole");
+        }
+    });
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_cancelled_waiting_upload_leaves_the_connection_window_true,
+    super::cancelled_waiting_upload
+);
+
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),
 /// and the proxy gives the padding back: a client sending 5000 frames of
 /// 10 bytes, each padded with 255, while its windows allow (1.3 MB of

@@ -333,9 +333,14 @@ impl Prioritize {
     /// Reclaim just reserved capacity, not buffered capacity, and re-assign
     /// it to the connection
     pub fn reclaim_reserved_capacity(&mut self, stream: &mut store::Ptr, counts: &mut Counts) {
-        // only reclaim requested capacity that isn't already buffered
-        if stream.requested_send_capacity as usize > stream.buffered_send_data {
-            let reserved = stream.requested_send_capacity - stream.buffered_send_data as WindowSize;
+        // (ringmesh, as h2 0.4.8) Only capacity the stream holds and has
+        // not buffered data for. What it had asked for but not been given
+        // never existed: handed to the connection, it let the streams send
+        // past the peer's window (a worker's panic in `pop_frame`, or the
+        // peer's FLOW_CONTROL_ERROR for every stream on the connection).
+        let held = stream.send_flow.available().as_size();
+        if held as usize > stream.buffered_send_data {
+            let reserved = held - stream.buffered_send_data as WindowSize;
 
             stream.send_flow.claim_capacity(reserved);
             self.assign_connection_capacity(reserved, stream, counts);
@@ -419,14 +424,12 @@ impl Prioritize {
             return;
         }
 
-        // If the stream has requested capacity, then it must be in the
-        // streaming state (more data could be sent) or there is buffered data
-        // waiting to be sent.
-        debug_assert!(
-            stream.state.is_send_streaming() || stream.buffered_send_data > 0,
-            "state={:?}",
-            stream.state
-        );
+        // (ringmesh, as h2 0.4.14) The stream may have been reset or
+        // closed since it asked: it gets nothing (the capacity would be
+        // lost to the connection).
+        if !stream.state.is_send_streaming() && stream.buffered_send_data == 0 {
+            return;
+        }
 
         // The amount of currently available capacity on the connection
         let conn_available = self.flow.available().as_size();

@@ -527,7 +527,9 @@ impl Inner {
                 if self.actions.may_have_forgotten_stream(peer, id) {
                     tracing::debug!("recv_data for old stream={:?}, sending STREAM_CLOSED", id,);
 
-                    let sz = frame.payload().len();
+                    // (ringmesh, as h2 0.4.14) Padding included, as the
+                    // sender counted it.
+                    let sz = frame.payload().len() + frame.padding_len();
                     // This should have been enforced at the codec::FramedRead layer, so
                     // this is just a sanity check.
                     assert!(sz <= super::MAX_WINDOW_SIZE as usize);
@@ -546,7 +548,8 @@ impl Inner {
         let send_buffer = unsafe { &mut *send_buffer.inner.get() };
 
         self.counts.transition(stream, |counts, stream| {
-            let sz = frame.payload().len();
+            // Padding included: what `recv_data` took from the window.
+            let sz = frame.payload().len() + frame.padding_len();
             let res = actions.recv.recv_data(frame, stream);
 
             // Any stream error after receiving a DATA frame means
