@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::h2::{self, pattern_byte};
 use common::proc::*;
-use common::raw_h2::{frame, raw_h2_origin, Frame, RawAnswer, CUT_AFTER_HEAD};
+use common::raw_h2::{
+    frame, raw_h2_origin, raw_h2_origin_seeing, Frame, RawAnswer, CUT_AFTER_HEAD,
+};
 use common::*;
 use ringmesh_engine::IoDriver;
 
@@ -916,6 +918,75 @@ fn cancelled_waiting_upload(driver: IoDriver) {
 both_drivers!(
     a_cancelled_waiting_upload_leaves_the_connection_window_true,
     super::cancelled_waiting_upload
+);
+
+/// A client whose stream the library resets while the proxy waits for
+/// that stream's window (the client sends a malformed second head on it):
+/// the proxy's response pump wakes and cancels the upstream stream at
+/// once. (The reset woke the stream's receiver but not
+/// its sender, as in `h2` before 0.4.14: the pump waited for a window
+/// that would never come, holding the upstream stream.)
+fn reset_while_waiting_for_window(driver: IoDriver) {
+    use std::io::Read;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    // An origin answering with a head and 60 000 bytes (within the
+    // proxy's windows), counting the RST_STREAMs it gets.
+    let resets = Arc::new(AtomicUsize::new(0));
+    let seen = resets.clone();
+    let answer: RawAnswer = |id| {
+        let mut f = frame(1, 4, id, b"\x88");
+        for _ in 0..4 {
+            f.extend(frame(0, 0, id, &[b'x'; 15_000]));
+        }
+        f
+    };
+    let origin = raw_h2_origin_seeing(answer, move |kind, _| {
+        if kind == 3 {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let proxy = forward_to(driver, origin.addr);
+    let mut s = connect(proxy.forward_addrs()[0]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE 1000: the proxy can send 1000 bytes of
+    // the body, then waits for this client's window.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[0, 4, 0, 0, 0x03, 0xe8]));
+    out.extend(frame(1, 5, 1, b"\x82\x86\x84\x01\x04test"));
+    s.write_all(&out).unwrap();
+    // The head and the first 1000 bytes.
+    let mut got = 0;
+    while got < 1000 {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("the response begins");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        if head[3] == 0 {
+            got += len;
+        }
+    }
+    assert_eq!(
+        resets.load(Ordering::Relaxed),
+        0,
+        "the upstream stream is open"
+    );
+    // A second head without END_STREAM on a stream the client ended:
+    // malformed, the library resets the stream (PROTOCOL_ERROR).
+    s.write_all(&frame(1, 4, 1, b"\x00\x03x-a\x01b")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || resets.load(Ordering::Relaxed)
+            == 1),
+        "the upstream stream is cancelled"
+    );
+    drop(s);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_stream_reset_while_waiting_for_its_window_is_let_go,
+    super::reset_while_waiting_for_window
 );
 
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),

@@ -23,6 +23,15 @@ pub type RawAnswer = fn(u32) -> Vec<u8>;
 /// A raw HTTP/2 origin answering every stream with `answer(stream)`'s
 /// frames (malformed ones, which no HTTP/2 library would send).
 pub fn raw_h2_origin(answer: RawAnswer) -> Backend {
+    raw_h2_origin_seeing(answer, |_, _| {})
+}
+
+/// As [`raw_h2_origin`], telling `seen` the type and stream of every
+/// other frame it reads (SETTINGS ACKs, DATA, RST_STREAM ...).
+pub fn raw_h2_origin_seeing(
+    answer: RawAnswer,
+    seen: impl Fn(u8, u32) + Send + Sync + 'static,
+) -> Backend {
     Backend::start(move |mut s| {
         let mut preface = [0u8; 24];
         if s.read_exact(&mut preface).is_err() {
@@ -43,7 +52,10 @@ pub fn raw_h2_origin(answer: RawAnswer) -> Backend {
             let reply = match head[3] {
                 4 if head[4] & 1 == 0 => frame(4, 1, 0, &[]),
                 1 => answer(id),
-                _ => continue,
+                kind => {
+                    seen(kind, id);
+                    continue;
+                }
             };
             if s.write_all(&reply).is_err() {
                 return;

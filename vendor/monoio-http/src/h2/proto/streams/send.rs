@@ -219,6 +219,11 @@ impl Send {
 
         // Transition the state to reset no matter what.
         stream.state.set_reset(stream_id, reason, initiator);
+        // (ringmesh, as h2 0.4.14) Whoever waits on the stream hears of
+        // it: a sender waiting for capacity (`poll_capacity`) too, or it
+        // waited for a window that would never come.
+        stream.notify_send();
+        stream.notify_recv();
 
         // If closed AND the send queue is flushed, then the stream cannot be
         // reset explicitly, either. Implicit resets can still be queued.
