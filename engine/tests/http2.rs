@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::h2::{self, pattern_byte};
 use common::proc::*;
 use common::raw_h2::{
-    frame, raw_h2_origin, raw_h2_origin_seeing, Frame, RawAnswer, CUT_AFTER_HEAD,
+    frame, raw_h2_origin, raw_h2_origin_seeing, read_frame, Frame, RawAnswer, CUT_AFTER_HEAD,
 };
 use common::*;
 use ringmesh_engine::IoDriver;
@@ -693,26 +693,15 @@ fn read_frames(s: &mut std::net::TcpStream) -> Vec<Frame> {
 
 /// As [`read_frames`]; GOAWAY ends the reading only if `goaway_ends`.
 fn read_frames_past_goaway(s: &mut std::net::TcpStream, goaway_ends: bool) -> Vec<Frame> {
-    use std::io::Read;
     let mut frames = Vec::new();
-    loop {
-        let mut head = [0u8; 9];
-        if s.read_exact(&mut head).is_err() {
-            return frames;
-        }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        if s.read_exact(&mut payload).is_err() {
-            return frames;
-        }
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let (kind, flags) = (head[3], head[4]);
-        let done = (kind == 7 && goaway_ends) || (stream == 1 && (kind == 3 || flags & 1 == 1));
-        frames.push((kind, flags, stream, payload));
-        if done {
-            return frames;
+    while let Some(f) = read_frame(s) {
+        let (kind, flags, stream) = (f.0, f.1, f.2);
+        frames.push(f);
+        if (kind == 7 && goaway_ends) || (stream == 1 && (kind == 3 || flags & 1 == 1)) {
+            break;
         }
     }
+    frames
 }
 
 /// The response's status on stream 1 (`:status 200` is HPACK's indexed
@@ -927,7 +916,6 @@ both_drivers!(
 /// its sender, as in `h2` before 0.4.14: the pump waited for a window
 /// that would never come, holding the upstream stream.)
 fn reset_while_waiting_for_window(driver: IoDriver) {
-    use std::io::Read;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
     // An origin answering with a head and 60 000 bytes (within the
@@ -958,13 +946,9 @@ fn reset_while_waiting_for_window(driver: IoDriver) {
     // The head and the first 1000 bytes.
     let mut got = 0;
     while got < 1000 {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).expect("the response begins");
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut p = vec![0u8; len];
-        s.read_exact(&mut p).unwrap();
-        if head[3] == 0 {
-            got += len;
+        let (kind, _, _, p) = read_frame(&mut s).expect("the response begins");
+        if kind == 0 {
+            got += p.len();
         }
     }
     assert_eq!(
@@ -996,7 +980,6 @@ both_drivers!(
 /// echoed. (Counted as data only, the padding was never given back: the
 /// client's windows shrank until it stalled.)
 fn padded_data(driver: IoDriver) {
-    use std::io::Read;
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
     use std::sync::Arc;
     const FRAMES: usize = 5000;
@@ -1024,18 +1007,11 @@ fn padded_data(driver: IoDriver) {
         let (mut r, conn, stream) = (s.try_clone().unwrap(), conn.clone(), stream.clone());
         let (echoed, ended) = (echoed.clone(), ended.clone());
         std::thread::spawn(move || loop {
-            let mut head = [0u8; 9];
-            if r.read_exact(&mut head).is_err() {
+            let Some((kind, flags, id, p)) = read_frame(&mut r) else {
                 return;
-            }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut p = vec![0u8; len];
-            if r.read_exact(&mut p).is_err() {
-                return;
-            }
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            match (head[3], id) {
-                (4, 0) if head[4] & 1 == 0 => {
+            };
+            match (kind, id) {
+                (4, 0) if flags & 1 == 0 => {
                     for set in p.chunks(6) {
                         if set[..2] == [0, 4] {
                             let v = u32::from_be_bytes(set[2..6].try_into().unwrap());
@@ -1049,11 +1025,11 @@ fn padded_data(driver: IoDriver) {
                 }
                 (0, 1) => {
                     echoed.fetch_add(p.len(), Ordering::SeqCst);
-                    if head[4] & 1 == 1 {
+                    if flags & 1 == 1 {
                         ended.store(true, Ordering::SeqCst);
                     }
                 }
-                (1, 1) if head[4] & 1 == 1 => ended.store(true, Ordering::SeqCst),
+                (1, 1) if flags & 1 == 1 => ended.store(true, Ordering::SeqCst),
                 (3 | 7, _) => return,
                 _ => {}
             }

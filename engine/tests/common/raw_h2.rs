@@ -17,6 +17,18 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The next frame read from `s`, as (type, flags, stream, payload); `None`
+/// when the connection ends or the read times out.
+pub fn read_frame(s: &mut impl Read) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
 /// What a raw origin answers a stream (by id) with.
 pub type RawAnswer = fn(u32) -> Vec<u8>;
 
@@ -38,19 +50,9 @@ pub fn raw_h2_origin_seeing(
             return;
         }
         let _ = s.write_all(&frame(4, 0, 0, &[]));
-        loop {
-            let mut head = [0u8; 9];
-            if s.read_exact(&mut head).is_err() {
-                return;
-            }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut p = vec![0u8; len];
-            if s.read_exact(&mut p).is_err() {
-                return;
-            }
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let reply = match head[3] {
-                4 if head[4] & 1 == 0 => frame(4, 1, 0, &[]),
+        while let Some((kind, flags, id, _)) = read_frame(&mut s) {
+            let reply = match kind {
+                4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
                 1 => answer(id),
                 kind => {
                     seen(kind, id);
