@@ -973,6 +973,69 @@ both_drivers!(
     super::reset_while_waiting_for_window
 );
 
+/// A Python origin (`python3 args…`, printing "port N" on stderr) and a
+/// healthy HTTP/2 origin, behind a one-worker proxy with a forward to
+/// each (the Python one's first).
+fn beside_a_healthy_origin(
+    driver: IoDriver,
+    args: &[&str],
+) -> (Running, h2::Origin, ringmesh_engine::Proxy) {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(args).stderr(Stdio::piped());
+    let mut python = Running::spawn(cmd);
+    assert!(python.wait_for("port ", Duration::from_secs(10)));
+    let port: u16 = python.seen.last().unwrap()["port ".len()..]
+        .parse()
+        .unwrap();
+    let healthy = h2::origin(None);
+    let fwd = format!("127.0.0.1:0=127.0.0.1:{port},127.0.0.1:0={}", healthy.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    (python, healthy, proxy)
+}
+
+/// Random HTTP/2 on both sides (`tests/grpc/h2_chaos.py`): a hostile
+/// upstream answering with random frame sequences (heads, DATA past
+/// windows, resets, WINDOW_UPDATEs that overflow, SETTINGS that shrink
+/// windows, GOAWAYs, PUSH_PROMISEs ...) while clients upload, download
+/// and cancel through the proxy for 8 s. The worker lives through it and
+/// serves a client of a healthy origin afterwards. (Before the fix of the
+/// cancelled stream's reclaimed capacity, the worker panicked in its flow
+/// control within a second, for every seed tried.)
+fn chaos_on_both_sides(driver: IoDriver) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_chaos.py");
+    let (_chaos, _healthy, proxy) = beside_a_healthy_origin(driver, &[script, "origin", "1"]);
+    let (to_chaos, to_healthy) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
+    for seed in ["1", "2"] {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args([script, "clients", &to_chaos.to_string(), "4", seed])
+            .stderr(Stdio::piped());
+        let mut clients = Running::spawn(cmd);
+        assert!(
+            clients.wait_for("connections ", Duration::from_secs(20)),
+            "the clients ran"
+        );
+    }
+    let a = h2::runtime().block_on(async move {
+        let send = h2::connect(to_healthy).await;
+        let call = h2::request(&send, "GET", "/hello", None);
+        monoio::time::timeout(Duration::from_secs(5), call).await
+    });
+    let a = a.expect("an answer in 5 s").expect("served");
+    assert_eq!(a.status, 200);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    random_http2_on_both_sides_is_survived,
+    super::chaos_on_both_sides
+);
+
 /// Padded DATA frames count whole against the windows (RFC 9113 §6.1),
 /// and the proxy gives the padding back: a client sending 5000 frames of
 /// 10 bytes, each padded with 255, while its windows allow (1.3 MB of
@@ -1540,22 +1603,7 @@ fn hostile_upstreams_are_cut_off(driver: IoDriver) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/grpc/h2_hostile_origin.py"
     );
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args([script, FLOOD_SECS]).stderr(Stdio::piped());
-    let mut hostile = Running::spawn(cmd);
-    assert!(hostile.wait_for("port ", Duration::from_secs(10)));
-    let port: u16 = hostile.seen.last().unwrap()["port ".len()..]
-        .parse()
-        .unwrap();
-    let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0=127.0.0.1:{port},127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let (mut hostile, _origin, proxy) = beside_a_healthy_origin(driver, &[script, FLOOD_SECS]);
     let (to_hostile, to_origin) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
     let normal = NormalClient::start(to_origin);
     for flood in [
