@@ -862,8 +862,8 @@ both_drivers!(
 /// cancels its upstream stream, and other clients' uploads on the same
 /// upstream connection then go whole. (The library gave the connection
 /// back capacity the cancelled stream had asked for but never held; the
-/// proxy then sent past the origin's window, which answered GOAWAY
-/// FLOW_CONTROL_ERROR, failing every stream on the connection.)
+/// next upload's frame overran the connection window and the worker
+/// panicked on the library's assertion of it: the proxy died.)
 fn cancelled_waiting_upload(driver: IoDriver) {
     let origin = h2::origin(None);
     let proxy = forward_to(driver, origin.addr);

@@ -139,9 +139,6 @@ impl State {
     pub fn recv_open(&mut self, frame: &frame::Headers) -> Result<bool, Error> {
         let mut initial = false;
         let eos = frame.is_end_stream();
-        // Set only when the transition below is taken (an error returns).
-        let was = self.recv_eos;
-        self.recv_eos = eos;
 
         self.inner = match self.inner {
             Idle => {
@@ -204,10 +201,10 @@ impl State {
             ref state => {
                 // All other transitions result in a protocol error
                 proto_err!(conn: "recv_open: in unexpected state {:?}", state);
-                self.recv_eos = was;
                 return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
             }
         };
+        self.recv_eos = eos;
 
         Ok(initial)
     }
