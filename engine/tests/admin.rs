@@ -417,7 +417,7 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     .unwrap();
     let listen = closed_port();
     // And a forward to an address nothing listens on: 502, connect_failed.
-    let (listen_refused, refused) = (closed_port(), closed_port());
+    let [listen_refused, refused] = closed_ports();
     let fwd = format!("{listen}=web.test:80,{listen_refused}={refused}");
     let (p, base) = start(&[
         ("RINGMESH_TCP_FORWARD", &fwd),

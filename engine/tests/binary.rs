@@ -270,7 +270,7 @@ fn grace_period_ends_relays_with_armed_receives() {
 
 #[test]
 fn all_endpoints_down_is_logged() {
-    let (a, b) = (closed_port(), closed_port());
+    let [a, b] = closed_ports();
     let dir = TempDir::new("down");
     let path = dir.join("static.toml");
     std::fs::write(

@@ -277,7 +277,7 @@ both_drivers!(failover_to_a_live_endpoint, super::failover);
 fn all_down(driver: IoDriver) {
     let dir = TempDir::new("l4");
     let file = dir.join("discovery.toml");
-    let (a, b) = (closed_port(), closed_port());
+    let [a, b] = closed_ports();
     std::fs::write(
         &file,
         format!("[[service]]\nname = \"db.test:5432\"\nendpoints = [\"{a}\", \"{b}\"]\n"),

@@ -223,10 +223,17 @@ pub fn read_name(s: &mut TcpStream) -> String {
 
 /// A port on 127.0.0.1 where nothing listens (bound then released).
 pub fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
+    let [a] = closed_ports();
     a
+}
+
+/// `N` distinct closed ports: bound together, so the kernel cannot hand
+/// out the same one twice (two `closed_port()` calls can).
+pub fn closed_ports<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 /// Polls `f` every 20ms until it returns true or `limit` passes.
