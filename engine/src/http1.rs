@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::multishot::RecvMulti;
 use monoio::io::AsyncWriteRentExt;
@@ -121,10 +121,19 @@ pub(crate) async fn serve(
         }
         // Boxed: a task is as big as its largest state, and this one would
         // otherwise size every idle connection's task.
-        let next = Box::pin(request(
+        let turn = Box::pin(request(
             &w, &mut c, s, &mut ubuf, head_len, &dst, dial, &limits,
-        ))
-        .await;
+        ));
+        let next = monoio::select! {
+            biased;
+            next = turn => next,
+            _ = hung_up(fd) => {
+                // The request is dropped: its upstream connection closes
+                // (HTTP/1) or its stream is reset (HTTP/2).
+                tracing::debug!(%peer, "client closed before its response; request cancelled");
+                Next::Close
+            }
+        };
         match next {
             Next::Continue => {}
             Next::Close => break,
@@ -143,6 +152,45 @@ pub(crate) async fn serve(
     if let Some(s) = scratch {
         w.pools.h1_scratch.put(s);
     }
+}
+
+/// How long a request runs before the proxy first looks whether its
+/// client is still there, then how often it looks again: quick answers
+/// cost nothing, and a client that half-closes after a quick request
+/// still gets its answer.
+const HANGUP_GRACE: Duration = Duration::from_millis(200);
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves when the client has shut its side of the connection (FIN or
+/// reset, seen as `POLLRDHUP`/`POLLHUP`/`POLLERR` by a non-blocking
+/// `poll(2)`, even with bytes of it unread) while its request is served.
+/// As nginx and hyper's server (linkerd2-proxy) do, a half-close counts as
+/// going away; otherwise a client that left would hold its request, and
+/// the upstream connection or stream under it, until the upstream
+/// answered. A timer and one syscall per check, never a readiness wait
+/// beside the request's own reads of the socket.
+async fn hung_up(fd: RawFd) {
+    let mut wait = HANGUP_GRACE;
+    loop {
+        monoio::time::sleep(wait).await;
+        if peer_shut(fd) {
+            return;
+        }
+        wait = HANGUP_CHECK;
+    }
+}
+
+/// Whether the peer of `fd` has shut its sending side, or the socket failed.
+fn peer_shut(fd: RawFd) -> bool {
+    let mut p = nix::libc::pollfd {
+        fd,
+        events: nix::libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd, zero timeout.
+    #[allow(unsafe_code)]
+    let n = unsafe { nix::libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (nix::libc::POLLRDHUP | nix::libc::POLLHUP | nix::libc::POLLERR) != 0
 }
 
 /// What the connection does after a request.

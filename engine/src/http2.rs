@@ -712,7 +712,7 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// releasing each chunk's flow-control capacity only after `to` accepted
 /// it. A failure on either side resets the other.
 async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
-    pump_with(from, to, None, |_| {}, |_| {}).await
+    pump_with(from, to, None, |_| {}, |_| {}, false).await
 }
 
 /// As [`pump`], to a client whose waits for its window count against the
@@ -735,7 +735,7 @@ async fn pump_response(
             t.trailers(|| crate::tap::h2_fields(h));
         }
     };
-    pump_with(from, to, Some(stalls), on_data, on_trailers).await?;
+    pump_with(from, to, Some(stalls), on_data, on_trailers, true).await?;
     Ok(grpc)
 }
 
@@ -745,6 +745,7 @@ async fn pump_with(
     stalls: Option<crate::stall::Scope<'_>>,
     mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&HeaderMap),
+    watch_reset: bool,
 ) -> Result<(), Reason> {
     // The source failed: the sink learns it by a reset with the same reason.
     let fail = |to: &mut SendStream<Bytes>, reason: Reason| {
@@ -752,7 +753,22 @@ async fn pump_with(
         Err(reason)
     };
     loop {
-        let chunk = match from.data().await {
+        // A response: the client resetting its stream (or losing its
+        // connection) while the upstream is silent ends the pump at once;
+        // the caller drops the upstream stream, which resets it, instead of
+        // holding it until the upstream sends. (A request body is not
+        // watched so: an upstream's early answer and reset leave the
+        // client's body to be drained, `request_body`.)
+        let next = if watch_reset {
+            monoio::select! {
+                biased;
+                next = from.data() => next,
+                reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset.unwrap_or(Reason::CANCEL)),
+            }
+        } else {
+            from.data().await
+        };
+        let chunk = match next {
             None => break,
             Some(Ok(c)) => c,
             Some(Err(e)) => {

@@ -22,6 +22,7 @@
 //! both ways (HTTP/1 chunked trailer fields ↔ HTTP/2 trailers).
 
 use std::cell::Cell;
+use std::future::poll_fn;
 use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
@@ -181,7 +182,7 @@ pub(crate) async fn h1_over_h2(
         let Some(mut up_body) = up_body.filter(|_| !end) else {
             return Ok(());
         };
-        let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None, None).await;
+        let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None, None, false).await;
         if r.is_err() {
             up_body.send_reset(Reason::CANCEL);
         }
@@ -598,7 +599,17 @@ pub(crate) async fn h2_to_h1(
             false => (deadline, false),
         };
         req.deadline = attempt_deadline;
-        match h1_attempt(&w.pools.bufs, &mut up, &mut req).await {
+        // The client resetting its stream, or losing its connection,
+        // cancels the attempt: its upstream connection is dropped (closed)
+        // rather than held until the upstream answers.
+        let attempt = monoio::select! {
+            biased;
+            got = h1_attempt(&w.pools.bufs, &mut up, &mut req) => got,
+            reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                return Err(Failure::Reset(reset.unwrap_or(Reason::CANCEL)));
+            }
+        };
+        match attempt {
             Ok(got) if may_retry && guard.is_some() => {
                 let (status, now) = (got.resp.status(), Instant::now());
                 if !attempts.retry_answer(status, addr, now) {
@@ -666,7 +677,7 @@ pub(crate) async fn h2_to_h1(
             client: obs.peer(),
         };
         let (stalls, tap) = (Some(stalls), obs.tap());
-        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap).await;
+        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap, true).await;
         if let Err(reason) = r {
             tracing::debug!(upstream = %addr, reason, "response body ended early");
             to.send_reset(Reason::INTERNAL_ERROR);
@@ -816,17 +827,18 @@ fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
     response
 }
 
-/// Reads one HTTP/1 body (a request's from the client, a response's from
-/// the upstream; close-delimited ones end at EOF) and sends its content as
-/// DATA frames, chunk framing removed, ending the stream; a chunked body's
-/// trailer fields end it as HTTP/2 trailers (connection-specific ones
-/// left out). To a client, `stalls` counts its waits for its window;
-/// `tap`: the taps of the response whose body this is.
 /// What a stalled response's upstream socket is charged: Linux's first
 /// receive window (half of `tcp_rmem`'s default 128 KiB), which it does
 /// not grow for a reader that stopped.
 const UPSTREAM_SOCKET_CHARGE: usize = 64 * 1024;
 
+/// Reads one HTTP/1 body (a request's from the client, a response's from
+/// the upstream; close-delimited ones end at EOF) and sends its content as
+/// DATA frames, chunk framing removed, ending the stream; a chunked body's
+/// trailer fields end it as HTTP/2 trailers (connection-specific ones
+/// left out). To a client, `stalls` counts its waits for its window;
+/// `tap`: the taps of the response whose body this is; `watch_reset`: a
+/// response body, ended when its client resets the stream.
 async fn h1_body_to_h2(
     mut scanner: BodyScanner,
     (rd, meter): (&mut impl ReadMore, &ConnMeter),
@@ -834,6 +846,7 @@ async fn h1_body_to_h2(
     to: &mut SendStream<Bytes>,
     stalls: Option<crate::stall::Scope<'_>>,
     tap: Option<&crate::tap::Pending>,
+    watch_reset: bool,
 ) -> Result<(), String> {
     let mut data = BytesMut::new();
     // The trailer section's lines (the scanner bounds them).
@@ -867,7 +880,22 @@ async fn h1_body_to_h2(
             break;
         }
         let cap = buf.capacity().max(16 * 1024);
-        match rd.read_more(meter, buf, cap, None).await {
+        let read = rd.read_more(meter, buf, cap, None);
+        let read = if watch_reset {
+            // A response body: the client resetting its stream (or losing
+            // its connection) while the upstream is silent ends it now (the
+            // read's bytes are lost with the connection, never reused).
+            monoio::select! {
+                biased;
+                r = read => r,
+                reset = poll_fn(|cx| to.poll_reset(cx)) => {
+                    return Err(format!("the client reset its stream: {:?}", reset.unwrap_or(Reason::CANCEL)));
+                }
+            }
+        } else {
+            read.await
+        };
+        match read {
             Ok(0) => {
                 scanner
                     .finish_at_eof()

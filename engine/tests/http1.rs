@@ -1266,3 +1266,167 @@ fn max_in_flight(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(max_in_flight_sheds_load, super::max_in_flight);
+
+/// A client that goes away while its request waits for a slow upstream:
+/// the request is cancelled and the upstream connection closed (as nginx
+/// and linkerd2-proxy's hyper do), instead of the proxy holding both until
+/// the upstream answers, which a silent upstream never does. Closed
+/// outright; half-closed with a pipelined request's first bytes unread
+/// (`POLLRDHUP` sees the FIN behind them). A client that half-closes after
+/// a request answered at once still gets its answer. (Before, the client
+/// connection sat in CLOSE-WAIT and the upstream connection stayed open
+/// for as long as the upstream was silent.)
+fn leaving_clients_cancel(driver: IoDriver) {
+    let (events, seen) = std::sync::mpsc::channel::<&'static str>();
+    let silent = Backend::start(move |s| {
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line == "\r\n" => {
+                    let _ = events.send("request");
+                }
+                Ok(_) => {}
+            }
+        }
+        let _ = events.send("closed");
+    });
+    let (proxy, addr) = forward_proxy(driver, &silent.addr.to_string(), &[]);
+    let expect = |what: &str, within: Duration| {
+        assert_eq!(
+            seen.recv_timeout(within).ok(),
+            Some(what),
+            "the upstream did not see its {what}"
+        );
+    };
+    for half_close_with_unread in [false, true] {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+            .unwrap();
+        expect("request", Duration::from_secs(5));
+        if half_close_with_unread {
+            c.write_all(b"GET /next HTTP/1.1\r\n").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        } else {
+            drop(c.try_clone().unwrap());
+            c.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let t = std::time::Instant::now();
+        expect("closed", Duration::from_secs(4));
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        drop(c);
+    }
+    // Quick answers are not cut short by a half-close.
+    let app = origin("app");
+    let (quick, quick_addr) = forward_proxy(driver, &app.addr.to_string(), &[]);
+    let mut c = TcpStream::connect(quick_addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /hello HTTP/1.1\r\nHost: quick.test\r\n\r\n")
+        .unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let (head, body) = read_response(&mut BufReader::new(c), false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hello from app\n");
+    quick.shutdown();
+    quick.wait();
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_client_that_leaves_cancels_its_request,
+    super::leaving_clients_cancel
+);
+
+/// A python helper (`tests/grpc/*.py`) that prints "port N" when it
+/// listens, and that port.
+fn python_origin(args: &[&str]) -> (proc::Running, u16) {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(args).stderr(std::process::Stdio::piped());
+    let mut python = proc::Running::spawn(cmd);
+    assert!(python.wait_for("port ", Duration::from_secs(10)));
+    let port = python.seen.last().unwrap()["port ".len()..]
+        .parse()
+        .unwrap();
+    (python, port)
+}
+
+/// Random HTTP/1 on both sides (`tests/grpc/h1_chaos.py`): a hostile
+/// HTTP/1 upstream answering at random (lying lengths and chunk sizes,
+/// 1xx and 101, bodies on 204/304, bytes past the response, cuts,
+/// garbage, silences) and clients sending random requests (smuggling
+/// shapes, upgrades, CONNECT, Expect, pipelining, dribbling, garbage,
+/// half-closes), on three paths for 4 s per seed: HTTP/1 → HTTP/1,
+/// HTTP/1 → HTTP/2 (`protocol_hint = "h2"`, to `h2_chaos.py`'s random
+/// HTTP/2 upstream) and HTTP/2 (random frames) → HTTP/1 (`protocol =
+/// "http1"`). The worker lives through it, serves a client of a healthy
+/// origin afterwards, and once every client has left holds none of their
+/// connections. (Before the fixes of the cancelled requests, client
+/// connections whose requests the upstream never answered stayed open in
+/// CLOSE-WAIT.)
+fn http1_chaos(driver: IoDriver) {
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc");
+    let (h1, h2) = (
+        format!("{scripts}/h1_chaos.py"),
+        format!("{scripts}/h2_chaos.py"),
+    );
+    let (_h1_origin, h1_port) = python_origin(&[&h1, "origin", "1"]);
+    let (_h2_origin, h2_port) = python_origin(&[&h2, "origin", "1"]);
+    let healthy = origin("app");
+    let dir = TempDir::new(&format!("http1-chaos-{}", driver_name(driver)));
+    let file = discovery_file(
+        &dir,
+        &format!(
+            "[[service]]\nname = \"chaos.test:80\"\nendpoints = [\"127.0.0.1:{h1_port}\"]\nprotocol = \"http1\"\n\
+             [[service]]\nname = \"meshed.test:80\"\nendpoints = [\"127.0.0.1:{h2_port}\"]\nprotocol_hint = \"h2\"\n\
+             [[service]]\nname = \"healthy.test:80\"\nendpoints = [\"{}\"]\n",
+            healthy.addr
+        ),
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=chaos.test:80,127.0.0.1:0=meshed.test:80,127.0.0.1:0=healthy.test:80",
+            ),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let [to_chaos, to_meshed, to_healthy] = [0, 1, 2].map(|i| proxy.forward_addrs()[i].to_string());
+    for seed in ["1", "2"] {
+        let runs = [(&h1, &to_chaos), (&h1, &to_meshed), (&h2, &to_chaos)];
+        let mut clients: Vec<_> = runs
+            .iter()
+            .map(|(script, to)| {
+                let mut cmd = Command::new("/usr/bin/python3");
+                cmd.args([script.as_str(), "clients", to.as_str(), "4", seed])
+                    .stderr(std::process::Stdio::piped());
+                proc::Running::spawn(cmd)
+            })
+            .collect();
+        for c in &mut clients {
+            assert!(
+                c.wait_for("connections ", Duration::from_secs(30)),
+                "the clients ran"
+            );
+        }
+    }
+    let mut c = TcpStream::connect(&to_healthy).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /hello HTTP/1.1\r\nHost: healthy.test\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut BufReader::new(c), false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hello from app\n");
+    let open = || proxy.worker_stats().iter().map(|s| s.open).sum::<u64>();
+    assert!(
+        eventually(Duration::from_secs(10), || open() == 0),
+        "{} client connections still open after every client left",
+        open()
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(random_http1_on_both_sides_is_survived, super::http1_chaos);

@@ -973,6 +973,61 @@ both_drivers!(
     super::reset_while_waiting_for_window
 );
 
+/// A client that resets its stream, or closes its connection, while the
+/// upstream has sent a head and part of the body and then nothing: the
+/// upstream stream is reset at once. (The response pump waited for the
+/// upstream's next DATA, holding the upstream stream for as long as the
+/// upstream stayed silent.)
+fn leaving_mid_body(driver: IoDriver) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let resets = Arc::new(AtomicUsize::new(0));
+    let seen = resets.clone();
+    let answer: RawAnswer = |id| {
+        let mut f = frame(1, 4, id, b"\x88");
+        f.extend(frame(0, 0, id, b"abc"));
+        f
+    };
+    let origin = raw_h2_origin_seeing(answer, move |kind, _| {
+        if kind == 3 {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let proxy = forward_to(driver, origin.addr);
+    for (round, reset) in [true, false].into_iter().enumerate() {
+        let mut s = connect(proxy.forward_addrs()[0]);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        out.extend(frame(1, 5, 1, b"\x82\x86\x84\x01\x04test"));
+        s.write_all(&out).unwrap();
+        // The head and the three bytes.
+        loop {
+            let (kind, _, _, _) = read_frame(&mut s).expect("the response begins");
+            if kind == 0 {
+                break;
+            }
+        }
+        if reset {
+            s.write_all(&frame(3, 0, 1, &8u32.to_be_bytes())).unwrap();
+        } else {
+            drop(s.try_clone().unwrap());
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        assert!(
+            eventually(Duration::from_secs(3), || resets.load(Ordering::Relaxed)
+                > round),
+            "reset {reset}: the upstream stream was held"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_client_leaving_mid_body_cancels_the_upstream_stream,
+    super::leaving_mid_body
+);
+
 /// A Python origin (`python3 args…`, printing "port N" on stderr) and a
 /// healthy HTTP/2 origin, behind a one-worker proxy with a forward to
 /// each (the Python one's first).

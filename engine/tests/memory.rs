@@ -300,7 +300,11 @@ fn stalled_http2_responses_are_bounded(driver: &str, http1_origin: bool) {
         let _ = c.kill();
         let _ = c.wait();
     }
-    assert!(reached, "the stalling clients' streams reached the origin");
+    assert!(
+        reached,
+        "{driver}, {origin} origin: {} of the stalling clients' {all} streams reached the origin ({stalled} held, {resets} reset)",
+        streams().saturating_sub(1)
+    );
     assert!(
         settled,
         "every stalled response is held or reset: {stalled} + {resets} < {all}"

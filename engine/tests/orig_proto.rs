@@ -1039,3 +1039,116 @@ fn small_translated_messages_are_one_segment() {
         "segments per request at the origin: {per_request:?}"
     );
 }
+
+/// An HTTP/1 client that goes away while its request, carried over HTTP/2
+/// to a meshed endpoint, waits for an answer that does not come: the
+/// upstream stream is reset (RST_STREAM CANCEL) instead of being held until
+/// the upstream answers. (Before, the client's connection sat in
+/// CLOSE-WAIT and the stream stayed open upstream.)
+fn leaving_client_resets(driver: IoDriver) {
+    use common::raw_h2::raw_h2_origin_seeing;
+    let (resets, seen) = std::sync::mpsc::channel();
+    let origin = raw_h2_origin_seeing(
+        |_| Vec::new(),
+        move |kind, id| {
+            if kind == 3 {
+                let _ = resets.send(id);
+            }
+        },
+    );
+    let (_dir, proxy) = h2_forward(driver, "leave", origin.addr);
+    let mut s = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(s);
+    let reset = seen.recv_timeout(Duration::from_secs(4));
+    assert_eq!(reset.ok(), Some(1), "the upstream stream was not reset");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_client_that_leaves_resets_its_stream,
+    super::leaving_client_resets
+);
+
+/// An HTTP/2 client whose request goes to an HTTP/1-only service
+/// (`protocol = "http1"`) resets its stream, or closes its connection,
+/// while the origin has not answered, or has sent a head and part of the
+/// body and then nothing: the HTTP/1 request is cancelled and its upstream
+/// connection closed, as for HTTP/2 upstreams. (Before, the upstream
+/// connection was held until the origin sent more.)
+fn leaving_h2_client_cancels(driver: IoDriver) {
+    use common::raw_h2::frame;
+    let (events, seen) = std::sync::mpsc::channel::<&'static str>();
+    let silent = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut partial = false;
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line == "\r\n" => {
+                    if partial {
+                        let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc");
+                    }
+                    let _ = events.send("request");
+                }
+                Ok(_) => partial |= line.starts_with("GET /partial"),
+            }
+        }
+        let _ = events.send("closed");
+    });
+    let dir = TempDir::new(&format!("orig-proto-leave-h2-{}", driver_name(driver)));
+    let file = service_file(
+        &dir,
+        "web.test:80",
+        &[silent.addr],
+        "protocol = \"http1\"\n",
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    for (reset, path) in [
+        (true, "/slow"),
+        (false, "/slow"),
+        (true, "/partial"),
+        (false, "/partial"),
+    ] {
+        let mut c = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        let mut head = b"\x82\x86\x04".to_vec();
+        head.push(path.len() as u8);
+        head.extend_from_slice(path.as_bytes());
+        head.extend_from_slice(b"\x01\x08web.test");
+        out.extend(frame(1, 5, 1, &head));
+        c.write_all(&out).unwrap();
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(5)).ok(),
+            Some("request")
+        );
+        if reset {
+            c.write_all(&frame(3, 0, 1, &8u32.to_be_bytes())).unwrap();
+        } else {
+            drop(c.try_clone().unwrap());
+            c.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(3)).ok(),
+            Some("closed"),
+            "{path}, reset {reset}: the HTTP/1 upstream connection was held"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    an_http2_client_that_leaves_cancels_its_http1_request,
+    super::leaving_h2_client_cancels
+);

@@ -15,32 +15,13 @@ left open or reset, windows of 0 to 64 KiB, WINDOW_UPDATEs (overflowing
 too), early resets; each connection read for up to 0.2 s and dropped.
 Prints "connections N" on stderr at the end.
 """
-import random
-import socket
 import struct
-import sys
-import threading
-import time
+
+from chaos_util import main
 
 
 def frame(kind, flags, stream, payload):
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-class Rand:
-    """A seeded random source shared by threads."""
-
-    def __init__(self, seed):
-        self.r = random.Random(seed)
-        self.lock = threading.Lock()
-
-    def __getattr__(self, name):
-        f = getattr(self.r, name)
-
-        def locked(*a):
-            with self.lock:
-                return f(*a)
-        return locked
 
 
 HEADS = [b"\x88", b"\x08\x03103", b"\x89", b"\x88\x0f\x0d\x013", b"\x00\x03x-a\x01b"]
@@ -109,69 +90,26 @@ def serve(r, c):
         c.close()
 
 
-def origin(seed):
-    r = Rand(seed)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(256)
-    print("port", s.getsockname()[1], file=sys.stderr, flush=True)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(r, c), daemon=True).start()
+def converse(r, s):
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    out += frame(4, 0, 0, struct.pack(">HI", 4, r.choice([0, 1000, 65535]))) + frame(4, 1, 0, b"")
+    sid = 1
+    for _ in range(r.randint(1, 6)):
+        post = r.random() < 0.6
+        out += frame(1, 4 if post else 5, sid, (b"\x83" if post else b"\x82") + b"\x86\x84\x01\x04test")
+        if post:
+            for _ in range(r.randint(0, 8)):
+                out += frame(0, 0, sid, b"u" * r.choice([1, 1000, 16384]))
+            if r.random() < 0.5:
+                out += frame(0, 1, sid, b"")
+            elif r.random() < 0.5:
+                out += frame(3, 0, sid, struct.pack(">I", 8))
+        if r.random() < 0.3:
+            out += frame(8, 0, sid, struct.pack(">I", r.choice([1, 65535, 2**31 - 1])))
+        if r.random() < 0.2:
+            out += frame(3, 0, sid, struct.pack(">I", 8))
+        sid += 2
+    s.sendall(out)
 
 
-def client(addr, seconds, seed, counts):
-    host, port = addr.rsplit(":", 1)
-    r = random.Random(seed)
-    end = time.time() + seconds
-    while time.time() < end:
-        s = None
-        try:
-            s = socket.create_connection((host, int(port)), timeout=2)
-            s.settimeout(0.2)
-            out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-            out += frame(4, 0, 0, struct.pack(">HI", 4, r.choice([0, 1000, 65535]))) + frame(4, 1, 0, b"")
-            sid = 1
-            for _ in range(r.randint(1, 6)):
-                post = r.random() < 0.6
-                out += frame(1, 4 if post else 5, sid, (b"\x83" if post else b"\x82") + b"\x86\x84\x01\x04test")
-                if post:
-                    for _ in range(r.randint(0, 8)):
-                        out += frame(0, 0, sid, b"u" * r.choice([1, 1000, 16384]))
-                    if r.random() < 0.5:
-                        out += frame(0, 1, sid, b"")
-                    elif r.random() < 0.5:
-                        out += frame(3, 0, sid, struct.pack(">I", 8))
-                if r.random() < 0.3:
-                    out += frame(8, 0, sid, struct.pack(">I", r.choice([1, 65535, 2**31 - 1])))
-                if r.random() < 0.2:
-                    out += frame(3, 0, sid, struct.pack(">I", 8))
-                sid += 2
-            s.sendall(out)
-            until = time.time() + r.choice([0, 0.05, 0.2])
-            while time.time() < until:
-                if not s.recv(65536):
-                    break
-        except OSError:
-            pass
-        finally:
-            if s is not None:
-                s.close()
-        counts.append(1)
-
-
-def main():
-    if sys.argv[1] == "origin":
-        origin(int(sys.argv[2]))
-        return
-    addr, seconds, seed = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-    counts = []
-    threads = [threading.Thread(target=client, args=(addr, seconds, seed * 10 + i, counts)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print("connections", len(counts), file=sys.stderr, flush=True)
-
-
-main()
+main(serve, converse)
