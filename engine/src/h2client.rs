@@ -225,6 +225,20 @@ pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
     e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
 }
 
+/// `work`'s output, unless `to`'s stream is reset first (or its connection
+/// lost): then the reset's reason, `work` dropped. `work` is polled first,
+/// so the stream's reset is looked at only while `work` waits.
+pub(crate) async fn unless_reset<T>(
+    to: &mut SendStream<Bytes>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Reason> {
+    monoio::select! {
+        biased;
+        out = work => Ok(out),
+        reset = std::future::poll_fn(|cx| to.poll_reset(cx)) => Err(reset.unwrap_or(Reason::CANCEL)),
+    }
+}
+
 /// Sends `chunk` as the window allows. `charge`: to a client, a wait for
 /// its window counts as a stall against the worker's budget
 /// ([`crate::stall`]).

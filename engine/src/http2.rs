@@ -33,7 +33,8 @@ use crate::config::{ConnectConfig, H2Server};
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h2client::{
-    declared_length, keep_body, open_stream, send_all, send_kept, unprocessed, MeteredIo, Opening,
+    declared_length, keep_body, open_stream, send_all, send_kept, unless_reset, unprocessed,
+    MeteredIo, Opening,
 };
 use crate::h2guarded::GuardedIo;
 use crate::l5d_headers::CLIENT_ID;
@@ -760,11 +761,7 @@ async fn pump_with(
         // watched so: an upstream's early answer and reset leave the
         // client's body to be drained, `request_body`.)
         let next = if watch_reset {
-            monoio::select! {
-                biased;
-                next = from.data() => next,
-                reset = poll_fn(|cx| to.poll_reset(cx)) => return Err(reset.unwrap_or(Reason::CANCEL)),
-            }
+            unless_reset(to, from.data()).await?
         } else {
             from.data().await
         };

@@ -885,13 +885,9 @@ async fn h1_body_to_h2(
             // A response body: the client resetting its stream (or losing
             // its connection) while the upstream is silent ends it now (the
             // read's bytes are lost with the connection, never reused).
-            monoio::select! {
-                biased;
-                r = read => r,
-                reset = poll_fn(|cx| to.poll_reset(cx)) => {
-                    return Err(format!("the client reset its stream: {:?}", reset.unwrap_or(Reason::CANCEL)));
-                }
-            }
+            h2client::unless_reset(to, read)
+                .await
+                .map_err(|r| format!("the client reset its stream: {r:?}"))?
         } else {
             read.await
         };

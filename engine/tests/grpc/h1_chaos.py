@@ -35,7 +35,7 @@ def chunked(r, n):
     return out
 
 
-def answer(r, method):
+def answer(r):
     """One random answer: (bytes, close the connection after)."""
     n = r.choice([0, 1, 5, 100, 5000, 70000])
     k = r.randint(0, 27)
@@ -97,6 +97,17 @@ def answer(r, method):
     return b"HTTP/1.1 500 Boom\r\ncontent-length: 3\r\n\r\nbad", r.random() < 0.5
 
 
+def send(s, out, dribble, pieces):
+    """Sends `out` at once, or dribbled: in `pieces` with pauses between."""
+    if not dribble:
+        s.sendall(out)
+        return
+    step = max(1, len(out) // pieces)
+    for i in range(0, len(out), step):
+        s.sendall(out[i:i + step])
+        time.sleep(0.01)
+
+
 def read_head(c, buf):
     while b"\r\n\r\n" not in buf:
         d = c.recv(65536)
@@ -144,20 +155,12 @@ def serve(r, c):
             head, buf = read_head(c, buf)
             if head is None:
                 return
-            method = head.split(b" ", 1)[0]
             if r.random() < 0.9:
                 buf = skip_body(c, head, buf)
             if r.random() < 0.05:
                 time.sleep(r.choice([0.05, 0.3]))
-            out, close = answer(r, method)
-            if r.random() < 0.1:
-                # Dribbled: the head and body in pieces.
-                step = max(1, len(out) // 5)
-                for i in range(0, len(out), step):
-                    c.sendall(out[i:i + step])
-                    time.sleep(0.01)
-            else:
-                c.sendall(out)
+            out, close = answer(r)
+            send(c, out, r.random() < 0.1, 5)
             if close or r.random() < 0.05:
                 return
     except OSError:
@@ -217,14 +220,7 @@ def request(r):
 
 def converse(r, s):
     out = b"".join(request(r) for _ in range(r.randint(1, 3)))
-    if r.random() < 0.2:
-        # Dribbled: a few pieces with pauses between.
-        step = max(1, len(out) // 4)
-        for i in range(0, len(out), step):
-            s.sendall(out[i:i + step])
-            time.sleep(0.01)
-    else:
-        s.sendall(out)
+    send(s, out, r.random() < 0.2, 4)
     if r.random() < 0.2:
         s.shutdown(socket.SHUT_WR)
 
