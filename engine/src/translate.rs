@@ -678,11 +678,21 @@ pub(crate) async fn h2_to_h1(
         };
         let (stalls, tap) = (Some(stalls), obs.tap());
         let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap, true).await;
-        if let Err(reason) = r {
-            tracing::debug!(upstream = %addr, reason, "response body ended early");
-            to.send_reset(Reason::INTERNAL_ERROR);
-            obs.reset(Reason::INTERNAL_ERROR);
-            reusable = false;
+        match r {
+            Ok(()) => {}
+            // The client reset its stream (or lost its connection): its
+            // code is what the observer records; nothing is sent back.
+            Err(StreamCut::Sink(reason)) => {
+                tracing::debug!(upstream = %addr, ?reason, "the client left mid-response");
+                obs.reset(reason);
+                reusable = false;
+            }
+            Err(StreamCut::Source(why)) => {
+                tracing::debug!(upstream = %addr, reason = why, "response body ended early");
+                to.send_reset(Reason::INTERNAL_ERROR);
+                obs.reset(Reason::INTERNAL_ERROR);
+                reusable = false;
+            }
         }
     }
     if reusable {
@@ -832,6 +842,16 @@ fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
 /// not grow for a reader that stopped.
 const UPSTREAM_SOCKET_CHARGE: usize = 64 * 1024;
 
+/// Why an HTTP/1 body relayed onto an HTTP/2 stream stopped short.
+#[derive(Debug)]
+enum StreamCut {
+    /// The HTTP/1 side's body was malformed or cut short.
+    Source(String),
+    /// The HTTP/2 stream was reset (by its peer, with this code) or its
+    /// connection failed.
+    Sink(Reason),
+}
+
 /// Reads one HTTP/1 body (a request's from the client, a response's from
 /// the upstream; close-delimited ones end at EOF) and sends its content as
 /// DATA frames, chunk framing removed, ending the stream; a chunked body's
@@ -847,7 +867,7 @@ async fn h1_body_to_h2(
     stalls: Option<crate::stall::Scope<'_>>,
     tap: Option<&crate::tap::Pending>,
     watch_reset: bool,
-) -> Result<(), String> {
+) -> Result<(), StreamCut> {
     let mut data = BytesMut::new();
     // The trailer section's lines (the scanner bounds them).
     let mut trailer_lines = Vec::new();
@@ -858,7 +878,7 @@ async fn h1_body_to_h2(
                 |r| data.extend_from_slice(&buf[r]),
                 |r| trailer_lines.extend_from_slice(&buf[r]),
             )
-            .map_err(|e| format!("bad body: {e}"))?;
+            .map_err(|e| StreamCut::Source(format!("bad body: {e}")))?;
         buf.drain(..p.consumed);
         if !data.is_empty() {
             if let Some(t) = tap {
@@ -874,7 +894,7 @@ async fn h1_body_to_h2(
             });
             h2client::send_all(to, data.split().freeze(), false, charge)
                 .await
-                .map_err(|r| format!("stream reset: {r:?}"))?;
+                .map_err(StreamCut::Sink)?;
         }
         if p.done {
             break;
@@ -887,7 +907,7 @@ async fn h1_body_to_h2(
             // read's bytes are lost with the connection, never reused).
             h2client::unless_reset(to, read)
                 .await
-                .map_err(|r| format!("the client reset its stream: {r:?}"))?
+                .map_err(StreamCut::Sink)?
         } else {
             read.await
         };
@@ -895,24 +915,24 @@ async fn h1_body_to_h2(
             Ok(0) => {
                 scanner
                     .finish_at_eof()
-                    .map_err(|e| format!("the peer closed early: {e}"))?;
+                    .map_err(|e| StreamCut::Source(format!("the peer closed early: {e}")))?;
                 break;
             }
             Ok(_) => {}
-            Err(e) => return Err(format!("reading the body failed: {e}")),
+            Err(e) => return Err(StreamCut::Source(format!("reading the body failed: {e}"))),
         }
     }
     let trailers = h2_trailers(&trailer_lines);
     if trailers.is_empty() {
         return to
             .send_data(Bytes::new(), true)
-            .map_err(|e| format!("stream failed: {e}"));
+            .map_err(|e| StreamCut::Sink(e.reason().unwrap_or(Reason::CANCEL)));
     }
     if let Some(t) = tap {
         t.trailers(|| crate::tap::h2_fields(&trailers));
     }
     to.send_trailers(trailers)
-        .map_err(|e| format!("stream failed: {e}"))
+        .map_err(|e| StreamCut::Sink(e.reason().unwrap_or(Reason::CANCEL)))
 }
 
 /// An HTTP/1 trailer section's lines as HTTP/2 trailers: names lowercased;

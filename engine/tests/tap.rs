@@ -1245,3 +1245,69 @@ fn only_the_tap_identity_may_tap() {
     assert_eq!(status.trim(), "status 0");
     assert_eq!(events.len(), 3, "{events:#?}");
 }
+
+/// An HTTP/2 client that resets its stream (CANCEL) mid-body, while the
+/// upstream is silent, is tapped as its cancel (`resetErrorCode` 8), both
+/// when the upstream is HTTP/1 (a `protocol = "http1"` service) and when
+/// it is HTTP/2. (Before, the HTTP/1 case was reported as the proxy's
+/// own INTERNAL_ERROR.)
+#[test]
+fn a_client_cancel_mid_body_is_tapped_as_a_cancel() {
+    use common::raw_h2::{frame, raw_h2_origin, read_frame};
+    // Heads and the first 3 bytes of 100, then nothing.
+    let h1_origin = Backend::start(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line == "\r\n" {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc");
+            }
+            line.clear();
+        }
+    });
+    let h2_origin = raw_h2_origin(|id| {
+        let mut f = frame(1, 4, id, b"\x88");
+        f.extend(frame(0, 0, id, b"abc"));
+        f
+    });
+    let cases = [
+        ("h1", h1_origin.addr, "protocol = \"http1\"\n"),
+        ("h2", h2_origin.addr, ""),
+    ];
+    for (tag, addr, extra) in cases {
+        let dir = TempDir::new(&format!("tap-client-cancel-{tag}"));
+        let (proxy, call) = service_with_tap(&dir, addr, extra);
+        let mut c = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        // GET http://web.test/slow, END_STREAM.
+        out.extend(frame(1, 5, 1, b"\x82\x86\x04\x05/slow\x01\x08web.test"));
+        c.write_all(&out).unwrap();
+        // Until the body's first bytes arrive.
+        loop {
+            let f = read_frame(&mut c).unwrap_or_else(|| panic!("{tag}: no DATA"));
+            if f.0 == 0 && f.2 == 1 {
+                assert_eq!(f.3, b"abc", "{tag}");
+                break;
+            }
+        }
+        c.write_all(&frame(3, 0, 1, &8u32.to_be_bytes())).unwrap();
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0", "{tag}");
+        let reqs = by_request(&events);
+        assert_eq!(reqs.len(), 1, "{tag}: {events:#?}");
+        let end = &reqs[0][2];
+        let code = field(end, &["eos", "resetErrorCode"]).and_then(as_u64);
+        assert_eq!(code, Some(8), "{tag}: {end:?}");
+        assert_eq!(
+            field(end, &["responseBytes"]).and_then(as_u64),
+            Some(3),
+            "{tag}"
+        );
+        drop(c);
+        proxy.shutdown();
+        proxy.wait();
+    }
+}
