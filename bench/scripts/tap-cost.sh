@@ -88,6 +88,14 @@ ticks() { awk '{print $14 + $15}' "/proc/$rm_pid/task/$wrk0/stat"; }
 # The whole process (the control core writes the tap's events).
 pticks() { awk '{print $14 + $15}' "/proc/$rm_pid/stat"; }
 hz=$(getconf CLK_TCK)
+# nginx's worker: it serves every request the same way in every mode, on
+# the proxy's core, so its CPU per request is a gauge of how much the
+# machine itself moved between rounds and modes (tap changes nothing in
+# nginx's work).
+ngx_master=$(cat "$tmp/nginx/pid" 2>/dev/null || true)
+for _ in $(seq 50); do [ -n "$ngx_master" ] && break; sleep 0.1; ngx_master=$(cat "$tmp/nginx/pid" 2>/dev/null || true); done
+ngx=$(pgrep -P "$ngx_master" | head -1)
+nticks() { awk '{print $14 + $15}' "/proc/$ngx/stat"; }
 metric() { curl -s http://127.0.0.1:18991/metrics | awk -v m="$1" '$1==m{print $2}'; }
 installed() { metric tap_installed; }
 
@@ -144,31 +152,34 @@ load() {
 
 # Warm-up.
 taskset -c 0 wrk -t1 -c16 -d2s http://127.0.0.1:18981/ > /dev/null 2>&1
-printf '%-6s %-5s %-8s %10s %14s %15s %12s %12s\n' round kind mode req/s worker_us/req process_us/req events_sent events_dropped
+printf '%-6s %-5s %-8s %10s %14s %15s %12s %12s %13s\n' round kind mode req/s worker_us/req process_us/req events_sent events_dropped nginx_us/req
 orders=("none nomatch all" "nomatch all none" "all none nomatch")
 for r in $(seq 1 "$ROUNDS"); do
   for kind in $KINDS; do
     for mode in ${orders[$(( (r - 1) % 3 ))]}; do
       start_tap "$mode"
-      s0=$(metric tap_events_total); w0=$(ticks); p0=$(pticks)
+      s0=$(metric tap_events_total); w0=$(ticks); p0=$(pticks); n0=$(nticks)
       rps=$(load "$kind")
-      w1=$(ticks); p1=$(pticks); s1=$(metric tap_events_total)
+      w1=$(ticks); p1=$(pticks); n1=$(nticks); s1=$(metric tap_events_total)
       d0=$(metric tap_events_dropped_total)
       stop_tap
       d1=$(metric tap_events_dropped_total)
-      printf '%-6s %-5s %-8s %10.0f %14.2f %15.2f %12s %12s\n' "$r" "$kind" "$mode" "$rps" \
+      printf '%-6s %-5s %-8s %10.0f %14.2f %15.2f %12s %12s %13.2f\n' "$r" "$kind" "$mode" "$rps" \
         "$(echo "($w1 - $w0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
         "$(echo "($p1 - $p0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" \
-        "$((s1 - s0))" "$((d1 - d0))" | tee -a "$tmp/rows"
+        "$((s1 - s0))" "$((d1 - d0))" \
+        "$(echo "($n1 - $n0) * 1000000 / $hz / ($rps * $DURATION)" | bc -l)" | tee -a "$tmp/rows"
     done
   done
 done
 
-# Medians: process µs/request, and each round's ratio to its "none".
+# Medians: process µs/request, each round's ratio to its "none", and the
+# same ratio for nginx (its work does not change with tap: what it moves is
+# the machine, or tap's cost to the core it shares, e.g. softirqs).
 echo
-printf '%-5s %-8s %22s %26s\n' kind mode median_process_us/req median_ratio_to_none
+printf '%-5s %-8s %22s %26s %18s\n' kind mode median_process_us/req median_ratio_to_none nginx_ratio
 awk '
-  { us[$1" "$2" "$3] = $6; kinds[$2] = 1; rounds[$1] = 1 }
+  { us[$1" "$2" "$3] = $6; ng[$1" "$2" "$3] = $9; kinds[$2] = 1; rounds[$1] = 1 }
   function median(a, n,   i, j, t) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
@@ -176,11 +187,13 @@ awk '
   END {
     split("h1 h2", ks, " "); split("none nomatch all", ms, " ")
     for (k = 1; k <= 2; k++) for (m = 1; m <= 3; m++) {
-      n = 0; split("", v); split("", q)
+      n = 0; split("", v); split("", q); split("", g)
       for (r in rounds) {
         key = r" "ks[k]" "ms[m]; base = r" "ks[k]" none"
-        if (key in us && base in us && us[base] > 0) { n++; v[n] = us[key]; q[n] = us[key] / us[base] }
+        if (key in us && base in us && us[base] > 0 && ng[base] > 0) {
+          n++; v[n] = us[key]; q[n] = us[key] / us[base]; g[n] = ng[key] / ng[base]
+        }
       }
-      if (n) { mv = median(v, n); mq = median(q, n); printf "%-5s %-8s %22.2f %26.3f\n", ks[k], ms[m], mv, mq }
+      if (n) { printf "%-5s %-8s %22.2f %26.3f %18.3f\n", ks[k], ms[m], median(v, n), median(q, n), median(g, n) }
     }
   }' "$tmp/rows"
