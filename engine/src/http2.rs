@@ -713,7 +713,12 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// releasing each chunk's flow-control capacity only after `to` accepted
 /// it. A failure on either side resets the other.
 async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
-    pump_with(from, to, None, |_| {}, |_| {}, false).await
+    // A request's trailers never carry the identity the proxy vouches for
+    // (`set_client_id` takes care of the head).
+    let on_trailers = |t: &mut HeaderMap| {
+        t.remove(CLIENT_ID);
+    };
+    pump_with(from, to, None, |_| {}, on_trailers, false).await
 }
 
 /// As [`pump`], to a client whose waits for its window count against the
@@ -730,7 +735,7 @@ async fn pump_response(
             t.data(n);
         }
     };
-    let on_trailers = |h: &HeaderMap| {
+    let on_trailers = |h: &mut HeaderMap| {
         grpc = grpc_status(h);
         if let Some(t) = tap {
             t.trailers(|| crate::tap::h2_fields(h));
@@ -745,7 +750,7 @@ async fn pump_with(
     to: &mut SendStream<Bytes>,
     stalls: Option<crate::stall::Scope<'_>>,
     mut on_data: impl FnMut(usize),
-    mut on_trailers: impl FnMut(&HeaderMap),
+    mut on_trailers: impl FnMut(&mut HeaderMap),
     watch_reset: bool,
 ) -> Result<(), Reason> {
     // The source failed: the sink learns it by a reset with the same reason.
@@ -804,8 +809,8 @@ async fn pump_with(
         }
     }
     match from.trailers().await {
-        Ok(Some(t)) => {
-            on_trailers(&t);
+        Ok(Some(mut t)) => {
+            on_trailers(&mut t);
             to.send_trailers(t)
                 .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))
         }

@@ -450,7 +450,9 @@ async fn h2_body_to_h1(
             out.extend_from_slice(b"0\r\n");
             if let Ok(Some(trailers)) = from.trailers().await {
                 for (name, value) in &trailers {
-                    push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    if crate::l5d_headers::h1_trailer_allowed(name.as_str()) {
+                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                    }
                 }
                 if let Some(t) = tap {
                     t.trailers(|| crate::tap::h2_fields(&trailers));
@@ -540,6 +542,13 @@ pub(crate) async fn h2_to_h1(
     request_deadline: Option<Instant>,
     orig_proto: bool,
 ) -> Result<ResponseClass, Failure> {
+    // An HTTP/2 CONNECT tunnel has no HTTP/1 form here (its bytes would go
+    // out as a chunked body of `CONNECT / HTTP/1.1`, which an HTTP/1
+    // server reads as requests of their own): refused.
+    if parts.method == http::Method::CONNECT {
+        let reason = "CONNECT over HTTP/2 to an HTTP/1 service is not supported";
+        return Err(ProxyError::malformed(501, reason).into());
+    }
     let end = body.is_end_stream();
     let mut body = Some(body).filter(|_| !end);
     // A small body of a request that may go again is kept whole, and
@@ -1017,7 +1026,9 @@ fn h1_request_head(
         (Some(h), _, _) => push_field(out, b"host", h.as_bytes()),
         (None, Some(a), _) => push_field(out, b"host", a.as_str().as_bytes()),
         (None, None, Some(h)) => push_field(out, b"host", h.as_bytes()),
-        (None, None, None) => {}
+        // No authority: an empty one (RFC 9112 §3.2; an HTTP/1 server
+        // refuses a request without the field).
+        (None, None, None) => push_field(out, b"host", b""),
     }
     for (name, value) in once_length(parts.headers.iter()) {
         if name == http::header::HOST

@@ -1152,3 +1152,228 @@ both_drivers!(
     an_http2_client_that_leaves_cancels_its_http1_request,
     super::leaving_h2_client_cancels
 );
+
+/// An HTTP/1 origin that answers every request with its head (as the
+/// body) and tells `seen` its request line.
+fn head_echo(seen: std::sync::mpsc::Sender<String>) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => head.push_str(&line),
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let _ = seen.send(head.lines().next().unwrap_or("").to_string());
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                head.len()
+            );
+            if w.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// HTTP/2 requests that have no HTTP/1 form, sent raw (hand-made HPACK)
+/// to an HTTP/1 service (`protocol = "http1"`), never reach it: a
+/// `:authority` with userinfo, a `:path` that is a query alone, `*` for
+/// another method than OPTIONS (RST_STREAM PROTOCOL_ERROR, RFC 9113
+/// §8.3.1), and a CONNECT tunnel (501: its bytes would have gone as a
+/// chunked body of `CONNECT / HTTP/1.1`, read by the origin as requests
+/// of their own). `OPTIONS *` still goes; a request without any authority
+/// gets an empty `Host` (RFC 9112 §3.2), which HTTP/1 servers require.
+fn h2_requests_without_an_http1_form(driver: IoDriver) {
+    use common::raw_h2::{frame, read_frame};
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let origin = head_echo(seen_tx);
+    let dir = TempDir::new(&format!("orig-proto-no-h1-form-{}", driver_name(driver)));
+    let file = service_file(
+        &dir,
+        "web.test:80",
+        &[origin.addr],
+        "protocol = \"http1\"\n",
+    );
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    // (HPACK: 0x82 GET, 0x86 http; 0x01 :authority, 0x02 :method and
+    // 0x04 :path as literal values of static names.)
+    let lit = |index: u8, value: &str| {
+        let mut v = vec![index, value.len() as u8];
+        v.extend_from_slice(value.as_bytes());
+        v
+    };
+    let get = |authority: &str, path: &str| {
+        let mut b = b"\x82\x86".to_vec();
+        b.extend(lit(4, path));
+        if !authority.is_empty() {
+            b.extend(lit(1, authority));
+        }
+        b
+    };
+    let mut options = lit(2, "OPTIONS");
+    options.extend(b"\x86");
+    options.extend(lit(4, "*"));
+    options.extend(lit(1, "web.test"));
+    let mut connect = lit(2, "CONNECT");
+    connect.extend(lit(1, "web.test:80"));
+    // (What the client gets: RST_STREAM's code, or the status byte.)
+    let cases: [(&str, Vec<u8>, &str, Option<&str>); 6] = [
+        ("userinfo", get("evil@web.test", "/echo"), "reset 1", None),
+        ("query alone", get("web.test", "?a=b"), "reset 1", None),
+        ("GET *", get("web.test", "*"), "reset 1", None),
+        ("CONNECT", connect, "status 501", None),
+        (
+            "OPTIONS *",
+            options,
+            "status 200",
+            Some("OPTIONS * HTTP/1.1"),
+        ),
+        (
+            "no authority",
+            get("", "/echo"),
+            "status 200",
+            Some("GET /echo HTTP/1.1"),
+        ),
+    ];
+    for (what, block, outcome, line) in cases {
+        let mut c = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        out.extend(frame(1, 5, 1, &block));
+        c.write_all(&out).unwrap();
+        let mut body = Vec::new();
+        let got = loop {
+            let Some((kind, flags, stream, payload)) = read_frame(&mut c) else {
+                break "closed".to_string();
+            };
+            match (kind, stream) {
+                (3, 1) => {
+                    break format!(
+                        "reset {}",
+                        u32::from_be_bytes(payload[..4].try_into().unwrap())
+                    )
+                }
+                // A 200 head (0x88) with a body to come: read on.
+                (1, 1) if payload.first() == Some(&0x88) && flags & 1 == 0 => {}
+                (1, 1) => {
+                    // (Not Huffman-coded: the proxy's encoder writes a
+                    // status outside the static table as its digits.)
+                    let status = match payload.first() {
+                        Some(0x88) => "200".to_string(),
+                        _ => payload
+                            .windows(3)
+                            .find(|w| w.iter().all(u8::is_ascii_digit))
+                            .map(|w| String::from_utf8_lossy(w).into_owned())
+                            .unwrap_or_default(),
+                    };
+                    break format!("status {status}");
+                }
+                (0, 1) => {
+                    body.extend_from_slice(&payload);
+                    if flags & 1 != 0 {
+                        break "status 200".to_string();
+                    }
+                }
+                _ => {}
+            }
+        };
+        assert_eq!(got, outcome, "{what}");
+        let reached = seen.recv_timeout(Duration::from_millis(300)).ok();
+        assert_eq!(reached.as_deref(), line, "{what}: what reached the origin");
+        if what == "no authority" {
+            let body = String::from_utf8_lossy(&body).to_ascii_lowercase();
+            assert!(body.contains("\r\nhost: \r\n"), "{body:?}");
+        }
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    http2_requests_without_an_http1_form_are_refused,
+    super::h2_requests_without_an_http1_form
+);
+
+/// A client's request trailers never carry `l5d-client-id` on (the
+/// identity the proxy vouches for: removed from the head, and so from
+/// trailers), nor, written as an HTTP/1 chunked trailer section, fields a
+/// trailer must not hold (RFC 9110 §6.5.1: `host`, `content-length`,
+/// `authorization` ...): HTTP/2 to an HTTP/1 service, and HTTP/2 to
+/// HTTP/2 (where only `l5d-client-id` goes).
+#[test]
+fn request_trailers_are_filtered() {
+    let h1 = http::origin("app");
+    let h2 = common::h2::origin(None);
+    for (tag, addr, extra, path) in [
+        ("h1", h1.addr, "protocol = \"http1\"\n", "/echo-trailers"),
+        ("h2", h2.addr, "", "/headers"),
+    ] {
+        let dir = TempDir::new(&format!("orig-proto-trailers-{tag}"));
+        let file = service_file(&dir, "web.test:80", &[addr], extra);
+        let proxy = start_proxy(
+            IoDriver::Uring,
+            &[
+                ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+            ],
+        );
+        let fwd = proxy.forward_addrs()[0];
+        let seen = common::h2::runtime().block_on(async move {
+            let send = common::h2::connect(fwd).await;
+            let req = ::http::Request::builder()
+                .method("POST")
+                .uri(format!("http://web.test{path}"))
+                .body(())
+                .unwrap();
+            let mut s = send.ready().await.unwrap();
+            let (resp, mut body) = s.send_request(req, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"hello"), false)
+                .unwrap();
+            let mut t = ::http::HeaderMap::new();
+            for (n, v) in [
+                ("x-ok", "1"),
+                (
+                    "l5d-client-id",
+                    "admin.ns.serviceaccount.identity.linkerd.cluster.local",
+                ),
+                ("host", "evil.example"),
+                ("content-length", "999"),
+                ("authorization", "Bearer x"),
+            ] {
+                t.insert(n, v.parse().unwrap());
+            }
+            body.send_trailers(t).unwrap();
+            let r = resp.await.unwrap();
+            assert_eq!(r.status(), 200, "{tag}");
+            let mut b = r.into_body();
+            let mut seen = Vec::new();
+            while let Some(chunk) = b.data().await {
+                seen.extend_from_slice(&chunk.unwrap());
+            }
+            String::from_utf8(seen).unwrap().to_ascii_lowercase()
+        });
+        assert!(seen.contains("x-ok: 1"), "{tag}: {seen}");
+        assert!(!seen.contains("l5d-client-id"), "{tag}: {seen}");
+        if tag == "h1" {
+            for gone in ["evil.example", "999", "bearer"] {
+                assert!(!seen.contains(gone), "{tag}: {gone} in {seen}");
+            }
+        }
+        proxy.shutdown();
+        proxy.wait();
+    }
+}

@@ -135,7 +135,8 @@ async fn handle(
             let _ = s.send_data(Bytes::from_static(b"hello from h2"), true);
         }
         // `/headers`: the request's headers, one `name: value` a line (what a
-        // proxy added on the way, e.g. `l5d-client-id`); the body is drained.
+        // proxy added on the way, e.g. `l5d-client-id`); the body is drained
+        // and its trailers listed after them.
         ("headers", _) => {
             let mut text = String::new();
             for (name, value) in req_headers.iter() {
@@ -146,6 +147,15 @@ async fn handle(
             }
             while let Some(Ok(chunk)) = body.data().await {
                 let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            // Then its trailers, if any, as `trailer name: value` lines.
+            if let Ok(Some(t)) = body.trailers().await {
+                for (name, value) in t.iter() {
+                    text.push_str(&format!(
+                        "trailer {name}: {}\n",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ));
+                }
             }
             let Ok(mut s) = respond.send_response(Response::new(()), false) else {
                 return;

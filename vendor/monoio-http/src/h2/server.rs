@@ -1468,8 +1468,10 @@ impl proto::Peer for Peer {
         b = b.version(Version::HTTP_2);
 
         let is_connect;
+        let is_options;
         if let Some(method) = pseudo.method {
             is_connect = method == Method::CONNECT;
+            is_options = method == Method::OPTIONS;
             b = b.method(method);
         } else {
             malformed!("malformed headers: missing method");
@@ -1495,6 +1497,11 @@ impl proto::Peer for Peer {
         // A request translated from HTTP/1 must not include the :authority
         // header
         if let Some(authority) = pseudo.authority {
+            // RFC 9113 §8.3.1: no userinfo (an HTTP/1 `Host` of it would
+            // be read differently by different servers).
+            if authority.as_str().contains('@') {
+                malformed!("malformed headers: userinfo in :authority");
+            }
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
             parts.authority = Some(maybe_authority.or_else(|why| {
                 malformed!(
@@ -1537,6 +1544,12 @@ impl proto::Peer for Peer {
             // This cannot be empty
             if path.is_empty() {
                 malformed!("malformed headers: missing path");
+            }
+            // RFC 9113 §8.3.1: an absolute path, or `*` for OPTIONS (a
+            // query alone, or `*` for another method, would reach HTTP/1
+            // as a request target no server takes).
+            if !(path.as_str().starts_with('/') || (is_options && path.as_str() == "*")) {
+                malformed!("malformed headers: :path {:?} is not an absolute path", path);
             }
 
             let maybe_path = uri::PathAndQuery::from_maybe_shared(path.clone().into_inner());
