@@ -379,13 +379,15 @@ fn the_hint_multiplexes_concurrent_requests() {
 /// its static file's directory, to drop after the proxy.
 fn http1_service_forward(driver: IoDriver, tag: &str) -> (Backend, TempDir, Proxy) {
     let origin = http::origin("app");
+    let (dir, proxy) = http1_service(driver, tag, origin.addr);
+    (origin, dir, proxy)
+}
+
+/// A proxy forwarding to `web.test:80`, an HTTP/1-only service
+/// (`protocol = "http1"`) of the origin at `addr`.
+fn http1_service(driver: IoDriver, tag: &str, addr: SocketAddr) -> (TempDir, Proxy) {
     let dir = TempDir::new(&format!("orig-proto-{tag}-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[origin.addr],
-        "protocol = \"http1\"\n",
-    );
+    let file = service_file(&dir, "web.test:80", &[addr], "protocol = \"http1\"\n");
     let proxy = start_proxy(
         driver,
         &[
@@ -393,7 +395,7 @@ fn http1_service_forward(driver: IoDriver, tag: &str) -> (Backend, TempDir, Prox
             ("RINGMESH_DISCOVERY_STATIC", &file),
         ],
     );
-    (origin, dir, proxy)
+    (dir, proxy)
 }
 
 /// An HTTP/2 client, a service discovery marks `protocol = "http1"`: the
@@ -1195,20 +1197,7 @@ fn h2_requests_without_an_http1_form(driver: IoDriver) {
     use common::raw_h2::{frame, read_frame};
     let (seen_tx, seen) = std::sync::mpsc::channel();
     let origin = head_echo(seen_tx);
-    let dir = TempDir::new(&format!("orig-proto-no-h1-form-{}", driver_name(driver)));
-    let file = service_file(
-        &dir,
-        "web.test:80",
-        &[origin.addr],
-        "protocol = \"http1\"\n",
-    );
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-        ],
-    );
+    let (_dir, proxy) = http1_service(driver, "no-h1-form", origin.addr);
     // (HPACK: 0x82 GET, 0x86 http; 0x01 :authority, 0x02 :method and
     // 0x04 :path as literal values of static names.)
     let lit = |index: u8, value: &str| {
