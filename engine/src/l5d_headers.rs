@@ -59,14 +59,15 @@ const DEFAULT_LIMIT: u32 = 1;
 /// The most retries a request may ask for (as a policy).
 const MAX_LIMIT: u32 = RetryPolicy::MAX_LIMIT;
 
-/// Whether a trailer field named `name` (lowercase) may be written into
-/// an HTTP/1 chunked body's trailer section. Left out: fields a trailer
+/// Whether a trailer field named `name` (lowercase) may go on when the
+/// proxy re-encodes a trailer section (HTTP/2 trailers into an HTTP/1
+/// chunked body, or the reverse). Left out: fields a trailer
 /// must not carry (RFC 9110 §6.5.1: framing, routing, authentication,
 /// request modifiers, content metadata; the list hyper keeps out),
 /// connection-specific ones, and the identity the proxy vouches for
 /// (`l5d-client-id`), which a client could otherwise set in its own
 /// trailers past the removal from the head.
-pub(crate) fn h1_trailer_allowed(name: &str) -> bool {
+pub(crate) fn trailer_allowed(name: &str) -> bool {
     !matches!(
         name,
         "authorization"

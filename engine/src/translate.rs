@@ -450,7 +450,7 @@ async fn h2_body_to_h1(
             out.extend_from_slice(b"0\r\n");
             if let Ok(Some(trailers)) = from.trailers().await {
                 for (name, value) in &trailers {
-                    if crate::l5d_headers::h1_trailer_allowed(name.as_str()) {
+                    if crate::l5d_headers::trailer_allowed(name.as_str()) {
                         push_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 }
@@ -945,8 +945,9 @@ async fn h1_body_to_h2(
 }
 
 /// An HTTP/1 trailer section's lines as HTTP/2 trailers: names lowercased;
-/// connection-specific fields (HTTP/2 forbids them) and fields HTTP/2
-/// cannot carry left out.
+/// fields HTTP/2 cannot carry left out, and those a trailer must not
+/// (connection-specific ones, which HTTP/2 forbids, framing, routing,
+/// `l5d-client-id`: [`crate::l5d_headers::trailer_allowed`]).
 fn h2_trailers(lines: &[u8]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in ringmesh_protocols::http1::trailer_fields(lines) {
@@ -954,15 +955,7 @@ fn h2_trailers(lines: &[u8]) -> HeaderMap {
         else {
             continue;
         };
-        let connection_specific = matches!(
-            name,
-            http::header::CONNECTION
-                | http::header::TRANSFER_ENCODING
-                | http::header::UPGRADE
-                | http::header::TE
-        ) || name == "keep-alive"
-            || name == "proxy-connection";
-        if !connection_specific {
+        if crate::l5d_headers::trailer_allowed(name.as_str()) {
             map.append(name, value);
         }
     }

@@ -1366,3 +1366,56 @@ fn request_trailers_are_filtered() {
         proxy.wait();
     }
 }
+
+/// Trailers re-encoded from HTTP/1 to HTTP/2 are filtered as the other
+/// way: a chunked request's trailer section sent over HTTP/2 to an
+/// `h2`-hinted origin, and a chunked response's from an HTTP/1-only
+/// service to an HTTP/2 client, lose `l5d-client-id` and the fields a
+/// trailer must not carry; others go on. (Before, all went on.)
+#[test]
+fn trailers_translated_to_http2_are_filtered() {
+    let forbidden = "L5d-Client-Id: admin.ns.serviceaccount.identity.linkerd.cluster.local\r\nHost: evil.example\r\nContent-Length: 99\r\n";
+    // The request's, to an HTTP/2 origin that lists them.
+    let h2_origin = common::h2::origin(None);
+    let (_dir, proxy) = h2_forward(IoDriver::Uring, "trailers-to-h2", h2_origin.addr);
+    let mut c = BufReader::new(TcpStream::connect(proxy.forward_addrs()[0]).unwrap());
+    let req = format!(
+        "POST /headers HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Ok: 1\r\n{forbidden}\r\n"
+    );
+    let (status, _, body) = exchange(&mut c, req.as_bytes());
+    let body = String::from_utf8_lossy(&body).to_ascii_lowercase();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("trailer x-ok: 1"), "{body}");
+    for gone in ["l5d-client-id", "evil.example", "trailer content-length"] {
+        assert!(!body.contains(gone), "{gone} in {body}");
+    }
+    proxy.shutdown();
+    proxy.wait();
+    // The response's, from an HTTP/1 origin, to an HTTP/2 client.
+    let origin = Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line == "\r\n" {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nX-T: ok\r\n{forbidden}\r\n"
+                );
+                let _ = w.write_all(answer.as_bytes());
+            }
+            line.clear();
+        }
+    });
+    let (_dir, proxy) = http1_service(IoDriver::Uring, "trailers-from-h1", origin.addr);
+    let fwd = proxy.forward_addrs()[0];
+    let answer = common::h2::runtime().block_on(async move {
+        let send = common::h2::connect(fwd).await;
+        common::h2::request(&send, "GET", "/", None).await.unwrap()
+    });
+    assert_eq!(answer.status, 200);
+    let trailers = answer.trailers.expect("trailers");
+    assert_eq!(trailers.get("x-t").map(|v| v.as_bytes()), Some(&b"ok"[..]));
+    assert_eq!(trailers.len(), 1, "{trailers:?}");
+    proxy.shutdown();
+    proxy.wait();
+}
