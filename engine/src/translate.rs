@@ -364,6 +364,13 @@ fn once_length<'a>(
     fields.filter(move |(name, _)| *name != CONTENT_LENGTH || !std::mem::replace(&mut seen, true))
 }
 
+/// A response whose status forbids `Content-Length` (RFC 9110 §8.6: 1xx
+/// and 204; a client that took it for a length would read what follows
+/// as a body): the field is left out.
+fn no_length(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204
+}
+
 /// Writes an HTTP/1.1 response head for an HTTP/2 response into `out`.
 fn h1_response_head(
     headers: &HeaderMap,
@@ -379,8 +386,9 @@ fn h1_response_head(
     out.push(b' ');
     out.extend_from_slice(canonical_reason(status).as_bytes());
     out.extend_from_slice(b"\r\n");
+    let no_length = no_length(status);
     for (name, value) in once_length(headers.iter()) {
-        if name.as_str() == ORIG_PROTO {
+        if name.as_str() == ORIG_PROTO || (no_length && name == CONTENT_LENGTH) {
             continue;
         }
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -821,7 +829,11 @@ pub(crate) fn content_length(headers: Headers<'_>) -> Option<u64> {
 /// `l5d-orig-proto` when the request was.
 fn h2_response(resp: &ResponseHead, orig_proto: bool) -> Response<()> {
     let mut headers = HeaderMap::with_capacity(resp.headers().len() + 1);
+    let no_length = no_length(resp.status());
     for (name, value) in resp.headers().end_to_end() {
+        if no_length && name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),

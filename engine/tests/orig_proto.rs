@@ -1419,3 +1419,69 @@ fn trailers_translated_to_http2_are_filtered() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// A 204 never reaches a client with `Content-Length` (RFC 9110 §8.6; a
+/// lenient client taking it for a length would read the next response as
+/// its body): from an HTTP/2 origin to an HTTP/1 client (`h2`-hinted
+/// service), from an HTTP/1 origin to an HTTP/2 client (HTTP/1-only
+/// service) and HTTP/1 to HTTP/1; the client's next request is answered.
+#[test]
+fn a_204_loses_its_content_length() {
+    use common::raw_h2::{frame, raw_h2_origin};
+    // `:status: 204` (static 9), `content-length: 12` (a literal of
+    // static name 28).
+    let h2_origin = raw_h2_origin(|id| frame(1, 5, id, b"\x89\x0f\x0d\x0212"));
+    let h1_origin = Backend::start(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line == "\r\n" {
+                let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
+            }
+            line.clear();
+        }
+    });
+    let dir = TempDir::new("orig-proto-204-plain");
+    let plain = service_file(&dir, "web.test:80", &[h1_origin.addr], "");
+    let (_d1, to_h2) = h2_forward(IoDriver::Uring, "204-to-h2", h2_origin.addr);
+    let to_h1 = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &plain),
+        ],
+    );
+    for (what, proxy) in [("HTTP/2 origin", &to_h2), ("HTTP/1 origin", &to_h1)] {
+        let s = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+        // (A client reading the length as a body's waits for it.)
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut c = BufReader::new(s);
+        for _ in 0..2 {
+            let (status, head, body) =
+                exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n");
+            assert_eq!(status, 204, "{what}: {head}");
+            assert!(
+                !head.to_ascii_lowercase().contains("content-length"),
+                "{what}: {head}"
+            );
+            assert!(body.is_empty(), "{what}");
+        }
+    }
+    let (_d2, to_h1_service) = http1_service(IoDriver::Uring, "204-from-h1", h1_origin.addr);
+    let fwd = to_h1_service.forward_addrs()[0];
+    let answer = common::h2::runtime().block_on(async move {
+        let send = common::h2::connect(fwd).await;
+        common::h2::request(&send, "GET", "/", None).await.unwrap()
+    });
+    assert_eq!(answer.status, 204);
+    assert!(
+        answer.headers.get("content-length").is_none(),
+        "{:?}",
+        answer.headers
+    );
+    for p in [to_h2, to_h1, to_h1_service] {
+        p.shutdown();
+        p.wait();
+    }
+}

@@ -111,6 +111,7 @@ pub fn write_request_head(
             upgrade: opts.upgrade && head.upgrade().is_some(),
             chunked: head.framing() == BodyFraming::Chunked,
             host,
+            no_length: false,
         },
     );
     Ok(())
@@ -138,6 +139,9 @@ pub fn write_response_head(
             upgrade: opts.upgrade && head.upgrade().is_some(),
             chunked: head.is_chunked(),
             host: None,
+            // RFC 9110 §8.6: never on a 1xx or a 204 (a client that took
+            // it for a length would read the next response as a body).
+            no_length: (100..200).contains(&head.status()) || head.status() == 204,
         },
     );
     Ok(())
@@ -148,6 +152,8 @@ struct FieldPlan<'a> {
     chunked: bool,
     /// Replaces the `Host` value (written first if the head has none).
     host: Option<&'a [u8]>,
+    /// `Content-Length` is left out.
+    no_length: bool,
 }
 
 fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, plan: FieldPlan<'_>) {
@@ -175,7 +181,7 @@ fn write_fields(fields: &Fields, out: &mut Vec<u8>, opts: &WriteOptions<'_>, pla
                 continue;
             }
             HeaderKind::ContentLength => {
-                if let Some(n) = length {
+                if let Some(n) = length.filter(|_| !plan.no_length) {
                     if fields.first_content_length == Some(i) && !removed(opts, name) {
                         out.extend_from_slice(name);
                         out.extend_from_slice(b": ");
@@ -419,8 +425,8 @@ mod tests {
             out,
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"
         );
-        // Where the framing ignores the field an invalid one is dropped
-        // (these must not carry one); a valid one stays, once.
+        // 1xx and 204 must not carry the field (RFC 9110 §8.6): dropped,
+        // valid or not (as hyper's `can_have_content_length`).
         for (input, expected) in [
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 1, 2\r\nX: y\r\n\r\n",
@@ -432,7 +438,15 @@ mod tests {
             ),
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n",
-                "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                "HTTP/1.1 204 No Content\r\n\r\n",
+            ),
+            (
+                "HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n",
+                "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
             ),
         ] {
             assert_eq!(write_res(input, GET, &opts), expected, "{input:?}");
