@@ -30,6 +30,10 @@ use ringmesh_discovery::profile::{RequestInfo, RetryBackoff, RetryPolicy};
 /// by the inbound side only).
 pub(crate) const CLIENT_ID: &str = "l5d-client-id";
 
+/// What a peer proxy's response carries to have the client's connection
+/// closed after it (`close`; linkerd2-proxy's `l5d-proxy-connection`).
+pub(crate) const PROXY_CONNECTION: &str = "l5d-proxy-connection";
+
 /// The header that names a request's destination in ingress mode
 /// (`route::resolve`).
 pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";

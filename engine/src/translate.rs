@@ -274,7 +274,14 @@ impl H2Answer<'_> {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
         }
         let no_body = self.is_head || status == 204 || status == 304;
-        let keep_alive = self.keep_alive.get() && !w.stopping();
+        // A peer proxy asking for the client's connection to close
+        // (linkerd2-proxy's inbound, with some of its own answers): the
+        // field is consumed and this response is the connection's last.
+        let peer_close = parts
+            .headers
+            .remove(&PROXY_CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let keep_alive = self.keep_alive.get() && !w.stopping() && !peer_close;
         self.keep_alive.set(keep_alive);
         let end = from.is_end_stream();
         let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
@@ -363,6 +370,10 @@ fn once_length<'a>(
     let mut seen = false;
     fields.filter(move |(name, _)| *name != CONTENT_LENGTH || !std::mem::replace(&mut seen, true))
 }
+
+/// linkerd2-proxy's `l5d-proxy-connection` (a name made once).
+const PROXY_CONNECTION: HeaderName =
+    HeaderName::from_static(crate::l5d_headers::PROXY_CONNECTION);
 
 /// A response whose status forbids `Content-Length` (RFC 9110 §8.6: 1xx
 /// and 204; a client that took it for a length would read what follows

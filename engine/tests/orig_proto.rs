@@ -1485,3 +1485,35 @@ fn a_204_loses_its_content_length() {
         p.wait();
     }
 }
+
+/// A peer proxy's `l5d-proxy-connection: close` (linkerd2-proxy's inbound
+/// sends it with some of its own answers) is consumed: the HTTP/1 client
+/// gets the response without it, told `Connection: close`, and the
+/// connection ends after it. (Before, the field reached the client and
+/// the connection stayed open.)
+#[test]
+fn a_peer_proxys_connection_close_is_honoured() {
+    use common::raw_h2::{frame, raw_h2_origin};
+    // `:status: 502` (a literal of static name 8), then
+    // `l5d-proxy-connection: close` and `content-length: 0` (static 28).
+    let origin = raw_h2_origin(|id| {
+        let mut block = b"\x08\x03502".to_vec();
+        block.extend(b"\x00\x14l5d-proxy-connection\x05close");
+        block.extend(b"\x0f\x0d\x010");
+        frame(1, 5, id, &block)
+    });
+    let (_dir, proxy) = h2_forward(IoDriver::Uring, "peer-close", origin.addr);
+    let s = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut c = BufReader::new(s);
+    let (status, head, _) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n");
+    assert_eq!(status, 502, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("l5d-proxy-connection"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let n = c.read_to_end(&mut rest).expect("the connection ends");
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    proxy.shutdown();
+    proxy.wait();
+}
