@@ -372,8 +372,7 @@ fn once_length<'a>(
 }
 
 /// linkerd2-proxy's `l5d-proxy-connection` (a name made once).
-const PROXY_CONNECTION: HeaderName =
-    HeaderName::from_static(crate::l5d_headers::PROXY_CONNECTION);
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static(crate::l5d_headers::PROXY_CONNECTION);
 
 /// A response whose status forbids `Content-Length` (RFC 9110 §8.6: 1xx
 /// and 204; a client that took it for a length would read what follows
