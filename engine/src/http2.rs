@@ -709,9 +709,9 @@ fn strip_connection_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Moves one body (DATA frames, then trailers) from `from` to `to`,
-/// releasing each chunk's flow-control capacity only after `to` accepted
-/// it. A failure on either side resets the other.
+/// Moves a request's body (DATA frames, then trailers) from `from` to
+/// `to`, releasing each chunk's flow-control capacity only after `to`
+/// accepted it. A failure on either side resets the other.
 async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
     // A request's trailers never carry the identity the proxy vouches for
     // (`set_client_id` takes care of the head).
