@@ -1392,20 +1392,9 @@ fn trailers_translated_to_http2_are_filtered() {
     proxy.shutdown();
     proxy.wait();
     // The response's, from an HTTP/1 origin, to an HTTP/2 client.
-    let origin = Backend::start(move |s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line == "\r\n" {
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nX-T: ok\r\n{forbidden}\r\n"
-                );
-                let _ = w.write_all(answer.as_bytes());
-            }
-            line.clear();
-        }
-    });
+    let origin = Backend::answering(format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nX-T: ok\r\n{forbidden}\r\n"
+    ));
     let (_dir, proxy) = http1_service(IoDriver::Uring, "trailers-from-h1", origin.addr);
     let fwd = proxy.forward_addrs()[0];
     let answer = common::h2::runtime().block_on(async move {
@@ -1431,17 +1420,8 @@ fn a_204_loses_its_content_length() {
     // `:status: 204` (static 9), `content-length: 12` (a literal of
     // static name 28).
     let h2_origin = raw_h2_origin(|id| frame(1, 5, id, b"\x89\x0f\x0d\x0212"));
-    let h1_origin = Backend::start(|s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line == "\r\n" {
-                let _ = w.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
-            }
-            line.clear();
-        }
-    });
+    let h1_origin =
+        Backend::answering(&b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"[..]);
     let dir = TempDir::new("orig-proto-204-plain");
     let plain = service_file(&dir, "web.test:80", &[h1_origin.addr], "");
     let (_d1, to_h2) = h2_forward(IoDriver::Uring, "204-to-h2", h2_origin.addr);

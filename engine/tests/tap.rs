@@ -1255,17 +1255,7 @@ fn only_the_tap_identity_may_tap() {
 fn a_client_cancel_mid_body_is_tapped_as_a_cancel() {
     use common::raw_h2::{frame, raw_h2_origin, read_frame};
     // Heads and the first 3 bytes of 100, then nothing.
-    let h1_origin = Backend::start(|s| {
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line == "\r\n" {
-                let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc");
-            }
-            line.clear();
-        }
-    });
+    let h1_origin = Backend::answering(&b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc"[..]);
     let h2_origin = raw_h2_origin(|id| {
         let mut f = frame(1, 4, id, b"\x88");
         f.extend(frame(0, 0, id, b"abc"));

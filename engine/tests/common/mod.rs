@@ -131,6 +131,23 @@ impl Backend {
         Self { addr, stop }
     }
 
+    /// An HTTP/1 origin answering every request head it reads (bodies
+    /// are not read) with the same `answer` bytes, on a kept connection.
+    pub fn answering(answer: impl Into<Vec<u8>>) -> Self {
+        let answer = answer.into();
+        Self::start(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = io::BufReader::new(s);
+            let mut line = String::new();
+            while io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
+                if line == "\r\n" && w.write_all(&answer).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        })
+    }
+
     /// Echoes every byte back; passes a FIN on once everything is echoed.
     pub fn echo() -> Self {
         Self::echo_on(listen("127.0.0.1:0".parse().unwrap()))
