@@ -195,14 +195,16 @@ def split_authority(authority):
 
 
 class Config:
-    """The --config JSON, re-read when its mtime changes; `changed` wakes
+    """The --config JSON, re-read when its bytes change (not its mtime:
+    some filesystems keep whole seconds, and two writes a second apart
+    would look the same); `changed` wakes
     every open stream, which recomputes its answer and sends it if it
     differs from the last one."""
 
     def __init__(self, path, fault_dir=None):
         self.path = path
         self.fault_dir = fault_dir
-        self.mtime = None
+        self.raw = None
         self.data = {}
         self.changed = asyncio.Condition()
         self.reload()
@@ -211,19 +213,19 @@ class Config:
         if not self.path:
             return False
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            with open(self.path, "rb") as f:
+                raw = f.read()
         except OSError as e:
-            log("config: cannot stat %s: %s" % (self.path, e))
+            log("config: cannot read %s: %s" % (self.path, e))
             return False
-        if mtime == self.mtime:
+        if raw == self.raw:
             return False
         try:
-            with open(self.path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as e:
+            data = json.loads(raw)
+        except ValueError as e:
             log("config: keeping the previous config, %s is not valid: %s" % (self.path, e))
             return False
-        self.mtime, self.data = mtime, data
+        self.raw, self.data = raw, data
         log("config: loaded %s" % self.path)
         return True
 
