@@ -206,8 +206,7 @@ mod tests {
     }
 
     fn write(path: &std::path::Path, text: &str) {
-        // Rename into place so the stamp (inode) changes even within one
-        // mtime tick.
+        // Renamed into place, as tools that save atomically do.
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, text).unwrap();
         fs::rename(&tmp, path).unwrap();
@@ -299,6 +298,28 @@ mod tests {
         use std::io::Write;
         let mut f = fs::File::create(path).unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// An edit in place that keeps the length, within one tick of a
+    /// filesystem that keeps whole seconds (so under the same modification
+    /// time and inode), is still noticed.
+    #[test]
+    fn an_edit_keeping_length_and_mtime_is_noticed() {
+        let dir = Dir::new("sametick");
+        let file = dir.0.join("static.toml");
+        let text = "[[service]]\nname = \"a.test:80\"\nendpoints = [\"127.0.0.1:1\"]\n";
+        write(&file, text);
+        let (mut d, _sub) = Rig::start(cfg(&dir, true), []).unwrap();
+        let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+        overwrite(&file, &text.replace("127.0.0.1:1", "127.0.0.1:2"));
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(d.poll(Instant::now()));
+        assert_eq!(addrs(&d.snapshot(), "a.test:80"), ["127.0.0.1:2"]);
     }
 
     #[test]

@@ -13,29 +13,26 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::resolver::{DiscoveryError, Resolver};
 use crate::static_file;
 use crate::table::Table;
 use crate::{Authority, Service};
 
-/// The file identity we compare to notice edits (editors often replace the
-/// file, so the inode counts as well as size and mtime).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
+/// The file's bytes at a check. They, not its modification time, say whether
+/// it changed: some filesystems keep whole seconds, and an edit in place that
+/// keeps the length within one of them would look unchanged. The file is small
+/// and read at each check anyway.
+type Seen = Vec<u8>;
 
 pub(crate) struct StaticFileResolver {
     path: PathBuf,
     interval: Duration,
-    stamp: Option<FileStamp>,
+    seen: Option<Seen>,
     /// A parsed edit that would leave no service (the file says
     /// `empty = true`), held until a later check finds the file unchanged.
-    pending_empty: Option<FileStamp>,
+    pending_empty: Option<Seen>,
 }
 
 impl StaticFileResolver {
@@ -46,16 +43,13 @@ impl StaticFileResolver {
         interval: Duration,
         table: &Table,
     ) -> Result<Self, DiscoveryError> {
-        let stamp = stamp_of(&path).map_err(|source| DiscoveryError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let services = load(&path)?;
+        let seen = read(&path)?;
+        let services = parse(&path, &seen)?;
         table.set_static(services);
         Ok(Self {
             path,
             interval,
-            stamp: Some(stamp),
+            seen: Some(seen),
             pending_empty: None,
         })
     }
@@ -64,34 +58,34 @@ impl StaticFileResolver {
     /// when that published a new snapshot.
     pub(crate) fn check(&mut self, table: &Table) -> bool {
         let path = &self.path;
-        let stamp = match stamp_of(path) {
+        let now = match fs::read(path) {
             Ok(s) => s,
             Err(e) => {
-                if self.stamp.is_some() {
+                if self.seen.is_some() {
                     tracing::warn!(path = %path.display(), error = %e, "static discovery file unreadable; keeping the last good snapshot");
-                    self.stamp = None;
+                    self.seen = None;
                 }
                 return false;
             }
         };
-        if self.stamp == Some(stamp) {
+        if self.seen.as_ref() == Some(&now) {
             return false;
         }
-        match load(path) {
+        match parse(path, &now) {
             // Dropping every service at once is what a file caught
             // mid-write would do: even when the file says so (`empty =
             // true`), wait until a later check finds it unchanged.
             Ok(services)
                 if services.is_empty()
                     && !table.static_is_empty()
-                    && self.pending_empty != Some(stamp) =>
+                    && self.pending_empty.as_ref() != Some(&now) =>
             {
                 tracing::info!(path = %path.display(), "static discovery file now lists no service; publishing once it stays unchanged until the next check");
-                self.pending_empty = Some(stamp);
+                self.pending_empty = Some(now);
                 false
             }
             Ok(services) => {
-                self.stamp = Some(stamp);
+                self.seen = Some(now);
                 self.pending_empty = None;
                 let count = services.len();
                 let changed = table.set_static(services);
@@ -100,7 +94,7 @@ impl StaticFileResolver {
             }
             Err(e) => {
                 // Remembered, so the same bad file is reported once.
-                self.stamp = Some(stamp);
+                self.seen = Some(now);
                 self.pending_empty = None;
                 tracing::warn!(error = %e, "bad static discovery file; keeping the last good snapshot");
                 false
@@ -120,22 +114,20 @@ impl Resolver for StaticFileResolver {
     }
 }
 
-fn stamp_of(path: &Path) -> std::io::Result<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let md = fs::metadata(path)?;
-    Ok(FileStamp {
-        modified: md.modified().ok(),
-        len: md.len(),
-        inode: md.ino(),
+fn read(path: &Path) -> Result<Seen, DiscoveryError> {
+    fs::read(path).map_err(|source| DiscoveryError::Read {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
-fn load(path: &Path) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryError> {
-    let text = fs::read_to_string(path).map_err(|source| DiscoveryError::Read {
+fn parse(path: &Path, bytes: &[u8]) -> Result<HashMap<Authority, Arc<Service>>, DiscoveryError> {
+    // Not UTF-8 is what `fs::read_to_string` would have said.
+    let text = std::str::from_utf8(bytes).map_err(|e| DiscoveryError::Read {
         path: path.to_path_buf(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
-    let services = static_file::parse(&text).map_err(|source| DiscoveryError::Invalid {
+    let services = static_file::parse(text).map_err(|source| DiscoveryError::Invalid {
         path: path.to_path_buf(),
         source,
     })?;

@@ -115,13 +115,17 @@ pub(crate) async fn run(cfg: IdentityConfig, mut sink: Sink) {
     }
 }
 
-/// The files' change marker: modification time and length of both.
-type Stamp = Option<(SystemTime, u64, SystemTime, u64)>;
+/// What the two files held at the last look, or why they could not be read.
+/// Their bytes, not their modification times, say whether they changed: some
+/// filesystems keep whole seconds, and a certificate renewed twice within one
+/// (same length, as renewed certificates usually are) would go unnoticed.
+type Seen = Result<(Vec<u8>, Vec<u8>), String>;
 
-fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
-    let c = std::fs::metadata(cert).ok()?;
-    let k = std::fs::metadata(key).ok()?;
-    Some((c.modified().ok()?, c.len(), k.modified().ok()?, k.len()))
+fn read_both(cert: &std::path::Path, key: &std::path::Path) -> Seen {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    Ok((read(cert)?, read(key)?))
 }
 
 /// Loads the PEM files, then again whenever they change. Bad new files are
@@ -132,13 +136,14 @@ async fn watch_static(
     key: &std::path::Path,
     sink: &mut Sink,
 ) {
-    let mut seen: Stamp = None;
-    let mut first = true;
+    let mut seen: Option<Seen> = None;
     loop {
-        let now = stamp(cert, key);
-        if now != seen || first {
-            seen = now;
-            match load_static(local, cert, key) {
+        let now = read_both(cert, key);
+        if seen.as_ref() != Some(&now) {
+            let loaded = now.clone().and_then(|(chain_pem, key_pem)| {
+                verify_static(local, cert, key, &chain_pem, &key_pem)
+            });
+            match loaded {
                 Ok(creds) if sink.publish(&creds) => sink
                     .metrics
                     .refreshed(SystemTime::now(), creds.validity.not_after),
@@ -152,25 +157,24 @@ async fn watch_static(
                     )
                 }
             }
-            first = false;
+            seen = Some(now);
         }
         monoio::time::sleep(STATIC_POLL).await;
     }
 }
 
-/// Reads and verifies the static certificate chain and key.
-pub(crate) fn load_static(
+/// Verifies the static certificate chain and key, as read from these files.
+fn verify_static(
     local: &LocalIdentity,
     cert: &std::path::Path,
     key: &std::path::Path,
+    chain_pem: &[u8],
+    key_pem: &[u8],
 ) -> Result<Credentials, String> {
-    let chain_pem =
-        std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&chain_pem)
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not PEM certificates: {e}", cert.display()))?;
-    let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
     Credentials::verify(
         local.name.clone(),

@@ -846,16 +846,49 @@ fn expired_certificate_is_refused_and_replaced_files_are_reloaded() {
         503,
         "ready with an expired certificate"
     );
-    // Not yet valid: still refused.
+    // Not yet valid: still refused. Padded, so the next one fits its length.
     pki.leaf("b", B, (2098, 2099));
+    for p in [&leaf.cert, &leaf.key] {
+        let mut data = std::fs::read(p).unwrap();
+        data.resize(data.len() + 64, b'\n');
+        write_atomic(p, &data);
+    }
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         admin(&b, "/ready").0,
         503,
         "ready with a not-yet-valid certificate"
     );
-    pki.good("b", B);
+    // The good certificate goes in as a filesystem that keeps whole
+    // seconds would show it: same lengths, same modification times. Only
+    // the bytes say it changed.
+    let stamps = [&leaf.cert, &leaf.key].map(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let good = pki.good("b-next", B);
+    for ((from, to), mtime) in [(&good.cert, &leaf.cert), (&good.key, &leaf.key)]
+        .into_iter()
+        .zip(stamps)
+    {
+        replace_unstamped(to, &std::fs::read(from).unwrap(), mtime);
+    }
     wait_ready(&b);
+}
+
+/// Replaces `path` with `data` (padded with newlines, which PEM ignores, to
+/// the old length) under the old modification time `mtime`.
+fn replace_unstamped(path: &Path, data: &[u8], mtime: std::time::SystemTime) {
+    let old_len = std::fs::metadata(path).unwrap().len() as usize;
+    assert!(data.len() <= old_len, "the test pads its files long enough");
+    let mut padded = data.to_vec();
+    padded.resize(old_len, b'\n');
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &padded).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A rustls client to B's inbound (SNI = B), with or without a
