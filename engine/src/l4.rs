@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::authz::Verdict;
+use monoio::buf::IoBufMut;
 use monoio::net::TcpStream;
 use ringmesh_admin::telemetry::AuthzProto;
 use ringmesh_balancer::{Balancer, OpenGuard};
@@ -607,8 +608,12 @@ async fn read_transport_header(
         if buf.len() == buf.capacity() {
             buf.reserve(4096);
         }
-        let (read, b) = client.read_or_evict(buf, deadline, eviction).await;
-        buf = b;
+        // After what is already there: a header may come in several reads.
+        let len = buf.len();
+        let (read, b) = client
+            .read_or_evict(buf.slice_mut(len..), deadline, eviction)
+            .await;
+        buf = b.into_inner();
         match read {
             None | Some(Err(_)) if Instant::now() >= deadline => {
                 let e = io::Error::new(io::ErrorKind::TimedOut, "no transport header in time");

@@ -1077,6 +1077,41 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
 }
 
+/// A transport header that arrives in many TLS records, read by many reads
+/// (a peer's TLS layer may cut it anywhere): read whole, then served.
+#[test]
+fn a_transport_header_in_many_records_is_read_whole() {
+    let pki = Pki::new("drip");
+    let app = http::origin("app");
+    // The header has the detect timeout to arrive in (the tests' 100 ms
+    // would cut this slow one short).
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s")],
+    );
+    wait_ready(&b);
+    let mut s = tls_to(
+        b.inbound_addr().unwrap(),
+        client_config(&pki, Some(&pki.good("a", A)), true),
+    );
+    s.sock.set_nodelay(true).unwrap();
+    // One record per byte, each on its own: a read per byte.
+    for (i, byte) in header(app.addr.port(), &[]).into_iter().enumerate() {
+        s.write_all(&[byte])
+            .unwrap_or_else(|e| panic!("byte {i}: {e}"));
+        thread::sleep(Duration::from_millis(5));
+    }
+    s.write_all(b"GET /echo-head HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+}
+
 /// linkerd2-proxy-api's proto directory in cargo's registry (the version
 /// Cargo.lock pins).
 /// Linkerd's Identity service (`tests/grpc/identity_server.py`, signing
