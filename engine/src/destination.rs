@@ -472,9 +472,16 @@ impl EndpointSet {
     }
 }
 
+/// An endpoint's address; none for port 0, or an IP no endpoint has
+/// (unspecified: Linux would connect it to this host; multicast,
+/// broadcast).
 fn socket_addr(a: linkerd2_proxy_api::net::TcpAddress) -> Option<SocketAddr> {
     let port = u16::try_from(a.port).ok().filter(|p| *p != 0)?;
-    let ip = std::net::IpAddr::try_from(a.ip?).ok()?;
+    let ip = std::net::IpAddr::try_from(a.ip?).ok()?.to_canonical();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return None;
+    }
     Some(SocketAddr::new(ip, port))
 }
 
@@ -484,7 +491,7 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
     let addr = wa
         .addr
         .and_then(socket_addr)
-        .ok_or("no address, or port 0")?;
+        .ok_or("no address, an unspecified, multicast or broadcast one, or port 0")?;
     let identity = match wa.tls_identity.and_then(|t| t.strategy) {
         None => None,
         Some(tls_identity::Strategy::DnsLikeIdentity(id)) => {
@@ -881,16 +888,30 @@ mod tests {
             protocol: None,
             opaque_transport: Some(protocol_hint::OpaqueTransport { inbound_port: 4143 }),
         });
-        let n = s.apply(
-            &name,
-            add(
-                vec![no_ip, big_port, port0, bad_id, meshed, plain_transport],
-                &[],
-            ),
-            true,
-        );
-        assert_eq!(n, 4);
-        assert_eq!(addrs(&s), ["10.0.0.5:80", "10.0.0.6:80"]);
+        // Addresses no endpoint has (Linux connects unspecified ones to
+        // this host); an IPv4-mapped one is its IPv4 address.
+        let nowhere = [
+            "0.0.0.0:80",
+            "[::]:80",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "[ff02::1]:80",
+        ]
+        .map(|a| wa(a, 1));
+        let mapped = wa("[::ffff:10.0.0.7]:80", 1);
+        let mut sent = vec![
+            no_ip,
+            big_port,
+            port0,
+            bad_id,
+            meshed,
+            plain_transport,
+            mapped,
+        ];
+        sent.extend(nowhere);
+        let n = s.apply(&name, add(sent, &[]), true);
+        assert_eq!(n, 9);
+        assert_eq!(addrs(&s), ["10.0.0.5:80", "10.0.0.6:80", "10.0.0.7:80"]);
         let m = &s.eps[&"10.0.0.5:80".parse().unwrap()];
         assert!(m.h2_hint);
         assert_eq!(m.opaque_transport_port, Some(4143));
@@ -904,7 +925,7 @@ mod tests {
             "no transport header without mTLS"
         );
         assert_eq!(s.apply(&name, Update { update: None }, false), 1);
-        assert_eq!(addrs(&s).len(), 2, "an empty update changes nothing");
+        assert_eq!(addrs(&s).len(), 3, "an empty update changes nothing");
     }
 
     #[test]

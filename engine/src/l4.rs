@@ -34,7 +34,6 @@ use crate::detect::EvictableRead;
 use crate::detect::{first_word, is_cancelled, read_and_detect, Detected, FirstWord, Undecided};
 use crate::error::ProxyError;
 use crate::hello::Peeked;
-use crate::listen::same_endpoint;
 use crate::orig_dst::orig_dst_addr;
 use crate::route::{Dst, HttpDst};
 use crate::server_first::Dest;
@@ -1254,12 +1253,7 @@ fn route(
         }
     }
     if let Target::Addr(addr) = target {
-        if w.routes
-            .own_listeners
-            .iter()
-            .any(|l| same_endpoint(*l, addr))
-            || addr == local
-        {
+        if w.routes.is_own_listener(addr) || addr == local {
             warn_limited!(w, Warning::Loop, listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
             return None;
         }

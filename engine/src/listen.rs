@@ -20,7 +20,7 @@
 //! needs a system call of its own for them.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 
@@ -154,15 +154,64 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     }
 }
 
-/// True when `dst` would reach listener `l` (which may be a wildcard).
-pub(crate) fn same_endpoint(l: SocketAddr, dst: SocketAddr) -> bool {
-    l.port() == dst.port()
-        && (l.ip() == dst.ip()
-            || (l.ip().is_unspecified() && l.is_ipv4() == dst.is_ipv4() && is_local(dst)))
+/// One of this process's listeners, as loop checks see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OwnListener {
+    pub(crate) addr: SocketAddr,
+    /// It proxies what it accepts (outbound, inbound, forwards): reached
+    /// through any of this host's addresses it is a loop. The admin and tap
+    /// servers answer themselves; they are a loop only as loopback, where
+    /// they would take the proxy for a local client.
+    pub(crate) proxies: bool,
 }
 
-pub(crate) fn is_local(addr: SocketAddr) -> bool {
-    addr.ip().is_loopback()
+impl OwnListener {
+    /// Whether connecting to `dst` would reach this listener.
+    pub(crate) fn reached_by(&self, dst: SocketAddr) -> bool {
+        let host = if self.proxies { host_ips() } else { &[] };
+        same_endpoint_on(self.addr, dst, host)
+    }
+}
+
+/// True when connecting to `dst` would reach listener `l` (which may be a
+/// wildcard), `host` being this host's addresses. `dst` is taken as Linux
+/// connects to it: an IPv4-mapped IPv6 address is its IPv4 address, and an
+/// unspecified one (`0.0.0.0`, `::`) is this host's loopback.
+fn same_endpoint_on(l: SocketAddr, dst: SocketAddr, host: &[IpAddr]) -> bool {
+    let (lip, dip) = (l.ip().to_canonical(), dst.ip().to_canonical());
+    if l.port() != dst.port() || lip.is_ipv4() != dip.is_ipv4() {
+        return false;
+    }
+    lip == dip
+        || (lip.is_unspecified() && is_local_on(dip, host))
+        || (dip.is_unspecified() && lip.is_loopback())
+}
+
+/// Whether connecting to `ip` stays on this host.
+fn is_local_on(ip: IpAddr, host: &[IpAddr]) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || ip.is_unspecified() || host.contains(&ip)
+}
+
+/// This host's interface addresses (a pod's own IPs among them), read once:
+/// a sidecar's addresses are set before it starts.
+pub(crate) fn host_ips() -> &'static [IpAddr] {
+    static IPS: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
+    IPS.get_or_init(|| match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| {
+                let a = a.address?;
+                a.as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+            })
+            .map(|ip| ip.to_canonical())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses; loop checks know loopback only");
+            Vec::new()
+        }
+    })
 }
 
 /// A socket's TCP options as tests check them: Nagle off, keepalive on,
@@ -182,6 +231,41 @@ pub(crate) fn tcp_options(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What loop checks take for this process's own listeners.
+    #[test]
+    fn own_listeners_are_reached_as_linux_connects() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let pod: IpAddr = "10.0.0.5".parse().unwrap();
+        let reached = |l: &str, dst: &str, host: &[IpAddr]| same_endpoint_on(a(l), a(dst), host);
+        // The same address, or another port.
+        assert!(reached("127.0.0.1:4140", "127.0.0.1:4140", &[]));
+        assert!(!reached("127.0.0.1:4140", "127.0.0.1:4141", &[]));
+        // Unspecified and IPv4-mapped destinations are this host's.
+        assert!(reached("127.0.0.1:4140", "0.0.0.0:4140", &[]));
+        assert!(reached("127.0.0.1:4140", "[::ffff:127.0.0.1]:4140", &[]));
+        assert!(reached("[::1]:4140", "[::]:4140", &[]));
+        assert!(!reached("127.0.0.1:4140", "[::]:4140", &[]));
+        // A wildcard listener, through loopback or this host's addresses.
+        assert!(reached("0.0.0.0:4143", "127.0.0.9:4143", &[]));
+        assert!(reached("0.0.0.0:4143", "0.0.0.0:4143", &[]));
+        assert!(reached("0.0.0.0:4143", "10.0.0.5:4143", &[pod]));
+        assert!(reached("0.0.0.0:4143", "[::ffff:10.0.0.5]:4143", &[pod]));
+        assert!(!reached("0.0.0.0:4143", "10.0.0.6:4143", &[pod]));
+        // The admin server is reached by a pod address as from elsewhere.
+        let admin = OwnListener {
+            addr: a("0.0.0.0:4191"),
+            proxies: false,
+        };
+        assert!(admin.reached_by(a("127.0.0.1:4191")));
+        assert!(admin.reached_by(a("0.0.0.0:4191")));
+        // And this host's own addresses are known.
+        assert!(
+            host_ips().iter().any(|ip| ip.is_loopback()),
+            "{:?}",
+            host_ips()
+        );
+    }
 
     #[test]
     fn group_shares_one_port() {

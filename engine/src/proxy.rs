@@ -20,6 +20,7 @@ use crate::config::{Config, IoDriver};
 use crate::control::{Control, ControlError};
 use crate::inbox::WorkerMsg;
 use crate::l4::ListenerKind;
+use crate::listen::OwnListener;
 use crate::listen::{self, BindError};
 use crate::run::{self, ActiveDriver, WorkerSetup};
 
@@ -307,14 +308,15 @@ impl Bound {
     }
 
     /// Every address this process listens on, for loop detection.
-    fn own_listeners(&self) -> Vec<SocketAddr> {
+    fn own_listeners(&self) -> Vec<OwnListener> {
+        let own = |proxies| move |addr| OwnListener { addr, proxies };
         self.outbound
             .into_iter()
             .chain(self.also_outbound)
             .chain(self.inbound)
             .chain(self.forwards.iter().copied())
-            .chain(self.admin)
-            .chain(self.tap)
+            .map(own(true))
+            .chain(self.admin.into_iter().chain(self.tap).map(own(false)))
             .collect()
     }
 
@@ -338,6 +340,8 @@ fn start_workers(
     cfg: &Config,
 ) -> Result<Vec<WorkerHandle>, StartError> {
     let own_listeners = bound.own_listeners();
+    // Read here, once, rather than on a worker's first loop check.
+    crate::listen::host_ips();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
     let mut workers = Vec::with_capacity(n);

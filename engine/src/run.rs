@@ -4,7 +4,6 @@
 //! context in `worker.rs`; this module starts, runs and stops it.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -35,7 +34,7 @@ pub(crate) struct WorkerSetup {
     pub driver: ActiveDriver,
     pub listeners: Vec<(ListenerKind, std::net::TcpListener)>,
     /// Every address this process listens on, for loop detection.
-    pub own_listeners: Vec<SocketAddr>,
+    pub own_listeners: Vec<crate::listen::OwnListener>,
     pub snapshots: SnapshotCache,
     pub identity: crate::identity::IdentityCache,
     /// Inbound policies, with the policy API.
@@ -226,7 +225,7 @@ async fn flush_access_log(worker: Rc<Worker>) {
 fn new_worker(
     id: usize,
     cfg: Config,
-    own_listeners: Vec<SocketAddr>,
+    own_listeners: Vec<crate::listen::OwnListener>,
     (snapshots, identity, policies, taps): (
         SnapshotCache,
         crate::identity::IdentityCache,

@@ -133,7 +133,7 @@ pub(crate) struct Routes {
     pub(crate) snapshots: RefCell<SnapshotCache>,
     pub(crate) replicas: RefCell<HashMap<Authority, Replica, KeyedState>>,
     /// Every address this process listens on, for loop detection.
-    pub own_listeners: Vec<SocketAddr>,
+    pub own_listeners: Vec<crate::listen::OwnListener>,
     /// Asks the control core to watch a name the snapshot lacks.
     pub control: ControlSender,
     /// Services whose requests get 503 at once (no endpoint within the
@@ -420,9 +420,7 @@ impl Routes {
 
     /// Whether connecting to `addr` would loop back into this process.
     pub(crate) fn is_own_listener(&self, addr: SocketAddr) -> bool {
-        self.own_listeners
-            .iter()
-            .any(|l| crate::listen::same_endpoint(*l, addr))
+        self.own_listeners.iter().any(|l| l.reached_by(addr))
     }
 }
 

@@ -463,24 +463,44 @@ fn not_redirected(driver: IoDriver) {
 both_drivers!(not_redirected_connections, super::not_redirected);
 
 fn forward_loop_refused(driver: IoDriver) {
-    // A forward whose target is the proxy's own outbound listener.
-    let out = closed_port();
-    let fwd = format!("127.0.0.1:0={out}");
+    // Forwards whose target is the proxy's own outbound listener, or its
+    // admin server, named as Linux would still connect them back here: as
+    // they are, unspecified (`0.0.0.0` is this host), IPv4-mapped.
+    let (out, admin) = (closed_port(), closed_port());
+    let targets = [
+        out.to_string(),
+        format!("0.0.0.0:{}", out.port()),
+        format!("[::ffff:127.0.0.1]:{}", out.port()),
+        format!("0.0.0.0:{}", admin.port()),
+        format!("[::ffff:127.0.0.1]:{}", admin.port()),
+    ];
+    let fwd: Vec<String> = targets.iter().map(|t| format!("127.0.0.1:0={t}")).collect();
     let proxy = start_proxy(
         driver,
         &[
             ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &out.to_string()),
-            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+            ("RINGMESH_TCP_FORWARD", &fwd.join(",")),
         ],
     );
-    let mut c = connect(proxy.forward_addrs()[0]);
-    let mut buf = [0u8; 8];
-    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    for (addr, target) in proxy.forward_addrs().iter().zip(&targets) {
+        // An admin request a loopback client may make: never reaches it
+        // as one.
+        let mut c = connect(*addr);
+        c.write_all(b"PUT /proxy-log-level HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\ntrace")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 502"),
+            "to {target}: {answer}"
+        );
+    }
     let stats = proxy.worker_stats();
-    // Only the forward's connection was accepted: nothing looped.
+    // Only the forwards' connections were accepted: nothing looped.
     assert_eq!(
         stats.iter().map(|s| s.accepted).sum::<u64>(),
-        1,
+        targets.len() as u64,
         "{stats:?}"
     );
     proxy.shutdown();
