@@ -1258,7 +1258,6 @@ where
             let n = result.map_err(crate::h2::Error::from_io)?;
 
             if n != PREFACE.len() {
-                println!("!!!!!!!!!!! ReadPreface failed");
                 return Poll::Ready(Err(crate::h2::Error::from_io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed before reading preface",
@@ -1266,7 +1265,6 @@ where
             }
 
             if PREFACE[..] != ret_buf[..] {
-                println!("!!!!!!!!!!! ReadPreface failed");
                 proto_err!(conn: "read_preface: invalid preface");
                 // TODO: Should this just write the GO_AWAY frame directly?
                 return Poll::Ready(Err(Error::library_go_away(Reason::PROTOCOL_ERROR).into()));

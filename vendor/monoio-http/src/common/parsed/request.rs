@@ -444,8 +444,6 @@ where
             return Err(ParseError::Previous);
         }
 
-        println!("{:?}", self.inner.headers().get(CONTENT_TYPE));
-
         let boundary = match self.inner.headers().get(CONTENT_TYPE) {
             Some(content_type)
                 if content_type
