@@ -196,7 +196,8 @@ pub fn main(args: &[String]) -> u8 {
         match observe(&args).await {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("ringmesh tap: {e}");
+                // The message may be the server's own words.
+                eprintln!("ringmesh tap: {}", shown(&e.to_string()));
                 if e.code == grpc::Code::InvalidArgument {
                     64
                 } else {
@@ -208,11 +209,20 @@ pub fn main(args: &[String]) -> u8 {
 }
 
 async fn observe(args: &Args) -> Result<(), grpc::GrpcError> {
+    // Connected and answered (the response's head) within 5 s; the
+    // events then come when they come.
     let deadline = Instant::now() + Duration::from_secs(5);
     let channel = Channel::connect(args.addr, deadline).await?;
-    let mut events =
-        grpc::server_streaming::<_, TapEvent>(&channel, OBSERVE_PATH, args.request.clone(), None)
-            .await?;
+    let call =
+        grpc::server_streaming::<_, TapEvent>(&channel, OBSERVE_PATH, args.request.clone(), None);
+    let mut events = monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), call)
+        .await
+        .map_err(|_| {
+            grpc::GrpcError::new(
+                grpc::Code::DeadlineExceeded,
+                format!("{} did not answer the call within 5 s", args.addr),
+            )
+        })??;
     let mut out = std::io::stdout().lock();
     while let Some(ev) = events.message().await? {
         let line = if args.json { json(&ev) } else { text(&ev) };
@@ -256,11 +266,31 @@ fn prefix(kind: &str, ev: &TapEvent, sid: Option<&th::StreamId>) -> String {
         .or_else(|| meta(ev.destination_meta.as_ref(), "tls"))
         .unwrap_or_else(|| "no_identity".into());
     format!(
-        "{kind} id={} proxy={proxy} src={} dst={} tls={tls}",
+        "{kind} id={} proxy={proxy} src={} dst={} tls={}",
         id(sid),
         addr(ev.source.as_ref()),
-        addr(ev.destination.as_ref())
+        addr(ev.destination.as_ref()),
+        shown(&tls)
     )
+}
+
+/// `s` as a terminal may show it: control characters (a line break that
+/// would forge a line of its own, an escape sequence) escaped, as Rust
+/// writes them (`\n`, `\u{1b}`). The fields are the tapped requests' own.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// A `RequestInit`'s method, as text.
@@ -278,8 +308,8 @@ fn text(ev: &TapEvent) -> Option<String> {
             format!(
                 "{} :method={method} :authority={} :path={}",
                 prefix("req", ev, r.id.as_ref()),
-                r.authority,
-                r.path
+                shown(&r.authority),
+                shown(&r.path)
             )
         }
         th::Event::ResponseInit(r) => format!(
@@ -451,6 +481,33 @@ mod tests {
         let plain = text(&end(None)).unwrap();
         assert!(!plain.contains("grpc-status") && !plain.contains("reset-error"));
         assert_eq!(reset_name(99), "99");
+    }
+
+    /// A tapped request's fields are the client's: control characters in
+    /// them are shown escaped, never written to the terminal, and cannot
+    /// forge a line.
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("tls".to_string(), "true\u{1b}]0;title\u{7}".to_string());
+        let ev = TapEvent {
+            source_meta: Some(tap_event::EndpointMeta { labels }),
+            event: Some(tap_event::Event::Http(tap_event::Http {
+                event: Some(th::Event::RequestInit(th::RequestInit {
+                    id: Some(th::StreamId { base: 1, stream: 2 }),
+                    authority: "web\u{1b}[2J".into(),
+                    path: "/a\nreq id=9:9 :path=/forged".into(),
+                    ..Default::default()
+                })),
+            })),
+            ..Default::default()
+        };
+        let line = text(&ev).unwrap();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains(r":authority=web\u{1b}[2J"), "{line}");
+        assert!(line.contains(r":path=/a\nreq id=9:9"), "{line}");
+        assert!(line.contains(r"tls=true\u{1b}]0;title\u{7}"), "{line}");
+        assert_eq!(shown("/plain/ütf-8"), "/plain/ütf-8");
     }
 
     fn args(s: &str) -> Vec<String> {

@@ -872,6 +872,47 @@ fn http2_requests_are_tapped() {
 /// tap` does, only for requests its filters match, and ends after
 /// `--limit` requests; `-o json` prints one JSON object per event; bad
 /// arguments exit 64.
+/// A tap server that accepts the connection and never answers: the
+/// command gives up after its 5 s, with an error and exit code 69.
+#[test]
+fn the_tap_command_gives_up_on_a_silent_server() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let hold = thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmesh"))
+        .args(["tap", "--addr", &addr])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ringmesh tap still waiting after 15 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(69), "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(hold.join().unwrap());
+}
+
 #[test]
 fn the_tap_command_prints_events() {
     let origin = http::origin("app");
