@@ -28,6 +28,33 @@ pub enum CredsError {
     Untrusted { name: Name, source: rustls::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Peers would refuse it: more intermediates than they take, or a
+    /// TLS Certificate message over the 64 KiB they read.
+    #[error("the chain cannot be presented: {0}")]
+    Unpresentable(String),
+}
+
+/// The largest handshake message rustls peers (linkerd2-proxy's among
+/// them) read: a chain whose Certificate message is larger is refused by
+/// every one of them.
+const MAX_CERTIFICATE_MESSAGE: usize = 0xffff;
+
+/// Whether peers could take `chain` (leaf first) as this proxy's.
+fn presentable(chain: &[CertificateDer<'_>]) -> Result<(), CredsError> {
+    let intermediates = chain.len().saturating_sub(1);
+    if intermediates > crate::MAX_INTERMEDIATES {
+        let why = crate::TooManyIntermediates(intermediates);
+        return Err(CredsError::Unpresentable(why.to_string()));
+    }
+    // TLS 1.3 (RFC 8446 §4.4.2): a context length byte, a 3-byte list
+    // length, and per certificate a 3-byte length and 2-byte extensions.
+    let len = 4 + chain.iter().map(|c| 5 + c.len()).sum::<usize>();
+    if len > MAX_CERTIFICATE_MESSAGE {
+        return Err(CredsError::Unpresentable(format!(
+            "a {len}-byte Certificate message; peers read at most {MAX_CERTIFICATE_MESSAGE}"
+        )));
+    }
+    Ok(())
 }
 
 /// A certificate chain (leaf first) and its key, verified: the key is the
@@ -49,6 +76,7 @@ impl Credentials {
         now: SystemTime,
     ) -> Result<Self, CredsError> {
         let leaf = chain.first().ok_or(CredsError::NoCertificate)?;
+        presentable(&chain)?;
         let validity = x509::validity(leaf)?;
         let provider = tls::provider();
         CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
@@ -231,5 +259,43 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, CredsError::NoCertificate));
+    }
+
+    /// A chain peers would refuse is refused here, before it replaces a
+    /// working one: too many intermediates, or over 64 KiB in all.
+    #[test]
+    fn chains_peers_would_refuse_are_refused() {
+        let ca = ca();
+        let id = "web.ns.serviceaccount.identity.linkerd.cluster.local";
+        let now = at_2026_12_02();
+        let (chain, key) = leaf(&ca, id, (1, 3));
+        // Unused intermediates are no harm, up to the bound.
+        let (other, _) = leaf(&ca, "other.example", (1, 3));
+        let with = |n: usize| {
+            let mut c = chain.clone();
+            c.extend(std::iter::repeat_n(other[0].clone(), n));
+            c
+        };
+        let max = crate::MAX_INTERMEDIATES;
+        Credentials::verify(name(id), with(max), key.clone_key(), &ca.roots, now).unwrap();
+        let e = Credentials::verify(name(id), with(max + 1), key.clone_key(), &ca.roots, now)
+            .err()
+            .unwrap();
+        assert!(matches!(e, CredsError::Unpresentable(_)), "{e}");
+        // A leaf with names enough to make the message over 64 KiB.
+        let big_key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = std::iter::once(id.to_string())
+            .chain((0..2000).map(|i| format!("n{i:05}.some-long-name.example.org")))
+            .collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2026, 12, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 12, 3);
+        let big = params.signed_by(&big_key, &ca.issuer).unwrap();
+        assert!(big.der().len() > 0xffff, "{}", big.der().len());
+        let big_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(big_key.serialize_der()));
+        let e = Credentials::verify(name(id), vec![big.der().clone()], big_key, &ca.roots, now)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("Certificate message"), "{e}");
     }
 }

@@ -11,10 +11,12 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod bounded;
 mod creds;
 mod name;
 pub mod tls;
 pub mod x509;
 
+pub use bounded::{TooManyIntermediates, MAX_INTERMEDIATES};
 pub use creds::{Credentials, CredsError, TlsConfigs};
 pub use name::{Name, NameError};

@@ -4,9 +4,13 @@
 
 use std::sync::Arc;
 
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+
+use crate::bounded::{BoundedClientVerifier, BoundedServerVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// ALPN of Linkerd's transport header (connections to a peer proxy's
@@ -26,7 +30,7 @@ pub enum TlsError {
     TrustAnchor(#[source] rustls::Error),
     #[error("certificate or key rejected")]
     Material(#[source] rustls::Error),
-    #[error("client verifier")]
+    #[error("certificate verifier")]
     Verifier(#[source] rustls::server::VerifierBuilderError),
 }
 
@@ -58,6 +62,16 @@ pub fn trust_anchors(
     Ok(Arc::new(roots))
 }
 
+/// The server verifier of every client config: the mesh's trust anchors
+/// (webpki, as `with_root_certificates` makes it), behind the bound on
+/// intermediates.
+fn server_verifier(roots: Arc<RootCertStore>) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    Ok(Arc::new(BoundedServerVerifier(webpki)))
+}
+
 /// The config for connections this proxy originates: presents `chain`
 /// (leaf first) with `key`, verifies the server against `roots` and the
 /// name it is asked for (SNI); `alpn` offered as given.
@@ -70,7 +84,8 @@ pub fn client_config(
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Material)?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(server_verifier(roots)?)
         .with_client_auth_cert(chain, key)
         .map_err(TlsError::Material)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -87,7 +102,8 @@ pub fn anonymous_client_config(
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Material)?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(server_verifier(roots)?)
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
@@ -107,6 +123,7 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .map_err(TlsError::Verifier)?;
+    let verifier = Arc::new(BoundedClientVerifier(verifier));
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Material)?
@@ -155,6 +172,56 @@ mod tests {
         .unwrap();
         assert_eq!(c.alpn_protocols, vec![TRANSPORT_HEADER_ALPN.to_vec()]);
         server_config(roots, vec![leaf.der().clone()], key(), &[]).unwrap();
+    }
+
+    /// A peer presenting more intermediates than the bound is refused
+    /// before any of them is verified; the bound itself is served.
+    #[test]
+    fn long_client_chains_are_refused_unverified() {
+        let (issuer, ca_der) = ca();
+        let roots = trust_anchors([ca_der.clone()]).unwrap();
+        let make = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.into()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (cert.der().clone(), key)
+        };
+        let (server_cert, server_key) = make("b.example");
+        let server = server_config(roots.clone(), vec![server_cert], server_key, &[]).unwrap();
+        let handshake = |intermediates: usize| {
+            let (cert, key) = make("a.example");
+            let mut chain = vec![cert];
+            chain.extend(std::iter::repeat_n(ca_der.clone(), intermediates));
+            let client = client_config(roots.clone(), chain, key, &[]).unwrap();
+            let mut c =
+                rustls::ClientConnection::new(client, "b.example".try_into().unwrap()).unwrap();
+            let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+            for _ in 0..10 {
+                let mut buf = Vec::new();
+                while c.wants_write() {
+                    c.write_tls(&mut buf).unwrap();
+                }
+                s.read_tls(&mut buf.as_slice()).unwrap();
+                s.process_new_packets()?;
+                let mut buf = Vec::new();
+                while s.wants_write() {
+                    s.write_tls(&mut buf).unwrap();
+                }
+                c.read_tls(&mut buf.as_slice()).unwrap();
+                c.process_new_packets().unwrap();
+                if !s.is_handshaking() {
+                    return Ok::<_, rustls::Error>(s.peer_certificates().map(<[_]>::len));
+                }
+            }
+            panic!("no end to the handshake");
+        };
+        let max = crate::MAX_INTERMEDIATES;
+        assert_eq!(handshake(max).unwrap(), Some(max + 1));
+        let e = handshake(max + 1).unwrap_err();
+        assert!(e.to_string().contains("TooManyIntermediates"), "{e}");
     }
 
     #[test]
