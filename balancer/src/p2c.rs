@@ -15,6 +15,7 @@
 //! to the endpoint with the best latency per weight.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -194,14 +195,25 @@ impl Balancer {
     /// Replaces the endpoint set. Endpoints that stay (same address) keep
     /// their state (the same `Rc`); a changed weight takes effect at once.
     /// New endpoints start with no estimate (see [`Self::pick_request`]).
+    /// Linear in the sizes of both sets: a control plane sending a large
+    /// set in many updates must not cost the worker the square of it.
     pub fn update(&mut self, endpoints: impl IntoIterator<Item = (SocketAddr, u32)>) {
         let old = std::mem::take(&mut self.endpoints);
+        // A small set (the usual) is searched; a large one indexed once.
+        let index: Option<HashMap<SocketAddr, &Rc<EndpointState>>> = (old.len() > 32).then(|| {
+            // The first of repeated addresses wins, as the search finds it.
+            old.iter().rev().map(|e| (e.addr, e)).collect()
+        });
+        let kept = |addr: SocketAddr| match &index {
+            Some(index) => index.get(&addr).copied(),
+            None => old.iter().find(|e| e.addr == addr),
+        };
         let now = Instant::now();
         for (addr, weight) in endpoints {
             let weight = weight.max(1);
             // Same `Rc` for an endpoint that stays, so guards of connections
             // already open keep counting against it.
-            let ep = match old.iter().find(|e| e.addr == addr) {
+            let ep = match kept(addr) {
                 Some(e) => {
                     e.weight.set(weight);
                     e.clone()
@@ -510,6 +522,22 @@ mod tests {
         assert_eq!(b.endpoints()[1].open(), 0);
         drop(g);
         assert_eq!(b.endpoints()[0].open(), 0);
+    }
+
+    /// The same for a set large enough to be indexed, with an address
+    /// repeated (the first of them is the one kept).
+    #[test]
+    fn update_of_a_large_set_keeps_state_of_endpoints_that_stay() {
+        let mut b = Balancer::new((1..=100).map(|p| (addr(p), 1)));
+        let g = OpenGuard::new(b.endpoints()[49].clone());
+        b.update((50..=150).chain([50]).map(|p| (addr(p), 2)));
+        assert_eq!(b.len(), 102);
+        assert_eq!(b.endpoints()[0].addr(), addr(50));
+        assert!(Rc::ptr_eq(g.endpoint(), &b.endpoints()[0]));
+        assert!(Rc::ptr_eq(g.endpoint(), &b.endpoints()[101]));
+        assert_eq!(b.endpoints()[0].open(), 1);
+        assert_eq!(b.endpoints()[0].weight.get(), 2);
+        assert_eq!(b.endpoints()[60].open(), 0);
     }
 
     /// Runs `n` requests through `b`, closed loop with `concurrency` in
