@@ -272,10 +272,6 @@ impl Watch {
     }
 }
 
-/// Largest compiled route regex (a hostile control plane cannot make the
-/// control core build a huge automaton).
-const MAX_REGEX: usize = 1 << 20;
-
 /// A profile from the Destination API's message; routes whose condition
 /// cannot be used (a bad regex, no condition) are skipped and logged.
 fn profile(name: &Authority, p: DestinationProfile) -> Profile {
@@ -370,11 +366,9 @@ fn request_match(m: linkerd2_proxy_api::destination::RequestMatch) -> Result<Req
         Some(Match::All(seq)) => Ok(RequestMatch::All(all(seq.matches)?)),
         Some(Match::Any(seq)) => Ok(RequestMatch::Any(all(seq.matches)?)),
         Some(Match::Not(inner)) => Ok(RequestMatch::Not(Box::new(request_match(*inner)?))),
-        Some(Match::Path(p)) => regex::RegexBuilder::new(&format!("^(?:{})$", p.regex))
-            .size_limit(MAX_REGEX)
-            .build()
-            .map(RequestMatch::Path)
-            .map_err(|e| format!("path regex {:?}: {e}", p.regex)),
+        Some(Match::Path(p)) => {
+            crate::patterns::regex("path regex", &p.regex).map(RequestMatch::Path)
+        }
         Some(Match::Method(m)) => http::Method::try_from(m)
             .map(|m| RequestMatch::Method(m.as_str().to_string()))
             .map_err(|e| format!("method: {e}")),

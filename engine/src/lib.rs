@@ -82,6 +82,7 @@ mod memory;
 mod observe;
 pub mod orig_dst;
 mod outbound;
+mod patterns;
 mod policy;
 mod pool;
 mod proxy;

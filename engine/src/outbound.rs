@@ -70,9 +70,6 @@ use crate::stream::{self, Client, StreamCounters};
 
 const WATCH_PATH: &str = "/io.linkerd.proxy.outbound.OutboundPolicies/Watch";
 
-/// Largest compiled route regex.
-const MAX_REGEX: usize = 1 << 20;
-
 /// The resolver, before it runs.
 pub(crate) struct OutboundPolicyResolver {
     cfg: PolicyConfig,
@@ -490,22 +487,12 @@ fn host_suffix(reverse_labels: &[String]) -> RequestMatch {
     }
 }
 
-fn regex(re: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{re})$"))
-        .size_limit(MAX_REGEX)
-        .build()
-        .map_err(|e| format!("regex {re:?}: {e}"))
-}
-
 fn header(h: &hr::HeaderMatch) -> Result<RequestMatch, String> {
     let value = match &h.value {
         Some(hr::header_match::Value::Exact(v)) => ValueMatch::Exact(v.clone()),
-        Some(hr::header_match::Value::Regex(re)) => ValueMatch::Regex(
-            regex::bytes::RegexBuilder::new(&format!("^(?:{re})$"))
-                .size_limit(MAX_REGEX)
-                .build()
-                .map_err(|e| format!("header regex {re:?}: {e}"))?,
-        ),
+        Some(hr::header_match::Value::Regex(re)) => {
+            ValueMatch::Regex(crate::patterns::bytes_regex("header regex", re)?)
+        }
         None => return Err(format!("header {:?} without a value", h.name)),
     };
     Ok(RequestMatch::Header(h.name.to_ascii_lowercase(), value))
@@ -518,7 +505,9 @@ pub(crate) fn http_match(m: &HttpRouteMatch) -> Result<RequestMatch, String> {
     match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
         Some(hr::path_match::Kind::Exact(p)) => all.push(RequestMatch::PathExact(p.clone())),
         Some(hr::path_match::Kind::Prefix(p)) => all.push(RequestMatch::PathPrefix(p.clone())),
-        Some(hr::path_match::Kind::Regex(re)) => all.push(RequestMatch::Path(regex(re)?)),
+        Some(hr::path_match::Kind::Regex(re)) => all.push(RequestMatch::Path(
+            crate::patterns::regex("path regex", re)?,
+        )),
         None => all.push(RequestMatch::PathPrefix("/".into())),
     }
     if let Some(method) = m.method.clone() {
@@ -542,12 +531,9 @@ fn query_param(q: &hr::QueryParamMatch) -> Result<RequestMatch, String> {
     }
     let value = match &q.value {
         Some(hr::query_param_match::Value::Exact(v)) => ValueMatch::Exact(v.clone().into_bytes()),
-        Some(hr::query_param_match::Value::Regex(re)) => ValueMatch::Regex(
-            regex::bytes::RegexBuilder::new(&format!("^(?:{re})$"))
-                .size_limit(MAX_REGEX)
-                .build()
-                .map_err(|e| format!("query parameter regex {re:?}: {e}"))?,
-        ),
+        Some(hr::query_param_match::Value::Regex(re)) => {
+            ValueMatch::Regex(crate::patterns::bytes_regex("query parameter regex", re)?)
+        }
         None => return Err(format!("query parameter {:?} without a value", q.name)),
     };
     Ok(RequestMatch::Query(q.name.clone(), value))
