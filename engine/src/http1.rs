@@ -745,13 +745,11 @@ async fn read_when_idle(bufs: &BufferPool, c: &mut Client, deadline: Instant) ->
     let plain = match &c.rd {
         TransportRd::Plain(rd) => rd,
         // TLS: the session decides when a request's bytes are there (the
-        // socket's readiness may be a partial record), so the connection
-        // waits with its buffer.
+        // socket's readiness may be a partial record); the connection waits
+        // for them without a buffer, then takes one and reads them.
         TransportRd::Tls(_) | TransportRd::Server(_) => {
-            c.buf = bufs.get();
             // Boxed: this future's size is every idle connection's.
-            let read = read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline));
-            return Box::pin(read).await;
+            return Box::pin(read_tls_when_idle(bufs, c, deadline)).await;
         }
     };
     if let Ok(mut recv) = RecvMulti::once(c.fd) {
@@ -787,6 +785,31 @@ async fn read_when_idle(bufs: &BufferPool, c: &mut Client, deadline: Instant) ->
             Err(e) => return Err(e),
         }
     }
+}
+
+/// [`read_when_idle`] for a TLS connection.
+async fn read_tls_when_idle(
+    bufs: &BufferPool,
+    c: &mut Client,
+    deadline: Instant,
+) -> io::Result<usize> {
+    let waited = match &c.rd {
+        TransportRd::Tls(t) => monoio::time::timeout_at(deadline.into(), t.wait_plaintext()).await,
+        TransportRd::Server(t) => {
+            monoio::time::timeout_at(deadline.into(), t.wait_plaintext()).await
+        }
+        TransportRd::Plain(_) => Ok(Ok(())),
+    };
+    match waited {
+        Err(_) => {
+            return Err(io::Error::from_raw_os_error(
+                nix::errno::Errno::ECANCELED as i32,
+            ))
+        }
+        Ok(r) => r?,
+    }
+    c.buf = bufs.get();
+    read_more(&mut c.rd, &c.meter, &mut c.buf, 64 * 1024, Some(deadline)).await
 }
 
 /// One non-blocking `recv` into `buf`'s spare capacity.

@@ -206,6 +206,18 @@ where
     C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
     SD: SideData,
 {
+    /// Waits, holding no buffer of the caller's, until the session has
+    /// plaintext to read or the peer closed or failed (the read that
+    /// follows says which). What arrives meanwhile (a partial record, a
+    /// key update) stays in the session.
+    pub(crate) async fn wait_plaintext(&self) -> io::Result<()> {
+        loop {
+            if self.state() != SessionState::Quiet || self.shared.receive().await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     /// What the session holds beyond what was read from it (records
     /// already received are processed first).
     pub(crate) fn state(&self) -> SessionState {

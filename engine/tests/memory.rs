@@ -178,6 +178,156 @@ fn idle_connections_cost_little_and_are_given_back_epoll() {
     idle_connections_cost_little_and_are_given_back("epoll");
 }
 
+/// Meshed keep-alive connections held idle (mutual TLS to the inbound
+/// side, a transport header, one HTTP/1 request each).
+const MESHED_CONNS: usize = 1000;
+/// What each may cost: the TLS session's own state, not a read buffer.
+/// A connection waiting for its next request held a pooled read buffer
+/// (16 KiB) through the wait: 34 KB each before, 18 KB after (release).
+const MAX_BYTES_PER_MESHED_CONN: u64 = 26 * 1024;
+
+const B_ID: &str = "b.default.serviceaccount.identity.linkerd.cluster.local";
+
+/// A CA, B's certificate files in `dir`, and a client config for A (ALPN
+/// `transport.l5d.io/v1`, trusting the CA); the CA's PEM.
+fn meshed_pki(dir: &TempDir) -> (std::sync::Arc<rustls::ClientConfig>, String) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let leaf = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert, key)
+    };
+    let (b, b_key) = leaf(B_ID);
+    std::fs::write(dir.join("b.pem"), b.pem()).unwrap();
+    std::fs::write(dir.join("b.key"), b_key.serialize_pem()).unwrap();
+    let (a, a_key) = leaf("a.default.serviceaccount.identity.linkerd.cluster.local");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![a.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(a_key.serialize_der())),
+    )
+    .unwrap();
+    cfg.alpn_protocols = vec![b"transport.l5d.io/v1".to_vec()];
+    (std::sync::Arc::new(cfg), ca.pem())
+}
+
+/// Linkerd's transport header for `port`, HTTP/1.
+fn transport_header(port: u16) -> Vec<u8> {
+    let mut body = vec![0x08];
+    let mut p = u32::from(port);
+    while p >= 0x80 {
+        body.push((p as u8) | 0x80);
+        p >>= 7;
+    }
+    body.push(p as u8);
+    body.extend_from_slice(&[0x1a, 0x02, 0x0a, 0x00]); // session_protocol { http1 {} }
+    let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Idle meshed keep-alive connections wait for their next request
+/// without a read buffer: what each costs is its TLS session.
+#[test]
+fn idle_meshed_connections_hold_no_read_buffer() {
+    raise_fd_limit(MESHED_CONNS as u64 * 2 + 1000);
+    let origin = origin("o");
+    let dir = TempDir::new("memory-meshed");
+    let (client, ca_pem) = meshed_pki(&dir);
+    let (cert, key) = (dir.join("b.pem"), dir.join("b.key"));
+    let (p, listen) = Running::spawn_ready(|listen| {
+        ringmesh(
+            "uring",
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", &listen.to_string()),
+                ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", B_ID),
+                ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", &ca_pem),
+                ("RINGMESH_IDENTITY_CERT", cert.to_str().unwrap()),
+                ("RINGMESH_IDENTITY_KEY", key.to_str().unwrap()),
+                ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "10s"),
+            ],
+        )
+    });
+    let pid = p.child.id();
+    let meshed = || {
+        let sock = connect(listen);
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = rustls::ClientConnection::new(client.clone(), B_ID.try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        s.write_all(&transport_header(origin.addr.port())).unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: memory.test\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"hello from o\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "proxy closed the connection");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        s
+    };
+    // Once the certificate is held (the inbound side is meshed), one
+    // connection's worth of lazily built state, then settled.
+    let ready = eventually(Duration::from_secs(10), || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(meshed)).is_ok()
+    });
+    assert!(ready, "no meshed answer within 10 s");
+    let mut idle = rss_kib(pid);
+    eventually(Duration::from_secs(3), || {
+        let now = rss_kib(pid);
+        let settled = now == idle;
+        idle = now;
+        settled
+    });
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(MESHED_CONNS);
+    for _ in 0..MESHED_CONNS {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "opening connections took too long"
+        );
+        held.push(meshed());
+    }
+    let with = rss_kib(pid);
+    let per_conn = with.saturating_sub(idle) * 1024 / MESHED_CONNS as u64;
+    eprintln!(
+        "{MESHED_CONNS} idle meshed connections: RSS {idle} -> {with} KiB, {per_conn} bytes each"
+    );
+    assert!(
+        per_conn <= MAX_BYTES_PER_MESHED_CONN,
+        "{per_conn} bytes per idle meshed connection > {MAX_BYTES_PER_MESHED_CONN}"
+    );
+    // They still serve their next requests.
+    for s in held.iter_mut().take(10) {
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: memory.test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(s.read(&mut buf).unwrap() > 0);
+    }
+}
+
 /// HTTP/2 clients that ask for large responses and never read them, each
 /// with as many streams as a connection may open (the default 200).
 const STALLING_CLIENTS: usize = 8;
