@@ -817,6 +817,12 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
             Some(RData::AAAA(aaaa)) => IpAddr::V6(aaaa.0),
             _ => continue,
         };
+        // No endpoint has these: Linux connects an unspecified address to
+        // this host (a loop, or a loopback client of its own admin).
+        let broadcast = matches!(addr, IpAddr::V4(v4) if v4.is_broadcast());
+        if addr.is_unspecified() || addr.is_multicast() || broadcast {
+            continue;
+        }
         if !addrs.contains(&addr) {
             addrs.push(addr);
         }
@@ -1050,6 +1056,23 @@ mod tests {
         let ans = extract(&wire(&msg), &name("web.test."), RecordType::AAAA);
         assert_eq!(ans.addrs, vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
         assert_eq!(ans.ttl, Some(30));
+    }
+
+    /// Addresses no endpoint has are dropped: an unspecified one would
+    /// connect back to this host.
+    #[test]
+    fn unspecified_multicast_and_broadcast_answers_are_dropped() {
+        let mut msg = response("web.test.", RecordType::A, ResponseCode::NoError);
+        for ip in [
+            [0, 0, 0, 0],
+            [224, 0, 0, 1],
+            [255, 255, 255, 255],
+            [192, 0, 2, 7],
+        ] {
+            msg.add_answer(a("web.test.", 60, ip));
+        }
+        let ans = extract(&wire(&msg), &name("web.test."), RecordType::A);
+        assert_eq!(ans.addrs, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::server_first::Dest;
 use crate::transport::{relay_any, Transport};
 use crate::undecided::Eviction;
 use crate::warn_limit::{warn_limited, Warning};
-use crate::worker::Worker;
+use crate::worker::{Routes, Worker};
 use crate::{http1, http2};
 
 /// What a listener is for.
@@ -823,6 +823,7 @@ async fn relay_opaque(
     let (server, addr, guard, banner) = match early {
         Some(e) => (e.server, e.addr, e.guard, e.banner),
         None => match connect_target(
+            &w.routes,
             match target {
                 // Boxed, and only then: its timer would size every relay.
                 Target::Service(svc, _) if svc.endpoints.is_empty() => {
@@ -1286,8 +1287,8 @@ impl std::fmt::Display for ConnectFailure {
 /// Picks endpoints (P2C) until one accepts the connection; each endpoint is
 /// tried at most once per client connection.
 async fn connect_balanced(
-    svc: &Service,
-    balancer: &RefCell<Balancer>,
+    routes: &Routes,
+    (svc, balancer): (&Service, &RefCell<Balancer>),
     tls: Option<&TlsConfigs>,
     dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, OpenGuard), ConnectFailure> {
@@ -1298,6 +1299,12 @@ async fn connect_balanced(
             break;
         };
         let addr = ep.addr();
+        // An endpoint that is this proxy (the HTTP paths refuse it too).
+        if routes.is_own_listener(addr) {
+            tried.push(addr);
+            last = Some(ProxyError::looped(addr));
+            continue;
+        }
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
         let started = Instant::now();
@@ -1323,12 +1330,16 @@ async fn connect_balanced(
 /// Connects to where an opaque connection goes: balanced with failover for
 /// a service, else the address.
 async fn connect_target(
+    routes: &Routes,
     target: &Target,
     tls: Option<&TlsConfigs>,
     local_ips: &[IpAddr],
     dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
     match target {
+        Target::Addr(addr) if routes.is_own_listener(*addr) => {
+            Err(format!("{addr} is this proxy (loop)"))
+        }
         Target::Addr(addr) => {
             match open(
                 &Endpoint::forward(*addr, local_ips),
@@ -1343,10 +1354,12 @@ async fn connect_target(
             }
         }
         Target::ByAuthority => Err("no destination".to_string()),
-        Target::Service(svc, balancer) => match connect_balanced(svc, balancer, tls, dial).await {
-            Ok((s, a, g)) => Ok((s, a, Some(g))),
-            Err(failure) => Err(format!("service {}: {failure}", svc.name)),
-        },
+        Target::Service(svc, balancer) => {
+            match connect_balanced(routes, (svc, balancer), tls, dial).await {
+                Ok((s, a, g)) => Ok((s, a, Some(g))),
+                Err(failure) => Err(format!("service {}: {failure}", svc.name)),
+            }
+        }
     }
 }
 
@@ -1402,7 +1415,7 @@ async fn detect_protocol(
     let (first, prefix, read_res) = read_or_connect(
         client,
         prefix,
-        (target, tls, &c.w.cfg.inbound.ips),
+        (&c.w.routes, target, tls, &c.w.cfg.inbound.ips),
         c.side.dial,
         deadline,
         eviction,
@@ -1469,7 +1482,7 @@ enum First {
 async fn read_or_connect(
     client: &mut TcpStream,
     prefix: Vec<u8>,
-    target: (&Target, Option<&TlsConfigs>, &[IpAddr]),
+    (routes, target, tls, local_ips): (&Routes, &Target, Option<&TlsConfigs>, &[IpAddr]),
     dial: ConnectConfig,
     deadline: Instant,
     eviction: &Eviction,
@@ -1478,7 +1491,7 @@ async fn read_or_connect(
     let mut read = std::pin::pin!(client.cancelable_read(prefix, canceller.handle()));
     let mut connecting = std::pin::pin!(async {
         monoio::time::sleep(EARLY_CONNECT_GRACE).await;
-        connect_target(target.0, target.1, target.2, dial).await
+        connect_target(routes, target, tls, local_ips, dial).await
     });
     let wait = deadline.saturating_duration_since(Instant::now());
     let won = monoio::select! {

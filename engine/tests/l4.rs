@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -461,6 +461,54 @@ fn not_redirected(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(not_redirected_connections, super::not_redirected);
+
+/// An opaque service whose endpoints are this proxy's own listeners, as
+/// Linux would connect them (unspecified, IPv4-mapped): refused, never
+/// connected (a gateway's opaque sessions go this way: a remote client
+/// reached the admin server as a loopback client, or the outbound proxy).
+fn opaque_endpoints_that_are_this_proxy_are_refused(driver: IoDriver) {
+    let dir = TempDir::new(&format!("l4-opaque-loop-{}", driver_name(driver)));
+    let (out, admin) = (closed_port(), closed_port());
+    let endpoints: Vec<SocketAddr> = [
+        format!("0.0.0.0:{}", admin.port()),
+        format!("[::ffff:127.0.0.1]:{}", admin.port()),
+        format!("0.0.0.0:{}", out.port()),
+        admin.to_string(),
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let file = service_file(&dir, "loop.test:80", &endpoints, "protocol = \"opaque\"");
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", &out.to_string()),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=loop.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", file.as_str()),
+        ],
+    );
+    for _ in 0..3 {
+        let mut c = connect(proxy.forward_addrs()[0]);
+        c.write_all(b"PUT /proxy-log-level HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\ntrace")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(answer.is_empty(), "reached this proxy: {answer}");
+    }
+    let stats = proxy.worker_stats();
+    assert_eq!(
+        stats.iter().map(|s| s.accepted).sum::<u64>(),
+        3,
+        "{stats:?}"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    opaque_service_endpoints_that_are_this_proxy_are_refused,
+    super::opaque_endpoints_that_are_this_proxy_are_refused
+);
 
 fn forward_loop_refused(driver: IoDriver) {
     // Forwards whose target is the proxy's own outbound listener, or its
