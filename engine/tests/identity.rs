@@ -951,19 +951,7 @@ fn meshed_get(
 
 /// The transport header for `port`, HTTP/1, plus `extra` protobuf bytes.
 fn header(port: u16, extra: &[u8]) -> Vec<u8> {
-    let mut body = vec![0x08];
-    let mut p = u32::from(port);
-    while p >= 0x80 {
-        body.push((p as u8) | 0x80);
-        p >>= 7;
-    }
-    body.push(p as u8);
-    body.extend_from_slice(&[0x1a, 0x02, 0x0a, 0x00]); // session_protocol { http1 {} }
-    body.extend_from_slice(extra);
-    let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    transport_header(port, extra)
 }
 
 /// Reads until the peer closes or 5 s pass; whether it closed.

@@ -327,3 +327,22 @@ pub fn proto_dir() -> std::path::PathBuf {
         .find(|p| p.join("identity.proto").is_file())
         .unwrap_or_else(|| panic!("{crate_dir}/proto under {}", home.display()))
 }
+
+/// Linkerd's transport header for `port`, session protocol HTTP/1, then
+/// `extra` protobuf bytes (fields a test adds).
+#[allow(dead_code)]
+pub fn transport_header(port: u16, extra: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x08];
+    let mut p = u32::from(port);
+    while p >= 0x80 {
+        body.push((p as u8) | 0x80);
+        p >>= 7;
+    }
+    body.push(p as u8);
+    body.extend_from_slice(&[0x1a, 0x02, 0x0a, 0x00]); // session_protocol { http1 {} }
+    body.extend_from_slice(extra);
+    let mut out = b"transport.l5d.io/v1\r\n\r\n".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
