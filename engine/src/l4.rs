@@ -580,10 +580,32 @@ async fn gateway_target(
     let Ok(name) = Authority::parse(&format!("{}:{}", h.name, h.port)) else {
         return Err("not a valid name".into());
     };
+    let link_local = |a: SocketAddr| {
+        is_link_local(a.ip())
+            .then(|| format!("{a} is link-local (a gateway forwards off its host only)"))
+    };
     match crate::route::service_named(&w.routes, &name).await {
-        Ok(Dst::Service(svc, balancer)) => Ok((name, Target::Service(svc, balancer))),
-        Ok(Dst::Addr(a)) => Ok((name, Target::Addr(a))),
+        Ok(Dst::Service(svc, balancer)) => {
+            match svc.endpoints.iter().find_map(|e| link_local(e.addr)) {
+                Some(why) => Err(why),
+                None => Ok((name, Target::Service(svc, balancer))),
+            }
+        }
+        Ok(Dst::Addr(a)) => match link_local(a) {
+            Some(why) => Err(why),
+            None => Ok((name, Target::Addr(a))),
+        },
         Err(e) => Err(e.reason().to_string()),
+    }
+}
+
+/// Link-local addresses (169.254.0.0/16, fe80::/10): a cloud's metadata
+/// service lives there, and a gateway's remote clients have no business on
+/// its link.
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
 }
 

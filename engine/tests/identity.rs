@@ -656,6 +656,12 @@ fn ringmesh_as_a_gateway_routes_named_targets() {
     g_text.push_str(&format!(
         "\n[[service]]\nname = \"{loop_name}\"\nendpoints = [\"{g_in}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{loop_name}\"\n"
     ));
+    // And one name to a link-local address (where clouds keep their
+    // metadata service; unscoped, so nothing is reached even if tried).
+    let meta_name = "meta.east.svc.cluster.local:80";
+    g_text.push_str(&format!(
+        "\n[[service]]\nname = \"{meta_name}\"\nendpoints = [\"[fe80::1]:9\"]\nprotocol = \"opaque\"\n"
+    ));
     write_atomic(&g_file, g_text.as_bytes());
     let g_in_text = g_in.to_string();
     let g_vars = [
@@ -677,7 +683,8 @@ fn ringmesh_as_a_gateway_routes_named_targets() {
             "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nauthority_override = \"web.east.svc.cluster.local:8080\"\n\n\
              [[service]]\nname = \"tcp.test:9000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"db.east.svc.cluster.local:5432\"\n\n\
              [[service]]\nname = \"west.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nauthority_override = \"web.west.svc.cluster.local:8080\"\n\n\
-             [[service]]\nname = \"loop.test:7000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{loop_name}\"\n"
+             [[service]]\nname = \"loop.test:7000\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{loop_name}\"\n\n\
+             [[service]]\nname = \"meta.test:80\"\nendpoints = [\"{gw}\"]\nidentity = \"{B}\"\nprotocol = \"opaque\"\nauthority_override = \"{meta_name}\"\n"
         )
     };
     write_atomic(&a_file, behind(g.inbound_addr().unwrap()).as_bytes());
@@ -691,7 +698,7 @@ fn ringmesh_as_a_gateway_routes_named_targets() {
             ("RINGMESH_DISCOVERY_STATIC_POLL_INTERVAL", "50ms"),
             (
                 "RINGMESH_TCP_FORWARD",
-                "127.0.0.1:0=web.test:80,127.0.0.1:0=tcp.test:9000,127.0.0.1:0=west.test:80,127.0.0.1:0=loop.test:7000",
+                "127.0.0.1:0=web.test:80,127.0.0.1:0=tcp.test:9000,127.0.0.1:0=west.test:80,127.0.0.1:0=loop.test:7000,127.0.0.1:0=meta.test:80",
             ),
         ],
     );
@@ -738,6 +745,21 @@ fn ringmesh_as_a_gateway_routes_named_targets() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(loops, 0, "G's connections to itself:\n{m}");
+    // The link-local name: refused before G takes the connection on.
+    let mut s = connect(fwd[4]);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"metadata please").unwrap();
+    let r = s.read(&mut got);
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "a link-local target was served: {r:?}"
+    );
+    drop(s);
+    let (_, m) = admin(&g, "/metrics");
+    assert!(
+        !m.contains(&format!("authority=\"{meta_name}\"")),
+        "G took a connection on for a link-local target:\n{m}"
+    );
     // The gateway's series: the requests went out to the east service.
     let (_, m) = admin(&g, "/metrics");
     assert!(
