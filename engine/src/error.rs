@@ -88,14 +88,18 @@ pub(crate) struct ProxyError {
     /// go again on another connection if nothing of it was lost (which
     /// the caller knows; see `retry`).
     retryable: bool,
-    /// What a route filter's answer carries (boxed: one pointer in every
-    /// error, which connection tasks hold).
+    /// What a route filter's answer carries, and the endpoint a failure
+    /// was met at (boxed: one pointer in every error, which connection
+    /// tasks hold).
     filter: Option<Box<FilterAnswer>>,
 }
 
-/// A route filter's answer's extras.
+/// An error's extras: a route filter's answer's, the endpoint's.
 #[derive(Debug, Default)]
 struct FilterAnswer {
+    /// The endpoint the request failed at (its connection refused, or its
+    /// TLS handshake failed): the request's series are that endpoint's.
+    endpoint: Option<SocketAddr>,
     /// A redirect's `location`.
     location: Option<Box<str>>,
     /// The route whose filter made the answer (its `rt_route` label).
@@ -125,6 +129,17 @@ impl ProxyError {
     pub(crate) fn on_route(mut self, route: Option<std::sync::Arc<str>>) -> Self {
         self.filter.get_or_insert_with(Box::default).route = route;
         self
+    }
+
+    /// The failure was met at endpoint `addr`.
+    pub(crate) fn at(mut self, addr: SocketAddr) -> Self {
+        self.filter.get_or_insert_with(Box::default).endpoint = Some(addr);
+        self
+    }
+
+    /// See [`Self::at`].
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+        self.filter.as_ref()?.endpoint
     }
 
     /// See [`Self::on_route`].

@@ -114,7 +114,14 @@ pub(crate) async fn open_stream(
 ) -> Result<Opening, ProxyError> {
     loop {
         attempts.count_try();
-        let (send, addr, guard, id) = checkout(w, obs.key(), dst, dial, attempts.avoid()).await?;
+        let (send, addr, guard, id) =
+            match checkout(w, obs.key(), dst, dial, attempts.avoid()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    obs.failed_at(&e);
+                    return Err(e);
+                }
+            };
         obs.endpoint(addr);
         let mut head = request_head(parts);
         if let Some(a) = obs.authority_override(addr) {

@@ -400,6 +400,7 @@ async fn forward(
         Ok(u) => u,
         Err(e) => {
             warn_limited!(t.w, Warning::UpstreamUnavailable, peer = %t.c.peer, error = e.reason(), "upstream unavailable");
+            obs.failed_at(&e);
             return answer(t, obs, e).await;
         }
     };

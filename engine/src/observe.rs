@@ -240,6 +240,15 @@ impl<'w> Observer<'w> {
         }
     }
 
+    /// The request failed before reaching an endpoint: its series are those
+    /// of the endpoint it failed at, when the error says (a connection or a
+    /// TLS handshake refused), as for a request that reached it.
+    pub(crate) fn failed_at(&mut self, e: &crate::error::ProxyError) {
+        if let Some(addr) = e.endpoint() {
+            self.endpoint(addr);
+        }
+    }
+
     /// The labels and identity of `svc`'s endpoint at `addr`.
     fn endpoint_of(&mut self, svc: &Service, addr: SocketAddr) {
         let ep = svc.endpoint(addr);

@@ -689,7 +689,7 @@ where
                 crate::feedback::connected(guard.endpoint(), None);
                 tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                 tried.push(addr);
-                last = Some(e);
+                last = Some(e.at(addr));
             }
         }
     }

@@ -594,7 +594,13 @@ pub(crate) async fn h2_to_h1(
     let mut fresh = false;
     let (mut up, addr, guard, mut got) = loop {
         let (up, addr, guard) =
-            h1forward::checkout(w, obs.key(), target, dial, !fresh, attempts.avoid()).await?;
+            match h1forward::checkout(w, obs.key(), target, dial, !fresh, attempts.avoid()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    obs.failed_at(&e);
+                    return Err(e.into());
+                }
+            };
         obs.endpoint(addr);
         let rewrite = crate::h1forward::Rewrite {
             host: obs.authority_override(addr).map(|a| &**a),

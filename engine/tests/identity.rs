@@ -853,6 +853,14 @@ fn untrusted_or_misnamed_peers_are_refused() {
         );
         let (_, m) = admin(&a, "/metrics");
         assert!(m.contains("error=\"tls_failed\""), "{tag}: {m}");
+        // Labelled as the endpoint it failed at: discovery gave it an
+        // identity (not "not_provided_by_service_discovery").
+        assert!(
+            m.lines().any(|l| l.contains("error=\"tls_failed\"")
+                && l.contains("tls=\"true\"")
+                && l.contains(&format!("server_id=\"{identity}\""))),
+            "{tag}: {m}"
+        );
     }
 }
 
