@@ -11,13 +11,15 @@
 //! atomics in the server's policy, shared by every worker, so the limit is
 //! the server's whatever core a connection landed on; a request under no
 //! limit pays one branch. Per-identity cells are a fixed table indexed by
-//! a hash of the identity (clients sharing a slot share a limit: rare,
-//! and never more than the limit between them), so a client cannot grow
-//! the proxy's memory by presenting new identities.
+//! a hash of the identity, keyed at random per process (clients sharing a
+//! slot share a limit: rare, never more than the limit between them, and
+//! not to be arranged: which identities share a slot is known to no one
+//! outside the process), so a client cannot grow the proxy's memory by
+//! presenting new identities.
 //!
 //! Must not: lock, or allocate per request.
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -158,11 +160,16 @@ impl LocalRateLimit {
     }
 }
 
-/// The per-identity cell of `identity`.
+/// The per-identity cell of `identity`. The hash is keyed at random per
+/// process: with a fixed key anyone choosing an identity (a service account
+/// name) could find, offline, one that shares a victim's cell and throttle
+/// it.
 fn slot(identity: Option<&str>) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    identity.hash(&mut h);
-    (h.finish() as usize) & (IDENTITY_SLOTS - 1)
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    let h = KEY
+        .get_or_init(std::collections::hash_map::RandomState::new)
+        .hash_one(identity);
+    (h as usize) & (IDENTITY_SLOTS - 1)
 }
 
 /// Nanoseconds since the process's clock base.
@@ -176,6 +183,24 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slots are not the fixed-key hash's (which anyone can compute
+    /// offline, to pick an identity sharing a victim's slot).
+    #[test]
+    fn slots_are_keyed_per_process() {
+        use std::hash::{Hash, Hasher};
+        let fixed = |id: &str| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            Some(id).hash(&mut h);
+            (h.finish() as usize) & (IDENTITY_SLOTS - 1)
+        };
+        let ids: Vec<String> = (0..64)
+            .map(|i| format!("sa{i}.ns.serviceaccount.identity.linkerd.cluster.local"))
+            .collect();
+        assert!(ids.iter().any(|id| slot(Some(id)) != fixed(id)));
+        // Stable within the process.
+        assert!(ids.iter().all(|id| slot(Some(id)) == slot(Some(id))));
+    }
 
     const SEC: u64 = 1_000_000_000;
 
