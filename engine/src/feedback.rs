@@ -27,14 +27,31 @@ pub(crate) fn record_outcome(ep: &EndpointState, ok: bool) {
     }
 }
 
-/// A connection to the endpoint was opened (`Some(latency)`) or failed
-/// (`None`): connect latency and failure accrual.
-pub(crate) fn connected(ep: &EndpointState, latency: Option<Duration>) {
-    if let Some(latency) = latency {
-        ep.observe_connect(latency);
-    }
-    record_outcome(ep, latency.is_some());
+/// A connection to the endpoint was opened in `latency`: connect latency
+/// and failure accrual.
+pub(crate) fn connected(ep: &EndpointState, latency: Duration) {
+    ep.observe_connect(latency);
+    record_outcome(ep, true);
 }
+
+/// A connection to the endpoint (or its TLS handshake) failed after
+/// `spent`: failure accrual, and a latency of at least
+/// [`CONNECT_FAILURE_PENALTY`] (peak-EWMA), so P2C prefers the others from
+/// the next pick on: an endpoint whose handshakes stall is not picked
+/// again, at a second a request, until the estimate has decayed (about a
+/// minute against endpoints answering in milliseconds) or it is ejected.
+/// (A refusal's few microseconds must not make it look fast.)
+/// linkerd2-proxy's balancer leaves an endpoint in reconnect backoff out
+/// likewise.
+pub(crate) fn connect_failed(ep: &EndpointState, spent: Duration) {
+    let penalty = spent.max(CONNECT_FAILURE_PENALTY);
+    ep.observe_connect(penalty);
+    ep.observe_response(penalty);
+    record_outcome(ep, false);
+}
+
+/// The least latency a failed connection counts as.
+const CONNECT_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// An endpoint answered `latency` after it was asked (a response head, or
 /// a relayed server's first bytes): the balancer learns it (peak-EWMA).

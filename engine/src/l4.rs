@@ -1332,11 +1332,11 @@ async fn connect_balanced(
         let started = Instant::now();
         match open(&Endpoint::in_service(svc, addr), tls, Session::Opaque, dial).await {
             Ok(s) => {
-                crate::feedback::connected(guard.endpoint(), Some(started.elapsed()));
+                crate::feedback::connected(guard.endpoint(), started.elapsed());
                 return Ok((s, addr, guard));
             }
             Err(e) => {
-                crate::feedback::connected(guard.endpoint(), None);
+                crate::feedback::connect_failed(guard.endpoint(), started.elapsed());
                 tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");
                 tried.push(addr);
                 last = Some(e);

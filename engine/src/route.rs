@@ -683,10 +683,11 @@ where
             tried.push(addr);
             continue;
         }
+        let started = Instant::now();
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),
             Err(e) => {
-                crate::feedback::connected(guard.endpoint(), None);
+                crate::feedback::connect_failed(guard.endpoint(), started.elapsed());
                 tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");
                 tried.push(addr);
                 last = Some(e.at(addr));

@@ -864,6 +864,72 @@ fn untrusted_or_misnamed_peers_are_refused() {
     }
 }
 
+/// An endpoint whose TLS handshakes stall (it accepts and never answers)
+/// costs one request its connect timeout; the next requests go to the other
+/// endpoint (the failure counts as a second of latency), not another six
+/// until failure accrual ejects it.
+#[test]
+fn an_endpoint_whose_handshakes_stall_is_avoided_after_one() {
+    let pki = Pki::new("stall-ep");
+    let app = http::origin("app");
+    let app_addr = app.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[("RINGMESH_INBOUND_TARGET", &app_addr)],
+    );
+    wait_ready(&b);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in silent.incoming().map_while(Result::ok) {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.push(s);
+            }
+        });
+    }
+    let dir = TempDir::new("id-stall-ep");
+    let file = dir.join("a.toml");
+    write_atomic(
+        &file,
+        format!(
+            "[[service]]\nname = \"web.test:80\"\nendpoints = [\"{}\", \"{silent_addr}\"]\nidentity = \"{B}\"\n",
+            b.inbound_addr().unwrap()
+        )
+        .as_bytes(),
+    );
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &pki.good("a", A),
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    wait_ready(&a);
+    for i in 0..10 {
+        let answer = get(a.forward_addrs()[0], "/hello", "");
+        assert!(
+            answer.ends_with("hello from app\n"),
+            "request {i}: {answer}"
+        );
+    }
+    let tried = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        tried <= 1,
+        "the stalling endpoint was tried {tried} times in 10 requests"
+    );
+}
+
 /// An expired certificate is refused (not ready, logged); replacing the
 /// files with a good one is picked up without a restart.
 #[test]
