@@ -270,7 +270,12 @@ pub(crate) async fn exchange(
     // timeout (from the request head's arrival).
     let deadline = w.response_deadline(request_deadline);
     let relayed = relay_response(down, from, first_byte, deadline, answered_5xx);
-    let (up_res, down_res) = monoio::join!(body_up, relayed);
+    // The client's connection closes after the answer when its body was
+    // not read to its end; the upstream's is dropped.
+    let (up_res, down_res) = body_and_answer(body_up, relayed, || {
+        Err(BodyError::Sink("the response failed first".into()))
+    })
+    .await;
     let up = Upstream {
         rd: urd,
         wr: uwr,
@@ -280,6 +285,27 @@ pub(crate) async fn exchange(
         key,
     };
     conclude(up, ubuf, up_res, down_res, replayable)
+}
+
+/// Runs a request body's relay (`body`) and its answer's (`answer`)
+/// together. When the answer fails first (a timeout among the ways), the
+/// exchange ends at once, `abandoned()` standing for the body's result: the
+/// client's body, still coming slowly or not at all, is not waited for.
+pub(crate) async fn body_and_answer<BR, T, E>(
+    body: impl std::future::Future<Output = BR>,
+    answer: impl std::future::Future<Output = Result<T, E>>,
+    abandoned: impl FnOnce() -> BR,
+) -> (BR, Result<T, E>) {
+    let (mut body, mut answer) = (std::pin::pin!(body), std::pin::pin!(answer));
+    monoio::select! {
+        // The body first: a request without one is done at once.
+        biased;
+        up = body.as_mut() => (up, answer.await),
+        down = answer.as_mut() => match down {
+            Err(e) => (abandoned(), Err(e)),
+            done => (body.await, done),
+        },
+    }
 }
 
 /// Writes the request head upstream, with a kept body or what already

@@ -200,7 +200,11 @@ pub(crate) async fn h1_over_h2(
         is_head: req.method() == Method::Head,
         keep_alive: &keep_alive,
     };
-    let (up_res, down_res) = monoio::join!(body_up, down.relay(w, obs, wr, meter, out));
+    let (up_res, down_res) =
+        crate::h1forward::body_and_answer(body_up, down.relay(w, obs, wr, meter, out), || {
+            Err(StreamCut::Source("the response failed first".into()))
+        })
+        .await;
     let status = down_res?;
     Ok((status, keep_alive.get() && up_res.is_ok()))
 }
@@ -817,7 +821,10 @@ async fn h1_attempt(
         &req.limits,
         req.deadline,
     );
-    let (up_res, down_res) = monoio::join!(body_up, head);
+    let (up_res, down_res) = crate::h1forward::body_and_answer(body_up, head, || {
+        Err(String::from("the response failed first"))
+    })
+    .await;
     match down_res {
         Ok(()) => Ok(H1Answer {
             resp,

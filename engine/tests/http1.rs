@@ -1053,6 +1053,25 @@ fn timeouts_and_limits(driver: IoDriver) {
     let (h, _) = request(addr2, b"GET /never HTTP/1.1\r\nHost: o\r\n\r\n");
     assert!(h.starts_with("HTTP/1.1 504"), "{h}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Also while the client's body is still coming (here: never): the
+    // timeout is not put off until it ends. Then the connection closes
+    // (the body was not read to its end).
+    for to in [addr, addr2] {
+        let t = std::time::Instant::now();
+        let c = connect(to);
+        let mut w = c.try_clone().unwrap();
+        w.write_all(
+            b"POST /never HTTP/1.1\r\nHost: o\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .unwrap();
+        let mut r = BufReader::new(c);
+        let (h, _) = read_response(&mut r, false);
+        assert!(h.starts_with("HTTP/1.1 504"), "{h}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+    }
     p2.shutdown();
     p2.wait();
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ringmesh_engine::{IoDriver, Proxy};
@@ -1496,4 +1496,82 @@ fn a_peer_proxys_connection_close_is_honoured() {
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
     proxy.shutdown();
     proxy.wait();
+}
+
+/// The response timeout holds while the client's body is still coming,
+/// across translations: an HTTP/1 client of an `h2`-hinted service, and an
+/// HTTP/2 client of an HTTP/1-only one, each sending part of a body and
+/// then nothing, get their 504 at the timeout (the wait was the client's).
+#[test]
+fn a_stalled_request_body_does_not_hold_off_the_timeout() {
+    use common::raw_h2::{frame, read_frame};
+    let (h2_origin, h1_origin) = (h2::origin(None), http::origin("app"));
+    let dir = TempDir::new("orig-proto-stalled-body");
+    let h2_file = service_file(
+        &dir,
+        "h2.test:80",
+        &[h2_origin.addr],
+        "protocol_hint = \"h2\"\n",
+    );
+    let h1_dir = TempDir::new("orig-proto-stalled-body-h1");
+    let h1_file = service_file(
+        &h1_dir,
+        "h1.test:80",
+        &[h1_origin.addr],
+        "protocol = \"http1\"\n",
+    );
+    let proxy = |file: &str, name: &str| {
+        start_proxy(
+            IoDriver::Uring,
+            &[
+                ("RINGMESH_TCP_FORWARD", &format!("127.0.0.1:0={name}")),
+                ("RINGMESH_DISCOVERY_STATIC", file),
+                ("RINGMESH_HTTP_RESPONSE_TIMEOUT", "300ms"),
+            ],
+        )
+    };
+    // HTTP/1 → HTTP/2: `/hang` never answers.
+    let p = proxy(&h2_file, "h2.test:80");
+    let started = Instant::now();
+    let mut r = client(p.forward_addrs()[0]);
+    r.get_mut()
+        .write_all(b"POST /hang HTTP/1.1\r\nHost: h2.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 504"), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // HTTP/2 → HTTP/1: `/never` never answers.
+    let p = proxy(&h1_file, "h1.test:80");
+    let started = Instant::now();
+    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // POST /never, :authority h1.test; END_HEADERS only, then some DATA.
+    let mut head = b"\x83\x86\x04\x06/never".to_vec();
+    head.extend_from_slice(b"\x01\x07h1.test");
+    out.extend(frame(1, 4, 1, &head));
+    out.extend(frame(0, 0, 1, b"hello"));
+    c.write_all(&out).unwrap();
+    let status = loop {
+        match read_frame(&mut c) {
+            // A HEADERS frame on stream 1: its first field, `:status`.
+            Some((1, _, 1, block)) => break block,
+            Some(_) => continue,
+            None => panic!("no answer within 5 s ({:?})", started.elapsed()),
+        }
+    };
+    // 504 is not in HPACK's static table: a literal `:status` (index 8).
+    assert!(status.windows(3).any(|w| w == b"504"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
