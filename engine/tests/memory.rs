@@ -40,6 +40,18 @@ fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
 
+/// The RSS once it stops moving (at most 3 s).
+fn settled_rss_kib(pid: u32) -> u64 {
+    let mut rss = rss_kib(pid);
+    eventually(Duration::from_secs(3), || {
+        let now = rss_kib(pid);
+        let settled = now == rss;
+        rss = now;
+        settled
+    });
+    rss
+}
+
 /// Lets this process (and the proxy it starts) hold the connections.
 fn raise_fd_limit(want: u64) {
     let mut lim = libc::rlimit {
@@ -97,13 +109,7 @@ fn idle_connections_cost_little_and_are_given_back(driver: &str) {
     hello(&mut first);
     drop(first);
     // Settled: the figure stops moving (the closed connection is gone).
-    let mut idle = rss_kib(pid);
-    eventually(Duration::from_secs(3), || {
-        let now = rss_kib(pid);
-        let settled = now == idle;
-        idle = now;
-        settled
-    });
+    let idle = settled_rss_kib(pid);
     let idle_anon = status_kib(pid, "RssAnon:");
     eprintln!("{driver}: idle RSS {idle} KiB ({idle_anon} KiB anonymous)");
 
@@ -266,13 +272,7 @@ fn idle_meshed_connections_hold_no_read_buffer() {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(meshed)).is_ok()
     });
     assert!(ready, "no meshed answer within 10 s");
-    let mut idle = rss_kib(pid);
-    eventually(Duration::from_secs(3), || {
-        let now = rss_kib(pid);
-        let settled = now == idle;
-        idle = now;
-        settled
-    });
+    let idle = settled_rss_kib(pid);
     let started = Instant::now();
     let mut held = Vec::with_capacity(MESHED_CONNS);
     for _ in 0..MESHED_CONNS {
