@@ -25,6 +25,7 @@ use ringmesh_protocols::transport_header::{SessionProtocol, TransportHeader};
 
 use crate::config::ConnectConfig;
 use crate::error::ProxyError;
+use crate::listen::OwnListener;
 use crate::transport::Transport;
 
 /// Where an upstream connection goes. Compared and hashed by address,
@@ -161,12 +162,22 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
 /// connection goes to that port of the endpoint's host, offers ALPN
 /// `transport.l5d.io/v1`, and starts with the transport header naming
 /// `ep`'s port and `session`. Nagle is off either way.
+///
+/// An endpoint that is one of `own` (this process's listeners) is refused
+/// as a loop, here, where every upstream connection of every path is
+/// made. What is checked is the endpoint, not the opaque-transport port
+/// it is reached through: a pod calling itself through the mesh reaches
+/// its own inbound port with a header naming its application's port.
 pub(crate) async fn open(
     ep: &Endpoint,
+    own: &[OwnListener],
     tls: Option<&TlsConfigs>,
     session: Session,
     dial: ConnectConfig,
 ) -> Result<Transport, ProxyError> {
+    if own.iter().any(|l| l.reached_by(ep.addr)) {
+        return Err(ProxyError::looped(ep.addr));
+    }
     let timeout = dial.timeout;
     let started = Instant::now();
     let meshed = match (&ep.identity, tls) {
@@ -373,6 +384,7 @@ mod tests {
             let (addr, server) = tls_server(&ca, WEB);
             let conn = open(
                 &endpoint(addr, WEB),
+                &[],
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),
@@ -415,7 +427,7 @@ mod tests {
                 keepalive: Some(Duration::from_secs(9)),
                 user_timeout: Some(Duration::from_millis(1500)),
             };
-            let conn = open(&Endpoint::plain(addr), None, Session::Opaque, dial)
+            let conn = open(&Endpoint::plain(addr), &[], None, Session::Opaque, dial)
                 .await
                 .unwrap();
             assert_eq!(
@@ -429,6 +441,7 @@ mod tests {
             );
             let conn = open(
                 &Endpoint::plain(addr),
+                &[],
                 None,
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),
@@ -451,6 +464,7 @@ mod tests {
                 tls_server(&ca, "db.ns.serviceaccount.identity.linkerd.cluster.local");
             let e = open(
                 &endpoint(addr, WEB),
+                &[],
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),
@@ -477,6 +491,7 @@ mod tests {
             let (addr, server) = tls_server(&theirs, WEB);
             let e = open(
                 &endpoint(addr, WEB),
+                &[],
                 Some(&ours.configs(CLIENT)),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),
@@ -501,6 +516,7 @@ mod tests {
             let started = Instant::now();
             let e = open(
                 &endpoint(addr, WEB),
+                &[],
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_millis(300)),
@@ -525,6 +541,7 @@ mod tests {
             let t = Duration::from_secs(5);
             let conn = open(
                 &Endpoint::plain(addr),
+                &[],
                 Some(&ca.configs(CLIENT)),
                 Session::Opaque,
                 ConnectConfig::with_timeout(t),
@@ -537,6 +554,7 @@ mod tests {
             );
             let conn = open(
                 &endpoint(addr, WEB),
+                &[],
                 None,
                 Session::Opaque,
                 ConnectConfig::with_timeout(t),
@@ -548,6 +566,44 @@ mod tests {
                 conn.split().0,
                 crate::transport::TransportRd::Plain(_)
             ));
+        });
+    }
+
+    /// Every path's upstream connection is made here, and here an endpoint
+    /// that is one of this process's listeners is refused before any
+    /// connect (as itself or through `0.0.0.0`). The endpoint is what is
+    /// checked, not an opaque-transport port it names: a pod calling
+    /// itself through the mesh reaches its own inbound port.
+    #[test]
+    fn own_listeners_are_refused_before_connecting() {
+        both_drivers(async || {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            let addr = l.local_addr().unwrap();
+            let own = [OwnListener {
+                addr,
+                proxies: true,
+            }];
+            let dial = ConnectConfig::with_timeout(Duration::from_secs(5));
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            for to in [addr, unspecified] {
+                let e = open(&Endpoint::plain(to), &own, None, Session::Opaque, dial)
+                    .await
+                    .err()
+                    .expect("connected to its own listener");
+                assert_eq!((e.status(), e.label()), (502, "loop"), "{to}");
+            }
+            assert_eq!(
+                l.accept().err().map(|e| e.kind()),
+                Some(io::ErrorKind::WouldBlock),
+                "a refused loop still connected"
+            );
+            let app = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut ep = Endpoint::plain(app.local_addr().unwrap());
+            ep.opaque_transport = Some(addr.port());
+            open(&ep, &own, None, Session::Opaque, dial)
+                .await
+                .expect("refused for the transport port, which is not the endpoint");
         });
     }
 }

@@ -112,14 +112,11 @@ pub(crate) async fn checkout(
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
     match dst {
         Dst::Addr(addr) => {
-            if w.routes.is_own_listener(*addr) {
-                return Err(ProxyError::looped(*addr));
-            }
             let ep = Endpoint::forward(*addr, &w.cfg.inbound.ips);
             Ok((upstream(w, key, &ep, dial, use_pool).await?, *addr, None))
         }
         Dst::Service(svc, balancer) => {
-            let (up, addr, guard) = failover(&w.routes, svc, balancer, avoid, |addr| async move {
+            let (up, addr, guard) = failover(svc, balancer, avoid, |addr| async move {
                 upstream(w, key, &Endpoint::in_service(svc, addr), dial, use_pool).await
             })
             .await?;
@@ -145,7 +142,14 @@ async fn upstream(
     // request's future would carry its room, moved whole into each
     // stream's task (HTTP/2 to HTTP/1), though most requests take a
     // pooled connection.
-    let conn = Box::pin(connect::open(ep, tls.as_deref(), Session::Http1, dial)).await?;
+    let conn = Box::pin(connect::open(
+        ep,
+        &w.routes.own_listeners,
+        tls.as_deref(),
+        Session::Http1,
+        dial,
+    ))
+    .await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
     let fd = conn.raw_fd();
     let (rd, wr) = conn.split();

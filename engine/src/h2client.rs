@@ -354,19 +354,15 @@ pub(crate) async fn checkout(
 > {
     match dst {
         Dst::Addr(addr) => {
-            if w.routes.is_own_listener(*addr) {
-                return Err(ProxyError::looped(*addr));
-            }
             let (send, id) =
                 connection(w, key, &Endpoint::forward(*addr, &w.cfg.inbound.ips), dial).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
-            let ((send, id), addr, guard) =
-                failover(&w.routes, svc, balancer, avoid, |addr| async move {
-                    connection(w, key, &Endpoint::in_service(svc, addr), dial).await
-                })
-                .await?;
+            let ((send, id), addr, guard) = failover(svc, balancer, avoid, |addr| async move {
+                connection(w, key, &Endpoint::in_service(svc, addr), dial).await
+            })
+            .await?;
             Ok((send, addr, Some(guard), id))
         }
     }
@@ -457,7 +453,14 @@ pub(crate) async fn new_connection(
 ) -> Result<(client::SendRequest<Bytes>, u64), ProxyError> {
     let addr = ep.addr;
     let tls = w.pools.tls();
-    let conn = connect::open(ep, tls.as_deref(), Session::Http2, dial).await?;
+    let conn = connect::open(
+        ep,
+        &w.routes.own_listeners,
+        tls.as_deref(),
+        Session::Http2,
+        dial,
+    )
+    .await?;
     let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
     let io = GuardedIo::upstream(MeteredIo { io: conn, meter }, addr, Some(w.clone()));
     let mut builder = client::Builder::new();

@@ -1321,16 +1321,11 @@ async fn connect_balanced(
             break;
         };
         let addr = ep.addr();
-        // An endpoint that is this proxy (the HTTP paths refuse it too).
-        if routes.is_own_listener(addr) {
-            tried.push(addr);
-            last = Some(ProxyError::looped(addr));
-            continue;
-        }
         // Counted as open while connecting, so concurrent picks see the load.
         let guard = OpenGuard::new(ep);
         let started = Instant::now();
-        match open(&Endpoint::in_service(svc, addr), tls, Session::Opaque, dial).await {
+        let endpoint = Endpoint::in_service(svc, addr);
+        match open(&endpoint, &routes.own_listeners, tls, Session::Opaque, dial).await {
             Ok(s) => {
                 crate::feedback::connected(guard.endpoint(), started.elapsed());
                 return Ok((s, addr, guard));
@@ -1359,12 +1354,10 @@ async fn connect_target(
     dial: ConnectConfig,
 ) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
     match target {
-        Target::Addr(addr) if routes.is_own_listener(*addr) => {
-            Err(format!("{addr} is this proxy (loop)"))
-        }
         Target::Addr(addr) => {
             match open(
                 &Endpoint::forward(*addr, local_ips),
+                &routes.own_listeners,
                 tls,
                 Session::Opaque,
                 dial,

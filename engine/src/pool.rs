@@ -717,6 +717,7 @@ mod tests {
             };
             let conn = crate::connect::open(
                 &ep,
+                &[],
                 Some(&ca.configs("c.example")),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),

@@ -655,11 +655,11 @@ pub(crate) async fn await_addr(r: &Routes, addr: SocketAddr) {
 
 /// Picks endpoints of `svc` for one request (peak-EWMA P2C, skipping
 /// `avoid`) and gets a connection from `connect` (pooled or new), trying
-/// each endpoint at most once. An endpoint that fails counts toward its
-/// ejection. The guard keeps the request in flight on the endpoint until
+/// each endpoint at most once. An endpoint that fails (a loop among
+/// them: `connect::open` refuses this proxy's own listeners) counts toward
+/// its ejection. The guard keeps the request in flight on the endpoint until
 /// dropped.
 pub(crate) async fn failover<T, F, Fut>(
-    r: &Routes,
     svc: &Service,
     balancer: &RefCell<Balancer>,
     avoid: &[SocketAddr],
@@ -678,11 +678,6 @@ where
         };
         let addr = ep.addr();
         let guard = OpenGuard::new(ep);
-        if r.is_own_listener(addr) {
-            last = Some(ProxyError::looped(addr));
-            tried.push(addr);
-            continue;
-        }
         let started = Instant::now();
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),

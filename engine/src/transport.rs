@@ -571,6 +571,7 @@ mod tests {
         };
         let conn = open(
             &ep,
+            &[],
             Some(&client_cfg),
             Session::Opaque,
             ConnectConfig::with_timeout(Duration::from_secs(5)),
@@ -691,6 +692,7 @@ mod tests {
             };
             let mut conn = open(
                 &ep,
+                &[],
                 Some(&ca.configs("client.example")),
                 Session::Opaque,
                 ConnectConfig::with_timeout(Duration::from_secs(5)),
