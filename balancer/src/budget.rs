@@ -2,7 +2,7 @@
 //! requests, plus 10 per second so a quiet service can still retry).
 
 use std::cell::Cell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: each request deposits `ratio` of a token, time adds
 /// `min_per_second`, and a retry spends one whole token.
@@ -10,9 +10,9 @@ use std::time::Instant;
 pub struct RetryBudget {
     ratio: f64,
     min_per_second: f64,
-    /// At most this many tokens are banked (10 s worth of the floor plus
-    /// the ratio's share of 1000 requests), so a long quiet spell does not
-    /// fund a retry storm.
+    /// At most this many tokens are banked (the reserve plus the ratio's
+    /// share of 1000 requests), so a long quiet spell does not fund a
+    /// retry storm.
     cap: f64,
     tokens: Cell<f64>,
     refilled: Cell<Instant>,
@@ -20,18 +20,21 @@ pub struct RetryBudget {
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self::new(0.2, 10.0, Instant::now())
+        Self::new(0.2, 10.0, Duration::from_secs(10), Instant::now())
     }
 }
 
 impl RetryBudget {
-    pub fn new(ratio: f64, min_per_second: f64, now: Instant) -> Self {
-        let cap = min_per_second * 10.0 + ratio * 1000.0;
+    /// A budget that starts with its reserve, `ttl` worth of the floor
+    /// (tower's `TpsBudget`, which linkerd2-proxy's budgets are: 10 per
+    /// second over 10 s, 100 retries), time refilling it at the floor.
+    pub fn new(ratio: f64, min_per_second: f64, ttl: Duration, now: Instant) -> Self {
+        let reserve = min_per_second * ttl.as_secs_f64();
         Self {
             ratio,
             min_per_second,
-            cap,
-            tokens: Cell::new(cap),
+            cap: reserve + ratio * 1000.0,
+            tokens: Cell::new(reserve),
             refilled: Cell::new(now),
         }
     }
@@ -71,9 +74,13 @@ mod tests {
     #[test]
     fn retries_are_bounded_by_ratio_plus_floor() {
         let t0 = Instant::now();
-        let b = RetryBudget::new(0.2, 10.0, t0);
-        // Drain the initial bank.
-        while b.withdraw(t0) {}
+        let b = RetryBudget::new(0.2, 10.0, Duration::from_secs(10), t0);
+        // The reserve: 10 per second over the 10 s ttl, no more.
+        let mut n = 0;
+        while b.withdraw(t0) {
+            n += 1;
+        }
+        assert_eq!(n, 100, "the starting reserve");
         // 1000 requests in the same instant buy 200 retries, no more.
         for _ in 0..1000 {
             b.deposit();

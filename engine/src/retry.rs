@@ -276,7 +276,7 @@ mod tests {
     /// clock: every `now` below is `t0` plus an offset).
     fn service(n: u8, t0: Instant) -> Option<(usize, Rc<RefCell<Balancer>>)> {
         let mut b = Balancer::new((1..=n).map(|i| (addr(i), 1)));
-        b.budget = RetryBudget::new(0.2, 10.0, t0);
+        b.budget = RetryBudget::new(0.2, 10.0, Duration::from_secs(10), t0);
         Some((n as usize, Rc::new(RefCell::new(b))))
     }
 

@@ -271,6 +271,7 @@ fn new_worker(
             snapshots: RefCell::new(snapshots),
             replicas: RefCell::default(),
             own_listeners,
+            workers: cfg_cores.max(1),
             control,
             failing_fast: RefCell::default(),
             queued: RefCell::default(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringmesh_admin::telemetry::{
     Direction, HttpKey, HttpShard, KeyedState, ResponseClass, TcpShard, WorkerStats,
@@ -49,16 +49,19 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// Applies the profile's retry budget when it changed (the default
-    /// one, 20 % plus 10 per second, without).
-    fn sync_budget(&mut self, spec: Option<RetryBudgetSpec>) {
+    /// one, 20 % plus 10 per second over 10 s, without). The floor and its
+    /// reserve are the process's, shared evenly by its `workers` (each
+    /// worker's requests deposit in its own share).
+    fn sync_budget(&mut self, spec: Option<RetryBudgetSpec>, workers: usize) {
         if self.budget == spec {
             return;
         }
         self.budget = spec;
-        let (ratio, min) = spec.map_or((0.2, 10.0), |s| {
-            (f64::from(s.ratio), f64::from(s.min_per_second))
+        let (ratio, min, ttl) = spec.map_or((0.2, 10.0, Duration::from_secs(10)), |s| {
+            (f64::from(s.ratio), f64::from(s.min_per_second), s.ttl)
         });
-        self.balancer.borrow_mut().budget = RetryBudget::new(ratio, min, std::time::Instant::now());
+        let min = min / workers.max(1) as f64;
+        self.balancer.borrow_mut().budget = RetryBudget::new(ratio, min, ttl, Instant::now());
     }
 }
 
@@ -134,6 +137,8 @@ pub(crate) struct Routes {
     pub(crate) replicas: RefCell<HashMap<Authority, Replica, KeyedState>>,
     /// Every address this process listens on, for loop detection.
     pub own_listeners: Vec<crate::listen::OwnListener>,
+    /// How many workers the process runs (they share its retry budgets).
+    pub workers: usize,
     /// Asks the control core to watch a name the snapshot lacks.
     pub control: ControlSender,
     /// Services whose requests get 503 at once (no endpoint within the
@@ -296,6 +301,7 @@ impl Routes {
                 snap.get()
                     .profile(&service.name)
                     .and_then(|p| p.retry_budget),
+                self.workers,
             );
             r
         });
@@ -338,7 +344,10 @@ impl Routes {
                     replica.balancer.borrow_mut().update(endpoints(svc));
                     replica.service = svc.clone();
                 }
-                replica.sync_budget(snap.profile(name).and_then(|p| p.retry_budget));
+                replica.sync_budget(
+                    snap.profile(name).and_then(|p| p.retry_budget),
+                    self.workers,
+                );
                 true
             }
         });
@@ -532,5 +541,44 @@ mod tests {
         assert!(f.enter(Direction::Outbound));
         assert!((0..3).all(|_| f.enter(Direction::Inbound)));
         assert!(!f.enter(Direction::Inbound));
+    }
+
+    /// The retry budget's floor and reserve are the process's: each of
+    /// `workers` gets its share (Linkerd's default 10/s over 10 s: 100
+    /// retries at once for the process, not per worker), and a profile's
+    /// budget replaces the default.
+    #[test]
+    fn retry_budgets_are_shared_by_the_workers() {
+        let svc = Arc::new(Service::new(
+            Authority::parse("web.test:80").unwrap(),
+            vec![],
+            None,
+            Arc::new([]),
+        ));
+        let reserve = |spec, workers| {
+            let mut r = Replica {
+                service: svc.clone(),
+                balancer: Rc::new(RefCell::new(Balancer::new(endpoints(&svc)))),
+                budget: Some(RetryBudgetSpec {
+                    ratio: 0.5,
+                    min_per_second: 99,
+                    ttl: Duration::from_secs(1),
+                }),
+                used: Cell::new(false),
+            };
+            r.sync_budget(spec, workers);
+            let now = Instant::now();
+            let b = r.balancer.borrow();
+            (0..1000).take_while(|_| b.budget.withdraw(now)).count()
+        };
+        assert_eq!(reserve(None, 1), 100);
+        assert_eq!(reserve(None, 2), 50);
+        assert_eq!(reserve(None, 4), 25);
+        let spec = RetryBudgetSpec {
+            ratio: 0.2,
+            min_per_second: 20,
+            ttl: Duration::from_secs(3),
+        };
+        assert_eq!(reserve(Some(spec), 2), 30);
     }
 }
