@@ -127,7 +127,10 @@ pub(crate) async fn h1_over_h2(
         }
         // A route's per-attempt timeout, while a retry could follow.
         let (attempt_deadline, cut) = attempts.attempt_deadline(sent_at, deadline);
-        let resp = match await_h2_head(response, attempt_deadline, obs, guard.as_ref()).await {
+        let not_cut = Cell::new(false);
+        let resp = match await_h2_head(response, attempt_deadline, obs, guard.as_ref(), &not_cut)
+            .await
+        {
             Err(Failure::Answer(e)) if cut && e.timed_out() => {
                 match guard.filter(|_| attempts.retry_timed_out(addr, Instant::now())) {
                     Some(g) => {
@@ -178,12 +181,16 @@ pub(crate) async fn h1_over_h2(
         buf.drain(..data.len());
     }
     let scanner = BodyScanner::new(req.framing(), limits);
+    // Set when the client's body failed (malformed, or the client left):
+    // the stream reset that follows is not the endpoint's failure.
+    let client_cut = Cell::new(false);
     let body_up = async {
         let Some(mut up_body) = up_body.filter(|_| !end) else {
             return Ok(());
         };
         let r = h1_body_to_h2(scanner, (rd, meter), buf, &mut up_body, None, None, false).await;
-        if r.is_err() {
+        if let Err(cut) = &r {
+            client_cut.set(!matches!(cut, StreamCut::Sink(_)));
             up_body.send_reset(Reason::CANCEL);
         }
         r
@@ -199,14 +206,26 @@ pub(crate) async fn h1_over_h2(
         guard: guard.as_ref(),
         is_head: req.method() == Method::Head,
         keep_alive: &keep_alive,
+        client_cut: &client_cut,
     };
     let (up_res, down_res) =
         crate::h1forward::body_and_answer(body_up, down.relay(w, obs, wr, meter, out), || {
-            Err(StreamCut::Source("the response failed first".into()))
+            Err(StreamCut::Sink(Reason::CANCEL))
         })
         .await;
-    let status = down_res?;
-    Ok((status, keep_alive.get() && up_res.is_ok()))
+    match (down_res, up_res) {
+        (Ok(status), up_res) => Ok((status, keep_alive.get() && up_res.is_ok())),
+        // Nothing answered yet, and the client's body is why: its fault,
+        // as over HTTP/1 (400 for a malformed body, 499 for a client gone).
+        (Err(Failure::Answer(_)), Err(StreamCut::Malformed(e))) => {
+            Err(ProxyError::malformed(400, format!("bad request body: {e}")).into())
+        }
+        (Err(Failure::Answer(_)), Err(StreamCut::Source(e))) => Err(Failure::Broken {
+            status: 499,
+            reason: format!("client request body failed: {e}"),
+        }),
+        (Err(f), _) => Err(f),
+    }
 }
 
 /// An upstream stream's response head: still to come, or already read
@@ -216,12 +235,15 @@ enum UpstreamHead {
     Arrived(Response<RecvStream>),
 }
 
-/// The response head of an upstream stream, by `deadline`.
+/// The response head of an upstream stream, by `deadline`. A failure
+/// counts against the endpoint unless `client_cut` says the stream was
+/// reset for its client's sake.
 async fn await_h2_head(
     response: client::ResponseFuture,
     deadline: Option<Instant>,
     obs: &Observer<'_>,
     guard: Option<&OpenGuard>,
+    client_cut: &Cell<bool>,
 ) -> Result<Response<RecvStream>, Failure> {
     let head = match deadline {
         Some(d) => match monoio::time::timeout_at(d.into(), response).await {
@@ -231,7 +253,9 @@ async fn await_h2_head(
         None => response.await,
     };
     head.map_err(|e| {
-        obs.endpoint_outcome(guard, false);
+        if !client_cut.get() {
+            obs.endpoint_outcome(guard, false);
+        }
         ProxyError::upstream(format!("upstream stream failed: {e}")).into()
     })
 }
@@ -246,6 +270,9 @@ struct H2Answer<'a> {
     is_head: bool,
     /// Whether the client connection stays open (decided at the head).
     keep_alive: &'a Cell<bool>,
+    /// The client's body failed: a failure of the stream it reset is not
+    /// counted against the endpoint.
+    client_cut: &'a Cell<bool>,
 }
 
 impl H2Answer<'_> {
@@ -261,7 +288,9 @@ impl H2Answer<'_> {
     ) -> Result<u16, Failure> {
         let resp = match self.response {
             UpstreamHead::Arrived(r) => r,
-            UpstreamHead::Pending(f) => await_h2_head(f, self.deadline, obs, self.guard).await?,
+            UpstreamHead::Pending(f) => {
+                await_h2_head(f, self.deadline, obs, self.guard, self.client_cut).await?
+            }
         };
         let now = Instant::now();
         obs.response_head(self.guard, now - self.sent_at);
@@ -301,7 +330,9 @@ impl H2Answer<'_> {
             // Nothing reached the client (the head waited for the body's
             // first bytes): it hears a 502 instead of a closed connection.
             out.clear();
-            obs.endpoint_outcome(self.guard, false);
+            if !self.client_cut.get() {
+                obs.endpoint_outcome(self.guard, false);
+            }
             return Err(ProxyError::upstream(cut.reason).into());
         }
         obs.endpoint_outcome(self.guard, status < 500);
@@ -724,8 +755,8 @@ pub(crate) async fn h2_to_h1(
                 obs.reset(reason);
                 reusable = false;
             }
-            Err(StreamCut::Source(why)) => {
-                tracing::debug!(upstream = %addr, reason = why, "response body ended early");
+            Err(StreamCut::Source(why) | StreamCut::Malformed(why)) => {
+                tracing::debug!(upstream = %addr, reason = why, "response body ended early or malformed");
                 to.send_reset(Reason::INTERNAL_ERROR);
                 obs.reset(Reason::INTERNAL_ERROR);
                 reusable = false;
@@ -889,8 +920,11 @@ const UPSTREAM_SOCKET_CHARGE: usize = 64 * 1024;
 /// Why an HTTP/1 body relayed onto an HTTP/2 stream stopped short.
 #[derive(Debug)]
 enum StreamCut {
-    /// The HTTP/1 side's body was malformed or cut short.
+    /// The HTTP/1 side's body was cut short (its sender left, or reading
+    /// failed).
     Source(String),
+    /// The HTTP/1 side's body is malformed (its framing).
+    Malformed(String),
     /// The HTTP/2 stream was reset (by its peer, with this code) or its
     /// connection failed.
     Sink(Reason),
@@ -922,7 +956,7 @@ async fn h1_body_to_h2(
                 |r| data.extend_from_slice(&buf[r]),
                 |r| trailer_lines.extend_from_slice(&buf[r]),
             )
-            .map_err(|e| StreamCut::Source(format!("bad body: {e}")))?;
+            .map_err(|e| StreamCut::Malformed(format!("{e}")))?;
         buf.drain(..p.consumed);
         if !data.is_empty() {
             if let Some(t) = tap {

@@ -1575,3 +1575,63 @@ fn a_stalled_request_body_does_not_hold_off_the_timeout() {
         started.elapsed()
     );
 }
+
+/// A client's own broken request body, carried over HTTP/2 to an
+/// `h2`-hinted service, is the client's failure, not the endpoint's or
+/// anyone else's: a malformed chunked body gets 400 (as over HTTP/1), and
+/// its stream, reset before its HEADERS were written, never reaches the
+/// upstream as a reset of a stream it has not seen (a connection error
+/// there, closing the connection every client's requests share); uploads
+/// cut off by clients that leave are theirs (499). After twenty of them
+/// the one upstream connection still serves, and no request counted as an
+/// upstream failure.
+#[test]
+fn a_clients_broken_body_is_not_the_endpoints_failure() {
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-client-body");
+    let p = web_proxy(&dir, &[origin.addr], "protocol_hint = \"h2\"\n");
+    let fwd = p.forward_addrs()[0];
+    let get = || {
+        let mut r = client(fwd);
+        let (status, _, body) = exchange(
+            &mut r,
+            b"GET /hello HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!((status, &body[..]), (200, &b"hello from h2"[..]));
+    };
+    get();
+
+    let mut r = client(fwd);
+    r.get_mut()
+        .write_all(b"POST /a HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+        .unwrap();
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(fwd).unwrap();
+        s.write_all(
+            b"POST /headers HTTP/1.1\r\nHost: web.test\r\nContent-Length: 100000\r\n\r\n0123456789",
+        )
+        .unwrap();
+        // The stream is open upstream before the client leaves.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..10 {
+        get();
+    }
+    assert_eq!(
+        origin
+            .counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the upstream connection was closed (a connection error) and made again"
+    );
+    let text = metrics(p.admin_addr().unwrap());
+    let failed = series(&text, "response_total", &["error=\"upstream_failed\""]);
+    assert_eq!(failed, None, "clients' bodies counted as upstream failures");
+    let left = series(&text, "response_total", &["status_code=\"499\""]);
+    assert_eq!(left, Some(20.0), "the clients that left: {text}");
+}

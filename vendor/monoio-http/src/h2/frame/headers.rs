@@ -254,6 +254,12 @@ impl Headers {
         self.header_block.pseudo.status
     }
 
+    /// Whether it is a request's head (the frame that opens a client's
+    /// stream), not a response's or trailers.
+    pub(crate) fn is_request(&self) -> bool {
+        self.header_block.pseudo.method.is_some()
+    }
+
     /// Whether it has status 1xx
     pub(crate) fn is_informational(&self) -> bool {
         self.header_block.pseudo.is_informational()

@@ -235,11 +235,28 @@ impl Send {
             return;
         }
 
+        // (ringmesh, as h2 after 0.4.13) A request whose HEADERS are still
+        // queued is a stream the peer has not seen: a RST_STREAM alone
+        // would reach it for an idle stream, a connection error there
+        // (RFC 9113 §6.4) failing every other stream of the connection.
+        // The HEADERS stay queued, and the reset goes after them.
+        let opening = match stream.pending_send.pop_front(buffer) {
+            Some(Frame::Headers(h)) if h.is_request() => Some(h),
+            Some(other) => {
+                stream.pending_send.push_front(buffer, other);
+                None
+            }
+            None => None,
+        };
+
         // Clear all pending outbound frames.
         // Note that we don't call `self.recv_err` because we want to enqueue
         // the reset frame before transitioning the stream inside
         // `reclaim_all_capacity`.
         self.prioritize.clear_queue(buffer, stream);
+        if let Some(h) = opening {
+            stream.pending_send.push_back(buffer, Frame::Headers(h));
+        }
 
         let frame = frame::Reset::new(stream.id, reason);
 
