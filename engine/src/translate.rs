@@ -465,6 +465,8 @@ struct BodyCut {
     reason: String,
     /// Whether any bytes had been written to the peer.
     began: bool,
+    /// Writing to the peer failed (else the HTTP/2 body did).
+    sink: bool,
 }
 
 /// Writes an HTTP/2 body to an HTTP/1 peer, chunk-encoding it when asked
@@ -481,7 +483,11 @@ async fn h2_body_to_h1(
     tap: Option<&crate::tap::Pending>,
 ) -> Result<(), BodyCut> {
     let mut began = false;
-    let cut = |reason: String, began: bool| BodyCut { reason, began };
+    let cut = |reason: String, began: bool| BodyCut {
+        reason,
+        began,
+        sink: false,
+    };
     let mut ended = framing == Reframe::Empty;
     loop {
         if !ended {
@@ -518,7 +524,10 @@ async fn h2_body_to_h1(
             *out = o;
             out.clear();
             // The peer is gone: nothing more can reach it.
-            let n = res.map_err(|e| cut(format!("writing to the peer failed: {e}"), true))?;
+            let n = res.map_err(|e| BodyCut {
+                sink: true,
+                ..cut(format!("writing to the peer failed: {e}"), true)
+            })?;
             meter.wrote(n);
             began = true;
         }
@@ -627,7 +636,7 @@ pub(crate) async fn h2_to_h1(
     let mut attempts =
         Attempts::new(target, parts.method.is_idempotent(), repeatable).on_route(obs.route());
     let mut fresh = false;
-    let (mut up, addr, guard, mut got) = loop {
+    let (mut up, addr, guard, attempted) = loop {
         let (up, addr, guard) =
             match h1forward::checkout(w, obs.key(), target, dial, !fresh, attempts.avoid()).await {
                 Ok(c) => c,
@@ -678,10 +687,10 @@ pub(crate) async fn h2_to_h1(
             }
         };
         match attempt {
-            Ok(got) if may_retry && guard.is_some() => {
+            Ok(Attempted::Answered(got)) if may_retry && guard.is_some() => {
                 let (status, now) = (got.resp.status(), Instant::now());
                 if !attempts.retry_answer(status, addr, now) {
-                    break (up, addr, guard, got);
+                    break (up, addr, guard, Attempted::Answered(got));
                 }
                 let g = guard.as_ref().expect("checked");
                 obs.response_head(Some(g), now - got.sent_at);
@@ -701,7 +710,7 @@ pub(crate) async fn h2_to_h1(
                 fresh = false;
                 crate::retry::pause(&attempts, deadline).await?;
             }
-            Ok(got) => break (up, addr, guard, got),
+            Ok(attempted) => break (up, addr, guard, attempted),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
             Err(e) if e.retryable() && attempts.retry_stale(reused) => fresh = true,
@@ -713,62 +722,189 @@ pub(crate) async fn h2_to_h1(
             }
         }
     };
-    let now = Instant::now();
-    obs.response_head(guard.as_ref(), now - got.sent_at);
-    obs.response_length(|| content_length(got.resp.headers()));
-    let status = got.resp.status();
-    if let Some(t) = obs.tap() {
-        t.response(status, now, || crate::tap::h1_fields(got.resp.headers()));
-    }
-    let body_framing = if req.method == Method::Head {
-        BodyFraming::Empty
-    } else {
-        got.resp.framing()
+    let (sent_at, answered, body) = match attempted {
+        Attempted::Answered(got) => (got.sent_at, Some((got.resp, got.ubuf)), None),
+        Attempted::Streaming { sent_at, body } => (sent_at, None, Some(body)),
     };
-    let end = body_framing.is_empty();
-    let mut response = h2_response(&got.resp, orig_proto);
-    obs.route().edit(Message::Response, response.headers_mut());
-    let Ok(mut to) = respond.send_response(response, end) else {
-        w.pools.bufs.put(got.ubuf);
-        return Err(Failure::Reset(Reason::CANCEL));
-    };
-    let mut reusable =
-        got.body_ok && got.resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
-    if !end {
-        // The body streams with plain reads (no ring buffer waits on a
-        // slow client).
-        up.rd.stop_ring();
-        let scanner = BodyScanner::new(body_framing, &req.limits);
-        let src = (&mut up.rd, &up.meter);
-        let stalls = crate::stall::Scope {
-            stalls: &w.stalls,
-            client: obs.peer(),
+    // A streamed body goes on while the response is awaited and relayed:
+    // an answer that comes before the body's end (an early 413, a duplex
+    // application) reaches the client at once, as from the HTTP/1
+    // upstream itself.
+    let client_cut = Cell::new(false);
+    let fd = up.fd;
+    let (urd, uwr, umeter) = (&mut up.rd, &mut up.wr, &up.meter);
+    let framing = req.framing;
+    let pump = async {
+        let Some(mut from) = body else {
+            return Ok(());
         };
-        let (stalls, tap) = (Some(stalls), obs.tap());
-        let r = h1_body_to_h2(scanner, src, &mut got.ubuf, &mut to, stalls, tap, true).await;
-        match r {
-            Ok(()) => {}
-            // The client reset its stream (or lost its connection): its
-            // code is what the observer records; nothing is sent back.
-            Err(StreamCut::Sink(reason)) => {
-                tracing::debug!(upstream = %addr, ?reason, "the client left mid-response");
-                obs.reset(reason);
-                reusable = false;
+        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None).await;
+        if let Err(cut) = &r {
+            // The client's body failed (a reset, a lost connection, a
+            // length it broke): what follows is not the endpoint's doing.
+            client_cut.set(!cut.sink);
+            // The upstream has a truncated body: end its exchange.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+        r
+    };
+    let reply = H1Reply {
+        guard: guard.as_ref(),
+        addr,
+        sent_at,
+        method: req.method,
+        limits: &req.limits,
+        deadline: req.deadline,
+        orig_proto,
+        client_cut: &client_cut,
+    };
+    let answer = reply.relay(w, obs, respond, (urd, umeter), answered);
+    let (pump_res, answer_res) = h1forward::body_and_answer(pump, answer, || {
+        Err(BodyCut {
+            reason: "the response failed first".into(),
+            began: false,
+            sink: true,
+        })
+    })
+    .await;
+    match answer_res {
+        Ok((status, reusable, ubuf)) => {
+            if reusable && pump_res.is_ok() {
+                w.pools.h1.release(obs.key().direction, up, &ubuf);
             }
-            Err(StreamCut::Source(why) | StreamCut::Malformed(why)) => {
-                tracing::debug!(upstream = %addr, reason = why, "response body ended early or malformed");
-                to.send_reset(Reason::INTERNAL_ERROR);
-                obs.reset(Reason::INTERNAL_ERROR);
-                reusable = false;
+            w.pools.bufs.put(ubuf);
+            obs.endpoint_outcome(guard.as_ref(), status < 500);
+            Ok(ResponseClass::http(status, None))
+        }
+        // Nothing answered, because the client's body failed: its stream
+        // is reset already, or goes now.
+        Err(Failure::Answer(_)) if client_cut.get() => Err(Failure::Reset(Reason::CANCEL)),
+        Err(f) => Err(f),
+    }
+}
+
+/// The answer to one HTTP/2 request from its HTTP/1 upstream, on its way
+/// back to the client.
+struct H1Reply<'a> {
+    guard: Option<&'a OpenGuard>,
+    addr: std::net::SocketAddr,
+    sent_at: Instant,
+    method: Method,
+    limits: &'a Limits,
+    /// When the response head must have arrived.
+    deadline: Option<Instant>,
+    orig_proto: bool,
+    /// The client's body failed: a failure that follows is not counted
+    /// against the endpoint.
+    client_cut: &'a Cell<bool>,
+}
+
+impl H1Reply<'_> {
+    /// Reads the final response head (unless `answered`: read already)
+    /// and relays the response to the client; its status, whether the
+    /// upstream connection may serve again, and its read buffer.
+    async fn relay(
+        self,
+        w: &Worker,
+        obs: &mut Observer<'_>,
+        respond: &mut server::SendResponse<Bytes>,
+        (urd, umeter): (&mut crate::pool::UpRead, &ConnMeter),
+        answered: Option<(ResponseHead, Vec<u8>)>,
+    ) -> Result<(u16, bool, Vec<u8>), Failure> {
+        let (resp, mut ubuf) = match answered {
+            Some(a) => a,
+            None => {
+                let (mut resp, mut ubuf) = (ResponseHead::new(), w.pools.bufs.get());
+                let ctx = RequestContext {
+                    method: self.method,
+                    upgrade: false,
+                };
+                let head = read_final_head(
+                    (&mut *urd, umeter),
+                    &mut ubuf,
+                    &mut resp,
+                    ctx,
+                    self.limits,
+                    self.deadline,
+                );
+                let read = monoio::select! {
+                    biased;
+                    r = head => r.map_err(Failure::Answer),
+                    reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                        Err(Failure::Reset(reset.unwrap_or(Reason::CANCEL)))
+                    }
+                };
+                if let Err(f) = read {
+                    w.pools.bufs.put(ubuf);
+                    if let Failure::Answer(e) = &f {
+                        if e.status() >= 502 && !self.client_cut.get() {
+                            obs.endpoint_outcome(self.guard, false);
+                        }
+                    }
+                    return Err(f);
+                }
+                (resp, ubuf)
+            }
+        };
+        let now = Instant::now();
+        obs.response_head(self.guard, now - self.sent_at);
+        obs.response_length(|| content_length(resp.headers()));
+        let status = resp.status();
+        if let Some(t) = obs.tap() {
+            t.response(status, now, || crate::tap::h1_fields(resp.headers()));
+        }
+        let body_framing = if self.method == Method::Head {
+            BodyFraming::Empty
+        } else {
+            resp.framing()
+        };
+        let end = body_framing.is_empty();
+        let mut response = h2_response(&resp, self.orig_proto);
+        obs.route().edit(Message::Response, response.headers_mut());
+        let Ok(mut to) = respond.send_response(response, end) else {
+            w.pools.bufs.put(ubuf);
+            return Err(Failure::Reset(Reason::CANCEL));
+        };
+        let mut reusable = resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
+        if !end {
+            // The body streams with plain reads (no ring buffer waits on a
+            // slow client).
+            urd.stop_ring();
+            let scanner = BodyScanner::new(body_framing, self.limits);
+            let stalls = crate::stall::Scope {
+                stalls: &w.stalls,
+                client: obs.peer(),
+            };
+            let (stalls, tap) = (Some(stalls), obs.tap());
+            let r = h1_body_to_h2(
+                scanner,
+                (urd, umeter),
+                &mut ubuf,
+                &mut to,
+                stalls,
+                tap,
+                true,
+            )
+            .await;
+            match r {
+                Ok(()) => {}
+                // The client reset its stream (or lost its connection): its
+                // code is what the observer records; nothing is sent back.
+                Err(StreamCut::Sink(reason)) => {
+                    tracing::debug!(upstream = %self.addr, ?reason, "the client left mid-response");
+                    obs.reset(reason);
+                    reusable = false;
+                }
+                Err(StreamCut::Source(why) | StreamCut::Malformed(why)) => {
+                    tracing::debug!(upstream = %self.addr, reason = why, "response body ended early or malformed");
+                    to.send_reset(Reason::INTERNAL_ERROR);
+                    obs.reset(Reason::INTERNAL_ERROR);
+                    reusable = false;
+                }
             }
         }
+        Ok((status, reusable, ubuf))
     }
-    if reusable {
-        w.pools.h1.release(obs.key().direction, up, &got.ubuf);
-    }
-    w.pools.bufs.put(got.ubuf);
-    obs.endpoint_outcome(guard.as_ref(), status < 500);
-    Ok(ResponseClass::http(status, None))
 }
 
 /// An HTTP/2 request re-framed as HTTP/1.1, ready to send (again, on a new
@@ -784,28 +920,37 @@ struct H1Request {
     deadline: Option<Instant>,
 }
 
-/// What an attempt got back: the final response head, when the request
-/// was sent, whether its body went whole, and the bytes read past the head.
+/// The final response head an attempt got back, when the request was
+/// sent, and the bytes read past the head.
 struct H1Answer {
     resp: ResponseHead,
     sent_at: Instant,
-    body_ok: bool,
     ubuf: Vec<u8>,
 }
 
-/// Sends the request on `up` (its body, if any, streams as the response
-/// head is awaited) and reads the final response head. An error is
+/// What an attempt did.
+enum Attempted {
+    /// The request went whole (no body, or a kept one) and this answered.
+    Answered(H1Answer),
+    /// The head went with what had arrived of a streamed body; the rest
+    /// of it (`body`) goes while the response is awaited (the one attempt
+    /// such a request gets).
+    Streaming { sent_at: Instant, body: RecvStream },
+}
+
+/// Sends the request on `up`: a whole one, then reads the final response
+/// head; a streamed body's head and first bytes only. An error is
 /// retryable when nothing of a response arrived.
 async fn h1_attempt(
     bufs: &BufferPool,
     up: &mut Upstream,
     req: &mut H1Request,
-) -> Result<H1Answer, ProxyError> {
+) -> Result<Attempted, ProxyError> {
     let sent_at = Instant::now();
     // What of a streamed body already arrived goes with the head (one
     // send). Such a request is not repeatable, so this is its only
-    // attempt. (A broken stream is left to the body's relay below, which
-    // sees it too.)
+    // attempt. (A broken stream is left to the body's relay, which sees it
+    // too.)
     if let Some(from) = req.body.as_mut() {
         let _ = take_ready(from, req.framing, &mut req.head, None);
     }
@@ -815,54 +960,29 @@ async fn h1_attempt(
         ProxyError::upstream(format!("sending the request upstream failed: {e}")).or_retry(true)
     })?;
     up.meter.wrote(n);
+    if let Some(body) = req.body.take() {
+        return Ok(Attempted::Streaming { sent_at, body });
+    }
     let mut ubuf = bufs.get();
     let mut resp = ResponseHead::new();
-    let up_body = req.body.take();
     let ctx = RequestContext {
         method: req.method,
         upgrade: false,
     };
-    let Upstream {
-        rd: urd,
-        wr: uwr,
-        fd,
-        meter: umeter,
-        ..
-    } = up;
-    let fd = *fd;
-    let framing = req.framing;
-    let body_up = async {
-        let Some(mut from) = up_body else {
-            return Ok(());
-        };
-        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None)
-            .await
-            .map_err(|c| c.reason);
-        if r.is_err() {
-            // The upstream has a truncated body: end its exchange.
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
-        }
-        r
-    };
     let head = read_final_head(
-        (urd, umeter),
+        (&mut up.rd, &up.meter),
         &mut ubuf,
         &mut resp,
         ctx,
         &req.limits,
         req.deadline,
     );
-    let (up_res, down_res) = crate::h1forward::body_and_answer(body_up, head, || {
-        Err(String::from("the response failed first"))
-    })
-    .await;
-    match down_res {
-        Ok(()) => Ok(H1Answer {
+    match head.await {
+        Ok(()) => Ok(Attempted::Answered(H1Answer {
             resp,
             sent_at,
-            body_ok: up_res.is_ok(),
             ubuf,
-        }),
+        })),
         Err(e) => {
             bufs.put(ubuf);
             Err(e)

@@ -1635,3 +1635,69 @@ fn a_clients_broken_body_is_not_the_endpoints_failure() {
     let left = series(&text, "response_total", &["status_code=\"499\""]);
     assert_eq!(left, Some(20.0), "the clients that left: {text}");
 }
+
+/// An HTTP/1 upstream answering before the request's body has ended (an
+/// early 413, a duplex application) is heard at once by an HTTP/2 client
+/// whose body is still coming, and the rest of the body still reaches the
+/// upstream: the answer does not wait for the body.
+#[test]
+fn an_early_answer_reaches_the_client_before_its_body_ends() {
+    use common::raw_h2::{frame, read_frame};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = l.local_addr().unwrap();
+    let (tx, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        r.get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+            .unwrap();
+        // The body, chunked, to its last chunk.
+        let mut body = Vec::new();
+        let mut b = [0u8; 1];
+        while !body.ends_with(b"0\r\n\r\n") && r.read(&mut b).unwrap_or(0) == 1 {
+            body.push(b[0]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+    });
+    let (_dir, p) = http1_service(IoDriver::Uring, "early-answer", origin);
+    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // POST /early, :authority web.test; END_HEADERS only, then some DATA.
+    let mut head = b"\x83\x86\x04\x06/early".to_vec();
+    head.extend_from_slice(b"\x01\x08web.test");
+    out.extend(frame(1, 4, 1, &head));
+    out.extend(frame(0, 0, 1, b"part1"));
+    c.write_all(&out).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut answered = None;
+    loop {
+        match read_frame(&mut c) {
+            Some((1, _, 1, _)) => answered = Some(started.elapsed()),
+            Some((0, flags, 1, data)) => {
+                answer.extend_from_slice(&data);
+                if flags & 1 == 1 {
+                    break;
+                }
+            }
+            Some(_) => continue,
+            None => panic!(
+                "no answer while the body was open ({:?})",
+                started.elapsed()
+            ),
+        }
+    }
+    assert!(answered.is_some(), "DATA without a response head");
+    assert_eq!(answer, b"early");
+    c.write_all(&frame(0, 1, 1, b"part2")).unwrap();
+    let body = got.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(body, "5\r\npart1\r\n5\r\npart2\r\n0\r\n\r\n");
+}
