@@ -928,7 +928,9 @@ struct H1Answer {
     ubuf: Vec<u8>,
 }
 
-/// What an attempt did.
+/// What an attempt did. (Not boxed: it is moved once per attempt, and a
+/// box would be an allocation per request.)
+#[allow(clippy::large_enum_variant)]
 enum Attempted {
     /// The request went whole (no body, or a kept one) and this answered.
     Answered(H1Answer),
