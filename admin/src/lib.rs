@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod server;
+pub mod slots;
 pub mod telemetry;
 
 pub use server::{route_for_tests, serve, AdminBackend, H2Socket, Reply, Settings};

@@ -10,12 +10,13 @@
 //! client may hold the loop: every wait for a client (the preface, a request
 //! head or body, writing a response, an idle HTTP/2 connection) is bounded by
 //! [`Settings::timeout`], at most [`Settings::max_connections`] are open
-//! (more are closed at once; probes retry), and an HTTP/2 client's bytes are
+//! (when all are, the one idle longest is closed for a newcomer: see
+//! [`crate::slots`]; a newcomer is refused only while all are busy), and an
+//! HTTP/2 client's bytes are
 //! read through what [`AdminBackend::h2_io`] gives (the engine's HTTP/2
 //! attack defences: a flood of frames that do no work would otherwise keep
 //! the control core busy for as long as it lasted).
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_http::h2::{server as h2server, RecvStream};
 use ringmesh_protocols::http1::{BodyFraming, Limits, Method, RequestHead};
+
+use crate::slots::{Held, Slots};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = ringmesh_protocols::detect::H2_PREFACE;
@@ -70,7 +73,8 @@ pub struct Settings {
     /// a request body, writing a response, an HTTP/2 connection with no
     /// open stream.
     pub timeout: Duration,
-    /// Connections open at once; more are closed as soon as accepted.
+    /// Connections open at once. A newcomer past it closes the connection
+    /// idle longest, or is closed itself when every one is busy.
     pub max_connections: usize,
 }
 
@@ -103,7 +107,7 @@ impl Reply {
 
 /// Serves `listener` for as long as the runtime runs this task.
 pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, settings: Settings) {
-    let open = Rc::new(Cell::new(0usize));
+    let slots = Slots::new(settings.max_connections);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -113,15 +117,15 @@ pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, setti
                 continue;
             }
         };
-        if open.get() >= settings.max_connections {
-            tracing::debug!(%peer, "admin connection limit reached; closing");
+        let Some(held) = slots.admit() else {
+            tracing::debug!(%peer, "every admin connection is busy; closing");
             continue;
-        }
-        open.set(open.get() + 1);
-        let (open, backend) = (open.clone(), backend.clone());
+        };
+        let backend = backend.clone();
         monoio::spawn(async move {
-            let _ = connection(stream, peer, &*backend, settings).await;
-            open.set(open.get() - 1);
+            let _ = held
+                .run(connection(stream, peer, &*backend, settings, &held))
+                .await;
         });
     }
 }
@@ -149,6 +153,7 @@ async fn connection<B: AdminBackend>(
     peer: SocketAddr,
     backend: &B,
     settings: Settings,
+    held: &Held,
 ) -> io::Result<()> {
     s.set_nodelay(true)?;
     let from_loopback = peer.ip().is_loopback();
@@ -162,10 +167,10 @@ async fn connection<B: AdminBackend>(
     }
     if buf.starts_with(H2_PREFACE) {
         let io = backend.h2_io(PrefixedReadIo::new(s, std::io::Cursor::new(buf)), peer);
-        http2(io, from_loopback, backend, settings).await;
+        http2(io, from_loopback, backend, settings, held).await;
         Ok(())
     } else {
-        http1(s, buf, from_loopback, backend, settings).await
+        http1(s, buf, from_loopback, backend, settings, held).await
     }
 }
 
@@ -175,11 +180,13 @@ async fn http1<B: AdminBackend>(
     from_loopback: bool,
     backend: &B,
     settings: Settings,
+    held: &Held,
 ) -> io::Result<()> {
     let limits = Limits::default();
     let mut head = RequestHead::new();
     loop {
         // A whole head, within the timeout.
+        held.idle();
         let deadline = Instant::now() + settings.timeout;
         let n = loop {
             match head.parse(&buf, &limits) {
@@ -212,7 +219,11 @@ async fn http1<B: AdminBackend>(
             }
         }
         let body: Vec<u8> = buf.drain(..body_len).collect();
+        // Busy only while answering: waiting on the client (its bytes, or
+        // room to write) leaves the slot to whoever needs it more.
+        held.busy();
         let reply = route(head.method(), head.path(), &body, from_loopback, backend).await;
+        held.idle();
         let keep = head.keep_alive();
         let with_body = head.method() != Method::Head;
         let gzip = reply.status == 200
@@ -280,7 +291,13 @@ fn http1_reply(r: &Reply, keep: bool, with_body: bool, gzip_it: bool) -> io::Res
 
 /// Serves HTTP/2 on `io` (from the preface on). Ends when the client
 /// closes, on a protocol error, or after the timeout with no stream open.
-async fn http2<B: AdminBackend>(io: B::H2Io, from_loopback: bool, backend: &B, settings: Settings) {
+async fn http2<B: AdminBackend>(
+    io: B::H2Io,
+    from_loopback: bool,
+    backend: &B,
+    settings: Settings,
+    held: &Held,
+) {
     let mut builder = h2server::Builder::new();
     builder
         .max_concurrent_streams(16)
@@ -326,7 +343,10 @@ async fn http2<B: AdminBackend>(io: B::H2Io, from_loopback: bool, backend: &B, s
                 Ok(body) => body,
                 Err(reply) => return reply,
             };
-            route(method, &path, &body, from_loopback, backend).await
+            held.busy();
+            let reply = route(method, &path, &body, from_loopback, backend).await;
+            held.idle();
+            reply
         };
         let mut answer = std::pin::pin!(answer);
         let reply = monoio::select! {

@@ -34,6 +34,7 @@ use linkerd2_proxy_api::tap::ObserveRequest;
 use monoio::net::TcpListener;
 use monoio_http::h2::{server, RecvStream, SendStream};
 use prost::Message as _;
+use ringmesh_admin::slots::{Held, Slots};
 use ringmesh_discovery::channel::Publisher;
 use ringmesh_discovery::events::{self, EventReceiver};
 
@@ -46,8 +47,10 @@ const MAX_REQUEST: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Taps at most at once (each costs the workers a match per request).
 const MAX_TAPS: usize = 100;
-/// Client connections at most at once (handshakes included); more are
-/// closed as they come.
+/// Client connections at most at once (handshakes included): a newcomer
+/// past it closes the one idle longest (no call open: a handshake, an
+/// unproven or quiet client), or is closed itself when every one has a
+/// call ([`ringmesh_admin::slots`]).
 const MAX_CONNECTIONS: usize = 64;
 /// A connection with no call for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +101,7 @@ pub(crate) struct TapServer {
     allow_loopback: bool,
     metrics: Arc<TapMetrics>,
     /// Client connections open now, handshakes included.
-    connections: Rc<Cell<usize>>,
+    connections: Rc<Slots>,
 }
 
 impl TapServer {
@@ -118,7 +121,7 @@ impl TapServer {
             workers,
             allow_loopback,
             metrics,
-            connections: Rc::default(),
+            connections: Slots::new(MAX_CONNECTIONS),
         }
     }
 
@@ -167,14 +170,16 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
                 continue;
             }
         };
-        if server.connections.get() >= MAX_CONNECTIONS {
-            tracing::debug!(%peer, "tap client refused: {MAX_CONNECTIONS} connections are open");
+        let Some(held) = server.connections.admit() else {
+            tracing::debug!(%peer, "tap client refused: {MAX_CONNECTIONS} connections all have calls");
             continue;
-        }
+        };
         let _ = s.set_nodelay(true);
-        let open = OpenConnection::new(&server.connections);
         if server.allow_loopback && peer.ip().is_loopback() {
-            monoio::spawn(connection(s, peer, server.clone(), open));
+            let server = server.clone();
+            monoio::spawn(async move {
+                held.run(connection(s, peer, server, &held)).await;
+            });
             continue;
         }
         let Some(name) = server.svc_name.clone() else {
@@ -192,31 +197,34 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
         };
         let server = server.clone();
         monoio::spawn(async move {
-            let accept = crate::transport::Transport::tls_accept(s, config, &[]);
-            let t = match monoio::time::timeout(REQUEST_TIMEOUT, accept).await {
-                Ok(Ok(t)) => t,
-                _ => {
-                    tracing::debug!(%peer, "tap client's TLS handshake failed");
+            let served = async {
+                let accept = crate::transport::Transport::tls_accept(s, config, &[]);
+                let t = match monoio::time::timeout(REQUEST_TIMEOUT, accept).await {
+                    Ok(Ok(t)) => t,
+                    _ => {
+                        tracing::debug!(%peer, "tap client's TLS handshake failed");
+                        return;
+                    }
+                };
+                let proven = matches!(
+                    t.tls(),
+                    ringmesh_admin::telemetry::TlsStatus::Accepted { client_id: Some(id) }
+                        if **id == *name.as_str()
+                );
+                if !proven {
+                    tracing::info!(%peer, tls = ?t.tls(), expected = %name, "tap client refused: it did not prove the tap service's identity");
                     return;
                 }
+                connection(t, peer, server, &held).await;
             };
-            let proven = matches!(
-                t.tls(),
-                ringmesh_admin::telemetry::TlsStatus::Accepted { client_id: Some(id) }
-                    if **id == *name.as_str()
-            );
-            if !proven {
-                tracing::info!(%peer, tls = ?t.tls(), expected = %name, "tap client refused: it did not prove the tap service's identity");
-                return;
-            }
-            connection(t, peer, server, open).await;
+            held.run(served).await;
         });
     }
 }
 
 /// One client connection: its streams, each served by a task of its own
 /// while this one drives the connection.
-async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>, _open: OpenConnection)
+async fn connection<I>(s: I, peer: SocketAddr, server: Rc<TapServer>, held: &Held)
 where
     I: monoio::io::AsyncReadRent + monoio::io::AsyncWriteRent + Unpin + 'static,
 {
@@ -239,6 +247,13 @@ where
     // Calls in progress on this connection.
     let calls = Rc::new(Cell::new(0usize));
     loop {
+        // With a call open it is not closed for room (the idle timer
+        // brings this back round when calls end).
+        if calls.get() == 0 {
+            held.idle();
+        } else {
+            held.busy();
+        }
         let idle = monoio::time::sleep(IDLE_TIMEOUT);
         let next = monoio::select! {
             next = conn.accept() => next,
@@ -268,7 +283,7 @@ where
     }
 }
 
-/// Counts one open thing (a connection, a call) while it lives.
+/// Counts one open call while it lives.
 struct OpenConnection(Rc<Cell<usize>>);
 
 impl OpenConnection {

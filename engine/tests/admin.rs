@@ -776,3 +776,40 @@ fn scrape_floods_share_collections() {
     );
     drop(p);
 }
+
+/// Clients that only hold admin connections cannot lock out a probe or a
+/// scrape (the admin port is open to the cluster): with 64 held (silent,
+/// half a request, or idle between keep-alive requests), each newcomer
+/// closes the one idle longest and is answered.
+#[test]
+fn held_admin_connections_lock_out_no_probe() {
+    use std::io::{Read, Write};
+    let (p, base) = start(&[]);
+    let admin: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut held = Vec::new();
+    for i in 0..64 {
+        let mut s = connect(admin);
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(b"GET /live HTTP/1.1\r\nHo").unwrap(),
+            _ => {
+                s.write_all(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            }
+        }
+        held.push(s);
+    }
+    for path in ["/ready", "/metrics", "/live", "/ready", "/ready"] {
+        let started = std::time::Instant::now();
+        let (code, _) = curl(&[&format!("{base}{path}")]);
+        assert_eq!(code, "200", "{path} while 64 connections were held");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{path} took {took:?}");
+    }
+    drop(held);
+    drop(p);
+}

@@ -1,0 +1,170 @@
+//! Room for a server's connections (the admin and tap servers, on the
+//! control core): at most `max` are open. When every slot is taken, the
+//! connection that has waited longest on its client (for a handshake, its
+//! next request, its body, or room to write) is closed to make room for
+//! the newcomer, so clients that only hold connections open cannot lock
+//! others out (a kubelet probe, a scrape, the tap client). A newcomer is
+//! refused only when every connection is busy (answering a request; for
+//! the tap server, with a call open).
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+/// The open connections of one server.
+pub struct Slots {
+    max: usize,
+    open: RefCell<Vec<Rc<Slot>>>,
+}
+
+/// One connection's place.
+struct Slot {
+    /// Since when it waits for its client; `None` while it answers.
+    idle_since: Cell<Option<Instant>>,
+    evicted: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// A connection's hold on its slot, given up when dropped.
+pub struct Held {
+    slots: Rc<Slots>,
+    slot: Rc<Slot>,
+}
+
+impl Slots {
+    pub fn new(max: usize) -> Rc<Self> {
+        Rc::new(Self {
+            max: max.max(1),
+            open: RefCell::default(),
+        })
+    }
+
+    /// A slot for a new connection (idle from now), making room by closing
+    /// the connection idle longest when all are taken; `None` when every
+    /// one is busy (or as many again are still closing).
+    pub fn admit(self: &Rc<Self>) -> Option<Held> {
+        let mut open = self.open.borrow_mut();
+        let live = open.iter().filter(|s| !s.evicted.get()).count();
+        if live >= self.max {
+            if open.len() >= 2 * self.max {
+                return None;
+            }
+            let victim = open
+                .iter()
+                .filter(|s| !s.evicted.get())
+                .filter_map(|s| Some((s.idle_since.get()?, s)))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, s)| s.clone())?;
+            victim.evicted.set(true);
+            if let Some(w) = victim.waker.take() {
+                w.wake();
+            }
+        }
+        let slot = Rc::new(Slot {
+            idle_since: Cell::new(Some(Instant::now())),
+            evicted: Cell::new(false),
+            waker: Cell::new(None),
+        });
+        open.push(slot.clone());
+        Some(Held {
+            slots: self.clone(),
+            slot,
+        })
+    }
+
+    /// Connections open and not closing.
+    pub fn open(&self) -> usize {
+        self.open
+            .borrow()
+            .iter()
+            .filter(|s| !s.evicted.get())
+            .count()
+    }
+}
+
+impl Held {
+    /// The connection waits for its client: it may be closed for room.
+    pub fn idle(&self) {
+        if self.slot.idle_since.get().is_none() {
+            self.slot.idle_since.set(Some(Instant::now()));
+        }
+    }
+
+    /// The connection answers a request: it is not closed for room.
+    pub fn busy(&self) {
+        self.slot.idle_since.set(None);
+    }
+
+    /// Runs `f` (the connection) until it ends, or until this connection is
+    /// closed to make room (`None`: `f` is dropped, and the socket with it).
+    pub async fn run<F: Future>(&self, f: F) -> Option<F::Output> {
+        let evicted = poll_fn(|cx| {
+            if self.slot.evicted.get() {
+                Poll::Ready(())
+            } else {
+                self.slot.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        monoio::select! {
+            biased;
+            () = evicted => None,
+            out = f => Some(out),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.slots
+            .open
+            .borrow_mut()
+            .retain(|s| !Rc::ptr_eq(s, &self.slot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Full: the connection idle longest makes room; busy ones never do,
+    /// and with every one busy a newcomer is refused.
+    #[test]
+    fn the_longest_idle_connection_makes_room() {
+        let slots = Slots::new(3);
+        let a = slots.admit().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = slots.admit().unwrap();
+        let c = slots.admit().unwrap();
+        b.busy();
+        let d = slots.admit().expect("room made");
+        assert!(a.slot.evicted.get(), "the longest idle was not closed");
+        assert!(!b.slot.evicted.get() && !c.slot.evicted.get());
+        assert_eq!(slots.open(), 3);
+        drop(a);
+        c.busy();
+        d.busy();
+        assert!(slots.admit().is_none(), "a busy connection was closed");
+        d.idle();
+        assert!(slots.admit().is_some());
+        assert!(d.slot.evicted.get());
+    }
+
+    /// A connection closed for room ends at once, its future dropped.
+    #[test]
+    fn an_evicted_connection_ends() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let slots = Slots::new(1);
+            let a = slots.admit().unwrap();
+            let run = a.run(std::future::pending::<()>());
+            let _b = slots.admit().unwrap();
+            assert_eq!(run.await, None);
+        });
+    }
+}
