@@ -23,10 +23,35 @@ const EXIT_CONFIG: u8 = 64;
 /// sysexits' EX_UNAVAILABLE: start-up failed for another reason.
 const EXIT_START: u8 = 69;
 
+const USAGE: &str = "\
+usage: ringmesh               run the proxy, configured by the environment
+       ringmesh tap [...]     watch a running proxy's requests (ringmesh tap --help)
+       ringmesh --version
+
+Settings are linkerd2-proxy's environment variables (LINKERD2_PROXY_*) and
+ringmesh's own (RINGMESH_*): docs/CONFIGURATION.md. An invalid setting is
+reported with every other one and exits 64.
+";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("tap") {
-        return ExitCode::from(ringmesh_engine::tap_cli::main(&args[1..]));
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("tap") => return ExitCode::from(ringmesh_engine::tap_cli::main(&args[1..])),
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("ringmesh {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        // The proxy takes no arguments (its settings are the environment's):
+        // anything else is a mistake, not a reason to start on defaults.
+        Some(other) => {
+            eprintln!("ringmesh: unknown argument {other:?}\n\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     let cfg = match Config::from_env() {
         Ok(c) => c,

@@ -419,3 +419,30 @@ fn uring_demanded_but_refused_fails_start_clearly() {
     assert_eq!(out.status.code(), Some(69), "{stderr}");
     assert!(stderr.contains("io_uring was requested"), "{stderr}");
 }
+
+/// The proxy takes no arguments: `--help` prints its usage and exits 0,
+/// `--version` its version; anything else is refused (exit 64) before
+/// anything listens, rather than starting on the default ports.
+#[test]
+fn arguments_help_or_are_refused() {
+    let admin = closed_port().to_string();
+    let run = |arg: &str| {
+        ringmesh("auto", &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin)])
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let help = run("--help");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("usage: ringmesh") && text.contains("ringmesh tap"),
+        "{text}"
+    );
+    let version = run("--version");
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("ringmesh "));
+    let bad = run("--bogus");
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown argument \"--bogus\""));
+}
