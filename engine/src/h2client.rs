@@ -5,7 +5,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -498,18 +498,29 @@ pub(crate) async fn new_connection(
         .and_then(|k| Some((k, conn.ping_pong()?, send.clone())));
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
+    let id = w.pools.h2.put(ep.clone(), send.clone(), closed);
+    let (pool_w, idle_send) = (w.clone(), send.clone());
     monoio::spawn(async move {
-        let ended = match keep_alive {
-            None => conn.await,
-            Some((k, pings, send)) => {
-                let active = move || k.while_idle || send.num_active_streams() > 0;
-                monoio::select! {
-                    ended = &mut conn => ended,
-                    _ = unanswered_ping(pings, k.interval, k.timeout, active) => {
-                        tracing::info!(upstream = %addr, "upstream did not answer a keep-alive PING in time; closing");
-                        Ok(())
+        let run = async {
+            match keep_alive {
+                None => conn.await,
+                Some((k, pings, send)) => {
+                    let active = move || k.while_idle || send.num_active_streams() > 0;
+                    monoio::select! {
+                        ended = &mut conn => ended,
+                        _ = unanswered_ping(pings, k.interval, k.timeout, active) => {
+                            tracing::info!(upstream = %addr, "upstream did not answer a keep-alive PING in time; closing");
+                            Ok(())
+                        }
                     }
                 }
+            }
+        };
+        let ended = monoio::select! {
+            ended = run => ended,
+            () = idle_for(&idle_send, IDLE_TIMEOUT) => {
+                tracing::debug!(upstream = %addr, "upstream HTTP/2 connection idle; closing");
+                Ok(())
             }
         };
         if let Err(e) = ended {
@@ -517,9 +528,31 @@ pub(crate) async fn new_connection(
         }
         // (Dropping the connection fails the streams still on it.)
         done.set(true);
+        pool_w.pools.h2.retire(addr, id);
     });
-    let id = w.pools.h2.put(ep.clone(), send.clone(), closed);
     Ok((send, id))
+}
+
+/// An upstream HTTP/2 connection with no stream for this long is closed
+/// (linkerd2-proxy drops an outbound target's endpoint clients, and their
+/// connections, after its 5 s discovery idle timeout): a burst's extra
+/// connections do not stay open for ever (servers such as Go's never
+/// close idle ones), nor do connections to endpoints no longer used.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves once `send`'s connection has had no stream open for `limit`
+/// (checked every quarter of it).
+async fn idle_for(send: &client::SendRequest<Bytes>, limit: Duration) {
+    let mut idle_since = Instant::now();
+    loop {
+        monoio::time::sleep(limit / 4).await;
+        let now = Instant::now();
+        if send.num_active_streams() > 0 {
+            idle_since = now;
+        } else if now.duration_since(idle_since) >= limit {
+            return;
+        }
+    }
 }
 
 /// PINGs the peer every `interval` while `active` says so; resolves when a

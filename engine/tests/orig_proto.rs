@@ -1701,3 +1701,46 @@ fn an_early_answer_reaches_the_client_before_its_body_ends() {
     let body = got.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(body, "5\r\npart1\r\n5\r\npart2\r\n0\r\n\r\n");
 }
+
+/// An upstream HTTP/2 connection with no stream for 5 s is closed (a
+/// burst's extra connections, or those to an endpoint no longer used, do
+/// not stay open for ever), and the next request makes a new one.
+#[test]
+fn idle_upstream_http2_connections_are_closed() {
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-h2-idle");
+    let p = web_proxy(&dir, &[origin.addr], "protocol_hint = \"h2\"\n");
+    let get = || {
+        let mut r = client(p.forward_addrs()[0]);
+        let (status, _, _) = exchange(
+            &mut r,
+            b"GET /hello HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+    };
+    let open_upstream = || {
+        let text = metrics(p.admin_addr().unwrap());
+        series(&text, "tcp_open_connections", &["peer=\"dst\""]).unwrap_or(0.0)
+    };
+    get();
+    let started = Instant::now();
+    assert_eq!(open_upstream(), 1.0);
+    while open_upstream() > 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "an idle upstream HTTP/2 connection stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "closed before its time: {:?}",
+        started.elapsed()
+    );
+    get();
+    let made = origin
+        .counters
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(made, 2);
+}
