@@ -108,15 +108,25 @@ impl Reply {
 /// Serves `listener` for as long as the runtime runs this task.
 pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, settings: Settings) {
     let slots = Slots::new(settings.max_connections);
+    // Accept failures in a row (out of descriptors, say): the first is
+    // logged, the rest counted and reported when one succeeds.
+    let mut failing = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                if failing == 0 {
+                    tracing::warn!(error = %e, "admin accept failed (retrying every 100 ms)");
+                }
+                failing += 1;
                 monoio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if failing > 0 {
+            tracing::info!(failures = failing, "admin accepts again");
+            failing = 0;
+        }
         let Some(held) = slots.admit() else {
             tracing::debug!(%peer, "every admin connection is busy; closing");
             continue;

@@ -184,6 +184,12 @@ impl ProxyError {
         Self::new(Kind::Overloaded, "proxy max-concurrency exhausted")
     }
 
+    /// The proxy itself is out of room (its request bound, or descriptors
+    /// or memory for a connection): no endpoint is to blame.
+    pub(crate) fn proxy_exhausted(&self) -> bool {
+        matches!(self.kind, Kind::Overloaded)
+    }
+
     pub(crate) fn unresolved(name: impl fmt::Display) -> Self {
         Self::new(Kind::Unresolved, format!("cannot resolve {name}"))
     }
@@ -196,6 +202,17 @@ impl ProxyError {
     }
 
     pub(crate) fn connect(e: &std::io::Error) -> Self {
+        // The proxy's own resources (descriptors, buffers): not the
+        // endpoint's doing, and every other endpoint would fail the same.
+        const LOCAL: [i32; 4] = [
+            nix::libc::EMFILE,
+            nix::libc::ENFILE,
+            nix::libc::ENOBUFS,
+            nix::libc::ENOMEM,
+        ];
+        if e.raw_os_error().is_some_and(|n| LOCAL.contains(&n)) {
+            return Self::new(Kind::Overloaded, format!("proxy out of resources: {e}"));
+        }
         match e.kind() {
             std::io::ErrorKind::TimedOut => {
                 Self::new(Kind::ConnectTimeout, "upstream connect timed out")

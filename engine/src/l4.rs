@@ -1330,6 +1330,11 @@ async fn connect_balanced(
                 crate::feedback::connected(guard.endpoint(), started.elapsed());
                 return Ok((s, addr, guard));
             }
+            Err(e) if e.proxy_exhausted() => {
+                tried.push(addr);
+                last = Some(e);
+                break;
+            }
             Err(e) => {
                 crate::feedback::connect_failed(guard.endpoint(), started.elapsed());
                 tracing::debug!(endpoint = %addr, error = %e, "endpoint connect failed; trying another");

@@ -681,6 +681,9 @@ where
         let started = Instant::now();
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),
+            // Out of descriptors or memory here: every endpoint would fail
+            // alike, and none is to blame.
+            Err(e) if e.proxy_exhausted() => return Err(e),
             Err(e) => {
                 crate::feedback::connect_failed(guard.endpoint(), started.elapsed());
                 tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");

@@ -446,3 +446,92 @@ fn arguments_help_or_are_refused() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown argument \"--bogus\""));
 }
+
+/// Out of file descriptors, a request gets 503 (`load_shed`: the proxy is
+/// out of resources) and no endpoint is blamed: once descriptors are back,
+/// the service's healthy endpoints serve at once. (Each failure used to
+/// count against the endpoint it was trying: ten requests ejected both.)
+#[test]
+fn running_out_of_descriptors_blames_no_endpoint() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (a, b) = (http::origin("a"), http::origin("b"));
+    let dir = TempDir::new("emfile");
+    let file = service_file(&dir, "web.test:80", &[a.addr, b.addr], "");
+    let fwd = closed_port();
+    let forward = format!("{fwd}=web.test:80");
+    let (p, _) = Running::spawn_ready(|admin| {
+        let admin = admin.to_string();
+        ringmesh(
+            "auto",
+            &[
+                ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin),
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+                ("RINGMESH_TCP_FORWARD", &forward),
+                // Every request connects anew (no pooled connection).
+                ("LINKERD2_PROXY_OUTBOUND_MAX_IDLE_CONNS_PER_ENDPOINT", "0"),
+            ],
+        )
+    });
+    let pid = p.child.id() as i32;
+    let nofile = |n: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: 4096,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: `limit` outlives the call; no old value is asked for.
+        let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+        assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    // A request on `c`: its status and `l5d-proxy-error`.
+    let get = |c: &mut BufReader<std::net::TcpStream>| -> (u16, String) {
+        c.get_mut()
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        assert!(c.read_line(&mut status).unwrap() > 0, "closed");
+        let (mut len, mut error) = (0, String::new());
+        loop {
+            let mut line = String::new();
+            assert!(c.read_line(&mut line).unwrap() > 0, "closed");
+            let l = line.to_ascii_lowercase();
+            if let Some(v) = l.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if let Some(v) = l.strip_prefix("l5d-proxy-error:") {
+                error = v.trim().to_string();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).unwrap();
+        (status.split(' ').nth(1).unwrap().parse().unwrap(), error)
+    };
+    let client = || {
+        let c = connect(fwd);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        BufReader::new(c)
+    };
+    // Ten clients served, then no descriptor left (below the lowest free
+    // one: none comes free as connections close).
+    let mut clients: Vec<_> = (0..10).map(|_| client()).collect();
+    for c in &mut clients {
+        assert_eq!(get(c).0, 200);
+    }
+    nofile(3);
+    for c in &mut clients {
+        let (code, error) = get(c);
+        assert_eq!(code, 503, "{error}");
+        assert!(error.contains("out of resources"), "{error}");
+    }
+    nofile(4096);
+    let mut c = client();
+    for _ in 0..4 {
+        let (code, error) = get(&mut c);
+        assert_eq!(code, 200, "an endpoint was blamed: {error}");
+    }
+    drop(p);
+}
