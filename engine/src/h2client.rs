@@ -541,13 +541,14 @@ pub(crate) async fn new_connection(
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Resolves once `send`'s connection has had no stream open for `limit`
-/// (checked every quarter of it).
+/// (checked every quarter of it). (Streams reset and awaiting their reset's
+/// expiry do not count: an idle connection never expires them.)
 async fn idle_for(send: &client::SendRequest<Bytes>, limit: Duration) {
     let mut idle_since = Instant::now();
     loop {
         monoio::time::sleep(limit / 4).await;
         let now = Instant::now();
-        if send.num_active_streams() > 0 {
+        if send.has_open_streams() {
             idle_since = now;
         } else if now.duration_since(idle_since) >= limit {
             return;

@@ -396,20 +396,30 @@ async fn drain(
     );
 }
 
-/// Per worker: gives memory back once the open connections have fallen
-/// well below their peak since the last time; ends when the worker stops.
+/// Per worker: gives memory back once the open connections, or the
+/// requests in flight (a burst of HTTP/2 streams on a few connections),
+/// have fallen well below their peak since the last time, or the last tap
+/// is gone (its queued events); ends when the worker stops.
 pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
+    let mut tapped = false;
     loop {
         monoio::select! {
             _ = monoio::time::sleep(memory::CHECK_INTERVAL) => {}
             _ = stop.wait() => return,
         }
         let open = w.telemetry.open.get();
-        if memory::should_collect(w.telemetry.open_peak.get(), open) {
+        let requests = (w.in_flight.take_peak(), w.in_flight.now());
+        let taps_gone = std::mem::replace(&mut tapped, w.taps.active().is_some()) && !tapped;
+        if memory::should_collect(w.telemetry.open_peak.get(), open)
+            || memory::should_collect(requests.0 as u64, requests.1 as u64)
+            || taps_gone
+        {
             tracing::debug!(
                 worker = w.id,
                 peak = w.telemetry.open_peak.get(),
                 open,
+                requests_peak = requests.0,
+                taps_gone,
                 "giving memory back"
             );
             w.pools.bufs.clear();

@@ -143,6 +143,12 @@ impl TapServer {
     fn remove(&self, id: u64) {
         self.installed.borrow_mut().retain(|(i, _)| *i != id);
         self.publish();
+        // The last tap gone: what its events held on this thread (the
+        // batches forwarded, a stuck client's queue) goes back to the OS
+        // (the workers give theirs back themselves, `run::trim_after_bursts`).
+        if self.installed.borrow().is_empty() {
+            crate::memory::collect();
+        }
     }
 
     fn publish(&self) {

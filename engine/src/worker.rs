@@ -104,6 +104,8 @@ pub(crate) struct Worker {
 pub(crate) struct InFlight {
     now: [Cell<usize>; 2],
     max: [usize; 2],
+    /// The most in flight (both sides) since [`Self::take_peak`].
+    peak: Cell<usize>,
 }
 
 impl InFlight {
@@ -113,7 +115,19 @@ impl InFlight {
         Self {
             now: Default::default(),
             max: [share(limits[0]), share(limits[1])],
+            peak: Cell::new(0),
         }
+    }
+
+    /// Requests in flight now (both sides).
+    pub(crate) fn now(&self) -> usize {
+        self.now[0].get() + self.now[1].get()
+    }
+
+    /// The most requests in flight since the last call; starts again from
+    /// now.
+    pub(crate) fn take_peak(&self) -> usize {
+        self.peak.replace(self.now())
     }
 
     /// A request begins; false when it is one too many (it still counts
@@ -121,6 +135,7 @@ impl InFlight {
     pub(crate) fn enter(&self, d: Direction) -> bool {
         let c = &self.now[crate::config::side_index(d)];
         c.set(c.get() + 1);
+        self.peak.set(self.peak.get().max(self.now()));
         c.get() <= self.max[crate::config::side_index(d)]
     }
 

@@ -1744,3 +1744,58 @@ fn idle_upstream_http2_connections_are_closed() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(made, 2);
 }
+
+/// The same after its last stream was reset: a reset stream kept until
+/// its reset expires (which an idle connection never gets to) does not
+/// hold the connection open.
+#[test]
+fn an_upstream_connection_idle_after_a_reset_is_closed() {
+    use common::raw_h2::frame;
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-h2-idle-reset");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
+    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
+    head.extend_from_slice(b"\x01\x08web.test");
+    out.extend(frame(1, 5, 1, &head));
+    c.write_all(&out).unwrap();
+    let reset_seen = || {
+        origin
+            .counters
+            .resets_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let open_upstream = || {
+        let text = metrics(p.admin_addr().unwrap());
+        series(&text, "tcp_open_connections", &["peer=\"dst\""]).unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while open_upstream() < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no upstream stream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // RST_STREAM CANCEL: the proxy resets the upstream stream.
+    c.write_all(&frame(3, 0, 1, &8u32.to_be_bytes())).unwrap();
+    while reset_seen() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the reset did not go upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reset_at = Instant::now();
+    while open_upstream() > 0.0 {
+        assert!(
+            reset_at.elapsed() < Duration::from_secs(10),
+            "an upstream connection idle after a reset stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(c);
+}

@@ -585,6 +585,14 @@ where
         self.inner.num_active_streams()
     }
 
+    /// (ringmesh) Whether any stream is open: unlike
+    /// [`Self::num_active_streams`], streams reset and kept only until
+    /// their reset expires (which happens when the connection is next
+    /// polled, so never on an idle one) are not counted.
+    pub fn has_open_streams(&self) -> bool {
+        self.inner.has_streams()
+    }
+
     /// The most streams the peer lets this side have open at once (its
     /// SETTINGS_MAX_CONCURRENT_STREAMS; unlimited until it says), as the
     /// `h2` crate's `current_max_send_streams`.
