@@ -223,7 +223,7 @@ start_pair() {
   for port in 4191 4192; do
     until inns curl -sf -o /dev/null "http://127.0.0.1:$port/ready"; do
       if ((SECONDS > deadline)); then
-        echo "$ME: $1 pair not ready; logs:" >&2; tail -20 "$S/$1-a.log" "$S/$1-b.log" "$S/cp.log" >&2; exit 1
+        echo "$ME: $1 pair not ready; logs:" >&2; tail -n 20 "$S/$1-a.log" "$S/$1-b.log" "$S/cp.log" >&2; exit 1
       fi
       sleep 0.2
     done
