@@ -235,7 +235,7 @@ start_pair() {
     inns curl -sf -o /dev/null --max-time 2 "http://$IP_B:8080/" && return 0
     sleep 0.2
   done
-  echo "$ME: no request passed the $1 pair; logs:" >&2; tail -20 "$S/$1-a.log" "$S/$1-b.log" >&2; exit 1
+  echo "$ME: no request passed the $1 pair; logs:" >&2; tail -n 20 "$S/$1-a.log" "$S/$1-b.log" >&2; exit 1
 }
 
 stop_pair() {
