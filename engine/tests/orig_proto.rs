@@ -1498,13 +1498,32 @@ fn a_peer_proxys_connection_close_is_honoured() {
     proxy.wait();
 }
 
+/// A raw HTTP/2 connection to `addr` with stream 1 begun: `POST path` to
+/// `authority` (HEADERS with END_HEADERS only) and `data` (a DATA frame
+/// without END_STREAM): the request's body is still open.
+fn h2_post_begun(addr: SocketAddr, path: &str, authority: &str, data: &[u8]) -> TcpStream {
+    use common::raw_h2::frame;
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // :method POST, :scheme http (indexed); :path and :authority literal.
+    let mut head = vec![0x83, 0x86, 0x04, path.len() as u8];
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(&[0x01, authority.len() as u8]);
+    head.extend_from_slice(authority.as_bytes());
+    out.extend(frame(1, 4, 1, &head));
+    out.extend(frame(0, 0, 1, data));
+    c.write_all(&out).unwrap();
+    c
+}
+
 /// The response timeout holds while the client's body is still coming,
 /// across translations: an HTTP/1 client of an `h2`-hinted service, and an
 /// HTTP/2 client of an HTTP/1-only one, each sending part of a body and
 /// then nothing, get their 504 at the timeout (the wait was the client's).
 #[test]
 fn a_stalled_request_body_does_not_hold_off_the_timeout() {
-    use common::raw_h2::{frame, read_frame};
+    use common::raw_h2::read_frame;
     let (h2_origin, h1_origin) = (h2::origin(None), http::origin("app"));
     let dir = TempDir::new("orig-proto-stalled-body");
     let h2_file = service_file(
@@ -1549,16 +1568,8 @@ fn a_stalled_request_body_does_not_hold_off_the_timeout() {
     // HTTP/2 → HTTP/1: `/never` never answers.
     let p = proxy(&h1_file, "h1.test:80");
     let started = Instant::now();
-    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    let mut c = h2_post_begun(p.forward_addrs()[0], "/never", "h1.test", b"hello");
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    // POST /never, :authority h1.test; END_HEADERS only, then some DATA.
-    let mut head = b"\x83\x86\x04\x06/never".to_vec();
-    head.extend_from_slice(b"\x01\x07h1.test");
-    out.extend(frame(1, 4, 1, &head));
-    out.extend(frame(0, 0, 1, b"hello"));
-    c.write_all(&out).unwrap();
     let status = loop {
         match read_frame(&mut c) {
             // A HEADERS frame on stream 1: its first field, `:status`.
@@ -1666,16 +1677,8 @@ fn an_early_answer_reaches_the_client_before_its_body_ends() {
         let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
     });
     let (_dir, p) = http1_service(IoDriver::Uring, "early-answer", origin);
-    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    let mut c = h2_post_begun(p.forward_addrs()[0], "/early", "web.test", b"part1");
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    // POST /early, :authority web.test; END_HEADERS only, then some DATA.
-    let mut head = b"\x83\x86\x04\x06/early".to_vec();
-    head.extend_from_slice(b"\x01\x08web.test");
-    out.extend(frame(1, 4, 1, &head));
-    out.extend(frame(0, 0, 1, b"part1"));
-    c.write_all(&out).unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     let mut answered = None;
