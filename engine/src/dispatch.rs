@@ -3,12 +3,14 @@
 //! (`http1`, `http2`) reach `translate` only through here and never each
 //! other.
 //!
-//! - An HTTP/1 request goes over HTTP/2 (with `l5d-orig-proto`) when every
-//!   endpoint of its service is hinted as meshed and it is plain HTTP/1.1
-//!   (no upgrade, no CONNECT); a service with mixed endpoints stays HTTP/1.
+//! - A plain HTTP/1.1 request (no upgrade, no CONNECT) goes over HTTP/2
+//!   with `l5d-orig-proto` when every endpoint of its service is hinted as
+//!   meshed (a service with mixed endpoints stays HTTP/1), and without the
+//!   mark when the service speaks HTTP/2 only (`protocol = "http2"`).
 //! - An HTTP/2 stream goes upstream as HTTP/1.1 when a peer proxy carried
-//!   it (`l5d-orig-proto`, removed here) or the service speaks HTTP/1
-//!   only; otherwise it stays HTTP/2.
+//!   it (`l5d-orig-proto: HTTP/1.x`, removed here; another value is removed
+//!   and ignored, as linkerd2-proxy ignores it) or the service speaks
+//!   HTTP/1 only; otherwise it stays HTTP/2.
 //!
 //! Must not: do I/O (the paths themselves are `h1forward`, `h2client` and
 //! `translate`).
@@ -24,8 +26,12 @@ pub(crate) use crate::translate::{h1_over_h2, h2_to_h1};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Http1Path {
     Http1,
-    /// As an HTTP/2 stream to a meshed endpoint (`h1_over_h2`).
-    OverHttp2,
+    /// As an HTTP/2 stream (`h1_over_h2`); `mark`: to a meshed endpoint,
+    /// whose proxy restores HTTP/1.1 (`l5d-orig-proto`), else to a server
+    /// that speaks HTTP/2 itself.
+    OverHttp2 {
+        mark: bool,
+    },
 }
 
 /// The path of a stream that came in as HTTP/2.
@@ -58,16 +64,36 @@ fn service(target: &Dst) -> Option<&Service> {
 }
 
 fn http1_to(svc: Option<&Service>, req: &RequestHead) -> Http1Path {
-    let meshed = svc.is_some_and(Service::all_h2_hint);
-    if meshed && req.version() == Version::Http11 && !req.is_connect() && req.upgrade().is_none() {
-        Http1Path::OverHttp2
+    let Some(svc) = svc else {
+        return Http1Path::Http1;
+    };
+    let plain = req.version() == Version::Http11 && !req.is_connect() && req.upgrade().is_none();
+    if !plain {
+        Http1Path::Http1
+    } else if svc.all_h2_hint() {
+        Http1Path::OverHttp2 { mark: true }
+    } else if svc.protocol == Some(DiscoveredProtocol::Http2) {
+        Http1Path::OverHttp2 { mark: false }
     } else {
         Http1Path::Http1
     }
 }
 
+/// Whether an `l5d-orig-proto` value names an HTTP/1 version (a peer's
+/// `HTTP/1.1`, possibly with `; absolute-form`).
+fn marks_http1(value: &[u8]) -> bool {
+    value.starts_with(b"HTTP/1.1") || value.starts_with(b"HTTP/1.0")
+}
+
 fn http2_to(svc: Option<&Service>, headers: &mut HeaderMap) -> Http2Path {
-    let orig_proto = headers.remove(ORIG_PROTO).is_some();
+    let orig_proto = match headers.remove(ORIG_PROTO) {
+        Some(v) if marks_http1(v.as_bytes()) => true,
+        Some(v) => {
+            tracing::debug!(value = ?v, "l5d-orig-proto names no HTTP/1 version; ignored");
+            false
+        }
+        None => false,
+    };
     let http1_only = svc.is_some_and(|s| s.protocol == Some(DiscoveredProtocol::Http1));
     if orig_proto || http1_only {
         Http2Path::Http1 { orig_proto }
@@ -111,7 +137,17 @@ mod tests {
         let get = request("GET / HTTP/1.1\r\nHost: web\r\n\r\n");
         let meshed = service(&[true, true], None);
         let mixed = service(&[true, false], None);
-        assert_eq!(http1_to(Some(&meshed), &get), Http1Path::OverHttp2);
+        let h2_only = service(&[false, false], Some(DiscoveredProtocol::Http2));
+        let h1_only = service(&[false], Some(DiscoveredProtocol::Http1));
+        let meshed_h2 = service(&[true], Some(DiscoveredProtocol::Http2));
+        let marked = Http1Path::OverHttp2 { mark: true };
+        assert_eq!(http1_to(Some(&meshed), &get), marked);
+        assert_eq!(http1_to(Some(&meshed_h2), &get), marked);
+        assert_eq!(
+            http1_to(Some(&h2_only), &get),
+            Http1Path::OverHttp2 { mark: false }
+        );
+        assert_eq!(http1_to(Some(&h1_only), &get), Http1Path::Http1);
         assert_eq!(http1_to(Some(&mixed), &get), Http1Path::Http1);
         assert_eq!(http1_to(None, &get), Http1Path::Http1, "a plain address");
         for head in [
@@ -119,11 +155,13 @@ mod tests {
             "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             "CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n",
         ] {
-            assert_eq!(
-                http1_to(Some(&meshed), &request(head)),
-                Http1Path::Http1,
-                "{head:?}"
-            );
+            for svc in [&meshed, &h2_only] {
+                assert_eq!(
+                    http1_to(Some(svc), &request(head)),
+                    Http1Path::Http1,
+                    "{head:?}"
+                );
+            }
         }
     }
 
@@ -145,5 +183,23 @@ mod tests {
             Http2Path::Http1 { orig_proto: true }
         );
         assert!(carried.is_empty(), "l5d-orig-proto goes no further");
+        for (value, http1) in [
+            ("HTTP/1.0", true),
+            ("HTTP/1.1; absolute-form", true),
+            ("HTTP/2", false),
+            ("h2", false),
+            ("", false),
+        ] {
+            let mut carried = HeaderMap::new();
+            carried.insert(ORIG_PROTO, HeaderValue::from_static(value));
+            let path = http2_to(Some(&h2), &mut carried);
+            let want = if http1 {
+                Http2Path::Http1 { orig_proto: true }
+            } else {
+                Http2Path::Http2
+            };
+            assert_eq!(path, want, "{value:?}");
+            assert!(carried.is_empty(), "{value:?} goes no further");
+        }
     }
 }

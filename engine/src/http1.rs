@@ -285,9 +285,9 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         Err(Some(e)) => return answer(t, obs, e).await,
         Err(None) => return Next::Close,
     };
-    if dispatch::http1(&target, t.req) == Http1Path::OverHttp2 {
+    if let Http1Path::OverHttp2 { mark } = dispatch::http1(&target, t.req) {
         // Boxed: its state would otherwise size every connection's task.
-        return Box::pin(over_h2(t, obs, &target, kept, deadline)).await;
+        return Box::pin(over_h2(t, obs, &target, kept, deadline, mark)).await;
     }
     forward(t, obs, dst, &target, kept, deadline).await
 }
@@ -321,17 +321,19 @@ fn log_answer(w: &Worker, peer: SocketAddr, upstream: Option<SocketAddr>, e: &Pr
     }
 }
 
-/// The request to a meshed service travels over HTTP/2 (`translate`);
-/// `kept`: its body, read whole at the front of the client's buffer.
+/// The request to a meshed or HTTP/2-only service travels over HTTP/2
+/// (`translate`); `kept`: its body, read whole at the front of the
+/// client's buffer; `mark`: with `l5d-orig-proto` (to a meshed one).
 async fn over_h2(
     t: &mut Turn<'_>,
     mut obs: Observer<'_>,
     target: &Dst,
     kept: Option<usize>,
     deadline: Option<Instant>,
+    mark: bool,
 ) -> Next {
     let outcome = dispatch::h1_over_h2(
-        t.w, t.c, t.req, &mut obs, target, t.dial, deadline, t.out, t.limits, kept,
+        t.w, t.c, t.req, &mut obs, target, t.dial, deadline, t.out, t.limits, kept, mark,
     )
     .await;
     match outcome {

@@ -11,6 +11,9 @@
 //! - **HTTP/2 client, HTTP/1-only upstream**: a stream for a destination
 //!   discovery marks `protocol = "http1"` is sent as an HTTP/1.1 request
 //!   on a pooled HTTP/1 connection ([`h2_to_h1`]).
+//! - **HTTP/1 client, HTTP/2-only upstream** (`protocol = "http2"`): a
+//!   plain HTTP/1.1 request goes as an HTTP/2 stream without the mark
+//!   ([`h1_over_h2`]), as for a meshed endpoint.
 //!
 //! Bodies are re-framed as they stream (HTTP/1 chunked ↔ DATA frames) with
 //! flow control both ways; only a small body with a declared length, of a
@@ -56,8 +59,8 @@ use crate::worker::Worker;
 pub(crate) const ORIG_PROTO: &str = "l5d-orig-proto";
 
 /// Sends one HTTP/1.1 request from `c` as an HTTP/2 stream (with
-/// `l5d-orig-proto`) to an endpoint of `target`, and its response back as
-/// HTTP/1.1. Ends with the status sent and whether the client connection
+/// `l5d-orig-proto` when `mark`: to a meshed endpoint) to an endpoint of
+/// `target`, and its response back as HTTP/1.1. Ends with the status sent and whether the client connection
 /// may carry another request; or a failure (an answer for the caller to
 /// send, or a response cut short: the connection must close). `kept`: the
 /// body's length when it was read whole (at the front of `c.buf`), so the
@@ -74,9 +77,10 @@ pub(crate) async fn h1_over_h2(
     out: &mut Vec<u8>,
     limits: &Limits,
     kept: Option<usize>,
+    mark: bool,
 ) -> Result<(u16, bool), Failure> {
     let mut parts =
-        h2_request(req, obs.key()).map_err(|reason| ProxyError::malformed(400, reason))?;
+        h2_request(req, obs.key(), mark).map_err(|reason| ProxyError::malformed(400, reason))?;
     obs.route().edit(Message::Request, &mut parts.headers);
     let end = req.framing().is_empty();
     // A kept body of a request that may go again (its method, or a route
@@ -340,9 +344,15 @@ impl H2Answer<'_> {
     }
 }
 
-/// The HTTP/2 request an HTTP/1.1 request becomes (its fields minus the
-/// hop-by-hop ones, `Host` as `:authority`, `l5d-orig-proto` added).
-fn h2_request(req: &RequestHead, key: &HttpKey) -> Result<http::request::Parts, String> {
+/// The HTTP/2 request an HTTP/1.1 request becomes: its fields minus the
+/// hop-by-hop ones, `Host` as `:authority`, `te: trailers` kept when the
+/// client asked for trailers (the one `TE` HTTP/2 allows, and gRPC
+/// servers require it), `l5d-orig-proto` added when `mark`.
+fn h2_request(
+    req: &RequestHead,
+    key: &HttpKey,
+    mark: bool,
+) -> Result<http::request::Parts, String> {
     let authority = match (req.authority(), &key.authority) {
         (Some(a), _) => a.raw.to_string(),
         (None, Some(svc)) => svc.to_string(),
@@ -377,11 +387,26 @@ fn h2_request(req: &RequestHead, key: &HttpKey) -> Result<http::request::Parts, 
         }
         headers.append(name, value);
     }
-    headers.insert(
-        HeaderName::from_static(ORIG_PROTO),
-        HeaderValue::from_static("HTTP/1.1"),
-    );
+    if asks_for_trailers(req.headers()) {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    if mark {
+        headers.insert(
+            HeaderName::from_static(ORIG_PROTO),
+            HeaderValue::from_static("HTTP/1.1"),
+        );
+    }
     Ok(parts)
+}
+
+/// Whether an HTTP/1 request's `TE` lists `trailers` (RFC 9110 §10.1.4).
+fn asks_for_trailers(fields: Headers<'_>) -> bool {
+    fields.get_all("te").any(|v| {
+        v.split(|&b| b == b',').any(|t| {
+            let t = t.split(|&b| b == b';').next().unwrap_or_default();
+            t.trim_ascii().eq_ignore_ascii_case(b"trailers")
+        })
+    })
 }
 
 /// How an HTTP/1 message re-framed from HTTP/2 is delimited.
@@ -1253,6 +1278,43 @@ mod tests {
 
     fn parts(req: Request<()>) -> http::request::Parts {
         req.into_parts().0
+    }
+
+    #[test]
+    fn an_http1_request_becomes_an_http2_one_marked_only_when_asked() {
+        use ringmesh_admin::telemetry::{Direction, NoTlsReason, TlsStatus};
+        let key = HttpKey {
+            direction: Direction::Outbound,
+            tls: TlsStatus::NoIdentity(NoTlsReason::NoProxyIdentity),
+            authority: None,
+            target: None,
+            dst_labels: None,
+            route: None,
+        };
+        let head = |text: &str| {
+            let mut req = RequestHead::new();
+            req.parse(text.as_bytes(), &Limits::default()).unwrap();
+            req
+        };
+        let grpc = head(
+            "POST /pkg.Svc/Call HTTP/1.1\r\nHost: web:80\r\nTE: gzip, trailers;q=1\r\n\
+             Connection: te\r\nContent-Length: 0\r\n\r\n",
+        );
+        for mark in [true, false] {
+            let p = h2_request(&grpc, &key, mark).unwrap();
+            assert_eq!(p.uri, "http://web:80/pkg.Svc/Call");
+            assert_eq!(
+                p.headers.get_all("te").iter().collect::<Vec<_>>(),
+                ["trailers"]
+            );
+            assert!(p.headers.get("connection").is_none());
+            assert_eq!(p.headers.contains_key(ORIG_PROTO), mark);
+        }
+        for te in ["", "TE: gzip\r\nConnection: te\r\n", "TE: trailersx\r\n"] {
+            let req = head(&format!("GET / HTTP/1.1\r\nHost: web\r\n{te}\r\n"));
+            let p = h2_request(&req, &key, false).unwrap();
+            assert!(p.headers.get("te").is_none(), "{te:?}");
+        }
     }
 
     #[test]

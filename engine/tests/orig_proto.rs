@@ -1802,3 +1802,55 @@ fn an_upstream_connection_idle_after_a_reset_is_closed() {
     }
     drop(c);
 }
+
+/// A service whose endpoints speak HTTP/2 only (`protocol = "http2"`, not
+/// meshed) serves HTTP/1.1 clients: their requests go as HTTP/2 streams
+/// without `l5d-orig-proto` (the server is no proxy), a client's
+/// `TE: trailers` goes with them (gRPC servers require it), and a chunked
+/// body's answer comes back with its trailers. An HTTP/2 client's own
+/// `l5d-orig-proto` naming no HTTP/1 version is ignored: its stream stays
+/// HTTP/2 (it went as HTTP/1.1 to the HTTP/2 server, and failed).
+#[test]
+fn http1_clients_reach_http2_only_services() {
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-h2-only");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    let mut c = client(p.forward_addrs()[0]);
+    let (status, _, body) = exchange(
+        &mut c,
+        b"GET /headers HTTP/1.1\r\nHost: web.test\r\nTE: trailers\r\nConnection: te\r\n\r\n",
+    );
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen.lines().any(|l| l == "te: trailers"), "{seen}");
+    assert!(!seen.contains("l5d-orig-proto"), "{seen}");
+    assert!(!seen.contains("connection"), "{seen}");
+
+    // The same connection again: a chunked upload, echoed with trailers.
+    let (status, head, body, trailers) = exchange_with_trailers(
+        &mut c,
+        b"POST /echo HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"hello world");
+    assert!(trailers.contains("x-echo-bytes: 11"), "{trailers:?}");
+    assert_eq!(
+        origin
+            .counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    let url = format!("http://{}/hello", p.forward_addrs()[0]);
+    for mark in ["l5d-orig-proto: bogus", "l5d-orig-proto: HTTP/2"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-H", mark])
+            .args(["-w", " %{http_code}", "--max-time", "10", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text, "hello from h2 200", "{mark}: {text}");
+    }
+}
