@@ -505,7 +505,7 @@ pub(crate) async fn new_connection(
             match keep_alive {
                 None => conn.await,
                 Some((k, pings, send)) => {
-                    let active = move || k.while_idle || send.num_active_streams() > 0;
+                    let active = move || k.while_idle || send.num_streams_in_use() > 0;
                     monoio::select! {
                         ended = &mut conn => ended,
                         _ = unanswered_ping(pings, k.interval, k.timeout, active) => {

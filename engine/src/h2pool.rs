@@ -51,10 +51,11 @@ impl Pool {
         // Room below the peer's own limit too: a stream queued for a slot
         // on a full connection would wait behind streams that may never
         // end (their clients stopped reading), so it goes on another.
+        // Streams reset and awaiting their reset's expiry hold no slot.
         list.iter()
             .find(|u| {
                 let limit = STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams());
-                u.send.num_active_streams() < limit
+                u.send.num_streams_in_use() < limit
             })
             .map(|u| (u.send.clone(), u.id))
     }

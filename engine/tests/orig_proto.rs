@@ -1854,3 +1854,67 @@ fn http1_clients_reach_http2_only_services() {
         assert_eq!(text, "hello from h2 200", "{mark}: {text}");
     }
 }
+
+/// Streams reset and kept only until their reset expires hold none of the
+/// peer's stream slots: a connection whose peer allows 4 streams, with 4
+/// reset streams on it, still takes the next request (a second connection
+/// was opened for it, as if those 4 were open).
+#[test]
+fn reset_streams_leave_room_on_their_connection() {
+    use common::raw_h2::frame;
+    let origin = h2::origin_with(None, Some(4));
+    let dir = TempDir::new("orig-proto-h2-reset-room");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
+    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
+    head.extend_from_slice(b"\x01\x08web.test");
+    for id in [1, 3, 5, 7] {
+        out.extend(frame(1, 5, id, &head));
+    }
+    c.write_all(&out).unwrap();
+    let origin_streams = || {
+        origin
+            .counters
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let started = Instant::now();
+    while origin_streams() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the streams did not reach the origin"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // RST_STREAM CANCEL on each: the proxy resets its upstream streams.
+    for id in [1, 3, 5, 7] {
+        c.write_all(&frame(3, 0, id, &8u32.to_be_bytes())).unwrap();
+    }
+    while origin
+        .counters
+        .resets_seen
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 4
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the resets did not go upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut r = client(p.forward_addrs()[0]);
+    let (status, _, body) = exchange(
+        &mut r,
+        b"GET /hello HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((status, &body[..]), (200, &b"hello from h2"[..]));
+    let made = origin
+        .counters
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(made, 1, "a new connection beside one with room");
+    drop(c);
+}

@@ -593,6 +593,14 @@ where
         self.inner.has_streams()
     }
 
+    /// (ringmesh) Streams open or waiting to open: as
+    /// [`Self::num_active_streams`] without those reset and kept only
+    /// until their reset expires (they hold none of the peer's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn num_streams_in_use(&self) -> usize {
+        self.inner.num_streams_in_use()
+    }
+
     /// The most streams the peer lets this side have open at once (its
     /// SETTINGS_MAX_CONCURRENT_STREAMS; unlimited until it says), as the
     /// `h2` crate's `current_max_send_streams`.

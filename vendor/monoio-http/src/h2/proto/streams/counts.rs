@@ -94,6 +94,11 @@ impl Counts {
         stream.is_counted = true;
     }
 
+    /// Streams reset locally and kept until their reset expires.
+    pub fn num_reset_streams(&self) -> usize {
+        self.num_reset_streams
+    }
+
     /// Returns true if the number of pending reset streams can be incremented.
     pub fn can_inc_num_reset_streams(&self) -> bool {
         self.max_reset_streams > self.num_reset_streams

@@ -972,6 +972,13 @@ where
         me.store.num_active_streams()
     }
 
+    pub fn num_streams_in_use(&self) -> usize {
+        let me = unsafe { &mut *self.inner.get() };
+        me.store
+            .num_active_streams()
+            .saturating_sub(me.counts.num_reset_streams())
+    }
+
     pub fn has_streams(&self) -> bool {
         let me = unsafe { &mut *self.inner.get() };
         me.counts.has_streams()
