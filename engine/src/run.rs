@@ -409,7 +409,11 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
         }
         let open = w.telemetry.open.get();
         let requests = (w.in_flight.take_peak(), w.in_flight.now());
-        let taps_gone = std::mem::replace(&mut tapped, w.taps.active().is_some()) && !tapped;
+        // Taps seen at the last look, or events gathered since (a tap that
+        // came and went in between), and none now.
+        let was_tapped =
+            w.taps.take_used() | std::mem::replace(&mut tapped, w.taps.active().is_some());
+        let taps_gone = was_tapped && !tapped;
         if memory::should_collect(w.telemetry.open_peak.get(), open)
             || memory::should_collect(requests.0 as u64, requests.1 as u64)
             || taps_gone

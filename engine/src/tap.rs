@@ -429,6 +429,12 @@ impl WorkerTaps {
         (!set.taps.is_empty()).then(|| set.clone())
     }
 
+    /// Whether any event was gathered since the last call (a tap that
+    /// came and went between two looks at [`Self::active`] still counts).
+    pub(crate) fn take_used(&self) -> bool {
+        self.outbox.used.replace(false)
+    }
+
     /// A request some tap of `taps` may want, from its head.
     pub(crate) fn pending(
         &self,
@@ -464,6 +470,8 @@ pub(crate) struct Outbox {
     batches: std::cell::RefCell<Vec<Batch>>,
     /// A hand-over of everything gathered is scheduled.
     due: std::cell::Cell<bool>,
+    /// Some event was put since [`WorkerTaps::take_used`] last looked.
+    used: std::cell::Cell<bool>,
     /// States of tapped requests that ended, with their buffers, for the
     /// next ones (no allocation per tapped request once warm). (Kept
     /// boxed: a request's state moves in and out of here as a pointer.)
@@ -482,6 +490,7 @@ impl Outbox {
             worker,
             batches: std::cell::RefCell::default(),
             due: std::cell::Cell::new(false),
+            used: std::cell::Cell::new(false),
             spare: std::cell::RefCell::default(),
         }
     }
@@ -533,6 +542,7 @@ impl Outbox {
         ev: &crate::tap_wire::HttpEvent<'_>,
         ends: bool,
     ) {
+        self.used.set(true);
         let mut batches = self.batches.borrow_mut();
         let i = match batches
             .iter()

@@ -422,6 +422,11 @@ async fn observe(
     let (id, installed, mut queues) = server.install(tap);
     tracing::info!(id, limit, "tap installed");
     let outcome = stream_events(&mut stream, &mut queues, &installed, &server.metrics).await;
+    // The events still queued are freed first, so the memory given back
+    // once the taps are gone (`remove`, and the workers told by it)
+    // includes theirs: they were allocated by the workers, and a block
+    // freed here goes back only when its worker next collects.
+    drop(queues);
     server.remove(id);
     let dropped = installed.dropped();
     server.metrics.dropped.fetch_add(dropped, Ordering::Relaxed);

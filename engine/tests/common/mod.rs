@@ -19,6 +19,7 @@ pub mod http;
 pub mod lb;
 pub mod proc;
 pub mod raw_h2;
+pub mod tap;
 #[path = "../../src/testing/temp_dir.rs"]
 mod temp_dir;
 
