@@ -675,7 +675,10 @@ async fn request_body(
 }
 
 /// Connection-specific fields HTTP/2 forbids; `te` survives only as
-/// `trailers` (RFC 9113 §8.2.2).
+/// `trailers` (RFC 9113 §8.2.2). Also linkerd2-proxy's
+/// `l5d-proxy-connection`: a peer proxy's word about the connection it
+/// came on (an HTTP/1 client's is closed by it, `translate`), which means
+/// nothing to an HTTP/2 client or upstream.
 fn strip_connection_headers(h: &mut HeaderMap) {
     // One look at the names first: usually none is there, and the
     // removals below cost a name parse and a hashed lookup each, twice per
@@ -689,6 +692,7 @@ fn strip_connection_headers(h: &mut HeaderMap) {
                 | http::header::TE
         ) || n == "keep-alive"
             || n == "proxy-connection"
+            || n == crate::l5d_headers::PROXY_CONNECTION
     };
     if !h.keys().any(connection_specific) {
         return;
@@ -697,6 +701,7 @@ fn strip_connection_headers(h: &mut HeaderMap) {
         http::header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static(crate::l5d_headers::PROXY_CONNECTION),
         http::header::TRANSFER_ENCODING,
         http::header::UPGRADE,
     ] {

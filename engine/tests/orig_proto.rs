@@ -1498,6 +1498,32 @@ fn a_peer_proxys_connection_close_is_honoured() {
     proxy.wait();
 }
 
+/// The same field reaching an HTTP/2 client (a meshed peer's answer on the
+/// HTTP/2 → HTTP/2 path) is removed: it speaks of the connection between
+/// the proxies, and an HTTP/2 client's connection carries other streams.
+#[test]
+fn a_peer_proxys_connection_field_stops_at_http2_clients() {
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-peer-close-h2");
+    let p = web_proxy(&dir, &[origin.addr], "protocol_hint = \"h2\"\n");
+    let url = format!("http://{}/peer-close", p.forward_addrs()[0]);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 200"), "{text}");
+    assert!(text.ends_with("closing"), "{text}");
+    assert!(!text.contains("l5d-proxy-connection"), "{text}");
+}
+
 /// A raw HTTP/2 connection to `addr` with stream 1 begun: `POST path` to
 /// `authority` (HEADERS with END_HEADERS only) and `data` (a DATA frame
 /// without END_STREAM): the request's body is still open.

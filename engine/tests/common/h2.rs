@@ -221,6 +221,18 @@ async fn handle(
             let text = authority.unwrap_or_else(|| "none".into());
             let _ = s.send_data(Bytes::from(text), true);
         }
+        // `/peer-close`: as a peer proxy's answer that wants its client's
+        // connection closed (linkerd2-proxy's `l5d-proxy-connection`).
+        ("peer-close", _) => {
+            let resp = Response::builder()
+                .header("l5d-proxy-connection", "close")
+                .body(())
+                .unwrap();
+            let Ok(mut s) = respond.send_response(resp, false) else {
+                return;
+            };
+            let _ = s.send_data(Bytes::from_static(b"closing"), true);
+        }
         ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
         ("hang", _) => {
             if poll_fn(|cx| respond.poll_reset(cx)).await.is_ok() {
