@@ -578,6 +578,18 @@ pub(crate) async fn unanswered_ping(
     }
 }
 
+/// Looked up per message, parsed once (a `&str` key is parsed into a
+/// name on every lookup).
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The gRPC status in trailers (or trailers-only response headers).
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The `content-length` a request or response declares.
 pub(crate) fn declared_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)?

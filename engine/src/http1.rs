@@ -337,8 +337,8 @@ async fn over_h2(
     )
     .await;
     match outcome {
-        Ok((status, client_ok)) => {
-            obs.end_status(status);
+        Ok((class, client_ok)) => {
+            obs.end(class);
             // A drain is handled by the next head's read (a request
             // already sent is served, with `Connection: close`).
             if client_ok {

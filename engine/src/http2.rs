@@ -33,8 +33,8 @@ use crate::config::{ConnectConfig, H2Server};
 use crate::dispatch::{self, Http2Path};
 use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h2client::{
-    declared_length, keep_body, open_stream, send_all, send_kept, unless_reset, unprocessed,
-    MeteredIo, Opening,
+    declared_length, grpc_status, keep_body, open_stream, send_all, send_kept, unless_reset,
+    unprocessed, MeteredIo, Opening,
 };
 use crate::h2guarded::GuardedIo;
 use crate::l5d_headers::CLIENT_ID;
@@ -138,6 +138,14 @@ pub(crate) async fn serve(
                 n = conn.accept() => n,
                 _ = idle_at_last_look(&w.close_idle, &active) => {
                     tracing::debug!(%peer, "HTTP/2 connection idle during the drain; closing");
+                    // What the last stream queued (its response's end) is
+                    // still in the library's stream queues: it is written,
+                    // and the connection closed, as the connection is
+                    // driven on. Dropped at once, it was lost. A client
+                    // that never answered the GOAWAY's PING keeps it open:
+                    // it is dropped after a bound.
+                    let flushed = async { while conn.accept().await.is_some() {} };
+                    let _ = monoio::time::timeout(CLOSE_FLUSH, flushed).await;
                     break;
                 }
             }
@@ -181,6 +189,10 @@ pub(crate) async fn serve(
         }
     }
 }
+
+/// How long a connection closed at the drain's last look may take to
+/// flush what it has queued.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A connection's streams still being proxied, and who waits for there
 /// to be none.
@@ -292,18 +304,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Looked up per message, parsed once (a `&str` key is parsed into a
-/// name on every lookup).
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
-/// The gRPC status in trailers (or trailers-only response headers).
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The proxy's own answer, with the reason in `l5d-proxy-error` (and, for

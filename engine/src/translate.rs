@@ -44,7 +44,7 @@ use ringmesh_protocols::http1::{
 };
 
 use crate::config::ConnectConfig;
-use crate::error::{Failure, ProxyError};
+use crate::error::{Failure, ProxyError, GRPC_UNAVAILABLE};
 use crate::h1forward::{self, Client};
 use crate::h2client::{self, Opened, Opening};
 use crate::observe::Observer;
@@ -60,9 +60,11 @@ pub(crate) const ORIG_PROTO: &str = "l5d-orig-proto";
 
 /// Sends one HTTP/1.1 request from `c` as an HTTP/2 stream (with
 /// `l5d-orig-proto` when `mark`: to a meshed endpoint) to an endpoint of
-/// `target`, and its response back as HTTP/1.1. Ends with the status sent and whether the client connection
-/// may carry another request; or a failure (an answer for the caller to
-/// send, or a response cut short: the connection must close). `kept`: the
+/// `target`, and its response back as HTTP/1.1. Ends with what the
+/// response is counted as (its status, and its gRPC status) and whether
+/// the client connection may carry another request; or a failure (an
+/// answer for the caller to send, or a response cut short: the connection
+/// must close). `kept`: the
 /// body's length when it was read whole (at the front of `c.buf`), so the
 /// request can go again.
 #[allow(clippy::too_many_arguments)]
@@ -78,7 +80,7 @@ pub(crate) async fn h1_over_h2(
     limits: &Limits,
     kept: Option<usize>,
     mark: bool,
-) -> Result<(u16, bool), Failure> {
+) -> Result<(ResponseClass, bool), Failure> {
     let mut parts =
         h2_request(req, obs.key(), mark).map_err(|reason| ProxyError::malformed(400, reason))?;
     obs.route().edit(Message::Request, &mut parts.headers);
@@ -218,7 +220,7 @@ pub(crate) async fn h1_over_h2(
         })
         .await;
     match (down_res, up_res) {
-        (Ok(status), up_res) => Ok((status, keep_alive.get() && up_res.is_ok())),
+        (Ok(class), up_res) => Ok((class, keep_alive.get() && up_res.is_ok())),
         // Nothing answered yet, and the client's body is why: its fault,
         // as over HTTP/1 (400 for a malformed body, 499 for a client gone).
         (Err(Failure::Answer(_)), Err(StreamCut::Malformed(e))) => {
@@ -281,7 +283,9 @@ struct H2Answer<'a> {
 
 impl H2Answer<'_> {
     /// Awaits the response head and relays the response to the HTTP/1
-    /// client (re-framed: chunked when it has no length); the status sent.
+    /// client (re-framed: chunked when it has no length); what it is
+    /// counted as (the status sent, and the gRPC status of its head or
+    /// trailers).
     async fn relay(
         self,
         w: &Worker,
@@ -289,7 +293,7 @@ impl H2Answer<'_> {
         wr: &mut Wr,
         meter: &ConnMeter,
         out: &mut Vec<u8>,
-    ) -> Result<u16, Failure> {
+    ) -> Result<ResponseClass, Failure> {
         let resp = match self.response {
             UpstreamHead::Arrived(r) => r,
             UpstreamHead::Pending(f) => {
@@ -307,6 +311,8 @@ impl H2Answer<'_> {
         from.flow_control().stop_holding_connection();
         obs.response_length(|| h2client::declared_length(&parts.headers));
         let status = parts.status.as_u16();
+        // A trailers-only gRPC answer's status is in its head.
+        let head_grpc = h2client::grpc_status(&parts.headers);
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
         }
@@ -324,23 +330,32 @@ impl H2Answer<'_> {
         let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
         // The head goes with the body's first bytes when they are here.
         let to = (wr, meter);
-        if let Err(cut) = h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
-            if cut.began {
+        let trailers_grpc = match h2_body_to_h1(&mut from, framing, to, out, obs.tap()).await {
+            Ok(grpc) => grpc,
+            Err(cut) if cut.began => {
                 return Err(Failure::Broken {
                     status,
                     reason: cut.reason,
                 });
             }
-            // Nothing reached the client (the head waited for the body's
-            // first bytes): it hears a 502 instead of a closed connection.
-            out.clear();
-            if !self.client_cut.get() {
-                obs.endpoint_outcome(self.guard, false);
+            Err(cut) => {
+                // Nothing reached the client (the head waited for the
+                // body's first bytes): it hears a 502 instead of a closed
+                // connection.
+                out.clear();
+                if !self.client_cut.get() {
+                    obs.endpoint_outcome(self.guard, false);
+                }
+                return Err(ProxyError::upstream(cut.reason).into());
             }
-            return Err(ProxyError::upstream(cut.reason).into());
-        }
-        obs.endpoint_outcome(self.guard, status < 500);
-        Ok(status)
+        };
+        let grpc = trailers_grpc.or(head_grpc);
+        obs.endpoint_outcome(self.guard, status < 500 && grpc != Some(GRPC_UNAVAILABLE));
+        Ok(ResponseClass {
+            status,
+            grpc_status: grpc,
+            error: None,
+        })
     }
 }
 
@@ -499,14 +514,15 @@ struct BodyCut {
 /// to send first (the response head): they go in the same write as the
 /// body the stream already holds, so a small response is one send (one
 /// TCP segment), not a head and then a body. `tap`: the taps of the
-/// response whose body this is.
+/// response whose body this is. Ends with the trailers' gRPC status, if
+/// any (read also when they cannot be relayed, to classify the message).
 async fn h2_body_to_h1(
     from: &mut RecvStream,
     framing: Reframe,
     (wr, meter): (&mut impl AsyncWriteRent, &ConnMeter),
     out: &mut Vec<u8>,
     tap: Option<&crate::tap::Pending>,
-) -> Result<(), BodyCut> {
+) -> Result<Option<u32>, BodyCut> {
     let mut began = false;
     let cut = |reason: String, began: bool| BodyCut {
         reason,
@@ -514,6 +530,7 @@ async fn h2_body_to_h1(
         sink: false,
     };
     let mut ended = framing == Reframe::Empty;
+    let mut grpc = None;
     loop {
         if !ended {
             ended = take_ready(from, framing, out, tap).map_err(|r| cut(r, began))?;
@@ -530,19 +547,23 @@ async fn h2_body_to_h1(
                 None => ended = true,
             }
         }
-        if ended && framing == Reframe::Chunked {
-            out.extend_from_slice(b"0\r\n");
-            if let Ok(Some(trailers)) = from.trailers().await {
-                for (name, value) in &trailers {
-                    if crate::l5d_headers::trailer_allowed(name.as_str()) {
-                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        if ended && framing != Reframe::Empty {
+            let trailers = from.trailers().await.ok().flatten();
+            grpc = trailers.as_ref().and_then(h2client::grpc_status);
+            if framing == Reframe::Chunked {
+                out.extend_from_slice(b"0\r\n");
+                if let Some(trailers) = &trailers {
+                    for (name, value) in trailers {
+                        if crate::l5d_headers::trailer_allowed(name.as_str()) {
+                            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+                        }
+                    }
+                    if let Some(t) = tap {
+                        t.trailers(|| crate::tap::h2_fields(trailers));
                     }
                 }
-                if let Some(t) = tap {
-                    t.trailers(|| crate::tap::h2_fields(&trailers));
-                }
+                out.extend_from_slice(b"\r\n");
             }
-            out.extend_from_slice(b"\r\n");
         }
         if !out.is_empty() {
             let (res, o) = wr.write_all(std::mem::take(out)).await;
@@ -557,7 +578,7 @@ async fn h2_body_to_h1(
             began = true;
         }
         if ended {
-            return Ok(());
+            return Ok(grpc);
         }
     }
 }
@@ -763,7 +784,9 @@ pub(crate) async fn h2_to_h1(
         let Some(mut from) = body else {
             return Ok(());
         };
-        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None).await;
+        let r = h2_body_to_h1(&mut from, framing, (uwr, umeter), &mut Vec::new(), None)
+            .await
+            .map(drop);
         if let Err(cut) = &r {
             // The client's body failed (a reset, a lost connection, a
             // length it broke): what follows is not the endpoint's doing.
@@ -793,13 +816,20 @@ pub(crate) async fn h2_to_h1(
     })
     .await;
     match answer_res {
-        Ok((status, reusable, ubuf)) => {
+        Ok(((status, grpc), reusable, ubuf)) => {
             if reusable && pump_res.is_ok() {
                 w.pools.h1.release(obs.key().direction, up, &ubuf);
             }
             w.pools.bufs.put(ubuf);
-            obs.endpoint_outcome(guard.as_ref(), status < 500);
-            Ok(ResponseClass::http(status, None))
+            obs.endpoint_outcome(
+                guard.as_ref(),
+                status < 500 && grpc != Some(GRPC_UNAVAILABLE),
+            );
+            Ok(ResponseClass {
+                status,
+                grpc_status: grpc,
+                error: None,
+            })
         }
         // Nothing answered, because the client's body failed: its stream
         // is reset already, or goes now.
@@ -826,8 +856,9 @@ struct H1Reply<'a> {
 
 impl H1Reply<'_> {
     /// Reads the final response head (unless `answered`: read already)
-    /// and relays the response to the client; its status, whether the
-    /// upstream connection may serve again, and its read buffer.
+    /// and relays the response to the client; its status (and a gRPC
+    /// status in its head), whether the upstream connection may serve
+    /// again, and its read buffer.
     async fn relay(
         self,
         w: &Worker,
@@ -835,7 +866,7 @@ impl H1Reply<'_> {
         respond: &mut server::SendResponse<Bytes>,
         (urd, umeter): (&mut crate::pool::UpRead, &ConnMeter),
         answered: Option<(ResponseHead, Vec<u8>)>,
-    ) -> Result<(u16, bool, Vec<u8>), Failure> {
+    ) -> Result<((u16, Option<u32>), bool, Vec<u8>), Failure> {
         let (resp, mut ubuf) = match answered {
             Some(a) => a,
             None => {
@@ -875,6 +906,10 @@ impl H1Reply<'_> {
         obs.response_head(self.guard, now - self.sent_at);
         obs.response_length(|| content_length(resp.headers()));
         let status = resp.status();
+        let grpc = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h1_fields(resp.headers()));
         }
@@ -928,7 +963,7 @@ impl H1Reply<'_> {
                 }
             }
         }
-        Ok((status, reusable, ubuf))
+        Ok(((status, grpc), reusable, ubuf))
     }
 }
 

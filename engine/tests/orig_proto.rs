@@ -1944,3 +1944,99 @@ fn reset_streams_leave_room_on_their_connection() {
     assert_eq!(made, 1, "a new connection beside one with room");
     drop(c);
 }
+
+/// gRPC statuses are counted whatever the translation: an HTTP/1 client's
+/// calls to an HTTP/2 service (a trailers-only answer, and one whose
+/// status comes in trailers, relayed as chunked trailer fields), and an
+/// HTTP/2 client's call to an
+/// HTTP/1-only service whose answer carries the status in its head. Each
+/// is in `response_total` with its `grpc_status`, and classified as
+/// linkerd2-proxy does (INTERNAL a failure, NOT_FOUND not). They were
+/// counted as plain HTTP 200 successes.
+#[test]
+fn grpc_statuses_are_counted_across_translations() {
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-grpc-status");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    let mut c = client(p.forward_addrs()[0]);
+    for (path, chunked) in [
+        ("/grpc-only/13", false),
+        ("/grpc-trailer/13", true),
+        ("/grpc-trailer/5", true),
+    ] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: web.test\r\nContent-Type: application/grpc\r\n\
+             TE: trailers\r\nContent-Length: 0\r\n\r\n"
+        );
+        let (status, head, _, trailers) = exchange_with_trailers(&mut c, request.as_bytes());
+        assert_eq!(status, 200, "{path}: {head}");
+        let code = path.rsplit('/').next().unwrap();
+        if chunked {
+            assert!(
+                trailers.contains(&format!("grpc-status: {code}")),
+                "{path}: {trailers:?}"
+            );
+        } else {
+            assert!(
+                head.contains(&format!("grpc-status: {code}")),
+                "{path}: {head}"
+            );
+        }
+    }
+    let text = metrics(p.admin_addr().unwrap());
+    let count = |labels: &[&str]| series(&text, "response_total", labels).unwrap_or(0.0);
+    assert_eq!(
+        count(&["classification=\"failure\"", "grpc_status=\"13\""]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(&["classification=\"success\"", "grpc_status=\"5\""]),
+        1.0,
+        "{text}"
+    );
+    drop(p);
+
+    // HTTP/2 client, HTTP/1-only service answering with the status in its
+    // head.
+    let h1 = Backend::start(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\n\
+              content-length: 0\r\nconnection: close\r\n\r\n",
+        );
+    });
+    let dir = TempDir::new("orig-proto-grpc-status-h1");
+    let p = web_proxy(&dir, &[h1.addr], "protocol = \"http1\"\n");
+    let url = format!("http://{}/svc/Call", p.forward_addrs()[0]);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST"])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "--max-time",
+            "10",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("grpc-status: 14"), "{answer}");
+    let text = metrics(p.admin_addr().unwrap());
+    assert_eq!(
+        series(
+            &text,
+            "response_total",
+            &["classification=\"failure\"", "grpc_status=\"14\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

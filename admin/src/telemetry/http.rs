@@ -34,6 +34,14 @@ pub struct HttpKey {
     pub route: Option<Arc<str>>,
 }
 
+/// The gRPC statuses that are failures, as linkerd2-proxy classifies them:
+/// UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS, and any
+/// code gRPC does not define (read as UNKNOWN). The others (NOT_FOUND,
+/// INVALID_ARGUMENT, PERMISSION_DENIED, ...) are the application's answers.
+pub fn grpc_failure(code: u32) -> bool {
+    !matches!(code, 0 | 1 | 3 | 5..=12 | 16)
+}
+
 /// Why the proxy answered a request itself (the `error` label of
 /// `response_total`); `None` for responses that came from upstream.
 pub type ErrorLabel = Option<&'static str>;
@@ -56,9 +64,9 @@ impl ResponseClass {
         }
     }
 
-    /// 5xx, or a non-zero gRPC status, is a failure.
+    /// 5xx, or a gRPC status linkerd2-proxy counts as a failure, is one.
     fn is_failure(&self) -> bool {
-        self.status >= 500 || self.grpc_status.is_some_and(|g| g != 0)
+        self.status >= 500 || self.grpc_status.is_some_and(grpc_failure)
     }
 
     /// `status_code`, `classification`, then `grpc_status` and `error`
@@ -379,6 +387,7 @@ mod tests {
         };
         h.record(&key(1), grpc(0), 1);
         h.record(&key(1), grpc(5), 1);
+        h.record(&key(1), grpc(13), 1);
         let mut out = String::new();
         h.encode(&mut out);
         assert!(
@@ -386,9 +395,19 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("status_code=\"200\",classification=\"failure\",grpc_status=\"5\"} 1"),
+            out.contains("status_code=\"200\",classification=\"success\",grpc_status=\"5\"} 1"),
             "{out}"
         );
+        assert!(
+            out.contains("status_code=\"200\",classification=\"failure\",grpc_status=\"13\"} 1"),
+            "{out}"
+        );
+        for code in [2, 4, 13, 14, 15, 17, 99] {
+            assert!(grpc_failure(code), "{code}");
+        }
+        for code in [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 16] {
+            assert!(!grpc_failure(code), "{code}");
+        }
     }
 
     #[test]

@@ -233,6 +233,29 @@ async fn handle(
             };
             let _ = s.send_data(Bytes::from_static(b"closing"), true);
         }
+        // `/grpc-only/N`: a trailers-only gRPC answer with status N;
+        // `/grpc-trailer/N`: a message, then trailers with status N.
+        ("grpc-only", Some(n)) => {
+            let resp = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", n)
+                .body(())
+                .unwrap();
+            let _ = respond.send_response(resp, true);
+        }
+        ("grpc-trailer", Some(n)) => {
+            let resp = Response::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let Ok(mut s) = respond.send_response(resp, false) else {
+                return;
+            };
+            let _ = s.send_data(Bytes::from_static(b"\0\0\0\0\0"), false);
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", n.parse().unwrap());
+            let _ = s.send_trailers(t);
+        }
         ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
         ("hang", _) => {
             if poll_fn(|cx| respond.poll_reset(cx)).await.is_ok() {

@@ -26,6 +26,11 @@ def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
+def broken(request, context):
+    # A status linkerd2-proxy counts as a failure (NOT_FOUND is not one).
+    context.abort(grpc.StatusCode.INTERNAL, "broken")
+
+
 def server_stream(request, context):
     n = int(request.decode())
     for i in range(n):
@@ -61,6 +66,7 @@ def serve(addr):
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Broken": grpc.unary_unary_rpc_method_handler(broken),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "Items": grpc.unary_stream_rpc_method_handler(items),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -96,6 +102,12 @@ def client(addr):
             check(e.code() == grpc.StatusCode.NOT_FOUND, "non-OK status passed through (%s)" % e.code())
             check(e.details() == "no such thing", "status details passed through")
             check(("x-why", "asked-to-fail") in e.trailing_metadata(), "error trailers passed through")
+
+        try:
+            ch.unary_unary(m + "Broken")(b"x", timeout=10)
+            check(False, "Broken raised")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.INTERNAL, "INTERNAL passed through (%s)" % e.code())
 
         items = list(ch.unary_stream(m + "ServerStream")(b"50", timeout=10))
         check(items == [b"item-%d" % i for i in range(50)], "server streaming, 50 messages in order")
