@@ -202,6 +202,7 @@ mod tests {
             hosts_file: Some(dir.0.join("hosts")),
             max_names: 100,
             local_ips: Vec::new(),
+            idle_timeout: None,
         }
     }
 

@@ -198,14 +198,13 @@ impl Resolver for DnsNameResolver {
     /// task of its own.
     fn run(self: Box<Self>, table: Table) -> Pin<Box<dyn Future<Output = ()>>> {
         Box::pin(async move {
-            let mut cursor = 0;
+            let mut cursor = table.watch_cursor();
             // The names followed now (one task each).
             let following: Rc<RefCell<HashSet<Authority>>> = Rc::default();
             loop {
                 let seen = table.watched().generation();
                 let seen_disowned = table.disowned().generation();
-                let (mut names, next) = table.watched_since(cursor);
-                cursor = next;
+                let mut names = table.watched_since(&mut cursor);
                 // Names another resolver (Destination) answers for are
                 // its own, unless it handed them over.
                 names.extend(table.disowned_names());

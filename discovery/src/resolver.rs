@@ -37,6 +37,9 @@ pub struct DiscoveryConfig {
     /// The pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`): endpoints
     /// there are reached plainly (see `Endpoint::local`).
     pub local_ips: Vec<std::net::IpAddr>,
+    /// A watched name no request used for this long is dropped (its
+    /// resolver stops; the next request watches it again); `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::future::poll_fn;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,7 +23,11 @@ use crate::{Authority, Endpoint, Protocol, Service, Snapshot, SnapshotPublisher}
 #[derive(Default)]
 pub struct Signal {
     generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
+    /// The waiters' wakers, by a key each waiter holds: a waiter dropped
+    /// before the next change takes its waker out (a waker keeps its
+    /// task's memory, and a signal may go long without a change).
+    wakers: RefCell<HashMap<u64, Waker>>,
+    next_key: Cell<u64>,
 }
 
 impl Signal {
@@ -34,24 +37,83 @@ impl Signal {
 
     pub fn notify(&self) {
         self.generation.set(self.generation.get() + 1);
-        for w in self.wakers.borrow_mut().drain(..) {
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for (_, w) in wakers {
             w.wake();
         }
     }
 
     /// Resolves once the generation differs from `seen`.
-    pub async fn changed_since(&self, seen: u64) {
-        poll_fn(|cx| {
-            if self.generation.get() != seen {
-                return Poll::Ready(());
+    pub fn changed_since(&self, seen: u64) -> Changed<'_> {
+        Changed {
+            signal: self,
+            seen,
+            key: None,
+        }
+    }
+
+    /// Waiters registered now (for tests).
+    pub fn waiters(&self) -> usize {
+        self.wakers.borrow().len()
+    }
+}
+
+/// [`Signal::changed_since`]'s future.
+pub struct Changed<'a> {
+    signal: &'a Signal,
+    seen: u64,
+    key: Option<u64>,
+}
+
+impl std::future::Future for Changed<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let signal = self.signal;
+        if signal.generation.get() != self.seen {
+            if let Some(k) = self.key.take() {
+                signal.wakers.borrow_mut().remove(&k);
             }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
+            return Poll::Ready(());
+        }
+        let key = *self.key.get_or_insert_with(|| {
+            let k = signal.next_key.get();
+            signal.next_key.set(k + 1);
+            k
+        });
+        let mut wakers = signal.wakers.borrow_mut();
+        match wakers.get_mut(&key) {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            Some(w) => w.clone_from(cx.waker()),
+            None => {
+                wakers.insert(key, cx.waker().clone());
             }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.signal.wakers.borrow_mut().remove(&k);
+        }
+    }
+}
+
+/// A resolver's place among the names watched ([`Table::watch_cursor`]).
+pub struct WatchCursor {
+    id: u64,
+    table: Table,
+    /// The names watched when it was made, for its first read.
+    initial: Vec<Authority>,
+}
+
+impl Drop for WatchCursor {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.table.inner.state.try_borrow_mut() {
+            st.cursors.remove(&self.id);
+        }
     }
 }
 
@@ -72,8 +134,15 @@ struct Named {
 struct State {
     static_services: HashMap<Authority, Arc<Service>>,
     /// In the order they were watched, so resolvers can pick up new ones
-    /// with a cursor.
-    watched: Vec<Authority>,
+    /// with a cursor ([`WatchCursor`]); the front, once every cursor has
+    /// passed it, is let go (a name dropped and watched again over and
+    /// over must not grow it for good).
+    watched: std::collections::VecDeque<Authority>,
+    /// The position of `watched`'s front among every name ever watched.
+    watched_base: usize,
+    /// Each resolver's cursor: the position it has read to.
+    cursors: HashMap<u64, usize>,
+    next_cursor: u64,
     named: HashMap<Authority, Named>,
     /// Watched names that have had no answer since they were watched or
     /// the static file dropped them.
@@ -128,7 +197,10 @@ impl Table {
             inner: Rc::new(Inner {
                 state: RefCell::new(State {
                     static_services: HashMap::new(),
-                    watched: Vec::new(),
+                    watched: std::collections::VecDeque::new(),
+                    watched_base: 0,
+                    cursors: HashMap::new(),
+                    next_cursor: 0,
                     named: HashMap::new(),
                     pending: HashSet::new(),
                     profiles: HashMap::new(),
@@ -296,8 +368,8 @@ impl Table {
         self.inner.state.borrow().disowned.iter().cloned().collect()
     }
 
-    /// Starts tracking `name` (a no-op for names already watched, and for
-    /// `ip:port` literals no resolver claims). Resolvers are told through
+    /// Starts tracking `name` (for names already watched, only marks them
+    /// used; a no-op for `ip:port` literals no resolver claims). Resolvers are told through
     /// [`Table::watched`]; the name is published with their first answer.
     pub fn watch(&self, name: Authority) -> bool {
         if name.socket_addr().is_some() && !self.claimed(&name) {
@@ -305,6 +377,12 @@ impl Table {
         }
         let mut st = self.inner.state.borrow_mut();
         if st.named.contains_key(&name) {
+            // A request asks for it again: while its first answer takes
+            // long (a slow nameserver, a search list), the requests that
+            // wait for it, and give up, keep it watched.
+            if let Some(t) = st.last_used.get_mut(&name) {
+                *t = Instant::now();
+            }
             return false;
         }
         if st.named.len() >= self.inner.max_names.get() {
@@ -326,7 +404,7 @@ impl Table {
         );
         st.last_used.insert(name.clone(), Instant::now());
         st.pending.insert(name.clone());
-        st.watched.push(name);
+        st.watched.push_back(name);
         drop(st);
         self.inner.watched.notify();
         true
@@ -411,12 +489,46 @@ impl Table {
         &self.inner.watched
     }
 
-    /// Names watched since `cursor` (an index into every name ever
-    /// watched), and the new cursor.
-    pub fn watched_since(&self, cursor: usize) -> (Vec<Authority>, usize) {
-        let st = self.inner.state.borrow();
-        let new = st.watched.get(cursor..).unwrap_or_default().to_vec();
-        (new, st.watched.len())
+    /// A new cursor over the names watched (for a resolver that follows
+    /// them: [`Table::watched_since`]); its first read gives every name
+    /// watched now.
+    pub fn watch_cursor(&self) -> WatchCursor {
+        let mut st = self.inner.state.borrow_mut();
+        let id = st.next_cursor;
+        st.next_cursor += 1;
+        let end = st.watched_base + st.watched.len();
+        st.cursors.insert(id, end);
+        WatchCursor {
+            id,
+            table: self.clone(),
+            initial: st.named.keys().cloned().collect(),
+        }
+    }
+
+    /// The names watched since `cursor` last read, which moves on past
+    /// them. What every cursor has read is let go.
+    pub fn watched_since(&self, cursor: &mut WatchCursor) -> Vec<Authority> {
+        let mut st = self.inner.state.borrow_mut();
+        let st = &mut *st;
+        let end = st.watched_base + st.watched.len();
+        let from = st.cursors.get(&cursor.id).copied().unwrap_or(end);
+        let mut new = std::mem::take(&mut cursor.initial);
+        new.extend(
+            st.watched
+                .range(from.saturating_sub(st.watched_base)..)
+                .cloned(),
+        );
+        st.cursors.insert(cursor.id, end);
+        let read_by_all = st.cursors.values().copied().min().unwrap_or(end);
+        while st.watched_base < read_by_all && st.watched.pop_front().is_some() {
+            st.watched_base += 1;
+        }
+        new
+    }
+
+    /// Names held for cursors still to read them (for tests).
+    pub fn watched_held(&self) -> usize {
+        self.inner.state.borrow().watched.len()
     }
 
     /// A resolver's answer for a watched name. Publishes and returns true
@@ -579,6 +691,85 @@ mod tests {
             .map(|s| s.endpoints.iter().map(|e| e.addr.to_string()).collect())
     }
 
+    /// A waiter dropped before the signal changes leaves no waker behind
+    /// (each held its task's memory: a resolver that ended while waiting
+    /// on a signal that never changes again was never freed).
+    #[test]
+    fn dropped_waiters_leave_no_waker() {
+        use std::future::Future;
+        let signal = Signal::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let seen = signal.generation();
+        let mut waiting: Vec<_> = (0..100)
+            .map(|_| Box::pin(signal.changed_since(seen)))
+            .collect();
+        for w in &mut waiting {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert!(w.as_mut().poll(&mut cx).is_pending(), "polled again");
+        }
+        assert_eq!(signal.waiters(), 100);
+        waiting.truncate(40);
+        assert_eq!(signal.waiters(), 40);
+        signal.notify();
+        assert_eq!(signal.waiters(), 0);
+        for w in &mut waiting {
+            assert!(w.as_mut().poll(&mut cx).is_ready());
+        }
+        drop(waiting);
+        // A waiter made after the change waits for the next one.
+        let mut next = Box::pin(signal.changed_since(signal.generation()));
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+        signal.notify();
+        assert!(next.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(signal.waiters(), 0);
+    }
+
+    /// The log of names watched is let go once every cursor has read it
+    /// (a name dropped and watched again, over and over, grew it for
+    /// good); a cursor made later starts with the names watched then.
+    #[test]
+    fn names_every_cursor_has_read_are_let_go() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        let (mut a, mut b) = (t.watch_cursor(), t.watch_cursor());
+        let name = Authority::parse("again.test:80").unwrap();
+        for _ in 0..1000 {
+            assert!(t.watch(name.clone()));
+            assert_eq!(t.sweep(Duration::ZERO), 1);
+        }
+        assert_eq!(t.watched_held(), 1000, "b has read none");
+        assert_eq!(t.watched_since(&mut a).len(), 1000);
+        assert_eq!(t.watched_held(), 1000, "b has read none");
+        assert_eq!(t.watched_since(&mut b).len(), 1000);
+        assert_eq!(t.watched_held(), 0);
+        let other = Authority::parse("other.test:80").unwrap();
+        assert!(t.watch(other.clone()));
+        drop(b);
+        assert_eq!(t.watched_since(&mut a), std::slice::from_ref(&other));
+        assert_eq!(t.watched_held(), 0, "a dropped cursor holds nothing");
+        let mut late = t.watch_cursor();
+        assert_eq!(t.watched_since(&mut late), std::slice::from_ref(&other));
+        assert_eq!(t.watched_since(&mut late), []);
+    }
+
+    /// A request asking for a watched name again keeps it watched: a name
+    /// whose first answer is slow is not swept while requests wait for it.
+    #[test]
+    fn watching_a_name_again_keeps_it() {
+        let (tx, _rx) = channel(Snapshot::default());
+        let t = Table::new(tx);
+        let name = Authority::parse("slow.test:80").unwrap();
+        assert!(t.watch(name.clone()));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!t.watch(name.clone()), "already watched");
+        assert_eq!(t.sweep(Duration::from_millis(50)), 0, "asked for again");
+        assert!(t.watch_id(&name).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(t.sweep(Duration::from_millis(50)), 1, "idle");
+        assert!(t.watch_id(&name).is_none());
+    }
+
     /// Endpoints at the pod's own addresses lose their mesh settings as
     /// they come in, from the static file and from a resolver; others
     /// keep theirs, and an unchanged static file publishes nothing new.
@@ -681,11 +872,12 @@ mod tests {
         let (tx, _rx) = channel(Snapshot::default());
         let t = Table::new(tx);
         let web = Authority::parse("web.test:80").unwrap();
+        let mut cursor = t.watch_cursor();
         assert!(t.watch(web.clone()));
         assert!(!t.watch(web.clone()), "once");
         assert!(!t.watch(Authority::parse("127.0.0.1:80").unwrap()));
-        assert_eq!(t.watched_since(0).0, std::slice::from_ref(&web));
-        assert_eq!(t.watched_since(1).0, []);
+        assert_eq!(t.watched_since(&mut cursor), std::slice::from_ref(&web));
+        assert_eq!(t.watched_since(&mut cursor), []);
         assert_eq!(addrs(&t, "web.test:80"), None, "not before its answer");
         assert!(t.report(&web, endpoints("10.0.0.1:80")));
         assert_eq!(addrs(&t, "web.test:80").unwrap(), ["10.0.0.1:80"]);

@@ -677,8 +677,7 @@ pub struct DiscoveryConfig {
     /// At most this many names (DNS, Destination) are watched at once.
     pub max_names: usize,
     /// A watched name no request used for this long is dropped
-    /// (`LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`, with the
-    /// Destination API); `None`: never.
+    /// (`LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`); `None`: never.
     pub idle_timeout: Option<Duration>,
     /// How often workers report the services they used (a fraction of the
     /// idle timeout); `None` without one.
@@ -964,10 +963,18 @@ impl Config {
         c.identity = p.read_identity(&c.discovery.dns);
         c.control_streams = p.read_stream_limits();
         c.destination = p.read_destination(&c.identity, &c.discovery.dns);
-        if let Some(d) = &c.destination {
-            c.discovery.idle_timeout = Some(d.idle_timeout);
-            c.discovery.usage_report = Some((d.idle_timeout / 4).max(Duration::from_millis(100)));
-        }
+        // Watched names are dropped when idle, whether the Destination API
+        // or DNS resolves them.
+        let idle = match &c.destination {
+            Some(d) => d.idle_timeout,
+            None => {
+                let mut idle = Duration::from_secs(5);
+                p.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle);
+                idle
+            }
+        };
+        c.discovery.idle_timeout = Some(idle);
+        c.discovery.usage_report = Some((idle / 4).max(Duration::from_millis(100)));
         p.read_inbound_policy(&mut c.inbound_policy);
         c.policy = p.read_policy_api(&c.identity, &c.discovery.dns);
         p.check_listener_collisions(&c);

@@ -365,9 +365,10 @@ impl Core {
         if let Some((cfg, sink)) = identity {
             monoio::spawn(identity::run(cfg, sink));
         }
-        // Idle watches are dropped with the Destination API (its idle
-        // timeout); names DNS alone resolves stay, bounded by the cap.
-        let idle_timeout = destination.as_ref().map(|(cfg, ..)| cfg.idle_timeout);
+        // Idle watches are dropped (linkerd2-proxy's discovery idle
+        // timeout), whoever resolves them: names DNS alone resolves too,
+        // or one-off names would hold the cap's slots for good.
+        let idle_timeout = discovery.idle_timeout;
         let table = match Discovery::new(discovery, names) {
             Ok((mut discovery, subscriber)) => {
                 if let Some(p) = &policy {

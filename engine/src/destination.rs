@@ -117,11 +117,10 @@ impl Resolver for DestinationResolver {
                 limits: this.limits,
                 metrics: this.metrics,
             });
-            let mut cursor = 0;
+            let mut cursor = table.watch_cursor();
             loop {
                 let seen = table.watched().generation();
-                let (names, next) = table.watched_since(cursor);
-                cursor = next;
+                let names = table.watched_since(&mut cursor);
                 for name in names.into_iter().filter(|n| this.cfg.claims(n)) {
                     monoio::spawn(watch.clone().follow(name));
                 }

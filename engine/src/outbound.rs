@@ -112,11 +112,10 @@ impl Resolver for OutboundPolicyResolver {
                 this.cfg.svc_name.clone(),
                 &this.identity,
             ));
-            let mut cursor = 0;
+            let mut cursor = table.watch_cursor();
             loop {
                 let seen = table.watched().generation();
-                let (names, next) = table.watched_since(cursor);
-                cursor = next;
+                let names = table.watched_since(&mut cursor);
                 for name in names {
                     let Some(addr) = name.socket_addr() else {
                         continue;

@@ -223,6 +223,7 @@ fn start_control(
             hosts_file: Some("/etc/hosts".into()),
             max_names: cfg.discovery.max_names,
             local_ips: cfg.inbound.ips.clone(),
+            idle_timeout: cfg.discovery.idle_timeout,
         },
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),

@@ -617,21 +617,39 @@ pub(crate) async fn service_named(r: &Routes, name: &Authority) -> Result<Dst, P
 }
 
 /// A name discovery has not seen: asks the control core, waits (bounded)
-/// for the snapshot to carry it.
+/// for the snapshot to carry it. Asked again every [`WATCH_AGAIN`] while
+/// it waits: a name whose first answer is slow (a nameserver that takes
+/// seconds) is kept watched by the requests waiting for it, not dropped
+/// as idle before it answers.
 async fn await_watched(r: &Routes, name: Authority) -> Result<Dst, ProxyError> {
-    let _ = r
-        .control
-        .send(crate::control::ControlMsg::Watch(name.clone()));
-    let deadline = Instant::now() + RESOLVE_WAIT;
-    while Instant::now() < deadline {
+    let watch = || {
+        let _ = r
+            .control
+            .send(crate::control::ControlMsg::Watch(name.clone()));
+    };
+    watch();
+    let start = Instant::now();
+    let (deadline, mut again) = (start + RESOLVE_WAIT, start + WATCH_AGAIN);
+    loop {
         monoio::time::sleep(Duration::from_millis(10)).await;
         let snap = r.snapshot();
         if let Some(svc) = snap.service(&name) {
             return Ok(Dst::Service(svc.clone(), r.balancer(svc)));
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ProxyError::unresolved(name.to_string()));
+        }
+        if now >= again {
+            watch();
+            again = now + WATCH_AGAIN;
+        }
     }
-    Err(ProxyError::unresolved(name.to_string()))
 }
+
+/// How often a request waiting for a name's first answer says it still
+/// wants it (well under the discovery idle timeout's 5 s default).
+const WATCH_AGAIN: Duration = Duration::from_millis(500);
 
 /// An original destination the Destination API knows of and the snapshot
 /// does not have yet: asks the control core to watch it and waits

@@ -234,3 +234,85 @@ fn watched_names_are_capped() {
         "hello from a\n"
     );
 }
+
+/// `GET url` through the explicit proxy `proxy`: the status code.
+fn status(proxy: SocketAddr, url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "-x",
+        ])
+        .arg(format!("http://{proxy}"))
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Without the Destination API too, names no request used for the
+/// discovery idle timeout are dropped: one-off names do not hold the
+/// cap's slots for good (the cap reached, new names were refused until a
+/// restart).
+#[test]
+fn idle_names_leave_the_cap() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _app = origin_on(listener, "a");
+    let ns = Nameserver::start([127, 0, 0, 1]);
+    let servers = ns.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("RINGMESH_DISCOVERY_MAX_NAMES", "3"),
+            ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    for i in 1..=3 {
+        assert_eq!(
+            status(out, &format!("http://once{i}.test:{port}/hello")),
+            "200"
+        );
+    }
+    // The cap is reached (`watched_names_are_capped`); no request uses the
+    // three names again: they go, and a new name gets a slot.
+    let ok = eventually(Duration::from_secs(15), || {
+        status(out, &format!("http://late.test:{port}/hello")) == "200"
+    });
+    assert!(ok, "the cap's slots stayed taken by idle names");
+}
+
+/// A name whose first answer takes longer than the discovery idle
+/// timeout is kept watched by the request waiting for it, and resolves
+/// (it was dropped as idle before its answer came, the answer thrown
+/// away, and every request failed).
+#[test]
+fn a_slow_first_answer_is_waited_for() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _app = origin_on(listener, "a");
+    let ns = Nameserver::start([127, 0, 0, 1]);
+    ns.delay_ms.store(1500, Ordering::SeqCst);
+    let servers = ns.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    assert_eq!(
+        get(out, &format!("http://slow.test:{port}/hello")),
+        "hello from a\n"
+    );
+}

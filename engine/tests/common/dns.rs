@@ -1,7 +1,7 @@
 //! A nameserver on loopback for tests (UDP, hickory-proto's messages).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub struct Nameserver {
     pub addr: SocketAddr,
     pub ip: Arc<AtomicU32>,
     pub answered: Arc<AtomicUsize>,
+    /// Milliseconds each answer waits before it goes (a slow nameserver).
+    pub delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -28,7 +30,9 @@ impl Nameserver {
         let ip = Arc::new(AtomicU32::new(u32::from_be_bytes(ip)));
         let answered = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (ip2, answered2, stop2) = (ip.clone(), answered.clone(), stop.clone());
+        let delay2 = delay_ms.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop2.load(Ordering::Relaxed) {
@@ -53,13 +57,26 @@ impl Nameserver {
                     reply.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
                     answered2.fetch_add(1, Ordering::SeqCst);
                 }
-                let _ = socket.send_to(&reply.to_vec().unwrap(), from);
+                let bytes = reply.to_vec().unwrap();
+                match delay2.load(Ordering::SeqCst) {
+                    0 => {
+                        let _ = socket.send_to(&bytes, from);
+                    }
+                    ms => {
+                        let socket = socket.try_clone().unwrap();
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            let _ = socket.send_to(&bytes, from);
+                        });
+                    }
+                }
             }
         });
         Self {
             addr,
             ip,
             answered,
+            delay_ms,
             stop,
         }
     }
