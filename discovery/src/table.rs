@@ -566,13 +566,15 @@ impl Table {
                 labels,
             )));
         }
-        let settled = st.pending.is_empty();
         drop(st);
         let changed = !shadowed && (!same || had_held || was_pending);
         if changed {
             self.publish();
         }
-        if was_pending && settled {
+        // A name had its first answer: whoever waits for every name to
+        // settle looks again (the names left may be ones the static file
+        // defines, which no resolver answers for).
+        if was_pending {
             self.inner.settled.notify();
         }
         changed

@@ -25,8 +25,11 @@ pub trait ConfigSource {
 pub struct Env;
 
 impl ConfigSource for Env {
+    /// A value that is not UTF-8 is read lossily (its bad bytes become
+    /// U+FFFD), so it is refused as an invalid value rather than taken for
+    /// unset (a `deny` policy with a stray byte became the default, allow).
     fn get(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
+        std::env::var_os(key).map(|v| v.to_string_lossy().into_owned())
     }
 }
 
@@ -1884,7 +1887,8 @@ fn parse_user_timeout(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
-/// `100ms`, `1s`, `2m`, `1h` (a unit is required, as linkerd2-proxy does).
+/// `100ms`, `1s`, `2m`, `1h`, `1d` (a unit is required, as linkerd2-proxy
+/// does; at most 100 years).
 /// A comma-separated list of CIDRs.
 fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
     s.split(',')
@@ -1918,22 +1922,38 @@ fn parse_flag(s: &str) -> Result<bool, String> {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| "a unit is required (ms, s, m or h)".to_string())?;
+        .ok_or_else(|| "a unit is required (ms, s, m, h or d)".to_string())?;
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| "expected a number followed by ms, s, m or h".to_string())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("unknown unit {unit:?} (expected ms, s, m or h)")),
+    if num.is_empty() {
+        return Err("expected a whole number followed by ms, s, m, h or d".into());
+    }
+    let too_large = || format!("too large (at most {}d)", MAX_DURATION.as_secs() / 86_400);
+    let n: u64 = num.parse().map_err(|_| too_large())?;
+    let per_unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ if unit.starts_with('.') => {
+            return Err("expected a whole number (write 1500ms, not 1.5s)".into())
+        }
+        _ => return Err(format!("unknown unit {unit:?} (expected ms, s, m, h or d)")),
     };
+    let d = n
+        .checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(too_large)?;
     Ok(d)
 }
+
+/// The longest duration any setting takes (a deadline this far off is
+/// "never"; one much further would overflow the clock).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -2502,8 +2522,24 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(2 * 86_400)));
         assert!(parse_duration("3").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("1.5s").unwrap_err().contains("1500ms"));
+        // Past the clock's range: refused, not a panic at the first
+        // deadline computed from it.
+        for huge in [
+            "18446744073709551615s",
+            "99999999999999999999s",
+            "5124095576030432h",
+            "36501d",
+        ] {
+            assert!(
+                parse_duration(huge).unwrap_err().contains("too large"),
+                "{huge}"
+            );
+        }
+        assert!(parse_duration("36500d").is_ok());
     }
 }

@@ -109,6 +109,24 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
+    // A signal while starting (discovery may wait on a slow nameserver)
+    // ends the process at once; after, the drain below handles it.
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (signalled, signal_rx) = std::sync::mpsc::channel();
+    {
+        let started = started.clone();
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if !started.load(std::sync::atomic::Ordering::SeqCst) {
+                    eprintln!("ringmesh: signal {sig} while starting; exiting");
+                    std::process::exit(128 + sig);
+                }
+                if signalled.send(sig).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let proxy = match Proxy::start_with(cfg, hooks) {
         Ok(p) => p,
         Err(e @ ringmesh_engine::StartError::Discovery(_)) => {
@@ -120,7 +138,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    started.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Ok(sig) = signal_rx.recv() {
         tracing::info!(signal = sig, "shutting down gracefully");
     }
     proxy.shutdown();

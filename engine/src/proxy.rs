@@ -64,7 +64,22 @@ impl Proxy {
     /// control and how `POST /shutdown` drains).
     pub fn start_with(mut cfg: Config, hooks: Hooks) -> Result<Self, StartError> {
         let driver = choose_driver(cfg.io_driver)?;
-        let n = cfg.cores.unwrap_or_else(available_cores).max(1);
+        let available = available_cores();
+        let n = match cfg.cores {
+            // As linkerd2-proxy: more workers than CPUs only contend (a
+            // thread, ring and listener each), so the CPUs are the limit.
+            Some(want) if want > available => {
+                tracing::warn!(
+                    requested = want,
+                    available,
+                    "LINKERD2_PROXY_CORES is more than the CPUs available; using {available}"
+                );
+                available
+            }
+            Some(want) => want,
+            None => available,
+        }
+        .max(1);
         // Workers share limits by this count.
         cfg.cores = Some(n);
         tracing::info!(workers = n, driver = %driver, "starting");

@@ -535,3 +535,118 @@ fn running_out_of_descriptors_blames_no_endpoint() {
     }
     drop(p);
 }
+
+/// Forwards to a name the static file defines and to one DNS resolves,
+/// together: the proxy starts (it waited for ever: the static name never
+/// left discovery's pending names, and nothing woke the wait when the
+/// DNS name's answer came).
+#[test]
+fn forwards_to_static_and_dns_names_start() {
+    let dir = TempDir::new("binary-static-and-dns");
+    let file = dir.path().join("static.toml");
+    std::fs::write(
+        &file,
+        "[[service]]\nname = \"echo.test:8080\"\nendpoints = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let ns = common::dns::Nameserver::start([127, 0, 0, 1]);
+    let servers = ns.addr.to_string();
+    let file = file.display().to_string();
+    let (_p, _listen) = Running::spawn_ready(|listen| {
+        let other = closed_port();
+        let fwd = format!("{listen}=echo.test:8080,{other}=db.test:5432");
+        ringmesh(
+            "uring",
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("RINGMESH_DISCOVERY_STATIC", &file),
+                ("RINGMESH_DNS_SERVERS", &servers),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+            ],
+        )
+    });
+}
+
+/// SIGTERM while the proxy starts (waiting for a nameserver that never
+/// answers) ends it at once, not once the start is over.
+#[test]
+fn a_signal_while_starting_ends_the_process() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let servers = silent.local_addr().unwrap().to_string();
+    let fwd = format!("{}=db.test:5432", closed_port());
+    let mut p = Running::spawn(ringmesh(
+        "uring",
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("RINGMESH_TCP_FORWARD", &fwd),
+        ],
+    ));
+    assert!(p.wait_for("starting", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    p.signal(Signal::SIGTERM);
+    let code = p.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(128 + 15), "{:?}", p.seen);
+    assert!(
+        took < Duration::from_millis(1500),
+        "exited {took:?} after the signal (the start takes 4 s)"
+    );
+    assert!(!p.seen.iter().any(|l| l.contains("ready")), "{:?}", p.seen);
+    drop(silent);
+}
+
+/// A value that is not UTF-8 is refused, not taken for unset (a `deny`
+/// policy with a stray byte started as the default, allow-all), and a
+/// duration too large for the clock is refused at start, not a panic at
+/// the first deadline (or at SIGTERM, for the grace period).
+#[test]
+fn non_utf8_and_huge_values_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let policy = std::ffi::OsStr::from_bytes(b"deny\xff");
+    let out = ringmesh("uring", &[])
+        .env("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", policy)
+        .env(
+            "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
+            "18446744073709551615s",
+        )
+        .env("RINGMESH_HTTP_REQUEST_TIMEOUT", "5124095576030432h")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for var in [
+        "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+        "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD",
+        "RINGMESH_HTTP_REQUEST_TIMEOUT",
+    ] {
+        assert!(err.contains(var), "{var} not named:\n{err}");
+    }
+    assert!(err.contains("too large"), "{err}");
+}
+
+/// More workers asked for than there are CPUs: as many as there are CPUs
+/// run, with a warning (a thousand asked for made a thousand threads,
+/// rings and listeners on two CPUs).
+#[test]
+fn workers_are_capped_at_the_cpus() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (p, _listen) = Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}=127.0.0.1:9");
+        ringmesh(
+            "uring",
+            &[
+                ("LINKERD2_PROXY_CORES", "500"),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+            ],
+        )
+    });
+    let starting = p.seen.iter().find(|l| l.contains("starting")).unwrap();
+    assert!(starting.contains(&format!("workers={cpus}")), "{starting}");
+    assert!(
+        p.seen.iter().any(|l| l.contains("more than the CPUs")),
+        "{:?}",
+        p.seen
+    );
+}
