@@ -673,7 +673,7 @@ pub(crate) async fn await_addr(r: &Routes, addr: SocketAddr) {
 
 /// Picks endpoints of `svc` for one request (peak-EWMA P2C, skipping
 /// `avoid`) and gets a connection from `connect` (pooled or new), trying
-/// each endpoint at most once. An endpoint that fails (a loop among
+/// each endpoint at most once and [`MAX_CONNECT_ATTEMPTS`] in all. An endpoint that fails (a loop among
 /// them: `connect::open` refuses this proxy's own listeners) counts toward
 /// its ejection. The guard keeps the request in flight on the endpoint until
 /// dropped.
@@ -689,7 +689,7 @@ where
 {
     let mut tried: Vec<SocketAddr> = avoid.to_vec();
     let mut last = None;
-    loop {
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
         // (A statement, so the RefCell borrow ends before any await.)
         let Some(ep) = balancer.borrow().pick_request(&tried) else {
             break;
@@ -713,6 +713,13 @@ where
     Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.name)))
 }
 
+/// Endpoints one request tries to connect to at most: a service whose
+/// every endpoint refuses (a DNS answer of thousands of dead addresses)
+/// costs a request a few connects, not one per endpoint (4,000 took a
+/// worker 7 s). Failed endpoints are ejected meanwhile, so the next
+/// requests skip them.
+const MAX_CONNECT_ATTEMPTS: usize = 8;
+
 /// `host[:port]` → host (brackets kept for IPv6) and port.
 pub(crate) fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(rest) = a.strip_prefix('[') {
@@ -726,5 +733,43 @@ pub(crate) fn split_authority(a: &str, default_port: u16) -> Option<(&str, u16)>
     match a.rsplit_once(':') {
         Some((h, p)) => p.parse().ok().map(|p| (h, p)),
         None => Some((a, default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use ringmesh_discovery::Endpoint;
+
+    use super::*;
+
+    /// A service whose every endpoint refuses: one request tries a few of
+    /// them, not all (each a connect, for thousands of endpoints).
+    #[test]
+    fn a_request_tries_a_few_endpoints_not_all() {
+        let addrs: Vec<SocketAddr> = (1..=50)
+            .map(|i| format!("10.0.0.{i}:80").parse().unwrap())
+            .collect();
+        let svc = Service::new(
+            Authority::parse("dead.test:80").unwrap(),
+            addrs.iter().map(|a| Endpoint::unmeshed(*a, 1)).collect(),
+            None,
+            std::sync::Arc::new([]),
+        );
+        let balancer = RefCell::new(Balancer::new(addrs.iter().map(|a| (*a, 1))));
+        let tries = Cell::new(0);
+        let refused = || {
+            tries.set(tries.get() + 1);
+            let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+            async move { Err::<(), _>(ProxyError::connect(&e)) }
+        };
+        let r = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(failover(&svc, &balancer, &[], |_| refused()));
+        assert!(r.is_err());
+        assert_eq!(tries.get(), MAX_CONNECT_ATTEMPTS);
     }
 }
