@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::dns::{DnsConfig, DnsError, DnsResolver, Resolution, SrvResolution};
 use crate::hosts::HostsFile;
@@ -51,6 +51,32 @@ struct NameState {
     endpoints: Vec<Endpoint>,
     refresh_at: Instant,
     failures: u32,
+}
+
+/// Failure warnings per second at most (the control core's one thread);
+/// the others are counted and the count goes with the next warning.
+const WARNINGS_PER_SECOND: u32 = 10;
+
+thread_local! {
+    static WINDOW: std::cell::Cell<(Option<Instant>, u32)> = const { std::cell::Cell::new((None, 0)) };
+    static SUPPRESSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a failure may be warned of now.
+fn warn_allowed(now: Instant) -> bool {
+    WINDOW.with(|w| {
+        let (start, n) = w.get();
+        let (start, n) = match start {
+            Some(s) if now.saturating_duration_since(s) < Duration::from_secs(1) => (s, n),
+            _ => (now, 0),
+        };
+        let allowed = n < WARNINGS_PER_SECOND;
+        w.set((Some(start), n + u32::from(allowed)));
+        if !allowed {
+            SUPPRESSED.with(|c| c.set(c.get() + 1));
+        }
+        allowed
+    })
 }
 
 impl NameState {
@@ -99,7 +125,15 @@ impl NameState {
                     .min_ttl
                     .saturating_mul(1 << self.failures.min(6))
                     .min(cfg.max_ttl);
-                tracing::warn!(%name, error = %e, retry_in = ?backoff, "DNS resolution failed; keeping the last addresses");
+                // The first failure of a run is a warning, the retries that
+                // fail again are not (thousands of names failing against
+                // a silent nameserver logged a warning each per retry).
+                if self.failures == 1 && warn_allowed(now) {
+                    let suppressed = SUPPRESSED.with(|c| c.replace(0));
+                    tracing::warn!(%name, error = %e, retry_in = ?backoff, suppressed, "DNS resolution failed; keeping the last addresses");
+                } else {
+                    tracing::debug!(%name, error = %e, failures = self.failures, retry_in = ?backoff, "DNS resolution failed again");
+                }
                 self.refresh_at = now + backoff;
             }
         }
@@ -248,6 +282,16 @@ fn endpoints(addrs: impl Iterator<Item = IpAddr>, port: u16) -> Vec<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failure warnings are at most ten a second; the rest are counted.
+    #[test]
+    fn failure_warnings_are_rate_limited() {
+        let t0 = Instant::now();
+        let allowed = (0..25).filter(|_| warn_allowed(t0)).count();
+        assert_eq!(allowed, WARNINGS_PER_SECOND as usize);
+        assert_eq!(SUPPRESSED.with(|c| c.get()), 15);
+        assert!(warn_allowed(t0 + Duration::from_millis(1001)));
+    }
     use std::time::Duration;
 
     fn name() -> Authority {

@@ -271,7 +271,9 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     let (target, policy) = match resolve(&t.w.routes, dst, t.req.authority(), &request).await {
         Ok(d) => d,
         Err(e) => {
-            tracing::info!(peer = %t.c.peer, error = e.reason(), "request refused");
+            // (Rate-limited: a client naming ever new hosts that do not
+            // resolve logged a line per request.)
+            log_answer(t.w, t.c.peer, None, &e);
             return answer(t, obs, e).await;
         }
     };
