@@ -365,6 +365,17 @@ impl ProxyError {
     }
 
     /// The `grpc-status` a gRPC client gets with the answer.
+    /// The bytes of the body of this answer as the proxy sends it: the
+    /// reason, to a client told reasons (`informational`) that is not a
+    /// gRPC client (whose answer is trailers-only); else none.
+    pub(crate) fn answer_body_len(&self, grpc: bool, informational: bool) -> usize {
+        if grpc || !informational {
+            0
+        } else {
+            self.body().len()
+        }
+    }
+
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,

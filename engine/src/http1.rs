@@ -299,8 +299,8 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
 /// redirect, not a fault) to a keep-alive request without a body: then
 /// nothing of the request is left unread and the client may go on.
 async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
-    obs.answered(&e, false);
     let informational = informational(t.w, t.c);
+    obs.answered(&e, false, e.answer_body_len(false, informational));
     let keep = !e.closes_connection()
         && t.req.framing().is_empty()
         && t.req.keep_alive()

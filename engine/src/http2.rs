@@ -283,7 +283,7 @@ async fn proxy_stream(
             let informational =
                 direction == Direction::Inbound || w.cfg.outbound.informational_headers;
             send_error(&mut respond, &e, is_grpc, informational);
-            obs.answered(&e, is_grpc);
+            obs.answered(&e, is_grpc, e.answer_body_len(is_grpc, informational));
         }
         Err(Failure::Broken { status, reason }) => {
             // The response had started: the stream can only be cut short.

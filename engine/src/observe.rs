@@ -345,8 +345,9 @@ impl<'w> Observer<'w> {
     }
 
     /// The request ended with the proxy's own answer; `grpc`: the client
-    /// speaks gRPC and got the answer's gRPC status.
-    pub(crate) fn answered(mut self, e: &ProxyError, grpc: bool) {
+    /// speaks gRPC and got the answer's gRPC status; `body`: the bytes of
+    /// the answer's body.
+    pub(crate) fn answered(mut self, e: &ProxyError, grpc: bool, body: usize) {
         // Tap: a request to a known address that failed before an endpoint
         // was reported (its connection failed) is seen with the proxy's
         // answer, as one that reached its endpoint would be.
@@ -359,8 +360,12 @@ impl<'w> Observer<'w> {
         if self.key.route.is_none() {
             self.key.route = e.route().cloned();
         }
-        // The access log's `response_bytes`: the answer's content-length.
-        self.response_length(|| (!grpc).then(|| e.body().len() as u64));
+        // The access log's `response_bytes` and tap's response length: the
+        // answer's body.
+        self.response_length(|| Some(body as u64));
+        if let Some(p) = &self.tap {
+            p.data(body);
+        }
         self.end(ResponseClass {
             status: e.status(),
             grpc_status: grpc.then(|| e.grpc_status()),

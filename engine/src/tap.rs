@@ -323,6 +323,8 @@ pub(crate) struct Installed {
     finished: std::sync::atomic::AtomicU32,
     /// Events dropped because a worker's queue was full.
     dropped: std::sync::atomic::AtomicU64,
+    /// The same, for every tap (`tap_events_dropped_total`, live).
+    all_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     queues: Vec<ringmesh_discovery::events::EventSender<TapBatch>>,
 }
 
@@ -330,11 +332,13 @@ impl Installed {
     pub(crate) fn new(
         tap: Tap,
         queues: Vec<ringmesh_discovery::events::EventSender<TapBatch>>,
+        all_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         Self {
             remaining: std::sync::atomic::AtomicU32::new(tap.limit),
             finished: std::sync::atomic::AtomicU32::new(0),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            all_dropped,
             tap,
             queues,
         }
@@ -369,6 +373,8 @@ impl Installed {
             if let Err(ringmesh_discovery::events::SendError::Full(_)) = q.send_batch(batch, bytes)
             {
                 self.dropped
+                    .fetch_add(u64::from(events), std::sync::atomic::Ordering::Relaxed);
+                self.all_dropped
                     .fetch_add(u64::from(events), std::sync::atomic::Ordering::Relaxed);
             }
         }

@@ -61,8 +61,9 @@ const _: () = assert!(MAX_TAPS <= crate::tap::MAX_MATCHED);
 pub(crate) struct TapMetrics {
     /// Taps installed on the workers now.
     pub(crate) installed: AtomicU64,
-    /// Events dropped because a tap's client did not keep up.
-    pub(crate) dropped: AtomicU64,
+    /// Events dropped because a tap's client did not keep up, counted as
+    /// they are (shared with every installed tap).
+    pub(crate) dropped: Arc<AtomicU64>,
     /// Events sent to tap clients.
     pub(crate) sent: AtomicU64,
 }
@@ -133,7 +134,7 @@ impl TapServer {
             .unzip();
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
-        let installed = Arc::new(Installed::new(tap, senders));
+        let installed = Arc::new(Installed::new(tap, senders, self.metrics.dropped.clone()));
         self.installed.borrow_mut().push((id, installed.clone()));
         self.publish();
         (id, installed, receivers)
@@ -429,7 +430,6 @@ async fn observe(
     drop(queues);
     server.remove(id);
     let dropped = installed.dropped();
-    server.metrics.dropped.fetch_add(dropped, Ordering::Relaxed);
     tracing::info!(id, dropped, ?outcome, "tap removed");
     if outcome.is_ok() {
         let mut trailers = http::HeaderMap::new();

@@ -666,6 +666,15 @@ fn a_client_that_never_reads_costs_requests_nothing() {
         metric(&proxy, "tap_events_total") < 100,
         "the client's window holds a few events at most"
     );
+    // The drops are counted as they happen, not when the tap ends (an
+    // operator sees a tap falling behind while it does).
+    assert!(
+        eventually(Duration::from_secs(2), || metric(
+            &proxy,
+            "tap_events_dropped_total"
+        ) > 0),
+        "no drop counted while the tap is installed"
+    );
     // The client leaves: the tap is removed and its drops counted.
     drop(c);
     wait_installed(&proxy, 0);
@@ -1056,16 +1065,38 @@ fn a_failed_upstream_is_tapped_with_the_proxys_answer() {
         r#"{"limit": 1, "match": {"http": {"path": {"prefix": "/"}}}}"#,
     );
     wait_installed(&proxy, 1);
-    assert!(get(proxy.forward_addrs()[0], "/hello").contains("502"));
+    let url = format!("http://{}/hello", proxy.forward_addrs()[0]);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, size) = answer.split_once(' ').unwrap();
+    assert_eq!(code, "502", "{answer}");
+    let size: u64 = size.parse().unwrap();
+    assert!(size > 0, "the answer says why: {answer}");
     let (events, status) = call.finish(Duration::from_secs(10));
     assert_eq!(status.trim(), "status 0");
     let reqs = by_request(&events);
     assert_eq!(reqs.len(), 1, "{events:#?}");
-    let [init, rsp, _end] = &reqs[0];
+    let [init, rsp, end] = &reqs[0];
     assert_eq!(init["path"].as_str(), Some("/hello"));
     assert_eq!(
         field(rsp, &["httpStatus"]).and_then(as_u64),
         Some(502),
+        "{events:#?}"
+    );
+    // Its body is the bytes the client got (it was reported as none).
+    assert_eq!(
+        field(end, &["responseBytes"]).and_then(as_u64),
+        Some(size),
         "{events:#?}"
     );
 }
