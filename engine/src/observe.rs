@@ -47,6 +47,8 @@ pub(crate) struct Observer<'w> {
     access: Option<Box<crate::access_log::Entry>>,
     /// One request too many for the worker's in-flight bound.
     shed: bool,
+    /// Its response was counted ([`Observer::end`]).
+    ended: bool,
 }
 
 impl<'w> Observer<'w> {
@@ -87,6 +89,7 @@ impl<'w> Observer<'w> {
             tap: None,
             access: None,
             shed,
+            ended: false,
         }
     }
 
@@ -326,6 +329,7 @@ impl<'w> Observer<'w> {
     /// The request ended with a response counted as `class` (from the
     /// upstream, or one cut short after it started).
     pub(crate) fn end(mut self, class: ResponseClass) {
+        self.ended = true;
         // One clock read for the latency and the tap's end.
         let now = Instant::now();
         if let Some(p) = self.tap.take() {
@@ -379,6 +383,13 @@ impl Drop for Observer<'_> {
     /// taps see it end without a response.
     fn drop(&mut self) {
         self.w.in_flight.leave(self.key.direction);
+        // A routed request whose client went away before any response:
+        // still a request (`request_total`), with no response counted.
+        if !self.ended && (self.key.target.is_some() || self.key.authority.is_some()) {
+            self.w
+                .telemetry
+                .record_request_only(&self.key, Instant::now());
+        }
         if let Some(p) = self.tap.take() {
             p.end(0, None, Instant::now());
         }

@@ -464,6 +464,11 @@ impl Telemetry {
         self.http.borrow_mut().record_at(key, class, ms, now);
     }
 
+    /// Counts a request that ended with no response.
+    pub(crate) fn record_request_only(&self, key: &HttpKey, now: Instant) {
+        self.http.borrow_mut().record_request_only(key, now);
+    }
+
     /// Counts a request that `ep` answered 502/503 and that goes again to
     /// another endpoint: against the endpoint (failure accrual), in the
     /// destination's retry series and the worker's total.

@@ -2040,3 +2040,55 @@ fn grpc_statuses_are_counted_across_translations() {
         "{text}"
     );
 }
+
+/// A request whose client leaves before any response is still counted in
+/// `request_total` (as linkerd2-proxy counts every request), and in no
+/// `response_total`: it was in neither.
+#[test]
+fn a_request_its_client_cancels_is_counted() {
+    use common::raw_h2::frame;
+    let origin = h2::origin(None);
+    let dir = TempDir::new("orig-proto-cancel-counted");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
+    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
+    head.extend_from_slice(b"\x01\x08web.test");
+    out.extend(frame(1, 5, 1, &head));
+    c.write_all(&out).unwrap();
+    let started = Instant::now();
+    while origin
+        .counters
+        .streams
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 1
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no upstream stream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // RST_STREAM CANCEL: the client leaves.
+    c.write_all(&frame(3, 0, 1, &8u32.to_be_bytes())).unwrap();
+    let admin = p.admin_addr().unwrap();
+    let counted = || series(&metrics(admin), "request_total", &["web.test"]).unwrap_or(0.0);
+    while counted() < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the cancelled request was not counted:\n{}",
+            metrics(admin)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = metrics(admin);
+    assert_eq!(counted(), 1.0, "{text}");
+    assert_eq!(
+        series(&text, "response_total", &["web.test"]),
+        None,
+        "{text}"
+    );
+    drop(c);
+}

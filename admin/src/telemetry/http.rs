@@ -178,6 +178,24 @@ impl HttpShard {
         s.buckets[i] += 1;
     }
 
+    /// Counts a request that ended with no response (its client went
+    /// away first): in `request_total`, as linkerd2-proxy counts every
+    /// request, and in no `response_total`.
+    pub fn record_request_only(&mut self, key: &HttpKey, now: Instant) {
+        let c = match self.0.get_mut(key) {
+            Some(c) => c,
+            None => {
+                if self.0.len() >= MAX_SERIES {
+                    cap_hit("http");
+                    return;
+                }
+                self.0.entry(key.clone()).or_default()
+            }
+        };
+        c.last_used = now;
+        c.requests += 1;
+    }
+
     pub fn evict_idle(&mut self, retain: Duration) {
         self.0.retain(|_, c| c.last_used.elapsed() < retain);
     }
