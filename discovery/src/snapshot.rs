@@ -201,16 +201,21 @@ impl Authority {
         let port: u16 = port
             .parse()
             .map_err(|_| AuthorityError::BadPort(s.to_string()))?;
-        let host = host.trim_end_matches('.');
+        // One trailing dot: the name is fully qualified.
+        let host = host.strip_suffix('.').unwrap_or(host);
         if host.is_empty() || host.contains(':') {
             return Err(AuthorityError::EmptyHost(s.to_string()));
         }
-        // A DNS name: letters, digits, '-', '_' and dots. (IP literals,
-        // bracketed IPv6 included, were handled above.)
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+        // A DNS name: labels of 1 to 63 letters, digits, '-' and '_',
+        // joined by dots, 253 bytes at most. (IP literals, bracketed IPv6
+        // included, were handled above.) Anything else is refused here,
+        // not watched as a name no resolver can look up.
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
             return Err(AuthorityError::BadHost(s.to_string()));
         }
         Ok(Self(format!("{}:{port}", host.to_ascii_lowercase()).into()))
@@ -378,6 +383,24 @@ mod tests {
             Authority::parse(":80"),
             Err(AuthorityError::EmptyHost(_))
         ));
+        // Names no resolver can look up are refused, not watched.
+        let long_label = format!("{}.test:80", "a".repeat(64));
+        let long_name = format!("{}test:80", "abcdefghi.".repeat(26));
+        for bad in [
+            "a..test:80",
+            ".test:80",
+            "x.test..:80",
+            long_label.as_str(),
+            long_name.as_str(),
+            "we b.test:80",
+        ] {
+            assert!(
+                matches!(Authority::parse(bad), Err(AuthorityError::BadHost(_))),
+                "{bad}"
+            );
+        }
+        let ok_label = format!("{}.test:80", "a".repeat(63));
+        assert!(Authority::parse(&ok_label).is_ok());
     }
 
     #[test]
