@@ -177,15 +177,33 @@ impl DnsNameResolver {
             failures: 0,
         };
         let mut was_static = false;
-        let Some(id) = table.watch_id(&name) else {
+        let Some(mut id) = table.watch_id(&name) else {
             return;
         };
         loop {
-            if table.watch_id(&name) != Some(id) || table.claimed(&name) {
+            match table.watch_id(&name) {
                 // Dropped (idle), or taken back by the resolver that
                 // handed it over: no more lookups.
-                self.inner.refresh_at.borrow_mut().remove(&name);
-                return;
+                None => {
+                    self.inner.refresh_at.borrow_mut().remove(&name);
+                    return;
+                }
+                _ if table.claimed(&name) => {
+                    self.inner.refresh_at.borrow_mut().remove(&name);
+                    return;
+                }
+                // Dropped and watched again while this task still ran (the
+                // new watch found the name followed, so no task of its
+                // own): this task follows the new watch, from scratch.
+                Some(now) if now != id => {
+                    id = now;
+                    state = NameState {
+                        endpoints: Vec::new(),
+                        refresh_at: Instant::now(),
+                        failures: 0,
+                    };
+                }
+                Some(_) => {}
             }
             let dropped = table.unwatched().generation();
             let seen = table.static_changed().generation();
@@ -214,8 +232,10 @@ impl DnsNameResolver {
                 continue;
             }
             let outcome = self.lookup(name.host()).await;
-            if table.claimed(&name) {
-                continue; // taken back meanwhile: not reported
+            if table.claimed(&name) || table.watch_id(&name) != Some(id) {
+                // Taken back, or dropped, meanwhile: not reported (a new
+                // watch of the name is looked up afresh, above).
+                continue;
             }
             state.apply(&name, outcome, &cfg, Instant::now());
             self.inner

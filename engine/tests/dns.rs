@@ -316,3 +316,51 @@ fn a_slow_first_answer_is_waited_for() {
         "hello from a\n"
     );
 }
+
+/// A name dropped as idle while its refresh's lookup is under way, and
+/// watched again before that lookup ends, is still refreshed afterwards
+/// (the old lookup answered the new watch and its task ended: nothing
+/// followed the new watch, and its addresses were never looked up again).
+#[test]
+fn a_name_watched_again_mid_lookup_is_still_refreshed() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _app = origin_on(listener, "a");
+    let ns = Nameserver::start([127, 0, 0, 1]);
+    ns.delay_ms.store(1000, Ordering::SeqCst);
+    let servers = ns.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("RINGMESH_DNS_SERVERS", &servers),
+            ("LINKERD2_PROXY_DNS_MIN_TTL", "1s"),
+            ("LINKERD2_PROXY_DNS_MAX_TTL", "1s"),
+            ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    let url = format!("http://again.test:{port}/hello");
+    // Looked up (1 s), then refreshed at its TTL (1 s later, another 1 s
+    // lookup); no request meanwhile, so it is dropped as idle during that
+    // lookup, and this request watches it again before the lookup ends.
+    assert_eq!(get(out, &url), "hello from a\n");
+    let answered = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(get(out, &url), "hello from a\n");
+    // In use from now on: refreshed every TTL plus a lookup.
+    let queries = || ns.answered.load(Ordering::SeqCst);
+    let mut before = None;
+    while answered.elapsed() < Duration::from_millis(7000) {
+        assert_eq!(get(out, &url), "hello from a\n");
+        if before.is_none() && answered.elapsed() >= Duration::from_millis(3500) {
+            before = Some(queries());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = before.unwrap();
+    assert!(
+        queries() > before,
+        "no lookup of the name after it was watched again ({before} in all)"
+    );
+}
