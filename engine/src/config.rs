@@ -1264,14 +1264,25 @@ impl Parser<'_> {
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
         if let Some(path) = &c.discovery.static_file {
-            // The file must at least exist at start-up; its content is checked
-            // by discovery, which reports every problem in it.
-            if !path.is_file() {
-                self.bad(
-                    DISCOVERY_STATIC,
-                    &path.display().to_string(),
-                    "no such file",
-                );
+            // Its problems are listed with every other setting's (discovery
+            // reads it again to start; a file that changed in between is
+            // checked then too).
+            let shown = path.display().to_string();
+            if path.is_dir() {
+                self.bad(DISCOVERY_STATIC, &shown, "a directory, not a file");
+            } else if !path.exists() {
+                self.bad(DISCOVERY_STATIC, &shown, "no such file");
+            } else {
+                match std::fs::read_to_string(path) {
+                    Err(e) => self.bad(DISCOVERY_STATIC, &shown, &format!("cannot read it: {e}")),
+                    Ok(text) => {
+                        if let Err(e) = ringmesh_discovery::static_file::parse(&text) {
+                            for p in e.problems {
+                                self.problems.push(format!("{DISCOVERY_STATIC} ({shown}): {p}"));
+                            }
+                        }
+                    }
+                }
             }
         }
         self.duration(

@@ -68,6 +68,30 @@ fn bad_static_file_content_exits_64_with_every_problem() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr.contains("nope"), "{stderr}");
     assert!(stderr.contains("b.test"), "{stderr}");
+
+    // With a bad setting besides: both are listed in the one run (the
+    // file's problems came only once the settings were fixed).
+    let out = ringmesh(
+        "auto",
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", path.to_str().unwrap()),
+            ("LINKERD2_PROXY_CORES", "many"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    for needle in ["LINKERD2_PROXY_CORES", "nope", "b.test"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    // A directory is said to be one.
+    let out = ringmesh("auto", &[("RINGMESH_DISCOVERY_STATIC", dir.path().to_str().unwrap())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr.contains("a directory"), "{stderr}");
 }
 
 /// Identity from Linkerd's identity service needs the documents Linkerd's
