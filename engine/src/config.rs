@@ -949,6 +949,7 @@ impl Config {
         let mut p = Parser {
             src,
             problems: Vec::new(),
+            read: Default::default(),
         };
         let mut c = Self::defaults();
         p.read_process(&mut c);
@@ -980,6 +981,7 @@ impl Config {
         c.discovery.usage_report = Some((idle / 4).max(Duration::from_millis(100)));
         p.read_inbound_policy(&mut c.inbound_policy);
         c.policy = p.read_policy_api(&c.identity, &c.discovery.dns);
+        p.check_unread();
         p.check_listener_collisions(&c);
         if c.admin.tap.svc_name.is_some() && c.identity.local().is_none() {
             p.problems.push(format!(
@@ -1008,11 +1010,47 @@ impl Config {
 struct Parser<'a> {
     src: &'a dyn ConfigSource,
     problems: Vec<String>,
+    /// The variables read so far.
+    read: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl Parser<'_> {
     fn raw(&self, key: &str) -> Option<String> {
+        self.read.borrow_mut().insert(key.to_string());
         self.src.get(key).map(|v| v.trim().to_string())
+    }
+
+    /// Variables read only with another (identity, the Destination and
+    /// policy APIs): checked anyway when that one is not set, so a bad
+    /// value is refused now rather than on the day the other is set.
+    fn check_unread(&mut self) {
+        let duration = |s: &str| parse_duration(s).map(drop);
+        let checks: [(&str, &dyn Fn(&str) -> Result<(), String>); 8] = [
+            (IDENTITY_MIN_REFRESH, &duration),
+            (IDENTITY_MAX_REFRESH, &duration),
+            (TLS_HANDSHAKE_TIMEOUT, &duration),
+            (DESTINATION_PROFILE_NETWORKS, &|s| {
+                parse_networks(s).map(drop)
+            }),
+            (INBOUND_PORTS, &|s| PortSet::parse(s).map(drop)),
+            (INBOUND_POLICY_MAX_PORTS, &|s| {
+                s.parse::<usize>()
+                    .map(drop)
+                    .map_err(|_| "expected a number of ports".to_string())
+            }),
+            (DESTINATION_SVC_NAME, &|s| {
+                Name::parse(s).map(drop).map_err(|e| e.to_string())
+            }),
+            (POLICY_SVC_NAME, &|s| {
+                Name::parse(s).map(drop).map_err(|e| e.to_string())
+            }),
+        ];
+        for (key, check) in checks {
+            if self.read.borrow().contains(key) {
+                continue;
+            }
+            self.parse_with(key, |s| if s.is_empty() { Ok(()) } else { check(s) });
+        }
     }
 
     fn bad(&mut self, key: &str, value: &str, why: &str) {
@@ -1278,7 +1316,8 @@ impl Parser<'_> {
                     Ok(text) => {
                         if let Err(e) = ringmesh_discovery::static_file::parse(&text) {
                             for p in e.problems {
-                                self.problems.push(format!("{DISCOVERY_STATIC} ({shown}): {p}"));
+                                self.problems
+                                    .push(format!("{DISCOVERY_STATIC} ({shown}): {p}"));
                             }
                         }
                     }
@@ -2527,6 +2566,40 @@ mod tests {
                 .to_string();
             assert!(err.contains(POLICY_SVC_ADDR), "{bad}: {err}");
         }
+    }
+
+    /// Variables read only with another one are checked without it too,
+    /// once each.
+    #[test]
+    fn settings_of_what_is_off_are_checked_too() {
+        let src: BTreeMap<&str, &str> = [
+            (IDENTITY_MIN_REFRESH, "xyz"),
+            (TLS_HANDSHAKE_TIMEOUT, "soon"),
+            (DESTINATION_PROFILE_NETWORKS, "garbage"),
+            (INBOUND_PORTS, "abc"),
+            (DESTINATION_SVC_NAME, "bad name"),
+        ]
+        .into_iter()
+        .collect();
+        let err = Config::from_source(&src).unwrap_err();
+        for key in [
+            IDENTITY_MIN_REFRESH,
+            TLS_HANDSHAKE_TIMEOUT,
+            DESTINATION_PROFILE_NETWORKS,
+            INBOUND_PORTS,
+            DESTINATION_SVC_NAME,
+        ] {
+            let n = err.problems.iter().filter(|p| p.starts_with(key)).count();
+            assert_eq!(n, 1, "{key}: {err}");
+        }
+        let fine: BTreeMap<&str, &str> = [
+            (IDENTITY_MIN_REFRESH, "10s"),
+            (DESTINATION_PROFILE_NETWORKS, "10.0.0.0/8"),
+            (INBOUND_PORTS, "8080,9000-9002"),
+        ]
+        .into_iter()
+        .collect();
+        assert!(Config::from_source(&fine).is_ok());
     }
 
     #[test]

@@ -86,9 +86,12 @@ fn bad_static_file_content_exits_64_with_every_problem() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
     // A directory is said to be one.
-    let out = ringmesh("auto", &[("RINGMESH_DISCOVERY_STATIC", dir.path().to_str().unwrap())])
-        .output()
-        .unwrap();
+    let out = ringmesh(
+        "auto",
+        &[("RINGMESH_DISCOVERY_STATIC", dir.path().to_str().unwrap())],
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr.contains("a directory"), "{stderr}");
