@@ -1007,6 +1007,9 @@ impl Config {
     }
 }
 
+/// A check of one value ([`Parser::check_unread`]).
+type Check = dyn Fn(&str) -> Result<(), String>;
+
 struct Parser<'a> {
     src: &'a dyn ConfigSource,
     problems: Vec<String>,
@@ -1025,7 +1028,7 @@ impl Parser<'_> {
     /// value is refused now rather than on the day the other is set.
     fn check_unread(&mut self) {
         let duration = |s: &str| parse_duration(s).map(drop);
-        let checks: [(&str, &dyn Fn(&str) -> Result<(), String>); 8] = [
+        let checks: [(&str, &Check); 8] = [
             (IDENTITY_MIN_REFRESH, &duration),
             (IDENTITY_MAX_REFRESH, &duration),
             (TLS_HANDSHAKE_TIMEOUT, &duration),
