@@ -515,7 +515,7 @@ struct BodyCut {
 /// body the stream already holds, so a small response is one send (one
 /// TCP segment), not a head and then a body. `tap`: the taps of the
 /// response whose body this is. Ends with the trailers' gRPC status, if
-/// any (read also when they cannot be relayed, to classify the message).
+/// any.
 async fn h2_body_to_h1(
     from: &mut RecvStream,
     framing: Reframe,
@@ -547,23 +547,22 @@ async fn h2_body_to_h1(
                 None => ended = true,
             }
         }
-        if ended && framing != Reframe::Empty {
-            let trailers = from.trailers().await.ok().flatten();
-            grpc = trailers.as_ref().and_then(h2client::grpc_status);
-            if framing == Reframe::Chunked {
-                out.extend_from_slice(b"0\r\n");
-                if let Some(trailers) = &trailers {
-                    for (name, value) in trailers {
-                        if crate::l5d_headers::trailer_allowed(name.as_str()) {
-                            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-                        }
-                    }
-                    if let Some(t) = tap {
-                        t.trailers(|| crate::tap::h2_fields(trailers));
+        // (Trailers are read only where they can go on: a message with a
+        // length has none to relay, and gRPC's have no length.)
+        if ended && framing == Reframe::Chunked {
+            out.extend_from_slice(b"0\r\n");
+            if let Ok(Some(trailers)) = from.trailers().await {
+                grpc = h2client::grpc_status(&trailers);
+                for (name, value) in &trailers {
+                    if crate::l5d_headers::trailer_allowed(name.as_str()) {
+                        push_field(out, name.as_str().as_bytes(), value.as_bytes());
                     }
                 }
-                out.extend_from_slice(b"\r\n");
+                if let Some(t) = tap {
+                    t.trailers(|| crate::tap::h2_fields(&trailers));
+                }
             }
+            out.extend_from_slice(b"\r\n");
         }
         if !out.is_empty() {
             let (res, o) = wr.write_all(std::mem::take(out)).await;
