@@ -413,6 +413,7 @@ impl Core {
             monoio::spawn(sweep_idle(table.clone(), idle));
         }
         monoio::spawn(worker_events(events, table, policy));
+        let mut tap_server: Option<Rc<crate::tap_server::TapServer>> = None;
         // Until told to stop (or the process's handle is gone); returning
         // drops the runtime and with it every task.
         while let Some(command) =
@@ -437,23 +438,33 @@ impl Core {
                     };
                     match monoio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
-                            let server = crate::tap_server::TapServer::new(
+                            let server = Rc::new(crate::tap_server::TapServer::new(
                                 publisher,
                                 workers,
                                 (allow_loopback, svc_name),
                                 &identity,
                                 metrics,
-                            );
-                            monoio::spawn(crate::tap_server::serve(listener, Rc::new(server)));
+                            ));
+                            tap_server = Some(server.clone());
+                            monoio::spawn(crate::tap_server::serve(listener, server));
                         }
                         Err(e) => tracing::error!(error = %e, "cannot serve the tap listener"),
                     }
                 }
-                Command::Stop => break,
+                Command::Stop => {
+                    // Tap calls end with a status, not a cut connection.
+                    if let Some(server) = &tap_server {
+                        server.stop(TAP_STOP).await;
+                    }
+                    break;
+                }
             }
         }
     }
 }
+
+/// How long tap calls get to end when the proxy stops.
+const TAP_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drops the watches no request used for `idle`, checking every quarter
 /// of it.

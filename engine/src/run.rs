@@ -373,6 +373,8 @@ async fn drain(
     // Idle pooled connections close inside the runtime that armed their
     // receives.
     worker.pools.h1.clear();
+    // Tap events still gathering go to their taps (which end after).
+    worker.taps.flush();
     // Whatever the limit still holds is reported before the worker goes.
     for (kind, n) in worker
         .telemetry

@@ -435,6 +435,15 @@ impl WorkerTaps {
         (!set.taps.is_empty()).then(|| set.clone())
     }
 
+    /// Hands over every batch gathered now (the worker stops: its timer
+    /// would not).
+    pub(crate) fn flush(&self) {
+        let all = std::mem::take(&mut *self.outbox.batches.borrow_mut());
+        for b in all {
+            self.outbox.hand_over(b);
+        }
+    }
+
     /// Whether any event was gathered since the last call (a tap that
     /// came and went between two looks at [`Self::active`] still counts).
     pub(crate) fn take_used(&self) -> bool {

@@ -103,6 +103,11 @@ pub(crate) struct TapServer {
     metrics: Arc<TapMetrics>,
     /// Client connections open now, handshakes included.
     connections: Rc<Slots>,
+    /// The proxy is stopping: calls end with `UNAVAILABLE`, connections
+    /// with GOAWAY.
+    stopping: crate::stop::Stop,
+    /// Calls open now, on every connection.
+    calls: Rc<Cell<usize>>,
 }
 
 impl TapServer {
@@ -123,6 +128,8 @@ impl TapServer {
             allow_loopback,
             metrics,
             connections: Slots::new(MAX_CONNECTIONS),
+            stopping: crate::stop::Stop::default(),
+            calls: Rc::default(),
         }
     }
 
@@ -138,6 +145,18 @@ impl TapServer {
         self.installed.borrow_mut().push((id, installed.clone()));
         self.publish();
         (id, installed, receivers)
+    }
+
+    /// The proxy stops: every call ends with `UNAVAILABLE` (and its
+    /// connection with GOAWAY); resolves once they have, or after `limit`.
+    pub(crate) async fn stop(&self, limit: Duration) {
+        self.stopping.trigger();
+        let deadline = std::time::Instant::now() + limit;
+        while self.calls.get() > 0 && std::time::Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // (Their last frames flushed.)
+        monoio::time::sleep(Duration::from_millis(20)).await;
     }
 
     /// Takes the tap off the workers.
@@ -253,6 +272,7 @@ where
         };
     // Calls in progress on this connection.
     let calls = Rc::new(Cell::new(0usize));
+    let mut stopping = false;
     loop {
         // With a call open it is not closed for room (the idle timer
         // brings this back round when calls end).
@@ -271,14 +291,21 @@ where
                 }
                 continue;
             }
+            _ = server.stopping.wait(), if !stopping => {
+                // GOAWAY; the calls end themselves (`UNAVAILABLE`).
+                conn.graceful_shutdown();
+                stopping = true;
+                continue;
+            }
         };
         match next {
             Some(Ok((req, respond))) => {
                 let call = OpenConnection::new(&calls);
+                let all = OpenConnection::new(&server.calls);
                 let server = server.clone();
                 monoio::spawn(async move {
                     observe(req, respond, server).await;
-                    drop(call);
+                    drop((call, all));
                 });
             }
             Some(Err(e)) => {
@@ -312,6 +339,7 @@ mod code {
     pub(super) const INVALID_ARGUMENT: u32 = 3;
     pub(super) const RESOURCE_EXHAUSTED: u32 = 8;
     pub(super) const UNIMPLEMENTED: u32 = 12;
+    pub(super) const UNAVAILABLE: u32 = 14;
 }
 
 /// Answers with only a gRPC status (no message).
@@ -422,7 +450,14 @@ async fn observe(
     };
     let (id, installed, mut queues) = server.install(tap);
     tracing::info!(id, limit, "tap installed");
-    let outcome = stream_events(&mut stream, &mut queues, &installed, &server.metrics).await;
+    let outcome = stream_events(
+        &mut stream,
+        &mut queues,
+        &installed,
+        &server.metrics,
+        &server.stopping,
+    )
+    .await;
     // The events still queued are freed first, so the memory given back
     // once the taps are gone (`remove`, and the workers told by it)
     // includes theirs: they were allocated by the workers, and a block
@@ -431,17 +466,23 @@ async fn observe(
     server.remove(id);
     let dropped = installed.dropped();
     tracing::info!(id, dropped, ?outcome, "tap removed");
-    if outcome.is_ok() {
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from(code::OK));
-        if dropped > 0 {
-            let msg = format!("{dropped} events dropped: the client did not keep up");
-            if let Ok(v) = http::HeaderValue::from_str(&msg) {
-                trailers.insert("grpc-message", v);
-            }
-        }
-        let _ = stream.send_trailers(trailers);
+    let (status, message) = match outcome {
+        Ok(()) if dropped > 0 => (
+            code::OK,
+            Some(format!(
+                "{dropped} events dropped: the client did not keep up"
+            )),
+        ),
+        Ok(()) => (code::OK, None),
+        Err(CallEnd::Stopping) => (code::UNAVAILABLE, Some("the proxy is shutting down".into())),
+        Err(CallEnd::Gone) => return,
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from(status));
+    if let Some(v) = message.and_then(|m| http::HeaderValue::from_str(&m).ok()) {
+        trailers.insert("grpc-message", v);
     }
+    let _ = stream.send_trailers(trailers);
 }
 
 /// How often a tap whose events were dropped checks whether its last
@@ -453,6 +494,16 @@ enum Wake {
     Events,
     Gone,
     Tick,
+    Stopping,
+}
+
+/// Why a call ended before its limit.
+#[derive(Debug)]
+enum CallEnd {
+    /// The client went away.
+    Gone,
+    /// The proxy is stopping.
+    Stopping,
 }
 
 /// Most bytes of events taken from the queues before they are written
@@ -471,7 +522,8 @@ async fn stream_events(
     queues: &mut [EventReceiver<TapBatch>],
     tap: &Installed,
     metrics: &TapMetrics,
-) -> Result<(), &'static str> {
+    stopping: &crate::stop::Stop,
+) -> Result<(), CallEnd> {
     let mut taken = Taken::default();
     loop {
         if tap.finished() >= tap.tap.limit && queues.iter().all(|q| q.is_empty()) {
@@ -481,12 +533,17 @@ async fn stream_events(
         // look at the count again.
         let tick = monoio::time::sleep(END_CHECK);
         let mut tick = std::pin::pin!(tick);
+        let mut stop = std::pin::pin!(stopping.wait());
         let wake = poll_fn(|cx| {
             if stream.poll_reset(cx).is_ready() {
                 return Poll::Ready(Wake::Gone);
             }
             if taken.take(queues, cx) {
                 return Poll::Ready(Wake::Events);
+            }
+            // (Once what the workers handed over is written.)
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Stopping);
             }
             if tick.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Tick);
@@ -496,12 +553,15 @@ async fn stream_events(
         .await;
         match wake {
             Wake::Events => {}
-            Wake::Gone => return Err("the client went away"),
+            Wake::Gone => return Err(CallEnd::Gone),
+            Wake::Stopping => return Err(CallEnd::Stopping),
             Wake::Tick => continue,
         }
         for b in taken.batches.drain(..) {
             let events = u64::from(b.events);
-            send_data(stream, Bytes::from(b.bytes)).await?;
+            send_data(stream, Bytes::from(b.bytes))
+                .await
+                .map_err(|_| CallEnd::Gone)?;
             metrics.sent.fetch_add(events, Ordering::Relaxed);
         }
         taken.bytes = 0;

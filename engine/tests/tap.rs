@@ -1305,3 +1305,27 @@ fn a_client_cancel_mid_body_is_tapped_as_a_cancel() {
         proxy.wait();
     }
 }
+
+/// A tap open while the proxy stops ends with `UNAVAILABLE` "the proxy is
+/// shutting down", after the events of requests already served (it was
+/// cut off: the client saw a closed socket and no status).
+#[test]
+fn a_tap_ends_with_a_status_when_the_proxy_stops() {
+    let origin = http::origin("app");
+    let proxy = proxy(origin.addr, &[("LINKERD2_PROXY_CORES", "1")]);
+    let call = TapCall::start(
+        proxy.tap_addr().unwrap(),
+        r#"{"limit": 100, "match": {"http": {"path": {"prefix": "/"}}}}"#,
+    );
+    wait_installed(&proxy, 1);
+    assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
+    proxy.shutdown();
+    proxy.wait();
+    let (events, status) = call.finish(Duration::from_secs(10));
+    assert_eq!(
+        status.trim(),
+        "status 14 the proxy is shutting down",
+        "{events:#?}"
+    );
+    assert_eq!(by_request(&events).len(), 1, "{events:#?}");
+}
