@@ -471,6 +471,11 @@ pub(crate) async fn new_connection(
         // (`crate::stall`), so stalled streams cannot stop the others.
         .initial_connection_window_size(w.cfg.http2.connection_window)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        // One stream until the server's SETTINGS says how many it takes:
+        // a burst sent at once on a new connection went past a small
+        // limit, and the server refused the rest (RFC 9113 §5.1.2); those
+        // whose bodies had gone could not go again.
+        .initial_max_send_streams(1)
         .enable_push(false);
     let params = ep.h2.as_deref();
     if let Some(p) = params {

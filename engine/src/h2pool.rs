@@ -54,7 +54,13 @@ impl Pool {
         // Streams reset and awaiting their reset's expiry hold no slot.
         list.iter()
             .find(|u| {
-                let limit = STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams());
+                // (Before the server's SETTINGS the library sends one
+                // stream and queues the rest; the connection takes them.)
+                let limit = if u.send.has_peer_settings() {
+                    STREAMS_PER_CONNECTION.min(u.send.current_max_send_streams())
+                } else {
+                    STREAMS_PER_CONNECTION
+                };
                 u.send.num_streams_in_use() < limit
             })
             .map(|u| (u.send.clone(), u.id))

@@ -1962,3 +1962,41 @@ both_drivers!(
     drain_closes_a_silent_idle_client,
     super::drain_closes_a_silent_idle_client
 );
+
+/// A burst of streams on a new upstream connection, to a server that
+/// allows 4 at once: no more than its limit go before its SETTINGS says
+/// so (they went at once, and it refused the rest; a request whose body
+/// was on its way could not go again and failed).
+#[test]
+fn a_burst_on_a_new_connection_keeps_to_the_servers_limit() {
+    let origin = h2::origin_with(None, Some(4));
+    let proxy = forward_to(IoDriver::Uring, origin.addr);
+    let addr = proxy.forward_addrs()[0];
+    let answers = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let send = send.clone();
+                monoio::spawn(async move {
+                    let body = vec![b'a' + (i % 26) as u8; 3000];
+                    let a = h2::request(&send, "POST", "/echo", Some(body.clone())).await;
+                    a.map(|a| (a.status, a.body == body))
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await);
+        }
+        out
+    });
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, true))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 40 failed: {failed:?}",
+        failed.len()
+    );
+}

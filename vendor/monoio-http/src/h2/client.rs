@@ -593,6 +593,13 @@ where
         self.inner.has_streams()
     }
 
+    /// (ringmesh) Whether the server's first SETTINGS has arrived (until
+    /// then [`Self::current_max_send_streams`] is the builder's
+    /// `initial_max_send_streams`).
+    pub fn has_peer_settings(&self) -> bool {
+        self.inner.peer_settings_seen()
+    }
+
     /// (ringmesh) Streams open or waiting to open: as
     /// [`Self::num_active_streams`] without those reset and kept only
     /// until their reset expires (they hold none of the peer's

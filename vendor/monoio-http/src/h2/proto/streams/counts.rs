@@ -29,6 +29,10 @@ pub(super) struct Counts {
 
     /// Streams the library reset for the peer's errors so far
     num_local_error_reset_streams: usize,
+
+    /// (ringmesh) The peer's first SETTINGS has been applied: until then
+    /// `max_send_streams` is the configured assumption.
+    peer_settings_seen: bool,
 }
 
 impl Counts {
@@ -44,6 +48,7 @@ impl Counts {
             num_reset_streams: 0,
             max_local_error_reset_streams: config.local_max_error_reset_streams,
             num_local_error_reset_streams: 0,
+            peer_settings_seen: false,
         }
     }
 
@@ -130,7 +135,17 @@ impl Counts {
     pub fn apply_remote_settings(&mut self, settings: &frame::Settings) {
         if let Some(val) = settings.max_concurrent_streams() {
             self.max_send_streams = val as usize;
+        } else if !self.peer_settings_seen {
+            // (ringmesh) The initial value was an assumption until the peer
+            // spoke; its first SETTINGS without a limit means none.
+            self.max_send_streams = usize::MAX;
         }
+        self.peer_settings_seen = true;
+    }
+
+    /// (ringmesh) Whether the peer's first SETTINGS has been applied.
+    pub fn peer_settings_seen(&self) -> bool {
+        self.peer_settings_seen
     }
 
     /// Run a block of code that could potentially transition a stream's state.

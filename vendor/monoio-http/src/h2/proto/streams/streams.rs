@@ -972,6 +972,11 @@ where
         me.store.num_active_streams()
     }
 
+    pub fn peer_settings_seen(&self) -> bool {
+        let me = unsafe { &mut *self.inner.get() };
+        me.counts.peer_settings_seen()
+    }
+
     pub fn num_streams_in_use(&self) -> usize {
         let me = unsafe { &mut *self.inner.get() };
         me.store
