@@ -973,7 +973,7 @@ impl Config {
             Some(d) => d.idle_timeout,
             None => {
                 let mut idle = Duration::from_secs(5);
-                p.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle);
+                p.positive_duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle);
                 idle
             }
         };
@@ -1086,6 +1086,23 @@ impl Parser<'_> {
 
     fn duration(&mut self, key: &str, into: &mut Duration) {
         if let Some(d) = self.parse_with(key, parse_duration) {
+            *into = d;
+        }
+    }
+
+    /// A duration where zero means nothing (a timeout that fires at once,
+    /// a poll in a loop): refused.
+    fn positive_duration(&mut self, key: &str, into: &mut Duration) {
+        let positive = |s: &str| {
+            parse_duration(s).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be more than 0".into())
+                } else {
+                    Ok(d)
+                }
+            })
+        };
+        if let Some(d) = self.parse_with(key, positive) {
             *into = d;
         }
     }
@@ -1268,7 +1285,7 @@ impl Parser<'_> {
             }) {
                 accept.backlog = n;
             }
-            self.duration(c_to, &mut connect.timeout);
+            self.positive_duration(c_to, &mut connect.timeout);
             connect.keepalive = self.parse_with(c_ka, parse_keepalive).flatten();
             connect.user_timeout = self.parse_with(c_ut, parse_user_timeout).flatten();
         }
@@ -1327,7 +1344,7 @@ impl Parser<'_> {
                 }
             }
         }
-        self.duration(
+        self.positive_duration(
             DISCOVERY_STATIC_POLL_INTERVAL,
             &mut c.discovery.static_poll_interval,
         );
@@ -1339,7 +1356,7 @@ impl Parser<'_> {
             c.forwards = self.forwards(&v);
         }
         c.inbound.target = self.optional_addr(INBOUND_TARGET).flatten();
-        self.duration(TCP_IDLE_TIMEOUT, &mut c.tcp.idle_timeout);
+        self.positive_duration(TCP_IDLE_TIMEOUT, &mut c.tcp.idle_timeout);
         if let Some(n) = self.parse_with(TCP_BUFFER_SIZE, |s| match s.parse::<usize>() {
             Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
             _ => Err("expected a byte count between 1024 and 16777216".into()),
@@ -1376,8 +1393,8 @@ impl Parser<'_> {
     /// Protocol detection: its timeouts, opaque ports, the cap on
     /// undecided connections, and the slow-loris bound on request heads.
     fn read_detection(&mut self, c: &mut Config) {
-        self.duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound.detect_timeout);
-        self.duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound.detect_timeout);
+        self.positive_duration(INBOUND_DETECT_TIMEOUT, &mut c.inbound.detect_timeout);
+        self.positive_duration(OUTBOUND_DETECT_TIMEOUT, &mut c.outbound.detect_timeout);
         if let Some(ports) = self.parse_with(INBOUND_OPAQUE_PORTS, PortSet::parse) {
             c.inbound.opaque_ports = ports;
         }
@@ -1396,7 +1413,7 @@ impl Parser<'_> {
         }) {
             c.detect_max_undecided = n;
         }
-        self.duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http.header_read_timeout);
+        self.positive_duration(HTTP_HEADER_READ_TIMEOUT, &mut c.http.header_read_timeout);
     }
 
     /// HTTP timeouts and the fail-fast queue.
@@ -1506,7 +1523,7 @@ impl Parser<'_> {
             if let Some(t) = self.parse_with(&key("KEEP_ALIVE_INTERVAL"), interval) {
                 side.keep_alive_interval = t;
             }
-            self.duration(&key("KEEP_ALIVE_TIMEOUT"), &mut side.keep_alive_timeout);
+            self.positive_duration(&key("KEEP_ALIVE_TIMEOUT"), &mut side.keep_alive_timeout);
             if let Some(n) = self.parse_with(&key("INITIAL_STREAM_WINDOW_SIZE"), window) {
                 side.stream_window = n;
             }
@@ -1613,7 +1630,7 @@ impl Parser<'_> {
                 .ok()
         });
         let mut handshake_timeout = Duration::from_secs(10);
-        self.duration(TLS_HANDSHAKE_TIMEOUT, &mut handshake_timeout);
+        self.positive_duration(TLS_HANDSHAKE_TIMEOUT, &mut handshake_timeout);
         if static_mode {
             let cert = require(self, IDENTITY_CERT, mode);
             let key = require(self, IDENTITY_KEY, mode);
@@ -1668,8 +1685,8 @@ impl Parser<'_> {
         }
         let mut min_refresh = Duration::from_secs(10);
         let mut max_refresh = Duration::from_secs(24 * 3600);
-        self.duration(IDENTITY_MIN_REFRESH, &mut min_refresh);
-        self.duration(IDENTITY_MAX_REFRESH, &mut max_refresh);
+        self.positive_duration(IDENTITY_MIN_REFRESH, &mut min_refresh);
+        self.positive_duration(IDENTITY_MAX_REFRESH, &mut max_refresh);
         if min_refresh > max_refresh {
             self.problems.push(format!(
                 "{IDENTITY_MIN_REFRESH} ({min_refresh:?}) is greater than {IDENTITY_MAX_REFRESH} ({max_refresh:?})"
@@ -1821,7 +1838,7 @@ impl Parser<'_> {
             .parse_with(DESTINATION_PROFILE_NETWORKS, parse_networks)
             .unwrap_or_default();
         let mut idle_timeout = Duration::from_secs(5);
-        self.duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle_timeout);
+        self.positive_duration(OUTBOUND_DISCOVERY_IDLE_TIMEOUT, &mut idle_timeout);
         Some(DestinationConfig {
             svc_addr: svc_addr?,
             svc_name,
@@ -2603,6 +2620,29 @@ mod tests {
         .into_iter()
         .collect();
         assert!(Config::from_source(&fine).is_ok());
+    }
+
+    /// Zero where it means nothing is refused (a header read timeout of 0
+    /// answered 408 to any request whose head came in two reads; a poll
+    /// interval of 0 read the static file in a loop).
+    #[test]
+    fn zero_is_refused_where_it_means_nothing() {
+        for key in [
+            HTTP_HEADER_READ_TIMEOUT,
+            DISCOVERY_STATIC_POLL_INTERVAL,
+            TCP_IDLE_TIMEOUT,
+            OUTBOUND_DETECT_TIMEOUT,
+            OUTBOUND_DISCOVERY_IDLE_TIMEOUT,
+        ] {
+            let src: BTreeMap<&str, &str> = [(key, "0ms")].into_iter().collect();
+            let err = Config::from_source(&src).unwrap_err();
+            assert!(err.problems[0].contains("more than 0"), "{key}: {err}");
+        }
+        let src: BTreeMap<&str, &str> = [(SHUTDOWN_GRACE_PERIOD, "0s")].into_iter().collect();
+        assert!(
+            Config::from_source(&src).is_ok(),
+            "a grace period of 0 drains at once"
+        );
     }
 
     #[test]
