@@ -1869,14 +1869,29 @@ impl Parser<'_> {
         for (addr, who) in named.into_iter().chain(forwards) {
             let Some(addr) = addr else { continue };
             if addr.port() != 0 {
-                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+                if let Some((a, other)) = seen.iter().find(|(a, _)| overlaps(*a, addr)) {
+                    let on = if *a == addr {
+                        addr.to_string()
+                    } else {
+                        format!("{a} and {addr}")
+                    };
                     self.problems
-                        .push(format!("{who} and {other} both listen on {addr}"));
+                        .push(format!("{who} and {other} both listen on {on}"));
                 }
             }
             seen.push((addr, who));
         }
     }
+}
+
+/// Whether two listeners on these addresses take the same connections:
+/// the same port, and the same address or a wildcard over the other's
+/// (`0.0.0.0` over IPv4 addresses, `[::]` over every address).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: SocketAddr, o: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// `Ok` when `path` can be read and holds something.
@@ -2642,6 +2657,31 @@ mod tests {
         assert!(
             Config::from_source(&src).is_ok(),
             "a grace period of 0 drains at once"
+        );
+    }
+
+    /// A wildcard listener and another on the same port are a collision
+    /// (it failed to bind, said as a port another process holds).
+    #[test]
+    fn wildcard_listeners_overlap() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("0.0.0.0:4143"), a("127.0.0.1:4143")));
+        assert!(overlaps(a("127.0.0.1:4143"), a("[::]:4143")));
+        assert!(!overlaps(a("0.0.0.0:4143"), a("[::1]:4143")));
+        assert!(!overlaps(a("127.0.0.1:4143"), a("127.0.0.2:4143")));
+        assert!(!overlaps(a("0.0.0.0:4143"), a("0.0.0.0:4191")));
+        let src: BTreeMap<&str, &str> = [
+            (ADMIN_LISTEN_ADDR, "0.0.0.0:31143"),
+            (INBOUND_LISTEN_ADDR, "127.0.0.1:31143"),
+        ]
+        .into_iter()
+        .collect();
+        let err = Config::from_source(&src).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.contains(ADMIN_LISTEN_ADDR) && p.contains(INBOUND_LISTEN_ADDR)),
+            "{err}"
         );
     }
 
