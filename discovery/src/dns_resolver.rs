@@ -110,8 +110,9 @@ impl NameState {
             Outcome::Srv(Err(e)) => self.apply(name, Outcome::Dns(Err(e)), cfg, now),
             Outcome::Dns(Err(DnsError::NotFound { negative_ttl, .. })) => {
                 // The name is gone: it has no endpoints until it returns.
-                if !self.endpoints.is_empty() || self.failures == 0 {
-                    tracing::warn!(%name, "DNS name does not exist");
+                if (!self.endpoints.is_empty() || self.failures == 0) && warn_allowed(now) {
+                    let suppressed = SUPPRESSED.with(|c| c.replace(0));
+                    tracing::warn!(%name, suppressed, "DNS name does not exist");
                 }
                 self.endpoints.clear();
                 self.failures += 1;
