@@ -235,6 +235,29 @@ fn watched_names_are_capped() {
     );
 }
 
+/// An origin ("a") on loopback, a nameserver answering 127.0.0.1 for
+/// every name (its answers delayed by `delay_ms`), and a proxy with an
+/// outbound listener asking it, `vars` besides: the origin's port and all
+/// three (kept alive by the caller).
+fn app_and_proxy(
+    delay_ms: u64,
+    vars: &[(&str, &str)],
+) -> (u16, common::Backend, Nameserver, ringmesh_engine::Proxy) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = origin_on(listener, "a");
+    let ns = Nameserver::start([127, 0, 0, 1]);
+    ns.delay_ms.store(delay_ms, Ordering::SeqCst);
+    let servers = ns.addr.to_string();
+    let mut all = vec![
+        ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+        ("RINGMESH_DNS_SERVERS", servers.as_str()),
+    ];
+    all.extend_from_slice(vars);
+    let proxy = start_proxy(IoDriver::Uring, &all);
+    (port, app, ns, proxy)
+}
+
 /// `GET url` through the explicit proxy `proxy`: the status code.
 fn status(proxy: SocketAddr, url: &str) -> String {
     let out = Command::new("curl")
@@ -261,16 +284,9 @@ fn status(proxy: SocketAddr, url: &str) -> String {
 /// restart).
 #[test]
 fn idle_names_leave_the_cap() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _app = origin_on(listener, "a");
-    let ns = Nameserver::start([127, 0, 0, 1]);
-    let servers = ns.addr.to_string();
-    let proxy = start_proxy(
-        IoDriver::Uring,
+    let (port, _app, _ns, proxy) = app_and_proxy(
+        0,
         &[
-            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-            ("RINGMESH_DNS_SERVERS", &servers),
             ("RINGMESH_DISCOVERY_MAX_NAMES", "3"),
             ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
         ],
@@ -296,19 +312,9 @@ fn idle_names_leave_the_cap() {
 /// away, and every request failed).
 #[test]
 fn a_slow_first_answer_is_waited_for() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _app = origin_on(listener, "a");
-    let ns = Nameserver::start([127, 0, 0, 1]);
-    ns.delay_ms.store(1500, Ordering::SeqCst);
-    let servers = ns.addr.to_string();
-    let proxy = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-            ("RINGMESH_DNS_SERVERS", &servers),
-            ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),
-        ],
+    let (port, _app, _ns, proxy) = app_and_proxy(
+        1500,
+        &[("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s")],
     );
     let out = proxy.outbound_addr().unwrap();
     assert_eq!(
@@ -323,17 +329,9 @@ fn a_slow_first_answer_is_waited_for() {
 /// followed the new watch, and its addresses were never looked up again).
 #[test]
 fn a_name_watched_again_mid_lookup_is_still_refreshed() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let _app = origin_on(listener, "a");
-    let ns = Nameserver::start([127, 0, 0, 1]);
-    ns.delay_ms.store(1000, Ordering::SeqCst);
-    let servers = ns.addr.to_string();
-    let proxy = start_proxy(
-        IoDriver::Uring,
+    let (port, _app, ns, proxy) = app_and_proxy(
+        1000,
         &[
-            ("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0"),
-            ("RINGMESH_DNS_SERVERS", &servers),
             ("LINKERD2_PROXY_DNS_MIN_TTL", "1s"),
             ("LINKERD2_PROXY_DNS_MAX_TTL", "1s"),
             ("LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT", "1s"),

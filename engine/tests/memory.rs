@@ -644,28 +644,7 @@ fn stuck_taps_memory_goes_back_when_they_leave() {
         )
     });
     let pid = p.child.id();
-    // Keep-alive GETs, each answered whole.
-    let gets = |n: usize| {
-        let mut c = connect(listen);
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut r = std::io::BufReader::new(c.try_clone().unwrap());
-        for _ in 0..n {
-            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                std::io::BufRead::read_line(&mut r, &mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-        }
-    };
+    let gets = |n: u64| keep_alive_gets(listen, n, "");
     gets(100);
     let idle = settled_rss_kib(pid);
     let taps: Vec<_> = (0..STUCK_TAPS)

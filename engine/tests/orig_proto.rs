@@ -1524,6 +1524,24 @@ fn a_peer_proxys_connection_field_stops_at_http2_clients() {
     assert!(!text.contains("l5d-proxy-connection"), "{text}");
 }
 
+/// A raw HTTP/2 connection to `addr` with a `GET path` (authority
+/// `web.test`, END_STREAM) on each stream of `ids`.
+fn h2_gets(addr: SocketAddr, path: &str, ids: &[u32]) -> TcpStream {
+    use common::raw_h2::frame;
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    // :method GET, :scheme http (indexed); :path and :authority literal.
+    let mut head = vec![0x82, 0x86, 0x04, path.len() as u8];
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b"\x01\x08web.test");
+    for &id in ids {
+        out.extend(frame(1, 5, id, &head));
+    }
+    c.write_all(&out).unwrap();
+    c
+}
+
 /// A raw HTTP/2 connection to `addr` with stream 1 begun: `POST path` to
 /// `authority` (HEADERS with END_HEADERS only) and `data` (a DATA frame
 /// without END_STREAM): the request's body is still open.
@@ -1783,14 +1801,7 @@ fn an_upstream_connection_idle_after_a_reset_is_closed() {
     let origin = h2::origin(None);
     let dir = TempDir::new("orig-proto-h2-idle-reset");
     let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
-    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
-    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
-    head.extend_from_slice(b"\x01\x08web.test");
-    out.extend(frame(1, 5, 1, &head));
-    c.write_all(&out).unwrap();
+    let mut c = h2_gets(p.forward_addrs()[0], "/hang", &[1]);
     let reset_seen = || {
         origin
             .counters
@@ -1891,16 +1902,7 @@ fn reset_streams_leave_room_on_their_connection() {
     let origin = h2::origin_with(None, Some(4));
     let dir = TempDir::new("orig-proto-h2-reset-room");
     let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
-    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
-    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
-    head.extend_from_slice(b"\x01\x08web.test");
-    for id in [1, 3, 5, 7] {
-        out.extend(frame(1, 5, id, &head));
-    }
-    c.write_all(&out).unwrap();
+    let mut c = h2_gets(p.forward_addrs()[0], "/hang", &[1, 3, 5, 7]);
     let origin_streams = || {
         origin
             .counters
@@ -2050,14 +2052,7 @@ fn a_request_its_client_cancels_is_counted() {
     let origin = h2::origin(None);
     let dir = TempDir::new("orig-proto-cancel-counted");
     let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
-    let mut c = TcpStream::connect(p.forward_addrs()[0]).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    // GET /hang, :authority web.test; END_STREAM | END_HEADERS.
-    let mut head = b"\x82\x86\x04\x05/hang".to_vec();
-    head.extend_from_slice(b"\x01\x08web.test");
-    out.extend(frame(1, 5, 1, &head));
-    c.write_all(&out).unwrap();
+    let mut c = h2_gets(p.forward_addrs()[0], "/hang", &[1]);
     let started = Instant::now();
     while origin
         .counters

@@ -613,36 +613,6 @@ fn bad_requests_are_refused() {
     assert!(get(proxy.forward_addrs()[0], "/hello").contains("200"));
 }
 
-/// `n` requests for `/hello` (with the `extra` header lines) one after
-/// another on one keep-alive connection, each answered 200 and read whole.
-fn keep_alive_gets(addr: SocketAddr, n: u64, extra: &str) {
-    let s = connect(addr);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    // One write per request (`write!` would make several small ones).
-    let request = format!("GET /hello HTTP/1.1\r\nhost: web.test\r\n{extra}\r\n");
-    for _ in 0..n {
-        w.write_all(request.as_bytes()).unwrap();
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.contains("200"), "{line}");
-        let mut len = 0;
-        loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-    }
-}
-
 /// A tap client that never reads (`common::tap::never_reading_tap`): requests all
 /// succeed at full speed (the events past what the workers' queues hold
 /// are dropped and counted), and once the client goes away its tap leaves

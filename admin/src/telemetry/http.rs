@@ -182,18 +182,20 @@ impl HttpShard {
     /// away first): in `request_total`, as linkerd2-proxy counts every
     /// request, and in no `response_total`.
     pub fn record_request_only(&mut self, key: &HttpKey, now: Instant) {
-        let c = match self.0.get_mut(key) {
-            Some(c) => c,
-            None => {
-                if self.0.len() >= MAX_SERIES {
-                    cap_hit("http");
-                    return;
-                }
-                self.0.entry(key.clone()).or_default()
-            }
-        };
+        let Some(c) = self.counters(key) else { return };
         c.last_used = now;
         c.requests += 1;
+    }
+
+    /// `key`'s counters, made when new (`None` past the series cap). (Two
+    /// lookups for a known label set: [`Self::record_at`], per request,
+    /// makes one.)
+    fn counters(&mut self, key: &HttpKey) -> Option<&mut HttpCounters> {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
+            cap_hit("http");
+            return None;
+        }
+        Some(self.0.entry(key.clone()).or_default())
     }
 
     pub fn evict_idle(&mut self, retain: Duration) {
@@ -202,11 +204,7 @@ impl HttpShard {
 
     /// Counts a retry away from `key`'s endpoint.
     pub fn retried(&mut self, key: &HttpKey) {
-        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
-            cap_hit("http");
-            return;
-        }
-        let c = self.0.entry(key.clone()).or_default();
+        let Some(c) = self.counters(key) else { return };
         c.last_used = Instant::now();
         c.retries += 1;
     }
