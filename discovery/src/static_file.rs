@@ -110,6 +110,8 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
                     check.service(svc);
                 }
             }
+            // (Each bad field named; else the decoder's first word.)
+            Err(_) if !preamble && check.undecoded(part, line) => {}
             Err(e) => {
                 let at = e.span().map_or(line, |span| {
                     line + part[..span.start.min(part.len())]
@@ -153,6 +155,16 @@ pub fn parse(text: &str) -> Result<Vec<Service>, StaticFileError> {
             problems: check.problems,
         })
     }
+}
+
+/// Lines after `part`'s first where a line sets `key` (`key =`), if one
+/// does.
+fn key_line(part: &str, key: &str) -> Option<usize> {
+    part.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
 }
 
 /// The byte offsets of the lines that open a `[[service]]` table: a line
@@ -208,14 +220,16 @@ impl Check {
         self.index += 1;
         let problems = &mut self.problems;
         let at = format!("service[{i}] ({:?})", svc.name);
+        // A bad name is one problem; the rest of the service is still
+        // checked (and the service not kept).
         let name = match Authority::parse(&svc.name) {
-            Ok(n) => n,
+            Ok(n) => Some(n),
             Err(e) => {
                 problems.push(format!("{at}: name: {e}"));
-                return;
+                None
             }
         };
-        if !self.seen.insert(name.clone()) {
+        if name.as_ref().is_some_and(|n| !self.seen.insert(n.clone())) {
             problems.push(format!("{at}: duplicate service name"));
         }
         let h2_hint = match svc.protocol_hint.as_deref() {
@@ -315,12 +329,70 @@ impl Check {
                 ));
             }
         }
-        self.services.push(Service::new(
-            name,
-            endpoints,
-            protocol,
-            svc.labels.into_iter().collect(),
-        ));
+        if let Some(name) = name {
+            self.services.push(Service::new(
+                name,
+                endpoints,
+                protocol,
+                svc.labels.into_iter().collect(),
+            ));
+        }
+    }
+
+    /// A `[[service]]` table that did not decode (`part`, from `line`):
+    /// each of its fields on its own, so every bad one is named, then the
+    /// service's other checks on the fields that are fine. False when the
+    /// part is not even TOML (its decoder's message is then the problem).
+    fn undecoded(&mut self, part: &str, line: usize) -> bool {
+        let Ok(doc) = part.parse::<toml::Table>() else {
+            return false;
+        };
+        let (problems, index) = (self.problems.len(), self.index);
+        let Some(toml::Value::Array(tables)) = doc.get("service") else {
+            return false;
+        };
+        for table in tables {
+            let Some(table) = table.as_table() else {
+                return false;
+            };
+            let name = match table.get("name") {
+                Some(toml::Value::String(n)) => Some(n.clone()),
+                _ => None,
+            };
+            let shown = name.clone().unwrap_or_default();
+            let at = format!("service[{}] ({shown:?})", self.index);
+            let mut good = toml::Table::new();
+            for (key, value) in table {
+                let mut one = toml::Table::new();
+                one.insert("name".into(), toml::Value::String(shown.clone()));
+                one.insert(key.clone(), value.clone());
+                match one.try_into::<RawService>() {
+                    Ok(_) => {
+                        good.insert(key.clone(), value.clone());
+                    }
+                    Err(e) => {
+                        let at_line = line + key_line(part, key).unwrap_or(0);
+                        self.problems
+                            .push(format!("{at} at line {at_line}: {}", e.message()));
+                    }
+                }
+            }
+            if !table.contains_key("name") {
+                self.problems
+                    .push(format!("{at} at line {line}: missing field `name`"));
+            }
+            // The other checks need a name to run under.
+            match good.try_into::<RawService>() {
+                Ok(svc) if name.is_some() => self.service(svc),
+                _ => self.index += 1,
+            }
+        }
+        if self.problems.len() == problems {
+            // Nothing named: the decoder's message says what it is.
+            self.index = index;
+            return false;
+        }
+        true
     }
 }
 
@@ -383,6 +455,42 @@ mod tests {
             .collect();
         assert_eq!(labels, [("namespace", "prod"), ("service", "web")]);
         assert!(svcs[1].labels.is_empty());
+    }
+
+    /// Every bad field of a table is named, and the table's other checks
+    /// still run (one decoding error hid the rest; a bad name skipped the
+    /// service's other checks).
+    #[test]
+    fn every_bad_field_of_a_table_is_named() {
+        let err = parse(
+            r#"
+            [[service]]
+            name = "web.test:80"
+            endpoint = ["127.0.0.1:1"]
+            protocl = "http2"
+            labels = { ok = 5 }
+            weights = ["x"]
+            protocol = "bogus"
+
+            [[service]]
+            name = "no port"
+            endpoints = ["nope"]
+            "#,
+        )
+        .unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "`endpoint`",
+            "`protocl`",
+            "labels",
+            "weights",
+            "bogus",
+            "service[1] (\"no port\"): name",
+            "\"nope\" is not an ip:port",
+        ] {
+            assert!(all.contains(needle), "{needle}:\n{all}");
+        }
+        assert_eq!(parse_whole_document("[[service]]\nname = 5\n"), None);
     }
 
     #[test]
