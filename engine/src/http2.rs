@@ -479,6 +479,10 @@ async fn to_h2(
     // Whether the request can be sent again: nothing of it is lost.
     let repeatable = end || replay.is_some();
     let mut attempts = Attempts::new(target, idempotent, repeatable).on_route(obs.route());
+    // When a response head must have come (`RINGMESH_HTTP_RESPONSE_TIMEOUT`,
+    // from now: connecting and waiting for the server's stream slots
+    // count), and never after the request's own deadline.
+    let head_deadline = w.response_deadline(s.deadline);
     let answered = loop {
         let opening = open_stream(
             w,
@@ -509,7 +513,7 @@ async fn to_h2(
         }
         let in_flight = o.guard;
         // A route's per-attempt timeout, while a retry could follow.
-        let (attempt_deadline, cut) = attempts.attempt_deadline(sent_at, s.deadline);
+        let (attempt_deadline, cut) = attempts.attempt_deadline(sent_at, head_deadline);
         let head = match await_head(o.response, &mut s, attempt_deadline).await {
             Err(Failure::Answer(e)) if cut && e.timed_out() => {
                 let again = in_flight

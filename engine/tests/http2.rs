@@ -2000,3 +2000,32 @@ fn a_burst_on_a_new_connection_keeps_to_the_servers_limit() {
         failed.len()
     );
 }
+
+/// `RINGMESH_HTTP_RESPONSE_TIMEOUT` bounds an HTTP/2 upstream's response
+/// head as it bounds an HTTP/1 one: 504 when it passes (the HTTP/2 → HTTP/2
+/// path waited for the upstream for ever, only the request timeout applied).
+#[test]
+fn the_response_timeout_bounds_http2_upstreams() {
+    let origin = h2::origin(None);
+    let proxy = forward_with(
+        IoDriver::Uring,
+        origin.addr,
+        &[("RINGMESH_HTTP_RESPONSE_TIMEOUT", "500ms")],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let started = std::time::Instant::now();
+    let a = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        h2::request(&send, "GET", "/slow/3000", None).await
+    });
+    let took = started.elapsed();
+    let a = a.expect("an answer");
+    assert_eq!(a.status, 504, "{:?}", String::from_utf8_lossy(&a.body));
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    // A quick answer is untouched.
+    let a = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        h2::request(&send, "GET", "/slow/100", None).await
+    });
+    assert_eq!(a.expect("an answer").status, 200);
+}
