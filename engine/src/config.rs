@@ -2008,6 +2008,11 @@ fn parse_flag(s: &str) -> Result<bool, String> {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    // A bare zero needs no unit, as in linkerd2-proxy (its injector may
+    // write `LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD=0`).
+    if !s.is_empty() && s.bytes().all(|b| b == b'0') {
+        return Ok(Duration::ZERO);
+    }
     let split = s
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| "a unit is required (ms, s, m, h or d)".to_string())?;
@@ -2691,6 +2696,9 @@ mod tests {
         assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(2 * 86_400)));
         assert!(parse_duration("3").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration(" 00 "), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3w").is_err());
         assert!(parse_duration("1.5s").unwrap_err().contains("1500ms"));
