@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dns::{DnsConfig, DnsError, DnsResolver, Resolution, SrvResolution};
@@ -51,6 +52,8 @@ struct NameState {
     endpoints: Vec<Endpoint>,
     refresh_at: Instant,
     failures: u32,
+    /// Why the last lookup found nothing, while there are no endpoints.
+    why: Option<Arc<str>>,
 }
 
 /// Failure warnings per second at most (the control core's one thread);
@@ -82,6 +85,10 @@ fn warn_allowed(now: Instant) -> bool {
 impl NameState {
     fn apply(&mut self, name: &Authority, outcome: Outcome, cfg: &DnsConfig, now: Instant) {
         let port = name.port();
+        self.why = match &outcome {
+            Outcome::Dns(Err(e)) | Outcome::Srv(Err(e)) => Some(e.to_string().into()),
+            _ => None,
+        };
         match outcome {
             Outcome::Hosts(addrs) => {
                 self.endpoints = endpoints(addrs.into_iter(), port);
@@ -176,6 +183,7 @@ impl DnsNameResolver {
             endpoints: Vec::new(),
             refresh_at: Instant::now(),
             failures: 0,
+            why: None,
         };
         let mut was_static = false;
         let Some(mut id) = table.watch_id(&name) else {
@@ -202,6 +210,7 @@ impl DnsNameResolver {
                         endpoints: Vec::new(),
                         refresh_at: Instant::now(),
                         failures: 0,
+                        why: None,
                     };
                 }
                 Some(_) => {}
@@ -243,7 +252,12 @@ impl DnsNameResolver {
                 .refresh_at
                 .borrow_mut()
                 .insert(name.clone(), state.refresh_at);
-            table.report(&name, state.endpoints.clone());
+            match &state.why {
+                Some(why) if state.endpoints.is_empty() => {
+                    table.report_unresolved(&name, why.clone())
+                }
+                _ => table.report(&name, state.endpoints.clone()),
+            };
         }
     }
 }
@@ -324,6 +338,7 @@ mod tests {
             endpoints: Vec::new(),
             refresh_at: now,
             failures: 0,
+            why: None,
         }
     }
 

@@ -133,6 +133,10 @@ pub struct Service {
     /// Some endpoint has labels or an authority of its own: a request
     /// looks its endpoint up once picked (else it need not).
     per_endpoint: bool,
+    /// Why the service has no endpoints, when its resolver knows (a DNS
+    /// name that does not exist, a nameserver that fails): its requests
+    /// fail at once with it rather than waiting out the fail-fast queue.
+    unresolved: Option<Arc<str>>,
 }
 
 impl Service {
@@ -153,7 +157,21 @@ impl Service {
             labels,
             all_h2_hint,
             per_endpoint,
+            unresolved: None,
         }
+    }
+
+    /// The service with no endpoints because of `why` (see
+    /// [`Service::unresolved`]).
+    pub fn unresolvable(name: Authority, why: Arc<str>) -> Self {
+        let mut svc = Self::new(name, Vec::new(), None, Arc::new([]));
+        svc.unresolved = Some(why);
+        svc
+    }
+
+    /// Why the service has no endpoints, if its resolver said.
+    pub fn unresolved(&self) -> Option<&str> {
+        self.unresolved.as_deref()
     }
 
     /// Whether some endpoint has labels or an authority of its own.

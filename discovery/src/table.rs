@@ -548,6 +548,17 @@ impl Table {
     ) -> bool {
         let mut endpoints = endpoints;
         self.localize(&mut endpoints);
+        let svc = Service::new(name.clone(), endpoints, protocol, labels);
+        self.report_resolved(name, svc)
+    }
+
+    /// A resolver's answer for a watched name that has no endpoints for
+    /// the reason `why` (the name does not exist, its lookups fail).
+    pub fn report_unresolved(&self, name: &Authority, why: Arc<str>) -> bool {
+        self.report_resolved(name, Service::unresolvable(name.clone(), why))
+    }
+
+    fn report_resolved(&self, name: &Authority, svc: Service) -> bool {
         let mut st = self.inner.state.borrow_mut();
         let was_pending = st.pending.remove(name);
         let shadowed = st.static_services.contains_key(name);
@@ -555,16 +566,9 @@ impl Table {
             return false;
         };
         let had_held = entry.held.take().is_some();
-        let same = entry.resolved.as_ref().is_some_and(|s| {
-            s.endpoints == endpoints && s.protocol == protocol && s.labels == labels
-        });
+        let same = entry.resolved.as_deref() == Some(&svc);
         if !same {
-            entry.resolved = Some(Arc::new(Service::new(
-                name.clone(),
-                endpoints,
-                protocol,
-                labels,
-            )));
+            entry.resolved = Some(Arc::new(svc));
         }
         drop(st);
         let changed = !shadowed && (!same || had_held || was_pending);

@@ -194,6 +194,11 @@ impl ProxyError {
         Self::new(Kind::Unresolved, format!("cannot resolve {name}"))
     }
 
+    /// `name` has no endpoints, for the reason its resolver gave.
+    pub(crate) fn unresolved_because(name: impl fmt::Display, why: &str) -> Self {
+        Self::new(Kind::Unresolved, format!("cannot resolve {name}: {why}"))
+    }
+
     pub(crate) fn looped(addr: SocketAddr) -> Self {
         Self::new(
             Kind::Loop,

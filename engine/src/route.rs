@@ -14,7 +14,7 @@ use ringmesh_balancer::{AccrualPolicy, Balancer, OpenGuard};
 use ringmesh_discovery::profile::{
     pick_index, AccrualSpec, ProfileRoute, QueueSpec, RequestInfo, RetryPolicy, RouteFilter,
 };
-use ringmesh_discovery::{Authority, Service};
+use ringmesh_discovery::{Authority, Service, Snapshot};
 use ringmesh_protocols::http1::Authority as RequestAuthority;
 
 use crate::error::ProxyError;
@@ -310,7 +310,10 @@ pub(crate) async fn resolve(
             watch,
         } => Box::pin(await_endpoints(r, &backend, queue, watch))
             .await
-            .ok_or_else(|| ProxyError::no_endpoints(&backend))?,
+            .map_err(|why| match why {
+                Some(why) => ProxyError::unresolved_because(&backend, &why),
+                None => ProxyError::no_endpoints(&backend),
+            })?,
     };
     Ok((with_accrual(dst, accrual), policy))
 }
@@ -356,7 +359,7 @@ pub(crate) async fn await_service(
     queue: QueueSpec,
 ) -> Option<(Arc<Service>, Rc<RefCell<Balancer>>)> {
     match await_endpoints(r, name, queue, false).await {
-        Some(Dst::Service(svc, b)) => Some((svc, b)),
+        Ok(Dst::Service(svc, b)) => Some((svc, b)),
         _ => None,
     }
 }
@@ -471,9 +474,11 @@ async fn resolve_logical(
                 capacity: r.queue_capacity,
                 failfast: r.failfast_timeout,
             };
-            Ok(Box::pin(await_endpoints(r, &svc.name, queue, false))
-                .await
-                .unwrap_or(Dst::Service(svc, b)))
+            match Box::pin(await_endpoints(r, &svc.name, queue, false)).await {
+                Ok(d) => Ok(d),
+                Err(Some(why)) => Err(ProxyError::unresolved_because(&svc.name, &why)),
+                Err(None) => Ok(Dst::Service(svc, b)),
+            }
         }
         d => {
             if let Dst::Service(svc, _) = &d {
@@ -489,20 +494,31 @@ async fn resolve_logical(
 /// to the queue's fail-fast timeout. When that runs out the service is
 /// failing fast: its requests get 503 at once until an endpoint returns.
 /// `watch`: the snapshot does not have the name yet; the control core is
-/// asked for it. `None`: no endpoint (yet).
+/// asked for it. `Err(None)`: no endpoint (yet); `Err(Some(why))`: none,
+/// for the reason its resolver gave (a DNS name that does not exist):
+/// not waited for.
 async fn await_endpoints(
     r: &Routes,
     name: &Authority,
     queue: QueueSpec,
     watch: bool,
-) -> Option<Dst> {
+) -> Result<Dst, Option<Arc<str>>> {
+    let unresolved = |snap: &Snapshot| -> Option<Arc<str>> {
+        snap.service(name)
+            .filter(|svc| svc.endpoints.is_empty())
+            .and_then(|svc| svc.unresolved())
+            .map(Arc::from)
+    };
+    if let Some(why) = unresolved(&r.snapshot()) {
+        return Err(Some(why));
+    }
     if r.failing_fast.borrow().contains(name) {
-        return None;
+        return Err(None);
     }
     let waiting = r.queued.borrow().get(name).copied().unwrap_or(0);
     if waiting >= queue.capacity {
         tracing::debug!(service = %name, capacity = queue.capacity, "fail-fast queue full");
-        return None;
+        return Err(None);
     }
     if watch {
         let _ = r
@@ -515,9 +531,10 @@ async fn await_endpoints(
         let snap = r.snapshot();
         match snap.service(name) {
             Some(svc) if !svc.endpoints.is_empty() => {
-                break Some(Dst::Service(svc.clone(), r.balancer(svc)))
+                break Ok(Dst::Service(svc.clone(), r.balancer(svc)))
             }
-            _ if Instant::now() >= deadline => break None,
+            Some(svc) if svc.unresolved().is_some() => break Err(unresolved(&snap)),
+            _ if Instant::now() >= deadline => break Err(None),
             _ => {}
         }
         drop(snap);
@@ -533,10 +550,12 @@ async fn await_endpoints(
         }
     }
     match &found {
-        Some(_) => {
+        Ok(_) => {
             r.failing_fast.borrow_mut().remove(name);
         }
-        None => {
+        // Not a fail-fast: the next request looks at the reason again.
+        Err(Some(_)) => {}
+        Err(None) => {
             tracing::warn!(service = %name, "no endpoints within the fail-fast timeout; failing fast until one appears");
             r.failing_fast.borrow_mut().insert(name.clone());
         }
@@ -710,7 +729,10 @@ where
             }
         }
     }
-    Err(last.unwrap_or_else(|| ProxyError::no_endpoints(&svc.name)))
+    Err(last.unwrap_or_else(|| match svc.unresolved() {
+        Some(why) => ProxyError::unresolved_because(&svc.name, why),
+        None => ProxyError::no_endpoints(&svc.name),
+    }))
 }
 
 /// Endpoints one request tries to connect to at most: a service whose

@@ -362,3 +362,57 @@ fn a_name_watched_again_mid_lookup_is_still_refreshed() {
         "no lookup of the name after it was watched again ({before} in all)"
     );
 }
+
+/// A name the nameserver says does not exist (NXDOMAIN), or a nameserver
+/// that fails (SERVFAIL): requests get 503 at once with DNS's reason, not
+/// "no endpoints" after the fail-fast wait, and the name resolves once
+/// the nameserver answers it.
+#[test]
+fn dns_failures_are_503_at_once_with_the_reason() {
+    let (port, _app, ns, proxy) = app_and_proxy(
+        0,
+        &[
+            ("LINKERD2_PROXY_DNS_MIN_TTL", "1s"),
+            ("LINKERD2_PROXY_DNS_MAX_TTL", "1s"),
+            // Were the requests below queued, they would wait this long.
+            ("LINKERD2_PROXY_OUTBOUND_HTTP_FAILFAST_TIMEOUT", "60s"),
+        ],
+    );
+    let out = proxy.outbound_addr().unwrap();
+    let error_of = |url: &str| {
+        let o = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "20", "-x"])
+            .arg(format!("http://{out}"))
+            .arg(url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let status = text.split(' ').nth(1).unwrap_or("").to_string();
+        let error = text
+            .lines()
+            .find_map(|l| l.strip_prefix("l5d-proxy-error: "))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        (status, error)
+    };
+    for (code, reason) in [(3, "does not exist"), (2, "server failure")] {
+        ns.code.store(code, Ordering::SeqCst);
+        let url = format!("http://gone{code}.test:{port}/hello");
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let (status, error) = error_of(&url);
+            assert_eq!(status, "503", "{code}: {error}");
+            assert!(error.contains(reason), "{code}: {error}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "queued until the fail-fast timeout"
+            );
+        }
+    }
+    ns.code.store(0, Ordering::SeqCst);
+    let ok = eventually(Duration::from_secs(15), || {
+        status(out, &format!("http://gone3.test:{port}/hello")) == "200"
+    });
+    assert!(ok, "the name never resolved once it existed");
+}

@@ -1,7 +1,7 @@
 //! A nameserver on loopback for tests (UDP, hickory-proto's messages).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,9 @@ pub struct Nameserver {
     pub answered: Arc<AtomicUsize>,
     /// Milliseconds each answer waits before it goes (a slow nameserver).
     pub delay_ms: Arc<AtomicU64>,
+    /// A response code other than 0 (3: NXDOMAIN, 2: SERVFAIL): answered
+    /// with it and no records.
+    pub code: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
 }
 
@@ -33,6 +36,8 @@ impl Nameserver {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (ip2, answered2, stop2) = (ip.clone(), answered.clone(), stop.clone());
         let delay2 = delay_ms.clone();
+        let code = Arc::new(AtomicU16::new(0));
+        let code2 = code.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop2.load(Ordering::Relaxed) {
@@ -46,13 +51,14 @@ impl Nameserver {
                     continue;
                 };
                 let mut reply = Message::new();
+                let rcode = ResponseCode::from_low(code2.load(Ordering::SeqCst) as u8);
                 reply
                     .set_id(query.id())
                     .set_message_type(MessageType::Response)
                     .set_op_code(query.op_code())
-                    .set_response_code(ResponseCode::NoError)
+                    .set_response_code(rcode)
                     .add_query(q.clone());
-                if q.query_type() == RecordType::A {
+                if q.query_type() == RecordType::A && rcode == ResponseCode::NoError {
                     let ip = std::net::Ipv4Addr::from(ip2.load(Ordering::SeqCst));
                     reply.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
                     answered2.fetch_add(1, Ordering::SeqCst);
@@ -77,6 +83,7 @@ impl Nameserver {
             ip,
             answered,
             delay_ms,
+            code,
             stop,
         }
     }
