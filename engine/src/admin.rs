@@ -216,13 +216,14 @@ impl EngineAdmin {
         let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
         let mut scrape = Scrape::default();
         for answer in answers {
-            let Ok(Ok((stats, tcp, http, authz))) =
+            let Ok(Ok((stats, tcp, http, authz, errors))) =
                 monoio::time::timeout_at(deadline, answer).await
             else {
                 continue;
             };
             scrape.add(stats, &tcp, &http);
             scrape.add_authz(&authz);
+            scrape.add_errors(&errors);
         }
         let process = ProcessInfo {
             started: self.started,

@@ -24,8 +24,10 @@ pub(crate) enum Peeked {
     OtherTls(Option<String>),
     /// Not TLS.
     Plain,
-    /// The client closed, failed, was evicted, or sent nothing in time.
+    /// The client closed, failed or was evicted.
     Gone,
+    /// No whole ClientHello (or no byte) by the deadline.
+    TimedOut,
 }
 
 /// Peeks until the client's bytes say what they are, or `deadline`.
@@ -94,14 +96,14 @@ async fn peek_with(
                         }
                         seen = n;
                         if !readable_or_gone(client, deadline, eviction).await {
-                            return Peeked::Gone;
+                            return gone_or_late(deadline);
                         }
                     }
                 }
             }
             Err(nix::errno::Errno::EAGAIN) => {
                 if !readable_or_gone(client, deadline, eviction).await {
-                    return Peeked::Gone;
+                    return gone_or_late(deadline);
                 }
             }
             Err(nix::errno::Errno::EINTR) => {}
@@ -110,6 +112,15 @@ async fn peek_with(
                 return Peeked::Gone;
             }
         }
+    }
+}
+
+/// After a wait that ended without bytes: late if the deadline passed.
+fn gone_or_late(deadline: Instant) -> Peeked {
+    if Instant::now() >= deadline {
+        Peeked::TimedOut
+    } else {
+        Peeked::Gone
     }
 }
 

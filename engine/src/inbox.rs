@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use futures_channel::oneshot;
 
-use ringmesh_admin::telemetry::{AuthzShard, HttpShard, TcpSnapshot, WorkerStats};
+use ringmesh_admin::telemetry::{AuthzShard, ErrorShard, HttpShard, TcpSnapshot, WorkerStats};
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -15,5 +15,5 @@ pub(crate) enum WorkerMsg {
     Stats(mpsc::Sender<WorkerStats>),
     /// A copy of this worker's metrics shard, for a scrape. The control
     /// core awaits the answer without blocking its loop.
-    Metrics(oneshot::Sender<(WorkerStats, TcpSnapshot, HttpShard, AuthzShard)>),
+    Metrics(oneshot::Sender<(WorkerStats, TcpSnapshot, HttpShard, AuthzShard, ErrorShard)>),
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::authz::Verdict;
 use monoio::buf::IoBufMut;
 use monoio::net::TcpStream;
-use ringmesh_admin::telemetry::AuthzProto;
+use ringmesh_admin::telemetry::{AuthzProto, ProxyErrorKind};
 use ringmesh_balancer::{Balancer, OpenGuard};
 use ringmesh_discovery::profile::QueueSpec;
 use ringmesh_discovery::{Authority, Protocol as DiscoveredProtocol, Service};
@@ -213,6 +213,7 @@ pub(crate) async fn serve(
         // it an open relay.
         if !w.cfg.inbound.ips.contains(&orig.ip()) {
             warn_limited!(w, Warning::NotInboundIp, %peer, %orig, "inbound connection to an address not in LINKERD2_PROXY_INBOUND_IPS; closing");
+            count_error(&w, Direction::Inbound, orig, ProxyErrorKind::Unexpected);
             return;
         }
     }
@@ -243,7 +244,20 @@ pub(crate) async fn serve(
                 Peeked::OtherTls(None) | Peeked::Plain => {
                     TlsStatus::NoIdentity(NoTlsReason::NoTlsFromRemote)
                 }
-                Peeked::Gone => return,
+                Peeked::Gone => {
+                    tracing::debug!(%peer, "client gone before its first bytes said what they are");
+                    return;
+                }
+                Peeked::TimedOut => {
+                    warn_limited!(w, Warning::TlsHandshake, %peer, timeout = ?c.side.detect_timeout, "no whole ClientHello (or no first bytes) within the detect timeout; closing");
+                    count_error(
+                        &w,
+                        Direction::Inbound,
+                        orig,
+                        ProxyErrorKind::TlsDetectTimeout,
+                    );
+                    return;
+                }
             }
         }
         // The application's own connections, on this host.
@@ -316,6 +330,7 @@ async fn serve_decided(
             w.telemetry.authz.borrow_mut().record(&key);
             if !verdict.allowed {
                 warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = &*verdict.srv_name, "inbound connection denied by policy; closing");
+                count_error(w, Direction::Inbound, c.orig, ProxyErrorKind::Unauthorized);
                 return;
             }
         }
@@ -399,10 +414,17 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             warn_limited!(w, Warning::TlsHandshake, %peer, error = %e, "inbound TLS handshake failed; closing");
+            count_error(w, Direction::Inbound, orig, ProxyErrorKind::Io);
             return;
         }
         Err(_) => {
             warn_limited!(w, Warning::TlsHandshake, %peer, ?timeout, "inbound TLS handshake timed out; closing");
+            count_error(
+                w,
+                Direction::Inbound,
+                orig,
+                ProxyErrorKind::TlsDetectTimeout,
+            );
             return;
         }
     };
@@ -428,6 +450,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
             }
             Err(e) => {
                 warn_limited!(w, Warning::TlsHandshake, %peer, error = %e, "bad transport header; closing");
+                count_error(w, Direction::Inbound, orig, ProxyErrorKind::Io);
                 w.pools.bufs.put(prefix);
                 return;
             }
@@ -471,6 +494,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
     };
     if w.routes.is_own_listener(target) {
         warn_limited!(w, Warning::Loop, listener = c.kind.name(), %peer, dst = %target, "destination is one of ringmesh's own listeners; refusing the loop");
+        count_error(w, Direction::Inbound, orig, ProxyErrorKind::Unexpected);
         w.pools.bufs.put(prefix);
         return;
     }
@@ -521,8 +545,9 @@ async fn serve_gateway(
     let (w, peer) = (c.w, c.peer);
     let (name, target) = match gateway_target(w, client.tls(), h).await {
         Ok(found) => found,
-        Err(why) => {
+        Err((kind, why)) => {
             warn_limited!(w, Warning::TlsHandshake, %peer, name = %h.name, port = h.port, "gateway connection refused: {why}; closing");
+            count_error(w, Direction::Inbound, c.orig, kind);
             w.pools.bufs.put(prefix);
             return;
         }
@@ -564,25 +589,33 @@ async fn gateway_target(
     w: &Worker,
     tls: &TlsStatus,
     h: &TransportHeader,
-) -> Result<(Authority, Target), String> {
+) -> Result<(Authority, Target), (ProxyErrorKind, String)> {
+    use ProxyErrorKind::{GatewayDomainInvalid, GatewayIdentityRequired, GatewayLoop};
     if !w.cfg.inbound.gateway_for(&h.name) {
-        return Err("not a gateway for this name".into());
+        return Err((GatewayDomainInvalid, "not a gateway for this name".into()));
     }
     let TlsStatus::Accepted {
         client_id: Some(client_id),
     } = tls
     else {
-        return Err("the client proved no identity".into());
+        return Err((
+            GatewayIdentityRequired,
+            "the client proved no identity".into(),
+        ));
     };
     if w.cfg.identity.local().map(|l| l.name.as_str()) == Some(&**client_id) {
-        return Err("the client is this gateway (a loop)".into());
+        return Err((GatewayLoop, "the client is this gateway (a loop)".into()));
     }
     let Ok(name) = Authority::parse(&format!("{}:{}", h.name, h.port)) else {
-        return Err("not a valid name".into());
+        return Err((GatewayDomainInvalid, "not a valid name".into()));
     };
     let link_local = |a: SocketAddr| {
-        is_link_local(a.ip())
-            .then(|| format!("{a} is link-local (a gateway forwards off its host only)"))
+        is_link_local(a.ip()).then(|| {
+            (
+                ProxyErrorKind::Unexpected,
+                format!("{a} is link-local (a gateway forwards off its host only)"),
+            )
+        })
     };
     match crate::route::service_named(&w.routes, &name).await {
         Ok(Dst::Service(svc, balancer)) => {
@@ -595,7 +628,7 @@ async fn gateway_target(
             Some(why) => Err(why),
             None => Ok((name, Target::Addr(a))),
         },
-        Err(e) => Err(e.reason().to_string()),
+        Err(e) => Err((ProxyErrorKind::FailFast, e.reason().to_string())),
     }
 }
 
@@ -864,6 +897,7 @@ async fn relay_opaque(
             Ok((s, a, g)) => (s, a, g, w.pools.bufs.get()),
             Err(failure) => {
                 warn_limited!(w, Warning::ConnectFailed, listener = c.kind.name(), %peer, "{failure}; closing the client connection");
+                count_error(w, c.kind.direction(), c.orig, failure.kind());
                 w.pools.bufs.put(prefix);
                 return;
             }
@@ -1114,7 +1148,9 @@ async fn opaque_target(
                     let deadline = Instant::now() + c.side.detect_timeout;
                     match crate::hello::peek(tcp, None, deadline, &undecided.eviction).await {
                         crate::hello::Peeked::OtherTls(sni) => sni,
-                        crate::hello::Peeked::Gone => return Err(Arc::from("no ClientHello")),
+                        crate::hello::Peeked::Gone | crate::hello::Peeked::TimedOut => {
+                            return Err(Arc::from("no ClientHello"))
+                        }
                         _ => None,
                     }
                 }
@@ -1247,6 +1283,7 @@ fn route(
                     },
                     None => {
                         warn_limited!(w, Warning::ForwardUnresolved, %peer, service = %name, "forward target is not resolved (yet); closing");
+                        count_error(w, kind.direction(), orig, ProxyErrorKind::FailFast);
                         return None;
                     }
                 },
@@ -1278,6 +1315,7 @@ fn route(
     if let Target::Addr(addr) = target {
         if w.routes.is_own_listener(addr) || addr == local {
             warn_limited!(w, Warning::Loop, listener = kind.name(), %peer, dst = %addr, "destination is one of ringmesh's own listeners; refusing the loop");
+            count_error(w, kind.direction(), orig, ProxyErrorKind::Unexpected);
             return None;
         }
     }
@@ -1295,6 +1333,25 @@ fn route(
 struct ConnectFailure {
     tried: usize,
     last: Option<ProxyError>,
+}
+
+impl ConnectFailure {
+    /// Its `*_tcp_errors_total` kind: no endpoint to try is a fail-fast,
+    /// endpoints that failed an I/O error.
+    fn kind(&self) -> ProxyErrorKind {
+        match &self.last {
+            None => ProxyErrorKind::FailFast,
+            Some(e) => ProxyErrorKind::of_http(Direction::Outbound, e.label())
+                .unwrap_or(ProxyErrorKind::Unexpected),
+        }
+    }
+}
+
+/// Counts a connection to `target` (its original destination) the proxy
+/// could not serve, in `inbound_tcp_errors_total` or
+/// `outbound_tcp_errors_total`.
+fn count_error(w: &Worker, direction: Direction, target: SocketAddr, kind: ProxyErrorKind) {
+    w.telemetry.errors.borrow_mut().tcp(direction, target, kind);
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -1357,7 +1414,8 @@ async fn connect_target(
     tls: Option<&TlsConfigs>,
     local_ips: &[IpAddr],
     dial: ConnectConfig,
-) -> Result<(Transport, SocketAddr, Option<OpenGuard>), String> {
+) -> Result<(Transport, SocketAddr, Option<OpenGuard>), TargetFailure> {
+    let failed = |kind, why| TargetFailure { kind, why };
     match target {
         Target::Addr(addr) => {
             match open(
@@ -1370,16 +1428,43 @@ async fn connect_target(
             .await
             {
                 Ok(s) => Ok((s, *addr, None)),
-                Err(e) => Err(format!("cannot connect to {addr}: {e}")),
+                Err(e) => Err(failed(
+                    ProxyErrorKind::of_http(Direction::Outbound, e.label())
+                        .unwrap_or(ProxyErrorKind::Unexpected),
+                    format!("cannot connect to {addr}: {e}"),
+                )),
             }
         }
-        Target::ByAuthority => Err("no destination".to_string()),
+        Target::ByAuthority => Err(failed(ProxyErrorKind::Unexpected, "no destination".into())),
         Target::Service(svc, balancer) => {
             match connect_balanced(routes, (svc, balancer), tls, dial).await {
                 Ok((s, a, g)) => Ok((s, a, Some(g))),
-                Err(failure) => Err(format!("service {}: {failure}", svc.name)),
+                Err(failure) => Err(failed(
+                    failure.kind(),
+                    format!("service {}: {failure}", svc.name),
+                )),
             }
         }
+    }
+}
+
+/// Why [`connect_target`] found no connection: its `*_tcp_errors_total`
+/// kind, and what the log says.
+#[derive(Debug)]
+struct TargetFailure {
+    kind: ProxyErrorKind,
+    why: String,
+}
+
+impl TargetFailure {
+    fn kind(&self) -> ProxyErrorKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for TargetFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
     }
 }
 
@@ -1491,7 +1576,7 @@ async fn detect_protocol(
 /// What ended the wait for a client's first bytes.
 enum First {
     Read,
-    Connected(Result<(Transport, SocketAddr, Option<OpenGuard>), String>),
+    Connected(Result<(Transport, SocketAddr, Option<OpenGuard>), TargetFailure>),
     Stopped { evicted: bool },
 }
 

@@ -476,6 +476,7 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
                 worker.telemetry.tcp.borrow().snapshot(),
                 worker.telemetry.http.borrow().clone(),
                 worker.telemetry.authz.borrow().clone(),
+                worker.telemetry.errors.borrow().clone(),
             ));
         }
         WorkerMsg::Shutdown => {}

@@ -219,6 +219,8 @@ pub(crate) struct Telemetry {
     pub http: RefCell<HttpShard>,
     /// Inbound authorization outcomes.
     pub authz: RefCell<ringmesh_admin::telemetry::AuthzShard>,
+    /// Connections the worker could not serve (`*_tcp_errors_total`).
+    pub errors: RefCell<ringmesh_admin::telemetry::ErrorShard>,
     /// Warnings that can repeat per request or connection, rate-limited.
     pub warnings: WarnLimit,
 }

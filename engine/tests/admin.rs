@@ -418,7 +418,11 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     let listen = closed_port();
     // And a forward to an address nothing listens on: 502, connect_failed.
     let [listen_refused, refused] = closed_ports();
-    let fwd = format!("{listen}=web.test:80,{listen_refused}={refused}");
+    // And an opaque connection forwarded there: counted in
+    // `outbound_tcp_errors_total`.
+    let [listen_opaque, refused_opaque] = closed_ports();
+    let fwd =
+        format!("{listen}=web.test:80,{listen_refused}={refused},{listen_opaque}={refused_opaque}");
     let (p, base) = start(&[
         ("RINGMESH_TCP_FORWARD", &fwd),
         ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
@@ -427,7 +431,24 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     assert_eq!(code, "503");
     let (code, _) = curl(&[&format!("http://{listen_refused}/")]);
     assert_eq!(code, "502");
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(listen_opaque).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        c.write_all(b"\x00\x01 not http\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)), "not closed");
+    }
     let (_, body) = curl(&[&format!("{base}/metrics")]);
+    // linkerd2-proxy's proxy-error families.
+    for line in [
+        "outbound_http_errors_total{error=\"failfast\"} 1".to_string(),
+        "outbound_http_errors_total{error=\"i/o\"} 1".to_string(),
+        format!("outbound_tcp_errors_total{{target_addr=\"{listen_opaque}\",error=\"i/o\"}} 1"),
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
     let refused_line = format!(
         "response_total{{direction=\"outbound\",tls=\"no_identity\",target_addr=\"{refused}\",target_ip=\"127.0.0.1\",target_port=\"{}\",status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1",
         refused.port()

@@ -853,6 +853,10 @@ fn untrusted_or_misnamed_peers_are_refused() {
         );
         let (_, m) = admin(&a, "/metrics");
         assert!(m.contains("error=\"tls_failed\""), "{tag}: {m}");
+        assert!(
+            m.contains("outbound_http_errors_total{error=\"i/o\"} 1\n"),
+            "{tag}: {m}"
+        );
         // Labelled as the endpoint it failed at: discovery gave it an
         // identity (not "not_provided_by_service_discovery").
         assert!(
@@ -1160,6 +1164,23 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
         (&[], ""),
     );
     assert!(answer.contains(&format!("l5d-client-id: {A}")), "{answer}");
+
+    // Each connection refused above is counted, as linkerd2-proxy counts
+    // them: the huge header and the garbage as I/O errors, the stalled
+    // handshake and the half hello as detection timeouts, the gateway
+    // name as one this proxy is no gateway for.
+    let count = |error: &str| {
+        let (_, m) = admin(&b, "/metrics");
+        let series =
+            format!("inbound_tcp_errors_total{{target_addr=\"{inbound}\",error=\"{error}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("i/o"), 2);
+    assert_eq!(count("tls detection timeout"), 2);
+    assert_eq!(count("gateway domain invalid"), 1);
 }
 
 /// A transport header that arrives in many TLS records, read by many reads

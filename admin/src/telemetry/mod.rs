@@ -13,7 +13,8 @@
 //! per-connection [`ConnMeter`]), `http` (request/response families and the
 //! latency histogram), `keyed_hash` (the hash of the per-request maps),
 //! `workers` (each worker's `ringmesh_worker_*`
-//! counters), `process` (`process_*`, `proxy_build_info`), `scrape` (the
+//! counters), `errors` (linkerd2-proxy's `*_tcp_errors_total` and
+//! `*_http_errors_total`), `process` (`process_*`, `proxy_build_info`), `scrape` (the
 //! merge, and the family order of one answer).
 //!
 //! Label sets per family and worker are capped at [`MAX_SERIES`]; idle ones
@@ -22,6 +23,7 @@
 use std::fmt::Write as _;
 
 mod authz;
+mod errors;
 mod http;
 mod keyed_hash;
 mod labels;
@@ -32,6 +34,7 @@ mod tls;
 mod workers;
 
 pub use authz::{AuthzKey, AuthzProto, AuthzShard};
+pub use errors::{ErrorShard, ProxyErrorKind};
 pub use http::{ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS};
 pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};

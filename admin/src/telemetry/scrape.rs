@@ -2,6 +2,7 @@
 //! whole exposition in its fixed family order.
 
 use super::authz::AuthzShard;
+use super::errors::ErrorShard;
 use super::http::HttpShard;
 use super::process::{self, ProcessInfo};
 use super::tcp::TcpSnapshot;
@@ -14,6 +15,7 @@ pub struct Scrape {
     tcp: TcpSnapshot,
     http: HttpShard,
     authz: AuthzShard,
+    errors: ErrorShard,
 }
 
 impl Scrape {
@@ -29,6 +31,11 @@ impl Scrape {
         self.authz.merge(authz);
     }
 
+    /// Adds one worker's counts of connections it could not serve.
+    pub fn add_errors(&mut self, errors: &ErrorShard) {
+        self.errors.merge(errors);
+    }
+
     /// Appends the text exposition (format 0.0.4): HTTP, TCP, per-worker,
     /// then process families.
     pub fn encode(mut self, out: &mut String, process: &ProcessInfo) {
@@ -36,6 +43,7 @@ impl Scrape {
         self.http.encode(out);
         self.tcp.encode(out);
         self.authz.encode(out);
+        self.errors.encode(&self.http, out);
         workers::encode(&self.workers, out);
         process::encode(out, process);
     }
