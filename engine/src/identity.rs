@@ -129,7 +129,11 @@ fn read_both(cert: &std::path::Path, key: &std::path::Path) -> Seen {
 }
 
 /// Loads the PEM files, then again whenever they change. Bad new files are
-/// logged and the current certificate kept.
+/// logged (once for their contents) and the current certificate kept;
+/// files that failed are checked again every poll while unchanged, so a
+/// certificate refused only for its time (not valid yet: a renewal written
+/// with a little clock skew) is taken once it is valid. A held
+/// certificate that expires is logged once.
 async fn watch_static(
     local: &LocalIdentity,
     cert: &std::path::Path,
@@ -137,27 +141,49 @@ async fn watch_static(
     sink: &mut Sink,
 ) {
     let mut seen: Option<Seen> = None;
+    // The files' contents were refused: looked at again each poll.
+    let mut refused = false;
+    let mut held_until: Option<SystemTime> = None;
     loop {
         let now = read_both(cert, key);
-        if seen.as_ref() != Some(&now) {
+        let changed = seen.as_ref() != Some(&now);
+        if changed || refused {
             let loaded = now.clone().and_then(|(chain_pem, key_pem)| {
                 verify_static(local, cert, key, &chain_pem, &key_pem)
             });
+            refused = true;
             match loaded {
-                Ok(creds) if sink.publish(&creds) => sink
-                    .metrics
-                    .refreshed(SystemTime::now(), creds.validity.not_after),
-                Ok(_) => sink.metrics.failed(),
-                Err(e) => {
+                Ok(creds) if sink.publish(&creds) => {
+                    refused = false;
+                    held_until = Some(creds.validity.not_after);
+                    sink.metrics
+                        .refreshed(SystemTime::now(), creds.validity.not_after)
+                }
+                Ok(_) => {
+                    if changed {
+                        sink.metrics.failed()
+                    }
+                }
+                Err(e) if changed => {
                     sink.metrics.failed();
                     tracing::error!(
                     cert = %cert.display(),
                     key = %key.display(),
-                    "identity certificate not loaded: {e}"
+                    "identity certificate not loaded (checked again every {}s while the files stay as they are): {e}",
+                    STATIC_POLL.as_secs()
                     )
                 }
+                Err(_) => {}
             }
             seen = Some(now);
+        }
+        if held_until.is_some_and(|t| t <= SystemTime::now()) {
+            tracing::error!(
+                cert = %cert.display(),
+                expired_unix = held_until.map_or(0, unix_seconds),
+                "the identity certificate in use has expired and no valid replacement was found; meshed peers will refuse it"
+            );
+            held_until = None;
         }
         monoio::time::sleep(STATIC_POLL).await;
     }

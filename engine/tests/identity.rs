@@ -79,6 +79,32 @@ impl Pki {
         }
     }
 
+    /// A leaf for `name` valid from `secs` seconds from now, for a year.
+    fn valid_in(&self, file: &str, name: &str, secs: i64) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let from = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+        params.not_before = from;
+        params.not_after = from + time::Duration::days(365);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        write_atomic(&cert_path, cert.pem().as_bytes());
+        write_atomic(&key_path, key.serialize_pem().as_bytes());
+        Leaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
+    }
+
     fn good(&self, file: &str, name: &str) -> Leaf {
         self.leaf(file, name, (2020, 2099))
     }
@@ -972,6 +998,52 @@ fn expired_certificate_is_refused_and_replaced_files_are_reloaded() {
         replace_unstamped(to, &std::fs::read(from).unwrap(), mtime);
     }
     wait_ready(&b);
+}
+
+/// A static certificate refused only because it is not valid yet (a
+/// renewal written with a little clock skew) is taken once it is valid,
+/// though its files do not change again: at start, and replacing the one
+/// in use (it was checked only when the files' bytes changed, and the
+/// proxy stayed unready, or on its old certificate, for good).
+#[test]
+fn a_certificate_not_valid_yet_is_taken_once_valid() {
+    let pki = Pki::new("not-yet");
+    let leaf = pki.valid_in("b", B, 3);
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf, &[]);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        admin(&b, "/ready").0,
+        503,
+        "ready before the certificate is valid"
+    );
+    assert!(
+        eventually(Duration::from_secs(8), || admin(&b, "/ready").0 == 200),
+        "the certificate was never taken once valid"
+    );
+    // A renewal that is not valid for a few seconds replaces the one in
+    // use once it is: the certificate B presents changes.
+    let presented = || {
+        let mut s = tls_to(b.inbound_addr().unwrap(), client_config(&pki, None, false));
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        s.conn.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(presented(), leaf.der);
+    let next = pki.valid_in("b-next", B, 3);
+    for (from, to) in [(&next.cert, &leaf.cert), (&next.key, &leaf.key)] {
+        write_atomic(to, &std::fs::read(from).unwrap());
+    }
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        presented(),
+        leaf.der,
+        "a certificate not valid yet was used"
+    );
+    assert!(
+        eventually(Duration::from_secs(8), || presented() == next.der),
+        "the renewal was never taken once valid"
+    );
 }
 
 /// Replaces `path` with `data` (padded with newlines, which PEM ignores, to
