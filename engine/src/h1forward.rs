@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringmesh_discovery::profile::RouteFilter;
 
@@ -238,6 +238,8 @@ pub(crate) async fn exchange(
             return Outcome::failed(ubuf, e.or_retry(retryable));
         }
     };
+    // The body relayed whole (a request without one: at once).
+    let body_done = Cell::new(false);
     let body_up = async {
         let r = stream_body(
             scanner,
@@ -247,6 +249,7 @@ pub(crate) async fn exchange(
             None,
         )
         .await;
+        body_done.set(true);
         if matches!(r, Err(BodyError::Malformed(_))) {
             // The upstream got a truncated body and may wait for the rest:
             // end the exchange so the client gets its 400 now.
@@ -264,6 +267,7 @@ pub(crate) async fn exchange(
         limits,
         tap,
         edits: rewrite.response_edits,
+        body_done: &body_done,
     };
     let from = UpstreamSide {
         rd: &mut urd,
@@ -275,10 +279,32 @@ pub(crate) async fn exchange(
     let deadline = w.response_deadline(request_deadline);
     let relayed = relay_response(down, from, first_byte, deadline, answered_5xx);
     // The client's connection closes after the answer when its body was
-    // not read to its end; the upstream's is dropped.
-    let (up_res, down_res) = body_and_answer(body_up, relayed, || {
-        Err(BodyError::Sink("the response failed first".into()))
-    })
+    // not read to its end; the upstream's is dropped. An answer that
+    // closes the client's connection ends its body too: at once when the
+    // client waits for a 100 (Continue) that will not come, else after a
+    // short grace (RFC 9112 §9.6: a `close` answer is the connection's
+    // last; the body was waited for without end).
+    let (up_res, down_res) = body_and_answer_or_cut(
+        body_up,
+        relayed,
+        || {
+            Err(BodyError::Sink(
+                "the response ended the exchange first".into(),
+            ))
+        },
+        |r| match r {
+            Relayed::Done {
+                client_keep: false,
+                body_withheld,
+                ..
+            } => Some(if *body_withheld {
+                Duration::ZERO
+            } else {
+                BODY_GRACE_AFTER_CLOSE
+            }),
+            _ => None,
+        },
+    )
     .await;
     let up = Upstream {
         rd: urd,
@@ -291,6 +317,32 @@ pub(crate) async fn exchange(
     conclude(up, ubuf, up_res, down_res, replayable)
 }
 
+/// Resets the connection now (a TCP RST): a response that broke off after
+/// it started must not end with a clean close, which an HTTP/1 client
+/// reading a body delimited by the close takes for the body's end
+/// (truncation must never look like success). `connect(2)` to `AF_UNSPEC`
+/// disconnects a TCP socket with a reset; the halves' later close finds
+/// it gone (a shutdown on drop would otherwise send a FIN first).
+pub(crate) fn reset_now(fd: RawFd) {
+    let unspec = nix::libc::sockaddr {
+        sa_family: nix::libc::AF_UNSPEC as nix::libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `fd` is the caller's open socket for this call; the address
+    // lives through it, its size given.
+    let r = unsafe {
+        nix::libc::connect(
+            fd,
+            std::ptr::addr_of!(unspec),
+            std::mem::size_of::<nix::libc::sockaddr>() as nix::libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("could not reset a broken response's connection");
+    }
+}
+
 /// Runs a request body's relay (`body`) and its answer's (`answer`)
 /// together. When the answer fails first (a timeout among the ways), the
 /// exchange ends at once, `abandoned()` standing for the body's result: the
@@ -300,6 +352,20 @@ pub(crate) async fn body_and_answer<BR, T, E>(
     answer: impl std::future::Future<Output = Result<T, E>>,
     abandoned: impl FnOnce() -> BR,
 ) -> (BR, Result<T, E>) {
+    body_and_answer_or_cut(body, answer, abandoned, |_| None).await
+}
+
+/// [`body_and_answer`], and when the answer is done first and `cut` says
+/// so, the body has at most that much longer before it is abandoned too
+/// (an answer that closes the connection: the client's body need not all
+/// arrive; a short grace keeps the close from resetting a client still
+/// sending before it reads the answer).
+async fn body_and_answer_or_cut<BR, T, E>(
+    body: impl std::future::Future<Output = BR>,
+    answer: impl std::future::Future<Output = Result<T, E>>,
+    abandoned: impl FnOnce() -> BR,
+    cut: impl FnOnce(&T) -> Option<Duration>,
+) -> (BR, Result<T, E>) {
     let (mut body, mut answer) = (std::pin::pin!(body), std::pin::pin!(answer));
     monoio::select! {
         // The body first: a request without one is done at once.
@@ -307,10 +373,20 @@ pub(crate) async fn body_and_answer<BR, T, E>(
         up = body.as_mut() => (up, answer.await),
         down = answer.as_mut() => match down {
             Err(e) => (abandoned(), Err(e)),
-            done => (body.await, done),
+            Ok(t) => match cut(&t) {
+                None => (body.await, Ok(t)),
+                Some(grace) => match monoio::time::timeout(grace, body).await {
+                    Ok(up) => (up, Ok(t)),
+                    Err(_) => (abandoned(), Ok(t)),
+                },
+            },
         },
     }
 }
+
+/// How long a request body may go on after an answer that closes the
+/// connection (see [`body_and_answer_or_cut`]).
+const BODY_GRACE_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
 /// Writes the request head upstream, with a kept body or what already
 /// arrived of a streamed one in the same write (one segment rather than
@@ -411,6 +487,8 @@ struct Downstream<'a> {
     tap: Option<&'a crate::tap::Pending>,
     /// The route's filters that modify the response's header fields.
     edits: Option<&'a [RouteFilter]>,
+    /// The request body went upstream whole.
+    body_done: &'a Cell<bool>,
 }
 
 /// The upstream side of a response being relayed.
@@ -426,10 +504,13 @@ enum Relayed {
     /// 101 or a CONNECT 2xx: both connections now belong to a tunnel.
     Tunnel,
     /// The response is complete; `client_keep`: the client connection may
-    /// carry another request; `upstream_keep`: so may the upstream one.
+    /// carry another request; `upstream_keep`: so may the upstream one;
+    /// `body_withheld`: the client waits for a 100 (Continue) that never
+    /// came, so its body will not come either (the answer said `close`).
     Done {
         client_keep: bool,
         upstream_keep: bool,
+        body_withheld: bool,
     },
 }
 
@@ -469,6 +550,8 @@ async fn relay_response(
 ) -> Result<Relayed, Failure> {
     let ctx = d.req.context();
     let mut interim = 0;
+    // A 100 (Continue) went to the client.
+    let mut continued = false;
     loop {
         let head = read_response_head(
             (&mut *u.rd, u.meter),
@@ -499,8 +582,13 @@ async fn relay_response(
             t.response(d.resp.status(), Instant::now(), fields);
         }
         let edit = d.edits.filter(|_| !d.resp.is_interim());
+        // A final answer before the 100 the client waits for, its body
+        // unsent: the client connection cannot carry another request (its
+        // next bytes could be that body, or a new request), and the
+        // answer says so (RFC 9110 §10.1.1).
+        let body_withheld = d.req.expect_continue() && !continued && !d.body_done.get();
         let plan = plan_response(
-            d.w.stopping(),
+            d.w.stopping() || body_withheld,
             (d.req, d.resp, edit),
             u.buf,
             d.out,
@@ -529,6 +617,7 @@ async fn relay_response(
             Err(e) => return Err(broken(format!("writing to the client failed: {e}"))),
         }
         if d.resp.is_interim() {
+            continued |= d.resp.status() == 100;
             continue;
         }
         if plan.tunnel {
@@ -542,6 +631,7 @@ async fn relay_response(
         return Ok(Relayed::Done {
             client_keep: plan.keep && !plan.close_delimited,
             upstream_keep: d.resp.keep_alive() && !plan.close_delimited,
+            body_withheld,
         });
     }
 }
@@ -550,15 +640,15 @@ async fn relay_response(
 /// field saying whether the connection stays open: not while draining, not
 /// after a close-delimited body), then the body bytes that came with it.
 fn plan_response(
-    draining: bool,
+    last: bool,
     (req, resp, edits): (&RequestHead, &ResponseHead, Option<&[RouteFilter]>),
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     limits: &Limits,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<HeadPlan, Failure> {
-    // Draining: this response is the connection's last; say so.
-    let keep = req.keep_alive() && resp.keep_alive() && !draining;
+    // The connection's last response (draining, or a body withheld); say so.
+    let keep = req.keep_alive() && resp.keep_alive() && !last;
     let tunnel = resp.framing() == BodyFraming::Tunnel;
     let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
     out.clear();
@@ -630,6 +720,7 @@ fn conclude(
         Ok(Relayed::Done {
             client_keep,
             upstream_keep,
+            ..
         }) => {
             let body_ok = up_res.is_ok();
             let upstream = (upstream_keep && body_ok).then_some(up);

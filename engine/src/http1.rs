@@ -353,9 +353,11 @@ async fn over_h2(
             answer(t, obs, e).await
         }
         Err(broken) => {
+            // Reset, not closed, as in `finish`.
             let (status, reason) = broken.after_response();
             tracing::debug!(peer = %t.c.peer, reason, "request failed after the response started");
             obs.end_status(status);
+            crate::h1forward::reset_now(t.c.fd);
             Next::Close
         }
     }
@@ -622,9 +624,12 @@ async fn finish(
         }
         Exchange::Failed(broken) => {
             // The response had started: it is counted as what was sent.
+            // The client connection is reset, not closed: a body
+            // delimited by the close would otherwise look whole.
             obs.end_status(status);
             let (_, reason) = broken.after_response();
             tracing::debug!(peer = %t.c.peer, upstream = %addr, reason, "request failed after the response started");
+            crate::h1forward::reset_now(t.c.fd);
             Next::Close
         }
     }

@@ -1368,6 +1368,170 @@ both_drivers!(
     super::leaving_clients_cancel
 );
 
+/// An `Expect: 100-continue` request answered with a final status before
+/// any 100 (an upstream refusing the upload without reading it): the
+/// client gets the answer and the connection closes after it (RFC 9112
+/// §9.6, RFC 9110 §10.1.1), the answer saying `close` even when the
+/// upstream's did not; the client's body, never sent, is not waited for
+/// (the connection stayed open for as long as the client kept it). A
+/// request that got its 100 sends its body and keeps its connection.
+fn expect_continue_refused(driver: IoDriver) {
+    // `/refuse-close`: 417 with `Connection: close`, then closed;
+    // `/refuse`: 417, kept alive; else 100, then the body, then 200.
+    let app = Backend::start(|s| {
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            let mut target = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if target.is_empty() {
+                    target = line.split(' ').nth(1).unwrap_or("").to_string();
+                }
+                line.clear();
+            }
+            if target.is_empty() {
+                return;
+            }
+            let w = r.get_mut();
+            match target.as_str() {
+                "/refuse-close" => {
+                    let _ = w.write_all(
+                        b"HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    return;
+                }
+                "/refuse" => {
+                    let _ = w
+                        .write_all(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n");
+                }
+                _ => {
+                    let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let mut body = [0u8; 5];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+            }
+        }
+    });
+    let (proxy, addr) = forward_proxy(driver, &app.addr.to_string(), &[]);
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: up.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    };
+    for path in ["/refuse-close", "/refuse"] {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(post(path).as_bytes()).unwrap();
+        let mut r = BufReader::new(c);
+        let (head, _) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 417"), "{path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{path}: {head}"
+        );
+        // Closed, not held until the client gives up.
+        let mut rest = Vec::new();
+        let t = std::time::Instant::now();
+        let end = r.read_to_end(&mut rest);
+        assert!(end.is_ok() && rest.is_empty(), "{path}: {end:?} {rest:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{path}: {:?}",
+            t.elapsed()
+        );
+    }
+    // Continued: the body goes, the connection carries the next request.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    for _ in 0..2 {
+        c.write_all(post("/upload").as_bytes()).unwrap();
+        let (head, _) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+        c.write_all(b"hello").unwrap();
+        let (head, body) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"ok");
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    an_expectation_refused_closes_the_connection,
+    super::expect_continue_refused
+);
+
+/// An upstream's response with no length (delimited by its close) that is
+/// cut by a reset reaches the client as a reset, not as a clean close that
+/// would make the truncated body look whole; one that ends with a clean
+/// close is relayed whole, ending with one.
+fn close_delimited_reset(driver: IoDriver) {
+    let app = Backend::start(|s| {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let mut target = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            if target.is_empty() {
+                target = line.split(' ').nth(1).unwrap_or("").to_string();
+            }
+            line.clear();
+        }
+        let s = r.get_mut();
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(&[b'x'; 1000]);
+        std::thread::sleep(Duration::from_millis(100));
+        if target == "/abort" {
+            let v = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: the socket is open; the value lives through the call.
+            let r = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&*s),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    std::ptr::addr_of!(v).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0);
+        }
+    });
+    let (proxy, addr) = forward_proxy(driver, &app.addr.to_string(), &[]);
+    for (path, whole) in [("/complete", true), ("/abort", false)] {
+        for version in ["1.1", "1.0"] {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(c, "GET {path} HTTP/{version}\r\nHost: up.test\r\n\r\n").unwrap();
+            let mut got = Vec::new();
+            let end = c.read_to_end(&mut got);
+            let text = String::from_utf8_lossy(&got);
+            if whole {
+                assert!(text.starts_with("HTTP/1."), "{path} {version}: {text}");
+                assert!(end.is_ok(), "{path} {version}: {end:?}");
+                assert!(text.ends_with(&"x".repeat(1000)), "{path} {version}");
+            } else {
+                assert_eq!(
+                    end.map_err(|e| e.kind()).err(),
+                    Some(std::io::ErrorKind::ConnectionReset),
+                    "{path} {version}: a cut body ended as a clean close"
+                );
+            }
+        }
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_close_delimited_body_cut_by_a_reset_is_reset,
+    super::close_delimited_reset
+);
+
 /// A python helper (`tests/grpc/*.py`) that prints "port N" when it
 /// listens, and that port.
 fn python_origin(args: &[&str]) -> (proc::Running, u16) {

@@ -140,8 +140,12 @@ pub fn write_response_head(
             chunked: head.is_chunked(),
             host: None,
             // RFC 9110 §8.6: never on a 1xx or a 204 (a client that took
-            // it for a length would read the next response as a body).
-            no_length: (100..200).contains(&head.status()) || head.status() == 204,
+            // it for a length would read the next response as a body),
+            // nor on a 2xx to CONNECT (§9.3.6: a client that took it for
+            // a length would read the tunnel's first bytes as a body).
+            no_length: (100..200).contains(&head.status())
+                || head.status() == 204
+                || head.framing() == BodyFraming::Tunnel,
         },
     );
     Ok(())
@@ -451,6 +455,28 @@ mod tests {
         ] {
             assert_eq!(write_res(input, GET, &opts), expected, "{input:?}");
         }
+        // Nor a 2xx to CONNECT (RFC 9110 §9.3.6): what follows is the
+        // tunnel, not a body. Another answer to CONNECT keeps its length.
+        let connect = RequestContext {
+            method: super::super::Method::Connect,
+            upgrade: false,
+        };
+        assert_eq!(
+            write_res(
+                "HTTP/1.1 200 Connection established\r\nContent-Length: 5\r\nX: y\r\n\r\n",
+                connect,
+                &opts
+            ),
+            "HTTP/1.1 200 Connection established\r\nX: y\r\n\r\n"
+        );
+        assert_eq!(
+            write_res(
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n",
+                connect,
+                &opts
+            ),
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\n"
+        );
         // A caller removing the field removes every copy.
         let out = write_req(
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
