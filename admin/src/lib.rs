@@ -27,4 +27,4 @@ mod server;
 pub mod slots;
 pub mod telemetry;
 
-pub use server::{route_for_tests, serve, AdminBackend, H2Socket, Reply, Settings};
+pub use server::{route_for_tests, serve, AdminBackend, Body, H2Socket, Page, Reply, Settings};

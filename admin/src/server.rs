@@ -21,6 +21,7 @@ use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_http::h2::{server as h2server, RecvStream};
-use ringmesh_protocols::http1::{BodyFraming, Limits, Method, RequestHead};
+use ringmesh_protocols::http1::{BodyFraming, BodyScanner, Limits, Method, RequestHead};
 
 use crate::slots::{Held, Slots};
 
@@ -36,6 +37,9 @@ use crate::slots::{Held, Slots};
 const H2_PREFACE: &[u8] = ringmesh_protocols::detect::H2_PREFACE;
 /// Largest request body read (only `PUT /proxy-log-level` has one).
 const MAX_BODY: usize = 64 * 1024;
+
+/// Streams an HTTP/2 admin client may have open at once.
+const MAX_H2_STREAMS: u32 = 4;
 
 /// An admin connection that opened with the HTTP/2 preface: the socket,
 /// with the bytes read to detect it put back in front.
@@ -55,7 +59,8 @@ pub trait AdminBackend: 'static {
     /// Every worker accepts and the first discovery snapshot is applied.
     fn ready(&self) -> bool;
     /// Appends the Prometheus text exposition (format 0.0.4).
-    async fn metrics(&self, out: &mut String);
+    /// The `/metrics` page; scrapes answered by one collection share it.
+    async fn metrics(&self) -> Arc<Page>;
     /// Starts the graceful drain (as SIGTERM does).
     fn shutdown(&self);
     /// Whether `POST /shutdown` is allowed
@@ -87,12 +92,100 @@ impl Default for Settings {
     }
 }
 
+/// A `/metrics` page. Every scrape one collection answers shares it (no
+/// copy per scrape), and it is compressed at most once, for the first
+/// scrape that asks for gzip: a flood of scrapers costs the control core
+/// one page, not one per scraper.
+#[derive(Debug, Default)]
+pub struct Page {
+    text: String,
+    gzipped: std::sync::OnceLock<Option<Vec<u8>>>,
+}
+
+impl Page {
+    pub fn new(text: String) -> Arc<Self> {
+        Arc::new(Self {
+            text,
+            gzipped: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Its gzip form, made once (`None` if compression failed).
+    fn gzipped(&self) -> Option<&[u8]> {
+        self.gzipped
+            .get_or_init(|| gzip(&self.text).ok())
+            .as_deref()
+    }
+}
+
+/// A response's body.
+#[derive(Debug)]
+pub enum Body {
+    Text(String),
+    Page(Arc<Page>),
+}
+
+impl Body {
+    fn text(&self) -> &str {
+        match self {
+            Self::Text(t) => t,
+            Self::Page(p) => p.text(),
+        }
+    }
+
+    /// The body, gzipped when `gzip_it` (and compression works).
+    fn bytes(&self, gzip_it: bool) -> io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        match (self, gzip_it) {
+            (_, false) => Ok(Cow::Borrowed(self.text().as_bytes())),
+            (Self::Text(t), true) => gzip(t).map(Cow::Owned),
+            (Self::Page(p), true) => p
+                .gzipped()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| io::Error::other("gzip failed")),
+        }
+    }
+}
+
+impl Body {
+    /// The body for an HTTP/2 stream: a page is not copied (the library
+    /// holds the bytes until the client's window lets them go; every
+    /// stream answered by one collection holds the same page).
+    fn shared(&self, gzip_it: bool) -> io::Result<Bytes> {
+        /// A page's text, or its gzip form (made already), as bytes.
+        struct Shared(Arc<Page>, bool);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                match self.1 {
+                    true => self.0.gzipped().unwrap_or_default(),
+                    false => self.0.text.as_bytes(),
+                }
+            }
+        }
+        match self {
+            Self::Page(p) => {
+                if gzip_it && p.gzipped().is_none() {
+                    return Err(io::Error::other("gzip failed"));
+                }
+                Ok(Bytes::from_owner(Shared(p.clone(), gzip_it)))
+            }
+            Self::Text(_) => self.bytes(gzip_it).map(|b| Bytes::copy_from_slice(&b)),
+        }
+    }
+}
+
 /// One response.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    pub body: Body,
+    /// A 405's `Allow` (RFC 9110 §15.5.6).
+    pub allow: Option<&'static str>,
 }
 
 impl Reply {
@@ -100,8 +193,22 @@ impl Reply {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: body.into(),
+            body: Body::Text(body.into()),
+            allow: None,
         }
+    }
+
+    /// 405, naming the methods `allow`ed.
+    fn not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::text(405, "method not allowed\n")
+        }
+    }
+
+    /// The body as text.
+    pub fn text_body(&self) -> &str {
+        self.body.text()
     }
 }
 
@@ -213,22 +320,43 @@ async fn http1<B: AdminBackend>(
             }
         };
         buf.drain(..n);
-        // The body (only PUT /proxy-log-level has one worth reading).
-        let body_len = match head.framing() {
-            BodyFraming::Empty => 0,
-            BodyFraming::ContentLength(n) if n as usize <= MAX_BODY => n as usize,
-            _ => {
-                let reply = Reply::text(413, "body too large or chunked\n");
+        // The body (only PUT /proxy-log-level has one worth reading), with
+        // a length or chunked, up to MAX_BODY; a client that waits for a
+        // 100 (Continue) gets it first.
+        let framing = head.framing();
+        if let BodyFraming::ContentLength(n) = framing {
+            if n as usize > MAX_BODY {
+                let reply = Reply::text(413, "body too large\n");
                 let out = http1_reply(&reply, false, true, false)?;
                 return write(&mut s, out, settings).await;
             }
-        };
-        while buf.len() < body_len {
+        }
+        if head.expect_continue() && !framing.is_empty() && buf.is_empty() {
+            write(&mut s, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), settings).await?;
+        }
+        let mut scanner = BodyScanner::new(framing, &limits);
+        let mut body = Vec::new();
+        loop {
+            let scanned = scanner.scan_parts(&buf, |r| body.extend_from_slice(&buf[r]), |_| {});
+            let refused = match scanned {
+                Err(e) => Some(Reply::text(400, format!("bad request body: {e}\n"))),
+                Ok(_) if body.len() > MAX_BODY => Some(Reply::text(413, "body too large\n")),
+                Ok(p) => {
+                    buf.drain(..p.consumed);
+                    if p.done {
+                        break;
+                    }
+                    None
+                }
+            };
+            if let Some(reply) = refused {
+                let out = http1_reply(&reply, false, true, false)?;
+                return write(&mut s, out, settings).await;
+            }
             if !read_more(&mut s, &mut buf, deadline).await? {
                 return Ok(());
             }
         }
-        let body: Vec<u8> = buf.drain(..body_len).collect();
         // Busy only while answering: waiting on the client (its bytes, or
         // room to write) leaves the slot to whoever needs it more.
         held.busy();
@@ -270,12 +398,12 @@ fn gzip(body: &str) -> io::Result<Vec<u8>> {
 
 fn http1_reply(r: &Reply, keep: bool, with_body: bool, gzip_it: bool) -> io::Result<Vec<u8>> {
     let reason = ringmesh_protocols::http1::canonical_reason(r.status);
-    let body: Vec<u8> = if gzip_it {
-        gzip(&r.body)?
-    } else {
-        r.body.as_bytes().to_vec()
-    };
-    let mut out = format!("HTTP/1.1 {} {reason}\r\n", r.status).into_bytes();
+    let body = r.body.bytes(gzip_it)?;
+    let mut out = Vec::with_capacity(body.len() + 160);
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", r.status).as_bytes());
+    if let Some(allow) = r.allow {
+        out.extend_from_slice(format!("allow: {allow}\r\n").as_bytes());
+    }
     if r.status != 204 {
         out.extend_from_slice(
             format!(
@@ -309,8 +437,12 @@ async fn http2<B: AdminBackend>(
     held: &Held,
 ) {
     let mut builder = h2server::Builder::new();
+    // A stream counts until its answer is sent whole: a client that opens
+    // streams and never reads them holds this many answers. A `/metrics`
+    // answer is the page every scrape of its collection shares, not a
+    // copy (16 streams held 16 copies of a 12 MB page per connection).
     builder
-        .max_concurrent_streams(16)
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(16 * 1024)
         .max_local_error_reset_streams(Some(64));
     let handshake = builder.handshake::<_, Bytes>(io);
@@ -365,17 +497,15 @@ async fn http2<B: AdminBackend>(
         };
         let Some(reply) = reply else { return };
         let gzip_it = reply.status == 200 && gzip_ok;
-        let body = if gzip_it {
-            match gzip(&reply.body) {
-                Ok(b) => Bytes::from(b),
-                Err(_) => return,
-            }
-        } else {
-            Bytes::from(reply.body)
+        let Ok(body) = reply.body.shared(gzip_it) else {
+            return;
         };
         let mut head = http::Response::builder().status(reply.status);
         if reply.status != 204 {
             head = head.header(http::header::CONTENT_TYPE, reply.content_type);
+        }
+        if let Some(allow) = reply.allow {
+            head = head.header(http::header::ALLOW, allow);
         }
         if gzip_it {
             head = head.header(http::header::CONTENT_ENCODING, "gzip");
@@ -434,27 +564,22 @@ async fn route<B: AdminBackend>(
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let only = |allowed: &[Method]| !allowed.contains(&method);
     match path {
-        "/live" if only(&[Method::Get, Method::Head]) => Reply::text(405, "method not allowed\n"),
+        "/live" if only(&[Method::Get, Method::Head]) => Reply::not_allowed("GET, HEAD"),
         "/live" => Reply::text(200, "live\n"),
-        "/ready" if only(&[Method::Get, Method::Head]) => Reply::text(405, "method not allowed\n"),
+        "/ready" if only(&[Method::Get, Method::Head]) => Reply::not_allowed("GET, HEAD"),
         "/ready" if backend.ready() => Reply::text(200, "ready\n"),
         "/ready" => Reply::text(503, "not ready\n"),
-        "/metrics" if only(&[Method::Get, Method::Head]) => {
-            Reply::text(405, "method not allowed\n")
-        }
-        "/metrics" => {
-            let mut out = String::with_capacity(16 * 1024);
-            backend.metrics(&mut out).await;
-            Reply {
-                status: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: out,
-            }
-        }
+        "/metrics" if only(&[Method::Get, Method::Head]) => Reply::not_allowed("GET, HEAD"),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: Body::Page(backend.metrics().await),
+            allow: None,
+        },
         "/shutdown" if !backend.shutdown_enabled() || !from_loopback => {
             Reply::text(404, "not found\n")
         }
-        "/shutdown" if only(&[Method::Post]) => Reply::text(405, "method not allowed\n"),
+        "/shutdown" if only(&[Method::Post]) => Reply::not_allowed("POST"),
         "/shutdown" => {
             backend.shutdown();
             Reply::text(200, "shutdown\n")
@@ -463,7 +588,7 @@ async fn route<B: AdminBackend>(
         "/proxy-log-level" if !from_loopback => {
             Reply::text(403, "Requests are only permitted from localhost.")
         }
-        "/env.json" if only(&[Method::Get]) => Reply::text(405, "method not allowed\n"),
+        "/env.json" if only(&[Method::Get]) => Reply::not_allowed("GET"),
         // linkerd2-proxy serves it to any client; here, as the log level,
         // from this host only: the environment is the proxy's settings.
         "/env.json" if !from_loopback => {
@@ -481,7 +606,7 @@ async fn route<B: AdminBackend>(
                     Err(e) => Reply::text(400, format!("{e}\n")),
                 }
             }
-            _ => Reply::text(405, "method not allowed\n"),
+            _ => Reply::not_allowed("GET, PUT"),
         },
         _ => Reply::text(404, "not found\n"),
     }
@@ -502,7 +627,8 @@ fn env_json(query: &str) -> Reply {
         return Reply {
             status: 400,
             content_type: "application/json",
-            body,
+            body: Body::Text(body),
+            allow: None,
         };
     }
     let vars: Vec<(String, Option<String>)> = if query.is_empty() {
@@ -538,7 +664,8 @@ fn env_json(query: &str) -> Reply {
     Reply {
         status: 200,
         content_type: "application/json",
-        body,
+        body: Body::Text(body),
+        allow: None,
     }
 }
 
@@ -561,8 +688,8 @@ mod tests {
         fn ready(&self) -> bool {
             self.ready.get()
         }
-        async fn metrics(&self, out: &mut String) {
-            out.push_str("# TYPE x counter\nx 1\n");
+        async fn metrics(&self) -> Arc<Page> {
+            Page::new("# TYPE x counter\nx 1\n".into())
         }
         fn shutdown(&self) {
             self.shutdowns.set(self.shutdowns.get() + 1);
@@ -616,6 +743,21 @@ mod tests {
         assert_eq!(r("GET", "/env.json?PATH=x", b"", true), 400);
     }
 
+    /// Every scrape a collection answers shares its page: an HTTP/2
+    /// answer points into it rather than copying it, and the gzip form is
+    /// made once.
+    #[test]
+    fn a_page_is_shared_and_gzipped_once() {
+        let page = Page::new("x 1\n".repeat(1000));
+        let (a, b) = (Body::Page(page.clone()), Body::Page(page.clone()));
+        let plain = a.shared(false).unwrap();
+        assert_eq!(plain.as_ptr(), page.text().as_ptr());
+        let (za, zb) = (a.shared(true).unwrap(), b.shared(true).unwrap());
+        assert_eq!(za.as_ptr(), zb.as_ptr(), "gzipped twice");
+        assert_eq!(&*za, &*b.bytes(true).unwrap());
+        assert!(za.len() < plain.len());
+    }
+
     /// `/env.json` as linkerd2-proxy's: every variable, or those asked
     /// for (`null` when unset), as a JSON object.
     #[test]
@@ -624,13 +766,13 @@ mod tests {
         assert_eq!((all.status, all.content_type), (200, "application/json"));
         let path = std::env::var("PATH").unwrap();
         assert!(
-            all.body.contains(&format!("\"PATH\":\"{path}\"")),
+            all.text_body().contains(&format!("\"PATH\":\"{path}\"")),
             "{}",
-            all.body
+            all.text_body()
         );
         let some = env_json("PATH&RINGMESH_SURELY_UNSET_VAR");
         assert_eq!(
-            some.body,
+            some.text_body(),
             format!("{{\"PATH\":\"{path}\",\"RINGMESH_SURELY_UNSET_VAR\":null}}")
         );
     }

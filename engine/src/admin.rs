@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use futures_channel::mpsc::UnboundedSender;
 use futures_channel::oneshot;
 use ringmesh_admin::telemetry::{ProcessInfo, Scrape};
-use ringmesh_admin::{AdminBackend, H2Socket};
+use ringmesh_admin::{AdminBackend, H2Socket, Page};
 
 use crate::h2guarded::GuardedIo;
 use crate::inbox::WorkerMsg;
@@ -34,7 +34,7 @@ const MIN_COLLECTION_INTERVAL: Duration = Duration::from_millis(50);
 pub(crate) struct Scrapes {
     /// The scrapes waiting for the next collection (the first of them
     /// makes it).
-    next: RefCell<Option<Vec<oneshot::Sender<String>>>>,
+    next: RefCell<Option<Vec<oneshot::Sender<Arc<Page>>>>>,
     last_start: Cell<Option<monoio::time::Instant>>,
     /// Collections made (`ringmesh_admin_metrics_collections_total`).
     collections: AtomicU64,
@@ -43,7 +43,7 @@ pub(crate) struct Scrapes {
 /// A scrape's part in the next collection.
 enum Turn<'a> {
     /// Another scrape makes it; its text arrives here.
-    Wait(oneshot::Receiver<String>),
+    Wait(oneshot::Receiver<Arc<Page>>),
     /// This one makes it, for the others waiting.
     Lead(Lead<'a>),
 }
@@ -78,7 +78,7 @@ impl Scrapes {
 impl Lead<'_> {
     /// Waits out the interval since the last collection, then starts this
     /// one: the scrapes that joined it so far are its to answer.
-    async fn start(&mut self) -> Vec<oneshot::Sender<String>> {
+    async fn start(&mut self) -> Vec<oneshot::Sender<Arc<Page>>> {
         let s = self.scrapes;
         if let Some(at) = s.last_start.get().map(|t| t + MIN_COLLECTION_INTERVAL) {
             if at > monoio::time::Instant::now() {
@@ -150,19 +150,27 @@ impl AdminBackend for EngineAdmin {
         self.ready.load(Ordering::Acquire)
     }
 
-    async fn metrics(&self, out: &mut String) {
+    async fn metrics(&self) -> Arc<Page> {
         match self.scrapes.join() {
             Turn::Wait(rx) => match rx.await {
-                Ok(text) => out.push_str(&text),
+                Ok(page) => page,
                 // The scrape that was to collect went away first.
-                Err(_) => Box::pin(self.collect(out)).await,
+                Err(_) => {
+                    let mut out = String::with_capacity(16 * 1024);
+                    Box::pin(self.collect(&mut out)).await;
+                    Page::new(out)
+                }
             },
             Turn::Lead(mut lead) => {
                 let waiting = lead.start().await;
-                Box::pin(self.collect(out)).await;
+                let mut out = String::with_capacity(16 * 1024);
+                Box::pin(self.collect(&mut out)).await;
+                // One page for every scrape waiting: shared, not copied.
+                let page = Page::new(out);
                 for w in waiting {
-                    let _ = w.send(out.clone());
+                    let _ = w.send(page.clone());
                 }
+                page
             }
         }
     }
@@ -280,9 +288,12 @@ mod tests {
                 panic!("once started, the next scrape leads a new collection")
             };
             for w in waiting {
-                w.send("text".into()).unwrap();
+                w.send(Page::new("text".into())).unwrap();
             }
-            assert_eq!(joined.try_recv().unwrap().as_deref(), Some("text"));
+            assert_eq!(
+                joined.try_recv().unwrap().as_deref().map(Page::text),
+                Some("text")
+            );
             let t = monoio::time::Instant::now();
             assert!(second.start().await.is_empty());
             assert!(t.elapsed() >= MIN_COLLECTION_INTERVAL - Duration::from_millis(5));

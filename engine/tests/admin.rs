@@ -126,6 +126,31 @@ fn probes_errors_and_log_level() {
         curl(&["-X", "POST", &format!("{base}/proxy-log-level")]).0,
         "405"
     );
+    // A 405 names what is allowed (RFC 9110 §15.5.6), as linkerd2-proxy's.
+    let (_, head) = curl(&["-i", "-X", "DELETE", &format!("{base}/proxy-log-level")]);
+    assert!(
+        head.to_ascii_lowercase().contains("\nallow: get, put\r\n"),
+        "{head}"
+    );
+    // A chunked body, from a client that waits for 100 (Continue) before
+    // sending it (curl would wait 30 s): taken at once.
+    let t = std::time::Instant::now();
+    let (code, _) = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Expect: 100-continue",
+        "--expect100-timeout",
+        "30",
+        "--data",
+        "warn",
+        &format!("{base}/proxy-log-level"),
+    ]);
+    assert_eq!(code, "204");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(curl(&[&format!("{base}/proxy-log-level")]).1, "warn\n");
     // linkerd2-proxy's /env.json: the proxy's environment, or the
     // variables asked for (null when unset).
     let (code, body) = curl(&[&format!(
@@ -623,6 +648,18 @@ fn http2_prior_knowledge_serves_the_same_endpoints() {
     assert_eq!(
         curl_h2(&[&format!("{base}/proxy-log-level")]),
         h2("200", "info\n")
+    );
+    // A few streams at a time: a client that opens streams and never
+    // reads them holds a few answers, not 16.
+    let out = Command::new("nghttp")
+        .args(["-v", "-t", "10", &format!("{base}/live")])
+        .output()
+        .expect("nghttp is installed (scripts/install-test-deps.sh)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("[SETTINGS_MAX_CONCURRENT_STREAMS(0x03):4]"),
+        "{text}"
     );
     // Several requests at once on one HTTP/2 connection (nghttp sends
     // every URI on one connection).
