@@ -220,7 +220,12 @@ pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, setti
     let mut failing = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            // An IPv4 client of `[::]` (dual stack) as its IPv4 address:
+            // `127.0.0.1` must count as loopback.
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(e) => {
                 if failing == 0 {
                     tracing::warn!(error = %e, "admin accept failed (retrying every 100 ms)");

@@ -199,7 +199,7 @@ pub(crate) async fn serve(
     let open = OpenConn::new(&w);
     // Nagle is off already: the listener's options (`listen`).
     let local = match local.map_or_else(|| client.local_addr(), Ok) {
-        Ok(a) => a,
+        Ok(a) => crate::listen::canonical(a),
         Err(e) => {
             tracing::debug!(%peer, error = %e, "connection gone before it was routed");
             return;

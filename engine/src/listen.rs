@@ -134,8 +134,13 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     if reuse_port {
         s.set_reuse_port(true)?;
     }
+    // `[::]` takes IPv4 too (IPv4-mapped), as linkerd2-proxy's listeners
+    // do on Linux: Linkerd's injector writes `[::]:4143`, `[::]:4191` and
+    // `[::]:4190` on dual-stack pods, and the kubelet's probes and
+    // redirected IPv4 connections arrive there. A specific IPv6 address
+    // is IPv6 only.
     if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+        s.set_only_v6(!addr.ip().is_unspecified())?;
     }
     s.set_nonblocking(true)?;
     let until = std::time::Instant::now() + IN_USE_GRACE;
@@ -151,6 +156,21 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
             }
             r => return r.map(|()| s),
         }
+    }
+}
+
+/// An accepted connection's address as the rest of the proxy sees it: an
+/// IPv4 client of a dual-stack (`[::]`) listener arrives as an
+/// IPv4-mapped IPv6 address (`::ffff:10.0.0.1`), which is its IPv4
+/// address (policies, loopback checks, metric labels, the original
+/// destination all speak IPv4 for it).
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
     }
 }
 
@@ -179,7 +199,9 @@ impl OwnListener {
 /// unspecified one (`0.0.0.0`, `::`) is this host's loopback.
 fn same_endpoint_on(l: SocketAddr, dst: SocketAddr, host: &[IpAddr]) -> bool {
     let (lip, dip) = (l.ip().to_canonical(), dst.ip().to_canonical());
-    if l.port() != dst.port() || lip.is_ipv4() != dip.is_ipv4() {
+    // `[::]` listens on IPv4 as well (see `socket`).
+    let dual = l.is_ipv6() && lip.is_unspecified();
+    if l.port() != dst.port() || (!dual && lip.is_ipv4() != dip.is_ipv4()) {
         return false;
     }
     lip == dip

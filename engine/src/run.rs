@@ -515,6 +515,7 @@ pub(crate) async fn accept_loop(
                     .telemetry
                     .accepted
                     .set(worker.telemetry.accepted.get() + 1);
+                let peer = crate::listen::canonical(peer);
                 monoio::spawn(l4::serve(worker.clone(), kind.clone(), stream, peer, local));
             }
             // The listener was shut down for a drain.

@@ -189,7 +189,7 @@ impl TapServer {
 pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
     loop {
         let (s, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok((s, peer)) => (s, crate::listen::canonical(peer)),
             Err(e) => {
                 tracing::debug!(error = %e, "tap accept failed");
                 monoio::time::sleep(Duration::from_millis(10)).await;

@@ -417,11 +417,15 @@ fn transparent_ipv6_epoll() {
     transparent("epoll", true);
 }
 
-/// The socket settings Linkerd's injector writes: both loopbacks as
-/// outbound listeners (`LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`, a dual-stack
-/// pod), the pod's addresses as the only inbound destinations
-/// (`LINKERD2_PROXY_INBOUND_IPS`), and keepalive on the connections the
-/// proxy makes (`LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE`).
+/// The socket settings Linkerd's injector writes for a dual-stack pod:
+/// both loopbacks as outbound listeners
+/// (`LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`), `[::]` for the inbound and
+/// admin listeners (IPv4 clients arrive there too, as IPv4-mapped
+/// addresses: before, `[::]` was IPv6-only and every redirected IPv4
+/// connection and IPv4 probe was refused), the pod's addresses as the only
+/// inbound destinations (`LINKERD2_PROXY_INBOUND_IPS`), and keepalive on
+/// the connections the proxy makes
+/// (`LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE`).
 fn linkerd_socket_settings(driver: &str) {
     let net = Netns::new();
     let (app4, app6, peer4, peer6) = (
@@ -448,7 +452,11 @@ fn linkerd_socket_settings(driver: &str) {
         let l = Netns::within(&net.peer, move || TcpListener::bind(a).unwrap());
         keep.push(whoami_server(l, "remote"));
     }
-    for a in [SocketAddr::new(app4, 9090), SocketAddr::new(other, 9090)] {
+    for a in [
+        SocketAddr::new(app4, 9090),
+        SocketAddr::new(app6, 9090),
+        SocketAddr::new(other, 9090),
+    ] {
         let l = Netns::within(&net.app, move || TcpListener::bind(a).unwrap());
         keep.push(whoami_server(l, "app"));
     }
@@ -467,10 +475,37 @@ fn linkerd_socket_settings(driver: &str) {
                 "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS",
                 "127.0.0.1:4140,[::1]:4140",
             ),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "[::]:4143"),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "[::]:4191"),
             ("LINKERD2_PROXY_INBOUND_IPS", &inbound_ips),
             ("LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE", "7s"),
             ("LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "11s"),
         ],
+    );
+
+    // Inbound over IPv6 to the dual-stack listener.
+    let app6_addr = SocketAddr::new(app6, 9090);
+    let line = Netns::within(&net.peer, move || {
+        hello(&mut TcpStream::connect(app6_addr).unwrap())
+    });
+    assert_eq!(line, format!("app at {app6_addr} from {app6}"));
+    // The admin server over IPv4 loopback: answered, and as loopback
+    // (`/env.json` is for this host only: 403 to any other client).
+    let env_json = Netns::within(&net.app, || {
+        let mut s = TcpStream::connect("127.0.0.1:4191").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /env.json?LINKERD2_PROXY_CORES HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    assert!(
+        env_json.starts_with("HTTP/1.1 200")
+            && env_json.contains("{\"LINKERD2_PROXY_CORES\":\"2\"}"),
+        "{env_json}"
     );
 
     // Outbound over both families: each is redirected to its loopback's
