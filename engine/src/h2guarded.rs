@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::BufResult;
-use ringmesh_protocols::h2guard::{goaway_frame, FrameGuard, GuardLimits, ENHANCE_YOUR_CALM};
+use ringmesh_protocols::h2guard::{
+    goaway_frame, FrameGuard, GuardLimits, Violation, ENHANCE_YOUR_CALM,
+};
 
 use crate::warn_limit::Warning;
 
@@ -101,9 +103,15 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         }
     }
 
-    async fn cut_off(&mut self, v: impl std::fmt::Display) -> std::io::Result<usize> {
+    async fn cut_off(&mut self, v: Violation) -> std::io::Result<usize> {
         self.tripped = true;
-        let goaway = goaway_frame(self.guard.last_stream_id(), ENHANCE_YOUR_CALM);
+        let code = v.error_code();
+        let goaway = goaway_frame(self.guard.last_stream_id(), code);
+        let name = if code == ENHANCE_YOUR_CALM {
+            "ENHANCE_YOUR_CALM"
+        } else {
+            "PROTOCOL_ERROR"
+        };
         let peer = self.peer;
         let upstream = self.is_upstream();
         let kind = if upstream {
@@ -113,9 +121,9 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         };
         if self.warnings.as_ref().is_none_or(|w| w.admit(kind)) {
             if upstream {
-                tracing::warn!(upstream = %peer, violation = %v, "HTTP/2 upstream cut off with GOAWAY ENHANCE_YOUR_CALM; its streams fail");
+                tracing::warn!(upstream = %peer, violation = %v, "HTTP/2 upstream cut off with GOAWAY {name}; its streams fail");
             } else {
-                tracing::warn!(%peer, violation = %v, "HTTP/2 client cut off with GOAWAY ENHANCE_YOUR_CALM");
+                tracing::warn!(%peer, violation = %v, "HTTP/2 client cut off with GOAWAY {name}");
             }
         }
         if upstream {

@@ -844,6 +844,97 @@ both_drivers!(
     super::goaway_on_a_stream
 );
 
+/// RFC 9113's error codes for frames a client gets wrong (found by a
+/// conformance probe): a preface not followed by SETTINGS is a
+/// PROTOCOL_ERROR; a fixed-size frame of another size a FRAME_SIZE_ERROR
+/// (a PRIORITY's only for its stream, §6.3); a header block HPACK cannot
+/// decode a COMPRESSION_ERROR (§4.3); trailers with a pseudo-header, and
+/// a CONNECT without `:authority`, are malformed: their stream is reset
+/// PROTOCOL_ERROR and the connection goes on. (Before: the preface was
+/// served, every code was PROTOCOL_ERROR for the connection, the trailers'
+/// pseudo-header was dropped and the rest passed on, and the CONNECT was
+/// a 502.)
+fn frame_error_codes(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_to(driver, origin.addr);
+    let preface = || b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let get = frame(1, 5, 1, b"\x82\x86\x84\x01\x04test");
+    let exchange = |bytes: Vec<u8>| {
+        let mut s = connect(proxy.forward_addrs()[0]);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&bytes).unwrap();
+        read_frames(&mut s)
+    };
+    let goaway = |bytes: Vec<u8>| outcome(&exchange(bytes)).2;
+    // No SETTINGS first.
+    let mut b = preface();
+    b.extend(&get);
+    assert_eq!(goaway(b), Some(0x1), "no SETTINGS first");
+    // Fixed-size frames of another size.
+    for (what, bad) in [
+        ("PING of 6", frame(6, 0, 0, &[0; 6])),
+        ("WINDOW_UPDATE of 3", frame(8, 0, 0, &[0, 0, 1])),
+        ("RST_STREAM of 5", frame(3, 0, 1, &[0; 5])),
+        ("SETTINGS ACK with a payload", frame(4, 1, 0, &[0; 6])),
+        ("SETTINGS of 3", frame(4, 0, 0, &[0; 3])),
+    ] {
+        let mut b = preface();
+        b.extend(frame(4, 0, 0, &[]));
+        b.extend(bad);
+        assert_eq!(goaway(b), Some(0x6), "{what}: FRAME_SIZE_ERROR");
+    }
+    // HPACK: an index past both tables.
+    let mut b = preface();
+    b.extend(frame(4, 0, 0, &[]));
+    b.extend(frame(1, 5, 1, b"\x82\x86\x84\xfe"));
+    assert_eq!(goaway(b), Some(0x9), "COMPRESSION_ERROR");
+    // Stream errors; the connection still serves the next stream.
+    let trailers_with_pseudo = {
+        let mut b = frame(1, 4, 1, b"\x83\x86\x84\x01\x04test");
+        b.extend(frame(0, 0, 1, b"hi"));
+        b.extend(frame(1, 5, 1, b"\x84\x40\x03x-t\x01\x31"));
+        b
+    };
+    for (what, bad, code) in [
+        ("PRIORITY of 4", frame(2, 0, 1, &[0; 4]), 0x6),
+        ("trailers with :path", trailers_with_pseudo, 0x1),
+        (
+            "CONNECT without :authority",
+            frame(1, 4, 1, b"\x02\x07CONNECT"),
+            0x1,
+        ),
+    ] {
+        let mut b = preface();
+        b.extend(frame(4, 0, 0, &[]));
+        b.extend(bad);
+        b.extend(frame(1, 5, 3, b"\x82\x86\x84\x01\x04test"));
+        let mut s = connect(proxy.forward_addrs()[0]);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&b).unwrap();
+        let mut reset = None;
+        let mut answered = false;
+        while let Some((kind, flags, stream, payload)) = read_frame(&mut s) {
+            assert_ne!(kind, 7, "{what}: a connection error");
+            match (kind, stream) {
+                (3, 1) => reset = Some(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+                (1 | 0, 3) if flags & 1 == 1 => {
+                    answered = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(reset, Some(code), "{what}");
+        assert!(answered, "{what}: the next stream was not served");
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    frames_a_client_gets_wrong_get_rfc_9113s_codes,
+    super::frame_error_codes
+);
+
 /// A client's GOAWAY (last stream 0: "I open no more streams") while its
 /// request is in flight: the request is answered (RFC 9113 §6.8; GOAWAY's
 /// last stream id is about streams the GOAWAY's receiver opened, here

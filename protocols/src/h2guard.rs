@@ -58,6 +58,8 @@ const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 
 /// GOAWAY error code for a peer that behaves as an attacker (RFC 9113 §7).
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// HTTP/2 error code PROTOCOL_ERROR.
+pub const PROTOCOL_ERROR: u32 = 0x1;
 
 /// How much a peer may do before it is cut off.
 #[derive(Clone, Debug)]
@@ -115,6 +117,21 @@ pub enum Violation {
     IdleFrameFlood,
     #[error("WINDOW_UPDATE flood: more than the data sent could call for")]
     WindowUpdateFlood,
+    /// RFC 9113 §3.4: the preface is followed by SETTINGS (a server's
+    /// preface is its SETTINGS).
+    #[error("the connection does not start with a SETTINGS frame")]
+    NoSettingsFirst,
+}
+
+impl Violation {
+    /// The GOAWAY's error code: PROTOCOL_ERROR for a broken preface,
+    /// ENHANCE_YOUR_CALM for a flood.
+    pub fn error_code(&self) -> u32 {
+        match self {
+            Self::NoSettingsFirst => PROTOCOL_ERROR,
+            _ => ENHANCE_YOUR_CALM,
+        }
+    }
 }
 
 /// Events of one kind in the current one-second window.
@@ -210,6 +227,8 @@ pub struct FrameGuard {
     last_stream_id: u32,
     /// The bytes are a server's (no preface; resets not rate-limited).
     upstream: bool,
+    /// No frame seen yet: the first must be a SETTINGS.
+    first: bool,
     /// WINDOW_UPDATE frames received, and bytes written to the peer.
     window_updates: u64,
     written: u64,
@@ -236,6 +255,7 @@ impl FrameGuard {
     fn with_state(limits: GuardLimits, state: State, upstream: bool) -> Self {
         Self {
             upstream,
+            first: true,
             window_updates: 0,
             written: 0,
             state,
@@ -364,6 +384,14 @@ impl FrameGuard {
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+        // A client's first frame (an upstream's own mistake only costs its
+        // own streams, and the library reads its SETTINGS as they come).
+        if std::mem::take(&mut self.first)
+            && !self.upstream
+            && (kind != SETTINGS || flags & FLAG_ACK != 0)
+        {
+            return Err(Violation::NoSettingsFirst);
+        }
         // Frames that do no work (their payloads need no reading here).
         let idle = match kind {
             DATA => len == 0 && flags & FLAG_END_STREAM == 0,
@@ -463,8 +491,32 @@ mod tests {
         f
     }
 
+    /// A client guard and the bytes every client starts with: the
+    /// preface, then SETTINGS.
     fn start() -> (FrameGuard, Vec<u8>) {
-        (FrameGuard::new(GuardLimits::default()), PREFACE.to_vec())
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(SETTINGS, 0, 0, &[]));
+        (FrameGuard::new(GuardLimits::default()), bytes)
+    }
+
+    /// RFC 9113 §3.4: a client's preface is followed by SETTINGS;
+    /// anything else first is a PROTOCOL_ERROR.
+    #[test]
+    fn a_client_starts_with_settings() {
+        let now = Instant::now();
+        for first in [
+            frame(HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 1, &[0x82]),
+            frame(PING, 0, 0, &[0; 8]),
+            frame(SETTINGS, FLAG_ACK, 0, &[]),
+        ] {
+            let mut b = PREFACE.to_vec();
+            b.extend(first);
+            let v = FrameGuard::new(GuardLimits::default()).feed(&mut b, now);
+            assert_eq!(v, Err(Violation::NoSettingsFirst));
+            assert_eq!(Violation::NoSettingsFirst.error_code(), PROTOCOL_ERROR);
+        }
+        let (mut g, mut b) = start();
+        assert_eq!(g.feed(&mut b, now), Ok(()));
     }
 
     #[test]

@@ -1510,6 +1510,12 @@ impl proto::Peer for Peer {
             })?);
         }
 
+        // (ringmesh) CONNECT names its target in :authority (RFC 9113
+        // §8.5): without one the request is malformed, not a 502.
+        if is_connect && !has_protocol && parts.authority.is_none() {
+            malformed!("malformed headers: CONNECT without :authority");
+        }
+
         // A :scheme is required, except CONNECT.
         if let Some(scheme) = pseudo.scheme {
             if is_connect && !has_protocol {

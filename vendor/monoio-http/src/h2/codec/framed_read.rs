@@ -151,7 +151,7 @@ fn decode_frame(
                 },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    return Err(Error::library_go_away(decode_failure(&e)));
                 }
             }
 
@@ -176,12 +176,7 @@ fn decode_frame(
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                match e {
-                    frame::Error::InvalidInitialWindowSize => {
-                        Error::library_go_away(Reason::FLOW_CONTROL_ERROR)
-                    }
-                    _ => Error::library_go_away(Reason::PROTOCOL_ERROR),
-                }
+                Error::library_go_away(load_failure(&e))
             })?
             .into()
         }
@@ -190,7 +185,7 @@ fn decode_frame(
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load PING frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_failure(&e))
             })?
             .into()
         }
@@ -199,7 +194,7 @@ fn decode_frame(
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_failure(&e))
             })?
             .into()
         }
@@ -219,7 +214,7 @@ fn decode_frame(
             let res = frame::Reset::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load RESET frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_failure(&e))
             })?
             .into()
         }
@@ -233,7 +228,7 @@ fn decode_frame(
             let res = frame::GoAway::load(&bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load GO_AWAY frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_failure(&e))
             })?
             .into()
         }
@@ -254,6 +249,13 @@ fn decode_frame(
                     let id = head.stream_id();
                     proto_err!(stream: "PRIORITY invalid dependency ID; stream={:?}", id);
                     return Err(Error::library_reset(id, Reason::PROTOCOL_ERROR));
+                }
+                // (ringmesh) A PRIORITY of another length than 5 is a
+                // stream error FRAME_SIZE_ERROR (RFC 9113 §6.3).
+                Err(frame::Error::InvalidPayloadLength) => {
+                    let id = head.stream_id();
+                    proto_err!(stream: "PRIORITY of a wrong length; stream={:?}", id);
+                    return Err(Error::library_reset(id, Reason::FRAME_SIZE_ERROR));
                 }
                 Err(e) => {
                     proto_err!(conn: "failed to load PRIORITY frame; err={:?};", e);
@@ -317,7 +319,7 @@ fn decode_frame(
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    return Err(Error::library_go_away(decode_failure(&e)));
                 }
             }
 
@@ -335,6 +337,36 @@ fn decode_frame(
     };
 
     Ok(Some(frame))
+}
+
+/// (ringmesh) The connection error a frame that cannot be loaded is: a
+/// fixed-size frame of another size (or a SETTINGS ACK with a payload) a
+/// FRAME_SIZE_ERROR (RFC 9113 §6.3–6.9), a too large initial window a
+/// FLOW_CONTROL_ERROR (§6.5.2), the rest a PROTOCOL_ERROR.
+fn load_failure(e: &frame::Error) -> Reason {
+    match e {
+        frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
+        frame::Error::BadFrameSize
+        | frame::Error::InvalidPayloadLength
+        | frame::Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
+    }
+}
+
+/// (ringmesh) The connection error a header block that cannot be decoded
+/// is: HPACK's own failures (a bad index, integer, Huffman code, table
+/// size update) a COMPRESSION_ERROR (RFC 9113 §4.3); a field HPACK
+/// decoded that HTTP refuses (a bad name, value or pseudo-header) a
+/// PROTOCOL_ERROR.
+fn decode_failure(e: &frame::Error) -> Reason {
+    use hpack::DecoderError as D;
+    match e {
+        frame::Error::Hpack(D::InvalidUtf8 | D::InvalidStatusCode | D::InvalidPseudoheader) => {
+            Reason::PROTOCOL_ERROR
+        }
+        frame::Error::Hpack(_) => Reason::COMPRESSION_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
+    }
 }
 
 impl<T> FramedRead<T> {

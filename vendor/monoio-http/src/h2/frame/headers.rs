@@ -273,6 +273,17 @@ impl Headers {
         self.header_block.fields
     }
 
+    /// (ringmesh) Whether the block carried any pseudo-header.
+    pub(crate) fn has_pseudo(&self) -> bool {
+        let p = &self.header_block.pseudo;
+        p.method.is_some()
+            || p.scheme.is_some()
+            || p.authority.is_some()
+            || p.path.is_some()
+            || p.protocol.is_some()
+            || p.status.is_some()
+    }
+
     pub fn encode(
         self,
         encoder: &mut hpack::Encoder,

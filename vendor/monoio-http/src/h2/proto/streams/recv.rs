@@ -372,6 +372,14 @@ impl Recv {
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
         }
 
+        // (ringmesh) Trailers carry no pseudo-header (RFC 9113 §8.1): one
+        // first in the block was dropped and the rest passed on; the
+        // message is malformed, a stream error.
+        if frame.has_pseudo() {
+            proto_err!(stream: "recv_trailers: pseudo-header in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         let trailers = frame.into_fields();
 
         // Push the frame onto the stream's recv buffer
