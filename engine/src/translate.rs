@@ -758,7 +758,7 @@ pub(crate) async fn h2_to_h1(
             Ok(attempted) => break (up, addr, guard, attempted),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
-            Err(e) if e.retryable() && attempts.retry_stale(reused) => fresh = true,
+            Err(e) if e.retryable() && attempts.retry_stale(reused, now.elapsed()) => fresh = true,
             Err(e) => {
                 if e.status() >= 502 {
                     obs.endpoint_outcome(guard.as_ref(), false);

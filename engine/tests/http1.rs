@@ -1532,6 +1532,81 @@ both_drivers!(
     super::close_delimited_reset
 );
 
+/// A request on a pooled connection that the upstream takes, works on and
+/// then closes without answering (a crash, a restart): a GET goes again
+/// on a new connection; a POST does not (it may have been acted on: a
+/// payment made twice), and the client gets a 502. Before, any method was
+/// sent again: the POST ran on two endpoints.
+fn late_close_replays_only_idempotent(driver: IoDriver) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let app = Backend::start(move |s| {
+        let mut r = BufReader::new(s);
+        let mut served = 0;
+        loop {
+            let mut line = String::new();
+            let mut request = String::new();
+            let mut length = 0usize;
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if request.is_empty() {
+                    request = line.trim_end().to_string();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            if request.is_empty() {
+                return;
+            }
+            let mut body = vec![0u8; length];
+            let _ = r.read_exact(&mut body);
+            log.lock().unwrap().push(request.clone());
+            served += 1;
+            if served > 1 && request.contains("/work") {
+                // Takes it, works on it, dies.
+                std::thread::sleep(Duration::from_millis(300));
+                return;
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (proxy, addr) = forward_proxy(driver, &app.addr.to_string(), &[]);
+    for (method, status, times) in [("POST", "502", 1), ("GET", "200", 2)] {
+        seen.lock().unwrap().clear();
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        // The first request leaves its upstream connection in the pool.
+        c.write_all(b"GET /warm HTTP/1.1\r\nHost: up.test\r\n\r\n")
+            .unwrap();
+        let (head, _) = read_response(&mut r, false);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // (Bodiless: a streamed body could not go twice anyway.)
+        write!(c, "{method} /work HTTP/1.1\r\nHost: up.test\r\n\r\n").unwrap();
+        let (head, _) = read_response(&mut r, false);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method}: {head}"
+        );
+        let works = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(method) && l.contains("/work"))
+            .count();
+        assert_eq!(works, times, "{method} reached the upstream {works} times");
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_request_worked_on_is_not_replayed_unless_idempotent,
+    super::late_close_replays_only_idempotent
+);
+
 /// A python helper (`tests/grpc/*.py`) that prints "port N" when it
 /// listens, and that port.
 fn python_origin(args: &[&str]) -> (proc::Running, u16) {
