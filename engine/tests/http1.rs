@@ -1538,9 +1538,10 @@ both_drivers!(
 /// payment made twice), and the client gets a 502. Before, any method was
 /// sent again: the POST ran on two endpoints.
 fn late_close_replays_only_idempotent(driver: IoDriver) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let log = seen.clone();
+    let (log, seen) = std::sync::mpsc::channel::<String>();
+    let log = std::sync::Arc::new(log);
     let app = Backend::start(move |s| {
+        let log = log.clone();
         let mut r = BufReader::new(s);
         let mut served = 0;
         loop {
@@ -1561,7 +1562,7 @@ fn late_close_replays_only_idempotent(driver: IoDriver) {
             }
             let mut body = vec![0u8; length];
             let _ = r.read_exact(&mut body);
-            log.lock().unwrap().push(request.clone());
+            let _ = log.send(request.clone());
             served += 1;
             if served > 1 && request.contains("/work") {
                 // Takes it, works on it, dies.
@@ -1575,7 +1576,7 @@ fn late_close_replays_only_idempotent(driver: IoDriver) {
     });
     let (proxy, addr) = forward_proxy(driver, &app.addr.to_string(), &[]);
     for (method, status, times) in [("POST", "502", 1), ("GET", "200", 2)] {
-        seen.lock().unwrap().clear();
+        while seen.try_recv().is_ok() {}
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut r = BufReader::new(c.try_clone().unwrap());
@@ -1592,9 +1593,7 @@ fn late_close_replays_only_idempotent(driver: IoDriver) {
             "{method}: {head}"
         );
         let works = seen
-            .lock()
-            .unwrap()
-            .iter()
+            .try_iter()
             .filter(|l| l.starts_with(method) && l.contains("/work"))
             .count();
         assert_eq!(works, times, "{method} reached the upstream {works} times");
