@@ -1,18 +1,19 @@
 //! Power-of-two-choices balancing over a weighted endpoint set.
 //!
 //! Two distinct candidates are drawn with probability proportional to their
-//! weight; the one with the lower cost per unit of weight wins, and a tie
-//! goes to the first draw. Costs, as linkerd2-proxy's:
+//! weight; the one with the lower cost wins, and a tie (costs within
+//! [`TIE`] of each other) goes to the first draw. Costs, as linkerd2-proxy's, with the load counted per unit of
+//! weight:
 //! - layer 7 ([`Balancer::pick_request`]): peak-EWMA of response latency
-//!   (to the first response byte) × (requests in flight + 1);
+//!   (to the first response byte) × (requests in flight / weight + 1);
 //! - layer 4 ([`Balancer::pick_untried`]): connect-latency peak-EWMA ×
-//!   open connections.
+//!   open connections / weight.
 //!
-//! Both divided by the endpoint's weight. A loaded set converges to load
-//! proportional to weight and a slow endpoint is avoided at once. Idle, the
-//! layer-4 cost is zero, so connections are shared by the weighted draw; the
-//! layer-7 cost is not (as in linkerd2-proxy), so one request at a time goes
-//! to the endpoint with the best latency per weight.
+//! A loaded set converges to load proportional to weight and a slow
+//! endpoint is avoided at once. Idle, endpoints of equal latency tie and
+//! the weighted draw shares them by weight; the layer-7 cost otherwise
+//! sends one request at a time to the endpoint with the best latency (as
+//! in linkerd2-proxy).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -118,6 +119,12 @@ impl EndpointState {
         self.open.get()
     }
 }
+
+/// How much cheaper the second candidate must be to win over the first
+/// draw: costs closer than this are a tie (two endpoints answering in 1.0
+/// and 1.1 ms are alike; without it the one a little faster took every
+/// idle request, whatever the weights).
+const TIE: f64 = 1.25;
 
 /// Which cost a pick compares.
 #[derive(Clone, Copy)]
@@ -324,10 +331,18 @@ impl Balancer {
             Layer::Connection if est_a_or.max(est_b_or) > 2.0 * est_a_or.min(est_b_or) => 1.0,
             Layer::Connection => 0.0,
         };
-        // cost_a / w_a <= cost_b / w_b, without division.
-        let cost_a = est_a_or * (load_a + extra) * f64::from(eb.weight.get());
-        let cost_b = est_b_or * (load_b + extra) * f64::from(ea.weight.get());
-        Some(if cost_b < cost_a { b } else { a })
+        // The load counts per unit of weight; the latency, and the `+ 1`
+        // of an idle endpoint, do not. The draws are by weight already: at
+        // a tie (equal latencies, nothing in flight) the first draw wins,
+        // so idle traffic is shared by weight, and under load the work in
+        // flight settles proportional to weight. (Dividing the whole cost
+        // by the weight counted the weight twice: idle, a [1, 9] pair sent
+        // the first nothing.)
+        // Costs within [`TIE`] of each other tie (latencies differ by
+        // noise; the weighted first draw then shares them by weight).
+        let cost_a = est_a_or * (load_a / f64::from(ea.weight.get()) + extra);
+        let cost_b = est_b_or * (load_b / f64::from(eb.weight.get()) + extra);
+        Some(if cost_b * TIE < cost_a { b } else { a })
     }
 
     /// A weighted random draw among endpoints not excluded.
@@ -480,6 +495,27 @@ mod tests {
         }
         let share = f64::from(hits[0]) / 40_000.0;
         assert!((share - 0.75).abs() < 0.02, "share {share}");
+    }
+
+    /// Idle requests to endpoints of equal latency go by weight (the
+    /// weight counted once: a [1, 9] pair sent the first none).
+    #[test]
+    fn idle_requests_share_by_weight() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 9)]);
+        for e in b.endpoints() {
+            e.observe_response(Duration::from_millis(1));
+            e.observe_connect(Duration::from_micros(100));
+        }
+        let t = Instant::now();
+        let (mut req, mut conn) = (0u32, 0u32);
+        for _ in 0..20_000 {
+            req += u32::from(b.pick_request_at(&[], t).unwrap().addr() == addr(1));
+            conn += u32::from(b.pick(|_| false) == Some(0));
+        }
+        for (what, n) in [("requests", req), ("connections", conn)] {
+            let share = f64::from(n) / 20_000.0;
+            assert!((share - 0.1).abs() < 0.02, "{what}: share {share}");
+        }
     }
 
     #[test]
