@@ -51,6 +51,15 @@ impl PeakEwma {
         self.stamp.set(now);
     }
 
+    /// Back to no observation (the next one replaces the estimate): what
+    /// was observed no longer says anything (a penalty for a connection
+    /// that failed, once one succeeds).
+    pub fn forget(&self, now: Instant) {
+        self.unobserved.set(true);
+        self.estimate_ns.set(DEFAULT_RTT.as_nanos() as f64);
+        self.stamp.set(now);
+    }
+
     /// Whether an observation has replaced the initial estimate.
     pub fn is_observed(&self) -> bool {
         !self.unobserved.get()

@@ -37,6 +37,20 @@ pub struct EndpointState {
     connect: PeakEwma,
     accrual: Accrual,
     policy: Cell<AccrualPolicy>,
+    /// Connections that failed in a row, and when the last did: after
+    /// [`probe_after`] the penalty the failure put in its latency estimate
+    /// is set aside for one pick (a probe), so an endpoint that came back
+    /// is found again in a second or so, not once the penalty has decayed
+    /// (about a minute).
+    connect_failures: Cell<u32>,
+    failed_at: Cell<Option<Instant>>,
+}
+
+/// How long after its `n`th connection failure in a row an endpoint is
+/// probed: 1 s, doubling, at most 30 s (a probe of an endpoint that
+/// swallows connections costs a request its connect timeout).
+fn probe_after(n: u32) -> Duration {
+    Duration::from_secs(1 << n.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
 impl EndpointState {
@@ -49,7 +63,33 @@ impl EndpointState {
             connect: PeakEwma::new(DEFAULT_RTT, now),
             accrual: Accrual::default(),
             policy: Cell::new(policy),
+            connect_failures: Cell::new(0),
+            failed_at: Cell::new(None),
         }
+    }
+
+    /// A connection to it failed at `now` (its latency penalty is the
+    /// caller's): it is probed again after [`probe_after`].
+    pub fn connect_failed(&self, now: Instant) {
+        self.connect_failures
+            .set(self.connect_failures.get().saturating_add(1));
+        self.failed_at.set(Some(now));
+    }
+
+    /// A connection to it succeeded: a failure's penalty is forgotten
+    /// (its next answers set its estimate).
+    pub fn connect_succeeded(&self, now: Instant) {
+        if self.connect_failures.replace(0) > 0 {
+            self.failed_at.set(None);
+            self.response.forget(now);
+        }
+    }
+
+    /// Due for a probe after connection failures.
+    fn on_probation(&self, now: Instant) -> bool {
+        self.failed_at
+            .get()
+            .is_some_and(|t| now >= t + probe_after(self.connect_failures.get()))
     }
 
     /// A failed request or connection (connect error, 5xx, gRPC
@@ -86,9 +126,7 @@ impl EndpointState {
     /// The layer-7 cost's parts: the response-latency estimate (`None`
     /// before the first response) and requests in flight.
     fn request_load(&self, now: Instant) -> (Option<f64>, f64) {
-        let estimate = self
-            .response
-            .is_observed()
+        let estimate = (self.response.is_observed() && !self.on_probation(now))
             .then(|| self.response.get(now, DEFAULT_DECAY));
         (estimate, f64::from(self.open.get()))
     }
@@ -98,7 +136,9 @@ impl EndpointState {
     /// relayed connection (`None` before either was seen) — and open
     /// connections.
     fn connection_load(&self, now: Instant) -> (Option<f64>, f64) {
-        let observed = |e: &PeakEwma| e.is_observed().then(|| e.get(now, DEFAULT_DECAY));
+        let probing = self.on_probation(now);
+        let observed =
+            |e: &PeakEwma| (e.is_observed() && !probing).then(|| e.get(now, DEFAULT_DECAY));
         let estimate = match (observed(&self.connect), observed(&self.response)) {
             (Some(c), Some(r)) => Some(c.max(r)),
             (c, r) => c.or(r),
@@ -300,10 +340,15 @@ impl Balancer {
         cost: impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
-        match self.pick_among(&healthy, layer, &cost) {
-            Some(i) => Some(i),
-            None => self.pick_among(excluded, layer, &cost),
+        let picked = self
+            .pick_among(&healthy, layer, &cost)
+            .or_else(|| self.pick_among(excluded, layer, &cost))?;
+        // One probe per interval: the next picks see its penalty again.
+        let ep = &self.endpoints[picked];
+        if ep.on_probation(now) {
+            ep.failed_at.set(Some(now));
         }
+        Some(picked)
     }
 
     fn pick_among(
@@ -516,6 +561,44 @@ mod tests {
             let share = f64::from(n) / 20_000.0;
             assert!((share - 0.1).abs() < 0.02, "{what}: share {share}");
         }
+    }
+
+    /// An endpoint whose connection failed (its latency penalised) is
+    /// probed after a second, once per interval, and a connection that
+    /// succeeds forgets the penalty: an endpoint that came back takes
+    /// traffic again at once (it took about a minute of decay).
+    #[test]
+    fn a_failed_endpoint_is_probed_and_restored() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1)]);
+        let t0 = Instant::now();
+        for e in b.endpoints() {
+            e.observe_response_at(Duration::from_millis(1), t0);
+        }
+        let dead = &b.endpoints()[0];
+        dead.observe_response_at(Duration::from_secs(1), t0);
+        dead.connect_failed(t0);
+        let to_dead = |at: Instant, n: usize| {
+            (0..n)
+                .filter(|_| b.pick_request_at(&[], at).unwrap().addr() == addr(1))
+                .count()
+        };
+        assert_eq!(to_dead(t0 + Duration::from_millis(500), 1000), 0);
+        // A second on: one probe, then the penalty again.
+        assert_eq!(to_dead(t0 + Duration::from_millis(1100), 1000), 1);
+        // The probe failed: the next one waits twice as long.
+        let t1 = t0 + Duration::from_millis(1100);
+        dead.connect_failed(t1);
+        assert_eq!(to_dead(t1 + Duration::from_millis(1500), 1000), 0);
+        assert_eq!(to_dead(t1 + Duration::from_millis(2100), 1000), 1);
+        // It came back: a connection succeeds, its answers count again.
+        let t2 = t1 + Duration::from_millis(2100);
+        dead.connect_succeeded(t2);
+        dead.observe_response_at(Duration::from_millis(1), t2);
+        for e in b.endpoints() {
+            e.observe_response_at(Duration::from_millis(1), t2);
+        }
+        let n = to_dead(t2, 10_000);
+        assert!((4000..6000).contains(&n), "{n} of 10000 after it came back");
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(crate) fn record_outcome(ep: &EndpointState, ok: bool) {
 /// A connection to the endpoint was opened in `latency`: connect latency
 /// and failure accrual.
 pub(crate) fn connected(ep: &EndpointState, latency: Duration) {
+    ep.connect_succeeded(std::time::Instant::now());
     ep.observe_connect(latency);
     record_outcome(ep, true);
 }
@@ -38,15 +39,17 @@ pub(crate) fn connected(ep: &EndpointState, latency: Duration) {
 /// `spent`: failure accrual, and a latency of at least
 /// [`CONNECT_FAILURE_PENALTY`] (peak-EWMA), so P2C prefers the others from
 /// the next pick on: an endpoint whose handshakes stall is not picked
-/// again, at a second a request, until the estimate has decayed (about a
-/// minute against endpoints answering in milliseconds) or it is ejected.
-/// (A refusal's few microseconds must not make it look fast.)
-/// linkerd2-proxy's balancer leaves an endpoint in reconnect backoff out
-/// likewise.
+/// again, at a second a request, until the balancer probes it (one pick
+/// after 1 s, then 2, 4 … 30 s while it keeps failing; a connection that
+/// succeeds forgets the penalty) or it is ejected. (A refusal's few
+/// microseconds must not make it look fast.) linkerd2-proxy's balancer
+/// leaves an endpoint in reconnect backoff out likewise, and takes it back
+/// once it reconnects.
 pub(crate) fn connect_failed(ep: &EndpointState, spent: Duration) {
     let penalty = spent.max(CONNECT_FAILURE_PENALTY);
     ep.observe_connect(penalty);
     ep.observe_response(penalty);
+    ep.connect_failed(std::time::Instant::now());
     record_outcome(ep, false);
 }
 

@@ -143,3 +143,91 @@ impl Drop for Nginx {
         }
     }
 }
+
+/// A backend killed and started again on its address: taken back within
+/// seconds. A refused connection puts a second of latency in its
+/// estimate (so requests avoid it at once); the balancer probes it after
+/// a second (then 2, 4 … s while it keeps failing), and a connection that
+/// succeeds forgets the penalty. (It got no request for 40–45 s: the
+/// penalty had to decay.)
+#[test]
+fn a_restarted_backend_is_taken_back() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("restart");
+    let ports: Vec<u16> = (0..2).map(|_| closed_port().port()).collect();
+    let start = |i: usize| {
+        let root = dir.join(format!("root{i}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("who"), format!("backend{i}")).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(ports[i].to_string())
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 is installed");
+        let addr = SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        assert!(
+            eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_ok()),
+            "backend {i} did not start"
+        );
+        child
+    };
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut backends = Kill(vec![start(0), start(1)]);
+    let eps: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+    let file = service_file(&dir, "web.test:80", &eps, "");
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+        ],
+    );
+    let fwd = proxy.forward_addrs()[0];
+    let who = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(fwd).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /who HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{out}"
+        );
+        out.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
+    };
+    // Killed: its refused connections fail over; every request answered.
+    let mut victim = backends.0.remove(0);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(who(), "backend1");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Back on its address: requests reach it again within seconds.
+    backends.0.push(start(0));
+    let back = std::time::Instant::now();
+    let seen = eventually(Duration::from_secs(8), || {
+        (0..5).any(|_| who() == "backend0")
+    });
+    assert!(seen, "the restarted backend got no request in 8 s");
+    eprintln!("taken back after {:?}", back.elapsed());
+    proxy.shutdown();
+    proxy.wait();
+}
