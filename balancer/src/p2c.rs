@@ -179,22 +179,50 @@ enum Layer {
 /// Counts a connection as open on its endpoint until dropped. Holding the
 /// `Rc` keeps the count correct even after the endpoint leaves the set.
 #[derive(Debug)]
-pub struct OpenGuard(Rc<EndpointState>);
+pub struct OpenGuard {
+    ep: Rc<EndpointState>,
+    /// A request's guard: when it was picked, and whether its endpoint
+    /// answered.
+    request: Option<(Instant, Cell<bool>)>,
+}
 
 impl OpenGuard {
     pub fn new(ep: Rc<EndpointState>) -> Self {
         ep.open.set(ep.open.get() + 1);
-        Self(ep)
+        Self { ep, request: None }
+    }
+
+    /// A request's: dropped before [`Self::answered`] (the client gave up,
+    /// a timeout), the time it waited counts as the endpoint's latency, as
+    /// linkerd2-proxy's peak-EWMA counts a cancelled request (an endpoint
+    /// that swallows requests otherwise looked as good as new, and kept
+    /// catching them).
+    pub fn request(ep: Rc<EndpointState>) -> Self {
+        let mut g = Self::new(ep);
+        g.request = Some((Instant::now(), Cell::new(false)));
+        g
+    }
+
+    /// The endpoint answered (its latency was observed).
+    pub fn answered(&self) {
+        if let Some((_, a)) = &self.request {
+            a.set(true);
+        }
     }
 
     pub fn endpoint(&self) -> &Rc<EndpointState> {
-        &self.0
+        &self.ep
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get().saturating_sub(1));
+        self.ep.open.set(self.ep.open.get().saturating_sub(1));
+        if let Some((picked, answered)) = &self.request {
+            if !answered.get() {
+                self.ep.observe_response(picked.elapsed());
+            }
+        }
     }
 }
 
@@ -384,10 +412,16 @@ impl Balancer {
         // by the weight counted the weight twice: idle, a [1, 9] pair sent
         // the first nothing.)
         // Costs within [`TIE`] of each other tie (latencies differ by
-        // noise; the weighted first draw then shares them by weight).
-        let cost_a = est_a_or * (load_a / f64::from(ea.weight.get()) + extra);
-        let cost_b = est_b_or * (load_b / f64::from(eb.weight.get()) + extra);
-        Some(if cost_b * TIE < cost_a { b } else { a })
+        // noise; the weighted first draw then shares them by weight). A
+        // lighter second draw must also beat the first by their weights'
+        // ratio: a weight says how much traffic an endpoint is meant to
+        // take, and a light endpoint a little faster must not take the
+        // heavy one's share.
+        let (wa, wb) = (f64::from(ea.weight.get()), f64::from(eb.weight.get()));
+        let cost_a = est_a_or * (load_a / wa + extra);
+        let cost_b = est_b_or * (load_b / wb + extra);
+        let bias = (wa / wb).max(1.0);
+        Some(if cost_b * TIE * bias < cost_a { b } else { a })
     }
 
     /// A weighted random draw among endpoints not excluded.
@@ -599,6 +633,37 @@ mod tests {
         }
         let n = to_dead(t2, 10_000);
         assert!((4000..6000).contains(&n), "{n} of 10000 after it came back");
+    }
+
+    /// A request given up on before its endpoint answered counts the time
+    /// it waited; one that was answered counts its answer only.
+    #[test]
+    fn a_request_given_up_on_counts_its_wait() {
+        let b = Balancer::new([(addr(1), 1), (addr(2), 1)]);
+        for e in b.endpoints() {
+            e.observe_response(Duration::from_micros(500));
+        }
+        let hole = b.endpoints()[0].clone();
+        let g = OpenGuard::request(hole.clone());
+        std::thread::sleep(Duration::from_millis(30));
+        drop(g);
+        let now = Instant::now();
+        assert!(
+            hole.request_load(now).0.unwrap() > 25e6,
+            "the wait was counted"
+        );
+        let other = b.endpoints()[1].clone();
+        let g = OpenGuard::request(other.clone());
+        other.observe_response(Duration::from_micros(500));
+        g.answered();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(g);
+        assert!(other.request_load(Instant::now()).0.unwrap() < 1e6);
+        // Requests avoid the one that swallowed a request.
+        let to_hole = (0..1000)
+            .filter(|_| b.pick_request(&[]).unwrap().addr() == addr(1))
+            .count();
+        assert_eq!(to_hole, 0);
     }
 
     #[test]

@@ -272,7 +272,12 @@ impl Check {
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         let mut addrs = HashSet::new();
         for ep in &svc.endpoints {
-            match ep.parse::<SocketAddr>() {
+            // An IPv4-mapped address is its IPv4 address (one endpoint,
+            // whichever way it is written).
+            let parsed = ep
+                .parse::<SocketAddr>()
+                .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+            match parsed {
                 Ok(addr) if addr.port() == 0 => {
                     problems.push(format!("{at}: endpoint {ep:?} has port 0"))
                 }
@@ -583,6 +588,10 @@ mod tests {
             name = "A.test:1"
             endpoints = ["127.0.0.1:2"]
             weights = [1, 2]
+
+            [[service]]
+            name = "mapped.test:1"
+            endpoints = ["127.0.0.3:1", "[::ffff:127.0.0.3]:1"]
             labels = { "bad-name" = "x" }
             authority_override = "no port"
             "#,
@@ -593,6 +602,7 @@ mod tests {
             "has no port",
             "\"bad\" is not an ip:port",
             "listed twice",
+            "endpoint \"[::ffff:127.0.0.3]:1\" listed twice",
             "weight 0 must be",
             "unknown protocol \"smtp\"",
             "unknown protocol_hint \"h3\"",

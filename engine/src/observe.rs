@@ -283,6 +283,7 @@ impl<'w> Observer<'w> {
     /// balancer learns the endpoint's latency (peak-EWMA).
     pub(crate) fn response_head(&self, ep: Option<&OpenGuard>, latency: Duration) {
         if let Some(g) = ep {
+            g.answered();
             crate::feedback::first_answer(g.endpoint(), latency);
         }
         if let Some(e) = &self.access {

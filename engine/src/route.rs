@@ -714,7 +714,7 @@ where
             break;
         };
         let addr = ep.addr();
-        let guard = OpenGuard::new(ep);
+        let guard = OpenGuard::request(ep);
         let started = Instant::now();
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),

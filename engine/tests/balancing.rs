@@ -431,3 +431,47 @@ both_drivers!(
     partial_kept_body_times_out_or_ends_the_connection,
     super::partial_kept_body
 );
+
+/// An endpoint that accepts requests and never answers, clients that give
+/// up after 300 ms (no response timeout set): the wait of the first
+/// request it swallowed counts as its latency, and the requests after go to
+/// the endpoint that answers. (A request given up on taught the balancer
+/// nothing: the hole kept borrowing its rival's estimate and caught about
+/// half the requests, for good.)
+#[test]
+fn an_endpoint_that_swallows_requests_is_avoided() {
+    let hole = Backend::start(|s| {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        // Reads and holds; never answers.
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            line.clear();
+        }
+    });
+    let good = backend(b'g', Duration::ZERO);
+    let dir = TempDir::new("balancing-hole");
+    let proxy = proxy_to(IoDriver::Uring, &[&hole, &good], &dir);
+    let addr = proxy.forward_addrs()[0];
+    let mut hung = 0;
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => assert!(buf[..n].ends_with(b"g"), "{:?}", &buf[..n]),
+            _ => hung += 1,
+        }
+        // The client gives up: its request is cancelled.
+        drop(s);
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        hung <= 2,
+        "{hung} of 20 requests went to the endpoint that never answers"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}

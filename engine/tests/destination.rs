@@ -1530,23 +1530,17 @@ fn policy_retry_attempt_timeout_and_backoff() {
     let (a_hits, b_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let a = policy_backend(b'a', true, a_hits.clone());
     let b = policy_backend(b'b', false, b_hits.clone());
-    let (cp, proxy) = retry_policy_proxy(
-        "policy-retry-timeout",
-        &format!(
-            r#"
-                {{"name": "attempt", "path_prefix": "/attempt", "backends": [{{"authority": "{WEB_SVC}"}}],
-                  "timeout_ms": 5000, "retry": {{"limit": 1, "timeout_ms": 200}}}},
-                {{"name": "backoff", "path_prefix": "/backoff", "backends": [{{"authority": "{WEB_SVC}"}}],
-                  "retry": {{"limit": 1, "statuses": [[429, 429]], "backoff_ms": 300}}}},
-                {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{WEB_SVC}"}}],
-                  "timeout_ms": 5000, "allow_l5d_headers": true}},
-                {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{WEB_SVC}"}}]}}"#
-        ),
-        &a,
-        &b,
+    let routes = format!(
+        r#"
+            {{"name": "attempt", "path_prefix": "/attempt", "backends": [{{"authority": "{WEB_SVC}"}}],
+              "timeout_ms": 5000, "retry": {{"limit": 1, "timeout_ms": 200}}}},
+            {{"name": "backoff", "path_prefix": "/backoff", "backends": [{{"authority": "{WEB_SVC}"}}],
+              "retry": {{"limit": 1, "statuses": [[429, 429]], "backoff_ms": 300}}}},
+            {{"name": "hdr", "path_prefix": "/hdr", "backends": [{{"authority": "{WEB_SVC}"}}],
+              "timeout_ms": 5000, "allow_l5d_headers": true}},
+            {{"name": "plain", "path_prefix": "/", "backends": [{{"authority": "{WEB_SVC}"}}]}}"#
     );
-    let addr = proxy.forward_addrs()[0];
-    let get = move |path: &str, extra: &str| -> (u16, String, Duration) {
+    let get = |addr: SocketAddr, path: &str, extra: &str| -> (u16, String, Duration) {
         let (mut w, mut r) = keep_alive(addr);
         let started = Instant::now();
         w.write_all(format!("GET {path} HTTP/1.1\r\nHost: web\r\n{extra}\r\n").as_bytes())
@@ -1560,27 +1554,40 @@ fn policy_retry_attempt_timeout_and_backoff() {
     };
     // `n` requests at once, each on its own connection (so the balancer,
     // seeing the others in flight, spreads them over both endpoints).
-    let at_once = |n: usize, path: &'static str, extra: &'static str| {
+    let at_once = |addr: SocketAddr, n: usize, path: &'static str, extra: &'static str| {
         let calls: Vec<_> = (0..n)
-            .map(|_| thread::spawn(move || get(path, extra)))
+            .map(|_| thread::spawn(move || get(addr, path, extra)))
             .collect();
         calls
             .into_iter()
             .map(|c| c.join().unwrap())
             .collect::<Vec<_>>()
     };
-    assert!(
-        eventually(Duration::from_secs(5), || get("/x", "").0 == 200),
-        "the policy's backend never answered:\n{}",
-        cp.tail()
-    );
+    // A proxy of its own per part: an attempt that timed out on `a` counts
+    // its wait as `a`'s latency, and the balancer then avoids `a` (and a
+    // busy machine's slow answer may too), where each part needs `a` tried.
+    let fresh = |tag: &str| {
+        let (cp, proxy) = retry_policy_proxy(tag, &routes, &a, &b);
+        let addr = proxy.forward_addrs()[0];
+        assert!(
+            eventually(Duration::from_secs(5), || get(addr, "/x", "").0 == 200),
+            "the policy's backend never answered:\n{}",
+            cp.tail()
+        );
+        (cp, proxy, addr)
+    };
     // `a` takes 2 s to answer these.
-    for (path, extra) in [
-        ("/attempt/a-slow", ""),
-        ("/hdr/a-slow", "l5d-retry-timeout: 200ms\r\n"),
+    for (tag, path, extra) in [
+        ("policy-retry-timeout", "/attempt/a-slow", ""),
+        (
+            "policy-retry-hdr",
+            "/hdr/a-slow",
+            "l5d-retry-timeout: 200ms\r\n",
+        ),
     ] {
+        let (_cp, _proxy, addr) = fresh(tag);
         let before = a_hits.load(Ordering::Relaxed);
-        for (code, body, took) in at_once(8, path, extra) {
+        for (code, body, took) in at_once(addr, 8, path, extra) {
             assert_eq!((code, body.trim_end_matches('!')), (200, "b"), "{path}");
             assert!(took < Duration::from_millis(1500), "{path}: {took:?}");
         }
@@ -1591,11 +1598,12 @@ fn policy_retry_attempt_timeout_and_backoff() {
     }
     // The backoff: a retried request (its first attempt answered 429 by
     // `a`) paused 300 ms before going to `b`.
+    let (_cp, _proxy, addr) = fresh("policy-retry-backoff");
     let (a0, b0) = (
         a_hits.load(Ordering::Relaxed),
         b_hits.load(Ordering::Relaxed),
     );
-    let answers = at_once(12, "/backoff/limited", "");
+    let answers = at_once(addr, 12, "/backoff/limited", "");
     let retried = a_hits.load(Ordering::Relaxed) - a0;
     assert_eq!(b_hits.load(Ordering::Relaxed) - b0, 12);
     assert!(
