@@ -197,9 +197,10 @@ impl OpenGuard {
     /// linkerd2-proxy's peak-EWMA counts a cancelled request (an endpoint
     /// that swallows requests otherwise looked as good as new, and kept
     /// catching them).
-    pub fn request(ep: Rc<EndpointState>) -> Self {
+    /// `picked`: when it was picked (a clock read the caller made).
+    pub fn request(ep: Rc<EndpointState>, picked: Instant) -> Self {
         let mut g = Self::new(ep);
-        g.request = Some((Instant::now(), Cell::new(false)));
+        g.request = Some((picked, Cell::new(false)));
         g
     }
 
@@ -644,7 +645,7 @@ mod tests {
             e.observe_response(Duration::from_micros(500));
         }
         let hole = b.endpoints()[0].clone();
-        let g = OpenGuard::request(hole.clone());
+        let g = OpenGuard::request(hole.clone(), Instant::now());
         std::thread::sleep(Duration::from_millis(30));
         drop(g);
         let now = Instant::now();
@@ -653,7 +654,7 @@ mod tests {
             "the wait was counted"
         );
         let other = b.endpoints()[1].clone();
-        let g = OpenGuard::request(other.clone());
+        let g = OpenGuard::request(other.clone(), Instant::now());
         other.observe_response(Duration::from_micros(500));
         g.answered();
         std::thread::sleep(Duration::from_millis(30));

@@ -714,8 +714,8 @@ where
             break;
         };
         let addr = ep.addr();
-        let guard = OpenGuard::request(ep);
         let started = Instant::now();
+        let guard = OpenGuard::request(ep, started);
         match connect(addr).await {
             Ok(conn) => return Ok((conn, addr, guard)),
             // Out of descriptors or memory here: every endpoint would fail

@@ -53,6 +53,26 @@ impl Pki {
     /// A leaf for `name` valid from/until the given years, as PEM files
     /// `<file>.pem` / `<file>.key`; returns their paths and the DER forms.
     fn leaf(&self, file: &str, name: &str, years: (i32, i32)) -> Leaf {
+        let (from, until) = (
+            rcgen::date_time_ymd(years.0, 1, 1),
+            rcgen::date_time_ymd(years.1, 1, 1),
+        );
+        self.leaf_between(file, name, from, until)
+    }
+
+    /// A leaf for `name` valid from `secs` seconds from now, for a year.
+    fn valid_in(&self, file: &str, name: &str, secs: i64) -> Leaf {
+        let from = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+        self.leaf_between(file, name, from, from + time::Duration::days(365))
+    }
+
+    fn leaf_between(
+        &self,
+        file: &str,
+        name: &str,
+        from: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
         // A subject of its own: with rcgen's default, the CA's, OpenSSL
@@ -61,40 +81,14 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
-        params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        params.not_before = from;
+        params.not_after = until;
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (cert_path, key_path) = (
             self.dir.join(format!("{file}.pem")),
             self.dir.join(format!("{file}.key")),
         );
         // Written then renamed: a proxy watching the files never sees half.
-        write_atomic(&cert_path, cert.pem().as_bytes());
-        write_atomic(&key_path, key.serialize_pem().as_bytes());
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-
-    /// A leaf for `name` valid from `secs` seconds from now, for a year.
-    fn valid_in(&self, file: &str, name: &str, secs: i64) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let from = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
-        params.not_before = from;
-        params.not_after = from + time::Duration::days(365);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
         write_atomic(&cert_path, cert.pem().as_bytes());
         write_atomic(&key_path, key.serialize_pem().as_bytes());
         Leaf {
