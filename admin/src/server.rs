@@ -644,9 +644,12 @@ fn env_json(query: &str) -> Reply {
             })
             .collect()
     } else {
+        // Each variable once (a JSON object's keys are unique), in the
+        // order first asked.
+        let mut seen = std::collections::HashSet::new();
         query
             .split('&')
-            .filter(|k| !k.is_empty())
+            .filter(|k| !k.is_empty() && seen.insert(*k))
             .map(|k| {
                 let v = std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
                 (k.to_string(), v)
@@ -775,7 +778,7 @@ mod tests {
             "{}",
             all.text_body()
         );
-        let some = env_json("PATH&RINGMESH_SURELY_UNSET_VAR");
+        let some = env_json("PATH&RINGMESH_SURELY_UNSET_VAR&PATH");
         assert_eq!(
             some.text_body(),
             format!("{{\"PATH\":\"{path}\",\"RINGMESH_SURELY_UNSET_VAR\":null}}")

@@ -68,7 +68,8 @@ fn main() -> ExitCode {
     };
     // The filter sits behind a reload layer so `PUT /proxy-log-level` can
     // change it on every thread at run time.
-    let (filter, reload) = tracing_subscriber::reload::Layer::new(EnvFilter::new(&cfg.log));
+    let (filter, reload) =
+        tracing_subscriber::reload::Layer::new(filter_builder().parse_lossy(&cfg.log));
     let plain = (cfg.log_format == LogFormat::Plain).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -148,6 +149,13 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Log filters as linkerd2-proxy builds them: what no directive names logs
+/// at `warn` (an empty filter too; `EnvFilter`'s own default is `error`).
+fn filter_builder() -> tracing_subscriber::filter::Builder {
+    EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+}
+
 /// `/proxy-log-level`: the current filter string and the reload handle.
 struct LogFilter {
     reload: reload::Handle<EnvFilter, Registry>,
@@ -163,10 +171,28 @@ impl LogLevel for LogFilter {
         if !filter.is_ascii() {
             return Err("a log filter must be ASCII".into());
         }
-        let new = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter: {e}"))?;
+        let new = filter_builder()
+            .parse(filter)
+            .map_err(|e| format!("invalid log filter: {e}"))?;
         self.reload.reload(new).map_err(|e| e.to_string())?;
         self.current.store(Arc::new(filter.to_string()));
         tracing::info!(filter, "log level changed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::filter::LevelFilter;
+
+    /// An empty filter, or one naming targets only, leaves the rest at
+    /// `warn`, as linkerd2-proxy's (`EnvFilter`'s own default is `error`).
+    #[test]
+    fn what_no_directive_names_logs_at_warn() {
+        let empty = super::filter_builder().parse("").unwrap();
+        assert_eq!(empty.max_level_hint(), Some(LevelFilter::WARN));
+        let debug = super::filter_builder().parse("debug").unwrap();
+        assert_eq!(debug.max_level_hint(), Some(LevelFilter::DEBUG));
+        assert!(super::filter_builder().parse("ringmesh=[").is_err());
     }
 }
