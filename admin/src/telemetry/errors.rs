@@ -96,34 +96,13 @@ impl ErrorShard {
     /// `http`'s answers; each only when it has a series (as
     /// linkerd2-proxy).
     pub fn encode(&self, http: &HttpShard, out: &mut String) {
-        let mut rows: Vec<_> = self.0.iter().collect();
-        rows.sort();
-        for direction in [Direction::Inbound, Direction::Outbound] {
-            let mut of = rows
-                .iter()
-                .filter(|((d, _, _), _)| *d == direction)
-                .peekable();
-            if of.peek().is_none() {
-                continue;
-            }
-            let name = format!("{}_tcp_errors_total", direction.as_str());
-            family(
-                out,
-                &name,
-                "counter",
-                &format!(
-                    "The total number of {} TCP connections that could not be processed due to a proxy error.",
-                    direction.as_str()
-                ),
-            );
-            for ((_, target, kind), n) in of {
-                let _ = writeln!(
-                    out,
-                    "{name}{{target_addr=\"{target}\",error=\"{}\"}} {n}",
-                    kind.as_str()
-                );
-            }
-        }
+        let mut tcp: Vec<_> = self
+            .0
+            .iter()
+            .map(|((d, target, kind), n)| (*d, format!("target_addr=\"{target}\","), *kind, *n))
+            .collect();
+        tcp.sort();
+        encode_families(out, "tcp", "TCP connections", &tcp);
         let mut by_kind: HashMap<(Direction, ProxyErrorKind), u64> = HashMap::new();
         for (key, counters) in &http.0 {
             for (class, c) in &counters.by_status {
@@ -136,26 +115,37 @@ impl ErrorShard {
                 *by_kind.entry((key.direction, kind)).or_default() += c.total;
             }
         }
-        let mut rows: Vec<_> = by_kind.into_iter().collect();
-        rows.sort();
-        for direction in [Direction::Inbound, Direction::Outbound] {
-            let mut of = rows.iter().filter(|((d, _), _)| *d == direction).peekable();
-            if of.peek().is_none() {
-                continue;
-            }
-            let name = format!("{}_http_errors_total", direction.as_str());
-            family(
-                out,
-                &name,
-                "counter",
-                &format!(
-                    "The total number of {} HTTP requests that could not be processed due to a proxy error.",
-                    direction.as_str()
-                ),
-            );
-            for ((_, kind), n) in of {
-                let _ = writeln!(out, "{name}{{error=\"{}\"}} {n}", kind.as_str());
-            }
+        let mut http: Vec<_> = by_kind
+            .into_iter()
+            .map(|((d, kind), n)| (d, String::new(), kind, n))
+            .collect();
+        http.sort();
+        encode_families(out, "http", "HTTP requests", &http);
+    }
+}
+
+/// `{inbound,outbound}_{proto}_errors_total` from `rows` (sorted: their
+/// direction, the labels before `error`, the error, the count), each
+/// family only when it has a series.
+fn encode_families(
+    out: &mut String,
+    proto: &str,
+    what: &str,
+    rows: &[(Direction, String, ProxyErrorKind, u64)],
+) {
+    for direction in [Direction::Inbound, Direction::Outbound] {
+        let mut of = rows.iter().filter(|r| r.0 == direction).peekable();
+        if of.peek().is_none() {
+            continue;
+        }
+        let name = format!("{}_{proto}_errors_total", direction.as_str());
+        let help = format!(
+            "The total number of {} {what} that could not be processed due to a proxy error.",
+            direction.as_str()
+        );
+        family(out, &name, "counter", &help);
+        for (_, labels, kind, n) in of {
+            let _ = writeln!(out, "{name}{{{labels}error=\"{}\"}} {n}", kind.as_str());
         }
     }
 }
