@@ -21,6 +21,16 @@ pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// churn is served from what mimalloc keeps anyway.
 const MIN_CLOSED: u64 = 256;
 
+/// Bytes that stalled responses must have let go of since their peak for a
+/// collect (what each holds is mostly buffers of 16–64 KiB).
+const MIN_STALLED_FREED: usize = 4 << 20;
+
+/// Whether a worker whose stalled responses held `peak` bytes at most and
+/// hold `now` should give memory back.
+pub(crate) fn should_collect_stalled(peak: usize, now: usize) -> bool {
+    peak.saturating_sub(now) >= MIN_STALLED_FREED.max(peak / 4)
+}
+
 /// Whether a worker whose open connections peaked at `peak` and are now
 /// `open` should give memory back.
 pub(crate) fn should_collect(peak: u64, open: u64) -> bool {
@@ -51,5 +61,14 @@ mod tests {
         assert!(!should_collect(10_000, 9_000), "a quarter must have closed");
         assert!(!should_collect(500, 300));
         assert!(should_collect(500, 200));
+    }
+
+    #[test]
+    fn collects_after_stalled_responses_let_go() {
+        assert!(!should_collect_stalled(0, 0));
+        assert!(!should_collect_stalled(1 << 20, 0), "a few stalls");
+        assert!(should_collect_stalled(16 << 20, 0));
+        assert!(should_collect_stalled(16 << 20, 12 << 20));
+        assert!(!should_collect_stalled(32 << 20, 28 << 20), "a quarter");
     }
 }

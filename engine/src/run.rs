@@ -400,8 +400,9 @@ async fn drain(
 
 /// Per worker: gives memory back once the open connections, or the
 /// requests in flight (a burst of HTTP/2 streams on a few connections),
-/// have fallen well below their peak since the last time, or the last tap
-/// is gone (its queued events); ends when the worker stops.
+/// or what stalled HTTP/2 responses hold, have fallen well below their peak
+/// since the last time, or the last tap is gone (its queued events); ends
+/// when the worker stops.
 pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
     let mut tapped = false;
     loop {
@@ -416,8 +417,10 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
         let was_tapped =
             w.taps.take_used() | std::mem::replace(&mut tapped, w.taps.active().is_some());
         let taps_gone = was_tapped && !tapped;
+        let stalled = w.stalls.take_peak_held();
         if memory::should_collect(w.telemetry.open_peak.get(), open)
             || memory::should_collect(requests.0 as u64, requests.1 as u64)
+            || memory::should_collect_stalled(stalled.0, stalled.1)
             || taps_gone
         {
             tracing::debug!(

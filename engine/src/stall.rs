@@ -34,6 +34,8 @@ pub(crate) struct Stalls {
     waiting: RefCell<Waits>,
     /// Responses reset to stay within the budget.
     resets: Cell<u64>,
+    /// The most `held` since [`Stalls::take_peak_held`].
+    peak_held: Cell<usize>,
 }
 
 /// The stalls, and per client what they hold, largest findable at once.
@@ -98,7 +100,16 @@ impl Stalls {
             next: Cell::new(0),
             waiting: RefCell::default(),
             resets: Cell::new(0),
+            peak_held: Cell::new(0),
         }
+    }
+
+    /// The most bytes stalled responses held at once since the last call,
+    /// and what they hold now: a fall from one to the other is memory a
+    /// worker can give back.
+    pub(crate) fn take_peak_held(&self) -> (usize, usize) {
+        let now = self.held.get();
+        (self.peak_held.replace(now), now)
     }
 
     /// Responses stalled now.
@@ -127,6 +138,8 @@ impl Stalls {
             },
         );
         self.held.set(self.held.get() + charge);
+        self.peak_held
+            .set(self.peak_held.get().max(self.held.get().min(self.budget)));
         while self.held.get() > self.budget {
             let Some(victim) = waiting.victim().and_then(|s| waiting.remove(s)) else {
                 break;

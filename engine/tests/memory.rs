@@ -407,12 +407,20 @@ fn stalled_http2_responses_are_bounded(driver: &str, http1_origin: bool) {
     // this many fit.
     let fit = (STALL_BUDGET / 65_535) as u64;
     let (mut stalled, mut resets) = (0, 0);
-    let settled = eventually(Duration::from_secs(20), || {
+    let settled = eventually(Duration::from_secs(40), || {
         stalled = metric(admin, "ringmesh_worker_http2_stalled_responses");
         resets = metric(admin, "ringmesh_worker_http2_stalled_resets_total");
         stalled + resets >= all as u64
     });
-    let held = rss_kib(pid);
+    // What the held responses keep, once the reset ones' teardown (their
+    // upstream connections closing, their buffers freed) is over: under a
+    // loaded machine it lags the counters by a moment.
+    let limit = idle + ((5 * STALL_BUDGET as u64) >> 10);
+    let mut held = rss_kib(pid);
+    eventually(Duration::from_secs(3), || {
+        held = rss_kib(pid);
+        held <= limit
+    });
     let origin = if http1_origin { "HTTP/1" } else { "HTTP/2" };
     eprintln!(
         "{driver}, {origin} origin: {all} stalled responses: {stalled} held, {resets} reset; RSS {idle} KiB idle, {held} KiB while held"
