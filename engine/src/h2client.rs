@@ -503,7 +503,8 @@ pub(crate) async fn new_connection(
         .and_then(|k| Some((k, conn.ping_pong()?, send.clone())));
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
-    let id = w.pools.h2.put(ep.clone(), send.clone(), closed);
+    let (drain, removed) = oneshot::channel();
+    let id = w.pools.h2.put(ep.clone(), send.clone(), closed, drain);
     let (pool_w, idle_send) = (w.clone(), send.clone());
     monoio::spawn(async move {
         let run = async {
@@ -525,6 +526,10 @@ pub(crate) async fn new_connection(
             ended = run => ended,
             () = idle_for(&idle_send, IDLE_TIMEOUT) => {
                 tracing::debug!(upstream = %addr, "upstream HTTP/2 connection idle; closing");
+                Ok(())
+            }
+            () = drained(&idle_send, removed) => {
+                tracing::debug!(upstream = %addr, "upstream HTTP/2 connection's endpoint removed; closing");
                 Ok(())
             }
         };
@@ -560,6 +565,21 @@ async fn idle_for(send: &client::SendRequest<Bytes>, limit: Duration) {
         }
     }
 }
+
+/// Resolves once the pool said `send`'s endpoint was removed and no stream
+/// is open on it (checked every [`DRAIN_CHECK`] from then on); never if
+/// the pool let go of the connection otherwise.
+async fn drained(send: &client::SendRequest<Bytes>, removed: oneshot::Receiver<()>) {
+    if removed.await.is_err() {
+        return std::future::pending().await;
+    }
+    while send.has_open_streams() {
+        monoio::time::sleep(DRAIN_CHECK).await;
+    }
+}
+
+/// How soon after its last stream a removed endpoint's connection closes.
+const DRAIN_CHECK: Duration = Duration::from_millis(250);
 
 /// PINGs the peer every `interval` while `active` says so; resolves when a
 /// PING is not answered within `timeout` (the peer is gone). Never

@@ -26,6 +26,9 @@ pub(crate) struct Upstream {
     send: client::SendRequest<Bytes>,
     /// Set when its connection task ended (closed, failed, or GOAWAY).
     closed: Rc<Cell<bool>>,
+    /// Told when its endpoint was removed: the connection task closes it
+    /// once no stream is open.
+    drain: Option<oneshot::Sender<()>>,
 }
 
 /// Told when the connection it waits for is up (or why it is not).
@@ -71,12 +74,37 @@ impl Pool {
         ep: Endpoint,
         send: client::SendRequest<Bytes>,
         closed: Rc<Cell<bool>>,
+        drain: oneshot::Sender<()>,
     ) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let up = Upstream { id, send, closed };
+        let up = Upstream {
+            id,
+            send,
+            closed,
+            drain: Some(drain),
+        };
         self.conns.borrow_mut().entry(ep).or_default().push(up);
         id
+    }
+
+    /// Takes the connections to `addr` out of use and has each close once
+    /// its open streams end; returns how many.
+    pub(crate) fn drain_to(&self, addr: std::net::SocketAddr) -> usize {
+        let mut drained = 0;
+        self.conns.borrow_mut().retain(|ep, list| {
+            if ep.addr != addr {
+                return true;
+            }
+            for u in list.iter_mut() {
+                if let Some(tx) = u.drain.take() {
+                    let _ = tx.send(());
+                }
+            }
+            drained += list.len();
+            false
+        });
+        drained
     }
 
     /// Takes a connection out of use (its open streams go on).

@@ -436,6 +436,20 @@ impl Pool {
         self.clear();
     }
 
+    /// Closes the idle connections to `addr` (whatever their identity);
+    /// returns how many.
+    pub(crate) fn close_to(&self, addr: SocketAddr) -> usize {
+        let mut closed = 0;
+        self.idle.borrow_mut().retain(|ep, list| {
+            if ep.addr == addr {
+                closed += list.len();
+                return false;
+            }
+            true
+        });
+        closed
+    }
+
     /// Closes every idle connection.
     pub(crate) fn clear(&self) {
         self.reaper.borrow_mut().take();

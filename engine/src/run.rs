@@ -187,6 +187,8 @@ pub(crate) async fn serve(setup: WorkerSetup) {
     monoio::spawn(async move { reaper.pools.h1.reap(reaper_stop).await });
     // Gives a burst's memory back to the OS once it is over.
     monoio::spawn(trim_after_bursts(worker.clone(), stop.clone()));
+    // Closes pooled connections to endpoints discovery removed.
+    monoio::spawn(close_to_removed(worker.clone(), stop.clone()));
     // Tells the control core which services requests use, so it can drop
     // the watches nobody uses.
     if let Some(every) = worker.cfg.discovery.usage_report {
@@ -284,6 +286,7 @@ fn new_worker(
             policy,
             policies: policies.map(RefCell::new),
             ingress,
+            removed: RefCell::default(),
         },
         telemetry: {
             let t = Telemetry::default();
@@ -436,6 +439,29 @@ pub(crate) async fn trim_after_bursts(w: Rc<Worker>, stop: Stop) {
             monoio::io::multishot::shrink_driver();
             memory::collect();
             w.telemetry.open_peak.set(open);
+        }
+    }
+}
+
+/// How often a worker looks for endpoints discovery removed (and picks up
+/// a newer snapshot, should no request have).
+const REMOVED_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Per worker: closes the idle pooled connections to endpoints that left
+/// every balancer replica, and lets the HTTP/2 ones close once their
+/// streams end (linkerd2-proxy drops a removed endpoint's client with its
+/// connections); a connection in use goes on until its exchange ends.
+async fn close_to_removed(w: Rc<Worker>, stop: Stop) {
+    loop {
+        monoio::select! {
+            _ = monoio::time::sleep(REMOVED_CHECK_INTERVAL) => {}
+            _ = stop.wait() => return,
+        }
+        for addr in w.routes.take_removed() {
+            let (h1, h2) = (w.pools.h1.close_to(addr), w.pools.h2.drain_to(addr));
+            if h1 + h2 > 0 {
+                tracing::debug!(worker = w.id, endpoint = %addr, idle_http1 = h1, http2 = h2, "endpoint removed: closing its pooled connections");
+            }
         }
     }
 }

@@ -48,6 +48,25 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
+    /// Takes `svc`'s endpoints; those it no longer lists go to `gone`.
+    fn update(&mut self, svc: &Arc<Service>, gone: &mut Vec<SocketAddr>) {
+        let mut b = self.balancer.borrow_mut();
+        let before = gone.len();
+        gone.extend(b.endpoints().iter().map(|e| e.addr()));
+        b.update(endpoints(svc));
+        let now = b.endpoints();
+        // A large set is indexed once (linear, as the balancer's update).
+        if now.len() > 32 {
+            let kept: std::collections::HashSet<SocketAddr> =
+                now.iter().map(|e| e.addr()).collect();
+            retain_from(gone, before, |a| !kept.contains(a));
+        } else {
+            retain_from(gone, before, |a| !now.iter().any(|e| e.addr() == *a));
+        }
+        drop(b);
+        self.service = svc.clone();
+    }
+
     /// Applies the profile's retry budget when it changed (the default
     /// one, 20 % plus 10 per second over 10 s, without). The floor and its
     /// reserve are the process's, shared evenly by its `workers` (each
@@ -183,6 +202,10 @@ pub(crate) struct Routes {
     /// Linkerd's ingress mode: outbound requests go where their
     /// `l5d-dst-override` says (`route::resolve`).
     pub ingress: bool,
+    /// Endpoints that left every replica since [`Routes::take_removed`]:
+    /// their pooled connections are closed (as linkerd2-proxy's balancer
+    /// drops a removed endpoint's client), not left to their idle timeout.
+    pub removed: RefCell<Vec<SocketAddr>>,
 }
 
 /// What connections and requests borrow and give back.
@@ -322,12 +345,44 @@ impl Routes {
             );
             r
         });
+        let mut gone = Vec::new();
         if !Arc::ptr_eq(&replica.service, service) {
-            replica.balancer.borrow_mut().update(endpoints(service));
-            replica.service = service.clone();
+            replica.update(service, &mut gone);
         }
         replica.used.set(true);
-        replica.balancer.clone()
+        let balancer = replica.balancer.clone();
+        self.note_removed(&replicas, gone);
+        balancer
+    }
+
+    /// The endpoints that left every replica since the last call (picking
+    /// up a newer snapshot first).
+    pub(crate) fn take_removed(&self) -> Vec<SocketAddr> {
+        self.snapshot();
+        std::mem::take(&mut self.removed.borrow_mut())
+    }
+
+    /// Keeps, of `gone` (endpoints some replica dropped), those no replica
+    /// still has.
+    fn note_removed(
+        &self,
+        replicas: &HashMap<Authority, Replica, KeyedState>,
+        mut gone: Vec<SocketAddr>,
+    ) {
+        if gone.is_empty() {
+            return;
+        }
+        // (A balancer borrowed now, by a caller up the stack, is taken to
+        // have it: a connection is left to its idle timeout rather than
+        // closed under a user.)
+        gone.retain(|addr| {
+            !replicas.values().any(|r| {
+                r.balancer
+                    .try_borrow()
+                    .map_or(true, |b| b.endpoints().iter().any(|e| e.addr() == *addr))
+            })
+        });
+        self.removed.borrow_mut().extend(gone);
     }
 
     /// The services requests used since the last call (the control core
@@ -354,12 +409,17 @@ impl Routes {
     /// keep their own references until they close).
     fn sync_replicas(&self, snap: &Snapshot) {
         let mut replicas = self.replicas.borrow_mut();
+        let mut gone = Vec::new();
         replicas.retain(|name, replica| match snap.service(name) {
-            None => false,
+            None => {
+                if let Ok(b) = replica.balancer.try_borrow() {
+                    gone.extend(b.endpoints().iter().map(|e| e.addr()));
+                }
+                false
+            }
             Some(svc) => {
                 if !Arc::ptr_eq(&replica.service, svc) {
-                    replica.balancer.borrow_mut().update(endpoints(svc));
-                    replica.service = svc.clone();
+                    replica.update(svc, &mut gone);
                 }
                 replica.sync_budget(
                     snap.profile(name).and_then(|p| p.retry_budget),
@@ -368,6 +428,7 @@ impl Routes {
                 true
             }
         });
+        self.note_removed(&replicas, gone);
     }
 
     /// Whether a client at `client`, secured as `tls`, may reach the
@@ -534,6 +595,18 @@ fn thread_cpu_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// Keeps, of `v`'s items from `from` on, those `keep` says.
+fn retain_from<T>(v: &mut Vec<T>, from: usize, mut keep: impl FnMut(&T) -> bool) {
+    let mut i = from;
+    while i < v.len() {
+        if keep(&v[i]) {
+            i += 1;
+        } else {
+            v.swap_remove(i);
+        }
+    }
 }
 
 fn endpoints(svc: &Service) -> impl Iterator<Item = (SocketAddr, u32)> + '_ {

@@ -30,6 +30,8 @@ pub struct Counters {
     pub streams: AtomicUsize,
     /// Connections the origin accepted.
     pub connections: AtomicUsize,
+    /// Of them, those that ended.
+    pub closed: AtomicUsize,
     /// `/hang` streams the client side reset.
     pub resets_seen: AtomicUsize,
     /// `/only/<port>` requests answered 503.
@@ -103,6 +105,7 @@ async fn connection(
         builder.max_concurrent_streams(n);
     }
     let Ok(mut conn) = builder.handshake(s).await else {
+        c.closed.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let mut n = 0;
@@ -114,6 +117,7 @@ async fn connection(
             conn.graceful_shutdown();
         }
     }
+    c.closed.fetch_add(1, Ordering::Relaxed);
 }
 
 async fn handle(
