@@ -49,6 +49,9 @@ pub const LOG: &str = "LINKERD2_PROXY_LOG";
 pub const LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
 pub const ACCESS_LOG: &str = "LINKERD2_PROXY_ACCESS_LOG";
 pub const CORES: &str = "LINKERD2_PROXY_CORES";
+pub const CORES_MIN: &str = "LINKERD2_PROXY_CORES_MIN";
+pub const CORES_MAX: &str = "LINKERD2_PROXY_CORES_MAX";
+pub const CORES_MAX_RATIO: &str = "LINKERD2_PROXY_CORES_MAX_RATIO";
 pub const IO_DRIVER: &str = "RINGMESH_IO_DRIVER";
 pub const OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
 pub const INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
@@ -321,8 +324,13 @@ pub struct Config {
     pub log_format: LogFormat,
     /// An access log line per inbound HTTP request, in this format.
     pub access_log: Option<AccessLogFormat>,
-    /// Number of workers; `None` = one per CPU the process may run on.
+    /// Number of workers; `None` = one per CPU the process may run on
+    /// (unless the limits below say otherwise, [`Config::workers`]).
     pub cores: Option<usize>,
+    /// linkerd2-proxy's worker limits (`_CORES_MIN`, `_CORES_MAX`,
+    /// `_CORES_MAX_RATIO`), as its injector renders
+    /// `proxy.runtime.workers`.
+    pub cores_limits: CoreLimits,
     pub io_driver: IoDriver,
     /// The outbound side (the application's connections out).
     pub outbound: OutboundConfig,
@@ -847,7 +855,43 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// linkerd2-proxy's limits on its worker count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CoreLimits {
+    /// At least this many (`LINKERD2_PROXY_CORES` when unset).
+    pub min: Option<usize>,
+    /// At most this many ...
+    pub max: Option<usize>,
+    /// ... or this share of the CPUs, rounded (`max` wins).
+    pub max_ratio: Option<f64>,
+}
+
 impl Config {
+    /// How many workers to run on `available` CPUs, and whether more were
+    /// asked for than there are. With none of linkerd2-proxy's worker
+    /// variables set, one per CPU (the thread-per-core design); with any,
+    /// as linkerd2-proxy counts: the maximum (`_CORES_MAX`, else
+    /// `_CORES_MAX_RATIO` of the CPUs, else 1), raised to the minimum
+    /// (`_CORES_MIN`, else `_CORES`), at most the CPUs.
+    pub fn workers(&self, available: usize) -> (usize, bool) {
+        let available = available.max(1);
+        let l = &self.cores_limits;
+        if self.cores.is_none() && *l == CoreLimits::default() {
+            return (available, false);
+        }
+        let ratio = || {
+            let r = l.max_ratio?;
+            let n = (available as f64 * r).round() as usize;
+            (n > 0).then_some(n)
+        };
+        let want = l
+            .max
+            .or_else(ratio)
+            .unwrap_or(1)
+            .max(l.min.or(self.cores).unwrap_or(1));
+        (want.min(available), want > available)
+    }
+
     /// Defaults, as linkerd2-proxy's where the meaning is the same.
     pub fn defaults() -> Self {
         Self {
@@ -855,6 +899,7 @@ impl Config {
             log_format: LogFormat::Plain,
             access_log: None,
             cores: None,
+            cores_limits: CoreLimits::default(),
             io_driver: IoDriver::Auto,
             outbound: OutboundConfig {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 4140))),
@@ -1185,11 +1230,20 @@ impl Parser<'_> {
             ("json", AccessLogFormat::Json),
         ];
         c.access_log = self.parse_with(ACCESS_LOG, |s| one_of(s, &access_logs));
-        c.cores = self.parse_with(CORES, |s| match s.parse::<usize>() {
+        let count = |s: &str| match s.parse::<usize>() {
             Ok(0) => Err("must be at least 1".into()),
             Ok(n) => Ok(n),
             Err(_) => Err("expected a positive integer".into()),
-        });
+        };
+        c.cores = self.parse_with(CORES, count);
+        c.cores_limits = CoreLimits {
+            min: self.parse_with(CORES_MIN, count),
+            max: self.parse_with(CORES_MAX, count),
+            max_ratio: self.parse_with(CORES_MAX_RATIO, |s| match s.parse::<f64>() {
+                Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+                _ => Err("expected a ratio above 0 and at most 1".into()),
+            }),
+        };
         if let Some(d) = self.parse_with(IO_DRIVER, |s| match s {
             "auto" => Ok(IoDriver::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(IoDriver::Uring),
@@ -2187,6 +2241,38 @@ mod tests {
                 "10.0.0.1:53".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn worker_count_as_linkerd2_proxy_counts_it() {
+        let n = |vars: &[(&'static str, &'static str)], cpus| parse(vars).unwrap().workers(cpus);
+        assert_eq!(n(&[], 8), (8, false), "one per CPU by default");
+        assert_eq!(n(&[(CORES, "2")], 8), (2, false));
+        assert_eq!(n(&[(CORES, "16")], 8), (8, true));
+        assert_eq!(n(&[(CORES_MAX, "4")], 8), (4, false));
+        assert_eq!(n(&[(CORES_MAX_RATIO, "0.5")], 8), (4, false));
+        assert_eq!(n(&[(CORES_MAX_RATIO, "0.01")], 8), (1, false));
+        assert_eq!(
+            n(&[(CORES_MAX, "2"), (CORES_MAX_RATIO, "1")], 8),
+            (2, false)
+        );
+        assert_eq!(n(&[(CORES_MIN, "4"), (CORES_MAX, "2")], 8), (4, false));
+        assert_eq!(
+            n(&[(CORES, "1"), (CORES_MIN, "1"), (CORES_MAX, "2")], 8),
+            (2, false)
+        );
+        assert_eq!(
+            n(&[(CORES_MIN, "3"), (CORES, "1")], 8),
+            (3, false),
+            "_MIN wins over _CORES"
+        );
+        assert_eq!(n(&[(CORES_MIN, "2")], 8), (2, false));
+        let err = parse(&[(CORES_MAX_RATIO, "1.5"), (CORES_MIN, "0"), (CORES_MAX, "x")])
+            .unwrap_err()
+            .to_string();
+        for key in [CORES_MAX_RATIO, CORES_MIN, CORES_MAX] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
     }
 
     #[test]

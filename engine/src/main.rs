@@ -68,8 +68,9 @@ fn main() -> ExitCode {
     };
     // The filter sits behind a reload layer so `PUT /proxy-log-level` can
     // change it on every thread at run time.
-    let (filter, reload) =
-        tracing_subscriber::reload::Layer::new(filter_builder().parse_lossy(&cfg.log));
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(
+        filter_builder().parse_lossy(with_own_targets(&cfg.log)),
+    );
     let plain = (cfg.log_format == LogFormat::Plain).then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -156,6 +157,44 @@ fn filter_builder() -> tracing_subscriber::filter::Builder {
         .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
 }
 
+/// linkerd2-proxy's own log targets name ringmesh's too: a directive for
+/// `linkerd` or `linkerd2_proxy` (its injector sets `warn,linkerd=info,...`)
+/// is followed by the same for `ringmesh`, whose events are targeted by
+/// its crates' paths.
+fn with_own_targets(filter: &str) -> String {
+    let mut out = String::with_capacity(filter.len() * 2);
+    // Directives are split at the commas outside spans' `[...]`.
+    let (mut depth, mut start) = (0i32, 0);
+    let mut directives = Vec::new();
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth <= 0 => {
+                directives.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    directives.push(&filter[start..]);
+    for (i, d) in directives.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(d);
+        let t = d.trim_start();
+        let end = t.find(['[', '=']).unwrap_or(t.len());
+        let target = &t[..end];
+        // (A bare level names no target: `info` stays as it is.)
+        if target == "linkerd" || target == "linkerd2_proxy" {
+            out.push_str(",ringmesh");
+            out.push_str(&t[end..]);
+        }
+    }
+    out
+}
+
 /// `/proxy-log-level`: the current filter string and the reload handle.
 struct LogFilter {
     reload: reload::Handle<EnvFilter, Registry>,
@@ -172,7 +211,7 @@ impl LogLevel for LogFilter {
             return Err("a log filter must be ASCII".into());
         }
         let new = filter_builder()
-            .parse(filter)
+            .parse(with_own_targets(filter))
             .map_err(|e| format!("invalid log filter: {e}"))?;
         self.reload.reload(new).map_err(|e| e.to_string())?;
         self.current.store(Arc::new(filter.to_string()));
@@ -184,6 +223,30 @@ impl LogLevel for LogFilter {
 #[cfg(test)]
 mod tests {
     use tracing_subscriber::filter::LevelFilter;
+
+    /// linkerd2-proxy's targets reach ringmesh's events.
+    #[test]
+    fn linkerd_targets_name_ringmeshs() {
+        use super::with_own_targets as w;
+        assert_eq!(
+            w("warn,linkerd=info,hickory=error,[{headers}]=off,[{request}]=off"),
+            "warn,linkerd=info,ringmesh=info,hickory=error,[{headers}]=off,[{request}]=off"
+        );
+        assert_eq!(
+            w("linkerd2_proxy=debug"),
+            "linkerd2_proxy=debug,ringmesh=debug"
+        );
+        assert_eq!(
+            w("linkerd[conn{a=1,b=2}]=trace"),
+            "linkerd[conn{a=1,b=2}]=trace,ringmesh[conn{a=1,b=2}]=trace"
+        );
+        assert_eq!(w("info,linkerd_app=debug"), "info,linkerd_app=debug");
+        assert_eq!(w(""), "");
+        let f = super::filter_builder()
+            .parse(w("warn,linkerd=info"))
+            .unwrap();
+        assert_eq!(f.max_level_hint(), Some(LevelFilter::INFO));
+    }
 
     /// An empty filter, or one naming targets only, leaves the rest at
     /// `warn`, as linkerd2-proxy's (`EnvFilter`'s own default is `error`).

@@ -65,21 +65,15 @@ impl Proxy {
     pub fn start_with(mut cfg: Config, hooks: Hooks) -> Result<Self, StartError> {
         let driver = choose_driver(cfg.io_driver)?;
         let available = available_cores();
-        let n = match cfg.cores {
-            // As linkerd2-proxy: more workers than CPUs only contend (a
-            // thread, ring and listener each), so the CPUs are the limit.
-            Some(want) if want > available => {
-                tracing::warn!(
-                    requested = want,
-                    available,
-                    "LINKERD2_PROXY_CORES is more than the CPUs available; using {available}"
-                );
-                available
-            }
-            Some(want) => want,
-            None => available,
+        // As linkerd2-proxy: more workers than CPUs only contend (a
+        // thread, ring and listener each), so the CPUs are the limit.
+        let (n, capped) = cfg.workers(available);
+        if capped {
+            tracing::warn!(
+                available,
+                "LINKERD2_PROXY_CORES (or _CORES_MIN, _CORES_MAX) is more than the CPUs available; using {available}"
+            );
         }
-        .max(1);
         // Workers share limits by this count.
         cfg.cores = Some(n);
         tracing::info!(workers = n, driver = %driver, "starting");

@@ -677,3 +677,31 @@ fn workers_are_capped_at_the_cpus() {
         p.seen
     );
 }
+
+/// What Linkerd's injector renders runs as linkerd2-proxy reads it: the
+/// worker limits of `proxy.runtime.workers` (`_CORES_MAX`, with
+/// `_CORES` unset: one worker, not one per CPU) and its default log filter,
+/// whose `linkerd=info` shows ringmesh's own info lines.
+#[test]
+fn linkerd_worker_limits_and_log_targets() {
+    let (p, _listen) = Running::spawn_ready(|listen| {
+        let fwd = format!("{listen}=127.0.0.1:9");
+        let mut cmd = ringmesh(
+            "uring",
+            &[
+                (
+                    "LINKERD2_PROXY_LOG",
+                    "warn,linkerd=info,hickory=error,[{headers}]=off,[{request}]=off",
+                ),
+                ("LINKERD2_PROXY_CORES_MIN", "1"),
+                ("LINKERD2_PROXY_CORES_MAX", "1"),
+                ("RINGMESH_TCP_FORWARD", &fwd),
+            ],
+        );
+        cmd.env_remove("LINKERD2_PROXY_CORES");
+        cmd
+    });
+    let starting = p.seen.iter().find(|l| l.contains("starting"));
+    let starting = starting.unwrap_or_else(|| panic!("an info line: {:?}", p.seen));
+    assert!(starting.contains("workers=1"), "{starting}");
+}
