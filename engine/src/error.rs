@@ -88,6 +88,9 @@ pub(crate) struct ProxyError {
     /// go again on another connection if nothing of it was lost (which
     /// the caller knows; see `retry`).
     retryable: bool,
+    /// Writing the request failed: the upstream cannot have taken it
+    /// whole, so even a method that is not idempotent may go again.
+    unsent: bool,
     /// What a route filter's answer carries, and the endpoint a failure
     /// was met at (boxed: one pointer in every error, which connection
     /// tasks hold).
@@ -121,6 +124,7 @@ impl ProxyError {
             kind,
             reason: reason.into(),
             retryable: false,
+            unsent: false,
             filter: None,
         }
     }
@@ -276,6 +280,18 @@ impl ProxyError {
     pub(crate) fn or_retry(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
         self
+    }
+
+    /// Marks the failure as the request's write's: it never reached the
+    /// upstream whole (see [`Self::unsent`]).
+    pub(crate) fn on_write(mut self) -> Self {
+        self.unsent = true;
+        self
+    }
+
+    /// Whether writing the request failed (so it was not taken).
+    pub(crate) fn unsent(&self) -> bool {
+        self.unsent
     }
 
     /// The same error, said differently (the cause was found elsewhere).

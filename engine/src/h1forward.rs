@@ -468,8 +468,8 @@ async fn send_head(
         Err(e) => {
             let e = ProxyError::upstream(format!("sending the request upstream failed: {e}"));
             // Nothing of a response arrived: may go again if nothing of the
-            // request is lost (`exchange` knows).
-            Err(e.or_retry(true))
+            // request is lost (`exchange` knows); not taken whole.
+            Err(e.or_retry(true).on_write())
         }
     }
 }

@@ -529,7 +529,7 @@ async fn attempts(
         } else {
             match (&outcome.end, &in_flight) {
                 (Exchange::Failed(Failure::Answer(e)), _)
-                    if e.retryable() && tries.retry_stale(reused, sent.elapsed()) =>
+                    if e.retryable() && tries.retry_stale(reused, e.unsent()) =>
                 {
                     tracing::debug!(peer = %t.c.peer, upstream = %addr, "pooled connection was stale; retrying on a new one");
                     Retry::Stale

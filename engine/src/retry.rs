@@ -10,9 +10,10 @@
 //!   service's per-worker budget (20 % of requests plus 10 per second);
 //! - **stale**: a pooled HTTP/1 connection failed before any response byte
 //!   (the upstream had closed it): once, on a new connection; a method
-//!   that is not idempotent only when the failure came within
-//!   [`STALE_RACE`] of sending (the upstream's close crossed the request,
-//!   rather than the upstream taking it, working on it and dying);
+//!   that is not idempotent only when writing it failed (the connection
+//!   was gone before it could be sent). Once its bytes went out, a POST
+//!   is never sent again: the upstream may have taken it and died working
+//!   on it (as nginx and hyper, linkerd2-proxy's client, decide);
 //! - **unprocessed**: an HTTP/2 stream the upstream refused or left above a
 //!   GOAWAY's last stream id: again, up to [`MAX_TRIES`] attempts in all.
 //!
@@ -33,12 +34,6 @@ use crate::route::Dst;
 pub(crate) const MAX_ANSWER_RETRIES: usize = RetryPolicy::DEFAULT_LIMIT as usize;
 /// Attempts per request when HTTP/2 upstreams leave its stream unprocessed.
 pub(crate) const MAX_TRIES: u32 = 3;
-
-/// How soon after a request went on a pooled connection a failure with no
-/// response byte still reads as the connection's close crossing the
-/// request (a round trip): a POST that failed later may have been worked
-/// on, and is not sent again.
-pub(crate) const STALE_RACE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A response held back from the client for a retry: which statuses are
 /// held, and the one that was.
@@ -228,14 +223,14 @@ impl Attempts {
     }
 
     /// An attempt on a pooled (`reused`) connection failed before any
-    /// response byte, `after` it was sent: true when it goes again, once,
-    /// on a new connection (a method that is not idempotent only within
-    /// [`STALE_RACE`]).
-    pub(crate) fn retry_stale(&mut self, reused: bool, after: std::time::Duration) -> bool {
+    /// response byte (`unsent`: writing the request failed): true when it
+    /// goes again, once, on a new connection (a method that is not
+    /// idempotent only when unsent).
+    pub(crate) fn retry_stale(&mut self, reused: bool, unsent: bool) -> bool {
         if !reused || !self.repeatable || self.stale_retried {
             return false;
         }
-        if !self.idempotent && after > STALE_RACE {
+        if !self.idempotent && !unsent {
             return false;
         }
         self.stale_retried = true;
@@ -437,19 +432,21 @@ mod tests {
 
     #[test]
     fn stale_connection_once_when_repeatable() {
-        use std::time::Duration;
-        let (soon, late) = (Duration::from_millis(1), Duration::from_millis(500));
+        let (unsent, sent) = (true, false);
         let mut a = Attempts::with_service(None, false, true);
-        assert!(!a.retry_stale(false, soon), "a new connection is not stale");
-        assert!(a.retry_stale(true, soon), "any method, once, at once");
-        assert!(!a.retry_stale(true, soon));
+        assert!(
+            !a.retry_stale(false, unsent),
+            "a new connection is not stale"
+        );
+        assert!(a.retry_stale(true, unsent), "any method, once, when unsent");
+        assert!(!a.retry_stale(true, unsent));
         let mut streamed = Attempts::with_service(None, true, false);
-        assert!(!streamed.retry_stale(true, soon), "its body is gone");
-        // Failed long after it was sent: a POST may have been worked on.
+        assert!(!streamed.retry_stale(true, unsent), "its body is gone");
+        // Failed after it was written: a POST may have been worked on.
         let mut post = Attempts::with_service(None, false, true);
-        assert!(!post.retry_stale(true, late));
+        assert!(!post.retry_stale(true, sent));
         let mut get = Attempts::with_service(None, true, true);
-        assert!(get.retry_stale(true, late), "idempotent: any time");
+        assert!(get.retry_stale(true, sent), "idempotent: written or not");
     }
 
     #[test]

@@ -758,7 +758,7 @@ pub(crate) async fn h2_to_h1(
             Ok(attempted) => break (up, addr, guard, attempted),
             // A pooled connection the upstream closed meanwhile: once more
             // on a new one, when nothing of a body was consumed.
-            Err(e) if e.retryable() && attempts.retry_stale(reused, now.elapsed()) => fresh = true,
+            Err(e) if e.retryable() && attempts.retry_stale(reused, e.unsent()) => fresh = true,
             Err(e) => {
                 if e.status() >= 502 {
                     obs.endpoint_outcome(guard.as_ref(), false);
@@ -1018,7 +1018,9 @@ async fn h1_attempt(
     let (res, h) = up.wr.write_all(std::mem::take(&mut req.head)).await;
     req.head = h;
     let n = res.map_err(|e| {
-        ProxyError::upstream(format!("sending the request upstream failed: {e}")).or_retry(true)
+        ProxyError::upstream(format!("sending the request upstream failed: {e}"))
+            .or_retry(true)
+            .on_write()
     })?;
     up.meter.wrote(n);
     if let Some(body) = req.body.take() {
