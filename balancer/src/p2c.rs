@@ -76,12 +76,13 @@ impl EndpointState {
         self.failed_at.set(Some(now));
     }
 
-    /// A connection to it succeeded: a failure's penalty is forgotten
-    /// (its next answers set its estimate).
+    /// A connection to it succeeded: a failure's penalty is forgotten, in
+    /// both estimates (its next answers and connections set them).
     pub fn connect_succeeded(&self, now: Instant) {
         if self.connect_failures.replace(0) > 0 {
             self.failed_at.set(None);
             self.response.forget(now);
+            self.connect.forget(now);
         }
     }
 

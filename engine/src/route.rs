@@ -717,7 +717,12 @@ where
         let started = Instant::now();
         let guard = OpenGuard::request(ep, started);
         match connect(addr).await {
-            Ok(conn) => return Ok((conn, addr, guard)),
+            Ok(conn) => {
+                // Reached (a new connection or a pooled one): a past
+                // failure's penalty is forgotten.
+                guard.endpoint().connect_succeeded(Instant::now());
+                return Ok((conn, addr, guard));
+            }
             // Out of descriptors or memory here: every endpoint would fail
             // alike, and none is to blame.
             Err(e) if e.proxy_exhausted() => return Err(e),

@@ -148,10 +148,22 @@ impl Drop for Nginx {
 /// seconds. A refused connection puts a second of latency in its
 /// estimate (so requests avoid it at once); the balancer probes it after
 /// a second (then 2, 4 … s while it keeps failing), and a connection that
-/// succeeds forgets the penalty. (It got no request for 40–45 s: the
-/// penalty had to decay.)
+/// succeeds forgets the penalty, so it takes its share again, not a probe
+/// now and then. (It got no request for 40–45 s: the penalty had to decay;
+/// then only probes, every 4 s: a success did not clear the penalty, nor
+/// the connect latency's an opaque connection is balanced by.) HTTP and
+/// opaque TCP.
 #[test]
 fn a_restarted_backend_is_taken_back() {
+    restarted_backend(false);
+}
+
+#[test]
+fn a_restarted_opaque_backend_is_taken_back() {
+    restarted_backend(true);
+}
+
+fn restarted_backend(opaque: bool) {
     use std::process::{Command, Stdio};
     let dir = TempDir::new("restart");
     let ports: Vec<u16> = (0..2).map(|_| closed_port().port()).collect();
@@ -189,13 +201,14 @@ fn a_restarted_backend_is_taken_back() {
     let mut backends = Kill(vec![start(0), start(1)]);
     let eps: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
     let file = service_file(&dir, "web.test:80", &eps, "");
-    let proxy = start_proxy(
-        IoDriver::Uring,
-        &[
-            ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-        ],
-    );
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", "127.0.0.1:0=web.test:80"),
+        ("RINGMESH_DISCOVERY_STATIC", file.as_str()),
+    ];
+    if opaque {
+        vars.push(("RINGMESH_OUTBOUND_OPAQUE_PORTS", "80"));
+    }
+    let proxy = start_proxy(IoDriver::Uring, &vars);
     let fwd = proxy.forward_addrs()[0];
     let who = || {
         use std::io::{Read, Write};
@@ -228,6 +241,18 @@ fn a_restarted_backend_is_taken_back() {
     });
     assert!(seen, "the restarted backend got no request in 8 s");
     eprintln!("taken back after {:?}", back.elapsed());
+    // And it takes its share again (two alike endpoints: about half).
+    let n = 60;
+    let to_it = (0..n)
+        .filter(|_| {
+            thread::sleep(Duration::from_millis(10));
+            who() == "backend0"
+        })
+        .count();
+    assert!(
+        to_it >= n / 5,
+        "the restarted backend took {to_it} of the next {n} requests"
+    );
     proxy.shutdown();
     proxy.wait();
 }
