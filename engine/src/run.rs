@@ -500,6 +500,7 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
             let retain = worker.cfg.admin.metrics_retain_idle;
             worker.telemetry.tcp.borrow_mut().evict_idle(retain);
             worker.telemetry.http.borrow_mut().evict_idle(retain);
+            worker.telemetry.errors.borrow_mut().evict_idle(retain);
             let _ = reply.send((
                 worker.stats(),
                 worker.telemetry.tcp.borrow().snapshot(),

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use super::http::HttpShard;
 use super::labels::Direction;
@@ -66,29 +67,71 @@ impl ProxyErrorKind {
     }
 }
 
-/// A worker's counts of connections it could not serve.
+/// A worker's counts of connections it could not serve, by direction,
+/// original destination and error. Each direction's label sets are capped
+/// alone at [`MAX_SERIES`] (a flood of one side's errors, to addresses a
+/// client picks, must not hide the other's); past the cap a direction's
+/// errors are still counted, under `target_addr="other"`. Label sets idle
+/// for `LINKERD2_PROXY_METRICS_RETAIN_IDLE` are dropped ([`Self::evict_idle`]).
 #[derive(Clone, Debug, Default)]
-pub struct ErrorShard(pub HashMap<(Direction, SocketAddr, ProxyErrorKind), u64>);
+pub struct ErrorShard {
+    series: HashMap<(Direction, Option<SocketAddr>, ProxyErrorKind), Count>,
+    /// Label sets with a target, per direction (inbound, outbound).
+    targets: [usize; 2],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Count {
+    n: u64,
+    last: Instant,
+}
+
+fn side(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
 
 impl ErrorShard {
     /// Counts a connection to `target` (its original destination) that
     /// the proxy could not serve.
     pub fn tcp(&mut self, direction: Direction, target: SocketAddr, kind: ProxyErrorKind) {
-        let key = (direction, target, kind);
-        if let Some(n) = self.0.get_mut(&key) {
-            *n += 1;
-            return;
+        let now = Instant::now();
+        let mut key = (direction, Some(target), kind);
+        if !self.series.contains_key(&key) {
+            if self.targets[side(direction)] >= MAX_SERIES {
+                cap_hit("tcp_errors");
+                key.1 = None;
+            } else {
+                self.targets[side(direction)] += 1;
+            }
         }
-        if self.0.len() >= MAX_SERIES {
-            cap_hit("tcp_errors");
-            return;
-        }
-        self.0.insert(key, 1);
+        let c = self.series.entry(key).or_insert(Count { n: 0, last: now });
+        c.n += 1;
+        c.last = now;
+    }
+
+    /// Drops the label sets that have not counted for `retain`.
+    pub fn evict_idle(&mut self, retain: Duration) {
+        let targets = &mut self.targets;
+        self.series.retain(|(d, target, _), c| {
+            let keep = c.last.elapsed() < retain;
+            if !keep && target.is_some() {
+                targets[side(*d)] -= 1;
+            }
+            keep
+        });
     }
 
     pub fn merge(&mut self, other: &ErrorShard) {
-        for (k, n) in &other.0 {
-            *self.0.entry(*k).or_default() += n;
+        for (k, c) in &other.series {
+            let mine = self
+                .series
+                .entry(*k)
+                .or_insert(Count { n: 0, last: c.last });
+            mine.n += c.n;
+            mine.last = mine.last.max(c.last);
         }
     }
 
@@ -97,9 +140,15 @@ impl ErrorShard {
     /// linkerd2-proxy).
     pub fn encode(&self, http: &HttpShard, out: &mut String) {
         let mut tcp: Vec<_> = self
-            .0
+            .series
             .iter()
-            .map(|((d, target, kind), n)| (*d, format!("target_addr=\"{target}\","), *kind, *n))
+            .map(|((d, target, kind), c)| {
+                let label = match target {
+                    Some(t) => format!("target_addr=\"{t}\","),
+                    None => "target_addr=\"other\",".to_string(),
+                };
+                (*d, label, *kind, c.n)
+            })
             .collect();
         tcp.sort();
         encode_families(out, "tcp", "TCP connections", &tcp);
@@ -189,5 +238,41 @@ mod tests {
         assert!(out.contains("outbound_http_errors_total{error=\"i/o\"} 1\n"));
         assert!(!out.contains("inbound_http_errors_total"), "{out}");
         assert_eq!(out.matches("# TYPE").count(), 3, "{out}");
+    }
+
+    /// A flood of one direction's errors to distinct targets: that
+    /// direction's are capped and counted on under `target_addr="other"`;
+    /// the other direction's still get their own series; idle ones go.
+    #[test]
+    fn each_direction_is_capped_alone_and_idle_series_go() {
+        let mut shard = ErrorShard::default();
+        let kind = ProxyErrorKind::TlsDetectTimeout;
+        for i in 0..(MAX_SERIES as u32 + 500) {
+            let ip = std::net::Ipv4Addr::from(0x7f00_0000 + i);
+            shard.tcp(Direction::Inbound, SocketAddr::from((ip, 4143)), kind);
+        }
+        let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        for _ in 0..3 {
+            shard.tcp(Direction::Outbound, target, ProxyErrorKind::FailFast);
+        }
+        let mut out = String::new();
+        shard.encode(&HttpShard::default(), &mut out);
+        assert!(out.contains(
+            "inbound_tcp_errors_total{target_addr=\"other\",error=\"tls detection timeout\"} 500\n"
+        ));
+        assert!(out.contains(
+            "outbound_tcp_errors_total{target_addr=\"10.0.0.1:80\",error=\"failfast\"} 3\n"
+        ));
+        let inbound: u64 = out
+            .lines()
+            .filter(|l| l.starts_with("inbound_tcp_errors_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(inbound, MAX_SERIES as u64 + 500, "every error counted");
+        shard.evict_idle(Duration::ZERO);
+        assert!(shard.series.is_empty());
+        assert_eq!(shard.targets, [0, 0]);
+        shard.tcp(Direction::Inbound, target, kind);
+        assert_eq!(shard.targets, [1, 0], "room again once evicted");
     }
 }
