@@ -814,7 +814,9 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
         }
         let addr = match r.data() {
             Some(RData::A(a)) => IpAddr::V4(a.0),
-            Some(RData::AAAA(aaaa)) => IpAddr::V6(aaaa.0),
+            // An IPv4-mapped answer is its IPv4 address (judged and
+            // connected to as that).
+            Some(RData::AAAA(aaaa)) => IpAddr::V6(aaaa.0).to_canonical(),
             _ => continue,
         };
         // No endpoint has these: Linux connects an unspecified address to
@@ -849,7 +851,9 @@ fn extract(msg: &Message, qname: &Name, qtype: RecordType) -> Answer {
             .filter(|r| r.dns_class() == DNSClass::IN && srv.iter().any(|s| s.target == *r.name()))
             .filter_map(|r| match r.data() {
                 Some(RData::A(a)) => Some((r.name().clone(), IpAddr::V4(a.0), r.ttl())),
-                Some(RData::AAAA(a)) => Some((r.name().clone(), IpAddr::V6(a.0), r.ttl())),
+                Some(RData::AAAA(a)) => {
+                    Some((r.name().clone(), IpAddr::V6(a.0).to_canonical(), r.ttl()))
+                }
                 _ => None,
             })
             .collect()
@@ -1073,6 +1077,23 @@ mod tests {
         }
         let ans = extract(&wire(&msg), &name("web.test."), RecordType::A);
         assert_eq!(ans.addrs, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    /// An IPv4-mapped AAAA answer is its IPv4 address: judged as that
+    /// (`::ffff:0.0.0.0` is unspecified) and connected to as that.
+    #[test]
+    fn mapped_answers_are_ipv4() {
+        let mut msg = response("web.test.", RecordType::AAAA, ResponseCode::NoError);
+        for ip in ["::ffff:0.0.0.0", "::ffff:192.0.2.9"] {
+            let ip = ip.parse::<Ipv6Addr>().unwrap();
+            msg.add_answer(Record::from_rdata(
+                name("web.test."),
+                60,
+                RData::AAAA(AAAA::from(ip)),
+            ));
+        }
+        let ans = extract(&wire(&msg), &name("web.test."), RecordType::AAAA);
+        assert_eq!(ans.addrs, vec!["192.0.2.9".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

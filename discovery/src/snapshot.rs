@@ -239,7 +239,11 @@ impl Authority {
         Ok(Self(format!("{}:{port}", host.to_ascii_lowercase()).into()))
     }
 
+    /// An address's name; an IPv4-mapped IPv6 address is its IPv4 one
+    /// (`[::ffff:10.0.0.1]:80` names the service `10.0.0.1:80` does, as
+    /// a redirected IPv4 connection's original destination reads).
     pub fn from_addr(addr: SocketAddr) -> Self {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         Self(addr.to_string().into())
     }
 
@@ -376,6 +380,10 @@ mod tests {
         assert_eq!((v6.host(), v6.port()), ("::1", 8080));
         let name = Authority::parse("Web_1.Test.:80").unwrap();
         assert_eq!(name.as_str(), "web_1.test:80");
+        // IPv4-mapped: the IPv4 address's name.
+        let mapped = Authority::parse("[::ffff:127.0.0.1]:80").unwrap();
+        assert_eq!(mapped.as_str(), "127.0.0.1:80");
+        assert_eq!(mapped, Authority::parse("[::ffff:7f00:1]:80").unwrap());
     }
 
     #[test]

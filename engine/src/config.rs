@@ -1123,7 +1123,7 @@ impl Parser<'_> {
                 Ok(None)
             } else {
                 s.parse()
-                    .map(Some)
+                    .map(|a| Some(canonical(a)))
                     .map_err(|_| "expected ip:port (IPv6 in brackets)".to_string())
             }
         })
@@ -1164,7 +1164,7 @@ impl Parser<'_> {
                 continue;
             };
             let listen = match listen.trim().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
+                Ok(a) => Some(canonical(a)),
                 Err(_) => {
                     self.bad(TCP_FORWARD, entry, "listen address is not ip:port");
                     None
@@ -1349,6 +1349,7 @@ impl Parser<'_> {
                 .filter(|s| !s.is_empty())
                 .map(|ip| {
                     ip.parse::<IpAddr>()
+                        .map(|ip| ip.to_canonical())
                         .map_err(|_| format!("{ip:?} is not an IP address"))
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -1979,6 +1980,18 @@ pub fn parse_trust_anchors(pem: &str) -> Result<Vec<CertificateDer<'static>>, St
 
 /// `LINKERD2_PROXY_OUTBOUND_LISTEN_ADDRS`: one or two `ip:port`,
 /// comma-separated (empty: as if unset).
+/// An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:4140`) as the IPv4
+/// address it maps (a socket cannot bind the mapped form; it names the
+/// same listener, endpoint or peer).
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            SocketAddr::new(v6.ip().to_canonical(), v6.port())
+        }
+        a => a,
+    }
+}
+
 fn parse_listen_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     let addrs = s
         .split(',')
@@ -1986,6 +1999,7 @@ fn parse_listen_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
         .filter(|a| !a.is_empty())
         .map(|a| {
             a.parse::<SocketAddr>()
+                .map(canonical)
                 .map_err(|_| format!("{a:?}: expected ip:port (IPv6 in brackets)"))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -2241,6 +2255,34 @@ mod tests {
                 "10.0.0.1:53".parse().unwrap()
             ]
         );
+    }
+
+    /// IPv4-mapped addresses are read as the IPv4 ones they map: a
+    /// listener binds them, overlaps are found, `INBOUND_IPS` matches.
+    #[test]
+    fn mapped_addresses_are_ipv4() {
+        let c = parse(&[
+            (OUTBOUND_LISTEN_ADDR, "[::ffff:127.0.0.1]:4140"),
+            (ADMIN_LISTEN_ADDR, "[::ffff:127.0.0.1]:4191"),
+            (INBOUND_IPS, "::ffff:10.0.0.7, ::1"),
+            (TCP_FORWARD, "[::ffff:127.0.0.1]:15432=db.test:5432"),
+        ])
+        .unwrap();
+        assert_eq!(c.admin.listen, Some("127.0.0.1:4191".parse().unwrap()));
+        assert_eq!(
+            c.inbound.ips,
+            vec![
+                "10.0.0.7".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.forwards[0].listen, "127.0.0.1:15432".parse().unwrap());
+        let err = parse(&[
+            (OUTBOUND_LISTEN_ADDR, "127.0.0.1:7000"),
+            (ADMIN_LISTEN_ADDR, "[::ffff:127.0.0.1]:7000"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains(ADMIN_LISTEN_ADDR), "{err}");
     }
 
     #[test]

@@ -61,6 +61,14 @@ fn ports(min: u16, max: u16) -> observe_request::Match {
 fn destination(v: &str) -> Result<Vec<observe_request::Match>, String> {
     let net = |ip: IpAddr, bits: u8| -> Result<observe_request::Match, String> {
         ipnet::IpNet::new(ip, bits).map_err(|e| format!("--to {v}: {e}"))?;
+        // An IPv4-mapped network is the IPv4 one (events carry IPv4
+        // addresses as such).
+        let (ip, bits) = match ip {
+            IpAddr::V6(v6) if bits >= 96 && v6.to_ipv4_mapped().is_some() => {
+                (ip.to_canonical(), bits - 96)
+            }
+            _ => (ip, bits),
+        };
         Ok(tcp_match(r#match::tcp::Match::Netmask(
             r#match::tcp::Netmask {
                 ip: Some(ip.into()),
@@ -68,7 +76,11 @@ fn destination(v: &str) -> Result<Vec<observe_request::Match>, String> {
             },
         )))
     };
-    if let Some(port) = v.strip_prefix(':') {
+    // (`::1` and `::/0` start with a colon too: `:PORT` is digits only.)
+    if let Some(port) = v
+        .strip_prefix(':')
+        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
         let p: u16 = port.parse().map_err(|_| format!("--to {v}: bad port"))?;
         return Ok(vec![ports(p, p)]);
     }
@@ -542,8 +554,43 @@ mod tests {
         let all = crate::tap::Tap::new(&parse(&[]).unwrap().request).unwrap();
         assert!(all.matcher.matches(&req("PUT", "/", "1.2.3.4:1")));
         assert_eq!(all.limit, crate::tap::MAX_LIMIT);
-        for bad in ["--limit 0", "--to nowhere", "--method", "--frob", "-o yaml"] {
+        for bad in [
+            "--limit 0",
+            "--to nowhere",
+            "--method",
+            "--frob",
+            "-o yaml",
+            "--to :x",
+        ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// IPv6 filters starting with `::` are addresses and networks, not
+    /// `:PORT`; a mapped one matches the IPv4 destination it maps.
+    #[test]
+    fn ipv6_destinations() {
+        let dst = |to: &str, d: &str| {
+            let a = parse(&args(&format!("--to {to}"))).unwrap();
+            let tap = crate::tap::Tap::new(&a.request).unwrap();
+            tap.matcher.matches(&crate::tap::TapRequest {
+                source: "127.0.0.1:1".parse().unwrap(),
+                destination: d.parse().unwrap(),
+                method: "GET",
+                scheme: "http",
+                authority: "a",
+                path: "/",
+                dst_labels: &[],
+                route_labels: &[],
+            })
+        };
+        assert!(dst("::1", "[::1]:80"));
+        assert!(!dst("::1", "127.0.0.1:80"));
+        assert!(dst("::/0", "[2001:db8::1]:80"));
+        assert!(dst("::1/128", "[::1]:80"));
+        assert!(dst("::ffff:127.0.0.1/128", "127.0.0.1:80"));
+        assert!(dst("[::ffff:127.0.0.1]:80", "127.0.0.1:80"));
+        assert!(dst(":80", "[::1]:80"));
+        assert!(!dst(":81", "[::1]:80"));
     }
 }
