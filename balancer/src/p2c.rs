@@ -6,8 +6,8 @@
 //! weight:
 //! - layer 7 ([`Balancer::pick_request`]): peak-EWMA of response latency
 //!   (to the first response byte) × (requests in flight / weight + 1);
-//! - layer 4 ([`Balancer::pick_untried`]): connect-latency peak-EWMA ×
-//!   open connections / weight.
+//! - layer 4 ([`Balancer::pick_untried`]): the larger of the connect and
+//!   first-bytes latency peak-EWMAs × (open connections / weight + 1).
 //!
 //! A loaded set converges to load proportional to weight and a slow
 //! endpoint is avoided at once. Idle, endpoints of equal latency tie and
@@ -167,16 +167,6 @@ impl EndpointState {
 /// idle request, whatever the weights).
 const TIE: f64 = 1.25;
 
-/// Which cost a pick compares.
-#[derive(Clone, Copy)]
-enum Layer {
-    /// Layer 7: latency × (requests in flight + 1).
-    Request,
-    /// Layer 4: latency × open connections (+ 1 when the two latencies
-    /// differ more than twofold).
-    Connection,
-}
-
 /// Counts a connection as open on its endpoint until dropped. Holding the
 /// `Rc` keeps the count correct even after the endpoint leaves the set.
 #[derive(Debug)]
@@ -327,9 +317,7 @@ impl Balancer {
     /// `None` when no endpoint is left.
     pub fn pick(&self, excluded: impl Fn(usize) -> bool) -> Option<usize> {
         let now = Instant::now();
-        self.pick_by(&excluded, now, Layer::Connection, |e| {
-            e.connection_load(now)
-        })
+        self.pick_by(&excluded, now, |e| e.connection_load(now))
     }
 
     /// Picks an endpoint for a connection (layer-4 cost) whose address is
@@ -348,7 +336,7 @@ impl Balancer {
     /// As [`Self::pick_request`], at a given time (simulations).
     pub fn pick_request_at(&self, tried: &[SocketAddr], now: Instant) -> Option<Rc<EndpointState>> {
         let excluded = |i: usize| tried.contains(&self.endpoints[i].addr);
-        let i = self.pick_by(&excluded, now, Layer::Request, |e| e.request_load(now))?;
+        let i = self.pick_by(&excluded, now, |e| e.request_load(now))?;
         Some(self.endpoints[i].clone())
     }
 
@@ -366,13 +354,12 @@ impl Balancer {
         &self,
         excluded: &impl Fn(usize) -> bool,
         now: Instant,
-        layer: Layer,
         cost: impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let healthy = |i: usize| excluded(i) || self.endpoints[i].is_ejected(now);
         let picked = self
-            .pick_among(&healthy, layer, &cost)
-            .or_else(|| self.pick_among(excluded, layer, &cost))?;
+            .pick_among(&healthy, &cost)
+            .or_else(|| self.pick_among(excluded, &cost))?;
         // One probe per interval: the next picks see its penalty again.
         let ep = &self.endpoints[picked];
         if ep.on_probation(now) {
@@ -384,7 +371,6 @@ impl Balancer {
     fn pick_among(
         &self,
         excluded: &impl Fn(usize) -> bool,
-        layer: Layer,
         cost: &impl Fn(&EndpointState) -> (Option<f64>, f64),
     ) -> Option<usize> {
         let a = self.draw(excluded)?;
@@ -396,16 +382,16 @@ impl Balancer {
         let default = DEFAULT_RTT.as_nanos() as f64;
         let est_a_or = est_a.or(est_b).unwrap_or(default);
         let est_b_or = est_b.or(est_a).unwrap_or(default);
-        // Requests: latency × (in flight + 1). Connections: latency × open
-        // connections (so idle endpoints tie and the weighted draw shares
-        // them by weight, as least-connections does), unless one latency is
-        // more than twice the other: then latency × (open + 1), so that a
-        // slow server is not picked just for having nothing open.
-        let extra = match layer {
-            Layer::Request => 1.0,
-            Layer::Connection if est_a_or.max(est_b_or) > 2.0 * est_a_or.min(est_b_or) => 1.0,
-            Layer::Connection => 0.0,
-        };
+        // Requests: latency × (in flight + 1); connections: latency × (open
+        // + 1), so idle endpoints tie (the weighted draw shares them by
+        // weight, as least-connections does), a slow server is not picked
+        // just for having nothing open, and fewer open wins beyond the tie.
+        // Connections count the `+ 1` too: with latency × open alone, one
+        // connection still closing when the next is balanced (back-to-back
+        // short connections: the close is seen a moment after the next
+        // accept) made its endpoint infinitely dearer than an idle one, and
+        // the next always went to the other: a [1, 9] pair split 30/70.
+        let extra = 1.0;
         // The load counts per unit of weight; the latency, and the `+ 1`
         // of an idle endpoint, do not. The draws are by weight already: at
         // a tie (equal latencies, nothing in flight) the first draw wins,
@@ -501,6 +487,35 @@ mod tests {
             .filter(|_| b.pick_untried(&[]).unwrap().addr() == addr(3))
             .count();
         assert!(to_idle > 1800, "{to_idle}");
+    }
+
+    /// Back-to-back short connections, each still open when the next is
+    /// balanced (its close seen a moment later): shared by weight, not
+    /// flipped to whichever endpoint has none open.
+    #[test]
+    fn back_to_back_connections_share_by_weight() {
+        for (weights, light_share) in [([1, 9], 0.10), ([1, 1], 0.5)] {
+            let b = Balancer::new([(addr(1), weights[0]), (addr(2), weights[1])]);
+            for e in b.endpoints() {
+                e.observe_connect(Duration::from_micros(50));
+            }
+            let mut previous: Option<OpenGuard> = None;
+            let mut light = 0;
+            let n = 4000;
+            for _ in 0..n {
+                let ep = b.pick_untried(&[]).unwrap();
+                light += usize::from(ep.addr() == addr(1));
+                let next = OpenGuard::new(ep);
+                // The previous one closes only now.
+                previous = Some(next);
+            }
+            drop(previous);
+            let share = light as f64 / f64::from(n);
+            assert!(
+                (share - light_share).abs() < 0.05,
+                "{weights:?}: the first endpoint took {share:.2}"
+            );
+        }
     }
 
     #[test]
