@@ -46,6 +46,9 @@ pub(crate) struct GuardedIo<I> {
     /// Its rate limits for warnings (`None` on the control core, whose
     /// few connections warn each time).
     warnings: Option<Rc<dyn Warnings>>,
+    /// Told, after each read, since when a header block has been coming
+    /// (`None` between blocks): the connection's owner times it.
+    head_watch: Option<Rc<std::cell::Cell<Option<Instant>>>>,
 }
 
 impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
@@ -86,7 +89,15 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
             peer,
             tripped: false,
             warnings,
+            head_watch: None,
         }
+    }
+
+    /// Keeps `watch` told since when a header block has been coming (see
+    /// [`FrameGuard::head_pending_since`]).
+    pub(crate) fn with_head_watch(mut self, watch: Rc<std::cell::Cell<Option<Instant>>>) -> Self {
+        self.head_watch = Some(watch);
+        self
     }
 
     fn is_upstream(&self) -> bool {
@@ -185,6 +196,9 @@ impl<I: AsyncReadRent + AsyncWriteRent> AsyncReadRent for GuardedIo<I> {
         // valid, and `buf` is exclusively ours until it is returned.
         let bytes = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), n) };
         let res = self.check(n, bytes).await;
+        if let Some(w) = &self.head_watch {
+            w.set(self.guard.head_pending_since());
+        }
         (res, buf)
     }
 

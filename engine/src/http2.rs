@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -90,6 +90,7 @@ pub(crate) async fn serve(
     meter.read(prefix.len());
     let tls = client.tls().clone();
     let side = w.cfg.http2.server(direction == Direction::Outbound);
+    let head_since = Rc::new(Cell::new(None));
     let io = GuardedIo::client_with(
         MeteredIo {
             io: PrefixedReadIo::new(client, std::io::Cursor::new(prefix)),
@@ -98,7 +99,8 @@ pub(crate) async fn serve(
         peer,
         Some(w.clone()),
         guard_limits(&side),
-    );
+    )
+    .with_head_watch(head_since.clone());
     let mut builder = server::Builder::new();
     builder
         .initial_window_size(side.stream_window)
@@ -156,6 +158,23 @@ pub(crate) async fn serve(
                     tracing::info!(%peer, "HTTP/2 client did not answer a keep-alive PING in time; closing");
                     break;
                 }
+                why = overdue(&active, &head_since, w.cfg.tcp.idle_timeout, w.cfg.http.header_read_timeout) => {
+                    match why {
+                        Overdue::Idle => {
+                            tracing::debug!(%peer, "HTTP/2 connection idle; closing");
+                            conn.graceful_shutdown();
+                        }
+                        Overdue::Head => {
+                            tracing::debug!(%peer, "HTTP/2 header block not finished within the header read timeout; closing");
+                            conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+                        }
+                    }
+                    // The GOAWAY is written as the connection is driven on
+                    // (bounded: a client that never reads).
+                    let flushed = async { while conn.accept().await.is_some() {} };
+                    let _ = monoio::time::timeout(CLOSE_FLUSH, flushed).await;
+                    break;
+                }
                 _ = stop.wait() => {
                     // GOAWAY: no new streams; open ones finish.
                     conn.graceful_shutdown();
@@ -199,6 +218,9 @@ const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Default)]
 struct Streams {
     count: Cell<usize>,
+    /// Streams started so far (the watchdog tells a busy connection from
+    /// an idle one by it).
+    started: Cell<u64>,
     none_left: Cell<Option<std::task::Waker>>,
 }
 
@@ -223,6 +245,7 @@ struct Active(Rc<Streams>);
 impl Active {
     fn enter(streams: &Rc<Streams>) -> Self {
         streams.count.set(streams.count.get() + 1);
+        streams.started.set(streams.started.get() + 1);
         Self(streams.clone())
     }
 }
@@ -235,6 +258,47 @@ impl Drop for Active {
             if let Some(w) = self.0.none_left.take() {
                 w.wake();
             }
+        }
+    }
+}
+
+/// Why the watchdog ends a client connection.
+enum Overdue {
+    /// No stream, and no header block coming, for the idle timeout.
+    Idle,
+    /// A header block not finished within the header read timeout.
+    Head,
+}
+
+/// A client connection's watchdog: resolves when it has been idle (no
+/// stream started or open, no header block coming) for `idle`
+/// (`RINGMESH_TCP_IDLE_TIMEOUT`, as an HTTP/1 keep-alive connection), or a
+/// header block has been coming for `head` (`RINGMESH_HTTP_HEADER_READ_TIMEOUT`,
+/// as an HTTP/1 head: a slowloris holds what the codec read of it). Looks
+/// every `head` or quarter of `idle`, whichever is less: one timer per
+/// connection every few seconds.
+async fn overdue(
+    active: &Streams,
+    head_since: &Cell<Option<Instant>>,
+    idle: Duration,
+    head: Duration,
+) -> Overdue {
+    let tick = head.min(idle / 4).max(Duration::from_millis(50));
+    let mut idle_since = Instant::now();
+    let mut started = active.started.get();
+    loop {
+        monoio::time::sleep(tick).await;
+        let now = Instant::now();
+        let pending = head_since.get();
+        if pending.is_some_and(|t| now >= t + head) {
+            return Overdue::Head;
+        }
+        let seen = active.started.get();
+        if active.count.get() > 0 || seen != started || pending.is_some() {
+            idle_since = now;
+            started = seen;
+        } else if now >= idle_since + idle {
+            return Overdue::Idle;
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::h2::{self, pattern_byte};
 use common::proc::*;
@@ -2120,3 +2120,76 @@ fn the_response_timeout_bounds_http2_upstreams() {
     });
     assert_eq!(a.expect("an answer").status, 200);
 }
+
+/// HTTP/2 clients are held to the same clocks as HTTP/1 ones: a header
+/// block not finished within `RINGMESH_HTTP_HEADER_READ_TIMEOUT` of its
+/// HEADERS (a slowloris: the codec holds what came, ~145 KB a stream)
+/// gets GOAWAY `ENHANCE_YOUR_CALM` and the close; a connection idle for
+/// `RINGMESH_TCP_IDLE_TIMEOUT` gets GOAWAY `NO_ERROR` and the close; one
+/// with requests coming now and then stays. Before, all three stayed open
+/// for as long as their clients liked.
+fn stuck_and_idle_clients(driver: IoDriver) {
+    use std::io::Write;
+    let origin = common::h2::origin(None);
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[
+            ("RINGMESH_HTTP_HEADER_READ_TIMEOUT", "1s"),
+            ("RINGMESH_TCP_IDLE_TIMEOUT", "2s"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let open = |first: &[u8]| {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        out.extend_from_slice(first);
+        s.write_all(&out).unwrap();
+        s
+    };
+    // GET / over http to a:1, without END_HEADERS: the block never ends.
+    let stuck = open(&frame(1, 1, 1, b"\x82\x86\x84"));
+    // A whole request, then nothing.
+    let idle = open(&frame(1, 5, 1, b"\x82\x86\x84\x01\x01a"));
+    // (Past the idle one's response: until GOAWAY, or the end.)
+    let goaway_of = |mut s: std::net::TcpStream| {
+        let t = Instant::now();
+        while let Some((kind, _, _, payload)) = read_frame(&mut s) {
+            if kind == 7 {
+                let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                return (Some(code), t.elapsed());
+            }
+        }
+        (None, t.elapsed())
+    };
+    let busy = std::thread::spawn(move || {
+        common::h2::runtime().block_on(async move {
+            let send = common::h2::connect(addr).await;
+            let until = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < until {
+                let a = common::h2::request(&send, "GET", "/hello", None).await;
+                assert_eq!(a.expect("a busy connection is served").status, 200);
+                monoio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    });
+    let (stuck_code, stuck_after) = goaway_of(stuck);
+    assert_eq!(
+        stuck_code,
+        Some(0xb),
+        "ENHANCE_YOUR_CALM for the stuck block"
+    );
+    assert!(stuck_after < Duration::from_secs(4), "{stuck_after:?}");
+    let (idle_code, idle_after) = goaway_of(idle);
+    assert_eq!(idle_code, Some(0), "NO_ERROR for the idle connection");
+    assert!(idle_after < Duration::from_secs(6), "{idle_after:?}");
+    busy.join().expect("the busy connection stayed");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    stuck_and_idle_clients_are_closed,
+    super::stuck_and_idle_clients
+);

@@ -121,6 +121,11 @@ pub enum Violation {
     /// preface is its SETTINGS).
     #[error("the connection does not start with a SETTINGS frame")]
     NoSettingsFirst,
+    /// A request's header block (HEADERS and its CONTINUATIONs) not
+    /// finished within the header read timeout (a slowloris: the codec
+    /// holds what it has).
+    #[error("a header block not finished in time")]
+    HeaderBlockTimeout,
 }
 
 impl Violation {
@@ -220,6 +225,9 @@ pub struct FrameGuard {
     param: [u8; 6],
     /// An unfinished header block: (CONTINUATION frames so far, bytes).
     block: Option<(u32, u32)>,
+    /// When the last HEADERS frame's header arrived (its block may still
+    /// be coming: [`FrameGuard::head_pending_since`]).
+    head_since: Option<Instant>,
     resets: Rate,
     pings: Rate,
     settings: Rate,
@@ -262,6 +270,7 @@ impl FrameGuard {
             header: [0; FRAME_HEADER],
             param: [0; 6],
             block: None,
+            head_since: None,
             resets: Rate::default(),
             pings: Rate::default(),
             settings: Rate::default(),
@@ -286,6 +295,19 @@ impl FrameGuard {
     /// a server opens none, push being off).
     pub fn last_stream_id(&self) -> u32 {
         self.last_stream_id
+    }
+
+    /// Since when a header block has been coming, while it is unfinished
+    /// (a HEADERS or CONTINUATION payload partly read, or CONTINUATIONs
+    /// still due); `None` between blocks.
+    pub fn head_pending_since(&self) -> Option<Instant> {
+        let mid_frame = matches!(self.state, State::Skip(_))
+            && matches!(self.header[3], HEADERS | CONTINUATION);
+        if self.block.is_some() || mid_frame {
+            self.head_since
+        } else {
+            None
+        }
     }
 
     /// Scans `buf`, the next bytes from the peer, in place: a
@@ -415,6 +437,7 @@ impl FrameGuard {
                 if !self.upstream && stream % 2 == 1 && stream > self.last_stream_id {
                     self.last_stream_id = stream;
                 }
+                self.head_since = Some(now);
                 self.block = (flags & FLAG_END_HEADERS == 0).then_some((0, len as u32));
                 if len as u32 > l.header_block_bytes {
                     return Err(Violation::HeaderBlockTooLarge);
@@ -497,6 +520,32 @@ mod tests {
         let mut bytes = PREFACE.to_vec();
         bytes.extend(frame(SETTINGS, 0, 0, &[]));
         (FrameGuard::new(GuardLimits::default()), bytes)
+    }
+
+    /// A header block is pending from its HEADERS frame's header until
+    /// the payload of the frame that ends it is read.
+    #[test]
+    fn a_pending_header_block_is_timed_from_its_headers() {
+        let (mut g, mut b) = start();
+        let t0 = Instant::now();
+        g.feed(&mut b, t0).unwrap();
+        assert_eq!(g.head_pending_since(), None);
+        let mut h = frame(HEADERS, 0, 1, &[0x82, 0x84]);
+        // Its frame header and half its payload.
+        g.feed(&mut h[..10], t0).unwrap();
+        assert_eq!(g.head_pending_since(), Some(t0));
+        g.feed(&mut h[10..], t0).unwrap();
+        assert_eq!(g.head_pending_since(), Some(t0), "CONTINUATION due");
+        let t1 = t0 + Duration::from_secs(1);
+        let mut c = frame(CONTINUATION, 0, 1, &[0x86]);
+        g.feed(&mut c, t1).unwrap();
+        assert_eq!(g.head_pending_since(), Some(t0), "timed from its HEADERS");
+        let mut end = frame(CONTINUATION, FLAG_END_HEADERS, 1, &[0x87]);
+        g.feed(&mut end, t1).unwrap();
+        assert_eq!(g.head_pending_since(), None);
+        let mut data = frame(DATA, 0, 1, &[0; 4]);
+        g.feed(&mut data[..11], t1).unwrap();
+        assert_eq!(g.head_pending_since(), None, "a body is not a head");
     }
 
     /// RFC 9113 §3.4: a client's preface is followed by SETTINGS;
