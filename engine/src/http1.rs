@@ -380,7 +380,7 @@ async fn keep_body(
         Ok(true) => Ok(Some(n)),
         Ok(false) => Err(None), // closed mid-body: nothing to answer
         Err(e) if is_cancelled(&e) => {
-            tracing::info!(peer = %t.c.peer, "request body not received within the request timeout");
+            crate::warn_limit::info_limited!(t.w, crate::warn_limit::Warning::ClientTimeout, peer = %t.c.peer, "request body not received within the request timeout");
             Err(Some(ProxyError::timeout(
                 "request timed out before the response",
             )))
@@ -700,7 +700,7 @@ async fn read_request_head(
             Ok(0) => return Ok(None), // closed (mid-head: nothing to answer)
             Ok(_) => {}
             Err(e) if is_cancelled(&e) && head_deadline.is_some() => {
-                tracing::info!(peer = %c.peer, "request head not received within the header-read timeout; closing");
+                crate::warn_limit::info_limited!(w, crate::warn_limit::Warning::ClientTimeout, peer = %c.peer, "request head not received within the header-read timeout; closing");
                 return Err(ProxyError::new(
                     Kind::HeadTimeout,
                     "request head not received in time",

@@ -461,7 +461,7 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         } else if let Some(t) = w.cfg.inbound.target {
             t
         } else {
-            tracing::info!(%peer, local = %c.local, "meshed connection without a transport header was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
+            crate::warn_limit::info_limited!(w, crate::warn_limit::Warning::NotRedirected, %peer, local = %c.local, "meshed connection without a transport header was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
             w.pools.bufs.put(prefix);
             return;
         };
@@ -871,7 +871,7 @@ async fn relay_opaque(
         ..
     } = decided;
     if matches!(target, Target::ByAuthority) {
-        tracing::info!(%peer, local = %c.local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
+        crate::warn_limit::info_limited!(w, crate::warn_limit::Warning::NotRedirected, %peer, local = %c.local, ?protocol, "outbound connection was not redirected and is not HTTP/1; closing");
         w.pools.bufs.put(prefix);
         return;
     }
@@ -1251,7 +1251,7 @@ fn route(
                 http = HttpDst::Local(t, Box::new(Verdict::unchecked()));
                 Target::Addr(t)
             } else {
-                tracing::info!(%peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
+                crate::warn_limit::info_limited!(w, crate::warn_limit::Warning::NotRedirected, %peer, %local, "inbound connection was not redirected and RINGMESH_INBOUND_TARGET is unset; closing");
                 return None;
             }
         }

@@ -40,10 +40,15 @@ pub(crate) enum Warning {
     /// An inbound connection to an address not in
     /// `LINKERD2_PROXY_INBOUND_IPS`.
     NotInboundIp,
+    /// A connection with nowhere to go (not redirected, and nothing it
+    /// names): closed (logged at INFO).
+    NotRedirected,
+    /// A client's request head or body not in time (INFO).
+    ClientTimeout,
 }
 
 impl Warning {
-    const ALL: [Warning; 12] = [
+    const ALL: [Warning; 14] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -56,6 +61,8 @@ impl Warning {
         Warning::TlsHandshake,
         Warning::Unauthorized,
         Warning::NotInboundIp,
+        Warning::NotRedirected,
+        Warning::ClientTimeout,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -72,6 +79,8 @@ impl Warning {
             Warning::TlsHandshake => "inbound TLS failed",
             Warning::Unauthorized => "connection denied by policy",
             Warning::NotInboundIp => "inbound address not allowed",
+            Warning::NotRedirected => "connection not redirected",
+            Warning::ClientTimeout => "client too slow",
         }
     }
 }
@@ -187,6 +196,17 @@ macro_rules! warn_limited {
     };
 }
 pub(crate) use warn_limited;
+
+/// As [`warn_limited!`], for INFO lines that can repeat per connection (a
+/// peer can make them at will): the same limits, per kind.
+macro_rules! info_limited {
+    ($worker:expr, $kind:expr, $($arg:tt)+) => {
+        if $worker.telemetry.warnings.admit($kind) {
+            tracing::info!($($arg)+);
+        }
+    };
+}
+pub(crate) use info_limited;
 
 #[cfg(test)]
 mod tests {

@@ -705,3 +705,38 @@ fn linkerd_worker_limits_and_log_targets() {
     let starting = starting.unwrap_or_else(|| panic!("an info line: {:?}", p.seen));
     assert!(starting.contains("workers=1"), "{starting}");
 }
+
+/// INFO lines a peer can cause once per connection are rate-limited like
+/// the warnings (10 per 10 s per worker and kind, then a count): 200
+/// plaintext connections straight to the inbound port with no
+/// `RINGMESH_INBOUND_TARGET` made 200 lines (12 700 a second in a flood).
+#[test]
+fn per_connection_info_lines_are_limited() {
+    let (mut p, listen) = Running::spawn_ready(|listen| {
+        ringmesh(
+            "uring",
+            &[
+                ("LINKERD2_PROXY_CORES", "1"),
+                ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", &listen.to_string()),
+                ("LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT", "1s"),
+            ],
+        )
+    });
+    for _ in 0..200 {
+        let mut c = std::net::TcpStream::connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // Closed by the proxy.
+        let _ = c.read(&mut [0u8; 64]);
+    }
+    p.wait_for("no such line", Duration::from_millis(500));
+    let lines = p
+        .seen
+        .iter()
+        .filter(|l| l.contains("was not redirected"))
+        .count();
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} lines for 200 connections"
+    );
+}
