@@ -101,6 +101,7 @@ pub const OUTBOUND_SERVER_HTTP2: &str = "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2";
 /// The largest `_MAX_HEADER_LIST_SIZE` (the `h2` crate's default).
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
 pub const HTTP2_MAX_STALLED_BYTES: &str = "RINGMESH_HTTP2_MAX_STALLED_BYTES";
+pub const HTTP_MAX_IN_FLIGHT_HEAD_BYTES: &str = "RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES";
 pub const INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const OUTBOUND_OPAQUE_PORTS: &str = "RINGMESH_OUTBOUND_OPAQUE_PORTS";
 pub const INGRESS_MODE: &str = "LINKERD2_PROXY_INGRESS_MODE";
@@ -733,6 +734,11 @@ pub struct HttpConfig {
     /// default), shared evenly between workers: past it a request is
     /// answered 503 at once.
     pub max_in_flight: [usize; 2],
+    /// Bytes of request heads in flight at most, both sides, shared evenly
+    /// between workers: past it a request is answered 503 at once (a
+    /// request holds a few times its head's size while in flight, and
+    /// large heads are cheap to send).
+    pub max_in_flight_head_bytes: usize,
     /// Idle upstream HTTP/1 connections kept for reuse, inbound and
     /// outbound (linkerd2-proxy's settings and defaults).
     pub pool: [PoolLimits; 2],
@@ -958,6 +964,7 @@ impl Config {
                 failfast_timeout: Duration::from_secs(3),
                 queue_capacity: 10_000,
                 max_in_flight: [100_000, 100_000],
+                max_in_flight_head_bytes: 64 << 20,
                 pool: [PoolLimits::default(); 2],
             },
             http2: Http2Config {
@@ -1509,6 +1516,14 @@ impl Parser<'_> {
             }) {
                 c.http.max_in_flight[i] = n;
             }
+        }
+        if let Some(n) = self.parse_with(HTTP_MAX_IN_FLIGHT_HEAD_BYTES, |s| {
+            match s.parse::<usize>() {
+                Ok(n) if n >= 1 << 20 => Ok(n),
+                _ => Err("expected a number of bytes, at least 1048576".to_string()),
+            }
+        }) {
+            c.http.max_in_flight_head_bytes = n;
         }
         for (i, key) in [INBOUND_MAX_IDLE_CONNS, OUTBOUND_MAX_IDLE_CONNS]
             .into_iter()

@@ -233,7 +233,7 @@ async fn request(
     } else {
         Direction::Outbound
     };
-    let obs = Observer::start(w, direction, &c.tls, c.peer);
+    let obs = Observer::start(w, direction, &c.tls, c.peer, head_len);
     let mut t = Turn {
         w,
         c,

@@ -324,6 +324,17 @@ fn set_client_id(headers: &mut http::HeaderMap, client_tls: &TlsStatus) {
     }
 }
 
+/// About what a request's head holds: its fields as HPACK counts them
+/// (name, value and 32 bytes each) and its target.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    fields + req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+}
+
 /// Proxies one client stream: route, pick an endpoint, forward.
 async fn proxy_stream(
     w: &Rc<Worker>,
@@ -333,7 +344,7 @@ async fn proxy_stream(
     mut respond: server::SendResponse<Bytes>,
     dial: ConnectConfig,
 ) {
-    let mut obs = Observer::start(w, direction, client_tls, peer);
+    let mut obs = Observer::start(w, direction, client_tls, peer, head_size(&req));
     let is_grpc = is_grpc(req.headers());
     let mut req = req;
     if direction == Direction::Inbound {

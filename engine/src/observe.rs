@@ -47,6 +47,8 @@ pub(crate) struct Observer<'w> {
     access: Option<Box<crate::access_log::Entry>>,
     /// One request too many for the worker's in-flight bound.
     shed: bool,
+    /// Its head's size, counted in flight.
+    head_bytes: usize,
     /// Its response was counted ([`Observer::end`]).
     ended: bool,
 }
@@ -56,13 +58,16 @@ impl<'w> Observer<'w> {
     /// `client_tls`. Inbound requests are labelled with it (`client_id`);
     /// outbound ones with how their upstream connection is secured
     /// (`server_id`), known once the endpoint is.
+    /// `head_bytes`: the size of its head (counted against the worker's
+    /// in-flight bound on head bytes).
     pub(crate) fn start(
         w: &'w Worker,
         direction: Direction,
         client_tls: &TlsStatus,
         peer: SocketAddr,
+        head_bytes: usize,
     ) -> Self {
-        let shed = !w.in_flight.enter(direction);
+        let shed = !w.in_flight.enter(direction, head_bytes);
         let (tls, originates_tls) = match direction {
             Direction::Inbound => (client_tls.clone(), false),
             Direction::Outbound if w.pools.has_identity() => (
@@ -89,6 +94,7 @@ impl<'w> Observer<'w> {
             tap: None,
             access: None,
             shed,
+            head_bytes,
             ended: false,
         }
     }
@@ -383,7 +389,7 @@ impl Drop for Observer<'_> {
     /// A tapped request that never ended (its client went away): its
     /// taps see it end without a response.
     fn drop(&mut self) {
-        self.w.in_flight.leave(self.key.direction);
+        self.w.in_flight.leave(self.key.direction, self.head_bytes);
         // A routed request whose client went away before any response:
         // still a request (`request_total`), with no response counted.
         if !self.ended && (self.key.target.is_some() || self.key.authority.is_some()) {

@@ -255,7 +255,11 @@ fn new_worker(
     let access_log = cfg.access_log;
     let max_stalled = cfg.http2.max_stalled_bytes;
     let ingress = cfg.outbound.ingress_mode;
-    let in_flight = crate::worker::InFlight::new(cfg.http.max_in_flight, cfg.cores.unwrap_or(1));
+    let in_flight = crate::worker::InFlight::new(
+        cfg.http.max_in_flight,
+        cfg.http.max_in_flight_head_bytes,
+        cfg.cores.unwrap_or(1),
+    );
     let (bulk_memory, cfg_cores) = (cfg.tcp.bulk_memory, cfg.cores.unwrap_or(1));
     let accrual = AccrualPolicy {
         consecutive: cfg.balancing.failure_accrual_consecutive,

@@ -123,17 +123,23 @@ pub(crate) struct Worker {
 pub(crate) struct InFlight {
     now: [Cell<usize>; 2],
     max: [usize; 2],
+    /// Bytes of their heads, and the most they may come to
+    /// (`RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES`'s share).
+    head_bytes: Cell<usize>,
+    max_head_bytes: usize,
     /// The most in flight (both sides) since [`Self::take_peak`].
     peak: Cell<usize>,
 }
 
 impl InFlight {
     /// `limits` (inbound, outbound) shared between `workers`, rounded up.
-    pub(crate) fn new(limits: [usize; 2], workers: usize) -> Self {
+    pub(crate) fn new(limits: [usize; 2], head_bytes: usize, workers: usize) -> Self {
         let share = |n: usize| n.div_ceil(workers.max(1)).max(1);
         Self {
             now: Default::default(),
             max: [share(limits[0]), share(limits[1])],
+            head_bytes: Cell::new(0),
+            max_head_bytes: share(head_bytes),
             peak: Cell::new(0),
         }
     }
@@ -151,16 +157,21 @@ impl InFlight {
 
     /// A request begins; false when it is one too many (it still counts
     /// until [`Self::leave`]).
-    pub(crate) fn enter(&self, d: Direction) -> bool {
+    pub(crate) fn enter(&self, d: Direction, head: usize) -> bool {
         let c = &self.now[crate::config::side_index(d)];
         c.set(c.get() + 1);
         self.peak.set(self.peak.get().max(self.now()));
+        self.head_bytes.set(self.head_bytes.get() + head);
         c.get() <= self.max[crate::config::side_index(d)]
+            && self.head_bytes.get() <= self.max_head_bytes
     }
 
-    pub(crate) fn leave(&self, d: Direction) {
+    /// A request with a head of `head` bytes ended.
+    pub(crate) fn leave(&self, d: Direction, head: usize) {
         let c = &self.now[crate::config::side_index(d)];
         c.set(c.get().saturating_sub(1));
+        self.head_bytes
+            .set(self.head_bytes.get().saturating_sub(head));
     }
 }
 
@@ -627,15 +638,30 @@ mod tests {
     /// is refused while it lasts.
     #[test]
     fn in_flight_shares_and_bounds() {
-        let f = InFlight::new([5, 1], 2);
+        let f = InFlight::new([5, 1], 1 << 20, 2);
         assert_eq!(f.max, [3, 1]);
-        assert!(f.enter(Direction::Outbound));
-        assert!(!f.enter(Direction::Outbound));
-        f.leave(Direction::Outbound);
-        f.leave(Direction::Outbound);
-        assert!(f.enter(Direction::Outbound));
-        assert!((0..3).all(|_| f.enter(Direction::Inbound)));
-        assert!(!f.enter(Direction::Inbound));
+        assert!(f.enter(Direction::Outbound, 100));
+        assert!(!f.enter(Direction::Outbound, 100));
+        f.leave(Direction::Outbound, 100);
+        f.leave(Direction::Outbound, 100);
+        assert!(f.enter(Direction::Outbound, 100));
+        assert!((0..3).all(|_| f.enter(Direction::Inbound, 100)));
+        assert!(!f.enter(Direction::Inbound, 100));
+    }
+
+    /// Past the worker's share of head bytes a request is refused too,
+    /// however few are in flight; room comes back as they end.
+    #[test]
+    fn in_flight_head_bytes_are_bounded() {
+        let f = InFlight::new([100, 100], 1 << 20, 2);
+        let big = 60 << 10;
+        let fit = (512 << 10) / big;
+        assert!((0..fit).all(|_| f.enter(Direction::Inbound, big)));
+        assert!(!f.enter(Direction::Outbound, big));
+        f.leave(Direction::Outbound, big);
+        assert!(f.enter(Direction::Outbound, 200), "a small one still fits");
+        f.leave(Direction::Inbound, big);
+        assert!(f.enter(Direction::Inbound, big));
     }
 
     /// The retry budget's floor and reserve are the process's: each of

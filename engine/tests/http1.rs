@@ -1286,6 +1286,122 @@ fn max_in_flight(driver: IoDriver) {
 }
 both_drivers!(max_in_flight_sheds_load, super::max_in_flight);
 
+/// `RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES`: requests with 50 KB heads
+/// held by an upstream that does not answer fill the worker's bound on
+/// head bytes (1 MiB here: 20 of them); the next large one is answered 503
+/// at once, HTTP/1 or HTTP/2, a small one still fits, and once they finish
+/// large ones pass again. (Before, only the count of requests bounded them:
+/// 100 000 by default, each holding a few times its head, GBs.)
+fn large_heads_in_flight(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (held, release) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let backend = {
+        let (held, release) = (held.clone(), release.clone());
+        Backend::start(move |s| {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut s = s;
+            loop {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                held.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES", "1048576"),
+        ],
+    );
+    let big = "b".repeat(50_000);
+    let big_head = format!("GET /slow HTTP/1.1\r\nHost: o\r\nx-big: {big}\r\n\r\n");
+    let fit = 1_048_576 / big_head.len();
+    assert_eq!(fit, 20);
+    let waiting: Vec<_> = (0..fit)
+        .map(|_| {
+            let head = big_head.clone();
+            std::thread::spawn(move || request(addr, head.as_bytes()))
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || held.load(Ordering::SeqCst)
+            == fit),
+        "the large requests never reached the backend: {}",
+        held.load(Ordering::SeqCst)
+    );
+    let url = format!("http://{addr}/more");
+    let header = format!("x-big: {big}");
+    let head = |extra: &[&str]| {
+        let mut args = vec!["-D", "-", "-o", "/dev/null", "-H", header.as_str()];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args).to_ascii_lowercase()
+    };
+    let h2: &[&str] = &["--http2-prior-knowledge", "-H", "l5d-orig-proto: HTTP/1.1"];
+    for extra in [&[][..], h2] {
+        let h = head(extra);
+        assert!(h.contains(" 503"), "{extra:?}: {h}");
+        assert!(
+            h.contains("l5d-proxy-error: proxy max-concurrency exhausted"),
+            "{h}"
+        );
+    }
+    assert_eq!(
+        held.load(Ordering::SeqCst),
+        fit,
+        "a shed request reached the backend"
+    );
+    // A small one fits in what is left.
+    let small =
+        std::thread::spawn(move || request(addr, b"GET /small HTTP/1.1\r\nHost: o\r\n\r\n"));
+    assert!(
+        eventually(Duration::from_secs(10), || held.load(Ordering::SeqCst)
+            == fit + 1),
+        "the small request was shed too"
+    );
+    release.store(true, Ordering::SeqCst);
+    for w in waiting.into_iter().chain([small]) {
+        let (h, b) = w.join().unwrap();
+        assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+        assert_eq!(b, b"ok");
+    }
+    for extra in [&[][..], h2] {
+        let h = head(extra);
+        assert!(
+            h.contains(" 200"),
+            "{extra:?} after the others finished: {h}"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    large_heads_in_flight_are_bounded,
+    super::large_heads_in_flight
+);
+
 /// A client that goes away while its request waits for a slow upstream:
 /// the request is cancelled and the upstream connection closed (as nginx
 /// and linkerd2-proxy's hyper do), instead of the proxy holding both until
