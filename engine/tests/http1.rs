@@ -1190,11 +1190,13 @@ fn pool_settings(driver: IoDriver) {
 }
 both_drivers!(http1_pool_settings_per_side, super::pool_settings);
 
-/// `LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT`: with the bound's requests held
-/// by an upstream that does not answer, the next one, HTTP/1 or HTTP/2,
-/// is answered 503 at once with linkerd2-proxy's reason; once they finish,
-/// requests pass again.
-fn max_in_flight(driver: IoDriver) {
+/// An HTTP/1 backend that counts each request head it reads (`held`) and
+/// answers `200 ok` only once `release` is set.
+fn holding_backend() -> (
+    Backend,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let (held, release) = (
@@ -1229,6 +1231,16 @@ fn max_in_flight(driver: IoDriver) {
             }
         })
     };
+    (backend, held, release)
+}
+
+/// `LINKERD2_PROXY_OUTBOUND_MAX_IN_FLIGHT`: with the bound's requests held
+/// by an upstream that does not answer, the next one, HTTP/1 or HTTP/2,
+/// is answered 503 at once with linkerd2-proxy's reason; once they finish,
+/// requests pass again.
+fn max_in_flight(driver: IoDriver) {
+    use std::sync::atomic::Ordering;
+    let (backend, held, release) = holding_backend();
     let (proxy, addr) = forward_proxy(
         driver,
         &backend.addr.to_string(),
@@ -1293,40 +1305,8 @@ both_drivers!(max_in_flight_sheds_load, super::max_in_flight);
 /// large ones pass again. (Before, only the count of requests bounded them:
 /// 100 000 by default, each holding a few times its head, GBs.)
 fn large_heads_in_flight(driver: IoDriver) {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let (held, release) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let backend = {
-        let (held, release) = (held.clone(), release.clone());
-        Backend::start(move |s| {
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut s = s;
-            loop {
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                held.fetch_add(1, Ordering::SeqCst);
-                while !release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        })
-    };
+    use std::sync::atomic::Ordering;
+    let (backend, held, release) = holding_backend();
     let (proxy, addr) = forward_proxy(
         driver,
         &backend.addr.to_string(),
