@@ -196,6 +196,36 @@ pub(crate) enum Exchange {
     Failed(Failure),
 }
 
+/// When a response's first bytes arrived; and what to tell then (the
+/// request's head no longer counts in flight: `Observer::release_head`).
+pub(crate) struct FirstByte<'a> {
+    at: Cell<Option<Instant>>,
+    on_first: Option<&'a dyn Fn()>,
+}
+
+impl<'a> FirstByte<'a> {
+    pub(crate) fn new(on_first: Option<&'a dyn Fn()>) -> Self {
+        Self {
+            at: Cell::new(None),
+            on_first,
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<Instant> {
+        self.at.get()
+    }
+
+    /// Bytes arrived at `now`: the first time, kept and told.
+    fn seen(&self, now: Instant) {
+        if self.at.get().is_none() {
+            self.at.set(Some(now));
+            if let Some(f) = self.on_first {
+                f();
+            }
+        }
+    }
+}
+
 /// Sends one request upstream and its response back. With `kept`, the
 /// request body is the first `kept` bytes of `c.buf`, sent with the head
 /// and left there (for a retry); else it is streamed from the client. The
@@ -212,7 +242,7 @@ pub(crate) async fn exchange(
     out: &mut Vec<u8>,
     mut ubuf: Vec<u8>,
     limits: &Limits,
-    first_byte: &Cell<Option<Instant>>,
+    first_byte: &FirstByte<'_>,
     request_deadline: Option<Instant>,
     answered_5xx: Option<&crate::retry::Held>,
     kept: Option<usize>,
@@ -544,7 +574,7 @@ pub(crate) fn too_many_interim() -> ProxyError {
 async fn relay_response(
     d: Downstream<'_>,
     u: UpstreamSide<'_>,
-    first_byte: &Cell<Option<Instant>>,
+    first_byte: &FirstByte<'_>,
     deadline: Option<Instant>,
     answered_5xx: Option<&crate::retry::Held>,
 ) -> Result<Relayed, Failure> {
@@ -776,7 +806,7 @@ pub(crate) async fn read_response_head(
     ctx: RequestContext,
     limits: &Limits,
     deadline: Option<Instant>,
-    first_byte: &Cell<Option<Instant>>,
+    first_byte: &FirstByte<'_>,
 ) -> Result<(), ProxyError> {
     loop {
         if !buf.is_empty() {
@@ -801,9 +831,7 @@ pub(crate) async fn read_response_head(
                 return Err(e.or_retry(buf.is_empty()));
             }
             Ok(_) => {
-                if first_byte.get().is_none() {
-                    first_byte.set(Some(Instant::now()));
-                }
+                first_byte.seen(Instant::now());
             }
             Err(e) => {
                 meter.failed(&e);

@@ -14,7 +14,6 @@
 //! proxy's own answers come from `error`. Between requests a connection
 //! holds no buffer.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -475,7 +474,8 @@ async fn attempts(
     let (mut up, mut addr, mut in_flight) = first;
     loop {
         let reused = up.reused;
-        let first_byte = Cell::new(None);
+        let release = || obs.release_head();
+        let first_byte = crate::h1forward::FirstByte::new(Some(&release));
         // A 502/503 that would be retried is kept from the client.
         let sent = Instant::now();
         let hold_5xx = tries.would_retry_answer(sent);
@@ -507,7 +507,8 @@ async fn attempts(
         )
         .await;
         *t.ubuf = outcome.ubuf;
-        if let Some(at) = first_byte.get() {
+        let first_at = first_byte.get();
+        if let Some(at) = first_at {
             obs.response_head(in_flight.as_ref(), at.saturating_duration_since(sent));
             obs.response_length(|| crate::translate::content_length(t.resp.headers()));
         }
@@ -537,7 +538,7 @@ async fn attempts(
                 (Exchange::Failed(Failure::Answer(e)), Some(g))
                     if cut
                         && e.timed_out()
-                        && first_byte.get().is_none()
+                        && first_at.is_none()
                         && tries.retry_timed_out(addr, Instant::now()) =>
                 {
                     obs.endpoint(addr);

@@ -47,8 +47,9 @@ pub(crate) struct Observer<'w> {
     access: Option<Box<crate::access_log::Entry>>,
     /// One request too many for the worker's in-flight bound.
     shed: bool,
-    /// Its head's size, counted in flight.
-    head_bytes: usize,
+    /// Its head's size, counted in flight until the response's head (or
+    /// its end).
+    head_bytes: std::cell::Cell<usize>,
     /// Its response was counted ([`Observer::end`]).
     ended: bool,
 }
@@ -94,7 +95,7 @@ impl<'w> Observer<'w> {
             tap: None,
             access: None,
             shed,
-            head_bytes,
+            head_bytes: std::cell::Cell::new(head_bytes),
             ended: false,
         }
     }
@@ -288,12 +289,23 @@ impl<'w> Observer<'w> {
     /// An attempt's response began `latency` after it was sent: the
     /// balancer learns the endpoint's latency (peak-EWMA).
     pub(crate) fn response_head(&self, ep: Option<&OpenGuard>, latency: Duration) {
+        self.release_head();
         if let Some(g) = ep {
             g.answered();
             crate::feedback::first_answer(g.endpoint(), latency);
         }
         if let Some(e) = &self.access {
             e.answered(latency);
+        }
+    }
+
+    /// The request's head no longer counts in flight: it was answered (a
+    /// client that leaves early, whose connection lingers a moment, does
+    /// not hold the bound on head bytes meanwhile).
+    pub(crate) fn release_head(&self) {
+        let n = self.head_bytes.replace(0);
+        if n > 0 {
+            self.w.in_flight.release_head(n);
         }
     }
 
@@ -389,7 +401,9 @@ impl Drop for Observer<'_> {
     /// A tapped request that never ended (its client went away): its
     /// taps see it end without a response.
     fn drop(&mut self) {
-        self.w.in_flight.leave(self.key.direction, self.head_bytes);
+        self.w
+            .in_flight
+            .leave(self.key.direction, self.head_bytes.get());
         // A routed request whose client went away before any response:
         // still a request (`request_total`), with no response counted.
         if !self.ended && (self.key.target.is_some() || self.key.authority.is_some()) {

@@ -1225,7 +1225,7 @@ async fn read_final_head(
     deadline: Option<Instant>,
 ) -> Result<(), ProxyError> {
     let (rd, meter) = up;
-    let first_byte = Cell::new(None);
+    let first_byte = h1forward::FirstByte::new(None);
     for _ in 0..=h1forward::MAX_INTERIM_RESPONSES {
         h1forward::read_response_head(
             (&mut *rd, meter),

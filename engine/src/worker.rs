@@ -166,7 +166,13 @@ impl InFlight {
             && self.head_bytes.get() <= self.max_head_bytes
     }
 
-    /// A request with a head of `head` bytes ended.
+    /// `head` bytes of a request's head no longer count (it was answered).
+    pub(crate) fn release_head(&self, head: usize) {
+        self.head_bytes
+            .set(self.head_bytes.get().saturating_sub(head));
+    }
+
+    /// A request with a head of `head` bytes (still counted) ended.
     pub(crate) fn leave(&self, d: Direction, head: usize) {
         let c = &self.now[crate::config::side_index(d)];
         c.set(c.get().saturating_sub(1));

@@ -1382,6 +1382,69 @@ both_drivers!(
     super::large_heads_in_flight
 );
 
+/// A request counts its head against the bound until it is answered, not
+/// until its response ends: 30 requests with 50 KB heads whose responses
+/// have started (and not ended) fit in a 1 MiB bound that holds 20
+/// unanswered ones. (Clients that left after the response's first bytes,
+/// their connections lingering a moment, shed others far below the bound.)
+fn answered_heads_are_not_held(driver: IoDriver) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let release = Arc::new(AtomicBool::new(false));
+    let backend = {
+        let release = release.clone();
+        Backend::start(move |s| {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut s = s;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            // The head and half the body; the rest once released.
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no");
+            while !release.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = s.write_all(b"k");
+        })
+    };
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &backend.addr.to_string(),
+        &[
+            ("LINKERD2_PROXY_CORES", "1"),
+            ("RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES", "1048576"),
+        ],
+    );
+    let big = "b".repeat(50_000);
+    let head = format!("GET /slow HTTP/1.1\r\nHost: o\r\nx-big: {big}\r\n\r\n");
+    let mut open = Vec::new();
+    for i in 0..30 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "request {i}: {status}");
+        open.push((c, r));
+    }
+    release.store(true, Ordering::SeqCst);
+    drop(open);
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    answered_heads_are_not_held,
+    super::answered_heads_are_not_held
+);
+
 /// A client that goes away while its request waits for a slow upstream:
 /// the request is cancelled and the upstream connection closed (as nginx
 /// and linkerd2-proxy's hyper do), instead of the proxy holding both until
