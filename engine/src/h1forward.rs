@@ -100,6 +100,33 @@ pub(crate) async fn write_front(
     Ok(())
 }
 
+/// As [`write_front`], failing with `TimedOut` when the write makes no
+/// progress for `stall` (its reader stopped reading: an upstream that
+/// takes no more of a request body, a client that takes no more of a
+/// response). A write that completes at once, the usual, sets no timer.
+async fn write_front_within(
+    wr: &mut impl AsyncWriteRent,
+    meter: &ConnMeter,
+    buf: &mut Vec<u8>,
+    n: usize,
+    stall: Duration,
+) -> io::Result<()> {
+    let mut write = std::pin::pin!(write_front(wr, meter, buf, n));
+    use std::future::Future;
+    use std::task::Poll;
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(r) = first {
+        return r;
+    }
+    match monoio::time::timeout(stall, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("its reader took nothing for {stall:?}"),
+        )),
+    }
+}
+
 /// An upstream connection for one request: pooled if one is idle for the
 /// chosen endpoint, else connected (trying each endpoint at most once).
 pub(crate) async fn checkout(
@@ -277,12 +304,14 @@ pub(crate) async fn exchange(
             &mut c.buf,
             (&mut uwr, &umeter),
             None,
+            w.cfg.tcp.idle_timeout,
         )
         .await;
         body_done.set(true);
-        if matches!(r, Err(BodyError::Malformed(_))) {
-            // The upstream got a truncated body and may wait for the rest:
-            // end the exchange so the client gets its 400 now.
+        if matches!(r, Err(BodyError::Malformed(_) | BodyError::Stalled(_))) {
+            // The upstream got a truncated body and may wait for the rest
+            // (or stopped taking it, silent): end the exchange so the
+            // client gets its answer now.
             let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
         }
         r
@@ -655,7 +684,8 @@ async fn relay_response(
         }
         if !plan.done {
             let (src, dst) = ((&mut *u.rd, u.meter), (&mut *d.wr, d.meter));
-            let r = stream_body(plan.scanner, src, u.buf, dst, tap).await;
+            let stall = d.w.cfg.tcp.idle_timeout;
+            let r = stream_body(plan.scanner, src, u.buf, dst, tap, stall).await;
             r.map_err(|e| broken(String::from(e)))?;
         }
         return Ok(Relayed::Done {
@@ -776,6 +806,10 @@ fn conclude(
         (Failure::Answer(_), Err(BodyError::Malformed(e))) => {
             ProxyError::malformed(400, format!("bad request body: {e}")).into()
         }
+        (Failure::Answer(_), Err(BodyError::Stalled(e))) => ProxyError::upstream(format!(
+            "the upstream stopped reading the request body: {e}"
+        ))
+        .into(),
         (Failure::Answer(a), _) => {
             let retryable = a.retryable() && replayable;
             Failure::Answer(a.or_retry(retryable))
@@ -793,6 +827,8 @@ pub(crate) enum BodyError {
     Malformed(String),
     /// Writing to the sink failed.
     Sink(String),
+    /// The sink took nothing of it for the idle timeout.
+    Stalled(String),
 }
 
 /// Reads one response head (interim or final) into `resp`, starting with
@@ -850,12 +886,16 @@ pub(crate) async fn stream_body(
     buf: &mut Vec<u8>,
     (dst, dst_meter): (&mut impl AsyncWriteRent, &ConnMeter),
     tap: Option<&crate::tap::Pending>,
+    stall: Duration,
 ) -> Result<(), BodyError> {
     loop {
         let p = scan(&mut scanner, buf, tap).map_err(|e| BodyError::Malformed(e.to_string()))?;
-        write_front(dst, dst_meter, buf, p.consumed)
+        write_front_within(dst, dst_meter, buf, p.consumed, stall)
             .await
-            .map_err(|e| BodyError::Sink(e.to_string()))?;
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => BodyError::Stalled(e.to_string()),
+                _ => BodyError::Sink(e.to_string()),
+            })?;
         if p.done {
             return Ok(());
         }
@@ -962,7 +1002,10 @@ pub(crate) async fn tunnel(w: &Worker, c: Client, up: Upstream, to_client: Vec<u
 impl From<BodyError> for String {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::Source(s) | BodyError::Malformed(s) | BodyError::Sink(s) => s,
+            BodyError::Source(s)
+            | BodyError::Malformed(s)
+            | BodyError::Sink(s)
+            | BodyError::Stalled(s) => s,
         }
     }
 }

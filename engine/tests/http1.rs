@@ -1869,3 +1869,58 @@ fn http1_chaos(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(random_http1_on_both_sides_is_survived, super::http1_chaos);
+
+/// An upstream that takes a request's head and never reads its body: the
+/// body's write stops making progress, and after `RINGMESH_TCP_IDLE_TIMEOUT`
+/// the request fails (502) and both connections go, instead of the proxy
+/// holding them (and the kernel's send buffers) for as long as the
+/// upstream stays silent, even after the client gave up.
+fn stalled_body_write(driver: IoDriver) {
+    let sink = Backend::start(|s| {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        // Holds the connection, reading nothing more (bounded).
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let (proxy, addr) = forward_proxy(
+        driver,
+        &sink.addr.to_string(),
+        &[("RINGMESH_TCP_IDLE_TIMEOUT", "2s")],
+    );
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let total = 64usize << 20;
+    write!(
+        c,
+        "POST /upload HTTP/1.1\r\nHost: up.test\r\nContent-Length: {total}\r\n\r\n"
+    )
+    .unwrap();
+    let mut w = c.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..total / chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let took = started.elapsed();
+    let head = String::from_utf8_lossy(&got);
+    assert!(
+        took < Duration::from_secs(10),
+        "the stalled upload was held for {took:?}: {head}"
+    );
+    assert!(got.is_empty() || head.starts_with("HTTP/1.1 502"), "{head}");
+    let _ = c.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(a_stalled_body_write_times_out, super::stalled_body_write);
