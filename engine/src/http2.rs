@@ -129,6 +129,11 @@ pub(crate) async fn serve(
             let _ = dead_tx.send(());
         });
     }
+    // One watchdog for the connection's life (it tells activity by the
+    // streams started, so a stream accepted does not restart its timer).
+    let idle = w.cfg.tcp.idle_timeout;
+    let head = w.cfg.http.header_read_timeout;
+    let mut watchdog = std::pin::pin!(overdue(&active, &head_since, idle, head));
     loop {
         let next = if draining {
             // A client that does not end the connection after our GOAWAY
@@ -158,7 +163,7 @@ pub(crate) async fn serve(
                     tracing::info!(%peer, "HTTP/2 client did not answer a keep-alive PING in time; closing");
                     break;
                 }
-                why = overdue(&active, &head_since, w.cfg.tcp.idle_timeout, w.cfg.http.header_read_timeout) => {
+                why = &mut watchdog => {
                     match why {
                         Overdue::Idle => {
                             tracing::debug!(%peer, "HTTP/2 connection idle; closing");

@@ -384,21 +384,27 @@ impl Routes {
     fn note_removed(
         &self,
         replicas: &HashMap<Authority, Replica, KeyedState>,
-        mut gone: Vec<SocketAddr>,
+        gone: Vec<SocketAddr>,
     ) {
         if gone.is_empty() {
             return;
         }
+        // One pass over the replicas' endpoints, whatever the number gone.
         // (A balancer borrowed now, by a caller up the stack, is taken to
-        // have it: a connection is left to its idle timeout rather than
-        // closed under a user.)
-        gone.retain(|addr| {
-            !replicas.values().any(|r| {
-                r.balancer
-                    .try_borrow()
-                    .map_or(true, |b| b.endpoints().iter().any(|e| e.addr() == *addr))
-            })
-        });
+        // have them all: a connection is left to its idle timeout rather
+        // than closed under a user.)
+        let mut gone: std::collections::HashSet<SocketAddr> = gone.into_iter().collect();
+        for r in replicas.values() {
+            match r.balancer.try_borrow() {
+                Ok(b) => b.endpoints().iter().for_each(|e| {
+                    gone.remove(&e.addr());
+                }),
+                Err(_) => return,
+            }
+            if gone.is_empty() {
+                return;
+            }
+        }
         self.removed.borrow_mut().extend(gone);
     }
 
