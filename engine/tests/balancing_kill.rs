@@ -167,6 +167,20 @@ fn restarted_backend(opaque: bool) {
     use std::process::{Command, Stdio};
     let dir = TempDir::new("restart");
     let ports: Vec<u16> = (0..2).map(|_| closed_port().port()).collect();
+    let ask = |addr: SocketAddr| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /who HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{out}"
+        );
+        out.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
+    };
     let start = |i: usize| {
         let root = dir.join(format!("root{i}"));
         std::fs::create_dir_all(&root).unwrap();
@@ -187,6 +201,10 @@ fn restarted_backend(opaque: bool) {
             .is_ok()),
             "backend {i} did not start"
         );
+        // A fresh http.server's first answer is slow (it loads modules); so
+        // slow that peak-EWMA would rightly keep away from it for seconds.
+        // Answered here, it is not what the balancer measures.
+        assert_eq!(ask(addr), format!("backend{i}"));
         child
     };
     struct Kill(Vec<std::process::Child>);
@@ -210,20 +228,7 @@ fn restarted_backend(opaque: bool) {
     }
     let proxy = start_proxy(IoDriver::Uring, &vars);
     let fwd = proxy.forward_addrs()[0];
-    let who = || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(fwd).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /who HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        assert!(
-            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
-            "{out}"
-        );
-        out.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
-    };
+    let who = || ask(fwd);
     // Killed: its refused connections fail over; every request answered.
     let mut victim = backends.0.remove(0);
     victim.kill().unwrap();
@@ -241,16 +246,21 @@ fn restarted_backend(opaque: bool) {
     });
     assert!(seen, "the restarted backend got no request in 8 s");
     eprintln!("taken back after {:?}", back.elapsed());
-    // And it takes its share again (two alike endpoints: about half).
-    let n = 60;
-    let to_it = (0..n)
-        .filter(|_| {
-            thread::sleep(Duration::from_millis(10));
-            who() == "backend0"
-        })
-        .count();
+    // And it takes its share again (two alike endpoints: about half; while
+    // it was held at a probe it got about 1 in 30). Counted over a window
+    // long enough that one slow answer on a busy machine, which peak-EWMA
+    // avoids for a while, does not decide it.
+    let (n, want) = (240, 40);
+    let mut to_it = 0;
+    for _ in 0..n {
+        thread::sleep(Duration::from_millis(5));
+        to_it += usize::from(who() == "backend0");
+        if to_it >= want {
+            break;
+        }
+    }
     assert!(
-        to_it >= n / 5,
+        to_it >= want,
         "the restarted backend took {to_it} of the next {n} requests"
     );
     proxy.shutdown();
