@@ -472,7 +472,7 @@ both_drivers!(
 
 fn upstream_failures(driver: IoDriver) {
     // Endpoint refuses → 502; empty endpoint set → 503.
-    let dead = closed_port();
+    let (_held, dead) = refusing_port();
     let dir = TempDir::new(&format!("http-fail-{}", driver_name(driver)));
     let file = discovery_file(
         &dir,

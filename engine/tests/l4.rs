@@ -247,7 +247,7 @@ both_drivers!(half_close_keeps_the_other_direction, super::half_close);
 fn failover(driver: IoDriver) {
     let dir = TempDir::new("l4");
     let live = Backend::named("live");
-    let dead = closed_port();
+    let (_held, dead) = refusing_port();
     let file = dir.join("discovery.toml");
     std::fs::write(
         &file,

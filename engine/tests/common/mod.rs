@@ -245,6 +245,17 @@ pub fn closed_port() -> SocketAddr {
     a
 }
 
+/// A port that refuses connections (RST to a SYN) for as long as the
+/// returned socket lives: bound, never listening, so no other test can
+/// take it meanwhile (as it could a [`closed_port`]).
+pub fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    (sock, addr)
+}
+
 /// `N` distinct closed ports: bound together, so the kernel cannot hand
 /// out the same one twice (two `closed_port()` calls can).
 pub fn closed_ports<const N: usize>() -> [SocketAddr; N] {
