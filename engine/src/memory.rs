@@ -28,13 +28,18 @@ const MIN_STALLED_FREED: usize = 4 << 20;
 /// Whether a worker whose stalled responses held `peak` bytes at most and
 /// hold `now` should give memory back.
 pub(crate) fn should_collect_stalled(peak: usize, now: usize) -> bool {
-    peak.saturating_sub(now) >= MIN_STALLED_FREED.max(peak / 4)
+    fell_by_a_quarter(peak as u64, now as u64, MIN_STALLED_FREED as u64)
 }
 
 /// Whether a worker whose open connections peaked at `peak` and are now
 /// `open` should give memory back.
 pub(crate) fn should_collect(peak: u64, open: u64) -> bool {
-    peak.saturating_sub(open) >= MIN_CLOSED.max(peak / 4)
+    fell_by_a_quarter(peak, open, MIN_CLOSED)
+}
+
+/// Whether `now` is below `peak` by a quarter of it, and by `at_least`.
+fn fell_by_a_quarter(peak: u64, now: u64, at_least: u64) -> bool {
+    peak.saturating_sub(now) >= at_least.max(peak / 4)
 }
 
 /// Collects this thread's mimalloc heap and returns free memory to the OS
