@@ -120,6 +120,9 @@ pub struct Hooks {
 pub(crate) struct EngineAdmin {
     pub workers: Vec<UnboundedSender<WorkerMsg>>,
     pub ready: Arc<AtomicBool>,
+    /// The drain has begun: not ready any more (as Envoy's `/ready`), so a
+    /// health checker stops sending before connections are refused.
+    pub draining: Arc<AtomicBool>,
     pub started: SystemTime,
     pub configured_log: String,
     pub shutdown_enabled: bool,
@@ -147,7 +150,7 @@ impl AdminBackend for EngineAdmin {
     }
 
     fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
     async fn metrics(&self) -> Arc<Page> {
@@ -179,6 +182,7 @@ impl AdminBackend for EngineAdmin {
         match &self.hooks.shutdown {
             Some(f) => f(),
             None => {
+                self.draining.store(true, Ordering::Release);
                 for w in &self.workers {
                     let _ = w.unbounded_send(WorkerMsg::Shutdown);
                 }

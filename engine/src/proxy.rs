@@ -5,7 +5,8 @@
 //! before any thread exists); then the workers start and report ready.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::SystemTime;
@@ -53,6 +54,8 @@ pub struct Proxy {
     forwards: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
     tap: Option<SocketAddr>,
+    /// Set when the drain begins: `/ready` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -87,6 +90,7 @@ impl Proxy {
         let (control, subscriber) = start_control(driver, &cfg)?;
         let mut bound = Bound::bind(&cfg, n)?;
         let workers = start_workers(n, driver, &mut bound, &subscriber, &control, &cfg)?;
+        let draining = Arc::new(AtomicBool::new(false));
 
         let Bound {
             admin_listener,
@@ -108,6 +112,7 @@ impl Proxy {
                     // published before they started; with an identity,
                     // ready once a certificate is held.
                     ready: control.identity_ready(),
+                    draining: draining.clone(),
                     started: SystemTime::now(),
                     configured_log: cfg.log.clone(),
                     shutdown_enabled: cfg.admin.shutdown_endpoint_enabled,
@@ -146,6 +151,7 @@ impl Proxy {
             forwards,
             admin,
             tap,
+            draining,
         })
     }
 
@@ -202,6 +208,7 @@ impl Proxy {
     /// Starts the graceful drain: workers stop accepting at once and exit
     /// when their open connections finish or the grace period ends.
     pub fn shutdown(&self) {
+        self.draining.store(true, Ordering::Release);
         for w in &self.workers {
             let _ = w.tx.unbounded_send(WorkerMsg::Shutdown);
         }

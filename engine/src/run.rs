@@ -358,15 +358,20 @@ async fn drain(
         let _ = nix::sys::socket::shutdown(*fd, nix::sys::socket::Shutdown::Read);
     }
     stop.trigger();
-    // Connections still detecting (silent ones may wait for either side
-    // for the TCP idle timeout) have no exchange to finish.
-    worker.detection.undecided.drain();
     let drain_started = Instant::now();
     let deadline = drain_started + worker.cfg.shutdown_grace_period;
     tracing::debug!(worker = id, open = worker.telemetry.open.get(), "draining");
+    let mut looked = false;
     while worker.telemetry.open.get() > 0 && Instant::now() < deadline {
-        if drain_started.elapsed() >= DRAIN_LAST_LOOK {
+        if !looked && drain_started.elapsed() >= DRAIN_LAST_LOOK {
+            looked = true;
             worker.close_idle.trigger();
+            // Connections still detecting (silent ones may wait for either
+            // side for the TCP idle timeout) have no exchange to finish;
+            // like idle keep-alive ones, they get the last look first: a
+            // client that connected just before the drain and sends its
+            // request now is served.
+            worker.detection.undecided.drain();
         }
         monoio::select! {
             _ = monoio::time::sleep(Duration::from_millis(20)) => {}

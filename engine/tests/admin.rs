@@ -271,6 +271,37 @@ fn shutdown_endpoint_drains_and_exits_0() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// From the drain's start `/ready` is 503 (as Envoy's): a health checker
+/// stops sending before the listeners refuse; `/live` stays 200.
+#[test]
+fn ready_is_503_while_draining() {
+    use std::io::Write;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", backend.local_addr().unwrap());
+    let (mut p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        ("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true"),
+        ("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s"),
+    ]);
+    assert_eq!(
+        curl(&[&format!("{base}/ready")]),
+        ("200".into(), "ready\n".into())
+    );
+    // An opaque connection in progress keeps the drain going.
+    let mut c = connect(listen);
+    c.write_all(b"\x00\x01 not http\r\n\r\n").unwrap();
+    let (up, _) = backend.accept().unwrap();
+    assert_eq!(curl(&["-X", "POST", &format!("{base}/shutdown")]).0, "200");
+    assert!(eventually(Duration::from_secs(5), || curl(&[&format!(
+        "{base}/ready"
+    )])
+    .0 == "503"));
+    assert_eq!(curl(&[&format!("{base}/live")]).0, "200");
+    drop((c, up));
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
 #[test]
 fn admin_port_in_use_fails_start() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

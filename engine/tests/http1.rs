@@ -867,7 +867,8 @@ both_drivers!(
 /// A request a keep-alive client sends just as the drain begins, while its
 /// connection is idle, is served (with `Connection: close`) rather than
 /// meeting a closed socket; a connection with nothing on its way is still
-/// closed within a moment.
+/// closed within a moment. So is the first request of a connection
+/// accepted before the drain began.
 fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
     let origin = origin("o");
     let (proxy, addr) = forward_proxy(
@@ -887,6 +888,14 @@ fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
     };
     let (mut busy_w, mut busy_r) = open();
     let (_idle_w, mut idle_r) = open();
+    // Accepted, nothing sent yet (its protocol still undecided).
+    let fresh = connect(addr);
+    assert!(eventually(Duration::from_secs(5), || proxy
+        .worker_stats()
+        .iter()
+        .map(|s| s.detect_undecided)
+        .sum::<u64>()
+        == 1));
     proxy.shutdown();
     assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
         addr
@@ -903,6 +912,16 @@ fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
     let mut rest = Vec::new();
     busy_r.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
+    // So is the first request of a connection accepted before the drain.
+    let mut fresh_r = BufReader::new(fresh.try_clone().unwrap());
+    (&fresh).write_all(get).unwrap();
+    let (head, body) = read_response(&mut fresh_r, false);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello from o\n");
     // The other one sends nothing: closed.
     let started = std::time::Instant::now();
     idle_r.read_to_end(&mut rest).unwrap();
