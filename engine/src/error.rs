@@ -17,6 +17,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use monoio_http::h2::Reason;
+use ringmesh_admin::telemetry::ResponseClass;
 
 /// What went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -440,20 +441,40 @@ pub(crate) enum Failure {
     Answer(ProxyError),
     /// The response had started (this status was sent) and was cut short:
     /// an HTTP/1 client connection closes, an HTTP/2 stream is reset.
-    Broken { status: u16, reason: String },
+    /// `upstream`: the upstream failed (else the client did).
+    Broken {
+        status: u16,
+        reason: String,
+        upstream: bool,
+    },
     /// The HTTP/2 stream ends with this reset (the client reset it, or the
     /// upstream did); there is nothing to answer.
     Reset(Reason),
 }
 
 impl Failure {
-    /// The status that was sent and why the response was cut short (for a
-    /// failure after the response started; an answer is its own status).
-    pub(crate) fn after_response(self) -> (u16, String) {
+    /// What a failure after the response started is counted as (the
+    /// status that was sent; a failure when the upstream's doing), and why
+    /// the response was cut short. An answer is its own status.
+    pub(crate) fn after_response(self) -> (ResponseClass, String) {
         match self {
-            Failure::Answer(e) => (e.status(), e.reason.into_owned()),
-            Failure::Broken { status, reason } => (status, reason),
-            Failure::Reset(r) => (502, format!("stream reset: {r:?}")),
+            Failure::Answer(e) => (ResponseClass::http(e.status(), None), e.reason.into_owned()),
+            Failure::Broken {
+                status,
+                reason,
+                upstream,
+            } => {
+                let class = match upstream {
+                    true => ResponseClass::broken(status, None),
+                    false => ResponseClass::http(status, None),
+                };
+                (class, reason)
+            }
+            // An HTTP/2 upstream's stream reset.
+            Failure::Reset(r) => (
+                ResponseClass::broken(502, None),
+                format!("stream reset: {r:?}"),
+            ),
         }
     }
 }

@@ -665,15 +665,16 @@ async fn relay_response(
             // buffer waits on a slow client).
             u.rd.stop_ring();
         }
-        let broken = |reason: String| Failure::Broken {
+        let broken = |reason: String, upstream: bool| Failure::Broken {
             status: d.resp.status(),
             reason,
+            upstream,
         };
         let (res, o) = d.wr.write_all(std::mem::take(d.out)).await;
         *d.out = o;
         match res {
             Ok(n) => d.meter.wrote(n),
-            Err(e) => return Err(broken(format!("writing to the client failed: {e}"))),
+            Err(e) => return Err(broken(format!("writing to the client failed: {e}"), false)),
         }
         if d.resp.is_interim() {
             continued |= d.resp.status() == 100;
@@ -686,7 +687,10 @@ async fn relay_response(
             let (src, dst) = ((&mut *u.rd, u.meter), (&mut *d.wr, d.meter));
             let stall = d.w.cfg.tcp.idle_timeout;
             let r = stream_body(plan.scanner, src, u.buf, dst, tap, stall).await;
-            r.map_err(|e| broken(String::from(e)))?;
+            r.map_err(|e| {
+                let upstream = matches!(e, BodyError::Source(_) | BodyError::Malformed(_));
+                broken(String::from(e), upstream)
+            })?;
         }
         return Ok(Relayed::Done {
             client_keep: plan.keep && !plan.close_delimited,
@@ -799,7 +803,11 @@ fn conclude(
             let reason = format!("client request body failed: {e}");
             match f {
                 Failure::Answer(a) => Failure::Answer(a.because(reason)),
-                Failure::Broken { status, .. } => Failure::Broken { status, reason },
+                Failure::Broken { status, .. } => Failure::Broken {
+                    status,
+                    reason,
+                    upstream: false,
+                },
                 reset => reset,
             }
         }

@@ -353,9 +353,9 @@ async fn over_h2(
         }
         Err(broken) => {
             // Reset, not closed, as in `finish`.
-            let (status, reason) = broken.after_response();
+            let (class, reason) = broken.after_response();
             tracing::debug!(peer = %t.c.peer, reason, "request failed after the response started");
-            obs.end_status(status);
+            obs.end(class);
             crate::h1forward::reset_now(t.c.fd);
             Next::Close
         }
@@ -624,11 +624,12 @@ async fn finish(
             answer(t, obs, e).await
         }
         Exchange::Failed(broken) => {
-            // The response had started: it is counted as what was sent.
-            // The client connection is reset, not closed: a body
-            // delimited by the close would otherwise look whole.
-            obs.end_status(status);
-            let (_, reason) = broken.after_response();
+            // The response had started: it is counted as what was sent,
+            // and as a failure when the upstream cut it short. The client
+            // connection is reset, not closed: a body delimited by the
+            // close would otherwise look whole.
+            let (class, reason) = broken.after_response();
+            obs.end(class);
             tracing::debug!(peer = %t.c.peer, upstream = %addr, reason, "request failed after the response started");
             crate::h1forward::reset_now(t.c.fd);
             Next::Close

@@ -365,12 +365,13 @@ async fn proxy_stream(
             send_error(&mut respond, &e, is_grpc, informational);
             obs.answered(&e, is_grpc, e.answer_body_len(is_grpc, informational));
         }
-        Err(Failure::Broken { status, reason }) => {
+        Err(broken @ Failure::Broken { .. }) => {
             // The response had started: the stream can only be cut short.
             respond.send_reset(Reason::INTERNAL_ERROR);
+            let (class, reason) = broken.after_response();
             tracing::debug!(reason, "HTTP/2 response cut short");
             obs.reset(Reason::INTERNAL_ERROR);
-            obs.end_status(status);
+            obs.end(class);
         }
         Err(Failure::Reset(reason)) => {
             respond.send_reset(reason);
@@ -708,12 +709,14 @@ async fn relay_response(
     let mut client_body = respond
         .send_response(Response::from_parts(parts, ()), end)
         .map_err(|_| Failure::Reset(Reason::CANCEL))?;
+    let mut broken = false;
     if !end {
         match pump_response(&mut down, &mut client_body, stalls, tap).await {
             Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
-            Err(reason) => {
-                tracing::debug!(?reason, "response body ended early");
-                obs.reset(reason);
+            Err(cut) => {
+                tracing::debug!(reason = ?cut.reason, upstream = cut.source, "response body ended early");
+                obs.reset(cut.reason);
+                broken = cut.source;
             }
         }
     }
@@ -723,12 +726,15 @@ async fn relay_response(
     if let Some(stop) = a.stop_body {
         let _ = stop.send(());
     }
-    let ok = status < 500 && grpc != Some(GRPC_UNAVAILABLE);
+    let ok = status < 500 && grpc != Some(GRPC_UNAVAILABLE) && !broken;
     obs.endpoint_outcome(a.in_flight.as_ref(), ok);
-    Ok(ResponseClass {
-        status,
-        grpc_status: grpc,
-        error: None,
+    Ok(match broken {
+        true => ResponseClass::broken(status, grpc),
+        false => ResponseClass {
+            status,
+            grpc_status: grpc,
+            error: None,
+        },
     })
 }
 
@@ -743,8 +749,8 @@ async fn request_body(
 ) {
     let stopped = monoio::select! {
         r = pump(&mut from, &mut to) => {
-            if let Err(reason) = r {
-                tracing::debug!(?reason, "request body ended early");
+            if let Err(cut) = r {
+                tracing::debug!(reason = ?cut.reason, client = cut.source, "request body ended early");
             }
             false
         }
@@ -801,7 +807,7 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// Moves a request's body (DATA frames, then trailers) from `from` to
 /// `to`, releasing each chunk's flow-control capacity only after `to`
 /// accepted it. A failure on either side resets the other.
-async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Reason> {
+async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), Cut> {
     // A request's trailers never carry the identity the proxy vouches for
     // (`set_client_id` takes care of the head).
     let on_trailers = |t: &mut HeaderMap| {
@@ -817,7 +823,7 @@ async fn pump_response(
     to: &mut SendStream<Bytes>,
     stalls: crate::stall::Scope<'_>,
     tap: Option<&crate::tap::Pending>,
-) -> Result<Option<u32>, Reason> {
+) -> Result<Option<u32>, Cut> {
     let mut grpc = None;
     let on_data = |n| {
         if let Some(t) = tap {
@@ -834,6 +840,24 @@ async fn pump_response(
     Ok(grpc)
 }
 
+/// Why a pump stopped before its body's end: the reset's reason, and
+/// whether its source failed (else its sink went away).
+#[derive(Debug)]
+struct Cut {
+    reason: Reason,
+    source: bool,
+}
+
+impl From<Reason> for Cut {
+    /// The sink's reset (or its connection's failure).
+    fn from(reason: Reason) -> Self {
+        Cut {
+            reason,
+            source: false,
+        }
+    }
+}
+
 async fn pump_with(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
@@ -841,11 +865,14 @@ async fn pump_with(
     mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&mut HeaderMap),
     watch_reset: bool,
-) -> Result<(), Reason> {
+) -> Result<(), Cut> {
     // The source failed: the sink learns it by a reset with the same reason.
     let fail = |to: &mut SendStream<Bytes>, reason: Reason| {
         to.send_reset(reason);
-        Err(reason)
+        Err(Cut {
+            reason,
+            source: true,
+        })
     };
     loop {
         // A response: the client resetting its stream (or losing its
@@ -901,11 +928,11 @@ async fn pump_with(
         Ok(Some(mut t)) => {
             on_trailers(&mut t);
             to.send_trailers(t)
-                .map_err(|e| e.reason().unwrap_or(Reason::CANCEL))
+                .map_err(|e| Cut::from(e.reason().unwrap_or(Reason::CANCEL)))
         }
         Ok(None) => to
             .send_data(Bytes::new(), true)
-            .map_err(|e| e.reason().unwrap_or(Reason::CANCEL)),
+            .map_err(|e| Cut::from(e.reason().unwrap_or(Reason::CANCEL))),
         Err(e) => {
             let reason = e.reason().unwrap_or(Reason::CANCEL);
             fail(to, reason)

@@ -175,6 +175,7 @@ pub(crate) async fn h1_over_h2(
                 return Err(Failure::Broken {
                     status: 499,
                     reason: format!("writing to the client failed: {e}"),
+                    upstream: false,
                 });
             }
         }
@@ -229,6 +230,7 @@ pub(crate) async fn h1_over_h2(
         (Err(Failure::Answer(_)), Err(StreamCut::Source(e))) => Err(Failure::Broken {
             status: 499,
             reason: format!("client request body failed: {e}"),
+            upstream: false,
         }),
         (Err(f), _) => Err(f),
     }
@@ -336,6 +338,7 @@ impl H2Answer<'_> {
                 return Err(Failure::Broken {
                     status,
                     reason: cut.reason,
+                    upstream: !cut.sink,
                 });
             }
             Err(cut) => {
@@ -815,20 +818,17 @@ pub(crate) async fn h2_to_h1(
     })
     .await;
     match answer_res {
-        Ok(((status, grpc), reusable, ubuf)) => {
+        Ok((class, reusable, ubuf)) => {
             if reusable && pump_res.is_ok() {
                 w.pools.h1.release(obs.key().direction, up, &ubuf);
             }
             w.pools.bufs.put(ubuf);
+            let (status, grpc) = (class.status, class.grpc_status);
             obs.endpoint_outcome(
                 guard.as_ref(),
-                status < 500 && grpc != Some(GRPC_UNAVAILABLE),
+                status < 500 && grpc != Some(GRPC_UNAVAILABLE) && class.error.is_none(),
             );
-            Ok(ResponseClass {
-                status,
-                grpc_status: grpc,
-                error: None,
-            })
+            Ok(class)
         }
         // Nothing answered, because the client's body failed: its stream
         // is reset already, or goes now.
@@ -865,7 +865,7 @@ impl H1Reply<'_> {
         respond: &mut server::SendResponse<Bytes>,
         (urd, umeter): (&mut crate::pool::UpRead, &ConnMeter),
         answered: Option<(ResponseHead, Vec<u8>)>,
-    ) -> Result<((u16, Option<u32>), bool, Vec<u8>), Failure> {
+    ) -> Result<(ResponseClass, bool, Vec<u8>), Failure> {
         let (resp, mut ubuf) = match answered {
             Some(a) => a,
             None => {
@@ -925,6 +925,11 @@ impl H1Reply<'_> {
             return Err(Failure::Reset(Reason::CANCEL));
         };
         let mut reusable = resp.keep_alive() && body_framing != BodyFraming::CloseDelimited;
+        let mut class = ResponseClass {
+            status,
+            grpc_status: grpc,
+            error: None,
+        };
         if !end {
             // The body streams with plain reads (no ring buffer waits on a
             // slow client).
@@ -959,10 +964,11 @@ impl H1Reply<'_> {
                     to.send_reset(Reason::INTERNAL_ERROR);
                     obs.reset(Reason::INTERNAL_ERROR);
                     reusable = false;
+                    class = ResponseClass::broken(status, grpc);
                 }
             }
         }
-        Ok(((status, grpc), reusable, ubuf))
+        Ok((class, reusable, ubuf))
     }
 }
 

@@ -271,6 +271,74 @@ fn shutdown_endpoint_drains_and_exits_0() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// A response its upstream cuts short (a body shorter than its length, an
+/// HTTP/2 stream reset mid-body) is a failure in `response_total`,
+/// whatever its status, as linkerd2-proxy classifies a body's error (and
+/// not an error the proxy answered); from HTTP/1 and HTTP/2 clients to
+/// HTTP/1 and HTTP/2 upstreams.
+#[test]
+fn responses_cut_short_are_failures() {
+    use std::io::{BufRead, Write};
+    let h1 = Backend::start(|s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line == "\r\n" {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+                return;
+            }
+            line.clear();
+        }
+    });
+    let h2 = common::h2::origin(None);
+    let dir = TempDir::new("cut-short");
+    let file = service_file(
+        &dir,
+        "h1.test:80",
+        &[h1.addr],
+        &format!(
+            "protocol = \"http1\"\n[[service]]\nname = \"h2.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n",
+            h2.addr
+        ),
+    );
+    let [l1, l2] = closed_ports();
+    let fwd = format!("{l1}=h1.test:80,{l2}=h2.test:80");
+    let (p, base) = start(&[
+        ("RINGMESH_TCP_FORWARD", &fwd),
+        ("RINGMESH_DISCOVERY_STATIC", &file),
+    ]);
+    let fetch = |flags: &[&str], url: String| {
+        let out = Command::new("curl")
+            .args(["-sS", "-v", "--max-time", "10", "-o", "/dev/null"])
+            .args(flags)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "not cut short: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    fetch(&[], format!("http://{l1}/"));
+    fetch(&["--http2-prior-knowledge"], format!("http://{l1}/"));
+    fetch(&[], format!("http://{l2}/cut"));
+    fetch(&["--http2-prior-knowledge"], format!("http://{l2}/cut"));
+    let page = curl(&[&format!("{base}/metrics")]).1;
+    let count = |family: &str, needle: &str| {
+        page.lines()
+            .filter(|l| l.starts_with(family) && l.contains(needle))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let broken = "status_code=\"200\",classification=\"failure\",error=\"response_body\"";
+    assert_eq!(count("response_total{", broken), 4, "{page}");
+    assert_eq!(count("response_total{", "classification=\"success\""), 0);
+    assert_eq!(count("outbound_http_errors_total{", ""), 0);
+    drop(p);
+}
+
 /// From the drain's start `/ready` is 503 (as Envoy's): a health checker
 /// stops sending before the listeners refuse; `/live` stays 200.
 #[test]

@@ -57,7 +57,9 @@ impl ProxyErrorKind {
     /// before any of its stacks).
     pub fn of_http(direction: Direction, error: &str) -> Option<Self> {
         Some(match error {
-            "bad_request" => return None,
+            // A client's fault, or an upstream's response failing after it
+            // began (not an answer the proxy made).
+            "bad_request" | super::http::RESPONSE_BODY_FAILED => return None,
             "no_endpoints" | "unresolved" => Self::FailFast,
             "connect_failed" | "connect_timeout" | "tls_failed" | "upstream_failed" => Self::Io,
             "response_timeout" if direction == Direction::Outbound => Self::ResponseTimeout,

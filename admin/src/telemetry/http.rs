@@ -46,6 +46,11 @@ pub fn grpc_failure(code: u32) -> bool {
 /// `response_total`); `None` for responses that came from upstream.
 pub type ErrorLabel = Option<&'static str>;
 
+/// The `error` label of a response the upstream began and then failed
+/// (cut short, malformed, or its stream reset): a failure whatever its
+/// status, as linkerd2-proxy classifies a response body's error.
+pub const RESPONSE_BODY_FAILED: &str = "response_body";
+
 /// What a response is counted as: its status, the gRPC status its trailers
 /// (or trailers-only headers) carried, and the proxy's own error if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,9 +69,22 @@ impl ResponseClass {
         }
     }
 
-    /// 5xx, or a gRPC status linkerd2-proxy counts as a failure, is one.
+    /// The class of a response whose upstream failed after `status` was
+    /// sent.
+    pub fn broken(status: u16, grpc_status: Option<u32>) -> Self {
+        Self {
+            status,
+            grpc_status,
+            error: Some(RESPONSE_BODY_FAILED),
+        }
+    }
+
+    /// 5xx, a gRPC status linkerd2-proxy counts as a failure, or a
+    /// response the upstream failed to finish, is one.
     fn is_failure(&self) -> bool {
-        self.status >= 500 || self.grpc_status.is_some_and(grpc_failure)
+        self.status >= 500
+            || self.grpc_status.is_some_and(grpc_failure)
+            || self.error == Some(RESPONSE_BODY_FAILED)
     }
 
     /// `status_code`, `classification`, then `grpc_status` and `error`

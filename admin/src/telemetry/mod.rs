@@ -35,7 +35,9 @@ mod workers;
 
 pub use authz::{AuthzKey, AuthzProto, AuthzShard};
 pub use errors::{ErrorShard, ProxyErrorKind};
-pub use http::{ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS};
+pub use http::{
+    ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS, RESPONSE_BODY_FAILED,
+};
 pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
 pub use process::ProcessInfo;

@@ -261,6 +261,15 @@ async fn handle(
             let _ = s.send_trailers(t);
         }
         ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
+        // A 200 whose body is cut short by a reset.
+        ("cut", _) => {
+            let Ok(mut s) = respond.send_response(Response::new(()), false) else {
+                return;
+            };
+            let _ = s.send_data(Bytes::from_static(b"the beginning"), false);
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            s.send_reset(Reason::INTERNAL_ERROR);
+        }
         ("hang", _) => {
             if poll_fn(|cx| respond.poll_reset(cx)).await.is_ok() {
                 c.resets_seen.fetch_add(1, Ordering::Relaxed);
