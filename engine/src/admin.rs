@@ -137,6 +137,9 @@ pub(crate) struct EngineAdmin {
         Arc<crate::stream::StreamCounters>,
     )>,
     pub scrapes: Scrapes,
+    /// What workers evicted of series other workers still have
+    /// (`ringmesh_admin::telemetry::Evicted`).
+    pub residue: std::cell::RefCell<ringmesh_admin::telemetry::Evicted>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -227,8 +230,9 @@ impl EngineAdmin {
             .collect();
         let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
         let mut scrape = Scrape::default();
+        let mut evicted = Vec::with_capacity(answers.len());
         for answer in answers {
-            let Ok(Ok((stats, tcp, http, authz, errors))) =
+            let Ok(Ok((stats, tcp, http, authz, errors, gone))) =
                 monoio::time::timeout_at(deadline, answer).await
             else {
                 continue;
@@ -236,6 +240,14 @@ impl EngineAdmin {
             scrape.add(stats, &tcp, &http);
             scrape.add_authz(&authz);
             scrape.add_errors(&errors);
+            evicted.push(gone);
+        }
+        {
+            let mut residue = self.residue.borrow_mut();
+            for gone in &evicted {
+                residue.merge(gone);
+            }
+            scrape.keep_residue(&mut residue);
         }
         let process = ProcessInfo {
             started: self.started,

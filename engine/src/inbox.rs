@@ -7,7 +7,20 @@ use std::sync::mpsc;
 
 use futures_channel::oneshot;
 
-use ringmesh_admin::telemetry::{AuthzShard, ErrorShard, HttpShard, TcpSnapshot, WorkerStats};
+use ringmesh_admin::telemetry::{
+    AuthzShard, ErrorShard, Evicted, HttpShard, TcpSnapshot, WorkerStats,
+};
+
+/// A worker's answer to a scrape: its counters, copies of its shards, and
+/// the label sets it evicted as idle since the last one.
+pub(crate) type MetricsAnswer = (
+    WorkerStats,
+    TcpSnapshot,
+    HttpShard,
+    AuthzShard,
+    ErrorShard,
+    Evicted,
+);
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.
@@ -15,5 +28,5 @@ pub(crate) enum WorkerMsg {
     Stats(mpsc::Sender<WorkerStats>),
     /// A copy of this worker's metrics shard, for a scrape. The control
     /// core awaits the answer without blocking its loop.
-    Metrics(oneshot::Sender<(WorkerStats, TcpSnapshot, HttpShard, AuthzShard, ErrorShard)>),
+    Metrics(oneshot::Sender<MetricsAnswer>),
 }

@@ -122,6 +122,7 @@ impl Proxy {
                     policy_counters: control.policy_counters(),
                     tap_metrics: tap_listener.as_ref().map(|_| control.tap_metrics()),
                     scrapes: Default::default(),
+                    residue: Default::default(),
                 },
             );
         }

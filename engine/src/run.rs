@@ -507,15 +507,18 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
         }
         WorkerMsg::Metrics(reply) => {
             let retain = worker.cfg.admin.metrics_retain_idle;
-            worker.telemetry.tcp.borrow_mut().evict_idle(retain);
-            worker.telemetry.http.borrow_mut().evict_idle(retain);
-            worker.telemetry.errors.borrow_mut().evict_idle(retain);
+            let evicted = ringmesh_admin::telemetry::Evicted {
+                tcp: worker.telemetry.tcp.borrow_mut().evict_idle(retain),
+                http: worker.telemetry.http.borrow_mut().evict_idle(retain),
+                errors: worker.telemetry.errors.borrow_mut().evict_idle(retain),
+            };
             let _ = reply.send((
                 worker.stats(),
                 worker.telemetry.tcp.borrow().snapshot(),
                 worker.telemetry.http.borrow().clone(),
                 worker.telemetry.authz.borrow().clone(),
                 worker.telemetry.errors.borrow().clone(),
+                evicted,
             ));
         }
         WorkerMsg::Shutdown => {}

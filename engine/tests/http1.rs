@@ -1943,3 +1943,77 @@ fn stalled_body_write(driver: IoDriver) {
     proxy.wait();
 }
 both_drivers!(a_stalled_body_write_times_out, super::stalled_body_write);
+
+/// With two workers, a series one of them evicted as idle
+/// (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`) while the other still counts it
+/// keeps its total: the counter never goes down between scrapes, and ends
+/// at every request sent.
+#[test]
+fn idle_eviction_on_one_worker_keeps_the_total() {
+    let origin = origin("o");
+    let admin = closed_port();
+    let (proxy, addr) = forward_proxy(
+        IoDriver::Uring,
+        &origin.addr.to_string(),
+        &[
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+            ("LINKERD2_PROXY_METRICS_RETAIN_IDLE", "1s"),
+        ],
+    );
+    let get = b"GET /hello HTTP/1.1\r\nHost: o\r\n\r\n";
+    let served =
+        |proxy: &Proxy| -> Vec<u64> { proxy.worker_stats().iter().map(|s| s.requests).collect() };
+    // A kept connection on each worker (the kernel picks the worker).
+    let mut on: [Option<(TcpStream, BufReader<TcpStream>)>; 2] = [None, None];
+    let mut sent = 0u64;
+    for _ in 0..64 {
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+        let before = served(&proxy);
+        let mut w = connect(addr);
+        let mut r = BufReader::new(w.try_clone().unwrap());
+        w.write_all(get).unwrap();
+        assert!(read_response(&mut r, false).0.starts_with("HTTP/1.1 200"));
+        sent += 1;
+        let after = served(&proxy);
+        let worker = (0..2).find(|&i| after[i] > before[i]).unwrap();
+        on[worker].get_or_insert((w, r));
+    }
+    let [Some(mut first), Some(mut second)] = on else {
+        panic!("no connection landed on one of the workers");
+    };
+    let mut ask = |(w, r): &mut (TcpStream, BufReader<TcpStream>)| {
+        w.write_all(get).unwrap();
+        assert!(read_response(r, false).0.starts_with("HTTP/1.1 200"));
+        sent += 1;
+    };
+    for _ in 0..5 {
+        ask(&mut first);
+    }
+    let total = || -> u64 {
+        let mut s = connect(admin);
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        page.lines()
+            .filter(|l| l.starts_with("request_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // The first worker's copy goes idle (and is evicted at a scrape); the
+    // second's goes on.
+    let mut last = 0;
+    let until = std::time::Instant::now() + Duration::from_millis(3000);
+    while std::time::Instant::now() < until {
+        ask(&mut second);
+        let now = total();
+        assert!(now >= last, "request_total went from {last} to {now}");
+        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(total(), sent);
+    proxy.shutdown();
+    proxy.wait();
+}

@@ -114,16 +114,30 @@ impl ErrorShard {
         c.last = now;
     }
 
-    /// Drops the label sets that have not counted for `retain`.
-    pub fn evict_idle(&mut self, retain: Duration) {
+    /// Drops the label sets that have not counted for `retain`, and
+    /// returns them (see `HttpShard::evict_idle`).
+    pub fn evict_idle(&mut self, retain: Duration) -> ErrorShard {
         let targets = &mut self.targets;
-        self.series.retain(|(d, target, _), c| {
-            let keep = c.last.elapsed() < retain;
-            if !keep && target.is_some() {
-                targets[side(*d)] -= 1;
-            }
-            keep
-        });
+        let series = self
+            .series
+            .extract_if(|(d, target, _), c| {
+                let evict = c.last.elapsed() >= retain;
+                if evict && target.is_some() {
+                    targets[side(*d)] -= 1;
+                }
+                evict
+            })
+            .collect();
+        ErrorShard {
+            series,
+            targets: [0, 0],
+        }
+    }
+
+    /// As `HttpShard::merge_residue`.
+    pub fn merge_residue(&mut self, residue: &mut ErrorShard) {
+        residue.series.retain(|k, _| self.series.contains_key(k));
+        self.merge(residue);
     }
 
     pub fn merge(&mut self, other: &ErrorShard) {

@@ -216,8 +216,23 @@ impl HttpShard {
         Some(self.0.entry(key.clone()).or_default())
     }
 
-    pub fn evict_idle(&mut self, retain: Duration) {
-        self.0.retain(|_, c| c.last_used.elapsed() < retain);
+    /// Drops the label sets not used for `retain`, and returns them: their
+    /// counts stay in the process's series while another worker still has
+    /// it ([`Self::merge_residue`]).
+    pub fn evict_idle(&mut self, retain: Duration) -> HttpShard {
+        HttpShard(
+            self.0
+                .extract_if(|_, c| c.last_used.elapsed() >= retain)
+                .collect(),
+        )
+    }
+
+    /// Adds what workers evicted (`residue`) to the label sets this merged
+    /// shard still has; forgets the rest (gone from every worker: the
+    /// series ends).
+    pub fn merge_residue(&mut self, residue: &mut HttpShard) {
+        residue.0.retain(|k, _| self.0.contains_key(k));
+        self.merge(residue);
     }
 
     /// Counts a retry away from `key`'s endpoint.
@@ -360,6 +375,40 @@ mod tests {
             dst_labels: None,
             route: None,
         }
+    }
+
+    /// A series one worker evicted as idle keeps its counts in the merged
+    /// totals while another worker still has it; once gone from every
+    /// worker it ends (and a new one starts from zero).
+    #[test]
+    fn evicted_counts_stay_while_another_worker_has_the_series() {
+        let (mut a, mut b) = (HttpShard::default(), HttpShard::default());
+        let ok = ResponseClass::http(200, None);
+        for _ in 0..5 {
+            a.record(&key(1), ok, 1);
+        }
+        for _ in 0..2 {
+            b.record(&key(1), ok, 1);
+        }
+        let mut residue = HttpShard::default();
+        let mut scrape = |a_retain: Duration, b_retain: Duration| {
+            let (gone_a, gone_b) = (a.evict_idle(a_retain), b.evict_idle(b_retain));
+            residue.merge(&gone_a);
+            residue.merge(&gone_b);
+            let mut merged = HttpShard::default();
+            merged.merge(&a);
+            merged.merge(&b);
+            merged.merge_residue(&mut residue);
+            merged.0.get(&key(1)).map(|c| c.requests)
+        };
+        let (idle, kept) = (Duration::ZERO, Duration::from_secs(600));
+        assert_eq!(scrape(kept, kept), Some(7));
+        // The first worker's copy evicted: the total stays.
+        assert_eq!(scrape(idle, kept), Some(7));
+        assert_eq!(scrape(idle, kept), Some(7));
+        // Then the second's: the series is gone, and so is what was kept.
+        assert_eq!(scrape(idle, idle), None);
+        assert!(residue.0.is_empty());
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use http::{
 pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
 pub use process::ProcessInfo;
-pub use scrape::Scrape;
+pub use scrape::{Evicted, Scrape};
 pub use tcp::{relayed, ConnMeter, TcpKey, TcpShard, TcpSnapshot, TcpStats};
 pub use tls::{NoTlsReason, TlsStatus};
 pub use workers::WorkerStats;

@@ -18,7 +18,36 @@ pub struct Scrape {
     errors: ErrorShard,
 }
 
+/// The label sets workers evicted as idle (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
+/// A series is evicted by each worker on its own; while another worker
+/// still has it, the evicted counts stay in its totals (kept here between
+/// scrapes), so a counter never goes down unless the series went away
+/// from every worker.
+#[derive(Debug, Default)]
+pub struct Evicted {
+    pub tcp: TcpSnapshot,
+    pub http: HttpShard,
+    pub errors: ErrorShard,
+}
+
+impl Evicted {
+    /// Adds what another worker evicted.
+    pub fn merge(&mut self, other: &Evicted) {
+        self.tcp.merge(&other.tcp);
+        self.http.merge(&other.http);
+        self.errors.merge(&other.errors);
+    }
+}
+
 impl Scrape {
+    /// Once every worker's answer is in: adds the evicted counts of series
+    /// still present, and forgets those of series gone everywhere.
+    pub fn keep_residue(&mut self, residue: &mut Evicted) {
+        self.tcp.merge_residue(&mut residue.tcp);
+        self.http.merge_residue(&mut residue.http);
+        self.errors.merge_residue(&mut residue.errors);
+    }
+
     /// Adds one worker's answer.
     pub fn add(&mut self, stats: WorkerStats, tcp: &TcpSnapshot, http: &HttpShard) {
         self.workers.push(stats);

@@ -171,28 +171,31 @@ impl TcpShard {
 
     /// Drops label sets with no open connection that have not changed for
     /// `retain` (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
-    pub fn evict_idle(&mut self, retain: Duration) {
-        self.0
-            .retain(|_, c| c.open.get() > 0 || c.last_used.get().elapsed() < retain);
+    /// Returns them (see `HttpShard::evict_idle`).
+    pub fn evict_idle(&mut self, retain: Duration) -> TcpSnapshot {
+        TcpSnapshot(
+            self.0
+                .extract_if(|_, c| c.open.get() == 0 && c.last_used.get().elapsed() >= retain)
+                .map(|(k, c)| (k, c.stats()))
+                .collect(),
+        )
     }
 
     /// A copy that can leave the worker.
     pub fn snapshot(&self) -> TcpSnapshot {
-        TcpSnapshot(
-            self.0
-                .iter()
-                .map(|(k, c)| {
-                    let stats = TcpStats {
-                        open_total: c.open_total.get(),
-                        open: c.open.get(),
-                        close_total: c.close_total.borrow().iter().copied().collect(),
-                        read: c.read.get(),
-                        write: c.write.get(),
-                    };
-                    (k.clone(), stats)
-                })
-                .collect(),
-        )
+        TcpSnapshot(self.0.iter().map(|(k, c)| (k.clone(), c.stats())).collect())
+    }
+}
+
+impl TcpCell {
+    fn stats(&self) -> TcpStats {
+        TcpStats {
+            open_total: self.open_total.get(),
+            open: self.open.get(),
+            close_total: self.close_total.borrow().iter().copied().collect(),
+            read: self.read.get(),
+            write: self.write.get(),
+        }
     }
 }
 
@@ -211,6 +214,12 @@ pub struct TcpStats {
 pub struct TcpSnapshot(pub HashMap<TcpKey, TcpStats>);
 
 impl TcpSnapshot {
+    /// As `HttpShard::merge_residue`.
+    pub fn merge_residue(&mut self, residue: &mut TcpSnapshot) {
+        residue.0.retain(|k, _| self.0.contains_key(k));
+        self.merge(residue);
+    }
+
     /// Adds another worker's copy into this one.
     pub fn merge(&mut self, other: &TcpSnapshot) {
         for (k, o) in &other.0 {
