@@ -818,8 +818,8 @@ fn verdict(
     if let Some(why) = found.undecided {
         tracing::debug!(listener = c.kind.name(), peer = %c.peer, ?why, verdict = ?p, fallback = ?fallback, "no protocol detected");
     }
-    if early.as_ref().is_some_and(Early::spoke_first) {
-        if let Some(d) = dest {
+    if let Some(early) = early.as_ref().filter(|e| e.spoke_first()) {
+        if let Some(d) = dest.filter(|_| !early.answered_as_http()) {
             c.w.detection
                 .server_first
                 .borrow_mut()
@@ -1484,6 +1484,16 @@ impl Early {
     /// connection preface, which HTTP/2 servers send without waiting).
     fn spoke_first(&self) -> bool {
         !self.banner.is_empty() && !is_h2_server_preface(&self.banner)
+    }
+
+    /// Whether what it sent is an HTTP/1 response: an HTTP server's answer
+    /// to a client that said nothing in time (a 408 from Apache's
+    /// `RequestReadTimeout`, Envoy's or HAProxy's request timeout), not a
+    /// server-speaks-first protocol. Relayed to this client, but not
+    /// remembered for the destination.
+    fn answered_as_http(&self) -> bool {
+        let n = self.banner.len().min(5);
+        self.banner[..n] == b"HTTP/"[..n]
     }
 }
 

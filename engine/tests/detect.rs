@@ -151,6 +151,59 @@ both_drivers!(
     super::server_first_is_relayed_at_once
 );
 
+/// An HTTP server that answers a silent client with a 408 (Apache's
+/// `RequestReadTimeout`, Envoy's or HAProxy's request timeout) spoke
+/// first on that connection, which is relayed; but its destination is not
+/// remembered as server-speaks-first: the next connection is detected (its
+/// malformed request gets the proxy's 400, not a relay to the backend).
+fn an_http_servers_408_is_not_server_first(driver: IoDriver) {
+    let backend = Backend::start(|s| {
+        let mut w = s.try_clone().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        match std::io::BufRead::read_line(&mut r, &mut line) {
+            Ok(n) if n > 0 => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+            }
+            _ => {
+                let _ = w.write_all(
+                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    let fwd = format!("127.0.0.1:0={}", backend.addr);
+    let proxy = start_proxy(
+        driver,
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let mut silent = connect(addr);
+    let mut got = String::new();
+    let _ = silent.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    let mut c = connect(addr);
+    c.write_all(b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
+    drop((silent, c));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    an_http_servers_408_is_not_server_first,
+    super::an_http_servers_408_is_not_server_first
+);
+
 /// An HTTP/2 server sends its SETTINGS as soon as it accepts. A client
 /// that waits before its preface (past the early connect's grace) must
 /// still reach the proxy's HTTP/2 server, not be relayed to the origin as a
