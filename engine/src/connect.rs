@@ -146,6 +146,11 @@ pub(crate) fn dst_labels(svc: &Service) -> Option<DstLabels> {
 /// Connects with a timeout (reported as `ErrorKind::TimedOut`).
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        // Past the data path's share of descriptors: as if out of them
+        // (`fd_limit`), before the reserve is gone too.
+        Ok(Ok(s)) if crate::fd_limit::in_reserve(s.as_raw_fd()) => {
+            Err(io::Error::from_raw_os_error(nix::libc::EMFILE))
+        }
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -64,6 +64,7 @@ mod destination;
 mod detect;
 mod dispatch;
 mod error;
+mod fd_limit;
 mod feedback;
 mod grpc;
 mod h1forward;

@@ -80,6 +80,13 @@ impl Proxy {
         // Workers share limits by this count.
         cfg.cores = Some(n);
         tracing::info!(workers = n, driver = %driver, "starting");
+        if let Some(limit) = crate::fd_limit::init() {
+            tracing::debug!(
+                limit,
+                reserve = crate::fd_limit::reserve(limit),
+                "descriptors: the data path leaves the reserve free"
+            );
+        }
 
         if cfg.discovery.dns.servers.is_empty() {
             let sys = DnsConfig::system();

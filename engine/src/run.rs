@@ -552,6 +552,22 @@ pub(crate) async fn accept_loop(
             _ = stop.wait() => break,
         };
         match accepted {
+            Ok((stream, _)) if crate::fd_limit::in_reserve(stream.as_raw_fd()) => {
+                // The data path's share of descriptors is used up: closed
+                // at once (`fd_limit`), and accepting pauses a moment.
+                drop(stream);
+                worker
+                    .telemetry
+                    .fd_refused
+                    .set(worker.telemetry.fd_refused.get() + 1);
+                warn_limited!(
+                    worker,
+                    Warning::DescriptorsExhausted,
+                    worker = worker.id,
+                    "descriptors near the limit: connection closed at once"
+                );
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
             Ok((stream, peer)) => {
                 worker
                     .telemetry

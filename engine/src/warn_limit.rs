@@ -33,6 +33,9 @@ pub(crate) enum Warning {
     Loop,
     /// `accept(2)` failed (out of descriptors and the like).
     AcceptFailed,
+    /// An accepted connection closed at once: the data path's share of
+    /// descriptors is used up (`fd_limit`).
+    DescriptorsExhausted,
     /// An inbound mutual-TLS handshake or transport header failed.
     TlsHandshake,
     /// An inbound connection denied by the authorization policy.
@@ -48,7 +51,7 @@ pub(crate) enum Warning {
 }
 
 impl Warning {
-    const ALL: [Warning; 14] = [
+    const ALL: [Warning; 15] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -58,6 +61,7 @@ impl Warning {
         Warning::ForwardUnresolved,
         Warning::Loop,
         Warning::AcceptFailed,
+        Warning::DescriptorsExhausted,
         Warning::TlsHandshake,
         Warning::Unauthorized,
         Warning::NotInboundIp,
@@ -76,6 +80,7 @@ impl Warning {
             Warning::ForwardUnresolved => "forward target not resolved",
             Warning::Loop => "loop refused",
             Warning::AcceptFailed => "accept failed",
+            Warning::DescriptorsExhausted => "descriptors near the limit",
             Warning::TlsHandshake => "inbound TLS failed",
             Warning::Unauthorized => "connection denied by policy",
             Warning::NotInboundIp => "inbound address not allowed",

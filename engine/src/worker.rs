@@ -255,6 +255,9 @@ pub(crate) struct Telemetry {
     /// Connections relayed because their server spoke first (seen now, or
     /// remembered).
     pub server_first_relays: Cell<u64>,
+    /// Accepted connections closed at once: descriptors near the limit
+    /// (`fd_limit`).
+    pub fd_refused: Cell<u64>,
     pub tcp: RefCell<TcpShard>,
     pub http: RefCell<HttpShard>,
     /// Inbound authorization outcomes.
@@ -602,6 +605,7 @@ impl Worker {
             detect_undecided: undecided.len() as u64,
             detect_evicted: undecided.evicted.get(),
             server_first: t.server_first_relays.get(),
+            fd_refused: t.fd_refused.get(),
             http2_stalled: self.stalls.len() as u64,
             http2_stalled_resets: self.stalls.resets(),
             uring_enters: uring.enters,

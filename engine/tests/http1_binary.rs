@@ -4,6 +4,8 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
 
 use common::http::origin;
 use common::proc::*;
@@ -206,4 +208,109 @@ fn gib_bodies_bounded_memory_uring() {
 #[test]
 fn gib_bodies_bounded_memory_epoll() {
     gib_bodies_bounded_memory("epoll");
+}
+
+/// With RLIMIT_NOFILE at 200 and clients holding requests to an upstream
+/// that never answers (a client and an upstream descriptor each), the
+/// proxy keeps the last tenth of its descriptors free: its admin server
+/// still answers probes, what is past the data path's share is refused at
+/// once (a closed connection, or a 503), and it serves again once they
+/// leave. Without the reserve every descriptor was taken and `/ready`
+/// could not be reached.
+#[test]
+fn held_requests_leave_the_admin_its_descriptors() {
+    use std::io::{Read, Write};
+    let hold = Backend::start(|mut s| {
+        let mut b = [0u8; 4096];
+        while s.read(&mut b).is_ok_and(|n| n > 0) {}
+    });
+    let origin = origin("o");
+    let [held, served, admin] = closed_ports();
+    let fwd = format!("{held}={},{served}={}", hold.addr, origin.addr);
+    let plain = ringmesh(
+        "uring",
+        &[
+            ("RINGMESH_TCP_FORWARD", &fwd),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+        ],
+    );
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=200:200").arg(plain.get_program());
+    cmd.env_clear()
+        .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut p = Running::spawn(cmd);
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    let pid = p.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..150 {
+        let Ok(mut c) = std::net::TcpStream::connect(held) else {
+            continue;
+        };
+        if c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").is_ok() {
+            clients.push(c);
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    let open = fds();
+    assert!(open < 200, "{open} descriptors open");
+    let probe = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{admin}/ready"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout),
+        "200",
+        "/ready with {open} descriptors open"
+    );
+    // Past the share: refused at once, not held (a 503 from a shed
+    // upstream connect, or the connection closed).
+    let refused = clients
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut b = [0u8; 12];
+            match (&mut &**c).read(&mut b) {
+                Ok(0) => true,
+                Ok(n) => b[..n].starts_with(b"HTTP/1.1 503"),
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        })
+        .count();
+    assert!(refused > 0, "nothing refused with {open} descriptors open");
+    drop(clients);
+    let page = eventually(Duration::from_secs(5), || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "2"])
+            .arg(format!("http://{served}/hello"))
+            .output()
+            .is_ok_and(|o| o.stdout == b"hello from o\n")
+    });
+    assert!(page, "not served after the clients left");
+    let metrics = Command::new("curl")
+        .arg(format!("http://{admin}/metrics"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("ringmesh_worker_fd_reserve_refused_total"),
+        "{text}"
+    );
+    drop(p);
 }

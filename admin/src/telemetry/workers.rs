@@ -37,6 +37,8 @@ pub struct WorkerStats {
     pub detect_evicted: u64,
     /// Connections relayed because their server spoke first.
     pub server_first: u64,
+    /// Accepted connections closed at once, in the descriptor reserve.
+    pub fd_refused: u64,
     /// Responses waiting now for their HTTP/2 client's window.
     pub http2_stalled: u64,
     /// Of those, reset (longest stalled first) to keep within the budget.
@@ -152,6 +154,13 @@ pub(crate) fn encode(stats: &[WorkerStats], out: &mut String) {
         "counter",
         "Connections each worker relayed because the server spoke first (seen, or remembered for the destination).",
         |s| s.server_first,
+    );
+    per_worker(
+        out,
+        "ringmesh_worker_fd_reserve_refused_total",
+        "counter",
+        "Connections each worker accepted and closed at once because the process's descriptors were near RLIMIT_NOFILE (the last tenth, at least 32 and at most 1024, is kept for the admin server and the control plane).",
+        |s| s.fd_refused,
     );
     per_worker(
         out,
