@@ -1658,6 +1658,19 @@ impl Parser<'_> {
     /// then the static files; then Linkerd's identity service. Every
     /// variable a mode needs and lacks is listed.
     fn read_identity(&mut self, dns: &DnsConfig) -> IdentityConfig {
+        // Checked in every mode (a bad value is listed even where it is
+        // not used).
+        let mut handshake_timeout = Duration::from_secs(10);
+        self.positive_duration(TLS_HANDSHAKE_TIMEOUT, &mut handshake_timeout);
+        let mut min_refresh = Duration::from_secs(10);
+        let mut max_refresh = Duration::from_secs(24 * 3600);
+        self.positive_duration(IDENTITY_MIN_REFRESH, &mut min_refresh);
+        self.positive_duration(IDENTITY_MAX_REFRESH, &mut max_refresh);
+        if min_refresh > max_refresh {
+            self.problems.push(format!(
+                "{IDENTITY_MIN_REFRESH} ({min_refresh:?}) is greater than {IDENTITY_MAX_REFRESH} ({max_refresh:?})"
+            ));
+        }
         let flag = |s: &str| match s {
             "" | "false" | "0" | "off" => Ok(false),
             _ => Ok(true),
@@ -1699,8 +1712,6 @@ impl Parser<'_> {
                 .map_err(|e| self.bad(IDENTITY_TRUST_ANCHORS, "<PEM>", &e))
                 .ok()
         });
-        let mut handshake_timeout = Duration::from_secs(10);
-        self.positive_duration(TLS_HANDSHAKE_TIMEOUT, &mut handshake_timeout);
         if static_mode {
             let cert = require(self, IDENTITY_CERT, mode);
             let key = require(self, IDENTITY_KEY, mode);
@@ -1752,15 +1763,6 @@ impl Parser<'_> {
                     "{IDENTITY_SVC_NAME} must be set: the identity service at {addr} is not on loopback, so it is spoken to over TLS as that name"
                 ));
             }
-        }
-        let mut min_refresh = Duration::from_secs(10);
-        let mut max_refresh = Duration::from_secs(24 * 3600);
-        self.positive_duration(IDENTITY_MIN_REFRESH, &mut min_refresh);
-        self.positive_duration(IDENTITY_MAX_REFRESH, &mut max_refresh);
-        if min_refresh > max_refresh {
-            self.problems.push(format!(
-                "{IDENTITY_MIN_REFRESH} ({min_refresh:?}) is greater than {IDENTITY_MAX_REFRESH} ({max_refresh:?})"
-            ));
         }
         let (Some(name), Some(trust_anchors), Some(dir), Some(token_file), Some(svc_addr)) =
             (name, anchors, dir, token_file, svc_addr)
@@ -2748,6 +2750,24 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(POLICY_SVC_ADDR), "{bad}: {err}");
+        }
+    }
+
+    /// Durations that must be positive are, whatever the identity mode
+    /// (zero was accepted without an identity, or in the static mode).
+    #[test]
+    fn identity_durations_are_positive_in_every_mode() {
+        for mode in [
+            &[][..],
+            &[(IDENTITY_CERT, "/c.pem"), (IDENTITY_KEY, "/k.pem")][..],
+        ] {
+            let mut vars = vec![(TLS_HANDSHAKE_TIMEOUT, "0"), (IDENTITY_MIN_REFRESH, "0s")];
+            vars.extend_from_slice(mode);
+            let err = parse(&vars).unwrap_err();
+            for key in [TLS_HANDSHAKE_TIMEOUT, IDENTITY_MIN_REFRESH] {
+                let n = err.problems.iter().filter(|p| p.starts_with(key)).count();
+                assert_eq!(n, 1, "{key}: {err}");
+            }
         }
     }
 
