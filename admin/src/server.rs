@@ -559,6 +559,8 @@ pub async fn route_for_tests<B: AdminBackend>(
 }
 
 /// The admin API: paths and methods as linkerd2-proxy's admin server.
+/// Every `GET` answers `HEAD` too, as the same reply (its writer leaves
+/// the body out), so a probe or `curl -I` sees what `GET` would.
 async fn route<B: AdminBackend>(
     method: Method,
     path: &str,
@@ -593,7 +595,7 @@ async fn route<B: AdminBackend>(
         "/proxy-log-level" if !from_loopback => {
             Reply::text(403, "Requests are only permitted from localhost.")
         }
-        "/env.json" if only(&[Method::Get]) => Reply::not_allowed("GET"),
+        "/env.json" if only(&[Method::Get, Method::Head]) => Reply::not_allowed("GET, HEAD"),
         // linkerd2-proxy serves it to any client; here, as the log level,
         // from this host only: the environment is the proxy's settings.
         "/env.json" if !from_loopback => {
@@ -601,7 +603,7 @@ async fn route<B: AdminBackend>(
         }
         "/env.json" => env_json(query),
         "/proxy-log-level" => match method {
-            Method::Get => Reply::text(200, format!("{}\n", backend.log_level())),
+            Method::Get | Method::Head => Reply::text(200, format!("{}\n", backend.log_level())),
             Method::Put => {
                 let Ok(filter) = std::str::from_utf8(body) else {
                     return Reply::text(400, "the filter must be UTF-8\n");
@@ -611,7 +613,7 @@ async fn route<B: AdminBackend>(
                     Err(e) => Reply::text(400, format!("{e}\n")),
                 }
             }
-            _ => Reply::not_allowed("GET, PUT"),
+            _ => Reply::not_allowed("GET, HEAD, PUT"),
         },
         _ => Reply::text(404, "not found\n"),
     }
@@ -749,6 +751,45 @@ mod tests {
         assert_eq!(r("GET", "/env.json", b"", false), 403);
         assert_eq!(r("POST", "/env.json", b"", true), 405);
         assert_eq!(r("GET", "/env.json?PATH=x", b"", true), 400);
+    }
+
+    /// Every `GET` endpoint answers `HEAD` as `GET` without the body, and
+    /// a 405 names `HEAD` wherever it names `GET`.
+    #[test]
+    fn head_is_get_without_the_body() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let b = Fake::default();
+        b.ready.set(true);
+        let mut r = |m: &str, p: &str| rt.block_on(route_for_tests(m, p, b"", true, &b));
+        for path in [
+            "/live",
+            "/ready",
+            "/metrics",
+            "/proxy-log-level",
+            "/env.json",
+        ] {
+            let (get, head) = (r("GET", path), r("HEAD", path));
+            assert_eq!((get.status, head.status), (200, 200), "{path}");
+            assert_eq!(get.content_type, head.content_type, "{path}");
+            let out = http1_reply(&head, true, false, false).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            let length = format!("content-length: {}\r\n", get.body.text().len());
+            assert!(out.contains(&length), "{path}: {out}");
+            assert!(out.ends_with("\r\n\r\n"), "{path}: a body in {out}");
+            let refused = r("DELETE", path);
+            assert_eq!(refused.status, 405, "{path}");
+            let allow = refused.allow.unwrap();
+            assert!(allow.starts_with("GET, HEAD"), "{path}: {allow}");
+        }
+        assert_eq!(
+            r("DELETE", "/proxy-log-level").allow,
+            Some("GET, HEAD, PUT")
+        );
+        // `/shutdown` is no GET endpoint.
+        assert_eq!(r("HEAD", "/shutdown").allow, Some("POST"));
     }
 
     /// Every scrape a collection answers shares its page: an HTTP/2

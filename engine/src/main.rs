@@ -56,10 +56,9 @@ fn main() -> ExitCode {
     let cfg = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "ringmesh: invalid configuration ({} problems):",
-                e.problems.len()
-            );
+            let n = e.problems.len();
+            let s = if n == 1 { "" } else { "s" };
+            eprintln!("ringmesh: invalid configuration ({n} problem{s}):");
             for p in &e.problems {
                 eprintln!("  - {p}");
             }

@@ -28,6 +28,51 @@ const OBSERVE_PATH: &str = "/io.linkerd.proxy.tap.Tap/Observe";
 const USAGE: &str = "usage: ringmesh tap [--addr HOST:PORT] [--method M] [--path PREFIX] \
 [--authority A] [--to IP[/BITS] | IP:PORT | :PORT] [--limit N] [--headers] [-o json]";
 
+/// `ringmesh tap --help`: the flags as docs/TAP.md describes them.
+fn help() -> String {
+    format!(
+        "\
+usage: ringmesh tap [--addr HOST:PORT] [--method M] [--path PREFIX] [--authority A]
+                    [--to IP[/BITS] | IP:PORT | :PORT] [--limit N] [--headers] [-o json]
+
+Watches a running proxy's requests through its tap port, one line per
+event as `linkerd viz tap` prints them (docs/TAP.md). Filters are ANDed;
+with none every request matches.
+
+  --addr HOST:PORT          the proxy's tap port (default 127.0.0.1:4190)
+  --method M                requests with this method
+  --path PREFIX             requests whose path starts with PREFIX
+  --authority A             requests with this authority (exact)
+  --to IP[/BITS] | IP:PORT | :PORT
+                            requests to this destination address, network or port
+  --limit N                 end after N requests (default and most: {max})
+  --headers                 ask for the requests' headers too (printed with -o json)
+  -o, --output json|text    json: one JSON object per event; text: lines (default)
+  -h, --help                this help
+
+The call also ends when the proxy goes away, or on Ctrl-C. Exit codes:
+0 done; 64 bad arguments or a request the proxy refuses; 69 the proxy
+cannot be reached or does not answer within 5 s.
+",
+        max = crate::tap::MAX_LIMIT
+    )
+}
+
+/// Why the command line runs no tap.
+#[derive(Debug, PartialEq)]
+enum ArgsError {
+    /// `-h`/`--help`: print the help, exit 0.
+    Help,
+    /// A mistake, said in these words.
+    Bad(String),
+}
+
+impl From<String> for ArgsError {
+    fn from(why: String) -> Self {
+        Self::Bad(why)
+    }
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 struct Args {
@@ -98,7 +143,7 @@ fn destination(v: &str) -> Result<Vec<observe_request::Match>, String> {
     Err(format!("--to {v}: expected IP[/BITS], IP:PORT or :PORT"))
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
+fn parse(args: &[String]) -> Result<Args, ArgsError> {
     let mut addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4190));
     let mut limit = crate::tap::MAX_LIMIT;
     let mut json = false;
@@ -158,10 +203,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "-o" | "--output" => match value("-o")?.as_str() {
                 "json" => json = true,
                 "wide" | "text" => json = false,
-                other => return Err(format!("-o {other}: expected json or text")),
+                other => return Err(format!("-o {other}: expected json or text").into()),
             },
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+            "-h" | "--help" => return Err(ArgsError::Help),
+            other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
     use observe_request::extract;
@@ -186,11 +231,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
 pub fn main(args: &[String]) -> u8 {
     let args = match parse(args) {
         Ok(a) => a,
-        Err(why) => {
-            if !why.is_empty() {
-                eprintln!("ringmesh tap: {why}");
-            }
-            eprintln!("{USAGE}");
+        Err(ArgsError::Help) => {
+            print!("{}", help());
+            return 0;
+        }
+        Err(ArgsError::Bad(why)) => {
+            eprintln!("ringmesh tap: {why}\n{USAGE}");
             return 64;
         }
     };
@@ -563,6 +609,30 @@ mod tests {
             "--to :x",
         ] {
             assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// `-h`/`--help` asks for the help (wherever it is, unless it is a
+    /// flag's value), and the help names every flag `parse` takes.
+    #[test]
+    fn help_is_asked_for_and_names_every_flag() {
+        assert_eq!(parse(&args("--help")).unwrap_err(), ArgsError::Help);
+        assert_eq!(parse(&args("--limit 3 -h")).unwrap_err(), ArgsError::Help);
+        assert!(parse(&args("--path --help")).is_ok());
+        let help = help();
+        for flag in [
+            "--addr",
+            "--method",
+            "--path",
+            "--authority",
+            "--to",
+            "--limit",
+            "--headers",
+            "-o",
+            "--output",
+            "--help",
+        ] {
+            assert!(help.contains(&format!("{flag} ")), "{flag}: {help}");
         }
     }
 

@@ -122,6 +122,11 @@ fn probes_errors_and_log_level() {
         "400"
     );
     assert_eq!(curl(&[&format!("{base}/proxy-log-level")]).1, "debug\n");
+    // HEAD as GET, without the body, on every GET endpoint.
+    for path in ["live", "ready", "metrics", "proxy-log-level", "env.json"] {
+        let (code, head) = curl(&["-I", &format!("{base}/{path}")]);
+        assert_eq!(code, "200", "HEAD /{path}: {head}");
+    }
     assert_eq!(
         curl(&["-X", "POST", &format!("{base}/proxy-log-level")]).0,
         "405"
@@ -129,7 +134,8 @@ fn probes_errors_and_log_level() {
     // A 405 names what is allowed (RFC 9110 §15.5.6), as linkerd2-proxy's.
     let (_, head) = curl(&["-i", "-X", "DELETE", &format!("{base}/proxy-log-level")]);
     assert!(
-        head.to_ascii_lowercase().contains("\nallow: get, put\r\n"),
+        head.to_ascii_lowercase()
+            .contains("\nallow: get, head, put\r\n"),
         "{head}"
     );
     // A chunked body, from a client that waits for 100 (Continue) before

@@ -35,6 +35,10 @@ fn bad_configuration_lists_every_problem_and_exits_64() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr.contains("invalid configuration (7 problems):"),
+        "{stderr}"
+    );
     for var in [
         "LINKERD2_PROXY_CORES",
         "RINGMESH_IO_DRIVER",
@@ -472,6 +476,45 @@ fn arguments_help_or_are_refused() {
     let bad = run("--bogus");
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown argument \"--bogus\""));
+}
+
+/// `ringmesh tap --help` (or `-h`) prints the tap command's help on
+/// stdout, every flag docs/TAP.md describes named, and exits 0.
+#[test]
+fn tap_help_names_every_flag() {
+    for arg in ["--help", "-h"] {
+        let out = ringmesh("auto", &[]).args(["tap", arg]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{arg}: {out:?}");
+        assert!(out.stderr.is_empty(), "{arg}: {out:?}");
+        for flag in [
+            "--addr HOST:PORT",
+            "--method M",
+            "--path PREFIX",
+            "--authority A",
+            "--to IP[/BITS] | IP:PORT | :PORT",
+            "--limit N",
+            "--headers",
+            "-o, --output json|text",
+            "-h, --help",
+        ] {
+            assert!(text.contains(flag), "{arg}: {flag} not named:\n{text}");
+        }
+    }
+}
+
+/// One bad setting is "1 problem", not "1 problems".
+#[test]
+fn one_configuration_problem_is_singular() {
+    let out = ringmesh("auto", &[("LINKERD2_PROXY_CORES", "zero")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("invalid configuration (1 problem):"),
+        "{stderr}"
+    );
 }
 
 /// Out of file descriptors, a request gets 503 (`load_shed`: the proxy is
