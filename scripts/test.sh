@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 bash scripts/install-test-deps.sh
 # The in-process tests run many proxies, their clients and backends in one
-# process: descriptors up to the hard limit (at least 20 000 where it can),
+# process: their descriptors go up to the hard limit,
 # as a low soft limit (1024 on many systems) would make the proxies refuse
 # connections into their descriptor reserve (engine/src/fd_limit.rs).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
