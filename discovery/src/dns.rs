@@ -236,12 +236,21 @@ pub enum DnsError {
     },
 }
 
-/// Resolves host names to addresses over monoio sockets. Holds only its
-/// configuration: every lookup has its own sockets and buffers, so one
-/// resolver serves any number of concurrent lookups on the control core.
+/// Resolves host names to addresses over monoio sockets. Every lookup has
+/// its own sockets and buffers, so one resolver serves any number of
+/// concurrent lookups on the control core; at most
+/// [`MAX_CONCURRENT_EXCHANGES`] of their exchanges (a socket each) run at
+/// once, the rest wait their turn.
 pub struct DnsResolver {
     cfg: DnsConfig,
+    exchanges: crate::limit::Limit,
 }
+
+/// DNS exchanges with nameservers at once, per resolver. Each holds a
+/// socket: a client naming thousands of hosts against a nameserver that
+/// never answers otherwise held thousands of descriptors (every one the
+/// process had, the admin server's too) for the timeout.
+pub const MAX_CONCURRENT_EXCHANGES: usize = 128;
 
 /// A name's SRV answer: where the service runs, and for how long.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +305,10 @@ enum Slot {
 
 impl DnsResolver {
     pub fn new(cfg: DnsConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            exchanges: crate::limit::Limit::new(MAX_CONCURRENT_EXCHANGES),
+        }
     }
 
     pub fn config(&self) -> &DnsConfig {
@@ -509,6 +521,7 @@ impl DnsResolver {
         name: &Name,
         qtypes: &[RecordType],
     ) -> Vec<(RecordType, Result<Answer, DnsError>)> {
+        let _turn = self.exchanges.acquire().await;
         let timeout = self.timeout();
         let mut ids: Vec<u16> = Vec::with_capacity(qtypes.len());
         while ids.len() < qtypes.len() {

@@ -28,6 +28,7 @@ mod dns_resolver;
 pub mod events;
 mod file_resolver;
 pub mod hosts;
+mod limit;
 pub mod profile;
 mod resolver;
 pub mod snapshot;

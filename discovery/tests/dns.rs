@@ -601,3 +601,61 @@ fn lookups_work_on_both_drivers() {
         assert!(matches!(err, Err(DnsError::Timeout { .. })), "{err:?}");
     }
 }
+
+/// Sockets on this host connected to `port` on 127.0.0.1 (UDP).
+fn udp_sockets_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some(remote.as_str()))
+        .count()
+}
+
+/// A thousand names looked up at once against a nameserver that never
+/// answers hold about `MAX_CONCURRENT_EXCHANGES` sockets (each exchange
+/// holds one; a timed-out one's socket closes a moment after its
+/// cancelled receive, so up to twice that are seen): the rest wait their
+/// turn, and every lookup still ends. Unbounded, all were open at once.
+#[test]
+fn concurrent_exchanges_are_bounded() {
+    use ringmesh_discovery::dns::MAX_CONCURRENT_EXCHANGES;
+    use std::rc::Rc;
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dns = Rc::new(DnsResolver::new(DnsConfig {
+        servers: vec![silent.local_addr().unwrap()],
+        timeout: Duration::from_millis(300),
+        attempts: 1,
+        ..DnsConfig::default()
+    }));
+    let names = 8 * MAX_CONCURRENT_EXCHANGES;
+    let (peak, timed_out) = block_on(async move {
+        let lookups: Vec<_> = (0..names)
+            .map(|i| {
+                let dns = dns.clone();
+                monoio::spawn(async move { dns.resolve(&format!("n{i}.test")).await })
+            })
+            .collect();
+        let mut peak = 0;
+        let sampler = monoio::spawn(async move {
+            for _ in 0..150 {
+                peak = peak.max(udp_sockets_to(port));
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        });
+        let mut timed_out = 0;
+        for l in lookups {
+            timed_out += usize::from(matches!(l.await, Err(DnsError::Timeout { .. })));
+        }
+        (sampler.await, timed_out)
+    });
+    assert_eq!(timed_out, names);
+    assert!(peak > 0, "no exchange was seen");
+    assert!(
+        peak <= 2 * MAX_CONCURRENT_EXCHANGES,
+        "{peak} sockets at once"
+    );
+}
