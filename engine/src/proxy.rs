@@ -80,13 +80,6 @@ impl Proxy {
         // Workers share limits by this count.
         cfg.cores = Some(n);
         tracing::info!(workers = n, driver = %driver, "starting");
-        if let Some(limit) = crate::fd_limit::init() {
-            tracing::debug!(
-                limit,
-                reserve = crate::fd_limit::reserve(limit),
-                "descriptors: the data path leaves the reserve free"
-            );
-        }
 
         if cfg.discovery.dns.servers.is_empty() {
             let sys = DnsConfig::system();
@@ -97,6 +90,13 @@ impl Proxy {
         let (control, subscriber) = start_control(driver, &cfg)?;
         let mut bound = Bound::bind(&cfg, n)?;
         let workers = start_workers(n, driver, &mut bound, &subscriber, &control, &cfg)?;
+        if let Some((limit, reserve)) = crate::fd_limit::init() {
+            tracing::debug!(
+                limit,
+                reserve,
+                "descriptors: the data path leaves the reserve free"
+            );
+        }
         let draining = Arc::new(AtomicBool::new(false));
 
         let Bound {

@@ -210,6 +210,40 @@ fn gib_bodies_bounded_memory_epoll() {
     gib_bodies_bounded_memory("epoll");
 }
 
+/// The binary (io_uring, two workers) with RLIMIT_NOFILE at `n`, ready.
+fn with_nofile(n: u32, vars: &[(&str, &str)]) -> Running {
+    let plain = ringmesh("uring", vars);
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={n}:{n}"))
+        .arg(plain.get_program());
+    cmd.env_clear()
+        .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut p = Running::spawn(cmd);
+    assert!(p.wait_for("ready", Duration::from_secs(10)));
+    p
+}
+
+/// A limit so low that what the proxy opens at start (rings, listeners,
+/// the control core's) passes a tenth of it: the reserve shrinks to half
+/// of what is free, so the proxy still serves, and it warns.
+#[test]
+fn a_low_descriptor_limit_still_serves() {
+    let origin = origin("o");
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", origin.addr);
+    let mut p = with_nofile(40, &[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://{listen}/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from o\n");
+    assert!(p.wait_for("leaves room for few connections", Duration::from_secs(1)));
+}
+
 /// With RLIMIT_NOFILE at 200 and clients holding requests to an upstream
 /// that never answers (a client and an upstream descriptor each), the
 /// proxy keeps the last tenth of its descriptors free: its admin server
@@ -227,22 +261,13 @@ fn held_requests_leave_the_admin_its_descriptors() {
     let origin = origin("o");
     let [held, served, admin] = closed_ports();
     let fwd = format!("{held}={},{served}={}", hold.addr, origin.addr);
-    let plain = ringmesh(
-        "uring",
+    let mut p = with_nofile(
+        200,
         &[
             ("RINGMESH_TCP_FORWARD", &fwd),
             ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
         ],
     );
-    let mut cmd = Command::new("prlimit");
-    cmd.arg("--nofile=200:200").arg(plain.get_program());
-    cmd.env_clear()
-        .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut p = Running::spawn(cmd);
-    assert!(p.wait_for("ready", Duration::from_secs(10)));
     let pid = p.child.id();
     let fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
