@@ -261,7 +261,7 @@ fn held_requests_leave_the_admin_its_descriptors() {
     let origin = origin("o");
     let [held, served, admin] = closed_ports();
     let fwd = format!("{held}={},{served}={}", hold.addr, origin.addr);
-    let mut p = with_nofile(
+    let p = with_nofile(
         200,
         &[
             ("RINGMESH_TCP_FORWARD", &fwd),
