@@ -140,6 +140,9 @@ pub(crate) struct EngineAdmin {
     /// What workers evicted of series other workers still have
     /// (`ringmesh_admin::telemetry::Evicted`).
     pub residue: std::cell::RefCell<ringmesh_admin::telemetry::Evicted>,
+    /// Each worker's last copy of its shards, standing in for it when it
+    /// answers a scrape late.
+    pub last: std::cell::RefCell<Vec<Option<crate::inbox::WorkerCopy>>>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -229,26 +232,33 @@ impl EngineAdmin {
             })
             .collect();
         let deadline = monoio::time::Instant::now() + SCRAPE_WAIT;
-        let mut scrape = Scrape::default();
-        let mut evicted = Vec::with_capacity(answers.len());
+        let mut got = Vec::with_capacity(answers.len());
         for answer in answers {
-            let Ok(Ok((stats, tcp, http, authz, errors, gone))) =
-                monoio::time::timeout_at(deadline, answer).await
-            else {
+            let answer = monoio::time::timeout_at(deadline, answer).await;
+            got.push(answer.ok().and_then(Result::ok));
+        }
+        let mut scrape = Scrape::default();
+        let mut last = self.last.borrow_mut();
+        last.resize_with(got.len(), || None);
+        let mut residue = self.residue.borrow_mut();
+        let mut complete = true;
+        for (answer, last) in got.into_iter().zip(last.iter_mut()) {
+            if let Some((stats, tcp, http, authz, errors, gone)) = answer {
+                residue.merge(&gone);
+                *last = Some((stats, tcp, http, authz, errors));
+            }
+            // A worker late this time: its last copy stands in (its
+            // counts must not drop out of the totals for a scrape).
+            let Some((stats, tcp, http, authz, errors)) = last else {
+                complete = false;
                 continue;
             };
-            scrape.add(stats, &tcp, &http);
-            scrape.add_authz(&authz);
-            scrape.add_errors(&errors);
-            evicted.push(gone);
+            scrape.add(*stats, tcp, http);
+            scrape.add_authz(authz);
+            scrape.add_errors(errors);
         }
-        {
-            let mut residue = self.residue.borrow_mut();
-            for gone in &evicted {
-                residue.merge(gone);
-            }
-            scrape.keep_residue(&mut residue);
-        }
+        scrape.keep_residue(&mut residue, complete);
+        drop((last, residue));
         let process = ProcessInfo {
             started: self.started,
             version: env!("CARGO_PKG_VERSION"),

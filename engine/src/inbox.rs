@@ -12,7 +12,7 @@ use ringmesh_admin::telemetry::{
 };
 
 /// A worker's answer to a scrape: its counters, copies of its shards, and
-/// the label sets it evicted as idle since the last one.
+/// the label sets it evicted as idle since its last answer arrived.
 pub(crate) type MetricsAnswer = (
     WorkerStats,
     TcpSnapshot,
@@ -21,6 +21,9 @@ pub(crate) type MetricsAnswer = (
     ErrorShard,
     Evicted,
 );
+
+/// A worker's counters and copies of its shards.
+pub(crate) type WorkerCopy = (WorkerStats, TcpSnapshot, HttpShard, AuthzShard, ErrorShard);
 
 pub(crate) enum WorkerMsg {
     /// Stop accepting and drain.

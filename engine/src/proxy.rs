@@ -130,6 +130,7 @@ impl Proxy {
                     tap_metrics: tap_listener.as_ref().map(|_| control.tap_metrics()),
                     scrapes: Default::default(),
                     residue: Default::default(),
+                    last: Default::default(),
                 },
             );
         }

@@ -507,19 +507,26 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
         }
         WorkerMsg::Metrics(reply) => {
             let retain = worker.cfg.admin.metrics_retain_idle;
-            let evicted = ringmesh_admin::telemetry::Evicted {
-                tcp: worker.telemetry.tcp.borrow_mut().evict_idle(retain),
-                http: worker.telemetry.http.borrow_mut().evict_idle(retain),
-                errors: worker.telemetry.errors.borrow_mut().evict_idle(retain),
-            };
-            let _ = reply.send((
+            let t = &worker.telemetry;
+            // What it evicts goes with the answer; kept for the next one
+            // when this one is not taken (the scrape gave up waiting).
+            let mut evicted = t.evicted.take();
+            evicted.merge(&ringmesh_admin::telemetry::Evicted {
+                tcp: t.tcp.borrow_mut().evict_idle(retain),
+                http: t.http.borrow_mut().evict_idle(retain),
+                errors: t.errors.borrow_mut().evict_idle(retain),
+            });
+            let answer = (
                 worker.stats(),
-                worker.telemetry.tcp.borrow().snapshot(),
-                worker.telemetry.http.borrow().clone(),
-                worker.telemetry.authz.borrow().clone(),
-                worker.telemetry.errors.borrow().clone(),
+                t.tcp.borrow().snapshot(),
+                t.http.borrow().clone(),
+                t.authz.borrow().clone(),
+                t.errors.borrow().clone(),
                 evicted,
-            ));
+            );
+            if let Err(back) = reply.send(answer) {
+                t.evicted.replace(back.5);
+            }
         }
         WorkerMsg::Shutdown => {}
     }

@@ -264,6 +264,8 @@ pub(crate) struct Telemetry {
     pub authz: RefCell<ringmesh_admin::telemetry::AuthzShard>,
     /// Connections the worker could not serve (`*_tcp_errors_total`).
     pub errors: RefCell<ringmesh_admin::telemetry::ErrorShard>,
+    /// Label sets evicted as idle that no scrape took yet.
+    pub evicted: RefCell<ringmesh_admin::telemetry::Evicted>,
     /// Warnings that can repeat per request or connection, rate-limited.
     pub warnings: WarnLimit,
 }

@@ -135,9 +135,20 @@ impl ErrorShard {
     }
 
     /// As `HttpShard::merge_residue`.
-    pub fn merge_residue(&mut self, residue: &mut ErrorShard) {
-        residue.series.retain(|k, _| self.series.contains_key(k));
-        self.merge(residue);
+    pub fn merge_residue(&mut self, residue: &mut ErrorShard, prune: bool) {
+        if prune {
+            residue.series.retain(|k, _| self.series.contains_key(k));
+            return self.merge(residue);
+        }
+        let present = residue
+            .series
+            .iter()
+            .filter(|(k, _)| self.series.contains_key(*k));
+        let present = ErrorShard {
+            series: present.map(|(k, c)| (*k, *c)).collect(),
+            targets: [0, 0],
+        };
+        self.merge(&present);
     }
 
     pub fn merge(&mut self, other: &ErrorShard) {

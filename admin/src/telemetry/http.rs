@@ -228,11 +228,17 @@ impl HttpShard {
     }
 
     /// Adds what workers evicted (`residue`) to the label sets this merged
-    /// shard still has; forgets the rest (gone from every worker: the
-    /// series ends).
-    pub fn merge_residue(&mut self, residue: &mut HttpShard) {
-        residue.0.retain(|k, _| self.0.contains_key(k));
-        self.merge(residue);
+    /// shard still has; with `prune`, forgets the rest (gone from every
+    /// worker: the series ends). Without (a worker's copy is missing from
+    /// this scrape), they are kept for the next.
+    pub fn merge_residue(&mut self, residue: &mut HttpShard, prune: bool) {
+        if prune {
+            residue.0.retain(|k, _| self.0.contains_key(k));
+            return self.merge(residue);
+        }
+        let present = residue.0.iter().filter(|(k, _)| self.0.contains_key(*k));
+        let present = HttpShard(present.map(|(k, c)| (k.clone(), c.clone())).collect());
+        self.merge(&present);
     }
 
     /// Counts a retry away from `key`'s endpoint.
@@ -398,7 +404,7 @@ mod tests {
             let mut merged = HttpShard::default();
             merged.merge(&a);
             merged.merge(&b);
-            merged.merge_residue(&mut residue);
+            merged.merge_residue(&mut residue, true);
             merged.0.get(&key(1)).map(|c| c.requests)
         };
         let (idle, kept) = (Duration::ZERO, Duration::from_secs(600));
@@ -409,6 +415,30 @@ mod tests {
         // Then the second's: the series is gone, and so is what was kept.
         assert_eq!(scrape(idle, idle), None);
         assert!(residue.0.is_empty());
+    }
+
+    /// A scrape missing a worker's copy (it answered late) keeps what was
+    /// evicted of series only that worker has, for the next scrape.
+    #[test]
+    fn an_incomplete_scrape_keeps_the_residue() {
+        let ok = ResponseClass::http(200, None);
+        let (mut a, mut b) = (HttpShard::default(), HttpShard::default());
+        a.record(&key(1), ok, 1);
+        b.record(&key(1), ok, 1);
+        b.record(&key(1), ok, 1);
+        let mut residue = a.evict_idle(Duration::ZERO);
+        // `b` is late: only `a`'s (now empty) copy is in.
+        let mut merged = HttpShard::default();
+        merged.merge(&a);
+        merged.merge_residue(&mut residue, false);
+        assert!(merged.0.is_empty());
+        assert_eq!(residue.0[&key(1)].requests, 1, "kept");
+        // `b` answers again.
+        let mut merged = HttpShard::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        merged.merge_residue(&mut residue, true);
+        assert_eq!(merged.0[&key(1)].requests, 3);
     }
 
     #[test]

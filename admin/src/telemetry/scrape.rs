@@ -40,12 +40,13 @@ impl Evicted {
 }
 
 impl Scrape {
-    /// Once every worker's answer is in: adds the evicted counts of series
-    /// still present, and forgets those of series gone everywhere.
-    pub fn keep_residue(&mut self, residue: &mut Evicted) {
-        self.tcp.merge_residue(&mut residue.tcp);
-        self.http.merge_residue(&mut residue.http);
-        self.errors.merge_residue(&mut residue.errors);
+    /// Once the workers' answers are in: adds the evicted counts of series
+    /// still present; with `complete` (every worker's copy is in), forgets
+    /// those of series gone everywhere.
+    pub fn keep_residue(&mut self, residue: &mut Evicted, complete: bool) {
+        self.tcp.merge_residue(&mut residue.tcp, complete);
+        self.http.merge_residue(&mut residue.http, complete);
+        self.errors.merge_residue(&mut residue.errors, complete);
     }
 
     /// Adds one worker's answer.

@@ -215,9 +215,14 @@ pub struct TcpSnapshot(pub HashMap<TcpKey, TcpStats>);
 
 impl TcpSnapshot {
     /// As `HttpShard::merge_residue`.
-    pub fn merge_residue(&mut self, residue: &mut TcpSnapshot) {
-        residue.0.retain(|k, _| self.0.contains_key(k));
-        self.merge(residue);
+    pub fn merge_residue(&mut self, residue: &mut TcpSnapshot, prune: bool) {
+        if prune {
+            residue.0.retain(|k, _| self.0.contains_key(k));
+            return self.merge(residue);
+        }
+        let present = residue.0.iter().filter(|(k, _)| self.0.contains_key(*k));
+        let present = TcpSnapshot(present.map(|(k, c)| (k.clone(), c.clone())).collect());
+        self.merge(&present);
     }
 
     /// Adds another worker's copy into this one.
