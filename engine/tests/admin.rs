@@ -277,6 +277,83 @@ fn shutdown_endpoint_drains_and_exits_0() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// A worker that answers a scrape late (frozen here, by ptrace, past the
+/// scrape's 1 s wait) is stood in for by its last copy: the totals do not
+/// lose its counts for that scrape.
+#[test]
+fn a_late_worker_keeps_its_counts_in_the_totals() {
+    use std::io::{BufRead, Write};
+    let origin = common::http::origin("o");
+    let listen = closed_port();
+    let fwd = format!("{listen}={}", origin.addr);
+    let (p, base) = start(&[("RINGMESH_TCP_FORWARD", &fwd)]);
+    let page = || curl(&[&format!("{base}/metrics")]).1;
+    let sum = |page: &str, prefix: &str| -> u64 {
+        page.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    // Requests on new connections until worker 0 has served some.
+    let mut sent = 0;
+    while sum(&page(), "ringmesh_worker_requests_total{worker=\"0\"}") == 0 {
+        assert!(sent < 200, "worker 0 got no connection");
+        let c = connect(listen);
+        let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+        (&c).write_all(b"GET /hello HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        sent += 1;
+    }
+    assert!(eventually(Duration::from_secs(5), || sum(
+        &page(),
+        "request_total{"
+    ) == sent));
+    let pid = p.child.id();
+    // Worker 0's thread: the first started of the `ringmesh-worker-*`
+    // (the name is cut to 15 bytes in `comm`), the lowest id.
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("ringmesh-worker"))
+        })
+        .filter_map(|t| t.file_name().to_str()?.parse::<u32>().ok())
+        .min()
+        .expect("worker 0's thread");
+    // PTRACE_SEIZE, PTRACE_INTERRUPT: the one thread stops (no group
+    // stop); detached (and running again) after 2.5 s.
+    let freeze = concat!(
+        "import ctypes,os,sys,time\n",
+        "c=ctypes.CDLL(None,use_errno=True)\n",
+        "c.ptrace.argtypes=[ctypes.c_long,ctypes.c_long,ctypes.c_void_p,ctypes.c_void_p]\n",
+        "t=int(sys.argv[1])\n",
+        "assert c.ptrace(0x4206,t,None,None)==0\n",
+        "assert c.ptrace(0x4207,t,None,None)==0\n",
+        "s=ctypes.c_int();c.waitpid(t,ctypes.byref(s),0x40000000)\n",
+        "print('frozen',flush=True);time.sleep(2.5)\n",
+        "c.ptrace(17,t,None,None)\n",
+    );
+    let mut frozen = Command::new("python3")
+        .args(["-c", freeze, &tid.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(frozen.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "frozen");
+    let during = page();
+    assert_eq!(sum(&during, "request_total{"), sent, "{during}");
+    assert!(frozen.wait().unwrap().success());
+    assert_eq!(sum(&page(), "request_total{"), sent);
+    drop(p);
+}
+
 /// A response its upstream cuts short (a body shorter than its length, an
 /// HTTP/2 stream reset mid-body) is a failure in `response_total`,
 /// whatever its status, as linkerd2-proxy classifies a body's error (and
