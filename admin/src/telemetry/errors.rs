@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::http::HttpShard;
 use super::labels::Direction;
-use super::{cap_hit, family, MAX_SERIES};
+use super::{cap_hit_then, family, MAX_SERIES};
 
 /// Why a connection or request could not be served, with linkerd2-proxy's
 /// `error` label values.
@@ -103,7 +103,10 @@ impl ErrorShard {
         let mut key = (direction, Some(target), kind);
         if !self.series.contains_key(&key) {
             if self.targets[side(direction)] >= MAX_SERIES {
-                cap_hit("tcp_errors");
+                cap_hit_then(
+                    "tcp_errors",
+                    "new label sets are counted under target_addr=\"other\"",
+                );
                 key.1 = None;
             } else {
                 self.targets[side(direction)] += 1;

@@ -47,10 +47,13 @@ pub use tls::{NoTlsReason, TlsStatus};
 pub use workers::WorkerStats;
 
 /// At most this many label sets per family per worker; beyond it new label
-/// sets are not recorded, and that is logged (once per worker).
+/// sets are not recorded (the TCP error families count them under
+/// `target_addr="other"`), and that is logged (once per worker).
 pub const MAX_SERIES: usize = 10_000;
 
-fn cap_hit(family: &'static str) {
+/// Logs, once per worker, that `family` reached [`MAX_SERIES`]; `what`
+/// says what happens to new label sets.
+fn cap_hit_then(family: &'static str, what: &'static str) {
     thread_local! {
         static LOGGED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -58,9 +61,13 @@ fn cap_hit(family: &'static str) {
         tracing::warn!(
             family,
             max = MAX_SERIES,
-            "metrics series cap reached on this worker; new label sets are not recorded"
+            "metrics series cap reached on this worker; {what}"
         );
     }
+}
+
+fn cap_hit(family: &'static str) {
+    cap_hit_then(family, "new label sets are not recorded");
 }
 
 /// A family's `# HELP` and `# TYPE` lines.
