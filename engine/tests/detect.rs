@@ -4,14 +4,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringmesh_engine::IoDriver;
+use ringmesh_engine::{IoDriver, Proxy};
 
 /// A server-speaks-first backend (like MySQL or SMTP): it greets, then echoes.
 fn banner_backend() -> Backend {
@@ -96,6 +96,21 @@ both_drivers!(
     super::discovery_opaque_skips_detection
 );
 
+/// A forward to `backend` through one worker (what it learns applies to
+/// the next connection), with the 10 s detect timeout and no opaque port,
+/// plus `extra`.
+fn one_worker_forward(driver: IoDriver, backend: SocketAddr, extra: &[(&str, &str)]) -> Proxy {
+    let fwd = format!("127.0.0.1:0={backend}");
+    let mut vars = vec![
+        ("RINGMESH_TCP_FORWARD", fwd.as_str()),
+        ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
+        ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
+        ("LINKERD2_PROXY_CORES", "1"),
+    ];
+    vars.extend_from_slice(extra);
+    start_proxy(driver, &vars)
+}
+
 /// A server-speaks-first backend on a port not marked opaque, with the
 /// 10 s detect timeout: its banner reaches a silent client at once (the
 /// upstream connection is opened while waiting for the client), and the
@@ -104,17 +119,7 @@ both_drivers!(
 /// backend instead.
 fn server_first_is_relayed_at_once(driver: IoDriver) {
     let backend = banner_backend();
-    let fwd = format!("127.0.0.1:0={}", backend.addr);
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
-            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
-            // One worker: what it learns applies to the next connection.
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let proxy = one_worker_forward(driver, backend.addr, &[]);
     let addr = proxy.forward_addrs()[0];
     let started = Instant::now();
     let mut c = connect(addr);
@@ -174,16 +179,7 @@ fn an_http_servers_408_is_not_server_first(driver: IoDriver) {
             }
         }
     });
-    let fwd = format!("127.0.0.1:0={}", backend.addr);
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
-            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let proxy = one_worker_forward(driver, backend.addr, &[]);
     let addr = proxy.forward_addrs()[0];
     let mut silent = connect(addr);
     let mut got = String::new();
@@ -211,22 +207,13 @@ both_drivers!(
 /// remembered as one.
 fn h2_servers_settings_do_not_make_it_server_first(driver: IoDriver) {
     let origin = h2::origin(None);
-    let fwd = format!("127.0.0.1:0={}", origin.addr);
-    let proxy = start_proxy(
-        driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("RINGMESH_OUTBOUND_OPAQUE_PORTS", ""),
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
-            // Only the proxy advertises a stream limit: whose SETTINGS the
-            // client gets tells who answered.
-            (
-                "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
-                "7",
-            ),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
+    // Only the proxy advertises a stream limit: whose SETTINGS the client
+    // gets tells who answered.
+    let streams = (
+        "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_MAX_CONCURRENT_STREAMS",
+        "7",
     );
+    let proxy = one_worker_forward(driver, origin.addr, &[streams]);
     let addr = proxy.forward_addrs()[0];
     let slow = h2::advertised_streams_after(addr, Duration::from_millis(300));
     assert_eq!(
@@ -270,16 +257,11 @@ fn silent_connections_are_capped(driver: IoDriver) {
     const CAP: usize = 20;
     const CLIENTS: usize = 50;
     let (backend, open_upstream) = client_first_backend();
-    let fwd = format!("127.0.0.1:0={}", backend.addr);
     let cap = CAP.to_string();
-    let proxy = start_proxy(
+    let proxy = one_worker_forward(
         driver,
-        &[
-            ("RINGMESH_TCP_FORWARD", &fwd),
-            ("LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT", "10s"),
-            ("RINGMESH_DETECT_MAX_UNDECIDED", &cap),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
+        backend.addr,
+        &[("RINGMESH_DETECT_MAX_UNDECIDED", &cap)],
     );
     let addr = proxy.forward_addrs()[0];
     let mut clients = Vec::new();
@@ -567,12 +549,7 @@ fn drain_closes_undecided_connections(driver: IoDriver) {
         ],
     );
     let mut c = connect(proxy.forward_addrs()[0]);
-    assert!(eventually(Duration::from_secs(5), || proxy
-        .worker_stats()
-        .iter()
-        .map(|s| s.detect_undecided)
-        .sum::<u64>()
-        == 1));
+    assert!(eventually(Duration::from_secs(5), || undecided(&proxy) == 1));
     let started = Instant::now();
     proxy.shutdown();
     proxy.wait();

@@ -890,12 +890,7 @@ fn drain_serves_a_request_already_on_its_way(driver: IoDriver) {
     let (_idle_w, mut idle_r) = open();
     // Accepted, nothing sent yet (its protocol still undecided).
     let fresh = connect(addr);
-    assert!(eventually(Duration::from_secs(5), || proxy
-        .worker_stats()
-        .iter()
-        .map(|s| s.detect_undecided)
-        .sum::<u64>()
-        == 1));
+    assert!(eventually(Duration::from_secs(5), || undecided(&proxy) == 1));
     proxy.shutdown();
     assert!(eventually(Duration::from_secs(5), || TcpStream::connect(
         addr

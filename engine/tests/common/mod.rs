@@ -265,6 +265,15 @@ pub fn closed_ports<const N: usize>() -> [SocketAddr; N] {
     std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
+/// Connections whose protocol is not decided yet, on every worker.
+pub fn undecided(proxy: &Proxy) -> u64 {
+    proxy
+        .worker_stats()
+        .iter()
+        .map(|s| s.detect_undecided)
+        .sum()
+}
+
 /// Polls `f` every 20ms until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
