@@ -227,9 +227,12 @@ pub(crate) fn with_authority(req: &mut Request<()>, a: &str) {
 }
 
 /// The upstream did not process the stream: GOAWAY'd past its last stream
-/// id, or refused (RFC 9113 §8.7).
+/// id, or refused (RFC 9113 §8.7). Only the upstream can say so: a stream
+/// the library itself reset with REFUSED_STREAM (a response head past the
+/// header list limit) or cut off with a GOAWAY of its own was processed
+/// upstream, and going again would run it again.
 pub(crate) fn unprocessed(e: &monoio_http::h2::Error) -> bool {
-    e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)
+    e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM))
 }
 
 /// `work`'s output, unless `to`'s stream is reset first (or its connection

@@ -2193,3 +2193,33 @@ both_drivers!(
     stuck_and_idle_clients_are_closed,
     super::stuck_and_idle_clients
 );
+
+/// A response head past the proxy's header list limit is refused by the
+/// proxy's own HTTP/2 library (a local REFUSED_STREAM): the upstream did
+/// process the request, so it does not go again (a POST ran three times,
+/// taken for the upstream's refusal); the client gets a 502.
+fn a_local_refusal_is_not_retried(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_with(driver, origin.addr, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let got = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        h2::request(&send, "POST", "/big-head", None).await
+    });
+    let status = got.map(|a| a.status).unwrap_or(0);
+    assert_eq!(status, 502);
+    assert_eq!(
+        origin
+            .counters
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the request went again"
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_local_refusal_is_not_retried,
+    super::a_local_refusal_is_not_retried
+);

@@ -261,6 +261,15 @@ async fn handle(
             let _ = s.send_trailers(t);
         }
         ("reset", _) => respond.send_reset(Reason::INTERNAL_ERROR),
+        // A response head over the proxy's 64 KiB header list limit.
+        ("big-head", _) => {
+            let big = "x".repeat(70_000);
+            let resp = Response::builder().header("x-big", big).body(()).unwrap();
+            let Ok(mut s) = respond.send_response(resp, false) else {
+                return;
+            };
+            let _ = s.send_data(Bytes::from_static(b"big"), true);
+        }
         // A 200 whose body is cut short by a reset.
         ("cut", _) => {
             let Ok(mut s) = respond.send_response(Response::new(()), false) else {
