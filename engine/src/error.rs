@@ -112,6 +112,11 @@ struct FilterAnswer {
 
 /// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
 pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
+/// gRPC DEADLINE_EXCEEDED: the proxy's response timeout (as
+/// linkerd2-proxy's `gateway_timeout`).
+pub(crate) const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+/// gRPC ABORTED: a loop (as linkerd2-proxy's `loop_detected`).
+pub(crate) const GRPC_ABORTED: u32 = 10;
 /// gRPC's PERMISSION_DENIED: an authorization denial.
 pub(crate) const GRPC_PERMISSION_DENIED: u32 = 7;
 /// `NOT_FOUND`.
@@ -404,7 +409,21 @@ impl ProxyError {
             Kind::NoRoute => GRPC_NOT_FOUND,
             Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
             Kind::InjectedGrpc(code) => u32::from(code),
+            Kind::ResponseTimeout => GRPC_DEADLINE_EXCEEDED,
+            Kind::Loop => GRPC_ABORTED,
             _ => GRPC_UNAVAILABLE,
+        }
+    }
+
+    /// The HTTP status of the answer to a client: a gRPC client's is 200,
+    /// its outcome in `grpc-status` (a trailers-only response, as gRPC and
+    /// linkerd2-proxy answer: grpc-go and grpc-java read a non-200 status
+    /// as the call's outcome, whatever `grpc-status` says).
+    pub(crate) fn status_for(&self, grpc: bool) -> u16 {
+        if grpc {
+            200
+        } else {
+            self.status()
         }
     }
 
@@ -552,6 +571,8 @@ mod tests {
                 Kind::Forbidden => GRPC_PERMISSION_DENIED,
                 Kind::NoRoute => GRPC_NOT_FOUND,
                 Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
+                Kind::ResponseTimeout => GRPC_DEADLINE_EXCEEDED,
+                Kind::Loop => GRPC_ABORTED,
                 _ => GRPC_UNAVAILABLE,
             };
             assert_eq!(e.grpc_status(), grpc, "{kind:?}");

@@ -398,7 +398,7 @@ fn send_error(
     informational: bool,
 ) {
     let reason = e.header_value();
-    let mut resp = Response::builder().status(e.status());
+    let mut resp = Response::builder().status(e.status_for(grpc));
     if let Some(location) = e.location() {
         resp = resp.header(http::header::LOCATION, location);
     }
@@ -408,6 +408,7 @@ fn send_error(
     if grpc {
         resp = resp
             .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::CONTENT_LENGTH, 0)
             .header("grpc-status", e.grpc_status().to_string());
         if informational {
             resp = resp.header("grpc-message", reason.as_str());

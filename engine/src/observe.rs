@@ -390,7 +390,7 @@ impl<'w> Observer<'w> {
             p.data(body);
         }
         self.end(ResponseClass {
-            status: e.status(),
+            status: e.status_for(grpc),
             grpc_status: grpc.then(|| e.grpc_status()),
             error: (!e.by_filter()).then(|| e.label()),
         });

@@ -2223,3 +2223,41 @@ both_drivers!(
     a_local_refusal_is_not_retried,
     super::a_local_refusal_is_not_retried
 );
+
+/// The proxy's own answer to a gRPC client is a trailers-only response
+/// with HTTP status 200 and its outcome in `grpc-status` (grpc-go and
+/// grpc-java read a non-200 status as the outcome, whatever `grpc-status`
+/// says), as linkerd2-proxy answers; its response timeout is
+/// DEADLINE_EXCEEDED, not UNAVAILABLE.
+fn grpc_clients_get_trailers_only_answers(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[("RINGMESH_HTTP_RESPONSE_TIMEOUT", "200ms")],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let (status, headers) = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://test/hang")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let mut send = send.ready().await.unwrap();
+        let (resp, _) = send.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        (resp.status().as_u16(), resp.headers().clone())
+    });
+    assert_eq!(status, 200, "{headers:?}");
+    assert_eq!(headers["grpc-status"], "4", "{headers:?}");
+    assert_eq!(headers["content-type"], "application/grpc");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    grpc_clients_get_trailers_only_answers,
+    super::grpc_clients_get_trailers_only_answers
+);
