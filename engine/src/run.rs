@@ -515,6 +515,7 @@ pub(crate) fn answer(worker: &Worker, msg: WorkerMsg) {
                 tcp: t.tcp.borrow_mut().evict_idle(retain),
                 http: t.http.borrow_mut().evict_idle(retain),
                 errors: t.errors.borrow_mut().evict_idle(retain),
+                http_errors_gone: Default::default(),
             });
             let answer = (
                 worker.stats(),

@@ -2012,3 +2012,73 @@ fn idle_eviction_on_one_worker_keeps_the_total() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// `outbound_http_errors_total` counts by kind, over every label set: when
+/// one service's series is evicted as idle (gone from every worker), its
+/// errors stay in the count while another service's keep the series
+/// alive; it never goes down between scrapes.
+#[test]
+fn http_error_counts_survive_eviction() {
+    let (_held, dead) = refusing_port();
+    let dir = TempDir::new("http-errors-evicted");
+    let file = discovery_file(
+        &dir,
+        &format!(
+            "[[service]]\nname = \"a.test:80\"\nendpoints = [\"{dead}\"]\n\
+             [[service]]\nname = \"b.test:80\"\nendpoints = [\"{dead}\"]\n"
+        ),
+    );
+    let admin = closed_port();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=a.test:80,127.0.0.1:0=b.test:80",
+            ),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin.to_string()),
+            ("LINKERD2_PROXY_METRICS_RETAIN_IDLE", "1s"),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let (a, b) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
+    let failed = |addr: SocketAddr, host: &str| {
+        let (h, _) = request(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+        );
+        assert!(h.starts_with("HTTP/1.1 502"), "{h}");
+    };
+    let io_errors = || -> u64 {
+        let mut s = connect(admin);
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        let _ = s.read_to_string(&mut page);
+        page.lines()
+            .filter(|l| l.starts_with("outbound_http_errors_total{") && l.contains("\"i/o\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    for _ in 0..3 {
+        failed(a, "a.test");
+    }
+    let mut sent = 3;
+    let mut last = 0;
+    let until = std::time::Instant::now() + Duration::from_millis(3000);
+    while std::time::Instant::now() < until {
+        failed(b, "b.test");
+        sent += 1;
+        let now = io_errors();
+        assert!(
+            now >= last,
+            "outbound_http_errors_total went from {last} to {now}"
+        );
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(io_errors(), sent);
+    proxy.shutdown();
+    proxy.wait();
+}

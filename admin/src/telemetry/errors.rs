@@ -168,7 +168,9 @@ impl ErrorShard {
     /// Appends the TCP error families, then the HTTP ones read from
     /// `http`'s answers; each only when it has a series (as
     /// linkerd2-proxy).
-    pub fn encode(&self, http: &HttpShard, out: &mut String) {
+    /// `gone`: HTTP errors of label sets gone from every worker, which the
+    /// HTTP error families keep counting (they are not per label set).
+    pub fn encode(&self, http: &HttpShard, gone: &HttpErrors, out: &mut String) {
         let mut tcp: Vec<_> = self
             .series
             .iter()
@@ -182,24 +184,33 @@ impl ErrorShard {
             .collect();
         tcp.sort();
         encode_families(out, "tcp", "TCP connections", &tcp);
-        let mut by_kind: HashMap<(Direction, ProxyErrorKind), u64> = HashMap::new();
-        for (key, counters) in &http.0 {
-            for (class, c) in &counters.by_status {
-                let Some(kind) = class
-                    .error
-                    .and_then(|e| ProxyErrorKind::of_http(key.direction, e))
-                else {
-                    continue;
-                };
-                *by_kind.entry((key.direction, kind)).or_default() += c.total;
-            }
-        }
+        let mut by_kind = gone.clone();
+        count_http_errors(http, &mut by_kind);
         let mut http: Vec<_> = by_kind
             .into_iter()
             .map(|((d, kind), n)| (d, String::new(), kind, n))
             .collect();
         http.sort();
         encode_families(out, "http", "HTTP requests", &http);
+    }
+}
+
+/// HTTP requests the proxy answered itself, by direction and kind.
+pub type HttpErrors = HashMap<(Direction, ProxyErrorKind), u64>;
+
+/// Adds `http`'s answers of the proxy's own to `into`, by kind (read from
+/// `response_total`'s `error` label).
+pub fn count_http_errors(http: &HttpShard, into: &mut HttpErrors) {
+    for (key, counters) in &http.0 {
+        for (class, c) in &counters.by_status {
+            let Some(kind) = class
+                .error
+                .and_then(|e| ProxyErrorKind::of_http(key.direction, e))
+            else {
+                continue;
+            };
+            *into.entry((key.direction, kind)).or_default() += c.total;
+        }
     }
 }
 
@@ -257,7 +268,7 @@ mod tests {
         http.record(&key, ResponseClass::http(400, Some("bad_request")), 1);
         http.record(&key, ResponseClass::http(200, None), 1);
         let mut out = String::new();
-        shard.encode(&http, &mut out);
+        shard.encode(&http, &HttpErrors::new(), &mut out);
         assert!(out.contains(
             "inbound_tcp_errors_total{target_addr=\"10.0.0.1:8080\",error=\"tls detection timeout\"} 2\n"
         ));
@@ -286,7 +297,7 @@ mod tests {
             shard.tcp(Direction::Outbound, target, ProxyErrorKind::FailFast);
         }
         let mut out = String::new();
-        shard.encode(&HttpShard::default(), &mut out);
+        shard.encode(&HttpShard::default(), &HttpErrors::new(), &mut out);
         assert!(out.contains(
             "inbound_tcp_errors_total{target_addr=\"other\",error=\"tls detection timeout\"} 500\n"
         ));

@@ -231,14 +231,20 @@ impl HttpShard {
     /// shard still has; with `prune`, forgets the rest (gone from every
     /// worker: the series ends). Without (a worker's copy is missing from
     /// this scrape), they are kept for the next.
-    pub fn merge_residue(&mut self, residue: &mut HttpShard, prune: bool) {
+    /// Returns what was forgotten.
+    pub fn merge_residue(&mut self, residue: &mut HttpShard, prune: bool) -> HttpShard {
         if prune {
-            residue.0.retain(|k, _| self.0.contains_key(k));
-            return self.merge(residue);
+            let gone = residue
+                .0
+                .extract_if(|k, _| !self.0.contains_key(k))
+                .collect();
+            self.merge(residue);
+            return HttpShard(gone);
         }
         let present = residue.0.iter().filter(|(k, _)| self.0.contains_key(*k));
         let present = HttpShard(present.map(|(k, c)| (k.clone(), c.clone())).collect());
         self.merge(&present);
+        HttpShard::default()
     }
 
     /// Counts a retry away from `key`'s endpoint.

@@ -2,7 +2,7 @@
 //! whole exposition in its fixed family order.
 
 use super::authz::AuthzShard;
-use super::errors::ErrorShard;
+use super::errors::{count_http_errors, ErrorShard, HttpErrors};
 use super::http::HttpShard;
 use super::process::{self, ProcessInfo};
 use super::tcp::TcpSnapshot;
@@ -16,6 +16,8 @@ pub struct Scrape {
     http: HttpShard,
     authz: AuthzShard,
     errors: ErrorShard,
+    /// HTTP errors of label sets gone from every worker.
+    http_errors_gone: HttpErrors,
 }
 
 /// The label sets workers evicted as idle (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`).
@@ -28,6 +30,10 @@ pub struct Evicted {
     pub tcp: TcpSnapshot,
     pub http: HttpShard,
     pub errors: ErrorShard,
+    /// Kept by the scrapes: the HTTP errors of label sets gone from every
+    /// worker, which `*_http_errors_total` (by kind, not by label set) go
+    /// on counting.
+    pub http_errors_gone: HttpErrors,
 }
 
 impl Evicted {
@@ -36,6 +42,9 @@ impl Evicted {
         self.tcp.merge(&other.tcp);
         self.http.merge(&other.http);
         self.errors.merge(&other.errors);
+        for (k, n) in &other.http_errors_gone {
+            *self.http_errors_gone.entry(*k).or_default() += n;
+        }
     }
 }
 
@@ -45,7 +54,9 @@ impl Scrape {
     /// those of series gone everywhere.
     pub fn keep_residue(&mut self, residue: &mut Evicted, complete: bool) {
         self.tcp.merge_residue(&mut residue.tcp, complete);
-        self.http.merge_residue(&mut residue.http, complete);
+        let gone = self.http.merge_residue(&mut residue.http, complete);
+        count_http_errors(&gone, &mut residue.http_errors_gone);
+        self.http_errors_gone = residue.http_errors_gone.clone();
         self.errors.merge_residue(&mut residue.errors, complete);
     }
 
@@ -73,7 +84,7 @@ impl Scrape {
         self.http.encode(out);
         self.tcp.encode(out);
         self.authz.encode(out);
-        self.errors.encode(&self.http, out);
+        self.errors.encode(&self.http, &self.http_errors_gone, out);
         workers::encode(&self.workers, out);
         process::encode(out, process);
     }
