@@ -702,6 +702,10 @@ async fn relay_response(
     obs.route().edit(Message::Response, &mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
+    let lost = match is_grpc(&parts.headers) {
+        true => SourceLost::GrpcUnavailable,
+        false => SourceLost::InternalError,
+    };
     let tap = obs.tap();
     if let Some(t) = tap {
         t.response(status, a.head_at, || crate::tap::h2_fields(&parts.headers));
@@ -712,7 +716,7 @@ async fn relay_response(
         .map_err(|_| Failure::Reset(Reason::CANCEL))?;
     let mut broken = false;
     if !end {
-        match pump_response(&mut down, &mut client_body, stalls, tap).await {
+        match pump_response(&mut down, &mut client_body, stalls, tap, lost).await {
             Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
             Err(cut) => {
                 tracing::debug!(reason = ?cut.reason, upstream = cut.source, "response body ended early");
@@ -814,7 +818,30 @@ async fn pump(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> Result<(), C
     let on_trailers = |t: &mut HeaderMap| {
         t.remove(CLIENT_ID);
     };
-    pump_with(from, to, None, |_| {}, on_trailers, false).await
+    pump_with(
+        from,
+        to,
+        None,
+        |_| {},
+        on_trailers,
+        false,
+        SourceLost::Cancel,
+    )
+    .await
+}
+
+/// What the sink hears when its source fails with no reset of its own
+/// (its connection lost, or cut off by the proxy): a request's upstream
+/// stream is cancelled; a response is reset with INTERNAL_ERROR (as
+/// hyper does), a gRPC one ends with trailers saying UNAVAILABLE (as
+/// linkerd2-proxy's gRPC rescue does): a gRPC client reads CANCELLED as
+/// the caller's own doing, which retry policies and alerts skip. A reset
+/// the source received passes on as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceLost {
+    Cancel,
+    InternalError,
+    GrpcUnavailable,
 }
 
 /// As [`pump`], to a client whose waits for its window count against the
@@ -824,6 +851,7 @@ async fn pump_response(
     to: &mut SendStream<Bytes>,
     stalls: crate::stall::Scope<'_>,
     tap: Option<&crate::tap::Pending>,
+    lost: SourceLost,
 ) -> Result<Option<u32>, Cut> {
     let mut grpc = None;
     let on_data = |n| {
@@ -837,7 +865,7 @@ async fn pump_response(
             t.trailers(|| crate::tap::h2_fields(h));
         }
     };
-    pump_with(from, to, Some(stalls), on_data, on_trailers, true).await?;
+    pump_with(from, to, Some(stalls), on_data, on_trailers, true, lost).await?;
     Ok(grpc)
 }
 
@@ -866,9 +894,31 @@ async fn pump_with(
     mut on_data: impl FnMut(usize),
     mut on_trailers: impl FnMut(&mut HeaderMap),
     watch_reset: bool,
+    lost: SourceLost,
 ) -> Result<(), Cut> {
-    // The source failed: the sink learns it by a reset with the same reason.
-    let fail = |to: &mut SendStream<Bytes>, reason: Reason| {
+    // The source failed: the sink learns it by a reset with the same
+    // reason, or as `lost` says when it has none.
+    let fail = |to: &mut SendStream<Bytes>, reason: Option<Reason>| {
+        let reason = match (reason, lost) {
+            (Some(r), _) => r,
+            (None, SourceLost::Cancel) => Reason::CANCEL,
+            (None, SourceLost::InternalError) => Reason::INTERNAL_ERROR,
+            (None, SourceLost::GrpcUnavailable) => {
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", http::HeaderValue::from_static("14"));
+                t.insert(
+                    "grpc-message",
+                    http::HeaderValue::from_static("upstream connection lost"),
+                );
+                if to.send_trailers(t).is_ok() {
+                    return Err(Cut {
+                        reason: Reason::INTERNAL_ERROR,
+                        source: true,
+                    });
+                }
+                Reason::INTERNAL_ERROR
+            }
+        };
         to.send_reset(reason);
         Err(Cut {
             reason,
@@ -890,10 +940,7 @@ async fn pump_with(
         let chunk = match next {
             None => break,
             Some(Ok(c)) => c,
-            Some(Err(e)) => {
-                let reason = e.reason().unwrap_or(Reason::CANCEL);
-                return fail(to, reason);
-            }
+            Some(Err(e)) => return fail(to, e.reason()),
         };
         let len = chunk.len();
         let last = from.is_end_stream();
@@ -934,10 +981,7 @@ async fn pump_with(
         Ok(None) => to
             .send_data(Bytes::new(), true)
             .map_err(|e| Cut::from(e.reason().unwrap_or(Reason::CANCEL))),
-        Err(e) => {
-            let reason = e.reason().unwrap_or(Reason::CANCEL);
-            fail(to, reason)
-        }
+        Err(e) => fail(to, e.reason()),
     }
 }
 

@@ -2261,3 +2261,74 @@ both_drivers!(
     grpc_clients_get_trailers_only_answers,
     super::grpc_clients_get_trailers_only_answers
 );
+
+/// An HTTP/2 upstream whose connection is lost after a response's head
+/// and first bytes: the client's stream is reset with INTERNAL_ERROR (as
+/// hyper does), not CANCEL (which a gRPC client reads as the caller's own
+/// cancellation); a gRPC response ends with trailers saying UNAVAILABLE,
+/// as linkerd2-proxy's gRPC rescue ends it.
+fn an_upstream_lost_mid_body(driver: IoDriver) {
+    for grpc in [false, true] {
+        let origin = Backend::start(move |mut s| {
+            use std::io::Read;
+            let mut preface = [0u8; 24];
+            if s.read_exact(&mut preface).is_err() {
+                return;
+            }
+            let _ = s.write_all(&frame(4, 0, 0, &[]));
+            while let Some((kind, flags, id, _)) = read_frame(&mut s) {
+                match kind {
+                    4 if flags & 1 == 0 => {
+                        let _ = s.write_all(&frame(4, 1, 0, &[]));
+                    }
+                    1 => {
+                        // :status 200, and content-type: application/grpc.
+                        let mut head = vec![0x88];
+                        if grpc {
+                            head.extend([0x0f, 0x10, 16]);
+                            head.extend(b"application/grpc");
+                        }
+                        let mut f = frame(1, 4, id, &head);
+                        f.extend(frame(0, 0, id, b"\0\0\0\0\x03abc"));
+                        let _ = s.write_all(&f);
+                        std::thread::sleep(Duration::from_millis(50));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let proxy = forward_with(driver, origin.addr, &[]);
+        let addr = proxy.forward_addrs()[0];
+        let got = h2::runtime().block_on(async move {
+            let send = h2::connect(addr).await;
+            let req = ::http::Request::builder()
+                .method("POST")
+                .uri("http://test/pkg.Svc/Call")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let mut send = send.ready().await.unwrap();
+            let (resp, _) = send.send_request(req, true).unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            while let Some(chunk) = body.data().await {
+                if let Err(e) = chunk {
+                    return Err(e.reason());
+                }
+            }
+            match body.trailers().await {
+                Ok(t) => Ok(t.and_then(|t| t.get("grpc-status").cloned())),
+                Err(e) => Err(e.reason()),
+            }
+        });
+        if grpc {
+            assert_eq!(got, Ok(Some(::http::HeaderValue::from_static("14"))));
+        } else {
+            assert_eq!(got, Err(Some(monoio_http::h2::Reason::INTERNAL_ERROR)));
+        }
+        proxy.shutdown();
+        proxy.wait();
+    }
+}
+both_drivers!(an_upstream_lost_mid_body, super::an_upstream_lost_mid_body);
