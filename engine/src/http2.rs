@@ -645,6 +645,17 @@ async fn to_h2(
             Err(e) if attempts.retry_unprocessed(true) && unprocessed(&e) => {
                 w.pools.h2.retire(addr, id);
             }
+            // Not processed, but not to go again here (its body was
+            // streamed, or the tries are spent): the client hears
+            // REFUSED_STREAM, which says so (RFC 9113 §8.7), and may send it
+            // again itself (gRPC clients do, transparently), where a 502
+            // would be an answer. Not the endpoint's failure (a graceful
+            // restart's GOAWAY).
+            Err(e) if unprocessed(&e) => {
+                w.pools.h2.retire(addr, id);
+                tracing::debug!(upstream = %addr, error = %e, "the upstream did not process the stream; refused to the client");
+                return Err(Failure::Reset(Reason::REFUSED_STREAM));
+            }
             Err(e) => {
                 obs.endpoint_outcome(in_flight.as_ref(), false);
                 return Err(match e.reason() {

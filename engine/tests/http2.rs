@@ -2332,3 +2332,49 @@ fn an_upstream_lost_mid_body(driver: IoDriver) {
     }
 }
 both_drivers!(an_upstream_lost_mid_body, super::an_upstream_lost_mid_body);
+
+/// A request the upstream did not process (its GOAWAY's last stream id is
+/// below the stream: a graceful restart) and that cannot go again (its
+/// body streamed): the client's stream is refused (REFUSED_STREAM, which
+/// says the request was not processed, so a gRPC client sends it again
+/// itself), not answered with a 502.
+fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
+    let origin = Backend::start(|mut s| {
+        use std::io::Read;
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).is_err() {
+            return;
+        }
+        let _ = s.write_all(&frame(4, 0, 0, &[]));
+        while let Some((kind, flags, _, _)) = read_frame(&mut s) {
+            match kind {
+                4 if flags & 1 == 0 => {
+                    let _ = s.write_all(&frame(4, 1, 0, &[]));
+                }
+                1 => {
+                    // GOAWAY: last stream 0, NO_ERROR.
+                    let _ = s.write_all(&frame(7, 0, 0, &[0; 8]));
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    });
+    let proxy = forward_with(driver, origin.addr, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let got = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        h2::request(&send, "POST", "/pkg.Svc/Call", Some(vec![7u8; 100]))
+            .await
+            .map(|a| a.status)
+            .map_err(|e| e.reason())
+    });
+    assert_eq!(got, Err(Some(monoio_http::h2::Reason::REFUSED_STREAM)));
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    unprocessed_and_not_replayable_is_refused,
+    super::unprocessed_and_not_replayable_is_refused
+);
