@@ -80,8 +80,9 @@ pub(crate) enum Side {
     Internal,
 }
 
-/// An answer the proxy makes itself.
-#[derive(Debug)]
+/// An answer the proxy makes itself. (Cloned only to tell the streams
+/// sharing a failed connection attempt why it failed.)
+#[derive(Clone, Debug)]
 pub(crate) struct ProxyError {
     kind: Kind,
     reason: Cow<'static, str>,
@@ -99,7 +100,7 @@ pub(crate) struct ProxyError {
 }
 
 /// An error's extras: a route filter's answer's, the endpoint's.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct FilterAnswer {
     /// The endpoint the request failed at (its connection refused, or its
     /// TLS handshake failed): the request's series are that endpoint's.

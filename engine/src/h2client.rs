@@ -415,17 +415,22 @@ async fn connect_or_wait(
         let Some(rx) = wait else { break };
         // Someone else is connecting: share their connection or failure.
         match rx.await {
-            Ok(Err(e)) => return Err(ProxyError::connect(&std::io::Error::other(e))),
+            Ok(Err(e)) => return Err(e),
             Ok(Ok(())) | Err(_) => continue,
         }
     }
     let mut turn = ConnectingTurn {
         pool: &w.pools.h2,
         ep,
-        outcome: Err("connection attempt abandoned".into()),
+        // Dropped half-way (its stream's client left): the streams that
+        // waited try for themselves (they find no connection, and one of
+        // them makes it).
+        outcome: Ok(()),
     };
     let res = new_connection(w, key, ep, dial).await;
-    turn.outcome = res.as_ref().map(|_| ()).map_err(|e| e.reason().to_string());
+    // The streams that shared the attempt fail as it did (its kind: a
+    // timeout, the proxy out of descriptors, ...).
+    turn.outcome = res.as_ref().map(|_| ()).map_err(ProxyError::clone);
     res
 }
 
@@ -434,7 +439,7 @@ async fn connect_or_wait(
 pub(crate) struct ConnectingTurn<'a> {
     pool: &'a crate::h2pool::Pool,
     ep: &'a Endpoint,
-    outcome: Result<(), String>,
+    outcome: Result<(), ProxyError>,
 }
 
 impl Drop for ConnectingTurn<'_> {

@@ -32,7 +32,7 @@ pub(crate) struct Upstream {
 }
 
 /// Told when the connection it waits for is up (or why it is not).
-pub(crate) type ConnectWaiter = oneshot::Sender<Result<(), String>>;
+pub(crate) type ConnectWaiter = oneshot::Sender<Result<(), crate::error::ProxyError>>;
 
 /// This worker's HTTP/2 connections per endpoint.
 #[derive(Default)]

@@ -2378,3 +2378,45 @@ both_drivers!(
     unprocessed_and_not_replayable_is_refused,
     super::unprocessed_and_not_replayable_is_refused
 );
+
+/// Streams that shared a failed connection attempt fail as it did: the
+/// same status and reason (they were told a string and made a new
+/// "upstream connection failed: upstream connection failed: ..." of it,
+/// a timeout or the proxy out of descriptors becoming a refusal).
+fn a_shared_connection_failure_keeps_its_kind(driver: IoDriver) {
+    let (_held, dead) = refusing_port();
+    let proxy = forward_with(driver, dead, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let answers = h2::runtime().block_on(async move {
+        let send = h2::connect(addr).await;
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let send = send.clone();
+                monoio::spawn(async move {
+                    let a = h2::request(&send, "GET", "/", None).await.unwrap();
+                    let why = a.headers["l5d-proxy-error"].to_str().unwrap().to_string();
+                    (a.status, why)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in calls {
+            out.push(c.await);
+        }
+        out
+    });
+    for (status, why) in &answers {
+        assert_eq!(*status, 502, "{answers:?}");
+        assert_eq!(
+            why.matches("upstream connection failed").count(),
+            1,
+            "{answers:?}"
+        );
+    }
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    a_shared_connection_failure_keeps_its_kind,
+    super::a_shared_connection_failure_keeps_its_kind
+);
