@@ -467,9 +467,13 @@ pub(crate) enum Failure {
         reason: String,
         upstream: bool,
     },
-    /// The HTTP/2 stream ends with this reset (the client reset it, or the
-    /// upstream did); there is nothing to answer.
+    /// The HTTP/2 stream ends with this reset (the client reset it, or
+    /// left); there is nothing to answer.
     Reset(Reason),
+    /// The upstream reset the stream, or did not process it, before any
+    /// response: the client's stream is reset with this reason, and it
+    /// counts as a failure (`error="stream_reset"`).
+    Refused(Reason),
 }
 
 impl Failure {
@@ -494,6 +498,10 @@ impl Failure {
             Failure::Reset(r) => (
                 ResponseClass::broken(502, None),
                 format!("stream reset: {r:?}"),
+            ),
+            Failure::Refused(r) => (
+                ResponseClass::http(502, Some(ringmesh_admin::telemetry::STREAM_RESET)),
+                format!("the upstream reset the stream before a response: {r:?}"),
             ),
         }
     }

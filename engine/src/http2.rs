@@ -378,6 +378,12 @@ async fn proxy_stream(
             tracing::debug!(?reason, "HTTP/2 stream reset");
             obs.reset(reason);
         }
+        Err(refused @ Failure::Refused(reason)) => {
+            respond.send_reset(reason);
+            tracing::debug!(?reason, "HTTP/2 stream reset by its upstream");
+            obs.reset(reason);
+            obs.refused(refused.after_response().0);
+        }
     }
 }
 
@@ -654,7 +660,7 @@ async fn to_h2(
             Err(e) if unprocessed(&e) => {
                 w.pools.h2.retire(addr, id);
                 tracing::debug!(upstream = %addr, error = %e, "the upstream did not process the stream; refused to the client");
-                return Err(Failure::Reset(Reason::REFUSED_STREAM));
+                return Err(Failure::Refused(Reason::REFUSED_STREAM));
             }
             Err(e) => {
                 obs.endpoint_outcome(in_flight.as_ref(), false);
@@ -662,7 +668,7 @@ async fn to_h2(
                     // The upstream's own reset reaches the client as it
                     // is; one the library made of a malformed response
                     // head is a 502 saying so.
-                    Some(reason) if e.is_reset() && e.is_remote() => Failure::Reset(reason),
+                    Some(reason) if e.is_reset() && e.is_remote() => Failure::Refused(reason),
                     _ => ProxyError::upstream(format!("upstream stream failed: {e}")).into(),
                 });
             }

@@ -362,6 +362,24 @@ impl<'w> Observer<'w> {
             .record_response(&self.key, class, self.started, now);
     }
 
+    /// The upstream reset the request's stream before any response: no
+    /// response reached the client (its taps see the reset and no
+    /// response head, its access log line status 0), and the metrics
+    /// count it as `class`, a failure.
+    pub(crate) fn refused(mut self, class: ResponseClass) {
+        self.ended = true;
+        let now = Instant::now();
+        if let Some(p) = self.tap.take() {
+            p.end(0, None, now);
+        }
+        if self.access.is_some() {
+            self.access_end(0, now);
+        }
+        self.w
+            .telemetry
+            .record_response(&self.key, class, self.started, now);
+    }
+
     /// The request ended with a response of `status` from upstream.
     pub(crate) fn end_status(self, status: u16) {
         self.end(ResponseClass::http(status, None));

@@ -2361,7 +2361,13 @@ fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
             }
         }
     });
-    let proxy = forward_with(driver, origin.addr, &[]);
+    let admin = closed_port();
+    let admin_addr = admin.to_string();
+    let proxy = forward_with(
+        driver,
+        origin.addr,
+        &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
+    );
     let addr = proxy.forward_addrs()[0];
     let got = h2::runtime().block_on(async move {
         let send = h2::connect(addr).await;
@@ -2371,6 +2377,18 @@ fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
             .map_err(|e| e.reason())
     });
     assert_eq!(got, Err(Some(monoio_http::h2::Reason::REFUSED_STREAM)));
+    // A failure for the success rate (it was a request with no response).
+    let page = Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.lines().any(|l| l.starts_with("response_total{")
+            && l.contains("status_code=\"502\",classification=\"failure\",error=\"stream_reset\"")
+            && l.ends_with(" 1")),
+        "{page}"
+    );
     proxy.shutdown();
     proxy.wait();
 }

@@ -59,7 +59,9 @@ impl ProxyErrorKind {
         Some(match error {
             // A client's fault, or an upstream's response failing after it
             // began (not an answer the proxy made).
-            "bad_request" | super::http::RESPONSE_BODY_FAILED => return None,
+            "bad_request" | super::http::RESPONSE_BODY_FAILED | super::http::STREAM_RESET => {
+                return None
+            }
             "no_endpoints" | "unresolved" => Self::FailFast,
             "connect_failed" | "connect_timeout" | "tls_failed" | "upstream_failed" => Self::Io,
             "response_timeout" if direction == Direction::Outbound => Self::ResponseTimeout,

@@ -51,6 +51,12 @@ pub type ErrorLabel = Option<&'static str>;
 /// status, as linkerd2-proxy classifies a response body's error.
 pub const RESPONSE_BODY_FAILED: &str = "response_body";
 
+/// The `error` label of a request whose HTTP/2 upstream reset (or did not
+/// process) its stream before any response: counted as a 502 (what an
+/// HTTP/1 client is answered), the client's stream reset as the
+/// upstream's was.
+pub const STREAM_RESET: &str = "stream_reset";
+
 /// What a response is counted as: its status, the gRPC status its trailers
 /// (or trailers-only headers) carried, and the proxy's own error if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
