@@ -678,7 +678,8 @@ async fn to_h2(
         stalls: &w.stalls,
         client: obs.peer(),
     };
-    relay_response(s.respond, obs, answered, stalls).await
+    let grpc = is_grpc(&s.parts.headers);
+    relay_response(s.respond, obs, answered, stalls, grpc).await
 }
 
 /// The upstream's response head, unless the request timeout passes or the
@@ -713,13 +714,16 @@ async fn relay_response(
     obs: &Observer<'_>,
     a: Answered,
     stalls: crate::stall::Scope<'_>,
+    grpc_request: bool,
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
     obs.route().edit(Message::Response, &mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);
-    let lost = match is_grpc(&parts.headers) {
+    // As linkerd2-proxy decides its gRPC rescue: by the request (a client
+    // that did not ask for gRPC is not told a truncated body ended well).
+    let lost = match grpc_request {
         true => SourceLost::GrpcUnavailable,
         false => SourceLost::InternalError,
     };
