@@ -355,7 +355,7 @@ async fn proxy_stream(
     if direction == Direction::Inbound {
         set_client_id(req.headers_mut(), client_tls);
     }
-    let outcome = forward(w, dst, &mut obs, req, &mut respond, dial).await;
+    let outcome = forward(w, dst, &mut obs, (req, is_grpc), &mut respond, dial).await;
     match outcome {
         Ok(class) => obs.end(class),
         Err(Failure::Answer(e)) => {
@@ -446,7 +446,7 @@ async fn forward(
     w: &Rc<Worker>,
     dst: &HttpDst,
     obs: &mut Observer<'_>,
-    req: Request<RecvStream>,
+    (req, grpc): (Request<RecvStream>, bool),
     respond: &mut server::SendResponse<Bytes>,
     dial: ConnectConfig,
 ) -> Result<ResponseClass, Failure> {
@@ -490,6 +490,7 @@ async fn forward(
         respond,
         dial,
         deadline,
+        grpc,
     };
     to_h2(w, obs, &target, stream, body).await
 }
@@ -527,6 +528,8 @@ struct Stream<'a> {
     dial: ConnectConfig,
     /// The request timeout's end.
     deadline: Option<Instant>,
+    /// The client asked for gRPC (`content-type: application/grpc`).
+    grpc: bool,
 }
 
 /// An upstream stream whose response head arrived.
@@ -678,8 +681,7 @@ async fn to_h2(
         stalls: &w.stalls,
         client: obs.peer(),
     };
-    let grpc = is_grpc(&s.parts.headers);
-    relay_response(s.respond, obs, answered, stalls, grpc).await
+    relay_response(s.respond, obs, answered, stalls, s.grpc).await
 }
 
 /// The upstream's response head, unless the request timeout passes or the
