@@ -1939,6 +1939,20 @@ fn stalled_body_write(driver: IoDriver) {
 }
 both_drivers!(a_stalled_body_write_times_out, super::stalled_body_write);
 
+/// The sum of the `/metrics` lines at `admin` that start with `prefix` and
+/// contain `needle`.
+fn scraped_sum(admin: SocketAddr, prefix: &str, needle: &str) -> u64 {
+    let mut s = connect(admin);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    page.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(needle))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// With two workers, a series one of them evicted as idle
 /// (`LINKERD2_PROXY_METRICS_RETAIN_IDLE`) while the other still counts it
 /// keeps its total: the counter never goes down between scrapes, and ends
@@ -1986,17 +2000,7 @@ fn idle_eviction_on_one_worker_keeps_the_total() {
     for _ in 0..5 {
         ask(&mut first);
     }
-    let total = || -> u64 {
-        let mut s = connect(admin);
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut page = String::new();
-        let _ = s.read_to_string(&mut page);
-        page.lines()
-            .filter(|l| l.starts_with("request_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let total = || scraped_sum(admin, "request_total{", "");
     // The first worker's copy goes idle (and is evicted at a scrape); the
     // second's goes on.
     let mut last = 0;
@@ -2050,17 +2054,7 @@ fn http_error_counts_survive_eviction() {
         );
         assert!(h.starts_with("HTTP/1.1 502"), "{h}");
     };
-    let io_errors = || -> u64 {
-        let mut s = connect(admin);
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut page = String::new();
-        let _ = s.read_to_string(&mut page);
-        page.lines()
-            .filter(|l| l.starts_with("outbound_http_errors_total{") && l.contains("\"i/o\""))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let io_errors = || scraped_sum(admin, "outbound_http_errors_total{", "\"i/o\"");
     for _ in 0..3 {
         failed(a, "a.test");
     }
