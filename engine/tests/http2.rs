@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use common::h2::{self, pattern_byte};
 use common::proc::*;
 use common::raw_h2::{
-    frame, raw_h2_origin, raw_h2_origin_seeing, read_frame, Frame, RawAnswer, CUT_AFTER_HEAD,
+    frame, raw_h2_origin, raw_h2_origin_seeing, raw_h2_origin_then_close, read_frame, Frame,
+    RawAnswer, CUT_AFTER_HEAD,
 };
 use common::*;
 use ringmesh_engine::IoDriver;
@@ -2271,31 +2272,13 @@ both_drivers!(
 /// the response's type).
 fn an_upstream_lost_mid_body(driver: IoDriver) {
     for grpc in [false, true] {
-        let origin = Backend::start(|mut s| {
-            use std::io::Read;
-            let mut preface = [0u8; 24];
-            if s.read_exact(&mut preface).is_err() {
-                return;
-            }
-            let _ = s.write_all(&frame(4, 0, 0, &[]));
-            while let Some((kind, flags, id, _)) = read_frame(&mut s) {
-                match kind {
-                    4 if flags & 1 == 0 => {
-                        let _ = s.write_all(&frame(4, 1, 0, &[]));
-                    }
-                    1 => {
-                        // :status 200, content-type: application/grpc.
-                        let mut head = vec![0x88, 0x0f, 0x10, 16];
-                        head.extend(b"application/grpc");
-                        let mut f = frame(1, 4, id, &head);
-                        f.extend(frame(0, 0, id, b"\0\0\0\0\x03abc"));
-                        let _ = s.write_all(&f);
-                        std::thread::sleep(Duration::from_millis(50));
-                        return;
-                    }
-                    _ => {}
-                }
-            }
+        let origin = raw_h2_origin_then_close(|id| {
+            // :status 200, content-type: application/grpc, then a message.
+            let mut head = vec![0x88, 0x0f, 0x10, 16];
+            head.extend(b"application/grpc");
+            let mut f = frame(1, 4, id, &head);
+            f.extend(frame(0, 0, id, b"\0\0\0\0\x03abc"));
+            f
         });
         let proxy = forward_with(driver, origin.addr, &[]);
         let addr = proxy.forward_addrs()[0];
@@ -2343,28 +2326,8 @@ both_drivers!(an_upstream_lost_mid_body, super::an_upstream_lost_mid_body);
 /// says the request was not processed, so a gRPC client sends it again
 /// itself), not answered with a 502.
 fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
-    let origin = Backend::start(|mut s| {
-        use std::io::Read;
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).is_err() {
-            return;
-        }
-        let _ = s.write_all(&frame(4, 0, 0, &[]));
-        while let Some((kind, flags, _, _)) = read_frame(&mut s) {
-            match kind {
-                4 if flags & 1 == 0 => {
-                    let _ = s.write_all(&frame(4, 1, 0, &[]));
-                }
-                1 => {
-                    // GOAWAY: last stream 0, NO_ERROR.
-                    let _ = s.write_all(&frame(7, 0, 0, &[0; 8]));
-                    std::thread::sleep(Duration::from_millis(100));
-                    return;
-                }
-                _ => {}
-            }
-        }
-    });
+    // GOAWAY: last stream 0, NO_ERROR.
+    let origin = raw_h2_origin_then_close(|_| frame(7, 0, 0, &[0; 8]));
     let admin = closed_port();
     let admin_addr = admin.to_string();
     let proxy = forward_with(

@@ -66,6 +66,32 @@ pub fn raw_h2_origin_seeing(
     })
 }
 
+/// A raw HTTP/2 origin that answers a connection's first stream with
+/// `answer(stream)`'s frames, then closes the connection (a moment later,
+/// so they are read first): an upstream lost, or gone with a GOAWAY.
+pub fn raw_h2_origin_then_close(answer: RawAnswer) -> Backend {
+    Backend::start(move |mut s| {
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).is_err() {
+            return;
+        }
+        let _ = s.write_all(&frame(4, 0, 0, &[]));
+        while let Some((kind, flags, id, _)) = read_frame(&mut s) {
+            match kind {
+                4 if flags & 1 == 0 => {
+                    let _ = s.write_all(&frame(4, 1, 0, &[]));
+                }
+                1 => {
+                    let _ = s.write_all(&answer(id));
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
 /// Upstreams that fail a response after its head, in the same write (so
 /// the failure is there before a proxy relays the head): a connection
 /// error, or RST_STREAM NO_ERROR after part of the body.
