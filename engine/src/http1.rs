@@ -722,16 +722,26 @@ async fn read_request_head(
 /// its next bytes (then in `c.buf`). False when it closed, failed, stayed
 /// idle for the TCP idle timeout, or the worker is draining: a drain does
 /// not wait on idle clients, but a request already on its way gets a last
-/// look (`worker::DRAIN_LAST_LOOK`) and is served, its response saying
+/// look (`run::DRAIN_LAST_LOOK`) and is served, its response saying
 /// `Connection: close`.
 async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
-    let idle_deadline = Instant::now() + w.cfg.tcp.idle_timeout;
+    let now = Instant::now();
+    let idle_deadline = now + w.cfg.tcp.idle_timeout;
     w.pools.bufs.put(std::mem::take(&mut c.buf));
-    // Not `w.stop`: a request already on its way when the drain began is
-    // still served, until the worker's `close_idle` (its last look).
-    let res = monoio::select! {
-        r = read_when_idle(&w.pools.bufs, c, idle_deadline) => r,
-        _ = w.close_idle.wait() => return false,
+    let res = if w.stopping() {
+        // A response that ended during the drain, its head written before
+        // it began (so without `Connection: close`): its client may send
+        // the next request at once, and gets a last look of its own, even
+        // after the worker's has passed.
+        let last_look = now + crate::run::DRAIN_LAST_LOOK;
+        read_when_idle(&w.pools.bufs, c, idle_deadline.min(last_look)).await
+    } else {
+        // Not `w.stop`: a request already on its way when the drain began
+        // is still served, until the worker's `close_idle` (its last look).
+        monoio::select! {
+            r = read_when_idle(&w.pools.bufs, c, idle_deadline) => r,
+            _ = w.close_idle.wait() => return false,
+        }
     };
     match res {
         Ok(n) => n > 0,

@@ -936,7 +936,8 @@ both_drivers!(
 /// A response whose head went out before the drain began (so it could not
 /// say `Connection: close`) and whose body ends after: the client, which
 /// took the connection for a keep-alive one, sends its next request, and
-/// that one is served, saying `Connection: close`.
+/// that one is served, saying `Connection: close`; also when the body
+/// ends after the drain's last look for idle connections has passed.
 fn drain_mid_response_serves_the_next_request(driver: IoDriver) {
     let (got, halves) = std::sync::mpsc::channel();
     let release = std::sync::Arc::new(std::sync::Barrier::new(2));
@@ -992,6 +993,8 @@ fn drain_mid_response_serves_the_next_request(driver: IoDriver) {
         addr
     )
     .is_err()));
+    // Past the worker's last look (500 ms after the drain began).
+    std::thread::sleep(Duration::from_millis(800));
     release.wait();
     let mut head = String::new();
     loop {
