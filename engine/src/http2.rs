@@ -743,7 +743,13 @@ async fn relay_response(
             Ok(trailer_grpc) => grpc = trailer_grpc.or(grpc),
             Err(cut) => {
                 tracing::debug!(reason = ?cut.reason, upstream = cut.source, "response body ended early");
-                obs.reset(cut.reason);
+                if cut.rescued {
+                    // What the client read (trailers, no reset): counted
+                    // and tapped with that status.
+                    grpc = Some(GRPC_UNAVAILABLE);
+                } else {
+                    obs.reset(cut.reason);
+                }
                 broken = cut.source;
             }
         }
@@ -898,6 +904,9 @@ async fn pump_response(
 struct Cut {
     reason: Reason,
     source: bool,
+    /// The sink was not reset: its stream ended with trailers saying
+    /// gRPC UNAVAILABLE (`SourceLost::GrpcUnavailable`).
+    rescued: bool,
 }
 
 impl From<Reason> for Cut {
@@ -906,6 +915,7 @@ impl From<Reason> for Cut {
         Cut {
             reason,
             source: false,
+            rescued: false,
         }
     }
 }
@@ -937,6 +947,7 @@ async fn pump_with(
                     return Err(Cut {
                         reason: Reason::INTERNAL_ERROR,
                         source: true,
+                        rescued: true,
                     });
                 }
                 Reason::INTERNAL_ERROR
@@ -946,6 +957,7 @@ async fn pump_with(
         Err(Cut {
             reason,
             source: true,
+            rescued: false,
         })
     };
     loop {

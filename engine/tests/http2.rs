@@ -2280,7 +2280,13 @@ fn an_upstream_lost_mid_body(driver: IoDriver) {
             f.extend(frame(0, 0, id, b"\0\0\0\0\x03abc"));
             f
         });
-        let proxy = forward_with(driver, origin.addr, &[]);
+        let admin = closed_port();
+        let admin_addr = admin.to_string();
+        let proxy = forward_with(
+            driver,
+            origin.addr,
+            &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
+        );
         let addr = proxy.forward_addrs()[0];
         let got = h2::runtime().block_on(async move {
             let send = h2::connect(addr).await;
@@ -2314,6 +2320,21 @@ fn an_upstream_lost_mid_body(driver: IoDriver) {
         } else {
             assert_eq!(got, Err(Some(monoio_http::h2::Reason::INTERNAL_ERROR)));
         }
+        // Counted as the client saw it: a failed body, with the gRPC status
+        // its trailers said.
+        let page = Command::new("curl")
+            .args(["-sS", &format!("http://{admin}/metrics")])
+            .output()
+            .unwrap();
+        let page = String::from_utf8_lossy(&page.stdout);
+        assert!(
+            page.lines().any(|l| l.starts_with("response_total{")
+                && l.contains("classification=\"failure\"")
+                && l.contains("error=\"response_body\"")
+                && l.contains("grpc_status=\"14\"") == grpc
+                && l.ends_with(" 1")),
+            "{page}"
+        );
         proxy.shutdown();
         proxy.wait();
     }
