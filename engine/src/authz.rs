@@ -39,15 +39,20 @@ impl DefaultPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
+    /// The server's metadata (`srv_group`, `srv_kind`, `srv_name`).
+    pub srv_group: Arc<str>,
     pub srv_kind: Arc<str>,
     pub srv_name: Arc<str>,
     /// The authorization that allowed (empty for a denial).
+    pub authz_group: Arc<str>,
     pub authz_kind: Arc<str>,
     pub authz_name: Arc<str>,
     /// Why a denial (the `l5d-proxy-error` text).
     pub reason: &'static str,
-    /// The HTTP route that judged a request (`route_kind`, `route_name`;
-    /// `default` for a server without routes, and for connections).
+    /// The HTTP route that judged a request (`route_group`, `route_kind`,
+    /// `route_name`; `default` for a server without routes, and for
+    /// connections).
+    pub route_group: Arc<str>,
     pub route_kind: Arc<str>,
     pub route_name: Arc<str>,
     /// No route of the server matches the request: 404, not 403.
@@ -60,6 +65,12 @@ pub struct Verdict {
     /// server has HTTP routes) and to judge the connection anew when the
     /// port's server changes.
     pub per_request: Option<Arc<PerRequest>>,
+    /// A verdict of the default policy made while the policy API had no
+    /// server for the port (it had not answered yet, or has none): the
+    /// client, to judge the connection anew by the server the API gives
+    /// the port later (as linkerd2-proxy's default is only its policy
+    /// watch's first value).
+    pub provisional: Option<Arc<Judged>>,
     /// The server's local rate limit, which each admitted request takes
     /// from.
     pub rate_limit: Option<Arc<crate::ratelimit::LocalRateLimit>>,
@@ -69,6 +80,13 @@ pub struct Verdict {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PerRequest {
     server: Arc<ServerPolicy>,
+    client: IpAddr,
+    tls: TlsStatus,
+}
+
+/// The client a provisional verdict was made for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Judged {
     client: IpAddr,
     tls: TlsStatus,
 }
@@ -83,27 +101,56 @@ impl Verdict {
             return None;
         }
         let Some(route) = best_route(&s.http_routes, req) else {
-            let mut v = Verdict::of((&s.kind, &s.name), None, "no route found for request");
+            let mut v = Verdict::of(s.meta(), None, "no route found for request");
             v.no_route = true;
             return Some(v);
         };
         let mut v = s.judge(&route.authorizations, p.client, &p.tls);
         v.rate_limit = s.rate_limit.clone();
+        v.route_group = route.group.clone();
         v.route_kind = route.kind.clone();
         v.route_name = route.name.clone();
         v.filters = route.filters.clone();
         Some(v)
     }
 
+    /// Whether a policy update may change it (a verdict of the policy
+    /// API's server, or a provisional one of the default policy).
+    pub fn may_change(&self) -> bool {
+        self.per_request.is_some() || self.provisional.is_some()
+    }
+
     /// The connection judged anew by `current`, the port's server now,
     /// when it is not the one this verdict came from (`None`: it stands;
-    /// also for verdicts of the default policies, which do not change).
+    /// also for verdicts of the default policies made without the policy
+    /// API, which do not change).
     pub fn revalidated(&self, current: &Arc<ServerPolicy>) -> Option<Verdict> {
-        let p = self.per_request.as_ref()?;
-        if Arc::ptr_eq(&p.server, current) {
-            return None;
+        if let Some(p) = &self.per_request {
+            if Arc::ptr_eq(&p.server, current) {
+                return None;
+            }
+            return Some(current.check(p.client, &p.tls));
         }
-        Some(current.check(p.client, &p.tls))
+        let j = self.provisional.as_ref()?;
+        Some(current.check(j.client, &j.tls))
+    }
+
+    /// The connection judged anew by the default policy (`judge`) when the
+    /// policy API no longer has a server for the port and this verdict
+    /// came from one (`None`: it stands).
+    pub fn to_default(&self, judge: impl FnOnce(IpAddr, &TlsStatus) -> Verdict) -> Option<Verdict> {
+        let p = self.per_request.as_ref()?;
+        Some(judge(p.client, &p.tls).provisionally(p.client, &p.tls))
+    }
+
+    /// This verdict of the default policy, marked as made while the policy
+    /// API has no server for the port.
+    pub fn provisionally(mut self, client: IpAddr, tls: &TlsStatus) -> Verdict {
+        self.provisional = Some(Arc::new(Judged {
+            client,
+            tls: tls.clone(),
+        }));
+        self
     }
 }
 
@@ -174,34 +221,39 @@ impl Verdict {
         NAMES.with(|n| {
             let name = &n.by_policy[policy as usize];
             let by = allowed.then_some((&n.default, name));
-            Verdict::of((&n.default, name), by, reason)
+            let by = by.map(|(k, n2)| (&n.empty, k, n2));
+            Verdict::of((&n.empty, &n.default, name), by, reason)
         })
     }
 
-    /// The verdict of the server `(kind, name)`: admitted by the
-    /// authorization `(kind, name)`, or (`None`) denied for `reason`; on
-    /// the default route.
-    fn of(
-        server: (&Arc<str>, &Arc<str>),
-        authz: Option<(&Arc<str>, &Arc<str>)>,
-        reason: &'static str,
-    ) -> Verdict {
+    /// The verdict of the server `(group, kind, name)`: admitted by the
+    /// authorization `(group, kind, name)`, or (`None`) denied for
+    /// `reason`; on the default route.
+    fn of(server: MetaRef<'_>, authz: Option<MetaRef<'_>>, reason: &'static str) -> Verdict {
         NAMES.with(|n| Verdict {
             allowed: authz.is_some(),
-            srv_kind: server.0.clone(),
-            srv_name: server.1.clone(),
-            authz_kind: authz.map_or_else(|| n.empty.clone(), |a| a.0.clone()),
-            authz_name: authz.map_or_else(|| n.empty.clone(), |a| a.1.clone()),
+            srv_group: server.0.clone(),
+            srv_kind: server.1.clone(),
+            srv_name: server.2.clone(),
+            authz_group: authz.map_or_else(|| n.empty.clone(), |a| a.0.clone()),
+            authz_kind: authz.map_or_else(|| n.empty.clone(), |a| a.1.clone()),
+            authz_name: authz.map_or_else(|| n.empty.clone(), |a| a.2.clone()),
             reason,
+            route_group: n.empty.clone(),
             route_kind: n.default.clone(),
             route_name: n.default.clone(),
             no_route: false,
             filters: None,
             per_request: None,
+            provisional: None,
             rate_limit: None,
         })
     }
 }
+
+/// A server's, route's or authorization's metadata as its labels give
+/// it: group, kind and name.
+type MetaRef<'a> = (&'a Arc<str>, &'a Arc<str>, &'a Arc<str>);
 
 /// How an authorization lets clients in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +276,7 @@ pub struct Authorization {
     /// Client networks, each with its exceptions; empty: no client.
     pub networks: Vec<(ipnet::IpNet, Vec<ipnet::IpNet>)>,
     pub authn: Authn,
+    pub group: Arc<str>,
     pub kind: Arc<str>,
     pub name: Arc<str>,
 }
@@ -231,6 +284,7 @@ pub struct Authorization {
 /// A port's server, from the policy API.
 #[derive(Clone, Debug)]
 pub struct ServerPolicy {
+    pub group: Arc<str>,
     pub kind: Arc<str>,
     pub name: Arc<str>,
     pub authorizations: Vec<Authorization>,
@@ -258,6 +312,7 @@ impl Eq for ServerPolicy {}
 #[derive(Clone, Debug)]
 pub struct InboundRoute {
     pub condition: RequestMatch,
+    pub group: Arc<str>,
     pub kind: Arc<str>,
     pub name: Arc<str>,
     pub authorizations: Vec<Authorization>,
@@ -268,14 +323,32 @@ impl ServerPolicy {
     /// The policy of a port the proxy could not watch (too many are):
     /// nothing admitted, labelled `srv_name="unwatched"`.
     pub fn unwatched() -> Arc<Self> {
+        Self::denying("unwatched")
+    }
+
+    /// The policy of a port whose server from the policy API is invalid
+    /// (as linkerd2-proxy's): nothing admitted, `srv_name="invalid"`.
+    pub fn invalid() -> Arc<Self> {
+        Self::denying("invalid")
+    }
+
+    /// A default server (`srv_kind="default"`) named `name` that admits
+    /// nothing.
+    fn denying(name: &str) -> Arc<Self> {
         Arc::new(Self {
+            group: Arc::from(""),
             kind: Arc::from("default"),
-            name: Arc::from("unwatched"),
+            name: Arc::from(name),
             authorizations: Vec::new(),
             protocol: None,
             http_routes: Vec::new(),
             rate_limit: None,
         })
+    }
+
+    /// Its metadata: group, kind and name.
+    fn meta(&self) -> MetaRef<'_> {
+        (&self.group, &self.kind, &self.name)
     }
 
     /// The connection's verdict: by the server's authorizations; with
@@ -320,11 +393,10 @@ impl ServerPolicy {
                     },
                 }
         });
-        let server = (&self.kind, &self.name);
         match found {
-            Some(a) => Verdict::of(server, Some((&a.kind, &a.name)), ""),
+            Some(a) => Verdict::of(self.meta(), Some((&a.group, &a.kind, &a.name)), ""),
             None => Verdict::of(
-                server,
+                self.meta(),
                 None,
                 "unauthorized request on route: no authorization of the server admits the client",
             ),
@@ -384,10 +456,13 @@ pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsS
         proto,
         allowed: v.allowed,
         target,
+        srv_group: v.srv_group.clone(),
         srv_kind: v.srv_kind.clone(),
         srv_name: v.srv_name.clone(),
+        authz_group: v.authz_group.clone(),
         authz_kind: v.authz_kind.clone(),
         authz_name: v.authz_name.clone(),
+        route_group: v.route_group.clone(),
         route_kind: v.route_kind.clone(),
         route_name: v.route_name.clone(),
         tls: tls.clone(),

@@ -384,7 +384,7 @@ async fn serve_decided(
             // Inbound, judged by the policy API's server: closed if an
             // update stops admitting it.
             let revocable = match &route.http {
-                HttpDst::Local(t, v) if v.per_request.is_some() => Some((*t, (**v).clone())),
+                HttpDst::Local(t, v) if v.may_change() => Some((*t, (**v).clone())),
                 _ => None,
             };
             relay_opaque(c, client, &target, &labels, src_meter, decided, revocable).await;

@@ -11,9 +11,16 @@
 //!   (`stream.rs`: limits, backoff, the last state kept).
 //! - The `Server` each stream last sent, as a [`ServerPolicy`]: its
 //!   authorizations (client networks with exceptions; unauthenticated,
-//!   any mesh TLS, or identities by name and suffix) and the server's and
-//!   authorizations' `kind`/`name` labels. Published to the workers as
-//!   [`InboundPolicies`] through the lock-free channel.
+//!   any mesh TLS, or identities by name and suffix), its HTTP and gRPC
+//!   routes (each with its authorizations and filters), its local rate
+//!   limit, and the server's, routes' and authorizations' metadata
+//!   (`group`/`kind`/`name`, the metrics' labels). Published to the
+//!   workers as [`InboundPolicies`] through the lock-free channel.
+//! - A `Server` linkerd2-proxy would reject (no protocol, no `name`
+//!   label, a detect without a timeout, an authorization without networks
+//!   or authentication or with a network that does not parse, a route
+//!   that cannot be used) becomes, as there, the `invalid` server, which
+//!   admits no one: never a server that admits more than was meant.
 //! - A port whose stream failed before any answer is published as "use
 //!   the default policy" (`None`), so connections do not wait on it.
 //!
@@ -23,11 +30,6 @@
 //! The server's protocol applies too: `opaque` (and `tls`) ports are
 //! relayed without detection, `http1`/`http2`/`grpc` ports are taken as
 //! that protocol.
-//!
-//! Not yet: route-level
-//! authorizations (HTTP is judged by the server's authorizations alone: a
-//! server whose authorizations are all on routes denies, it never admits
-//! more), rate limits.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -134,18 +136,27 @@ impl PolicyClient {
             port: u32::from(port),
         };
         let answered = std::cell::Cell::new(false);
-        stream::follow(
+        let what = format!("inbound port {port}");
+        let watch = stream::follow(
             &self.client,
             WATCH_PORT_PATH,
             req,
             self.limits,
             &self.counters,
-            &format_args!("inbound port {port}"),
+            &what,
             |server: Server, _fresh| {
-                let policy = server_policy(port, server);
-                tracing::debug!(port, server = %policy.name, authorizations = policy.authorizations.len(), "inbound policy");
+                let policy = match server_policy(server) {
+                    Ok(policy) => {
+                        tracing::debug!(port, server = %policy.name, authorizations = policy.authorizations.len(), "inbound policy");
+                        Arc::new(policy)
+                    }
+                    Err(why) => {
+                        tracing::warn!(port, why, "invalid inbound server from the policy API; no client is admitted to the port");
+                        ServerPolicy::invalid()
+                    }
+                };
                 answered.set(true);
-                self.publish(port, Some(Arc::new(policy)));
+                self.publish(port, Some(policy));
             },
             || {
                 if !answered.get() {
@@ -154,8 +165,23 @@ impl PolicyClient {
                     self.publish(port, None);
                 }
             },
-        )
-        .await;
+        );
+        // A stream held open without an answer: after as long as a
+        // connection waits for it, the default policy applies (judged anew
+        // when the answer comes), so later connections do not wait too.
+        let unanswered = async {
+            monoio::time::sleep(crate::worker::POLICY_WAIT).await;
+            if !answered.get() {
+                answered.set(true);
+                tracing::info!(port, "no inbound policy from the policy API yet; the default policy applies until it comes");
+                self.publish(port, None);
+            }
+            std::future::pending::<()>().await;
+        };
+        monoio::select! {
+            () = watch => {}
+            () = unanswered => {}
+        }
     }
 
     fn publish(&self, port: u16, server: Option<Arc<ServerPolicy>>) {
@@ -167,52 +193,101 @@ impl PolicyClient {
     }
 }
 
-/// A label of a server or authorization (`kind`, `name`), shared.
-fn label(labels: &HashMap<String, String>, key: &str, default: &str) -> Arc<str> {
-    Arc::from(labels.get(key).map_or(default, String::as_str))
+/// Metadata (`group`, `kind`, `name`) as shared strings.
+type Meta = (Arc<str>, Arc<str>, Arc<str>);
+
+/// A server's or authorization's metadata from its labels, as
+/// linkerd2-proxy reads them: `name` is required; `group` defaults to
+/// `policy.linkerd.io` and `kind` to `default_kind`; an empty group with
+/// kind `default`, or (without a kind) a name `default:x`, is a default
+/// (empty group).
+fn labels_meta(labels: &HashMap<String, String>, default_kind: &str) -> Result<Meta, String> {
+    let name = labels.get("name").ok_or("missing 'name' label")?;
+    let group = labels
+        .get("group")
+        .map_or("policy.linkerd.io", String::as_str);
+    let default = |name: &str| -> Meta { ("".into(), "default".into(), name.into()) };
+    if let Some(kind) = labels.get("kind") {
+        if group.is_empty() && kind == "default" {
+            return Ok(default(name));
+        }
+        return Ok((group.into(), kind.as_str().into(), name.as_str().into()));
+    }
+    Ok(match name.split_once(':') {
+        Some(("default", name)) => default(name),
+        Some((kind, name)) => (group.into(), kind.into(), name.into()),
+        None => (group.into(), default_kind.into(), name.as_str().into()),
+    })
 }
 
-/// The workers' form of a `Server`; unusable authorizations (no network
-/// that parses, no authentication) are dropped, which only ever admits
-/// fewer clients.
-fn server_policy(port: u16, s: Server) -> ServerPolicy {
+/// A route's or authorization's `Metadata`.
+fn metadata_meta(m: &Metadata) -> Result<Meta, String> {
+    use linkerd2_proxy_api::meta::metadata::Kind;
+    match m.kind.as_ref().ok_or("missing metadata")? {
+        Kind::Resource(r) => Ok((
+            r.group.as_str().into(),
+            r.kind.as_str().into(),
+            r.name.as_str().into(),
+        )),
+        Kind::Default(name) => Ok(("".into(), "default".into(), name.as_str().into())),
+    }
+}
+
+/// The workers' form of a `Server`, or why linkerd2-proxy would reject it
+/// (then no client is admitted to the port: [`ServerPolicy::invalid`]).
+fn server_policy(s: Server) -> Result<ServerPolicy, String> {
     let authorizations: Vec<Authorization> = s
         .authorizations
         .into_iter()
-        .filter_map(|a| authorization(port, a))
-        .collect();
+        .map(authorization)
+        .collect::<Result<_, _>>()?;
     use linkerd2_proxy_api::inbound::proxy_protocol::Kind;
-    let kind = s.protocol.and_then(|p| p.kind);
+    let kind = s
+        .protocol
+        .and_then(|p| p.kind)
+        .ok_or("missing proxy protocol")?;
     let protocol = match &kind {
-        Some(Kind::Opaque(_) | Kind::Tls(_)) => Some(Protocol::Opaque),
-        Some(Kind::Http1(_)) => Some(Protocol::Http1),
-        Some(Kind::Http2(_) | Kind::Grpc(_)) => Some(Protocol::Http2),
-        Some(Kind::Detect(_)) | None => None,
+        Kind::Opaque(_) | Kind::Tls(_) => Some(Protocol::Opaque),
+        Kind::Http1(_) => Some(Protocol::Http1),
+        Kind::Http2(_) | Kind::Grpc(_) => Some(Protocol::Http2),
+        Kind::Detect(d) => {
+            let t = d
+                .timeout
+                .as_ref()
+                .ok_or("missing protocol detection timeout")?;
+            if t.seconds < 0 || t.nanos < 0 {
+                return Err("invalid protocol detection timeout".into());
+            }
+            None
+        }
     };
     let rate_limit = match &kind {
-        Some(Kind::Detect(d)) => d.http_local_rate_limit.as_ref(),
-        Some(Kind::Http1(h)) => h.local_rate_limit.as_ref(),
-        Some(Kind::Http2(h)) => h.local_rate_limit.as_ref(),
+        Kind::Detect(d) => d.http_local_rate_limit.as_ref(),
+        Kind::Http1(h) => h.local_rate_limit.as_ref(),
+        Kind::Http2(h) => h.local_rate_limit.as_ref(),
         _ => None,
     }
     .map(rate_limit)
     .filter(|l| !l.is_empty())
     .map(Arc::new);
     let http_routes = match kind {
-        Some(Kind::Detect(d)) => http_routes(port, d.http_routes, &authorizations),
-        Some(Kind::Http1(h)) => http_routes(port, h.routes, &authorizations),
-        Some(Kind::Http2(h)) => http_routes(port, h.routes, &authorizations),
-        Some(Kind::Grpc(g)) => grpc_routes(port, g.routes, &authorizations),
+        Kind::Detect(d) => http_routes(d.http_routes, &authorizations)?,
+        Kind::Http1(h) => http_routes(h.routes, &authorizations)?,
+        Kind::Http2(h) => http_routes(h.routes, &authorizations)?,
+        Kind::Grpc(g) => grpc_routes(g.routes, &authorizations)?,
         _ => Vec::new(),
     };
-    ServerPolicy {
-        kind: label(&s.labels, "kind", "default"),
-        name: label(&s.labels, "name", ""),
+    let (group, kind, name) =
+        labels_meta(&s.labels, "server").map_err(|e| format!("server: {e}"))?;
+    Ok(ServerPolicy {
+        group,
+        kind,
+        name,
         authorizations,
         protocol,
         http_routes,
         rate_limit,
-    }
+    })
 }
 
 /// A server's local rate limit (a limit of 0 requests per second is none,
@@ -241,31 +316,33 @@ fn rate_limit(l: &linkerd2_proxy_api::inbound::HttpLocalRateLimit) -> LocalRateL
     }
 }
 
-/// One authorization, or `None` when it cannot be used (logged).
-fn authorization(port: u16, a: linkerd2_proxy_api::inbound::Authz) -> Option<Authorization> {
-    let name = label(&a.labels, "name", "");
-    let networks: Vec<_> = a
-        .networks
-        .into_iter()
-        .filter_map(|n| {
-            let net = ipnet::IpNet::try_from(n.net?).ok()?;
-            let except = n
-                .except
-                .into_iter()
-                .filter_map(|e| ipnet::IpNet::try_from(e).ok())
-                .collect();
-            Some((net, except))
-        })
-        .collect();
-    let authn = match a.authentication.and_then(|a| a.permit) {
+/// One authorization, or why linkerd2-proxy would reject it: no network,
+/// a network or exception that does not parse, no authentication.
+fn authorization(a: Authz) -> Result<Authorization, String> {
+    let bad = |why: &str| format!("authorization {:?}: {why}", a.labels.get("name"));
+    if a.networks.is_empty() {
+        return Err(bad("missing networks"));
+    }
+    let mut networks = Vec::with_capacity(a.networks.len());
+    for n in &a.networks {
+        let net = n.net.ok_or_else(|| bad("missing network"))?;
+        let net = ipnet::IpNet::try_from(net).map_err(|_| bad("invalid network"))?;
+        let except = n
+            .except
+            .iter()
+            .map(|e| ipnet::IpNet::try_from(*e).map_err(|_| bad("invalid network exception")))
+            .collect::<Result<_, _>>()?;
+        networks.push((net, except));
+    }
+    let authn = match a.authentication.as_ref().and_then(|a| a.permit.as_ref()) {
         Some(authn::Permit::Unauthenticated(_)) => Authn::Unauthenticated,
-        Some(authn::Permit::MeshTls(m)) => match m.clients {
+        Some(authn::Permit::MeshTls(m)) => match &m.clients {
             Some(authn::permit_mesh_tls::Clients::Unauthenticated(_)) => Authn::AnyTls,
             Some(authn::permit_mesh_tls::Clients::Identities(ids)) => Authn::Identities {
-                names: ids.identities.into_iter().map(|i| i.name).collect(),
+                names: ids.identities.iter().map(|i| i.name.clone()).collect(),
                 suffixes: ids
                     .suffixes
-                    .into_iter()
+                    .iter()
                     .map(|s| {
                         if s.parts.is_empty() {
                             String::new()
@@ -275,44 +352,34 @@ fn authorization(port: u16, a: linkerd2_proxy_api::inbound::Authz) -> Option<Aut
                     })
                     .collect(),
             },
-            None => {
-                tracing::warn!(port, authorization = %name, "mesh TLS authorization without clients; dropped");
-                return None;
-            }
+            None => return Err(bad("missing authentications")),
         },
-        None => {
-            tracing::warn!(port, authorization = %name, "authorization without authentication; dropped");
-            return None;
-        }
+        None => return Err(bad("missing authentications")),
     };
-    Some(Authorization {
+    // The metadata when it has one, else the labels.
+    let meta = match &a.metadata {
+        Some(m) => metadata_meta(m),
+        None => labels_meta(&a.labels, "serverauthorization"),
+    };
+    let (group, kind, name) = meta.map_err(|e| bad(&e))?;
+    Ok(Authorization {
         networks,
         authn,
-        kind: label(&a.labels, "kind", "default"),
+        group,
+        kind,
         name,
     })
-}
-
-/// A route's `route_kind` and `route_name` labels.
-fn route_labels(m: Option<&linkerd2_proxy_api::meta::Metadata>) -> (Arc<str>, Arc<str>) {
-    use linkerd2_proxy_api::meta::metadata::Kind;
-    match m.and_then(|m| m.kind.as_ref()) {
-        Some(Kind::Resource(r)) => (r.kind.as_str().into(), r.name.as_str().into()),
-        Some(Kind::Default(name)) => ("default".into(), name.as_str().into()),
-        None => ("default".into(), "default".into()),
-    }
 }
 
 /// A route's authorizations: its own, then the server's (linkerd2-proxy
 /// extends the server's list with the route's).
 fn route_authorizations(
-    port: u16,
-    own: Vec<linkerd2_proxy_api::inbound::Authz>,
+    own: Vec<Authz>,
     server: &[Authorization],
-) -> Vec<Authorization> {
+) -> Result<Vec<Authorization>, String> {
     own.into_iter()
-        .filter_map(|a| authorization(port, a))
-        .chain(server.iter().cloned())
+        .map(authorization)
+        .chain(server.iter().cloned().map(Ok))
         .collect()
 }
 
@@ -320,39 +387,39 @@ fn route_authorizations(
 type Rule = Result<(Vec<RequestMatch>, Option<Arc<[RouteFilter]>>), String>;
 
 /// A route's rules as inbound routes, one per rule, under the route's
-/// labels, hosts and authorizations (its own, then the server's); a rule
-/// that cannot be used is skipped, logged: it admits no request, which
-/// fails closed.
+/// metadata, hosts and authorizations (its own, then the server's); or
+/// why the route cannot be used (as linkerd2-proxy, the whole server is
+/// then invalid: a rule left out would let its requests fall to a
+/// broader route).
 fn push_rules(
     out: &mut Vec<InboundRoute>,
-    port: u16,
     (meta, hosts, own): (Option<&Metadata>, &[HostMatch], Vec<Authz>),
     server: &[Authorization],
     rules: impl Iterator<Item = Rule>,
-) {
-    let (kind, name) = route_labels(meta);
+) -> Result<(), String> {
+    let (group, kind, name) =
+        metadata_meta(meta.ok_or("route: missing metadata")?).map_err(|e| format!("route: {e}"))?;
     let hosts = crate::outbound::hosts(hosts);
-    let authorizations = route_authorizations(port, own, server);
+    let authorizations = route_authorizations(own, server)?;
     for rule in rules {
-        match rule {
-            Ok((matches, filters)) => out.push(InboundRoute {
-                condition: crate::outbound::condition(hosts.clone(), matches),
-                kind: kind.clone(),
-                name: name.clone(),
-                authorizations: authorizations.clone(),
-                filters,
-            }),
-            Err(why) => tracing::warn!(port, route = %name, why, "inbound route rule skipped"),
-        }
+        let (matches, filters) = rule.map_err(|why| format!("route {name:?}: {why}"))?;
+        out.push(InboundRoute {
+            condition: crate::outbound::condition(hosts.clone(), matches),
+            group: group.clone(),
+            kind: kind.clone(),
+            name: name.clone(),
+            authorizations: authorizations.clone(),
+            filters,
+        });
     }
+    Ok(())
 }
 
 /// A server's HTTP routes.
 fn http_routes(
-    port: u16,
     routes: Vec<linkerd2_proxy_api::inbound::HttpRoute>,
     server: &[Authorization],
-) -> Vec<InboundRoute> {
+) -> Result<Vec<InboundRoute>, String> {
     use linkerd2_proxy_api::http_route::HttpRouteMatch;
     use linkerd2_proxy_api::inbound::http_route::filter::Kind as In;
     use linkerd2_proxy_api::outbound::http_route::{filter::Kind as Out, Filter};
@@ -381,17 +448,16 @@ fn http_routes(
             Ok((matches, crate::route_filter::http(&filters, &rule.matches)?))
         });
         let route = (r.metadata.as_ref(), &r.hosts[..], r.authorizations);
-        push_rules(&mut out, port, route, server, rules);
+        push_rules(&mut out, route, server, rules)?;
     }
-    out
+    Ok(out)
 }
 
 /// A gRPC server's routes.
 fn grpc_routes(
-    port: u16,
     routes: Vec<linkerd2_proxy_api::inbound::GrpcRoute>,
     server: &[Authorization],
-) -> Vec<InboundRoute> {
+) -> Result<Vec<InboundRoute>, String> {
     use linkerd2_proxy_api::inbound::grpc_route::filter::Kind as In;
     use linkerd2_proxy_api::outbound::grpc_route::{filter::Kind as Out, Filter};
     let mut out = Vec::new();
@@ -415,9 +481,9 @@ fn grpc_routes(
             Ok((matches, crate::route_filter::grpc(&filters)?))
         });
         let route = (r.metadata.as_ref(), &r.hosts[..], r.authorizations);
-        push_rules(&mut out, port, route, server, rules);
+        push_rules(&mut out, route, server, rules)?;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(fuzzing)]
@@ -428,7 +494,10 @@ pub(crate) mod fuzzing {
         let Ok(s) = super::Server::decode(bytes) else {
             return;
         };
-        let p = std::sync::Arc::new(super::server_policy(8080, s));
+        let Ok(p) = super::server_policy(s) else {
+            return;
+        };
+        let p = std::sync::Arc::new(p);
         let req = ringmesh_discovery::profile::Req {
             method: "GET",
             path: "/api/v1/x",
@@ -465,52 +534,80 @@ mod tests {
         cidr.parse::<ipnet::IpNet>().unwrap().into()
     }
 
+    fn labels(kind: &str, name: &str) -> HashMap<String, String> {
+        [
+            ("kind".to_string(), kind.to_string()),
+            ("name".to_string(), name.to_string()),
+        ]
+        .into()
+    }
+
+    /// Protocol detection, with the timeout linkerd2-proxy requires.
+    fn detect(
+        http_routes: Vec<linkerd2_proxy_api::inbound::HttpRoute>,
+    ) -> Option<linkerd2_proxy_api::inbound::ProxyProtocol> {
+        use linkerd2_proxy_api::inbound::{proxy_protocol, ProxyProtocol};
+        Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                http_routes,
+                ..Default::default()
+            })),
+        })
+    }
+
+    fn unauthenticated(nets: &[&str]) -> Authz {
+        Authz {
+            networks: nets
+                .iter()
+                .map(|n| Network {
+                    net: Some(net(n)),
+                    except: vec![],
+                })
+                .collect(),
+            authentication: Some(PAuthn {
+                permit: Some(authn::Permit::Unauthenticated(Default::default())),
+            }),
+            labels: labels("authorizationpolicy", "open"),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn servers_become_policies() {
-        let labels = |kind: &str, name: &str| {
-            [
-                ("kind".to_string(), kind.to_string()),
-                ("name".to_string(), name.to_string()),
-            ]
-            .into()
-        };
         let server = Server {
+            protocol: detect(vec![]),
             labels: labels("server", "web-http"),
-            authorizations: vec![
-                Authz {
-                    networks: vec![Network {
-                        net: Some(net("10.0.0.0/8")),
-                        except: vec![net("10.9.0.0/16")],
-                    }],
-                    authentication: Some(PAuthn {
-                        permit: Some(authn::Permit::MeshTls(PermitMeshTls {
-                            clients: Some(permit_mesh_tls::Clients::Identities(
-                                permit_mesh_tls::PermitClientIdentities {
-                                    identities: vec![],
-                                    suffixes: vec![IdentitySuffix {
-                                        parts: vec!["ns".into(), "serviceaccount".into()],
-                                    }],
-                                },
-                            )),
-                        })),
-                    }),
-                    labels: labels("authorizationpolicy", "web-authz"),
-                    ..Default::default()
-                },
-                // No authentication: dropped.
-                Authz {
-                    networks: vec![Network {
-                        net: Some(net("0.0.0.0/0")),
-                        except: vec![],
-                    }],
-                    authentication: None,
-                    ..Default::default()
-                },
-            ],
+            authorizations: vec![Authz {
+                networks: vec![Network {
+                    net: Some(net("10.0.0.0/8")),
+                    except: vec![net("10.9.0.0/16")],
+                }],
+                authentication: Some(PAuthn {
+                    permit: Some(authn::Permit::MeshTls(PermitMeshTls {
+                        clients: Some(permit_mesh_tls::Clients::Identities(
+                            permit_mesh_tls::PermitClientIdentities {
+                                identities: vec![],
+                                suffixes: vec![IdentitySuffix {
+                                    parts: vec!["ns".into(), "serviceaccount".into()],
+                                }],
+                            },
+                        )),
+                    })),
+                }),
+                labels: labels("authorizationpolicy", "web-authz"),
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        let p = Arc::new(server_policy(8080, server));
-        assert_eq!((&*p.kind, &*p.name), ("server", "web-http"));
+        let p = Arc::new(server_policy(server).unwrap());
+        assert_eq!(
+            (&*p.group, &*p.kind, &*p.name),
+            ("policy.linkerd.io", "server", "web-http")
+        );
         assert_eq!(p.authorizations.len(), 1);
         let meshed = |id: &str| TlsStatus::Accepted {
             client_id: Some(id.into()),
@@ -518,9 +615,10 @@ mod tests {
         let v = p.check("10.1.1.1".parse().unwrap(), &meshed("a.ns.serviceaccount"));
         assert!(v.allowed);
         assert_eq!(
-            (&*v.authz_kind, &*v.authz_name),
-            ("authorizationpolicy", "web-authz")
+            (&*v.authz_group, &*v.authz_kind, &*v.authz_name),
+            ("policy.linkerd.io", "authorizationpolicy", "web-authz")
         );
+        assert_eq!(&*v.srv_group, "policy.linkerd.io");
         assert!(
             !p.check("10.9.1.1".parse().unwrap(), &meshed("a.ns.serviceaccount"))
                 .allowed,
@@ -548,19 +646,9 @@ mod tests {
     #[test]
     fn routes_judge_each_request() {
         use linkerd2_proxy_api::http_route::{path_match, HttpRouteMatch, PathMatch};
-        use linkerd2_proxy_api::inbound::{http_route, proxy_protocol, HttpRoute, ProxyProtocol};
+        use linkerd2_proxy_api::inbound::{http_route, HttpRoute};
         use linkerd2_proxy_api::meta::{metadata, Metadata, Resource};
-        let anyone = Authz {
-            networks: vec![Network {
-                net: Some(net("0.0.0.0/0")),
-                except: vec![],
-            }],
-            authentication: Some(PAuthn {
-                permit: Some(authn::Permit::Unauthenticated(Default::default())),
-            }),
-            labels: [("name".to_string(), "open".to_string())].into(),
-            ..Default::default()
-        };
+        let anyone = unauthenticated(&["0.0.0.0/0"]);
         let route = |name: &str, prefix: &str, authz: Vec<Authz>| HttpRoute {
             metadata: Some(Metadata {
                 kind: Some(metadata::Kind::Resource(Resource {
@@ -582,18 +670,14 @@ mod tests {
             ..Default::default()
         };
         let server = Server {
-            protocol: Some(ProxyProtocol {
-                kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
-                    http_routes: vec![
-                        route("public", "/", vec![anyone]),
-                        route("private", "/admin", vec![]),
-                    ],
-                    ..Default::default()
-                })),
-            }),
+            protocol: detect(vec![
+                route("public", "/", vec![anyone]),
+                route("private", "/admin", vec![]),
+            ]),
+            labels: labels("server", "web"),
             ..Default::default()
         };
-        let p = Arc::new(server_policy(8080, server));
+        let p = Arc::new(server_policy(server).unwrap());
         assert_eq!(p.http_routes.len(), 2);
         let client: std::net::IpAddr = "10.1.1.1".parse().unwrap();
         let conn = p.check(client, &TlsStatus::NO_PROXY_IDENTITY);
@@ -617,7 +701,12 @@ mod tests {
         assert!(!v.allowed && !v.no_route, "the longer prefix wins");
         assert_eq!(&*v.route_name, "private");
         // Without routes, the connection's verdict stands.
-        let plain = Arc::new(server_policy(8080, Server::default()));
+        let plain = Server {
+            protocol: detect(vec![]),
+            labels: labels("server", "plain"),
+            ..Default::default()
+        };
+        let plain = Arc::new(server_policy(plain).unwrap());
         let req = ringmesh_discovery::profile::Req {
             method: "GET",
             path: "/index.html",
@@ -628,5 +717,100 @@ mod tests {
             .check(client, &TlsStatus::NO_PROXY_IDENTITY)
             .for_request(&req)
             .is_none());
+    }
+
+    /// What linkerd2-proxy rejects is rejected (the port's server is then
+    /// the `invalid` one, which admits no one), never read as a server
+    /// that admits more: a bad exception, a bad or missing network, no
+    /// authentication, no protocol, a detect without a timeout, no name,
+    /// a route without metadata.
+    #[test]
+    fn invalid_servers_are_rejected() {
+        use linkerd2_proxy_api::inbound::{proxy_protocol, HttpRoute, ProxyProtocol};
+        let valid = || Server {
+            protocol: detect(vec![]),
+            labels: labels("server", "web"),
+            authorizations: vec![unauthenticated(&["0.0.0.0/0"])],
+            ..Default::default()
+        };
+        assert!(server_policy(valid()).is_ok());
+        let mut bad_except = valid();
+        let mut except = net("10.0.0.0/8");
+        except.prefix_len = 77;
+        bad_except.authorizations[0].networks[0].except.push(except);
+        let mut bad_net = valid();
+        bad_net.authorizations[0].networks[0]
+            .net
+            .as_mut()
+            .unwrap()
+            .prefix_len = 40;
+        let mut no_net = valid();
+        no_net.authorizations[0].networks[0].net = None;
+        let mut no_networks = valid();
+        no_networks.authorizations[0].networks.clear();
+        let mut no_authn = valid();
+        no_authn.authorizations[0].authentication = None;
+        let mut no_protocol = valid();
+        no_protocol.protocol = None;
+        let mut no_timeout = valid();
+        no_timeout.protocol = Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Detect(Default::default())),
+        });
+        let mut no_name = valid();
+        no_name.labels.remove("name");
+        let mut route_without_metadata = valid();
+        route_without_metadata.protocol = detect(vec![HttpRoute::default()]);
+        for (what, server) in [
+            ("bad exception", bad_except),
+            ("bad network", bad_net),
+            ("no network", no_net),
+            ("no networks", no_networks),
+            ("no authentication", no_authn),
+            ("no protocol", no_protocol),
+            ("no detect timeout", no_timeout),
+            ("no name", no_name),
+            ("route without metadata", route_without_metadata),
+        ] {
+            assert!(server_policy(server).is_err(), "{what}");
+        }
+        let invalid = ServerPolicy::invalid();
+        let v = invalid.check("127.0.0.5".parse().unwrap(), &TlsStatus::NO_PROXY_IDENTITY);
+        assert!(!v.allowed);
+        assert_eq!((&*v.srv_kind, &*v.srv_name), ("default", "invalid"));
+    }
+
+    /// Metadata from labels, as linkerd2-proxy reads it.
+    #[test]
+    fn labels_give_group_kind_and_name() {
+        let m = |pairs: &[(&str, &str)]| {
+            let l: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            labels_meta(&l, "server").map(|(g, k, n)| (g.to_string(), k.to_string(), n.to_string()))
+        };
+        let t = |g: &str, k: &str, n: &str| Ok((g.to_string(), k.to_string(), n.to_string()));
+        assert_eq!(
+            m(&[
+                ("group", ""),
+                ("kind", "default"),
+                ("name", "all-unauthenticated")
+            ]),
+            t("", "default", "all-unauthenticated")
+        );
+        assert_eq!(
+            m(&[("kind", "server"), ("name", "web")]),
+            t("policy.linkerd.io", "server", "web")
+        );
+        assert_eq!(
+            m(&[("name", "web")]),
+            t("policy.linkerd.io", "server", "web")
+        );
+        assert_eq!(m(&[("name", "default:deny")]), t("", "default", "deny"));
+        assert_eq!(
+            m(&[("name", "server:web")]),
+            t("policy.linkerd.io", "server", "web")
+        );
+        assert!(m(&[("kind", "server")]).is_err());
     }
 }

@@ -35,8 +35,10 @@ use ringmesh_identity::TlsConfigs;
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
 /// How long a connection to a port waits for the policy API's first
-/// answer about it.
-const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// answer about it (after as long, the control core publishes the port
+/// as "the default policy, until the answer comes": later connections do
+/// not wait).
+pub(crate) const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub(crate) struct Replica {
     service: Arc<Service>,
@@ -462,7 +464,7 @@ impl Routes {
     /// Whether a client at `client`, secured as `tls`, may reach the
     /// application's `port`: the port's server from the policy API, else
     /// the default policy. A port the policy API has not answered for yet
-    /// is asked about, and waited for (at most [`POLICY_WAIT`]).
+    /// is asked about, and waited for (at most [`POLICY_WAIT`], once).
     pub(crate) async fn authorize(
         &self,
         port: u16,
@@ -471,7 +473,22 @@ impl Routes {
     ) -> crate::authz::Verdict {
         match self.inbound_server(port).await {
             Some(server) => server.check(client, tls),
-            None => self.policy.check(port, client, tls),
+            None => self.by_default(port, client, tls),
+        }
+    }
+
+    /// The default policy's verdict; with the policy API, provisional: a
+    /// server it gives the port later judges the connection anew.
+    fn by_default(
+        &self,
+        port: u16,
+        client: std::net::IpAddr,
+        tls: &ringmesh_admin::telemetry::TlsStatus,
+    ) -> crate::authz::Verdict {
+        let v = self.policy.check(port, client, tls);
+        match self.policies {
+            Some(_) => v.provisionally(client, tls),
+            None => v,
         }
     }
 
@@ -479,19 +496,25 @@ impl Routes {
     /// changed since it was made (the policy API's updates reach open
     /// connections: a revoked client is refused from its next request
     /// on, as linkerd2-proxy checks each request against the current
-    /// policy); `None`: it stands. One atomic load and one lookup, and
-    /// only for verdicts of the policy API.
+    /// policy), also when the verdict was the default policy's because the
+    /// API had not answered yet; `None`: it stands. One atomic load and
+    /// one lookup, and only with the policy API.
     pub(crate) fn revalidated(
         &self,
         port: u16,
         verdict: &crate::authz::Verdict,
     ) -> Option<crate::authz::Verdict> {
-        verdict.per_request.as_ref()?;
+        if !verdict.may_change() {
+            return None;
+        }
         let cache = self.policies.as_ref()?;
         let mut c = cache.borrow_mut();
         c.refresh();
-        let current = c.get().ports.get(&port)?.as_ref()?;
-        verdict.revalidated(current)
+        match c.get().ports.get(&port)? {
+            Some(current) => verdict.revalidated(current),
+            // The API has no server for the port (any more).
+            None => verdict.to_default(|client, tls| self.policy.check(port, client, tls)),
+        }
     }
 
     /// The policy API's server for an inbound `port`: `None` without the
@@ -525,7 +548,7 @@ impl Routes {
             if std::time::Instant::now() >= deadline {
                 tracing::debug!(
                     port,
-                    "no inbound policy in time; the default policy applies"
+                    "no inbound policy in time; the default policy applies until it comes"
                 );
                 return None;
             }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1764,6 +1764,128 @@ fn policy_api_servers_authorize_by_identity() {
     thread::sleep(Duration::from_millis(500));
     assert!(as_client(&c_leaf).starts_with("HTTP/1.1 200"));
     assert!(get(inbound, "/echo-head", "").starts_with("HTTP/1.1 403"));
+}
+
+/// A policy API that holds its streams open without answering: the
+/// first connection to a port waits for it (at most 3 s) once, later ones
+/// not at all, and the default policy admits them — provisionally: when
+/// the API answers with a server for the port that does not admit them,
+/// the open keep-alive connections' next requests are refused (as
+/// linkerd2-proxy's default is only its policy watch's first value; a
+/// connection admitted by default kept it for good). The authz metrics
+/// carry the server's group and port, as linkerd2-proxy's.
+#[test]
+fn a_late_policy_judges_open_connections() {
+    let pki = Pki::new("policy-late");
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let cp = common::cp::Cp::start("policy-late");
+    let silent = cp.fault("silent-policy");
+    cp.write_loaded(&format!(
+        r#"{{"inbound": {{"ports": {{"{}": {{"server": {{"name": "web-http", "identities": ["{A}"]}}}}}}}}}}"#,
+        app.addr.port()
+    ));
+    let cp_addr = cp.addr.to_string();
+    let b = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            (
+                "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+                "all-unauthenticated",
+            ),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
+        ],
+    );
+    wait_ready(&b);
+    let inbound = b.inbound_addr().unwrap();
+    // One request on a keep-alive connection: its status line.
+    let ask = |r: &mut BufReader<TcpStream>| -> String {
+        r.get_mut()
+            .write_all(b"GET /hello HTTP/1.1\r\nhost: web\r\n\r\n")
+            .unwrap();
+        let mut head = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return head;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        r.read_exact(&mut body).unwrap();
+        head
+    };
+    let open = || {
+        let s = connect(inbound);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        BufReader::new(s)
+    };
+    let started = Instant::now();
+    let mut first = open();
+    assert!(ask(&mut first).starts_with("HTTP/1.1 200"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the first connection did not wait for the policy: {waited:?}"
+    );
+    let started = Instant::now();
+    let mut second = open();
+    assert!(ask(&mut second).starts_with("HTTP/1.1 200"));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "a later connection waited for the silent policy API again: {waited:?}"
+    );
+    // The API answers: a server that admits only A's identity.
+    std::fs::remove_file(&silent).unwrap();
+    for (what, c) in [("first", &mut first), ("second", &mut second)] {
+        let mut last = String::new();
+        let refused = eventually(Duration::from_secs(10), || {
+            last = ask(c);
+            last.starts_with("HTTP/1.1 403")
+        });
+        assert!(
+            refused,
+            "the {what} connection, admitted by default, is still admitted: {last}\n{}",
+            cp.tail()
+        );
+    }
+    let (_, m) = admin(&b, "/metrics");
+    let port = app.addr.port();
+    assert!(
+        m.lines().any(|l| l.starts_with("inbound_http_authz_deny_total{")
+            && l.contains(&format!(
+                "srv_group=\"policy.linkerd.io\",srv_kind=\"server\",srv_name=\"web-http\",srv_port=\"{port}\",route_group="
+            ))),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("inbound_http_authz_allow_total{")
+                && l.contains(
+                    "srv_group=\"\",srv_kind=\"default\",srv_name=\"all-unauthenticated\""
+                )
+                && l.contains(
+                    "authz_group=\"\",authz_kind=\"default\",authz_name=\"all-unauthenticated\""
+                )),
+        "{m}"
+    );
 }
 
 /// The policy API's HTTP routes (`HTTPRoute`s of the server, each with an

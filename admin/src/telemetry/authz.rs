@@ -31,16 +31,20 @@ pub struct AuthzKey {
     pub proto: AuthzProto,
     pub allowed: bool,
     pub target: SocketAddr,
-    /// The server's `srv_kind` and `srv_name` (`default` and the default
-    /// policy's name without a policy API).
+    /// The server's `srv_group`, `srv_kind` and `srv_name` (empty,
+    /// `default` and the default policy's name without a policy API);
+    /// `srv_port` is the target's.
+    pub srv_group: Arc<str>,
     pub srv_kind: Arc<str>,
     pub srv_name: Arc<str>,
-    /// The authorization that allowed (`authz_kind`, `authz_name`); unused
-    /// for a denial.
+    /// The authorization that allowed (`authz_group`, `authz_kind`,
+    /// `authz_name`); unused for a denial.
+    pub authz_group: Arc<str>,
     pub authz_kind: Arc<str>,
     pub authz_name: Arc<str>,
-    /// The route that judged an HTTP request (`route_kind`,
-    /// `route_name`: `default` without routes).
+    /// The route that judged an HTTP request (`route_group`,
+    /// `route_kind`, `route_name`: `default` without routes).
+    pub route_group: Arc<str>,
     pub route_kind: Arc<str>,
     pub route_name: Arc<str>,
     pub tls: TlsStatus,
@@ -125,16 +129,19 @@ fn labels(k: &AuthzKey) -> String {
     let _ = write!(s, "target_addr=\"{}\"", k.target);
     push_label(&mut s, "target_ip", &k.target.ip().to_string());
     push_label(&mut s, "target_port", &k.target.port().to_string());
-    push_label(&mut s, "srv_group", "");
+    // As linkerd2-proxy's `ServerLabel`, `RouteLabels` and
+    // `ServerAuthzLabels`.
+    push_label(&mut s, "srv_group", &k.srv_group);
     push_label(&mut s, "srv_kind", &k.srv_kind);
     push_label(&mut s, "srv_name", &k.srv_name);
+    push_label(&mut s, "srv_port", &k.target.port().to_string());
     if k.proto == AuthzProto::Http {
-        push_label(&mut s, "route_group", "");
+        push_label(&mut s, "route_group", &k.route_group);
         push_label(&mut s, "route_kind", &k.route_kind);
         push_label(&mut s, "route_name", &k.route_name);
     }
     if k.allowed {
-        push_label(&mut s, "authz_group", "");
+        push_label(&mut s, "authz_group", &k.authz_group);
         push_label(&mut s, "authz_kind", &k.authz_kind);
         push_label(&mut s, "authz_name", &k.authz_name);
     }
@@ -153,10 +160,13 @@ mod tests {
             proto,
             allowed,
             target: "10.0.0.1:8080".parse().unwrap(),
-            srv_kind: "default".into(),
-            srv_name: "all-authenticated".into(),
-            authz_kind: "default".into(),
-            authz_name: "all-authenticated".into(),
+            srv_group: "policy.linkerd.io".into(),
+            srv_kind: "server".into(),
+            srv_name: "web".into(),
+            authz_group: "policy.linkerd.io".into(),
+            authz_kind: "authorizationpolicy".into(),
+            authz_name: "web-authz".into(),
+            route_group: "".into(),
             route_kind: "default".into(),
             route_name: "default".into(),
             tls: TlsStatus::Accepted {
@@ -170,8 +180,8 @@ mod tests {
         a.merge(&b);
         let mut out = String::new();
         a.encode(&mut out);
-        assert!(out.contains("inbound_http_authz_allow_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"\",srv_kind=\"default\",srv_name=\"all-authenticated\",route_group=\"\",route_kind=\"default\",route_name=\"default\",authz_group=\"\",authz_kind=\"default\",authz_name=\"all-authenticated\",tls=\"true\",client_id=\"a.ns.serviceaccount.identity.linkerd.cluster.local\"} 2"), "{out}");
-        assert!(out.contains("inbound_tcp_authz_deny_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"\",srv_kind=\"default\",srv_name=\"all-authenticated\",tls=\"true\","), "{out}");
+        assert!(out.contains("inbound_http_authz_allow_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"policy.linkerd.io\",srv_kind=\"server\",srv_name=\"web\",srv_port=\"8080\",route_group=\"\",route_kind=\"default\",route_name=\"default\",authz_group=\"policy.linkerd.io\",authz_kind=\"authorizationpolicy\",authz_name=\"web-authz\",tls=\"true\",client_id=\"a.ns.serviceaccount.identity.linkerd.cluster.local\"} 2"), "{out}");
+        assert!(out.contains("inbound_tcp_authz_deny_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",srv_group=\"policy.linkerd.io\",srv_kind=\"server\",srv_name=\"web\",srv_port=\"8080\",tls=\"true\","), "{out}");
         assert!(
             !out.contains("inbound_http_authz_deny_total"),
             "a family without series is left out"

@@ -1148,6 +1148,9 @@ class Inbound:
 
     async def watch_port(self, spec, context):
         log("inbound.watch port=%d workload=%s" % (spec.port, spec.workload))
+        # Held open, unanswered, while the fault is on; answered after.
+        while self.config.fault("silent-policy"):
+            await asyncio.sleep(0.05)
         async for msg in watch(self.config, context, lambda: self.server(spec.port)):
             yield msg
 
@@ -1271,7 +1274,7 @@ def main():
     ap.add_argument(
         "--fault-dir",
         help="faults on demand: files named garbage (the next Destination message is undecodable bytes), "
-        "reset (open Destination streams end with UNAVAILABLE), silent (new Destination streams never answer); "
+        "reset (open Destination streams end with UNAVAILABLE), silent (new Destination streams never answer), silent-policy (WatchPort streams answer only once it is removed); "
         "garbage and reset are removed once acted on",
     )
     ap.add_argument("--chain", help="PEM certificates sent as intermediate_certificates")
