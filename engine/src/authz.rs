@@ -114,6 +114,23 @@ impl Verdict {
         Some(v)
     }
 
+    /// A denial by the `deny` default policy, which refuses connections
+    /// rather than requests.
+    pub fn denies_all(&self) -> bool {
+        !self.allowed
+            && self.per_request.is_none()
+            && &*self.srv_kind == "default"
+            && &*self.srv_name == DefaultPolicy::Deny.name()
+    }
+
+    /// Admitted by the `audit` default policy (logged, as linkerd2-proxy
+    /// logs each audit admission).
+    pub fn is_audit(&self) -> bool {
+        self.allowed
+            && &*self.authz_kind == "default"
+            && &*self.authz_name == DefaultPolicy::Audit.name()
+    }
+
     /// Whether a policy update may change it (a verdict of the policy
     /// API's server, or a provisional one of the default policy).
     pub fn may_change(&self) -> bool {

@@ -431,10 +431,15 @@ impl ProxyError {
     /// Whether an HTTP/1 client connection is closed after the answer:
     /// always for a fault, since the request's body may be unread or its
     /// framing is what failed, and the client cannot know which. A
-    /// route filter's answer leaves it to the caller (it stays open after
-    /// a request without a body).
+    /// route filter's answer, and a policy's refusal (403, 404 for no
+    /// route, 429), which linkerd2-proxy answers without closing, leave it
+    /// to the caller (it stays open after a request without a body).
     pub(crate) fn closes_connection(&self) -> bool {
-        !self.by_filter()
+        !(self.by_filter()
+            || matches!(
+                self.kind,
+                Kind::Forbidden | Kind::NoRoute | Kind::RateLimited
+            ))
     }
 }
 
@@ -585,7 +590,8 @@ mod tests {
                 _ => GRPC_UNAVAILABLE,
             };
             assert_eq!(e.grpc_status(), grpc, "{kind:?}");
-            assert!(e.closes_connection(), "{kind:?}");
+            let refusal = matches!(kind, Kind::Forbidden | Kind::NoRoute | Kind::RateLimited);
+            assert_eq!(e.closes_connection(), !refusal, "{kind:?}");
             assert!(!e.retryable(), "{kind:?} retryable by default");
         }
     }

@@ -325,9 +325,15 @@ async fn serve_decided(
                 .policy
                 .check(target.port(), peer.ip(), client.tls())
         };
-        if matches!(decided.protocol, Protocol::Tls | Protocol::Opaque) {
+        // The `deny` default policy judges connections, whatever their
+        // protocol (linkerd2-proxy takes it as an opaque server with no
+        // authorization: no 403, the connection is closed).
+        if matches!(decided.protocol, Protocol::Tls | Protocol::Opaque) || verdict.denies_all() {
             let key = crate::authz::key(AuthzProto::Tcp, *target, verdict, client.tls());
             w.telemetry.authz.borrow_mut().record(&key);
+            if verdict.is_audit() {
+                crate::warn_limit::info_limited!(w, Warning::Audit, client = %peer, %target, tls = ?client.tls(), "Connection allowed by the audit policy");
+            }
             if !verdict.allowed {
                 warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = &*verdict.srv_name, "inbound connection denied by policy; closing");
                 count_error(w, Direction::Inbound, c.orig, ProxyErrorKind::Unauthorized);

@@ -200,6 +200,9 @@ impl<'w> Observer<'w> {
     /// Counts an inbound request's authorization (linkerd2-proxy's
     /// `inbound_http_authz_{allow,deny}_total`).
     pub(crate) fn authorized(&self, target: std::net::SocketAddr, v: &crate::authz::Verdict) {
+        if v.is_audit() {
+            crate::warn_limit::info_limited!(self.w, crate::warn_limit::Warning::Audit, client = %self.peer, %target, tls = ?self.key.tls, "Request allowed by the audit policy");
+        }
         self.w
             .telemetry
             .authz

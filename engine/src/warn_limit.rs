@@ -48,10 +48,14 @@ pub(crate) enum Warning {
     NotRedirected,
     /// A client's request head or body not in time (INFO).
     ClientTimeout,
+    /// A request or connection the `audit` default policy admitted:
+    /// logged (INFO), as linkerd2-proxy logs each audit admission, within
+    /// the limit.
+    Audit,
 }
 
 impl Warning {
-    const ALL: [Warning; 15] = [
+    const ALL: [Warning; 16] = [
         Warning::RequestFailed,
         Warning::UpstreamUnavailable,
         Warning::Http2RequestFailed,
@@ -67,6 +71,7 @@ impl Warning {
         Warning::NotInboundIp,
         Warning::NotRedirected,
         Warning::ClientTimeout,
+        Warning::Audit,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -86,6 +91,7 @@ impl Warning {
             Warning::NotInboundIp => "inbound address not allowed",
             Warning::NotRedirected => "connection not redirected",
             Warning::ClientTimeout => "client too slow",
+            Warning::Audit => "allowed by the audit policy",
         }
     }
 }

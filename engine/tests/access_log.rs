@@ -195,7 +195,8 @@ fn nothing_is_logged_without_it_and_bad_values_are_refused() {
 }
 
 /// A request the proxy refuses before routing it (here: the default
-/// policy denies every client) is logged too, with the proxy's status.
+/// policy denies every plaintext client) is logged too, with the proxy's
+/// status.
 #[test]
 fn refused_requests_are_logged() {
     let origin = http::origin("app");
@@ -205,7 +206,7 @@ fn refused_requests_are_logged() {
         forward,
         &[
             ("LINKERD2_PROXY_ACCESS_LOG", "apache"),
-            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "all-authenticated"),
         ],
     );
     assert_eq!(curl(&[], &format!("http://{inbound}/hello")), "403");

@@ -783,3 +783,67 @@ fn per_connection_info_lines_are_limited() {
         "{lines} lines for 200 connections"
     );
 }
+
+/// The `audit` default policy admits every client and logs each admission
+/// (as linkerd2-proxy logs "Request allowed" at INFO); the `deny` default
+/// closes connections, HTTP ones too, without a 403 (linkerd2-proxy takes
+/// it as an opaque server with no authorization), counted in
+/// `inbound_tcp_authz_deny_total`.
+#[test]
+fn audit_logs_admissions_and_deny_closes_connections() {
+    let app = Backend::start(|mut s| {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+    });
+    let target = app.addr.to_string();
+    let admin = closed_port();
+    let admin_addr = admin.to_string();
+    let get = |inbound: SocketAddr| {
+        let mut s = TcpStream::connect(inbound).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let start = |policy: &str| {
+        Running::spawn_ready(|listen| {
+            ringmesh(
+                "uring",
+                &[
+                    ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", &listen.to_string()),
+                    ("RINGMESH_INBOUND_TARGET", &target),
+                    ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", policy),
+                    ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr),
+                ],
+            )
+        })
+    };
+    let (mut audit, inbound) = start("audit");
+    let answer = get(inbound);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        audit.wait_for("allowed by the audit policy", Duration::from_secs(5)),
+        "{:?}",
+        audit.seen
+    );
+    drop(audit);
+    let (deny, inbound) = start("deny");
+    let answer = get(inbound);
+    assert_eq!(answer, "", "a deny default answers nothing");
+    let m = Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&m.stdout);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("inbound_tcp_authz_deny_total{")
+                && l.contains("srv_kind=\"default\",srv_name=\"deny\"")),
+        "{m}"
+    );
+    assert!(!m.contains("inbound_http_authz_deny_total"), "{m}");
+    drop(deny);
+}

@@ -1772,8 +1772,9 @@ fn policy_api_servers_authorize_by_identity() {
 /// the API answers with a server for the port that does not admit them,
 /// the open keep-alive connections' next requests are refused (as
 /// linkerd2-proxy's default is only its policy watch's first value; a
-/// connection admitted by default kept it for good). The authz metrics
-/// carry the server's group and port, as linkerd2-proxy's.
+/// connection admitted by default kept it for good), and stays open for
+/// the next one. The authz metrics carry the server's group and port, as
+/// linkerd2-proxy's.
 #[test]
 fn a_late_policy_judges_open_connections() {
     let pki = Pki::new("policy-late");
@@ -1865,6 +1866,9 @@ fn a_late_policy_judges_open_connections() {
             "the {what} connection, admitted by default, is still admitted: {last}\n{}",
             cp.tail()
         );
+        // A refusal keeps the connection (as linkerd2-proxy's 403).
+        let again = ask(c);
+        assert!(again.starts_with("HTTP/1.1 403"), "{what}: {again}");
     }
     let (_, m) = admin(&b, "/metrics");
     let port = app.addr.port();
