@@ -324,6 +324,21 @@ pub enum RouteFilter {
     RequestHeaders(HeaderEdit),
     /// Fields added, set and removed on responses on their way back.
     ResponseHeaders(HeaderEdit),
+    /// Every request is answered by the proxy: an outbound policy's
+    /// request that no route matches, a rule with no backends, or a
+    /// policy that cannot be used (as linkerd2-proxy answers them).
+    Refuse(Refusal),
+}
+
+/// Why a policy's request is answered instead of forwarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No route of the policy matches the request (404, gRPC NOT_FOUND).
+    NoRoute,
+    /// The rule's distribution is empty: no backend to send it to (503).
+    NoBackends,
+    /// The policy is invalid, for this reason (500).
+    Invalid(Arc<str>),
 }
 
 /// A redirect: the `location` is the request's URL with the parts given
@@ -378,10 +393,19 @@ impl HeaderEdit {
     pub fn appended(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let removed = |n: &str| self.remove.iter().any(|r| **r == *n);
         let set = |n: &str| self.set.iter().any(|(s, _)| **s == *n);
+        // A name set twice: the last value wins (as linkerd2-proxy inserts
+        // each in turn).
+        let set_later = |i: usize, n: &str| self.set[i + 1..].iter().any(|(s, _)| **s == *n);
         self.add
             .iter()
             .filter(move |(n, _)| !removed(n) && !set(n))
-            .chain(self.set.iter().filter(move |(n, _)| !removed(n)))
+            .chain(
+                self.set
+                    .iter()
+                    .enumerate()
+                    .filter(move |(i, (n, _))| !removed(n) && !set_later(*i, n))
+                    .map(|(_, f)| f),
+            )
             .map(|(n, v)| (&**n, &**v))
     }
 }
@@ -562,6 +586,10 @@ pub struct Profile {
     /// routes, ranked as the Gateway API ranks them).
     pub routes: Vec<ProfileRoute>,
     pub most_specific: bool,
+    /// The filters of a request no route matches (an outbound policy's:
+    /// answered 404, or 500 for an invalid policy); `None`: it goes to
+    /// the target (a service profile's).
+    pub unrouted: Option<Arc<[RouteFilter]>>,
     pub retry_budget: Option<RetryBudgetSpec>,
     /// Traffic split: each request goes to one of these services, drawn
     /// by weight (empty: the service itself).
@@ -691,6 +719,23 @@ pub fn pick_index(weighted: &[(Authority, u32)], r: f64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name set twice in one modifier: the last value wins, as
+    /// linkerd2-proxy inserts each in turn; added values of a set name go.
+    #[test]
+    fn a_name_set_twice_keeps_the_last_value() {
+        let f = |n: &str, v: &str| (Arc::<str>::from(n), Arc::<[u8]>::from(v.as_bytes()));
+        let e = HeaderEdit {
+            add: vec![f("x-d", "0"), f("x-a", "a")],
+            set: vec![f("x-d", "1"), f("x-e", "e"), f("x-d", "2")],
+            remove: vec![],
+        };
+        let got: Vec<(&str, &[u8])> = e.appended().collect();
+        assert_eq!(
+            got,
+            vec![("x-a", &b"a"[..]), ("x-e", &b"e"[..]), ("x-d", &b"2"[..])]
+        );
+    }
 
     #[test]
     fn routes_match_in_order_and_split_follows_weights() {

@@ -337,6 +337,8 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
         routes,
         // A service profile's routes apply in their order.
         most_specific: false,
+        // A request no route matches goes to the service.
+        unrouted: None,
         retry_budget,
         dst_overrides,
         opaque: p.opaque_protocol,

@@ -59,8 +59,8 @@ use linkerd2_proxy_api::outbound::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    grpc_code, AccrualSpec, OpaqueRoute, Profile, ProfileRoute, QueueSpec, RequestMatch,
-    RetryBackoff, RetryPolicy, TlsRoute, ValueMatch,
+    grpc_code, AccrualSpec, OpaqueRoute, Profile, ProfileRoute, QueueSpec, Refusal, RequestMatch,
+    RetryBackoff, RetryPolicy, RouteFilter, TlsRoute, ValueMatch,
 };
 use ringmesh_discovery::{Authority, Resolver, Table};
 
@@ -179,34 +179,84 @@ async fn follow(
     }
 }
 
-/// The workers' form of an outbound policy.
+/// The workers' form of an outbound policy; one linkerd2-proxy would
+/// reject (`ClientPolicy::try_from`) becomes, as there, a policy that
+/// answers every request 500 and refuses every connection: a policy read
+/// in part could send traffic where it was not meant to go (a skipped
+/// rule's requests to a broader one, an empty rule's to the target).
 fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
+    match checked_policy(target, p) {
+        Ok(profile) => profile,
+        Err(why) => {
+            tracing::warn!(%target, why, "invalid outbound policy; its requests are answered 500 and its connections refused");
+            invalid_policy(&why)
+        }
+    }
+}
+
+/// The policy that stands for an invalid one.
+fn invalid_policy(why: &str) -> Profile {
+    let why: Arc<str> = why.into();
+    Profile {
+        most_specific: true,
+        unrouted: Some(Arc::new([RouteFilter::Refuse(Refusal::Invalid(
+            why.clone(),
+        ))])),
+        opaque_route: Some(Arc::new(OpaqueRoute {
+            name: None,
+            backends: Vec::new(),
+            backend_refused: Vec::new(),
+            refused: Some(refused_by(Some(&why))),
+        })),
+        ..Profile::default()
+    }
+}
+
+/// An outbound policy as the workers use it, or why it cannot be.
+fn checked_policy(target: &Authority, p: OutboundPolicy) -> Result<Profile, String> {
     use proxy_protocol::Kind;
+    p.metadata.as_ref().ok_or("missing metadata")?;
     let mut profile = Profile {
         most_specific: true,
         ..Profile::default()
     };
-    let kind = p.protocol.and_then(|p| p.kind);
+    let kind = p.protocol.and_then(|p| p.kind).ok_or("missing protocol")?;
+    if let Kind::Detect(d) = &kind {
+        d.timeout.ok_or("detect: missing timeout")?;
+        if d.http1.is_none() || d.http2.is_none() || d.opaque.is_none() {
+            return Err("detect: missing its http1, http2 or opaque part".into());
+        }
+    }
     profile.accrual = match &kind {
-        Some(Kind::Detect(d)) => d
+        Kind::Detect(d) => d
             .http1
             .as_ref()
             .and_then(|h| h.failure_accrual)
             .or_else(|| d.http2.as_ref().and_then(|h| h.failure_accrual)),
-        Some(Kind::Http1(h)) => h.failure_accrual,
-        Some(Kind::Http2(h)) => h.failure_accrual,
-        Some(Kind::Grpc(g)) => g.failure_accrual,
+        Kind::Http1(h) => h.failure_accrual,
+        Kind::Http2(h) => h.failure_accrual,
+        Kind::Grpc(g) => g.failure_accrual,
         _ => None,
     }
-    .and_then(accrual);
+    .map(accrual)
+    .transpose()?
+    .flatten();
+    // A request no route matches is answered 404 (linkerd2-proxy's
+    // `NoRoute`), never sent to the target.
+    if matches!(
+        kind,
+        Kind::Detect(_) | Kind::Http1(_) | Kind::Http2(_) | Kind::Grpc(_)
+    ) {
+        profile.unrouted = Some(Arc::new([RouteFilter::Refuse(Refusal::NoRoute)]));
+    }
     let queues = &mut profile.queues;
     profile.routes = match kind {
-        Some(Kind::Opaque(o)) => {
+        Kind::Opaque(o) => {
             profile.opaque = true;
             profile.opaque_route = Some(Arc::new(opaque_route(target, o.routes)));
             Vec::new()
         }
-        Some(Kind::Tls(t)) => {
+        Kind::Tls(t) => {
             profile.opaque = true;
             profile.tls_routes = tls_routes(target, t.routes);
             // No route at all: connections go nowhere (linkerd2-proxy's
@@ -216,35 +266,42 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
             }
             Vec::new()
         }
-        Some(Kind::Detect(d)) => {
+        Kind::Detect(d) => {
             // Traffic that is not HTTP goes by its opaque route.
             if let Some(o) = d.opaque {
                 profile.opaque_route = Some(Arc::new(opaque_route(target, o.routes)));
             }
             let routes = d.http1.map(|h| h.routes).into_iter().flatten();
             let routes = routes.chain(d.http2.map(|h| h.routes).into_iter().flatten());
-            routes
-                .flat_map(|r| http_routes(target, r, queues))
-                .collect()
+            let mut all = Vec::new();
+            for r in routes {
+                all.extend(http_routes(r, queues)?);
+            }
+            all
         }
-        Some(Kind::Http1(h)) => h
-            .routes
-            .into_iter()
-            .flat_map(|r| http_routes(target, r, queues))
-            .collect(),
-        Some(Kind::Http2(h)) => h
-            .routes
-            .into_iter()
-            .flat_map(|r| http_routes(target, r, queues))
-            .collect(),
-        Some(Kind::Grpc(g)) => g
-            .routes
-            .into_iter()
-            .flat_map(|r| grpc_routes(target, r, queues))
-            .collect(),
-        None => Vec::new(),
+        Kind::Http1(h) => {
+            let mut all = Vec::new();
+            for r in h.routes {
+                all.extend(http_routes(r, queues)?);
+            }
+            all
+        }
+        Kind::Http2(h) => {
+            let mut all = Vec::new();
+            for r in h.routes {
+                all.extend(http_routes(r, queues)?);
+            }
+            all
+        }
+        Kind::Grpc(g) => {
+            let mut all = Vec::new();
+            for r in g.routes {
+                all.extend(grpc_routes(r, queues)?);
+            }
+            all
+        }
     };
-    profile
+    Ok(profile)
 }
 
 /// The refusal a connection route's filters make (its first filter:
@@ -274,7 +331,11 @@ macro_rules! chosen_backends {
             Some($dist::Kind::FirstAvailable(f)) => f
                 .backends
                 .iter()
-                .find(|b| b.backend.as_ref().and_then(backend_authority).is_some())
+                .find(|b| {
+                    b.backend
+                        .as_ref()
+                        .is_some_and(|b| backend_authority(b).is_ok())
+                })
                 .map(|b| (b.backend.as_ref(), 1, $refusal(&b.filters)))
                 .into_iter()
                 .collect::<Vec<ChosenBackend<'_>>>(),
@@ -398,7 +459,7 @@ fn connection_route(
         // (Its queue is not taken: a connection waits for a backend's
         // endpoints as the proxy's TCP fail-fast settings say, and the
         // HTTP routes' queues for the same backend stay theirs.)
-        let Some((authority, _queue)) = b.and_then(backend_authority) else {
+        let Some((authority, _queue)) = b.and_then(|b| backend_authority(b).ok()) else {
             continue;
         };
         backends.push((authority, weight));
@@ -417,14 +478,18 @@ fn connection_route(
 
 /// The policy's failure accrual: consecutive failures (also the unified
 /// kind's; its success-rate threshold is not applied). No failures given
-/// (0): never ejected.
-fn accrual(fa: FailureAccrual) -> Option<AccrualSpec> {
+/// (0): never ejected. Without a backoff it is invalid (as in
+/// linkerd2-proxy).
+fn accrual(fa: FailureAccrual) -> Result<Option<AccrualSpec>, String> {
     use failure_accrual::Kind;
-    let (max, backoff) = match fa.kind? {
+    let Some(kind) = fa.kind else {
+        return Ok(None);
+    };
+    let (max, backoff) = match kind {
         Kind::ConsecutiveFailures(c) => (c.max_failures, c.backoff),
         Kind::Unified(u) => (u.max_consecutive_failures, u.backoff),
     };
-    let backoff = backoff.unwrap_or_default();
+    let backoff = backoff.ok_or("failure accrual without a backoff")?;
     let min = backoff
         .min_backoff
         .and_then(crate::destination::duration)
@@ -439,12 +504,12 @@ fn accrual(fa: FailureAccrual) -> Option<AccrualSpec> {
     } else {
         0.0
     };
-    Some(AccrualSpec {
+    Ok(Some(AccrualSpec {
         consecutive: if max == 0 { u32::MAX } else { max },
         min_backoff: min,
         max_backoff,
         jitter,
-    })
+    }))
 }
 
 fn route_name(m: Option<&Metadata>) -> Option<Arc<str>> {
@@ -454,18 +519,19 @@ fn route_name(m: Option<&Metadata>) -> Option<Arc<str>> {
     }
 }
 
-pub(crate) fn hosts(hosts: &[hr::HostMatch]) -> Option<RequestMatch> {
+pub(crate) fn hosts(hosts: &[hr::HostMatch]) -> Result<Option<RequestMatch>, String> {
     if hosts.is_empty() {
-        return None;
+        return Ok(None);
     }
     let any = hosts
         .iter()
-        .filter_map(|h| match h.r#match.as_ref()? {
-            hr::host_match::Match::Exact(n) => Some(exact_host(n)),
-            hr::host_match::Match::Suffix(s) => Some(host_suffix(&s.reverse_labels)),
+        .map(|h| match h.r#match.as_ref() {
+            Some(hr::host_match::Match::Exact(n)) => Ok(exact_host(n)),
+            Some(hr::host_match::Match::Suffix(s)) => Ok(host_suffix(&s.reverse_labels)),
+            None => Err("a host match without a match".to_string()),
         })
-        .collect();
-    Some(RequestMatch::Any(any))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(RequestMatch::Any(any)))
 }
 
 /// A host (or SNI) match on one exact name.
@@ -567,58 +633,81 @@ pub(crate) fn condition(hosts: Option<RequestMatch>, matches: Vec<RequestMatch>)
 }
 
 /// What a backend names, and its queue settings (as the policy gives
-/// them: without a fail-fast timeout, the proxy's own settings apply).
-fn backend_authority(b: &Backend) -> Option<(Authority, Option<QueueSpec>)> {
-    let queue = b.queue.and_then(|q| {
-        let failfast = q
-            .failfast_timeout
-            .and_then(crate::destination::duration)
-            .filter(|d| !d.is_zero())?;
-        Some(QueueSpec {
+/// them: with a zero fail-fast timeout, the proxy's own settings apply);
+/// or why linkerd2-proxy would reject it (no metadata, no queue, nothing
+/// it names).
+fn backend_authority(b: &Backend) -> Result<(Authority, Option<QueueSpec>), String> {
+    b.metadata.as_ref().ok_or("a backend without metadata")?;
+    let q = b.queue.ok_or("a backend without a queue")?;
+    let failfast = q
+        .failfast_timeout
+        .ok_or("a backend queue without a fail-fast timeout")?;
+    let queue = crate::destination::duration(failfast)
+        .filter(|d| !d.is_zero())
+        .map(|failfast| QueueSpec {
             capacity: usize::try_from(q.capacity).unwrap_or(usize::MAX),
             failfast,
-        })
-    });
-    let name = match b.kind.as_ref()? {
-        backend::Kind::Balancer(p2c) => match p2c.discovery.as_ref()?.kind.as_ref()? {
-            backend::endpoint_discovery::Kind::Dst(d) => Authority::parse(&d.path).ok(),
-        },
-        backend::Kind::Forward(WeightedAddr { addr, .. }) => {
-            let addr: SocketAddr = (*addr)?.try_into().ok()?;
-            Some(Authority::from_addr(addr))
+        });
+    let name = match b.kind.as_ref().ok_or("a backend without a kind")? {
+        backend::Kind::Balancer(p2c) => {
+            let discovery = p2c
+                .discovery
+                .as_ref()
+                .and_then(|d| d.kind.as_ref())
+                .ok_or("a balancer without discovery")?;
+            match discovery {
+                backend::endpoint_discovery::Kind::Dst(d) => Authority::parse(&d.path)
+                    .map_err(|_| format!("a backend's Destination path {:?}", d.path))?,
+            }
         }
-    }?;
-    Some((name, queue))
+        backend::Kind::Forward(WeightedAddr { addr, .. }) => {
+            let addr: SocketAddr = (*addr)
+                .ok_or("a forward backend without an address")?
+                .try_into()
+                .map_err(|_| "a forward backend's address")?;
+            Authority::from_addr(addr)
+        }
+    };
+    Ok((name, queue))
 }
 
-/// A rule's backends, each with its weight, queue settings and filters.
+/// A rule's backends, each with its weight, queue settings and filters;
+/// `None`: its distribution is empty (no request can go anywhere).
 type Backends = Vec<(Authority, u32, Option<QueueSpec>, Filters)>;
 
 type Filters = Option<Arc<[ringmesh_discovery::profile::RouteFilter]>>;
 
-/// `first-available`: the first backend that names a target.
+/// `first-available`: the first backend (each must be valid).
 fn first_available<'a>(
     backends: impl Iterator<Item = (Option<&'a Backend>, Result<Filters, String>)>,
-) -> Result<Backends, String> {
+) -> Result<Option<Backends>, String> {
+    let mut first = None;
     for (b, filters) in backends {
-        if let Some((a, q)) = b.and_then(backend_authority) {
-            return Ok(vec![(a, 1, q, filters?)]);
-        }
+        let (a, q) = backend_authority(b.ok_or("a route backend without a backend")?)?;
+        let filters = filters?;
+        first.get_or_insert((a, 1, q, filters));
     }
-    Ok(Vec::new())
+    let first = first.ok_or("a first-available distribution without backends")?;
+    Ok(Some(vec![first]))
 }
 
-/// `random-available`: every backend that names a target, with its weight.
+/// `random-available`: every backend (each must be valid), with its
+/// weight; not all of weight 0.
 fn random_available<'a>(
     backends: impl Iterator<Item = (Option<&'a Backend>, u32, Result<Filters, String>)>,
-) -> Result<Backends, String> {
+) -> Result<Option<Backends>, String> {
     let mut out = Vec::new();
     for (b, w, filters) in backends {
-        if let Some((a, q)) = b.and_then(backend_authority) {
-            out.push((a, w, q, filters?));
-        }
+        let (a, q) = backend_authority(b.ok_or("a route backend without a backend")?)?;
+        out.push((a, w, q, filters?));
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err("a random-available distribution without backends".into());
+    }
+    if out.iter().all(|b| b.1 == 0) {
+        return Err("a random-available distribution whose backends all weigh 0".into());
+    }
+    Ok(Some(out))
 }
 
 /// An HTTP rule's backends; `matches`: the rule's (for a backend's
@@ -626,42 +715,71 @@ fn random_available<'a>(
 fn http_backends(
     d: Option<&http_route::Distribution>,
     matches: &[HttpRouteMatch],
-) -> Result<Backends, String> {
+) -> Result<Option<Backends>, String> {
     use http_route::distribution::Kind;
     let filters = |b: &http_route::RouteBackend| crate::route_filter::http(&b.filters, matches);
-    match d.and_then(|d| d.kind.as_ref()) {
-        Some(Kind::FirstAvailable(f)) => {
+    match d
+        .ok_or("a rule without a distribution")?
+        .kind
+        .as_ref()
+        .ok_or("a distribution without a kind")?
+    {
+        Kind::FirstAvailable(f) => {
             first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
         }
-        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().filter_map(|w| {
-            let rb = w.backend.as_ref()?;
-            Some((rb.backend.as_ref(), w.weight, filters(rb)))
+        Kind::RandomAvailable(r) => random_available(r.backends.iter().map(|w| {
+            let rb = w.backend.as_ref();
+            (
+                rb.and_then(|rb| rb.backend.as_ref()),
+                w.weight,
+                rb.map_or(Ok(None), filters),
+            )
         })),
-        Some(Kind::Empty(_)) | None => Ok(Vec::new()),
+        Kind::Empty(_) => Ok(None),
     }
 }
 
 /// A gRPC rule's backends.
-fn grpc_backends(d: Option<&grpc_route::Distribution>) -> Result<Backends, String> {
+fn grpc_backends(d: Option<&grpc_route::Distribution>) -> Result<Option<Backends>, String> {
     use grpc_route::distribution::Kind;
     let filters = |b: &grpc_route::RouteBackend| crate::route_filter::grpc(&b.filters);
-    match d.and_then(|d| d.kind.as_ref()) {
-        Some(Kind::FirstAvailable(f)) => {
+    match d
+        .ok_or("a rule without a distribution")?
+        .kind
+        .as_ref()
+        .ok_or("a distribution without a kind")?
+    {
+        Kind::FirstAvailable(f) => {
             first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
         }
-        Some(Kind::RandomAvailable(r)) => random_available(r.backends.iter().filter_map(|w| {
-            let rb = w.backend.as_ref()?;
-            Some((rb.backend.as_ref(), w.weight, filters(rb)))
+        Kind::RandomAvailable(r) => random_available(r.backends.iter().map(|w| {
+            let rb = w.backend.as_ref();
+            (
+                rb.and_then(|rb| rb.backend.as_ref()),
+                w.weight,
+                rb.map_or(Ok(None), filters),
+            )
         })),
-        Some(Kind::Empty(_)) | None => Ok(Vec::new()),
+        Kind::Empty(_) => Ok(None),
     }
 }
 
-fn timeout(timeouts: Option<&hr::Timeouts>) -> Option<std::time::Duration> {
-    timeouts
-        .and_then(|t| t.request)
-        .and_then(crate::destination::duration)
-        .filter(|d| !d.is_zero())
+/// A rule's timeout: the shortest of its request and response timeouts
+/// and the deprecated rule-level request timeout (zero: none).
+fn timeout(
+    timeouts: Option<&hr::Timeouts>,
+    legacy: Option<prost_types::Duration>,
+) -> Option<std::time::Duration> {
+    [
+        timeouts.and_then(|t| t.request),
+        timeouts.and_then(|t| t.response),
+        legacy,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(crate::destination::duration)
+    .filter(|d| !d.is_zero())
+    .min()
 }
 
 /// One route rule, HTTP or gRPC alike: `matches` (or why they cannot be
@@ -669,44 +787,46 @@ fn timeout(timeouts: Option<&hr::Timeouts>) -> Option<std::time::Duration> {
 /// backends.
 struct Rule {
     matches: Result<Vec<RequestMatch>, String>,
-    retry: Option<Arc<RetryPolicy>>,
+    retry: Result<Option<Arc<RetryPolicy>>, String>,
     timeout: Option<std::time::Duration>,
     l5d_headers: bool,
-    /// Its backends, or why one's filters cannot be applied.
-    backends: Result<Backends, String>,
+    /// Its backends (`None`: an empty distribution), or why they cannot
+    /// be used.
+    backends: Result<Option<Backends>, String>,
     /// Its filters (`route_filter.rs`), or why they cannot be applied.
     filters: Result<Filters, String>,
 }
 
-/// An HTTP rule's retry policy: its status ranges (none given: 5xx).
-fn http_retry(r: &http_route::Retry) -> Option<Arc<RetryPolicy>> {
-    if r.max_retries == 0 {
-        return None;
-    }
-    let ranges = r
+/// An HTTP rule's retry policy: its status ranges (an empty list retries
+/// no status); without conditions, or with a range outside 100–599, it is
+/// invalid (as in linkerd2-proxy).
+fn http_retry(r: &http_route::Retry) -> Result<Option<Arc<RetryPolicy>>, String> {
+    let ranges = &r
         .conditions
         .as_ref()
-        .map(|c| &c.status_ranges[..])
-        .unwrap_or(&[]);
-    let statuses = if ranges.is_empty() {
-        vec![(500, 599)]
-    } else {
-        ranges
-            .iter()
-            .filter_map(|s| {
-                let (lo, hi) = (u16::try_from(s.start).ok()?, u16::try_from(s.end).ok()?);
-                (100 <= lo && lo <= hi && hi <= 599).then_some((lo, hi))
-            })
-            .collect()
-    };
-    Some(Arc::new(RetryPolicy {
+        .ok_or("a retry without conditions")?
+        .status_ranges;
+    let statuses = ranges
+        .iter()
+        .map(|s| {
+            let (lo, hi) = (u16::try_from(s.start), u16::try_from(s.end));
+            match (lo, hi) {
+                (Ok(lo), Ok(hi)) if 1 <= lo && lo <= hi && hi <= 599 => Ok((lo, hi)),
+                _ => Err(format!("a retry status range {}-{}", s.start, s.end)),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if r.max_retries == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(RetryPolicy {
         limit: r.max_retries.min(RetryPolicy::MAX_LIMIT),
         statuses,
         grpc: 0,
         timeout: attempt_timeout(r.timeout),
         backoff: retry_backoff(r.backoff.as_ref()),
         max_request_bytes: max_request_bytes(r.max_request_bytes),
-    }))
+    })))
 }
 
 /// The largest body a retry policy keeps: as the policy says (0: only
@@ -778,94 +898,123 @@ fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
 }
 
 /// A route's rules as profile routes, each under the route's hosts and
-/// name.
+/// name; or why one cannot be used (the whole policy is then invalid, as
+/// in linkerd2-proxy: a rule left out would let its requests fall to a
+/// broader one).
 fn routes(
-    target: &Authority,
     (name, hosts): (Option<Arc<str>>, Option<RequestMatch>),
     rules: impl Iterator<Item = Rule>,
     queues: &mut Vec<(Authority, QueueSpec)>,
-) -> Vec<ProfileRoute> {
-    rules
-        .filter_map(|rule| {
-            let usable = rule
-                .matches
-                .and_then(|m| Ok((m, rule.filters?, rule.backends?)));
-            let (matches, rule_filters, rule_backends) = match usable {
-                Ok(m) => m,
-                Err(why) => {
-                    tracing::warn!(%target, route = ?name, why, "outbound route rule skipped");
-                    return None;
-                }
-            };
-            let mut backends = Vec::with_capacity(rule_backends.len());
-            let mut backend_filters = Vec::new();
-            let any_filters = rule_backends.iter().any(|b| b.3.is_some());
-            for (backend, weight, queue, filters) in rule_backends {
-                if let Some(q) = queue {
-                    if !queues.iter().any(|(b, _)| *b == backend) {
-                        queues.push((backend.clone(), q));
-                    }
-                }
-                backends.push((backend, weight));
-                if any_filters {
-                    // The rule's filters, then the backend's: merged here,
-                    // once, not per request on the workers.
-                    backend_filters.push(filters.map(|own| {
-                        let rule = rule_filters.as_deref().unwrap_or(&[]);
-                        rule.iter().chain(own.iter()).cloned().collect::<Arc<[_]>>()
-                    }));
-                }
-            }
-            Some(ProfileRoute {
+) -> Result<Vec<ProfileRoute>, String> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let bad = |why: String| format!("route {name:?}: {why}");
+        let matches = rule.matches.map_err(bad)?;
+        let mut rule_filters = rule.filters.map_err(bad)?;
+        let Some(rule_backends) = rule.backends.map_err(bad)? else {
+            // An empty distribution: its requests go nowhere (503), never
+            // to the target.
+            let refuse = RouteFilter::Refuse(Refusal::NoBackends);
+            rule_filters = Some(
+                std::iter::once(refuse)
+                    .chain(rule_filters.iter().flat_map(|f| f.iter().cloned()))
+                    .collect(),
+            );
+            out.push(ProfileRoute {
                 condition: condition(hosts.clone(), matches),
                 name: name.clone(),
-                retry: rule.retry,
+                retry: None,
                 timeout: rule.timeout,
                 l5d_headers: rule.l5d_headers,
-                backends,
-                backend_filters,
+                backends: Vec::new(),
+                backend_filters: Vec::new(),
                 filters: rule_filters,
-            })
-        })
-        .collect()
+            });
+            continue;
+        };
+        let retry = rule.retry.map_err(bad)?;
+        let mut backends = Vec::with_capacity(rule_backends.len());
+        let mut backend_filters = Vec::new();
+        let any_filters = rule_backends.iter().any(|b| b.3.is_some());
+        for (backend, weight, queue, filters) in rule_backends {
+            if let Some(q) = queue {
+                if !queues.iter().any(|(b, _)| *b == backend) {
+                    queues.push((backend.clone(), q));
+                }
+            }
+            backends.push((backend, weight));
+            if any_filters {
+                // The rule's filters, then the backend's: merged here,
+                // once, not per request on the workers.
+                backend_filters.push(filters.map(|own| {
+                    let rule = rule_filters.as_deref().unwrap_or(&[]);
+                    rule.iter().chain(own.iter()).cloned().collect::<Arc<[_]>>()
+                }));
+            }
+        }
+        out.push(ProfileRoute {
+            condition: condition(hosts.clone(), matches),
+            name: name.clone(),
+            retry,
+            timeout: rule.timeout,
+            l5d_headers: rule.l5d_headers,
+            backends,
+            backend_filters,
+            filters: rule_filters,
+        });
+    }
+    Ok(out)
+}
+
+/// A route's name, and its hosts; a route without metadata is invalid.
+fn route_head(
+    m: Option<&Metadata>,
+    h: &[hr::HostMatch],
+) -> Result<(Option<Arc<str>>, Option<RequestMatch>), String> {
+    m.ok_or("a route without metadata")?;
+    Ok((route_name(m), hosts(h)?))
 }
 
 fn http_routes(
-    target: &Authority,
     r: HttpRoute,
     queues: &mut Vec<(Authority, QueueSpec)>,
-) -> Vec<ProfileRoute> {
+) -> Result<Vec<ProfileRoute>, String> {
+    let route = route_head(r.metadata.as_ref(), &r.hosts)?;
     let rules = r.rules.into_iter().map(|rule| Rule {
         // No matches: every request, ranked as the prefix `/`.
         matches: match &rule.matches[..] {
             [] => http_match(&HttpRouteMatch::default()).map(|m| vec![m]),
             ms => ms.iter().map(http_match).collect(),
         },
-        retry: rule.retry.as_ref().and_then(http_retry),
-        timeout: timeout(rule.timeouts.as_ref()),
+        retry: rule.retry.as_ref().map_or(Ok(None), http_retry),
+        // (The deprecated rule-level request timeout, as linkerd2-proxy
+        // still reads it.)
+        #[allow(deprecated)]
+        timeout: timeout(rule.timeouts.as_ref(), rule.request_timeout),
         l5d_headers: rule.allow_l5d_request_headers,
         filters: crate::route_filter::http(&rule.filters, &rule.matches),
         backends: http_backends(rule.backends.as_ref(), &rule.matches),
     });
-    let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
-    routes(target, route, rules, queues)
+    routes(route, rules, queues)
 }
 
 fn grpc_routes(
-    target: &Authority,
     r: GrpcRoute,
     queues: &mut Vec<(Authority, QueueSpec)>,
-) -> Vec<ProfileRoute> {
+) -> Result<Vec<ProfileRoute>, String> {
+    let route = route_head(r.metadata.as_ref(), &r.hosts)?;
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(grpc_match).collect(),
-        retry: rule.retry.as_ref().and_then(grpc_retry),
-        timeout: timeout(rule.timeouts.as_ref()),
+        retry: Ok(rule.retry.as_ref().and_then(grpc_retry)),
+        // (The deprecated rule-level request timeout, as linkerd2-proxy
+        // still reads it.)
+        #[allow(deprecated)]
+        timeout: timeout(rule.timeouts.as_ref(), rule.request_timeout),
         l5d_headers: rule.allow_l5d_request_headers,
         filters: crate::route_filter::grpc(&rule.filters),
         backends: grpc_backends(rule.backends.as_ref()),
     });
-    let route = (route_name(r.metadata.as_ref()), hosts(&r.hosts));
-    routes(target, route, rules, queues)
+    routes(route, rules, queues)
 }
 
 #[cfg(test)]
@@ -885,7 +1034,14 @@ mod tests {
                 weight: 1,
                 ..Default::default()
             })),
-            ..Default::default()
+            metadata: named("b"),
+            queue: Some(linkerd2_proxy_api::outbound::Queue {
+                capacity: 100,
+                failfast_timeout: Some(prost_types::Duration {
+                    seconds: 3,
+                    nanos: 0,
+                }),
+            }),
         }
     }
 
@@ -905,7 +1061,14 @@ mod tests {
         p.route(&req).and_then(|r| r.name.as_deref())
     }
 
+    /// An HTTP/1 policy of one route per `(matches, port)`, each to a
+    /// forward to that port.
     fn http_policy(rules: Vec<(Vec<HttpRouteMatch>, u16)>) -> Profile {
+        let target = Authority::parse("10.0.0.1:80").unwrap();
+        policy(&target, http_proto(rules))
+    }
+
+    fn http_proto(rules: Vec<(Vec<HttpRouteMatch>, u16)>) -> OutboundPolicy {
         let routes = rules
             .into_iter()
             .map(|(matches, port)| HttpRoute {
@@ -927,19 +1090,15 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let target = Authority::parse("10.0.0.1:80").unwrap();
-        policy(
-            &target,
-            OutboundPolicy {
-                protocol: Some(ProxyProtocol {
-                    kind: Some(proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
-                        routes,
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            },
-        )
+        OutboundPolicy {
+            protocol: Some(ProxyProtocol {
+                kind: Some(proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+                    routes,
+                    ..Default::default()
+                })),
+            }),
+            metadata: named("web"),
+        }
     }
 
     fn prefix(p: &str) -> HttpRouteMatch {
@@ -963,21 +1122,28 @@ mod tests {
 
     /// An outbound policy's HTTP routes are ranked as linkerd2-proxy
     /// ranks them (a rule without matches as the prefix `/`), query
-    /// parameters included; a query match that cannot be used skips its
-    /// rule.
+    /// parameters included; a query match that cannot be used makes the
+    /// policy invalid.
     #[test]
     fn http_rules_rank_and_query_parameters_match() {
         use hr::query_param_match::Value;
-        let p = http_policy(vec![
+        let rules = vec![
             (vec![], 1),
             (vec![HttpRouteMatch::default()], 2),
             (vec![prefix("/api")], 3),
             (vec![query("v", Value::Regex("v[0-9]+".into()))], 4),
             (vec![query("debug", Value::Exact("1".into()))], 5),
-            (vec![query("", Value::Exact("1".into()))], 6),
-            (vec![query("x", Value::Regex("(".into()))], 7),
-        ]);
-        assert_eq!(p.routes.len(), 5, "the two bad rules are skipped");
+        ];
+        for bad in [
+            query("", Value::Exact("1".into())),
+            query("x", Value::Regex("(".into())),
+        ] {
+            let mut with_bad = rules.clone();
+            with_bad.push((vec![bad], 6));
+            assert_invalid(&http_policy(with_bad), "a bad query match");
+        }
+        let p = http_policy(rules);
+        assert_eq!(p.routes.len(), 5);
         assert_eq!(routed(&p, "GET", "/"), Some("r1"));
         assert_eq!(routed(&p, "GET", "/api/x"), Some("r3"));
         let req = |target| Req {
@@ -1055,15 +1221,14 @@ mod tests {
                             rule(Some(("", "Get")), 2),
                             rule(Some(("pkg.Svc", "")), 3),
                             rule(Some(("pkg.Svc", "Get")), 4),
-                            rule(None, 5),
                         ],
                         ..Default::default()
                     })),
                 }),
-                ..Default::default()
+                metadata: named("web"),
             },
         );
-        assert_eq!(p.routes.len(), 4, "the rule without an RPC is skipped");
+        assert_eq!(p.routes.len(), 4);
         assert_eq!(routed(&p, "POST", "/pkg.Svc/Get"), Some("g4"));
         assert_eq!(routed(&p, "POST", "/pkg.Svc/Put"), Some("g3"));
         assert_eq!(routed(&p, "POST", "/x.Y/Get"), Some("g2"));
@@ -1128,8 +1293,10 @@ mod tests {
             http_retry(&http_route::Retry {
                 max_retries: 1,
                 max_request_bytes: n,
+                conditions: Some(Default::default()),
                 ..Default::default()
             })
+            .unwrap()
             .unwrap()
             .max_request_bytes
         };
@@ -1143,6 +1310,138 @@ mod tests {
         })
         .unwrap();
         assert_eq!(grpc.max_request_bytes, 5000);
+    }
+
+    /// The policy that stands for an invalid one: every request answered
+    /// 500, no route.
+    fn assert_invalid(p: &Profile, what: &str) {
+        assert!(p.routes.is_empty(), "{what}: {:?}", p.routes.len());
+        assert!(
+            matches!(
+                p.unrouted.as_deref(),
+                Some([RouteFilter::Refuse(Refusal::Invalid(_))])
+            ),
+            "{what}: {:?}",
+            p.unrouted
+        );
+    }
+
+    /// A request no route matches is answered 404 (never sent to the
+    /// target), and an empty distribution's requests 503.
+    #[test]
+    fn unrouted_requests_and_empty_rules_are_answered() {
+        let p = http_policy(vec![(vec![prefix("/a")], 1)]);
+        assert_eq!(
+            p.unrouted.as_deref(),
+            Some(&[RouteFilter::Refuse(Refusal::NoRoute)][..])
+        );
+        let mut proto = http_proto(vec![(vec![prefix("/a")], 1)]);
+        if let Some(proxy_protocol::Kind::Http1(h)) =
+            proto.protocol.as_mut().and_then(|p| p.kind.as_mut())
+        {
+            h.routes[0].rules[0].backends = Some(http_route::Distribution {
+                kind: Some(http_route::distribution::Kind::Empty(Default::default())),
+            });
+        }
+        let p = policy(&Authority::parse("10.0.0.1:80").unwrap(), proto);
+        assert_eq!(p.routes.len(), 1);
+        assert!(p.routes[0].backends.is_empty());
+        assert_eq!(
+            p.routes[0].filters.as_deref().and_then(|f| f.first()),
+            Some(&RouteFilter::Refuse(Refusal::NoBackends))
+        );
+    }
+
+    /// What linkerd2-proxy rejects makes the whole policy invalid, not a
+    /// part of it dropped (a skipped rule's requests would fall to a
+    /// broader one, an empty one's go to the target).
+    #[test]
+    fn invalid_policies_are_refused_whole() {
+        let target = Authority::parse("10.0.0.1:80").unwrap();
+        type Edit = fn(&mut OutboundPolicy);
+        fn rule(p: &mut OutboundPolicy) -> &mut http_route::Rule {
+            match p.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+                Some(proxy_protocol::Kind::Http1(h)) => &mut h.routes[0].rules[0],
+                _ => unreachable!(),
+            }
+        }
+        fn first_backend(p: &mut OutboundPolicy) -> &mut Backend {
+            match rule(p).backends.as_mut().and_then(|d| d.kind.as_mut()) {
+                Some(http_route::distribution::Kind::FirstAvailable(f)) => {
+                    f.backends[0].backend.as_mut().unwrap()
+                }
+                _ => unreachable!(),
+            }
+        }
+        let cases: [(&str, Edit); 11] = [
+            ("no metadata", |p| p.metadata = None),
+            ("no protocol", |p| p.protocol = None),
+            ("a route without metadata", |p| {
+                if let Some(proxy_protocol::Kind::Http1(h)) =
+                    p.protocol.as_mut().and_then(|p| p.kind.as_mut())
+                {
+                    h.routes[0].metadata = None;
+                }
+            }),
+            ("no distribution", |p| rule(p).backends = None),
+            ("an empty first-available", |p| {
+                rule(p).backends = Some(http_route::Distribution {
+                    kind: Some(http_route::distribution::Kind::FirstAvailable(
+                        Default::default(),
+                    )),
+                })
+            }),
+            ("a backend without a queue", |p| {
+                first_backend(p).queue = None
+            }),
+            ("a backend without metadata", |p| {
+                first_backend(p).metadata = None
+            }),
+            ("a backend without a kind", |p| first_backend(p).kind = None),
+            ("a retry without conditions", |p| {
+                rule(p).retry = Some(http_route::Retry {
+                    max_retries: 2,
+                    ..Default::default()
+                })
+            }),
+            ("a retry status range past 599", |p| {
+                rule(p).retry = Some(http_route::Retry {
+                    max_retries: 2,
+                    conditions: Some(http_route::retry::Conditions {
+                        status_ranges: vec![http_route::retry::conditions::StatusRange {
+                            start: 500,
+                            end: 600,
+                        }],
+                    }),
+                    ..Default::default()
+                })
+            }),
+            ("a failure injector status past 999", |p| {
+                rule(p).filters = vec![http_route::Filter {
+                    kind: Some(http_route::filter::Kind::FailureInjector(
+                        hr::HttpFailureInjector {
+                            status: 1000,
+                            ..Default::default()
+                        },
+                    )),
+                }]
+            }),
+        ];
+        for (what, edit) in cases {
+            let mut proto = http_proto(vec![(vec![prefix("/a")], 1)]);
+            assert!(!policy(&target, proto.clone()).routes.is_empty());
+            edit(&mut proto);
+            assert_invalid(&policy(&target, proto), what);
+        }
+        // An empty list of retried statuses retries none (not 5xx).
+        let none = http_retry(&http_route::Retry {
+            max_retries: 2,
+            conditions: Some(Default::default()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(none.statuses.is_empty());
     }
 }
 

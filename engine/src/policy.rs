@@ -399,7 +399,7 @@ fn push_rules(
 ) -> Result<(), String> {
     let (group, kind, name) =
         metadata_meta(meta.ok_or("route: missing metadata")?).map_err(|e| format!("route: {e}"))?;
-    let hosts = crate::outbound::hosts(hosts);
+    let hosts = crate::outbound::hosts(hosts).map_err(|e| format!("route {name:?}: {e}"))?;
     let authorizations = route_authorizations(own, server)?;
     for rule in rules {
         let (matches, filters) = rule.map_err(|why| format!("route {name:?}: {why}"))?;

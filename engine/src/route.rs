@@ -400,6 +400,13 @@ fn choose(r: &Routes, d: Dst, req: &dyn RequestInfo) -> (Next, RoutePolicy, Opti
     let mut policy = route
         .map(|route| RoutePolicy::of(route, req))
         .unwrap_or_default();
+    if route.is_none() {
+        // An outbound policy's request that no route matches is answered
+        // (404, or 500 for an invalid policy).
+        if let Some(f) = &profile.unrouted {
+            policy.filters = Some(f.clone());
+        }
+    }
     let draw = fastrand::f64();
     let picked = route.and_then(|route| Some((route, pick_index(&route.backends, draw)?)));
     // A backend with filters of its own: the route's and its own, merged

@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use linkerd2_proxy_api::http_route::{self as hr, HttpRouteMatch};
 use linkerd2_proxy_api::outbound::{grpc_route, http_route};
-use ringmesh_discovery::profile::{HeaderEdit, Redirect, RedirectPath, RequestInfo, RouteFilter};
+use ringmesh_discovery::profile::{
+    HeaderEdit, Redirect, RedirectPath, Refusal, RequestInfo, RouteFilter,
+};
 
 use crate::error::{Kind, ProxyError};
 
@@ -60,7 +62,8 @@ pub(crate) fn http(
     for f in filters {
         out.push(match f.kind.as_ref().ok_or("a filter without a kind")? {
             K::FailureInjector(fi) => RouteFilter::Fail {
-                status: status(fi.status, 100..=599)?,
+                // (Any status `http::StatusCode` takes, as linkerd2-proxy.)
+                status: status(fi.status, 100..=999)?,
                 grpc: None,
                 message: fi.message.as_str().into(),
                 numerator: ratio(fi.ratio.as_ref())?.0,
@@ -86,8 +89,10 @@ pub(crate) fn grpc(filters: &[grpc_route::Filter]) -> Result<Filters, String> {
         out.push(match f.kind.as_ref().ok_or("a filter without a kind")? {
             K::FailureInjector(fi) => {
                 let (numerator, denominator) = ratio(fi.ratio.as_ref())?;
-                if fi.code > 16 {
-                    return Err(format!("gRPC status {} is not a gRPC status code", fi.code));
+                // (Codes past 16 are injected as they are, as linkerd2-proxy
+                // does.)
+                if fi.code > u32::from(u16::MAX) {
+                    return Err(format!("gRPC status {} is out of range", fi.code));
                 }
                 RouteFilter::Fail {
                     status: 200,
@@ -284,6 +289,19 @@ pub(crate) fn answer(filters: &[RouteFilter], req: &dyn RequestInfo) -> Option<P
                 Err(why) => return Some(ProxyError::new(Kind::BadFilter, why)),
             },
             RouteFilter::RequestHeaders(_) | RouteFilter::ResponseHeaders(_) => {}
+            RouteFilter::Refuse(why) => {
+                return Some(match why {
+                    Refusal::NoRoute => {
+                        ProxyError::new(Kind::NoRoute, "no route found for request")
+                    }
+                    Refusal::NoBackends => {
+                        ProxyError::new(Kind::NoEndpoints, "the request's route has no backends")
+                    }
+                    Refusal::Invalid(why) => {
+                        ProxyError::new(Kind::BadFilter, format!("invalid client policy: {why}"))
+                    }
+                })
+            }
         }
     }
     None
@@ -367,10 +385,14 @@ fn location(r: &Redirect, req: &dyn RequestInfo) -> Result<Option<String>, Strin
                 .ok_or("a prefix redirect on a route not matched by a path prefix")?;
             let rest = &path[prefix.trim_end_matches('/').len()..];
             let mut p = replace.trim_end_matches('/').to_string();
-            if !rest.starts_with('/') {
+            if !rest.is_empty() && !rest.starts_with('/') {
                 p.push('/');
             }
             p.push_str(rest);
+            // (`/old` to `/new`: `/new`, as linkerd2-proxy; never empty.)
+            if p.is_empty() {
+                p.push('/');
+            }
             if let Some(q) = query {
                 p.push('?');
                 p.push_str(q);
@@ -508,7 +530,8 @@ mod tests {
             at(&r, "web", "/v1/old/y").as_deref(),
             Some("http://web/v2/y")
         );
-        assert_eq!(at(&r, "web", "/v1").as_deref(), Some("http://web/v2/"));
+        // Nothing after the prefix: no slash added (as linkerd2-proxy).
+        assert_eq!(at(&r, "web", "/v1").as_deref(), Some("http://web/v2"));
         // A path that a location cannot carry as it is.
         let r = redirect_to("new.test", 0, None);
         assert!(location(&r, &req("web", "/caf\u{e9}")).is_err());
@@ -552,7 +575,9 @@ mod tests {
                 },
             )),
         };
-        assert!(grpc(&[filter(17)]).is_err());
+        // Past the codes gRPC defines: injected as it is (as linkerd2-proxy).
+        assert!(grpc(&[filter(17)]).is_ok());
+        assert!(grpc(&[filter(1 << 20)]).is_err());
         let f = grpc(&[filter(14)]).unwrap().unwrap();
         let e = answer(&f, &req("web", "/pkg.Svc/Call")).unwrap();
         assert_eq!((e.status(), e.grpc_status()), (200, 14));

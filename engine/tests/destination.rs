@@ -571,6 +571,65 @@ fn an_empty_retry_budget_allows_no_retry() {
     );
 }
 
+/// An outbound policy's request that no route matches is answered 404
+/// (linkerd2-proxy's `NoRoute`), never sent to the original destination;
+/// a policy linkerd2-proxy would reject (here a rule whose distribution
+/// has no backends) answers every request 500, its valid routes' too,
+/// instead of being applied in part.
+#[test]
+fn unmatched_requests_and_invalid_policies_are_answered() {
+    let app = common::http::origin("app");
+    let cp = Cp::start("unrouted");
+    let target = "127.0.0.9:8080";
+    let config = |extra_route: &str| {
+        format!(
+            r#"{{"destinations": {{
+                "{target}": {{"service": "web", "endpoints": [{{"addr": "{ip}", "port": {port}}}], "default_route": false, "http_routes": [
+                    {{"name": "hello", "path_prefix": "/hello"}}{extra_route}
+                ]}}
+            }}}}"#,
+            ip = app.addr.ip(),
+            port = app.addr.port(),
+        )
+    };
+    cp.write_loaded(&config(""));
+    let proxy = policy_proxy(&cp, target, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let status = |path: &str| {
+        let (head, body) = h1_exchange(addr, path);
+        (
+            head.get(9..12).and_then(|c| c.parse::<u16>().ok()),
+            head,
+            body,
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || status("/hello").0 == Some(200)),
+        "{:?}\n{}",
+        status("/hello"),
+        cp.tail()
+    );
+    let (code, head, _) = status("/elsewhere");
+    assert_eq!(code, Some(404), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("l5d-proxy-error: no route"),
+        "{head}"
+    );
+    // A rule with an empty random-available distribution: invalid.
+    cp.write_loaded(&config(
+        r#", {"name": "broken", "path_prefix": "/broken", "backends": []}"#,
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || status("/hello").0 == Some(500)),
+        "{:?}",
+        status("/hello")
+    );
+    let (code, head, _) = status("/broken");
+    assert_eq!(code, Some(500), "{head}");
+    assert!(head.contains("invalid client policy"), "{head}");
+}
+
 /// OutboundPolicies.Watch for an original destination in the cluster
 /// networks (a virtual service address nothing listens on): its HTTP
 /// routes send requests by header, path prefix and exact path to the

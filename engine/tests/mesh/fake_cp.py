@@ -670,8 +670,11 @@ class Outbound:
         else:
             # Configured routes first (an HTTPRoute's rules), then the
             # default route to the Service itself.
-            http = [self.configured_route(r, namespace) for r in dst.get("http_routes", [])]
-            http.append(self.http_route("http", backend, prefix="/"))
+            http = [self.configured_route(r, namespace, backend) for r in dst.get("http_routes", [])]
+            # ("default_route": false: none, as when an HTTPRoute has the
+            # Service for its parent.)
+            if dst.get("default_route", True):
+                http.append(self.http_route("http", backend, prefix="/"))
             # {"max_failures": n, "backoff_ms": t}: consecutive-failures
             # accrual, as the policy controller sends from the Service's
             # balancer.linkerd.io/failure-accrual annotations.
@@ -740,7 +743,7 @@ class Outbound:
             ],
         )
 
-    def configured_route(self, r, namespace):
+    def configured_route(self, r, namespace, parent):
         """An HTTPRoute with one rule, from the config: `path_prefix` /
         `path_exact`, `method`, `headers` (exact values), `query`, `host`; `backends`
         (a list of {"authority", "weight", "queue"}: random-available
@@ -774,6 +777,10 @@ class Outbound:
                     backend=o.HttpRoute.RouteBackend(backend=backend, filters=filters), weight=b.get("weight", 1)
                 )
             )
+        if "backends" not in r:
+            # As the policy controller: a rule without backendRefs goes to
+            # the parent Service.
+            backends.append(o.HttpRoute.WeightedRouteBackend(backend=o.HttpRoute.RouteBackend(backend=parent), weight=1))
         rule = o.HttpRoute.Rule(
             matches=[match],
             backends=o.HttpRoute.Distribution(
@@ -790,7 +797,8 @@ class Outbound:
             rule.retry.max_retries = spec.get("limit", 2)
             # As Linkerd's policy controller: 64 KiB unless told.
             rule.retry.max_request_bytes = spec.get("max_request_bytes", 64 * 1024)
-            for lo, hi in spec.get("statuses", []):
+            # As the policy controller: 5xx unless told.
+            for lo, hi in spec.get("statuses", [[500, 599]]):
                 rule.retry.conditions.status_ranges.append(
                     o.HttpRoute.Retry.Conditions.StatusRange(start=lo, end=hi)
                 )
