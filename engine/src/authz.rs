@@ -412,6 +412,11 @@ impl ServerPolicy {
         });
         match found {
             Some(a) => Verdict::of(self.meta(), Some((&a.group, &a.kind, &a.name)), ""),
+            None if &*self.kind == "default" && &*self.name == "invalid" => Verdict::of(
+                self.meta(),
+                None,
+                "unauthorized request on route: the port's server from the policy API is invalid",
+            ),
             None => Verdict::of(
                 self.meta(),
                 None,

@@ -299,12 +299,26 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
 /// nothing of the request is left unread and the client may go on.
 async fn answer(t: &mut Turn<'_>, obs: Observer<'_>, e: ProxyError) -> Next {
     let informational = informational(t.w, t.c);
-    obs.answered(&e, false, e.answer_body_len(false, informational));
+    // A HEAD request's answer has no body (the connection may carry the
+    // next request: bytes of a body would be read as its answer).
+    let head = t.req.method() == ringmesh_protocols::http1::Method::Head;
+    let body_len = if head {
+        0
+    } else {
+        e.answer_body_len(false, informational)
+    };
+    obs.answered(&e, false, body_len);
     let keep = !e.closes_connection()
         && t.req.framing().is_empty()
         && t.req.keep_alive()
         && !t.w.stopping();
-    send_error(t.c, t.out, &e, (t.req.version(), informational), !keep).await;
+    let answer = Answer {
+        version: t.req.version(),
+        informational,
+        head,
+        close: !keep,
+    };
+    send_error(t.c, t.out, &e, answer).await;
     if keep {
         Next::Continue
     } else {
@@ -908,8 +922,13 @@ fn informational(w: &Worker, c: &Client) -> bool {
 /// Answers a request whose head could not be read (the connection closes
 /// after).
 async fn refuse_head(c: &mut Client, out: &mut Vec<u8>, e: ProxyError, informational: bool) {
-    let version = request_line_version(&c.buf);
-    send_error(c, out, &e, (version, informational), true).await;
+    let answer = Answer {
+        version: request_line_version(&c.buf),
+        informational,
+        head: false,
+        close: true,
+    };
+    send_error(c, out, &e, answer).await;
 }
 
 /// The version a request line that may be malformed ends with, for the
@@ -923,22 +942,28 @@ fn request_line_version(buf: &[u8]) -> Version {
     }
 }
 
-/// Answers with an error the proxy itself produced, in the request's
-/// `version` (an HTTP/1.0 client hears HTTP/1.0), saying why in an
-/// `l5d-proxy-error` header (as linkerd2-proxy does) and in the body
-/// unless not `informational` (then the status alone, as linkerd2-proxy);
-/// with `close`, the connection closes after it (`closes_connection`).
-async fn send_error(
-    c: &mut Client,
-    out: &mut Vec<u8>,
-    e: &ProxyError,
-    (version, informational): (Version, bool),
+/// How the proxy's own answer is made.
+struct Answer {
+    /// The request's version (an HTTP/1.0 client hears HTTP/1.0).
+    version: Version,
+    /// The reason is said (`l5d-proxy-error` and the body).
+    informational: bool,
+    /// The request was a HEAD: the body's length, not the body.
+    head: bool,
+    /// The connection closes after it (`closes_connection`).
     close: bool,
-) {
+}
+
+/// Answers with an error the proxy itself produced, in the request's
+/// version, saying why in an `l5d-proxy-error` header (as linkerd2-proxy
+/// does) and in the body unless not informational (then the status
+/// alone, as linkerd2-proxy); a HEAD's answer without the body; an
+/// HTTP/1.0 connection kept says so.
+async fn send_error(c: &mut Client, out: &mut Vec<u8>, e: &ProxyError, a: Answer) {
     out.clear();
     let status = e.status();
     let reason = canonical_reason(status);
-    out.extend_from_slice(format!("{} {status} {reason}\r\n", version.as_str()).as_bytes());
+    out.extend_from_slice(format!("{} {status} {reason}\r\n", a.version.as_str()).as_bytes());
     if let Some(location) = e.location() {
         // (Made from the request's own URL parts, each checked, and the
         // policy's: no control characters.)
@@ -946,7 +971,7 @@ async fn send_error(
         out.extend_from_slice(location.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let body = if informational {
+    let body = if a.informational {
         out.extend_from_slice(b"l5d-proxy-error: ");
         out.extend_from_slice(e.header_value().as_bytes());
         out.extend_from_slice(b"\r\ncontent-type: text/plain\r\n");
@@ -954,9 +979,14 @@ async fn send_error(
     } else {
         String::new()
     };
-    let close = if close { "connection: close\r\n" } else { "" };
+    let connection = match (a.close, a.version) {
+        (true, _) => "connection: close\r\n",
+        (false, Version::Http10) => "connection: keep-alive\r\n",
+        (false, _) => "",
+    };
+    let sent = if a.head { "" } else { body.as_str() };
     out.extend_from_slice(
-        format!("content-length: {}\r\n{close}\r\n{body}", body.len()).as_bytes(),
+        format!("content-length: {}\r\n{connection}\r\n{sent}", body.len()).as_bytes(),
     );
     let (res, o) = c.wr.write_all(std::mem::take(out)).await;
     *out = o;

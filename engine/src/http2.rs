@@ -351,6 +351,7 @@ async fn proxy_stream(
 ) {
     let mut obs = Observer::start(w, direction, client_tls, peer, head_size(&req));
     let is_grpc = is_grpc(req.headers());
+    let is_head = req.method() == http::Method::HEAD;
     let mut req = req;
     if direction == Direction::Inbound {
         set_client_id(req.headers_mut(), client_tls);
@@ -362,8 +363,13 @@ async fn proxy_stream(
             warn_limited!(w, Warning::Http2RequestFailed, error = %e, "HTTP/2 request failed");
             let informational =
                 direction == Direction::Inbound || w.cfg.outbound.informational_headers;
-            send_error(&mut respond, &e, is_grpc, informational);
-            obs.answered(&e, is_grpc, e.answer_body_len(is_grpc, informational));
+            send_error(&mut respond, &e, (is_grpc, is_head), informational);
+            let body_len = if is_head {
+                0
+            } else {
+                e.answer_body_len(is_grpc, informational)
+            };
+            obs.answered(&e, is_grpc, body_len);
         }
         Err(broken @ Failure::Broken { .. }) => {
             // The response had started: the stream can only be cut short.
@@ -396,11 +402,12 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// The proxy's own answer, with the reason in `l5d-proxy-error` (and, for
 /// gRPC clients, as a trailers-only status so their status says why);
 /// without the reason unless `informational` (the status, or the gRPC
-/// status, alone, as linkerd2-proxy).
+/// status, alone, as linkerd2-proxy); to a HEAD, without a body (RFC 9110
+/// §9.3.2: DATA would be a malformed response).
 fn send_error(
     respond: &mut server::SendResponse<Bytes>,
     e: &ProxyError,
-    grpc: bool,
+    (grpc, head): (bool, bool),
     informational: bool,
 ) {
     let reason = e.header_value();
@@ -420,7 +427,7 @@ fn send_error(
             resp = resp.header("grpc-message", reason.as_str());
         }
     }
-    let body = (!grpc).then(|| {
+    let body = (!grpc && !head).then(|| {
         if informational {
             e.body()
         } else {

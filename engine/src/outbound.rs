@@ -194,9 +194,14 @@ fn policy(target: &Authority, p: OutboundPolicy) -> Profile {
     }
 }
 
-/// The policy that stands for an invalid one.
+/// The policy that stands for an invalid one (`why`, cut to
+/// [`MAX_INVALID_REASON`] bytes: it goes into answers' headers).
 fn invalid_policy(why: &str) -> Profile {
-    let why: Arc<str> = why.into();
+    let mut end = why.len().min(MAX_INVALID_REASON);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    let why: Arc<str> = why[..end].into();
     Profile {
         most_specific: true,
         unrouted: Some(Arc::new([RouteFilter::Refuse(Refusal::Invalid(
@@ -211,6 +216,9 @@ fn invalid_policy(why: &str) -> Profile {
         ..Profile::default()
     }
 }
+
+/// The longest reason an invalid policy's answers give.
+const MAX_INVALID_REASON: usize = 256;
 
 /// An outbound policy as the workers use it, or why it cannot be.
 fn checked_policy(target: &Authority, p: OutboundPolicy) -> Result<Profile, String> {
@@ -908,16 +916,20 @@ fn routes(
 ) -> Result<Vec<ProfileRoute>, String> {
     let mut out = Vec::new();
     for rule in rules {
-        let bad = |why: String| format!("route {name:?}: {why}");
+        let bad = |why: String| format!("route {}: {why}", name.as_deref().unwrap_or("(unnamed)"));
         let matches = rule.matches.map_err(bad)?;
         let mut rule_filters = rule.filters.map_err(bad)?;
         let Some(rule_backends) = rule.backends.map_err(bad)? else {
             // An empty distribution: its requests go nowhere (503), never
-            // to the target.
+            // to the target — after the rule's own filters (a redirect or
+            // a failure injection answers first, as in linkerd2-proxy,
+            // where the distribution is reached after the filters).
             let refuse = RouteFilter::Refuse(Refusal::NoBackends);
             rule_filters = Some(
-                std::iter::once(refuse)
-                    .chain(rule_filters.iter().flat_map(|f| f.iter().cloned()))
+                rule_filters
+                    .iter()
+                    .flat_map(|f| f.iter().cloned())
+                    .chain(std::iter::once(refuse))
                     .collect(),
             );
             out.push(ProfileRoute {
@@ -1342,14 +1354,28 @@ mod tests {
             h.routes[0].rules[0].backends = Some(http_route::Distribution {
                 kind: Some(http_route::distribution::Kind::Empty(Default::default())),
             });
+            // The rule's own failure injection answers first.
+            h.routes[0].rules[0].filters = vec![http_route::Filter {
+                kind: Some(http_route::filter::Kind::FailureInjector(
+                    hr::HttpFailureInjector {
+                        status: 418,
+                        ..Default::default()
+                    },
+                )),
+            }];
         }
         let p = policy(&Authority::parse("10.0.0.1:80").unwrap(), proto);
         assert_eq!(p.routes.len(), 1);
         assert!(p.routes[0].backends.is_empty());
         assert_eq!(
-            p.routes[0].filters.as_deref().and_then(|f| f.first()),
-            Some(&RouteFilter::Refuse(Refusal::NoBackends))
+            p.routes[0].filters.as_deref().and_then(|f| f.last()),
+            Some(&RouteFilter::Refuse(Refusal::NoBackends)),
+            "after the rule's own filters"
         );
+        assert!(matches!(
+            p.routes[0].filters.as_deref().and_then(|f| f.first()),
+            Some(RouteFilter::Fail { status: 418, .. })
+        ));
     }
 
     /// What linkerd2-proxy rejects makes the whole policy invalid, not a

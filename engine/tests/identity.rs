@@ -1640,6 +1640,67 @@ fn inbound_policy_authorizes_meshed_clients_and_denies_others() {
     );
 }
 
+/// A policy's refusal keeps the HTTP/1 connection for the next request,
+/// so its answer must frame exactly: a HEAD's 403 has no body (a body
+/// would be read as the next answer), an HTTP/1.0 keep-alive client is
+/// told the connection stays; over HTTP/2 a HEAD's 403 has no DATA.
+#[test]
+fn refusals_on_kept_connections_frame_exactly() {
+    let app = http::origin("app");
+    let target = app.addr.to_string();
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            ("RINGMESH_INBOUND_TARGET", &target),
+            ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "all-authenticated"),
+        ],
+    );
+    let inbound = proxy.inbound_addr().unwrap();
+    let mut s = connect(inbound);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"HEAD /x HTTP/1.1\r\nhost: web\r\n\r\nGET /y HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").filter(|a| !a.is_empty()).collect();
+    assert_eq!(answers.len(), 2, "{out}");
+    assert!(answers[0].starts_with("403"), "{out}");
+    assert!(
+        answers[0].ends_with("\r\n\r\n"),
+        "the HEAD's answer carries a body: {out}"
+    );
+    assert!(answers[1].starts_with("403"), "{out}");
+    assert!(answers[1].contains("ringmesh: unauthorized"), "{out}");
+    // HTTP/1.0 with keep-alive: told so, and the next request served.
+    let mut s = connect(inbound);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /x HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let head = common::http::head_lines(&mut r).unwrap();
+    assert!(head.starts_with("http/1.0 403"), "{head}");
+    assert!(head.contains("connection: keep-alive"), "{head}");
+    // HTTP/2: curl -I reads the HEAD's 403 without a protocol error.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-I",
+            "--http2-prior-knowledge",
+            "-m",
+            "5",
+            &format!("http://{inbound}/x"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        out.status.success() && text.starts_with("http/2 403"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `cluster-unauthenticated` allows clients from the cluster networks only
 /// (`LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`), without identity; a port in
 /// `LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS` refuses plaintext whatever
