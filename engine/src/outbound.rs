@@ -281,35 +281,30 @@ fn checked_policy(target: &Authority, p: OutboundPolicy) -> Result<Profile, Stri
             }
             let routes = d.http1.map(|h| h.routes).into_iter().flatten();
             let routes = routes.chain(d.http2.map(|h| h.routes).into_iter().flatten());
-            let mut all = Vec::new();
-            for r in routes {
-                all.extend(http_routes(r, queues)?);
-            }
-            all
+            every_route(routes, queues, http_routes)?
         }
-        Kind::Http1(h) => {
-            let mut all = Vec::new();
-            for r in h.routes {
-                all.extend(http_routes(r, queues)?);
-            }
-            all
-        }
-        Kind::Http2(h) => {
-            let mut all = Vec::new();
-            for r in h.routes {
-                all.extend(http_routes(r, queues)?);
-            }
-            all
-        }
-        Kind::Grpc(g) => {
-            let mut all = Vec::new();
-            for r in g.routes {
-                all.extend(grpc_routes(r, queues)?);
-            }
-            all
-        }
+        Kind::Http1(h) => every_route(h.routes, queues, http_routes)?,
+        Kind::Http2(h) => every_route(h.routes, queues, http_routes)?,
+        Kind::Grpc(g) => every_route(g.routes, queues, grpc_routes)?,
     };
     Ok(profile)
+}
+
+/// The backends' queues a policy gives, by backend.
+type Queues = Vec<(Authority, QueueSpec)>;
+
+/// Every route's rules as profile routes (`convert`: one route's); the
+/// first route that cannot be used makes the policy invalid.
+fn every_route<R>(
+    routes: impl IntoIterator<Item = R>,
+    queues: &mut Queues,
+    convert: fn(R, &mut Queues) -> Result<Vec<ProfileRoute>, String>,
+) -> Result<Vec<ProfileRoute>, String> {
+    let mut all = Vec::new();
+    for r in routes {
+        all.extend(convert(r, queues)?);
+    }
+    Ok(all)
 }
 
 /// The refusal a connection route's filters make (its first filter:
@@ -912,7 +907,7 @@ fn grpc_retry(r: &grpc_route::Retry) -> Option<Arc<RetryPolicy>> {
 fn routes(
     (name, hosts): (Option<Arc<str>>, Option<RequestMatch>),
     rules: impl Iterator<Item = Rule>,
-    queues: &mut Vec<(Authority, QueueSpec)>,
+    queues: &mut Queues,
 ) -> Result<Vec<ProfileRoute>, String> {
     let mut out = Vec::new();
     for rule in rules {
@@ -987,10 +982,7 @@ fn route_head(
     Ok((route_name(m), hosts(h)?))
 }
 
-fn http_routes(
-    r: HttpRoute,
-    queues: &mut Vec<(Authority, QueueSpec)>,
-) -> Result<Vec<ProfileRoute>, String> {
+fn http_routes(r: HttpRoute, queues: &mut Queues) -> Result<Vec<ProfileRoute>, String> {
     let route = route_head(r.metadata.as_ref(), &r.hosts)?;
     let rules = r.rules.into_iter().map(|rule| Rule {
         // No matches: every request, ranked as the prefix `/`.
@@ -1010,10 +1002,7 @@ fn http_routes(
     routes(route, rules, queues)
 }
 
-fn grpc_routes(
-    r: GrpcRoute,
-    queues: &mut Vec<(Authority, QueueSpec)>,
-) -> Result<Vec<ProfileRoute>, String> {
+fn grpc_routes(r: GrpcRoute, queues: &mut Queues) -> Result<Vec<ProfileRoute>, String> {
     let route = route_head(r.metadata.as_ref(), &r.hosts)?;
     let rules = r.rules.into_iter().map(|rule| Rule {
         matches: rule.matches.iter().map(grpc_match).collect(),

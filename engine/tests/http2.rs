@@ -2263,6 +2263,15 @@ both_drivers!(
     super::grpc_clients_get_trailers_only_answers
 );
 
+/// The admin server's `/metrics` page, as curl gets it.
+fn curl_metrics(admin: std::net::SocketAddr) -> String {
+    let page = Command::new("curl")
+        .args(["-sS", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&page.stdout).into_owned()
+}
+
 /// An HTTP/2 upstream whose connection is lost after a response's head
 /// and first bytes: the client's stream is reset with INTERNAL_ERROR (as
 /// hyper does), not CANCEL (which a gRPC client reads as the caller's own
@@ -2322,11 +2331,7 @@ fn an_upstream_lost_mid_body(driver: IoDriver) {
         }
         // Counted as the client saw it: a failed body, with the gRPC status
         // its trailers said.
-        let page = Command::new("curl")
-            .args(["-sS", &format!("http://{admin}/metrics")])
-            .output()
-            .unwrap();
-        let page = String::from_utf8_lossy(&page.stdout);
+        let page = curl_metrics(admin);
         assert!(
             page.lines().any(|l| l.starts_with("response_total{")
                 && l.contains("classification=\"failure\"")
@@ -2366,11 +2371,7 @@ fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
     });
     assert_eq!(got, Err(Some(monoio_http::h2::Reason::REFUSED_STREAM)));
     // A failure for the success rate (it was a request with no response).
-    let page = Command::new("curl")
-        .args(["-sS", &format!("http://{admin}/metrics")])
-        .output()
-        .unwrap();
-    let page = String::from_utf8_lossy(&page.stdout);
+    let page = curl_metrics(admin);
     assert!(
         page.lines().any(|l| l.starts_with("response_total{")
             && l.contains("status_code=\"502\",classification=\"failure\",error=\"stream_reset\"")

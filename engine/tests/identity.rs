@@ -140,6 +140,27 @@ fn meshed_proxy(
     start_proxy(driver, &vars)
 }
 
+/// Proxy B (static identity) with the policy API at `cp_addr` and
+/// `default_policy`, its inbound listener forwarding to `target`.
+fn policy_api_proxy(pki: &Pki, target: &str, default_policy: &str, cp_addr: &str) -> Proxy {
+    meshed_proxy(
+        IoDriver::Uring,
+        pki,
+        B,
+        &pki.good("b", B),
+        &[
+            ("RINGMESH_INBOUND_TARGET", target),
+            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", default_policy),
+            ("LINKERD2_PROXY_POLICY_SVC_ADDR", cp_addr),
+            (
+                "LINKERD2_PROXY_POLICY_WORKLOAD",
+                r#"{"ns":"default","pod":"b-0"}"#,
+            ),
+            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
+        ],
+    )
+}
+
 /// `GET path` on the admin server.
 fn admin(proxy: &Proxy, path: &str) -> (u16, String) {
     let mut s = connect(proxy.admin_addr().unwrap());
@@ -1759,22 +1780,7 @@ fn policy_api_servers_authorize_by_identity() {
     };
     cp.write_loaded(&config(&[A]));
     let cp_addr = cp.addr.to_string();
-    let b = meshed_proxy(
-        IoDriver::Uring,
-        &pki,
-        B,
-        &pki.good("b", B),
-        &[
-            ("RINGMESH_INBOUND_TARGET", &target),
-            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"b-0"}"#,
-            ),
-            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
-        ],
-    );
+    let b = policy_api_proxy(&pki, &target, "deny", &cp_addr);
     wait_ready(&b);
     let inbound = b.inbound_addr().unwrap();
     let (a_leaf, c_leaf) = (pki.good("a", A), pki.good("c", C));
@@ -1848,25 +1854,7 @@ fn a_late_policy_judges_open_connections() {
         app.addr.port()
     ));
     let cp_addr = cp.addr.to_string();
-    let b = meshed_proxy(
-        IoDriver::Uring,
-        &pki,
-        B,
-        &pki.good("b", B),
-        &[
-            ("RINGMESH_INBOUND_TARGET", &target),
-            (
-                "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
-                "all-unauthenticated",
-            ),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"b-0"}"#,
-            ),
-            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
-        ],
-    );
+    let b = policy_api_proxy(&pki, &target, "all-unauthenticated", &cp_addr);
     wait_ready(&b);
     let inbound = b.inbound_addr().unwrap();
     // One request on a keep-alive connection: its status line.
@@ -1978,22 +1966,7 @@ fn policy_api_routes_authorize_each_request() {
         app.addr.port(),
     ));
     let cp_addr = cp.addr.to_string();
-    let b = meshed_proxy(
-        IoDriver::Uring,
-        &pki,
-        B,
-        &pki.good("b", B),
-        &[
-            ("RINGMESH_INBOUND_TARGET", &target),
-            ("LINKERD2_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
-            ("LINKERD2_PROXY_POLICY_SVC_ADDR", &cp_addr),
-            (
-                "LINKERD2_PROXY_POLICY_WORKLOAD",
-                r#"{"ns":"default","pod":"b-0"}"#,
-            ),
-            ("LINKERD2_PROXY_CONTROL_STREAM_IDLE_TIMEOUT", "60s"),
-        ],
-    );
+    let b = policy_api_proxy(&pki, &target, "deny", &cp_addr);
     wait_ready(&b);
     let inbound = b.inbound_addr().unwrap();
     let (a_leaf, c_leaf) = (pki.good("a", A), pki.good("c", C));
