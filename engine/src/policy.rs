@@ -21,8 +21,10 @@
 //!   or authentication or with a network that does not parse, a route
 //!   that cannot be used) becomes, as there, the `invalid` server, which
 //!   admits no one: never a server that admits more than was meant.
-//! - A port whose stream failed before any answer is published as "use
-//!   the default policy" (`None`), so connections do not wait on it.
+//! - A port whose stream failed before any answer, or has not answered
+//!   within `worker::POLICY_WAIT`, is published as "use the default
+//!   policy" (`None`), so connections do not wait on it; the workers judge
+//!   the connections admitted so anew when the answer comes.
 //!
 //! Workers decide per connection ([`crate::authz`]): a port with a server
 //! is judged by its authorizations, else by the default policy.
