@@ -736,7 +736,7 @@ async fn read_request_head(
 /// its next bytes (then in `c.buf`). False when it closed, failed, stayed
 /// idle for the TCP idle timeout, or the worker is draining: a drain does
 /// not wait on idle clients, but a request already on its way gets a last
-/// look (`run::DRAIN_LAST_LOOK`) and is served, its response saying
+/// look (`worker::DRAIN_LAST_LOOK`) and is served, its response saying
 /// `Connection: close`.
 async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
     let now = Instant::now();
@@ -747,7 +747,7 @@ async fn wait_for_request(w: &Worker, c: &mut Client) -> bool {
         // it began (so without `Connection: close`): its client may send
         // the next request at once, and gets a last look of its own, even
         // after the worker's has passed.
-        let last_look = now + crate::run::DRAIN_LAST_LOOK;
+        let last_look = now + crate::worker::DRAIN_LAST_LOOK;
         read_when_idle(&w.pools.bufs, c, idle_deadline.min(last_look)).await
     } else {
         // Not `w.stop`: a request already on its way when the drain began

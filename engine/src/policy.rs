@@ -22,7 +22,7 @@
 //!   that cannot be used) becomes, as there, the `invalid` server, which
 //!   admits no one: never a server that admits more than was meant.
 //! - A port whose stream failed before any answer, or has not answered
-//!   within `worker::POLICY_WAIT`, is published as "use the default
+//!   within [`POLICY_WAIT`], is published as "use the default
 //!   policy" (`None`), so connections do not wait on it; the workers judge
 //!   the connections admitted so anew when the answer comes.
 //!
@@ -51,6 +51,12 @@ use linkerd2_proxy_api::http_route::HostMatch;
 use linkerd2_proxy_api::inbound::Authz;
 use linkerd2_proxy_api::meta::Metadata;
 use ringmesh_discovery::profile::{RequestMatch, RouteFilter};
+
+/// How long a connection to a port waits for the policy API's first
+/// answer about it (after as long, the control core publishes the port
+/// as "the default policy, until the answer comes": later connections do
+/// not wait).
+pub(crate) const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 const WATCH_PORT_PATH: &str = "/io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort";
 
@@ -172,7 +178,7 @@ impl PolicyClient {
         // connection waits for it, the default policy applies (judged anew
         // when the answer comes), so later connections do not wait too.
         let unanswered = async {
-            monoio::time::sleep(crate::worker::POLICY_WAIT).await;
+            monoio::time::sleep(POLICY_WAIT).await;
             if !answered.get() {
                 answered.set(true);
                 tracing::info!(port, "no inbound policy from the policy API yet; the default policy applies until it comes");

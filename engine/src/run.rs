@@ -47,11 +47,6 @@ pub(crate) struct WorkerSetup {
     pub ready: mpsc::Sender<(usize, Result<(), String>)>,
 }
 
-/// How long a draining worker still waits for a request on an idle
-/// keep-alive connection: one already sent is served, with
-/// `Connection: close`, instead of meeting a closed socket.
-pub(crate) const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
-
 /// Idle buffers kept per worker (1 MiB at the default 16 KiB); beyond this,
 /// returned buffers are freed, so a burst of connections does not pin its
 /// buffers once it is over.
@@ -363,7 +358,7 @@ async fn drain(
     tracing::debug!(worker = id, open = worker.telemetry.open.get(), "draining");
     let mut looked = false;
     while worker.telemetry.open.get() > 0 && Instant::now() < deadline {
-        if !looked && drain_started.elapsed() >= DRAIN_LAST_LOOK {
+        if !looked && drain_started.elapsed() >= crate::worker::DRAIN_LAST_LOOK {
             looked = true;
             worker.close_idle.trigger();
             // Connections still detecting (silent ones may wait for either

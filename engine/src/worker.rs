@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::control::ControlSender;
 use crate::feedback::record_outcome;
 use crate::identity::IdentityCache;
+use crate::policy::POLICY_WAIT;
 use crate::pool::Pool;
 use crate::server_first::ServerFirst;
 use crate::stop::Stop;
@@ -34,11 +35,10 @@ use ringmesh_identity::TlsConfigs;
 
 /// A worker's replica of one service's balancer, rebuilt only when the
 /// service's entry in the snapshot changes.
-/// How long a connection to a port waits for the policy API's first
-/// answer about it (after as long, the control core publishes the port
-/// as "the default policy, until the answer comes": later connections do
-/// not wait).
-pub(crate) const POLICY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a draining worker still waits for a request on an idle
+/// keep-alive connection: one already sent is served, with
+/// `Connection: close`, instead of meeting a closed socket.
+pub(crate) const DRAIN_LAST_LOOK: Duration = Duration::from_millis(500);
 
 pub(crate) struct Replica {
     service: Arc<Service>,
@@ -464,7 +464,8 @@ impl Routes {
     /// Whether a client at `client`, secured as `tls`, may reach the
     /// application's `port`: the port's server from the policy API, else
     /// the default policy. A port the policy API has not answered for yet
-    /// is asked about, and waited for (at most [`POLICY_WAIT`], once).
+    /// is asked about, and waited for (at most [`POLICY_WAIT`]; past it the
+    /// control core publishes the port as the default policy's).
     pub(crate) async fn authorize(
         &self,
         port: u16,
