@@ -713,58 +713,49 @@ fn random_available<'a>(
     Ok(Some(out))
 }
 
+/// A rule's backends from its distribution, HTTP or gRPC alike (the two
+/// protos have the same shape in types of their own: `$dist` is the
+/// `distribution` module of either); `$filters` reads a backend's.
+macro_rules! rule_backends {
+    ($dist:ident, $distribution:expr, $filters:expr) => {
+        match $distribution
+            .ok_or("a rule without a distribution")?
+            .kind
+            .as_ref()
+            .ok_or("a distribution without a kind")?
+        {
+            $dist::Kind::FirstAvailable(f) => {
+                first_available(f.backends.iter().map(|b| (b.backend.as_ref(), $filters(b))))
+            }
+            $dist::Kind::RandomAvailable(r) => random_available(r.backends.iter().map(|w| {
+                let rb = w.backend.as_ref();
+                (
+                    rb.and_then(|rb| rb.backend.as_ref()),
+                    w.weight,
+                    rb.map_or(Ok(None), $filters),
+                )
+            })),
+            $dist::Kind::Empty(_) => Ok(None),
+        }
+    };
+}
+
 /// An HTTP rule's backends; `matches`: the rule's (for a backend's
 /// redirect).
 fn http_backends(
     d: Option<&http_route::Distribution>,
     matches: &[HttpRouteMatch],
 ) -> Result<Option<Backends>, String> {
-    use http_route::distribution::Kind;
+    use http_route::distribution;
     let filters = |b: &http_route::RouteBackend| crate::route_filter::http(&b.filters, matches);
-    match d
-        .ok_or("a rule without a distribution")?
-        .kind
-        .as_ref()
-        .ok_or("a distribution without a kind")?
-    {
-        Kind::FirstAvailable(f) => {
-            first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
-        }
-        Kind::RandomAvailable(r) => random_available(r.backends.iter().map(|w| {
-            let rb = w.backend.as_ref();
-            (
-                rb.and_then(|rb| rb.backend.as_ref()),
-                w.weight,
-                rb.map_or(Ok(None), filters),
-            )
-        })),
-        Kind::Empty(_) => Ok(None),
-    }
+    rule_backends!(distribution, d, filters)
 }
 
 /// A gRPC rule's backends.
 fn grpc_backends(d: Option<&grpc_route::Distribution>) -> Result<Option<Backends>, String> {
-    use grpc_route::distribution::Kind;
+    use grpc_route::distribution;
     let filters = |b: &grpc_route::RouteBackend| crate::route_filter::grpc(&b.filters);
-    match d
-        .ok_or("a rule without a distribution")?
-        .kind
-        .as_ref()
-        .ok_or("a distribution without a kind")?
-    {
-        Kind::FirstAvailable(f) => {
-            first_available(f.backends.iter().map(|b| (b.backend.as_ref(), filters(b))))
-        }
-        Kind::RandomAvailable(r) => random_available(r.backends.iter().map(|w| {
-            let rb = w.backend.as_ref();
-            (
-                rb.and_then(|rb| rb.backend.as_ref()),
-                w.weight,
-                rb.map_or(Ok(None), filters),
-            )
-        })),
-        Kind::Empty(_) => Ok(None),
-    }
+    rule_backends!(distribution, d, filters)
 }
 
 /// A rule's timeout: the shortest of its request and response timeouts

@@ -2263,6 +2263,21 @@ both_drivers!(
     super::grpc_clients_get_trailers_only_answers
 );
 
+/// [`forward_with`] and an admin server, at the address returned.
+fn forward_with_admin(
+    driver: IoDriver,
+    origin: std::net::SocketAddr,
+) -> (ringmesh_engine::Proxy, std::net::SocketAddr) {
+    let admin = closed_port();
+    let admin_addr = admin.to_string();
+    let proxy = forward_with(
+        driver,
+        origin,
+        &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
+    );
+    (proxy, admin)
+}
+
 /// The admin server's `/metrics` page, as curl gets it.
 fn curl_metrics(admin: std::net::SocketAddr) -> String {
     let page = Command::new("curl")
@@ -2289,13 +2304,7 @@ fn an_upstream_lost_mid_body(driver: IoDriver) {
             f.extend(frame(0, 0, id, b"\0\0\0\0\x03abc"));
             f
         });
-        let admin = closed_port();
-        let admin_addr = admin.to_string();
-        let proxy = forward_with(
-            driver,
-            origin.addr,
-            &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
-        );
+        let (proxy, admin) = forward_with_admin(driver, origin.addr);
         let addr = proxy.forward_addrs()[0];
         let got = h2::runtime().block_on(async move {
             let send = h2::connect(addr).await;
@@ -2354,13 +2363,7 @@ both_drivers!(an_upstream_lost_mid_body, super::an_upstream_lost_mid_body);
 fn unprocessed_and_not_replayable_is_refused(driver: IoDriver) {
     // GOAWAY: last stream 0, NO_ERROR.
     let origin = raw_h2_origin_then_close(|_| frame(7, 0, 0, &[0; 8]));
-    let admin = closed_port();
-    let admin_addr = admin.to_string();
-    let proxy = forward_with(
-        driver,
-        origin.addr,
-        &[("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &admin_addr)],
-    );
+    let (proxy, admin) = forward_with_admin(driver, origin.addr);
     let addr = proxy.forward_addrs()[0];
     let got = h2::runtime().block_on(async move {
         let send = h2::connect(addr).await;

@@ -45,11 +45,9 @@ pub fn raw_h2_origin_seeing(
     seen: impl Fn(u8, u32) + Send + Sync + 'static,
 ) -> Backend {
     Backend::start(move |mut s| {
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).is_err() {
+        if !handshake(&mut s) {
             return;
         }
-        let _ = s.write_all(&frame(4, 0, 0, &[]));
         while let Some((kind, flags, id, _)) = read_frame(&mut s) {
             let reply = match kind {
                 4 if flags & 1 == 0 => frame(4, 1, 0, &[]),
@@ -66,16 +64,25 @@ pub fn raw_h2_origin_seeing(
     })
 }
 
+/// Reads a client's connection preface and sends empty SETTINGS; false:
+/// the client went away first.
+fn handshake(s: &mut std::net::TcpStream) -> bool {
+    let mut preface = [0u8; 24];
+    if s.read_exact(&mut preface).is_err() {
+        return false;
+    }
+    let _ = s.write_all(&frame(4, 0, 0, &[]));
+    true
+}
+
 /// A raw HTTP/2 origin that answers a connection's first stream with
 /// `answer(stream)`'s frames, then closes the connection (a moment later,
 /// so they are read first): an upstream lost, or gone with a GOAWAY.
 pub fn raw_h2_origin_then_close(answer: RawAnswer) -> Backend {
     Backend::start(move |mut s| {
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).is_err() {
+        if !handshake(&mut s) {
             return;
         }
-        let _ = s.write_all(&frame(4, 0, 0, &[]));
         while let Some((kind, flags, id, _)) = read_frame(&mut s) {
             match kind {
                 4 if flags & 1 == 0 => {
