@@ -8,6 +8,12 @@
 //!   idempotent (the first endpoint did receive it), the request had no
 //!   body or a kept one, at most [`MAX_ANSWER_RETRIES`] times, paid from the
 //!   service's per-worker budget (20 % of requests plus 10 per second);
+//! - **answered as a route's retry policy says** (a ServiceProfile's
+//!   retryable route, an outbound policy's retry conditions): any method,
+//!   up to the route's limit, from the same budget; through the balancer
+//!   again, as linkerd2-proxy's retries go: endpoints that already
+//!   answered are avoided while another is left, then picked again (a
+//!   service of one endpoint is retried on it);
 //! - **stale**: a pooled HTTP/1 connection failed before any response byte
 //!   (the upstream had closed it): once, on a new connection; a method
 //!   that is not idempotent only when writing it failed (the connection
@@ -133,9 +139,14 @@ impl Attempts {
             .map_or(MAX_ANSWER_RETRIES, |r| r.limit as usize)
     }
 
-    /// Endpoints not to pick again.
+    /// Endpoints not to pick again: those that answered, until they are
+    /// every endpoint of the service (a route's retries then pick among
+    /// all of them again).
     pub(crate) fn avoid(&self) -> &[SocketAddr] {
-        &self.answered
+        match &self.service {
+            Some((endpoints, _)) if self.answered.len() >= *endpoints => &[],
+            _ => &self.answered,
+        }
     }
 
     /// Whether a 502/503 answer to the next attempt would be retried (so
@@ -144,10 +155,14 @@ impl Attempts {
         let Some((endpoints, b)) = &self.service else {
             return false;
         };
+        // The proxy's own 502/503 retries need an endpoint that has not
+        // answered; a route's go to any (linkerd2-proxy's retry the
+        // request through the balancer).
+        let another = self.route.is_some() || *endpoints > self.answered.len() + 1;
         (self.idempotent || self.route.is_some())
             && self.repeatable
             && self.answered.len() < self.limit()
-            && *endpoints > self.answered.len() + 1
+            && another
             && b.borrow().budget.can_withdraw(now)
     }
 
@@ -379,6 +394,36 @@ mod tests {
         let mut get = Attempts::with_service(service(6, t0), true, true);
         assert!(!Held::new(get.route()).wants(500));
         assert!(!get.retry_grpc(14, addr(1), t0));
+    }
+
+    /// A route's retries go through the balancer again, as
+    /// linkerd2-proxy's: endpoints that answered are avoided while another
+    /// is left, then picked again, up to the route's limit; the proxy's own
+    /// 502/503 retries never go back to one.
+    #[test]
+    fn route_retries_pick_answered_endpoints_when_no_other_is_left() {
+        let t0 = Instant::now();
+        let route = crate::route::RoutePolicy {
+            retry: Some(Arc::new(RetryPolicy::on_5xx(3))),
+            ..Default::default()
+        };
+        let mut one = Attempts::with_service(service(1, t0), false, true).on_route(&route);
+        assert!(
+            one.retry_answer(500, addr(1), t0),
+            "one endpoint: again on it"
+        );
+        assert_eq!(one.avoid(), &[] as &[SocketAddr]);
+        assert!(one.retry_answer(503, addr(1), t0));
+        assert!(one.retry_answer(500, addr(1), t0));
+        assert!(!one.retry_answer(500, addr(1), t0), "the route's limit");
+        let mut two = Attempts::with_service(service(2, t0), false, true).on_route(&route);
+        assert!(two.retry_answer(500, addr(1), t0));
+        assert_eq!(two.avoid(), &[addr(1)], "the other first");
+        assert!(two.retry_answer(500, addr(2), t0));
+        assert_eq!(two.avoid(), &[] as &[SocketAddr], "then either");
+        // Without a route, one endpoint is not asked twice.
+        let mut own = Attempts::with_service(service(1, t0), true, true);
+        assert!(!own.retry_answer(503, addr(1), t0));
     }
 
     /// The per-attempt timeout cuts an attempt short only while a retry

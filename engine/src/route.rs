@@ -716,8 +716,15 @@ where
     let mut tried: Vec<SocketAddr> = avoid.to_vec();
     let mut last = None;
     for _ in 0..MAX_CONNECT_ATTEMPTS {
-        // (A statement, so the RefCell borrow ends before any await.)
-        let Some(ep) = balancer.borrow().pick_request(&tried) else {
+        // (A statement, so the RefCell borrow ends before any await.) When
+        // only endpoints to avoid are left (the service shrank since the
+        // retry was allowed), one of them rather than no answer.
+        let picked = {
+            let b = balancer.borrow();
+            b.pick_request(&tried)
+                .or_else(|| b.pick_request(&tried[avoid.len()..]))
+        };
+        let Some(ep) = picked else {
             break;
         };
         let addr = ep.addr();
