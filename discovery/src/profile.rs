@@ -612,6 +612,10 @@ pub struct Profile {
     /// policy's per-backend queue), by backend; a backend not listed: the
     /// proxy's own fail-fast settings.
     pub queues: Vec<(Authority, QueueSpec)>,
+    /// A service profile (GetProfile) of a named service with routes or a
+    /// traffic split: it wins over the target's outbound policy, as
+    /// linkerd2-proxy's `should_override_policy` decides.
+    pub overrides_policy: bool,
 }
 
 /// A backend's request queue: while it has no endpoint, at most

@@ -149,7 +149,8 @@ struct State {
     pending: HashSet<Authority>,
     /// Profiles reported for watched names (GetProfile)...
     profiles: HashMap<Authority, Arc<crate::Profile>>,
-    /// ... and outbound policies, which win over them.
+    /// ... and outbound policies, which win over them (but for a profile
+    /// with routes or a traffic split of its own).
     policies: HashMap<Authority, Arc<crate::Profile>>,
     /// Claimed names their resolver handed to DNS (the Destination API
     /// says it does not know them), until it takes them back.
@@ -608,7 +609,9 @@ impl Table {
 
     /// An outbound policy for a watched name, as a profile (an empty one:
     /// the policy API has none, the target is known). Wins over the
-    /// name's GetProfile answer. Its backends are watched. Publishes.
+    /// name's GetProfile answer, unless that one
+    /// [overrides policies](crate::Profile::overrides_policy). Its
+    /// backends are watched. Publishes.
     pub fn report_policy(&self, name: &Authority, policy: Arc<crate::Profile>) {
         for route in &policy.routes {
             for (backend, _) in &route.backends {
@@ -665,7 +668,13 @@ impl Table {
             }
         }
         let mut profiles = st.profiles.clone();
-        profiles.extend(st.policies.iter().map(|(n, p)| (n.clone(), p.clone())));
+        for (name, policy) in &st.policies {
+            // The policy wins, unless the service profile has routes or a
+            // traffic split of its own.
+            if !profiles.get(name).is_some_and(|p| p.overrides_policy) {
+                profiles.insert(name.clone(), policy.clone());
+            }
+        }
         let snapshot = Snapshot::new(services).with_profiles(profiles);
         let version = self.inner.publisher.borrow_mut().publish(snapshot);
         tracing::debug!(version, "snapshot published");

@@ -274,7 +274,7 @@ impl Watch {
 /// A profile from the Destination API's message; routes whose condition
 /// cannot be used (a bad regex, no condition) are skipped and logged.
 fn profile(name: &Authority, p: DestinationProfile) -> Profile {
-    let routes = p
+    let routes: Vec<ProfileRoute> = p
         .routes
         .into_iter()
         .filter_map(|r| {
@@ -317,7 +317,7 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
             .unwrap_or(Duration::from_secs(10))
             .clamp(Duration::from_secs(1), Duration::from_secs(60)),
     });
-    let dst_overrides = p
+    let dst_overrides: Vec<(Authority, u32)> = p
         .dst_overrides
         .into_iter()
         .filter_map(|d| {
@@ -333,7 +333,13 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
             }
         })
         .collect();
+    // linkerd2-proxy uses a profile instead of the outbound policy when it
+    // names a service (a logical address) and says something of its own:
+    // routes, or a traffic split.
+    let overrides_policy = !p.fully_qualified_name.is_empty()
+        && (!routes.is_empty() || dst_overrides.iter().any(|(_, w)| *w > 0));
     Profile {
+        overrides_policy,
         routes,
         // A service profile's routes apply in their order.
         most_specific: false,

@@ -571,6 +571,74 @@ fn an_empty_retry_budget_allows_no_retry() {
     );
 }
 
+/// A service profile with routes or a traffic split wins over the
+/// target's outbound policy (linkerd2-proxy's `should_override_policy`);
+/// one without either leaves the policy in charge.
+#[test]
+fn a_profile_with_routes_or_a_split_overrides_the_policy() {
+    let (a, c) = (host_backend(b'a'), host_backend(b'c'));
+    let cp = Cp::start("profile-over-policy");
+    let target = "127.0.0.9:8080";
+    let config = |profile: &str| {
+        format!(
+            r#"{{"destinations": {{
+                "{target}": {{"service": "web", "fqn": "web.default.svc.cluster.local",
+                    "endpoints": [{{"addr": "{}", "port": {}}}]{profile}}},
+                "web2.default.svc.cluster.local:8080": {{"service": "web2",
+                    "endpoints": [{{"addr": "{}", "port": {}}}]}}
+            }}}}"#,
+            a.addr.ip(),
+            a.addr.port(),
+            c.addr.ip(),
+            c.addr.port(),
+        )
+    };
+    cp.write_loaded(&config(""));
+    let proxy = policy_proxy(
+        &cp,
+        target,
+        &[(
+            "LINKERD2_PROXY_DESTINATION_PROFILE_NETWORKS",
+            "127.0.0.9/32",
+        )],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let body = |path: &str| h1_exchange(addr, path).1;
+    assert!(
+        eventually(Duration::from_secs(5), || body("/x").ends_with(" a")),
+        "{:?}\n{}",
+        body("/x"),
+        cp.tail()
+    );
+    let routed = |m: &str, name: &str| {
+        m.lines().any(|l| {
+            l.starts_with("response_total{") && l.contains(&format!("rt_route=\"{name}\""))
+        })
+    };
+    assert!(routed(&metrics(&proxy), "http"), "the policy's route");
+    // The profile gains a route and a split to web2: it decides now.
+    cp.write_loaded(&config(
+        r#", "routes": [{"name": "prof-all", "path_regex": "/.*"}],
+            "dst_overrides": [{"authority": "web2.default.svc.cluster.local:8080", "weight": 100}]"#,
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || body("/y").ends_with(" c")),
+        "the profile's split was not followed: {:?}\n{}",
+        body("/y"),
+        cp.tail()
+    );
+    assert!(routed(&metrics(&proxy), "prof-all"), "the profile's route");
+    // Neither routes nor a split: the policy again.
+    cp.write_loaded(&config(""));
+    assert!(
+        eventually(Duration::from_secs(5), || body("/z").ends_with(" a")),
+        "{:?}",
+        body("/z")
+    );
+    proxy.shutdown();
+    proxy.wait();
+}
+
 /// An outbound policy's request that no route matches is answered 404
 /// (linkerd2-proxy's `NoRoute`), never sent to the original destination;
 /// a policy linkerd2-proxy would reject (here a rule whose distribution
