@@ -11,11 +11,18 @@
 //! head or body, writing a response, an idle HTTP/2 connection) is bounded by
 //! [`Settings::timeout`], at most [`Settings::max_connections`] are open
 //! (when all are, the one idle longest is closed for a newcomer: see
-//! [`crate::slots`]; a newcomer is refused only while all are busy), and an
+//! [`crate::slots`]), and an
 //! HTTP/2 client's bytes are
 //! read through what [`AdminBackend::h2_io`] gives (the engine's HTTP/2
 //! attack defences: a flood of frames that do no work would otherwise keep
 //! the control core busy for as long as it lasted).
+//!
+//! While every connection is busy (scrapes waiting for a collection, say:
+//! 64 clients scraping in a loop keep them all busy), a newcomer is served
+//! on a second set of as many slots, where only the probes are answered
+//! (`/live`, `/ready`; anything else 503) and the connection is closed after
+//! one request: a kubelet's probe is answered whatever other clients do
+//! (linkerd2-proxy's admin server has no connection limit).
 
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -215,6 +222,10 @@ impl Reply {
 /// Serves `listener` for as long as the runtime runs this task.
 pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, settings: Settings) {
     let slots = Slots::new(settings.max_connections);
+    // Newcomers while every slot is busy: probes only (see the module's
+    // note). Each is busy only while answering a probe, so an idle one
+    // always makes room.
+    let probes = Slots::new(settings.max_connections);
     // Accept failures in a row (out of descriptors, say): the first is
     // logged, the rest counted and reported when one succeeds.
     let mut failing = 0u64;
@@ -239,14 +250,24 @@ pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, setti
             tracing::info!(failures = failing, "admin accepts again");
             failing = 0;
         }
-        let Some(held) = slots.admit() else {
-            tracing::debug!(%peer, "every admin connection is busy; closing");
-            continue;
+        let (held, probes_only) = match slots.admit() {
+            Some(held) => (held, false),
+            None => match probes.admit() {
+                Some(held) => (held, true),
+                None => {
+                    tracing::debug!(%peer, "every admin connection is busy; closing");
+                    continue;
+                }
+            },
         };
         let backend = backend.clone();
+        let mode = Mode {
+            settings,
+            probes_only,
+        };
         monoio::spawn(async move {
             let _ = held
-                .run(connection(stream, peer, &*backend, settings, &held))
+                .run(connection(stream, peer, &*backend, mode, &held))
                 .await;
         });
     }
@@ -270,13 +291,47 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> i
     Ok(!chunk.is_empty())
 }
 
+/// How a connection is served: its timeouts, and whether it was admitted
+/// for the probes only (every other slot busy).
+#[derive(Clone, Copy)]
+struct Mode {
+    settings: Settings,
+    probes_only: bool,
+}
+
+impl Mode {
+    /// The answer to a request: [`route`]'s, or for a connection admitted
+    /// for the probes only, a 503 for anything but `/live` and `/ready`.
+    async fn answer<B: AdminBackend>(
+        self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+        from_loopback: bool,
+        backend: &B,
+    ) -> Reply {
+        let probe = matches!(
+            path.split_once('?').map_or(path, |(p, _)| p),
+            "/live" | "/ready"
+        );
+        if self.probes_only && !probe {
+            return Reply::text(
+                503,
+                "the admin server is busy (every connection is answering); only /live and /ready are served\n",
+            );
+        }
+        route(method, path, body, from_loopback, backend).await
+    }
+}
+
 async fn connection<B: AdminBackend>(
     mut s: TcpStream,
     peer: SocketAddr,
     backend: &B,
-    settings: Settings,
+    mode: Mode,
     held: &Held,
 ) -> io::Result<()> {
+    let settings = mode.settings;
     s.set_nodelay(true)?;
     let from_loopback = peer.ip().is_loopback();
     // Enough to tell the HTTP/2 preface from an HTTP/1 request line.
@@ -289,10 +344,10 @@ async fn connection<B: AdminBackend>(
     }
     if buf.starts_with(H2_PREFACE) {
         let io = backend.h2_io(PrefixedReadIo::new(s, std::io::Cursor::new(buf)), peer);
-        http2(io, from_loopback, backend, settings, held).await;
+        http2(io, from_loopback, backend, mode, held).await;
         Ok(())
     } else {
-        http1(s, buf, from_loopback, backend, settings, held).await
+        http1(s, buf, from_loopback, backend, mode, held).await
     }
 }
 
@@ -301,9 +356,10 @@ async fn http1<B: AdminBackend>(
     mut buf: Vec<u8>,
     from_loopback: bool,
     backend: &B,
-    settings: Settings,
+    mode: Mode,
     held: &Held,
 ) -> io::Result<()> {
+    let settings = mode.settings;
     let limits = Limits::default();
     let mut head = RequestHead::new();
     loop {
@@ -365,9 +421,12 @@ async fn http1<B: AdminBackend>(
         // Busy only while answering: waiting on the client (its bytes, or
         // room to write) leaves the slot to whoever needs it more.
         held.busy();
-        let reply = route(head.method(), head.path(), &body, from_loopback, backend).await;
+        let reply = mode
+            .answer(head.method(), head.path(), &body, from_loopback, backend)
+            .await;
         held.idle();
-        let keep = head.keep_alive();
+        // Admitted for the probes only: one request.
+        let keep = head.keep_alive() && !mode.probes_only;
         let with_body = head.method() != Method::Head;
         let gzip = reply.status == 200
             && head
@@ -438,9 +497,10 @@ async fn http2<B: AdminBackend>(
     io: B::H2Io,
     from_loopback: bool,
     backend: &B,
-    settings: Settings,
+    mode: Mode,
     held: &Held,
 ) {
+    let settings = mode.settings;
     let mut builder = h2server::Builder::new();
     // A stream counts until its answer is sent whole: a client that opens
     // streams and never reads them holds this many answers. A `/metrics`
@@ -491,7 +551,9 @@ async fn http2<B: AdminBackend>(
                 Err(reply) => return reply,
             };
             held.busy();
-            let reply = route(method, &path, &body, from_loopback, backend).await;
+            let reply = mode
+                .answer(method, &path, &body, from_loopback, backend)
+                .await;
             held.idle();
             reply
         };
@@ -583,10 +645,15 @@ async fn route<B: AdminBackend>(
             body: Body::Page(backend.metrics().await),
             allow: None,
         },
-        "/shutdown" if !backend.shutdown_enabled() || !from_loopback => {
-            Reply::text(404, "not found\n")
-        }
+        // As linkerd2-proxy decides: the method, then the client, then
+        // whether the endpoint is enabled.
         "/shutdown" if only(&[Method::Post]) => Reply::not_allowed("POST"),
+        "/shutdown" if !from_loopback => {
+            Reply::text(403, "Requests are only permitted from localhost.")
+        }
+        "/shutdown" if !backend.shutdown_enabled() => {
+            Reply::text(404, "shutdown endpoint is not enabled\n")
+        }
         "/shutdown" => {
             backend.shutdown();
             Reply::text(200, "shutdown\n")
@@ -736,9 +803,11 @@ mod tests {
         assert_eq!(r("POST", "/live", b"", true), 405);
         assert_eq!(r("GET", "/metrics?x=1", b"", true), 200);
         assert_eq!(r("GET", "/other", b"", true), 404);
-        // Shutdown only from loopback, only by POST.
-        assert_eq!(r("POST", "/shutdown", b"", false), 404);
+        // Shutdown only by POST, only from loopback (linkerd2-proxy's
+        // codes, in its order).
+        assert_eq!(r("POST", "/shutdown", b"", false), 403);
         assert_eq!(r("GET", "/shutdown", b"", true), 405);
+        assert_eq!(r("GET", "/shutdown", b"", false), 405);
         assert_eq!(b.shutdowns.get(), 0);
         assert_eq!(r("POST", "/shutdown", b"", true), 200);
         assert_eq!(b.shutdowns.get(), 1);

@@ -3,19 +3,29 @@
 //! connection that has waited longest on its client (for a handshake, its
 //! next request, its body, or room to write) is closed to make room for
 //! the newcomer, so clients that only hold connections open cannot lock
-//! others out (a kubelet probe, a scrape, the tap client). A newcomer is
-//! refused only when every connection is busy (answering a request; for
-//! the tap server, with a call open).
+//! others out (a kubelet probe, a scrape, the tap client). A connection is
+//! closed for room only once it has waited [`GRACE`]: one that has just
+//! been admitted, or is between two requests of a client that sends them
+//! back to back, is not (else, with clients connecting hundreds of times a
+//! second, every newcomer would in turn close the one before it before its
+//! request arrived). A newcomer is refused when no connection can make
+//! room (every one busy — answering a request; for the tap server, with a
+//! call open — or waiting less than [`GRACE`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a connection must have waited on its client before it may be
+/// closed for a newcomer.
+pub const GRACE: Duration = Duration::from_millis(100);
 
 /// The open connections of one server.
 pub struct Slots {
     max: usize,
+    grace: Duration,
     open: RefCell<Vec<Rc<Slot>>>,
 }
 
@@ -35,15 +45,23 @@ pub struct Held {
 
 impl Slots {
     pub fn new(max: usize) -> Rc<Self> {
+        Self::with_grace(max, GRACE)
+    }
+
+    /// As [`Slots::new`], closing for room connections that waited
+    /// `grace` (tests).
+    pub fn with_grace(max: usize, grace: Duration) -> Rc<Self> {
         Rc::new(Self {
             max: max.max(1),
+            grace,
             open: RefCell::default(),
         })
     }
 
     /// A slot for a new connection (idle from now), making room by closing
-    /// the connection idle longest when all are taken; `None` when every
-    /// one is busy (or as many again are still closing).
+    /// the connection idle longest when all are taken; `None` when none
+    /// can make room (every one busy or idle less than the grace, or as
+    /// many again still closing).
     pub fn admit(self: &Rc<Self>) -> Option<Held> {
         let mut open = self.open.borrow_mut();
         let live = open.iter().filter(|s| !s.evicted.get()).count();
@@ -51,10 +69,12 @@ impl Slots {
             if open.len() >= 2 * self.max {
                 return None;
             }
+            let waited = Instant::now().checked_sub(self.grace);
             let victim = open
                 .iter()
                 .filter(|s| !s.evicted.get())
                 .filter_map(|s| Some((s.idle_since.get()?, s)))
+                .filter(|(since, _)| waited.is_some_and(|w| *since <= w))
                 .min_by_key(|(since, _)| *since)
                 .map(|(_, s)| s.clone())?;
             victim.evicted.set(true);
@@ -133,7 +153,7 @@ mod tests {
     /// and with every one busy a newcomer is refused.
     #[test]
     fn the_longest_idle_connection_makes_room() {
-        let slots = Slots::new(3);
+        let slots = Slots::with_grace(3, Duration::ZERO);
         let a = slots.admit().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = slots.admit().unwrap();
@@ -152,6 +172,22 @@ mod tests {
         assert!(d.slot.evicted.get());
     }
 
+    /// A connection that has waited less than the grace does not make
+    /// room: one just admitted, or between two requests.
+    #[test]
+    fn connections_within_the_grace_stay() {
+        let slots = Slots::with_grace(2, Duration::from_millis(50));
+        let a = slots.admit().unwrap();
+        let b = slots.admit().unwrap();
+        assert!(slots.admit().is_none(), "both just admitted");
+        std::thread::sleep(Duration::from_millis(60));
+        b.busy();
+        b.idle();
+        let c = slots.admit().expect("a waited past the grace");
+        assert!(a.slot.evicted.get() && !b.slot.evicted.get());
+        drop((a, c));
+    }
+
     /// A connection closed for room ends at once, its future dropped.
     #[test]
     fn an_evicted_connection_ends() {
@@ -160,7 +196,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let slots = Slots::new(1);
+            let slots = Slots::with_grace(1, Duration::ZERO);
             let a = slots.admit().unwrap();
             let run = a.run(std::future::pending::<()>());
             let _b = slots.admit().unwrap();

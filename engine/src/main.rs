@@ -150,10 +150,14 @@ fn main() -> ExitCode {
 }
 
 /// Log filters as linkerd2-proxy builds them: what no directive names logs
-/// at `warn` (an empty filter too; `EnvFilter`'s own default is `error`).
+/// at `warn` (an empty filter too; `EnvFilter`'s own default is `error`),
+/// and a field's value is matched as it is written, not as a regular
+/// expression (so a filter selects the same lines as there, and a
+/// `PUT /proxy-log-level` cannot make the proxy compile one).
 fn filter_builder() -> tracing_subscriber::filter::Builder {
     EnvFilter::builder()
         .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .with_regex(false)
 }
 
 /// linkerd2-proxy's own log targets name ringmesh's too: a directive for
@@ -256,5 +260,13 @@ mod tests {
         let debug = super::filter_builder().parse("debug").unwrap();
         assert_eq!(debug.max_level_hint(), Some(LevelFilter::DEBUG));
         assert!(super::filter_builder().parse("ringmesh=[").is_err());
+    }
+
+    /// Field values are literal, as linkerd2-proxy's: one that is no
+    /// regular expression is a filter like any other (and one that is
+    /// would not be compiled: a large one took minutes).
+    #[test]
+    fn field_values_are_not_regular_expressions() {
+        assert!(super::filter_builder().parse("[{f=(x}]=trace").is_ok());
     }
 }

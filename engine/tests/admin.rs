@@ -1043,6 +1043,9 @@ fn held_admin_connections_lock_out_no_probe() {
         }
         held.push(s);
     }
+    // Held: past the grace a connection is given before it may be closed
+    // for room.
+    std::thread::sleep(Duration::from_millis(200));
     for path in ["/ready", "/metrics", "/live", "/ready", "/ready"] {
         let started = std::time::Instant::now();
         let (code, _) = curl(&[&format!("{base}{path}")]);
@@ -1051,5 +1054,106 @@ fn held_admin_connections_lock_out_no_probe() {
         assert!(took < Duration::from_secs(2), "{path} took {took:?}");
     }
     drop(held);
+    drop(p);
+}
+
+/// Clients that keep every admin connection busy (scraping in a loop:
+/// each scrape waits for the next shared collection) cannot lock out a
+/// probe either: a newcomer finding every connection busy is still
+/// answered for `/live` and `/ready` (anything else: 503), on one request.
+#[test]
+fn busy_scrapers_lock_out_no_probe() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (p, base) = start(&[]);
+    let addr = base.trim_start_matches("http://").to_string();
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    // One scraper: back-to-back scrapes on a keep-alive connection, a new
+    // connection whenever one ends or is refused; the statuses it saw.
+    let scraper = |addr: String| {
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while std::time::Instant::now() < end {
+                let Ok(s) = std::net::TcpStream::connect(&addr) else {
+                    continue;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                while std::time::Instant::now() < end {
+                    if w.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let mut status = String::new();
+                    if r.read_line(&mut status).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    statuses.push(status.get(9..12).unwrap_or("").to_string());
+                    let (mut len, mut close) = (0usize, false);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        let line = line.to_ascii_lowercase();
+                        if let Some(v) = line.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        close |= line.starts_with("connection: close");
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() || close {
+                        break;
+                    }
+                }
+            }
+            statuses
+        })
+    };
+    let scrapers: Vec<_> = (0..72).map(|_| scraper(addr.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut probes = Vec::new();
+    while std::time::Instant::now() + Duration::from_millis(200) < end {
+        for path in ["/live", "/ready"] {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                ])
+                .arg(format!("{base}{path}"))
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            probes.push((path, code, why));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let statuses: Vec<String> = scrapers
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    let scraped = statuses.iter().filter(|s| *s == "200").count();
+    let turned = statuses.iter().filter(|s| *s == "503").count();
+    eprintln!(
+        "{} probes; scrapes: {scraped} answered, {turned} turned away",
+        probes.len()
+    );
+    let failed: Vec<_> = probes.iter().filter(|(_, code, _)| code != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "probes failed while 72 clients scraped: {failed:?} of {}",
+        probes.len()
+    );
+    assert!(
+        scraped > 72,
+        "the scrapes themselves were served: {scraped}"
+    );
     drop(p);
 }
