@@ -54,6 +54,10 @@ pub(crate) struct Endpoint {
     /// ALPN `transport.l5d.io/v1` and start with a transport header naming
     /// it (host and port), so the gateway can route them.
     pub(crate) gateway: Option<Arc<str>>,
+    /// Discovery's metric labels of this endpoint (its set's and its
+    /// own), when it has its own: its connections' `peer="dst"` series
+    /// carry them, as its requests' do. Not part of the pool's key.
+    pub(crate) labels: Option<DstLabels>,
 }
 
 impl PartialEq for Endpoint {
@@ -96,6 +100,7 @@ impl Endpoint {
             h2: None,
             local: false,
             gateway: None,
+            labels: None,
         }
     }
 
@@ -123,6 +128,7 @@ impl Endpoint {
                     .authority_override
                     .clone()
                     .filter(|_| ep.identity.is_some()),
+                labels: ep.labels.clone(),
             },
             None => Self::plain(addr),
         }
@@ -297,23 +303,24 @@ async fn write_transport_header(
     res.map(|_| ())
 }
 
-/// Counts a new upstream connection `conn` to `addr`, made for a request
+/// Counts a new upstream connection `conn` to `ep`, made for a request
 /// labelled `key`, in `tcp`'s `peer="dst"` series, under the connection's
 /// own TLS status (not `key.tls`: an inbound request's label set has the
-/// client's).
+/// client's) and with the endpoint's own labels where it has them (the
+/// request's are its service's until the endpoint is picked).
 pub(crate) fn upstream_meter(
     tcp: &std::cell::RefCell<TcpShard>,
     key: &HttpKey,
-    addr: SocketAddr,
+    ep: &Endpoint,
     conn: &Transport,
 ) -> ConnMeter {
     tcp.borrow_mut().open(TcpKey {
         direction: key.direction,
         peer: Peer::Dst,
-        target: addr,
+        target: ep.addr,
         tls: conn.tls().clone(),
         authority: key.authority.clone(),
-        dst_labels: key.dst_labels.clone(),
+        dst_labels: ep.labels.clone().or_else(|| key.dst_labels.clone()),
     })
 }
 
@@ -377,6 +384,7 @@ mod tests {
             h2: None,
             local: false,
             gateway: None,
+            labels: None,
         }
     }
 

@@ -404,12 +404,21 @@ impl EndpointSet {
         let mut invalid = 0;
         match update.update {
             Some(update::Update::Add(set)) => {
-                if !set.metric_labels.is_empty() || fresh {
-                    self.labels = labels(set.metric_labels).unwrap_or_else(|| Arc::new([]));
+                let set_labels = labels(set.metric_labels);
+                if set_labels.is_some() || fresh {
+                    self.labels = set_labels.clone().unwrap_or_else(|| Arc::new([]));
                 }
                 for wa in set.addrs {
                     match endpoint(wa) {
-                        Ok((ep, opaque)) => {
+                        Ok((mut ep, opaque)) => {
+                            // This Add's set labels under the address's
+                            // own, kept with it (as linkerd2-proxy's
+                            // `to_addr_meta`: a later Add's set labels
+                            // are its addresses' only).
+                            ep.labels = match (&set_labels, ep.labels.take()) {
+                                (Some(set), Some(own)) => Some(merged(set, &own)),
+                                (set, own) => own.or_else(|| set.clone()),
+                            };
                             if opaque {
                                 self.opaque.insert(ep.addr);
                             } else {
@@ -461,14 +470,7 @@ impl EndpointSet {
     fn endpoints(&self, name: &Authority) -> Vec<Endpoint> {
         match name.socket_addr() {
             Some(addr) if self.eps.is_empty() => vec![Endpoint::unmeshed(addr, 1)],
-            _ => self
-                .eps
-                .values()
-                .map(|e| Endpoint {
-                    labels: e.labels.as_ref().map(|own| merged(&self.labels, own)),
-                    ..e.clone()
-                })
-                .collect(),
+            _ => self.eps.values().cloned().collect(),
         }
     }
 }
@@ -531,7 +533,7 @@ fn endpoint(wa: WeightedAddr) -> Result<(Endpoint, bool), &'static str> {
         // The transport header only goes with mutual TLS.
         opaque_transport_port: transport_port.filter(|_| identity.is_some()),
         identity,
-        // The address's own labels; merged over the set's when published.
+        // The address's own labels (merged over its set's by the caller).
         labels: labels(wa.metric_labels),
         authority_override,
         h2_params: wa.http2.and_then(h2_params),
@@ -851,6 +853,36 @@ mod tests {
         assert_eq!(s.protocol(), Some(ringmesh_discovery::Protocol::Opaque));
         s.apply(&name, add(vec![wa("10.0.0.8:80", 1)], &[]), false);
         assert_eq!(s.protocol(), None, "not every endpoint is opaque");
+    }
+
+    /// Each Add's set labels are its own addresses' (under each
+    /// address's own), as linkerd2-proxy's: a later Add neither relabels
+    /// the endpoints before it nor leaves its set labels to the next.
+    #[test]
+    fn an_adds_set_labels_are_its_addresses() {
+        let name = Authority::parse("web.default.svc.cluster.local:80").unwrap();
+        let mut s = EndpointSet::default();
+        let mut a = wa("10.0.0.1:80", 1);
+        a.metric_labels = [("pod".to_string(), "a".to_string())].into();
+        s.apply(&name, add(vec![a], &[("service", "web")]), true);
+        s.apply(
+            &name,
+            add(vec![wa("10.0.0.2:80", 1)], &[("service", "web2")]),
+            false,
+        );
+        s.apply(&name, add(vec![wa("10.0.0.3:80", 1)], &[]), false);
+        let of = |addr: &str| -> Vec<(String, String)> {
+            let eps = s.endpoints(&name);
+            let ep = eps.iter().find(|e| e.addr.to_string() == addr).unwrap();
+            ep.labels.as_deref().unwrap_or_default().to_vec()
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            of("10.0.0.1:80"),
+            [pair("pod", "a"), pair("service", "web")]
+        );
+        assert_eq!(of("10.0.0.2:80"), [pair("service", "web2")]);
+        assert_eq!(of("10.0.0.3:80"), []);
     }
 
     #[test]

@@ -177,7 +177,7 @@ async fn upstream(
         dial,
     ))
     .await?;
-    let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep.addr, &conn);
+    let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep, &conn);
     let fd = conn.raw_fd();
     let (rd, wr) = conn.split();
     Ok(Upstream {

@@ -469,7 +469,7 @@ pub(crate) async fn new_connection(
         dial,
     )
     .await?;
-    let meter = connect::upstream_meter(&w.telemetry.tcp, key, addr, &conn);
+    let meter = connect::upstream_meter(&w.telemetry.tcp, key, ep, &conn);
     let io = GuardedIo::upstream(MeteredIo { io: conn, meter }, addr, Some(w.clone()));
     let mut builder = client::Builder::new();
     builder

@@ -728,6 +728,7 @@ mod tests {
                 h2: None,
                 local: false,
                 gateway: None,
+                labels: None,
             };
             let conn = crate::connect::open(
                 &ep,

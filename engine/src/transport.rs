@@ -568,6 +568,7 @@ mod tests {
             h2: None,
             local: false,
             gateway: None,
+            labels: None,
         };
         let conn = open(
             &ep,
@@ -689,6 +690,7 @@ mod tests {
                 h2: None,
                 local: false,
                 gateway: None,
+                labels: None,
             };
             let mut conn = open(
                 &ep,

@@ -1192,6 +1192,19 @@ fn endpoint_labels_and_authority_override() {
         "a's labels win over the set's:\n{m}"
     );
     assert!(series("web-b", "web"), "b's merged with the set's:\n{m}");
+    // The connections to each endpoint carry its labels too (as
+    // linkerd2-proxy's `peer="dst"` series do).
+    for (pod, service) in [("web-a", "web-override"), ("web-b", "web")] {
+        assert!(
+            m.lines().any(|l| {
+                l.starts_with("tcp_open_total{")
+                    && l.contains("peer=\"dst\"")
+                    && l.contains(&format!("dst_pod=\"{pod}\""))
+                    && l.contains(&format!("dst_service=\"{service}\""))
+            }),
+            "{pod}'s connections lack its labels:\n{m}"
+        );
+    }
 }
 
 /// A keep-alive backend counting the requests it gets in `hits`:
