@@ -321,7 +321,10 @@ pub(crate) async fn resolve(
 /// In ingress mode, the authority a request's `l5d-dst-override` names
 /// (a host name, port 80 unless given), for requests on the outbound
 /// listeners; `None` without the header (the connection's destination, as
-/// always).
+/// always). As linkerd2-proxy reads it: a value that is no URI authority
+/// is ignored (the connection's destination); an authority's userinfo is
+/// dropped; an authority whose host is no DNS name (an address, `%`, a
+/// space) or whose port is 0 is refused (400).
 fn dst_override<'a>(
     r: &Routes,
     dst: &HttpDst,
@@ -333,18 +336,26 @@ fn dst_override<'a>(
     let Some(value) = req.header(crate::l5d_headers::DST_OVERRIDE) else {
         return Ok(None);
     };
-    let invalid = || ProxyError::malformed(400, "l5d-dst-override is not a valid host:port");
-    let raw = std::str::from_utf8(value).map_err(|_| invalid())?.trim();
+    let Some(raw) = std::str::from_utf8(value)
+        .ok()
+        .map(str::trim)
+        .filter(|v| http::uri::Authority::try_from(*v).is_ok())
+    else {
+        return Ok(None);
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, hostport)| hostport);
+    let invalid = || ProxyError::malformed(400, "l5d-dst-override does not name a host");
     // A name, as linkerd2-proxy requires: a client of the ingress must not
     // steer the proxy to any address it likes.
-    let is_ip = |host: &str| {
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok()
+    let is_name = |host: &str| {
+        !host.is_empty()
+            && host.parse::<std::net::IpAddr>().is_err()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
     match split_authority(raw, 80) {
-        Some((host, port)) if !host.is_empty() && port != 0 && !is_ip(host) => {
+        Some((host, port)) if port != 0 && is_name(host) => {
             Ok(Some(RequestAuthority { host, port, raw }))
         }
         _ => Err(invalid()),

@@ -104,9 +104,38 @@ fn ingress(driver: IoDriver) {
             &[with(&["-H", "l5d-dst-override: other.test"]), v.clone()].concat(),
         );
         assert!(text.contains("\n\nother\n"), "{version:?}: {text}");
-        // Not a host:port, or an address rather than a name: 400.
+        // As linkerd2-proxy reads the header: a value that is no URI
+        // authority is ignored (the request's own authority)...
+        for ignored in [
+            "l5d-dst-override: web test",
+            "l5d-dst-override: web\"test",
+            "l5d-dst-override: x%00y:80",
+        ] {
+            let text = curl(out, &[&host[..], &["-H", ignored], &v[..]].concat());
+            assert!(
+                text.contains("\n\nother\n"),
+                "{version:?} {ignored}: {text}"
+            );
+        }
+        // ...an authority's userinfo is dropped...
+        let text = curl(
+            out,
+            &[
+                with(&["-H", "l5d-dst-override: user@web.test:8080"]),
+                v.clone(),
+            ]
+            .concat(),
+        );
+        assert!(text.contains("\n\nweb\n"), "{version:?}: {text}");
+        // ...and an authority whose host is an address or no DNS name, or
+        // whose port is no number: 400.
         let other_addr = format!("l5d-dst-override: {}", other.addr);
-        for bad in ["l5d-dst-override: web.test:http", other_addr.as_str()] {
+        let bad_ones = [
+            "l5d-dst-override: web.test:http",
+            "l5d-dst-override: web!test:80",
+            other_addr.as_str(),
+        ];
+        for bad in bad_ones {
             let text = curl(out, &[&host[..], &["-H", bad], &v[..]].concat());
             assert!(
                 text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/2 400"),
