@@ -115,11 +115,13 @@ fn exposition() -> String {
                     status: 200,
                     grpc_status: Some(0),
                     error: None,
+                    classified: None,
                 },
                 3 => ResponseClass {
                     status: 200,
                     grpc_status: Some(14),
                     error: None,
+                    classified: None,
                 },
                 _ => ResponseClass::http(502, Some("connect_failed")),
             };

@@ -276,6 +276,64 @@ fn rpc_matches(
     Some((len(service, s)?, len(method, m)?))
 }
 
+/// Which responses of a route are failures (a ServiceProfile's
+/// `responseClasses`): the first class whose condition matches a
+/// response's status decides; none matching, 5xx are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseClassRule {
+    pub condition: ResponseMatch,
+    pub failure: bool,
+}
+
+/// A condition on a response's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponseMatch {
+    All(Vec<ResponseMatch>),
+    Any(Vec<ResponseMatch>),
+    Not(Box<ResponseMatch>),
+    /// `min..=max`.
+    Status {
+        min: u16,
+        max: u16,
+    },
+}
+
+impl ResponseMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            Self::All(ms) => ms.iter().all(|m| m.matches(status)),
+            Self::Any(ms) => ms.iter().any(|m| m.matches(status)),
+            Self::Not(m) => !m.matches(status),
+            Self::Status { min, max } => (*min..=*max).contains(&status),
+        }
+    }
+}
+
+/// Whether `classes` make a response with `status` a failure: the first
+/// matching class's word; `None` when none matches (the default: 5xx).
+pub fn classify(classes: &[ResponseClassRule], status: u16) -> Option<bool> {
+    classes
+        .iter()
+        .find(|c| c.condition.matches(status))
+        .map(|c| c.failure)
+}
+
+/// The statuses (100–599, as inclusive ranges) `classes` make failures,
+/// 5xx where no class matches: what a retryable route retries.
+pub fn failure_ranges(classes: &[ResponseClassRule]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for status in 100..=599u16 {
+        if !classify(classes, status).unwrap_or(status >= 500) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == status => *hi = status,
+            _ => out.push((status, status)),
+        }
+    }
+    out
+}
+
 /// One route of a profile.
 #[derive(Clone, Debug)]
 pub struct ProfileRoute {
@@ -301,6 +359,9 @@ pub struct ProfileRoute {
     /// requests get: the route's, then its own (in the order of
     /// `backends`; empty when no backend has any).
     pub backend_filters: Vec<Option<Arc<[RouteFilter]>>>,
+    /// Which of its responses are failures (a ServiceProfile route's
+    /// response classes); `None`: 5xx.
+    pub classes: Option<Arc<[ResponseClassRule]>>,
 }
 
 /// One filter of a route (Linkerd's outbound policy, after the Gateway
@@ -741,6 +802,37 @@ mod tests {
         );
     }
 
+    /// The first class that matches decides; none matching, 5xx are
+    /// failures; the ranges a retryable route retries follow.
+    #[test]
+    fn response_classes_decide_failures() {
+        let class = |condition, failure| ResponseClassRule { condition, failure };
+        let status = |min, max| ResponseMatch::Status { min, max };
+        let classes = [
+            class(
+                ResponseMatch::All(vec![
+                    status(400, 499),
+                    ResponseMatch::Not(Box::new(status(404, 404))),
+                ]),
+                true,
+            ),
+            class(
+                ResponseMatch::Any(vec![status(503, 503), status(404, 404)]),
+                false,
+            ),
+            class(status(500, 599), true),
+        ];
+        assert_eq!(classify(&classes, 429), Some(true));
+        assert_eq!(classify(&classes, 404), Some(false));
+        assert_eq!(classify(&classes, 503), Some(false));
+        assert_eq!(classify(&classes, 200), None);
+        assert_eq!(
+            failure_ranges(&classes),
+            [(400, 403), (405, 502), (504, 599)]
+        );
+        assert_eq!(failure_ranges(&[]), [(500, 599)]);
+    }
+
     #[test]
     fn routes_match_in_order_and_split_follows_weights() {
         let re = |s: &str| regex::Regex::new(&format!("^(?:{s})$")).unwrap();
@@ -758,6 +850,7 @@ mod tests {
                     backends: vec![],
                     filters: None,
                     backend_filters: vec![],
+                    classes: None,
                 },
                 ProfileRoute {
                     condition: RequestMatch::Not(Box::new(RequestMatch::Path(re("/admin")))),
@@ -768,6 +861,7 @@ mod tests {
                     backends: vec![],
                     filters: None,
                     backend_filters: vec![],
+                    classes: None,
                 },
             ],
             dst_overrides: vec![
@@ -861,6 +955,7 @@ mod tests {
             backends: vec![],
             filters: None,
             backend_filters: vec![],
+            classes: None,
         }
     }
 

@@ -63,7 +63,8 @@ use linkerd2_proxy_api::destination::{
 };
 use ringmesh_discovery::channel::Subscriber;
 use ringmesh_discovery::profile::{
-    Profile, ProfileRoute, RequestMatch, RetryBudgetSpec, RetryPolicy,
+    failure_ranges, Profile, ProfileRoute, RequestMatch, ResponseClassRule, ResponseMatch,
+    RetryBudgetSpec, RetryPolicy,
 };
 use ringmesh_discovery::snapshot::{H2KeepAlive, H2Params};
 use ringmesh_discovery::{Authority, Endpoint, Resolver, Table};
@@ -290,17 +291,35 @@ fn profile(name: &Authority, p: DestinationProfile) -> Profile {
                     return None;
                 }
             };
+            // As linkerd2-proxy reads them: a class or a part of one it
+            // cannot use is left out, not the route.
+            let classes: Vec<ResponseClassRule> = r
+                .response_classes
+                .into_iter()
+                .filter_map(|c| {
+                    Some(ResponseClassRule {
+                        condition: c.condition.and_then(response_match)?,
+                        failure: c.is_failure,
+                    })
+                })
+                .collect();
+            // A retryable route retries what its classes make failures.
+            let retry = r.is_retryable.then(|| {
+                Arc::new(RetryPolicy {
+                    statuses: failure_ranges(&classes),
+                    ..RetryPolicy::on_5xx(RetryPolicy::DEFAULT_LIMIT)
+                })
+            });
             Some(ProfileRoute {
                 condition,
                 name: route_name,
-                retry: r
-                    .is_retryable
-                    .then(|| Arc::new(RetryPolicy::on_5xx(RetryPolicy::DEFAULT_LIMIT))),
+                retry,
                 timeout: r.timeout.and_then(duration).filter(|d| !d.is_zero()),
                 l5d_headers: false,
                 backends: Vec::new(),
                 filters: None,
                 backend_filters: Vec::new(),
+                classes: (!classes.is_empty()).then(|| classes.into()),
             })
         })
         .collect();
@@ -360,6 +379,27 @@ pub(crate) fn duration(d: prost_types::Duration) -> Option<Duration> {
     let secs = u64::try_from(d.seconds).ok()?;
     let nanos = u32::try_from(d.nanos).ok()?;
     Some(Duration::new(secs, nanos))
+}
+
+/// A response class's condition, as linkerd2-proxy converts it: parts it
+/// cannot use (a status outside 100–999, an empty list) are left out, and
+/// a condition left with nothing is none.
+fn response_match(m: linkerd2_proxy_api::destination::ResponseMatch) -> Option<ResponseMatch> {
+    use linkerd2_proxy_api::destination::response_match::Match;
+    let all = |ms: Vec<linkerd2_proxy_api::destination::ResponseMatch>| {
+        let ms: Vec<ResponseMatch> = ms.into_iter().filter_map(response_match).collect();
+        (!ms.is_empty()).then_some(ms)
+    };
+    let status = |s: u32| u16::try_from(s).ok().filter(|s| (100..=999).contains(s));
+    Some(match m.r#match? {
+        Match::All(seq) => ResponseMatch::All(all(seq.matches)?),
+        Match::Any(seq) => ResponseMatch::Any(all(seq.matches)?),
+        Match::Not(inner) => ResponseMatch::Not(Box::new(response_match(*inner)?)),
+        Match::Status(r) => ResponseMatch::Status {
+            min: status(r.min)?,
+            max: status(r.max)?,
+        },
+    })
 }
 
 fn request_match(m: linkerd2_proxy_api::destination::RequestMatch) -> Result<RequestMatch, String> {

@@ -775,6 +775,7 @@ async fn relay_response(
             status,
             grpc_status: grpc,
             error: None,
+            classified: None,
         },
     })
 }

@@ -350,8 +350,12 @@ impl<'w> Observer<'w> {
 
     /// The request ended with a response counted as `class` (from the
     /// upstream, or one cut short after it started).
-    pub(crate) fn end(mut self, class: ResponseClass) {
+    pub(crate) fn end(mut self, mut class: ResponseClass) {
         self.ended = true;
+        // An upstream's response, classified by its route's classes.
+        if let (None, Some(classes)) = (class.error, self.route.classes.as_deref()) {
+            class.classified = ringmesh_discovery::profile::classify(classes, class.status);
+        }
         // One clock read for the latency and the tap's end.
         let now = Instant::now();
         if let Some(p) = self.tap.take() {
@@ -414,6 +418,7 @@ impl<'w> Observer<'w> {
             status: e.status_for(grpc),
             grpc_status: grpc.then(|| e.grpc_status()),
             error: (!e.by_filter()).then(|| e.label()),
+            classified: None,
         });
     }
 }

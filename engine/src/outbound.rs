@@ -926,6 +926,7 @@ fn routes(
                 l5d_headers: rule.l5d_headers,
                 backends: Vec::new(),
                 backend_filters: Vec::new(),
+                classes: None,
                 filters: rule_filters,
             });
             continue;
@@ -959,6 +960,7 @@ fn routes(
             backends,
             backend_filters,
             filters: rule_filters,
+            classes: None,
         });
     }
     Ok(out)

@@ -202,6 +202,9 @@ pub(crate) struct RoutePolicy {
     pub dst_override: bool,
     /// The route's filters (`route_filter.rs`).
     pub filters: Option<Arc<[RouteFilter]>>,
+    /// Which responses are failures (a ServiceProfile route's response
+    /// classes); `None`: 5xx.
+    pub classes: Option<Arc<[ringmesh_discovery::profile::ResponseClassRule]>>,
 }
 
 impl RoutePolicy {
@@ -220,6 +223,7 @@ impl RoutePolicy {
             l5d_headers: route.l5d_headers,
             dst_override: false,
             filters: route.filters.clone(),
+            classes: route.classes.clone(),
         }
     }
 

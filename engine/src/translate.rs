@@ -358,6 +358,7 @@ impl H2Answer<'_> {
             status,
             grpc_status: grpc,
             error: None,
+            classified: None,
         })
     }
 }
@@ -929,6 +930,7 @@ impl H1Reply<'_> {
             status,
             grpc_status: grpc,
             error: None,
+            classified: None,
         };
         if !end {
             // The body streams with plain reads (no ring buffer waits on a

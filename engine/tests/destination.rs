@@ -536,6 +536,66 @@ fn route_timeouts_and_retries() {
     );
 }
 
+/// GetProfile's response classes: a route's classes say which responses
+/// are failures, for the metrics' `classification` and for its retries (a
+/// 429 made a failure is retried and counted a failure; a 500 made a
+/// success is neither), as linkerd2-proxy classifies them.
+#[test]
+fn response_classes_classify_and_retry() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let a = policy_backend(b'a', false, hits.clone());
+    let b = policy_backend(b'b', false, hits.clone());
+    let cp = Cp::start("classes");
+    cp.write_loaded(&format!(
+        r#"{{"destinations": {{"{WEB}": {{"endpoints": [{{"addr": "{}", "port": {}}}, {{"addr": "{}", "port": {}}}],
+            "routes": [{{"name": "lim", "path_regex": "/both/limited", "retryable": true,
+                         "classes": [{{"min": 400, "max": 499, "failure": true}}]}},
+                       {{"name": "soft", "path_regex": "/both/flaky", "retryable": true,
+                         "classes": [{{"min": 500, "max": 599, "failure": false}}]}},
+                       {{"name": "ok", "path_regex": "/ok"}}]}}}}}}"#,
+        a.addr.ip(),
+        a.addr.port(),
+        b.addr.ip(),
+        b.addr.port()
+    ));
+    let proxy = proxy(
+        IoDriver::Uring,
+        &cp,
+        &[("RINGMESH_FAILURE_ACCRUAL_CONSECUTIVE", "100000")],
+    );
+    let addr = proxy.forward_addrs()[0];
+    let (mut w, mut r) = keep_alive(addr);
+    assert!(eventually(Duration::from_secs(5), || {
+        request(&mut w, &mut r, "/ok");
+        metrics(&proxy).contains("rt_route=\"ok\"")
+    }));
+    const N: usize = 10;
+    let mut batch = |path: &str| {
+        let before = hits.load(Ordering::Relaxed);
+        let codes: Vec<u16> = (0..N).map(|_| request(&mut w, &mut r, path).0).collect();
+        (codes, hits.load(Ordering::Relaxed) - before)
+    };
+    let (codes, sent) = batch("/both/limited");
+    assert!(codes.iter().all(|c| *c == 429), "{codes:?}");
+    assert_eq!(sent, 3 * N, "a 429 made a failure is retried twice");
+    let (codes, sent) = batch("/both/flaky");
+    assert!(codes.iter().all(|c| *c == 500), "{codes:?}");
+    assert_eq!(sent, N, "a 500 made a success is not retried");
+    let m = metrics(&proxy);
+    let counted = |route: &str, status: &str, class: &str| {
+        m.lines().any(|l| {
+            l.starts_with("response_total{")
+                && l.contains(&format!("rt_route=\"{route}\""))
+                && l.contains(&format!(
+                    "status_code=\"{status}\",classification=\"{class}\""
+                ))
+        })
+    };
+    assert!(counted("lim", "429", "failure"), "{m}");
+    assert!(counted("soft", "500", "success"), "{m}");
+    assert!(!counted("soft", "500", "failure"), "{m}");
+}
+
 /// GetProfile's `retry_budget`: with no budget at all, a retryable route's
 /// failures are not retried. (The failing endpoint weighs far more, so
 /// the balancer tries it first.)

@@ -64,6 +64,9 @@ pub struct ResponseClass {
     pub status: u16,
     pub grpc_status: Option<u32>,
     pub error: ErrorLabel,
+    /// A failure or not as the request's route's response classes say
+    /// (a ServiceProfile's `responseClasses`); `None`: by the status.
+    pub classified: Option<bool>,
 }
 
 impl ResponseClass {
@@ -72,6 +75,7 @@ impl ResponseClass {
             status,
             grpc_status: None,
             error,
+            classified: None,
         }
     }
 
@@ -82,15 +86,19 @@ impl ResponseClass {
             status,
             grpc_status,
             error: Some(RESPONSE_BODY_FAILED),
+            classified: None,
         }
     }
 
-    /// 5xx, a gRPC status linkerd2-proxy counts as a failure, or a
-    /// response the upstream failed to finish, is one.
+    /// A response the upstream failed to finish is one; else what the
+    /// route's response classes say, when one matched; else 5xx or a gRPC
+    /// status linkerd2-proxy counts as a failure.
     fn is_failure(&self) -> bool {
-        self.status >= 500
-            || self.grpc_status.is_some_and(grpc_failure)
-            || self.error == Some(RESPONSE_BODY_FAILED)
+        if self.error == Some(RESPONSE_BODY_FAILED) {
+            return true;
+        }
+        self.classified
+            .unwrap_or_else(|| self.status >= 500 || self.grpc_status.is_some_and(grpc_failure))
     }
 
     /// `status_code`, `classification`, then `grpc_status` and `error`
@@ -509,6 +517,7 @@ mod tests {
             status: 200,
             grpc_status: Some(g),
             error: None,
+            classified: None,
         };
         h.record(&key(1), grpc(0), 1);
         h.record(&key(1), grpc(5), 1);

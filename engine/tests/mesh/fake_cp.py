@@ -596,6 +596,12 @@ class Destination:
         route = d.Route(condition=cond(m), metrics_labels={"route": r.get("name", "")}, is_retryable=bool(r.get("retryable")))
         if "timeout_ms" in r:
             route.timeout.CopyFrom(duration(self.pb, r["timeout_ms"] / 1000.0))
+        # "classes": [{"min": 400, "max": 499, "failure": true}, ...]: response
+        # classes, each a status range (a ServiceProfile's responseClasses).
+        for c in r.get("classes", []):
+            route.response_classes.append(d.ResponseClass(
+                condition=d.ResponseMatch(status=d.HttpStatusRange(min=c["min"], max=c["max"])),
+                is_failure=bool(c["failure"])))
         return route
 
     async def get_profile(self, req, context):
