@@ -366,7 +366,11 @@ impl H2Answer<'_> {
 /// The HTTP/2 request an HTTP/1.1 request becomes: its fields minus the
 /// hop-by-hop ones, `Host` as `:authority`, `te: trailers` kept when the
 /// client asked for trailers (the one `TE` HTTP/2 allows, and gRPC
-/// servers require it), `l5d-orig-proto` added when `mark`.
+/// servers require it), `l5d-orig-proto` added when `mark` — and then
+/// `host` kept too, the same as `:authority` (RFC 9113 §8.3.1 allows it),
+/// as linkerd2-proxy's upgrade keeps it: a linkerd2-proxy peer turns the
+/// request back into HTTP/1 from its fields, and its application got no
+/// `Host` without it.
 fn h2_request(
     req: &RequestHead,
     key: &HttpKey,
@@ -414,6 +418,11 @@ fn h2_request(
             HeaderName::from_static(ORIG_PROTO),
             HeaderValue::from_static("HTTP/1.1"),
         );
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
     }
     Ok(parts)
 }
@@ -1353,6 +1362,9 @@ mod tests {
             );
             assert!(p.headers.get("connection").is_none());
             assert_eq!(p.headers.contains_key(ORIG_PROTO), mark);
+            // Marked for a peer proxy: `host` too, as `:authority`.
+            let host = p.headers.get_all("host").iter().collect::<Vec<_>>();
+            assert_eq!(host, if mark { vec!["web:80"] } else { vec![] });
         }
         for te in ["", "TE: gzip\r\nConnection: te\r\n", "TE: trailersx\r\n"] {
             let req = head(&format!("GET / HTTP/1.1\r\nHost: web\r\n{te}\r\n"));

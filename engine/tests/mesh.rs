@@ -226,6 +226,14 @@ fn meshed_pair(a: Sidecar, b: Sidecar) {
         header(&body, "x-mesh-marker") == Some(marker1.as_str()),
         "HTTP/1.1: the request's own header did not arrive:\n{body}"
     );
+    // Its `Host` too (a linkerd2-proxy inbound rebuilds the HTTP/1 request
+    // from the HTTP/2 one's fields: the `host` field must travel with it).
+    let host = b.addr(HTTP1_PORT).to_string();
+    check!(
+        mesh,
+        header(&body, "host") == Some(host.as_str()),
+        "HTTP/1.1: the app saw no Host {host}:\n{body}"
+    );
     if b_access_log {
         let client = format!("\"client.id\":\"{a_id}\"");
         let line = mesh.b.proxy.wait_for(&client, Duration::from_secs(5));
