@@ -154,9 +154,13 @@ impl Specificity {
 
 /// Whether `path` starts with `prefix` at a segment boundary (`/v2`
 /// matches `/v2` and `/v2/x`, not `/v20`), as a route's prefix match.
+/// `/` is every request's prefix, as linkerd2-proxy's: `OPTIONS *` and a
+/// `CONNECT`'s authority-form target too.
 pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     let p = prefix.trim_end_matches('/');
-    path.starts_with(p) && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
+    p.is_empty()
+        || path.starts_with(p)
+            && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'))
 }
 
 impl RequestMatch {
@@ -904,6 +908,11 @@ mod tests {
         assert!(prefix.matches(&req("/v2/x", None, &[])));
         assert!(!prefix.matches(&req("/v20", None, &[])));
         assert!(RequestMatch::PathPrefix("/".into()).matches(&req("/anything", None, &[])));
+        // `/` is every request's prefix: `OPTIONS *`, a CONNECT's target.
+        for target in ["*", "web.test:443"] {
+            assert!(RequestMatch::PathPrefix("/".into()).matches(&req(target, None, &[])));
+            assert!(!RequestMatch::PathPrefix("/v2".into()).matches(&req(target, None, &[])));
+        }
         let host = RequestMatch::Host {
             name: "example.org".into(),
             suffix: true,

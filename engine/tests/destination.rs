@@ -676,6 +676,15 @@ fn a_profile_with_routes_or_a_split_overrides_the_policy() {
         })
     };
     assert!(routed(&metrics(&proxy), "http"), "the policy's route");
+    // Its route's `/` prefix is every request's, `OPTIONS *`'s too (as
+    // linkerd2-proxy's; it was answered 404 no route).
+    let mut c = connect(addr);
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"OPTIONS * HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "OPTIONS *: {answer}");
     // The profile gains a route and a split to web2: it decides now.
     cp.write_loaded(&config(
         r#", "routes": [{"name": "prof-all", "path_regex": "/.*"}],
