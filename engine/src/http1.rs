@@ -912,11 +912,12 @@ fn has_bare_lf(head: &[u8]) -> bool {
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Whether the proxy's own answers to `c` say why (always inbound;
-/// outbound unless `LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS`
-/// or ingress mode turned it off).
+/// Whether the proxy's own answers to `c` say why: inbound, to a client
+/// proxy (mutual TLS with a client identity), as linkerd2-proxy's; outbound
+/// unless `LINKERD2_PROXY_OUTBOUND_DISABLE_INFORMATIONAL_HEADERS` or
+/// ingress mode turned it off.
 fn informational(w: &Worker, c: &Client) -> bool {
-    c.inbound || w.cfg.outbound.informational_headers
+    crate::l5d_headers::informational(c.inbound, &c.tls, w.cfg.outbound.informational_headers)
 }
 
 /// Answers a request whose head could not be read (the connection closes

@@ -361,8 +361,11 @@ async fn proxy_stream(
         Ok(class) => obs.end(class),
         Err(Failure::Answer(e)) => {
             warn_limited!(w, Warning::Http2RequestFailed, error = %e, "HTTP/2 request failed");
-            let informational =
-                direction == Direction::Inbound || w.cfg.outbound.informational_headers;
+            let informational = crate::l5d_headers::informational(
+                direction == Direction::Inbound,
+                client_tls,
+                w.cfg.outbound.informational_headers,
+            );
             send_error(&mut respond, &e, (is_grpc, is_head), informational);
             let body_len = if is_head {
                 0

@@ -96,6 +96,24 @@ pub(crate) fn trailer_allowed(name: &str) -> bool {
 }
 
 /// Whether `name` is one of [`NAMES`].
+/// Whether the proxy's own error answers say why (`l5d-proxy-error`, a
+/// text body, `grpc-message`): inbound only to a client proxy (mutual TLS
+/// naming the client), as linkerd2-proxy emits them, so a client that is
+/// no proxy learns nothing of the pod's insides; outbound as configured
+/// (`outbound_informational`).
+pub(crate) fn informational(
+    inbound: bool,
+    client: &ringmesh_admin::telemetry::TlsStatus,
+    outbound_informational: bool,
+) -> bool {
+    use ringmesh_admin::telemetry::TlsStatus;
+    if inbound {
+        matches!(client, TlsStatus::Accepted { client_id: Some(_) })
+    } else {
+        outbound_informational
+    }
+}
+
 pub(crate) fn is_l5d_header(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

@@ -1545,15 +1545,15 @@ fn inbound_policy_authorizes_meshed_clients_and_denies_others() {
     wait_ready(&b);
     let inbound = b.inbound_addr().unwrap();
 
-    // Plaintext HTTP/1.
+    // Plaintext HTTP/1: refused, and not told why (a client that is no
+    // proxy gets the status alone, as from linkerd2-proxy).
     let answer = get(inbound, "/echo-head", "");
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert!(
-        answer
-            .to_ascii_lowercase()
-            .contains("l5d-proxy-error: unauthorized"),
+        !answer.to_ascii_lowercase().contains("l5d-proxy-error"),
         "{answer}"
     );
+    assert!(answer.contains("content-length: 0"), "{answer}");
     assert!(!answer.contains("app"), "the app was reached: {answer}");
     // Plaintext HTTP/2 and gRPC.
     let url = format!("http://{inbound}/echo-head");
@@ -1692,7 +1692,7 @@ fn refusals_on_kept_connections_frame_exactly() {
         "the HEAD's answer carries a body: {out}"
     );
     assert!(answers[1].starts_with("403"), "{out}");
-    assert!(answers[1].contains("ringmesh: unauthorized"), "{out}");
+    assert!(answers[1].contains("content-length: 0"), "{out}");
     // HTTP/1.0 with keep-alive: told so, and the next request served.
     let mut s = connect(inbound);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -1755,7 +1755,8 @@ fn cluster_networks_and_required_tls_ports() {
     let tls_port = with("127.0.0.0/8", &port);
     let answer = get(tls_port.inbound_addr().unwrap(), "/echo-head", "");
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(answer.contains("TLS required"), "{answer}");
+    // (Why is told to a client proxy only.)
+    assert!(!answer.contains("TLS required"), "{answer}");
 }
 
 /// The policy API (`InboundServerPolicies.WatchPort`, from the fake
@@ -2001,8 +2002,12 @@ fn policy_api_routes_authorize_each_request() {
     // An exact path, C only (A is not admitted by the server either).
     assert_eq!(status(&meshed(&c_leaf, "/status/202")), "202");
     assert_eq!(status(&meshed(&a_leaf, "/status/202")), "403");
-    // The route's filter answers, for anyone.
+    // The route's filter answers, for anyone; its message to a client
+    // proxy only.
     let teapot = get(inbound, "/teapot", "");
+    assert_eq!(status(&teapot), "418", "{teapot}");
+    assert!(!teapot.contains("short and stout"), "{teapot}");
+    let teapot = meshed(&c_leaf, "/teapot");
     assert_eq!(status(&teapot), "418", "{teapot}");
     assert!(teapot.contains("short and stout"), "{teapot}");
 
@@ -2151,11 +2156,8 @@ fn policy_api_rate_limits_requests() {
         (4..=7).contains(&ok),
         "unauthenticated: {ok} of 12 admitted"
     );
-    assert!(
-        why.iter()
-            .all(|w| w.contains("per-identity rate limit exceeded: 4rps")),
-        "{why:?}"
-    );
+    // (A client that is no proxy is not told why.)
+    assert!(why.iter().all(|w| w.is_empty()), "{why:?}");
     let (ok, why) = burst(16, &|| meshed(&a_leaf));
     assert!((8..=12).contains(&ok), "A's override: {ok} of 16 admitted");
     assert!(
