@@ -223,9 +223,10 @@ impl Reply {
 pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, settings: Settings) {
     let slots = Slots::new(settings.max_connections);
     // Newcomers while every slot is busy: probes only (see the module's
-    // note). Each is busy only while answering a probe, so an idle one
-    // always makes room.
-    let probes = Slots::new(settings.max_connections);
+    // note), one request per connection. Room is made by closing the
+    // oldest connection not answering, however young: a client opening
+    // connections faster than the main set's grace cannot hold these.
+    let probes = Slots::oldest_first(settings.max_connections);
     // Accept failures in a row (out of descriptors, say): the first is
     // logged, the rest counted and reported when one succeeds.
     let mut failing = 0u64;
@@ -584,6 +585,14 @@ async fn http2<B: AdminBackend>(
                 let _ = stream.send_data(body, true);
             }
             _ => {}
+        }
+        if mode.probes_only {
+            // Admitted for the probes only: one request. GOAWAY, the
+            // answer flushed, then closed.
+            conn.graceful_shutdown();
+            let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
+            let _ = monoio::time::timeout(settings.timeout, closed).await;
+            return;
         }
     }
 }

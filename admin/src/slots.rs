@@ -11,6 +11,12 @@
 //! request arrived). A newcomer is refused when no connection can make
 //! room (every one busy — answering a request; for the tap server, with a
 //! call open — or waiting less than [`GRACE`]).
+//!
+//! A set of slots that only ever serves one short request per connection
+//! (the admin server's probe set) makes room instead by closing its
+//! oldest connection that is not answering ([`Slots::oldest_first`]): a
+//! client opening connections faster than the grace would otherwise hold
+//! every slot with connections too young to close.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -26,11 +32,15 @@ pub const GRACE: Duration = Duration::from_millis(100);
 pub struct Slots {
     max: usize,
     grace: Duration,
+    /// Room is made by closing the oldest connection not answering, not
+    /// the one idle longest past the grace.
+    oldest_first: bool,
     open: RefCell<Vec<Rc<Slot>>>,
 }
 
 /// One connection's place.
 struct Slot {
+    admitted: Instant,
     /// Since when it waits for its client; `None` while it answers.
     idle_since: Cell<Option<Instant>>,
     evicted: Cell<bool>,
@@ -54,6 +64,18 @@ impl Slots {
         Rc::new(Self {
             max: max.max(1),
             grace,
+            oldest_first: false,
+            open: RefCell::default(),
+        })
+    }
+
+    /// Room for connections that each serve one short request: when all
+    /// are taken, the oldest one not answering is closed for a newcomer.
+    pub fn oldest_first(max: usize) -> Rc<Self> {
+        Rc::new(Self {
+            max: max.max(1),
+            grace: Duration::ZERO,
+            oldest_first: true,
             open: RefCell::default(),
         })
     }
@@ -74,16 +96,24 @@ impl Slots {
                 .iter()
                 .filter(|s| !s.evicted.get())
                 .filter_map(|s| Some((s.idle_since.get()?, s)))
-                .filter(|(since, _)| waited.is_some_and(|w| *since <= w))
-                .min_by_key(|(since, _)| *since)
+                .filter(|(since, _)| self.oldest_first || waited.is_some_and(|w| *since <= w))
+                .min_by_key(|(since, s)| {
+                    if self.oldest_first {
+                        s.admitted
+                    } else {
+                        *since
+                    }
+                })
                 .map(|(_, s)| s.clone())?;
             victim.evicted.set(true);
             if let Some(w) = victim.waker.take() {
                 w.wake();
             }
         }
+        let now = Instant::now();
         let slot = Rc::new(Slot {
-            idle_since: Cell::new(Some(Instant::now())),
+            admitted: now,
+            idle_since: Cell::new(Some(now)),
             evicted: Cell::new(false),
             waker: Cell::new(None),
         });
@@ -186,6 +216,27 @@ mod tests {
         let c = slots.admit().expect("a waited past the grace");
         assert!(a.slot.evicted.get() && !b.slot.evicted.get());
         drop((a, c));
+    }
+
+    /// Oldest first: the oldest connection not answering makes room, however
+    /// recently it was admitted or last answered.
+    #[test]
+    fn oldest_first_closes_the_oldest_not_answering() {
+        let slots = Slots::oldest_first(3);
+        let a = slots.admit().unwrap();
+        let b = slots.admit().unwrap();
+        let c = slots.admit().unwrap();
+        a.busy();
+        b.busy();
+        b.idle();
+        let d = slots.admit().expect("room made at once");
+        assert!(!a.slot.evicted.get(), "answering");
+        assert!(b.slot.evicted.get(), "the oldest not answering");
+        assert!(!c.slot.evicted.get());
+        drop(b);
+        c.busy();
+        d.busy();
+        assert!(slots.admit().is_none(), "every one answering");
     }
 
     /// A connection closed for room ends at once, its future dropped.

@@ -95,7 +95,6 @@ pub(crate) fn trailer_allowed(name: &str) -> bool {
     )
 }
 
-/// Whether `name` is one of [`NAMES`].
 /// Whether the proxy's own error answers say why (`l5d-proxy-error`, a
 /// text body, `grpc-message`): inbound only to a client proxy (mutual TLS
 /// naming the client), as linkerd2-proxy emits them, so a client that is
@@ -114,6 +113,7 @@ pub(crate) fn informational(
     }
 }
 
+/// Whether `name` is one of [`NAMES`].
 pub(crate) fn is_l5d_header(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

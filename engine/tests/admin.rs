@@ -1157,3 +1157,126 @@ fn busy_scrapers_lock_out_no_probe() {
     );
     drop(p);
 }
+
+/// `/live` probes (every 100 ms, each on a new connection) while `for_`
+/// runs `attack` on `threads` threads against the admin port: the probes'
+/// statuses that were not 200.
+fn probes_under(
+    base: &str,
+    threads: usize,
+    for_: Duration,
+    attack: impl Fn(std::net::SocketAddr, std::time::Instant) + Send + Sync + Copy + 'static,
+) -> Vec<String> {
+    let admin: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let end = std::time::Instant::now() + for_;
+    let attackers: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(move || attack(admin, end)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failed = Vec::new();
+    let mut probes = 0;
+    while std::time::Instant::now() + Duration::from_millis(300) < end {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("{base}/live"))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code != "200" {
+            failed.push(format!(
+                "{code} {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for a in attackers {
+        a.join().unwrap();
+    }
+    assert!(probes >= 10, "only {probes} probes");
+    failed
+}
+
+/// Clients opening silent connections faster than an idle connection
+/// becomes closable (100 ms), or holding HTTP/2 connections with a
+/// request every 90 ms (each answered, so never idle long), cannot lock
+/// out a probe either: where every connection is too young or too busy to
+/// close, a newcomer is answered on the probe set, which closes its oldest
+/// connection for room and serves one request per connection.
+#[test]
+fn churning_and_http2_clients_lock_out_no_probe() {
+    use common::raw_h2::frame;
+    use std::io::{Read, Write};
+    let (p, base) = start(&[]);
+    // Silent connections, as fast as they open (the last 200 per thread
+    // kept open).
+    let failed = probes_under(&base, 4, Duration::from_secs(3), |admin, end| {
+        let mut held = std::collections::VecDeque::new();
+        while std::time::Instant::now() < end {
+            if let Ok(s) = std::net::TcpStream::connect(admin) {
+                held.push_back(s);
+                if held.len() > 200 {
+                    held.pop_front();
+                }
+            }
+        }
+    });
+    assert!(failed.is_empty(), "probes failed under churn: {failed:?}");
+    // HTTP/2 connections (32 per thread), each asking for `/live` every
+    // 90 ms on a new stream, reconnecting when closed.
+    let failed = probes_under(&base, 4, Duration::from_secs(3), |admin, end| {
+        // GET /live: :method GET, :scheme http, :path /live (literal,
+        // indexed name), END_STREAM | END_HEADERS.
+        let get = |id: u32| {
+            frame(
+                1,
+                0x5,
+                id,
+                &[0x82, 0x86, 0x04, 5, b'/', b'l', b'i', b'v', b'e'],
+            )
+        };
+        let open = || {
+            let mut s = std::net::TcpStream::connect(admin).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
+            let mut hello = ringmesh_protocols::detect::H2_PREFACE.to_vec();
+            hello.extend(frame(4, 0, 0, &[]));
+            hello.extend(get(1));
+            s.write_all(&hello).ok()?;
+            Some((s, 3u32))
+        };
+        let mut conns: Vec<Option<(std::net::TcpStream, u32)>> = (0..32).map(|_| open()).collect();
+        let mut buf = [0u8; 16 * 1024];
+        while std::time::Instant::now() < end {
+            for c in conns.iter_mut() {
+                let alive = match c {
+                    Some((s, id)) => {
+                        let sent = s.write_all(&get(*id)).is_ok();
+                        *id += 2;
+                        // Whatever was answered, read (0: closed).
+                        let read = s.read(&mut buf);
+                        sent && !matches!(read, Ok(0))
+                    }
+                    None => false,
+                };
+                if !alive {
+                    *c = open();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(90));
+        }
+    });
+    assert!(
+        failed.is_empty(),
+        "probes failed beside HTTP/2 clients: {failed:?}"
+    );
+    drop(p);
+}
