@@ -251,9 +251,9 @@ pub async fn serve<B: AdminBackend>(listener: TcpListener, backend: Rc<B>, setti
             tracing::info!(failures = failing, "admin accepts again");
             failing = 0;
         }
-        let (held, probes_only) = match slots.admit() {
+        let (held, probes_only) = match slots.admit_from(peer.ip()) {
             Some(held) => (held, false),
-            None => match probes.admit() {
+            None => match probes.admit_from(peer.ip()) {
                 Some(held) => (held, true),
                 None => {
                     tracing::debug!(%peer, "every admin connection is busy; closing");

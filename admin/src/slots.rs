@@ -12,6 +12,10 @@
 //! room (every one busy — answering a request; for the tap server, with a
 //! call open — or waiting less than [`GRACE`]).
 //!
+//! The connection closed for room is one of the client (source address)
+//! holding the most: a client opening connections without end closes its
+//! own, not a kubelet's probe from another address.
+//!
 //! A set of slots that only ever serves one short request per connection
 //! (the admin server's probe set) makes room instead by closing its
 //! oldest connection that is not answering ([`Slots::oldest_first`]): a
@@ -19,7 +23,9 @@
 //! every slot with connections too young to close.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -40,6 +46,8 @@ pub struct Slots {
 
 /// One connection's place.
 struct Slot {
+    /// The client's address.
+    peer: IpAddr,
     admitted: Instant,
     /// Since when it waits for its client; `None` while it answers.
     idle_since: Cell<Option<Instant>>,
@@ -85,11 +93,22 @@ impl Slots {
     /// can make room (every one busy or idle less than the grace, or as
     /// many again still closing).
     pub fn admit(self: &Rc<Self>) -> Option<Held> {
+        self.admit_from(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// As [`Slots::admit`], for a client at `peer`: room is made by
+    /// closing a connection of the client holding the most (of those that
+    /// may be closed), its idle longest (oldest, [`Slots::oldest_first`]).
+    pub fn admit_from(self: &Rc<Self>, peer: IpAddr) -> Option<Held> {
         let mut open = self.open.borrow_mut();
         let live = open.iter().filter(|s| !s.evicted.get()).count();
         if live >= self.max {
             if open.len() >= 2 * self.max {
                 return None;
+            }
+            let mut held_by: HashMap<IpAddr, usize> = HashMap::new();
+            for s in open.iter().filter(|s| !s.evicted.get()) {
+                *held_by.entry(s.peer).or_default() += 1;
             }
             let waited = Instant::now().checked_sub(self.grace);
             let victim = open
@@ -97,12 +116,13 @@ impl Slots {
                 .filter(|s| !s.evicted.get())
                 .filter_map(|s| Some((s.idle_since.get()?, s)))
                 .filter(|(since, _)| self.oldest_first || waited.is_some_and(|w| *since <= w))
-                .min_by_key(|(since, s)| {
-                    if self.oldest_first {
+                .max_by_key(|(since, s)| {
+                    let at = if self.oldest_first {
                         s.admitted
                     } else {
                         *since
-                    }
+                    };
+                    (held_by[&s.peer], std::cmp::Reverse(at))
                 })
                 .map(|(_, s)| s.clone())?;
             victim.evicted.set(true);
@@ -112,6 +132,7 @@ impl Slots {
         }
         let now = Instant::now();
         let slot = Rc::new(Slot {
+            peer,
             admitted: now,
             idle_since: Cell::new(Some(now)),
             evicted: Cell::new(false),
@@ -237,6 +258,24 @@ mod tests {
         c.busy();
         d.busy();
         assert!(slots.admit().is_none(), "every one answering");
+    }
+
+    /// The client holding the most connections gives one up, not another
+    /// client's older one.
+    #[test]
+    fn the_client_holding_most_makes_room() {
+        let slots = Slots::oldest_first(3);
+        let (kubelet, flood) = ("10.0.0.1".parse().unwrap(), "10.9.9.9".parse().unwrap());
+        let probe = slots.admit_from(kubelet).unwrap();
+        let a = slots.admit_from(flood).unwrap();
+        let b = slots.admit_from(flood).unwrap();
+        let c = slots.admit_from(flood).expect("room made");
+        assert!(
+            !probe.slot.evicted.get(),
+            "the other client's connection was closed"
+        );
+        assert!(a.slot.evicted.get() && !b.slot.evicted.get());
+        drop((a, b, c));
     }
 
     /// A connection closed for room ends at once, its future dropped.

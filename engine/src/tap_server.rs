@@ -196,7 +196,7 @@ pub(crate) async fn serve(listener: TcpListener, server: Rc<TapServer>) {
                 continue;
             }
         };
-        let Some(held) = server.connections.admit() else {
+        let Some(held) = server.connections.admit_from(peer.ip()) else {
             tracing::debug!(%peer, "tap client refused: {MAX_CONNECTIONS} connections all have calls");
             continue;
         };

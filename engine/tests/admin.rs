@@ -1158,6 +1158,14 @@ fn busy_scrapers_lock_out_no_probe() {
     drop(p);
 }
 
+/// A connection to `to` from the loopback address `from`.
+fn connect_from(from: std::net::IpAddr, to: std::net::SocketAddr) -> Option<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    s.bind(&std::net::SocketAddr::new(from, 0).into()).ok()?;
+    s.connect(&to.into()).ok()?;
+    Some(s.into())
+}
+
 /// `/live` probes (every 100 ms, each on a new connection) while `for_`
 /// runs `attack` on `threads` threads against the admin port: the probes'
 /// statuses that were not 200.
@@ -1218,19 +1226,38 @@ fn churning_and_http2_clients_lock_out_no_probe() {
     use std::io::{Read, Write};
     let (p, base) = start(&[]);
     // Silent connections, as fast as they open (the last 200 per thread
-    // kept open).
-    let failed = probes_under(&base, 4, Duration::from_secs(3), |admin, end| {
-        let mut held = std::collections::VecDeque::new();
-        while std::time::Instant::now() < end {
-            if let Ok(s) = std::net::TcpStream::connect(admin) {
-                held.push_back(s);
-                if held.len() > 200 {
-                    held.pop_front();
+    // kept open), from the probes' address...
+    let churn = |from: Option<std::net::IpAddr>| {
+        move |admin: std::net::SocketAddr, end: std::time::Instant| {
+            let mut held = std::collections::VecDeque::new();
+            while std::time::Instant::now() < end {
+                let connected = match from {
+                    None => std::net::TcpStream::connect(admin).ok(),
+                    Some(ip) => connect_from(ip, admin),
+                };
+                if let Some(s) = connected {
+                    held.push_back(s);
+                    if held.len() > 200 {
+                        held.pop_front();
+                    }
                 }
             }
         }
-    });
+    };
+    let failed = probes_under(&base, 4, Duration::from_secs(3), churn(None));
     assert!(failed.is_empty(), "probes failed under churn: {failed:?}");
+    // ...and from another address (another pod): its own connections make
+    // room for its next, never a probe's.
+    let failed = probes_under(
+        &base,
+        4,
+        Duration::from_secs(3),
+        churn(Some([127, 0, 0, 5].into())),
+    );
+    assert!(
+        failed.is_empty(),
+        "probes failed under another client's churn: {failed:?}"
+    );
     // HTTP/2 connections (32 per thread), each asking for `/live` every
     // 90 ms on a new stream, reconnecting when closed.
     let failed = probes_under(&base, 4, Duration::from_secs(3), |admin, end| {
