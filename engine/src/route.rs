@@ -326,9 +326,9 @@ pub(crate) async fn resolve(
 /// (a host name, port 80 unless given), for requests on the outbound
 /// listeners; `None` without the header (the connection's destination, as
 /// always). As linkerd2-proxy reads it: a value that is no URI authority
-/// is ignored (the connection's destination); an authority's userinfo is
-/// dropped; an authority whose host is no DNS name (an address, `%`, a
-/// space) or whose port is 0 is refused (400).
+/// (a space, `%`) is ignored (the connection's destination); an
+/// authority's userinfo is dropped; an authority whose host is no DNS name
+/// (an address, `!`) or whose port is 0 or no number is refused (400).
 fn dst_override<'a>(
     r: &Routes,
     dst: &HttpDst,
