@@ -1116,21 +1116,7 @@ fn busy_scrapers_lock_out_no_probe() {
     let mut probes = Vec::new();
     while std::time::Instant::now() + Duration::from_millis(200) < end {
         for path in ["/live", "/ready"] {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--max-time",
-                    "2",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                ])
-                .arg(format!("{base}{path}"))
-                .output()
-                .unwrap();
-            let code = String::from_utf8_lossy(&out.stdout).into_owned();
-            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let (code, why) = probe(&base, path);
             probes.push((path, code, why));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1156,6 +1142,29 @@ fn busy_scrapers_lock_out_no_probe() {
         "the scrapes themselves were served: {scraped}"
     );
     drop(p);
+}
+
+/// One probe of `path` on a new connection (2 s at most): its status
+/// (`000` without an answer) and curl's error.
+fn probe(base: &str, path: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("{base}{path}"))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        code,
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
 }
 
 /// A connection to `to` from the loopback address `from`.
@@ -1184,25 +1193,9 @@ fn probes_under(
     let mut failed = Vec::new();
     let mut probes = 0;
     while std::time::Instant::now() + Duration::from_millis(300) < end {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "2",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .arg(format!("{base}/live"))
-            .output()
-            .unwrap();
-        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, why) = probe(base, "/live");
         if code != "200" {
-            failed.push(format!(
-                "{code} {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            failed.push(format!("{code} {why}"));
         }
         probes += 1;
         std::thread::sleep(Duration::from_millis(100));
