@@ -60,6 +60,7 @@ fn exposition() -> String {
             tls: tls.clone(),
             authority,
             dst_labels,
+            policy: None,
         };
         for i in 0..3 {
             let m = tcp.open(key.clone());
@@ -88,6 +89,7 @@ fn exposition() -> String {
         target,
         dst_labels,
         route: None,
+        policy: None,
     };
     let keys = [
         key(

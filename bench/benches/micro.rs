@@ -143,6 +143,7 @@ fn metrics_record(c: &mut Criterion) {
         tls: TlsStatus::NO_PROXY_IDENTITY,
         authority: None,
         dst_labels: None,
+        policy: None,
     });
     let key = HttpKey {
         direction: Direction::Outbound,
@@ -151,6 +152,7 @@ fn metrics_record(c: &mut Criterion) {
         target: Some(target),
         dst_labels: None,
         route: None,
+        policy: None,
     };
     let mut http = HttpShard::default();
     let mut ms = 0u64;

@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ringmesh_admin::telemetry::{AuthzKey, AuthzProto, TlsStatus};
+use ringmesh_admin::telemetry::{AuthzKey, AuthzProto, PolicyLabels, PolicyMeta, TlsStatus};
 use ringmesh_discovery::profile::{RequestInfo, RequestMatch, RouteFilter};
 
 use crate::config::{DefaultPolicy, InboundPolicy};
@@ -363,6 +363,16 @@ impl ServerPolicy {
         })
     }
 
+    /// Its metric labels on `port` (`srv_*`).
+    pub fn labels(&self, port: u16) -> PolicyLabels {
+        PolicyLabels {
+            server: policy_meta(self.meta()),
+            port,
+            route: None,
+            authz: None,
+        }
+    }
+
     /// Its metadata: group, kind and name.
     fn meta(&self) -> MetaRef<'_> {
         (&self.group, &self.kind, &self.name)
@@ -429,10 +439,7 @@ impl ServerPolicy {
 impl InboundPolicy {
     /// Whether a client at `client`, secured as `tls`, may use `port`.
     pub fn check(&self, port: u16, client: IpAddr, tls: &TlsStatus) -> Verdict {
-        let mut policy = self.default;
-        if self.require_identity.contains(port) {
-            policy = policy.authenticated();
-        }
+        let policy = self.for_port(port);
         let (tls_ok, identity_ok) = match tls {
             TlsStatus::Accepted { client_id } => (true, client_id.is_some()),
             _ => (false, false),
@@ -472,21 +479,63 @@ impl InboundPolicy {
     }
 }
 
+impl InboundPolicy {
+    /// The default policy that applies on `port` (authenticated where the
+    /// port requires an identity).
+    fn for_port(&self, port: u16) -> DefaultPolicy {
+        match self.require_identity.contains(port) {
+            true => self.default.authenticated(),
+            false => self.default,
+        }
+    }
+
+    /// The metric labels (`srv_*`) of the default server on `port`.
+    pub fn server_labels(&self, port: u16) -> PolicyLabels {
+        NAMES.with(|n| PolicyLabels {
+            server: policy_meta((
+                &n.empty,
+                &n.default,
+                &n.by_policy[self.for_port(port) as usize],
+            )),
+            port,
+            route: None,
+            authz: None,
+        })
+    }
+}
+
+/// Shared names as a label set's metadata.
+fn policy_meta((group, kind, name): MetaRef<'_>) -> PolicyMeta {
+    PolicyMeta {
+        group: group.clone(),
+        kind: kind.clone(),
+        name: name.clone(),
+    }
+}
+
+impl Verdict {
+    /// The verdict's metric labels on `port`: the server, the route that
+    /// judged (`http`: a request's) and the authorization that allowed.
+    pub fn labels(&self, port: u16, http: bool) -> PolicyLabels {
+        PolicyLabels {
+            server: policy_meta((&self.srv_group, &self.srv_kind, &self.srv_name)),
+            port,
+            route: http
+                .then(|| policy_meta((&self.route_group, &self.route_kind, &self.route_name))),
+            authz: self
+                .allowed
+                .then(|| policy_meta((&self.authz_group, &self.authz_kind, &self.authz_name))),
+        }
+    }
+}
+
 /// The metric label set of one authorization outcome.
 pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsStatus) -> AuthzKey {
     AuthzKey {
         proto,
         allowed: v.allowed,
         target,
-        srv_group: v.srv_group.clone(),
-        srv_kind: v.srv_kind.clone(),
-        srv_name: v.srv_name.clone(),
-        authz_group: v.authz_group.clone(),
-        authz_kind: v.authz_kind.clone(),
-        authz_name: v.authz_name.clone(),
-        route_group: v.route_group.clone(),
-        route_kind: v.route_kind.clone(),
-        route_name: v.route_name.clone(),
+        policy: v.labels(target.port(), proto == AuthzProto::Http),
         tls: tls.clone(),
     }
 }

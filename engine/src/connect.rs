@@ -321,6 +321,7 @@ pub(crate) fn upstream_meter(
         tls: conn.tls().clone(),
         authority: key.authority.clone(),
         dst_labels: ep.labels.clone().or_else(|| key.dst_labels.clone()),
+        policy: None,
     })
 }
 

@@ -21,7 +21,8 @@ use ringmesh_protocols::tcp::{relay, relay_splice, RelayEnd, SplicePipes};
 
 use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use ringmesh_admin::telemetry::{
-    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, TcpKey, TlsStatus,
+    relayed, AuthorityLabel, ConnMeter, Direction, DstLabels, NoTlsReason, Peer, PolicyLabels,
+    TcpKey, TlsStatus,
 };
 use ringmesh_identity::tls::TRANSPORT_HEADER_ALPN;
 use ringmesh_identity::TlsConfigs;
@@ -149,6 +150,9 @@ struct ConnLabels {
     /// The service, when its endpoints have labels of their own (the
     /// upstream end's series take its endpoint's).
     per_endpoint: Option<Arc<Service>>,
+    /// Inbound: the server of the application's port (the accepted end's
+    /// `srv_*` labels).
+    server: Option<PolicyLabels>,
 }
 
 impl ConnLabels {
@@ -166,7 +170,15 @@ impl ConnLabels {
             authority,
             dst_labels,
             per_endpoint,
+            server: None,
         }
+    }
+
+    /// The accepted end's series name the inbound server of `port`.
+    async fn with_server(mut self, w: &Worker, port: u16) -> Self {
+        let server = inbound_server(w, port).await;
+        self.server = Some(w.routes.server_labels(server.as_deref(), port));
+        self
     }
 
     /// Opens the series of one end of the connection, secured as `tls`.
@@ -182,7 +194,20 @@ impl ConnLabels {
             tls: tls.clone(),
             authority: self.authority.clone(),
             dst_labels: own.or_else(|| self.dst_labels.clone()),
+            policy: match peer {
+                Peer::Src => self.server.clone(),
+                Peer::Dst => None,
+            },
         })
+    }
+}
+
+/// The policy API's server of the inbound `port` (`None` without the API).
+/// Boxed: the wait's timer would otherwise size every connection's task.
+async fn inbound_server(w: &Worker, port: u16) -> Option<Arc<crate::authz::ServerPolicy>> {
+    match w.routes.policies {
+        Some(_) => Box::pin(w.routes.inbound_server(port)).await,
+        None => None,
     }
 }
 
@@ -278,20 +303,18 @@ pub(crate) async fn serve(
     let Some(mut route) = route(&w, &kind, orig, local, peer) else {
         return;
     };
-    if w.routes.policies.is_some() {
-        if let HttpDst::Local(target, _) = &route.http {
-            // The port's server may name its protocol (no detection).
-            // Boxed: the wait's timer would otherwise size every
-            // connection's task.
-            let server = Box::pin(w.routes.inbound_server(target.port())).await;
-            if let Some(p) = server.and_then(|s| s.protocol) {
-                route.hint = Some(p);
-            }
+    let mut labels = ConnLabels::new(&kind, &route.target);
+    if let HttpDst::Local(target, _) = &route.http {
+        // The port's server: its labels, and it may name the port's
+        // protocol (no detection).
+        let server = inbound_server(&w, target.port()).await;
+        labels.server = Some(w.routes.server_labels(server.as_deref(), target.port()));
+        if let Some(p) = server.and_then(|s| s.protocol) {
+            route.hint = Some(p);
         }
     }
     // From here on the connection is a transport.
     let mut client = Transport::plain_as(client, status);
-    let labels = ConnLabels::new(&kind, &route.target);
     let src_meter = labels.open(&w, Peer::Src, route.addr, client.tls());
     let Some(decided) = decide_protocol(&c, &mut client, &route).await else {
         return;
@@ -512,7 +535,9 @@ async fn serve_meshed(c: &Conn<'_>, tcp: TcpStream, cfgs: &TlsConfigs, open: Ope
         hint: None,
         http: HttpDst::Local(target, Box::new(Verdict::unchecked())),
     };
-    let labels = ConnLabels::new(c.kind, &route.target);
+    let labels = ConnLabels::new(c.kind, &route.target)
+        .with_server(w, target.port())
+        .await;
     let src_meter = labels.open(w, Peer::Src, target, client.tls());
     let decided = Decided {
         protocol,

@@ -86,6 +86,7 @@ impl<'w> Observer<'w> {
                 target: None,
                 dst_labels: None,
                 route: None,
+                policy: None,
             },
             started: Instant::now(),
             service: None,
@@ -198,8 +199,11 @@ impl<'w> Observer<'w> {
     }
 
     /// Counts an inbound request's authorization (linkerd2-proxy's
-    /// `inbound_http_authz_{allow,deny}_total`).
-    pub(crate) fn authorized(&self, target: std::net::SocketAddr, v: &crate::authz::Verdict) {
+    /// `inbound_http_authz_{allow,deny}_total`); the request's series carry
+    /// the verdict's server, route and authorization (`srv_*`, `route_*`,
+    /// `authz_*`).
+    pub(crate) fn authorized(&mut self, target: std::net::SocketAddr, v: &crate::authz::Verdict) {
+        self.key.policy = Some(v.labels(target.port(), true));
         if v.is_audit() {
             crate::warn_limit::info_limited!(self.w, crate::warn_limit::Warning::Audit, client = %self.peer, %target, tls = ?self.key.tls, "Request allowed by the audit policy");
         }

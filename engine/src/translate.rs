@@ -1343,6 +1343,7 @@ mod tests {
             target: None,
             dst_labels: None,
             route: None,
+            policy: None,
         };
         let head = |text: &str| {
             let mut req = RequestHead::new();

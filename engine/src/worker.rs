@@ -518,6 +518,19 @@ impl Routes {
         }
     }
 
+    /// The metric labels (`srv_*`) of the server of an inbound `port`: the
+    /// policy API's `server`, else the default policy's.
+    pub(crate) fn server_labels(
+        &self,
+        server: Option<&crate::authz::ServerPolicy>,
+        port: u16,
+    ) -> ringmesh_admin::telemetry::PolicyLabels {
+        match server {
+            Some(s) => s.labels(port),
+            None => self.policy.server_labels(port),
+        }
+    }
+
     /// The policy API's server for an inbound `port`: `None` without the
     /// API, when it has none for the port, or when it did not answer
     /// within [`POLICY_WAIT`] (asked on first use).

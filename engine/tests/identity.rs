@@ -848,6 +848,24 @@ fn plaintext_inbound_strips_a_claimed_client_id() {
         ),
         "{m}"
     );
+    // Without a policy API, the default policy is the server, route and
+    // authorization its series name (as linkerd2-proxy's).
+    let port = app.addr.port();
+    let default = format!(
+        "srv_group=\"\",srv_kind=\"default\",srv_name=\"all-unauthenticated\",srv_port=\"{port}\""
+    );
+    assert!(
+        m.lines().any(|l| l.starts_with("request_total{direction=\"inbound\"")
+            && l.contains(&format!("{default},route_group=\"\",route_kind=\"default\",route_name=\"default\",authz_group=\"\",authz_kind=\"default\",authz_name=\"all-unauthenticated\""))),
+        "{m}"
+    );
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("tcp_open_total{direction=\"inbound\",peer=\"src\"")
+                && l.contains(&format!("no_tls_reason=\"no_tls_from_remote\",{default}"))
+        ),
+        "{m}"
+    );
 }
 
 /// A's view of B is wrong: B proves another identity, or a CA A does not
@@ -2028,6 +2046,32 @@ fn policy_api_routes_authorize_each_request() {
                 && l.contains("route_name=\"private\"")
                 && l.contains(&format!("client_id=\"{C}\""))),
         "{m}"
+    );
+    // The HTTP and accepted-connection series carry them too, as
+    // linkerd2-proxy's inbound endpoint and server labels.
+    let port = app.addr.port();
+    let (server, route) = (
+        format!("srv_group=\"policy.linkerd.io\",srv_kind=\"server\",srv_name=\"web-http\",srv_port=\"{port}\""),
+        "route_group=\"policy.linkerd.io\",route_kind=\"HTTPRoute\",route_name=\"private\"",
+    );
+    for family in [
+        "request_total{",
+        "response_total{",
+        "response_latency_ms_count{",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(family)
+                && l.contains("direction=\"inbound\"")
+                && l.contains(&format!(",{server},{route},authz_group=\"policy.linkerd.io\",authz_kind=\"authorizationpolicy\",authz_name=\"private-authz\""))
+                && l.contains(&format!("client_id=\"{A}\""))),
+            "no {family} series with the server, route and authorization:\n{m}"
+        );
+    }
+    assert!(
+        m.lines().any(|l| l.starts_with("tcp_open_total{")
+            && l.contains("direction=\"inbound\",peer=\"src\"")
+            && l.contains(&format!("client_id=\"{A}\",{server}"))),
+        "no accepted-connection series with the server:\n{m}"
     );
     drop(b);
 

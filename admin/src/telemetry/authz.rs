@@ -8,10 +8,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::keyed_hash::KeyedState;
-use super::labels::push_label;
+use super::labels::{push_label, PolicyLabels};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
@@ -31,22 +30,11 @@ pub struct AuthzKey {
     pub proto: AuthzProto,
     pub allowed: bool,
     pub target: SocketAddr,
-    /// The server's `srv_group`, `srv_kind` and `srv_name` (empty,
-    /// `default` and the default policy's name without a policy API);
-    /// `srv_port` is the target's.
-    pub srv_group: Arc<str>,
-    pub srv_kind: Arc<str>,
-    pub srv_name: Arc<str>,
-    /// The authorization that allowed (`authz_group`, `authz_kind`,
-    /// `authz_name`); unused for a denial.
-    pub authz_group: Arc<str>,
-    pub authz_kind: Arc<str>,
-    pub authz_name: Arc<str>,
-    /// The route that judged an HTTP request (`route_group`,
-    /// `route_kind`, `route_name`: `default` without routes).
-    pub route_group: Arc<str>,
-    pub route_kind: Arc<str>,
-    pub route_name: Arc<str>,
+    /// The server (`srv_*`: empty, `default` and the default policy's name
+    /// without a policy API), the route that judged an HTTP request
+    /// (`route_*`: `default` without routes; none for a connection) and
+    /// the authorization that allowed (`authz_*`; none for a denial).
+    pub policy: PolicyLabels,
     pub tls: TlsStatus,
 }
 
@@ -131,27 +119,23 @@ fn labels(k: &AuthzKey) -> String {
     push_label(&mut s, "target_port", &k.target.port().to_string());
     // As linkerd2-proxy's `ServerLabel`, `RouteLabels` and
     // `ServerAuthzLabels`.
-    push_label(&mut s, "srv_group", &k.srv_group);
-    push_label(&mut s, "srv_kind", &k.srv_kind);
-    push_label(&mut s, "srv_name", &k.srv_name);
-    push_label(&mut s, "srv_port", &k.target.port().to_string());
-    if k.proto == AuthzProto::Http {
-        push_label(&mut s, "route_group", &k.route_group);
-        push_label(&mut s, "route_kind", &k.route_kind);
-        push_label(&mut s, "route_name", &k.route_name);
-    }
-    if k.allowed {
-        push_label(&mut s, "authz_group", &k.authz_group);
-        push_label(&mut s, "authz_kind", &k.authz_kind);
-        push_label(&mut s, "authz_name", &k.authz_name);
-    }
+    k.policy.push_labels(&mut s);
     k.tls.push_labels(&mut s);
     s
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::labels::PolicyMeta;
     use super::*;
+
+    fn meta(kind: &str, name: &str) -> PolicyMeta {
+        PolicyMeta {
+            group: "policy.linkerd.io".into(),
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
 
     #[test]
     fn families_and_labels() {
@@ -160,15 +144,16 @@ mod tests {
             proto,
             allowed,
             target: "10.0.0.1:8080".parse().unwrap(),
-            srv_group: "policy.linkerd.io".into(),
-            srv_kind: "server".into(),
-            srv_name: "web".into(),
-            authz_group: "policy.linkerd.io".into(),
-            authz_kind: "authorizationpolicy".into(),
-            authz_name: "web-authz".into(),
-            route_group: "".into(),
-            route_kind: "default".into(),
-            route_name: "default".into(),
+            policy: PolicyLabels {
+                server: meta("server", "web"),
+                port: 8080,
+                route: (proto == AuthzProto::Http).then(|| PolicyMeta {
+                    group: "".into(),
+                    kind: "default".into(),
+                    name: "default".into(),
+                }),
+                authz: allowed.then(|| meta("authorizationpolicy", "web-authz")),
+            },
             tls: TlsStatus::Accepted {
                 client_id: Some("a.ns.serviceaccount.identity.linkerd.cluster.local".into()),
             },

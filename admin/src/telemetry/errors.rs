@@ -264,6 +264,7 @@ mod tests {
             target: None,
             dst_labels: None,
             route: None,
+            policy: None,
         };
         http.record(&key, ResponseClass::http(503, Some("no_endpoints")), 1);
         http.record(&key, ResponseClass::http(502, Some("connect_failed")), 1);

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::keyed_hash::KeyedState;
 use std::sync::Arc;
 
-use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels};
+use super::labels::{
+    push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels, PolicyLabels,
+};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
@@ -32,6 +34,10 @@ pub struct HttpKey {
     pub dst_labels: Option<DstLabels>,
     /// The service profile's route the request matched (`rt_route`).
     pub route: Option<Arc<str>>,
+    /// Inbound: the server, route and authorization that admitted the
+    /// request (`srv_*`, `route_*`, `authz_*`, as linkerd2-proxy labels its
+    /// inbound HTTP series); `None` before it was judged.
+    pub policy: Option<PolicyLabels>,
 }
 
 /// The gRPC statuses that are failures, as linkerd2-proxy classifies them:
@@ -379,6 +385,9 @@ fn http_labels(k: &HttpKey) -> String {
             t.port()
         );
     }
+    if let Some(p) = &k.policy {
+        p.push_labels(&mut s);
+    }
     push_dst_labels(&mut s, k.dst_labels.as_ref());
     if let Some(r) = &k.route {
         push_label(&mut s, "rt_route", r);
@@ -400,6 +409,7 @@ mod tests {
             target: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             dst_labels: None,
             route: None,
+            policy: None,
         }
     }
 
@@ -579,6 +589,41 @@ mod tests {
             format!("ringmesh_retries_total{{{labels}}} 1"),
             format!("response_total{{{labels},status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1"),
             format!("response_latency_ms_count{{{labels},status_code=\"502\",error=\"connect_failed\"}} 1"),
+        ] {
+            assert!(out.contains(&format!("{line}\n")), "{line} missing:\n{out}");
+        }
+    }
+
+    /// Inbound series carry the server, route and authorization that
+    /// admitted the request, as linkerd2-proxy's `RouteAuthzLabels`.
+    #[test]
+    fn inbound_series_carry_policy_labels() {
+        use super::super::labels::{PolicyLabels, PolicyMeta};
+        let meta = |group: &str, kind: &str, name: &str| PolicyMeta {
+            group: group.into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let mut k = key(8080);
+        k.direction = Direction::Inbound;
+        k.tls = TlsStatus::Accepted {
+            client_id: Some("a.ns.serviceaccount.identity.linkerd.cluster.local".into()),
+        };
+        k.policy = Some(PolicyLabels {
+            server: meta("policy.linkerd.io", "server", "web"),
+            port: 8080,
+            route: Some(meta("", "default", "default")),
+            authz: Some(meta("policy.linkerd.io", "authorizationpolicy", "we\"b")),
+        });
+        let mut h = HttpShard::default();
+        h.record(&k, ResponseClass::http(200, None), 1);
+        let mut out = String::new();
+        h.encode(&mut out);
+        let labels = "direction=\"inbound\",tls=\"true\",client_id=\"a.ns.serviceaccount.identity.linkerd.cluster.local\",target_addr=\"127.0.0.1:8080\",target_ip=\"127.0.0.1\",target_port=\"8080\",srv_group=\"policy.linkerd.io\",srv_kind=\"server\",srv_name=\"web\",srv_port=\"8080\",route_group=\"\",route_kind=\"default\",route_name=\"default\",authz_group=\"policy.linkerd.io\",authz_kind=\"authorizationpolicy\",authz_name=\"we\\\"b\"";
+        for line in [
+            format!("request_total{{{labels}}} 1"),
+            format!("response_total{{{labels},status_code=\"200\",classification=\"success\"}} 1"),
+            format!("response_latency_ms_count{{{labels},status_code=\"200\"}} 1"),
         ] {
             assert!(out.contains(&format!("{line}\n")), "{line} missing:\n{out}");
         }

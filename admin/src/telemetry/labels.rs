@@ -45,6 +45,53 @@ pub type AuthorityLabel = Arc<str>;
 /// Discovery's metric labels for a service (rendered as `dst_<name>`).
 pub type DstLabels = Arc<[(String, String)]>;
 
+/// A policy resource (an inbound server, route or authorization) as its
+/// metadata names it: group, kind and name (shared strings: a label set
+/// copies no text).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyMeta {
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// The inbound server a request or connection reached, and the route and
+/// authorization that judged it, labelled as linkerd2-proxy's
+/// `ServerLabel`, `RouteLabels` and `ServerAuthzLabels`: `srv_group`,
+/// `srv_kind`, `srv_name`, `srv_port`, then `route_*` (HTTP) and `authz_*`
+/// (allowed) when known.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyLabels {
+    pub server: PolicyMeta,
+    /// The server's port (`srv_port`).
+    pub port: u16,
+    pub route: Option<PolicyMeta>,
+    pub authz: Option<PolicyMeta>,
+}
+
+impl PolicyLabels {
+    /// Appends the labels, each after a comma.
+    pub(crate) fn push_labels(&self, s: &mut String) {
+        push_meta(s, "srv", &self.server);
+        let _ = write!(s, ",srv_port=\"{}\"", self.port);
+        if let Some(r) = &self.route {
+            push_meta(s, "route", r);
+        }
+        if let Some(a) = &self.authz {
+            push_meta(s, "authz", a);
+        }
+    }
+}
+
+/// Appends `<prefix>_group`, `<prefix>_kind` and `<prefix>_name`.
+fn push_meta(s: &mut String, prefix: &str, m: &PolicyMeta) {
+    for (what, value) in [("group", &m.group), ("kind", &m.kind), ("name", &m.name)] {
+        let _ = write!(s, ",{prefix}_{what}=\"");
+        push_escaped(s, value);
+        s.push('"');
+    }
+}
+
 /// Appends `,name="value"`, the value escaped.
 pub(crate) fn push_label(s: &mut String, name: &str, value: &str) {
     let _ = write!(s, ",{name}=\"");

@@ -40,7 +40,7 @@ pub use http::{
     STREAM_RESET,
 };
 pub use keyed_hash::{KeyedHasher, KeyedState};
-pub use labels::{AuthorityLabel, Direction, DstLabels, Peer};
+pub use labels::{AuthorityLabel, Direction, DstLabels, Peer, PolicyLabels, PolicyMeta};
 pub use process::ProcessInfo;
 pub use scrape::{Evicted, Scrape};
 pub use tcp::{relayed, ConnMeter, TcpKey, TcpShard, TcpSnapshot, TcpStats};

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use ringmesh_protocols::tcp::{RelayEnd, RelayStats};
 
-use super::labels::{push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels, Peer};
+use super::labels::{
+    push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels, Peer, PolicyLabels,
+};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
@@ -30,6 +32,9 @@ pub struct TcpKey {
     /// The discovered service, when there was one.
     pub authority: Option<AuthorityLabel>,
     pub dst_labels: Option<DstLabels>,
+    /// Inbound, accepted connections: the server of the port they reached
+    /// (`srv_*`, as linkerd2-proxy labels its inbound server series).
+    pub policy: Option<PolicyLabels>,
 }
 
 /// The live counters of one label set, shared by the connections feeding it.
@@ -303,6 +308,9 @@ fn tcp_labels(k: &TcpKey) -> String {
         k.target.port()
     );
     k.tls.push_labels(&mut s);
+    if let Some(p) = &k.policy {
+        p.push_labels(&mut s);
+    }
     if let Some(a) = &k.authority {
         push_label(&mut s, "authority", a);
     }
@@ -339,6 +347,7 @@ mod tests {
             tls: TlsStatus::NO_PROXY_IDENTITY,
             authority: None,
             dst_labels: None,
+            policy: None,
         }
     }
 
