@@ -63,6 +63,9 @@ impl crate::tap::TapHead for H1Req<'_> {
     fn path(&self) -> &str {
         self.0.path()
     }
+    fn scheme(&self) -> &str {
+        "http"
+    }
     fn headers(&self) -> crate::tap::Fields {
         crate::tap::h1_fields(self.0.headers())
     }
@@ -125,6 +128,9 @@ impl<B> crate::tap::TapHead for H2Req<'_, B> {
     }
     fn path(&self) -> &str {
         self.0.uri().path_and_query().map_or("/", |p| p.as_str())
+    }
+    fn scheme(&self) -> &str {
+        RequestInfo::scheme(self)
     }
     fn headers(&self) -> crate::tap::Fields {
         crate::tap::h2_fields(self.0.headers())

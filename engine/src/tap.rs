@@ -7,12 +7,18 @@
 //! destination or route label; the HTTP scheme, method, authority or path
 //! (exact or prefix). A request is described to it by [`TapRequest`].
 //!
-//! Refused (the client gets `INVALID_ARGUMENT` with the reason): a
-//! missing match or an empty one (no field set, `all`/`any` of nothing),
-//! nesting deeper than [`MAX_DEPTH`] or more than [`MAX_NODES`] parts, a
-//! limit of 0 or above [`MAX_LIMIT`], a netmask longer than its address, a
-//! port range outside 0..=65535 or upside down, a method or scheme that is
-//! not one.
+//! Refused, as linkerd2-proxy refuses them (the client gets
+//! `INVALID_ARGUMENT` with the reason): a missing match or an empty one (no
+//! field set; an `all` or `any` entry with nothing set is skipped instead,
+//! and `all` of nothing matches everything), a label with an empty key or
+//! value, a netmask of 0 or longer than its address, a port range of
+//! nothing, outside 0..=65535 or upside down, a method or scheme that is
+//! not one; and, of ringmesh's own, nesting deeper than [`MAX_DEPTH`] or
+//! more than [`MAX_NODES`] parts, a limit of 0 or above [`MAX_LIMIT`].
+//!
+//! A request's path is matched and reported without its query, as
+//! linkerd2-proxy's (`uri.path()`); its scheme is the one its URI names
+//! (HTTP/2's `:scheme`), else `http`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,7 +37,7 @@ pub const MAX_NODES: usize = 256;
 pub enum InvalidTap {
     #[error("the request has no match")]
     NoMatch,
-    #[error("a match has no condition (a field missing, or all/any of nothing)")]
+    #[error("a match has no condition (a field missing or empty)")]
     Empty,
     #[error("limit must be between 1 and {MAX_LIMIT}, not {0}")]
     Limit(u32),
@@ -154,16 +160,23 @@ impl TcpMatch {
                 let ip =
                     n.ip.and_then(|ip| IpAddr::try_from(ip).ok())
                         .ok_or_else(|| InvalidTap::Netmask("no address".into()))?;
-                let len = u8::try_from(n.mask)
-                    .map_err(|_| InvalidTap::Netmask(format!("mask {}", n.mask)))?;
+                // (A mask of 0 is no mask, as linkerd2-proxy reads it.)
+                let len = match u8::try_from(n.mask) {
+                    Ok(0) => return Err(InvalidTap::Empty),
+                    Ok(len) => len,
+                    Err(_) => return Err(InvalidTap::Netmask(format!("mask {}", n.mask))),
+                };
                 let net = ipnet::IpNet::new(ip, len)
                     .map_err(|_| InvalidTap::Netmask(format!("{ip}/{}", n.mask)))?;
                 Ok(Self::Net(net.trunc()))
             }
             T::Ports(p) => {
-                // A range without a maximum is its minimum alone.
+                // As linkerd2-proxy's: a range without a minimum or a
+                // maximum is the other alone; without either, nothing.
+                let min = if p.min == 0 { p.max } else { p.min };
                 let max = if p.max == 0 { p.min } else { p.max };
-                match (u16::try_from(p.min), u16::try_from(max)) {
+                match (u16::try_from(min), u16::try_from(max)) {
+                    _ if min == 0 => Err(InvalidTap::Empty),
                     (Ok(lo), Ok(hi)) if lo <= hi => Ok(Self::Ports(lo, hi)),
                     _ => Err(InvalidTap::Ports(p.min, p.max)),
                 }
@@ -177,6 +190,15 @@ impl TcpMatch {
             Self::Ports(lo, hi) => (*lo..=*hi).contains(&addr.port()),
         }
     }
+}
+
+/// A label to match: its key and value, neither empty (as
+/// linkerd2-proxy's).
+fn label_match(l: &r#match::Label) -> Result<(String, String), InvalidTap> {
+    if l.key.is_empty() || l.value.is_empty() {
+        return Err(InvalidTap::Empty);
+    }
+    Ok((l.key.clone(), l.value.clone()))
 }
 
 fn string_match(s: &r#match::http::StringMatch) -> Result<StringMatch, InvalidTap> {
@@ -201,12 +223,14 @@ impl Match {
         if *nodes > MAX_NODES {
             return Err(InvalidTap::TooLarge);
         }
+        // As linkerd2-proxy's: entries with nothing set are skipped, and an
+        // empty `all` matches every request (Linkerd's tap controller
+        // sends `all` with no entry when nothing narrows the tap), an
+        // empty `any` none.
         let seq = |s: &r#match::Seq, nodes: &mut usize| -> Result<Vec<Match>, InvalidTap> {
-            if s.matches.is_empty() {
-                return Err(InvalidTap::Empty);
-            }
             s.matches
                 .iter()
+                .filter(|m| m.r#match.is_some())
                 .map(|m| Match::compile(m, depth + 1, nodes))
                 .collect()
         };
@@ -216,8 +240,14 @@ impl Match {
             M::Not(inner) => Self::Not(Box::new(Self::compile(inner, depth + 1, nodes)?)),
             M::Source(t) => Self::Source(TcpMatch::compile(t)?),
             M::Destination(t) => Self::Destination(TcpMatch::compile(t)?),
-            M::DestinationLabel(l) => Self::DestinationLabel(l.key.clone(), l.value.clone()),
-            M::RouteLabel(l) => Self::RouteLabel(l.key.clone(), l.value.clone()),
+            M::DestinationLabel(l) => {
+                let (k, v) = label_match(l)?;
+                Self::DestinationLabel(k, v)
+            }
+            M::RouteLabel(l) => {
+                let (k, v) = label_match(l)?;
+                Self::RouteLabel(k, v)
+            }
             M::Http(h) => {
                 use r#match::http::Match as H;
                 match h.r#match.as_ref().ok_or(InvalidTap::Empty)? {
@@ -399,9 +429,9 @@ impl TapSet {
         let h = HeadRequest {
             source,
             method: head.method(),
-            scheme: "http",
+            scheme: head.scheme(),
             authority: head.authority(),
-            path: head.path(),
+            path: without_query(head.path()),
         };
         self.taps.iter().any(|t| {
             t.remaining.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -623,6 +653,15 @@ pub(crate) fn h2_fields(h: &http::HeaderMap) -> Fields {
         .collect()
 }
 
+/// An HTTP/2 message's pseudo-header fields, then its `fields`.
+fn pseudo_fields<const N: usize>(pseudo: [(&str, &[u8]); N], fields: Fields) -> Fields {
+    pseudo
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .chain(fields)
+        .collect()
+}
+
 /// A chunked body's trailer field lines (`name: value` CRLF …, as the
 /// chunked scanner validated them), names lowercased.
 fn h1_trailer_fields(raw: &[u8]) -> Fields {
@@ -639,12 +678,21 @@ fn h1_trailer_fields(raw: &[u8]) -> Fields {
 pub(crate) trait TapHead {
     fn method(&self) -> &str;
     fn authority(&self) -> &str;
+    /// Its path and query (tap takes the path alone).
     fn path(&self) -> &str;
+    /// Its URI's scheme, `http` when it names none.
+    fn scheme(&self) -> &str;
     fn headers(&self) -> Fields;
     /// One field's value (the first), by its lowercase name.
     fn field(&self, name: &str) -> Option<&[u8]>;
     /// `HTTP/1.1` and the like.
     fn version(&self) -> &'static str;
+}
+
+/// A request target's path without its query (tap matches and reports
+/// the path alone, as linkerd2-proxy's `uri.path()`).
+fn without_query(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(p, _)| p)
 }
 
 /// Most taps a request is matched against (bits of `Pending::matched`).
@@ -675,10 +723,14 @@ struct State {
     source: SocketAddr,
     /// Its common fields, encoded once matched.
     common: Vec<u8>,
-    /// Its method, authority and path one after another (one copy).
+    /// Its method, authority, path and scheme one after another (one
+    /// copy).
     head: String,
-    /// Where its authority and its path start in `head`.
-    head_at: (usize, usize),
+    /// Where its authority, its path and its scheme start in `head`.
+    head_at: (usize, usize, usize),
+    /// It is an HTTP/2 request (extracted fields start with the
+    /// pseudo-header fields, as linkerd2-proxy's).
+    h2: bool,
     headers: Option<Fields>,
     /// Matched and claimed: the taps that see this request.
     /// (Bit `i`: `taps.taps[i]`; no allocation per request.)
@@ -714,7 +766,8 @@ impl State {
             source,
             common,
             head,
-            head_at: (0, 0),
+            head_at: (0, 0, 0),
+            h2: false,
             headers: None,
             matched: 0,
             fields: false,
@@ -740,14 +793,29 @@ impl Pending {
         seen: std::time::Instant,
     ) -> Self {
         let mut s = outbox.state(source, id, seen);
+        s.h2 = head.version() == "HTTP/2.0";
         if taps.taps.iter().any(|t| t.tap.headers) {
-            s.headers = Some(head.headers());
+            s.headers = Some(match s.h2 {
+                true => pseudo_fields(
+                    [
+                        (":method", head.method().as_bytes()),
+                        (":scheme", head.scheme().as_bytes()),
+                        (":authority", head.authority().as_bytes()),
+                        (":path", head.path().as_bytes()),
+                    ],
+                    head.headers(),
+                ),
+                false => head.headers(),
+            });
         }
-        let (method, authority, path) = (head.method(), head.authority(), head.path());
+        let (method, authority) = (head.method(), head.authority());
+        let (path, scheme) = (without_query(head.path()), head.scheme());
         s.head.push_str(method);
         s.head.push_str(authority);
         s.head.push_str(path);
-        s.head_at = (method.len(), method.len() + authority.len());
+        s.head.push_str(scheme);
+        let p = method.len() + authority.len();
+        s.head_at = (method.len(), p, p + path.len());
         Self { taps, outbox, s }
     }
 
@@ -768,12 +836,12 @@ impl Pending {
         }
         self.s.decided = true;
         let route_pair = route.map(|r| ("route", &**r));
-        let (method, authority, path) = Self::parts(&self.s.head, self.s.head_at);
+        let (method, authority, path, scheme) = Self::parts(&self.s.head, self.s.head_at);
         let req = TapRequest {
             source: self.s.source,
             destination,
             method,
-            scheme: "http",
+            scheme,
             authority,
             path,
             dst_labels: dst_labels.map_or(&[], |l| &l[..]),
@@ -789,10 +857,20 @@ impl Pending {
         if self.s.matched == 0 {
             return false;
         }
-        let (client_id, server_id) = match tls {
-            TlsStatus::Accepted { client_id } => (client_id.as_deref(), None),
-            TlsStatus::Connected { server_id } => (None, Some(&**server_id)),
-            _ => (None, None),
+        // As linkerd2-proxy's tap: inbound, the client's connection as
+        // accepted and the application's over loopback; outbound, the
+        // application's over loopback and the endpoint's as connected.
+        use crate::tap_wire::TapTls;
+        let theirs = match tls {
+            TlsStatus::Accepted { client_id } => TapTls::Client(client_id.as_deref().unwrap_or("")),
+            TlsStatus::Connected { server_id } => TapTls::Server(server_id),
+            TlsStatus::NoIdentity(why) => TapTls::No(why.as_str()),
+            TlsStatus::Opaque { .. } => TapTls::No("passthru"),
+        };
+        let loopback = TapTls::No("loopback");
+        let (src_tls, dst_tls) = match inbound {
+            true => (theirs, loopback),
+            false => (loopback, theirs),
         };
         let common = crate::tap_wire::Common {
             source: self.s.source,
@@ -800,16 +878,17 @@ impl Pending {
             inbound,
             dst_labels: dst_labels.map(|l| &l[..]),
             route: route.map(|r| &**r),
-            client_id,
-            server_id,
+            src_tls,
+            dst_tls,
         };
         crate::tap_wire::common_fields(&common, &mut self.s.common);
         let fields = self.taps().any(|t| t.tap.headers);
         self.s.fields = fields;
-        let (method, authority, path) = Self::parts(&self.s.head, self.s.head_at);
+        let (method, authority, path, scheme) = Self::parts(&self.s.head, self.s.head_at);
         for t in matched(&self.taps, self.s.matched) {
             let init = crate::tap_wire::HttpEvent::RequestInit {
                 method,
+                scheme,
                 authority,
                 path,
                 headers: self.s.headers.as_deref().filter(|_| t.tap.headers),
@@ -819,9 +898,9 @@ impl Pending {
         true
     }
 
-    /// Its method, authority and path, from `head` and `head_at`.
-    fn parts(head: &str, (a, p): (usize, usize)) -> (&str, &str, &str) {
-        (&head[..a], &head[a..p], &head[p..])
+    /// Its method, authority, path and scheme, from `head` and `head_at`.
+    fn parts(head: &str, (a, p, s): (usize, usize, usize)) -> (&str, &str, &str, &str) {
+        (&head[..a], &head[a..p], &head[p..s], &head[s..])
     }
 
     /// Whether the taps that see it were chosen (its destination known).
@@ -848,7 +927,10 @@ impl Pending {
         }
         self.s.response_at.set(Some(now));
         let since_request = now.saturating_duration_since(self.s.seen);
-        let fields = self.s.fields.then(fields);
+        let fields = self.s.fields.then(|| match self.s.h2 {
+            true => pseudo_fields([(":status", status.to_string().as_bytes())], fields()),
+            false => fields(),
+        });
         for t in self.taps() {
             let head = fields.as_deref().filter(|_| t.tap.headers);
             let init = crate::tap_wire::HttpEvent::ResponseInit {
@@ -1141,11 +1223,37 @@ mod tests {
         };
         assert_eq!(Tap::new(&none).unwrap_err(), InvalidTap::NoMatch);
         assert_eq!(tap(PbMatch::default(), 1).unwrap_err(), InvalidTap::Empty);
-        assert_eq!(tap(all(vec![]), 1).unwrap_err(), InvalidTap::Empty);
+        // As linkerd2-proxy's: `all`/`any` entries with nothing set are
+        // skipped; `all` of nothing (what Linkerd's tap controller sends
+        // when nothing narrows the tap) matches every request, `any` of
+        // nothing none.
+        let labels = vec![];
+        let r = req("GET", "/x", &labels);
+        let everything = tap(all(vec![PbMatch::default()]), 1).unwrap();
+        assert!(everything.matcher.matches(&r));
+        assert!(tap(all(vec![]), 1).unwrap().matcher.matches(&r));
+        let skipped = all(vec![PbMatch::default(), path_prefix("/y")]);
+        assert!(!tap(skipped, 1).unwrap().matcher.matches(&r));
+        assert!(!tap(any(vec![]), 1).unwrap().matcher.matches(&r));
+        let label = |key: &str, value: &str| {
+            m(r#match::Match::DestinationLabel(r#match::Label {
+                key: key.into(),
+                value: value.into(),
+            }))
+        };
+        assert_eq!(tap(label("", "web"), 1).unwrap_err(), InvalidTap::Empty);
+        assert_eq!(tap(label("service", ""), 1).unwrap_err(), InvalidTap::Empty);
         assert_eq!(
-            tap(any(vec![PbMatch::default()]), 1).unwrap_err(),
+            tap(src_net("10.0.0.0", 0), 1).unwrap_err(),
             InvalidTap::Empty
         );
+        assert_eq!(tap(dst_ports(0, 0), 1).unwrap_err(), InvalidTap::Empty);
+        // A range without a minimum is its maximum alone.
+        let only = tap(dst_ports(0, 8080), 1).unwrap();
+        assert!(only.matcher.matches(&r));
+        let mut other = req("GET", "/x", &labels);
+        other.destination.set_port(80);
+        assert!(!only.matcher.matches(&other));
         assert!(matches!(
             tap(src_net("10.0.0.0", 33), 1),
             Err(InvalidTap::Netmask(_))

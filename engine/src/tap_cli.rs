@@ -114,6 +114,13 @@ fn destination(v: &str) -> Result<Vec<observe_request::Match>, String> {
             }
             _ => (ip, bits),
         };
+        if bits == 0 {
+            // Every address: no condition (a netmask of 0 is no mask to
+            // the proxy, as to linkerd2-proxy).
+            return Ok(observe_request::Match {
+                r#match: Some(r#match::Match::All(r#match::Seq::default())),
+            });
+        }
         Ok(tcp_match(r#match::tcp::Match::Netmask(
             r#match::tcp::Netmask {
                 ip: Some(ip.into()),

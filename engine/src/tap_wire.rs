@@ -43,10 +43,34 @@ pub(crate) struct Common<'a> {
     pub(crate) dst_labels: Option<&'a [(String, String)]>,
     /// The profile route's name.
     pub(crate) route: Option<&'a str>,
-    /// The client's identity (inbound, mutual TLS).
-    pub(crate) client_id: Option<&'a str>,
-    /// The server's identity (outbound, mutual TLS).
-    pub(crate) server_id: Option<&'a str>,
+    /// How the client's connection is secured (`source_meta`).
+    pub(crate) src_tls: TapTls<'a>,
+    /// How the destination's connection is secured (`destination_meta`).
+    pub(crate) dst_tls: TapTls<'a>,
+}
+
+/// An endpoint's `tls` label in a tap event and the one that goes with
+/// it, as linkerd2-proxy writes them: always present.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TapTls<'a> {
+    /// No TLS: `tls` is the reason (`loopback`, `no_tls_from_remote`,
+    /// `disabled` …).
+    No(&'static str),
+    /// Mutual TLS this proxy terminated: `tls="true"`, `client_id`.
+    Client(&'a str),
+    /// Mutual TLS this proxy originated: `tls="true"`, `server_id`.
+    Server(&'a str),
+}
+
+impl<'a> TapTls<'a> {
+    fn labels(self) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
+        let (tls, second) = match self {
+            Self::No(why) => (why, None),
+            Self::Client(id) => ("true", Some(("client_id", id))),
+            Self::Server(id) => ("true", Some(("server_id", id))),
+        };
+        std::iter::once(("tls", tls)).chain(second)
+    }
 }
 
 /// The fields every event of a request repeats, encoded as `TapEvent`
@@ -59,15 +83,14 @@ pub(crate) fn common_fields(c: &Common<'_>, out: &mut Vec<u8>) {
     out.clear();
     put_tcp_address(out, 1, c.source);
     put_tcp_address(out, 2, c.destination);
-    let dst_tls = c.server_id.map(|id| [("tls", "true"), ("server_id", id)]);
     let dst = c
         .dst_labels
         .iter()
         .flat_map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .chain(dst_tls.into_iter().flatten());
+        .filter(|(k, _)| !matches!(*k, "tls" | "server_id"))
+        .chain(c.dst_tls.labels());
     put_labels(out, 4, dst);
-    let src_tls = c.client_id.map(|id| [("tls", "true"), ("client_id", id)]);
-    put_labels(out, 5, src_tls.into_iter().flatten());
+    put_labels(out, 5, c.src_tls.labels());
     let direction = if c.inbound {
         tap_event::ProxyDirection::Inbound
     } else {
@@ -163,6 +186,8 @@ pub(crate) enum HttpEvent<'a> {
     /// The request's start.
     RequestInit {
         method: &'a str,
+        /// Its URI's scheme (`http` when it names none).
+        scheme: &'a str,
         authority: &'a str,
         path: &'a str,
         headers: Option<&'a [(String, Vec<u8>)]>,
@@ -214,6 +239,7 @@ fn put_http(out: &mut Vec<u8>, (base, stream): StreamId, ev: &HttpEvent<'_>) {
     match *ev {
         HttpEvent::RequestInit {
             method,
+            scheme,
             authority,
             path,
             headers,
@@ -225,8 +251,12 @@ fn put_http(out: &mut Vec<u8>, (base, stream): StreamId, ev: &HttpEvent<'_>) {
                 }
                 None => {}
             }
-            // Scheme { registered = 1: HTTP = 0 }.
-            nested(out, 3, |out| put_enum(out, 1, 0));
+            // Scheme { registered = 1 (HTTP = 0, HTTPS = 1) | unregistered = 2 }.
+            nested(out, 3, |out| match scheme {
+                "http" => put_enum(out, 1, 0),
+                "https" => put_enum(out, 1, 1),
+                other => put_bytes(out, 2, other.as_bytes()),
+            });
             put_bytes(out, 4, authority.as_bytes());
             put_bytes(out, 5, path.as_bytes());
             put_headers(out, 6, headers);
@@ -374,8 +404,8 @@ mod tests {
             inbound: false,
             dst_labels: Some(labels),
             route: Some("get-a"),
-            client_id: None,
-            server_id: Some(SERVER_ID),
+            src_tls: TapTls::No("loopback"),
+            dst_tls: TapTls::Server(SERVER_ID),
         }
     }
 
@@ -396,7 +426,8 @@ mod tests {
         assert_eq!(dst["namespace"], "default");
         assert_eq!(dst["tls"], "true");
         assert_eq!(dst["server_id"], SERVER_ID);
-        assert!(ev.source_meta.unwrap().labels.is_empty());
+        let src = ev.source_meta.unwrap().labels;
+        assert_eq!((src.len(), &*src["tls"]), (1, "loopback"), "{src:?}");
         assert_eq!(ev.route_meta.unwrap().labels["route"], "get-a");
         assert_eq!(
             ev.proxy_direction,
@@ -407,8 +438,8 @@ mod tests {
             inbound: true,
             dst_labels: None,
             route: None,
-            client_id: Some("client.ns.serviceaccount"),
-            server_id: None,
+            src_tls: TapTls::Client("client.ns.serviceaccount"),
+            dst_tls: TapTls::No("loopback"),
             ..common(&labels)
         };
         common_fields(&inbound, &mut out);
@@ -416,7 +447,8 @@ mod tests {
         let src = ev.source_meta.unwrap().labels;
         assert_eq!(src["client_id"], "client.ns.serviceaccount");
         assert_eq!(src["tls"], "true");
-        assert!(ev.destination_meta.unwrap().labels.is_empty());
+        let dst = ev.destination_meta.unwrap().labels;
+        assert_eq!((dst.len(), &*dst["tls"]), (1, "loopback"), "{dst:?}");
         assert!(ev.route_meta.is_none());
         assert_eq!(
             ev.proxy_direction,
@@ -479,6 +511,7 @@ mod tests {
         match *ev {
             HttpEvent::RequestInit {
                 method,
+                scheme,
                 authority,
                 path,
                 headers: h,
@@ -487,7 +520,7 @@ mod tests {
                 method: http::Method::from_bytes(method.as_bytes())
                     .map(HttpMethod::from)
                     .ok(),
-                scheme: Some(Scheme::from("http")),
+                scheme: Some(Scheme::from(scheme)),
                 authority: authority.into(),
                 path: path.into(),
                 headers: headers(h),
@@ -541,24 +574,28 @@ mod tests {
         let events = [
             HttpEvent::RequestInit {
                 method: "GET",
+                scheme: "http",
                 authority: "web.test",
                 path: "/a",
                 headers: None,
             },
             HttpEvent::RequestInit {
                 method: "PURGE",
+                scheme: "https",
                 authority: "",
                 path: "",
                 headers: Some(&few),
             },
             HttpEvent::RequestInit {
                 method: "TRACE",
+                scheme: "ftp",
                 authority: "web.test:8080",
                 path: "/long",
                 headers: Some(&long),
             },
             HttpEvent::RequestInit {
                 method: "POST",
+                scheme: "http",
                 authority: "web.test",
                 path: "/huge",
                 headers: Some(&huge),
@@ -623,6 +660,7 @@ mod tests {
         let mut out = Vec::new();
         let init = HttpEvent::RequestInit {
             method: "GET",
+            scheme: "http",
             authority: "web.test",
             path: "/a",
             headers: None,

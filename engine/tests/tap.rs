@@ -601,7 +601,7 @@ fn bad_requests_are_refused() {
         r#"{"limit": 4000000000, "match": {"http": {"path": {"prefix": "/"}}}}"#.to_string(),
         r#"{"limit": 1}"#.to_string(),
         r#"{"limit": 1, "match": {}}"#.to_string(),
-        r#"{"limit": 1, "match": {"all": {}}}"#.to_string(),
+        r#"{"limit": 1, "match": {"destinationLabel": {"key": "", "value": "web"}}}"#.to_string(),
         format!(r#"{{"limit": 1, "match": {deep}}}"#),
     ] {
         let call = TapCall::start(tap, &request);
@@ -775,6 +775,71 @@ fn http2_requests_are_tapped() {
         "{trailers:?}"
     );
     assert!(field(&of("/hello")[2], &["trailers"]).is_none());
+}
+
+/// As linkerd2-proxy's tap, which `linkerd viz tap` drives: an `all` of
+/// nothing (what Linkerd's tap controller sends when no filter narrows
+/// the tap) matches every request; a request's path is matched and
+/// reported without its query; both ends' metadata always has `tls`
+/// (here the application's loopback, and this proxy without an identity:
+/// `disabled`); HTTP/2 requests' extracted fields start with their
+/// pseudo-header fields, responses' with `:status`; the scheme is the
+/// request's.
+#[test]
+fn taps_match_and_describe_requests_as_linkerd2_proxy() {
+    let origin = common::h2::origin(None);
+    let proxy = proxy(origin.addr, &[]);
+    let tap = proxy.tap_addr().unwrap();
+    let everything = TapCall::start(
+        tap,
+        r#"{"limit": 2, "match": {"all": {}}, "extract": {"http": {"headers": {}}}}"#,
+    );
+    let exact = TapCall::start(
+        tap,
+        r#"{"limit": 1, "match": {"any": {"matches": [{}, {"http": {"path": {"exact": "/hello"}}}]}}}"#,
+    );
+    wait_installed(&proxy, 2);
+    let addr = proxy.forward_addrs()[0];
+    assert_eq!(curl_h2(addr, "/hello?token=secret", &[]), "200 2");
+    assert_eq!(curl_h2(addr, "/status/404?x=1", &[]), "404 2");
+    let mut seen = Vec::new();
+    for call in [&everything, &exact] {
+        let (events, status) = call.finish(Duration::from_secs(10));
+        assert_eq!(status.trim(), "status 0", "{events:#?}");
+        assert!(!events.iter().any(|e| e.contains("secret")), "{events:#?}");
+        for ev in events.iter().map(|l| parse(l)) {
+            let tls = |meta: &str| field(&ev, &[meta, "labels", "tls"]).cloned();
+            assert_eq!(tls("sourceMeta"), Some("loopback".into()), "{ev}");
+            assert_eq!(tls("destinationMeta"), Some("disabled".into()), "{ev}");
+        }
+        seen.push(events);
+    }
+    assert_eq!(by_request(&seen[1]).len(), 1, "{:#?}", seen[1]);
+    let reqs = by_request(&seen[0]);
+    let paths: Vec<_> = reqs.iter().map(|r| r[0]["path"].clone()).collect();
+    assert_eq!(paths, ["/hello", "/status/404"]);
+    let hello = &reqs[0];
+    assert_eq!(hello[0]["scheme"]["registered"].as_str(), Some("HTTP"));
+    let names = |v: &Value| -> Vec<String> {
+        v["headers"]["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let request = names(&hello[0]);
+    assert_eq!(
+        request[..4],
+        [":method", ":scheme", ":authority", ":path"],
+        "{request:?}"
+    );
+    let response = names(&hello[1]);
+    assert_eq!(
+        response.first().map(String::as_str),
+        Some(":status"),
+        "{response:?}"
+    );
 }
 
 /// `ringmesh tap` (the binary) prints one line per event as `linkerd viz

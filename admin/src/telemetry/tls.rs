@@ -60,6 +60,14 @@ impl NoTlsReason {
     }
 }
 
+impl NoTlsReason {
+    /// The reason as linkerd2-proxy writes it where it always names one
+    /// (tap's `tls` label): this proxy without an identity is `disabled`.
+    pub fn as_str(self) -> &'static str {
+        self.label().unwrap_or("disabled")
+    }
+}
+
 impl TlsStatus {
     /// Every connection until ringmesh has an identity of its own.
     pub const NO_PROXY_IDENTITY: Self = Self::NoIdentity(NoTlsReason::NoProxyIdentity);
