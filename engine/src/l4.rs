@@ -211,6 +211,16 @@ async fn inbound_server(w: &Worker, port: u16) -> Option<Arc<crate::authz::Serve
     }
 }
 
+/// Whether the inbound `port` is opaque: listed in
+/// `LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION`, or its
+/// server from the policy API says so.
+async fn inbound_opaque(c: &Conn<'_>, port: u16) -> bool {
+    c.side.opaque_ports.contains(port)
+        || inbound_server(c.w, port)
+            .await
+            .is_some_and(|s| s.protocol == Some(DiscoveredProtocol::Opaque))
+}
+
 /// Serves an accepted connection: routes it, decides its protocol, then
 /// hands it to an HTTP server or relays it. `local`: the connection's
 /// local address when the listener's own says it (not a wildcard).
@@ -250,9 +260,20 @@ pub(crate) async fn serve(
         orig,
         side: kind.settings(&w.cfg),
     };
+    // An inbound port marked opaque skips TLS detection too, as
+    // linkerd2-proxy's (`port_skipped`): its clients (a server that speaks
+    // first among them) are relayed at once. Meshed clients reach the
+    // proxy's own port, never redirected.
+    let skipped = matches!(*kind, ListenerKind::Inbound)
+        && w.pools.tls().is_some()
+        && orig != local
+        && inbound_opaque(&c, orig.port()).await;
     // How the client's connection is secured (its series' labels).
     let status = match (&*kind, w.pools.tls()) {
         (_, None) => TlsStatus::NO_PROXY_IDENTITY,
+        (ListenerKind::Inbound, Some(_)) if skipped => {
+            TlsStatus::NoIdentity(NoTlsReason::PortSkipped)
+        }
         (ListenerKind::Inbound, Some(cfgs)) => {
             // Mutual TLS for this proxy is terminated here; TLS for
             // another name is relayed as it is.

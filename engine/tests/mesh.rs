@@ -854,3 +854,101 @@ fn route_filters(a: Sidecar) {
         );
     }
 }
+
+/// A client outside the mesh (here pod A's proxy user, which A's
+/// iptables let through as a pod without a sidecar) reaches B's ports
+/// marked opaque (one also in
+/// `LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION`, the other by
+/// its inbound policy alone), whose servers speak first (as MySQL or
+/// SMTP do): the banner comes at once, as linkerd2-proxy relays such
+/// ports without waiting for a ClientHello (`no_tls_reason="port_skipped"`).
+/// linkerd2-proxy is the reference.
+#[test]
+fn linkerd2_proxy_server_first_opaque_ports() {
+    server_first_opaque_ports(Sidecar::linkerd2_proxy());
+}
+
+/// The same, ringmesh on B.
+#[test]
+fn ringmesh_server_first_opaque_ports() {
+    server_first_opaque_ports(Sidecar::ringmesh("uring"));
+}
+
+fn server_first_opaque_ports(b: Sidecar) {
+    const LISTED: u16 = 3306;
+    // (The ports the injector lists as the pod's: linkerd2-proxy panics on
+    // a policy-opaque port it was not told of.)
+    let b = b
+        .with_env(
+            "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION",
+            &LISTED.to_string(),
+        )
+        .with_env(
+            "LINKERD2_PROXY_INBOUND_PORTS",
+            &format!("{LISTED},{OPAQUE_PORT}"),
+        );
+    // (The opaque-ports annotation is both the listed port's environment
+    // and its server's protocol, as Linkerd's injector and policy
+    // controller read it; the other port is opaque by policy alone.)
+    let mesh = Mesh::start(Sidecar::linkerd2_proxy(), b, |_, b| {
+        CpConfig::default()
+            .with_meshed(b, LISTED, true)
+            .with_meshed(b, OPAQUE_PORT, true)
+    });
+    let info = mesh.b.info.clone();
+    let banner = |port: u16| {
+        let addr = info.addr(port);
+        common::Backend::on(within(&info.ns, move || common::listen(addr)), |mut s| {
+            let _ = s.write_all(b"220 ready\r\n");
+            let mut line = [0u8; 64];
+            // Then echo one line, so both directions are seen.
+            if let Ok(n) = s.read(&mut line) {
+                let _ = s.write_all(&line[..n]);
+            }
+        })
+    };
+    let _apps = [banner(LISTED), banner(OPAQUE_PORT)];
+    for port in [LISTED, OPAQUE_PORT] {
+        let to = mesh.b.info.addr(port).to_string();
+        // A silent client: the banner within 3 s (the detect timeout is
+        // 10 s), then its line echoed.
+        let script = format!(
+            "import socket,sys,time\n\
+             s=socket.create_connection(('{ip}',{port}),timeout=3)\n\
+             t=time.time(); b=s.recv(64)\n\
+             s.sendall(b'QUIT\\r\\n'); e=s.recv(64)\n\
+             print(repr(b), repr(e), round(time.time()-t,2))\n",
+            ip = mesh.b.info.ip,
+        );
+        let mut cmd = in_ns(&mesh.a.info.ns, "setpriv");
+        cmd.args([
+            "--reuid",
+            &harness::PROXY_UID.to_string(),
+            "--regid",
+            &harness::PROXY_UID.to_string(),
+            "--clear-groups",
+            "timeout",
+            "10",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ]);
+        let out = cmd.output().expect("python3 runs");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        check!(
+            mesh,
+            said.starts_with("b'220 ready\\r\\n' b'QUIT\\r\\n'"),
+            "{to}: no banner at once from a port marked opaque: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let m = mesh.b.metrics();
+    check!(
+        mesh,
+        m.lines().any(|l| l.starts_with("tcp_open_total{")
+            && l.contains("peer=\"src\"")
+            && l.contains(&format!(":{LISTED}\""))
+            && l.contains("no_tls_reason=\"port_skipped\"")),
+        "no port_skipped series for the listed port:\n{m}"
+    );
+}
