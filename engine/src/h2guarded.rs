@@ -100,6 +100,16 @@ impl<I: AsyncReadRent + AsyncWriteRent> GuardedIo<I> {
         self
     }
 
+    /// A client's resets of the streams `answered` names are cancels, not
+    /// rapid resets ([`ringmesh_protocols::h2guard::AnsweredStreams`]).
+    pub(crate) fn with_answered(
+        mut self,
+        answered: Rc<ringmesh_protocols::h2guard::AnsweredStreams>,
+    ) -> Self {
+        self.guard = self.guard.with_answered(answered);
+        self
+    }
+
     fn is_upstream(&self) -> bool {
         self.guard.is_upstream()
     }

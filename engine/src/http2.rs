@@ -54,6 +54,16 @@ use crate::worker::{Routes, Worker};
 /// life, the `h2` crate's default.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
+/// Streams this side reset whose late frames from the peer are still
+/// recognised and ignored (the library's default is 10, `h2`'s 50). A
+/// frame on a reset stream already forgotten is answered STREAM_CLOSED
+/// and counted against [`MAX_LOCAL_ERROR_RESETS`] as the peer's error,
+/// though the peer could not know: a client cancelling many streams at
+/// once, each with its response's data in flight, made the proxy's own
+/// upstream connection count ~1000 of them and close itself with
+/// `ENHANCE_YOUR_CALM`, failing every other request on it.
+pub(crate) const RESET_STREAMS_KEPT: usize = 512;
+
 /// The frame guard's limits for a listener's clients: the defaults, with
 /// room for a header block as large as the side's header list limit (a
 /// larger one gets 431 from the library, not the guard's GOAWAY).
@@ -101,6 +111,9 @@ pub(crate) async fn serve(
         guard_limits(&side),
     )
     .with_head_watch(head_since.clone());
+    // The streams answered: their clients' cancels are not rapid resets.
+    let answered = Rc::new(ringmesh_protocols::h2guard::AnsweredStreams::default());
+    let io = io.with_answered(answered.clone());
     let mut builder = server::Builder::new();
     builder
         .initial_window_size(side.stream_window)
@@ -108,7 +121,8 @@ pub(crate) async fn serve(
         .max_concurrent_streams(side.max_concurrent_streams)
         .max_frame_size(side.max_frame_size)
         .max_header_list_size(side.max_header_list_size)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_concurrent_reset_streams(RESET_STREAMS_KEPT);
     let mut conn = match builder.handshake::<_, Bytes>(io).await {
         Ok(c) => c,
         Err(e) => {
@@ -200,9 +214,10 @@ pub(crate) async fn serve(
                 }
                 let (w, dst, tls) = (w.clone(), dst.clone(), tls.clone());
                 let active = Active::enter(&active);
+                let answered = (answered.clone(), respond.stream_id().as_u32());
                 monoio::spawn(async move {
                     let side = (direction, &tls, peer);
-                    proxy_stream(&w, &dst, side, req, respond, dial).await;
+                    proxy_stream(&w, &dst, side, req, respond, dial, answered).await;
                     drop(active);
                 });
             }
@@ -348,8 +363,10 @@ async fn proxy_stream(
     req: Request<RecvStream>,
     mut respond: server::SendResponse<Bytes>,
     dial: ConnectConfig,
+    answered: (Rc<ringmesh_protocols::h2guard::AnsweredStreams>, u32),
 ) {
     let mut obs = Observer::start(w, direction, client_tls, peer, head_size(&req));
+    obs.on_answer(answered);
     let is_grpc = is_grpc(req.headers());
     let is_head = req.method() == http::Method::HEAD;
     let mut req = req;

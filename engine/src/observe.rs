@@ -12,6 +12,7 @@
 //! elsewhere; this only records what happened).
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use ringmesh_admin::telemetry::{Direction, HttpKey, NoTlsReason, ResponseClass, TlsStatus};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_discovery::Service;
+use ringmesh_protocols::h2guard::AnsweredStreams;
 
 use crate::connect::dst_labels;
 use crate::error::ProxyError;
@@ -52,6 +54,9 @@ pub(crate) struct Observer<'w> {
     head_bytes: std::cell::Cell<usize>,
     /// Its response was counted ([`Observer::end`]).
     ended: bool,
+    /// An HTTP/2 client's stream: told when answered (its cancel is then
+    /// no rapid reset).
+    on_answer: Option<(Rc<AnsweredStreams>, u32)>,
 }
 
 impl<'w> Observer<'w> {
@@ -98,6 +103,21 @@ impl<'w> Observer<'w> {
             shed,
             head_bytes: std::cell::Cell::new(head_bytes),
             ended: false,
+            on_answer: None,
+        }
+    }
+
+    /// The request is an HTTP/2 client's stream `id`: `answered` is told
+    /// once it is answered.
+    pub(crate) fn on_answer(&mut self, answered: (Rc<AnsweredStreams>, u32)) {
+        self.on_answer = Some(answered);
+    }
+
+    /// It is answered (the upstream's response head came, or the proxy
+    /// answers itself).
+    fn answering(&self) {
+        if let Some((set, id)) = &self.on_answer {
+            set.mark(*id);
         }
     }
 
@@ -297,6 +317,7 @@ impl<'w> Observer<'w> {
     /// balancer learns the endpoint's latency (peak-EWMA).
     pub(crate) fn response_head(&self, ep: Option<&OpenGuard>, latency: Duration) {
         self.release_head();
+        self.answering();
         if let Some(g) = ep {
             g.answered();
             crate::feedback::first_answer(g.endpoint(), latency);
@@ -400,6 +421,7 @@ impl<'w> Observer<'w> {
     /// speaks gRPC and got the answer's gRPC status; `body`: the bytes of
     /// the answer's body.
     pub(crate) fn answered(mut self, e: &ProxyError, grpc: bool, body: usize) {
+        self.answering();
         // Tap: a request to a known address that failed before an endpoint
         // was reported (its connection failed) is seen with the proxy's
         // answer, as one that reached its endpoint would be.

@@ -1404,6 +1404,47 @@ both_drivers!(
     super::frame_and_header_list_limits
 );
 
+/// A busy client that cancels streams it was already answered on (Go's
+/// net/http does when a body is closed early), well over the 200 resets a
+/// second the rapid-reset defence allows: they are cancels, not an attack
+/// (as `h2` counts only resets of streams not yet taken up), so its
+/// connection and the slow request open on it live on.
+fn cancels_of_answered_streams_keep_the_connection(driver: IoDriver) {
+    let origin = h2::origin(None);
+    let proxy = forward_with(driver, origin.addr, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "/usr/bin/python3",
+            script,
+            "cancel-answered",
+            &addr.to_string(),
+        ])
+        .output()
+        .expect("Debian python3 with python3-h2");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cancels: u32 = text
+        .trim()
+        .strip_prefix("response 200 after ")
+        .and_then(|t| t.strip_suffix(" cancels"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the slow request was lost: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(cancels > 400, "only {cancels} cancels in 2 s");
+    proxy.shutdown();
+    proxy.wait();
+}
+both_drivers!(
+    cancels_of_answered_streams_keep_the_connection,
+    super::cancels_of_answered_streams_keep_the_connection
+);
+
 /// HTTP/2 attacks from a raw frame client (python h2): each attacker is cut
 /// off the way the RFCs say, while a normal client on another connection is
 /// served throughout without a single failure.

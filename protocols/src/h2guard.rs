@@ -3,7 +3,11 @@
 //! headers only, plus SETTINGS payloads) and says when the client is
 //! attacking the proxy rather than using it.
 //!
-//! - Rapid Reset (CVE-2023-44487): too many RST_STREAM frames per second.
+//! - Rapid Reset (CVE-2023-44487): too many RST_STREAM frames per second
+//!   for streams not yet answered. A client cancelling a stream it was
+//!   already answered on (a Go client closing a body early) costs nothing
+//!   more and is not counted, as `h2` counts only resets of streams the
+//!   server had not taken up ([`AnsweredStreams`]).
 //! - CONTINUATION flood: a header block spread over too many CONTINUATION
 //!   frames or growing past a size cap before it ends.
 //! - PING and SETTINGS floods: too many per second (each one costs the
@@ -37,7 +41,46 @@
 //! library's to refuse, per stream. No I/O here: [`FrameGuard::feed`] takes
 //! bytes and the current time, so the scanner can be fuzzed alone.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// The client's streams that were answered (a response head sent), told
+/// by the connection's owner: their RST_STREAMs are cancels, not rapid
+/// resets. Bounded: the most recent [`AnsweredStreams::KEPT`] only (a
+/// reset of an older one counts, as any reset did before).
+#[derive(Debug, Default)]
+pub struct AnsweredStreams {
+    ids: RefCell<VecDeque<u32>>,
+}
+
+impl AnsweredStreams {
+    /// Most streams remembered (above HTTP/2 servers' usual concurrency).
+    pub const KEPT: usize = 512;
+
+    /// Stream `id` was answered.
+    pub fn mark(&self, id: u32) {
+        let mut ids = self.ids.borrow_mut();
+        if ids.len() == Self::KEPT {
+            ids.pop_front();
+        }
+        ids.push_back(id);
+    }
+
+    /// Whether stream `id` was answered (forgotten once asked).
+    fn take(&self, id: u32) -> bool {
+        let mut ids = self.ids.borrow_mut();
+        // (The newest first: a cancel follows its answer closely.)
+        match ids.iter().rposition(|&i| i == id) {
+            Some(at) => {
+                ids.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -235,6 +278,8 @@ pub struct FrameGuard {
     last_stream_id: u32,
     /// The bytes are a server's (no preface; resets not rate-limited).
     upstream: bool,
+    /// The client's streams answered so far (their resets are free).
+    answered: Option<Rc<AnsweredStreams>>,
     /// No frame seen yet: the first must be a SETTINGS.
     first: bool,
     /// WINDOW_UPDATE frames received, and bytes written to the peer.
@@ -263,6 +308,7 @@ impl FrameGuard {
     fn with_state(limits: GuardLimits, state: State, upstream: bool) -> Self {
         Self {
             upstream,
+            answered: None,
             first: true,
             window_updates: 0,
             written: 0,
@@ -278,6 +324,18 @@ impl FrameGuard {
             last_stream_id: 0,
             limits,
         }
+    }
+
+    /// Resets of the streams `answered` names are not counted.
+    pub fn with_answered(mut self, answered: Rc<AnsweredStreams>) -> Self {
+        self.answered = Some(answered);
+        self
+    }
+
+    /// Whether a client's RST_STREAM on `stream` cancels a stream it was
+    /// answered on.
+    fn cancels_answered(&self, stream: u32) -> bool {
+        self.answered.as_ref().is_some_and(|a| a.take(stream))
     }
 
     /// `n` more bytes were written to the peer (what its WINDOW_UPDATEs
@@ -468,7 +526,11 @@ impl FrameGuard {
                     self.block = None;
                 }
             }
-            RST_STREAM if !self.upstream && !self.resets.hit(now, l.resets_per_second) => {
+            RST_STREAM
+                if !self.upstream
+                    && !self.cancels_answered(stream)
+                    && !self.resets.hit(now, l.resets_per_second) =>
+            {
                 return Err(Violation::RapidReset)
             }
             PING if flags & FLAG_ACK == 0 && !self.pings.hit(now, l.pings_per_second) => {
@@ -606,6 +668,30 @@ mod tests {
             .flat_map(|_| frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]))
             .collect();
         assert_eq!(g.feed(&mut burst, t1), Err(Violation::RapidReset));
+    }
+
+    /// Cancels of answered streams are free; others still count, and an
+    /// answered stream's second reset too.
+    #[test]
+    fn cancels_of_answered_streams_are_not_rapid_resets() {
+        let answered = Rc::new(AnsweredStreams::default());
+        let mut g = FrameGuard::new(GuardLimits::default()).with_answered(answered.clone());
+        let t0 = Instant::now();
+        let mut f = PREFACE.to_vec();
+        f.extend(frame(SETTINGS, 0, 0, &[]));
+        g.feed(&mut f, t0).unwrap();
+        for s in 0..1000u32 {
+            answered.mark(2 * s + 1);
+        }
+        let mut cancels: Vec<u8> = (500..1000u32)
+            .flat_map(|s| frame(RST_STREAM, 0, 2 * s + 1, &[0, 0, 0, 8]))
+            .collect();
+        g.feed(&mut cancels, t0).unwrap();
+        // Forgotten once cancelled, and the oldest were never kept.
+        let mut again: Vec<u8> = (0..=200u32)
+            .flat_map(|s| frame(RST_STREAM, 0, 2 * s + 1, &[0, 0, 0, 8]))
+            .collect();
+        assert_eq!(g.feed(&mut again, t0), Err(Violation::RapidReset));
     }
 
     #[test]

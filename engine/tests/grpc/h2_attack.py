@@ -16,7 +16,8 @@ DATA frame), plus settings-window-overflow (SETTINGS_INITIAL_WINDOW_SIZE
 window of 0, never opened: prints "holding" and holds the connection; a
 fifth argument `orig-proto` marks them `l5d-orig-proto: HTTP/1.1`);
 stall-then-read N SECONDS (the same N streams, windows opened after
-SECONDS and everything read: prints "complete <bytes>"). Prints one line:
+SECONDS and everything read: prints "complete <bytes>"); cancel-answered
+(not an attack: see `cancel_answered`). Prints one line:
   goaway <error code>     the proxy sent GOAWAY with that code
   reset <codes>           streams were reset (distinct codes, comma list)
   response <status>       a response arrived
@@ -189,6 +190,66 @@ def stall_then_read(addr, streams, pause):
     s.close()
 
 
+def cancel_answered(addr):
+    """Not an attack: a busy client that cancels streams it was answered
+    on (as Go's net/http does when a body is closed early), 50 at a time
+    for 2 s (well over 200 a second), while a slow request is open on the
+    same connection. Prints that request's outcome ("response 200": the
+    connection was kept) and the number of cancels."""
+    s, conn = connect(addr)
+    slow = conn.get_next_available_stream_id()
+    conn.send_headers(slow, [(":method", "GET"), (":path", "/slow/3000"), (":scheme", "http"), (":authority", "test")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    s.settimeout(5)
+    cancels, slow_status, end = 0, None, time.time() + 2.0
+    events = []
+    while time.time() < end:
+        batch = []
+        for _ in range(50):
+            sid = conn.get_next_available_stream_id()
+            # (A body larger than the stream's window: still open when
+            # its head arrives.)
+            big = [(":method", "GET"), (":path", "/bytes/200000"), (":scheme", "http"), (":authority", "test")]
+            conn.send_headers(sid, big, end_stream=True)
+            batch.append(sid)
+        s.sendall(conn.data_to_send())
+        waiting = set(batch)
+        while waiting:
+            data = s.recv(65536)
+            if not data:
+                print("closed after %d cancels" % cancels)
+                return
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.ConnectionTerminated):
+                    print("goaway %d after %d cancels" % (e.error_code, cancels))
+                    return
+                if isinstance(e, h2.events.ResponseReceived):
+                    if e.stream_id == slow:
+                        slow_status = dict(e.headers).get(b":status", b"?").decode()
+                    elif e.stream_id in waiting:
+                        waiting.discard(e.stream_id)
+                        conn.reset_stream(e.stream_id, error_code=8)
+                        cancels += 1
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == slow:
+                    conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            s.sendall(conn.data_to_send())
+    while slow_status is None:
+        data = s.recv(65536)
+        if not data:
+            print("closed after %d cancels" % cancels)
+            return
+        for e in conn.receive_data(data):
+            if isinstance(e, h2.events.ConnectionTerminated):
+                print("goaway %d after %d cancels" % (e.error_code, cancels))
+                return
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == slow:
+                slow_status = dict(e.headers).get(b":status", b"?").decode()
+            if isinstance(e, h2.events.DataReceived):
+                conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        s.sendall(conn.data_to_send())
+    print("response %s after %d cancels" % (slow_status, cancels))
+
+
 def main():
     attack, addr = sys.argv[1], sys.argv[2]
     if attack == "stall-then-read":
@@ -202,6 +263,9 @@ def main():
             name, value = b"l5d-orig-proto", b"HTTP/1.1"
             extra = b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
         slow_reader(addr, int(sys.argv[3]), float(sys.argv[4]), extra)
+        return
+    if attack == "cancel-answered":
+        cancel_answered(addr)
         return
     s, conn = connect(addr)
     if attack == "rapid-reset":
