@@ -802,8 +802,8 @@ async fn relay_response(
 
 /// Streams a client's request body to the upstream stream.
 /// Told when the response is complete, it cancels the upstream stream and
-/// reads (discards) what is left of the client's body, so a client whose
-/// answer came early is not stalled by an upstream that stopped reading.
+/// stops reading the client's body: the client is told to stop sending it
+/// (RST_STREAM NO_ERROR), not stalled by an upstream that stopped reading.
 async fn request_body(
     mut from: RecvStream,
     mut to: SendStream<Bytes>,
@@ -820,9 +820,10 @@ async fn request_body(
     };
     if stopped {
         to.send_reset(Reason::CANCEL);
-        while let Some(Ok(chunk)) = from.data().await {
-            let _ = from.flow_control().release_capacity(chunk.len());
-        }
+        // `from` is dropped: once the response is complete, the library
+        // ends the client's stream with RST_STREAM NO_ERROR (RFC 9113
+        // §8.1), as `h2` does for linkerd2-proxy, so the client stops its
+        // upload rather than sending the rest for nothing.
     }
 }
 

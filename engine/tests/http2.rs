@@ -312,14 +312,16 @@ both_drivers!(request_timeout_gives_504, super::request_timeout);
 
 /// An upstream that answers before it reads the request body (413 at once,
 /// its end of the stream closed): the proxy cancels the upstream stream and
-/// reads the rest of the client's body itself, so the client's upload (16×
-/// the stream window, all sent after the answer arrived) completes, the
-/// connection stays usable, and the proxy drains at once on shutdown.
+/// tells the client to stop its upload with RST_STREAM NO_ERROR once the
+/// answer is complete (RFC 9113 §8.1, as `h2` does for linkerd2-proxy):
+/// the client's upload (16× the stream window) stops early instead of
+/// going on for nothing, the connection stays usable, and the proxy
+/// drains at once on shutdown.
 fn early_response_drains_the_body(driver: IoDriver) {
     let origin = h2::origin(None);
     let proxy = forward_to(driver, origin.addr);
     let addr = proxy.forward_addrs()[0];
-    let (status, uploaded, after) = h2::runtime().block_on(async move {
+    let ((status, stopped, reset), after) = h2::runtime().block_on(async move {
         let send = h2::connect(addr).await;
         let req = ::http::Request::builder()
             .method("POST")
@@ -335,12 +337,16 @@ fn early_response_drains_the_body(driver: IoDriver) {
             }
             up.send_data(bytes::Bytes::new(), true).map_err(|_| ())
         };
-        let uploaded = monoio::time::timeout(Duration::from_secs(5), upload).await;
+        let stopped = monoio::time::timeout(Duration::from_secs(5), upload).await;
+        let reset = std::future::poll_fn(|cx| up.poll_reset(cx));
+        let reset = monoio::time::timeout(Duration::from_secs(5), reset).await;
+        let reset = reset.ok().and_then(Result::ok);
         let after = h2::request(&send, "GET", "/hello", None).await.unwrap();
-        (status, uploaded, after)
+        ((status, stopped, reset), after)
     });
     assert_eq!(status, 413);
-    assert_eq!(uploaded, Ok(Ok(())), "the upload stalled or failed");
+    assert_eq!(stopped, Ok(Err(())), "the upload was not stopped");
+    assert_eq!(reset, Some(monoio_http::h2::Reason::NO_ERROR));
     assert_eq!(
         (after.status, &after.body[..]),
         (200, &b"hello from h2"[..])
