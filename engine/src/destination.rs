@@ -202,13 +202,14 @@ impl Watch {
                 let changed = self.report(&name, &target);
                 tracing::debug!(%name, changed, "destination update");
             },
-            || {
+            |_| {
                 if !target.answered.get() {
                     // Nothing known yet: the target has no endpoints
                     // (requests fail fast) rather than a pending lookup
                     // forever.
                     self.report(&name, &target);
                 }
+                true
             },
         );
         // Until the watch is dropped (no request used it for the idle
@@ -246,7 +247,8 @@ impl Watch {
                 self.table
                     .report_profile(&name, has.then(|| Arc::new(profile)));
             },
-            || {},
+            // No profile (NOT_FOUND) stands, as linkerd2-proxy's.
+            |error| !stream::not_found(error),
         )
         .await;
     }

@@ -164,12 +164,16 @@ async fn follow(
             answered.set(true);
             table.report_policy(&name, Arc::new(profile));
         },
-        || {
+        |error| {
             if !answered.get() {
                 // No policy (NOT_FOUND, or no answer yet): known, empty.
                 answered.set(true);
                 table.report_policy(&name, Arc::new(Profile::default()));
             }
+            // NOT_FOUND (the controller's answer for a pod's address, say)
+            // stands, as linkerd2-proxy's: not asked again while the target
+            // is watched.
+            !stream::not_found(error)
         },
     );
     // Until the watch is dropped (idle).

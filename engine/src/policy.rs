@@ -166,12 +166,13 @@ impl PolicyClient {
                 answered.set(true);
                 self.publish(port, Some(policy));
             },
-            || {
+            |_| {
                 if !answered.get() {
                     // The default policy, so connections do not wait.
                     answered.set(true);
                     self.publish(port, None);
                 }
+                true
             },
         );
         // A stream held open without an answer: after as long as a

@@ -168,6 +168,11 @@ impl StreamCounters {
     }
 }
 
+/// Whether a control stream's `error` is NOT_FOUND.
+pub(crate) fn not_found(error: Option<&GrpcError>) -> bool {
+    error.is_some_and(|e| e.code == crate::grpc::Code::NotFound)
+}
+
 /// How one stream ended without an error.
 enum End {
     /// Its lifetime ran out: open the next at once.
@@ -178,8 +183,12 @@ enum End {
 
 /// Follows the stream `path(req)` for as long as the control core runs:
 /// every message goes to `on_message` (`true` for the first of a
-/// stream), every failure is logged, counted and told to `on_failure`,
-/// and the stream opened again after the backoff.
+/// stream), every failure is told to `on_failure` (with the call's error,
+/// if it ended in one), then logged, counted and the stream opened again
+/// after the backoff; unless `on_failure` says the failure is final
+/// (`false`: the server's answer stands, as linkerd2-proxy takes
+/// NOT_FOUND from the policy and profile APIs), which ends the following
+/// quietly.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn follow<Req, M>(
     client: &Client,
@@ -189,7 +198,7 @@ pub(crate) async fn follow<Req, M>(
     counters: &StreamCounters,
     target: &dyn std::fmt::Display,
     mut on_message: impl FnMut(M, bool),
-    mut on_failure: impl FnMut(),
+    mut on_failure: impl FnMut(Option<&GrpcError>) -> bool,
 ) where
     Req: prost::Message + Clone,
     M: prost::Message + Default,
@@ -207,17 +216,20 @@ pub(crate) async fn follow<Req, M>(
             &mut on_message,
         )
         .await;
-        let why = match outcome {
+        let (why, error) = match outcome {
             Ok(End::Lifetime) => {
                 tracing::debug!(%target, path, "control stream lifetime reached; opening another");
                 continue;
             }
-            Ok(End::Closed) => "the server ended the stream".to_string(),
-            Err(e) => e.to_string(),
+            Ok(End::Closed) => ("the server ended the stream".to_string(), None),
+            Err(e) => (e.to_string(), Some(e)),
         };
+        if !on_failure(error.as_ref()) {
+            tracing::debug!(%target, path, answer = %why, "control stream answered for good; not asked again");
+            return;
+        }
         counters.errors.fetch_add(1, Ordering::Relaxed);
         failures += 1;
-        on_failure();
         let wait = jitter(
             backoff(failures, BACKOFF_BASE, BACKOFF_CAP),
             fastrand::f64(),

@@ -652,7 +652,11 @@ fn proxy_errors_and_discovery_labels_are_labelled() {
     for line in [
         "outbound_http_errors_total{error=\"failfast\"} 1".to_string(),
         "outbound_http_errors_total{error=\"i/o\"} 1".to_string(),
-        format!("outbound_tcp_errors_total{{target_addr=\"{listen_opaque}\",error=\"i/o\"}} 1"),
+        format!(
+            "outbound_tcp_errors_total{{target_addr=\"{listen_opaque}\",target_ip=\"{}\",target_port=\"{}\",error=\"i/o\"}} 1",
+            listen_opaque.ip(),
+            listen_opaque.port()
+        ),
     ] {
         assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
     }

@@ -2284,3 +2284,36 @@ fn names_the_destination_api_does_not_know_are_resolved_with_dns() {
     );
     assert!(ns.answered.load(Ordering::SeqCst) >= 2, "DNS asked twice");
 }
+
+/// The policy controller answers NOT_FOUND for a target it has no policy
+/// for (a pod's address, say): as linkerd2-proxy, that answer stands: the
+/// target is proxied to its address with no policy, and the lookup is not
+/// made again for each connection or retried with a backoff (it was, each
+/// time with a warning: 11 lookups in 30 s for one target).
+#[test]
+fn a_policy_not_found_is_not_asked_again() {
+    let backend = Backend::echo_on(listen("127.0.0.9:0".parse().unwrap()));
+    let cp = Cp::start("policy-not-found");
+    cp.write_loaded(r#"{"destinations": {}}"#);
+    let target = backend.addr.to_string();
+    let proxy = policy_proxy(&cp, &target, &[]);
+    let addr = proxy.forward_addrs()[0];
+    let started = Instant::now();
+    for i in 0..8u8 {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&[b'a' + i; 3]).unwrap();
+        let mut back = [0u8; 3];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, [b'a' + i; 3], "{}", cp.tail());
+        thread::sleep(Duration::from_millis(500));
+    }
+    let lookups = cp.log_count(&format!("policy.watch target={target}"));
+    assert_eq!(
+        lookups,
+        1,
+        "NOT_FOUND asked again in {:?}:\n{}",
+        started.elapsed(),
+        cp.tail()
+    );
+}

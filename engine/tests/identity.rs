@@ -1277,7 +1277,7 @@ fn hostile_meshed_clients_are_cut_off_and_others_served() {
     let count = |error: &str| {
         let (_, m) = admin(&b, "/metrics");
         let series =
-            format!("inbound_tcp_errors_total{{target_addr=\"{inbound}\",error=\"{error}\"}} ");
+            format!("inbound_tcp_errors_total{{target_addr=\"{inbound}\",target_ip=\"{}\",target_port=\"{}\",error=\"{error}\"}} ", inbound.ip(), inbound.port());
         m.lines()
             .find_map(|l| l.strip_prefix(series.as_str()))
             .and_then(|n| n.trim().parse::<u64>().ok())

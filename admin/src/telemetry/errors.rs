@@ -178,7 +178,12 @@ impl ErrorShard {
             .iter()
             .map(|((d, target, kind), c)| {
                 let label = match target {
-                    Some(t) => format!("target_addr=\"{t}\","),
+                    // As linkerd2-proxy's `TargetAddr` labels.
+                    Some(t) => format!(
+                        "target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\",",
+                        t.ip(),
+                        t.port()
+                    ),
                     None => "target_addr=\"other\",".to_string(),
                 };
                 (*d, label, *kind, c.n)
@@ -273,10 +278,10 @@ mod tests {
         let mut out = String::new();
         shard.encode(&http, &HttpErrors::new(), &mut out);
         assert!(out.contains(
-            "inbound_tcp_errors_total{target_addr=\"10.0.0.1:8080\",error=\"tls detection timeout\"} 2\n"
+            "inbound_tcp_errors_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",error=\"tls detection timeout\"} 2\n"
         ));
         assert!(out.contains(
-            "outbound_tcp_errors_total{target_addr=\"10.0.0.1:8080\",error=\"i/o\"} 1\n"
+            "outbound_tcp_errors_total{target_addr=\"10.0.0.1:8080\",target_ip=\"10.0.0.1\",target_port=\"8080\",error=\"i/o\"} 1\n"
         ));
         assert!(out.contains("outbound_http_errors_total{error=\"failfast\"} 1\n"));
         assert!(out.contains("outbound_http_errors_total{error=\"i/o\"} 1\n"));
@@ -305,7 +310,7 @@ mod tests {
             "inbound_tcp_errors_total{target_addr=\"other\",error=\"tls detection timeout\"} 500\n"
         ));
         assert!(out.contains(
-            "outbound_tcp_errors_total{target_addr=\"10.0.0.1:80\",error=\"failfast\"} 3\n"
+            "outbound_tcp_errors_total{target_addr=\"10.0.0.1:80\",target_ip=\"10.0.0.1\",target_port=\"80\",error=\"failfast\"} 3\n"
         ));
         let inbound: u64 = out
             .lines()
