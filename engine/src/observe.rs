@@ -224,6 +224,8 @@ impl<'w> Observer<'w> {
     /// `authz_*`).
     pub(crate) fn authorized(&mut self, target: std::net::SocketAddr, v: &crate::authz::Verdict) {
         self.key.policy = Some(v.labels(target.port(), true));
+        // (Known before routing: a refused request is labelled too.)
+        self.key.target = Some(target);
         if v.is_audit() {
             crate::warn_limit::info_limited!(self.w, crate::warn_limit::Warning::Audit, client = %self.peer, %target, tls = ?self.key.tls, "Request allowed by the audit policy");
         }

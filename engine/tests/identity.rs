@@ -2073,6 +2073,14 @@ fn policy_api_routes_authorize_each_request() {
             && l.contains(&format!("client_id=\"{A}\",{server}"))),
         "no accepted-connection series with the server:\n{m}"
     );
+    // The refusals, by target and server, as linkerd2-proxy's
+    // `inbound_http_errors_total`.
+    let refused = format!(
+        "inbound_http_errors_total{{target_addr=\"{}\",target_ip=\"{}\",target_port=\"{port}\",{server},error=\"unauthorized\"}} ",
+        app.addr,
+        app.addr.ip()
+    );
+    assert!(m.lines().any(|l| l.starts_with(&refused)), "{refused}\n{m}");
     drop(b);
 
     // Without the public route, a request no route matches: 404.

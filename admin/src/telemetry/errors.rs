@@ -195,20 +195,24 @@ impl ErrorShard {
         count_http_errors(http, &mut by_kind);
         let mut http: Vec<_> = by_kind
             .into_iter()
-            .map(|((d, kind), n)| (d, String::new(), kind, n))
+            .map(|((d, labels, kind), n)| (d, labels, kind, n))
             .collect();
         http.sort();
         encode_families(out, "http", "HTTP requests", &http);
     }
 }
 
-/// HTTP requests the proxy answered itself, by direction and kind.
-pub type HttpErrors = HashMap<(Direction, ProxyErrorKind), u64>;
+/// HTTP requests the proxy answered itself, by direction, labels (each
+/// followed by a comma) and kind.
+pub type HttpErrors = HashMap<(Direction, String, ProxyErrorKind), u64>;
 
 /// Adds `http`'s answers of the proxy's own to `into`, by kind (read from
-/// `response_total`'s `error` label).
+/// `response_total`'s `error` label): inbound by target and server too
+/// (`target_*`, `srv_*`), as linkerd2-proxy labels them; outbound by kind
+/// alone, as there.
 pub fn count_http_errors(http: &HttpShard, into: &mut HttpErrors) {
     for (key, counters) in &http.0 {
+        let mut labels = None;
         for (class, c) in &counters.by_status {
             let Some(kind) = class
                 .error
@@ -216,9 +220,42 @@ pub fn count_http_errors(http: &HttpShard, into: &mut HttpErrors) {
             else {
                 continue;
             };
-            *into.entry((key.direction, kind)).or_default() += c.total;
+            let labels = labels.get_or_insert_with(|| http_error_labels(key));
+            *into
+                .entry((key.direction, labels.clone(), kind))
+                .or_default() += c.total;
         }
     }
+}
+
+/// An inbound HTTP error's labels before `error`: the target and the
+/// server (linkerd2-proxy's `(TargetAddr, ServerLabel)`).
+fn http_error_labels(key: &super::http::HttpKey) -> String {
+    let mut s = String::new();
+    if key.direction != Direction::Inbound {
+        return s;
+    }
+    if let Some(t) = key.target {
+        let _ = write!(
+            s,
+            "target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\",",
+            t.ip(),
+            t.port()
+        );
+    }
+    if let Some(p) = &key.policy {
+        let server = super::labels::PolicyLabels {
+            route: None,
+            authz: None,
+            ..p.clone()
+        };
+        let mut l = String::new();
+        server.push_labels(&mut l);
+        // (`push_labels` writes each label after a comma.)
+        s.push_str(&l[1..]);
+        s.push(',');
+    }
+    s
 }
 
 /// `{inbound,outbound}_{proto}_errors_total` from `rows` (sorted: their

@@ -43,7 +43,7 @@ impl Evicted {
         self.http.merge(&other.http);
         self.errors.merge(&other.errors);
         for (k, n) in &other.http_errors_gone {
-            *self.http_errors_gone.entry(*k).or_default() += n;
+            *self.http_errors_gone.entry(k.clone()).or_default() += n;
         }
     }
 }
