@@ -484,7 +484,7 @@ pub(crate) async fn new_connection(
         // limit, and the server refused the rest (RFC 9113 §5.1.2); those
         // whose bodies had gone could not go again.
         .initial_max_send_streams(1)
-        .max_concurrent_reset_streams(crate::http2::RESET_STREAMS_KEPT)
+        .max_concurrent_reset_streams(crate::http2::UPSTREAM_RESET_STREAMS_KEPT)
         .enable_push(false);
     let params = ep.h2.as_deref();
     if let Some(p) = params {

@@ -211,14 +211,15 @@ async fn inbound_server(w: &Worker, port: u16) -> Option<Arc<crate::authz::Serve
     }
 }
 
-/// Whether the inbound `port` is opaque: listed in
-/// `LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION`, or its
-/// server from the policy API says so.
+/// Whether the inbound `port` is opaque: its server from the policy API
+/// says so; without one, it is listed in
+/// `LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION` (as
+/// linkerd2-proxy, where the list is only the default policy's).
 async fn inbound_opaque(c: &Conn<'_>, port: u16) -> bool {
-    c.side.opaque_ports.contains(port)
-        || inbound_server(c.w, port)
-            .await
-            .is_some_and(|s| s.protocol == Some(DiscoveredProtocol::Opaque))
+    match inbound_server(c.w, port).await {
+        Some(server) => server.protocol == Some(DiscoveredProtocol::Opaque),
+        None => c.side.opaque_ports.contains(port),
+    }
 }
 
 /// Serves an accepted connection: routes it, decides its protocol, then
