@@ -26,6 +26,17 @@ use crate::retry::Attempts;
 use crate::route::{failover, Dst};
 use crate::worker::Worker;
 
+/// Streams the proxy reset on a connection to an upstream whose late
+/// frames are still recognised and ignored (the library's default is 10,
+/// `h2`'s 50). A frame on a reset stream already forgotten is answered
+/// STREAM_CLOSED and counted against the connection's MadeYouReset budget
+/// (1024) as the peer's error, though the peer could not know: a client
+/// cancelling many streams at once, each with its response's data in
+/// flight, made the proxy's own pooled upstream connection count ~1000 of
+/// them and close itself with `ENHANCE_YOUR_CALM`, failing every other
+/// request on it. (~290 bytes each; upstream connections are few.)
+const UPSTREAM_RESET_STREAMS_KEPT: usize = 512;
+
 /// Largest header list accepted from either side (RFC 9113 §6.5.2).
 pub(crate) const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
@@ -484,7 +495,7 @@ pub(crate) async fn new_connection(
         // limit, and the server refused the rest (RFC 9113 §5.1.2); those
         // whose bodies had gone could not go again.
         .initial_max_send_streams(1)
-        .max_concurrent_reset_streams(crate::http2::UPSTREAM_RESET_STREAMS_KEPT)
+        .max_concurrent_reset_streams(UPSTREAM_RESET_STREAMS_KEPT)
         .enable_push(false);
     let params = ep.h2.as_deref();
     if let Some(p) = params {

@@ -54,20 +54,11 @@ use crate::worker::{Routes, Worker};
 /// life, the `h2` crate's default.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
-/// Streams the proxy reset on a connection to an upstream whose late
-/// frames are still recognised and ignored (the library's default is 10,
-/// `h2`'s 50). A frame on a reset stream already forgotten is answered
-/// STREAM_CLOSED and counted against the connection's MadeYouReset budget
-/// (1024) as the peer's error, though the peer could not know: a client
-/// cancelling many streams at once, each with its response's data in
-/// flight, made the proxy's own pooled upstream connection count ~1000 of
-/// them and close itself with `ENHANCE_YOUR_CALM`, failing every other
-/// request on it. (~290 bytes each; upstream connections are few.)
-pub(crate) const UPSTREAM_RESET_STREAMS_KEPT: usize = 512;
-
-/// The same for a client's connection, as `h2`'s default (many client
+/// Streams the proxy reset on a client's connection whose late frames are
+/// still recognised and ignored, as `h2`'s default (many client
 /// connections; a client's late frames on streams it was told were reset
-/// are its own to answer for).
+/// are its own to answer for). Upstream connections keep more
+/// (`h2client`).
 const CLIENT_RESET_STREAMS_KEPT: usize = 50;
 
 /// The frame guard's limits for a listener's clients: the defaults, with
