@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use super::keyed_hash::KeyedState;
-use super::labels::{push_label, PolicyLabels};
+use super::labels::{target_labels, PolicyLabels};
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
 
@@ -114,9 +114,7 @@ impl AuthzShard {
 
 fn labels(k: &AuthzKey) -> String {
     let mut s = String::with_capacity(256);
-    let _ = write!(s, "target_addr=\"{}\"", k.target);
-    push_label(&mut s, "target_ip", &k.target.ip().to_string());
-    push_label(&mut s, "target_port", &k.target.port().to_string());
+    s.push_str(&target_labels(k.target));
     // As linkerd2-proxy's `ServerLabel`, `RouteLabels` and
     // `ServerAuthzLabels`.
     k.policy.push_labels(&mut s);

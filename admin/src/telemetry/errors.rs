@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::http::HttpShard;
-use super::labels::Direction;
+use super::labels::{target_labels, Direction};
 use super::{cap_hit_then, family, MAX_SERIES};
 
 /// Why a connection or request could not be served, with linkerd2-proxy's
@@ -178,12 +178,7 @@ impl ErrorShard {
             .iter()
             .map(|((d, target, kind), c)| {
                 let label = match target {
-                    // As linkerd2-proxy's `TargetAddr` labels.
-                    Some(t) => format!(
-                        "target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\",",
-                        t.ip(),
-                        t.port()
-                    ),
+                    Some(t) => format!("{},", target_labels(*t)),
                     None => "target_addr=\"other\",".to_string(),
                 };
                 (*d, label, *kind, c.n)
@@ -236,12 +231,8 @@ fn http_error_labels(key: &super::http::HttpKey) -> String {
         return s;
     }
     if let Some(t) = key.target {
-        let _ = write!(
-            s,
-            "target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\",",
-            t.ip(),
-            t.port()
-        );
+        s.push_str(&target_labels(t));
+        s.push(',');
     }
     if let Some(p) = &key.policy {
         let server = super::labels::PolicyLabels {

@@ -11,7 +11,7 @@ use super::keyed_hash::KeyedState;
 use std::sync::Arc;
 
 use super::labels::{
-    push_dst_labels, push_label, AuthorityLabel, Direction, DstLabels, PolicyLabels,
+    push_dst_labels, push_label, target_labels, AuthorityLabel, Direction, DstLabels, PolicyLabels,
 };
 use super::tls::TlsStatus;
 use super::{cap_hit, family, MAX_SERIES};
@@ -378,12 +378,8 @@ fn http_labels(k: &HttpKey) -> String {
         push_label(&mut s, "authority", a);
     }
     if let Some(t) = k.target {
-        let _ = write!(
-            s,
-            ",target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\"",
-            t.ip(),
-            t.port()
-        );
+        s.push(',');
+        s.push_str(&target_labels(t));
     }
     if let Some(p) = &k.policy {
         p.push_labels(&mut s);

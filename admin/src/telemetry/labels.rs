@@ -92,6 +92,16 @@ fn push_meta(s: &mut String, prefix: &str, m: &PolicyMeta) {
     }
 }
 
+/// An address's labels, as linkerd2-proxy's `TargetAddr`: `target_addr`,
+/// `target_ip`, `target_port`.
+pub(crate) fn target_labels(t: std::net::SocketAddr) -> String {
+    format!(
+        "target_addr=\"{t}\",target_ip=\"{}\",target_port=\"{}\"",
+        t.ip(),
+        t.port()
+    )
+}
+
 /// Appends `,name="value"`, the value escaped.
 pub(crate) fn push_label(s: &mut String, name: &str, value: &str) {
     let _ = write!(s, ",{name}=\"");
