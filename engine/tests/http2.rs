@@ -1410,6 +1410,20 @@ both_drivers!(
     super::frame_and_header_list_limits
 );
 
+/// `tests/grpc/h2_attack.py ATTACK ADDR` (Debian python3 with
+/// python3-h2; bounded by 30 s): what it printed, and its errors.
+fn h2_attack(attack: &str, addr: std::net::SocketAddr) -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
+    let out = Command::new("timeout")
+        .args(["30", "/usr/bin/python3", script, attack, &addr.to_string()])
+        .output()
+        .expect("Debian python3 with python3-h2");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A busy client that cancels streams it was already answered on (Go's
 /// net/http does when a body is closed early), well over the 200 resets a
 /// second the rapid-reset defence allows: they are cancels, not an attack
@@ -1419,29 +1433,13 @@ fn cancels_of_answered_streams_keep_the_connection(driver: IoDriver) {
     let origin = h2::origin(None);
     let proxy = forward_with(driver, origin.addr, &[]);
     let addr = proxy.forward_addrs()[0];
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "/usr/bin/python3",
-            script,
-            "cancel-answered",
-            &addr.to_string(),
-        ])
-        .output()
-        .expect("Debian python3 with python3-h2");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, errors) = h2_attack("cancel-answered", addr);
     let cancels: u32 = text
         .trim()
         .strip_prefix("response 200 after ")
         .and_then(|t| t.strip_suffix(" cancels"))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the slow request was lost: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        .unwrap_or_else(|| panic!("the slow request was lost: {text}{errors}"));
     assert!(cancels > 400, "only {cancels} cancels in 2 s");
     proxy.shutdown();
     proxy.wait();
@@ -1528,18 +1526,7 @@ fn keep_alive_pings_close_silent_clients() {
         ],
     );
     let addr = proxy.forward_addrs()[0];
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc/h2_attack.py");
-    let out = Command::new("timeout")
-        .args([
-            "30",
-            "/usr/bin/python3",
-            script,
-            "silent",
-            &addr.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (text, _) = h2_attack("silent", addr);
     let secs: f64 = text
         .trim()
         .strip_prefix("closed after ")

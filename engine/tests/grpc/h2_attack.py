@@ -201,53 +201,51 @@ def cancel_answered(addr):
     conn.send_headers(slow, [(":method", "GET"), (":path", "/slow/3000"), (":scheme", "http"), (":authority", "test")], end_stream=True)
     s.sendall(conn.data_to_send())
     s.settimeout(5)
-    cancels, slow_status, end = 0, None, time.time() + 2.0
-    events = []
+    state = {"cancels": 0, "slow": None}
+
+    def read(waiting):
+        """One read: the slow request's status noted, each waiting stream
+        cancelled once its head came. A string when the connection ended."""
+        data = s.recv(65536)
+        if not data:
+            return "closed after %d cancels" % state["cancels"]
+        for e in conn.receive_data(data):
+            if isinstance(e, h2.events.ConnectionTerminated):
+                return "goaway %d after %d cancels" % (e.error_code, state["cancels"])
+            if isinstance(e, h2.events.ResponseReceived):
+                if e.stream_id == slow:
+                    state["slow"] = dict(e.headers).get(b":status", b"?").decode()
+                elif e.stream_id in waiting:
+                    waiting.discard(e.stream_id)
+                    conn.reset_stream(e.stream_id, error_code=8)
+                    state["cancels"] += 1
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == slow:
+                conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        s.sendall(conn.data_to_send())
+        return None
+
+    end = time.time() + 2.0
     while time.time() < end:
-        batch = []
+        waiting = set()
         for _ in range(50):
             sid = conn.get_next_available_stream_id()
             # (A body larger than the stream's window: still open when
             # its head arrives.)
             big = [(":method", "GET"), (":path", "/bytes/200000"), (":scheme", "http"), (":authority", "test")]
             conn.send_headers(sid, big, end_stream=True)
-            batch.append(sid)
+            waiting.add(sid)
         s.sendall(conn.data_to_send())
-        waiting = set(batch)
         while waiting:
-            data = s.recv(65536)
-            if not data:
-                print("closed after %d cancels" % cancels)
+            ended = read(waiting)
+            if ended:
+                print(ended)
                 return
-            for e in conn.receive_data(data):
-                if isinstance(e, h2.events.ConnectionTerminated):
-                    print("goaway %d after %d cancels" % (e.error_code, cancels))
-                    return
-                if isinstance(e, h2.events.ResponseReceived):
-                    if e.stream_id == slow:
-                        slow_status = dict(e.headers).get(b":status", b"?").decode()
-                    elif e.stream_id in waiting:
-                        waiting.discard(e.stream_id)
-                        conn.reset_stream(e.stream_id, error_code=8)
-                        cancels += 1
-                if isinstance(e, h2.events.DataReceived) and e.stream_id == slow:
-                    conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-            s.sendall(conn.data_to_send())
-    while slow_status is None:
-        data = s.recv(65536)
-        if not data:
-            print("closed after %d cancels" % cancels)
+    while state["slow"] is None:
+        ended = read(set())
+        if ended:
+            print(ended)
             return
-        for e in conn.receive_data(data):
-            if isinstance(e, h2.events.ConnectionTerminated):
-                print("goaway %d after %d cancels" % (e.error_code, cancels))
-                return
-            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == slow:
-                slow_status = dict(e.headers).get(b":status", b"?").decode()
-            if isinstance(e, h2.events.DataReceived):
-                conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-        s.sendall(conn.data_to_send())
-    print("response %s after %d cancels" % (slow_status, cancels))
+    print("response %s after %d cancels" % (state["slow"], state["cancels"]))
 
 
 def main():
