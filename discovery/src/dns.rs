@@ -584,18 +584,26 @@ impl DnsResolver {
         // One receive buffer for the exchange: a UDP answer is at most
         // 64 KiB, and the kernel cuts anything longer.
         let mut buf: Vec<u8> = Vec::with_capacity(MAX_MESSAGE);
-        while slots.iter().any(|s| matches!(s, Slot::Waiting)) {
+        // A datagram with a query's id that does not parse is skipped, as
+        // hickory's UDP client does (one forged or broken datagram must not
+        // decide the lookup); it is the query's error only if no good reply
+        // follows before the deadline.
+        let mut garbled: Vec<Option<DnsError>> = slots.iter().map(|_| None).collect();
+        let ended = loop {
+            if !slots.iter().any(|s| matches!(s, Slot::Waiting)) {
+                break Ok(());
+            }
             buf.clear();
             let (got, back) = match monoio::time::timeout_at(deadline, socket.recv(buf)).await {
                 Ok(received) => received,
                 // The buffer went with the cancelled receive; we are done.
-                Err(_elapsed) => return Ok(()),
+                Err(_elapsed) => break Ok(()),
             };
             buf = back;
             match got {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
             let datagram = &buf[..];
             let Some(i) = datagram
@@ -609,7 +617,8 @@ impl DnsResolver {
             let msg = match Message::from_vec(datagram) {
                 Ok(msg) => msg,
                 Err(source) => {
-                    slots[i] = Slot::Done(Err(DnsError::Malformed { server, source }));
+                    tracing::debug!(%name, %server, error = %source, "malformed dns reply skipped");
+                    garbled[i] = Some(DnsError::Malformed { server, source });
                     continue;
                 }
             };
@@ -621,8 +630,13 @@ impl DnsResolver {
             } else {
                 Slot::Done(interpret(&msg, server, name, qtypes[i]))
             };
+        };
+        for (slot, garbled) in slots.iter_mut().zip(garbled) {
+            if let (Slot::Waiting, Some(error)) = (&slot, garbled) {
+                *slot = Slot::Done(Err(error));
+            }
         }
-        Ok(())
+        ended
     }
 
     /// One query over TCP (RFC 1035 4.2.2: a 2-byte length prefix), within one

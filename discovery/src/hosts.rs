@@ -6,6 +6,9 @@ use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
+/// The system's hosts file.
+pub const SYSTEM_HOSTS_FILE: &str = "/etc/hosts";
+
 /// Names (canonical and aliases) mapped to their addresses, in file order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostsFile {

@@ -307,6 +307,83 @@ fn replies_that_do_not_match_the_query_are_ignored() {
     assert_eq!(res.addrs, vec![ip("192.0.2.1")]);
 }
 
+/// A nameserver on 127.0.0.1 that answers each query first with a datagram
+/// carrying the query's id and then garbage and, `after` later (if any),
+/// with `good`'s reply.
+fn garbling_server(
+    good: Option<fn(&Message) -> Message>,
+    after: Duration,
+    stop: Arc<AtomicBool>,
+) -> (SocketAddr, JoinHandle<()>) {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let addr = udp.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65535];
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((len, peer)) = udp.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(req) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            let mut garbage = req.id().to_be_bytes().to_vec();
+            garbage.extend_from_slice(b"\x81\x80garbage");
+            let _ = udp.send_to(&garbage, peer);
+            if let Some(good) = good {
+                std::thread::sleep(after);
+                let _ = udp.send_to(&good(&req).to_vec().unwrap(), peer);
+            }
+        }
+    });
+    (addr, thread)
+}
+
+#[test]
+fn a_garbled_reply_is_skipped_for_the_good_one() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let good: fn(&Message) -> Message = |req| {
+        let mut m = reply(req, ResponseCode::NoError);
+        if qtype(req) == RecordType::A {
+            m.add_answer(a("web.test.", 60, [192, 0, 2, 7]));
+        }
+        m
+    };
+    let (addr, thread) = garbling_server(Some(good), Duration::from_millis(30), stop.clone());
+    let dns = DnsResolver::new(DnsConfig {
+        servers: vec![addr],
+        timeout: Duration::from_millis(500),
+        attempts: 1,
+        ..DnsConfig::default()
+    });
+    let res = block_on(dns.resolve("web.test"));
+    stop.store(true, Ordering::SeqCst);
+    thread.join().unwrap();
+    assert_eq!(res.unwrap().addrs, vec![ip("192.0.2.7")]);
+}
+
+#[test]
+fn garbage_alone_is_reported_as_malformed_at_the_timeout() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, thread) = garbling_server(None, Duration::ZERO, stop.clone());
+    let dns = DnsResolver::new(DnsConfig {
+        servers: vec![addr],
+        timeout: Duration::from_millis(200),
+        attempts: 1,
+        ..DnsConfig::default()
+    });
+    let started = Instant::now();
+    let err = block_on(dns.resolve("web.test")).unwrap_err();
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    thread.join().unwrap();
+    assert!(matches!(err, DnsError::Malformed { .. }), "{err:?}");
+    // Waited for a good reply until the deadline.
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
 #[test]
 fn cname_chain_is_followed() {
     let server = TestServer::start(|req, _| {

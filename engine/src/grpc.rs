@@ -202,6 +202,24 @@ impl Channel {
         addr: &crate::config::ControlAddr,
         deadline: Instant,
     ) -> Result<SocketAddr, GrpcError> {
+        Self::resolve_with_hosts(
+            addr,
+            deadline,
+            std::path::Path::new(ringmesh_discovery::hosts::SYSTEM_HOSTS_FILE),
+        )
+        .await
+    }
+
+    /// [`Self::resolve`], looking in `hosts` (an `/etc/hosts`-format file)
+    /// before DNS, as glibc's `files dns` and hickory's default do: a
+    /// control-plane name from `hostAliases` or a hosts file resolves.
+    /// The file is read at each lookup (on the control core, when a
+    /// control-plane connection is made), so an edited one is seen.
+    async fn resolve_with_hosts(
+        addr: &crate::config::ControlAddr,
+        deadline: Instant,
+        hosts: &std::path::Path,
+    ) -> Result<SocketAddr, GrpcError> {
         use crate::config::ControlAddr;
         use ringmesh_discovery::dns::{DnsConfig, DnsResolver};
         let (host, port, dns) = match addr {
@@ -212,6 +230,15 @@ impl Channel {
             }
             ControlAddr::Name { host, port, dns } => (host, *port, dns),
         };
+        let listed = ringmesh_discovery::hosts::HostsFile::load(hosts)
+            .map(|file| file.lookup(host))
+            .unwrap_or_default();
+        if !listed.is_empty() {
+            return Ok(SocketAddr::new(
+                listed[fastrand::usize(..listed.len())],
+                port,
+            ));
+        }
         let mut cfg = dns.clone();
         if cfg.servers.is_empty() {
             let sys = DnsConfig::system();
@@ -694,6 +721,45 @@ mod tests {
         v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn control_names_are_looked_up_in_the_hosts_file_first() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-cp-hosts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = dir.join("hosts");
+        std::fs::write(
+            &hosts,
+            "# aliases\n192.0.2.9 identity.cp.test identity-alias\n",
+        )
+        .unwrap();
+        // DNS would fail: nothing listens on port 1.
+        let dns = ringmesh_discovery::dns::DnsConfig {
+            servers: vec!["127.0.0.1:1".parse().unwrap()],
+            timeout: Duration::from_millis(200),
+            attempts: 1,
+            ..Default::default()
+        };
+        let named = |host: &str| crate::config::ControlAddr::Name {
+            host: host.into(),
+            port: 8080,
+            dns: dns.clone(),
+        };
+        both_drivers(async || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            for host in ["identity.cp.test", "IDENTITY-alias", "identity.cp.test."] {
+                let got = Channel::resolve_with_hosts(&named(host), deadline, &hosts).await;
+                assert_eq!(got.unwrap(), "192.0.2.9:8080".parse().unwrap(), "{host}");
+            }
+            let unlisted = Channel::resolve_with_hosts(&named("other.cp.test"), deadline, &hosts)
+                .await
+                .unwrap_err();
+            assert!(
+                unlisted.message.contains("resolving other.cp.test"),
+                "{unlisted:?}"
+            );
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -245,7 +245,7 @@ fn start_control(
             static_file: cfg.discovery.static_file.clone(),
             static_poll_interval: cfg.discovery.static_poll_interval,
             dns: cfg.discovery.dns.clone(),
-            hosts_file: Some("/etc/hosts".into()),
+            hosts_file: Some(ringmesh_discovery::hosts::SYSTEM_HOSTS_FILE.into()),
             max_names: cfg.discovery.max_names,
             local_ips: cfg.inbound.ips.clone(),
             idle_timeout: cfg.discovery.idle_timeout,
