@@ -574,7 +574,9 @@ impl Drop for TimerEntry {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(align(128)))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(align(64)))]
+// ringmesh patch: no cache-line alignment. monoio's timer wheel and its
+// entries live on one thread, so there is no false sharing to pad against,
+// and the 128-byte alignment made every `Sleep` 640 bytes and forced that
+// alignment (and its padding) onto every future holding a timeout.
 #[derive(Debug, Default)]
 struct CachePadded<T>(T);
