@@ -113,9 +113,21 @@ struct FilterAnswer {
 
 /// gRPC's UNAVAILABLE: what a gRPC client gets when the proxy answers.
 pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
-/// gRPC DEADLINE_EXCEEDED: the proxy's response timeout (as
+/// gRPC DEADLINE_EXCEEDED: the proxy's response and connect timeouts (as
 /// linkerd2-proxy's `gateway_timeout`).
 pub(crate) const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+pub(crate) use ringmesh_admin::telemetry::GRPC_UNKNOWN;
+
+/// A `grpc-status` value's code; one gRPC does not define (over 16) is
+/// UNKNOWN, as linkerd2-proxy (tonic's `Code::from_i32`) counts it.
+pub(crate) fn grpc_code(value: &[u8]) -> Option<u32> {
+    let code = std::str::from_utf8(value)
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    Some(if code > 16 { GRPC_UNKNOWN } else { code })
+}
 /// gRPC ABORTED: a loop (as linkerd2-proxy's `loop_detected`).
 pub(crate) const GRPC_ABORTED: u32 = 10;
 /// gRPC's PERMISSION_DENIED: an authorization denial.
@@ -124,6 +136,11 @@ pub(crate) const GRPC_PERMISSION_DENIED: u32 = 7;
 pub(crate) const GRPC_NOT_FOUND: u32 = 5;
 /// `RESOURCE_EXHAUSTED`: a rate limit.
 pub(crate) const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+/// `FAILED_PRECONDITION`: a route's injected HTTP failure, to a gRPC client
+/// (linkerd2-proxy's `SyntheticHttpResponse::response`).
+pub(crate) const GRPC_FAILED_PRECONDITION: u32 = 9;
+/// `INTERNAL`: a route filter that cannot apply.
+pub(crate) const GRPC_INTERNAL: u32 = 13;
 
 impl ProxyError {
     pub(crate) fn new(kind: Kind, reason: impl Into<Cow<'static, str>>) -> Self {
@@ -392,7 +409,6 @@ impl ProxyError {
         format!("ringmesh: {}\n", self.header_value())
     }
 
-    /// The `grpc-status` a gRPC client gets with the answer.
     /// The bytes of the body of this answer as the proxy sends it: the
     /// reason, to a client told reasons (`informational`) that is not a
     /// gRPC client (whose answer is trailers-only); else none.
@@ -404,13 +420,19 @@ impl ProxyError {
         }
     }
 
+    /// The `grpc-status` a gRPC client gets with the answer: linkerd2-proxy's
+    /// pairing of its synthetic responses' HTTP and gRPC statuses (504:
+    /// DEADLINE_EXCEEDED, an injected HTTP failure: FAILED_PRECONDITION, a
+    /// redirect: NOT_FOUND, a filter that cannot apply: INTERNAL, ...).
     pub(crate) fn grpc_status(&self) -> u32 {
         match self.kind {
             Kind::Forbidden => GRPC_PERMISSION_DENIED,
-            Kind::NoRoute => GRPC_NOT_FOUND,
+            Kind::NoRoute | Kind::Redirect(_) => GRPC_NOT_FOUND,
             Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
             Kind::InjectedGrpc(code) => u32::from(code),
-            Kind::ResponseTimeout => GRPC_DEADLINE_EXCEEDED,
+            Kind::Injected(_) => GRPC_FAILED_PRECONDITION,
+            Kind::BadFilter => GRPC_INTERNAL,
+            Kind::ResponseTimeout | Kind::ConnectTimeout => GRPC_DEADLINE_EXCEEDED,
             Kind::Loop => GRPC_ABORTED,
             _ => GRPC_UNAVAILABLE,
         }
@@ -530,10 +552,10 @@ mod tests {
     #[test]
     fn filter_answers() {
         let cases = [
-            (Kind::Injected(418), 418, 14, true),
+            (Kind::Injected(418), 418, 9, true),
             (Kind::InjectedGrpc(5), 200, 5, true),
-            (Kind::Redirect(302), 302, 14, true),
-            (Kind::BadFilter, 500, 14, false),
+            (Kind::Redirect(302), 302, 5, true),
+            (Kind::BadFilter, 500, 13, false),
         ];
         for (kind, status, grpc, by_filter) in cases {
             let e = ProxyError::new(kind, "x");
@@ -585,7 +607,7 @@ mod tests {
                 Kind::Forbidden => GRPC_PERMISSION_DENIED,
                 Kind::NoRoute => GRPC_NOT_FOUND,
                 Kind::RateLimited => GRPC_RESOURCE_EXHAUSTED,
-                Kind::ResponseTimeout => GRPC_DEADLINE_EXCEEDED,
+                Kind::ResponseTimeout | Kind::ConnectTimeout => GRPC_DEADLINE_EXCEEDED,
                 Kind::Loop => GRPC_ABORTED,
                 _ => GRPC_UNAVAILABLE,
             };

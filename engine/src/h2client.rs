@@ -627,12 +627,10 @@ pub(crate) async fn unanswered_ping(
 /// name on every lookup).
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
-/// The gRPC status in trailers (or trailers-only response headers).
+/// The gRPC status in trailers (or trailers-only response headers), as
+/// [`crate::error::grpc_code`] reads it.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+    crate::error::grpc_code(headers.get(GRPC_STATUS)?.as_bytes())
 }
 
 /// The `content-length` a request or response declares.

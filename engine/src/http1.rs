@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::multishot::RecvMulti;
 use monoio::io::AsyncWriteRentExt;
-use ringmesh_admin::telemetry::{ConnMeter, Direction};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, ResponseClass};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{
@@ -286,11 +286,22 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
         Err(Some(e)) => return answer(t, obs, e).await,
         Err(None) => return Next::Close,
     };
-    if let Http1Path::OverHttp2 { mark } = dispatch::http1(&target, t.req) {
+    match dispatch::http1(&target, t.req) {
+        Http1Path::Http1 => forward(t, obs, dst, &target, kept, deadline).await,
         // Boxed: its state would otherwise size every connection's task.
-        return Box::pin(over_h2(t, obs, &target, kept, deadline, mark)).await;
+        Http1Path::OverHttp2 { mark } => {
+            Box::pin(over_h2(t, obs, &target, kept, deadline, mark)).await
+        }
+        Http1Path::Refused(status) => {
+            let what = if status == 505 {
+                "an HTTP/1.0 request"
+            } else {
+                "an upgrade or CONNECT"
+            };
+            let reason = format!("the service speaks HTTP/2 only: {what} cannot be sent to it");
+            answer(t, obs, ProxyError::malformed(status, reason)).await
+        }
     }
-    forward(t, obs, dst, &target, kept, deadline).await
 }
 
 /// The proxy answers the request itself; the connection closes after,

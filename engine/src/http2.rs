@@ -788,12 +788,7 @@ async fn relay_response(
     obs.endpoint_outcome(a.in_flight.as_ref(), ok);
     Ok(match broken {
         true => ResponseClass::broken(status, grpc),
-        false => ResponseClass {
-            status,
-            grpc_status: grpc,
-            error: None,
-            classified: None,
-        },
+        false => ResponseClass::grpc_or_http(status, grpc, grpc_request),
     })
 }
 

@@ -381,7 +381,9 @@ impl<'w> Observer<'w> {
         self.ended = true;
         // An upstream's response, classified by its route's classes.
         if let (None, Some(classes)) = (class.error, self.route.classes.as_deref()) {
-            class.classified = ringmesh_discovery::profile::classify(classes, class.status);
+            if let Some(failure) = ringmesh_discovery::profile::classify(classes, class.status) {
+                class.classified = Some(failure);
+            }
         }
         // One clock read for the latency and the tap's end.
         let now = Instant::now();

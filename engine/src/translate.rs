@@ -918,7 +918,7 @@ impl H1Reply<'_> {
         let grpc = resp
             .headers()
             .get("grpc-status")
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+            .and_then(crate::error::grpc_code);
         if let Some(t) = obs.tap() {
             t.response(status, now, || crate::tap::h1_fields(resp.headers()));
         }

@@ -530,12 +530,17 @@ fn grpc_calls_and_statuses() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum::<u64>()
     };
-    // As linkerd2-proxy: only UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
-    // UNAVAILABLE and DATA_LOSS are failures.
+    // As linkerd2-proxy: only UNKNOWN, DEADLINE_EXCEEDED, PERMISSION_DENIED,
+    // INTERNAL, UNAVAILABLE and DATA_LOSS are failures.
     assert_eq!(
         find("classification=\"success\",grpc_status=\"5\""),
         1,
         "the NOT_FOUND call is no failure:\n{body}"
+    );
+    assert_eq!(
+        find("classification=\"failure\",grpc_status=\"7\""),
+        1,
+        "the PERMISSION_DENIED call is a failure:\n{body}"
     );
     assert_eq!(
         find("classification=\"failure\",grpc_status=\"13\""),

@@ -2087,3 +2087,102 @@ fn a_request_its_client_cancels_is_counted() {
     );
     drop(c);
 }
+
+/// gRPC responses are classified as linkerd2-proxy's default gRPC
+/// classification does, by the request's `content-type` whatever the HTTP
+/// version: PERMISSION_DENIED is a failure; a code gRPC does not define
+/// is UNKNOWN (`grpc_status="2"`), a failure; a gRPC response with no
+/// status is UNKNOWN, not a failure. gRPC-Web over HTTP/1.1 is gRPC too,
+/// its status read from the response head. `response_latency_ms` is by
+/// status code alone. (PERMISSION_DENIED was a success, 17 its own label,
+/// gRPC-Web over HTTP/1.1 plain HTTP, the histogram split by gRPC status.)
+#[test]
+fn grpc_responses_are_classified_as_linkerd2_proxy() {
+    // HTTP/2 client, HTTP/2 service.
+    let origin = h2::origin(None);
+    let dir = TempDir::new("grpc-classes-h2");
+    let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
+    for path in ["/grpc-trailer/17", "/grpc-only/7", "/hello"] {
+        let url = format!("http://{}{path}", p.forward_addrs()[0]);
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--http2-prior-knowledge", "-X", "POST", "--max-time", "10"])
+            .args(["-H", "content-type: application/grpc", &url])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
+    }
+    let text = metrics(p.admin_addr().unwrap());
+    let count = |labels: &[&str]| series(&text, "response_total", labels).unwrap_or(0.0);
+    for (labels, n) in [
+        (["classification=\"failure\"", "grpc_status=\"2\""], 1.0),
+        (["classification=\"failure\"", "grpc_status=\"7\""], 1.0),
+        (["classification=\"success\"", "grpc_status=\"2\""], 1.0),
+    ] {
+        assert_eq!(count(&labels), n, "{labels:?}:\n{text}");
+    }
+    assert!(!text.contains("grpc_status=\"17\""), "{text}");
+    let latency: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("response_latency_ms_count{"))
+        .collect();
+    assert_eq!(
+        latency.len(),
+        1,
+        "one histogram for status 200: {latency:?}"
+    );
+    assert!(
+        latency[0].ends_with(",status_code=\"200\"} 3"),
+        "{latency:?}"
+    );
+    drop(p);
+
+    // gRPC-Web over HTTP/1.1 to an HTTP/1 service: the status in the head,
+    // or none.
+    let h1 = Backend::start(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let status = if seen.starts_with(b"POST /unavailable ") {
+            "grpc-status: 14\r\n"
+        } else {
+            ""
+        };
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\n{status}\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    });
+    let dir = TempDir::new("grpc-classes-web");
+    let p = web_proxy(&dir, &[h1.addr], "protocol = \"http1\"\n");
+    for path in ["/unavailable", "/streamed"] {
+        let url = format!("http://{}{path}", p.forward_addrs()[0]);
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--http1.1", "-X", "POST", "--max-time", "10"])
+            .args(["-H", "content-type: application/grpc-web+proto", &url])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
+    }
+    let text = metrics(p.admin_addr().unwrap());
+    let count = |labels: &[&str]| series(&text, "response_total", labels).unwrap_or(0.0);
+    assert_eq!(
+        count(&["classification=\"failure\"", "grpc_status=\"14\""]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(&["classification=\"success\"", "grpc_status=\"2\""]),
+        1.0,
+        "{text}"
+    );
+}

@@ -40,12 +40,18 @@ pub struct HttpKey {
     pub policy: Option<PolicyLabels>,
 }
 
-/// The gRPC statuses that are failures, as linkerd2-proxy classifies them:
-/// UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS, and any
-/// code gRPC does not define (read as UNKNOWN). The others (NOT_FOUND,
-/// INVALID_ARGUMENT, PERMISSION_DENIED, ...) are the application's answers.
+/// gRPC's UNKNOWN: also what a gRPC response that carried no status, or
+/// a code over 16, is counted with (as linkerd2-proxy counts them).
+pub const GRPC_UNKNOWN: u32 = 2;
+
+/// The gRPC statuses that are failures, as linkerd2-proxy's default gRPC
+/// classification (`client_policy::grpc::Codes`) has them: UNKNOWN,
+/// DEADLINE_EXCEEDED, PERMISSION_DENIED, INTERNAL, UNAVAILABLE, DATA_LOSS,
+/// and any code gRPC does not define (read as UNKNOWN). The others
+/// (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) are the
+/// application's answers.
 pub fn grpc_failure(code: u32) -> bool {
-    !matches!(code, 0 | 1 | 3 | 5..=12 | 16)
+    matches!(code, 2 | 4 | 7 | 13 | 14 | 15) || code > 16
 }
 
 /// Why the proxy answered a request itself (the `error` label of
@@ -82,6 +88,24 @@ impl ResponseClass {
             grpc_status: None,
             error,
             classified: None,
+        }
+    }
+
+    /// The class of a response the upstream sent whole: by its status and
+    /// `grpc_status`; to a gRPC request (`grpc`) that got no gRPC status,
+    /// UNKNOWN and not a failure unless a 5xx, as linkerd2-proxy counts a
+    /// gRPC stream that ended without one (`Class::Grpc(Ok(Unknown))`).
+    pub fn grpc_or_http(status: u16, grpc_status: Option<u32>, grpc: bool) -> Self {
+        let unknown = grpc && grpc_status.is_none();
+        Self {
+            status,
+            grpc_status: if unknown {
+                Some(GRPC_UNKNOWN)
+            } else {
+                grpc_status
+            },
+            error: None,
+            classified: unknown.then_some(status >= 500),
         }
     }
 
@@ -123,14 +147,6 @@ impl ResponseClass {
         s
     }
 
-    /// As [`Self::labels`] without `classification` (as linkerd's
-    /// `response_latency_ms` has them).
-    fn labels_without_classification(&self) -> String {
-        let mut s = format!("status_code=\"{}\"", self.status);
-        self.push_details(&mut s);
-        s
-    }
-
     fn push_details(&self, s: &mut String) {
         if let Some(g) = self.grpc_status {
             let _ = write!(s, ",grpc_status=\"{g}\"");
@@ -148,6 +164,16 @@ pub struct StatusCounters {
     /// Counts per bucket of [`LATENCY_BUCKETS_MS`], plus +Inf last.
     pub buckets: [u64; 26],
     pub sum_ms: u64,
+}
+
+impl StatusCounters {
+    fn add(&mut self, other: &Self) {
+        self.total += other.total;
+        self.sum_ms += other.sum_ms;
+        for (b, o) in self.buckets.iter_mut().zip(other.buckets) {
+            *b += o;
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,14 +375,18 @@ impl HttpShard {
             "Elapsed times between a request's headers being received and its response stream completing.",
         );
         for k in &keys {
-            let mut st: Vec<_> = self.0[*k].by_status.iter().collect();
-            st.sort_by_key(|(s, _)| **s);
-            for (class, c) in st {
-                let l = format!(
-                    "{},{}",
-                    http_labels(k),
-                    class.labels_without_classification()
-                );
+            // By status code alone, as linkerd2-proxy's histogram: the
+            // classes that share one are summed.
+            let mut by_code: Vec<(u16, StatusCounters)> = Vec::new();
+            for (class, c) in &self.0[*k].by_status {
+                match by_code.iter_mut().find(|(code, _)| *code == class.status) {
+                    Some((_, sum)) => sum.add(c),
+                    None => by_code.push((class.status, c.clone())),
+                }
+            }
+            by_code.sort_by_key(|(code, _)| *code);
+            for (code, c) in by_code {
+                let l = format!("{},status_code=\"{code}\"", http_labels(k));
                 let mut cum = 0;
                 for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
                     cum += c.buckets[i];
@@ -542,12 +572,19 @@ mod tests {
             out.contains("status_code=\"200\",classification=\"failure\",grpc_status=\"13\"} 1"),
             "{out}"
         );
-        for code in [2, 4, 13, 14, 15, 17, 99] {
+        for code in [2, 4, 7, 13, 14, 15, 17, 99] {
             assert!(grpc_failure(code), "{code}");
         }
-        for code in [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 16] {
+        for code in [0, 1, 3, 5, 6, 8, 9, 10, 11, 12, 16] {
             assert!(!grpc_failure(code), "{code}");
         }
+        // The histogram is by status code alone, the classes summed.
+        assert!(out.contains("status_code=\"200\",le=\"+Inf\"} 3"), "{out}");
+        assert_eq!(
+            out.matches("response_latency_ms_count{").count(),
+            1,
+            "{out}"
+        );
     }
 
     #[test]
@@ -584,7 +621,7 @@ mod tests {
             format!("request_total{{{labels}}} 1"),
             format!("ringmesh_retries_total{{{labels}}} 1"),
             format!("response_total{{{labels},status_code=\"502\",classification=\"failure\",error=\"connect_failed\"}} 1"),
-            format!("response_latency_ms_count{{{labels},status_code=\"502\",error=\"connect_failed\"}} 1"),
+            format!("response_latency_ms_count{{{labels},status_code=\"502\"}} 1"),
         ] {
             assert!(out.contains(&format!("{line}\n")), "{line} missing:\n{out}");
         }

@@ -36,8 +36,8 @@ mod workers;
 pub use authz::{AuthzKey, AuthzProto, AuthzShard};
 pub use errors::{ErrorShard, ProxyErrorKind};
 pub use http::{
-    ErrorLabel, HttpKey, HttpShard, ResponseClass, LATENCY_BUCKETS_MS, RESPONSE_BODY_FAILED,
-    STREAM_RESET,
+    ErrorLabel, HttpKey, HttpShard, ResponseClass, GRPC_UNKNOWN, LATENCY_BUCKETS_MS,
+    RESPONSE_BODY_FAILED, STREAM_RESET,
 };
 pub use keyed_hash::{KeyedHasher, KeyedState};
 pub use labels::{AuthorityLabel, Direction, DstLabels, Peer, PolicyLabels, PolicyMeta};

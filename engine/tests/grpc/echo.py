@@ -31,6 +31,11 @@ def broken(request, context):
     context.abort(grpc.StatusCode.INTERNAL, "broken")
 
 
+def denied(request, context):
+    # A failure for linkerd2-proxy's gRPC classification.
+    context.abort(grpc.StatusCode.PERMISSION_DENIED, "not you")
+
+
 def server_stream(request, context):
     n = int(request.decode())
     for i in range(n):
@@ -67,6 +72,7 @@ def serve(addr):
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Broken": grpc.unary_unary_rpc_method_handler(broken),
+        "Denied": grpc.unary_unary_rpc_method_handler(denied),
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "Items": grpc.unary_stream_rpc_method_handler(items),
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
@@ -108,6 +114,12 @@ def client(addr):
             check(False, "Broken raised")
         except grpc.RpcError as e:
             check(e.code() == grpc.StatusCode.INTERNAL, "INTERNAL passed through (%s)" % e.code())
+
+        try:
+            ch.unary_unary(m + "Denied")(b"x", timeout=10)
+            check(False, "Denied raised")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED passed through (%s)" % e.code())
 
         items = list(ch.unary_stream(m + "ServerStream")(b"50", timeout=10))
         check(items == [b"item-%d" % i for i in range(50)], "server streaming, 50 messages in order")
