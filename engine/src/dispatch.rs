@@ -32,6 +32,11 @@ pub(crate) enum Http1Path {
     OverHttp2 {
         mark: bool,
     },
+    /// To a service that speaks HTTP/2 alone (`protocol = "http2"`, no
+    /// peer proxy in front): a request that cannot become an HTTP/2
+    /// stream (HTTP/1.0, an upgrade, CONNECT) is answered, not sent to it
+    /// as HTTP/1 bytes; the value is the status (505 or 501).
+    Refused(u16),
 }
 
 /// The path of a stream that came in as HTTP/2.
@@ -69,6 +74,14 @@ fn http1_to(svc: Option<&Service>, req: &RequestHead) -> Http1Path {
     };
     let plain = req.version() == Version::Http11 && !req.is_connect() && req.upgrade().is_none();
     if !plain {
+        if svc.protocol == Some(DiscoveredProtocol::Http2) && !svc.all_h2_hint() {
+            let status = if req.version() == Version::Http11 {
+                501
+            } else {
+                505
+            };
+            return Http1Path::Refused(status);
+        }
         Http1Path::Http1
     } else if svc.all_h2_hint() {
         Http1Path::OverHttp2 { mark: true }

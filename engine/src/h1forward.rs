@@ -711,6 +711,16 @@ fn plan_response(
     limits: &Limits,
     tap: Option<&crate::tap::Pending>,
 ) -> Result<HeadPlan, Failure> {
+    // A chunked answer to an HTTP/1.0 request (sent upstream as HTTP/1.0)
+    // breaks RFC 9112 §6.1, and its client could not read it: relayed, a
+    // keep-alive 1.0 client would wait for an end it cannot see.
+    if req.version() == Version::Http10
+        && resp.framing() == BodyFraming::Chunked
+        && req.method() != Method::Head
+    {
+        let reason = "upstream sent a chunked response to an HTTP/1.0 request";
+        return Err(ProxyError::upstream(reason).into());
+    }
     // The connection's last response (draining, or a body withheld); say so.
     let keep = req.keep_alive() && resp.keep_alive() && !last;
     let tunnel = resp.framing() == BodyFraming::Tunnel;

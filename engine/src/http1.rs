@@ -32,7 +32,7 @@ use ringmesh_protocols::http1::{
 use crate::config::ConnectConfig;
 use crate::detect::is_cancelled;
 use crate::dispatch::{self, Http1Path};
-use crate::error::{Failure, Kind, ProxyError, Side};
+use crate::error::{grpc_code, Failure, Kind, ProxyError, Side};
 use crate::h1forward::{checkout, exchange, tunnel, Client, Exchange};
 use crate::observe::Observer;
 use crate::pool::{read_more, Scratch, Upstream};
@@ -604,6 +604,23 @@ async fn attempts(
     }
 }
 
+/// What a response the upstream sent whole is counted as: by its status,
+/// and for a gRPC request (gRPC-Web over HTTP/1.1: `application/grpc…`, as
+/// linkerd2-proxy decides it by the request) with the `grpc-status` of
+/// its head, UNKNOWN without one (the status of a streamed gRPC-Web
+/// response is in its body, which is not read).
+fn response_class(req: &RequestHead, resp: &ResponseHead) -> ResponseClass {
+    let status = resp.status();
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.starts_with(b"application/grpc"));
+    let grpc_status = grpc
+        .then(|| resp.headers().get("grpc-status").and_then(grpc_code))
+        .flatten();
+    ResponseClass::grpc_or_http(status, grpc_status, grpc)
+}
+
 /// After the last attempt: the endpoint's outcome and the request's
 /// metrics (through the observer), the connection back to the pool, and
 /// what the client hears.
@@ -622,7 +639,7 @@ async fn finish(
         } => {
             obs.endpoint_outcome(in_flight, status < 500);
             let side = obs.key().direction;
-            obs.end_status(status);
+            obs.end(response_class(t.req, t.resp));
             if let Some(up) = upstream {
                 t.w.pools.h1.release(side, up, t.ubuf);
             }

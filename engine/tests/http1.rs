@@ -2083,3 +2083,74 @@ fn http_error_counts_survive_eviction() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// What an HTTP/1.0 client could not read never reaches it: a backend's
+/// chunked answer to its request (RFC 9112 §6.1) is a 502 saying why; a
+/// service that speaks HTTP/2 only (`protocol = "http2"`) answers its
+/// request 505, and an upgrade 501, instead of being sent HTTP/1 bytes it
+/// cannot parse. (The chunk framing went to the client, which, kept
+/// alive, waited for an end it could not see; the HTTP/2 server got
+/// HTTP/1 bytes and the client a 502.)
+#[test]
+fn http10_clients_get_what_they_can_read() {
+    let chunking = Backend::start(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
+        let _ = s.read(&mut buf);
+    });
+    let h2 = common::h2::origin(None);
+    let dir = TempDir::new("http10-clients");
+    let file = discovery_file(
+        &dir,
+        &format!(
+            "[[service]]\nname = \"chunks.test:80\"\nendpoints = [\"{}\"]\n\
+             [[service]]\nname = \"h2only.test:80\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n",
+            chunking.addr, h2.addr
+        ),
+    );
+    let proxy = start_proxy(
+        IoDriver::Uring,
+        &[
+            (
+                "RINGMESH_TCP_FORWARD",
+                "127.0.0.1:0=chunks.test:80,127.0.0.1:0=h2only.test:80",
+            ),
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+        ],
+    );
+    let (chunks, h2only) = (proxy.forward_addrs()[0], proxy.forward_addrs()[1]);
+    let (h, b) = request(
+        chunks,
+        b"GET / HTTP/1.0\r\nHost: chunks.test\r\nConnection: keep-alive\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.0 502"), "{h}");
+    assert!(h.contains("chunked response to an HTTP/1.0 request"), "{h}");
+    assert!(!String::from_utf8_lossy(&b).contains("hello"), "{b:?}");
+    // An HTTP/1.1 client still gets the chunked answer.
+    let (h, b) = request(chunks, b"GET / HTTP/1.1\r\nHost: chunks.test\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert_eq!(b, b"5\r\nhello\r\n0\r\n\r\n");
+
+    let (h, _) = request(h2only, b"GET /hello HTTP/1.0\r\nHost: h2only.test\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.0 505"), "{h}");
+    assert!(h.contains("speaks HTTP/2 only"), "{h}");
+    let (h, _) = request(
+        h2only,
+        b"GET /hello HTTP/1.1\r\nHost: h2only.test\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert!(h.starts_with("HTTP/1.1 501"), "{h}");
+    let (h, b) = request(h2only, b"GET /hello HTTP/1.1\r\nHost: h2only.test\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 200"), "{h}");
+    assert_eq!(b, b"d\r\nhello from h2\r\n0\r\n\r\n", "translated, chunked");
+    proxy.shutdown();
+    proxy.wait();
+}
