@@ -453,27 +453,39 @@ impl DnsResolver {
         let mut a: Option<Answer> = None;
         let mut aaaa: Option<Answer> = None;
         let mut last_error = None;
+        // A family whose replies were garbage while the other was answered
+        // is not asked again: its answer is not waited for (a server that
+        // garbles AAAA would hold every lookup until the deadline).
+        let mut given_up = [false; 2];
         'rounds: for _ in 0..self.cfg.attempts.max(1) {
             for &server in &self.cfg.servers {
                 let mut todo = Vec::with_capacity(2);
-                if a.is_none() {
+                if a.is_none() && !given_up[0] {
                     todo.push(RecordType::A);
                 }
-                if aaaa.is_none() {
+                if aaaa.is_none() && !given_up[1] {
                     todo.push(RecordType::AAAA);
                 }
                 if todo.is_empty() {
                     break 'rounds;
                 }
-                for (qtype, result) in self.exchange(server, name, &todo).await {
+                let results = self.exchange(server, name, &todo).await;
+                for (qtype, result) in results {
                     match result {
                         Ok(answer) if qtype == RecordType::A => a = Some(answer),
                         Ok(answer) => aaaa = Some(answer),
                         Err(error) => {
                             tracing::debug!(%name, %qtype, %error, "dns query failed");
+                            if matches!(error, DnsError::Malformed { .. }) {
+                                given_up[usize::from(qtype != RecordType::A)] = true;
+                            }
                             last_error = Some(error);
                         }
                     }
+                }
+                // Garbage is given up on only beside an answer.
+                if a.is_none() && aaaa.is_none() {
+                    given_up = [false; 2];
                 }
             }
         }
@@ -590,7 +602,16 @@ impl DnsResolver {
         // follows before the deadline.
         let mut garbled: Vec<Option<DnsError>> = slots.iter().map(|_| None).collect();
         let ended = loop {
-            if !slots.iter().any(|s| matches!(s, Slot::Waiting)) {
+            // Done when no query waits, or when those that do have only had
+            // garbage while another family was answered: the good answer is
+            // used at once (as when their reply was an error), not held
+            // back until the deadline.
+            let answered = slots.iter().any(|s| matches!(s, Slot::Done(Ok(_))));
+            let waiting = slots
+                .iter()
+                .zip(&garbled)
+                .any(|(s, g)| matches!(s, Slot::Waiting) && !(answered && g.is_some()));
+            if !waiting {
                 break Ok(());
             }
             buf.clear();

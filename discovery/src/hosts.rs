@@ -9,6 +9,10 @@ use std::path::Path;
 /// The system's hosts file.
 pub const SYSTEM_HOSTS_FILE: &str = "/etc/hosts";
 
+/// A hosts file larger than this is not read (a pod's is a few hundred
+/// bytes; parsing a huge one would hold the control core and its memory).
+pub const MAX_HOSTS_FILE_BYTES: u64 = 4 << 20;
+
 /// Names (canonical and aliases) mapped to their addresses, in file order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostsFile {
@@ -42,8 +46,27 @@ impl HostsFile {
         Self { by_name }
     }
 
+    /// Reads and parses the file at `path`: a regular file (a FIFO or a
+    /// device would block the reading thread) of at most
+    /// [`MAX_HOSTS_FILE_BYTES`]; bytes that are not UTF-8 (a Latin-1
+    /// comment) spoil only their own names, as glibc reads the file.
     pub fn load(path: impl AsRef<Path>) -> io::Result<Self> {
-        std::fs::read_to_string(path).map(|text| Self::parse(&text))
+        use std::io::Read as _;
+        // Looked at before it is opened: opening a FIFO to read waits for
+        // a writer.
+        let meta = std::fs::metadata(&path)?;
+        if !meta.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        let file = std::fs::File::open(&path)?;
+        if meta.len() > MAX_HOSTS_FILE_BYTES {
+            return Err(io::Error::other(format!(
+                "larger than {MAX_HOSTS_FILE_BYTES} bytes"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_HOSTS_FILE_BYTES).read_to_end(&mut bytes)?;
+        Ok(Self::parse(&String::from_utf8_lossy(&bytes)))
     }
 
     /// Every address listed for `name` (canonical name or alias), in file
@@ -146,6 +169,32 @@ not-an-ip ignored
         assert_eq!(hosts.lookup("db"), vec![v4(192, 0, 2, 7)]);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(HostsFile::load(&path).is_err());
+    }
+
+    /// A byte that is not UTF-8 spoils nothing else; a FIFO (which would
+    /// block the reader) and a file over the cap are refused at once.
+    #[test]
+    fn load_is_lenient_with_bytes_and_strict_with_what_it_reads() {
+        let dir = std::env::temp_dir().join(format!("ringmesh-hosts-b-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let latin1 = dir.join("latin1");
+        std::fs::write(&latin1, b"# caf\xe9\n192.0.2.8 cp.test\n").unwrap();
+        assert_eq!(
+            HostsFile::load(&latin1).unwrap().lookup("cp.test"),
+            vec![v4(192, 0, 2, 8)]
+        );
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(HostsFile::load(&fifo).is_err());
+        let big = dir.join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_HOSTS_FILE_BYTES + 1).unwrap();
+        assert!(HostsFile::load(&big).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     proptest::proptest! {
