@@ -118,15 +118,17 @@ pub(crate) const GRPC_UNAVAILABLE: u32 = 14;
 pub(crate) const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 pub(crate) use ringmesh_admin::telemetry::GRPC_UNKNOWN;
 
-/// A `grpc-status` value's code; one gRPC does not define (over 16) is
-/// UNKNOWN, as linkerd2-proxy (tonic's `Code::from_i32`) counts it.
+/// A `grpc-status` value's code, read as linkerd2-proxy's `grpc_code`
+/// reads it (a `u16`, nothing around it; a value that is not one is no
+/// status); one gRPC does not define (over 16) is UNKNOWN, as tonic's
+/// `Code::from_i32` makes it.
 pub(crate) fn grpc_code(value: &[u8]) -> Option<u32> {
-    let code = std::str::from_utf8(value)
-        .ok()?
-        .trim()
-        .parse::<u32>()
-        .ok()?;
-    Some(if code > 16 { GRPC_UNKNOWN } else { code })
+    let code = std::str::from_utf8(value).ok()?.parse::<u16>().ok()?;
+    Some(if code > 16 {
+        GRPC_UNKNOWN
+    } else {
+        u32::from(code)
+    })
 }
 /// gRPC ABORTED: a loop (as linkerd2-proxy's `loop_detected`).
 pub(crate) const GRPC_ABORTED: u32 = 10;
@@ -615,6 +617,25 @@ mod tests {
             let refusal = matches!(kind, Kind::Forbidden | Kind::NoRoute | Kind::RateLimited);
             assert_eq!(e.closes_connection(), !refusal, "{kind:?}");
             assert!(!e.retryable(), "{kind:?} retryable by default");
+        }
+    }
+
+    #[test]
+    fn grpc_codes_are_read_as_linkerd2_proxy_reads_them() {
+        for (value, code) in [
+            (&b"0"[..], Some(0)),
+            (b"7", Some(7)),
+            (b"16", Some(16)),
+            (b"17", Some(GRPC_UNKNOWN)),
+            (b"65535", Some(GRPC_UNKNOWN)),
+            (b"65536", None),
+            (b"-1", None),
+            (b" 7", None),
+            (b"7a", None),
+            (b"", None),
+            (b"\xff", None),
+        ] {
+            assert_eq!(grpc_code(value), code, "{value:?}");
         }
     }
 

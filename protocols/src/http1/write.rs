@@ -137,7 +137,10 @@ pub fn write_response_head(
         opts,
         FieldPlan {
             upgrade: opts.upgrade && head.upgrade().is_some(),
-            chunked: head.is_chunked(),
+            // Never to an HTTP/1.0 client (RFC 9112 §6.1), which would
+            // take it for faulty framing: only a body-less answer (HEAD,
+            // 304) that declared it gets this far.
+            chunked: head.is_chunked() && opts.version != Version::Http10,
             host: None,
             // RFC 9110 §8.6: never on a 1xx or a 204 (a client that took
             // it for a length would read the next response as a body),
@@ -553,6 +556,17 @@ mod tests {
             &WriteOptions::default(),
         );
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        // Never to an HTTP/1.0 client (here a 304, which has no body).
+        let to_http10 = WriteOptions {
+            version: Version::Http10,
+            ..WriteOptions::default()
+        };
+        let out = write_res(
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            GET,
+            &to_http10,
+        );
+        assert_eq!(out, "HTTP/1.0 304 Not Modified\r\n\r\n");
     }
 
     #[test]
