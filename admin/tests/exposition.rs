@@ -4,6 +4,8 @@
 //! engine (and before label sets carried a TLS status): family order, HELP
 //! and TYPE lines, label order, escaping and series order are what
 //! dashboards and the engine's tests already read, and must not drift.
+//! A change on purpose rewrites it: `RINGMESH_UPDATE_EXPOSITION=1 cargo
+//! test -p ringmesh-admin --test exposition`, and the diff is reviewed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,6 +150,11 @@ fn exposition() -> String {
 fn exposition_is_unchanged() {
     let expected = include_str!("data/shards.prom");
     let out = exposition();
+    if std::env::var_os("RINGMESH_UPDATE_EXPOSITION").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/shards.prom");
+        std::fs::write(path, &out).unwrap();
+        return;
+    }
     if out != expected {
         let first = out
             .lines()

@@ -530,7 +530,14 @@ impl Verdict {
 }
 
 /// The metric label set of one authorization outcome.
+/// An HTTP request no route matched is counted apart, by its server alone
+/// (linkerd2-proxy's `inbound_http_route_not_found_total`), not as a
+/// denial.
 pub(crate) fn key(proto: AuthzProto, target: SocketAddr, v: &Verdict, tls: &TlsStatus) -> AuthzKey {
+    let proto = match proto {
+        AuthzProto::Http if v.no_route => AuthzProto::HttpRouteNotFound,
+        proto => proto,
+    };
     AuthzKey {
         proto,
         allowed: v.allowed,

@@ -46,22 +46,30 @@ pub(crate) struct MeteredIo<I> {
     pub(crate) meter: ConnMeter,
 }
 
+impl<I> MeteredIo<I> {
+    fn count_read(&self, res: &std::io::Result<usize>) {
+        match res {
+            Ok(n) => self.meter.read(*n),
+            // A TLS peer that closed without close_notify: HTTP/2 frames
+            // delimit themselves, so nothing was cut short that the
+            // session would not see; a clean close, as linkerd2-proxy
+            // counts it (proxies close idle pooled connections so).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => self.meter.failed(e),
+        }
+    }
+}
+
 impl<I: AsyncReadRent> AsyncReadRent for MeteredIo<I> {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         let (res, buf) = self.io.read(buf).await;
-        match &res {
-            Ok(n) => self.meter.read(*n),
-            Err(e) => self.meter.failed(e),
-        }
+        self.count_read(&res);
         (res, buf)
     }
 
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         let (res, buf) = self.io.readv(buf).await;
-        match &res {
-            Ok(n) => self.meter.read(*n),
-            Err(e) => self.meter.failed(e),
-        }
+        self.count_read(&res);
         (res, buf)
     }
 }

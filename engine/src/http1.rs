@@ -260,9 +260,9 @@ async fn route_and_forward(t: &mut Turn<'_>, mut obs: Observer<'_>, dst: &HttpDs
     let judged = crate::route::judged(dst, &request);
     let dst = judged.as_ref().unwrap_or(dst);
     if let HttpDst::Local(addr, verdict) = dst {
-        if !verdict.no_route {
-            obs.authorized(*addr, verdict);
-        }
+        // (A request no route matched is counted apart: see
+        // `authz::key`.)
+        obs.authorized(*addr, verdict);
         if let Some(e) = verdict.rate_limited(&obs.key().tls) {
             return answer(t, obs, e).await;
         }

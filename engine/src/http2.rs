@@ -481,9 +481,9 @@ async fn forward(
     let judged = crate::route::judged(dst, &crate::route::H2Req(&req));
     let dst = judged.as_ref().unwrap_or(dst);
     if let HttpDst::Local(addr, verdict) = dst {
-        if !verdict.no_route {
-            obs.authorized(*addr, verdict);
-        }
+        // (A request no route matched is counted apart: see
+        // `authz::key`.)
+        obs.authorized(*addr, verdict);
         if let Some(e) = verdict.rate_limited(&obs.key().tls) {
             return Err(Failure::Answer(e));
         }

@@ -182,22 +182,33 @@ impl ConnLabels {
     }
 
     /// Opens the series of one end of the connection, secured as `tls`.
+    /// The accepted end's name the connection's target (and inbound, its
+    /// server) alone, as linkerd2-proxy's client-side series: the service
+    /// and its `dst_*` labels are the endpoint end's, so that sums by
+    /// `dst_service` (`linkerd viz stat`'s) count each connection once.
     fn open(&self, w: &Worker, peer: Peer, target: SocketAddr, tls: &TlsStatus) -> ConnMeter {
-        let own = match (peer, &self.per_endpoint) {
-            (Peer::Dst, Some(svc)) => svc.endpoint(target).and_then(|e| e.labels.clone()),
-            _ => None,
+        let (authority, dst_labels, policy) = match peer {
+            Peer::Src => (None, None, self.server.clone()),
+            Peer::Dst => {
+                let own = self
+                    .per_endpoint
+                    .as_ref()
+                    .and_then(|svc| svc.endpoint(target).and_then(|e| e.labels.clone()));
+                (
+                    self.authority.clone(),
+                    own.or_else(|| self.dst_labels.clone()),
+                    None,
+                )
+            }
         };
         w.telemetry.tcp.borrow_mut().open(TcpKey {
             direction: self.direction,
             peer,
             target,
             tls: tls.clone(),
-            authority: self.authority.clone(),
-            dst_labels: own.or_else(|| self.dst_labels.clone()),
-            policy: match peer {
-                Peer::Src => self.server.clone(),
-                Peer::Dst => None,
-            },
+            authority,
+            dst_labels,
+            policy,
         })
     }
 }
@@ -381,7 +392,8 @@ async fn serve_decided(
             }
             if !verdict.allowed {
                 warn_limited!(w, Warning::Unauthorized, %peer, target = %target, policy = &*verdict.srv_name, "inbound connection denied by policy; closing");
-                count_error(w, Direction::Inbound, c.orig, ProxyErrorKind::Unauthorized);
+                // Counted in the authorization families alone (not an
+                // error family), as linkerd2-proxy.
                 return;
             }
         }

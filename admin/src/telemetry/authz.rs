@@ -2,6 +2,7 @@
 //! `inbound_http_authz_allow_total` / `_deny_total` (per request) and
 //! `inbound_tcp_authz_allow_total` / `_deny_total` (per opaque connection),
 //! `inbound_tcp_authz_terminate_total` (open ones a policy update closed),
+//! `inbound_http_route_not_found_total` (requests no route matched),
 //! labelled by the target, the server (`srv_*`), the route (`route_*`, HTTP),
 //! the authorization that allowed (`authz_*`) and the client's TLS.
 
@@ -20,6 +21,9 @@ use super::{cap_hit, family, MAX_SERIES};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AuthzProto {
     Http,
+    /// An inbound HTTP request no route of its server matched (404;
+    /// `inbound_http_route_not_found_total`, by target, server and TLS).
+    HttpRouteNotFound,
     Tcp,
     TcpTerminated,
 }
@@ -76,6 +80,12 @@ impl AuthzShard {
                 false,
                 "inbound_http_authz_deny_total",
                 "The total number of inbound HTTP requests that could not be processed due to a proxy error.",
+            ),
+            (
+                AuthzProto::HttpRouteNotFound,
+                false,
+                "inbound_http_route_not_found_total",
+                "The total number of inbound HTTP requests that could not be associated with a route.",
             ),
             (
                 AuthzProto::Tcp,

@@ -26,8 +26,6 @@ pub enum ProxyErrorKind {
     Io,
     /// No complete ClientHello, or no handshake, within its timeout.
     TlsDetectTimeout,
-    /// Denied by the inbound policy.
-    Unauthorized,
     /// No response head in time (outbound).
     ResponseTimeout,
     GatewayDomainInvalid,
@@ -42,7 +40,6 @@ impl ProxyErrorKind {
             Self::FailFast => "failfast",
             Self::Io => "i/o",
             Self::TlsDetectTimeout => "tls detection timeout",
-            Self::Unauthorized => "unauthorized",
             Self::ResponseTimeout => "response timeout",
             Self::GatewayDomainInvalid => "gateway domain invalid",
             Self::GatewayIdentityRequired => "gateway identity required",
@@ -65,7 +62,9 @@ impl ProxyErrorKind {
             "no_endpoints" | "unresolved" => Self::FailFast,
             "connect_failed" | "connect_timeout" | "tls_failed" | "upstream_failed" => Self::Io,
             "response_timeout" if direction == Direction::Outbound => Self::ResponseTimeout,
-            "unauthorized" if direction == Direction::Inbound => Self::Unauthorized,
+            // Policy refusals are counted in the authorization families
+            // alone, as linkerd2-proxy's (`ErrorKind::mk`).
+            "unauthorized" | "route_not_found" if direction == Direction::Inbound => return None,
             _ => Self::Unexpected,
         })
     }

@@ -44,6 +44,23 @@ pub struct HttpKey {
 /// a code over 16, is counted with (as linkerd2-proxy counts them).
 pub const GRPC_UNKNOWN: u32 = 2;
 
+impl HttpKey {
+    /// Whether the requests of this label set are in `request_total`,
+    /// `response_total` and `response_latency_ms`, as linkerd2-proxy counts
+    /// them at its endpoint and inbound-route stacks: not an outbound
+    /// request answered before it had an endpoint (no endpoints, a name not
+    /// resolved, no route: no `target_addr`), nor an inbound one refused by
+    /// policy (judged by a server, admitted by no authorization: denied, or
+    /// no route matched). Those are still counted: in the error and
+    /// authorization families.
+    pub fn reported(&self) -> bool {
+        match self.direction {
+            Direction::Outbound => self.target.is_some(),
+            Direction::Inbound => self.policy.as_ref().is_none_or(|p| p.authz.is_some()),
+        }
+    }
+}
+
 /// The gRPC statuses that are failures, as linkerd2-proxy's default gRPC
 /// classification (`client_policy::grpc::Codes`) has them: UNKNOWN,
 /// DEADLINE_EXCEEDED, PERMISSION_DENIED, INTERNAL, UNAVAILABLE, DATA_LOSS,
@@ -317,9 +334,10 @@ impl HttpShard {
         }
     }
 
-    /// Appends the Prometheus text for the (merged) shard.
+    /// Appends the Prometheus text for the (merged) shard: the label sets
+    /// linkerd2-proxy has series for (see [`HttpKey::reported`]).
     pub fn encode(&self, out: &mut String) {
-        let mut keys: Vec<&HttpKey> = self.0.keys().collect();
+        let mut keys: Vec<&HttpKey> = self.0.keys().filter(|k| k.reported()).collect();
         keys.sort();
         family(
             out,

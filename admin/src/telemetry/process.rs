@@ -40,6 +40,26 @@ pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
                 );
                 let _ = writeln!(out, "process_cpu_seconds_total {cpu}");
             }
+            // vsize (field 23, bytes) and num_threads (field 20): linkerd's
+            // health dashboard reads the first.
+            if let Some(v) = f.get(20).and_then(|v| v.parse::<u64>().ok()) {
+                family(
+                    out,
+                    "process_virtual_memory_bytes",
+                    "gauge",
+                    "Virtual memory size in bytes.",
+                );
+                let _ = writeln!(out, "process_virtual_memory_bytes {v}");
+            }
+            if let Some(n) = f.get(17).and_then(|n| n.parse::<u64>().ok()) {
+                family(
+                    out,
+                    "process_threads",
+                    "gauge",
+                    "Number of OS threads in the process.",
+                );
+                let _ = writeln!(out, "process_threads {n}");
+            }
         }
     }
     if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
