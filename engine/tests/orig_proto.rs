@@ -2002,13 +2002,8 @@ fn grpc_statuses_are_counted_across_translations() {
     // HTTP/2 client, HTTP/1-only service answering with the status in its
     // head.
     let h1 = Backend::start(|mut s| {
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
+        if read_head(&mut s).is_none() {
+            return;
         }
         let _ = s.write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\n\
@@ -2140,14 +2135,9 @@ fn grpc_responses_are_classified_as_linkerd2_proxy() {
     // gRPC-Web over HTTP/1.1 to an HTTP/1 service: the status in the head,
     // or none.
     let h1 = Backend::start(|mut s| {
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
+        let Some(seen) = read_head(&mut s) else {
+            return;
+        };
         let status = if seen.starts_with(b"POST /unavailable ") {
             "grpc-status: 14\r\n"
         } else {

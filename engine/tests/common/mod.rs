@@ -239,6 +239,22 @@ pub fn read_name(s: &mut TcpStream) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// Reads from `s` until a whole HTTP/1 head has arrived (a raw backend's
+/// view of a request): the bytes read, or `None` if the connection ended
+/// or failed first.
+#[allow(dead_code)] // (not every test binary has a raw backend)
+pub fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(seen)
+}
+
 /// A port on 127.0.0.1 where nothing listens (bound then released).
 pub fn closed_port() -> SocketAddr {
     let [a] = closed_ports();
