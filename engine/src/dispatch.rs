@@ -163,18 +163,24 @@ mod tests {
         assert_eq!(http1_to(Some(&h1_only), &get), Http1Path::Http1);
         assert_eq!(http1_to(Some(&mixed), &get), Http1Path::Http1);
         assert_eq!(http1_to(None, &get), Http1Path::Http1, "a plain address");
-        for head in [
-            "GET / HTTP/1.0\r\nHost: web\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            "CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n",
+        // What cannot become an HTTP/2 stream goes as HTTP/1 to meshed
+        // endpoints (their proxy takes HTTP/1), and is answered by the
+        // proxy for a service that speaks HTTP/2 alone.
+        for (head, refused) in [
+            ("GET / HTTP/1.0\r\nHost: web\r\n\r\n", 505),
+            (
+                "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                501,
+            ),
+            ("CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n", 501),
         ] {
-            for svc in [&meshed, &h2_only] {
-                assert_eq!(
-                    http1_to(Some(svc), &request(head)),
-                    Http1Path::Http1,
-                    "{head:?}"
-                );
-            }
+            let req = request(head);
+            assert_eq!(http1_to(Some(&meshed), &req), Http1Path::Http1, "{head:?}");
+            assert_eq!(
+                http1_to(Some(&h2_only), &req),
+                Http1Path::Refused(refused),
+                "{head:?}"
+            );
         }
     }
 
