@@ -2601,3 +2601,61 @@ fn a_control_plane_by_name_is_spoken_to_over_mutual_tls() {
     );
     assert_eq!(cp.log_count("dst.get"), calls, "{}", cp.tail());
 }
+
+/// A client proxy's pooled HTTP/2 connection closed without TLS
+/// close_notify (as ringmesh's and linkerd2-proxy's do when they drop an
+/// idle or drained connection) is a clean close on the server side:
+/// `tcp_close_total` with `errno=""`, not `EIO` (Linkerd's dashboards
+/// chart `errno!=""` as failures; a probe saw every proxy-to-proxy
+/// connection of a ringmesh pair counted so).
+#[test]
+fn pooled_mesh_connections_close_cleanly() {
+    let pki = Pki::new("pooled-close");
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let app = http::origin("app");
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
+    let svc = format!("upgraded.test:{}", app.addr.port());
+    let file = client_side_file(
+        &pki.dir,
+        &[(&svc, app.addr, "protocol_hint = \"h2\"")],
+        B,
+        b.inbound_addr().unwrap(),
+    );
+    let forward = format!("127.0.0.1:0={svc}");
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("RINGMESH_TCP_FORWARD", &forward),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    let answer = get(a.forward_addrs()[0], "/echo-head", "");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The service goes from A's discovery; A's pooled connection to B
+    // with it.
+    write_atomic(Path::new(&file), b"");
+    let closed = |m: &str| -> Vec<String> {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("tcp_close_total{direction=\"inbound\",peer=\"src\"")
+                    && l.contains("tls=\"true\"")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || !closed(
+            &admin(&b, "/metrics").1
+        )
+        .is_empty()),
+        "B never saw the connection close:\n{}",
+        admin(&b, "/metrics").1
+    );
+    let lines = closed(&admin(&b, "/metrics").1);
+    assert!(lines.iter().all(|l| l.contains("errno=\"\"")), "{lines:#?}");
+}
