@@ -2099,13 +2099,8 @@ fn grpc_responses_are_classified_as_linkerd2_proxy() {
     let p = web_proxy(&dir, &[origin.addr], "protocol = \"http2\"\n");
     for path in ["/grpc-trailer/17", "/grpc-only/7", "/hello"] {
         let url = format!("http://{}{path}", p.forward_addrs()[0]);
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(["--http2-prior-knowledge", "-X", "POST", "--max-time", "10"])
-            .args(["-H", "content-type: application/grpc", &url])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
+        let status = post_status(&url, "--http2-prior-knowledge", "application/grpc");
+        assert_eq!(status, "200", "{path}");
     }
     let text = metrics(p.admin_addr().unwrap());
     let count = |labels: &[&str]| series(&text, "response_total", labels).unwrap_or(0.0);
@@ -2155,13 +2150,8 @@ fn grpc_responses_are_classified_as_linkerd2_proxy() {
     let p = web_proxy(&dir, &[h1.addr], "protocol = \"http1\"\n");
     for path in ["/unavailable", "/streamed"] {
         let url = format!("http://{}{path}", p.forward_addrs()[0]);
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(["--http1.1", "-X", "POST", "--max-time", "10"])
-            .args(["-H", "content-type: application/grpc-web+proto", &url])
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{path}");
+        let status = post_status(&url, "--http1.1", "application/grpc-web+proto");
+        assert_eq!(status, "200", "{path}");
     }
     let text = metrics(p.admin_addr().unwrap());
     let count = |labels: &[&str]| series(&text, "response_total", labels).unwrap_or(0.0);
@@ -2175,4 +2165,16 @@ fn grpc_responses_are_classified_as_linkerd2_proxy() {
         1.0,
         "{text}"
     );
+}
+
+/// The status of an empty `POST` to `url` with `content-type` by curl
+/// speaking `version` (`--http1.1`, `--http2-prior-knowledge`).
+fn post_status(url: &str, version: &str, content_type: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([version, "-X", "POST", "--max-time", "10"])
+        .args(["-H", &format!("content-type: {content_type}"), url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

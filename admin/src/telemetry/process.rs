@@ -14,6 +14,12 @@ pub struct ProcessInfo {
     pub version: &'static str,
 }
 
+/// A process gauge: its HELP and TYPE, then its one sample.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -43,22 +49,20 @@ pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
             // vsize (field 23, bytes) and num_threads (field 20): linkerd's
             // health dashboard reads the first.
             if let Some(v) = f.get(20).and_then(|v| v.parse::<u64>().ok()) {
-                family(
+                gauge(
                     out,
                     "process_virtual_memory_bytes",
-                    "gauge",
                     "Virtual memory size in bytes.",
+                    v,
                 );
-                let _ = writeln!(out, "process_virtual_memory_bytes {v}");
             }
             if let Some(n) = f.get(17).and_then(|n| n.parse::<u64>().ok()) {
-                family(
+                gauge(
                     out,
                     "process_threads",
-                    "gauge",
                     "Number of OS threads in the process.",
+                    n,
                 );
-                let _ = writeln!(out, "process_threads {n}");
             }
         }
     }
@@ -68,23 +72,21 @@ pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
             .nth(1)
             .and_then(|p| p.parse::<u64>().ok())
         {
-            family(
+            gauge(
                 out,
                 "process_resident_memory_bytes",
-                "gauge",
                 "Resident memory size in bytes.",
+                rss * page,
             );
-            let _ = writeln!(out, "process_resident_memory_bytes {}", rss * page);
         }
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        family(
+        gauge(
             out,
             "process_open_fds",
-            "gauge",
             "Number of open file descriptors.",
+            fds.count(),
         );
-        let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
     if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
         if let Some(max) = limits
@@ -93,13 +95,12 @@ pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
             .and_then(|l| l.split_whitespace().nth(3))
             .and_then(|v| v.parse::<u64>().ok())
         {
-            family(
+            gauge(
                 out,
                 "process_max_fds",
-                "gauge",
                 "Maximum number of open file descriptors.",
+                max,
             );
-            let _ = writeln!(out, "process_max_fds {max}");
         }
     }
     let start = info
@@ -107,13 +108,12 @@ pub(crate) fn encode(out: &mut String, info: &ProcessInfo) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    family(
+    gauge(
         out,
         "process_start_time_seconds",
-        "gauge",
         "Start time of the process since unix epoch in seconds.",
+        start,
     );
-    let _ = writeln!(out, "process_start_time_seconds {start}");
     family(out, "proxy_build_info", "gauge", "Proxy build information.");
     let _ = writeln!(
         out,
