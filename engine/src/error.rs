@@ -67,6 +67,9 @@ pub(crate) enum Kind {
     /// A route's filter cannot be applied to the request (a redirect's
     /// prefix replacement on a route matched otherwise): 500.
     BadFilter,
+    /// The request's `l5d-require-id` names an identity its endpoint does
+    /// not have: 502, as linkerd2-proxy's `IdentityRequired`.
+    IdentityRequired,
 }
 
 /// Whose fault it is.
@@ -220,6 +223,22 @@ impl ProxyError {
         matches!(self.kind, Kind::Overloaded)
     }
 
+    /// The request requires an identity (`l5d-require-id`) that the
+    /// endpoint picked for it does not have (`found`, when it has one).
+    pub(crate) fn identity_required(required: &str, found: Option<&str>) -> Self {
+        let reason = match found {
+            Some(id) => format!("required identity {required}; the endpoint is {id}"),
+            None => format!("required identity {required}; the endpoint has none"),
+        };
+        Self::new(Kind::IdentityRequired, reason)
+    }
+
+    /// See [`Self::identity_required`]: the request fails, whichever
+    /// endpoint would be tried next, and the endpoint is not to blame.
+    pub(crate) fn is_identity_required(&self) -> bool {
+        matches!(self.kind, Kind::IdentityRequired)
+    }
+
     pub(crate) fn unresolved(name: impl fmt::Display) -> Self {
         Self::new(Kind::Unresolved, format!("cannot resolve {name}"))
     }
@@ -345,7 +364,11 @@ impl ProxyError {
             Kind::Injected(_) | Kind::InjectedGrpc(_) | Kind::Redirect(_) | Kind::BadFilter => {
                 Side::Internal
             }
-            Kind::NoEndpoints | Kind::Unresolved | Kind::Loop | Kind::Overloaded => Side::Internal,
+            Kind::NoEndpoints
+            | Kind::Unresolved
+            | Kind::Loop
+            | Kind::Overloaded
+            | Kind::IdentityRequired => Side::Internal,
             Kind::ConnectFailed
             | Kind::ConnectTimeout
             | Kind::TlsFailed
@@ -370,7 +393,11 @@ impl ProxyError {
             Kind::NoRoute => 404,
             Kind::RateLimited => 429,
             Kind::NoEndpoints | Kind::Unresolved | Kind::Overloaded => 503,
-            Kind::Loop | Kind::ConnectFailed | Kind::TlsFailed | Kind::UpstreamFailed => 502,
+            Kind::Loop
+            | Kind::ConnectFailed
+            | Kind::TlsFailed
+            | Kind::UpstreamFailed
+            | Kind::IdentityRequired => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
         }
     }
@@ -394,6 +421,7 @@ impl ProxyError {
             Kind::Injected(_) | Kind::InjectedGrpc(_) => "failure_injected",
             Kind::Redirect(_) => "redirect",
             Kind::BadFilter => "invalid_policy",
+            Kind::IdentityRequired => "identity_required",
         }
     }
 
@@ -584,6 +612,12 @@ mod tests {
             (Kind::ConnectFailed, 502, "connect_failed", Side::Upstream),
             (Kind::ConnectTimeout, 504, "connect_timeout", Side::Upstream),
             (Kind::TlsFailed, 502, "tls_failed", Side::Upstream),
+            (
+                Kind::IdentityRequired,
+                502,
+                "identity_required",
+                Side::Internal,
+            ),
             (Kind::UpstreamFailed, 502, "upstream_failed", Side::Upstream),
             (
                 Kind::ResponseTimeout,

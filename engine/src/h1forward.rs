@@ -26,7 +26,7 @@ use crate::config::ConnectConfig;
 use crate::connect::{self, Endpoint, Session};
 use crate::detect::is_cancelled;
 use crate::error::{Failure, Kind, ProxyError};
-use crate::l5d_headers::CLIENT_ID;
+use crate::l5d_headers::{RequiredId, CLIENT_ID};
 use crate::pool::{Rd, ReadMore, UpRead, Upstream, Wr};
 use crate::route::{failover, Dst};
 use crate::route_filter::Message;
@@ -61,6 +61,8 @@ pub(crate) struct Rewrite<'a> {
     /// `l5d-dst-override` is removed (it chose the destination, in
     /// ingress mode).
     pub(crate) strip_dst_override: bool,
+    /// `l5d-require-id` is removed (the request has one; outbound).
+    pub(crate) strip_require_id: bool,
     /// The route's filters, when a header modifier among them changes
     /// the request (`route_filter.rs`).
     pub(crate) request_edits: Option<&'a [RouteFilter]>,
@@ -129,6 +131,8 @@ async fn write_front_within(
 
 /// An upstream connection for one request: pooled if one is idle for the
 /// chosen endpoint, else connected (trying each endpoint at most once).
+/// `required`: the request's `l5d-require-id`, which the chosen endpoint
+/// must satisfy before it is reached.
 pub(crate) async fn checkout(
     w: &Worker,
     key: &HttpKey,
@@ -136,15 +140,19 @@ pub(crate) async fn checkout(
     dial: ConnectConfig,
     use_pool: bool,
     avoid: &[SocketAddr],
+    required: Option<&RequiredId>,
 ) -> Result<(Upstream, SocketAddr, Option<OpenGuard>), ProxyError> {
     match dst {
         Dst::Addr(addr) => {
             let ep = Endpoint::forward(*addr, &w.cfg.inbound.ips);
+            w.pools.require(required, &ep)?;
             Ok((upstream(w, key, &ep, dial, use_pool).await?, *addr, None))
         }
         Dst::Service(svc, balancer) => {
             let (up, addr, guard) = failover(svc, balancer, avoid, |addr| async move {
-                upstream(w, key, &Endpoint::in_service(svc, addr), dial, use_pool).await
+                let ep = Endpoint::in_service(svc, addr);
+                w.pools.require(required, &ep)?;
+                upstream(w, key, &ep, dial, use_pool).await
             })
             .await?;
             Ok((up, addr, Some(guard)))
@@ -478,6 +486,18 @@ async fn send_head(
         (true, false) => crate::l5d_headers::NAMES,
         (false, true) => &[crate::l5d_headers::DST_OVERRIDE],
         (false, false) => remove,
+    };
+    // (Rare: a list of its own only for a request with the header.)
+    let with_require_id: Vec<&str>;
+    let remove = if rewrite.strip_require_id {
+        with_require_id = remove
+            .iter()
+            .copied()
+            .chain([crate::l5d_headers::REQUIRE_ID])
+            .collect();
+        &with_require_id[..]
+    } else {
+        remove
     };
     let extra;
     let edited;

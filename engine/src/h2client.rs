@@ -133,14 +133,22 @@ pub(crate) async fn open_stream(
 ) -> Result<Opening, ProxyError> {
     loop {
         attempts.count_try();
-        let (send, addr, guard, id) =
-            match checkout(w, obs.key(), dst, dial, attempts.avoid()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    obs.failed_at(&e);
-                    return Err(e);
-                }
-            };
+        let (send, addr, guard, id) = match checkout(
+            w,
+            obs.key(),
+            dst,
+            dial,
+            attempts.avoid(),
+            obs.route().require_id.as_ref(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                obs.failed_at(&e);
+                return Err(e);
+            }
+        };
         obs.endpoint(addr);
         let mut head = request_head(parts);
         if let Some(a) = obs.authority_override(addr) {
@@ -153,6 +161,9 @@ pub(crate) async fn open_stream(
         }
         if obs.route().dst_override {
             head.headers_mut().remove(crate::l5d_headers::DST_OVERRIDE);
+        }
+        if obs.route().require_id.is_some() {
+            head.headers_mut().remove(crate::l5d_headers::REQUIRE_ID);
         }
         let sent = match send.ready().await {
             Ok(mut s) => {
@@ -365,6 +376,7 @@ pub(crate) async fn checkout(
     dst: &Dst,
     dial: ConnectConfig,
     avoid: &[SocketAddr],
+    required: Option<&crate::l5d_headers::RequiredId>,
 ) -> Result<
     (
         client::SendRequest<Bytes>,
@@ -376,13 +388,16 @@ pub(crate) async fn checkout(
 > {
     match dst {
         Dst::Addr(addr) => {
-            let (send, id) =
-                connection(w, key, &Endpoint::forward(*addr, &w.cfg.inbound.ips), dial).await?;
+            let ep = Endpoint::forward(*addr, &w.cfg.inbound.ips);
+            w.pools.require(required, &ep)?;
+            let (send, id) = connection(w, key, &ep, dial).await?;
             Ok((send, *addr, None, id))
         }
         Dst::Service(svc, balancer) => {
             let ((send, id), addr, guard) = failover(svc, balancer, avoid, |addr| async move {
-                connection(w, key, &Endpoint::in_service(svc, addr), dial).await
+                let ep = Endpoint::in_service(svc, addr);
+                w.pools.require(required, &ep)?;
+                connection(w, key, &ep, dial).await
             })
             .await?;
             Ok((send, addr, Some(guard), id))

@@ -426,7 +426,17 @@ async fn forward(
     kept: Option<usize>,
     deadline: Option<Instant>,
 ) -> Next {
-    let (up, addr, in_flight) = match checkout(t.w, obs.key(), target, t.dial, true, &[]).await {
+    let (up, addr, in_flight) = match checkout(
+        t.w,
+        obs.key(),
+        target,
+        t.dial,
+        true,
+        &[],
+        obs.route().require_id.as_ref(),
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             warn_limited!(t.w, Warning::UpstreamUnavailable, peer = %t.c.peer, error = e.reason(), "upstream unavailable");
@@ -525,6 +535,7 @@ async fn attempts(
                 host: obs.authority_override(addr).map(|a| &**a),
                 strip_l5d: obs.route().l5d_headers,
                 strip_dst_override: obs.route().dst_override,
+                strip_require_id: obs.route().require_id.is_some(),
                 request_edits: obs.route().edits(Message::Request),
                 response_edits: obs.route().edits(Message::Response),
             },
@@ -583,7 +594,17 @@ async fn attempts(
         // A retried answer may go on a pooled connection; a stale one's
         // retry goes on a new connection.
         let use_pool = !matches!(retry, Retry::Stale);
-        match checkout(t.w, obs.key(), target, t.dial, use_pool, tries.avoid()).await {
+        match checkout(
+            t.w,
+            obs.key(),
+            target,
+            t.dial,
+            use_pool,
+            tries.avoid(),
+            obs.route().require_id.as_ref(),
+        )
+        .await
+        {
             Ok((u, a, g)) => (up, addr, in_flight) = (u, a, g),
             Err(e) => {
                 let e = match retry {

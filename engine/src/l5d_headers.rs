@@ -38,6 +38,71 @@ pub(crate) const PROXY_CONNECTION: &str = "l5d-proxy-connection";
 /// (`route::resolve`).
 pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";
 
+/// The header by which an outbound request requires its endpoint's
+/// identity ([`RequiredId`]).
+pub(crate) const REQUIRE_ID: &str = "l5d-require-id";
+
+/// What an outbound request's `l5d-require-id` says, as linkerd2-proxy
+/// reads it: an identity the endpoint the request goes to must have
+/// (mutual TLS to that name), else the request fails with 502. A value
+/// that is no identity (not a DNS name, nor a URI such as a SPIFFE ID) is
+/// ignored. Either way the header goes no further than this proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RequiredId {
+    /// A DNS-like identity, lowercased; or a URI, which no endpoint's
+    /// (DNS) identity can be.
+    Id(Box<str>),
+    /// The header was sent, with no identity in it.
+    Ignored,
+}
+
+impl RequiredId {
+    /// The request's `l5d-require-id`, if it has one.
+    pub(crate) fn of(req: &dyn RequestInfo) -> Option<Self> {
+        let value = req.header(REQUIRE_ID)?;
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Some(Self::Ignored);
+        };
+        let text = text.trim();
+        // A DNS name without a trailing dot (linkerd2-proxy's
+        // `Id::parse_dns_name`) ...
+        if !text.ends_with('.') {
+            if let Ok(name) = ringmesh_identity::Name::parse(text) {
+                return Some(Self::Id(name.as_str().into()));
+            }
+        }
+        // ... else a URI (`scheme:rest`).
+        Some(if is_uri(text) {
+            Self::Id(text.into())
+        } else {
+            Self::Ignored
+        })
+    }
+
+    /// Whether a request requiring this may go to an endpoint whose proxy
+    /// proves identity `found` (`None`: reached without mutual TLS).
+    pub(crate) fn allows(&self, found: Option<&str>) -> Result<(), crate::error::ProxyError> {
+        match self {
+            Self::Ignored => Ok(()),
+            Self::Id(required) if found == Some(&**required) => Ok(()),
+            Self::Id(required) => Err(crate::error::ProxyError::identity_required(required, found)),
+        }
+    }
+}
+
+/// Whether `s` is an absolute URI as a URL parser takes one: a scheme (a
+/// letter, then letters, digits, `+`, `-`, `.`), `:`, and no whitespace or
+/// control character.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// [`NAMES`] and ingress mode's [`DST_OVERRIDE`] (last), for a request
 /// both apply to.
 pub(crate) const NAMES_AND_DST_OVERRIDE: &[&str] = &[
@@ -334,5 +399,32 @@ mod tests {
         assert_eq!((r.limit, r.backoff), (1, Some(RetryBackoff::L5D_HEADERS)));
         let (_, r) = apply(&req(&[("l5d-retry-timeout", "0")]), None, None);
         assert_eq!(r.unwrap().timeout, None, "zero is none");
+    }
+
+    #[test]
+    fn required_identity_as_linkerd_parses_it() {
+        let of = |v: &str| RequiredId::of(&req(&[("l5d-require-id", v)]));
+        let id = |s: &str| Some(RequiredId::Id(s.into()));
+        assert_eq!(RequiredId::of(&req(&[])), None);
+        assert_eq!(
+            of("Web.NS.serviceaccount.identity.linkerd.cluster.local"),
+            id("web.ns.serviceaccount.identity.linkerd.cluster.local")
+        );
+        assert_eq!(of("hey-its-me"), id("hey-its-me"));
+        assert_eq!(of("spiffe://cluster/ns/web"), id("spiffe://cluster/ns/web"));
+        for ignored in ["", "web.ns.", "a b", "10.0.0.1", "-x", "1x:y", "x:a b"] {
+            assert_eq!(of(ignored), Some(RequiredId::Ignored), "{ignored:?}");
+        }
+    }
+
+    #[test]
+    fn required_identity_against_the_endpoints() {
+        let web = RequiredId::Id("web.ns".into());
+        assert!(web.allows(Some("web.ns")).is_ok());
+        let other = web.allows(Some("db.ns")).unwrap_err();
+        assert_eq!((other.status(), other.label()), (502, "identity_required"));
+        assert!(other.reason().contains("db.ns"), "{}", other.reason());
+        assert!(web.allows(None).is_err(), "plaintext endpoint");
+        assert!(RequiredId::Ignored.allows(None).is_ok());
     }
 }

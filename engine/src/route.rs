@@ -206,6 +206,10 @@ pub(crate) struct RoutePolicy {
     /// Linkerd's ingress mode: the request's `l5d-dst-override` chose its
     /// destination, and is removed before the request goes upstream.
     pub dst_override: bool,
+    /// Linkerd's `l5d-require-id` (outbound): the identity the request's
+    /// endpoint must have; the header is removed before the request goes
+    /// upstream.
+    pub require_id: Option<crate::l5d_headers::RequiredId>,
     /// The route's filters (`route_filter.rs`).
     pub filters: Option<Arc<[RouteFilter]>>,
     /// Which responses are failures (a ServiceProfile route's response
@@ -228,6 +232,7 @@ impl RoutePolicy {
             name: route.name.clone(),
             l5d_headers: route.l5d_headers,
             dst_override: false,
+            require_id: None,
             filters: route.filters.clone(),
             classes: route.classes.clone(),
         }
@@ -297,11 +302,14 @@ pub(crate) async fn resolve(
     };
     let (next, mut policy, accrual) = choose(r, d, req);
     policy.dst_override = overridden.is_some();
-    // An inbound route's filters.
-    if let HttpDst::Local(_, v) = dst {
-        if v.filters.is_some() {
-            policy.filters = v.filters.clone();
+    match dst {
+        // An inbound route's filters.
+        HttpDst::Local(_, v) => {
+            if v.filters.is_some() {
+                policy.filters = v.filters.clone();
+            }
         }
+        _ => policy.require_id = crate::l5d_headers::RequiredId::of(req),
     }
     // The route's failure injection or redirect answers before a backend
     // is waited for.
@@ -759,8 +767,10 @@ where
                 return Ok((conn, addr, guard));
             }
             // Out of descriptors or memory here: every endpoint would fail
-            // alike, and none is to blame.
-            Err(e) if e.proxy_exhausted() => return Err(e),
+            // alike, and none is to blame. The endpoint picked is not the
+            // identity the request requires: the request fails, as
+            // linkerd2-proxy's, and the endpoint is not to blame either.
+            Err(e) if e.proxy_exhausted() || e.is_identity_required() => return Err(e),
             Err(e) => {
                 crate::feedback::connect_failed(guard.endpoint(), started.elapsed());
                 tracing::debug!(endpoint = %addr, error = e.reason(), "endpoint failed; trying another");

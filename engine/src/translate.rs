@@ -695,19 +695,29 @@ pub(crate) async fn h2_to_h1(
         Attempts::new(target, parts.method.is_idempotent(), repeatable).on_route(obs.route());
     let mut fresh = false;
     let (mut up, addr, guard, attempted) = loop {
-        let (up, addr, guard) =
-            match h1forward::checkout(w, obs.key(), target, dial, !fresh, attempts.avoid()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    obs.failed_at(&e);
-                    return Err(e.into());
-                }
-            };
+        let (up, addr, guard) = match h1forward::checkout(
+            w,
+            obs.key(),
+            target,
+            dial,
+            !fresh,
+            attempts.avoid(),
+            obs.route().require_id.as_ref(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                obs.failed_at(&e);
+                return Err(e.into());
+            }
+        };
         obs.endpoint(addr);
         let rewrite = crate::h1forward::Rewrite {
             host: obs.authority_override(addr).map(|a| &**a),
             strip_l5d: obs.route().l5d_headers,
             strip_dst_override: obs.route().dst_override,
+            strip_require_id: obs.route().require_id.is_some(),
             // (Applied to `parts` already.)
             request_edits: None,
             response_edits: None,
@@ -1297,6 +1307,7 @@ fn h1_request_head(
             || name.as_str() == ORIG_PROTO
             || (rewrite.strip_l5d && crate::l5d_headers::is_l5d_header(name.as_str()))
             || (rewrite.strip_dst_override && name.as_str() == crate::l5d_headers::DST_OVERRIDE)
+            || (rewrite.strip_require_id && name.as_str() == crate::l5d_headers::REQUIRE_ID)
         {
             continue;
         }
@@ -1407,6 +1418,7 @@ mod tests {
                 .header("l5d-retry-limit", "1")
                 .header("l5d-timeout", "1s")
                 .header("x-one", "1")
+                .header("l5d-require-id", "web.ns")
                 .body(())
                 .unwrap(),
         );
@@ -1415,6 +1427,7 @@ mod tests {
             host: Some("web.remote.example:4143"),
             strip_l5d: true,
             strip_dst_override: false,
+            strip_require_id: true,
             request_edits: None,
             response_edits: None,
         };

@@ -288,6 +288,24 @@ impl Pools {
         cache.get().0.clone()
     }
 
+    /// Whether a request requiring `required` (its `l5d-require-id`) may
+    /// go to `ep`: the identity it would be reached by (mutual TLS to the
+    /// endpoint's identity, when this proxy holds a certificate) is the
+    /// one required. Nothing is looked at for a request without one.
+    pub(crate) fn require(
+        &self,
+        required: Option<&crate::l5d_headers::RequiredId>,
+        ep: &crate::connect::Endpoint,
+    ) -> Result<(), crate::error::ProxyError> {
+        let Some(required) = required else {
+            return Ok(());
+        };
+        let found = ep.identity.as_ref().filter(|_| self.has_identity());
+        required
+            .allows(found.map(|n| n.as_str()))
+            .map_err(|e| e.at(ep.addr))
+    }
+
     /// Whether this proxy holds a certificate now.
     pub(crate) fn has_identity(&self) -> bool {
         let mut cache = self.identity.borrow_mut();

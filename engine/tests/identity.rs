@@ -2659,3 +2659,126 @@ fn pooled_mesh_connections_close_cleanly() {
     let lines = closed(&admin(&b, "/metrics").1);
     assert!(lines.iter().all(|l| l.contains("errno=\"\"")), "{lines:#?}");
 }
+
+/// Linkerd's `l5d-require-id` (outbound): a request goes only to an
+/// endpoint reached by mutual TLS to the identity it names, else it is
+/// answered 502 without reaching one; the header never goes further. Over
+/// each way a request can leave: HTTP/1 to HTTP/1, HTTP/2 to HTTP/2,
+/// HTTP/1 upgraded to HTTP/2 between the proxies, HTTP/2 to HTTP/1, and to
+/// an endpoint without identity.
+#[test]
+fn required_identity_is_enforced_and_removed() {
+    let pki = Pki::new("require-id");
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let app = http::origin("app");
+    let h2 = h2::origin(None);
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
+    let (web, h2_svc, upgraded, plain) = (
+        format!("web.test:{}", app.addr.port()),
+        format!("h2.test:{}", h2.addr.port()),
+        format!("upgraded.test:{}", app.addr.port()),
+        format!("plain.test:{}", app.addr.port()),
+    );
+    let file = client_side_file(
+        &pki.dir,
+        &[
+            (&web, app.addr, "protocol = \"http1\""),
+            (&h2_svc, h2.addr, "protocol = \"http2\""),
+            (&upgraded, app.addr, "protocol_hint = \"h2\""),
+        ],
+        B,
+        b.inbound_addr().unwrap(),
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "[[service]]\nname = \"{plain}\"\nendpoints = [\"{}\"]\n",
+        app.addr
+    ));
+    write_atomic(Path::new(&file), text.as_bytes());
+    let forwards = format!(
+        "127.0.0.1:0={web},127.0.0.1:0={h2_svc},127.0.0.1:0={upgraded},127.0.0.1:0={plain}"
+    );
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("RINGMESH_TCP_FORWARD", &forwards),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    let fwd = a.forward_addrs().to_vec();
+    let other = "other.ns.serviceaccount.identity.linkerd.cluster.local";
+    let upper = B.to_ascii_uppercase();
+
+    // HTTP/1 (to HTTP/1, and upgraded to HTTP/2 between the proxies): the
+    // right identity (in any case) passes, the header stays here; a value
+    // that is no identity is ignored and removed too.
+    for f in [fwd[0], fwd[2]] {
+        for value in [B, &upper, "not an identity"] {
+            let answer = get(f, "/echo-head", &format!("l5d-require-id: {value}\r\n"));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{value}: {answer}");
+            assert!(
+                !answer.to_ascii_lowercase().contains("l5d-require-id"),
+                "the header went upstream: {answer}"
+            );
+        }
+        let answer = get(f, "/echo-head", &format!("l5d-require-id: {other}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(
+            answer.contains("l5d-proxy-error: required identity"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("GET /echo-head"),
+            "the app was reached: {answer}"
+        );
+    }
+    // An endpoint without identity satisfies no requirement.
+    let answer = get(fwd[3], "/echo-head", &format!("l5d-require-id: {B}\r\n"));
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("has none"), "{answer}");
+    assert!(get(fwd[3], "/hello", "").starts_with("HTTP/1.1 200"));
+
+    // HTTP/2 to HTTP/2, and to HTTP/1.
+    let curl = |f: SocketAddr, path: &str, value: &str| -> (String, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-w", "\n%{http_code}"])
+            .args(["-H", &format!("l5d-require-id: {value}")])
+            .arg(format!("http://{f}{path}"))
+            .output()
+            .expect("curl is installed (.ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or_default();
+        (status.to_string(), body.to_string())
+    };
+    let streams = || {
+        h2.counters
+            .streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (status, body) = curl(fwd[1], "/headers", B);
+    assert_eq!(status, "200", "{body}");
+    assert!(!body.contains("l5d-require-id"), "{body}");
+    let before = streams();
+    let (status, body) = curl(fwd[1], "/headers", other);
+    assert_eq!(status, "502", "{body}");
+    assert_eq!(streams(), before, "the HTTP/2 origin was reached");
+    let (status, body) = curl(fwd[0], "/echo-head", B);
+    assert_eq!(status, "200", "{body}");
+    assert!(!body.contains("l5d-require-id"), "{body}");
+    let (status, body) = curl(fwd[0], "/echo-head", other);
+    assert_eq!(status, "502", "{body}");
+
+    // The refusals are A's own answers, counted as such.
+    let (_, ma) = admin(&a, "/metrics");
+    assert!(
+        ma.lines().any(|l| l.starts_with("response_total{")
+            && l.contains("direction=\"outbound\"")
+            && l.contains("error=\"identity_required\"")),
+        "{ma}"
+    );
+}
