@@ -139,7 +139,9 @@ pub const INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY"
 pub const POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
 pub const INBOUND_PORTS_REQUIRE_TLS: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_TLS";
-/// Linkerd's chart default for the cluster networks.
+/// Linkerd's chart default for the cluster networks: where the policy API
+/// is asked about original destinations when the variable is unset (the
+/// `cluster-*` default policies have no networks then, as linkerd2-proxy's).
 pub const DEFAULT_CLUSTER_NETWORKS: &str =
     "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 pub const DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
@@ -834,7 +836,8 @@ impl Default for H2Server {
             stream_window: 65_535,
             connection_window: 1 << 20,
             max_frame_size: 16_384,
-            max_header_list_size: 64 * 1024,
+            // hyper's server default (linkerd2-proxy sets none).
+            max_header_list_size: 16 * 1024,
         }
     }
 }
@@ -922,10 +925,13 @@ impl Config {
             inbound: InboundConfig {
                 listen: Some(SocketAddr::from(([0, 0, 0, 0], 4143))),
                 accept: AcceptConfig::default(),
-                connect: ConnectConfig::with_timeout(Duration::from_millis(100)),
+                // linkerd2-proxy's `DEFAULT_INBOUND_CONNECT_TIMEOUT`.
+                connect: ConnectConfig::with_timeout(Duration::from_millis(300)),
                 ips: Vec::new(),
                 detect_timeout: Duration::from_secs(10),
-                opaque_ports: PortSet::parse(DEFAULT_OPAQUE_PORTS).unwrap_or_default(),
+                // None when unset, as linkerd2-proxy's (the injector always
+                // writes the variable; a chart without opaque ports omits it).
+                opaque_ports: PortSet::default(),
                 target: None,
                 gateway_suffixes: Vec::new(),
             },
@@ -980,14 +986,21 @@ impl Config {
             identity: IdentityConfig::Disabled,
             destination: None,
             control_streams: StreamLimits::default(),
-            inbound_policy: InboundPolicy {
-                cluster_networks: DEFAULT_CLUSTER_NETWORKS
-                    .split(',')
-                    .filter_map(|n| n.parse().ok())
-                    .collect(),
-                ..InboundPolicy::default()
-            },
+            // No cluster networks unless given, as linkerd2-proxy's.
+            inbound_policy: InboundPolicy::default(),
             policy: None,
+        }
+    }
+
+    /// Where the policy API is asked about original destinations: the
+    /// cluster networks, else Linkerd's chart default for them.
+    pub fn policy_networks(&self) -> Vec<ipnet::IpNet> {
+        match &self.inbound_policy.cluster_networks {
+            n if n.is_empty() => DEFAULT_CLUSTER_NETWORKS
+                .split(',')
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            n => n.clone(),
         }
     }
 
@@ -1628,8 +1641,20 @@ impl Parser<'_> {
 
     /// DNS: TTL bounds and the nameservers.
     fn read_dns(&mut self, dns: &mut DnsConfig) {
-        self.duration(DNS_MIN_TTL, &mut dns.min_ttl);
-        self.duration(DNS_MAX_TTL, &mut dns.max_ttl);
+        let mut given = |key: &str, into: &mut Duration| {
+            self.parse_with(key, parse_duration)
+                .map(|d| *into = d)
+                .is_some()
+        };
+        let min = given(DNS_MIN_TTL, &mut dns.min_ttl);
+        let max = given(DNS_MAX_TTL, &mut dns.max_ttl);
+        // One bound given past the other's default moves the default (as
+        // linkerd2-proxy, which has neither, takes any one bound).
+        match (min, max) {
+            (true, false) => dns.max_ttl = dns.max_ttl.max(dns.min_ttl),
+            (false, true) => dns.min_ttl = dns.min_ttl.min(dns.max_ttl),
+            _ => {}
+        }
         if dns.min_ttl > dns.max_ttl {
             self.problems.push(format!(
                 "{DNS_MIN_TTL} ({:?}) is greater than {DNS_MAX_TTL} ({:?})",
@@ -1818,6 +1843,17 @@ impl Parser<'_> {
         }
         if let Some(n) = self.parse_with(POLICY_CLUSTER_NETWORKS, parse_networks) {
             p.cluster_networks = n;
+        }
+        // As linkerd2-proxy: a cluster-scoped default needs the networks.
+        if matches!(
+            p.default,
+            DefaultPolicy::ClusterAuthenticated | DefaultPolicy::ClusterUnauthenticated
+        ) && p.cluster_networks.is_empty()
+        {
+            self.problems.push(format!(
+                "{INBOUND_DEFAULT_POLICY}={} needs {POLICY_CLUSTER_NETWORKS} (unset or empty)",
+                p.default.name()
+            ));
         }
         if let Some(ports) = self.parse_with(INBOUND_PORTS_REQUIRE_IDENTITY, PortSet::parse) {
             p.require_identity = ports;
@@ -2226,8 +2262,49 @@ mod tests {
         assert_eq!(c.log, "warn,ringmesh=info");
         assert_eq!(c.io_driver, IoDriver::Auto);
         assert_eq!(c.cores, None);
-        // hyper's server default, which linkerd2-proxy does not change.
+        // hyper's server default; linkerd2-proxy removes the limit when
+        // the variable is unset (kept here: README, CONFIGURATION.md).
         assert_eq!(c.http2.server(false).max_concurrent_streams, 200);
+        // linkerd2-proxy's `DEFAULT_INBOUND_CONNECT_TIMEOUT`; hyper's
+        // header list limit; no inbound opaque ports or cluster networks
+        // unless given.
+        assert_eq!(c.inbound.connect.timeout, Duration::from_millis(300));
+        assert_eq!(c.http2.server(true).max_header_list_size, 16 * 1024);
+        assert!(c.inbound.opaque_ports == PortSet::default());
+        assert!(c.inbound_policy.cluster_networks.is_empty());
+    }
+
+    #[test]
+    fn cluster_scoped_default_policies_need_the_networks() {
+        for policy in ["cluster-unauthenticated", "cluster-authenticated"] {
+            for networks in [None, Some(""), Some(" ")] {
+                let mut vars = vec![(INBOUND_DEFAULT_POLICY, policy)];
+                vars.extend(networks.map(|n| (POLICY_CLUSTER_NETWORKS, n)));
+                let err = parse(&vars).unwrap_err().to_string();
+                assert!(err.contains(POLICY_CLUSTER_NETWORKS), "{err}");
+            }
+            let c = parse(&[
+                (INBOUND_DEFAULT_POLICY, policy),
+                (POLICY_CLUSTER_NETWORKS, "10.0.0.0/8"),
+            ])
+            .unwrap();
+            assert_eq!(c.inbound_policy.cluster_networks.len(), 1);
+        }
+        assert!(parse(&[(INBOUND_DEFAULT_POLICY, "audit")]).is_ok());
+    }
+
+    #[test]
+    fn one_dns_ttl_bound_moves_the_others_default() {
+        let ttl = |vars: &[(&'static str, &'static str)]| {
+            let d = parse(vars).unwrap().discovery.dns;
+            (d.min_ttl.as_secs(), d.max_ttl.as_secs())
+        };
+        assert_eq!(ttl(&[]), (5, 300));
+        assert_eq!(ttl(&[(DNS_MIN_TTL, "600s")]), (600, 600));
+        assert_eq!(ttl(&[(DNS_MAX_TTL, "2s")]), (2, 2));
+        assert_eq!(ttl(&[(DNS_MIN_TTL, "1s"), (DNS_MAX_TTL, "2s")]), (1, 2));
+        // Both given, the wrong way round: refused.
+        assert!(parse(&[(DNS_MIN_TTL, "3s"), (DNS_MAX_TTL, "2s")]).is_err());
     }
 
     #[test]

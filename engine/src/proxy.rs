@@ -253,13 +253,9 @@ fn start_control(
         cfg.watched_names().into_iter().collect(),
         cfg.identity.clone(),
         cfg.destination.clone().map(|d| (d, cfg.control_streams)),
-        cfg.policy.clone().map(|p| {
-            (
-                p,
-                cfg.control_streams,
-                cfg.inbound_policy.cluster_networks.clone(),
-            )
-        }),
+        cfg.policy
+            .clone()
+            .map(|p| (p, cfg.control_streams, cfg.policy_networks())),
     )
     .map_err(|e| match e {
         ControlError::Discovery(e) => StartError::Discovery(e),
@@ -416,12 +412,19 @@ fn local_addr(group: &[TcpListener]) -> SocketAddr {
         .expect("bound listener has an address")
 }
 
+/// The CPUs this process may use: those of its affinity mask, fewer when
+/// its cgroup's CPU quota (a container's CPU limit) allows fewer, as
+/// linkerd2-proxy's `num_cpus::get()` counts them (the standard library's
+/// count reads the quota, cgroup v1 or v2).
 fn available_cores() -> usize {
-    core_affinity::get_core_ids()
+    let mask = core_affinity::get_core_ids()
         .map(|c| c.len())
-        .filter(|&n| n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
+        .filter(|&n| n > 0);
+    let quota = std::thread::available_parallelism().ok().map(|n| n.get());
+    match (mask, quota) {
+        (Some(m), Some(q)) => m.min(q),
+        (m, q) => m.or(q).unwrap_or(1),
+    }
 }
 
 fn choose_driver(want: IoDriver) -> Result<ActiveDriver, StartError> {

@@ -243,7 +243,7 @@ fn new_worker(
         .map(|d| d.networks.clone())
         .unwrap_or_default();
     let policy_networks = if cfg.policy.is_some() {
-        cfg.inbound_policy.cluster_networks.clone()
+        cfg.policy_networks()
     } else {
         Vec::new()
     };

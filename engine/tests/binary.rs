@@ -847,3 +847,82 @@ fn audit_logs_admissions_and_deny_closes_connections() {
     assert!(!m.contains("inbound_http_authz_deny_total"), "{m}");
     drop(deny);
 }
+
+/// A CPU cgroup of the test's own with a quota of one CPU (cgroup v1's
+/// `cpu` controller, or v2's `cpu.max`), removed on drop.
+struct OneCpuCgroup(std::path::PathBuf);
+
+impl OneCpuCgroup {
+    fn new() -> Self {
+        let name = format!("ringmesh-test-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let (dir, files): (_, &[(&str, &str)]) = if v1.join("cpu.cfs_quota_us").exists() {
+            (
+                v1.join(&name),
+                &[
+                    ("cpu.cfs_period_us", "100000"),
+                    ("cpu.cfs_quota_us", "100000"),
+                ],
+            )
+        } else if std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
+        {
+            (v2.join(&name), &[("cpu.max", "100000 100000")])
+        } else {
+            panic!("this test needs a CPU cgroup it can create (root; cgroup v1 `cpu` or v2 with `cpu` delegated)");
+        };
+        std::fs::create_dir(&dir).expect("creating a cgroup needs root");
+        for (file, value) in files {
+            std::fs::write(dir.join(file), value).unwrap();
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for OneCpuCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A container's CPU limit bounds the workers as the CPUs do, as
+/// linkerd2-proxy counts them (`num_cpus`): with a one-CPU quota, one
+/// worker though two are asked for and the machine has more.
+#[test]
+fn a_cpu_quota_bounds_the_workers() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs at least 2 CPUs (has {cpus})");
+    let cgroup = OneCpuCgroup::new();
+    let procs = cgroup.0.join("cgroup.procs");
+    // The shell joins the cgroup, then becomes the binary.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "echo $$ > \"$1\" && exec \"$0\"", BIN])
+        .arg(&procs)
+        .env_clear()
+        .env("LINKERD2_PROXY_LOG", "info")
+        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "")
+        .env("LINKERD2_PROXY_CORES", "2")
+        .env("RINGMESH_DNS_SERVERS", "127.0.0.1:1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut p = Running::spawn(cmd);
+    assert!(
+        p.wait_for("starting", Duration::from_secs(10)),
+        "the proxy never started"
+    );
+    let starting = p.seen.iter().find(|l| l.contains("starting")).unwrap();
+    assert!(starting.contains("workers=1"), "{starting}");
+    assert!(
+        p.seen
+            .iter()
+            .any(|l| l.contains("more than the CPUs available")),
+        "{:?}",
+        p.seen
+    );
+    p.signal(Signal::SIGKILL);
+    let _ = p.wait_exit(Duration::from_secs(5));
+}

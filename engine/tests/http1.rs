@@ -1330,6 +1330,11 @@ fn large_heads_in_flight(driver: IoDriver) {
         &[
             ("LINKERD2_PROXY_CORES", "1"),
             ("RINGMESH_HTTP_MAX_IN_FLIGHT_HEAD_BYTES", "1048576"),
+            // (HTTP/2 heads of 50 KB, past the 16 KiB default.)
+            (
+                "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_MAX_HEADER_LIST_SIZE",
+                "131072",
+            ),
         ],
     );
     let big = "b".repeat(50_000);

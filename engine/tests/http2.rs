@@ -648,7 +648,7 @@ fn server_settings_per_side(driver: IoDriver) {
     // None set: the defaults.
     let proxy = forward_to(driver, origin.addr);
     let out = h2::advertised(proxy.forward_addrs()[0], Duration::ZERO);
-    let expected: HashMap<u16, u32> = [(3, 200), (4, 65_535), (5, 16_384), (6, 65_536)]
+    let expected: HashMap<u16, u32> = [(3, 200), (4, 65_535), (5, 16_384), (6, 16_384)]
         .into_iter()
         .collect();
     let got: HashMap<u16, u32> = out
@@ -1354,7 +1354,7 @@ both_drivers!(
 /// `LINKERD2_PROXY_*_SERVER_HTTP2_MAX_FRAME_SIZE` and `_MAX_HEADER_LIST_SIZE`
 /// are what the listener accepts: a 32 KiB DATA frame and a 100 KB header
 /// list are served where they are set (a 600 KB one with a 1 MiB limit),
-/// and refused by default (GOAWAY FRAME_SIZE_ERROR; 431).
+/// and refused by default (GOAWAY FRAME_SIZE_ERROR; 431 past 16 KiB).
 fn frame_and_header_list_limits(driver: IoDriver) {
     let origin = h2::origin(None);
     let body = vec![b'x'; 32 * 1024];
@@ -1402,6 +1402,9 @@ fn frame_and_header_list_limits(driver: IoDriver) {
     let proxy = forward_to(driver, origin.addr);
     let addr = proxy.forward_addrs()[0];
     let (status, _, goaway) = outcome(&post_raw(addr, big, b"", 16_384));
+    assert_eq!((status.as_deref(), goaway), (Some("431"), None));
+    // The default is hyper's (linkerd2-proxy's when unset): 16 KiB.
+    let (status, _, goaway) = outcome(&post_raw(addr, 20_000, b"", 16_384));
     assert_eq!((status.as_deref(), goaway), (Some("431"), None));
     // FRAME_SIZE_ERROR = 6.
     let (_, data, goaway) = outcome(&post_raw(addr, 0, &body, 16_384));
