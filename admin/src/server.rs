@@ -1,5 +1,7 @@
 //! The admin server: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on one
-//! port, as tasks on the control core's monoio runtime.
+//! port, as tasks on the control core's monoio runtime; inside mutual TLS
+//! too, for a meshed client asking for this proxy's identity (the engine
+//! terminates it: [`AdminBackend::accept_tls`]), as linkerd2-proxy's.
 //!
 //! A connection that opens with the HTTP/2 preface is served by the
 //! vendored monoio-http h2 server; anything else by the HTTP/1 codec from
@@ -36,7 +38,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, PrefixedReadI
 use monoio::net::{TcpListener, TcpStream};
 use monoio::time::Instant;
 use monoio_http::h2::{server as h2server, RecvStream};
+use ringmesh_protocols::client_hello::{self, Hello};
 use ringmesh_protocols::http1::{BodyFraming, BodyScanner, Limits, Method, RequestHead};
+use std::io::Cursor;
 
 use crate::slots::{Held, Slots};
 
@@ -50,7 +54,7 @@ const MAX_H2_STREAMS: u32 = 4;
 
 /// An admin connection that opened with the HTTP/2 preface: the socket,
 /// with the bytes read to detect it put back in front.
-pub type H2Socket = PrefixedReadIo<TcpStream, std::io::Cursor<Vec<u8>>>;
+pub type H2Socket = PrefixedReadIo<TcpStream, Cursor<Vec<u8>>>;
 
 /// What the admin server asks of the proxy. Called on the control core's
 /// thread; `metrics` may wait (workers answer by message) but must not
@@ -63,6 +67,28 @@ pub trait AdminBackend: 'static {
     /// Wraps an HTTP/2 client's connection (from `peer`) before the HTTP/2
     /// server reads it: the engine puts its frame guard here.
     fn h2_io(&self, io: H2Socket, peer: SocketAddr) -> Self::H2Io;
+    /// A connection this proxy terminated TLS on: a meshed client's (a
+    /// meshed Prometheus scraping, as linkerd2-proxy's admin server takes
+    /// them).
+    type Tls: AsyncReadRent + AsyncWriteRent + Unpin + 'static;
+    /// What an HTTP/2 client inside TLS is served through (as `H2Io`).
+    type H2TlsIo: AsyncReadRent + AsyncWriteRent + Unpin + 'static;
+    fn h2_tls_io(
+        &self,
+        io: PrefixedReadIo<Self::Tls, Cursor<Vec<u8>>>,
+        peer: SocketAddr,
+    ) -> Self::H2TlsIo;
+    /// Terminates TLS on `s`, whose ClientHello (asking for `sni`) was
+    /// read as `hello`: with this proxy's certificate when it holds one
+    /// and `sni` names its identity; `None` otherwise or when the
+    /// handshake fails (the connection is closed). Bounded by the caller.
+    async fn accept_tls(
+        &self,
+        s: TcpStream,
+        hello: Vec<u8>,
+        sni: Option<&str>,
+        peer: SocketAddr,
+    ) -> Option<Self::Tls>;
     /// Every worker accepts and the first discovery snapshot is applied.
     fn ready(&self) -> bool;
     /// Appends the Prometheus text exposition (format 0.0.4).
@@ -282,7 +308,11 @@ async fn by<T>(deadline: Instant, f: impl Future<Output = io::Result<T>>) -> io:
 }
 
 /// Reads once more into `buf`; false at end of stream.
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> io::Result<bool> {
+async fn read_more(
+    s: &mut impl AsyncReadRent,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<bool> {
     let chunk = by(deadline, async {
         let (r, chunk) = s.read(Vec::with_capacity(4096)).await;
         r.map(|_| chunk)
@@ -335,16 +365,65 @@ async fn connection<B: AdminBackend>(
     let settings = mode.settings;
     s.set_nodelay(true)?;
     let from_loopback = peer.ip().is_loopback();
-    // Enough to tell the HTTP/2 preface from an HTTP/1 request line.
     let mut buf = Vec::with_capacity(4096);
     let deadline = Instant::now() + settings.timeout;
+    if !read_more(&mut s, &mut buf, deadline).await? {
+        return Ok(());
+    }
+    // A TLS handshake record: a meshed client (its proxy originates mutual
+    // TLS to this port), served inside TLS when it asks for this proxy's
+    // identity; anything else that looks like TLS is closed.
+    if buf[0] == 0x16 {
+        let sni = loop {
+            match client_hello::parse(&buf) {
+                Hello::Complete { sni } => break sni,
+                Hello::NotTls => return Ok(()),
+                Hello::Incomplete => {
+                    if !read_more(&mut s, &mut buf, deadline).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let accepted =
+            monoio::time::timeout_at(deadline, backend.accept_tls(s, buf, sni.as_deref(), peer))
+                .await;
+        let Ok(Some(tls)) = accepted else {
+            return Ok(());
+        };
+        let h2 = |io| backend.h2_tls_io(io, peer);
+        return detected(tls, Vec::new(), h2, from_loopback, backend, mode, held).await;
+    }
+    let h2 = |io| backend.h2_io(io, peer);
+    detected(s, buf, h2, from_loopback, backend, mode, held).await
+}
+
+/// Serves a connection (plain, or inside TLS) whose first bytes read are
+/// `buf`: HTTP/2 when they are its preface, else HTTP/1. `h2` wraps an
+/// HTTP/2 client's connection (the engine's HTTP/2 defences).
+async fn detected<B, S, H>(
+    mut s: S,
+    mut buf: Vec<u8>,
+    h2: impl FnOnce(PrefixedReadIo<S, Cursor<Vec<u8>>>) -> H,
+    from_loopback: bool,
+    backend: &B,
+    mode: Mode,
+    held: &Held,
+) -> io::Result<()>
+where
+    B: AdminBackend,
+    S: AsyncReadRent + AsyncWriteRent,
+    H: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
+{
+    // Enough to tell the HTTP/2 preface from an HTTP/1 request line.
+    let deadline = Instant::now() + mode.settings.timeout;
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
         if !read_more(&mut s, &mut buf, deadline).await? {
             return Ok(());
         }
     }
     if buf.starts_with(H2_PREFACE) {
-        let io = backend.h2_io(PrefixedReadIo::new(s, std::io::Cursor::new(buf)), peer);
+        let io = h2(PrefixedReadIo::new(s, Cursor::new(buf)));
         http2(io, from_loopback, backend, mode, held).await;
         Ok(())
     } else {
@@ -353,7 +432,7 @@ async fn connection<B: AdminBackend>(
 }
 
 async fn http1<B: AdminBackend>(
-    mut s: TcpStream,
+    mut s: impl AsyncReadRent + AsyncWriteRent,
     mut buf: Vec<u8>,
     from_loopback: bool,
     backend: &B,
@@ -442,7 +521,7 @@ async fn http1<B: AdminBackend>(
     }
 }
 
-async fn write(s: &mut TcpStream, out: Vec<u8>, settings: Settings) -> io::Result<()> {
+async fn write(s: &mut impl AsyncWriteRent, out: Vec<u8>, settings: Settings) -> io::Result<()> {
     by(Instant::now() + settings.timeout, async {
         s.write_all(out).await.0.map(drop)
     })
@@ -495,7 +574,7 @@ fn http1_reply(r: &Reply, keep: bool, with_body: bool, gzip_it: bool) -> io::Res
 /// Serves HTTP/2 on `io` (from the preface on). Ends when the client
 /// closes, on a protocol error, or after the timeout with no stream open.
 async fn http2<B: AdminBackend>(
-    io: B::H2Io,
+    io: impl AsyncReadRent + AsyncWriteRent + Unpin + 'static,
     from_loopback: bool,
     backend: &B,
     mode: Mode,
@@ -770,6 +849,20 @@ mod tests {
         type H2Io = H2Socket;
         fn h2_io(&self, io: H2Socket, _: SocketAddr) -> H2Socket {
             io
+        }
+        type Tls = TcpStream;
+        type H2TlsIo = H2Socket;
+        fn h2_tls_io(&self, io: H2Socket, _: SocketAddr) -> H2Socket {
+            io
+        }
+        async fn accept_tls(
+            &self,
+            _: TcpStream,
+            _: Vec<u8>,
+            _: Option<&str>,
+            _: SocketAddr,
+        ) -> Option<TcpStream> {
+            None
         }
         fn ready(&self) -> bool {
             self.ready.get()

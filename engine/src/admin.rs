@@ -143,6 +143,8 @@ pub(crate) struct EngineAdmin {
     /// Each worker's last copy of its shards, standing in for it when it
     /// answers a scrape late.
     pub last: std::cell::RefCell<Vec<Option<crate::inbox::WorkerCopy>>>,
+    /// This proxy's TLS configurations (meshed clients of the admin port).
+    pub identity: std::cell::RefCell<crate::identity::IdentityCache>,
 }
 
 impl AdminBackend for EngineAdmin {
@@ -153,6 +155,51 @@ impl AdminBackend for EngineAdmin {
     /// logged each time (the control core has few connections).
     fn h2_io(&self, io: H2Socket, peer: std::net::SocketAddr) -> Self::H2Io {
         GuardedIo::client(io, peer, None)
+    }
+
+    type Tls = crate::transport::Transport;
+    type H2TlsIo = GuardedIo<monoio::io::PrefixedReadIo<Self::Tls, std::io::Cursor<Vec<u8>>>>;
+
+    fn h2_tls_io(
+        &self,
+        io: monoio::io::PrefixedReadIo<Self::Tls, std::io::Cursor<Vec<u8>>>,
+        peer: std::net::SocketAddr,
+    ) -> Self::H2TlsIo {
+        GuardedIo::client(io, peer, None)
+    }
+
+    /// As linkerd2-proxy's admin server: mutual TLS terminated for a client
+    /// asking for this proxy's identity (a client certificate is verified
+    /// when given, as inbound), with ALPN `h2` or `http/1.1`.
+    async fn accept_tls(
+        &self,
+        s: monoio::net::TcpStream,
+        hello: Vec<u8>,
+        sni: Option<&str>,
+        peer: std::net::SocketAddr,
+    ) -> Option<Self::Tls> {
+        let configs = {
+            let mut cache = self.identity.borrow_mut();
+            cache.refresh();
+            cache.get().0.clone()
+        };
+        let Some(configs) = configs else {
+            tracing::debug!(%peer, "admin TLS client refused: this proxy has no certificate yet");
+            return None;
+        };
+        if sni != Some(configs.name.as_str()) {
+            tracing::debug!(%peer, ?sni, "admin TLS client refused: it did not ask for this proxy's identity");
+            return None;
+        }
+        let accepted =
+            crate::transport::Transport::tls_accept(s, configs.server_http.clone(), &hello).await;
+        match accepted {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                None
+            }
+        }
     }
 
     fn ready(&self) -> bool {

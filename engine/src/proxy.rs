@@ -131,6 +131,7 @@ impl Proxy {
                     scrapes: Default::default(),
                     residue: Default::default(),
                     last: Default::default(),
+                    identity: std::cell::RefCell::new(control.identity().cache()),
                 },
             );
         }

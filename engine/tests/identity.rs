@@ -2782,3 +2782,86 @@ fn required_identity_is_enforced_and_removed() {
         "{ma}"
     );
 }
+
+/// The admin port takes meshed clients as linkerd2-proxy's does (a meshed
+/// Prometheus scraping through its proxy): mutual TLS to this proxy's
+/// identity is terminated and HTTP served inside, HTTP/1.1 or upgraded to
+/// HTTP/2 by the client's proxy. A TLS client asking for another name is
+/// closed; plaintext clients are served as before.
+#[test]
+fn admin_port_serves_meshed_clients() {
+    let pki = Pki::new("admin-mtls");
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
+    let admin_b = b.admin_addr().unwrap();
+    let (plain, upgraded) = (
+        format!("admin.test:{}", admin_b.port()),
+        format!("admin-h2.test:{}", admin_b.port()),
+    );
+    let file = pki.dir.join("a.toml");
+    write_atomic(
+        &file,
+        format!(
+            "[[service]]\nname = \"{plain}\"\nendpoints = [\"{admin_b}\"]\nidentity = \"{B}\"\n\
+             [[service]]\nname = \"{upgraded}\"\nendpoints = [\"{admin_b}\"]\nidentity = \"{B}\"\nprotocol_hint = \"h2\"\n"
+        )
+        .as_bytes(),
+    );
+    let forwards = format!("127.0.0.1:0={plain},127.0.0.1:0={upgraded}");
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", file.to_str().unwrap()),
+            ("RINGMESH_TCP_FORWARD", &forwards),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    for f in a.forward_addrs().to_vec() {
+        let answer = get(f, "/metrics", "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("process_start_time_seconds"), "{answer}");
+        let answer = get(f, "/ready", "");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // A's requests went meshed: its series name B.
+    let (_, ma) = admin(&a, "/metrics");
+    assert!(
+        ma.lines().any(|l| l.starts_with("response_total{")
+            && l.contains("direction=\"outbound\"")
+            && l.contains(&format!("server_id=\"{B}\""))
+            && l.contains("status_code=\"200\"")),
+        "{ma}"
+    );
+    // A client offering ALPN http/1.1 (curl's way), asking for B.
+    let mut cfg = (*client_config(&pki, Some(&leaf_a), false)).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(admin_b).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from(B).unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Another name: no handshake.
+    let client = client_config(&pki, Some(&leaf_a), false);
+    let tcp = TcpStream::connect(admin_b).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(client, ServerName::try_from(C).unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    assert!(
+        tls.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            .is_err()
+            || tls.read(&mut [0u8; 64]).map_or(true, |n| n == 0),
+        "a TLS client asking for another name was served"
+    );
+    // Plaintext as before.
+    assert_eq!(admin(&b, "/ready").0, 200);
+}

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::tls::{self, TlsError, H2_ALPN, TRANSPORT_HEADER_ALPN};
+use crate::tls::{self, TlsError, H2_ALPN, HTTP1_ALPN, TRANSPORT_HEADER_ALPN};
 use crate::x509::{self, Validity, X509Error};
 use crate::Name;
 
@@ -113,6 +113,9 @@ pub struct TlsConfigs {
     /// The same, accepting ALPN `h2` instead: gRPC clients of this proxy's
     /// own servers (tap).
     pub server_h2: Arc<ServerConfig>,
+    /// The same, accepting ALPN `h2` or `http/1.1` (or none): HTTP clients
+    /// of the admin server.
+    pub server_http: Arc<ServerConfig>,
     /// Originates mutual TLS to an endpoint with an identity (no ALPN).
     pub client: Arc<ClientConfig>,
     /// The same, offering ALPN `transport.l5d.io/v1` (a peer's
@@ -148,6 +151,12 @@ impl TlsConfigs {
                 creds.chain.clone(),
                 creds.key.clone_key(),
                 &[H2_ALPN],
+            )?,
+            server_http: tls::server_config(
+                roots.clone(),
+                creds.chain.clone(),
+                creds.key.clone_key(),
+                &[H2_ALPN, HTTP1_ALPN],
             )?,
             client: client(&[])?,
             client_transport_header: client(&[TRANSPORT_HEADER_ALPN])?,
