@@ -335,6 +335,7 @@ pub(crate) async fn exchange(
         tap,
         edits: rewrite.response_edits,
         body_done: &body_done,
+        outbound: !c.inbound,
     };
     let from = UpstreamSide {
         rd: &mut urd,
@@ -568,6 +569,9 @@ struct Downstream<'a> {
     edits: Option<&'a [RouteFilter]>,
     /// The request body went upstream whole.
     body_done: &'a Cell<bool>,
+    /// Outbound: a peer proxy's answer fields are consumed
+    /// ([`crate::l5d_headers::PEER_ANSWER`]).
+    outbound: bool,
 }
 
 /// The upstream side of a response being relayed.
@@ -668,7 +672,7 @@ async fn relay_response(
         let body_withheld = d.req.expect_continue() && !continued && !d.body_done.get();
         let plan = plan_response(
             d.w.stopping() || body_withheld,
-            (d.req, d.resp, edit),
+            (d.req, d.resp, edit, d.outbound),
             u.buf,
             d.out,
             d.limits,
@@ -722,10 +726,13 @@ async fn relay_response(
 
 /// Writes the response head for the client into `out` (the `Connection`
 /// field saying whether the connection stays open: not while draining, not
-/// after a close-delimited body), then the body bytes that came with it.
+/// after a close-delimited body; the upstream's own `Connection: close`
+/// is about the upstream connection alone, as in linkerd2-proxy), then the
+/// body bytes that came with it. Outbound, a peer proxy's answer fields
+/// are left out.
 fn plan_response(
     last: bool,
-    (req, resp, edits): (&RequestHead, &ResponseHead, Option<&[RouteFilter]>),
+    (req, resp, edits, outbound): (&RequestHead, &ResponseHead, Option<&[RouteFilter]>, bool),
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     limits: &Limits,
@@ -742,7 +749,7 @@ fn plan_response(
         return Err(ProxyError::upstream(reason).into());
     }
     // The connection's last response (draining, or a body withheld); say so.
-    let keep = req.keep_alive() && resp.keep_alive() && !last;
+    let keep = req.keep_alive() && !last;
     let tunnel = resp.framing() == BodyFraming::Tunnel;
     let close_delimited = resp.framing() == BodyFraming::CloseDelimited;
     out.clear();
@@ -763,14 +770,22 @@ fn plan_response(
         upgrade: tunnel && req.upgrade().is_some(),
         ..WriteOptions::default()
     };
-    let edited = edits.map(|f| crate::route_filter::h1_fields(f, Message::Response, &[], &[]));
+    let consumed: &[&str] = if outbound {
+        crate::l5d_headers::PEER_ANSWER
+    } else {
+        &[]
+    };
+    let edited = edits.map(|f| crate::route_filter::h1_fields(f, Message::Response, consumed, &[]));
     let ropts = match &edited {
         Some((remove, extra)) => WriteOptions {
             remove_headers: remove,
             extra_headers: extra,
             ..ropts
         },
-        None => ropts,
+        None => WriteOptions {
+            remove_headers: consumed,
+            ..ropts
+        },
     };
     write_response_head(resp, out, &ropts).map_err(|e| ProxyError::upstream(e.to_string()))?;
     let framing = if req.method() == Method::Head || resp.is_interim() || tunnel {

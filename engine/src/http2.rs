@@ -744,6 +744,9 @@ async fn relay_response(
 ) -> Result<ResponseClass, Failure> {
     let (mut parts, mut down) = a.response.into_parts();
     strip_connection_headers(&mut parts.headers);
+    if obs.key().direction == Direction::Outbound {
+        crate::translate::consume_peer_answer(&mut parts.headers);
+    }
     obs.route().edit(Message::Response, &mut parts.headers);
     let status = parts.status.as_u16();
     let mut grpc = grpc_status(&parts.headers);

@@ -34,6 +34,18 @@ pub(crate) const CLIENT_ID: &str = "l5d-client-id";
 /// closed after it (`close`; linkerd2-proxy's `l5d-proxy-connection`).
 pub(crate) const PROXY_CONNECTION: &str = "l5d-proxy-connection";
 
+/// The reason a proxy gives in its own error answers.
+pub(crate) const PROXY_ERROR: &str = "l5d-proxy-error";
+
+/// What a peer proxy's response says to the proxy in front of it: its
+/// error's reason and whether the client's connection should close.
+/// Outbound, they are consumed here and never reach the application, as
+/// linkerd2-proxy's `handle_proxy_error_headers` does (which closes the
+/// client's connection for `l5d-proxy-connection: close` only when the
+/// endpoint is a pod reached directly rather than through a balancer: an
+/// endpoint ringmesh reaches plainly, so never here).
+pub(crate) const PEER_ANSWER: &[&str] = &[PROXY_ERROR, PROXY_CONNECTION];
+
 /// The header that names a request's destination in ingress mode
 /// (`route::resolve`).
 pub(crate) const DST_OVERRIDE: &str = "l5d-dst-override";

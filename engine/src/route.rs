@@ -203,8 +203,9 @@ pub(crate) struct RoutePolicy {
     /// headers: they were applied, and are removed before the request goes
     /// upstream.
     pub l5d_headers: bool,
-    /// Linkerd's ingress mode: the request's `l5d-dst-override` chose its
-    /// destination, and is removed before the request goes upstream.
+    /// Linkerd's ingress mode: the request has an `l5d-dst-override`
+    /// (which chose its destination when it names one), removed before
+    /// the request goes upstream.
     pub dst_override: bool,
     /// Linkerd's `l5d-require-id` (outbound): the identity the request's
     /// endpoint must have; the header is removed before the request goes
@@ -301,7 +302,12 @@ pub(crate) async fn resolve(
         None => resolve_logical(r, dst, authority).await?,
     };
     let (next, mut policy, accrual) = choose(r, d, req);
-    policy.dst_override = overridden.is_some();
+    // Removed whether it chose the destination or was ignored (no
+    // authority), as linkerd2-proxy's ingress strips it from every request.
+    policy.dst_override = overridden.is_some()
+        || (r.ingress
+            && matches!(dst, HttpDst::OrigDst(_) | HttpDst::ByAuthority)
+            && req.header(crate::l5d_headers::DST_OVERRIDE).is_some());
     match dst {
         // An inbound route's filters.
         HttpDst::Local(_, v) => {

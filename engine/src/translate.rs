@@ -35,7 +35,7 @@ use http::header::{CONTENT_LENGTH, EXPECT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 use monoio_http::h2::{client, server, Reason, RecvStream, SendStream};
-use ringmesh_admin::telemetry::{ConnMeter, HttpKey, ResponseClass};
+use ringmesh_admin::telemetry::{ConnMeter, Direction, HttpKey, ResponseClass};
 use ringmesh_balancer::OpenGuard;
 use ringmesh_protocols::buffer::BufferPool;
 use ringmesh_protocols::http1::{
@@ -319,14 +319,11 @@ impl H2Answer<'_> {
             t.response(status, now, || crate::tap::h2_fields(&parts.headers));
         }
         let no_body = self.is_head || status == 204 || status == 304;
-        // A peer proxy asking for the client's connection to close
-        // (linkerd2-proxy's inbound, with some of its own answers): the
-        // field is consumed and this response is the connection's last.
-        let peer_close = parts
-            .headers
-            .remove(&PROXY_CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let keep_alive = self.keep_alive.get() && !w.stopping() && !peer_close;
+        // A peer proxy's answer fields (outbound) are consumed.
+        if obs.key().direction == Direction::Outbound {
+            consume_peer_answer(&mut parts.headers);
+        }
+        let keep_alive = self.keep_alive.get() && !w.stopping();
         self.keep_alive.set(keep_alive);
         let end = from.is_end_stream();
         let framing = h1_response_head(&parts.headers, status, end, no_body, keep_alive, out);
@@ -459,8 +456,15 @@ fn once_length<'a>(
     fields.filter(move |(name, _)| *name != CONTENT_LENGTH || !std::mem::replace(&mut seen, true))
 }
 
-/// linkerd2-proxy's `l5d-proxy-connection` (a name made once).
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static(crate::l5d_headers::PROXY_CONNECTION);
+/// Removes a peer proxy's answer fields from a response going to an
+/// outbound client ([`crate::l5d_headers::PEER_ANSWER`]); its reason is
+/// logged.
+pub(crate) fn consume_peer_answer(h: &mut HeaderMap) {
+    if let Some(reason) = h.remove(crate::l5d_headers::PROXY_ERROR) {
+        tracing::debug!(reason = ?reason, "peer proxy error");
+    }
+    h.remove(crate::l5d_headers::PROXY_CONNECTION);
+}
 
 /// A response whose status forbids `Content-Length` (RFC 9110 §8.6: 1xx
 /// and 204; a client that took it for a length would read what follows
@@ -939,6 +943,9 @@ impl H1Reply<'_> {
         };
         let end = body_framing.is_empty();
         let mut response = h2_response(&resp, self.orig_proto);
+        if obs.key().direction == Direction::Outbound {
+            consume_peer_answer(response.headers_mut());
+        }
         obs.route().edit(Message::Response, response.headers_mut());
         let Ok(mut to) = respond.send_response(response, end) else {
             w.pools.bufs.put(ubuf);
@@ -1346,7 +1353,7 @@ mod tests {
 
     #[test]
     fn an_http1_request_becomes_an_http2_one_marked_only_when_asked() {
-        use ringmesh_admin::telemetry::{Direction, NoTlsReason, TlsStatus};
+        use ringmesh_admin::telemetry::{NoTlsReason, TlsStatus};
         let key = HttpKey {
             direction: Direction::Outbound,
             tls: TlsStatus::NoIdentity(NoTlsReason::NoProxyIdentity),

@@ -2154,3 +2154,35 @@ fn http10_clients_get_what_they_can_read() {
     proxy.shutdown();
     proxy.wait();
 }
+
+/// An upstream's `Connection: close` is about the upstream connection:
+/// the client's stays open, its next request going on a new upstream
+/// connection, as in linkerd2-proxy (hyper's client and server connections
+/// are apart). A peer proxy's answer fields (`l5d-proxy-error`,
+/// `l5d-proxy-connection`) stop at the outbound proxy.
+fn upstream_close_keeps_the_client(driver: IoDriver) {
+    let backend = Backend::answering(
+        "HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nl5d-proxy-error: boom\r\nl5d-proxy-connection: close\r\nContent-Length: 2\r\n\r\nno",
+    );
+    let (_proxy, addr) = forward_proxy(driver, &backend.addr.to_string(), &[]);
+    let s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..2 {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut r, false);
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 500"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(
+            !head.contains("boom") && !head.contains("l5d-proxy-connection"),
+            "{head}"
+        );
+        assert_eq!(body, b"no");
+    }
+}
+both_drivers!(
+    upstream_connection_close_keeps_the_client,
+    super::upstream_close_keeps_the_client
+);

@@ -116,6 +116,11 @@ fn ingress(driver: IoDriver) {
                 text.contains("\n\nother\n"),
                 "{version:?} {ignored}: {text}"
             );
+            // ... and removed all the same, as linkerd2-proxy's ingress.
+            assert!(
+                !text.contains("l5d-dst-override"),
+                "{version:?} {ignored}: {text}"
+            );
         }
         // ...an authority's userinfo is dropped...
         let text = curl(

@@ -1466,19 +1466,22 @@ fn a_204_loses_its_content_length() {
     }
 }
 
-/// A peer proxy's `l5d-proxy-connection: close` (linkerd2-proxy's inbound
-/// sends it with some of its own answers) is consumed: the HTTP/1 client
-/// gets the response without it, told `Connection: close`, and the
-/// connection ends after it. (Before, the field reached the client and
-/// the connection stayed open.)
+/// A peer proxy's answer fields (linkerd2-proxy's inbound sends
+/// `l5d-proxy-error` and `l5d-proxy-connection: close` with some of its
+/// own answers) are consumed, as linkerd2-proxy's outbound does: the
+/// HTTP/1 client gets the response without them, and, the endpoint being
+/// a balanced service's, its connection stays open (linkerd2-proxy closes
+/// it only for a pod reached directly).
 #[test]
-fn a_peer_proxys_connection_close_is_honoured() {
+fn a_peer_proxys_answer_fields_are_consumed() {
     use common::raw_h2::{frame, raw_h2_origin};
     // `:status: 502` (a literal of static name 8), then
-    // `l5d-proxy-connection: close` and `content-length: 0` (static 28).
+    // `l5d-proxy-connection: close`, `l5d-proxy-error: boom` and
+    // `content-length: 0` (static 28).
     let origin = raw_h2_origin(|id| {
         let mut block = b"\x08\x03502".to_vec();
         block.extend(b"\x00\x14l5d-proxy-connection\x05close");
+        block.extend(b"\x00\x0fl5d-proxy-error\x04boom");
         block.extend(b"\x0f\x0d\x010");
         frame(1, 5, id, &block)
     });
@@ -1486,16 +1489,50 @@ fn a_peer_proxys_connection_close_is_honoured() {
     let s = TcpStream::connect(proxy.forward_addrs()[0]).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut c = BufReader::new(s);
-    let (status, head, _) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n");
-    assert_eq!(status, 502, "{head}");
-    let head = head.to_ascii_lowercase();
-    assert!(!head.contains("l5d-proxy-connection"), "{head}");
-    assert!(head.contains("connection: close"), "{head}");
-    let mut rest = Vec::new();
-    let n = c.read_to_end(&mut rest).expect("the connection ends");
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&rest));
+    for _ in 0..2 {
+        let (status, head, _) = exchange(&mut c, b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n");
+        assert_eq!(status, 502, "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(!head.contains("l5d-proxy-connection"), "{head}");
+        assert!(!head.contains("boom"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    // An HTTP/2 client (HTTP/2 to HTTP/2) does not get them either.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge", "--max-time", "10"])
+        .arg(format!("http://{}/", proxy.forward_addrs()[0]))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 502"), "{text}");
+    assert!(
+        !text.contains("boom") && !text.contains("l5d-proxy-connection"),
+        "{text}"
+    );
     proxy.shutdown();
     proxy.wait();
+}
+
+/// The same fields from an HTTP/1 upstream (a linkerd2-proxy peer over
+/// HTTP/1), to an HTTP/2 client of an HTTP/1 service: consumed too.
+#[test]
+fn a_peer_proxys_answer_fields_stop_at_http2_clients_of_http1_services() {
+    let backend = Backend::answering(
+        "HTTP/1.1 502 Bad Gateway\r\nl5d-proxy-error: boom\r\nl5d-proxy-connection: close\r\nContent-Length: 0\r\n\r\n",
+    );
+    let dir = TempDir::new("orig-proto-peer-fields-h1");
+    let p = web_proxy(&dir, &[backend.addr], "protocol = \"http1\"\n");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge", "--max-time", "10"])
+        .arg(format!("http://{}/", p.forward_addrs()[0]))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(text.starts_with("http/2 502"), "{text}");
+    assert!(
+        !text.contains("boom") && !text.contains("l5d-proxy-connection"),
+        "{text}"
+    );
 }
 
 /// The same field reaching an HTTP/2 client (a meshed peer's answer on the
