@@ -4,8 +4,10 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// A token bucket: each request deposits `ratio` of a token, time adds
-/// `min_per_second`, and a retry spends one whole token.
+/// A token bucket: each response that is not a failure deposits `ratio`
+/// of a token (as linkerd2-proxy's retry policy deposits for a response it
+/// would not retry), time adds `min_per_second`, and a retry spends one
+/// whole token.
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
@@ -39,7 +41,7 @@ impl RetryBudget {
         }
     }
 
-    /// One request was sent.
+    /// A response that was not a failure.
     pub fn deposit(&self) {
         self.tokens
             .set((self.tokens.get() + self.ratio).min(self.cap));
@@ -57,6 +59,11 @@ impl RetryBudget {
             self.tokens.set(t);
             false
         }
+    }
+
+    /// Gives back a token withdrawn for a retry that was not made.
+    pub fn refund(&self) {
+        self.tokens.set((self.tokens.get() + 1.0).min(self.cap));
     }
 
     /// Whether a retry could be paid for now (without spending).

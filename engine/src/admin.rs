@@ -170,7 +170,7 @@ impl AdminBackend for EngineAdmin {
 
     /// As linkerd2-proxy's admin server: mutual TLS terminated for a client
     /// asking for this proxy's identity (a client certificate is verified
-    /// when given, as inbound), with ALPN `h2` or `http/1.1`.
+    /// when given, as inbound), the client's ALPN ignored.
     async fn accept_tls(
         &self,
         s: monoio::net::TcpStream,

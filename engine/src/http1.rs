@@ -146,12 +146,22 @@ pub(crate) async fn serve(
             }
         }
     }
+    // A TLS client (a meshed peer) is told of the end (close_notify), so a
+    // body delimited by the close ends cleanly for it rather than as a
+    // truncation (as tokio-rustls shuts linkerd2-proxy's connections).
+    if !c.rd.is_plain() {
+        use monoio::io::AsyncWriteRent as _;
+        let _ = monoio::time::timeout(TLS_CLOSE_GRACE, c.wr.shutdown()).await;
+    }
     w.pools.bufs.put(c.buf);
     w.pools.bufs.put(ubuf);
     if let Some(s) = scratch {
         w.pools.h1_scratch.put(s);
     }
 }
+
+/// How long a TLS client's connection may take to take its close_notify.
+const TLS_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the proxy looks whether a request's client is still there,
 /// first a second after the request began: quick answers cost a timer and
@@ -513,7 +523,7 @@ async fn attempts(
         let first_byte = crate::h1forward::FirstByte::new(Some(&release));
         // A 502/503 that would be retried is kept from the client.
         let sent = Instant::now();
-        let hold_5xx = tries.would_retry_answer(sent);
+        let hold_5xx = tries.hold_answer(sent);
         let answered_5xx = crate::retry::Held::new(tries.route());
         // A route's per-attempt timeout, while a retry could follow.
         let (attempt_deadline, cut) = tries.attempt_deadline(sent, deadline);

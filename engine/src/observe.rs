@@ -37,6 +37,9 @@ pub(crate) struct Observer<'w> {
     /// outbound with an identity (their identities: `server_id`), or
     /// endpoints with labels of their own (`dst_pod` and the like).
     service: Option<Arc<Service>>,
+    /// The service's balancer replica (its retry budget), when the request
+    /// goes to a service.
+    balancer: Option<Rc<std::cell::RefCell<ringmesh_balancer::Balancer>>>,
     /// Outbound and this proxy has an identity.
     originates_tls: bool,
     /// What the service's profile says of the request.
@@ -95,6 +98,7 @@ impl<'w> Observer<'w> {
             },
             started: Instant::now(),
             service: None,
+            balancer: None,
             originates_tls,
             route: crate::route::RoutePolicy::default(),
             peer,
@@ -249,7 +253,8 @@ impl<'w> Observer<'w> {
     /// The request's destination is known.
     pub(crate) fn routed(&mut self, target: &Dst) {
         match target {
-            Dst::Service(svc, _) => {
+            Dst::Service(svc, b) => {
+                self.balancer = Some(b.clone());
                 self.key.authority = Some(svc.name.to_shared());
                 self.key.dst_labels = dst_labels(svc);
                 if self.originates_tls || svc.per_endpoint() {
@@ -362,10 +367,18 @@ impl<'w> Observer<'w> {
     }
 
     /// How the endpoint did, for failure accrual: 5xx answers and upstream
-    /// failures count against it; anything else resets its count.
+    /// failures count against it; anything else resets its count. A
+    /// response that is not a failure pays into the service's retry
+    /// budget, as linkerd2-proxy's retry policy deposits for a response it
+    /// would not retry (so an outage's failures fund no retries).
     pub(crate) fn endpoint_outcome(&self, ep: Option<&OpenGuard>, ok: bool) {
         if let Some(g) = ep {
             record_outcome(g.endpoint(), ok);
+        }
+        if ok {
+            if let Some(b) = self.balancer.as_ref().and_then(|b| b.try_borrow().ok()) {
+                b.budget.deposit();
+            }
         }
     }
 

@@ -414,14 +414,14 @@ fn local_addr(group: &[TcpListener]) -> SocketAddr {
 }
 
 /// The CPUs this process may use: those of its affinity mask, fewer when
-/// its cgroup's CPU quota (a container's CPU limit) allows fewer, as
-/// linkerd2-proxy's `num_cpus::get()` counts them (the standard library's
-/// count reads the quota, cgroup v1 or v2).
+/// its cgroup's CPU quota (a container's CPU limit, cgroup v1 or v2,
+/// rounded up: 1.5 CPUs is 2) allows fewer, as linkerd2-proxy counts them
+/// (`num_cpus::get()`; the standard library's count rounds down).
 fn available_cores() -> usize {
     let mask = core_affinity::get_core_ids()
         .map(|c| c.len())
         .filter(|&n| n > 0);
-    let quota = std::thread::available_parallelism().ok().map(|n| n.get());
+    let quota = Some(num_cpus::get()).filter(|&n| n > 0);
     match (mask, quota) {
         (Some(m), Some(q)) => m.min(q),
         (m, q) => m.or(q).unwrap_or(1),

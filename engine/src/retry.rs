@@ -7,7 +7,12 @@
 //!   endpoint (never one that already answered), when the method is
 //!   idempotent (the first endpoint did receive it), the request had no
 //!   body or a kept one, at most [`MAX_ANSWER_RETRIES`] times, paid from the
-//!   service's per-worker budget (20 % of requests plus 10 per second);
+//!   service's per-worker budget (20 % of the responses that were not
+//!   failures, plus 10 per second: during an outage, the floor alone, as
+//!   linkerd2-proxy's). An answer held back from an HTTP/1 client for a
+//!   retry has its token taken when it is held, so the retry cannot lose
+//!   it to another request meanwhile (the answer, unread, could not be
+//!   given to the client then); a token not used is given back;
 //! - **answered as a route's retry policy says** (a ServiceProfile's
 //!   retryable route, an outbound policy's retry conditions): any method,
 //!   up to the route's limit, from the same budget; through the balancer
@@ -86,11 +91,24 @@ pub(crate) struct Attempts {
     /// The route's retry policy: any method, its statuses and gRPC
     /// codes, its limit.
     route: Option<Arc<RetryPolicy>>,
+    /// A budget token taken for the retry of an answer being held
+    /// ([`Self::hold_answer`]); given back if not used.
+    reserved: bool,
+}
+
+impl Drop for Attempts {
+    fn drop(&mut self) {
+        if let (true, Some((_, b))) = (self.reserved, &self.service) {
+            if let Ok(b) = b.try_borrow() {
+                b.budget.refund();
+            }
+        }
+    }
 }
 
 impl Attempts {
-    /// Starts a request to `dst`; a request to a service pays into its
-    /// retry budget.
+    /// Starts a request to `dst` (its responses that are not failures pay
+    /// into the service's retry budget: `Observer::endpoint_outcome`).
     pub(crate) fn new(dst: &Dst, idempotent: bool, repeatable: bool) -> Self {
         let service = match dst {
             Dst::Service(svc, b) => Some((svc.endpoints.len(), b.clone())),
@@ -104,9 +122,6 @@ impl Attempts {
         idempotent: bool,
         repeatable: bool,
     ) -> Self {
-        if let Some((_, b)) = &service {
-            b.borrow().budget.deposit();
-        }
         Self {
             idempotent,
             repeatable,
@@ -115,6 +130,7 @@ impl Attempts {
             stale_retried: false,
             tries: 0,
             route: None,
+            reserved: false,
         }
     }
 
@@ -163,7 +179,24 @@ impl Attempts {
             && self.repeatable
             && self.answered.len() < self.limit()
             && another
-            && b.borrow().budget.can_withdraw(now)
+            && (self.reserved || b.borrow().budget.can_withdraw(now))
+    }
+
+    /// As [`Self::would_retry_answer`], taking the retry's token now: an
+    /// answer held back from the client (not read past its head) is then
+    /// retried for sure, never lost for a token another request spent
+    /// meanwhile.
+    pub(crate) fn hold_answer(&mut self, now: Instant) -> bool {
+        if !self.would_retry_answer(now) {
+            return false;
+        }
+        if !self.reserved {
+            self.reserved = self
+                .service
+                .as_ref()
+                .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
+        }
+        self.reserved
     }
 
     /// The endpoint at `addr` answered `status`: true when the request goes
@@ -190,10 +223,11 @@ impl Attempts {
         if !self.would_retry_answer(now) {
             return false;
         }
-        let paid = self
-            .service
-            .as_ref()
-            .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
+        let paid = std::mem::take(&mut self.reserved)
+            || self
+                .service
+                .as_ref()
+                .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
         if paid {
             self.answered.push(addr);
         }
@@ -356,12 +390,48 @@ mod tests {
         assert!(a.would_retry_answer(later));
         assert!(a.retry_answer(503, addr(1), later));
         assert!(!a.retry_answer(503, addr(2), later), "the token is spent");
-        // Five requests deposit one token between them.
+        // Requests alone deposit nothing (an outage's failures fund no
+        // retries); five answers that were not failures, one token.
         for _ in 0..5 {
             let _ = Attempts::with_service(svc.clone(), true, true);
         }
-        let mut a = Attempts::with_service(svc, true, true);
+        let mut a = Attempts::with_service(svc.clone(), true, true);
+        assert!(
+            !a.retry_answer(502, addr(1), later),
+            "no deposit per request"
+        );
+        for _ in 0..5 {
+            b.borrow().budget.deposit();
+        }
         assert!(a.retry_answer(502, addr(1), later), "deposits fund a retry");
+    }
+
+    /// An answer held for a retry takes its token when held: another
+    /// request spending the budget meanwhile cannot strand it (the held
+    /// answer, unread, could not reach the client); a token not used goes
+    /// back when the request ends.
+    #[test]
+    fn a_held_answer_keeps_its_token() {
+        let t0 = Instant::now();
+        let svc = service(3, t0);
+        let b = svc.as_ref().unwrap().1.clone();
+        while b.borrow().budget.withdraw(t0) {}
+        b.borrow().budget.refund();
+        let mut held = Attempts::with_service(svc.clone(), true, true);
+        assert!(held.hold_answer(t0));
+        let mut other = Attempts::with_service(svc.clone(), true, true);
+        assert!(!other.hold_answer(t0), "the only token is held");
+        assert!(held.retry_answer(503, addr(1), t0), "the held token pays");
+        assert!(!held.would_retry_answer(t0), "and is spent");
+        drop(held);
+        assert!(!b.borrow().budget.can_withdraw(t0));
+        // Held, then answered well: the token goes back.
+        b.borrow().budget.refund();
+        let mut ok = Attempts::with_service(svc, true, true);
+        assert!(ok.hold_answer(t0));
+        assert!(!b.borrow().budget.can_withdraw(t0));
+        drop(ok);
+        assert!(b.borrow().budget.can_withdraw(t0), "refunded");
     }
 
     /// A route's policy: its statuses (any method), its limit, its gRPC

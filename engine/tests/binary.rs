@@ -848,27 +848,28 @@ fn audit_logs_admissions_and_deny_closes_connections() {
     drop(deny);
 }
 
-/// A CPU cgroup of the test's own with a quota of one CPU (cgroup v1's
-/// `cpu` controller, or v2's `cpu.max`), removed on drop.
-struct OneCpuCgroup(std::path::PathBuf);
+/// A CPU cgroup of the test's own with a quota of `quota` µs per 100 ms
+/// (cgroup v1's `cpu` controller, or v2's `cpu.max`), removed on drop.
+struct CpuCgroup(std::path::PathBuf);
 
-impl OneCpuCgroup {
-    fn new() -> Self {
-        let name = format!("ringmesh-test-{}", std::process::id());
+impl CpuCgroup {
+    fn new(quota: u32) -> Self {
+        let name = format!("ringmesh-test-{}-{quota}", std::process::id());
+        let (v1_quota, v2_max) = (quota.to_string(), format!("{quota} 100000"));
         let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
         let v2 = std::path::Path::new("/sys/fs/cgroup");
-        let (dir, files): (_, &[(&str, &str)]) = if v1.join("cpu.cfs_quota_us").exists() {
+        let (dir, files): (_, Vec<(&str, &str)>) = if v1.join("cpu.cfs_quota_us").exists() {
             (
                 v1.join(&name),
-                &[
+                vec![
                     ("cpu.cfs_period_us", "100000"),
-                    ("cpu.cfs_quota_us", "100000"),
+                    ("cpu.cfs_quota_us", &v1_quota),
                 ],
             )
         } else if std::fs::read_to_string(v2.join("cgroup.subtree_control"))
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "cpu"))
         {
-            (v2.join(&name), &[("cpu.max", "100000 100000")])
+            (v2.join(&name), vec![("cpu.max", &v2_max)])
         } else {
             panic!("this test needs a CPU cgroup it can create (root; cgroup v1 `cpu` or v2 with `cpu` delegated)");
         };
@@ -880,49 +881,53 @@ impl OneCpuCgroup {
     }
 }
 
-impl Drop for OneCpuCgroup {
+impl Drop for CpuCgroup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
 
-/// A container's CPU limit bounds the workers as the CPUs do, as
-/// linkerd2-proxy counts them (`num_cpus`): with a one-CPU quota, one
-/// worker though two are asked for and the machine has more.
+/// A container's CPU limit bounds the workers as the CPUs do, rounded up,
+/// as linkerd2-proxy counts them (`num_cpus`): with a one-CPU quota, one
+/// worker though two are asked for and the machine has more; with 1.5
+/// CPUs, two.
 #[test]
 fn a_cpu_quota_bounds_the_workers() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert!(cpus >= 2, "this test needs at least 2 CPUs (has {cpus})");
-    let cgroup = OneCpuCgroup::new();
-    let procs = cgroup.0.join("cgroup.procs");
-    // The shell joins the cgroup, then becomes the binary.
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", "echo $$ > \"$1\" && exec \"$0\"", BIN])
-        .arg(&procs)
-        .env_clear()
-        .env("LINKERD2_PROXY_LOG", "info")
-        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "")
-        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
-        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "")
-        .env("LINKERD2_PROXY_CORES", "2")
-        .env("RINGMESH_DNS_SERVERS", "127.0.0.1:1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut p = Running::spawn(cmd);
-    assert!(
-        p.wait_for("starting", Duration::from_secs(10)),
-        "the proxy never started"
-    );
-    let starting = p.seen.iter().find(|l| l.contains("starting")).unwrap();
-    assert!(starting.contains("workers=1"), "{starting}");
-    assert!(
-        p.seen
+    for (quota, workers) in [(100_000, 1), (150_000, 2)] {
+        let cgroup = CpuCgroup::new(quota);
+        let procs = cgroup.0.join("cgroup.procs");
+        // The shell joins the cgroup, then becomes the binary.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo $$ > \"$1\" && exec \"$0\"", BIN])
+            .arg(&procs)
+            .env_clear()
+            .env("LINKERD2_PROXY_LOG", "info")
+            .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "")
+            .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "")
+            .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "")
+            .env("LINKERD2_PROXY_CORES", "2")
+            .env("RINGMESH_DNS_SERVERS", "127.0.0.1:1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut p = Running::spawn(cmd);
+        assert!(
+            p.wait_for("starting", Duration::from_secs(10)),
+            "the proxy never started"
+        );
+        let starting = p.seen.iter().find(|l| l.contains("starting")).unwrap();
+        assert!(
+            starting.contains(&format!("workers={workers}")),
+            "quota {quota}: {starting}"
+        );
+        let capped = p
+            .seen
             .iter()
-            .any(|l| l.contains("more than the CPUs available")),
-        "{:?}",
-        p.seen
-    );
-    p.signal(Signal::SIGKILL);
-    let _ = p.wait_exit(Duration::from_secs(5));
+            .any(|l| l.contains("more than the CPUs available"));
+        assert_eq!(capped, workers == 1, "{:?}", p.seen);
+        p.signal(Signal::SIGKILL);
+        let _ = p.wait_exit(Duration::from_secs(5));
+    }
 }

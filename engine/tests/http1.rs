@@ -2186,3 +2186,85 @@ both_drivers!(
     upstream_connection_close_keeps_the_client,
     super::upstream_close_keeps_the_client
 );
+
+/// A service whose every endpoint fails (503): retries are paid from the
+/// budget's floor alone (linkerd2-proxy deposits for responses that are
+/// not failures, so an outage funds none: the 100-token reserve and 10 a
+/// second), and every answer the client gets is an endpoint's own, never
+/// one the proxy made because a held answer's retry lost its token to
+/// another request (the answer was held unread).
+#[test]
+fn an_outage_is_retried_from_the_floor_and_answered_by_the_endpoints() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let failing = || {
+        let hits = hits.clone();
+        Backend::start(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line == "\r\n" {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 503 Service Unavailable\r\nx-from: endpoint\r\nContent-Length: 4\r\n\r\ndown";
+                    if w.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                line.clear();
+            }
+        })
+    };
+    let (a, b) = (failing(), failing());
+    let dir = TempDir::new("outage-budget");
+    let file = service_file(&dir, "web.test:80", &[a.addr, b.addr], "");
+    let (_proxy, addr) = forward_proxy(
+        IoDriver::Uring,
+        "web.test:80",
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let (requests, made_up) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (requests, made_up) = (requests.clone(), made_up.clone());
+            std::thread::spawn(move || {
+                let s = connect(addr);
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let (mut w, mut r) = (s.try_clone().unwrap(), BufReader::new(s));
+                while started.elapsed() < Duration::from_secs(2) {
+                    if w.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let (head, _) = read_response(&mut r, false);
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if !head.contains("x-from: endpoint") {
+                        made_up.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if head.to_ascii_lowercase().contains("connection: close") {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (requests, hits) = (requests.load(Ordering::SeqCst), hits.load(Ordering::SeqCst));
+    assert!(requests > 500, "too few requests to judge: {requests}");
+    assert_eq!(
+        made_up.load(Ordering::SeqCst),
+        0,
+        "answers the proxy made up"
+    );
+    // The reserve (100) and 2 s of the floor (20), and slack for the clock.
+    let retries = hits - requests;
+    assert!(retries <= 130, "{retries} retries for {requests} requests");
+}

@@ -2836,20 +2836,23 @@ fn admin_port_serves_meshed_clients() {
             && l.contains("status_code=\"200\"")),
         "{ma}"
     );
-    // A client offering ALPN http/1.1 (curl's way), asking for B.
-    let mut cfg = (*client_config(&pki, Some(&leaf_a), false)).clone();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(admin_b).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from(B).unwrap()).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Clients offering ALPN (http/1.1, curl's way; or another), asking
+    // for B: the offer is ignored, as linkerd2-proxy's admin server does.
+    for alpn in [&b"http/1.1"[..], b"transport.l5d.io/v1"] {
+        let mut cfg = (*client_config(&pki, Some(&leaf_a), false)).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = TcpStream::connect(admin_b).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = ServerName::try_from(B).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
     // Another name: no handshake.
     let client = client_config(&pki, Some(&leaf_a), false);
     let tcp = TcpStream::connect(admin_b).unwrap();
@@ -2864,4 +2867,52 @@ fn admin_port_serves_meshed_clients() {
     );
     // Plaintext as before.
     assert_eq!(admin(&b, "/ready").0, 200);
+}
+
+/// A response whose body ends with its connection (no length, no chunks),
+/// across a meshed HTTP/1 hop: the inbound proxy ends the TLS connection
+/// with close_notify, so the outbound one sees the body end cleanly and
+/// its client gets it whole and a clean close, not a reset (before, the
+/// TLS connection was dropped: a truncation to the outbound side).
+#[test]
+fn close_delimited_bodies_end_cleanly_across_a_meshed_hop() {
+    let pki = Pki::new("close-delimited");
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let app = Backend::start(|mut s| {
+        let _ = read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe whole body");
+    });
+    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
+    let svc = format!("web.test:{}", app.addr.port());
+    let file = client_side_file(
+        &pki.dir,
+        &[(&svc, app.addr, "")],
+        B,
+        b.inbound_addr().unwrap(),
+    );
+    let forward = format!("127.0.0.1:0={svc}");
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        &pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("RINGMESH_TCP_FORWARD", &forward),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    for _ in 0..3 {
+        let mut s = connect(a.forward_addrs()[0]);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /cd HTTP/1.1\r\nhost: web\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "{read:?} after {text}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("the whole body"), "{text}");
+    }
 }

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::tls::{self, TlsError, H2_ALPN, HTTP1_ALPN, TRANSPORT_HEADER_ALPN};
+use crate::tls::{self, TlsError, H2_ALPN, TRANSPORT_HEADER_ALPN};
 use crate::x509::{self, Validity, X509Error};
 use crate::Name;
 
@@ -113,8 +113,9 @@ pub struct TlsConfigs {
     /// The same, accepting ALPN `h2` instead: gRPC clients of this proxy's
     /// own servers (tap).
     pub server_h2: Arc<ServerConfig>,
-    /// The same, accepting ALPN `h2` or `http/1.1` (or none): HTTP clients
-    /// of the admin server.
+    /// The same, without ALPN (a client's offer is ignored, as
+    /// linkerd2-proxy's admin server does): HTTP clients of the admin
+    /// server, HTTP/2 told by its preface.
     pub server_http: Arc<ServerConfig>,
     /// Originates mutual TLS to an endpoint with an identity (no ALPN).
     pub client: Arc<ClientConfig>,
@@ -156,7 +157,7 @@ impl TlsConfigs {
                 roots.clone(),
                 creds.chain.clone(),
                 creds.key.clone_key(),
-                &[H2_ALPN, HTTP1_ALPN],
+                &[],
             )?,
             client: client(&[])?,
             client_transport_header: client(&[TRANSPORT_HEADER_ALPN])?,

@@ -20,8 +20,6 @@ pub const TRANSPORT_HEADER_ALPN: &[u8] = b"transport.l5d.io/v1";
 /// ALPN of HTTP/2, which gRPC servers (Linkerd's control plane) require
 /// of TLS clients.
 pub const H2_ALPN: &[u8] = b"h2";
-/// ALPN for HTTP/1.1.
-pub const HTTP1_ALPN: &[u8] = b"http/1.1";
 
 /// Why certificate material cannot be used.
 #[derive(Debug, thiserror::Error)]
