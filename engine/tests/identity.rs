@@ -405,6 +405,30 @@ fn meshed_pair(driver: IoDriver) {
 }
 both_drivers!(meshed_pair_http1_http2_opaque, super::meshed_pair);
 
+/// Proxies B (identity B) and A (identity A), ready, A's one forward
+/// going to the service `svc`, whose endpoint `app` is behind B (its
+/// transport port; `extra`: the service's other settings): B, A and A's
+/// static file.
+fn forward_through_b(pki: &Pki, svc: &str, app: SocketAddr, extra: &str) -> (Proxy, Proxy, String) {
+    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
+    let b = meshed_proxy(IoDriver::Uring, pki, B, &leaf_b, &[]);
+    let file = client_side_file(&pki.dir, &[(svc, app, extra)], B, b.inbound_addr().unwrap());
+    let forward = format!("127.0.0.1:0={svc}");
+    let a = meshed_proxy(
+        IoDriver::Uring,
+        pki,
+        A,
+        &leaf_a,
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("RINGMESH_TCP_FORWARD", &forward),
+        ],
+    );
+    wait_ready(&a);
+    wait_ready(&b);
+    (b, a, file)
+}
+
 /// Endpoints at the pod's own addresses (`LINKERD2_PROXY_INBOUND_IPS`)
 /// are reached plainly at their own port, as linkerd2-proxy does: no
 /// mutual TLS or transport port though discovery names an identity, no
@@ -2611,29 +2635,9 @@ fn a_control_plane_by_name_is_spoken_to_over_mutual_tls() {
 #[test]
 fn pooled_mesh_connections_close_cleanly() {
     let pki = Pki::new("pooled-close");
-    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
     let app = http::origin("app");
-    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
     let svc = format!("upgraded.test:{}", app.addr.port());
-    let file = client_side_file(
-        &pki.dir,
-        &[(&svc, app.addr, "protocol_hint = \"h2\"")],
-        B,
-        b.inbound_addr().unwrap(),
-    );
-    let forward = format!("127.0.0.1:0={svc}");
-    let a = meshed_proxy(
-        IoDriver::Uring,
-        &pki,
-        A,
-        &leaf_a,
-        &[
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("RINGMESH_TCP_FORWARD", &forward),
-        ],
-    );
-    wait_ready(&a);
-    wait_ready(&b);
+    let (b, a, file) = forward_through_b(&pki, &svc, app.addr, "protocol_hint = \"h2\"");
     let answer = get(a.forward_addrs()[0], "/echo-head", "");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // The service goes from A's discovery; A's pooled connection to B
@@ -2877,32 +2881,12 @@ fn admin_port_serves_meshed_clients() {
 #[test]
 fn close_delimited_bodies_end_cleanly_across_a_meshed_hop() {
     let pki = Pki::new("close-delimited");
-    let (leaf_a, leaf_b) = (pki.good("a", A), pki.good("b", B));
     let app = Backend::start(|mut s| {
         let _ = read_head(&mut s);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe whole body");
     });
-    let b = meshed_proxy(IoDriver::Uring, &pki, B, &leaf_b, &[]);
     let svc = format!("web.test:{}", app.addr.port());
-    let file = client_side_file(
-        &pki.dir,
-        &[(&svc, app.addr, "")],
-        B,
-        b.inbound_addr().unwrap(),
-    );
-    let forward = format!("127.0.0.1:0={svc}");
-    let a = meshed_proxy(
-        IoDriver::Uring,
-        &pki,
-        A,
-        &leaf_a,
-        &[
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("RINGMESH_TCP_FORWARD", &forward),
-        ],
-    );
-    wait_ready(&a);
-    wait_ready(&b);
+    let (_b, a, _) = forward_through_b(&pki, &svc, app.addr, "");
     for _ in 0..3 {
         let mut s = connect(a.forward_addrs()[0]);
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
