@@ -654,9 +654,10 @@ async fn relay_response(
         }
         // Kept from the client when the caller will retry it elsewhere
         // (the connection is dropped: its body is not read).
-        if let Some(flag) = answered_5xx.filter(|h| h.wants(d.resp.status())) {
-            flag.status.set(Some(d.resp.status()));
-            let held = ProxyError::new(Kind::Answered(d.resp.status()), "held for a retry");
+        let status = d.resp.status();
+        if let Some(flag) = answered_5xx.filter(|h| h.take_for_retry(status, Instant::now())) {
+            flag.status.set(Some(status));
+            let held = ProxyError::new(Kind::Answered(status), "held for a retry");
             return Err(held.into());
         }
         let tap = d.tap.filter(|_| !d.resp.is_interim());

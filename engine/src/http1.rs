@@ -523,8 +523,8 @@ async fn attempts(
         let first_byte = crate::h1forward::FirstByte::new(Some(&release));
         // A 502/503 that would be retried is kept from the client.
         let sent = Instant::now();
-        let hold_5xx = tries.hold_answer(sent);
         let answered_5xx = crate::retry::Held::new(tries.route());
+        let hold_5xx = tries.hold_answer(sent, &answered_5xx);
         // A route's per-attempt timeout, while a retry could follow.
         let (attempt_deadline, cut) = tries.attempt_deadline(sent, deadline);
         let ubuf = std::mem::take(t.ubuf);
@@ -562,8 +562,9 @@ async fn attempts(
             // What was read past that answer's head belongs to it.
             t.ubuf.clear();
             obs.endpoint(addr);
-            if !tries.retry_answer(status, addr, Instant::now()) {
-                // The budget went to another request meanwhile.
+            if !tries.retry_held(status, addr, &answered_5xx) {
+                // (Not expected: the retry's token was taken when the
+                // answer could be held.)
                 let e = ProxyError::new(
                     Kind::Answered(status),
                     format!("upstream answered {status}"),

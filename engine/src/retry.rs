@@ -10,9 +10,10 @@
 //!   service's per-worker budget (20 % of the responses that were not
 //!   failures, plus 10 per second: during an outage, the floor alone, as
 //!   linkerd2-proxy's). An answer held back from an HTTP/1 client for a
-//!   retry has its token taken when it is held, so the retry cannot lose
-//!   it to another request meanwhile (the answer, unread, could not be
-//!   given to the client then); a token not used is given back;
+//!   retry has its token taken when its head is seen (as linkerd2-proxy
+//!   withdraws when it decides to retry): without one it is not held but
+//!   relayed as it is (held, unread, it could not be given to the client
+//!   after all);
 //! - **answered as a route's retry policy says** (a ServiceProfile's
 //!   retryable route, an outbound policy's retry conditions): any method,
 //!   up to the route's limit, from the same budget; through the balancer
@@ -53,6 +54,11 @@ pub(crate) struct Held {
     /// 502/503).
     pub route: Option<Arc<RetryPolicy>>,
     pub status: Cell<Option<u16>>,
+    /// The service whose budget pays for the retry of a held answer,
+    /// when the attempt's answer may be held ([`Attempts::hold_answer`]).
+    budget: std::cell::RefCell<Option<Rc<RefCell<Balancer>>>>,
+    /// A token was taken for the held answer's retry.
+    paid: Cell<bool>,
 }
 
 impl Held {
@@ -60,12 +66,31 @@ impl Held {
         Self {
             route,
             status: Cell::new(None),
+            budget: std::cell::RefCell::new(None),
+            paid: Cell::new(false),
         }
     }
 
-    /// Whether an answer with `status` is held.
+    /// Whether `status` is one the route (or 502/503) retries.
     pub(crate) fn wants(&self, status: u16) -> bool {
         retryable_status(status, self.route.as_deref())
+    }
+
+    /// Whether an answer with `status` is held back from the client for
+    /// a retry: a status to retry, and a budget token for it, taken now
+    /// (as linkerd2-proxy withdraws when it decides to retry). Without a
+    /// token the answer goes to the client as it is.
+    pub(crate) fn take_for_retry(&self, status: u16, now: Instant) -> bool {
+        if !self.wants(status) {
+            return false;
+        }
+        let paid = self
+            .budget
+            .borrow()
+            .as_ref()
+            .is_some_and(|b| b.borrow().budget.withdraw(now));
+        self.paid.set(paid);
+        paid
     }
 }
 
@@ -91,19 +116,6 @@ pub(crate) struct Attempts {
     /// The route's retry policy: any method, its statuses and gRPC
     /// codes, its limit.
     route: Option<Arc<RetryPolicy>>,
-    /// A budget token taken for the retry of an answer being held
-    /// ([`Self::hold_answer`]); given back if not used.
-    reserved: bool,
-}
-
-impl Drop for Attempts {
-    fn drop(&mut self) {
-        if let (true, Some((_, b))) = (self.reserved, &self.service) {
-            if let Ok(b) = b.try_borrow() {
-                b.budget.refund();
-            }
-        }
-    }
 }
 
 impl Attempts {
@@ -130,7 +142,6 @@ impl Attempts {
             stale_retried: false,
             tries: 0,
             route: None,
-            reserved: false,
         }
     }
 
@@ -168,7 +179,16 @@ impl Attempts {
     /// Whether a 502/503 answer to the next attempt would be retried (so
     /// the caller holds it back from the client). Spends nothing.
     pub(crate) fn would_retry_answer(&self, now: Instant) -> bool {
-        let Some((endpoints, b)) = &self.service else {
+        self.allowed()
+            && self
+                .service
+                .as_ref()
+                .is_some_and(|(_, b)| b.borrow().budget.can_withdraw(now))
+    }
+
+    /// Whether another attempt after an answer is allowed (budget aside).
+    fn allowed(&self) -> bool {
+        let Some((endpoints, _)) = &self.service else {
             return false;
         };
         // The proxy's own 502/503 retries need an endpoint that has not
@@ -179,24 +199,30 @@ impl Attempts {
             && self.repeatable
             && self.answered.len() < self.limit()
             && another
-            && (self.reserved || b.borrow().budget.can_withdraw(now))
     }
 
-    /// As [`Self::would_retry_answer`], taking the retry's token now: an
-    /// answer held back from the client (not read past its head) is then
-    /// retried for sure, never lost for a token another request spent
-    /// meanwhile.
-    pub(crate) fn hold_answer(&mut self, now: Instant) -> bool {
+    /// Whether the next attempt's answer may be held for a retry
+    /// ([`Self::would_retry_answer`]): if so, `held` takes the retry's
+    /// budget token when the answer's head shows a status to retry
+    /// ([`Held::take_for_retry`]), so a held answer is retried for sure,
+    /// and one that cannot be paid for reaches the client as it is.
+    pub(crate) fn hold_answer(&self, now: Instant, held: &Held) -> bool {
         if !self.would_retry_answer(now) {
             return false;
         }
-        if !self.reserved {
-            self.reserved = self
-                .service
-                .as_ref()
-                .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
+        *held.budget.borrow_mut() = self.service.as_ref().map(|(_, b)| b.clone());
+        true
+    }
+
+    /// As [`Self::retry_answer`], for an answer that was held: paid for
+    /// when it was held.
+    pub(crate) fn retry_held(&mut self, status: u16, addr: SocketAddr, held: &Held) -> bool {
+        if !(held.paid.get() && retryable_status(status, self.route.as_deref()) && self.allowed()) {
+            return false;
         }
-        self.reserved
+        held.paid.set(false);
+        self.answered.push(addr);
+        true
     }
 
     /// The endpoint at `addr` answered `status`: true when the request goes
@@ -223,11 +249,10 @@ impl Attempts {
         if !self.would_retry_answer(now) {
             return false;
         }
-        let paid = std::mem::take(&mut self.reserved)
-            || self
-                .service
-                .as_ref()
-                .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
+        let paid = self
+            .service
+            .as_ref()
+            .is_some_and(|(_, b)| b.borrow().budget.withdraw(now));
         if paid {
             self.answered.push(addr);
         }
@@ -406,32 +431,37 @@ mod tests {
         assert!(a.retry_answer(502, addr(1), later), "deposits fund a retry");
     }
 
-    /// An answer held for a retry takes its token when held: another
-    /// request spending the budget meanwhile cannot strand it (the held
-    /// answer, unread, could not reach the client); a token not used goes
-    /// back when the request ends.
+    /// An answer held for a retry takes its token when its head is seen,
+    /// no earlier (a request waiting for its answer holds none): held, it
+    /// is retried for sure; without a token it is not held at all (it
+    /// goes to the client as it is).
     #[test]
-    fn a_held_answer_keeps_its_token() {
+    fn a_held_answer_is_paid_when_held() {
         let t0 = Instant::now();
         let svc = service(3, t0);
         let b = svc.as_ref().unwrap().1.clone();
         while b.borrow().budget.withdraw(t0) {}
         b.borrow().budget.refund();
-        let mut held = Attempts::with_service(svc.clone(), true, true);
-        assert!(held.hold_answer(t0));
-        let mut other = Attempts::with_service(svc.clone(), true, true);
-        assert!(!other.hold_answer(t0), "the only token is held");
-        assert!(held.retry_answer(503, addr(1), t0), "the held token pays");
-        assert!(!held.would_retry_answer(t0), "and is spent");
-        drop(held);
+        let mut a = Attempts::with_service(svc.clone(), true, true);
+        let held = Held::new(None);
+        assert!(a.hold_answer(t0, &held));
+        assert!(b.borrow().budget.can_withdraw(t0), "nothing taken ahead");
+        assert!(!held.take_for_retry(200, t0), "not a status to retry");
+        assert!(held.take_for_retry(503, t0), "the token is taken");
         assert!(!b.borrow().budget.can_withdraw(t0));
-        // Held, then answered well: the token goes back.
+        let other = Held::new(None);
+        assert!(!a.hold_answer(t0, &other), "no token left to hold for");
+        assert!(
+            a.retry_held(503, addr(1), &held),
+            "the held answer goes again"
+        );
+        // A token spent between the attempt and its answer: not held.
         b.borrow().budget.refund();
-        let mut ok = Attempts::with_service(svc, true, true);
-        assert!(ok.hold_answer(t0));
-        assert!(!b.borrow().budget.can_withdraw(t0));
-        drop(ok);
-        assert!(b.borrow().budget.can_withdraw(t0), "refunded");
+        let held = Held::new(None);
+        assert!(a.hold_answer(t0, &held));
+        assert!(b.borrow().budget.withdraw(t0));
+        assert!(!held.take_for_retry(503, t0), "relayed as it is");
+        assert!(!a.retry_held(503, addr(2), &held));
     }
 
     /// A route's policy: its statuses (any method), its limit, its gRPC

@@ -2268,3 +2268,73 @@ fn an_outage_is_retried_from_the_floor_and_answered_by_the_endpoints() {
     let retries = hits - requests;
     assert!(retries <= 130, "{retries} retries for {requests} requests");
 }
+
+/// Requests waiting for slow answers hold no retry budget: with more of
+/// them in flight than the budget has tokens (120 against 100), a 503
+/// from one endpoint is still retried on the other (the token is taken
+/// when the answer to retry arrives, as linkerd2-proxy withdraws).
+#[test]
+fn slow_requests_in_flight_leave_the_budget_to_retries() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // `/slow`: 200 after 2 s; `/x`: 503 on two of three from `flaky`.
+    let endpoint = |flaky: bool| {
+        let n = Arc::new(AtomicUsize::new(0));
+        Backend::start(move |s| {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            let mut slow = false;
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.starts_with("GET ") {
+                    slow = line.starts_with("GET /slow");
+                }
+                if line == "\r\n" {
+                    if slow {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                    let fail =
+                        !slow && flaky && !n.fetch_add(1, Ordering::SeqCst).is_multiple_of(3);
+                    let answer: &[u8] = if fail {
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                    };
+                    if w.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+                line.clear();
+            }
+        })
+    };
+    let (a, b) = (endpoint(true), endpoint(false));
+    let dir = TempDir::new("slow-budget");
+    let file = service_file(&dir, "web.test:80", &[a.addr, b.addr], "");
+    let (_proxy, addr) = forward_proxy(
+        IoDriver::Uring,
+        "web.test:80",
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    let get = move |path: &str| {
+        let s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (mut w, mut r) = (s.try_clone().unwrap(), BufReader::new(s));
+        write!(w, "GET {path} HTTP/1.1\r\nHost: web.test\r\n\r\n").unwrap();
+        read_response(&mut r, false).0
+    };
+    let slow: Vec<_> = (0..120)
+        .map(|_| std::thread::spawn(move || get("/slow")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let failed = (0..30)
+        .filter(|_| !get("/x").starts_with("HTTP/1.1 200"))
+        .count();
+    for t in slow {
+        assert!(t.join().unwrap().starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(failed, 0, "503s not retried while slow requests waited");
+}
