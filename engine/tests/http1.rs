@@ -2187,6 +2187,42 @@ both_drivers!(
     super::upstream_close_keeps_the_client
 );
 
+/// An HTTP/1 origin answering each request (bodies not read) with what
+/// `answer` makes of its request line, on a kept connection.
+fn answering_by_line(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> Backend {
+    Backend::start(move |s| {
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let (mut line, mut request_line) = (String::new(), String::new());
+        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if request_line.is_empty() {
+                request_line = line.clone();
+            } else if line == "\r\n" {
+                if w.write_all(&answer(&request_line)).is_err() {
+                    return;
+                }
+                request_line.clear();
+            }
+            line.clear();
+        }
+    })
+}
+
+/// A forward on one core to the service `web.test:80` of `endpoints`.
+fn one_core_service(tag: &str, endpoints: &[SocketAddr]) -> (TempDir, Proxy, SocketAddr) {
+    let dir = TempDir::new(tag);
+    let file = service_file(&dir, "web.test:80", endpoints, "");
+    let (proxy, addr) = forward_proxy(
+        IoDriver::Uring,
+        "web.test:80",
+        &[
+            ("RINGMESH_DISCOVERY_STATIC", &file),
+            ("LINKERD2_PROXY_CORES", "1"),
+        ],
+    );
+    (dir, proxy, addr)
+}
+
 /// A service whose every endpoint fails (503): retries are paid from the
 /// budget's floor alone (linkerd2-proxy deposits for responses that are
 /// not failures, so an outage funds none: the 100-token reserve and 10 a
@@ -2200,33 +2236,14 @@ fn an_outage_is_retried_from_the_floor_and_answered_by_the_endpoints() {
     let hits = Arc::new(AtomicUsize::new(0));
     let failing = || {
         let hits = hits.clone();
-        Backend::start(move |s| {
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if line == "\r\n" {
-                    hits.fetch_add(1, Ordering::SeqCst);
-                    let answer = "HTTP/1.1 503 Service Unavailable\r\nx-from: endpoint\r\nContent-Length: 4\r\n\r\ndown";
-                    if w.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                line.clear();
-            }
+        answering_by_line(move |_| {
+            hits.fetch_add(1, Ordering::SeqCst);
+            b"HTTP/1.1 503 Service Unavailable\r\nx-from: endpoint\r\nContent-Length: 4\r\n\r\ndown"
+                .to_vec()
         })
     };
     let (a, b) = (failing(), failing());
-    let dir = TempDir::new("outage-budget");
-    let file = service_file(&dir, "web.test:80", &[a.addr, b.addr], "");
-    let (_proxy, addr) = forward_proxy(
-        IoDriver::Uring,
-        "web.test:80",
-        &[
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let (_dir, _proxy, addr) = one_core_service("outage-budget", &[a.addr, b.addr]);
     let (requests, made_up) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let started = std::time::Instant::now();
     let clients: Vec<_> = (0..4)
@@ -2280,45 +2297,22 @@ fn slow_requests_in_flight_leave_the_budget_to_retries() {
     // `/slow`: 200 after 2 s; `/x`: 503 on two of three from `flaky`.
     let endpoint = |flaky: bool| {
         let n = Arc::new(AtomicUsize::new(0));
-        Backend::start(move |s| {
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            let mut slow = false;
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if line.starts_with("GET ") {
-                    slow = line.starts_with("GET /slow");
-                }
-                if line == "\r\n" {
-                    if slow {
-                        std::thread::sleep(Duration::from_secs(2));
-                    }
-                    let fail =
-                        !slow && flaky && !n.fetch_add(1, Ordering::SeqCst).is_multiple_of(3);
-                    let answer: &[u8] = if fail {
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-                    };
-                    if w.write_all(answer).is_err() {
-                        return;
-                    }
-                }
-                line.clear();
+        answering_by_line(move |request_line| {
+            let slow = request_line.starts_with("GET /slow");
+            if slow {
+                std::thread::sleep(Duration::from_secs(2));
             }
+            let fail = !slow && flaky && !n.fetch_add(1, Ordering::SeqCst).is_multiple_of(3);
+            let answer: &[u8] = if fail {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            };
+            answer.to_vec()
         })
     };
     let (a, b) = (endpoint(true), endpoint(false));
-    let dir = TempDir::new("slow-budget");
-    let file = service_file(&dir, "web.test:80", &[a.addr, b.addr], "");
-    let (_proxy, addr) = forward_proxy(
-        IoDriver::Uring,
-        "web.test:80",
-        &[
-            ("RINGMESH_DISCOVERY_STATIC", &file),
-            ("LINKERD2_PROXY_CORES", "1"),
-        ],
-    );
+    let (_dir, _proxy, addr) = one_core_service("slow-budget", &[a.addr, b.addr]);
     let get = move |path: &str| {
         let s = connect(addr);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
